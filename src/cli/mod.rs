@@ -1,0 +1,73 @@
+//! Command line (clap): `serve` and `schematic` subcommands; logs go to stderr.
+
+mod schematic;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Image Factory appliance: builds and serves Talos Linux boot assets on-prem.
+#[derive(Debug, Parser)]
+#[command(name = "image-factory", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log options (valid before or after the subcommand).
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Logging flags.
+#[derive(Debug, Args, Clone)]
+pub struct LogArgs {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or filter directives (e.g. `info`, `debug`, `image_factory=debug,info`).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance (HTTP API and metrics) until SIGTERM/SIGINT.
+    Serve(serve::ServeArgs),
+    /// Work with schematics: compute IDs and canonical forms, talk to a server.
+    #[command(subcommand)]
+    Schematic(schematic::SchematicCommand),
+}
+
+/// Installs the tracing subscriber (stderr, text or JSON).
+pub fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Parses the command line and runs the command; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Schematic(cmd) => schematic::run(cmd),
+    }
+}

@@ -1,0 +1,350 @@
+//! Layered loading: defaults, then the YAML file, then `IF_*` environment variables, then flags.
+//!
+//! Every layer is merged into a JSON tree shaped like the serialised defaults, so an unknown key
+//! is detected (with its full dotted path) before deserialisation.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::{Config, ConfigError};
+
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "IF_";
+
+/// Values given as command-line flags (highest precedence); `None` = not given.
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    /// `--data-dir` → `storage.dataDir`.
+    pub data_dir: Option<String>,
+    /// `--http-listen-addr` → `http.httpListenAddr`.
+    pub http_listen_addr: Option<String>,
+    /// `--metrics-addr` → `metrics.addr` (empty disables).
+    pub metrics_addr: Option<String>,
+}
+
+/// Loads the configuration from an optional file, environment pairs and flags (not validated).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &FlagOverrides,
+) -> Result<Config, ConfigError> {
+    let defaults = serde_json::to_value(Config::default()).map_err(|e| ConfigError::Invalid {
+        key: "<defaults>".into(),
+        message: e.to_string(),
+    })?;
+    let mut tree = defaults.clone();
+
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parsed: Value = if text.trim().is_empty() {
+            Value::Object(Map::new())
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+        };
+        let parsed = match parsed {
+            Value::Null => Value::Object(Map::new()),
+            v => v,
+        };
+        let source_name = path.display().to_string();
+        merge(&mut tree, &defaults, parsed, "", &source_name)?;
+    }
+
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    for (name, value) in env {
+        apply_env(&mut tree, &defaults, &name, &value)?;
+    }
+
+    if let Some(v) = &flags.data_dir {
+        set(&mut tree, &["storage", "dataDir"], Value::String(v.clone()));
+    }
+    if let Some(v) = &flags.http_listen_addr {
+        set(
+            &mut tree,
+            &["http", "httpListenAddr"],
+            Value::String(v.clone()),
+        );
+    }
+    if let Some(v) = &flags.metrics_addr {
+        set(&mut tree, &["metrics", "addr"], Value::String(v.clone()));
+    }
+
+    serde_json::from_value(tree).map_err(|e| ConfigError::Invalid {
+        key: "<config>".into(),
+        message: e.to_string(),
+    })
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Deep-merges `src` into `dst`, checking every key against the shape of `shape`.
+fn merge(
+    dst: &mut Value,
+    shape: &Value,
+    src: Value,
+    prefix: &str,
+    source_name: &str,
+) -> Result<(), ConfigError> {
+    match (shape, src) {
+        (Value::Object(shape_map), Value::Object(src_map)) => {
+            for (k, v) in src_map {
+                let key = join(prefix, &k);
+                let Some(sub_shape) = shape_map.get(&k) else {
+                    return Err(ConfigError::UnknownKey {
+                        key,
+                        source_name: source_name.to_string(),
+                    });
+                };
+                let Some(sub_dst) = dst.as_object_mut().and_then(|m| m.get_mut(&k)) else {
+                    return Err(ConfigError::UnknownKey {
+                        key,
+                        source_name: source_name.to_string(),
+                    });
+                };
+                if v.is_null() {
+                    // `key:` with no value keeps the default.
+                    continue;
+                }
+                merge(sub_dst, sub_shape, v, &key, source_name)?;
+            }
+            Ok(())
+        }
+        (Value::Object(_), other) => Err(ConfigError::Invalid {
+            key: if prefix.is_empty() {
+                "<root>".into()
+            } else {
+                prefix.into()
+            },
+            message: format!("expected a mapping, got {other}"),
+        }),
+        (_, v) => {
+            *dst = coerce(shape, v, prefix)?;
+            Ok(())
+        }
+    }
+}
+
+/// Checks a leaf value against the type of its default, converting where unambiguous.
+fn coerce(shape: &Value, v: Value, key: &str) -> Result<Value, ConfigError> {
+    let bad = |what: &str, v: &Value| ConfigError::Invalid {
+        key: key.to_string(),
+        message: format!("{v} is not {what}"),
+    };
+    match shape {
+        Value::String(_) => match v {
+            Value::String(_) => Ok(v),
+            Value::Number(n) => Ok(Value::String(n.to_string())),
+            Value::Bool(b) => Ok(Value::String(b.to_string())),
+            other => Err(bad("a string", &other)),
+        },
+        Value::Number(_) => match &v {
+            Value::Number(n) if n.is_u64() => Ok(v),
+            Value::String(s) => s
+                .trim()
+                .parse::<u64>()
+                .map(Value::from)
+                .map_err(|_| bad("a non-negative integer", &v)),
+            _ => Err(bad("a non-negative integer", &v)),
+        },
+        Value::Bool(_) => match &v {
+            Value::Bool(_) => Ok(v),
+            Value::String(s) => s
+                .trim()
+                .parse::<bool>()
+                .map(Value::Bool)
+                .map_err(|_| bad("a boolean", &v)),
+            _ => Err(bad("a boolean", &v)),
+        },
+        Value::Array(_) => match v {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(_) => Ok(item),
+                    Value::Number(n) => Ok(Value::String(n.to_string())),
+                    other => Err(bad("a list of strings", &other)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Value::String(s) => Ok(Value::Array(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| Value::String(p.to_string()))
+                    .collect(),
+            )),
+            other => Err(bad("a list of strings", &other)),
+        },
+        _ => Ok(v),
+    }
+}
+
+/// Applies one `IF_A_B=value` variable: segments are matched case-insensitively to keys.
+fn apply_env(tree: &mut Value, shape: &Value, name: &str, value: &str) -> Result<(), ConfigError> {
+    let rest = &name[ENV_PREFIX.len()..];
+    let unknown = || ConfigError::UnknownKey {
+        key: rest.to_ascii_lowercase().replace('_', "."),
+        source_name: format!("environment variable {name}"),
+    };
+    let mut path: Vec<String> = Vec::new();
+    let mut node = shape;
+    for seg in rest.split('_') {
+        let Value::Object(map) = node else {
+            return Err(unknown());
+        };
+        let Some((k, v)) = map.iter().find(|(k, _)| k.eq_ignore_ascii_case(seg)) else {
+            return Err(unknown());
+        };
+        path.push(k.clone());
+        node = v;
+    }
+    if node.is_object() {
+        return Err(unknown());
+    }
+    let dotted = path.join(".");
+    let trimmed = value.trim_start();
+    let raw = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        serde_json::from_str(value).map_err(|e| ConfigError::Invalid {
+            key: dotted.clone(),
+            message: format!("{name}={value:?} is not valid JSON: {e}"),
+        })?
+    } else {
+        Value::String(value.to_string())
+    };
+    let coerced = coerce(node, raw, &dotted)?;
+    let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+    set(tree, &refs, coerced);
+    Ok(())
+}
+
+fn set(tree: &mut Value, path: &[&str], v: Value) {
+    let mut node = tree;
+    for seg in path {
+        let Some(next) = node.as_object_mut().and_then(|m| m.get_mut(*seg)) else {
+            return;
+        };
+        node = next;
+    }
+    *node = v;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let f = file(
+            "http:\n  httpListenAddr: \":1\"\n  externalURL: http://file/\nstorage:\n  dataDir: /from-file\n",
+        );
+        let cfg = load(
+            Some(f.path()),
+            env(&[
+                ("IF_HTTP_EXTERNALURL", "http://env/"),
+                ("IF_STORAGE_DATADIR", "/from-env"),
+                ("PATH", "/bin"),
+            ]),
+            &FlagOverrides {
+                data_dir: Some("/from-flag".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.http.http_listen_addr, ":1");
+        assert_eq!(cfg.http.external_url, "http://env/");
+        assert_eq!(cfg.storage.data_dir, "/from-flag");
+    }
+
+    #[test]
+    fn env_json_lists_numbers_and_case() {
+        let cfg = load(
+            None,
+            env(&[
+                ("IF_HTTP_ALLOWEDORIGINS", r#"["http://a", "http://b"]"#),
+                ("IF_build_maxconcurrency", "3"),
+                (
+                    "IF_REPLICATION_BOOTSTRAPPEERS",
+                    "/ip4/1.2.3.4/tcp/1, /ip4/1.2.3.5/tcp/1",
+                ),
+            ]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.http.allowed_origins, vec!["http://a", "http://b"]);
+        assert_eq!(cfg.build.max_concurrency, 3);
+        assert_eq!(cfg.replication.bootstrap_peers.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let f = file("http:\n  nope: 1\n");
+        let e = load(Some(f.path()), env(&[]), &FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown key http.nope"), "{e}");
+        let e = load(
+            None,
+            env(&[("IF_HTTP_NOPE", "1")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("IF_HTTP_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = load(
+            None,
+            env(&[("IF_BUILD_MAXCONCURRENCY", "lots")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("build.maxConcurrency") && e.contains("lots"),
+            "{e}"
+        );
+        let f = file("http:\n  allowedOrigins: {a: 1}\n");
+        let e = load(Some(f.path()), env(&[]), &FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.allowedOrigins"), "{e}");
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let f = file("");
+        let cfg = load(Some(f.path()), env(&[]), &FlagOverrides::default()).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+}

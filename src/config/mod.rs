@@ -1,0 +1,267 @@
+//! Configuration: one `Config` struct loaded from defaults, an optional YAML file,
+//! `IF_*` environment variables and command-line flags (later sources win), then validated.
+
+mod listen;
+mod load;
+mod validate;
+
+pub use listen::ListenAddr;
+pub use load::{FlagOverrides, load};
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Error raised while loading or validating the configuration; the text names the key and value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("invalid config: reading {path}: {source}")]
+    Read {
+        /// Path of the file.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid YAML or has the wrong shape.
+    #[error("invalid config: {path}: {message}")]
+    Parse {
+        /// Path of the file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A key (from the file or the environment) does not exist.
+    #[error("invalid config: unknown key {key} (from {source_name})")]
+    UnknownKey {
+        /// Dotted key path.
+        key: String,
+        /// Where the key came from (file name or environment variable).
+        source_name: String,
+    },
+    /// A key has a value that is not acceptable.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong with the value (quotes the value).
+        message: String,
+    },
+}
+
+/// The whole appliance configuration (keys are camelCase as upstream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// HTTP frontend (API, downloads, UI).
+    pub http: HttpConfig,
+    /// Asset build settings.
+    pub build: BuildConfig,
+    /// Signed cache settings.
+    pub cache: CacheConfig,
+    /// Prometheus metrics listener.
+    pub metrics: MetricsConfig,
+    /// Local storage (metadata and blobs).
+    pub storage: StorageConfig,
+    /// TFTP netboot frontend (not used yet).
+    pub tftp: TftpConfig,
+    /// Peer replication (not used yet).
+    pub replication: ReplicationConfig,
+}
+
+/// `http.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of the HTTP frontend (`:PORT`, `HOST:PORT`, `[::1]:PORT`).
+    #[serde(rename = "httpListenAddr")]
+    pub http_listen_addr: String,
+    /// Public base URL of this factory.
+    #[serde(rename = "externalURL")]
+    pub external_url: String,
+    /// Public base URL used inside iPXE scripts (empty = `externalURL`).
+    #[serde(rename = "externalPXEURL")]
+    pub external_pxe_url: String,
+    /// CORS allowed origins (`*` = any).
+    #[serde(rename = "allowedOrigins")]
+    pub allowed_origins: Vec<String>,
+    /// Maximum accepted request body in bytes (larger bodies get 413).
+    #[serde(rename = "maxBodyBytes")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            http_listen_addr: ":8080".into(),
+            external_url: "http://localhost:8080/".into(),
+            external_pxe_url: String::new(),
+            allowed_origins: vec!["*".into()],
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `build.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct BuildConfig {
+    /// Maximum simultaneous image builds (0 = number of CPU cores).
+    pub max_concurrency: u64,
+    /// Oldest Talos version offered.
+    pub min_talos_version: String,
+    /// Talos versions withheld from the version list.
+    pub broken_talos_versions: Vec<String>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 0,
+            min_talos_version: "1.2.0".into(),
+            broken_talos_versions: Vec::new(),
+        }
+    }
+}
+
+impl BuildConfig {
+    /// The effective build concurrency (resolves 0 to the number of CPU cores).
+    pub fn effective_concurrency(&self) -> usize {
+        if self.max_concurrency == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            usize::try_from(self.max_concurrency).unwrap_or(usize::MAX)
+        }
+    }
+}
+
+/// `cache.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CacheConfig {
+    /// PEM file of the cluster signing key (empty = `<dataDir>/keys/signing-key.pem`, generated).
+    pub signing_key_path: String,
+}
+
+/// `metrics.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// Listen address of the metrics endpoint (empty disables it).
+    pub addr: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            addr: ":2122".into(),
+        }
+    }
+}
+
+/// `storage.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct StorageConfig {
+    /// Data directory (sled metadata under `meta/`, blobs under `blobs/`, keys under `keys/`).
+    pub data_dir: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: "./data".into(),
+        }
+    }
+}
+
+/// `tftp.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TftpConfig {
+    /// Listen address of the TFTP server (UDP; not used yet).
+    pub listen_addr: String,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: ":69".into(),
+        }
+    }
+}
+
+/// `replication.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplicationConfig {
+    /// libp2p multiaddrs to listen on (not used yet).
+    pub listen_addrs: Vec<String>,
+    /// libp2p multiaddrs of peers to contact at start (not used yet).
+    pub bootstrap_peers: Vec<String>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            listen_addrs: vec![
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+                "/ip4/0.0.0.0/tcp/4001".into(),
+            ],
+            bootstrap_peers: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every key; the error names the key and the bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::validate(self)
+    }
+
+    /// The data directory as a path.
+    pub fn data_dir(&self) -> &Path {
+        Path::new(&self.storage.data_dir)
+    }
+
+    /// Path of the cluster signing key (configured, or the default under the data directory).
+    pub fn signing_key_path(&self) -> PathBuf {
+        if self.cache.signing_key_path.is_empty() {
+            self.data_dir().join("keys").join("signing-key.pem")
+        } else {
+            PathBuf::from(&self.cache.signing_key_path)
+        }
+    }
+
+    /// The parsed HTTP listen address.
+    pub fn http_listen(&self) -> Result<ListenAddr, ConfigError> {
+        ListenAddr::parse_key("http.httpListenAddr", &self.http.http_listen_addr)
+    }
+
+    /// The parsed metrics listen address, `None` when disabled.
+    pub fn metrics_listen(&self) -> Result<Option<ListenAddr>, ConfigError> {
+        if self.metrics.addr.is_empty() {
+            return Ok(None);
+        }
+        ListenAddr::parse_key("metrics.addr", &self.metrics.addr).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_config_file_equals_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/image-factory.yaml");
+        let cfg = load(Some(&path), std::iter::empty(), &FlagOverrides::default())
+            .expect("documented config loads");
+        assert_eq!(cfg, Config::default());
+        cfg.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().expect("defaults are valid");
+    }
+}

@@ -1,0 +1,153 @@
+//! Startup validation: every error names the key and quotes the offending value.
+
+use super::{Config, ConfigError, ListenAddr};
+
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// Validates the whole configuration.
+pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    ListenAddr::parse_key("http.httpListenAddr", &cfg.http.http_listen_addr)?;
+    check_url("http.externalURL", &cfg.http.external_url)?;
+    if !cfg.http.external_pxe_url.is_empty() {
+        check_url("http.externalPXEURL", &cfg.http.external_pxe_url)?;
+    }
+    if cfg.http.allowed_origins.is_empty() {
+        return Err(invalid(
+            "http.allowedOrigins",
+            "must not be empty (use [\"*\"] to allow any origin)".into(),
+        ));
+    }
+    for origin in &cfg.http.allowed_origins {
+        if origin != "*" && !is_origin(origin) {
+            return Err(invalid(
+                "http.allowedOrigins",
+                format!("{origin:?} must be \"*\" or an origin like \"https://host[:port]\""),
+            ));
+        }
+    }
+    if cfg.http.max_body_bytes == 0 {
+        return Err(invalid("http.maxBodyBytes", "0 must be at least 1".into()));
+    }
+    check_version("build.minTalosVersion", &cfg.build.min_talos_version)?;
+    for v in &cfg.build.broken_talos_versions {
+        check_version("build.brokenTalosVersions", v)?;
+    }
+    if !cfg.metrics.addr.is_empty() {
+        ListenAddr::parse_key("metrics.addr", &cfg.metrics.addr)?;
+    }
+    if cfg.storage.data_dir.trim().is_empty() {
+        return Err(invalid("storage.dataDir", "\"\" must not be empty".into()));
+    }
+    if !cfg.tftp.listen_addr.is_empty() {
+        ListenAddr::parse_key("tftp.listenAddr", &cfg.tftp.listen_addr)?;
+    }
+    for a in &cfg.replication.listen_addrs {
+        check_multiaddr("replication.listenAddrs", a)?;
+    }
+    for a in &cfg.replication.bootstrap_peers {
+        check_multiaddr("replication.bootstrapPeers", a)?;
+    }
+    Ok(())
+}
+
+fn check_url(key: &str, s: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(s).map_err(|e| invalid(key, format!("{s:?} is not a URL: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid(key, format!("{s:?} must be an http or https URL")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(key, format!("{s:?} must have a host")));
+    }
+    Ok(())
+}
+
+fn is_origin(s: &str) -> bool {
+    let Ok(url) = url::Url::parse(s) else {
+        return false;
+    };
+    matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && (url.path() == "/" || url.path().is_empty())
+        && !s.ends_with('/')
+        && url.query().is_none()
+        && http::HeaderValue::from_str(s).is_ok()
+}
+
+/// Accepts `X.Y.Z` with an optional leading `v` and an optional `-pre` suffix.
+fn check_version(key: &str, s: &str) -> Result<(), ConfigError> {
+    let core = s.strip_prefix('v').unwrap_or(s);
+    let core = core.split_once(['-', '+']).map_or(core, |(c, _)| c);
+    let parts: Vec<&str> = core.split('.').collect();
+    let ok = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{s:?} is not a version like 1.2.0")))
+    }
+}
+
+fn check_multiaddr(key: &str, s: &str) -> Result<(), ConfigError> {
+    let segments: Vec<&str> = s.split('/').collect();
+    if !s.starts_with('/') || segments.len() < 3 || segments[1..].iter().any(|p| p.is_empty()) {
+        return Err(invalid(
+            key,
+            format!("{s:?} is not a multiaddr like /ip4/0.0.0.0/tcp/4001"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(f: impl FnOnce(&mut Config)) -> String {
+        let mut c = Config::default();
+        f(&mut c);
+        c.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn external_url_must_be_http() {
+        assert_eq!(
+            err(|c| c.http.external_url = "ftp://x".into()),
+            "invalid config: http.externalURL: \"ftp://x\" must be an http or https URL"
+        );
+        assert!(err(|c| c.http.external_pxe_url = "nope".into()).contains("http.externalPXEURL"));
+    }
+
+    #[test]
+    fn other_keys() {
+        assert!(err(|c| c.http.http_listen_addr = "x".into()).contains("http.httpListenAddr"));
+        assert!(err(|c| c.metrics.addr = "1:2:3".into()).contains("metrics.addr"));
+        assert!(err(|c| c.http.max_body_bytes = 0).contains("http.maxBodyBytes"));
+        assert!(err(|c| c.build.min_talos_version = "one".into()).contains("\"one\""));
+        assert!(
+            err(|c| c.http.allowed_origins = vec!["http://a/path".into()])
+                .contains("http.allowedOrigins")
+        );
+        assert!(
+            err(|c| c.replication.bootstrap_peers = vec!["peer".into()])
+                .contains("replication.bootstrapPeers")
+        );
+        assert!(err(|c| c.storage.data_dir = String::new()).contains("storage.dataDir"));
+    }
+
+    #[test]
+    fn valid_variants() {
+        let mut c = Config::default();
+        c.metrics.addr = String::new();
+        c.http.http_listen_addr = "[::1]:0".into();
+        c.http.allowed_origins = vec!["https://ui.example:8443".into()];
+        c.build.broken_talos_versions = vec!["v1.9.0-beta.1".into()];
+        c.validate().unwrap();
+    }
+}

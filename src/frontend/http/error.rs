@@ -1,0 +1,85 @@
+//! The HTTP error type and the one place where errors become status codes and bodies.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::schematic::SchematicError;
+use crate::store::StoreError;
+
+/// An error answered to an HTTP client (Go `http.Error` style: text body plus newline).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404 with the given text.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400 with the given text.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 413: the body exceeded `http.maxBodyBytes`.
+    #[error("request body too large: limit is {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit in bytes.
+        limit: u64,
+    },
+    /// 405: known path, wrong method (the router adds `Allow`).
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+    /// 500: logged with details, answered `internal server error`.
+    #[error("internal server error: {0}")]
+    Internal(String),
+}
+
+impl From<SchematicError> for ApiError {
+    fn from(e: SchematicError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The text written to the client (without the trailing newline).
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal server error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal server error");
+        }
+        let status = self.status();
+        let mut body = self.public_message();
+        body.push('\n');
+        let mut resp = (status, body).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        resp
+    }
+}

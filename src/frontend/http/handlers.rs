@@ -1,0 +1,199 @@
+//! Request handlers: schematics, health, status, metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::gojson;
+use super::metrics::Metrics;
+use crate::schematic::{self, Schematic};
+use crate::store::{PutOutcome, SchematicStore};
+
+/// Shared state of the HTTP frontend.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    schematics: SchematicStore,
+    metrics: Metrics,
+    max_body_bytes: u64,
+    data_dir: String,
+    listeners: BTreeMap<String, String>,
+}
+
+impl AppState {
+    /// Builds the state from its parts.
+    pub fn new(
+        schematics: SchematicStore,
+        metrics: Metrics,
+        max_body_bytes: u64,
+        data_dir: String,
+        listeners: BTreeMap<String, String>,
+    ) -> Self {
+        metrics.schematic_cache_size.set(schematics.count() as f64);
+        Self {
+            inner: Arc::new(StateInner {
+                schematics,
+                metrics,
+                max_body_bytes,
+                data_dir,
+                listeners,
+            }),
+        }
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// Reads the whole body, enforcing `limit` (413 with our text when exceeded).
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match axum::body::to_bytes(body, limit_usize).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::PayloadTooLarge { limit })
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "error reading request body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// `POST /schematics`: parse, canonicalise, store durably, answer 201 `{"id","schematic"}`.
+pub async fn create_schematic(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, st.inner.max_body_bytes).await?;
+    let parsed = Schematic::parse(&bytes)?;
+    let canonical = parsed.canonical();
+    let id = schematic::id_of(&canonical);
+    let m = &st.inner.metrics;
+    match st.inner.schematics.put(&id, &canonical).await? {
+        PutOutcome::Created => m.schematic_create.increment(1),
+        PutOutcome::Existed => m.schematic_duplicate_create.increment(1),
+    }
+    m.schematic_cache_size
+        .set(st.inner.schematics.count() as f64);
+    let body = gojson::object_of_strings(&[("id", &id), ("schematic", &canonical)]);
+    Ok((
+        StatusCode::CREATED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /schematics/{id}`: the stored canonical YAML, 404 `schematic not found` otherwise.
+pub async fn get_schematic(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    st.inner.metrics.schematic_get.increment(1);
+    let not_found = || ApiError::NotFound("schematic not found".into());
+    if !schematic::is_valid_id(&id) {
+        return Err(not_found());
+    }
+    let yaml = st.inner.schematics.get(&id)?.ok_or_else(not_found)?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
+        yaml,
+    )
+        .into_response())
+}
+
+/// `GET|HEAD /healthz` and `/readyz`: 200, empty body.
+pub async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+/// Body of `GET /status`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status<'a> {
+    /// Crate version.
+    pub version: &'static str,
+    /// Bound address of every listener, by name.
+    pub listeners: &'a BTreeMap<String, String>,
+    /// Data directory.
+    pub data_dir: &'a str,
+    /// Number of stored schematics.
+    pub schematics: u64,
+}
+
+/// `GET /status` (ours): version, bound addresses, data directory, counts.
+pub async fn status(State(st): State<AppState>) -> Response {
+    let s = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        listeners: &st.inner.listeners,
+        data_dir: &st.inner.data_dir,
+        schematics: st.inner.schematics.count(),
+    };
+    match serde_json::to_string(&s) {
+        Ok(mut body) => {
+            body.push('\n');
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+/// `GET /metrics` on the metrics listener.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        st.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Fallback for unknown paths: Go's `404 page not found`.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("404 page not found".into())
+}
+
+/// Fallback for a known path with a wrong method (the router adds `Allow`).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,50 @@
+//! Server-wide response decoration: `Server`, `X-Request-ID`, and one log line per request.
+
+use std::time::Instant;
+
+use axum::body::HttpBody as _;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// The request/response header carrying the request ID.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The `Server` header value: `Image Factory <crate version>`.
+pub const SERVER_HEADER: &str = concat!("Image Factory ", env!("CARGO_PKG_VERSION"));
+
+/// Adds `Server` and `X-Request-ID` (echoed or fresh UUIDv4) and logs the request.
+pub async fn decorate(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        });
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    headers.insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    let status = resp.status().as_u16();
+    let bytes = resp.body().size_hint().exact();
+    tracing::info!(
+        target: "image_factory::http",
+        method = %method,
+        path = %path,
+        status,
+        bytes,
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        request_id = request_id.to_str().unwrap_or("<non-ascii>"),
+        "request"
+    );
+    resp
+}

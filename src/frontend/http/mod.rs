@@ -1,0 +1,258 @@
+//! HTTP frontend (axum): the API router, the metrics listener, and the `serve` entry point
+//! that opens storage, binds every listener and runs until shutdown.
+
+pub mod error;
+pub mod gojson;
+pub mod handlers;
+pub mod metrics;
+pub mod middleware;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::{Config, ConfigError};
+use crate::store::{self, SchematicStore, StoreError};
+use crate::trust::{SigningKey, TrustError};
+use handlers::AppState;
+
+/// Errors that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Storage could not be opened or flushed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The signing key could not be loaded or generated.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// Configuration key of the listener.
+        key: &'static str,
+        /// Address that failed.
+        addr: SocketAddr,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A server loop failed.
+    #[error("{name} server failed: {source}")]
+    Run {
+        /// Listener name.
+        name: &'static str,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A server task panicked or was cancelled.
+    #[error("server task failed: {0}")]
+    Join(String),
+}
+
+/// Addresses actually bound (after resolving port 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddrs {
+    /// HTTP frontend.
+    pub http: SocketAddr,
+    /// Metrics listener, if enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A started server: its bound addresses and the task that ends after graceful shutdown.
+pub struct Running {
+    /// Bound addresses.
+    pub addrs: BoundAddrs,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Waits until the server has shut down and storage is flushed.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task
+            .await
+            .map_err(|e| ServeError::Join(e.to_string()))?
+    }
+}
+
+/// Builds the CORS layer from `http.allowedOrigins`.
+fn cors(config: &Config) -> CorsLayer {
+    let origins = &config.http.allowed_origins;
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers([header::CACHE_CONTROL])
+        .expose_headers([
+            header::CONTENT_DISPOSITION,
+            header::CONTENT_LENGTH,
+            header::CONTENT_TYPE,
+        ])
+}
+
+/// The API router (without listeners), given shared state and config.
+pub fn router(state: AppState, config: &Config) -> Router {
+    Router::new()
+        .route("/schematics", post(handlers::create_schematic))
+        .route("/schematics/{id}", get(handlers::get_schematic))
+        .route("/healthz", get(handlers::health))
+        .route("/readyz", get(handlers::health))
+        .route("/status", get(handlers::status))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::disable())
+        .layer(cors(config))
+        .layer(axum::middleware::from_fn(middleware::decorate))
+        .with_state(state)
+}
+
+/// The metrics router (`GET /metrics`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .with_state(state)
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { key, addr, source })
+}
+
+/// Validates `config`, opens storage and the signing key, binds every listener and serves
+/// until `shutdown` resolves; then drains connections and flushes storage.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, ServeError> {
+    config.validate()?;
+    let data_dir = config.data_dir().to_path_buf();
+    let meta = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || store::open_data_dir(&dir))
+            .await
+            .map_err(|e| ServeError::Join(e.to_string()))??
+    };
+    tracing::info!(dir = %meta.dir().display(), "metadata store opened");
+    let meta: Arc<dyn store::MetaStore> = Arc::new(meta);
+    let schematics = SchematicStore::new(meta)?;
+
+    let key_path = config.signing_key_path();
+    let (_key, created) = SigningKey::load_or_generate(&key_path)?;
+    if created {
+        tracing::info!(path = %key_path.display(), "generated cluster signing key");
+    } else {
+        tracing::info!(path = %key_path.display(), "loaded cluster signing key");
+    }
+
+    let http_listener = bind("http.httpListenAddr", config.http_listen()?.0).await?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServeError::Run {
+            name: "http",
+            source,
+        })?;
+    let metrics_listener = match config.metrics_listen()? {
+        Some(a) => Some(bind("metrics.addr", a.0).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| ServeError::Run {
+            name: "metrics",
+            source,
+        })?),
+        None => None,
+    };
+
+    let mut listeners = BTreeMap::new();
+    listeners.insert("http".to_string(), http_addr.to_string());
+    if let Some(a) = metrics_addr {
+        listeners.insert("metrics".to_string(), a.to_string());
+    }
+    let abs_data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone());
+    let state = AppState::new(
+        schematics.clone(),
+        metrics::Metrics::new(),
+        config.http.max_body_bytes,
+        abs_data_dir.display().to_string(),
+        listeners,
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    tracing::info!(addr = %http_addr, "http listener bound");
+    let http_task = tokio::spawn(
+        axum::serve(http_listener, router(state.clone(), &config))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let metrics_task = metrics_listener.map(|l| {
+        tracing::info!(addr = ?metrics_addr, "metrics listener bound");
+        tokio::spawn(
+            axum::serve(l, metrics_router(state.clone()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        )
+    });
+
+    let task = tokio::spawn(async move {
+        let http_res = http_task.await;
+        let metrics_res = match metrics_task {
+            Some(t) => Some(t.await),
+            None => None,
+        };
+        let flushed = schematics.flush().await;
+        tracing::info!("server stopped, storage flushed");
+        http_res
+            .map_err(|e| ServeError::Join(e.to_string()))?
+            .map_err(|source| ServeError::Run {
+                name: "http",
+                source,
+            })?;
+        if let Some(r) = metrics_res {
+            r.map_err(|e| ServeError::Join(e.to_string()))?
+                .map_err(|source| ServeError::Run {
+                    name: "metrics",
+                    source,
+                })?;
+        }
+        flushed?;
+        Ok(())
+    });
+
+    Ok(Running {
+        addrs: BoundAddrs {
+            http: http_addr,
+            metrics: metrics_addr,
+        },
+        task,
+    })
+}

@@ -1,0 +1,3 @@
+//! Frontends: HTTP now; the OCI registry and TFTP follow in later issues.
+
+pub mod http;

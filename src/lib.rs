@@ -1,0 +1,8 @@
+//! Image Factory appliance: schematics, releases, native image builds and their frontends.
+
+pub mod cli;
+pub mod config;
+pub mod frontend;
+pub mod schematic;
+pub mod store;
+pub mod trust;

@@ -1,0 +1,10 @@
+//! `image-factory` binary entry point.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // Both ring and aws-lc-rs end up enabled in the dependency tree; pick one explicitly
+    // before anything builds a rustls config (spec/dependencies.md §1.3).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    image_factory::cli::run()
+}

@@ -1,0 +1,182 @@
+//! Trust: the cluster signing key (ECDSA P-256), loaded from PEM or generated on first start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+
+/// Errors of the trust layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The key file could not be read or written.
+    #[error("signing key {path}: {source}")]
+    Io {
+        /// Key file path.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The key file is not a P-256 private key in PEM form.
+    #[error(
+        "signing key {path}: not an ECDSA P-256 private key in PEM (PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\"): {message}"
+    )]
+    Parse {
+        /// Key file path.
+        path: PathBuf,
+        /// Decoder message.
+        message: String,
+    },
+    /// Encoding or random generation failed.
+    #[error("signing key: {0}")]
+    Crypto(String),
+}
+
+/// The cluster signing key.
+#[derive(Clone)]
+pub struct SigningKey {
+    secret: p256::SecretKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a fresh key from OS randomness.
+    pub fn generate() -> Result<Self, TrustError> {
+        // A random 32-byte string is a valid scalar except with negligible probability; retry then.
+        for _ in 0..16 {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| TrustError::Crypto(e.to_string()))?;
+            if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
+                return Ok(Self { secret });
+            }
+        }
+        Err(TrustError::Crypto(
+            "could not generate a valid P-256 scalar".into(),
+        ))
+    }
+
+    /// Parses a PEM private key: PKCS#8 `PRIVATE KEY` or SEC1 `EC PRIVATE KEY`.
+    pub fn from_pem(pem: &str, path: &Path) -> Result<Self, TrustError> {
+        let secret = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+            p256::SecretKey::from_sec1_pem(pem).map_err(|e| e.to_string())
+        } else {
+            p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())
+        }
+        .map_err(|message| TrustError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(Self { secret })
+    }
+
+    /// The private key as PKCS#8 PEM.
+    pub fn to_pkcs8_pem(&self) -> Result<String, TrustError> {
+        self.secret
+            .to_pkcs8_pem(LineEnding::LF)
+            .map(|z| z.to_string())
+            .map_err(|e| TrustError::Crypto(e.to_string()))
+    }
+
+    /// The public key as PKIX (`PUBLIC KEY`) PEM.
+    pub fn public_key_pem(&self) -> Result<String, TrustError> {
+        self.secret
+            .public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| TrustError::Crypto(e.to_string()))
+    }
+
+    /// Loads the key at `path`, or generates and writes one (mode 0600) if the file is missing.
+    pub fn load_or_generate(path: &Path) -> Result<(Self, bool), TrustError> {
+        let io = |source| TrustError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(pem) => Ok((Self::from_pem(&pem, path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate()?;
+                let pem = key.to_pkcs8_pem()?;
+                write_private(path, pem.as_bytes()).map_err(io)?;
+                Ok((key, true))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file with mode 0600, fsync, rename, fsync dir).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "key".into());
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_reload_same_public_key_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/signing-key.pem");
+        let (k1, created) = SigningKey::load_or_generate(&path).unwrap();
+        assert!(created);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let (k2, created) = SigningKey::load_or_generate(&path).unwrap();
+        assert!(!created);
+        let pub1 = k1.public_key_pem().unwrap();
+        assert!(pub1.starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(pub1, k2.public_key_pem().unwrap());
+    }
+
+    #[test]
+    fn accepts_sec1_and_rejects_garbage() {
+        let key = SigningKey::generate().unwrap();
+        let sec1 = key.secret.to_sec1_pem(LineEnding::LF).unwrap();
+        let back = SigningKey::from_pem(&sec1, Path::new("x.pem")).unwrap();
+        assert_eq!(
+            key.public_key_pem().unwrap(),
+            back.public_key_pem().unwrap()
+        );
+        let err = SigningKey::from_pem("hello", Path::new("x.pem")).unwrap_err();
+        assert!(err.to_string().contains("x.pem"));
+    }
+}
