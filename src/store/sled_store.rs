@@ -171,7 +171,7 @@ mod tests {
         }
         let syncs = store.sync_count() - before;
         assert!(
-            syncs >= 1 && syncs < 100,
+            (1..100).contains(&syncs),
             "200 writers caused {syncs} fsyncs"
         );
         assert_eq!(store.count("t").unwrap(), 201);

@@ -1,0 +1,195 @@
+//! Shared helpers for integration tests: in-process servers and the real binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use image_factory::config::Config;
+use image_factory::frontend::http::{BoundAddrs, Running, serve};
+
+/// Spec §2.5 vectors: (input YAML, canonical YAML, ID).
+pub const VECTORS: &[(&str, &str, &str)] = &[
+    (
+        "{}",
+        "customization: {}\n",
+        "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba",
+    ),
+    (
+        "customization: {extraKernelArgs: [noapic, nolapic]}",
+        "customization:\n    extraKernelArgs:\n        - noapic\n        - nolapic\n",
+        "9cba8e32753f91a16c1837ab8abf356af021706ef284aef07380780177d9a06c",
+    ),
+    (
+        "{\"customization\":{\"secureboot\": {\"includeWellKnownCertificates\": true}}}",
+        "customization:\n    secureboot:\n        includeWellKnownCertificates: true\n",
+        "fa8e05f142a851d3ee568eb0a8e5841eaf6b0ebc8df9a63df16ac5ed2c04f3e6",
+    ),
+    (
+        "customization:\n  bootloader: grub\n",
+        "customization:\n    bootloader: grub\n",
+        "39d496b2cbdb6265d3b714514c5334bf010f1b4d31b23b9e38c80fb2f3ad7ecb",
+    ),
+    (
+        "customization:\n  bootloader: sd-boot\n",
+        "customization:\n    bootloader: sd-boot\n",
+        "9ed5fecdacb36b5c5427b87d409f1065cfb2df69b0f71c58b868d9d466d8dab3",
+    ),
+    (
+        "{\"overlay\": {\"name\": \"rpi_generic\", \"image\": \"siderolabs/sbc-raspberrypi\"}}",
+        "overlay:\n    image: siderolabs/sbc-raspberrypi\n    name: rpi_generic\ncustomization: {}\n",
+        "ee21ef4a5ef808a9b7484cc0dda0f25075021691c8c09a276591eedb638ea1f9",
+    ),
+];
+
+/// Installs the rustls provider once (reqwest needs one; both backends are compiled in).
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// An in-process server on loopback port 0 with its own data directory.
+pub struct TestServer {
+    /// Bound addresses.
+    pub addrs: BoundAddrs,
+    /// Data directory (kept alive for the server's lifetime).
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<Running>,
+}
+
+impl TestServer {
+    /// Starts a server with default config except loopback listeners and a temp data dir.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after letting `tweak` adjust the config.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config::default();
+        cfg.storage.data_dir = dir.path().display().to_string();
+        cfg.http.http_listen_addr = "127.0.0.1:0".into();
+        cfg.metrics.addr = "127.0.0.1:0".into();
+        tweak(&mut cfg);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let running = serve(cfg, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server starts");
+        Self {
+            addrs: running.addrs,
+            dir,
+            stop: Some(tx),
+            running: Some(running),
+        }
+    }
+
+    /// URL of `path` on the HTTP listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addrs.http, path)
+    }
+
+    /// URL of `path` on the metrics listener.
+    pub fn metrics_url(&self, path: &str) -> String {
+        let addr = self.addrs.metrics.expect("metrics enabled");
+        format!("http://{addr}{path}")
+    }
+
+    /// Stops the server and hands back its data directory (for restart tests).
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        self.shutdown().await;
+        let empty = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, empty)
+    }
+
+    /// Triggers graceful shutdown and waits for it (storage flushed).
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(r) = self.running.take() {
+            r.wait().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// A reqwest client for loopback tests.
+pub fn client() -> reqwest::Client {
+    init();
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Path of the real binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_image-factory")
+}
+
+/// The real binary running `serve`, with its stderr drained into `log`.
+pub struct BinServer {
+    /// Child process.
+    pub child: Child,
+    /// HTTP address read from the log.
+    pub http: SocketAddr,
+    /// Every stderr line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `image-factory serve` on `data_dir` with loopback port 0; waits for the bound address.
+pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--http-listen-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-addr", "", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel::<SocketAddr>();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "http listener bound"
+                && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
+            {
+                let _ = tx.send(addr);
+            }
+            if let Ok(mut l) = log2.lock() {
+                l.push(line);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(http) => Ok(BinServer { child, http, log }),
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            let lines = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+            Err(format!(
+                "server did not report its address (exit {status:?}):\n{lines}"
+            ))
+        }
+    }
+}
