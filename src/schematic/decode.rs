@@ -1,0 +1,753 @@
+//! Strict decoding of schematic documents with go-yaml's semantics.
+//!
+//! The YAML text is parsed into a node tree (first document only), then decoded into the typed
+//! model the way go-yaml's decoder with `KnownFields(true)` does: unknown and duplicate keys are
+//! errors, string fields keep the scalar's source text, non-fatal errors are collected and
+//! reported together as `yaml: construct errors:` with line numbers.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Tag};
+
+use super::resolve::{Resolved, old_bool_value, resolve_plain};
+use super::value::Value;
+use super::{
+    Bootloader, Customization, DiskImage, MetaValue, Overlay, Schematic, SchematicError,
+    SecureBoot, SystemExtensions,
+};
+
+/// Upper bound on nodes visited while decoding (guards against alias expansion bombs).
+const MAX_VISITS: usize = 200_000;
+/// Upper bound on collection nesting.
+const MAX_DEPTH: usize = 512;
+
+/// A parsed YAML node with its 1-based source line and optional explicit tag.
+struct YNode {
+    line: usize,
+    tag: Option<String>,
+    kind: YKind,
+}
+
+enum YKind {
+    Scalar(String, ScalarStyle),
+    Seq(Vec<Rc<YNode>>),
+    Map(Vec<(Rc<YNode>, Rc<YNode>)>),
+}
+
+fn err(msg: impl Into<String>) -> SchematicError {
+    SchematicError(msg.into())
+}
+
+fn short_tag(tag: &Tag) -> String {
+    if tag.is_yaml_core_schema() {
+        format!("!!{}", tag.suffix)
+    } else if tag.handle == "!" {
+        format!("!{}", tag.suffix)
+    } else {
+        format!("{}{}", tag.handle, tag.suffix)
+    }
+}
+
+enum Frame {
+    Seq {
+        line: usize,
+        tag: Option<String>,
+        anchor: usize,
+        items: Vec<Rc<YNode>>,
+    },
+    Map {
+        line: usize,
+        tag: Option<String>,
+        anchor: usize,
+        entries: Vec<(Rc<YNode>, Rc<YNode>)>,
+        key: Option<Rc<YNode>>,
+    },
+}
+
+/// Parses the first YAML document of `text` into a node tree (`None` when there is none).
+fn load(text: &str) -> Result<Option<Rc<YNode>>, SchematicError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut anchors: HashMap<usize, Rc<YNode>> = HashMap::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut in_document = false;
+    loop {
+        let Some(next) = parser.next_event() else {
+            return Ok(None);
+        };
+        let (event, span) = next.map_err(|e| {
+            err(format!("yaml: line {}: {}", e.marker().line(), e.info()))
+        })?;
+        let line = span.start.line();
+        let node = match event {
+            Event::StreamStart | Event::Nothing => continue,
+            Event::StreamEnd => return Ok(None),
+            Event::DocumentStart(_) => {
+                in_document = true;
+                continue;
+            }
+            Event::DocumentEnd => continue,
+            Event::Alias(id) => anchors
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| err(format!("yaml: line {line}: unknown anchor referenced")))?,
+            Event::Scalar(value, style, anchor, tag) => {
+                let node = Rc::new(YNode {
+                    line,
+                    tag: tag.map(|t| short_tag(&t)),
+                    kind: YKind::Scalar(value.into_owned(), style),
+                });
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                node
+            }
+            Event::SequenceStart(anchor, tag) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(err(format!("yaml: line {line}: exceeded max depth of {MAX_DEPTH}")));
+                }
+                stack.push(Frame::Seq { line, tag: tag.map(|t| short_tag(&t)), anchor, items: Vec::new() });
+                continue;
+            }
+            Event::MappingStart(anchor, tag) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(err(format!("yaml: line {line}: exceeded max depth of {MAX_DEPTH}")));
+                }
+                stack.push(Frame::Map {
+                    line,
+                    tag: tag.map(|t| short_tag(&t)),
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                });
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match stack.pop() {
+                    Some(Frame::Seq { line, tag, anchor, items }) => {
+                        (YNode { line, tag, kind: YKind::Seq(items) }, anchor)
+                    }
+                    Some(Frame::Map { line, tag, anchor, entries, .. }) => {
+                        (YNode { line, tag, kind: YKind::Map(entries) }, anchor)
+                    }
+                    None => return Err(err("yaml: unbalanced collection end")),
+                };
+                let node = Rc::new(node);
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                node
+            }
+        };
+        if !in_document {
+            return Err(err("yaml: content outside of a document"));
+        }
+        match stack.last_mut() {
+            None => return Ok(Some(node)),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                None => *key = Some(node),
+                Some(k) => entries.push((k, node)),
+            },
+        }
+    }
+}
+
+/// Decodes a schematic document (the first YAML document of `input`).
+pub(super) fn decode(input: &[u8]) -> Result<Schematic, SchematicError> {
+    let text = std::str::from_utf8(input).map_err(|e| {
+        err(format!("yaml: invalid UTF-8 at offset {}", e.valid_up_to()))
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let Some(root) = load(text)? else {
+        return Err(err("EOF"));
+    };
+    let mut d = Decoder::default();
+    let schematic = d.schematic(&root)?;
+    if d.errors.is_empty() {
+        Ok(schematic)
+    } else {
+        let mut msg = String::from("yaml: construct errors:");
+        for e in &d.errors {
+            msg.push_str("\n  ");
+            msg.push_str(e);
+        }
+        Err(err(msg))
+    }
+}
+
+#[derive(Default)]
+struct Decoder {
+    errors: Vec<String>,
+    visits: usize,
+}
+
+type Fatal<T> = Result<T, SchematicError>;
+
+/// Truncates a scalar for error messages the way go-yaml does (10 bytes, else 7 and `...`).
+fn error_value(v: &str) -> String {
+    if v.len() > 10 {
+        let mut end = 7;
+        while !v.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!(" `{}...`", &v[..end])
+    } else {
+        format!(" `{v}`")
+    }
+}
+
+impl Decoder {
+    fn visit(&mut self) -> Fatal<()> {
+        self.visits += 1;
+        if self.visits > MAX_VISITS {
+            return Err(err("yaml: document contains excessive aliasing"));
+        }
+        Ok(())
+    }
+
+    /// Records a "cannot construct" error for `n` decoded into the Go type `into`.
+    fn terror(&mut self, n: &YNode, into: &str) -> Fatal<()> {
+        let described = match &n.kind {
+            YKind::Scalar(v, _) => {
+                let (_, tag) = self.resolve(n)?;
+                format!("{tag}{}", error_value(v))
+            }
+            YKind::Seq(_) => n.tag.clone().unwrap_or_else(|| "!!seq".into()),
+            YKind::Map(_) => n.tag.clone().unwrap_or_else(|| "!!map".into()),
+        };
+        self.errors.push(format!("line {}: cannot construct {described} into {into}", n.line));
+        Ok(())
+    }
+
+    /// Resolves a scalar node to its value kind and the tag go-yaml reports for it.
+    fn resolve(&self, n: &YNode) -> Fatal<(Resolved, String)> {
+        let YKind::Scalar(v, style) = &n.kind else {
+            return Ok((Resolved::Str, "!!str".into()));
+        };
+        match n.tag.as_deref() {
+            None if *style == ScalarStyle::Plain => {
+                let r = resolve_plain(v);
+                let tag = r.short_tag().to_string();
+                Ok((r, tag))
+            }
+            None | Some("!!str") | Some("!") => Ok((Resolved::Str, "!!str".into())),
+            Some(t @ ("!!int" | "!!float" | "!!bool" | "!!null" | "!!timestamp")) => {
+                let r = resolve_plain(v);
+                let rtag = r.short_tag();
+                match (t, &r) {
+                    (_, _) if rtag == t => Ok((r, t.to_string())),
+                    ("!!float", Resolved::Int(i)) => Ok((Resolved::Float(*i as f64), t.into())),
+                    ("!!float", Resolved::Uint(u)) => Ok((Resolved::Float(*u as f64), t.into())),
+                    _ => Err(err(format!("yaml: cannot decode {rtag} `{v}` as a {t}"))),
+                }
+            }
+            Some("!!binary") => Ok((Resolved::Str, "!!binary".into())),
+            Some(other) => Ok((Resolved::Str, other.to_string())),
+        }
+    }
+
+    /// Reports duplicate keys (same node kind and text) as go-yaml does; true when any was found.
+    fn duplicates(&mut self, entries: &[(Rc<YNode>, Rc<YNode>)]) -> bool {
+        let before = self.errors.len();
+        for (i, (ki, _)) in entries.iter().enumerate() {
+            for (kj, _) in &entries[i + 1..] {
+                let same = match (&ki.kind, &kj.kind) {
+                    (YKind::Scalar(a, _), YKind::Scalar(b, _)) => a == b,
+                    (YKind::Seq(_), YKind::Seq(_)) | (YKind::Map(_), YKind::Map(_)) => true,
+                    _ => false,
+                };
+                if same {
+                    let text = match &ki.kind {
+                        YKind::Scalar(a, _) => a.as_str(),
+                        _ => "",
+                    };
+                    self.errors.push(format!(
+                        "line {}: mapping key {} already defined at line {}",
+                        kj.line,
+                        go_quote(text),
+                        ki.line
+                    ));
+                }
+            }
+        }
+        self.errors.len() > before
+    }
+
+    fn is_merge_key(n: &YNode) -> bool {
+        matches!(&n.kind, YKind::Scalar(v, _) if v == "<<")
+            && matches!(n.tag.as_deref(), None | Some("!") | Some("!!merge"))
+    }
+
+    /// Decodes a mapping into a struct: `field` handles each known key and returns false for
+    /// unknown ones. Merge keys (`<<`) contribute keys that are not set explicitly.
+    fn strukt(
+        &mut self,
+        n: &YNode,
+        type_name: &str,
+        field: &mut dyn FnMut(&mut Decoder, &str, &YNode) -> Fatal<bool>,
+    ) -> Fatal<()> {
+        self.visit()?;
+        let entries = match &n.kind {
+            YKind::Map(entries) => entries,
+            YKind::Scalar(..) => {
+                if self.resolve(n)?.0 != Resolved::Null {
+                    self.terror(n, type_name)?;
+                }
+                return Ok(());
+            }
+            YKind::Seq(_) => return self.terror(n, type_name),
+        };
+        if self.duplicates(entries) {
+            return Ok(());
+        }
+        let mut merges = Vec::new();
+        let mut explicit = HashSet::new();
+        for (k, v) in entries {
+            if Self::is_merge_key(k) {
+                merges.push(v.clone());
+                continue;
+            }
+            let Some(name) = self.string(k, "string")? else {
+                continue;
+            };
+            explicit.insert(name.clone());
+            if !field(self, &name, v)? {
+                self.errors.push(format!(
+                    "line {}: field {name} not found in type {type_name}",
+                    k.line
+                ));
+            }
+        }
+        for m in merges {
+            self.merge_into_struct(&m, type_name, &explicit, field)?;
+        }
+        Ok(())
+    }
+
+    fn merge_into_struct(
+        &mut self,
+        m: &YNode,
+        type_name: &str,
+        explicit: &HashSet<String>,
+        field: &mut dyn FnMut(&mut Decoder, &str, &YNode) -> Fatal<bool>,
+    ) -> Fatal<()> {
+        self.visit()?;
+        match &m.kind {
+            YKind::Map(entries) => {
+                for (k, v) in entries {
+                    let Some(name) = self.string(k, "string")? else {
+                        continue;
+                    };
+                    if explicit.contains(&name) {
+                        continue;
+                    }
+                    if !field(self, &name, v)? {
+                        self.errors.push(format!(
+                            "line {}: field {name} not found in type {type_name}",
+                            k.line
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            YKind::Seq(items) => {
+                for item in items.iter().rev() {
+                    if !matches!(item.kind, YKind::Map(_)) {
+                        return Err(err("yaml: map merge requires map or sequence of maps as the value"));
+                    }
+                    self.merge_into_struct(item, type_name, explicit, field)?;
+                }
+                Ok(())
+            }
+            YKind::Scalar(..) => Err(err("yaml: map merge requires map or sequence of maps as the value")),
+        }
+    }
+
+    /// The text of a `!!binary` scalar: base64-decoded, and required to be UTF-8 here.
+    fn binary_text(n: &YNode, v: &str) -> Fatal<String> {
+        use base64::Engine as _;
+        let compact: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|e| err(format!("yaml: line {}: invalid !!binary value: {e}", n.line)))?;
+        String::from_utf8(bytes).map_err(|_| {
+            err(format!(
+                "yaml: line {}: !!binary values that are not UTF-8 text are not supported",
+                n.line
+            ))
+        })
+    }
+
+    /// Decodes a node into a Go `string`: null is empty, scalars keep their source text.
+    fn string(&mut self, n: &YNode, into: &str) -> Fatal<Option<String>> {
+        self.visit()?;
+        if let YKind::Scalar(v, _) = &n.kind
+            && n.tag.as_deref() == Some("!!binary")
+        {
+            return Self::binary_text(n, v).map(Some);
+        }
+        match &n.kind {
+            YKind::Scalar(v, _) => match self.resolve(n)?.0 {
+                Resolved::Null => Ok(Some(String::new())),
+                Resolved::Timestamp(_) => {
+                    self.terror(n, into)?;
+                    Ok(None)
+                }
+                _ => Ok(Some(v.clone())),
+            },
+            _ => {
+                self.terror(n, into)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn is_null(&self, n: &YNode) -> Fatal<bool> {
+        Ok(matches!(n.kind, YKind::Scalar(..)) && self.resolve(n)?.0 == Resolved::Null)
+    }
+
+    fn string_list(&mut self, n: &YNode) -> Fatal<Vec<String>> {
+        self.visit()?;
+        let mut out = Vec::new();
+        match &n.kind {
+            YKind::Seq(items) => {
+                for item in items {
+                    // go-yaml drops null items of typed lists instead of zero-filling them.
+                    if self.is_null(item)? {
+                        continue;
+                    }
+                    if let Some(s) = self.string(item, "string")? {
+                        out.push(s);
+                    }
+                }
+            }
+            YKind::Scalar(..) if self.resolve(n)?.0 == Resolved::Null => {}
+            _ => self.terror(n, "[]string")?,
+        }
+        Ok(out)
+    }
+
+    /// Decodes an unsigned integer of `bits` bits (Go `uint8` or `uint`).
+    fn uint(&mut self, n: &YNode, bits: u32, into: &str) -> Fatal<Option<u64>> {
+        self.visit()?;
+        let max = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        let value = match &n.kind {
+            YKind::Scalar(..) => match self.resolve(n)?.0 {
+                Resolved::Null => Some(0),
+                Resolved::Int(i) if i >= 0 => Some(i as u64),
+                Resolved::Uint(u) => Some(u),
+                Resolved::Float(f) if !f.is_nan() && f < 18_446_744_073_709_551_616.0 => {
+                    let t = f.trunc();
+                    if t >= 0.0 { Some(t as u64) } else { None }
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match value {
+            Some(v) if v <= max => Ok(Some(v)),
+            _ => {
+                self.terror(n, into)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn boolean(&mut self, n: &YNode) -> Fatal<Option<bool>> {
+        self.visit()?;
+        let value = match &n.kind {
+            YKind::Scalar(v, _) => match self.resolve(n)?.0 {
+                Resolved::Null => Some(false),
+                Resolved::Bool(b) => Some(b),
+                Resolved::Str => old_bool_value(v),
+                _ => None,
+            },
+            _ => None,
+        };
+        if value.is_none() {
+            self.terror(n, "bool")?;
+        }
+        Ok(value)
+    }
+
+    fn bootloader(&mut self, n: &YNode) -> Fatal<Bootloader> {
+        self.visit()?;
+        match &n.kind {
+            YKind::Scalar(v, _) => {
+                if self.resolve(n)?.0 == Resolved::Null {
+                    return Ok(Bootloader::None);
+                }
+                Bootloader::parse(v)
+                    .ok_or_else(|| err(format!("{v} does not belong to BootloaderKind values")))
+            }
+            _ => {
+                self.terror(n, "imageropts.BootloaderKind")?;
+                Ok(Bootloader::None)
+            }
+        }
+    }
+
+    /// Decodes a node into Go's `any`.
+    fn any(&mut self, n: &YNode) -> Fatal<Value> {
+        self.visit()?;
+        match &n.kind {
+            YKind::Scalar(v, _) if n.tag.as_deref() == Some("!!binary") => {
+                Ok(Value::Str(Self::binary_text(n, v)?))
+            }
+            YKind::Scalar(v, _) => Ok(self.resolve(n)?.0.into_value(v)),
+            YKind::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(self.any(item)?);
+                }
+                Ok(Value::Seq(out))
+            }
+            YKind::Map(entries) => {
+                let string_keys = entries.iter().all(|(k, _)| {
+                    matches!(k.kind, YKind::Scalar(..))
+                        && matches!(
+                            self.resolve(k).map(|(r, _)| r),
+                            Ok(Resolved::Str | Resolved::Merge)
+                        )
+                });
+                let mut out: Vec<(Value, Value)> = Vec::new();
+                self.map_entries(entries, &mut |d, k| {
+                    if string_keys {
+                        Ok(d.string(k, "string")?.map(Value::Str))
+                    } else {
+                        let key = d.any(k)?;
+                        if matches!(key, Value::Seq(_) | Value::Map(_)) {
+                            return Err(err(format!("yaml: line {}: invalid map key", k.line)));
+                        }
+                        Ok(Some(key))
+                    }
+                }, &mut out)?;
+                Ok(Value::Map(out))
+            }
+        }
+    }
+
+    /// Decodes mapping entries (with duplicate checks and merges) into `out`, later keys winning.
+    fn map_entries(
+        &mut self,
+        entries: &[(Rc<YNode>, Rc<YNode>)],
+        key_of: &mut dyn FnMut(&mut Decoder, &YNode) -> Fatal<Option<Value>>,
+        out: &mut Vec<(Value, Value)>,
+    ) -> Fatal<()> {
+        if self.duplicates(entries) {
+            return Ok(());
+        }
+        let mut merges = Vec::new();
+        let mut explicit = Vec::new();
+        for (k, v) in entries {
+            if Self::is_merge_key(k) {
+                merges.push(v.clone());
+                continue;
+            }
+            let Some(key) = key_of(self, k)? else {
+                continue;
+            };
+            let value = self.any(v)?;
+            explicit.push(key.clone());
+            insert(out, key, value);
+        }
+        for m in merges {
+            let maps: Vec<Rc<YNode>> = match &m.kind {
+                YKind::Map(_) => vec![m.clone()],
+                YKind::Seq(items) if items.iter().all(|i| matches!(i.kind, YKind::Map(_))) => {
+                    items.iter().rev().cloned().collect()
+                }
+                _ => return Err(err("yaml: map merge requires map or sequence of maps as the value")),
+            };
+            for map in maps {
+                self.visit()?;
+                let YKind::Map(merged) = &map.kind else { continue };
+                let mut tmp = Vec::new();
+                self.map_entries(merged, key_of, &mut tmp)?;
+                for (k, v) in tmp {
+                    if !explicit.contains(&k) {
+                        insert(out, k, v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes `overlay.options` (Go `map[string]any`).
+    fn options(&mut self, n: &YNode) -> Fatal<Vec<(String, Value)>> {
+        self.visit()?;
+        let entries = match &n.kind {
+            YKind::Map(entries) => entries,
+            YKind::Scalar(..) if self.resolve(n)?.0 == Resolved::Null => return Ok(Vec::new()),
+            _ => {
+                self.terror(n, "map[string]interface {}")?;
+                return Ok(Vec::new());
+            }
+        };
+        let mut out = Vec::new();
+        self.map_entries(entries, &mut |d, k| Ok(d.string(k, "string")?.map(Value::Str)), &mut out)?;
+        Ok(out
+            .into_iter()
+            .filter_map(|(k, v)| match k {
+                Value::Str(s) => Some((s, v)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn schematic(&mut self, n: &YNode) -> Fatal<Schematic> {
+        let mut s = Schematic::default();
+        self.strukt(n, "schematic.Schematic", &mut |d, key, v| {
+            match key {
+                "owner" => s.owner = d.string(v, "string")?.unwrap_or_default(),
+                "overlay" => s.overlay = d.overlay(v)?,
+                "customization" => s.customization = d.customization(v)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(s)
+    }
+
+    fn overlay(&mut self, n: &YNode) -> Fatal<Overlay> {
+        let mut o = Overlay::default();
+        self.strukt(n, "schematic.Overlay", &mut |d, key, v| {
+            match key {
+                "image" => o.image = d.string(v, "string")?.unwrap_or_default(),
+                "name" => o.name = d.string(v, "string")?.unwrap_or_default(),
+                "options" => o.options = d.options(v)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(o)
+    }
+
+    fn customization(&mut self, n: &YNode) -> Fatal<Customization> {
+        let mut c = Customization::default();
+        self.strukt(n, "schematic.Customization", &mut |d, key, v| {
+            match key {
+                "embeddedMachineConfiguration" => {
+                    c.embedded_machine_configuration = d.string(v, "string")?.unwrap_or_default()
+                }
+                "extraKernelArgs" => c.extra_kernel_args = d.string_list(v)?,
+                "meta" => c.meta = d.meta_list(v)?,
+                "systemExtensions" => c.system_extensions = d.system_extensions(v)?,
+                "bootloader" => c.bootloader = d.bootloader(v)?,
+                "secureboot" => c.secureboot = d.secureboot(v)?,
+                "diskImage" => c.disk_image = d.disk_image(v)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(c)
+    }
+
+    fn meta_list(&mut self, n: &YNode) -> Fatal<Vec<MetaValue>> {
+        self.visit()?;
+        let mut out = Vec::new();
+        match &n.kind {
+            YKind::Seq(items) => {
+                for item in items {
+                    if self.is_null(item)? {
+                        continue;
+                    }
+                    let mut m = MetaValue::default();
+                    self.strukt(item, "schematic.MetaValue", &mut |d, key, v| {
+                        match key {
+                            "key" => m.key = d.uint(v, 8, "uint8")?.unwrap_or_default() as u8,
+                            "value" => m.value = d.string(v, "string")?.unwrap_or_default(),
+                            _ => return Ok(false),
+                        }
+                        Ok(true)
+                    })?;
+                    out.push(m);
+                }
+            }
+            YKind::Scalar(..) if self.resolve(n)?.0 == Resolved::Null => {}
+            _ => self.terror(n, "[]schematic.MetaValue")?,
+        }
+        Ok(out)
+    }
+
+    fn system_extensions(&mut self, n: &YNode) -> Fatal<SystemExtensions> {
+        let mut s = SystemExtensions::default();
+        self.strukt(n, "schematic.SystemExtensions", &mut |d, key, v| {
+            match key {
+                "officialExtensions" => s.official_extensions = d.string_list(v)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(s)
+    }
+
+    fn secureboot(&mut self, n: &YNode) -> Fatal<SecureBoot> {
+        let mut s = SecureBoot::default();
+        self.strukt(n, "schematic.SecureBootCustomization", &mut |d, key, v| {
+            match key {
+                "enrollKeys" => s.enroll_keys = d.string(v, "string")?.unwrap_or_default(),
+                "includeWellKnownCertificates" => {
+                    s.include_well_known_certificates = d.boolean(v)?.unwrap_or_default()
+                }
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(s)
+    }
+
+    fn disk_image(&mut self, n: &YNode) -> Fatal<DiskImage> {
+        let mut s = DiskImage::default();
+        self.strukt(n, "schematic.DiskImage", &mut |d, key, v| {
+            match key {
+                "sectorSize" => s.sector_size = d.uint(v, 64, "uint")?.unwrap_or_default(),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(s)
+    }
+}
+
+/// Inserts into an ordered map, replacing an equal key (Go map assignment).
+fn insert(out: &mut Vec<(Value, Value)>, key: Value, value: Value) {
+    if let Some(slot) = out.iter_mut().find(|(k, _)| *k == key) {
+        slot.1 = value;
+    } else {
+        out.push((key, value));
+    }
+}
+
+/// Go's `%#v` of a string: a double-quoted Go string literal.
+fn go_quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\r' => q.push_str("\\r"),
+            '\t' => q.push_str("\\t"),
+            '\u{7}' => q.push_str("\\a"),
+            '\u{8}' => q.push_str("\\b"),
+            '\u{c}' => q.push_str("\\f"),
+            '\u{b}' => q.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => q.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || c == '\u{feff}' => {
+                let v = c as u32;
+                if v <= 0xFFFF {
+                    q.push_str(&format!("\\u{v:04x}"));
+                } else {
+                    q.push_str(&format!("\\U{v:08x}"));
+                }
+            }
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
