@@ -134,6 +134,28 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long open connections may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Maps a server task's outcome; being cut off after the grace period is not an error.
+fn finished(
+    name: &'static str,
+    res: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(ServeError::Run { name, source }),
+        Err(e) if e.is_cancelled() => {
+            tracing::warn!(
+                listener = name,
+                "connections still open after the grace period were closed"
+            );
+            Ok(())
+        }
+        Err(e) => Err(ServeError::Join(e.to_string())),
+    }
+}
+
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
@@ -215,7 +237,9 @@ pub async fn serve(
             .into_future(),
     );
     let metrics_task = metrics_listener.map(|l| {
-        tracing::info!(addr = ?metrics_addr, "metrics listener bound");
+        if let Some(a) = metrics_addr {
+            tracing::info!(addr = %a, "metrics listener bound");
+        }
         tokio::spawn(
             axum::serve(l, metrics_router(state.clone()))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -223,27 +247,28 @@ pub async fn serve(
         )
     });
 
+    // Connections still open SHUTDOWN_GRACE after the signal are cut, so shutdown is bounded.
+    let mut aborts = vec![http_task.abort_handle()];
+    aborts.extend(metrics_task.as_ref().map(JoinHandle::abort_handle));
+    let mut grace_rx = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = grace_rx.wait_for(|v| *v).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        for a in aborts {
+            a.abort();
+        }
+    });
+
     let task = tokio::spawn(async move {
-        let http_res = http_task.await;
+        let http_res = finished("http", http_task.await);
         let metrics_res = match metrics_task {
-            Some(t) => Some(t.await),
-            None => None,
+            Some(t) => finished("metrics", t.await),
+            None => Ok(()),
         };
         let flushed = schematics.flush().await;
         tracing::info!("server stopped, storage flushed");
-        http_res
-            .map_err(|e| ServeError::Join(e.to_string()))?
-            .map_err(|source| ServeError::Run {
-                name: "http",
-                source,
-            })?;
-        if let Some(r) = metrics_res {
-            r.map_err(|e| ServeError::Join(e.to_string()))?
-                .map_err(|source| ServeError::Run {
-                    name: "metrics",
-                    source,
-                })?;
-        }
+        http_res?;
+        metrics_res?;
         flushed?;
         Ok(())
     });

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, then runs every test.
+# Idempotent: packages already present are not reinstalled and `apt-get update` runs
+# only when a package is missing. Usage: ./test.sh [extra args for the test runner]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Debian packages the tests (and the build) need.
+PACKAGES=(curl ca-certificates build-essential)
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "test.sh: need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if ! command -v apt-get >/dev/null; then
+        echo "test.sh: missing packages ${missing[*]} and no apt-get; install them by hand" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    echo "test.sh: installing ${missing[*]}" >&2
+    if ! as_root apt-get install -y --no-install-recommends "${missing[@]}"; then
+        as_root apt-get update
+        as_root apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+# Rust toolchain: use the one on PATH, else install a minimal stable one with rustup.
+if ! command -v cargo >/dev/null; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "test.sh: installing the Rust toolchain with rustup" >&2
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+fi
+
+if command -v cargo-nextest >/dev/null; then
+    cargo nextest run --all-targets --no-fail-fast "$@"
+    cargo test --doc
+else
+    cargo test --all-targets --no-fail-fast "$@"
+fi
