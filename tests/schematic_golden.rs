@@ -78,3 +78,42 @@ fn golden_corpus_matches_go_yaml() {
     assert!(checked > 250, "too few comparable cases: {checked}");
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The YAML 1.1 words and base-60 numbers that go-yaml v3 double-quotes and factory v1.5.0
+/// (go-yaml v4) single-quotes: with that one substitution the v3 corpus predicts our output.
+#[test]
+fn v4_single_quotes_yaml11_words() {
+    const WORDS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let mut compared = 0;
+    for case in corpus().iter().filter(|c| c.v3_only) {
+        let Some(go) = &case.canonical else { continue };
+        let mut expected = go.clone();
+        let base60: Vec<String> = go
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|x| {
+                x.contains(':')
+                    && x.chars().all(|c| c.is_ascii_digit() || ":._+-".contains(c))
+            })
+            .map(str::to_string)
+            .collect();
+        for w in WORDS.iter().copied().chain(base60.iter().map(String::as_str)) {
+            expected = expected
+                .replace(&format!(": \"{w}\"\n"), &format!(": '{w}'\n"))
+                .replace(&format!("- \"{w}\"\n"), &format!("- '{w}'\n"))
+                .replace(&format!("\"{w}\": "), &format!("'{w}': "));
+        }
+        if expected == *go {
+            continue;
+        }
+        compared += 1;
+        let ours = Schematic::parse(case.input.as_bytes())
+            .unwrap_or_else(|e| panic!("{}: rejected: {e}", case.name));
+        assert_eq!(ours.canonical(), expected, "{}", case.name);
+    }
+    assert!(compared >= 10, "only {compared} YAML 1.1 word cases compared");
+}
