@@ -5,12 +5,13 @@
 //! errors, string fields keep the scalar's source text, non-fatal errors are collected and
 //! reported together as `yaml: construct errors:` with line numbers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Tag};
+use saphyr_parser::ScalarStyle;
 
 use super::resolve::{Resolved, old_bool_value, resolve_plain};
+use super::tree::{YKind, YNode, err, load};
 use super::value::Value;
 use super::{
     Bootloader, Customization, DiskImage, MetaValue, Overlay, Schematic, SchematicError,
@@ -19,145 +20,10 @@ use super::{
 
 /// Upper bound on nodes visited while decoding (guards against alias expansion bombs).
 const MAX_VISITS: usize = 200_000;
-/// Upper bound on collection nesting.
-const MAX_DEPTH: usize = 512;
-
-/// A parsed YAML node with its 1-based source line and optional explicit tag.
-struct YNode {
-    line: usize,
-    tag: Option<String>,
-    kind: YKind,
-}
-
-enum YKind {
-    Scalar(String, ScalarStyle),
-    Seq(Vec<Rc<YNode>>),
-    Map(Vec<(Rc<YNode>, Rc<YNode>)>),
-}
-
-fn err(msg: impl Into<String>) -> SchematicError {
-    SchematicError(msg.into())
-}
-
-fn short_tag(tag: &Tag) -> String {
-    if tag.is_yaml_core_schema() {
-        format!("!!{}", tag.suffix)
-    } else if tag.handle == "!" {
-        format!("!{}", tag.suffix)
-    } else {
-        format!("{}{}", tag.handle, tag.suffix)
-    }
-}
-
-enum Frame {
-    Seq {
-        line: usize,
-        tag: Option<String>,
-        anchor: usize,
-        items: Vec<Rc<YNode>>,
-    },
-    Map {
-        line: usize,
-        tag: Option<String>,
-        anchor: usize,
-        entries: Vec<(Rc<YNode>, Rc<YNode>)>,
-        key: Option<Rc<YNode>>,
-    },
-}
-
-/// Parses the first YAML document of `text` into a node tree (`None` when there is none).
-fn load(text: &str) -> Result<Option<Rc<YNode>>, SchematicError> {
-    let mut parser = Parser::new_from_str(text);
-    let mut anchors: HashMap<usize, Rc<YNode>> = HashMap::new();
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut in_document = false;
-    loop {
-        let Some(next) = parser.next_event() else {
-            return Ok(None);
-        };
-        let (event, span) = next.map_err(|e| {
-            err(format!("yaml: line {}: {}", e.marker().line(), e.info()))
-        })?;
-        let line = span.start.line();
-        let node = match event {
-            Event::StreamStart | Event::Nothing => continue,
-            Event::StreamEnd => return Ok(None),
-            Event::DocumentStart(_) => {
-                in_document = true;
-                continue;
-            }
-            Event::DocumentEnd => continue,
-            Event::Alias(id) => anchors
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| err(format!("yaml: line {line}: unknown anchor referenced")))?,
-            Event::Scalar(value, style, anchor, tag) => {
-                let node = Rc::new(YNode {
-                    line,
-                    tag: tag.map(|t| short_tag(&t)),
-                    kind: YKind::Scalar(value.into_owned(), style),
-                });
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
-                }
-                node
-            }
-            Event::SequenceStart(anchor, tag) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(err(format!("yaml: line {line}: exceeded max depth of {MAX_DEPTH}")));
-                }
-                stack.push(Frame::Seq { line, tag: tag.map(|t| short_tag(&t)), anchor, items: Vec::new() });
-                continue;
-            }
-            Event::MappingStart(anchor, tag) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(err(format!("yaml: line {line}: exceeded max depth of {MAX_DEPTH}")));
-                }
-                stack.push(Frame::Map {
-                    line,
-                    tag: tag.map(|t| short_tag(&t)),
-                    anchor,
-                    entries: Vec::new(),
-                    key: None,
-                });
-                continue;
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq { line, tag, anchor, items }) => {
-                        (YNode { line, tag, kind: YKind::Seq(items) }, anchor)
-                    }
-                    Some(Frame::Map { line, tag, anchor, entries, .. }) => {
-                        (YNode { line, tag, kind: YKind::Map(entries) }, anchor)
-                    }
-                    None => return Err(err("yaml: unbalanced collection end")),
-                };
-                let node = Rc::new(node);
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
-                }
-                node
-            }
-        };
-        if !in_document {
-            return Err(err("yaml: content outside of a document"));
-        }
-        match stack.last_mut() {
-            None => return Ok(Some(node)),
-            Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
-                None => *key = Some(node),
-                Some(k) => entries.push((k, node)),
-            },
-        }
-    }
-}
-
 /// Decodes a schematic document (the first YAML document of `input`).
 pub(super) fn decode(input: &[u8]) -> Result<Schematic, SchematicError> {
-    let text = std::str::from_utf8(input).map_err(|e| {
-        err(format!("yaml: invalid UTF-8 at offset {}", e.valid_up_to()))
-    })?;
+    let text = std::str::from_utf8(input)
+        .map_err(|e| err(format!("yaml: invalid UTF-8 at offset {}", e.valid_up_to())))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let Some(root) = load(text)? else {
         return Err(err("EOF"));
@@ -216,7 +82,10 @@ impl Decoder {
             YKind::Seq(_) => n.tag.clone().unwrap_or_else(|| "!!seq".into()),
             YKind::Map(_) => n.tag.clone().unwrap_or_else(|| "!!map".into()),
         };
-        self.errors.push(format!("line {}: cannot construct {described} into {into}", n.line));
+        self.errors.push(format!(
+            "line {}: cannot construct {described} into {into}",
+            n.line
+        ));
         Ok(())
     }
 
@@ -354,13 +223,17 @@ impl Decoder {
             YKind::Seq(items) => {
                 for item in items.iter().rev() {
                     if !matches!(item.kind, YKind::Map(_)) {
-                        return Err(err("yaml: map merge requires map or sequence of maps as the value"));
+                        return Err(err(
+                            "yaml: map merge requires map or sequence of maps as the value",
+                        ));
                     }
                     self.merge_into_struct(item, type_name, explicit, field)?;
                 }
                 Ok(())
             }
-            YKind::Scalar(..) => Err(err("yaml: map merge requires map or sequence of maps as the value")),
+            YKind::Scalar(..) => Err(err(
+                "yaml: map merge requires map or sequence of maps as the value",
+            )),
         }
     }
 
@@ -370,7 +243,12 @@ impl Decoder {
         let compact: String = v.chars().filter(|c| !c.is_whitespace()).collect();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(compact)
-            .map_err(|e| err(format!("yaml: line {}: invalid !!binary value: {e}", n.line)))?;
+            .map_err(|e| {
+                err(format!(
+                    "yaml: line {}: invalid !!binary value: {e}",
+                    n.line
+                ))
+            })?;
         String::from_utf8(bytes).map_err(|_| {
             err(format!(
                 "yaml: line {}: !!binary values that are not UTF-8 text are not supported",
@@ -431,7 +309,11 @@ impl Decoder {
     /// Decodes an unsigned integer of `bits` bits (Go `uint8` or `uint`).
     fn uint(&mut self, n: &YNode, bits: u32, into: &str) -> Fatal<Option<u64>> {
         self.visit()?;
-        let max = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        let max = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
         let value = match &n.kind {
             YKind::Scalar(..) => match self.resolve(n)?.0 {
                 Resolved::Null => Some(0),
@@ -512,17 +394,21 @@ impl Decoder {
                         )
                 });
                 let mut out: Vec<(Value, Value)> = Vec::new();
-                self.map_entries(entries, &mut |d, k| {
-                    if string_keys {
-                        Ok(d.string(k, "string")?.map(Value::Str))
-                    } else {
-                        let key = d.any(k)?;
-                        if matches!(key, Value::Seq(_) | Value::Map(_)) {
-                            return Err(err(format!("yaml: line {}: invalid map key", k.line)));
+                self.map_entries(
+                    entries,
+                    &mut |d, k| {
+                        if string_keys {
+                            Ok(d.string(k, "string")?.map(Value::Str))
+                        } else {
+                            let key = d.any(k)?;
+                            if matches!(key, Value::Seq(_) | Value::Map(_)) {
+                                return Err(err(format!("yaml: line {}: invalid map key", k.line)));
+                            }
+                            Ok(Some(key))
                         }
-                        Ok(Some(key))
-                    }
-                }, &mut out)?;
+                    },
+                    &mut out,
+                )?;
                 Ok(Value::Map(out))
             }
         }
@@ -558,11 +444,17 @@ impl Decoder {
                 YKind::Seq(items) if items.iter().all(|i| matches!(i.kind, YKind::Map(_))) => {
                     items.iter().rev().cloned().collect()
                 }
-                _ => return Err(err("yaml: map merge requires map or sequence of maps as the value")),
+                _ => {
+                    return Err(err(
+                        "yaml: map merge requires map or sequence of maps as the value",
+                    ));
+                }
             };
             for map in maps {
                 self.visit()?;
-                let YKind::Map(merged) = &map.kind else { continue };
+                let YKind::Map(merged) = &map.kind else {
+                    continue;
+                };
                 let mut tmp = Vec::new();
                 self.map_entries(merged, key_of, &mut tmp)?;
                 for (k, v) in tmp {
@@ -587,7 +479,11 @@ impl Decoder {
             }
         };
         let mut out = Vec::new();
-        self.map_entries(entries, &mut |d, k| Ok(d.string(k, "string")?.map(Value::Str)), &mut out)?;
+        self.map_entries(
+            entries,
+            &mut |d, k| Ok(d.string(k, "string")?.map(Value::Str)),
+            &mut out,
+        )?;
         Ok(out
             .into_iter()
             .filter_map(|(k, v)| match k {
@@ -736,7 +632,9 @@ fn go_quote(s: &str) -> String {
             '\u{8}' => q.push_str("\\b"),
             '\u{c}' => q.push_str("\\f"),
             '\u{b}' => q.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => q.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                q.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c if c.is_control() || c == '\u{feff}' => {
                 let v = c as u32;
                 if v <= 0xFFFF {

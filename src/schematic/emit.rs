@@ -160,9 +160,12 @@ impl Emitter {
     fn value(&mut self, v: &Value, indent: i64, slot: Slot) {
         match v {
             Value::Null => self.scalar("null", Style::Plain, indent, slot),
-            Value::Bool(b) => {
-                self.scalar(if *b { "true" } else { "false" }, Style::Plain, indent, slot)
-            }
+            Value::Bool(b) => self.scalar(
+                if *b { "true" } else { "false" },
+                Style::Plain,
+                indent,
+                slot,
+            ),
             Value::Int(i) => self.scalar(&i.to_string(), Style::Plain, indent, slot),
             Value::Uint(u) => self.scalar(&u.to_string(), Style::Plain, indent, slot),
             Value::Float(f) => self.scalar(&format_go_float(*f), Style::Plain, indent, slot),
@@ -368,7 +371,11 @@ fn key_is_complex(k: &Value) -> bool {
 fn requested_string_style(s: &str) -> Style {
     if s.contains('\n') {
         let literal = s.len() >= 2 && s.chars().any(|c| !c.is_whitespace());
-        return if literal { Style::Literal } else { Style::Double };
+        return if literal {
+            Style::Literal
+        } else {
+            Style::Double
+        };
     }
     if is_old_bool(s) || is_base60_float(s) || s == "<<" {
         return Style::Single;
@@ -548,12 +555,21 @@ mod tests {
     #[test]
     fn nested_layout() {
         let v = Value::Map(vec![
-            (Value::Str("b".into()), Value::Seq(vec![Value::Int(1), Value::Map(vec![
-                (Value::Str("w".into()), Value::Bool(true)),
-                (Value::Str("x".into()), Value::Null),
-            ])])),
+            (
+                Value::Str("b".into()),
+                Value::Seq(vec![
+                    Value::Int(1),
+                    Value::Map(vec![
+                        (Value::Str("w".into()), Value::Bool(true)),
+                        (Value::Str("x".into()), Value::Null),
+                    ]),
+                ]),
+            ),
             (Value::Str("a".into()), Value::Map(vec![])),
-            (Value::Str("c".into()), Value::Seq(vec![Value::Seq(vec![Value::Str("q".into())])])),
+            (
+                Value::Str("c".into()),
+                Value::Seq(vec![Value::Seq(vec![Value::Str("q".into())])]),
+            ),
         ]);
         let doc = document(Node::Map(vec![("o", Node::Value(&v))]));
         assert_eq!(

@@ -10,6 +10,7 @@ mod decode;
 mod emit;
 mod order;
 mod resolve;
+mod tree;
 mod value;
 
 use sha2::{Digest, Sha256};
@@ -186,7 +187,11 @@ impl Customization {
             ));
         }
         if !self.extra_kernel_args.is_empty() {
-            let items = self.extra_kernel_args.iter().map(|s| Node::Str(s)).collect();
+            let items = self
+                .extra_kernel_args
+                .iter()
+                .map(|s| Node::Str(s))
+                .collect();
             m.push(("extraKernelArgs", Node::Seq(items)));
         }
         if !self.meta.is_empty() {
@@ -248,7 +253,9 @@ pub fn id_of(canonical: &str) -> String {
 
 /// Whether `s` is syntactically a schematic ID (64 lowercase hex characters).
 pub fn is_valid_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -389,7 +389,10 @@ impl Cursor<'_> {
         if self.i - start < min {
             return None;
         }
-        std::str::from_utf8(&self.b[start..self.i]).ok()?.parse().ok()
+        std::str::from_utf8(&self.b[start..self.i])
+            .ok()?
+            .parse()
+            .ok()
     }
 }
 
@@ -419,9 +422,15 @@ mod tests {
         }
         assert_eq!(resolve_plain("1_0"), Resolved::Int(10));
         assert_eq!(resolve_plain("-1"), Resolved::Int(-1));
-        assert_eq!(resolve_plain("18446744073709551615"), Resolved::Uint(u64::MAX));
+        assert_eq!(
+            resolve_plain("18446744073709551615"),
+            Resolved::Uint(u64::MAX)
+        );
         // Beyond 64 bits it is a float, as in go-yaml.
-        assert!(matches!(resolve_plain("18446744073709551616"), Resolved::Float(_)));
+        assert!(matches!(
+            resolve_plain("18446744073709551616"),
+            Resolved::Float(_)
+        ));
         // "08" is not octal, but it matches the float pattern.
         assert_eq!(resolve_plain("08"), Resolved::Float(8.0));
         assert_eq!(resolve_plain("0x"), Resolved::Str);

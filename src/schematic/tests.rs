@@ -18,7 +18,10 @@ fn error(input: &str) -> String {
 
 /// The eleven canonical forms and IDs of the API spec (§2.5).
 const VECTORS: &[(&str, &str)] = &[
-    ("customization: {}\n", "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"),
+    (
+        "customization: {}\n",
+        "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba",
+    ),
     (
         "customization:\n    extraKernelArgs:\n        - noapic\n        - nolapic\n",
         "9cba8e32753f91a16c1837ab8abf356af021706ef284aef07380780177d9a06c",
@@ -43,8 +46,14 @@ const VECTORS: &[(&str, &str)] = &[
         "customization:\n    diskImage:\n        sectorSize: 4096\n",
         "92833e9ddd9bb9e11b2464fa5525429f01866306d52ebd882ee08d7918f6d1ea",
     ),
-    ("customization:\n    bootloader: grub\n", "39d496b2cbdb6265d3b714514c5334bf010f1b4d31b23b9e38c80fb2f3ad7ecb"),
-    ("customization:\n    bootloader: sd-boot\n", "9ed5fecdacb36b5c5427b87d409f1065cfb2df69b0f71c58b868d9d466d8dab3"),
+    (
+        "customization:\n    bootloader: grub\n",
+        "39d496b2cbdb6265d3b714514c5334bf010f1b4d31b23b9e38c80fb2f3ad7ecb",
+    ),
+    (
+        "customization:\n    bootloader: sd-boot\n",
+        "9ed5fecdacb36b5c5427b87d409f1065cfb2df69b0f71c58b868d9d466d8dab3",
+    ),
     (
         "customization:\n    systemExtensions:\n        officialExtensions:\n            - siderolabs/amd-ucode\n            - siderolabs/gvisor\n            - siderolabs/gasket-driver\n",
         "51ff3e49313773332729a5c04e57af0dbe2e6d3f65ff638e6d4c3a05065fefff",
@@ -72,7 +81,14 @@ fn spec_input_equivalences() {
             assert_eq!(canon(input), VECTORS[vector].0, "input {input:?}");
         }
     };
-    eq(&["{}", "customization: {}", "customization: {\"extraKernelArgs\": []}"], 0);
+    eq(
+        &[
+            "{}",
+            "customization: {}",
+            "customization: {\"extraKernelArgs\": []}",
+        ],
+        0,
+    );
     eq(
         &[
             r#"{"customization": {"extraKernelArgs": ["noapic", "nolapic"]}}"#,
@@ -94,8 +110,17 @@ fn spec_input_equivalences() {
         ],
         10,
     );
-    eq(&[r#"{"customization":{"secureboot": {"includeWellKnownCertificates": true}}}"#], 5);
-    eq(&["customization: {bootloader: GRUB}", "customization: {bootloader: Grub}"], 7);
+    eq(
+        &[r#"{"customization":{"secureboot": {"includeWellKnownCertificates": true}}}"#],
+        5,
+    );
+    eq(
+        &[
+            "customization: {bootloader: GRUB}",
+            "customization: {bootloader: Grub}",
+        ],
+        7,
+    );
     eq(&["customization: {diskImage: {sectorSize: 4096.0}}"], 6);
 }
 
@@ -116,7 +141,10 @@ fn meta_key_integer_forms() {
     for key in ["256", "-1", "\"10\"", "abc", "[1]"] {
         let doc = format!("customization: {{meta: [{{key: {key}, value: foo}}]}}");
         let e = error(&doc);
-        assert!(e.starts_with("yaml: construct errors:\n  line 1: cannot construct"), "{key}: {e}");
+        assert!(
+            e.starts_with("yaml: construct errors:\n  line 1: cannot construct"),
+            "{key}: {e}"
+        );
         assert!(e.ends_with("into uint8"), "{key}: {e}");
     }
 }
@@ -124,15 +152,22 @@ fn meta_key_integer_forms() {
 #[test]
 fn yaml11_bool_words_for_well_known_certificates() {
     for word in ["true", "y", "Y", "yes", "Yes", "YES", "on", "On", "ON"] {
-        let doc = format!("customization: {{secureboot: {{includeWellKnownCertificates: {word}}}}}");
+        let doc =
+            format!("customization: {{secureboot: {{includeWellKnownCertificates: {word}}}}}");
         assert_eq!(canon(&doc), VECTORS[5].0, "{word}");
     }
-    for word in ["false", "n", "N", "no", "No", "NO", "off", "Off", "OFF", "~"] {
-        let doc = format!("customization: {{secureboot: {{includeWellKnownCertificates: {word}}}}}");
+    for word in [
+        "false", "n", "N", "no", "No", "NO", "off", "Off", "OFF", "~",
+    ] {
+        let doc =
+            format!("customization: {{secureboot: {{includeWellKnownCertificates: {word}}}}}");
         assert_eq!(canon(&doc), VECTORS[0].0, "{word}");
     }
     let e = error("customization: {secureboot: {includeWellKnownCertificates: maybe}}");
-    assert_eq!(e, "yaml: construct errors:\n  line 1: cannot construct !!str `maybe` into bool");
+    assert_eq!(
+        e,
+        "yaml: construct errors:\n  line 1: cannot construct !!str `maybe` into bool"
+    );
 }
 
 #[test]
@@ -149,8 +184,14 @@ fn strict_parsing_errors() {
         error("customization: {}\ncustomization: {}\n"),
         "yaml: construct errors:\n  line 2: mapping key \"customization\" already defined at line 1"
     );
-    assert_eq!(error("owner: me\n"), "owner field is only supported in Enterprise edition");
-    assert_eq!(error("customization: {bootloader: auto}"), "auto does not belong to BootloaderKind values");
+    assert_eq!(
+        error("owner: me\n"),
+        "owner field is only supported in Enterprise edition"
+    );
+    assert_eq!(
+        error("customization: {bootloader: auto}"),
+        "auto does not belong to BootloaderKind values"
+    );
     assert_eq!(error(""), "EOF");
     assert_eq!(error("# just a comment\n"), "EOF");
     assert_eq!(
@@ -171,14 +212,18 @@ fn strict_parsing_errors() {
 #[test]
 fn only_first_document_is_read() {
     assert_eq!(canon("customization: {}\n---\nfoo: bar\n"), VECTORS[0].0);
-    assert_eq!(canon("---\ncustomization: {}\n...\n--- [broken\n"), VECTORS[0].0);
+    assert_eq!(
+        canon("---\ncustomization: {}\n...\n--- [broken\n"),
+        VECTORS[0].0
+    );
     // A null document is an empty schematic.
     assert_eq!(canon("---\n"), VECTORS[0].0);
 }
 
 #[test]
 fn string_fields_keep_source_text() {
-    let doc = "customization:\n  extraKernelArgs: [123, true, yes, ~, 1.0, 0x1f, 'quoted', \"dq\"]\n";
+    let doc =
+        "customization:\n  extraKernelArgs: [123, true, yes, ~, 1.0, 0x1f, 'quoted', \"dq\"]\n";
     assert_eq!(
         canon(doc),
         "customization:\n    extraKernelArgs:\n        - \"123\"\n        - \"true\"\n        - 'yes'\n        - \"1.0\"\n        - \"0x1f\"\n        - quoted\n        - dq\n"
@@ -215,10 +260,16 @@ fn embedded_config_and_meta_literals() {
 #[test]
 fn leading_space_literal_in_sequence() {
     let s = Schematic {
-        customization: Customization { extra_kernel_args: vec![" a\n".into()], ..Default::default() },
+        customization: Customization {
+            extra_kernel_args: vec![" a\n".into()],
+            ..Default::default()
+        },
         ..Default::default()
     };
-    assert_eq!(s.canonical(), "customization:\n    extraKernelArgs:\n        - |4\n           a\n");
+    assert_eq!(
+        s.canonical(),
+        "customization:\n    extraKernelArgs:\n        - |4\n           a\n"
+    );
 }
 
 #[test]
@@ -228,7 +279,8 @@ fn aliases_and_merges() {
         canon(doc),
         "customization:\n    extraKernelArgs:\n        - noapic\n        - nolapic\n    systemExtensions:\n        officialExtensions:\n            - noapic\n            - nolapic\n"
     );
-    let merged = "customization:\n  <<: {extraKernelArgs: [a], bootloader: sd-boot}\n  bootloader: grub\n";
+    let merged =
+        "customization:\n  <<: {extraKernelArgs: [a], bootloader: sd-boot}\n  bootloader: grub\n";
     assert_eq!(
         canon(merged),
         "customization:\n    extraKernelArgs:\n        - a\n    bootloader: grub\n"
@@ -237,7 +289,8 @@ fn aliases_and_merges() {
 
 #[test]
 fn alias_bombs_are_refused() {
-    let mut doc = String::from("overlay:\n  options:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    let mut doc =
+        String::from("overlay:\n  options:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..12 {
         let p = i - 1;
         doc.push_str(&format!(
@@ -270,11 +323,17 @@ mod properties {
         let c = &s.customization;
         quirky(&s.overlay.image)
             || quirky(&s.overlay.name)
-            || s.overlay.options.iter().any(|(k, v)| quirky(k) || value_quirky(v))
+            || s.overlay
+                .options
+                .iter()
+                .any(|(k, v)| quirky(k) || value_quirky(v))
             || quirky(&c.embedded_machine_configuration)
             || c.extra_kernel_args.iter().any(|t| quirky(t))
             || c.meta.iter().any(|m| quirky(&m.value))
-            || c.system_extensions.official_extensions.iter().any(|t| quirky(t))
+            || c.system_extensions
+                .official_extensions
+                .iter()
+                .any(|t| quirky(t))
             || quirky(&c.secureboot.enroll_keys)
     }
 
@@ -319,35 +378,62 @@ mod properties {
 
     fn schematic() -> impl Strategy<Value = Schematic> {
         (
-            (text(), text(), prop::collection::vec(("[a-zA-Z0-9_]{1,8}", value()), 0..4)),
+            (
+                text(),
+                text(),
+                prop::collection::vec(("[a-zA-Z0-9_]{1,8}", value()), 0..4),
+            ),
             text(),
             prop::collection::vec(text(), 0..4),
             prop::collection::vec((any::<u8>(), text()), 0..3),
             prop::collection::vec(text(), 0..3),
-            (0u8..4, text(), any::<bool>(), prop_oneof![Just(0u64), Just(512), Just(4096)]),
+            (
+                0u8..4,
+                text(),
+                any::<bool>(),
+                prop_oneof![Just(0u64), Just(512), Just(4096)],
+            ),
         )
-            .prop_map(|((image, name, opts), emc, args, meta, exts, (bl, ek, wk, ss))| {
-                let mut options: Vec<(String, Value)> = Vec::new();
-                for (k, v) in opts {
-                    if !options.iter().any(|(ek, _)| *ek == k) {
-                        options.push((k, v));
+            .prop_map(
+                |((image, name, opts), emc, args, meta, exts, (bl, ek, wk, ss))| {
+                    let mut options: Vec<(String, Value)> = Vec::new();
+                    for (k, v) in opts {
+                        if !options.iter().any(|(ek, _)| *ek == k) {
+                            options.push((k, v));
+                        }
                     }
-                }
-                Schematic {
-                    owner: String::new(),
-                    overlay: Overlay { image, name, options },
-                    customization: Customization {
-                        embedded_machine_configuration: emc,
-                        extra_kernel_args: args,
-                        meta: meta.into_iter().map(|(key, value)| MetaValue { key, value }).collect(),
-                        system_extensions: SystemExtensions { official_extensions: exts },
-                        bootloader: [Bootloader::None, Bootloader::DualBoot, Bootloader::SdBoot, Bootloader::Grub]
-                            [bl as usize],
-                        secureboot: SecureBoot { enroll_keys: ek, include_well_known_certificates: wk },
-                        disk_image: DiskImage { sector_size: ss },
-                    },
-                }
-            })
+                    Schematic {
+                        owner: String::new(),
+                        overlay: Overlay {
+                            image,
+                            name,
+                            options,
+                        },
+                        customization: Customization {
+                            embedded_machine_configuration: emc,
+                            extra_kernel_args: args,
+                            meta: meta
+                                .into_iter()
+                                .map(|(key, value)| MetaValue { key, value })
+                                .collect(),
+                            system_extensions: SystemExtensions {
+                                official_extensions: exts,
+                            },
+                            bootloader: [
+                                Bootloader::None,
+                                Bootloader::DualBoot,
+                                Bootloader::SdBoot,
+                                Bootloader::Grub,
+                            ][bl as usize],
+                            secureboot: SecureBoot {
+                                enroll_keys: ek,
+                                include_well_known_certificates: wk,
+                            },
+                            disk_image: DiskImage { sector_size: ss },
+                        },
+                    }
+                },
+            )
     }
 
     proptest! {
