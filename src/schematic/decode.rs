@@ -33,11 +33,8 @@ pub(super) fn decode(input: &[u8]) -> Result<Schematic, SchematicError> {
     if d.errors.is_empty() {
         Ok(schematic)
     } else {
-        let mut msg = String::from("yaml: construct errors:");
-        for e in &d.errors {
-            msg.push_str("\n  ");
-            msg.push_str(e);
-        }
+        // go-yaml v4 (the snapshot factory v1.5.0 pins) joins collected errors on one line.
+        let msg = format!("yaml: construct errors: {}", d.errors.join("; "));
         Err(err(msg))
     }
 }

@@ -142,7 +142,7 @@ fn meta_key_integer_forms() {
         let doc = format!("customization: {{meta: [{{key: {key}, value: foo}}]}}");
         let e = error(&doc);
         assert!(
-            e.starts_with("yaml: construct errors:\n  line 1: cannot construct"),
+            e.starts_with("yaml: construct errors: line 1: cannot construct"),
             "{key}: {e}"
         );
         assert!(e.ends_with("into uint8"), "{key}: {e}");
@@ -166,7 +166,7 @@ fn yaml11_bool_words_for_well_known_certificates() {
     let e = error("customization: {secureboot: {includeWellKnownCertificates: maybe}}");
     assert_eq!(
         e,
-        "yaml: construct errors:\n  line 1: cannot construct !!str `maybe` into bool"
+        "yaml: construct errors: line 1: cannot construct !!str `maybe` into bool"
     );
 }
 
@@ -174,15 +174,15 @@ fn yaml11_bool_words_for_well_known_certificates() {
 fn strict_parsing_errors() {
     assert_eq!(
         error("something:"),
-        "yaml: construct errors:\n  line 1: field something not found in type schematic.Schematic"
+        "yaml: construct errors: line 1: field something not found in type schematic.Schematic"
     );
     assert_eq!(
         error("customization:\n  extraKernelArgs: [a]\n  foo: 1\n  bar: 2\n"),
-        "yaml: construct errors:\n  line 3: field foo not found in type schematic.Customization\n  line 4: field bar not found in type schematic.Customization"
+        "yaml: construct errors: line 3: field foo not found in type schematic.Customization; line 4: field bar not found in type schematic.Customization"
     );
     assert_eq!(
         error("customization: {}\ncustomization: {}\n"),
-        "yaml: construct errors:\n  line 2: mapping key \"customization\" already defined at line 1"
+        "yaml: construct errors: line 2: mapping key \"customization\" already defined at line 1"
     );
     assert_eq!(
         error("owner: me\n"),
@@ -196,15 +196,15 @@ fn strict_parsing_errors() {
     assert_eq!(error("# just a comment\n"), "EOF");
     assert_eq!(
         error("customization: {extraKernelArgs: [2024-01-01]}"),
-        "yaml: construct errors:\n  line 1: cannot construct !!timestamp `2024-01-01` into string"
+        "yaml: construct errors: line 1: cannot construct !!timestamp `2024-01-01` into string"
     );
     assert_eq!(
         error("customization: hello"),
-        "yaml: construct errors:\n  line 1: cannot construct !!str `hello` into schematic.Customization"
+        "yaml: construct errors: line 1: cannot construct !!str `hello` into schematic.Customization"
     );
     assert_eq!(
         error("customization: {extraKernelArgs: averyveryverylongstring}"),
-        "yaml: construct errors:\n  line 1: cannot construct !!str `averyve...` into []string"
+        "yaml: construct errors: line 1: cannot construct !!str `averyve...` into []string"
     );
     assert!(error("customization: [").starts_with("yaml: line "));
 }
@@ -304,10 +304,10 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
-    /// A string that starts with line breaks followed by a space (see the quirk above).
+    /// A multi-line string that starts with a space, possibly after line breaks (see the
+    /// quirks above; `|4` is only relative to the right column in some positions).
     fn quirky(t: &str) -> bool {
-        let rest = t.trim_start_matches('\n');
-        rest.len() < t.len() && rest.starts_with(' ')
+        t.contains('\n') && t.trim_start_matches('\n').starts_with(' ')
     }
 
     fn value_quirky(v: &Value) -> bool {
@@ -446,7 +446,6 @@ mod properties {
             // relative to the wrong column inside sequence items, and a literal starting with
             // a line break then a space gets no indentation indicator at all. Upstream IDs
             // depend on these bytes, so they are kept (see `leading_space_literal_in_sequence`).
-            prop_assume!(!c1.contains("- |4") && !c1.contains("value: |4"));
             prop_assume!(!has_break_then_space(&s));
             let reparsed = Schematic::parse(c1.as_bytes())
                 .map_err(|e| TestCaseError::fail(format!("{e}\n---\n{c1}")))?;
