@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod frontend;
+pub mod oci;
 pub mod schematic;
 pub mod store;
 pub mod trust;

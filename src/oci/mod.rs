@@ -1,0 +1,71 @@
+//! OCI plumbing: image types, sources (layouts, archives, registries), safe layer flattening.
+
+mod source;
+mod types;
+
+pub use source::{BlobReader, ImageSource};
+pub use types::*;
+
+/// Errors of the OCI layer.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// A digest string is not `sha256:<64 hex>`.
+    #[error("invalid digest {0:?}")]
+    InvalidDigest(String),
+    /// An image reference cannot be parsed.
+    #[error("invalid image reference {0:?}")]
+    InvalidReference(String),
+    /// Content is not where it should be.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Content does not match its digest or size.
+    #[error("{what}: content does not match its digest (expected {expected}, got {actual})")]
+    DigestMismatch {
+        /// What was read.
+        what: String,
+        /// Expected digest or size.
+        expected: String,
+        /// Actual digest or size.
+        actual: String,
+    },
+    /// A manifest, index or config is malformed.
+    #[error("malformed {what}: {message}")]
+    Malformed {
+        /// What was parsed.
+        what: String,
+        /// Parser message.
+        message: String,
+    },
+    /// An archive or layer would write outside its root, or is otherwise unsafe.
+    #[error("unsafe archive content: {0}")]
+    Unsafe(String),
+    /// A size budget or decompression-ratio limit was exceeded.
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    /// A registry request failed.
+    #[error("registry {registry}: {message}")]
+    Registry {
+        /// Registry host.
+        registry: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Reading or writing local files failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl OciError {
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> OciError {
+        OciError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
