@@ -1,8 +1,10 @@
 //! Storage: the `MetaStore` trait for small records (sled implementation) and typed facades.
 
+mod blobs;
 mod schematics;
 mod sled_store;
 
+pub use blobs::{BlobInfo, BlobStore, BlobWriter};
 pub use schematics::{PutOutcome, SchematicStore};
 pub use sled_store::SledStore;
 

@@ -1,0 +1,336 @@
+//! The blob store: immutable files named by their BLAKE3 hash under `<dataDir>/blobs`, with a
+//! SHA-256 index in the metadata store for OCI-addressed content.
+//!
+//! Writes go to `blobs/tmp/`, are fsynced, renamed into `blobs/<2 hex>/<64 hex>` and the parent
+//! directory is fsynced, so a blob is either complete under its final name or not there at all.
+//! Temporary files left by a crash are swept when the store opens.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{MetaStore, StoreError};
+
+/// Tree mapping a SHA-256 hex digest to the blob's `BlobInfo` (JSON).
+const SHA_TREE: &str = "blobs_by_sha256";
+/// Copy buffer size for streaming writes.
+const CHUNK: usize = 256 * 1024;
+
+/// Identity of a stored blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// BLAKE3 hex: the file name and internal identity.
+    pub blake3: String,
+    /// SHA-256 hex: the OCI / cosign identity.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Content-addressed file storage.
+#[derive(Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+    meta: Arc<dyn MetaStore>,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |e| StoreError::Backend(format!("{context}: {e}"))
+}
+
+fn valid_hex(h: &str) -> bool {
+    h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl BlobStore {
+    /// Opens the store rooted at `root` (usually `<dataDir>/blobs`) and sweeps crash leftovers.
+    pub fn open(root: &Path, meta: Arc<dyn MetaStore>) -> Result<Self, StoreError> {
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|source| StoreError::CreateDir {
+            dir: tmp.clone(),
+            source,
+        })?;
+        let mut swept = 0usize;
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                if std::fs::remove_file(entry.path()).is_ok() {
+                    swept += 1;
+                }
+            }
+        }
+        if swept > 0 {
+            tracing::info!(swept, dir = %tmp.display(), "removed temporary blob files left by an interrupted write");
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            meta,
+        })
+    }
+
+    /// The final path of the blob with BLAKE3 hex `blake3`.
+    pub fn path(&self, blake3: &str) -> PathBuf {
+        let prefix = blake3.get(..2).unwrap_or("xx");
+        self.root.join(prefix).join(blake3)
+    }
+
+    /// Whether the blob exists.
+    pub fn contains(&self, blake3: &str) -> bool {
+        valid_hex(blake3) && self.path(blake3).is_file()
+    }
+
+    /// Opens a stored blob for reading.
+    pub fn open_blob(&self, blake3: &str) -> Result<File, StoreError> {
+        if !valid_hex(blake3) {
+            return Err(StoreError::Backend(format!("invalid blob name {blake3:?}")));
+        }
+        File::open(self.path(blake3)).map_err(io_err(format!("open blob {blake3}")))
+    }
+
+    /// Looks up a blob by its SHA-256 hex digest.
+    pub fn by_sha256(&self, sha256: &str) -> Result<Option<BlobInfo>, StoreError> {
+        match self.meta.get(SHA_TREE, sha256.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => {
+                let info: BlobInfo =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        tree: SHA_TREE.into(),
+                        key: sha256.into(),
+                        message: e.to_string(),
+                    })?;
+                // The index may outlive a blob removed by hand; treat that as absent.
+                Ok(self.contains(&info.blake3).then_some(info))
+            }
+        }
+    }
+
+    /// Reads a whole (small) blob by SHA-256, refusing more than `limit` bytes.
+    pub fn read_sha256(&self, sha256: &str, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(info) = self.by_sha256(sha256)? else {
+            return Ok(None);
+        };
+        if info.size > limit {
+            return Err(StoreError::Backend(format!(
+                "blob sha256:{sha256} is {} bytes, more than the {limit} allowed here",
+                info.size
+            )));
+        }
+        let mut buf = Vec::with_capacity(info.size as usize);
+        self.open_blob(&info.blake3)?
+            .read_to_end(&mut buf)
+            .map_err(io_err(format!("read blob sha256:{sha256}")))?;
+        Ok(Some(buf))
+    }
+
+    /// Starts a streaming write.
+    pub fn writer(&self) -> Result<BlobWriter, StoreError> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4()));
+        let file = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            tmp,
+            file: Some(file),
+            blake3: blake3::Hasher::new(),
+            sha256: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Stores `bytes` and returns their identity.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<BlobInfo, StoreError> {
+        let mut w = self.writer()?;
+        w.write_all(bytes).map_err(io_err("write blob"))?;
+        w.finish()
+    }
+
+    /// Streams `reader` into the store. When `expected_sha256` is given, a mismatch discards the
+    /// data and fails.
+    pub async fn put_stream<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: R,
+        expected_sha256: Option<&str>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<BlobInfo, StoreError> {
+        let mut w = self.writer()?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(io_err("read blob source"))?;
+            if n == 0 {
+                break;
+            }
+            // Local disk writes of one chunk are short; keeping them inline avoids a thread hop.
+            w.write_all(&buf[..n]).map_err(io_err("write blob"))?;
+            progress(n as u64);
+        }
+        if let Some(expected) = expected_sha256 {
+            let actual = hex::encode(w.sha256.clone().finalize());
+            if actual != expected {
+                return Err(StoreError::Backend(format!(
+                    "blob content does not match sha256:{expected} (got sha256:{actual})"
+                )));
+            }
+        }
+        tokio::task::spawn_blocking(move || w.finish())
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob writer task: {e}")))?
+    }
+
+    fn commit(&self, tmp: &Path, info: &BlobInfo) -> Result<(), StoreError> {
+        let dest = self.path(&info.blake3);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        if dest.is_file() {
+            // Same content already stored (content addressing): keep the existing file.
+            let _ = std::fs::remove_file(tmp);
+        } else {
+            std::fs::rename(tmp, &dest)
+                .map_err(io_err(format!("rename into {}", dest.display())))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(format!("sync {}", dir.display())))?;
+        }
+        let record = serde_json::to_vec(info).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.meta.put(SHA_TREE, info.sha256.as_bytes(), &record)
+    }
+}
+
+/// A blob being written: hashes with BLAKE3 and SHA-256 as bytes arrive.
+pub struct BlobWriter {
+    store: BlobStore,
+    tmp: PathBuf,
+    file: Option<File>,
+    blake3: blake3::Hasher,
+    sha256: Sha256,
+    size: u64,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
+        let n = file.write(buf)?;
+        self.blake3.update(&buf[..n]);
+        self.sha256.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Makes the blob durable under its content name (index durable after the next meta flush).
+    pub fn finish(mut self) -> Result<BlobInfo, StoreError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Backend("blob writer already finished".into()))?;
+        file.sync_all().map_err(io_err("sync blob"))?;
+        drop(file);
+        let info = BlobInfo {
+            blake3: self.blake3.finalize().to_hex().to_string(),
+            sha256: hex::encode(self.sha256.clone().finalize()),
+            size: self.size,
+        };
+        self.store.commit(&self.tmp, &info)?;
+        Ok(info)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn store() -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("meta")).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        (dir, blobs)
+    }
+
+    #[test]
+    fn put_and_read_back_by_both_hashes() {
+        let (_d, s) = store();
+        let info = s.put_bytes(b"hello").unwrap();
+        assert_eq!(info.blake3, blake3::hash(b"hello").to_hex().to_string());
+        assert_eq!(info.sha256, hex::encode(Sha256::digest(b"hello")));
+        assert!(s.contains(&info.blake3));
+        assert_eq!(s.read_sha256(&info.sha256, 10).unwrap().unwrap(), b"hello");
+        assert!(s.read_sha256(&info.sha256, 2).is_err());
+        // Dedup: same content, same file, no temp left behind.
+        let again = s.put_bytes(b"hello").unwrap();
+        assert_eq!(again, info);
+        assert_eq!(std::fs::read_dir(s.root.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn stream_with_digest_check() {
+        let (_d, s) = store();
+        let good = hex::encode(Sha256::digest(b"abc"));
+        let mut seen = 0;
+        let info = s
+            .put_stream(&b"abc"[..], Some(&good), |n| seen += n)
+            .await
+            .unwrap();
+        assert_eq!((info.size, seen), (3, 3));
+        let err = s
+            .put_stream(&b"abd"[..], Some(&good), |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert_eq!(std::fs::read_dir(s.root.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn crash_leftovers_are_swept() {
+        let (d, s) = store();
+        let w = s.writer().unwrap();
+        std::mem::forget(w); // as if the process died mid-write
+        assert_eq!(std::fs::read_dir(s.root.join("tmp")).unwrap().count(), 1);
+        let meta: Arc<dyn MetaStore> = s.meta.clone();
+        let reopened = BlobStore::open(&d.path().join("blobs"), meta).unwrap();
+        assert_eq!(
+            std::fs::read_dir(reopened.root.join("tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
