@@ -1,5 +1,6 @@
 //! Image Factory appliance: schematics, releases, native image builds and their frontends.
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod frontend;

@@ -72,6 +72,10 @@ pub trait MetaStore: Send + Sync + 'static {
     fn contains(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError>;
     /// Number of records in a tree.
     fn count(&self, tree: &str) -> Result<u64, StoreError>;
+    /// Every record of a tree, in key order (trees are small: catalog and asset records).
+    fn scan(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Removes a record; returns whether it existed.
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError>;
     /// Makes every write that returned before this call durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

@@ -137,6 +137,17 @@ impl MetaStore for SledStore {
         Ok(u64::try_from(n).unwrap_or(u64::MAX))
     }
 
+    fn scan(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.tree(tree)?
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree(tree)?.remove(key).map_err(backend)?.is_some())
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.group_flush())
     }

@@ -1,0 +1,198 @@
+//! The imported-release model and its store: one record per Talos version, written last so a
+//! release is visible only when every blob it names is stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::oci::Digest;
+use crate::store::{MetaStore, StoreError};
+
+use super::version::Version;
+
+/// Tree holding release records keyed by version tag (`v1.11.0`).
+const TREE: &str = "releases";
+
+/// A stored file (boot asset or GRUB module) by identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// BLAKE3 hex (blob file name).
+    pub blake3: String,
+    /// SHA-256 hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Unix permission bits from the image.
+    #[serde(default)]
+    pub mode: u32,
+}
+
+/// An image held in the blob store (its top-level manifest/index, the platform manifest,
+/// config and layers are all blobs addressed by SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The upstream reference it was imported as (tag or digest form).
+    pub reference: String,
+    /// Digest of the top-level index or manifest (the signed digest).
+    pub digest: Digest,
+    /// Digest of the `linux/<arch>` image manifest.
+    pub manifest: Digest,
+    /// Total bytes of manifest, config and layers.
+    pub size: u64,
+}
+
+/// How the release's images were verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum Signatures {
+    /// Every image's cosign signature verified with one of these keys (fingerprints).
+    Verified {
+        /// SHA-256 fingerprints of the public keys that verified images.
+        keys: Vec<String>,
+    },
+    /// Verification was skipped on operator request (`--insecure-skip-signature-verification`).
+    Skipped,
+}
+
+/// Per-architecture content of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ArchRelease {
+    /// The imager image.
+    pub imager: Option<ImageRecord>,
+    /// The installer base (`installer-base` for >= 1.10, `installer` before).
+    pub installer_base: Option<ImageRecord>,
+    /// Boot assets from `/usr/install/<arch>/` by file name.
+    pub assets: BTreeMap<String, BlobRef>,
+    /// GRUB module trees from `/usr/lib/grub/` by relative path (empty when absent).
+    pub grub: BTreeMap<String, BlobRef>,
+}
+
+/// One extension of the release's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtensionEntry {
+    /// Repository path without registry, e.g. `siderolabs/amd-ucode` (the schematic name).
+    pub name: String,
+    /// Tagged reference as listed, e.g. `ghcr.io/siderolabs/amd-ucode:20230804`.
+    pub reference: String,
+    /// Digest from the catalog line.
+    pub digest: Digest,
+    /// Author from `descriptions.yaml`.
+    pub author: String,
+    /// Description from `descriptions.yaml`.
+    pub description: String,
+    /// Imported images per architecture (empty when not imported: partial release).
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+}
+
+/// One overlay of the release's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayEntry {
+    /// Overlay name, e.g. `rpi_generic`.
+    pub name: String,
+    /// Repository path of the overlay image, e.g. `siderolabs/sbc-raspberrypi`.
+    pub image: String,
+    /// Tagged reference as written in the catalog.
+    pub reference: String,
+    /// Digest from the catalog.
+    pub digest: Digest,
+    /// Imported images per architecture.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+}
+
+/// A complete imported Talos release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Version tag, e.g. `v1.11.0`.
+    pub version: String,
+    /// When the release was first imported (RFC 3339, UTC).
+    pub imported_at: String,
+    /// Where it was imported from.
+    pub source: String,
+    /// Signature verification state.
+    pub signatures: Signatures,
+    /// True when only a subset of the catalog's extensions/overlays was imported.
+    pub partial: bool,
+    /// Per-architecture content.
+    pub arches: BTreeMap<String, ArchRelease>,
+    /// The extension catalog, in catalog order.
+    pub extensions: Vec<ExtensionEntry>,
+    /// The overlay catalog, in catalog order.
+    pub overlays: Vec<OverlayEntry>,
+}
+
+impl Release {
+    /// The parsed version.
+    pub fn parsed_version(&self) -> Option<Version> {
+        Version::parse_strict(&self.version)
+    }
+
+    /// Every blob SHA-256 the release depends on (for GC protection and integrity checks).
+    pub fn image_records(&self) -> Vec<&ImageRecord> {
+        let mut out = Vec::new();
+        for a in self.arches.values() {
+            out.extend(a.imager.iter());
+            out.extend(a.installer_base.iter());
+        }
+        for e in &self.extensions {
+            out.extend(e.images.values());
+        }
+        for o in &self.overlays {
+            out.extend(o.images.values());
+        }
+        out
+    }
+}
+
+/// Typed access to release records.
+#[derive(Clone)]
+pub struct ReleaseStore {
+    meta: Arc<dyn MetaStore>,
+}
+
+impl ReleaseStore {
+    /// Wraps a metadata store.
+    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
+        Self { meta }
+    }
+
+    /// Reads one release by tag (`v1.11.0`).
+    pub fn get(&self, tag: &str) -> Result<Option<Release>, StoreError> {
+        match self.meta.get(TREE, tag.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        tree: TREE.into(),
+                        key: tag.into(),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// All releases, sorted by version.
+    pub fn list(&self) -> Result<Vec<Release>, StoreError> {
+        let mut out = Vec::new();
+        for (key, bytes) in self.meta.scan(TREE)? {
+            let r: Release = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                tree: TREE.into(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                message: e.to_string(),
+            })?;
+            out.push(r);
+        }
+        out.sort_by_key(|r| r.parsed_version());
+        Ok(out)
+    }
+
+    /// Publishes a release record and waits until it is durable.
+    pub async fn put(&self, release: &Release) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(release).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.meta.put(TREE, release.version.as_bytes(), &bytes)?;
+        self.meta.flush().await
+    }
+}
