@@ -1,9 +1,13 @@
-//! Trust: the cluster signing key (ECDSA P-256), loaded from PEM or generated on first start.
+//! The cluster signing key (ECDSA P-256), loaded from PEM or generated on first start, and the
+//! errors of the trust layer.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+
+use crate::oci::OciError;
 
 /// Errors of the trust layer.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,71 @@ pub enum TrustError {
     /// Encoding or random generation failed.
     #[error("signing key: {0}")]
     Crypto(String),
+    /// A trusted public key could not be read or parsed.
+    #[error("trusted public key {source_name}: {message}")]
+    PublicKey {
+        /// Where the key came from (file path or config key).
+        source_name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The image has no cosign signature (no `sha256-<hex>.sig` manifest in its repository).
+    #[error("image {image}: not signed (no cosign signature {signature_ref})")]
+    Unsigned {
+        /// The signed image (reference with digest).
+        image: String,
+        /// Where the signature was looked for.
+        signature_ref: String,
+    },
+    /// The signature image is altered or malformed: a payload that does not match its layer
+    /// digest, an undecodable signature, a missing simple-signing layer, a malformed payload.
+    #[error("image {image}: signature rejected, signature image tampered or malformed: {reason}")]
+    Tampered {
+        /// The signed image.
+        image: String,
+        /// What was found wrong.
+        reason: String,
+    },
+    /// A trusted key signed a payload for another manifest digest (a replayed signature).
+    #[error(
+        "image {image}: signature is for another image: the signed payload names {signed}, expected {expected}"
+    )]
+    DigestMismatch {
+        /// The signed image.
+        image: String,
+        /// The digest that was fetched and should have been signed.
+        expected: String,
+        /// The digest the signed payload names.
+        signed: String,
+    },
+    /// Well-formed signatures, but none verifies under any trusted key.
+    #[error(
+        "image {image}: not signed by a trusted key ({signatures} signature(s) checked against {keys} trusted key(s))"
+    )]
+    UnknownKey {
+        /// The signed image.
+        image: String,
+        /// Signatures checked.
+        signatures: usize,
+        /// Trusted keys tried.
+        keys: usize,
+    },
+    /// No trusted key is configured, so nothing can verify.
+    #[error("image {image}: cannot verify signature: no trusted public keys configured")]
+    NoTrustedKeys {
+        /// The signed image.
+        image: String,
+    },
+    /// Fetching the signature image failed (not a verdict on the signature).
+    #[error("image {image}: cannot fetch signature {signature_ref}: {source}")]
+    Fetch {
+        /// The signed image.
+        image: String,
+        /// The signature reference.
+        signature_ref: String,
+        /// Underlying error.
+        source: OciError,
+    },
 }
 
 /// The cluster signing key.
@@ -87,6 +156,32 @@ impl SigningKey {
             .public_key()
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| TrustError::Crypto(e.to_string()))
+    }
+
+    /// Derives a key deterministically from a 32-byte seed (tests and the test kit only; the seed
+    /// is reduced until it is a valid scalar).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        use sha2::Digest as _;
+        let mut bytes = *seed;
+        loop {
+            if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
+                return Self { secret };
+            }
+            bytes = sha2::Sha256::digest(bytes).into();
+        }
+    }
+
+    /// Signs `message` with ECDSA P-256 / SHA-256 (RFC 6979 deterministic nonces); returns the
+    /// ASN.1 DER signature, the form cosign and Go's `ecdsa.SignASN1` produce.
+    pub fn sign_der(&self, message: &[u8]) -> Vec<u8> {
+        let key = p256::ecdsa::SigningKey::from(&self.secret);
+        let sig: p256::ecdsa::DerSignature = key.sign(message);
+        sig.as_bytes().to_vec()
+    }
+
+    /// The public half, for verification.
+    pub fn verifying_key(&self) -> p256::ecdsa::VerifyingKey {
+        p256::ecdsa::VerifyingKey::from(&p256::ecdsa::SigningKey::from(&self.secret))
     }
 
     /// Loads the key at `path`, or generates and writes one (mode 0600) if the file is missing.
