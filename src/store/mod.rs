@@ -57,6 +57,9 @@ pub enum StoreError {
     },
 }
 
+/// A key-value record: key bytes and value bytes.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// A key-value store of small records, organised in named trees.
 ///
 /// `put` makes a record visible immediately; it is durable only after `flush` completes.
@@ -73,7 +76,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Number of records in a tree.
     fn count(&self, tree: &str) -> Result<u64, StoreError>;
     /// Every record of a tree, in key order (trees are small: catalog and asset records).
-    fn scan(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, tree: &str) -> Result<Vec<Record>, StoreError>;
     /// Removes a record; returns whether it existed.
     fn remove(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError>;
     /// Makes every write that returned before this call durable.

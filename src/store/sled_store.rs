@@ -137,7 +137,7 @@ impl MetaStore for SledStore {
         Ok(u64::try_from(n).unwrap_or(u64::MAX))
     }
 
-    fn scan(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, tree: &str) -> Result<Vec<super::Record>, StoreError> {
         self.tree(tree)?
             .iter()
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
