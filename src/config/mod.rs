@@ -49,6 +49,13 @@ pub enum ConfigError {
     },
 }
 
+fn parse_version(key: &str, v: &str) -> Result<crate::catalog::Version, ConfigError> {
+    crate::catalog::Version::parse_strict(v).ok_or_else(|| ConfigError::Invalid {
+        key: key.into(),
+        message: format!("{v:?} is not a semantic version like 1.2.0"),
+    })
+}
+
 /// The whole appliance configuration (keys are camelCase as upstream).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -222,6 +229,20 @@ impl Config {
     /// The data directory as a path.
     pub fn data_dir(&self) -> &Path {
         Path::new(&self.storage.data_dir)
+    }
+
+    /// `build.minTalosVersion`, parsed (a leading `v` is optional).
+    pub fn min_talos_version(&self) -> Result<crate::catalog::Version, ConfigError> {
+        parse_version("build.minTalosVersion", &self.build.min_talos_version)
+    }
+
+    /// `build.brokenTalosVersions`, parsed.
+    pub fn broken_talos_versions(&self) -> Result<Vec<crate::catalog::Version>, ConfigError> {
+        self.build
+            .broken_talos_versions
+            .iter()
+            .map(|v| parse_version("build.brokenTalosVersions", v))
+            .collect()
     }
 
     /// Path of the cluster signing key (configured, or the default under the data directory).

@@ -80,17 +80,9 @@ fn is_origin(s: &str) -> bool {
 
 /// Accepts `X.Y.Z` with an optional leading `v` and an optional `-pre` suffix.
 fn check_version(key: &str, s: &str) -> Result<(), ConfigError> {
-    let core = s.strip_prefix('v').unwrap_or(s);
-    let core = core.split_once(['-', '+']).map_or(core, |(c, _)| c);
-    let parts: Vec<&str> = core.split('.').collect();
-    let ok = parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(key, format!("{s:?} is not a version like 1.2.0")))
+    match crate::catalog::Version::parse_strict(s) {
+        Some(_) => Ok(()),
+        None => Err(invalid(key, format!("{s:?} is not a version like 1.2.0"))),
     }
 }
 

@@ -3,6 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::catalog::CatalogError;
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
 
@@ -32,6 +33,18 @@ pub enum ApiError {
 impl From<SchematicError> for ApiError {
     fn from(e: SchematicError) -> Self {
         ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::VersionNotAvailable(_) | CatalogError::ImageNotFound { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
+            // Upstream answers a malformed version with 500; kept for compatibility.
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

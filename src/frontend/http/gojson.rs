@@ -43,6 +43,33 @@ pub fn object_of_strings(members: &[(&str, &str)]) -> String {
     out
 }
 
+/// Encodes an array of strings, like Go's encoder of a `[]string` (`null` never: empty is `[]`).
+pub fn array_of_strings<S: AsRef<str>>(items: &[S]) -> String {
+    let mut out = String::from("[");
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(&mut out, s.as_ref());
+    }
+    out.push_str("]\n");
+    out
+}
+
+/// Encodes an array of objects of string members (each in the given member order).
+pub fn array_of_objects(items: &[Vec<(&str, &str)>]) -> String {
+    let mut out = String::from("[");
+    for (i, members) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let obj = object_of_strings(members);
+        out.push_str(obj.trim_end_matches('\n'));
+    }
+    out.push_str("]\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::gojson;
 use super::metrics::Metrics;
+use crate::catalog::{ReleaseStore, Version};
 use crate::schematic::{self, Schematic};
 use crate::store::{PutOutcome, SchematicStore};
 
@@ -21,8 +22,19 @@ pub struct AppState {
     inner: Arc<StateInner>,
 }
 
+/// What the catalog endpoints need: imported releases and the offered-version rules.
+pub struct CatalogView {
+    /// Imported releases.
+    pub releases: ReleaseStore,
+    /// `build.minTalosVersion`.
+    pub min_version: Version,
+    /// `build.brokenTalosVersions`.
+    pub broken: Vec<Version>,
+}
+
 struct StateInner {
     schematics: SchematicStore,
+    catalog: CatalogView,
     metrics: Metrics,
     max_body_bytes: u64,
     data_dir: String,
@@ -33,6 +45,7 @@ impl AppState {
     /// Builds the state from its parts.
     pub fn new(
         schematics: SchematicStore,
+        catalog: CatalogView,
         metrics: Metrics,
         max_body_bytes: u64,
         data_dir: String,
@@ -42,12 +55,18 @@ impl AppState {
         Self {
             inner: Arc::new(StateInner {
                 schematics,
+                catalog,
                 metrics,
                 max_body_bytes,
                 data_dir,
                 listeners,
             }),
         }
+    }
+
+    /// Imported releases and version rules.
+    pub fn catalog(&self) -> &CatalogView {
+        &self.inner.catalog
     }
 
     /// The metrics registry.

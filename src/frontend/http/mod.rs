@@ -1,6 +1,7 @@
 //! HTTP frontend (axum): the API router, the metrics listener, and the `serve` entry point
 //! that opens storage, binds every listener and runs until shutdown.
 
+pub mod catalog;
 pub mod error;
 pub mod gojson;
 pub mod handlers;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::catalog::ReleaseStore;
 use crate::config::{Config, ConfigError};
 use crate::store::{self, SchematicStore, StoreError};
 use crate::trust::{SigningKey, TrustError};
@@ -117,6 +119,15 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/healthz", get(handlers::health))
         .route("/readyz", get(handlers::health))
         .route("/status", get(handlers::status))
+        .route("/versions", get(catalog::versions))
+        .route(
+            "/version/{version}/extensions/official",
+            get(catalog::extensions),
+        )
+        .route(
+            "/version/{version}/overlays/official",
+            get(catalog::overlays),
+        )
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::disable())
@@ -178,7 +189,12 @@ pub async fn serve(
     };
     tracing::info!(dir = %meta.dir().display(), "metadata store opened");
     let meta: Arc<dyn store::MetaStore> = Arc::new(meta);
-    let schematics = SchematicStore::new(meta)?;
+    let schematics = SchematicStore::new(meta.clone())?;
+    let catalog_view = handlers::CatalogView {
+        releases: ReleaseStore::new(meta),
+        min_version: config.min_talos_version()?,
+        broken: config.broken_talos_versions()?,
+    };
 
     let key_path = config.signing_key_path();
     let (_key, created) = SigningKey::load_or_generate(&key_path)?;
@@ -215,6 +231,7 @@ pub async fn serve(
     let abs_data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone());
     let state = AppState::new(
         schematics.clone(),
+        catalog_view,
         metrics::Metrics::new(),
         config.http.max_body_bytes,
         abs_data_dir.display().to_string(),
