@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn ordering() {
-        let mut vs = vec![
+        let mut vs = [
             v("1.10.0"),
             v("1.9.2"),
             v("1.10.0-rc.1"),
