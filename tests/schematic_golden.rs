@@ -37,7 +37,11 @@ fn corpus() -> Vec<Case> {
 #[test]
 fn golden_corpus_matches_go_yaml() {
     let cases = corpus();
-    assert!(cases.len() > 300, "corpus unexpectedly small: {}", cases.len());
+    assert!(
+        cases.len() > 300,
+        "corpus unexpectedly small: {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases.iter().filter(|c| !c.v3_only) {
@@ -62,9 +66,10 @@ fn golden_corpus_matches_go_yaml() {
                     ));
                 }
             }
-            (Some(_), _, None, Err(e)) => {
-                failures.push(format!("{}: input {:?} rejected: {e}", case.name, case.input))
-            }
+            (Some(_), _, None, Err(e)) => failures.push(format!(
+                "{}: input {:?} rejected: {e}",
+                case.name, case.input
+            )),
             (None, _, Some(_), Ok(s)) => failures.push(format!(
                 "{}: input {:?} accepted as {:?}, go-yaml rejects it",
                 case.name,
@@ -76,7 +81,12 @@ fn golden_corpus_matches_go_yaml() {
         }
     }
     assert!(checked > 250, "too few comparable cases: {checked}");
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The YAML 1.1 words and base-60 numbers that go-yaml v3 double-quotes and factory v1.5.0
@@ -96,12 +106,15 @@ fn v4_single_quotes_yaml11_words() {
             .skip(1)
             .step_by(2)
             .filter(|x| {
-                x.contains(':')
-                    && x.chars().all(|c| c.is_ascii_digit() || ":._+-".contains(c))
+                x.contains(':') && x.chars().all(|c| c.is_ascii_digit() || ":._+-".contains(c))
             })
             .map(str::to_string)
             .collect();
-        for w in WORDS.iter().copied().chain(base60.iter().map(String::as_str)) {
+        for w in WORDS
+            .iter()
+            .copied()
+            .chain(base60.iter().map(String::as_str))
+        {
             expected = expected
                 .replace(&format!(": \"{w}\"\n"), &format!(": '{w}'\n"))
                 .replace(&format!("- \"{w}\"\n"), &format!("- '{w}'\n"))
@@ -115,5 +128,8 @@ fn v4_single_quotes_yaml11_words() {
             .unwrap_or_else(|e| panic!("{}: rejected: {e}", case.name));
         assert_eq!(ours.canonical(), expected, "{}", case.name);
     }
-    assert!(compared >= 10, "only {compared} YAML 1.1 word cases compared");
+    assert!(
+        compared >= 10,
+        "only {compared} YAML 1.1 word cases compared"
+    );
 }
