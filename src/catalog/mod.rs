@@ -2,9 +2,11 @@
 //! overlay catalogs and images), how they are imported, and what the API lists.
 
 pub mod files;
+mod import;
 mod release;
 pub mod version;
 
+pub use import::{ImportOptions, ImportProgress, ImportSummary, Importer, Selection};
 pub use release::{
     ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
     Signatures,

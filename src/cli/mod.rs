@@ -1,5 +1,6 @@
 //! Command line (clap): `serve` and `schematic` subcommands; logs go to stderr.
 
+pub mod import;
 mod schematic;
 mod serve;
 
@@ -47,6 +48,8 @@ pub enum Command {
     /// Work with schematics: compute IDs and canonical forms, talk to a server.
     #[command(subcommand)]
     Schematic(schematic::SchematicCommand),
+    /// Import Talos releases from an offline bundle or a registry (signatures verified).
+    Import(import::ImportArgs),
 }
 
 /// Installs the tracing subscriber (stderr, text or JSON).
@@ -70,5 +73,6 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Schematic(cmd) => schematic::run(cmd),
+        Command::Import(args) => import::run(args),
     }
 }

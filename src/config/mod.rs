@@ -72,6 +72,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// TFTP netboot frontend (not used yet).
     pub tftp: TftpConfig,
+    /// Signature verification of imported releases.
+    pub trust: TrustConfig,
+    /// Administrative API (release import into a running appliance).
+    pub admin: AdminConfig,
     /// Peer replication (not used yet).
     pub replication: ReplicationConfig,
 }
@@ -182,6 +186,23 @@ impl Default for StorageConfig {
     }
 }
 
+/// `trust.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrustConfig {
+    /// PEM files with cosign public keys (PKIX `PUBLIC KEY`) trusted for imported images.
+    pub public_keys: Vec<String>,
+}
+
+/// `admin.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminConfig {
+    /// File holding the admin bearer token; empty = `<dataDir>/keys/admin-token`, generated on
+    /// first start (mode 0600).
+    pub token_file: String,
+}
+
 /// `tftp.*` keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -229,6 +250,15 @@ impl Config {
     /// The data directory as a path.
     pub fn data_dir(&self) -> &Path {
         Path::new(&self.storage.data_dir)
+    }
+
+    /// Path of the admin token file (configured, or the default under the data directory).
+    pub fn admin_token_path(&self) -> PathBuf {
+        if self.admin.token_file.is_empty() {
+            self.data_dir().join("keys").join("admin-token")
+        } else {
+            PathBuf::from(&self.admin.token_file)
+        }
     }
 
     /// `build.minTalosVersion`, parsed (a leading `v` is optional).

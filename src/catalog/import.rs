@@ -1,0 +1,657 @@
+//! Release import: read a Talos release's images from a source (offline bundle or registry),
+//! verify every signature, store every blob once, extract the boot assets, then publish the
+//! release record — last, so an interrupted import is invisible and a re-run completes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::oci::flatten::{FlattenOptions, LayerOpener, flatten, read_file};
+use crate::oci::verify::SyncVerifyingReader;
+use crate::oci::{Descriptor, Digest, ImageIndex, ImageManifest, ImageSource, OciError, Reference};
+use crate::store::{BlobStore, StoreError};
+use crate::trust::{TrustPolicy, Verification};
+
+use super::files::{parse_descriptions, parse_image_digests, parse_overlays};
+use super::release::{
+    ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
+    Signatures,
+};
+use super::{CatalogError, Version};
+
+/// Largest manifest or index accepted from a source.
+const MAX_MANIFEST: u64 = 4 << 20;
+/// Largest catalog file (`image-digests`, `descriptions.yaml`, `overlays.yaml`).
+const MAX_CATALOG_FILE: u64 = 16 << 20;
+/// Boot assets every architecture must have.
+const REQUIRED_ASSETS: &[&str] = &["vmlinuz", "initramfs.xz"];
+/// The architecture whose imager image is read (it carries every architecture's assets).
+const IMAGER_PLATFORM: &str = "amd64";
+
+/// Which catalog extensions to import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every extension of the catalog.
+    All,
+    /// Only these (by name, e.g. `siderolabs/iscsi-tools` or `iscsi-tools`).
+    Only(Vec<String>),
+}
+
+/// What to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// The Talos version.
+    pub version: Version,
+    /// Architectures; empty means every architecture the imager image carries.
+    pub arches: Vec<String>,
+    /// Extensions to import.
+    pub extensions: Selection,
+    /// Registry (and optional namespace) the upstream references live under in the source:
+    /// `ghcr.io` for bundles, `HOST[:PORT][/namespace]` for a registry mirror.
+    pub registry: String,
+}
+
+/// Progress reporting for long imports (the CLI draws bars, the server logs).
+pub trait ImportProgress: Send + Sync {
+    /// A new step started (human readable).
+    fn step(&self, message: &str);
+    /// `bytes` more bytes are expected in total.
+    fn add_total(&self, bytes: u64);
+    /// `bytes` were transferred (or found already stored).
+    fn advance(&self, bytes: u64);
+}
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct ImportSummary {
+    /// The published release.
+    pub release: Release,
+    /// Images read and verified.
+    pub images: usize,
+    /// Blobs newly stored.
+    pub blobs_stored: usize,
+    /// Blobs already present (deduplicated).
+    pub blobs_reused: usize,
+    /// Bytes newly written to the blob store.
+    pub bytes_stored: u64,
+}
+
+/// An image resolved, verified and with its platform manifest fetched, but not yet stored.
+struct Planned {
+    reference: Reference,
+    top: Descriptor,
+    top_bytes: Vec<u8>,
+    manifest_desc: Descriptor,
+    manifest_bytes: Vec<u8>,
+    manifest: ImageManifest,
+}
+
+/// Imports one release from `source`.
+pub struct Importer<'a, S: ImageSource> {
+    source: &'a S,
+    blobs: &'a BlobStore,
+    releases: &'a ReleaseStore,
+    policy: &'a TrustPolicy,
+    progress: &'a dyn ImportProgress,
+    scratch: PathBuf,
+    stats: Stats,
+    keys: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct Stats {
+    images: usize,
+    stored: usize,
+    reused: usize,
+    bytes: u64,
+}
+
+fn parse_ref(s: &str) -> Result<Reference, CatalogError> {
+    s.parse::<Reference>().map_err(CatalogError::from)
+}
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Oci(OciError::Malformed {
+        what: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl<'a, S: ImageSource> Importer<'a, S> {
+    /// Prepares an import; `scratch` is a directory on the data volume for temporary extraction.
+    pub fn new(
+        source: &'a S,
+        blobs: &'a BlobStore,
+        releases: &'a ReleaseStore,
+        policy: &'a TrustPolicy,
+        progress: &'a dyn ImportProgress,
+        scratch: &Path,
+    ) -> Self {
+        Importer {
+            source,
+            blobs,
+            releases,
+            policy,
+            progress,
+            scratch: scratch.to_path_buf(),
+            stats: Stats::default(),
+            keys: BTreeSet::new(),
+        }
+    }
+
+    /// Runs the import and publishes the release.
+    pub async fn run(mut self, opts: &ImportOptions) -> Result<ImportSummary, CatalogError> {
+        let tag = opts.version.tag();
+        let component =
+            |name: &str| parse_ref(&format!("{}/siderolabs/{name}:{tag}", opts.registry));
+
+        // The imager carries the boot assets of every architecture.
+        self.progress.step(&format!("reading imager {tag}"));
+        let imager = self.plan(component("imager")?, IMAGER_PLATFORM).await?;
+        let imager_record = self.store(&imager).await?;
+        let arches = if opts.arches.is_empty() {
+            self.arches_in_imager(&imager).await?
+        } else {
+            opts.arches.clone()
+        };
+        let mut per_arch: BTreeMap<String, ArchRelease> = BTreeMap::new();
+        for arch in &arches {
+            self.progress
+                .step(&format!("extracting {arch} boot assets"));
+            let (assets, grub) = self.extract_assets(&imager, arch).await?;
+            per_arch.insert(
+                arch.clone(),
+                ArchRelease {
+                    imager: Some(imager_record.clone()),
+                    installer_base: None,
+                    assets,
+                    grub,
+                },
+            );
+        }
+
+        let base_name = if opts.version.at_least(1, 10) {
+            "installer-base"
+        } else {
+            "installer"
+        };
+        for arch in &arches {
+            self.progress
+                .step(&format!("reading {base_name} {tag} ({arch})"));
+            let planned = self.plan(component(base_name)?, arch).await?;
+            let record = self.store(&planned).await?;
+            if let Some(a) = per_arch.get_mut(arch) {
+                a.installer_base = Some(record);
+            }
+        }
+
+        self.progress
+            .step(&format!("reading extensions catalog {tag}"));
+        let (extensions, partial_ext) = self
+            .extensions(opts, &component("extensions")?, &arches)
+            .await?;
+        let (overlays, partial_ov) = if opts.version.at_least(1, 7) {
+            self.progress
+                .step(&format!("reading overlays catalog {tag}"));
+            self.overlays(opts, &component("overlays")?, &arches)
+                .await?
+        } else {
+            (Vec::new(), false)
+        };
+
+        let signatures = if self.policy.skip {
+            Signatures::Skipped
+        } else {
+            Signatures::Verified {
+                keys: self.keys.iter().cloned().collect(),
+            }
+        };
+        let imported_at = match self.releases.get(&tag)? {
+            Some(previous) => previous.imported_at,
+            None => now_rfc3339(),
+        };
+        let release = Release {
+            version: tag.clone(),
+            imported_at,
+            source: self.source.describe(),
+            signatures,
+            partial: partial_ext || partial_ov,
+            arches: per_arch,
+            extensions,
+            overlays,
+        };
+        // Blob index entries must be durable before the record that names them.
+        self.progress.step(&format!("publishing release {tag}"));
+        self.releases.put(&release).await?;
+        Ok(ImportSummary {
+            release,
+            images: self.stats.images,
+            blobs_stored: self.stats.stored,
+            blobs_reused: self.stats.reused,
+            bytes_stored: self.stats.bytes,
+        })
+    }
+
+    /// Resolves `reference`, verifies its signature and fetches the `linux/<arch>` manifest.
+    async fn plan(&mut self, reference: Reference, arch: &str) -> Result<Planned, CatalogError> {
+        let not_found = || CatalogError::ImageNotFound {
+            image: reference.to_string(),
+            source_name: self.source.describe(),
+        };
+        let top = match self.source.resolve(&reference).await {
+            Ok(Some(d)) => d,
+            Ok(None) | Err(OciError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        let verification = self
+            .policy
+            .verify(self.source, &reference, &top.digest)
+            .await
+            .map_err(|e| CatalogError::Untrusted {
+                image: reference.to_string(),
+                reason: e.to_string(),
+            })?;
+        if let Verification::Verified(by) = &verification {
+            self.keys.insert(by.key_fingerprint.clone());
+        }
+        let top_bytes = self
+            .source
+            .manifest(&reference, &top.digest, MAX_MANIFEST)
+            .await?;
+        let (manifest_desc, manifest_bytes) = if top.is_index() {
+            let index: ImageIndex =
+                serde_json::from_slice(&top_bytes).map_err(|e| malformed("image index", e))?;
+            let desc = index
+                .select(arch)
+                .cloned()
+                .ok_or_else(|| CatalogError::ImageNotFound {
+                    image: format!("{reference} (linux/{arch})"),
+                    source_name: self.source.describe(),
+                })?;
+            let bytes = self
+                .source
+                .manifest(&reference, &desc.digest, MAX_MANIFEST)
+                .await?;
+            (desc, bytes)
+        } else {
+            (top.clone(), top_bytes.clone())
+        };
+        let manifest: ImageManifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| malformed("image manifest", e))?;
+        self.stats.images += 1;
+        Ok(Planned {
+            reference,
+            top,
+            top_bytes,
+            manifest_desc,
+            manifest_bytes,
+            manifest,
+        })
+    }
+
+    /// Stores the manifests, config and layers of a planned image (skipping known blobs).
+    async fn store(&mut self, p: &Planned) -> Result<ImageRecord, CatalogError> {
+        self.put_small(&p.top_bytes)?;
+        if p.manifest_desc.digest != p.top.digest {
+            self.put_small(&p.manifest_bytes)?;
+        }
+        let mut size = p.manifest_bytes.len() as u64;
+        let blobs: Vec<&Descriptor> = std::iter::once(&p.manifest.config)
+            .chain(p.manifest.layers.iter())
+            .collect();
+        let total: u64 = blobs.iter().map(|d| d.size).sum();
+        self.progress.add_total(total);
+        for d in blobs {
+            size += d.size;
+            if self.blobs.by_sha256(d.digest.hex())?.is_some() {
+                self.stats.reused += 1;
+                self.progress.advance(d.size);
+                continue;
+            }
+            let reader = self.source.blob(&p.reference, d).await?;
+            let progress = self.progress;
+            let info = self
+                .blobs
+                .put_stream(reader, Some(d.digest.hex()), |n| progress.advance(n))
+                .await?;
+            if info.size != d.size {
+                return Err(CatalogError::Oci(OciError::DigestMismatch {
+                    what: format!("blob {} of {}", d.digest, p.reference),
+                    expected: format!("{} bytes", d.size),
+                    actual: format!("{} bytes", info.size),
+                }));
+            }
+            self.stats.stored += 1;
+            self.stats.bytes += info.size;
+        }
+        Ok(ImageRecord {
+            reference: p.reference.to_string(),
+            digest: p.top.digest.clone(),
+            manifest: p.manifest_desc.digest.clone(),
+            size,
+        })
+    }
+
+    fn put_small(&mut self, bytes: &[u8]) -> Result<(), CatalogError> {
+        let sha = Digest::of(bytes);
+        if self.blobs.by_sha256(sha.hex())?.is_none() {
+            self.blobs.put_bytes(bytes)?;
+            self.stats.stored += 1;
+            self.stats.bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// A layer opener reading (and verifying) stored blobs.
+    fn opener(
+        blobs: BlobStore,
+    ) -> impl FnMut(&Descriptor) -> Result<Box<dyn Read + Send>, OciError> {
+        move |d: &Descriptor| {
+            let info = blobs
+                .by_sha256(d.digest.hex())
+                .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?
+                .ok_or_else(|| OciError::NotFound(format!("blob {} is not stored", d.digest)))?;
+            let file = blobs
+                .open_blob(&info.blake3)
+                .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?;
+            Ok(Box::new(SyncVerifyingReader::for_descriptor(file, d)) as Box<dyn Read + Send>)
+        }
+    }
+
+    /// Architectures whose `/usr/install/<arch>/vmlinuz` the imager image carries.
+    async fn arches_in_imager(&self, imager: &Planned) -> Result<Vec<String>, CatalogError> {
+        let layers = imager.manifest.layers.clone();
+        let blobs = self.blobs.clone();
+        let mut found = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let layers = layers.clone();
+            let blobs = blobs.clone();
+            let path = format!("usr/install/{arch}/vmlinuz");
+            let present = tokio::task::spawn_blocking(move || {
+                let mut open = Self::opener(blobs);
+                read_file(&layers, &mut open as &mut LayerOpener<'_>, &path, 1 << 30)
+                    .map(|f| f.is_some())
+            })
+            .await
+            .map_err(|e| malformed("imager scan task", e))??;
+            if present {
+                found.push(arch.to_string());
+            }
+        }
+        if found.is_empty() {
+            return Err(CatalogError::Catalog(format!(
+                "{} carries no usr/install/<arch>/vmlinuz",
+                imager.reference
+            )));
+        }
+        Ok(found)
+    }
+
+    /// Extracts `/usr/install/<arch>/` and `/usr/lib/grub/` and stores every file as a blob.
+    async fn extract_assets(
+        &mut self,
+        imager: &Planned,
+        arch: &str,
+    ) -> Result<(BTreeMap<String, BlobRef>, BTreeMap<String, BlobRef>), CatalogError> {
+        std::fs::create_dir_all(&self.scratch).map_err(|source| StoreError::CreateDir {
+            dir: self.scratch.clone(),
+            source,
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&self.scratch)
+            .map_err(|e| malformed("scratch directory", e))?;
+        let root = dir.path().to_path_buf();
+        let layers = imager.manifest.layers.clone();
+        let blobs = self.blobs.clone();
+        let opts = FlattenOptions {
+            prefixes: vec![format!("usr/install/{arch}/"), "usr/lib/grub/".to_string()],
+            ..FlattenOptions::default()
+        };
+        let extract_root = root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut open = Self::opener(blobs);
+            flatten(
+                &layers,
+                &mut open as &mut LayerOpener<'_>,
+                &extract_root,
+                &opts,
+            )
+        })
+        .await
+        .map_err(|e| malformed("imager extraction task", e))??;
+
+        let assets = self.store_tree(&root.join("usr/install").join(arch))?;
+        for required in REQUIRED_ASSETS {
+            if !assets.contains_key(*required) {
+                return Err(CatalogError::Catalog(format!(
+                    "{} has no usr/install/{arch}/{required}",
+                    imager.reference
+                )));
+            }
+        }
+        let grub = self.store_tree(&root.join("usr/lib/grub"))?;
+        Ok((assets, grub))
+    }
+
+    /// Stores every regular file under `dir` (recursively), keyed by relative path.
+    fn store_tree(&mut self, dir: &Path) -> Result<BTreeMap<String, BlobRef>, CatalogError> {
+        let mut out = BTreeMap::new();
+        if !dir.is_dir() {
+            return Ok(out);
+        }
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let entries = std::fs::read_dir(&d).map_err(|e| malformed("extracted tree", e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| malformed("extracted tree", e))?;
+                let path = entry.path();
+                let meta =
+                    std::fs::symlink_metadata(&path).map_err(|e| malformed("extracted tree", e))?;
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.is_file() {
+                    let rel = path
+                        .strip_prefix(dir)
+                        .map_err(|e| malformed("extracted tree", e))?
+                        .to_string_lossy()
+                        .into_owned();
+                    let mut file =
+                        std::fs::File::open(&path).map_err(|e| malformed("extracted file", e))?;
+                    let mut w = self.blobs.writer()?;
+                    std::io::copy(&mut file, &mut w).map_err(|e| malformed("extracted file", e))?;
+                    let info = w.finish()?;
+                    use std::os::unix::fs::PermissionsExt;
+                    out.insert(
+                        rel,
+                        BlobRef {
+                            blake3: info.blake3,
+                            sha256: info.sha256,
+                            size: info.size,
+                            mode: meta.permissions().mode() & 0o7777,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn catalog_file(
+        &self,
+        image: &Planned,
+        path: &str,
+    ) -> Result<Option<String>, CatalogError> {
+        let layers = image.manifest.layers.clone();
+        let blobs = self.blobs.clone();
+        let path = path.to_string();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut open = Self::opener(blobs);
+            read_file(
+                &layers,
+                &mut open as &mut LayerOpener<'_>,
+                &path,
+                MAX_CATALOG_FILE,
+            )
+        })
+        .await
+        .map_err(|e| malformed("catalog read task", e))??;
+        bytes
+            .map(|b| String::from_utf8(b).map_err(|e| malformed("catalog file", e)))
+            .transpose()
+    }
+
+    /// Imports the extension catalog and the selected extension images.
+    async fn extensions(
+        &mut self,
+        opts: &ImportOptions,
+        reference: &Reference,
+        arches: &[String],
+    ) -> Result<(Vec<ExtensionEntry>, bool), CatalogError> {
+        let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
+        self.store(&catalog).await?;
+        let digests = self
+            .catalog_file(&catalog, "image-digests")
+            .await?
+            .ok_or_else(|| {
+                CatalogError::Catalog(format!("{reference} has no image-digests file"))
+            })?;
+        let lines = parse_image_digests(&digests)?;
+        let descriptions = match self.catalog_file(&catalog, "descriptions.yaml").await? {
+            Some(text) => parse_descriptions(&text)?,
+            None => BTreeMap::new(),
+        };
+        let wanted = |name: &str| match &opts.extensions {
+            Selection::All => true,
+            Selection::Only(list) => list
+                .iter()
+                .any(|w| w == name || name.rsplit('/').next() == Some(w.as_str())),
+        };
+        if let Selection::Only(list) = &opts.extensions {
+            for w in list {
+                let known = lines
+                    .iter()
+                    .any(|l| l.name() == w || l.name().rsplit('/').next() == Some(w.as_str()));
+                if !known {
+                    return Err(CatalogError::Catalog(format!(
+                        "extension {w:?} is not in the {} catalog",
+                        opts.version.tag()
+                    )));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut partial = false;
+        for line in &lines {
+            let desc = descriptions.get(&line.line).cloned().unwrap_or_default();
+            let mut images = BTreeMap::new();
+            if wanted(line.name()) {
+                let r = parse_ref(&format!(
+                    "{}/{}@{}",
+                    opts.registry,
+                    line.name(),
+                    line.digest()
+                ))?;
+                for arch in arches {
+                    self.progress
+                        .step(&format!("reading extension {} ({arch})", line.name()));
+                    let planned = self.plan(r.clone(), arch).await?;
+                    images.insert(arch.clone(), self.store(&planned).await?);
+                }
+            } else {
+                partial = true;
+            }
+            out.push(ExtensionEntry {
+                name: line.name().to_string(),
+                reference: line.tagged(),
+                digest: line.digest().clone(),
+                author: desc.author,
+                description: desc.description,
+                images,
+            });
+        }
+        Ok((out, partial))
+    }
+
+    /// Imports the overlay catalog and the overlay images available for the architectures.
+    async fn overlays(
+        &mut self,
+        opts: &ImportOptions,
+        reference: &Reference,
+        arches: &[String],
+    ) -> Result<(Vec<OverlayEntry>, bool), CatalogError> {
+        let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
+        self.store(&catalog).await?;
+        let Some(text) = self.catalog_file(&catalog, "overlays.yaml").await? else {
+            return Ok((Vec::new(), false));
+        };
+        let mut out = Vec::new();
+        let mut partial = false;
+        for line in parse_overlays(&text)? {
+            let upstream = line.reference()?;
+            let r = parse_ref(&format!(
+                "{}/{}@{}",
+                opts.registry, upstream.repository, line.digest
+            ))?;
+            let mut images = BTreeMap::new();
+            for arch in arches {
+                self.progress
+                    .step(&format!("reading overlay {} ({arch})", line.name));
+                match self.plan(r.clone(), arch).await {
+                    Ok(planned) => {
+                        images.insert(arch.clone(), self.store(&planned).await?);
+                    }
+                    // Overlay images exist only for the boards' architectures.
+                    Err(CatalogError::ImageNotFound { .. }) => partial = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            out.push(OverlayEntry {
+                name: line.name.clone(),
+                image: upstream.repository.clone(),
+                reference: line.image.clone(),
+                digest: line.digest.clone(),
+                images,
+            });
+        }
+        Ok((out, partial))
+    }
+}
+
+/// The current time as RFC 3339 UTC (seconds precision).
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_shape() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z'));
+    }
+}
