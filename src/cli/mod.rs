@@ -1,5 +1,6 @@
 //! Command line (clap): `serve` and `schematic` subcommands; logs go to stderr.
 
+mod bundle;
 pub mod import;
 mod schematic;
 mod serve;
@@ -50,6 +51,9 @@ pub enum Command {
     Schematic(schematic::SchematicCommand),
     /// Import Talos releases from an offline bundle or a registry (signatures verified).
     Import(import::ImportArgs),
+    /// Offline bundles for air-gapped sites.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
 }
 
 /// Installs the tracing subscriber (stderr, text or JSON).
@@ -74,5 +78,6 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Schematic(cmd) => schematic::run(cmd),
         Command::Import(args) => import::run(args),
+        Command::Bundle(cmd) => bundle::run(cmd),
     }
 }

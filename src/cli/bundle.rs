@@ -1,0 +1,92 @@
+//! `image-factory bundle create`: on the connected side of an air gap, pull a release (images
+//! and signatures) from a registry once and write the offline bundle to carry in.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::import::{BarProgress, SourceArgs, registry_source, selection, versions};
+use crate::catalog::export::{ExportOptions, export_release};
+use crate::oci::BundleWriter;
+
+/// `bundle` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Pull releases from a registry into one offline bundle file.
+    Create(CreateArgs),
+}
+
+/// Flags of `bundle create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Where the images come from (`--from-registry` is required).
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The bundle file to write (written under a temporary name, renamed when complete).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// Runs a `bundle` subcommand.
+pub fn run(cmd: BundleCommand) -> ExitCode {
+    let BundleCommand::Create(args) = cmd;
+    match create(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("image-factory bundle create: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn create(args: &CreateArgs) -> Result<(), String> {
+    let host_ns = args
+        .source
+        .from_registry
+        .as_deref()
+        .ok_or("--from-registry HOST[/NAMESPACE] is required")?;
+    let wanted = versions(&args.source.versions)?;
+    if wanted.is_empty() {
+        return Err("give at least one --version vX.Y.Z".into());
+    }
+    let arches = if args.source.arch.is_empty() {
+        vec!["amd64".to_string(), "arm64".to_string()]
+    } else {
+        args.source.arch.clone()
+    };
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let (source, registry) = {
+        let _guard = rt.enter();
+        registry_source(&args.source, host_ns)?
+    };
+    let started = std::time::Instant::now();
+    let mut writer = BundleWriter::create(&args.out).map_err(|e| e.to_string())?;
+    let progress = BarProgress::new();
+    let handle = rt.handle().clone();
+    let mut images = 0;
+    for v in &wanted {
+        eprintln!("copying Talos {} from {}", v.tag(), registry);
+        let opts = ExportOptions {
+            version: v.clone(),
+            arches: arches.clone(),
+            extensions: selection(&args.source.extensions),
+            registry: registry.clone(),
+        };
+        // Called outside the runtime: the exporter drives async reads through the handle.
+        let summary = export_release(&source, &mut writer, &opts, &progress, handle.clone())
+            .map_err(|e| format!("{}: {e}", v.tag()))?;
+        images += summary.images;
+    }
+    let bytes = writer.bytes_written();
+    let path = writer.finish().map_err(|e| e.to_string())?;
+    progress.finish();
+    eprintln!(
+        "wrote {}: {} images with signatures, {:.1} MB, {:.1} s",
+        path.display(),
+        images,
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
