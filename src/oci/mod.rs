@@ -1,12 +1,21 @@
 //! OCI plumbing: image types, sources (layouts, archives, registries), safe layer flattening.
 
 pub mod bundle;
+pub mod flatten;
+pub mod layout;
+pub mod registry;
 mod source;
+mod tarwalk;
 mod types;
+pub mod verify;
 
 pub use bundle::BundleWriter;
+pub use flatten::{FlattenOptions, FlattenReport, LayerOpener, flatten, read_file, source_opener};
+pub use layout::{LayoutKind, LayoutSource};
+pub use registry::{RegistryOptions, RegistrySource};
 pub use source::{BlobReader, ImageSource};
 pub use types::*;
+pub use verify::{SyncVerifyingReader, VerifyingReader};
 
 /// Errors of the OCI layer.
 #[derive(Debug, thiserror::Error)]
