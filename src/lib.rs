@@ -7,4 +7,5 @@ pub mod frontend;
 pub mod oci;
 pub mod schematic;
 pub mod store;
+pub mod testkit;
 pub mod trust;

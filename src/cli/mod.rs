@@ -2,6 +2,7 @@
 
 mod bundle;
 pub mod import;
+mod dev;
 mod schematic;
 mod serve;
 
@@ -50,10 +51,14 @@ pub enum Command {
     #[command(subcommand)]
     Schematic(schematic::SchematicCommand),
     /// Import Talos releases from an offline bundle or a registry (signatures verified).
+    #[command(disable_version_flag = true)]
     Import(import::ImportArgs),
     /// Offline bundles for air-gapped sites.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Developer tools: the synthetic-release test kit.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
 }
 
 /// Installs the tracing subscriber (stderr, text or JSON).
@@ -77,6 +82,7 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Schematic(cmd) => schematic::run(cmd),
+        Command::Dev(cmd) => dev::run(cmd),
         Command::Import(args) => import::run(args),
         Command::Bundle(cmd) => bundle::run(cmd),
     }

@@ -203,14 +203,14 @@ impl BundleWriter {
                 w[0].annotations.get(ANNOTATION_REF_NAME),
                 w[1].annotations.get(ANNOTATION_REF_NAME),
             );
-            if ra.is_some() && ra == rb {
+            if let Some(name) = ra
+                && ra == rb
+            {
                 return Err(OciError::Malformed {
                     what: "bundle index".into(),
                     message: format!(
-                        "ref name {} points at two digests ({} and {})",
-                        ra.unwrap(),
-                        w[0].digest,
-                        w[1].digest
+                        "ref name {name} points at two digests ({} and {})",
+                        w[0].digest, w[1].digest
                     ),
                 });
             }

@@ -1,0 +1,78 @@
+//! `image-factory dev …`: developer tools (the synthetic-release test kit).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::testkit::{self, SynthOptions};
+
+/// Developer subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Build a synthetic signed Talos release bundle from Debian packages (the test kit):
+    /// writes DIR/bundle.tar and DIR/signing-key.pub (DIR/signing-key.pem is reused if present).
+    #[command(disable_version_flag = true)]
+    SynthRelease(SynthArgs),
+}
+
+/// `dev synth-release` flags.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Talos version to synthesize (repeatable); default v1.10.3 and v1.11.0.
+    #[arg(long = "version", value_name = "vX.Y.Z")]
+    pub versions: Vec<String>,
+    /// Architecture (repeatable; arm64 gets amd64 bytes as non-bootable placeholders).
+    #[arg(long = "arch", value_name = "ARCH", default_value = "amd64")]
+    pub arches: Vec<String>,
+    /// Plain extensions to add beyond kmod-test, fw-test and svc-test.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub extensions: usize,
+    /// Pad every extension with this many MiB of incompressible data.
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    pub extension_size_mb: u64,
+    /// Where tests/kit/fetch-debian.sh unpacked the Debian inputs.
+    #[arg(long, value_name = "DIR", env = "IF_TESTKIT_DIR", default_value = testkit::debian::DEFAULT_KIT_DIR)]
+    pub kit_dir: PathBuf,
+}
+
+/// Runs a `dev` subcommand.
+pub fn run(cmd: DevCommand) -> ExitCode {
+    match cmd {
+        DevCommand::SynthRelease(a) => {
+            let mut opts = SynthOptions::new(&a.out);
+            if !a.versions.is_empty() {
+                opts.versions = a.versions;
+            }
+            opts.arches = a.arches;
+            opts.extensions = a.extensions;
+            opts.extension_size_mb = a.extension_size_mb;
+            opts.kit_dir = a.kit_dir;
+            let start = std::time::Instant::now();
+            match testkit::synth_release(&opts) {
+                Ok(r) => {
+                    println!(
+                        "wrote {} ({} images + signatures, {:.1} MiB of blobs, kernel {}) in {:.1}s",
+                        r.bundle.display(),
+                        r.images.len(),
+                        r.blob_bytes as f64 / (1024.0 * 1024.0),
+                        r.kernel_release,
+                        start.elapsed().as_secs_f64()
+                    );
+                    for i in &r.images {
+                        println!("  {}@{}", i.reference(), i.index.digest);
+                    }
+                    println!("public key: {}", r.public_key.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("image-factory dev synth-release: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The synthetic-release test kit: builds Talos-shaped releases from Debian inputs, signed with
+//! a test key, as one offline bundle (`image-factory dev synth-release`, issue 3 item 6).
+//!
+//! For every requested Talos version the bundle holds (registry `ghcr.io`, each image an OCI
+//! index of `linux/<arch>` manifests, each index cosign-signed at `sha256-<hex>.sig`):
+//!
+//! * `siderolabs/imager:<v>` — `usr/install/<arch>/{vmlinuz,initramfs.xz,systemd-stub.efi,
+//!   systemd-boot.efi}` (Debian kernel, the kit's initramfs, Debian systemd-boot) and
+//!   `usr/lib/grub/{i386-pc,x86_64-efi}` (Debian GRUB);
+//! * `siderolabs/installer-base:<v>` (≥ 1.10) or the legacy two-layer `siderolabs/installer:<v>`;
+//! * `siderolabs/extensions:<v>` (`image-digests`, `descriptions.yaml`) and the extension images
+//!   it names: `kmod-test` (a real `.ko` under `usr/lib/modules/<kver>/extras/`), `fw-test`
+//!   (firmware + Intel/AMD microcode), `svc-test` (an extension service), `plain-<n>`;
+//! * `siderolabs/overlays:<v>` (`overlays.yaml`) naming `siderolabs/sbc-test:v0.1.0`.
+//!
+//! The kit's initramfs boots in QEMU, mounts the extensions the way Talos does and prints one
+//! [`Marker`] line on the serial console. Everything is deterministic: the same inputs and key
+//! give the same bundle bytes.
+
+pub mod debian;
+mod images;
+pub mod initramfs;
+mod marker;
+pub mod qemu;
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+
+pub use debian::{KitInputs, default_kit_dir};
+pub use images::{BuiltImage, ImageWriter, Layer, REGISTRY, RuntimeConfig, pseudo_random};
+pub use marker::{Marker, MarkerExtension, parse_adv};
+pub use tree::{SOURCE_DATE_EPOCH, Tree};
+
+use crate::oci::{BundleWriter, OciError};
+use crate::trust::{SigningKey, TrustError};
+
+/// The first word of the marker line the kit's init prints.
+pub const MARKER_PREFIX: &str = "IF-TESTKIT-MARKER";
+/// Versions built when none are given.
+pub const DEFAULT_VERSIONS: &[&str] = &["v1.10.3", "v1.11.0"];
+/// Tag of the kit's overlay image.
+pub const OVERLAY_TAG: &str = "v0.1.0";
+
+/// Errors of the test kit.
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    /// A Debian input is not there.
+    #[error(
+        "missing test-kit input {path}: install Debian package {package} (run tests/kit/fetch-debian.sh)"
+    )]
+    MissingInput {
+        /// The file or directory looked for.
+        path: PathBuf,
+        /// The package that ships it.
+        package: String,
+    },
+    /// Bad options.
+    #[error("{0}")]
+    Invalid(String),
+    /// Building content failed.
+    #[error("building test kit content: {0}")]
+    Build(String),
+    /// File I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Writing the bundle failed.
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    /// Key handling failed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl KitError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> KitError {
+        KitError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    /// Output directory (`bundle.tar`, `signing-key.pub`, `signing-key.pem`).
+    pub out: PathBuf,
+    /// Talos versions (`vX.Y.Z`).
+    pub versions: Vec<String>,
+    /// Architectures; the kit only has amd64 binaries, other arches get the same bytes as
+    /// placeholders (not bootable).
+    pub arches: Vec<String>,
+    /// Plain extensions beyond the three fixed ones.
+    pub extensions: usize,
+    /// Incompressible padding per extension, MiB (0 = none).
+    pub extension_size_mb: u64,
+    /// Directory `tests/kit/fetch-debian.sh` filled.
+    pub kit_dir: PathBuf,
+    /// Signing key; `None` = reuse `<out>/signing-key.pem` or generate it.
+    pub key: Option<SigningKey>,
+}
+
+impl SynthOptions {
+    /// Defaults: [`DEFAULT_VERSIONS`], amd64, no extra extensions, no padding,
+    /// [`default_kit_dir`].
+    pub fn new(out: &Path) -> Self {
+        SynthOptions {
+            out: out.to_path_buf(),
+            versions: DEFAULT_VERSIONS.iter().map(|s| s.to_string()).collect(),
+            arches: vec!["amd64".into()],
+            extensions: 0,
+            extension_size_mb: 0,
+            kit_dir: default_kit_dir(),
+            key: None,
+        }
+    }
+}
+
+/// What was built.
+#[derive(Debug, Clone)]
+pub struct SynthReport {
+    /// `<out>/bundle.tar`.
+    pub bundle: PathBuf,
+    /// `<out>/signing-key.pub` (PKIX PEM).
+    pub public_key: PathBuf,
+    /// Every image (with its signature), in build order.
+    pub images: Vec<BuiltImage>,
+    /// Kernel release of the Debian kernel used.
+    pub kernel_release: String,
+    /// Blob bytes in the bundle.
+    pub blob_bytes: u64,
+}
+
+/// `(major, minor, patch)` of `vX.Y.Z[-pre]`.
+fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.strip_prefix('v')?.split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    let r = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(r)
+}
+
+/// Builds the bundle described by `opts`.
+pub fn synth_release(opts: &SynthOptions) -> Result<SynthReport, KitError> {
+    let mut versions = Vec::new();
+    for v in &opts.versions {
+        let v = if v.starts_with('v') {
+            v.clone()
+        } else {
+            format!("v{v}")
+        };
+        let parsed = parse_version(&v)
+            .ok_or_else(|| KitError::Invalid(format!("version {v:?} is not vX.Y.Z")))?;
+        if !versions.iter().any(|(_, x)| x == &v) {
+            versions.push((parsed, v));
+        }
+    }
+    if versions.is_empty() {
+        return Err(KitError::Invalid("no versions to build".into()));
+    }
+    versions.sort();
+    let mut arches = opts.arches.clone();
+    arches.dedup();
+    if arches.is_empty() {
+        return Err(KitError::Invalid("no architectures to build".into()));
+    }
+    for a in &arches {
+        if a != "amd64" && a != "arm64" {
+            return Err(KitError::Invalid(format!(
+                "architecture {a:?}: the kit builds amd64 (and arm64 placeholders) only"
+            )));
+        }
+    }
+    let inputs = KitInputs::locate(&opts.kit_dir)?;
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| KitError::io(format!("create {}", opts.out.display()), e))?;
+    let key = match &opts.key {
+        Some(k) => k.clone(),
+        None => SigningKey::load_or_generate(&opts.out.join("signing-key.pem"))?.0,
+    };
+    let public_key = opts.out.join("signing-key.pub");
+    std::fs::write(&public_key, key.public_key_pem()?)
+        .map_err(|e| KitError::io(format!("write {}", public_key.display()), e))?;
+
+    let bundle_path = opts.out.join("bundle.tar");
+    let mut bundle = BundleWriter::create(&bundle_path)?;
+    let mut w = ImageWriter {
+        bundle: &mut bundle,
+        key: &key,
+        arches: &arches,
+        images: Vec::new(),
+    };
+    let shared = release::Shared::load(&inputs)?;
+    let overlay = release::overlay_image(&mut w)?;
+    for (_, v) in &versions {
+        tracing::info!(version = %v, "test kit: building release");
+        release::version(&mut w, &inputs, &shared, opts, v, &overlay)?;
+    }
+    let images = w.images;
+    let blob_bytes = bundle.bytes_written();
+    bundle.finish()?;
+    Ok(SynthReport {
+        bundle: bundle_path,
+        public_key,
+        images,
+        kernel_release: inputs.kernel_release.clone(),
+        blob_bytes,
+    })
+}
+
+mod release;

@@ -1,0 +1,119 @@
+//! Booting kit artefacts in QEMU (TCG: KVM hangs on this machine class, see the test-kit notes)
+//! and collecting the serial console.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::KitError;
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Whether `qemu-system-x86_64` is on `PATH`.
+pub fn available() -> bool {
+    Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A QEMU run: `-accel tcg -m <mem> -nographic -no-reboot` plus the boot arguments.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// `-kernel` (direct kernel boot) or `None`.
+    pub kernel: Option<PathBuf>,
+    /// `-initrd`.
+    pub initrd: Option<PathBuf>,
+    /// `-append`.
+    pub append: Option<String>,
+    /// More arguments (`-bios`, `-drive`, `-cdrom`, …).
+    pub args: Vec<String>,
+    /// Memory, MiB.
+    pub memory_mb: u32,
+    /// Kill QEMU after this long.
+    pub timeout: Duration,
+}
+
+impl Boot {
+    /// Direct kernel boot with `console=ttyS0`.
+    pub fn direct(kernel: &Path, initrd: &Path, append: &str) -> Boot {
+        Boot {
+            kernel: Some(kernel.to_path_buf()),
+            initrd: Some(initrd.to_path_buf()),
+            append: Some(append.to_string()),
+            args: Vec::new(),
+            memory_mb: 512,
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Runs QEMU until it exits or the timeout; returns the serial console output. A timeout is
+    /// not an error here (the caller looks for the marker and reports the console).
+    pub fn run(&self) -> Result<BootOutput, KitError> {
+        let dir = tempfile::tempdir().map_err(|e| KitError::io("temp dir", e))?;
+        let log = dir.path().join("console.log");
+        let out = std::fs::File::create(&log).map_err(|e| KitError::io("console log", e))?;
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-accel", "tcg", "-nographic", "-no-reboot", "-m"])
+            .arg(self.memory_mb.to_string());
+        if let Some(k) = &self.kernel {
+            cmd.arg("-kernel").arg(k);
+        }
+        if let Some(i) = &self.initrd {
+            cmd.arg("-initrd").arg(i);
+        }
+        if let Some(a) = &self.append {
+            cmd.arg("-append").arg(a);
+        }
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(
+                out.try_clone()
+                    .map_err(|e| KitError::io("console log", e))?,
+            )
+            .stderr(out);
+        let start = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| KitError::io(format!("start {QEMU}"), e))?;
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(s) = child.try_wait().map_err(|e| KitError::io("wait qemu", e))? {
+                break Some(s);
+            }
+            if start.elapsed() > self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                timed_out = true;
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let console = String::from_utf8_lossy(
+            &std::fs::read(&log).map_err(|e| KitError::io("read console log", e))?,
+        )
+        .into_owned();
+        Ok(BootOutput {
+            console,
+            exit_ok: status.is_some_and(|s| s.success()),
+            timed_out,
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+/// What a QEMU run produced.
+#[derive(Debug, Clone)]
+pub struct BootOutput {
+    /// Serial console (and QEMU's own messages).
+    pub console: String,
+    /// QEMU exited with status 0 (the guest powered off).
+    pub exit_ok: bool,
+    /// The run was killed at the timeout.
+    pub timed_out: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}

@@ -1,0 +1,401 @@
+//! The images of one synthetic release.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::debian::KitInputs;
+use super::images::{BuiltImage, ImageWriter, Layer, RuntimeConfig, pseudo_random};
+use super::initramfs::base_initramfs;
+use super::tree::Tree;
+use super::{KitError, OVERLAY_TAG, SynthOptions, parse_version};
+
+const AUTHOR: &str = "Image Factory test kit";
+
+/// Inputs shared by every version.
+pub(super) struct Shared {
+    vmlinuz: Arc<[u8]>,
+    stub: Arc<[u8]>,
+    boot: Arc<[u8]>,
+    grub: Tree,
+    dummy_ko: Arc<[u8]>,
+}
+
+fn read(path: &Path) -> Result<Arc<[u8]>, KitError> {
+    std::fs::read(path)
+        .map(Into::into)
+        .map_err(|e| KitError::io(format!("read {}", path.display()), e))
+}
+
+fn tree_from_dir(dir: &Path, prefix: &str, t: &mut Tree) -> Result<(), KitError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| KitError::io(format!("read {}", dir.display()), e))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    t.dir(prefix, 0o755);
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let rel = format!("{prefix}/{name}");
+        let ft = e
+            .file_type()
+            .map_err(|err| KitError::io(format!("stat {}", path.display()), err))?;
+        if ft.is_dir() {
+            tree_from_dir(&path, &rel, t)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path)
+                .map_err(|err| KitError::io(format!("readlink {}", path.display()), err))?;
+            t.symlink(&rel, &target.to_string_lossy());
+        } else if ft.is_file() {
+            t.file(&rel, 0o644, read(&path)?);
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    pub(super) fn load(inputs: &KitInputs) -> Result<Shared, KitError> {
+        let mut grub = Tree::new();
+        tree_from_dir(&inputs.grub_pc, "usr/lib/grub/i386-pc", &mut grub)?;
+        tree_from_dir(&inputs.grub_efi, "usr/lib/grub/x86_64-efi", &mut grub)?;
+        let dummy = inputs
+            .module_path("dummy")
+            .ok_or_else(|| KitError::MissingInput {
+                path: inputs.modules_dir.join("kernel/drivers/net/dummy.ko"),
+                package: format!("linux-image-{}", inputs.kernel_release),
+            })?;
+        Ok(Shared {
+            vmlinuz: read(&inputs.vmlinuz)?,
+            stub: read(&inputs.systemd_stub)?,
+            boot: read(&inputs.systemd_boot)?,
+            grub,
+            dummy_ko: read(&inputs.modules_dir.join(dummy))?,
+        })
+    }
+}
+
+fn labels(version: &str) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("alpha.talos.dev/version".to_string(), version.to_string());
+    l.insert(
+        "org.opencontainers.image.source".to_string(),
+        "https://github.com/siderolabs/talos".to_string(),
+    );
+    l
+}
+
+fn script(body: &str) -> Vec<u8> {
+    format!("#!/bin/sh\n# Image Factory test kit placeholder.\n{body}\n").into_bytes()
+}
+
+/// The overlay image `siderolabs/sbc-test:v0.1.0` (shared by every version).
+pub(super) fn overlay_image(w: &mut ImageWriter<'_>) -> Result<BuiltImage, KitError> {
+    let mut t = Tree::new();
+    t.file(
+        "artifacts/arm64/u-boot/test/u-boot.bin",
+        0o644,
+        pseudo_random("sbc-test/u-boot", 64 * 1024),
+    );
+    t.file(
+        "artifacts/arm64/dtb/test/board.dtb",
+        0o644,
+        pseudo_random("sbc-test/dtb", 8 * 1024),
+    );
+    t.file(
+        "artifacts/arm64/firmware/boot/config.txt",
+        0o644,
+        &b"# test board firmware config\narm_64bit=1\nkernel=u-boot.bin\n"[..],
+    );
+    t.file(
+        "installers/test",
+        0o755,
+        script(
+            r#"# Overlay installer protocol (YAML over stdio): get-options | install.
+case "$1" in
+get-options)
+    cat >/dev/null
+    printf 'name: test\nkernelArgs:\n  - console=ttyAMA0,115200\npartitionOptions:\n  offset: 2048\n'
+    ;;
+install)
+    cat >/dev/null
+    ;;
+*)
+    echo "usage: $0 get-options|install" >&2
+    exit 1
+    ;;
+esac"#,
+        ),
+    );
+    t.file(
+        "profiles/test.yaml",
+        0o644,
+        &b"arch: arm64\nplatform: metal\nsecureboot: false\noutput:\n  kind: image\n  outFormat: .xz\n  imageOptions:\n    diskSize: 1306525696\n    diskFormat: raw\n    bootloader: grub\n"[..],
+    );
+    let layer = Layer::from_tree(&t, false)?;
+    w.image(
+        "siderolabs/sbc-test",
+        OVERLAY_TAG,
+        &[layer],
+        &RuntimeConfig::default(),
+    )
+}
+
+struct Extension {
+    name: String,
+    version: String,
+    description: String,
+    rootfs: Tree,
+}
+
+fn extension_manifest(e: &Extension) -> String {
+    let mut desc = String::new();
+    for l in e.description.lines() {
+        desc.push_str("    ");
+        desc.push_str(l);
+        desc.push('\n');
+    }
+    format!(
+        "version: v1alpha1\nmetadata:\n  name: {}\n  version: {}\n  author: {AUTHOR}\n  description: |\n{desc}  compatibility:\n    talos:\n      version: '>= v1.10.0'\n",
+        e.name, e.version
+    )
+}
+
+fn extensions(inputs: &KitInputs, shared: &Shared, opts: &SynthOptions, v: &str) -> Vec<Extension> {
+    let tied = format!("1.0.0-{v}");
+    let mut out = Vec::new();
+    let mut kmod = Tree::new();
+    kmod.file(
+        &format!("usr/lib/modules/{}/extras/dummy.ko", inputs.kernel_release),
+        0o644,
+        shared.dummy_ko.clone(),
+    );
+    out.push(Extension {
+        name: "kmod-test".into(),
+        version: tied.clone(),
+        description: "[test kit] A kernel module (dummy.ko from the Debian kernel) under\nusr/lib/modules/<kver>/extras, for the modules.dep step.".into(),
+        rootfs: kmod,
+    });
+    let mut fw = Tree::new();
+    fw.file(
+        "usr/lib/firmware/test/fw.bin",
+        0o644,
+        pseudo_random("fw-test/fw.bin", 4096),
+    );
+    fw.file(
+        "usr/lib/firmware/intel-ucode/06-8e-0a",
+        0o644,
+        pseudo_random("fw-test/intel-ucode", 2048),
+    );
+    fw.file(
+        "usr/lib/firmware/amd-ucode/microcode_amd_fam17h.bin",
+        0o644,
+        pseudo_random("fw-test/amd-ucode", 2048),
+    );
+    out.push(Extension {
+        name: "fw-test".into(),
+        version: tied.clone(),
+        description: "[test kit] Firmware and early CPU microcode (Intel and AMD).".into(),
+        rootfs: fw,
+    });
+    let mut svc = Tree::new();
+    svc.file(
+        "usr/local/etc/containers/svc-test.yaml",
+        0o644,
+        &b"name: svc-test\ncontainer:\n  entrypoint: ./svc-test\n  args:\n    - --listen=:9999\n  mounts: []\ndepends:\n  - network:\n      - addresses\nrestart: always\n"[..],
+    );
+    svc.file(
+        "usr/local/lib/containers/svc-test/svc-test",
+        0o755,
+        script("echo svc-test running; exec sleep infinity"),
+    );
+    out.push(Extension {
+        name: "svc-test".into(),
+        version: "v1.0.0".into(),
+        description: "[test kit] A plain extension service.".into(),
+        rootfs: svc,
+    });
+    for i in 1..=opts.extensions {
+        let name = format!("plain-{i}");
+        let mut t = Tree::new();
+        t.file(
+            &format!("usr/local/share/{name}/README"),
+            0o644,
+            format!("{name}: a plain test-kit extension\n").into_bytes(),
+        );
+        out.push(Extension {
+            name,
+            version: "v1.0.0".into(),
+            description: "[test kit] A plain extension.".into(),
+            rootfs: t,
+        });
+    }
+    out
+}
+
+/// Builds one extension image; with padding, the padding file is a separate base layer (shared
+/// by every version of the extension, so the bundle holds it once).
+fn extension_image(
+    w: &mut ImageWriter<'_>,
+    e: &Extension,
+    padding_mb: u64,
+) -> Result<BuiltImage, KitError> {
+    let mut layers = Vec::new();
+    if padding_mb > 0 {
+        let mut pad = Tree::new();
+        pad.file(
+            &format!("rootfs/usr/local/share/{}/padding.bin", e.name),
+            0o644,
+            pseudo_random(&format!("padding/{}", e.name), (padding_mb << 20) as usize),
+        );
+        layers.push(Layer::from_tree(&pad, true)?);
+    }
+    let mut t = Tree::new();
+    t.file("manifest.yaml", 0o644, extension_manifest(e).into_bytes());
+    t.dir("rootfs", 0o755);
+    t.merge("rootfs", &e.rootfs);
+    layers.push(Layer::from_tree(&t, false)?);
+    w.image(
+        &format!("siderolabs/{}", e.name),
+        &e.version,
+        &layers,
+        &RuntimeConfig::default(),
+    )
+}
+
+/// Every image of Talos `v`.
+pub(super) fn version(
+    w: &mut ImageWriter<'_>,
+    inputs: &KitInputs,
+    shared: &Shared,
+    opts: &SynthOptions,
+    v: &str,
+    overlay: &BuiltImage,
+) -> Result<(), KitError> {
+    let (major, minor, _) = parse_version(v).expect("validated");
+    let modern = (major, minor) >= (1, 10);
+    let initramfs: Arc<[u8]> = base_initramfs(inputs, v)?.into();
+    let arches = w.arches.to_vec();
+    let mut assets = Tree::new();
+    for a in &arches {
+        let d = format!("usr/install/{a}");
+        assets.file(&format!("{d}/vmlinuz"), 0o644, shared.vmlinuz.clone());
+        assets.file(&format!("{d}/initramfs.xz"), 0o644, initramfs.clone());
+        assets.file(&format!("{d}/systemd-stub.efi"), 0o644, shared.stub.clone());
+        assets.file(&format!("{d}/systemd-boot.efi"), 0o644, shared.boot.clone());
+    }
+    let mut tools = Tree::new();
+    tools.file(
+        "usr/bin/installer",
+        0o755,
+        script(&format!("echo \"installer {v} (test kit)\"")),
+    );
+    tools.symlink("usr/bin/imager", "installer");
+    tools.symlink("bin", "usr/bin");
+    tools.file(
+        "etc/os-release",
+        0o644,
+        format!("NAME=Talos\nID=talos\nVERSION_ID={v}\n").into_bytes(),
+    );
+
+    // imager: tools + GRUB + boot assets (+ depmod config), one squashed layer.
+    let mut imager = Tree::new();
+    imager.merge("", &tools);
+    imager.merge("", &shared.grub);
+    imager.merge("", &assets);
+    imager.file(
+        "etc/modules.d/10-extra-modules.conf",
+        0o644,
+        &b"search extras built-in\n"[..],
+    );
+    let rc = |entry: &str| RuntimeConfig {
+        entrypoint: vec![entry.to_string()],
+        env: vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            format!("VERSION={v}"),
+        ],
+        labels: labels(v),
+        target_arch_env: false,
+    };
+    w.image(
+        "siderolabs/imager",
+        v,
+        &[Layer::from_tree(&imager, false)?],
+        &rc("/bin/imager"),
+    )?;
+    if modern {
+        let mut base_rc = rc("/bin/installer");
+        base_rc.target_arch_env = true;
+        w.image(
+            "siderolabs/installer-base",
+            v,
+            &[Layer::from_tree(&tools, false)?],
+            &base_rc,
+        )?;
+    } else {
+        // Legacy installer: layer 1 tools + GRUB, layer 2 the boot assets.
+        let mut l1 = tools.clone();
+        l1.merge("", &shared.grub);
+        w.image(
+            "siderolabs/installer",
+            v,
+            &[
+                Layer::from_tree(&l1, false)?,
+                Layer::from_tree(&assets, false)?,
+            ],
+            &rc("/bin/installer"),
+        )?;
+    }
+
+    // Extensions and their catalog (lines sorted by name, like upstream).
+    let mut exts = extensions(inputs, shared, opts, v);
+    exts.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut digests = String::new();
+    let mut descriptions = serde_yaml::Mapping::new();
+    for e in &exts {
+        let img = extension_image(w, e, opts.extension_size_mb)?;
+        let line = img.pinned();
+        digests.push_str(&line);
+        digests.push('\n');
+        let mut d = serde_yaml::Mapping::new();
+        d.insert("author".into(), AUTHOR.into());
+        d.insert("description".into(), format!("{}\n", e.description).into());
+        descriptions.insert(line.into(), serde_yaml::Value::Mapping(d));
+    }
+    let mut cat = Tree::new();
+    cat.file("image-digests", 0o644, digests.into_bytes());
+    cat.file(
+        "descriptions.yaml",
+        0o644,
+        serde_yaml::to_string(&descriptions)
+            .map_err(|e| KitError::Build(format!("descriptions.yaml: {e}")))?
+            .into_bytes(),
+    );
+    w.image(
+        "siderolabs/extensions",
+        v,
+        &[Layer::from_tree(&cat, false)?],
+        &RuntimeConfig {
+            labels: labels(v),
+            ..Default::default()
+        },
+    )?;
+
+    let overlays = format!(
+        "overlays:\n  - name: test\n    image: {}\n    digest: {}\n",
+        overlay.reference(),
+        overlay.index.digest
+    );
+    let mut ov = Tree::new();
+    ov.file("overlays.yaml", 0o644, overlays.into_bytes());
+    w.image(
+        "siderolabs/overlays",
+        v,
+        &[Layer::from_tree(&ov, false)?],
+        &RuntimeConfig {
+            labels: labels(v),
+            ..Default::default()
+        },
+    )?;
+    Ok(())
+}
