@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the tests (and the build) need.
-PACKAGES=(curl ca-certificates build-essential)
+PACKAGES=(curl ca-certificates build-essential docker-registry skopeo)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
