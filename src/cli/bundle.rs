@@ -14,6 +14,7 @@ use crate::oci::BundleWriter;
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
     /// Pull releases from a registry into one offline bundle file.
+    #[command(disable_version_flag = true)]
     Create(CreateArgs),
 }
 

@@ -1,8 +1,8 @@
 //! Command line (clap): `serve` and `schematic` subcommands; logs go to stderr.
 
 mod bundle;
-pub mod import;
 mod dev;
+pub mod import;
 mod schematic;
 mod serve;
 

@@ -193,3 +193,4 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
         }
     }
 }
+pub mod release;
