@@ -81,9 +81,7 @@ impl LayoutBuilder {
     pub fn image(&mut self, repo: &str, tag: Option<&str>, files: &[File], signed: bool) -> Digest {
         let layer = tar_gz(files);
         let layer_d = self.blob(MEDIA_OCI_LAYER_GZIP, &layer);
-        let config = format!(
-            "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[]}},\"config\":{{}}}}"
-        );
+        let config = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
         let config_d = self.blob(MEDIA_OCI_CONFIG, config.as_bytes());
         let manifest = serde_json::json!({
             "schemaVersion": 2,
