@@ -301,3 +301,89 @@ fn kill_9_during_import_then_rerun_completes() {
         "temporary blob files left behind"
     );
 }
+
+/// Packs a layout directory into an oci-archive tar (what `bundle create` writes).
+fn tar_layout(dir: &Path, out: &Path) {
+    let f = std::fs::File::create(out).expect("create tar");
+    let mut b = tar::Builder::new(f);
+    b.append_dir_all(".", dir).expect("tar layout");
+    b.finish().expect("finish tar");
+}
+
+#[tokio::test]
+async fn server_mode_import_through_the_admin_api() {
+    let t = tempfile::tempdir().expect("tmp");
+    let k = key(1);
+    mini_release(&t.path().join("layout"), "v1.11.0", k.clone(), 1 << 20);
+    let bundle = t.path().join("bundle.tar");
+    tar_layout(&t.path().join("layout"), &bundle);
+    let pubkey = write_pub(t.path(), &k);
+    let data = t.path().join("data");
+    let dir = data.display().to_string();
+    let srv = common::TestServer::start_with(move |c| c.storage.data_dir = dir).await;
+    let token_file = data.join("keys").join("admin-token");
+    let base = format!("http://{}", srv.addrs.http);
+
+    // A wrong token is refused before anything is read.
+    let bad = common::client()
+        .post(format!("{base}/admin/import"))
+        .bearer_auth("not-the-token")
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad.status().as_u16(), 401);
+    assert!(bad.headers().contains_key("www-authenticate"));
+
+    let bin = common::bin();
+    let args = vec![
+        "import".to_string(),
+        bundle.display().to_string(),
+        "--server".into(),
+        base.clone(),
+        "--admin-token-file".into(),
+        token_file.display().to_string(),
+        "--trust-key".into(),
+        pubkey.display().to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let err = stderr(&out);
+    assert!(out.status.success(), "server-mode import failed: {err}");
+    assert!(err.contains("server mode: importing through"), "{err}");
+    assert!(err.contains("imported v1.11.0"), "{err}");
+
+    let versions = reqwest::get(format!("{base}/versions"))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(versions, "[\"v1.11.0\"]\n");
+    let status: serde_json::Value = reqwest::get(format!("{base}/status"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["releases"][0]["version"], "v1.11.0");
+    assert_eq!(status["releases"][0]["verified"], true);
+    assert_eq!(status["releases"][0]["extensions"], "3/3");
+    // The upload was removed after the import.
+    let leftovers = std::fs::read_dir(data.join("tmp"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0);
+    srv.stop().await;
+}

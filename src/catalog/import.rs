@@ -618,6 +618,22 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     }
 }
 
+/// Versions whose imager image a bundle names (`…/siderolabs/imager:<tag>`).
+pub fn bundle_versions(layout: &crate::oci::LayoutSource) -> Vec<Version> {
+    let mut out: Vec<Version> = layout
+        .refs()
+        .iter()
+        .filter_map(|(name, _)| {
+            let (repo, tag) = name.rsplit_once(':')?;
+            repo.ends_with("/siderolabs/imager")
+                .then(|| Version::parse_strict(tag))?
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The current time as RFC 3339 UTC (seconds precision).
 fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()

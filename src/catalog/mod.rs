@@ -7,7 +7,9 @@ mod import;
 mod release;
 pub mod version;
 
-pub use import::{ImportOptions, ImportProgress, ImportSummary, Importer, Selection};
+pub use import::{
+    ImportOptions, ImportProgress, ImportSummary, Importer, Selection, bundle_versions,
+};
 pub use release::{
     ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
     Signatures,

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::catalog::{
     ImportOptions, ImportProgress, ImportSummary, Importer, ReleaseStore, Selection, Version,
+    bundle_versions,
 };
 use crate::config::{self, Config, FlagOverrides};
 use crate::oci::{ImageSource, LayoutSource, RegistryOptions, RegistrySource};
@@ -59,8 +60,15 @@ pub struct ImportArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Data directory to import into (direct mode; no server may be running on it).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<String>,
+    /// Import through a running appliance instead (server mode), e.g. `http://127.0.0.1:8080`.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Admin token file for `--server` (default: `admin.tokenFile`, else
+    /// `<dataDir>/keys/admin-token`).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// An indicatif-backed progress display: a byte bar with rate and ETA, steps printed above it.
@@ -78,6 +86,11 @@ impl BarProgress {
             bar.set_style(style);
         }
         Self { bar }
+    }
+
+    /// A handle to the underlying bar (for byte counting from a stream).
+    pub fn clone_handle(&self) -> ProgressBar {
+        self.bar.clone()
     }
 
     /// Removes the bar.
@@ -131,22 +144,6 @@ pub fn versions(args: &[String]) -> Result<Vec<Version>, String> {
                 .ok_or_else(|| format!("--version {v:?} is not a version like v1.11.0"))
         })
         .collect()
-}
-
-/// Versions whose imager image a bundle names (`…/siderolabs/imager:<tag>`).
-pub fn bundle_versions(layout: &LayoutSource) -> Vec<Version> {
-    let mut out: Vec<Version> = layout
-        .refs()
-        .iter()
-        .filter_map(|(name, _)| {
-            let (repo, tag) = name.rsplit_once(':')?;
-            repo.ends_with("/siderolabs/imager")
-                .then(|| Version::parse_strict(tag))?
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// Builds a registry source from the flags.
@@ -303,6 +300,9 @@ fn run_inner(args: &ImportArgs) -> Result<(), String> {
     let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)
         .and_then(|c| c.validate().map(|()| c))
         .map_err(|e| e.to_string())?;
+    if let Some(server) = &args.server {
+        return super::import_remote::run(args, &cfg, server);
+    }
     let policy = trust_policy(args, &cfg)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let (meta, blobs) = open_direct(&cfg)?;

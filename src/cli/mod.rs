@@ -3,6 +3,7 @@
 mod bundle;
 mod dev;
 pub mod import;
+mod import_remote;
 mod schematic;
 mod serve;
 

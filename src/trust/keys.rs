@@ -204,7 +204,7 @@ impl SigningKey {
 }
 
 /// Writes `bytes` to `path` atomically (temp file with mode 0600, fsync, rename, fsync dir).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -6,9 +6,12 @@
 
 pub mod cosign;
 mod keys;
+mod token;
 
 pub use cosign::{
     SignatureImage, TrustPolicy, TrustedKey, TrustedKeys, Verification, VerifiedBy, Verifier,
     simple_signing_payload, verify_image, verify_signature,
 };
+pub(crate) use keys::write_private;
 pub use keys::{SigningKey, TrustError};
+pub use token::{load_or_generate_token, token_matches};

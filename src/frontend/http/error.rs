@@ -22,6 +22,9 @@ pub enum ApiError {
         /// The configured limit in bytes.
         limit: u64,
     },
+    /// 401: the admin API needs a valid bearer token.
+    #[error("unauthorized: a valid admin bearer token is required")]
+    Unauthorized,
     /// 405: known path, wrong method (the router adds `Allow`).
     #[error("Method Not Allowed")]
     MethodNotAllowed,
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,6 +97,12 @@ impl IntoResponse for ApiError {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"image-factory admin\""),
+            );
+        }
         resp
     }
 }

@@ -35,6 +35,7 @@ pub struct CatalogView {
 struct StateInner {
     schematics: SchematicStore,
     catalog: CatalogView,
+    admin: Arc<super::admin::AdminState>,
     metrics: Metrics,
     max_body_bytes: u64,
     data_dir: String,
@@ -46,6 +47,7 @@ impl AppState {
     pub fn new(
         schematics: SchematicStore,
         catalog: CatalogView,
+        admin: Arc<super::admin::AdminState>,
         metrics: Metrics,
         max_body_bytes: u64,
         data_dir: String,
@@ -56,12 +58,18 @@ impl AppState {
             inner: Arc::new(StateInner {
                 schematics,
                 catalog,
+                admin,
                 metrics,
                 max_body_bytes,
                 data_dir,
                 listeners,
             }),
         }
+    }
+
+    /// The admin API state.
+    pub fn admin(&self) -> &Arc<super::admin::AdminState> {
+        &self.inner.admin
     }
 
     /// Imported releases and version rules.
@@ -169,11 +177,50 @@ pub struct Status<'a> {
     pub data_dir: &'a str,
     /// Number of stored schematics.
     pub schematics: u64,
+    /// Imported releases.
+    pub releases: Vec<ReleaseStatus>,
+}
+
+/// One imported release as `/status` shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    /// Version tag.
+    pub version: String,
+    /// Architectures.
+    pub arches: Vec<String>,
+    /// Extensions with imported images / extensions in the catalog.
+    pub extensions: String,
+    /// Whether only a subset of the catalog was imported.
+    pub partial: bool,
+    /// Whether every image's signature was verified.
+    pub verified: bool,
+    /// When it was first imported.
+    pub imported_at: String,
 }
 
 /// `GET /status` (ours): version, bound addresses, data directory, counts.
 pub async fn status(State(st): State<AppState>) -> Response {
+    let releases = match st.catalog().releases.list() {
+        Ok(list) => list
+            .iter()
+            .map(|r| ReleaseStatus {
+                version: r.version.clone(),
+                arches: r.arches.keys().cloned().collect(),
+                extensions: format!(
+                    "{}/{}",
+                    r.extensions.iter().filter(|e| !e.images.is_empty()).count(),
+                    r.extensions.len()
+                ),
+                partial: r.partial,
+                verified: matches!(r.signatures, crate::catalog::Signatures::Verified { .. }),
+                imported_at: r.imported_at.clone(),
+            })
+            .collect(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let s = Status {
+        releases,
         version: env!("CARGO_PKG_VERSION"),
         listeners: &st.inner.listeners,
         data_dir: &st.inner.data_dir,

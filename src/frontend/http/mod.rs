@@ -1,6 +1,7 @@
 //! HTTP frontend (axum): the API router, the metrics listener, and the `serve` entry point
 //! that opens storage, binds every listener and runs until shutdown.
 
+pub mod admin;
 pub mod catalog;
 pub mod error;
 pub mod gojson;
@@ -120,6 +121,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/readyz", get(handlers::health))
         .route("/status", get(handlers::status))
         .route("/versions", get(catalog::versions))
+        .route("/admin/import", post(admin::import))
         .route(
             "/version/{version}/extensions/official",
             get(catalog::extensions),
@@ -190,8 +192,18 @@ pub async fn serve(
     tracing::info!(dir = %meta.dir().display(), "metadata store opened");
     let meta: Arc<dyn store::MetaStore> = Arc::new(meta);
     let schematics = SchematicStore::new(meta.clone())?;
+    let releases = ReleaseStore::new(meta.clone());
+    for r in releases.list()? {
+        if matches!(r.signatures, crate::catalog::Signatures::Skipped) {
+            tracing::warn!(
+                version = %r.version,
+                "release {} was imported with --insecure-skip-signature-verification: its images are NOT verified",
+                r.version
+            );
+        }
+    }
     let catalog_view = handlers::CatalogView {
-        releases: ReleaseStore::new(meta),
+        releases,
         min_version: config.min_talos_version()?,
         broken: config.broken_talos_versions()?,
     };
@@ -229,9 +241,28 @@ pub async fn serve(
         listeners.insert("metrics".to_string(), a.to_string());
     }
     let abs_data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone());
+    let (admin_token, token_created) =
+        crate::trust::load_or_generate_token(&config.admin_token_path())?;
+    if token_created {
+        tracing::info!(path = %config.admin_token_path().display(), "generated admin token");
+    }
+    let blobs = store::BlobStore::open(&data_dir.join("blobs"), meta.clone())?;
+    let admin = Arc::new(admin::AdminState {
+        token: admin_token,
+        blobs,
+        trusted_key_files: config
+            .trust
+            .public_keys
+            .iter()
+            .map(std::path::PathBuf::from)
+            .collect(),
+        scratch: data_dir.join("tmp"),
+        lock: tokio::sync::Mutex::new(()),
+    });
     let state = AppState::new(
         schematics.clone(),
         catalog_view,
+        admin,
         metrics::Metrics::new(),
         config.http.max_body_bytes,
         abs_data_dir.display().to_string(),
