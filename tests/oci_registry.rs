@@ -30,6 +30,8 @@ struct Fake {
     blobs: HashMap<String, Vec<u8>>,
     tags: BTreeMap<String, Vec<String>>,
     token_requests: usize,
+    /// Ask for basic auth instead of bearer tokens.
+    basic_only: bool,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -84,11 +86,27 @@ async fn handle(
     let repo = rest.split("/manifests/").next().unwrap_or_default();
     let repo = repo.split("/blobs/").next().unwrap_or_default();
     let repo = repo.split("/tags/").next().unwrap_or_default().to_string();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:pass")
+    );
     let bearer = format!("Bearer {TOKEN}");
-    if headers
+    let auth = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(bearer.as_str())
+        .and_then(|v| v.to_str().ok());
+    if fake.basic_only && auth != Some(basic.as_str()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"fake\"")],
+            "",
+        )
+            .into_response();
+    }
+    if !fake.basic_only
+        && headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(bearer.as_str())
     {
         return challenge(&fake.addr, &repo);
     }
@@ -527,4 +545,22 @@ async fn docker_registry_push_pull_and_skopeo() {
             "{kind:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn basic_auth() {
+    let (addr, state) = start_fake().await;
+    {
+        let mut f = state.lock().unwrap();
+        f.basic_only = true;
+        f.tags.insert("a/b".into(), vec!["t1".into()]);
+    }
+    let reg = RegistrySource::new(&addr.to_string(), creds()).unwrap();
+    assert_eq!(reg.list_tags("a/b").await.unwrap(), vec!["t1".to_string()]);
+    // Basic credentials are then sent up front.
+    assert_eq!(reg.list_tags("a/b").await.unwrap().len(), 1);
+    assert_eq!(state.lock().unwrap().token_requests, 0);
+    let anon = RegistrySource::new(&addr.to_string(), RegistryOptions::default()).unwrap();
+    let err = anon.list_tags("a/b").await.unwrap_err();
+    assert!(err.to_string().contains("authentication required"), "{err}");
 }
