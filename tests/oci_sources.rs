@@ -376,6 +376,8 @@ fn whiteouts_and_opaque_directories() {
         E::Dir("c"),
         E::File("c/inside", b"8"),
         E::File(".wh.d", b""),
+        E::File("zz/.wh.nothing", b""),
+        E::File("yy/.wh..wh..opq", b""),
     ]));
     let dest = tmp.path().join("root");
     flatten_blobs(
@@ -390,6 +392,7 @@ fn whiteouts_and_opaque_directories() {
     assert!(exists("b/sub/fresh") && exists("b/new"));
     assert!(dest.join("c").is_dir() && exists("c/inside"));
     assert!(!exists("d"));
+    assert!(!exists("zz") && !exists("yy"), "whiteouts create nothing");
     assert!(!exists("a/.wh.gone") && !exists("b/.wh..wh..opq"));
 
     // read_file sees the same merged view without extracting.

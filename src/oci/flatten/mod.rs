@@ -257,6 +257,31 @@ impl Extractor<'_> {
         Ok(full)
     }
 
+    /// The full path of `rel` if its parents exist as real directories (never creating any);
+    /// `None` when a parent is missing. A symlinked parent is refused.
+    fn existing_path(&self, rel: &str) -> Result<Option<PathBuf>, OciError> {
+        let mut full = self.root.to_path_buf();
+        let comps: Vec<&str> = rel.split('/').collect();
+        for (i, c) in comps.iter().enumerate() {
+            full.push(c);
+            if i + 1 == comps.len() {
+                break;
+            }
+            match fs::symlink_metadata(&full) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(OciError::Unsafe(format!(
+                        "{rel}: parent is a symlink; refusing to work through it"
+                    )));
+                }
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_at(&full, e)),
+            }
+        }
+        Ok(Some(full))
+    }
+
     /// Removes whatever is at `full` (not following symlinks) and forgets its labels.
     fn remove(&mut self, rel: &str, full: &Path) -> Result<(), OciError> {
         match fs::symlink_metadata(full) {
@@ -283,7 +308,10 @@ impl Extractor<'_> {
         let dir = if rel.is_empty() {
             self.root.to_path_buf()
         } else {
-            self.prepare_parent(rel)?
+            match self.existing_path(rel)? {
+                Some(p) => p,
+                None => return Ok(()),
+            }
         };
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => {}
@@ -332,8 +360,9 @@ impl Extractor<'_> {
                 format!("{parent}/{target}")
             };
             if in_scope(&victim, &self.opts.prefixes) && !self.this_layer.contains(&victim) {
-                let full = self.prepare_parent(&victim)?;
-                self.remove(&victim, &full)?;
+                if let Some(full) = self.existing_path(&victim)? {
+                    self.remove(&victim, &full)?;
+                }
             }
             return Ok(());
         }
