@@ -359,10 +359,11 @@ impl Extractor<'_> {
             } else {
                 format!("{parent}/{target}")
             };
-            if in_scope(&victim, &self.opts.prefixes) && !self.this_layer.contains(&victim) {
-                if let Some(full) = self.existing_path(&victim)? {
-                    self.remove(&victim, &full)?;
-                }
+            if in_scope(&victim, &self.opts.prefixes)
+                && !self.this_layer.contains(&victim)
+                && let Some(full) = self.existing_path(&victim)?
+            {
+                self.remove(&victim, &full)?;
             }
             return Ok(());
         }
