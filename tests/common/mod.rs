@@ -193,4 +193,5 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
         }
     }
 }
+pub mod registry;
 pub mod release;
