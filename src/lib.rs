@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod frontend;
+pub mod imager;
 pub mod oci;
 pub mod schematic;
 pub mod store;

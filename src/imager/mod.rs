@@ -1,0 +1,11 @@
+//! The native imager: asset paths and profiles, quirks, kernel command lines, META, initramfs
+//! with system extensions, UKIs, installer images (and, later, disk images and ISOs).
+//!
+//! Everything here is deterministic: the same inputs give the same bytes
+//! (`SOURCE_DATE_EPOCH` = [`SOURCE_DATE_EPOCH`], sorted inputs, fixed archive metadata).
+
+/// The fixed build timestamp upstream forces (`SOURCE_DATE_EPOCH`), used for every mtime.
+pub const SOURCE_DATE_EPOCH: u64 = 1_559_424_892;
+pub mod installer;
+pub mod pe;
+pub mod uki;
