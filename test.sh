@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the tests (and the build) need.
-PACKAGES=(curl ca-certificates build-essential docker-registry skopeo)
+PACKAGES=(curl ca-certificates build-essential docker-registry skopeo
+    cpio squashfs-tools zstd qemu-system-x86 ovmf)
+# qemu-system-x86 7.2 on Debian 12 needs the matching qemu-utils, older than the one some
+# images preinstall: apt refuses unless the version is pinned and downgrades are allowed.
+QEMU_UTILS_PIN="qemu-utils=1:7.2+dfsg-7+deb12u18+b3"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -25,10 +29,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
+    if printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86; then
+        missing+=("$QEMU_UTILS_PIN")
+    fi
     echo "test.sh: installing ${missing[*]}" >&2
-    if ! as_root apt-get install -y --no-install-recommends "${missing[@]}"; then
+    apt_install() { as_root apt-get install -y --no-install-recommends --allow-downgrades "$@"; }
+    if ! apt_install "${missing[@]}"; then
         as_root apt-get update
-        as_root apt-get install -y --no-install-recommends "${missing[@]}"
+        if ! apt_install "${missing[@]}"; then
+            # The pinned qemu-utils may have left the archive: try the current one.
+            unpinned=()
+            for p in "${missing[@]}"; do [ "$p" = "$QEMU_UTILS_PIN" ] || unpinned+=("$p"); done
+            apt_install "${unpinned[@]}"
+        fi
     fi
 fi
 
@@ -42,6 +55,10 @@ if ! command -v cargo >/dev/null; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
 fi
+
+# Debian inputs of the synthetic-release test kit (kernel, systemd-boot, busybox, GRUB),
+# unpacked into $IF_TESTKIT_DIR (default /var/cache/image-factory/testkit); idempotent.
+bash tests/kit/fetch-debian.sh
 
 if command -v cargo-nextest >/dev/null; then
     cargo nextest run --all-targets --no-fail-fast "$@"
