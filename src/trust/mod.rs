@@ -2,16 +2,19 @@
 //!
 //! * [`keys`]: the cluster [`SigningKey`] (PEM, generated on first start) and [`TrustError`];
 //! * [`cosign`]: cosign's key-based "legacy tag" format — the simple-signing payload, signature
-//!   images at `sha256-<hex>.sig`, [`TrustedKeys`] and the [`TrustPolicy`] the importer calls.
+//!   images at `sha256-<hex>.sig`, [`TrustedKeys`], [`verify_signature`];
+//! * [`policy`]: [`verify_image`] over an `oci::ImageSource` and the [`TrustPolicy`] the
+//!   importer calls (the place keyless verification joins later).
 
 pub mod cosign;
 mod keys;
+pub mod policy;
 mod token;
 
 pub use cosign::{
-    SignatureImage, TrustPolicy, TrustedKey, TrustedKeys, Verification, VerifiedBy, Verifier,
-    simple_signing_payload, verify_image, verify_signature,
+    SignatureImage, TrustedKey, TrustedKeys, VerifiedBy, simple_signing_payload, verify_signature,
 };
 pub(crate) use keys::write_private;
 pub use keys::{SigningKey, TrustError};
+pub use policy::{TrustPolicy, Verification, Verifier, verify_image};
 pub use token::{load_or_generate_token, token_matches};

@@ -1,0 +1,195 @@
+//! Verifying images found in an [`ImageSource`]: fetch the `sha256-<hex>.sig` signature image
+//! and its payloads, then [`verify_signature`]; and the importer's [`TrustPolicy`].
+
+use std::collections::BTreeMap;
+
+use tokio::io::AsyncReadExt as _;
+
+use super::TrustError;
+use super::cosign::{
+    MAX_PAYLOAD_BYTES, MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_MANIFEST_BYTES, TrustedKeys, VerifiedBy,
+    verify_signature,
+};
+use crate::oci::{
+    Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError, Reference,
+};
+
+/// Verifies the cosign signature of `signed_digest` in the repository of `reference`, reading
+/// the `sha256-<hex>.sig` manifest and its payloads from `source`.
+pub async fn verify_image<S: ImageSource>(
+    source: &S,
+    trusted: &TrustedKeys,
+    reference: &Reference,
+    signed_digest: &Digest,
+) -> Result<VerifiedBy, TrustError> {
+    let image = Reference {
+        digest: Some(signed_digest.clone()),
+        ..reference.clone()
+    }
+    .to_string();
+    if trusted.is_empty() {
+        return Err(TrustError::NoTrustedKeys { image });
+    }
+    let sig_ref = reference.with_tag(&signed_digest.signature_tag());
+    let fetch_err = |source: OciError| TrustError::Fetch {
+        image: image.clone(),
+        signature_ref: sig_ref.to_string(),
+        source,
+    };
+    let tampered = |reason: String| TrustError::Tampered {
+        image: image.clone(),
+        reason,
+    };
+    let descriptor = match source.resolve(&sig_ref).await {
+        Ok(Some(d)) => d,
+        Ok(None) | Err(OciError::NotFound(_)) => {
+            return Err(TrustError::Unsigned {
+                image: image.clone(),
+                signature_ref: sig_ref.to_string(),
+            });
+        }
+        Err(e) => return Err(fetch_err(e)),
+    };
+    if descriptor.is_index() {
+        return Err(tampered(format!(
+            "{sig_ref} is an index ({}), not a signature manifest",
+            descriptor.media_type
+        )));
+    }
+    let manifest = match source
+        .manifest(&sig_ref, &descriptor.digest, MAX_SIGNATURE_MANIFEST_BYTES)
+        .await
+    {
+        Ok(m) => m,
+        Err(e @ (OciError::DigestMismatch { .. } | OciError::Limit(_))) => {
+            return Err(tampered(format!("signature manifest {sig_ref}: {e}")));
+        }
+        Err(e) => return Err(fetch_err(e)),
+    };
+    // Fetch the payloads up front (async), then verify synchronously.
+    let mut payloads: BTreeMap<Digest, Result<Vec<u8>, String>> = BTreeMap::new();
+    if let Ok(parsed) = serde_json::from_slice::<ImageManifest>(&manifest) {
+        for layer in parsed
+            .layers
+            .iter()
+            .filter(|l| l.media_type == MEDIA_COSIGN_SIMPLESIGNING)
+            .take(MAX_SIGNATURE_LAYERS)
+        {
+            if layer.size > MAX_PAYLOAD_BYTES || payloads.contains_key(&layer.digest) {
+                continue;
+            }
+            let got = read_payload(source, &sig_ref, layer).await;
+            payloads.insert(layer.digest.clone(), got);
+        }
+    }
+    let by = verify_signature(
+        trusted,
+        &image,
+        signed_digest,
+        &manifest,
+        |layer| match payloads.get(&layer.digest) {
+            Some(Ok(bytes)) => Ok(bytes.clone()),
+            Some(Err(reason)) => Err(TrustError::Tampered {
+                image: image.clone(),
+                reason: reason.clone(),
+            }),
+            None => Err(TrustError::Tampered {
+                image: image.clone(),
+                reason: format!("payload {} was not fetched", layer.digest),
+            }),
+        },
+    )?;
+    Ok(VerifiedBy {
+        signature_manifest: Some(descriptor.digest),
+        ..by
+    })
+}
+
+/// Reads one payload blob, at most [`MAX_PAYLOAD_BYTES`] + 1 bytes; a read error (which is how a
+/// source reports content that does not match its digest) is a tamper verdict.
+async fn read_payload<S: ImageSource>(
+    source: &S,
+    sig_ref: &Reference,
+    layer: &Descriptor,
+) -> Result<Vec<u8>, String> {
+    let reader = source
+        .blob(sig_ref, layer)
+        .await
+        .map_err(|e| format!("payload {} of {sig_ref}: {e}", layer.digest))?;
+    let mut buf = Vec::new();
+    reader
+        .take(MAX_PAYLOAD_BYTES + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("payload {} of {sig_ref}: {e}", layer.digest))?;
+    Ok(buf)
+}
+
+/// How signatures are checked. Keyless (Fulcio certificate chain + Rekor inclusion proof
+/// against an offline trust root) becomes a second variant here.
+#[derive(Debug, Clone)]
+pub enum Verifier {
+    /// Cosign key-based signatures (legacy `.sig` tags) by one of these keys.
+    Keys(TrustedKeys),
+}
+
+/// The outcome of [`TrustPolicy::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// A signature verified.
+    Verified(VerifiedBy),
+    /// Verification is switched off (`--insecure-skip-signature-verification`).
+    Skipped,
+}
+
+impl Verification {
+    /// Whether the content was verified.
+    pub fn is_verified(&self) -> bool {
+        matches!(self, Verification::Verified(_))
+    }
+}
+
+/// The importer's signature policy: what to verify with, or an explicit skip.
+#[derive(Debug, Clone)]
+pub struct TrustPolicy {
+    /// The verifier.
+    pub verifier: Verifier,
+    /// Skip verification entirely (insecure, explicit).
+    pub skip: bool,
+}
+
+impl TrustPolicy {
+    /// Verify with these keys.
+    pub fn keys(keys: TrustedKeys) -> Self {
+        TrustPolicy {
+            verifier: Verifier::Keys(keys),
+            skip: false,
+        }
+    }
+
+    /// Verify nothing (`--insecure-skip-signature-verification`).
+    pub fn insecure_skip() -> Self {
+        TrustPolicy {
+            verifier: Verifier::Keys(TrustedKeys::new()),
+            skip: true,
+        }
+    }
+
+    /// Verifies the signature of `digest` (the top-level manifest or index that `reference`
+    /// resolved to) as found in `source`.
+    pub async fn verify<S: ImageSource>(
+        &self,
+        source: &S,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<Verification, TrustError> {
+        if self.skip {
+            return Ok(Verification::Skipped);
+        }
+        match &self.verifier {
+            Verifier::Keys(keys) => verify_image(source, keys, reference, digest)
+                .await
+                .map(Verification::Verified),
+        }
+    }
+}
