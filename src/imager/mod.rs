@@ -9,3 +9,10 @@ pub const SOURCE_DATE_EPOCH: u64 = 1_559_424_892;
 pub mod installer;
 pub mod pe;
 pub mod uki;
+
+pub mod cmdline;
+pub mod error;
+pub mod meta;
+pub mod path;
+pub mod profile;
+pub mod quirks;

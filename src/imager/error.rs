@@ -1,0 +1,286 @@
+//! The one error type of the imager layer, carrying upstream's message texts.
+//!
+//! Messages are the exact upstream texts where upstream has one (Go `%q` quoting included); the
+//! HTTP layer adds the upstream prefixes (`error parsing profile from path: ` for path errors,
+//! `error enhancing profile from schematic: ` for schematic errors) and maps [`ErrorClass`] to a
+//! status code in one place (api spec §1.2, §3.5).
+
+use std::fmt::Write as _;
+
+/// How the HTTP layer must answer an imager error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 400: the request (path or schematic for this version) is invalid; the text is shown.
+    BadRequest,
+    /// 404: something the request names is not on this appliance; the text is shown.
+    NotFound,
+    /// 500: anything else; upstream answers `internal server error`.
+    Internal,
+}
+
+impl ErrorClass {
+    /// The HTTP status code for this class.
+    pub fn status_code(self) -> u16 {
+        match self {
+            ErrorClass::BadRequest => 400,
+            ErrorClass::NotFound => 404,
+            ErrorClass::Internal => 500,
+        }
+    }
+}
+
+/// Errors of the imager layer (paths, profiles, quirks, command lines, META, builds).
+#[derive(Debug, thiserror::Error)]
+pub enum ImagerError {
+    /// The asset path matches no rule (or has no disk format); carries the path as upstream
+    /// quotes it (minus any recognised compression suffix).
+    #[error("invalid profile path: {}", go_quote(.0))]
+    InvalidPath(String),
+    /// The architecture part is not `amd64`, `arm64`, `x86_64` or `i386`.
+    #[error("invalid architecture: {}", go_quote(.0))]
+    InvalidArch(String),
+    /// The `<platform>-<arch>` part has no dash.
+    #[error("invalid platform-arch: {}", go_quote(.0))]
+    InvalidPlatformArch(String),
+    /// An official extension of the schematic is not in the version's catalog.
+    #[error("official extension {} is not available for Talos version {version}", go_quote(.name))]
+    ExtensionNotAvailable {
+        /// The name as written in the schematic.
+        name: String,
+        /// The version tag as requested (`v1.11.0`).
+        version: String,
+    },
+    /// The extension is in the catalog but its image for the arch was not imported here.
+    #[error("official extension {} for {arch} is not imported for Talos version {version}", go_quote(.name))]
+    ExtensionNotImported {
+        /// The catalog name (`siderolabs/<name>`).
+        name: String,
+        /// The architecture.
+        arch: String,
+        /// The version tag.
+        version: String,
+    },
+    /// The schematic has an overlay but the target predates overlays (1.7).
+    #[error("overlay is not supported for Talos version {version}")]
+    OverlayNotSupported {
+        /// The version tag.
+        version: String,
+    },
+    /// The schematic's overlay is not in the version's overlay catalog.
+    #[error("official overlay {} is not available for Talos version {version}", go_quote(.name))]
+    OverlayNotAvailable {
+        /// The overlay name from the schematic.
+        name: String,
+        /// The version tag.
+        version: String,
+    },
+    /// The schematic embeds a machine configuration but the target predates 1.12.
+    #[error("embedding configuration is not supported for Talos version {version}")]
+    EmbeddedConfigNotSupported {
+        /// The version tag.
+        version: String,
+    },
+    /// A SecureBoot asset was requested but this appliance has no SecureBoot signing keys.
+    #[error("secure boot is disabled")]
+    SecureBootDisabled,
+    /// `secureboot.enrollKeys` is not one of `off`, `manual`, `if-safe`, `force`.
+    #[error("invalid secureboot enrollKeys value {}: {reason}", go_quote(.value))]
+    InvalidEnrollKeys {
+        /// The value from the schematic.
+        value: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// The target is older than what this appliance builds (see [`crate::imager::quirks`]).
+    #[error("unsupported Talos version {0}: this appliance builds Talos 1.8 and later")]
+    UnsupportedVersion(String),
+    /// The platform name is not one the Talos imager knows.
+    #[error("unknown platform: {}", go_quote(.0))]
+    UnknownPlatform(String),
+    /// The version is not imported on this appliance.
+    #[error("version {0} is not available")]
+    VersionNotAvailable(String),
+    /// The profile failed validation (imager spec §1.3); upstream fails inside the imager (500).
+    #[error("{0}")]
+    Validation(String),
+    /// The META values do not fit into the Talos ADV.
+    #[error("META values need {needed} bytes, the ADV holds {capacity}")]
+    MetaTooLarge {
+        /// Bytes the entries need (values plus 8 bytes of header each).
+        needed: usize,
+        /// Usable bytes.
+        capacity: usize,
+    },
+    /// Reading or writing files failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Any other failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ImagerError {
+    /// The class the HTTP layer maps to a status code (api spec §1.2, §3.5).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ImagerError::InvalidPath(_)
+            | ImagerError::InvalidArch(_)
+            | ImagerError::InvalidPlatformArch(_)
+            | ImagerError::ExtensionNotAvailable { .. }
+            | ImagerError::OverlayNotSupported { .. }
+            | ImagerError::OverlayNotAvailable { .. }
+            | ImagerError::EmbeddedConfigNotSupported { .. }
+            | ImagerError::SecureBootDisabled
+            | ImagerError::InvalidEnrollKeys { .. }
+            | ImagerError::UnsupportedVersion(_) => ErrorClass::BadRequest,
+            ImagerError::VersionNotAvailable(_) | ImagerError::ExtensionNotImported { .. } => {
+                ErrorClass::NotFound
+            }
+            ImagerError::UnknownPlatform(_)
+            | ImagerError::Validation(_)
+            | ImagerError::MetaTooLarge { .. }
+            | ImagerError::Io(_)
+            | ImagerError::Internal(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// Whether this error came from parsing the asset path (upstream prefixes these with
+    /// `error parsing profile from path: `).
+    pub fn is_path_error(&self) -> bool {
+        matches!(
+            self,
+            ImagerError::InvalidPath(_)
+                | ImagerError::InvalidArch(_)
+                | ImagerError::InvalidPlatformArch(_)
+        )
+    }
+}
+
+/// Go's `strconv.Quote` (`%q`): double quotes, `\"` and `\\`, C escapes for `\a\b\f\n\r\t\v`,
+/// `\xNN` for other ASCII controls, `\uNNNN`/`\UNNNNNNNN` for non-printable runes.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if !go_is_print(c) => {
+                if (c as u32) < 0x10000 {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                } else {
+                    let _ = write!(out, "\\U{:08x}", c as u32);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// An approximation of Go's `strconv.IsPrint` beyond ASCII: controls, format characters and
+/// separators other than the ASCII space are not printable.
+fn go_is_print(c: char) -> bool {
+    if c.is_control() {
+        return false;
+    }
+    let u = c as u32;
+    !matches!(u,
+        0x00ad | 0x0600..=0x0605 | 0x061c | 0x06dd | 0x070f | 0x180e
+        | 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f
+        | 0xfeff | 0xfff9..=0xfffb | 0xe000..=0xf8ff | 0xd800..=0xdfff
+        | 0xa0 | 0x1680 | 0x2000..=0x200a | 0x202f | 0x205f | 0x3000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_match_upstream() {
+        assert_eq!(
+            ImagerError::InvalidPath("metal-amd64.ssd".into()).to_string(),
+            r#"invalid profile path: "metal-amd64.ssd""#
+        );
+        assert_eq!(
+            ImagerError::InvalidArch("rpi_generic-arm64".into()).to_string(),
+            r#"invalid architecture: "rpi_generic-arm64""#
+        );
+        assert_eq!(
+            ImagerError::InvalidPlatformArch("metal".into()).to_string(),
+            r#"invalid platform-arch: "metal""#
+        );
+        assert_eq!(
+            ImagerError::ExtensionNotAvailable {
+                name: "siderolabs/cni-plugins".into(),
+                version: "v1.12.6".into()
+            }
+            .to_string(),
+            r#"official extension "siderolabs/cni-plugins" is not available for Talos version v1.12.6"#
+        );
+        assert_eq!(
+            ImagerError::EmbeddedConfigNotSupported {
+                version: "v1.11.0".into()
+            }
+            .to_string(),
+            "embedding configuration is not supported for Talos version v1.11.0"
+        );
+        assert_eq!(
+            ImagerError::OverlayNotSupported {
+                version: "v1.6.0".into()
+            }
+            .to_string(),
+            "overlay is not supported for Talos version v1.6.0"
+        );
+        assert_eq!(
+            ImagerError::SecureBootDisabled.to_string(),
+            "secure boot is disabled"
+        );
+        assert_eq!(
+            ImagerError::UnsupportedVersion("v1.7.0".into()).to_string(),
+            "unsupported Talos version v1.7.0: this appliance builds Talos 1.8 and later"
+        );
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(
+            ImagerError::InvalidPath(String::new())
+                .class()
+                .status_code(),
+            400
+        );
+        assert_eq!(
+            ImagerError::SecureBootDisabled.class(),
+            ErrorClass::BadRequest
+        );
+        assert_eq!(
+            ImagerError::VersionNotAvailable("1.99.0".into()).class(),
+            ErrorClass::NotFound
+        );
+        assert_eq!(
+            ImagerError::UnknownPlatform("foo".into()).class(),
+            ErrorClass::Internal
+        );
+        assert!(ImagerError::InvalidArch(String::new()).is_path_error());
+        assert!(!ImagerError::SecureBootDisabled.is_path_error());
+    }
+
+    #[test]
+    fn quoting_like_go() {
+        assert_eq!(go_quote("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(go_quote("x\ny\u{1}\u{7f}"), r#""x\ny\x01\x7f""#);
+        assert_eq!(go_quote("é\u{200b}"), "\"é\\u200b\"");
+    }
+}
