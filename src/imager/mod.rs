@@ -16,3 +16,4 @@ pub mod meta;
 pub mod path;
 pub mod profile;
 pub mod quirks;
+pub mod initramfs;

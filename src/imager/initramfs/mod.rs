@@ -1,0 +1,417 @@
+//! The initramfs with system extensions (imager spec §3): extensions in schematic order are
+//! extracted, ordered (with the lexicographic directory quirk), validated, stripped of early
+//! microcode and firmware, turned into one zstd squashfs layer each, joined by the synthetic
+//! `modules.dep` layer, described in `extensions.yaml`, and appended to the release's initramfs:
+//!
+//! ```text
+//! [ newc cpio of kernel/x86/microcode/*, uncompressed ]   (only when an extension had microcode)
+//! [ base initramfs bytes, unchanged ]
+//! [ zstd stream of a newc cpio: 0.sqsh, 1.sqsh, …, extensions.yaml, modules.dep.sqsh, usr/lib/firmware/… ]
+//! ```
+//!
+//! Layer order: catalog extensions in schematic order, then the virtual `schematic` extension
+//! (the factory appends it last to its list), then `embedded-config` (appended by the imager),
+//! then `modules.dep` (created by the imager after every input). See `docs/imager-initramfs.md`.
+
+mod constraint;
+mod cpio;
+mod extension;
+mod modules;
+mod process;
+mod squashfs;
+mod virtual_ext;
+mod yaml;
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+pub use constraint::{Range, check as check_constraint, parse_range, strip_v};
+pub use extension::processing_order;
+pub use modules::DEPMOD_CONFIG;
+pub use virtual_ext::{
+    EMBEDDED_CONFIG_DESCRIPTION, EMBEDDED_CONFIG_LABEL, SCHEMATIC_DESCRIPTION,
+    embedded_config_extension_tar, embedded_config_manifest, schematic_extension_tar,
+    schematic_manifest,
+};
+pub use yaml::{Compatibility, Constraint, Manifest, Metadata, extensions_yaml, manifest_yaml};
+
+use crate::catalog::{BlobRef, ExtensionEntry, Version};
+use crate::imager::quirks::{Quirk, Quirks};
+use crate::oci::{Digest, OciError, SyncVerifyingReader};
+use crate::store::{BlobStore, StoreError};
+
+/// Default zstd level of the squashfs layers and the appended cpio (upstream: 18).
+pub const DEFAULT_ZSTD_LEVEL: u32 = 18;
+
+/// Errors of the initramfs build.
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    /// The target version is older than this builder supports.
+    #[error("unsupported Talos version {0} for initramfs with extensions (need >= 1.8)")]
+    Unsupported(String),
+    /// An extension directory failed to load.
+    #[error("error loading extension {dir}: {message}")]
+    Extension {
+        /// Extension directory (`0`, `1`, …).
+        dir: String,
+        /// What is wrong (upstream text: `unexpected file "x"`, `extension manifest is missing`, …).
+        message: String,
+    },
+    /// An extension's compatibility constraint refuses the target.
+    #[error("error validating extension {name:?} (constraint {constraint:?}): {message}")]
+    Incompatible {
+        /// Extension name.
+        name: String,
+        /// The constraint as written.
+        constraint: String,
+        /// Why it does not match.
+        message: String,
+    },
+    /// A blob the build needs is not stored.
+    #[error("blob {0} is not in the blob store")]
+    MissingBlob(String),
+    /// The base initramfs is not what Talos ships.
+    #[error("base initramfs: {0}")]
+    BaseInitramfs(String),
+    /// squashfs writing or reading failed.
+    #[error("squashfs: {0}")]
+    Squashfs(String),
+    /// `depmod` is not installed.
+    #[error("depmod not found: install Debian package kmod")]
+    DepmodMissing,
+    /// `depmod` failed.
+    #[error("depmod failed: {0}")]
+    Depmod(String),
+    /// Invalid input.
+    #[error("{0}")]
+    Invalid(String),
+    /// File I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// Blob store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Layer extraction failure.
+    #[error(transparent)]
+    Oci(#[from] OciError),
+}
+
+impl InitramfsError {
+    /// An I/O error with context.
+    pub fn io(context: impl Into<String>, source: io::Error) -> InitramfsError {
+        InitramfsError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// `map_err` helper: an I/O error with context.
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> InitramfsError {
+    let context = context.into();
+    move |source| InitramfsError::Io { context, source }
+}
+
+/// One system extension input, in schematic order.
+#[derive(Debug, Clone)]
+pub enum ExtensionSource {
+    /// An imported catalog extension: its `linux/<arch>` image manifest in the blob store.
+    Image {
+        /// Name for progress and errors (e.g. `siderolabs/iscsi-tools`).
+        name: String,
+        /// Digest of the platform image manifest (`ImageRecord::manifest`).
+        manifest: Digest,
+    },
+    /// A virtual extension as an uncompressed tar (`schematic`, `embedded-config`).
+    Tar {
+        /// Name for progress and errors.
+        name: String,
+        /// The tar bytes.
+        tar: Vec<u8>,
+    },
+}
+
+impl ExtensionSource {
+    /// The source for a catalog extension's image for `arch`, if imported.
+    pub fn catalog(entry: &ExtensionEntry, arch: &str) -> Option<ExtensionSource> {
+        entry.images.get(arch).map(|img| ExtensionSource::Image {
+            name: entry.name.clone(),
+            manifest: img.manifest.clone(),
+        })
+    }
+
+    /// The name given for progress and errors.
+    pub fn name(&self) -> &str {
+        match self {
+            ExtensionSource::Image { name, .. } | ExtensionSource::Tar { name, .. } => name,
+        }
+    }
+}
+
+/// Everything the build needs besides the blob store.
+#[derive(Debug, Clone)]
+pub struct InitramfsInputs {
+    /// Target Talos version.
+    pub version: Version,
+    /// The release's `initramfs.xz` for the arch (zstd or xz despite the name).
+    pub base: BlobRef,
+    /// Extensions in schematic order (virtual ones last: `schematic`, then `embedded-config`).
+    pub extensions: Vec<ExtensionSource>,
+    /// Directory for temporary files (`None` = the system temp dir).
+    pub scratch: Option<PathBuf>,
+    /// zstd level of the squashfs layers.
+    pub squashfs_level: u32,
+    /// zstd level of the appended cpio.
+    pub cpio_level: u32,
+}
+
+impl InitramfsInputs {
+    /// Inputs with the upstream compression levels and the system temp dir.
+    pub fn new(version: Version, base: BlobRef, extensions: Vec<ExtensionSource>) -> Self {
+        InitramfsInputs {
+            version,
+            base,
+            extensions,
+            scratch: None,
+            squashfs_level: DEFAULT_ZSTD_LEVEL,
+            cpio_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+/// A build stage, reported through the progress callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Extracting input `index` (schematic order).
+    Extracting {
+        /// Input index.
+        index: usize,
+        /// Input name.
+        name: String,
+    },
+    /// Running depmod for the merged module tree.
+    Depmod {
+        /// Kernel version of the base initramfs.
+        kver: String,
+    },
+    /// Building a squashfs layer.
+    Squashing {
+        /// Layer file (`0.sqsh`).
+        image: String,
+        /// Extension name from its manifest.
+        name: String,
+    },
+    /// Writing the output stream.
+    Writing,
+}
+
+/// One layer of the result.
+#[derive(Debug, Clone)]
+pub struct LayerReport {
+    /// Layer file name (`0.sqsh`, …, `modules.dep.sqsh`).
+    pub image: String,
+    /// Manifest metadata as written to `extensions.yaml`.
+    pub metadata: Metadata,
+    /// squashfs size in bytes.
+    pub size: u64,
+    /// SELinux labels the extension carried that the squashfs could not record.
+    pub dropped_labels: usize,
+}
+
+/// What the build produced.
+#[derive(Debug, Clone, Default)]
+pub struct InitramfsReport {
+    /// Layers in `extensions.yaml` order.
+    pub layers: Vec<LayerReport>,
+    /// Microcode files consumed into the early cpio (0 = no early cpio).
+    pub microcode_files: usize,
+    /// Firmware files moved into the initramfs tree.
+    pub firmware_files: u64,
+    /// Kernel version of the `modules.dep` layer, when built.
+    pub modules_kver: Option<String>,
+    /// Size of the early microcode cpio (0 when absent).
+    pub microcode_cpio_size: u64,
+    /// Total bytes written.
+    pub size: u64,
+}
+
+/// Checks the external tools the build may need (`depmod`); for `image-factory doctor`.
+pub fn check_tools() -> Result<PathBuf, InitramfsError> {
+    modules::find_depmod()
+}
+
+/// Counts bytes written through it.
+struct Counter<'a, W: Write + ?Sized> {
+    inner: &'a mut W,
+    count: u64,
+}
+
+impl<W: Write + ?Sized> Write for Counter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Opens the base initramfs blob, verifying its SHA-256 while it is read.
+fn open_base(blobs: &BlobStore, base: &BlobRef) -> Result<impl Read, InitramfsError> {
+    let digest = Digest::from_hex(&base.sha256)?;
+    let file = blobs.open_blob(&base.blake3)?;
+    Ok(SyncVerifyingReader::new(file, digest, base.size))
+}
+
+/// Builds the initramfs for `inputs` into `out` (blocking; run it on a blocking thread).
+pub fn build_initramfs<W: Write + ?Sized>(
+    inputs: &InitramfsInputs,
+    blobs: &BlobStore,
+    out: &mut W,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<InitramfsReport, InitramfsError> {
+    let quirks = Quirks::for_version(&inputs.version);
+    if !quirks.has(Quirk::UseZstdCompression) {
+        return Err(InitramfsError::Unsupported(inputs.version.tag()));
+    }
+    let mut out = Counter {
+        inner: out,
+        count: 0,
+    };
+    let mut report = InitramfsReport::default();
+    if inputs.extensions.is_empty() {
+        // Upstream skips the rebuild entirely without extensions.
+        progress(Progress::Writing);
+        io::copy(&mut open_base(blobs, &inputs.base)?, &mut out)
+            .map_err(io_err("copy base initramfs"))?;
+        report.size = out.count;
+        return Ok(report);
+    }
+    let scratch_root = inputs.scratch.clone().unwrap_or_else(std::env::temp_dir);
+    fs::create_dir_all(&scratch_root)
+        .map_err(io_err(format!("create {}", scratch_root.display())))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("initramfs-")
+        .tempdir_in(&scratch_root)
+        .map_err(io_err(format!("temp dir in {}", scratch_root.display())))?;
+    let ext_root = tmp.path().join("extensions");
+    let work = tmp.path().join("work");
+    let scratch = tmp.path().join("scratch");
+    for d in [&ext_root, &work, &scratch] {
+        process::mkdirs(d)?;
+    }
+
+    // §3.3: extract into <j>, list sorted as strings, load and validate.
+    let mut labels = Vec::new();
+    for (j, src) in inputs.extensions.iter().enumerate() {
+        progress(Progress::Extracting {
+            index: j,
+            name: src.name().to_string(),
+        });
+        labels.push(extension::extract(
+            src,
+            blobs,
+            &ext_root.join(j.to_string()),
+        )?);
+    }
+    let mut loaded = Vec::new();
+    for dir in extension::listing(&ext_root)? {
+        let mut ext = extension::load(&ext_root, &dir)?;
+        extension::validate(&ext, &inputs.version)?;
+        if let Some(l) = dir.parse::<usize>().ok().and_then(|j| labels.get(j)) {
+            ext.labels = l
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("rootfs/")?.to_string(), v.clone())))
+                .collect();
+        }
+        tracing::info!(dir = %dir, name = %ext.manifest.metadata.name,
+            version = %ext.manifest.metadata.version, author = %ext.manifest.metadata.author,
+            "system extension");
+        loaded.push(ext);
+    }
+
+    // §3.5: modules.dep from the base module tree and every extension's modules.
+    let modules_path = quirks.kernel_modules_path();
+    let mut with_modules = Vec::new();
+    for ext in &loaded {
+        if extension::real_dir(&ext.rootfs, modules_path)?.is_some() {
+            with_modules.push(ext);
+        }
+    }
+    if !with_modules.is_empty() {
+        let depmod = modules::find_depmod()?;
+        let base = open_base(blobs, &inputs.base)?;
+        let (dep, kver) =
+            modules::build_modules_dep(base, &with_modules, modules_path, &scratch, &depmod)?;
+        progress(Progress::Depmod { kver: kver.clone() });
+        report.modules_kver = Some(kver);
+        loaded.push(dep);
+    }
+
+    // §3.4: microcode, firmware, one squashfs per extension.
+    let fw = quirks.firmware_path();
+    let mut layers = Vec::new();
+    for ext in &loaded {
+        report.microcode_files += process::extract_microcode(&ext.rootfs, fw, &work)?;
+        report.firmware_files += process::move_firmware(&ext.rootfs, fw, &work)?;
+        let image = format!("{}.sqsh", ext.dir);
+        progress(Progress::Squashing {
+            image: image.clone(),
+            name: ext.manifest.metadata.name.clone(),
+        });
+        let path = work.join(&image);
+        let sq = squashfs::build_squashfs(&ext.rootfs, &path, inputs.squashfs_level)?;
+        set_mode(&path, 0o644)?;
+        fs::remove_dir_all(&ext.rootfs)
+            .map_err(io_err(format!("remove {}", ext.rootfs.display())))?;
+        let present = ext.labels.len();
+        if present > 0 {
+            tracing::warn!(image = %image, labels = present,
+                "squashfs writer cannot store xattrs: SELinux labels from the extension are not recorded");
+        }
+        layers.push((image.clone(), ext.manifest.metadata.clone()));
+        report.layers.push(LayerReport {
+            image,
+            metadata: ext.manifest.metadata.clone(),
+            size: sq.size,
+            dropped_labels: present,
+        });
+    }
+
+    // §3.6: extensions.yaml, then the three segments.
+    let yaml_path = work.join("extensions.yaml");
+    fs::write(&yaml_path, extensions_yaml(&layers)).map_err(io_err("write extensions.yaml"))?;
+    set_mode(&yaml_path, 0o644)?;
+    progress(Progress::Writing);
+    let entries = cpio::walk(&work)?;
+    let (early, rest): (Vec<&cpio::Entry>, Vec<&cpio::Entry>) = entries
+        .iter()
+        .partition(|e| e.rel == "kernel" || e.rel.starts_with("kernel/"));
+    if !early.is_empty() {
+        report.microcode_cpio_size = cpio::write_cpio(&early, &mut out)?;
+    }
+    io::copy(&mut open_base(blobs, &inputs.base)?, &mut out)
+        .map_err(io_err("copy base initramfs"))?;
+    let level = i32::try_from(inputs.cpio_level).unwrap_or(DEFAULT_ZSTD_LEVEL as i32);
+    let mut enc =
+        zstd::stream::write::Encoder::new(&mut out, level).map_err(io_err("zstd encoder"))?;
+    enc.include_checksum(true).map_err(io_err("zstd encoder"))?;
+    cpio::write_cpio(&rest, &mut enc)?;
+    enc.finish().map_err(io_err("zstd finish"))?;
+    out.flush().map_err(io_err("flush initramfs"))?;
+    report.size = out.count;
+    Ok(report)
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), InitramfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("chmod {}", p.display())))
+}
