@@ -480,3 +480,40 @@ fn missing_inputs_name_the_package() {
     assert!(err.contains("install Debian package linux-image"), "{err}");
     assert!(err.contains("tests/kit/fetch-debian.sh"), "{err}");
 }
+
+#[test]
+fn cli_writes_bundle_and_reuses_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_image-factory"))
+            .args(["dev", "synth-release", "--version", "v1.11.0", "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            stdout.contains("ghcr.io/siderolabs/imager:v1.11.0@sha256:"),
+            "{stdout}"
+        );
+        (
+            std::fs::read(dir.path().join("bundle.tar")).unwrap(),
+            std::fs::read_to_string(dir.path().join("signing-key.pub")).unwrap(),
+        )
+    };
+    let (b1, k1) = run();
+    assert!(k1.starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert!(dir.path().join("signing-key.pem").exists());
+    let (b2, k2) = run();
+    assert_eq!(k1, k2, "the key in signing-key.pem is reused");
+    assert!(b1 == b2, "same key and inputs, same bundle");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
+}
