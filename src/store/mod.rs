@@ -4,7 +4,7 @@ mod blobs;
 mod schematics;
 mod sled_store;
 
-pub use blobs::{BlobInfo, BlobStore, BlobWriter};
+pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob};
 pub use schematics::{PutOutcome, SchematicStore};
 pub use sled_store::SledStore;
 
