@@ -108,13 +108,19 @@ fn remove_any(p: &Path) -> Result<(), InitramfsError> {
     }
 }
 
-/// Moves the tree `src` into `dst`, merging directories (later files replace earlier ones).
-/// Files keep their permission bits; directories are 0755. Returns files moved.
-fn move_tree(src: &Path, dst: &Path) -> Result<u64, InitramfsError> {
-    if !fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) {
-        remove_any(dst)?;
-        mkdirs(dst)?;
+/// Makes `dir` a real directory (replacing a file or symlink in the way).
+fn ensure_dir(dir: &Path) -> Result<(), InitramfsError> {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        remove_any(dir)?;
+        mkdirs(dir)?;
     }
+    Ok(())
+}
+
+/// Moves the tree `src` into `dst`, merging directories (later files replace earlier ones).
+/// Files keep their permission bits; directories are created (0755) only when a file lands in
+/// them, like upstream's per-file `MkdirAll`. Returns files moved.
+fn move_tree(src: &Path, dst: &Path) -> Result<u64, InitramfsError> {
     let mut names: Vec<_> = fs::read_dir(src)
         .map_err(io_err(format!("read {}", src.display())))?
         .map(|e| e.map(|e| e.file_name()))
@@ -128,6 +134,7 @@ fn move_tree(src: &Path, dst: &Path) -> Result<u64, InitramfsError> {
         if m.is_dir() {
             moved += move_tree(&s, &d)?;
         } else if m.is_file() || m.file_type().is_symlink() {
+            ensure_dir(dst)?;
             remove_any(&d)?;
             fs::rename(&s, &d).map_err(io_err(format!("move {}", s.display())))?;
             moved += 1;
