@@ -19,6 +19,21 @@ use image_factory::trust::{
 struct MemSource {
     tags: Mutex<HashMap<String, Descriptor>>,
     blobs: Mutex<HashMap<Digest, Vec<u8>>>,
+    /// Make every blob read fail with this kind.
+    fail_reads: Mutex<Option<std::io::ErrorKind>>,
+}
+
+/// A reader that fails at once.
+struct Failing(std::io::ErrorKind);
+
+impl tokio::io::AsyncRead for Failing {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        _buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::Error::new(self.0, "read failed")))
+    }
 }
 
 impl MemSource {
@@ -81,6 +96,9 @@ impl ImageSource for MemSource {
         _reference: &Reference,
         descriptor: &Descriptor,
     ) -> Result<BlobReader, OciError> {
+        if let Some(kind) = *self.fail_reads.lock().unwrap() {
+            return Ok(Box::pin(Failing(kind)));
+        }
         // Deliberately unverified: the verifier must check payload digests itself.
         let b = self
             .blobs
@@ -374,4 +392,22 @@ fn trusted_keys_parsing() {
     std::fs::write(&p, k1.public_key_pem().unwrap()).unwrap();
     assert_eq!(TrustedKeys::from_files(&[&p]).unwrap().len(), 1);
     assert!(TrustedKeys::from_files(&[dir.path().join("missing.pub")]).is_err());
+}
+
+#[test]
+fn payload_read_errors_are_classified() {
+    let (r, d) = imager();
+    let k = key(1);
+    let src = MemSource::default();
+    let sig = SignatureImage::sign(&k, &r.name(), &d);
+    src.put_signature(&sig, &sig.payload);
+    // A source reports content that does not match its digest as InvalidData: tampered.
+    *src.fail_reads.lock().unwrap() = Some(std::io::ErrorKind::InvalidData);
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap_err();
+    assert!(matches!(err, TrustError::Tampered { .. }), "{err}");
+    // A broken connection is no verdict on the signature.
+    *src.fail_reads.lock().unwrap() = Some(std::io::ErrorKind::ConnectionReset);
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap_err();
+    assert!(matches!(err, TrustError::Fetch { .. }), "{err}");
+    assert!(err.to_string().contains("cannot fetch signature"), "{err}");
 }

@@ -67,7 +67,7 @@ pub async fn verify_image<S: ImageSource>(
         Err(e) => return Err(fetch_err(e)),
     };
     // Fetch the payloads up front (async), then verify synchronously.
-    let mut payloads: BTreeMap<Digest, Result<Vec<u8>, String>> = BTreeMap::new();
+    let mut payloads: BTreeMap<Digest, Result<Vec<u8>, PayloadFailure>> = BTreeMap::new();
     if let Ok(parsed) = serde_json::from_slice::<ImageManifest>(&manifest) {
         for layer in parsed
             .layers
@@ -89,10 +89,18 @@ pub async fn verify_image<S: ImageSource>(
         &manifest,
         |layer| match payloads.get(&layer.digest) {
             Some(Ok(bytes)) => Ok(bytes.clone()),
-            Some(Err(reason)) => Err(TrustError::Tampered {
-                image: image.clone(),
-                reason: reason.clone(),
-            }),
+            Some(Err(_)) => match payloads.remove(&layer.digest) {
+                Some(Err(PayloadFailure::Tampered(reason))) => Err(TrustError::Tampered {
+                    image: image.clone(),
+                    reason,
+                }),
+                Some(Err(PayloadFailure::Fetch(source))) => Err(TrustError::Fetch {
+                    image: image.clone(),
+                    signature_ref: sig_ref.to_string(),
+                    source,
+                }),
+                _ => unreachable!("checked above"),
+            },
             None => Err(TrustError::Tampered {
                 image: image.clone(),
                 reason: format!("payload {} was not fetched", layer.digest),
@@ -105,23 +113,39 @@ pub async fn verify_image<S: ImageSource>(
     })
 }
 
-/// Reads one payload blob, at most [`MAX_PAYLOAD_BYTES`] + 1 bytes; a read error (which is how a
-/// source reports content that does not match its digest) is a tamper verdict.
+/// Why a payload could not be read.
+enum PayloadFailure {
+    /// The content is wrong or missing (a source reports a digest mismatch as `InvalidData`).
+    Tampered(String),
+    /// The source failed (network, I/O): no verdict on the signature.
+    Fetch(OciError),
+}
+
+/// Reads one payload blob, at most [`MAX_PAYLOAD_BYTES`] + 1 bytes.
 async fn read_payload<S: ImageSource>(
     source: &S,
     sig_ref: &Reference,
     layer: &Descriptor,
-) -> Result<Vec<u8>, String> {
-    let reader = source
-        .blob(sig_ref, layer)
-        .await
-        .map_err(|e| format!("payload {} of {sig_ref}: {e}", layer.digest))?;
+) -> Result<Vec<u8>, PayloadFailure> {
+    let what = format!("payload {} of {sig_ref}", layer.digest);
+    let reader = source.blob(sig_ref, layer).await.map_err(|e| match e {
+        OciError::DigestMismatch { .. } | OciError::Limit(_) | OciError::NotFound(_) => {
+            PayloadFailure::Tampered(format!("{what}: {e}"))
+        }
+        e => PayloadFailure::Fetch(e),
+    })?;
     let mut buf = Vec::new();
     reader
         .take(MAX_PAYLOAD_BYTES + 1)
         .read_to_end(&mut buf)
         .await
-        .map_err(|e| format!("payload {} of {sig_ref}: {e}", layer.digest))?;
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                PayloadFailure::Tampered(format!("{what}: {e}"))
+            } else {
+                PayloadFailure::Fetch(OciError::io(what.clone(), e))
+            }
+        })?;
     Ok(buf)
 }
 
