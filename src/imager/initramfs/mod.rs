@@ -355,22 +355,28 @@ pub fn build_initramfs<W: Write + ?Sized>(
         loaded.push(dep);
     }
 
-    // §3.4: microcode, firmware, one squashfs per extension.
+    // §3.4: microcode and firmware in processing order (they append), then one squashfs per
+    // extension; the squashfs writer is single-threaded, so layers are built concurrently.
     let fw = quirks.firmware_path();
-    let mut layers = Vec::new();
     for ext in &loaded {
         report.microcode_files += process::extract_microcode(&ext.rootfs, fw, &work)?;
         report.firmware_files += process::move_firmware(&ext.rootfs, fw, &work)?;
-        let image = format!("{}.sqsh", ext.dir);
+    }
+    let jobs: Vec<(PathBuf, PathBuf)> = loaded
+        .iter()
+        .map(|ext| (ext.rootfs.clone(), work.join(format!("{}.sqsh", ext.dir))))
+        .collect();
+    let sizes = squashfs::build_all(&jobs, inputs.squashfs_level, &mut |i| {
         progress(Progress::Squashing {
-            image: image.clone(),
-            name: ext.manifest.metadata.name.clone(),
-        });
-        let path = work.join(&image);
-        let sq = squashfs::build_squashfs(&ext.rootfs, &path, inputs.squashfs_level)?;
-        set_mode(&path, 0o644)?;
-        fs::remove_dir_all(&ext.rootfs)
-            .map_err(io_err(format!("remove {}", ext.rootfs.display())))?;
+            image: format!("{}.sqsh", loaded[i].dir),
+            name: loaded[i].manifest.metadata.name.clone(),
+        })
+    })?;
+    let mut layers = Vec::new();
+    for ((ext, (rootfs, path)), sq) in loaded.iter().zip(&jobs).zip(sizes) {
+        set_mode(path, 0o644)?;
+        fs::remove_dir_all(rootfs).map_err(io_err(format!("remove {}", rootfs.display())))?;
+        let image = format!("{}.sqsh", ext.dir);
         let present = ext.labels.len();
         if present > 0 {
             tracing::warn!(image = %image, labels = present,

@@ -5,7 +5,9 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use backhand::compression::{CompressionOptions, Compressor, Zstd};
 use backhand::{FilesystemCompressor, FilesystemReader, FilesystemWriter, InnerNode, NodeHeader};
@@ -75,6 +77,64 @@ pub fn build_squashfs(
         .map_err(|e| InitramfsError::io(format!("flush {}", out.display()), e.into_error()))?;
     drop(file);
     Ok(SquashReport { size })
+}
+
+/// Builds every `(rootfs, out)` job with [`build_squashfs`] on up to as many threads as there
+/// are CPUs; `done(i)` is called (on this thread) as job `i` finishes. Results are in job order.
+pub fn build_all(
+    jobs: &[(PathBuf, PathBuf)],
+    level: u32,
+    done: &mut dyn FnMut(usize),
+) -> Result<Vec<SquashReport>, InitramfsError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, Result<SquashReport, InitramfsError>)>();
+    let mut results: Vec<Option<SquashReport>> = vec![None; jobs.len()];
+    let mut first_err = None;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((rootfs, out)) = jobs.get(i) else {
+                        break;
+                    };
+                    let r = build_squashfs(rootfs, out, level);
+                    let failed = r.is_err();
+                    if tx.send((i, r)).is_err() || failed {
+                        // Stop handing out work after a failure.
+                        next.store(jobs.len(), Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (i, r) in rx {
+            match r {
+                Ok(rep) => {
+                    results[i] = Some(rep);
+                    done(i);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.ok_or_else(|| InitramfsError::Squashfs(format!("layer {i} was not built"))))
+        .collect()
 }
 
 /// Whether `p` (an absolute squashfs path) is `/<prefix>` or below it; returns the relative path.
