@@ -195,7 +195,7 @@ pub enum Progress {
         /// Input name.
         name: String,
     },
-    /// Running depmod for the merged module tree.
+    /// depmod ran over the merged module tree (the `modules.dep` layer follows).
     Depmod {
         /// Kernel version of the base initramfs.
         kver: String,
