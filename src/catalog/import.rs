@@ -96,6 +96,9 @@ pub struct Importer<'a, S: ImageSource> {
     scratch: PathBuf,
     stats: Stats,
     keys: BTreeSet<String>,
+    /// Blobs written but not yet durable (committed in batches, before anything reads them
+    /// through the index and before the release is published).
+    pending: Vec<crate::store::PendingBlob>,
 }
 
 #[derive(Default)]
@@ -136,6 +139,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             scratch: scratch.to_path_buf(),
             stats: Stats::default(),
             keys: BTreeSet::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -149,6 +153,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         self.progress.step(&format!("reading imager {tag}"));
         let imager = self.plan(component("imager")?, IMAGER_PLATFORM).await?;
         let imager_record = self.store(&imager).await?;
+        self.commit_pending().await?;
         self.progress.step("extracting boot assets");
         let extracted = self.extract_imager(&imager).await?;
         let install = extracted.path().join("usr/install");
@@ -243,8 +248,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             extensions,
             overlays,
         };
-        // Blob index entries must be durable before the record that names them.
+        // Blobs and their index entries must be durable before the record that names them
+        // (the release store's flush covers the index entries written by the commit).
         self.progress.step(&format!("publishing release {tag}"));
+        self.commit_pending().await?;
         self.releases.put(&release).await?;
         Ok(ImportSummary {
             release,
@@ -326,17 +333,19 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         self.progress.add_total(total);
         for d in blobs {
             size += d.size;
-            if self.blobs.by_sha256(d.digest.hex())?.is_some() {
+            if self.known(d.digest.hex())? {
                 self.stats.reused += 1;
                 self.progress.advance(d.size);
                 continue;
             }
             let reader = self.source.blob(&p.reference, d).await?;
             let progress = self.progress;
-            let info = self
+            let pending = self
                 .blobs
-                .put_stream(reader, Some(d.digest.hex()), |n| progress.advance(n))
+                .put_stream_deferred(reader, Some(d.digest.hex()), |n| progress.advance(n))
                 .await?;
+            let info = pending.info().clone();
+            self.pending.push(pending);
             if info.size != d.size {
                 return Err(CatalogError::Oci(OciError::DigestMismatch {
                     what: format!("blob {} of {}", d.digest, p.reference),
@@ -355,10 +364,28 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         })
     }
 
+    /// Whether a blob is stored or already written in this import.
+    fn known(&self, sha256: &str) -> Result<bool, CatalogError> {
+        Ok(self.pending.iter().any(|p| p.info().sha256 == sha256)
+            || self.blobs.by_sha256(sha256)?.is_some())
+    }
+
+    /// Makes every pending blob durable and visible in the index.
+    async fn commit_pending(&mut self) -> Result<(), CatalogError> {
+        let pending = std::mem::take(&mut self.pending);
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.commit_batch(pending))
+            .await
+            .map_err(|e| malformed("blob commit task", e))??;
+        Ok(())
+    }
+
     fn put_small(&mut self, bytes: &[u8]) -> Result<(), CatalogError> {
         let sha = Digest::of(bytes);
-        if self.blobs.by_sha256(sha.hex())?.is_none() {
-            self.blobs.put_bytes(bytes)?;
+        if !self.known(sha.hex())? {
+            let mut w = self.blobs.writer()?;
+            std::io::Write::write_all(&mut w, bytes).map_err(|e| malformed("manifest blob", e))?;
+            self.pending.push(w.finish_deferred()?);
             self.stats.stored += 1;
             self.stats.bytes += bytes.len() as u64;
         }
@@ -494,6 +521,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     ) -> Result<(Vec<ExtensionEntry>, bool), CatalogError> {
         let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
         self.store(&catalog).await?;
+        self.commit_pending().await?;
         let digests = self
             .catalog_file(&catalog, "image-digests")
             .await?
@@ -566,6 +594,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     ) -> Result<(Vec<OverlayEntry>, bool), CatalogError> {
         let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
         self.store(&catalog).await?;
+        self.commit_pending().await?;
         let Some(text) = self.catalog_file(&catalog, "overlays.yaml").await? else {
             return Ok((Vec::new(), false));
         };

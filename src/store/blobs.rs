@@ -157,10 +157,35 @@ impl BlobStore {
     /// data and fails.
     pub async fn put_stream<R: AsyncRead + Unpin>(
         &self,
+        reader: R,
+        expected_sha256: Option<&str>,
+        progress: impl FnMut(u64),
+    ) -> Result<BlobInfo, StoreError> {
+        let w = self.write_stream(reader, expected_sha256, progress).await?;
+        tokio::task::spawn_blocking(move || w.finish())
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob writer task: {e}")))?
+    }
+
+    /// Like [`BlobStore::put_stream`] but not yet durable: commit the result with
+    /// [`BlobStore::commit_batch`] (many blobs, two syncs).
+    pub async fn put_stream_deferred<R: AsyncRead + Unpin>(
+        &self,
+        reader: R,
+        expected_sha256: Option<&str>,
+        progress: impl FnMut(u64),
+    ) -> Result<PendingBlob, StoreError> {
+        self.write_stream(reader, expected_sha256, progress)
+            .await?
+            .finish_deferred()
+    }
+
+    async fn write_stream<R: AsyncRead + Unpin>(
+        &self,
         mut reader: R,
         expected_sha256: Option<&str>,
         mut progress: impl FnMut(u64),
-    ) -> Result<BlobInfo, StoreError> {
+    ) -> Result<BlobWriter, StoreError> {
         let mut w = self.writer()?;
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -183,9 +208,7 @@ impl BlobStore {
                 )));
             }
         }
-        tokio::task::spawn_blocking(move || w.finish())
-            .await
-            .map_err(|e| StoreError::Backend(format!("blob writer task: {e}")))?
+        Ok(w)
     }
 
     /// Makes a batch of deferred blobs durable with two filesystem syncs in total instead of
@@ -197,7 +220,7 @@ impl BlobStore {
         }
         self.sync_filesystem()?;
         let mut out = Vec::with_capacity(pending.len());
-        for p in pending {
+        for mut p in pending {
             let dest = self.path(&p.info.blake3);
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
@@ -211,7 +234,8 @@ impl BlobStore {
                 std::fs::rename(&p.tmp, &dest)
                     .map_err(io_err(format!("rename into {}", dest.display())))?;
             }
-            out.push(p.info);
+            p.tmp = PathBuf::new();
+            out.push(p.info.clone());
         }
         self.sync_filesystem()?;
         for info in &out {
@@ -266,6 +290,15 @@ impl BlobStore {
 pub struct PendingBlob {
     tmp: PathBuf,
     info: BlobInfo,
+}
+
+impl Drop for PendingBlob {
+    /// An uncommitted blob (import failed or was abandoned) leaves no temporary file behind.
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl PendingBlob {
