@@ -1,5 +1,6 @@
 //! Command line (clap): `serve` and `schematic` subcommands; logs go to stderr.
 
+mod build;
 mod bundle;
 mod dev;
 pub mod import;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Import Talos releases from an offline bundle or a registry (signatures verified).
     #[command(disable_version_flag = true)]
     Import(import::ImportArgs),
+    /// Build one asset offline (same code path as the server), e.g. `initramfs-amd64.xz`.
+    #[command(disable_version_flag = true)]
+    Build(build::BuildArgs),
     /// Offline bundles for air-gapped sites.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
@@ -86,5 +90,6 @@ pub fn run() -> ExitCode {
         Command::Dev(cmd) => dev::run(cmd),
         Command::Import(args) => import::run(args),
         Command::Bundle(cmd) => bundle::run(cmd),
+        Command::Build(args) => build::run(args),
     }
 }

@@ -17,3 +17,4 @@ pub mod path;
 pub mod profile;
 pub mod quirks;
 pub mod initramfs;
+pub mod builder;

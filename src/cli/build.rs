@@ -1,0 +1,128 @@
+//! `image-factory build`: build one asset offline, through the same code path the server uses.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget};
+
+use super::import::open_direct;
+use crate::catalog::{ReleaseStore, Version};
+use crate::config::{self, FlagOverrides};
+use crate::imager::builder::{BuildRequest, Builder, BuilderOptions};
+use crate::schematic::{Schematic, is_valid_id};
+use crate::store::SchematicStore;
+
+/// Flags of `build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Schematic: a YAML file, `-` for stdin, or the ID of a stored schematic.
+    #[arg(long, value_name = "FILE|ID")]
+    pub schematic: String,
+    /// Talos version, e.g. `v1.11.0` (must be imported).
+    #[arg(long = "version", value_name = "vX.Y.Z")]
+    pub version: String,
+    /// Asset path as in `/image/<id>/<version>/<path>`, e.g. `initramfs-amd64.xz`.
+    #[arg(long, value_name = "PATH")]
+    pub path: String,
+    /// Directory to write the asset to (file name = PATH); default: only store it.
+    #[arg(short = 'o', long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// YAML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (direct mode; no server may be running on it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+}
+
+/// Runs `build`.
+pub fn run(args: BuildArgs) -> ExitCode {
+    match run_inner(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("image-factory build: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_schematic(arg: &str, store: &SchematicStore) -> Result<Schematic, String> {
+    if is_valid_id(arg) && !std::path::Path::new(arg).exists() {
+        let canonical = store
+            .get(arg)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("schematic {arg} is not stored in this data directory"))?;
+        return Schematic::parse(canonical.as_bytes()).map_err(|e| e.to_string());
+    }
+    let bytes = if arg == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(|e| e.to_string())?;
+        b
+    } else {
+        std::fs::read(arg).map_err(|e| format!("{arg}: {e}"))?
+    };
+    Schematic::parse(&bytes).map_err(|e| format!("invalid schematic: {e}"))
+}
+
+fn run_inner(args: &BuildArgs) -> Result<(), String> {
+    let flags = FlagOverrides {
+        data_dir: args.data_dir.clone(),
+        ..FlagOverrides::default()
+    };
+    let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)
+        .and_then(|c| c.validate().map(|()| c))
+        .map_err(|e| e.to_string())?;
+    let version = Version::parse_strict(&args.version)
+        .ok_or_else(|| format!("--version {:?} is not a version like v1.11.0", args.version))?;
+    let (meta, blobs) = open_direct(&cfg)?;
+    let schematics = SchematicStore::new(Arc::clone(&meta)).map_err(|e| e.to_string())?;
+    let schematic = load_schematic(&args.schematic, &schematics)?;
+    let (canonical, id) = (schematic.canonical(), schematic.id());
+    let builder = Builder::new(
+        blobs.clone(),
+        ReleaseStore::new(meta),
+        BuilderOptions {
+            external_url: cfg.http.external_url.clone(),
+            scratch: cfg.data_dir().join("tmp"),
+            initramfs_zstd_level: 18,
+        },
+    );
+    let req = BuildRequest {
+        schematic: &schematic,
+        schematic_id: &id,
+        canonical: &canonical,
+        version: &version,
+        path: &args.path,
+    };
+    eprintln!(
+        "building {} for schematic {id}, Talos {}",
+        args.path,
+        version.tag()
+    );
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    spinner.set_message(format!("building {}", args.path));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let started = Instant::now();
+    let built = builder.build(&req);
+    spinner.finish_and_clear();
+    let built = built.map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let dest = dir.join(&args.path);
+        std::fs::copy(blobs.path(&built.blob.blake3), &dest)
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        eprintln!("wrote {}", dest.display());
+    }
+    eprintln!(
+        "{}: {} bytes, sha256 {}, {:.2} s",
+        args.path,
+        built.blob.size,
+        built.blob.sha256,
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}

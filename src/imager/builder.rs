@@ -1,0 +1,304 @@
+//! The `Builder`: one entry point that turns (schematic, version, asset path) into a stored
+//! asset — kernel, cmdline, initramfs with extensions, UKI, installer image. Used by
+//! `image-factory build` and (next) by the HTTP asset pipeline. Blocking: run it on a blocking
+//! thread.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use crate::catalog::{ArchRelease, BlobRef, Release, ReleaseStore, Version};
+use crate::oci::{ImageConfig, ImageManifest};
+use crate::schematic::Schematic;
+use crate::store::{BlobInfo, BlobStore};
+
+use super::cmdline::kernel_cmdline;
+use super::error::ImagerError;
+use super::initramfs::{
+    ExtensionSource, InitramfsInputs, build_initramfs, embedded_config_extension_tar,
+    schematic_extension_tar,
+};
+use super::installer::{
+    BaseImage, InstallerArtifacts, InstallerInputs, build_installer, write_docker_archive,
+};
+use super::path::{content_type, parse_path};
+use super::pe::SymbolTable;
+use super::profile::{OutputKind, Profile, enhance_from_schematic};
+use super::quirks::Quirk;
+use super::uki::{
+    Payload, UkiOptions, UkiParts, UkiPurpose, assemble_uki, os_release, read_kernel_release,
+    standard_profiles,
+};
+
+/// Largest manifest or config read from the blob store.
+const MAX_METADATA: u64 = 4 << 20;
+
+/// Builder settings.
+#[derive(Debug, Clone)]
+pub struct BuilderOptions {
+    /// `http.externalURL` (goes into the schematic extension's author).
+    pub external_url: String,
+    /// Scratch directory on the data volume.
+    pub scratch: PathBuf,
+    /// zstd level of the initramfs' appended cpio (upstream: 18).
+    pub initramfs_zstd_level: u32,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest<'a> {
+    /// The schematic.
+    pub schematic: &'a Schematic,
+    /// Its ID.
+    pub schematic_id: &'a str,
+    /// Its canonical YAML.
+    pub canonical: &'a str,
+    /// Target Talos version.
+    pub version: &'a Version,
+    /// Asset path, e.g. `initramfs-amd64.xz`.
+    pub path: &'a str,
+}
+
+/// A built (or, for the kernel, referenced) asset in the blob store.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The blob.
+    pub blob: BlobInfo,
+    /// Output kind.
+    pub kind: OutputKind,
+    /// `Content-Type` for the asset path.
+    pub content_type: &'static str,
+    /// The profile it was built from.
+    pub profile: Profile,
+}
+
+/// Builds assets from imported releases.
+#[derive(Clone)]
+pub struct Builder {
+    blobs: BlobStore,
+    releases: ReleaseStore,
+    opts: BuilderOptions,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ImagerError {
+    ImagerError::Internal(format!("{what}: {e}"))
+}
+
+fn info(r: &BlobRef) -> BlobInfo {
+    BlobInfo {
+        blake3: r.blake3.clone(),
+        sha256: r.sha256.clone(),
+        size: r.size,
+    }
+}
+
+impl Builder {
+    /// A builder over the data directory's stores.
+    pub fn new(blobs: BlobStore, releases: ReleaseStore, opts: BuilderOptions) -> Self {
+        Builder {
+            blobs,
+            releases,
+            opts,
+        }
+    }
+
+    /// Resolves the request into the enhanced profile and the release it builds from.
+    pub fn profile(&self, req: &BuildRequest<'_>) -> Result<(Profile, Release), ImagerError> {
+        let profile = parse_path(req.path, req.version)?;
+        let release = self
+            .releases
+            .get(&req.version.tag())
+            .map_err(|e| internal("release store", e))?
+            .ok_or_else(|| ImagerError::VersionNotAvailable(req.version.to_string()))?;
+        let mut profile = enhance_from_schematic(profile, req.schematic, &release)?;
+        if profile.schematic_extension.is_some() {
+            profile.schematic_extension = Some(req.schematic_id.to_string());
+        }
+        Ok((profile, release))
+    }
+
+    /// Builds the asset for `req` (blocking).
+    pub fn build(&self, req: &BuildRequest<'_>) -> Result<Built, ImagerError> {
+        let (profile, release) = self.profile(req)?;
+        let arch = profile.arch.as_str().to_string();
+        let assets = release.arches.get(&arch).ok_or_else(|| {
+            ImagerError::Validation(format!("release {} has no {arch} assets", release.version))
+        })?;
+        let blob = match profile.output.kind {
+            OutputKind::Kernel => info(asset(assets, "vmlinuz")?),
+            OutputKind::Cmdline => {
+                let line = kernel_cmdline(&profile, &[])?;
+                self.blobs
+                    .put_bytes(line.as_bytes())
+                    .map_err(|e| internal("store cmdline", e))?
+            }
+            OutputKind::Initramfs => self.initramfs(req, &profile, assets)?,
+            OutputKind::Uki => self.uki(req, &profile, assets, UkiPurpose::Uki)?,
+            OutputKind::Installer => self.installer(req, &profile, &release, assets)?,
+            other => {
+                return Err(ImagerError::Validation(format!(
+                    "{other:?} outputs are not built by this appliance yet"
+                )));
+            }
+        };
+        Ok(Built {
+            blob,
+            kind: profile.output.kind,
+            content_type: content_type(req.path),
+            profile,
+        })
+    }
+
+    fn writer(&self) -> Result<crate::store::BlobWriter, ImagerError> {
+        self.blobs.writer().map_err(|e| internal("blob writer", e))
+    }
+
+    /// The initramfs with the profile's extensions, the schematic extension and the embedded
+    /// configuration.
+    fn initramfs(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: &Profile,
+        assets: &ArchRelease,
+    ) -> Result<BlobInfo, ImagerError> {
+        let mut extensions: Vec<ExtensionSource> = profile
+            .system_extensions
+            .iter()
+            .map(|e| ExtensionSource::Image {
+                name: e.name.clone(),
+                manifest: e.image.manifest.clone(),
+            })
+            .collect();
+        if let Some(id) = &profile.schematic_extension {
+            let tar = schematic_extension_tar(id, &self.opts.external_url, req.canonical)
+                .map_err(|e| internal("schematic extension", e))?;
+            extensions.push(ExtensionSource::Tar {
+                name: "schematic".into(),
+                tar,
+            });
+        }
+        let config = &profile.customization.embedded_machine_configuration;
+        if !config.is_empty() {
+            let tar = embedded_config_extension_tar(config.as_bytes())
+                .map_err(|e| internal("embedded-config extension", e))?;
+            extensions.push(ExtensionSource::Tar {
+                name: "embedded-config".into(),
+                tar,
+            });
+        }
+        let mut inputs = InitramfsInputs::new(
+            profile.version.clone(),
+            asset(assets, "initramfs.xz")?.clone(),
+            extensions,
+        );
+        inputs.scratch = Some(self.opts.scratch.clone());
+        inputs.cpio_level = self.opts.initramfs_zstd_level;
+        std::fs::create_dir_all(&self.opts.scratch).map_err(ImagerError::Io)?;
+        let mut w = self.writer()?;
+        build_initramfs(&inputs, &self.blobs, &mut w, &mut |_| {})
+            .map_err(|e| internal("initramfs", e))?;
+        w.finish().map_err(|e| internal("store initramfs", e))
+    }
+
+    /// A UKI for `purpose` (its own initramfs and the profile's command line).
+    fn uki(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: &Profile,
+        assets: &ArchRelease,
+        purpose: UkiPurpose,
+    ) -> Result<BlobInfo, ImagerError> {
+        let initramfs = self.initramfs(req, profile, assets)?;
+        let cmdline = kernel_cmdline(profile, &[])?;
+        let kernel = asset(assets, "vmlinuz")?;
+        let stub = std::fs::read(self.blobs.path(&asset(assets, "systemd-stub.efi")?.blake3))
+            .map_err(ImagerError::Io)?;
+        let uname = read_kernel_release(File::open(self.blobs.path(&kernel.blake3))?)?;
+        let parts = UkiParts {
+            osrel: os_release("Talos", &profile.version.tag()),
+            profiles: standard_profiles(
+                purpose,
+                &cmdline,
+                profile.quirks().has(Quirk::SupportsUkiProfiles),
+            ),
+            cmdline,
+            uname,
+            kernel: Payload::file(&self.blobs.path(&kernel.blake3))?,
+            initrd: Payload::file(&self.blobs.path(&initramfs.blake3))?,
+        };
+        // Stubs may carry a COFF symbol table (Debian's does); it is debug-only and dropped.
+        let opts = UkiOptions {
+            symbol_table: SymbolTable::Drop,
+            ..UkiOptions::default()
+        };
+        let mut w = BufWriter::new(self.writer()?);
+        assemble_uki(&stub, parts, &opts, &mut w).map_err(|e| internal("uki", e))?;
+        let w = w.into_inner().map_err(|e| internal("uki", e.error()))?;
+        w.finish().map_err(|e| internal("store uki", e))
+    }
+
+    /// The installer image (docker-archive tarball); its OCI blobs stay in the store too.
+    fn installer(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: &Profile,
+        release: &Release,
+        assets: &ArchRelease,
+    ) -> Result<BlobInfo, ImagerError> {
+        let base_record = assets.installer_base.as_ref().ok_or_else(|| {
+            ImagerError::Validation(format!("release {} has no installer base", release.version))
+        })?;
+        let read_json = |digest: &crate::oci::Digest| -> Result<Vec<u8>, ImagerError> {
+            self.blobs
+                .read_sha256(digest.hex(), MAX_METADATA)
+                .map_err(|e| internal("installer base", e))?
+                .ok_or_else(|| internal("installer base", format!("blob {digest} is not stored")))
+        };
+        let manifest: ImageManifest = serde_json::from_slice(&read_json(&base_record.manifest)?)
+            .map_err(|e| internal("installer base manifest", e))?;
+        let config: ImageConfig = serde_json::from_slice(&read_json(&manifest.config.digest)?)
+            .map_err(|e| internal("installer base config", e))?;
+        let base = BaseImage {
+            reference: base_record.reference.clone(),
+            manifest,
+            config,
+        };
+        let artifacts = if profile.quirks().has(Quirk::UseSdBootForUefi) {
+            let uki = self.uki(req, profile, assets, UkiPurpose::Installer)?;
+            InstallerArtifacts::Uki {
+                uki: self.blobs.path(&uki.blake3),
+                systemd_boot: self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3),
+            }
+        } else {
+            let initramfs = self.initramfs(req, profile, assets)?;
+            InstallerArtifacts::Legacy {
+                kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
+                initramfs: self.blobs.path(&initramfs.blake3),
+            }
+        };
+        let arch = profile.arch.as_str().to_string();
+        let inputs = InstallerInputs {
+            base: &base,
+            arch: &arch,
+            artifacts: &artifacts,
+            overlay: None,
+            gzip_level: 1,
+        };
+        let image = build_installer(&self.blobs, &inputs).map_err(|e| internal("installer", e))?;
+        let mut w = BufWriter::new(self.writer()?);
+        write_docker_archive(&self.blobs, &image, &mut w)
+            .map_err(|e| internal("installer archive", e))?;
+        w.flush().map_err(ImagerError::Io)?;
+        let w = w
+            .into_inner()
+            .map_err(|e| internal("installer archive", e.error()))?;
+        w.finish().map_err(|e| internal("store installer", e))
+    }
+}
+
+fn asset<'a>(assets: &'a ArchRelease, name: &str) -> Result<&'a BlobRef, ImagerError> {
+    assets
+        .assets
+        .get(name)
+        .ok_or_else(|| ImagerError::Validation(format!("the release has no {name}")))
+}
