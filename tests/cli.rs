@@ -140,3 +140,19 @@ async fn create_and_get_against_a_server() {
     assert_eq!(out.status.code(), Some(2));
     srv.stop().await;
 }
+
+#[test]
+fn doctor_reports_checks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(common::bin())
+        .args(["doctor", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("configuration: valid"), "{text}");
+    assert!(text.contains("is writable"), "{text}");
+    assert!(text.contains("depmod (kmod)"), "{text}");
+    // Exit status follows the depmod check (kmod is installed by test.sh).
+    assert_eq!(out.status.success(), !text.contains("[FAIL]"), "{text}");
+}

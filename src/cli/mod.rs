@@ -3,6 +3,7 @@
 mod build;
 mod bundle;
 mod dev;
+mod doctor;
 pub mod import;
 mod import_remote;
 mod schematic;
@@ -58,6 +59,8 @@ pub enum Command {
     /// Build one asset offline (same code path as the server), e.g. `initramfs-amd64.xz`.
     #[command(disable_version_flag = true)]
     Build(build::BuildArgs),
+    /// Check this host: configuration, data directory, external tools.
+    Doctor(doctor::DoctorArgs),
     /// Offline bundles for air-gapped sites.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
@@ -91,5 +94,6 @@ pub fn run() -> ExitCode {
         Command::Import(args) => import::run(args),
         Command::Bundle(cmd) => bundle::run(cmd),
         Command::Build(args) => build::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }
