@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod frontend;
 pub mod imager;

@@ -7,12 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use image_factory::testkit::{self, Marker, SynthOptions, qemu};
 
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+use image_factory::testkit::qemu::{OVMF_CODE, OVMF_VARS};
 
 const SCHEMATIC: &str = "customization:
   extraKernelArgs:
@@ -206,26 +204,7 @@ fn uki_boots_through_ovmf_with_extensions() {
     .expect("copy uki");
     let vars = k.out.join("vars.fd");
     std::fs::copy(OVMF_VARS, &vars).expect("vars");
-    let boot = qemu::Boot {
-        kernel: None,
-        initrd: None,
-        append: None,
-        args: vec![
-            "-machine".into(),
-            "q35".into(),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-            "-drive".into(),
-            format!(
-                "if=virtio,format=raw,readonly=on,file=fat:{}",
-                esp.display()
-            ),
-        ],
-        memory_mb: 1024,
-        timeout: Duration::from_secs(300),
-    };
+    let boot = qemu::Boot::uefi_esp(&esp, &vars);
     let run = boot.run().expect("qemu");
     let m = marker(&run.console);
     // The UKI's own command line carries the schematic's args (the console comes from the

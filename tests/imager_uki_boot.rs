@@ -2,7 +2,6 @@
 //! OVMF in QEMU and checks that the kit's init saw the UKI's `.cmdline`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use image_factory::imager::pe::{AssembleOptions, SymbolTable};
 use image_factory::imager::uki::{
@@ -10,8 +9,7 @@ use image_factory::imager::uki::{
 };
 use image_factory::testkit::{KitInputs, Marker, default_kit_dir, initramfs, qemu};
 
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+use image_factory::testkit::qemu::{OVMF_CODE, OVMF_VARS};
 
 #[test]
 fn uki_boots_through_ovmf() {
@@ -55,26 +53,7 @@ fn uki_boots_through_ovmf() {
 
     let vars = dir.path().join("vars.fd");
     std::fs::copy(OVMF_VARS, &vars).unwrap();
-    let boot = qemu::Boot {
-        kernel: None,
-        initrd: None,
-        append: None,
-        args: vec![
-            "-machine".into(),
-            "q35".into(),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-            "-drive".into(),
-            format!(
-                "if=virtio,format=raw,readonly=on,file=fat:{}",
-                esp.display()
-            ),
-        ],
-        memory_mb: 1024,
-        timeout: Duration::from_secs(300),
-    };
+    let boot = qemu::Boot::uefi_esp(&esp, &vars);
     let run = boot.run().unwrap();
     let marker = Marker::find(&run.console)
         .unwrap_or_else(|| {

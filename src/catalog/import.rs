@@ -236,7 +236,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         };
         let imported_at = match self.releases.get(&tag)? {
             Some(previous) => previous.imported_at,
-            None => now_rfc3339(),
+            None => crate::clock::now_rfc3339(),
         };
         let release = Release {
             version: tag.clone(),
@@ -645,42 +645,4 @@ pub fn bundle_versions(layout: &crate::oci::LayoutSource) -> Vec<Version> {
     out.sort();
     out.dedup();
     out
-}
-
-/// The current time as RFC 3339 UTC (seconds precision).
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_shape() {
-        let s = now_rfc3339();
-        assert_eq!(s.len(), 20, "{s}");
-        assert!(s.starts_with("20") && s.ends_with('Z'));
-    }
 }

@@ -315,7 +315,8 @@ mod tests {
         let mut no_magic = h.clone();
         no_magic[0x202] = b'X';
         assert_eq!(kernel_release(&no_magic), None);
-        assert_eq!(kernel_release(&h[..0x1300]), None);
+        // Cut inside the version string: no terminating NUL, unknown.
+        assert_eq!(kernel_release(&h[..0x1205]), None);
         assert_eq!(kernel_release(b"MZ"), None);
         assert_eq!(
             read_kernel_release(&h[..]).unwrap().as_deref(),

@@ -20,6 +20,11 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// OVMF firmware code (Debian `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+/// OVMF variable store template (copy it before use).
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+
 /// A QEMU run: `-accel tcg -m <mem> -nographic -no-reboot` plus the boot arguments.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -47,6 +52,31 @@ impl Boot {
             args: Vec::new(),
             memory_mb: 512,
             timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// UEFI boot through OVMF (`q35`, pflash code + a copy of the vars at `vars`) of a directory
+    /// exposed read-only as a FAT disk (put the loader at `EFI/BOOT/BOOTX64.EFI`).
+    pub fn uefi_esp(esp: &Path, vars: &Path) -> Boot {
+        Boot {
+            kernel: None,
+            initrd: None,
+            append: None,
+            args: vec![
+                "-machine".into(),
+                "q35".into(),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                "-drive".into(),
+                format!(
+                    "if=virtio,format=raw,readonly=on,file=fat:{}",
+                    esp.display()
+                ),
+            ],
+            memory_mb: 1024,
+            timeout: Duration::from_secs(300),
         }
     }
 
