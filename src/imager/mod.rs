@@ -10,11 +10,11 @@ pub mod installer;
 pub mod pe;
 pub mod uki;
 
+pub mod builder;
 pub mod cmdline;
 pub mod error;
+pub mod initramfs;
 pub mod meta;
 pub mod path;
 pub mod profile;
 pub mod quirks;
-pub mod initramfs;
-pub mod builder;

@@ -73,7 +73,9 @@ impl FromStr for Digest {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let valid = s.len() == 71
             && s.starts_with("sha256:")
-            && s[7..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && s[7..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if valid {
             Ok(Digest(s.to_string()))
         } else {
@@ -181,7 +183,8 @@ impl FromStr for Reference {
         let tag_ok = tag.as_deref().is_none_or(|t| {
             !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         });
         if !repo_ok || !tag_ok || (tag.is_none() && digest.is_none()) {
             return Err(bad());
@@ -359,7 +362,13 @@ mod tests {
         assert_eq!(p.to_string(), format!("127.0.0.1:5000/a/b@{d}"));
         let both: Reference = format!("localhost/a:t@{d}").parse().unwrap();
         assert_eq!(both.tag.as_deref(), Some("t"));
-        for bad in ["imager:v1", "ghcr.io/", "ghcr.io/A/b:t", "ghcr.io/a", "ghcr.io/a:b c"] {
+        for bad in [
+            "imager:v1",
+            "ghcr.io/",
+            "ghcr.io/A/b:t",
+            "ghcr.io/a",
+            "ghcr.io/a:b c",
+        ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad}");
         }
     }
