@@ -8,6 +8,7 @@ pub mod frontend;
 pub mod imager;
 pub mod oci;
 pub mod schematic;
+pub mod sha256;
 pub mod store;
 pub mod testkit;
 pub mod trust;

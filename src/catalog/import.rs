@@ -342,7 +342,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             let progress = self.progress;
             let pending = self
                 .blobs
-                .put_stream_deferred(reader, Some(d.digest.hex()), |n| progress.advance(n))
+                .put_verified_stream_deferred(reader, d.digest.hex(), |n| progress.advance(n))
                 .await?;
             let info = pending.info().clone();
             self.pending.push(pending);

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
+use crate::sha256::Sha256;
 
 use super::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, MEDIA_OCI_INDEX, OciError};
 
@@ -283,10 +283,7 @@ impl<R: Read> Read for VerifyingReader<R> {
                     format!("got {} of {} bytes", self.read, self.size),
                 ));
             }
-            let actual = format!(
-                "sha256:{}",
-                hex::encode(std::mem::take(&mut self.hasher).finalize())
-            );
+            let actual = format!("sha256:{}", std::mem::take(&mut self.hasher).finalize_hex());
             if actual != self.expected.as_str() {
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, actual));
             }

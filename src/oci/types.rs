@@ -5,7 +5,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::OciError;
 
@@ -44,7 +43,7 @@ pub struct Digest(String);
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+        Digest(format!("sha256:{}", crate::sha256::hex_digest(bytes)))
     }
 
     /// Builds a digest from a 64-hex SHA-256 value.

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use sha2::{Digest as _, Sha256};
+use crate::sha256::Sha256;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{Descriptor, Digest, OciError};
@@ -75,7 +75,7 @@ impl Check {
         if self.verified {
             return Ok(());
         }
-        let actual = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+        let actual = format!("sha256:{}", self.hasher.clone().finalize_hex());
         if actual != self.expected.as_str() {
             return Err(self.mismatch(self.expected.to_string(), actual));
         }

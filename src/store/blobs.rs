@@ -10,8 +10,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::sha256::Sha256;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{MetaStore, StoreError};
@@ -141,7 +141,8 @@ impl BlobStore {
             tmp,
             file: Some(file),
             blake3: blake3::Hasher::new(),
-            sha256: Sha256::new(),
+            sha256: Some(Sha256::new()),
+            known_sha256: None,
             size: 0,
         })
     }
@@ -180,6 +181,33 @@ impl BlobStore {
             .finish_deferred()
     }
 
+    /// Like [`BlobStore::put_stream_deferred`] for a reader that already verifies `sha256`
+    /// (an `oci::ImageSource` blob stream fails its last read on a mismatch), so the content is
+    /// hashed once instead of twice.
+    pub async fn put_verified_stream_deferred<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: R,
+        sha256: &str,
+        mut progress: impl FnMut(u64),
+    ) -> Result<PendingBlob, StoreError> {
+        let mut w = self.writer()?;
+        w.sha256 = None;
+        w.known_sha256 = Some(sha256.to_string());
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(io_err("read blob source"))?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n]).map_err(io_err("write blob"))?;
+            progress(n as u64);
+        }
+        w.finish_deferred()
+    }
+
     async fn write_stream<R: AsyncRead + Unpin>(
         &self,
         mut reader: R,
@@ -201,7 +229,7 @@ impl BlobStore {
             progress(n as u64);
         }
         if let Some(expected) = expected_sha256 {
-            let actual = hex::encode(w.sha256.clone().finalize());
+            let actual = w.sha256_hex();
             if actual != expected {
                 return Err(StoreError::Backend(format!(
                     "blob content does not match sha256:{expected} (got sha256:{actual})"
@@ -314,7 +342,10 @@ pub struct BlobWriter {
     tmp: PathBuf,
     file: Option<File>,
     blake3: blake3::Hasher,
-    sha256: Sha256,
+    /// SHA-256 being computed (`None` when the caller vouches for it, see `known_sha256`).
+    sha256: Option<Sha256>,
+    /// SHA-256 given by a caller whose reader already verifies it.
+    known_sha256: Option<String>,
     size: u64,
 }
 
@@ -326,7 +357,9 @@ impl Write for BlobWriter {
             .ok_or_else(|| io::Error::other("blob writer already finished"))?;
         let n = file.write(buf)?;
         self.blake3.update(&buf[..n]);
-        self.sha256.update(&buf[..n]);
+        if let Some(h) = self.sha256.as_mut() {
+            h.update(&buf[..n]);
+        }
         self.size += n as u64;
         Ok(n)
     }
@@ -340,6 +373,15 @@ impl Write for BlobWriter {
 }
 
 impl BlobWriter {
+    /// The SHA-256 hex of what was written (or the one the caller vouched for).
+    fn sha256_hex(&self) -> String {
+        match (&self.known_sha256, &self.sha256) {
+            (Some(known), _) => known.clone(),
+            (None, Some(h)) => h.clone().finalize_hex(),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
@@ -355,7 +397,7 @@ impl BlobWriter {
         drop(file);
         let info = BlobInfo {
             blake3: self.blake3.finalize().to_hex().to_string(),
-            sha256: hex::encode(self.sha256.clone().finalize()),
+            sha256: self.sha256_hex(),
             size: self.size,
         };
         self.store.commit(&self.tmp, &info)?;
@@ -375,7 +417,7 @@ impl BlobWriter {
             tmp: std::mem::take(&mut self.tmp),
             info: BlobInfo {
                 blake3: self.blake3.finalize().to_hex().to_string(),
-                sha256: hex::encode(self.sha256.clone().finalize()),
+                sha256: self.sha256_hex(),
                 size: self.size,
             },
         })
@@ -407,7 +449,7 @@ mod tests {
         let (_d, s) = store();
         let info = s.put_bytes(b"hello").unwrap();
         assert_eq!(info.blake3, blake3::hash(b"hello").to_hex().to_string());
-        assert_eq!(info.sha256, hex::encode(Sha256::digest(b"hello")));
+        assert_eq!(info.sha256, crate::sha256::hex_digest(b"hello"));
         assert!(s.contains(&info.blake3));
         assert_eq!(s.read_sha256(&info.sha256, 10).unwrap().unwrap(), b"hello");
         assert!(s.read_sha256(&info.sha256, 2).is_err());
@@ -420,7 +462,7 @@ mod tests {
     #[tokio::test]
     async fn stream_with_digest_check() {
         let (_d, s) = store();
-        let good = hex::encode(Sha256::digest(b"abc"));
+        let good = crate::sha256::hex_digest(b"abc");
         let mut seen = 0;
         let info = s
             .put_stream(&b"abc"[..], Some(&good), |n| seen += n)

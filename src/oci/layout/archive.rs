@@ -5,8 +5,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::sha256::Sha256;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     BlobLoc, LayoutKind, LayoutSource, METADATA_LIMIT, malformed, parse_index, read_limited,
@@ -244,7 +244,7 @@ pub(super) fn open_docker_archive(
                     let mut take = (&mut file).take(size);
                     std::io::copy(&mut take, &mut HashWriter(&mut hasher))
                         .map_err(|e| OciError::io(ctx(), e))?;
-                    Digest::from_hex(&hex::encode(hasher.finalize()))?
+                    Digest::from_hex(&hasher.finalize_hex())?
                 }
             };
             blobs.insert(digest.clone(), BlobLoc::Tar { offset, size });
