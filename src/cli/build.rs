@@ -36,6 +36,11 @@ pub struct BuildArgs {
     /// Data directory (direct mode; no server may be running on it).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
+    /// zstd level of the initramfs' appended cpio (1–22; upstream and default: 18). Its
+    /// payload is already-compressed squashfs, so lower levels are much faster for a few KiB.
+    #[arg(long, value_name = "N", default_value_t = 18,
+          value_parser = clap::value_parser!(u32).range(1..=22))]
+    pub zstd_level: u32,
 }
 
 /// Runs `build`.
@@ -87,7 +92,7 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         BuilderOptions {
             external_url: cfg.http.external_url.clone(),
             scratch: cfg.data_dir().join("tmp"),
-            initramfs_zstd_level: 18,
+            initramfs_zstd_level: args.zstd_level,
         },
     );
     let req = BuildRequest {
@@ -125,4 +130,39 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::BuildArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BuildArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<BuildArgs, clap::Error> {
+        let base = [
+            "build",
+            "--schematic",
+            "s.yaml",
+            "--version",
+            "v1.11.0",
+            "--path",
+            "p",
+        ];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
+    }
+
+    #[test]
+    fn zstd_level_defaults_to_upstream_and_is_bounded() {
+        assert_eq!(parse(&[]).unwrap().zstd_level, 18);
+        assert_eq!(parse(&["--zstd-level", "3"]).unwrap().zstd_level, 3);
+        assert_eq!(parse(&["--zstd-level", "22"]).unwrap().zstd_level, 22);
+        assert!(parse(&["--zstd-level", "0"]).is_err());
+        assert!(parse(&["--zstd-level", "23"]).is_err());
+    }
 }
