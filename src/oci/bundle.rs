@@ -20,8 +20,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 
-use crate::sha256::Sha256;
-
+use super::verify::SyncVerifyingReader;
 use super::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, MEDIA_OCI_INDEX, OciError};
 
 /// Contents of the `oci-layout` file.
@@ -128,13 +127,8 @@ impl BundleWriter {
         if self.blobs.contains(&descriptor.digest) {
             return Ok(false);
         }
-        let mut verifying = VerifyingReader {
-            inner: reader.take(descriptor.size),
-            hasher: Sha256::new(),
-            expected: descriptor.digest.clone(),
-            size: descriptor.size,
-            read: 0,
-        };
+        let mut verifying =
+            SyncVerifyingReader::for_descriptor(reader.take(descriptor.size), descriptor);
         let name = format!("blobs/sha256/{}", descriptor.digest.hex());
         self.append(&name, descriptor.size, &mut verifying)
             .map_err(|e| match e {
@@ -259,37 +253,6 @@ fn parent_dir(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
-}
-
-/// Reads exactly `size` bytes and checks their SHA-256 when the end is reached; a short read or
-/// a wrong digest is an `InvalidData` error from the final `read`.
-struct VerifyingReader<R> {
-    inner: std::io::Take<R>,
-    hasher: Sha256,
-    expected: Digest,
-    size: u64,
-    read: u64,
-}
-
-impl<R: Read> Read for VerifyingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        if n == 0 && !buf.is_empty() {
-            if self.read != self.size {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("got {} of {} bytes", self.read, self.size),
-                ));
-            }
-            let actual = format!("sha256:{}", std::mem::take(&mut self.hasher).finalize_hex());
-            if actual != self.expected.as_str() {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, actual));
-            }
-        }
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
