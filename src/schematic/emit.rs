@@ -125,23 +125,34 @@ impl Emitter {
         self.indention = self.indention && is_indention;
     }
 
+    /// A block sequence (or `[]` when empty); `item` writes one element at the items' indent.
+    fn block_seq<T>(
+        &mut self,
+        items: &[T],
+        indent: i64,
+        slot: Slot,
+        mut item: impl FnMut(&mut Self, &T, i64),
+    ) {
+        if items.is_empty() {
+            return self.flow_empty("[", "]");
+        }
+        let inner = child_indent(indent, slot);
+        for it in items {
+            self.write_indent(inner);
+            self.write_indicator("-", true, false, true);
+            item(self, it, inner);
+        }
+    }
+
     /// Writes `node` in `slot`; `indent` is the indent of the enclosing collection.
     fn node(&mut self, node: &Node<'_>, indent: i64, slot: Slot) {
         match node {
             Node::Str(s) => self.string(s, indent, slot),
             Node::Raw(s) => self.scalar(s, Style::Plain, indent, slot),
             Node::Value(v) => self.value(v, indent, slot),
-            Node::Seq(items) => {
-                if items.is_empty() {
-                    return self.flow_empty("[", "]");
-                }
-                let inner = child_indent(indent, slot);
-                for item in items {
-                    self.write_indent(inner);
-                    self.write_indicator("-", true, false, true);
-                    self.node(item, inner, Slot::SeqItem);
-                }
-            }
+            Node::Seq(items) => self.block_seq(items, indent, slot, |e, item, inner| {
+                e.node(item, inner, Slot::SeqItem)
+            }),
             Node::Map(entries) => {
                 if entries.is_empty() {
                     return self.flow_empty("{", "}");
@@ -171,17 +182,9 @@ impl Emitter {
             Value::Float(f) => self.scalar(&format_go_float(*f), Style::Plain, indent, slot),
             Value::Timestamp(t) => self.scalar(&t.rfc3339_nano(), Style::Plain, indent, slot),
             Value::Str(s) => self.string(s, indent, slot),
-            Value::Seq(items) => {
-                if items.is_empty() {
-                    return self.flow_empty("[", "]");
-                }
-                let inner = child_indent(indent, slot);
-                for item in items {
-                    self.write_indent(inner);
-                    self.write_indicator("-", true, false, true);
-                    self.value(item, inner, Slot::SeqItem);
-                }
-            }
+            Value::Seq(items) => self.block_seq(items, indent, slot, |e, item, inner| {
+                e.value(item, inner, Slot::SeqItem)
+            }),
             Value::Map(entries) => {
                 if entries.is_empty() {
                     return self.flow_empty("{", "}");
