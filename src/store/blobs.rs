@@ -186,48 +186,25 @@ impl BlobStore {
     /// hashed once instead of twice.
     pub async fn put_verified_stream_deferred<R: AsyncRead + Unpin>(
         &self,
-        mut reader: R,
+        reader: R,
         sha256: &str,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<PendingBlob, StoreError> {
         let mut w = self.writer()?;
         w.sha256 = None;
         w.known_sha256 = Some(sha256.to_string());
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(io_err("read blob source"))?;
-            if n == 0 {
-                break;
-            }
-            w.write_all(&buf[..n]).map_err(io_err("write blob"))?;
-            progress(n as u64);
-        }
+        copy_into(reader, &mut w, progress).await?;
         w.finish_deferred()
     }
 
     async fn write_stream<R: AsyncRead + Unpin>(
         &self,
-        mut reader: R,
+        reader: R,
         expected_sha256: Option<&str>,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<BlobWriter, StoreError> {
         let mut w = self.writer()?;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(io_err("read blob source"))?;
-            if n == 0 {
-                break;
-            }
-            // Local disk writes of one chunk are short; keeping them inline avoids a thread hop.
-            w.write_all(&buf[..n]).map_err(io_err("write blob"))?;
-            progress(n as u64);
-        }
+        copy_into(reader, &mut w, progress).await?;
         if let Some(expected) = expected_sha256 {
             let actual = w.sha256_hex();
             if actual != expected {
@@ -311,6 +288,27 @@ impl BlobStore {
         }
         let record = serde_json::to_vec(info).map_err(|e| StoreError::Backend(e.to_string()))?;
         self.meta.put(SHA_TREE, info.sha256.as_bytes(), &record)
+    }
+}
+
+/// Copies `reader` into `w` in large chunks, reporting bytes to `progress`.
+async fn copy_into<R: AsyncRead + Unpin>(
+    mut reader: R,
+    w: &mut BlobWriter,
+    mut progress: impl FnMut(u64),
+) -> Result<(), StoreError> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(io_err("read blob source"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        // Local disk writes of one chunk are short; keeping them inline avoids a thread hop.
+        w.write_all(&buf[..n]).map_err(io_err("write blob"))?;
+        progress(n as u64);
     }
 }
 
