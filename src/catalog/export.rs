@@ -92,13 +92,7 @@ pub fn export_release<S: ImageSource>(
         .catalog_file(&ext_catalog, "image-digests")?
         .ok_or_else(|| CatalogError::Catalog(format!("extensions:{tag} has no image-digests")))?;
     for line in parse_image_digests(&digests)? {
-        let wanted = match &opts.extensions {
-            Selection::All => true,
-            Selection::Only(list) => list
-                .iter()
-                .any(|w| w == line.name() || line.name().rsplit('/').next() == Some(w.as_str())),
-        };
-        if wanted {
+        if opts.extensions.wants(line.name()) {
             let tag = line.reference.tag.clone();
             ex.copy(
                 line.name(),

@@ -37,6 +37,21 @@ pub enum Selection {
     Only(Vec<String>),
 }
 
+/// Whether `requested` names catalog extension `name` (full `siderolabs/x` or short `x`).
+fn names(requested: &str, name: &str) -> bool {
+    requested == name || name.rsplit('/').next() == Some(requested)
+}
+
+impl Selection {
+    /// Whether catalog extension `name` is selected.
+    pub fn wants(&self, name: &str) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Only(list) => list.iter().any(|w| names(w, name)),
+        }
+    }
+}
+
 /// What to import.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
@@ -533,17 +548,9 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             Some(text) => parse_descriptions(&text)?,
             None => BTreeMap::new(),
         };
-        let wanted = |name: &str| match &opts.extensions {
-            Selection::All => true,
-            Selection::Only(list) => list
-                .iter()
-                .any(|w| w == name || name.rsplit('/').next() == Some(w.as_str())),
-        };
         if let Selection::Only(list) = &opts.extensions {
             for w in list {
-                let known = lines
-                    .iter()
-                    .any(|l| l.name() == w || l.name().rsplit('/').next() == Some(w.as_str()));
+                let known = lines.iter().any(|l| names(w, l.name()));
                 if !known {
                     return Err(CatalogError::Catalog(format!(
                         "extension {w:?} is not in the {} catalog",
@@ -557,7 +564,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         for line in &lines {
             let desc = descriptions.get(&line.line).cloned().unwrap_or_default();
             let mut images = BTreeMap::new();
-            if wanted(line.name()) {
+            if opts.extensions.wants(line.name()) {
                 let r = parse_ref(&format!(
                     "{}/{}@{}",
                     opts.registry,
