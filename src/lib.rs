@@ -1,5 +1,6 @@
 //! Image Factory appliance: schematics, releases, native image builds and their frontends.
 
+pub mod assets;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

@@ -147,11 +147,28 @@ impl BuildConfig {
 }
 
 /// `cache.*` keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct CacheConfig {
     /// PEM file of the cluster signing key (empty = `<dataDir>/keys/signing-key.pem`, generated).
     pub signing_key_path: String,
+    /// Quota for built assets in bytes (0 = unlimited); least recently served go first.
+    pub max_bytes: u64,
+    /// Seconds between background garbage-collection passes (0 = never).
+    pub gc_interval_seconds: u64,
+    /// Seconds between background scrubs that re-hash every cached asset (0 = never).
+    pub scrub_interval_seconds: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_path: String::new(),
+            max_bytes: 0,
+            gc_interval_seconds: 600,
+            scrub_interval_seconds: 86_400,
+        }
+    }
 }
 
 /// `metrics.*` keys.

@@ -70,6 +70,9 @@ pub struct Built {
     pub content_type: &'static str,
     /// The profile it was built from.
     pub profile: Profile,
+    /// Other blobs the build wrote (an installer's initramfs, UKI and OCI blobs), so the
+    /// cache can account for and collect them with the asset.
+    pub intermediates: Vec<BlobInfo>,
 }
 
 /// Builds assets from imported releases.
@@ -102,6 +105,11 @@ impl Builder {
         }
     }
 
+    /// The settings this builder was made with (some of them shape output bytes).
+    pub fn options(&self) -> &BuilderOptions {
+        &self.opts
+    }
+
     /// Resolves the request into the enhanced profile and the release it builds from.
     pub fn profile(&self, req: &BuildRequest<'_>) -> Result<(Profile, Release), ImagerError> {
         let profile = parse_path(req.path, req.version)?;
@@ -120,6 +128,17 @@ impl Builder {
     /// Builds the asset for `req` (blocking).
     pub fn build(&self, req: &BuildRequest<'_>) -> Result<Built, ImagerError> {
         let (profile, release) = self.profile(req)?;
+        self.build_resolved(req, profile, &release)
+    }
+
+    /// Builds the asset for `req` from an already resolved profile and release (blocking).
+    pub fn build_resolved(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: Profile,
+        release: &Release,
+    ) -> Result<Built, ImagerError> {
+        let mut intermediates = Vec::new();
         let arch = profile.arch.as_str().to_string();
         let assets = release.arches.get(&arch).ok_or_else(|| {
             ImagerError::Validation(format!("release {} has no {arch} assets", release.version))
@@ -133,8 +152,12 @@ impl Builder {
                     .map_err(|e| internal("store cmdline", e))?
             }
             OutputKind::Initramfs => self.initramfs(req, &profile, assets)?,
-            OutputKind::Uki => self.uki(req, &profile, assets, UkiPurpose::Uki)?,
-            OutputKind::Installer => self.installer(req, &profile, &release, assets)?,
+            OutputKind::Uki => {
+                self.uki(req, &profile, assets, UkiPurpose::Uki, &mut intermediates)?
+            }
+            OutputKind::Installer => {
+                self.installer(req, &profile, release, assets, &mut intermediates)?
+            }
             other => {
                 return Err(ImagerError::Validation(format!(
                     "{other:?} outputs are not built by this appliance yet"
@@ -146,6 +169,7 @@ impl Builder {
             kind: profile.output.kind,
             content_type: content_type(req.path),
             profile,
+            intermediates,
         })
     }
 
@@ -207,8 +231,10 @@ impl Builder {
         profile: &Profile,
         assets: &ArchRelease,
         purpose: UkiPurpose,
+        intermediates: &mut Vec<BlobInfo>,
     ) -> Result<BlobInfo, ImagerError> {
         let initramfs = self.initramfs(req, profile, assets)?;
+        intermediates.push(initramfs.clone());
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
         let stub = std::fs::read(self.blobs.path(&asset(assets, "systemd-stub.efi")?.blake3))
@@ -244,6 +270,7 @@ impl Builder {
         profile: &Profile,
         release: &Release,
         assets: &ArchRelease,
+        intermediates: &mut Vec<BlobInfo>,
     ) -> Result<BlobInfo, ImagerError> {
         let base_record = assets.installer_base.as_ref().ok_or_else(|| {
             ImagerError::Validation(format!("release {} has no installer base", release.version))
@@ -264,13 +291,15 @@ impl Builder {
             config,
         };
         let artifacts = if profile.quirks().has(Quirk::UseSdBootForUefi) {
-            let uki = self.uki(req, profile, assets, UkiPurpose::Installer)?;
+            let uki = self.uki(req, profile, assets, UkiPurpose::Installer, intermediates)?;
+            intermediates.push(uki.clone());
             InstallerArtifacts::Uki {
                 uki: self.blobs.path(&uki.blake3),
                 systemd_boot: self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3),
             }
         } else {
             let initramfs = self.initramfs(req, profile, assets)?;
+            intermediates.push(initramfs.clone());
             InstallerArtifacts::Legacy {
                 kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
                 initramfs: self.blobs.path(&initramfs.blake3),
@@ -285,6 +314,19 @@ impl Builder {
             gzip_level: 1,
         };
         let image = build_installer(&self.blobs, &inputs).map_err(|e| internal("installer", e))?;
+        // The artifacts layer, config and manifest are new; base layers belong to the release.
+        for d in [image.layers.last(), Some(&image.config), Some(&image.manifest)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(b) = self
+                .blobs
+                .by_sha256(d.digest.hex())
+                .map_err(|e| internal("installer blobs", e))?
+            {
+                intermediates.push(b);
+            }
+        }
         let mut w = BufWriter::new(self.writer()?);
         write_docker_archive(&self.blobs, &image, &mut w)
             .map_err(|e| internal("installer archive", e))?;

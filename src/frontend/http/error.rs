@@ -3,7 +3,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::assets::AssetError;
 use crate::catalog::CatalogError;
+use crate::imager::error::{ErrorClass, ImagerError};
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
 
@@ -25,6 +27,15 @@ pub enum ApiError {
     /// 401: the admin API needs a valid bearer token.
     #[error("unauthorized: a valid admin bearer token is required")]
     Unauthorized,
+    /// 402: an Enterprise-only endpoint (checksums, signatures).
+    #[error("{0}")]
+    PaymentRequired(String),
+    /// 416: the `Range` lies outside the asset (`Content-Range: bytes */<size>` is added).
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable {
+        /// The asset size.
+        size: u64,
+    },
     /// 405: known path, wrong method (the router adds `Allow`).
     #[error("Method Not Allowed")]
     MethodNotAllowed,
@@ -51,6 +62,34 @@ impl From<CatalogError> for ApiError {
     }
 }
 
+impl From<ImagerError> for ApiError {
+    fn from(e: ImagerError) -> Self {
+        if e.is_path_error() {
+            return ApiError::BadRequest(format!("error parsing profile from path: {e}"));
+        }
+        match e.class() {
+            ErrorClass::BadRequest => {
+                ApiError::BadRequest(format!("error enhancing profile from schematic: {e}"))
+            }
+            ErrorClass::NotFound => ApiError::NotFound(e.to_string()),
+            ErrorClass::Internal => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AssetError> for ApiError {
+    fn from(e: AssetError) -> Self {
+        match e {
+            AssetError::Imager(e) => e.into(),
+            other => match other.class() {
+                ErrorClass::BadRequest => ApiError::BadRequest(other.to_string()),
+                ErrorClass::NotFound => ApiError::NotFound(other.to_string()),
+                ErrorClass::Internal => ApiError::Internal(other.to_string()),
+            },
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Internal(e.to_string())
@@ -65,6 +104,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,6 +138,11 @@ impl IntoResponse for ApiError {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
+        if let ApiError::RangeNotSatisfiable { size } = &self {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

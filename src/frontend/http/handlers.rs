@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::gojson;
 use super::metrics::Metrics;
+use crate::assets::Assets;
 use crate::catalog::{ReleaseStore, Version};
 use crate::schematic::{self, Schematic};
 use crate::store::{PutOutcome, SchematicStore};
@@ -19,7 +20,7 @@ use crate::store::{PutOutcome, SchematicStore};
 /// Shared state of the HTTP frontend.
 #[derive(Clone)]
 pub struct AppState {
-    inner: Arc<StateInner>,
+    inner: Arc<StateParts>,
 }
 
 /// What the catalog endpoints need: imported releases and the offered-version rules.
@@ -32,39 +33,60 @@ pub struct CatalogView {
     pub broken: Vec<Version>,
 }
 
-struct StateInner {
-    schematics: SchematicStore,
-    catalog: CatalogView,
-    admin: Arc<super::admin::AdminState>,
-    metrics: Metrics,
-    max_body_bytes: u64,
-    data_dir: String,
-    listeners: BTreeMap<String, String>,
+/// Everything the HTTP frontend shares between requests.
+pub struct StateParts {
+    /// Stored schematics.
+    pub schematics: SchematicStore,
+    /// Releases and version rules.
+    pub catalog: CatalogView,
+    /// Admin API state.
+    pub admin: Arc<super::admin::AdminState>,
+    /// The asset pipeline.
+    pub assets: Assets,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// `http.maxBodyBytes`.
+    pub max_body_bytes: u64,
+    /// Data directory (for `/status`).
+    pub data_dir: String,
+    /// Bound listeners (for `/status`).
+    pub listeners: BTreeMap<String, String>,
+    /// Base URL of iPXE script links (`http.externalPXEURL`, else `http.externalURL`).
+    pub pxe_base_url: String,
+    /// The cluster public key, PKIX PEM.
+    pub signing_key_pem: String,
 }
 
 impl AppState {
     /// Builds the state from its parts.
-    pub fn new(
-        schematics: SchematicStore,
-        catalog: CatalogView,
-        admin: Arc<super::admin::AdminState>,
-        metrics: Metrics,
-        max_body_bytes: u64,
-        data_dir: String,
-        listeners: BTreeMap<String, String>,
-    ) -> Self {
-        metrics.schematic_cache_size.set(schematics.count() as f64);
+    pub fn new(parts: StateParts) -> Self {
+        parts
+            .metrics
+            .schematic_cache_size
+            .set(parts.schematics.count() as f64);
         Self {
-            inner: Arc::new(StateInner {
-                schematics,
-                catalog,
-                admin,
-                metrics,
-                max_body_bytes,
-                data_dir,
-                listeners,
-            }),
+            inner: Arc::new(parts),
         }
+    }
+
+    /// Stored schematics.
+    pub fn schematics(&self) -> &SchematicStore {
+        &self.inner.schematics
+    }
+
+    /// The asset pipeline.
+    pub fn assets(&self) -> &Assets {
+        &self.inner.assets
+    }
+
+    /// Base URL of iPXE script links.
+    pub fn pxe_base_url(&self) -> &str {
+        &self.inner.pxe_base_url
+    }
+
+    /// The cluster public key, PKIX PEM.
+    pub fn signing_key_pem(&self) -> &str {
+        &self.inner.signing_key_pem
     }
 
     /// The admin API state.

@@ -4,7 +4,11 @@
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Key, Level, Metadata, Recorder, SharedString};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::assets::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
 
 /// The factory's metrics (upstream names, spec §9).
 #[derive(Clone)]
@@ -19,6 +23,8 @@ pub struct Metrics {
     pub schematic_duplicate_create: Counter,
     /// `image_factory_schematic_cache_size`.
     pub schematic_cache_size: Gauge,
+    /// The asset pipeline's metrics (same registry).
+    pub assets: AssetMetrics,
 }
 
 const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -26,7 +32,17 @@ const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(
 impl Metrics {
     /// Creates a fresh registry with every metric registered (so all appear at zero).
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let mut builder = PrometheusBuilder::new();
+        for name in HISTOGRAMS {
+            // Only fails for an empty bucket list, which LATENCY_BUCKETS is not.
+            builder = match builder
+                .set_buckets_for_metric(Matcher::Full(name.to_string()), &LATENCY_BUCKETS)
+            {
+                Ok(b) => b,
+                Err(_) => PrometheusBuilder::new(),
+            };
+        }
+        let recorder = Arc::new(builder.build_recorder());
         let handle = recorder.handle();
         let counter = |name: &'static str, help: &'static str| {
             recorder.describe_counter(name.into(), None, SharedString::const_str(help));
@@ -56,9 +72,11 @@ impl Metrics {
         schematic_get.absolute(0);
         schematic_create.absolute(0);
         schematic_duplicate_create.absolute(0);
+        let assets = AssetMetrics::new(recorder.clone());
         Self {
             handle,
-            _recorder: Arc::new(recorder),
+            _recorder: recorder,
+            assets,
             schematic_get,
             schematic_create,
             schematic_duplicate_create,

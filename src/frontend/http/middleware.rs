@@ -1,4 +1,5 @@
-//! Server-wide response decoration: `Server`, `X-Request-ID`, and one log line per request.
+//! Server-wide response decoration: `Server`, `X-Request-ID`, and one log line per request
+//! (for assets also whether it was a cache hit, a build, or a wait on another build).
 
 use std::time::Instant;
 
@@ -35,13 +36,23 @@ pub async fn decorate(req: Request, next: Next) -> Response {
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 
     let status = resp.status().as_u16();
-    let bytes = resp.body().size_hint().exact();
+    let bytes = resp.body().size_hint().exact().or_else(|| {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    let cache = resp
+        .extensions()
+        .get::<super::image::AssetOutcome>()
+        .map(|o| o.0.as_str());
     tracing::info!(
         target: "image_factory::http",
         method = %method,
         path = %path,
         status,
         bytes,
+        cache,
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         request_id = request_id.to_str().unwrap_or("<non-ascii>"),
         "request"

@@ -6,8 +6,10 @@ pub mod catalog;
 pub mod error;
 pub mod gojson;
 pub mod handlers;
+pub mod image;
 pub mod metrics;
 pub mod middleware;
+pub mod ranges;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,7 +28,9 @@ use crate::catalog::ReleaseStore;
 use crate::config::{Config, ConfigError};
 use crate::store::{self, SchematicStore, StoreError};
 use crate::trust::{SigningKey, TrustError};
-use handlers::AppState;
+use crate::assets::{Assets, AssetsOptions, RecordStore};
+use crate::imager::builder::{Builder, BuilderOptions};
+use handlers::{AppState, StateParts};
 
 /// Errors that stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +127,13 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/versions", get(catalog::versions))
         .route("/admin/import", post(admin::import))
         .route(
+            "/image/{schematic}/{version}/{path}",
+            get(image::image).head(image::image),
+        )
+        .route("/pxe/{schematic}/{version}/{path}", get(image::pxe))
+        .route("/oci/cosign/signing-key.pub", get(image::signing_key))
+        .route("/secureboot/signing-cert.pem", get(image::secureboot_cert))
+        .route(
             "/version/{version}/extensions/official",
             get(catalog::extensions),
         )
@@ -145,6 +156,52 @@ pub fn metrics_router(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
+}
+
+/// A build running longer fails (upstream: 20 minutes).
+const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+/// How long a deterministic 4xx build failure is answered from memory.
+const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// zstd level of the initramfs' appended cpio (upstream's).
+const DEFAULT_INITRAMFS_ZSTD_LEVEL: u32 = 18;
+
+/// Starts the background garbage-collection and scrub loops (`cache.*IntervalSeconds`).
+fn spawn_maintenance(assets: &Assets, config: &Config) {
+    let every = |secs: u64| (secs > 0).then(|| std::time::Duration::from_secs(secs));
+    if let Some(period) = every(config.cache.gc_interval_seconds) {
+        let assets = assets.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                match assets.gc(false).await {
+                    Ok(r) if !r.evicted.is_empty() => tracing::info!(
+                        evicted = r.evicted.len(),
+                        freed_bytes = r.freed_bytes,
+                        bytes = r.bytes_after,
+                        "garbage collection evicted assets"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "garbage collection failed"),
+                }
+            }
+        });
+    }
+    if let Some(period) = every(config.cache.scrub_interval_seconds) {
+        let assets = assets.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tick.tick().await;
+                match assets.scrub().await {
+                    Ok((checked, failed)) => {
+                        tracing::info!(checked, failed, "scrub of cached assets finished")
+                    }
+                    Err(e) => tracing::error!(error = %e, "scrub failed"),
+                }
+            }
+        });
+    }
 }
 
 /// How long open connections may take to finish after a shutdown signal.
@@ -209,12 +266,14 @@ pub async fn serve(
     };
 
     let key_path = config.signing_key_path();
-    let (_key, created) = SigningKey::load_or_generate(&key_path)?;
+    let (signing_key, created) = SigningKey::load_or_generate(&key_path)?;
     if created {
         tracing::info!(path = %key_path.display(), "generated cluster signing key");
     } else {
         tracing::info!(path = %key_path.display(), "loaded cluster signing key");
     }
+    let signing_key_pem = signing_key.public_key_pem()?;
+    let signing_key = Arc::new(signing_key);
 
     let http_listener = bind("http.httpListenAddr", config.http_listen()?.0).await?;
     let http_addr = http_listener
@@ -259,15 +318,62 @@ pub async fn serve(
         scratch: data_dir.join("tmp"),
         lock: tokio::sync::Mutex::new(()),
     });
-    let state = AppState::new(
-        schematics.clone(),
-        catalog_view,
+    let metrics = metrics::Metrics::new();
+    let assets = {
+        let blobs = admin.blobs.clone();
+        let releases = catalog_view.releases.clone();
+        let scratch = data_dir.join("tmp");
+        let builder = Builder::new(
+            blobs.clone(),
+            releases.clone(),
+            BuilderOptions {
+                external_url: config.http.external_url.clone(),
+                scratch: scratch.clone(),
+                initramfs_zstd_level: DEFAULT_INITRAMFS_ZSTD_LEVEL,
+            },
+        );
+        let opts = AssetsOptions {
+            max_concurrency: config.build.effective_concurrency(),
+            build_timeout: BUILD_TIMEOUT,
+            negative_ttl: NEGATIVE_TTL,
+            quarantine_dir: data_dir.join("quarantine"),
+            scratch,
+            max_bytes: config.cache.max_bytes,
+        };
+        let records = RecordStore::new(meta.clone());
+        let asset_metrics = metrics.assets.clone();
+        tokio::task::spawn_blocking(move || {
+            Assets::new(
+                builder,
+                releases,
+                records,
+                blobs,
+                signing_key,
+                asset_metrics,
+                opts,
+            )
+        })
+        .await
+        .map_err(|e| ServeError::Join(e.to_string()))?
+    };
+    let pxe_base_url = if config.http.external_pxe_url.is_empty() {
+        config.http.external_url.clone()
+    } else {
+        config.http.external_pxe_url.clone()
+    };
+    let state = AppState::new(StateParts {
+        schematics: schematics.clone(),
+        catalog: catalog_view,
         admin,
-        metrics::Metrics::new(),
-        config.http.max_body_bytes,
-        abs_data_dir.display().to_string(),
+        assets: assets.clone(),
+        metrics,
+        max_body_bytes: config.http.max_body_bytes,
+        data_dir: abs_data_dir.display().to_string(),
         listeners,
-    );
+        pxe_base_url,
+        signing_key_pem,
+    });
+    spawn_maintenance(&assets, &config);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

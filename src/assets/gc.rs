@@ -1,0 +1,209 @@
+//! Garbage collection of built assets: a size quota with least-recently-served eviction.
+//!
+//! Only blobs named by asset records are ever deleted, and never one that a release needs
+//! (the kernel asset *is* the release's kernel blob) or one being streamed. A record whose
+//! blob disappears anyway (a race with a build writing the same bytes) is a miss on its next
+//! request and is rebuilt.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::error::AssetError;
+use super::record::{AssetRecord, RecordStore};
+use crate::catalog::ReleaseStore;
+use crate::store::BlobStore;
+
+/// Largest manifest read while collecting release blobs.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// One evicted (or, in a dry run, evictable) asset.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evicted {
+    /// Cache key.
+    pub key: String,
+    /// Schematic ID.
+    pub schematic: String,
+    /// Version tag.
+    pub version: String,
+    /// Asset path.
+    pub path: String,
+    /// Bytes its blobs held that no other asset shares.
+    pub bytes: u64,
+    /// Last served (or built), Unix seconds.
+    pub last_used: u64,
+}
+
+/// What a pass did (or would do).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReport {
+    /// Whether nothing was deleted.
+    pub dry_run: bool,
+    /// Asset records seen.
+    pub records: usize,
+    /// Bytes of built assets before the pass.
+    pub bytes_before: u64,
+    /// Bytes after the pass.
+    pub bytes_after: u64,
+    /// The quota (0 = none).
+    pub max_bytes: u64,
+    /// Evicted assets, least recently used first.
+    pub evicted: Vec<Evicted>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+    /// BLAKE3 names of deleted blobs.
+    pub deleted_blobs: Vec<String>,
+    /// Assets over quota that were skipped because they are being downloaded.
+    pub skipped_busy: usize,
+}
+
+/// Every blob (BLAKE3) a release needs: boot assets, GRUB trees, and the manifests, configs
+/// and layers of its images.
+pub fn release_blobs(
+    releases: &ReleaseStore,
+    blobs: &BlobStore,
+) -> Result<HashSet<String>, AssetError> {
+    let mut out = HashSet::new();
+    let add_sha = |sha: &str, out: &mut HashSet<String>| -> Result<(), AssetError> {
+        if let Some(info) = blobs.by_sha256(sha)? {
+            out.insert(info.blake3);
+        }
+        Ok(())
+    };
+    for release in releases.list()? {
+        for arch in release.arches.values() {
+            for b in arch.assets.values().chain(arch.grub.values()) {
+                out.insert(b.blake3.clone());
+            }
+        }
+        let mut manifests: Vec<String> = Vec::new();
+        for image in release.image_records() {
+            manifests.push(image.digest.hex().to_string());
+            manifests.push(image.manifest.hex().to_string());
+        }
+        let mut seen = HashSet::new();
+        while let Some(sha) = manifests.pop() {
+            if !seen.insert(sha.clone()) {
+                continue;
+            }
+            add_sha(&sha, &mut out)?;
+            let Ok(Some(bytes)) = blobs.read_sha256(&sha, MAX_MANIFEST) else {
+                continue;
+            };
+            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let digests = doc["config"]["digest"]
+                .as_str()
+                .into_iter()
+                .chain(
+                    ["layers", "manifests"]
+                        .iter()
+                        .flat_map(|k| doc[*k].as_array().into_iter().flatten())
+                        .filter_map(|d| d["digest"].as_str()),
+                );
+            for d in digests {
+                if let Some(hex) = d.strip_prefix("sha256:") {
+                    if doc["manifests"].is_array() {
+                        manifests.push(hex.to_string());
+                    } else {
+                        add_sha(hex, &mut out)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One pass: if built assets exceed `max_bytes` (0 = no quota), evicts the least recently
+/// served until they fit, skipping assets for which `busy(blake3)` is true.
+pub fn collect_garbage(
+    records: &RecordStore,
+    blobs: &BlobStore,
+    releases: &ReleaseStore,
+    max_bytes: u64,
+    busy: &dyn Fn(&str) -> bool,
+    dry_run: bool,
+) -> Result<GcReport, AssetError> {
+    let protected = release_blobs(releases, blobs)?;
+    let mut list: Vec<(AssetRecord, u64)> = Vec::new();
+    for (key, raw) in records.scan_raw()? {
+        // Undecodable records are left for the serving path to quarantine.
+        let Some(record) = AssetRecord::decode_unverified(&raw) else {
+            continue;
+        };
+        let last = records.last_served(&key)?.unwrap_or(record.created);
+        list.push((record, last));
+    }
+    let mut refs: HashMap<String, usize> = HashMap::new();
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    for (record, _) in &list {
+        for b in record.blobs().filter(|b| !protected.contains(*b)) {
+            *refs.entry(b.to_string()).or_insert(0) += 1;
+            if !sizes.contains_key(b) {
+                let size = std::fs::metadata(blobs.path(b)).map_or(0, |m| m.len());
+                sizes.insert(b.to_string(), size);
+            }
+        }
+    }
+    let total: u64 = sizes.values().sum();
+    let mut report = GcReport {
+        dry_run,
+        records: list.len(),
+        bytes_before: total,
+        bytes_after: total,
+        max_bytes,
+        ..GcReport::default()
+    };
+    if max_bytes == 0 || total <= max_bytes {
+        return Ok(report);
+    }
+    list.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.key.cmp(&b.0.key)));
+    for (record, last_used) in list {
+        if report.bytes_after <= max_bytes {
+            break;
+        }
+        let owned: Vec<&str> = record
+            .blobs()
+            .filter(|b| !protected.contains(*b))
+            .collect();
+        if owned.iter().any(|b| busy(b)) {
+            report.skipped_busy += 1;
+            continue;
+        }
+        if !dry_run {
+            records.remove(&record.key)?;
+        }
+        let mut freed = 0;
+        for b in owned {
+            let Some(n) = refs.get_mut(b) else { continue };
+            *n -= 1;
+            if *n > 0 {
+                continue;
+            }
+            let size = sizes.get(b).copied().unwrap_or(0);
+            if !dry_run {
+                if let Err(e) = std::fs::remove_file(blobs.path(b)) {
+                    tracing::warn!(blob = b, error = %e, "could not delete an evicted blob");
+                    continue;
+                }
+            }
+            freed += size;
+            report.deleted_blobs.push(b.to_string());
+        }
+        report.bytes_after -= freed;
+        report.freed_bytes += freed;
+        report.evicted.push(Evicted {
+            key: record.key.clone(),
+            schematic: record.schematic.clone(),
+            version: record.version.clone(),
+            path: record.path.clone(),
+            bytes: freed,
+            last_used,
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,23 @@
+//! The asset pipeline: cache keys, signed asset records, single-flight builds on a miss,
+//! integrity checks before and while serving, and garbage collection of built assets.
+//!
+//! Frontends ask [`Assets::get`] for `(schematic, version, path)`; it answers with a verified
+//! record (a hit, a fresh build, or a wait on someone else's build) and [`Assets::open`] streams
+//! the bytes. Nothing here speaks HTTP.
+
+mod error;
+pub mod gc;
+mod integrity;
+mod key;
+mod metrics;
+mod pipeline;
+mod record;
+mod stream;
+
+pub use error::{AssetError, BuildFailure};
+pub use gc::{Evicted, GcReport, collect_garbage, release_blobs};
+pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
+pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
+pub use pipeline::{AssetRequest, Assets, AssetsOptions, Outcome, Served};
+pub use record::{AssetRecord, RecordStore};
+pub use stream::AssetBody;

@@ -1,0 +1,666 @@
+//! The asset service: resolve a request to its cache key, serve a verified record on a hit,
+//! otherwise run exactly one build per key (detached from the requests, bounded by build
+//! slots and a timeout) and let every request for that key wait for it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use p256::ecdsa::VerifyingKey;
+use tokio::sync::{Semaphore, watch};
+
+use super::error::{AssetError, BuildFailure};
+use super::gc::{GcReport, collect_garbage};
+use super::integrity::{check_blob, quarantine_blob};
+use super::key::{CacheKey, cache_key};
+use super::metrics::{AssetLabels, AssetMetrics};
+use super::record::{AssetRecord, RecordStore};
+use super::stream::AssetBody;
+use crate::catalog::{Release, ReleaseStore, Version};
+use crate::imager::builder::{BuildRequest, Builder};
+use crate::imager::error::{ErrorClass, ImagerError};
+use crate::imager::profile::Profile;
+use crate::schematic::Schematic;
+use crate::store::BlobStore;
+use crate::trust::SigningKey;
+
+/// How often a served asset's last-served time is written back (per key).
+const TOUCH_EVERY_SECS: u64 = 60;
+
+/// Settings of the asset service.
+#[derive(Debug, Clone)]
+pub struct AssetsOptions {
+    /// Builds running at once (`build.maxConcurrency`, resolved).
+    pub max_concurrency: usize,
+    /// A build taking longer fails (upstream: 20 minutes).
+    pub build_timeout: Duration,
+    /// How long a deterministic client error (4xx) of a build is remembered.
+    pub negative_ttl: Duration,
+    /// Where damaged blobs are moved (`<dataDir>/quarantine`).
+    pub quarantine_dir: PathBuf,
+    /// Builder scratch directory, emptied at start (crash leftovers).
+    pub scratch: PathBuf,
+    /// Quota for built assets in bytes (0 = unlimited).
+    pub max_bytes: u64,
+}
+
+/// One asset request, as the frontends see it.
+#[derive(Debug, Clone)]
+pub struct AssetRequest {
+    /// Schematic ID.
+    pub schematic_id: String,
+    /// Its canonical YAML.
+    pub canonical: String,
+    /// Target version.
+    pub version: Version,
+    /// Asset path.
+    pub path: String,
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache.
+    Hit,
+    /// This request started the build.
+    Built,
+    /// This request waited for a build someone else started.
+    Waited,
+}
+
+impl Outcome {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Built => "build",
+            Outcome::Waited => "wait",
+        }
+    }
+}
+
+/// A verified asset ready to be opened.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The record.
+    pub record: Arc<AssetRecord>,
+    /// Hit, build or wait.
+    pub outcome: Outcome,
+    /// Whether the bytes were hashed by this request already (built, or first serve).
+    verified_now: bool,
+}
+
+type BuildResult = Result<Arc<AssetRecord>, BuildFailure>;
+
+/// A request resolved to its profile, release and key.
+struct Resolved {
+    req: AssetRequest,
+    schematic: Schematic,
+    profile: Profile,
+    release: Release,
+    key: CacheKey,
+}
+
+struct Inner {
+    builder: Builder,
+    records: RecordStore,
+    releases: ReleaseStore,
+    blobs: BlobStore,
+    key: Arc<SigningKey>,
+    verifying: VerifyingKey,
+    metrics: AssetMetrics,
+    opts: AssetsOptions,
+    slots: Arc<Semaphore>,
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<BuildResult>>>>,
+    negative: Mutex<HashMap<String, (Instant, BuildFailure)>>,
+    verified: Mutex<HashSet<String>>,
+    serving: Mutex<HashMap<String, usize>>,
+    touched: Mutex<HashMap<String, u64>>,
+}
+
+/// The asset service (cheap to clone).
+#[derive(Clone)]
+pub struct Assets {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> BuildFailure {
+    BuildFailure {
+        class: ErrorClass::Internal,
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl From<ImagerError> for BuildFailure {
+    fn from(e: ImagerError) -> Self {
+        BuildFailure {
+            class: e.class(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn labels(r: &AssetRecord) -> AssetLabels<'_> {
+    AssetLabels {
+        version: &r.version,
+        kind: &r.kind,
+        arch: &r.arch,
+    }
+}
+
+/// Marks an asset as being served while alive; records when it was last served.
+pub struct ServeGuard {
+    assets: Assets,
+    blake3: String,
+}
+
+impl Drop for ServeGuard {
+    fn drop(&mut self) {
+        let mut serving = lock(&self.assets.inner.serving);
+        if let Some(n) = serving.get_mut(&self.blake3) {
+            *n -= 1;
+            if *n == 0 {
+                serving.remove(&self.blake3);
+            }
+        }
+    }
+}
+
+impl Assets {
+    /// The service over the data directory's stores; empties the builder scratch directory.
+    pub fn new(
+        builder: Builder,
+        releases: ReleaseStore,
+        records: RecordStore,
+        blobs: BlobStore,
+        key: Arc<SigningKey>,
+        metrics: AssetMetrics,
+        opts: AssetsOptions,
+    ) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&opts.scratch) {
+            let mut swept = 0usize;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let res = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                swept += usize::from(res.is_ok());
+            }
+            if swept > 0 {
+                tracing::info!(swept, dir = %opts.scratch.display(), "removed build scratch files left by an interrupted build");
+            }
+        }
+        let verifying = key.verifying_key();
+        Self {
+            inner: Arc::new(Inner {
+                builder,
+                records,
+                releases,
+                blobs,
+                verifying,
+                key,
+                metrics,
+                slots: Arc::new(Semaphore::new(opts.max_concurrency.max(1))),
+                opts,
+                inflight: Mutex::default(),
+                negative: Mutex::default(),
+                verified: Mutex::default(),
+                serving: Mutex::default(),
+                touched: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The metrics handles.
+    pub fn metrics(&self) -> &AssetMetrics {
+        &self.inner.metrics
+    }
+
+    /// The verified record for the request: from the cache, or built (once per key).
+    pub async fn get(&self, req: AssetRequest) -> Result<Served, AssetError> {
+        let resolved = Arc::new(self.resolve(req).await?);
+        let key = resolved.key.key.clone();
+        // A record that appears between the lookup and taking the in-flight lock sends us
+        // round again; two rounds always suffice, the third is a safety net.
+        for _ in 0..3 {
+            if let Some((record, verified_now)) = self.lookup(&key).await? {
+                self.inner.metrics.lookup(true);
+                return Ok(Served {
+                    record,
+                    outcome: Outcome::Hit,
+                    verified_now,
+                });
+            }
+            let Some((mut rx, outcome)) = self.join_or_start(&resolved)? else {
+                continue;
+            };
+            self.inner.metrics.lookup(false);
+            if outcome == Outcome::Waited {
+                self.inner.metrics.waits.increment(1);
+            }
+            let result = rx
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| AssetError::Internal("the build task ended without a result".into()))?
+                .clone();
+            return match result {
+                Some(Ok(record)) => Ok(Served {
+                    record,
+                    outcome,
+                    verified_now: true,
+                }),
+                Some(Err(f)) => Err(f.into()),
+                None => Err(AssetError::Internal("build result missing".into())),
+            };
+        }
+        Err(AssetError::Internal(format!(
+            "asset {key} kept appearing and failing verification"
+        )))
+    }
+
+    /// Resolves the request (blocking work on the blocking pool).
+    async fn resolve(&self, req: AssetRequest) -> Result<Resolved, AssetError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let schematic = Schematic::parse(req.canonical.as_bytes()).map_err(|e| {
+                AssetError::Internal(format!(
+                    "stored schematic {} does not parse: {e}",
+                    req.schematic_id
+                ))
+            })?;
+            let breq = BuildRequest {
+                schematic: &schematic,
+                schematic_id: &req.schematic_id,
+                canonical: &req.canonical,
+                version: &req.version,
+                path: &req.path,
+            };
+            let (profile, release) = this.inner.builder.profile(&breq)?;
+            let key = cache_key(
+                &req.schematic_id,
+                &profile,
+                &release,
+                this.inner.builder.options(),
+            )
+            .map_err(|e| AssetError::Internal(format!("cache key: {e}")))?;
+            Ok(Resolved {
+                req,
+                schematic,
+                profile,
+                release,
+                key,
+            })
+        })
+        .await
+        .map_err(|e| AssetError::Internal(format!("resolve task: {e}")))?
+    }
+
+    /// A verified record for `key`, or `None` (absent, or set aside as damaged). The second
+    /// value says whether this call hashed the blob (first serve since start).
+    async fn lookup(&self, key: &str) -> Result<Option<(Arc<AssetRecord>, bool)>, AssetError> {
+        let Some(raw) = self.inner.records.get_raw(key)? else {
+            return Ok(None);
+        };
+        let record = match AssetRecord::open(&raw, &self.inner.verifying) {
+            Ok(r) if r.key == key => r,
+            Ok(r) => {
+                self.record_failed(key, &raw, &format!("record names key {}", r.key));
+                return Ok(None);
+            }
+            Err(reason) => {
+                self.record_failed(key, &raw, &reason);
+                return Ok(None);
+            }
+        };
+        if !self.inner.blobs.contains(&record.blake3) {
+            tracing::warn!(key, blob = %record.blake3, "asset blob is gone; rebuilding");
+            self.inner.records.remove(key)?;
+            return Ok(None);
+        }
+        if lock(&self.inner.verified).contains(&record.blake3) {
+            return Ok(Some((Arc::new(record), false)));
+        }
+        let blobs = self.inner.blobs.clone();
+        let (blake3, size) = (record.blake3.clone(), record.size);
+        let checked = tokio::task::spawn_blocking(move || check_blob(&blobs, &blake3, size))
+            .await
+            .map_err(|e| AssetError::Internal(format!("hash task: {e}")))?;
+        match checked {
+            Ok(()) => {
+                lock(&self.inner.verified).insert(record.blake3.clone());
+                Ok(Some((Arc::new(record), true)))
+            }
+            Err(reason) => {
+                self.blob_failed(&record, &reason);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Joins the running build for the key, or starts one; `None` if a record appeared.
+    fn join_or_start(
+        &self,
+        resolved: &Arc<Resolved>,
+    ) -> Result<Option<(watch::Receiver<Option<BuildResult>>, Outcome)>, AssetError> {
+        let key = &resolved.key.key;
+        let mut inflight = lock(&self.inner.inflight);
+        if let Some(rx) = inflight.get(key) {
+            return Ok(Some((rx.clone(), Outcome::Waited)));
+        }
+        if self.inner.records.contains(key)? {
+            return Ok(None);
+        }
+        {
+            let mut negative = lock(&self.inner.negative);
+            match negative.get(key) {
+                Some((at, f)) if at.elapsed() < self.inner.opts.negative_ttl => {
+                    return Err(f.clone().into());
+                }
+                Some(_) => {
+                    negative.remove(key);
+                }
+                None => {}
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(key.clone(), rx.clone());
+        drop(inflight);
+        let this = self.clone();
+        let resolved = Arc::clone(resolved);
+        // Detached: the build finishes and is cached even if every requester goes away.
+        tokio::spawn(async move {
+            let result = this.run_build(&resolved).await;
+            let key = &resolved.key.key;
+            if let Err(f) = &result {
+                if f.class != ErrorClass::Internal {
+                    lock(&this.inner.negative).insert(key.clone(), (Instant::now(), f.clone()));
+                }
+            }
+            lock(&this.inner.inflight).remove(key);
+            let _ = tx.send(Some(result));
+        });
+        Ok(Some((rx, Outcome::Built)))
+    }
+
+    /// Waits for a build slot, builds on the blocking pool under the timeout, records metrics.
+    async fn run_build(&self, resolved: &Arc<Resolved>) -> BuildResult {
+        let m = &self.inner.metrics;
+        let queued = Instant::now();
+        m.queue_depth.increment(1.0);
+        let permit = Arc::clone(&self.inner.slots).acquire_owned().await;
+        m.queue_depth.decrement(1.0);
+        let permit = permit.map_err(|e| internal("build slots", e))?;
+        m.concurrency_latency.record(queued.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let this = self.clone();
+        let r = Arc::clone(resolved);
+        // The slot is held by the blocking job itself, so a timed-out build that is still
+        // running keeps counting against the limit.
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.build_blocking(&r)
+        });
+        let timeout = self.inner.opts.build_timeout;
+        let result = match tokio::time::timeout(timeout, job).await {
+            Err(_) => Err(internal(
+                "build",
+                format!("timed out after {} s", timeout.as_secs()),
+            )),
+            Ok(Err(e)) => Err(internal("build task", e)),
+            Ok(Ok(r)) => r,
+        };
+        let req = &resolved.req;
+        match &result {
+            Ok(record) => {
+                if let Err(e) = self.inner.records.flush().await {
+                    tracing::error!(error = %e, "asset record is stored but not yet durable");
+                }
+                m.built(&labels(record), record.size);
+                m.build_latency.record(started.elapsed().as_secs_f64());
+                for ext in &resolved.profile.system_extensions {
+                    m.extension_hit(&ext.name);
+                }
+                tracing::info!(
+                    key = %record.key,
+                    schematic = %req.schematic_id,
+                    version = %record.version,
+                    path = %req.path,
+                    size = record.size,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "asset built"
+                );
+            }
+            Err(f) => {
+                m.build_failed(&AssetLabels {
+                    version: &req.version.tag(),
+                    kind: resolved.profile.output.kind.as_str(),
+                    arch: resolved.profile.arch.as_str(),
+                });
+                tracing::warn!(
+                    schematic = %req.schematic_id,
+                    version = %req.version.tag(),
+                    path = %req.path,
+                    error = %f.message,
+                    "asset build failed"
+                );
+            }
+        }
+        result
+    }
+
+    /// Builds, seals and stores the record (blocking).
+    fn build_blocking(&self, r: &Resolved) -> BuildResult {
+        let breq = BuildRequest {
+            schematic: &r.schematic,
+            schematic_id: &r.req.schematic_id,
+            canonical: &r.req.canonical,
+            version: &r.req.version,
+            path: &r.req.path,
+        };
+        let built = self
+            .inner
+            .builder
+            .build_resolved(&breq, r.profile.clone(), &r.release)?;
+        let mut intermediates: Vec<String> = Vec::new();
+        for b in &built.intermediates {
+            if b.blake3 != built.blob.blake3 && !intermediates.contains(&b.blake3) {
+                intermediates.push(b.blake3.clone());
+            }
+        }
+        let record = AssetRecord {
+            key: r.key.key.clone(),
+            schematic: r.req.schematic_id.clone(),
+            version: r.req.version.tag(),
+            path: r.req.path.clone(),
+            kind: built.kind.as_str().to_string(),
+            arch: built.profile.arch.as_str().to_string(),
+            size: built.blob.size,
+            sha256: built.blob.sha256.clone(),
+            blake3: built.blob.blake3.clone(),
+            content_type: built.content_type.to_string(),
+            created: crate::clock::now_secs(),
+            inputs: r.key.inputs.clone(),
+            intermediates,
+        };
+        let sealed = record
+            .seal(&self.inner.key)
+            .map_err(|e| internal("seal record", e))?;
+        self.inner
+            .records
+            .put_raw(&record.key, &sealed)
+            .map_err(|e| internal("store record", e))?;
+        lock(&self.inner.verified).insert(record.blake3.clone());
+        Ok(Arc::new(record))
+    }
+
+    /// Opens the asset for streaming `range` (`None` = whole body).
+    pub fn open(
+        &self,
+        served: &Served,
+        range: Option<(u64, u64)>,
+    ) -> Result<AssetBody, AssetError> {
+        let record = &served.record;
+        let file = self.inner.blobs.open_blob(&record.blake3)?;
+        let len = file
+            .metadata()
+            .map_err(|e| AssetError::Internal(format!("stat asset blob: {e}")))?
+            .len();
+        if len != record.size {
+            let reason = format!(
+                "blob {} is {len} bytes, its record says {}",
+                record.blake3, record.size
+            );
+            self.blob_failed(record, &reason);
+            return Err(AssetError::Integrity(reason));
+        }
+        let (start, end) = range.unwrap_or((0, record.size));
+        let whole = start == 0 && end == record.size;
+        if served.outcome == Outcome::Hit {
+            self.inner
+                .metrics
+                .delivered_cached(&labels(record), end - start);
+        }
+        Ok(AssetBody {
+            file: Arc::new(file),
+            pos: start,
+            end,
+            verify: (whole && !served.verified_now).then(blake3::Hasher::new),
+            record: Arc::clone(record),
+            assets: self.clone(),
+            _guard: self.guard(record),
+        })
+    }
+
+    fn guard(&self, record: &AssetRecord) -> ServeGuard {
+        *lock(&self.inner.serving)
+            .entry(record.blake3.clone())
+            .or_insert(0) += 1;
+        let now = crate::clock::now_secs();
+        let stale = {
+            let mut touched = lock(&self.inner.touched);
+            let last = touched.get(&record.key).copied().unwrap_or(0);
+            if now.saturating_sub(last) >= TOUCH_EVERY_SECS {
+                touched.insert(record.key.clone(), now);
+                true
+            } else {
+                false
+            }
+        };
+        if stale {
+            if let Err(e) = self.inner.records.touch(&record.key, now) {
+                tracing::warn!(error = %e, "could not record when an asset was served");
+            }
+        }
+        ServeGuard {
+            assets: self.clone(),
+            blake3: record.blake3.clone(),
+        }
+    }
+
+    /// Whether a blob is being streamed right now.
+    pub fn is_serving(&self, blake3: &str) -> bool {
+        lock(&self.inner.serving).contains_key(blake3)
+    }
+
+    /// Sets a record aside that failed verification.
+    fn record_failed(&self, key: &str, raw: &[u8], reason: &str) {
+        self.inner.metrics.verification_failure("record");
+        tracing::error!(key, reason, "asset record failed verification; quarantined, will rebuild");
+        if let Err(e) = self.inner.records.quarantine(key, raw, reason) {
+            tracing::error!(key, error = %e, "could not quarantine an asset record");
+        }
+    }
+
+    /// Sets a damaged blob and its record aside (called before or while serving).
+    pub(super) fn blob_failed(&self, record: &AssetRecord, reason: &str) {
+        self.inner.metrics.verification_failure("blob");
+        lock(&self.inner.verified).remove(&record.blake3);
+        let moved = quarantine_blob(&self.inner.blobs, &self.inner.opts.quarantine_dir, &record.blake3);
+        tracing::error!(
+            key = %record.key,
+            blob = %record.blake3,
+            reason,
+            moved_to = ?moved,
+            "asset blob failed verification; quarantined, will rebuild"
+        );
+        if let Ok(Some(raw)) = self.inner.records.get_raw(&record.key) {
+            if let Err(e) = self.inner.records.quarantine(&record.key, &raw, reason) {
+                tracing::error!(key = %record.key, error = %e, "could not quarantine an asset record");
+            }
+        }
+    }
+
+    /// Re-hashes every cached asset's blob; damaged records and blobs are quarantined.
+    /// Returns `(checked, failed)`.
+    pub async fn scrub(&self) -> Result<(usize, usize), AssetError> {
+        let (mut checked, mut failed) = (0, 0);
+        for (key, raw) in self.inner.records.scan_raw()? {
+            checked += 1;
+            if !self.scrub_one(&key, &raw).await? {
+                failed += 1;
+            }
+        }
+        Ok((checked, failed))
+    }
+
+    /// Verifies one record and its blob; `false` if either was quarantined.
+    async fn scrub_one(&self, key: &str, raw: &[u8]) -> Result<bool, AssetError> {
+        let record = match AssetRecord::open(raw, &self.inner.verifying) {
+            Ok(r) => r,
+            Err(reason) => {
+                self.record_failed(key, raw, &reason);
+                return Ok(false);
+            }
+        };
+        let blobs = self.inner.blobs.clone();
+        let (blake3, size) = (record.blake3.clone(), record.size);
+        let checked = tokio::task::spawn_blocking(move || check_blob(&blobs, &blake3, size))
+            .await
+            .map_err(|e| AssetError::Internal(format!("hash task: {e}")))?;
+        match checked {
+            Ok(()) => {
+                lock(&self.inner.verified).insert(record.blake3.clone());
+                Ok(true)
+            }
+            Err(reason) => {
+                self.blob_failed(&record, &reason);
+                Ok(false)
+            }
+        }
+    }
+
+    /// One garbage-collection pass (see [`collect_garbage`]); never touches blobs being served.
+    pub async fn gc(&self, dry_run: bool) -> Result<GcReport, AssetError> {
+        let this = self.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            collect_garbage(
+                &this.inner.records,
+                &this.inner.blobs,
+                &this.inner.releases,
+                this.inner.opts.max_bytes,
+                &|b| this.is_serving(b),
+                dry_run,
+            )
+        })
+        .await
+        .map_err(|e| AssetError::Internal(format!("gc task: {e}")))??;
+        if !dry_run {
+            let m = &self.inner.metrics;
+            m.gc_evictions.increment(report.evicted.len() as u64);
+            m.gc_freed_bytes.increment(report.freed_bytes);
+            m.cache_bytes.set(report.bytes_after as f64);
+            let mut verified = lock(&self.inner.verified);
+            for b in &report.deleted_blobs {
+                verified.remove(b);
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,236 @@
+//! Asset records: what was built, from what, where its bytes are — signed with the cluster
+//! key and stored in the metadata store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use p256::ecdsa::signature::Verifier as _;
+use p256::ecdsa::{DerSignature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{MetaStore, StoreError};
+use crate::trust::SigningKey;
+
+/// Tree of signed records, by cache key.
+const RECORDS: &str = "assets";
+/// Tree of last-served times (u64 big-endian Unix seconds), by cache key.
+const ACCESS: &str = "asset_access";
+/// Tree of records set aside after failing verification, by `<key>.<unix secs>`.
+const QUARANTINE: &str = "assets_quarantine";
+
+/// One built asset. Its canonical encoding (the JSON of this struct: fixed field order,
+/// sorted maps) is what the cluster key signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssetRecord {
+    /// Cache key (hex SHA-256).
+    pub key: String,
+    /// Schematic ID.
+    pub schematic: String,
+    /// Talos version tag.
+    pub version: String,
+    /// Asset path of the first request that built it.
+    pub path: String,
+    /// Output kind (`kernel`, `initramfs`, `uki`, …).
+    pub kind: String,
+    /// Architecture.
+    pub arch: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 hex of the bytes (the `ETag`).
+    pub sha256: String,
+    /// BLAKE3 hex of the bytes (the blob's name).
+    pub blake3: String,
+    /// `Content-Type` of the first request's path.
+    pub content_type: String,
+    /// Build time, Unix seconds.
+    pub created: u64,
+    /// Input name → digest, as covered by the key.
+    pub inputs: BTreeMap<String, String>,
+    /// Other blobs the build wrote (BLAKE3 hex), collected together with the asset.
+    pub intermediates: Vec<String>,
+}
+
+/// The stored form: the exact signed bytes and their signature.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// Base64 of the canonical record JSON.
+    payload: String,
+    /// Base64 of the ASN.1 DER ECDSA P-256 / SHA-256 signature over the payload bytes.
+    signature: String,
+}
+
+impl AssetRecord {
+    /// Signs the record: the stored envelope bytes.
+    pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, serde_json::Error> {
+        let payload = serde_json::to_vec(self)?;
+        let signature = key.sign_der(&payload);
+        serde_json::to_vec(&Envelope {
+            payload: B64.encode(&payload),
+            signature: B64.encode(signature),
+        })
+    }
+
+    /// Verifies an envelope's signature with `key` and decodes the record it carries.
+    pub fn open(bytes: &[u8], key: &VerifyingKey) -> Result<AssetRecord, String> {
+        let env: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a record envelope: {e}"))?;
+        let payload = B64
+            .decode(env.payload.as_bytes())
+            .map_err(|e| format!("payload is not base64: {e}"))?;
+        let sig = B64
+            .decode(env.signature.as_bytes())
+            .map_err(|e| format!("signature is not base64: {e}"))?;
+        let sig = DerSignature::from_bytes(&sig)
+            .map_err(|e| format!("signature is not ASN.1 DER: {e}"))?;
+        key.verify(&payload, &sig)
+            .map_err(|_| "signature does not verify with the cluster key".to_string())?;
+        serde_json::from_slice(&payload).map_err(|e| format!("signed payload is malformed: {e}"))
+    }
+
+    /// Decodes an envelope without checking the signature (garbage collection only: it never
+    /// serves, and never deletes release inputs whatever a record says).
+    pub fn decode_unverified(bytes: &[u8]) -> Option<AssetRecord> {
+        let env: Envelope = serde_json::from_slice(bytes).ok()?;
+        let payload = B64.decode(env.payload.as_bytes()).ok()?;
+        serde_json::from_slice(&payload).ok()
+    }
+
+    /// The record's main blob and intermediates.
+    pub fn blobs(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.blake3.as_str()).chain(self.intermediates.iter().map(String::as_str))
+    }
+}
+
+/// Typed access to the record trees.
+#[derive(Clone)]
+pub struct RecordStore {
+    meta: Arc<dyn MetaStore>,
+}
+
+impl RecordStore {
+    /// Record access over `meta`.
+    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
+        Self { meta }
+    }
+
+    /// The stored envelope for `key`.
+    pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta.get(RECORDS, key.as_bytes())
+    }
+
+    /// Whether a record exists for `key`.
+    pub fn contains(&self, key: &str) -> Result<bool, StoreError> {
+        self.meta.contains(RECORDS, key.as_bytes())
+    }
+
+    /// Stores a sealed record.
+    pub fn put_raw(&self, key: &str, envelope: &[u8]) -> Result<(), StoreError> {
+        self.meta.put(RECORDS, key.as_bytes(), envelope)
+    }
+
+    /// Every stored envelope, by key.
+    pub fn scan_raw(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .meta
+            .scan(RECORDS)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    /// Removes a record and its access time.
+    pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        self.meta.remove(ACCESS, key.as_bytes())?;
+        self.meta.remove(RECORDS, key.as_bytes())
+    }
+
+    /// Moves a record aside with the reason it failed verification.
+    pub fn quarantine(&self, key: &str, envelope: &[u8], reason: &str) -> Result<(), StoreError> {
+        let value = serde_json::json!({
+            "reason": reason,
+            "envelope": String::from_utf8_lossy(envelope),
+        });
+        let qkey = format!("{key}.{}", crate::clock::now_secs());
+        self.meta
+            .put(QUARANTINE, qkey.as_bytes(), value.to_string().as_bytes())?;
+        self.remove(key)?;
+        Ok(())
+    }
+
+    /// Number of quarantined records.
+    pub fn quarantined(&self) -> Result<u64, StoreError> {
+        self.meta.count(QUARANTINE)
+    }
+
+    /// Last-served time of `key` (Unix seconds), if it was ever served.
+    pub fn last_served(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.meta.get(ACCESS, key.as_bytes())?.and_then(|v| {
+            let arr: [u8; 8] = v.as_slice().try_into().ok()?;
+            Some(u64::from_be_bytes(arr))
+        }))
+    }
+
+    /// Records that `key` was served at `secs`.
+    pub fn touch(&self, key: &str, secs: u64) -> Result<(), StoreError> {
+        self.meta.put(ACCESS, key.as_bytes(), &secs.to_be_bytes())
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.meta.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AssetRecord {
+        AssetRecord {
+            key: "k".repeat(64),
+            schematic: "s".into(),
+            version: "v1.11.0".into(),
+            path: "kernel-amd64".into(),
+            kind: "kernel".into(),
+            arch: "amd64".into(),
+            size: 3,
+            sha256: "a".repeat(64),
+            blake3: "b".repeat(64),
+            content_type: "application/octet-stream".into(),
+            created: 1,
+            inputs: BTreeMap::from([("asset/vmlinuz".into(), "sha256:00".into())]),
+            intermediates: vec![],
+        }
+    }
+
+    #[test]
+    fn sealed_records_open_with_the_right_key_only() {
+        let key = SigningKey::from_seed(&[7; 32]);
+        let other = SigningKey::from_seed(&[8; 32]);
+        let sealed = record().seal(&key).unwrap();
+        assert_eq!(
+            AssetRecord::open(&sealed, &key.verifying_key()).unwrap(),
+            record()
+        );
+        let err = AssetRecord::open(&sealed, &other.verifying_key()).unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+    }
+
+    #[test]
+    fn any_change_to_the_payload_breaks_the_signature() {
+        let key = SigningKey::from_seed(&[7; 32]);
+        let sealed = record().seal(&key).unwrap();
+        let mut env: Envelope = serde_json::from_slice(&sealed).unwrap();
+        let mut forged = record();
+        forged.blake3 = "c".repeat(64);
+        env.payload = B64.encode(serde_json::to_vec(&forged).unwrap());
+        let bytes = serde_json::to_vec(&env).unwrap();
+        assert!(AssetRecord::open(&bytes, &key.verifying_key()).is_err());
+        // Undecodable envelopes fail too, with a reason.
+        assert!(AssetRecord::open(b"{}", &key.verifying_key()).is_err());
+        assert_eq!(AssetRecord::decode_unverified(&bytes), Some(forged));
+    }
+}
