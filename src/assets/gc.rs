@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::AssetError;
 use super::record::{AssetRecord, RecordStore};
@@ -18,7 +18,7 @@ use crate::store::BlobStore;
 const MAX_MANIFEST: u64 = 4 << 20;
 
 /// One evicted (or, in a dry run, evictable) asset.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Evicted {
     /// Cache key.
@@ -36,7 +36,7 @@ pub struct Evicted {
 }
 
 /// What a pass did (or would do).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GcReport {
     /// Whether nothing was deleted.
@@ -95,15 +95,12 @@ pub fn release_blobs(
             let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
                 continue;
             };
-            let digests = doc["config"]["digest"]
-                .as_str()
-                .into_iter()
-                .chain(
-                    ["layers", "manifests"]
-                        .iter()
-                        .flat_map(|k| doc[*k].as_array().into_iter().flatten())
-                        .filter_map(|d| d["digest"].as_str()),
-                );
+            let digests = doc["config"]["digest"].as_str().into_iter().chain(
+                ["layers", "manifests"]
+                    .iter()
+                    .flat_map(|k| doc[*k].as_array().into_iter().flatten())
+                    .filter_map(|d| d["digest"].as_str()),
+            );
             for d in digests {
                 if let Some(hex) = d.strip_prefix("sha256:") {
                     if doc["manifests"].is_array() {
@@ -166,10 +163,7 @@ pub fn collect_garbage(
         if report.bytes_after <= max_bytes {
             break;
         }
-        let owned: Vec<&str> = record
-            .blobs()
-            .filter(|b| !protected.contains(*b))
-            .collect();
+        let owned: Vec<&str> = record.blobs().filter(|b| !protected.contains(*b)).collect();
         if owned.iter().any(|b| busy(b)) {
             report.skipped_busy += 1;
             continue;

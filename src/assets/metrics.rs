@@ -206,9 +206,15 @@ impl AssetMetrics {
     /// Records a lookup outcome for the hit ratio.
     pub fn lookup(&self, hit: bool) {
         let (h, m) = if hit {
-            (self.hits.fetch_add(1, Ordering::Relaxed) + 1, self.misses.load(Ordering::Relaxed))
+            (
+                self.hits.fetch_add(1, Ordering::Relaxed) + 1,
+                self.misses.load(Ordering::Relaxed),
+            )
         } else {
-            (self.hits.load(Ordering::Relaxed), self.misses.fetch_add(1, Ordering::Relaxed) + 1)
+            (
+                self.hits.load(Ordering::Relaxed),
+                self.misses.fetch_add(1, Ordering::Relaxed) + 1,
+            )
         };
         self.hit_ratio.set(h as f64 / (h + m) as f64);
     }

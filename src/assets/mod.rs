@@ -18,6 +18,9 @@ pub use error::{AssetError, BuildFailure};
 pub use gc::{Evicted, GcReport, collect_garbage, release_blobs};
 pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
 pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
-pub use pipeline::{AssetRequest, Assets, AssetsOptions, Outcome, Served};
+pub use pipeline::{
+    AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,
+    NEGATIVE_TTL, Outcome, Served,
+};
 pub use record::{AssetRecord, RecordStore};
 pub use stream::AssetBody;

@@ -18,11 +18,12 @@ use super::metrics::{AssetLabels, AssetMetrics};
 use super::record::{AssetRecord, RecordStore};
 use super::stream::AssetBody;
 use crate::catalog::{Release, ReleaseStore, Version};
-use crate::imager::builder::{BuildRequest, Builder};
+use crate::config::Config;
+use crate::imager::builder::{BuildRequest, Builder, BuilderOptions};
 use crate::imager::error::{ErrorClass, ImagerError};
 use crate::imager::profile::Profile;
 use crate::schematic::Schematic;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, MetaStore};
 use crate::trust::SigningKey;
 
 /// How often a served asset's last-served time is written back (per key).
@@ -45,6 +46,23 @@ pub struct AssetsOptions {
     pub max_bytes: u64,
 }
 
+/// A build running longer fails (upstream: 20 minutes).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// How long a deterministic 4xx build failure is answered from memory.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+/// zstd level of the initramfs' appended cpio (upstream's).
+pub const DEFAULT_INITRAMFS_ZSTD_LEVEL: u32 = 18;
+
+/// The stores of a data directory the asset service works on.
+pub struct DataStores {
+    /// Metadata store.
+    pub meta: Arc<dyn MetaStore>,
+    /// Blob store.
+    pub blobs: BlobStore,
+    /// The cluster signing key.
+    pub key: Arc<SigningKey>,
+}
+
 /// One asset request, as the frontends see it.
 #[derive(Debug, Clone)]
 pub struct AssetRequest {
@@ -56,6 +74,8 @@ pub struct AssetRequest {
     pub version: Version,
     /// Asset path.
     pub path: String,
+    /// Build even if a cached record exists (the new record replaces it).
+    pub rebuild: bool,
 }
 
 /// How a request was answered.
@@ -172,6 +192,45 @@ impl Drop for ServeGuard {
 }
 
 impl Assets {
+    /// The service as `config` describes it (builder settings, quota, concurrency) over a data
+    /// directory's stores; `zstd_level` is the initramfs cpio level. Blocking (sweeps scratch).
+    pub fn from_config(
+        config: &Config,
+        stores: DataStores,
+        metrics: AssetMetrics,
+        zstd_level: u32,
+    ) -> Self {
+        let data_dir = config.data_dir();
+        let scratch = data_dir.join("tmp");
+        let releases = ReleaseStore::new(Arc::clone(&stores.meta));
+        let builder = Builder::new(
+            stores.blobs.clone(),
+            releases.clone(),
+            BuilderOptions {
+                external_url: config.http.external_url.clone(),
+                scratch: scratch.clone(),
+                initramfs_zstd_level: zstd_level,
+            },
+        );
+        let opts = AssetsOptions {
+            max_concurrency: config.build.effective_concurrency(),
+            build_timeout: BUILD_TIMEOUT,
+            negative_ttl: NEGATIVE_TTL,
+            quarantine_dir: data_dir.join("quarantine"),
+            scratch,
+            max_bytes: config.cache.max_bytes,
+        };
+        Self::new(
+            builder,
+            releases,
+            RecordStore::new(stores.meta),
+            stores.blobs,
+            stores.key,
+            metrics,
+            opts,
+        )
+    }
+
     /// The service over the data directory's stores; empties the builder scratch directory.
     pub fn new(
         builder: Builder,
@@ -230,7 +289,12 @@ impl Assets {
         // A record that appears between the lookup and taking the in-flight lock sends us
         // round again; two rounds always suffice, the third is a safety net.
         for _ in 0..3 {
-            if let Some((record, verified_now)) = self.lookup(&key).await? {
+            let cached = if resolved.req.rebuild {
+                None
+            } else {
+                self.lookup(&key).await?
+            };
+            if let Some((record, verified_now)) = cached {
                 self.inner.metrics.lookup(true);
                 return Ok(Served {
                     record,
@@ -354,7 +418,7 @@ impl Assets {
         if let Some(rx) = inflight.get(key) {
             return Ok(Some((rx.clone(), Outcome::Waited)));
         }
-        if self.inner.records.contains(key)? {
+        if !resolved.req.rebuild && self.inner.records.contains(key)? {
             return Ok(None);
         }
         {
@@ -572,7 +636,11 @@ impl Assets {
     /// Sets a record aside that failed verification.
     fn record_failed(&self, key: &str, raw: &[u8], reason: &str) {
         self.inner.metrics.verification_failure("record");
-        tracing::error!(key, reason, "asset record failed verification; quarantined, will rebuild");
+        tracing::error!(
+            key,
+            reason,
+            "asset record failed verification; quarantined, will rebuild"
+        );
         if let Err(e) = self.inner.records.quarantine(key, raw, reason) {
             tracing::error!(key, error = %e, "could not quarantine an asset record");
         }
@@ -582,7 +650,11 @@ impl Assets {
     pub(super) fn blob_failed(&self, record: &AssetRecord, reason: &str) {
         self.inner.metrics.verification_failure("blob");
         lock(&self.inner.verified).remove(&record.blake3);
-        let moved = quarantine_blob(&self.inner.blobs, &self.inner.opts.quarantine_dir, &record.blake3);
+        let moved = quarantine_blob(
+            &self.inner.blobs,
+            &self.inner.opts.quarantine_dir,
+            &record.blake3,
+        );
         tracing::error!(
             key = %record.key,
             blob = %record.blake3,

@@ -1,6 +1,8 @@
 //! Streaming an asset's bytes: positioned reads on the blocking pool in large chunks, the
-//! BLAKE3 checked on the fly for whole-body reads (a mismatch ends the stream with an error,
-//! so no client ever receives a complete response with damaged bytes).
+//! BLAKE3 checked on the fly for whole-body reads. The last chunk is only released once the
+//! hash matches; on a mismatch the stream ends with an error instead, so the connection is
+//! cut short of `Content-Length` and no client receives a complete response with damaged
+//! bytes.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -42,7 +44,7 @@ impl AssetBody {
         futures_util::stream::unfold(Some(self), |state| async move {
             let mut body = state?;
             if body.pos >= body.end {
-                return body.finish().map(|e| (Err(e), None));
+                return None;
             }
             let len = (body.end - body.pos).min(CHUNK) as usize;
             let file = Arc::clone(&body.file);
@@ -72,6 +74,12 @@ impl AssetBody {
                 Ok(Ok((chunk, hasher))) => {
                     body.pos += chunk.len() as u64;
                     body.verify = hasher;
+                    if body.pos >= body.end {
+                        if let Some(e) = body.finish() {
+                            return Some((Err(e), None));
+                        }
+                        return Some((Ok(chunk), None));
+                    }
                     Some((Ok(chunk), Some(body)))
                 }
                 Ok(Err(e)) => Some((Err(e), None)),
@@ -80,9 +88,9 @@ impl AssetBody {
         })
     }
 
-    /// After the last chunk: `Some(error)` when the whole-body hash does not match.
-    fn finish(self) -> Option<std::io::Error> {
-        let hasher = self.verify?;
+    /// With the last chunk read: `Some(error)` when the whole-body hash does not match.
+    fn finish(&mut self) -> Option<std::io::Error> {
+        let hasher = self.verify.take()?;
         let got = hasher.finalize().to_hex().to_string();
         if got == self.record.blake3 {
             return None;

@@ -1,4 +1,5 @@
-//! `image-factory build`: build one asset offline, through the same code path the server uses.
+//! `image-factory build`: build one asset offline, through the same asset pipeline the server
+//! uses (a cached asset is reused unless `--rebuild`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,11 +10,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 
 use super::import::open_direct;
-use crate::catalog::{ReleaseStore, Version};
+use crate::assets::{AssetMetrics, AssetRequest, Assets, DataStores, Outcome, Served};
+use crate::catalog::Version;
 use crate::config::{self, FlagOverrides};
-use crate::imager::builder::{BuildRequest, Builder, BuilderOptions};
 use crate::schematic::{Schematic, is_valid_id};
 use crate::store::SchematicStore;
+use crate::trust::SigningKey;
 
 /// Flags of `build`.
 #[derive(Debug, Args)]
@@ -41,6 +43,9 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", default_value_t = 18,
           value_parser = clap::value_parser!(u32).range(1..=22))]
     pub zstd_level: u32,
+    /// Build even when the asset is cached (the fresh build replaces the cached record).
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 /// Runs `build`.
@@ -72,6 +77,27 @@ fn load_schematic(arg: &str, store: &SchematicStore) -> Result<Schematic, String
     Schematic::parse(&bytes).map_err(|e| format!("invalid schematic: {e}"))
 }
 
+/// The asset service over the data directory (direct mode), as `serve` builds it.
+pub fn open_assets(
+    cfg: &config::Config,
+    zstd_level: u32,
+) -> Result<(Assets, SchematicStore), String> {
+    let (meta, blobs) = open_direct(cfg)?;
+    let schematics = SchematicStore::new(Arc::clone(&meta)).map_err(|e| e.to_string())?;
+    let (key, _) =
+        SigningKey::load_or_generate(&cfg.signing_key_path()).map_err(|e| e.to_string())?;
+    let stores = DataStores {
+        meta,
+        blobs,
+        key: Arc::new(key),
+    };
+    let metrics = AssetMetrics::new(Arc::new(metrics::NoopRecorder));
+    Ok((
+        Assets::from_config(cfg, stores, metrics, zstd_level),
+        schematics,
+    ))
+}
+
 fn run_inner(args: &BuildArgs) -> Result<(), String> {
     let flags = FlagOverrides {
         data_dir: args.data_dir.clone(),
@@ -82,26 +108,9 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let version = Version::parse_strict(&args.version)
         .ok_or_else(|| format!("--version {:?} is not a version like v1.11.0", args.version))?;
-    let (meta, blobs) = open_direct(&cfg)?;
-    let schematics = SchematicStore::new(Arc::clone(&meta)).map_err(|e| e.to_string())?;
+    let (assets, schematics) = open_assets(&cfg, args.zstd_level)?;
     let schematic = load_schematic(&args.schematic, &schematics)?;
     let (canonical, id) = (schematic.canonical(), schematic.id());
-    let builder = Builder::new(
-        blobs.clone(),
-        ReleaseStore::new(meta),
-        BuilderOptions {
-            external_url: cfg.http.external_url.clone(),
-            scratch: cfg.data_dir().join("tmp"),
-            initramfs_zstd_level: args.zstd_level,
-        },
-    );
-    let req = BuildRequest {
-        schematic: &schematic,
-        schematic_id: &id,
-        canonical: &canonical,
-        version: &version,
-        path: &args.path,
-    };
     eprintln!(
         "building {} for schematic {id}, Talos {}",
         args.path,
@@ -111,25 +120,66 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
     spinner.set_message(format!("building {}", args.path));
     spinner.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
-    let built = builder.build(&req);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let req = AssetRequest {
+        schematic_id: id.clone(),
+        canonical,
+        version,
+        path: args.path.clone(),
+        rebuild: args.rebuild,
+    };
+    let served = runtime.block_on(assets.get(req));
     spinner.finish_and_clear();
-    let built = built.map_err(|e| e.to_string())?;
+    let served = served.map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
+    let record = &served.record;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dest = dir.join(&args.path);
-        std::fs::copy(blobs.path(&built.blob.blake3), &dest)
+        runtime
+            .block_on(copy_asset(&assets, &served, &dest))
             .map_err(|e| format!("{}: {e}", dest.display()))?;
         eprintln!("wrote {}", dest.display());
     }
     eprintln!(
-        "{}: {} bytes, sha256 {}, {:.2} s",
+        "{}: {} bytes, sha256 {}, {:.2} s ({})",
         args.path,
-        built.blob.size,
-        built.blob.sha256,
-        elapsed.as_secs_f64()
+        record.size,
+        record.sha256,
+        elapsed.as_secs_f64(),
+        match served.outcome {
+            Outcome::Hit => "cached",
+            Outcome::Built | Outcome::Waited => "built",
+        }
     );
     Ok(())
+}
+
+/// Streams a verified asset into `dest`.
+async fn copy_asset(
+    assets: &Assets,
+    served: &Served,
+    dest: &std::path::Path,
+) -> Result<(), String> {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let mut out = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = std::pin::pin!(
+        assets
+            .open(served, None)
+            .map_err(|e| e.to_string())?
+            .into_stream()
+    );
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    out.flush().await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

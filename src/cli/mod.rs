@@ -4,6 +4,7 @@ mod build;
 mod bundle;
 mod dev;
 mod doctor;
+mod gc;
 pub mod import;
 mod import_remote;
 mod schematic;
@@ -59,6 +60,8 @@ pub enum Command {
     /// Build one asset offline (same code path as the server), e.g. `initramfs-amd64.xz`.
     #[command(disable_version_flag = true)]
     Build(build::BuildArgs),
+    /// Evict least recently served assets over `cache.maxBytes` (or show what would go).
+    Gc(gc::GcArgs),
     /// Check this host: configuration, data directory, external tools.
     Doctor(doctor::DoctorArgs),
     /// Offline bundles for air-gapped sites.
@@ -95,5 +98,6 @@ pub fn run() -> ExitCode {
         Command::Bundle(cmd) => bundle::run(cmd),
         Command::Build(args) => build::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Gc(args) => gc::run(args),
     }
 }

@@ -315,9 +315,13 @@ impl Builder {
         };
         let image = build_installer(&self.blobs, &inputs).map_err(|e| internal("installer", e))?;
         // The artifacts layer, config and manifest are new; base layers belong to the release.
-        for d in [image.layers.last(), Some(&image.config), Some(&image.manifest)]
-            .into_iter()
-            .flatten()
+        for d in [
+            image.layers.last(),
+            Some(&image.config),
+            Some(&image.manifest),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Some(b) = self
                 .blobs

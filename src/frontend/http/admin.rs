@@ -140,6 +140,49 @@ fn policy(admin: &AdminState, headers: &HeaderMap, skip: bool) -> Result<TrustPo
     Ok(TrustPolicy::keys(keys))
 }
 
+/// Checks the admin bearer token.
+fn authorize(admin: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token_matches(&admin.token, given.trim()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Query of `POST /admin/gc`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GcQuery {
+    /// Report what would be evicted without deleting anything.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /admin/gc[?dryRun=true]`: one garbage-collection pass now; answers the report (JSON).
+pub async fn gc(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<GcQuery>,
+) -> Result<Response, ApiError> {
+    authorize(st.admin(), &headers)?;
+    let report = st.assets().gc(q.dry_run).await?;
+    let mut body = serde_json::to_string(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body.push('\n');
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
 /// `POST /admin/import`.
 pub async fn import(
     State(st): State<AppState>,
@@ -148,14 +191,7 @@ pub async fn import(
     body: Body,
 ) -> Result<Response, ApiError> {
     let admin = st.admin().clone();
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !token_matches(&admin.token, given.trim()) {
-        return Err(ApiError::Unauthorized);
-    }
+    authorize(&admin, &headers)?;
     let versions: Vec<Version> = list(&q.version)
         .iter()
         .map(|v| {

@@ -24,12 +24,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::assets::{Assets, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores};
 use crate::catalog::ReleaseStore;
 use crate::config::{Config, ConfigError};
 use crate::store::{self, SchematicStore, StoreError};
 use crate::trust::{SigningKey, TrustError};
-use crate::assets::{Assets, AssetsOptions, RecordStore};
-use crate::imager::builder::{Builder, BuilderOptions};
 use handlers::{AppState, StateParts};
 
 /// Errors that stop the server from starting or running.
@@ -126,6 +125,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/status", get(handlers::status))
         .route("/versions", get(catalog::versions))
         .route("/admin/import", post(admin::import))
+        .route("/admin/gc", post(admin::gc))
         .route(
             "/image/{schematic}/{version}/{path}",
             get(image::image).head(image::image),
@@ -157,13 +157,6 @@ pub fn metrics_router(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
 }
-
-/// A build running longer fails (upstream: 20 minutes).
-const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
-/// How long a deterministic 4xx build failure is answered from memory.
-const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-/// zstd level of the initramfs' appended cpio (upstream's).
-const DEFAULT_INITRAMFS_ZSTD_LEVEL: u32 = 18;
 
 /// Starts the background garbage-collection and scrub loops (`cache.*IntervalSeconds`).
 fn spawn_maintenance(assets: &Assets, config: &Config) {
@@ -320,38 +313,15 @@ pub async fn serve(
     });
     let metrics = metrics::Metrics::new();
     let assets = {
-        let blobs = admin.blobs.clone();
-        let releases = catalog_view.releases.clone();
-        let scratch = data_dir.join("tmp");
-        let builder = Builder::new(
-            blobs.clone(),
-            releases.clone(),
-            BuilderOptions {
-                external_url: config.http.external_url.clone(),
-                scratch: scratch.clone(),
-                initramfs_zstd_level: DEFAULT_INITRAMFS_ZSTD_LEVEL,
-            },
-        );
-        let opts = AssetsOptions {
-            max_concurrency: config.build.effective_concurrency(),
-            build_timeout: BUILD_TIMEOUT,
-            negative_ttl: NEGATIVE_TTL,
-            quarantine_dir: data_dir.join("quarantine"),
-            scratch,
-            max_bytes: config.cache.max_bytes,
+        let stores = DataStores {
+            meta: meta.clone(),
+            blobs: admin.blobs.clone(),
+            key: signing_key,
         };
-        let records = RecordStore::new(meta.clone());
         let asset_metrics = metrics.assets.clone();
+        let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            Assets::new(
-                builder,
-                releases,
-                records,
-                blobs,
-                signing_key,
-                asset_metrics,
-                opts,
-            )
+            Assets::from_config(&config, stores, asset_metrics, DEFAULT_INITRAMFS_ZSTD_LEVEL)
         })
         .await
         .map_err(|e| ServeError::Join(e.to_string()))?
