@@ -195,3 +195,4 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
 }
 pub mod registry;
 pub mod release;
+pub mod kit;

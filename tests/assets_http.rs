@@ -1,0 +1,347 @@
+//! The asset pipeline against the real server and the imported test-kit release: every
+//! output kind by path, upstream error texts, ranges and conditionals, single-flight builds,
+//! builds that outlive their clients, damaged records and blobs, and garbage collection
+//! under concurrent downloads.
+
+mod common;
+
+use std::time::Duration;
+
+use common::kit::{self, Kit};
+use common::{TestServer, client};
+use sha2::Digest as _;
+
+const V: &str = "v1.11.0";
+
+async fn start(k: &Kit) -> TestServer {
+    let data = k.data.display().to_string();
+    TestServer::start_with(move |c| {
+        c.storage.data_dir = data;
+        c.http.external_url = "http://factory.test:8080/".into();
+        c.cache.gc_interval_seconds = 0;
+        c.cache.scrub_interval_seconds = 0;
+    })
+    .await
+}
+
+async fn start_in(data: &std::path::Path, max_bytes: u64) -> TestServer {
+    let data = data.display().to_string();
+    TestServer::start_with(move |c| {
+        c.storage.data_dir = data;
+        c.http.external_url = "http://factory.test:8080/".into();
+        c.cache.gc_interval_seconds = 0;
+        c.cache.scrub_interval_seconds = 0;
+        c.cache.max_bytes = max_bytes;
+    })
+    .await
+}
+
+async fn create_schematic(s: &TestServer, yaml: &str) -> String {
+    let resp = client()
+        .post(s.url("/schematics"))
+        .body(yaml.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 201);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    v["id"].as_str().expect("id").to_string()
+}
+
+struct Got {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+async fn get(s: &TestServer, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut req = client().get(s.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("get");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.expect("body").to_vec();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Sum of a metric's samples whose label set contains every `labels` fragment.
+async fn metric(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
+    let text = client()
+        .get(s.metrics_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && l[name.len()..].starts_with(['{', ' '])
+                && labels.iter().all(|f| l.contains(f))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_output_kind_downloads_with_upstream_semantics() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+
+    for (path, ctype) in [
+        ("kernel-amd64", "application/octet-stream"),
+        ("cmdline-metal-amd64", "application/octet-stream"),
+        ("initramfs-amd64.xz", "application/x-xz"),
+        ("metal-amd64-uki.efi", "application/efi"),
+        ("installer-amd64.tar", "application/octet-stream"),
+    ] {
+        let g = get(&s, &format!("/image/{id}/{V}/{path}"), &[]).await;
+        assert_eq!(g.status, 200, "{path}: {}", g.text());
+        assert_eq!(g.header("content-type"), ctype, "{path}");
+        assert_eq!(
+            g.header("content-disposition"),
+            format!("attachment; filename=\"{path}\"")
+        );
+        assert_eq!(g.header("content-length"), g.body.len().to_string());
+        assert_eq!(g.header("etag"), format!("\"{}\"", sha256_hex(&g.body)));
+        assert_eq!(g.header("accept-ranges"), "bytes");
+        assert!(g.header("last-modified").ends_with(" GMT"));
+        assert!(!g.body.is_empty());
+    }
+    let cmdline = get(&s, &format!("/image/{id}/{V}/cmdline-metal-amd64"), &[]).await;
+    assert!(cmdline.text().starts_with("talos.platform=metal "), "{}", cmdline.text());
+    assert!(cmdline.text().contains(" if.test=hello"), "{}", cmdline.text());
+    // The kernel is the release's own kernel, byte for byte.
+    let kernel = get(&s, &format!("/image/{id}/{V}/kernel-amd64"), &[]).await;
+    assert_eq!(&kernel.body[0x202..0x206], b"HdrS", "not a bzImage");
+
+    // Every kind was built once; the repeated cmdline and kernel were cache hits.
+    for kind in ["kernel", "cmdline", "initramfs", "uki", "installer"] {
+        let built = metric(
+            &s,
+            "image_factory_assets_built_total",
+            &[&format!("output_kind=\"{kind}\"")],
+        )
+        .await;
+        assert_eq!(built, 1.0, "{kind} builds");
+    }
+    assert_eq!(
+        metric(&s, "image_factory_assets_delivered_cached_total", &[]).await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "image_factory_profile_system_extension_hits_total",
+            &["extension=\"siderolabs/kmod-test\""]
+        )
+        .await,
+        3.0,
+        "initramfs, UKI and installer carry the extension"
+    );
+
+    // filename and HEAD.
+    let named = client()
+        .head(s.url(&format!("/image/{id}/{V}/initramfs-amd64.xz?filename=boot.xz")))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(named.status(), 200);
+    assert_eq!(
+        named.headers()["content-disposition"],
+        "attachment; filename=\"boot.xz\""
+    );
+    let full = get(&s, &format!("/image/{id}/{V}/initramfs-amd64.xz"), &[]).await;
+    assert_eq!(
+        named.headers()["content-length"].to_str().unwrap(),
+        full.body.len().to_string()
+    );
+    let head_body = named.bytes().await.expect("head body");
+    assert!(head_body.is_empty());
+
+    // Upstream errors, in upstream order.
+    let err = |path: String| {
+        let s = &s;
+        async move { get(s, &path, &[]).await }
+    };
+    let g = err(format!("/image/aaaaaaaaaaaa/{V}/metal-amd64.iso")).await;
+    assert_eq!((g.status, g.text()), (404, "schematic ID \"aaaaaaaaaaaa\" not found\n".into()));
+    let g = err(format!("/image/{id}/{V}/metal-amd64.ssd")).await;
+    assert_eq!(
+        (g.status, g.text()),
+        (400, "error parsing profile from path: invalid profile path: \"metal-amd64.ssd\"\n".into())
+    );
+    let g = err(format!("/image/{id}/1.x/kernel-amd64")).await;
+    assert_eq!((g.status, g.text()), (500, "internal server error\n".into()));
+    let g = err(format!("/image/{id}/{V}/metal-amd64.iso.sha256")).await;
+    assert_eq!(
+        (g.status, g.text()),
+        (402, "enterprise not enabled: checksum endpoint is not available\n".into())
+    );
+    let g = err(format!("/image/{id}/{V}/metal-amd64.iso.sigstore.json")).await;
+    assert_eq!(g.status, 402);
+    let g = err(format!("/image/{id}/v1.99.0/kernel-amd64")).await;
+    assert_eq!(g.status, 404, "{}", g.text());
+    let bad = create_schematic(
+        &s,
+        "customization:\n  systemExtensions:\n    officialExtensions: [siderolabs/nope]\n",
+    )
+    .await;
+    let g = err(format!("/image/{bad}/{V}/initramfs-amd64.xz")).await;
+    assert_eq!(
+        (g.status, g.text()),
+        (
+            400,
+            "error enhancing profile from schematic: official extension \"siderolabs/nope\" is not available for Talos version v1.11.0\n".into()
+        )
+    );
+
+    // Keys and certificates.
+    let key = get(&s, "/oci/cosign/signing-key.pub", &[]).await;
+    assert_eq!(key.status, 200);
+    assert_eq!(key.header("content-type"), "application/x-pem-file");
+    assert!(key.text().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    let key_file = std::fs::read_to_string(k.data.join("keys/signing-key.pem")).expect("key");
+    let sk = image_factory::trust::SigningKey::from_pem(&key_file, &k.data).expect("pem");
+    assert_eq!(key.text(), sk.public_key_pem().unwrap());
+    assert_eq!(get(&s, "/secureboot/signing-cert.pem", &[]).await.status, 500);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_and_conditionals_follow_rfc_9110() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let full = get(&s, &path, &[]).await;
+    let n = full.body.len();
+    let etag = full.header("etag").to_string();
+    let date = full.header("last-modified").to_string();
+
+    // curl is the independent client for ranges.
+    let url = s.url(&path);
+    let curl = |range: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--fail", "-r", range, &url])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl -r {range}: {:?}", out.status);
+        out.stdout
+    };
+    assert_eq!(curl("0-99"), full.body[..100]);
+    assert_eq!(curl("1000-"), full.body[1000..]);
+    assert_eq!(curl("-512"), full.body[n - 512..]);
+
+    let g = get(&s, &path, &[("range", "bytes=10-19")]).await;
+    assert_eq!(g.status, 206);
+    assert_eq!(g.header("content-range"), format!("bytes 10-19/{n}"));
+    assert_eq!(g.body, full.body[10..20]);
+    let g = get(&s, &path, &[("range", &format!("bytes={n}-"))]).await;
+    assert_eq!(g.status, 416);
+    assert_eq!(g.header("content-range"), format!("bytes */{n}"));
+    let g = get(&s, &path, &[("if-none-match", &etag)]).await;
+    assert_eq!(g.status, 304);
+    assert!(g.body.is_empty());
+    let g = get(&s, &path, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    assert_eq!((g.status, g.body.len()), (206, 10));
+    let g = get(&s, &path, &[("range", "bytes=0-9"), ("if-range", &date)]).await;
+    assert_eq!((g.status, g.body.len()), (206, 10));
+    let g = get(&s, &path, &[("range", "bytes=0-9"), ("if-range", "\"stale\"")]).await;
+    assert_eq!((g.status, g.body.len()), (200, n));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_cold_requests_build_once() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let url = s.url(&format!("/image/{id}/{V}/initramfs-amd64.xz"));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = client().get(url).send().await.expect("get");
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.expect("body")
+        }));
+    }
+    let mut bodies = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.expect("task"));
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "clients got different bytes");
+    assert_eq!(
+        metric(&s, "image_factory_assets_built_total", &["output_kind=\"initramfs\""]).await,
+        1.0,
+        "exactly one build"
+    );
+    let waits = metric(&s, "image_factory_assets_build_waits_total", &[]).await;
+    let hits = metric(&s, "image_factory_assets_delivered_cached_total", &[]).await;
+    assert_eq!(waits + hits, 49.0, "every other request waited or hit");
+    assert!(waits >= 1.0, "nobody waited on the build");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_outlives_its_clients() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let url = s.url(&format!("/image/{id}/{V}/installer-amd64.tar"));
+    // Every client gives up long before the installer is built.
+    for _ in 0..3 {
+        let quick = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        assert!(quick.get(&url).send().await.is_err(), "built too fast to test");
+    }
+    let mut built = 0.0;
+    for _ in 0..600 {
+        built = metric(&s, "image_factory_assets_built_total", &["output_kind=\"installer\""]).await;
+        if built > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(built, 1.0, "the abandoned build did not finish");
+    let g = get(&s, &url.replace(&s.url(""), ""), &[]).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(
+        metric(&s, "image_factory_assets_delivered_cached_total", &["output_kind=\"installer\""]).await,
+        1.0,
+        "the next request was not a hit"
+    );
+    assert_eq!(
+        metric(&s, "image_factory_assets_built_total", &["output_kind=\"installer\""]).await,
+        1.0
+    );
+    s.stop().await;
+}
