@@ -7,104 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::kit::{self, Kit};
-use common::{TestServer, client};
-use sha2::Digest as _;
-
-const V: &str = "v1.11.0";
-
-async fn start(k: &Kit) -> TestServer {
-    let data = k.data.display().to_string();
-    TestServer::start_with(move |c| {
-        c.storage.data_dir = data;
-        c.http.external_url = "http://factory.test:8080/".into();
-        c.cache.gc_interval_seconds = 0;
-        c.cache.scrub_interval_seconds = 0;
-    })
-    .await
-}
-
-async fn start_in(data: &std::path::Path, max_bytes: u64) -> TestServer {
-    let data = data.display().to_string();
-    TestServer::start_with(move |c| {
-        c.storage.data_dir = data;
-        c.http.external_url = "http://factory.test:8080/".into();
-        c.cache.gc_interval_seconds = 0;
-        c.cache.scrub_interval_seconds = 0;
-        c.cache.max_bytes = max_bytes;
-    })
-    .await
-}
-
-async fn create_schematic(s: &TestServer, yaml: &str) -> String {
-    let resp = client()
-        .post(s.url("/schematics"))
-        .body(yaml.to_string())
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 201);
-    let v: serde_json::Value = resp.json().await.expect("json");
-    v["id"].as_str().expect("id").to_string()
-}
-
-struct Got {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-async fn get(s: &TestServer, path: &str, headers: &[(&str, &str)]) -> Got {
-    let mut req = client().get(s.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.expect("get");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await.expect("body").to_vec();
-    Got {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(b))
-}
-
-/// Sum of a metric's samples whose label set contains every `labels` fragment.
-async fn metric(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
-    let text = client()
-        .get(s.metrics_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && l[name.len()..].starts_with(['{', ' '])
-                && labels.iter().all(|f| l.contains(f))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::assets::{V, create_schematic, get, metric, sha256_hex, start};
+use common::client;
+use common::kit;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_output_kind_downloads_with_upstream_semantics() {
@@ -133,8 +38,16 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
         assert!(!g.body.is_empty());
     }
     let cmdline = get(&s, &format!("/image/{id}/{V}/cmdline-metal-amd64"), &[]).await;
-    assert!(cmdline.text().starts_with("talos.platform=metal "), "{}", cmdline.text());
-    assert!(cmdline.text().contains(" if.test=hello"), "{}", cmdline.text());
+    assert!(
+        cmdline.text().starts_with("talos.platform=metal "),
+        "{}",
+        cmdline.text()
+    );
+    assert!(
+        cmdline.text().contains(" if.test=hello"),
+        "{}",
+        cmdline.text()
+    );
     // The kernel is the release's own kernel, byte for byte.
     let kernel = get(&s, &format!("/image/{id}/{V}/kernel-amd64"), &[]).await;
     assert_eq!(&kernel.body[0x202..0x206], b"HdrS", "not a bzImage");
@@ -166,7 +79,9 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
 
     // filename and HEAD.
     let named = client()
-        .head(s.url(&format!("/image/{id}/{V}/initramfs-amd64.xz?filename=boot.xz")))
+        .head(s.url(&format!(
+            "/image/{id}/{V}/initramfs-amd64.xz?filename=boot.xz"
+        )))
         .send()
         .await
         .expect("head");
@@ -189,18 +104,30 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
         async move { get(s, &path, &[]).await }
     };
     let g = err(format!("/image/aaaaaaaaaaaa/{V}/metal-amd64.iso")).await;
-    assert_eq!((g.status, g.text()), (404, "schematic ID \"aaaaaaaaaaaa\" not found\n".into()));
+    assert_eq!(
+        (g.status, g.text()),
+        (404, "schematic ID \"aaaaaaaaaaaa\" not found\n".into())
+    );
     let g = err(format!("/image/{id}/{V}/metal-amd64.ssd")).await;
     assert_eq!(
         (g.status, g.text()),
-        (400, "error parsing profile from path: invalid profile path: \"metal-amd64.ssd\"\n".into())
+        (
+            400,
+            "error parsing profile from path: invalid profile path: \"metal-amd64.ssd\"\n".into()
+        )
     );
     let g = err(format!("/image/{id}/1.x/kernel-amd64")).await;
-    assert_eq!((g.status, g.text()), (500, "internal server error\n".into()));
+    assert_eq!(
+        (g.status, g.text()),
+        (500, "internal server error\n".into())
+    );
     let g = err(format!("/image/{id}/{V}/metal-amd64.iso.sha256")).await;
     assert_eq!(
         (g.status, g.text()),
-        (402, "enterprise not enabled: checksum endpoint is not available\n".into())
+        (
+            402,
+            "enterprise not enabled: checksum endpoint is not available\n".into()
+        )
     );
     let g = err(format!("/image/{id}/{V}/metal-amd64.iso.sigstore.json")).await;
     assert_eq!(g.status, 402);
@@ -228,7 +155,10 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
     let key_file = std::fs::read_to_string(k.data.join("keys/signing-key.pem")).expect("key");
     let sk = image_factory::trust::SigningKey::from_pem(&key_file, &k.data).expect("pem");
     assert_eq!(key.text(), sk.public_key_pem().unwrap());
-    assert_eq!(get(&s, "/secureboot/signing-cert.pem", &[]).await.status, 500);
+    assert_eq!(
+        get(&s, "/secureboot/signing-cert.pem", &[]).await.status,
+        500
+    );
     s.stop().await;
 }
 
@@ -271,7 +201,12 @@ async fn ranges_and_conditionals_follow_rfc_9110() {
     assert_eq!((g.status, g.body.len()), (206, 10));
     let g = get(&s, &path, &[("range", "bytes=0-9"), ("if-range", &date)]).await;
     assert_eq!((g.status, g.body.len()), (206, 10));
-    let g = get(&s, &path, &[("range", "bytes=0-9"), ("if-range", "\"stale\"")]).await;
+    let g = get(
+        &s,
+        &path,
+        &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+    )
+    .await;
     assert_eq!((g.status, g.body.len()), (200, n));
     s.stop().await;
 }
@@ -295,9 +230,17 @@ async fn fifty_cold_requests_build_once() {
     for t in tasks {
         bodies.push(t.await.expect("task"));
     }
-    assert!(bodies.iter().all(|b| *b == bodies[0]), "clients got different bytes");
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "clients got different bytes"
+    );
     assert_eq!(
-        metric(&s, "image_factory_assets_built_total", &["output_kind=\"initramfs\""]).await,
+        metric(
+            &s,
+            "image_factory_assets_built_total",
+            &["output_kind=\"initramfs\""]
+        )
+        .await,
         1.0,
         "exactly one build"
     );
@@ -321,11 +264,19 @@ async fn a_build_outlives_its_clients() {
             .timeout(Duration::from_millis(100))
             .build()
             .unwrap();
-        assert!(quick.get(&url).send().await.is_err(), "built too fast to test");
+        assert!(
+            quick.get(&url).send().await.is_err(),
+            "built too fast to test"
+        );
     }
     let mut built = 0.0;
     for _ in 0..600 {
-        built = metric(&s, "image_factory_assets_built_total", &["output_kind=\"installer\""]).await;
+        built = metric(
+            &s,
+            "image_factory_assets_built_total",
+            &["output_kind=\"installer\""],
+        )
+        .await;
         if built > 0.0 {
             break;
         }
@@ -335,12 +286,22 @@ async fn a_build_outlives_its_clients() {
     let g = get(&s, &url.replace(&s.url(""), ""), &[]).await;
     assert_eq!(g.status, 200);
     assert_eq!(
-        metric(&s, "image_factory_assets_delivered_cached_total", &["output_kind=\"installer\""]).await,
+        metric(
+            &s,
+            "image_factory_assets_delivered_cached_total",
+            &["output_kind=\"installer\""]
+        )
+        .await,
         1.0,
         "the next request was not a hit"
     );
     assert_eq!(
-        metric(&s, "image_factory_assets_built_total", &["output_kind=\"installer\""]).await,
+        metric(
+            &s,
+            "image_factory_assets_built_total",
+            &["output_kind=\"installer\""]
+        )
+        .await,
         1.0
     );
     s.stop().await;
