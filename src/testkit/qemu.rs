@@ -25,6 +25,9 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 /// OVMF variable store template (copy it before use).
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 
+/// Debian `ipxe-qemu`'s ROM for virtio-net (legacy BIOS and UEFI images in one file).
+pub const IPXE_VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+
 /// A QEMU run: `-accel tcg -m <mem> -nographic -no-reboot` plus the boot arguments.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -77,6 +80,28 @@ impl Boot {
             ],
             memory_mb: 1024,
             timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// Network boot on SeaBIOS through iPXE: user-mode networking whose DHCP hands out
+    /// `bootfile` (an `http://10.0.2.2:PORT/...` URL reaches the host's loopback).
+    pub fn pxe(bootfile: &str) -> Boot {
+        Boot {
+            kernel: None,
+            initrd: None,
+            append: None,
+            args: vec![
+                "-netdev".into(),
+                format!("user,id=n0,bootfile={bootfile}"),
+                "-device".into(),
+                // The ROM's PCI ID is the modern virtio-net one (1af4:1041): SeaBIOS only runs
+                // it for a device without the legacy (transitional 1af4:1000) interface.
+                format!(
+                    "virtio-net-pci,netdev=n0,disable-legacy=on,bootindex=1,romfile={IPXE_VIRTIO_ROM}"
+                ),
+            ],
+            memory_mb: 512,
+            timeout: Duration::from_secs(240),
         }
     }
 
