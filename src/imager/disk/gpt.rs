@@ -84,6 +84,11 @@ impl Geometry {
             )));
         }
         let last_lba = sectors - 1;
+        if skip_lbas >= last_lba {
+            return Err(ImagerError::Validation(format!(
+                "partition table offset of {skip_lbas} sectors does not fit a disk of {disk_size} bytes"
+            )));
+        }
         let entry_lbas = (ENTRIES_BYTES as u64).div_ceil(sector_size);
         let primary_entries_lba = 2 + skip_lbas;
         let backup_entries_lba = last_lba - entry_lbas;

@@ -50,6 +50,8 @@ fn geometry_skip_lbas_and_limits() {
     // 34 sectors: a table, but nothing usable after aligning to 1 MiB
     assert!(Geometry::new(34 * 512, 512, 0).is_err());
     assert!(Geometry::new(3 * MIB, 512, 0).is_ok());
+    assert!(Geometry::new(3 * MIB, 512, 4096).is_err());
+    assert!(Geometry::new(3 * MIB, 512, u64::MAX).is_err());
 }
 
 fn worked_example(sector: u64) -> Gpt {
@@ -334,4 +336,86 @@ fn read_rejects_garbage() {
     assert!(Gpt::read(&mut disk, 4 * MIB, 512).is_ok());
     assert!(Gpt::read(&mut disk, 4 * MIB, 4096).is_err());
     disk.flush().unwrap();
+}
+
+/// An in-memory sparse disk: reads are zeros except where something was written.
+#[derive(Default)]
+struct SparseDisk {
+    pos: u64,
+    chunks: Vec<(u64, Vec<u8>)>,
+}
+
+impl Write for SparseDisk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.chunks.push((self.pos, buf.to_vec()));
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Read for SparseDisk {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        buf.fill(0);
+        let (start, end) = (self.pos, self.pos + buf.len() as u64);
+        for (at, data) in &self.chunks {
+            let (lo, hi) = ((*at).max(start), (at + data.len() as u64).min(end));
+            if lo < hi {
+                buf[(lo - start) as usize..(hi - start) as usize]
+                    .copy_from_slice(&data[(lo - at) as usize..(hi - at) as usize]);
+            }
+        }
+        self.pos = end;
+        Ok(buf.len())
+    }
+}
+
+impl Seek for SparseDisk {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        match to {
+            SeekFrom::Start(p) => self.pos = p,
+            _ => unreachable!("seeks from the start only"),
+        }
+        Ok(self.pos)
+    }
+}
+
+proptest::proptest! {
+    /// Any disk (up to 4 TiB) and any sequence of partition sizes: partitions are aligned,
+    /// in order, inside the usable range, never overlap, and the table reads back unchanged.
+    #[test]
+    fn allocation_invariants_and_round_trip(
+        disk_mib in 3u64..4 * 1024 * 1024,
+        odd_bytes in 0u64..4096,
+        big_sectors in proptest::bool::ANY,
+        skip in 0u64..4096,
+        sizes in proptest::collection::vec(0u64..64 * 1024 * MIB, 0..10),
+    ) {
+        let sector = if big_sectors { 4096 } else { 512 };
+        let size = disk_mib * MIB + odd_bytes;
+        let Ok(geometry) = Geometry::new(size, sector, skip) else {
+            return Ok(());
+        };
+        let mut gpt = Gpt::new(geometry, disk_guid());
+        for (i, s) in sizes.iter().enumerate() {
+            let name = format!("P{i}");
+            let _ = gpt.allocate(*s, &name, LINUX_FILESYSTEM_DATA, guid_from_label(&name), 0);
+        }
+        let g = *gpt.geometry();
+        let mut prev_last = 0;
+        for p in gpt.partitions() {
+            proptest::prop_assert_eq!(p.first_lba % g.alignment, 0);
+            proptest::prop_assert!(p.first_lba >= g.first_usable_lba);
+            proptest::prop_assert!(p.last_lba <= g.last_usable_lba);
+            proptest::prop_assert!(p.first_lba <= p.last_lba);
+            proptest::prop_assert!(p.first_lba > prev_last);
+            prev_last = p.last_lba;
+        }
+        let mut disk = SparseDisk::default();
+        gpt.write(&mut disk).unwrap();
+        let back = Gpt::read(&mut disk, size, sector).unwrap();
+        proptest::prop_assert_eq!(back, gpt);
+    }
 }
