@@ -12,6 +12,7 @@ pub mod uki;
 
 pub mod builder;
 pub mod cmdline;
+pub mod disk;
 pub mod error;
 pub mod initramfs;
 pub mod meta;
