@@ -49,10 +49,17 @@ async fn kill_9_during_a_build_leaves_no_orphans_after_restart() {
     child.wait().expect("reap");
     let _ = bg.await;
     let orphans = in_flight(&k.data);
-    assert!(orphans > 0, "nothing left behind: the kill came too late to test");
+    assert!(
+        orphans > 0,
+        "nothing left behind: the kill came too late to test"
+    );
 
     let server = spawn_bin(&k.data).expect("restart");
-    assert_eq!(in_flight(&k.data), 0, "orphaned temporary files survived the restart");
+    assert_eq!(
+        in_flight(&k.data),
+        0,
+        "orphaned temporary files survived the restart"
+    );
     let base = format!("http://{}", server.http);
     let resp = http
         .get(format!("{base}/image/{id}/v1.11.0/installer-amd64.tar"))
@@ -64,7 +71,10 @@ async fn kill_9_during_a_build_leaves_no_orphans_after_restart() {
     let body = resp.bytes().await.expect("body");
     assert_eq!(
         etag,
-        format!("\"{}\"", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)))
+        format!(
+            "\"{}\"",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
+        )
     );
     // The rebuilt installer is a well-formed docker-archive.
     let tar = k.dir.path().join("installer.tar");

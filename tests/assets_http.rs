@@ -77,6 +77,20 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
         "initramfs, UKI and installer carry the extension"
     );
 
+    // Upstream's HTTP metric names, labelled with the route template.
+    assert!(
+        metric(
+            &s,
+            "http_request_duration_seconds_count",
+            &[
+                "handler=\"/image/:schematic/:version/:path\"",
+                "code=\"200\""
+            ]
+        )
+        .await
+            >= 5.0
+    );
+
     // filename and HEAD.
     let named = client()
         .head(s.url(&format!(

@@ -179,11 +179,9 @@ pub fn collect_garbage(
                 continue;
             }
             let size = sizes.get(b).copied().unwrap_or(0);
-            if !dry_run {
-                if let Err(e) = std::fs::remove_file(blobs.path(b)) {
-                    tracing::warn!(blob = b, error = %e, "could not delete an evicted blob");
-                    continue;
-                }
+            if !dry_run && let Err(e) = std::fs::remove_file(blobs.path(b)) {
+                tracing::warn!(blob = b, error = %e, "could not delete an evicted blob");
+                continue;
             }
             freed += size;
             report.deleted_blobs.push(b.to_string());

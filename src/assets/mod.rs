@@ -9,6 +9,7 @@ mod error;
 pub mod gc;
 mod integrity;
 mod key;
+mod maintenance;
 mod metrics;
 mod pipeline;
 mod record;

@@ -11,8 +11,7 @@ use p256::ecdsa::VerifyingKey;
 use tokio::sync::{Semaphore, watch};
 
 use super::error::{AssetError, BuildFailure};
-use super::gc::{GcReport, collect_garbage};
-use super::integrity::{check_blob, quarantine_blob};
+use super::integrity::check_blob;
 use super::key::{CacheKey, cache_key};
 use super::metrics::{AssetLabels, AssetMetrics};
 use super::record::{AssetRecord, RecordStore};
@@ -112,6 +111,8 @@ pub struct Served {
 }
 
 type BuildResult = Result<Arc<AssetRecord>, BuildFailure>;
+/// Where a request gets its build result from, and how it joined.
+type Joined = (watch::Receiver<Option<BuildResult>>, Outcome);
 
 /// A request resolved to its profile, release and key.
 struct Resolved {
@@ -122,30 +123,30 @@ struct Resolved {
     key: CacheKey,
 }
 
-struct Inner {
-    builder: Builder,
-    records: RecordStore,
-    releases: ReleaseStore,
-    blobs: BlobStore,
-    key: Arc<SigningKey>,
-    verifying: VerifyingKey,
-    metrics: AssetMetrics,
-    opts: AssetsOptions,
-    slots: Arc<Semaphore>,
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<BuildResult>>>>,
-    negative: Mutex<HashMap<String, (Instant, BuildFailure)>>,
-    verified: Mutex<HashSet<String>>,
-    serving: Mutex<HashMap<String, usize>>,
-    touched: Mutex<HashMap<String, u64>>,
+pub(super) struct Inner {
+    pub(super) builder: Builder,
+    pub(super) records: RecordStore,
+    pub(super) releases: ReleaseStore,
+    pub(super) blobs: BlobStore,
+    pub(super) key: Arc<SigningKey>,
+    pub(super) verifying: VerifyingKey,
+    pub(super) metrics: AssetMetrics,
+    pub(super) opts: AssetsOptions,
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) inflight: Mutex<HashMap<String, watch::Receiver<Option<BuildResult>>>>,
+    pub(super) negative: Mutex<HashMap<String, (Instant, BuildFailure)>>,
+    pub(super) verified: Mutex<HashSet<String>>,
+    pub(super) serving: Mutex<HashMap<String, usize>>,
+    pub(super) touched: Mutex<HashMap<String, u64>>,
 }
 
 /// The asset service (cheap to clone).
 #[derive(Clone)]
 pub struct Assets {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -409,10 +410,7 @@ impl Assets {
     }
 
     /// Joins the running build for the key, or starts one; `None` if a record appeared.
-    fn join_or_start(
-        &self,
-        resolved: &Arc<Resolved>,
-    ) -> Result<Option<(watch::Receiver<Option<BuildResult>>, Outcome)>, AssetError> {
+    fn join_or_start(&self, resolved: &Arc<Resolved>) -> Result<Option<Joined>, AssetError> {
         let key = &resolved.key.key;
         let mut inflight = lock(&self.inner.inflight);
         if let Some(rx) = inflight.get(key) {
@@ -442,10 +440,10 @@ impl Assets {
         tokio::spawn(async move {
             let result = this.run_build(&resolved).await;
             let key = &resolved.key.key;
-            if let Err(f) = &result {
-                if f.class != ErrorClass::Internal {
-                    lock(&this.inner.negative).insert(key.clone(), (Instant::now(), f.clone()));
-                }
+            if let Err(f) = &result
+                && f.class != ErrorClass::Internal
+            {
+                lock(&this.inner.negative).insert(key.clone(), (Instant::now(), f.clone()));
             }
             lock(&this.inner.inflight).remove(key);
             let _ = tx.send(Some(result));
@@ -617,10 +615,8 @@ impl Assets {
                 false
             }
         };
-        if stale {
-            if let Err(e) = self.inner.records.touch(&record.key, now) {
-                tracing::warn!(error = %e, "could not record when an asset was served");
-            }
+        if stale && let Err(e) = self.inner.records.touch(&record.key, now) {
+            tracing::warn!(error = %e, "could not record when an asset was served");
         }
         ServeGuard {
             assets: self.clone(),
@@ -631,108 +627,5 @@ impl Assets {
     /// Whether a blob is being streamed right now.
     pub fn is_serving(&self, blake3: &str) -> bool {
         lock(&self.inner.serving).contains_key(blake3)
-    }
-
-    /// Sets a record aside that failed verification.
-    fn record_failed(&self, key: &str, raw: &[u8], reason: &str) {
-        self.inner.metrics.verification_failure("record");
-        tracing::error!(
-            key,
-            reason,
-            "asset record failed verification; quarantined, will rebuild"
-        );
-        if let Err(e) = self.inner.records.quarantine(key, raw, reason) {
-            tracing::error!(key, error = %e, "could not quarantine an asset record");
-        }
-    }
-
-    /// Sets a damaged blob and its record aside (called before or while serving).
-    pub(super) fn blob_failed(&self, record: &AssetRecord, reason: &str) {
-        self.inner.metrics.verification_failure("blob");
-        lock(&self.inner.verified).remove(&record.blake3);
-        let moved = quarantine_blob(
-            &self.inner.blobs,
-            &self.inner.opts.quarantine_dir,
-            &record.blake3,
-        );
-        tracing::error!(
-            key = %record.key,
-            blob = %record.blake3,
-            reason,
-            moved_to = ?moved,
-            "asset blob failed verification; quarantined, will rebuild"
-        );
-        if let Ok(Some(raw)) = self.inner.records.get_raw(&record.key) {
-            if let Err(e) = self.inner.records.quarantine(&record.key, &raw, reason) {
-                tracing::error!(key = %record.key, error = %e, "could not quarantine an asset record");
-            }
-        }
-    }
-
-    /// Re-hashes every cached asset's blob; damaged records and blobs are quarantined.
-    /// Returns `(checked, failed)`.
-    pub async fn scrub(&self) -> Result<(usize, usize), AssetError> {
-        let (mut checked, mut failed) = (0, 0);
-        for (key, raw) in self.inner.records.scan_raw()? {
-            checked += 1;
-            if !self.scrub_one(&key, &raw).await? {
-                failed += 1;
-            }
-        }
-        Ok((checked, failed))
-    }
-
-    /// Verifies one record and its blob; `false` if either was quarantined.
-    async fn scrub_one(&self, key: &str, raw: &[u8]) -> Result<bool, AssetError> {
-        let record = match AssetRecord::open(raw, &self.inner.verifying) {
-            Ok(r) => r,
-            Err(reason) => {
-                self.record_failed(key, raw, &reason);
-                return Ok(false);
-            }
-        };
-        let blobs = self.inner.blobs.clone();
-        let (blake3, size) = (record.blake3.clone(), record.size);
-        let checked = tokio::task::spawn_blocking(move || check_blob(&blobs, &blake3, size))
-            .await
-            .map_err(|e| AssetError::Internal(format!("hash task: {e}")))?;
-        match checked {
-            Ok(()) => {
-                lock(&self.inner.verified).insert(record.blake3.clone());
-                Ok(true)
-            }
-            Err(reason) => {
-                self.blob_failed(&record, &reason);
-                Ok(false)
-            }
-        }
-    }
-
-    /// One garbage-collection pass (see [`collect_garbage`]); never touches blobs being served.
-    pub async fn gc(&self, dry_run: bool) -> Result<GcReport, AssetError> {
-        let this = self.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            collect_garbage(
-                &this.inner.records,
-                &this.inner.blobs,
-                &this.inner.releases,
-                this.inner.opts.max_bytes,
-                &|b| this.is_serving(b),
-                dry_run,
-            )
-        })
-        .await
-        .map_err(|e| AssetError::Internal(format!("gc task: {e}")))??;
-        if !dry_run {
-            let m = &self.inner.metrics;
-            m.gc_evictions.increment(report.evicted.len() as u64);
-            m.gc_freed_bytes.increment(report.freed_bytes);
-            m.cache_bytes.set(report.bytes_after as f64);
-            let mut verified = lock(&self.inner.verified);
-            for b in &report.deleted_blobs {
-                verified.remove(b);
-            }
-        }
-        Ok(report)
     }
 }

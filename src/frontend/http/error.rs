@@ -138,10 +138,10 @@ impl IntoResponse for ApiError {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        if let ApiError::RangeNotSatisfiable { size } = &self {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                headers.insert(header::CONTENT_RANGE, v);
-            }
+        if let ApiError::RangeNotSatisfiable { size } = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            headers.insert(header::CONTENT_RANGE, v);
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(

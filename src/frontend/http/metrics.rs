@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Key, Level, Metadata, Recorder, SharedString};
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -14,7 +14,7 @@ use crate::assets::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
-    _recorder: Arc<PrometheusRecorder>,
+    recorder: Arc<PrometheusRecorder>,
     /// `image_factory_schematic_get_total`.
     pub schematic_get: Counter,
     /// `image_factory_schematic_create_total`.
@@ -27,12 +27,38 @@ pub struct Metrics {
     pub assets: AssetMetrics,
 }
 
+/// `http_request_duration_seconds` (slok/go-http-metrics names, label `handler` = route).
+const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// `http_response_size_bytes`.
+const HTTP_SIZE: &str = "http_response_size_bytes";
+/// `http_requests_inflight`.
+const HTTP_INFLIGHT: &str = "http_requests_inflight";
+/// Prometheus' default buckets, as go-http-metrics uses.
+const HTTP_DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// go-http-metrics' size buckets (100 B × 10ⁿ).
+const HTTP_SIZE_BUCKETS: [f64; 8] = [100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
 const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 impl Metrics {
     /// Creates a fresh registry with every metric registered (so all appear at zero).
     pub fn new() -> Self {
         let mut builder = PrometheusBuilder::new();
+        builder = match builder.set_buckets_for_metric(
+            Matcher::Full(HTTP_DURATION.to_string()),
+            &HTTP_DURATION_BUCKETS,
+        ) {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        builder = match builder
+            .set_buckets_for_metric(Matcher::Full(HTTP_SIZE.to_string()), &HTTP_SIZE_BUCKETS)
+        {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        };
         for name in HISTOGRAMS {
             // Only fails for an empty bucket list, which LATENCY_BUCKETS is not.
             builder = match builder
@@ -75,13 +101,39 @@ impl Metrics {
         let assets = AssetMetrics::new(recorder.clone());
         Self {
             handle,
-            _recorder: recorder,
+            recorder,
             assets,
             schematic_get,
             schematic_create,
             schematic_duplicate_create,
             schematic_cache_size,
         }
+    }
+
+    /// Records one finished request.
+    pub fn http_observe(&self, handler: &str, method: &str, code: u16, secs: f64, bytes: u64) {
+        let labels = vec![
+            Label::new("handler", handler.to_string()),
+            Label::new("method", method.to_string()),
+            Label::new("code", code.to_string()),
+        ];
+        self.recorder
+            .register_histogram(&Key::from_parts(HTTP_DURATION, labels.clone()), &META)
+            .record(secs);
+        self.recorder
+            .register_histogram(&Key::from_parts(HTTP_SIZE, labels), &META)
+            .record(bytes as f64);
+    }
+
+    /// The in-flight gauge of a route.
+    pub fn http_inflight(&self, handler: &str) -> Gauge {
+        self.recorder.register_gauge(
+            &Key::from_parts(
+                HTTP_INFLIGHT,
+                vec![Label::new("handler", handler.to_string())],
+            ),
+            &META,
+        )
     }
 
     /// Renders the Prometheus text exposition.

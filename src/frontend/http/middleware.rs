@@ -4,10 +4,12 @@
 use std::time::Instant;
 
 use axum::body::HttpBody as _;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
+
+use super::handlers::AppState;
 
 /// The request/response header carrying the request ID.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -15,8 +17,23 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The `Server` header value: `Image Factory <crate version>`.
 pub const SERVER_HEADER: &str = concat!("Image Factory ", env!("CARGO_PKG_VERSION"));
 
-/// Adds `Server` and `X-Request-ID` (echoed or fresh UUIDv4) and logs the request.
-pub async fn decorate(req: Request, next: Next) -> Response {
+/// A route as upstream's httprouter spells it (`/image/:schematic/...`), for metric labels.
+fn route_template(axum_route: &str) -> String {
+    axum_route
+        .split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!(":{name}"),
+                None => seg.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Adds `Server` and `X-Request-ID` (echoed or fresh UUIDv4), records the HTTP metrics and
+/// logs the request.
+pub async fn decorate(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let request_id = req
         .headers()
@@ -29,8 +46,14 @@ pub async fn decorate(req: Request, next: Next) -> Response {
         });
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-
+    let handler = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "notfound".to_string(), |m| route_template(m.as_str()));
+    let inflight = st.metrics().http_inflight(&handler);
+    inflight.increment(1.0);
     let mut resp = next.run(req).await;
+    inflight.decrement(1.0);
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -46,6 +69,13 @@ pub async fn decorate(req: Request, next: Next) -> Response {
         .extensions()
         .get::<super::image::AssetOutcome>()
         .map(|o| o.0.as_str());
+    st.metrics().http_observe(
+        &handler,
+        method.as_str(),
+        status,
+        start.elapsed().as_secs_f64(),
+        bytes.unwrap_or(0),
+    );
     tracing::info!(
         target: "image_factory::http",
         method = %method,

@@ -145,7 +145,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(cors(config))
-        .layer(axum::middleware::from_fn(middleware::decorate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::decorate,
+        ))
         .with_state(state)
 }
 

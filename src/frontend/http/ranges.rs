@@ -69,10 +69,10 @@ fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 /// Decides between 304, 200, 206 and 416 for an asset with `etag` and `last_modified`.
 pub fn select(headers: &HeaderMap, size: u64, etag: &str, last_modified: &str) -> Selection {
     let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(v) = get(header::IF_NONE_MATCH) {
-        if etag_listed(v, etag) {
-            return Selection::NotModified;
-        }
+    if let Some(v) = get(header::IF_NONE_MATCH)
+        && etag_listed(v, etag)
+    {
+        return Selection::NotModified;
     }
     let Some(range) = get(header::RANGE) else {
         return Selection::Full;
