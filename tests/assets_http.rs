@@ -320,3 +320,32 @@ async fn a_build_outlives_its_clients() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_builds_are_not_cached() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    // The kit release has no installer base for arm64 (nor arm64 boot assets): the build
+    // fails inside the builder, a server-side error that must be retried on every request.
+    let path = format!("/image/{id}/{V}/kernel-arm64");
+    for attempt in 1..=2 {
+        let g = get(&s, &path, &[]).await;
+        assert_eq!(
+            (g.status, g.text()),
+            (500, "internal server error\n".into()),
+            "attempt {attempt}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &s,
+            "image_factory_assets_cached_errors_total",
+            &["output_kind=\"kernel\"", "arch=\"arm64\""]
+        )
+        .await,
+        2.0,
+        "the second request did not try again"
+    );
+    s.stop().await;
+}
