@@ -385,6 +385,29 @@ impl BlobWriter {
         self.size
     }
 
+    /// Appends `len` zero bytes as a hole (the blob file stays sparse); hashes them like data.
+    pub fn write_zeros(&mut self, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; CHUNK] = [0; CHUNK];
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
+        let offset = i64::try_from(len).map_err(io::Error::other)?;
+        io::Seek::seek(file, io::SeekFrom::Current(offset))?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            self.blake3.update(&ZEROS[..n]);
+            if let Some(h) = self.sha256.as_mut() {
+                h.update(&ZEROS[..n]);
+            }
+            left -= n as u64;
+        }
+        self.size += len;
+        // a trailing hole only exists once the length is set
+        file.set_len(self.size)
+    }
+
     /// Makes the blob durable under its content name (index durable after the next meta flush).
     pub fn finish(mut self) -> Result<BlobInfo, StoreError> {
         let file = self
