@@ -4,9 +4,10 @@
 //! Deterministic like upstream's `mkfs.vfat --invariant`: volume ID `0x1234ABCD`, label `EFI`,
 //! and every directory entry's times set to [`SOURCE_DATE_EPOCH`] (UTC). The cluster size is
 //! `fatfs`'s choice for the partition size (dosfstools may choose another one; both are valid).
+//! `fatfs` 0.3.6 leaves directories `fsck.vfat` would repair; [`super::fat_fixup`] fixes them.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read as _, Seek as _, Write};
 use std::path::PathBuf;
 
 use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time};
@@ -157,7 +158,9 @@ pub fn write_esp(
         out.flush().map_err(|e| fat_err(&f.path, e))?;
     }
     drop(root);
-    fs.unmount().map_err(|e| fat_err("unmount", e))
+    fs.unmount().map_err(|e| fat_err("unmount", e))?;
+    super::fat_fixup::fix_volume(&mut Window::new(disk, part.offset, part.size))
+        .map_err(|e| fat_err("fixup", e))
 }
 
 #[cfg(test)]
@@ -172,5 +175,63 @@ mod tests {
         assert_eq!((t.time.hour, t.time.min, t.time.sec), (21, 34, 52));
         let t = epoch_date_time(951_782_400); // 2000-02-29
         assert_eq!((t.date.year, t.date.month, t.date.day), (2000, 2, 29));
+    }
+}
+
+#[cfg(test)]
+mod fsck_tests {
+    use super::*;
+    use crate::imager::disk::guid::{EFI_SYSTEM_PARTITION, guid_from_label};
+    use crate::imager::disk::layout::Content;
+
+    /// A 120 MiB ESP written at 1 MiB of a sparse file passes `fsck.vfat -n` (dosfstools).
+    #[test]
+    fn esp_passes_fsck_vfat() {
+        let Ok(out) = std::process::Command::new("fsck.vfat").arg("--help").output() else {
+            println!("SKIPPED: fsck.vfat not installed (Debian dosfstools)");
+            return;
+        };
+        drop(out);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let mut disk = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        disk.set_len(122 << 20).unwrap();
+        let part = PlacedPartition {
+            number: 1,
+            label: "EFI",
+            first_lba: 2048,
+            last_lba: 2048 + (120 << 11) - 1,
+            offset: 1 << 20,
+            size: 120 << 20,
+            type_guid: EFI_SYSTEM_PARTITION,
+            part_guid: guid_from_label("EFI"),
+            attributes: 0,
+            content: Content::Vfat,
+        };
+        let files = vec![
+            EspFile::bytes("EFI/boot/BOOTX64.efi", vec![1u8; 70_000]),
+            EspFile::bytes("EFI/Linux/Talos-v1.11.0.efi", vec![2u8; 3 << 20]),
+            EspFile::bytes("loader/loader.conf", "timeout 10\n"),
+        ];
+        write_esp(&mut disk, &part, 512, &files).unwrap();
+        let esp = dir.path().join("esp");
+        let mut img = File::create(&esp).unwrap();
+        disk.seek(io::SeekFrom::Start(part.offset)).unwrap();
+        io::copy(&mut (&mut disk).take(part.size), &mut img).unwrap();
+        let out = std::process::Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(&esp)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains("Deleting") && !text.contains("uninitialized"), "{text}");
     }
 }

@@ -11,6 +11,7 @@
 //! external tools are listed in [`tools`].
 
 pub mod fat;
+mod fat_fixup;
 pub mod gpt;
 pub mod grub;
 pub mod guid;
