@@ -7,7 +7,7 @@
 //! `fatfs` 0.3.6 leaves directories `fsck.vfat` would repair; [`super::fat_fixup`] fixes them.
 
 use std::fs::File;
-use std::io::{self, Read as _, Seek as _, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time};
@@ -183,6 +183,7 @@ mod fsck_tests {
     use super::*;
     use crate::imager::disk::guid::{EFI_SYSTEM_PARTITION, guid_from_label};
     use crate::imager::disk::layout::Content;
+    use std::io::{Read as _, Seek as _};
 
     /// A 120 MiB ESP written at 1 MiB of a sparse file passes `fsck.vfat -n` (dosfstools).
     #[test]

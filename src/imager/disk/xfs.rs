@@ -223,7 +223,7 @@ pub fn normalize_inode_times(f: &mut File, epoch: u64) -> Result<usize, ImagerEr
     let mut sb = [0u8; 512];
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut sb)?;
-    if &sb[..4] != b"XFSB" || u16::from_be_bytes([sb[4], sb[5]]) & 0xF != 5 {
+    if &sb[..4] != b"XFSB" || u16::from_be_bytes([sb[100], sb[101]]) & 0xF != 5 {
         return Err(ImagerError::Internal("not a v5 XFS filesystem".into()));
     }
     let inode_size = usize::from(u16::from_be_bytes([sb[104], sb[105]]));
