@@ -86,9 +86,12 @@ fn tool(package: &str, cmd: &str, args: &[&str]) -> String {
 fn partitions(disk: &Path) -> BTreeMap<String, (u64, u64)> {
     let verify = tool("fdisk", "sfdisk", &["--verify", disk.to_str().unwrap()]);
     assert!(verify.contains("No errors detected"), "{verify}");
-    let json: serde_json::Value =
-        serde_json::from_str(&tool("fdisk", "sfdisk", &["--json", disk.to_str().unwrap()]))
-            .expect("sfdisk json");
+    let json: serde_json::Value = serde_json::from_str(&tool(
+        "fdisk",
+        "sfdisk",
+        &["--json", disk.to_str().unwrap()],
+    ))
+    .expect("sfdisk json");
     let table = &json["partitiontable"];
     assert_eq!(table["label"], "gpt");
     assert_eq!(table["sectorsize"], 512);
@@ -147,7 +150,10 @@ fn check_esp(esp: &Path) {
         &format!("::/EFI/Linux/Talos-{VERSION}.efi"),
         "::/loader/loader.conf",
     ] {
-        assert!(listing.contains(want), "{want} missing from the ESP:\n{listing}");
+        assert!(
+            listing.contains(want),
+            "{want} missing from the ESP:\n{listing}"
+        );
     }
     let conf = tool("mtools", "mtype", &["-i", esp, "::/loader/loader.conf"]);
     assert_eq!(conf, "# systemd-boot configuration\n\ntimeout 10\n");
@@ -181,8 +187,17 @@ fn check_boot(m: &Marker, id: &str, dual_boot: bool) {
         m.cmdline
     );
     let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
-    for want in ["kmod-test", "fw-test", "svc-test", "schematic", "modules.dep"] {
-        assert!(names.contains(&want), "extension {want} not mounted: {names:?}");
+    for want in [
+        "kmod-test",
+        "fw-test",
+        "svc-test",
+        "schematic",
+        "modules.dep",
+    ] {
+        assert!(
+            names.contains(&want),
+            "extension {want} not mounted: {names:?}"
+        );
     }
     assert_eq!(m.schematic, id, "schematic file not in the merged root");
     let meta = m
@@ -277,12 +292,27 @@ fn dual_boot_image_is_valid_deterministic_and_boots_on_seabios_and_ovmf() {
 
     let boot = k.dir.path().join("boot.img");
     extract(&disk, parts["BOOT"], &boot);
-    tool("xfsprogs", "xfs_repair", &["-n", "-f", boot.to_str().unwrap()]);
+    tool(
+        "xfsprogs",
+        "xfs_repair",
+        &["-n", "-f", boot.to_str().unwrap()],
+    );
     let boot_s = boot.to_str().unwrap();
-    let label = tool("xfsprogs", "xfs_db", &["-r", "-c", "label", "-c", "uuid", boot_s]);
+    let label = tool(
+        "xfsprogs",
+        "xfs_db",
+        &["-r", "-c", "label", "-c", "uuid", boot_s],
+    );
     assert!(label.contains("\"BOOT\""), "{label}");
-    assert!(label.contains("24c73076-4092-85dd-9d98-686a2dbf6d81"), "{label}");
-    let ls = tool("xfsprogs", "xfs_db", &["-r", "-c", "ls /A", "-c", "ls /grub", boot_s]);
+    assert!(
+        label.contains("24c73076-4092-85dd-9d98-686a2dbf6d81"),
+        "{label}"
+    );
+    let ls = tool(
+        "xfsprogs",
+        "xfs_db",
+        &["-r", "-c", "ls /A", "-c", "ls /grub", boot_s],
+    );
     for want in ["vmlinuz", "initramfs.xz", "grub.cfg"] {
         assert!(ls.contains(want), "{want} missing on BOOT:\n{ls}");
     }

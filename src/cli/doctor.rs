@@ -78,7 +78,11 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     for (tool, found) in crate::imager::disk::tools::check() {
         let what = format!("{} ({})", tool.name, tool.package);
         match found {
-            Ok(path) => report(true, &what, format!("{} ({})", path.display(), tool.purpose)),
+            Ok(path) => report(
+                true,
+                &what,
+                format!("{} ({})", path.display(), tool.purpose),
+            ),
             Err(e) => report(false, &what, e),
         }
     }

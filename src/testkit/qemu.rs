@@ -100,10 +100,7 @@ impl Boot {
         }
         args.extend([
             "-drive".to_string(),
-            format!(
-                "if=virtio,format=raw,snapshot=on,file={}",
-                disk.display()
-            ),
+            format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()),
         ]);
         Boot {
             kernel: None,

@@ -87,7 +87,10 @@ impl Builder {
         }
         for (rel, blob) in &assets.grub {
             let rel_path = Path::new(rel);
-            if !rel_path.components().all(|c| matches!(c, Component::Normal(_))) {
+            if !rel_path
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+            {
                 return Err(internal("GRUB module tree", format!("bad path {rel:?}")));
             }
             let dest = dir.join(rel_path);

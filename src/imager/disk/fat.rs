@@ -137,7 +137,10 @@ pub fn write_esp(
     for f in sorted {
         let parts: Vec<&str> = f.path.split('/').filter(|p| !p.is_empty()).collect();
         let Some((name, dirs)) = parts.split_last() else {
-            return Err(ImagerError::Internal(format!("empty ESP path {:?}", f.path)));
+            return Err(ImagerError::Internal(format!(
+                "empty ESP path {:?}",
+                f.path
+            )));
         };
         let mut dir = root.clone();
         for d in dirs {
@@ -188,7 +191,10 @@ mod fsck_tests {
     /// A 120 MiB ESP written at 1 MiB of a sparse file passes `fsck.vfat -n` (dosfstools).
     #[test]
     fn esp_passes_fsck_vfat() {
-        let Ok(out) = std::process::Command::new("fsck.vfat").arg("--help").output() else {
+        let Ok(out) = std::process::Command::new("fsck.vfat")
+            .arg("--help")
+            .output()
+        else {
             println!("SKIPPED: fsck.vfat not installed (Debian dosfstools)");
             return;
         };
@@ -233,6 +239,9 @@ mod fsck_tests {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
-        assert!(!text.contains("Deleting") && !text.contains("uninitialized"), "{text}");
+        assert!(
+            !text.contains("Deleting") && !text.contains("uninitialized"),
+            "{text}"
+        );
     }
 }

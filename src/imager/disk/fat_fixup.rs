@@ -100,7 +100,9 @@ fn chain(fat: &[u32], first: u32) -> io::Result<Vec<u32>> {
             return Err(invalid("cluster chain loops"));
         }
         out.push(c);
-        c = *fat.get(c as usize).ok_or_else(|| invalid("cluster out of range"))?;
+        c = *fat
+            .get(c as usize)
+            .ok_or_else(|| invalid("cluster out of range"))?;
     }
     Ok(out)
 }
@@ -116,8 +118,9 @@ fn set_first_cluster(e: &mut [u8], c: u32) {
 
 /// The LFN checksum of an 8.3 name.
 fn lfn_checksum(name: &[u8]) -> u8 {
-    name.iter()
-        .fold(0u8, |s, b| ((s & 1) << 7).wrapping_add(s >> 1).wrapping_add(*b))
+    name.iter().fold(0u8, |s, b| {
+        ((s & 1) << 7).wrapping_add(s >> 1).wrapping_add(*b)
+    })
 }
 
 /// Rewrites directory `dir` (not the root) and recurses; `parent` is `..`'s target (0 = root).

@@ -51,7 +51,10 @@ const MBR_CODE_LEN: usize = 446;
 pub fn quote(cmdline: &str) -> String {
     let mut out = String::with_capacity(cmdline.len());
     for c in cmdline.chars() {
-        if matches!(c, '\\' | '{' | '}' | '&' | '$' | '|' | ';' | '<' | '>' | '"') {
+        if matches!(
+            c,
+            '\\' | '{' | '}' | '&' | '$' | '|' | ';' | '<' | '>' | '"'
+        ) {
             out.push('\\');
         }
         out.push(c);
@@ -169,7 +172,10 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(quote(r#"a=b c={x}&$|;<>"\"#), r#"a=b c=\{x\}\&\$\|\;\<\>\"\\"#);
+        assert_eq!(
+            quote(r#"a=b c={x}&$|;<>"\"#),
+            r#"a=b c=\{x\}\&\$\|\;\<\>\"\\"#
+        );
     }
 
     #[test]

@@ -81,7 +81,10 @@ pub fn write_disk_image(
     let loader = format!("EFI/boot/{}", efi_boot_name(arch));
     let esp = match req.bootloader {
         Bootloader::SdBoot | Bootloader::DualBoot => vec![
-            EspFile::file(&loader, required("systemd-boot", &inputs.systemd_boot)?.clone()),
+            EspFile::file(
+                &loader,
+                required("systemd-boot", &inputs.systemd_boot)?.clone(),
+            ),
             EspFile::file(
                 &format!("EFI/Linux/Talos-{version}.efi"),
                 required("the UKI", &inputs.uki)?.clone(),

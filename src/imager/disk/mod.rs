@@ -23,9 +23,9 @@ pub mod tools;
 pub mod xfs;
 
 pub use gpt::{Geometry, Gpt, Partition};
+pub use image::{DiskImageInputs, write_disk_image};
 pub use layout::{
     Content, DiskLayout, LayoutRequest, PartitionSpec, PlacedPartition, create_sparse_disk,
     image_cache_partition_size, write_layout,
 };
-pub use image::{DiskImageInputs, write_disk_image};
 pub use meta::{meta_region, write_meta, write_profile_meta};

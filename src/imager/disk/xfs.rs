@@ -71,7 +71,10 @@ pub fn protofile(files: &[XfsFile], dir_modes: &[(&str, u32)]) -> Result<String,
             d = d.dirs.entry((*p).to_string()).or_default();
         }
         check_name(name)?;
-        let src = f.source.to_str().filter(|s| !s.contains(char::is_whitespace));
+        let src = f
+            .source
+            .to_str()
+            .filter(|s| !s.contains(char::is_whitespace));
         let src = src.ok_or_else(|| {
             ImagerError::Internal(format!("source path {} unusable", f.source.display()))
         })?;
