@@ -466,6 +466,23 @@ mod tests {
     }
 
     #[test]
+    fn zeros_are_holes_and_hashed_like_bytes() {
+        let (_d, s) = store();
+        let mut w = s.writer().unwrap();
+        w.write_all(b"ab").unwrap();
+        w.write_zeros(3 << 20).unwrap();
+        w.write_all(b"c").unwrap();
+        w.write_zeros(5).unwrap();
+        let info = w.finish().unwrap();
+        let mut full = b"ab".to_vec();
+        full.resize(2 + (3 << 20), 0);
+        full.push(b'c');
+        full.resize(full.len() + 5, 0);
+        assert_eq!(info, s.put_bytes(&full).unwrap());
+        assert_eq!(std::fs::read(s.path(&info.blake3)).unwrap(), full);
+    }
+
+    #[test]
     fn put_and_read_back_by_both_hashes() {
         let (_d, s) = store();
         let info = s.put_bytes(b"hello").unwrap();
