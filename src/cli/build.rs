@@ -165,7 +165,7 @@ async fn copy_asset(
     dest: &std::path::Path,
 ) -> Result<(), String> {
     use futures_util::StreamExt as _;
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
     let mut out = tokio::fs::File::create(dest)
         .await
         .map_err(|e| e.to_string())?;
@@ -175,11 +175,22 @@ async fn copy_asset(
             .map_err(|e| e.to_string())?
             .into_stream()
     );
+    // All-zero chunks become holes: disk images are mostly zeros and stay sparse.
+    let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
-        out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        if chunk.iter().all(|b| *b == 0) {
+            let len = i64::try_from(chunk.len()).map_err(|e| e.to_string())?;
+            out.seek(std::io::SeekFrom::Current(len))
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        size += chunk.len() as u64;
     }
-    out.flush().await.map_err(|e| e.to_string())
+    out.flush().await.map_err(|e| e.to_string())?;
+    out.set_len(size).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -75,6 +75,17 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             format!("{e} (needed for extensions with kernel modules)"),
         ),
     }
+    for (tool, found) in crate::imager::disk::tools::check() {
+        let what = format!("{} ({})", tool.name, tool.package);
+        match found {
+            Ok(path) => report(
+                true,
+                &what,
+                format!("{} ({})", path.display(), tool.purpose),
+            ),
+            Err(e) => report(false, &what, e),
+        }
+    }
     if failed {
         ExitCode::FAILURE
     } else {

@@ -1,5 +1,6 @@
 //! The `Builder`: one entry point that turns (schematic, version, asset path) into a stored
-//! asset — kernel, cmdline, initramfs with extensions, UKI, installer image. Used by
+//! asset — kernel, cmdline, initramfs with extensions, UKI, installer image, raw disk image
+//! (`builder/disk.rs`). Used by
 //! `image-factory build` and (next) by the HTTP asset pipeline. Blocking: run it on a blocking
 //! thread.
 
@@ -29,6 +30,8 @@ use super::uki::{
     Payload, UkiOptions, UkiParts, UkiPurpose, assemble_uki, os_release, read_kernel_release,
     standard_profiles,
 };
+
+mod disk;
 
 /// Largest manifest or config read from the blob store.
 const MAX_METADATA: u64 = 4 << 20;
@@ -158,6 +161,7 @@ impl Builder {
             OutputKind::Installer => {
                 self.installer(req, &profile, release, assets, &mut intermediates)?
             }
+            OutputKind::Image => self.disk_image(req, &profile, assets, &mut intermediates)?,
             other => {
                 return Err(ImagerError::Validation(format!(
                     "{other:?} outputs are not built by this appliance yet"
@@ -235,6 +239,17 @@ impl Builder {
     ) -> Result<BlobInfo, ImagerError> {
         let initramfs = self.initramfs(req, profile, assets)?;
         intermediates.push(initramfs.clone());
+        self.uki_with(profile, assets, purpose, &initramfs)
+    }
+
+    /// A UKI for `purpose` around an already built initramfs.
+    fn uki_with(
+        &self,
+        profile: &Profile,
+        assets: &ArchRelease,
+        purpose: UkiPurpose,
+        initramfs: &BlobInfo,
+    ) -> Result<BlobInfo, ImagerError> {
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
         let stub = std::fs::read(self.blobs.path(&asset(assets, "systemd-stub.efi")?.blake3))

@@ -385,6 +385,29 @@ impl BlobWriter {
         self.size
     }
 
+    /// Appends `len` zero bytes as a hole (the blob file stays sparse); hashes them like data.
+    pub fn write_zeros(&mut self, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; CHUNK] = [0; CHUNK];
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
+        let offset = i64::try_from(len).map_err(io::Error::other)?;
+        io::Seek::seek(file, io::SeekFrom::Current(offset))?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            self.blake3.update(&ZEROS[..n]);
+            if let Some(h) = self.sha256.as_mut() {
+                h.update(&ZEROS[..n]);
+            }
+            left -= n as u64;
+        }
+        self.size += len;
+        // a trailing hole only exists once the length is set
+        file.set_len(self.size)
+    }
+
     /// Makes the blob durable under its content name (index durable after the next meta flush).
     pub fn finish(mut self) -> Result<BlobInfo, StoreError> {
         let file = self
@@ -440,6 +463,23 @@ mod tests {
         let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("meta")).unwrap());
         let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
         (dir, blobs)
+    }
+
+    #[test]
+    fn zeros_are_holes_and_hashed_like_bytes() {
+        let (_d, s) = store();
+        let mut w = s.writer().unwrap();
+        w.write_all(b"ab").unwrap();
+        w.write_zeros(3 << 20).unwrap();
+        w.write_all(b"c").unwrap();
+        w.write_zeros(5).unwrap();
+        let info = w.finish().unwrap();
+        let mut full = b"ab".to_vec();
+        full.resize(2 + (3 << 20), 0);
+        full.push(b'c');
+        full.resize(full.len() + 5, 0);
+        assert_eq!(info, s.put_bytes(&full).unwrap());
+        assert_eq!(std::fs::read(s.path(&info.blake3)).unwrap(), full);
     }
 
     #[test]

@@ -83,6 +83,35 @@ impl Boot {
         }
     }
 
+    /// Firmware boot of a raw disk image on virtio-blk: `vars` = `Some(copy of OVMF_VARS)`
+    /// boots through OVMF (`q35`, pflash), `None` through QEMU's default SeaBIOS. The image
+    /// is opened with `snapshot=on`, so the guest's writes never reach the file.
+    pub fn raw_disk(disk: &Path, vars: Option<&Path>) -> Boot {
+        let mut args = Vec::new();
+        if let Some(vars) = vars {
+            args.extend([
+                "-machine".to_string(),
+                "q35".into(),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+        args.extend([
+            "-drive".to_string(),
+            format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()),
+        ]);
+        Boot {
+            kernel: None,
+            initrd: None,
+            append: None,
+            args,
+            memory_mb: 1024,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
     /// Network boot on SeaBIOS through iPXE: user-mode networking whose DHCP hands out
     /// `bootfile` (an `http://10.0.2.2:PORT/...` URL reaches the host's loopback).
     pub fn pxe(bootfile: &str) -> Boot {

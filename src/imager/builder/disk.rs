@@ -1,0 +1,127 @@
+//! The Builder's disk images (`<platform>-<arch>.raw`, imager spec §5): the initramfs and, for
+//! sd-boot and dual-boot, the disk-image UKI are built first, then the raw image is written
+//! sparsely into a scratch file on the data volume and streamed into the blob store.
+
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use crate::catalog::ArchRelease;
+use crate::imager::cmdline::kernel_cmdline;
+use crate::imager::disk::sparse::stream_into_blob;
+use crate::imager::disk::{DiskImageInputs, write_disk_image};
+use crate::imager::error::ImagerError;
+use crate::imager::profile::{DiskFormat, OutFormat, Profile};
+use crate::imager::uki::UkiPurpose;
+use crate::schematic::Bootloader;
+use crate::store::BlobInfo;
+
+use super::{BuildRequest, Builder, asset, internal};
+
+impl Builder {
+    /// The raw disk image of `profile` (kind image).
+    pub(super) fn disk_image(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: &Profile,
+        assets: &ArchRelease,
+        intermediates: &mut Vec<BlobInfo>,
+    ) -> Result<BlobInfo, ImagerError> {
+        if profile.secureboot {
+            return Err(ImagerError::Validation(
+                "SecureBoot disk images are not built by this appliance yet".into(),
+            ));
+        }
+        let opts = profile
+            .output
+            .image_options
+            .as_ref()
+            .ok_or_else(|| ImagerError::Validation("image options are required".into()))?;
+        let bootloader = opts.bootloader;
+        let initramfs = self.initramfs(req, profile, assets)?;
+        intermediates.push(initramfs.clone());
+        let uki = match bootloader {
+            Bootloader::SdBoot | Bootloader::DualBoot => {
+                let uki = self.uki_with(profile, assets, UkiPurpose::DiskImage, &initramfs)?;
+                intermediates.push(uki.clone());
+                Some(self.blobs.path(&uki.blake3))
+            }
+            _ => None,
+        };
+        std::fs::create_dir_all(&self.opts.scratch)?;
+        let scratch = tempfile::tempdir_in(&self.opts.scratch)?;
+        let grub_modules = match bootloader {
+            Bootloader::Grub | Bootloader::DualBoot => {
+                Some(self.grub_modules(assets, &scratch.path().join("grub"))?)
+            }
+            _ => None,
+        };
+        let inputs = DiskImageInputs {
+            cmdline: kernel_cmdline(profile, &[])?,
+            kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
+            initramfs: self.blobs.path(&initramfs.blake3),
+            uki,
+            systemd_boot: match bootloader {
+                Bootloader::SdBoot | Bootloader::DualBoot => {
+                    Some(self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3))
+                }
+                _ => None,
+            },
+            grub_modules,
+        };
+        let raw = scratch.path().join("disk.raw");
+        write_disk_image(profile, &inputs, scratch.path(), &raw)?;
+        let out = convert_output(profile, &raw)?;
+        let mut w = self.writer()?;
+        stream_into_blob(&mut File::open(&out)?, &mut w)
+            .map_err(|e| internal("store disk image", e))?;
+        w.finish().map_err(|e| internal("store disk image", e))
+    }
+
+    /// Materializes the release's GRUB module trees (`i386-pc/…`, `x86_64-efi/…`) under `dir`
+    /// (hard links to the blobs where possible) for `grub-mkimage -d`.
+    fn grub_modules(&self, assets: &ArchRelease, dir: &Path) -> Result<PathBuf, ImagerError> {
+        if assets.grub.is_empty() {
+            return Err(ImagerError::Validation(
+                "the release carries no GRUB modules (/usr/lib/grub in the imager image)".into(),
+            ));
+        }
+        for (rel, blob) in &assets.grub {
+            let rel_path = Path::new(rel);
+            if !rel_path
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+            {
+                return Err(internal("GRUB module tree", format!("bad path {rel:?}")));
+            }
+            let dest = dir.join(rel_path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let src = self.blobs.path(&blob.blake3);
+            if std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest)?;
+            }
+        }
+        Ok(dir.to_path_buf())
+    }
+}
+
+/// HOOK(formats): disk format conversion (spec §5.9: qcow2, vhd, ova, gcp) and compression
+/// (§1.6: `.xz`, `.gz`, `.zst`, `.tar.gz`) plug in here, turning the raw image at `raw` into
+/// the requested output file (in the same scratch directory). Until `imager::formats` lands
+/// only raw, uncompressed images are produced.
+fn convert_output(profile: &Profile, raw: &Path) -> Result<PathBuf, ImagerError> {
+    let disk_format = profile
+        .output
+        .image_options
+        .as_ref()
+        .map_or(DiskFormat::Raw, |o| o.disk_format);
+    if disk_format != DiskFormat::Raw || profile.output.out_format != OutFormat::Raw {
+        return Err(ImagerError::Validation(format!(
+            "disk format {disk_format:?} with output format {:?} is not built by this appliance yet \
+             (raw images only)",
+            profile.output.out_format
+        )));
+    }
+    Ok(raw.to_path_buf())
+}

@@ -1,0 +1,165 @@
+//! A whole raw disk image (imager spec §5.1): sparse file → GPT → EFI (FAT32) → BOOT (XFS) →
+//! GRUB BIOS boot code → META. Everything is written into one sparse file; nothing holds the
+//! disk in memory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::fat::{EspFile, write_esp};
+use super::grub::{BIOS_MODULES, embed_bios_boot, grub_cfg, mkimage};
+use super::layout::{LayoutRequest, create_sparse_disk, write_layout};
+use super::meta::write_profile_meta;
+use super::sparse::copy_into;
+use super::xfs::{XfsFile, mkfs_xfs, protofile};
+use super::{DiskLayout, guid::guid_from_label};
+use crate::imager::error::ImagerError;
+use crate::imager::profile::{Arch, Profile};
+use crate::schematic::Bootloader;
+
+/// `loader/loader.conf` of disk images (§5.4, 41 bytes).
+pub const LOADER_CONF: &str = "# systemd-boot configuration\n\ntimeout 10\n";
+
+/// The built parts a disk image is assembled from.
+#[derive(Debug, Clone)]
+pub struct DiskImageInputs {
+    /// The kernel command line (for the GRUB entries; the UKI carries its own).
+    pub cmdline: String,
+    /// Kernel (`A/vmlinuz` on BOOT).
+    pub kernel: PathBuf,
+    /// Initramfs with extensions (`A/initramfs.xz` on BOOT).
+    pub initramfs: PathBuf,
+    /// The UKI (`EFI/Linux/Talos-<version>.efi`): sd-boot and dual-boot.
+    pub uki: Option<PathBuf>,
+    /// systemd-boot (`EFI/boot/BOOT<arch>.efi`): sd-boot and dual-boot.
+    pub systemd_boot: Option<PathBuf>,
+    /// The release's GRUB module trees (`<dir>/i386-pc`, `<dir>/x86_64-efi`, …): grub and
+    /// dual-boot.
+    pub grub_modules: Option<PathBuf>,
+}
+
+fn required<'a>(what: &str, p: &'a Option<PathBuf>) -> Result<&'a PathBuf, ImagerError> {
+    p.as_ref()
+        .ok_or_else(|| ImagerError::Internal(format!("disk image: {what} is missing")))
+}
+
+/// The removable-media loader name for `arch`.
+pub fn efi_boot_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "BOOTX64.efi",
+        Arch::Arm64 => "BOOTAA64.efi",
+    }
+}
+
+/// The GRUB EFI platform for `arch`.
+fn grub_efi_platform(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "x86_64-efi",
+        Arch::Arm64 => "arm64-efi",
+    }
+}
+
+/// Writes the raw disk image of `profile` (kind image, output defaults applied) to `out`,
+/// using `scratch` (an empty directory on the same volume) for the BOOT filesystem and GRUB
+/// images. Returns the layout.
+pub fn write_disk_image(
+    profile: &Profile,
+    inputs: &DiskImageInputs,
+    scratch: &Path,
+    out: &Path,
+) -> Result<DiskLayout, ImagerError> {
+    let req = LayoutRequest::from_profile(profile)?;
+    let mut disk = create_sparse_disk(out, req.total_disk_size())?;
+    let layout = write_layout(&mut disk, &req)?;
+    let sector = layout.sector_size();
+    let version = profile.version.tag();
+    let arch = profile.arch;
+
+    // EFI
+    let efi = layout
+        .partition("EFI")
+        .ok_or_else(|| ImagerError::Internal("the layout has no EFI partition".into()))?;
+    let loader = format!("EFI/boot/{}", efi_boot_name(arch));
+    let esp = match req.bootloader {
+        Bootloader::SdBoot | Bootloader::DualBoot => vec![
+            EspFile::file(
+                &loader,
+                required("systemd-boot", &inputs.systemd_boot)?.clone(),
+            ),
+            EspFile::file(
+                &format!("EFI/Linux/Talos-{version}.efi"),
+                required("the UKI", &inputs.uki)?.clone(),
+            ),
+            EspFile::bytes("loader/loader.conf", LOADER_CONF),
+        ],
+        Bootloader::Grub => {
+            let modules = required("the GRUB modules", &inputs.grub_modules)?;
+            let image = scratch.join("grub-efi.img");
+            mkimage(
+                &modules.join(grub_efi_platform(arch)),
+                grub_efi_platform(arch),
+                &image,
+                &[],
+                true,
+            )?;
+            vec![EspFile::file(&loader, image)]
+        }
+        Bootloader::None => {
+            return Err(ImagerError::Validation(
+                "bootloader must be set for image output".into(),
+            ));
+        }
+    };
+    write_esp(&mut disk, efi, sector, &esp)?;
+
+    // BOOT (GRUB modes)
+    if let Some(boot) = layout.partition("BOOT") {
+        let cfg = scratch.join("grub.cfg");
+        let reset = profile
+            .quirks()
+            .has(crate::imager::quirks::Quirk::SupportsResetGrubOption);
+        std::fs::write(&cfg, grub_cfg(&version, &inputs.cmdline, reset))?;
+        let files = [
+            XfsFile {
+                path: "A/vmlinuz".into(),
+                source: inputs.kernel.clone(),
+                mode: 0o644,
+            },
+            XfsFile {
+                path: "A/initramfs.xz".into(),
+                source: inputs.initramfs.clone(),
+                mode: 0o644,
+            },
+            XfsFile {
+                path: "grub/grub.cfg".into(),
+                source: cfg,
+                mode: 0o600,
+            },
+        ];
+        let proto = scratch.join("BOOT.proto");
+        std::fs::write(&proto, protofile(&files, &[("grub", 0o700)])?)?;
+        let image = scratch.join("BOOT.img");
+        mkfs_xfs(
+            &image,
+            boot.size,
+            sector,
+            "BOOT",
+            guid_from_label("BOOT"),
+            &proto,
+        )?;
+        copy_into(&mut File::open(&image)?, &mut disk, boot.offset)?;
+        std::fs::remove_file(&image)?;
+    }
+
+    // GRUB BIOS boot code (amd64)
+    if layout.embeds_bios_boot_code() {
+        let modules = required("the GRUB modules", &inputs.grub_modules)?.join("i386-pc");
+        let core = scratch.join("core.img");
+        mkimage(&modules, "i386-pc", &core, BIOS_MODULES, false)?;
+        let boot_img = std::fs::read(modules.join("boot.img"))?;
+        embed_bios_boot(&mut disk, &layout, &boot_img, &std::fs::read(&core)?)?;
+    }
+
+    write_profile_meta(&mut disk, &layout, profile)?;
+    disk.sync_all()?;
+    Ok(layout)
+}

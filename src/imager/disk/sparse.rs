@@ -1,0 +1,204 @@
+//! Sparse files: the data regions of a file (`SEEK_DATA`/`SEEK_HOLE`), a byte window over one
+//! partition of a disk file, and copies that move only data and keep holes.
+//!
+//! A disk image is mostly zeros (a 4 GiB metal image holds a few dozen MiB of data), so
+//! nothing here reads, writes or hashes more than the written regions, except
+//! [`stream_into_blob`], whose hashes must cover every byte.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+
+use crate::store::BlobWriter;
+
+/// Copy buffer size.
+const CHUNK: usize = 1 << 20;
+
+/// The `[start, end)` byte ranges of `f` that hold data (everything else reads as zeros).
+pub fn data_regions(f: &File) -> io::Result<Vec<(u64, u64)>> {
+    let len = f.metadata()?.len();
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < len {
+        let off = i64::try_from(pos).map_err(io::Error::other)?;
+        // SAFETY: lseek on a file descriptor owned by `f`, which outlives this call.
+        let start = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (start, end) = (start as u64, (end as u64).min(len));
+        if end > start {
+            out.push((start, end));
+        }
+        pos = end.max(start + 1);
+    }
+    Ok(out)
+}
+
+/// Copies the data regions of `src` into `dst` at `dst_offset` (holes are skipped, so `dst`
+/// must read as zeros there already, like a fresh sparse disk file).
+pub fn copy_into(src: &mut File, dst: &mut File, dst_offset: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    for (start, end) in data_regions(src)? {
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK);
+            src.seek(SeekFrom::Start(pos))?;
+            src.read_exact(&mut buf[..n])?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                dst.seek(SeekFrom::Start(dst_offset + pos))?;
+                dst.write_all(&buf[..n])?;
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Streams all of `src` into a blob: data regions as bytes, holes (and all-zero chunks) as
+/// holes of the blob file; both hashes see every byte.
+pub fn stream_into_blob(src: &mut File, w: &mut BlobWriter) -> io::Result<()> {
+    let len = src.metadata()?.len();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    for (start, end) in data_regions(src)? {
+        w.write_zeros(start - pos)?;
+        pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK);
+            src.seek(SeekFrom::Start(pos))?;
+            src.read_exact(&mut buf[..n])?;
+            if buf[..n].iter().all(|b| *b == 0) {
+                w.write_zeros(n as u64)?;
+            } else {
+                w.write_all(&buf[..n])?;
+            }
+            pos += n as u64;
+        }
+    }
+    w.write_zeros(len - pos)
+}
+
+/// A `Read + Write + Seek` window of `len` bytes at `start` of a file: one partition, for
+/// filesystem writers that expect a whole device (`fatfs`). Writes past the end fail.
+pub struct Window<'a> {
+    file: &'a mut File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl<'a> Window<'a> {
+    /// The window `[start, start + len)` of `file`.
+    pub fn new(file: &'a mut File, start: u64, len: u64) -> Window<'a> {
+        Window {
+            file,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Window<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let got = self.file.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Write for Window<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pos + buf.len() as u64 > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
+        }
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for Window<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(o) => Some(o),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match target {
+            Some(t) if t <= self.len => {
+                self.pos = t;
+                Ok(t)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek outside the partition",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_copy_and_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("src"))
+            .unwrap();
+        src.set_len(64 << 20).unwrap();
+        src.seek(SeekFrom::Start(8 << 20)).unwrap();
+        src.write_all(b"hello").unwrap();
+        let regions = data_regions(&src).unwrap();
+        assert_eq!(regions.len(), 1, "{regions:?}");
+        assert!(regions[0].0 <= 8 << 20 && regions[0].1 >= (8 << 20) + 5);
+
+        let mut dst = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("dst"))
+            .unwrap();
+        dst.set_len(128 << 20).unwrap();
+        copy_into(&mut src, &mut dst, 1 << 20).unwrap();
+        let mut w = Window::new(&mut dst, 9 << 20, 16);
+        let mut got = [0u8; 5];
+        w.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(w.seek(SeekFrom::End(0)).unwrap(), 16);
+        assert!(w.write_all(b"x").is_err());
+        assert!(w.seek(SeekFrom::End(1)).is_err());
+    }
+}

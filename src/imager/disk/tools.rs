@@ -1,0 +1,59 @@
+//! External tools of disk images, for `image-factory doctor` and clear build errors.
+//!
+//! Only GRUB images (grub, dual-boot: the amd64 default) need them; sd-boot images and the
+//! ESP are built natively.
+
+use std::path::PathBuf;
+
+/// An external tool: its name, the Debian package that ships it and what it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tool {
+    /// Executable name.
+    pub name: &'static str,
+    /// Debian package.
+    pub package: &'static str,
+    /// What needs it.
+    pub purpose: &'static str,
+}
+
+/// The tools disk images use.
+pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: super::xfs::MKFS_XFS,
+        package: "xfsprogs",
+        purpose: "BOOT partition of grub and dual-boot disk images",
+    },
+    Tool {
+        name: super::grub::GRUB_MKIMAGE,
+        package: "grub-common",
+        purpose: "GRUB core images of grub and dual-boot disk images",
+    },
+];
+
+/// The tool on `PATH` (or in the sbin directories), if any.
+pub fn find(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Each tool with where it was found, or the message that says how to install it.
+pub fn check() -> Vec<(Tool, Result<PathBuf, String>)> {
+    TOOLS
+        .iter()
+        .map(|t| {
+            let found = find(t.name).ok_or_else(|| {
+                format!(
+                    "{} not found: install Debian package {} (needed for {})",
+                    t.name, t.package, t.purpose
+                )
+            });
+            (*t, found)
+        })
+        .collect()
+}

@@ -1,0 +1,340 @@
+//! Disk images end to end with the test kit: `image-factory build metal-amd64.raw` for an
+//! sd-boot and a dual-boot schematic; the images are checked with independent tools
+//! (`sfdisk --verify`, `fsck.vfat -n` and mtools on the ESP, `xfs_repair -n` on BOOT), META
+//! is read back, two builds give the same bytes, and the images boot in QEMU: sd-boot on OVMF,
+//! dual-boot on SeaBIOS (GRUB) and OVMF (systemd-boot). The kit's init prints the command
+//! line, the mounted extensions, the schematic and the META partition it found on the disk.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::kit::{self, Kit};
+use image_factory::testkit::qemu::{self, OVMF_CODE, OVMF_VARS};
+use image_factory::testkit::{Marker, parse_adv};
+
+const VERSION: &str = "v1.11.0";
+
+/// Sizes of metal amd64 images for target 1.11 (spec §1.2/§1.3: 1246 MiB + 1000 MiB BOOT bump,
+/// dual-boot adds BIOS + BOOT).
+const SD_BOOT_SIZE: u64 = 2246 << 20;
+const DUAL_BOOT_SIZE: u64 = 4247 << 20;
+
+fn schematic_file(k: &Kit, name: &str, extra: &str) -> PathBuf {
+    let p = k.dir.path().join(name);
+    std::fs::write(&p, format!("{}{extra}", kit::SCHEMATIC)).expect("schematic");
+    p
+}
+
+fn schematic_id(path: &Path) -> String {
+    let out = Command::new(common::bin())
+        .args(["schematic", "id", path.to_str().unwrap()])
+        .output()
+        .expect("id");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds `metal-amd64.raw` for `schematic` into `out`; returns the sha256 the CLI reports.
+fn build(k: &Kit, schematic: &Path, out: &Path, rebuild: bool) -> String {
+    let mut args = vec![
+        "build",
+        "--schematic",
+        schematic.to_str().unwrap(),
+        "--version",
+        VERSION,
+        "--path",
+        "metal-amd64.raw",
+        "--data-dir",
+        k.data.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    if rebuild {
+        args.push("--rebuild");
+    }
+    let err = kit::bin(&args);
+    if rebuild {
+        assert!(err.contains("(built)"), "--rebuild did not build: {err}");
+    }
+    err.split("sha256 ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Runs a Debian tool; panics with its output (and the package to install) on failure.
+fn tool(package: &str, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}: install Debian package {package}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
+    text
+}
+
+/// `sfdisk --verify` passes; returns name → (byte offset, byte size) from `sfdisk --json`.
+fn partitions(disk: &Path) -> BTreeMap<String, (u64, u64)> {
+    let verify = tool("fdisk", "sfdisk", &["--verify", disk.to_str().unwrap()]);
+    assert!(verify.contains("No errors detected"), "{verify}");
+    let json: serde_json::Value = serde_json::from_str(&tool(
+        "fdisk",
+        "sfdisk",
+        &["--json", disk.to_str().unwrap()],
+    ))
+    .expect("sfdisk json");
+    let table = &json["partitiontable"];
+    assert_eq!(table["label"], "gpt");
+    assert_eq!(table["sectorsize"], 512);
+    table["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                (
+                    p["start"].as_u64().unwrap() * 512,
+                    p["size"].as_u64().unwrap() * 512,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Copies `size` bytes at `offset` of `disk` into a sparse file `dest`.
+fn extract(disk: &Path, (offset, size): (u64, u64), dest: &Path) {
+    let mut src = File::open(disk).expect("open disk");
+    src.seek(SeekFrom::Start(offset)).unwrap();
+    let mut out = File::create(dest).expect("create");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n]).unwrap();
+        if buf[..n].iter().any(|b| *b != 0) {
+            out.write_all(&buf[..n]).unwrap();
+        } else {
+            out.seek(SeekFrom::Current(n as i64)).unwrap();
+        }
+        left -= n as u64;
+    }
+    out.set_len(size).unwrap();
+}
+
+fn read_region(disk: &Path, (offset, size): (u64, u64)) -> Vec<u8> {
+    let mut f = File::open(disk).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0u8; size as usize];
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Checks the ESP with dosfstools and mtools: FAT32 that fsck accepts, holding systemd-boot,
+/// the UKI and loader.conf.
+fn check_esp(esp: &Path) {
+    let esp = esp.to_str().unwrap();
+    tool("dosfstools", "fsck.vfat", &["-n", esp]);
+    let listing = tool("mtools", "mdir", &["-i", esp, "-/", "-b", "::"]);
+    for want in [
+        "::/EFI/boot/BOOTX64.efi",
+        &format!("::/EFI/Linux/Talos-{VERSION}.efi"),
+        "::/loader/loader.conf",
+    ] {
+        assert!(
+            listing.contains(want),
+            "{want} missing from the ESP:\n{listing}"
+        );
+    }
+    let conf = tool("mtools", "mtype", &["-i", esp, "::/loader/loader.conf"]);
+    assert_eq!(conf, "# systemd-boot configuration\n\ntimeout 10\n");
+    let info = tool("mtools", "minfo", &["-i", esp, "::"]);
+    assert!(info.contains("serial number: 1234ABCD"), "{info}");
+}
+
+/// The META partition's ADV (both copies identical) as tag → value.
+fn meta_values(disk: &Path, region: (u64, u64)) -> BTreeMap<u8, Vec<u8>> {
+    let bytes = read_region(disk, region);
+    let first = parse_adv(&bytes[..256 << 10]).expect("META copy 1");
+    let second = parse_adv(&bytes[256 << 10..512 << 10]).expect("META copy 2");
+    assert_eq!(first, second);
+    assert!(bytes[512 << 10..].iter().all(|b| *b == 0));
+    first
+}
+
+fn marker(console: &str) -> Marker {
+    Marker::find(console)
+        .unwrap_or_else(|| panic!("no marker; console:\n{console}"))
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{console}"))
+}
+
+/// The marker shows the schematic's args, extensions and file, and META read from the disk.
+fn check_boot(m: &Marker, id: &str, dual_boot: bool) {
+    assert!(m.cmdline.contains("if.test=hello"), "{}", m.cmdline);
+    assert!(m.cmdline.contains("talos.platform=metal"), "{}", m.cmdline);
+    assert!(
+        !m.cmdline.contains("INSTALLER_META_BASE64"),
+        "disk images carry META in the partition, not the command line: {}",
+        m.cmdline
+    );
+    let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
+    for want in [
+        "kmod-test",
+        "fw-test",
+        "svc-test",
+        "schematic",
+        "modules.dep",
+    ] {
+        assert!(
+            names.contains(&want),
+            "extension {want} not mounted: {names:?}"
+        );
+    }
+    assert_eq!(m.schematic, id, "schematic file not in the merged root");
+    let meta = m
+        .meta_partition()
+        .expect("META decodes")
+        .expect("the kit found no META partition on the disk");
+    assert_eq!(
+        meta.get(&0x0a).map(Vec::as_slice),
+        Some(&b"{\"addr\":\"1.2.3.4\"}"[..])
+    );
+    assert_eq!(
+        meta.get(&0x11).map(Vec::as_slice),
+        dual_boot.then_some(&b"dual-boot"[..])
+    );
+}
+
+fn can_boot() -> bool {
+    let ok = qemu::available() && Path::new(OVMF_CODE).exists();
+    if !ok {
+        println!("SKIPPED boot: qemu-system-x86_64 or OVMF not installed");
+    }
+    ok
+}
+
+fn boot_ovmf(disk: &Path, work: &Path) -> Marker {
+    let vars = work.join("vars.fd");
+    std::fs::copy(OVMF_VARS, &vars).expect("vars");
+    let run = qemu::Boot::raw_disk(disk, Some(&vars)).run().expect("qemu");
+    marker(&run.console)
+}
+
+#[test]
+fn sd_boot_image_is_valid_deterministic_and_boots_on_ovmf() {
+    let Some(k) = kit::imported(0) else { return };
+    let schematic = schematic_file(&k, "sd-boot.yaml", "  bootloader: sd-boot\n");
+    let out = k.dir.path().join("out-sd");
+    let first = build(&k, &schematic, &out, false);
+    let disk = out.join("metal-amd64.raw");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), SD_BOOT_SIZE);
+    let copy = k.dir.path().join("first.raw");
+    std::fs::rename(&disk, &copy).unwrap();
+    let second = build(&k, &schematic, &out, true);
+    assert_eq!(first, second, "two sd-boot builds differ");
+    assert_eq!(first.len(), 64);
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&disk).unwrap(),
+        "the written files differ"
+    );
+    std::fs::remove_file(&copy).unwrap();
+
+    let parts = partitions(&disk);
+    assert_eq!(parts.keys().collect::<Vec<_>>(), ["EFI", "META"]);
+    let esp = k.dir.path().join("esp.img");
+    extract(&disk, parts["EFI"], &esp);
+    check_esp(&esp);
+    let meta = meta_values(&disk, parts["META"]);
+    assert_eq!(
+        meta.into_iter().collect::<Vec<_>>(),
+        vec![(0x0a, b"{\"addr\":\"1.2.3.4\"}".to_vec())]
+    );
+    // no GRUB boot code in sector 0
+    assert!(read_region(&disk, (0, 446)).iter().all(|b| *b == 0));
+
+    if can_boot() {
+        let m = boot_ovmf(&disk, k.dir.path());
+        check_boot(&m, &schematic_id(&schematic), false);
+    }
+}
+
+#[test]
+fn dual_boot_image_is_valid_deterministic_and_boots_on_seabios_and_ovmf() {
+    let Some(k) = kit::imported(0) else { return };
+    // no bootloader: amd64 >= 1.10 defaults to dual-boot
+    let schematic = schematic_file(&k, "dual.yaml", "");
+    let out = k.dir.path().join("out-dual");
+    let first = build(&k, &schematic, &out, false);
+    let second = build(&k, &schematic, &out, true);
+    assert_eq!(first, second, "two dual-boot builds differ");
+    let disk = out.join("metal-amd64.raw");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), DUAL_BOOT_SIZE);
+
+    let parts = partitions(&disk);
+    assert_eq!(
+        parts.keys().collect::<Vec<_>>(),
+        ["BIOS", "BOOT", "EFI", "META"]
+    );
+    let esp = k.dir.path().join("esp.img");
+    extract(&disk, parts["EFI"], &esp);
+    check_esp(&esp);
+    std::fs::remove_file(&esp).unwrap();
+
+    let boot = k.dir.path().join("boot.img");
+    extract(&disk, parts["BOOT"], &boot);
+    tool(
+        "xfsprogs",
+        "xfs_repair",
+        &["-n", "-f", boot.to_str().unwrap()],
+    );
+    let boot_s = boot.to_str().unwrap();
+    let label = tool(
+        "xfsprogs",
+        "xfs_db",
+        &["-r", "-c", "label", "-c", "uuid", boot_s],
+    );
+    assert!(label.contains("\"BOOT\""), "{label}");
+    assert!(
+        label.contains("24c73076-4092-85dd-9d98-686a2dbf6d81"),
+        "{label}"
+    );
+    let ls = tool(
+        "xfsprogs",
+        "xfs_db",
+        &["-r", "-c", "ls /A", "-c", "ls /grub", boot_s],
+    );
+    for want in ["vmlinuz", "initramfs.xz", "grub.cfg"] {
+        assert!(ls.contains(want), "{want} missing on BOOT:\n{ls}");
+    }
+    std::fs::remove_file(&boot).unwrap();
+
+    let meta = meta_values(&disk, parts["META"]);
+    assert_eq!(meta.get(&0x11).map(Vec::as_slice), Some(&b"dual-boot"[..]));
+    assert!(meta.contains_key(&0x0a));
+    // boot.img in sector 0 points at core.img in the BIOS partition (spec §5.5.3)
+    let mbr = read_region(&disk, (0, 512));
+    let bios_lba = parts["BIOS"].0 / 512;
+    assert_eq!(&mbr[0x5C..0x64], &bios_lba.to_le_bytes());
+    assert_eq!(&mbr[0x66..0x68], &[0x90, 0x90]);
+    assert_eq!(&mbr[510..], &[0x55, 0xAA]);
+    let core = read_region(&disk, (parts["BIOS"].0, 512));
+    assert_eq!(&core[0x1F4..0x1FC], &(bios_lba + 1).to_le_bytes());
+
+    if can_boot() {
+        let id = schematic_id(&schematic);
+        let run = qemu::Boot::raw_disk(&disk, None).run().expect("qemu");
+        check_boot(&marker(&run.console), &id, true);
+        let m = boot_ovmf(&disk, k.dir.path());
+        check_boot(&m, &id, true);
+    }
+}
