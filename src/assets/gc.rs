@@ -6,6 +6,7 @@
 //! request and is rebuilt.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -141,7 +142,8 @@ pub fn collect_garbage(
         for b in record.blobs().filter(|b| !protected.contains(*b)) {
             *refs.entry(b.to_string()).or_insert(0) += 1;
             if !sizes.contains_key(b) {
-                let size = std::fs::metadata(blobs.path(b)).map_or(0, |m| m.len());
+                // Disk space actually used: disk images are stored sparse.
+                let size = std::fs::metadata(blobs.path(b)).map_or(0, |m| m.blocks() * 512);
                 sizes.insert(b.to_string(), size);
             }
         }
