@@ -349,3 +349,38 @@ async fn failed_builds_are_not_cached() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_images_download_by_path() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let path = format!("/image/{id}/{V}/metal-amd64.raw");
+    // HEAD builds (as upstream) and answers the headers only.
+    let head = client().head(s.url(&path)).send().await.expect("head");
+    assert_eq!(head.status(), 200);
+    let size: u64 = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(size % (1 << 20), 0, "disk size {size} is not whole MiB");
+    assert!(size > 1 << 30, "{size}");
+    // The GPT header of the image, and its backup at the very end, by range.
+    let g = get(&s, &path, &[("range", "bytes=0-1023")]).await;
+    assert_eq!(g.status, 206);
+    assert_eq!(&g.body[510..512], &[0x55, 0xaa], "no protective MBR");
+    assert_eq!(&g.body[512..520], b"EFI PART");
+    let tail = get(&s, &path, &[("range", "bytes=-512")]).await;
+    assert_eq!(&tail.body[..8], b"EFI PART", "no backup GPT header");
+    assert_eq!(
+        metric(
+            &s,
+            "image_factory_assets_built_total",
+            &["output_kind=\"image\""]
+        )
+        .await,
+        1.0
+    );
+    s.stop().await;
+}

@@ -6,34 +6,27 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use image_factory::testkit::{self, Marker, SynthOptions, qemu};
+use image_factory::testkit::{Marker, qemu};
 
 use image_factory::testkit::qemu::{OVMF_CODE, OVMF_VARS};
 
-const SCHEMATIC: &str = "customization:
-  extraKernelArgs:
-    - if.test=hello
-  meta:
-    - key: 0xa
-      value: '{\"addr\":\"1.2.3.4\"}'
-  systemExtensions:
-    officialExtensions:
-      - siderolabs/kmod-test
-      - siderolabs/fw-test
-      - siderolabs/svc-test
-";
+use common::kit::bin;
 
-fn bin(args: &[&str]) -> String {
-    let out = Command::new(common::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{args:?} failed: {err}");
-    err
+/// The imported kit release and where builds are written.
+struct Kit {
+    kit: common::kit::Kit,
+    out: PathBuf,
+}
+
+/// Synthesizes and imports the kit release; `None` (with a notice) without kit inputs.
+fn kit() -> Option<Kit> {
+    let kit = common::kit::imported(0)?;
+    Some(Kit {
+        out: kit.dir.path().join("out"),
+        kit,
+    })
 }
 
 fn sha_of(stderr: &str) -> String {
@@ -43,50 +36,6 @@ fn sha_of(stderr: &str) -> String {
         .and_then(|s| s.split(',').next())
         .unwrap_or_default()
         .to_string()
-}
-
-struct Kit {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    out: PathBuf,
-    schematic: PathBuf,
-}
-
-/// Synthesizes and imports the kit release; `None` (with a notice) without kit inputs.
-fn kit() -> Option<Kit> {
-    let kit_dir = testkit::default_kit_dir();
-    if testkit::KitInputs::locate(&kit_dir).is_err() {
-        println!("SKIPPED: test kit inputs missing; run tests/kit/fetch-debian.sh");
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tmp");
-    let opts = SynthOptions {
-        out: dir.path().join("kit"),
-        versions: vec!["v1.11.0".into()],
-        arches: vec!["amd64".into()],
-        extensions: 0,
-        extension_size_mb: 0,
-        kit_dir,
-        key: None,
-    };
-    testkit::synth_release(&opts).expect("synth release");
-    let data = dir.path().join("data");
-    bin(&[
-        "import",
-        dir.path().join("kit/bundle.tar").to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--trust-key",
-        dir.path().join("kit/signing-key.pub").to_str().unwrap(),
-    ]);
-    let schematic = dir.path().join("schematic.yaml");
-    std::fs::write(&schematic, SCHEMATIC).expect("write schematic");
-    Some(Kit {
-        out: dir.path().join("out"),
-        data,
-        schematic,
-        _dir: dir,
-    })
 }
 
 fn build(k: &Kit, path: &str) -> String {
@@ -104,13 +53,13 @@ fn build_with(k: &Kit, path: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "build",
         "--schematic",
-        k.schematic.to_str().unwrap(),
+        k.kit.schematic.to_str().unwrap(),
         "--version",
         "v1.11.0",
         "--path",
         path,
         "--data-dir",
-        k.data.to_str().unwrap(),
+        k.kit.data.to_str().unwrap(),
         "-o",
         k.out.to_str().unwrap(),
     ];
@@ -163,7 +112,7 @@ fn check(m: &Marker, id: &str, expect_meta: bool) {
 
 fn schematic_id(k: &Kit) -> String {
     let out = Command::new(common::bin())
-        .args(["schematic", "id", k.schematic.to_str().unwrap()])
+        .args(["schematic", "id", k.kit.schematic.to_str().unwrap()])
         .output()
         .expect("id");
     String::from_utf8_lossy(&out.stdout).trim().to_string()

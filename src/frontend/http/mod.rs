@@ -161,12 +161,14 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Starts the background garbage-collection and scrub loops (`cache.*IntervalSeconds`).
-fn spawn_maintenance(assets: &Assets, config: &Config) {
+/// Starts the background garbage-collection and scrub loops (`cache.*IntervalSeconds`); the
+/// caller aborts them at shutdown (they hold the stores open).
+fn spawn_maintenance(assets: &Assets, config: &Config) -> Vec<JoinHandle<()>> {
     let every = |secs: u64| (secs > 0).then(|| std::time::Duration::from_secs(secs));
+    let mut tasks = Vec::new();
     if let Some(period) = every(config.cache.gc_interval_seconds) {
         let assets = assets.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
@@ -181,11 +183,11 @@ fn spawn_maintenance(assets: &Assets, config: &Config) {
                     Err(e) => tracing::error!(error = %e, "garbage collection failed"),
                 }
             }
-        });
+        }));
     }
     if let Some(period) = every(config.cache.scrub_interval_seconds) {
         let assets = assets.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 tick.tick().await;
@@ -196,8 +198,9 @@ fn spawn_maintenance(assets: &Assets, config: &Config) {
                     Err(e) => tracing::error!(error = %e, "scrub failed"),
                 }
             }
-        });
+        }));
     }
+    tasks
 }
 
 /// How long open connections may take to finish after a shutdown signal.
@@ -346,7 +349,7 @@ pub async fn serve(
         pxe_base_url,
         signing_key_pem,
     });
-    spawn_maintenance(&assets, &config);
+    let maintenance = spawn_maintenance(&assets, &config);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -392,6 +395,10 @@ pub async fn serve(
             Some(t) => finished("metrics", t.await),
             None => Ok(()),
         };
+        for t in maintenance {
+            t.abort();
+            let _ = t.await;
+        }
         let flushed = schematics.flush().await;
         tracing::info!("server stopped, storage flushed");
         http_res?;
