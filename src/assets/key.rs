@@ -78,3 +78,93 @@ pub fn cache_key(
         inputs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::catalog::{ArchRelease, BlobRef, Signatures, Version};
+    use crate::imager::profile::{Arch, OutputKind};
+
+    fn release(kernel_sha: &str) -> Release {
+        let mut arch = ArchRelease::default();
+        arch.assets.insert(
+            "vmlinuz".into(),
+            BlobRef {
+                blake3: "b".repeat(64),
+                sha256: kernel_sha.into(),
+                size: 1,
+                mode: 0o644,
+            },
+        );
+        Release {
+            version: "v1.11.0".into(),
+            imported_at: "2026-01-01T00:00:00Z".into(),
+            source: "test".into(),
+            signatures: Signatures::Skipped,
+            partial: false,
+            arches: [("amd64".to_string(), arch)].into_iter().collect(),
+            extensions: vec![],
+            overlays: vec![],
+        }
+    }
+
+    fn profile() -> Profile {
+        let v = Version::parse_strict("v1.11.0").unwrap();
+        Profile::new(Arch::Amd64, "metal", false, v, OutputKind::Initramfs)
+    }
+
+    fn opts() -> BuilderOptions {
+        BuilderOptions {
+            external_url: "http://f/".into(),
+            scratch: PathBuf::from("/tmp"),
+            initramfs_zstd_level: 18,
+        }
+    }
+
+    #[test]
+    fn every_input_that_shapes_bytes_changes_the_key() {
+        let key = |id: &str, p: &Profile, r: &Release, o: &BuilderOptions| {
+            cache_key(id, p, r, o).unwrap().key
+        };
+        let base = key("s", &profile(), &release("aa"), &opts());
+        assert_eq!(base.len(), 64);
+        assert_eq!(
+            base,
+            key("s", &profile(), &release("aa"), &opts()),
+            "not stable"
+        );
+
+        let mut others = vec![
+            key("t", &profile(), &release("aa"), &opts()),
+            key("s", &profile(), &release("ab"), &opts()),
+        ];
+        let mut p = profile();
+        p.customization.extra_kernel_args.push("x=1".into());
+        others.push(key("s", &p, &release("aa"), &opts()));
+        let mut p = profile();
+        p.arch = Arch::Arm64;
+        others.push(key("s", &p, &release("aa"), &opts()));
+        let mut o = opts();
+        o.external_url = "http://g/".into();
+        others.push(key("s", &profile(), &release("aa"), &o));
+        let mut o = opts();
+        o.initramfs_zstd_level = 3;
+        others.push(key("s", &profile(), &release("aa"), &o));
+        // The scratch directory does not shape bytes.
+        let mut o = opts();
+        o.scratch = PathBuf::from("/elsewhere");
+        assert_eq!(base, key("s", &profile(), &release("aa"), &o));
+
+        let n = others.len();
+        others.push(base);
+        others.sort();
+        others.dedup();
+        assert_eq!(others.len(), n + 1, "two different inputs share a key");
+        let inputs = cache_key("s", &profile(), &release("aa"), &opts())
+            .unwrap()
+            .inputs;
+        assert_eq!(inputs["asset/vmlinuz"], "sha256:aa");
+    }
+}
