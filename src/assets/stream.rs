@@ -5,7 +5,7 @@
 //! `Content-Length` and no client receives a complete response with damaged bytes.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt as _;
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -33,24 +33,53 @@ pub struct AssetBody {
     pub(super) _guard: ServeGuard,
 }
 
-/// Fills `buf` from `pos` and feeds it to `hasher` (blocking).
+/// Appends up to `want` bytes read at `pos` to `buf` without zeroing its spare capacity
+/// first (zeroing cost about a tenth of the serving CPU); returns the count (0 at EOF).
+fn pread_into(file: &File, buf: &mut BytesMut, pos: u64, want: usize) -> std::io::Result<usize> {
+    buf.reserve(want);
+    let spare = buf.spare_capacity_mut();
+    let want = want.min(spare.len());
+    let offset = libc::off_t::try_from(pos)
+        .map_err(|_| std::io::Error::other("asset offset out of range"))?;
+    // SAFETY: `spare` is writable memory owned by `buf` of at least `want` bytes; pread(2)
+    // writes at most `want` bytes into it and reports how many, and only that many bytes
+    // (now initialized) are added to the buffer's length.
+    let n = unsafe {
+        libc::pread(
+            file.as_raw_fd(),
+            spare.as_mut_ptr().cast::<libc::c_void>(),
+            want,
+            offset,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+    // SAFETY: the first `n` bytes of the spare capacity were just written by pread(2).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Reads `len` bytes at `pos` into `buf` and feeds them to `hasher` (blocking).
 fn read_chunk(
     file: &File,
     pos: u64,
+    len: usize,
     mut buf: BytesMut,
     mut hasher: Option<blake3::Hasher>,
 ) -> std::io::Result<(Bytes, Option<blake3::Hasher>)> {
-    let len = buf.len();
-    let mut done = 0;
-    while done < len {
-        let n = file.read_at(&mut buf[done..], pos + done as u64)?;
+    while buf.len() < len {
+        let done = buf.len();
+        let n = loop {
+            match pread_into(file, &mut buf, pos + done as u64, len - done) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "asset file is shorter than its record",
             ));
         }
-        done += n;
     }
     if let Some(h) = hasher.as_mut() {
         h.update(&buf);
@@ -79,9 +108,9 @@ impl Reader {
         // Allocated here, on a runtime worker, rather than on whichever blocking-pool thread
         // runs the read: buffers then come from a few malloc arenas instead of one per
         // blocking thread, which keeps the resident size flat under many downloads.
-        let buf = BytesMut::zeroed(len);
+        let buf = BytesMut::with_capacity(len);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            read_chunk(&file, pos, buf, hasher)
+            read_chunk(&file, pos, len, buf, hasher)
         }));
     }
 }
