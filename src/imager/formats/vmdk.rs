@@ -16,7 +16,7 @@
 
 use std::io::{self, Write};
 
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 use super::sparse::{Extent, RawImage};
 
@@ -154,7 +154,8 @@ pub fn write_vmdk(img: &RawImage, level: u32, out: &mut dyn Write) -> io::Result
     let mut gd = Vec::with_capacity(tables as usize);
     let mut gt = vec![0u32; GT_ENTRIES as usize];
     let mut raw = vec![0u8; grain_bytes as usize];
-    let mut packed = Vec::with_capacity(grain_bytes as usize + 1024);
+    // Deflate expands incompressible data by a few bytes per 16 KiB block at most.
+    let mut packed = Vec::with_capacity(2 * grain_bytes as usize);
     let mut z = Compress::new(Compression::new(level), true);
     for t in 0..tables {
         gt.fill(0);
@@ -168,8 +169,14 @@ pub fn write_vmdk(img: &RawImage, level: u32, out: &mut dyn Write) -> io::Result
             let len = (size - g * grain_bytes).min(grain_bytes) as usize;
             packed.clear();
             z.reset();
-            z.compress_vec(&raw[..len], &mut packed, FlushCompress::Finish)
+            let status = z
+                .compress_vec(&raw[..len], &mut packed, FlushCompress::Finish)
                 .map_err(io::Error::other)?;
+            if status != Status::StreamEnd {
+                return Err(io::Error::other(
+                    "VMDK grain did not fit the deflate buffer",
+                ));
+            }
             gt[(g - t * GT_ENTRIES) as usize] = sector32(o.sector())?;
             o.put(&(g * GRAIN_SECTORS).to_le_bytes())?;
             o.put(&(packed.len() as u32).to_le_bytes())?;
