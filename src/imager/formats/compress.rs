@@ -41,9 +41,9 @@ impl Default for CompressionLevels {
     fn default() -> Self {
         CompressionLevels {
             xz: 0,
-            gzip: 1,
-            zstd: 3,
-            zstd_window_log: 27,
+            gzip: 6,
+            zstd: 1,
+            zstd_window_log: 0,
             vmdk_deflate: 1,
             threads: 2,
         }
@@ -250,12 +250,10 @@ mod tests {
         for codec in [Codec::Xz, Codec::Zstd, Codec::Gzip] {
             let one = CompressionLevels {
                 threads: 1,
+                zstd_window_log: 27,
                 ..CompressionLevels::default()
             };
-            let three = CompressionLevels {
-                threads: 3,
-                ..CompressionLevels::default()
-            };
+            let three = CompressionLevels { threads: 3, ..one };
             assert_eq!(
                 compress(codec, &one, &data),
                 compress(codec, &three, &data),
@@ -274,7 +272,14 @@ mod tests {
         assert!(back == data);
         let zst = compress(Codec::Zstd, &l, &data);
         assert!(zstd::decode_all(&zst[..]).unwrap() == data);
+        assert!(zst.len() > 12 << 20, "{}", zst.len());
         // Long mode finds the repeated 6 MiB at 14 MiB distance.
+        let long = CompressionLevels {
+            zstd_window_log: 27,
+            ..l
+        };
+        let zst = compress(Codec::Zstd, &long, &data);
+        assert!(zstd::decode_all(&zst[..]).unwrap() == data);
         assert!(zst.len() < 7 << 20, "{}", zst.len());
         let gz = compress(Codec::Gzip, &l, &data);
         let mut back = Vec::new();

@@ -48,7 +48,7 @@ pub fn footer(size: u64) -> [u8; 512] {
 /// Writes `img` as a fixed VHD into `out`; the raw size must be a multiple of 512.
 pub fn write_vhd(img: &RawImage, out: &mut dyn Write) -> io::Result<()> {
     let size = img.size();
-    if size % 512 != 0 {
+    if !size.is_multiple_of(512) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("VHD needs a disk size that is a multiple of 512 bytes, got {size}"),

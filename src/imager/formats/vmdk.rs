@@ -125,7 +125,7 @@ impl Out<'_> {
 /// written. The raw size must be a multiple of 512.
 pub fn write_vmdk(img: &RawImage, level: u32, out: &mut dyn Write) -> io::Result<u64> {
     let size = img.size();
-    if size % SECTOR != 0 {
+    if !size.is_multiple_of(SECTOR) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("VMDK needs a disk size that is a multiple of 512 bytes, got {size}"),
