@@ -14,6 +14,7 @@ pub mod builder;
 pub mod cmdline;
 pub mod disk;
 pub mod error;
+pub mod formats;
 pub mod initramfs;
 pub mod meta;
 pub mod path;
