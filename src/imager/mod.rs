@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod disk;
 pub mod error;
 pub mod initramfs;
+pub mod iso;
 pub mod meta;
 pub mod path;
 pub mod profile;
