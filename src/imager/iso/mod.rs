@@ -222,7 +222,10 @@ pub fn write_iso(
         let conf = scratch.join("loader.conf");
         std::fs::write(&conf, iso_loader_conf("off"))?;
         let files = [
-            (loader, required("systemd-boot", &inputs.systemd_boot)?.clone()),
+            (
+                loader,
+                required("systemd-boot", &inputs.systemd_boot)?.clone(),
+            ),
             (uki_path, required("the UKI", &inputs.uki)?.clone()),
             ("loader/loader.conf".to_string(), conf),
         ];
