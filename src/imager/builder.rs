@@ -1,6 +1,6 @@
 //! The `Builder`: one entry point that turns (schematic, version, asset path) into a stored
 //! asset — kernel, cmdline, initramfs with extensions, UKI, installer image, raw disk image
-//! (`builder/disk.rs`). Used by
+//! (`builder/disk.rs`), ISO (`builder/iso.rs`). Used by
 //! `image-factory build` and (next) by the HTTP asset pipeline. Blocking: run it on a blocking
 //! thread.
 
@@ -32,6 +32,7 @@ use super::uki::{
 };
 
 mod disk;
+mod iso;
 
 /// Largest manifest or config read from the blob store.
 const MAX_METADATA: u64 = 4 << 20;
@@ -162,11 +163,7 @@ impl Builder {
                 self.installer(req, &profile, release, assets, &mut intermediates)?
             }
             OutputKind::Image => self.disk_image(req, &profile, assets, &mut intermediates)?,
-            other => {
-                return Err(ImagerError::Validation(format!(
-                    "{other:?} outputs are not built by this appliance yet"
-                )));
-            }
+            OutputKind::Iso => self.iso(req, &profile, assets, &mut intermediates)?,
         };
         Ok(Built {
             blob,

@@ -1,5 +1,5 @@
 //! The native imager: asset paths and profiles, quirks, kernel command lines, META, initramfs
-//! with system extensions, UKIs, installer images (and, later, disk images and ISOs).
+//! with system extensions, UKIs, installer images, raw disk images (`disk`) and ISOs (`iso`).
 //!
 //! Everything here is deterministic: the same inputs give the same bytes
 //! (`SOURCE_DATE_EPOCH` = [`SOURCE_DATE_EPOCH`], sorted inputs, fixed archive metadata).
@@ -16,6 +16,7 @@ pub mod disk;
 pub mod error;
 pub mod formats;
 pub mod initramfs;
+pub mod iso;
 pub mod meta;
 pub mod path;
 pub mod profile;

@@ -112,6 +112,17 @@ impl Boot {
         }
     }
 
+    /// Firmware boot of an ISO from QEMU's IDE CD-ROM (`-cdrom`): `vars` = `Some(copy of
+    /// OVMF_VARS)` boots through OVMF (`q35`, pflash), `None` through SeaBIOS.
+    pub fn cdrom(iso: &Path, vars: Option<&Path>) -> Boot {
+        let mut boot = Boot::raw_disk(iso, vars);
+        // replace the virtio disk (the last two arguments) with the CD-ROM
+        boot.args.truncate(boot.args.len() - 2);
+        boot.args.push("-cdrom".into());
+        boot.args.push(iso.display().to_string());
+        boot
+    }
+
     /// Network boot on SeaBIOS through iPXE: user-mode networking whose DHCP hands out
     /// `bootfile` (an `http://10.0.2.2:PORT/...` URL reaches the host's loopback).
     pub fn pxe(bootfile: &str) -> Boot {

@@ -44,6 +44,12 @@ pub fn bin(args: &[&str]) -> String {
 /// Synthesizes (`extension_size_mb` of payload per extension) and imports the kit release
 /// v1.11.0/amd64; `None` (with a notice) without kit inputs.
 pub fn imported(extension_size_mb: u64) -> Option<Kit> {
+    imported_version("v1.11.0", extension_size_mb)
+}
+
+/// Like [`imported`], for the kit release `version` (amd64).
+#[allow(dead_code)]
+pub fn imported_version(version: &str, extension_size_mb: u64) -> Option<Kit> {
     let kit_dir = testkit::default_kit_dir();
     if testkit::KitInputs::locate(&kit_dir).is_err() {
         println!("SKIPPED: test kit inputs missing; run tests/kit/fetch-debian.sh");
@@ -52,7 +58,7 @@ pub fn imported(extension_size_mb: u64) -> Option<Kit> {
     let dir = tempfile::tempdir().expect("tmp");
     let opts = SynthOptions {
         out: dir.path().join("kit"),
-        versions: vec!["v1.11.0".into()],
+        versions: vec![version.into()],
         arches: vec!["amd64".into()],
         extensions: 0,
         extension_size_mb,

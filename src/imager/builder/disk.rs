@@ -79,7 +79,11 @@ impl Builder {
 
     /// Materializes the release's GRUB module trees (`i386-pc/…`, `x86_64-efi/…`) under `dir`
     /// (hard links to the blobs where possible) for `grub-mkimage -d`.
-    fn grub_modules(&self, assets: &ArchRelease, dir: &Path) -> Result<PathBuf, ImagerError> {
+    pub(super) fn grub_modules(
+        &self,
+        assets: &ArchRelease,
+        dir: &Path,
+    ) -> Result<PathBuf, ImagerError> {
         if assets.grub.is_empty() {
             return Err(ImagerError::Validation(
                 "the release carries no GRUB modules (/usr/lib/grub in the imager image)".into(),

@@ -115,6 +115,40 @@ pub fn write_esp(
     sector_size: u64,
     files: &[EspFile],
 ) -> Result<(), ImagerError> {
+    write_fat(disk, part.offset, part.size, sector_size, None, files)
+}
+
+/// Writes a standalone FAT32 image file of `size` bytes (512-byte sectors, `cluster` bytes per
+/// cluster, `None` = `fatfs`'s choice) holding `files`: the EFI boot image of an ISO
+/// (`efiboot.img`, imager spec §6.3). The size must leave at least 65 525 clusters.
+pub fn write_fat_image(
+    path: &std::path::Path,
+    size: u64,
+    cluster: Option<u32>,
+    files: &[EspFile],
+) -> Result<(), ImagerError> {
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    f.set_len(size)?;
+    write_fat(&mut f, 0, size, 512, cluster, files)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Formats `size` bytes at `offset` of `disk` as FAT (volume ID, label, fixed times) and
+/// writes `files` into it.
+fn write_fat(
+    disk: &mut File,
+    offset: u64,
+    size: u64,
+    sector_size: u64,
+    cluster: Option<u32>,
+    files: &[EspFile],
+) -> Result<(), ImagerError> {
     let bytes_per_sector = u16::try_from(sector_size)
         .map_err(|_| ImagerError::Validation(format!("sector size {sector_size} for FAT")))?;
     let opts = FormatVolumeOptions::new()
@@ -122,10 +156,14 @@ pub fn write_esp(
         .bytes_per_sector(bytes_per_sector)
         .volume_id(VOLUME_ID)
         .volume_label(VOLUME_LABEL);
-    fatfs::format_volume(Window::new(disk, part.offset, part.size), opts)
+    let opts = match cluster {
+        Some(c) => opts.bytes_per_cluster(c),
+        None => opts,
+    };
+    fatfs::format_volume(Window::new(disk, offset, size), opts)
         .map_err(|e| fat_err("format", e))?;
     let fs = FileSystem::new(
-        Window::new(disk, part.offset, part.size),
+        Window::new(disk, offset, size),
         FsOptions::new()
             .update_accessed_date(false)
             .time_provider(&EPOCH_TIME),
@@ -162,7 +200,7 @@ pub fn write_esp(
     }
     drop(root);
     fs.unmount().map_err(|e| fat_err("unmount", e))?;
-    super::fat_fixup::fix_volume(&mut Window::new(disk, part.offset, part.size))
+    super::fat_fixup::fix_volume(&mut Window::new(disk, offset, size))
         .map_err(|e| fat_err("fixup", e))
 }
 

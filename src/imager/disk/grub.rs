@@ -92,17 +92,53 @@ pub fn mkimage(
     extra: &[&str],
     xz: bool,
 ) -> Result<(), ImagerError> {
+    let modules: Vec<&str> = MODULES.iter().chain(extra).copied().collect();
+    mkimage_with(&MkImage {
+        modules_dir,
+        format,
+        prefix: PREFIX,
+        modules: &modules,
+        config: None,
+        xz,
+        out,
+    })
+}
+
+/// One `grub-mkimage` run.
+#[derive(Debug, Clone, Copy)]
+pub struct MkImage<'a> {
+    /// The platform's module directory (`…/i386-pc`).
+    pub modules_dir: &'a Path,
+    /// `--format` (`i386-pc`, `i386-pc-eltorito`, `x86_64-efi`, …).
+    pub format: &'a str,
+    /// `--prefix`.
+    pub prefix: &'a str,
+    /// Modules built into the image.
+    pub modules: &'a [&'a str],
+    /// `--config`: an early configuration file built into the image.
+    pub config: Option<&'a Path>,
+    /// `--compression xz`.
+    pub xz: bool,
+    /// `--output`.
+    pub out: &'a Path,
+}
+
+/// Runs `grub-mkimage` as described by `m`.
+pub fn mkimage_with(m: &MkImage<'_>) -> Result<(), ImagerError> {
     let mut cmd =
         Command::new(super::tools::find(GRUB_MKIMAGE).unwrap_or_else(|| GRUB_MKIMAGE.into()));
     cmd.arg("-d")
-        .arg(modules_dir)
-        .args(["--format", format, "--prefix", PREFIX])
+        .arg(m.modules_dir)
+        .args(["--format", m.format, "--prefix", m.prefix])
         .arg("--output")
-        .arg(out);
-    if xz {
+        .arg(m.out);
+    if let Some(config) = m.config {
+        cmd.arg("--config").arg(config);
+    }
+    if m.xz {
         cmd.args(["--compression", "xz"]);
     }
-    cmd.args(MODULES).args(extra);
+    cmd.args(m.modules);
     let res = cmd.output().map_err(|e| {
         ImagerError::Internal(format!(
             "cannot run {GRUB_MKIMAGE} ({e}): install Debian package grub-common"
@@ -110,7 +146,8 @@ pub fn mkimage(
     })?;
     if !res.status.success() {
         return Err(ImagerError::Internal(format!(
-            "{GRUB_MKIMAGE} --format {format} failed: {}",
+            "{GRUB_MKIMAGE} --format {} failed: {}",
+            m.format,
             String::from_utf8_lossy(&res.stderr).trim()
         )));
     }

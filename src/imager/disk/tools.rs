@@ -1,7 +1,7 @@
 //! External tools of disk images, for `image-factory doctor` and clear build errors.
 //!
-//! Only GRUB images (grub, dual-boot: the amd64 default) need them; sd-boot images and the
-//! ESP are built natively.
+//! Only GRUB images (grub, dual-boot: the amd64 default) and ISOs need them; sd-boot disk
+//! images and every FAT volume are built natively.
 
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ pub struct Tool {
     pub purpose: &'static str,
 }
 
-/// The tools disk images use.
+/// The tools disk images and ISOs use.
 pub const TOOLS: &[Tool] = &[
     Tool {
         name: super::xfs::MKFS_XFS,
@@ -26,7 +26,12 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         name: super::grub::GRUB_MKIMAGE,
         package: "grub-common",
-        purpose: "GRUB core images of grub and dual-boot disk images",
+        purpose: "GRUB core images of grub and dual-boot disk images and of ISOs",
+    },
+    Tool {
+        name: crate::imager::iso::xorriso::XORRISO,
+        package: "xorriso",
+        purpose: "ISO images (metal-<arch>.iso)",
     },
 ];
 

@@ -1,0 +1,252 @@
+//! ISO images (`<platform>-<arch>.iso`, imager spec §6): which generator a profile gets
+//! ([`IsoKind`], §6.1), the volume labels (§6.1, §10.1), and [`write_iso`], which stages the
+//! boot files and runs `xorriso` ([`xorriso`]) once to write the image.
+//!
+//! Every layout is the same shape: an ISO 9660 (level 3) filesystem, an EFI boot image
+//! (`efiboot.img`, FAT32 written natively by [`crate::imager::disk::fat`]) appended as
+//! partition 2 and referenced by the El Torito EFI entry, a partition table so the same file
+//! boots from a USB stick, and, with GRUB, a BIOS El Torito entry (`eltorito.img` from
+//! `grub-mkimage -O i386-pc-eltorito`) plus GRUB's hybrid MBR code. See `docs/imager-iso.md`.
+
+pub mod grub;
+pub mod xorriso;
+
+use std::path::{Path, PathBuf};
+
+use crate::imager::SOURCE_DATE_EPOCH;
+use crate::imager::disk::fat::{EspFile, epoch_date_time, write_fat_image};
+use crate::imager::disk::image::efi_boot_name;
+use crate::imager::error::ImagerError;
+use crate::imager::profile::{Arch, Profile};
+use crate::imager::quirks::Quirk;
+use crate::schematic::Bootloader;
+
+pub use xorriso::{IsoPlan, run_xorriso};
+
+/// MiB.
+const MIB: u64 = 1 << 20;
+/// Clusters a FAT32 volume needs (below this count it is FAT16 by definition).
+const FAT32_MIN_CLUSTERS: u64 = 65_525;
+/// Smallest `efiboot.img`: FAT32 with 512-byte clusters needs about 33 MiB.
+const EFIBOOT_MIN: u64 = 34 * MIB;
+
+/// The ISO generator of a profile (imager spec §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsoKind {
+    /// GRUB for BIOS and UEFI (§6.2): targets < 1.10, or `bootloader: grub` (>= 1.12).
+    Grub,
+    /// systemd-boot + UKI, UEFI only (§6.3): SecureBoot, or `bootloader: sd-boot` (>= 1.12).
+    UefiOnly,
+    /// GRUB for BIOS, systemd-boot + UKI for UEFI (§6.4): the default of targets >= 1.10.
+    Hybrid,
+}
+
+impl IsoKind {
+    /// The generator for `profile` (kind iso, output defaults applied).
+    pub fn of(profile: &Profile) -> Result<IsoKind, ImagerError> {
+        let q = profile.quirks();
+        if profile.secureboot {
+            return Ok(IsoKind::UefiOnly);
+        }
+        if q.has(Quirk::IsoSupportsSettingBootloader) {
+            let bootloader = profile
+                .output
+                .iso_options
+                .as_ref()
+                .map_or(Bootloader::None, |o| o.bootloader);
+            return match bootloader {
+                Bootloader::DualBoot => Ok(IsoKind::Hybrid),
+                Bootloader::SdBoot => Ok(IsoKind::UefiOnly),
+                Bootloader::Grub => Ok(IsoKind::Grub),
+                Bootloader::None => Err(ImagerError::Validation(
+                    "bootloader must be set for iso output".into(),
+                )),
+            };
+        }
+        Ok(if q.has(Quirk::UseSdBootForUefi) {
+            IsoKind::Hybrid
+        } else {
+            IsoKind::Grub
+        })
+    }
+
+    /// Whether the ISO boots on BIOS (GRUB El Torito entry and hybrid MBR code).
+    pub fn has_bios(self) -> bool {
+        self != IsoKind::UefiOnly
+    }
+
+    /// Whether UEFI boots systemd-boot + UKI (else GRUB's EFI image).
+    pub fn has_uki(self) -> bool {
+        self != IsoKind::Grub
+    }
+}
+
+/// The ISO's volume set ID (`Talos-<version>`) and volume ID (`TALOS_V1_10_0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoLabels {
+    /// Volume ID (`-volid`).
+    pub volume_id: String,
+    /// Volume set ID (`-volset-id`).
+    pub volume_set: String,
+}
+
+/// The labels of a target >= 1.8 (`SupportsISOLabel`), else `None` (spec §6.1): volset
+/// `Talos-<version>`; volid = that upper-cased, `-`/`_`/`.` → `_`, other characters outside
+/// `[A-Z0-9]` dropped, at most 32 characters. Imager >= 1.10 uses this label for SecureBoot
+/// ISOs too.
+pub fn iso_labels(profile: &Profile) -> Option<IsoLabels> {
+    if !profile.quirks().has(Quirk::SupportsIsoLabel) {
+        return None;
+    }
+    let volume_set = format!("Talos-{}", profile.version.tag());
+    let volume_id: String = volume_set
+        .to_uppercase()
+        .chars()
+        .filter_map(|c| match c {
+            '-' | '_' | '.' => Some('_'),
+            'A'..='Z' | '0'..='9' => Some(c),
+            _ => None,
+        })
+        .take(32)
+        .collect();
+    Some(IsoLabels {
+        volume_id,
+        volume_set,
+    })
+}
+
+/// `loader/loader.conf` of UEFI ISOs (§6.3; non-SecureBoot ISOs use `off`).
+pub fn iso_loader_conf(enroll: &str) -> String {
+    format!("# systemd-boot configuration\n\ntimeout 10\n\nsecure-boot-enroll {enroll}\n")
+}
+
+/// Size of `efiboot.img` for files of `sizes` bytes: 10 MiB + each file rounded up to MiB
+/// (§6.3), at least [`EFIBOOT_MIN`] so that the volume is FAT32.
+pub fn efiboot_size(sizes: &[u64]) -> u64 {
+    let files: u64 = sizes.iter().map(|s| s.div_ceil(MIB) * MIB).sum();
+    (10 * MIB + files).max(EFIBOOT_MIN)
+}
+
+/// Cluster size of `efiboot.img` (imager `main`, §6.3): the largest of 1, 2, 4, 8 sectors
+/// that still leaves `65525 + 2048` clusters.
+pub fn efiboot_cluster(size: u64) -> u32 {
+    let sectors = size / 512;
+    [8u64, 4, 2, 1]
+        .into_iter()
+        .find(|spc| sectors / spc >= FAT32_MIN_CLUSTERS + 2048)
+        .map_or(512, |spc| (spc * 512) as u32)
+}
+
+/// The ISO 9660 modification time as GRUB shows it (the "UUID" of `search --fs-uuid`):
+/// `YYYY-MM-DD-hh-mm-ss-00` of [`SOURCE_DATE_EPOCH`] in UTC.
+pub fn grub_iso_uuid() -> String {
+    let t = epoch_date_time(SOURCE_DATE_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-00",
+        t.date.year, t.date.month, t.date.day, t.time.hour, t.time.min, t.time.sec
+    )
+}
+
+/// The built parts an ISO is assembled from.
+#[derive(Debug, Clone)]
+pub struct IsoInputs {
+    /// The kernel command line (GRUB entries; the UKI carries its own).
+    pub cmdline: String,
+    /// Kernel (`boot/vmlinuz`): GRUB layouts.
+    pub kernel: PathBuf,
+    /// Initramfs with extensions (`boot/initramfs.xz`): GRUB layouts.
+    pub initramfs: PathBuf,
+    /// The ISO UKI (`EFI/Linux/Talos-<version>.efi`): UKI layouts.
+    pub uki: Option<PathBuf>,
+    /// systemd-boot (`EFI/BOOT/BOOT<arch>.EFI`): UKI layouts.
+    pub systemd_boot: Option<PathBuf>,
+    /// The release's GRUB module trees (`<dir>/i386-pc`, `<dir>/x86_64-efi`): GRUB layouts.
+    pub grub_modules: Option<PathBuf>,
+}
+
+fn required<'a>(what: &str, p: &'a Option<PathBuf>) -> Result<&'a PathBuf, ImagerError> {
+    p.as_ref()
+        .ok_or_else(|| ImagerError::Internal(format!("ISO: {what} is missing")))
+}
+
+/// Writes the ISO of `profile` (kind iso, output defaults applied) to `out`, using `scratch`
+/// (an empty directory on the same volume) for the boot images. Files are grafted from where
+/// they are (the blob store); only the boot images are written to `scratch`.
+pub fn write_iso(
+    profile: &Profile,
+    inputs: &IsoInputs,
+    scratch: &Path,
+    out: &Path,
+) -> Result<IsoKind, ImagerError> {
+    let kind = IsoKind::of(profile)?;
+    if profile.arch == Arch::Arm64 && kind != IsoKind::UefiOnly {
+        return Err(ImagerError::Validation(
+            "arm64 GRUB ISOs are not built by this appliance (no arm64-efi GRUB on Debian amd64)"
+                .into(),
+        ));
+    }
+    let version = profile.version.tag();
+    let mut plan = IsoPlan {
+        labels: iso_labels(profile),
+        rock_ridge: kind.has_bios(),
+        bios: None,
+        efi_image: scratch.join("efiboot.img"),
+        grafts: Vec::new(),
+        out: out.to_path_buf(),
+    };
+    let mut esp = Vec::new();
+    if kind.has_bios() {
+        let modules = required("the GRUB modules", &inputs.grub_modules)?;
+        let reset = profile.quirks().has(Quirk::SupportsResetGrubOption);
+        let cfg = scratch.join("grub.cfg");
+        std::fs::write(&cfg, grub::iso_grub_cfg(&inputs.cmdline, reset))?;
+        let bios = grub::bios_boot(&modules.join("i386-pc"), scratch)?;
+        plan.grafts.extend([
+            ("boot/vmlinuz".to_string(), inputs.kernel.clone()),
+            ("boot/initramfs.xz".to_string(), inputs.initramfs.clone()),
+            ("boot/grub/grub.cfg".to_string(), cfg),
+            ("boot/grub/i386-pc".to_string(), modules.join("i386-pc")),
+            (grub::ELTORITO_PATH.to_string(), bios.eltorito.clone()),
+        ]);
+        plan.bios = Some(bios);
+        if !kind.has_uki() {
+            let image = grub::efi_image(&modules.join("x86_64-efi"), scratch)?;
+            esp.push(EspFile::file("EFI/BOOT/BOOTX64.EFI", image.clone()));
+            plan.grafts
+                .push(("EFI/BOOT/BOOTX64.EFI".to_string(), image));
+        }
+    }
+    if kind.has_uki() {
+        let loader = format!("EFI/BOOT/{}", efi_boot_name(profile.arch).to_uppercase());
+        let uki_path = format!("EFI/Linux/Talos-{version}.efi");
+        let conf = scratch.join("loader.conf");
+        std::fs::write(&conf, iso_loader_conf("off"))?;
+        let files = [
+            (
+                loader,
+                required("systemd-boot", &inputs.systemd_boot)?.clone(),
+            ),
+            (uki_path, required("the UKI", &inputs.uki)?.clone()),
+            ("loader/loader.conf".to_string(), conf),
+        ];
+        for (path, src) in files {
+            esp.push(EspFile::file(&path, src.clone()));
+            plan.grafts.push((path, src));
+        }
+    }
+    let sizes = esp
+        .iter()
+        .map(|f| match &f.source {
+            crate::imager::disk::fat::Source::File(p) => std::fs::metadata(p).map(|m| m.len()),
+            crate::imager::disk::fat::Source::Bytes(b) => Ok(b.len() as u64),
+        })
+        .collect::<Result<Vec<u64>, _>>()?;
+    let size = efiboot_size(&sizes);
+    write_fat_image(&plan.efi_image, size, Some(efiboot_cluster(size)), &esp)?;
+    run_xorriso(&plan)?;
+    std::fs::remove_file(&plan.efi_image)?;
+    Ok(kind)
+}
+
+#[cfg(test)]
+mod tests;
