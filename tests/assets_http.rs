@@ -351,7 +351,7 @@ async fn failed_builds_are_not_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn disk_images_download_by_path() {
+async fn disk_images_and_isos_download_by_path() {
     let Some(k) = kit::imported(0) else { return };
     let s = start(&k).await;
     let id = create_schematic(&s, kit::SCHEMATIC).await;
@@ -382,5 +382,24 @@ async fn disk_images_download_by_path() {
         .await,
         1.0
     );
+    // A converted format and an ISO, through the same path.
+    let qcow2 = get(
+        &s,
+        &format!("/image/{id}/{V}/metal-amd64.qcow2"),
+        &[("range", "bytes=0-3")],
+    )
+    .await;
+    assert_eq!(qcow2.status, 206, "{}", qcow2.text());
+    assert_eq!(qcow2.header("content-type"), "application/x-qemu-disk");
+    assert_eq!(qcow2.body, b"QFI\xfb");
+    let iso = get(
+        &s,
+        &format!("/image/{id}/{V}/metal-amd64.iso"),
+        &[("range", "bytes=32769-32773")],
+    )
+    .await;
+    assert_eq!(iso.status, 206, "{}", iso.text());
+    assert_eq!(iso.header("content-type"), "application/x-iso9660-image");
+    assert_eq!(iso.body, b"CD001", "no ISO 9660 volume descriptor");
     s.stop().await;
 }

@@ -70,6 +70,12 @@ pub fn cache_key(
         "initramfsZstdLevel",
         &opts.initramfs_zstd_level.to_be_bytes(),
     );
+    // Thread counts change speed, never bytes: left out.
+    let levels = crate::imager::formats::CompressionLevels {
+        threads: 0,
+        ..opts.compression
+    };
+    field("compression", &serde_json::to_vec(&levels)?);
     for (name, digest) in &inputs {
         field(name, digest.as_bytes());
     }
@@ -120,6 +126,7 @@ mod tests {
             external_url: "http://f/".into(),
             scratch: PathBuf::from("/tmp"),
             initramfs_zstd_level: 18,
+            compression: Default::default(),
         }
     }
 
@@ -152,6 +159,13 @@ mod tests {
         let mut o = opts();
         o.initramfs_zstd_level = 3;
         others.push(key("s", &profile(), &release("aa"), &o));
+        let mut o = opts();
+        o.compression.zstd = 19;
+        others.push(key("s", &profile(), &release("aa"), &o));
+        // Worker threads do not shape bytes.
+        let mut o = opts();
+        o.compression.threads = 7;
+        assert_eq!(base, key("s", &profile(), &release("aa"), &o));
         // The scratch directory does not shape bytes.
         let mut o = opts();
         o.scratch = PathBuf::from("/elsewhere");

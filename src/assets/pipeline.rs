@@ -211,6 +211,7 @@ impl Assets {
                 external_url: config.http.external_url.clone(),
                 scratch: scratch.clone(),
                 initramfs_zstd_level: zstd_level,
+                compression: config.build.compression,
             },
         );
         let opts = AssetsOptions {

@@ -123,6 +123,8 @@ pub struct BuildConfig {
     pub min_talos_version: String,
     /// Talos versions withheld from the version list.
     pub broken_talos_versions: Vec<String>,
+    /// Compression of disk-image outputs (`.xz`, `.gz`, `.zst`, OVA grains).
+    pub compression: crate::imager::formats::CompressionLevels,
 }
 
 impl Default for BuildConfig {
@@ -131,6 +133,7 @@ impl Default for BuildConfig {
             max_concurrency: 0,
             min_talos_version: "1.2.0".into(),
             broken_talos_versions: Vec::new(),
+            compression: crate::imager::formats::CompressionLevels::default(),
         }
     }
 }

@@ -37,6 +37,32 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for v in &cfg.build.broken_talos_versions {
         check_version("build.brokenTalosVersions", v)?;
     }
+    let c = &cfg.build.compression;
+    for (key, value, lo, hi) in [
+        ("build.compression.xz", i64::from(c.xz), 0, 9),
+        ("build.compression.gzip", i64::from(c.gzip), 0, 9),
+        ("build.compression.zstd", i64::from(c.zstd), 1, 22),
+        (
+            "build.compression.vmdkDeflate",
+            i64::from(c.vmdk_deflate),
+            0,
+            9,
+        ),
+        ("build.compression.threads", i64::from(c.threads), 1, 256),
+    ] {
+        if !(lo..=hi).contains(&value) {
+            return Err(invalid(
+                key,
+                format!("{value} must be between {lo} and {hi}"),
+            ));
+        }
+    }
+    if c.zstd_window_log != 0 && !(10..=27).contains(&c.zstd_window_log) {
+        return Err(invalid(
+            "build.compression.zstdWindowLog",
+            format!("{} must be 0 (off) or between 10 and 27", c.zstd_window_log),
+        ));
+    }
     if !cfg.metrics.addr.is_empty() {
         ListenAddr::parse_key("metrics.addr", &cfg.metrics.addr)?;
     }

@@ -46,6 +46,8 @@ pub struct BuilderOptions {
     pub scratch: PathBuf,
     /// zstd level of the initramfs' appended cpio (upstream: 18).
     pub initramfs_zstd_level: u32,
+    /// Compression of disk-image outputs.
+    pub compression: super::formats::CompressionLevels,
 }
 
 /// What to build.

@@ -3,6 +3,7 @@
 //! sparsely into a scratch file on the data volume and streamed into the blob store.
 
 use std::fs::File;
+use std::io::{BufWriter, Write as _};
 use std::path::{Component, Path, PathBuf};
 
 use crate::catalog::ArchRelease;
@@ -10,6 +11,7 @@ use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::disk::sparse::stream_into_blob;
 use crate::imager::disk::{DiskImageInputs, write_disk_image};
 use crate::imager::error::ImagerError;
+use crate::imager::formats::{ConvertRequest, convert};
 use crate::imager::profile::{DiskFormat, OutFormat, Profile};
 use crate::imager::uki::UkiPurpose;
 use crate::schematic::Bootloader;
@@ -70,10 +72,17 @@ impl Builder {
         };
         let raw = scratch.path().join("disk.raw");
         write_disk_image(profile, &inputs, scratch.path(), &raw)?;
-        let out = convert_output(profile, &raw)?;
         let mut w = self.writer()?;
-        stream_into_blob(&mut File::open(&out)?, &mut w)
-            .map_err(|e| internal("store disk image", e))?;
+        if is_plain_raw(profile) {
+            stream_into_blob(&mut File::open(&raw)?, &mut w)
+                .map_err(|e| internal("store disk image", e))?;
+        } else {
+            // Disk format (spec §5.9) and compression, streamed into the blob store.
+            let req = ConvertRequest::from_profile(profile)?;
+            let mut out = BufWriter::with_capacity(1 << 20, &mut w);
+            convert(&raw, &req, &self.opts.compression, &mut out)?;
+            out.flush()?;
+        }
         w.finish().map_err(|e| internal("store disk image", e))
     }
 
@@ -110,22 +119,12 @@ impl Builder {
     }
 }
 
-/// HOOK(formats): disk format conversion (spec §5.9: qcow2, vhd, ova, gcp) and compression
-/// (§1.6: `.xz`, `.gz`, `.zst`, `.tar.gz`) plug in here, turning the raw image at `raw` into
-/// the requested output file (in the same scratch directory). Until `imager::formats` lands
-/// only raw, uncompressed images are produced.
-fn convert_output(profile: &Profile, raw: &Path) -> Result<PathBuf, ImagerError> {
+/// Whether the profile asks for the raw image as is (stored sparse, no conversion).
+fn is_plain_raw(profile: &Profile) -> bool {
     let disk_format = profile
         .output
         .image_options
         .as_ref()
         .map_or(DiskFormat::Raw, |o| o.disk_format);
-    if disk_format != DiskFormat::Raw || profile.output.out_format != OutFormat::Raw {
-        return Err(ImagerError::Validation(format!(
-            "disk format {disk_format:?} with output format {:?} is not built by this appliance yet \
-             (raw images only)",
-            profile.output.out_format
-        )));
-    }
-    Ok(raw.to_path_buf())
+    disk_format == DiskFormat::Raw && profile.output.out_format == OutFormat::Raw
 }
