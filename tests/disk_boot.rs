@@ -40,6 +40,11 @@ fn schematic_id(path: &Path) -> String {
 
 /// Builds `metal-amd64.raw` for `schematic` into `out`; returns the sha256 the CLI reports.
 fn build(k: &Kit, schematic: &Path, out: &Path, rebuild: bool) -> String {
+    build_path(k, schematic, out, rebuild, "metal-amd64.raw")
+}
+
+/// Builds `path` for `schematic` into `out`; returns the sha256 the CLI reports.
+fn build_path(k: &Kit, schematic: &Path, out: &Path, rebuild: bool, path: &str) -> String {
     let mut args = vec![
         "build",
         "--schematic",
@@ -47,7 +52,7 @@ fn build(k: &Kit, schematic: &Path, out: &Path, rebuild: bool) -> String {
         "--version",
         VERSION,
         "--path",
-        "metal-amd64.raw",
+        path,
         "--data-dir",
         k.data.to_str().unwrap(),
         "-o",
@@ -336,5 +341,32 @@ fn dual_boot_image_is_valid_deterministic_and_boots_on_seabios_and_ovmf() {
         check_boot(&marker(&run.console), &id, true);
         let m = boot_ovmf(&disk, k.dir.path());
         check_boot(&m, &id, true);
+    }
+}
+
+#[test]
+fn qcow2_image_is_valid_and_boots_on_ovmf() {
+    let Some(k) = kit::imported(0) else { return };
+    let schematic = schematic_file(&k, "qcow2.yaml", "");
+    let out = k.dir.path().join("out-qcow2");
+    build_path(&k, &schematic, &out, false, "metal-amd64.qcow2");
+    let disk = out.join("metal-amd64.qcow2");
+    tool("qemu-utils", "qemu-img", &["check", disk.to_str().unwrap()]);
+    let info = tool(
+        "qemu-utils",
+        "qemu-img",
+        &["info", "--output=json", disk.to_str().unwrap()],
+    );
+    let info: serde_json::Value = serde_json::from_str(&info).expect("qemu-img info json");
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["cluster-size"], 8192);
+    assert_eq!(info["virtual-size"], DUAL_BOOT_SIZE);
+    if can_boot() {
+        let vars = k.dir.path().join("vars.fd");
+        std::fs::copy(OVMF_VARS, &vars).expect("vars");
+        let run = qemu::Boot::disk(&disk, "qcow2", Some(&vars))
+            .run()
+            .expect("qemu");
+        check_boot(&marker(&run.console), &schematic_id(&schematic), true);
     }
 }

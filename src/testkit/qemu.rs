@@ -87,6 +87,12 @@ impl Boot {
     /// boots through OVMF (`q35`, pflash), `None` through QEMU's default SeaBIOS. The image
     /// is opened with `snapshot=on`, so the guest's writes never reach the file.
     pub fn raw_disk(disk: &Path, vars: Option<&Path>) -> Boot {
+        Boot::disk(disk, "raw", vars)
+    }
+
+    /// Firmware boot of a disk image in QEMU `format` (`raw`, `qcow2`, …) as a virtio disk
+    /// (`snapshot=on`: the file is never modified); `vars` as for [`Boot::raw_disk`].
+    pub fn disk(disk: &Path, format: &str, vars: Option<&Path>) -> Boot {
         let mut args = Vec::new();
         if let Some(vars) = vars {
             args.extend([
@@ -100,7 +106,10 @@ impl Boot {
         }
         args.extend([
             "-drive".to_string(),
-            format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()),
+            format!(
+                "if=virtio,format={format},snapshot=on,file={}",
+                disk.display()
+            ),
         ]);
         Boot {
             kernel: None,
