@@ -61,6 +61,9 @@ fi
 # unpacked into $IF_TESTKIT_DIR (default /var/cache/image-factory/testkit); idempotent.
 bash tests/kit/fetch-debian.sh
 
+# A cold run gains nothing from incremental state, which costs gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 if command -v cargo-nextest >/dev/null; then
     cargo nextest run --all-targets --no-fail-fast "$@"
     cargo test --doc

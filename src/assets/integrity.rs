@@ -43,13 +43,52 @@ pub fn quarantine_blob(blobs: &BlobStore, quarantine: &Path, blake3: &str) -> Op
     if std::fs::create_dir_all(quarantine).is_err() {
         return None;
     }
-    let to = quarantine.join(format!("{blake3}.{}", crate::clock::now_secs()));
-    match std::fs::rename(&from, &to) {
+    // The same blob can be damaged again within a second (a restart, a rebuild that gives the
+    // same bytes): a hard link never replaces an earlier quarantined copy, a rename would.
+    let secs = crate::clock::now_secs();
+    let mut linked = Err(std::io::Error::other("no free quarantine name"));
+    let mut to = PathBuf::new();
+    for n in 0..100u32 {
+        to = match n {
+            0 => quarantine.join(format!("{blake3}.{secs}")),
+            n => quarantine.join(format!("{blake3}.{secs}.{n}")),
+        };
+        linked = std::fs::hard_link(&from, &to);
+        if !matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
+            break;
+        }
+    }
+    match linked.and_then(|()| std::fs::remove_file(&from)) {
         Ok(()) => Some(to),
         Err(e) => {
             tracing::warn!(blob = blake3, error = %e, "could not move a damaged blob aside; removing it");
             let _ = std::fs::remove_file(&from);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::{MetaStore, SledStore};
+
+    #[test]
+    fn a_blob_quarantined_twice_in_one_second_keeps_both_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let q = dir.path().join("quarantine");
+        let info = blobs.put_bytes(b"first damage").unwrap();
+        let a = quarantine_blob(&blobs, &q, &info.blake3).expect("moved aside");
+        assert!(!blobs.path(&info.blake3).exists());
+        // Same blob written again and damaged again straight away.
+        blobs.put_bytes(b"first damage").unwrap();
+        let b = quarantine_blob(&blobs, &q, &info.blake3).expect("moved aside");
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read_dir(&q).unwrap().count(), 2);
+        assert!(!blobs.path(&info.blake3).exists());
     }
 }

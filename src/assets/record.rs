@@ -153,7 +153,15 @@ impl RecordStore {
             "reason": reason,
             "envelope": String::from_utf8_lossy(envelope),
         });
-        let qkey = format!("{key}.{}", crate::clock::now_secs());
+        // Never replace an earlier quarantined copy of the same key from the same second.
+        let secs = crate::clock::now_secs();
+        let mut qkey = format!("{key}.{secs}");
+        for n in 1..100u32 {
+            if self.meta.get(QUARANTINE, qkey.as_bytes())?.is_none() {
+                break;
+            }
+            qkey = format!("{key}.{secs}.{n}");
+        }
         self.meta
             .put(QUARANTINE, qkey.as_bytes(), value.to_string().as_bytes())?;
         self.remove(key)?;
@@ -232,5 +240,15 @@ mod tests {
         // Undecodable envelopes fail too, with a reason.
         assert!(AssetRecord::open(b"{}", &key.verifying_key()).is_err());
         assert_eq!(AssetRecord::decode_unverified(&bytes), Some(forged));
+    }
+
+    #[test]
+    fn a_key_quarantined_twice_in_one_second_keeps_both_envelopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let records = RecordStore::new(meta);
+        records.quarantine("k1", b"one", "bad signature").unwrap();
+        records.quarantine("k1", b"two", "bad signature").unwrap();
+        assert_eq!(records.quarantined().unwrap(), 2);
     }
 }

@@ -73,7 +73,7 @@ T "$BIN" dev synth-release --out "$W/kit" --version "$VERSION" --extension-size-
 T "$BIN" import "$W/kit/bundle.tar" --data-dir "$W/data" --trust-key "$W/kit/signing-key.pub" >/dev/null 2>"$W/import.log" \
     || { cat "$W/import.log" >&2; exit 1; }
 
-# The schematic of tests/build_boot.rs (kernel args and META do not change the initramfs).
+# The schematic of tests/integration/build_boot.rs (kernel args and META do not change the initramfs).
 cat >"$W/S.yaml" <<'YAML'
 customization:
   extraKernelArgs:

@@ -1,8 +1,6 @@
 //! HTTP API against a real in-process server (loopback, port 0).
 
-mod common;
-
-use common::{TestServer, VECTORS, client};
+use crate::common::{TestServer, VECTORS, client};
 use reqwest::StatusCode;
 
 fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {

@@ -5,15 +5,13 @@
 //! dual-boot on SeaBIOS (GRUB) and OVMF (systemd-boot). The kit's init prints the command
 //! line, the mounted extensions, the schematic and the META partition it found on the disk.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::kit::{self, Kit};
+use crate::common::kit::{self, Kit};
 use image_factory::testkit::qemu::{self, OVMF_CODE, OVMF_VARS};
 use image_factory::testkit::{Marker, parse_adv};
 
@@ -31,7 +29,7 @@ fn schematic_file(k: &Kit, name: &str, extra: &str) -> PathBuf {
 }
 
 fn schematic_id(path: &Path) -> String {
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::common::bin())
         .args(["schematic", "id", path.to_str().unwrap()])
         .output()
         .expect("id");

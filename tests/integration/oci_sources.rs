@@ -1,17 +1,15 @@
 //! OCI layouts, oci-archives, docker-archives and layer flattening, including hostile input.
 
-mod oci_support;
-
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 use std::path::Path;
 
+use crate::oci_support::{E, Image, gzip, tar, tar_dir, write_docker_archive, write_layout, zstd};
 use image_factory::oci::verify::SyncVerifyingReader;
 use image_factory::oci::{
     Descriptor, Digest, FlattenOptions, ImageManifest, ImageSource, LayoutKind, LayoutSource,
     OciError, Reference, flatten, read_file, source_opener,
 };
-use oci_support::{E, Image, gzip, tar, tar_dir, write_docker_archive, write_layout, zstd};
 use tokio::io::AsyncReadExt;
 
 fn r(s: &str) -> Reference {

@@ -3,8 +3,6 @@
 //! `image-factory build`, boot them in QEMU the way PXE delivers them, and read the marker the
 //! kit's init prints; then the UKI through OVMF; builds are deterministic.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,17 +10,17 @@ use image_factory::testkit::{Marker, qemu};
 
 use image_factory::testkit::qemu::{OVMF_CODE, OVMF_VARS};
 
-use common::kit::bin;
+use crate::common::kit::bin;
 
 /// The imported kit release and where builds are written.
 struct Kit {
-    kit: common::kit::Kit,
+    kit: crate::common::kit::Kit,
     out: PathBuf,
 }
 
 /// Synthesizes and imports the kit release; `None` (with a notice) without kit inputs.
 fn kit() -> Option<Kit> {
-    let kit = common::kit::imported(0)?;
+    let kit = crate::common::kit::imported(0)?;
     Some(Kit {
         out: kit.dir.path().join("out"),
         kit,
@@ -111,7 +109,7 @@ fn check(m: &Marker, id: &str, expect_meta: bool) {
 }
 
 fn schematic_id(k: &Kit) -> String {
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::common::bin())
         .args(["schematic", "id", k.kit.schematic.to_str().unwrap()])
         .output()
         .expect("id");

@@ -2,7 +2,7 @@
 //! numbers in `docs/imager-formats.md` come from here. Ignored by default (minutes of CPU):
 //!
 //! ```text
-//! cargo test --release --test imager_formats_bench -- --ignored --nocapture
+//! cargo test --release --test integration imager_formats_bench:: -- --ignored --nocapture
 //! ```
 //!
 //! The disk (`IF_BENCH_DISK_MIB`, default 4096 MiB like a Talos 1.15 amd64 dual-boot metal

@@ -3,15 +3,13 @@
 //! restart), a record whose signature no longer verifies; garbage collection never breaks a
 //! download in progress.
 
-mod common;
-
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::assets::{V, create_schematic, get, metric, start, start_in};
-use common::{client, kit};
+use crate::common::assets::{V, create_schematic, get, metric, start, start_in};
+use crate::common::{client, kit};
 use image_factory::assets::RecordStore;
 use image_factory::store::{self, MetaStore};
 

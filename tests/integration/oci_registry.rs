@@ -1,8 +1,6 @@
 //! The registry client against an in-process fake v2 registry (bearer tokens, pagination,
 //! redirects, tampering) and, when installed, Debian's `docker-registry` and `skopeo`.
 
-mod oci_support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::oci_support::{E, Image, gzip, tar};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +18,6 @@ use image_factory::oci::{
     MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, OciError, Platform, Reference, RegistryOptions,
     RegistrySource,
 };
-use oci_support::{E, Image, gzip, tar};
 use tokio::io::AsyncReadExt;
 
 #[derive(Default)]

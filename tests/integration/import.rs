@@ -2,14 +2,12 @@
 //! and unknown-key content with nothing made visible, a locked data directory, and `kill -9`
 //! in the middle of an import followed by a completing re-run.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::release::mini_release;
+use crate::common::release::mini_release;
 use image_factory::catalog::{Release, ReleaseStore};
 use image_factory::store::{BlobStore, MetaStore, SledStore};
 use image_factory::trust::SigningKey;
@@ -25,7 +23,7 @@ fn write_pub(dir: &Path, k: &SigningKey) -> std::path::PathBuf {
 }
 
 fn import(args: &[&str]) -> Output {
-    Command::new(common::bin())
+    Command::new(crate::common::bin())
         .arg("import")
         .args(args)
         .stdin(Stdio::null())
@@ -135,7 +133,11 @@ fn verified_import_is_idempotent_and_complete() {
 
 /// Builds a fresh release, lets `spoil` damage it, imports it and expects a refusal naming
 /// `expect` with no release made visible.
-fn refused(spoil: impl FnOnce(&mut common::release::Mini), trust: &SigningKey, expect: &[&str]) {
+fn refused(
+    spoil: impl FnOnce(&mut crate::common::release::Mini),
+    trust: &SigningKey,
+    expect: &[&str],
+) {
     let t = tempfile::tempdir().expect("tmp");
     let mut mini = mini_release(&t.path().join("layout"), "v1.11.0", key(1), 4096);
     spoil(&mut mini);
@@ -226,7 +228,7 @@ async fn locked_data_directory_is_reported() {
     let pubkey = write_pub(t.path(), &k);
     let data = t.path().join("data");
     let dir = data.display().to_string();
-    let srv = common::TestServer::start_with(move |c| c.storage.data_dir = dir).await;
+    let srv = crate::common::TestServer::start_with(move |c| c.storage.data_dir = dir).await;
     let out = import(&[
         t.path().join("layout").to_str().unwrap(),
         "--data-dir",
@@ -259,7 +261,7 @@ fn kill_9_during_import_then_rerun_completes() {
         "--trust-key",
         pubkey.to_str().unwrap(),
     ];
-    let mut child = Command::new(common::bin())
+    let mut child = Command::new(crate::common::bin())
         .arg("import")
         .args(args)
         .stdin(Stdio::null())
@@ -320,12 +322,12 @@ async fn server_mode_import_through_the_admin_api() {
     let pubkey = write_pub(t.path(), &k);
     let data = t.path().join("data");
     let dir = data.display().to_string();
-    let srv = common::TestServer::start_with(move |c| c.storage.data_dir = dir).await;
+    let srv = crate::common::TestServer::start_with(move |c| c.storage.data_dir = dir).await;
     let token_file = data.join("keys").join("admin-token");
     let base = format!("http://{}", srv.addrs.http);
 
     // A wrong token is refused before anything is read.
-    let bad = common::client()
+    let bad = crate::common::client()
         .post(format!("{base}/admin/import"))
         .bearer_auth("not-the-token")
         .body("x")
@@ -335,7 +337,7 @@ async fn server_mode_import_through_the_admin_api() {
     assert_eq!(bad.status().as_u16(), 401);
     assert!(bad.headers().contains_key("www-authenticate"));
 
-    let bin = common::bin();
+    let bin = crate::common::bin();
     let args = vec![
         "import".to_string(),
         bundle.display().to_string(),

@@ -2,7 +2,6 @@
 //! Debian's `cpio -it` on each segment, `zstd -d`, `unsquashfs -s` / `-lln` on each layer, and
 //! (with the test kit's Debian kernel) `depmod` output inside the `modules.dep` layer.
 
-#[path = "imager_initramfs/support.rs"]
 mod support;
 
 use std::fs;

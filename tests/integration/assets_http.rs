@@ -3,13 +3,11 @@
 //! builds that outlive their clients, damaged records and blobs, and garbage collection
 //! under concurrent downloads.
 
-mod common;
-
 use std::time::Duration;
 
-use common::assets::{V, create_schematic, get, metric, sha256_hex, start};
-use common::client;
-use common::kit;
+use crate::common::assets::{V, create_schematic, get, metric, sha256_hex, start};
+use crate::common::client;
+use crate::common::kit;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_output_kind_downloads_with_upstream_semantics() {

@@ -1,4 +1,4 @@
-//! Helpers for `tests/imager_initramfs.rs`: a blob store with a base initramfs, extension tars
+//! Helpers for `tests/integration/imager_initramfs.rs`: a blob store with a base initramfs, extension tars
 //! and images, building, splitting the output into its segments, and running Debian tools.
 #![allow(dead_code)]
 

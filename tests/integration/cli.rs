@@ -1,11 +1,9 @@
 //! The command line: exit codes and outputs of `schematic …`, `--version`, `--help`.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{TestServer, VECTORS, bin};
+use crate::common::{TestServer, VECTORS, bin};
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(bin())
@@ -144,7 +142,7 @@ async fn create_and_get_against_a_server() {
 #[test]
 fn doctor_reports_checks() {
     let dir = tempfile::tempdir().expect("tmp");
-    let out = std::process::Command::new(common::bin())
+    let out = std::process::Command::new(crate::common::bin())
         .args(["doctor", "--data-dir"])
         .arg(dir.path())
         .output()

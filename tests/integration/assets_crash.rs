@@ -1,12 +1,10 @@
 //! `kill -9` in the middle of a build: the restarted appliance sweeps the half-written files
 //! and rebuilds a correct asset.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{client, kit, spawn_bin};
+use crate::common::{client, kit, spawn_bin};
 
 fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())

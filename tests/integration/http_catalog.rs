@@ -1,7 +1,5 @@
 //! Catalog endpoints against the real server, with releases seeded into its data directory.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -83,7 +81,7 @@ async fn versions_extensions_and_overlays() {
     )
     .await;
     let dir = data.path().display().to_string();
-    let srv = common::TestServer::start_with(move |c| {
+    let srv = crate::common::TestServer::start_with(move |c| {
         c.storage.data_dir = dir;
         c.build.broken_talos_versions = vec!["1.9.0".into()];
     })

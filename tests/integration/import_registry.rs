@@ -1,19 +1,17 @@
 //! `import --from-registry` and `bundle create` against a real registry (Debian's
 //! `docker-registry` on loopback), and the bundle it writes imported elsewhere: same release.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use common::release::mini_release;
+use crate::common::release::mini_release;
 use image_factory::catalog::{Release, ReleaseStore};
 use image_factory::store::{MetaStore, SledStore};
 use image_factory::trust::SigningKey;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(common::bin())
+    Command::new(crate::common::bin())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -27,7 +25,7 @@ fn release(data: &Path, tag: &str) -> Option<Release> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_import_and_bundle_round_trip() {
-    let Some(reg) = common::registry::start() else {
+    let Some(reg) = crate::common::registry::start() else {
         return;
     };
     let t = tempfile::tempdir().expect("tmp");
@@ -35,7 +33,7 @@ async fn registry_import_and_bundle_round_trip() {
     mini_release(&t.path().join("layout"), "v1.11.0", key.clone(), 1 << 20);
     let pubkey = t.path().join("k.pub");
     std::fs::write(&pubkey, key.public_key_pem().expect("pem")).expect("write");
-    common::registry::push_layout(&t.path().join("layout"), &reg.addr, "mirror").await;
+    crate::common::registry::push_layout(&t.path().join("layout"), &reg.addr, "mirror").await;
     let from = format!("{}/mirror", reg.addr);
 
     // Direct import from the registry.

@@ -2,12 +2,10 @@
 //! the script, fetches kernel and initramfs from `/image/...` over HTTP (built on the miss),
 //! and the test kit's marker shows the schematic's kernel args and extensions.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::Path;
 
-use common::kit;
+use crate::common::kit;
 use image_factory::testkit::{Marker, qemu};
 
 /// A loopback port that was free a moment ago (the guest must know it before we bind).
@@ -26,7 +24,7 @@ async fn ipxe_boots_kernel_and_initramfs_from_the_factory() {
     }
     let port = free_port();
     let data = k.data.display().to_string();
-    let s = common::TestServer::start_with(move |c| {
+    let s = crate::common::TestServer::start_with(move |c| {
         c.storage.data_dir = data;
         c.http.http_listen_addr = format!("127.0.0.1:{port}");
         // Inside QEMU's user-mode network the host's loopback is 10.0.2.2.
@@ -35,9 +33,10 @@ async fn ipxe_boots_kernel_and_initramfs_from_the_factory() {
         c.cache.gc_interval_seconds = 0;
     })
     .await;
-    let id = common::assets::create_schematic(&s, kit::SCHEMATIC).await;
+    let id = crate::common::assets::create_schematic(&s, kit::SCHEMATIC).await;
 
-    let script = common::assets::get(&s, &format!("/pxe/{id}/v1.11.0/metal-x86_64"), &[]).await;
+    let script =
+        crate::common::assets::get(&s, &format!("/pxe/{id}/v1.11.0/metal-x86_64"), &[]).await;
     assert_eq!(script.status, 200, "{}", script.text());
     let lines: Vec<String> = script.text().lines().map(str::to_string).collect();
     assert_eq!(lines[0..3], ["#!ipxe", "", "imgfree"]);
@@ -52,7 +51,7 @@ async fn ipxe_boots_kernel_and_initramfs_from_the_factory() {
     assert_eq!(lines[5], "boot");
     assert_eq!(lines.len(), 6);
     // Without SecureBoot keys the SecureBoot variant answers as upstream does.
-    let sb = common::assets::get(
+    let sb = crate::common::assets::get(
         &s,
         &format!("/pxe/{id}/v1.11.0/metal-amd64-secureboot"),
         &[],

@@ -6,12 +6,10 @@
 //! USB-stick-like disk, on SeaBIOS and on OVMF. The kit's init prints the command line, the
 //! mounted extensions, the schematic and the META values it decoded from the command line.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::kit::{self, Kit};
+use crate::common::kit::{self, Kit};
 use image_factory::testkit::Marker;
 use image_factory::testkit::qemu::{self, Boot, OVMF_CODE, OVMF_VARS};
 
@@ -22,7 +20,7 @@ fn schematic_file(k: &Kit, name: &str, body: &str) -> PathBuf {
 }
 
 fn schematic_id(path: &Path) -> String {
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::common::bin())
         .args(["schematic", "id", path.to_str().unwrap()])
         .output()
         .expect("id");

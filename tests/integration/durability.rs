@@ -1,8 +1,6 @@
 //! Durability with the real binary: a 201 survives `kill -9`; SIGTERM shuts down cleanly.
 
-mod common;
-
-use common::{VECTORS, client, spawn_bin};
+use crate::common::{VECTORS, client, spawn_bin};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

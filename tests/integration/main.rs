@@ -1,0 +1,33 @@
+//! Integration tests, linked into one binary: one module per capability, each against
+//! the real binary, server or external tools. `common` and `oci_support` hold shared helpers.
+
+mod common;
+mod oci_support;
+
+mod assets_crash;
+mod assets_http;
+mod assets_integrity;
+mod build_boot;
+mod cli;
+mod disk_boot;
+mod durability;
+mod http_api;
+mod http_catalog;
+mod imager_disk_gpt;
+mod imager_formats;
+mod imager_formats_bench;
+mod imager_initramfs;
+mod imager_installer;
+mod imager_uki;
+mod imager_uki_boot;
+mod import;
+mod import_registry;
+mod iso_boot;
+mod oci_registry;
+mod oci_sources;
+mod pxe_boot;
+mod schematic_golden;
+mod testkit_bundle;
+mod testkit_qemu;
+mod testkit_release;
+mod trust_cosign;
