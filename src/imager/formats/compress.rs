@@ -1,17 +1,18 @@
 //! Output compression (`.xz`, `.gz`, `.zst`; imager spec §1.6) as streaming writers, and the
 //! configurable [`CompressionLevels`].
 //!
-//! Every encoder is deterministic and its bytes do not depend on the thread count: xz always
-//! uses liblzma's multi-threaded encoder with a fixed block size (the block size, not the
-//! number of workers, decides the output), zstd always runs with at least one worker (the
+//! Every encoder is deterministic and its bytes do not depend on the thread count: xz is
+//! written in blocks of a fixed size (the block size, not the number of workers, decides the
+//! output; see [`super::xz`]), zstd always runs with at least one worker (the
 //! zstdmt job layout does not depend on the number of workers), and gzip has a zero mtime.
 //! So two appliances with different core counts build the same bytes.
 
 use std::io::{self, Write};
 
 use flate2::{Compression, GzBuilder};
-use liblzma::stream::{Check, MtStreamBuilder};
 use serde::{Deserialize, Serialize};
+
+use super::xz::XzWriter;
 
 /// Compression levels and threads for disk-image outputs (defaults measured in
 /// `docs/imager-formats.md`).
@@ -96,7 +97,7 @@ impl CompressionLevels {
 pub enum Codec {
     /// No compression.
     None,
-    /// xz (liblzma, multi-threaded, CRC64 like `xz`).
+    /// xz (LZMA2 blocks in parallel, zero blocks encoded once, CRC64 like `xz`).
     Xz,
     /// gzip (zero mtime, no name).
     Gzip,
@@ -109,7 +110,7 @@ pub enum Compressor<'a> {
     /// Pass-through.
     None(&'a mut dyn Write),
     /// xz.
-    Xz(liblzma::write::XzEncoder<&'a mut dyn Write>),
+    Xz(XzWriter<'a>),
     /// gzip.
     Gzip(flate2::write::GzEncoder<&'a mut dyn Write>),
     /// zstd.
@@ -126,16 +127,12 @@ impl<'a> Compressor<'a> {
         levels.validate().map_err(io::Error::other)?;
         Ok(match codec {
             Codec::None => Compressor::None(out),
-            Codec::Xz => {
-                let stream = MtStreamBuilder::new()
-                    .threads(levels.workers())
-                    .block_size(XZ_BLOCK_SIZE)
-                    .preset(levels.xz)
-                    .check(Check::Crc64)
-                    .encoder()
-                    .map_err(io::Error::other)?;
-                Compressor::Xz(liblzma::write::XzEncoder::new_stream(out, stream))
-            }
+            Codec::Xz => Compressor::Xz(XzWriter::new(
+                out,
+                levels.xz,
+                XZ_BLOCK_SIZE as usize,
+                levels.workers() as usize,
+            )?),
             Codec::Gzip => Compressor::Gzip(
                 GzBuilder::new()
                     .mtime(0)
@@ -159,7 +156,7 @@ impl<'a> Compressor<'a> {
     pub fn finish(self) -> io::Result<()> {
         let inner = match self {
             Compressor::None(w) => w,
-            Compressor::Xz(e) => e.finish()?,
+            Compressor::Xz(e) => return e.finish(),
             Compressor::Gzip(e) => e.finish()?,
             Compressor::Zstd(e) => e.finish()?,
         };

@@ -24,6 +24,7 @@ pub mod sparse;
 pub mod targz;
 pub mod vhd;
 pub mod vmdk;
+mod xz;
 
 pub use compress::{Codec, CompressionLevels, Compressor, Counting, XZ_BLOCK_SIZE};
 
