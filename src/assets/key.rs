@@ -8,8 +8,8 @@ use crate::imager::profile::Profile;
 use crate::sha256::Sha256;
 
 /// Bumped whenever the builder's output changes for the same inputs; old records then miss
-/// and are rebuilt (and later collected).
-pub const BUILDER_EPOCH: &str = "image-factory builder epoch 1";
+/// and are rebuilt (and later collected). 2: xz outputs in `XzWriter` blocks.
+pub const BUILDER_EPOCH: &str = "image-factory builder epoch 2";
 
 /// A cache key and the input digests it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
