@@ -10,6 +10,7 @@ mod assets_integrity;
 mod build_boot;
 mod cli;
 mod disk_boot;
+mod disk_images_http;
 mod durability;
 mod http_api;
 mod http_catalog;
