@@ -5,11 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::StreamExt as _;
 
 use crate::oci::flatten::{FlattenOptions, LayerOpener, flatten, read_file};
-use crate::oci::verify::SyncVerifyingReader;
 use crate::oci::{Descriptor, Digest, ImageIndex, ImageManifest, ImageSource, OciError, Reference};
-use crate::store::{BlobStore, StoreError};
+use crate::store::{BlobStore, PendingBlob, StoreError};
 use crate::trust::{TrustPolicy, Verification};
 
 use super::files::{parse_descriptions, parse_image_digests, parse_overlays};
@@ -21,6 +24,8 @@ use super::{CatalogError, Version};
 
 /// Largest manifest or index accepted from a source.
 const MAX_MANIFEST: u64 = 4 << 20;
+/// Blobs of one image transferred at once.
+const PARALLEL_BLOBS: usize = 4;
 /// Largest catalog file (`image-digests`, `descriptions.yaml`, `overlays.yaml`).
 const MAX_CATALOG_FILE: u64 = 16 << 20;
 /// Boot assets every architecture must have.
@@ -212,6 +217,9 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                 },
             );
         }
+        // Deleting the extracted tree (hundreds of GRUB modules) takes a noticeable time on
+        // ext4: let it run while the remaining images transfer.
+        let cleanup = tokio::task::spawn_blocking(move || drop(extracted));
 
         let base_name = if opts.version.at_least(1, 10) {
             "installer-base"
@@ -268,6 +276,9 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         self.progress.step(&format!("publishing release {tag}"));
         self.commit_pending().await?;
         self.releases.put(&release).await?;
+        if cleanup.await.is_err() {
+            tracing::warn!("removing the import's scratch directory failed");
+        }
         Ok(ImportSummary {
             release,
             images: self.stats.images,
@@ -336,47 +347,106 @@ impl<'a, S: ImageSource> Importer<'a, S> {
 
     /// Stores the manifests, config and layers of a planned image (skipping known blobs).
     async fn store(&mut self, p: &Planned) -> Result<ImageRecord, CatalogError> {
-        self.put_small(&p.top_bytes)?;
-        if p.manifest_desc.digest != p.top.digest {
-            self.put_small(&p.manifest_bytes)?;
+        let mut records = self.store_all(std::slice::from_ref(p)).await?;
+        records
+            .pop()
+            .ok_or_else(|| CatalogError::Catalog(format!("{} was not stored", p.reference)))
+    }
+
+    /// Stores several planned images, transferring their blobs together (in parallel).
+    async fn store_all(&mut self, planned: &[Planned]) -> Result<Vec<ImageRecord>, CatalogError> {
+        let mut todo: Vec<(Reference, Descriptor)> = Vec::new();
+        let mut records = Vec::with_capacity(planned.len());
+        for p in planned {
+            self.put_small(&p.top_bytes)?;
+            if p.manifest_desc.digest != p.top.digest {
+                self.put_small(&p.manifest_bytes)?;
+            }
+            let mut size = p.manifest_bytes.len() as u64;
+            let blobs: Vec<&Descriptor> = std::iter::once(&p.manifest.config)
+                .chain(p.manifest.layers.iter())
+                .collect();
+            self.progress.add_total(blobs.iter().map(|d| d.size).sum());
+            for d in blobs {
+                size += d.size;
+                if self.known(d.digest.hex())? || todo.iter().any(|(_, t)| t.digest == d.digest) {
+                    self.stats.reused += 1;
+                    self.progress.advance(d.size);
+                    continue;
+                }
+                todo.push((p.reference.clone(), d.clone()));
+            }
+            records.push(ImageRecord {
+                reference: p.reference.to_string(),
+                digest: p.top.digest.clone(),
+                manifest: p.manifest_desc.digest.clone(),
+                size,
+            });
         }
-        let mut size = p.manifest_bytes.len() as u64;
-        let blobs: Vec<&Descriptor> = std::iter::once(&p.manifest.config)
-            .chain(p.manifest.layers.iter())
-            .collect();
-        let total: u64 = blobs.iter().map(|d| d.size).sum();
-        self.progress.add_total(total);
-        for d in blobs {
-            size += d.size;
-            if self.known(d.digest.hex())? {
-                self.stats.reused += 1;
-                self.progress.advance(d.size);
-                continue;
-            }
-            let reader = self.source.blob(&p.reference, d).await?;
-            let progress = self.progress;
-            let pending = self
-                .blobs
-                .put_verified_stream_deferred(reader, d.digest.hex(), |n| progress.advance(n))
-                .await?;
-            let info = pending.info().clone();
-            self.pending.push(pending);
-            if info.size != d.size {
-                return Err(CatalogError::Oci(OciError::DigestMismatch {
-                    what: format!("blob {} of {}", d.digest, p.reference),
-                    expected: format!("{} bytes", d.size),
-                    actual: format!("{} bytes", info.size),
-                }));
-            }
+        for pending in self.fetch_blobs(todo).await? {
             self.stats.stored += 1;
-            self.stats.bytes += info.size;
+            self.stats.bytes += pending.info().size;
+            self.pending.push(pending);
         }
-        Ok(ImageRecord {
-            reference: p.reference.to_string(),
-            digest: p.top.digest.clone(),
-            manifest: p.manifest_desc.digest.clone(),
-            size,
-        })
+        Ok(records)
+    }
+
+    /// Fetches `todo` into the blob store, [`PARALLEL_BLOBS`] at a time, in order. Each blob
+    /// is read, verified and written by its own task, so hashing spreads over the cores while
+    /// the source serves the next ones.
+    async fn fetch_blobs(
+        &self,
+        todo: Vec<(Reference, Descriptor)>,
+    ) -> Result<Vec<PendingBlob>, CatalogError> {
+        let done = Arc::new(AtomicU64::new(0));
+        let source = self.source;
+        let fetches = todo.into_iter().map(|(reference, d)| {
+            let store = self.blobs.clone();
+            let done = done.clone();
+            async move {
+                let reader = source.blob(&reference, &d).await?;
+                let sha256 = d.digest.hex().to_string();
+                let pending = tokio::spawn(async move {
+                    let pending = store
+                        .put_verified_stream_deferred(reader, &sha256, |n| {
+                            done.fetch_add(n, Ordering::Relaxed);
+                        })
+                        .await?;
+                    // Sync while the other transfers go on, not all at commit time.
+                    tokio::task::spawn_blocking(move || pending.sync_data().map(|()| pending))
+                        .await
+                        .map_err(|e| StoreError::Backend(format!("blob sync task: {e}")))?
+                })
+                .await
+                .map_err(|e| malformed("blob transfer task", e))??;
+                if pending.info().size != d.size {
+                    return Err(CatalogError::Oci(OciError::DigestMismatch {
+                        what: format!("blob {} of {reference}", d.digest),
+                        expected: format!("{} bytes", d.size),
+                        actual: format!("{} bytes", pending.info().size),
+                    }));
+                }
+                Ok::<_, CatalogError>(pending)
+            }
+        });
+        let mut stream = futures_util::stream::iter(fetches).buffered(PARALLEL_BLOBS);
+        let mut out = Vec::new();
+        let mut reported = 0;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => Some(next),
+                _ = tick.tick() => None,
+            };
+            let now = done.load(Ordering::Relaxed);
+            self.progress.advance(now - reported);
+            reported = now;
+            match next {
+                Some(Some(result)) => out.push(result?),
+                Some(None) => return Ok(out),
+                None => {}
+            }
+        }
     }
 
     /// Whether a blob is stored or already written in this import.
@@ -412,14 +482,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         blobs: BlobStore,
     ) -> impl FnMut(&Descriptor) -> Result<Box<dyn Read + Send>, OciError> {
         move |d: &Descriptor| {
-            let info = blobs
-                .by_sha256(d.digest.hex())
+            let blob = blobs
+                .open_sha256(d.digest.hex(), d.size)
                 .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?
                 .ok_or_else(|| OciError::NotFound(format!("blob {} is not stored", d.digest)))?;
-            let file = blobs
-                .open_blob(&info.blake3)
-                .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?;
-            Ok(Box::new(SyncVerifyingReader::for_descriptor(file, d)) as Box<dyn Read + Send>)
+            Ok(Box::new(blob) as Box<dyn Read + Send>)
         }
     }
 
@@ -450,8 +517,8 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         Ok(dir)
     }
 
-    /// Stores every regular file under `dir` (recursively), keyed by relative path. The files
-    /// are committed as one batch (two filesystem syncs instead of two per file).
+    /// Moves every regular file under `dir` (recursively) into the store, keyed by relative
+    /// path. The files are committed as one batch (two filesystem syncs instead of two per file).
     fn store_tree(&mut self, dir: &Path) -> Result<BTreeMap<String, BlobRef>, CatalogError> {
         use std::os::unix::fs::PermissionsExt;
         let mut files: Vec<(String, u32, crate::store::PendingBlob)> = Vec::new();
@@ -473,14 +540,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                         .map_err(|e| malformed("extracted tree", e))?
                         .to_string_lossy()
                         .into_owned();
-                    let mut file =
-                        std::fs::File::open(&path).map_err(|e| malformed("extracted file", e))?;
-                    let mut w = self.blobs.writer()?;
-                    std::io::copy(&mut file, &mut w).map_err(|e| malformed("extracted file", e))?;
+                    // The extracted file itself becomes the blob (moved, not copied).
                     files.push((
                         rel,
                         meta.permissions().mode() & 0o7777,
-                        w.finish_deferred()?,
+                        self.blobs.adopt_file(&path)?,
                     ));
                 }
             }
@@ -559,23 +623,45 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                 }
             }
         }
+        // Verify and resolve every wanted image first, then transfer all their blobs together.
+        let mut planned = Vec::new();
+        let mut wanted = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            if !opts.extensions.wants(line.name()) {
+                continue;
+            }
+            let r = parse_ref(&format!(
+                "{}/{}@{}",
+                opts.registry,
+                line.name(),
+                line.digest()
+            ))?;
+            for arch in arches {
+                self.progress
+                    .step(&format!("reading extension {} ({arch})", line.name()));
+                planned.push(self.plan(r.clone(), arch).await?);
+                wanted.push((i, arch.clone()));
+            }
+        }
+        self.progress.step(&format!(
+            "transferring {} extension image(s)",
+            planned.len()
+        ));
+        let mut stored: BTreeMap<(usize, String), ImageRecord> = wanted
+            .into_iter()
+            .zip(self.store_all(&planned).await?)
+            .collect();
         let mut out = Vec::new();
         let mut partial = false;
-        for line in &lines {
+        for (i, line) in lines.iter().enumerate() {
             let desc = descriptions.get(&line.line).cloned().unwrap_or_default();
             let mut images = BTreeMap::new();
             if opts.extensions.wants(line.name()) {
-                let r = parse_ref(&format!(
-                    "{}/{}@{}",
-                    opts.registry,
-                    line.name(),
-                    line.digest()
-                ))?;
                 for arch in arches {
-                    self.progress
-                        .step(&format!("reading extension {} ({arch})", line.name()));
-                    let planned = self.plan(r.clone(), arch).await?;
-                    images.insert(arch.clone(), self.store(&planned).await?);
+                    let key = (i, arch.clone());
+                    if let Some(record) = stored.remove(&key) {
+                        images.insert(arch.clone(), record);
+                    }
                 }
             } else {
                 partial = true;

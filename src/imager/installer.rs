@@ -16,9 +16,9 @@ use sha2::{Digest as _, Sha256};
 use super::SOURCE_DATE_EPOCH;
 use crate::oci::{
     Descriptor, Digest, ImageConfig, ImageManifest, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_GZIP,
-    MEDIA_OCI_MANIFEST, OciError, RootFs, SyncVerifyingReader, verify::io_error_to_oci,
+    MEDIA_OCI_MANIFEST, OciError, RootFs, verify::io_error_to_oci,
 };
-use crate::store::{BlobInfo, BlobStore, StoreError};
+use crate::store::{BlobInfo, BlobStore, StoreError, VerifiedBlob};
 
 /// Why an installer image cannot be built or written.
 #[derive(Debug, thiserror::Error)]
@@ -356,17 +356,10 @@ struct ArchiveEntry<'a> {
     layers: Vec<String>,
 }
 
-fn open_verified(
-    store: &BlobStore,
-    d: &Descriptor,
-) -> Result<SyncVerifyingReader<File>, InstallerError> {
-    let info = store
-        .by_sha256(d.digest.hex())?
-        .ok_or_else(|| InstallerError::MissingBlob(d.digest.clone()))?;
-    Ok(SyncVerifyingReader::for_descriptor(
-        store.open_blob(&info.blake3)?,
-        d,
-    ))
+fn open_verified(store: &BlobStore, d: &Descriptor) -> Result<VerifiedBlob<File>, InstallerError> {
+    store
+        .open_sha256(d.digest.hex(), d.size)?
+        .ok_or_else(|| InstallerError::MissingBlob(d.digest.clone()))
 }
 
 /// Copies blob `d` from `store` as tar entry `name` (mode 0644), verifying its digest.

@@ -6,7 +6,7 @@
 //! Temporary files left by a crash are swept when the store opens.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek as _, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use crate::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{MetaStore, StoreError};
+use super::{MetaStore, StoreError, VerifiedBlob};
 
 /// Tree mapping a SHA-256 hex digest to the blob's `BlobInfo` (JSON).
 const SHA_TREE: &str = "blobs_by_sha256";
@@ -94,6 +94,26 @@ impl BlobStore {
         File::open(self.path(blake3)).map_err(io_err(format!("open blob {blake3}")))
     }
 
+    /// Opens the blob with SHA-256 `sha256` for reading, checked against its BLAKE3 name while
+    /// read; `None` if it is not stored. `size` (from a descriptor) must match the stored size.
+    pub fn open_sha256(
+        &self,
+        sha256: &str,
+        size: u64,
+    ) -> Result<Option<VerifiedBlob<File>>, StoreError> {
+        let Some(info) = self.by_sha256(sha256)? else {
+            return Ok(None);
+        };
+        if info.size != size {
+            return Err(StoreError::Backend(format!(
+                "blob sha256:{sha256} is {} bytes stored, {size} expected",
+                info.size
+            )));
+        }
+        let file = self.open_blob(&info.blake3)?;
+        Ok(Some(VerifiedBlob::new(file, &info.blake3, info.size)))
+    }
+
     /// Looks up a blob by its SHA-256 hex digest.
     pub fn by_sha256(&self, sha256: &str) -> Result<Option<BlobInfo>, StoreError> {
         match self.meta.get(SHA_TREE, sha256.as_bytes())? {
@@ -145,6 +165,49 @@ impl BlobStore {
             known_sha256: None,
             size: 0,
         })
+    }
+
+    /// Moves the file at `path` (on the same filesystem as the store) into the store as a
+    /// deferred blob, hashing it on the way: no copy and no new file. Falls back to a copy when
+    /// the rename crosses filesystems. Commit it with [`BlobStore::commit_batch`].
+    pub fn adopt_file(&self, path: &Path) -> Result<PendingBlob, StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut file = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+        let mut blake3 = blake3::Hasher::new();
+        let mut sha256 = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(io_err(format!("read {}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            blake3.update(&buf[..n]);
+            sha256.update(&buf[..n]);
+            size += n as u64;
+        }
+        let info = BlobInfo {
+            blake3: blake3.finalize().to_hex().to_string(),
+            sha256: sha256.finalize_hex(),
+            size,
+        };
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4()));
+        if std::fs::rename(path, &tmp).is_err() {
+            let mut w = self.writer()?;
+            file.rewind()
+                .map_err(io_err(format!("rewind {}", path.display())))?;
+            io::copy(&mut file, &mut w).map_err(io_err(format!("copy {}", path.display())))?;
+            return w.finish_deferred();
+        }
+        let pending = PendingBlob { tmp, info };
+        std::fs::set_permissions(&pending.tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(format!("chmod {}", pending.tmp.display())))?;
+        Ok(pending)
     }
 
     /// Stores `bytes` and returns their identity.
@@ -332,6 +395,14 @@ impl PendingBlob {
     pub fn info(&self) -> &BlobInfo {
         &self.info
     }
+
+    /// Makes the data durable now (`fdatasync`), so that the batch commit's sync has little
+    /// left to do; lets callers overlap syncing with other transfers.
+    pub fn sync_data(&self) -> Result<(), StoreError> {
+        File::open(&self.tmp)
+            .and_then(|f| f.sync_data())
+            .map_err(io_err(format!("sync {}", self.tmp.display())))
+    }
 }
 
 /// A blob being written: hashes with BLAKE3 and SHA-256 as bytes arrive.
@@ -463,6 +534,47 @@ mod tests {
         let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("meta")).unwrap());
         let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
         (dir, blobs)
+    }
+
+    #[test]
+    fn adopted_files_move_into_the_store_with_both_digests() {
+        let (dir, blobs) = store();
+        let src = dir.path().join("extracted.mod");
+        std::fs::write(&src, b"grub module bytes").unwrap();
+        let pending = blobs.adopt_file(&src).unwrap();
+        assert!(!src.exists(), "the file was copied, not moved");
+        let infos = blobs.commit_batch(vec![pending]).unwrap();
+        let expected = BlobInfo {
+            blake3: blake3::hash(b"grub module bytes").to_hex().to_string(),
+            sha256: crate::oci::Digest::of(b"grub module bytes")
+                .hex()
+                .to_string(),
+            size: 17,
+        };
+        assert_eq!(infos, vec![expected.clone()]);
+        assert_eq!(
+            blobs.by_sha256(&expected.sha256).unwrap(),
+            Some(expected.clone())
+        );
+        let mut back = Vec::new();
+        blobs
+            .open_blob(&expected.blake3)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, b"grub module bytes");
+        // A second copy of the same content commits to the same blob.
+        std::fs::write(&src, b"grub module bytes").unwrap();
+        let again = blobs
+            .commit_batch(vec![blobs.adopt_file(&src).unwrap()])
+            .unwrap();
+        assert_eq!(again, vec![expected]);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -3,10 +3,12 @@
 mod blobs;
 mod schematics;
 mod sled_store;
+mod verified;
 
 pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob};
 pub use schematics::{PutOutcome, SchematicStore};
 pub use sled_store::SledStore;
+pub use verified::VerifiedBlob;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

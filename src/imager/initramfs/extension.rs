@@ -16,7 +16,7 @@ use super::{ExtensionSource, InitramfsError, io_err};
 use crate::catalog::Version;
 use crate::oci::{
     Descriptor, Digest, FlattenOptions, ImageManifest, LayerOpener, MEDIA_OCI_LAYER_TAR, OciError,
-    SyncVerifyingReader, flatten,
+    flatten,
 };
 use crate::store::BlobStore;
 
@@ -61,16 +61,13 @@ pub fn extract(
                 .map_err(|e| InitramfsError::Invalid(format!("image manifest {manifest}: {e}")))?;
             let store = blobs.clone();
             let mut open = move |d: &Descriptor| -> Result<Box<dyn Read + Send>, OciError> {
-                let info = store
-                    .by_sha256(d.digest.hex())
+                let blob = store
+                    .open_sha256(d.digest.hex(), d.size)
                     .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?
                     .ok_or_else(|| {
                         OciError::NotFound(format!("blob {} is not stored", d.digest))
                     })?;
-                let file = store
-                    .open_blob(&info.blake3)
-                    .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?;
-                Ok(Box::new(SyncVerifyingReader::for_descriptor(file, d)))
+                Ok(Box::new(blob))
             };
             flatten(&m.layers, &mut open as &mut LayerOpener<'_>, dest, &opts)?
         }

@@ -38,8 +38,8 @@ pub use yaml::{Compatibility, Constraint, Manifest, Metadata, extensions_yaml, m
 
 use crate::catalog::{BlobRef, ExtensionEntry, Version};
 use crate::imager::quirks::{Quirk, Quirks};
-use crate::oci::{Digest, OciError, SyncVerifyingReader};
-use crate::store::{BlobStore, StoreError};
+use crate::oci::{Digest, OciError};
+use crate::store::{BlobStore, StoreError, VerifiedBlob};
 
 /// Default zstd level of the squashfs layers and the appended cpio (upstream: 18).
 pub const DEFAULT_ZSTD_LEVEL: u32 = 18;
@@ -263,11 +263,10 @@ impl<W: Write + ?Sized> Write for Counter<'_, W> {
     }
 }
 
-/// Opens the base initramfs blob, verifying its SHA-256 while it is read.
+/// Opens the base initramfs blob, verifying it against its BLAKE3 name while it is read.
 fn open_base(blobs: &BlobStore, base: &BlobRef) -> Result<impl Read, InitramfsError> {
-    let digest = Digest::from_hex(&base.sha256)?;
     let file = blobs.open_blob(&base.blake3)?;
-    Ok(SyncVerifyingReader::new(file, digest, base.size))
+    Ok(VerifiedBlob::new(file, &base.blake3, base.size))
 }
 
 /// Builds the initramfs for `inputs` into `out` (blocking; run it on a blocking thread).
