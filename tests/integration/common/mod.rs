@@ -74,12 +74,25 @@ impl TestServer {
         cfg.http.http_listen_addr = "127.0.0.1:0".into();
         cfg.metrics.addr = "127.0.0.1:0".into();
         tweak(&mut cfg);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let running = serve(cfg, async move {
-            let _ = rx.await;
-        })
-        .await
-        .expect("server starts");
+        // sled lets go of its lock a moment after the last handle in this process drops (its
+        // background threads finish asynchronously): a test that reopened the data directory
+        // in-process waits for that instead of failing.
+        let mut attempts = 0;
+        let (running, tx) = loop {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            match serve(cfg.clone(), async move {
+                let _ = rx.await;
+            })
+            .await
+            {
+                Ok(running) => break (running, tx),
+                Err(e) if attempts < 50 && format!("{e:?}").contains("Locked") => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("server starts: {e:?}"),
+            }
+        };
         Self {
             addrs: running.addrs,
             dir,
