@@ -1,6 +1,7 @@
 //! `image-factory import` with the real binary: verified import, refusal of tampered, unsigned
-//! and unknown-key content with nothing made visible, a locked data directory, and `kill -9`
-//! in the middle of an import followed by a completing re-run.
+//! and unknown-key content with nothing made visible, a locked data directory, `kill -9`
+//! in the middle of an import followed by a completing re-run, and the explicit, warned-about
+//! skipping of signature verification.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -388,4 +389,55 @@ async fn server_mode_import_through_the_admin_api() {
         .unwrap_or(0);
     assert_eq!(leftovers, 0);
     srv.stop().await;
+}
+
+#[test]
+fn skipping_verification_is_explicit_and_warned_at_every_start() {
+    let t = tempfile::tempdir().expect("tmp");
+    // Unsigned content: refused unless verification is skipped on request.
+    let mut mini = mini_release(&t.path().join("layout"), "v1.11.0", key(1), 4096);
+    let d = mini.layout.digests["ghcr.io/siderolabs/imager:v1.11.0"].clone();
+    mini.layout
+        .remove_root(&format!("ghcr.io/siderolabs/imager:{}", d.signature_tag()));
+    mini.layout.finish();
+    let data = t.path().join("data");
+    let layout = t.path().join("layout");
+    let base = [
+        layout.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let out = import(&base);
+    assert!(!out.status.success(), "no key and no skip flag must fail");
+    assert!(release(&data, "v1.11.0").is_none());
+
+    let mut args = base.to_vec();
+    args.push("--insecure-skip-signature-verification");
+    let out = import(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = release(&data, "v1.11.0").expect("published");
+    assert_eq!(r.signatures, image_factory::catalog::Signatures::Skipped);
+
+    // Every start says so, naming the release.
+    for _ in 0..2 {
+        let mut s = crate::common::spawn_bin(&data).expect("serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let warned = loop {
+            let lines = s.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let found = lines.iter().any(|l| {
+                l.contains("\"WARN\"") && l.contains("v1.11.0") && l.contains("NOT verified")
+            });
+            if found || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+        assert!(
+            warned,
+            "no warning at start: {:?}",
+            s.log.lock().map(|l| l.clone())
+        );
+    }
 }
