@@ -13,6 +13,7 @@ use flate2::{Compression, GzBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::xz::XzWriter;
+use super::zstd_frames::{ZstdFrameWriter, ZstdOptions};
 
 /// Compression levels and threads for disk-image outputs (defaults measured in
 /// `docs/imager-formats.md`).
@@ -113,8 +114,10 @@ pub enum Compressor<'a> {
     Xz(XzWriter<'a>),
     /// gzip.
     Gzip(flate2::write::GzEncoder<&'a mut dyn Write>),
-    /// zstd.
+    /// zstd with long-distance matching: one frame, zeros included.
     Zstd(zstd::stream::write::Encoder<'static, &'a mut dyn Write>),
+    /// zstd without long-distance matching: data frames and written zero frames.
+    ZstdFrames(ZstdFrameWriter<'a>),
 }
 
 impl<'a> Compressor<'a> {
@@ -139,7 +142,18 @@ impl<'a> Compressor<'a> {
                     .operating_system(3)
                     .write(out, Compression::new(levels.gzip)),
             ),
+            Codec::Zstd if levels.zstd_window_log == 0 => {
+                Compressor::ZstdFrames(ZstdFrameWriter::new(
+                    out,
+                    ZstdOptions {
+                        level: levels.zstd,
+                        workers: levels.workers(),
+                    },
+                ))
+            }
             Codec::Zstd => {
+                // Long mode matches across the zero gaps (the second boot partition's copy
+                // of kernel and initramfs), so the image stays one frame.
                 let mut enc = zstd::stream::write::Encoder::new(out, levels.zstd)?;
                 enc.include_checksum(true)?;
                 enc.multithread(levels.workers())?;
@@ -159,6 +173,7 @@ impl<'a> Compressor<'a> {
             Compressor::Xz(e) => return e.finish(),
             Compressor::Gzip(e) => e.finish()?,
             Compressor::Zstd(e) => e.finish()?,
+            Compressor::ZstdFrames(e) => return e.finish(),
         };
         inner.flush()
     }
@@ -171,6 +186,7 @@ impl Write for Compressor<'_> {
             Compressor::Xz(e) => e.write(buf),
             Compressor::Gzip(e) => e.write(buf),
             Compressor::Zstd(e) => e.write(buf),
+            Compressor::ZstdFrames(e) => e.write(buf),
         }
     }
 
@@ -180,6 +196,7 @@ impl Write for Compressor<'_> {
             Compressor::Xz(e) => e.flush(),
             Compressor::Gzip(e) => e.flush(),
             Compressor::Zstd(e) => e.flush(),
+            Compressor::ZstdFrames(e) => e.flush(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod targz;
 pub mod vhd;
 pub mod vmdk;
 mod xz;
+mod zstd_frames;
 
 pub use compress::{Codec, CompressionLevels, Compressor, Counting, XZ_BLOCK_SIZE};
 
