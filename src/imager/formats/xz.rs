@@ -10,6 +10,8 @@ use std::io::{self, Write};
 
 use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 
+use super::sparse::is_zero;
+
 /// xz stream header magic.
 const MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
 /// Stream flags: check type CRC64.
@@ -18,8 +20,6 @@ const FLAGS: [u8; 2] = [0x00, 0x04];
 const LZMA2: u8 = 0x21;
 /// Size of the CRC64 check after each block.
 const CHECK_LEN: u64 = 8;
-/// Zero bytes compared per step when looking for an all-zero block.
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// One encoded block: its bytes (header, data, padding, check) and its index record.
 #[derive(Clone)]
@@ -173,11 +173,6 @@ impl Write for XzWriter<'_> {
         // Blocks are whole units: nothing can be flushed before one is full.
         Ok(())
     }
-}
-
-/// Whether `data` is all zero bytes (memcmp against a static zero page, fast in any build).
-fn is_zero(data: &[u8]) -> bool {
-    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// Encodes one block: header, raw LZMA2 data, padding to 4 bytes, CRC64 of `data`.

@@ -9,14 +9,14 @@
 
 use std::io::{self, Write};
 
+use super::sparse::is_zero;
+
 /// Granularity of zero detection.
 const BLOCK: usize = 1 << 20;
 /// zstd frame magic number (little endian on the wire).
 const MAGIC: u32 = 0xFD2F_B528;
 /// Largest block a frame with a 128 KiB window may hold.
 const RLE_MAX: u64 = 128 << 10;
-/// Zero bytes compared per step.
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// Options of the data frames.
 #[derive(Debug, Clone, Copy)]
@@ -129,10 +129,6 @@ impl Write for ZstdFrameWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-fn is_zero(data: &[u8]) -> bool {
-    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// A zstd frame that decodes to `len` zero bytes: a 128 KiB window, no content size, no
