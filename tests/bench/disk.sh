@@ -79,41 +79,10 @@ for tool in sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools mdir:mtools mkfs.xfs:
 done
 [ -x /usr/bin/time ] || { echo "disk.sh: /usr/bin/time not found (apt-get install -y time)" >&2; exit 1; }
 
-if [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml Cargo.lock -newer "$BIN" -print -quit 2>/dev/null)" ]; then
-    echo "disk.sh: $BIN is missing or older than the sources: cargo build --release" >&2
-    timeout 3600 cargo build --release >&2
-fi
-echo "disk.sh: test kit inputs (tests/kit/fetch-debian.sh)..." >&2
-timeout 1800 tests/kit/fetch-debian.sh >&2
+# shellcheck source=tests/bench/kit-setup.sh
+. tests/bench/kit-setup.sh
+bench_kit_setup disk.sh
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/if-bench-disk.XXXXXX")
-cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi; }
-trap cleanup EXIT
-trap 'echo "disk.sh: failed at line $LINENO" >&2' ERR
-T() { timeout "$STEP_TIMEOUT" "$@"; }
-# A private copy: a concurrent `cargo build` must not swap the binary in the middle of the runs.
-cp "$BIN" "$W/image-factory"
-BIN=$W/image-factory
-
-# --- inputs: kit release, import, schematic -------------------------------------------------
-echo "disk.sh: synthesizing and importing the kit release..." >&2
-T "$BIN" dev synth-release --out "$W/kit" --version "$VERSION" --extension-size-mb "$EXT_MB" >/dev/null 2>"$W/synth.log" \
-    || { cat "$W/synth.log" >&2; exit 1; }
-T "$BIN" import "$W/kit/bundle.tar" --data-dir "$W/data" --trust-key "$W/kit/signing-key.pub" >/dev/null 2>"$W/import.log" \
-    || { cat "$W/import.log" >&2; exit 1; }
-cat >"$W/S.yaml" <<'YAML'
-customization:
-  extraKernelArgs:
-    - if.test=hello
-  meta:
-    - key: 0xa
-      value: '{"addr":"1.2.3.4"}'
-  systemExtensions:
-    officialExtensions:
-      - siderolabs/kmod-test
-      - siderolabs/fw-test
-      - siderolabs/svc-test
-YAML
 build() { # out-dir path [--rebuild]
     T "$BIN" build --schematic "$W/S.yaml" --version "$VERSION" --path "$2" --data-dir "$W/data" \
         -o "$1" "${@:3}" >/dev/null 2>"$W/build.log" || { cat "$W/build.log" >&2; exit 1; }

@@ -50,43 +50,10 @@ for tool in mksquashfs unsquashfs cpio zstd depmod python3 bc timeout; do
 done
 [ -x /usr/bin/time ] || { echo "initramfs.sh: /usr/bin/time not found (apt-get install -y time)" >&2; exit 1; }
 
-if [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml Cargo.lock -newer "$BIN" -print -quit 2>/dev/null)" ]; then
-    echo "initramfs.sh: $BIN is missing or older than the sources: cargo build --release" >&2
-    timeout 3600 cargo build --release >&2
-fi
-echo "initramfs.sh: test kit inputs (tests/kit/fetch-debian.sh)..." >&2
-timeout 1800 tests/kit/fetch-debian.sh >&2
+# shellcheck source=tests/bench/kit-setup.sh
+. tests/bench/kit-setup.sh
+bench_kit_setup initramfs.sh
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/if-bench-initramfs.XXXXXX")
-cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi; }
-trap cleanup EXIT
-trap 'echo "initramfs.sh: failed at line $LINENO" >&2' ERR
-T() { timeout "$STEP_TIMEOUT" "$@"; }
-# A private copy: a concurrent `cargo build` must not swap the binary in the middle of the runs.
-cp "$BIN" "$W/image-factory"
-BIN=$W/image-factory
-
-# --- inputs: kit release, import, schematic ---------------------------------------------------
-echo "initramfs.sh: synthesizing the kit release (extensions of ${EXT_MB} MiB) and importing it..." >&2
-T "$BIN" dev synth-release --out "$W/kit" --version "$VERSION" --extension-size-mb "$EXT_MB" >/dev/null 2>"$W/synth.log" \
-    || { cat "$W/synth.log" >&2; exit 1; }
-T "$BIN" import "$W/kit/bundle.tar" --data-dir "$W/data" --trust-key "$W/kit/signing-key.pub" >/dev/null 2>"$W/import.log" \
-    || { cat "$W/import.log" >&2; exit 1; }
-
-# The schematic of tests/integration/build_boot.rs (kernel args and META do not change the initramfs).
-cat >"$W/S.yaml" <<'YAML'
-customization:
-  extraKernelArgs:
-    - if.test=hello
-  meta:
-    - key: 0xa
-      value: '{"addr":"1.2.3.4"}'
-  systemExtensions:
-    officialExtensions:
-      - siderolabs/kmod-test
-      - siderolabs/fw-test
-      - siderolabs/svc-test
-YAML
 SCHEMATIC_ID=$("$BIN" schematic id "$W/S.yaml")
 "$BIN" schematic canonical "$W/S.yaml" >"$W/canonical.yaml"
 
