@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::common::kit::{self, Kit};
+use crate::common::kit::{self, Kit, schematic_id, tool};
 use image_factory::testkit::qemu::{self, OVMF_CODE, OVMF_VARS};
 use image_factory::testkit::{Marker, parse_adv};
 
@@ -28,14 +27,6 @@ fn schematic_file(k: &Kit, name: &str, extra: &str) -> PathBuf {
     p
 }
 
-fn schematic_id(path: &Path) -> String {
-    let out = Command::new(crate::common::bin())
-        .args(["schematic", "id", path.to_str().unwrap()])
-        .output()
-        .expect("id");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Builds `metal-amd64.raw` for `schematic` into `out`; returns the sha256 the CLI reports.
 fn build(k: &Kit, schematic: &Path, out: &Path, rebuild: bool) -> String {
     build_path(k, schematic, out, rebuild, "metal-amd64.raw")
@@ -43,46 +34,7 @@ fn build(k: &Kit, schematic: &Path, out: &Path, rebuild: bool) -> String {
 
 /// Builds `path` for `schematic` into `out`; returns the sha256 the CLI reports.
 fn build_path(k: &Kit, schematic: &Path, out: &Path, rebuild: bool, path: &str) -> String {
-    let mut args = vec![
-        "build",
-        "--schematic",
-        schematic.to_str().unwrap(),
-        "--version",
-        VERSION,
-        "--path",
-        path,
-        "--data-dir",
-        k.data.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    if rebuild {
-        args.push("--rebuild");
-    }
-    let err = kit::bin(&args);
-    if rebuild {
-        assert!(err.contains("(built)"), "--rebuild did not build: {err}");
-    }
-    err.split("sha256 ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Runs a Debian tool; panics with its output (and the package to install) on failure.
-fn tool(package: &str, cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}: install Debian package {package}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
-    text
+    kit::build(k, VERSION, schematic, path, out, rebuild)
 }
 
 /// `sfdisk --verify` passes; returns name → (byte offset, byte size) from `sfdisk --json`.

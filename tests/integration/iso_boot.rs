@@ -7,9 +7,8 @@
 //! mounted extensions, the schematic and the META values it decoded from the command line.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::common::kit::{self, Kit};
+use crate::common::kit::{self, Kit, schematic_id, tool};
 use image_factory::testkit::Marker;
 use image_factory::testkit::qemu::{self, Boot, OVMF_CODE, OVMF_VARS};
 
@@ -19,56 +18,9 @@ fn schematic_file(k: &Kit, name: &str, body: &str) -> PathBuf {
     p
 }
 
-fn schematic_id(path: &Path) -> String {
-    let out = Command::new(crate::common::bin())
-        .args(["schematic", "id", path.to_str().unwrap()])
-        .output()
-        .expect("id");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Builds `metal-amd64.iso` of `version` into `out`; returns the sha256 the CLI reports.
 fn build(k: &Kit, version: &str, schematic: &Path, out: &Path, rebuild: bool) -> String {
-    let mut args = vec![
-        "build",
-        "--schematic",
-        schematic.to_str().unwrap(),
-        "--version",
-        version,
-        "--path",
-        "metal-amd64.iso",
-        "--data-dir",
-        k.data.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    if rebuild {
-        args.push("--rebuild");
-    }
-    let err = kit::bin(&args);
-    if rebuild {
-        assert!(err.contains("(built)"), "--rebuild did not build: {err}");
-    }
-    err.split("sha256 ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Runs a Debian tool; panics with its output (and the package to install) on failure.
-fn tool(package: &str, cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}: install Debian package {package}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
-    text
+    kit::build(k, version, schematic, "metal-amd64.iso", out, rebuild)
 }
 
 /// Builds twice (the second with `--rebuild`) and checks both give the same bytes.

@@ -1,6 +1,6 @@
 //! The synthetic test-kit release, signed and imported into a fresh data directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use image_factory::testkit::{self, SynthOptions};
@@ -82,4 +82,65 @@ pub fn imported_version(version: &str, extension_size_mb: u64) -> Option<Kit> {
         schematic,
         dir,
     })
+}
+
+/// The schematic ID `image-factory schematic id` prints for the YAML file at `path`.
+pub fn schematic_id(path: &Path) -> String {
+    let out = Command::new(super::bin())
+        .args(["schematic", "id", path.to_str().unwrap()])
+        .output()
+        .expect("id");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `image-factory build` of `path` for `schematic` and `version` into `out` on the kit's data
+/// directory (with `--rebuild`, checked to have built); returns the sha256 the CLI reports.
+pub fn build(
+    k: &Kit,
+    version: &str,
+    schematic: &Path,
+    path: &str,
+    out: &Path,
+    rebuild: bool,
+) -> String {
+    let mut args = vec![
+        "build",
+        "--schematic",
+        schematic.to_str().unwrap(),
+        "--version",
+        version,
+        "--path",
+        path,
+        "--data-dir",
+        k.data.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    if rebuild {
+        args.push("--rebuild");
+    }
+    let err = bin(&args);
+    if rebuild {
+        assert!(err.contains("(built)"), "--rebuild did not build: {err}");
+    }
+    err.split("sha256 ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Runs a Debian tool; panics with its output (and the package to install) on failure.
+pub fn tool(package: &str, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}: install Debian package {package}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
+    text
 }
