@@ -13,6 +13,7 @@ mod maintenance;
 mod metrics;
 mod pipeline;
 mod record;
+mod sendfile;
 mod stream;
 
 pub use error::{AssetError, BuildFailure};
@@ -24,4 +25,5 @@ pub use pipeline::{
     NEGATIVE_TTL, Outcome, Served,
 };
 pub use record::{AssetRecord, RecordStore};
+pub use sendfile::DirectBody;
 pub use stream::AssetBody;

@@ -12,7 +12,7 @@ use futures_util::TryStreamExt as _;
 use super::error::ApiError;
 use super::handlers::AppState;
 use super::ranges::{Selection, select};
-use crate::assets::{AssetRequest, Outcome, Served};
+use crate::assets::{AssetRequest, DirectBody, Outcome, Served};
 use crate::catalog::Version;
 use crate::clock::http_date;
 use crate::imager::error::go_quote;
@@ -113,6 +113,8 @@ fn respond(
         }
     };
     let (start, end) = range.unwrap_or((0, record.size));
+    // The open asset, also offered to the connection's zero-copy writer (see `direct`).
+    let mut direct = None;
     let mut builder = Response::builder()
         .status(status)
         .header(header::ETAG, header_value(&etag)?)
@@ -137,14 +139,19 @@ fn respond(
         if method == Method::HEAD {
             Body::empty()
         } else {
-            let opened = st.assets().open(served, range)?;
-            Body::from_stream(opened.into_stream())
+            let opened = DirectBody::new(st.assets().open(served, range)?);
+            let body = Body::from_stream(opened.lazy_stream());
+            direct = Some(opened);
+            body
         }
     };
     let mut resp = builder
         .body(body)
         .map_err(|e| ApiError::Internal(format!("response: {e}")))?;
     resp.extensions_mut().insert(AssetOutcome(served.outcome));
+    if let Some(d) = direct {
+        resp.extensions_mut().insert(d);
+    }
     Ok(resp)
 }
 

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod catalog;
+mod conn;
+mod direct;
 pub mod error;
 pub mod gojson;
 pub mod handlers;
@@ -361,11 +363,11 @@ pub async fn serve(
     };
 
     tracing::info!(addr = %http_addr, "http listener bound");
-    let http_task = tokio::spawn(
-        axum::serve(http_listener, router(state.clone(), &config))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+    let http_task = tokio::spawn(conn::serve_listener(
+        http_listener,
+        router(state.clone(), &config),
+        stop_rx.clone(),
+    ));
     let metrics_task = metrics_listener.map(|l| {
         if let Some(a) = metrics_addr {
             tracing::info!(addr = %a, "metrics listener bound");
