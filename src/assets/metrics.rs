@@ -39,6 +39,10 @@ pub struct AssetMetrics {
     pub gc_freed_bytes: Counter,
     /// Bytes held by cached assets after the last collection.
     pub cache_bytes: Gauge,
+    /// Asset body bytes written with `sendfile(2)`.
+    pub sent_zero_copy: Counter,
+    /// Asset body bytes written as streamed chunks.
+    pub sent_streamed: Counter,
 }
 
 /// A counter label set: Talos version, output kind, architecture.
@@ -93,6 +97,13 @@ impl AssetMetrics {
             c.absolute(0);
             c
         };
+        let labelled_counter = |name: &'static str, help: &'static str, how: &'static str| {
+            describe(name, help);
+            let key = Key::from_parts(name, vec![Label::new("how", how)]);
+            let c = r.register_counter(&key, &META);
+            c.absolute(0);
+            c
+        };
         let gauge = |name: &'static str, help: &'static str| {
             r.describe_gauge(name.into(), None, SharedString::const_str(help));
             let g = r.register_gauge(&Key::from_static_name(name), &META);
@@ -132,6 +143,16 @@ impl AssetMetrics {
             cache_bytes: gauge(
                 "image_factory_assets_cache_bytes",
                 "Bytes held by cached assets (at the last collection).",
+            ),
+            sent_zero_copy: labelled_counter(
+                "image_factory_assets_sent_bytes_total",
+                "Asset body bytes sent, by method (sendfile: zero-copy; stream: chunks).",
+                "sendfile",
+            ),
+            sent_streamed: labelled_counter(
+                "image_factory_assets_sent_bytes_total",
+                "Asset body bytes sent, by method (sendfile: zero-copy; stream: chunks).",
+                "stream",
             ),
             hits: Arc::new(AtomicU64::new(0)),
             misses: Arc::new(AtomicU64::new(0)),

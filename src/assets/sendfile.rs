@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
+use metrics::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -103,7 +104,13 @@ impl Drop for Mapping {
 }
 
 /// Sends `[off, end)` of `file` to `sock` with `sendfile(2)`, waiting for writability.
-async fn send_range(sock: &TcpStream, file: RawFd, mut off: u64, end: u64) -> io::Result<()> {
+async fn send_range(
+    sock: &TcpStream,
+    file: RawFd,
+    mut off: u64,
+    end: u64,
+    sent_bytes: &Counter,
+) -> io::Result<()> {
     let out = sock.as_raw_fd();
     while off < end {
         let want = (end - off).min(SENDFILE_MAX) as usize;
@@ -124,6 +131,7 @@ async fn send_range(sock: &TcpStream, file: RawFd, mut off: u64, end: u64) -> io
             ));
         }
         off += sent as u64;
+        sent_bytes.increment(sent as u64);
     }
     Ok(())
 }
@@ -136,8 +144,9 @@ impl AssetBody {
     pub async fn send_to_socket(mut self, sock: &TcpStream) -> io::Result<u64> {
         let (start, end) = (self.pos, self.end);
         let fd = self.file.as_raw_fd();
+        let counter = self.assets.inner.metrics.sent_zero_copy.clone();
         let Some(hasher) = self.verify.take() else {
-            send_range(sock, fd, start, end).await?;
+            send_range(sock, fd, start, end, &counter).await?;
             return Ok(end - start);
         };
         if end == 0 {
@@ -155,7 +164,7 @@ impl AssetBody {
         });
         let held = end - HOLD_BACK.min(end);
         // On a send error the hashing task finishes on its own; nobody waits for it.
-        send_range(sock, fd, start, held).await?;
+        send_range(sock, fd, start, held, &counter).await?;
         let hasher = match hashing.await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => return Err(e),
@@ -164,7 +173,7 @@ impl AssetBody {
         if let Some(e) = self.finish(Some(hasher)) {
             return Err(e);
         }
-        send_range(sock, fd, held, end).await?;
+        send_range(sock, fd, held, end, &counter).await?;
         Ok(end - start)
     }
 }

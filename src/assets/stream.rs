@@ -144,6 +144,12 @@ impl AssetBody {
                 Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
             };
             r.body.pos += chunk.len() as u64;
+            r.body
+                .assets
+                .inner
+                .metrics
+                .sent_streamed
+                .increment(chunk.len() as u64);
             if r.body.pos >= r.body.end {
                 if let Some(e) = r.body.finish(hasher) {
                     return Some((Err(e), None));

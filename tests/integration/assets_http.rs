@@ -401,3 +401,131 @@ async fn disk_images_and_isos_download_by_path() {
     assert_eq!(iso.body, b"CD001", "no ISO 9660 volume descriptor");
     s.stop().await;
 }
+
+/// The whole response bytes of `raw` sent on a fresh connection (the server closes it).
+async fn raw_exchange(s: &crate::common::TestServer, raw: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = s
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    sock.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), sock.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection in time")
+        .expect("read");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn downloads_are_zero_copy_and_other_connections_still_work() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let sent = |how: &'static str| {
+        let s = &s;
+        async move {
+            let label = format!("how=\"{how}\"");
+            metric(
+                s,
+                "image_factory_assets_sent_bytes_total",
+                &[label.as_str()],
+            )
+            .await
+        }
+    };
+
+    // HTTP/1.1 GETs of /image/ go out with sendfile, the verified serve included.
+    let full = get(&s, &path, &[]).await;
+    assert_eq!(full.status, 200);
+    let n = full.body.len() as f64;
+    assert_eq!(sent("sendfile").await, n);
+    let again = get(&s, &path, &[]).await;
+    assert_eq!(again.body, full.body);
+    assert_eq!(sent("sendfile").await, 2.0 * n);
+    assert_eq!(sent("stream").await, 0.0);
+
+    // HTTP/1.0 is left to hyper, which streams the same bytes.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--fail", "--http1.0", &s.url(&path)])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl --http1.0: {:?}", out.status);
+    assert_eq!(out.stdout, full.body);
+    assert_eq!(sent("stream").await, n);
+
+    // HTTP/2 with prior knowledge is hyper's too.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--fail",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version}",
+            &s.url(&path),
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl --http2-prior-knowledge: {:?}",
+        out.status
+    );
+    let (body, version) = out.stdout.split_at(out.stdout.len() - 2);
+    assert_eq!((body, version), (&full.body[..], &b"\n2"[..]));
+
+    // HEAD: the length, no body.
+    let head = client().head(s.url(&path)).send().await.expect("head");
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        full.body.len().to_string()
+    );
+    assert!(head.bytes().await.expect("body").is_empty());
+
+    // A pipelined range request answered here, then a POST with a body on the same
+    // connection, which hyper answers after taking the bytes already read.
+    let yaml = "customization:\n  extraKernelArgs:\n    - pipelined=1\n";
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nRange: bytes=0-9\r\n\r\n\
+         POST /schematics HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
+        yaml.len()
+    );
+    let out = raw_exchange(&s, raw.as_bytes()).await;
+    let first_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("first head")
+        + 4;
+    let first_head = String::from_utf8_lossy(&out[..first_end]).to_lowercase();
+    assert!(
+        first_head.starts_with("http/1.1 206 partial content\r\n"),
+        "{first_head}"
+    );
+    assert!(
+        first_head.contains("content-length: 10\r\n"),
+        "{first_head}"
+    );
+    assert_eq!(&out[first_end..first_end + 10], &full.body[..10]);
+    let second = String::from_utf8_lossy(&out[first_end + 10..]).into_owned();
+    assert!(second.starts_with("HTTP/1.1 201 Created\r\n"), "{second}");
+    let created = create_schematic(&s, yaml).await;
+    assert!(second.contains(&created), "{second}");
+
+    // Connection: close is honoured on our side too; errors keep upstream's text.
+    let out = raw_exchange(
+        &s,
+        format!("GET /image/{id}/{V}/nonsense-amd64.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 400 bad request\r\n"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(text.contains("content-length: "), "{text}");
+    s.stop().await;
+}
