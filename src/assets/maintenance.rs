@@ -1,6 +1,9 @@
 //! Keeping the cache honest: quarantining records and blobs that fail verification, the
 //! background scrub that re-hashes every cached asset, and garbage-collection passes.
 
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
+
 use super::error::AssetError;
 use super::gc::{GcReport, collect_garbage};
 use super::integrity::{check_blob, quarantine_blob};
@@ -41,6 +44,27 @@ impl Assets {
             && let Err(e) = self.inner.records.quarantine(&record.key, &raw, reason)
         {
             tracing::error!(key = %record.key, error = %e, "could not quarantine an asset record");
+        }
+    }
+
+    /// As [`Self::blob_failed`], for a failure found through `file`, an open handle: if the
+    /// store's blob file is no longer that file (it was set aside and rebuilt meanwhile, which
+    /// a slow serve of the old file can outlive), the fresh blob is left alone.
+    pub(super) fn open_blob_failed(&self, record: &AssetRecord, reason: &str, file: &File) {
+        let current = std::fs::metadata(self.inner.blobs.path(&record.blake3));
+        let same = match (file.metadata(), current) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if same {
+            self.blob_failed(record, reason);
+        } else {
+            tracing::warn!(
+                key = %record.key,
+                blob = %record.blake3,
+                reason,
+                "a serve of an asset blob already set aside failed verification"
+            );
         }
     }
 

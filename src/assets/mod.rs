@@ -14,6 +14,7 @@ mod metrics;
 mod pipeline;
 mod record;
 mod sendfile;
+mod shared_check;
 mod stream;
 
 pub use error::{AssetError, BuildFailure};

@@ -137,6 +137,8 @@ pub(super) struct Inner {
     pub(super) negative: Mutex<HashMap<String, (Instant, BuildFailure)>>,
     pub(super) verified: Mutex<HashSet<String>>,
     pub(super) serving: Mutex<HashMap<String, usize>>,
+    /// Hash passes over blobs shared by concurrent zero-copy serves.
+    pub(super) checks: Mutex<super::shared_check::BlobChecks>,
     pub(super) touched: Mutex<HashMap<String, u64>>,
 }
 
@@ -274,6 +276,7 @@ impl Assets {
                 negative: Mutex::default(),
                 verified: Mutex::default(),
                 serving: Mutex::default(),
+                checks: Mutex::default(),
                 touched: Mutex::default(),
             }),
         }

@@ -1,17 +1,16 @@
 //! Zero-copy delivery of an asset to a TCP socket: `sendfile(2)` moves the bytes from the page
-//! cache to the socket without passing through user space, while a blocking-pool task hashes
-//! the same bytes through a read-only memory mapping (no copy either). As with the streamed
-//! body, a whole-body serve withholds its last bytes until the BLAKE3 matches the record, so a
-//! damaged blob never reaches a client as a complete response.
+//! cache to the socket without passing through user space. As with the streamed body, a
+//! whole-body serve withholds its last bytes until a BLAKE3 pass over the blob has matched the
+//! record, so a damaged blob never reaches a client as a complete response.
 //!
 //! The frontend decides whether a response can take this path; [`DirectBody`] lets one
 //! response carry both forms (a lazy stream for the generic HTTP stack, the open asset for the
 //! zero-copy writer) and hands the asset to whichever asks first.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
@@ -19,6 +18,7 @@ use metrics::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::shared_check;
 use super::stream::AssetBody;
 
 /// Bytes held back until the whole-body hash is checked (at most the body's length).
@@ -49,57 +49,6 @@ impl DirectBody {
         futures_util::stream::once(async move { slot.take().map(AssetBody::into_stream) })
             .filter_map(|s| async move { s })
             .flatten()
-    }
-}
-
-/// A read-only shared mapping of a whole file.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and never remapped; the pointer is only dereferenced as a
-// shared byte slice, which is safe to use from any thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; no interior mutability.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `len` bytes of `file` read-only (`len` > 0).
-    fn new(file: &File, len: u64) -> io::Result<Mapping> {
-        let len = usize::try_from(len).map_err(|_| io::Error::other("asset too large to map"))?;
-        // SAFETY: a fresh read-only private-address mapping of a regular file we hold open;
-        // the result is checked against MAP_FAILED before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: advice on the mapping just created; failure only loses the read-ahead hint.
-        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
-        Ok(Mapping { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes for the lifetime of `self`. Blobs are
-        // immutable once stored (written under a temporary name, renamed, never truncated),
-        // so the mapped pages do not change under the slice.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `new`; no slice outlives `self`.
-        unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
 
@@ -137,41 +86,31 @@ async fn send_range(
 }
 
 impl AssetBody {
-    /// Writes the body's bytes to `sock` without copying them through user space. A whole-body
-    /// serve that must be verified hashes the file alongside and sends the last bytes only
-    /// once the hash matches; on a mismatch the blob is reported failed and an error returned
-    /// (the caller closes the connection short of `Content-Length`).
+    /// Writes the body's bytes to `sock` without copying them through user space. A serve that
+    /// must be verified sends its last bytes only once a hash pass over the blob has succeeded
+    /// during the serve (see [`super::shared_check`]); on a mismatch the blob is reported failed
+    /// and an error returned (the caller closes the connection short of `Content-Length`).
     pub async fn send_to_socket(mut self, sock: &TcpStream) -> io::Result<u64> {
         let (start, end) = (self.pos, self.end);
         let fd = self.file.as_raw_fd();
         let counter = self.assets.inner.metrics.sent_zero_copy.clone();
-        let Some(hasher) = self.verify.take() else {
+        if self.verify.take().is_none() {
             send_range(sock, fd, start, end, &counter).await?;
             return Ok(end - start);
-        };
-        if end == 0 {
-            return match self.finish(Some(hasher)) {
-                Some(e) => Err(e),
-                None => Ok(0),
-            };
         }
-        let file = Arc::clone(&self.file);
-        let hashing = tokio::task::spawn_blocking(move || -> io::Result<blake3::Hasher> {
-            let map = Mapping::new(&file, end)?;
-            let mut hasher = hasher;
-            hasher.update(map.bytes());
-            Ok(hasher)
-        });
+        let started = Instant::now();
+        let blake3 = self.record.blake3.clone();
+        // Alone on this blob: hash alongside the send. Otherwise a pass some other serve
+        // starts while this one runs covers it too.
+        let mut pass = (self.assets.serves_of(&blake3) <= 1)
+            .then(|| self.assets.pass(&self.record, &self.file));
         let held = end - HOLD_BACK.min(end);
-        // On a send error the hashing task finishes on its own; nobody waits for it.
         send_range(sock, fd, start, held, &counter).await?;
-        let hasher = match hashing.await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(io::Error::other(e.to_string())),
-        };
-        if let Some(e) = self.finish(Some(hasher)) {
-            return Err(e);
+        if pass.is_none() && !self.assets.checked_since(&blake3, started) {
+            pass = Some(self.assets.pass(&self.record, &self.file));
+        }
+        if let Some(pass) = pass {
+            shared_check::wait(pass).await?;
         }
         send_range(sock, fd, held, end, &counter).await?;
         Ok(end - start)

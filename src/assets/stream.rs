@@ -172,7 +172,8 @@ impl AssetBody {
             "blob {} hashed to {got} while being served",
             self.record.blake3
         );
-        self.assets.blob_failed(&self.record, &reason);
+        self.assets
+            .open_blob_failed(&self.record, &reason, &self.file);
         Some(std::io::Error::new(std::io::ErrorKind::InvalidData, reason))
     }
 }

@@ -81,6 +81,42 @@ async fn a_flipped_blob_byte_is_never_served_whole_and_is_rebuilt() {
         .await,
         2.0
     );
+
+    // Concurrent downloads share hash passes; still none of them completes on damaged bytes.
+    flip_byte(&blob, good.body.len() as u64 / 3);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let url = s.url(&path);
+        clients.push(tokio::spawn(async move {
+            let resp = client().get(url).send().await.expect("get");
+            resp.bytes().await
+        }));
+    }
+    // Clients that arrive after the damage was found get a rebuilt, intact asset.
+    for c in clients {
+        if let Ok(body) = c.await.expect("client task") {
+            assert!(
+                body == good.body,
+                "damaged bytes were served whole to a concurrent client"
+            );
+        }
+    }
+    assert!(
+        metric(
+            &s,
+            "image_factory_assets_verification_failures_total",
+            &["what=\"blob\""]
+        )
+        .await
+            >= 2.0
+    );
+    let again = get(&s, &path, &[]).await;
+    assert_eq!((again.status, again.body == good.body), (200, true));
+    assert_eq!(
+        quarantined(&k.data),
+        2,
+        "exactly the damaged blob is set aside, not its rebuilt successor"
+    );
     s.stop().await;
 
     // Caught before the first serve after a restart.
@@ -110,7 +146,7 @@ async fn a_flipped_blob_byte_is_never_served_whole_and_is_rebuilt() {
         .await,
         1.0
     );
-    assert_eq!(quarantined(&k.data), 2);
+    assert_eq!(quarantined(&k.data), 3);
     s.stop().await;
 }
 
