@@ -18,7 +18,7 @@ mod cpio;
 mod extension;
 mod modules;
 mod process;
-pub(crate) mod squashfs;
+pub mod squashfs;
 mod virtual_ext;
 mod yaml;
 

@@ -209,9 +209,14 @@ fn directory_runs_split_at_256_entries_inode_blocks_and_number_gaps() {
     };
     let all: Vec<Listed<'_>> = (0..600).map(|i| entry(i, 0, 10 + i as u32)).collect();
     assert_eq!(
-        headers(&listing(&all)),
+        headers(&listing(&all, 0).bytes),
         [(256, 0, 10), (256, 0, 266), (88, 0, 522)]
     );
+    // Starting 100 bytes before a directory block boundary: a new run at the first entry
+    // that would start in the next block (header 12 + 6 entries of 13 bytes = 90).
+    let l = listing(&all[..20], METADATA_SIZE - 100);
+    assert_eq!(headers(&l.bytes), [(7, 0, 10), (13, 0, 17)]);
+    assert_eq!(l.runs, [(0, 0), (12 + 7 * 13, 7)]);
     // Inode block changes after entry 3; a number gap > 32767 after entry 5.
     let mixed: Vec<Listed<'_>> = (0..8)
         .map(|i| match i {
@@ -220,7 +225,7 @@ fn directory_runs_split_at_256_entries_inode_blocks_and_number_gaps() {
             _ => entry(i, 8000, 40_000 + i as u32),
         })
         .collect();
-    let b = listing(&mixed);
+    let b = listing(&mixed, 0).bytes;
     assert_eq!(headers(&b), [(4, 0, 1), (2, 8000, 5), (2, 8000, 40_006)]);
     // One entry: offset, inode delta, type, name size - 1, name.
     assert_eq!(&b[12..20], &[0, 0, 0, 0, 2, 0, 4, 0]);
@@ -232,7 +237,7 @@ fn fragments_pack_tails_and_block_boundaries() {
     let exact = noise(BLOCK_SIZE, 2);
     let plus_one = noise(BLOCK_SIZE + 1, 3);
     let small = b"hello".to_vec();
-    let big_tail = noise(BLOCK_SIZE - 10, 4);
+    let big_tail = noise(BLOCK_SIZE - 5, 4);
     let sources = [
         Source::Bytes(&[]),
         Source::Bytes(&exact),

@@ -4,13 +4,14 @@
 //!
 //! Inodes are written children first (post-order), numbered in that order, so a directory's
 //! listing can refer to its children's inodes and the root gets the last number. Basic inode
-//! types are used unless an entry has xattrs or needs 64-bit fields.
+//! types are used unless an entry has xattrs, needs 64-bit fields or (directories) a directory
+//! index because its listing spans metadata blocks.
 
 use std::collections::HashMap;
 use std::io::{self, Seek, SeekFrom, Write};
 
 use super::data::{self, BLOCK_SIZE, DataLayout, Source};
-use super::metadata::{Codec, MetaRef, MetaWriter, lookup_table};
+use super::metadata::{Codec, METADATA_SIZE, MetaRef, MetaWriter, lookup_table};
 use super::xattr::{Xattr, XattrTable};
 
 const MAGIC: u32 = 0x7371_7368;
@@ -202,34 +203,53 @@ pub struct Listed<'a> {
     pub kind: u16,
 }
 
-/// A directory listing: runs of at most 256 entries whose inodes share one inode metadata block
-/// and whose numbers are within ±32767 of the run's header.
-pub fn listing(children: &[Listed<'_>]) -> Vec<u8> {
+/// A directory listing and where its runs start.
+pub struct Listing {
+    /// The listing bytes (headers and entries).
+    pub bytes: Vec<u8>,
+    /// Per run: offset of its header in `bytes` and index of its first child.
+    pub runs: Vec<(usize, usize)>,
+}
+
+/// A directory listing starting at offset `start` of an uncompressed metadata block: runs of at
+/// most 256 entries whose inodes share one inode metadata block, whose numbers are within
+/// ±32767 of the run's header, and which stay in one directory metadata block (so the directory
+/// index can point at every block's first run).
+pub fn listing(children: &[Listed<'_>], start: usize) -> Listing {
     let mut b = Vec::new();
+    let mut runs = Vec::new();
+    let block_of = |len: usize| (start + len) / METADATA_SIZE;
     let mut i = 0;
     while i < children.len() {
         let first = &children[i];
-        let mut j = i + 1;
-        while j < children.len()
-            && j - i < DIR_RUN
-            && children[j].inode.block == first.inode.block
-            && i16::try_from(i64::from(children[j].ino) - i64::from(first.ino)).is_ok()
-        {
-            j += 1;
-        }
-        put32(&mut b, (j - i - 1) as u32);
+        let header_at = b.len();
+        runs.push((header_at, i));
+        let header_block = block_of(header_at);
+        put32(&mut b, 0); // count, patched below
         put32(&mut b, first.inode.block as u32);
         put32(&mut b, first.ino);
-        for c in &children[i..j] {
+        let mut j = i;
+        while j < children.len() {
+            let c = &children[j];
+            let fits = j == i
+                || (j - i < DIR_RUN
+                    && c.inode.block == first.inode.block
+                    && i16::try_from(i64::from(c.ino) - i64::from(first.ino)).is_ok()
+                    && block_of(b.len()) == header_block);
+            if !fits {
+                break;
+            }
             put16(&mut b, c.inode.offset);
             b.extend_from_slice(&((i64::from(c.ino) - i64::from(first.ino)) as i16).to_le_bytes());
             put16(&mut b, c.kind);
             put16(&mut b, (c.name.len() - 1) as u16);
             b.extend_from_slice(c.name.as_bytes());
+            j += 1;
         }
+        b[header_at..header_at + 4].copy_from_slice(&((j - i - 1) as u32).to_le_bytes());
         i = j;
     }
-    b
+    Listing { bytes: b, runs }
 }
 
 impl Tables {
@@ -266,9 +286,26 @@ impl Tables {
                     });
                 }
                 let at = self.dirs.pos();
-                let bytes = listing(&listed);
-                self.dirs.write(&bytes)?;
-                let size = bytes.len() as u64 + 3;
+                let l = listing(&listed, usize::from(at.offset));
+                // Directory index: one entry per run that starts in a later metadata block.
+                let mut index = Vec::new();
+                let mut index_count = 0u16;
+                let mut written = 0;
+                for &(off, first) in &l.runs {
+                    self.dirs.write(&l.bytes[written..off])?;
+                    written = off;
+                    let here = self.dirs.pos();
+                    if here.block != at.block && index_count < u16::MAX {
+                        let name = listed[first].name;
+                        put32(&mut index, off as u32);
+                        put32(&mut index, here.block as u32);
+                        put32(&mut index, (name.len() - 1) as u32);
+                        index.extend_from_slice(name.as_bytes());
+                        index_count += 1;
+                    }
+                }
+                self.dirs.write(&l.bytes[written..])?;
+                let size = l.bytes.len() as u64 + 3;
                 let links = 2 + n
                     .children
                     .iter()
@@ -276,7 +313,7 @@ impl Tables {
                     .count() as u32;
                 let block = u32::try_from(at.block)
                     .map_err(|_| invalid("directory table too large".into()))?;
-                if n.xattr == NO_XATTR && size <= u64::from(u16::MAX) {
+                if n.xattr == NO_XATTR && index_count == 0 && size <= u64::from(u16::MAX) {
                     self.header(&mut b, 1, n);
                     put32(&mut b, block);
                     put32(&mut b, links);
@@ -291,9 +328,10 @@ impl Tables {
                     put32(&mut b, size);
                     put32(&mut b, block);
                     put32(&mut b, parent);
-                    put16(&mut b, 0); // no directory index
+                    put16(&mut b, index_count);
                     put16(&mut b, at.offset);
                     put32(&mut b, n.xattr);
+                    b.extend_from_slice(&index);
                 }
             }
             Content::File(_) => {
