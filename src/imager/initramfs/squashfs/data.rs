@@ -97,13 +97,16 @@ pub fn pack_block(codec: Codec, data: Vec<u8>) -> io::Result<(Vec<u8>, u32)> {
     }
 }
 
+/// Per file: its size and the (fragment block, offset) of its tail.
+type Tails = Vec<(u64, Option<(u32, u32)>)>;
+
 /// Reads every source in order and queues its blocks and fragment blocks; returns each file's
 /// size and tail placement.
 fn produce(
     sources: &[Source<'_>],
     jobs: &mpsc::SyncSender<Job>,
     abort: &AtomicBool,
-) -> io::Result<Vec<(u64, Option<(u32, u32)>)>> {
+) -> io::Result<Tails> {
     let mut seq = 0u64;
     let mut frag = Vec::with_capacity(BLOCK_SIZE);
     let mut frag_index = 0u32;

@@ -14,11 +14,14 @@ const PREFIXES: [(&str, u16); 3] = [("user.", 0), ("trusted.", 1), ("security.",
 /// One extended attribute: full name (`security.selinux`) and value.
 pub type Xattr = (String, Vec<u8>);
 
+/// One stored pair: prefix id, name without the prefix, value.
+type Pair = (u16, Vec<u8>, Vec<u8>);
+
 /// Collects xattr sets and assigns them indexes; identical sets share one index.
 #[derive(Debug, Default)]
 pub struct XattrTable {
-    sets: Vec<Vec<(u16, Vec<u8>, Vec<u8>)>>,
-    known: HashMap<Vec<(u16, Vec<u8>, Vec<u8>)>, u32>,
+    sets: Vec<Vec<Pair>>,
+    known: HashMap<Vec<Pair>, u32>,
 }
 
 /// Splits `security.selinux` into (prefix id 2, `selinux`).
