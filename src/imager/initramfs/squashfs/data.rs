@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 
-use super::metadata::Codec;
+use super::metadata::{Codec, Packer};
 
 /// Data block size (and maximum fragment block size).
 pub const BLOCK_SIZE: usize = 128 * 1024;
@@ -84,8 +84,8 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Compresses one block; the bytes to store and their size word.
-pub fn pack_block(codec: Codec, data: Vec<u8>) -> io::Result<(Vec<u8>, u32)> {
-    match codec.compress(&data)? {
+pub fn pack_block(packer: &mut Packer, data: Vec<u8>) -> io::Result<(Vec<u8>, u32)> {
+    match packer.compress(&data)? {
         Some(c) => {
             let w = c.len() as u32;
             Ok((c, w))
@@ -175,12 +175,15 @@ pub fn write_data<W: Write + ?Sized>(
         fragments: Vec::new(),
         end: at,
     };
+    let packers = (0..threads)
+        .map(|_| codec.packer())
+        .collect::<io::Result<Vec<_>>>()?;
     std::thread::scope(|scope| -> io::Result<()> {
         let producer = {
             let abort = &abort;
             scope.spawn(move || produce(sources, &job_tx, abort))
         };
-        for _ in 0..threads {
+        for mut packer in packers {
             let done_tx = done_tx.clone();
             let job_rx = &job_rx;
             scope.spawn(move || {
@@ -190,7 +193,7 @@ pub fn write_data<W: Write + ?Sized>(
                         Err(_) => break,
                     };
                     let Ok(job) = job else { break };
-                    let r = pack_block(codec, job.data).map(|(bytes, word)| Done {
+                    let r = pack_block(&mut packer, job.data).map(|(bytes, word)| Done {
                         seq: job.seq,
                         tag: job.tag,
                         bytes,

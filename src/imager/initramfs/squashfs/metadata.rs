@@ -17,9 +17,25 @@ pub struct Codec {
 }
 
 impl Codec {
+    /// A compressor for one thread (its zstd context is reused for every block).
+    pub fn packer(&self) -> io::Result<Packer> {
+        Ok(Packer(zstd::bulk::Compressor::new(self.level)?))
+    }
+}
+
+/// One thread's block compressor; every block is an independent zstd frame.
+pub struct Packer(zstd::bulk::Compressor<'static>);
+
+impl std::fmt::Debug for Packer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Packer")
+    }
+}
+
+impl Packer {
     /// Compresses `data`; `None` when the result would not be smaller (store it raw).
-    pub fn compress(&self, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let out = zstd::bulk::compress(data, self.level)?;
+    pub fn compress(&mut self, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let out = self.0.compress(data)?;
         Ok((out.len() < data.len()).then_some(out))
     }
 }
@@ -44,7 +60,7 @@ impl MetaRef {
 /// Accumulates records and emits compressed 8 KiB metadata blocks.
 #[derive(Debug)]
 pub struct MetaWriter {
-    codec: Codec,
+    packer: Packer,
     out: Vec<u8>,
     pending: Vec<u8>,
     blocks: Vec<u64>,
@@ -52,13 +68,13 @@ pub struct MetaWriter {
 
 impl MetaWriter {
     /// An empty table.
-    pub fn new(codec: Codec) -> Self {
-        MetaWriter {
-            codec,
+    pub fn new(codec: Codec) -> io::Result<Self> {
+        Ok(MetaWriter {
+            packer: codec.packer()?,
             out: Vec::new(),
             pending: Vec::with_capacity(METADATA_SIZE),
             blocks: Vec::new(),
-        }
+        })
     }
 
     /// Where the next record written will start.
@@ -88,7 +104,7 @@ impl MetaWriter {
             return Ok(());
         }
         self.blocks.push(self.out.len() as u64);
-        match self.codec.compress(&self.pending)? {
+        match self.packer.compress(&self.pending)? {
             Some(c) => {
                 self.out.extend_from_slice(&(c.len() as u16).to_le_bytes());
                 self.out.extend_from_slice(&c);
@@ -115,7 +131,7 @@ impl MetaWriter {
 /// followed by the uncompressed list of the blocks' absolute locations. Returns the bytes and
 /// the absolute offset of that location list (what the superblock points to).
 pub fn lookup_table(codec: Codec, entries: &[u8], at: u64) -> io::Result<(Vec<u8>, u64)> {
-    let mut w = MetaWriter::new(codec);
+    let mut w = MetaWriter::new(codec)?;
     w.write(entries)?;
     let (mut bytes, blocks) = w.finish()?;
     let index_at = at + bytes.len() as u64;

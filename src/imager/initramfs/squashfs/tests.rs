@@ -77,7 +77,7 @@ fn contents(img: &[u8]) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn metadata_blocks_are_8k_with_size_headers() {
-    let mut w = MetaWriter::new(CODEC);
+    let mut w = MetaWriter::new(CODEC).unwrap();
     assert_eq!(
         w.pos(),
         MetaRef {
@@ -116,7 +116,7 @@ fn metadata_blocks_are_8k_with_size_headers() {
     );
     assert_eq!(second.len(), 102);
     // A compressible block is stored compressed: header without bit 15, zstd frame.
-    let mut w = MetaWriter::new(CODEC);
+    let mut w = MetaWriter::new(CODEC).unwrap();
     w.write(&[0u8; 5000]).unwrap();
     let (bytes, _) = w.finish().unwrap();
     let h = u16::from_le_bytes([bytes[0], bytes[1]]);

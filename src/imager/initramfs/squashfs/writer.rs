@@ -457,8 +457,8 @@ pub fn write_image<W: Write + Seek + ?Sized>(
     pos = layout.end;
 
     let mut t = Tables {
-        inodes: MetaWriter::new(codec),
-        dirs: MetaWriter::new(codec),
+        inodes: MetaWriter::new(codec)?,
+        dirs: MetaWriter::new(codec)?,
         mtime: opts.mtime,
         inode_count,
     };

@@ -72,7 +72,7 @@ impl XattrTable {
     /// The table bytes to place at absolute offset `at`, and the absolute offset of the xattr id
     /// table header (the superblock's `xattr_id_table_start`).
     pub fn write(&self, codec: Codec, at: u64) -> io::Result<(Vec<u8>, u64)> {
-        let mut kv = MetaWriter::new(codec);
+        let mut kv = MetaWriter::new(codec)?;
         let mut ids = Vec::with_capacity(self.sets.len() * 16);
         for set in &self.sets {
             let start = kv.pos();
@@ -93,7 +93,7 @@ impl XattrTable {
         }
         let (mut out, _) = kv.finish()?;
         let ids_at = at + out.len() as u64;
-        let mut idw = MetaWriter::new(codec);
+        let mut idw = MetaWriter::new(codec)?;
         idw.write(&ids)?;
         let (id_bytes, id_blocks) = idw.finish()?;
         out.extend_from_slice(&id_bytes);
