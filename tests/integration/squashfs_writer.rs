@@ -380,3 +380,42 @@ fn the_kernel_mounts_our_images_and_reads_the_labels() {
     );
     drop(guard);
 }
+
+/// A file over 4 GiB needs the extended file inode (64-bit size and block start): a sparse
+/// 4 GiB + 5 bytes file, compressed at level 1, read back by squashfs-tools-ng and unsquashfs.
+#[test]
+fn files_over_4_gib_use_the_extended_inode() {
+    use std::io::{Seek, SeekFrom, Write};
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let size = (4u64 << 30) + 5;
+    let mut f = fs::File::create(src.join("big")).unwrap();
+    f.seek(SeekFrom::Start(size - 5)).unwrap();
+    f.write_all(b"tail!").unwrap();
+    drop(f);
+    fs::write(src.join("small"), b"small").unwrap();
+    let img = d.path().join("img.sqsh");
+    build_squashfs(&src, &img, 1, &BTreeMap::new()).unwrap();
+    let img_s = img.to_str().unwrap();
+    let s = run("squashfs-tools-ng", "rdsquashfs", &["-s", "/big", img_s]);
+    assert!(s.contains("Inode type: extended file"), "{s}");
+    assert!(s.contains("Xattr index: 0xFFFFFFFF"), "{s}");
+    assert!(s.contains(&format!("File size: {size}")), "{s}");
+    assert!(s.contains("Block count: 32768"), "{s}");
+    let small = run("squashfs-tools-ng", "rdsquashfs", &["-c", "/small", img_s]);
+    assert_eq!(small, "small");
+    let l = run("squashfs-tools", "unsquashfs", &["-lln", img_s]);
+    let line = l
+        .lines()
+        .find(|x| x.ends_with("squashfs-root/big"))
+        .unwrap();
+    assert!(line.contains(&format!(" {size} ")), "{line}");
+    // The tail (in a fragment) read through the 64-bit inode.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("rdsquashfs -c /big {img_s} | tail -c 5"))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"tail!");
+}
