@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 # Debian packages the tests (and the build) need.
 PACKAGES=(curl ca-certificates build-essential docker-registry skopeo
-    cpio squashfs-tools zstd xz-utils qemu-system-x86 ovmf ipxe-qemu fdisk binutils systemd-boot-efi
+    cpio squashfs-tools squashfs-tools-ng zstd xz-utils qemu-system-x86 ovmf ipxe-qemu fdisk binutils systemd-boot-efi
     kmod xfsprogs grub-common grub-pc-bin mtools dosfstools xorriso genisoimage)
 # qemu-system-x86 7.2 on Debian 12 needs the matching qemu-utils, older than the one some
 # images preinstall: apt refuses unless the version is pinned and downgrades are allowed.

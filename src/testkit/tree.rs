@@ -222,37 +222,42 @@ impl Tree {
     }
 
     /// A squashfs (v4, zstd, 128 KiB blocks) image of the tree, all entries 0:0 and mtime
-    /// [`SOURCE_DATE_EPOCH`].
+    /// [`SOURCE_DATE_EPOCH`], written by the imager's own squashfs writer (so the boot tests'
+    /// kernels mount images in its format).
     pub fn to_squashfs(&self) -> Result<Vec<u8>, KitError> {
-        use backhand::compression::Compressor;
-        use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
-        let err = |what: &str, e: backhand::BackhandError| {
-            KitError::Build(format!("squashfs {what}: {e}"))
-        };
-        let mut fs = FilesystemWriter::default();
-        fs.set_time(SOURCE_DATE_EPOCH);
-        fs.set_root_mode(0o755);
-        fs.set_root_uid(0);
-        fs.set_root_gid(0);
-        fs.set_compressor(
-            FilesystemCompressor::new(Compressor::Zstd, None).map_err(|e| err("compressor", e))?,
-        );
-        let hdr = |mode: u32| NodeHeader::new(mode as u16, 0, 0, SOURCE_DATE_EPOCH);
+        use crate::imager::initramfs::squashfs::{Content, Entry, Options, Source, write_image};
+        let mut entries = vec![Entry {
+            path: "",
+            mode: 0o755,
+            content: Content::Dir,
+            xattrs: Vec::new(),
+        }];
         for (path, node) in &self.nodes {
-            match node {
-                Node::Dir(mode) => fs.push_dir(path, hdr(*mode)),
-                Node::File(mode, data) => fs.push_file(Cursor::new(data.clone()), path, hdr(*mode)),
-                Node::Symlink(t) => fs.push_symlink(t, path, hdr(0o777)),
-                Node::CharDev(mode, ma, mi) => {
-                    // Linux new_encode_dev.
-                    let dev = (mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12);
-                    fs.push_char_device(dev, path, hdr(*mode))
-                }
-            }
-            .map_err(|e| err(path, e))?;
+            let (mode, content) = match node {
+                Node::Dir(mode) => (*mode, Content::Dir),
+                Node::File(mode, data) => (*mode, Content::File(Source::Bytes(data))),
+                Node::Symlink(t) => (0o777, Content::Symlink(t)),
+                // Linux new_encode_dev.
+                Node::CharDev(mode, ma, mi) => (
+                    *mode,
+                    Content::CharDev((mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12)),
+                ),
+            };
+            entries.push(Entry {
+                path,
+                mode,
+                content,
+                xattrs: Vec::new(),
+            });
         }
+        let opts = Options {
+            level: 3,
+            mtime: SOURCE_DATE_EPOCH,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let mut out = Cursor::new(Vec::new());
-        fs.write(&mut out).map_err(|e| err("write", e))?;
+        write_image(&entries, &opts, &mut out)
+            .map_err(|e| KitError::Build(format!("squashfs: {e}")))?;
         Ok(out.into_inner())
     }
 }

@@ -10,8 +10,8 @@ use std::process::Command;
 
 use image_factory::catalog::{ExtensionEntry, ImageRecord};
 use image_factory::imager::initramfs::{
-    ExtensionSource, InitramfsError, check_tools, embedded_config_extension_tar,
-    schematic_extension_tar, schematic_manifest,
+    EMBEDDED_CONFIG_LABEL, ExtensionSource, InitramfsError, check_tools,
+    embedded_config_extension_tar, schematic_extension_tar, schematic_manifest,
 };
 use image_factory::testkit::{KitInputs, Tree, default_kit_dir};
 use sha2::{Digest as _, Sha256};
@@ -173,10 +173,7 @@ fn layout_microcode_firmware_and_layers() {
         for line in &lines {
             let cols: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(cols[1], "0/0", "{line}");
-            // backhand 0.25 cannot set the root directory's mtime (it stays 0; documented).
-            if !line.ends_with("squashfs-root") {
-                assert_eq!(cols[3], "2019-06-01", "{line}");
-            }
+            assert_eq!(cols[3], "2019-06-01", "{line}");
         }
         match i {
             0 => {
@@ -333,7 +330,8 @@ fn schematic_extension_tar_bytes() {
 }
 
 #[test]
-fn embedded_config_layer_keeps_mode_and_reports_its_label() {
+fn embedded_config_layer_keeps_mode_and_carries_its_selinux_label() {
+    need_rdsquashfs();
     if !have(&["cpio", "zstd", "unsquashfs"]) {
         return;
     }
@@ -346,20 +344,141 @@ fn embedded_config_layer_keeps_mode_and_reports_its_label() {
     assert_eq!(r.layers.len(), 1);
     assert_eq!(r.layers[0].metadata.name, "embedded-config");
     assert_eq!(r.layers[0].metadata.author, "Imager");
-    // backhand cannot write xattrs yet: the label is reported as dropped (docs/imager-initramfs.md).
-    assert_eq!(r.layers[0].dropped_labels, 1);
+    assert_eq!(r.layers[0].labels, 1);
     let (_, _, tail) = split(&e, &out, &r);
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("t");
     unpack_tail(tail, d.path(), &root);
-    let l = run(Command::new("unsquashfs")
-        .arg("-lln")
-        .arg(root.join("0.sqsh")));
+    let layer = root.join("0.sqsh");
+    let l = run(Command::new("unsquashfs").arg("-lln").arg(&layer));
     let line = l
         .lines()
         .find(|x| x.ends_with("usr/local/etc/talos/config.yaml"))
         .unwrap();
     assert!(line.starts_with("-r-------- 0/0"), "{line}");
+    // The label upstream passes to mksquashfs as a pseudo xattr, read by squashfs-tools-ng.
+    assert_eq!(
+        xattrs(&layer, "/usr/local/etc/talos/config.yaml"),
+        format!("security.selinux={EMBEDDED_CONFIG_LABEL}")
+    );
+    assert_eq!(xattrs(&layer, "/usr/local/etc/talos"), "");
+    assert_eq!(xattrs(&layer, "/"), "");
+}
+
+#[test]
+fn pax_selinux_labels_of_an_extension_land_in_its_layer() {
+    need_rdsquashfs();
+    if !have(&["cpio", "zstd", "unsquashfs"]) {
+        return;
+    }
+    let e = env(synthetic_base());
+    // An extension image (non-root owner in the tar) whose layer labels the root, a directory
+    // and a file.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add =
+        |name: &str, kind: tar::EntryType, mode: u32, data: &[u8], label: Option<&str>| {
+            if let Some(label) = label {
+                b.append_pax_extensions([("SCHILY.xattr.security.selinux", label.as_bytes())])
+                    .unwrap();
+            }
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(1000);
+            h.set_gid(1000);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+    let manifest = manifest("labelled", ">= v1.8.0");
+    add(
+        "manifest.yaml",
+        tar::EntryType::Regular,
+        0o644,
+        manifest.as_bytes(),
+        None,
+    );
+    add(
+        "rootfs/",
+        tar::EntryType::Directory,
+        0o755,
+        b"",
+        Some("system_u:object_r:root_t:s0"),
+    );
+    add("rootfs/usr/", tar::EntryType::Directory, 0o755, b"", None);
+    add(
+        "rootfs/usr/local/",
+        tar::EntryType::Directory,
+        0o755,
+        b"",
+        None,
+    );
+    add(
+        "rootfs/usr/local/lib/",
+        tar::EntryType::Directory,
+        0o755,
+        b"",
+        Some("system_u:object_r:lib_t:s0"),
+    );
+    add(
+        "rootfs/usr/local/lib/containers/",
+        tar::EntryType::Directory,
+        0o755,
+        b"",
+        None,
+    );
+    add(
+        "rootfs/usr/local/lib/containers/svc",
+        tar::EntryType::Regular,
+        0o755,
+        b"#!/bin/sh\n",
+        Some("system_u:object_r:svc_exec_t:s0"),
+    );
+    add(
+        "rootfs/usr/local/lib/plain",
+        tar::EntryType::Regular,
+        0o644,
+        b"plain",
+        None,
+    );
+    let tar = b.into_inner().unwrap();
+    let digest = store_image(&e.blobs, &tar);
+    let src = ExtensionSource::Image {
+        name: "siderolabs/labelled".into(),
+        manifest: digest,
+    };
+    let (out, r) = build(&e, vec![src], "v1.11.0");
+    assert_eq!(r.layers[0].labels, 3);
+    let (_, _, tail) = split(&e, &out, &r);
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("t");
+    unpack_tail(tail, d.path(), &root);
+    let layer = root.join("0.sqsh");
+    assert_eq!(
+        xattrs(&layer, "/usr/local/lib/containers/svc"),
+        "security.selinux=system_u:object_r:svc_exec_t:s0"
+    );
+    assert_eq!(
+        xattrs(&layer, "/usr/local/lib"),
+        "security.selinux=system_u:object_r:lib_t:s0"
+    );
+    assert_eq!(
+        xattrs(&layer, "/"),
+        "security.selinux=system_u:object_r:root_t:s0"
+    );
+    assert_eq!(xattrs(&layer, "/usr/local/lib/plain"), "");
+    assert_eq!(xattrs(&layer, "/usr/local"), "");
+    // Still root-owned, contents intact.
+    let l = run(Command::new("unsquashfs").arg("-lln").arg(&layer));
+    assert!(
+        l.lines()
+            .filter(|x| x.contains("squashfs-root"))
+            .all(|x| x.contains(" 0/0 ")),
+        "{l}"
+    );
+    let svc = run(Command::new("rdsquashfs")
+        .args(["-c", "/usr/local/lib/containers/svc"])
+        .arg(&layer));
+    assert_eq!(svc, "#!/bin/sh\n");
 }
 
 /// Builds with `exts` carrying kernel modules and returns the unpacked modules.dep layer.

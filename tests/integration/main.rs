@@ -28,6 +28,7 @@ mod oci_registry;
 mod oci_sources;
 mod pxe_boot;
 mod schematic_golden;
+mod squashfs_writer;
 mod testkit_bundle;
 mod testkit_qemu;
 mod testkit_release;

@@ -18,10 +18,11 @@ mod cpio;
 mod extension;
 mod modules;
 mod process;
-mod squashfs;
+pub mod squashfs;
 mod virtual_ext;
 mod yaml;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -220,8 +221,9 @@ pub struct LayerReport {
     pub metadata: Metadata,
     /// squashfs size in bytes.
     pub size: u64,
-    /// SELinux labels the extension carried that the squashfs could not record.
-    pub dropped_labels: usize,
+    /// Entries of the squashfs carrying a `security.selinux` label (from the extension's PAX
+    /// records).
+    pub labels: usize,
 }
 
 /// What the build produced.
@@ -325,9 +327,17 @@ pub fn build_initramfs<W: Write + ?Sized>(
         let mut ext = extension::load(&ext_root, &dir)?;
         extension::validate(&ext, &inputs.version)?;
         if let Some(l) = dir.parse::<usize>().ok().and_then(|j| labels.get(j)) {
+            // Keys relative to `rootfs/`; the root directory itself is "".
             ext.labels = l
                 .iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("rootfs/")?.to_string(), v.clone())))
+                .filter_map(|(k, v)| {
+                    let rel = if k == "rootfs" {
+                        ""
+                    } else {
+                        k.strip_prefix("rootfs/")?
+                    };
+                    Some((rel.to_string(), v.clone()))
+                })
                 .collect();
         }
         tracing::info!(dir = %dir, name = %ext.manifest.metadata.name,
@@ -355,15 +365,22 @@ pub fn build_initramfs<W: Write + ?Sized>(
     }
 
     // §3.4: microcode and firmware in processing order (they append), then one squashfs per
-    // extension; the squashfs writer is single-threaded, so layers are built concurrently.
+    // extension (with the extension's SELinux labels as `security.selinux` xattrs); layers are
+    // built concurrently and each compresses its data blocks on every CPU.
     let fw = quirks.firmware_path();
     for ext in &loaded {
         report.microcode_files += process::extract_microcode(&ext.rootfs, fw, &work)?;
         report.firmware_files += process::move_firmware(&ext.rootfs, fw, &work)?;
     }
-    let jobs: Vec<(PathBuf, PathBuf)> = loaded
+    let jobs: Vec<(PathBuf, PathBuf, BTreeMap<String, String>)> = loaded
         .iter()
-        .map(|ext| (ext.rootfs.clone(), work.join(format!("{}.sqsh", ext.dir))))
+        .map(|ext| {
+            (
+                ext.rootfs.clone(),
+                work.join(format!("{}.sqsh", ext.dir)),
+                ext.labels.clone(),
+            )
+        })
         .collect();
     let sizes = squashfs::build_all(&jobs, inputs.squashfs_level, &mut |i| {
         progress(Progress::Squashing {
@@ -372,21 +389,19 @@ pub fn build_initramfs<W: Write + ?Sized>(
         })
     })?;
     let mut layers = Vec::new();
-    for ((ext, (rootfs, path)), sq) in loaded.iter().zip(&jobs).zip(sizes) {
+    for ((ext, (rootfs, path, _)), sq) in loaded.iter().zip(&jobs).zip(sizes) {
         set_mode(path, 0o644)?;
         fs::remove_dir_all(rootfs).map_err(io_err(format!("remove {}", rootfs.display())))?;
         let image = format!("{}.sqsh", ext.dir);
-        let present = ext.labels.len();
-        if present > 0 {
-            tracing::warn!(image = %image, labels = present,
-                "squashfs writer cannot store xattrs: SELinux labels from the extension are not recorded");
+        if sq.labels > 0 {
+            tracing::debug!(image = %image, labels = sq.labels, "SELinux labels recorded");
         }
         layers.push((image.clone(), ext.manifest.metadata.clone()));
         report.layers.push(LayerReport {
             image,
             metadata: ext.manifest.metadata.clone(),
             size: sq.size,
-            dropped_labels: present,
+            labels: sq.labels,
         });
     }
 

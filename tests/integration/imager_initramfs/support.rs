@@ -202,3 +202,22 @@ pub fn unpack_tail(tail: &[u8], dir: &Path, dest: &Path) -> Vec<String> {
     )));
     cpio_list(&fs::read(&raw).unwrap(), dir, "tail.list.cpio")
 }
+
+/// Fails (rather than skips) when squashfs-tools-ng is missing: the xattr checks need it.
+pub fn need_rdsquashfs() {
+    let found = Command::new("sh")
+        .args(["-c", "command -v rdsquashfs"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "rdsquashfs is not installed: install Debian package squashfs-tools-ng (test.sh does)"
+    );
+}
+
+/// `rdsquashfs -x <path> <image>`: the xattrs of one entry as `name=value` lines, trimmed.
+pub fn xattrs(image: &Path, path: &str) -> String {
+    run(Command::new("rdsquashfs").args(["-x", path]).arg(image))
+        .trim()
+        .to_string()
+}
