@@ -150,12 +150,17 @@ impl BlobStore {
         Ok(Some(buf))
     }
 
+    /// A fresh path under `blobs/tmp/` (swept at open if a crash leaves it behind), for a
+    /// file a tool writes and [`BlobStore::adopt_in_place`] then stores.
+    pub fn temp_path(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4()))
+    }
+
     /// Starts a streaming write.
     pub fn writer(&self) -> Result<BlobWriter, StoreError> {
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.part", uuid::Uuid::new_v4()));
+        let tmp = self.temp_path();
         let file = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         Ok(BlobWriter::new(self.clone(), tmp, file))
     }

@@ -1,10 +1,9 @@
 //! The Builder's ISOs (`<platform>-<arch>.iso`, imager spec §6): the initramfs and, for the
 //! UEFI side of hybrid and UEFI-only ISOs, the ISO UKI (profiles `main` + `reset`) are built
 //! while a second thread stages the release's GRUB trees and runs `grub-mkimage`; then
-//! `xorriso` writes the ISO to a pipe, and the image is hashed and stored in the blob store as
-//! it arrives (no scratch copy to read back).
+//! `xorriso` writes the ISO into the blob store's temporary directory, where it is hashed and
+//! committed in place (no scratch copy streamed into a second file).
 
-use std::io::Write as _;
 use std::time::Instant;
 
 use crate::catalog::ArchRelease;
@@ -16,9 +15,6 @@ use crate::imager::uki::UkiPurpose;
 use crate::store::BlobInfo;
 
 use super::{BuildRequest, Builder, asset, internal};
-
-/// Data bytes stored between two writeback starts of the ISO blob.
-const WRITEBACK_EVERY: usize = 8 << 20;
 
 impl Builder {
     /// The ISO of `profile` (kind iso).
@@ -82,29 +78,20 @@ impl Builder {
             systemd_boot,
             grub_modules,
         };
-        let mut w = self.writer()?;
-        // xorriso, BLAKE3 + the blob file, and SHA-256 each get a thread (2 cores here).
-        w.hash_sha256_on_thread();
-        // All-zero chunks (most of efiboot.img) become holes of the blob file; hashed as data.
-        // Writeback starts every few MiB, so the final sync finds little left to write.
-        let mut since_writeback = 0usize;
-        let mut sink = |chunk: &[u8]| {
-            if chunk.iter().all(|b| *b == 0) {
-                return w.write_zeros(chunk.len() as u64);
-            }
-            w.write_all(chunk)?;
-            since_writeback += chunk.len();
-            if since_writeback >= WRITEBACK_EVERY {
-                w.start_writeback();
-                since_writeback = 0;
-            }
-            Ok(())
-        };
-        write_iso(profile, &inputs, grub, scratch.path(), &mut sink)?;
+        // xorriso writes straight into the store's temporary directory; the file is then
+        // hashed once (BLAKE3 + SHA-256 on two cores) and renamed: no copy, no second write.
+        let tmp = self.blobs.temp_path();
+        if let Err(e) = write_iso(profile, &inputs, grub, scratch.path(), &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         let t = Instant::now();
-        let blob = w.finish().map_err(|e| internal("store ISO", e))?;
+        let blob = self
+            .blobs
+            .adopt_in_place(&tmp)
+            .map_err(|e| internal("store ISO", e))?;
         tracing::debug!(
-            sync_ms = t.elapsed().as_millis() as u64,
+            store_ms = t.elapsed().as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "ISO: stored"
         );

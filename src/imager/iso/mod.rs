@@ -21,7 +21,7 @@ use crate::imager::profile::{Arch, Profile};
 use crate::imager::quirks::Quirk;
 use crate::schematic::Bootloader;
 
-pub use xorriso::{IsoPlan, STREAM_CHUNK, run_xorriso, run_xorriso_into};
+pub use xorriso::{IsoPlan, run_xorriso};
 
 /// MiB.
 const MIB: u64 = 1 << 20;
@@ -201,17 +201,16 @@ pub fn prepare_grub(
     Ok(out)
 }
 
-/// Writes the ISO of `profile` (kind iso, output defaults applied) into `sink` (in order, in
-/// chunks of [`STREAM_CHUNK`] bytes, see [`run_xorriso_into`]), using `scratch` (an empty
-/// directory) for the boot images and `grub` from [`prepare_grub`] (built here when `None`).
-/// Files are grafted from where they are (the blob store); only the boot images are written
-/// to `scratch`.
+/// Writes the ISO of `profile` (kind iso, output defaults applied) to `out`, using `scratch`
+/// (an empty directory) for the boot images and `grub` from [`prepare_grub`] (built here when
+/// `None`). Files are grafted from where they are (the blob store); only the boot images are
+/// written to `scratch`.
 pub fn write_iso(
     profile: &Profile,
     inputs: &IsoInputs,
     grub: Option<IsoGrub>,
     scratch: &Path,
-    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    out: &Path,
 ) -> Result<IsoKind, ImagerError> {
     let kind = IsoKind::of(profile)?;
     if profile.arch == Arch::Arm64 && kind != IsoKind::UefiOnly {
@@ -236,7 +235,7 @@ pub fn write_iso(
         bios: None,
         efi_image: scratch.join("efiboot.img"),
         grafts: Vec::new(),
-        out: PathBuf::from("-"),
+        out: out.to_path_buf(),
     };
     let mut esp = Vec::new();
     if kind.has_bios() {
@@ -294,11 +293,8 @@ pub fn write_iso(
         "ISO: efiboot.img"
     );
     let t = std::time::Instant::now();
-    run_xorriso_into(&plan, sink)?;
-    tracing::debug!(
-        ms = t.elapsed().as_millis() as u64,
-        "ISO: xorriso into the sink"
-    );
+    run_xorriso(&plan)?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: xorriso");
     std::fs::remove_file(&plan.efi_image)?;
     Ok(kind)
 }
