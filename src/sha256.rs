@@ -33,6 +33,107 @@ pub fn hex_digest(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
+/// Bytes gathered before a batch goes to [`Sha256Thread`]'s thread.
+const BATCH: usize = 1 << 20;
+/// Batches in flight (bounded: a slow hasher slows the writer instead of buffering).
+const QUEUE: usize = 4;
+
+enum Work {
+    Bytes(Vec<u8>),
+    Zeros(u64),
+}
+
+/// A SHA-256 computed on a helper thread, so that a writer hashing large outputs with BLAKE3
+/// and SHA-256 uses two cores (SHA-256 is the slow one without SHA extensions). Bytes are
+/// copied into 1 MiB batches; zero runs are sent as lengths.
+pub struct Sha256Thread {
+    batch: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Work>>,
+    handle: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Sha256Thread {
+    /// Starts the thread.
+    pub fn spawn() -> std::io::Result<Sha256Thread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                static ZEROS: [u8; BATCH] = [0; BATCH];
+                let mut h = Sha256::new();
+                for w in rx {
+                    match w {
+                        Work::Bytes(b) => h.update(&b),
+                        Work::Zeros(mut n) => {
+                            while n > 0 {
+                                let k = n.min(BATCH as u64) as usize;
+                                h.update(&ZEROS[..k]);
+                                n -= k as u64;
+                            }
+                        }
+                    }
+                }
+                h.finalize_hex()
+            })?;
+        Ok(Sha256Thread {
+            batch: Vec::with_capacity(BATCH),
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&mut self, w: Work) {
+        // A send only fails when the thread is gone; `finalize_hex` reports that.
+        if let Some(tx) = &self.tx
+            && tx.send(w).is_err()
+        {
+            self.tx = None;
+        }
+    }
+
+    fn flush_batch(&mut self) {
+        if !self.batch.is_empty() {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+            self.send(Work::Bytes(full));
+        }
+    }
+
+    /// Adds bytes.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let k = (BATCH - self.batch.len()).min(bytes.len());
+            self.batch.extend_from_slice(&bytes[..k]);
+            bytes = &bytes[k..];
+            if self.batch.len() == BATCH {
+                self.flush_batch();
+            }
+        }
+    }
+
+    /// Adds `n` zero bytes.
+    pub fn update_zeros(&mut self, n: u64) {
+        self.flush_batch();
+        self.send(Work::Zeros(n));
+    }
+
+    /// The digest as lowercase hex; `None` if the thread died.
+    pub fn finalize_hex(mut self) -> Option<String> {
+        self.flush_batch();
+        let alive = self.tx.take().is_some();
+        let digest = self.handle.take()?.join().ok()?;
+        alive.then_some(digest)
+    }
+}
+
+impl Drop for Sha256Thread {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -48,5 +149,21 @@ mod tests {
             h.finalize_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn thread_hash_equals_inline_hash() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut inline = super::Sha256::new();
+        let mut threaded = super::Sha256Thread::spawn().unwrap();
+        for piece in data.chunks(70_001) {
+            inline.update(piece);
+            threaded.update(piece);
+        }
+        inline.update(&vec![0u8; 2_500_000]);
+        threaded.update_zeros(2_500_000);
+        inline.update(b"tail");
+        threaded.update(b"tail");
+        assert_eq!(threaded.finalize_hex().unwrap(), inline.finalize_hex());
     }
 }

@@ -126,6 +126,18 @@ impl AssetBody {
         self.end == self.pos
     }
 
+    /// Copies the whole body into the empty file `dest` in the kernel, holes kept (blocking):
+    /// `None` when it must be streamed instead — a range, or a body whose hash is checked while
+    /// it is read (first serve of a cached blob).
+    pub fn copy_to_file(&self, dest: &File) -> Option<std::io::Result<u64>> {
+        if self.verify.is_some() || self.pos != 0 || self.end != self.record.size {
+            return None;
+        }
+        Some(crate::imager::disk::sparse::copy_file_sparse(
+            &self.file, dest,
+        ))
+    }
+
     /// The body as a stream of chunks.
     pub fn into_stream(mut self) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let hasher = self.verify.take();

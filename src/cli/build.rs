@@ -166,15 +166,14 @@ async fn copy_asset(
 ) -> Result<(), String> {
     use futures_util::StreamExt as _;
     use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
-    let mut out = tokio::fs::File::create(dest)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut stream = std::pin::pin!(
-        assets
-            .open(served, None)
-            .map_err(|e| e.to_string())?
-            .into_stream()
-    );
+    let body = assets.open(served, None).map_err(|e| e.to_string())?;
+    let out = std::fs::File::create(dest).map_err(|e| e.to_string())?;
+    // Checked already (just built or just verified): copied in the kernel, holes kept.
+    if let Some(copied) = body.copy_to_file(&out) {
+        return copied.map(|_| ()).map_err(|e| e.to_string());
+    }
+    let mut out = tokio::fs::File::from_std(out);
+    let mut stream = std::pin::pin!(body.into_stream());
     // All-zero chunks become holes: disk images are mostly zeros and stay sparse.
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {

@@ -14,12 +14,13 @@ use crate::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+pub use super::writer::{BlobWriter, PendingBlob};
 use super::{MetaStore, StoreError, VerifiedBlob};
 
 /// Tree mapping a SHA-256 hex digest to the blob's `BlobInfo` (JSON).
 const SHA_TREE: &str = "blobs_by_sha256";
 /// Copy buffer size for streaming writes.
-const CHUNK: usize = 256 * 1024;
+pub(super) const CHUNK: usize = 256 * 1024;
 
 /// Identity of a stored blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +40,7 @@ pub struct BlobStore {
     meta: Arc<dyn MetaStore>,
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let context = context.into();
     move |e| StoreError::Backend(format!("{context}: {e}"))
 }
@@ -149,22 +150,19 @@ impl BlobStore {
         Ok(Some(buf))
     }
 
+    /// A fresh path under `blobs/tmp/` (swept at open if a crash leaves it behind), for a
+    /// file a tool writes and [`BlobStore::adopt_in_place`] then stores.
+    pub fn temp_path(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4()))
+    }
+
     /// Starts a streaming write.
     pub fn writer(&self) -> Result<BlobWriter, StoreError> {
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.part", uuid::Uuid::new_v4()));
+        let tmp = self.temp_path();
         let file = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-        Ok(BlobWriter {
-            store: self.clone(),
-            tmp,
-            file: Some(file),
-            blake3: blake3::Hasher::new(),
-            sha256: Some(Sha256::new()),
-            known_sha256: None,
-            size: 0,
-        })
+        Ok(BlobWriter::new(self.clone(), tmp, file))
     }
 
     /// Moves the file at `path` (on the same filesystem as the store) into the store as a
@@ -254,8 +252,7 @@ impl BlobStore {
         progress: impl FnMut(u64),
     ) -> Result<PendingBlob, StoreError> {
         let mut w = self.writer()?;
-        w.sha256 = None;
-        w.known_sha256 = Some(sha256.to_string());
+        w.vouch_sha256(sha256);
         copy_into(reader, &mut w, progress).await?;
         w.finish_deferred()
     }
@@ -332,7 +329,7 @@ impl BlobStore {
         }
     }
 
-    fn commit(&self, tmp: &Path, info: &BlobInfo) -> Result<(), StoreError> {
+    pub(super) fn commit(&self, tmp: &Path, info: &BlobInfo) -> Result<(), StoreError> {
         let dest = self.path(&info.blake3);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
@@ -375,155 +372,6 @@ async fn copy_into<R: AsyncRead + Unpin>(
     }
 }
 
-/// A fully written but not yet durable blob (see [`BlobStore::commit_batch`]).
-pub struct PendingBlob {
-    tmp: PathBuf,
-    info: BlobInfo,
-}
-
-impl Drop for PendingBlob {
-    /// An uncommitted blob (import failed or was abandoned) leaves no temporary file behind.
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-impl PendingBlob {
-    /// The blob's identity once committed.
-    pub fn info(&self) -> &BlobInfo {
-        &self.info
-    }
-
-    /// Makes the data durable now (`fdatasync`), so that the batch commit's sync has little
-    /// left to do; lets callers overlap syncing with other transfers.
-    pub fn sync_data(&self) -> Result<(), StoreError> {
-        File::open(&self.tmp)
-            .and_then(|f| f.sync_data())
-            .map_err(io_err(format!("sync {}", self.tmp.display())))
-    }
-}
-
-/// A blob being written: hashes with BLAKE3 and SHA-256 as bytes arrive.
-pub struct BlobWriter {
-    store: BlobStore,
-    tmp: PathBuf,
-    file: Option<File>,
-    blake3: blake3::Hasher,
-    /// SHA-256 being computed (`None` when the caller vouches for it, see `known_sha256`).
-    sha256: Option<Sha256>,
-    /// SHA-256 given by a caller whose reader already verifies it.
-    known_sha256: Option<String>,
-    size: u64,
-}
-
-impl Write for BlobWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
-        let n = file.write(buf)?;
-        self.blake3.update(&buf[..n]);
-        if let Some(h) = self.sha256.as_mut() {
-            h.update(&buf[..n]);
-        }
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self.file.as_mut() {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl BlobWriter {
-    /// The SHA-256 hex of what was written (or the one the caller vouched for).
-    fn sha256_hex(&self) -> String {
-        match (&self.known_sha256, &self.sha256) {
-            (Some(known), _) => known.clone(),
-            (None, Some(h)) => h.clone().finalize_hex(),
-            (None, None) => String::new(),
-        }
-    }
-
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Appends `len` zero bytes as a hole (the blob file stays sparse); hashes them like data.
-    pub fn write_zeros(&mut self, len: u64) -> io::Result<()> {
-        static ZEROS: [u8; CHUNK] = [0; CHUNK];
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
-        let offset = i64::try_from(len).map_err(io::Error::other)?;
-        io::Seek::seek(file, io::SeekFrom::Current(offset))?;
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            self.blake3.update(&ZEROS[..n]);
-            if let Some(h) = self.sha256.as_mut() {
-                h.update(&ZEROS[..n]);
-            }
-            left -= n as u64;
-        }
-        self.size += len;
-        // a trailing hole only exists once the length is set
-        file.set_len(self.size)
-    }
-
-    /// Makes the blob durable under its content name (index durable after the next meta flush).
-    pub fn finish(mut self) -> Result<BlobInfo, StoreError> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| StoreError::Backend("blob writer already finished".into()))?;
-        file.sync_all().map_err(io_err("sync blob"))?;
-        drop(file);
-        let info = BlobInfo {
-            blake3: self.blake3.finalize().to_hex().to_string(),
-            sha256: self.sha256_hex(),
-            size: self.size,
-        };
-        self.store.commit(&self.tmp, &info)?;
-        Ok(info)
-    }
-}
-
-impl BlobWriter {
-    /// Ends the write without syncing; commit it with [`BlobStore::commit_batch`].
-    pub fn finish_deferred(mut self) -> Result<PendingBlob, StoreError> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| StoreError::Backend("blob writer already finished".into()))?;
-        drop(file);
-        Ok(PendingBlob {
-            tmp: std::mem::take(&mut self.tmp),
-            info: BlobInfo {
-                blake3: self.blake3.finalize().to_hex().to_string(),
-                sha256: self.sha256_hex(),
-                size: self.size,
-            },
-        })
-    }
-}
-
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +382,32 @@ mod tests {
         let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("meta")).unwrap());
         let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
         (dir, blobs)
+    }
+
+    #[test]
+    fn files_adopted_in_place_get_both_digests_and_keep_their_bytes() {
+        use std::os::unix::fs::MetadataExt as _;
+        let (_dir, blobs) = store();
+        // data, 3 MiB of zeros (whole 1 MiB chunks become holes), data, a short tail
+        let mut bytes = vec![7u8; (1 << 20) + 5];
+        bytes.resize(bytes.len() + (3 << 20), 0);
+        bytes.extend((0..(1u32 << 20)).map(|i| (i % 253) as u8));
+        bytes.extend(b"tail");
+        let tmp = blobs.temp_path();
+        std::fs::write(&tmp, &bytes).unwrap();
+        let info = blobs.adopt_in_place(&tmp).unwrap();
+        assert!(!tmp.exists());
+        let expected = BlobInfo {
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            sha256: crate::oci::Digest::of(&bytes).hex().to_string(),
+            size: bytes.len() as u64,
+        };
+        assert_eq!(info, expected);
+        assert_eq!(blobs.by_sha256(&expected.sha256).unwrap(), Some(expected));
+        let path = blobs.path(&info.blake3);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o644);
     }
 
     #[test]

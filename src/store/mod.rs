@@ -4,6 +4,7 @@ mod blobs;
 mod schematics;
 mod sled_store;
 mod verified;
+mod writer;
 
 pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob};
 pub use schematics::{PutOutcome, SchematicStore};

@@ -74,6 +74,8 @@ impl Builder {
         write_disk_image(profile, &inputs, scratch.path(), &raw)?;
         let mut w = self.writer()?;
         if is_plain_raw(profile) {
+            // gigabytes of (mostly zero) bytes to hash: SHA-256 on its own core
+            w.hash_sha256_on_thread();
             stream_into_blob(&mut File::open(&raw)?, &mut w)
                 .map_err(|e| internal("store disk image", e))?;
         } else {

@@ -1,15 +1,15 @@
 //! The Builder's ISOs (`<platform>-<arch>.iso`, imager spec §6): the initramfs and, for the
 //! UEFI side of hybrid and UEFI-only ISOs, the ISO UKI (profiles `main` + `reset`) are built
-//! first; the ISO is written by `xorriso` into a scratch file on the data volume and streamed
-//! into the blob store.
+//! while a second thread stages the release's GRUB trees and runs `grub-mkimage`; then
+//! `xorriso` writes the ISO into the blob store's temporary directory, where it is hashed and
+//! committed in place (no scratch copy streamed into a second file).
 
-use std::fs::File;
+use std::time::Instant;
 
 use crate::catalog::ArchRelease;
 use crate::imager::cmdline::kernel_cmdline;
-use crate::imager::disk::sparse::stream_into_blob;
 use crate::imager::error::ImagerError;
-use crate::imager::iso::{IsoInputs, IsoKind, write_iso};
+use crate::imager::iso::{IsoGrub, IsoInputs, IsoKind, prepare_grub, write_iso};
 use crate::imager::profile::Profile;
 use crate::imager::uki::UkiPurpose;
 use crate::store::BlobInfo;
@@ -30,38 +30,88 @@ impl Builder {
                 "SecureBoot ISOs are not built by this appliance yet".into(),
             ));
         }
+        let started = Instant::now();
         let kind = IsoKind::of(profile)?;
-        let initramfs = self.initramfs(req, profile, assets)?;
-        intermediates.push(initramfs.clone());
-        let (uki, systemd_boot) = if kind.has_uki() {
-            let uki = self.uki_with(profile, assets, UkiPurpose::Iso, &initramfs)?;
-            intermediates.push(uki.clone());
-            (
-                Some(self.blobs.path(&uki.blake3)),
-                Some(self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3)),
-            )
-        } else {
-            (None, None)
-        };
         std::fs::create_dir_all(&self.opts.scratch)?;
         let scratch = tempfile::tempdir_in(&self.opts.scratch)?;
-        let grub_modules = if kind.has_bios() || !kind.has_uki() {
-            Some(self.grub_modules(assets, &scratch.path().join("grub"))?)
-        } else {
-            None
+        let grub_dir = scratch.path().join("grub");
+        let uses_grub = kind.has_bios() || !kind.has_uki();
+        // GRUB's trees and images need nothing from the initramfs or the UKI: built meanwhile.
+        let (grub, built) = std::thread::scope(|s| {
+            let grub = uses_grub.then(|| {
+                s.spawn(|| -> Result<(std::path::PathBuf, IsoGrub), ImagerError> {
+                    let t = Instant::now();
+                    let modules = self.grub_modules(assets, &grub_dir)?;
+                    let images = prepare_grub(profile, &modules, scratch.path())?;
+                    tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: GRUB images");
+                    Ok((modules, images))
+                })
+            });
+            let built = self.iso_payloads(req, profile, assets, kind);
+            let grub = grub.map(|h| {
+                h.join()
+                    .map_err(|_| ImagerError::Internal("ISO: the GRUB thread panicked".into()))
+            });
+            (grub, built)
+        });
+        let (initramfs, uki, systemd_boot) = built?;
+        intermediates.push(initramfs.clone());
+        if let Some(u) = &uki {
+            intermediates.push(u.clone());
+        }
+        let (grub_modules, grub) = match grub {
+            Some(g) => {
+                let (modules, images) = g??;
+                (Some(modules), Some(images))
+            }
+            None => (None, None),
         };
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "ISO: initramfs, UKI and GRUB ready"
+        );
         let inputs = IsoInputs {
             cmdline: kernel_cmdline(profile, &[])?,
             kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
             initramfs: self.blobs.path(&initramfs.blake3),
-            uki,
+            uki: uki.map(|u| self.blobs.path(&u.blake3)),
             systemd_boot,
             grub_modules,
         };
-        let out = scratch.path().join("image.iso");
-        write_iso(profile, &inputs, scratch.path(), &out)?;
-        let mut w = self.writer()?;
-        stream_into_blob(&mut File::open(&out)?, &mut w).map_err(|e| internal("store ISO", e))?;
-        w.finish().map_err(|e| internal("store ISO", e))
+        // xorriso writes straight into the store's temporary directory; the file is then
+        // hashed once (BLAKE3 + SHA-256 on two cores) and renamed: no copy, no second write.
+        let tmp = self.blobs.temp_path();
+        if let Err(e) = write_iso(profile, &inputs, grub, scratch.path(), &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let t = Instant::now();
+        let blob = self
+            .blobs
+            .adopt_in_place(&tmp)
+            .map_err(|e| internal("store ISO", e))?;
+        tracing::debug!(
+            store_ms = t.elapsed().as_millis() as u64,
+            ms = started.elapsed().as_millis() as u64,
+            "ISO: stored"
+        );
+        Ok(blob)
+    }
+
+    /// The initramfs and, for UKI layouts, the ISO UKI and the release's systemd-boot path.
+    fn iso_payloads(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: &Profile,
+        assets: &ArchRelease,
+        kind: IsoKind,
+    ) -> Result<(BlobInfo, Option<BlobInfo>, Option<std::path::PathBuf>), ImagerError> {
+        let initramfs = self.initramfs(req, profile, assets)?;
+        if !kind.has_uki() {
+            return Ok((initramfs, None, None));
+        }
+        let uki = self.uki_with(profile, assets, UkiPurpose::Iso, &initramfs)?;
+        let systemd_boot = self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3);
+        Ok((initramfs, Some(uki), Some(systemd_boot)))
     }
 }

@@ -7,7 +7,7 @@
 //! `fatfs` 0.3.6 leaves directories `fsck.vfat` would repair; [`super::fat_fixup`] fixes them.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 
 use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time};
@@ -115,36 +115,68 @@ pub fn write_esp(
     sector_size: u64,
     files: &[EspFile],
 ) -> Result<(), ImagerError> {
-    write_fat(disk, part.offset, part.size, sector_size, None, files)
+    write_fat(
+        &mut Window::new(disk, part.offset, part.size),
+        sector_size,
+        None,
+        files,
+    )
 }
 
 /// Writes a standalone FAT32 image file of `size` bytes (512-byte sectors, `cluster` bytes per
 /// cluster, `None` = `fatfs`'s choice) holding `files`: the EFI boot image of an ISO
 /// (`efiboot.img`, imager spec §6.3). The size must leave at least 65 525 clusters.
+///
+/// The volume is built in memory (fatfs does sector-sized I/O: ~10^5 small writes and seeks
+/// against a file) and written once, only its non-zero 64 KiB blocks (the file stays sparse,
+/// the bytes are the same). Not synced: the image is a scratch input of `xorriso`.
 pub fn write_fat_image(
     path: &std::path::Path,
     size: u64,
     cluster: Option<u32>,
     files: &[EspFile],
 ) -> Result<(), ImagerError> {
-    let mut f = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+    let len = usize::try_from(size)
+        .map_err(|_| ImagerError::Validation(format!("FAT image of {size} bytes")))?;
+    // Zeroed by the allocator (calloc): pages fatfs never touches cost no memory.
+    let mut vol = io::Cursor::new(vec![0u8; len]);
+    write_fat(&mut vol, 512, cluster, files)?;
+    let bytes = vol.into_inner();
+    let mut f = File::create(path)?;
+    write_sparse(&mut f, &bytes)?;
     f.set_len(size)?;
-    write_fat(&mut f, 0, size, 512, cluster, files)?;
-    f.sync_all()?;
     Ok(())
 }
 
-/// Formats `size` bytes at `offset` of `disk` as FAT (volume ID, label, fixed times) and
-/// writes `files` into it.
-fn write_fat(
-    disk: &mut File,
-    offset: u64,
-    size: u64,
+/// Block size of [`write_sparse`]'s zero detection.
+const SPARSE_BLOCK: usize = 64 << 10;
+
+/// Writes `bytes` at the start of the empty file `f`, runs of all-zero [`SPARSE_BLOCK`]s as
+/// holes (the caller sets the final length).
+fn write_sparse(f: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let zero = |i: usize| {
+            let end = (i + SPARSE_BLOCK).min(bytes.len());
+            bytes[i..end].iter().all(|b| *b == 0)
+        };
+        let start = pos;
+        let skip = zero(pos);
+        while pos < bytes.len() && zero(pos) == skip {
+            pos = (pos + SPARSE_BLOCK).min(bytes.len());
+        }
+        if !skip {
+            f.seek(io::SeekFrom::Start(start as u64))?;
+            f.write_all(&bytes[start..pos])?;
+        }
+    }
+    Ok(())
+}
+
+/// Formats the volume `vol` (a partition window, or an image in memory) as FAT
+/// (volume ID, label, fixed times) and writes `files` into it.
+fn write_fat<V: Read + Write + Seek>(
+    vol: &mut V,
     sector_size: u64,
     cluster: Option<u32>,
     files: &[EspFile],
@@ -160,10 +192,9 @@ fn write_fat(
         Some(c) => opts.bytes_per_cluster(c),
         None => opts,
     };
-    fatfs::format_volume(Window::new(disk, offset, size), opts)
-        .map_err(|e| fat_err("format", e))?;
+    fatfs::format_volume(&mut *vol, opts).map_err(|e| fat_err("format", e))?;
     let fs = FileSystem::new(
-        Window::new(disk, offset, size),
+        &mut *vol,
         FsOptions::new()
             .update_accessed_date(false)
             .time_provider(&EPOCH_TIME),
@@ -200,8 +231,7 @@ fn write_fat(
     }
     drop(root);
     fs.unmount().map_err(|e| fat_err("unmount", e))?;
-    super::fat_fixup::fix_volume(&mut Window::new(disk, offset, size))
-        .map_err(|e| fat_err("fixup", e))
+    super::fat_fixup::fix_volume(vol).map_err(|e| fat_err("fixup", e))
 }
 
 #[cfg(test)]
@@ -224,7 +254,6 @@ mod fsck_tests {
     use super::*;
     use crate::imager::disk::guid::{EFI_SYSTEM_PARTITION, guid_from_label};
     use crate::imager::disk::layout::Content;
-    use std::io::{Read as _, Seek as _};
 
     /// A 120 MiB ESP written at 1 MiB of a sparse file passes `fsck.vfat -n` (dosfstools).
     #[test]

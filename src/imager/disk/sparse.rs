@@ -65,6 +65,67 @@ pub fn copy_into(src: &mut File, dst: &mut File, dst_offset: u64) -> io::Result<
     Ok(())
 }
 
+/// Copies all of `src` into the empty file `dst`: its data regions with `copy_file_range(2)`
+/// (in the kernel, no copy through user space), its holes as holes; sets `dst`'s length.
+pub fn copy_file_sparse(src: &File, dst: &File) -> io::Result<u64> {
+    let len = src.metadata()?.len();
+    for (start, end) in data_regions(src)? {
+        copy_range(src, dst, start, end - start)?;
+    }
+    dst.set_len(len)?;
+    Ok(len)
+}
+
+/// Copies `len` bytes at `offset` of `src` to the same offset of `dst`: `copy_file_range(2)`,
+/// or positioned reads and writes where the kernel cannot (another filesystem type, old
+/// kernels).
+fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let (mut pos, end) = (offset, offset + len);
+    while pos < end {
+        let mut off_in = libc::loff_t::try_from(pos).map_err(io::Error::other)?;
+        let mut off_out = off_in;
+        let want = ((end - pos) as usize).min(1 << 30);
+        // SAFETY: both descriptors are owned by files that outlive the call; the offsets are
+        // valid pointers to local variables the kernel updates.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
+        };
+        if n > 0 {
+            pos += n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source ended early",
+            ));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {}
+            _ => return Err(e),
+        }
+        // fallback: through a buffer
+        let mut buf = vec![0u8; CHUNK];
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK);
+            src.read_exact_at(&mut buf[..n], pos)?;
+            dst.write_all_at(&buf[..n], pos)?;
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
 /// Streams all of `src` into a blob: data regions as bytes, holes (and all-zero chunks) as
 /// holes of the blob file; both hashes see every byte.
 pub fn stream_into_blob(src: &mut File, w: &mut BlobWriter) -> io::Result<()> {

@@ -169,12 +169,46 @@ fn required<'a>(what: &str, p: &'a Option<PathBuf>) -> Result<&'a PathBuf, Image
         .ok_or_else(|| ImagerError::Internal(format!("ISO: {what} is missing")))
 }
 
+fn required_grub<T>(what: &str, v: Option<T>) -> Result<T, ImagerError> {
+    v.ok_or_else(|| ImagerError::Internal(format!("ISO: {what} was not prepared")))
+}
+
+/// The GRUB images of an ISO: they depend only on the release's GRUB trees, so they can be
+/// built while the initramfs and the UKI are.
+#[derive(Debug, Clone, Default)]
+pub struct IsoGrub {
+    /// BIOS El Torito image and hybrid MBR code (layouts with BIOS).
+    pub bios: Option<grub::BiosBoot>,
+    /// GRUB's x86_64 EFI image (GRUB-only layouts).
+    pub efi: Option<PathBuf>,
+}
+
+/// Builds the GRUB images `profile`'s ISO needs (none for UEFI-only layouts) into `scratch`
+/// from the release's GRUB module trees under `grub_modules`.
+pub fn prepare_grub(
+    profile: &Profile,
+    grub_modules: &Path,
+    scratch: &Path,
+) -> Result<IsoGrub, ImagerError> {
+    let kind = IsoKind::of(profile)?;
+    let mut out = IsoGrub::default();
+    if kind.has_bios() {
+        out.bios = Some(grub::bios_boot(&grub_modules.join("i386-pc"), scratch)?);
+        if !kind.has_uki() {
+            out.efi = Some(grub::efi_image(&grub_modules.join("x86_64-efi"), scratch)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes the ISO of `profile` (kind iso, output defaults applied) to `out`, using `scratch`
-/// (an empty directory on the same volume) for the boot images. Files are grafted from where
-/// they are (the blob store); only the boot images are written to `scratch`.
+/// (an empty directory) for the boot images and `grub` from [`prepare_grub`] (built here when
+/// `None`). Files are grafted from where they are (the blob store); only the boot images are
+/// written to `scratch`.
 pub fn write_iso(
     profile: &Profile,
     inputs: &IsoInputs,
+    grub: Option<IsoGrub>,
     scratch: &Path,
     out: &Path,
 ) -> Result<IsoKind, ImagerError> {
@@ -185,6 +219,15 @@ pub fn write_iso(
                 .into(),
         ));
     }
+    let grub = match grub {
+        Some(g) => g,
+        None if kind.has_bios() => prepare_grub(
+            profile,
+            required("the GRUB modules", &inputs.grub_modules)?,
+            scratch,
+        )?,
+        None => IsoGrub::default(),
+    };
     let version = profile.version.tag();
     let mut plan = IsoPlan {
         labels: iso_labels(profile),
@@ -200,7 +243,7 @@ pub fn write_iso(
         let reset = profile.quirks().has(Quirk::SupportsResetGrubOption);
         let cfg = scratch.join("grub.cfg");
         std::fs::write(&cfg, grub::iso_grub_cfg(&inputs.cmdline, reset))?;
-        let bios = grub::bios_boot(&modules.join("i386-pc"), scratch)?;
+        let bios = required_grub("the BIOS El Torito image", grub.bios)?;
         plan.grafts.extend([
             ("boot/vmlinuz".to_string(), inputs.kernel.clone()),
             ("boot/initramfs.xz".to_string(), inputs.initramfs.clone()),
@@ -210,7 +253,7 @@ pub fn write_iso(
         ]);
         plan.bios = Some(bios);
         if !kind.has_uki() {
-            let image = grub::efi_image(&modules.join("x86_64-efi"), scratch)?;
+            let image = required_grub("GRUB's EFI image", grub.efi)?;
             esp.push(EspFile::file("EFI/BOOT/BOOTX64.EFI", image.clone()));
             plan.grafts
                 .push(("EFI/BOOT/BOOTX64.EFI".to_string(), image));
@@ -242,8 +285,16 @@ pub fn write_iso(
         })
         .collect::<Result<Vec<u64>, _>>()?;
     let size = efiboot_size(&sizes);
+    let t = std::time::Instant::now();
     write_fat_image(&plan.efi_image, size, Some(efiboot_cluster(size)), &esp)?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        size,
+        "ISO: efiboot.img"
+    );
+    let t = std::time::Instant::now();
     run_xorriso(&plan)?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: xorriso");
     std::fs::remove_file(&plan.efi_image)?;
     Ok(kind)
 }

@@ -1,0 +1,303 @@
+//! Writing blobs: [`BlobWriter`] streams bytes into a temporary file under `blobs/tmp/` while
+//! hashing them with BLAKE3 and SHA-256 (inline, or SHA-256 on a helper thread for large
+//! outputs), and commits the file under its BLAKE3 name; [`PendingBlob`] is a written blob
+//! whose commit is deferred to a batch.
+
+use std::fs::File;
+use std::io::{self, Read as _, Write};
+use std::path::{Path, PathBuf};
+
+use crate::sha256::Sha256;
+
+use super::StoreError;
+use super::blobs::{BlobInfo, BlobStore, CHUNK, io_err};
+
+/// A fully written but not yet durable blob (see [`BlobStore::commit_batch`]).
+pub struct PendingBlob {
+    pub(super) tmp: PathBuf,
+    pub(super) info: BlobInfo,
+}
+
+impl Drop for PendingBlob {
+    /// An uncommitted blob (import failed or was abandoned) leaves no temporary file behind.
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl PendingBlob {
+    /// The blob's identity once committed.
+    pub fn info(&self) -> &BlobInfo {
+        &self.info
+    }
+
+    /// Makes the data durable now (`fdatasync`), so that the batch commit's sync has little
+    /// left to do; lets callers overlap syncing with other transfers.
+    pub fn sync_data(&self) -> Result<(), StoreError> {
+        File::open(&self.tmp)
+            .and_then(|f| f.sync_data())
+            .map_err(io_err(format!("sync {}", self.tmp.display())))
+    }
+}
+
+/// How a [`BlobWriter`] computes SHA-256.
+enum ShaState {
+    /// On the writing thread.
+    Inline(Sha256),
+    /// On a helper thread.
+    Thread(crate::sha256::Sha256Thread),
+}
+
+/// A blob being written: hashes with BLAKE3 and SHA-256 as bytes arrive.
+pub struct BlobWriter {
+    store: BlobStore,
+    tmp: PathBuf,
+    file: Option<File>,
+    blake3: blake3::Hasher,
+    /// SHA-256 being computed (`None` when the caller vouches for it, see `known_sha256`).
+    sha256: Option<ShaState>,
+    /// SHA-256 given by a caller whose reader already verifies it.
+    known_sha256: Option<String>,
+    size: u64,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
+        let n = file.write(buf)?;
+        self.blake3.update(&buf[..n]);
+        match self.sha256.as_mut() {
+            Some(ShaState::Inline(h)) => h.update(&buf[..n]),
+            Some(ShaState::Thread(h)) => h.update(&buf[..n]),
+            None => {}
+        }
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl BlobWriter {
+    /// A writer into the temporary file `tmp` (`file`) of `store`.
+    pub(super) fn new(store: BlobStore, tmp: PathBuf, file: File) -> BlobWriter {
+        BlobWriter {
+            store,
+            tmp,
+            file: Some(file),
+            blake3: blake3::Hasher::new(),
+            sha256: Some(ShaState::Inline(Sha256::new())),
+            known_sha256: None,
+            size: 0,
+        }
+    }
+
+    /// Takes `sha256` as the digest instead of computing it (the caller's reader verifies it).
+    pub(super) fn vouch_sha256(&mut self, sha256: &str) {
+        self.sha256 = None;
+        self.known_sha256 = Some(sha256.to_string());
+    }
+
+    /// The SHA-256 hex of what was written (or the one the caller vouched for).
+    pub(super) fn sha256_hex(&self) -> String {
+        match (&self.known_sha256, &self.sha256) {
+            (Some(known), _) => known.clone(),
+            (None, Some(ShaState::Inline(h))) => h.clone().finalize_hex(),
+            (None, Some(ShaState::Thread(_)) | None) => String::new(),
+        }
+    }
+
+    /// Computes SHA-256 on a helper thread from now on (before any byte is written; large
+    /// outputs: BLAKE3 and SHA-256 then run on two cores). Keeps hashing inline if the
+    /// thread cannot start.
+    pub fn hash_sha256_on_thread(&mut self) {
+        if self.size != 0 || !matches!(self.sha256, Some(ShaState::Inline(_))) {
+            return;
+        }
+        match crate::sha256::Sha256Thread::spawn() {
+            Ok(t) => self.sha256 = Some(ShaState::Thread(t)),
+            Err(e) => tracing::debug!(error = %e, "SHA-256 thread not started; hashing inline"),
+        }
+    }
+
+    /// Ends a threaded SHA-256: its digest becomes `known_sha256`.
+    fn settle_sha256(&mut self) -> Result<(), StoreError> {
+        if let Some(ShaState::Thread(_)) = &self.sha256
+            && let Some(ShaState::Thread(t)) = self.sha256.take()
+        {
+            let hex = t
+                .finalize_hex()
+                .ok_or_else(|| StoreError::Backend("the SHA-256 thread failed".into()))?;
+            self.known_sha256 = Some(hex);
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends `len` zero bytes as a hole (the blob file stays sparse); hashes them like data.
+    pub fn write_zeros(&mut self, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; CHUNK] = [0; CHUNK];
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
+        let offset = i64::try_from(len).map_err(io::Error::other)?;
+        io::Seek::seek(file, io::SeekFrom::Current(offset))?;
+        if let Some(ShaState::Thread(h)) = self.sha256.as_mut() {
+            h.update_zeros(len);
+        }
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            self.blake3.update(&ZEROS[..n]);
+            if let Some(ShaState::Inline(h)) = self.sha256.as_mut() {
+                h.update(&ZEROS[..n]);
+            }
+            left -= n as u64;
+        }
+        self.size += len;
+        // a trailing hole only exists once the length is set
+        file.set_len(self.size)
+    }
+
+    /// Makes the blob durable under its content name (index durable after the next meta flush).
+    pub fn finish(mut self) -> Result<BlobInfo, StoreError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Backend("blob writer already finished".into()))?;
+        file.sync_all().map_err(io_err("sync blob"))?;
+        drop(file);
+        self.settle_sha256()?;
+        let info = BlobInfo {
+            blake3: self.blake3.finalize().to_hex().to_string(),
+            sha256: self.sha256_hex(),
+            size: self.size,
+        };
+        self.store.commit(&self.tmp, &info)?;
+        Ok(info)
+    }
+}
+
+impl BlobWriter {
+    /// Ends the write without syncing; commit it with [`BlobStore::commit_batch`].
+    pub fn finish_deferred(mut self) -> Result<PendingBlob, StoreError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Backend("blob writer already finished".into()))?;
+        drop(file);
+        self.settle_sha256()?;
+        Ok(PendingBlob {
+            tmp: std::mem::take(&mut self.tmp),
+            info: BlobInfo {
+                blake3: self.blake3.finalize().to_hex().to_string(),
+                sha256: self.sha256_hex(),
+                size: self.size,
+            },
+        })
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Read size of [`BlobStore::adopt_in_place`] (and the granularity of its holes).
+const ADOPT_CHUNK: usize = 1 << 20;
+
+impl BlobStore {
+    /// Stores the finished file `tmp` (a [`BlobStore::temp_path`] a tool wrote) under its
+    /// content name without copying it: one read pass hashes it (BLAKE3 on this thread,
+    /// SHA-256 on a helper thread, so two cores) and punches holes where whole 1 MiB chunks
+    /// are zero; then fsync and commit as [`BlobWriter::finish`] does. The file is removed on
+    /// failure.
+    pub fn adopt_in_place(&self, tmp: &Path) -> Result<BlobInfo, StoreError> {
+        let r = self.adopt_in_place_inner(tmp);
+        if r.is_err() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        r
+    }
+
+    fn adopt_in_place_inner(&self, tmp: &Path) -> Result<BlobInfo, StoreError> {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let ctx = || format!("adopt {}", tmp.display());
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .open(tmp)
+            .map_err(io_err(ctx()))?;
+        let mut blake3 = blake3::Hasher::new();
+        let mut sha = crate::sha256::Sha256Thread::spawn().map_err(io_err(ctx()))?;
+        let mut buf = vec![0u8; ADOPT_CHUNK];
+        let mut size = 0u64;
+        loop {
+            let mut n = 0;
+            while n < buf.len() {
+                match file.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err(ctx())(e)),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            blake3.update(&buf[..n]);
+            if buf[..n].iter().all(|b| *b == 0) {
+                sha.update_zeros(n as u64);
+                let (off, len) = (size as libc::off_t, n as libc::off_t);
+                // SAFETY: fallocate on a descriptor owned by `file`, which outlives the call.
+                // Advisory (keeps the blob sparse); a filesystem without holes keeps zeros.
+                let _ = unsafe {
+                    libc::fallocate(
+                        file.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        off,
+                        len,
+                    )
+                };
+            } else {
+                sha.update(&buf[..n]);
+            }
+            size += n as u64;
+            if n < buf.len() {
+                break;
+            }
+        }
+        file.sync_all().map_err(io_err("sync blob"))?;
+        drop(file);
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(ctx()))?;
+        let info = BlobInfo {
+            blake3: blake3.finalize().to_hex().to_string(),
+            sha256: sha
+                .finalize_hex()
+                .ok_or_else(|| StoreError::Backend("the SHA-256 thread failed".into()))?,
+            size,
+        };
+        self.commit(tmp, &info)?;
+        Ok(info)
+    }
+}
