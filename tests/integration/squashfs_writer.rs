@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use image_factory::imager::initramfs::squashfs::build_squashfs;
+use image_factory::testkit::pseudo_random;
 
 /// Runs `cmd` (from Debian package `package`); panics with a clear message when it is missing
 /// or fails; returns stdout.
@@ -25,19 +26,6 @@ fn run(package: &str, cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Deterministic incompressible bytes.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A tree with every size class around the 128 KiB block, a 600-entry directory (listing over
@@ -60,11 +48,11 @@ fn sample_tree(root: &Path) {
     put("usr/lib/zero", b"", 0o644);
     put("usr/lib/one", b"1", 0o755);
     let block = 128 * 1024;
-    put("usr/lib/exact", &noise(block, 1), 0o644);
+    put("usr/lib/exact", &pseudo_random("squashfs-1", block), 0o644);
     let mut plus = vec![b'a'; block];
     plus.push(b'z');
     put("usr/lib/plus-one", &plus, 0o600);
-    let mut big = noise(5 << 20, 2);
+    let mut big = pseudo_random("squashfs-2", 5 << 20);
     big[1 << 20..3 << 20].fill(0);
     put("usr/lib/firmware/x/big.bin", &big, 0o644);
     for i in 0..600 {

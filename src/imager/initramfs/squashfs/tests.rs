@@ -13,21 +13,9 @@ use super::metadata::{Codec, METADATA_SIZE, METADATA_UNCOMPRESSED, MetaRef, Meta
 use super::writer::{Content, Entry, Listed, Options, listing, write_image};
 use super::xattr::XattrTable;
 use super::*;
+use crate::testkit::pseudo_random;
 
 const CODEC: Codec = Codec { level: 3 };
-
-/// Deterministic incompressible bytes (xorshift).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn image(entries: &[Entry<'_>], threads: usize) -> Vec<u8> {
     let opts = Options {
@@ -94,7 +82,8 @@ fn metadata_blocks_are_8k_with_size_headers() {
         }
     );
     // Incompressible bytes crossing the block boundary: the first block is stored raw.
-    w.write(&noise(METADATA_SIZE, 1)).unwrap();
+    w.write(&pseudo_random("squashfs-1", METADATA_SIZE))
+        .unwrap();
     assert_eq!(
         w.pos(),
         MetaRef {
@@ -234,10 +223,10 @@ fn directory_runs_split_at_256_entries_inode_blocks_and_number_gaps() {
 
 #[test]
 fn fragments_pack_tails_and_block_boundaries() {
-    let exact = noise(BLOCK_SIZE, 2);
-    let plus_one = noise(BLOCK_SIZE + 1, 3);
+    let exact = pseudo_random("squashfs-2", BLOCK_SIZE);
+    let plus_one = pseudo_random("squashfs-3", BLOCK_SIZE + 1);
     let small = b"hello".to_vec();
-    let big_tail = noise(BLOCK_SIZE - 5, 4);
+    let big_tail = pseudo_random("squashfs-4", BLOCK_SIZE - 5);
     let sources = [
         Source::Bytes(&[]),
         Source::Bytes(&exact),
@@ -286,7 +275,7 @@ fn sizes_around_the_block_size_read_back() {
         .enumerate()
         .map(|(i, n)| {
             // Half compressible: both raw and compressed blocks occur.
-            let mut d = noise(*n, i as u64 + 10);
+            let mut d = pseudo_random(&format!("squashfs-{}", i as u64 + 10), *n);
             d.iter_mut().skip(*n / 2).for_each(|b| *b = 0);
             d
         })
@@ -405,45 +394,17 @@ fn inode_kinds_xattr_flags_and_superblock() {
 
 #[test]
 fn invalid_trees_are_refused() {
+    let opts = Options {
+        level: 3,
+        mtime: 0,
+        threads: 1,
+    };
     let bad = [file("a/b", b"x")];
-    assert!(
-        write_image(
-            &bad,
-            &Options {
-                level: 3,
-                mtime: 0,
-                threads: 1
-            },
-            &mut Cursor::new(Vec::new())
-        )
-        .is_err()
-    );
     let dup = [file("a", b"x"), file("a", b"y")];
-    assert!(
-        write_image(
-            &dup,
-            &Options {
-                level: 3,
-                mtime: 0,
-                threads: 1
-            },
-            &mut Cursor::new(Vec::new())
-        )
-        .is_err()
-    );
     let under_file = [file("a", b"x"), file("a/b", b"y")];
-    assert!(
-        write_image(
-            &under_file,
-            &Options {
-                level: 3,
-                mtime: 0,
-                threads: 1
-            },
-            &mut Cursor::new(Vec::new())
-        )
-        .is_err()
-    );
+    for tree in [&bad[..], &dup[..], &under_file[..]] {
+        assert!(write_image(tree, &opts, &mut Cursor::new(Vec::new())).is_err());
+    }
 }
 
 #[test]
