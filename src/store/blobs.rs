@@ -373,41 +373,16 @@ async fn copy_into<R: AsyncRead + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::SledStore;
 
-    fn store() -> (tempfile::TempDir, BlobStore) {
+    /// An empty store in a temporary directory.
+    pub(in crate::store) fn store() -> (tempfile::TempDir, BlobStore) {
         let dir = tempfile::tempdir().unwrap();
         let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("meta")).unwrap());
         let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
         (dir, blobs)
-    }
-
-    #[test]
-    fn files_adopted_in_place_get_both_digests_and_keep_their_bytes() {
-        use std::os::unix::fs::MetadataExt as _;
-        let (_dir, blobs) = store();
-        // data, 3 MiB of zeros (whole 1 MiB chunks become holes), data, a short tail
-        let mut bytes = vec![7u8; (1 << 20) + 5];
-        bytes.resize(bytes.len() + (3 << 20), 0);
-        bytes.extend((0..(1u32 << 20)).map(|i| (i % 253) as u8));
-        bytes.extend(b"tail");
-        let tmp = blobs.temp_path();
-        std::fs::write(&tmp, &bytes).unwrap();
-        let info = blobs.adopt_in_place(&tmp).unwrap();
-        assert!(!tmp.exists());
-        let expected = BlobInfo {
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-            sha256: crate::oci::Digest::of(&bytes).hex().to_string(),
-            size: bytes.len() as u64,
-        };
-        assert_eq!(info, expected);
-        assert_eq!(blobs.by_sha256(&expected.sha256).unwrap(), Some(expected));
-        let path = blobs.path(&info.blake3);
-        assert_eq!(std::fs::read(&path).unwrap(), bytes);
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.mode() & 0o777, 0o644);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! whose commit is deferred to a batch.
 
 use std::fs::File;
-use std::io::{self, Read as _, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::PathBuf;
 
 use crate::sha256::Sha256;
 
@@ -218,86 +218,5 @@ impl Drop for BlobWriter {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
         }
-    }
-}
-
-/// Read size of [`BlobStore::adopt_in_place`] (and the granularity of its holes).
-const ADOPT_CHUNK: usize = 1 << 20;
-
-impl BlobStore {
-    /// Stores the finished file `tmp` (a [`BlobStore::temp_path`] a tool wrote) under its
-    /// content name without copying it: one read pass hashes it (BLAKE3 on this thread,
-    /// SHA-256 on a helper thread, so two cores) and punches holes where whole 1 MiB chunks
-    /// are zero; then fsync and commit as [`BlobWriter::finish`] does. The file is removed on
-    /// failure.
-    pub fn adopt_in_place(&self, tmp: &Path) -> Result<BlobInfo, StoreError> {
-        let r = self.adopt_in_place_inner(tmp);
-        if r.is_err() {
-            let _ = std::fs::remove_file(tmp);
-        }
-        r
-    }
-
-    fn adopt_in_place_inner(&self, tmp: &Path) -> Result<BlobInfo, StoreError> {
-        use std::os::fd::AsRawFd as _;
-        use std::os::unix::fs::PermissionsExt as _;
-        let ctx = || format!("adopt {}", tmp.display());
-        let mut file = File::options()
-            .read(true)
-            .write(true)
-            .open(tmp)
-            .map_err(io_err(ctx()))?;
-        let mut blake3 = blake3::Hasher::new();
-        let mut sha = crate::sha256::Sha256Thread::spawn().map_err(io_err(ctx()))?;
-        let mut buf = vec![0u8; ADOPT_CHUNK];
-        let mut size = 0u64;
-        loop {
-            let mut n = 0;
-            while n < buf.len() {
-                match file.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err(ctx())(e)),
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            blake3.update(&buf[..n]);
-            if buf[..n].iter().all(|b| *b == 0) {
-                sha.update_zeros(n as u64);
-                let (off, len) = (size as libc::off_t, n as libc::off_t);
-                // SAFETY: fallocate on a descriptor owned by `file`, which outlives the call.
-                // Advisory (keeps the blob sparse); a filesystem without holes keeps zeros.
-                let _ = unsafe {
-                    libc::fallocate(
-                        file.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        off,
-                        len,
-                    )
-                };
-            } else {
-                sha.update(&buf[..n]);
-            }
-            size += n as u64;
-            if n < buf.len() {
-                break;
-            }
-        }
-        file.sync_all().map_err(io_err("sync blob"))?;
-        drop(file);
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))
-            .map_err(io_err(ctx()))?;
-        let info = BlobInfo {
-            blake3: blake3.finalize().to_hex().to_string(),
-            sha256: sha
-                .finalize_hex()
-                .ok_or_else(|| StoreError::Backend("the SHA-256 thread failed".into()))?,
-            size,
-        };
-        self.commit(tmp, &info)?;
-        Ok(info)
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Disk image and ISO build benchmark (issue 6): cold `image-factory build --rebuild` of
+# Disk image and ISO build benchmark (issue 6): cold `image-factory build` of
 # metal-amd64.iso, metal-amd64.raw.zst and aws-amd64.raw.xz (test kit v1.11.0, amd64 dual-boot,
 # the schematic of tests/integration/build_boot.rs) against the same artefacts assembled by
 # Debian tools, in the same run. The pipeline follows the upstream imager (spec talos-imager.md
@@ -10,7 +10,7 @@
 #         --offset <EFI LBA> disk.raw <KiB>, mcopy -s -p -Q -m -i disk.raw@@<offset> EFI loader ::
 #         (upstream makes a separate EFI.img and copies it: 0.6-2 s more here);
 #         BOOT: truncate + mkfs.xfs -q -f -n ftype=1 -m bigtime=1,crc=1,finobt=1,inobtcount=1,
-#         reflink=1,rmapbt=0 -i sparse=1,nrext64=0 -L BOOT -m uuid=<BOOT GUID> -p protofile
+#         reflink=1,rmapbt=1 -i sparse=1,nrext64=0 -L BOOT -m uuid=<BOOT GUID> -p protofile
 #         (A/vmlinuz, A/initramfs.xz 0644, grub/ 0700, grub/grub.cfg 0600), dd conv=sparse,notrunc
 #         into the disk (mkfs.xfs has no offset option);
 #         grub-mkimage --format i386-pc (the §5.5.2 modules + biosdisk part_msdos, prefix
@@ -39,9 +39,12 @@
 # the UKIs + systemd-boot (there is no Debian tool that builds Talos' multi-profile UKIs).
 # So the pipeline's timed part is assembly + compression only, while ours includes everything
 # (initramfs, UKI, GRUB trees, filesystems, compression, blob store, copy to -o). To make that
-# fair, every run also times the pre-build `image-factory build --rebuild metal-amd64-uki.efi`
+# fair, every run also times the pre-build `image-factory build metal-amd64-uki.efi`
 # (initramfs + UKI, the work the pipeline got for free), and the report adds its median to the
-# pipeline's. Runs alternate, a disturbance hits both alike; the table gives medians of RUNS.
+# pipeline's. Each of our builds runs in a fresh copy of the data directory as imported (made
+# and synced untimed): nothing is cached, as for a new schematic on a server. (`--rebuild` in
+# one directory would also time deleting the previous run's identical blob, whose discards on
+# this `-o discard` filesystem cost ~60 ms per 60 MB at the next journal commit.) Runs alternate, a disturbance hits both alike; the table gives medians of RUNS.
 # Peak RSS: `/usr/bin/time -f %M`, the largest single process (ours: image-factory or a tool it
 # runs; pipeline: the largest step). After timing, the outputs are checked to hold the same
 # things (partition table, MBR code, BIOS and META bytes, ESP files, BOOT files, ISO tree, El
@@ -90,6 +93,7 @@ build() { # out-dir path [--rebuild]
 
 # --- pipeline inputs, untimed -------------------------------------------------------------------
 echo "disk.sh: reference builds and pipeline inputs (untimed)..." >&2
+cp -a "$W/data" "$W/data-imported"
 for p in kernel-amd64 initramfs-amd64.xz metal-amd64.raw aws-amd64.raw metal-amd64.iso; do build "$W/ref" "$p"; done
 IN=$W/in
 mkdir -p "$IN"
@@ -199,7 +203,7 @@ S sfdisk -q --no-reread --no-tell-kernel disk.raw <"$D/table" >/dev/null
 S mkfs.vfat -F 32 -n EFI --invariant --offset $((EFI_OFF / 512)) disk.raw $((EFI_SIZE / 1024)) >/dev/null 2>mkfs.vfat.log
 (cd "$D/esp" && S mcopy -s -p -Q -m -i "$R/disk.raw@@$EFI_OFF" EFI loader ::)
 S truncate -s "$BOOT_SIZE" BOOT.img
-S mkfs.xfs -q -f -n ftype=1 -m bigtime=1,crc=1,finobt=1,inobtcount=1,reflink=1,rmapbt=0 -i sparse=1,nrext64=0 \
+S mkfs.xfs -q -f -n ftype=1 -m bigtime=1,crc=1,finobt=1,inobtcount=1,reflink=1,rmapbt=1 -i sparse=1,nrext64=0 \
     -L BOOT -m "uuid=$BOOT_UUID" -p "$D/boot.proto" BOOT.img
 S dd if=BOOT.img of=disk.raw bs=4M seek="$BOOT_OFF" oflag=seek_bytes conv=sparse,notrunc status=none
 # shellcheck disable=SC2086
@@ -228,12 +232,13 @@ record() { # key seconds rss_kib file
 }
 run_ours() { # key path [zstd level]
     local s e
-    rm -rf "$W/out-$1"
+    rm -rf "$W/out-$1" "$W/data-run"
+    cp -a "$W/data-imported" "$W/data-run"
     sync
     s=$(now)
     if [ -n "${3:-}" ]; then export IF_BUILD_COMPRESSION_ZSTD=$3; fi
     T /usr/bin/time -f %M -o "$W/rss" "$BIN" build --schematic "$W/S.yaml" --version "$VERSION" \
-        --path "$2" --data-dir "$W/data" -o "$W/out-$1" --rebuild >/dev/null 2>"$W/build.log" \
+        --path "$2" --data-dir "$W/data-run" -o "$W/out-$1" >/dev/null 2>"$W/build.log" \
         || { cat "$W/build.log" >&2; exit 1; }
     e=$(now)
     unset IF_BUILD_COMPRESSION_ZSTD
@@ -347,7 +352,7 @@ echo "RUNS=$RUNS, EXT_MB=$EXT_MB, load average $(cut -d" " -f1-3 /proc/loadavg),
 echo
 echo "| build | median (s) | + pre-build (s) | ours / (pipeline + pre-build) | ours / pipeline | output bytes | peak RSS (MiB) |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-printf '| pre-build: `image-factory build --rebuild metal-amd64-uki.efi` | %.2f | | | | %s | %d |\n' "$PRE" "${bytes[pre]}" $((rss[pre] / 1024))
+printf '| pre-build: `image-factory build metal-amd64-uki.efi` | %.2f | | | | %s | %d |\n' "$PRE" "${bytes[pre]}" $((rss[pre] / 1024))
 row p_iso "metal-amd64.iso: Debian pipeline" ""
 row iso "metal-amd64.iso: image-factory" p_iso
 row p_zst18 'metal-amd64.raw.zst: pipeline, `zstd -18 -T0`' ""

@@ -12,7 +12,7 @@ use crate::imager::error::ImagerError;
 use crate::imager::iso::{IsoGrub, IsoInputs, IsoKind, prepare_grub, write_iso};
 use crate::imager::profile::Profile;
 use crate::imager::uki::UkiPurpose;
-use crate::store::BlobInfo;
+use crate::store::{BlobInfo, WriteProgress};
 
 use super::{BuildRequest, Builder, asset, internal};
 
@@ -78,20 +78,31 @@ impl Builder {
             systemd_boot,
             grub_modules,
         };
-        // xorriso writes straight into the store's temporary directory; the file is then
-        // hashed once (BLAKE3 + SHA-256 on two cores) and renamed: no copy, no second write.
+        // xorriso writes straight into the store's temporary directory, appending 32 KiB
+        // blocks in order; the file is hashed behind it (BLAKE3 + SHA-256 on two cores) and
+        // renamed once xorriso has finished: no copy, no second write, no pass afterwards.
         let tmp = self.blobs.temp_path();
-        if let Err(e) = write_iso(profile, &inputs, grub, scratch.path(), &tmp) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let progress = WriteProgress::default();
         let t = Instant::now();
-        let blob = self
-            .blobs
-            .adopt_in_place(&tmp)
-            .map_err(|e| internal("store ISO", e))?;
+        let (written, stored) = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let end = progress.writer();
+                let r = write_iso(profile, &inputs, grub, scratch.path(), &tmp);
+                if r.is_ok() {
+                    end.succeeded();
+                }
+                r
+            });
+            let stored = self.blobs.adopt_following(&tmp, &progress);
+            let written = writer
+                .join()
+                .map_err(|_| ImagerError::Internal("ISO: the xorriso thread panicked".into()));
+            (written, stored)
+        });
+        written??;
+        let blob = stored.map_err(|e| internal("store ISO", e))?;
         tracing::debug!(
-            store_ms = t.elapsed().as_millis() as u64,
+            write_and_store_ms = t.elapsed().as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "ISO: stored"
         );
