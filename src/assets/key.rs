@@ -9,8 +9,9 @@ use crate::sha256::Sha256;
 
 /// Bumped whenever the builder's output changes for the same inputs; old records then miss
 /// and are rebuilt (and later collected). 2: xz outputs in `XzWriter` blocks. 3: `.zst`
-/// outputs as data frames and written zero frames.
-pub const BUILDER_EPOCH: &str = "image-factory builder epoch 3";
+/// outputs as data frames and written zero frames. 4: BOOT XFS with the target config's
+/// `rmapbt` (and `nrext64` when the release's GRUB reads it).
+pub const BUILDER_EPOCH: &str = "image-factory builder epoch 4";
 
 /// A cache key and the input digests it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -256,9 +256,14 @@ fn dual_boot_image_is_valid_deterministic_and_boots_on_seabios_and_ovmf() {
     let label = tool(
         "xfsprogs",
         "xfs_db",
-        &["-r", "-c", "label", "-c", "uuid", boot_s],
+        &["-r", "-c", "label", "-c", "uuid", "-c", "version", boot_s],
     );
     assert!(label.contains("\"BOOT\""), "{label}");
+    // lts_6.6+ features for v1.11 (rmapbt), but no nrext64: the kit's GRUB 2.06 cannot read it
+    for want in ["RMAPBT", "REFLINK", "BIGTIME", "INOBTCNT", "FTYPE"] {
+        assert!(label.contains(want), "BOOT lacks {want}: {label}");
+    }
+    assert!(!label.contains("NREXT64"), "{label}");
     assert!(
         label.contains("24c73076-4092-85dd-9d98-686a2dbf6d81"),
         "{label}"

@@ -10,7 +10,7 @@ use super::grub::{BIOS_MODULES, embed_bios_boot, grub_cfg, mkimage};
 use super::layout::{LayoutRequest, create_sparse_disk, write_layout};
 use super::meta::write_profile_meta;
 use super::sparse::copy_into;
-use super::xfs::{XfsFile, mkfs_xfs, protofile};
+use super::xfs::{XfsFeatures, XfsFile, grub_version, mkfs_xfs, protofile};
 use super::{DiskLayout, guid::guid_from_label};
 use crate::imager::error::ImagerError;
 use crate::imager::profile::{Arch, Profile};
@@ -138,10 +138,18 @@ pub fn write_disk_image(
         let proto = scratch.join("BOOT.proto");
         std::fs::write(&proto, protofile(&files, &[("grub", 0o700)])?)?;
         let image = scratch.join("BOOT.img");
+        let modules = required("the GRUB modules", &inputs.grub_modules)?;
+        let modinfo = ["i386-pc", grub_efi_platform(arch)]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(modules.join(p).join("modinfo.sh")).ok());
+        let grub = modinfo.as_deref().and_then(grub_version);
+        let features = XfsFeatures::for_config(profile.quirks().xfs_mkfs_config(), grub);
+        tracing::debug!(?grub, ?features, "BOOT: XFS features");
         mkfs_xfs(
             &image,
             boot.size,
             sector,
+            features,
             "BOOT",
             guid_from_label("BOOT"),
             &proto,

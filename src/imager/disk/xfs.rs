@@ -2,11 +2,13 @@
 //! `xfsprogs`) from a prototype file, as a separate image file that the caller copies into
 //! the disk. No mounting, no root.
 //!
-//! Two differences from upstream, both forced by Debian 12's xfsprogs 6.1 and documented in
+//! Differences from upstream, forced by Debian 12's xfsprogs 6.1 and documented in
 //! `docs/imager-disk.md`:
-//! * the feature set is passed as options (`lts_6.1` features, `nrext64=0`) instead of
+//! * the feature set of the target's config ([`XfsFeatures`]) is passed as options instead of
 //!   `-c options=/usr/share/xfsprogs/mkfs/lts_<x>.conf`: 6.1 ships no 6.6+ configs, and its
-//!   own `lts_6.1.conf` puts `nrext64` under `[metadata]`, which its mkfs refuses;
+//!   own `lts_6.1.conf` puts `nrext64` under `[metadata]`, which its mkfs refuses; 6.1 cannot
+//!   make `lts_6.18`'s `exchange` and `parent`, and `nrext64` is only set when the release's
+//!   GRUB can read it (≥ 2.12);
 //! * mkfs 6.1 stamps inodes with the wall clock, so [`normalize_inode_times`] rewrites every
 //!   inode's timestamps to `SOURCE_DATE_EPOCH` (and its CRC) for reproducible images.
 
@@ -24,10 +26,56 @@ use crate::imager::error::ImagerError;
 
 /// The mkfs tool.
 pub const MKFS_XFS: &str = "mkfs.xfs";
-/// `-m` features of xfsprogs' `lts_6.1.conf` (what Debian 12's GRUB 2.06 can read).
-const METADATA_FEATURES: &str = "bigtime=1,crc=1,finobt=1,inobtcount=1,reflink=1,rmapbt=0";
-/// `-i` features of `lts_6.1.conf`.
-const INODE_FEATURES: &str = "sparse=1,nrext64=0";
+/// The first GRUB release whose XFS reader accepts the `nrext64` incompat feature.
+const GRUB_READS_NREXT64: (u32, u32) = (2, 12);
+
+/// The features of an xfsprogs mkfs config (`lts_6.1` … `lts_6.18`) that xfsprogs 6.1 can
+/// make. Common to all: `bigtime crc finobt inobtcount reflink sparse` on, `metadir` off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XfsFeatures {
+    /// Reverse-mapping btree (`lts_6.6` and later; GRUB ignores this read-only-compatible one).
+    pub rmapbt: bool,
+    /// 64-bit extent counters (`lts_6.6` and later; an incompat feature GRUB < 2.12 refuses).
+    pub nrext64: bool,
+}
+
+impl XfsFeatures {
+    /// The features of `config` (`Quirks::xfs_mkfs_config`) for a BOOT that GRUB
+    /// `grub_version` (from the release's `modinfo.sh`, `None` if unknown) must read:
+    /// `nrext64` is left off unless that GRUB is known to read it.
+    pub fn for_config(config: &str, grub_version: Option<(u32, u32)>) -> XfsFeatures {
+        let v66 = config != "lts_6.1";
+        XfsFeatures {
+            rmapbt: v66,
+            nrext64: v66 && grub_version.is_some_and(|v| v >= GRUB_READS_NREXT64),
+        }
+    }
+
+    /// The `-m` option value.
+    fn metadata(self) -> String {
+        format!(
+            "bigtime=1,crc=1,finobt=1,inobtcount=1,reflink=1,rmapbt={}",
+            u8::from(self.rmapbt)
+        )
+    }
+
+    /// The `-i` option value.
+    fn inode(self) -> String {
+        format!("sparse=1,nrext64={}", u8::from(self.nrext64))
+    }
+}
+
+/// The `grub_version` (major, minor) a GRUB module directory's `modinfo.sh` declares.
+pub fn grub_version(modinfo_sh: &str) -> Option<(u32, u32)> {
+    let line = modinfo_sh
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("grub_version="))?;
+    let v = line.trim().trim_matches(|c| c == '"' || c == '\'');
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
 
 /// One file of the filesystem.
 #[derive(Debug, Clone)]
@@ -104,13 +152,14 @@ pub fn protofile(files: &[XfsFile], dir_modes: &[(&str, u32)]) -> Result<String,
     Ok(out)
 }
 
-/// Creates `image` (exactly `size` bytes) as an XFS filesystem labelled `label` with UUID
-/// `uuid`, populated from `proto` (a file written by the caller), then normalizes its inode
-/// timestamps.
+/// Creates `image` (exactly `size` bytes) as an XFS filesystem with `features`, labelled
+/// `label` with UUID `uuid`, populated from `proto` (a file written by the caller), then
+/// normalizes its inode timestamps.
 pub fn mkfs_xfs(
     image: &Path,
     size: u64,
     sector_size: u64,
+    features: XfsFeatures,
     label: &str,
     uuid: Uuid,
     proto: &Path,
@@ -120,8 +169,8 @@ pub fn mkfs_xfs(
         f.set_len(size)?;
     }
     let mut cmd = Command::new(super::tools::find(MKFS_XFS).unwrap_or_else(|| MKFS_XFS.into()));
-    cmd.args(["-q", "-f", "-n", "ftype=1", "-m", METADATA_FEATURES])
-        .args(["-i", INODE_FEATURES, "-L", label])
+    cmd.args(["-q", "-f", "-n", "ftype=1", "-m", &features.metadata()])
+        .args(["-i", &features.inode(), "-L", label])
         .arg("-m")
         .arg(format!("uuid={uuid}"));
     if sector_size != 512 {
@@ -270,6 +319,112 @@ pub fn normalize_inode_times(f: &mut File, epoch: u64) -> Result<usize, ImagerEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_follow_the_config_and_what_grub_reads() {
+        let f = |config, grub| {
+            let x = XfsFeatures::for_config(config, grub);
+            (x.metadata(), x.inode())
+        };
+        let m = |rmapbt| format!("bigtime=1,crc=1,finobt=1,inobtcount=1,reflink=1,rmapbt={rmapbt}");
+        assert_eq!(
+            f("lts_6.1", Some((2, 12))),
+            (m(0), "sparse=1,nrext64=0".into())
+        );
+        for config in ["lts_6.6", "lts_6.12", "lts_6.18"] {
+            assert_eq!(
+                f(config, Some((2, 12))),
+                (m(1), "sparse=1,nrext64=1".into())
+            );
+            assert_eq!(f(config, Some((3, 0))), (m(1), "sparse=1,nrext64=1".into()));
+            assert_eq!(f(config, Some((2, 6))), (m(1), "sparse=1,nrext64=0".into()));
+            assert_eq!(f(config, None), (m(1), "sparse=1,nrext64=0".into()));
+        }
+    }
+
+    #[test]
+    fn each_feature_set_is_made_and_checks_clean() {
+        let tool = |name: &str| {
+            super::super::tools::find(name)
+                .unwrap_or_else(|| panic!("{name} not found: install Debian package xfsprogs"))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kernel");
+        std::fs::write(&file, b"not a kernel").unwrap();
+        let proto = dir.path().join("proto");
+        let files = [XfsFile {
+            path: "A/vmlinuz".into(),
+            source: file,
+            mode: 0o644,
+        }];
+        std::fs::write(&proto, protofile(&files, &[]).unwrap()).unwrap();
+        let image = dir.path().join("BOOT.img");
+        for (config, grub, on, off) in [
+            (
+                "lts_6.1",
+                Some((2, 12)),
+                &["REFLINK", "BIGTIME"][..],
+                &["RMAPBT", "NREXT64"][..],
+            ),
+            ("lts_6.12", Some((2, 6)), &["RMAPBT"][..], &["NREXT64"][..]),
+            (
+                "lts_6.12",
+                Some((2, 12)),
+                &["RMAPBT", "NREXT64"][..],
+                &[][..],
+            ),
+        ] {
+            let features = XfsFeatures::for_config(config, grub);
+            mkfs_xfs(
+                &image,
+                300 << 20,
+                512,
+                features,
+                "BOOT",
+                Uuid::nil(),
+                &proto,
+            )
+            .unwrap();
+            let out = Command::new(tool("xfs_db"))
+                .args(["-r", "-c", "version"])
+                .arg(&image)
+                .output()
+                .unwrap();
+            let version = String::from_utf8_lossy(&out.stdout);
+            for f in on {
+                assert!(
+                    version.contains(f),
+                    "{config} {grub:?}: {f} missing: {version}"
+                );
+            }
+            for f in off {
+                assert!(
+                    !version.contains(f),
+                    "{config} {grub:?}: {f} set: {version}"
+                );
+            }
+            let repair = Command::new(tool("xfs_repair"))
+                .args(["-n", "-f"])
+                .arg(&image)
+                .output()
+                .unwrap();
+            assert!(
+                repair.status.success(),
+                "{config}: {}",
+                String::from_utf8_lossy(&repair.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn grub_version_from_modinfo() {
+        let sh = "#!/bin/bash\ngrub_target_cc='gcc-12'\ngrub_version=\"2.06\"\ngrub_package_version=\"2.06-13+deb12u2\"\n";
+        assert_eq!(grub_version(sh), Some((2, 6)));
+        assert_eq!(grub_version("grub_version=\"2.12\"\n"), Some((2, 12)));
+        assert_eq!(grub_version("grub_version='2.12~rc1'"), Some((2, 12)));
+        assert_eq!(grub_version("grub_package_version=\"2.12\""), None);
+        assert_eq!(grub_version(""), None);
+    }
 
     #[test]
     fn crc32c_check_value() {
