@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::Release;
+use crate::catalog::{BlobRef, Release};
 use crate::imager::builder::BuilderOptions;
 use crate::imager::profile::Profile;
 use crate::sha256::Sha256;
@@ -18,15 +18,30 @@ pub const BUILDER_EPOCH: &str = "image-factory builder epoch 4";
 pub struct CacheKey {
     /// 64 lowercase hex characters.
     pub key: String,
-    /// Input name → SHA-256 digest (kernel, initramfs, stubs, installer base, extensions).
+    /// Input name → SHA-256 digest (kernel, initramfs, stubs, GRUB trees, installer base,
+    /// extensions).
     pub inputs: BTreeMap<String, String>,
+}
+
+/// One digest for a release's GRUB module trees: SHA-256 over each file's length-prefixed path
+/// and SHA-256, in path order. One input instead of one per module (~600) keeps every record
+/// small, and with it the per-request work of reading and verifying records.
+fn grub_tree_digest(grub: &BTreeMap<String, BlobRef>) -> String {
+    let mut h = Sha256::new();
+    for (path, blob) in grub {
+        h.update(&(path.len() as u64).to_be_bytes());
+        h.update(path.as_bytes());
+        h.update(blob.sha256.as_bytes());
+    }
+    format!("sha256:{}", h.finalize_hex())
 }
 
 /// Computes the key of the asset built from `profile` (enhanced) and `release`.
 ///
 /// Covered: the builder epoch, the schematic ID, the canonical JSON encoding of the enhanced
 /// profile (which carries the extension and overlay image digests), the builder settings that
-/// shape output bytes, and the SHA-256 of every boot asset and the installer base of the arch.
+/// shape output bytes, the SHA-256 of every boot asset and the installer base of the arch, and
+/// one digest of the arch's GRUB trees.
 pub fn cache_key(
     schematic_id: &str,
     profile: &Profile,
@@ -35,8 +50,11 @@ pub fn cache_key(
 ) -> Result<CacheKey, serde_json::Error> {
     let mut inputs = BTreeMap::new();
     if let Some(arch) = release.arches.get(profile.arch.as_str()) {
-        for (name, blob) in arch.assets.iter().chain(arch.grub.iter()) {
+        for (name, blob) in &arch.assets {
             inputs.insert(format!("asset/{name}"), format!("sha256:{}", blob.sha256));
+        }
+        if !arch.grub.is_empty() {
+            inputs.insert("grub-tree".into(), grub_tree_digest(&arch.grub));
         }
         if let Some(base) = &arch.installer_base {
             inputs.insert("installer-base".into(), base.manifest.to_string());
@@ -92,20 +110,27 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::catalog::{ArchRelease, BlobRef, Signatures, Version};
+    use crate::catalog::{ArchRelease, Signatures, Version};
     use crate::imager::profile::{Arch, OutputKind};
 
+    fn blob(sha256: &str) -> BlobRef {
+        BlobRef {
+            blake3: "b".repeat(64),
+            sha256: sha256.into(),
+            size: 1,
+            mode: 0o644,
+        }
+    }
+
     fn release(kernel_sha: &str) -> Release {
+        release_with_grub(kernel_sha, "cc")
+    }
+
+    fn release_with_grub(kernel_sha: &str, module_sha: &str) -> Release {
         let mut arch = ArchRelease::default();
-        arch.assets.insert(
-            "vmlinuz".into(),
-            BlobRef {
-                blake3: "b".repeat(64),
-                sha256: kernel_sha.into(),
-                size: 1,
-                mode: 0o644,
-            },
-        );
+        arch.assets.insert("vmlinuz".into(), blob(kernel_sha));
+        arch.grub.insert("i386-pc/boot.img".into(), blob("dd"));
+        arch.grub.insert("i386-pc/xfs.mod".into(), blob(module_sha));
         Release {
             version: "v1.11.0".into(),
             imported_at: "2026-01-01T00:00:00Z".into(),
@@ -148,6 +173,7 @@ mod tests {
         let mut others = vec![
             key("t", &profile(), &release("aa"), &opts()),
             key("s", &profile(), &release("ab"), &opts()),
+            key("s", &profile(), &release_with_grub("aa", "ce"), &opts()),
         ];
         let mut p = profile();
         p.customization.extra_kernel_args.push("x=1".into());
@@ -174,7 +200,7 @@ mod tests {
         assert_eq!(base, key("s", &profile(), &release("aa"), &o));
 
         let n = others.len();
-        others.push(base);
+        others.push(base.clone());
         others.sort();
         others.dedup();
         assert_eq!(others.len(), n + 1, "two different inputs share a key");
@@ -182,5 +208,14 @@ mod tests {
             .unwrap()
             .inputs;
         assert_eq!(inputs["asset/vmlinuz"], "sha256:aa");
+        // the GRUB modules count as one input
+        assert_eq!(inputs.len(), 2, "{inputs:?}");
+        assert!(inputs["grub-tree"].starts_with("sha256:"));
+        // a module moved to another path is another tree
+        let mut moved = release("aa");
+        let arch = moved.arches.get_mut("amd64").unwrap();
+        let m = arch.grub.remove("i386-pc/xfs.mod").unwrap();
+        arch.grub.insert("i386-pc/xfs2.mod".into(), m);
+        assert_ne!(base, key("s", &profile(), &moved, &opts()));
     }
 }
