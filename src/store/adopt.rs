@@ -1,7 +1,6 @@
-//! Adopting files a tool wrote under `blobs/tmp/`: [`BlobStore::adopt_in_place`] hashes a
-//! finished file and commits it under its content name without copying it;
-//! [`BlobStore::adopt_following`] starts hashing while the tool is still appending to the
-//! file, so that hashing a large output overlaps the tool's run instead of following it.
+//! Adopting a file a tool writes under `blobs/tmp/`: [`BlobStore::adopt_following`] hashes it
+//! while the tool is still appending to it, so that hashing a large output overlaps the tool's
+//! run instead of following it, and commits it under its content name without copying it.
 
 use std::fs::File;
 use std::io::{self, Read as _};
@@ -101,19 +100,13 @@ fn fill(file: &mut File, buf: &mut [u8], follow: Option<&WriteProgress>) -> io::
 }
 
 impl BlobStore {
-    /// Stores the finished file `tmp` (a [`BlobStore::temp_path`] a tool wrote) under its
-    /// content name without copying it: one read pass hashes it (BLAKE3 on this thread,
-    /// SHA-256 on a helper thread, so two cores) and punches holes where whole 1 MiB chunks
-    /// are zero; then fsync and commit as [`super::BlobWriter::finish`] does. The file is
-    /// removed on failure.
-    pub fn adopt_in_place(&self, tmp: &Path) -> Result<BlobInfo, StoreError> {
-        self.adopt_removing_on_error(tmp, None)
-    }
-
-    /// [`BlobStore::adopt_in_place`] for a file a tool is still writing, strictly by
-    /// appending (each byte once, in order): hashing runs behind the writer, and the file is
-    /// committed once `progress` reports success. Fails (removing the file) when the writer
-    /// fails. If the file's first bytes or size changed behind the pass, it is hashed again.
+    /// Stores `tmp` (a [`BlobStore::temp_path`]) that a tool is writing, strictly by appending
+    /// (each byte once, in order), under its content name without copying it: one read pass
+    /// behind the writer hashes it (BLAKE3, and SHA-256 on a helper thread), the file is then
+    /// punched where whole 1 MiB chunks are zero, fsynced and committed as
+    /// [`super::BlobWriter::finish`] does, once `progress` reports success. Fails (removing
+    /// the file) when the writer fails. If the file's first bytes or size changed behind the
+    /// pass, it is hashed again.
     pub fn adopt_following(
         &self,
         tmp: &Path,
@@ -139,6 +132,7 @@ impl BlobStore {
         })
     }
 
+    /// [`BlobStore::adopt`], removing the file on failure.
     fn adopt_removing_on_error(
         &self,
         tmp: &Path,
@@ -151,6 +145,7 @@ impl BlobStore {
         r
     }
 
+    /// Hashes and commits `tmp`: a finished file (`follow` is `None`), or one behind its writer.
     fn adopt(&self, tmp: &Path, follow: Option<&WriteProgress>) -> Result<BlobInfo, StoreError> {
         let ctx = || format!("adopt {}", tmp.display());
         let mut file = open(tmp, follow).map_err(io_err(ctx()))?;
@@ -289,7 +284,7 @@ mod tests {
         let bytes = sample();
         let tmp = blobs.temp_path();
         std::fs::write(&tmp, &bytes).unwrap();
-        let info = blobs.adopt_in_place(&tmp).unwrap();
+        let info = blobs.adopt_removing_on_error(&tmp, None).unwrap();
         assert!(!tmp.exists());
         let expected = expected(&bytes);
         assert_eq!(info, expected);

@@ -151,7 +151,7 @@ impl BlobStore {
     }
 
     /// A fresh path under `blobs/tmp/` (swept at open if a crash leaves it behind), for a
-    /// file a tool writes and [`BlobStore::adopt_in_place`] then stores.
+    /// file a tool writes and [`BlobStore::adopt_following`] stores.
     pub fn temp_path(&self) -> PathBuf {
         self.root
             .join("tmp")
