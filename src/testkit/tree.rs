@@ -226,12 +226,8 @@ impl Tree {
     /// kernels mount images in its format).
     pub fn to_squashfs(&self) -> Result<Vec<u8>, KitError> {
         use crate::imager::initramfs::squashfs::{Content, Entry, Options, Source, write_image};
-        let mut entries = vec![Entry {
-            path: "",
-            mode: 0o755,
-            content: Content::Dir,
-            xattrs: Vec::new(),
-        }];
+        // The writer adds the root directory (0755, unlabelled) itself.
+        let mut entries = Vec::with_capacity(self.nodes.len());
         for (path, node) in &self.nodes {
             let (mode, content) = match node {
                 Node::Dir(mode) => (*mode, Content::Dir),
@@ -253,7 +249,7 @@ impl Tree {
         let opts = Options {
             level: 3,
             mtime: SOURCE_DATE_EPOCH,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: crate::imager::initramfs::squashfs::threads(),
         };
         let mut out = Cursor::new(Vec::new());
         write_image(&entries, &opts, &mut out)

@@ -426,7 +426,7 @@ pub fn build_initramfs<W: Write + ?Sized>(
     // libzstd's multithreaded frames are the same bytes for any worker count >= 1 (they
     // differ from the single-threaded encoder), so using every core keeps builds reproducible
     // across machines.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = squashfs::threads();
     enc.multithread(u32::try_from(workers).unwrap_or(1).max(1))
         .map_err(io_err("zstd workers"))?;
     cpio::write_cpio(&rest, &mut enc)?;

@@ -69,22 +69,8 @@ struct Done {
     word: u32,
 }
 
-/// Reads up to `buf.len()` bytes, stopping early only at end of file.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Compresses one block; the bytes to store and their size word.
-pub fn pack_block(packer: &mut Packer, data: Vec<u8>) -> io::Result<(Vec<u8>, u32)> {
+fn pack_block(packer: &mut Packer, data: Vec<u8>) -> io::Result<(Vec<u8>, u32)> {
     match packer.compress(&data)? {
         Some(c) => {
             let w = c.len() as u32;
@@ -120,6 +106,9 @@ fn produce(
         seq += 1;
         Ok(())
     };
+    // One block buffer, replaced only when a full block is handed to the compressors: small
+    // files (most of a tree) reuse it.
+    let mut buf = Vec::with_capacity(BLOCK_SIZE);
     for (i, src) in sources.iter().enumerate() {
         let mut reader: Box<dyn Read> = match src {
             Source::Path(p) => Box::new(
@@ -131,11 +120,16 @@ fn produce(
         let mut size = 0u64;
         let mut tail = None;
         loop {
-            let mut buf = vec![0u8; BLOCK_SIZE];
-            let n = read_full(&mut *reader, &mut buf)?;
+            buf.clear();
+            reader
+                .by_ref()
+                .take(BLOCK_SIZE as u64)
+                .read_to_end(&mut buf)?;
+            let n = buf.len();
             size += n as u64;
             if n == BLOCK_SIZE {
-                send(Tag::Block(i), buf)?;
+                let full = std::mem::replace(&mut buf, Vec::with_capacity(BLOCK_SIZE));
+                send(Tag::Block(i), full)?;
                 continue;
             }
             if n > 0 {

@@ -49,8 +49,8 @@ pub struct SquashReport {
     pub labels: usize,
 }
 
-/// Compression threads per image: every CPU (data blocks are compressed in parallel).
-fn threads() -> usize {
+/// The CPUs this process may use (compression threads of one image).
+pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -64,6 +64,17 @@ pub fn build_squashfs(
     out: &Path,
     level: u32,
     labels: &BTreeMap<String, String>,
+) -> Result<SquashReport, InitramfsError> {
+    build_squashfs_on(rootfs, out, level, labels, threads())
+}
+
+/// [`build_squashfs`] with `threads` compression threads.
+fn build_squashfs_on(
+    rootfs: &Path,
+    out: &Path,
+    level: u32,
+    labels: &BTreeMap<String, String>,
+    threads: usize,
 ) -> Result<SquashReport, InitramfsError> {
     let root_mode = fs::symlink_metadata(rootfs)
         .map_err(io_err(format!("stat {}", rootfs.display())))?
@@ -101,7 +112,7 @@ pub fn build_squashfs(
     let opts = Options {
         level,
         mtime: SOURCE_DATE_EPOCH as u32,
-        threads: threads(),
+        threads,
     };
     let file = File::create(out).map_err(io_err(format!("create {}", out.display())))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -122,10 +133,9 @@ pub fn build_all(
     level: u32,
     done: &mut dyn FnMut(usize),
 ) -> Result<Vec<SquashReport>, InitramfsError> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(jobs.len())
-        .max(1);
+    let workers = threads().min(jobs.len()).max(1);
+    // The CPUs are shared between the images built at once (output bytes do not depend on it).
+    let per_image = threads().div_ceil(workers);
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<(usize, Result<SquashReport, InitramfsError>)>();
     let mut results: Vec<Option<SquashReport>> = vec![None; jobs.len()];
@@ -140,7 +150,7 @@ pub fn build_all(
                     let Some((rootfs, out, labels)) = jobs.get(i) else {
                         break;
                     };
-                    let r = build_squashfs(rootfs, out, level, labels);
+                    let r = build_squashfs_on(rootfs, out, level, labels, per_image);
                     let failed = r.is_err();
                     if tx.send((i, r)).is_err() || failed {
                         // Stop handing out work after a failure.
