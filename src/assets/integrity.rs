@@ -1,6 +1,7 @@
 //! Integrity of cached blobs: full re-hashing, and setting damaged blobs aside.
 
-use std::io::Read;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::store::BlobStore;
@@ -10,15 +11,23 @@ const HASH_CHUNK: usize = 1 << 20;
 
 /// Hashes the blob file at `path`; returns `(blake3 hex, size)`.
 pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut file = std::fs::File::open(path)?;
+    hash_open(&std::fs::File::open(path)?, HASH_CHUNK)
+}
+
+/// Hashes an open file from its start to its end in `chunk`-byte positioned reads (its file
+/// position is left alone, so a handle shared with other readers can be hashed); returns
+/// `(blake3 hex, size)`.
+pub fn hash_open(file: &File, chunk: usize) -> std::io::Result<(String, u64)> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut buf = vec![0u8; chunk];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+        let n = match file.read_at(&mut buf, size) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         hasher.update(&buf[..n]);
         size += n as u64;
     }

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,8 +22,8 @@ use super::record::AssetRecord;
 /// Bytes per read of a pass (the buffer stays in the CPU cache while it is hashed).
 const PASS_READ: usize = 256 * 1024;
 
-/// The outcome of a pass: when it completed, or why the blob failed.
-type PassResult = Result<Instant, String>;
+/// The outcome of a pass: why the blob failed, if it did.
+type PassResult = Result<(), String>;
 
 /// A pass in progress: resolves to `Some(result)`.
 pub(super) type Pass = watch::Receiver<Option<PassResult>>;
@@ -38,30 +37,26 @@ pub(super) struct BlobCheck {
     running: Option<Pass>,
 }
 
-/// Per-blob check state, keyed by BLAKE3.
+impl BlobCheck {
+    /// No pass is running.
+    pub(super) fn is_idle(&self) -> bool {
+        self.running.is_none()
+    }
+}
+
+/// Per-blob check state, keyed by BLAKE3 (only while the blob is being served).
 pub(super) type BlobChecks = HashMap<String, BlobCheck>;
 
-/// Hashes `file` (`size` bytes) with positioned reads and compares it with `blake3`.
+/// Hashes `file` and compares it with `size` bytes hashing to `blake3`.
 fn hash_file(file: &File, size: u64, blake3: &str) -> Result<(), String> {
-    let mut buf = vec![0u8; PASS_READ];
-    let mut hasher = blake3::Hasher::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let want = (size - pos).min(PASS_READ as u64) as usize;
-        let n = match file.read_at(&mut buf[..want], pos) {
-            Ok(0) => return Err(format!("blob {blake3} ended at {pos} of {size} bytes")),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading blob {blake3}: {e}")),
-        };
-        hasher.update(&buf[..n]);
-        pos += n as u64;
-    }
-    let got = hasher.finalize().to_hex();
-    if got.as_str() == blake3 {
-        Ok(())
-    } else {
+    let (got, n) = super::integrity::hash_open(file, PASS_READ)
+        .map_err(|e| format!("reading blob {blake3}: {e}"))?;
+    if n < size {
+        Err(format!("blob {blake3} ended at {n} of {size} bytes"))
+    } else if got != blake3 || n != size {
         Err(format!("blob {blake3} hashed to {got} while being served"))
+    } else {
+        Ok(())
     }
 }
 
@@ -91,13 +86,19 @@ impl Assets {
         drop(checks);
         let (assets, record, file) = (self.clone(), Arc::clone(record), Arc::clone(file));
         tokio::task::spawn_blocking(move || {
-            let result = hash_file(&file, record.size, &record.blake3).map(|()| Instant::now());
+            let result = hash_file(&file, record.size, &record.blake3);
+            let idle = assets.serves_of(&record.blake3) == 0;
             {
                 let mut checks = lock(&assets.inner.checks);
-                let state = checks.entry(record.blake3.clone()).or_default();
-                state.running = None;
-                if let Ok(at) = &result {
-                    state.last_ok = Some(*at);
+                if idle {
+                    // Nobody to cover: forget the blob (a later serve starts its own pass).
+                    checks.remove(&record.blake3);
+                } else {
+                    let state = checks.entry(record.blake3.clone()).or_default();
+                    state.running = None;
+                    if result.is_ok() {
+                        state.last_ok = Some(Instant::now());
+                    }
                 }
             }
             if let Err(reason) = &result {
@@ -114,12 +115,11 @@ pub(super) async fn wait(mut pass: Pass) -> io::Result<()> {
     let outcome = pass
         .wait_for(Option::is_some)
         .await
-        .map(|r| r.clone())
-        .map_err(|_| io::Error::other("blob check ended without a result"))?;
+        .map_err(|_| io::Error::other("blob check ended without a result"))?
+        .clone();
     match outcome {
-        Some(Ok(_)) => Ok(()),
         Some(Err(reason)) => Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
-        None => Err(io::Error::other("blob check ended without a result")),
+        _ => Ok(()),
     }
 }
 

@@ -175,7 +175,7 @@ impl AssetBody {
     }
 
     /// With the last chunk read: `Some(error)` when the whole-body hash does not match.
-    pub(super) fn finish(&mut self, hasher: Option<blake3::Hasher>) -> Option<std::io::Error> {
+    fn finish(&mut self, hasher: Option<blake3::Hasher>) -> Option<std::io::Error> {
         let got = hasher?.finalize().to_hex().to_string();
         if got == self.record.blake3 {
             return None;
