@@ -183,26 +183,13 @@ pub struct ServeGuard {
 
 impl Drop for ServeGuard {
     fn drop(&mut self) {
-        let last = {
-            let mut serving = lock(&self.assets.inner.serving);
-            match serving.get_mut(&self.blake3) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    serving.remove(&self.blake3);
-                    true
-                }
-                None => false,
+        let mut serving = lock(&self.assets.inner.serving);
+        match serving.get_mut(&self.blake3) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                serving.remove(&self.blake3);
             }
-        };
-        if last {
-            // Check state only matters to serves in progress; a running pass cleans up itself.
-            let mut checks = lock(&self.assets.inner.checks);
-            if checks.get(&self.blake3).is_some_and(|c| c.is_idle()) {
-                checks.remove(&self.blake3);
-            }
+            None => {}
         }
     }
 }

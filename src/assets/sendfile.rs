@@ -18,7 +18,7 @@ use metrics::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::shared_check;
+use super::shared_check::{self, FileId};
 use super::stream::AssetBody;
 
 /// Bytes held back until the whole-body hash is checked (at most the body's length).
@@ -99,15 +99,15 @@ impl AssetBody {
             return Ok(end - start);
         }
         let started = Instant::now();
-        let blake3 = self.record.blake3.clone();
-        // Alone on this blob: hash alongside the send. Otherwise a pass some other serve
+        let id = FileId::of(&self.file)?;
+        let (_serve, serves) = self.assets.check_serve(id);
+        // Alone on this file: hash alongside the send. Otherwise a pass some other serve
         // starts while this one runs covers it too.
-        let mut pass = (self.assets.serves_of(&blake3) <= 1)
-            .then(|| self.assets.pass(&self.record, &self.file));
+        let mut pass = (serves == 1).then(|| self.assets.pass(&self.record, &self.file, id));
         let held = end - HOLD_BACK.min(end);
         send_range(sock, fd, start, held, &counter).await?;
-        if pass.is_none() && !self.assets.checked_since(&blake3, started) {
-            pass = Some(self.assets.pass(&self.record, &self.file));
+        if pass.is_none() && !self.assets.checked_since(id, started) {
+            pass = Some(self.assets.pass(&self.record, &self.file, id));
         }
         if let Some(pass) = pass {
             shared_check::wait(pass).await?;

@@ -1,8 +1,9 @@
 //! Whole-blob hash passes shared by concurrent zero-copy serves of the same asset.
 //!
-//! A serve may send its last bytes once some pass over the blob has completed successfully at
-//! or after the moment the serve started: the blob is immutable, so such a pass saw the bytes
-//! this serve is sending. A serve that is alone on its blob starts a pass as it starts (the
+//! A serve may send its last bytes once some pass over the same blob file (device and inode,
+//! not just the name) has completed successfully at or after the moment the serve started:
+//! the file is immutable, so such a pass saw the bytes this serve is sending. A serve that is
+//! alone on its file starts a pass as it starts (the
 //! pass then runs alongside `sendfile`); serves that overlap others rely on a pass completing
 //! during their lifetime and only start one at their end if none did. Sixteen clients
 //! downloading the same image thus cost about one pass per download duration instead of
@@ -11,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,24 +30,104 @@ type PassResult = Result<(), String>;
 /// A pass in progress: resolves to `Some(result)`.
 pub(super) type Pass = watch::Receiver<Option<PassResult>>;
 
-/// Check state of one blob.
+/// The file a serve reads, by device and inode. Check state is kept per file, not per BLAKE3:
+/// a damaged blob that was set aside and rebuilt has the same name as its successor, and a
+/// pass over the fresh file says nothing about the bytes a slow serve of the old one sends.
+/// An open descriptor keeps its inode allocated, so the identity cannot be reused under a
+/// serve that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of an open file.
+    pub(super) fn of(file: &File) -> io::Result<Self> {
+        let m = file.metadata()?;
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// Check state of one blob file.
 #[derive(Default)]
-pub(super) struct BlobCheck {
+struct FileCheck {
+    /// Zero-copy serves of the file in progress.
+    serves: usize,
     /// Completion time of the last successful pass.
     last_ok: Option<Instant>,
     /// The pass running now, if any.
     running: Option<Pass>,
 }
 
-impl BlobCheck {
-    /// No pass is running.
-    pub(super) fn is_idle(&self) -> bool {
-        self.running.is_none()
+/// Per-file check state, kept only while a file is being served or hashed.
+#[derive(Default)]
+pub(super) struct BlobChecks(HashMap<FileId, FileCheck>);
+
+impl BlobChecks {
+    /// A serve of `id` starts; returns how many are in progress (this one included).
+    fn serve_started(&mut self, id: FileId) -> usize {
+        let state = self.0.entry(id).or_default();
+        state.serves += 1;
+        state.serves
+    }
+
+    /// A serve of `id` ended; the state goes once nothing uses it.
+    fn serve_ended(&mut self, id: FileId) {
+        if let Some(state) = self.0.get_mut(&id) {
+            state.serves = state.serves.saturating_sub(1);
+            if state.serves == 0 && state.running.is_none() {
+                self.0.remove(&id);
+            }
+        }
+    }
+
+    /// Whether a pass over `id` completed successfully at or after `since`.
+    fn checked_since(&self, id: FileId, since: Instant) -> bool {
+        self.0
+            .get(&id)
+            .and_then(|c| c.last_ok)
+            .is_some_and(|t| t >= since)
+    }
+
+    /// The pass over `id` running now, or `None` after registering `new` as that pass.
+    fn join_or_start(&mut self, id: FileId, new: &Pass) -> Option<Pass> {
+        let state = self.0.entry(id).or_default();
+        if let Some(running) = &state.running {
+            return Some(running.clone());
+        }
+        state.running = Some(new.clone());
+        None
+    }
+
+    /// The pass over `id` finished at `at`; forgets the file when no serve is left to cover.
+    fn pass_ended(&mut self, id: FileId, ok: bool, at: Instant) {
+        let Some(state) = self.0.get_mut(&id) else {
+            return;
+        };
+        state.running = None;
+        if state.serves == 0 {
+            self.0.remove(&id);
+        } else if ok {
+            state.last_ok = Some(at);
+        }
     }
 }
 
-/// Per-blob check state, keyed by BLAKE3 (only while the blob is being served).
-pub(super) type BlobChecks = HashMap<String, BlobCheck>;
+/// Registers a zero-copy serve of one blob file while alive.
+pub(super) struct CheckGuard {
+    assets: Assets,
+    id: FileId,
+}
+
+impl Drop for CheckGuard {
+    fn drop(&mut self) {
+        lock(&self.assets.inner.checks).serve_ended(self.id);
+    }
+}
 
 /// Hashes `file` and compares it with `size` bytes hashing to `blake3`.
 fn hash_file(file: &File, size: u64, blake3: &str) -> Result<(), String> {
@@ -61,46 +143,33 @@ fn hash_file(file: &File, size: u64, blake3: &str) -> Result<(), String> {
 }
 
 impl Assets {
-    /// Number of serves of `blake3` in progress (the caller's included).
-    pub(super) fn serves_of(&self, blake3: &str) -> usize {
-        lock(&self.inner.serving).get(blake3).copied().unwrap_or(0)
+    /// Registers a zero-copy serve of `id`; returns the guard and the number of serves of the
+    /// file in progress (this one included).
+    pub(super) fn check_serve(&self, id: FileId) -> (CheckGuard, usize) {
+        let serves = lock(&self.inner.checks).serve_started(id);
+        let guard = CheckGuard {
+            assets: self.clone(),
+            id,
+        };
+        (guard, serves)
     }
 
-    /// Whether a pass over `blake3` completed successfully at or after `since`.
-    pub(super) fn checked_since(&self, blake3: &str, since: Instant) -> bool {
-        lock(&self.inner.checks)
-            .get(blake3)
-            .and_then(|c| c.last_ok)
-            .is_some_and(|t| t >= since)
+    /// Whether a pass over `id` completed successfully at or after `since`.
+    pub(super) fn checked_since(&self, id: FileId, since: Instant) -> bool {
+        lock(&self.inner.checks).checked_since(id, since)
     }
 
-    /// The pass over the record's blob running now, or a new one started on the blocking pool.
-    pub(super) fn pass(&self, record: &Arc<AssetRecord>, file: &Arc<File>) -> Pass {
-        let mut checks = lock(&self.inner.checks);
-        let state = checks.entry(record.blake3.clone()).or_default();
-        if let Some(running) = &state.running {
-            return running.clone();
-        }
+    /// The pass over `file` (the record's blob, identified by `id`) running now, or a new one
+    /// started on the blocking pool.
+    pub(super) fn pass(&self, record: &Arc<AssetRecord>, file: &Arc<File>, id: FileId) -> Pass {
         let (tx, rx) = watch::channel(None);
-        state.running = Some(rx.clone());
-        drop(checks);
+        if let Some(running) = lock(&self.inner.checks).join_or_start(id, &rx) {
+            return running;
+        }
         let (assets, record, file) = (self.clone(), Arc::clone(record), Arc::clone(file));
         tokio::task::spawn_blocking(move || {
             let result = hash_file(&file, record.size, &record.blake3);
-            let idle = assets.serves_of(&record.blake3) == 0;
-            {
-                let mut checks = lock(&assets.inner.checks);
-                if idle {
-                    // Nobody to cover: forget the blob (a later serve starts its own pass).
-                    checks.remove(&record.blake3);
-                } else {
-                    let state = checks.entry(record.blake3.clone()).or_default();
-                    state.running = None;
-                    if result.is_ok() {
-                        state.last_ok = Some(Instant::now());
-                    }
-                }
-            }
+            lock(&assets.inner.checks).pass_ended(id, result.is_ok(), Instant::now());
             if let Err(reason) = &result {
                 assets.open_blob_failed(&record, reason, &file);
             }
@@ -143,5 +212,64 @@ mod tests {
         std::fs::write(&path, &flipped).unwrap();
         let e = hash_file(&file, data.len() as u64, &name).unwrap_err();
         assert!(e.contains("hashed to"), "{e}");
+    }
+
+    fn id(ino: u64) -> FileId {
+        FileId { dev: 1, ino }
+    }
+
+    #[test]
+    fn a_pass_covers_only_the_file_it_read() {
+        // A damaged blob (inode 1) is being served when it is set aside and rebuilt under the
+        // same name (inode 2); a pass over the rebuilt file must not cover the old serve.
+        let mut checks = BlobChecks::default();
+        let started = Instant::now();
+        assert_eq!(checks.serve_started(id(1)), 1);
+        assert_eq!(
+            checks.serve_started(id(2)),
+            1,
+            "serves are counted per file"
+        );
+        let (_tx, rx) = watch::channel(None);
+        assert!(checks.join_or_start(id(2), &rx).is_none());
+        assert!(
+            checks.join_or_start(id(2), &rx).is_some(),
+            "a second serve joins"
+        );
+        assert!(
+            checks.join_or_start(id(1), &rx).is_none(),
+            "another file's pass is not joined"
+        );
+        checks.pass_ended(id(2), true, Instant::now());
+        assert!(checks.checked_since(id(2), started));
+        assert!(!checks.checked_since(id(1), started));
+        checks.pass_ended(id(1), false, Instant::now());
+        assert!(
+            !checks.checked_since(id(1), started),
+            "a failed pass covers nothing"
+        );
+    }
+
+    #[test]
+    fn state_lives_while_a_file_is_served_or_hashed() {
+        let mut checks = BlobChecks::default();
+        checks.serve_started(id(7));
+        checks.serve_started(id(7));
+        let (_tx, rx) = watch::channel(None);
+        assert!(checks.join_or_start(id(7), &rx).is_none());
+        checks.serve_ended(id(7));
+        checks.serve_ended(id(7));
+        assert!(checks.0.contains_key(&id(7)), "kept while its pass runs");
+        checks.pass_ended(id(7), true, Instant::now());
+        assert!(
+            checks.0.is_empty(),
+            "forgotten when nobody is left to cover"
+        );
+        // A pass that outlives its serves leaves nothing behind either way.
+        let since = Instant::now();
+        checks.serve_started(id(8));
+        checks.serve_ended(id(8));
+        assert!(checks.0.is_empty());
+        assert!(!checks.checked_since(id(8), since));
     }
 }
