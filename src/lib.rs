@@ -13,3 +13,4 @@ pub mod sha256;
 pub mod store;
 pub mod testkit;
 pub mod trust;
+pub mod zeros;

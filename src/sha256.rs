@@ -59,18 +59,11 @@ impl Sha256Thread {
         let handle = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
-                static ZEROS: [u8; BATCH] = [0; BATCH];
                 let mut h = Sha256::new();
                 for w in rx {
                     match w {
                         Work::Bytes(b) => h.update(&b),
-                        Work::Zeros(mut n) => {
-                            while n > 0 {
-                                let k = n.min(BATCH as u64) as usize;
-                                h.update(&ZEROS[..k]);
-                                n -= k as u64;
-                            }
-                        }
+                        Work::Zeros(n) => crate::zeros::feed_zeros(n, |z| h.update(z)),
                     }
                 }
                 h.finalize_hex()

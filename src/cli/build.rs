@@ -178,7 +178,7 @@ async fn copy_asset(
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
-        if chunk.iter().all(|b| *b == 0) {
+        if crate::zeros::is_zero(&chunk) {
             let len = i64::try_from(chunk.len()).map_err(|e| e.to_string())?;
             out.seek(std::io::SeekFrom::Current(len))
                 .await

@@ -167,7 +167,7 @@ impl BlobStore {
             if follow.is_some() && size == 0 {
                 head.extend_from_slice(&chunk[..n.min(HEAD_GUARD)]);
             }
-            let zero = chunk.iter().all(|b| *b == 0);
+            let zero = crate::zeros::is_zero(chunk);
             if zero {
                 sha.update_zeros(n as u64);
                 zero_chunks.push((size, n));

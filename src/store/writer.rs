@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::sha256::Sha256;
 
 use super::StoreError;
-use super::blobs::{BlobInfo, BlobStore, CHUNK, io_err};
+use super::blobs::{BlobInfo, BlobStore, io_err};
 
 /// A fully written but not yet durable blob (see [`BlobStore::commit_batch`]).
 pub struct PendingBlob {
@@ -150,7 +150,6 @@ impl BlobWriter {
 
     /// Appends `len` zero bytes as a hole (the blob file stays sparse); hashes them like data.
     pub fn write_zeros(&mut self, len: u64) -> io::Result<()> {
-        static ZEROS: [u8; CHUNK] = [0; CHUNK];
         let file = self
             .file
             .as_mut()
@@ -160,15 +159,13 @@ impl BlobWriter {
         if let Some(ShaState::Thread(h)) = self.sha256.as_mut() {
             h.update_zeros(len);
         }
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            self.blake3.update(&ZEROS[..n]);
-            if let Some(ShaState::Inline(h)) = self.sha256.as_mut() {
-                h.update(&ZEROS[..n]);
+        let (blake3, sha256) = (&mut self.blake3, &mut self.sha256);
+        crate::zeros::feed_zeros(len, |z| {
+            blake3.update(z);
+            if let Some(ShaState::Inline(h)) = sha256.as_mut() {
+                h.update(z);
             }
-            left -= n as u64;
-        }
+        });
         self.size += len;
         // a trailing hole only exists once the length is set
         file.set_len(self.size)

@@ -158,7 +158,7 @@ fn write_sparse(f: &mut File, bytes: &[u8]) -> io::Result<()> {
     while pos < bytes.len() {
         let zero = |i: usize| {
             let end = (i + SPARSE_BLOCK).min(bytes.len());
-            bytes[i..end].iter().all(|b| *b == 0)
+            crate::zeros::is_zero(&bytes[i..end])
         };
         let start = pos;
         let skip = zero(pos);

@@ -139,7 +139,7 @@ pub fn stream_into_blob(src: &mut File, w: &mut BlobWriter) -> io::Result<()> {
             let n = ((end - pos) as usize).min(CHUNK);
             src.seek(SeekFrom::Start(pos))?;
             src.read_exact(&mut buf[..n])?;
-            if buf[..n].iter().all(|b| *b == 0) {
+            if crate::zeros::is_zero(&buf[..n]) {
                 w.write_zeros(n as u64)?;
             } else {
                 w.write_all(&buf[..n])?;

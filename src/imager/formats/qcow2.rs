@@ -227,7 +227,7 @@ pub fn write_qcow2(img: &RawImage, cluster: u64, out: &mut dyn Write) -> io::Res
     for e in &extents {
         img.copy_range(&regions, e.offset, e.len, out, &mut buf)?;
         let pad = e.len.div_ceil(cluster) * cluster - e.len;
-        super::sparse::write_zeros(out, pad)?;
+        crate::zeros::write_zeros(out, pad)?;
     }
     Ok(layout)
 }

@@ -13,7 +13,8 @@
 use std::io::{self, Write};
 
 use super::ova::member_header;
-use super::sparse::{Extent, RawImage, write_zeros};
+use super::sparse::{Extent, RawImage};
+use crate::zeros::write_zeros;
 
 /// The member name upstream uses.
 pub const MEMBER: &str = "disk.raw";

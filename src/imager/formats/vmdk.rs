@@ -106,7 +106,7 @@ impl Out<'_> {
     /// Pads with zeros to the next sector boundary.
     fn pad(&mut self) -> io::Result<()> {
         let pad = self.pos.div_ceil(SECTOR) * SECTOR - self.pos;
-        super::sparse::write_zeros(self.w, pad)?;
+        crate::zeros::write_zeros(self.w, pad)?;
         self.pos += pad;
         Ok(())
     }
@@ -144,7 +144,7 @@ pub fn write_vmdk(img: &RawImage, level: u32, out: &mut dyn Write) -> io::Result
         return Err(io::Error::other("VMDK descriptor too long"));
     }
     o.put(desc.as_bytes())?;
-    super::sparse::write_zeros(o.w, OVERHEAD * SECTOR - o.pos)?;
+    crate::zeros::write_zeros(o.w, OVERHEAD * SECTOR - o.pos)?;
     o.pos = OVERHEAD * SECTOR;
 
     let mut grain_list = extents

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 
 use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 
-use super::sparse::is_zero;
+use crate::zeros::is_zero;
 
 /// xz stream header magic.
 const MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];

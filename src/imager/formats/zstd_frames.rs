@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 
-use super::sparse::is_zero;
+use crate::zeros::is_zero;
 
 /// Granularity of zero detection.
 const BLOCK: usize = 1 << 20;

@@ -216,17 +216,6 @@ pub fn plan(
     Ok((out, layout))
 }
 
-const ZEROS: [u8; 4096] = [0u8; 4096];
-
-fn write_zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        out.write_all(&ZEROS[..k])?;
-        n -= k as u64;
-    }
-    Ok(())
-}
-
 /// Copies exactly `len` bytes of `section` to `out`; fails when the reader is shorter or longer.
 fn copy_exact(section: &mut NewSection<'_>, out: &mut impl Write) -> Result<(), PeError> {
     let name = section.name.clone();
@@ -273,7 +262,7 @@ pub fn append_sections(
     let appended = &layout.sections[headers.sections.len()..];
     for (mut section, header) in sections.into_iter().zip(appended) {
         copy_exact(&mut section, out)?;
-        write_zeros(out, u64::from(header.size_of_raw_data) - section.len)
+        crate::zeros::write_zeros(out, u64::from(header.size_of_raw_data) - section.len)
             .map_err(io_err(format!("pad section {}", section.name)))?;
     }
     out.flush().map_err(io_err("flush PE output"))?;
