@@ -14,6 +14,7 @@ use super::integrity::check_blob;
 use super::key::{CacheKey, cache_key};
 use super::metrics::{AssetLabels, AssetMetrics};
 use super::record::{AssetRecord, RecordStore, RecordVerifier};
+use super::shared_check::{BlobChecks, FileId};
 use super::stream::AssetBody;
 use crate::catalog::{Release, ReleaseStore, Version};
 use crate::config::Config;
@@ -42,6 +43,9 @@ pub struct AssetsOptions {
     pub scratch: PathBuf,
     /// Quota for built assets in bytes (0 = unlimited).
     pub max_bytes: u64,
+    /// How long a successful pass over a blob file covers downloads starting after it
+    /// (`cache.verifyWindowSeconds`; zero: every download needs a pass made while it is sent).
+    pub verify_window: Duration,
 }
 
 /// A build running longer fails (upstream: 20 minutes).
@@ -137,7 +141,7 @@ pub(super) struct Inner {
     pub(super) verified: Mutex<HashSet<String>>,
     pub(super) serving: Mutex<HashMap<String, usize>>,
     /// Hash passes over blobs shared by concurrent zero-copy serves.
-    pub(super) checks: Mutex<super::shared_check::BlobChecks>,
+    pub(super) checks: Mutex<BlobChecks>,
     pub(super) touched: Mutex<HashMap<String, u64>>,
 }
 
@@ -223,6 +227,7 @@ impl Assets {
             quarantine_dir: data_dir.join("quarantine"),
             scratch,
             max_bytes: config.cache.max_bytes,
+            verify_window: Duration::from_secs(config.cache.verify_window_seconds),
         };
         Self::new(
             builder,
@@ -261,6 +266,7 @@ impl Assets {
             }
         }
         let verifying = RecordVerifier::new(&key.verifying_key());
+        let window = opts.verify_window;
         Self {
             inner: Arc::new(Inner {
                 builder,
@@ -276,7 +282,7 @@ impl Assets {
                 negative: Mutex::default(),
                 verified: Mutex::default(),
                 serving: Mutex::default(),
-                checks: Mutex::default(),
+                checks: Mutex::new(BlobChecks::new(window)),
                 touched: Mutex::default(),
             }),
         }
@@ -574,10 +580,10 @@ impl Assets {
     ) -> Result<AssetBody, AssetError> {
         let record = &served.record;
         let file = self.inner.blobs.open_blob(&record.blake3)?;
-        let len = file
+        let meta = file
             .metadata()
-            .map_err(|e| AssetError::Internal(format!("stat asset blob: {e}")))?
-            .len();
+            .map_err(|e| AssetError::Internal(format!("stat asset blob: {e}")))?;
+        let (len, file_id) = (meta.len(), FileId::of(&meta));
         if len != record.size {
             let reason = format!(
                 "blob {} is {len} bytes, its record says {}",
@@ -597,7 +603,9 @@ impl Assets {
             file: Arc::new(file),
             pos: start,
             end,
-            verify: (whole && !served.verified_now).then(blake3::Hasher::new),
+            verify: (whole && !served.verified_now && !self.recently_checked(file_id))
+                .then(blake3::Hasher::new),
+            file_id,
             record: Arc::clone(record),
             assets: self.clone(),
             _guard: self.guard(record),
@@ -626,6 +634,12 @@ impl Assets {
             assets: self.clone(),
             blake3: record.blake3.clone(),
         }
+    }
+
+    /// Whether a pass over the blob file `id` succeeded within the verify window: a whole-body
+    /// serve starting now is covered by it (`cache.verifyWindowSeconds`).
+    fn recently_checked(&self, id: FileId) -> bool {
+        lock(&self.inner.checks).covered(id, Instant::now())
     }
 
     /// Whether a blob is being streamed right now.

@@ -18,7 +18,7 @@ use metrics::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::shared_check::{self, FileId};
+use super::shared_check;
 use super::stream::AssetBody;
 
 /// Bytes held back until the whole-body hash is checked (at most the body's length).
@@ -99,7 +99,7 @@ impl AssetBody {
             return Ok(end - start);
         }
         let started = Instant::now();
-        let id = FileId::of(&self.file)?;
+        let id = self.file_id;
         let (_serve, serves) = self.assets.check_serve(id);
         // Alone on this file: hash alongside the send. Otherwise a pass some other serve
         // starts while this one runs covers it too.

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -42,13 +42,12 @@ pub(super) struct FileId {
 }
 
 impl FileId {
-    /// The identity of an open file.
-    pub(super) fn of(file: &File) -> io::Result<Self> {
-        let m = file.metadata()?;
-        Ok(FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        })
+    /// The identity of a file from its metadata.
+    pub(super) fn of(meta: &std::fs::Metadata) -> Self {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
     }
 }
 
@@ -57,37 +56,83 @@ impl FileId {
 struct FileCheck {
     /// Zero-copy serves of the file in progress.
     serves: usize,
-    /// Completion time of the last successful pass.
+    /// Completion time of the last successful pass (cleared by a failed one).
     last_ok: Option<Instant>,
     /// The pass running now, if any.
     running: Option<Pass>,
 }
 
-/// Per-file check state, kept only while a file is being served or hashed.
-#[derive(Default)]
-pub(super) struct BlobChecks(HashMap<FileId, FileCheck>);
+/// Per-file check state, kept while a file is being served or hashed, and for the verify
+/// window after its last successful pass.
+pub(super) struct BlobChecks {
+    files: HashMap<FileId, FileCheck>,
+    /// How long a successful pass also covers serves that start after it.
+    window: Duration,
+}
 
 impl BlobChecks {
+    /// No state yet; passes cover later serves for `window` (zero: only serves in progress).
+    pub(super) fn new(window: Duration) -> Self {
+        BlobChecks {
+            files: HashMap::new(),
+            window,
+        }
+    }
+
+    /// Whether `c`'s last successful pass is younger than the window at `now`.
+    fn in_window(&self, c: &FileCheck, now: Instant) -> bool {
+        !self.window.is_zero()
+            && c.last_ok
+                .is_some_and(|t| now.saturating_duration_since(t) < self.window)
+    }
+
+    /// Whether the state of a file is still needed at `now`.
+    fn needed(&self, c: &FileCheck, now: Instant) -> bool {
+        c.serves > 0 || c.running.is_some() || self.in_window(c, now)
+    }
+
+    /// Forgets `id` if nothing needs its state any more.
+    fn tidy(&mut self, id: FileId, now: Instant) {
+        if let Some(c) = self.files.get(&id)
+            && !self.needed(c, now)
+        {
+            self.files.remove(&id);
+        }
+    }
+
+    /// Whether a pass over `id` succeeded within the window before `now`: a serve starting
+    /// now needs no pass of its own.
+    pub(super) fn covered(&self, id: FileId, now: Instant) -> bool {
+        self.files.get(&id).is_some_and(|c| self.in_window(c, now))
+    }
+
     /// A serve of `id` starts; returns how many are in progress (this one included).
     fn serve_started(&mut self, id: FileId) -> usize {
-        let state = self.0.entry(id).or_default();
+        if !self.window.is_zero() {
+            // States kept for the window only: drop the expired ones here.
+            let now = Instant::now();
+            let files = std::mem::take(&mut self.files);
+            self.files = files
+                .into_iter()
+                .filter(|(_, c)| self.needed(c, now))
+                .collect();
+        }
+        let state = self.files.entry(id).or_default();
         state.serves += 1;
         state.serves
     }
 
     /// A serve of `id` ended; the state goes once nothing uses it.
     fn serve_ended(&mut self, id: FileId) {
-        if let Some(state) = self.0.get_mut(&id) {
+        if let Some(state) = self.files.get_mut(&id) {
             state.serves = state.serves.saturating_sub(1);
-            if state.serves == 0 && state.running.is_none() {
-                self.0.remove(&id);
-            }
         }
+        self.tidy(id, Instant::now());
     }
 
     /// Whether a pass over `id` completed successfully at or after `since`.
     fn checked_since(&self, id: FileId, since: Instant) -> bool {
-        self.0
+        self.files
             .get(&id)
             .and_then(|c| c.last_ok)
             .is_some_and(|t| t >= since)
@@ -95,7 +140,7 @@ impl BlobChecks {
 
     /// The pass over `id` running now, or `None` after registering `new` as that pass.
     fn join_or_start(&mut self, id: FileId, new: &Pass) -> Option<Pass> {
-        let state = self.0.entry(id).or_default();
+        let state = self.files.entry(id).or_default();
         if let Some(running) = &state.running {
             return Some(running.clone());
         }
@@ -103,17 +148,15 @@ impl BlobChecks {
         None
     }
 
-    /// The pass over `id` finished at `at`; forgets the file when no serve is left to cover.
-    fn pass_ended(&mut self, id: FileId, ok: bool, at: Instant) {
-        let Some(state) = self.0.get_mut(&id) else {
-            return;
-        };
-        state.running = None;
-        if state.serves == 0 {
-            self.0.remove(&id);
-        } else if ok {
-            state.last_ok = Some(at);
+    /// A whole-file hash of `id` finished at `at` (a shared pass, or a streamed body checked
+    /// as it was read); forgets the file when nothing needs its state.
+    pub(super) fn hashed(&mut self, id: FileId, ok: bool, at: Instant, was_pass: bool) {
+        let state = self.files.entry(id).or_default();
+        if was_pass {
+            state.running = None;
         }
+        state.last_ok = ok.then_some(at);
+        self.tidy(id, at);
     }
 }
 
@@ -169,7 +212,7 @@ impl Assets {
         let (assets, record, file) = (self.clone(), Arc::clone(record), Arc::clone(file));
         tokio::task::spawn_blocking(move || {
             let result = hash_file(&file, record.size, &record.blake3);
-            lock(&assets.inner.checks).pass_ended(id, result.is_ok(), Instant::now());
+            lock(&assets.inner.checks).hashed(id, result.is_ok(), Instant::now(), true);
             if let Err(reason) = &result {
                 assets.open_blob_failed(&record, reason, &file);
             }
@@ -222,7 +265,7 @@ mod tests {
     fn a_pass_covers_only_the_file_it_read() {
         // A damaged blob (inode 1) is being served when it is set aside and rebuilt under the
         // same name (inode 2); a pass over the rebuilt file must not cover the old serve.
-        let mut checks = BlobChecks::default();
+        let mut checks = BlobChecks::new(Duration::ZERO);
         let started = Instant::now();
         assert_eq!(checks.serve_started(id(1)), 1);
         assert_eq!(
@@ -240,10 +283,10 @@ mod tests {
             checks.join_or_start(id(1), &rx).is_none(),
             "another file's pass is not joined"
         );
-        checks.pass_ended(id(2), true, Instant::now());
+        checks.hashed(id(2), true, Instant::now(), true);
         assert!(checks.checked_since(id(2), started));
         assert!(!checks.checked_since(id(1), started));
-        checks.pass_ended(id(1), false, Instant::now());
+        checks.hashed(id(1), false, Instant::now(), true);
         assert!(
             !checks.checked_since(id(1), started),
             "a failed pass covers nothing"
@@ -252,24 +295,59 @@ mod tests {
 
     #[test]
     fn state_lives_while_a_file_is_served_or_hashed() {
-        let mut checks = BlobChecks::default();
+        let mut checks = BlobChecks::new(Duration::ZERO);
         checks.serve_started(id(7));
         checks.serve_started(id(7));
         let (_tx, rx) = watch::channel(None);
         assert!(checks.join_or_start(id(7), &rx).is_none());
         checks.serve_ended(id(7));
         checks.serve_ended(id(7));
-        assert!(checks.0.contains_key(&id(7)), "kept while its pass runs");
-        checks.pass_ended(id(7), true, Instant::now());
         assert!(
-            checks.0.is_empty(),
+            checks.files.contains_key(&id(7)),
+            "kept while its pass runs"
+        );
+        checks.hashed(id(7), true, Instant::now(), true);
+        assert!(
+            checks.files.is_empty(),
             "forgotten when nobody is left to cover"
         );
         // A pass that outlives its serves leaves nothing behind either way.
         let since = Instant::now();
         checks.serve_started(id(8));
         checks.serve_ended(id(8));
-        assert!(checks.0.is_empty());
+        assert!(checks.files.is_empty());
         assert!(!checks.checked_since(id(8), since));
+    }
+
+    #[test]
+    fn a_window_covers_later_serves_until_it_expires_or_a_pass_fails() {
+        let window = Duration::from_secs(30);
+        let mut checks = BlobChecks::new(window);
+        let t0 = Instant::now();
+        assert!(!checks.covered(id(1), t0), "never hashed");
+        checks.serve_started(id(1));
+        checks.hashed(id(1), true, t0, false);
+        checks.serve_ended(id(1));
+        assert!(checks.files.contains_key(&id(1)), "kept for the window");
+        assert!(checks.covered(id(1), t0 + Duration::from_secs(29)));
+        assert!(!checks.covered(id(1), t0 + window), "expired");
+        assert!(!checks.covered(id(2), t0), "only the file that was hashed");
+        checks.hashed(id(1), false, t0 + Duration::from_secs(1), true);
+        assert!(
+            !checks.covered(id(1), t0 + Duration::from_secs(2)),
+            "a failed pass ends the cover"
+        );
+        assert!(checks.files.is_empty(), "nothing left to keep");
+    }
+
+    #[test]
+    fn without_a_window_nothing_covers_a_later_serve() {
+        let mut checks = BlobChecks::new(Duration::ZERO);
+        let t0 = Instant::now();
+        checks.serve_started(id(3));
+        checks.hashed(id(3), true, t0, false);
+        assert!(!checks.covered(id(3), t0));
+        checks.serve_ended(id(3));
+        assert!(checks.files.is_empty());
     }
 }

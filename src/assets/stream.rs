@@ -7,13 +7,15 @@
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::task::JoinHandle;
 
-use super::pipeline::{Assets, ServeGuard};
+use super::pipeline::{Assets, ServeGuard, lock};
 use super::record::AssetRecord;
+use super::shared_check::FileId;
 
 /// Bytes per read (and per body frame). With one chunk read ahead, a download holds at most
 /// about three chunks (one in the socket write, one read ahead, one being allocated).
@@ -28,6 +30,7 @@ pub struct AssetBody {
     pub(super) pos: u64,
     pub(super) end: u64,
     pub(super) verify: Option<blake3::Hasher>,
+    pub(super) file_id: FileId,
     pub(super) record: Arc<AssetRecord>,
     pub(super) assets: Assets,
     pub(super) _guard: ServeGuard,
@@ -177,7 +180,9 @@ impl AssetBody {
     /// With the last chunk read: `Some(error)` when the whole-body hash does not match.
     fn finish(&mut self, hasher: Option<blake3::Hasher>) -> Option<std::io::Error> {
         let got = hasher?.finalize().to_hex().to_string();
-        if got == self.record.blake3 {
+        let ok = got == self.record.blake3;
+        lock(&self.assets.inner.checks).hashed(self.file_id, ok, Instant::now(), false);
+        if ok {
             return None;
         }
         let reason = format!(

@@ -161,6 +161,9 @@ pub struct CacheConfig {
     pub gc_interval_seconds: u64,
     /// Seconds between background scrubs that re-hash every cached asset (0 = never).
     pub scrub_interval_seconds: u64,
+    /// Seconds a successful BLAKE3 pass over a blob also covers downloads that start after it
+    /// (0 = every download is covered by a pass made while it is sent).
+    pub verify_window_seconds: u64,
 }
 
 impl Default for CacheConfig {
@@ -170,6 +173,7 @@ impl Default for CacheConfig {
             max_bytes: 0,
             gc_interval_seconds: 600,
             scrub_interval_seconds: 86_400,
+            verify_window_seconds: 0,
         }
     }
 }

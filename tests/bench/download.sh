@@ -14,6 +14,8 @@
 #    directory holding the same release. p50/p95 of both and their ratio.
 #
 # Usage: tests/bench/download.sh   env (defaults): EXT_MB=100 DURATION=15 COLD_RUNS=7 KEEP=0
+#        IF_CACHE_VERIFYWINDOWSECONDS=N (the server's cache.verifyWindowSeconds, default 0:
+#        every download hashed) measures the verify-window trade-off (docs/configuration.md).
 # Needs: cargo (release build made when older than the sources), nginx, wrk, curl, python3, the
 # test kit inputs (tests/kit/fetch-debian.sh, run here; idempotent). Loopback only.
 set -euo pipefail
@@ -178,13 +180,14 @@ stop_server
 python3 - "$W/cold.tsv" "$SIZE" "$BUILD_S" "$OURS_HWM" "$NGINX_HWM" "$DURATION" "$EXT_MB" "$COLD_RUNS" \
     "${R[ours_1_1]}" "${R[ours_1_2]}" "${R[nginx_1_1]}" "${R[nginx_1_2]}" \
     "${R[ours_16_1]}" "${R[ours_16_2]}" "${R[nginx_16_1]}" "${R[nginx_16_2]}" <<'EOF'
-import statistics, sys
+import os, statistics, sys
 (cold, size, build_s, ours_hwm, nginx_hwm, duration, ext_mb, runs,
  o1a, o1b, n1a, n1b, o16a, o16b, n16a, n16b) = sys.argv[1:]
 med = lambda a, b: (int(a) + int(b)) / 2
 print(f"## Asset downloads (issue 5)\n")
 print(f"Asset: initramfs-amd64.xz of the kit release with 3 x {ext_mb} MiB extensions, "
-      f"{int(size) / 1048576:.0f} MiB; cold build through the server took {float(build_s):.1f} s.\n")
+      f"{int(size) / 1048576:.0f} MiB; cold build through the server took {float(build_s):.1f} s; "
+      f"cache.verifyWindowSeconds = {os.environ.get('IF_CACHE_VERIFYWINDOWSECONDS', '0')}.\n")
 print("| clients | image-factory (MiB/s) | nginx (MiB/s) | ratio |")
 print("| --- | --- | --- | --- |")
 for c, oa, ob, na, nb in (("1", o1a, o1b, n1a, n1b), ("16", o16a, o16b, n16a, n16b)):

@@ -309,3 +309,56 @@ async fn gc_evicts_over_quota_but_never_breaks_a_download() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verify_window_trades_per_download_checks_for_throughput() {
+    let Some(k) = kit::imported(0) else { return };
+    let data = k.data.display().to_string();
+    let s = crate::common::TestServer::start_with(move |c| {
+        c.storage.data_dir = data;
+        c.http.external_url = "http://factory.test:8080/".into();
+        c.cache.gc_interval_seconds = 0;
+        c.cache.scrub_interval_seconds = 0;
+        c.cache.verify_window_seconds = 3600;
+    })
+    .await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let good = get(&s, &path, &[]).await;
+    assert_eq!(good.status, 200);
+    // This download is hashed (nothing covers it yet) and opens the window.
+    assert!(get(&s, &path, &[]).await.body == good.body);
+    let blob = blob_path(&k.data, &good.body);
+
+    // Inside the window a download is not hashed again: damage done now goes out whole. This
+    // is the documented price of the setting (the default, 0, cuts such a response short).
+    flip_byte(&blob, good.body.len() as u64 / 2);
+    let damaged = get(&s, &path, &[]).await;
+    assert_eq!(damaged.status, 200);
+    assert_eq!(damaged.body.len(), good.body.len());
+    assert!(
+        damaged.body != good.body,
+        "the window did not skip the check"
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "image_factory_assets_verification_failures_total",
+            &["what=\"blob\""]
+        )
+        .await,
+        0.0
+    );
+    s.stop().await;
+
+    // The first serve after a restart still checks the blob first: set aside and rebuilt.
+    let s = start(&k).await;
+    let again = get(&s, &path, &[]).await;
+    assert_eq!(again.status, 200);
+    assert!(
+        again.body == good.body,
+        "damaged bytes served after restart"
+    );
+    assert_eq!(quarantined(&k.data), 1);
+    s.stop().await;
+}
