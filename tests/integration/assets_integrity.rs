@@ -32,6 +32,16 @@ fn flip_byte(path: &Path, at: u64) {
     f.sync_all().unwrap();
 }
 
+/// Blob verification failures the server has counted.
+async fn blob_failures(s: &crate::common::TestServer) -> f64 {
+    metric(
+        s,
+        "image_factory_assets_verification_failures_total",
+        &["what=\"blob\""],
+    )
+    .await
+}
+
 fn quarantined(data: &Path) -> usize {
     std::fs::read_dir(data.join("quarantine")).map_or(0, |d| d.count())
 }
@@ -59,15 +69,7 @@ async fn a_flipped_blob_byte_is_never_served_whole_and_is_rebuilt() {
         ),
         Err(e) => assert!(e.is_body() || e.is_decode(), "{e}"),
     }
-    assert_eq!(
-        metric(
-            &s,
-            "image_factory_assets_verification_failures_total",
-            &["what=\"blob\""]
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(blob_failures(&s).await, 1.0);
     assert_eq!(quarantined(&k.data), 1, "damaged blob not set aside");
     // The next request rebuilds identical bytes.
     let again = get(&s, &path, &[]).await;
@@ -101,15 +103,7 @@ async fn a_flipped_blob_byte_is_never_served_whole_and_is_rebuilt() {
             );
         }
     }
-    assert!(
-        metric(
-            &s,
-            "image_factory_assets_verification_failures_total",
-            &["what=\"blob\""]
-        )
-        .await
-            >= 2.0
-    );
+    assert!(blob_failures(&s).await >= 2.0);
     let again = get(&s, &path, &[]).await;
     assert_eq!((again.status, again.body == good.body), (200, true));
     assert_eq!(
@@ -128,15 +122,7 @@ async fn a_flipped_blob_byte_is_never_served_whole_and_is_rebuilt() {
         again.body == good.body,
         "served damaged bytes after restart"
     );
-    assert_eq!(
-        metric(
-            &s,
-            "image_factory_assets_verification_failures_total",
-            &["what=\"blob\""]
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(blob_failures(&s).await, 1.0);
     assert_eq!(
         metric(
             &s,
@@ -340,15 +326,7 @@ async fn a_verify_window_trades_per_download_checks_for_throughput() {
         damaged.body != good.body,
         "the window did not skip the check"
     );
-    assert_eq!(
-        metric(
-            &s,
-            "image_factory_assets_verification_failures_total",
-            &["what=\"blob\""]
-        )
-        .await,
-        0.0
-    );
+    assert_eq!(blob_failures(&s).await, 0.0);
     s.stop().await;
 
     // The first serve after a restart still checks the blob first: set aside and rebuilt.
