@@ -29,6 +29,10 @@ pub enum AssetError {
     /// A stored record or blob is damaged and was set aside.
     #[error("integrity check failed: {0}")]
     Integrity(String),
+    /// The asset's blob was set aside (damaged) or collected after its record was looked up;
+    /// asking again rebuilds it or waits for the rebuild already running.
+    #[error("asset blob {0} is no longer stored")]
+    Gone(String),
     /// Anything else (a panicked task, an I/O error outside a build).
     #[error("{0}")]
     Internal(String),
@@ -40,9 +44,10 @@ impl AssetError {
         match self {
             AssetError::Imager(e) => e.class(),
             AssetError::Build(f) => f.class,
-            AssetError::Store(_) | AssetError::Integrity(_) | AssetError::Internal(_) => {
-                ErrorClass::Internal
-            }
+            AssetError::Store(_)
+            | AssetError::Integrity(_)
+            | AssetError::Gone(_)
+            | AssetError::Internal(_) => ErrorClass::Internal,
         }
     }
 }

@@ -579,7 +579,13 @@ impl Assets {
         range: Option<(u64, u64)>,
     ) -> Result<AssetBody, AssetError> {
         let record = &served.record;
-        let file = self.inner.blobs.open_blob(&record.blake3)?;
+        let file = match self.inner.blobs.open_blob(&record.blake3) {
+            Ok(f) => f,
+            Err(_) if !self.inner.blobs.contains(&record.blake3) => {
+                return Err(AssetError::Gone(record.blake3.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let meta = file
             .metadata()
             .map_err(|e| AssetError::Internal(format!("stat asset blob: {e}")))?;
@@ -589,8 +595,8 @@ impl Assets {
                 "blob {} is {len} bytes, its record says {}",
                 record.blake3, record.size
             );
-            self.blob_failed(record, &reason);
-            return Err(AssetError::Integrity(reason));
+            self.open_blob_failed(record, &reason, &file);
+            return Err(AssetError::Gone(record.blake3.clone()));
         }
         let (start, end) = range.unwrap_or((0, record.size));
         let whole = start == 0 && end == record.size;

@@ -39,6 +39,10 @@ pub enum ApiError {
     /// 405: known path, wrong method (the router adds `Allow`).
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    /// 503 with `Retry-After`: a transient condition (an asset set aside while it was being
+    /// opened, twice in a row); the text is shown.
+    #[error("{0}")]
+    Unavailable(String),
     /// 500: logged with details, answered `internal server error`.
     #[error("internal server error: {0}")]
     Internal(String),
@@ -81,6 +85,9 @@ impl From<AssetError> for ApiError {
     fn from(e: AssetError) -> Self {
         match e {
             AssetError::Imager(e) => e.into(),
+            AssetError::Gone(_) => ApiError::Unavailable(format!(
+                "{e}: it is being rebuilt, try again in a few seconds"
+            )),
             other => match other.class() {
                 ErrorClass::BadRequest => ApiError::BadRequest(other.to_string()),
                 ErrorClass::NotFound => ApiError::NotFound(other.to_string()),
@@ -107,6 +114,7 @@ impl ApiError {
             ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -143,6 +151,9 @@ impl IntoResponse for ApiError {
         {
             headers.insert(header::CONTENT_RANGE, v);
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -150,5 +161,20 @@ impl IntoResponse for ApiError {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_gone_twice_is_a_503_to_retry() {
+        let resp = ApiError::from(AssetError::Gone("ab12".into())).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        let other = ApiError::from(AssetError::Integrity("x".into())).into_response();
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }
 }

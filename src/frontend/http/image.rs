@@ -12,7 +12,7 @@ use futures_util::TryStreamExt as _;
 use super::error::ApiError;
 use super::handlers::AppState;
 use super::ranges::{Selection, select};
-use crate::assets::{AssetRequest, DirectBody, Outcome, Served};
+use crate::assets::{AssetError, AssetRequest, DirectBody, Outcome, Served};
 use crate::catalog::Version;
 use crate::clock::http_date;
 use crate::imager::error::go_quote;
@@ -73,22 +73,58 @@ pub async fn image(
     }
     let canonical = load_schematic(&st, &id)?;
     let (version, _) = parse_version(&version)?;
-    let served = st
-        .assets()
-        .get(AssetRequest {
-            schematic_id: id,
-            canonical,
-            version,
-            path: path.clone(),
-            rebuild: false,
-        })
-        .await?;
+    let req = AssetRequest {
+        schematic_id: id,
+        canonical,
+        version,
+        path: path.clone(),
+        rebuild: false,
+    };
     let filename = query
         .get("filename")
         .filter(|f| !f.is_empty())
         .cloned()
         .unwrap_or_else(|| path.clone());
-    respond(&st, &served, &path, &filename, &method, &headers)
+    let served = st.assets().get(req.clone()).await?;
+    match respond(&st, &served, &path, &filename, &method, &headers) {
+        // The blob was set aside (found damaged by a concurrent download) or collected between
+        // the lookup and the open: asking once more rebuilds it or joins that rebuild.
+        Err(Responding::Gone(_)) => {
+            let served = st.assets().get(req).await?;
+            respond(&st, &served, &path, &filename, &method, &headers).map_err(ApiError::from)
+        }
+        other => other.map_err(ApiError::from),
+    }
+}
+
+/// Why [`respond`] failed: a blob gone under it (worth asking again), or an answer.
+enum Responding {
+    Gone(AssetError),
+    Api(ApiError),
+}
+
+impl From<ApiError> for Responding {
+    fn from(e: ApiError) -> Self {
+        Responding::Api(e)
+    }
+}
+
+impl From<AssetError> for Responding {
+    fn from(e: AssetError) -> Self {
+        match e {
+            gone @ AssetError::Gone(_) => Responding::Gone(gone),
+            other => Responding::Api(other.into()),
+        }
+    }
+}
+
+impl From<Responding> for ApiError {
+    fn from(r: Responding) -> Self {
+        match r {
+            Responding::Gone(e) => e.into(),
+            Responding::Api(e) => e,
+        }
+    }
 }
 
 /// Writes the headers (and, for GET, the body) for a verified asset.
@@ -99,7 +135,7 @@ fn respond(
     filename: &str,
     method: &Method,
     headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Responding> {
     let record = &served.record;
     let etag = format!("\"{}\"", record.sha256);
     let last_modified = http_date(record.created);
@@ -109,7 +145,7 @@ fn respond(
         Selection::Full => (StatusCode::OK, None),
         Selection::Partial(s, e) => (StatusCode::PARTIAL_CONTENT, Some((s, e))),
         Selection::Unsatisfiable => {
-            return Err(ApiError::RangeNotSatisfiable { size: record.size });
+            return Err(ApiError::RangeNotSatisfiable { size: record.size }.into());
         }
     };
     let (start, end) = range.unwrap_or((0, record.size));
