@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::assets::{V, create_schematic, get, metric, start, start_in};
 use crate::common::{client, kit};
 use image_factory::assets::RecordStore;
-use image_factory::store::{self, MetaStore};
+use image_factory::store::MetaStore;
 
 fn blob_path(data: &Path, body: &[u8]) -> PathBuf {
     let h = blake3::hash(body).to_hex().to_string();
@@ -164,7 +164,7 @@ async fn a_record_with_a_bad_signature_is_quarantined_and_rebuilt() {
     // Forge the record offline: point it at other bytes, keep the old signature.
     {
         let meta: Arc<dyn MetaStore> =
-            Arc::new(store::open_data_dir(&k.data).expect("open data dir"));
+            Arc::new(crate::common::open_data_dir_after_stop(&k.data).await);
         let records = RecordStore::new(meta.clone());
         let mut forged = 0;
         for (key, raw) in records.scan_raw().expect("scan") {

@@ -134,6 +134,21 @@ impl TestServer {
     }
 }
 
+/// The data directory's stores, opened in-process after a [`TestServer`] on it stopped: like
+/// `start_with`, waits for sled to let go of its lock instead of failing.
+#[allow(dead_code)]
+pub async fn open_data_dir_after_stop(data: &std::path::Path) -> image_factory::store::SledStore {
+    for _ in 0..50 {
+        match image_factory::store::open_data_dir(data) {
+            Err(image_factory::store::StoreError::Locked { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other.expect("open data dir"),
+        }
+    }
+    panic!("the data directory stayed locked after the server stopped");
+}
+
 /// A reqwest client for loopback tests.
 pub fn client() -> reqwest::Client {
     init();
