@@ -62,6 +62,21 @@ struct FileCheck {
     running: Option<Pass>,
 }
 
+impl FileCheck {
+    /// Whether the last successful pass is younger than `window` at `now`.
+    fn in_window(&self, window: Duration, now: Instant) -> bool {
+        !window.is_zero()
+            && self
+                .last_ok
+                .is_some_and(|t| now.saturating_duration_since(t) < window)
+    }
+
+    /// Whether this state is still needed at `now`.
+    fn needed(&self, window: Duration, now: Instant) -> bool {
+        self.serves > 0 || self.running.is_some() || self.in_window(window, now)
+    }
+}
+
 /// Per-file check state, kept while a file is being served or hashed, and for the verify
 /// window after its last successful pass.
 pub(super) struct BlobChecks {
@@ -79,22 +94,10 @@ impl BlobChecks {
         }
     }
 
-    /// Whether `c`'s last successful pass is younger than the window at `now`.
-    fn in_window(&self, c: &FileCheck, now: Instant) -> bool {
-        !self.window.is_zero()
-            && c.last_ok
-                .is_some_and(|t| now.saturating_duration_since(t) < self.window)
-    }
-
-    /// Whether the state of a file is still needed at `now`.
-    fn needed(&self, c: &FileCheck, now: Instant) -> bool {
-        c.serves > 0 || c.running.is_some() || self.in_window(c, now)
-    }
-
     /// Forgets `id` if nothing needs its state any more.
     fn tidy(&mut self, id: FileId, now: Instant) {
         if let Some(c) = self.files.get(&id)
-            && !self.needed(c, now)
+            && !c.needed(self.window, now)
         {
             self.files.remove(&id);
         }
@@ -103,19 +106,17 @@ impl BlobChecks {
     /// Whether a pass over `id` succeeded within the window before `now`: a serve starting
     /// now needs no pass of its own.
     pub(super) fn covered(&self, id: FileId, now: Instant) -> bool {
-        self.files.get(&id).is_some_and(|c| self.in_window(c, now))
+        self.files
+            .get(&id)
+            .is_some_and(|c| c.in_window(self.window, now))
     }
 
     /// A serve of `id` starts; returns how many are in progress (this one included).
     fn serve_started(&mut self, id: FileId) -> usize {
         if !self.window.is_zero() {
             // States kept for the window only: drop the expired ones here.
-            let now = Instant::now();
-            let files = std::mem::take(&mut self.files);
-            self.files = files
-                .into_iter()
-                .filter(|(_, c)| self.needed(c, now))
-                .collect();
+            let (window, now) = (self.window, Instant::now());
+            self.files.retain(|_, c| c.needed(window, now));
         }
         let state = self.files.entry(id).or_default();
         state.serves += 1;
