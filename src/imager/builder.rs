@@ -33,6 +33,8 @@ use super::uki::{
 
 mod disk;
 mod iso;
+#[cfg(test)]
+mod tests;
 
 /// Largest manifest or config read from the blob store.
 const MAX_METADATA: u64 = 4 << 20;
@@ -128,6 +130,8 @@ impl Builder {
         if profile.schematic_extension.is_some() {
             profile.schematic_extension = Some(req.schematic_id.to_string());
         }
+        // Refused here already, so the asset pipeline answers before queueing a build.
+        ensure_buildable(&profile)?;
         Ok((profile, release))
     }
 
@@ -144,6 +148,7 @@ impl Builder {
         profile: Profile,
         release: &Release,
     ) -> Result<Built, ImagerError> {
+        ensure_buildable(&profile)?;
         let mut intermediates = Vec::new();
         let arch = profile.arch.as_str().to_string();
         let assets = release.arches.get(&arch).ok_or_else(|| {
@@ -324,6 +329,7 @@ impl Builder {
             base: &base,
             arch: &arch,
             artifacts: &artifacts,
+            // Overlay profiles never get here (`ensure_buildable`).
             overlay: None,
             gzip_level: 1,
         };
@@ -353,6 +359,20 @@ impl Builder {
             .into_inner()
             .map_err(|e| internal("installer archive", e.error()))?;
         w.finish().map_err(|e| internal("store installer", e))
+    }
+}
+
+/// Refuses profiles this appliance would build wrong. Today that is any profile with an
+/// overlay: upstream executes the overlay's installer binary for its kernel arguments, GPT
+/// offset and boot files, and adds an overlay layer to installers (imager spec §0.3 step 2,
+/// §5.8, §8.1 step 5), none of which is done here. (Kernel and cmdline outputs never carry
+/// the overlay, api spec §2.8, so they still build.)
+fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
+    match &profile.overlay {
+        Some(overlay) => Err(ImagerError::OverlayNotBuilt {
+            name: overlay.entry.name.clone(),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -14,19 +14,10 @@ pub enum ErrorClass {
     BadRequest,
     /// 404: something the request names is not on this appliance; the text is shown.
     NotFound,
+    /// 501: a valid request this appliance does not build (yet); the text is shown.
+    NotImplemented,
     /// 500: anything else; upstream answers `internal server error`.
     Internal,
-}
-
-impl ErrorClass {
-    /// The HTTP status code for this class.
-    pub fn status_code(self) -> u16 {
-        match self {
-            ErrorClass::BadRequest => 400,
-            ErrorClass::NotFound => 404,
-            ErrorClass::Internal => 500,
-        }
-    }
 }
 
 /// Errors of the imager layer (paths, profiles, quirks, command lines, META, builds).
@@ -74,6 +65,14 @@ pub enum ImagerError {
         /// The version tag.
         version: String,
     },
+    /// The schematic selects an overlay (SBC). Upstream runs the overlay's installer binary to
+    /// get kernel arguments, the GPT offset and boot files (imager spec §0.3 step 2, §5.8,
+    /// §8.1 step 5); this appliance does not, so it refuses rather than build wrong bytes.
+    #[error("overlay {} is not supported by this factory: overlays are not built yet", go_quote(.name))]
+    OverlayNotBuilt {
+        /// The overlay name from the schematic.
+        name: String,
+    },
     /// The schematic embeds a machine configuration but the target predates 1.12.
     #[error("embedding configuration is not supported for Talos version {version}")]
     EmbeddedConfigNotSupported {
@@ -120,7 +119,8 @@ pub enum ImagerError {
 }
 
 impl ImagerError {
-    /// The class the HTTP layer maps to a status code (api spec §1.2, §3.5).
+    /// The class the HTTP layer maps to a status code (api spec §1.2, §3.5) in
+    /// `frontend/http/error.rs`.
     pub fn class(&self) -> ErrorClass {
         match self {
             ImagerError::InvalidPath(_)
@@ -136,6 +136,7 @@ impl ImagerError {
             ImagerError::VersionNotAvailable(_) | ImagerError::ExtensionNotImported { .. } => {
                 ErrorClass::NotFound
             }
+            ImagerError::OverlayNotBuilt { .. } => ErrorClass::NotImplemented,
             ImagerError::UnknownPlatform(_)
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }
@@ -248,6 +249,13 @@ mod tests {
             "secure boot is disabled"
         );
         assert_eq!(
+            ImagerError::OverlayNotBuilt {
+                name: "rpi_generic".into()
+            }
+            .to_string(),
+            r#"overlay "rpi_generic" is not supported by this factory: overlays are not built yet"#
+        );
+        assert_eq!(
             ImagerError::UnsupportedVersion("v1.7.0".into()).to_string(),
             "unsupported Talos version v1.7.0: this appliance builds Talos 1.8 and later"
         );
@@ -256,10 +264,15 @@ mod tests {
     #[test]
     fn classes() {
         assert_eq!(
-            ImagerError::InvalidPath(String::new())
-                .class()
-                .status_code(),
-            400
+            ImagerError::InvalidPath(String::new()).class(),
+            ErrorClass::BadRequest
+        );
+        assert_eq!(
+            ImagerError::OverlayNotBuilt {
+                name: "rpi_generic".into()
+            }
+            .class(),
+            ErrorClass::NotImplemented
         );
         assert_eq!(
             ImagerError::SecureBootDisabled.class(),

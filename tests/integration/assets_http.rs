@@ -158,6 +158,36 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
             "error enhancing profile from schematic: official extension \"siderolabs/nope\" is not available for Talos version v1.11.0\n".into()
         )
     );
+    // Overlay schematics: every output that carries the overlay is refused (501, our text,
+    // no upstream prefix) instead of being built without it; kernel and cmdline never carry
+    // it (api spec §2.8) and still build.
+    let sbc = create_schematic(
+        &s,
+        "overlay:\n  image: siderolabs/sbc-test\n  name: test\n",
+    )
+    .await;
+    for path in [
+        "initramfs-amd64.xz",
+        "metal-amd64-uki.efi",
+        "installer-amd64.tar",
+        "metal-amd64.raw.xz",
+        "metal-amd64.iso",
+    ] {
+        let g = err(format!("/image/{sbc}/{V}/{path}")).await;
+        assert_eq!(
+            (g.status, g.text()),
+            (
+                501,
+                "overlay \"test\" is not supported by this factory: overlays are not built yet\n"
+                    .into()
+            ),
+            "{path}"
+        );
+    }
+    for path in ["kernel-amd64", "cmdline-metal-amd64"] {
+        let g = err(format!("/image/{sbc}/{V}/{path}")).await;
+        assert_eq!(g.status, 200, "{path}: {}", g.text());
+    }
 
     // Keys and certificates.
     let key = get(&s, "/oci/cosign/signing-key.pub", &[]).await;

@@ -39,6 +39,10 @@ pub enum ApiError {
     /// 405: known path, wrong method (the router adds `Allow`).
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    /// 501: a valid request for something this appliance does not build (an overlay
+    /// schematic); the text is shown. Upstream never answers it, so no upstream text is at stake.
+    #[error("{0}")]
+    NotImplemented(String),
     /// 503 with `Retry-After`: a transient condition (an asset set aside while it was being
     /// opened, twice in a row); the text is shown.
     #[error("{0}")]
@@ -76,6 +80,7 @@ impl From<ImagerError> for ApiError {
                 ApiError::BadRequest(format!("error enhancing profile from schematic: {e}"))
             }
             ErrorClass::NotFound => ApiError::NotFound(e.to_string()),
+            ErrorClass::NotImplemented => ApiError::NotImplemented(e.to_string()),
             ErrorClass::Internal => ApiError::Internal(e.to_string()),
         }
     }
@@ -91,6 +96,7 @@ impl From<AssetError> for ApiError {
             other => match other.class() {
                 ErrorClass::BadRequest => ApiError::BadRequest(other.to_string()),
                 ErrorClass::NotFound => ApiError::NotFound(other.to_string()),
+                ErrorClass::NotImplemented => ApiError::NotImplemented(other.to_string()),
                 ErrorClass::Internal => ApiError::Internal(other.to_string()),
             },
         }
@@ -114,6 +120,7 @@ impl ApiError {
             ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -176,5 +183,29 @@ mod tests {
         let other = ApiError::from(AssetError::Integrity("x".into())).into_response();
         assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(other.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn an_overlay_is_a_501_with_its_text_and_no_upstream_prefix() {
+        let overlay = || ImagerError::OverlayNotBuilt {
+            name: "rpi_generic".into(),
+        };
+        let want = "overlay \"rpi_generic\" is not supported by this factory: overlays are not built yet";
+        // Refused while resolving the request, and (for direct callers) by the build itself.
+        for e in [
+            ApiError::from(overlay()),
+            ApiError::from(AssetError::Imager(overlay())),
+            ApiError::from(AssetError::Build(overlay().into())),
+        ] {
+            assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED);
+            assert_eq!(e.public_message(), want);
+        }
+        // Upstream's 400 texts keep their prefix.
+        let bad = ApiError::from(ImagerError::SecureBootDisabled);
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            bad.public_message(),
+            "error enhancing profile from schematic: secure boot is disabled"
+        );
     }
 }

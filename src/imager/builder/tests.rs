@@ -1,0 +1,171 @@
+//! Builder-level refusals: what the builder must not build, whatever path reaches it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::catalog::{OverlayEntry, Signatures};
+use crate::imager::error::ErrorClass;
+use crate::oci::Digest;
+use crate::store::{MetaStore, SledStore};
+
+const OVERLAY: &str = "overlay:\n  image: siderolabs/sbc-raspberrypi\n  name: rpi_generic\n  options:\n    configTxtAppend: dtoverlay=foo\n";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    builder: Builder,
+}
+
+/// A builder over a store holding release v1.11.0 (amd64: a kernel blob only) with overlay
+/// `rpi_generic`.
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+    let blobs = BlobStore::open(&dir.path().join("blobs"), Arc::clone(&meta)).unwrap();
+    let kernel = blobs.put_bytes(b"not a real kernel").unwrap();
+    let mut assets = BTreeMap::new();
+    assets.insert(
+        "vmlinuz".to_string(),
+        BlobRef {
+            blake3: kernel.blake3,
+            sha256: kernel.sha256,
+            size: kernel.size,
+            mode: 0o644,
+        },
+    );
+    let mut arches = BTreeMap::new();
+    arches.insert(
+        "amd64".to_string(),
+        ArchRelease {
+            imager: None,
+            installer_base: None,
+            assets,
+            grub: BTreeMap::new(),
+        },
+    );
+    let release = Release {
+        version: "v1.11.0".into(),
+        imported_at: "2026-01-01T00:00:00Z".into(),
+        source: "test".into(),
+        signatures: Signatures::Skipped,
+        partial: false,
+        arches,
+        extensions: Vec::new(),
+        overlays: vec![OverlayEntry {
+            name: "rpi_generic".into(),
+            image: "siderolabs/sbc-raspberrypi".into(),
+            reference: "ghcr.io/siderolabs/sbc-raspberrypi:v0.1.0".into(),
+            digest: Digest::of(b"rpi"),
+            images: BTreeMap::new(),
+        }],
+    };
+    let releases = ReleaseStore::new(meta);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(releases.put(&release))
+        .unwrap();
+    let opts = BuilderOptions {
+        external_url: "http://factory.test/".into(),
+        scratch: dir.path().join("tmp"),
+        initramfs_zstd_level: 3,
+        compression: Default::default(),
+    };
+    Env {
+        builder: Builder::new(blobs, releases, opts),
+        _dir: dir,
+    }
+}
+
+fn build(env: &Env, yaml: &str, path: &str) -> Result<Built, ImagerError> {
+    let schematic = Schematic::parse(yaml.as_bytes()).unwrap();
+    let version = Version::parse_strict("v1.11.0").unwrap();
+    let (id, canonical) = (schematic.id(), schematic.canonical());
+    env.builder.build(&BuildRequest {
+        schematic: &schematic,
+        schematic_id: &id,
+        canonical: &canonical,
+        version: &version,
+        path,
+    })
+}
+
+const REFUSED: &str =
+    r#"overlay "rpi_generic" is not supported by this factory: overlays are not built yet"#;
+
+#[test]
+fn every_output_that_carries_an_overlay_is_refused() {
+    let env = env();
+    for path in [
+        "initramfs-amd64.xz",
+        "metal-amd64-uki.efi",
+        "installer-amd64.tar",
+        "metal-installer-amd64.tar",
+        "metal-amd64.raw.xz",
+        "metal-arm64.raw.xz",
+        "aws-amd64.qcow2",
+        "metal-amd64.iso",
+    ] {
+        let e = build(&env, OVERLAY, path).unwrap_err();
+        assert!(
+            matches!(e, ImagerError::OverlayNotBuilt { ref name } if name == "rpi_generic"),
+            "{path}: {e}"
+        );
+        assert_eq!(e.to_string(), REFUSED, "{path}");
+        assert_eq!(e.class(), ErrorClass::NotImplemented, "{path}");
+    }
+}
+
+#[test]
+fn resolving_refuses_too_so_the_pipeline_answers_before_queueing() {
+    let env = env();
+    let schematic = Schematic::parse(OVERLAY.as_bytes()).unwrap();
+    let version = Version::parse_strict("v1.11.0").unwrap();
+    let (id, canonical) = (schematic.id(), schematic.canonical());
+    let req = BuildRequest {
+        schematic: &schematic,
+        schematic_id: &id,
+        canonical: &canonical,
+        version: &version,
+        path: "metal-amd64.raw.xz",
+    };
+    let e = env.builder.profile(&req).unwrap_err();
+    assert_eq!(e.to_string(), REFUSED);
+}
+
+#[test]
+fn a_resolved_profile_with_an_overlay_is_refused_by_the_build() {
+    let env = env();
+    let schematic = Schematic::parse(b"customization: {}\n").unwrap();
+    let version = Version::parse_strict("v1.11.0").unwrap();
+    let (id, canonical) = (schematic.id(), schematic.canonical());
+    let req = BuildRequest {
+        schematic: &schematic,
+        schematic_id: &id,
+        canonical: &canonical,
+        version: &version,
+        path: "initramfs-amd64.xz",
+    };
+    let (mut profile, release) = env.builder.profile(&req).unwrap();
+    profile.overlay = Some(crate::imager::profile::ProfileOverlay {
+        entry: release.overlays[0].clone(),
+        options: serde_json::Value::Object(Default::default()),
+    });
+    let e = env
+        .builder
+        .build_resolved(&req, profile, &release)
+        .unwrap_err();
+    assert_eq!(e.to_string(), REFUSED);
+}
+
+#[test]
+fn kernel_and_cmdline_never_carry_the_overlay_and_still_build() {
+    let env = env();
+    let kernel = build(&env, OVERLAY, "kernel-amd64").unwrap();
+    assert_eq!(kernel.kind, OutputKind::Kernel);
+    assert!(kernel.profile.overlay.is_none());
+    let cmdline = build(&env, OVERLAY, "cmdline-metal-amd64").unwrap();
+    assert_eq!(cmdline.kind, OutputKind::Cmdline);
+    assert!(cmdline.profile.overlay.is_none());
+}
