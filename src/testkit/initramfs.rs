@@ -4,7 +4,7 @@
 
 use super::debian::{KitInputs, ModuleInfo, modules_dep};
 use super::tree::Tree;
-use super::{KitError, MARKER_PREFIX};
+use super::{KitError, MARKER_PREFIX, PROOF_DIR};
 
 /// Modules the init loads (with their dependencies), in this order; names the kernel has built
 /// in or does not ship are skipped. `loop`, `squashfs`, `overlay` mount the root and the
@@ -83,10 +83,20 @@ js() { awk 'BEGIN { ORS = "" } { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t
 jlist() { sep=""; printf '['; while read -r x; do printf '%s"%s"' "$sep" "$(printf '%s' "$x" | js)"; sep=","; done; printf ']'; }
 
 cmdline="$(cat /proc/cmdline)"
+# Per layer: whether /layers/layerN is a mount point now, the kit proof file read from the
+# mounted layer itself (not the merged root) and every non-directory entry it holds.
 exts="["
 sep=""
+n=0
 while IFS="$(printf '\t')" read -r img name ver; do
-    exts="$exts$sep{\"name\":\"$(printf '%s' "$name" | js)\",\"version\":\"$(printf '%s' "$ver" | js)\"}"
+    l=/layers/layer$n
+    n=$((n + 1))
+    mounted=false
+    awk -v d="$l" '$2 == d { f = 1 } END { exit !f }' /proc/mounts && mounted=true
+    proof=""
+    [ -f "$l/@PROOF_DIR@/$name.proof" ] && proof="$(cat "$l/@PROOF_DIR@/$name.proof")"
+    files="$( (cd "$l" && find . ! -type d | sed 's|^\./||' | sort) | jlist)"
+    exts="$exts$sep{\"image\":\"$(printf '%s' "$img" | js)\",\"name\":\"$(printf '%s' "$name" | js)\",\"version\":\"$(printf '%s' "$ver" | js)\",\"mounted\":$mounted,\"proof\":\"$(printf '%s' "$proof" | js)\",\"files\":$files}"
     sep=","
 done < "$LAYERS"
 exts="$exts]"
@@ -154,6 +164,7 @@ pub fn init_script(kernel_release: &str, modules: &[ModuleInfo]) -> String {
     INIT.replace("@KVER@", kernel_release)
         .replace("@MODULES@", &list.join(" "))
         .replace("@PREFIX@", MARKER_PREFIX)
+        .replace("@PROOF_DIR@", PROOF_DIR)
 }
 
 /// The root filesystem tree of `rootfs.sqsh` for Talos `version`: `etc/os-release`, a bind

@@ -1,13 +1,18 @@
 //! The marker line the kit's init prints, and the Talos ADV decoder for its `meta_raw`.
 //!
 //! ```text
-//! IF-TESTKIT-MARKER {"cmdline":"…","extensions":[{"name":"…","version":"…"}],"schematic":"<id or empty>",
+//! IF-TESTKIT-MARKER {"cmdline":"…","extensions":[{"image":"0.sqsh","name":"…","version":"…",
+//!   "mounted":true,"proof":"if-testkit extension … …","files":["usr/…",…]}],"schematic":"<id or empty>",
 //!   "meta":{"0xa":"…"},"meta_raw":"<base64 gzip of the META partition's first 256 KiB, or empty>",
 //!   "firmware":["test/fw.bin",…],"microcode":["GenuineIntel.bin",…],"extra_modules":["extras/dummy.ko",…],
 //!   "talos_version":"v1.11.0"}
 //! ```
 //!
-//! (one line). `meta` holds the values decoded from `talos.environment=INSTALLER_META_BASE64=` on
+//! (one line). Each entry of `extensions` is one layer of `/extensions.yaml`: `mounted` is
+//! whether its mount point is in `/proc/mounts` at the end, `proof` the content of
+//! `<PROOF_DIR>/<name>.proof` and `files` every non-directory entry, both read from the mounted
+//! layer itself (an unmounted layer shows an empty directory). [`Marker::check_layers`] checks
+//! them. `meta` holds the values decoded from `talos.environment=INSTALLER_META_BASE64=` on
 //! the command line; `meta_raw` the META partition as found by its GPT name, decoded with
 //! [`Marker::meta_partition`].
 
@@ -18,15 +23,23 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::MARKER_PREFIX;
+use super::{MARKER_PREFIX, extension_proof};
 
-/// One mounted extension.
+/// One extension layer as the init found it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct MarkerExtension {
+    /// Layer image (`0.sqsh`).
+    pub image: String,
     /// `metadata.name`.
     pub name: String,
     /// `metadata.version`.
     pub version: String,
+    /// Whether the layer's mount point was mounted.
+    pub mounted: bool,
+    /// The kit proof file read from the mounted layer (empty when absent).
+    pub proof: String,
+    /// Every non-directory entry of the mounted layer, sorted, relative to its root.
+    pub files: Vec<String>,
 }
 
 /// The parsed marker line.
@@ -34,7 +47,8 @@ pub struct MarkerExtension {
 pub struct Marker {
     /// `/proc/cmdline`.
     pub cmdline: String,
-    /// Extensions from `/extensions.yaml`, in layer order (each was mounted).
+    /// Extensions from `/extensions.yaml`, in layer order, with what was mounted (see
+    /// [`Marker::check_layers`]).
     pub extensions: Vec<MarkerExtension>,
     /// The file name in `<root>/usr/local/share/schematic/`, or empty.
     pub schematic: String,
@@ -68,6 +82,43 @@ impl Marker {
             .unwrap_or_default()
             .trim_end_matches('\r');
         Some(serde_json::from_str(line).map_err(|e| format!("{e} in marker line {line:?}")))
+    }
+
+    /// Checks that every layer was mounted and that the mounted layer shows its own content:
+    /// a kit extension its proof file ([`extension_proof`]), the `schematic` layer
+    /// `usr/local/share/schematic/<id>`, the `modules.dep` layer a `modules.dep`, any other
+    /// layer (`embedded-config`) at least one file. The error lists every failing layer.
+    pub fn check_layers(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for e in &self.extensions {
+            let what = format!("layer {} ({} {})", e.image, e.name, e.version);
+            if !e.mounted {
+                problems.push(format!("{what} was not mounted"));
+                continue;
+            }
+            let ok = match e.name.as_str() {
+                "schematic" => e
+                    .files
+                    .contains(&format!("usr/local/share/schematic/{}", e.version)),
+                "modules.dep" => e
+                    .files
+                    .iter()
+                    .any(|f| f.starts_with("usr/lib/modules/") && f.ends_with("/modules.dep")),
+                "embedded-config" => !e.files.is_empty(),
+                name => e.proof == extension_proof(name, &e.version),
+            };
+            if !ok {
+                problems.push(format!(
+                    "{what} is mounted but does not hold its content: proof {:?}, files {:?}",
+                    e.proof, e.files
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// Decodes `meta_raw`: `Ok(None)` when no META partition was found, else the tag → value map
@@ -131,6 +182,72 @@ pub fn parse_adv(block: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn layer(name: &str, version: &str, mounted: bool, proof: &str, files: &[&str]) -> String {
+        serde_json::json!({
+            "image": "0.sqsh", "name": name, "version": version, "mounted": mounted,
+            "proof": proof, "files": files,
+        })
+        .to_string()
+    }
+
+    fn marker(layers: &[String]) -> Marker {
+        let line = format!(
+            "{MARKER_PREFIX} {{\"cmdline\":\"\",\"extensions\":[{}],\"schematic\":\"\"}}",
+            layers.join(",")
+        );
+        Marker::find(&line).unwrap().unwrap()
+    }
+
+    #[test]
+    fn layers_must_be_mounted_and_show_their_content() {
+        let proof = extension_proof("kmod-test", "1.0.0");
+        let good = [
+            layer("kmod-test", "1.0.0", true, &proof, &["x"]),
+            layer(
+                "schematic",
+                "abc",
+                true,
+                "",
+                &["usr/local/share/schematic/abc"],
+            ),
+            layer(
+                "modules.dep",
+                "6.1",
+                true,
+                "",
+                &["usr/lib/modules/6.1/modules.dep"],
+            ),
+            layer("embedded-config", "v1", true, "", &["usr/local/etc/config"]),
+        ];
+        assert_eq!(marker(&good).check_layers(), Ok(()));
+
+        let bad = [
+            layer("kmod-test", "1.0.0", false, "", &[]),
+            layer("fw-test", "1.0.0", true, "", &[]),
+            layer("svc-test", "1.0.0", true, &proof, &["x"]),
+            layer(
+                "schematic",
+                "abc",
+                true,
+                "",
+                &["usr/local/share/schematic/other"],
+            ),
+            layer("modules.dep", "6.1", true, "", &[]),
+            layer("embedded-config", "v1", true, "", &[]),
+        ];
+        let e = marker(&bad).check_layers().unwrap_err();
+        for name in [
+            "kmod-test 1.0.0) was not mounted",
+            "fw-test",
+            "svc-test",
+            "schematic",
+            "modules.dep",
+            "embedded-config",
+        ] {
+            assert!(e.contains(name), "{name} not reported: {e}");
+        }
+    }
 
     #[test]
     fn finds_marker_and_parses_adv() {

@@ -13,8 +13,10 @@
 //!   (firmware + Intel/AMD microcode), `svc-test` (an extension service), `plain-<n>`;
 //! * `siderolabs/overlays:<v>` (`overlays.yaml`) naming `siderolabs/sbc-test:v0.1.0`.
 //!
+//! Every kit extension also ships `usr/local/share/if-testkit/<name>.proof` ([`extension_proof`]).
 //! The kit's initramfs boots in QEMU, mounts the extensions the way Talos does and prints one
-//! [`Marker`] line on the serial console. Everything is deterministic: the same inputs and key
+//! [`Marker`] line on the serial console, which shows for each layer whether it was mounted and
+//! what the mounted layer holds. Everything is deterministic: the same inputs and key
 //! give the same bundle bytes.
 
 pub mod debian;
@@ -40,6 +42,14 @@ pub const MARKER_PREFIX: &str = "IF-TESTKIT-MARKER";
 pub const DEFAULT_VERSIONS: &[&str] = &["v1.10.3", "v1.11.0"];
 /// Tag of the kit's overlay image.
 pub const OVERLAY_TAG: &str = "v0.1.0";
+/// Directory (in an extension's rootfs) of the proof file every kit extension ships as
+/// `<name>.proof`; the kit's init reads it from each mounted layer (see [`Marker`]).
+pub const PROOF_DIR: &str = "usr/local/share/if-testkit";
+
+/// The content of kit extension `name`'s proof file at `version` (the file adds a newline).
+pub fn extension_proof(name: &str, version: &str) -> String {
+    format!("if-testkit extension {name} {version}")
+}
 
 /// Errors of the test kit.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use super::debian::KitInputs;
 use super::images::{BuiltImage, ImageWriter, Layer, RuntimeConfig, pseudo_random};
 use super::initramfs::base_initramfs;
 use super::tree::Tree;
-use super::{KitError, OVERLAY_TAG, SynthOptions, parse_version};
+use super::{KitError, OVERLAY_TAG, PROOF_DIR, SynthOptions, extension_proof, parse_version};
 
 const AUTHOR: &str = "Image Factory test kit";
 
@@ -254,6 +254,11 @@ fn extension_image(
     t.file("manifest.yaml", 0o644, extension_manifest(e).into_bytes());
     t.dir("rootfs", 0o755);
     t.merge("rootfs", &e.rootfs);
+    t.file(
+        &format!("rootfs/{PROOF_DIR}/{}.proof", e.name),
+        0o644,
+        format!("{}\n", extension_proof(&e.name, &e.version)).into_bytes(),
+    );
     layers.push(Layer::from_tree(&t, false)?);
     w.image(
         &format!("siderolabs/{}", e.name),

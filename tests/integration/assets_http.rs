@@ -161,11 +161,7 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
     // Overlay schematics: every output that carries the overlay is refused (501, our text,
     // no upstream prefix) instead of being built without it; kernel and cmdline never carry
     // it (api spec §2.8) and still build.
-    let sbc = create_schematic(
-        &s,
-        "overlay:\n  image: siderolabs/sbc-test\n  name: test\n",
-    )
-    .await;
+    let sbc = create_schematic(&s, "overlay:\n  image: siderolabs/sbc-test\n  name: test\n").await;
     for path in [
         "initramfs-amd64.xz",
         "metal-amd64-uki.efi",

@@ -74,19 +74,7 @@ fn marker(console: &str) -> Marker {
 fn check(m: &Marker, id: &str, expect_meta: bool) {
     assert!(m.cmdline.contains("if.test=hello"), "{}", m.cmdline);
     assert!(m.cmdline.contains("talos.platform=metal"), "{}", m.cmdline);
-    let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
-    for want in [
-        "kmod-test",
-        "fw-test",
-        "svc-test",
-        "schematic",
-        "modules.dep",
-    ] {
-        assert!(
-            names.contains(&want),
-            "extension {want} not mounted: {names:?}"
-        );
-    }
+    crate::common::kit::check_kit_extensions(m, "boot");
     let schematic_ext = m
         .extensions
         .iter()

@@ -141,19 +141,7 @@ fn check_boot(m: &Marker, id: &str, dual_boot: bool) {
         "disk images carry META in the partition, not the command line: {}",
         m.cmdline
     );
-    let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
-    for want in [
-        "kmod-test",
-        "fw-test",
-        "svc-test",
-        "schematic",
-        "modules.dep",
-    ] {
-        assert!(
-            names.contains(&want),
-            "extension {want} not mounted: {names:?}"
-        );
-    }
+    kit::check_kit_extensions(m, "disk boot");
     assert_eq!(m.schematic, id, "schematic file not in the merged root");
     let meta = m
         .meta_partition()

@@ -253,19 +253,7 @@ fn hybrid_iso_is_valid_deterministic_and_boots_everywhere() {
                 m.cmdline
             );
         }
-        let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
-        for want in [
-            "kmod-test",
-            "fw-test",
-            "svc-test",
-            "schematic",
-            "modules.dep",
-        ] {
-            assert!(
-                names.contains(&want),
-                "{how}: {want} not mounted: {names:?}"
-            );
-        }
+        kit::check_kit_extensions(&m, &how);
         assert_eq!(
             m.schematic, id,
             "{how}: schematic file not in the merged root"
@@ -326,5 +314,9 @@ fn grub_iso_for_1_9_is_valid_deterministic_and_boots_everywhere() {
         assert!(m.cmdline.contains("talos.halt_if_installed=1"), "{how}");
         assert!(m.cmdline.contains("if.test=hello"), "{how}");
         assert_eq!(m.schematic, id, "{how}");
+        // No extensions: the schematic layer alone, mounted with its file.
+        assert_eq!(m.check_layers(), Ok(()), "{how}");
+        let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["schematic"], "{how}");
     }
 }

@@ -79,10 +79,7 @@ async fn ipxe_boots_kernel_and_initramfs_from_the_factory() {
     };
     assert!(m.cmdline.contains("if.test=hello"), "{}", m.cmdline);
     assert!(m.cmdline.contains("talos.platform=metal"), "{}", m.cmdline);
-    let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
-    for want in ["kmod-test", "fw-test", "svc-test", "schematic"] {
-        assert!(names.contains(&want), "extension {want} missing: {names:?}");
-    }
+    kit::check_kit_extensions(&m, "pxe");
     assert_eq!(m.schematic, id);
     assert_eq!(
         m.meta.get("0xa").map(String::as_str),

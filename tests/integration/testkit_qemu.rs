@@ -5,7 +5,9 @@
 use std::io::Write;
 
 use base64::Engine as _;
-use image_factory::testkit::{KitInputs, Marker, Tree, default_kit_dir, initramfs, qemu};
+use image_factory::testkit::{
+    KitInputs, Marker, PROOF_DIR, Tree, default_kit_dir, extension_proof, initramfs, qemu,
+};
 
 fn kit() -> KitInputs {
     KitInputs::locate(&default_kit_dir()).unwrap_or_else(|e| panic!("{e}"))
@@ -66,12 +68,18 @@ fn extension_layer_overlay_schematic_and_cmdline_meta() {
     let inputs = kit();
     let base = initramfs::base_initramfs(&inputs, "v1.11.0").unwrap();
     let id = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
-    // Two layers, like the imager writes them: 0.sqsh (a service), 1.sqsh (the schematic).
+    // Layers like the imager writes them: 0.sqsh (a service, with the kit's proof file),
+    // 1.sqsh (the schematic); plus 2.sqsh, not a squashfs, which must show as not mounted.
     let mut svc = Tree::new();
     svc.file(
         "usr/local/etc/containers/svc-test.yaml",
         0o644,
         &b"name: svc-test\n"[..],
+    );
+    svc.file(
+        &format!("{PROOF_DIR}/svc-test.proof"),
+        0o644,
+        format!("{}\n", extension_proof("svc-test", "v1.0.0")).into_bytes(),
     );
     let mut schematic = Tree::new();
     schematic.file(
@@ -82,12 +90,13 @@ fn extension_layer_overlay_schematic_and_cmdline_meta() {
     let mut appended = Tree::new();
     appended.file("0.sqsh", 0o644, svc.to_squashfs().unwrap());
     appended.file("1.sqsh", 0o644, schematic.to_squashfs().unwrap());
+    appended.file("2.sqsh", 0o644, vec![0x5a; 8192]);
     appended.file("usr/lib/firmware/test/fw.bin", 0o644, &b"fw"[..]);
     appended.file(
         "extensions.yaml",
         0o644,
         format!(
-            "layers:\n    - image: 0.sqsh\n      metadata:\n          name: svc-test\n          version: v1.0.0\n          author: kit\n          description: |\n              version: not-this-one\n          compatibility:\n              talos:\n                  version: '>= v1.10.0'\n    - image: 1.sqsh\n      metadata:\n          name: schematic\n          version: {id}\n          author: Image Factory\n          description: \"\"\n"
+            "layers:\n    - image: 0.sqsh\n      metadata:\n          name: svc-test\n          version: v1.0.0\n          author: kit\n          description: |\n              version: not-this-one\n          compatibility:\n              talos:\n                  version: '>= v1.10.0'\n    - image: 1.sqsh\n      metadata:\n          name: schematic\n          version: {id}\n          author: Image Factory\n          description: \"\"\n    - image: 2.sqsh\n      metadata:\n          name: broken\n          version: v0.0.1\n"
         )
         .into_bytes(),
     );
@@ -108,7 +117,35 @@ fn extension_layer_overlay_schematic_and_cmdline_meta() {
         .iter()
         .map(|e| (e.name.as_str(), e.version.as_str()))
         .collect();
-    assert_eq!(names, [("svc-test", "v1.0.0"), ("schematic", id)]);
+    assert_eq!(
+        names,
+        [
+            ("svc-test", "v1.0.0"),
+            ("schematic", id),
+            ("broken", "v0.0.1")
+        ]
+    );
+    // Each layer's content was read from its own mount; the broken one was not mounted, and
+    // it is the only layer the check reports.
+    let svc = &m.extensions[0];
+    assert!(svc.mounted);
+    assert_eq!(svc.proof, extension_proof("svc-test", "v1.0.0"));
+    assert_eq!(
+        svc.files,
+        [
+            "usr/local/etc/containers/svc-test.yaml".to_string(),
+            format!("{PROOF_DIR}/svc-test.proof")
+        ]
+    );
+    assert_eq!(
+        m.extensions[1].files,
+        [format!("usr/local/share/schematic/{id}")]
+    );
+    let broken = &m.extensions[2];
+    assert!(!broken.mounted, "{broken:?}");
+    assert!(broken.files.is_empty(), "{broken:?}");
+    let e = m.check_layers().unwrap_err();
+    assert_eq!(e, "layer 2.sqsh (broken v0.0.1) was not mounted");
     assert_eq!(m.schematic, id);
     assert_eq!(m.meta["0xa"], "addresses:\n  - 10.0.0.2/24\n");
     assert_eq!(m.meta["0xc"], "\"quoted\"");

@@ -190,7 +190,8 @@ mod tests {
         let overlay = || ImagerError::OverlayNotBuilt {
             name: "rpi_generic".into(),
         };
-        let want = "overlay \"rpi_generic\" is not supported by this factory: overlays are not built yet";
+        let want =
+            "overlay \"rpi_generic\" is not supported by this factory: overlays are not built yet";
         // Refused while resolving the request, and (for direct callers) by the build itself.
         for e in [
             ApiError::from(overlay()),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use image_factory::testkit::{self, SynthOptions};
+use image_factory::testkit::{self, Marker, SynthOptions};
 
 /// A schematic with args, META and the kit's three extensions.
 pub const SCHEMATIC: &str = "customization:
@@ -143,4 +143,36 @@ pub fn tool(package: &str, cmd: &str, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
     text
+}
+
+/// Checks what a boot of an image built from [`SCHEMATIC`] shows (`ctx` names the boot in
+/// failures): every layer mounted with its own content ([`Marker::check_layers`]), the kit's
+/// three extensions plus the `schematic` and `modules.dep` layers, and what the extensions
+/// bring: `fw-test`'s firmware moved into the initramfs and its Intel and AMD microcode in
+/// the early cpio (the sources consumed), `kmod-test`'s `extras/dummy.ko` in the merged
+/// root's `modules.dep`.
+#[allow(dead_code)]
+pub fn check_kit_extensions(m: &Marker, ctx: &str) {
+    if let Err(e) = m.check_layers() {
+        panic!("{ctx}: {e}");
+    }
+    let names: Vec<&str> = m.extensions.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "kmod-test",
+            "fw-test",
+            "svc-test",
+            "schematic",
+            "modules.dep"
+        ],
+        "{ctx}: layers"
+    );
+    assert_eq!(m.firmware, ["test/fw.bin"], "{ctx}: firmware");
+    assert_eq!(
+        m.microcode,
+        ["AuthenticAMD.bin", "GenuineIntel.bin"],
+        "{ctx}: microcode"
+    );
+    assert_eq!(m.extra_modules, ["extras/dummy.ko"], "{ctx}: extra modules");
 }
