@@ -18,7 +18,7 @@ use super::shared_check::{BlobChecks, FileId};
 use super::stream::AssetBody;
 use crate::catalog::{Release, ReleaseStore, Version};
 use crate::config::Config;
-use crate::imager::builder::{BuildRequest, Builder, BuilderOptions};
+use crate::imager::builder::{BuildRequest, Builder, BuilderOptions, StageReporter};
 use crate::imager::error::{ErrorClass, ImagerError};
 use crate::imager::profile::Profile;
 use crate::schematic::Schematic;
@@ -200,12 +200,14 @@ impl Drop for ServeGuard {
 
 impl Assets {
     /// The service as `config` describes it (builder settings, quota, concurrency) over a data
-    /// directory's stores; `zstd_level` is the initramfs cpio level. Blocking (sweeps scratch).
+    /// directory's stores; `zstd_level` is the initramfs cpio level, `stages` receives build
+    /// stages. Blocking (sweeps scratch).
     pub fn from_config(
         config: &Config,
         stores: DataStores,
         metrics: AssetMetrics,
         zstd_level: u32,
+        stages: StageReporter,
     ) -> Self {
         let data_dir = config.data_dir();
         let scratch = data_dir.join("tmp");
@@ -219,7 +221,8 @@ impl Assets {
                 initramfs_zstd_level: zstd_level,
                 compression: config.build.compression,
             },
-        );
+        )
+        .with_stages(stages);
         let opts = AssetsOptions {
             max_concurrency: config.build.effective_concurrency(),
             build_timeout: BUILD_TIMEOUT,

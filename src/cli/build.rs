@@ -13,6 +13,7 @@ use super::import::open_direct;
 use crate::assets::{AssetMetrics, AssetRequest, Assets, DataStores, Outcome, Served};
 use crate::catalog::Version;
 use crate::config::{self, FlagOverrides};
+use crate::imager::builder::StageReporter;
 use crate::schematic::{Schematic, is_valid_id};
 use crate::store::SchematicStore;
 use crate::trust::SigningKey;
@@ -77,10 +78,12 @@ fn load_schematic(arg: &str, store: &SchematicStore) -> Result<Schematic, String
     Schematic::parse(&bytes).map_err(|e| format!("invalid schematic: {e}"))
 }
 
-/// The asset service over the data directory (direct mode), as `serve` builds it.
+/// The asset service over the data directory (direct mode), as `serve` builds it; build
+/// stages go to `stages`.
 pub fn open_assets(
     cfg: &config::Config,
     zstd_level: u32,
+    stages: StageReporter,
 ) -> Result<(Assets, SchematicStore), String> {
     let (meta, blobs) = open_direct(cfg)?;
     let schematics = SchematicStore::new(Arc::clone(&meta)).map_err(|e| e.to_string())?;
@@ -93,7 +96,7 @@ pub fn open_assets(
     };
     let metrics = AssetMetrics::new(Arc::new(metrics::NoopRecorder));
     Ok((
-        Assets::from_config(cfg, stores, metrics, zstd_level),
+        Assets::from_config(cfg, stores, metrics, zstd_level, stages),
         schematics,
     ))
 }
@@ -108,7 +111,9 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let version = Version::parse_strict(&args.version)
         .ok_or_else(|| format!("--version {:?} is not a version like v1.11.0", args.version))?;
-    let (assets, schematics) = open_assets(&cfg, args.zstd_level)?;
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let (assets, schematics) =
+        open_assets(&cfg, args.zstd_level, stage_display(&spinner, &args.path))?;
     let schematic = load_schematic(&args.schematic, &schematics)?;
     let (canonical, id) = (schematic.canonical(), schematic.id());
     eprintln!(
@@ -116,7 +121,6 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         args.path,
         version.tag()
     );
-    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     spinner.set_message(format!("building {}", args.path));
     spinner.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
@@ -156,6 +160,20 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         }
     );
     Ok(())
+}
+
+/// Shows build stages on the spinner (`building <path>: <stage>`); without a terminal (the
+/// spinner is hidden) each stage is printed as a line instead, so logs show them too.
+fn stage_display(spinner: &ProgressBar, path: &str) -> StageReporter {
+    let spinner = spinner.clone();
+    let label = format!("building {path}");
+    StageReporter::new(move |stage| {
+        if spinner.is_hidden() {
+            eprintln!("  {stage}");
+        } else {
+            spinner.set_message(format!("{label}: {stage}"));
+        }
+    })
 }
 
 /// Streams a verified asset into `dest`.

@@ -100,7 +100,7 @@ fn run_inner(args: &GcArgs) -> Result<GcReport, String> {
         "collecting garbage in {} (direct mode)",
         cfg.data_dir().display()
     );
-    let (assets, _) = open_assets(&cfg, DEFAULT_INITRAMFS_ZSTD_LEVEL)?;
+    let (assets, _) = open_assets(&cfg, DEFAULT_INITRAMFS_ZSTD_LEVEL, Default::default())?;
     rt.block_on(assets.gc(args.dry_run))
         .map_err(|e| e.to_string())
 }

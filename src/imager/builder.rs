@@ -33,8 +33,11 @@ use super::uki::{
 
 mod disk;
 mod iso;
+mod stage;
 #[cfg(test)]
 mod tests;
+
+pub use stage::{Stage, StageReporter};
 
 /// Largest manifest or config read from the blob store.
 const MAX_METADATA: u64 = 4 << 20;
@@ -89,6 +92,7 @@ pub struct Builder {
     blobs: BlobStore,
     releases: ReleaseStore,
     opts: BuilderOptions,
+    stages: StageReporter,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ImagerError {
@@ -110,7 +114,14 @@ impl Builder {
             blobs,
             releases,
             opts,
+            stages: StageReporter::default(),
         }
+    }
+
+    /// The same builder reporting its stages to `stages` (default: logged at debug level).
+    pub fn with_stages(mut self, stages: StageReporter) -> Self {
+        self.stages = stages;
+        self
     }
 
     /// The settings this builder was made with (some of them shape output bytes).
@@ -227,8 +238,10 @@ impl Builder {
         inputs.cpio_level = self.opts.initramfs_zstd_level;
         std::fs::create_dir_all(&self.opts.scratch).map_err(ImagerError::Io)?;
         let mut w = self.writer()?;
-        build_initramfs(&inputs, &self.blobs, &mut w, &mut |_| {})
-            .map_err(|e| internal("initramfs", e))?;
+        build_initramfs(&inputs, &self.blobs, &mut w, &mut |p| {
+            self.stages.report(Stage::Initramfs(&p))
+        })
+        .map_err(|e| internal("initramfs", e))?;
         w.finish().map_err(|e| internal("store initramfs", e))
     }
 
@@ -254,6 +267,7 @@ impl Builder {
         purpose: UkiPurpose,
         initramfs: &BlobInfo,
     ) -> Result<BlobInfo, ImagerError> {
+        self.stages.report(Stage::Uki);
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
         let stub = std::fs::read(self.blobs.path(&asset(assets, "systemd-stub.efi")?.blake3))
@@ -324,6 +338,7 @@ impl Builder {
                 initramfs: self.blobs.path(&initramfs.blake3),
             }
         };
+        self.stages.report(Stage::Installer);
         let arch = profile.arch.as_str().to_string();
         let inputs = InstallerInputs {
             base: &base,

@@ -29,6 +29,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::assets::{Assets, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores};
 use crate::catalog::ReleaseStore;
 use crate::config::{Config, ConfigError};
+use crate::imager::builder::StageReporter;
 use crate::store::{self, SchematicStore, StoreError};
 use crate::trust::{SigningKey, TrustError};
 use handlers::{AppState, StateParts};
@@ -329,7 +330,14 @@ pub async fn serve(
         let asset_metrics = metrics.assets.clone();
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            Assets::from_config(&config, stores, asset_metrics, DEFAULT_INITRAMFS_ZSTD_LEVEL)
+            // Build stages go to the debug log (the default reporter).
+            Assets::from_config(
+                &config,
+                stores,
+                asset_metrics,
+                DEFAULT_INITRAMFS_ZSTD_LEVEL,
+                StageReporter::default(),
+            )
         })
         .await
         .map_err(|e| ServeError::Join(e.to_string()))?

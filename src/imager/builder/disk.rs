@@ -17,7 +17,7 @@ use crate::imager::uki::UkiPurpose;
 use crate::schematic::Bootloader;
 use crate::store::BlobInfo;
 
-use super::{BuildRequest, Builder, asset, internal};
+use super::{BuildRequest, Builder, Stage, asset, internal};
 
 impl Builder {
     /// The raw disk image of `profile` (kind image).
@@ -71,6 +71,7 @@ impl Builder {
             grub_modules,
         };
         let raw = scratch.path().join("disk.raw");
+        self.stages.report(Stage::DiskImage);
         write_disk_image(profile, &inputs, scratch.path(), &raw)?;
         let mut w = self.writer()?;
         if is_plain_raw(profile) {
@@ -81,6 +82,7 @@ impl Builder {
         } else {
             // Disk format (spec §5.9) and compression, streamed into the blob store.
             let req = ConvertRequest::from_profile(profile)?;
+            self.stages.report(Stage::Converting);
             let mut out = BufWriter::with_capacity(1 << 20, &mut w);
             convert(&raw, &req, &self.opts.compression, &mut out)?;
             out.flush()?;

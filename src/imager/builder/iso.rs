@@ -14,7 +14,7 @@ use crate::imager::profile::Profile;
 use crate::imager::uki::UkiPurpose;
 use crate::store::{BlobInfo, WriteProgress};
 
-use super::{BuildRequest, Builder, asset, internal};
+use super::{BuildRequest, Builder, Stage, asset, internal};
 
 impl Builder {
     /// The ISO of `profile` (kind iso).
@@ -84,6 +84,7 @@ impl Builder {
         let tmp = self.blobs.temp_path();
         let progress = WriteProgress::default();
         let t = Instant::now();
+        self.stages.report(Stage::Iso);
         let (written, stored) = std::thread::scope(|s| {
             let writer = s.spawn(|| {
                 let end = progress.writer();

@@ -189,27 +189,51 @@ impl InitramfsInputs {
 /// A build stage, reported through the progress callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
-    /// Extracting input `index` (schematic order).
+    /// Extracting input `index` of `count` (schematic order).
     Extracting {
-        /// Input index.
+        /// Input index (0-based).
         index: usize,
+        /// Number of inputs.
+        count: usize,
         /// Input name.
         name: String,
     },
-    /// depmod ran over the merged module tree (the `modules.dep` layer follows).
-    Depmod {
-        /// Kernel version of the base initramfs.
-        kver: String,
-    },
-    /// Building a squashfs layer.
+    /// Running depmod over the merged module tree (the `modules.dep` layer follows).
+    Depmod,
+    /// Building the squashfs layers: `done` of `count` are finished (reported with `done` = 0
+    /// before the first, then as each finishes).
     Squashing {
-        /// Layer file (`0.sqsh`).
-        image: String,
-        /// Extension name from its manifest.
-        name: String,
+        /// Layers finished.
+        done: usize,
+        /// Layers to build.
+        count: usize,
+        /// Extension name of the layer that just finished (`None` at the start).
+        finished: Option<String>,
     },
     /// Writing the output stream.
     Writing,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Extracting { index, count, name } => {
+                write!(f, "extracting extension {}/{count} ({name})", index + 1)
+            }
+            Progress::Depmod => f.write_str("running depmod"),
+            Progress::Squashing {
+                done,
+                count,
+                finished: None,
+            } => write!(f, "squashing layers {done}/{count}"),
+            Progress::Squashing {
+                done,
+                count,
+                finished: Some(name),
+            } => write!(f, "squashing layers {done}/{count} ({name} done)"),
+            Progress::Writing => f.write_str("writing the initramfs"),
+        }
+    }
 }
 
 /// One layer of the result.
@@ -314,6 +338,7 @@ pub fn build_initramfs<W: Write + ?Sized>(
     for (j, src) in inputs.extensions.iter().enumerate() {
         progress(Progress::Extracting {
             index: j,
+            count: inputs.extensions.len(),
             name: src.name().to_string(),
         });
         labels.push(extension::extract(
@@ -357,9 +382,9 @@ pub fn build_initramfs<W: Write + ?Sized>(
     if !with_modules.is_empty() {
         let depmod = modules::find_depmod()?;
         let base = open_base(blobs, &inputs.base)?;
+        progress(Progress::Depmod);
         let (dep, kver) =
             modules::build_modules_dep(base, &with_modules, modules_path, &scratch, &depmod)?;
-        progress(Progress::Depmod { kver: kver.clone() });
         report.modules_kver = Some(kver);
         loaded.push(dep);
     }
@@ -382,10 +407,19 @@ pub fn build_initramfs<W: Write + ?Sized>(
             )
         })
         .collect();
+    let count = jobs.len();
+    progress(Progress::Squashing {
+        done: 0,
+        count,
+        finished: None,
+    });
+    let mut done = 0;
     let sizes = squashfs::build_all(&jobs, inputs.squashfs_level, &mut |i| {
+        done += 1;
         progress(Progress::Squashing {
-            image: format!("{}.sqsh", loaded[i].dir),
-            name: loaded[i].manifest.metadata.name.clone(),
+            done,
+            count,
+            finished: Some(loaded[i].manifest.metadata.name.clone()),
         })
     })?;
     let mut layers = Vec::new();

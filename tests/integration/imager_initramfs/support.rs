@@ -149,7 +149,41 @@ pub fn try_build(
     let report = build_initramfs(&inputs, &e.blobs, &mut out, &mut |p| stages.push(p))?;
     assert_eq!(report.size, out.len() as u64);
     assert_eq!(stages.last(), Some(&Progress::Writing));
+    check_stages(&stages, inputs.extensions.len(), &report);
     Ok((out, report))
+}
+
+/// The stages a build reports: every input extracted in order (`i/n`), depmod exactly when a
+/// `modules.dep` layer was built, the squashfs layers counted `0/n` … `n/n`, then writing.
+fn check_stages(stages: &[Progress], inputs: usize, report: &InitramfsReport) {
+    if inputs == 0 {
+        assert_eq!(stages, [Progress::Writing]);
+        return;
+    }
+    let mut extracted = Vec::new();
+    let mut squashed = Vec::new();
+    for p in stages {
+        match p {
+            Progress::Extracting { index, count, .. } => {
+                assert_eq!(*count, inputs, "{p}");
+                extracted.push(*index);
+            }
+            Progress::Squashing { done, count, .. } => squashed.push((*done, *count)),
+            Progress::Depmod | Progress::Writing => {}
+        }
+    }
+    assert_eq!(extracted, (0..inputs).collect::<Vec<_>>(), "{stages:?}");
+    let layers = report.layers.len();
+    assert_eq!(
+        squashed,
+        (0..=layers).map(|d| (d, layers)).collect::<Vec<_>>(),
+        "{stages:?}"
+    );
+    assert_eq!(
+        stages.contains(&Progress::Depmod),
+        report.modules_kver.is_some(),
+        "{stages:?}"
+    );
 }
 
 /// The three segments: (uncompressed microcode cpio, base, compressed cpio).
