@@ -61,6 +61,10 @@ fi
 # unpacked into $IF_TESTKIT_DIR (default /var/cache/image-factory/testkit); idempotent.
 bash tests/kit/fetch-debian.sh
 
+# Every tool above is installed now: a test that finds one missing fails instead of skipping
+# (src/testkit/tools.rs), so this run cannot pass without checking.
+export IF_REQUIRE_TOOLS=1
+
 # A cold run gains nothing from incremental state, which costs gigabytes of disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 

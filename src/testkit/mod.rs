@@ -24,6 +24,7 @@ mod images;
 pub mod initramfs;
 mod marker;
 pub mod qemu;
+pub mod tools;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

@@ -3,12 +3,12 @@
 //! `image-factory build`, boot them in QEMU the way PXE delivers them, and read the marker the
 //! kit's init prints; then the UKI through OVMF; builds are deterministic.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use image_factory::testkit::{Marker, qemu};
+use image_factory::testkit::{Marker, qemu, tools};
 
-use image_factory::testkit::qemu::{OVMF_CODE, OVMF_VARS};
+use image_factory::testkit::qemu::OVMF_VARS;
 
 use crate::common::kit::bin;
 
@@ -131,8 +131,7 @@ fn pxe_style_boot_shows_extensions_schematic_args_and_meta() {
     assert_eq!(first, second, "initramfs builds differ");
     assert_eq!(first.len(), 64);
 
-    if !qemu::available() {
-        println!("SKIPPED boot: qemu-system-x86_64 not installed");
+    if !tools::qemu() {
         return;
     }
     let cmdline = std::fs::read_to_string(k.out.join("cmdline-metal-amd64")).expect("cmdline");
@@ -157,8 +156,7 @@ fn uki_boots_through_ovmf_with_extensions() {
     let installer_b = sha_of(&rebuild(&k, "installer-amd64.tar"));
     assert_eq!(installer_a, installer_b, "installer builds differ");
 
-    if !qemu::available() || !Path::new(OVMF_CODE).exists() {
-        println!("SKIPPED boot: qemu-system-x86_64 or OVMF not installed");
+    if !tools::qemu_ovmf() {
         return;
     }
     let esp = k.out.join("esp");

@@ -11,7 +11,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::common::kit::{self, Kit, schematic_id, tool};
-use image_factory::testkit::qemu::{self, OVMF_CODE, OVMF_VARS};
+use image_factory::testkit::qemu::{self, OVMF_VARS};
 use image_factory::testkit::{Marker, parse_adv};
 
 const VERSION: &str = "v1.11.0";
@@ -158,11 +158,7 @@ fn check_boot(m: &Marker, id: &str, dual_boot: bool) {
 }
 
 fn can_boot() -> bool {
-    let ok = qemu::available() && Path::new(OVMF_CODE).exists();
-    if !ok {
-        println!("SKIPPED boot: qemu-system-x86_64 or OVMF not installed");
-    }
-    ok
+    image_factory::testkit::tools::qemu_ovmf()
 }
 
 fn boot_ovmf(disk: &Path, work: &Path) -> Marker {

@@ -13,7 +13,7 @@ use image_factory::imager::initramfs::{
     EMBEDDED_CONFIG_LABEL, ExtensionSource, InitramfsError, check_tools,
     embedded_config_extension_tar, schematic_extension_tar, schematic_manifest,
 };
-use image_factory::testkit::{KitInputs, Tree, default_kit_dir};
+use image_factory::testkit::Tree;
 use sha2::{Digest as _, Sha256};
 use support::*;
 
@@ -550,12 +550,8 @@ fn modules_dep_with_debian_kernel_from_the_test_kit() {
     if !have(&["cpio", "zstd", "unsquashfs", "depmod"]) {
         return;
     }
-    let inputs = match KitInputs::locate(&default_kit_dir()) {
-        Ok(i) => i,
-        Err(err) => {
-            eprintln!("SKIP: test kit inputs not present ({err}); run tests/kit/fetch-debian.sh");
-            return;
-        }
+    let Some(inputs) = image_factory::testkit::tools::kit_inputs() else {
+        return;
     };
     let base = image_factory::testkit::initramfs::base_initramfs(&inputs, "v1.11.0").unwrap();
     let e = env(base);

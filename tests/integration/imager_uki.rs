@@ -13,6 +13,7 @@ use image_factory::imager::uki::{
     Payload, UkiLayout, UkiParts, UkiPurpose, assemble_uki, kernel_release, os_release,
     read_kernel_release, section_names, standard_profiles,
 };
+use image_factory::testkit::tools;
 use sha2::{Digest as _, Sha256};
 
 const CMDLINE: &str = "talos.platform=metal console=ttyS0 init_on_alloc=1";
@@ -305,10 +306,10 @@ fn check_uki(stub: &[u8], uki: &[u8], layout: &UkiLayout, expect_names: &[&str],
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("uki.efi");
     std::fs::write(&path, uki).unwrap();
-    let Some(rows) = objdump_sections(&path) else {
-        eprintln!("SKIP objdump checks: objdump not installed (apt-get install binutils)");
+    if !tools::have("objdump", "binutils") {
         return;
-    };
+    }
+    let rows = objdump_sections(&path).expect("objdump -h runs");
     assert_eq!(rows.len(), h.sections.len(), "{rows:?}");
     for (i, (row, s)) in rows.iter().zip(&h.sections).enumerate() {
         assert_eq!(row.0, s.name_str());
@@ -507,12 +508,14 @@ fn debian_kernel() -> Option<(PathBuf, String)> {
 
 #[test]
 fn real_debian_stub_and_kernel() {
-    let Some(stub_path) = debian_file("usr/lib/systemd/boot/efi/linuxx64.efi.stub") else {
-        eprintln!(
-            "SKIP: no Debian systemd-boot-efi stub (apt-get install systemd-boot-efi, or tests/kit/fetch-debian.sh)"
-        );
+    let stub_path = debian_file("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    if !tools::require(
+        stub_path.is_some(),
+        "no Debian systemd-boot-efi stub (Debian package systemd-boot-efi, or tests/kit/fetch-debian.sh)",
+    ) {
         return;
-    };
+    }
+    let Some(stub_path) = stub_path else { return };
     let stub = std::fs::read(&stub_path).unwrap();
     let h = PeHeaders::parse(&stub).unwrap();
     let mut opts = AssembleOptions::default();
@@ -540,7 +543,11 @@ fn real_debian_stub_and_kernel() {
             (std::fs::read(&path).unwrap(), release)
         }
         None => {
-            eprintln!("SKIP real kernel: no kit kernel; using a synthetic bzImage");
+            // Without the kit's kernel, a synthetic bzImage (a failure under IF_REQUIRE_TOOLS=1).
+            tools::require(
+                false,
+                "no kit kernel (tests/kit/fetch-debian.sh): real-kernel checks",
+            );
             (
                 synth_kernel("6.1.0-synthetic", 0x8000),
                 "6.1.0-synthetic".into(),

@@ -1,28 +1,21 @@
 //! Boots a UKI we assembled (test kit kernel + base initramfs, Debian's systemd stub) through
 //! OVMF in QEMU and checks that the kit's init saw the UKI's `.cmdline`.
 
-use std::path::Path;
-
 use image_factory::imager::pe::{AssembleOptions, SymbolTable};
 use image_factory::imager::uki::{
     Payload, UkiParts, UkiPurpose, assemble_uki, os_release, read_kernel_release, standard_profiles,
 };
-use image_factory::testkit::{KitInputs, Marker, default_kit_dir, initramfs, qemu};
+use image_factory::testkit::{Marker, initramfs, qemu, tools};
 
-use image_factory::testkit::qemu::{OVMF_CODE, OVMF_VARS};
+use image_factory::testkit::qemu::OVMF_VARS;
 
 #[test]
 fn uki_boots_through_ovmf() {
-    if !qemu::available() || !Path::new(OVMF_CODE).exists() {
-        println!("SKIPPED: qemu-system-x86_64 or OVMF not installed");
+    if !tools::qemu_ovmf() {
         return;
     }
-    let inputs = match KitInputs::locate(&default_kit_dir()) {
-        Ok(i) => i,
-        Err(e) => {
-            println!("SKIPPED: test kit inputs missing ({e}); run tests/kit/fetch-debian.sh");
-            return;
-        }
+    let Some(inputs) = tools::kit_inputs() else {
+        return;
     };
     let initrd = initramfs::base_initramfs(&inputs, "v1.11.0").expect("kit initramfs");
     let stub = std::fs::read(&inputs.systemd_stub).unwrap();

@@ -18,6 +18,7 @@ use image_factory::oci::{
     MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, OciError, Platform, Reference, RegistryOptions,
     RegistrySource,
 };
+use image_factory::testkit::tools;
 use tokio::io::AsyncReadExt;
 
 #[derive(Default)]
@@ -311,8 +312,10 @@ impl Drop for DockerRegistry {
 
 fn start_docker_registry() -> Option<DockerRegistry> {
     let bin = Path::new("/usr/bin/docker-registry");
-    if !bin.exists() {
-        eprintln!("SKIP: /usr/bin/docker-registry not installed (apt-get install docker-registry)");
+    if !tools::require(
+        bin.exists(),
+        "/usr/bin/docker-registry is not installed (Debian package docker-registry)",
+    ) {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -474,8 +477,7 @@ async fn docker_registry_push_pull_and_skopeo() {
     );
 
     // skopeo (a real client) copies what we pushed into layouts our reader must understand.
-    if !Path::new("/usr/bin/skopeo").exists() {
-        eprintln!("SKIP: skopeo not installed");
+    if !tools::have("skopeo", "skopeo") {
         return;
     }
     let src = format!("docker://{}/{repo}:v1.11.0", server.addr);

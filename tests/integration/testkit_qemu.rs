@@ -14,11 +14,7 @@ fn kit() -> KitInputs {
 }
 
 fn skip_without_qemu() -> bool {
-    if !qemu::available() {
-        println!("SKIPPED: {} is not installed", qemu::QEMU);
-        return true;
-    }
-    false
+    !image_factory::testkit::tools::qemu()
 }
 
 fn boot(inputs: &KitInputs, initrd: &[u8], append: &str) -> Marker {

@@ -51,10 +51,7 @@ pub fn imported(extension_size_mb: u64) -> Option<Kit> {
 #[allow(dead_code)]
 pub fn imported_version(version: &str, extension_size_mb: u64) -> Option<Kit> {
     let kit_dir = testkit::default_kit_dir();
-    if testkit::KitInputs::locate(&kit_dir).is_err() {
-        println!("SKIPPED: test kit inputs missing; run tests/kit/fetch-debian.sh");
-        return None;
-    }
+    testkit::tools::kit_inputs()?;
     let dir = tempfile::tempdir().expect("tmp");
     let opts = SynthOptions {
         out: dir.path().join("kit"),

@@ -30,8 +30,10 @@ impl Drop for DockerRegistry {
 /// installed (`./test.sh` installs it).
 pub fn start() -> Option<DockerRegistry> {
     let bin = Path::new("/usr/bin/docker-registry");
-    if !bin.exists() {
-        eprintln!("SKIP: /usr/bin/docker-registry not installed (apt-get install docker-registry)");
+    if !image_factory::testkit::tools::require(
+        bin.exists(),
+        "/usr/bin/docker-registry is not installed (Debian package docker-registry)",
+    ) {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");

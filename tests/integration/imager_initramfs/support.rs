@@ -13,25 +13,17 @@ use image_factory::imager::initramfs::{
 };
 use image_factory::oci::Digest;
 use image_factory::store::{BlobStore, MetaStore, SledStore};
-use image_factory::testkit::Tree;
+use image_factory::testkit::{self, Tree};
 
 pub const KVER: &str = "6.1.0-99-test";
 pub const ID: &str = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
 
-/// Whether every tool is on PATH; prints a skip notice otherwise.
+/// Whether every tool is installed; a missing one skips the test (fails it under
+/// `IF_REQUIRE_TOOLS=1`, see `testkit::tools`).
 pub fn have(tools: &[&str]) -> bool {
-    for t in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t} || test -x /usr/sbin/{t}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            eprintln!("SKIP: {t} not installed (Debian packages cpio zstd squashfs-tools kmod)");
-            return false;
-        }
-    }
-    true
+    tools
+        .iter()
+        .all(|t| testkit::tools::have(t, "cpio, zstd, squashfs-tools or kmod"))
 }
 
 /// A blob store holding the base initramfs.
@@ -237,14 +229,11 @@ pub fn unpack_tail(tail: &[u8], dir: &Path, dest: &Path) -> Vec<String> {
     cpio_list(&fs::read(&raw).unwrap(), dir, "tail.list.cpio")
 }
 
-/// Fails (rather than skips) when squashfs-tools-ng is missing: the xattr checks need it.
+/// Fails (rather than skips, whatever `IF_REQUIRE_TOOLS` says) when squashfs-tools-ng is
+/// missing: the xattr checks need it.
 pub fn need_rdsquashfs() {
-    let found = Command::new("sh")
-        .args(["-c", "command -v rdsquashfs"])
-        .output()
-        .is_ok_and(|o| o.status.success());
     assert!(
-        found,
+        testkit::tools::on_path("rdsquashfs"),
         "rdsquashfs is not installed: install Debian package squashfs-tools-ng (test.sh does)"
     );
 }
