@@ -12,6 +12,14 @@ use super::{Config, ConfigError};
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "IF_";
 
+/// `IF_` variables that are not configuration keys: the test kit's input directory and the
+/// test suite's switch (`testkit::tools`). Ignored here, so setting them never breaks the
+/// binary a test runs.
+pub const NOT_CONFIG_ENV: &[&str] = &[
+    crate::testkit::debian::KIT_DIR_ENV,
+    crate::testkit::tools::REQUIRE_TOOLS_ENV,
+];
+
 /// Values given as command-line flags (highest precedence); `None` = not given.
 #[derive(Debug, Clone, Default)]
 pub struct FlagOverrides {
@@ -58,7 +66,7 @@ pub fn load(
 
     let mut env: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NOT_CONFIG_ENV.contains(&k.as_str()))
         .collect();
     env.sort();
     for (name, value) in env {
@@ -319,6 +327,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("IF_HTTP_NOPE"), "{e}");
+        // The test kit's and the test suite's own variables are not configuration.
+        load(
+            None,
+            env(&[("IF_REQUIRE_TOOLS", "1"), ("IF_TESTKIT_DIR", "/kit")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
     }
 
     #[test]
