@@ -151,7 +151,13 @@ impl BlobStore {
         let mut file = open(tmp, follow).map_err(io_err(ctx()))?;
         let fd = file.as_raw_fd();
         let mut blake3 = blake3::Hasher::new();
-        let mut sha = crate::sha256::Sha256Thread::spawn().map_err(io_err(ctx()))?;
+        // SHA-256 (the slower hash without SHA extensions) reads the chunks this pass has
+        // read, from the page cache, on its own thread and at its own pace: this pass runs
+        // ahead with BLAKE3, so the fsync below overlaps SHA-256's tail instead of following it.
+        let mut sha = file
+            .try_clone()
+            .and_then(crate::sha256::Sha256Thread::spawn_reading)
+            .map_err(io_err(ctx()))?;
         let mut buf = vec![0u8; ADOPT_CHUNK];
         let mut head = Vec::new();
         let mut zero_chunks = Vec::new();
@@ -172,7 +178,8 @@ impl BlobStore {
                 sha.update_zeros(n as u64);
                 zero_chunks.push((size, n));
             } else {
-                sha.update(chunk);
+                // final: the writer appends each byte once, and this range is written
+                sha.update_range(size, n);
             }
             if follow.is_some() && !zero {
                 // SAFETY: sync_file_range on a descriptor owned by `file`, which outlives the
@@ -223,6 +230,7 @@ impl BlobStore {
         let hashed = started.elapsed();
         file.sync_all().map_err(io_err("sync blob"))?;
         drop(file);
+        let synced = started.elapsed();
         let info = BlobInfo {
             blake3: blake3.finalize().to_hex().to_string(),
             sha256: sha
@@ -233,6 +241,7 @@ impl BlobStore {
         tracing::debug!(
             size,
             read_ms = hashed.as_millis() as u64,
+            synced_ms = synced.as_millis() as u64,
             synced_and_hashed_ms = started.elapsed().as_millis() as u64,
             "adopted a file"
         );
