@@ -54,6 +54,8 @@ pub struct Sha256Thread {
     batch: Vec<u8>,
     tx: Option<Sender>,
     handle: Option<std::thread::JoinHandle<Option<String>>>,
+    /// The thread's kernel id (0 if it died before reporting it).
+    tid: libc::pid_t,
 }
 
 /// The sending side of the thread's queue.
@@ -97,8 +99,11 @@ impl Sha256Thread {
                 (Sender::Unbounded(tx), rx)
             }
         };
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::Builder::new().name("sha256".into()).spawn(
             move || -> Option<String> {
+                // SAFETY: gettid has no preconditions.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
                 let mut h = Sha256::new();
                 let mut buf = Vec::new();
                 for w in rx {
@@ -121,7 +126,13 @@ impl Sha256Thread {
             batch: Vec::new(),
             tx: Some(tx),
             handle: Some(handle),
+            tid: tid_rx.recv().unwrap_or(0),
         })
+    }
+
+    /// The thread's kernel thread id (for scheduling changes).
+    pub fn thread_id(&self) -> Option<libc::pid_t> {
+        Some(self.tid).filter(|&t| t != 0)
     }
 
     fn send(&mut self, w: Work) {
