@@ -137,17 +137,22 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
     };
     let served = runtime.block_on(assets.get(req));
     spinner.finish_and_clear();
-    let served = served.map_err(|e| e.to_string())?;
+    let served = served.map_err(|e| {
+        assets.wait_for_cleanup();
+        e.to_string()
+    })?;
     let elapsed = started.elapsed();
     let record = &served.record;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dest = dir.join(&args.path);
-        runtime
-            .block_on(copy_asset(&assets, &served, &dest))
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        let copied = runtime.block_on(copy_asset(&assets, &served, &dest));
+        assets.wait_for_cleanup();
+        copied.map_err(|e| format!("{}: {e}", dest.display()))?;
         eprintln!("wrote {}", dest.display());
     }
+    // the scratch directory was removed while the asset was copied, if it was
+    assets.wait_for_cleanup();
     eprintln!(
         "{}: {} bytes, sha256 {}, {:.2} s ({})",
         args.path,

@@ -6,7 +6,8 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::catalog::{ArchRelease, BlobRef, Release, ReleaseStore, Version};
 use crate::oci::{ImageConfig, ImageManifest};
@@ -82,7 +83,8 @@ pub struct Built {
     /// The profile it was built from.
     pub profile: Profile,
     /// Other blobs the build wrote (an installer's initramfs, UKI and OCI blobs), so the
-    /// cache can account for and collect them with the asset.
+    /// cache can account for and collect them with the asset. Disk images and ISOs write
+    /// none: their initramfs and UKI are scratch files.
     pub intermediates: Vec<BlobInfo>,
 }
 
@@ -93,6 +95,8 @@ pub struct Builder {
     releases: ReleaseStore,
     opts: BuilderOptions,
     stages: StageReporter,
+    /// Scratch directories being removed in the background ([`Builder::discard_scratch`]).
+    cleanups: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ImagerError {
@@ -115,6 +119,31 @@ impl Builder {
             releases,
             opts,
             stages: StageReporter::default(),
+            cleanups: Arc::default(),
+        }
+    }
+
+    /// Removes a finished build's scratch directory on a background thread: unlinking the
+    /// hard-linked GRUB module tree and the boot images took ~20 ms that the stored result
+    /// need not wait for. Removed inline if no thread starts; a directory left behind by a
+    /// process exiting first is swept at the next start (`Assets::new`).
+    fn discard_scratch(&self, dir: tempfile::TempDir) {
+        let mut pending = self.cleanups.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|h| !h.is_finished());
+        // On a spawn error the closure, and with it `dir`, is dropped here: removed inline.
+        if let Ok(h) = std::thread::Builder::new()
+            .name("scratch-rm".into())
+            .spawn(move || drop(dir))
+        {
+            pending.push(h);
+        }
+    }
+
+    /// Waits until the scratch directories of finished builds are removed (before an exit).
+    pub fn wait_for_cleanup(&self) {
+        let pending = std::mem::take(&mut *self.cleanups.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in pending {
+            let _ = h.join();
         }
     }
 
@@ -180,8 +209,8 @@ impl Builder {
             OutputKind::Installer => {
                 self.installer(req, &profile, release, assets, &mut intermediates)?
             }
-            OutputKind::Image => self.disk_image(req, &profile, assets, &mut intermediates)?,
-            OutputKind::Iso => self.iso(req, &profile, assets, &mut intermediates)?,
+            OutputKind::Image => self.disk_image(req, &profile, assets)?,
+            OutputKind::Iso => self.iso(req, &profile, assets)?,
         };
         Ok(Built {
             blob,
@@ -197,13 +226,26 @@ impl Builder {
     }
 
     /// The initramfs with the profile's extensions, the schematic extension and the embedded
-    /// configuration.
+    /// configuration, stored as a blob (an output, or an input of an installer).
     fn initramfs(
         &self,
         req: &BuildRequest<'_>,
         profile: &Profile,
         assets: &ArchRelease,
     ) -> Result<BlobInfo, ImagerError> {
+        let mut w = self.writer()?;
+        self.write_initramfs(req, profile, assets, &mut w)?;
+        w.finish().map_err(|e| internal("store initramfs", e))
+    }
+
+    /// Writes the initramfs of [`Builder::initramfs`] into `out`.
+    fn write_initramfs<W: Write + ?Sized>(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: &Profile,
+        assets: &ArchRelease,
+        out: &mut W,
+    ) -> Result<(), ImagerError> {
         let mut extensions: Vec<ExtensionSource> = profile
             .system_extensions
             .iter()
@@ -237,12 +279,11 @@ impl Builder {
         inputs.scratch = Some(self.opts.scratch.clone());
         inputs.cpio_level = self.opts.initramfs_zstd_level;
         std::fs::create_dir_all(&self.opts.scratch).map_err(ImagerError::Io)?;
-        let mut w = self.writer()?;
-        build_initramfs(&inputs, &self.blobs, &mut w, &mut |p| {
+        build_initramfs(&inputs, &self.blobs, out, &mut |p| {
             self.stages.report(Stage::Initramfs(&p))
         })
         .map_err(|e| internal("initramfs", e))?;
-        w.finish().map_err(|e| internal("store initramfs", e))
+        Ok(())
     }
 
     /// A UKI for `purpose` (its own initramfs and the profile's command line).
@@ -259,7 +300,7 @@ impl Builder {
         self.uki_with(profile, assets, purpose, &initramfs)
     }
 
-    /// A UKI for `purpose` around an already built initramfs.
+    /// A UKI for `purpose` around an already built initramfs, stored as a blob.
     fn uki_with(
         &self,
         profile: &Profile,
@@ -267,6 +308,54 @@ impl Builder {
         purpose: UkiPurpose,
         initramfs: &BlobInfo,
     ) -> Result<BlobInfo, ImagerError> {
+        let mut w = BufWriter::new(self.writer()?);
+        self.write_uki(
+            profile,
+            assets,
+            purpose,
+            &self.blobs.path(&initramfs.blake3),
+            &mut w,
+        )?;
+        let w = w.into_inner().map_err(|e| internal("uki", e.error()))?;
+        w.finish().map_err(|e| internal("store uki", e))
+    }
+
+    /// The initramfs and, with `uki`, the UKI for that purpose around it, written as plain
+    /// files under `dir` (`initramfs.xz`, `uki.efi`): inputs that an ISO or a disk image
+    /// copies into itself and that are not served, so they are neither hashed, synced nor
+    /// stored (the output that holds them is, with both digests). Removed with `dir`.
+    fn scratch_payloads(
+        &self,
+        req: &BuildRequest<'_>,
+        profile: &Profile,
+        assets: &ArchRelease,
+        uki: Option<UkiPurpose>,
+        dir: &Path,
+    ) -> Result<(PathBuf, Option<PathBuf>), ImagerError> {
+        let initramfs = dir.join("initramfs.xz");
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&initramfs)?);
+        self.write_initramfs(req, profile, assets, &mut out)?;
+        out.into_inner()
+            .map_err(|e| internal("initramfs", e.error()))?;
+        let Some(purpose) = uki else {
+            return Ok((initramfs, None));
+        };
+        let path = dir.join("uki.efi");
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+        self.write_uki(profile, assets, purpose, &initramfs, &mut out)?;
+        out.into_inner().map_err(|e| internal("uki", e.error()))?;
+        Ok((initramfs, Some(path)))
+    }
+
+    /// Writes the UKI of [`Builder::uki_with`] around the initramfs at `initramfs` into `out`.
+    fn write_uki(
+        &self,
+        profile: &Profile,
+        assets: &ArchRelease,
+        purpose: UkiPurpose,
+        initramfs: &Path,
+        out: &mut impl Write,
+    ) -> Result<(), ImagerError> {
         self.stages.report(Stage::Uki);
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
@@ -283,17 +372,15 @@ impl Builder {
             cmdline,
             uname,
             kernel: Payload::file(&self.blobs.path(&kernel.blake3))?,
-            initrd: Payload::file(&self.blobs.path(&initramfs.blake3))?,
+            initrd: Payload::file(initramfs)?,
         };
         // Stubs may carry a COFF symbol table (Debian's does); it is debug-only and dropped.
         let opts = UkiOptions {
             symbol_table: SymbolTable::Drop,
             ..UkiOptions::default()
         };
-        let mut w = BufWriter::new(self.writer()?);
-        assemble_uki(&stub, parts, &opts, &mut w).map_err(|e| internal("uki", e))?;
-        let w = w.into_inner().map_err(|e| internal("uki", e.error()))?;
-        w.finish().map_err(|e| internal("store uki", e))
+        assemble_uki(&stub, parts, &opts, out).map_err(|e| internal("uki", e))?;
+        Ok(())
     }
 
     /// The installer image (docker-archive tarball); its OCI blobs stay in the store too.

@@ -24,6 +24,15 @@ const POLL: Duration = Duration::from_millis(2);
 /// Nice value of a follower (see [`BlobStore::adopt_following`]).
 const FOLLOWER_NICE: libc::c_int = 10;
 
+/// Puts thread `tid` (0: the calling thread) under `policy` (`SCHED_IDLE` or `SCHED_OTHER`).
+/// Advisory: a refusal leaves the thread as it was.
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the duration of the call; Linux applies the
+    // call to the single thread `tid`.
+    let _ = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+}
+
 /// Whether the tool writing a file that [`BlobStore::adopt_following`] follows is still
 /// running, has succeeded, or has failed.
 #[derive(Debug, Default)]
@@ -99,6 +108,14 @@ fn fill(file: &mut File, buf: &mut [u8], follow: Option<&WriteProgress>) -> io::
     Ok(n)
 }
 
+/// Puts the calling (follower) thread and its SHA-256 thread back under `SCHED_OTHER`.
+fn end_idle(sha: &crate::sha256::Sha256Thread) {
+    set_policy(0, libc::SCHED_OTHER);
+    if let Some(tid) = sha.thread_id() {
+        set_policy(tid, libc::SCHED_OTHER);
+    }
+}
+
 impl BlobStore {
     /// Stores `tmp` (a [`BlobStore::temp_path`]) that a tool is writing, strictly by appending
     /// (each byte once, in order), under its content name without copying it: one read pass
@@ -114,6 +131,9 @@ impl BlobStore {
     ) -> Result<BlobInfo, StoreError> {
         // On a thread of its own at a lower CPU priority (its SHA-256 thread inherits it):
         // the writer's threads then get a core whenever they wake, and hashing fills the gaps.
+        // While the writer runs the follower is SCHED_IDLE, so a waking writer thread always
+        // preempts it (nice 10 alone did not when another job kept the other core busy:
+        // xorriso then took 0.5-1.5 s instead of 0.12 s); back to SCHED_OTHER once it is done.
         std::thread::scope(|s| {
             s.spawn(|| {
                 // SAFETY: plain syscalls on this thread's own id. Advisory: without it the
@@ -151,13 +171,32 @@ impl BlobStore {
         let mut file = open(tmp, follow).map_err(io_err(ctx()))?;
         let fd = file.as_raw_fd();
         let mut blake3 = blake3::Hasher::new();
-        let mut sha = crate::sha256::Sha256Thread::spawn().map_err(io_err(ctx()))?;
+        // SHA-256 (the slower hash without SHA extensions) reads the chunks this pass has
+        // read, from the page cache, on its own thread and at its own pace: this pass runs
+        // ahead with BLAKE3, so the fsync below overlaps SHA-256's tail instead of following it.
+        let mut sha = file
+            .try_clone()
+            .and_then(crate::sha256::Sha256Thread::spawn_reading)
+            .map_err(io_err(ctx()))?;
         let mut buf = vec![0u8; ADOPT_CHUNK];
         let mut head = Vec::new();
         let mut zero_chunks = Vec::new();
         let mut size = 0u64;
         let started = std::time::Instant::now();
+        // whether this thread and the SHA-256 thread are SCHED_IDLE (following a writer)
+        let mut idle = follow.is_some();
+        if idle {
+            set_policy(0, libc::SCHED_IDLE);
+            if let Some(tid) = sha.thread_id() {
+                set_policy(tid, libc::SCHED_IDLE);
+            }
+        }
         loop {
+            if idle && follow.and_then(WriteProgress::outcome).is_some() {
+                // the writer is done: the rest of the work is ours, at normal policy
+                end_idle(&sha);
+                idle = false;
+            }
             let n = fill(&mut file, &mut buf, follow).map_err(io_err(ctx()))?;
             if n == 0 {
                 break;
@@ -172,7 +211,8 @@ impl BlobStore {
                 sha.update_zeros(n as u64);
                 zero_chunks.push((size, n));
             } else {
-                sha.update(chunk);
+                // final: the writer appends each byte once, and this range is written
+                sha.update_range(size, n);
             }
             if follow.is_some() && !zero {
                 // SAFETY: sync_file_range on a descriptor owned by `file`, which outlives the
@@ -193,6 +233,10 @@ impl BlobStore {
             if n < buf.len() {
                 break;
             }
+        }
+        if idle {
+            // the writer ended during the last read (the usual case: the pass waits for it)
+            end_idle(&sha);
         }
         if follow.is_some() {
             let mut again = vec![0u8; head.len()];
@@ -223,6 +267,7 @@ impl BlobStore {
         let hashed = started.elapsed();
         file.sync_all().map_err(io_err("sync blob"))?;
         drop(file);
+        let synced = started.elapsed();
         let info = BlobInfo {
             blake3: blake3.finalize().to_hex().to_string(),
             sha256: sha
@@ -233,6 +278,7 @@ impl BlobStore {
         tracing::debug!(
             size,
             read_ms = hashed.as_millis() as u64,
+            synced_ms = synced.as_millis() as u64,
             synced_and_hashed_ms = started.elapsed().as_millis() as u64,
             "adopted a file"
         );

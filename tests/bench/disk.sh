@@ -54,6 +54,10 @@
 #   tests/bench/disk.sh          env (defaults): RUNS=3 EXT_MB=0 (extension padding, MiB)
 #                                STEP_TIMEOUT=1800 (s, per command) KEEP=0 (1 keeps $W)
 #                                CARGO_TARGET_DIR (where the release binary is)
+#                                ONLY= (iso: the pre-build and the ISO only, no disk images)
+#                                BASE_BIN= (a second image-factory, e.g. main's: its ISO build
+#                                is timed in every round too, alternating first/second with
+#                                ours, and reported as its own row plus ours / base)
 # Needs: cargo (release build when the binary is older than the sources), fdisk (sfdisk),
 # dosfstools, mtools, xfsprogs, grub-common, xorriso, zstd, xz-utils, python3, bc, GNU time, and
 # the test kit inputs (tests/kit/fetch-debian.sh, run here; idempotent). Images are sparse:
@@ -94,7 +98,10 @@ build() { # out-dir path [--rebuild]
 # --- pipeline inputs, untimed -------------------------------------------------------------------
 echo "disk.sh: reference builds and pipeline inputs (untimed)..." >&2
 cp -a "$W/data" "$W/data-imported"
-for p in kernel-amd64 initramfs-amd64.xz metal-amd64.raw aws-amd64.raw metal-amd64.iso; do build "$W/ref" "$p"; done
+REF="kernel-amd64 initramfs-amd64.xz metal-amd64.iso"
+DISKS="metal aws"
+if [ "${ONLY:-}" = iso ]; then DISKS=""; else REF="$REF metal-amd64.raw aws-amd64.raw"; fi
+for p in $REF; do build "$W/ref" "$p"; done
 IN=$W/in
 mkdir -p "$IN"
 python3 - "$W/kit/bundle.tar" "ghcr.io/siderolabs/imager:$VERSION" "$IN/grub" usr/lib/grub/i386-pc/ <<'EOF'
@@ -134,7 +141,7 @@ xfs_cat() { # image path out: a file's bytes through xfs_db (no mount, no root)
         done
     truncate -s "$size" "$3"
 }
-for k in metal aws; do
+for k in $DISKS; do
     D=$IN/$k R=$W/ref/$k-amd64.raw
     mkdir -p "$D/esp"
     stat -c %s "$R" >"$D/size"
@@ -230,14 +237,14 @@ record() { # key seconds rss_kib file
     if [ "$3" -gt "${rss[$1]:-0}" ]; then rss[$1]=$3; fi
     bytes[$1]=$(stat -c %s "$4"); out[$1]=$4
 }
-run_ours() { # key path [zstd level]
+run_ours() { # key path [zstd level]; RUN_BIN overrides $BIN
     local s e
     rm -rf "$W/out-$1" "$W/data-run"
     cp -a "$W/data-imported" "$W/data-run"
     sync
     s=$(now)
     if [ -n "${3:-}" ]; then export IF_BUILD_COMPRESSION_ZSTD=$3; fi
-    T /usr/bin/time -f %M -o "$W/rss" "$BIN" build --schematic "$W/S.yaml" --version "$VERSION" \
+    T /usr/bin/time -f %M -o "$W/rss" "${RUN_BIN:-$BIN}" build --schematic "$W/S.yaml" --version "$VERSION" \
         --path "$2" --data-dir "$W/data-run" -o "$W/out-$1" >/dev/null 2>"$W/build.log" \
         || { cat "$W/build.log" >&2; exit 1; }
     e=$(now)
@@ -255,11 +262,19 @@ run_pipe() { # key kind [compressor level]
     case ${3:-} in zstd) f=$R/disk.raw.zst ;; xz) f=$R/disk.raw.xz ;; *) f=$R/out.iso ;; esac
     record "$1" "$(echo "$e - $s" | bc)" "$(sort -n "$R/rss" | tail -n1)" "$f"
 }
+if [ -n "${BASE_BIN:-}" ]; then
+    cp "$BASE_BIN" "$W/image-factory-base" # a private copy, as for $BIN
+    BASE_BIN=$W/image-factory-base
+fi
+run_base() { if [ -n "${BASE_BIN:-}" ]; then RUN_BIN=$BASE_BIN run_ours iso_base metal-amd64.iso; fi; }
 for i in $(seq "$RUNS"); do
     echo "disk.sh: run $i/$RUNS (load average $(cut -d" " -f1-3 /proc/loadavg))..." >&2
     run_ours pre metal-amd64-uki.efi
+    if [ $((i % 2)) = 1 ]; then run_base; fi
     run_ours iso metal-amd64.iso
+    if [ $((i % 2)) = 0 ]; then run_base; fi
     run_pipe p_iso iso
+    [ -z "$DISKS" ] && continue
     run_ours zst18 metal-amd64.raw.zst 18
     run_pipe p_zst18 metal zstd 18
     run_ours zst metal-amd64.raw.zst
@@ -327,9 +342,14 @@ check_iso() {
         "efiboot.img files; differing bytes: $(cmp -l "${out[iso]}" "${out[p_iso]}" | wc -l)" >&2
 }
 check_iso
-check_raw zst18 p_zst18 metal
-check_raw zst p_zst metal
-check_raw xz p_xz aws
+if [ -n "${BASE_BIN:-}" ]; then
+    cmp "${out[iso]}" "${out[iso_base]}" >&2 || fail "the ISOs of BASE_BIN and ours differ"
+fi
+if [ -n "$DISKS" ]; then
+    check_raw zst18 p_zst18 metal
+    check_raw zst p_zst metal
+    check_raw xz p_xz aws
+fi
 
 # --- report ---------------------------------------------------------------------------------------
 # shellcheck disable=SC2086 # word splitting wanted
@@ -355,12 +375,20 @@ echo "| --- | --- | --- | --- | --- | --- | --- |"
 printf '| pre-build: `image-factory build metal-amd64-uki.efi` | %.2f | | | | %s | %d |\n' "$PRE" "${bytes[pre]}" $((rss[pre] / 1024))
 row p_iso "metal-amd64.iso: Debian pipeline" ""
 row iso "metal-amd64.iso: image-factory" p_iso
+if [ -n "${BASE_BIN:-}" ]; then row iso_base "metal-amd64.iso: image-factory, BASE_BIN" p_iso; fi
+if [ -n "$DISKS" ]; then
 row p_zst18 'metal-amd64.raw.zst: pipeline, `zstd -18 -T0`' ""
 row zst18 "metal-amd64.raw.zst: image-factory, zstd 18" p_zst18
 row p_zst 'metal-amd64.raw.zst: pipeline, `zstd -1 -T0`' ""
 row zst "metal-amd64.raw.zst: image-factory, zstd 1 (default)" p_zst
 row p_xz 'aws-amd64.raw.xz: pipeline, `xz -0 -T0`' ""
 row xz "aws-amd64.raw.xz: image-factory, xz 0 (default)" p_xz
+fi
 echo
-for k in pre iso p_iso zst18 p_zst18 zst p_zst xz p_xz; do printf '%s:%s · ' "$k" "${secs[$k]}"; done
+for k in pre iso iso_base p_iso zst18 p_zst18 zst p_zst xz p_xz; do
+    if [ -n "${secs[$k]:-}" ]; then printf '%s:%s · ' "$k" "${secs[$k]}"; fi
+done
 echo
+if [ -n "${BASE_BIN:-}" ]; then
+    echo "ours / BASE_BIN (ISO, medians): $(ratio "$(median "${secs[iso]}")" "$(median "${secs[iso_base]}")")"
+fi

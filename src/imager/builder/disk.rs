@@ -1,6 +1,7 @@
 //! The Builder's disk images (`<platform>-<arch>.raw`, imager spec §5): the initramfs and, for
-//! sd-boot and dual-boot, the disk-image UKI are built first, then the raw image is written
-//! sparsely into a scratch file on the data volume and streamed into the blob store.
+//! sd-boot and dual-boot, the disk-image UKI are built first (scratch files, not stored), then
+//! the raw image is written sparsely into a scratch file on the data volume and streamed into
+//! the blob store.
 
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
@@ -26,7 +27,6 @@ impl Builder {
         req: &BuildRequest<'_>,
         profile: &Profile,
         assets: &ArchRelease,
-        intermediates: &mut Vec<BlobInfo>,
     ) -> Result<BlobInfo, ImagerError> {
         if profile.secureboot {
             return Err(ImagerError::Validation(
@@ -39,28 +39,22 @@ impl Builder {
             .as_ref()
             .ok_or_else(|| ImagerError::Validation("image options are required".into()))?;
         let bootloader = opts.bootloader;
-        let initramfs = self.initramfs(req, profile, assets)?;
-        intermediates.push(initramfs.clone());
-        let uki = match bootloader {
-            Bootloader::SdBoot | Bootloader::DualBoot => {
-                let uki = self.uki_with(profile, assets, UkiPurpose::DiskImage, &initramfs)?;
-                intermediates.push(uki.clone());
-                Some(self.blobs.path(&uki.blake3))
-            }
-            _ => None,
-        };
         std::fs::create_dir_all(&self.opts.scratch)?;
         let scratch = tempfile::tempdir_in(&self.opts.scratch)?;
+        let purpose = matches!(bootloader, Bootloader::SdBoot | Bootloader::DualBoot)
+            .then_some(UkiPurpose::DiskImage);
+        let (initramfs, uki) =
+            self.scratch_payloads(req, profile, assets, purpose, scratch.path())?;
         let grub_modules = match bootloader {
             Bootloader::Grub | Bootloader::DualBoot => {
-                Some(self.grub_modules(assets, &scratch.path().join("grub"))?)
+                Some(self.grub_modules(assets, &scratch.path().join("grub"), None)?)
             }
             _ => None,
         };
         let inputs = DiskImageInputs {
             cmdline: kernel_cmdline(profile, &[])?,
             kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
-            initramfs: self.blobs.path(&initramfs.blake3),
+            initramfs,
             uki,
             systemd_boot: match bootloader {
                 Bootloader::SdBoot | Bootloader::DualBoot => {
@@ -87,15 +81,19 @@ impl Builder {
             convert(&raw, &req, &self.opts.compression, &mut out)?;
             out.flush()?;
         }
-        w.finish().map_err(|e| internal("store disk image", e))
+        let blob = w.finish().map_err(|e| internal("store disk image", e))?;
+        self.discard_scratch(scratch);
+        Ok(blob)
     }
 
-    /// Materializes the release's GRUB module trees (`i386-pc/…`, `x86_64-efi/…`) under `dir`
-    /// (hard links to the blobs where possible) for `grub-mkimage -d`.
+    /// Materializes the release's GRUB module trees (`i386-pc/…`, `x86_64-efi/…`; only the
+    /// platforms in `only` if given) under `dir` (hard links to the blobs where possible) for
+    /// `grub-mkimage -d`.
     pub(super) fn grub_modules(
         &self,
         assets: &ArchRelease,
         dir: &Path,
+        only: Option<&[&str]>,
     ) -> Result<PathBuf, ImagerError> {
         if assets.grub.is_empty() {
             return Err(ImagerError::Validation(
@@ -103,6 +101,10 @@ impl Builder {
             ));
         }
         for (rel, blob) in &assets.grub {
+            let platform = rel.split('/').next().unwrap_or_default();
+            if only.is_some_and(|o| !o.contains(&platform)) {
+                continue;
+            }
             let rel_path = Path::new(rel);
             if !rel_path
                 .components()

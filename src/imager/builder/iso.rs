@@ -1,9 +1,10 @@
 //! The Builder's ISOs (`<platform>-<arch>.iso`, imager spec §6): the initramfs and, for the
 //! UEFI side of hybrid and UEFI-only ISOs, the ISO UKI (profiles `main` + `reset`) are built
-//! while a second thread stages the release's GRUB trees and runs `grub-mkimage`; then
+//! into the scratch directory (inputs, not stored) while a second thread stages the release's GRUB trees and runs `grub-mkimage`; then
 //! `xorriso` writes the ISO into the blob store's temporary directory, where it is hashed and
 //! committed in place (no scratch copy streamed into a second file).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::catalog::ArchRelease;
@@ -23,7 +24,6 @@ impl Builder {
         req: &BuildRequest<'_>,
         profile: &Profile,
         assets: &ArchRelease,
-        intermediates: &mut Vec<BlobInfo>,
     ) -> Result<BlobInfo, ImagerError> {
         if profile.secureboot {
             return Err(ImagerError::Validation(
@@ -39,15 +39,21 @@ impl Builder {
         // GRUB's trees and images need nothing from the initramfs or the UKI: built meanwhile.
         let (grub, built) = std::thread::scope(|s| {
             let grub = uses_grub.then(|| {
-                s.spawn(|| -> Result<(std::path::PathBuf, IsoGrub), ImagerError> {
+                s.spawn(|| -> Result<(PathBuf, IsoGrub), ImagerError> {
                     let t = Instant::now();
-                    let modules = self.grub_modules(assets, &grub_dir)?;
+                    // UKI kinds boot UEFI through systemd-boot: GRUB's BIOS tree only.
+                    let arches: &[&str] = if kind.has_uki() {
+                        &["i386-pc"]
+                    } else {
+                        &["i386-pc", "x86_64-efi"]
+                    };
+                    let modules = self.grub_modules(assets, &grub_dir, Some(arches))?;
                     let images = prepare_grub(profile, &modules, scratch.path())?;
                     tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: GRUB images");
                     Ok((modules, images))
                 })
             });
-            let built = self.iso_payloads(req, profile, assets, kind);
+            let built = self.iso_payloads(req, profile, assets, kind, scratch.path());
             let grub = grub.map(|h| {
                 h.join()
                     .map_err(|_| ImagerError::Internal("ISO: the GRUB thread panicked".into()))
@@ -55,10 +61,6 @@ impl Builder {
             (grub, built)
         });
         let (initramfs, uki, systemd_boot) = built?;
-        intermediates.push(initramfs.clone());
-        if let Some(u) = &uki {
-            intermediates.push(u.clone());
-        }
         let (grub_modules, grub) = match grub {
             Some(g) => {
                 let (modules, images) = g??;
@@ -73,8 +75,8 @@ impl Builder {
         let inputs = IsoInputs {
             cmdline: kernel_cmdline(profile, &[])?,
             kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
-            initramfs: self.blobs.path(&initramfs.blake3),
-            uki: uki.map(|u| self.blobs.path(&u.blake3)),
+            initramfs,
+            uki,
             systemd_boot,
             grub_modules,
         };
@@ -107,23 +109,26 @@ impl Builder {
             ms = started.elapsed().as_millis() as u64,
             "ISO: stored"
         );
+        self.discard_scratch(scratch);
         Ok(blob)
     }
 
-    /// The initramfs and, for UKI layouts, the ISO UKI and the release's systemd-boot path.
+    /// The initramfs and, for UKI layouts, the ISO UKI (scratch files under `dir`, see
+    /// [`Builder::scratch_payloads`]) and the release's systemd-boot path.
     fn iso_payloads(
         &self,
         req: &BuildRequest<'_>,
         profile: &Profile,
         assets: &ArchRelease,
         kind: IsoKind,
-    ) -> Result<(BlobInfo, Option<BlobInfo>, Option<std::path::PathBuf>), ImagerError> {
-        let initramfs = self.initramfs(req, profile, assets)?;
-        if !kind.has_uki() {
-            return Ok((initramfs, None, None));
-        }
-        let uki = self.uki_with(profile, assets, UkiPurpose::Iso, &initramfs)?;
-        let systemd_boot = self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3);
-        Ok((initramfs, Some(uki), Some(systemd_boot)))
+        dir: &Path,
+    ) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>), ImagerError> {
+        let purpose = kind.has_uki().then_some(UkiPurpose::Iso);
+        let (initramfs, uki) = self.scratch_payloads(req, profile, assets, purpose, dir)?;
+        let systemd_boot = match uki {
+            Some(_) => Some(self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3)),
+            None => None,
+        };
+        Ok((initramfs, uki, systemd_boot))
     }
 }
