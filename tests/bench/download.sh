@@ -13,7 +13,7 @@
 #    build), against the same builds through `image-factory build --rebuild` on a second data
 #    directory holding the same release. p50/p95 of both and their ratio.
 #
-# Usage: tests/bench/download.sh   env (defaults): EXT_MB=100 DURATION=15 COLD_RUNS=7 KEEP=0
+# Usage: tests/bench/download.sh   env (defaults): EXT_MB=100 DURATION=15 ROUNDS=2 COLD_RUNS=7 KEEP=0
 #        IF_CACHE_VERIFYWINDOWSECONDS=N (the server's cache.verifyWindowSeconds, default 0:
 #        every download hashed) measures the verify-window trade-off (docs/configuration.md).
 # Needs: cargo (release build made when older than the sources), nginx, wrk, curl, python3, the
@@ -25,6 +25,7 @@ BIN=$ROOT/target/release/image-factory
 EXT_MB=${EXT_MB:-100}
 DURATION=${DURATION:-15}
 COLD_RUNS=${COLD_RUNS:-7}
+ROUNDS=${ROUNDS:-2}
 VERSION=v1.11.0
 PATH=$PATH:/usr/sbin:/sbin
 
@@ -134,13 +135,14 @@ rate() {
              if (u=="GB") n*=1024; else if (u=="KB") n/=1024; else if (u!="MB") n/=1048576;
              printf "%.0f", n }'
 }
-declare -A R
+# One line per wrk run: "<clients> <ours|nginx> <MiB/s>", the two servers alternating.
+: >"$W/rates.txt"
 for clients in 1 16; do
     threads=$([ "$clients" = 1 ] && echo 1 || echo 2)
-    for round in 1 2; do
-        echo "download.sh: $clients client(s), round $round..." >&2
-        R[ours_${clients}_$round]=$(rate "$threads" "$clients" "$URL$ASSET")
-        R[nginx_${clients}_$round]=$(rate "$threads" "$clients" "http://127.0.0.1:$NGINX_PORT/asset")
+    for round in $(seq 1 "$ROUNDS"); do
+        echo "download.sh: $clients client(s), round $round of $ROUNDS..." >&2
+        echo "$clients ours $(rate "$threads" "$clients" "$URL$ASSET")" >>"$W/rates.txt"
+        echo "$clients nginx $(rate "$threads" "$clients" "http://127.0.0.1:$NGINX_PORT/asset")" >>"$W/rates.txt"
     done
 done
 OURS_HWM=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
@@ -178,21 +180,24 @@ done
 stop_server
 
 python3 - "$W/cold.tsv" "$SIZE" "$BUILD_S" "$OURS_HWM" "$NGINX_HWM" "$DURATION" "$EXT_MB" "$COLD_RUNS" \
-    "${R[ours_1_1]}" "${R[ours_1_2]}" "${R[nginx_1_1]}" "${R[nginx_1_2]}" \
-    "${R[ours_16_1]}" "${R[ours_16_2]}" "${R[nginx_16_1]}" "${R[nginx_16_2]}" <<'EOF'
+    "$W/rates.txt" <<'EOF'
 import os, statistics, sys
-(cold, size, build_s, ours_hwm, nginx_hwm, duration, ext_mb, runs,
- o1a, o1b, n1a, n1b, o16a, o16b, n16a, n16b) = sys.argv[1:]
-med = lambda a, b: (int(a) + int(b)) / 2
+(cold, size, build_s, ours_hwm, nginx_hwm, duration, ext_mb, runs, rates) = sys.argv[1:]
+got = {}
+for line in open(rates):
+    clients, who, rate = line.split()
+    got.setdefault((clients, who), []).append(int(rate))
 print(f"## Asset downloads (issue 5)\n")
 print(f"Asset: initramfs-amd64.xz of the kit release with 3 x {ext_mb} MiB extensions, "
       f"{int(size) / 1048576:.0f} MiB; cold build through the server took {float(build_s):.1f} s; "
       f"cache.verifyWindowSeconds = {os.environ.get('IF_CACHE_VERIFYWINDOWSECONDS', '0')}.\n")
-print("| clients | image-factory (MiB/s) | nginx (MiB/s) | ratio |")
+print("| clients | image-factory (MiB/s), median (runs) | nginx (MiB/s), median (runs) | ratio of medians |")
 print("| --- | --- | --- | --- |")
-for c, oa, ob, na, nb in (("1", o1a, o1b, n1a, n1b), ("16", o16a, o16b, n16a, n16b)):
-    o, n = med(oa, ob), med(na, nb)
-    print(f"| {c} | {o:.0f} ({oa}, {ob}) | {n:.0f} ({na}, {nb}) | {o / n:.2f} |")
+for c in ("1", "16"):
+    o, n = got[(c, "ours")], got[(c, "nginx")]
+    mo, mn = statistics.median(o), statistics.median(n)
+    print(f"| {c} | {mo:.0f} ({', '.join(map(str, o))}) | {mn:.0f} ({', '.join(map(str, n))}) "
+          f"| {mo / mn:.2f} |")
 print(f"\nPeak RSS (VmHWM) of `image-factory serve` over start, first-serve check and all download "
       f"runs: {int(ours_hwm) / 1024:.1f} MiB; nginx master + workers: {int(nginx_hwm) / 1024:.1f} MiB.\n")
 rows = {}
