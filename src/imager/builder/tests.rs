@@ -78,17 +78,40 @@ fn env() -> Env {
     }
 }
 
+/// A parsed schematic and target version, from which build requests are made.
+struct Request {
+    schematic: Schematic,
+    id: String,
+    canonical: String,
+    version: Version,
+}
+
+impl Request {
+    fn new(yaml: &str) -> Request {
+        let schematic = Schematic::parse(yaml.as_bytes()).unwrap();
+        let (id, canonical) = (schematic.id(), schematic.canonical());
+        let version = Version::parse_strict("v1.11.0").unwrap();
+        Request {
+            schematic,
+            id,
+            canonical,
+            version,
+        }
+    }
+
+    fn for_path<'a>(&'a self, path: &'a str) -> BuildRequest<'a> {
+        BuildRequest {
+            schematic: &self.schematic,
+            schematic_id: &self.id,
+            canonical: &self.canonical,
+            version: &self.version,
+            path,
+        }
+    }
+}
+
 fn build(env: &Env, yaml: &str, path: &str) -> Result<Built, ImagerError> {
-    let schematic = Schematic::parse(yaml.as_bytes()).unwrap();
-    let version = Version::parse_strict("v1.11.0").unwrap();
-    let (id, canonical) = (schematic.id(), schematic.canonical());
-    env.builder.build(&BuildRequest {
-        schematic: &schematic,
-        schematic_id: &id,
-        canonical: &canonical,
-        version: &version,
-        path,
-    })
+    env.builder.build(&Request::new(yaml).for_path(path))
 }
 
 const REFUSED: &str =
@@ -120,33 +143,19 @@ fn every_output_that_carries_an_overlay_is_refused() {
 #[test]
 fn resolving_refuses_too_so_the_pipeline_answers_before_queueing() {
     let env = env();
-    let schematic = Schematic::parse(OVERLAY.as_bytes()).unwrap();
-    let version = Version::parse_strict("v1.11.0").unwrap();
-    let (id, canonical) = (schematic.id(), schematic.canonical());
-    let req = BuildRequest {
-        schematic: &schematic,
-        schematic_id: &id,
-        canonical: &canonical,
-        version: &version,
-        path: "metal-amd64.raw.xz",
-    };
-    let e = env.builder.profile(&req).unwrap_err();
+    let request = Request::new(OVERLAY);
+    let e = env
+        .builder
+        .profile(&request.for_path("metal-amd64.raw.xz"))
+        .unwrap_err();
     assert_eq!(e.to_string(), REFUSED);
 }
 
 #[test]
 fn a_resolved_profile_with_an_overlay_is_refused_by_the_build() {
     let env = env();
-    let schematic = Schematic::parse(b"customization: {}\n").unwrap();
-    let version = Version::parse_strict("v1.11.0").unwrap();
-    let (id, canonical) = (schematic.id(), schematic.canonical());
-    let req = BuildRequest {
-        schematic: &schematic,
-        schematic_id: &id,
-        canonical: &canonical,
-        version: &version,
-        path: "initramfs-amd64.xz",
-    };
+    let request = Request::new("customization: {}\n");
+    let req = request.for_path("initramfs-amd64.xz");
     let (mut profile, release) = env.builder.profile(&req).unwrap();
     profile.overlay = Some(crate::imager::profile::ProfileOverlay {
         entry: release.overlays[0].clone(),
