@@ -123,7 +123,6 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
     );
     spinner.set_message(format!("building {}", args.path));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,24 +134,11 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         path: args.path.clone(),
         rebuild: args.rebuild,
     };
-    let served = runtime.block_on(assets.get(req));
-    spinner.finish_and_clear();
-    let served = served.map_err(|e| {
-        assets.wait_for_cleanup();
-        e.to_string()
-    })?;
-    let elapsed = started.elapsed();
-    let record = &served.record;
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let dest = dir.join(&args.path);
-        let copied = runtime.block_on(copy_asset(&assets, &served, &dest));
-        assets.wait_for_cleanup();
-        copied.map_err(|e| format!("{}: {e}", dest.display()))?;
-        eprintln!("wrote {}", dest.display());
-    }
-    // the scratch directory was removed while the asset was copied, if it was
+    let result = build_and_copy(&runtime, &assets, req, &spinner, args.out.as_deref());
+    // A build's scratch directory is removed in the background (while the copy runs, if any).
     assets.wait_for_cleanup();
+    let (served, elapsed) = result?;
+    let record = &served.record;
     eprintln!(
         "{}: {} bytes, sha256 {}, {:.2} s ({})",
         args.path,
@@ -165,6 +151,32 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         }
     );
     Ok(())
+}
+
+/// Gets (builds on a miss) the asset of `req` and copies it into `out` if given; returns it
+/// with the time the get took.
+fn build_and_copy(
+    runtime: &tokio::runtime::Runtime,
+    assets: &Assets,
+    req: AssetRequest,
+    spinner: &ProgressBar,
+    out: Option<&std::path::Path>,
+) -> Result<(Served, Duration), String> {
+    let started = Instant::now();
+    let path = req.path.clone();
+    let served = runtime.block_on(assets.get(req));
+    spinner.finish_and_clear();
+    let served = served.map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let dest = dir.join(&path);
+        runtime
+            .block_on(copy_asset(assets, &served, &dest))
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        eprintln!("wrote {}", dest.display());
+    }
+    Ok((served, elapsed))
 }
 
 /// Shows build stages on the spinner (`building <path>: <stage>`); without a terminal (the

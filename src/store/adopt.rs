@@ -108,11 +108,11 @@ fn fill(file: &mut File, buf: &mut [u8], follow: Option<&WriteProgress>) -> io::
     Ok(n)
 }
 
-/// Puts the calling (follower) thread and its SHA-256 thread back under `SCHED_OTHER`.
-fn end_idle(sha: &crate::sha256::Sha256Thread) {
-    set_policy(0, libc::SCHED_OTHER);
+/// Puts the calling (follower) thread and its SHA-256 thread under `policy`.
+fn follower_policy(sha: &crate::sha256::Sha256Thread, policy: libc::c_int) {
+    set_policy(0, policy);
     if let Some(tid) = sha.thread_id() {
-        set_policy(tid, libc::SCHED_OTHER);
+        set_policy(tid, policy);
     }
 }
 
@@ -186,15 +186,12 @@ impl BlobStore {
         // whether this thread and the SHA-256 thread are SCHED_IDLE (following a writer)
         let mut idle = follow.is_some();
         if idle {
-            set_policy(0, libc::SCHED_IDLE);
-            if let Some(tid) = sha.thread_id() {
-                set_policy(tid, libc::SCHED_IDLE);
-            }
+            follower_policy(&sha, libc::SCHED_IDLE);
         }
         loop {
             if idle && follow.and_then(WriteProgress::outcome).is_some() {
                 // the writer is done: the rest of the work is ours, at normal policy
-                end_idle(&sha);
+                follower_policy(&sha, libc::SCHED_OTHER);
                 idle = false;
             }
             let n = fill(&mut file, &mut buf, follow).map_err(io_err(ctx()))?;
@@ -236,7 +233,7 @@ impl BlobStore {
         }
         if idle {
             // the writer ended during the last read (the usual case: the pass waits for it)
-            end_idle(&sha);
+            follower_policy(&sha, libc::SCHED_OTHER);
         }
         if follow.is_some() {
             let mut again = vec![0u8; head.len()];
