@@ -132,8 +132,8 @@ impl BlobStore {
         // On a thread of its own at a lower CPU priority (its SHA-256 thread inherits it):
         // the writer's threads then get a core whenever they wake, and hashing fills the gaps.
         // While the writer runs the follower is SCHED_IDLE, so a waking writer thread always
-        // preempts it (nice 10 alone did not when another job kept the other core busy:
-        // xorriso then took 0.5-1.5 s instead of 0.12 s); back to SCHED_OTHER once it is done.
+        // preempts it (nice 10 alone did not when another job kept the other core busy); back
+        // to SCHED_OTHER once it is done.
         std::thread::scope(|s| {
             s.spawn(|| {
                 // SAFETY: plain syscalls on this thread's own id. Advisory: without it the

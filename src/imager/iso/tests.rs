@@ -91,6 +91,7 @@ fn hybrid_arguments() {
         efi_image: "/s/efiboot.img".into(),
         grafts: vec![("boot/vmlinuz".into(), "/b/a=b".into())],
         out: "/s/out.iso".into(),
+        pacer: None,
     };
     let args: Vec<String> = xorriso_args(&plan)
         .into_iter()

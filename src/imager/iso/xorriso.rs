@@ -8,13 +8,15 @@
 //! two threads in 2 KiB blocks, and with a consumer hashing the pipe on the other core each
 //! hand-over waits for a scheduler slice — 1.2 s instead of 0.15 s for the test-kit ISO. The
 //! file is hashed behind it instead (`BlobStore::adopt_following`): xorriso only appends.
+//! xorriso runs with the [`pacer`] preloaded, so it exits as soon as its writer is done.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::IsoLabels;
 use super::grub::{BiosBoot, ELTORITO_PATH};
+use super::pacer;
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::imager::disk::fat::epoch_date_time;
 use crate::imager::disk::tools;
@@ -38,6 +40,8 @@ pub struct IsoPlan {
     pub grafts: Vec<(String, PathBuf)>,
     /// Output file.
     pub out: PathBuf,
+    /// The xorriso pacer to preload ([`super::pacer`]), if any.
+    pub pacer: Option<PathBuf>,
 }
 
 /// [`SOURCE_DATE_EPOCH`] as xorriso's 16-digit UUID / date string `YYYYMMDDhhmmss00` (UTC).
@@ -133,7 +137,8 @@ pub fn xorriso_args(plan: &IsoPlan) -> Vec<OsString> {
     a
 }
 
-fn xorriso_command() -> Result<Command, ImagerError> {
+/// The xorriso command, in UTC with [`SOURCE_DATE_EPOCH`] set, preloading `pacer` if given.
+fn xorriso_command(pacer: Option<&Path>) -> Result<Command, ImagerError> {
     let exe = tools::find(XORRISO).ok_or_else(|| {
         ImagerError::Internal(format!(
             "{XORRISO} not found: install Debian package xorriso (needed for ISO images)"
@@ -142,6 +147,12 @@ fn xorriso_command() -> Result<Command, ImagerError> {
     let mut cmd = Command::new(exe);
     cmd.env("TZ", "UTC")
         .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH.to_string());
+    if let Some(lib) = pacer {
+        cmd.env(
+            "LD_PRELOAD",
+            pacer::preload_value(lib, std::env::var_os("LD_PRELOAD")),
+        );
+    }
     Ok(cmd)
 }
 
@@ -154,7 +165,7 @@ fn failed(stderr: &[u8]) -> ImagerError {
 
 /// Runs xorriso for `plan` (in UTC, with `SOURCE_DATE_EPOCH` set).
 pub fn run_xorriso(plan: &IsoPlan) -> Result<(), ImagerError> {
-    let res = xorriso_command()?
+    let res = xorriso_command(plan.pacer.as_deref())?
         .args(xorriso_args(plan))
         .output()
         .map_err(|e| ImagerError::Internal(format!("cannot run {XORRISO}: {e}")))?;
@@ -162,4 +173,32 @@ pub fn run_xorriso(plan: &IsoPlan) -> Result<(), ImagerError> {
         return Err(failed(&res.stderr));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorriso, run as [`run_xorriso`] runs it, really loads the pacer (the dynamic loader's
+    /// own report, `LD_DEBUG=files`), and runs without it when there is none.
+    #[test]
+    fn xorriso_loads_the_pacer() {
+        if !crate::testkit::tools::have(XORRISO, "xorriso") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let lib = pacer::install(dir.path()).expect("the pacer is built and written");
+        let loaded = |pacer: Option<&Path>| {
+            let out = xorriso_command(pacer)
+                .unwrap()
+                .env("LD_DEBUG", "files")
+                .arg("-version")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stderr).contains(lib.to_str().unwrap())
+        };
+        assert!(loaded(Some(&lib)), "xorriso preloads {}", lib.display());
+        assert!(!loaded(None));
+    }
 }
