@@ -8,6 +8,8 @@
 #    keep-alive clients (`wrk`, DURATION seconds per run). Our server restarts before the
 #    downloads so its peak RSS (VmHWM) covers serving only (start, the first-serve BLAKE3 check,
 #    the downloads), not the build. Every full-body GET is also BLAKE3-checked while streaming.
+#    Each run also records the server's CPU time (/proc/<pid>/stat; nginx: master + workers),
+#    reported as CPU seconds per GiB sent: less noisy than throughput on a shared host.
 # 2. Cold-miss latency of initramfs, UKI and installer for the plain kit release (no padding):
 #    COLD_RUNS requests per kind through the server, each for a new schematic (so each is a real
 #    build), against the same builds through `image-factory build --rebuild` on a second data
@@ -135,14 +137,33 @@ rate() {
              if (u=="GB") n*=1024; else if (u=="KB") n/=1024; else if (u!="MB") n/=1048576;
              printf "%.0f", n }'
 }
-# One line per wrk run: "<clients> <ours|nginx> <MiB/s>", the two servers alternating.
+# CPU time (clock ticks, user + system, all threads) of the given processes so far.
+cpu_ticks() {
+    local p t=0
+    for p in "$@"; do
+        t=$((t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
+    done
+    echo "$t"
+}
+# measure WHO CLIENTS THREADS URL PIDS...: one wrk run; appends "<clients> <who> <MiB/s> <ticks>"
+# (the server's CPU ticks during the run) to rates.txt.
+measure() {
+    local who=$1 clients=$2 threads=$3 url=$4 before r
+    shift 4
+    before=$(cpu_ticks "$@")
+    r=$(rate "$threads" "$clients" "$url")
+    echo "$clients $who $r $(($(cpu_ticks "$@") - before))" >>"$W/rates.txt"
+}
+NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+# One line per wrk run, the two servers alternating.
 : >"$W/rates.txt"
 for clients in 1 16; do
     threads=$([ "$clients" = 1 ] && echo 1 || echo 2)
     for round in $(seq 1 "$ROUNDS"); do
         echo "download.sh: $clients client(s), round $round of $ROUNDS..." >&2
-        echo "$clients ours $(rate "$threads" "$clients" "$URL$ASSET")" >>"$W/rates.txt"
-        echo "$clients nginx $(rate "$threads" "$clients" "http://127.0.0.1:$NGINX_PORT/asset")" >>"$W/rates.txt"
+        measure ours "$clients" "$threads" "$URL$ASSET" "$SERVER_PID"
+        # shellcheck disable=SC2086 # one PID per word
+        measure nginx "$clients" "$threads" "http://127.0.0.1:$NGINX_PORT/asset" $NGINX_PIDS
     done
 done
 OURS_HWM=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
@@ -183,10 +204,14 @@ python3 - "$W/cold.tsv" "$SIZE" "$BUILD_S" "$OURS_HWM" "$NGINX_HWM" "$DURATION" 
     "$W/rates.txt" <<'EOF'
 import os, statistics, sys
 (cold, size, build_s, ours_hwm, nginx_hwm, duration, ext_mb, runs, rates) = sys.argv[1:]
-got = {}
+got, cpu = {}, {}
+tck = os.sysconf("SC_CLK_TCK")
 for line in open(rates):
-    clients, who, rate = line.split()
+    clients, who, rate, ticks = line.split()
     got.setdefault((clients, who), []).append(int(rate))
+    # server CPU seconds per GiB sent in this run
+    gib = int(rate) * int(duration) / 1024
+    cpu.setdefault((clients, who), []).append(int(ticks) / tck / gib if gib else float("nan"))
 print(f"## Asset downloads (issue 5)\n")
 print(f"Asset: initramfs-amd64.xz of the kit release with 3 x {ext_mb} MiB extensions, "
       f"{int(size) / 1048576:.0f} MiB; cold build through the server took {float(build_s):.1f} s; "
@@ -198,6 +223,11 @@ for c in ("1", "16"):
     mo, mn = statistics.median(o), statistics.median(n)
     print(f"| {c} | {mo:.0f} ({', '.join(map(str, o))}) | {mn:.0f} ({', '.join(map(str, n))}) "
           f"| {mo / mn:.2f} |")
+print("\nServer CPU (user + system, all threads; nginx: master + workers) per GiB sent, "
+      "median of the runs: "
+      + "; ".join(f"{c} client(s): image-factory {statistics.median(cpu[(c, 'ours')]):.2f} s, "
+                  f"nginx {statistics.median(cpu[(c, 'nginx')]):.2f} s" for c in ("1", "16"))
+      + ".")
 print(f"\nPeak RSS (VmHWM) of `image-factory serve` over start, first-serve check and all download "
       f"runs: {int(ours_hwm) / 1024:.1f} MiB; nginx master + workers: {int(nginx_hwm) / 1024:.1f} MiB.\n")
 rows = {}
