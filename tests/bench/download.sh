@@ -223,6 +223,14 @@ for c in ("1", "16"):
     mo, mn = statistics.median(o), statistics.median(n)
     print(f"| {c} | {mo:.0f} ({', '.join(map(str, o))}) | {mn:.0f} ({', '.join(map(str, n))}) "
           f"| {mo / mn:.2f} |")
+# Each round runs ours and then nginx back to back: the ratio within a round cancels the
+# host's slower drifts, so the rounds' ratios are reported too.
+print()
+for c in ("1", "16"):
+    pairs = [a / b for a, b in zip(got[(c, "ours")], got[(c, "nginx")]) if b]
+    geo = statistics.geometric_mean(pairs)
+    print(f"{c} client(s), ours / nginx per round: {' '.join(f'{r:.2f}' for r in pairs)}; "
+          f"geometric mean {geo:.2f}, ours ahead in {sum(r >= 1 for r in pairs)} of {len(pairs)}.")
 print("\nServer CPU (user + system, all threads; nginx: master + workers) per GiB sent, "
       "median of the runs: "
       + "; ".join(f"{c} client(s): image-factory {statistics.median(cpu[(c, 'ours')]):.2f} s, "
