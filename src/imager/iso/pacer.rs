@@ -21,13 +21,18 @@ pub fn available() -> bool {
 }
 
 /// Writes the library into `dir` (a directory this process owns: never a shared `/tmp`, as
-/// the file is loaded into xorriso) and returns its path; `None` without the library or when
-/// it cannot be written, in which case xorriso runs unpaced.
+/// the file is loaded into xorriso) and returns its path; `None` without the library, when
+/// it cannot be written, or when the path cannot be named in `LD_PRELOAD` (which splits at
+/// spaces and colons), in which case xorriso runs unpaced.
 pub fn install(dir: &Path) -> Option<PathBuf> {
     if !available() {
         return None;
     }
     let path = dir.join(FILE_NAME);
+    if !preloadable(&path) {
+        tracing::warn!(path = %path.display(), "the xorriso pacer cannot be preloaded from a path with spaces or colons; xorriso runs unpaced");
+        return None;
+    }
     // Written aside and renamed: a library some process has mapped is never rewritten in place.
     let aside = dir.join(format!("{FILE_NAME}.{}.tmp", std::process::id()));
     match std::fs::write(&aside, LIBRARY).and_then(|()| std::fs::rename(&aside, &path)) {
@@ -37,6 +42,12 @@ pub fn install(dir: &Path) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Whether `path` survives `LD_PRELOAD`'s list syntax (entries separated by spaces or colons).
+fn preloadable(path: &Path) -> bool {
+    path.to_str()
+        .is_some_and(|p| !p.contains([':', ' ', '\t', '\n']))
 }
 
 /// `LD_PRELOAD` for a child that loads `library` before whatever the environment preloads.
@@ -81,6 +92,18 @@ mod tests {
         for us in [0, 1, 999, 1000, 10_000, 99_999, 100_001, 200_000, 1_000_000] {
             assert_eq!(paced(&lib, us), us, "{us} µs unchanged");
         }
+    }
+
+    #[test]
+    fn paths_ld_preload_would_split_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["with space", "with:colon"] {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            assert_eq!(install(&sub), None, "{name}");
+            assert!(!sub.join(FILE_NAME).exists(), "{name}");
+        }
+        assert!(install(dir.path()).is_some());
     }
 
     #[test]
