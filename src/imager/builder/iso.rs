@@ -1,8 +1,9 @@
 //! The Builder's ISOs (`<platform>-<arch>.iso`, imager spec §6): the initramfs and, for the
 //! UEFI side of hybrid and UEFI-only ISOs, the ISO UKI (profiles `main` + `reset`) are built
-//! into the scratch directory (inputs, not stored) while a second thread stages the release's GRUB trees and runs `grub-mkimage`; then
-//! `xorriso` writes the ISO into the blob store's temporary directory, where it is hashed and
-//! committed in place (no scratch copy streamed into a second file).
+//! into the scratch directory (inputs, not stored) while a second thread stages the release's
+//! GRUB trees and runs `grub-mkimage`; then `xorriso` writes the ISO into the blob store's
+//! temporary directory, where it is hashed and committed in place (no scratch copy streamed
+//! into a second file).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -9,7 +9,8 @@ use crate::imager::error::ErrorClass;
 use crate::oci::Digest;
 use crate::store::{MetaStore, SledStore};
 
-const OVERLAY: &str = "overlay:\n  image: siderolabs/sbc-raspberrypi\n  name: rpi_generic\n  options:\n    configTxtAppend: dtoverlay=foo\n";
+const OVERLAY: &str = "overlay:\n  image: siderolabs/sbc-raspberrypi\n  name: rpi_generic\n  \
+                       options:\n    configTxtAppend: dtoverlay=foo\n";
 
 struct Env {
     _dir: tempfile::TempDir,

@@ -30,7 +30,11 @@ pub fn install(dir: &Path) -> Option<PathBuf> {
     }
     let path = dir.join(FILE_NAME);
     if !preloadable(&path) {
-        tracing::warn!(path = %path.display(), "the xorriso pacer cannot be preloaded from a path with spaces or colons; xorriso runs unpaced");
+        tracing::warn!(
+            path = %path.display(),
+            "the xorriso pacer cannot be preloaded from a path with spaces or colons; \
+             xorriso runs unpaced"
+        );
         return None;
     }
     // Written aside and renamed: a library some process has mapped is never rewritten in place.
@@ -38,7 +42,11 @@ pub fn install(dir: &Path) -> Option<PathBuf> {
     match std::fs::write(&aside, LIBRARY).and_then(|()| std::fs::rename(&aside, &path)) {
         Ok(()) => Some(path),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the xorriso pacer; xorriso runs unpaced");
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot write the xorriso pacer; xorriso runs unpaced"
+            );
             None
         }
     }
