@@ -69,8 +69,8 @@ export IF_REQUIRE_TOOLS=1
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 if command -v cargo-nextest >/dev/null; then
-    cargo nextest run --all-targets --no-fail-fast "$@"
-    cargo test --doc
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+    cargo test --workspace --doc
 else
-    cargo test --all-targets --no-fail-fast "$@"
+    cargo test --workspace --all-targets --no-fail-fast "$@"
 fi

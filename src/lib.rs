@@ -2,15 +2,18 @@
 
 pub mod assets;
 pub mod catalog;
+pub mod causes;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod frontend;
 pub mod imager;
+pub mod netboot;
+pub mod node;
 pub mod oci;
 pub mod schematic;
 pub mod sha256;
 pub mod store;
-pub mod testkit;
+pub mod synth;
 pub mod trust;
 pub mod zeros;

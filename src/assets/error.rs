@@ -1,53 +1,121 @@
-//! The one error type of the asset layer.
+//! The error types of the asset layer: [`AssetError`] for a request, [`BuildError`] for a build
+//! (shared by every request that waited for it, as a [`BuildFailure`]).
 
-use crate::imager::error::{ErrorClass, ImagerError};
+use std::sync::Arc;
+
+use crate::imager::error::ImagerError;
+use crate::imager::error::go_quote;
+use crate::schematic::SchematicError;
 use crate::store::StoreError;
 
-/// A failed build as every waiter sees it (clonable: one build, many requests).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct BuildFailure {
-    /// How the HTTP layer answers it.
-    pub class: ErrorClass,
-    /// The error text.
-    pub message: String,
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The imager refused or failed.
+    #[error(transparent)]
+    Imager(#[from] ImagerError),
+    /// The build ran past its deadline and was stopped.
+    #[error("the build timed out after {0} s")]
+    TimedOut(u64),
+    /// The record could not be encoded.
+    #[error("sealing the asset record failed")]
+    Seal(#[source] serde_json::Error),
+    /// The record could not be stored.
+    #[error("storing the asset record failed")]
+    Store(#[source] StoreError),
+    /// The build task panicked or was cancelled.
+    #[error("the build task failed")]
+    Task(#[source] tokio::task::JoinError),
+    /// The node is shutting down and takes no more builds.
+    #[error("the build queue is shut down")]
+    QueueClosed,
+}
+
+/// A failed build as every waiter sees it (cheap to clone: one build, many requests).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct BuildFailure(pub Arc<BuildError>);
+
+impl<E: Into<BuildError>> From<E> for BuildFailure {
+    fn from(e: E) -> Self {
+        BuildFailure(Arc::new(e.into()))
+    }
+}
+
+impl BuildFailure {
+    /// The imager's error, if the imager is what failed.
+    pub fn imager(&self) -> Option<&ImagerError> {
+        match self.0.as_ref() {
+            BuildError::Imager(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Errors of the asset layer.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
+    /// No schematic with this ID is stored (upstream's text).
+    #[error("schematic ID {} not found", go_quote(.0))]
+    SchematicNotFound(String),
+    /// The version is not a semantic version (upstream's text; upstream answers 500).
+    #[error("invalid version {}", go_quote(.0))]
+    InvalidVersion(String),
+    /// A stored schematic no longer parses (a damaged metadata store).
+    #[error("stored schematic {id} does not parse")]
+    StoredSchematic {
+        /// The schematic ID.
+        id: String,
+        /// The parser's error.
+        #[source]
+        source: SchematicError,
+    },
     /// Resolving the request failed (bad path, schematic not valid for the version, version
     /// not imported); carries the imager's error so the HTTP layer can add upstream prefixes.
     #[error(transparent)]
     Imager(#[from] ImagerError),
+    /// The cache key could not be computed.
+    #[error("computing the cache key failed")]
+    CacheKey(#[source] serde_json::Error),
     /// The build failed (shared with every request that waited for it).
     #[error(transparent)]
     Build(#[from] BuildFailure),
     /// Metadata or blob storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stored record or blob is damaged and was set aside.
-    #[error("integrity check failed: {0}")]
-    Integrity(String),
+    /// Reading an asset's blob failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The asset's blob was set aside (damaged) or collected after its record was looked up;
     /// asking again rebuilds it or waits for the rebuild already running.
     #[error("asset blob {0} is no longer stored")]
     Gone(String),
-    /// Anything else (a panicked task, an I/O error outside a build).
-    #[error("{0}")]
-    Internal(String),
+    /// A background task (hashing, collection) panicked or was cancelled.
+    #[error("{context}: the task failed")]
+    Task {
+        /// The task's purpose.
+        context: &'static str,
+        /// Why it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The cmdline asset is too large to go into an iPXE script.
+    #[error("cmdline asset is {0} bytes")]
+    CmdlineTooLarge(u64),
+    /// A build ended without publishing a result (a bug; the request may be retried).
+    #[error("the build of {0} ended without a result")]
+    NoResult(String),
 }
 
 impl AssetError {
-    /// The class the HTTP layer maps to a status code.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            AssetError::Imager(e) => e.class(),
-            AssetError::Build(f) => f.class,
-            AssetError::Store(_)
-            | AssetError::Integrity(_)
-            | AssetError::Gone(_)
-            | AssetError::Internal(_) => ErrorClass::Internal,
-        }
+    /// Maps a failed `spawn_blocking` of `context` (for `map_err`).
+    pub(crate) fn task(context: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| AssetError::Task { context, source }
     }
 }

@@ -94,7 +94,7 @@ impl Assets {
         let (blake3, size) = (record.blake3.clone(), record.size);
         let checked = tokio::task::spawn_blocking(move || check_blob(&blobs, &blake3, size))
             .await
-            .map_err(|e| AssetError::Internal(format!("hash task: {e}")))?;
+            .map_err(AssetError::task("hashing an asset blob"))?;
         match checked {
             Ok(()) => {
                 lock(&self.inner.verified).insert(record.blake3.clone());
@@ -121,7 +121,7 @@ impl Assets {
             )
         })
         .await
-        .map_err(|e| AssetError::Internal(format!("gc task: {e}")))??;
+        .map_err(AssetError::task("garbage collection"))??;
         if !dry_run {
             let m = &self.inner.metrics;
             m.gc_evictions.increment(report.evicted.len() as u64);

@@ -12,12 +12,13 @@ mod key;
 mod maintenance;
 mod metrics;
 mod pipeline;
+mod pxe;
 mod record;
 mod sendfile;
 mod shared_check;
 mod stream;
 
-pub use error::{AssetError, BuildFailure};
+pub use error::{AssetError, BuildError, BuildFailure};
 pub use gc::{Evicted, GcReport, collect_garbage, release_blobs};
 pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
 pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
@@ -25,6 +26,7 @@ pub use pipeline::{
     AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,
     NEGATIVE_TTL, Outcome, Served,
 };
+pub use pxe::PxeBoot;
 pub use record::{AssetRecord, RecordStore};
 pub use sendfile::DirectBody;
 pub use stream::AssetBody;

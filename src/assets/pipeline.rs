@@ -19,10 +19,9 @@ use super::stream::AssetBody;
 use crate::catalog::{Release, ReleaseStore, Version};
 use crate::config::Config;
 use crate::imager::builder::{BuildRequest, Builder, BuilderOptions, StageReporter};
-use crate::imager::error::{ErrorClass, ImagerError};
 use crate::imager::profile::Profile;
 use crate::schematic::Schematic;
-use crate::store::{BlobStore, MetaStore};
+use crate::store::{BlobStore, MetaStore, SchematicStore};
 use crate::trust::SigningKey;
 
 mod build;
@@ -65,21 +64,33 @@ pub struct DataStores {
     pub blobs: BlobStore,
     /// The cluster signing key.
     pub key: Arc<SigningKey>,
+    /// Stored schematics (requests name them by ID).
+    pub schematics: SchematicStore,
 }
 
-/// One asset request, as the frontends see it.
+/// One asset request, as the frontends see it: what the client named, not yet checked.
 #[derive(Debug, Clone)]
 pub struct AssetRequest {
-    /// Schematic ID.
+    /// Schematic ID (looked up in the schematic store).
     pub schematic_id: String,
-    /// Its canonical YAML.
-    pub canonical: String,
-    /// Target version.
-    pub version: Version,
+    /// Target version as the client wrote it (`v1.11.0` or `1.11.0`).
+    pub version: String,
     /// Asset path.
     pub path: String,
     /// Build even if a cached record exists (the new record replaces it).
     pub rebuild: bool,
+}
+
+impl AssetRequest {
+    /// A request for `path` of schematic `schematic_id` at `version`.
+    pub fn new(schematic_id: &str, version: &str, path: &str) -> Self {
+        Self {
+            schematic_id: schematic_id.to_string(),
+            version: version.to_string(),
+            path: path.to_string(),
+            rebuild: false,
+        }
+    }
 }
 
 /// How a request was answered.
@@ -119,9 +130,11 @@ type BuildResult = Result<Arc<AssetRecord>, BuildFailure>;
 /// Where a request gets its build result from, and how it joined.
 type Joined = (watch::Receiver<Option<BuildResult>>, Outcome);
 
-/// A request resolved to its profile, release and key.
+/// A request resolved to its schematic, version, profile, release and key.
 struct Resolved {
     req: AssetRequest,
+    version: Version,
+    canonical: String,
     schematic: Schematic,
     profile: Profile,
     release: Release,
@@ -130,6 +143,7 @@ struct Resolved {
 
 pub(super) struct Inner {
     pub(super) builder: Builder,
+    pub(super) schematics: SchematicStore,
     pub(super) records: RecordStore,
     pub(super) releases: ReleaseStore,
     pub(super) blobs: BlobStore,
@@ -155,22 +169,6 @@ pub struct Assets {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> BuildFailure {
-    BuildFailure {
-        class: ErrorClass::Internal,
-        message: format!("{what}: {e}"),
-    }
-}
-
-impl From<ImagerError> for BuildFailure {
-    fn from(e: ImagerError) -> Self {
-        BuildFailure {
-            class: e.class(),
-            message: e.to_string(),
-        }
-    }
 }
 
 fn labels(r: &AssetRecord) -> AssetLabels<'_> {
@@ -238,6 +236,7 @@ impl Assets {
             builder,
             releases,
             RecordStore::new(stores.meta),
+            stores.schematics,
             stores.blobs,
             stores.key,
             metrics,
@@ -246,10 +245,12 @@ impl Assets {
     }
 
     /// The service over the data directory's stores; empties the builder scratch directory.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         builder: Builder,
         releases: ReleaseStore,
         records: RecordStore,
+        schematics: SchematicStore,
         blobs: BlobStore,
         key: Arc<SigningKey>,
         metrics: AssetMetrics,
@@ -275,6 +276,7 @@ impl Assets {
         Self {
             inner: Arc::new(Inner {
                 builder,
+                schematics,
                 records,
                 releases,
                 blobs,
@@ -328,7 +330,7 @@ impl Assets {
             let result = rx
                 .wait_for(Option::is_some)
                 .await
-                .map_err(|_| AssetError::Internal("the build task ended without a result".into()))?
+                .map_err(|_| AssetError::NoResult(key.clone()))?
                 .clone();
             return match result {
                 Some(Ok(record)) => Ok(Served {
@@ -337,29 +339,38 @@ impl Assets {
                     verified_now: true,
                 }),
                 Some(Err(f)) => Err(f.into()),
-                None => Err(AssetError::Internal("build result missing".into())),
+                None => Err(AssetError::NoResult(key.clone())),
             };
         }
-        Err(AssetError::Internal(format!(
-            "asset {key} kept appearing and failing verification"
-        )))
+        Err(AssetError::Gone(key))
     }
 
-    /// Resolves the request (blocking work on the blocking pool).
+    /// Resolves the request in upstream's order — schematic, version, then path and profile —
+    /// with the blocking work on the blocking pool.
     async fn resolve(&self, req: AssetRequest) -> Result<Resolved, AssetError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let schematic = Schematic::parse(req.canonical.as_bytes()).map_err(|e| {
-                AssetError::Internal(format!(
-                    "stored schematic {} does not parse: {e}",
-                    req.schematic_id
-                ))
+            if !crate::schematic::is_valid_id(&req.schematic_id) {
+                return Err(AssetError::SchematicNotFound(req.schematic_id.clone()));
+            }
+            let canonical = this
+                .inner
+                .schematics
+                .get(&req.schematic_id)?
+                .ok_or_else(|| AssetError::SchematicNotFound(req.schematic_id.clone()))?;
+            let version = Version::parse_strict(&req.version)
+                .ok_or_else(|| AssetError::InvalidVersion(req.version.clone()))?;
+            let schematic = Schematic::parse(canonical.as_bytes()).map_err(|source| {
+                AssetError::StoredSchematic {
+                    id: req.schematic_id.clone(),
+                    source,
+                }
             })?;
             let breq = BuildRequest {
                 schematic: &schematic,
                 schematic_id: &req.schematic_id,
-                canonical: &req.canonical,
-                version: &req.version,
+                canonical: &canonical,
+                version: &version,
                 path: &req.path,
             };
             let (profile, release) = this.inner.builder.profile(&breq)?;
@@ -369,9 +380,11 @@ impl Assets {
                 &release,
                 this.inner.builder.options(),
             )
-            .map_err(|e| AssetError::Internal(format!("cache key: {e}")))?;
+            .map_err(AssetError::CacheKey)?;
             Ok(Resolved {
                 req,
+                version,
+                canonical,
                 schematic,
                 profile,
                 release,
@@ -379,7 +392,7 @@ impl Assets {
             })
         })
         .await
-        .map_err(|e| AssetError::Internal(format!("resolve task: {e}")))?
+        .map_err(AssetError::task("resolving the request"))?
     }
 
     /// A verified record for `key`, or `None` (absent, or set aside as damaged). The second
@@ -411,7 +424,7 @@ impl Assets {
         let (blake3, size) = (record.blake3.clone(), record.size);
         let checked = tokio::task::spawn_blocking(move || check_blob(&blobs, &blake3, size))
             .await
-            .map_err(|e| AssetError::Internal(format!("hash task: {e}")))?;
+            .map_err(AssetError::task("hashing an asset blob"))?;
         match checked {
             Ok(()) => {
                 lock(&self.inner.verified).insert(record.blake3.clone());
@@ -444,9 +457,10 @@ impl Assets {
             }
             Err(e) => return Err(e.into()),
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| AssetError::Internal(format!("stat asset blob: {e}")))?;
+        let meta = file.metadata().map_err(|source| AssetError::Io {
+            context: format!("reading the size of asset blob {}", record.blake3),
+            source,
+        })?;
         let (len, file_id) = (meta.len(), FileId::of(&meta));
         if len != record.size {
             let reason = format!(

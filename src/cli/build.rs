@@ -3,20 +3,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 
-use super::import::open_direct;
-use crate::assets::{AssetMetrics, AssetRequest, Assets, DataStores, Outcome, Served};
+use super::error::{CliError, finish, open_error};
+use super::{load_config, runtime};
+use crate::assets::{AssetRequest, Assets, Outcome, Served};
 use crate::catalog::Version;
-use crate::config::{self, FlagOverrides};
 use crate::imager::builder::StageReporter;
+use crate::node::{Node, NodeOptions};
 use crate::schematic::{Schematic, is_valid_id};
-use crate::store::SchematicStore;
-use crate::trust::SigningKey;
 
 /// Flags of `build`.
 #[derive(Debug, Args)]
@@ -51,71 +49,55 @@ pub struct BuildArgs {
 
 /// Runs `build`.
 pub fn run(args: BuildArgs) -> ExitCode {
-    match run_inner(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("image-factory build: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("build", run_inner(&args))
 }
 
-fn load_schematic(arg: &str, store: &SchematicStore) -> Result<Schematic, String> {
+/// The schematic named by `--schematic`: the ID of a stored one, or a file (`-`: stdin) whose
+/// schematic is stored first, as `POST /schematics` would.
+fn schematic_id(arg: &str, node: &Node, rt: &tokio::runtime::Runtime) -> Result<String, CliError> {
     if is_valid_id(arg) && !std::path::Path::new(arg).exists() {
-        let canonical = store
-            .get(arg)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("schematic {arg} is not stored in this data directory"))?;
-        return Schematic::parse(canonical.as_bytes()).map_err(|e| e.to_string());
+        return match node.schematics().get(arg)? {
+            Some(_) => Ok(arg.to_string()),
+            None => Err(CliError::Usage(format!(
+                "schematic {arg} is not stored in this data directory"
+            ))),
+        };
     }
+    let path = std::path::Path::new(arg);
     let bytes = if arg == "-" {
         let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(|e| e.to_string())?;
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(CliError::input(path))?;
         b
     } else {
-        std::fs::read(arg).map_err(|e| format!("{arg}: {e}"))?
+        std::fs::read(path).map_err(CliError::input(path))?
     };
-    Schematic::parse(&bytes).map_err(|e| format!("invalid schematic: {e}"))
-}
-
-/// The asset service over the data directory (direct mode), as `serve` builds it; build
-/// stages go to `stages`.
-pub fn open_assets(
-    cfg: &config::Config,
-    zstd_level: u32,
-    stages: StageReporter,
-) -> Result<(Assets, SchematicStore), String> {
-    let (meta, blobs) = open_direct(cfg)?;
-    let schematics = SchematicStore::new(Arc::clone(&meta)).map_err(|e| e.to_string())?;
-    let (key, _) =
-        SigningKey::load_or_generate(&cfg.signing_key_path()).map_err(|e| e.to_string())?;
-    let stores = DataStores {
-        meta,
-        blobs,
-        key: Arc::new(key),
-    };
-    let metrics = AssetMetrics::new(Arc::new(metrics::NoopRecorder));
-    Ok((
-        Assets::from_config(cfg, stores, metrics, zstd_level, stages),
-        schematics,
-    ))
-}
-
-fn run_inner(args: &BuildArgs) -> Result<(), String> {
-    let flags = FlagOverrides {
-        data_dir: args.data_dir.clone(),
-        ..FlagOverrides::default()
-    };
-    let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)
-        .and_then(|c| c.validate().map(|()| c))
-        .map_err(|e| e.to_string())?;
-    let version = Version::parse_strict(&args.version)
-        .ok_or_else(|| format!("--version {:?} is not a version like v1.11.0", args.version))?;
-    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let (assets, schematics) =
-        open_assets(&cfg, args.zstd_level, stage_display(&spinner, &args.path))?;
-    let schematic = load_schematic(&args.schematic, &schematics)?;
+    let schematic = Schematic::parse(&bytes)?;
     let (canonical, id) = (schematic.canonical(), schematic.id());
+    rt.block_on(node.schematics().put(&id, &canonical))?;
+    Ok(id)
+}
+
+fn run_inner(args: &BuildArgs) -> Result<(), CliError> {
+    let cfg = load_config(args.config.as_deref(), args.data_dir.as_deref())?;
+    let version = Version::parse_strict(&args.version).ok_or_else(|| {
+        CliError::Usage(format!(
+            "--version {:?} is not a version like v1.11.0",
+            args.version
+        ))
+    })?;
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let dir = cfg.data_dir().to_path_buf();
+    let node = Node::open(
+        cfg,
+        NodeOptions {
+            initramfs_zstd_level: args.zstd_level,
+            stages: stage_display(&spinner, &args.path),
+            ..NodeOptions::default()
+        },
+    )
+    .map_err(open_error(&dir))?;
+    let runtime = runtime()?;
+    let id = schematic_id(&args.schematic, &node, &runtime)?;
     eprintln!(
         "building {} for schematic {id}, Talos {}",
         args.path,
@@ -123,20 +105,10 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
     );
     spinner.set_message(format!("building {}", args.path));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let req = AssetRequest {
-        schematic_id: id.clone(),
-        canonical,
-        version,
-        path: args.path.clone(),
-        rebuild: args.rebuild,
-    };
-    let result = build_and_copy(&runtime, &assets, req, &spinner, args.out.as_deref());
-    // A build's scratch directory is removed in the background (while the copy runs, if any).
-    assets.wait_for_cleanup();
+    let mut req = AssetRequest::new(&id, &version.tag(), &args.path);
+    req.rebuild = args.rebuild;
+    let result = build_and_copy(&runtime, node.assets(), req, &spinner, args.out.as_deref());
+    runtime.block_on(node.close())?;
     let (served, elapsed) = result?;
     let record = &served.record;
     eprintln!(
@@ -161,19 +133,17 @@ fn build_and_copy(
     req: AssetRequest,
     spinner: &ProgressBar,
     out: Option<&std::path::Path>,
-) -> Result<(Served, Duration), String> {
+) -> Result<(Served, Duration), CliError> {
     let started = Instant::now();
     let path = req.path.clone();
     let served = runtime.block_on(assets.get(req));
     spinner.finish_and_clear();
-    let served = served.map_err(|e| e.to_string())?;
+    let served = served?;
     let elapsed = started.elapsed();
     if let Some(dir) = out {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(CliError::io("cannot create", dir))?;
         let dest = dir.join(&path);
-        runtime
-            .block_on(copy_asset(assets, &served, &dest))
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        runtime.block_on(copy_asset(assets, &served, &dest))?;
         eprintln!("wrote {}", dest.display());
     }
     Ok((served, elapsed))
@@ -198,33 +168,36 @@ async fn copy_asset(
     assets: &Assets,
     served: &Served,
     dest: &std::path::Path,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     use futures_util::StreamExt as _;
     use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
-    let body = assets.open(served, None).map_err(|e| e.to_string())?;
-    let out = std::fs::File::create(dest).map_err(|e| e.to_string())?;
+    let write_err = CliError::io("cannot write", dest);
+    let body = assets.open(served, None)?;
+    let out = std::fs::File::create(dest).map_err(CliError::io("cannot create", dest))?;
     // Checked already (just built or just verified): copied in the kernel, holes kept.
     if let Some(copied) = body.copy_to_file(&out) {
-        return copied.map(|_| ()).map_err(|e| e.to_string());
+        return copied.map(|_| ()).map_err(write_err);
     }
     let mut out = tokio::fs::File::from_std(out);
     let mut stream = std::pin::pin!(body.into_stream());
     // All-zero chunks become holes: disk images are mostly zeros and stay sparse.
     let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        if crate::zeros::is_zero(&chunk) {
-            let len = i64::try_from(chunk.len()).map_err(|e| e.to_string())?;
-            out.seek(std::io::SeekFrom::Current(len))
-                .await
-                .map_err(|e| e.to_string())?;
-        } else {
-            out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    let copied: std::io::Result<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if crate::zeros::is_zero(&chunk) {
+                let len = i64::try_from(chunk.len()).map_err(std::io::Error::other)?;
+                out.seek(std::io::SeekFrom::Current(len)).await?;
+            } else {
+                out.write_all(&chunk).await?;
+            }
+            size += chunk.len() as u64;
         }
-        size += chunk.len() as u64;
+        out.flush().await?;
+        out.set_len(size).await
     }
-    out.flush().await.map_err(|e| e.to_string())?;
-    out.set_len(size).await.map_err(|e| e.to_string())
+    .await;
+    copied.map_err(write_err)
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::import::{BarProgress, SourceArgs, registry_source, selection, versions};
+use super::error::{CliError, finish};
+use super::import::{BarProgress, SourceArgs, registry_options, selection, versions};
+use super::runtime;
 use crate::catalog::export::{ExportOptions, export_release};
-use crate::oci::BundleWriter;
+use crate::oci::{BundleWriter, RegistrySource};
 
 /// `bundle` subcommands.
 #[derive(Debug, Subcommand)]
@@ -32,37 +34,32 @@ pub struct CreateArgs {
 /// Runs a `bundle` subcommand.
 pub fn run(cmd: BundleCommand) -> ExitCode {
     let BundleCommand::Create(args) = cmd;
-    match create(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("image-factory bundle create: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("bundle create", create(&args))
 }
 
-fn create(args: &CreateArgs) -> Result<(), String> {
-    let host_ns = args
-        .source
-        .from_registry
-        .as_deref()
-        .ok_or("--from-registry HOST[/NAMESPACE] is required")?;
+fn create(args: &CreateArgs) -> Result<(), CliError> {
+    let host_ns =
+        args.source.from_registry.as_deref().ok_or_else(|| {
+            CliError::Usage("--from-registry HOST[/NAMESPACE] is required".into())
+        })?;
     let wanted = versions(&args.source.versions)?;
     if wanted.is_empty() {
-        return Err("give at least one --version vX.Y.Z".into());
+        return Err(CliError::Usage("give at least one --version vX.Y.Z".into()));
     }
     let arches = if args.source.arch.is_empty() {
         vec!["amd64".to_string(), "arm64".to_string()]
     } else {
         args.source.arch.clone()
     };
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let (source, registry) = {
+    let rt = runtime()?;
+    let host = host_ns.split('/').next().unwrap_or(host_ns);
+    let registry = host_ns.trim_end_matches('/').to_string();
+    let source = {
         let _guard = rt.enter();
-        registry_source(&args.source, host_ns)?
+        RegistrySource::new(host, registry_options(&args.source))?
     };
     let started = std::time::Instant::now();
-    let mut writer = BundleWriter::create(&args.out).map_err(|e| e.to_string())?;
+    let mut writer = BundleWriter::create(&args.out)?;
     let progress = BarProgress::new();
     let handle = rt.handle().clone();
     let mut images = 0;
@@ -76,11 +73,14 @@ fn create(args: &CreateArgs) -> Result<(), String> {
         };
         // Called outside the runtime: the exporter drives async reads through the handle.
         let summary = export_release(&source, &mut writer, &opts, &progress, handle.clone())
-            .map_err(|e| format!("{}: {e}", v.tag()))?;
+            .map_err(|source| CliError::Export {
+                version: v.tag(),
+                source,
+            })?;
         images += summary.images;
     }
     let bytes = writer.bytes_written();
-    let path = writer.finish().map_err(|e| e.to_string())?;
+    let path = writer.finish()?;
     progress.finish();
     eprintln!(
         "wrote {}: {} images with signatures, {:.1} MB, {:.1} s",

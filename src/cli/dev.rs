@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::testkit::{self, SynthOptions};
+use super::error::finish;
+use crate::synth::{self, SynthOptions};
 
 /// Developer subcommands.
 #[derive(Debug, Subcommand)]
@@ -35,7 +36,7 @@ pub struct SynthArgs {
     #[arg(long, value_name = "M", default_value_t = 0)]
     pub extension_size_mb: u64,
     /// Where tests/kit/fetch-debian.sh unpacked the Debian inputs.
-    #[arg(long, value_name = "DIR", env = "IF_TESTKIT_DIR", default_value = testkit::debian::DEFAULT_KIT_DIR)]
+    #[arg(long, value_name = "DIR", env = "IF_TESTKIT_DIR", default_value = synth::debian::DEFAULT_KIT_DIR)]
     pub kit_dir: PathBuf,
 }
 
@@ -52,7 +53,7 @@ pub fn run(cmd: DevCommand) -> ExitCode {
             opts.extension_size_mb = a.extension_size_mb;
             opts.kit_dir = a.kit_dir;
             let start = std::time::Instant::now();
-            match testkit::synth_release(&opts) {
+            match synth::synth_release(&opts) {
                 Ok(r) => {
                     println!(
                         "wrote {} ({} images + signatures, {:.1} MiB of blobs, kernel {}) in {:.1}s",
@@ -68,10 +69,7 @@ pub fn run(cmd: DevCommand) -> ExitCode {
                     println!("public key: {}", r.public_key.display());
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("image-factory dev synth-release: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => finish("dev synth-release", Err(e.into())),
             }
         }
     }

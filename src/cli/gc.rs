@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::build::open_assets;
-use crate::assets::{DEFAULT_INITRAMFS_ZSTD_LEVEL, GcReport};
-use crate::config::{self, FlagOverrides};
+use super::error::{CliError, finish, open_error};
+use super::remote::{AdminClient, send, text};
+use super::{load_config, runtime};
+use crate::assets::GcReport;
+use crate::node::{Node, NodeOptions};
 
 /// Flags of `gc`.
 #[derive(Debug, Args)]
@@ -35,74 +37,39 @@ pub struct GcArgs {
 
 /// Runs `gc`.
 pub fn run(args: GcArgs) -> ExitCode {
-    match run_inner(&args) {
-        Ok(report) => {
-            print(&report);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("image-factory gc: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("gc", run_inner(&args).map(|report| print(&report)))
 }
 
-fn run_inner(args: &GcArgs) -> Result<GcReport, String> {
-    let flags = FlagOverrides {
-        data_dir: args.data_dir.clone(),
-        ..FlagOverrides::default()
-    };
-    let mut cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)
-        .and_then(|c| c.validate().map(|()| c))
-        .map_err(|e| e.to_string())?;
+fn run_inner(args: &GcArgs) -> Result<GcReport, CliError> {
+    let mut cfg = load_config(args.config.as_deref(), args.data_dir.as_deref())?;
+    let rt = runtime()?;
+    if let Some(server) = &args.server {
+        if args.max_bytes.is_some() {
+            return Err(CliError::Usage(
+                "--max-bytes applies to direct mode; a server uses its cache.maxBytes".into(),
+            ));
+        }
+        let admin = AdminClient::new(server, args.admin_token_file.as_deref(), &cfg)?;
+        eprintln!("collecting garbage in the appliance at {server}");
+        let url = admin.url(&format!("admin/gc?dryRun={}", args.dry_run))?;
+        return rt.block_on(async {
+            let resp = send("POST", &url, admin.post(url.clone())).await?;
+            let body = text("POST", &url, resp).await?;
+            serde_json::from_str(&body).map_err(|_| CliError::Unexpected {
+                url: url.to_string(),
+                body,
+            })
+        });
+    }
     if let Some(n) = args.max_bytes {
         cfg.cache.max_bytes = n;
     }
-    let rt = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
-    if let Some(server) = &args.server {
-        if args.max_bytes.is_some() {
-            return Err(
-                "--max-bytes applies to direct mode; a server uses its cache.maxBytes".into(),
-            );
-        }
-        let token_path = args
-            .admin_token_file
-            .clone()
-            .unwrap_or_else(|| cfg.admin_token_path());
-        let token = std::fs::read_to_string(&token_path)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| {
-                format!(
-                    "admin token {}: {e} (give --admin-token-file)",
-                    token_path.display()
-                )
-            })?;
-        eprintln!("collecting garbage in the appliance at {server}");
-        return rt.block_on(async {
-            let url = url::Url::parse(server)
-                .and_then(|u| u.join(&format!("admin/gc?dryRun={}", args.dry_run)))
-                .map_err(|e| format!("--server {server:?}: {e}"))?;
-            let resp = reqwest::Client::new()
-                .post(url)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .map_err(|e| format!("{server}: {e}"))?;
-            let status = resp.status();
-            let body = resp.text().await.map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("{server}: {status}: {}", body.trim()));
-            }
-            serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))
-        });
-    }
-    eprintln!(
-        "collecting garbage in {} (direct mode)",
-        cfg.data_dir().display()
-    );
-    let (assets, _) = open_assets(&cfg, DEFAULT_INITRAMFS_ZSTD_LEVEL, Default::default())?;
-    rt.block_on(assets.gc(args.dry_run))
-        .map_err(|e| e.to_string())
+    let dir = cfg.data_dir().to_path_buf();
+    eprintln!("collecting garbage in {} (direct mode)", dir.display());
+    let node = Node::open(cfg, NodeOptions::default()).map_err(open_error(&dir))?;
+    let report = rt.block_on(node.assets().gc(args.dry_run));
+    rt.block_on(node.close())?;
+    Ok(report?)
 }
 
 fn mib(n: u64) -> String {

@@ -3,18 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::catalog::{
-    ImportOptions, ImportProgress, ImportSummary, Importer, ReleaseStore, Selection, Version,
-    bundle_versions,
-};
-use crate::config::{self, Config, FlagOverrides};
-use crate::oci::{ImageSource, LayoutSource, RegistryOptions, RegistrySource};
-use crate::store::{self, BlobStore, MetaStore, StoreError};
+use super::error::{CliError, finish, open_error};
+use super::{load_config, runtime};
+use crate::catalog::{ImportProgress, ImportSummary, Selection, Version};
+use crate::config::Config;
+use crate::node::{ImportFrom, ImportJob, Node, NodeOptions};
+use crate::oci::RegistryOptions;
 use crate::trust::{TrustPolicy, TrustedKeys};
 
 /// Where release images come from, shared by `import` and `bundle create`.
@@ -93,6 +91,15 @@ impl BarProgress {
         self.bar.clone()
     }
 
+    /// Prints `text` above the bar (or plainly without a terminal).
+    pub fn println(&self, text: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
@@ -137,34 +144,31 @@ pub fn selection(arg: &str) -> Selection {
 }
 
 /// Parses `--version` values (a missing `v` is added).
-pub fn versions(args: &[String]) -> Result<Vec<Version>, String> {
+pub fn versions(args: &[String]) -> Result<Vec<Version>, CliError> {
     args.iter()
         .map(|v| {
-            Version::parse_strict(v)
-                .ok_or_else(|| format!("--version {v:?} is not a version like v1.11.0"))
+            Version::parse_strict(v).ok_or_else(|| {
+                CliError::Usage(format!("--version {v:?} is not a version like v1.11.0"))
+            })
         })
         .collect()
 }
 
-/// Builds a registry source from the flags.
-pub fn registry_source(
-    args: &SourceArgs,
-    host_ns: &str,
-) -> Result<(RegistrySource, String), String> {
-    let host = host_ns.split('/').next().unwrap_or(host_ns).to_string();
+/// Transport options of `--from-registry` from the flags (password from
+/// `IF_REGISTRY_PASSWORD`).
+pub fn registry_options(args: &SourceArgs) -> RegistryOptions {
     let mut opts = RegistryOptions {
         insecure: args.insecure_registry,
         ..RegistryOptions::default()
     };
     if let Some(user) = &args.registry_user {
-        let password = std::env::var("IF_REGISTRY_PASSWORD").unwrap_or_default();
+        let password = std::env::var(crate::config::REGISTRY_PASSWORD_ENV).unwrap_or_default();
         opts.credentials = Some((user.clone(), password));
     }
-    let source = RegistrySource::new(&host, opts).map_err(|e| e.to_string())?;
-    Ok((source, host_ns.trim_end_matches('/').to_string()))
+    opts
 }
 
-fn trust_policy(args: &ImportArgs, cfg: &Config) -> Result<TrustPolicy, String> {
+fn trust_policy(args: &ImportArgs, cfg: &Config) -> Result<TrustPolicy, CliError> {
     if args.insecure_skip_signature_verification {
         eprintln!(
             "WARNING: --insecure-skip-signature-verification: imported images are NOT verified; \
@@ -180,41 +184,35 @@ fn trust_policy(args: &ImportArgs, cfg: &Config) -> Result<TrustPolicy, String> 
         .map(PathBuf::from)
         .chain(args.trust_keys.iter().cloned())
     {
-        keys.add_file(&path).map_err(|e| e.to_string())?;
+        keys.add_file(&path)?;
     }
     if keys.is_empty() {
-        return Err(
+        return Err(CliError::Usage(
             "no trusted keys: give --trust-key KEY.pub or configure trust.publicKeys \
-                    (or, insecurely, --insecure-skip-signature-verification)"
+             (or, insecurely, --insecure-skip-signature-verification)"
                 .into(),
-        );
+        ));
     }
     Ok(TrustPolicy::keys(keys))
 }
 
-/// Opens the data directory for direct import, with a clear message when a server holds it.
-pub fn open_direct(cfg: &Config) -> Result<(Arc<dyn MetaStore>, BlobStore), String> {
-    let dir = cfg.data_dir();
-    let meta = match store::open_data_dir(dir) {
-        Ok(m) => m,
-        Err(StoreError::Locked { .. }) => {
-            return Err(format!(
-                "data directory {} is in use by a running appliance; stop it, or import through \
-                 it with --server URL",
-                dir.display()
-            ));
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let meta: Arc<dyn MetaStore> = Arc::new(meta);
-    let blobs = BlobStore::open(&dir.join("blobs"), meta.clone()).map_err(|e| e.to_string())?;
-    Ok((meta, blobs))
+/// What an import did, in two lines.
+fn summary_lines(s: &ImportSummary, elapsed: std::time::Duration) -> String {
+    format!(
+        "{}\n  {} images read, {} blobs stored ({:.1} MB), {} already present, {:.1} s",
+        summary_line(s),
+        s.images,
+        s.blobs_stored,
+        s.bytes_stored as f64 / 1e6,
+        s.blobs_reused,
+        elapsed.as_secs_f64()
+    )
 }
 
-fn print_summary(s: &ImportSummary, elapsed: std::time::Duration) {
+fn summary_line(s: &ImportSummary) -> String {
     let r = &s.release;
     let exts = r.extensions.iter().filter(|e| !e.images.is_empty()).count();
-    eprintln!(
+    format!(
         "imported {} ({}): {} architecture(s) [{}], {} of {} extension(s), {} overlay(s){}",
         r.version,
         match &r.signatures {
@@ -228,120 +226,65 @@ fn print_summary(s: &ImportSummary, elapsed: std::time::Duration) {
         r.extensions.len(),
         r.overlays.len(),
         if r.partial { ", partial" } else { "" }
-    );
-    eprintln!(
-        "  {} images read, {} blobs stored ({:.1} MB), {} already present, {:.1} s",
-        s.images,
-        s.blobs_stored,
-        s.bytes_stored as f64 / 1e6,
-        s.blobs_reused,
-        elapsed.as_secs_f64()
-    );
-}
-
-/// Where an import writes to and how it verifies.
-struct Target {
-    policy: TrustPolicy,
-    releases: ReleaseStore,
-    blobs: BlobStore,
-    scratch: PathBuf,
-}
-
-async fn import_versions<S: ImageSource>(
-    source: &S,
-    registry: &str,
-    versions: &[Version],
-    args: &ImportArgs,
-    t: &Target,
-) -> Result<(), String> {
-    for v in versions {
-        let started = std::time::Instant::now();
-        eprintln!("importing Talos {} from {}", v.tag(), source.describe());
-        let progress = BarProgress::new();
-        let opts = ImportOptions {
-            version: v.clone(),
-            arches: args.source.arch.clone(),
-            extensions: selection(&args.source.extensions),
-            registry: registry.to_string(),
-        };
-        let result = Importer::new(
-            source,
-            &t.blobs,
-            &t.releases,
-            &t.policy,
-            &progress,
-            &t.scratch,
-        )
-        .run(&opts)
-        .await;
-        progress.finish();
-        let summary = result.map_err(|e| format!("import of {} failed: {e}", v.tag()))?;
-        print_summary(&summary, started.elapsed());
-    }
-    Ok(())
+    )
 }
 
 /// Runs `import`.
 pub fn run(args: ImportArgs) -> ExitCode {
-    match run_inner(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("image-factory import: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("import", run_inner(&args))
 }
 
-fn run_inner(args: &ImportArgs) -> Result<(), String> {
-    let flags = FlagOverrides {
-        data_dir: args.data_dir.clone(),
-        ..FlagOverrides::default()
-    };
-    let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)
-        .and_then(|c| c.validate().map(|()| c))
-        .map_err(|e| e.to_string())?;
+/// The refusal of a call naming both `BUNDLE` and `--from-registry`, or neither.
+pub fn source_error(both: bool) -> CliError {
+    CliError::Usage(if both {
+        "give either a BUNDLE or --from-registry, not both".into()
+    } else {
+        "give a BUNDLE file or --from-registry HOST[/NAMESPACE]".into()
+    })
+}
+
+fn run_inner(args: &ImportArgs) -> Result<(), CliError> {
+    let cfg = load_config(args.config.as_deref(), args.data_dir.as_deref())?;
     if let Some(server) = &args.server {
         return super::import_remote::run(args, &cfg, server);
     }
-    let policy = trust_policy(args, &cfg)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let (meta, blobs) = open_direct(&cfg)?;
+    let versions = versions(&args.source.versions)?;
+    let from = match (&args.bundle, &args.source.from_registry) {
+        (Some(_), Some(_)) => return Err(source_error(true)),
+        (None, None) => return Err(source_error(false)),
+        (Some(path), None) => ImportFrom::Bundle(path.clone()),
+        (None, Some(host_ns)) => {
+            if versions.is_empty() {
+                return Err(CliError::Usage(
+                    "--from-registry needs --version vX.Y.Z".into(),
+                ));
+            }
+            ImportFrom::Registry {
+                host_ns: host_ns.clone(),
+                options: registry_options(&args.source),
+            }
+        }
+    };
+    let job = ImportJob {
+        from,
+        versions,
+        arches: args.source.arch.clone(),
+        extensions: selection(&args.source.extensions),
+        policy: trust_policy(args, &cfg)?,
+    };
+    let rt = runtime()?;
+    let dir = cfg.data_dir().to_path_buf();
+    let node = Node::open(cfg, NodeOptions::default()).map_err(open_error(&dir))?;
     eprintln!(
         "direct mode: importing into data directory {}",
-        cfg.data_dir().display()
+        dir.display()
     );
-    let target = Target {
-        policy,
-        releases: ReleaseStore::new(meta),
-        blobs,
-        scratch: cfg.data_dir().join("tmp"),
-    };
-    match (&args.bundle, &args.source.from_registry) {
-        (Some(_), Some(_)) => Err("give either a BUNDLE or --from-registry, not both".into()),
-        (None, None) => Err("give a BUNDLE file or --from-registry HOST[/NAMESPACE]".into()),
-        (Some(path), None) => rt.block_on(async {
-            let layout = LayoutSource::open_async(path.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut wanted = versions(&args.source.versions)?;
-            if wanted.is_empty() {
-                wanted = bundle_versions(&layout);
-                if wanted.is_empty() {
-                    return Err(format!(
-                        "{} holds no siderolabs/imager image",
-                        path.display()
-                    ));
-                }
-            }
-            import_versions(&layout, "ghcr.io", &wanted, args, &target).await
-        }),
-        (None, Some(host_ns)) => rt.block_on(async {
-            let wanted = versions(&args.source.versions)?;
-            if wanted.is_empty() {
-                return Err("--from-registry needs --version vX.Y.Z".into());
-            }
-            let (source, registry) = registry_source(&args.source, host_ns)?;
-            import_versions(&source, &registry, &wanted, args, &target).await
-        }),
-    }
+    let progress = BarProgress::new();
+    let started = std::time::Instant::now();
+    let result = rt.block_on(job.run(&node, &progress, |summary| {
+        progress.println(&summary_lines(summary, started.elapsed()));
+    }));
+    progress.finish();
+    rt.block_on(node.close())?;
+    Ok(result?)
 }

@@ -4,13 +4,19 @@ mod build;
 mod bundle;
 mod dev;
 mod doctor;
+pub mod error;
 mod gc;
 pub mod import;
 mod import_remote;
+mod remote;
 mod schematic;
 mod serve;
 
+use std::path::Path;
 use std::process::ExitCode;
+
+use crate::config::{self, Config, FlagOverrides};
+use error::CliError;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -70,6 +76,28 @@ pub enum Command {
     /// Developer tools: the synthetic-release test kit.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+}
+
+/// The validated configuration of a command: `--config`, `IF_*` variables, `--data-dir`.
+fn load_config(file: Option<&Path>, data_dir: Option<&str>) -> Result<Config, CliError> {
+    let flags = FlagOverrides {
+        data_dir: data_dir.map(str::to_string),
+        ..FlagOverrides::default()
+    };
+    let cfg = config::load(file, std::env::vars(), &flags)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// A multi-threaded runtime for a command.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Io {
+            context: "cannot start the async runtime".into(),
+            source,
+        })
 }
 
 /// Installs the tracing subscriber (stderr, text or JSON).

@@ -1,15 +1,14 @@
 //! `image-factory schematic …`: offline ID/canonical computation and a small API client.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::error::{CliError, finish};
+use super::remote::{send, text};
 use crate::schematic::Schematic;
-
-/// Exit code for invalid input (bad schematic, unreadable file, rejected by the server).
-const EXIT_INVALID: u8 = 2;
 
 /// Schematic subcommands.
 #[derive(Debug, Subcommand)]
@@ -42,105 +41,78 @@ pub enum SchematicCommand {
     },
 }
 
-/// A CLI failure: message for stderr plus exit code.
-struct Failure(String, u8);
-
-fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {
+fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, CliError> {
     let mut buf = Vec::new();
     match file {
         Some(p) if p.as_os_str() != "-" => {
-            buf = std::fs::read(p)
-                .map_err(|e| Failure(format!("cannot read {}: {e}", p.display()), EXIT_INVALID))?;
+            buf = std::fs::read(p).map_err(CliError::input(p))?;
         }
         _ => {
             std::io::stdin()
                 .read_to_end(&mut buf)
-                .map_err(|e| Failure(format!("cannot read stdin: {e}"), EXIT_INVALID))?;
+                .map_err(CliError::input(Path::new("-")))?;
         }
     }
     Ok(buf)
 }
 
-fn parse(file: Option<&PathBuf>) -> Result<Schematic, Failure> {
-    let input = read_input(file)?;
-    Schematic::parse(&input).map_err(|e| Failure(format!("invalid schematic: {e}"), EXIT_INVALID))
+fn parse(file: Option<&PathBuf>) -> Result<Schematic, CliError> {
+    Ok(Schematic::parse(&read_input(file)?)?)
 }
 
-fn print(text: &str) -> Result<(), Failure> {
+fn print(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| Failure(format!("cannot write stdout: {e}"), 1))
+        .map_err(CliError::io("cannot write", Path::new("stdout")))
 }
 
-fn base(server: &str) -> String {
-    server.trim_end_matches('/').to_string()
+fn url(server: &str, path: &str) -> String {
+    format!("{}/{path}", server.trim_end_matches('/'))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure(format!("cannot start runtime: {e}"), 1))
+        .map_err(|source| CliError::Io {
+            context: "cannot start the async runtime".into(),
+            source,
+        })
 }
 
-async fn create(server: &str, body: Vec<u8>) -> Result<String, Failure> {
-    let url = format!("{}/schematics", base(server));
-    let resp = reqwest::Client::new()
-        .post(&url)
+async fn create(server: &str, body: Vec<u8>) -> Result<String, CliError> {
+    let url = parse_url(&url(server, "schematics"))?;
+    let req = reqwest::Client::new()
+        .post(url.clone())
         .header("Content-Type", "application/yaml")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| Failure(format!("POST {url}: {e}"), 1))?;
-    let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| Failure(format!("POST {url}: {e}"), 1))?;
-    if status.is_client_error() {
-        return Err(Failure(
-            format!(
-                "server rejected the schematic ({status}): {}",
-                text.trim_end()
-            ),
-            EXIT_INVALID,
-        ));
-    }
-    if !status.is_success() {
-        return Err(Failure(
-            format!("POST {url}: {status}: {}", text.trim_end()),
-            1,
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Failure(format!("POST {url}: unexpected response {text:?}: {e}"), 1))?;
+        .body(body);
+    let resp = send("POST", &url, req).await?;
+    let body = text("POST", &url, resp).await?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|_| CliError::Unexpected {
+        url: url.to_string(),
+        body: body.clone(),
+    })?;
     v.get("id")
         .and_then(|id| id.as_str())
         .map(|id| format!("{id}\n"))
-        .ok_or_else(|| Failure(format!("POST {url}: response has no id: {text:?}"), 1))
+        .ok_or_else(|| CliError::Unexpected {
+            url: url.to_string(),
+            body,
+        })
 }
 
-async fn get(server: &str, id: &str) -> Result<String, Failure> {
-    let url = format!("{}/schematics/{id}", base(server));
-    let resp = reqwest::get(&url)
-        .await
-        .map_err(|e| Failure(format!("GET {url}: {e}"), 1))?;
-    let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| Failure(format!("GET {url}: {e}"), 1))?;
-    if !status.is_success() {
-        return Err(Failure(
-            format!("GET {url}: {status}: {}", text.trim_end()),
-            1,
-        ));
-    }
-    Ok(text)
+async fn get(server: &str, id: &str) -> Result<String, CliError> {
+    let url = parse_url(&url(server, &format!("schematics/{id}")))?;
+    let resp = send("GET", &url, reqwest::Client::new().get(url.clone())).await?;
+    text("GET", &url, resp).await
 }
 
-fn execute(cmd: SchematicCommand) -> Result<(), Failure> {
+fn parse_url(s: &str) -> Result<url::Url, CliError> {
+    url::Url::parse(s).map_err(|e| CliError::Usage(format!("--server: {s:?}: {e}")))
+}
+
+fn execute(cmd: SchematicCommand) -> Result<(), CliError> {
     match cmd {
         SchematicCommand::Id { file } => print(&format!("{}\n", parse(file.as_ref())?.id())),
         SchematicCommand::Canonical { file } => print(&parse(file.as_ref())?.canonical()),
@@ -158,11 +130,5 @@ fn execute(cmd: SchematicCommand) -> Result<(), Failure> {
 
 /// Runs a schematic subcommand; invalid input exits with code 2.
 pub fn run(cmd: SchematicCommand) -> ExitCode {
-    match execute(cmd) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(msg, code)) => {
-            eprintln!("image-factory: {msg}");
-            ExitCode::from(code)
-        }
-    }
+    finish("schematic", execute(cmd))
 }

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use super::error::{CliError, finish};
+use super::runtime;
 use crate::config::{self, FlagOverrides};
-use crate::frontend::http;
+use crate::frontend;
 
 /// Flags of `serve` (override the config file and `IF_*` variables).
 #[derive(Debug, Args)]
@@ -27,42 +29,22 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGTERM/SIGINT.
 pub fn run(args: ServeArgs) -> ExitCode {
+    finish("serve", run_inner(args))
+}
+
+fn run_inner(args: ServeArgs) -> Result<(), CliError> {
     let flags = FlagOverrides {
         data_dir: args.data_dir,
         http_listen_addr: args.http_listen_addr,
         metrics_addr: args.metrics_addr,
     };
-    let cfg = match config::load(args.config.as_deref(), std::env::vars(), &flags)
-        .and_then(|c| c.validate().map(|()| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("image-factory: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("image-factory: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        let running = http::serve(cfg, shutdown_signal()).await?;
+    let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
+    cfg.validate()?;
+    runtime()?.block_on(async move {
+        let running = frontend::serve(cfg, shutdown_signal()).await?;
         running.wait().await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "server failed");
-            eprintln!("image-factory: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })?;
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -12,13 +12,14 @@ use super::{Config, ConfigError};
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "IF_";
 
-/// `IF_` variables that are not configuration keys: the test kit's input directory and the
-/// test suite's switch (`testkit::tools`). Ignored here, so setting them never breaks the
-/// binary a test runs.
-pub const NOT_CONFIG_ENV: &[&str] = &[
-    crate::testkit::debian::KIT_DIR_ENV,
-    crate::testkit::tools::REQUIRE_TOOLS_ENV,
-];
+/// `IF_` variables that are not configuration keys, ignored here so that setting them never
+/// breaks a command: the registry password of `--registry-user`, the Debian input directory of
+/// `image-factory dev synth-release`, and the test suite's switch that turns a missing test
+/// tool into a failure.
+pub const NOT_CONFIG_ENV: &[&str] = &[REGISTRY_PASSWORD_ENV, "IF_TESTKIT_DIR", "IF_REQUIRE_TOOLS"];
+
+/// The password of `--registry-user` (not a configuration key: never written to a file).
+pub const REGISTRY_PASSWORD_ENV: &str = "IF_REGISTRY_PASSWORD";
 
 /// Values given as command-line flags (highest precedence); `None` = not given.
 #[derive(Debug, Clone, Default)]

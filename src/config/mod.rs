@@ -6,7 +6,7 @@ mod load;
 mod validate;
 
 pub use listen::ListenAddr;
-pub use load::{FlagOverrides, load};
+pub use load::{FlagOverrides, NOT_CONFIG_ENV, REGISTRY_PASSWORD_ENV, load};
 
 use std::path::{Path, PathBuf};
 

@@ -1,3 +1,7 @@
-//! Frontends: HTTP now; the OCI registry and TFTP follow in later issues.
+//! Frontends: HTTP (API, downloads, iPXE scripts) and metrics now; the OCI registry and TFTP
+//! follow. [`serve`] assembles them over one [`crate::node::Node`].
 
 pub mod http;
+mod serve;
+
+pub use serve::{BoundAddrs, Running, ServeError, serve};

@@ -145,6 +145,11 @@ impl ImagerError {
         }
     }
 
+    /// Whether the failure is the appliance's, not the request's (worth retrying later).
+    pub fn is_internal(&self) -> bool {
+        self.class() == ErrorClass::Internal
+    }
+
     /// Whether this error came from parsing the asset path (upstream prefixes these with
     /// `error parsing profile from path: `).
     pub fn is_path_error(&self) -> bool {

@@ -270,7 +270,7 @@ mod tests {
 
     use super::WRITE_CHUNK;
     use crate::store::blobs::tests::store;
-    use crate::testkit::pseudo_random;
+    use crate::synth::pseudo_random;
 
     #[test]
     fn bytes_reach_the_file_in_aligned_chunks_whatever_the_write_sizes() {

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use image_factory::testkit::{Marker, qemu, tools};
+use image_factory::synth::Marker;
+use testsupport::{qemu, tools};
 
-use image_factory::testkit::qemu::OVMF_VARS;
+use testsupport::qemu::OVMF_VARS;
 
 use crate::common::kit::bin;
 

@@ -11,8 +11,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::common::kit::{self, Kit, schematic_id, tool};
-use image_factory::testkit::qemu::{self, OVMF_VARS};
-use image_factory::testkit::{Marker, parse_adv};
+use image_factory::synth::{Marker, parse_adv};
+use testsupport::qemu::{self, OVMF_VARS};
 
 const VERSION: &str = "v1.11.0";
 
@@ -158,7 +158,7 @@ fn check_boot(m: &Marker, id: &str, dual_boot: bool) {
 }
 
 fn can_boot() -> bool {
-    image_factory::testkit::tools::qemu_ovmf()
+    testsupport::tools::qemu_ovmf()
 }
 
 fn boot_ovmf(disk: &Path, work: &Path) -> Marker {

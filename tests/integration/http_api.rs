@@ -390,7 +390,7 @@ async fn data_survives_graceful_restart_and_lock_is_reported() {
     cfg.storage.data_dir = dir.display().to_string();
     cfg.http.http_listen_addr = "127.0.0.1:0".into();
     cfg.metrics.addr = String::new();
-    let err = image_factory::frontend::http::serve(cfg, std::future::pending())
+    let err = image_factory::frontend::serve(cfg, std::future::pending())
         .await
         .err()
         .expect("second server must fail");

@@ -13,7 +13,7 @@ use image_factory::imager::initramfs::{
     EMBEDDED_CONFIG_LABEL, ExtensionSource, InitramfsError, check_tools,
     embedded_config_extension_tar, schematic_extension_tar, schematic_manifest,
 };
-use image_factory::testkit::Tree;
+use image_factory::synth::Tree;
 use sha2::{Digest as _, Sha256};
 use support::*;
 
@@ -550,10 +550,10 @@ fn modules_dep_with_debian_kernel_from_the_test_kit() {
     if !have(&["cpio", "zstd", "unsquashfs", "depmod"]) {
         return;
     }
-    let Some(inputs) = image_factory::testkit::tools::kit_inputs() else {
+    let Some(inputs) = crate::common::kit::kit_inputs() else {
         return;
     };
-    let base = image_factory::testkit::initramfs::base_initramfs(&inputs, "v1.11.0").unwrap();
+    let base = image_factory::synth::initramfs::base_initramfs(&inputs, "v1.11.0").unwrap();
     let e = env(base);
     let dummy = inputs
         .module_path("dummy")

@@ -281,7 +281,7 @@ fn installer_image_blobs_and_archive() {
 
 /// `skopeo inspect` and `skopeo copy` (which checks layer digests) on the archive.
 fn skopeo_checks(archive: &Path, image: &InstallerImage, dir: &Path) {
-    if !image_factory::testkit::tools::have("skopeo", "skopeo") {
+    if !testsupport::tools::have("skopeo", "skopeo") {
         return;
     }
     let src = format!("docker-archive:{}", archive.display());

@@ -13,8 +13,8 @@ use image_factory::imager::uki::{
     Payload, UkiLayout, UkiParts, UkiPurpose, assemble_uki, kernel_release, os_release,
     read_kernel_release, section_names, standard_profiles,
 };
-use image_factory::testkit::tools;
 use sha2::{Digest as _, Sha256};
+use testsupport::tools;
 
 const CMDLINE: &str = "talos.platform=metal console=ttyS0 init_on_alloc=1";
 

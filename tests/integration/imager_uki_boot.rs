@@ -5,16 +5,17 @@ use image_factory::imager::pe::{AssembleOptions, SymbolTable};
 use image_factory::imager::uki::{
     Payload, UkiParts, UkiPurpose, assemble_uki, os_release, read_kernel_release, standard_profiles,
 };
-use image_factory::testkit::{Marker, initramfs, qemu, tools};
+use image_factory::synth::{Marker, initramfs};
+use testsupport::{qemu, tools};
 
-use image_factory::testkit::qemu::OVMF_VARS;
+use testsupport::qemu::OVMF_VARS;
 
 #[test]
 fn uki_boots_through_ovmf() {
     if !tools::qemu_ovmf() {
         return;
     }
-    let Some(inputs) = tools::kit_inputs() else {
+    let Some(inputs) = crate::common::kit::kit_inputs() else {
         return;
     };
     let initrd = initramfs::base_initramfs(&inputs, "v1.11.0").expect("kit initramfs");

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::kit::{self, Kit, schematic_id, tool};
-use image_factory::testkit::Marker;
-use image_factory::testkit::qemu::{Boot, OVMF_VARS};
+use image_factory::synth::Marker;
+use testsupport::qemu::{Boot, OVMF_VARS};
 
 fn schematic_file(k: &Kit, name: &str, body: &str) -> PathBuf {
     let p = k.dir.path().join(name);
@@ -164,7 +164,7 @@ fn marker(console: &str) -> Marker {
 }
 
 fn can_boot() -> bool {
-    image_factory::testkit::tools::qemu_ovmf()
+    testsupport::tools::qemu_ovmf()
 }
 
 /// Boots `iso` as a CD-ROM and as a disk, on SeaBIOS and OVMF; returns the four markers.

@@ -18,7 +18,7 @@ use image_factory::oci::{
     MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, OciError, Platform, Reference, RegistryOptions,
     RegistrySource,
 };
-use image_factory::testkit::tools;
+use testsupport::tools;
 use tokio::io::AsyncReadExt;
 
 #[derive(Default)]

@@ -6,7 +6,8 @@ use std::net::TcpListener;
 use std::path::Path;
 
 use crate::common::kit;
-use image_factory::testkit::{Marker, qemu};
+use image_factory::synth::Marker;
+use testsupport::qemu;
 
 /// A loopback port that was free a moment ago (the guest must know it before we bind).
 fn free_port() -> u16 {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use image_factory::imager::initramfs::squashfs::build_squashfs;
-use image_factory::testkit::pseudo_random;
+use image_factory::synth::pseudo_random;
 
 /// Runs `cmd` (from Debian package `package`); panics with a clear message when it is missing
 /// or fails; returns stdout.

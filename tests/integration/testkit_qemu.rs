@@ -5,16 +5,17 @@
 use std::io::Write;
 
 use base64::Engine as _;
-use image_factory::testkit::{
-    KitInputs, Marker, PROOF_DIR, Tree, default_kit_dir, extension_proof, initramfs, qemu,
+use image_factory::synth::{
+    KitInputs, Marker, PROOF_DIR, Tree, default_kit_dir, extension_proof, initramfs,
 };
+use testsupport::qemu;
 
 fn kit() -> KitInputs {
     KitInputs::locate(&default_kit_dir()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn skip_without_qemu() -> bool {
-    !image_factory::testkit::tools::qemu()
+    !testsupport::tools::qemu()
 }
 
 fn boot(inputs: &KitInputs, initrd: &[u8], append: &str) -> Marker {

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use image_factory::oci::{
     Descriptor, Digest, ImageIndex, ImageManifest, ImageSource, LayoutSource, Reference,
 };
-use image_factory::testkit::{SynthOptions, SynthReport, synth_release};
+use image_factory::synth::{SynthOptions, SynthReport, synth_release};
 use image_factory::trust::{SigningKey, TrustedKeys, verify_image};
 
 const KEY_SEED: [u8; 32] = [42; 32];
@@ -320,7 +320,7 @@ fn catalogs_and_extension_images() {
 fn tool(name: &str, package: &str) -> Command {
     // Always a failure, whatever IF_REQUIRE_TOOLS says.
     assert!(
-        image_factory::testkit::tools::on_path(name),
+        testsupport::tools::on_path(name),
         "{name} is not installed: install Debian package {package} (test.sh does)"
     );
     Command::new(name)

@@ -7,12 +7,11 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::{Assets, BuildResult, Joined, Outcome, Resolved, internal, labels, lock};
-use crate::assets::error::AssetError;
+use super::{Assets, BuildResult, Joined, Outcome, Resolved, labels, lock};
+use crate::assets::error::{AssetError, BuildError, BuildFailure};
 use crate::assets::metrics::AssetLabels;
 use crate::assets::record::AssetRecord;
 use crate::imager::builder::BuildRequest;
-use crate::imager::error::ErrorClass;
 
 impl Assets {
     /// Joins the running build for the key, or starts one; `None` if a record appeared.
@@ -50,7 +49,7 @@ impl Assets {
             let result = this.run_build(&resolved).await;
             let key = &resolved.key.key;
             if let Err(f) = &result
-                && f.class != ErrorClass::Internal
+                && f.imager().is_some_and(|e| !e.is_internal())
             {
                 lock(&this.inner.negative).insert(key.clone(), (Instant::now(), f.clone()));
             }
@@ -67,7 +66,9 @@ impl Assets {
         m.queue_depth.increment(1.0);
         let permit = Arc::clone(&self.inner.slots).acquire_owned().await;
         m.queue_depth.decrement(1.0);
-        let permit = permit.map_err(|e| internal("build slots", e))?;
+        let Ok(permit) = permit else {
+            return Err(BuildFailure::from(BuildError::QueueClosed));
+        };
         m.concurrency_latency.record(queued.elapsed().as_secs_f64());
         let started = Instant::now();
         let this = self.clone();
@@ -80,11 +81,8 @@ impl Assets {
         });
         let timeout = self.inner.opts.build_timeout;
         let result = match tokio::time::timeout(timeout, job).await {
-            Err(_) => Err(internal(
-                "build",
-                format!("timed out after {} s", timeout.as_secs()),
-            )),
-            Ok(Err(e)) => Err(internal("build task", e)),
+            Err(_) => Err(BuildError::TimedOut(timeout.as_secs()).into()),
+            Ok(Err(e)) => Err(BuildError::Task(e).into()),
             Ok(Ok(r)) => r,
         };
         let req = &resolved.req;
@@ -110,15 +108,15 @@ impl Assets {
             }
             Err(f) => {
                 m.build_failed(&AssetLabels {
-                    version: &req.version.tag(),
+                    version: &resolved.version.tag(),
                     kind: resolved.profile.output.kind.as_str(),
                     arch: resolved.profile.arch.as_str(),
                 });
                 tracing::warn!(
                     schematic = %req.schematic_id,
-                    version = %req.version.tag(),
+                    version = %resolved.version.tag(),
                     path = %req.path,
-                    error = %f.message,
+                    error = %format!("{:#}", crate::causes::Causes(f)),
                     "asset build failed"
                 );
             }
@@ -131,8 +129,8 @@ impl Assets {
         let breq = BuildRequest {
             schematic: &r.schematic,
             schematic_id: &r.req.schematic_id,
-            canonical: &r.req.canonical,
-            version: &r.req.version,
+            canonical: &r.canonical,
+            version: &r.version,
             path: &r.req.path,
         };
         let built = self
@@ -148,7 +146,7 @@ impl Assets {
         let record = AssetRecord {
             key: r.key.key.clone(),
             schematic: r.req.schematic_id.clone(),
-            version: r.req.version.tag(),
+            version: r.version.tag(),
             path: r.req.path.clone(),
             kind: built.kind.as_str().to_string(),
             arch: built.profile.arch.as_str().to_string(),
@@ -160,13 +158,11 @@ impl Assets {
             inputs: r.key.inputs.clone(),
             intermediates,
         };
-        let sealed = record
-            .seal(&self.inner.key)
-            .map_err(|e| internal("seal record", e))?;
+        let sealed = record.seal(&self.inner.key).map_err(BuildError::Seal)?;
         self.inner
             .records
             .put_raw(&record.key, &sealed)
-            .map_err(|e| internal("store record", e))?;
+            .map_err(BuildError::Store)?;
         lock(&self.inner.verified).insert(record.blake3.clone());
         Ok(Arc::new(record))
     }

@@ -2,7 +2,6 @@
 //! bundle streamed as the request body, or pulled from a registry), answering with a stream of
 //! JSON progress lines. Authenticated with the admin bearer token.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
@@ -16,28 +15,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
-use super::handlers::AppState;
-use crate::catalog::{ImportOptions, ImportProgress, Importer, Selection, Version};
-use crate::oci::{ImageSource, LayoutSource, RegistryOptions, RegistrySource};
-use crate::store::BlobStore;
+use super::state::AppState;
+use crate::catalog::{ImportProgress, ImportSummary, Selection, Version};
+use crate::causes::Causes;
+use crate::node::{ImportFrom, ImportJob};
+use crate::oci::RegistryOptions;
 use crate::trust::{TrustPolicy, TrustedKeys, token_matches};
 
 /// Header carrying an extra trusted public key (base64 of the PEM) for one import.
 pub const TRUST_KEY_HEADER: &str = "x-if-trust-key";
-
-/// What the admin API needs.
-pub struct AdminState {
-    /// The admin bearer token.
-    pub token: String,
-    /// Blob store of the data directory.
-    pub blobs: BlobStore,
-    /// `trust.publicKeys` from the configuration.
-    pub trusted_key_files: Vec<PathBuf>,
-    /// Directory for uploads and extraction (on the data volume).
-    pub scratch: PathBuf,
-    /// One import at a time.
-    pub lock: tokio::sync::Mutex<()>,
-}
 
 /// Query of `POST /admin/import`.
 #[derive(Debug, Deserialize, Default)]
@@ -105,15 +91,14 @@ impl ImportProgress for ChannelProgress {
     }
 }
 
-fn policy(admin: &AdminState, headers: &HeaderMap, skip: bool) -> Result<TrustPolicy, ApiError> {
+fn policy(st: &AppState, headers: &HeaderMap, skip: bool) -> Result<TrustPolicy, ApiError> {
     if skip {
         tracing::warn!("admin import with signature verification SKIPPED (insecure)");
         return Ok(TrustPolicy::insecure_skip());
     }
     let mut keys = TrustedKeys::new();
-    for path in &admin.trusted_key_files {
-        keys.add_file(path)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    for path in &st.node().config().trust.public_keys {
+        keys.add_file(std::path::Path::new(path))?;
     }
     for (i, v) in headers.get_all(TRUST_KEY_HEADER).iter().enumerate() {
         let pem = v
@@ -129,7 +114,7 @@ fn policy(admin: &AdminState, headers: &HeaderMap, skip: bool) -> Result<TrustPo
                 ApiError::BadRequest(format!("{TRUST_KEY_HEADER} #{i}: not base64 PEM"))
             })?;
         keys.add_pem(&pem, &format!("{TRUST_KEY_HEADER} #{i}"))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            .map_err(ApiError::bad_trust_key)?;
     }
     if keys.is_empty() {
         return Err(ApiError::BadRequest(
@@ -141,13 +126,13 @@ fn policy(admin: &AdminState, headers: &HeaderMap, skip: bool) -> Result<TrustPo
 }
 
 /// Checks the admin bearer token.
-fn authorize(admin: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if token_matches(&admin.token, given.trim()) {
+    if token_matches(st.admin_token(), given.trim()) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
@@ -169,9 +154,9 @@ pub async fn gc(
     headers: HeaderMap,
     Query(q): Query<GcQuery>,
 ) -> Result<Response, ApiError> {
-    authorize(st.admin(), &headers)?;
+    authorize(&st, &headers)?;
     let report = st.assets().gc(q.dry_run).await?;
-    let mut body = serde_json::to_string(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut body = serde_json::to_string(&report).map_err(ApiError::json)?;
     body.push('\n');
     Ok((
         [(
@@ -190,8 +175,7 @@ pub async fn import(
     Query(q): Query<ImportQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let admin = st.admin().clone();
-    authorize(&admin, &headers)?;
+    authorize(&st, &headers)?;
     let versions: Vec<Version> = list(&q.version)
         .iter()
         .map(|v| {
@@ -199,126 +183,59 @@ pub async fn import(
                 .ok_or_else(|| ApiError::BadRequest(format!("invalid version {v:?}")))
         })
         .collect::<Result<_, _>>()?;
-    let policy = policy(&admin, &headers, q.insecure_skip_signature_verification)?;
+    let policy = policy(&st, &headers, q.insecure_skip_signature_verification)?;
     let extensions = match q.extensions.as_deref() {
         None | Some("all") | Some("") => Selection::All,
         Some(_) => Selection::Only(list(&q.extensions)),
     };
-    let arches = list(&q.arch);
-
-    std::fs::create_dir_all(&admin.scratch).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let upload = match &q.from_registry {
-        Some(_) => None,
-        None => {
-            let path = admin
-                .scratch
-                .join(format!("upload-{}.tar", uuid::Uuid::new_v4()));
-            let mut file = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| ApiError::Internal(format!("create {}: {e}", path.display())))?;
-            let mut stream = body.into_data_stream();
-            let mut size = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    let _ = std::fs::remove_file(&path);
-                    ApiError::BadRequest(format!("reading the bundle upload: {e}"))
-                })?;
-                size += chunk.len() as u64;
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("write upload: {e}")))?;
+    let from = match &q.from_registry {
+        Some(host_ns) => {
+            if versions.is_empty() {
+                return Err(ApiError::BadRequest("fromRegistry needs version".into()));
             }
-            file.sync_all()
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            if size == 0 {
-                let _ = std::fs::remove_file(&path);
-                return Err(ApiError::BadRequest(
-                    "empty body: send the bundle, or use fromRegistry".into(),
-                ));
+            ImportFrom::Registry {
+                host_ns: host_ns.clone(),
+                options: RegistryOptions {
+                    insecure: q.insecure_registry,
+                    ..RegistryOptions::default()
+                },
             }
-            tracing::info!(bytes = size, "admin import: bundle received");
-            Some(path)
         }
+        None => ImportFrom::Bundle(receive_upload(&st, body).await?),
+    };
+    let job = ImportJob {
+        from,
+        versions,
+        arches: list(&q.arch),
+        extensions,
+        policy,
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let releases = st.catalog().releases.clone();
-    let registry_arg = q.from_registry.clone();
-    let insecure_registry = q.insecure_registry;
     // Detached: the import finishes even if the client goes away.
     tokio::spawn(async move {
-        let _guard = admin.lock.lock().await;
+        let _guard = st.import_lock().lock().await;
         let progress = ChannelProgress {
             tx,
             pending: AtomicU64::new(0),
         };
-        let run = async {
-            let scratch = admin.scratch.clone();
-            match (&upload, &registry_arg) {
-                (Some(path), _) => {
-                    let layout = LayoutSource::open_async(path.clone())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let wanted = if versions.is_empty() {
-                        crate::catalog::bundle_versions(&layout)
-                    } else {
-                        versions.clone()
-                    };
-                    if wanted.is_empty() {
-                        return Err("the bundle holds no siderolabs/imager image".to_string());
-                    }
-                    run_versions(
-                        &layout,
-                        "ghcr.io",
-                        &wanted,
-                        &arches,
-                        &extensions,
-                        &admin.blobs,
-                        &releases,
-                        &policy,
-                        &progress,
-                        &scratch,
-                    )
-                    .await
-                }
-                (None, Some(host_ns)) => {
-                    if versions.is_empty() {
-                        return Err("fromRegistry needs version".to_string());
-                    }
-                    let host = host_ns.split('/').next().unwrap_or(host_ns);
-                    let opts = RegistryOptions {
-                        insecure: insecure_registry,
-                        ..RegistryOptions::default()
-                    };
-                    let source = RegistrySource::new(host, opts).map_err(|e| e.to_string())?;
-                    run_versions(
-                        &source,
-                        host_ns.trim_end_matches('/'),
-                        &versions,
-                        &arches,
-                        &extensions,
-                        &admin.blobs,
-                        &releases,
-                        &policy,
-                        &progress,
-                        &scratch,
-                    )
-                    .await
-                }
-                (None, None) => Err("nothing to import".to_string()),
-            }
-        };
-        let result = run.await;
+        let verified = !job.policy.skip;
+        let result = job
+            .run(st.node(), &progress, |s| {
+                progress.flush();
+                progress.send(imported_line(s, verified));
+            })
+            .await;
         progress.flush();
         match result {
             Ok(()) => progress.send(serde_json::json!({ "done": true })),
             Err(e) => {
-                tracing::error!(error = %e, "admin import failed");
-                progress.send(serde_json::json!({ "error": e }));
+                let text = format!("{:#}", Causes(&e));
+                tracing::error!(error = %text, "admin import failed");
+                progress.send(serde_json::json!({ "error": text }));
             }
         }
-        if let Some(p) = upload {
+        if let ImportFrom::Bundle(p) = &job.from {
             let _ = tokio::fs::remove_file(p).await;
         }
     });
@@ -331,51 +248,74 @@ pub async fn import(
     Ok(resp)
 }
 
+/// Writes the request body (a bundle) to a scratch file on the data volume and syncs it.
+async fn receive_upload(st: &AppState, body: Body) -> Result<std::path::PathBuf, ApiError> {
+    let scratch = st.node().scratch_dir();
+    tokio::fs::create_dir_all(&scratch)
+        .await
+        .map_err(|e| ApiError::io("creating the upload directory", e))?;
+    let path = scratch.join(format!("upload-{}.tar", uuid::Uuid::new_v4()));
+    let written = write_upload(&path, body).await;
+    match written {
+        Ok(0) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(ApiError::BadRequest(
+                "empty body: send the bundle, or use fromRegistry".into(),
+            ))
+        }
+        Ok(size) => {
+            tracing::info!(bytes = size, "admin import: bundle received");
+            Ok(path)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(e)
+        }
+    }
+}
+
+async fn write_upload(path: &std::path::Path, body: Body) -> Result<u64, ApiError> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| ApiError::io("creating the upload file", e))?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::BadRequest(format!("reading the bundle upload: {}", Causes(&e)))
+        })?;
+        size += chunk.len() as u64;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::io("writing the upload", e))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| ApiError::io("syncing the upload", e))?;
+    Ok(size)
+}
+
 fn tokio_stream_lines(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> impl futures_util::Stream<Item = Result<String, std::convert::Infallible>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_versions<S: ImageSource>(
-    source: &S,
-    registry: &str,
-    versions: &[Version],
-    arches: &[String],
-    extensions: &Selection,
-    blobs: &BlobStore,
-    releases: &crate::catalog::ReleaseStore,
-    policy: &TrustPolicy,
-    progress: &ChannelProgress,
-    scratch: &std::path::Path,
-) -> Result<(), String> {
-    for v in versions {
-        let opts = ImportOptions {
-            version: v.clone(),
-            arches: arches.to_vec(),
-            extensions: extensions.clone(),
-            registry: registry.to_string(),
-        };
-        let s = Importer::new(source, blobs, releases, policy, progress, scratch)
-            .run(&opts)
-            .await
-            .map_err(|e| format!("import of {} failed: {e}", v.tag()))?;
-        progress.send(serde_json::json!({
-            "imported": {
-                "version": s.release.version,
-                "arches": s.release.arches.keys().collect::<Vec<_>>(),
-                "extensions": s.release.extensions.iter().filter(|e| !e.images.is_empty()).count(),
-                "catalogExtensions": s.release.extensions.len(),
-                "overlays": s.release.overlays.len(),
-                "partial": s.release.partial,
-                "verified": !policy.skip,
-                "images": s.images,
-                "blobsStored": s.blobs_stored,
-                "blobsReused": s.blobs_reused,
-                "bytesStored": s.bytes_stored,
-            }
-        }));
-    }
-    Ok(())
+/// The progress line announcing one imported version.
+fn imported_line(s: &ImportSummary, verified: bool) -> serde_json::Value {
+    serde_json::json!({
+        "imported": {
+            "version": s.release.version,
+            "arches": s.release.arches.keys().collect::<Vec<_>>(),
+            "extensions": s.release.extensions.iter().filter(|e| !e.images.is_empty()).count(),
+            "catalogExtensions": s.release.extensions.len(),
+            "overlays": s.release.overlays.len(),
+            "partial": s.release.partial,
+            "verified": verified,
+            "images": s.images,
+            "blobsStored": s.blobs_stored,
+            "blobsReused": s.blobs_reused,
+            "bytesStored": s.bytes_stored,
+        }
+    })
 }

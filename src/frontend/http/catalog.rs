@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::gojson;
-use super::handlers::AppState;
+use super::state::AppState;
 use crate::catalog::{CatalogError, Release, Version, version};
 
 /// Query of `GET /versions`.
@@ -28,14 +28,18 @@ fn json(body: String) -> Response {
 
 /// The versions this appliance offers: imported releases filtered by the configured rules.
 pub fn offered_versions(st: &AppState) -> Result<Vec<Version>, ApiError> {
-    let cat = st.catalog();
-    let imported: Vec<Version> = cat
-        .releases
+    let rules = st.version_rules();
+    let imported: Vec<Version> = st
+        .releases()
         .list()?
         .iter()
         .filter_map(Release::parsed_version)
         .collect();
-    Ok(version::offered(&imported, &cat.min_version, &cat.broken))
+    Ok(version::offered(
+        &imported,
+        &rules.min_version,
+        &rules.broken,
+    ))
 }
 
 /// Resolves the `:version` path parameter: `v` added, strict semver (else 500), offered (else 404).
@@ -46,10 +50,7 @@ fn offered_release(st: &AppState, raw: &str) -> Result<Release, ApiError> {
     if !offered_versions(st)?.contains(&v) {
         return Err(not_available());
     }
-    st.catalog()
-        .releases
-        .get(&v.tag())?
-        .ok_or_else(not_available)
+    st.releases().get(&v.tag())?.ok_or_else(not_available)
 }
 
 /// `GET /versions` (or the configured broken list with `?broken=true`).
@@ -58,7 +59,7 @@ pub async fn versions(
     Query(q): Query<VersionsQuery>,
 ) -> Result<Response, ApiError> {
     let list: Vec<String> = if q.broken.as_deref() == Some("true") {
-        st.catalog().broken.iter().map(Version::tag).collect()
+        st.version_rules().broken.iter().map(Version::tag).collect()
     } else {
         offered_versions(&st)?.iter().map(Version::tag).collect()
     };

@@ -33,7 +33,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections until `stop` turns true, then waits for open connections to finish
 /// (idle ones close at once, busy ones after their current response).
-pub(super) async fn serve_listener(
+pub async fn serve_listener(
     listener: TcpListener,
     router: Router,
     mut stop: watch::Receiver<bool>,

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::assets::AssetError;
 use crate::catalog::CatalogError;
+use crate::causes::Causes;
 use crate::imager::error::{ErrorClass, ImagerError};
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
@@ -47,9 +48,15 @@ pub enum ApiError {
     /// opened, twice in a row); the text is shown.
     #[error("{0}")]
     Unavailable(String),
-    /// 500: logged with details, answered `internal server error`.
-    #[error("internal server error: {0}")]
-    Internal(String),
+    /// 500: logged with its causes, answered `internal server error`.
+    #[error("internal server error: {context}")]
+    Internal {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl From<SchematicError> for ApiError {
@@ -65,51 +72,104 @@ impl From<CatalogError> for ApiError {
                 ApiError::NotFound(e.to_string())
             }
             // Upstream answers a malformed version with 500; kept for compatibility.
-            other => ApiError::Internal(other.to_string()),
+            other => ApiError::caused("reading the release catalog", other),
         }
     }
 }
 
 impl From<ImagerError> for ApiError {
     fn from(e: ImagerError) -> Self {
-        if e.is_path_error() {
-            return ApiError::BadRequest(format!("error parsing profile from path: {e}"));
+        match imager_answer(&e) {
+            Some(answer) => answer,
+            None => ApiError::caused("building the asset", e),
         }
-        match e.class() {
-            ErrorClass::BadRequest => {
-                ApiError::BadRequest(format!("error enhancing profile from schematic: {e}"))
-            }
-            ErrorClass::NotFound => ApiError::NotFound(e.to_string()),
-            ErrorClass::NotImplemented => ApiError::NotImplemented(e.to_string()),
-            ErrorClass::Internal => ApiError::Internal(e.to_string()),
-        }
+    }
+}
+
+/// The answer to an imager error the client caused (its text shown, with upstream's prefixes),
+/// or `None` for the appliance's own failures (500).
+fn imager_answer(e: &ImagerError) -> Option<ApiError> {
+    if e.is_path_error() {
+        return Some(ApiError::BadRequest(format!(
+            "error parsing profile from path: {e}"
+        )));
+    }
+    match e.class() {
+        ErrorClass::BadRequest => Some(ApiError::BadRequest(format!(
+            "error enhancing profile from schematic: {e}"
+        ))),
+        ErrorClass::NotFound => Some(ApiError::NotFound(e.to_string())),
+        ErrorClass::NotImplemented => Some(ApiError::NotImplemented(e.to_string())),
+        ErrorClass::Internal => None,
     }
 }
 
 impl From<AssetError> for ApiError {
     fn from(e: AssetError) -> Self {
         match e {
+            AssetError::SchematicNotFound(_) => ApiError::NotFound(e.to_string()),
+            // Upstream answers a malformed version with 500; kept for compatibility.
+            AssetError::InvalidVersion(_) => ApiError::internal(e.to_string()),
             AssetError::Imager(e) => e.into(),
+            AssetError::Build(f) => match f.imager().and_then(imager_answer) {
+                Some(answer) => answer,
+                None => ApiError::caused("building the asset", f),
+            },
             AssetError::Gone(_) => ApiError::Unavailable(format!(
                 "{e}: it is being rebuilt, try again in a few seconds"
             )),
-            other => match other.class() {
-                ErrorClass::BadRequest => ApiError::BadRequest(other.to_string()),
-                ErrorClass::NotFound => ApiError::NotFound(other.to_string()),
-                ErrorClass::NotImplemented => ApiError::NotImplemented(other.to_string()),
-                ErrorClass::Internal => ApiError::Internal(other.to_string()),
-            },
+            other => ApiError::caused("serving the asset", other),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        ApiError::caused("storage", e)
+    }
+}
+
+impl From<crate::trust::TrustError> for ApiError {
+    fn from(e: crate::trust::TrustError) -> Self {
+        ApiError::caused("loading trusted keys", e)
     }
 }
 
 impl ApiError {
+    /// A 500 with no cause beyond `context`.
+    pub fn internal(context: impl Into<String>) -> Self {
+        ApiError::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A 500: `context` failed because of `source`.
+    pub fn caused(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ApiError::Internal {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A 500 for a failed file operation.
+    pub fn io(context: &str, source: std::io::Error) -> Self {
+        Self::caused(context, source)
+    }
+
+    /// A 500 for a response that could not be encoded as JSON.
+    pub fn json(source: serde_json::Error) -> Self {
+        Self::caused("encoding the JSON answer", source)
+    }
+
+    /// A 400 for a trusted key sent with a request that does not parse.
+    pub fn bad_trust_key(source: crate::trust::TrustError) -> Self {
+        ApiError::BadRequest(source.to_string())
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -122,14 +182,14 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The text written to the client (without the trailing newline).
     pub fn public_message(&self) -> String {
         match self {
-            ApiError::Internal(_) => "internal server error".to_string(),
+            ApiError::Internal { .. } => "internal server error".to_string(),
             other => other.to_string(),
         }
     }
@@ -137,8 +197,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(error = %detail, "internal server error");
+        if let ApiError::Internal { .. } = &self {
+            tracing::error!(error = %format!("{:#}", Causes(&self)), "internal server error");
         }
         let status = self.status();
         let mut body = self.public_message();
@@ -180,7 +240,7 @@ mod tests {
         let resp = ApiError::from(AssetError::Gone("ab12".into())).into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
-        let other = ApiError::from(AssetError::Integrity("x".into())).into_response();
+        let other = ApiError::from(AssetError::NoResult("x".into())).into_response();
         assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }

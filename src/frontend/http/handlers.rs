@@ -1,7 +1,6 @@
 //! Request handlers: schematics, health, status, metrics.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -11,99 +10,10 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::gojson;
-use super::metrics::Metrics;
-use crate::assets::Assets;
-use crate::catalog::{ReleaseStore, Version};
+use super::state::AppState;
+use crate::node::WorkerStatus;
 use crate::schematic::{self, Schematic};
-use crate::store::{PutOutcome, SchematicStore};
-
-/// Shared state of the HTTP frontend.
-#[derive(Clone)]
-pub struct AppState {
-    inner: Arc<StateParts>,
-}
-
-/// What the catalog endpoints need: imported releases and the offered-version rules.
-pub struct CatalogView {
-    /// Imported releases.
-    pub releases: ReleaseStore,
-    /// `build.minTalosVersion`.
-    pub min_version: Version,
-    /// `build.brokenTalosVersions`.
-    pub broken: Vec<Version>,
-}
-
-/// Everything the HTTP frontend shares between requests.
-pub struct StateParts {
-    /// Stored schematics.
-    pub schematics: SchematicStore,
-    /// Releases and version rules.
-    pub catalog: CatalogView,
-    /// Admin API state.
-    pub admin: Arc<super::admin::AdminState>,
-    /// The asset pipeline.
-    pub assets: Assets,
-    /// The metrics registry.
-    pub metrics: Metrics,
-    /// `http.maxBodyBytes`.
-    pub max_body_bytes: u64,
-    /// Data directory (for `/status`).
-    pub data_dir: String,
-    /// Bound listeners (for `/status`).
-    pub listeners: BTreeMap<String, String>,
-    /// Base URL of iPXE script links (`http.externalPXEURL`, else `http.externalURL`).
-    pub pxe_base_url: String,
-    /// The cluster public key, PKIX PEM.
-    pub signing_key_pem: String,
-}
-
-impl AppState {
-    /// Builds the state from its parts.
-    pub fn new(parts: StateParts) -> Self {
-        parts
-            .metrics
-            .schematic_cache_size
-            .set(parts.schematics.count() as f64);
-        Self {
-            inner: Arc::new(parts),
-        }
-    }
-
-    /// Stored schematics.
-    pub fn schematics(&self) -> &SchematicStore {
-        &self.inner.schematics
-    }
-
-    /// The asset pipeline.
-    pub fn assets(&self) -> &Assets {
-        &self.inner.assets
-    }
-
-    /// Base URL of iPXE script links.
-    pub fn pxe_base_url(&self) -> &str {
-        &self.inner.pxe_base_url
-    }
-
-    /// The cluster public key, PKIX PEM.
-    pub fn signing_key_pem(&self) -> &str {
-        &self.inner.signing_key_pem
-    }
-
-    /// The admin API state.
-    pub fn admin(&self) -> &Arc<super::admin::AdminState> {
-        &self.inner.admin
-    }
-
-    /// Imported releases and version rules.
-    pub fn catalog(&self) -> &CatalogView {
-        &self.inner.catalog
-    }
-
-    /// The metrics registry.
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-}
+use crate::store::PutOutcome;
 
 /// Reads the whole body, enforcing `limit` (413 with our text when exceeded).
 async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
@@ -137,17 +47,16 @@ pub async fn create_schematic(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, st.inner.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, st.max_body_bytes()).await?;
     let parsed = Schematic::parse(&bytes)?;
     let canonical = parsed.canonical();
     let id = schematic::id_of(&canonical);
-    let m = &st.inner.metrics;
-    match st.inner.schematics.put(&id, &canonical).await? {
+    let m = st.metrics();
+    match st.schematics().put(&id, &canonical).await? {
         PutOutcome::Created => m.schematic_create.increment(1),
         PutOutcome::Existed => m.schematic_duplicate_create.increment(1),
     }
-    m.schematic_cache_size
-        .set(st.inner.schematics.count() as f64);
+    m.schematic_cache_size.set(st.schematics().count() as f64);
     let body = gojson::object_of_strings(&[("id", &id), ("schematic", &canonical)]);
     Ok((
         StatusCode::CREATED,
@@ -165,12 +74,12 @@ pub async fn get_schematic(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    st.inner.metrics.schematic_get.increment(1);
+    st.metrics().schematic_get.increment(1);
     let not_found = || ApiError::NotFound("schematic not found".into());
     if !schematic::is_valid_id(&id) {
         return Err(not_found());
     }
-    let yaml = st.inner.schematics.get(&id)?.ok_or_else(not_found)?;
+    let yaml = st.schematics().get(&id)?.ok_or_else(not_found)?;
     Ok((
         StatusCode::OK,
         [(
@@ -201,6 +110,8 @@ pub struct Status<'a> {
     pub schematics: u64,
     /// Imported releases.
     pub releases: Vec<ReleaseStatus>,
+    /// Background workers and their state.
+    pub workers: Vec<WorkerStatus>,
 }
 
 /// One imported release as `/status` shows it.
@@ -223,7 +134,7 @@ pub struct ReleaseStatus {
 
 /// `GET /status` (ours): version, bound addresses, data directory, counts.
 pub async fn status(State(st): State<AppState>) -> Response {
-    let releases = match st.catalog().releases.list() {
+    let releases = match st.releases().list() {
         Ok(list) => list
             .iter()
             .map(|r| ReleaseStatus {
@@ -241,12 +152,17 @@ pub async fn status(State(st): State<AppState>) -> Response {
             .collect(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let data_dir = std::fs::canonicalize(st.node().data_dir())
+        .unwrap_or_else(|_| st.node().data_dir().to_path_buf())
+        .display()
+        .to_string();
     let s = Status {
         releases,
         version: env!("CARGO_PKG_VERSION"),
-        listeners: &st.inner.listeners,
-        data_dir: &st.inner.data_dir,
-        schematics: st.inner.schematics.count(),
+        listeners: st.listeners(),
+        data_dir: &data_dir,
+        schematics: st.schematics().count(),
+        workers: st.node().workers().status(),
     };
     match serde_json::to_string(&s) {
         Ok(mut body) => {
@@ -260,7 +176,7 @@ pub async fn status(State(st): State<AppState>) -> Response {
             )
                 .into_response()
         }
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+        Err(e) => ApiError::json(e).into_response(),
     }
 }
 
@@ -271,7 +187,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        st.inner.metrics.render(),
+        st.metrics().render(),
     )
         .into_response()
 }

@@ -7,46 +7,17 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt as _;
 
 use super::error::ApiError;
-use super::handlers::AppState;
 use super::ranges::{Selection, select};
+use super::state::AppState;
 use crate::assets::{AssetError, AssetRequest, DirectBody, Outcome, Served};
-use crate::catalog::Version;
 use crate::clock::http_date;
-use crate::imager::error::go_quote;
-use crate::imager::path::{content_type, parse_pxe_path, pxe_boot_assets};
-use crate::schematic;
+use crate::netboot;
 
 /// Response extension telling the request log how an asset was answered.
 #[derive(Debug, Clone, Copy)]
 pub struct AssetOutcome(pub Outcome);
-
-/// Largest cmdline asset read into an iPXE script.
-const MAX_CMDLINE: usize = 64 * 1024;
-
-/// The canonical YAML of a stored schematic, or upstream's 404.
-fn load_schematic(st: &AppState, id: &str) -> Result<String, ApiError> {
-    let not_found = || ApiError::NotFound(format!("schematic ID {} not found", go_quote(id)));
-    if !schematic::is_valid_id(id) {
-        return Err(not_found());
-    }
-    st.schematics().get(id)?.ok_or_else(not_found)
-}
-
-/// `:version` with a leading `v` added if missing; strict semver or upstream's 500.
-fn parse_version(v: &str) -> Result<(Version, String), ApiError> {
-    let tag = if v.starts_with('v') {
-        v.to_string()
-    } else {
-        format!("v{v}")
-    };
-    let version = Version::parse_strict(&tag)
-        .filter(|_| tag.len() > 1)
-        .ok_or_else(|| ApiError::Internal(format!("invalid version {}", go_quote(v))))?;
-    Ok((version, tag))
-}
 
 fn header_value(s: &str) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_str(s).map_err(|e| ApiError::BadRequest(format!("invalid header value: {e}")))
@@ -71,27 +42,19 @@ pub async fn image(
             "enterprise not enabled: checksum endpoint is not available".into(),
         ));
     }
-    let canonical = load_schematic(&st, &id)?;
-    let (version, _) = parse_version(&version)?;
-    let req = AssetRequest {
-        schematic_id: id,
-        canonical,
-        version,
-        path: path.clone(),
-        rebuild: false,
-    };
+    let req = AssetRequest::new(&id, &version, &path);
     let filename = query
         .get("filename")
         .filter(|f| !f.is_empty())
         .cloned()
         .unwrap_or_else(|| path.clone());
     let served = st.assets().get(req.clone()).await?;
-    match respond(&st, &served, &path, &filename, &method, &headers) {
+    match respond(&st, &served, &filename, &method, &headers) {
         // The blob was set aside (found damaged by a concurrent download) or collected between
         // the lookup and the open: asking once more rebuilds it or joins that rebuild.
         Err(Responding::Gone(_)) => {
             let served = st.assets().get(req).await?;
-            respond(&st, &served, &path, &filename, &method, &headers).map_err(ApiError::from)
+            respond(&st, &served, &filename, &method, &headers).map_err(ApiError::from)
         }
         other => other.map_err(ApiError::from),
     }
@@ -131,7 +94,6 @@ impl From<Responding> for ApiError {
 fn respond(
     st: &AppState,
     served: &Served,
-    path: &str,
     filename: &str,
     method: &Method,
     headers: &HeaderMap,
@@ -160,7 +122,7 @@ fn respond(
         Body::empty()
     } else {
         builder = builder
-            .header(header::CONTENT_TYPE, content_type(path))
+            .header(header::CONTENT_TYPE, header_value(&record.content_type)?)
             .header(
                 header::CONTENT_DISPOSITION,
                 header_value(&format!("attachment; filename=\"{filename}\""))?,
@@ -183,7 +145,7 @@ fn respond(
     };
     let mut resp = builder
         .body(body)
-        .map_err(|e| ApiError::Internal(format!("response: {e}")))?;
+        .map_err(|e| ApiError::caused("building the response", e))?;
     resp.extensions_mut().insert(AssetOutcome(served.outcome));
     if let Some(d) = direct {
         resp.extensions_mut().insert(d);
@@ -197,49 +159,9 @@ pub async fn pxe(
     State(st): State<AppState>,
     Path((id, version, path)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let canonical = load_schematic(&st, &id)?;
-    let (version, tag) = parse_version(&version)?;
-    let served = st
-        .assets()
-        .get(AssetRequest {
-            schematic_id: id.clone(),
-            canonical,
-            version: version.clone(),
-            path: format!("cmdline-{path}"),
-            rebuild: false,
-        })
-        .await?;
-    if served.record.size > MAX_CMDLINE as u64 {
-        return Err(ApiError::Internal(format!(
-            "cmdline asset is {} bytes",
-            served.record.size
-        )));
-    }
-    let bytes: Vec<u8> = st
-        .assets()
-        .open(&served, None)?
-        .into_stream()
-        .try_fold(Vec::new(), |mut acc, chunk| async move {
-            acc.extend_from_slice(&chunk);
-            Ok(acc)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("read cmdline: {e}")))?;
-    let cmdline = String::from_utf8_lossy(&bytes);
-    let profile = parse_pxe_path(&path, &version)?;
-    let base = st.pxe_base_url().trim_end_matches('/');
-    let url = |file: &str| format!("{base}/image/{id}/{tag}/{file}");
-    let files = pxe_boot_assets(&profile);
-    let mut script = String::from("#!ipxe\n\nimgfree\n");
-    match files.as_slice() {
-        [kernel, initramfs] => {
-            script.push_str(&format!("kernel {} {cmdline}\n", url(kernel)));
-            script.push_str(&format!("initrd {}\n", url(initramfs)));
-        }
-        [uki] => script.push_str(&format!("kernel {} {cmdline}\n", url(uki))),
-        _ => return Err(ApiError::Internal("no boot assets for the profile".into())),
-    }
-    script.push_str("boot\n");
+    let boot = st.assets().pxe_boot(&id, &version, &path).await?;
+    let script = netboot::ipxe_script(&boot, st.pxe_base_url())
+        .ok_or_else(|| ApiError::internal("no boot assets for the profile"))?;
     let mut resp = (
         [(
             header::CONTENT_TYPE,
@@ -248,7 +170,7 @@ pub async fn pxe(
         script,
     )
         .into_response();
-    resp.extensions_mut().insert(AssetOutcome(served.outcome));
+    resp.extensions_mut().insert(AssetOutcome(boot.outcome));
     Ok(resp)
 }
 
@@ -266,5 +188,5 @@ pub async fn signing_key(State(st): State<AppState>) -> Response {
 
 /// `GET /secureboot/signing-cert.pem`: upstream answers 500 while SecureBoot is disabled.
 pub async fn secureboot_cert() -> ApiError {
-    ApiError::Internal("secure boot is not enabled on this appliance".into())
+    ApiError::internal("secure boot is not enabled on this appliance")
 }

@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::assets::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
+use crate::assets::{HISTOGRAMS, LATENCY_BUCKETS};
 
 /// The factory's metrics (upstream names, spec §9).
 #[derive(Clone)]
@@ -23,8 +23,6 @@ pub struct Metrics {
     pub schematic_duplicate_create: Counter,
     /// `image_factory_schematic_cache_size`.
     pub schematic_cache_size: Gauge,
-    /// The asset pipeline's metrics (same registry).
-    pub assets: AssetMetrics,
 }
 
 /// `http_request_duration_seconds` (slok/go-http-metrics names, label `handler` = route).
@@ -43,6 +41,11 @@ const HTTP_SIZE_BUCKETS: [f64; 8] = [100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 impl Metrics {
+    /// The registry, for other layers to register their metrics in (the asset pipeline's).
+    pub fn recorder(&self) -> Arc<dyn Recorder + Send + Sync> {
+        self.recorder.clone()
+    }
+
     /// Creates a fresh registry with every metric registered (so all appear at zero).
     pub fn new() -> Self {
         let mut builder = PrometheusBuilder::new();
@@ -98,11 +101,9 @@ impl Metrics {
         schematic_get.absolute(0);
         schematic_create.absolute(0);
         schematic_duplicate_create.absolute(0);
-        let assets = AssetMetrics::new(recorder.clone());
         Self {
             handle,
             recorder,
-            assets,
             schematic_get,
             schematic_create,
             schematic_duplicate_create,

@@ -9,7 +9,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::handlers::AppState;
+use super::state::AppState;
 
 /// The request/response header carrying the request ID.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

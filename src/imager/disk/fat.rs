@@ -258,7 +258,7 @@ mod fsck_tests {
     /// A 120 MiB ESP written at 1 MiB of a sparse file passes `fsck.vfat -n` (dosfstools).
     #[test]
     fn esp_passes_fsck_vfat() {
-        if !crate::testkit::tools::have("fsck.vfat", "dosfstools") {
+        if !testsupport::tools::have("fsck.vfat", "dosfstools") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -183,7 +183,7 @@ mod tests {
     /// own report, `LD_DEBUG=files`), and runs without it when there is none.
     #[test]
     fn xorriso_loads_the_pacer() {
-        if !crate::testkit::tools::have(XORRISO, "xorriso") {
+        if !testsupport::tools::have(XORRISO, "xorriso") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

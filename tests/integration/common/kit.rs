@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use image_factory::testkit::{self, Marker, SynthOptions};
+use image_factory::synth::{self, Marker, SynthOptions};
 
 /// A schematic with args, META and the kit's three extensions.
 pub const SCHEMATIC: &str = "customization:
@@ -41,6 +41,18 @@ pub fn bin(args: &[&str]) -> String {
     err
 }
 
+/// The kit's Debian inputs (`tests/kit/fetch-debian.sh`), or `None` after
+/// [`testsupport::tools::require`] has reported them missing.
+pub fn kit_inputs() -> Option<synth::KitInputs> {
+    match synth::KitInputs::locate(&synth::default_kit_dir()) {
+        Ok(inputs) => Some(inputs),
+        Err(e) => {
+            testsupport::tools::require(false, &format!("test kit inputs missing: {e}"));
+            None
+        }
+    }
+}
+
 /// Synthesizes (`extension_size_mb` of payload per extension) and imports the kit release
 /// v1.11.0/amd64; `None` (with a notice) without kit inputs.
 pub fn imported(extension_size_mb: u64) -> Option<Kit> {
@@ -50,8 +62,8 @@ pub fn imported(extension_size_mb: u64) -> Option<Kit> {
 /// Like [`imported`], for the kit release `version` (amd64).
 #[allow(dead_code)]
 pub fn imported_version(version: &str, extension_size_mb: u64) -> Option<Kit> {
-    let kit_dir = testkit::default_kit_dir();
-    testkit::tools::kit_inputs()?;
+    let kit_dir = synth::default_kit_dir();
+    kit_inputs()?;
     let dir = tempfile::tempdir().expect("tmp");
     let opts = SynthOptions {
         out: dir.path().join("kit"),
@@ -62,7 +74,7 @@ pub fn imported_version(version: &str, extension_size_mb: u64) -> Option<Kit> {
         kit_dir,
         key: None,
     };
-    testkit::synth_release(&opts).expect("synth release");
+    synth::synth_release(&opts).expect("synth release");
     let data = dir.path().join("data");
     bin(&[
         "import",

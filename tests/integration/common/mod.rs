@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use image_factory::config::Config;
-use image_factory::frontend::http::{BoundAddrs, Running, serve};
+use image_factory::frontend::{BoundAddrs, Running, serve};
 
 /// Spec §2.5 vectors: (input YAML, canonical YAML, ID).
 pub const VECTORS: &[(&str, &str, &str)] = &[

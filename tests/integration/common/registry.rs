@@ -30,7 +30,7 @@ impl Drop for DockerRegistry {
 /// installed (`./test.sh` installs it).
 pub fn start() -> Option<DockerRegistry> {
     let bin = Path::new("/usr/bin/docker-registry");
-    if !image_factory::testkit::tools::require(
+    if !testsupport::tools::require(
         bin.exists(),
         "/usr/bin/docker-registry is not installed (Debian package docker-registry)",
     ) {

@@ -13,17 +13,17 @@ use image_factory::imager::initramfs::{
 };
 use image_factory::oci::Digest;
 use image_factory::store::{BlobStore, MetaStore, SledStore};
-use image_factory::testkit::{self, Tree};
+use image_factory::synth::Tree;
 
 pub const KVER: &str = "6.1.0-99-test";
 pub const ID: &str = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
 
 /// Whether every tool is installed; a missing one skips the test (fails it under
-/// `IF_REQUIRE_TOOLS=1`, see `testkit::tools`).
+/// `IF_REQUIRE_TOOLS=1`, see `testsupport::tools`).
 pub fn have(tools: &[&str]) -> bool {
     tools
         .iter()
-        .all(|t| testkit::tools::have(t, "cpio, zstd, squashfs-tools or kmod"))
+        .all(|t| testsupport::tools::have(t, "cpio, zstd, squashfs-tools or kmod"))
 }
 
 /// A blob store holding the base initramfs.
@@ -233,7 +233,7 @@ pub fn unpack_tail(tail: &[u8], dir: &Path, dest: &Path) -> Vec<String> {
 /// missing: the xattr checks need it.
 pub fn need_rdsquashfs() {
     assert!(
-        testkit::tools::on_path("rdsquashfs"),
+        testsupport::tools::on_path("rdsquashfs"),
         "rdsquashfs is not installed: install Debian package squashfs-tools-ng (test.sh does)"
     );
 }

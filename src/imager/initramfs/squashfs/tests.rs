@@ -13,7 +13,7 @@ use super::metadata::{Codec, METADATA_SIZE, METADATA_UNCOMPRESSED, MetaRef, Meta
 use super::writer::{Content, Entry, Listed, Options, listing, write_image};
 use super::xattr::XattrTable;
 use super::*;
-use crate::testkit::pseudo_random;
+use crate::synth::pseudo_random;
 
 const CODEC: Codec = Codec { level: 3 };
 

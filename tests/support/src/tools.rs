@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{KitInputs, default_kit_dir, qemu};
+use crate::qemu;
 
-/// The environment variable that turns missing test prerequisites into failures.
+/// The environment variable that turns missing test prerequisites into failures (the
+/// appliance's configuration loader ignores it: `image_factory::config::NOT_CONFIG_ENV`).
 pub const REQUIRE_TOOLS_ENV: &str = "IF_REQUIRE_TOOLS";
 
 /// Whether missing test prerequisites are failures (`IF_REQUIRE_TOOLS=1`).
@@ -45,18 +46,6 @@ pub fn have(cmd: &str, package: &str) -> bool {
         on_path(cmd),
         &format!("{cmd} is not installed (Debian package {package})"),
     )
-}
-
-/// The kit's Debian inputs (`tests/kit/fetch-debian.sh`), or `None` after [`require`] has
-/// reported them missing.
-pub fn kit_inputs() -> Option<KitInputs> {
-    match KitInputs::locate(&default_kit_dir()) {
-        Ok(inputs) => Some(inputs),
-        Err(e) => {
-            require(false, &format!("test kit inputs missing: {e}"));
-            None
-        }
-    }
 }
 
 /// Whether QEMU is installed; otherwise [`require`] reports it.

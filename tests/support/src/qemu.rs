@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::KitError;
-
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -156,10 +154,10 @@ impl Boot {
 
     /// Runs QEMU until it exits or the timeout; returns the serial console output. A timeout is
     /// not an error here (the caller looks for the marker and reports the console).
-    pub fn run(&self) -> Result<BootOutput, KitError> {
-        let dir = tempfile::tempdir().map_err(|e| KitError::io("temp dir", e))?;
+    pub fn run(&self) -> std::io::Result<BootOutput> {
+        let dir = tempfile::tempdir().map_err(context("temp dir"))?;
         let log = dir.path().join("console.log");
-        let out = std::fs::File::create(&log).map_err(|e| KitError::io("console log", e))?;
+        let out = std::fs::File::create(&log).map_err(context("console log"))?;
         let mut cmd = Command::new(QEMU);
         cmd.args(["-accel", "tcg", "-nographic", "-no-reboot", "-m"])
             .arg(self.memory_mb.to_string());
@@ -174,18 +172,13 @@ impl Boot {
         }
         cmd.args(&self.args)
             .stdin(Stdio::null())
-            .stdout(
-                out.try_clone()
-                    .map_err(|e| KitError::io("console log", e))?,
-            )
+            .stdout(out.try_clone().map_err(context("console log"))?)
             .stderr(out);
         let start = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| KitError::io(format!("start {QEMU}"), e))?;
+        let mut child = cmd.spawn().map_err(context(format!("start {QEMU}")))?;
         let mut timed_out = false;
         let status = loop {
-            if let Some(s) = child.try_wait().map_err(|e| KitError::io("wait qemu", e))? {
+            if let Some(s) = child.try_wait().map_err(context("wait qemu"))? {
                 break Some(s);
             }
             if start.elapsed() > self.timeout {
@@ -196,10 +189,9 @@ impl Boot {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let console = String::from_utf8_lossy(
-            &std::fs::read(&log).map_err(|e| KitError::io("read console log", e))?,
-        )
-        .into_owned();
+        let console =
+            String::from_utf8_lossy(&std::fs::read(&log).map_err(context("read console log"))?)
+                .into_owned();
         Ok(BootOutput {
             console,
             exit_ok: status.is_some_and(|s| s.success()),
@@ -207,6 +199,11 @@ impl Boot {
             elapsed: start.elapsed(),
         })
     }
+}
+
+/// Adds what was being done to an I/O error's text.
+fn context(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    move |e| std::io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 /// What a QEMU run produced.

@@ -1,5 +1,7 @@
-//! The synthetic-release test kit: builds Talos-shaped releases from Debian inputs, signed with
-//! a test key, as one offline bundle (`image-factory dev synth-release`, issue 3 item 6).
+//! Synthetic Talos releases: Talos-shaped releases built from Debian inputs, signed with a
+//! kit key, as one offline bundle (`image-factory dev synth-release`). They let an operator
+//! evaluate the appliance without Sidero's images, and the tests boot what the appliance
+//! builds from them (the QEMU runner lives in the test-support crate, `tests/support`).
 //!
 //! For every requested Talos version the bundle holds (registry `ghcr.io`, each image an OCI
 //! index of `linux/<arch>` manifests, each index cosign-signed at `sha256-<hex>.sig`):
@@ -23,8 +25,6 @@ pub mod debian;
 mod images;
 pub mod initramfs;
 mod marker;
-pub mod qemu;
-pub mod tools;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,89 @@
+//! Talking to a running appliance's admin API (`--server`): the bearer token and requests whose
+//! failures keep their causes.
+
+use std::path::{Path, PathBuf};
+
+use super::error::CliError;
+use crate::config::Config;
+
+/// An admin API client for one appliance.
+pub struct AdminClient {
+    base: url::Url,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for `server`, authenticated with the token in `token_file` (default:
+    /// `admin.tokenFile`, else `<dataDir>/keys/admin-token`).
+    pub fn new(server: &str, token_file: Option<&Path>, cfg: &Config) -> Result<Self, CliError> {
+        let path: PathBuf = token_file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| cfg.admin_token_path());
+        let token = std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(|source| CliError::Io {
+                context: format!(
+                    "cannot read the admin token {} (give --admin-token-file)",
+                    path.display()
+                ),
+                source,
+            })?;
+        let base = url::Url::parse(server)
+            .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
+        Ok(Self {
+            base,
+            token,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// The URL of `path` (relative, may carry a query) on the appliance.
+    pub fn url(&self, path: &str) -> Result<url::Url, CliError> {
+        self.base
+            .join(path)
+            .map_err(|e| CliError::Usage(format!("--server {}: {e}", self.base)))
+    }
+
+    /// A `POST` to `url` with the bearer token.
+    pub fn post(&self, url: url::Url) -> reqwest::RequestBuilder {
+        self.client.post(url).bearer_auth(&self.token)
+    }
+}
+
+/// Sends `req` (a `method` to `url`) and checks the status; the error carries the answer's text.
+pub async fn send(
+    method: &'static str,
+    url: &url::Url,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, CliError> {
+    let resp = req.send().await.map_err(|source| CliError::Http {
+        method,
+        url: url.to_string(),
+        source,
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default().trim_end().to_string();
+    Err(CliError::Server {
+        method,
+        url: url.to_string(),
+        status,
+        body,
+    })
+}
+
+/// Reads the whole answer as text.
+pub async fn text(
+    method: &'static str,
+    url: &url::Url,
+    resp: reqwest::Response,
+) -> Result<String, CliError> {
+    resp.text().await.map_err(|source| CliError::Http {
+        method,
+        url: url.to_string(),
+        source,
+    })
+}

@@ -1,0 +1,147 @@
+//! What the HTTP handlers share: the node, the metrics registry, the admin token, and the values
+//! derived from the configuration once at start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::metrics::Metrics;
+use crate::assets::Assets;
+use crate::catalog::{ReleaseStore, Version};
+use crate::config::ConfigError;
+use crate::node::Node;
+use crate::store::SchematicStore;
+use crate::trust::TrustError;
+
+/// Shared state of the HTTP frontend (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// The offered-version rules of the catalog endpoints.
+pub struct VersionRules {
+    /// `build.minTalosVersion`.
+    pub min_version: Version,
+    /// `build.brokenTalosVersions`.
+    pub broken: Vec<Version>,
+}
+
+struct Inner {
+    node: Arc<Node>,
+    metrics: Metrics,
+    admin_token: String,
+    /// One admin import at a time.
+    import_lock: tokio::sync::Mutex<()>,
+    listeners: BTreeMap<String, String>,
+    rules: VersionRules,
+    pxe_base_url: String,
+    signing_key_pem: String,
+}
+
+/// Why the HTTP state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A configuration value did not parse.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The public key could not be encoded.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl AppState {
+    /// The state over `node`, with its metrics registry, admin token and bound listeners.
+    pub fn new(
+        node: Arc<Node>,
+        metrics: Metrics,
+        admin_token: String,
+        listeners: BTreeMap<String, String>,
+    ) -> Result<Self, StateError> {
+        let config = node.config();
+        let rules = VersionRules {
+            min_version: config.min_talos_version()?,
+            broken: config.broken_talos_versions()?,
+        };
+        let pxe_base_url = if config.http.external_pxe_url.is_empty() {
+            config.http.external_url.clone()
+        } else {
+            config.http.external_pxe_url.clone()
+        };
+        let signing_key_pem = node.signing_key().public_key_pem()?;
+        metrics
+            .schematic_cache_size
+            .set(node.schematics().count() as f64);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                node,
+                metrics,
+                admin_token,
+                import_lock: tokio::sync::Mutex::new(()),
+                listeners,
+                rules,
+                pxe_base_url,
+                signing_key_pem,
+            }),
+        })
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.inner.node
+    }
+
+    /// Stored schematics.
+    pub fn schematics(&self) -> &SchematicStore {
+        self.inner.node.schematics()
+    }
+
+    /// Imported releases.
+    pub fn releases(&self) -> &ReleaseStore {
+        self.inner.node.releases()
+    }
+
+    /// The asset pipeline.
+    pub fn assets(&self) -> &Assets {
+        self.inner.node.assets()
+    }
+
+    /// The offered-version rules.
+    pub fn version_rules(&self) -> &VersionRules {
+        &self.inner.rules
+    }
+
+    /// Base URL of iPXE script links (`http.externalPXEURL`, else `http.externalURL`).
+    pub fn pxe_base_url(&self) -> &str {
+        &self.inner.pxe_base_url
+    }
+
+    /// The cluster public key, PKIX PEM.
+    pub fn signing_key_pem(&self) -> &str {
+        &self.inner.signing_key_pem
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.inner.admin_token
+    }
+
+    /// Held by the admin import running now.
+    pub fn import_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.import_lock
+    }
+
+    /// Bound address of every listener, by name.
+    pub fn listeners(&self) -> &BTreeMap<String, String> {
+        &self.inner.listeners
+    }
+
+    /// `http.maxBodyBytes`.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.inner.node.config().http.max_body_bytes
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}

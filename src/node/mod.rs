@@ -1,0 +1,240 @@
+//! One appliance node: the data directory opened once — metadata and blob stores, the cluster
+//! signing key, schematics, imported releases and the asset pipeline — plus the background
+//! workers it owns. `serve`, `build`, `import` and `gc` all start from [`Node::open`]; the
+//! frontends (`crate::frontend`) are handed the node and never open storage themselves.
+
+mod import;
+pub mod worker;
+
+pub use import::{ImportFrom, ImportJob, ImportJobError};
+pub use worker::{Periodic, WorkError, Worker, WorkerState, WorkerStatus, Workers};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::Recorder;
+
+use crate::assets::{AssetMetrics, Assets, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores};
+use crate::catalog::{ReleaseStore, Signatures};
+use crate::config::{Config, ConfigError};
+use crate::imager::builder::StageReporter;
+use crate::store::{self, BlobStore, MetaStore, SchematicStore, StoreError};
+use crate::trust::{SigningKey, TrustError};
+
+/// Errors of opening or closing a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A store could not be opened or flushed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key could not be loaded or generated.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl NodeError {
+    /// Whether the data directory is held by another process.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, NodeError::Store(StoreError::Locked { .. }))
+    }
+}
+
+/// How a node's asset pipeline is set up (what differs between the server and the CLI).
+pub struct NodeOptions {
+    /// Where the asset pipeline's metrics go.
+    pub recorder: Arc<dyn Recorder + Send + Sync>,
+    /// zstd level of the initramfs' appended cpio.
+    pub initramfs_zstd_level: u32,
+    /// Receives build stages (the server: the debug log; the CLI: its spinner).
+    pub stages: StageReporter,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            recorder: Arc::new(metrics::NoopRecorder),
+            initramfs_zstd_level: DEFAULT_INITRAMFS_ZSTD_LEVEL,
+            stages: StageReporter::default(),
+        }
+    }
+}
+
+/// An open data directory and everything built on it.
+pub struct Node {
+    config: Config,
+    meta: Arc<dyn MetaStore>,
+    blobs: BlobStore,
+    schematics: SchematicStore,
+    releases: ReleaseStore,
+    signing_key: Arc<SigningKey>,
+    assets: Assets,
+    workers: Workers,
+}
+
+impl Node {
+    /// Validates `config` and opens its data directory (blocking: storage, keys, scratch
+    /// sweep). Fails with [`StoreError::Locked`] when another process holds it.
+    pub fn open(config: Config, opts: NodeOptions) -> Result<Self, NodeError> {
+        config.validate()?;
+        let dir = config.data_dir().to_path_buf();
+        let sled = store::open_data_dir(&dir)?;
+        tracing::info!(dir = %dir.display(), "data directory opened");
+        let meta: Arc<dyn MetaStore> = Arc::new(sled);
+        let schematics = SchematicStore::new(Arc::clone(&meta))?;
+        let releases = ReleaseStore::new(Arc::clone(&meta));
+        for r in releases.list()? {
+            if matches!(r.signatures, Signatures::Skipped) {
+                tracing::warn!(
+                    version = %r.version,
+                    "release {} was imported with --insecure-skip-signature-verification: its images are NOT verified",
+                    r.version
+                );
+            }
+        }
+        let key_path = config.signing_key_path();
+        let (key, created) = SigningKey::load_or_generate(&key_path)?;
+        let verb = if created { "generated" } else { "loaded" };
+        tracing::info!(path = %key_path.display(), "{verb} cluster signing key");
+        let signing_key = Arc::new(key);
+        let blobs = BlobStore::open(&dir.join("blobs"), Arc::clone(&meta))?;
+        let assets = Assets::from_config(
+            &config,
+            DataStores {
+                meta: Arc::clone(&meta),
+                blobs: blobs.clone(),
+                key: Arc::clone(&signing_key),
+                schematics: schematics.clone(),
+            },
+            AssetMetrics::new(opts.recorder),
+            opts.initramfs_zstd_level,
+            opts.stages,
+        );
+        Ok(Self {
+            config,
+            meta,
+            blobs,
+            schematics,
+            releases,
+            signing_key,
+            assets,
+            workers: Workers::new(),
+        })
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.config.data_dir()
+    }
+
+    /// Scratch space on the data volume (uploads, extraction, builds).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.data_dir().join("tmp")
+    }
+
+    /// The metadata store.
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Stored schematics.
+    pub fn schematics(&self) -> &SchematicStore {
+        &self.schematics
+    }
+
+    /// Imported releases.
+    pub fn releases(&self) -> &ReleaseStore {
+        &self.releases
+    }
+
+    /// The cluster signing key.
+    pub fn signing_key(&self) -> &Arc<SigningKey> {
+        &self.signing_key
+    }
+
+    /// The asset pipeline.
+    pub fn assets(&self) -> &Assets {
+        &self.assets
+    }
+
+    /// The background workers.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    /// The admin bearer token (generated on first use).
+    pub fn admin_token(&self) -> Result<String, NodeError> {
+        let path = self.config.admin_token_path();
+        let (token, created) = crate::trust::load_or_generate_token(&path)?;
+        if created {
+            tracing::info!(path = %path.display(), "generated admin token");
+        }
+        Ok(token)
+    }
+
+    /// Starts the garbage-collection and scrub workers (`cache.gcIntervalSeconds`,
+    /// `cache.scrubIntervalSeconds`; 0 disables one). Needs a tokio runtime.
+    pub fn start_maintenance(&self) {
+        let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+        if let Some(period) = every(self.config.cache.gc_interval_seconds) {
+            let assets = self.assets.clone();
+            // The first pass runs at start (a quota lowered while stopped takes effect at once).
+            self.workers
+                .spawn(Periodic::new("gc", period, Duration::ZERO, move || {
+                    let assets = assets.clone();
+                    async move {
+                        let r = assets.gc(false).await?;
+                        if !r.evicted.is_empty() {
+                            tracing::info!(
+                                evicted = r.evicted.len(),
+                                freed_bytes = r.freed_bytes,
+                                bytes = r.bytes_after,
+                                "garbage collection evicted assets"
+                            );
+                        }
+                        Ok(format!(
+                            "evicted {} asset(s), freed {} bytes, {} bytes cached",
+                            r.evicted.len(),
+                            r.freed_bytes,
+                            r.bytes_after
+                        ))
+                    }
+                }));
+        }
+        if let Some(period) = every(self.config.cache.scrub_interval_seconds) {
+            let assets = self.assets.clone();
+            self.workers
+                .spawn(Periodic::new("scrub", period, period, move || {
+                    let assets = assets.clone();
+                    async move {
+                        let (checked, failed) = assets.scrub().await?;
+                        tracing::info!(checked, failed, "scrub of cached assets finished");
+                        Ok(format!("checked {checked} asset(s), {failed} damaged"))
+                    }
+                }));
+        }
+    }
+
+    /// Stops the workers in order and makes every acknowledged write durable.
+    pub async fn close(&self) -> Result<(), NodeError> {
+        self.workers.stop().await;
+        let assets = self.assets.clone();
+        // Scratch directories of finished builds are removed in the background.
+        let _ = tokio::task::spawn_blocking(move || assets.wait_for_cleanup()).await;
+        self.meta.flush().await?;
+        Ok(())
+    }
+}
