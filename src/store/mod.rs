@@ -1,4 +1,5 @@
-//! Storage: the `MetaStore` trait for small records (sled implementation) and typed facades.
+//! Storage: the `MetaStore` trait for small records (its sled implementation is the one file
+//! that knows sled) and typed facades.
 
 mod adopt;
 mod blobs;
@@ -32,12 +33,13 @@ pub enum StoreError {
         dir: PathBuf,
     },
     /// The database could not be opened.
-    #[error("cannot open metadata store {dir}: {message}")]
+    #[error("cannot open metadata store {dir}")]
     Open {
         /// The directory.
         dir: PathBuf,
-        /// Underlying error text.
-        message: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A directory could not be created.
     #[error("cannot create directory {dir}: {source}")]
@@ -47,6 +49,9 @@ pub enum StoreError {
         /// Underlying I/O error.
         source: std::io::Error,
     },
+    /// A read, write or flush of the metadata store failed.
+    #[error("metadata store error")]
+    Meta(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A read, write or flush failed.
     #[error("metadata store error: {0}")]
     Backend(String),

@@ -1,9 +1,18 @@
-//! `MetaStore` on sled 0.34, with group commit of `flush_async`.
+//! `MetaStore` on sled 0.34, with group commit of `flush_async`. This is the only file that
+//! knows sled exists; each piece of sled-specific handling says which sled behaviour it
+//! answers:
 //!
-//! On Linux sled 0.34 makes its log stable with `sync_file_range`, which neither commits the
-//! file's metadata nor flushes the device's volatile write cache (sled issue #1452): enough to
-//! survive a killed process, not a power cut. Each group flush therefore ends with an
-//! `fdatasync` of sled's log file (`<dir>/db`), shared by every writer in the group.
+//! * **Durability.** On Linux sled 0.34 makes its log stable with `sync_file_range`, which
+//!   neither commits the file's metadata nor flushes the device's volatile write cache (sled
+//!   issue #1452): enough to survive a killed process, not a power cut. Each group flush
+//!   therefore ends with an `fdatasync` of sled's log file (`<dir>/db`), shared by every writer
+//!   in the group.
+//! * **Locking.** sled reports a directory locked by another process only as an I/O error whose
+//!   text says so. The store takes its own exclusive lock on `<dir>/LOCK` first, so "locked"
+//!   is decided by a lock we hold, not by sled's message.
+//! * **Reopening.** sled releases its own lock from a background thread a moment after the last
+//!   handle in a process drops. With our lock held no other process can have the directory, so
+//!   an I/O error from sled's open is that release still running: it is retried for a while.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +30,8 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     dir: PathBuf,
+    /// Our lock on `<dir>/LOCK`, released when the store (and sled's handle, above) drops.
+    _lock: std::fs::File,
     trees: RwLock<HashMap<String, sled::Tree>>,
     /// Ticket counter: incremented by each `flush` caller after its writes.
     requested: AtomicU64,
@@ -35,7 +46,34 @@ struct Inner {
 }
 
 fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Meta(Box::new(e))
+}
+
+/// How long an open waits for sled to release a lock this process held a moment ago.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the exclusive lock on `<dir>/LOCK` (not blocking).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: Box::new(source),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: Box::new(source),
+        }),
+    }
 }
 
 impl SledStore {
@@ -45,26 +83,33 @@ impl SledStore {
             dir: dir.to_path_buf(),
             source,
         })?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| match &e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked {
-                    dir: dir.to_path_buf(),
+        let lock = lock_dir(dir)?;
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                // sled's own lock, still held by the release of a handle this process dropped.
+                Err(sled::Error::Io(_)) if started.elapsed() < RELEASE_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        dir: dir.to_path_buf(),
+                        source: Box::new(e),
+                    });
                 }
             }
-            _ => StoreError::Open {
-                dir: dir.to_path_buf(),
-                message: e.to_string(),
-            },
-        })?;
-        let log = std::fs::File::open(dir.join("db")).map_err(|e| StoreError::Open {
+        };
+        let log = std::fs::File::open(dir.join("db")).map_err(|source| StoreError::Open {
             dir: dir.to_path_buf(),
-            message: format!("cannot open sled log file db: {e}"),
+            source: Box::new(source),
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 log: Arc::new(log),
                 db,
                 dir: dir.to_path_buf(),
+                _lock: lock,
                 trees: RwLock::new(HashMap::new()),
                 requested: AtomicU64::new(0),
                 durable: AtomicU64::new(0),
@@ -115,8 +160,8 @@ impl SledStore {
         let log = Arc::clone(&inner.log);
         tokio::task::spawn_blocking(move || log.sync_data())
             .await
-            .map_err(|e| StoreError::Backend(format!("fdatasync task failed: {e}")))?
-            .map_err(|e| StoreError::Backend(format!("fdatasync of the sled log: {e}")))?;
+            .map_err(|e| StoreError::Meta(Box::new(e)))?
+            .map_err(|e| StoreError::Meta(Box::new(e)))?;
         inner.syncs.fetch_add(1, Ordering::AcqRel);
         inner.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
@@ -203,6 +248,18 @@ mod tests {
             "200 writers caused {syncs} fsyncs"
         );
         assert_eq!(store.count("t").unwrap(), 201);
+    }
+
+    #[test]
+    fn reopening_after_the_last_handle_drops_succeeds_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5u8 {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put("t", &[i], b"v").unwrap();
+            drop(store);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.count("t").unwrap(), 5);
     }
 
     #[test]

@@ -74,25 +74,12 @@ impl TestServer {
         cfg.http.http_listen_addr = "127.0.0.1:0".into();
         cfg.metrics.addr = "127.0.0.1:0".into();
         tweak(&mut cfg);
-        // sled lets go of its lock a moment after the last handle in this process drops (its
-        // background threads finish asynchronously): a test that reopened the data directory
-        // in-process waits for that instead of failing.
-        let mut attempts = 0;
-        let (running, tx) = loop {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            match serve(cfg.clone(), async move {
-                let _ = rx.await;
-            })
-            .await
-            {
-                Ok(running) => break (running, tx),
-                Err(e) if attempts < 50 && format!("{e:?}").contains("Locked") => {
-                    attempts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("server starts: {e:?}"),
-            }
-        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let running = serve(cfg, async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("server starts: {e:?}"));
         Self {
             addrs: running.addrs,
             dir,
@@ -134,19 +121,10 @@ impl TestServer {
     }
 }
 
-/// The data directory's stores, opened in-process after a [`TestServer`] on it stopped: like
-/// `start_with`, waits for sled to let go of its lock instead of failing.
+/// The data directory's metadata store, opened in-process after a [`TestServer`] on it stopped.
 #[allow(dead_code)]
 pub async fn open_data_dir_after_stop(data: &std::path::Path) -> image_factory::store::SledStore {
-    for _ in 0..50 {
-        match image_factory::store::open_data_dir(data) {
-            Err(image_factory::store::StoreError::Locked { .. }) => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            other => return other.expect("open data dir"),
-        }
-    }
-    panic!("the data directory stayed locked after the server stopped");
+    image_factory::store::open_data_dir(data).expect("open data dir")
 }
 
 /// A reqwest client for loopback tests.
