@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
@@ -52,27 +52,37 @@ impl DirectBody {
     }
 }
 
-/// Sends `[off, end)` of `file` to `sock` with `sendfile(2)`, waiting for writability.
+/// Sends `[off, end)` of `file` to `sock` with `sendfile(2)`, waiting for writability at most
+/// `stall` at a time (a client that takes no bytes for that long fails the send).
 async fn send_range(
     sock: &TcpStream,
     file: RawFd,
     mut off: u64,
     end: u64,
     sent_bytes: &Counter,
+    stall: Duration,
 ) -> io::Result<()> {
     let out = sock.as_raw_fd();
     while off < end {
         let want = (end - off).min(SENDFILE_MAX) as usize;
-        let sent = sock
-            .async_io(Interest::WRITABLE, || {
+        let sent = tokio::time::timeout(
+            stall,
+            sock.async_io(Interest::WRITABLE, || {
                 let mut pos = libc::off_t::try_from(off)
                     .map_err(|_| io::Error::other("asset offset out of range"))?;
                 // SAFETY: both descriptors are open for the duration of the call; the kernel
                 // reads `file` at `pos` and writes at most `want` bytes to the socket.
                 let n = unsafe { libc::sendfile(out, file, &mut pos, want) };
                 usize::try_from(n).map_err(|_| io::Error::last_os_error())
-            })
-            .await?;
+            }),
+        )
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no data within the write timeout",
+            )
+        })??;
         if sent == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -90,12 +100,13 @@ impl AssetBody {
     /// must be verified sends its last bytes only once a hash pass over the blob has succeeded
     /// during the serve (see [`super::shared_check`]); on a mismatch the blob is reported failed
     /// and an error returned (the caller closes the connection short of `Content-Length`).
-    pub async fn send_to_socket(mut self, sock: &TcpStream) -> io::Result<u64> {
+    /// A wait of more than `stall` for the client to take bytes fails the send.
+    pub async fn send_to_socket(mut self, sock: &TcpStream, stall: Duration) -> io::Result<u64> {
         let (start, end) = (self.pos, self.end);
         let fd = self.file.as_raw_fd();
         let counter = self.assets.inner.metrics.sent_zero_copy.clone();
         if self.verify.take().is_none() {
-            send_range(sock, fd, start, end, &counter).await?;
+            send_range(sock, fd, start, end, &counter, stall).await?;
             return Ok(end - start);
         }
         let started = Instant::now();
@@ -105,14 +116,14 @@ impl AssetBody {
         // starts while this one runs covers it too.
         let mut pass = (serves == 1).then(|| self.assets.pass(&self.record, &self.file, id));
         let held = end - HOLD_BACK.min(end);
-        send_range(sock, fd, start, held, &counter).await?;
+        send_range(sock, fd, start, held, &counter, stall).await?;
         if pass.is_none() && !self.assets.checked_since(id, started) {
             pass = Some(self.assets.pass(&self.record, &self.file, id));
         }
         if let Some(pass) = pass {
             shared_check::wait(pass).await?;
         }
-        send_range(sock, fd, held, end, &counter).await?;
+        send_range(sock, fd, held, end, &counter, stall).await?;
         Ok(end - start)
     }
 }

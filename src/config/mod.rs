@@ -99,6 +99,18 @@ pub struct HttpConfig {
     /// Maximum accepted request body in bytes (larger bodies get 413).
     #[serde(rename = "maxBodyBytes")]
     pub max_body_bytes: u64,
+    /// Seconds a client may take to send a whole request head.
+    #[serde(rename = "readHeaderTimeoutSeconds")]
+    pub read_header_timeout_seconds: u64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[serde(rename = "idleTimeoutSeconds")]
+    pub idle_timeout_seconds: u64,
+    /// Seconds a response may wait for the client to take any bytes.
+    #[serde(rename = "writeTimeoutSeconds")]
+    pub write_timeout_seconds: u64,
+    /// Connections open at once (0 = from the open-file limit).
+    #[serde(rename = "maxConnections")]
+    pub max_connections: u64,
 }
 
 impl Default for HttpConfig {
@@ -109,6 +121,10 @@ impl Default for HttpConfig {
             external_pxe_url: String::new(),
             allowed_origins: vec!["*".into()],
             max_body_bytes: 1024 * 1024,
+            read_header_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            write_timeout_seconds: 60,
+            max_connections: 0,
         }
     }
 }

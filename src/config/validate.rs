@@ -33,6 +33,33 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.http.max_body_bytes == 0 {
         return Err(invalid("http.maxBodyBytes", "0 must be at least 1".into()));
     }
+    for (key, value, lo, hi) in [
+        (
+            "http.readHeaderTimeoutSeconds",
+            cfg.http.read_header_timeout_seconds,
+            1,
+            300,
+        ),
+        (
+            "http.idleTimeoutSeconds",
+            cfg.http.idle_timeout_seconds,
+            1,
+            3600,
+        ),
+        (
+            "http.writeTimeoutSeconds",
+            cfg.http.write_timeout_seconds,
+            1,
+            3600,
+        ),
+    ] {
+        if !(lo..=hi).contains(&value) {
+            return Err(invalid(
+                key,
+                format!("{value} must be between {lo} and {hi}"),
+            ));
+        }
+    }
     check_version("build.minTalosVersion", &cfg.build.min_talos_version)?;
     for v in &cfg.build.broken_talos_versions {
         check_version("build.brokenTalosVersions", v)?;

@@ -2,6 +2,7 @@
 //! follow. [`serve`] assembles them over one [`crate::node::Node`].
 
 pub mod http;
+pub mod listen;
 mod serve;
 
 pub use serve::{BoundAddrs, Running, ServeError, serve};

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::http::{self, AppState, metrics::Metrics};
+use super::listen::{self, Conns, Limits};
 use crate::config::Config;
 use crate::imager::builder::StageReporter;
 use crate::node::{Node, NodeError, NodeOptions};
@@ -128,6 +129,22 @@ fn local_addr(name: &'static str, l: &TcpListener) -> Result<SocketAddr, ServeEr
         .map_err(|source| ServeError::Run { name, source })
 }
 
+/// The HTTP listener's deadlines and cap (`http.*`; a cap of 0 follows the open-file limit,
+/// which is raised to its hard limit first).
+fn http_limits(config: &Config) -> Limits {
+    let secs = Duration::from_secs;
+    let max_connections = match config.http.max_connections {
+        0 => listen::default_max_connections(listen::raise_fd_limit()),
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    Limits {
+        head_timeout: secs(config.http.read_header_timeout_seconds),
+        idle_timeout: secs(config.http.idle_timeout_seconds),
+        write_timeout: secs(config.http.write_timeout_seconds),
+        max_connections,
+    }
+}
+
 /// Opens the node for `config`, binds every listener and serves until `shutdown` resolves;
 /// then drains connections, stops the workers and flushes storage.
 pub async fn serve(
@@ -178,10 +195,20 @@ pub async fn serve(
     };
 
     tracing::info!(addr = %http_addr, "http listener bound");
+    let limits = http_limits(config);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        head_timeout_s = limits.head_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
+        write_timeout_s = limits.write_timeout.as_secs(),
+        "http connection limits"
+    );
     let http_task = tokio::spawn(http::serve_listener(
         http_listener,
         http::router(state.clone(), config),
         stop_rx.clone(),
+        Conns::new(limits),
+        limits,
     ));
     let metrics_task = metrics_listener.map(|l| {
         if let Some(a) = metrics_addr {

@@ -24,6 +24,7 @@ mod imager_uki_boot;
 mod import;
 mod import_registry;
 mod iso_boot;
+mod listen_limits;
 mod oci_registry;
 mod oci_sources;
 mod pxe_boot;

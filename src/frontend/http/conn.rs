@@ -7,62 +7,43 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use bytes::{Buf as _, Bytes, BytesMut};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use super::direct::{self, Head};
+use crate::frontend::listen::{self, ConnGuard, ConnState, Conns, Limits, TrackedIo};
 
 /// Initial capacity of a connection's read buffer.
 const READ_BUF: usize = 8 * 1024;
 
-/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Accepts connections until `stop` turns true, then waits for open connections to finish
-/// (idle ones close at once, busy ones after their current response).
+/// Accepts connections until `stop` turns true (admitted through `conns`, each with the
+/// deadlines of `limits`), then waits for open connections to finish (idle ones close at once,
+/// busy ones after their current response).
 pub async fn serve_listener(
     listener: TcpListener,
     router: Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    conns: Conns,
+    limits: Limits,
 ) -> io::Result<()> {
-    let mut conns = JoinSet::new();
-    // Handed to each connection; `stop` itself is borrowed by the select below.
     let conn_stop = stop.clone();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((sock, _peer)) => {
-                    conns.spawn(connection(sock, router.clone(), conn_stop.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, "connection task failed");
-                }
-            }
-            _ = stopping(&mut stop) => break,
-        }
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
-    Ok(())
+    listen::serve(listener, conns, stop, move |sock, guard| {
+        connection(sock, guard, limits, router.clone(), conn_stop.clone())
+    })
+    .await
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
@@ -81,11 +62,18 @@ fn prepare(sock: &TcpStream) {
 }
 
 /// Serves one connection: our reader while requests qualify, then hyper.
-async fn connection(mut sock: TcpStream, router: Router, mut stop: watch::Receiver<bool>) {
+async fn connection(
+    sock: TcpStream,
+    guard: Arc<ConnGuard>,
+    limits: Limits,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
     prepare(&sock);
+    let mut io = TrackedIo::new(sock, Arc::clone(&guard), limits);
     let mut buf = BytesMut::with_capacity(READ_BUF);
     loop {
-        let head = match read_head(&mut sock, &mut buf, &mut stop).await {
+        let head = match read_head(&mut io, &mut buf, &mut stop).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
@@ -94,16 +82,19 @@ async fn connection(mut sock: TcpStream, router: Router, mut stop: watch::Receiv
             }
         };
         match head {
-            Head::Direct(req) => match direct::respond(&mut sock, &router, req).await {
-                Ok(true) if !*stop.borrow() => continue,
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection closed while answering");
-                    return;
+            Head::Direct(req) => {
+                guard.set(ConnState::Busy);
+                match direct::respond(&mut io, &router, req).await {
+                    Ok(true) if !*stop.borrow() => guard.set(ConnState::Idle),
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection closed while answering");
+                        return;
+                    }
                 }
-            },
+            }
             Head::Other => {
-                hand_off(sock, buf.freeze(), router, stop).await;
+                hand_off(io, buf.freeze(), router, stop).await;
                 return;
             }
         }
@@ -111,10 +102,11 @@ async fn connection(mut sock: TcpStream, router: Router, mut stop: watch::Receiv
 }
 
 /// Reads until `buf` holds a whole request head and classifies it (consuming it from `buf`
-/// when it is ours). `None` when the peer closed, or when shutdown began with no request
-/// started.
+/// when it is ours). `None` when the peer closed, or when shutdown began before a whole head
+/// arrived (a client still sending one can retry elsewhere). The stream's deadlines bound the
+/// wait.
 async fn read_head(
-    sock: &mut TcpStream,
+    io: &mut TrackedIo<TcpStream>,
     buf: &mut BytesMut,
     stop: &mut watch::Receiver<bool>,
 ) -> io::Result<Option<Head>> {
@@ -125,26 +117,45 @@ async fn read_head(
             return Ok(Some(head));
         }
         tokio::select! {
-            n = sock.read_buf(buf) => {
+            n = io.read_buf(buf) => {
                 if n? == 0 {
                     return Ok(None);
                 }
             }
-            _ = stopping(stop), if buf.is_empty() => return Ok(None),
+            _ = stopping(stop) => return Ok(None),
         }
     }
 }
 
 /// Hands the connection to hyper (HTTP/1.1 or HTTP/2, upgrades allowed) with `prefix`, the
-/// bytes already read, replayed first.
-async fn hand_off(sock: TcpStream, prefix: Bytes, router: Router, mut stop: watch::Receiver<bool>) {
-    let io = TokioIo::new(Prefixed {
-        prefix,
-        inner: sock,
+/// bytes already read, replayed first. Requests mark the connection busy until their response
+/// body is done.
+async fn hand_off(
+    mut io: TrackedIo<TcpStream>,
+    prefix: Bytes,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    if prefix.starts_with(H2_PREFACE) {
+        io.set_http2();
+    }
+    let active = Arc::new(Active {
+        guard: Arc::clone(io.guard()),
+        requests: AtomicUsize::new(0),
     });
-    let service = TowerToHyperService::new(
-        router.map_request(|r: axum::http::Request<Incoming>| r.map(Body::new)),
-    );
+    let io = TokioIo::new(Prefixed { prefix, inner: io });
+    let service = TowerToHyperService::new(tower::service_fn(
+        move |req: axum::http::Request<Incoming>| {
+            let router = router.clone();
+            let busy = Busy::begin(&active);
+            async move {
+                let response = router.oneshot(req.map(Body::new)).await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Body::new(Tracked { body, _busy: busy })),
+                )
+            }
+        },
+    ));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -166,10 +177,65 @@ async fn hand_off(sock: TcpStream, prefix: Bytes, router: Router, mut stop: watc
     }
 }
 
-/// A socket whose first reads return bytes read from it earlier.
+/// The first bytes of an HTTP/2 connection (prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// The requests open on a hyper connection: busy while any is, idle when the last one's
+/// response body is done.
+struct Active {
+    guard: Arc<ConnGuard>,
+    requests: AtomicUsize,
+}
+
+/// One open request of an [`Active`] connection (ends when dropped).
+struct Busy(Arc<Active>);
+
+impl Busy {
+    fn begin(active: &Arc<Active>) -> Self {
+        active.requests.fetch_add(1, Ordering::AcqRel);
+        active.guard.set(ConnState::Busy);
+        Busy(Arc::clone(active))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.requests.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.guard.set(ConnState::Idle);
+        }
+    }
+}
+
+/// A response body that keeps its request open until it is done.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A stream whose first reads return bytes read from it earlier.
 struct Prefixed {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: TrackedIo<TcpStream>,
 }
 
 impl AsyncRead for Prefixed {

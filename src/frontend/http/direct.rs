@@ -17,6 +17,7 @@ use tower::ServiceExt as _;
 
 use crate::assets::DirectBody;
 use crate::clock::{http_date, now_secs};
+use crate::frontend::listen::TrackedIo;
 
 /// Most headers a request we answer may have (more goes to hyper, which decides).
 const MAX_HEADERS: usize = 64;
@@ -117,7 +118,7 @@ enum Framing {
 
 /// Answers `req` through `router` on `sock`; returns whether the connection stays open.
 pub(super) async fn respond(
-    sock: &mut TcpStream,
+    sock: &mut TrackedIo<TcpStream>,
     router: &Router,
     req: Box<DirectRequest>,
 ) -> io::Result<bool> {
@@ -151,7 +152,8 @@ pub(super) async fn respond(
         Framing::None => {}
         Framing::Length(len) => {
             if let Some(asset) = asset.as_ref().and_then(DirectBody::take) {
-                let sent = asset.send_to_socket(sock).await?;
+                let stall = sock.limits().write_timeout;
+                let sent = asset.send_to_socket(sock.get_ref(), stall).await?;
                 if sent != len {
                     return Err(io::Error::other(format!(
                         "asset body is {sent} bytes, Content-Length said {len}"
@@ -223,7 +225,11 @@ fn encode_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
 
 /// Writes a streamed body: raw when `length` is known (and checked against it), chunked
 /// otherwise. A body error ends the connection short of a complete response.
-async fn write_body(sock: &mut TcpStream, mut body: Body, length: Option<u64>) -> io::Result<()> {
+async fn write_body(
+    sock: &mut TrackedIo<TcpStream>,
+    mut body: Body,
+    length: Option<u64>,
+) -> io::Result<()> {
     let mut written = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(io::Error::other)?;
