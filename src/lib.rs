@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod frontend;
+pub mod gocompat;
 pub mod imager;
 pub mod oci;
 pub mod schematic;

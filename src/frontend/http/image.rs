@@ -15,7 +15,7 @@ use super::ranges::{Selection, select};
 use crate::assets::{AssetError, AssetRequest, DirectBody, Outcome, Served};
 use crate::catalog::Version;
 use crate::clock::http_date;
-use crate::imager::error::go_quote;
+use crate::gocompat::quote as go_quote;
 use crate::imager::path::{content_type, parse_pxe_path, pxe_boot_assets};
 use crate::schematic;
 
