@@ -313,20 +313,10 @@ impl BlobStore {
 
     /// `syncfs(2)` on the filesystem holding the blobs.
     fn sync_filesystem(&self) -> Result<(), StoreError> {
-        use std::os::fd::AsRawFd;
         let dir =
             File::open(&self.root).map_err(io_err(format!("open {}", self.root.display())))?;
-        // SAFETY: syncfs only reads the file descriptor, which stays open for the call.
-        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(StoreError::Backend(format!(
-                "syncfs {}: {}",
-                self.root.display(),
-                io::Error::last_os_error()
-            )))
-        }
+        rustix::fs::syncfs(&dir)
+            .map_err(|e| io_err(format!("syncfs {}", self.root.display()))(e.into()))
     }
 
     pub(super) fn commit(&self, tmp: &Path, info: &BlobInfo) -> Result<(), StoreError> {
