@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::InitramfsError;
 use super::io_err;
+use crate::counting::Counting;
 use crate::imager::SOURCE_DATE_EPOCH;
 
 /// What a walked entry is.
@@ -106,33 +107,13 @@ fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), Initr
     Ok(())
 }
 
-/// Counts bytes written through it.
-struct Counting<'a, W: Write + ?Sized> {
-    inner: &'a mut W,
-    count: u64,
-}
-
-impl<W: Write + ?Sized> Write for Counting<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes `entries` as one newc archive (with trailer and 512-byte padding) to `out`, streaming
 /// file contents from disk. Returns the archive size.
 pub fn write_cpio<W: Write + ?Sized>(
     entries: &[&Entry],
     out: &mut W,
 ) -> Result<u64, InitramfsError> {
-    let mut w = Counting {
-        inner: out,
-        count: 0,
-    };
+    let mut w = Counting::new(out);
     let mtime = SOURCE_DATE_EPOCH as u32;
     for (i, e) in entries.iter().enumerate() {
         let (type_bits, nlink, size) = match &e.kind {
@@ -174,11 +155,11 @@ pub fn write_cpio<W: Write + ?Sized>(
         writer.finish().map_err(io_err(ctx()))?;
     }
     let w = cpio::newc::trailer(w).map_err(io_err("cpio trailer"))?;
-    let pad = (512 - w.count % 512) % 512;
+    let pad = (512 - w.count() % 512) % 512;
     let mut w = w;
     w.write_all(&vec![0u8; pad as usize])
         .map_err(io_err("cpio padding"))?;
-    Ok(w.count)
+    Ok(w.count())
 }
 
 use std::io::Read as _;
