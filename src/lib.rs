@@ -9,6 +9,7 @@ pub mod counting;
 pub mod frontend;
 pub mod gocompat;
 pub mod imager;
+pub mod io_context;
 pub mod oci;
 pub mod schematic;
 pub mod sha256;

@@ -10,9 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::InitramfsError;
-use super::io_err;
 use crate::counting::Counting;
 use crate::imager::SOURCE_DATE_EPOCH;
+use crate::io_context::io_err;
 
 /// What a walked entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]

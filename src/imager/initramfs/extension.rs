@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use super::constraint;
 use super::yaml::Manifest;
-use super::{ExtensionSource, InitramfsError, io_err};
+use super::{ExtensionSource, InitramfsError};
 use crate::catalog::Version;
+use crate::io_context::io_err;
 use crate::oci::{
     Descriptor, Digest, FlattenOptions, ImageManifest, LayerOpener, MEDIA_OCI_LAYER_TAR, OciError,
     flatten,
@@ -187,7 +188,7 @@ pub fn real_dir(root: &Path, rel: &str) -> Result<Option<PathBuf>, InitramfsErro
                 return Ok(None);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(InitramfsError::io(format!("stat {}", p.display()), e)),
+            Err(e) => return Err(io_err(format!("stat {}", p.display()))(e).into()),
         }
     }
     Ok(Some(p))

@@ -40,6 +40,7 @@ pub use yaml::{Compatibility, Constraint, Manifest, Metadata, extensions_yaml, m
 use crate::catalog::{BlobRef, ExtensionEntry, Version};
 use crate::counting::Counting;
 use crate::imager::quirks::{Quirk, Quirks};
+use crate::io_context::{IoContext, io_err};
 use crate::oci::{Digest, OciError};
 use crate::store::{BlobStore, StoreError, VerifiedBlob};
 
@@ -89,35 +90,14 @@ pub enum InitramfsError {
     #[error("{0}")]
     Invalid(String),
     /// File I/O failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     /// Blob store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Layer extraction failure.
     #[error(transparent)]
     Oci(#[from] OciError),
-}
-
-impl InitramfsError {
-    /// An I/O error with context.
-    pub fn io(context: impl Into<String>, source: io::Error) -> InitramfsError {
-        InitramfsError::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
-
-/// `map_err` helper: an I/O error with context.
-pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> InitramfsError {
-    let context = context.into();
-    move |source| InitramfsError::Io { context, source }
 }
 
 /// One system extension input, in schematic order.
@@ -454,7 +434,8 @@ pub fn build_initramfs<W: Write + ?Sized>(
 fn set_mode(p: &Path, mode: u32) -> Result<(), InitramfsError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .map_err(io_err(format!("chmod {}", p.display())))
+        .map_err(io_err(format!("chmod {}", p.display())))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::InitramfsError;
 use super::extension::{Loaded, real_dir};
 use super::process::mkdirs;
 use super::squashfs::extract_subtree;
 use super::yaml::{Manifest, Metadata};
-use super::{InitramfsError, io_err};
+use crate::io_context::io_err;
 
 /// The depmod configuration the imager image ships (`/etc/modules.d/10-extra-modules.conf`).
 pub const DEPMOD_CONFIG: &str = "search extras built-in\n";

@@ -7,8 +7,9 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use super::InitramfsError;
 use super::extension::real_dir;
-use super::{InitramfsError, io_err};
+use crate::io_context::io_err;
 
 /// Where early microcode goes in the work tree.
 pub const MICROCODE_DIR: &str = "kernel/x86/microcode";
@@ -24,10 +25,11 @@ pub fn mkdirs(dir: &Path) -> Result<(), InitramfsError> {
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(e) => return Err(InitramfsError::io(format!("create {}", dir.display()), e)),
+        Err(e) => return Err(io_err(format!("create {}", dir.display()))(e).into()),
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-        .map_err(io_err(format!("chmod {}", dir.display())))
+        .map_err(io_err(format!("chmod {}", dir.display())))?;
+    Ok(())
 }
 
 /// Regular files in `dir` whose names match, sorted bytewise (Go's sorted `filepath.Glob`).
@@ -100,11 +102,11 @@ pub fn extract_microcode(rootfs: &Path, fw: &str, work: &Path) -> Result<usize, 
 fn remove_any(p: &Path) -> Result<(), InitramfsError> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(p).map_err(io_err(format!("remove {}", p.display())))
+            Ok(fs::remove_dir_all(p).map_err(io_err(format!("remove {}", p.display())))?)
         }
-        Ok(_) => fs::remove_file(p).map_err(io_err(format!("remove {}", p.display()))),
+        Ok(_) => Ok(fs::remove_file(p).map_err(io_err(format!("remove {}", p.display())))?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(InitramfsError::io(format!("stat {}", p.display()), e)),
+        Err(e) => Err(io_err(format!("stat {}", p.display()))(e).into()),
     }
 }
 
