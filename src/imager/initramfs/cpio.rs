@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::InitramfsError;
+use super::process::sorted_names;
 use crate::counting::Counting;
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::io_context::io_err;
@@ -47,13 +48,7 @@ pub fn walk(root: &Path) -> Result<Vec<Entry>, InitramfsError> {
 }
 
 fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), InitramfsError> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .map_err(io_err(format!("read {}", dir.display())))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(format!("read {}", dir.display())))?;
-    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-    for name in names {
+    for name in sorted_names(dir)? {
         let path = dir.join(&name);
         let name = name.to_str().ok_or_else(|| {
             InitramfsError::Invalid(format!("{}: file name is not UTF-8", path.display()))

@@ -11,6 +11,7 @@ use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use super::constraint;
+use super::process::sorted_names;
 use super::yaml::Manifest;
 use super::{ExtensionSource, InitramfsError};
 use crate::catalog::Version;
@@ -115,13 +116,7 @@ pub fn load(root: &Path, dir: &str) -> Result<Loaded, InitramfsError> {
     };
     let mut manifest: Option<Manifest> = None;
     let mut rootfs = None;
-    let mut names: Vec<_> = fs::read_dir(&path)
-        .map_err(io_err(format!("read {}", path.display())))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(format!("read {}", path.display())))?;
-    names.sort();
-    for name in names {
+    for name in sorted_names(&path)? {
         let full = path.join(&name);
         let meta =
             fs::symlink_metadata(&full).map_err(io_err(format!("stat {}", full.display())))?;
