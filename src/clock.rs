@@ -1,8 +1,8 @@
-//! Wall-clock and fixed timestamps rendered as RFC 3339 or HTTP dates (UTC), without a
-//! date-time dependency.
+//! Wall-clock and fixed timestamps rendered as RFC 3339 or HTTP dates (UTC), and the one
+//! civil-date conversion the crate uses, without a date-time dependency.
 
-/// (year, month, day) of a day count since 1970-01-01.
-fn civil(days: i64) -> (i64, i64, i64) {
+/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian calendar).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -18,7 +18,7 @@ fn civil(days: i64) -> (i64, i64, i64) {
 
 /// RFC 3339 UTC (`2019-06-01T21:34:52Z`) for seconds since the Unix epoch.
 pub fn rfc3339_utc(secs: u64) -> String {
-    let (year, month, day) = civil((secs / 86_400) as i64);
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
@@ -35,7 +35,7 @@ pub fn http_date(secs: u64) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let days = secs / 86_400;
-    let (year, month, day) = civil(days as i64);
+    let (year, month, day) = civil_from_days(days as i64);
     let rem = secs % 86_400;
     format!(
         "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::imager::error::ImagerError;
-use crate::imager::error::go_quote;
+use crate::gocompat::quote as go_quote;
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
 

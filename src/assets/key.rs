@@ -10,8 +10,10 @@ use crate::sha256::Sha256;
 /// Bumped whenever the builder's output changes for the same inputs; old records then miss
 /// and are rebuilt (and later collected). 2: xz outputs in `XzWriter` blocks. 3: `.zst`
 /// outputs as data frames and written zero frames. 4: BOOT XFS with the target config's
-/// `rmapbt` (and `nrext64` when the release's GRUB reads it).
-pub const BUILDER_EPOCH: &str = "image-factory builder epoch 4";
+/// `rmapbt` (and `nrext64` when the release's GRUB reads it). 5: `extensions.yaml` in the
+/// initramfs written by the shared go-yaml v3 emitter (nested mappings of sequence items at the
+/// next multiple of four, as go-yaml indents them).
+pub const BUILDER_EPOCH: &str = "image-factory builder epoch 5";
 
 /// A cache key and the input digests it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]

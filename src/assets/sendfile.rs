@@ -7,8 +7,8 @@
 //! response carry both forms (a lazy stream for the generic HTTP stack, the open asset for the
 //! zero-copy writer) and hands the asset to whichever asks first.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -56,24 +56,19 @@ impl DirectBody {
 /// `stall` at a time (a client that takes no bytes for that long fails the send).
 async fn send_range(
     sock: &TcpStream,
-    file: RawFd,
+    file: &File,
     mut off: u64,
     end: u64,
     sent_bytes: &Counter,
     stall: Duration,
 ) -> io::Result<()> {
-    let out = sock.as_raw_fd();
     while off < end {
         let want = (end - off).min(SENDFILE_MAX) as usize;
         let sent = tokio::time::timeout(
             stall,
             sock.async_io(Interest::WRITABLE, || {
-                let mut pos = libc::off_t::try_from(off)
-                    .map_err(|_| io::Error::other("asset offset out of range"))?;
-                // SAFETY: both descriptors are open for the duration of the call; the kernel
-                // reads `file` at `pos` and writes at most `want` bytes to the socket.
-                let n = unsafe { libc::sendfile(out, file, &mut pos, want) };
-                usize::try_from(n).map_err(|_| io::Error::last_os_error())
+                let mut pos = off;
+                Ok(rustix::fs::sendfile(sock, file, Some(&mut pos), want)?)
             }),
         )
         .await
@@ -103,10 +98,10 @@ impl AssetBody {
     /// A wait of more than `stall` for the client to take bytes fails the send.
     pub async fn send_to_socket(mut self, sock: &TcpStream, stall: Duration) -> io::Result<u64> {
         let (start, end) = (self.pos, self.end);
-        let fd = self.file.as_raw_fd();
+        let file: &File = &self.file;
         let counter = self.assets.inner.metrics.sent_zero_copy.clone();
         if self.verify.take().is_none() {
-            send_range(sock, fd, start, end, &counter, stall).await?;
+            send_range(sock, file, start, end, &counter, stall).await?;
             return Ok(end - start);
         }
         let started = Instant::now();
@@ -116,14 +111,14 @@ impl AssetBody {
         // starts while this one runs covers it too.
         let mut pass = (serves == 1).then(|| self.assets.pass(&self.record, &self.file, id));
         let held = end - HOLD_BACK.min(end);
-        send_range(sock, fd, start, held, &counter, stall).await?;
+        send_range(sock, file, start, held, &counter, stall).await?;
         if pass.is_none() && !self.assets.checked_since(id, started) {
             pass = Some(self.assets.pass(&self.record, &self.file, id));
         }
         if let Some(pass) = pass {
             shared_check::wait(pass).await?;
         }
-        send_range(sock, fd, held, end, &counter, stall).await?;
+        send_range(sock, file, held, end, &counter, stall).await?;
         Ok(end - start)
     }
 }

@@ -5,7 +5,6 @@
 //! `Content-Length` and no client receives a complete response with damaged bytes.
 
 use std::fs::File;
-use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,21 +41,10 @@ fn pread_into(file: &File, buf: &mut BytesMut, pos: u64, want: usize) -> std::io
     buf.reserve(want);
     let spare = buf.spare_capacity_mut();
     let want = want.min(spare.len());
-    let offset = libc::off_t::try_from(pos)
-        .map_err(|_| std::io::Error::other("asset offset out of range"))?;
-    // SAFETY: `spare` is writable memory owned by `buf` of at least `want` bytes; pread(2)
-    // writes at most `want` bytes into it and reports how many, and only that many bytes
-    // (now initialized) are added to the buffer's length.
-    let n = unsafe {
-        libc::pread(
-            file.as_raw_fd(),
-            spare.as_mut_ptr().cast::<libc::c_void>(),
-            want,
-            offset,
-        )
-    };
-    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
-    // SAFETY: the first `n` bytes of the spare capacity were just written by pread(2).
+    let (filled, _) = rustix::io::pread(file, &mut spare[..want], pos)?;
+    let n = filled.len();
+    // SAFETY: `pread` initialised the first `n` bytes of the spare capacity (it returned them
+    // as `filled`); `BytesMut` has no safe way to take initialised spare bytes into its length.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }

@@ -17,6 +17,7 @@ use crate::oci::{
 use super::files::{parse_image_digests, parse_overlays};
 use super::import::{ImportProgress, Selection};
 use super::{CatalogError, Version};
+use crate::counting::{Counting, Tally};
 
 /// Largest manifest or index copied.
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -139,10 +140,7 @@ impl<S: ImageSource> Exporter<'_, S> {
         let stream = self.block(self.source.blob(reference, d))?;
         let reader = SyncIoBridge::new_with_handle(stream, self.handle.clone());
         let progress = self.progress;
-        let counted = Counting {
-            inner: reader,
-            progress,
-        };
+        let counted = Counting::with_tally(reader, progress);
         self.writer.add_blob(d, counted)?;
         self.summary.bytes += d.size;
         Ok(())
@@ -290,16 +288,9 @@ impl<S: ImageSource> Exporter<'_, S> {
     }
 }
 
-/// Reports bytes read to the progress display.
-struct Counting<'a, R> {
-    inner: R,
-    progress: &'a dyn ImportProgress,
-}
-
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
-        Ok(n)
+/// Bytes read go to the progress display.
+impl Tally for &dyn ImportProgress {
+    fn add(&mut self, n: u64) {
+        self.advance(n);
     }
 }

@@ -5,7 +5,7 @@
 //! `error enhancing profile from schematic: ` for schematic errors) and maps [`ErrorClass`] to a
 //! status code in one place (api spec §1.2, §3.5).
 
-use std::fmt::Write as _;
+use crate::gocompat::quote as go_quote;
 
 /// How the HTTP layer must answer an imager error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,53 +162,6 @@ impl ImagerError {
     }
 }
 
-/// Go's `strconv.Quote` (`%q`): double quotes, `\"` and `\\`, C escapes for `\a\b\f\n\r\t\v`,
-/// `\xNN` for other ASCII controls, `\uNNNN`/`\UNNNNNNNN` for non-printable runes.
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if !go_is_print(c) => {
-                if (c as u32) < 0x10000 {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                } else {
-                    let _ = write!(out, "\\U{:08x}", c as u32);
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// An approximation of Go's `strconv.IsPrint` beyond ASCII: controls, format characters and
-/// separators other than the ASCII space are not printable.
-fn go_is_print(c: char) -> bool {
-    if c.is_control() {
-        return false;
-    }
-    let u = c as u32;
-    !matches!(u,
-        0x00ad | 0x0600..=0x0605 | 0x061c | 0x06dd | 0x070f | 0x180e
-        | 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f
-        | 0xfeff | 0xfff9..=0xfffb | 0xe000..=0xf8ff | 0xd800..=0xdfff
-        | 0xa0 | 0x1680 | 0x2000..=0x200a | 0x202f | 0x205f | 0x3000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,12 +246,5 @@ mod tests {
         );
         assert!(ImagerError::InvalidArch(String::new()).is_path_error());
         assert!(!ImagerError::SecureBootDisabled.is_path_error());
-    }
-
-    #[test]
-    fn quoting_like_go() {
-        assert_eq!(go_quote("a\"b\\c"), r#""a\"b\\c""#);
-        assert_eq!(go_quote("x\ny\u{1}\u{7f}"), r#""x\ny\x01\x7f""#);
-        assert_eq!(go_quote("é\u{200b}"), "\"é\\u200b\"");
     }
 }

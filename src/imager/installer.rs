@@ -14,6 +14,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::SOURCE_DATE_EPOCH;
+use crate::io_context::{IoContext, io_err};
 use crate::oci::{
     Descriptor, Digest, ImageConfig, ImageManifest, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_GZIP,
     MEDIA_OCI_MANIFEST, OciError, RootFs, verify::io_error_to_oci,
@@ -44,18 +45,8 @@ pub enum InstallerError {
     #[error("not supported yet: {0}")]
     Unsupported(String),
     /// Reading inputs or writing outputs failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Underlying error.
-        source: io::Error,
-    },
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> InstallerError {
-    let context = context.into();
-    move |source| InstallerError::Io { context, source }
+    #[error(transparent)]
+    Io(#[from] IoContext),
 }
 
 /// The boot assets an installer carries (imager spec §8.1 step 4).
@@ -186,22 +177,22 @@ fn write_entry(
         .map_err(io_err(format!("write tar header {path}")))?;
     let copied = io::copy(&mut data.take(size), out).map_err(io_err(format!("copy {path}")))?;
     if copied != size {
-        return Err(InstallerError::Io {
-            context: format!("copy {path}"),
-            source: io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("expected {size} bytes, got {copied} (file changed while reading?)"),
-            ),
-        });
+        return Err(io_err(format!("copy {path}"))(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("expected {size} bytes, got {copied} (file changed while reading?)"),
+        ))
+        .into());
     }
     let pad = (512 - size % 512) % 512;
     out.write_all(&[0u8; 512][..pad as usize])
-        .map_err(io_err(format!("pad {path}")))
+        .map_err(io_err(format!("pad {path}")))?;
+    Ok(())
 }
 
 /// Ends a tar stream (two zero blocks, as Go's archive/tar writes).
 fn finish_tar(out: &mut impl Write) -> Result<(), InstallerError> {
-    out.write_all(&[0u8; 1024]).map_err(io_err("end tar"))
+    out.write_all(&[0u8; 1024]).map_err(io_err("end tar"))?;
+    Ok(())
 }
 
 /// A writer that hashes (SHA-256) what passes through.
@@ -371,7 +362,7 @@ fn copy_blob(
 ) -> Result<(), InstallerError> {
     let mut reader = open_verified(store, d)?;
     let unwrap = |e: InstallerError| match e {
-        InstallerError::Io { context, source } => {
+        InstallerError::Io(IoContext { context, source }) => {
             InstallerError::Oci(io_error_to_oci(context, source))
         }
         other => other,
@@ -417,10 +408,8 @@ pub fn write_docker_archive(
         repo_tags: [image.base_reference.as_str()],
         layers: layer_names,
     }];
-    let bytes = serde_json::to_vec(&manifest).map_err(|e| InstallerError::Io {
-        context: "serialise manifest.json".into(),
-        source: io::Error::other(e),
-    })?;
+    let bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| io_err("serialise manifest.json")(io::Error::other(e)))?;
     write_entry(
         &mut out,
         "manifest.json",
@@ -429,7 +418,8 @@ pub fn write_docker_archive(
         &bytes[..],
     )?;
     finish_tar(&mut out)?;
-    out.flush().map_err(io_err("flush docker archive"))
+    out.flush().map_err(io_err("flush docker archive"))?;
+    Ok(())
 }
 
 #[cfg(test)]

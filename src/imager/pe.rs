@@ -6,7 +6,7 @@
 //! the headers are written first and each section's bytes are copied from its reader straight to
 //! the output. Signing (Authenticode) is a separate, later step over the produced file.
 
-use std::io;
+use crate::io_context::IoContext;
 
 mod assemble;
 
@@ -88,18 +88,8 @@ pub enum PeError {
         actual: u64,
     },
     /// Reading a payload or writing the output failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Underlying error.
-        source: io::Error,
-    },
-}
-
-pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> PeError {
-    let context = context.into();
-    move |source| PeError::Io { context, source }
+    #[error(transparent)]
+    Io(#[from] IoContext),
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {

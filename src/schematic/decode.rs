@@ -10,13 +10,14 @@ use std::rc::Rc;
 
 use saphyr_parser::ScalarStyle;
 
-use super::resolve::{Resolved, old_bool_value, resolve_plain};
 use super::tree::{YKind, YNode, err, load};
 use super::value::Value;
 use super::{
     Bootloader, Customization, DiskImage, MetaValue, Overlay, Schematic, SchematicError,
     SecureBoot, SystemExtensions,
 };
+use crate::gocompat;
+use crate::gocompat::yaml::{Resolved, old_bool_value, resolve_plain};
 
 /// Upper bound on nodes visited while decoding (guards against alias expansion bombs).
 const MAX_VISITS: usize = 200_000;
@@ -131,7 +132,7 @@ impl Decoder {
                     self.errors.push(format!(
                         "line {}: mapping key {} already defined at line {}",
                         kj.line,
-                        go_quote(text),
+                        gocompat::quote(text),
                         ki.line
                     ));
                 }
@@ -374,7 +375,7 @@ impl Decoder {
             YKind::Scalar(v, _) if n.tag.as_deref() == Some("!!binary") => {
                 Ok(Value::Str(Self::binary_text(n, v)?))
             }
-            YKind::Scalar(v, _) => Ok(self.resolve(n)?.0.into_value(v)),
+            YKind::Scalar(v, _) => Ok(Value::from_resolved(self.resolve(n)?.0, v)),
             YKind::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
@@ -612,37 +613,4 @@ fn insert(out: &mut Vec<(Value, Value)>, key: Value, value: Value) {
     } else {
         out.push((key, value));
     }
-}
-
-/// Go's `%#v` of a string: a double-quoted Go string literal.
-fn go_quote(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => q.push_str("\\\""),
-            '\\' => q.push_str("\\\\"),
-            '\n' => q.push_str("\\n"),
-            '\r' => q.push_str("\\r"),
-            '\t' => q.push_str("\\t"),
-            '\u{7}' => q.push_str("\\a"),
-            '\u{8}' => q.push_str("\\b"),
-            '\u{c}' => q.push_str("\\f"),
-            '\u{b}' => q.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                q.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if c.is_control() || c == '\u{feff}' => {
-                let v = c as u32;
-                if v <= 0xFFFF {
-                    q.push_str(&format!("\\u{v:04x}"));
-                } else {
-                    q.push_str(&format!("\\U{v:08x}"));
-                }
-            }
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
 }

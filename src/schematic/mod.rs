@@ -7,9 +7,7 @@
 //! few places where this implementation follows go-yaml's code rather than the written spec.
 
 mod decode;
-mod emit;
 mod order;
-mod resolve;
 mod tree;
 mod value;
 
@@ -17,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 pub use value::{Timestamp, Value};
 
-use emit::Node;
+use crate::gocompat::yaml::{self, Flavour, Node};
 
 /// Error raised when a schematic document is rejected; the message is the upstream-compatible text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,13 +146,19 @@ impl Schematic {
 
     /// The canonical YAML bytes whose SHA-256 is the schematic ID.
     pub fn canonical(&self) -> String {
+        self.marshal(Flavour::V4)
+    }
+
+    /// The schematic as go-yaml of `flavour` marshals it (v4 is the Image Factory's).
+    fn marshal(&self, flavour: Flavour) -> String {
         let options = Value::Map(
             self.overlay
                 .options
                 .iter()
                 .map(|(k, v)| (Value::Str(k.clone()), v.clone()))
                 .collect(),
-        );
+        )
+        .sorted();
         let mut top: Vec<(&str, Node<'_>)> = Vec::new();
         if !self.owner.is_empty() {
             top.push(("owner", Node::Str(&self.owner)));
@@ -163,12 +167,12 @@ impl Schematic {
         if !(o.image.is_empty() && o.name.is_empty() && o.options.is_empty()) {
             let mut m = vec![("image", Node::Str(&o.image)), ("name", Node::Str(&o.name))];
             if !o.options.is_empty() {
-                m.push(("options", Node::Value(&options)));
+                m.push(("options", options.node()));
             }
-            top.push(("overlay", Node::Map(m)));
+            top.push(("overlay", Node::map(m)));
         }
         top.push(("customization", self.customization.node()));
-        emit::document(Node::Map(top))
+        yaml::document(&Node::map(top), flavour)
     }
 
     /// The schematic ID: lowercase hex SHA-256 of the canonical YAML.
@@ -199,7 +203,7 @@ impl Customization {
                 .meta
                 .iter()
                 .map(|mv| {
-                    Node::Map(vec![
+                    Node::map(vec![
                         ("key", Node::Raw(mv.key.to_string())),
                         ("value", Node::Str(&mv.value)),
                     ])
@@ -216,7 +220,7 @@ impl Customization {
                 .collect();
             m.push((
                 "systemExtensions",
-                Node::Map(vec![("officialExtensions", Node::Seq(items))]),
+                Node::map(vec![("officialExtensions", Node::Seq(items))]),
             ));
         }
         if self.bootloader != Bootloader::None {
@@ -231,18 +235,18 @@ impl Customization {
             if sb.include_well_known_certificates {
                 s.push(("includeWellKnownCertificates", Node::Raw("true".into())));
             }
-            m.push(("secureboot", Node::Map(s)));
+            m.push(("secureboot", Node::map(s)));
         }
         if self.disk_image.sector_size != 0 {
             m.push((
                 "diskImage",
-                Node::Map(vec![(
+                Node::map(vec![(
                     "sectorSize",
                     Node::Raw(self.disk_image.sector_size.to_string()),
                 )]),
             ));
         }
-        Node::Map(m)
+        Node::map(m)
     }
 }
 

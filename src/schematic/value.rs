@@ -2,6 +2,10 @@
 
 use std::fmt::Write as _;
 
+use super::order::sort_entries;
+pub use crate::gocompat::yaml::Timestamp;
+use crate::gocompat::yaml::{Node, Resolved};
+
 /// A YAML value with go-yaml's native types.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -25,51 +29,54 @@ pub enum Value {
     Map(Vec<(Value, Value)>),
 }
 
-/// A parsed timestamp, re-emitted in RFC 3339 form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timestamp {
-    /// Year (four digits).
-    pub year: i32,
-    /// Month 1..=12.
-    pub month: u8,
-    /// Day of month.
-    pub day: u8,
-    /// Hour 0..=23.
-    pub hour: u8,
-    /// Minute 0..=59.
-    pub minute: u8,
-    /// Second 0..=59.
-    pub second: u8,
-    /// Nanoseconds.
-    pub nanos: u32,
-    /// Offset from UTC in minutes (0 renders as `Z`).
-    pub offset_minutes: i32,
-}
-
-impl Timestamp {
-    /// Go's `time.RFC3339Nano` rendering (trailing fractional zeros removed, `Z` for UTC).
-    pub fn rfc3339_nano(&self) -> String {
-        let mut s = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        );
-        if self.nanos != 0 {
-            let frac = format!("{:09}", self.nanos);
-            s.push('.');
-            s.push_str(frac.trim_end_matches('0'));
-        }
-        if self.offset_minutes == 0 {
-            s.push('Z');
-        } else {
-            let sign = if self.offset_minutes < 0 { '-' } else { '+' };
-            let m = self.offset_minutes.unsigned_abs();
-            let _ = write!(s, "{sign}{:02}:{:02}", m / 60, m % 60);
-        }
-        s
-    }
-}
-
 impl Value {
+    /// A resolved plain scalar as a free-form value (strings keep `text`).
+    pub(crate) fn from_resolved(resolved: Resolved, text: &str) -> Value {
+        match resolved {
+            Resolved::Null => Value::Null,
+            Resolved::Bool(b) => Value::Bool(b),
+            Resolved::Int(i) => Value::Int(i),
+            Resolved::Uint(u) => Value::Uint(u),
+            Resolved::Float(f) => Value::Float(f),
+            Resolved::Timestamp(t) => Value::Timestamp(t),
+            Resolved::Merge | Resolved::Str => Value::Str(text.to_string()),
+        }
+    }
+
+    /// The value with every mapping's entries in go-yaml's emission order, recursively.
+    pub(crate) fn sorted(&self) -> Value {
+        match self {
+            Value::Seq(items) => Value::Seq(items.iter().map(Value::sorted).collect()),
+            Value::Map(entries) => {
+                let mut sorted: Vec<(Value, Value)> = entries
+                    .iter()
+                    .map(|(k, v)| (k.sorted(), v.sorted()))
+                    .collect();
+                sort_entries(&mut sorted);
+                Value::Map(sorted)
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// The node go-yaml's encoder makes of this value; maps keep their entry order (see
+    /// [`Value::sorted`]).
+    pub(crate) fn node(&self) -> Node<'_> {
+        match self {
+            Value::Null => Node::Raw("null".into()),
+            Value::Bool(b) => Node::Raw(b.to_string()),
+            Value::Int(i) => Node::Raw(i.to_string()),
+            Value::Uint(u) => Node::Raw(u.to_string()),
+            Value::Float(f) => Node::Raw(format_go_float(*f)),
+            Value::Timestamp(t) => Node::Raw(t.rfc3339_nano()),
+            Value::Str(s) => Node::Str(s),
+            Value::Seq(items) => Node::Seq(items.iter().map(Value::node).collect()),
+            Value::Map(entries) => {
+                Node::Map(entries.iter().map(|(k, v)| (k.node(), v.node())).collect())
+            }
+        }
+    }
+
     /// Whether go-yaml's `omitempty` would consider this value empty (only used for maps/seqs).
     pub fn is_empty_collection(&self) -> bool {
         match self {
@@ -165,17 +172,30 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339() {
-        let t = Timestamp {
-            year: 2001,
-            month: 12,
-            day: 14,
-            hour: 21,
-            minute: 59,
-            second: 43,
-            nanos: 100_000_000,
-            offset_minutes: -300,
-        };
-        assert_eq!(t.rfc3339_nano(), "2001-12-14T21:59:43.1-05:00");
+    fn nested_layout() {
+        use crate::gocompat::yaml::{Flavour, document};
+        let v = Value::Map(vec![
+            (
+                Value::Str("b".into()),
+                Value::Seq(vec![
+                    Value::Int(1),
+                    Value::Map(vec![
+                        (Value::Str("x".into()), Value::Null),
+                        (Value::Str("w".into()), Value::Bool(true)),
+                    ]),
+                ]),
+            ),
+            (Value::Str("a".into()), Value::Map(vec![])),
+            (
+                Value::Str("c".into()),
+                Value::Seq(vec![Value::Seq(vec![Value::Str("q".into())])]),
+            ),
+        ]);
+        let sorted = v.sorted();
+        let doc = document(&Node::map(vec![("o", sorted.node())]), Flavour::V4);
+        assert_eq!(
+            doc,
+            "o:\n    a: {}\n    b:\n        - 1\n        - w: true\n          x: null\n    c:\n        - - q\n"
+        );
     }
 }

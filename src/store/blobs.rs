@@ -40,10 +40,8 @@ pub struct BlobStore {
     meta: Arc<dyn MetaStore>,
 }
 
-pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
-    let context = context.into();
-    move |e| StoreError::Backend(format!("{context}: {e}"))
-}
+/// Kept for `adopt.rs`'s import path; the helper is [`crate::io_context::io_err`].
+pub(super) use crate::io_context::io_err;
 
 fn valid_hex(h: &str) -> bool {
     h.len() == 64
@@ -92,7 +90,7 @@ impl BlobStore {
         if !valid_hex(blake3) {
             return Err(StoreError::Backend(format!("invalid blob name {blake3:?}")));
         }
-        File::open(self.path(blake3)).map_err(io_err(format!("open blob {blake3}")))
+        Ok(File::open(self.path(blake3)).map_err(io_err(format!("open blob {blake3}")))?)
     }
 
     /// Opens the blob with SHA-256 `sha256` for reading, checked against its BLAKE3 name while
@@ -313,20 +311,11 @@ impl BlobStore {
 
     /// `syncfs(2)` on the filesystem holding the blobs.
     fn sync_filesystem(&self) -> Result<(), StoreError> {
-        use std::os::fd::AsRawFd;
         let dir =
             File::open(&self.root).map_err(io_err(format!("open {}", self.root.display())))?;
-        // SAFETY: syncfs only reads the file descriptor, which stays open for the call.
-        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(StoreError::Backend(format!(
-                "syncfs {}: {}",
-                self.root.display(),
-                io::Error::last_os_error()
-            )))
-        }
+        rustix::fs::syncfs(&dir)
+            .map_err(|e| io_err(format!("syncfs {}", self.root.display()))(e.into()))?;
+        Ok(())
     }
 
     pub(super) fn commit(&self, tmp: &Path, info: &BlobInfo) -> Result<(), StoreError> {

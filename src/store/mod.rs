@@ -18,6 +18,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+use crate::io_context::IoContext;
+
 /// A boxed, sendable future (keeps `MetaStore` object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -55,6 +57,9 @@ pub enum StoreError {
     /// A read, write or flush failed.
     #[error("metadata store error: {0}")]
     Backend(String),
+    /// A blob file operation failed.
+    #[error("metadata store error: {0}")]
+    Io(#[from] IoContext),
     /// A stored record is not what was expected.
     #[error("corrupt record {key:?} in tree {tree}: {message}")]
     Corrupt {

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use crate::sha256::Sha256;
 
 use super::StoreError;
-use super::blobs::{BlobInfo, BlobStore, io_err};
+use super::blobs::{BlobInfo, BlobStore};
+use crate::io_context::io_err;
 
 /// Size and alignment of the pieces a [`BlobWriter`] writes to its file.
 pub const WRITE_CHUNK: usize = 2 << 20;
@@ -45,7 +46,8 @@ impl PendingBlob {
     pub fn sync_data(&self) -> Result<(), StoreError> {
         File::open(&self.tmp)
             .and_then(|f| f.sync_data())
-            .map_err(io_err(format!("sync {}", self.tmp.display())))
+            .map_err(io_err(format!("sync {}", self.tmp.display())))?;
+        Ok(())
     }
 }
 

@@ -116,7 +116,7 @@ for image, manifest in zip(sys.argv[1::2], sys.argv[2::2]):
                 block[1] = old
             out.append(" " * (block[0] + 4 + old - block[1]) + body)
             continue
-        new = 10 + 2 * (old - 2)
+        new = 8 + 2 * (old - 2)
         out.append(" " * new + body)
         block = [new, None, old] if body.endswith(("|", "|-", "|+")) else None
 print("\n".join(out))

@@ -132,32 +132,28 @@ fn layout_microcode_firmware_and_layers() {
     assert!(fwv.starts_with("-rw-------"), "{fwv}");
     assert!(fwv.contains(" root "), "{fwv}");
 
-    // extensions.yaml: layers in order with go-yaml layout.
+    // extensions.yaml: layers in order with go-yaml v3's layout (inside a `- ` item, nested
+    // mappings align to the next multiple of four: 6 -> 8).
     let y = fs::read_to_string(root.join("extensions.yaml")).unwrap();
     assert!(
-        y.starts_with("layers:\n    - image: 0.sqsh\n      metadata:\n          name: fw-test\n"),
+        y.starts_with("layers:\n    - image: 0.sqsh\n      metadata:\n        name: fw-test\n"),
         "{y}"
     );
     assert!(
-        y.contains("    - image: 2.sqsh\n      metadata:\n          name: svc-test\n"),
+        y.contains("    - image: 2.sqsh\n      metadata:\n        name: svc-test\n"),
         "{y}"
     );
     assert!(
-        y.contains("          description: |\n              [test] fw-test\n"),
+        y.contains("        description: |\n            [test] fw-test\n"),
+        "{y}"
+    );
+    assert!(y.contains("                version: '>= v1.10.0'\n"), "{y}");
+    assert!(
+        y.contains(&format!("        name: schematic\n        version: {ID}\n")),
         "{y}"
     );
     assert!(
-        y.contains("                  version: '>= v1.10.0'\n"),
-        "{y}"
-    );
-    assert!(
-        y.contains(&format!(
-            "          name: schematic\n          version: {ID}\n"
-        )),
-        "{y}"
-    );
-    assert!(
-        y.contains("          extraInfo: |\n              customization: {}\n"),
+        y.contains("        extraInfo: |\n            customization: {}\n"),
         "{y}"
     );
 
@@ -500,7 +496,7 @@ fn modules_dep_layer(
     unpack_tail(tail, d.path(), &root);
     let y = fs::read_to_string(root.join("extensions.yaml")).unwrap();
     assert!(
-        y.contains("    - image: modules.dep.sqsh\n      metadata:\n          name: modules.dep\n"),
+        y.contains("    - image: modules.dep.sqsh\n      metadata:\n        name: modules.dep\n"),
         "{y}"
     );
     let x = d.path().join("x");

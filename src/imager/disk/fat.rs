@@ -76,18 +76,8 @@ impl fatfs::TimeProvider for EpochTime {
 
 /// The UTC calendar date and time of a Unix timestamp (FAT keeps 2-second resolution).
 pub fn epoch_date_time(epoch: u64) -> DateTime {
-    let days = (epoch / 86_400) as i64;
+    let (year, month, day) = crate::clock::civil_from_days((epoch / 86_400) as i64);
     let secs = epoch % 86_400;
-    // civil_from_days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     DateTime {
         date: Date {
             year: year.clamp(1980, 2107) as u16,

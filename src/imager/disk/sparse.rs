@@ -6,37 +6,32 @@
 //! [`stream_into_blob`], whose hashes must cover every byte.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, Read, Seek, Write};
+
+use rustix::fs::{SeekFrom, copy_file_range, seek};
+use rustix::io::Errno;
 
 use crate::store::BlobWriter;
 
 /// Copy buffer size.
 const CHUNK: usize = 1 << 20;
 
-/// The `[start, end)` byte ranges of `f` that hold data (everything else reads as zeros).
+/// The `[start, end)` byte ranges of `f` that hold data (everything else reads as zeros), from
+/// `SEEK_DATA`/`SEEK_HOLE`. Where the file system cannot report holes (`EINVAL`), the whole file
+/// is one region.
 pub fn data_regions(f: &File) -> io::Result<Vec<(u64, u64)>> {
     let len = f.metadata()?.len();
-    let fd = f.as_raw_fd();
     let mut out = Vec::new();
     let mut pos: u64 = 0;
     while pos < len {
-        let off = i64::try_from(pos).map_err(io::Error::other)?;
-        // SAFETY: lseek on a file descriptor owned by `f`, which outlives this call.
-        let start = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
-        if start < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (start, end) = (start as u64, (end as u64).min(len));
+        let start = match seek(f, SeekFrom::Data(pos)) {
+            Ok(start) if start < len => start,
+            // Only a hole remains.
+            Ok(_) | Err(Errno::NXIO) => break,
+            Err(Errno::INVAL) if pos == 0 => return Ok(vec![(0, len)]),
+            Err(e) => return Err(e.into()),
+        };
+        let end = seek(f, SeekFrom::Hole(start))?.min(len);
         if end > start {
             out.push((start, end));
         }
@@ -53,10 +48,10 @@ pub fn copy_into(src: &mut File, dst: &mut File, dst_offset: u64) -> io::Result<
         let mut pos = start;
         while pos < end {
             let n = ((end - pos) as usize).min(CHUNK);
-            src.seek(SeekFrom::Start(pos))?;
+            src.seek(io::SeekFrom::Start(pos))?;
             src.read_exact(&mut buf[..n])?;
             if buf[..n].iter().any(|b| *b != 0) {
-                dst.seek(SeekFrom::Start(dst_offset + pos))?;
+                dst.seek(io::SeekFrom::Start(dst_offset + pos))?;
                 dst.write_all(&buf[..n])?;
             }
             pos += n as u64;
@@ -83,36 +78,22 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt as _;
     let (mut pos, end) = (offset, offset + len);
     while pos < end {
-        let mut off_in = libc::loff_t::try_from(pos).map_err(io::Error::other)?;
-        let mut off_out = off_in;
+        let (mut off_in, mut off_out) = (pos, pos);
         let want = ((end - pos) as usize).min(1 << 30);
-        // SAFETY: both descriptors are owned by files that outlive the call; the offsets are
-        // valid pointers to local variables the kernel updates.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                want,
-                0,
-            )
-        };
-        if n > 0 {
-            pos += n as u64;
-            continue;
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "source ended early",
-            ));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {}
-            _ => return Err(e),
+        match copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source ended early",
+                ));
+            }
+            Ok(n) => {
+                pos += n as u64;
+                continue;
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
         }
         // fallback: through a buffer
         let mut buf = vec![0u8; CHUNK];
@@ -137,7 +118,7 @@ pub fn stream_into_blob(src: &mut File, w: &mut BlobWriter) -> io::Result<()> {
         pos = start;
         while pos < end {
             let n = ((end - pos) as usize).min(CHUNK);
-            src.seek(SeekFrom::Start(pos))?;
+            src.seek(io::SeekFrom::Start(pos))?;
             src.read_exact(&mut buf[..n])?;
             if crate::zeros::is_zero(&buf[..n]) {
                 w.write_zeros(n as u64)?;
@@ -178,7 +159,7 @@ impl Read for Window<'_> {
         if n == 0 {
             return Ok(0);
         }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        self.file.seek(io::SeekFrom::Start(self.start + self.pos))?;
         let got = self.file.read(&mut buf[..n])?;
         self.pos += got as u64;
         Ok(got)
@@ -193,7 +174,7 @@ impl Write for Window<'_> {
                 "write past the end of the partition",
             ));
         }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        self.file.seek(io::SeekFrom::Start(self.start + self.pos))?;
         let n = self.file.write(buf)?;
         self.pos += n as u64;
         Ok(n)
@@ -205,11 +186,11 @@ impl Write for Window<'_> {
 }
 
 impl Seek for Window<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
         let target = match to {
-            SeekFrom::Start(o) => Some(o),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            io::SeekFrom::Start(o) => Some(o),
+            io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         match target {
             Some(t) if t <= self.len => {
@@ -239,7 +220,7 @@ mod tests {
             .open(dir.path().join("src"))
             .unwrap();
         src.set_len(64 << 20).unwrap();
-        src.seek(SeekFrom::Start(8 << 20)).unwrap();
+        src.seek(io::SeekFrom::Start(8 << 20)).unwrap();
         src.write_all(b"hello").unwrap();
         let regions = data_regions(&src).unwrap();
         assert_eq!(regions.len(), 1, "{regions:?}");
@@ -258,8 +239,8 @@ mod tests {
         let mut got = [0u8; 5];
         w.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"hello");
-        assert_eq!(w.seek(SeekFrom::End(0)).unwrap(), 16);
+        assert_eq!(w.seek(io::SeekFrom::End(0)).unwrap(), 16);
         assert!(w.write_all(b"x").is_err());
-        assert!(w.seek(SeekFrom::End(1)).is_err());
+        assert!(w.seek(io::SeekFrom::End(1)).is_err());
     }
 }

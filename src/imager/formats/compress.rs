@@ -201,32 +201,6 @@ impl Write for Compressor<'_> {
     }
 }
 
-/// A writer that counts the bytes passed through to `inner`.
-pub struct Counting<'a> {
-    inner: &'a mut dyn Write,
-    /// Bytes written so far.
-    pub count: u64,
-}
-
-impl<'a> Counting<'a> {
-    /// Wraps `inner` with a zero count.
-    pub fn new(inner: &'a mut dyn Write) -> Self {
-        Counting { inner, count: 0 }
-    }
-}
-
-impl Write for Counting<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,13 +27,14 @@ pub mod vmdk;
 mod xz;
 mod zstd_frames;
 
-pub use compress::{Codec, CompressionLevels, Compressor, Counting, XZ_BLOCK_SIZE};
+pub use compress::{Codec, CompressionLevels, Compressor, XZ_BLOCK_SIZE};
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use super::error::ImagerError;
 use super::profile::{DiskFormat, OutFormat, OutputKind, Profile};
+use crate::counting::Counting;
 use sparse::{HoleWriter, RawImage};
 
 /// Buffer between the format writers (many small records) and the compressor.
@@ -125,7 +126,7 @@ pub fn convert(
     }
     compressor.finish()?;
     Ok(Converted {
-        written: counting.count,
+        written: counting.count(),
         disk_size: img.size(),
     })
 }

@@ -10,9 +10,9 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+use crate::imager::disk::sparse::data_regions;
 use crate::zeros::{is_zero, write_zeros};
 
 /// Size of the read buffer and of the zero block written for holes.
@@ -71,30 +71,16 @@ impl RawImage {
     /// The file system's data regions (`SEEK_DATA`/`SEEK_HOLE`), in order. Falls back to one
     /// region covering the whole file where the file system cannot report holes.
     pub fn fs_data_regions(&self) -> io::Result<Vec<Extent>> {
-        let fd = self.file.as_raw_fd();
-        let size = self.size;
-        let mut out = Vec::new();
-        let mut pos = 0u64;
-        while pos < size {
-            let data = match lseek(fd, pos, libc::SEEK_DATA) {
-                Ok(d) => d,
-                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && pos == 0 => {
-                    return Ok(whole(size));
-                }
-                Err(e) => return Err(e),
-            };
-            if data >= size {
-                break;
-            }
-            let hole = lseek(fd, data, libc::SEEK_HOLE)?.min(size);
-            out.push(Extent {
-                offset: data,
-                len: hole - data,
-            });
-            pos = hole;
-        }
-        Ok(out)
+        Ok(data_regions(&self.file)?
+            .into_iter()
+            .filter_map(|(start, end)| {
+                let end = end.min(self.size);
+                (end > start).then_some(Extent {
+                    offset: start,
+                    len: end - start,
+                })
+            })
+            .collect())
     }
 
     /// Content-defined data extents at `granularity` (a power of two): the disk is cut into
@@ -205,29 +191,6 @@ impl Write for HoleWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-fn whole(size: u64) -> Vec<Extent> {
-    if size == 0 {
-        Vec::new()
-    } else {
-        vec![Extent {
-            offset: 0,
-            len: size,
-        }]
-    }
-}
-
-fn lseek(fd: libc::c_int, pos: u64, whence: libc::c_int) -> io::Result<u64> {
-    let off =
-        libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: lseek on a file descriptor we own; no memory is passed.
-    let r = unsafe { libc::lseek(fd, off, whence) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
     }
 }
 

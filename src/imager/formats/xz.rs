@@ -235,13 +235,17 @@ fn put_varint(v: &mut Vec<u8>, mut n: u64) {
     v.push(n as u8);
 }
 
+/// CRC32 (IEEE) of the xz headers, index and footer.
 fn crc32(data: &[u8]) -> u32 {
-    // SAFETY: liblzma reads exactly `data.len()` bytes from a valid slice.
-    unsafe { liblzma_sys::lzma_crc32(data.as_ptr(), data.len(), 0) }
+    crc32fast::hash(data)
 }
 
+/// CRC64 (ECMA-182) of a block's uncompressed data: liblzma's own, which the `liblzma` crate
+/// does not wrap; it runs over every input byte, so the vectorised C version is kept.
 fn crc64(data: &[u8]) -> u64 {
-    // SAFETY: as for crc32.
+    // SAFETY: `lzma_crc64` reads exactly `size` bytes starting at `buf` and keeps no pointer
+    // after returning; `data` is a live slice of `data.len()` initialised bytes for the whole
+    // call, and a CRC of an empty slice reads nothing.
     unsafe { liblzma_sys::lzma_crc64(data.as_ptr(), data.len(), 0) }
 }
 

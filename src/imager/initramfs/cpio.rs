@@ -10,8 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::InitramfsError;
-use super::io_err;
+use super::process::sorted_names;
+use crate::counting::Counting;
 use crate::imager::SOURCE_DATE_EPOCH;
+use crate::io_context::io_err;
 
 /// What a walked entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +48,7 @@ pub fn walk(root: &Path) -> Result<Vec<Entry>, InitramfsError> {
 }
 
 fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), InitramfsError> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .map_err(io_err(format!("read {}", dir.display())))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(format!("read {}", dir.display())))?;
-    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-    for name in names {
+    for name in sorted_names(dir)? {
         let path = dir.join(&name);
         let name = name.to_str().ok_or_else(|| {
             InitramfsError::Invalid(format!("{}: file name is not UTF-8", path.display()))
@@ -106,33 +102,13 @@ fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), Initr
     Ok(())
 }
 
-/// Counts bytes written through it.
-struct Counting<'a, W: Write + ?Sized> {
-    inner: &'a mut W,
-    count: u64,
-}
-
-impl<W: Write + ?Sized> Write for Counting<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes `entries` as one newc archive (with trailer and 512-byte padding) to `out`, streaming
 /// file contents from disk. Returns the archive size.
 pub fn write_cpio<W: Write + ?Sized>(
     entries: &[&Entry],
     out: &mut W,
 ) -> Result<u64, InitramfsError> {
-    let mut w = Counting {
-        inner: out,
-        count: 0,
-    };
+    let mut w = Counting::new(out);
     let mtime = SOURCE_DATE_EPOCH as u32;
     for (i, e) in entries.iter().enumerate() {
         let (type_bits, nlink, size) = match &e.kind {
@@ -174,11 +150,11 @@ pub fn write_cpio<W: Write + ?Sized>(
         writer.finish().map_err(io_err(ctx()))?;
     }
     let w = cpio::newc::trailer(w).map_err(io_err("cpio trailer"))?;
-    let pad = (512 - w.count % 512) % 512;
+    let pad = (512 - w.count() % 512) % 512;
     let mut w = w;
     w.write_all(&vec![0u8; pad as usize])
         .map_err(io_err("cpio padding"))?;
-    Ok(w.count)
+    Ok(w.count())
 }
 
 use std::io::Read as _;

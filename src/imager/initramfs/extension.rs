@@ -11,9 +11,11 @@ use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use super::constraint;
+use super::process::sorted_names;
 use super::yaml::Manifest;
-use super::{ExtensionSource, InitramfsError, io_err};
+use super::{ExtensionSource, InitramfsError};
 use crate::catalog::Version;
+use crate::io_context::io_err;
 use crate::oci::{
     Descriptor, Digest, FlattenOptions, ImageManifest, LayerOpener, MEDIA_OCI_LAYER_TAR, OciError,
     flatten,
@@ -114,13 +116,7 @@ pub fn load(root: &Path, dir: &str) -> Result<Loaded, InitramfsError> {
     };
     let mut manifest: Option<Manifest> = None;
     let mut rootfs = None;
-    let mut names: Vec<_> = fs::read_dir(&path)
-        .map_err(io_err(format!("read {}", path.display())))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(format!("read {}", path.display())))?;
-    names.sort();
-    for name in names {
+    for name in sorted_names(&path)? {
         let full = path.join(&name);
         let meta =
             fs::symlink_metadata(&full).map_err(io_err(format!("stat {}", full.display())))?;
@@ -187,7 +183,7 @@ pub fn real_dir(root: &Path, rel: &str) -> Result<Option<PathBuf>, InitramfsErro
                 return Ok(None);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(InitramfsError::io(format!("stat {}", p.display()), e)),
+            Err(e) => return Err(io_err(format!("stat {}", p.display()))(e).into()),
         }
     }
     Ok(Some(p))

@@ -38,7 +38,9 @@ pub use virtual_ext::{
 pub use yaml::{Compatibility, Constraint, Manifest, Metadata, extensions_yaml, manifest_yaml};
 
 use crate::catalog::{BlobRef, ExtensionEntry, Version};
+use crate::counting::Counting;
 use crate::imager::quirks::{Quirk, Quirks};
+use crate::io_context::{IoContext, io_err};
 use crate::oci::{Digest, OciError};
 use crate::store::{BlobStore, StoreError, VerifiedBlob};
 
@@ -88,35 +90,14 @@ pub enum InitramfsError {
     #[error("{0}")]
     Invalid(String),
     /// File I/O failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     /// Blob store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Layer extraction failure.
     #[error(transparent)]
     Oci(#[from] OciError),
-}
-
-impl InitramfsError {
-    /// An I/O error with context.
-    pub fn io(context: impl Into<String>, source: io::Error) -> InitramfsError {
-        InitramfsError::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
-
-/// `map_err` helper: an I/O error with context.
-pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> InitramfsError {
-    let context = context.into();
-    move |source| InitramfsError::Io { context, source }
 }
 
 /// One system extension input, in schematic order.
@@ -272,23 +253,6 @@ pub fn check_tools() -> Result<PathBuf, InitramfsError> {
     modules::find_depmod()
 }
 
-/// Counts bytes written through it.
-struct Counter<'a, W: Write + ?Sized> {
-    inner: &'a mut W,
-    count: u64,
-}
-
-impl<W: Write + ?Sized> Write for Counter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Opens the base initramfs blob, verifying it against its BLAKE3 name while it is read.
 fn open_base(blobs: &BlobStore, base: &BlobRef) -> Result<impl Read, InitramfsError> {
     let file = blobs.open_blob(&base.blake3)?;
@@ -306,17 +270,14 @@ pub fn build_initramfs<W: Write + ?Sized>(
     if !quirks.has(Quirk::UseZstdCompression) {
         return Err(InitramfsError::Unsupported(inputs.version.tag()));
     }
-    let mut out = Counter {
-        inner: out,
-        count: 0,
-    };
+    let mut out = Counting::new(out);
     let mut report = InitramfsReport::default();
     if inputs.extensions.is_empty() {
         // Upstream skips the rebuild entirely without extensions.
         progress(Progress::Writing);
         io::copy(&mut open_base(blobs, &inputs.base)?, &mut out)
             .map_err(io_err("copy base initramfs"))?;
-        report.size = out.count;
+        report.size = out.count();
         return Ok(report);
     }
     let scratch_root = inputs.scratch.clone().unwrap_or_else(std::env::temp_dir);
@@ -466,14 +427,15 @@ pub fn build_initramfs<W: Write + ?Sized>(
     cpio::write_cpio(&rest, &mut enc)?;
     enc.finish().map_err(io_err("zstd finish"))?;
     out.flush().map_err(io_err("flush initramfs"))?;
-    report.size = out.count;
+    report.size = out.count();
     Ok(report)
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<(), InitramfsError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .map_err(io_err(format!("chmod {}", p.display())))
+        .map_err(io_err(format!("chmod {}", p.display())))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::InitramfsError;
 use super::extension::{Loaded, real_dir};
-use super::process::mkdirs;
+use super::process::{mkdirs, remove_any, sorted_names};
 use super::squashfs::extract_subtree;
 use super::yaml::{Manifest, Metadata};
-use super::{InitramfsError, io_err};
+use crate::io_context::io_err;
 
 /// The depmod configuration the imager image ships (`/etc/modules.d/10-extra-modules.conf`).
 pub const DEPMOD_CONFIG: &str = "search extras built-in\n";
@@ -73,13 +74,7 @@ pub fn extract_rootfs_sqsh(base: impl Read, dest: &Path) -> Result<(), Initramfs
 /// Copies the tree `src` into `dst` (merging; files and symlinks replace existing ones).
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), InitramfsError> {
     mkdirs(dst)?;
-    let mut names: Vec<_> = fs::read_dir(src)
-        .map_err(io_err(format!("read {}", src.display())))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(format!("read {}", src.display())))?;
-    names.sort();
-    for name in names {
+    for name in sorted_names(src)? {
         let (s, d) = (src.join(&name), dst.join(&name));
         let m = fs::symlink_metadata(&s).map_err(io_err(format!("stat {}", s.display())))?;
         if m.is_dir() {
@@ -89,13 +84,7 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), InitramfsError> {
             copy_tree(&s, &d)?;
             continue;
         }
-        match fs::symlink_metadata(&d) {
-            Ok(dm) if dm.is_dir() => {
-                fs::remove_dir_all(&d).map_err(io_err(format!("remove {}", d.display())))?
-            }
-            Ok(_) => fs::remove_file(&d).map_err(io_err(format!("remove {}", d.display())))?,
-            Err(_) => {}
-        }
+        remove_any(&d)?;
         if m.is_file() {
             fs::copy(&s, &d).map_err(io_err(format!("copy {}", s.display())))?;
         } else if m.file_type().is_symlink() {

@@ -2,13 +2,15 @@
 //! microcode out of the extension into `kernel/x86/microcode/`, and the firmware tree moved into
 //! the initramfs tree.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use super::InitramfsError;
 use super::extension::real_dir;
-use super::{InitramfsError, io_err};
+use crate::io_context::io_err;
 
 /// Where early microcode goes in the work tree.
 pub const MICROCODE_DIR: &str = "kernel/x86/microcode";
@@ -24,10 +26,11 @@ pub fn mkdirs(dir: &Path) -> Result<(), InitramfsError> {
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(e) => return Err(InitramfsError::io(format!("create {}", dir.display()), e)),
+        Err(e) => return Err(io_err(format!("create {}", dir.display()))(e).into()),
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-        .map_err(io_err(format!("chmod {}", dir.display())))
+        .map_err(io_err(format!("chmod {}", dir.display())))?;
+    Ok(())
 }
 
 /// Regular files in `dir` whose names match, sorted bytewise (Go's sorted `filepath.Glob`).
@@ -96,15 +99,26 @@ pub fn extract_microcode(rootfs: &Path, fw: &str, work: &Path) -> Result<usize, 
     Ok(consumed)
 }
 
+/// The entry names of `dir`, sorted bytewise (the order every tree walk here follows).
+pub(super) fn sorted_names(dir: &Path) -> Result<Vec<OsString>, InitramfsError> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)
+        .map_err(io_err(format!("read {}", dir.display())))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(format!("read {}", dir.display())))?;
+    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+    Ok(names)
+}
+
 /// Removes whatever is at `p` (not following symlinks).
-fn remove_any(p: &Path) -> Result<(), InitramfsError> {
+pub(super) fn remove_any(p: &Path) -> Result<(), InitramfsError> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(p).map_err(io_err(format!("remove {}", p.display())))
+            Ok(fs::remove_dir_all(p).map_err(io_err(format!("remove {}", p.display())))?)
         }
-        Ok(_) => fs::remove_file(p).map_err(io_err(format!("remove {}", p.display()))),
+        Ok(_) => Ok(fs::remove_file(p).map_err(io_err(format!("remove {}", p.display())))?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(InitramfsError::io(format!("stat {}", p.display()), e)),
+        Err(e) => Err(io_err(format!("stat {}", p.display()))(e).into()),
     }
 }
 
@@ -121,14 +135,8 @@ fn ensure_dir(dir: &Path) -> Result<(), InitramfsError> {
 /// Files keep their permission bits; directories are created (0755) only when a file lands in
 /// them, like upstream's per-file `MkdirAll`. Returns files moved.
 fn move_tree(src: &Path, dst: &Path) -> Result<u64, InitramfsError> {
-    let mut names: Vec<_> = fs::read_dir(src)
-        .map_err(io_err(format!("read {}", src.display())))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(format!("read {}", src.display())))?;
-    names.sort();
     let mut moved = 0;
-    for name in names {
+    for name in sorted_names(src)? {
         let (s, d) = (src.join(&name), dst.join(&name));
         let m = fs::symlink_metadata(&s).map_err(io_err(format!("stat {}", s.display())))?;
         if m.is_dir() {

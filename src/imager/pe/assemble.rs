@@ -4,8 +4,9 @@ use std::io::{self, Read, Write};
 
 use super::{
     APPENDED_SECTION_CHARACTERISTICS, COFF_LEN, DIR_SECURITY, OPT_FIXED_LEN, PE_OFFSET, PeError,
-    PeHeaders, SCN_CNT_INITIALIZED_DATA, SectionHeader, align_up, io_err, section_name,
+    PeHeaders, SCN_CNT_INITIALIZED_DATA, SectionHeader, align_up, section_name,
 };
+use crate::io_context::io_err;
 
 /// What to do with a stub that carries a COFF symbol table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -24,6 +24,7 @@ mod read;
 use super::tarwalk::{TarItem, clean_entry_path, walk};
 use super::verify::{io_error_to_oci, oci_to_io_error};
 use super::{Descriptor, ImageSource, OciError, Reference};
+use crate::counting::Counting;
 
 pub use read::read_file;
 
@@ -70,20 +71,6 @@ pub struct FlattenReport {
     pub skipped: Vec<String>,
 }
 
-/// Counts bytes read through it into a shared counter.
-struct Counted<R> {
-    inner: R,
-    count: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
 /// The decompressed stream of one layer, enforcing the size budget and the ratio guard.
 struct LayerStream {
     inner: Box<dyn Read + Send>,
@@ -127,10 +114,7 @@ fn open_layer(
 ) -> Result<LayerStream, OciError> {
     let raw = open(desc)?;
     let count = Arc::new(AtomicU64::new(0));
-    let mut counted = Counted {
-        inner: raw,
-        count: count.clone(),
-    };
+    let mut counted = Counting::with_tally(raw, Arc::clone(&count));
     let mut magic = Vec::with_capacity(4);
     (&mut counted)
         .take(4)

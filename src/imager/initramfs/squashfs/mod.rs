@@ -28,9 +28,10 @@ use backhand::{FilesystemReader, InnerNode};
 pub use data::Source;
 pub use writer::{Content, Entry, Options, write_image};
 
+use super::InitramfsError;
 use super::cpio::{Kind, walk};
-use super::{InitramfsError, io_err};
 use crate::imager::SOURCE_DATE_EPOCH;
+use crate::io_context::io_err;
 
 /// The xattr name SELinux labels are stored under.
 pub const SELINUX_XATTR: &str = "security.selinux";
@@ -119,7 +120,7 @@ fn build_squashfs_on(
     let size = write_image(&entries, &opts, &mut w)
         .map_err(|e| InitramfsError::Squashfs(format!("write {}: {e}", out.display())))?;
     w.into_inner()
-        .map_err(|e| InitramfsError::io(format!("flush {}", out.display()), e.into_error()))?;
+        .map_err(|e| io_err(format!("flush {}", out.display()))(e.into_error()))?;
     Ok(SquashReport {
         size,
         labels: labelled,

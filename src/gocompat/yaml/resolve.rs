@@ -1,9 +1,10 @@
 //! Plain-scalar resolution with go-yaml's rules: what a plain scalar means when it is read back.
 //!
-//! The decoder uses this to type plain scalars (integers, floats, booleans, nulls, timestamps) and
-//! the emitter uses it to decide whether a string may be written plain or must be quoted.
+//! The schematic decoder uses this to type plain scalars (integers, floats, booleans, nulls,
+//! timestamps) and the emitter uses it to decide whether a string may be written plain or must be
+//! quoted.
 
-use super::value::{Timestamp, Value};
+use std::fmt::Write as _;
 
 /// What a plain scalar resolves to, following go-yaml's resolver (YAML 1.2 core schema plus
 /// go-yaml's extensions: base-prefixed integers, `_` separators, timestamps).
@@ -40,18 +41,49 @@ impl Resolved {
             Resolved::Str => "!!str",
         }
     }
+}
 
-    /// Converts a resolved scalar into a free-form value (strings keep `text`).
-    pub(crate) fn into_value(self, text: &str) -> Value {
-        match self {
-            Resolved::Null => Value::Null,
-            Resolved::Bool(b) => Value::Bool(b),
-            Resolved::Int(i) => Value::Int(i),
-            Resolved::Uint(u) => Value::Uint(u),
-            Resolved::Float(f) => Value::Float(f),
-            Resolved::Timestamp(t) => Value::Timestamp(t),
-            Resolved::Merge | Resolved::Str => Value::Str(text.to_string()),
+/// A parsed timestamp, re-emitted in RFC 3339 form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp {
+    /// Year (four digits).
+    pub year: i32,
+    /// Month 1..=12.
+    pub month: u8,
+    /// Day of month.
+    pub day: u8,
+    /// Hour 0..=23.
+    pub hour: u8,
+    /// Minute 0..=59.
+    pub minute: u8,
+    /// Second 0..=59.
+    pub second: u8,
+    /// Nanoseconds.
+    pub nanos: u32,
+    /// Offset from UTC in minutes (0 renders as `Z`).
+    pub offset_minutes: i32,
+}
+
+impl Timestamp {
+    /// Go's `time.RFC3339Nano` rendering (trailing fractional zeros removed, `Z` for UTC).
+    pub fn rfc3339_nano(&self) -> String {
+        let mut s = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        );
+        if self.nanos != 0 {
+            let frac = format!("{:09}", self.nanos);
+            s.push('.');
+            s.push_str(frac.trim_end_matches('0'));
         }
+        if self.offset_minutes == 0 {
+            s.push('Z');
+        } else {
+            let sign = if self.offset_minutes < 0 { '-' } else { '+' };
+            let m = self.offset_minutes.unsigned_abs();
+            let _ = write!(s, "{sign}{:02}:{:02}", m / 60, m % 60);
+        }
+        s
     }
 }
 
@@ -468,5 +500,20 @@ mod tests {
         assert!(!is_base60_float("1:60"));
         assert!(!is_base60_float("a:20"));
         assert!(!is_base60_float("1"));
+    }
+
+    #[test]
+    fn rfc3339() {
+        let t = Timestamp {
+            year: 2001,
+            month: 12,
+            day: 14,
+            hour: 21,
+            minute: 59,
+            second: 43,
+            nanos: 100_000_000,
+            offset_minutes: -300,
+        };
+        assert_eq!(t.rfc3339_nano(), "2001-12-14T21:59:43.1-05:00");
     }
 }

@@ -1,9 +1,8 @@
-//! The canonical emitter: go-yaml's block layout (indent 4, indented sequences, no folding) and
-//! its scalar style choice, reproduced byte for byte for the shapes a schematic can take.
+//! The emitter: go-yaml's block layout (indent 4, indented sequences, no folding), the style its
+//! encoder requests for a string and the emitter's downgrades of that style, byte for byte.
 
-use super::order::sort_entries;
+use super::Flavour;
 use super::resolve::{Resolved, is_base60_float, is_old_bool, resolve_plain};
-use super::value::{Value, format_go_float};
 
 /// Longest key go-yaml writes as a simple `key:`; longer keys become `? key` entries.
 const MAX_SIMPLE_KEY: usize = 128;
@@ -25,29 +24,41 @@ enum Slot {
     Key,
 }
 
-/// A node to emit: either a free-form value or an ordered mapping of fixed keys.
-pub(crate) enum Node<'a> {
-    /// A string scalar (style chosen by the string rules).
+/// A node to emit, as go-yaml's encoder sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node<'a> {
+    /// A string scalar (style chosen by go-yaml's string rules for the [`Flavour`]).
     Str(&'a str),
-    /// A scalar written plain as is (integers, booleans, `null`).
+    /// A non-string scalar written plain as is (integers, floats, booleans, `null`, timestamps).
     Raw(String),
-    /// A free-form value (overlay options).
-    Value(&'a Value),
-    /// A block sequence.
+    /// A block sequence (`[]` when empty).
     Seq(Vec<Node<'a>>),
-    /// A block mapping with keys in the given order.
-    Map(Vec<(&'a str, Node<'a>)>),
+    /// A block mapping with its entries in the given order (`{}` when empty).
+    Map(Vec<(Node<'a>, Node<'a>)>),
 }
 
-/// Serialises a document whose root is a mapping.
-pub(crate) fn document(root: Node<'_>) -> String {
+impl<'a> Node<'a> {
+    /// A mapping with string keys, in the given order.
+    pub fn map(entries: Vec<(&'a str, Node<'a>)>) -> Node<'a> {
+        Node::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Node::Str(k), v))
+                .collect(),
+        )
+    }
+}
+
+/// Serialises a document whose root is a mapping, as go-yaml of `flavour` marshals it.
+pub fn document(root: &Node<'_>, flavour: Flavour) -> String {
     let mut e = Emitter {
         out: String::new(),
         column: 0,
         whitespace: true,
         indention: true,
+        flavour,
     };
-    e.node(&root, -1, Slot::MapValue);
+    e.node(root, -1, Slot::MapValue);
     // Document end: finish the last line (go-yaml writes no `...` marker here, even after a
     // keep-chomped literal block; checked against the golden corpus).
     e.write_indent(0);
@@ -63,6 +74,8 @@ struct Emitter {
     whitespace: bool,
     /// Only indentation has been written on the current line so far.
     indention: bool,
+    /// Whose string style rules apply.
+    flavour: Flavour,
 }
 
 /// go-yaml's indentation rule: the first indent inside a sequence item skips `- `, everything
@@ -147,9 +160,8 @@ impl Emitter {
     /// Writes `node` in `slot`; `indent` is the indent of the enclosing collection.
     fn node(&mut self, node: &Node<'_>, indent: i64, slot: Slot) {
         match node {
-            Node::Str(s) => self.string(s, indent, slot),
+            Node::Str(s) => self.scalar(s, requested_string_style(s, self.flavour), indent, slot),
             Node::Raw(s) => self.scalar(s, Style::Plain, indent, slot),
-            Node::Value(v) => self.value(v, indent, slot),
             Node::Seq(items) => self.block_seq(items, indent, slot, |e, item, inner| {
                 e.node(item, inner, Slot::SeqItem)
             }),
@@ -160,50 +172,16 @@ impl Emitter {
                 let inner = child_indent(indent, slot);
                 for (k, v) in entries {
                     self.write_indent(inner);
-                    self.string(k, inner, Slot::Key);
-                    self.write_indicator(":", false, false, false);
-                    self.node(v, inner, Slot::MapValue);
-                }
-            }
-        }
-    }
-
-    fn value(&mut self, v: &Value, indent: i64, slot: Slot) {
-        match v {
-            Value::Null => self.scalar("null", Style::Plain, indent, slot),
-            Value::Bool(b) => self.scalar(
-                if *b { "true" } else { "false" },
-                Style::Plain,
-                indent,
-                slot,
-            ),
-            Value::Int(i) => self.scalar(&i.to_string(), Style::Plain, indent, slot),
-            Value::Uint(u) => self.scalar(&u.to_string(), Style::Plain, indent, slot),
-            Value::Float(f) => self.scalar(&format_go_float(*f), Style::Plain, indent, slot),
-            Value::Timestamp(t) => self.scalar(&t.rfc3339_nano(), Style::Plain, indent, slot),
-            Value::Str(s) => self.string(s, indent, slot),
-            Value::Seq(items) => self.block_seq(items, indent, slot, |e, item, inner| {
-                e.value(item, inner, Slot::SeqItem)
-            }),
-            Value::Map(entries) => {
-                if entries.is_empty() {
-                    return self.flow_empty("{", "}");
-                }
-                let mut sorted = entries.clone();
-                sort_entries(&mut sorted);
-                let inner = child_indent(indent, slot);
-                for (k, val) in &sorted {
-                    self.write_indent(inner);
                     if key_is_complex(k) {
                         self.write_indicator("?", true, false, true);
-                        self.value(k, inner, Slot::MapValue);
+                        self.node(k, inner, Slot::MapValue);
                         self.write_indent(inner);
                         self.write_indicator(":", true, false, true);
                     } else {
-                        self.value(k, inner, Slot::Key);
+                        self.node(k, inner, Slot::Key);
                         self.write_indicator(":", false, false, false);
                     }
-                    self.value(val, inner, Slot::MapValue);
+                    self.node(v, inner, Slot::MapValue);
                 }
             }
         }
@@ -212,10 +190,6 @@ impl Emitter {
     fn flow_empty(&mut self, open: &str, close: &str) {
         self.write_indicator(open, true, true, false);
         self.write_indicator(close, false, false, false);
-    }
-
-    fn string(&mut self, s: &str, indent: i64, slot: Slot) {
-        self.scalar(s, requested_string_style(s), indent, slot)
     }
 
     /// Writes a scalar with the requested style, downgraded as go-yaml's emitter does.
@@ -327,7 +301,13 @@ impl Emitter {
 
     fn literal(&mut self, s: &str, indent: i64) {
         self.write_indicator("|", true, false, false);
-        if s.starts_with(' ') {
+        // The indentation indicator: v3 writes it for content that starts with a space or a
+        // line break, v4 only for a leading space.
+        let hint = match self.flavour {
+            Flavour::V3 => s.starts_with(' ') || s.starts_with(is_break),
+            Flavour::V4 => s.starts_with(' '),
+        };
+        if hint {
             self.put_char('4');
         }
         let chars: Vec<char> = s.chars().collect();
@@ -341,7 +321,11 @@ impl Emitter {
         if keep {
             self.put_char('+');
         }
-        self.put_break();
+        // v3 writes no line break after the header: a leading break of the content ends the
+        // header line (so one leading empty line is lost, as in go-yaml v3.0.1); v4 breaks here.
+        if self.flavour == Flavour::V4 {
+            self.put_break();
+        }
         self.whitespace = true;
         let mut breaks = true;
         for &c in &chars {
@@ -360,33 +344,53 @@ impl Emitter {
     }
 }
 
-/// Whether a free-form map key must be written as a complex `? key` entry.
-fn key_is_complex(k: &Value) -> bool {
+/// Whether a map key must be written as a complex `? key` entry (`yaml_emitter_check_simple_key`).
+fn key_is_complex(k: &Node<'_>) -> bool {
     match k {
-        Value::Str(s) => s.len() > MAX_SIMPLE_KEY || analyze(s).multiline,
-        Value::Seq(v) => !v.is_empty(),
-        Value::Map(m) => !m.is_empty(),
-        _ => false,
+        Node::Str(s) => s.len() > MAX_SIMPLE_KEY || analyze(s).multiline,
+        Node::Raw(s) => s.len() > MAX_SIMPLE_KEY,
+        Node::Seq(v) => !v.is_empty(),
+        Node::Map(m) => !m.is_empty(),
     }
 }
 
 /// The style go-yaml's encoder requests for a string (before the emitter's downgrades).
-fn requested_string_style(s: &str) -> Style {
-    if s.contains('\n') {
-        let literal = s.len() >= 2 && s.chars().any(|c| !c.is_whitespace());
-        return if literal {
-            Style::Literal
-        } else {
-            Style::Double
-        };
+fn requested_string_style(s: &str, flavour: Flavour) -> Style {
+    match flavour {
+        // v3 `encoder.stringv`: a newline asks for a literal block; a plain scalar that would
+        // resolve to another type (but `<<`, which stays plain) or reads as a YAML 1.1 boolean
+        // or base-60 float is double-quoted.
+        Flavour::V3 => {
+            if s.contains('\n') {
+                Style::Literal
+            } else if !matches!(resolve_plain(s), Resolved::Str | Resolved::Merge)
+                || is_old_bool(s)
+                || is_base60_float(s)
+            {
+                Style::Double
+            } else {
+                Style::Plain
+            }
+        }
+        // v4: literal blocks only for text with something besides whitespace; the YAML 1.1 words,
+        // base-60 floats and `<<` are single-quoted.
+        Flavour::V4 => {
+            if s.contains('\n') {
+                let literal = s.len() >= 2 && s.chars().any(|c| !c.is_whitespace());
+                if literal {
+                    Style::Literal
+                } else {
+                    Style::Double
+                }
+            } else if is_old_bool(s) || is_base60_float(s) || s == "<<" {
+                Style::Single
+            } else if resolve_plain(s) != Resolved::Str {
+                Style::Double
+            } else {
+                Style::Plain
+            }
+        }
     }
-    if is_old_bool(s) || is_base60_float(s) || s == "<<" {
-        return Style::Single;
-    }
-    if resolve_plain(s) != Resolved::Str {
-        return Style::Double;
-    }
-    Style::Plain
 }
 
 struct Analysis {
@@ -515,7 +519,15 @@ mod tests {
     use super::*;
 
     fn item(s: &str) -> String {
-        document(Node::Map(vec![("k", Node::Seq(vec![Node::Str(s)]))]))
+        document(
+            &Node::map(vec![("k", Node::Seq(vec![Node::Str(s)]))]),
+            Flavour::V4,
+        )
+    }
+
+    /// `k: <value>` as go-yaml of `flavour` writes it.
+    fn doc(flavour: Flavour, s: &str) -> String {
+        document(&Node::map(vec![("k", Node::Str(s))]), flavour)
     }
 
     #[test]
@@ -542,42 +554,102 @@ mod tests {
 
     #[test]
     fn literal_blocks() {
-        let doc = |s: &str| document(Node::Map(vec![("k", Node::Str(s))]));
+        let doc = |s: &str| doc(Flavour::V4, s);
         assert_eq!(doc("a\nb\n"), "k: |\n    a\n    b\n");
         assert_eq!(doc("a\nb"), "k: |-\n    a\n    b\n");
         assert_eq!(doc("a\n\nb\n"), "k: |\n    a\n\n    b\n");
         assert_eq!(doc("a\n\n"), "k: |+\n    a\n\n");
         assert_eq!(doc(" a\n"), "k: |4\n     a\n");
+        assert_eq!(doc("\na\n"), "k: |\n\n    a\n");
         assert_eq!(doc("a \nb"), "k: \"a \\nb\"\n");
         assert_eq!(doc("\n"), "k: \"\\n\"\n");
         assert_eq!(doc(" \n "), "k: \" \\n \"\n");
-        let seq = document(Node::Map(vec![("k", Node::Seq(vec![Node::Str("a\nb\n")]))]));
+        let seq = document(
+            &Node::map(vec![("k", Node::Seq(vec![Node::Str("a\nb\n")]))]),
+            Flavour::V4,
+        );
         assert_eq!(seq, "k:\n    - |\n      a\n      b\n");
     }
 
+    /// go-yaml v3 (Talos's manifests and `extensions.yaml`): the same emitter, with v3's encoder
+    /// choices for YAML 1.1 words, base-60 floats, `<<` and whitespace-only multi-line text.
     #[test]
-    fn nested_layout() {
-        let v = Value::Map(vec![
-            (
-                Value::Str("b".into()),
-                Value::Seq(vec![
-                    Value::Int(1),
-                    Value::Map(vec![
-                        (Value::Str("w".into()), Value::Bool(true)),
-                        (Value::Str("x".into()), Value::Null),
-                    ]),
-                ]),
-            ),
-            (Value::Str("a".into()), Value::Map(vec![])),
-            (
-                Value::Str("c".into()),
-                Value::Seq(vec![Value::Seq(vec![Value::Str("q".into())])]),
-            ),
-        ]);
-        let doc = document(Node::Map(vec![("o", Node::Value(&v))]));
+    fn v3_string_styles() {
+        let v3 = |s: &str| doc(Flavour::V3, s);
+        assert_eq!(v3("iscsi-tools"), "k: iscsi-tools\n");
+        assert_eq!(v3("v0.2.0"), "k: v0.2.0\n");
+        assert_eq!(v3("2.1.12-v1.10.0"), "k: 2.1.12-v1.10.0\n");
         assert_eq!(
-            doc,
-            "o:\n    a: {}\n    b:\n        - 1\n        - w: true\n          x: null\n    c:\n        - - q\n"
+            v3("Image Factory (http://127.0.0.1:8080)"),
+            "k: Image Factory (http://127.0.0.1:8080)\n"
         );
+        assert_eq!(v3(">= v1.1.0"), "k: '>= v1.1.0'\n");
+        assert_eq!(v3("[core] x"), "k: '[core] x'\n");
+        assert_eq!(v3("a: b"), "k: 'a: b'\n");
+        assert_eq!(v3("a #b"), "k: 'a #b'\n");
+        assert_eq!(v3("a#b"), "k: a#b\n");
+        assert_eq!(v3("- x"), "k: '- x'\n");
+        assert_eq!(v3("-x"), "k: -x\n");
+        assert_eq!(v3(""), "k: \"\"\n");
+        assert_eq!(v3("1.2"), "k: \"1.2\"\n");
+        assert_eq!(v3("20230804"), "k: \"20230804\"\n");
+        assert_eq!(v3("0x1F"), "k: \"0x1F\"\n");
+        assert_eq!(v3("true"), "k: \"true\"\n");
+        assert_eq!(v3("yes"), "k: \"yes\"\n");
+        assert_eq!(v3("<<"), "k: <<\n");
+        assert_eq!(v3("2001-12-14"), "k: \"2001-12-14\"\n");
+        assert_eq!(v3("1:20"), "k: \"1:20\"\n");
+        assert_eq!(v3("6.1.0-56-amd64"), "k: 6.1.0-56-amd64\n");
+        assert_eq!(v3("a\tb"), "k: \"a\\tb\"\n");
+        assert_eq!(v3("a\nb\n"), "k: |\n    a\n    b\n");
+        assert_eq!(v3("a \nb\n"), "k: \"a \\nb\\n\"\n");
+        assert_eq!(v3("\n"), "k: |4+\n");
+        assert_eq!(v3("\nfoo\n"), "k: |4\n    foo\n");
+    }
+
+    #[test]
+    fn v3_literal_blocks_and_chomping() {
+        let v3 = |s: &str| doc(Flavour::V3, s);
+        assert_eq!(v3("x\n\ny"), "k: |-\n    x\n\n    y\n");
+        assert_eq!(v3(" x\n"), "k: |4\n     x\n");
+        assert_eq!(v3("x\n\n"), "k: |+\n    x\n\n");
+        let nested = document(
+            &Node::map(vec![("m", Node::map(vec![("d", Node::Str("x\ny\n"))]))]),
+            Flavour::V3,
+        );
+        assert_eq!(nested, "m:\n    d: |\n        x\n        y\n");
+    }
+
+    /// Indentation inside a sequence item: the item's mapping starts after `- `, anything nested
+    /// in it aligns to the next multiple of four (go-yaml's `yaml_emitter_increase_indent`).
+    #[test]
+    fn nested_in_sequence_items() {
+        let d = document(
+            &Node::map(vec![(
+                "l",
+                Node::Seq(vec![Node::map(vec![
+                    ("a", Node::Str("x")),
+                    ("m", Node::map(vec![("b", Node::Str("y\nz\n"))])),
+                ])]),
+            )]),
+            Flavour::V3,
+        );
+        assert_eq!(
+            d,
+            "l:\n    - a: x\n      m:\n        b: |\n            y\n            z\n"
+        );
+    }
+
+    #[test]
+    fn complex_and_empty_keys() {
+        let long = "k".repeat(MAX_SIMPLE_KEY + 1);
+        let d = document(
+            &Node::Map(vec![
+                (Node::Str(&long), Node::Raw("1".into())),
+                (Node::Seq(vec![]), Node::Map(vec![])),
+            ]),
+            Flavour::V4,
+        );
+        assert_eq!(d, format!("? {long}\n: 1\n[]: {{}}\n"));
     }
 }
