@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::imager::error::ImagerError;
 use crate::gocompat::quote as go_quote;
+use crate::imager::error::ImagerError;
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
 
