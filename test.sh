@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the tests (and the build) need.
-PACKAGES=(curl ca-certificates build-essential docker-registry skopeo
+PACKAGES=(curl ca-certificates openssl build-essential docker-registry skopeo
     cpio squashfs-tools squashfs-tools-ng zstd xz-utils qemu-system-x86 ovmf ipxe-qemu fdisk binutils systemd-boot-efi
     kmod xfsprogs grub-common grub-pc-bin mtools dosfstools xorriso genisoimage)
 # qemu-system-x86 7.2 on Debian 12 needs the matching qemu-utils, older than the one some

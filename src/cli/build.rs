@@ -86,7 +86,7 @@ fn run_inner(args: &BuildArgs) -> Result<(), CliError> {
         ))
     })?;
     let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let dir = cfg.data_dir().to_path_buf();
+    let on_error = open_error(&cfg);
     let node = Node::open(
         cfg,
         NodeOptions {
@@ -95,7 +95,7 @@ fn run_inner(args: &BuildArgs) -> Result<(), CliError> {
             ..NodeOptions::default()
         },
     )
-    .map_err(open_error(&dir))?;
+    .map_err(on_error)?;
     let runtime = runtime()?;
     let id = schematic_id(&args.schematic, &node, &runtime)?;
     eprintln!(

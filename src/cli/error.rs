@@ -30,11 +30,13 @@ pub enum CliError {
     Config(#[from] ConfigError),
     /// A running appliance holds the data directory.
     #[error(
-        "data directory {dir} is in use by a running appliance; stop it, or go through it with --server URL"
+        "data directory {dir} is in use by a running appliance; stop it, or go through it with --server {admin}"
     )]
     DataDirInUse {
         /// The data directory.
         dir: PathBuf,
+        /// Where the appliance's admin API listens (`unix:PATH` or an address).
+        admin: String,
         /// The lock error.
         #[source]
         source: Box<NodeError>,
@@ -174,12 +176,18 @@ impl CliError {
 }
 
 /// Opening a node for a command, with a clear message when a server holds the directory.
-pub fn open_error(dir: &std::path::Path) -> impl FnOnce(NodeError) -> CliError {
-    let dir = dir.to_path_buf();
+pub fn open_error(cfg: &crate::config::Config) -> impl FnOnce(NodeError) -> CliError + use<> {
+    let dir = cfg.data_dir().to_path_buf();
+    let admin = match cfg.admin_listen() {
+        Ok(crate::config::AdminListen::Unix(p)) => format!("unix:{}", p.display()),
+        Ok(crate::config::AdminListen::Tcp(a)) => format!("http://{}", a.0),
+        Err(_) => "URL".to_string(),
+    };
     move |e| {
         if e.is_locked() {
             CliError::DataDirInUse {
                 dir,
+                admin,
                 source: Box::new(e),
             }
         } else {

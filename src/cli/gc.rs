@@ -66,7 +66,10 @@ fn run_inner(args: &GcArgs) -> Result<GcReport, CliError> {
     }
     let dir = cfg.data_dir().to_path_buf();
     eprintln!("collecting garbage in {} (direct mode)", dir.display());
-    let node = Node::open(cfg, NodeOptions::default()).map_err(open_error(&dir))?;
+    let node = {
+        let on_error = open_error(&cfg);
+        Node::open(cfg, NodeOptions::default()).map_err(on_error)?
+    };
     let report = rt.block_on(node.assets().gc(args.dry_run));
     rt.block_on(node.close())?;
     Ok(report?)

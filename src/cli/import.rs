@@ -274,7 +274,10 @@ fn run_inner(args: &ImportArgs) -> Result<(), CliError> {
     };
     let rt = runtime()?;
     let dir = cfg.data_dir().to_path_buf();
-    let node = Node::open(cfg, NodeOptions::default()).map_err(open_error(&dir))?;
+    let node = {
+        let on_error = open_error(&cfg);
+        Node::open(cfg, NodeOptions::default()).map_err(on_error)?
+    };
     eprintln!(
         "direct mode: importing into data directory {}",
         dir.display()

@@ -14,8 +14,9 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for `server`, authenticated with the token in `token_file` (default:
-    /// `admin.tokenFile`, else `<dataDir>/keys/admin-token`).
+    /// A client for the admin listener `server` (`unix:PATH` for its Unix socket, or the
+    /// `http(s)://HOST:PORT` of a TCP admin listener), authenticated with the token in
+    /// `token_file` (default: `admin.tokenFile`, else `<dataDir>/keys/admin-token`).
     pub fn new(server: &str, token_file: Option<&Path>, cfg: &Config) -> Result<Self, CliError> {
         let path: PathBuf = token_file
             .map(Path::to_path_buf)
@@ -29,12 +30,31 @@ impl AdminClient {
                 ),
                 source,
             })?;
-        let base = url::Url::parse(server)
-            .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
+        let (base, client) = match server.strip_prefix("unix:") {
+            Some(path) => {
+                let client = reqwest::Client::builder()
+                    .unix_socket(PathBuf::from(path))
+                    .build()
+                    .map_err(|source| CliError::Http {
+                        method: "connect",
+                        url: server.to_string(),
+                        source,
+                    })?;
+                // Every request of this client goes through the socket; the host is a label.
+                let base = url::Url::parse("http://image-factory.admin/")
+                    .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
+                (base, client)
+            }
+            None => {
+                let base = url::Url::parse(server)
+                    .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
+                (base, reqwest::Client::new())
+            }
+        };
         Ok(Self {
             base,
             token,
-            client: reqwest::Client::new(),
+            client,
         })
     }
 

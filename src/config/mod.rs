@@ -111,6 +111,12 @@ pub struct HttpConfig {
     /// Connections open at once (0 = from the open-file limit).
     #[serde(rename = "maxConnections")]
     pub max_connections: u64,
+    /// PEM certificate chain for TLS on the HTTP listener (empty = plain HTTP).
+    #[serde(rename = "certFile")]
+    pub cert_file: String,
+    /// PEM private key of `certFile`.
+    #[serde(rename = "keyFile")]
+    pub key_file: String,
 }
 
 impl Default for HttpConfig {
@@ -125,6 +131,8 @@ impl Default for HttpConfig {
             idle_timeout_seconds: 60,
             write_timeout_seconds: 60,
             max_connections: 0,
+            cert_file: String::new(),
+            key_file: String::new(),
         }
     }
 }
@@ -241,6 +249,22 @@ pub struct AdminConfig {
     /// File holding the admin bearer token; empty = `<dataDir>/keys/admin-token`, generated on
     /// first start (mode 0600).
     pub token_file: String,
+    /// Where the admin API listens: empty = the Unix socket `<dataDir>/admin.sock`;
+    /// `unix:PATH` = another Unix socket; `HOST:PORT` = TCP.
+    pub listen_addr: String,
+    /// PEM certificate chain for TLS on a TCP admin listener (empty = plain).
+    pub cert_file: String,
+    /// PEM private key of `certFile`.
+    pub key_file: String,
+}
+
+/// Where the admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// A Unix socket (file permissions guard it).
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(ListenAddr),
 }
 
 /// `tftp.*` keys.
@@ -327,6 +351,24 @@ impl Config {
     /// The parsed HTTP listen address.
     pub fn http_listen(&self) -> Result<ListenAddr, ConfigError> {
         ListenAddr::parse_key("http.httpListenAddr", &self.http.http_listen_addr)
+    }
+
+    /// Where the admin API listens (`admin.listenAddr`).
+    pub fn admin_listen(&self) -> Result<AdminListen, ConfigError> {
+        let addr = &self.admin.listen_addr;
+        if addr.is_empty() {
+            return Ok(AdminListen::Unix(self.data_dir().join("admin.sock")));
+        }
+        if let Some(path) = addr.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "admin.listenAddr".into(),
+                    message: format!("{addr:?} names no socket path"),
+                });
+            }
+            return Ok(AdminListen::Unix(PathBuf::from(path)));
+        }
+        ListenAddr::parse_key("admin.listenAddr", addr).map(AdminListen::Tcp)
     }
 
     /// The parsed metrics listen address, `None` when disabled.

@@ -60,6 +60,39 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (cert_key, cert, key_key, key) in [
+        (
+            "http.certFile",
+            &cfg.http.cert_file,
+            "http.keyFile",
+            &cfg.http.key_file,
+        ),
+        (
+            "admin.certFile",
+            &cfg.admin.cert_file,
+            "admin.keyFile",
+            &cfg.admin.key_file,
+        ),
+    ] {
+        if cert.is_empty() != key.is_empty() {
+            let (given, missing) = if cert.is_empty() {
+                (key_key, cert_key)
+            } else {
+                (cert_key, key_key)
+            };
+            return Err(invalid(
+                missing,
+                format!("must be set together with {given}"),
+            ));
+        }
+    }
+    let admin = cfg.admin_listen()?;
+    if !cfg.admin.cert_file.is_empty() && matches!(admin, super::AdminListen::Unix(_)) {
+        return Err(invalid(
+            "admin.certFile",
+            "TLS applies to a TCP admin listener (admin.listenAddr HOST:PORT)".into(),
+        ));
+    }
     check_version("build.minTalosVersion", &cfg.build.min_talos_version)?;
     for v in &cfg.build.broken_talos_versions {
         check_version("build.brokenTalosVersions", v)?;

@@ -5,4 +5,4 @@ pub mod http;
 pub mod listen;
 mod serve;
 
-pub use serve::{BoundAddrs, Running, ServeError, serve};
+pub use serve::{AdminAddr, BoundAddrs, Running, ServeError, serve};

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::http::{self, AppState, metrics::Metrics};
 use super::listen::{self, Conns, Limits};
-use crate::config::Config;
+use crate::config::{AdminListen, Config};
 use crate::imager::builder::StageReporter;
 use crate::node::{Node, NodeError, NodeOptions};
 
@@ -50,6 +50,18 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// A listener's TLS configuration could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] listen::tls::TlsError),
+    /// The admin socket could not be created.
+    #[error("cannot listen on the admin socket {path} (admin.listenAddr)")]
+    AdminSocket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A server task panicked.
     #[error("the {name} task failed")]
     Join {
@@ -68,13 +80,33 @@ impl ServeError {
     }
 }
 
+/// Where the admin API was bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// A Unix socket.
+    Unix(std::path::PathBuf),
+    /// A TCP address (after resolving port 0).
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            AdminAddr::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 /// Addresses actually bound (after resolving port 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundAddrs {
     /// HTTP frontend.
     pub http: SocketAddr,
     /// Metrics listener, if enabled.
     pub metrics: Option<SocketAddr>,
+    /// Admin API.
+    pub admin: AdminAddr,
 }
 
 /// A started server: its bound addresses and the task that ends after graceful shutdown.
@@ -145,6 +177,78 @@ fn http_limits(config: &Config) -> Limits {
     }
 }
 
+/// The admin listener's deadlines and cap: the HTTP deadlines, and few connections (it serves
+/// operators, not machines).
+fn admin_limits(http: Limits) -> Limits {
+    Limits {
+        max_connections: 64,
+        ..http
+    }
+}
+
+/// A bound admin listener.
+enum AdminListener {
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
+}
+
+/// Binds the admin API where `admin.listenAddr` says: a Unix socket (a stale socket file
+/// left by a crash is replaced; the socket is made owner-only) or TCP.
+async fn bind_admin(config: &Config) -> Result<(AdminListener, AdminAddr), ServeError> {
+    match config.admin_listen()? {
+        AdminListen::Unix(path) => {
+            let fail = |source| ServeError::AdminSocket {
+                path: path.clone(),
+                source,
+            };
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                use std::os::unix::fs::FileTypeExt as _;
+                if !meta.file_type().is_socket() {
+                    return Err(fail(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file that is not a socket is in the way",
+                    )));
+                }
+                std::fs::remove_file(&path).map_err(fail)?;
+            }
+            let listener = tokio::net::UnixListener::bind(&path).map_err(fail)?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(fail)?;
+            Ok((
+                AdminListener::Unix(listener, path.clone()),
+                AdminAddr::Unix(path),
+            ))
+        }
+        AdminListen::Tcp(addr) => {
+            let listener = bind("admin.listenAddr", addr.0).await?;
+            let bound = local_addr("admin", &listener)?;
+            let tls = tls_for(
+                ("admin.certFile", "admin.keyFile"),
+                &config.admin.cert_file,
+                &config.admin.key_file,
+            )?;
+            Ok((AdminListener::Tcp(listener, tls), AdminAddr::Tcp(bound)))
+        }
+    }
+}
+
+/// The TLS acceptor of a listener whose certificate and key are configured.
+fn tls_for(
+    keys: (&'static str, &'static str),
+    cert: &str,
+    key: &str,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, ServeError> {
+    if cert.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(listen::tls::acceptor(
+        keys,
+        std::path::Path::new(cert),
+        std::path::Path::new(key),
+    )?))
+}
+
 /// Opens the node for `config`, binds every listener and serves until `shutdown` resolves;
 /// then drains connections, stops the workers and flushes storage.
 pub async fn serve(
@@ -177,11 +281,18 @@ pub async fn serve(
         Some(l) => Some(local_addr("metrics", l)?),
         None => None,
     };
+    let http_tls = tls_for(
+        ("http.certFile", "http.keyFile"),
+        &config.http.cert_file,
+        &config.http.key_file,
+    )?;
+    let (admin_listener, admin_addr) = bind_admin(config).await?;
     let mut listeners = BTreeMap::new();
     listeners.insert("http".to_string(), http_addr.to_string());
     if let Some(a) = metrics_addr {
         listeners.insert("metrics".to_string(), a.to_string());
     }
+    listeners.insert("admin".to_string(), admin_addr.to_string());
     let state = AppState::new(Arc::clone(&node), metrics, node.admin_token()?, listeners)?;
     node.start_maintenance();
 
@@ -203,13 +314,41 @@ pub async fn serve(
         write_timeout_s = limits.write_timeout.as_secs(),
         "http connection limits"
     );
+    if http_tls.is_some() {
+        tracing::info!("http listener serves TLS");
+    }
     let http_task = tokio::spawn(http::serve_listener(
         http_listener,
         http::router(state.clone(), config),
         stop_rx.clone(),
         Conns::new(limits),
         limits,
+        http_tls,
     ));
+    tracing::info!(addr = %admin_addr, "admin listener bound");
+    let admin_router = http::admin_router(state.clone());
+    let admin_limits = admin_limits(limits);
+    let admin_socket = match &admin_listener {
+        AdminListener::Unix(_, path) => Some(path.clone()),
+        AdminListener::Tcp(..) => None,
+    };
+    let admin_task = tokio::spawn(match admin_listener {
+        AdminListener::Unix(l, _) => futures_util::future::Either::Left(http::serve_unix_listener(
+            l,
+            admin_router,
+            stop_rx.clone(),
+            Conns::new(admin_limits),
+            admin_limits,
+        )),
+        AdminListener::Tcp(l, tls) => futures_util::future::Either::Right(http::serve_listener(
+            l,
+            admin_router,
+            stop_rx.clone(),
+            Conns::new(admin_limits),
+            admin_limits,
+            tls,
+        )),
+    });
     let metrics_task = metrics_listener.map(|l| {
         if let Some(a) = metrics_addr {
             tracing::info!(addr = %a, "metrics listener bound");
@@ -222,7 +361,7 @@ pub async fn serve(
     });
 
     // Connections still open SHUTDOWN_GRACE after the signal are cut, so shutdown is bounded.
-    let mut aborts = vec![http_task.abort_handle()];
+    let mut aborts = vec![http_task.abort_handle(), admin_task.abort_handle()];
     aborts.extend(metrics_task.as_ref().map(JoinHandle::abort_handle));
     let mut grace_rx = stop_rx.clone();
     tokio::spawn(async move {
@@ -236,6 +375,10 @@ pub async fn serve(
     let task_node = Arc::clone(&node);
     let task = tokio::spawn(async move {
         let http_res = finished("http", http_task.await);
+        let admin_res = finished("admin", admin_task.await);
+        if let Some(path) = admin_socket {
+            let _ = std::fs::remove_file(path);
+        }
         let metrics_res = match metrics_task {
             Some(t) => finished("metrics", t.await),
             None => Ok(()),
@@ -244,6 +387,7 @@ pub async fn serve(
         let closed = task_node.close().await;
         tracing::info!("server stopped, storage flushed");
         http_res?;
+        admin_res?;
         metrics_res?;
         closed?;
         Ok(())
@@ -253,6 +397,7 @@ pub async fn serve(
         addrs: BoundAddrs {
             http: http_addr,
             metrics: metrics_addr,
+            admin: admin_addr,
         },
         node,
         task,

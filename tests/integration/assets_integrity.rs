@@ -233,15 +233,10 @@ async fn gc_evicts_over_quota_but_never_breaks_a_download() {
     assert_eq!(get(&s, &initramfs, &[]).await.status, 200);
 
     let gc = |dry: bool| {
-        let url = s.url(&format!("/admin/gc?dryRun={dry}"));
+        let (admin, url) = s.admin(&format!("/admin/gc?dryRun={dry}"));
         let token = token.trim().to_string();
         async move {
-            let resp = client()
-                .post(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("gc");
+            let resp = admin.post(url).bearer_auth(token).send().await.expect("gc");
             assert_eq!(resp.status(), 200);
             resp.json::<serde_json::Value>().await.expect("report")
         }

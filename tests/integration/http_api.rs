@@ -343,8 +343,33 @@ async fn health_status_and_metrics() {
         srv.addrs.metrics.unwrap().to_string()
     );
     assert_eq!(status["schematics"], 1);
+    // No filesystem path reaches an anonymous client; the admin listener shows them.
+    assert_eq!(status["listeners"]["admin"], "unix");
+    let text = status.to_string();
     let data_dir = std::fs::canonicalize(srv.dir.path()).unwrap();
-    assert_eq!(status["dataDir"], data_dir.display().to_string());
+    assert!(!text.contains(&data_dir.display().to_string()), "{text}");
+    assert!(
+        !text.contains(&srv.dir.path().display().to_string()),
+        "{text}"
+    );
+    let token = std::fs::read_to_string(srv.dir.path().join("keys/admin-token")).unwrap();
+    let (admin, url) = srv.admin("/admin/status");
+    let full: serde_json::Value = admin
+        .get(url)
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(full["dataDir"], data_dir.display().to_string());
+    assert_eq!(full["schematics"], 1);
+    assert_eq!(full["allListeners"]["admin"], srv.admin_server_arg());
+    assert!(
+        srv.admin_server_arg()
+            .ends_with(&format!("{}/admin.sock", srv.dir.path().display()))
+    );
     assert!(srv.dir.path().join("blobs").is_dir());
     assert!(srv.dir.path().join("meta").is_dir());
     assert!(srv.dir.path().join("keys/signing-key.pem").is_file());

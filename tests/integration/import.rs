@@ -326,10 +326,19 @@ async fn server_mode_import_through_the_admin_api() {
     let srv = crate::common::TestServer::start_with(move |c| c.storage.data_dir = dir).await;
     let token_file = data.join("keys").join("admin-token");
     let base = format!("http://{}", srv.addrs.http);
+    // The admin API is not on the public listener.
+    let public = crate::common::client()
+        .post(format!("{base}/admin/import"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(public.status().as_u16(), 404);
 
     // A wrong token is refused before anything is read.
-    let bad = crate::common::client()
-        .post(format!("{base}/admin/import"))
+    let (admin, url) = srv.admin("/admin/import");
+    let bad = admin
+        .post(url)
         .bearer_auth("not-the-token")
         .body("x")
         .send()
@@ -343,7 +352,7 @@ async fn server_mode_import_through_the_admin_api() {
         "import".to_string(),
         bundle.display().to_string(),
         "--server".into(),
-        base.clone(),
+        srv.admin_server_arg(),
         "--admin-token-file".into(),
         token_file.display().to_string(),
         "--trust-key".into(),

@@ -25,6 +25,7 @@ mod import;
 mod import_registry;
 mod iso_boot;
 mod listen_limits;
+mod listen_tls;
 mod oci_registry;
 mod oci_sources;
 mod pxe_boot;

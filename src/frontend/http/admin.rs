@@ -10,11 +10,12 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
+use super::handlers::{Status, json_response, release_status};
 use super::state::AppState;
 use crate::catalog::{ImportProgress, ImportSummary, Selection, Version};
 use crate::causes::Causes;
@@ -156,16 +157,41 @@ pub async fn gc(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
     let report = st.assets().gc(q.dry_run).await?;
-    let mut body = serde_json::to_string(&report).map_err(ApiError::json)?;
-    body.push('\n');
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    json_response(&report)
+}
+
+/// Body of `GET /admin/status`: the public status plus what only operators may see.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminStatus<'a> {
+    /// What `GET /status` shows.
+    #[serde(flatten)]
+    pub public: Status<'a>,
+    /// Every listener, Unix socket paths included.
+    pub all_listeners: &'a std::collections::BTreeMap<String, String>,
+    /// The data directory.
+    pub data_dir: String,
+}
+
+/// `GET /admin/status`: the status with filesystem paths.
+pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let dir = st.node().data_dir();
+    let data_dir = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string();
+    json_response(&AdminStatus {
+        public: Status {
+            releases: release_status(&st)?,
+            version: env!("CARGO_PKG_VERSION"),
+            listeners: st.public_listeners(),
+            schematics: st.schematics().count(),
+            workers: st.node().workers().status(),
+        },
+        all_listeners: st.listeners(),
+        data_dir,
+    })
 }
 
 /// `POST /admin/import`.

@@ -19,8 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::direct::{self, Head};
@@ -31,9 +32,32 @@ const READ_BUF: usize = 8 * 1024;
 
 /// Accepts connections until `stop` turns true (admitted through `conns`, each with the
 /// deadlines of `limits`), then waits for open connections to finish (idle ones close at once,
-/// busy ones after their current response).
+/// busy ones after their current response). With `tls`, every connection is TLS and is
+/// served by hyper; without, asset downloads take the zero-copy path.
 pub async fn serve_listener(
     listener: TcpListener,
+    router: Router,
+    stop: watch::Receiver<bool>,
+    conns: Conns,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+) -> io::Result<()> {
+    let conn_stop = stop.clone();
+    listen::serve(listener, conns, stop, move |sock, guard| {
+        let (router, stop, tls) = (router.clone(), conn_stop.clone(), tls.clone());
+        async move {
+            match tls {
+                None => connection(sock, guard, limits, router, stop).await,
+                Some(tls) => tls_connection(sock, guard, limits, tls, router, stop).await,
+            }
+        }
+    })
+    .await
+}
+
+/// As [`serve_listener`], on a Unix socket (every connection served by hyper).
+pub async fn serve_unix_listener(
+    listener: UnixListener,
     router: Router,
     stop: watch::Receiver<bool>,
     conns: Conns,
@@ -41,9 +65,35 @@ pub async fn serve_listener(
 ) -> io::Result<()> {
     let conn_stop = stop.clone();
     listen::serve(listener, conns, stop, move |sock, guard| {
-        connection(sock, guard, limits, router.clone(), conn_stop.clone())
+        let io = TrackedIo::new(sock, Arc::clone(&guard), limits);
+        hand_off(io, guard, Bytes::new(), router.clone(), conn_stop.clone())
     })
     .await
+}
+
+/// Serves one TLS connection: the handshake (within the head deadline the watchdog enforces),
+/// then hyper with the protocol ALPN chose.
+async fn tls_connection(
+    sock: TcpStream,
+    guard: Arc<ConnGuard>,
+    limits: Limits,
+    tls: TlsAcceptor,
+    router: Router,
+    stop: watch::Receiver<bool>,
+) {
+    prepare(&sock);
+    let io = TrackedIo::new(sock, Arc::clone(&guard), limits);
+    let mut stream = match tls.accept(io).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        stream.get_mut().0.set_http2();
+    }
+    hand_off(stream, guard, Bytes::new(), router, stop).await;
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
@@ -94,7 +144,10 @@ async fn connection(
                 }
             }
             Head::Other => {
-                hand_off(io, buf.freeze(), router, stop).await;
+                if buf.starts_with(H2_PREFACE) {
+                    io.set_http2();
+                }
+                hand_off(io, guard, buf.freeze(), router, stop).await;
                 return;
             }
         }
@@ -130,17 +183,17 @@ async fn read_head(
 /// Hands the connection to hyper (HTTP/1.1 or HTTP/2, upgrades allowed) with `prefix`, the
 /// bytes already read, replayed first. Requests mark the connection busy until their response
 /// body is done.
-async fn hand_off(
-    mut io: TrackedIo<TcpStream>,
+async fn hand_off<S>(
+    io: S,
+    guard: Arc<ConnGuard>,
     prefix: Bytes,
     router: Router,
     mut stop: watch::Receiver<bool>,
-) {
-    if prefix.starts_with(H2_PREFACE) {
-        io.set_http2();
-    }
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let active = Arc::new(Active {
-        guard: Arc::clone(io.guard()),
+        guard,
         requests: AtomicUsize::new(0),
     });
     let io = TokioIo::new(Prefixed { prefix, inner: io });
@@ -233,12 +286,12 @@ impl HttpBody for Tracked {
 }
 
 /// A stream whose first reads return bytes read from it earlier.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Bytes,
-    inner: TrackedIo<TcpStream>,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -254,7 +307,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

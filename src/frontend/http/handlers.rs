@@ -96,16 +96,14 @@ pub async fn health() -> StatusCode {
     StatusCode::OK
 }
 
-/// Body of `GET /status`.
+/// Body of `GET /status`: what any client may see (no filesystem paths).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status<'a> {
     /// Crate version.
     pub version: &'static str,
-    /// Bound address of every listener, by name.
+    /// Bound address of every network listener, by name (a Unix socket shows as `unix`).
     pub listeners: &'a BTreeMap<String, String>,
-    /// Data directory.
-    pub data_dir: &'a str,
     /// Number of stored schematics.
     pub schematics: u64,
     /// Imported releases.
@@ -132,52 +130,50 @@ pub struct ReleaseStatus {
     pub imported_at: String,
 }
 
-/// `GET /status` (ours): version, bound addresses, data directory, counts.
-pub async fn status(State(st): State<AppState>) -> Response {
-    let releases = match st.releases().list() {
-        Ok(list) => list
-            .iter()
-            .map(|r| ReleaseStatus {
-                version: r.version.clone(),
-                arches: r.arches.keys().cloned().collect(),
-                extensions: format!(
-                    "{}/{}",
-                    r.extensions.iter().filter(|e| !e.images.is_empty()).count(),
-                    r.extensions.len()
-                ),
-                partial: r.partial,
-                verified: matches!(r.signatures, crate::catalog::Signatures::Verified { .. }),
-                imported_at: r.imported_at.clone(),
-            })
-            .collect(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let data_dir = std::fs::canonicalize(st.node().data_dir())
-        .unwrap_or_else(|_| st.node().data_dir().to_path_buf())
-        .display()
-        .to_string();
-    let s = Status {
-        releases,
+/// The imported releases as `/status` lists them.
+pub fn release_status(st: &AppState) -> Result<Vec<ReleaseStatus>, ApiError> {
+    Ok(st
+        .releases()
+        .list()?
+        .iter()
+        .map(|r| ReleaseStatus {
+            version: r.version.clone(),
+            arches: r.arches.keys().cloned().collect(),
+            extensions: format!(
+                "{}/{}",
+                r.extensions.iter().filter(|e| !e.images.is_empty()).count(),
+                r.extensions.len()
+            ),
+            partial: r.partial,
+            verified: matches!(r.signatures, crate::catalog::Signatures::Verified { .. }),
+            imported_at: r.imported_at.clone(),
+        })
+        .collect())
+}
+
+/// A value as a JSON response body (with a trailing newline).
+pub fn json_response(value: &impl Serialize) -> Result<Response, ApiError> {
+    let mut body = serde_json::to_string(value).map_err(ApiError::json)?;
+    body.push('\n');
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /status` (ours): version, bound addresses, counts, releases, workers.
+pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
+    json_response(&Status {
+        releases: release_status(&st)?,
         version: env!("CARGO_PKG_VERSION"),
-        listeners: st.listeners(),
-        data_dir: &data_dir,
+        listeners: st.public_listeners(),
         schematics: st.schematics().count(),
         workers: st.node().workers().status(),
-    };
-    match serde_json::to_string(&s) {
-        Ok(mut body) => {
-            body.push('\n');
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response()
-        }
-        Err(e) => ApiError::json(e).into_response(),
-    }
+    })
 }
 
 /// `GET /metrics` on the metrics listener.

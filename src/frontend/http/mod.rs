@@ -14,7 +14,7 @@ pub mod middleware;
 pub mod ranges;
 pub mod state;
 
-pub use conn::serve_listener;
+pub use conn::{serve_listener, serve_unix_listener};
 pub use state::AppState;
 
 use axum::Router;
@@ -58,8 +58,6 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/readyz", get(handlers::health))
         .route("/status", get(handlers::status))
         .route("/versions", get(catalog::versions))
-        .route("/admin/import", post(admin::import))
-        .route("/admin/gc", post(admin::gc))
         .route(
             "/image/{schematic}/{version}/{path}",
             get(image::image).head(image::image),
@@ -79,6 +77,22 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(cors(config))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::decorate,
+        ))
+        .with_state(state)
+}
+
+/// The admin router (`/admin/...`, bearer token), served only on the admin listener.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/admin/import", post(admin::import))
+        .route("/admin/gc", post(admin::gc))
+        .route("/admin/status", get(admin::status))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::decorate,

@@ -33,6 +33,7 @@ struct Inner {
     /// One admin import at a time.
     import_lock: tokio::sync::Mutex<()>,
     listeners: BTreeMap<String, String>,
+    public_listeners: BTreeMap<String, String>,
     rules: VersionRules,
     pxe_base_url: String,
     signing_key_pem: String,
@@ -77,6 +78,17 @@ impl AppState {
                 metrics,
                 admin_token,
                 import_lock: tokio::sync::Mutex::new(()),
+                public_listeners: listeners
+                    .iter()
+                    .map(|(name, addr)| {
+                        let shown = if addr.starts_with("unix:") {
+                            "unix"
+                        } else {
+                            addr
+                        };
+                        (name.clone(), shown.to_string())
+                    })
+                    .collect(),
                 listeners,
                 rules,
                 pxe_base_url,
@@ -130,9 +142,14 @@ impl AppState {
         &self.inner.import_lock
     }
 
-    /// Bound address of every listener, by name.
+    /// Bound address of every listener, by name (`unix:<path>` for a Unix socket).
     pub fn listeners(&self) -> &BTreeMap<String, String> {
         &self.inner.listeners
+    }
+
+    /// As [`Self::listeners`], with Unix socket paths withheld (shown as `unix`).
+    pub fn public_listeners(&self) -> &BTreeMap<String, String> {
+        &self.inner.public_listeners
     }
 
     /// `http.maxBodyBytes`.

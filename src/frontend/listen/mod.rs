@@ -4,13 +4,14 @@
 
 pub mod admission;
 pub mod io;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -39,22 +40,47 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(2);
 /// The answer to a connection refused because every admitted one is busy.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 44\r\n\r\ntoo many connections, all busy: retry later\n";
 
+/// A listening socket connections are accepted from.
+pub trait Acceptor: Send + 'static {
+    /// A connection's stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection and names its peer.
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> std::io::Result<(TcpStream, String)> {
+        let (s, peer) = self.accept().await?;
+        Ok((s, peer.to_string()))
+    }
+}
+
+impl Acceptor for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_one(&self) -> std::io::Result<(UnixStream, String)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, "unix socket".to_string()))
+    }
+}
+
 /// Accepts connections until `stop` turns true, admitting each through `conns` and running
 /// `handle` for it; then waits for open connections to finish (the caller bounds that).
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
+pub async fn serve<A, F, Fut>(
+    listener: A,
     conns: Conns,
     mut stop: watch::Receiver<bool>,
     handle: F,
 ) -> std::io::Result<()>
 where
-    F: Fn(TcpStream, Arc<ConnGuard>) -> Fut,
+    A: Acceptor,
+    F: Fn(A::Stream, Arc<ConnGuard>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept_one() => match accepted {
                 Ok((sock, peer)) => match conns.admit() {
                     Some(guard) => {
                         let guard = Arc::new(guard);
@@ -100,7 +126,7 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Answers `503` with `Retry-After` and closes (best effort, bounded).
-async fn refuse(mut sock: TcpStream) {
+async fn refuse<S: AsyncWrite + Unpin>(mut sock: S) {
     let _ = tokio::time::timeout(REFUSAL_WRITE, async {
         sock.write_all(REFUSAL).await?;
         sock.shutdown().await

@@ -81,7 +81,7 @@ impl TestServer {
         .await
         .unwrap_or_else(|e| panic!("server starts: {e:?}"));
         Self {
-            addrs: running.addrs,
+            addrs: running.addrs.clone(),
             dir,
             stop: Some(tx),
             running: Some(running),
@@ -91,6 +91,23 @@ impl TestServer {
     /// URL of `path` on the HTTP listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addrs.http, path)
+    }
+
+    /// A client for the admin listener (its Unix socket) and the URL of `path` on it.
+    pub fn admin(&self, path: &str) -> (reqwest::Client, String) {
+        let image_factory::frontend::AdminAddr::Unix(sock) = &self.addrs.admin else {
+            panic!("the test server's admin listener is a Unix socket");
+        };
+        let c = reqwest::Client::builder()
+            .unix_socket(sock.clone())
+            .build()
+            .expect("admin client");
+        (c, format!("http://image-factory.admin{path}"))
+    }
+
+    /// The admin listener as `--server` takes it.
+    pub fn admin_server_arg(&self) -> String {
+        self.addrs.admin.to_string()
     }
 
     /// URL of `path` on the metrics listener.
