@@ -105,6 +105,28 @@ pub enum AssetError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The build queue is full: every build slot is taken and every queue place too.
+    #[error(
+        "the build queue is full ({admitted} builds running or waiting): retry in {retry_after} s"
+    )]
+    Busy {
+        /// Builds admitted now.
+        admitted: usize,
+        /// Seconds after which a retry may be admitted.
+        retry_after: u64,
+    },
+    /// The key failed recently and is not built again before its backoff ends.
+    #[error("{failure}")]
+    Failed {
+        /// The remembered failure.
+        #[source]
+        failure: BuildFailure,
+        /// Seconds until a new build may be tried.
+        retry_after: u64,
+    },
+    /// The asset is not cached and this request does not start builds (`HEAD`).
+    #[error("the asset is not built yet; a GET builds it")]
+    NotBuilt,
     /// The cmdline asset is too large to go into an iPXE script.
     #[error("cmdline asset is {0} bytes")]
     CmdlineTooLarge(u64),

@@ -97,7 +97,7 @@ impl Assets {
             .map_err(AssetError::task("hashing an asset blob"))?;
         match checked {
             Ok(()) => {
-                lock(&self.inner.verified).insert(record.blake3.clone());
+                lock(&self.inner.verified).insert(&record.blake3, ());
                 Ok(true)
             }
             Err(reason) => {

@@ -31,6 +31,8 @@ pub struct AssetMetrics {
     pub build_latency: Histogram,
     /// Requests that joined a build already running.
     pub waits: Counter,
+    /// New builds refused because the build queue was full.
+    pub refused: Counter,
     /// `hits / (hits + misses)` since start.
     pub hit_ratio: Gauge,
     /// Assets evicted by garbage collection.
@@ -127,6 +129,10 @@ impl AssetMetrics {
             waits: counter(
                 "image_factory_assets_build_waits_total",
                 "Requests that waited for a build already running.",
+            ),
+            refused: counter(
+                "image_factory_assets_build_refused_total",
+                "New builds refused because the build queue was full.",
             ),
             hit_ratio: gauge(
                 "image_factory_assets_cache_hit_ratio",

@@ -24,7 +24,7 @@ pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
 pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
 pub use pipeline::{
     AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,
-    NEGATIVE_TTL, Outcome, Served,
+    Outcome, Served,
 };
 pub use pxe::PxeBoot;
 pub use record::{AssetRecord, RecordStore};

@@ -2,14 +2,14 @@
 //! otherwise run exactly one build per key (detached from the requests, bounded by build
 //! slots and a timeout) and let every request for that key wait for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 
-use super::error::{AssetError, BuildFailure};
+use super::error::{AssetError, BuildError, BuildFailure};
 use super::integrity::check_blob;
 use super::key::{CacheKey, cache_key};
 use super::metrics::{AssetLabels, AssetMetrics};
@@ -24,7 +24,10 @@ use crate::schematic::Schematic;
 use crate::store::{BlobStore, MetaStore, SchematicStore};
 use crate::trust::SigningKey;
 
+mod admission;
 mod build;
+
+use admission::{Bounded, BuildTimes, Failures, MAX_REMEMBERED};
 
 /// How often a served asset's last-served time is written back (per key).
 const TOUCH_EVERY_SECS: u64 = 60;
@@ -34,10 +37,11 @@ const TOUCH_EVERY_SECS: u64 = 60;
 pub struct AssetsOptions {
     /// Builds running at once (`build.maxConcurrency`, resolved).
     pub max_concurrency: usize,
-    /// A build taking longer fails (upstream: 20 minutes).
+    /// Builds waiting for a slot beyond those running (`build.maxQueue`, resolved); a new
+    /// build beyond them is refused.
+    pub max_queue: usize,
+    /// A build not finished this long after it was admitted (queue wait included) is stopped.
     pub build_timeout: Duration,
-    /// How long a deterministic client error (4xx) of a build is remembered.
-    pub negative_ttl: Duration,
     /// Where damaged blobs are moved (`<dataDir>/quarantine`).
     pub quarantine_dir: PathBuf,
     /// Builder scratch directory, emptied at start (crash leftovers).
@@ -51,8 +55,6 @@ pub struct AssetsOptions {
 
 /// A build running longer fails (upstream: 20 minutes).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
-/// How long a deterministic 4xx build failure is answered from memory.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 /// zstd level of the initramfs' appended cpio (upstream's).
 pub const DEFAULT_INITRAMFS_ZSTD_LEVEL: u32 = 18;
 
@@ -79,6 +81,9 @@ pub struct AssetRequest {
     pub path: String,
     /// Build even if a cached record exists (the new record replaces it).
     pub rebuild: bool,
+    /// Start a build on a miss (`false`: only a cached asset or a build already admitted
+    /// answers, as for `HEAD`).
+    pub build_on_miss: bool,
 }
 
 impl AssetRequest {
@@ -89,6 +94,7 @@ impl AssetRequest {
             version: version.to_string(),
             path: path.to_string(),
             rebuild: false,
+            build_on_miss: true,
         }
     }
 }
@@ -137,7 +143,7 @@ struct Resolved {
     canonical: String,
     schematic: Schematic,
     profile: Profile,
-    release: Release,
+    release: Arc<Release>,
     key: CacheKey,
 }
 
@@ -152,19 +158,32 @@ pub(super) struct Inner {
     pub(super) metrics: AssetMetrics,
     pub(super) opts: AssetsOptions,
     pub(super) slots: Arc<Semaphore>,
+    /// Requests being resolved on the blocking pool at once (the rest wait here, costing
+    /// nothing, so a flood cannot crowd out every core).
+    pub(super) resolving: Arc<Semaphore>,
     pub(super) inflight: Mutex<HashMap<String, watch::Receiver<Option<BuildResult>>>>,
-    pub(super) negative: Mutex<HashMap<String, (Instant, BuildFailure)>>,
-    pub(super) verified: Mutex<HashSet<String>>,
+    pub(super) failures: Mutex<Failures>,
+    /// Blobs hashed since start (the first serve after a start hashes).
+    pub(super) verified: Mutex<Bounded<()>>,
+    /// First-serve hashes running now, joined by concurrent requests for the same blob.
+    pub(super) first_serves: Mutex<HashMap<String, watch::Receiver<Option<bool>>>>,
     pub(super) serving: Mutex<HashMap<String, usize>>,
     /// Hash passes over blobs shared by concurrent zero-copy serves.
     pub(super) checks: Mutex<BlobChecks>,
-    pub(super) touched: Mutex<HashMap<String, u64>>,
+    /// When each asset's last-served time was last written.
+    pub(super) touched: Mutex<Bounded<u64>>,
+    pub(super) build_times: Mutex<BuildTimes>,
 }
 
 /// The asset service (cheap to clone).
 #[derive(Clone)]
 pub struct Assets {
     pub(super) inner: Arc<Inner>,
+}
+
+/// Requests resolved at once: twice the cores (resolving is short, CPU-bound work).
+fn resolve_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,8 +244,8 @@ impl Assets {
         .with_stages(stages);
         let opts = AssetsOptions {
             max_concurrency: config.build.effective_concurrency(),
+            max_queue: config.build.effective_queue(),
             build_timeout: BUILD_TIMEOUT,
-            negative_ttl: NEGATIVE_TTL,
             quarantine_dir: data_dir.join("quarantine"),
             scratch,
             max_bytes: config.cache.max_bytes,
@@ -284,13 +303,16 @@ impl Assets {
                 key,
                 metrics,
                 slots: Arc::new(Semaphore::new(opts.max_concurrency.max(1))),
+                resolving: Arc::new(Semaphore::new(resolve_concurrency())),
                 opts,
                 inflight: Mutex::default(),
-                negative: Mutex::default(),
-                verified: Mutex::default(),
+                failures: Mutex::default(),
+                verified: Mutex::new(Bounded::new(MAX_REMEMBERED)),
+                first_serves: Mutex::default(),
                 serving: Mutex::default(),
                 checks: Mutex::new(BlobChecks::new(window)),
-                touched: Mutex::default(),
+                touched: Mutex::new(Bounded::new(MAX_REMEMBERED)),
+                build_times: Mutex::default(),
             }),
         }
     }
@@ -349,7 +371,12 @@ impl Assets {
     /// with the blocking work on the blocking pool.
     async fn resolve(&self, req: AssetRequest) -> Result<Resolved, AssetError> {
         let this = self.clone();
+        let permit = Arc::clone(&self.inner.resolving)
+            .acquire_owned()
+            .await
+            .map_err(|_| AssetError::Build(BuildError::QueueClosed.into()))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             if !crate::schematic::is_valid_id(&req.schematic_id) {
                 return Err(AssetError::SchematicNotFound(req.schematic_id.clone()));
             }
@@ -417,24 +444,60 @@ impl Assets {
             self.inner.records.remove(key)?;
             return Ok(None);
         }
-        if lock(&self.inner.verified).contains(&record.blake3) {
+        if lock(&self.inner.verified).get(&record.blake3).is_some() {
             return Ok(Some((Arc::new(record), false)));
         }
+        if self.verify_first_serve(&record).await? {
+            Ok(Some((Arc::new(record), true)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Hashes a blob before its first serve since start; concurrent requests for the same blob
+    /// share one pass. Answers whether the blob is intact (a damaged one is set aside).
+    async fn verify_first_serve(&self, record: &AssetRecord) -> Result<bool, AssetError> {
+        let (tx, mut rx) = {
+            let mut running = lock(&self.inner.first_serves);
+            match running.get(&record.blake3) {
+                Some(rx) => (None, rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    running.insert(record.blake3.clone(), rx.clone());
+                    (Some(tx), rx)
+                }
+            }
+        };
+        let Some(tx) = tx else {
+            // Another request is hashing this blob: its verdict is ours.
+            let verdict = rx
+                .wait_for(Option::is_some)
+                .await
+                .map(|v| *v)
+                .ok()
+                .flatten();
+            return Ok(verdict == Some(true));
+        };
         let blobs = self.inner.blobs.clone();
         let (blake3, size) = (record.blake3.clone(), record.size);
-        let checked = tokio::task::spawn_blocking(move || check_blob(&blobs, &blake3, size))
-            .await
-            .map_err(AssetError::task("hashing an asset blob"))?;
-        match checked {
-            Ok(()) => {
-                lock(&self.inner.verified).insert(record.blake3.clone());
-                Ok(Some((Arc::new(record), true)))
+        let checked = tokio::task::spawn_blocking(move || check_blob(&blobs, &blake3, size)).await;
+        let intact = match &checked {
+            Ok(Ok(())) => {
+                lock(&self.inner.verified).insert(&record.blake3, ());
+                true
             }
-            Err(reason) => {
-                self.blob_failed(&record, &reason);
-                Ok(None)
+            Ok(Err(reason)) => {
+                self.blob_failed(record, reason);
+                false
             }
+            Err(_) => false,
+        };
+        lock(&self.inner.first_serves).remove(&record.blake3);
+        let _ = tx.send(Some(intact));
+        if let Err(e) = checked {
+            return Err(AssetError::task("hashing an asset blob")(e));
         }
+        Ok(intact)
     }
 
     /// Waits until the builder has removed the scratch directories of finished builds
@@ -497,9 +560,9 @@ impl Assets {
         let now = crate::clock::now_secs();
         let stale = {
             let mut touched = lock(&self.inner.touched);
-            let last = touched.get(&record.key).copied().unwrap_or(0);
+            let last = touched.get(&record.key).unwrap_or(0);
             if now.saturating_sub(last) >= TOUCH_EVERY_SECS {
-                touched.insert(record.key.clone(), now);
+                touched.insert(&record.key, now);
                 true
             } else {
                 false

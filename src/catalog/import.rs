@@ -258,7 +258,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             }
         };
         let imported_at = match self.releases.get(&tag)? {
-            Some(previous) => previous.imported_at,
+            Some(previous) => previous.imported_at.clone(),
             None => crate::clock::now_rfc3339(),
         };
         let release = Release {

@@ -146,32 +146,47 @@ impl Release {
     }
 }
 
-/// Typed access to release records.
+/// Typed access to release records, with the decoded records kept in memory (a record names
+/// every blob of a release — hundreds of GRUB modules — and every asset request reads one).
 #[derive(Clone)]
 pub struct ReleaseStore {
     meta: Arc<dyn MetaStore>,
+    decoded: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Release>>>>,
 }
 
 impl ReleaseStore {
     /// Wraps a metadata store.
     pub fn new(meta: Arc<dyn MetaStore>) -> Self {
-        Self { meta }
+        Self {
+            meta,
+            decoded: Arc::default(),
+        }
+    }
+
+    fn decoded(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Release>>> {
+        self.decoded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reads one release by tag (`v1.11.0`).
-    pub fn get(&self, tag: &str) -> Result<Option<Release>, StoreError> {
-        match self.meta.get(TREE, tag.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        tree: TREE.into(),
-                        key: tag.into(),
-                        message: e.to_string(),
-                    })
-            }
+    pub fn get(&self, tag: &str) -> Result<Option<Arc<Release>>, StoreError> {
+        if let Some(r) = self.decoded().get(tag) {
+            return Ok(Some(Arc::clone(r)));
         }
+        let Some(bytes) = self.meta.get(TREE, tag.as_bytes())? else {
+            return Ok(None);
+        };
+        let release: Release = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            tree: TREE.into(),
+            key: tag.into(),
+            message: e.to_string(),
+        })?;
+        let release = Arc::new(release);
+        self.decoded().insert(tag.to_string(), Arc::clone(&release));
+        Ok(Some(release))
     }
 
     /// All releases, sorted by version.
@@ -192,6 +207,7 @@ impl ReleaseStore {
     /// Publishes a release record and waits until it is durable.
     pub async fn put(&self, release: &Release) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(release).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.decoded().remove(&release.version);
         self.meta.put(TREE, release.version.as_bytes(), &bytes)?;
         self.meta.flush().await
     }

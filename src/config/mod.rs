@@ -143,6 +143,8 @@ impl Default for HttpConfig {
 pub struct BuildConfig {
     /// Maximum simultaneous image builds (0 = number of CPU cores).
     pub max_concurrency: u64,
+    /// Builds that may wait for a slot (0 = four times the concurrency); more are refused.
+    pub max_queue: u64,
     /// Oldest Talos version offered.
     pub min_talos_version: String,
     /// Talos versions withheld from the version list.
@@ -155,6 +157,7 @@ impl Default for BuildConfig {
     fn default() -> Self {
         Self {
             max_concurrency: 0,
+            max_queue: 0,
             min_talos_version: "1.2.0".into(),
             broken_talos_versions: Vec::new(),
             compression: crate::imager::formats::CompressionLevels::default(),
@@ -169,6 +172,15 @@ impl BuildConfig {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             usize::try_from(self.max_concurrency).unwrap_or(usize::MAX)
+        }
+    }
+
+    /// The effective queue length (resolves 0 to four times the concurrency).
+    pub fn effective_queue(&self) -> usize {
+        if self.max_queue == 0 {
+            self.effective_concurrency().saturating_mul(4)
+        } else {
+            usize::try_from(self.max_queue).unwrap_or(usize::MAX)
         }
     }
 }

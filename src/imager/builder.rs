@@ -159,7 +159,7 @@ impl Builder {
     }
 
     /// Resolves the request into the enhanced profile and the release it builds from.
-    pub fn profile(&self, req: &BuildRequest<'_>) -> Result<(Profile, Release), ImagerError> {
+    pub fn profile(&self, req: &BuildRequest<'_>) -> Result<(Profile, Arc<Release>), ImagerError> {
         let profile = parse_path(req.path, req.version)?;
         let release = self
             .releases

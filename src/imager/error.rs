@@ -110,6 +110,9 @@ pub enum ImagerError {
         /// Usable bytes.
         capacity: usize,
     },
+    /// The build was stopped from outside (it ran past its deadline).
+    #[error("the build was cancelled")]
+    Cancelled,
     /// Reading or writing files failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -141,6 +144,7 @@ impl ImagerError {
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }
             | ImagerError::Io(_)
+            | ImagerError::Cancelled
             | ImagerError::Internal(_) => ErrorClass::Internal,
         }
     }

@@ -11,6 +11,7 @@ pub mod pe;
 pub mod uki;
 
 pub mod builder;
+pub mod cancel;
 pub mod cmdline;
 pub mod disk;
 pub mod error;

@@ -37,7 +37,7 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Reads the published release (the store is opened and closed again).
-fn release(data: &Path, tag: &str) -> Option<Release> {
+fn release(data: &Path, tag: &str) -> Option<std::sync::Arc<Release>> {
     let meta: Arc<dyn MetaStore> =
         Arc::new(SledStore::open(&data.join("meta")).expect("open meta"));
     ReleaseStore::new(meta).get(tag).expect("get")

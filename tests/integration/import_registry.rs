@@ -18,7 +18,7 @@ fn run(args: &[&str]) -> Output {
         .expect("run")
 }
 
-fn release(data: &Path, tag: &str) -> Option<Release> {
+fn release(data: &Path, tag: &str) -> Option<std::sync::Arc<Release>> {
     let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&data.join("meta")).expect("open"));
     ReleaseStore::new(meta).get(tag).expect("get")
 }

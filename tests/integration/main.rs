@@ -7,6 +7,7 @@ mod oci_support;
 mod assets_crash;
 mod assets_http;
 mod assets_integrity;
+mod build_admission;
 mod build_boot;
 mod cli;
 mod disk_boot;

@@ -1,20 +1,26 @@
-//! Building on a miss: one detached build per cache key (single flight), queued for a build
-//! slot, bounded by the build timeout, negative-cached when it fails deterministically, and
-//! sealed into a signed record when it succeeds.
+//! Building on a miss: one detached build per cache key (single flight), admitted into a
+//! bounded queue for a build slot, stopped at its deadline, remembered with backoff when it
+//! fails, and sealed into a signed record when it succeeds.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::{Assets, BuildResult, Joined, Outcome, Resolved, labels, lock};
 use crate::assets::error::{AssetError, BuildError, BuildFailure};
 use crate::assets::metrics::AssetLabels;
 use crate::assets::record::AssetRecord;
+use crate::causes::Causes;
 use crate::imager::builder::BuildRequest;
+use crate::imager::cancel::Cancel;
 
 impl Assets {
-    /// Joins the running build for the key, or starts one; `None` if a record appeared.
+    /// Joins the running (or queued) build for the key, or admits a new one; `None` if a
+    /// record appeared. A new build beyond the queue is refused ([`AssetError::Busy`]); a key
+    /// that failed recently answers its failure until its backoff ends; with
+    /// `build_on_miss` off nothing new is started ([`AssetError::NotBuilt`]).
     pub(super) fn join_or_start(
         &self,
         resolved: &Arc<Resolved>,
@@ -27,70 +33,106 @@ impl Assets {
         if !resolved.req.rebuild && self.inner.records.contains(key)? {
             return Ok(None);
         }
-        {
-            let mut negative = lock(&self.inner.negative);
-            match negative.get(key) {
-                Some((at, f)) if at.elapsed() < self.inner.opts.negative_ttl => {
-                    return Err(f.clone().into());
-                }
-                Some(_) => {
-                    negative.remove(key);
-                }
-                None => {}
-            }
+        if let Some((failure, left)) = lock(&self.inner.failures).check(key, Instant::now()) {
+            return Err(AssetError::Failed {
+                failure,
+                retry_after: left.as_secs().max(1),
+            });
+        }
+        if !resolved.req.build_on_miss {
+            return Err(AssetError::NotBuilt);
+        }
+        let opts = &self.inner.opts;
+        let admitted = inflight.len();
+        if admitted >= opts.max_concurrency + opts.max_queue {
+            let retry_after =
+                lock(&self.inner.build_times).retry_after(admitted, opts.max_concurrency);
+            self.inner.metrics.refused.increment(1);
+            return Err(AssetError::Busy {
+                admitted,
+                retry_after,
+            });
         }
         let (tx, rx) = watch::channel(None);
         inflight.insert(key.clone(), rx.clone());
         drop(inflight);
         let this = self.clone();
         let resolved = Arc::clone(resolved);
-        // Detached: the build finishes and is cached even if every requester goes away.
-        tokio::spawn(async move {
-            let result = this.run_build(&resolved).await;
+        let admitted_at = Instant::now();
+        // Detached: the build finishes and is cached even if every requester goes away. It
+        // runs in the span of the request that started it (its request ID in every line).
+        let build = async move {
+            let result = this.run_build(&resolved, admitted_at).await;
             let key = &resolved.key.key;
-            if let Err(f) = &result
-                && f.imager().is_some_and(|e| !e.is_internal())
-            {
-                lock(&this.inner.negative).insert(key.clone(), (Instant::now(), f.clone()));
+            match &result {
+                Ok(_) => lock(&this.inner.failures).clear(key),
+                Err(f) => {
+                    let internal = f.imager().is_none_or(|e| e.is_internal());
+                    lock(&this.inner.failures).record(key, f.clone(), internal, Instant::now());
+                }
             }
             lock(&this.inner.inflight).remove(key);
             let _ = tx.send(Some(result));
-        });
+        };
+        tokio::spawn(build.instrument(tracing::Span::current()));
         Ok(Some((rx, Outcome::Built)))
     }
 
-    /// Waits for a build slot, builds on the blocking pool under the timeout, records metrics.
-    async fn run_build(&self, resolved: &Arc<Resolved>) -> BuildResult {
+    /// Waits for a build slot and builds on the blocking pool, both before the build's
+    /// deadline (`build_timeout` after admission); records metrics.
+    async fn run_build(&self, resolved: &Arc<Resolved>, admitted_at: Instant) -> BuildResult {
         let m = &self.inner.metrics;
-        let queued = Instant::now();
+        let deadline = admitted_at + self.inner.opts.build_timeout;
+        let timeout = self.inner.opts.build_timeout.as_secs();
         m.queue_depth.increment(1.0);
-        let permit = Arc::clone(&self.inner.slots).acquire_owned().await;
+        let permit = tokio::time::timeout_at(
+            deadline.into(),
+            Arc::clone(&self.inner.slots).acquire_owned(),
+        )
+        .await;
         m.queue_depth.decrement(1.0);
-        let Ok(permit) = permit else {
-            return Err(BuildFailure::from(BuildError::QueueClosed));
+        let permit = match permit {
+            Err(_) => return Err(BuildError::TimedOut(timeout).into()),
+            Ok(Err(_)) => return Err(BuildFailure::from(BuildError::QueueClosed)),
+            Ok(Ok(p)) => p,
         };
-        m.concurrency_latency.record(queued.elapsed().as_secs_f64());
+        m.concurrency_latency
+            .record(admitted_at.elapsed().as_secs_f64());
         let started = Instant::now();
         let this = self.clone();
         let r = Arc::clone(resolved);
-        // The slot is held by the blocking job itself, so a timed-out build that is still
-        // running keeps counting against the limit.
-        let job = tokio::task::spawn_blocking(move || {
+        let cancel = Cancel::new();
+        let job_cancel = cancel.clone();
+        let span = tracing::Span::current();
+        // The slot is held by the blocking job itself: a timed-out build is cancelled (its
+        // tools killed, its scratch removed) and frees the slot when the job returns.
+        let mut job = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            this.build_blocking(&r)
+            let _entered = span.enter();
+            this.build_blocking(&r, &job_cancel)
         });
-        let timeout = self.inner.opts.build_timeout;
-        let result = match tokio::time::timeout(timeout, job).await {
-            Err(_) => Err(BuildError::TimedOut(timeout.as_secs()).into()),
+        let result = match tokio::time::timeout_at(deadline.into(), &mut job).await {
             Ok(Err(e)) => Err(BuildError::Task(e).into()),
             Ok(Ok(r)) => r,
+            Err(_) => {
+                cancel.cancel();
+                tracing::warn!(
+                    schematic = %resolved.req.schematic_id,
+                    path = %resolved.req.path,
+                    "build ran past its deadline: cancelled"
+                );
+                // Wait for the cancelled job, so its slot and scratch are released first.
+                let _ = job.await;
+                Err(BuildError::TimedOut(timeout).into())
+            }
         };
         let req = &resolved.req;
         match &result {
             Ok(record) => {
                 if let Err(e) = self.inner.records.flush().await {
-                    tracing::error!(error = %e, "asset record is stored but not yet durable");
+                    tracing::error!(error = %format!("{:#}", Causes(&e)), "asset record is stored but not yet durable");
                 }
+                lock(&self.inner.build_times).add(started.elapsed());
                 m.built(&labels(record), record.size);
                 m.build_latency.record(started.elapsed().as_secs_f64());
                 for ext in &resolved.profile.system_extensions {
@@ -116,7 +158,7 @@ impl Assets {
                     schematic = %req.schematic_id,
                     version = %resolved.version.tag(),
                     path = %req.path,
-                    error = %format!("{:#}", crate::causes::Causes(f)),
+                    error = %format!("{:#}", Causes(f)),
                     "asset build failed"
                 );
             }
@@ -125,7 +167,8 @@ impl Assets {
     }
 
     /// Builds, seals and stores the record (blocking).
-    fn build_blocking(&self, r: &Resolved) -> BuildResult {
+    fn build_blocking(&self, r: &Resolved, cancel: &Cancel) -> BuildResult {
+        cancel.check().map_err(BuildError::Imager)?;
         let breq = BuildRequest {
             schematic: &r.schematic,
             schematic_id: &r.req.schematic_id,
@@ -163,7 +206,7 @@ impl Assets {
             .records
             .put_raw(&record.key, &sealed)
             .map_err(BuildError::Store)?;
-        lock(&self.inner.verified).insert(record.blake3.clone());
+        lock(&self.inner.verified).insert(&record.blake3, ());
         Ok(Arc::new(record))
     }
 }

@@ -43,7 +43,7 @@ pub fn offered_versions(st: &AppState) -> Result<Vec<Version>, ApiError> {
 }
 
 /// Resolves the `:version` path parameter: `v` added, strict semver (else 500), offered (else 404).
-fn offered_release(st: &AppState, raw: &str) -> Result<Release, ApiError> {
+fn offered_release(st: &AppState, raw: &str) -> Result<std::sync::Arc<Release>, ApiError> {
     let v = Version::parse_strict(raw)
         .ok_or_else(|| ApiError::from(CatalogError::InvalidVersion(raw.to_string())))?;
     let not_available = || ApiError::from(CatalogError::VersionNotAvailable(v.to_string()));

@@ -44,10 +44,24 @@ pub enum ApiError {
     /// schematic); the text is shown. Upstream never answers it, so no upstream text is at stake.
     #[error("{0}")]
     NotImplemented(String),
-    /// 503 with `Retry-After`: a transient condition (an asset set aside while it was being
-    /// opened, twice in a row); the text is shown.
-    #[error("{0}")]
-    Unavailable(String),
+    /// 503 with `Retry-After`: a transient condition (a full build queue, an asset set aside
+    /// while it was being opened); the text is shown.
+    #[error("{message}")]
+    Unavailable {
+        /// The text.
+        message: String,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
+    /// An error answered with `Retry-After` (a failed build, not tried again before then).
+    #[error("{source}")]
+    Retry {
+        /// The error answered.
+        #[source]
+        source: Box<ApiError>,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
     /// 500: logged with its causes, answered `internal server error`.
     #[error("internal server error: {context}")]
     Internal {
@@ -115,9 +129,25 @@ impl From<AssetError> for ApiError {
                 Some(answer) => answer,
                 None => ApiError::caused("building the asset", f),
             },
-            AssetError::Gone(_) => ApiError::Unavailable(format!(
-                "{e}: it is being rebuilt, try again in a few seconds"
-            )),
+            AssetError::Gone(_) => ApiError::Unavailable {
+                message: format!("{e}: it is being rebuilt, try again in a few seconds"),
+                retry_after: 5,
+            },
+            AssetError::Busy { retry_after, .. } => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after,
+            },
+            AssetError::NotBuilt => ApiError::NotFound(e.to_string()),
+            AssetError::Failed {
+                failure,
+                retry_after,
+            } => match failure.imager().and_then(imager_answer) {
+                Some(answer) => answer,
+                None => ApiError::Retry {
+                    source: Box::new(ApiError::caused("building the asset", failure)),
+                    retry_after,
+                },
+            },
             other => ApiError::caused("serving the asset", other),
         }
     }
@@ -181,7 +211,8 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Retry { source, .. } => source.status(),
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -190,6 +221,7 @@ impl ApiError {
     pub fn public_message(&self) -> String {
         match self {
             ApiError::Internal { .. } => "internal server error".to_string(),
+            ApiError::Retry { source, .. } => source.public_message(),
             other => other.to_string(),
         }
     }
@@ -197,7 +229,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal { .. } = &self {
+        if let ApiError::Internal { .. } | ApiError::Retry { .. } = &self {
             tracing::error!(error = %format!("{:#}", Causes(&self)), "internal server error");
         }
         let status = self.status();
@@ -218,8 +250,10 @@ impl IntoResponse for ApiError {
         {
             headers.insert(header::CONTENT_RANGE, v);
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let ApiError::Unavailable { retry_after, .. } | ApiError::Retry { retry_after, .. } =
+            &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(

@@ -42,7 +42,9 @@ pub async fn image(
             "enterprise not enabled: checksum endpoint is not available".into(),
         ));
     }
-    let req = AssetRequest::new(&id, &version, &path);
+    let mut req = AssetRequest::new(&id, &version, &path);
+    // A HEAD answers from the cache or a build already admitted; it never starts one.
+    req.build_on_miss = method != Method::HEAD;
     let filename = query
         .get("filename")
         .filter(|f| !f.is_empty())

@@ -8,11 +8,15 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument as _;
 
 use super::state::AppState;
 
 /// The request/response header carrying the request ID.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest `X-Request-ID` echoed; a longer one is replaced by a fresh ID.
+const MAX_REQUEST_ID: usize = 128;
 
 /// The `Server` header value: `Image Factory <crate version>`.
 pub const SERVER_HEADER: &str = concat!("Image Factory ", env!("CARGO_PKG_VERSION"));
@@ -38,7 +42,7 @@ pub async fn decorate(State(st): State<AppState>, req: Request, next: Next) -> R
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
-        .filter(|v| !v.is_empty())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
         .cloned()
         .unwrap_or_else(|| {
             HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
@@ -52,7 +56,12 @@ pub async fn decorate(State(st): State<AppState>, req: Request, next: Next) -> R
         .map_or_else(|| "notfound".to_string(), |m| route_template(m.as_str()));
     let inflight = st.metrics().http_inflight(&handler);
     inflight.increment(1.0);
-    let mut resp = next.run(req).await;
+    // Everything the request causes — a build it starts included — logs its request ID.
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or("<non-ascii>")
+    );
+    let mut resp = next.run(req).instrument(span).await;
     inflight.decrement(1.0);
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
