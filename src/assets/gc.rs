@@ -1,8 +1,11 @@
 //! Garbage collection of built assets: a size quota with least-recently-served eviction.
 //!
 //! Only blobs named by asset records are ever deleted, and never one that a release needs
-//! (the kernel asset *is* the release's kernel blob) or one being streamed. A record whose
-//! blob disappears anyway (a race with a build writing the same bytes) is a miss on its next
+//! (the kernel asset *is* the release's kernel blob) or one being streamed. A record is
+//! trusted only once its signature verifies with the cluster key and every blob it names is a
+//! blob name (64 lowercase hex digits): anything else is set aside (quarantined, reported) and
+//! never followed, and the blob store itself refuses any other name. A record whose blob
+//! disappears anyway (a race with a build writing the same bytes) is a miss on its next
 //! request and is rebuilt.
 
 use std::collections::{HashMap, HashSet};
@@ -11,9 +14,9 @@ use std::os::unix::fs::MetadataExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::error::AssetError;
-use super::record::{AssetRecord, RecordStore};
+use super::record::{AssetRecord, RecordStore, RecordVerifier};
 use crate::catalog::ReleaseStore;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, is_blob_name};
 
 /// Largest manifest read while collecting release blobs.
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -58,6 +61,32 @@ pub struct GcReport {
     pub deleted_blobs: Vec<String>,
     /// Assets over quota that were skipped because they are being downloaded.
     pub skipped_busy: usize,
+    /// Records that failed verification and were set aside (in a dry run: would be).
+    #[serde(default)]
+    pub quarantined: Vec<Rejected>,
+}
+
+/// A record garbage collection refused to trust.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejected {
+    /// Cache key it is stored under.
+    pub key: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// The record stored as `raw` under `key`, if it can be trusted: its signature verifies, it
+/// is stored under its own key, and every blob it names is a blob name.
+fn trusted(key: &str, raw: &[u8], verifier: &RecordVerifier) -> Result<AssetRecord, String> {
+    let record = AssetRecord::open(raw, verifier)?;
+    if record.key != key {
+        return Err(format!("stored under {key}, signed for {}", record.key));
+    }
+    if let Some(bad) = record.blobs().find(|b| !is_blob_name(b)) {
+        return Err(format!("names {bad:?}, which is not a blob name"));
+    }
+    Ok(record)
 }
 
 /// Every blob (BLAKE3) a release needs: boot assets, GRUB trees, and the manifests, configs
@@ -116,22 +145,46 @@ pub fn release_blobs(
     Ok(out)
 }
 
+/// What a pass works with: the stores, and the key that signs records.
+pub struct GcInputs<'a> {
+    /// Asset records.
+    pub records: &'a RecordStore,
+    /// Blobs.
+    pub blobs: &'a BlobStore,
+    /// Releases (their blobs are never collected).
+    pub releases: &'a ReleaseStore,
+    /// Verifies record signatures.
+    pub verifier: &'a RecordVerifier,
+}
+
 /// One pass: if built assets exceed `max_bytes` (0 = no quota), evicts the least recently
-/// served until they fit, skipping assets for which `busy(blake3)` is true.
+/// served until they fit, skipping assets for which `busy(blake3)` is true. Records that fail
+/// verification are quarantined (reported only, in a dry run) and never followed.
 pub fn collect_garbage(
-    records: &RecordStore,
-    blobs: &BlobStore,
-    releases: &ReleaseStore,
+    inputs: &GcInputs<'_>,
     max_bytes: u64,
     busy: &dyn Fn(&str) -> bool,
     dry_run: bool,
 ) -> Result<GcReport, AssetError> {
+    let GcInputs {
+        records,
+        blobs,
+        releases,
+        verifier,
+    } = *inputs;
     let protected = release_blobs(releases, blobs)?;
     let mut list: Vec<(AssetRecord, u64)> = Vec::new();
+    let mut quarantined = Vec::new();
     for (key, raw) in records.scan_raw()? {
-        // Undecodable records are left for the serving path to quarantine.
-        let Some(record) = AssetRecord::decode_unverified(&raw) else {
-            continue;
+        let record = match trusted(&key, &raw, verifier) {
+            Ok(record) => record,
+            Err(reason) => {
+                if !dry_run {
+                    records.quarantine(&key, &raw, &reason)?;
+                }
+                quarantined.push(Rejected { key, reason });
+                continue;
+            }
         };
         let last = records.last_served(&key)?.unwrap_or(record.created);
         list.push((record, last));
@@ -143,7 +196,11 @@ pub fn collect_garbage(
             *refs.entry(b.to_string()).or_insert(0) += 1;
             if !sizes.contains_key(b) {
                 // Disk space actually used: disk images are stored sparse.
-                let size = std::fs::metadata(blobs.path(b)).map_or(0, |m| m.blocks() * 512);
+                let size = blobs
+                    .path(b)
+                    .ok()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map_or(0, |m| m.blocks() * 512);
                 sizes.insert(b.to_string(), size);
             }
         }
@@ -155,6 +212,7 @@ pub fn collect_garbage(
         bytes_before: total,
         bytes_after: total,
         max_bytes,
+        quarantined,
         ..GcReport::default()
     };
     if max_bytes == 0 || total <= max_bytes {
@@ -181,7 +239,7 @@ pub fn collect_garbage(
                 continue;
             }
             let size = sizes.get(b).copied().unwrap_or(0);
-            if !dry_run && let Err(e) = std::fs::remove_file(blobs.path(b)) {
+            if !dry_run && let Err(e) = blobs.remove_blob(b) {
                 tracing::warn!(blob = b, error = %e, "could not delete an evicted blob");
                 continue;
             }

@@ -36,7 +36,7 @@ pub fn hash_open(file: &File, chunk: usize) -> std::io::Result<(String, u64)> {
 
 /// Checks that the blob named `blake3` holds `size` bytes hashing to its name.
 pub fn check_blob(blobs: &BlobStore, blake3: &str, size: u64) -> Result<(), String> {
-    let path = blobs.path(blake3);
+    let path = blobs.path(blake3).map_err(|e| e.to_string())?;
     match hash_file(&path) {
         Ok((h, n)) if h == blake3 && n == size => Ok(()),
         Ok((h, n)) => Err(format!(
@@ -48,8 +48,9 @@ pub fn check_blob(blobs: &BlobStore, blake3: &str, size: u64) -> Result<(), Stri
 
 /// Moves a damaged blob file into `quarantine/` (kept for inspection, never served).
 pub fn quarantine_blob(blobs: &BlobStore, quarantine: &Path, blake3: &str) -> Option<PathBuf> {
-    let from = blobs.path(blake3);
-    if std::fs::create_dir_all(quarantine).is_err() {
+    // Only blob names reach the file system: anything else names no blob to move.
+    let from = blobs.path(blake3).ok()?;
+    if crate::store::create_dir_all_durable(quarantine).is_err() {
         return None;
     }
     // The same blob can be damaged again within a second (a restart, a rebuild that gives the
@@ -92,12 +93,12 @@ mod tests {
         let q = dir.path().join("quarantine");
         let info = blobs.put_bytes(b"first damage").unwrap();
         let a = quarantine_blob(&blobs, &q, &info.blake3).expect("moved aside");
-        assert!(!blobs.path(&info.blake3).exists());
+        assert!(!blobs.path(&info.blake3).unwrap().exists());
         // Same blob written again and damaged again straight away.
         blobs.put_bytes(b"first damage").unwrap();
         let b = quarantine_blob(&blobs, &q, &info.blake3).expect("moved aside");
         assert_ne!(a, b);
         assert_eq!(std::fs::read_dir(&q).unwrap().count(), 2);
-        assert!(!blobs.path(&info.blake3).exists());
+        assert!(!blobs.path(&info.blake3).unwrap().exists());
     }
 }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 
 use super::error::AssetError;
-use super::gc::{GcReport, collect_garbage};
+use super::gc::{GcInputs, GcReport, collect_garbage};
 use super::integrity::{check_blob, quarantine_blob};
 use super::pipeline::{Assets, lock};
 use super::record::AssetRecord;
@@ -51,9 +51,14 @@ impl Assets {
     /// store's blob file is no longer that file (it was set aside and rebuilt meanwhile, which
     /// a slow serve of the old file can outlive), the fresh blob is left alone.
     pub(super) fn open_blob_failed(&self, record: &AssetRecord, reason: &str, file: &File) {
-        let current = std::fs::metadata(self.inner.blobs.path(&record.blake3));
+        let current = self
+            .inner
+            .blobs
+            .path(&record.blake3)
+            .ok()
+            .and_then(|p| std::fs::metadata(p).ok());
         let same = match (file.metadata(), current) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            (Ok(a), Some(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
             _ => false,
         };
         if same {
@@ -111,17 +116,33 @@ impl Assets {
     pub async fn gc(&self, dry_run: bool) -> Result<GcReport, AssetError> {
         let this = self.clone();
         let report = tokio::task::spawn_blocking(move || {
+            let inner = &this.inner;
+            let inputs = GcInputs {
+                records: &inner.records,
+                blobs: &inner.blobs,
+                releases: &inner.releases,
+                verifier: &inner.verifying,
+            };
             collect_garbage(
-                &this.inner.records,
-                &this.inner.blobs,
-                &this.inner.releases,
-                this.inner.opts.max_bytes,
+                &inputs,
+                inner.opts.max_bytes,
                 &|b| this.is_serving(b),
                 dry_run,
             )
         })
         .await
         .map_err(AssetError::task("garbage collection"))??;
+        for r in &report.quarantined {
+            if !dry_run {
+                self.inner.metrics.verification_failure("record");
+            }
+            tracing::error!(
+                key = %r.key,
+                reason = %r.reason,
+                dry_run,
+                "garbage collection found an asset record that fails verification; quarantined, not followed"
+            );
+        }
         if !dry_run {
             let m = &self.inner.metrics;
             m.gc_evictions.increment(report.evicted.len() as u64);

@@ -230,7 +230,7 @@ impl Assets {
     ) -> Self {
         let data_dir = config.data_dir();
         let scratch = data_dir.join("tmp");
-        let releases = ReleaseStore::new(Arc::clone(&stores.meta));
+        let releases = ReleaseStore::new(&stores.blobs);
         let builder = Builder::new(
             stores.blobs.clone(),
             releases.clone(),

@@ -415,7 +415,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                     // Sync while the other transfers go on, not all at commit time.
                     tokio::task::spawn_blocking(move || pending.sync_data().map(|()| pending))
                         .await
-                        .map_err(|e| StoreError::Backend(format!("blob sync task: {e}")))?
+                        .map_err(StoreError::task("blob sync"))?
                 })
                 .await
                 .map_err(|e| malformed("blob transfer task", e))??;

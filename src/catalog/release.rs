@@ -1,18 +1,19 @@
 //! The imported-release model and its store: one record per Talos version, written last so a
 //! release is visible only when every blob it names is stored.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
 use crate::oci::Digest;
-use crate::store::{MetaStore, StoreError};
+use crate::store::{BlobStore, DocCheck, DocKind, DocStore, StoreError};
 
 use super::version::Version;
 
-/// Tree holding release records keyed by version tag (`v1.11.0`).
-const TREE: &str = "releases";
+/// The metadata tree that held release records themselves (keyed by version tag) before they
+/// became documents.
+const LEGACY_TREE: &str = "releases";
 
 /// A stored file (boot asset or GRUB module) by identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,59 +147,71 @@ impl Release {
     }
 }
 
-/// Typed access to release records, with the decoded records kept in memory (a record names
-/// every blob of a release — hundreds of GRUB modules — and every asset request reads one).
+/// Typed access to release records, kept as documents in the blob store (see
+/// `store::DocStore`), with the decoded records kept in memory (a record names every blob of a
+/// release — hundreds of GRUB modules — and every asset request reads one). A cached record
+/// is used while the index still names the document it was decoded from, so every
+/// `ReleaseStore` over the same data directory sees a replaced record at once.
 #[derive(Clone)]
 pub struct ReleaseStore {
-    meta: Arc<dyn MetaStore>,
-    decoded: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Release>>>>,
+    docs: DocStore,
+    decoded: Arc<Mutex<HashMap<String, (String, Arc<Release>)>>>,
 }
 
 impl ReleaseStore {
-    /// Wraps a metadata store.
-    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
+    /// The release records of `blobs` (whose metadata store holds the index).
+    pub fn new(blobs: &BlobStore) -> Self {
         Self {
-            meta,
+            docs: DocStore::new(DocKind::Release, blobs.clone()),
             decoded: Arc::default(),
         }
     }
 
-    fn decoded(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Release>>> {
-        self.decoded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// [`ReleaseStore::new`], first moving records an older version kept in the metadata
+    /// store into documents. Blocking.
+    pub fn open(blobs: &BlobStore) -> Result<Self, StoreError> {
+        let store = Self::new(blobs);
+        let migrated = store.docs.migrate_legacy(LEGACY_TREE)?;
+        if migrated > 0 {
+            tracing::info!(
+                migrated,
+                "moved release records out of the metadata store into documents"
+            );
+        }
+        Ok(store)
+    }
+
+    fn decoded(&self) -> MutexGuard<'_, HashMap<String, (String, Arc<Release>)>> {
+        self.decoded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Reads one release by tag (`v1.11.0`).
     pub fn get(&self, tag: &str) -> Result<Option<Arc<Release>>, StoreError> {
-        if let Some(r) = self.decoded().get(tag) {
-            return Ok(Some(Arc::clone(r)));
-        }
-        let Some(bytes) = self.meta.get(TREE, tag.as_bytes())? else {
+        let Some(r) = self.docs.get_ref(tag)? else {
             return Ok(None);
         };
+        if let Some((blake3, release)) = self.decoded().get(tag)
+            && *blake3 == r.blake3
+        {
+            return Ok(Some(Arc::clone(release)));
+        }
+        let bytes = self.docs.read(tag, &r)?;
         let release: Release = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            tree: TREE.into(),
+            tree: DocKind::Release.name().into(),
             key: tag.into(),
-            message: e.to_string(),
+            source: Box::new(e),
         })?;
         let release = Arc::new(release);
-        self.decoded().insert(tag.to_string(), Arc::clone(&release));
+        self.decoded()
+            .insert(tag.to_string(), (r.blake3, Arc::clone(&release)));
         Ok(Some(release))
     }
 
     /// All releases, sorted by version.
-    pub fn list(&self) -> Result<Vec<Release>, StoreError> {
+    pub fn list(&self) -> Result<Vec<Arc<Release>>, StoreError> {
         let mut out = Vec::new();
-        for (key, bytes) in self.meta.scan(TREE)? {
-            let r: Release = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                tree: TREE.into(),
-                key: String::from_utf8_lossy(&key).into_owned(),
-                message: e.to_string(),
-            })?;
-            out.push(r);
+        for (tag, _) in self.docs.refs()? {
+            out.extend(self.get(&tag)?);
         }
         out.sort_by_key(|r| r.parsed_version());
         Ok(out)
@@ -206,9 +219,25 @@ impl ReleaseStore {
 
     /// Publishes a release record and waits until it is durable.
     pub async fn put(&self, release: &Release) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(release).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let bytes = serde_json::to_vec(release).map_err(|source| StoreError::Encode {
+            what: "release record",
+            source,
+        })?;
         self.decoded().remove(&release.version);
-        self.meta.put(TREE, release.version.as_bytes(), &bytes)?;
-        self.meta.flush().await
+        self.docs.put(&release.version, bytes).await?;
+        Ok(())
+    }
+
+    /// Checks the index against the release documents (see `store::DocStore::check`); with
+    /// `repair`, restores what the index lost and makes that durable. Blocking.
+    pub fn check(&self, repair: bool, deep: bool) -> Result<DocCheck, StoreError> {
+        let valid = |tag: &str, body: &[u8]| {
+            serde_json::from_slice::<Release>(body).is_ok_and(|r| r.version == tag)
+        };
+        let report = self.docs.check(repair, deep, &valid)?;
+        if report.repaired {
+            self.docs.flush_blocking()?;
+        }
+        Ok(report)
     }
 }

@@ -1,12 +1,16 @@
-//! `image-factory doctor`: checks what the appliance needs on this host and says how to fix it.
+//! `image-factory doctor`: checks what the appliance needs on this host and the data
+//! directory's storage, and says how to fix it; `--repair` restores the metadata index from
+//! the data directory (see `node::doctor`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::config::{self, FlagOverrides};
+use crate::causes::Causes;
+use crate::config::{self, Config, FlagOverrides};
 use crate::imager::initramfs::check_tools;
+use crate::node::DoctorReport;
 
 /// Flags of `doctor`.
 #[derive(Debug, Args)]
@@ -17,6 +21,14 @@ pub struct DoctorArgs {
     /// Data directory to check.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
+    /// Repair the storage (appliance stopped): restore the metadata index from the schematic
+    /// and release documents, move a metadata store that does not open aside and rebuild it,
+    /// and index blobs the index lost (hashing them).
+    #[arg(long)]
+    pub repair: bool,
+    /// With --repair: move the metadata store aside and rebuild it even if it opens.
+    #[arg(long, requires = "repair")]
+    pub rebuild: bool,
 }
 
 /// Runs the checks; exits 1 when a required one fails.
@@ -60,6 +72,9 @@ pub fn run(args: DoctorArgs) -> ExitCode {
                     format!("{key} {}", if ok { "readable" } else { "unreadable" }),
                 );
             }
+            if writable {
+                storage(&cfg, &args, &mut report);
+            }
         }
         Err(e) => report(false, "configuration", e.to_string()),
     }
@@ -102,4 +117,93 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Checks (or repairs) the data directory's storage and reports each part.
+fn storage(cfg: &Config, args: &DoctorArgs, report: &mut dyn FnMut(bool, &str, String)) {
+    let r = match crate::node::doctor(cfg, args.repair, args.rebuild) {
+        Ok(r) => r,
+        Err(e) if e.is_locked() => {
+            report(
+                !args.repair,
+                "storage",
+                "the data directory is in use by a running appliance (its /status shows the \
+                 storage check made at its start); stop it to check deeper or to repair"
+                    .into(),
+            );
+            return;
+        }
+        Err(e) => {
+            report(false, "storage", format!("{}", Causes(&e)));
+            return;
+        }
+    };
+    print_storage(&r, args.repair, report);
+}
+
+fn print_storage(r: &DoctorReport, repair: bool, report: &mut dyn FnMut(bool, &str, String)) {
+    if let Some(to) = &r.moved_aside {
+        report(
+            true,
+            "metadata store",
+            format!(
+                "moved aside to {} and rebuilt from the data directory (asset records are not \
+                 rebuilt: assets are built again on request)",
+                to.display()
+            ),
+        );
+    }
+    let hint = if repair {
+        "restored"
+    } else {
+        "not indexed: run `image-factory doctor --repair` (or start the appliance)"
+    };
+    for check in [&r.health.schematics, &r.health.releases] {
+        let ok = check.missing.is_empty()
+            && check.damaged.is_empty()
+            && (repair || check.restored.is_empty());
+        let mut detail = format!(
+            "{} indexed, {} document(s)",
+            check.indexed, check.documents
+        );
+        if !check.restored.is_empty() {
+            detail += &format!("; {} {hint}", check.restored.len());
+        }
+        if !check.missing.is_empty() {
+            detail += &format!("; {} lost (no document): {:?}", check.missing.len(), check.missing);
+        }
+        if !check.damaged.is_empty() {
+            detail += &format!("; damaged documents: {:?}", check.damaged);
+        }
+        report(ok, &format!("{} index", check.kind), detail);
+    }
+    let x = &r.reindex;
+    let mut detail = format!("{} blob(s), {} not in the SHA-256 index", x.blobs, x.unindexed);
+    if repair {
+        detail += &format!(
+            "; {} indexed again ({:.1} MiB hashed)",
+            x.reindexed,
+            x.hashed_bytes as f64 / (1024.0 * 1024.0)
+        );
+    } else if x.unindexed > 0 {
+        detail += " (leftovers of interrupted writes, or lost entries: --repair indexes them)";
+    }
+    if !x.damaged.is_empty() {
+        detail += &format!("; damaged, moved to quarantine: {:?}", x.damaged);
+    }
+    report(x.damaged.is_empty(), "blob index", detail);
+    let missing = &r.health.release_blobs_missing;
+    report(
+        missing.is_empty(),
+        "release blobs",
+        if missing.is_empty() {
+            "every blob the releases name is stored and indexed".into()
+        } else {
+            format!(
+                "{} missing: {missing:?} (import the releases again{})",
+                missing.len(),
+                if repair { "" } else { ", or run --repair" }
+            )
+        },
+    );
 }

@@ -313,7 +313,7 @@ impl Builder {
             profile,
             assets,
             purpose,
-            &self.blobs.path(&initramfs.blake3),
+            &self.blobs.path(&initramfs.blake3)?,
             &mut w,
         )?;
         let w = w.into_inner().map_err(|e| internal("uki", e.error()))?;
@@ -359,9 +359,9 @@ impl Builder {
         self.stages.report(Stage::Uki);
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
-        let stub = std::fs::read(self.blobs.path(&asset(assets, "systemd-stub.efi")?.blake3))
+        let stub = std::fs::read(self.blobs.path(&asset(assets, "systemd-stub.efi")?.blake3)?)
             .map_err(ImagerError::Io)?;
-        let uname = read_kernel_release(File::open(self.blobs.path(&kernel.blake3))?)?;
+        let uname = read_kernel_release(File::open(self.blobs.path(&kernel.blake3)?)?)?;
         let parts = UkiParts {
             osrel: os_release("Talos", &profile.version.tag()),
             profiles: standard_profiles(
@@ -371,7 +371,7 @@ impl Builder {
             ),
             cmdline,
             uname,
-            kernel: Payload::file(&self.blobs.path(&kernel.blake3))?,
+            kernel: Payload::file(&self.blobs.path(&kernel.blake3)?)?,
             initrd: Payload::file(initramfs)?,
         };
         // Stubs may carry a COFF symbol table (Debian's does); it is debug-only and dropped.
@@ -414,15 +414,15 @@ impl Builder {
             let uki = self.uki(req, profile, assets, UkiPurpose::Installer, intermediates)?;
             intermediates.push(uki.clone());
             InstallerArtifacts::Uki {
-                uki: self.blobs.path(&uki.blake3),
-                systemd_boot: self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3),
+                uki: self.blobs.path(&uki.blake3)?,
+                systemd_boot: self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3)?,
             }
         } else {
             let initramfs = self.initramfs(req, profile, assets)?;
             intermediates.push(initramfs.clone());
             InstallerArtifacts::Legacy {
-                kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
-                initramfs: self.blobs.path(&initramfs.blake3),
+                kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3)?,
+                initramfs: self.blobs.path(&initramfs.blake3)?,
             }
         };
         self.stages.report(Stage::Installer);

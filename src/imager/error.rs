@@ -116,6 +116,9 @@ pub enum ImagerError {
     /// Reading or writing files failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The blob store refused or failed (e.g. a record naming something that is no blob).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Any other failure.
     #[error("{0}")]
     Internal(String),
@@ -144,6 +147,7 @@ impl ImagerError {
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }
             | ImagerError::Io(_)
+            | ImagerError::Store(_)
             | ImagerError::Cancelled
             | ImagerError::Internal(_) => ErrorClass::Internal,
         }

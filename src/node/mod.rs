@@ -4,9 +4,11 @@
 //! frontends (`crate::frontend`) are handed the node and never open storage themselves.
 
 mod import;
+mod storage;
 pub mod worker;
 
 pub use import::{ImportFrom, ImportJob, ImportJobError};
+pub use storage::{DoctorReport, StorageHealth, StorageState, StorageSummary, doctor};
 pub use worker::{Periodic, WorkError, Worker, WorkerState, WorkerStatus, Workers};
 
 use std::path::{Path, PathBuf};
@@ -73,19 +75,25 @@ pub struct Node {
     signing_key: Arc<SigningKey>,
     assets: Assets,
     workers: Workers,
+    storage: StorageHealth,
 }
 
 impl Node {
     /// Validates `config` and opens its data directory (blocking: storage, keys, scratch
-    /// sweep). Fails with [`StoreError::Locked`] when another process holds it.
+    /// sweep). Fails with [`StoreError::Locked`] when another process holds it, and with
+    /// [`StoreError::Damaged`] when the metadata store does not open. Checks the metadata
+    /// index against the schematic and release documents and restores what it lost (see
+    /// [`Node::storage`]).
     pub fn open(config: Config, opts: NodeOptions) -> Result<Self, NodeError> {
         config.validate()?;
         let dir = config.data_dir().to_path_buf();
         let sled = store::open_data_dir(&dir)?;
         tracing::info!(dir = %dir.display(), "data directory opened");
         let meta: Arc<dyn MetaStore> = Arc::new(sled);
-        let schematics = SchematicStore::new(Arc::clone(&meta))?;
-        let releases = ReleaseStore::new(Arc::clone(&meta));
+        let blobs = BlobStore::open(&dir.join("blobs"), Arc::clone(&meta))?;
+        let schematics = SchematicStore::new(&blobs)?;
+        let releases = ReleaseStore::open(&blobs)?;
+        let storage = storage::check(&schematics, &releases, &blobs, true, false)?;
         for r in releases.list()? {
             if matches!(r.signatures, Signatures::Skipped) {
                 tracing::warn!(
@@ -100,7 +108,6 @@ impl Node {
         let verb = if created { "generated" } else { "loaded" };
         tracing::info!(path = %key_path.display(), "{verb} cluster signing key");
         let signing_key = Arc::new(key);
-        let blobs = BlobStore::open(&dir.join("blobs"), Arc::clone(&meta))?;
         let assets = Assets::from_config(
             &config,
             DataStores {
@@ -122,7 +129,13 @@ impl Node {
             signing_key,
             assets,
             workers: Workers::new(),
+            storage,
         })
+    }
+
+    /// What the storage check at open found and restored.
+    pub fn storage(&self) -> &StorageHealth {
+        &self.storage
     }
 
     /// The validated configuration.

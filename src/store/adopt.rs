@@ -148,7 +148,7 @@ impl BlobStore {
                 self.adopt_removing_on_error(tmp, Some(progress))
             })
             .join()
-            .unwrap_or_else(|_| Err(StoreError::Backend("the hashing thread panicked".into())))
+            .unwrap_or_else(|_| Err(StoreError::Thread { what: "hashing" }))
         })
     }
 
@@ -269,7 +269,7 @@ impl BlobStore {
             blake3: blake3.finalize().to_hex().to_string(),
             sha256: sha
                 .finalize_hex()
-                .ok_or_else(|| StoreError::Backend("the SHA-256 thread failed".into()))?,
+                .ok_or(StoreError::Thread { what: "SHA-256" })?,
             size,
         };
         tracing::debug!(
@@ -335,7 +335,7 @@ mod tests {
         let expected = expected(&bytes);
         assert_eq!(info, expected);
         assert_eq!(blobs.by_sha256(&expected.sha256).unwrap(), Some(expected));
-        let path = blobs.path(&info.blake3);
+        let path = blobs.path(&info.blake3).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o644);
@@ -364,7 +364,7 @@ mod tests {
         .unwrap();
         assert_eq!(info, expected(&bytes));
         assert!(!tmp.exists());
-        assert_eq!(std::fs::read(blobs.path(&info.blake3)).unwrap(), bytes);
+        assert_eq!(std::fs::read(blobs.path(&info.blake3).unwrap()).unwrap(), bytes);
     }
 
     #[test]
@@ -400,6 +400,6 @@ mod tests {
         .unwrap();
         bytes[100..107].copy_from_slice(b"patched");
         assert_eq!(info, expected(&bytes));
-        assert_eq!(std::fs::read(blobs.path(&info.blake3)).unwrap(), bytes);
+        assert_eq!(std::fs::read(blobs.path(&info.blake3).unwrap()).unwrap(), bytes);
     }
 }

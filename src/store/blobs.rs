@@ -3,22 +3,25 @@
 //!
 //! Writes go to `blobs/tmp/`, are fsynced, renamed into `blobs/<2 hex>/<64 hex>` and the parent
 //! directory is fsynced, so a blob is either complete under its final name or not there at all.
-//! Temporary files left by a crash are swept when the store opens.
+//! Temporary files left by a crash are swept when the store opens. Every directory the store
+//! creates (the store's root, `tmp/`, the fan-out directories) is fsynced into its parent
+//! before a blob in it is acknowledged.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek as _, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub use super::writer::{BlobWriter, PendingBlob};
-use super::{MetaStore, StoreError, VerifiedBlob};
+use super::{MetaStore, StoreError, VerifiedBlob, create_dir, sync_dir};
 
 /// Tree mapping a SHA-256 hex digest to the blob's `BlobInfo` (JSON).
-const SHA_TREE: &str = "blobs_by_sha256";
+pub(super) const SHA_TREE: &str = "blobs_by_sha256";
 /// Copy buffer size for streaming writes.
 pub(super) const CHUNK: usize = 256 * 1024;
 
@@ -38,25 +41,40 @@ pub struct BlobInfo {
 pub struct BlobStore {
     root: PathBuf,
     meta: Arc<dyn MetaStore>,
+    /// Directories known to exist durably (created and fsynced into their parents, or found
+    /// at open and fsynced then); others are created through [`create_dir`] before use.
+    durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 /// Kept for `adopt.rs`'s import path; the helper is [`crate::io_context::io_err`].
 pub(super) use crate::io_context::io_err;
 
-fn valid_hex(h: &str) -> bool {
-    h.len() == 64
-        && h.bytes()
+/// Whether `name` is a blob name: 64 lowercase hex digits (a BLAKE3 digest).
+pub fn is_blob_name(name: &str) -> bool {
+    name.len() == 64
+        && name
+            .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `name` if it is a blob name, else [`StoreError::InvalidBlobName`].
+pub(super) fn blob_name(name: &str) -> Result<&str, StoreError> {
+    if is_blob_name(name) {
+        Ok(name)
+    } else {
+        Err(StoreError::InvalidBlobName {
+            name: name.to_string(),
+        })
+    }
 }
 
 impl BlobStore {
     /// Opens the store rooted at `root` (usually `<dataDir>/blobs`) and sweeps crash leftovers.
     pub fn open(root: &Path, meta: Arc<dyn MetaStore>) -> Result<Self, StoreError> {
         let tmp = root.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|source| StoreError::CreateDir {
-            dir: tmp.clone(),
-            source,
-        })?;
+        create_dir(&tmp)?;
+        // Fan-out directories a previous run created are durable from here on.
+        sync_dir(root).map_err(io_err(format!("sync {}", root.display())))?;
         let mut swept = 0usize;
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for entry in entries.flatten() {
@@ -68,29 +86,81 @@ impl BlobStore {
         if swept > 0 {
             tracing::info!(swept, dir = %tmp.display(), "removed temporary blob files left by an interrupted write");
         }
+        let durable_dirs = HashSet::from([root.to_path_buf(), tmp]);
         Ok(Self {
             root: root.to_path_buf(),
             meta,
+            durable_dirs: Arc::new(Mutex::new(durable_dirs)),
         })
     }
 
-    /// The final path of the blob with BLAKE3 hex `blake3`.
-    pub fn path(&self, blake3: &str) -> PathBuf {
-        let prefix = blake3.get(..2).unwrap_or("xx");
-        self.root.join(prefix).join(blake3)
+    /// The store's root directory (`<dataDir>/blobs`).
+    pub(super) fn root(&self) -> &Path {
+        &self.root
     }
 
-    /// Whether the blob exists.
+    /// The metadata store holding the SHA-256 index.
+    pub(super) fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    /// The final path of the blob with BLAKE3 hex `blake3`; anything but a blob name (64
+    /// lowercase hex digits) is refused, so no other path can be reached through it.
+    pub fn path(&self, blake3: &str) -> Result<PathBuf, StoreError> {
+        let name = blob_name(blake3)?;
+        Ok(self.root.join(&name[..2]).join(name))
+    }
+
+    /// Whether the blob exists (`false` for anything but a blob name).
     pub fn contains(&self, blake3: &str) -> bool {
-        valid_hex(blake3) && self.path(blake3).is_file()
+        self.path(blake3).is_ok_and(|p| p.is_file())
     }
 
     /// Opens a stored blob for reading.
     pub fn open_blob(&self, blake3: &str) -> Result<File, StoreError> {
-        if !valid_hex(blake3) {
-            return Err(StoreError::Backend(format!("invalid blob name {blake3:?}")));
+        let path = self.path(blake3)?;
+        Ok(File::open(path).map_err(io_err(format!("open blob {blake3}")))?)
+    }
+
+    /// Deletes the blob `blake3` (garbage collection); `false` if it was not there. Only blob
+    /// names are accepted: nothing outside the store can be deleted through this.
+    pub fn remove_blob(&self, blake3: &str) -> Result<bool, StoreError> {
+        let path = self.path(blake3)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(format!("remove {}", path.display()))(e).into()),
         }
-        Ok(File::open(self.path(blake3)).map_err(io_err(format!("open blob {blake3}")))?)
+    }
+
+    /// Makes sure `dir` (inside the store) exists durably: created, and fsynced into its
+    /// parent, at most once per process and directory.
+    pub(super) fn ensure_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        let known = |dirs: &Mutex<HashSet<PathBuf>>| {
+            dirs.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(dir)
+        };
+        if known(&self.durable_dirs) {
+            return Ok(());
+        }
+        create_dir(dir)?;
+        if !dir.starts_with(&self.root) || dir == self.root {
+            return Ok(());
+        }
+        // Directories between the root and `dir` that existed already: fsync their parents
+        // too (they may come from this run, created by a writer that has not synced yet).
+        let mut at = dir;
+        while at != self.root {
+            let Some(parent) = at.parent() else { break };
+            sync_dir(parent).map_err(io_err(format!("sync {}", parent.display())))?;
+            at = parent;
+        }
+        self.durable_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(dir.to_path_buf());
+        Ok(())
     }
 
     /// Opens the blob with SHA-256 `sha256` for reading, checked against its BLAKE3 name while
@@ -104,10 +174,11 @@ impl BlobStore {
             return Ok(None);
         };
         if info.size != size {
-            return Err(StoreError::Backend(format!(
-                "blob sha256:{sha256} is {} bytes stored, {size} expected",
-                info.size
-            )));
+            return Err(StoreError::SizeMismatch {
+                sha256: sha256.to_string(),
+                stored: info.size,
+                expected: size,
+            });
         }
         let file = self.open_blob(&info.blake3)?;
         Ok(Some(VerifiedBlob::new(file, &info.blake3, info.size)))
@@ -122,7 +193,7 @@ impl BlobStore {
                     serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                         tree: SHA_TREE.into(),
                         key: sha256.into(),
-                        message: e.to_string(),
+                        source: Box::new(e),
                     })?;
                 // The index may outlive a blob removed by hand; treat that as absent.
                 Ok(self.contains(&info.blake3).then_some(info))
@@ -136,10 +207,11 @@ impl BlobStore {
             return Ok(None);
         };
         if info.size > limit {
-            return Err(StoreError::Backend(format!(
-                "blob sha256:{sha256} is {} bytes, more than the {limit} allowed here",
-                info.size
-            )));
+            return Err(StoreError::TooLarge {
+                sha256: sha256.to_string(),
+                size: info.size,
+                limit,
+            });
         }
         let mut buf = Vec::with_capacity(info.size as usize);
         self.open_blob(&info.blake3)?
@@ -224,7 +296,7 @@ impl BlobStore {
         let w = self.write_stream(reader, expected_sha256, progress).await?;
         tokio::task::spawn_blocking(move || w.finish())
             .await
-            .map_err(|e| StoreError::Backend(format!("blob writer task: {e}")))?
+            .map_err(StoreError::task("blob writer"))?
     }
 
     /// Like [`BlobStore::put_stream`] but not yet durable: commit the result with
@@ -266,9 +338,10 @@ impl BlobStore {
         if let Some(expected) = expected_sha256 {
             let actual = w.sha256_hex();
             if actual != expected {
-                return Err(StoreError::Backend(format!(
-                    "blob content does not match sha256:{expected} (got sha256:{actual})"
-                )));
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual,
+                });
             }
         }
         Ok(w)
@@ -284,12 +357,9 @@ impl BlobStore {
         self.sync_filesystem()?;
         let mut out = Vec::with_capacity(pending.len());
         for mut p in pending {
-            let dest = self.path(&p.info.blake3);
+            let dest = self.path(&p.info.blake3)?;
             if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                    dir: dir.to_path_buf(),
-                    source,
-                })?;
+                self.ensure_dir(dir)?;
             }
             if dest.is_file() {
                 let _ = std::fs::remove_file(&p.tmp);
@@ -302,11 +372,18 @@ impl BlobStore {
         }
         self.sync_filesystem()?;
         for info in &out {
-            let record =
-                serde_json::to_vec(info).map_err(|e| StoreError::Backend(e.to_string()))?;
-            self.meta.put(SHA_TREE, info.sha256.as_bytes(), &record)?;
+            self.index(info)?;
         }
         Ok(out)
+    }
+
+    /// Records `info` in the SHA-256 index (durable after the next meta flush).
+    pub(super) fn index(&self, info: &BlobInfo) -> Result<(), StoreError> {
+        let record = serde_json::to_vec(info).map_err(|source| StoreError::Encode {
+            what: "blob index entry",
+            source,
+        })?;
+        self.meta.put(SHA_TREE, info.sha256.as_bytes(), &record)
     }
 
     /// `syncfs(2)` on the filesystem holding the blobs.
@@ -318,25 +395,28 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Moves the synced temporary file `tmp` to its content name and indexes it.
     pub(super) fn commit(&self, tmp: &Path, info: &BlobInfo) -> Result<(), StoreError> {
-        let dest = self.path(&info.blake3);
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
-            dir: dir.clone(),
-            source,
-        })?;
+        self.place(tmp, &self.path(&info.blake3)?)?;
+        self.index(info)
+    }
+
+    /// Renames the synced temporary file `tmp` to `dest` (a content name: an existing file
+    /// there holds the same bytes and is kept) and fsyncs the directory, which is created
+    /// durably first if needed.
+    pub(super) fn place(&self, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+        let dir = dest.parent().unwrap_or(&self.root);
+        self.ensure_dir(dir)?;
         if dest.is_file() {
             // Same content already stored (content addressing): keep the existing file.
             let _ = std::fs::remove_file(tmp);
         } else {
-            std::fs::rename(tmp, &dest)
+            std::fs::rename(tmp, dest)
                 .map_err(io_err(format!("rename into {}", dest.display())))?;
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(format!("sync {}", dir.display())))?;
         }
-        let record = serde_json::to_vec(info).map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.meta.put(SHA_TREE, info.sha256.as_bytes(), &record)
+        // Also when the file was there: its writer may not have synced the directory yet.
+        sync_dir(dir).map_err(io_err(format!("sync {}", dir.display())))?;
+        Ok(())
     }
 }
 
@@ -429,7 +509,7 @@ pub(super) mod tests {
         full.push(b'c');
         full.resize(full.len() + 5, 0);
         assert_eq!(info, s.put_bytes(&full).unwrap());
-        assert_eq!(std::fs::read(s.path(&info.blake3)).unwrap(), full);
+        assert_eq!(std::fs::read(s.path(&info.blake3).unwrap()).unwrap(), full);
     }
 
     #[test]
@@ -478,7 +558,7 @@ pub(super) mod tests {
         assert_eq!(infos.len(), 20);
         for (i, info) in infos.iter().enumerate() {
             assert_eq!(
-                std::fs::read(s.path(&info.blake3)).unwrap(),
+                std::fs::read(s.path(&info.blake3).unwrap()).unwrap(),
                 vec![i as u8; 100]
             );
             assert!(s.by_sha256(&info.sha256).unwrap().is_some());

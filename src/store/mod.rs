@@ -3,13 +3,19 @@
 
 mod adopt;
 mod blobs;
+mod documents;
+mod durable;
+mod reindex;
 mod schematics;
 mod sled_store;
 mod verified;
 mod writer;
 
 pub use adopt::{WriteProgress, WriterEnd};
-pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob};
+pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob, is_blob_name};
+pub use documents::{DocCheck, DocKind, DocRef, DocStore};
+pub use durable::{create_dir_all_durable, sync_dir};
+pub use reindex::ReindexReport;
 pub use schematics::{PutOutcome, SchematicStore};
 pub use sled_store::SledStore;
 pub use verified::VerifiedBlob;
@@ -43,6 +49,19 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The database is damaged beyond what opening it can recover.
+    #[error(
+        "metadata store {dir} is damaged and cannot be opened; schematics and release records \
+         are also kept as documents in the blob store: stop the appliance and run \
+         `image-factory doctor --repair` to move the damaged store aside and rebuild it"
+    )]
+    Damaged {
+        /// The directory.
+        dir: PathBuf,
+        /// What the database reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A directory could not be created.
     #[error("cannot create directory {dir}: {source}")]
     CreateDir {
@@ -54,23 +73,103 @@ pub enum StoreError {
     /// A read, write or flush of the metadata store failed.
     #[error("metadata store error")]
     Meta(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A read, write or flush failed.
-    #[error("metadata store error: {0}")]
-    Backend(String),
     /// A blob file operation failed.
     #[error("metadata store error: {0}")]
     Io(#[from] IoContext),
     /// A stored record is not what was expected.
-    #[error("corrupt record {key:?} in tree {tree}: {message}")]
+    #[error("corrupt record {key:?} in tree {tree}: {source}")]
     Corrupt {
         /// Tree name.
         tree: String,
         /// Record key.
         key: String,
         /// What is wrong.
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A name that is not a blob name (64 lowercase hex digits) was asked for.
+    #[error("invalid blob name {name:?} (a blob name is 64 lowercase hex digits)")]
+    InvalidBlobName {
+        /// The name as given.
+        name: String,
+    },
+    /// A document key that cannot name a document of its kind.
+    #[error("invalid {kind} document key {key:?}")]
+    InvalidDocumentKey {
+        /// Document kind.
+        kind: &'static str,
+        /// The key as given.
+        key: String,
+    },
+    /// A blob looked up by SHA-256 has another size than its descriptor says.
+    #[error("blob sha256:{sha256} is {stored} bytes stored, {expected} expected")]
+    SizeMismatch {
+        /// SHA-256 hex.
+        sha256: String,
+        /// Stored size.
+        stored: u64,
+        /// Size the caller expected.
+        expected: u64,
+    },
+    /// A blob is larger than the caller reads into memory.
+    #[error("blob sha256:{sha256} is {size} bytes, more than the {limit} allowed here")]
+    TooLarge {
+        /// SHA-256 hex.
+        sha256: String,
+        /// Stored size.
+        size: u64,
+        /// The caller's limit.
+        limit: u64,
+    },
+    /// Streamed content did not hash to the digest it was announced with.
+    #[error("blob content does not match sha256:{expected} (got sha256:{actual})")]
+    DigestMismatch {
+        /// Announced SHA-256 hex.
+        expected: String,
+        /// Actual SHA-256 hex.
+        actual: String,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode {what}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task of the store did not complete.
+    #[error("{what} task failed")]
+    Task {
+        /// What the task did.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A helper thread (hashing) failed.
+    #[error("the {what} thread failed")]
+    Thread {
+        /// What the thread did.
+        what: &'static str,
+    },
+    /// A blob writer was used after it finished or failed.
+    #[error("blob writer already finished")]
+    WriterFinished,
 }
+
+impl StoreError {
+    /// `map_err` helper for a blocking task's `JoinError`.
+    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> StoreError {
+        move |source| StoreError::Task { what, source }
+    }
+}
+
+/// Largest value a record of the metadata store is meant to hold. The store is durable for
+/// small records only (see `sled_store.rs`: its log holds tree nodes of up to 17 records and
+/// at most 128 KiB); anything larger (schematics, release records) is a document in the blob
+/// store with a reference here.
+pub const SMALL_VALUE: usize = 7 << 10;
 
 /// A key-value record: key bytes and value bytes.
 pub type Record = (Vec<u8>, Vec<u8>);
@@ -96,12 +195,49 @@ pub trait MetaStore: Send + Sync + 'static {
     fn remove(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError>;
     /// Makes every write that returned before this call durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// [`MetaStore::flush`] for blocking callers (start-up, repair, migration).
+    fn flush_blocking(&self) -> Result<(), StoreError>;
 }
 
-/// Creates `<dataDir>`, `<dataDir>/meta` and `<dataDir>/blobs`, and opens the metadata store.
+/// Creates `dir` (and missing ancestors) durably (see [`create_dir_all_durable`]).
+pub(crate) fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    create_dir_all_durable(dir).map_err(|source| StoreError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Moves a damaged metadata store (`<dataDir>/meta`) aside to `<dataDir>/meta.damaged-<unix
+/// seconds>` (kept for inspection), durably; returns where. The next [`open_data_dir`]
+/// creates a fresh one.
+pub fn set_aside_meta(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let from = data_dir.join("meta");
+    let secs = crate::clock::now_secs();
+    let mut to = data_dir.join(format!("meta.damaged-{secs}"));
+    for n in 1..100u32 {
+        if !to.exists() {
+            break;
+        }
+        to = data_dir.join(format!("meta.damaged-{secs}.{n}"));
+    }
+    std::fs::rename(&from, &to).map_err(crate::io_context::io_err(format!(
+        "move {} to {}",
+        from.display(),
+        to.display()
+    )))?;
+    sync_dir(data_dir).map_err(crate::io_context::io_err(format!(
+        "sync {}",
+        data_dir.display()
+    )))?;
+    tracing::warn!(from = %from.display(), to = %to.display(), "moved the metadata store aside");
+    Ok(to)
+}
+
+/// Creates `<dataDir>`, `<dataDir>/meta` and `<dataDir>/blobs` (durably), and opens the
+/// metadata store.
 pub fn open_data_dir(data_dir: &Path) -> Result<SledStore, StoreError> {
     for dir in [data_dir.to_path_buf(), data_dir.join("blobs")] {
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir { dir, source })?;
+        create_dir(&dir)?;
     }
     SledStore::open(&data_dir.join("meta"))
 }

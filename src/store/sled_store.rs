@@ -7,6 +7,17 @@
 //!   issue #1452): enough to survive a killed process, not a power cut. Each group flush
 //!   therefore ends with an `fdatasync` of sled's log file (`<dir>/db`), shared by every writer
 //!   in the group.
+//! * **Large values.** sled writes a tree node whose encoding exceeds a quarter of its 512 KiB
+//!   segment (128 KiB) to a separate file under `<dir>/blobs/`, without any fsync, and its
+//!   flush syncs only the log. The appliance keeps large values out of sled (schematics and
+//!   release records are documents in the blob store, see `documents.rs`), but a node of many
+//!   asset records can still cross the line; each group flush therefore also fsyncs every file
+//!   that appeared in `<dir>/blobs/` since the last one, and the directory.
+//! * **New files.** sled creates its files (`conf`, `db`, `blobs/`) without syncing the
+//!   directory: after opening, those files and the directory are fsynced.
+//! * **Damage.** An open that fails on a damaged database (sled reports corruption, an
+//!   unparsable `conf`, or a file that ends early) is [`StoreError::Damaged`], whose text
+//!   names the recovery (`image-factory doctor --repair`).
 //! * **Locking.** sled reports a directory locked by another process only as an I/O error whose
 //!   text says so. The store takes its own exclusive lock on `<dir>/LOCK` first, so "locked"
 //!   is decided by a lock we hold, not by sled's message.
@@ -14,12 +25,13 @@
 //!   handle in a process drops. With our lock held no other process can have the directory, so
 //!   an I/O error from sled's open is that release still running: it is retried for a while.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::{BoxFuture, MetaStore, StoreError};
+use super::{BoxFuture, MetaStore, StoreError, create_dir, sync_dir};
 
 /// sled-backed metadata store.
 #[derive(Clone)]
@@ -43,6 +55,8 @@ struct Inner {
     syncs: AtomicU64,
     /// sled's log file, `fdatasync`ed after every `flush_async` (see the module docs).
     log: Arc<std::fs::File>,
+    /// Files of sled's `blobs/` directory already fsynced (see the module docs).
+    synced_blobs: Arc<Mutex<HashSet<OsString>>>,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -76,21 +90,70 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
+/// Whether an error of sled's open means the database is damaged (not merely unreachable).
+fn is_damage(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        sled::Error::Corruption { .. }
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_) => true,
+        sled::Error::CollectionNotFound(_) => false,
+    }
+}
+
+/// fsyncs every regular file directly in `dir`, then `dir` itself; files in `skip` are left
+/// out. Returns the names synced. A file removed meanwhile (sled drops superseded blobs) is
+/// skipped.
+fn sync_files_in(dir: &Path, skip: &HashSet<OsString>) -> std::io::Result<Vec<OsString>> {
+    let mut synced = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(synced),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if skip.contains(&name) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        match std::fs::File::open(entry.path()) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        synced.push(name);
+    }
+    if !synced.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(synced)
+}
+
 impl SledStore {
-    /// Opens (or creates) the database in `dir`; a held lock gives `StoreError::Locked`.
+    /// Opens (or creates) the database in `dir`; a held lock gives `StoreError::Locked`, a
+    /// damaged database `StoreError::Damaged`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        create_dir(dir)?;
         let lock = lock_dir(dir)?;
         let started = std::time::Instant::now();
         let db = loop {
             match sled::Config::new().path(dir).open() {
                 Ok(db) => break db,
                 // sled's own lock, still held by the release of a handle this process dropped.
-                Err(sled::Error::Io(_)) if started.elapsed() < RELEASE_WAIT => {
+                Err(e @ sled::Error::Io(_))
+                    if !is_damage(&e) && started.elapsed() < RELEASE_WAIT =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) if is_damage(&e) => {
+                    return Err(StoreError::Damaged {
+                        dir: dir.to_path_buf(),
+                        source: Box::new(e),
+                    });
                 }
                 Err(e) => {
                     return Err(StoreError::Open {
@@ -100,12 +163,22 @@ impl SledStore {
                 }
             }
         };
-        let log = std::fs::File::open(dir.join("db")).map_err(|source| StoreError::Open {
+        let open_err = |source: std::io::Error| StoreError::Open {
             dir: dir.to_path_buf(),
             source: Box::new(source),
-        })?;
+        };
+        let log = std::fs::File::open(dir.join("db")).map_err(open_err)?;
+        // sled created or rewrote its files without syncing their names.
+        sync_files_in(dir, &HashSet::new()).map_err(open_err)?;
+        sync_dir(dir).map_err(open_err)?;
+        let synced_blobs: HashSet<OsString> =
+            sync_files_in(&dir.join("blobs"), &HashSet::new())
+                .map_err(open_err)?
+                .into_iter()
+                .collect();
         Ok(Self {
             inner: Arc::new(Inner {
+                synced_blobs: Arc::new(Mutex::new(synced_blobs)),
                 log: Arc::new(log),
                 db,
                 dir: dir.to_path_buf(),
@@ -142,6 +215,30 @@ impl SledStore {
         Ok(tree)
     }
 
+    /// After sled's flush: `fdatasync` of the log, and fsync of the large-value files sled
+    /// wrote since the last flush (see the module docs).
+    fn sync_files(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let meta = |e: std::io::Error| StoreError::Meta(Box::new(e));
+        inner.log.sync_data().map_err(meta)?;
+        let blobs_dir = inner.dir.join("blobs");
+        let mut synced = inner
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = sync_files_in(&blobs_dir, &synced).map_err(meta)?;
+        if !new.is_empty() {
+            // Keep the set to what still exists (sled removes superseded blobs).
+            let present: HashSet<OsString> = std::fs::read_dir(&blobs_dir)
+                .map_err(meta)?
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect();
+            synced.retain(|n| present.contains(n));
+            synced.extend(new);
+        }
+        Ok(())
+    }
+
     async fn group_flush(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         // Our writes happened before this ticket was taken.
@@ -157,11 +254,10 @@ impl SledStore {
         // Every ticket <= target was taken after its writes, so this fsync covers them all.
         let target = inner.requested.load(Ordering::Acquire);
         inner.db.flush_async().await.map_err(backend)?;
-        let log = Arc::clone(&inner.log);
-        tokio::task::spawn_blocking(move || log.sync_data())
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.sync_files())
             .await
-            .map_err(|e| StoreError::Meta(Box::new(e)))?
-            .map_err(|e| StoreError::Meta(Box::new(e)))?;
+            .map_err(StoreError::task("metadata flush"))??;
         inner.syncs.fetch_add(1, Ordering::AcqRel);
         inner.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
@@ -212,6 +308,13 @@ impl MetaStore for SledStore {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.group_flush())
+    }
+
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map_err(backend)?;
+        self.sync_files()?;
+        self.inner.syncs.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 }
 

@@ -156,7 +156,7 @@ impl BlobWriter {
         {
             let hex = t
                 .finalize_hex()
-                .ok_or_else(|| StoreError::Backend("the SHA-256 thread failed".into()))?;
+                .ok_or(StoreError::Thread { what: "SHA-256" })?;
             self.known_sha256 = Some(hex);
         }
         Ok(())
@@ -223,7 +223,7 @@ impl BlobWriter {
         let file = self
             .file
             .take()
-            .ok_or_else(|| StoreError::Backend("blob writer already finished".into()))?;
+            .ok_or(StoreError::WriterFinished)?;
         file.sync_all().map_err(io_err("sync blob"))?;
         drop(file);
         self.settle_sha256()?;
@@ -244,7 +244,7 @@ impl BlobWriter {
         let file = self
             .file
             .take()
-            .ok_or_else(|| StoreError::Backend("blob writer already finished".into()))?;
+            .ok_or(StoreError::WriterFinished)?;
         drop(file);
         self.settle_sha256()?;
         Ok(PendingBlob {
@@ -303,7 +303,7 @@ mod tests {
         let info = w.finish().unwrap();
         let mut expected = data.clone();
         expected.extend_from_slice(&[0; 5]);
-        assert_eq!(std::fs::read(s.path(&info.blake3)).unwrap(), expected);
+        assert_eq!(std::fs::read(s.path(&info.blake3).unwrap()).unwrap(), expected);
         assert_eq!(info, s.put_bytes(&expected).unwrap());
     }
 }

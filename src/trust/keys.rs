@@ -203,13 +203,14 @@ impl SigningKey {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file with mode 0600, fsync, rename, fsync dir).
+/// Writes `bytes` to `path` atomically (temp file with mode 0600, fsync, rename, fsync dir;
+/// a directory it creates is fsynced into its parent).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    crate::store::create_dir_all_durable(dir)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use image_factory::catalog::{ExtensionEntry, OverlayEntry, Release, ReleaseStore, Signatures};
 use image_factory::oci::Digest;
-use image_factory::store::{MetaStore, SledStore};
+use image_factory::store::{BlobStore, MetaStore, SledStore};
 
 fn release(version: &str) -> Release {
     let d = Digest::of(version.as_bytes());
@@ -48,7 +48,8 @@ fn release(version: &str) -> Release {
 
 async fn seed(dir: &std::path::Path, versions: &[&str]) {
     let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.join("meta")).expect("open"));
-    let releases = ReleaseStore::new(meta);
+    let blobs = BlobStore::open(&dir.join("blobs"), meta).expect("blobs");
+    let releases = ReleaseStore::new(&blobs);
     for v in versions {
         releases.put(&release(v)).await.expect("seed");
     }

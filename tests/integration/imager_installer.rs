@@ -401,7 +401,7 @@ fn bad_inputs_and_corrupt_blobs_fail_clearly() {
     // A blob that rots in the store is caught while the archive is written.
     let image = build_installer(&s, &inputs(&base, &a)).unwrap();
     let info = s.by_sha256(image.layers[1].digest.hex()).unwrap().unwrap();
-    let path = s.path(&info.blake3);
+    let path = s.path(&info.blake3).expect("blob name");
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;

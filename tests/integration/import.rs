@@ -40,7 +40,8 @@ fn stderr(o: &Output) -> String {
 fn release(data: &Path, tag: &str) -> Option<std::sync::Arc<Release>> {
     let meta: Arc<dyn MetaStore> =
         Arc::new(SledStore::open(&data.join("meta")).expect("open meta"));
-    ReleaseStore::new(meta).get(tag).expect("get")
+    let blobs = BlobStore::open(&data.join("blobs"), meta).expect("open blobs");
+    ReleaseStore::new(&blobs).get(tag).expect("get")
 }
 
 #[test]
@@ -93,7 +94,7 @@ fn verified_import_is_idempotent_and_complete() {
         let meta: Arc<dyn MetaStore> =
             Arc::new(SledStore::open(&data.join("meta")).expect("open meta"));
         let blobs = BlobStore::open(&data.join("blobs"), meta).expect("blobs");
-        let stored = std::fs::read(blobs.path(&amd64.assets["vmlinuz"].blake3)).expect("read");
+        let stored = std::fs::read(blobs.path(&amd64.assets["vmlinuz"].blake3).expect("blob name")).expect("read");
         assert_eq!(stored, mini.vmlinuz);
     }
 

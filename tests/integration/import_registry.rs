@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::common::release::mini_release;
 use image_factory::catalog::{Release, ReleaseStore};
-use image_factory::store::{MetaStore, SledStore};
+use image_factory::store::{BlobStore, MetaStore, SledStore};
 use image_factory::trust::SigningKey;
 
 fn run(args: &[&str]) -> Output {
@@ -20,7 +20,8 @@ fn run(args: &[&str]) -> Output {
 
 fn release(data: &Path, tag: &str) -> Option<std::sync::Arc<Release>> {
     let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&data.join("meta")).expect("open"));
-    ReleaseStore::new(meta).get(tag).expect("get")
+    let blobs = BlobStore::open(&data.join("blobs"), meta).expect("open blobs");
+    ReleaseStore::new(&blobs).get(tag).expect("get")
 }
 
 #[tokio::test(flavor = "multi_thread")]

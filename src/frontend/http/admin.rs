@@ -188,6 +188,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
             listeners: st.public_listeners(),
             schematics: st.schematics().count(),
             workers: st.node().workers().status(),
+            storage: st.node().storage().summary(),
         },
         all_listeners: st.listeners(),
         data_dir,

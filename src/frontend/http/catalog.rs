@@ -33,7 +33,7 @@ pub fn offered_versions(st: &AppState) -> Result<Vec<Version>, ApiError> {
         .releases()
         .list()?
         .iter()
-        .filter_map(Release::parsed_version)
+        .filter_map(|r| r.parsed_version())
         .collect();
     Ok(version::offered(
         &imported,

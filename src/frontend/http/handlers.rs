@@ -110,6 +110,8 @@ pub struct Status<'a> {
     pub releases: Vec<ReleaseStatus>,
     /// Background workers and their state.
     pub workers: Vec<WorkerStatus>,
+    /// What the storage check at start found (lost metadata restored, or damage).
+    pub storage: crate::node::StorageSummary,
 }
 
 /// One imported release as `/status` shows it.
@@ -173,6 +175,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         listeners: st.public_listeners(),
         schematics: st.schematics().count(),
         workers: st.node().workers().status(),
+        storage: st.node().storage().summary(),
     })
 }
 

@@ -53,12 +53,12 @@ impl Builder {
         };
         let inputs = DiskImageInputs {
             cmdline: kernel_cmdline(profile, &[])?,
-            kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
+            kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3)?,
             initramfs,
             uki,
             systemd_boot: match bootloader {
                 Bootloader::SdBoot | Bootloader::DualBoot => {
-                    Some(self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3))
+                    Some(self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3)?)
                 }
                 _ => None,
             },
@@ -116,7 +116,7 @@ impl Builder {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let src = self.blobs.path(&blob.blake3);
+            let src = self.blobs.path(&blob.blake3)?;
             if std::fs::hard_link(&src, &dest).is_err() {
                 std::fs::copy(&src, &dest)?;
             }

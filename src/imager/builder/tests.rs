@@ -60,7 +60,7 @@ fn env() -> Env {
             images: BTreeMap::new(),
         }],
     };
-    let releases = ReleaseStore::new(meta);
+    let releases = ReleaseStore::new(&blobs);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -170,7 +170,21 @@ pub struct BinServer {
 
 /// Starts `image-factory serve` on `data_dir` with loopback port 0; waits for the bound address.
 pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
-    let mut child = Command::new(bin())
+    spawn_bin_under(data_dir, &[])
+}
+
+/// [`spawn_bin`] run by `wrapper` (a command and its arguments, e.g. `strace -o …`), which
+/// must pass the server's stderr through.
+pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<BinServer, String> {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
+    let mut child = cmd
         .args([
             "serve",
             "--log-format",
@@ -220,3 +234,4 @@ pub mod assets;
 pub mod kit;
 pub mod registry;
 pub mod release;
+pub mod strace;

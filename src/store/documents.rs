@@ -1,0 +1,665 @@
+//! Documents: schematics and release records kept as content-addressed files in the blob
+//! store, with only a small reference in the metadata store.
+//!
+//! A document lives at `blobs/docs/<kind>s/<2 hex>/<64 hex>` (its BLAKE3 name), written like
+//! every blob: temporary file, fsync, rename, directory fsync. Its first line is a header
+//! naming its kind, its key and a generation, so it can be found and understood without the
+//! index: `image-factory-document/1 release v1.11.0 1718000000000000000`. The metadata store
+//! holds `key → {blake3, size, generation}` ([`DocRef`]), written and flushed only after the
+//! document is durable. Values stay small in the metadata store (its large values are not
+//! durable, see `sled_store.rs`), and the index can be checked against the documents and
+//! rebuilt from them ([`DocStore::check`]).
+//!
+//! Schematics are immutable (generation 0: the same schematic is the same file). A release
+//! record is replaced on re-import: its generation grows, the superseded file is removed once
+//! the new reference is durable, and a check that finds several documents for one key keeps
+//! the highest generation.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::blobs::{BlobStore, is_blob_name};
+use super::{MetaStore, StoreError, VerifiedBlob};
+use crate::io_context::io_err;
+
+/// First word of every document's header line.
+const MAGIC: &str = "image-factory-document/1";
+/// Longest header line accepted.
+const MAX_HEADER: usize = 256;
+/// Largest document read (schematics are at most 1 MiB, release records far less).
+const MAX_DOCUMENT: u64 = 64 << 20;
+
+/// What a document holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DocKind {
+    /// A schematic's canonical YAML, keyed by schematic ID.
+    Schematic,
+    /// A release record (JSON), keyed by version tag.
+    Release,
+}
+
+impl DocKind {
+    /// The kind's name in headers and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DocKind::Schematic => "schematic",
+            DocKind::Release => "release",
+        }
+    }
+
+    /// Directory under `blobs/docs/`.
+    fn dir(self) -> &'static str {
+        match self {
+            DocKind::Schematic => "schematics",
+            DocKind::Release => "releases",
+        }
+    }
+
+    /// Metadata tree of references.
+    fn index_tree(self) -> &'static str {
+        match self {
+            DocKind::Schematic => "schematic_docs",
+            DocKind::Release => "release_docs",
+        }
+    }
+
+    /// Whether a key can name a document of this kind.
+    fn valid_key(self, key: &str) -> bool {
+        match self {
+            DocKind::Schematic => is_blob_name(key),
+            DocKind::Release => {
+                !key.is_empty()
+                    && key.len() <= 128
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+            }
+        }
+    }
+
+    /// Whether documents of this kind never change once written.
+    fn immutable(self) -> bool {
+        self == DocKind::Schematic
+    }
+
+    /// The parsed kind of a header word.
+    fn from_name(name: &str) -> Option<DocKind> {
+        [DocKind::Schematic, DocKind::Release]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+/// The metadata store's reference to a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocRef {
+    /// BLAKE3 hex of the document file (header included).
+    pub blake3: String,
+    /// Size of the file in bytes.
+    pub size: u64,
+    /// Generation: 0 for immutable kinds, growing with each replacement otherwise.
+    pub generation: u64,
+}
+
+/// A document read back and checked.
+struct Parsed {
+    key: String,
+    generation: u64,
+    body: Vec<u8>,
+}
+
+/// What a check of an index against its documents found.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocCheck {
+    /// Document kind.
+    pub kind: &'static str,
+    /// References in the index before the check.
+    pub indexed: usize,
+    /// Document files found.
+    pub documents: usize,
+    /// Keys whose document was not (or not correctly) in the index: restored when repairing.
+    pub restored: Vec<String>,
+    /// Keys the index names whose document is missing or damaged: lost.
+    pub missing: Vec<String>,
+    /// Document files that fail verification (name, header or content).
+    pub damaged: Vec<PathBuf>,
+    /// Older documents of a replaced record (removed when repairing).
+    pub superseded: usize,
+    /// Whether the index was changed (restored references, removed files).
+    pub repaired: bool,
+}
+
+impl DocCheck {
+    /// Whether nothing was wrong.
+    pub fn is_clean(&self) -> bool {
+        self.restored.is_empty() && self.missing.is_empty() && self.damaged.is_empty()
+    }
+}
+
+/// The documents of one kind and their index.
+#[derive(Clone)]
+pub struct DocStore {
+    kind: DocKind,
+    blobs: BlobStore,
+    meta: Arc<dyn MetaStore>,
+}
+
+fn parse_ref(kind: DocKind, key: &[u8], bytes: &[u8]) -> Result<DocRef, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree: kind.index_tree().into(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// Nanoseconds since the Unix epoch (a replaced document's generation).
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl DocStore {
+    /// The documents of `kind` in `blobs` (whose metadata store holds the index).
+    pub fn new(kind: DocKind, blobs: BlobStore) -> Self {
+        let meta = Arc::clone(blobs.meta());
+        DocStore { kind, blobs, meta }
+    }
+
+    /// The kind of document.
+    pub fn kind(&self) -> DocKind {
+        self.kind
+    }
+
+    /// `blobs/docs/<kind>s`.
+    fn dir(&self) -> PathBuf {
+        self.blobs.root().join("docs").join(self.kind.dir())
+    }
+
+    /// Path of the document file named `blake3`.
+    fn path(&self, blake3: &str) -> Result<PathBuf, StoreError> {
+        let name = super::blobs::blob_name(blake3)?;
+        Ok(self.dir().join(&name[..2]).join(name))
+    }
+
+    fn check_key<'k>(&self, key: &'k str) -> Result<&'k str, StoreError> {
+        if self.kind.valid_key(key) {
+            Ok(key)
+        } else {
+            Err(StoreError::InvalidDocumentKey {
+                kind: self.kind.name(),
+                key: key.to_string(),
+            })
+        }
+    }
+
+    /// Makes the index durable (see [`MetaStore::flush_blocking`]).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.meta.flush_blocking()
+    }
+
+    /// Makes the index durable (see [`MetaStore::flush`]).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.meta.flush().await
+    }
+
+    /// Number of indexed documents.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        self.meta.count(self.kind.index_tree())
+    }
+
+    /// The index's reference for `key`.
+    pub fn get_ref(&self, key: &str) -> Result<Option<DocRef>, StoreError> {
+        self.meta
+            .get(self.kind.index_tree(), key.as_bytes())?
+            .map(|bytes| parse_ref(self.kind, key.as_bytes(), &bytes))
+            .transpose()
+    }
+
+    /// Every indexed key and its reference, in key order.
+    pub fn refs(&self) -> Result<Vec<(String, DocRef)>, StoreError> {
+        self.meta
+            .scan(self.kind.index_tree())?
+            .into_iter()
+            .map(|(k, v)| {
+                let r = parse_ref(self.kind, &k, &v)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), r))
+            })
+            .collect()
+    }
+
+    /// The body of the document `key` names, if indexed; checked against its BLAKE3 name and
+    /// its header. A missing or damaged document is an error (the index says it exists).
+    pub fn get(&self, key: &str) -> Result<Option<(DocRef, Vec<u8>)>, StoreError> {
+        let Some(r) = self.get_ref(key)? else {
+            return Ok(None);
+        };
+        let body = self.read(key, &r)?;
+        Ok(Some((r, body)))
+    }
+
+    /// The body of the document `r` (the reference of `key`).
+    pub fn read(&self, key: &str, r: &DocRef) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(&r.blake3)?;
+        let parsed = self.read_file(&path, &r.blake3, Some(r.size))?;
+        if parsed.key != key {
+            return Err(self.corrupt(
+                key,
+                format!("document {} is the one of {:?}", r.blake3, parsed.key),
+            ));
+        }
+        Ok(parsed.body)
+    }
+
+    fn corrupt(&self, key: &str, message: String) -> StoreError {
+        StoreError::Corrupt {
+            tree: self.kind.index_tree().into(),
+            key: key.to_string(),
+            source: message.into(),
+        }
+    }
+
+    /// Reads and verifies a document file: content hashing to `blake3` (of `size` bytes when
+    /// known) and a header of this kind.
+    fn read_file(
+        &self,
+        path: &Path,
+        blake3: &str,
+        size: Option<u64>,
+    ) -> Result<Parsed, StoreError> {
+        let ctx = || format!("read {} document {}", self.kind.name(), path.display());
+        let file = std::fs::File::open(path).map_err(io_err(ctx()))?;
+        let len = file.metadata().map_err(io_err(ctx()))?.len();
+        let size = size.unwrap_or(len);
+        if size > MAX_DOCUMENT {
+            return Err(self.corrupt(blake3, format!("document of {size} bytes")));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        VerifiedBlob::new(file, blake3, size)
+            .read_to_end(&mut bytes)
+            .map_err(io_err(ctx()))?;
+        self.parse(blake3, bytes)
+    }
+
+    /// Splits a document into header fields and body.
+    fn parse(&self, name: &str, mut bytes: Vec<u8>) -> Result<Parsed, StoreError> {
+        let bad = |what: &str| self.corrupt(name, format!("document header: {what}"));
+        let end = bytes
+            .iter()
+            .take(MAX_HEADER)
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| bad("no header line"))?;
+        let header = std::str::from_utf8(&bytes[..end]).map_err(|_| bad("not UTF-8"))?;
+        let fields: Vec<&str> = header.split(' ').collect();
+        let [magic, kind, key, generation] = fields[..] else {
+            return Err(bad("not four fields"));
+        };
+        if magic != MAGIC {
+            return Err(bad("unknown format"));
+        }
+        if DocKind::from_name(kind) != Some(self.kind) {
+            return Err(bad(&format!("a {kind} document among {}s", self.kind.name())));
+        }
+        if !self.kind.valid_key(key) {
+            return Err(bad("invalid key"));
+        }
+        let generation = generation.parse().map_err(|_| bad("invalid generation"))?;
+        let key = key.to_string();
+        bytes.drain(..=end);
+        Ok(Parsed {
+            key,
+            generation,
+            body: bytes,
+        })
+    }
+
+    /// Writes the document for `key` durably (not yet indexed).
+    fn write(&self, key: &str, generation: u64, body: &[u8]) -> Result<DocRef, StoreError> {
+        let mut bytes = format!("{MAGIC} {} {key} {generation}\n", self.kind.name()).into_bytes();
+        bytes.extend_from_slice(body);
+        let blake3 = blake3::hash(&bytes).to_hex().to_string();
+        let dest = self.path(&blake3)?;
+        let tmp = self.blobs.temp_path();
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
+            .map_err(io_err(format!("write {}", tmp.display())));
+        let placed = written
+            .map_err(StoreError::from)
+            .and_then(|()| self.blobs.place(&tmp, &dest));
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        placed?;
+        Ok(DocRef {
+            blake3,
+            size: bytes.len() as u64,
+            generation,
+        })
+    }
+
+    /// Stores `body` under `key`, durable document first, then its reference (visible at
+    /// once, durable after the next flush). Immutable kinds keep an existing document
+    /// (`created` is false); other kinds replace it. Returns whether a reference was created,
+    /// the reference, and the one it replaced. Blocking.
+    pub fn put_blocking(
+        &self,
+        key: &str,
+        body: &[u8],
+    ) -> Result<(bool, DocRef, Option<DocRef>), StoreError> {
+        let key = self.check_key(key)?;
+        let tree = self.kind.index_tree();
+        let previous = self.get_ref(key)?;
+        if self.kind.immutable() {
+            if let Some(existing) = previous {
+                return Ok((false, existing, None));
+            }
+            let r = self.write(key, 0, body)?;
+            let value = serde_json::to_vec(&r).map_err(|source| StoreError::Encode {
+                what: "document reference",
+                source,
+            })?;
+            let created = self.meta.put_if_absent(tree, key.as_bytes(), &value)?;
+            return Ok((created, r, None));
+        }
+        let generation = now_nanos().max(previous.as_ref().map_or(0, |p| p.generation + 1));
+        let r = self.write(key, generation, body)?;
+        let value = serde_json::to_vec(&r).map_err(|source| StoreError::Encode {
+            what: "document reference",
+            source,
+        })?;
+        self.meta.put(tree, key.as_bytes(), &value)?;
+        Ok((previous.is_none(), r, previous))
+    }
+
+    /// [`DocStore::put_blocking`] on the blocking pool, then a flush: durable when it returns.
+    /// A replaced document's file is removed afterwards. Returns whether the key was new.
+    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<(bool, DocRef), StoreError> {
+        let this = self.clone();
+        let owned = key.to_string();
+        let (created, r, previous) =
+            tokio::task::spawn_blocking(move || this.put_blocking(&owned, &body))
+                .await
+                .map_err(StoreError::task("document write"))??;
+        // Flush even when nothing was created: the first writer may not have flushed yet.
+        self.meta.flush().await?;
+        if let Some(previous) = previous {
+            self.remove_superseded(&previous, &r);
+        }
+        Ok((created, r))
+    }
+
+    /// Removes the file of `old` after `new` replaced it durably (best effort: a file left
+    /// behind is found superseded by the next check).
+    fn remove_superseded(&self, old: &DocRef, new: &DocRef) {
+        if old.blake3 == new.blake3 {
+            return;
+        }
+        if let Ok(path) = self.path(&old.blake3)
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a superseded document");
+        }
+    }
+
+    /// The document files on disk, by BLAKE3 name.
+    fn files(&self) -> Result<HashMap<String, PathBuf>, StoreError> {
+        let mut out = HashMap::new();
+        let dir = self.dir();
+        let fanout = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e).into()),
+        };
+        for sub in fanout {
+            let sub = sub.map_err(io_err(format!("list {}", dir.display())))?;
+            if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let sub = sub.path();
+            for file in std::fs::read_dir(&sub).map_err(io_err(format!("list {}", sub.display())))? {
+                let file = file.map_err(io_err(format!("list {}", sub.display())))?;
+                let name = file.file_name().to_string_lossy().into_owned();
+                if file.file_type().is_ok_and(|t| t.is_file()) {
+                    out.insert(name, file.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Compares the index with the documents on disk. `valid(key, body)` checks a document's
+    /// body against its key (a schematic's ID is its SHA-256). Unreferenced documents are
+    /// always read; with `deep`, referenced ones too (a damaged one counts as missing). With
+    /// `repair`, documents the index lost are indexed again (the newest generation per key)
+    /// and superseded files removed; call [`MetaStore::flush_blocking`] (or `flush`)
+    /// afterwards. Blocking.
+    pub fn check(
+        &self,
+        repair: bool,
+        deep: bool,
+        valid: &dyn Fn(&str, &[u8]) -> bool,
+    ) -> Result<DocCheck, StoreError> {
+        let refs: HashMap<String, DocRef> = self.refs()?.into_iter().collect();
+        let mut files = self.files()?;
+        let mut damaged = Vec::new();
+        if deep {
+            for (key, r) in &refs {
+                let Some(path) = files.get(&r.blake3) else {
+                    continue;
+                };
+                let ok = self
+                    .read_file(path, &r.blake3, Some(r.size))
+                    .is_ok_and(|p| p.key == *key && valid(&p.key, &p.body));
+                if !ok {
+                    tracing::error!(kind = self.kind.name(), path = %path.display(), "a document fails verification");
+                    damaged.push(path.clone());
+                    files.remove(&r.blake3);
+                }
+            }
+        }
+        let mut report = DocCheck {
+            kind: self.kind.name(),
+            indexed: refs.len(),
+            documents: files.len() + damaged.len(),
+            damaged,
+            ..DocCheck::default()
+        };
+        let referenced: HashSet<&str> = refs.values().map(|r| r.blake3.as_str()).collect();
+        // Referenced files are verified on read; unreferenced ones are read here.
+        let mut found: HashMap<String, (DocRef, PathBuf)> = HashMap::new();
+        let mut stale: Vec<PathBuf> = Vec::new();
+        for (name, path) in &files {
+            if referenced.contains(name.as_str()) {
+                continue;
+            }
+            let parsed = if is_blob_name(name) {
+                self.read_file(path, name, None)
+            } else {
+                Err(StoreError::InvalidBlobName { name: name.clone() })
+            };
+            let parsed = match parsed {
+                Ok(p) if valid(&p.key, &p.body) => p,
+                Ok(_) | Err(_) => {
+                    tracing::error!(kind = self.kind.name(), path = %path.display(), "a document fails verification");
+                    report.damaged.push(path.clone());
+                    continue;
+                }
+            };
+            let r = DocRef {
+                blake3: name.clone(),
+                size: std::fs::metadata(path).map_or(0, |m| m.len()),
+                generation: parsed.generation,
+            };
+            match found.get(&parsed.key) {
+                Some((best, _)) if best.generation >= r.generation => stale.push(path.clone()),
+                _ => {
+                    if let Some((_, older)) = found.insert(parsed.key, (r, path.clone())) {
+                        stale.push(older);
+                    }
+                }
+            }
+        }
+        for (key, r) in &refs {
+            if !files.contains_key(&r.blake3) && !found.contains_key(key) {
+                report.missing.push(key.clone());
+            }
+        }
+        for (key, (r, path)) in found {
+            let current = refs.get(&key);
+            let lost = match current {
+                None => true,
+                Some(cur) => !files.contains_key(&cur.blake3) || cur.generation < r.generation,
+            };
+            if !lost {
+                stale.push(path);
+                continue;
+            }
+            if repair {
+                let value = serde_json::to_vec(&r).map_err(|source| StoreError::Encode {
+                    what: "document reference",
+                    source,
+                })?;
+                self.meta.put(self.kind.index_tree(), key.as_bytes(), &value)?;
+                report.repaired = true;
+            }
+            report.restored.push(key);
+        }
+        report.superseded = stale.len();
+        if repair {
+            for path in stale {
+                let _ = std::fs::remove_file(path);
+                report.repaired = true;
+            }
+        }
+        report.restored.sort();
+        report.missing.sort();
+        report.damaged.sort();
+        Ok(report)
+    }
+
+    /// Moves records an older version kept in the metadata store itself (`legacy_tree`: key →
+    /// body) into documents; returns how many. Blocking; durable when it returns.
+    pub fn migrate_legacy(&self, legacy_tree: &str) -> Result<usize, StoreError> {
+        let records = self.meta.scan(legacy_tree)?;
+        if records.is_empty() {
+            return Ok(0);
+        }
+        for (key, body) in &records {
+            let key = String::from_utf8_lossy(key);
+            if self.get_ref(&key)?.is_none() {
+                self.put_blocking(&key, body)?;
+            }
+        }
+        self.meta.flush_blocking()?;
+        for (key, _) in &records {
+            self.meta.remove(legacy_tree, key)?;
+        }
+        self.meta.flush_blocking()?;
+        Ok(records.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::blobs::tests::store;
+
+    fn any(_: &str, _: &[u8]) -> bool {
+        true
+    }
+
+    #[tokio::test]
+    async fn documents_round_trip_and_keep_only_a_reference_in_the_index() {
+        let (_d, blobs) = store();
+        let docs = DocStore::new(DocKind::Release, blobs.clone());
+        let (created, r1) = docs.put("v1.11.0", b"{\"a\":1}".to_vec()).await.unwrap();
+        assert!(created);
+        let (_, body) = docs.get("v1.11.0").unwrap().unwrap();
+        assert_eq!(body, b"{\"a\":1}");
+        let raw = blobs
+            .meta()
+            .get("release_docs", b"v1.11.0")
+            .unwrap()
+            .unwrap();
+        assert!(raw.len() < 200, "{}", String::from_utf8_lossy(&raw));
+        // A replacement gets a higher generation and removes the superseded file.
+        let (created, r2) = docs.put("v1.11.0", b"{\"a\":2}".to_vec()).await.unwrap();
+        assert!(!created);
+        assert!(r2.generation > r1.generation);
+        assert!(!docs.path(&r1.blake3).unwrap().exists());
+        assert_eq!(docs.get("v1.11.0").unwrap().unwrap().1, b"{\"a\":2}");
+        assert!(docs.get("v1.12.0").unwrap().is_none());
+        assert!(docs.put("../x", Vec::new()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_lost_reference_is_found_and_restored_from_its_document() {
+        let (_d, blobs) = store();
+        let docs = DocStore::new(DocKind::Release, blobs.clone());
+        docs.put("v1.10.0", b"old".to_vec()).await.unwrap();
+        let (_, keep) = docs.put("v1.11.0", b"one".to_vec()).await.unwrap();
+        let (_, newer) = docs.put("v1.11.0", b"two".to_vec()).await.unwrap();
+        // An older generation left behind (its removal was lost), and both references lost.
+        let old = docs.write("v1.11.0", keep.generation, b"one").unwrap();
+        blobs.meta().remove("release_docs", b"v1.11.0").unwrap();
+        blobs.meta().remove("release_docs", b"v1.10.0").unwrap();
+        let found = docs.check(false, false, &any).unwrap();
+        assert_eq!(found.restored, ["v1.10.0", "v1.11.0"]);
+        assert_eq!(found.superseded, 1);
+        assert!(!found.repaired);
+        assert!(docs.get("v1.11.0").unwrap().is_none(), "a check alone changes nothing");
+        let fixed = docs.check(true, false, &any).unwrap();
+        assert!(fixed.repaired);
+        assert_eq!(docs.get_ref("v1.11.0").unwrap(), Some(newer));
+        assert_eq!(docs.get("v1.10.0").unwrap().unwrap().1, b"old");
+        assert!(!docs.path(&old.blake3).unwrap().exists());
+        assert!(docs.check(true, false, &any).unwrap().is_clean());
+    }
+
+    #[tokio::test]
+    async fn missing_and_damaged_documents_are_reported() {
+        let (_d, blobs) = store();
+        let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+        let id = "a".repeat(64);
+        let (_, r) = docs.put(&id, b"customization: {}\n".to_vec()).await.unwrap();
+        let path = docs.path(&r.blake3).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = docs.get(&id).unwrap_err();
+        assert!(format!("{err}").contains("damaged"), "{err}");
+        blobs.meta().remove("schematic_docs", id.as_bytes()).unwrap();
+        let check = docs.check(true, false, &any).unwrap();
+        assert_eq!(check.damaged, [path.clone()]);
+        assert!(check.restored.is_empty());
+        std::fs::remove_file(&path).unwrap();
+        docs.put(&id, b"x".to_vec()).await.unwrap();
+        let r = docs.get_ref(&id).unwrap().unwrap();
+        std::fs::remove_file(docs.path(&r.blake3).unwrap()).unwrap();
+        assert_eq!(docs.check(true, false, &any).unwrap().missing, [id]);
+    }
+
+    #[test]
+    fn legacy_records_move_into_documents() {
+        let (_d, blobs) = store();
+        let meta = Arc::clone(blobs.meta());
+        let id = "b".repeat(64);
+        meta.put("schematics", id.as_bytes(), b"customization: {}\n")
+            .unwrap();
+        let docs = DocStore::new(DocKind::Schematic, blobs);
+        assert_eq!(docs.migrate_legacy("schematics").unwrap(), 1);
+        assert_eq!(meta.count("schematics").unwrap(), 0);
+        assert_eq!(docs.get(&id).unwrap().unwrap().1, b"customization: {}\n");
+        assert_eq!(docs.migrate_legacy("schematics").unwrap(), 0);
+    }
+}
