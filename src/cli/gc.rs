@@ -80,6 +80,17 @@ fn mib(n: u64) -> String {
 }
 
 fn print(r: &GcReport) {
+    let set_aside = if r.dry_run {
+        "would quarantine"
+    } else {
+        "quarantined"
+    };
+    for q in &r.quarantined {
+        eprintln!(
+            "{set_aside} asset record {} (fails verification: {}); not followed",
+            q.key, q.reason
+        );
+    }
     let verb = if r.dry_run { "would evict" } else { "evicted" };
     for e in &r.evicted {
         println!(

@@ -107,8 +107,8 @@ impl StorageHealth {
             tracing::error!(
                 schematics = s.restored.len(),
                 releases = r.restored.len(),
-                restored_schematics = ?s.restored,
-                restored_releases = ?r.restored,
+                restored_schematics = ?sample(&s.restored),
+                restored_releases = ?sample(&r.restored),
                 "the metadata store had lost {} schematic(s) and {} release record(s); restored \
                  them from their documents in the blob store (was the disk or the metadata store \
                  damaged, or a backup restored inconsistently?)",
@@ -118,8 +118,8 @@ impl StorageHealth {
         }
         if !s.missing.is_empty() || !r.missing.is_empty() {
             tracing::error!(
-                missing_schematics = ?s.missing,
-                missing_releases = ?r.missing,
+                missing_schematics = ?sample(&s.missing),
+                missing_releases = ?sample(&r.missing),
                 "{} schematic(s) and {} release record(s) named by the metadata store have no \
                  document in the blob store: they are lost",
                 s.missing.len(),
@@ -141,12 +141,17 @@ impl StorageHealth {
         }
         if !self.release_blobs_missing.is_empty() {
             tracing::error!(
-                missing = ?self.release_blobs_missing,
+                missing = ?sample(&self.release_blobs_missing),
                 "blobs named by releases cannot be found; run `image-factory doctor --repair` \
                  (with the appliance stopped) to rehash the blob store, or import the releases again"
             );
         }
     }
+}
+
+/// The first few of `items`, for a log line (the counts are logged as well).
+fn sample<T>(items: &[T]) -> &[T] {
+    &items[..items.len().min(10)]
 }
 
 /// Checks the blobs releases name: boot assets and GRUB modules (their records name both

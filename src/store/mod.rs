@@ -52,8 +52,8 @@ pub enum StoreError {
     /// The database is damaged beyond what opening it can recover.
     #[error(
         "metadata store {dir} is damaged and cannot be opened; schematics and release records \
-         are also kept as documents in the blob store: stop the appliance and run \
-         `image-factory doctor --repair` to move the damaged store aside and rebuild it"
+         are also kept as documents in the blob store: with the appliance stopped, \
+         `image-factory doctor --repair` moves the damaged store aside and rebuilds it from them"
     )]
     Damaged {
         /// The directory.

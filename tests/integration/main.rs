@@ -5,6 +5,7 @@ mod common;
 mod oci_support;
 
 mod assets_crash;
+mod assets_gc;
 mod assets_http;
 mod assets_integrity;
 mod build_admission;
@@ -13,6 +14,7 @@ mod cli;
 mod disk_boot;
 mod disk_images_http;
 mod durability;
+mod durability_trace;
 mod http_api;
 mod http_catalog;
 mod imager_disk_gpt;

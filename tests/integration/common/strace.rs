@@ -64,6 +64,13 @@ impl Call {
     }
 }
 
+/// Splits `args) = result` (strace pads before `=` to align results) into args and result.
+fn split_result(text: &str) -> Option<(&str, &str)> {
+    let at = text.rfind(" = ")?;
+    let args = text[..at].trim_end().strip_suffix(')')?;
+    Some((args, &text[at + 3..]))
+}
+
 /// Splits `NAME(args) = result` (or the part of it on one line).
 fn split_call(text: &str) -> Option<(String, String, Option<String>)> {
     let open = text.find('(')?;
@@ -75,12 +82,8 @@ fn split_call(text: &str) -> Option<(String, String, Option<String>)> {
     if let Some(args) = body.strip_suffix(" <unfinished ...>") {
         return Some((name, args.to_string(), None));
     }
-    let at = body.rfind(") = ")?;
-    Some((
-        name,
-        body[..at].to_string(),
-        Some(body[at + 4..].to_string()),
-    ))
+    let (args, result) = split_result(body)?;
+    Some((name, args.to_string(), Some(result.to_string())))
 }
 
 /// Every system call of a trace, in order of completion.
@@ -105,11 +108,11 @@ pub fn parse(text: &str) -> Vec<Call> {
             if call.name != name {
                 continue;
             }
-            let Some(at) = tail.rfind(") = ") else {
+            let Some((args, result)) = split_result(tail) else {
                 continue;
             };
-            call.args.push_str(&tail[..at]);
-            call.result = tail[at + 4..].to_string();
+            call.args.push_str(args);
+            call.result = result.to_string();
             call.end = line_no;
             done.push(call);
             continue;
@@ -148,16 +151,18 @@ mod tests {
         let text = "\
 10 openat(AT_FDCWD</x>, \"/d/tmp/a.part\", O_WRONLY|O_CREAT, 0666) = 5</d/tmp/a.part>
 11 fsync(5</d/tmp/a.part> <unfinished ...>
+10 fsync(6</d>)                = 0
 10 rename(\"/d/tmp/a.part\", \"/d/ab/abc\") = 0
 11 <... fsync resumed>) = 0
 10 +++ exited with 0 +++
 ";
         let calls = parse(text);
-        assert_eq!(calls.len(), 3);
+        assert_eq!(calls.len(), 4);
+        assert_eq!(calls[1].fd_path(), Some("/d"));
         assert_eq!(calls[0].name, "openat");
-        assert_eq!(calls[1].strings(), ["/d/tmp/a.part", "/d/ab/abc"]);
-        let fsync = &calls[2];
-        assert_eq!((fsync.start, fsync.end), (1, 3));
+        assert_eq!(calls[2].strings(), ["/d/tmp/a.part", "/d/ab/abc"]);
+        let fsync = &calls[3];
+        assert_eq!((fsync.start, fsync.end), (1, 4));
         assert_eq!(fsync.fd_path(), Some("/d/tmp/a.part"));
         assert!(fsync.ok());
     }
