@@ -262,8 +262,10 @@ mod tests {
                 format!("sha256:{}", "e".repeat(64)),
             );
         }
-        r.inputs
-            .insert("overlay/rpi_generic/arm64".into(), format!("sha256:{}", "f".repeat(64)));
+        r.inputs.insert(
+            "overlay/rpi_generic/arm64".into(),
+            format!("sha256:{}", "f".repeat(64)),
+        );
         r.intermediates = (0..12).map(|i| format!("{i:064x}")).collect();
         let sealed = r.seal(&key).unwrap();
         assert!(

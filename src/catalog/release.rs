@@ -155,8 +155,11 @@ impl Release {
 #[derive(Clone)]
 pub struct ReleaseStore {
     docs: DocStore,
-    decoded: Arc<Mutex<HashMap<String, (String, Arc<Release>)>>>,
+    decoded: Arc<Mutex<Decoded>>,
 }
+
+/// Decoded records by version tag, with the BLAKE3 name of the document each came from.
+type Decoded = HashMap<String, (String, Arc<Release>)>;
 
 impl ReleaseStore {
     /// The release records of `blobs` (whose metadata store holds the index).
@@ -181,7 +184,7 @@ impl ReleaseStore {
         Ok(store)
     }
 
-    fn decoded(&self) -> MutexGuard<'_, HashMap<String, (String, Arc<Release>)>> {
+    fn decoded(&self) -> MutexGuard<'_, Decoded> {
         self.decoded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -195,7 +198,9 @@ impl ReleaseStore {
         {
             return Ok(Some(Arc::clone(release)));
         }
-        let bytes = self.docs.read(tag, &r)?;
+        let Some((r, bytes)) = self.docs.get(tag)? else {
+            return Ok(None);
+        };
         let release: Release = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             tree: DocKind::Release.name().into(),
             key: tag.into(),

@@ -162,15 +162,16 @@ fn print_storage(r: &DoctorReport, repair: bool, report: &mut dyn FnMut(bool, &s
         let ok = check.missing.is_empty()
             && check.damaged.is_empty()
             && (repair || check.restored.is_empty());
-        let mut detail = format!(
-            "{} indexed, {} document(s)",
-            check.indexed, check.documents
-        );
+        let mut detail = format!("{} indexed, {} document(s)", check.indexed, check.documents);
         if !check.restored.is_empty() {
             detail += &format!("; {} {hint}", check.restored.len());
         }
         if !check.missing.is_empty() {
-            detail += &format!("; {} lost (no document): {:?}", check.missing.len(), check.missing);
+            detail += &format!(
+                "; {} lost (no document): {:?}",
+                check.missing.len(),
+                check.missing
+            );
         }
         if !check.damaged.is_empty() {
             detail += &format!("; damaged documents: {:?}", check.damaged);
@@ -178,7 +179,10 @@ fn print_storage(r: &DoctorReport, repair: bool, report: &mut dyn FnMut(bool, &s
         report(ok, &format!("{} index", check.kind), detail);
     }
     let x = &r.reindex;
-    let mut detail = format!("{} blob(s), {} not in the SHA-256 index", x.blobs, x.unindexed);
+    let mut detail = format!(
+        "{} blob(s), {} not in the SHA-256 index",
+        x.blobs, x.unindexed
+    );
     if repair {
         detail += &format!(
             "; {} indexed again ({:.1} MiB hashed)",

@@ -359,8 +359,11 @@ impl Builder {
         self.stages.report(Stage::Uki);
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
-        let stub = std::fs::read(self.blobs.path(&asset(assets, "systemd-stub.efi")?.blake3)?)
-            .map_err(ImagerError::Io)?;
+        let stub = std::fs::read(
+            self.blobs
+                .path(&asset(assets, "systemd-stub.efi")?.blake3)?,
+        )
+        .map_err(ImagerError::Io)?;
         let uname = read_kernel_release(File::open(self.blobs.path(&kernel.blake3)?)?)?;
         let parts = UkiParts {
             osrel: os_release("Talos", &profile.version.tag()),
@@ -415,7 +418,9 @@ impl Builder {
             intermediates.push(uki.clone());
             InstallerArtifacts::Uki {
                 uki: self.blobs.path(&uki.blake3)?,
-                systemd_boot: self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3)?,
+                systemd_boot: self
+                    .blobs
+                    .path(&asset(assets, "systemd-boot.efi")?.blake3)?,
             }
         } else {
             let initramfs = self.initramfs(req, profile, assets)?;

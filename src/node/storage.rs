@@ -13,8 +13,7 @@ use serde::Serialize;
 use crate::catalog::ReleaseStore;
 use crate::config::Config;
 use crate::store::{
-    self, BlobInfo, BlobStore, DocCheck, MetaStore, ReindexReport, SchematicStore,
-    StoreError,
+    self, BlobInfo, BlobStore, DocCheck, MetaStore, ReindexReport, SchematicStore, StoreError,
 };
 
 use super::NodeError;
@@ -109,9 +108,10 @@ impl StorageHealth {
                 releases = r.restored.len(),
                 restored_schematics = ?sample(&s.restored),
                 restored_releases = ?sample(&r.restored),
-                "the metadata store had lost {} schematic(s) and {} release record(s); restored \
-                 them from their documents in the blob store (was the disk or the metadata store \
-                 damaged, or a backup restored inconsistently?)",
+                "the metadata store had lost {} schematic(s) and {} release record(s) kept as \
+                 documents in the blob store; restored them (a damaged or rolled-back metadata \
+                 store, an inconsistent backup, or writes cut off by a crash before they were \
+                 acknowledged)",
                 s.restored.len(),
                 r.restored.len()
             );

@@ -364,7 +364,10 @@ mod tests {
         .unwrap();
         assert_eq!(info, expected(&bytes));
         assert!(!tmp.exists());
-        assert_eq!(std::fs::read(blobs.path(&info.blake3).unwrap()).unwrap(), bytes);
+        assert_eq!(
+            std::fs::read(blobs.path(&info.blake3).unwrap()).unwrap(),
+            bytes
+        );
     }
 
     #[test]
@@ -400,6 +403,9 @@ mod tests {
         .unwrap();
         bytes[100..107].copy_from_slice(b"patched");
         assert_eq!(info, expected(&bytes));
-        assert_eq!(std::fs::read(blobs.path(&info.blake3).unwrap()).unwrap(), bytes);
+        assert_eq!(
+            std::fs::read(blobs.path(&info.blake3).unwrap()).unwrap(),
+            bytes
+        );
     }
 }

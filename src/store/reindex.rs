@@ -59,7 +59,9 @@ impl BlobStore {
                 continue;
             }
             let path = dir.path();
-            for file in std::fs::read_dir(&path).map_err(io_err(format!("list {}", path.display())))? {
+            for file in
+                std::fs::read_dir(&path).map_err(io_err(format!("list {}", path.display())))?
+            {
                 let file = file.map_err(io_err(format!("list {}", path.display())))?;
                 let name = file.file_name().to_string_lossy().into_owned();
                 if is_blob_name(&name) && name.starts_with(&prefix) {
@@ -152,7 +154,11 @@ fn hash_both(path: &std::path::Path) -> Result<(String, String, u64), StoreError
         sha256.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((blake3.finalize().to_hex().to_string(), sha256.finalize_hex(), size))
+    Ok((
+        blake3.finalize().to_hex().to_string(),
+        sha256.finalize_hex(),
+        size,
+    ))
 }
 
 #[cfg(test)]

@@ -133,9 +133,15 @@ mod tests {
         s.put(ID, YAML).await.unwrap();
         // A document claiming an ID its body does not hash to.
         s.put(&"c".repeat(64), YAML).await.unwrap();
-        blobs.meta().remove("schematic_docs", ID.as_bytes()).unwrap();
+        blobs
+            .meta()
+            .remove("schematic_docs", ID.as_bytes())
+            .unwrap();
         let wrong = "c".repeat(64);
-        blobs.meta().remove("schematic_docs", wrong.as_bytes()).unwrap();
+        blobs
+            .meta()
+            .remove("schematic_docs", wrong.as_bytes())
+            .unwrap();
         let report = s.check(true, false).unwrap();
         assert_eq!(report.restored, [ID]);
         assert_eq!(report.damaged.len(), 1);

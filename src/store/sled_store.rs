@@ -171,11 +171,10 @@ impl SledStore {
         // sled created or rewrote its files without syncing their names.
         sync_files_in(dir, &HashSet::new()).map_err(open_err)?;
         sync_dir(dir).map_err(open_err)?;
-        let synced_blobs: HashSet<OsString> =
-            sync_files_in(&dir.join("blobs"), &HashSet::new())
-                .map_err(open_err)?
-                .into_iter()
-                .collect();
+        let synced_blobs: HashSet<OsString> = sync_files_in(&dir.join("blobs"), &HashSet::new())
+            .map_err(open_err)?
+            .into_iter()
+            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 synced_blobs: Arc::new(Mutex::new(synced_blobs)),

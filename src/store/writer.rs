@@ -220,10 +220,7 @@ impl BlobWriter {
     /// Makes the blob durable under its content name (index durable after the next meta flush).
     pub fn finish(mut self) -> Result<BlobInfo, StoreError> {
         self.write_pending().map_err(io_err("write blob"))?;
-        let file = self
-            .file
-            .take()
-            .ok_or(StoreError::WriterFinished)?;
+        let file = self.file.take().ok_or(StoreError::WriterFinished)?;
         file.sync_all().map_err(io_err("sync blob"))?;
         drop(file);
         self.settle_sha256()?;
@@ -241,10 +238,7 @@ impl BlobWriter {
     /// Ends the write without syncing; commit it with [`BlobStore::commit_batch`].
     pub fn finish_deferred(mut self) -> Result<PendingBlob, StoreError> {
         self.write_pending().map_err(io_err("write blob"))?;
-        let file = self
-            .file
-            .take()
-            .ok_or(StoreError::WriterFinished)?;
+        let file = self.file.take().ok_or(StoreError::WriterFinished)?;
         drop(file);
         self.settle_sha256()?;
         Ok(PendingBlob {
@@ -303,7 +297,10 @@ mod tests {
         let info = w.finish().unwrap();
         let mut expected = data.clone();
         expected.extend_from_slice(&[0; 5]);
-        assert_eq!(std::fs::read(s.path(&info.blake3).unwrap()).unwrap(), expected);
+        assert_eq!(
+            std::fs::read(s.path(&info.blake3).unwrap()).unwrap(),
+            expected
+        );
         assert_eq!(info, s.put_bytes(&expected).unwrap());
     }
 }

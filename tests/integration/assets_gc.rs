@@ -64,8 +64,12 @@ fn gc_never_follows_a_tampered_record_out_of_the_blob_store() {
             "payload": B64.encode(&payload),
             "signature": B64.encode(b"not a signature"),
         });
-        meta.put("assets", forged_key.as_bytes(), forged.to_string().as_bytes())
-            .unwrap();
+        meta.put(
+            "assets",
+            forged_key.as_bytes(),
+            forged.to_string().as_bytes(),
+        )
+        .unwrap();
         // Signed with the cluster key, but naming a path instead of a blob.
         let (key, _) = SigningKey::load_or_generate(&victim).unwrap();
         let sealed = record(&signed_key, escape).seal(&key).unwrap();
@@ -86,6 +90,10 @@ fn gc_never_follows_a_tampered_record_out_of_the_blob_store() {
     assert!(err.contains("is not a blob name"), "{err}");
 
     let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&data.join("meta")).unwrap());
-    assert_eq!(meta.count("assets").unwrap(), 0, "tampered records left in place");
+    assert_eq!(
+        meta.count("assets").unwrap(),
+        0,
+        "tampered records left in place"
+    );
     assert_eq!(meta.count("assets_quarantine").unwrap(), 2);
 }

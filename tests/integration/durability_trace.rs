@@ -27,13 +27,11 @@ const LOG_WRITES: &[&str] = &["pwrite64", "pwritev", "pwritev2", "write", "write
 
 /// `strace` traces followed into every thread, descriptors shown with their paths.
 fn strace_args(trace: &Path, calls: &str, strsize: &str) -> Vec<String> {
-    [
-        "strace", "-f", "-y", "-s", strsize, "-e", calls, "-o",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([trace.display().to_string()])
-    .collect()
+    ["strace", "-f", "-y", "-s", strsize, "-e", calls, "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([trace.display().to_string()])
+        .collect()
 }
 
 fn have_strace() -> bool {
@@ -48,7 +46,7 @@ fn parent(path: &str) -> String {
 }
 
 /// The first call matching `f`, in order of completion.
-fn first<'a>(calls: &'a [Call], f: impl Fn(&Call) -> bool) -> Option<&'a Call> {
+fn first(calls: &[Call], f: impl Fn(&Call) -> bool) -> Option<&Call> {
     calls.iter().find(|c| f(c))
 }
 
@@ -65,8 +63,11 @@ fn assert_document_order<'a>(calls: &'a [Call], data: &Path, kind: &str, ack: us
     let blake3 = dest.rsplit('/').next().unwrap();
     let dest_dir = parent(dest);
     assert!(
-        first(calls, |c| c.is(SYNCS) && c.ok() && c.fd_path() == Some(tmp) && c.end < rename.start)
-            .is_some(),
+        first(calls, |c| c.is(SYNCS)
+            && c.ok()
+            && c.fd_path() == Some(tmp)
+            && c.end < rename.start)
+        .is_some(),
         "the document's data was not fsynced before its rename"
     );
     let dir_sync = first(calls, |c| {
@@ -108,7 +109,10 @@ fn assert_new_dirs_synced(calls: &[Call], data: &Path, ack: usize) {
         };
         let rel = path.strip_prefix(&data_str);
         let ours = rel.is_some_and(|r| {
-            r.is_empty() || ["/blobs", "/meta", "/keys"].iter().any(|d| r.starts_with(d))
+            r.is_empty()
+                || ["/blobs", "/meta", "/keys"]
+                    .iter()
+                    .any(|d| r.starts_with(d))
         });
         if !ours {
             continue;
@@ -117,16 +121,25 @@ fn assert_new_dirs_synced(calls: &[Call], data: &Path, ack: usize) {
         let synced = first(calls, |c| {
             c.is(SYNCS) && c.ok() && c.fd_path() == Some(&dir) && c.start > mk.end && c.end < ack
         });
-        assert!(synced.is_some(), "{path} was created but {dir} never fsynced after it");
+        assert!(
+            synced.is_some(),
+            "{path} was created but {dir} never fsynced after it"
+        );
         checked += 1;
     }
-    assert!(checked >= 4, "only {checked} directories created: is mkdir traced?");
+    assert!(
+        checked >= 4,
+        "only {checked} directories created: is mkdir traced?"
+    );
 }
 
 /// The server's process id: the first line of the trace (`PID execve(...)`).
 fn traced_pid(trace: &Path) -> String {
     let text = std::fs::read_to_string(trace).unwrap();
-    text.split_whitespace().next().unwrap_or_default().to_string()
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +165,13 @@ async fn a_schematic_is_acknowledged_only_after_document_directory_and_reference
     assert_eq!(resp.status(), StatusCode::CREATED);
     // Stop the server itself (strace exits with it).
     let pid = traced_pid(&trace);
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     srv.child.wait().unwrap();
 
     let text = std::fs::read_to_string(&trace).unwrap();
@@ -214,8 +233,10 @@ fn a_release_record_is_written_after_its_blobs_and_before_the_import_ends() {
 
     // Every blob is durable and in place before the release document is created.
     let tmp = &rename.strings()[0];
-    let created = first(&calls, |c| c.name == "openat" && c.ok() && c.result.contains(tmp.as_str()))
-        .expect("the release document's temporary file");
+    let created = first(&calls, |c| {
+        c.name == "openat" && c.ok() && c.result.contains(tmp.as_str())
+    })
+    .expect("the release document's temporary file");
     let blobs = format!("{}/blobs/", data.display());
     let is_blob = |dest: &str| {
         dest.strip_prefix(&blobs)
@@ -225,7 +246,11 @@ fn a_release_record_is_written_after_its_blobs_and_before_the_import_ends() {
         .iter()
         .filter(|c| c.is(RENAMES) && c.ok() && c.strings().last().is_some_and(|d| is_blob(d)))
         .collect();
-    assert!(blob_renames.len() > 10, "only {} blobs renamed", blob_renames.len());
+    assert!(
+        blob_renames.len() > 10,
+        "only {} blobs renamed",
+        blob_renames.len()
+    );
     let syncs: Vec<&Call> = calls
         .iter()
         .filter(|c| c.ok() && (c.name == "syncfs" || c.is(SYNCS)))
@@ -234,15 +259,21 @@ fn a_release_record_is_written_after_its_blobs_and_before_the_import_ends() {
         let names = r.strings();
         let (tmp, dest) = (&names[0], &names[names.len() - 1]);
         let dir = parent(dest);
-        let data_synced = syncs.iter().any(|c| {
-            c.end < r.start && (c.name == "syncfs" || c.fd_path() == Some(tmp.as_str()))
-        });
-        assert!(data_synced, "blob {dest} renamed before its data was synced");
+        let data_synced = syncs
+            .iter()
+            .any(|c| c.end < r.start && (c.name == "syncfs" || c.fd_path() == Some(tmp.as_str())));
+        assert!(
+            data_synced,
+            "blob {dest} renamed before its data was synced"
+        );
         let placed = syncs.iter().any(|c| {
             c.start > r.end
                 && c.end < created.start
                 && (c.name == "syncfs" || c.fd_path() == Some(dir.as_str()))
         });
-        assert!(placed, "blob {dest} was not durably in place before the release record");
+        assert!(
+            placed,
+            "blob {dest} was not durably in place before the release record"
+        );
     }
 }

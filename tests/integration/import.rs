@@ -94,7 +94,12 @@ fn verified_import_is_idempotent_and_complete() {
         let meta: Arc<dyn MetaStore> =
             Arc::new(SledStore::open(&data.join("meta")).expect("open meta"));
         let blobs = BlobStore::open(&data.join("blobs"), meta).expect("blobs");
-        let stored = std::fs::read(blobs.path(&amd64.assets["vmlinuz"].blake3).expect("blob name")).expect("read");
+        let stored = std::fs::read(
+            blobs
+                .path(&amd64.assets["vmlinuz"].blake3)
+                .expect("blob name"),
+        )
+        .expect("read");
         assert_eq!(stored, mini.vmlinuz);
     }
 

@@ -57,9 +57,10 @@ impl Builder {
             initramfs,
             uki,
             systemd_boot: match bootloader {
-                Bootloader::SdBoot | Bootloader::DualBoot => {
-                    Some(self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3)?)
-                }
+                Bootloader::SdBoot | Bootloader::DualBoot => Some(
+                    self.blobs
+                        .path(&asset(assets, "systemd-boot.efi")?.blake3)?,
+                ),
                 _ => None,
             },
             grub_modules,

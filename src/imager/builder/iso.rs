@@ -127,7 +127,10 @@ impl Builder {
         let purpose = kind.has_uki().then_some(UkiPurpose::Iso);
         let (initramfs, uki) = self.scratch_payloads(req, profile, assets, purpose, dir)?;
         let systemd_boot = match uki {
-            Some(_) => Some(self.blobs.path(&asset(assets, "systemd-boot.efi")?.blake3)?),
+            Some(_) => Some(
+                self.blobs
+                    .path(&asset(assets, "systemd-boot.efi")?.blake3)?,
+            ),
             None => None,
         };
         Ok((initramfs, uki, systemd_boot))

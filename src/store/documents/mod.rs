@@ -15,12 +15,15 @@
 //! the new reference is durable, and a check that finds several documents for one key keeps
 //! the highest generation.
 
-use std::collections::{HashMap, HashSet};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+mod check;
+
+pub use check::DocCheck;
 
 use super::blobs::{BlobStore, is_blob_name};
 use super::{MetaStore, StoreError, VerifiedBlob};
@@ -110,35 +113,6 @@ struct Parsed {
     key: String,
     generation: u64,
     body: Vec<u8>,
-}
-
-/// What a check of an index against its documents found.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DocCheck {
-    /// Document kind.
-    pub kind: &'static str,
-    /// References in the index before the check.
-    pub indexed: usize,
-    /// Document files found.
-    pub documents: usize,
-    /// Keys whose document was not (or not correctly) in the index: restored when repairing.
-    pub restored: Vec<String>,
-    /// Keys the index names whose document is missing or damaged: lost.
-    pub missing: Vec<String>,
-    /// Document files that fail verification (name, header or content).
-    pub damaged: Vec<PathBuf>,
-    /// Older documents of a replaced record (removed when repairing).
-    pub superseded: usize,
-    /// Whether the index was changed (restored references, removed files).
-    pub repaired: bool,
-}
-
-impl DocCheck {
-    /// Whether nothing was wrong.
-    pub fn is_clean(&self) -> bool {
-        self.restored.is_empty() && self.missing.is_empty() && self.damaged.is_empty()
-    }
 }
 
 /// The documents of one kind and their index.
@@ -239,8 +213,17 @@ impl DocStore {
         let Some(r) = self.get_ref(key)? else {
             return Ok(None);
         };
-        let body = self.read(key, &r)?;
-        Ok(Some((r, body)))
+        match self.read(key, &r) {
+            Ok(body) => Ok(Some((r, body))),
+            Err(e) => match self.get_ref(key)? {
+                // Replaced meanwhile (the old file is removed once the new one is durable).
+                Some(now) if now != r => {
+                    let body = self.read(key, &now)?;
+                    Ok(Some((now, body)))
+                }
+                _ => Err(e),
+            },
+        }
     }
 
     /// The body of the document `r` (the reference of `key`).
@@ -303,7 +286,10 @@ impl DocStore {
             return Err(bad("unknown format"));
         }
         if DocKind::from_name(kind) != Some(self.kind) {
-            return Err(bad(&format!("a {kind} document among {}s", self.kind.name())));
+            return Err(bad(&format!(
+                "a {kind} document among {}s",
+                self.kind.name()
+            )));
         }
         if !self.kind.valid_key(key) {
             return Err(bad("invalid key"));
@@ -382,6 +368,13 @@ impl DocStore {
     /// [`DocStore::put_blocking`] on the blocking pool, then a flush: durable when it returns.
     /// A replaced document's file is removed afterwards. Returns whether the key was new.
     pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<(bool, DocRef), StoreError> {
+        if self.kind.immutable()
+            && let Some(existing) = self.get_ref(key)?
+        {
+            // Flush anyway: the first writer may not have flushed yet.
+            self.meta.flush().await?;
+            return Ok((false, existing));
+        }
         let this = self.clone();
         let owned = key.to_string();
         let (created, r, previous) =
@@ -410,142 +403,6 @@ impl DocStore {
         }
     }
 
-    /// The document files on disk, by BLAKE3 name.
-    fn files(&self) -> Result<HashMap<String, PathBuf>, StoreError> {
-        let mut out = HashMap::new();
-        let dir = self.dir();
-        let fanout = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e).into()),
-        };
-        for sub in fanout {
-            let sub = sub.map_err(io_err(format!("list {}", dir.display())))?;
-            if !sub.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let sub = sub.path();
-            for file in std::fs::read_dir(&sub).map_err(io_err(format!("list {}", sub.display())))? {
-                let file = file.map_err(io_err(format!("list {}", sub.display())))?;
-                let name = file.file_name().to_string_lossy().into_owned();
-                if file.file_type().is_ok_and(|t| t.is_file()) {
-                    out.insert(name, file.path());
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Compares the index with the documents on disk. `valid(key, body)` checks a document's
-    /// body against its key (a schematic's ID is its SHA-256). Unreferenced documents are
-    /// always read; with `deep`, referenced ones too (a damaged one counts as missing). With
-    /// `repair`, documents the index lost are indexed again (the newest generation per key)
-    /// and superseded files removed; call [`MetaStore::flush_blocking`] (or `flush`)
-    /// afterwards. Blocking.
-    pub fn check(
-        &self,
-        repair: bool,
-        deep: bool,
-        valid: &dyn Fn(&str, &[u8]) -> bool,
-    ) -> Result<DocCheck, StoreError> {
-        let refs: HashMap<String, DocRef> = self.refs()?.into_iter().collect();
-        let mut files = self.files()?;
-        let mut damaged = Vec::new();
-        if deep {
-            for (key, r) in &refs {
-                let Some(path) = files.get(&r.blake3) else {
-                    continue;
-                };
-                let ok = self
-                    .read_file(path, &r.blake3, Some(r.size))
-                    .is_ok_and(|p| p.key == *key && valid(&p.key, &p.body));
-                if !ok {
-                    tracing::error!(kind = self.kind.name(), path = %path.display(), "a document fails verification");
-                    damaged.push(path.clone());
-                    files.remove(&r.blake3);
-                }
-            }
-        }
-        let mut report = DocCheck {
-            kind: self.kind.name(),
-            indexed: refs.len(),
-            documents: files.len() + damaged.len(),
-            damaged,
-            ..DocCheck::default()
-        };
-        let referenced: HashSet<&str> = refs.values().map(|r| r.blake3.as_str()).collect();
-        // Referenced files are verified on read; unreferenced ones are read here.
-        let mut found: HashMap<String, (DocRef, PathBuf)> = HashMap::new();
-        let mut stale: Vec<PathBuf> = Vec::new();
-        for (name, path) in &files {
-            if referenced.contains(name.as_str()) {
-                continue;
-            }
-            let parsed = if is_blob_name(name) {
-                self.read_file(path, name, None)
-            } else {
-                Err(StoreError::InvalidBlobName { name: name.clone() })
-            };
-            let parsed = match parsed {
-                Ok(p) if valid(&p.key, &p.body) => p,
-                Ok(_) | Err(_) => {
-                    tracing::error!(kind = self.kind.name(), path = %path.display(), "a document fails verification");
-                    report.damaged.push(path.clone());
-                    continue;
-                }
-            };
-            let r = DocRef {
-                blake3: name.clone(),
-                size: std::fs::metadata(path).map_or(0, |m| m.len()),
-                generation: parsed.generation,
-            };
-            match found.get(&parsed.key) {
-                Some((best, _)) if best.generation >= r.generation => stale.push(path.clone()),
-                _ => {
-                    if let Some((_, older)) = found.insert(parsed.key, (r, path.clone())) {
-                        stale.push(older);
-                    }
-                }
-            }
-        }
-        for (key, r) in &refs {
-            if !files.contains_key(&r.blake3) && !found.contains_key(key) {
-                report.missing.push(key.clone());
-            }
-        }
-        for (key, (r, path)) in found {
-            let current = refs.get(&key);
-            let lost = match current {
-                None => true,
-                Some(cur) => !files.contains_key(&cur.blake3) || cur.generation < r.generation,
-            };
-            if !lost {
-                stale.push(path);
-                continue;
-            }
-            if repair {
-                let value = serde_json::to_vec(&r).map_err(|source| StoreError::Encode {
-                    what: "document reference",
-                    source,
-                })?;
-                self.meta.put(self.kind.index_tree(), key.as_bytes(), &value)?;
-                report.repaired = true;
-            }
-            report.restored.push(key);
-        }
-        report.superseded = stale.len();
-        if repair {
-            for path in stale {
-                let _ = std::fs::remove_file(path);
-                report.repaired = true;
-            }
-        }
-        report.restored.sort();
-        report.missing.sort();
-        report.damaged.sort();
-        Ok(report)
-    }
-
     /// Moves records an older version kept in the metadata store itself (`legacy_tree`: key →
     /// body) into documents; returns how many. Blocking; durable when it returns.
     pub fn migrate_legacy(&self, legacy_tree: &str) -> Result<usize, StoreError> {
@@ -569,97 +426,4 @@ impl DocStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::blobs::tests::store;
-
-    fn any(_: &str, _: &[u8]) -> bool {
-        true
-    }
-
-    #[tokio::test]
-    async fn documents_round_trip_and_keep_only_a_reference_in_the_index() {
-        let (_d, blobs) = store();
-        let docs = DocStore::new(DocKind::Release, blobs.clone());
-        let (created, r1) = docs.put("v1.11.0", b"{\"a\":1}".to_vec()).await.unwrap();
-        assert!(created);
-        let (_, body) = docs.get("v1.11.0").unwrap().unwrap();
-        assert_eq!(body, b"{\"a\":1}");
-        let raw = blobs
-            .meta()
-            .get("release_docs", b"v1.11.0")
-            .unwrap()
-            .unwrap();
-        assert!(raw.len() < 200, "{}", String::from_utf8_lossy(&raw));
-        // A replacement gets a higher generation and removes the superseded file.
-        let (created, r2) = docs.put("v1.11.0", b"{\"a\":2}".to_vec()).await.unwrap();
-        assert!(!created);
-        assert!(r2.generation > r1.generation);
-        assert!(!docs.path(&r1.blake3).unwrap().exists());
-        assert_eq!(docs.get("v1.11.0").unwrap().unwrap().1, b"{\"a\":2}");
-        assert!(docs.get("v1.12.0").unwrap().is_none());
-        assert!(docs.put("../x", Vec::new()).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn a_lost_reference_is_found_and_restored_from_its_document() {
-        let (_d, blobs) = store();
-        let docs = DocStore::new(DocKind::Release, blobs.clone());
-        docs.put("v1.10.0", b"old".to_vec()).await.unwrap();
-        let (_, keep) = docs.put("v1.11.0", b"one".to_vec()).await.unwrap();
-        let (_, newer) = docs.put("v1.11.0", b"two".to_vec()).await.unwrap();
-        // An older generation left behind (its removal was lost), and both references lost.
-        let old = docs.write("v1.11.0", keep.generation, b"one").unwrap();
-        blobs.meta().remove("release_docs", b"v1.11.0").unwrap();
-        blobs.meta().remove("release_docs", b"v1.10.0").unwrap();
-        let found = docs.check(false, false, &any).unwrap();
-        assert_eq!(found.restored, ["v1.10.0", "v1.11.0"]);
-        assert_eq!(found.superseded, 1);
-        assert!(!found.repaired);
-        assert!(docs.get("v1.11.0").unwrap().is_none(), "a check alone changes nothing");
-        let fixed = docs.check(true, false, &any).unwrap();
-        assert!(fixed.repaired);
-        assert_eq!(docs.get_ref("v1.11.0").unwrap(), Some(newer));
-        assert_eq!(docs.get("v1.10.0").unwrap().unwrap().1, b"old");
-        assert!(!docs.path(&old.blake3).unwrap().exists());
-        assert!(docs.check(true, false, &any).unwrap().is_clean());
-    }
-
-    #[tokio::test]
-    async fn missing_and_damaged_documents_are_reported() {
-        let (_d, blobs) = store();
-        let docs = DocStore::new(DocKind::Schematic, blobs.clone());
-        let id = "a".repeat(64);
-        let (_, r) = docs.put(&id, b"customization: {}\n".to_vec()).await.unwrap();
-        let path = docs.path(&r.blake3).unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 2;
-        bytes[last] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let err = docs.get(&id).unwrap_err();
-        assert!(format!("{err}").contains("damaged"), "{err}");
-        blobs.meta().remove("schematic_docs", id.as_bytes()).unwrap();
-        let check = docs.check(true, false, &any).unwrap();
-        assert_eq!(check.damaged, [path.clone()]);
-        assert!(check.restored.is_empty());
-        std::fs::remove_file(&path).unwrap();
-        docs.put(&id, b"x".to_vec()).await.unwrap();
-        let r = docs.get_ref(&id).unwrap().unwrap();
-        std::fs::remove_file(docs.path(&r.blake3).unwrap()).unwrap();
-        assert_eq!(docs.check(true, false, &any).unwrap().missing, [id]);
-    }
-
-    #[test]
-    fn legacy_records_move_into_documents() {
-        let (_d, blobs) = store();
-        let meta = Arc::clone(blobs.meta());
-        let id = "b".repeat(64);
-        meta.put("schematics", id.as_bytes(), b"customization: {}\n")
-            .unwrap();
-        let docs = DocStore::new(DocKind::Schematic, blobs);
-        assert_eq!(docs.migrate_legacy("schematics").unwrap(), 1);
-        assert_eq!(meta.count("schematics").unwrap(), 0);
-        assert_eq!(docs.get(&id).unwrap().unwrap().1, b"customization: {}\n");
-        assert_eq!(docs.migrate_legacy("schematics").unwrap(), 0);
-    }
-}
+mod tests;

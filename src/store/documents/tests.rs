@@ -1,0 +1,103 @@
+//! Tests of the document store.
+
+use super::*;
+use crate::store::blobs::tests::store;
+
+fn any(_: &str, _: &[u8]) -> bool {
+    true
+}
+
+#[tokio::test]
+async fn documents_round_trip_and_keep_only_a_reference_in_the_index() {
+    let (_d, blobs) = store();
+    let docs = DocStore::new(DocKind::Release, blobs.clone());
+    let (created, r1) = docs.put("v1.11.0", b"{\"a\":1}".to_vec()).await.unwrap();
+    assert!(created);
+    let (_, body) = docs.get("v1.11.0").unwrap().unwrap();
+    assert_eq!(body, b"{\"a\":1}");
+    let raw = blobs
+        .meta()
+        .get("release_docs", b"v1.11.0")
+        .unwrap()
+        .unwrap();
+    assert!(raw.len() < 200, "{}", String::from_utf8_lossy(&raw));
+    // A replacement gets a higher generation and removes the superseded file.
+    let (created, r2) = docs.put("v1.11.0", b"{\"a\":2}".to_vec()).await.unwrap();
+    assert!(!created);
+    assert!(r2.generation > r1.generation);
+    assert!(!docs.path(&r1.blake3).unwrap().exists());
+    assert_eq!(docs.get("v1.11.0").unwrap().unwrap().1, b"{\"a\":2}");
+    assert!(docs.get("v1.12.0").unwrap().is_none());
+    assert!(docs.put("../x", Vec::new()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_lost_reference_is_found_and_restored_from_its_document() {
+    let (_d, blobs) = store();
+    let docs = DocStore::new(DocKind::Release, blobs.clone());
+    docs.put("v1.10.0", b"old".to_vec()).await.unwrap();
+    let (_, keep) = docs.put("v1.11.0", b"one".to_vec()).await.unwrap();
+    let (_, newer) = docs.put("v1.11.0", b"two".to_vec()).await.unwrap();
+    // An older generation left behind (its removal was lost), and both references lost.
+    let old = docs.write("v1.11.0", keep.generation, b"one").unwrap();
+    blobs.meta().remove("release_docs", b"v1.11.0").unwrap();
+    blobs.meta().remove("release_docs", b"v1.10.0").unwrap();
+    let found = docs.check(false, false, &any).unwrap();
+    assert_eq!(found.restored, ["v1.10.0", "v1.11.0"]);
+    assert_eq!(found.superseded, 1);
+    assert!(!found.repaired);
+    assert!(
+        docs.get("v1.11.0").unwrap().is_none(),
+        "a check alone changes nothing"
+    );
+    let fixed = docs.check(true, false, &any).unwrap();
+    assert!(fixed.repaired);
+    assert_eq!(docs.get_ref("v1.11.0").unwrap(), Some(newer));
+    assert_eq!(docs.get("v1.10.0").unwrap().unwrap().1, b"old");
+    assert!(!docs.path(&old.blake3).unwrap().exists());
+    assert!(docs.check(true, false, &any).unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn missing_and_damaged_documents_are_reported() {
+    let (_d, blobs) = store();
+    let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+    let id = "a".repeat(64);
+    let (_, r) = docs
+        .put(&id, b"customization: {}\n".to_vec())
+        .await
+        .unwrap();
+    let path = docs.path(&r.blake3).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = docs.get(&id).unwrap_err();
+    assert!(format!("{err}").contains("damaged"), "{err}");
+    blobs
+        .meta()
+        .remove("schematic_docs", id.as_bytes())
+        .unwrap();
+    let check = docs.check(true, false, &any).unwrap();
+    assert_eq!(check.damaged, std::slice::from_ref(&path));
+    assert!(check.restored.is_empty());
+    std::fs::remove_file(&path).unwrap();
+    docs.put(&id, b"x".to_vec()).await.unwrap();
+    let r = docs.get_ref(&id).unwrap().unwrap();
+    std::fs::remove_file(docs.path(&r.blake3).unwrap()).unwrap();
+    assert_eq!(docs.check(true, false, &any).unwrap().missing, [id]);
+}
+
+#[test]
+fn legacy_records_move_into_documents() {
+    let (_d, blobs) = store();
+    let meta = Arc::clone(blobs.meta());
+    let id = "b".repeat(64);
+    meta.put("schematics", id.as_bytes(), b"customization: {}\n")
+        .unwrap();
+    let docs = DocStore::new(DocKind::Schematic, blobs);
+    assert_eq!(docs.migrate_legacy("schematics").unwrap(), 1);
+    assert_eq!(meta.count("schematics").unwrap(), 0);
+    assert_eq!(docs.get(&id).unwrap().unwrap().1, b"customization: {}\n");
+    assert_eq!(docs.migrate_legacy("schematics").unwrap(), 0);
+}
