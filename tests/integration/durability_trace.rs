@@ -133,7 +133,8 @@ fn assert_new_dirs_synced(calls: &[Call], data: &Path, ack: usize) {
     );
 }
 
-/// The server's process id: the first line of the trace (`PID execve(...)`).
+/// The traced process's id: the first line of the trace (`PID execve(...)`, so `execve` must
+/// be traced).
 fn traced_pid(trace: &Path) -> String {
     let text = std::fs::read_to_string(trace).unwrap();
     text.split_whitespace()
@@ -151,7 +152,7 @@ async fn a_schematic_is_acknowledged_only_after_document_directory_and_reference
     let root = std::fs::canonicalize(dir.path()).unwrap();
     let data = root.join("data");
     let trace = root.join("trace.txt");
-    let calls = "trace=openat,write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg,fsync,\
+    let calls = "trace=execve,openat,write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg,fsync,\
                  fdatasync,rename,renameat,renameat2,mkdir,mkdirat";
     let wrapper = strace_args(&trace, calls, "1048576");
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
@@ -203,7 +204,7 @@ fn a_release_record_is_written_after_its_blobs_and_before_the_import_ends() {
     let data = root.join("data");
     let trace = root.join("trace.txt");
     // Blob data is written with write(2) and left out; sled's log is written with pwrite64.
-    let calls = "trace=openat,pwrite64,pwritev,pwritev2,fsync,fdatasync,syncfs,rename,\
+    let calls = "trace=execve,openat,pwrite64,pwritev,pwritev2,fsync,fdatasync,syncfs,rename,\
                  renameat,renameat2,mkdir,mkdirat";
     let out = Command::new("strace")
         .args(strace_args(&trace, calls, "4194304"))
@@ -223,9 +224,14 @@ fn a_release_record_is_written_after_its_blobs_and_before_the_import_ends() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&trace).unwrap();
+    // The process's own exit (its threads' exits come earlier, under their own ids).
+    let pid = traced_pid(&trace);
     let exit = text
         .lines()
-        .position(|l| l.contains("+++ exited with 0 +++"))
+        .position(|l| {
+            l.split_once(' ')
+                .is_some_and(|(p, rest)| p == pid && rest.trim() == "+++ exited with 0 +++")
+        })
         .expect("the import's exit in the trace");
     let calls = parse(&text);
     let rename = assert_document_order(&calls, &data, "releases", exit);
