@@ -68,6 +68,36 @@ pub(super) fn blob_name(name: &str) -> Result<&str, StoreError> {
     }
 }
 
+/// The files of a fan-out tree: `(name, path)` of every regular file in the subdirectories of
+/// `dir` named by two hex digits (`blobs/<2 hex>/…`, `blobs/docs/<kind>/<2 hex>/…`). A missing
+/// `dir` has none.
+pub(super) fn fanout_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
+    let list = |d: &Path| io_err(format!("list {}", d.display()));
+    let mut out = Vec::new();
+    let subs = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(list(dir)(e).into()),
+    };
+    for sub in subs {
+        let sub = sub.map_err(list(dir))?;
+        let prefix = sub.file_name();
+        let prefix = prefix.to_string_lossy();
+        let fanout = prefix.len() == 2 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+        if !fanout || !sub.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let sub = sub.path();
+        for file in std::fs::read_dir(&sub).map_err(list(&sub))? {
+            let file = file.map_err(list(&sub))?;
+            if file.file_type().is_ok_and(|t| t.is_file()) {
+                out.push((file.file_name().to_string_lossy().into_owned(), file.path()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl BlobStore {
     /// Opens the store rooted at `root` (usually `<dataDir>/blobs`) and sweeps crash leftovers.
     pub fn open(root: &Path, meta: Arc<dyn MetaStore>) -> Result<Self, StoreError> {

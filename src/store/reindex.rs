@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::blobs::{BlobInfo, BlobStore, SHA_TREE, is_blob_name};
+use super::blobs::{BlobInfo, BlobStore, SHA_TREE, fanout_files, is_blob_name};
 use super::{StoreError, sync_dir};
 use crate::io_context::io_err;
 use crate::sha256::Sha256;
@@ -49,26 +49,11 @@ impl BlobStore {
 
     /// The BLAKE3 names of every blob file in the store (not documents, not temporary files).
     pub fn list_blobs(&self) -> Result<Vec<String>, StoreError> {
-        let root = self.root();
-        let mut out = Vec::new();
-        for dir in std::fs::read_dir(root).map_err(io_err(format!("list {}", root.display())))? {
-            let dir = dir.map_err(io_err(format!("list {}", root.display())))?;
-            let prefix = dir.file_name().to_string_lossy().into_owned();
-            let fanout = prefix.len() == 2 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
-            if !fanout || !dir.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = dir.path();
-            for file in
-                std::fs::read_dir(&path).map_err(io_err(format!("list {}", path.display())))?
-            {
-                let file = file.map_err(io_err(format!("list {}", path.display())))?;
-                let name = file.file_name().to_string_lossy().into_owned();
-                if is_blob_name(&name) && name.starts_with(&prefix) {
-                    out.push(name);
-                }
-            }
-        }
+        let mut out: Vec<String> = fanout_files(self.root())?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| is_blob_name(name))
+            .collect();
         out.sort();
         Ok(out)
     }

@@ -39,40 +39,34 @@ async fn acknowledged_schematic_survives_kill_9() {
 async fn sigterm_is_graceful_and_a_second_instance_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut srv = spawn_bin(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let status: serde_json::Value = client()
-        .get(format!("http://{}/status", srv.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status(&srv).await;
     assert_eq!(status["listeners"]["http"], srv.http.to_string());
 
     // Same data directory: refused, naming the directory.
-    let err = match spawn_bin(dir.path()) {
-        Ok(mut other) => {
-            let _ = other.child.kill();
-            panic!("second instance started on a locked data directory");
-        }
-        Err(e) => e,
-    };
+    let err = refused(
+        dir.path(),
+        "second instance started on a locked data directory",
+    );
     assert!(err.contains("locked"), "{err}");
     assert!(
         err.contains(&dir.path().join("meta").display().to_string()),
         "{err}"
     );
 
-    let pid = srv.child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exit = srv.child.wait().unwrap();
-    assert!(exit.success(), "exit status {exit:?}");
+    stop(&mut srv);
     let log = srv.log.lock().unwrap().join("\n");
     assert!(log.contains("storage flushed"), "{log}");
+}
+
+/// The error of a server start on `data` that must fail (`why` otherwise).
+fn refused(data: &std::path::Path, why: &str) -> String {
+    match spawn_bin(data) {
+        Ok(mut srv) => {
+            let _ = srv.child.kill();
+            panic!("{why}");
+        }
+        Err(e) => e,
+    }
 }
 
 /// Sends SIGTERM to the server and waits for its clean exit (storage flushed).
@@ -83,7 +77,8 @@ fn stop(srv: &mut crate::common::BinServer) {
         .status()
         .unwrap();
     assert!(killed.success());
-    assert!(srv.child.wait().unwrap().success());
+    let exit = srv.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
 }
 
 /// POSTs `n` distinct schematics; returns (ID, canonical YAML) of each.
@@ -124,6 +119,7 @@ async fn servable(srv: &crate::common::BinServer, stored: &[(String, String)]) -
     n
 }
 
+/// `GET /status`.
 async fn status(srv: &crate::common::BinServer) -> serde_json::Value {
     client()
         .get(format!("http://{}/status", srv.http))
@@ -186,13 +182,10 @@ async fn a_metadata_store_that_does_not_open_is_refused_and_rebuilt_by_doctor_re
 
     // A torn snapshot file: the metadata store refuses to open.
     std::fs::write(dir.path().join("meta/snap.0000000000000ABC"), b"torn").unwrap();
-    let err = match spawn_bin(dir.path()) {
-        Ok(mut srv) => {
-            let _ = srv.child.kill();
-            panic!("the server started on a metadata store that does not open");
-        }
-        Err(e) => e,
-    };
+    let err = refused(
+        dir.path(),
+        "the server started on a metadata store that does not open",
+    );
     assert!(err.contains("is damaged and cannot be opened"), "{err}");
     assert!(err.contains("image-factory doctor --repair"), "{err}");
 

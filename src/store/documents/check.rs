@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{DocRef, DocStore};
-use crate::io_context::io_err;
 use crate::store::StoreError;
-use crate::store::blobs::is_blob_name;
+use crate::store::blobs::{fanout_files, is_blob_name};
 
 /// What a check of an index against its documents found.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -42,30 +41,7 @@ impl DocCheck {
 impl DocStore {
     /// The document files on disk, by BLAKE3 name.
     fn files(&self) -> Result<HashMap<String, PathBuf>, StoreError> {
-        let mut out = HashMap::new();
-        let dir = self.dir();
-        let fanout = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e).into()),
-        };
-        for sub in fanout {
-            let sub = sub.map_err(io_err(format!("list {}", dir.display())))?;
-            if !sub.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let sub = sub.path();
-            for file in
-                std::fs::read_dir(&sub).map_err(io_err(format!("list {}", sub.display())))?
-            {
-                let file = file.map_err(io_err(format!("list {}", sub.display())))?;
-                let name = file.file_name().to_string_lossy().into_owned();
-                if file.file_type().is_ok_and(|t| t.is_file()) {
-                    out.insert(name, file.path());
-                }
-            }
-        }
-        Ok(out)
+        Ok(fanout_files(&self.dir())?.into_iter().collect())
     }
 
     /// Compares the index with the documents on disk. `valid(key, body)` checks a document's
