@@ -387,16 +387,7 @@ impl BlobStore {
         self.sync_filesystem()?;
         let mut out = Vec::with_capacity(pending.len());
         for mut p in pending {
-            let dest = self.path(&p.info.blake3)?;
-            if let Some(dir) = dest.parent() {
-                self.ensure_dir(dir)?;
-            }
-            if dest.is_file() {
-                let _ = std::fs::remove_file(&p.tmp);
-            } else {
-                std::fs::rename(&p.tmp, &dest)
-                    .map_err(io_err(format!("rename into {}", dest.display())))?;
-            }
+            self.rename_into(&p.tmp, &self.path(&p.info.blake3)?)?;
             p.tmp = PathBuf::new();
             out.push(p.info.clone());
         }
@@ -417,7 +408,7 @@ impl BlobStore {
     }
 
     /// `syncfs(2)` on the filesystem holding the blobs.
-    fn sync_filesystem(&self) -> Result<(), StoreError> {
+    pub(super) fn sync_filesystem(&self) -> Result<(), StoreError> {
         let dir =
             File::open(&self.root).map_err(io_err(format!("open {}", self.root.display())))?;
         rustix::fs::syncfs(&dir)
@@ -435,17 +426,24 @@ impl BlobStore {
     /// there holds the same bytes and is kept) and fsyncs the directory, which is created
     /// durably first if needed.
     pub(super) fn place(&self, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+        self.rename_into(tmp, dest)?;
+        // Also when the file was there: its writer may not have synced the directory yet.
         let dir = dest.parent().unwrap_or(&self.root);
-        self.ensure_dir(dir)?;
+        sync_dir(dir).map_err(io_err(format!("sync {}", dir.display())))?;
+        Ok(())
+    }
+
+    /// Renames `tmp` to `dest` (a content name: an existing file there holds the same bytes
+    /// and is kept, `tmp` removed), creating the directory durably first if needed. The
+    /// rename itself is durable only after the directory (or the filesystem) is synced.
+    pub(super) fn rename_into(&self, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+        self.ensure_dir(dest.parent().unwrap_or(&self.root))?;
         if dest.is_file() {
-            // Same content already stored (content addressing): keep the existing file.
             let _ = std::fs::remove_file(tmp);
         } else {
             std::fs::rename(tmp, dest)
                 .map_err(io_err(format!("rename into {}", dest.display())))?;
         }
-        // Also when the file was there: its writer may not have synced the directory yet.
-        sync_dir(dir).map_err(io_err(format!("sync {}", dir.display())))?;
         Ok(())
     }
 }

@@ -132,12 +132,7 @@ impl DocStore {
                 continue;
             }
             if repair {
-                let value = serde_json::to_vec(&r).map_err(|source| StoreError::Encode {
-                    what: "document reference",
-                    source,
-                })?;
-                self.meta
-                    .put(self.kind.index_tree(), key.as_bytes(), &value)?;
+                self.put_ref(&key, &r, false)?;
                 report.repaired = true;
             }
             report.restored.push(key);

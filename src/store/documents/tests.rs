@@ -92,12 +92,28 @@ async fn missing_and_damaged_documents_are_reported() {
 fn legacy_records_move_into_documents() {
     let (_d, blobs) = store();
     let meta = Arc::clone(blobs.meta());
-    let id = "b".repeat(64);
-    meta.put("schematics", id.as_bytes(), b"customization: {}\n")
+    let ids: Vec<String> = (0..3).map(|i| format!("{i:x}").repeat(64)).collect();
+    for id in &ids {
+        let body = format!("customization: {{}} # {id}\n");
+        meta.put("schematics", id.as_bytes(), body.as_bytes())
+            .unwrap();
+    }
+    meta.put("releases", b"v1.11.0", b"{\"version\":\"v1.11.0\"}")
         .unwrap();
-    let docs = DocStore::new(DocKind::Schematic, blobs);
-    assert_eq!(docs.migrate_legacy("schematics").unwrap(), 1);
+    let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+    // One of them was moved already (a migration cut short after indexing it).
+    docs.put_blocking(&ids[0], b"moved before").unwrap();
+    assert_eq!(docs.migrate_legacy("schematics").unwrap(), 3);
     assert_eq!(meta.count("schematics").unwrap(), 0);
-    assert_eq!(docs.get(&id).unwrap().unwrap().1, b"customization: {}\n");
+    assert_eq!(docs.get(&ids[0]).unwrap().unwrap().1, b"moved before");
+    for id in &ids[1..] {
+        let body = format!("customization: {{}} # {id}\n");
+        assert_eq!(docs.get(id).unwrap().unwrap().1, body.as_bytes());
+    }
+    assert_eq!(docs.count().unwrap(), 3);
     assert_eq!(docs.migrate_legacy("schematics").unwrap(), 0);
+    let releases = DocStore::new(DocKind::Release, blobs);
+    assert_eq!(releases.migrate_legacy("releases").unwrap(), 1);
+    assert!(releases.get_ref("v1.11.0").unwrap().unwrap().generation > 0);
+    assert!(releases.check(false, true, &any).unwrap().is_clean());
 }
