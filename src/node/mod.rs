@@ -247,6 +247,8 @@ impl Node {
         let assets = self.assets.clone();
         // Scratch directories of finished builds are removed in the background.
         let _ = tokio::task::spawn_blocking(move || assets.wait_for_cleanup()).await;
+        // Document copies written in the background, then the index.
+        self.schematics.flush().await?;
         self.meta.flush().await?;
         Ok(())
     }

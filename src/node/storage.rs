@@ -102,6 +102,13 @@ impl StorageHealth {
     /// Logs what was found: errors for anything lost, restored or damaged.
     fn log(&self) {
         let (s, r) = (&self.schematics, &self.releases);
+        if s.rewritten > 0 {
+            tracing::info!(
+                copies = s.rewritten,
+                "wrote the document copies of schematics a stop had cut off (they were durable in \
+                 the metadata store)"
+            );
+        }
         if !s.restored.is_empty() || !r.restored.is_empty() {
             tracing::error!(
                 schematics = s.restored.len(),

@@ -133,6 +133,8 @@ mod tests {
         s.put(ID, YAML).await.unwrap();
         // A document claiming an ID its body does not hash to.
         s.put(&"c".repeat(64), YAML).await.unwrap();
+        // The document copies of small schematics are written in the background.
+        s.flush().await.unwrap();
         blobs
             .meta()
             .remove("schematic_docs", ID.as_bytes())

@@ -2,7 +2,7 @@
 //! binary with a system-call trace (`strace -f -y`): what the page cache held is never relied
 //! on, only the order of `fsync`s, renames and writes to the metadata log.
 //!
-//! For a schematic POSTed to the server and a release record written by an import:
+//! For a large schematic POSTed to the server and a release record written by an import:
 //! * the document's data is fsynced before its rename into `blobs/docs/…`;
 //! * the directory it was renamed into is fsynced after the rename;
 //! * the metadata reference to it (its BLAKE3 name) reaches sled's log only after that, and
@@ -11,6 +11,9 @@
 //!   the data directory itself) is fsynced into its parent before the acknowledgement;
 //! * for the import, every blob of the release is durable (`syncfs`) and in place before the
 //!   release document is created.
+//!
+//! A small schematic is kept inline in its index entry, which is durable with the log: its
+//! entry (found by its ID) reaches the log and the log is synced before the `201`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,14 +53,25 @@ fn first(calls: &[Call], f: impl Fn(&Call) -> bool) -> Option<&Call> {
     calls.iter().find(|c| f(c))
 }
 
-/// Asserts the document write order for the one document renamed into `blobs/docs/<kind>/`;
-/// `ack` is the line where the write was acknowledged. Returns the document's rename.
-fn assert_document_order<'a>(calls: &'a [Call], data: &Path, kind: &str, ack: usize) -> &'a Call {
+/// Asserts the document write order for the document renamed into `blobs/docs/<kind>/` (the
+/// one named `name`, or the first); `ack` is the line where the write was acknowledged.
+/// Returns the document's rename.
+fn assert_document_order<'a>(
+    calls: &'a [Call],
+    data: &Path,
+    kind: &str,
+    name: Option<&str>,
+    ack: usize,
+) -> &'a Call {
     let docs = format!("{}/blobs/docs/{kind}/", data.display());
     let rename = first(calls, |c| {
-        c.is(RENAMES) && c.ok() && c.strings().last().is_some_and(|d| d.starts_with(&docs))
+        c.is(RENAMES)
+            && c.ok()
+            && c.strings().last().is_some_and(|d| {
+                d.starts_with(&docs) && name.is_none_or(|n| d.ends_with(&format!("/{n}")))
+            })
     })
-    .unwrap_or_else(|| panic!("no document renamed into {docs}"));
+    .unwrap_or_else(|| panic!("no document {name:?} renamed into {docs}"));
     let names = rename.strings();
     let (tmp, dest) = (&names[0], &names[names.len() - 1]);
     let blake3 = dest.rsplit('/').next().unwrap();
@@ -86,21 +100,33 @@ fn assert_document_order<'a>(calls: &'a [Call], data: &Path, kind: &str, ack: us
         reference.start,
         dir_sync.end
     );
+    assert_logged_before(calls, data, blake3, ack);
+    rename
+}
+
+/// Asserts that a write to the metadata log containing `needle` is followed by a sync of the
+/// log that completes before line `ack`.
+fn assert_logged_before(calls: &[Call], data: &Path, needle: &str, ack: usize) {
+    let log = format!("{}/meta/db", data.display());
+    let write = calls
+        .iter()
+        .filter(|c| c.is(LOG_WRITES) && c.fd_path() == Some(&log) && c.args.contains(needle))
+        .min_by_key(|c| c.start)
+        .unwrap_or_else(|| panic!("{needle} never reached {log}"));
     let log_sync = first(calls, |c| {
-        c.is(SYNCS) && c.ok() && c.fd_path() == Some(&log) && c.start > reference.end
+        c.is(SYNCS) && c.ok() && c.fd_path() == Some(&log) && c.start > write.end
     })
-    .unwrap_or_else(|| panic!("{log} was not synced after the reference was written"));
+    .unwrap_or_else(|| panic!("{log} was not synced after {needle} was written"));
     assert!(
         log_sync.end < ack,
         "acknowledged (line {ack}) before the log was synced (line {})",
         log_sync.end
     );
-    rename
 }
 
 /// Asserts that every directory created under `data` (itself, `blobs/`, `meta/`, `keys/`)
-/// was fsynced into its parent before line `ack`.
-fn assert_new_dirs_synced(calls: &[Call], data: &Path, ack: usize) {
+/// was fsynced into its parent before the first acknowledgement (`acks`: lines) after it.
+fn assert_new_dirs_synced(calls: &[Call], data: &Path, acks: &[usize]) {
     let data_str = data.display().to_string();
     let mut checked = 0;
     for mk in calls.iter().filter(|c| c.is(MKDIRS) && c.ok()) {
@@ -118,12 +144,21 @@ fn assert_new_dirs_synced(calls: &[Call], data: &Path, ack: usize) {
             continue;
         }
         let dir = parent(&path);
+        let next_ack = acks
+            .iter()
+            .copied()
+            .find(|&a| a > mk.end)
+            .unwrap_or(usize::MAX);
         let synced = first(calls, |c| {
-            c.is(SYNCS) && c.ok() && c.fd_path() == Some(&dir) && c.start > mk.end && c.end < ack
+            c.is(SYNCS)
+                && c.ok()
+                && c.fd_path() == Some(&dir)
+                && c.start > mk.end
+                && c.end < next_ack
         });
         assert!(
             synced.is_some(),
-            "{path} was created but {dir} never fsynced after it"
+            "{path} was created but {dir} not fsynced after it in time"
         );
         checked += 1;
     }
@@ -143,6 +178,22 @@ fn traced_pid(trace: &Path) -> String {
         .to_string()
 }
 
+/// POSTs `body`; returns the schematic's ID and canonical YAML.
+async fn post(srv: &crate::common::BinServer, body: String) -> (String, String) {
+    let resp = client()
+        .post(format!("http://{}/schematics", srv.http))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["schematic"].as_str().unwrap().to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schematic_is_acknowledged_only_after_document_directory_and_reference_are_durable() {
     if !have_strace() {
@@ -157,13 +208,22 @@ async fn a_schematic_is_acknowledged_only_after_document_directory_and_reference
     let wrapper = strace_args(&trace, calls, "1048576");
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let mut srv = spawn_bin_under(&data, &wrapper).unwrap_or_else(|e| panic!("{e}"));
-    let resp = client()
-        .post(format!("http://{}/schematics", srv.http))
-        .body("customization: {extraKernelArgs: [traced.write=1]}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    // Larger than an index entry may hold (about 20 KiB of kernel arguments) ...
+    let args: Vec<String> = (0..200)
+        .map(|i| format!("traced.large.{i}={}", "a".repeat(80)))
+        .collect();
+    let (large_id, canonical) = post(
+        &srv,
+        format!("customization: {{extraKernelArgs: [{}]}}", args.join(", ")),
+    )
+    .await;
+    assert!(canonical.len() > 16 << 10);
+    // ... and small.
+    let (small_id, _) = post(
+        &srv,
+        "customization: {extraKernelArgs: [traced.small=1]}".into(),
+    )
+    .await;
     // Stop the server itself (strace exits with it).
     let pid = traced_pid(&trace);
     assert!(
@@ -177,13 +237,19 @@ async fn a_schematic_is_acknowledged_only_after_document_directory_and_reference
 
     let text = std::fs::read_to_string(&trace).unwrap();
     let calls = parse(&text);
-    let ack = first(&calls, |c| {
-        c.is(&["write", "writev", "sendto", "sendmsg"]) && c.args.contains("HTTP/1.1 201")
-    })
-    .expect("the 201 response in the trace")
-    .start;
-    assert_document_order(&calls, &data, "schematics", ack);
-    assert_new_dirs_synced(&calls, &data, ack);
+    let acks: Vec<usize> = calls
+        .iter()
+        .filter(|c| {
+            c.is(&["write", "writev", "sendto", "sendmsg"]) && c.args.contains("HTTP/1.1 201")
+        })
+        .map(|c| c.start)
+        .collect();
+    assert_eq!(acks.len(), 2, "two 201 responses in the trace");
+    let document = format!("image-factory-document/1 schematic {large_id} 0\n{canonical}");
+    let name = blake3::hash(document.as_bytes()).to_hex().to_string();
+    assert_document_order(&calls, &data, "schematics", Some(&name), acks[0]);
+    assert_new_dirs_synced(&calls, &data, &acks);
+    assert_logged_before(&calls, &data, &small_id, acks[1]);
 }
 
 #[test]
@@ -234,8 +300,8 @@ fn a_release_record_is_written_after_its_blobs_and_before_the_import_ends() {
         })
         .expect("the import's exit in the trace");
     let calls = parse(&text);
-    let rename = assert_document_order(&calls, &data, "releases", exit);
-    assert_new_dirs_synced(&calls, &data, exit);
+    let rename = assert_document_order(&calls, &data, "releases", None, exit);
+    assert_new_dirs_synced(&calls, &data, &[exit]);
 
     // Every blob is durable and in place before the release document is created.
     let tmp = &rename.strings()[0];

@@ -27,6 +27,9 @@ pub struct DocCheck {
     pub damaged: Vec<PathBuf>,
     /// Older documents of a replaced record (removed when repairing).
     pub superseded: usize,
+    /// Files of entries kept inline that were missing (a crash before the background writer
+    /// wrote them): written from the index when repairing. Not a loss.
+    pub rewritten: usize,
     /// Whether the index was changed (restored references, removed files).
     pub repaired: bool,
 }
@@ -44,12 +47,34 @@ impl DocStore {
         Ok(fanout_files(&self.dir())?.into_iter().collect())
     }
 
+    /// Whether the index entry `r` of `key` holds what it claims: its inline body (if any)
+    /// encodes to its BLAKE3 name and is valid, or else its file verifies. `None` when the
+    /// file to check is not there.
+    fn ref_verifies(
+        &self,
+        key: &str,
+        r: &DocRef,
+        files: &HashMap<String, PathBuf>,
+        valid: &dyn Fn(&str, &[u8]) -> bool,
+    ) -> Option<bool> {
+        if let Some(body) = &r.inline {
+            let (_, encoded) = self.encode(key, r.generation, body.as_bytes());
+            return Some(encoded.blake3 == r.blake3 && valid(key, body.as_bytes()));
+        }
+        let path = files.get(&r.blake3)?;
+        Some(
+            self.read_file(path, &r.blake3, Some(r.size))
+                .is_ok_and(|p| p.key == key && valid(&p.key, &p.body)),
+        )
+    }
+
     /// Compares the index with the documents on disk. `valid(key, body)` checks a document's
     /// body against its key (a schematic's ID is its SHA-256). Unreferenced documents are
-    /// always read; with `deep`, referenced ones too (a damaged one counts as missing). With
-    /// `repair`, documents the index lost are indexed again (the newest generation per key)
-    /// and superseded files removed; call [`MetaStore::flush_blocking`] (or `flush`)
-    /// afterwards. Blocking.
+    /// always read; with `deep`, every index entry is verified too (a damaged one counts as
+    /// missing unless a document restores it). With `repair`, documents the index lost are
+    /// indexed again (the newest generation per key), superseded files removed and the files
+    /// of inline entries a crash cut off written; call [`MetaStore::flush_blocking`] (or
+    /// `flush`) afterwards. Blocking.
     pub fn check(
         &self,
         repair: bool,
@@ -59,18 +84,22 @@ impl DocStore {
         let refs: HashMap<String, DocRef> = self.refs()?.into_iter().collect();
         let mut files = self.files()?;
         let mut damaged = Vec::new();
+        // Index entries that do not hold what they claim.
+        let mut bad: HashSet<&str> = HashSet::new();
         if deep {
             for (key, r) in &refs {
-                let Some(path) = files.get(&r.blake3) else {
-                    continue;
-                };
-                let ok = self
-                    .read_file(path, &r.blake3, Some(r.size))
-                    .is_ok_and(|p| p.key == *key && valid(&p.key, &p.body));
-                if !ok {
-                    tracing::error!(kind = self.kind.name(), path = %path.display(), "a document fails verification");
-                    damaged.push(path.clone());
-                    files.remove(&r.blake3);
+                if self.ref_verifies(key, r, &files, valid) == Some(false) {
+                    tracing::error!(
+                        kind = self.kind.name(),
+                        key,
+                        "an index entry fails verification"
+                    );
+                    bad.insert(key);
+                    if r.inline.is_none()
+                        && let Some(path) = files.remove(&r.blake3)
+                    {
+                        damaged.push(path);
+                    }
                 }
             }
         }
@@ -81,7 +110,11 @@ impl DocStore {
             damaged,
             ..DocCheck::default()
         };
-        let referenced: HashSet<&str> = refs.values().map(|r| r.blake3.as_str()).collect();
+        let referenced: HashSet<&str> = refs
+            .iter()
+            .filter(|(key, _)| !bad.contains(key.as_str()))
+            .map(|(_, r)| r.blake3.as_str())
+            .collect();
         // Referenced files are verified on read; unreferenced ones are read here.
         let mut found: HashMap<String, (DocRef, PathBuf)> = HashMap::new();
         let mut stale: Vec<PathBuf> = Vec::new();
@@ -106,6 +139,10 @@ impl DocStore {
                 blake3: name.clone(),
                 size: std::fs::metadata(path).map_or(0, |m| m.len()),
                 generation: parsed.generation,
+                inline: self
+                    .inline_ref(&parsed.key, &parsed.body)
+                    .filter(|i| i.blake3 == *name)
+                    .and_then(|i| i.inline),
             };
             match found.get(&parsed.key) {
                 Some((best, _)) if best.generation >= r.generation => stale.push(path.clone()),
@@ -116,16 +153,26 @@ impl DocStore {
                 }
             }
         }
+        // An entry is usable if it verifies and its body is inline or its file is there.
+        let usable = |key: &str, r: &DocRef| {
+            !bad.contains(key) && (r.inline.is_some() || files.contains_key(&r.blake3))
+        };
+        let mut copies = Vec::new();
         for (key, r) in &refs {
-            if !files.contains_key(&r.blake3) && !found.contains_key(key) {
-                report.missing.push(key.clone());
+            if !usable(key, r) {
+                if !found.contains_key(key) {
+                    report.missing.push(key.clone());
+                }
+            } else if let Some(body) = &r.inline
+                && !files.contains_key(&r.blake3)
+            {
+                copies.push((key, body));
             }
         }
         for (key, (r, path)) in found {
-            let current = refs.get(&key);
-            let lost = match current {
+            let lost = match refs.get(&key) {
                 None => true,
-                Some(cur) => !files.contains_key(&cur.blake3) || cur.generation < r.generation,
+                Some(cur) => !usable(&key, cur) || cur.generation < r.generation,
             };
             if !lost {
                 stale.push(path);
@@ -138,10 +185,17 @@ impl DocStore {
             report.restored.push(key);
         }
         report.superseded = stale.len();
+        report.rewritten = copies.len();
         if repair {
             for path in stale {
                 let _ = std::fs::remove_file(path);
                 report.repaired = true;
+            }
+            for (key, body) in &copies {
+                self.write_copy(key, body.as_bytes(), false)?;
+            }
+            if !copies.is_empty() {
+                self.blobs.sync_filesystem()?;
             }
         }
         report.restored.sort();

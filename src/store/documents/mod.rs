@@ -14,6 +14,12 @@
 //! record is replaced on re-import: its generation grows, the superseded file is removed once
 //! the new reference is durable, and a check that finds several documents for one key keeps
 //! the highest generation.
+//!
+//! A small schematic (its reference with the body inline at most `store::SMALL_VALUE`, which
+//! the metadata store keeps durable with its log) is the exception to "document first": its
+//! reference carries the body, is acknowledged once the log is synced, and its document file
+//! is written afterwards by a background thread (`lazy.rs`); the start-up check writes any
+//! copy a crash prevented. Reads of such schematics never touch the file.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -22,11 +28,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 mod check;
+mod lazy;
 
 pub use check::DocCheck;
+use lazy::{Job, LazyWriter};
 
 use super::blobs::{BlobStore, is_blob_name};
-use super::{MetaStore, StoreError, VerifiedBlob};
+use super::{MetaStore, SMALL_VALUE, StoreError, VerifiedBlob};
 use crate::io_context::io_err;
 
 /// First word of every document's header line.
@@ -91,6 +99,12 @@ impl DocKind {
         self == DocKind::Schematic
     }
 
+    /// Whether small documents of this kind are kept inline in their index entry (immutable
+    /// kinds only: the file written later is then always the same).
+    fn inlines(self) -> bool {
+        self == DocKind::Schematic
+    }
+
     /// The parsed kind of a header word.
     fn from_name(name: &str) -> Option<DocKind> {
         [DocKind::Schematic, DocKind::Release]
@@ -108,6 +122,9 @@ pub struct DocRef {
     pub size: u64,
     /// Generation: 0 for immutable kinds, growing with each replacement otherwise.
     pub generation: u64,
+    /// The body itself, for a small document of a kind kept inline (the file is its copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
 }
 
 /// A document read back and checked.
@@ -123,6 +140,8 @@ pub struct DocStore {
     kind: DocKind,
     blobs: BlobStore,
     meta: Arc<dyn MetaStore>,
+    /// Writes the files of inline documents (kinds kept inline only).
+    lazy: Option<Arc<LazyWriter>>,
 }
 
 fn parse_ref(kind: DocKind, key: &[u8], bytes: &[u8]) -> Result<DocRef, StoreError> {
@@ -144,7 +163,20 @@ impl DocStore {
     /// The documents of `kind` in `blobs` (whose metadata store holds the index).
     pub fn new(kind: DocKind, blobs: BlobStore) -> Self {
         let meta = Arc::clone(blobs.meta());
-        DocStore { kind, blobs, meta }
+        let mut store = DocStore {
+            kind,
+            blobs,
+            meta,
+            lazy: None,
+        };
+        if kind.inlines() {
+            match LazyWriter::start(store.clone()) {
+                Ok(w) => store.lazy = Some(Arc::new(w)),
+                // Every copy is then written on the request path.
+                Err(e) => tracing::warn!(error = %e, "document copy thread not started"),
+            }
+        }
+        store
     }
 
     /// The kind of document.
@@ -174,13 +206,20 @@ impl DocStore {
         }
     }
 
-    /// Makes the index durable (see [`MetaStore::flush_blocking`]).
+    /// Makes the index and the document files written so far durable (see
+    /// [`MetaStore::flush_blocking`]).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.copies_durable();
         self.meta.flush_blocking()
     }
 
-    /// Makes the index durable (see [`MetaStore::flush`]).
+    /// Makes the index and the document files written so far durable (see
+    /// [`MetaStore::flush`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.copies_durable())
+            .await
+            .map_err(StoreError::task("document copies"))?;
         self.meta.flush().await
     }
 
@@ -215,6 +254,10 @@ impl DocStore {
         let Some(r) = self.get_ref(key)? else {
             return Ok(None);
         };
+        if let Some(body) = &r.inline {
+            let body = body.as_bytes().to_vec();
+            return Ok(Some((r, body)));
+        }
         match self.read(key, &r) {
             Ok(body) => Ok(Some((r, body))),
             Err(e) => match self.get_ref(key)? {
@@ -230,6 +273,9 @@ impl DocStore {
 
     /// The body of the document `r` (the reference of `key`).
     pub fn read(&self, key: &str, r: &DocRef) -> Result<Vec<u8>, StoreError> {
+        if let Some(body) = &r.inline {
+            return Ok(body.as_bytes().to_vec());
+        }
         let path = self.path(&r.blake3)?;
         let parsed = self.read_file(&path, &r.blake3, Some(r.size))?;
         if parsed.key != key {
@@ -315,13 +361,7 @@ impl DocStore {
         body: &[u8],
         sync: bool,
     ) -> Result<(DocRef, PathBuf, PathBuf), StoreError> {
-        let mut bytes = format!("{MAGIC} {} {key} {generation}\n", self.kind.name()).into_bytes();
-        bytes.extend_from_slice(body);
-        let r = DocRef {
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-            size: bytes.len() as u64,
-            generation,
-        };
+        let (bytes, r) = self.encode(key, generation, body);
         let dest = self.path(&r.blake3)?;
         let tmp = self.blobs.temp_path();
         let written = std::fs::File::create(&tmp).and_then(|mut f| {
@@ -333,6 +373,74 @@ impl DocStore {
             return Err(io_err(format!("write {}", tmp.display()))(e).into());
         }
         Ok((r, tmp, dest))
+    }
+
+    /// The file bytes of the document for `key` and its reference (without inline body).
+    fn encode(&self, key: &str, generation: u64, body: &[u8]) -> (Vec<u8>, DocRef) {
+        let mut bytes = format!("{MAGIC} {} {key} {generation}\n", self.kind.name()).into_bytes();
+        bytes.extend_from_slice(body);
+        let r = DocRef {
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            size: bytes.len() as u64,
+            generation,
+            inline: None,
+        };
+        (bytes, r)
+    }
+
+    /// The reference of `body` under `key` with the body inline, if this kind keeps it inline
+    /// and it is small enough.
+    fn inline_ref(&self, key: &str, body: &[u8]) -> Option<DocRef> {
+        if !self.kind.inlines() {
+            return None;
+        }
+        let text = std::str::from_utf8(body).ok()?;
+        let (_, mut r) = self.encode(key, 0, body);
+        r.inline = Some(text.to_string());
+        let len = serde_json::to_vec(&r).ok()?.len();
+        (len <= SMALL_VALUE).then_some(r)
+    }
+
+    /// Writes the file of the inline document `key` (generation 0), if it is not there:
+    /// durably (fsync, rename, directory fsync) when `sync`, else to be made durable by a
+    /// filesystem sync.
+    fn write_copy(&self, key: &str, body: &[u8], sync: bool) -> Result<(), StoreError> {
+        let (_, tmp, dest) = self.stage(key, 0, body, sync)?;
+        let placed = if sync {
+            self.blobs.place(&tmp, &dest)
+        } else {
+            self.blobs.rename_into(&tmp, &dest)
+        };
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        placed
+    }
+
+    /// Has the file of the inline document `key` written: by the background writer, or here
+    /// (durably, on the blocking pool) when its queue is full.
+    async fn copy_later(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        let job = match &self.lazy {
+            Some(lazy) => lazy.submit(key.to_string(), body),
+            None => Err(Job::Write {
+                key: key.to_string(),
+                body,
+            }),
+        };
+        let Err(Job::Write { key, body }) = job else {
+            return Ok(());
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_copy(&key, &body, true))
+            .await
+            .map_err(StoreError::task("document write"))?
+    }
+
+    /// Waits until every document file queued for the background writer is durable.
+    fn copies_durable(&self) {
+        if let Some(lazy) = &self.lazy {
+            lazy.barrier();
+        }
     }
 
     /// Writes the document for `key` durably (not yet indexed).
@@ -395,6 +503,15 @@ impl DocStore {
             self.meta.flush().await?;
             return Ok((false, existing));
         }
+        if let Some(r) = self.inline_ref(self.check_key(key)?, &body) {
+            // Durable with the log; the document file is its copy, written afterwards.
+            let created = self.put_ref(key, &r, true)?;
+            self.meta.flush().await?;
+            if created {
+                self.copy_later(key, body).await?;
+            }
+            return Ok((created, r));
+        }
         let this = self.clone();
         let owned = key.to_string();
         let (created, r, previous) =
@@ -443,7 +560,9 @@ impl DocStore {
                 } else {
                     now_nanos()
                 };
-                staged.push((key.clone(), self.stage(&key, generation, body, false)?));
+                let (mut r, tmp, dest) = self.stage(&key, generation, body, false)?;
+                r.inline = self.inline_ref(&key, body).and_then(|i| i.inline);
+                staged.push((key.clone(), (r, tmp, dest)));
             }
             self.blobs.sync_filesystem()?;
             for (_, (_, tmp, dest)) in &staged {

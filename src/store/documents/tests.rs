@@ -58,15 +58,22 @@ async fn a_lost_reference_is_found_and_restored_from_its_document() {
     assert!(docs.check(true, false, &any).unwrap().is_clean());
 }
 
+/// A schematic body too large to be kept inline.
+fn large() -> Vec<u8> {
+    format!(
+        "customization: {{}} # {}\n",
+        "x".repeat(crate::store::SMALL_VALUE)
+    )
+    .into_bytes()
+}
+
 #[tokio::test]
 async fn missing_and_damaged_documents_are_reported() {
     let (_d, blobs) = store();
     let docs = DocStore::new(DocKind::Schematic, blobs.clone());
     let id = "a".repeat(64);
-    let (_, r) = docs
-        .put(&id, b"customization: {}\n".to_vec())
-        .await
-        .unwrap();
+    let (_, r) = docs.put(&id, large()).await.unwrap();
+    assert!(r.inline.is_none());
     let path = docs.path(&r.blake3).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 2;
@@ -74,6 +81,9 @@ async fn missing_and_damaged_documents_are_reported() {
     std::fs::write(&path, &bytes).unwrap();
     let err = docs.get(&id).unwrap_err();
     assert!(format!("{err}").contains("damaged"), "{err}");
+    // A deep check finds the damage behind an index entry.
+    let deep = docs.check(false, true, &any).unwrap();
+    assert_eq!((deep.missing.len(), deep.damaged.len()), (1, 1));
     blobs
         .meta()
         .remove("schematic_docs", id.as_bytes())
@@ -82,10 +92,57 @@ async fn missing_and_damaged_documents_are_reported() {
     assert_eq!(check.damaged, std::slice::from_ref(&path));
     assert!(check.restored.is_empty());
     std::fs::remove_file(&path).unwrap();
-    docs.put(&id, b"x".to_vec()).await.unwrap();
-    let r = docs.get_ref(&id).unwrap().unwrap();
+    let (_, r) = docs.put(&id, large()).await.unwrap();
     std::fs::remove_file(docs.path(&r.blake3).unwrap()).unwrap();
     assert_eq!(docs.check(true, false, &any).unwrap().missing, [id]);
+}
+
+#[tokio::test]
+async fn small_schematics_are_acknowledged_inline_and_copied_to_their_document_after() {
+    let (_d, blobs) = store();
+    let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+    let id = "b".repeat(64);
+    let (created, r) = docs
+        .put(&id, b"customization: {}\n".to_vec())
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(r.inline.as_deref(), Some("customization: {}\n"));
+    // Served from the index, whatever happens to the file.
+    docs.flush().await.unwrap();
+    let path = docs.path(&r.blake3).unwrap();
+    assert!(path.is_file(), "the copy was not written by the flush");
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(docs.get(&id).unwrap().unwrap().1, b"customization: {}\n");
+    // A stop before the copy was written: the check writes it, and that is no loss.
+    let check = docs.check(true, false, &any).unwrap();
+    assert_eq!((check.rewritten, check.missing.len()), (1, 0));
+    assert!(check.is_clean());
+    assert!(path.is_file());
+    // The copy is the document the index is rebuilt from, inline again.
+    blobs
+        .meta()
+        .remove("schematic_docs", id.as_bytes())
+        .unwrap();
+    assert_eq!(
+        docs.check(true, true, &any).unwrap().restored,
+        std::slice::from_ref(&id)
+    );
+    assert_eq!(docs.get_ref(&id).unwrap(), Some(r.clone()));
+    // A damaged inline entry is restored from the copy by a deep check.
+    let mut bad = r.clone();
+    bad.inline = Some("customization: {tampered: true}\n".into());
+    blobs
+        .meta()
+        .put(
+            "schematic_docs",
+            id.as_bytes(),
+            &serde_json::to_vec(&bad).unwrap(),
+        )
+        .unwrap();
+    let deep = docs.check(true, true, &any).unwrap();
+    assert_eq!(deep.restored, std::slice::from_ref(&id));
+    assert_eq!(docs.get_ref(&id).unwrap(), Some(r));
 }
 
 #[test]
