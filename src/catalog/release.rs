@@ -165,7 +165,7 @@ impl ReleaseStore {
     /// The release records of `blobs` (whose metadata store holds the index).
     pub fn new(blobs: &BlobStore) -> Self {
         Self {
-            docs: DocStore::new(DocKind::Release, blobs.clone()),
+            docs: DocStore::releases(blobs.clone()),
             decoded: Arc::default(),
         }
     }

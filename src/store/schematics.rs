@@ -34,7 +34,7 @@ impl SchematicStore {
     /// The schematics of `blobs` (whose metadata store holds the index). Moves schematics an
     /// older version kept in the metadata store into documents, and counts them. Blocking.
     pub fn new(blobs: &BlobStore) -> Result<Self, StoreError> {
-        let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+        let docs = DocStore::new(DocKind::Schematic, blobs.clone())?;
         let migrated = docs.migrate_legacy(LEGACY_TREE)?;
         if migrated > 0 {
             tracing::info!(

@@ -17,7 +17,7 @@ pub struct DocCheck {
     pub kind: &'static str,
     /// References in the index before the check.
     pub indexed: usize,
-    /// Document files found.
+    /// Documents found (files and copies in the copy log).
     pub documents: usize,
     /// Keys whose document was not (or not correctly) in the index: restored when repairing.
     pub restored: Vec<String>,
@@ -68,6 +68,20 @@ impl DocStore {
         )
     }
 
+    /// The reference to restore for the verified document `p` named `blake3` (`size` bytes):
+    /// with its body inline when its kind keeps it so.
+    fn found_ref(&self, blake3: &str, size: u64, p: &super::Parsed) -> DocRef {
+        DocRef {
+            blake3: blake3.to_string(),
+            size,
+            generation: p.generation,
+            inline: self
+                .inline_ref(&p.key, &p.body)
+                .filter(|i| i.blake3 == blake3)
+                .and_then(|i| i.inline),
+        }
+    }
+
     /// Compares the index with the documents on disk. `valid(key, body)` checks a document's
     /// body against its key (a schematic's ID is its SHA-256). Unreferenced documents are
     /// always read; with `deep`, every index entry is verified too (a damaged one counts as
@@ -115,9 +129,18 @@ impl DocStore {
             .filter(|(key, _)| !bad.contains(key.as_str()))
             .map(|(_, r)| r.blake3.as_str())
             .collect();
-        // Referenced files are verified on read; unreferenced ones are read here.
-        let mut found: HashMap<String, (DocRef, PathBuf)> = HashMap::new();
+        // Referenced files are verified on read; unreferenced ones are read here (a copy in
+        // the copy log has no path: it is never removed).
+        let mut found: HashMap<String, (DocRef, Option<PathBuf>)> = HashMap::new();
         let mut stale: Vec<PathBuf> = Vec::new();
+        let mut consider = |r: DocRef, key: String, path: Option<PathBuf>| match found.get(&key) {
+            Some((best, _)) if best.generation >= r.generation => stale.extend(path),
+            _ => {
+                if let Some((_, older)) = found.insert(key, (r, path)) {
+                    stale.extend(older);
+                }
+            }
+        };
         for (name, path) in &files {
             if referenced.contains(name.as_str()) {
                 continue;
@@ -127,37 +150,51 @@ impl DocStore {
             } else {
                 Err(StoreError::InvalidBlobName { name: name.clone() })
             };
-            let parsed = match parsed {
-                Ok(p) if valid(&p.key, &p.body) => p,
+            match parsed {
+                Ok(p) if valid(&p.key, &p.body) => {
+                    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+                    let r = self.found_ref(name, size, &p);
+                    consider(r, p.key, Some(path.clone()));
+                }
                 Ok(_) | Err(_) => {
                     tracing::error!(kind = self.kind.name(), path = %path.display(), "a document fails verification");
                     report.damaged.push(path.clone());
-                    continue;
-                }
-            };
-            let r = DocRef {
-                blake3: name.clone(),
-                size: std::fs::metadata(path).map_or(0, |m| m.len()),
-                generation: parsed.generation,
-                inline: self
-                    .inline_ref(&parsed.key, &parsed.body)
-                    .filter(|i| i.blake3 == *name)
-                    .and_then(|i| i.inline),
-            };
-            match found.get(&parsed.key) {
-                Some((best, _)) if best.generation >= r.generation => stale.push(path.clone()),
-                _ => {
-                    if let Some((_, older)) = found.insert(parsed.key, (r, path.clone())) {
-                        stale.push(older);
-                    }
                 }
             }
+        }
+        // Copies of inline entries: which are there, and those the index does not name.
+        let mut copied: HashSet<String> = HashSet::new();
+        if let Some((log, _)) = &self.copies {
+            let mut wrong = Vec::new();
+            let scan = log.scan(|record| {
+                if !referenced.contains(record.blake3.as_str()) {
+                    match self.parse(&record.blake3, record.document.to_vec()) {
+                        Ok(p) if valid(&p.key, &p.body) => {
+                            let size = record.document.len() as u64;
+                            consider(self.found_ref(&record.blake3, size, &p), p.key, None);
+                        }
+                        // Intact bytes, but not what they claim to be.
+                        Ok(_) | Err(_) => wrong.push(PathBuf::from(format!(
+                            "{}#{}",
+                            record.segment.display(),
+                            record.blake3
+                        ))),
+                    }
+                }
+                copied.insert(record.blake3);
+            })?;
+            for w in &wrong {
+                tracing::error!(kind = self.kind.name(), copy = %w.display(), "a document copy fails verification");
+            }
+            report.damaged.extend(wrong);
+            report.documents += copied.len();
+            report.damaged.extend(scan.damaged);
         }
         // An entry is usable if it verifies and its body is inline or its file is there.
         let usable = |key: &str, r: &DocRef| {
             !bad.contains(key) && (r.inline.is_some() || files.contains_key(&r.blake3))
         };
-        let mut copies = Vec::new();
+        let mut copies: Vec<(&str, &[u8])> = Vec::new();
         for (key, r) in &refs {
             if !usable(key, r) {
                 if !found.contains_key(key) {
@@ -165,8 +202,9 @@ impl DocStore {
                 }
             } else if let Some(body) = &r.inline
                 && !files.contains_key(&r.blake3)
+                && !copied.contains(&r.blake3)
             {
-                copies.push((key, body));
+                copies.push((key, body.as_bytes()));
             }
         }
         for (key, (r, path)) in found {
@@ -175,7 +213,7 @@ impl DocStore {
                 Some(cur) => !usable(&key, cur) || cur.generation < r.generation,
             };
             if !lost {
-                stale.push(path);
+                stale.extend(path);
                 continue;
             }
             if repair {
@@ -191,12 +229,7 @@ impl DocStore {
                 let _ = std::fs::remove_file(path);
                 report.repaired = true;
             }
-            for (key, body) in &copies {
-                self.write_copy(key, body.as_bytes(), false)?;
-            }
-            if !copies.is_empty() {
-                self.blobs.sync_filesystem()?;
-            }
+            self.append_copies(&copies)?;
         }
         report.restored.sort();
         report.missing.sort();

@@ -17,9 +17,10 @@
 //!
 //! A small schematic (its reference with the body inline at most `store::SMALL_VALUE`, which
 //! the metadata store keeps durable with its log) is the exception to "document first": its
-//! reference carries the body, is acknowledged once the log is synced, and its document file
-//! is written afterwards by a background thread (`lazy.rs`); the start-up check writes any
-//! copy a crash prevented. Reads of such schematics never touch the file.
+//! reference carries the body, is acknowledged once the log is synced, and its document is
+//! appended afterwards to the kind's copy log (`copies.rs`) by a background thread
+//! (`lazy.rs`); the start-up check writes any copy a crash prevented. Reads of such
+//! schematics never touch a file.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -28,10 +29,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 mod check;
+mod copies;
 mod lazy;
 
 pub use check::DocCheck;
-use lazy::{Job, LazyWriter};
+use copies::CopyLog;
+use lazy::LazyWriter;
 
 use super::blobs::{BlobStore, is_blob_name};
 use super::{MetaStore, SMALL_VALUE, StoreError, VerifiedBlob};
@@ -140,8 +143,8 @@ pub struct DocStore {
     kind: DocKind,
     blobs: BlobStore,
     meta: Arc<dyn MetaStore>,
-    /// Writes the files of inline documents (kinds kept inline only).
-    lazy: Option<Arc<LazyWriter>>,
+    /// The copies of inline documents (kinds kept inline only), and their background writer.
+    copies: Option<(Arc<CopyLog>, Arc<LazyWriter>)>,
 }
 
 fn parse_ref(kind: DocKind, key: &[u8], bytes: &[u8]) -> Result<DocRef, StoreError> {
@@ -161,22 +164,32 @@ fn now_nanos() -> u64 {
 
 impl DocStore {
     /// The documents of `kind` in `blobs` (whose metadata store holds the index).
-    pub fn new(kind: DocKind, blobs: BlobStore) -> Self {
+    /// (Kinds kept inline open their copy log and start its writer, which can fail.)
+    pub fn new(kind: DocKind, blobs: BlobStore) -> Result<Self, StoreError> {
+        let mut store = Self::without_copies(kind, blobs);
+        if kind.inlines() {
+            let log = Arc::new(CopyLog::open(store.dir().join("copies"))?);
+            let name = format!("{}-copies", kind.name());
+            let writer = LazyWriter::start(name, Arc::clone(&log))
+                .map_err(io_err("start the document copy thread"))?;
+            store.copies = Some((log, Arc::new(writer)));
+        }
+        Ok(store)
+    }
+
+    /// The release records of `blobs` (a kind never kept inline: nothing to open).
+    pub fn releases(blobs: BlobStore) -> Self {
+        Self::without_copies(DocKind::Release, blobs)
+    }
+
+    fn without_copies(kind: DocKind, blobs: BlobStore) -> Self {
         let meta = Arc::clone(blobs.meta());
-        let mut store = DocStore {
+        DocStore {
             kind,
             blobs,
             meta,
-            lazy: None,
-        };
-        if kind.inlines() {
-            match LazyWriter::start(store.clone()) {
-                Ok(w) => store.lazy = Some(Arc::new(w)),
-                // Every copy is then written on the request path.
-                Err(e) => tracing::warn!(error = %e, "document copy thread not started"),
-            }
+            copies: None,
         }
-        store
     }
 
     /// The kind of document.
@@ -401,45 +414,38 @@ impl DocStore {
         (len <= SMALL_VALUE).then_some(r)
     }
 
-    /// Writes the file of the inline document `key` (generation 0), if it is not there:
-    /// durably (fsync, rename, directory fsync) when `sync`, else to be made durable by a
-    /// filesystem sync.
-    fn write_copy(&self, key: &str, body: &[u8], sync: bool) -> Result<(), StoreError> {
-        let (_, tmp, dest) = self.stage(key, 0, body, sync)?;
-        let placed = if sync {
-            self.blobs.place(&tmp, &dest)
-        } else {
-            self.blobs.rename_into(&tmp, &dest)
-        };
-        if placed.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        placed
-    }
-
-    /// Has the file of the inline document `key` written: by the background writer, or here
-    /// (durably, on the blocking pool) when its queue is full.
-    async fn copy_later(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
-        let job = match &self.lazy {
-            Some(lazy) => lazy.submit(key.to_string(), body),
-            None => Err(Job::Write {
-                key: key.to_string(),
-                body,
-            }),
-        };
-        let Err(Job::Write { key, body }) = job else {
+    /// Has the copy of the inline document `key` appended to the copy log: by the
+    /// background writer, or here (durably, on the blocking pool) when its queue is full.
+    async fn copy_later(&self, key: &str, body: &[u8]) -> Result<(), StoreError> {
+        let Some((log, writer)) = &self.copies else {
             return Ok(());
         };
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write_copy(&key, &body, true))
+        let (document, _) = self.encode(key, 0, body);
+        let Err(document) = writer.submit(document) else {
+            return Ok(());
+        };
+        let log = Arc::clone(log);
+        tokio::task::spawn_blocking(move || log.append(&[document]))
             .await
-            .map_err(StoreError::task("document write"))?
+            .map_err(StoreError::task("document copy"))?
     }
 
-    /// Waits until every document file queued for the background writer is durable.
+    /// Appends the copies of the inline entries `(key, body)` to the copy log, durably.
+    fn append_copies(&self, entries: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        let Some((log, _)) = &self.copies else {
+            return Ok(());
+        };
+        let documents: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|(key, body)| self.encode(key, 0, body).0)
+            .collect();
+        log.append(&documents)
+    }
+
+    /// Waits until every copy queued for the background writer is durable.
     fn copies_durable(&self) {
-        if let Some(lazy) = &self.lazy {
-            lazy.barrier();
+        if let Some((_, writer)) = &self.copies {
+            writer.barrier();
         }
     }
 
@@ -508,7 +514,7 @@ impl DocStore {
             let created = self.put_ref(key, &r, true)?;
             self.meta.flush().await?;
             if created {
-                self.copy_later(key, body).await?;
+                self.copy_later(key, &body).await?;
             }
             return Ok((created, r));
         }
@@ -549,6 +555,7 @@ impl DocStore {
         let records = self.meta.scan(legacy_tree)?;
         for batch in records.chunks(MIGRATION_BATCH) {
             let mut staged = Vec::new();
+            let mut inline = Vec::new();
             for (key, body) in batch {
                 let key = String::from_utf8_lossy(key).into_owned();
                 let key = self.check_key(&key)?.to_string();
@@ -560,16 +567,27 @@ impl DocStore {
                 } else {
                     now_nanos()
                 };
-                let (mut r, tmp, dest) = self.stage(&key, generation, body, false)?;
-                r.inline = self.inline_ref(&key, body).and_then(|i| i.inline);
-                staged.push((key.clone(), (r, tmp, dest)));
+                match self.inline_ref(&key, body) {
+                    Some(r) => inline.push((key, r)),
+                    None => staged.push((key.clone(), self.stage(&key, generation, body, false)?)),
+                }
             }
-            self.blobs.sync_filesystem()?;
-            for (_, (_, tmp, dest)) in &staged {
-                self.blobs.rename_into(tmp, dest)?;
+            let copies: Vec<(&str, &[u8])> = inline
+                .iter()
+                .filter_map(|(k, r)| Some((k.as_str(), r.inline.as_deref()?.as_bytes())))
+                .collect();
+            self.append_copies(&copies)?;
+            if !staged.is_empty() {
+                self.blobs.sync_filesystem()?;
+                for (_, (_, tmp, dest)) in &staged {
+                    self.blobs.rename_into(tmp, dest)?;
+                }
+                self.blobs.sync_filesystem()?;
             }
-            self.blobs.sync_filesystem()?;
             for (key, (r, _, _)) in &staged {
+                self.put_ref(key, r, false)?;
+            }
+            for (key, r) in &inline {
                 self.put_ref(key, r, false)?;
             }
             self.meta.flush_blocking()?;

@@ -10,7 +10,7 @@ fn any(_: &str, _: &[u8]) -> bool {
 #[tokio::test]
 async fn documents_round_trip_and_keep_only_a_reference_in_the_index() {
     let (_d, blobs) = store();
-    let docs = DocStore::new(DocKind::Release, blobs.clone());
+    let docs = DocStore::releases(blobs.clone());
     let (created, r1) = docs.put("v1.11.0", b"{\"a\":1}".to_vec()).await.unwrap();
     assert!(created);
     let (_, body) = docs.get("v1.11.0").unwrap().unwrap();
@@ -34,7 +34,7 @@ async fn documents_round_trip_and_keep_only_a_reference_in_the_index() {
 #[tokio::test]
 async fn a_lost_reference_is_found_and_restored_from_its_document() {
     let (_d, blobs) = store();
-    let docs = DocStore::new(DocKind::Release, blobs.clone());
+    let docs = DocStore::releases(blobs.clone());
     docs.put("v1.10.0", b"old".to_vec()).await.unwrap();
     let (_, keep) = docs.put("v1.11.0", b"one".to_vec()).await.unwrap();
     let (_, newer) = docs.put("v1.11.0", b"two".to_vec()).await.unwrap();
@@ -70,7 +70,7 @@ fn large() -> Vec<u8> {
 #[tokio::test]
 async fn missing_and_damaged_documents_are_reported() {
     let (_d, blobs) = store();
-    let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+    let docs = DocStore::new(DocKind::Schematic, blobs.clone()).unwrap();
     let id = "a".repeat(64);
     let (_, r) = docs.put(&id, large()).await.unwrap();
     assert!(r.inline.is_none());
@@ -97,10 +97,19 @@ async fn missing_and_damaged_documents_are_reported() {
     assert_eq!(docs.check(true, false, &any).unwrap().missing, [id]);
 }
 
+/// The documents in a store's copy log.
+fn copies(docs: &DocStore) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if let Some((log, _)) = &docs.copies {
+        log.scan(|r| out.push(r.document.to_vec())).unwrap();
+    }
+    out
+}
+
 #[tokio::test]
-async fn small_schematics_are_acknowledged_inline_and_copied_to_their_document_after() {
+async fn small_schematics_are_acknowledged_inline_and_copied_to_the_copy_log_after() {
     let (_d, blobs) = store();
-    let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+    let docs = DocStore::new(DocKind::Schematic, blobs.clone()).unwrap();
     let id = "b".repeat(64);
     let (created, r) = docs
         .put(&id, b"customization: {}\n".to_vec())
@@ -108,18 +117,29 @@ async fn small_schematics_are_acknowledged_inline_and_copied_to_their_document_a
         .unwrap();
     assert!(created);
     assert_eq!(r.inline.as_deref(), Some("customization: {}\n"));
-    // Served from the index, whatever happens to the file.
+    assert!(
+        !docs.path(&r.blake3).unwrap().exists(),
+        "no file of its own"
+    );
     docs.flush().await.unwrap();
-    let path = docs.path(&r.blake3).unwrap();
-    assert!(path.is_file(), "the copy was not written by the flush");
-    std::fs::remove_file(&path).unwrap();
+    let document = format!("image-factory-document/1 schematic {id} 0\ncustomization: {{}}\n");
+    assert_eq!(copies(&docs), [document.as_bytes()]);
+    // A stop before the copy was appended: the check appends it, and that is no loss.
+    let log = docs.dir().join("copies/0000000000000000.log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    let docs = DocStore::new(DocKind::Schematic, blobs.clone()).unwrap();
+    assert!(copies(&docs).is_empty());
     assert_eq!(docs.get(&id).unwrap().unwrap().1, b"customization: {}\n");
-    // A stop before the copy was written: the check writes it, and that is no loss.
     let check = docs.check(true, false, &any).unwrap();
     assert_eq!((check.rewritten, check.missing.len()), (1, 0));
     assert!(check.is_clean());
-    assert!(path.is_file());
-    // The copy is the document the index is rebuilt from, inline again.
+    assert_eq!(copies(&docs).len(), 1);
+    // The copy is what the index is rebuilt from, inline again.
     blobs
         .meta()
         .remove("schematic_docs", id.as_bytes())
@@ -157,7 +177,7 @@ fn legacy_records_move_into_documents() {
     }
     meta.put("releases", b"v1.11.0", b"{\"version\":\"v1.11.0\"}")
         .unwrap();
-    let docs = DocStore::new(DocKind::Schematic, blobs.clone());
+    let docs = DocStore::new(DocKind::Schematic, blobs.clone()).unwrap();
     // One of them was moved already (a migration cut short after indexing it).
     docs.put_blocking(&ids[0], b"moved before").unwrap();
     assert_eq!(docs.migrate_legacy("schematics").unwrap(), 3);
@@ -169,7 +189,7 @@ fn legacy_records_move_into_documents() {
     }
     assert_eq!(docs.count().unwrap(), 3);
     assert_eq!(docs.migrate_legacy("schematics").unwrap(), 0);
-    let releases = DocStore::new(DocKind::Release, blobs);
+    let releases = DocStore::releases(blobs);
     assert_eq!(releases.migrate_legacy("releases").unwrap(), 1);
     assert!(releases.get_ref("v1.11.0").unwrap().unwrap().generation > 0);
     assert!(releases.check(false, true, &any).unwrap().is_clean());
