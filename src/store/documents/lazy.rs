@@ -1,12 +1,15 @@
 //! Copies written after the acknowledgement. A small document kept inline in its index entry
 //! is durable with the metadata store's log; its copy in the copy log (`copies.rs`) is what
 //! the index is rebuilt from after damage. A background thread appends the copies in batches
-//! (one write and one `fdatasync` per batch) instead of the request doing it; a copy a crash
-//! cut off is written again from the index at the next start ([`super::DocStore::check`]).
+//! (one write and one `fdatasync` per batch, at most one batch per [`PERIOD`] unless someone
+//! waits for it) instead of the request doing it: each `fdatasync` is a journal commit that
+//! the metadata store's own syncs would otherwise queue behind. A copy a crash cut off is
+//! written again from the index at the next start ([`super::DocStore::check`]).
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::copies::CopyLog;
 
@@ -14,6 +17,8 @@ use super::copies::CopyLog;
 const QUEUE: usize = 16384;
 /// Copies appended per batch, at most.
 const BATCH: usize = 4096;
+/// How long a batch collects copies before it is appended (a barrier ends it at once).
+const PERIOD: Duration = Duration::from_millis(100);
 
 /// Work for the writer thread.
 pub(super) enum Job {
@@ -76,23 +81,28 @@ impl Drop for LazyWriter {
     }
 }
 
-/// The writer thread: batches of copies, one append each, then the barriers.
+/// The writer thread: batches of copies (collected for up to [`PERIOD`], until a barrier),
+/// one append each, then the barriers.
 fn run(log: &CopyLog, rx: &Receiver<Job>) {
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
+        let until = Instant::now() + PERIOD;
         let mut documents = Vec::new();
         let mut barriers = Vec::new();
-        for job in jobs {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
             match job {
                 Job::Copy(d) => documents.push(d),
                 Job::Barrier(done) => barriers.push(done),
             }
+            next = if documents.len() >= BATCH {
+                None
+            } else if !barriers.is_empty() {
+                // Someone waits: what arrived meanwhile goes in as well, without waiting more.
+                rx.try_recv().ok()
+            } else {
+                rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                    .ok()
+            };
         }
         if let Err(e) = log.append(&documents) {
             tracing::error!(
