@@ -116,8 +116,8 @@ impl DocKind {
     }
 }
 
-/// The metadata store's reference to a document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The metadata store's reference to a document (stored as [`Stored`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocRef {
     /// BLAKE3 hex of the document file (header included).
     pub blake3: String,
@@ -125,8 +125,8 @@ pub struct DocRef {
     pub size: u64,
     /// Generation: 0 for immutable kinds, growing with each replacement otherwise.
     pub generation: u64,
-    /// The body itself, for a small document of a kind kept inline (the file is its copy).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The body itself, for a small document of a kind kept inline (its copy is in the copy
+    /// log).
     pub inline: Option<String>,
 }
 
@@ -147,11 +147,42 @@ pub struct DocStore {
     copies: Option<(Arc<CopyLog>, Arc<LazyWriter>)>,
 }
 
-fn parse_ref(kind: DocKind, key: &[u8], bytes: &[u8]) -> Result<DocRef, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        tree: kind.index_tree().into(),
-        key: String::from_utf8_lossy(key).into_owned(),
-        source: Box::new(e),
+/// A reference as the metadata store holds it: the name of a document file, or the body of
+/// an inline one (its name and size follow from the body, so they are not stored).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    /// A small document of a kind kept inline.
+    Inline {
+        /// The body.
+        inline: String,
+    },
+    /// A document file.
+    File {
+        /// BLAKE3 hex of the file.
+        blake3: String,
+        /// Its size.
+        size: u64,
+        /// Its generation.
+        generation: u64,
+    },
+}
+
+/// The stored form of `r` (see [`Stored`]).
+fn encode_ref(r: &DocRef) -> Result<Vec<u8>, StoreError> {
+    let stored = match &r.inline {
+        Some(inline) => Stored::Inline {
+            inline: inline.clone(),
+        },
+        None => Stored::File {
+            blake3: r.blake3.clone(),
+            size: r.size,
+            generation: r.generation,
+        },
+    };
+    serde_json::to_vec(&stored).map_err(|source| StoreError::Encode {
+        what: "document reference",
+        source,
     })
 }
 
@@ -245,7 +276,7 @@ impl DocStore {
     pub fn get_ref(&self, key: &str) -> Result<Option<DocRef>, StoreError> {
         self.meta
             .get(self.kind.index_tree(), key.as_bytes())?
-            .map(|bytes| parse_ref(self.kind, key.as_bytes(), &bytes))
+            .map(|bytes| self.parse_ref(key, &bytes))
             .transpose()
     }
 
@@ -255,8 +286,9 @@ impl DocStore {
             .scan(self.kind.index_tree())?
             .into_iter()
             .map(|(k, v)| {
-                let r = parse_ref(self.kind, &k, &v)?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), r))
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let r = self.parse_ref(&key, &v)?;
+                Ok((key, r))
             })
             .collect()
     }
@@ -410,8 +442,34 @@ impl DocStore {
         let text = std::str::from_utf8(body).ok()?;
         let (_, mut r) = self.encode(key, 0, body);
         r.inline = Some(text.to_string());
-        let len = serde_json::to_vec(&r).ok()?.len();
+        let len = encode_ref(&r).ok()?.len();
         (len <= SMALL_VALUE).then_some(r)
+    }
+
+    /// The reference of `key` from its stored form.
+    fn parse_ref(&self, key: &str, bytes: &[u8]) -> Result<DocRef, StoreError> {
+        let stored: Stored = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            tree: self.kind.index_tree().into(),
+            key: key.to_string(),
+            source: Box::new(e),
+        })?;
+        Ok(match stored {
+            Stored::Inline { inline } => {
+                let (_, mut r) = self.encode(key, 0, inline.as_bytes());
+                r.inline = Some(inline);
+                r
+            }
+            Stored::File {
+                blake3,
+                size,
+                generation,
+            } => DocRef {
+                blake3,
+                size,
+                generation,
+                inline: None,
+            },
+        })
     }
 
     /// Has the copy of the inline document `key` appended to the copy log: by the
@@ -487,10 +545,7 @@ impl DocStore {
     /// Indexes `r` under `key` (only if absent when `if_absent`); returns whether it was
     /// written. Visible at once, durable after the next flush.
     fn put_ref(&self, key: &str, r: &DocRef, if_absent: bool) -> Result<bool, StoreError> {
-        let value = serde_json::to_vec(r).map_err(|source| StoreError::Encode {
-            what: "document reference",
-            source,
-        })?;
+        let value = encode_ref(r)?;
         let tree = self.kind.index_tree();
         if if_absent {
             self.meta.put_if_absent(tree, key.as_bytes(), &value)

@@ -149,18 +149,19 @@ async fn small_schematics_are_acknowledged_inline_and_copied_to_the_copy_log_aft
         std::slice::from_ref(&id)
     );
     assert_eq!(docs.get_ref(&id).unwrap(), Some(r.clone()));
-    // A damaged inline entry is restored from the copy by a deep check.
-    let mut bad = r.clone();
-    bad.inline = Some("customization: {tampered: true}\n".into());
+    // A damaged inline entry (its body no longer the one of its key) is restored from the
+    // copy by a deep check.
+    let tampered = serde_json::json!({ "inline": "customization: {tampered: true}\n" });
     blobs
         .meta()
         .put(
             "schematic_docs",
             id.as_bytes(),
-            &serde_json::to_vec(&bad).unwrap(),
+            tampered.to_string().as_bytes(),
         )
         .unwrap();
-    let deep = docs.check(true, true, &any).unwrap();
+    let original = |_: &str, body: &[u8]| body == b"customization: {}\n";
+    let deep = docs.check(true, true, &original).unwrap();
     assert_eq!(deep.restored, std::slice::from_ref(&id));
     assert_eq!(docs.get_ref(&id).unwrap(), Some(r));
 }
