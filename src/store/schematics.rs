@@ -62,18 +62,7 @@ impl SchematicStore {
 
     /// Returns the canonical YAML of `id`, if stored.
     pub fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
-        match self.docs.get(id)? {
-            None => Ok(None),
-            Some((_, bytes)) => {
-                String::from_utf8(bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        tree: DocKind::Schematic.name().into(),
-                        key: id.into(),
-                        source: Box::new(e),
-                    })
-            }
-        }
+        self.docs.get_text(id)
     }
 
     /// Number of stored schematics.

@@ -116,7 +116,7 @@ impl DocKind {
     }
 }
 
-/// The metadata store's reference to a document (stored as [`Stored`]).
+/// The metadata store's reference to a document (stored as [`FileRef`] or [`INLINE`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocRef {
     /// BLAKE3 hex of the document file (header included).
@@ -147,38 +147,33 @@ pub struct DocStore {
     copies: Option<(Arc<CopyLog>, Arc<LazyWriter>)>,
 }
 
-/// A reference as the metadata store holds it: the name of a document file, or the body of
-/// an inline one (its name and size follow from the body, so they are not stored).
+/// First byte of an inline reference as the metadata store holds it: the tag, then the body
+/// (its name and size follow from it). A reference to a file is JSON ([`FileRef`]).
+const INLINE: u8 = 1;
+
+/// A reference to a document file as the metadata store holds it.
 #[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Stored {
-    /// A small document of a kind kept inline.
-    Inline {
-        /// The body.
-        inline: String,
-    },
-    /// A document file.
-    File {
-        /// BLAKE3 hex of the file.
-        blake3: String,
-        /// Its size.
-        size: u64,
-        /// Its generation.
-        generation: u64,
-    },
+struct FileRef {
+    /// BLAKE3 hex of the file.
+    blake3: String,
+    /// Its size.
+    size: u64,
+    /// Its generation.
+    generation: u64,
 }
 
-/// The stored form of `r` (see [`Stored`]).
+/// The stored form of `r` (see [`INLINE`]).
 fn encode_ref(r: &DocRef) -> Result<Vec<u8>, StoreError> {
-    let stored = match &r.inline {
-        Some(inline) => Stored::Inline {
-            inline: inline.clone(),
-        },
-        None => Stored::File {
-            blake3: r.blake3.clone(),
-            size: r.size,
-            generation: r.generation,
-        },
+    if let Some(inline) = &r.inline {
+        let mut out = Vec::with_capacity(1 + inline.len());
+        out.push(INLINE);
+        out.extend_from_slice(inline.as_bytes());
+        return Ok(out);
+    }
+    let stored = FileRef {
+        blake3: r.blake3.clone(),
+        size: r.size,
+        generation: r.generation,
     };
     serde_json::to_vec(&stored).map_err(|source| StoreError::Encode {
         what: "document reference",
@@ -448,28 +443,49 @@ impl DocStore {
 
     /// The reference of `key` from its stored form.
     fn parse_ref(&self, key: &str, bytes: &[u8]) -> Result<DocRef, StoreError> {
-        let stored: Stored = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
+            tree: self.kind.index_tree().into(),
+            key: key.to_string(),
+            source,
+        };
+        if let Some(body) = bytes.strip_prefix(&[INLINE]) {
+            let inline = String::from_utf8(body.to_vec()).map_err(|e| corrupt(Box::new(e)))?;
+            let (_, mut r) = self.encode(key, 0, body);
+            r.inline = Some(inline);
+            return Ok(r);
+        }
+        let stored: FileRef = serde_json::from_slice(bytes).map_err(|e| corrupt(Box::new(e)))?;
+        Ok(DocRef {
+            blake3: stored.blake3,
+            size: stored.size,
+            generation: stored.generation,
+            inline: None,
+        })
+    }
+
+    /// The body of `key` as text, if indexed: [`DocStore::get`] without the reference (an
+    /// inline body is returned as stored, without naming or copying it again).
+    pub fn get_text(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let Some(bytes) = self.meta.get(self.kind.index_tree(), key.as_bytes())? else {
+            return Ok(None);
+        };
+        let corrupt = |e: std::string::FromUtf8Error| StoreError::Corrupt {
             tree: self.kind.index_tree().into(),
             key: key.to_string(),
             source: Box::new(e),
-        })?;
-        Ok(match stored {
-            Stored::Inline { inline } => {
-                let (_, mut r) = self.encode(key, 0, inline.as_bytes());
-                r.inline = Some(inline);
-                r
+        };
+        let body = match bytes.strip_prefix(&[INLINE]) {
+            Some(_) => {
+                let mut bytes = bytes;
+                bytes.remove(0);
+                bytes
             }
-            Stored::File {
-                blake3,
-                size,
-                generation,
-            } => DocRef {
-                blake3,
-                size,
-                generation,
-                inline: None,
+            None => match self.get(key)? {
+                Some((_, body)) => body,
+                None => return Ok(None),
             },
-        })
+        };
+        String::from_utf8(body).map(Some).map_err(corrupt)
     }
 
     /// Has the copy of the inline document `key` appended to the copy log: by the

@@ -151,13 +151,12 @@ async fn small_schematics_are_acknowledged_inline_and_copied_to_the_copy_log_aft
     assert_eq!(docs.get_ref(&id).unwrap(), Some(r.clone()));
     // A damaged inline entry (its body no longer the one of its key) is restored from the
     // copy by a deep check.
-    let tampered = serde_json::json!({ "inline": "customization: {tampered: true}\n" });
     blobs
         .meta()
         .put(
             "schematic_docs",
             id.as_bytes(),
-            tampered.to_string().as_bytes(),
+            b"\x01customization: {tampered: true}\n",
         )
         .unwrap();
     let original = |_: &str, body: &[u8]| body == b"customization: {}\n";
