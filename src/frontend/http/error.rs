@@ -25,6 +25,9 @@ pub enum ApiError {
         /// The configured limit in bytes.
         limit: u64,
     },
+    /// 408: the request body did not arrive in time.
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// 401: the admin API needs a valid bearer token.
     #[error("unauthorized: a valid admin bearer token is required")]
     Unauthorized,
@@ -210,6 +213,7 @@ impl ApiError {
             ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Retry { source, .. } => source.status(),
