@@ -50,16 +50,17 @@ pub async fn create_schematic(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Uploads in progress are bounded (each holds up to http.maxBodyBytes) and must arrive in
-    // time; parsing and hashing run on the blocking pool, a few at a time.
-    let _intake = st
-        .intake()
-        .clone()
-        .try_acquire_owned()
+    // Uploads being read are bounded (each holds up to http.maxBodyBytes; the others wait
+    // with their bodies unread) and must arrive in time; parsing and hashing run on the
+    // blocking pool, a few at a time.
+    let intake = st.intake().clone();
+    let _intake = tokio::time::timeout(BODY_TIMEOUT, intake.acquire_owned())
+        .await
         .map_err(|_| ApiError::Unavailable {
             message: "too many schematic uploads in progress, retry".into(),
             retry_after: 1,
-        })?;
+        })?
+        .map_err(|_| ApiError::internal("the schematic intake is shut down"))?;
     let bytes = tokio::time::timeout(BODY_TIMEOUT, read_body(&headers, body, st.max_body_bytes()))
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
