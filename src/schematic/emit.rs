@@ -1,7 +1,7 @@
 //! The canonical emitter: go-yaml's block layout (indent 4, indented sequences, no folding) and
 //! its scalar style choice, reproduced byte for byte for the shapes a schematic can take.
 
-use super::order::sort_entries;
+use super::order::sorted_entries;
 use super::resolve::{Resolved, is_base60_float, is_old_bool, resolve_plain};
 use super::value::{Value, format_go_float};
 
@@ -189,10 +189,8 @@ impl Emitter {
                 if entries.is_empty() {
                     return self.flow_empty("{", "}");
                 }
-                let mut sorted = entries.clone();
-                sort_entries(&mut sorted);
                 let inner = child_indent(indent, slot);
-                for (k, val) in &sorted {
+                for (k, val) in sorted_entries(entries) {
                     self.write_indent(inner);
                     if key_is_complex(k) {
                         self.write_indicator("?", true, false, true);

@@ -6,10 +6,14 @@
 //! emitter follows go-yaml's `Marshal` byte for byte; see `docs/design.md` for the details and the
 //! few places where this implementation follows go-yaml's code rather than the written spec.
 
+mod budget;
 mod decode;
 mod emit;
+mod errors;
+mod keys;
 mod order;
 mod resolve;
+mod size;
 mod tree;
 mod value;
 
@@ -142,6 +146,12 @@ impl Schematic {
             return Err(SchematicError(
                 "owner field is only supported in Enterprise edition".into(),
             ));
+        }
+        if size::canonical_bound(&schematic) > size::MAX_CANONICAL_BYTES {
+            return Err(SchematicError(format!(
+                "schematic is too large: its canonical form would exceed {} bytes",
+                size::MAX_CANONICAL_BYTES
+            )));
         }
         Ok(schematic)
     }

@@ -27,6 +27,7 @@ mod iso_boot;
 mod oci_registry;
 mod oci_sources;
 mod pxe_boot;
+mod schematic_bounds;
 mod schematic_golden;
 mod squashfs_writer;
 mod testkit_bundle;
