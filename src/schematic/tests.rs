@@ -300,6 +300,8 @@ fn alias_bombs_are_refused() {
     assert_eq!(error(&doc), "yaml: document contains excessive aliasing");
 }
 
+mod bounds;
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
