@@ -269,6 +269,16 @@ mod tests {
         assert!(!str_less("x2", &format!("x1{zeros}")));
     }
 
+    #[test]
+    fn an_intransitive_order_follows_the_input() {
+        // 10^80 wraps to 0: long < x2 < x10 < long. The result depends on the input order
+        // (as go-yaml's depends on Go's map iteration); it is deterministic for each order.
+        let long = format!("x1{}", "0".repeat(80));
+        assert!(str_less(&long, "x2") && str_less("x2", "x10") && str_less("x10", &long));
+        assert_eq!(sorted(&["x2", "x10", &long]), ["x2", "x10", long.as_str()]);
+        assert_eq!(sorted(&[&long, "x10", "x2"]), [long.as_str(), "x2", "x10"]);
+    }
+
     proptest::proptest! {
         #[test]
         fn digit_runs_are_go_yaml_values(
