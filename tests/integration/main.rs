@@ -30,6 +30,7 @@ mod listen_tls;
 mod oci_registry;
 mod oci_sources;
 mod pxe_boot;
+mod schematic_bounds;
 mod schematic_golden;
 mod squashfs_writer;
 mod testkit_bundle;

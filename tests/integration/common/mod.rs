@@ -217,6 +217,7 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
     }
 }
 pub mod assets;
+pub mod hostile;
 pub mod kit;
 pub mod registry;
 pub mod release;
