@@ -15,7 +15,7 @@ use crate::oci::flatten::{
 };
 use crate::oci::{Descriptor, Digest, ImageIndex, ImageManifest, ImageSource, OciError, Reference};
 use crate::store::{BlobStore, PendingBlob, StoreError};
-use crate::trust::{TrustPolicy, Verification};
+use crate::trust::{SignedIdentity, TrustPolicy, Verification};
 
 use super::files::{parse_descriptions, parse_image_digests, parse_overlays};
 use super::names::{Arch, RelPath};
@@ -103,6 +103,25 @@ pub struct ImportSummary {
     pub bytes_stored: u64,
 }
 
+/// An image to read: its reference in the source, and the upstream repository path its
+/// signature must name (`siderolabs/imager`; the source may hold it under a mirror namespace).
+#[derive(Debug, Clone)]
+struct Wanted {
+    reference: Reference,
+    identity: SignedIdentity,
+}
+
+impl Wanted {
+    /// `repository` (upstream path, e.g. `siderolabs/imager`) under `registry` (`HOST[/ns]`),
+    /// followed by `suffix` (`:tag` or `@digest`).
+    fn new(registry: &str, repository: &str, suffix: &str) -> Result<Wanted, CatalogError> {
+        Ok(Wanted {
+            reference: parse_ref(&format!("{registry}/{repository}{suffix}"))?,
+            identity: SignedIdentity::repository(repository),
+        })
+    }
+}
+
 /// An image resolved, verified and with its platform manifest fetched, but not yet stored.
 struct Planned {
     reference: Reference,
@@ -173,8 +192,13 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     /// Runs the import and publishes the release.
     pub async fn run(mut self, opts: &ImportOptions) -> Result<ImportSummary, CatalogError> {
         let tag = opts.version.tag();
-        let component =
-            |name: &str| parse_ref(&format!("{}/siderolabs/{name}:{tag}", opts.registry));
+        let component = |name: &str| {
+            Wanted::new(
+                &opts.registry,
+                &format!("siderolabs/{name}"),
+                &format!(":{tag}"),
+            )
+        };
 
         // The imager carries the boot assets of every architecture.
         self.progress.step(&format!("reading imager {tag}"));
@@ -254,13 +278,12 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         self.progress
             .step(&format!("reading extensions catalog {tag}"));
         let (extensions, partial_ext) = self
-            .extensions(opts, &component("extensions")?, &arches)
+            .extensions(opts, component("extensions")?, &arches)
             .await?;
         let (overlays, partial_ov) = if opts.version.at_least(1, 7) {
             self.progress
                 .step(&format!("reading overlays catalog {tag}"));
-            self.overlays(opts, &component("overlays")?, &arches)
-                .await?
+            self.overlays(opts, component("overlays")?, &arches).await?
         } else {
             (Vec::new(), false)
         };
@@ -303,8 +326,12 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         })
     }
 
-    /// Resolves `reference`, verifies its signature and fetches the `linux/<arch>` manifest.
-    async fn plan(&mut self, reference: Reference, arch: Arch) -> Result<Planned, CatalogError> {
+    /// Resolves `wanted`, verifies its signature and fetches the `linux/<arch>` manifest.
+    async fn plan(&mut self, wanted: Wanted, arch: Arch) -> Result<Planned, CatalogError> {
+        let Wanted {
+            reference,
+            identity,
+        } = wanted;
         let not_found = || CatalogError::ImageNotFound {
             image: reference.to_string(),
             source_name: self.source.describe(),
@@ -316,7 +343,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         };
         let verification = self
             .policy
-            .verify(self.source, &reference, &top.digest)
+            .verify(self.source, &reference, &identity, &top.digest)
             .await
             .map_err(|e| CatalogError::Untrusted {
                 image: reference.to_string(),
@@ -590,10 +617,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     async fn extensions(
         &mut self,
         opts: &ImportOptions,
-        reference: &Reference,
+        catalog: Wanted,
         arches: &[Arch],
     ) -> Result<(Vec<ExtensionEntry>, bool), CatalogError> {
-        let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
+        let reference = catalog.reference.clone();
+        let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
         self.store(&catalog).await?;
         self.commit_pending().await?;
         let digests = self
@@ -625,12 +653,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             if !opts.extensions.wants(line.name()) {
                 continue;
             }
-            let r = parse_ref(&format!(
-                "{}/{}@{}",
-                opts.registry,
-                line.name(),
-                line.digest()
-            ))?;
+            let r = Wanted::new(&opts.registry, line.name(), &format!("@{}", line.digest()))?;
             for arch in arches {
                 self.progress
                     .step(&format!("reading extension {} ({arch})", line.name()));
@@ -676,10 +699,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     async fn overlays(
         &mut self,
         opts: &ImportOptions,
-        reference: &Reference,
+        catalog: Wanted,
         arches: &[Arch],
     ) -> Result<(Vec<OverlayEntry>, bool), CatalogError> {
-        let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
+        let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
         self.store(&catalog).await?;
         self.commit_pending().await?;
         let Some(text) = self.catalog_file(&catalog, "overlays.yaml").await? else {
@@ -689,10 +712,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let mut partial = false;
         for line in parse_overlays(&text)? {
             let upstream = line.reference()?;
-            let r = parse_ref(&format!(
-                "{}/{}@{}",
-                opts.registry, upstream.repository, line.digest
-            ))?;
+            let r = Wanted::new(
+                &opts.registry,
+                &upstream.repository,
+                &format!("@{}", line.digest),
+            )?;
             let mut images = BTreeMap::new();
             for arch in arches {
                 self.progress
