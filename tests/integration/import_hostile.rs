@@ -268,24 +268,48 @@ fn images_re_signed_at_a_mirror_name_import() {
     assert!(release(&t.path().join("data"), "v1.11.0").is_some());
 }
 
+/// The names in `dir`.
+fn listing(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn an_architecture_that_is_a_path_is_refused_by_the_cli() {
     let t = tempfile::tempdir().expect("tmp");
+    let layout = t.path().join("layout");
+    mini_release(&layout, "v1.11.0", key(1), 4096);
+    let pubkey = write_pub(t.path(), &key(1));
     let data = t.path().join("data");
+    let before = listing(t.path());
+    let (layout, data, pubkey) = (
+        layout.to_str().unwrap(),
+        data.to_str().unwrap(),
+        pubkey.to_str().unwrap(),
+    );
+    let out_file = t.path().join("b.tar");
     for args in [
         vec![
             "import",
-            "bundle.tar",
+            layout,
             "--data-dir",
-            data.to_str().unwrap(),
+            data,
+            "--trust-key",
+            pubkey,
             "--arch",
             "../../keys",
         ],
         vec![
             "import",
-            "bundle.tar",
+            layout,
             "--data-dir",
-            data.to_str().unwrap(),
+            data,
+            "--trust-key",
+            pubkey,
             "--arch",
             "amd64,../../../../keys",
         ],
@@ -299,7 +323,7 @@ fn an_architecture_that_is_a_path_is_refused_by_the_cli() {
             "--arch",
             "../../keys",
             "--out",
-            t.path().join("b.tar").to_str().unwrap(),
+            out_file.to_str().unwrap(),
         ],
     ] {
         let out = std::process::Command::new(crate::common::bin())
@@ -314,11 +338,11 @@ fn an_architecture_that_is_a_path_is_refused_by_the_cli() {
             stderr(&out)
         );
     }
-    let left: Vec<_> = std::fs::read_dir(t.path())
-        .expect("list")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert!(left.is_empty(), "created {left:?}");
+    assert_eq!(
+        listing(t.path()),
+        before,
+        "the refused commands created files"
+    );
 }
 
 #[tokio::test]
@@ -331,10 +355,7 @@ async fn an_architecture_that_is_a_path_is_refused_by_the_admin_api() {
     let srv = crate::common::TestServer::start_with(move |c| c.storage.data_dir = dir).await;
     let token_file = data.join("keys").join("admin-token");
     let token = std::fs::read_to_string(&token_file).expect("token");
-    let before: Vec<_> = std::fs::read_dir(t.path())
-        .expect("list")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
+    let before = listing(t.path());
     let pem = std::fs::read(&pubkey).expect("pem");
     use base64::Engine as _;
     let key_header = base64::engine::general_purpose::STANDARD.encode(pem);
@@ -353,12 +374,9 @@ async fn an_architecture_that_is_a_path_is_refused_by_the_admin_api() {
         assert!(body.contains("invalid architecture"), "{arch}: {body}");
     }
     assert!(token_file.is_file(), "the admin token was moved");
-    let after: Vec<_> = std::fs::read_dir(t.path())
-        .expect("list")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
     assert_eq!(
-        before, after,
+        listing(t.path()),
+        before,
         "something was created next to the data directory"
     );
     let uploads = std::fs::read_dir(data.join("tmp"))
