@@ -371,6 +371,15 @@ fn distinct_messages() {
             .unwrap_err()
             .to_string(),
     );
+    // signed for another repository
+    let s = MemSource::default();
+    let sig = SignatureImage::sign(&k, "ghcr.io/siderolabs/installer", &d);
+    s.put_signature(&sig, &sig.payload);
+    messages.push(
+        block_on(verify_image(&s, &trusted(&k), &r, &id(&r), &d))
+            .unwrap_err()
+            .to_string(),
+    );
     let reasons: Vec<String> = messages
         .iter()
         .map(|m| m.split_once(": ").unwrap().1.chars().take(20).collect())
