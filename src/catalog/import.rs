@@ -207,31 +207,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         self.commit_pending().await?;
         self.progress.step("extracting boot assets");
         let extracted = self.extract_imager(&imager).await?;
-        // The trees are listed without following any symlink (a layer could point
-        // `usr/lib/grub` anywhere on this machine); a symlink in them refuses the import.
         let root = extracted.path();
+        // Listed without following symlinks, like the boot trees (see `boot_trees`).
         let grub_files = regular_files(root, GRUB_DIR)?.unwrap_or_default();
-        let mut wanted = opts.arches.clone();
-        wanted.sort();
-        wanted.dedup();
-        let mut install: Vec<(Arch, Vec<TreeFile>)> = Vec::new();
-        for arch in if wanted.is_empty() {
-            Arch::ALL.to_vec()
-        } else {
-            wanted.clone()
-        } {
-            let files = regular_files(root, &format!("{INSTALL_DIR}/{arch}"))?.unwrap_or_default();
-            if wanted.is_empty() && !files.iter().any(|f| f.rel == "vmlinuz") {
-                continue;
-            }
-            install.push((arch, files));
-        }
-        if install.is_empty() {
-            return Err(CatalogError::Catalog(format!(
-                "{} carries no {INSTALL_DIR}/<arch>/vmlinuz",
-                imager.reference
-            )));
-        }
+        let install = boot_trees(root, &opts.arches, &imager.reference)?;
         let arches: Vec<Arch> = install.iter().map(|(a, _)| *a).collect();
         let grub = self.store_files(grub_files)?;
         let mut per_arch: BTreeMap<Arch, ArchRelease> = BTreeMap::new();
@@ -740,6 +719,39 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         }
         Ok((out, partial))
     }
+}
+
+/// The boot-asset trees (`usr/install/<arch>`) of the extracted imager at `root`: of the
+/// `wanted` architectures, or of every architecture that has a kernel when none is named.
+/// They are listed without following any symlink (a layer could point them anywhere on this
+/// machine): a symlink in them refuses the import.
+fn boot_trees(
+    root: &Path,
+    wanted: &[Arch],
+    imager: &Reference,
+) -> Result<Vec<(Arch, Vec<TreeFile>)>, CatalogError> {
+    let mut wanted = wanted.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    let candidates = if wanted.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        wanted.clone()
+    };
+    let mut install = Vec::new();
+    for arch in candidates {
+        let files = regular_files(root, &format!("{INSTALL_DIR}/{arch}"))?.unwrap_or_default();
+        if wanted.is_empty() && !files.iter().any(|f| f.rel == "vmlinuz") {
+            continue;
+        }
+        install.push((arch, files));
+    }
+    if install.is_empty() {
+        return Err(CatalogError::Catalog(format!(
+            "{imager} carries no {INSTALL_DIR}/<arch>/vmlinuz"
+        )));
+    }
+    Ok(install)
 }
 
 /// Versions whose imager image a bundle names (`…/siderolabs/imager:<tag>`).

@@ -237,26 +237,21 @@ mod tests {
     use super::*;
     use crate::store::SledStore;
 
+    /// A record of v1.11.0 with a kernel and one GRUB module at `grub_path`, as JSON.
+    fn record(grub_path: &str) -> serde_json::Value {
+        let blob =
+            serde_json::json!({"blake3": "b".repeat(64), "sha256": "a".repeat(64), "size": 1});
+        serde_json::json!({
+            "version": "v1.11.0", "imported_at": "", "source": "test",
+            "signatures": {"state": "skipped"}, "partial": false,
+            "arches": {"amd64": {"imager": null, "installer_base": null,
+                "assets": {"vmlinuz": blob}, "grub": {grub_path: blob}}},
+            "extensions": [], "overlays": [],
+        })
+    }
+
     fn release(grub_path: &str) -> Release {
-        let blob = BlobRef {
-            blake3: "b".repeat(64),
-            sha256: "a".repeat(64),
-            size: 1,
-            mode: 0o644,
-        };
-        let mut arch = ArchRelease::default();
-        arch.assets.insert("vmlinuz".into(), blob.clone());
-        arch.grub.insert(grub_path.into(), blob);
-        Release {
-            version: "v1.11.0".into(),
-            imported_at: "2026-01-01T00:00:00Z".into(),
-            source: "test".into(),
-            signatures: Signatures::Skipped,
-            partial: false,
-            arches: [(Arch::Amd64, arch)].into(),
-            extensions: Vec::new(),
-            overlays: Vec::new(),
-        }
+        serde_json::from_value(record(grub_path)).unwrap()
     }
 
     #[tokio::test]
@@ -275,10 +270,11 @@ mod tests {
         );
         store.put(&release("i386-pc/boot.img")).await.unwrap();
         // An architecture key that is not an architecture does not even decode.
-        let text = serde_json::to_string(&release("i386-pc/boot.img"))
-            .unwrap()
-            .replace("\"amd64\":{", "\"../keys\":{");
-        meta.put(TREE, b"v1.12.0", text.as_bytes()).unwrap();
+        let mut bad = record("i386-pc/boot.img");
+        bad["arches"]["../keys"] = bad["arches"]["amd64"].take();
+        bad["arches"].as_object_mut().unwrap().remove("amd64");
+        meta.put(TREE, b"v1.12.0", bad.to_string().as_bytes())
+            .unwrap();
         assert!(matches!(
             store.get("v1.12.0"),
             Err(StoreError::Corrupt { .. })
