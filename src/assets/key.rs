@@ -139,7 +139,7 @@ mod tests {
             source: "test".into(),
             signatures: Signatures::Skipped,
             partial: false,
-            arches: [("amd64".to_string(), arch)].into_iter().collect(),
+            arches: [(Arch::Amd64, arch)].into_iter().collect(),
             extensions: vec![],
             overlays: vec![],
         }

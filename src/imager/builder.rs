@@ -190,7 +190,7 @@ impl Builder {
     ) -> Result<Built, ImagerError> {
         ensure_buildable(&profile)?;
         let mut intermediates = Vec::new();
-        let arch = profile.arch.as_str().to_string();
+        let arch = profile.arch;
         let assets = release.arches.get(&arch).ok_or_else(|| {
             ImagerError::Validation(format!("release {} has no {arch} assets", release.version))
         })?;

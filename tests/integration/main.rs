@@ -23,6 +23,7 @@ mod imager_installer;
 mod imager_uki;
 mod imager_uki_boot;
 mod import;
+mod import_hostile;
 mod import_registry;
 mod iso_boot;
 mod listen_limits;

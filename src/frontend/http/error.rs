@@ -88,6 +88,10 @@ impl From<CatalogError> for ApiError {
             CatalogError::VersionNotAvailable(_) | CatalogError::ImageNotFound { .. } => {
                 ApiError::NotFound(e.to_string())
             }
+            // A request naming an architecture or path that must not reach the filesystem.
+            CatalogError::InvalidArch(_) | CatalogError::UnsafePath { .. } => {
+                ApiError::BadRequest(e.to_string())
+            }
             // Upstream answers a malformed version with 500; kept for compatibility.
             other => ApiError::caused("reading the release catalog", other),
         }

@@ -148,7 +148,7 @@ pub struct ReleaseStatus {
     /// Version tag.
     pub version: String,
     /// Architectures.
-    pub arches: Vec<String>,
+    pub arches: Vec<crate::catalog::Arch>,
     /// Extensions with imported images / extensions in the catalog.
     pub extensions: String,
     /// Whether only a subset of the catalog was imported.
@@ -167,7 +167,7 @@ pub fn release_status(st: &AppState) -> Result<Vec<ReleaseStatus>, ApiError> {
         .iter()
         .map(|r| ReleaseStatus {
             version: r.version.clone(),
-            arches: r.arches.keys().cloned().collect(),
+            arches: r.arches.keys().copied().collect(),
             extensions: format!(
                 "{}/{}",
                 r.extensions.iter().filter(|e| !e.images.is_empty()).count(),

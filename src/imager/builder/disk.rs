@@ -5,9 +5,9 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use crate::catalog::ArchRelease;
+use crate::catalog::{ArchRelease, RelPath};
 use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::disk::sparse::stream_into_blob;
 use crate::imager::disk::{DiskImageInputs, write_disk_image};
@@ -105,14 +105,10 @@ impl Builder {
             if only.is_some_and(|o| !o.contains(&platform)) {
                 continue;
             }
-            let rel_path = Path::new(rel);
-            if !rel_path
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)))
-            {
-                return Err(internal("GRUB module tree", format!("bad path {rel:?}")));
-            }
-            let dest = dir.join(rel_path);
+            // A record naming `../x` must not write outside `dir`.
+            let dest = RelPath::parse(rel)
+                .map_err(|e| internal("GRUB module tree", e))?
+                .under(dir);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
             }
