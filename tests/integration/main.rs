@@ -13,6 +13,7 @@ mod cli;
 mod disk_boot;
 mod disk_images_http;
 mod durability;
+mod hostile_schematics;
 mod http_api;
 mod http_catalog;
 mod imager_disk_gpt;
