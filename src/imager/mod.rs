@@ -22,3 +22,4 @@ pub mod meta;
 pub mod path;
 pub mod profile;
 pub mod quirks;
+pub mod tool;
