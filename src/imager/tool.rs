@@ -3,7 +3,6 @@
 //! at its deadline or when the build is cancelled, and a failure reported by the tool's
 //! meaningful lines — its error lines, not its banner.
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
