@@ -23,9 +23,9 @@
 #         biosdisk); efiboot.img: truncate (10 MiB + each file rounded up to MiB, >= 34 MiB) +
 #         mkfs.vfat -F 32 -n EFI --invariant -s <spc> + mcopy; then our exact xorriso command
 #         (xorriso -as mkisofs … --grub2-mbr boot_hybrid.img … -append_partition 2 0xef
-#         efiboot.img -appended_part_as_gpt …, TZ=UTC SOURCE_DATE_EPOCH=1559424892), run plain:
-#         ours preloads its xorriso pacer (docs/imager-iso.md), the pipeline's xorriso keeps its
-#         once-a-second status poll, as Debian ships it.
+#         efiboot.img -appended_part_as_gpt …, TZ=UTC SOURCE_DATE_EPOCH=1559424892) without
+#         the `-pacifier interval=0.1` ours puts first (docs/imager-iso.md): the pipeline's
+#         xorriso keeps its once-a-second status poll, as grub-mkrescue runs it upstream.
 #
 # Upstream-equivalent levels: zstd 18 for .raw.zst and xz 0 for .raw.xz (upstream runs
 # `zstd -T0 -18` and `xz -0 -T 0`, spec §1.6 and peers.md B.1); our side gets zstd 18 through

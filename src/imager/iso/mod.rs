@@ -9,7 +9,6 @@
 //! `grub-mkimage -O i386-pc-eltorito`) plus GRUB's hybrid MBR code. See `docs/imager-iso.md`.
 
 pub mod grub;
-pub mod pacer;
 pub mod xorriso;
 
 use std::path::{Path, PathBuf};
@@ -237,7 +236,6 @@ pub fn write_iso(
         efi_image: scratch.join("efiboot.img"),
         grafts: Vec::new(),
         out: out.to_path_buf(),
-        pacer: pacer::install(scratch),
     };
     let mut esp = Vec::new();
     if kind.has_bios() {
