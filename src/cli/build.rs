@@ -135,8 +135,6 @@ fn run_inner(args: &BuildArgs) -> Result<(), String> {
         rebuild: args.rebuild,
     };
     let result = build_and_copy(&runtime, &assets, req, &spinner, args.out.as_deref());
-    // A build's scratch directory is removed in the background (while the copy runs, if any).
-    assets.wait_for_cleanup();
     let (served, elapsed) = result?;
     let record = &served.record;
     eprintln!(

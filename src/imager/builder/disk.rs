@@ -82,7 +82,7 @@ impl Builder {
             out.flush()?;
         }
         let blob = w.finish().map_err(|e| internal("store disk image", e))?;
-        self.discard_scratch(scratch);
+        // `scratch` (disk.raw, initramfs, UKI, GRUB tree) is removed as it drops, here or on error
         Ok(blob)
     }
 

@@ -102,7 +102,8 @@ impl Builder {
             ms = started.elapsed().as_millis() as u64,
             "ISO: stored"
         );
-        self.discard_scratch(scratch);
+        // `scratch` (GRUB tree, boot images, initramfs, UKI) is removed as it drops, here or on
+        // error
         Ok(blob)
     }
 

@@ -295,7 +295,7 @@ pub fn write_iso(
     let t = std::time::Instant::now();
     run_xorriso(&plan)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: xorriso");
-    // efiboot.img stays: the caller removes `scratch` after the ISO is stored, in the background.
+    // efiboot.img stays: the caller removes `scratch` after the ISO is stored.
     Ok(kind)
 }
 
