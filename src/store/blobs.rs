@@ -442,9 +442,15 @@ pub(super) mod tests {
         std::fs::write(&src, b"an ISO a tool wrote").unwrap();
         let info = blobs.commit_one(blobs.adopt_file(&src).unwrap()).unwrap();
         assert!(!src.exists());
-        assert_eq!(info.sha256, crate::sha256::hex_digest(b"an ISO a tool wrote"));
+        assert_eq!(
+            info.sha256,
+            crate::sha256::hex_digest(b"an ISO a tool wrote")
+        );
         assert_eq!(blobs.by_sha256(&info.sha256).unwrap(), Some(info.clone()));
-        assert_eq!(std::fs::read(blobs.path(&info.blake3)).unwrap(), b"an ISO a tool wrote");
+        assert_eq!(
+            std::fs::read(blobs.path(&info.blake3)).unwrap(),
+            b"an ISO a tool wrote"
+        );
         assert_eq!(
             std::fs::read_dir(dir.path().join("blobs/tmp"))
                 .unwrap()

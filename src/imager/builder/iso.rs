@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::catalog::ArchRelease;
+use crate::imager::boot::BootInputs;
 use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::error::ImagerError;
-use crate::imager::iso::{IsoGrub, IsoInputs, IsoKind, prepare_grub, write_iso};
+use crate::imager::iso::{IsoGrub, IsoKind, prepare_grub, write_iso};
 use crate::imager::profile::Profile;
 use crate::imager::uki::UkiPurpose;
 use crate::store::BlobInfo;
@@ -73,7 +74,7 @@ impl Builder {
             ms = started.elapsed().as_millis() as u64,
             "ISO: initramfs, UKI and GRUB ready"
         );
-        let inputs = IsoInputs {
+        let inputs = BootInputs {
             cmdline: kernel_cmdline(profile, &[])?,
             kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
             initramfs,

@@ -14,6 +14,7 @@ pub mod xorriso;
 use std::path::{Path, PathBuf};
 
 use crate::imager::SOURCE_DATE_EPOCH;
+use crate::imager::boot::{BootInputs, required};
 use crate::imager::disk::fat::{EspFile, epoch_date_time, write_fat_image};
 use crate::imager::disk::image::efi_boot_name;
 use crate::imager::error::ImagerError;
@@ -23,6 +24,8 @@ use crate::schematic::Bootloader;
 
 pub use xorriso::{IsoPlan, run_xorriso};
 
+/// What a missing input's error calls the image being built.
+const MEDIUM: &str = "ISO";
 /// MiB.
 const MIB: u64 = 1 << 20;
 /// Clusters a FAT32 volume needs (below this count it is FAT16 by definition).
@@ -147,28 +150,6 @@ pub fn grub_iso_uuid() -> String {
     )
 }
 
-/// The built parts an ISO is assembled from.
-#[derive(Debug, Clone)]
-pub struct IsoInputs {
-    /// The kernel command line (GRUB entries; the UKI carries its own).
-    pub cmdline: String,
-    /// Kernel (`boot/vmlinuz`): GRUB layouts.
-    pub kernel: PathBuf,
-    /// Initramfs with extensions (`boot/initramfs.xz`): GRUB layouts.
-    pub initramfs: PathBuf,
-    /// The ISO UKI (`EFI/Linux/Talos-<version>.efi`): UKI layouts.
-    pub uki: Option<PathBuf>,
-    /// systemd-boot (`EFI/BOOT/BOOT<arch>.EFI`): UKI layouts.
-    pub systemd_boot: Option<PathBuf>,
-    /// The release's GRUB module trees (`<dir>/i386-pc`, `<dir>/x86_64-efi`): GRUB layouts.
-    pub grub_modules: Option<PathBuf>,
-}
-
-fn required<'a>(what: &str, p: &'a Option<PathBuf>) -> Result<&'a PathBuf, ImagerError> {
-    p.as_ref()
-        .ok_or_else(|| ImagerError::Internal(format!("ISO: {what} is missing")))
-}
-
 fn required_grub<T>(what: &str, v: Option<T>) -> Result<T, ImagerError> {
     v.ok_or_else(|| ImagerError::Internal(format!("ISO: {what} was not prepared")))
 }
@@ -207,7 +188,7 @@ pub fn prepare_grub(
 /// written to `scratch`.
 pub fn write_iso(
     profile: &Profile,
-    inputs: &IsoInputs,
+    inputs: &BootInputs,
     grub: Option<IsoGrub>,
     scratch: &Path,
     out: &Path,
@@ -223,7 +204,7 @@ pub fn write_iso(
         Some(g) => g,
         None if kind.has_bios() => prepare_grub(
             profile,
-            required("the GRUB modules", &inputs.grub_modules)?,
+            required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?,
             scratch,
         )?,
         None => IsoGrub::default(),
@@ -239,7 +220,7 @@ pub fn write_iso(
     };
     let mut esp = Vec::new();
     if kind.has_bios() {
-        let modules = required("the GRUB modules", &inputs.grub_modules)?;
+        let modules = required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?;
         let reset = profile.quirks().has(Quirk::SupportsResetGrubOption);
         let cfg = scratch.join("grub.cfg");
         std::fs::write(&cfg, grub::iso_grub_cfg(&inputs.cmdline, reset))?;
@@ -267,9 +248,9 @@ pub fn write_iso(
         let files = [
             (
                 loader,
-                required("systemd-boot", &inputs.systemd_boot)?.clone(),
+                required(MEDIUM, "systemd-boot", &inputs.systemd_boot)?.clone(),
             ),
-            (uki_path, required("the UKI", &inputs.uki)?.clone()),
+            (uki_path, required(MEDIUM, "the UKI", &inputs.uki)?.clone()),
             ("loader/loader.conf".to_string(), conf),
         ];
         for (path, src) in files {

@@ -97,12 +97,10 @@ fn hybrid_arguments() {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let line = args.join(" ");
-    assert!(
-        line.starts_with(
-            "-pacifier interval=0.1 -as mkisofs -iso-level 3 -r \
+    assert!(line.starts_with(
+        "-pacifier interval=0.1 -as mkisofs -iso-level 3 -r \
              --modification-date=2019060121345200 -b "
-        )
-    );
+    ));
     assert!(line.contains(
         "-b boot/grub/i386-pc/eltorito.img -no-emul-boot -boot-load-size 4 -boot-info-table \
          --grub2-boot-info --grub2-mbr /g/boot_hybrid.img -eltorito-alt-boot \
