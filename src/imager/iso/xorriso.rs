@@ -196,7 +196,8 @@ mod tests {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{out:?}");
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // in mkisofs emulation xorriso reports on stderr (stdout may be the image)
+            let text = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
             text.lines()
                 .find_map(|l| l.strip_prefix("-pacifier interval="))
                 .map(str::to_string)
