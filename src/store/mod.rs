@@ -1,13 +1,11 @@
 //! Storage: the `MetaStore` trait for small records (sled implementation) and typed facades.
 
-mod adopt;
 mod blobs;
 mod schematics;
 mod sled_store;
 mod verified;
 mod writer;
 
-pub use adopt::{WriteProgress, WriterEnd};
 pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob};
 pub use schematics::{PutOutcome, SchematicStore};
 pub use sled_store::SledStore;

@@ -7,7 +7,7 @@
 //! xorriso writes a file, not a pipe (`-o -` gives the same bytes): it moves data between its
 //! two threads in 2 KiB blocks, and with a consumer hashing the pipe on the other core each
 //! hand-over waits for a scheduler slice — 1.2 s instead of 0.15 s for the test-kit ISO. The
-//! file is hashed behind it instead (`BlobStore::adopt_following`): xorriso only appends.
+//! finished file is hashed and stored instead (`BlobStore::adopt_file`).
 //!
 //! xorriso notices that its writer has finished only at its next status check, once per
 //! second by default; [`PACIFIER`] (xorriso's own `-pacifier interval=`, at its smallest
