@@ -167,7 +167,8 @@ impl BlobStore {
 
     /// Moves the file at `path` (on the same filesystem as the store) into the store as a
     /// deferred blob, hashing it on the way: no copy and no new file. Falls back to a copy when
-    /// the rename crosses filesystems. Commit it with [`BlobStore::commit_batch`].
+    /// the rename crosses filesystems. Commit it with [`BlobStore::commit_batch`] (many) or
+    /// [`BlobStore::commit_one`].
     pub fn adopt_file(&self, path: &Path) -> Result<PendingBlob, StoreError> {
         use std::os::unix::fs::PermissionsExt;
         let mut file = File::open(path).map_err(io_err(format!("open {}", path.display())))?;

@@ -83,7 +83,8 @@ impl Builder {
             out.flush()?;
         }
         let blob = w.finish().map_err(|e| internal("store disk image", e))?;
-        // `scratch` (disk.raw, initramfs, UKI, GRUB tree) is removed as it drops, here or on error
+        // `scratch` (disk.raw, initramfs, UKI, GRUB tree) is removed as it drops: here, or on
+        // any error above
         Ok(blob)
     }
 

@@ -103,8 +103,8 @@ impl Builder {
             ms = started.elapsed().as_millis() as u64,
             "ISO: stored"
         );
-        // `scratch` (GRUB tree, boot images, initramfs, UKI) is removed as it drops, here or on
-        // error
+        // `scratch` (GRUB tree, boot images, initramfs, UKI) is removed as it drops: here, or
+        // on any error above
         Ok(blob)
     }
 
