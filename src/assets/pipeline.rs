@@ -500,12 +500,6 @@ impl Assets {
         Ok(intact)
     }
 
-    /// Waits until the builder has removed the scratch directories of finished builds
-    /// (a process about to exit; a server never needs to).
-    pub fn wait_for_cleanup(&self) {
-        self.inner.builder.wait_for_cleanup();
-    }
-
     /// Opens the asset for streaming `range` (`None` = whole body).
     pub fn open(
         &self,

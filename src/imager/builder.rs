@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::catalog::{ArchRelease, BlobRef, Release, ReleaseStore, Version};
 use crate::oci::{ImageConfig, ImageManifest};
@@ -95,8 +95,6 @@ pub struct Builder {
     releases: ReleaseStore,
     opts: BuilderOptions,
     stages: StageReporter,
-    /// Scratch directories being removed in the background ([`Builder::discard_scratch`]).
-    cleanups: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ImagerError {
@@ -119,31 +117,6 @@ impl Builder {
             releases,
             opts,
             stages: StageReporter::default(),
-            cleanups: Arc::default(),
-        }
-    }
-
-    /// Removes a finished build's scratch directory on a background thread: unlinking the
-    /// hard-linked GRUB module tree and the boot images took ~20 ms that the stored result
-    /// need not wait for. Removed inline if no thread starts; a directory left behind by a
-    /// process exiting first is swept at the next start (`Assets::new`).
-    fn discard_scratch(&self, dir: tempfile::TempDir) {
-        let mut pending = self.cleanups.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|h| !h.is_finished());
-        // On a spawn error the closure, and with it `dir`, is dropped here: removed inline.
-        if let Ok(h) = std::thread::Builder::new()
-            .name("scratch-rm".into())
-            .spawn(move || drop(dir))
-        {
-            pending.push(h);
-        }
-    }
-
-    /// Waits until the scratch directories of finished builds are removed (before an exit).
-    pub fn wait_for_cleanup(&self) {
-        let pending = std::mem::take(&mut *self.cleanups.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in pending {
-            let _ = h.join();
         }
     }
 

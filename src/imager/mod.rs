@@ -10,6 +10,7 @@ pub mod installer;
 pub mod pe;
 pub mod uki;
 
+pub mod boot;
 pub mod builder;
 pub mod cancel;
 pub mod cmdline;

@@ -231,9 +231,6 @@ impl Node {
     /// Stops the workers in order and makes every acknowledged write durable.
     pub async fn close(&self) -> Result<(), NodeError> {
         self.workers.stop().await;
-        let assets = self.assets.clone();
-        // Scratch directories of finished builds are removed in the background.
-        let _ = tokio::task::spawn_blocking(move || assets.wait_for_cleanup()).await;
         self.meta.flush().await?;
         Ok(())
     }

@@ -15,8 +15,6 @@ mod size;
 mod tree;
 mod value;
 
-use sha2::{Digest, Sha256};
-
 pub use value::{Timestamp, Value};
 
 use crate::gocompat::yaml::{self, Flavour, Node};
@@ -267,7 +265,7 @@ impl Customization {
 
 /// Lowercase hex SHA-256 of canonical schematic bytes.
 pub fn id_of(canonical: &str) -> String {
-    hex::encode(Sha256::digest(canonical.as_bytes()))
+    crate::sha256::hex_digest(canonical.as_bytes())
 }
 
 /// Whether `s` is syntactically a schematic ID (64 lowercase hex characters).

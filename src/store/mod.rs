@@ -1,14 +1,12 @@
 //! Storage: the `MetaStore` trait for small records (its sled implementation is the one file
 //! that knows sled) and typed facades.
 
-mod adopt;
 mod blobs;
 mod schematics;
 mod sled_store;
 mod verified;
 mod writer;
 
-pub use adopt::{WriteProgress, WriterEnd};
 pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob};
 pub use schematics::{PutOutcome, SchematicStore};
 pub use sled_store::SledStore;

@@ -174,13 +174,12 @@ impl SigningKey {
     /// Derives a key deterministically from a 32-byte seed (tests and the test kit only; the seed
     /// is reduced until it is a valid scalar).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        use sha2::Digest as _;
         let mut bytes = *seed;
         loop {
             if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
                 return Self { secret };
             }
-            bytes = sha2::Sha256::digest(bytes).into();
+            bytes = crate::sha256::digest(&bytes);
         }
     }
 

@@ -8,9 +8,10 @@ use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{ArchRelease, RelPath};
+use crate::imager::boot::BootInputs;
 use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::disk::sparse::stream_into_blob;
-use crate::imager::disk::{DiskImageInputs, write_disk_image};
+use crate::imager::disk::write_disk_image;
 use crate::imager::error::ImagerError;
 use crate::imager::formats::{ConvertRequest, convert};
 use crate::imager::profile::{DiskFormat, OutFormat, Profile};
@@ -51,7 +52,7 @@ impl Builder {
             }
             _ => None,
         };
-        let inputs = DiskImageInputs {
+        let inputs = BootInputs {
             cmdline: kernel_cmdline(profile, &[])?,
             kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3),
             initramfs,
@@ -82,7 +83,8 @@ impl Builder {
             out.flush()?;
         }
         let blob = w.finish().map_err(|e| internal("store disk image", e))?;
-        self.discard_scratch(scratch);
+        // `scratch` (disk.raw, initramfs, UKI, GRUB tree) is removed as it drops: here, or on
+        // any error above
         Ok(blob)
     }
 
