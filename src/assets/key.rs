@@ -156,6 +156,7 @@ mod tests {
             scratch: PathBuf::from("/tmp"),
             initramfs_zstd_level: 18,
             compression: Default::default(),
+            tools: Default::default(),
         }
     }
 

@@ -22,6 +22,8 @@ pub struct BootInputs {
     pub systemd_boot: Option<PathBuf>,
     /// The release's GRUB module trees (`<dir>/i386-pc`, `<dir>/x86_64-efi`, …): GRUB layouts.
     pub grub_modules: Option<PathBuf>,
+    /// How the external tools run (`mkfs.xfs`, `grub-mkimage`, `xorriso`).
+    pub tools: crate::imager::tool::ToolRun,
 }
 
 /// The optional input `p` that a `medium` ("disk image", "ISO") needs, or the internal error

@@ -14,6 +14,7 @@ use crate::oci::{ImageConfig, ImageManifest};
 use crate::schematic::Schematic;
 use crate::store::{BlobInfo, BlobStore};
 
+use super::cancel::Cancel;
 use super::cmdline::kernel_cmdline;
 use super::error::ImagerError;
 use super::initramfs::{
@@ -27,6 +28,7 @@ use super::path::{content_type, parse_path};
 use super::pe::SymbolTable;
 use super::profile::{OutputKind, Profile, enhance_from_schematic};
 use super::quirks::Quirk;
+use super::tool::ToolRun;
 use super::uki::{
     Payload, UkiOptions, UkiParts, UkiPurpose, assemble_uki, os_release, read_kernel_release,
     standard_profiles,
@@ -54,6 +56,8 @@ pub struct BuilderOptions {
     pub initramfs_zstd_level: u32,
     /// Compression of disk-image outputs.
     pub compression: super::formats::CompressionLevels,
+    /// Where external tools are found and how long one may run.
+    pub tools: super::tool::Tools,
 }
 
 /// What to build.
@@ -69,6 +73,8 @@ pub struct BuildRequest<'a> {
     pub version: &'a Version,
     /// Asset path, e.g. `initramfs-amd64.xz`.
     pub path: &'a str,
+    /// The build's cancellation and deadline.
+    pub cancel: Cancel,
 }
 
 /// A built (or, for the kernel, referenced) asset in the blob store.
@@ -162,6 +168,7 @@ impl Builder {
         release: &Release,
     ) -> Result<Built, ImagerError> {
         ensure_buildable(&profile)?;
+        req.cancel.check()?;
         let mut intermediates = Vec::new();
         let arch = profile.arch;
         let assets = release.arches.get(&arch).ok_or_else(|| {
@@ -192,6 +199,14 @@ impl Builder {
             profile,
             intermediates,
         })
+    }
+
+    /// How this build's external tools run.
+    fn tool_run(&self, req: &BuildRequest<'_>) -> ToolRun {
+        ToolRun {
+            tools: self.opts.tools.clone(),
+            cancel: req.cancel.clone(),
+        }
     }
 
     fn writer(&self) -> Result<crate::store::BlobWriter, ImagerError> {
@@ -251,6 +266,7 @@ impl Builder {
         );
         inputs.scratch = Some(self.opts.scratch.clone());
         inputs.cpio_level = self.opts.initramfs_zstd_level;
+        inputs.tools = self.tool_run(req);
         std::fs::create_dir_all(&self.opts.scratch).map_err(ImagerError::Io)?;
         build_initramfs(&inputs, &self.blobs, out, &mut |p| {
             self.stages.report(Stage::Initramfs(&p))

@@ -78,6 +78,28 @@ impl ToolError {
     }
 }
 
+/// How the external tools of one build run: where they are found, how long each may take,
+/// and the build's cancellation (its deadline included).
+#[derive(Debug, Clone, Default)]
+pub struct ToolRun {
+    /// Where tools are found and how long one may run.
+    pub tools: Tools,
+    /// The build's cancellation.
+    pub cancel: Cancel,
+}
+
+impl ToolRun {
+    /// Runs `cmd` (named `tool`) as [`Tools::run`] does, under this build's cancellation.
+    pub fn run(&self, tool: &str, cmd: Command) -> Result<Vec<u8>, ToolError> {
+        self.tools.run(tool, cmd, &self.cancel)
+    }
+
+    /// The executable `name` ([`Tools::find`]).
+    pub fn find(&self, name: &str) -> PathBuf {
+        self.tools.find(name)
+    }
+}
+
 /// Where tools are looked for and how long one may run.
 #[derive(Debug, Clone)]
 pub struct Tools {

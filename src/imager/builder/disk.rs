@@ -64,6 +64,7 @@ impl Builder {
                 _ => None,
             },
             grub_modules,
+            tools: self.tool_run(req),
         };
         let raw = scratch.path().join("disk.raw");
         self.stages.report(Stage::DiskImage);

@@ -50,7 +50,8 @@ impl Builder {
                         &["i386-pc", "x86_64-efi"]
                     };
                     let modules = self.grub_modules(assets, &grub_dir, Some(arches))?;
-                    let images = prepare_grub(profile, &modules, scratch.path())?;
+                    let images =
+                        prepare_grub(profile, &modules, scratch.path(), &self.tool_run(req))?;
                     tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: GRUB images");
                     Ok((modules, images))
                 })
@@ -81,6 +82,7 @@ impl Builder {
             uki,
             systemd_boot,
             grub_modules,
+            tools: self.tool_run(req),
         };
         // xorriso writes straight into the store's temporary directory; the finished file is
         // then hashed and renamed into the store: no copy, no second write.

@@ -72,6 +72,7 @@ fn env() -> Env {
         scratch: dir.path().join("tmp"),
         initramfs_zstd_level: 3,
         compression: Default::default(),
+        tools: Default::default(),
     };
     Env {
         builder: Builder::new(blobs, releases, opts),
@@ -107,6 +108,7 @@ impl Request {
             canonical: &self.canonical,
             version: &self.version,
             path,
+            cancel: Default::default(),
         }
     }
 }

@@ -81,6 +81,7 @@ pub fn write_disk_image(
                 &image,
                 &[],
                 true,
+                &inputs.tools,
             )?;
             vec![EspFile::file(&loader, image)]
         }
@@ -134,6 +135,7 @@ pub fn write_disk_image(
             "BOOT",
             guid_from_label("BOOT"),
             &proto,
+            &inputs.tools,
         )?;
         copy_into(&mut File::open(&image)?, &mut disk, boot.offset)?;
         std::fs::remove_file(&image)?;
@@ -143,7 +145,14 @@ pub fn write_disk_image(
     if layout.embeds_bios_boot_code() {
         let modules = required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?.join("i386-pc");
         let core = scratch.join("core.img");
-        mkimage(&modules, "i386-pc", &core, BIOS_MODULES, false)?;
+        mkimage(
+            &modules,
+            "i386-pc",
+            &core,
+            BIOS_MODULES,
+            false,
+            &inputs.tools,
+        )?;
         let boot_img = std::fs::read(modules.join("boot.img"))?;
         embed_bios_boot(&mut disk, &layout, &boot_img, &std::fs::read(&core)?)?;
     }

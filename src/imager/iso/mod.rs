@@ -20,6 +20,7 @@ use crate::imager::disk::image::efi_boot_name;
 use crate::imager::error::ImagerError;
 use crate::imager::profile::{Arch, Profile};
 use crate::imager::quirks::Quirk;
+use crate::imager::tool::ToolRun;
 use crate::schematic::Bootloader;
 
 pub use xorriso::{IsoPlan, run_xorriso};
@@ -170,13 +171,22 @@ pub fn prepare_grub(
     profile: &Profile,
     grub_modules: &Path,
     scratch: &Path,
+    run: &ToolRun,
 ) -> Result<IsoGrub, ImagerError> {
     let kind = IsoKind::of(profile)?;
     let mut out = IsoGrub::default();
     if kind.has_bios() {
-        out.bios = Some(grub::bios_boot(&grub_modules.join("i386-pc"), scratch)?);
+        out.bios = Some(grub::bios_boot(
+            &grub_modules.join("i386-pc"),
+            scratch,
+            run,
+        )?);
         if !kind.has_uki() {
-            out.efi = Some(grub::efi_image(&grub_modules.join("x86_64-efi"), scratch)?);
+            out.efi = Some(grub::efi_image(
+                &grub_modules.join("x86_64-efi"),
+                scratch,
+                run,
+            )?);
         }
     }
     Ok(out)
@@ -206,6 +216,7 @@ pub fn write_iso(
             profile,
             required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?,
             scratch,
+            &inputs.tools,
         )?,
         None => IsoGrub::default(),
     };
@@ -274,7 +285,7 @@ pub fn write_iso(
         "ISO: efiboot.img"
     );
     let t = std::time::Instant::now();
-    run_xorriso(&plan)?;
+    run_xorriso(&plan, &inputs.tools)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: xorriso");
     // efiboot.img stays: the caller removes `scratch` after the ISO is stored.
     Ok(kind)

@@ -21,8 +21,8 @@ use super::IsoLabels;
 use super::grub::{BiosBoot, ELTORITO_PATH};
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::imager::disk::fat::epoch_date_time;
-use crate::imager::disk::tools;
 use crate::imager::error::ImagerError;
+use crate::imager::tool::ToolRun;
 
 /// The tool.
 pub const XORRISO: &str = "xorriso";
@@ -145,8 +145,8 @@ pub fn xorriso_args(plan: &IsoPlan) -> Vec<OsString> {
 }
 
 /// The xorriso command, in UTC with [`SOURCE_DATE_EPOCH`] set.
-fn xorriso_command() -> Result<Command, ImagerError> {
-    let exe = tools::find(XORRISO).ok_or_else(|| {
+fn xorriso_command(run: &ToolRun) -> Result<Command, ImagerError> {
+    let exe = run.tools.locate(XORRISO).ok_or_else(|| {
         ImagerError::Internal(format!(
             "{XORRISO} not found: install Debian package xorriso (needed for ISO images)"
         ))
@@ -157,22 +157,11 @@ fn xorriso_command() -> Result<Command, ImagerError> {
     Ok(cmd)
 }
 
-fn failed(stderr: &[u8]) -> ImagerError {
-    ImagerError::Internal(format!(
-        "{XORRISO} failed: {}",
-        String::from_utf8_lossy(stderr).trim()
-    ))
-}
-
-/// Runs xorriso for `plan` (in UTC, with `SOURCE_DATE_EPOCH` set).
-pub fn run_xorriso(plan: &IsoPlan) -> Result<(), ImagerError> {
-    let res = xorriso_command()?
-        .args(xorriso_args(plan))
-        .output()
-        .map_err(|e| ImagerError::Internal(format!("cannot run {XORRISO}: {e}")))?;
-    if !res.status.success() {
-        return Err(failed(&res.stderr));
-    }
+/// Runs xorriso for `plan` (in UTC, with `SOURCE_DATE_EPOCH` set) as `run` says.
+pub fn run_xorriso(plan: &IsoPlan, run: &ToolRun) -> Result<(), ImagerError> {
+    let mut cmd = xorriso_command(run)?;
+    cmd.args(xorriso_args(plan));
+    run.run(XORRISO, cmd)?;
     Ok(())
 }
 
@@ -188,7 +177,7 @@ mod tests {
             return;
         }
         let interval = |pacifier: &[&str]| {
-            let out = xorriso_command()
+            let out = xorriso_command(&ToolRun::default())
                 .unwrap()
                 .args(pacifier)
                 .args(["-as", "mkisofs", "-iso-level", "3", "--"])
