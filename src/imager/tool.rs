@@ -29,12 +29,15 @@ pub enum ToolError {
         source: std::io::Error,
     },
     /// The tool ran out of disk space.
-    #[error("{tool}: no space left on device: {lines}")]
+    #[error("{tool} failed: {lines}")]
     NoSpace {
         /// The tool.
         tool: String,
         /// Its error lines.
         lines: String,
+        /// The condition, as an I/O error of kind `StorageFull`.
+        #[source]
+        source: std::io::Error,
     },
     /// The tool exited unsuccessfully.
     #[error("{tool} failed ({status}): {lines}")]
@@ -198,6 +201,7 @@ impl Tools {
             return Err(ToolError::NoSpace {
                 tool: name(),
                 lines,
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
             });
         }
         Err(ToolError::Failed {

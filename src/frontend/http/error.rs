@@ -56,6 +56,15 @@ pub enum ApiError {
         /// Seconds to wait before retrying.
         retry_after: u64,
     },
+    /// 507 with `Retry-After`: the data volume is full (space is being freed by eviction).
+    #[error(
+        "insufficient storage: the appliance's data volume is full; retry after space is freed"
+    )]
+    InsufficientStorage {
+        /// What ran out of space.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An error answered with `Retry-After` (a failed build, not tried again before then).
     #[error("{source}")]
     Retry {
@@ -125,8 +134,16 @@ fn imager_answer(e: &ImagerError) -> Option<ApiError> {
     }
 }
 
+/// `Retry-After` of a `507`: long enough for a garbage-collection pass to free space.
+const NO_SPACE_RETRY: u64 = 30;
+
 impl From<AssetError> for ApiError {
     fn from(e: AssetError) -> Self {
+        if crate::causes::is_no_space(&e) {
+            return ApiError::InsufficientStorage {
+                source: Box::new(e),
+            };
+        }
         match e {
             AssetError::SchematicNotFound(_) => ApiError::NotFound(e.to_string()),
             // Upstream answers a malformed version with 500; kept for compatibility.
@@ -186,6 +203,11 @@ impl ApiError {
         context: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
+        if crate::causes::is_no_space(&source) {
+            return ApiError::InsufficientStorage {
+                source: Box::new(source),
+            };
+        }
         ApiError::Internal {
             context: context.into(),
             source: Some(Box::new(source)),
@@ -218,6 +240,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Retry { source, .. } => source.status(),
@@ -237,7 +260,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal { .. } | ApiError::Retry { .. } = &self {
+        if let ApiError::Internal { .. }
+        | ApiError::Retry { .. }
+        | ApiError::InsufficientStorage { .. } = &self
+        {
             tracing::error!(error = %format!("{:#}", Causes(&self)), "internal server error");
         }
         let status = self.status();
@@ -262,6 +288,9 @@ impl IntoResponse for ApiError {
             &self
         {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if let ApiError::InsufficientStorage { .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(NO_SPACE_RETRY));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
