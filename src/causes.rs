@@ -27,6 +27,22 @@ impl Causes<'_> {
     }
 }
 
+/// Whether `e` or any of its causes is the filesystem running out of space (`ENOSPC`, or an
+/// I/O error of kind `StorageFull`).
+pub fn is_no_space(e: &(dyn Error + 'static)) -> bool {
+    let mut next: Option<&(dyn Error + 'static)> = Some(e);
+    while let Some(cause) = next {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(libc::ENOSPC))
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
 impl fmt::Display for Causes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sep = if f.alternate() {
@@ -62,6 +78,14 @@ mod tests {
             format!("{:#}", Causes(&e)),
             "building metal-amd64.iso failed: caused by: xorriso failed: No space left on device"
         );
+    }
+
+    #[test]
+    fn no_space_is_found_anywhere_in_the_chain() {
+        let full = Build(Tool(std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(is_no_space(&full));
+        let other = Build(Tool(std::io::Error::other("EIO")));
+        assert!(!is_no_space(&other));
     }
 
     #[test]

@@ -139,7 +139,7 @@ mod tests {
             source: "test".into(),
             signatures: Signatures::Skipped,
             partial: false,
-            arches: [("amd64".to_string(), arch)].into_iter().collect(),
+            arches: [(Arch::Amd64, arch)].into_iter().collect(),
             extensions: vec![],
             overlays: vec![],
         }
@@ -156,6 +156,7 @@ mod tests {
             scratch: PathBuf::from("/tmp"),
             initramfs_zstd_level: 18,
             compression: Default::default(),
+            tools: Default::default(),
         }
     }
 

@@ -20,6 +20,7 @@ use crate::catalog::{Release, ReleaseStore, Version};
 use crate::config::Config;
 use crate::imager::builder::{BuildRequest, Builder, BuilderOptions, StageReporter};
 use crate::imager::profile::Profile;
+use crate::imager::tool::Tools;
 use crate::schematic::Schematic;
 use crate::store::{BlobStore, MetaStore, SchematicStore};
 use crate::trust::SigningKey;
@@ -239,6 +240,10 @@ impl Assets {
                 scratch: scratch.clone(),
                 initramfs_zstd_level: zstd_level,
                 compression: config.build.compression,
+                tools: Tools {
+                    dirs: config.build.tool_dirs.iter().map(PathBuf::from).collect(),
+                    timeout: Duration::from_secs(config.build.tool_timeout_seconds),
+                },
             },
         )
         .with_stages(stages);
@@ -399,6 +404,7 @@ impl Assets {
                 canonical: &canonical,
                 version: &version,
                 path: &req.path,
+                cancel: Default::default(),
             };
             let (profile, release) = this.inner.builder.profile(&breq)?;
             let key = cache_key(
@@ -498,12 +504,6 @@ impl Assets {
             return Err(AssetError::task("hashing an asset blob")(e));
         }
         Ok(intact)
-    }
-
-    /// Waits until the builder has removed the scratch directories of finished builds
-    /// (a process about to exit; a server never needs to).
-    pub fn wait_for_cleanup(&self) {
-        self.inner.builder.wait_for_cleanup();
     }
 
     /// Opens the asset for streaming `range` (`None` = whole body).

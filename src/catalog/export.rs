@@ -16,6 +16,7 @@ use crate::oci::{
 
 use super::files::{parse_image_digests, parse_overlays};
 use super::import::{ImportProgress, Selection};
+use super::names::Arch;
 use super::{CatalogError, Version};
 use crate::counting::{Counting, Tally};
 
@@ -32,7 +33,7 @@ pub struct ExportOptions {
     /// The Talos version.
     pub version: Version,
     /// Architectures (must not be empty).
-    pub arches: Vec<String>,
+    pub arches: Vec<Arch>,
     /// Extensions to include.
     pub extensions: Selection,
     /// Source registry and namespace (`HOST[:PORT][/namespace]`).
@@ -84,8 +85,8 @@ pub fn export_release<S: ImageSource>(
     } else {
         "installer"
     };
-    let all_arches: Vec<String> = opts.arches.clone();
-    let imager_arch = vec!["amd64".to_string()];
+    let all_arches: Vec<Arch> = opts.arches.clone();
+    let imager_arch = vec![Arch::Amd64];
     ex.copy("siderolabs/imager", Some(&tag), None, &imager_arch)?;
     ex.copy(&format!("siderolabs/{base}"), Some(&tag), None, &all_arches)?;
     let ext_catalog = ex.copy("siderolabs/extensions", Some(&tag), None, &imager_arch)?;
@@ -163,7 +164,7 @@ impl<S: ImageSource> Exporter<'_, S> {
         repo: &str,
         tag: Option<&str>,
         digest: Option<crate::oci::Digest>,
-        arches: &[String],
+        arches: &[Arch],
     ) -> Result<Copied, CatalogError> {
         let source_ref = match &digest {
             Some(d) => reference(&format!("{}/{repo}@{d}", self.registry))?,
@@ -189,7 +190,7 @@ impl<S: ImageSource> Exporter<'_, S> {
                     message: e.to_string(),
                 })
             })?;
-            let wanted: BTreeSet<&str> = arches.iter().map(String::as_str).collect();
+            let wanted: BTreeSet<&str> = arches.iter().map(|a| a.as_str()).collect();
             index
                 .manifests
                 .iter()

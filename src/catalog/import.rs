@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt as _;
 
-use crate::oci::flatten::{FlattenOptions, LayerOpener, flatten, read_file};
+use crate::oci::flatten::{
+    FlattenOptions, LayerOpener, TreeFile, flatten, read_file, regular_files,
+};
 use crate::oci::{Descriptor, Digest, ImageIndex, ImageManifest, ImageSource, OciError, Reference};
 use crate::store::{BlobStore, PendingBlob, StoreError};
-use crate::trust::{TrustPolicy, Verification};
+use crate::trust::{SignedIdentity, TrustPolicy, Verification};
 
 use super::files::{parse_descriptions, parse_image_digests, parse_overlays};
+use super::names::{Arch, RelPath};
 use super::release::{
     ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
     Signatures,
@@ -31,7 +34,11 @@ const MAX_CATALOG_FILE: u64 = 16 << 20;
 /// Boot assets every architecture must have.
 const REQUIRED_ASSETS: &[&str] = &["vmlinuz", "initramfs.xz"];
 /// The architecture whose imager image is read (it carries every architecture's assets).
-const IMAGER_PLATFORM: &str = "amd64";
+const IMAGER_PLATFORM: Arch = Arch::Amd64;
+/// Where the imager image keeps the boot assets, one directory per architecture.
+const INSTALL_DIR: &str = "usr/install";
+/// Where the imager image keeps the GRUB module trees.
+const GRUB_DIR: &str = "usr/lib/grub";
 
 /// Which catalog extensions to import.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +70,7 @@ pub struct ImportOptions {
     /// The Talos version.
     pub version: Version,
     /// Architectures; empty means every architecture the imager image carries.
-    pub arches: Vec<String>,
+    pub arches: Vec<Arch>,
     /// Extensions to import.
     pub extensions: Selection,
     /// Registry (and optional namespace) the upstream references live under in the source:
@@ -94,6 +101,25 @@ pub struct ImportSummary {
     pub blobs_reused: usize,
     /// Bytes newly written to the blob store.
     pub bytes_stored: u64,
+}
+
+/// An image to read: its reference in the source, and the upstream repository path its
+/// signature must name (`siderolabs/imager`; the source may hold it under a mirror namespace).
+#[derive(Debug, Clone)]
+struct Wanted {
+    reference: Reference,
+    identity: SignedIdentity,
+}
+
+impl Wanted {
+    /// `repository` (upstream path, e.g. `siderolabs/imager`) under `registry` (`HOST[/ns]`),
+    /// followed by `suffix` (`:tag` or `@digest`).
+    fn new(registry: &str, repository: &str, suffix: &str) -> Result<Wanted, CatalogError> {
+        Ok(Wanted {
+            reference: parse_ref(&format!("{registry}/{repository}{suffix}"))?,
+            identity: SignedIdentity::repository(repository),
+        })
+    }
 }
 
 /// An image resolved, verified and with its platform manifest fetched, but not yet stored.
@@ -166,8 +192,13 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     /// Runs the import and publishes the release.
     pub async fn run(mut self, opts: &ImportOptions) -> Result<ImportSummary, CatalogError> {
         let tag = opts.version.tag();
-        let component =
-            |name: &str| parse_ref(&format!("{}/siderolabs/{name}:{tag}", opts.registry));
+        let component = |name: &str| {
+            Wanted::new(
+                &opts.registry,
+                &format!("siderolabs/{name}"),
+                &format!(":{tag}"),
+            )
+        };
 
         // The imager carries the boot assets of every architecture.
         self.progress.step(&format!("reading imager {tag}"));
@@ -176,39 +207,26 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         self.commit_pending().await?;
         self.progress.step("extracting boot assets");
         let extracted = self.extract_imager(&imager).await?;
-        let install = extracted.path().join("usr/install");
-        let arches = if opts.arches.is_empty() {
-            let mut found: Vec<String> = ["amd64", "arm64"]
-                .into_iter()
-                .filter(|a| install.join(a).join("vmlinuz").is_file())
-                .map(str::to_string)
-                .collect();
-            found.sort();
-            if found.is_empty() {
-                return Err(CatalogError::Catalog(format!(
-                    "{} carries no usr/install/<arch>/vmlinuz",
-                    imager.reference
-                )));
-            }
-            found
-        } else {
-            opts.arches.clone()
-        };
-        let grub = self.store_tree(&extracted.path().join("usr/lib/grub"))?;
-        let mut per_arch: BTreeMap<String, ArchRelease> = BTreeMap::new();
-        for arch in &arches {
-            let assets = self.store_tree(&install.join(arch))?;
+        let root = extracted.path();
+        // Listed without following symlinks, like the boot trees (see `boot_trees`).
+        let grub_files = regular_files(root, GRUB_DIR)?.unwrap_or_default();
+        let install = boot_trees(root, &opts.arches, &imager.reference)?;
+        let arches: Vec<Arch> = install.iter().map(|(a, _)| *a).collect();
+        let grub = self.store_files(grub_files)?;
+        let mut per_arch: BTreeMap<Arch, ArchRelease> = BTreeMap::new();
+        for (arch, files) in install {
+            let assets = self.store_files(files)?;
             for required in REQUIRED_ASSETS {
                 if !assets.contains_key(*required) {
                     return Err(CatalogError::Catalog(format!(
-                        "{} has no usr/install/{arch}/{required}",
+                        "{} has no {INSTALL_DIR}/{arch}/{required}",
                         imager.reference
                     )));
                 }
             }
             let grub = grub.clone();
             per_arch.insert(
-                arch.clone(),
+                arch,
                 ArchRelease {
                     imager: Some(imager_record.clone()),
                     installer_base: None,
@@ -229,7 +247,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         for arch in &arches {
             self.progress
                 .step(&format!("reading {base_name} {tag} ({arch})"));
-            let planned = self.plan(component(base_name)?, arch).await?;
+            let planned = self.plan(component(base_name)?, *arch).await?;
             let record = self.store(&planned).await?;
             if let Some(a) = per_arch.get_mut(arch) {
                 a.installer_base = Some(record);
@@ -239,13 +257,12 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         self.progress
             .step(&format!("reading extensions catalog {tag}"));
         let (extensions, partial_ext) = self
-            .extensions(opts, &component("extensions")?, &arches)
+            .extensions(opts, component("extensions")?, &arches)
             .await?;
         let (overlays, partial_ov) = if opts.version.at_least(1, 7) {
             self.progress
                 .step(&format!("reading overlays catalog {tag}"));
-            self.overlays(opts, &component("overlays")?, &arches)
-                .await?
+            self.overlays(opts, component("overlays")?, &arches).await?
         } else {
             (Vec::new(), false)
         };
@@ -288,8 +305,12 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         })
     }
 
-    /// Resolves `reference`, verifies its signature and fetches the `linux/<arch>` manifest.
-    async fn plan(&mut self, reference: Reference, arch: &str) -> Result<Planned, CatalogError> {
+    /// Resolves `wanted`, verifies its signature and fetches the `linux/<arch>` manifest.
+    async fn plan(&mut self, wanted: Wanted, arch: Arch) -> Result<Planned, CatalogError> {
+        let Wanted {
+            reference,
+            identity,
+        } = wanted;
         let not_found = || CatalogError::ImageNotFound {
             image: reference.to_string(),
             source_name: self.source.describe(),
@@ -301,7 +322,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         };
         let verification = self
             .policy
-            .verify(self.source, &reference, &top.digest)
+            .verify(self.source, &reference, &identity, &top.digest)
             .await
             .map_err(|e| CatalogError::Untrusted {
                 image: reference.to_string(),
@@ -317,13 +338,12 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let (manifest_desc, manifest_bytes) = if top.is_index() {
             let index: ImageIndex =
                 serde_json::from_slice(&top_bytes).map_err(|e| malformed("image index", e))?;
-            let desc = index
-                .select(arch)
-                .cloned()
-                .ok_or_else(|| CatalogError::ImageNotFound {
+            let desc = index.select(arch.as_str()).cloned().ok_or_else(|| {
+                CatalogError::ImageNotFound {
                     image: format!("{reference} (linux/{arch})"),
                     source_name: self.source.describe(),
-                })?;
+                }
+            })?;
             let bytes = self
                 .source
                 .manifest(&reference, &desc.digest, MAX_MANIFEST)
@@ -505,7 +525,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let layers = imager.manifest.layers.clone();
         let blobs = self.blobs.clone();
         let opts = FlattenOptions {
-            prefixes: vec!["usr/install/".to_string(), "usr/lib/grub/".to_string()],
+            prefixes: vec![format!("{INSTALL_DIR}/"), format!("{GRUB_DIR}/")],
             ..FlattenOptions::default()
         };
         tokio::task::spawn_blocking(move || {
@@ -517,54 +537,35 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         Ok(dir)
     }
 
-    /// Moves every regular file under `dir` (recursively) into the store, keyed by relative
-    /// path. The files are committed as one batch (two filesystem syncs instead of two per file).
-    fn store_tree(&mut self, dir: &Path) -> Result<BTreeMap<String, BlobRef>, CatalogError> {
-        use std::os::unix::fs::PermissionsExt;
-        let mut files: Vec<(String, u32, crate::store::PendingBlob)> = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while dir.is_dir()
-            && let Some(d) = stack.pop()
-        {
-            let entries = std::fs::read_dir(&d).map_err(|e| malformed("extracted tree", e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| malformed("extracted tree", e))?;
-                let path = entry.path();
-                let meta =
-                    std::fs::symlink_metadata(&path).map_err(|e| malformed("extracted tree", e))?;
-                if meta.is_dir() {
-                    stack.push(path);
-                } else if meta.is_file() {
-                    let rel = path
-                        .strip_prefix(dir)
-                        .map_err(|e| malformed("extracted tree", e))?
-                        .to_string_lossy()
-                        .into_owned();
-                    // The extracted file itself becomes the blob (moved, not copied).
-                    files.push((
-                        rel,
-                        meta.permissions().mode() & 0o7777,
-                        self.blobs.adopt_file(&path)?,
-                    ));
-                }
-            }
+    /// Moves the listed regular files of an extracted tree into the store, keyed by their
+    /// (checked) relative path. The files are committed as one batch (two filesystem syncs
+    /// instead of two per file).
+    fn store_files(
+        &mut self,
+        files: Vec<TreeFile>,
+    ) -> Result<BTreeMap<String, BlobRef>, CatalogError> {
+        let mut names = Vec::with_capacity(files.len());
+        let mut pending = Vec::with_capacity(files.len());
+        for f in files {
+            RelPath::parse(&f.rel)?;
+            // The extracted file itself becomes the blob (moved, not copied).
+            pending.push(self.blobs.adopt_file(&f.path)?);
+            names.push((f.rel, f.mode));
         }
-        let mut out = BTreeMap::new();
-        let (names, pending): (Vec<(String, u32)>, Vec<_>) =
-            files.into_iter().map(|(n, m, p)| ((n, m), p)).unzip();
         let infos = self.blobs.commit_batch(pending)?;
-        for ((rel, mode), info) in names.into_iter().zip(infos) {
-            out.insert(
-                rel,
-                BlobRef {
+        Ok(names
+            .into_iter()
+            .zip(infos)
+            .map(|((rel, mode), info)| {
+                let blob = BlobRef {
                     blake3: info.blake3,
                     sha256: info.sha256,
                     size: info.size,
                     mode,
-                },
-            );
-        }
-        Ok(out)
+                };
+                (rel, blob)
+            })
+            .collect())
     }
 
     async fn catalog_file(
@@ -595,10 +596,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     async fn extensions(
         &mut self,
         opts: &ImportOptions,
-        reference: &Reference,
-        arches: &[String],
+        catalog: Wanted,
+        arches: &[Arch],
     ) -> Result<(Vec<ExtensionEntry>, bool), CatalogError> {
-        let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
+        let reference = catalog.reference.clone();
+        let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
         self.store(&catalog).await?;
         self.commit_pending().await?;
         let digests = self
@@ -630,24 +632,19 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             if !opts.extensions.wants(line.name()) {
                 continue;
             }
-            let r = parse_ref(&format!(
-                "{}/{}@{}",
-                opts.registry,
-                line.name(),
-                line.digest()
-            ))?;
+            let r = Wanted::new(&opts.registry, line.name(), &format!("@{}", line.digest()))?;
             for arch in arches {
                 self.progress
                     .step(&format!("reading extension {} ({arch})", line.name()));
-                planned.push(self.plan(r.clone(), arch).await?);
-                wanted.push((i, arch.clone()));
+                planned.push(self.plan(r.clone(), *arch).await?);
+                wanted.push((i, *arch));
             }
         }
         self.progress.step(&format!(
             "transferring {} extension image(s)",
             planned.len()
         ));
-        let mut stored: BTreeMap<(usize, String), ImageRecord> = wanted
+        let mut stored: BTreeMap<(usize, Arch), ImageRecord> = wanted
             .into_iter()
             .zip(self.store_all(&planned).await?)
             .collect();
@@ -658,9 +655,8 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             let mut images = BTreeMap::new();
             if opts.extensions.wants(line.name()) {
                 for arch in arches {
-                    let key = (i, arch.clone());
-                    if let Some(record) = stored.remove(&key) {
-                        images.insert(arch.clone(), record);
+                    if let Some(record) = stored.remove(&(i, *arch)) {
+                        images.insert(*arch, record);
                     }
                 }
             } else {
@@ -682,10 +678,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     async fn overlays(
         &mut self,
         opts: &ImportOptions,
-        reference: &Reference,
-        arches: &[String],
+        catalog: Wanted,
+        arches: &[Arch],
     ) -> Result<(Vec<OverlayEntry>, bool), CatalogError> {
-        let catalog = self.plan(reference.clone(), IMAGER_PLATFORM).await?;
+        let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
         self.store(&catalog).await?;
         self.commit_pending().await?;
         let Some(text) = self.catalog_file(&catalog, "overlays.yaml").await? else {
@@ -695,17 +691,18 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let mut partial = false;
         for line in parse_overlays(&text)? {
             let upstream = line.reference()?;
-            let r = parse_ref(&format!(
-                "{}/{}@{}",
-                opts.registry, upstream.repository, line.digest
-            ))?;
+            let r = Wanted::new(
+                &opts.registry,
+                &upstream.repository,
+                &format!("@{}", line.digest),
+            )?;
             let mut images = BTreeMap::new();
             for arch in arches {
                 self.progress
                     .step(&format!("reading overlay {} ({arch})", line.name));
-                match self.plan(r.clone(), arch).await {
+                match self.plan(r.clone(), *arch).await {
                     Ok(planned) => {
-                        images.insert(arch.clone(), self.store(&planned).await?);
+                        images.insert(*arch, self.store(&planned).await?);
                     }
                     // Overlay images exist only for the boards' architectures.
                     Err(CatalogError::ImageNotFound { .. }) => partial = true,
@@ -722,6 +719,39 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         }
         Ok((out, partial))
     }
+}
+
+/// The boot-asset trees (`usr/install/<arch>`) of the extracted imager at `root`: of the
+/// `wanted` architectures, or of every architecture that has a kernel when none is named.
+/// They are listed without following any symlink (a layer could point them anywhere on this
+/// machine): a symlink in them refuses the import.
+fn boot_trees(
+    root: &Path,
+    wanted: &[Arch],
+    imager: &Reference,
+) -> Result<Vec<(Arch, Vec<TreeFile>)>, CatalogError> {
+    let mut wanted = wanted.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    let candidates = if wanted.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        wanted.clone()
+    };
+    let mut install = Vec::new();
+    for arch in candidates {
+        let files = regular_files(root, &format!("{INSTALL_DIR}/{arch}"))?.unwrap_or_default();
+        if wanted.is_empty() && !files.iter().any(|f| f.rel == "vmlinuz") {
+            continue;
+        }
+        install.push((arch, files));
+    }
+    if install.is_empty() {
+        return Err(CatalogError::Catalog(format!(
+            "{imager} carries no {INSTALL_DIR}/<arch>/vmlinuz"
+        )));
+    }
+    Ok(install)
 }
 
 /// Versions whose imager image a bundle names (`…/siderolabs/imager:<tag>`).

@@ -4,12 +4,14 @@
 pub mod export;
 pub mod files;
 mod import;
+mod names;
 mod release;
 pub mod version;
 
 pub use import::{
     ImportOptions, ImportProgress, ImportSummary, Importer, Selection, bundle_versions,
 };
+pub use names::{Arch, RelPath};
 pub use release::{
     ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
     Signatures,
@@ -25,6 +27,17 @@ pub enum CatalogError {
     /// A version string is not semver.
     #[error("invalid version {0:?}")]
     InvalidVersion(String),
+    /// An architecture is not one a Talos release has (`amd64`, `arm64`).
+    #[error("invalid architecture {0:?}: a Talos release has amd64 and arm64")]
+    InvalidArch(String),
+    /// A path named by an image or a record would leave the directory it is joined to.
+    #[error("refusing path {path:?}: {reason}")]
+    UnsafePath {
+        /// The path as named.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The version is not offered by this appliance.
     #[error("version {0} is not available")]
     VersionNotAvailable(String),

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::oci::Digest;
 use crate::store::{BlobStore, DocCheck, DocKind, DocStore, StoreError};
 
+use super::CatalogError;
+use super::names::{Arch, RelPath};
 use super::version::Version;
 
 /// The metadata tree that held release records themselves (keyed by version tag) before they
@@ -84,7 +86,7 @@ pub struct ExtensionEntry {
     pub description: String,
     /// Imported images per architecture (empty when not imported: partial release).
     #[serde(default)]
-    pub images: BTreeMap<String, ImageRecord>,
+    pub images: BTreeMap<Arch, ImageRecord>,
 }
 
 /// One overlay of the release's catalog.
@@ -100,7 +102,7 @@ pub struct OverlayEntry {
     pub digest: Digest,
     /// Imported images per architecture.
     #[serde(default)]
-    pub images: BTreeMap<String, ImageRecord>,
+    pub images: BTreeMap<Arch, ImageRecord>,
 }
 
 /// A complete imported Talos release.
@@ -117,7 +119,7 @@ pub struct Release {
     /// True when only a subset of the catalog's extensions/overlays was imported.
     pub partial: bool,
     /// Per-architecture content.
-    pub arches: BTreeMap<String, ArchRelease>,
+    pub arches: BTreeMap<Arch, ArchRelease>,
     /// The extension catalog, in catalog order.
     pub extensions: Vec<ExtensionEntry>,
     /// The overlay catalog, in catalog order.
@@ -128,6 +130,21 @@ impl Release {
     /// The parsed version.
     pub fn parsed_version(&self) -> Option<Version> {
         Version::parse_strict(&self.version)
+    }
+
+    /// Checks every name of the record that reaches the filesystem: the version, and each
+    /// boot-asset and GRUB-module path (relative, without `..`, see [`RelPath`]). Architecture
+    /// keys are checked by their type.
+    pub fn check_names(&self) -> Result<(), CatalogError> {
+        if Version::parse_strict(&self.version).is_none() {
+            return Err(CatalogError::InvalidVersion(self.version.clone()));
+        }
+        for arch in self.arches.values() {
+            for path in arch.assets.keys().chain(arch.grub.keys()) {
+                RelPath::parse(path)?;
+            }
+        }
+        Ok(())
     }
 
     /// Every blob SHA-256 the release depends on (for GC protection and integrity checks).
@@ -222,8 +239,10 @@ impl ReleaseStore {
         Ok(out)
     }
 
-    /// Publishes a release record and waits until it is durable.
-    pub async fn put(&self, release: &Release) -> Result<(), StoreError> {
+    /// Publishes a release record and waits until it is durable. A record naming an unsafe
+    /// path is refused (see [`Release::check_names`]).
+    pub async fn put(&self, release: &Release) -> Result<(), CatalogError> {
+        release.check_names()?;
         let bytes = serde_json::to_vec(release).map_err(|source| StoreError::Encode {
             what: "release record",
             source,
@@ -244,5 +263,59 @@ impl ReleaseStore {
             self.docs.flush_blocking()?;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MetaStore, SledStore};
+
+    /// A record of v1.11.0 with a kernel and one GRUB module at `grub_path`, as JSON.
+    fn record(grub_path: &str) -> serde_json::Value {
+        let blob =
+            serde_json::json!({"blake3": "b".repeat(64), "sha256": "a".repeat(64), "size": 1});
+        serde_json::json!({
+            "version": "v1.11.0", "imported_at": "", "source": "test",
+            "signatures": {"state": "skipped"}, "partial": false,
+            "arches": {"amd64": {"imager": null, "installer_base": null,
+                "assets": {"vmlinuz": blob}, "grub": {grub_path: blob}}},
+            "extensions": [], "overlays": [],
+        })
+    }
+
+    fn release(grub_path: &str) -> Release {
+        serde_json::from_value(record(grub_path)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_naming_unsafe_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let store = ReleaseStore::new(&blobs);
+        let e = store.put(&release("../../keys/x")).await.unwrap_err();
+        assert!(
+            matches!(&e, CatalogError::UnsafePath { path, .. } if path == "../../keys/x"),
+            "{e}"
+        );
+        assert!(
+            store.get("v1.11.0").unwrap().is_none(),
+            "a refused record was stored"
+        );
+        store.put(&release("i386-pc/boot.img")).await.unwrap();
+        // An architecture key that is not an architecture does not even decode.
+        let mut bad = record("i386-pc/boot.img");
+        bad["arches"]["../keys"] = bad["arches"]["amd64"].take();
+        bad["arches"].as_object_mut().unwrap().remove("amd64");
+        store
+            .docs
+            .put("v1.12.0", bad.to_string().into_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.get("v1.12.0"),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::error::{CliError, finish};
 use super::import::{BarProgress, SourceArgs, registry_options, selection, versions};
 use super::runtime;
+use crate::catalog::Arch;
 use crate::catalog::export::{ExportOptions, export_release};
 use crate::oci::{BundleWriter, RegistrySource};
 
@@ -47,7 +48,7 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("give at least one --version vX.Y.Z".into()));
     }
     let arches = if args.source.arch.is_empty() {
-        vec!["amd64".to_string(), "arm64".to_string()]
+        Arch::ALL.to_vec()
     } else {
         args.source.arch.clone()
     };

@@ -101,17 +101,6 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             Err(e) => report(false, &what, e),
         }
     }
-    report(
-        true,
-        "xorriso pacer",
-        if crate::imager::iso::pacer::available() {
-            "built in (xorriso exits as soon as its writer is done)".into()
-        } else {
-            "not built (no C compiler when this binary was built): each ISO build may wait up to \
-             1 s on xorriso's status polls"
-                .into()
-        },
-    );
     if failed {
         ExitCode::FAILURE
     } else {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::error::{CliError, finish, open_error};
 use super::{load_config, runtime};
-use crate::catalog::{ImportProgress, ImportSummary, Selection, Version};
+use crate::catalog::{Arch, ImportProgress, ImportSummary, Selection, Version};
 use crate::config::Config;
 use crate::node::{ImportFrom, ImportJob, Node, NodeOptions};
 use crate::oci::RegistryOptions;
@@ -31,9 +31,10 @@ pub struct SourceArgs {
     /// Talos versions to import (repeatable; default: every version found in a bundle).
     #[arg(long = "version", value_name = "vX.Y.Z")]
     pub versions: Vec<String>,
-    /// Architectures, comma-separated (default: every architecture the release carries).
+    /// Architectures, comma-separated: `amd64`, `arm64` (default: every architecture the
+    /// release carries).
     #[arg(long, value_name = "ARCH[,ARCH]", value_delimiter = ',')]
-    pub arch: Vec<String>,
+    pub arch: Vec<Arch>,
     /// Extensions to import: `all` or a comma-separated list of names.
     #[arg(long, value_name = "all|NAME[,NAME]", default_value = "all")]
     pub extensions: String,
@@ -221,7 +222,11 @@ fn summary_line(s: &ImportSummary) -> String {
             crate::catalog::Signatures::Skipped => "SIGNATURES NOT VERIFIED".into(),
         },
         r.arches.len(),
-        r.arches.keys().cloned().collect::<Vec<_>>().join(","),
+        r.arches
+            .keys()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         exts,
         r.extensions.len(),
         r.overlays.len(),

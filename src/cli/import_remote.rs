@@ -27,7 +27,8 @@ pub fn run(args: &ImportArgs, cfg: &Config, server: &str) -> Result<(), CliError
             q.append_pair("version", &args.source.versions.join(","));
         }
         if !args.source.arch.is_empty() {
-            q.append_pair("arch", &args.source.arch.join(","));
+            let arches: Vec<&str> = args.source.arch.iter().map(|a| a.as_str()).collect();
+            q.append_pair("arch", &arches.join(","));
         }
         q.append_pair("extensions", &args.source.extensions);
         if let Some(r) = &args.source.from_registry {

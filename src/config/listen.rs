@@ -5,6 +5,32 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 use super::ConfigError;
 
+/// Why a listen address is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenAddrError {
+    /// Nothing was given.
+    #[error("empty")]
+    Empty,
+    /// Not one of the accepted forms.
+    #[error("expected HOST:PORT or :PORT")]
+    Form,
+    /// The port is not a number from 0 to 65535.
+    #[error("invalid port {0:?}")]
+    Port(String),
+    /// The host name could not be resolved.
+    #[error("cannot resolve host {host:?}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host name resolves to nothing.
+    #[error("host {0:?} resolves to no address")]
+    NoAddress(String),
+}
+
 /// A resolved socket address to bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddr(pub SocketAddr);
@@ -14,15 +40,18 @@ impl ListenAddr {
     pub fn parse_key(key: &str, s: &str) -> Result<Self, ConfigError> {
         Self::parse(s).map_err(|why| ConfigError::Invalid {
             key: key.to_string(),
-            message: format!("{s:?} is not a valid listen address ({why})"),
+            message: format!(
+                "{s:?} is not a valid listen address ({})",
+                crate::causes::Causes(&why).texts().join(": ")
+            ),
         })
     }
 
     /// Parses a listen address; `:PORT` binds every IPv4 interface.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ListenAddrError> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty".into());
+            return Err(ListenAddrError::Empty);
         }
         if let Some(port) = s.strip_prefix(':') {
             let port = parse_port(port)?;
@@ -34,16 +63,18 @@ impl ListenAddr {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(Self(addr));
         }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| "expected HOST:PORT or :PORT".to_string())?;
+        let (host, port) = s.rsplit_once(':').ok_or(ListenAddrError::Form)?;
         let port = parse_port(port)?;
         if host.is_empty() || host.contains(':') {
-            return Err("expected HOST:PORT or :PORT".into());
+            return Err(ListenAddrError::Form);
         }
-        let mut addrs = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?;
+        let mut addrs =
+            (host, port)
+                .to_socket_addrs()
+                .map_err(|source| ListenAddrError::Resolve {
+                    host: host.to_string(),
+                    source,
+                })?;
         // Prefer IPv4 so that `localhost:PORT` binds 127.0.0.1 on hosts without IPv6.
         let all: Vec<SocketAddr> = addrs.by_ref().collect();
         all.iter()
@@ -51,12 +82,13 @@ impl ListenAddr {
             .or_else(|| all.first())
             .copied()
             .map(Self)
-            .ok_or_else(|| format!("host {host:?} resolves to no address"))
+            .ok_or_else(|| ListenAddrError::NoAddress(host.to_string()))
     }
 }
 
-fn parse_port(p: &str) -> Result<u16, String> {
-    p.parse::<u16>().map_err(|_| format!("invalid port {p:?}"))
+fn parse_port(p: &str) -> Result<u16, ListenAddrError> {
+    p.parse::<u16>()
+        .map_err(|_| ListenAddrError::Port(p.to_string()))
 }
 
 impl fmt::Display for ListenAddr {

@@ -145,6 +145,10 @@ pub struct BuildConfig {
     pub max_concurrency: u64,
     /// Builds that may wait for a slot (0 = four times the concurrency); more are refused.
     pub max_queue: u64,
+    /// Directories searched for external tools before `PATH`.
+    pub tool_dirs: Vec<String>,
+    /// Longest run of one external tool, in seconds; it is killed beyond.
+    pub tool_timeout_seconds: u64,
     /// Oldest Talos version offered.
     pub min_talos_version: String,
     /// Talos versions withheld from the version list.
@@ -158,6 +162,8 @@ impl Default for BuildConfig {
         Self {
             max_concurrency: 0,
             max_queue: 0,
+            tool_dirs: Vec::new(),
+            tool_timeout_seconds: 600,
             min_talos_version: "1.2.0".into(),
             broken_talos_versions: Vec::new(),
             compression: crate::imager::formats::CompressionLevels::default(),

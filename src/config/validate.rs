@@ -47,6 +47,12 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             3600,
         ),
         (
+            "build.toolTimeoutSeconds",
+            cfg.build.tool_timeout_seconds,
+            1,
+            86_400,
+        ),
+        (
             "http.writeTimeoutSeconds",
             cfg.http.write_timeout_seconds,
             1,

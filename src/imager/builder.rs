@@ -7,13 +7,14 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::catalog::{ArchRelease, BlobRef, Release, ReleaseStore, Version};
 use crate::oci::{ImageConfig, ImageManifest};
 use crate::schematic::Schematic;
 use crate::store::{BlobInfo, BlobStore};
 
+use super::cancel::Cancel;
 use super::cmdline::kernel_cmdline;
 use super::error::ImagerError;
 use super::initramfs::{
@@ -27,6 +28,7 @@ use super::path::{content_type, parse_path};
 use super::pe::SymbolTable;
 use super::profile::{OutputKind, Profile, enhance_from_schematic};
 use super::quirks::Quirk;
+use super::tool::ToolRun;
 use super::uki::{
     Payload, UkiOptions, UkiParts, UkiPurpose, assemble_uki, os_release, read_kernel_release,
     standard_profiles,
@@ -54,6 +56,8 @@ pub struct BuilderOptions {
     pub initramfs_zstd_level: u32,
     /// Compression of disk-image outputs.
     pub compression: super::formats::CompressionLevels,
+    /// Where external tools are found and how long one may run.
+    pub tools: super::tool::Tools,
 }
 
 /// What to build.
@@ -69,6 +73,8 @@ pub struct BuildRequest<'a> {
     pub version: &'a Version,
     /// Asset path, e.g. `initramfs-amd64.xz`.
     pub path: &'a str,
+    /// The build's cancellation and deadline.
+    pub cancel: Cancel,
 }
 
 /// A built (or, for the kernel, referenced) asset in the blob store.
@@ -95,8 +101,6 @@ pub struct Builder {
     releases: ReleaseStore,
     opts: BuilderOptions,
     stages: StageReporter,
-    /// Scratch directories being removed in the background ([`Builder::discard_scratch`]).
-    cleanups: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ImagerError {
@@ -119,31 +123,6 @@ impl Builder {
             releases,
             opts,
             stages: StageReporter::default(),
-            cleanups: Arc::default(),
-        }
-    }
-
-    /// Removes a finished build's scratch directory on a background thread: unlinking the
-    /// hard-linked GRUB module tree and the boot images took ~20 ms that the stored result
-    /// need not wait for. Removed inline if no thread starts; a directory left behind by a
-    /// process exiting first is swept at the next start (`Assets::new`).
-    fn discard_scratch(&self, dir: tempfile::TempDir) {
-        let mut pending = self.cleanups.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|h| !h.is_finished());
-        // On a spawn error the closure, and with it `dir`, is dropped here: removed inline.
-        if let Ok(h) = std::thread::Builder::new()
-            .name("scratch-rm".into())
-            .spawn(move || drop(dir))
-        {
-            pending.push(h);
-        }
-    }
-
-    /// Waits until the scratch directories of finished builds are removed (before an exit).
-    pub fn wait_for_cleanup(&self) {
-        let pending = std::mem::take(&mut *self.cleanups.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in pending {
-            let _ = h.join();
         }
     }
 
@@ -189,8 +168,9 @@ impl Builder {
         release: &Release,
     ) -> Result<Built, ImagerError> {
         ensure_buildable(&profile)?;
+        req.cancel.check()?;
         let mut intermediates = Vec::new();
-        let arch = profile.arch.as_str().to_string();
+        let arch = profile.arch;
         let assets = release.arches.get(&arch).ok_or_else(|| {
             ImagerError::Validation(format!("release {} has no {arch} assets", release.version))
         })?;
@@ -219,6 +199,14 @@ impl Builder {
             profile,
             intermediates,
         })
+    }
+
+    /// How this build's external tools run.
+    fn tool_run(&self, req: &BuildRequest<'_>) -> ToolRun {
+        ToolRun {
+            tools: self.opts.tools.clone(),
+            cancel: req.cancel.clone(),
+        }
     }
 
     fn writer(&self) -> Result<crate::store::BlobWriter, ImagerError> {
@@ -278,6 +266,7 @@ impl Builder {
         );
         inputs.scratch = Some(self.opts.scratch.clone());
         inputs.cpio_level = self.opts.initramfs_zstd_level;
+        inputs.tools = self.tool_run(req);
         std::fs::create_dir_all(&self.opts.scratch).map_err(ImagerError::Io)?;
         build_initramfs(&inputs, &self.blobs, out, &mut |p| {
             self.stages.report(Stage::Initramfs(&p))

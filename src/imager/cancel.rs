@@ -3,27 +3,45 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::error::ImagerError;
 
-/// A build's cancellation flag (cheap to clone; every clone sees the same flag).
+/// A build's cancellation flag and deadline (cheap to clone; every clone sees the same flag).
 #[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
 
 impl Cancel {
-    /// A flag that is not set.
+    /// A flag that is not set, without a deadline.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Asks the build to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Release);
+    /// A flag that also counts as set from `deadline` on.
+    pub fn until(deadline: Instant) -> Self {
+        Self {
+            flag: Arc::default(),
+            deadline: Some(deadline),
+        }
     }
 
-    /// Whether the build was asked to stop.
+    /// Asks the build to stop.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+    }
+
+    /// Whether the build was asked to stop or its deadline has passed.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.flag.load(Ordering::Acquire) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Time left before the deadline, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Fails with [`ImagerError::Cancelled`] once the build was asked to stop.
@@ -48,5 +66,14 @@ mod tests {
         c.cancel();
         assert!(other.is_cancelled());
         assert!(matches!(other.check(), Err(ImagerError::Cancelled)));
+    }
+
+    #[test]
+    fn a_passed_deadline_counts_as_cancelled() {
+        let c = Cancel::until(Instant::now());
+        assert!(c.is_cancelled());
+        assert_eq!(c.remaining(), Some(Duration::ZERO));
+        let later = Cancel::until(Instant::now() + Duration::from_secs(60));
+        assert!(!later.is_cancelled());
     }
 }

@@ -110,6 +110,9 @@ pub enum ImagerError {
         /// Usable bytes.
         capacity: usize,
     },
+    /// An external tool failed, timed out or was killed.
+    #[error(transparent)]
+    Tool(#[from] super::tool::ToolError),
     /// The build was stopped from outside (it ran past its deadline).
     #[error("the build was cancelled")]
     Cancelled,
@@ -149,6 +152,7 @@ impl ImagerError {
             | ImagerError::Io(_)
             | ImagerError::Store(_)
             | ImagerError::Cancelled
+            | ImagerError::Tool(_)
             | ImagerError::Internal(_) => ErrorClass::Internal,
         }
     }

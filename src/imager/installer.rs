@@ -9,9 +9,9 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
+use crate::sha256::Sha256;
 use flate2::Compression;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use super::SOURCE_DATE_EPOCH;
 use crate::io_context::{IoContext, io_err};
@@ -237,7 +237,7 @@ pub fn write_artifacts_layer(
         write_entry(&mut tar, path, 0, size, file)?;
     }
     finish_tar(&mut tar)?;
-    let diff_id = hex::encode(tar.sha.finalize());
+    let diff_id = tar.sha.finalize_hex();
     tar.inner
         .finish()
         .and_then(|mut w| w.flush())

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sha2::{Digest, Sha256};
+use crate::sha256::digest as sha256;
 
 use super::error::ImagerError;
 use super::profile::{Arch, MetaEntry, OutputKind, Profile};
@@ -90,7 +90,7 @@ impl Adv {
             at += 8 + value.len();
         }
         b[ADV_LENGTH - 4..].copy_from_slice(&ADV_MAGIC2.to_be_bytes());
-        let sum = Sha256::digest(&b);
+        let sum = sha256(&b);
         b[ADV_CHECKSUM_OFFSET..ADV_CHECKSUM_OFFSET + 32].copy_from_slice(&sum);
         b
     }
@@ -111,7 +111,7 @@ impl Adv {
         }
         let mut copy = block.to_vec();
         copy[ADV_CHECKSUM_OFFSET..ADV_CHECKSUM_OFFSET + 32].fill(0);
-        if Sha256::digest(&copy)[..] != block[ADV_CHECKSUM_OFFSET..ADV_CHECKSUM_OFFSET + 32] {
+        if sha256(&copy)[..] != block[ADV_CHECKSUM_OFFSET..ADV_CHECKSUM_OFFSET + 32] {
             return None;
         }
         let mut adv = Adv::new();
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(&part[0x3FFFC..0x40000], &[0xA5, 0xB4, 0xC3, 0xD2]);
         let mut zeroed = part[..ADV_LENGTH].to_vec();
         zeroed[0x3FFDC..0x3FFFC].fill(0);
-        assert_eq!(&part[0x3FFDC..0x3FFFC], &Sha256::digest(&zeroed)[..]);
+        assert_eq!(&part[0x3FFDC..0x3FFFC], &sha256(&zeroed)[..]);
         // copy 2 identical, rest (incl. legacy ADV) zero
         assert_eq!(part[..ADV_LENGTH], part[ADV_LENGTH..2 * ADV_LENGTH]);
         assert!(part[2 * ADV_LENGTH..].iter().all(|b| *b == 0));

@@ -10,6 +10,7 @@ pub mod installer;
 pub mod pe;
 pub mod uki;
 
+pub mod boot;
 pub mod builder;
 pub mod cancel;
 pub mod cmdline;
@@ -22,3 +23,4 @@ pub mod meta;
 pub mod path;
 pub mod profile;
 pub mod quirks;
+pub mod tool;

@@ -25,31 +25,17 @@ pub const DEFAULT_RAW_DISK_SIZE: u64 = 8192 * MIB;
 /// One mebibyte.
 pub const MIB: u64 = 1024 * 1024;
 
-/// Target architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// x86-64.
-    Amd64,
-    /// AArch64.
-    Arm64,
-}
+pub use crate::catalog::Arch;
 
 impl Arch {
-    /// The Go/OCI name (`amd64`, `arm64`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    /// Parses an architecture, mapping the iPXE names `x86_64` and `i386` to `amd64`.
+    /// Parses the architecture of an asset path, mapping the iPXE names `x86_64` and `i386`
+    /// to `amd64`.
     pub fn parse(s: &str) -> Result<Arch, ImagerError> {
         match s {
-            "amd64" | "x86_64" | "i386" => Ok(Arch::Amd64),
-            "arm64" => Ok(Arch::Arm64),
-            _ => Err(ImagerError::InvalidArch(s.to_string())),
+            "x86_64" | "i386" => Ok(Arch::Amd64),
+            _ => s
+                .parse()
+                .map_err(|_| ImagerError::InvalidArch(s.to_string())),
         }
     }
 }

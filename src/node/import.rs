@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::Node;
 use crate::catalog::{
-    CatalogError, ImportOptions, ImportProgress, ImportSummary, Importer, Selection, Version,
+    Arch, CatalogError, ImportOptions, ImportProgress, ImportSummary, Importer, Selection, Version,
     bundle_versions,
 };
 use crate::oci::{ImageSource, LayoutSource, OciError, RegistryOptions, RegistrySource};
@@ -56,7 +56,7 @@ pub struct ImportJob {
     /// Versions to import; empty = every version in a bundle.
     pub versions: Vec<Version>,
     /// Architectures; empty = every architecture the release carries.
-    pub arches: Vec<String>,
+    pub arches: Vec<Arch>,
     /// Extensions to import.
     pub extensions: Selection,
     /// How signatures are checked.

@@ -244,9 +244,6 @@ impl Node {
     /// Stops the workers in order and makes every acknowledged write durable.
     pub async fn close(&self) -> Result<(), NodeError> {
         self.workers.stop().await;
-        let assets = self.assets.clone();
-        // Scratch directories of finished builds are removed in the background.
-        let _ = tokio::task::spawn_blocking(move || assets.wait_for_cleanup()).await;
         // Document copies written in the background, then the index.
         self.schematics.flush().await?;
         self.meta.flush().await?;

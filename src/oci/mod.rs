@@ -10,7 +10,10 @@ mod types;
 pub mod verify;
 
 pub use bundle::BundleWriter;
-pub use flatten::{FlattenOptions, FlattenReport, LayerOpener, flatten, read_file, source_opener};
+pub use flatten::{
+    FlattenOptions, FlattenReport, LayerOpener, TreeFile, flatten, read_file, regular_files,
+    source_opener,
+};
 pub use layout::{LayoutKind, LayoutSource};
 pub use registry::{RegistryOptions, RegistrySource};
 pub use source::{BlobReader, ImageSource};
@@ -50,6 +53,14 @@ pub enum OciError {
     /// An archive or layer would write outside its root, or is otherwise unsafe.
     #[error("unsafe archive content: {0}")]
     Unsafe(String),
+    /// An extracted tree has a symlink where only real directories and files may be.
+    #[error("unsafe archive content: {path} is a symlink (to {target:?}); refusing to follow it")]
+    Symlink {
+        /// Its path in the image.
+        path: String,
+        /// Where it points.
+        target: String,
+    },
     /// A size budget or decompression-ratio limit was exceeded.
     #[error("limit exceeded: {0}")]
     Limit(String),

@@ -172,16 +172,13 @@ impl FromStr for Reference {
             Some((r, t)) if !t.contains('/') => (r, Some(t.to_string())),
             _ => (path, None),
         };
-        let repo_ok = !repository.is_empty()
-            && repository.split('/').all(|c| {
-                !c.is_empty()
-                    && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
-            });
+        let repo_ok = repository.split('/').all(repository_component);
         let tag_ok = tag.as_deref().is_none_or(|t| {
-            !t.is_empty()
-                && t.len() <= 128
+            // `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`: never `.` or `..`.
+            t.len() <= 128
+                && t.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && t.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         });
@@ -195,6 +192,19 @@ impl FromStr for Reference {
             digest,
         })
     }
+}
+
+/// Whether `c` is a repository path component as the distribution spec defines it,
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: never empty, `.` or `..`.
+fn repository_component(c: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let b = c.as_bytes();
+    if !(b.first().is_some_and(|&x| alnum(x)) && b.last().is_some_and(|&x| alnum(x))) {
+        return false;
+    }
+    c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| matches!(sep, "." | "_" | "__") || sep.bytes().all(|x| x == b'-'))
 }
 
 impl fmt::Display for Reference {
@@ -360,6 +370,14 @@ mod tests {
         assert_eq!(p.digest, Some(d.clone()));
         assert_eq!(p.to_string(), format!("127.0.0.1:5000/a/b@{d}"));
         let both: Reference = format!("localhost/a:t@{d}").parse().unwrap();
+        for ok in [
+            "ghcr.io/siderolabs/sbc-raspberrypi:v0.1.0",
+            "ghcr.io/a.b/c_d/e__f/g--h:_t",
+            "ghcr.io/siderolabs/gvisor:20231214.0-v1.6.0",
+        ] {
+            ok.parse::<Reference>()
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
         assert_eq!(both.tag.as_deref(), Some("t"));
         for bad in [
             "imager:v1",
@@ -367,6 +385,16 @@ mod tests {
             "ghcr.io/A/b:t",
             "ghcr.io/a",
             "ghcr.io/a:b c",
+            "ghcr.io/../keys:t",
+            "ghcr.io/a/../../keys:t",
+            "ghcr.io/a/./b:t",
+            "ghcr.io/.a:t",
+            "ghcr.io/a-:t",
+            "ghcr.io/a..b:t",
+            "ghcr.io/a___b:t",
+            "ghcr.io/a:..",
+            "ghcr.io/a:.x",
+            "ghcr.io/a:-x",
         ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad}");
         }

@@ -6,10 +6,12 @@
 //! reported together as `yaml: construct errors:` with line numbers.
 
 use std::collections::HashSet;
-use std::rc::Rc;
 
 use saphyr_parser::ScalarStyle;
 
+use super::budget::{AliasBudget, Scope};
+use super::errors::Errors;
+use super::keys::{KeyTexts, ValueMap};
 use super::tree::{YKind, YNode, err, load};
 use super::value::Value;
 use super::{
@@ -19,8 +21,6 @@ use super::{
 use crate::gocompat;
 use crate::gocompat::yaml::{Resolved, old_bool_value, resolve_plain};
 
-/// Upper bound on nodes visited while decoding (guards against alias expansion bombs).
-const MAX_VISITS: usize = 200_000;
 /// Decodes a schematic document (the first YAML document of `input`).
 pub(super) fn decode(input: &[u8]) -> Result<Schematic, SchematicError> {
     let text = std::str::from_utf8(input)
@@ -35,15 +35,15 @@ pub(super) fn decode(input: &[u8]) -> Result<Schematic, SchematicError> {
         Ok(schematic)
     } else {
         // go-yaml v4 (the snapshot factory v1.5.0 pins) joins collected errors on one line.
-        let msg = format!("yaml: construct errors: {}", d.errors.join("; "));
-        Err(err(msg))
+        Err(err(d.errors.report()))
     }
 }
 
 #[derive(Default)]
 struct Decoder {
-    errors: Vec<String>,
-    visits: usize,
+    errors: Errors,
+    budget: AliasBudget,
+    keys: KeyTexts,
 }
 
 type Fatal<T> = Result<T, SchematicError>;
@@ -62,12 +62,9 @@ fn error_value(v: &str) -> String {
 }
 
 impl Decoder {
-    fn visit(&mut self) -> Fatal<()> {
-        self.visits += 1;
-        if self.visits > MAX_VISITS {
-            return Err(err("yaml: document contains excessive aliasing"));
-        }
-        Ok(())
+    /// Accounts for decoding `n`; keep the scope while decoding its content.
+    fn visit(&mut self, n: &YNode) -> Fatal<Scope> {
+        self.budget.enter(n)
     }
 
     /// Records a "cannot construct" error for `n` decoded into the Go type `into`.
@@ -115,30 +112,31 @@ impl Decoder {
     }
 
     /// Reports duplicate keys (same node kind and text) as go-yaml does; true when any was found.
-    fn duplicates(&mut self, entries: &[(Rc<YNode>, Rc<YNode>)]) -> bool {
-        let before = self.errors.len();
-        for (i, (ki, _)) in entries.iter().enumerate() {
-            for (kj, _) in &entries[i + 1..] {
-                let same = match (&ki.kind, &kj.kind) {
-                    (YKind::Scalar(a, _), YKind::Scalar(b, _)) => a == b,
-                    (YKind::Seq(_), YKind::Seq(_)) | (YKind::Map(_), YKind::Map(_)) => true,
-                    _ => false,
-                };
-                if same {
-                    let text = match &ki.kind {
-                        YKind::Scalar(a, _) => a.as_str(),
-                        _ => "",
-                    };
-                    self.errors.push(format!(
-                        "line {}: mapping key {} already defined at line {}",
-                        kj.line,
-                        gocompat::quote(text),
-                        ki.line
-                    ));
-                }
-            }
+    fn duplicates(&mut self, entries: &[(YNode, YNode)]) -> bool {
+        let found = self.keys.duplicates(entries);
+        if found.pairs == 0 {
+            return false;
         }
-        self.errors.len() > before
+        let mut listed = 0;
+        for (i, j) in found.pairs() {
+            if self.errors.full() {
+                break;
+            }
+            let (ki, kj) = (&entries[i].0, &entries[j].0);
+            let text = match &ki.kind {
+                YKind::Scalar(a, _) => a.as_str(),
+                _ => "",
+            };
+            self.errors.push(format!(
+                "line {}: mapping key {} already defined at line {}",
+                kj.line,
+                gocompat::quote(text),
+                ki.line
+            ));
+            listed += 1;
+        }
+        self.errors.count_unlisted(found.pairs - listed);
+        true
     }
 
     fn is_merge_key(n: &YNode) -> bool {
@@ -154,7 +152,7 @@ impl Decoder {
         type_name: &str,
         field: &mut dyn FnMut(&mut Decoder, &str, &YNode) -> Fatal<bool>,
     ) -> Fatal<()> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         let entries = match &n.kind {
             YKind::Map(entries) => entries,
             YKind::Scalar(..) => {
@@ -199,7 +197,7 @@ impl Decoder {
         explicit: &HashSet<String>,
         field: &mut dyn FnMut(&mut Decoder, &str, &YNode) -> Fatal<bool>,
     ) -> Fatal<()> {
-        self.visit()?;
+        let _alias = self.visit(m)?;
         match &m.kind {
             YKind::Map(entries) => {
                 for (k, v) in entries {
@@ -257,7 +255,7 @@ impl Decoder {
 
     /// Decodes a node into a Go `string`: null is empty, scalars keep their source text.
     fn string(&mut self, n: &YNode, into: &str) -> Fatal<Option<String>> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         if let YKind::Scalar(v, _) = &n.kind
             && n.tag.as_deref() == Some("!!binary")
         {
@@ -284,7 +282,7 @@ impl Decoder {
     }
 
     fn string_list(&mut self, n: &YNode) -> Fatal<Vec<String>> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         let mut out = Vec::new();
         match &n.kind {
             YKind::Seq(items) => {
@@ -306,7 +304,7 @@ impl Decoder {
 
     /// Decodes an unsigned integer of `bits` bits (Go `uint8` or `uint`).
     fn uint(&mut self, n: &YNode, bits: u32, into: &str) -> Fatal<Option<u64>> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         let max = if bits >= 64 {
             u64::MAX
         } else {
@@ -335,7 +333,7 @@ impl Decoder {
     }
 
     fn boolean(&mut self, n: &YNode) -> Fatal<Option<bool>> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         let value = match &n.kind {
             YKind::Scalar(v, _) => match self.resolve(n)?.0 {
                 Resolved::Null => Some(false),
@@ -352,7 +350,7 @@ impl Decoder {
     }
 
     fn bootloader(&mut self, n: &YNode) -> Fatal<Bootloader> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         match &n.kind {
             YKind::Scalar(v, _) => {
                 if self.resolve(n)?.0 == Resolved::Null {
@@ -370,7 +368,7 @@ impl Decoder {
 
     /// Decodes a node into Go's `any`.
     fn any(&mut self, n: &YNode) -> Fatal<Value> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         match &n.kind {
             YKind::Scalar(v, _) if n.tag.as_deref() == Some("!!binary") => {
                 Ok(Value::Str(Self::binary_text(n, v)?))
@@ -384,46 +382,45 @@ impl Decoder {
                 Ok(Value::Seq(out))
             }
             YKind::Map(entries) => {
-                let string_keys = entries.iter().all(|(k, _)| {
-                    matches!(k.kind, YKind::Scalar(..))
-                        && matches!(
-                            self.resolve(k).map(|(r, _)| r),
-                            Ok(Resolved::Str | Resolved::Merge)
-                        )
-                });
-                let mut out: Vec<(Value, Value)> = Vec::new();
-                self.map_entries(
-                    entries,
-                    &mut |d, k| {
-                        if string_keys {
-                            Ok(d.string(k, "string")?.map(Value::Str))
-                        } else {
-                            let key = d.any(k)?;
-                            if matches!(key, Value::Seq(_) | Value::Map(_)) {
-                                return Err(err(format!("yaml: line {}: invalid map key", k.line)));
-                            }
-                            Ok(Some(key))
+                // Looked at once the duplicate check has passed, so that a mapping with
+                // repeated (aliased) keys costs no more than the check.
+                let mut string_keys = None;
+                let out = self.map_entries(entries, &mut |d, k| {
+                    let string_keys = *string_keys.get_or_insert_with(|| {
+                        entries.iter().all(|(k, _)| {
+                            matches!(k.kind, YKind::Scalar(..))
+                                && matches!(
+                                    d.resolve(k).map(|(r, _)| r),
+                                    Ok(Resolved::Str | Resolved::Merge)
+                                )
+                        })
+                    });
+                    if string_keys {
+                        Ok(d.string(k, "string")?.map(Value::Str))
+                    } else {
+                        let key = d.any(k)?;
+                        if matches!(key, Value::Seq(_) | Value::Map(_)) {
+                            return Err(err(format!("yaml: line {}: invalid map key", k.line)));
                         }
-                    },
-                    &mut out,
-                )?;
-                Ok(Value::Map(out))
+                        Ok(Some(key))
+                    }
+                })?;
+                Ok(Value::Map(out.into_entries()))
             }
         }
     }
 
-    /// Decodes mapping entries (with duplicate checks and merges) into `out`, later keys winning.
+    /// Decodes mapping entries (with duplicate checks and merges), later keys winning.
     fn map_entries(
         &mut self,
-        entries: &[(Rc<YNode>, Rc<YNode>)],
+        entries: &[(YNode, YNode)],
         key_of: &mut dyn FnMut(&mut Decoder, &YNode) -> Fatal<Option<Value>>,
-        out: &mut Vec<(Value, Value)>,
-    ) -> Fatal<()> {
+    ) -> Fatal<ValueMap> {
+        let mut out = ValueMap::default();
         if self.duplicates(entries) {
-            return Ok(());
+            return Ok(out);
         }
         let mut merges = Vec::new();
-        let mut explicit = Vec::new();
         for (k, v) in entries {
             if Self::is_merge_key(k) {
                 merges.push(v.clone());
@@ -433,11 +430,12 @@ impl Decoder {
                 continue;
             };
             let value = self.any(v)?;
-            explicit.push(key.clone());
-            insert(out, key, value);
+            out.insert(key, value);
         }
+        // The keys set so far are the explicit ones; merged keys never replace them.
+        let explicit = out.len();
         for m in merges {
-            let maps: Vec<Rc<YNode>> = match &m.kind {
+            let maps: Vec<YNode> = match &m.kind {
                 YKind::Map(_) => vec![m.clone()],
                 YKind::Seq(items) if items.iter().all(|i| matches!(i.kind, YKind::Map(_))) => {
                     items.iter().rev().cloned().collect()
@@ -449,25 +447,23 @@ impl Decoder {
                 }
             };
             for map in maps {
-                self.visit()?;
+                let _alias = self.visit(&map)?;
                 let YKind::Map(merged) = &map.kind else {
                     continue;
                 };
-                let mut tmp = Vec::new();
-                self.map_entries(merged, key_of, &mut tmp)?;
-                for (k, v) in tmp {
-                    if !explicit.contains(&k) {
-                        insert(out, k, v);
+                for (k, v) in self.map_entries(merged, key_of)?.into_entries() {
+                    if out.position(&k).is_none_or(|at| at >= explicit) {
+                        out.insert(k, v);
                     }
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Decodes `overlay.options` (Go `map[string]any`).
     fn options(&mut self, n: &YNode) -> Fatal<Vec<(String, Value)>> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         let entries = match &n.kind {
             YKind::Map(entries) => entries,
             YKind::Scalar(..) if self.resolve(n)?.0 == Resolved::Null => return Ok(Vec::new()),
@@ -476,13 +472,11 @@ impl Decoder {
                 return Ok(Vec::new());
             }
         };
-        let mut out = Vec::new();
-        self.map_entries(
-            entries,
-            &mut |d, k| Ok(d.string(k, "string")?.map(Value::Str)),
-            &mut out,
-        )?;
+        let out = self.map_entries(entries, &mut |d, k| {
+            Ok(d.string(k, "string")?.map(Value::Str))
+        })?;
         Ok(out
+            .into_entries()
             .into_iter()
             .filter_map(|(k, v)| match k {
                 Value::Str(s) => Some((s, v)),
@@ -540,7 +534,7 @@ impl Decoder {
     }
 
     fn meta_list(&mut self, n: &YNode) -> Fatal<Vec<MetaValue>> {
-        self.visit()?;
+        let _alias = self.visit(n)?;
         let mut out = Vec::new();
         match &n.kind {
             YKind::Seq(items) => {
@@ -603,14 +597,5 @@ impl Decoder {
             Ok(true)
         })?;
         Ok(s)
-    }
-}
-
-/// Inserts into an ordered map, replacing an equal key (Go map assignment).
-fn insert(out: &mut Vec<(Value, Value)>, key: Value, value: Value) {
-    if let Some(slot) = out.iter_mut().find(|(k, _)| *k == key) {
-        slot.1 = value;
-    } else {
-        out.push((key, value));
     }
 }

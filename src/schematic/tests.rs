@@ -273,6 +273,17 @@ fn leading_space_literal_in_sequence() {
 }
 
 #[test]
+fn literal_ending_in_a_line_separator_ends_the_document() {
+    // U+2028 is printable for go-yaml, so the block keeps it raw as the last character and the
+    // document ends without a line break (go-yaml's write_break and final write_indent).
+    let doc = "customization:\n  embeddedMachineConfiguration: \"a\\nb\\u2028\"\n";
+    assert_eq!(
+        canon(doc),
+        "customization:\n    embeddedMachineConfiguration: |\n        a\n        b\u{2028}"
+    );
+}
+
+#[test]
 fn aliases_and_merges() {
     let doc = "customization:\n  extraKernelArgs: &args [noapic, nolapic]\n  systemExtensions:\n    officialExtensions: *args\n";
     assert_eq!(
@@ -299,6 +310,8 @@ fn alias_bombs_are_refused() {
     }
     assert_eq!(error(&doc), "yaml: document contains excessive aliasing");
 }
+
+mod bounds;
 
 mod properties {
     use super::*;

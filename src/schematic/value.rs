@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::order::sort_entries;
+use super::order::sorted_entries;
 pub use crate::gocompat::yaml::Timestamp;
 use crate::gocompat::yaml::{Node, Resolved};
 
@@ -47,14 +47,12 @@ impl Value {
     pub(crate) fn sorted(&self) -> Value {
         match self {
             Value::Seq(items) => Value::Seq(items.iter().map(Value::sorted).collect()),
-            Value::Map(entries) => {
-                let mut sorted: Vec<(Value, Value)> = entries
-                    .iter()
+            Value::Map(entries) => Value::Map(
+                sorted_entries(entries)
+                    .into_iter()
                     .map(|(k, v)| (k.sorted(), v.sorted()))
-                    .collect();
-                sort_entries(&mut sorted);
-                Value::Map(sorted)
-            }
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }

@@ -46,8 +46,7 @@ pub struct BlobStore {
     durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
-/// Kept for `adopt.rs`'s import path; the helper is [`crate::io_context::io_err`].
-pub(super) use crate::io_context::io_err;
+use crate::io_context::io_err;
 
 /// Whether `name` is a blob name: 64 lowercase hex digits (a BLAKE3 digest).
 pub fn is_blob_name(name: &str) -> bool {
@@ -251,7 +250,7 @@ impl BlobStore {
     }
 
     /// A fresh path under `blobs/tmp/` (swept at open if a crash leaves it behind), for a
-    /// file a tool writes and [`BlobStore::adopt_following`] stores.
+    /// file a tool writes and [`BlobStore::adopt_file`] stores.
     pub fn temp_path(&self) -> PathBuf {
         self.root
             .join("tmp")
@@ -267,7 +266,8 @@ impl BlobStore {
 
     /// Moves the file at `path` (on the same filesystem as the store) into the store as a
     /// deferred blob, hashing it on the way: no copy and no new file. Falls back to a copy when
-    /// the rename crosses filesystems. Commit it with [`BlobStore::commit_batch`].
+    /// the rename crosses filesystems. Commit it with [`BlobStore::commit_batch`] (many) or
+    /// [`BlobStore::commit_one`].
     pub fn adopt_file(&self, path: &Path) -> Result<PendingBlob, StoreError> {
         use std::os::unix::fs::PermissionsExt;
         let mut file = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
@@ -407,6 +407,15 @@ impl BlobStore {
         self.meta.put(SHA_TREE, info.sha256.as_bytes(), &record)
     }
 
+    /// Makes one deferred blob durable (its data synced, renamed into place, the directory
+    /// synced) and returns its identity.
+    pub fn commit_one(&self, mut pending: PendingBlob) -> Result<BlobInfo, StoreError> {
+        pending.sync_data()?;
+        self.commit(&pending.tmp, &pending.info)?;
+        pending.tmp = PathBuf::new();
+        Ok(pending.info.clone())
+    }
+
     /// `syncfs(2)` on the filesystem holding the blobs.
     pub(super) fn sync_filesystem(&self) -> Result<(), StoreError> {
         let dir =
@@ -515,6 +524,30 @@ pub(super) mod tests {
             .commit_batch(vec![blobs.adopt_file(&src).unwrap()])
             .unwrap();
         assert_eq!(again, vec![expected]);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn one_adopted_file_commits_on_its_own() {
+        let (dir, blobs) = store();
+        let src = blobs.temp_path();
+        std::fs::write(&src, b"an ISO a tool wrote").unwrap();
+        let info = blobs.commit_one(blobs.adopt_file(&src).unwrap()).unwrap();
+        assert!(!src.exists());
+        assert_eq!(
+            info.sha256,
+            crate::sha256::hex_digest(b"an ISO a tool wrote")
+        );
+        assert_eq!(blobs.by_sha256(&info.sha256).unwrap(), Some(info.clone()));
+        assert_eq!(
+            std::fs::read(blobs.path(&info.blake3).unwrap()).unwrap(),
+            b"an ISO a tool wrote"
+        );
         assert_eq!(
             std::fs::read_dir(dir.path().join("blobs/tmp"))
                 .unwrap()

@@ -1,7 +1,6 @@
 //! Storage: the `MetaStore` trait for small records (its sled implementation is the one file
 //! that knows sled) and typed facades.
 
-mod adopt;
 mod blobs;
 mod documents;
 mod durable;
@@ -11,7 +10,6 @@ mod sled_store;
 mod verified;
 mod writer;
 
-pub use adopt::{WriteProgress, WriterEnd};
 pub use blobs::{BlobInfo, BlobStore, BlobWriter, PendingBlob, is_blob_name};
 pub use documents::{DocCheck, DocKind, DocRef, DocStore};
 pub use durable::{create_dir_all_durable, sync_dir};

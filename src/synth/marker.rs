@@ -19,9 +19,9 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use crate::sha256::digest as sha256;
 use base64::Engine as _;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::{MARKER_PREFIX, extension_proof};
 
@@ -158,7 +158,7 @@ pub fn parse_adv(block: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, String> {
     }
     let mut copy = block.to_vec();
     copy[LEN - 36..LEN - 4].fill(0);
-    if Sha256::digest(&copy).as_slice() != &block[LEN - 36..LEN - 4] {
+    if sha256(&copy).as_slice() != &block[LEN - 36..LEN - 4] {
         return Err("ADV checksum mismatch".into());
     }
     let mut out = BTreeMap::new();
@@ -264,7 +264,7 @@ mod tests {
         b[12..15].copy_from_slice(b"abc");
         let n = b.len();
         b[n - 4..].copy_from_slice(&0xA5B4_C3D2u32.to_be_bytes());
-        let sum = Sha256::digest(&b);
+        let sum = sha256(&b);
         b[n - 36..n - 4].copy_from_slice(&sum);
         let m = parse_adv(&b).unwrap();
         assert_eq!(m[&10], b"abc");

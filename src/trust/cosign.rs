@@ -23,7 +23,7 @@ use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 use super::{SigningKey, TrustError};
 use crate::oci::{
     ANNOTATION_COSIGN_SIGNATURE, Descriptor, Digest, ImageManifest, MEDIA_COSIGN_SIMPLESIGNING,
-    MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST,
+    MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Reference,
 };
 
 /// `critical.type` of a cosign simple-signing payload.
@@ -64,6 +64,58 @@ fn go_json_string(s: &str) -> String {
         }
     }
     out
+}
+
+/// The identity a signature must name: the image's repository path below the registry host
+/// and any mirror namespace, e.g. `siderolabs/imager`.
+///
+/// A signed payload's `critical.identity.docker-reference` (tag or digest ignored) matches when
+/// it is this path or ends with `/` and this path: `ghcr.io/siderolabs/imager` and
+/// `registry.local:5000/mirror/siderolabs/imager` (an image re-signed at its mirror's name)
+/// both match `siderolabs/imager`; `ghcr.io/siderolabs/installer` does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIdentity(String);
+
+impl SignedIdentity {
+    /// Signatures must name `repository` (e.g. `siderolabs/imager`) below some host and
+    /// namespace.
+    pub fn repository(repository: &str) -> SignedIdentity {
+        SignedIdentity(repository.trim_matches('/').to_string())
+    }
+
+    /// Signatures must name the whole repository path of `reference` (no mirror namespace is
+    /// looked past).
+    pub fn of(reference: &Reference) -> SignedIdentity {
+        SignedIdentity::repository(&reference.repository)
+    }
+
+    /// The repository path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether a payload's `docker-reference` names this repository.
+    pub fn matches(&self, docker_reference: &str) -> bool {
+        let name = docker_reference
+            .split_once('@')
+            .map_or(docker_reference, |(name, _)| name);
+        // A tag follows the last `:` only when no `/` comes after it (`host:port/...` is not one).
+        let name = match name.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => repo,
+            _ => name,
+        };
+        !self.0.is_empty()
+            && (name == self.0
+                || name
+                    .strip_suffix(self.0.as_str())
+                    .is_some_and(|above| above.ends_with('/')))
+    }
+}
+
+impl std::fmt::Display for SignedIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A cosign signature image for one signed digest, ready to push or to put in a bundle.
@@ -255,19 +307,21 @@ pub struct VerifiedBy {
     pub payload: Digest,
 }
 
-/// Verifies a cosign signature manifest for `signed_digest`.
+/// Verifies a cosign signature manifest for `signed_digest` of the repository `identity`.
 ///
 /// `image` names the image in errors. `fetch_payload` returns the bytes of a simple-signing
 /// layer (it is called only for layers of that media type, at most [`MAX_SIGNATURE_LAYERS`], and
 /// never for one whose descriptor claims more than [`MAX_PAYLOAD_BYTES`]); the bytes are checked
 /// against the layer digest here. Accepts when at least one layer's payload verifies under one
-/// trusted key and names `signed_digest` with the cosign type; otherwise the most telling
-/// failure is returned: a trusted signature over another digest ([`TrustError::DigestMismatch`]),
+/// trusted key and names `signed_digest` and `identity` with the cosign type; otherwise the most
+/// telling failure is returned: a trusted signature over another digest
+/// ([`TrustError::DigestMismatch`]) or for another repository ([`TrustError::IdentityMismatch`]),
 /// then altered or malformed content ([`TrustError::Tampered`]), then
 /// [`TrustError::UnknownKey`].
 pub fn verify_signature<F>(
     trusted: &TrustedKeys,
     image: &str,
+    identity: &SignedIdentity,
     signed_digest: &Digest,
     sig_manifest: &[u8],
     mut fetch_payload: F,
@@ -301,7 +355,14 @@ where
     let mut first_tamper: Option<TrustError> = None;
     let mut checked = 0usize;
     for layer in layers {
-        match verify_layer(trusted, image, signed_digest, layer, &mut fetch_payload) {
+        match verify_layer(
+            trusted,
+            image,
+            identity,
+            signed_digest,
+            layer,
+            &mut fetch_payload,
+        ) {
             Ok(by) => {
                 return Ok(VerifiedBy {
                     signature_manifest: Some(Digest::of(sig_manifest)),
@@ -309,7 +370,9 @@ where
                 });
             }
             Err(LayerFailure::Untrusted) => checked += 1,
-            Err(LayerFailure::Rejected(e @ TrustError::DigestMismatch { .. })) => {
+            Err(LayerFailure::Rejected(
+                e @ (TrustError::DigestMismatch { .. } | TrustError::IdentityMismatch { .. }),
+            )) => {
                 mismatch.get_or_insert(e);
             }
             Err(LayerFailure::Rejected(e)) => {
@@ -334,6 +397,7 @@ enum LayerFailure {
 fn verify_layer<F>(
     trusted: &TrustedKeys,
     image: &str,
+    identity: &SignedIdentity,
     signed_digest: &Digest,
     layer: &Descriptor,
     fetch_payload: &mut F,
@@ -412,6 +476,21 @@ where
             },
         }));
     }
+    // The same content may be signed under several names; the name must be the one asked for.
+    let named = critical["identity"]["docker-reference"]
+        .as_str()
+        .unwrap_or_default();
+    if !identity.matches(named) {
+        return Err(LayerFailure::Rejected(TrustError::IdentityMismatch {
+            image: image.to_string(),
+            signed: if named.is_empty() {
+                "no docker-reference".into()
+            } else {
+                named.to_string()
+            },
+            expected: identity.to_string(),
+        }));
+    }
     Ok(VerifiedBy {
         key_fingerprint: key.fingerprint.clone(),
         key_source: key.source.clone(),
@@ -441,6 +520,34 @@ mod tests {
     }
 
     #[test]
+    fn identity_matches_below_host_and_namespace_only() {
+        let id = SignedIdentity::repository("siderolabs/imager");
+        for yes in [
+            "siderolabs/imager",
+            "ghcr.io/siderolabs/imager",
+            "ghcr.io/siderolabs/imager:v1.11.0",
+            "ghcr.io/siderolabs/imager@sha256:0123",
+            "ghcr.io/siderolabs/imager:v1.11.0@sha256:0123",
+            "registry.local:5000/mirror/siderolabs/imager",
+            "registry.local:5000/a/b/siderolabs/imager:v1",
+        ] {
+            assert!(id.matches(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "ghcr.io/siderolabs/installer",
+            "ghcr.io/siderolabs/imager-evil",
+            "ghcr.io/xsiderolabs/imager",
+            "ghcr.io/siderolabs/imager/extra",
+            "ghcr.io/imager",
+            "registry.local:5000/siderolabs",
+        ] {
+            assert!(!id.matches(no), "{no}");
+        }
+        assert!(!SignedIdentity::repository("").matches("ghcr.io/"));
+    }
+
+    #[test]
     fn sign_then_verify_and_high_s_accepted() {
         let key = SigningKey::from_seed(&[7; 32]);
         let mut keys = TrustedKeys::new();
@@ -448,8 +555,11 @@ mod tests {
             .unwrap();
         let d = Digest::of(b"image");
         let sig = SignatureImage::sign(&key, "ghcr.io/a/b", &d);
-        let by =
-            verify_signature(&keys, "img", &d, &sig.manifest, |_| Ok(sig.payload.clone())).unwrap();
+        let id = SignedIdentity::repository("a/b");
+        let by = verify_signature(&keys, "img", &id, &d, &sig.manifest, |_| {
+            Ok(sig.payload.clone())
+        })
+        .unwrap();
         assert_eq!(by.payload, sig.payload_descriptor.digest);
         // Go does not normalise s; a high-s signature (n - s) must verify too.
         let der = key.sign_der(&sig.payload);

@@ -70,6 +70,19 @@ pub enum TrustError {
         /// The digest the signed payload names.
         signed: String,
     },
+    /// A trusted key signed this digest for another repository (the payload's
+    /// `critical.identity.docker-reference`): a signature replayed under another image's name.
+    #[error(
+        "image {image}: signature names another repository: the signed payload is for {signed}, expected {expected} (below any registry host and mirror namespace)"
+    )]
+    IdentityMismatch {
+        /// The signed image.
+        image: String,
+        /// The docker-reference the signed payload names.
+        signed: String,
+        /// The repository path the image must be signed as.
+        expected: String,
+    },
     /// Well-formed signatures, but none verifies under any trusted key.
     #[error(
         "image {image}: not signed by a trusted key ({signatures} signature(s) checked against {keys} trusted key(s))"
@@ -161,13 +174,12 @@ impl SigningKey {
     /// Derives a key deterministically from a 32-byte seed (tests and the test kit only; the seed
     /// is reduced until it is a valid scalar).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        use sha2::Digest as _;
         let mut bytes = *seed;
         loop {
             if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
                 return Self { secret };
             }
-            bytes = sha2::Sha256::digest(bytes).into();
+            bytes = crate::sha256::digest(&bytes);
         }
     }
 

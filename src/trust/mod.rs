@@ -12,7 +12,8 @@ pub mod policy;
 mod token;
 
 pub use cosign::{
-    SignatureImage, TrustedKey, TrustedKeys, VerifiedBy, simple_signing_payload, verify_signature,
+    SignatureImage, SignedIdentity, TrustedKey, TrustedKeys, VerifiedBy, simple_signing_payload,
+    verify_signature,
 };
 pub(crate) use keys::write_private;
 pub use keys::{SigningKey, TrustError};

@@ -7,19 +7,21 @@ use tokio::io::AsyncReadExt as _;
 
 use super::TrustError;
 use super::cosign::{
-    MAX_PAYLOAD_BYTES, MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_MANIFEST_BYTES, TrustedKeys, VerifiedBy,
-    verify_signature,
+    MAX_PAYLOAD_BYTES, MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_MANIFEST_BYTES, SignedIdentity,
+    TrustedKeys, VerifiedBy, verify_signature,
 };
 use crate::oci::{
     Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError, Reference,
 };
 
 /// Verifies the cosign signature of `signed_digest` in the repository of `reference`, reading
-/// the `sha256-<hex>.sig` manifest and its payloads from `source`.
+/// the `sha256-<hex>.sig` manifest and its payloads from `source`; the signature must name
+/// `identity` (the repository asked for, below any registry host and mirror namespace).
 pub async fn verify_image<S: ImageSource>(
     source: &S,
     trusted: &TrustedKeys,
     reference: &Reference,
+    identity: &SignedIdentity,
     signed_digest: &Digest,
 ) -> Result<VerifiedBy, TrustError> {
     let image = Reference {
@@ -85,6 +87,7 @@ pub async fn verify_image<S: ImageSource>(
     let by = verify_signature(
         trusted,
         &image,
+        identity,
         signed_digest,
         &manifest,
         |layer| match payloads.get(&layer.digest) {
@@ -200,18 +203,19 @@ impl TrustPolicy {
     }
 
     /// Verifies the signature of `digest` (the top-level manifest or index that `reference`
-    /// resolved to) as found in `source`.
+    /// resolved to) as found in `source`, made for the repository `identity`.
     pub async fn verify<S: ImageSource>(
         &self,
         source: &S,
         reference: &Reference,
+        identity: &SignedIdentity,
         digest: &Digest,
     ) -> Result<Verification, TrustError> {
         if self.skip {
             return Ok(Verification::Skipped);
         }
         match &self.verifier {
-            Verifier::Keys(keys) => verify_image(source, keys, reference, digest)
+            Verifier::Keys(keys) => verify_image(source, keys, reference, identity, digest)
                 .await
                 .map(Verification::Verified),
         }

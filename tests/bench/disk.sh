@@ -23,9 +23,9 @@
 #         biosdisk); efiboot.img: truncate (10 MiB + each file rounded up to MiB, >= 34 MiB) +
 #         mkfs.vfat -F 32 -n EFI --invariant -s <spc> + mcopy; then our exact xorriso command
 #         (xorriso -as mkisofs … --grub2-mbr boot_hybrid.img … -append_partition 2 0xef
-#         efiboot.img -appended_part_as_gpt …, TZ=UTC SOURCE_DATE_EPOCH=1559424892), run plain:
-#         ours preloads its xorriso pacer (docs/imager-iso.md), the pipeline's xorriso keeps its
-#         once-a-second status poll, as Debian ships it.
+#         efiboot.img -appended_part_as_gpt …, TZ=UTC SOURCE_DATE_EPOCH=1559424892) without
+#         the `-pacifier interval=0.1` ours puts first (docs/imager-iso.md): the pipeline's
+#         xorriso keeps its once-a-second status poll, as grub-mkrescue runs it upstream.
 #
 # Upstream-equivalent levels: zstd 18 for .raw.zst and xz 0 for .raw.xz (upstream runs
 # `zstd -T0 -18` and `xz -0 -T 0`, spec §1.6 and peers.md B.1); our side gets zstd 18 through
@@ -58,8 +58,9 @@
 #                                CARGO_TARGET_DIR (where the release binary is)
 #                                ONLY= (iso: the pre-build and the ISO only, no disk images)
 #                                BASE_BIN= (a second image-factory, e.g. main's: its ISO build
-#                                is timed in every round too, alternating first/second with
-#                                ours, and reported as its own row plus ours / base)
+#                                and, unless ONLY=iso, its metal-amd64.raw.zst at our default
+#                                level are timed in every round too, alternating first/second
+#                                with ours, and reported as their own rows plus ours / base)
 # Needs: cargo (release build when the binary is older than the sources), fdisk (sfdisk),
 # dosfstools, mtools, xfsprogs, grub-common, xorriso, zstd, xz-utils, python3, bc, GNU time, and
 # the test kit inputs (tests/kit/fetch-debian.sh, run here; idempotent). Images are sparse:
@@ -268,18 +269,20 @@ if [ -n "${BASE_BIN:-}" ]; then
     cp "$BASE_BIN" "$W/image-factory-base" # a private copy, as for $BIN
     BASE_BIN=$W/image-factory-base
 fi
-run_base() { if [ -n "${BASE_BIN:-}" ]; then RUN_BIN=$BASE_BIN run_ours iso_base metal-amd64.iso; fi; }
+run_base() { if [ -n "${BASE_BIN:-}" ]; then RUN_BIN=$BASE_BIN run_ours "$@"; fi; }
 for i in $(seq "$RUNS"); do
     echo "disk.sh: run $i/$RUNS (load average $(cut -d" " -f1-3 /proc/loadavg))..." >&2
     run_ours pre metal-amd64-uki.efi
-    if [ $((i % 2)) = 1 ]; then run_base; fi
+    if [ $((i % 2)) = 1 ]; then run_base iso_base metal-amd64.iso; fi
     run_ours iso metal-amd64.iso
-    if [ $((i % 2)) = 0 ]; then run_base; fi
+    if [ $((i % 2)) = 0 ]; then run_base iso_base metal-amd64.iso; fi
     run_pipe p_iso iso
     [ -z "$DISKS" ] && continue
     run_ours zst18 metal-amd64.raw.zst 18
     run_pipe p_zst18 metal zstd 18
+    if [ $((i % 2)) = 1 ]; then run_base zst_base metal-amd64.raw.zst; fi
     run_ours zst metal-amd64.raw.zst
+    if [ $((i % 2)) = 0 ]; then run_base zst_base metal-amd64.raw.zst; fi
     run_pipe p_zst metal zstd 1
     run_ours xz aws-amd64.raw.xz
     run_pipe p_xz aws xz 0
@@ -346,6 +349,9 @@ check_iso() {
 check_iso
 if [ -n "${BASE_BIN:-}" ]; then
     cmp "${out[iso]}" "${out[iso_base]}" >&2 || fail "the ISOs of BASE_BIN and ours differ"
+    if [ -n "$DISKS" ]; then
+        cmp "${out[zst]}" "${out[zst_base]}" >&2 || fail "the .raw.zst of BASE_BIN and ours differ"
+    fi
 fi
 if [ -n "$DISKS" ]; then
     check_raw zst18 p_zst18 metal
@@ -383,14 +389,18 @@ row p_zst18 'metal-amd64.raw.zst: pipeline, `zstd -18 -T0`' ""
 row zst18 "metal-amd64.raw.zst: image-factory, zstd 18" p_zst18
 row p_zst 'metal-amd64.raw.zst: pipeline, `zstd -1 -T0`' ""
 row zst "metal-amd64.raw.zst: image-factory, zstd 1 (default)" p_zst
+if [ -n "${BASE_BIN:-}" ]; then row zst_base "metal-amd64.raw.zst: image-factory, zstd 1, BASE_BIN" p_zst; fi
 row p_xz 'aws-amd64.raw.xz: pipeline, `xz -0 -T0`' ""
 row xz "aws-amd64.raw.xz: image-factory, xz 0 (default)" p_xz
 fi
 echo
-for k in pre iso iso_base p_iso zst18 p_zst18 zst p_zst xz p_xz; do
+for k in pre iso iso_base p_iso zst18 p_zst18 zst zst_base p_zst xz p_xz; do
     if [ -n "${secs[$k]:-}" ]; then printf '%s:%s · ' "$k" "${secs[$k]}"; fi
 done
 echo
 if [ -n "${BASE_BIN:-}" ]; then
     echo "ours / BASE_BIN (ISO, medians): $(ratio "$(median "${secs[iso]}")" "$(median "${secs[iso_base]}")")"
+    if [ -n "$DISKS" ]; then
+        echo "ours / BASE_BIN (metal-amd64.raw.zst, medians): $(ratio "$(median "${secs[zst]}")" "$(median "${secs[zst_base]}")")"
+    fi
 fi

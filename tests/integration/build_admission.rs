@@ -110,3 +110,67 @@ async fn a_flood_of_distinct_cold_isos_meets_the_queue_bound() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_tool_is_killed_at_its_deadline_and_its_slot_reused() {
+    let Some(k) = kit::imported(0) else { return };
+    // A fake xorriso that records its PID and hangs.
+    let tools = tempfile::tempdir().unwrap();
+    let pid_file = tools.path().join("xorriso.pid");
+    let fake = tools.path().join("xorriso");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (data, dir) = (
+        k.data.display().to_string(),
+        tools.path().display().to_string(),
+    );
+    let s = TestServer::start_with(move |c| {
+        c.storage.data_dir = data;
+        c.cache.gc_interval_seconds = 0;
+        c.cache.scrub_interval_seconds = 0;
+        c.build.max_concurrency = 1;
+        c.build.tool_dirs = vec![dir];
+        c.build.tool_timeout_seconds = 2;
+    })
+    .await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let c = client();
+    let resp = c
+        .get(s.url(&format!("/image/{id}/{V}/metal-amd64.iso")))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("iso");
+    assert_eq!(resp.status(), 500);
+    // The tool was killed.
+    let pid = std::fs::read_to_string(&pid_file).expect("the fake xorriso ran");
+    let pid = pid.trim();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
+        "the hung tool {pid} is still running"
+    );
+    // The only build slot is free again: another build runs and succeeds.
+    let resp = c
+        .get(s.url(&format!("/image/{id}/{V}/initramfs-amd64.xz")))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("initramfs");
+    assert_eq!(resp.status(), 200);
+    // And the failed build left no scratch behind.
+    let leftovers: Vec<_> = std::fs::read_dir(k.data.join("tmp"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "scratch left behind: {leftovers:?}");
+    s.stop().await;
+}

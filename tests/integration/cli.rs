@@ -151,7 +151,7 @@ fn doctor_reports_checks() {
     assert!(text.contains("configuration: valid"), "{text}");
     assert!(text.contains("is writable"), "{text}");
     assert!(text.contains("depmod (kmod)"), "{text}");
-    assert!(text.contains("xorriso pacer: built in"), "{text}");
+    assert!(text.contains("xorriso (xorriso): "), "{text}");
     // Exit status follows the depmod check (kmod is installed by test.sh).
     assert_eq!(out.status.success(), !text.contains("[FAIL]"), "{text}");
 }

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use image_factory::catalog::{ExtensionEntry, ImageRecord};
+use image_factory::catalog::{Arch, ExtensionEntry, ImageRecord};
 use image_factory::imager::initramfs::{
     EMBEDDED_CONFIG_LABEL, ExtensionSource, InitramfsError, check_tools,
     embedded_config_extension_tar, schematic_extension_tar, schematic_manifest,
@@ -56,7 +56,7 @@ fn layout_microcode_firmware_and_layers() {
             author: String::new(),
             description: String::new(),
             images: [(
-                "amd64".to_string(),
+                Arch::Amd64,
                 ImageRecord {
                     reference: "x".into(),
                     digest: svc.clone(),

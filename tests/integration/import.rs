@@ -13,17 +13,20 @@ use image_factory::catalog::{Release, ReleaseStore};
 use image_factory::store::{BlobStore, MetaStore, SledStore};
 use image_factory::trust::SigningKey;
 
-fn key(seed: u8) -> SigningKey {
+/// The test signing key of `seed`.
+pub(crate) fn key(seed: u8) -> SigningKey {
     SigningKey::from_seed(&[seed; 32])
 }
 
-fn write_pub(dir: &Path, k: &SigningKey) -> std::path::PathBuf {
+/// Writes the public half of `k` into `dir` and returns its path.
+pub(crate) fn write_pub(dir: &Path, k: &SigningKey) -> std::path::PathBuf {
     let p = dir.join("signing-key.pub");
     std::fs::write(&p, k.public_key_pem().expect("pem")).expect("write key");
     p
 }
 
-fn import(args: &[&str]) -> Output {
+/// Runs `image-factory import ARGS`.
+pub(crate) fn import(args: &[&str]) -> Output {
     Command::new(crate::common::bin())
         .arg("import")
         .args(args)
@@ -32,12 +35,13 @@ fn import(args: &[&str]) -> Output {
         .expect("run import")
 }
 
-fn stderr(o: &Output) -> String {
+/// The standard error of a finished command.
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Reads the published release (the store is opened and closed again).
-fn release(data: &Path, tag: &str) -> Option<std::sync::Arc<Release>> {
+pub(crate) fn release(data: &Path, tag: &str) -> Option<std::sync::Arc<Release>> {
     let meta: Arc<dyn MetaStore> =
         Arc::new(SledStore::open(&data.join("meta")).expect("open meta"));
     let blobs = BlobStore::open(&data.join("blobs"), meta).expect("open blobs");

@@ -38,6 +38,13 @@ fn build_twice(k: &Kit, version: &str, schematic: &Path, name: &str) -> PathBuf 
         "the written ISOs differ"
     );
     std::fs::remove_file(&copy).unwrap();
+    // Both builds removed their scratch directories and left no temporary blob file.
+    for dir in ["tmp", "blobs/tmp"] {
+        let left: Vec<PathBuf> = std::fs::read_dir(k.data.join(dir))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir} keeps {left:?}");
+    }
     iso
 }
 

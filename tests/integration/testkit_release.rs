@@ -12,7 +12,7 @@ use image_factory::oci::{
     Descriptor, Digest, ImageIndex, ImageManifest, ImageSource, LayoutSource, Reference,
 };
 use image_factory::synth::{SynthOptions, SynthReport, synth_release};
-use image_factory::trust::{SigningKey, TrustedKeys, verify_image};
+use image_factory::trust::{SignedIdentity, SigningKey, TrustedKeys, verify_image};
 
 const KEY_SEED: [u8; 32] = [42; 32];
 
@@ -169,8 +169,14 @@ fn every_image_verifies_with_the_kit_key() {
         let resolved = rt.block_on(src.resolve(&r)).unwrap().unwrap();
         assert_eq!(resolved.digest, i.index.digest);
         assert!(resolved.is_index(), "{} is an index", i.reference());
-        rt.block_on(verify_image(&src, &keys, &r, &resolved.digest))
-            .unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(verify_image(
+            &src,
+            &keys,
+            &r,
+            &SignedIdentity::of(&r),
+            &resolved.digest,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         n += 1;
     }
     assert!(n >= 14, "{n}");
@@ -182,8 +188,14 @@ fn every_image_verifies_with_the_kit_key() {
     let i = &b.report.images[0];
     let r: Reference = i.reference().parse().unwrap();
     assert!(
-        rt.block_on(verify_image(&src, &other, &r, &i.index.digest))
-            .is_err()
+        rt.block_on(verify_image(
+            &src,
+            &other,
+            &r,
+            &SignedIdentity::of(&r),
+            &i.index.digest
+        ))
+        .is_err()
     );
 }
 

@@ -10,7 +10,7 @@ use image_factory::oci::{
     Reference,
 };
 use image_factory::trust::{
-    SignatureImage, SigningKey, TrustError, TrustPolicy, TrustedKeys, Verification,
+    SignatureImage, SignedIdentity, SigningKey, TrustError, TrustPolicy, TrustedKeys, Verification,
     simple_signing_payload, verify_image, verify_signature,
 };
 
@@ -121,6 +121,11 @@ fn trusted(k: &SigningKey) -> TrustedKeys {
     t
 }
 
+/// Signatures must name the whole repository of `r` (no mirror namespace).
+fn id(r: &Reference) -> SignedIdentity {
+    SignedIdentity::of(r)
+}
+
 fn imager() -> (Reference, Digest) {
     let r: Reference = "ghcr.io/siderolabs/imager:v1.11.0".parse().unwrap();
     (r, Digest::of(b"the imager index"))
@@ -190,13 +195,18 @@ fn round_trip_through_a_source() {
     let src = MemSource::default();
     let sig = SignatureImage::sign(&k, &r.name(), &d);
     src.put_signature(&sig, &sig.payload);
-    let by = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap();
+    let by = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap();
     assert_eq!(by.signature_manifest, Some(sig.manifest_descriptor.digest));
     assert_eq!(by.key_source, "test.pub");
     let policy = TrustPolicy::keys(trusted(&k));
-    assert!(block_on(policy.verify(&src, &r, &d)).unwrap().is_verified());
+    assert!(
+        block_on(policy.verify(&src, &r, &id(&r), &d))
+            .unwrap()
+            .is_verified()
+    );
     assert_eq!(
-        block_on(TrustPolicy::insecure_skip().verify(&MemSource::default(), &r, &d)).unwrap(),
+        block_on(TrustPolicy::insecure_skip().verify(&MemSource::default(), &r, &id(&r), &d))
+            .unwrap(),
         Verification::Skipped
     );
 }
@@ -208,6 +218,7 @@ fn unsigned_is_rejected() {
         &MemSource::default(),
         &trusted(&key(1)),
         &r,
+        &id(&r),
         &d,
     ))
     .unwrap_err();
@@ -230,7 +241,7 @@ fn tampered_payload_is_rejected() {
     let mut evil = sig.payload.clone();
     evil[10] ^= 1;
     src.put_signature(&sig, &evil);
-    let err = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::Tampered { .. }), "{err}");
     assert!(err.to_string().contains("tampered"), "{err}");
     assert!(
@@ -247,8 +258,10 @@ fn tampered_signature_annotation_is_rejected() {
     let mut m: serde_json::Value = serde_json::from_slice(&sig.manifest).unwrap();
     m["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"] = "!!notbase64".into();
     let bytes = serde_json::to_vec(&m).unwrap();
-    let err =
-        verify_signature(&trusted(&k), "img", &d, &bytes, |_| Ok(sig.payload.clone())).unwrap_err();
+    let err = verify_signature(&trusted(&k), "img", &id(&r), &d, &bytes, |_| {
+        Ok(sig.payload.clone())
+    })
+    .unwrap_err();
     assert!(matches!(err, TrustError::Tampered { .. }), "{err}");
     assert!(err.to_string().starts_with("image img:"), "{err}");
 }
@@ -263,7 +276,7 @@ fn signature_for_another_digest_is_rejected() {
     let mut replay = other.clone();
     replay.tag = d.signature_tag();
     src.put_signature(&replay, &other.payload);
-    let err = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::DigestMismatch { .. }), "{err}");
     assert!(
         err.to_string().contains("signature is for another image"),
@@ -277,7 +290,7 @@ fn unknown_key_is_rejected() {
     let src = MemSource::default();
     let sig = SignatureImage::sign(&key(2), &r.name(), &d);
     src.put_signature(&sig, &sig.payload);
-    let err = block_on(verify_image(&src, &trusted(&key(1)), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &trusted(&key(1)), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::UnknownKey { .. }), "{err}");
     assert!(
         err.to_string().contains("not signed by a trusted key"),
@@ -286,7 +299,7 @@ fn unknown_key_is_rejected() {
     // Trusting both keys accepts it.
     let mut both = trusted(&key(1));
     both.add_signing_key(&key(2), "second").unwrap();
-    let by = block_on(verify_image(&src, &both, &r, &d)).unwrap();
+    let by = block_on(verify_image(&src, &both, &r, &id(&r), &d)).unwrap();
     assert_eq!(by.key_source, "second");
 }
 
@@ -305,7 +318,7 @@ fn tampered_signature_manifest_is_rejected() {
         .lock()
         .unwrap()
         .insert(sig.manifest_descriptor.digest.clone(), evil);
-    let err = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::Tampered { .. }), "{err}");
 }
 
@@ -317,9 +330,9 @@ fn index_at_signature_tag_and_no_keys_are_rejected() {
         d.signature_tag(),
         Descriptor::for_bytes(MEDIA_OCI_INDEX, b"{}"),
     );
-    let err = block_on(verify_image(&src, &trusted(&key(1)), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &trusted(&key(1)), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::Tampered { .. }), "{err}");
-    let err = block_on(verify_image(&src, &TrustedKeys::new(), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &TrustedKeys::new(), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::NoTrustedKeys { .. }), "{err}");
 }
 
@@ -330,16 +343,22 @@ fn distinct_messages() {
     let mut messages = Vec::new();
     // unsigned
     messages.push(
-        block_on(verify_image(&MemSource::default(), &trusted(&k), &r, &d))
-            .unwrap_err()
-            .to_string(),
+        block_on(verify_image(
+            &MemSource::default(),
+            &trusted(&k),
+            &r,
+            &id(&r),
+            &d,
+        ))
+        .unwrap_err()
+        .to_string(),
     );
     // tampered
     let s = MemSource::default();
     let sig = SignatureImage::sign(&k, &r.name(), &d);
     s.put_signature(&sig, b"x");
     messages.push(
-        block_on(verify_image(&s, &trusted(&k), &r, &d))
+        block_on(verify_image(&s, &trusted(&k), &r, &id(&r), &d))
             .unwrap_err()
             .to_string(),
     );
@@ -348,7 +367,16 @@ fn distinct_messages() {
     let sig = SignatureImage::sign(&key(9), &r.name(), &d);
     s.put_signature(&sig, &sig.payload);
     messages.push(
-        block_on(verify_image(&s, &trusted(&k), &r, &d))
+        block_on(verify_image(&s, &trusted(&k), &r, &id(&r), &d))
+            .unwrap_err()
+            .to_string(),
+    );
+    // signed for another repository
+    let s = MemSource::default();
+    let sig = SignatureImage::sign(&k, "ghcr.io/siderolabs/installer", &d);
+    s.put_signature(&sig, &sig.payload);
+    messages.push(
+        block_on(verify_image(&s, &trusted(&k), &r, &id(&r), &d))
             .unwrap_err()
             .to_string(),
     );
@@ -403,11 +431,88 @@ fn payload_read_errors_are_classified() {
     src.put_signature(&sig, &sig.payload);
     // A source reports content that does not match its digest as InvalidData: tampered.
     *src.fail_reads.lock().unwrap() = Some(std::io::ErrorKind::InvalidData);
-    let err = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::Tampered { .. }), "{err}");
     // A broken connection is no verdict on the signature.
     *src.fail_reads.lock().unwrap() = Some(std::io::ErrorKind::ConnectionReset);
-    let err = block_on(verify_image(&src, &trusted(&k), &r, &d)).unwrap_err();
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap_err();
     assert!(matches!(err, TrustError::Fetch { .. }), "{err}");
     assert!(err.to_string().contains("cannot fetch signature"), "{err}");
+}
+
+#[test]
+fn signature_of_another_repository_is_refused() {
+    let (r, d) = imager();
+    let k = key(1);
+    // A valid signature of this very digest, but made for the installer (or any other image
+    // the key signs), replayed at the imager's signature tag.
+    for other in [
+        "ghcr.io/siderolabs/installer",
+        "ghcr.io/siderolabs/imager-evil",
+        "ghcr.io/siderolabs/iscsi-tools",
+        "registry.local:5000/mirror/siderolabs/installer",
+    ] {
+        let src = MemSource::default();
+        let sig = SignatureImage::sign(&k, other, &d);
+        src.put_signature(&sig, &sig.payload);
+        let err = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap_err();
+        assert!(
+            matches!(&err, TrustError::IdentityMismatch { signed, expected, .. }
+                if signed == other && expected == "siderolabs/imager"),
+            "{other}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("signature names another repository"), "{msg}");
+        assert!(msg.contains(other), "{msg}");
+    }
+    // A payload without an identity names nothing.
+    let src = MemSource::default();
+    let sig = SignatureImage::sign(&k, "", &d);
+    src.put_signature(&sig, &sig.payload);
+    let err = block_on(verify_image(&src, &trusted(&k), &r, &id(&r), &d)).unwrap_err();
+    assert!(
+        matches!(&err, TrustError::IdentityMismatch { signed, .. } if signed == "no docker-reference"),
+        "{err}"
+    );
+}
+
+#[test]
+fn signatures_made_at_a_mirror_name_verify() {
+    let k = key(1);
+    let d = Digest::of(b"the imager index");
+    let upstream: Reference = "ghcr.io/siderolabs/imager:v1.11.0".parse().unwrap();
+    let mirrored: Reference = "registry.local:5000/mirror/siderolabs/imager:v1.11.0"
+        .parse()
+        .unwrap();
+    let identity = SignedIdentity::repository("siderolabs/imager");
+    for (asked, signed_as) in [
+        // Re-signed at the mirror's name, read from a bundle (upstream names) or the mirror.
+        (&upstream, "registry.local:5000/mirror/siderolabs/imager"),
+        (&mirrored, "registry.local:5000/mirror/siderolabs/imager"),
+        // Signed upstream, read through the mirror.
+        (&mirrored, "ghcr.io/siderolabs/imager"),
+        // A docker-reference carrying a tag or digest names the same repository.
+        (&upstream, "ghcr.io/siderolabs/imager:v1.11.0"),
+    ] {
+        let src = MemSource::default();
+        let sig = SignatureImage::sign(&k, signed_as, &d);
+        src.put_signature(&sig, &sig.payload);
+        block_on(verify_image(&src, &trusted(&k), asked, &identity, &d))
+            .unwrap_or_else(|e| panic!("{asked} signed as {signed_as}: {e}"));
+    }
+    // Without the namespace looked past, the mirror path must be signed as such.
+    let src = MemSource::default();
+    let sig = SignatureImage::sign(&k, "ghcr.io/siderolabs/imager", &d);
+    src.put_signature(&sig, &sig.payload);
+    let err = block_on(verify_image(
+        &src,
+        &trusted(&k),
+        &mirrored,
+        &id(&mirrored),
+        &d,
+    ));
+    assert!(
+        matches!(err, Err(TrustError::IdentityMismatch { .. })),
+        "{err:?}"
+    );
 }

@@ -101,7 +101,7 @@ impl Assets {
         let started = Instant::now();
         let this = self.clone();
         let r = Arc::clone(resolved);
-        let cancel = Cancel::new();
+        let cancel = Cancel::until(deadline);
         let job_cancel = cancel.clone();
         let span = tracing::Span::current();
         // The slot is held by the blocking job itself: a timed-out build is cancelled (its
@@ -175,6 +175,7 @@ impl Assets {
             canonical: &r.canonical,
             version: &r.version,
             path: &r.req.path,
+            cancel: cancel.clone(),
         };
         let built = self
             .inner

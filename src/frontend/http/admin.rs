@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::error::ApiError;
 use super::handlers::{Status, json_response, release_status};
 use super::state::AppState;
-use crate::catalog::{ImportProgress, ImportSummary, Selection, Version};
+use crate::catalog::{Arch, CatalogError, ImportProgress, ImportSummary, Selection, Version};
 use crate::causes::Causes;
 use crate::node::{ImportFrom, ImportJob};
 use crate::oci::RegistryOptions;
@@ -210,6 +210,10 @@ pub async fn import(
                 .ok_or_else(|| ApiError::BadRequest(format!("invalid version {v:?}")))
         })
         .collect::<Result<_, _>>()?;
+    let arches: Vec<Arch> = list(&q.arch)
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, CatalogError>>()?;
     let policy = policy(&st, &headers, q.insecure_skip_signature_verification)?;
     let extensions = match q.extensions.as_deref() {
         None | Some("all") | Some("") => Selection::All,
@@ -233,7 +237,7 @@ pub async fn import(
     let job = ImportJob {
         from,
         versions,
-        arches: list(&q.arch),
+        arches,
         extensions,
         policy,
     };

@@ -25,6 +25,9 @@ pub enum ApiError {
         /// The configured limit in bytes.
         limit: u64,
     },
+    /// 408: the request body did not arrive in time.
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// 401: the admin API needs a valid bearer token.
     #[error("unauthorized: a valid admin bearer token is required")]
     Unauthorized,
@@ -52,6 +55,15 @@ pub enum ApiError {
         message: String,
         /// Seconds to wait before retrying.
         retry_after: u64,
+    },
+    /// 507 with `Retry-After`: the data volume is full (space is being freed by eviction).
+    #[error(
+        "insufficient storage: the appliance's data volume is full; retry after space is freed"
+    )]
+    InsufficientStorage {
+        /// What ran out of space.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// An error answered with `Retry-After` (a failed build, not tried again before then).
     #[error("{source}")]
@@ -84,6 +96,10 @@ impl From<CatalogError> for ApiError {
         match e {
             CatalogError::VersionNotAvailable(_) | CatalogError::ImageNotFound { .. } => {
                 ApiError::NotFound(e.to_string())
+            }
+            // A request naming an architecture or path that must not reach the filesystem.
+            CatalogError::InvalidArch(_) | CatalogError::UnsafePath { .. } => {
+                ApiError::BadRequest(e.to_string())
             }
             // Upstream answers a malformed version with 500; kept for compatibility.
             other => ApiError::caused("reading the release catalog", other),
@@ -118,8 +134,16 @@ fn imager_answer(e: &ImagerError) -> Option<ApiError> {
     }
 }
 
+/// `Retry-After` of a `507`: long enough for a garbage-collection pass to free space.
+const NO_SPACE_RETRY: u64 = 30;
+
 impl From<AssetError> for ApiError {
     fn from(e: AssetError) -> Self {
+        if crate::causes::is_no_space(&e) {
+            return ApiError::InsufficientStorage {
+                source: Box::new(e),
+            };
+        }
         match e {
             AssetError::SchematicNotFound(_) => ApiError::NotFound(e.to_string()),
             // Upstream answers a malformed version with 500; kept for compatibility.
@@ -179,6 +203,11 @@ impl ApiError {
         context: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
+        if crate::causes::is_no_space(&source) {
+            return ApiError::InsufficientStorage {
+                source: Box::new(source),
+            };
+        }
         ApiError::Internal {
             context: context.into(),
             source: Some(Box::new(source)),
@@ -210,6 +239,8 @@ impl ApiError {
             ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Retry { source, .. } => source.status(),
@@ -229,7 +260,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal { .. } | ApiError::Retry { .. } = &self {
+        if let ApiError::Internal { .. }
+        | ApiError::Retry { .. }
+        | ApiError::InsufficientStorage { .. } = &self
+        {
             tracing::error!(error = %format!("{:#}", Causes(&self)), "internal server error");
         }
         let status = self.status();
@@ -254,6 +288,9 @@ impl IntoResponse for ApiError {
             &self
         {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if let ApiError::InsufficientStorage { .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(NO_SPACE_RETRY));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(

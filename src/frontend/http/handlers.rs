@@ -41,16 +41,45 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes,
     }
 }
 
+/// How long a schematic upload may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `POST /schematics`: parse, canonicalise, store durably, answer 201 `{"id","schematic"}`.
 pub async fn create_schematic(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, st.max_body_bytes()).await?;
-    let parsed = Schematic::parse(&bytes)?;
-    let canonical = parsed.canonical();
-    let id = schematic::id_of(&canonical);
+    // Uploads being read are bounded (each holds up to http.maxBodyBytes; the others wait
+    // with their bodies unread) and must arrive in time; parsing and hashing run on the
+    // blocking pool, a few at a time.
+    let intake = st.intake().clone();
+    let _intake = tokio::time::timeout(BODY_TIMEOUT, intake.acquire_owned())
+        .await
+        .map_err(|_| ApiError::Unavailable {
+            message: "too many schematic uploads in progress, retry".into(),
+            retry_after: 1,
+        })?
+        .map_err(|_| ApiError::internal("the schematic intake is shut down"))?;
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_body(&headers, body, st.max_body_bytes()))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
+    let parse = st
+        .parses()
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("the schematic parser is shut down"))?;
+    let (canonical, id) = tokio::task::spawn_blocking(move || {
+        let _parse = parse;
+        Schematic::parse(&bytes).map(|parsed| {
+            let canonical = parsed.canonical();
+            let id = schematic::id_of(&canonical);
+            (canonical, id)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::caused("parsing the schematic", e))??;
     let m = st.metrics();
     match st.schematics().put(&id, &canonical).await? {
         PutOutcome::Created => m.schematic_create.increment(1),
@@ -121,7 +150,7 @@ pub struct ReleaseStatus {
     /// Version tag.
     pub version: String,
     /// Architectures.
-    pub arches: Vec<String>,
+    pub arches: Vec<crate::catalog::Arch>,
     /// Extensions with imported images / extensions in the catalog.
     pub extensions: String,
     /// Whether only a subset of the catalog was imported.
@@ -140,7 +169,7 @@ pub fn release_status(st: &AppState) -> Result<Vec<ReleaseStatus>, ApiError> {
         .iter()
         .map(|r| ReleaseStatus {
             version: r.version.clone(),
-            arches: r.arches.keys().cloned().collect(),
+            arches: r.arches.keys().copied().collect(),
             extensions: format!(
                 "{}/{}",
                 r.extensions.iter().filter(|e| !e.images.is_empty()).count(),

@@ -37,7 +37,12 @@ struct Inner {
     rules: VersionRules,
     pxe_base_url: String,
     signing_key_pem: String,
+    intake: Arc<tokio::sync::Semaphore>,
+    parses: Arc<tokio::sync::Semaphore>,
 }
+
+/// Schematic uploads read at once (each may hold `http.maxBodyBytes`).
+const MAX_UPLOADS: usize = 64;
 
 /// Why the HTTP state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,10 @@ impl AppState {
                 rules,
                 pxe_base_url,
                 signing_key_pem,
+                intake: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+                parses: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )),
             }),
         })
     }
@@ -155,6 +164,16 @@ impl AppState {
     /// `http.maxBodyBytes`.
     pub fn max_body_bytes(&self) -> u64 {
         self.inner.node.config().http.max_body_bytes
+    }
+
+    /// Permits for schematic uploads being read.
+    pub fn intake(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.intake
+    }
+
+    /// Permits for schematic parses running on the blocking pool (one per core).
+    pub fn parses(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.parses
     }
 
     /// The metrics registry.

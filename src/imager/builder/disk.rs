@@ -5,12 +5,13 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use crate::catalog::ArchRelease;
+use crate::catalog::{ArchRelease, RelPath};
+use crate::imager::boot::BootInputs;
 use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::disk::sparse::stream_into_blob;
-use crate::imager::disk::{DiskImageInputs, write_disk_image};
+use crate::imager::disk::write_disk_image;
 use crate::imager::error::ImagerError;
 use crate::imager::formats::{ConvertRequest, convert};
 use crate::imager::profile::{DiskFormat, OutFormat, Profile};
@@ -51,7 +52,7 @@ impl Builder {
             }
             _ => None,
         };
-        let inputs = DiskImageInputs {
+        let inputs = BootInputs {
             cmdline: kernel_cmdline(profile, &[])?,
             kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3)?,
             initramfs,
@@ -64,6 +65,7 @@ impl Builder {
                 _ => None,
             },
             grub_modules,
+            tools: self.tool_run(req),
         };
         let raw = scratch.path().join("disk.raw");
         self.stages.report(Stage::DiskImage);
@@ -83,7 +85,8 @@ impl Builder {
             out.flush()?;
         }
         let blob = w.finish().map_err(|e| internal("store disk image", e))?;
-        self.discard_scratch(scratch);
+        // `scratch` (disk.raw, initramfs, UKI, GRUB tree) is removed as it drops: here, or on
+        // any error above
         Ok(blob)
     }
 
@@ -106,14 +109,10 @@ impl Builder {
             if only.is_some_and(|o| !o.contains(&platform)) {
                 continue;
             }
-            let rel_path = Path::new(rel);
-            if !rel_path
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)))
-            {
-                return Err(internal("GRUB module tree", format!("bad path {rel:?}")));
-            }
-            let dest = dir.join(rel_path);
+            // A record naming `../x` must not write outside `dir`.
+            let dest = RelPath::parse(rel)
+                .map_err(|e| internal("GRUB module tree", e))?
+                .under(dir);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
             }

@@ -2,19 +2,20 @@
 //! UEFI side of hybrid and UEFI-only ISOs, the ISO UKI (profiles `main` + `reset`) are built
 //! into the scratch directory (inputs, not stored) while a second thread stages the release's
 //! GRUB trees and runs `grub-mkimage`; then `xorriso` writes the ISO into the blob store's
-//! temporary directory, where it is hashed and committed in place (no scratch copy streamed
-//! into a second file).
+//! temporary directory, where it is hashed and committed in place once xorriso has finished
+//! (no scratch copy streamed into a second file).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::catalog::ArchRelease;
+use crate::imager::boot::BootInputs;
 use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::error::ImagerError;
-use crate::imager::iso::{IsoGrub, IsoInputs, IsoKind, prepare_grub, write_iso};
+use crate::imager::iso::{IsoGrub, IsoKind, prepare_grub, write_iso};
 use crate::imager::profile::Profile;
 use crate::imager::uki::UkiPurpose;
-use crate::store::{BlobInfo, WriteProgress};
+use crate::store::BlobInfo;
 
 use super::{BuildRequest, Builder, Stage, asset, internal};
 
@@ -49,7 +50,8 @@ impl Builder {
                         &["i386-pc", "x86_64-efi"]
                     };
                     let modules = self.grub_modules(assets, &grub_dir, Some(arches))?;
-                    let images = prepare_grub(profile, &modules, scratch.path())?;
+                    let images =
+                        prepare_grub(profile, &modules, scratch.path(), &self.tool_run(req))?;
                     tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: GRUB images");
                     Ok((modules, images))
                 })
@@ -73,44 +75,38 @@ impl Builder {
             ms = started.elapsed().as_millis() as u64,
             "ISO: initramfs, UKI and GRUB ready"
         );
-        let inputs = IsoInputs {
+        let inputs = BootInputs {
             cmdline: kernel_cmdline(profile, &[])?,
             kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3)?,
             initramfs,
             uki,
             systemd_boot,
             grub_modules,
+            tools: self.tool_run(req),
         };
-        // xorriso writes straight into the store's temporary directory, appending 32 KiB
-        // blocks in order; the file is hashed behind it (BLAKE3 + SHA-256 on two cores) and
-        // renamed once xorriso has finished: no copy, no second write, no pass afterwards.
+        // xorriso writes straight into the store's temporary directory; the finished file is
+        // then hashed and renamed into the store: no copy, no second write.
         let tmp = self.blobs.temp_path();
-        let progress = WriteProgress::default();
         let t = Instant::now();
         self.stages.report(Stage::Iso);
-        let (written, stored) = std::thread::scope(|s| {
-            let writer = s.spawn(|| {
-                let end = progress.writer();
-                let r = write_iso(profile, &inputs, grub, scratch.path(), &tmp);
-                if r.is_ok() {
-                    end.succeeded();
-                }
-                r
-            });
-            let stored = self.blobs.adopt_following(&tmp, &progress);
-            let written = writer
-                .join()
-                .map_err(|_| ImagerError::Internal("ISO: the xorriso thread panicked".into()));
-            (written, stored)
+        let stored = write_iso(profile, &inputs, grub, scratch.path(), &tmp).and_then(|_| {
+            self.blobs
+                .adopt_file(&tmp)
+                .and_then(|pending| self.blobs.commit_one(pending))
+                .map_err(|e| internal("store ISO", e))
         });
-        written??;
-        let blob = stored.map_err(|e| internal("store ISO", e))?;
+        if stored.is_err() {
+            // whatever xorriso left (a failed run, or a file that could not be stored)
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let blob = stored?;
         tracing::debug!(
             write_and_store_ms = t.elapsed().as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "ISO: stored"
         );
-        self.discard_scratch(scratch);
+        // `scratch` (GRUB tree, boot images, initramfs, UKI) is removed as it drops: here, or
+        // on any error above
         Ok(blob)
     }
 

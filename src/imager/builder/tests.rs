@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::catalog::{OverlayEntry, Signatures};
+use crate::catalog::{Arch, OverlayEntry, Signatures};
 use crate::imager::error::ErrorClass;
 use crate::oci::Digest;
 use crate::store::{MetaStore, SledStore};
@@ -36,7 +36,7 @@ fn env() -> Env {
     );
     let mut arches = BTreeMap::new();
     arches.insert(
-        "amd64".to_string(),
+        Arch::Amd64,
         ArchRelease {
             imager: None,
             installer_base: None,
@@ -72,6 +72,7 @@ fn env() -> Env {
         scratch: dir.path().join("tmp"),
         initramfs_zstd_level: 3,
         compression: Default::default(),
+        tools: Default::default(),
     };
     Env {
         builder: Builder::new(blobs, releases, opts),
@@ -107,6 +108,7 @@ impl Request {
             canonical: &self.canonical,
             version: &self.version,
             path,
+            cancel: Default::default(),
         }
     }
 }
@@ -178,4 +180,22 @@ fn kernel_and_cmdline_never_carry_the_overlay_and_still_build() {
     let cmdline = build(&env, OVERLAY, "cmdline-metal-amd64").unwrap();
     assert_eq!(cmdline.kind, OutputKind::Cmdline);
     assert!(cmdline.profile.overlay.is_none());
+}
+
+#[test]
+fn a_grub_module_path_leaving_the_tree_is_refused() {
+    let env = env();
+    let release = env.builder.releases.get("v1.11.0").unwrap().unwrap();
+    let kernel = release.arches[&Arch::Amd64].assets["vmlinuz"].clone();
+    let top = env._dir.path();
+    let dir = top.join("work/grub");
+    std::fs::create_dir_all(&dir).unwrap();
+    for bad in ["../../keys/x", "/etc/x", "i386-pc/../../../keys/x"] {
+        let mut arch = ArchRelease::default();
+        arch.grub.insert("i386-pc/boot.img".into(), kernel.clone());
+        arch.grub.insert(bad.into(), kernel.clone());
+        let e = env.builder.grub_modules(&arch, &dir, None).unwrap_err();
+        assert!(e.to_string().contains(bad), "{bad}: {e}");
+        assert!(!top.join("keys").exists(), "{bad}: wrote outside the tree");
+    }
 }

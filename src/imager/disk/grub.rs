@@ -9,6 +9,7 @@ use std::process::Command;
 use super::gpt::write_at;
 use super::layout::DiskLayout;
 use crate::imager::error::ImagerError;
+use crate::imager::tool::ToolRun;
 
 /// The image tool.
 pub const GRUB_MKIMAGE: &str = "grub-mkimage";
@@ -91,6 +92,7 @@ pub fn mkimage(
     out: &Path,
     extra: &[&str],
     xz: bool,
+    run: &ToolRun,
 ) -> Result<(), ImagerError> {
     let modules: Vec<&str> = MODULES.iter().chain(extra).copied().collect();
     mkimage_with(&MkImage {
@@ -101,6 +103,7 @@ pub fn mkimage(
         config: None,
         xz,
         out,
+        run,
     })
 }
 
@@ -121,12 +124,13 @@ pub struct MkImage<'a> {
     pub xz: bool,
     /// `--output`.
     pub out: &'a Path,
+    /// How the tool runs.
+    pub run: &'a ToolRun,
 }
 
 /// Runs `grub-mkimage` as described by `m`.
 pub fn mkimage_with(m: &MkImage<'_>) -> Result<(), ImagerError> {
-    let mut cmd =
-        Command::new(super::tools::find(GRUB_MKIMAGE).unwrap_or_else(|| GRUB_MKIMAGE.into()));
+    let mut cmd = Command::new(m.run.find(GRUB_MKIMAGE));
     cmd.arg("-d")
         .arg(m.modules_dir)
         .args(["--format", m.format, "--prefix", m.prefix])
@@ -139,18 +143,8 @@ pub fn mkimage_with(m: &MkImage<'_>) -> Result<(), ImagerError> {
         cmd.args(["--compression", "xz"]);
     }
     cmd.args(m.modules);
-    let res = cmd.output().map_err(|e| {
-        ImagerError::Internal(format!(
-            "cannot run {GRUB_MKIMAGE} ({e}): install Debian package grub-common"
-        ))
-    })?;
-    if !res.status.success() {
-        return Err(ImagerError::Internal(format!(
-            "{GRUB_MKIMAGE} --format {} failed: {}",
-            m.format,
-            String::from_utf8_lossy(&res.stderr).trim()
-        )));
-    }
+    m.run
+        .run(&format!("{GRUB_MKIMAGE} --format {}", m.format), cmd)?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! SHA-256(16 zero bytes ‖ x), version nibble 8, RFC 4122 variant. The same GUID is used as the
 //! XFS/ext4 filesystem UUID of the partition with that label.
 
-use sha2::{Digest, Sha256};
+use crate::sha256::Sha256;
 use uuid::Uuid;
 
 /// The label whose GUID is the disk GUID of every image (`diskImageLabel` upstream).
@@ -22,7 +22,7 @@ pub const LINUX_FILESYSTEM_DATA: Uuid = Uuid::from_u128(0x0FC63DAF_8483_4772_8E7
 /// `GUIDFromLabel`: the deterministic GUID of a partition (or disk) label.
 pub fn guid_from_label(label: &str) -> Uuid {
     let mut h = Sha256::new();
-    h.update([0u8; 16]);
+    h.update(&[0u8; 16]);
     h.update(label.as_bytes());
     let digest = h.finalize();
     let mut b = [0u8; 16];

@@ -3,7 +3,7 @@
 //! disk in memory.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::fat::{EspFile, write_esp};
 use super::grub::{BIOS_MODULES, embed_bios_boot, grub_cfg, mkimage};
@@ -12,35 +12,16 @@ use super::meta::write_profile_meta;
 use super::sparse::copy_into;
 use super::xfs::{XfsFeatures, XfsFile, grub_version, mkfs_xfs, protofile};
 use super::{DiskLayout, guid::guid_from_label};
+use crate::imager::boot::{BootInputs, required};
 use crate::imager::error::ImagerError;
 use crate::imager::profile::{Arch, Profile};
 use crate::schematic::Bootloader;
 
+/// What a missing input's error calls the image being built.
+const MEDIUM: &str = "disk image";
+
 /// `loader/loader.conf` of disk images (§5.4, 41 bytes).
 pub const LOADER_CONF: &str = "# systemd-boot configuration\n\ntimeout 10\n";
-
-/// The built parts a disk image is assembled from.
-#[derive(Debug, Clone)]
-pub struct DiskImageInputs {
-    /// The kernel command line (for the GRUB entries; the UKI carries its own).
-    pub cmdline: String,
-    /// Kernel (`A/vmlinuz` on BOOT).
-    pub kernel: PathBuf,
-    /// Initramfs with extensions (`A/initramfs.xz` on BOOT).
-    pub initramfs: PathBuf,
-    /// The UKI (`EFI/Linux/Talos-<version>.efi`): sd-boot and dual-boot.
-    pub uki: Option<PathBuf>,
-    /// systemd-boot (`EFI/boot/BOOT<arch>.efi`): sd-boot and dual-boot.
-    pub systemd_boot: Option<PathBuf>,
-    /// The release's GRUB module trees (`<dir>/i386-pc`, `<dir>/x86_64-efi`, …): grub and
-    /// dual-boot.
-    pub grub_modules: Option<PathBuf>,
-}
-
-fn required<'a>(what: &str, p: &'a Option<PathBuf>) -> Result<&'a PathBuf, ImagerError> {
-    p.as_ref()
-        .ok_or_else(|| ImagerError::Internal(format!("disk image: {what} is missing")))
-}
 
 /// The removable-media loader name for `arch`.
 pub fn efi_boot_name(arch: Arch) -> &'static str {
@@ -63,7 +44,7 @@ fn grub_efi_platform(arch: Arch) -> &'static str {
 /// images. Returns the layout.
 pub fn write_disk_image(
     profile: &Profile,
-    inputs: &DiskImageInputs,
+    inputs: &BootInputs,
     scratch: &Path,
     out: &Path,
 ) -> Result<DiskLayout, ImagerError> {
@@ -83,16 +64,16 @@ pub fn write_disk_image(
         Bootloader::SdBoot | Bootloader::DualBoot => vec![
             EspFile::file(
                 &loader,
-                required("systemd-boot", &inputs.systemd_boot)?.clone(),
+                required(MEDIUM, "systemd-boot", &inputs.systemd_boot)?.clone(),
             ),
             EspFile::file(
                 &format!("EFI/Linux/Talos-{version}.efi"),
-                required("the UKI", &inputs.uki)?.clone(),
+                required(MEDIUM, "the UKI", &inputs.uki)?.clone(),
             ),
             EspFile::bytes("loader/loader.conf", LOADER_CONF),
         ],
         Bootloader::Grub => {
-            let modules = required("the GRUB modules", &inputs.grub_modules)?;
+            let modules = required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?;
             let image = scratch.join("grub-efi.img");
             mkimage(
                 &modules.join(grub_efi_platform(arch)),
@@ -100,6 +81,7 @@ pub fn write_disk_image(
                 &image,
                 &[],
                 true,
+                &inputs.tools,
             )?;
             vec![EspFile::file(&loader, image)]
         }
@@ -138,7 +120,7 @@ pub fn write_disk_image(
         let proto = scratch.join("BOOT.proto");
         std::fs::write(&proto, protofile(&files, &[("grub", 0o700)])?)?;
         let image = scratch.join("BOOT.img");
-        let modules = required("the GRUB modules", &inputs.grub_modules)?;
+        let modules = required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?;
         let modinfo = ["i386-pc", grub_efi_platform(arch)]
             .iter()
             .find_map(|p| std::fs::read_to_string(modules.join(p).join("modinfo.sh")).ok());
@@ -153,6 +135,7 @@ pub fn write_disk_image(
             "BOOT",
             guid_from_label("BOOT"),
             &proto,
+            &inputs.tools,
         )?;
         copy_into(&mut File::open(&image)?, &mut disk, boot.offset)?;
         std::fs::remove_file(&image)?;
@@ -160,9 +143,16 @@ pub fn write_disk_image(
 
     // GRUB BIOS boot code (amd64)
     if layout.embeds_bios_boot_code() {
-        let modules = required("the GRUB modules", &inputs.grub_modules)?.join("i386-pc");
+        let modules = required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?.join("i386-pc");
         let core = scratch.join("core.img");
-        mkimage(&modules, "i386-pc", &core, BIOS_MODULES, false)?;
+        mkimage(
+            &modules,
+            "i386-pc",
+            &core,
+            BIOS_MODULES,
+            false,
+            &inputs.tools,
+        )?;
         let boot_img = std::fs::read(modules.join("boot.img"))?;
         embed_bios_boot(&mut disk, &layout, &boot_img, &std::fs::read(&core)?)?;
     }

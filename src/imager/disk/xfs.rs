@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::sparse::data_regions;
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::imager::error::ImagerError;
+use crate::imager::tool::ToolRun;
 
 /// The mkfs tool.
 pub const MKFS_XFS: &str = "mkfs.xfs";
@@ -155,6 +156,7 @@ pub fn protofile(files: &[XfsFile], dir_modes: &[(&str, u32)]) -> Result<String,
 /// Creates `image` (exactly `size` bytes) as an XFS filesystem with `features`, labelled
 /// `label` with UUID `uuid`, populated from `proto` (a file written by the caller), then
 /// normalizes its inode timestamps.
+#[allow(clippy::too_many_arguments)]
 pub fn mkfs_xfs(
     image: &Path,
     size: u64,
@@ -163,12 +165,13 @@ pub fn mkfs_xfs(
     label: &str,
     uuid: Uuid,
     proto: &Path,
+    run: &ToolRun,
 ) -> Result<(), ImagerError> {
     {
         let f = File::create(image)?;
         f.set_len(size)?;
     }
-    let mut cmd = Command::new(super::tools::find(MKFS_XFS).unwrap_or_else(|| MKFS_XFS.into()));
+    let mut cmd = Command::new(run.find(MKFS_XFS));
     cmd.args(["-q", "-f", "-n", "ftype=1", "-m", &features.metadata()])
         .args(["-i", &features.inode(), "-L", label])
         .arg("-m")
@@ -177,17 +180,7 @@ pub fn mkfs_xfs(
         cmd.arg("-s").arg(format!("size={sector_size}"));
     }
     cmd.arg("-p").arg(proto).arg(image);
-    let out = cmd.output().map_err(|e| {
-        ImagerError::Internal(format!(
-            "cannot run {MKFS_XFS} ({e}): install Debian package xfsprogs"
-        ))
-    })?;
-    if !out.status.success() {
-        return Err(ImagerError::Internal(format!(
-            "{MKFS_XFS} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    run.run(MKFS_XFS, cmd)?;
     let mut f = File::options().read(true).write(true).open(image)?;
     normalize_inode_times(&mut f, SOURCE_DATE_EPOCH)?;
     if f.metadata()?.len() != size {
@@ -383,6 +376,7 @@ mod tests {
                 "BOOT",
                 Uuid::nil(),
                 &proto,
+                &ToolRun::default(),
             )
             .unwrap();
             let out = Command::new(tool("xfs_db"))

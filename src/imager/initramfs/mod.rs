@@ -86,6 +86,9 @@ pub enum InitramfsError {
     /// `depmod` failed.
     #[error("depmod failed: {0}")]
     Depmod(String),
+    /// depmod failed, timed out or was killed.
+    #[error(transparent)]
+    Tool(#[from] crate::imager::tool::ToolError),
     /// Invalid input.
     #[error("{0}")]
     Invalid(String),
@@ -151,6 +154,8 @@ pub struct InitramfsInputs {
     pub squashfs_level: u32,
     /// zstd level of the appended cpio.
     pub cpio_level: u32,
+    /// How external tools (`depmod`) run.
+    pub tools: crate::imager::tool::ToolRun,
 }
 
 impl InitramfsInputs {
@@ -163,6 +168,7 @@ impl InitramfsInputs {
             scratch: None,
             squashfs_level: DEFAULT_ZSTD_LEVEL,
             cpio_level: DEFAULT_ZSTD_LEVEL,
+            tools: crate::imager::tool::ToolRun::default(),
         }
     }
 }
@@ -344,8 +350,14 @@ pub fn build_initramfs<W: Write + ?Sized>(
         let depmod = modules::find_depmod()?;
         let base = open_base(blobs, &inputs.base)?;
         progress(Progress::Depmod);
-        let (dep, kver) =
-            modules::build_modules_dep(base, &with_modules, modules_path, &scratch, &depmod)?;
+        let (dep, kver) = modules::build_modules_dep(
+            base,
+            &with_modules,
+            modules_path,
+            &scratch,
+            &depmod,
+            &inputs.tools,
+        )?;
         report.modules_kver = Some(kver);
         loaded.push(dep);
     }

@@ -124,6 +124,7 @@ pub fn build_modules_dep(
     modules: &str,
     scratch: &Path,
     depmod: &Path,
+    run: &crate::imager::tool::ToolRun,
 ) -> Result<(Loaded, String), InitramfsError> {
     let sqsh = scratch.join("rootfs.sqsh");
     extract_rootfs_sqsh(base, &sqsh)?;
@@ -150,23 +151,15 @@ pub fn build_modules_dep(
     };
     let config = scratch.join("depmod.conf");
     fs::write(&config, DEPMOD_CONFIG).map_err(io_err(format!("write {}", config.display())))?;
-    let output = Command::new(depmod)
-        .arg("--all")
+    let mut cmd = Command::new(depmod);
+    cmd.arg("--all")
         .arg("--basedir")
         .arg(&basedir)
         .arg("--config")
         .arg(&config)
         .arg(&kver)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(io_err(format!("run {}", depmod.display())))?;
-    if !output.status.success() {
-        return Err(InitramfsError::Depmod(format!(
-            "{}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
+        .env("LC_ALL", "C");
+    run.run("depmod", cmd)?;
     let ext_dir = scratch.join("modules.dep");
     let staged = ext_dir.join("rootfs").join(modules).join(&kver);
     mkdirs(&staged)?;

@@ -1,7 +1,7 @@
 //! Virtual extensions given to the build as plain tars: the factory's `schematic` extension
 //! (api spec §6.4) and the imager's `embedded-config` extension (imager spec §3.7).
 
-use sha2::{Digest as _, Sha256};
+use crate::sha256::hex_digest;
 
 use super::InitramfsError;
 use super::yaml::{Compatibility, Constraint, Manifest, Metadata, manifest_yaml};
@@ -103,7 +103,7 @@ pub fn embedded_config_manifest(config: &[u8]) -> String {
         version: "v1alpha1".into(),
         metadata: Metadata {
             name: "embedded-config".into(),
-            version: hex::encode(Sha256::digest(config)),
+            version: hex_digest(config),
             author: "Imager".into(),
             description: EMBEDDED_CONFIG_DESCRIPTION.into(),
             compatibility: Compatibility {
@@ -197,7 +197,7 @@ metadata:
         );
         assert_eq!(seen[1].0, "rootfs");
         let m = embedded_config_manifest(b"machine: {}\n");
-        let sha = hex::encode(Sha256::digest(b"machine: {}\n"));
+        let sha = hex_digest(b"machine: {}\n");
         assert!(m.contains(&format!("    version: {sha}\n")), "{m}");
         assert!(m.contains("    author: Imager\n"), "{m}");
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::imager::disk::grub::{MODULES, MkImage, mkimage_with, quote};
 use crate::imager::error::ImagerError;
+use crate::imager::tool::ToolRun;
 
 /// Where the BIOS core image lives in the ISO.
 pub const ELTORITO_PATH: &str = "boot/grub/i386-pc/eltorito.img";
@@ -56,7 +57,7 @@ fn iso_modules(extra: &[&'static str]) -> Vec<&'static str> {
 }
 
 /// Builds `eltorito.img` from the release's `i386-pc` tree into `scratch`.
-pub fn bios_boot(i386_pc: &Path, scratch: &Path) -> Result<BiosBoot, ImagerError> {
+pub fn bios_boot(i386_pc: &Path, scratch: &Path, run: &ToolRun) -> Result<BiosBoot, ImagerError> {
     let eltorito = scratch.join("eltorito.img");
     let modules = iso_modules(&["biosdisk"]);
     mkimage_with(&MkImage {
@@ -67,6 +68,7 @@ pub fn bios_boot(i386_pc: &Path, scratch: &Path) -> Result<BiosBoot, ImagerError
         config: None,
         xz: false,
         out: &eltorito,
+        run,
     })?;
     let boot_hybrid = i386_pc.join("boot_hybrid.img");
     if !boot_hybrid.is_file() {
@@ -83,7 +85,7 @@ pub fn bios_boot(i386_pc: &Path, scratch: &Path) -> Result<BiosBoot, ImagerError
 /// Builds GRUB's x86_64 EFI image for a GRUB-only ISO into `scratch`: every module built in,
 /// and an early config that finds the ISO by its fixed UUID ([`super::grub_iso_uuid`]) and
 /// loads `/boot/grub/grub.cfg` from it.
-pub fn efi_image(x86_64_efi: &Path, scratch: &Path) -> Result<PathBuf, ImagerError> {
+pub fn efi_image(x86_64_efi: &Path, scratch: &Path, run: &ToolRun) -> Result<PathBuf, ImagerError> {
     let config = scratch.join("load.cfg");
     std::fs::write(
         &config,
@@ -102,6 +104,7 @@ pub fn efi_image(x86_64_efi: &Path, scratch: &Path) -> Result<PathBuf, ImagerErr
         config: Some(&config),
         xz: true,
         out: &out,
+        run,
     })?;
     Ok(out)
 }

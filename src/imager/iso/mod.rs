@@ -9,21 +9,24 @@
 //! `grub-mkimage -O i386-pc-eltorito`) plus GRUB's hybrid MBR code. See `docs/imager-iso.md`.
 
 pub mod grub;
-pub mod pacer;
 pub mod xorriso;
 
 use std::path::{Path, PathBuf};
 
 use crate::imager::SOURCE_DATE_EPOCH;
+use crate::imager::boot::{BootInputs, required};
 use crate::imager::disk::fat::{EspFile, epoch_date_time, write_fat_image};
 use crate::imager::disk::image::efi_boot_name;
 use crate::imager::error::ImagerError;
 use crate::imager::profile::{Arch, Profile};
 use crate::imager::quirks::Quirk;
+use crate::imager::tool::ToolRun;
 use crate::schematic::Bootloader;
 
 pub use xorriso::{IsoPlan, run_xorriso};
 
+/// What a missing input's error calls the image being built.
+const MEDIUM: &str = "ISO";
 /// MiB.
 const MIB: u64 = 1 << 20;
 /// Clusters a FAT32 volume needs (below this count it is FAT16 by definition).
@@ -148,28 +151,6 @@ pub fn grub_iso_uuid() -> String {
     )
 }
 
-/// The built parts an ISO is assembled from.
-#[derive(Debug, Clone)]
-pub struct IsoInputs {
-    /// The kernel command line (GRUB entries; the UKI carries its own).
-    pub cmdline: String,
-    /// Kernel (`boot/vmlinuz`): GRUB layouts.
-    pub kernel: PathBuf,
-    /// Initramfs with extensions (`boot/initramfs.xz`): GRUB layouts.
-    pub initramfs: PathBuf,
-    /// The ISO UKI (`EFI/Linux/Talos-<version>.efi`): UKI layouts.
-    pub uki: Option<PathBuf>,
-    /// systemd-boot (`EFI/BOOT/BOOT<arch>.EFI`): UKI layouts.
-    pub systemd_boot: Option<PathBuf>,
-    /// The release's GRUB module trees (`<dir>/i386-pc`, `<dir>/x86_64-efi`): GRUB layouts.
-    pub grub_modules: Option<PathBuf>,
-}
-
-fn required<'a>(what: &str, p: &'a Option<PathBuf>) -> Result<&'a PathBuf, ImagerError> {
-    p.as_ref()
-        .ok_or_else(|| ImagerError::Internal(format!("ISO: {what} is missing")))
-}
-
 fn required_grub<T>(what: &str, v: Option<T>) -> Result<T, ImagerError> {
     v.ok_or_else(|| ImagerError::Internal(format!("ISO: {what} was not prepared")))
 }
@@ -190,13 +171,22 @@ pub fn prepare_grub(
     profile: &Profile,
     grub_modules: &Path,
     scratch: &Path,
+    run: &ToolRun,
 ) -> Result<IsoGrub, ImagerError> {
     let kind = IsoKind::of(profile)?;
     let mut out = IsoGrub::default();
     if kind.has_bios() {
-        out.bios = Some(grub::bios_boot(&grub_modules.join("i386-pc"), scratch)?);
+        out.bios = Some(grub::bios_boot(
+            &grub_modules.join("i386-pc"),
+            scratch,
+            run,
+        )?);
         if !kind.has_uki() {
-            out.efi = Some(grub::efi_image(&grub_modules.join("x86_64-efi"), scratch)?);
+            out.efi = Some(grub::efi_image(
+                &grub_modules.join("x86_64-efi"),
+                scratch,
+                run,
+            )?);
         }
     }
     Ok(out)
@@ -208,7 +198,7 @@ pub fn prepare_grub(
 /// written to `scratch`.
 pub fn write_iso(
     profile: &Profile,
-    inputs: &IsoInputs,
+    inputs: &BootInputs,
     grub: Option<IsoGrub>,
     scratch: &Path,
     out: &Path,
@@ -224,8 +214,9 @@ pub fn write_iso(
         Some(g) => g,
         None if kind.has_bios() => prepare_grub(
             profile,
-            required("the GRUB modules", &inputs.grub_modules)?,
+            required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?,
             scratch,
+            &inputs.tools,
         )?,
         None => IsoGrub::default(),
     };
@@ -237,11 +228,10 @@ pub fn write_iso(
         efi_image: scratch.join("efiboot.img"),
         grafts: Vec::new(),
         out: out.to_path_buf(),
-        pacer: pacer::install(scratch),
     };
     let mut esp = Vec::new();
     if kind.has_bios() {
-        let modules = required("the GRUB modules", &inputs.grub_modules)?;
+        let modules = required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?;
         let reset = profile.quirks().has(Quirk::SupportsResetGrubOption);
         let cfg = scratch.join("grub.cfg");
         std::fs::write(&cfg, grub::iso_grub_cfg(&inputs.cmdline, reset))?;
@@ -269,9 +259,9 @@ pub fn write_iso(
         let files = [
             (
                 loader,
-                required("systemd-boot", &inputs.systemd_boot)?.clone(),
+                required(MEDIUM, "systemd-boot", &inputs.systemd_boot)?.clone(),
             ),
-            (uki_path, required("the UKI", &inputs.uki)?.clone()),
+            (uki_path, required(MEDIUM, "the UKI", &inputs.uki)?.clone()),
             ("loader/loader.conf".to_string(), conf),
         ];
         for (path, src) in files {
@@ -295,9 +285,9 @@ pub fn write_iso(
         "ISO: efiboot.img"
     );
     let t = std::time::Instant::now();
-    run_xorriso(&plan)?;
+    run_xorriso(&plan, &inputs.tools)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "ISO: xorriso");
-    // efiboot.img stays: the caller removes `scratch` after the ISO is stored, in the background.
+    // efiboot.img stays: the caller removes `scratch` after the ISO is stored.
     Ok(kind)
 }
 

@@ -91,16 +91,16 @@ fn hybrid_arguments() {
         efi_image: "/s/efiboot.img".into(),
         grafts: vec![("boot/vmlinuz".into(), "/b/a=b".into())],
         out: "/s/out.iso".into(),
-        pacer: None,
     };
     let args: Vec<String> = xorriso_args(&plan)
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let line = args.join(" ");
-    assert!(
-        line.starts_with("-as mkisofs -iso-level 3 -r --modification-date=2019060121345200 -b ")
-    );
+    assert!(line.starts_with(
+        "-pacifier interval=0.1 -as mkisofs -iso-level 3 -r \
+             --modification-date=2019060121345200 -b "
+    ));
     assert!(line.contains(
         "-b boot/grub/i386-pc/eltorito.img -no-emul-boot -boot-load-size 4 -boot-info-table \
          --grub2-boot-info --grub2-mbr /g/boot_hybrid.img -eltorito-alt-boot \

@@ -7,23 +7,30 @@
 //! xorriso writes a file, not a pipe (`-o -` gives the same bytes): it moves data between its
 //! two threads in 2 KiB blocks, and with a consumer hashing the pipe on the other core each
 //! hand-over waits for a scheduler slice — 1.2 s instead of 0.15 s for the test-kit ISO. The
-//! file is hashed behind it instead (`BlobStore::adopt_following`): xorriso only appends.
-//! xorriso runs with the [`pacer`] preloaded, so it exits as soon as its writer is done.
+//! finished file is hashed and stored instead (`BlobStore::adopt_file`).
+//!
+//! xorriso notices that its writer has finished only at its next status check, once per
+//! second by default; [`PACIFIER`] (xorriso's own `-pacifier interval=`, at its smallest
+//! setting) makes that every 0.1 s. It changes xorriso's progress messages, never the image.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use super::IsoLabels;
 use super::grub::{BiosBoot, ELTORITO_PATH};
-use super::pacer;
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::imager::disk::fat::epoch_date_time;
-use crate::imager::disk::tools;
 use crate::imager::error::ImagerError;
+use crate::imager::tool::ToolRun;
 
 /// The tool.
 pub const XORRISO: &str = "xorriso";
+
+/// The native command that comes first on xorriso's command line: check the writer (and
+/// report progress) every 0.1 s, the smallest interval xorriso accepts, instead of every
+/// second (`man xorriso`, `-pacifier`).
+pub const PACIFIER: [&str; 2] = ["-pacifier", "interval=0.1"];
 
 /// Everything one xorriso run needs.
 #[derive(Debug, Clone)]
@@ -40,8 +47,6 @@ pub struct IsoPlan {
     pub grafts: Vec<(String, PathBuf)>,
     /// Output file.
     pub out: PathBuf,
-    /// The xorriso pacer to preload ([`super::pacer`]), if any.
-    pub pacer: Option<PathBuf>,
 }
 
 /// [`SOURCE_DATE_EPOCH`] as xorriso's 16-digit UUID / date string `YYYYMMDDhhmmss00` (UTC).
@@ -58,11 +63,13 @@ fn graft_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('=', "\\=")
 }
 
-/// The arguments after `xorriso`.
+/// The arguments after `xorriso`: [`PACIFIER`], then the mkisofs emulation.
 pub fn xorriso_args(plan: &IsoPlan) -> Vec<OsString> {
-    let mut a: Vec<OsString> = ["-as", "mkisofs", "-iso-level", "3"]
+    let mut a: Vec<OsString> = PACIFIER
+        .into_iter()
+        .chain(["-as", "mkisofs", "-iso-level", "3"])
         .map(OsString::from)
-        .to_vec();
+        .collect();
     if plan.rock_ridge {
         a.push("-r".into());
     }
@@ -137,9 +144,9 @@ pub fn xorriso_args(plan: &IsoPlan) -> Vec<OsString> {
     a
 }
 
-/// The xorriso command, in UTC with [`SOURCE_DATE_EPOCH`] set, preloading `pacer` if given.
-fn xorriso_command(pacer: Option<&Path>) -> Result<Command, ImagerError> {
-    let exe = tools::find(XORRISO).ok_or_else(|| {
+/// The xorriso command, in UTC with [`SOURCE_DATE_EPOCH`] set.
+fn xorriso_command(run: &ToolRun) -> Result<Command, ImagerError> {
+    let exe = run.tools.locate(XORRISO).ok_or_else(|| {
         ImagerError::Internal(format!(
             "{XORRISO} not found: install Debian package xorriso (needed for ISO images)"
         ))
@@ -147,31 +154,14 @@ fn xorriso_command(pacer: Option<&Path>) -> Result<Command, ImagerError> {
     let mut cmd = Command::new(exe);
     cmd.env("TZ", "UTC")
         .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH.to_string());
-    if let Some(lib) = pacer {
-        cmd.env(
-            "LD_PRELOAD",
-            pacer::preload_value(lib, std::env::var_os("LD_PRELOAD")),
-        );
-    }
     Ok(cmd)
 }
 
-fn failed(stderr: &[u8]) -> ImagerError {
-    ImagerError::Internal(format!(
-        "{XORRISO} failed: {}",
-        String::from_utf8_lossy(stderr).trim()
-    ))
-}
-
-/// Runs xorriso for `plan` (in UTC, with `SOURCE_DATE_EPOCH` set).
-pub fn run_xorriso(plan: &IsoPlan) -> Result<(), ImagerError> {
-    let res = xorriso_command(plan.pacer.as_deref())?
-        .args(xorriso_args(plan))
-        .output()
-        .map_err(|e| ImagerError::Internal(format!("cannot run {XORRISO}: {e}")))?;
-    if !res.status.success() {
-        return Err(failed(&res.stderr));
-    }
+/// Runs xorriso for `plan` (in UTC, with `SOURCE_DATE_EPOCH` set) as `run` says.
+pub fn run_xorriso(plan: &IsoPlan, run: &ToolRun) -> Result<(), ImagerError> {
+    let mut cmd = xorriso_command(run)?;
+    cmd.args(xorriso_args(plan));
+    run.run(XORRISO, cmd)?;
     Ok(())
 }
 
@@ -179,26 +169,30 @@ pub fn run_xorriso(plan: &IsoPlan) -> Result<(), ImagerError> {
 mod tests {
     use super::*;
 
-    /// xorriso, run as [`run_xorriso`] runs it, really loads the pacer (the dynamic loader's
-    /// own report, `LD_DEBUG=files`), and runs without it when there is none.
+    /// [`PACIFIER`], given before `-as mkisofs` as [`xorriso_args`] gives it, is the interval
+    /// xorriso runs with (its own `-status` report), and a plain run keeps the default.
     #[test]
-    fn xorriso_loads_the_pacer() {
+    fn xorriso_takes_the_pacifier_interval() {
         if !testsupport::tools::have(XORRISO, "xorriso") {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let lib = pacer::install(dir.path()).expect("the pacer is built and written");
-        let loaded = |pacer: Option<&Path>| {
-            let out = xorriso_command(pacer)
+        let interval = |pacifier: &[&str]| {
+            let out = xorriso_command(&ToolRun::default())
                 .unwrap()
-                .env("LD_DEBUG", "files")
-                .arg("-version")
+                .args(pacifier)
+                .args(["-as", "mkisofs", "-iso-level", "3", "--"])
+                .args(["-status", "-pacifier"])
                 .output()
                 .unwrap();
-            assert!(out.status.success());
-            String::from_utf8_lossy(&out.stderr).contains(lib.to_str().unwrap())
+            assert!(out.status.success(), "{out:?}");
+            // in mkisofs emulation xorriso reports on stderr (stdout may be the image)
+            let text = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("-pacifier interval="))
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("no interval in {text:?}"))
         };
-        assert!(loaded(Some(&lib)), "xorriso preloads {}", lib.display());
-        assert!(!loaded(None));
+        assert_eq!(interval(&PACIFIER), "0.100000");
+        assert_eq!(interval(&[]), "1.000000");
     }
 }

@@ -28,7 +28,7 @@ fn ext(name: &str, arches: &[&str]) -> ExtensionEntry {
         description: String::new(),
         images: arches
             .iter()
-            .map(|a| (a.to_string(), image(name, a)))
+            .map(|a| (a.parse().unwrap(), image(name, a)))
             .collect(),
     }
 }

@@ -9,6 +9,9 @@
 //! device nodes and FIFOs are skipped. A total-size budget and a decompression-ratio guard bound
 //! the work, and a truncated tar is an error. Every layer is read to its end so the opener's
 //! verifying reader checks its digest.
+//!
+//! Symlinks inside the extracted tree are created as the image says (they may point anywhere);
+//! whoever reads the tree afterwards lists it with [`regular_files`], which never follows one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -20,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod read;
+mod walk;
 
 use super::tarwalk::{TarItem, clean_entry_path, walk};
 use super::verify::{io_error_to_oci, oci_to_io_error};
@@ -27,6 +31,7 @@ use super::{Descriptor, ImageSource, OciError, Reference};
 use crate::counting::Counting;
 
 pub use read::read_file;
+pub use walk::{TreeFile, regular_files};
 
 /// Opens a layer blob as a (verified) byte stream.
 pub type LayerOpener<'a> = dyn FnMut(&Descriptor) -> Result<Box<dyn Read + Send>, OciError> + 'a;
@@ -372,9 +377,11 @@ impl Extractor<'_> {
                 .map_err(|e| io_at(&full, e))?;
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
             self.remove(rel, &full)?;
+            // `create_new` already refuses an existing symlink; O_NOFOLLOW states it.
             let mut file = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .mode(0o600)
                 .open(&full)
                 .map_err(|e| io_at(&full, e))?;

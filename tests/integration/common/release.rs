@@ -11,8 +11,9 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use image_factory::oci::{
     ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,
-    MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST, Platform,
+    MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, Platform,
 };
+use image_factory::synth::Tree;
 use image_factory::trust::{SignatureImage, SigningKey};
 
 /// A file in an image layer: path, mode, content.
@@ -80,7 +81,30 @@ impl LayoutBuilder {
     /// `reference` is the upstream reference (`ghcr.io/...:tag` or `...@digest` is computed).
     pub fn image(&mut self, repo: &str, tag: Option<&str>, files: &[File], signed: bool) -> Digest {
         let layer = tar_gz(files);
-        let layer_d = self.blob(MEDIA_OCI_LAYER_GZIP, &layer);
+        self.image_layer(repo, tag, MEDIA_OCI_LAYER_GZIP, &layer, signed)
+    }
+
+    /// Like [`LayoutBuilder::image`], with `tree` (symlinks and all) as an uncompressed layer.
+    pub fn image_tree(
+        &mut self,
+        repo: &str,
+        tag: Option<&str>,
+        tree: &Tree,
+        signed: bool,
+    ) -> Digest {
+        let layer = tree.to_tar().expect("tar of tree");
+        self.image_layer(repo, tag, MEDIA_OCI_LAYER_TAR, &layer, signed)
+    }
+
+    fn image_layer(
+        &mut self,
+        repo: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        layer: &[u8],
+        signed: bool,
+    ) -> Digest {
+        let layer_d = self.blob(media_type, layer);
         let config = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
         let config_d = self.blob(MEDIA_OCI_CONFIG, config.as_bytes());
         let manifest = serde_json::json!({
@@ -121,12 +145,29 @@ impl LayoutBuilder {
 
     /// Adds a cosign signature of `digest` in `repo`, made with `key`.
     pub fn sign(&mut self, repo: &str, digest: &Digest, key: &SigningKey) {
+        self.sign_as(repo, &format!("ghcr.io/{repo}"), digest, key);
+    }
+
+    /// Adds a cosign signature of `digest` in `repo` whose payload names `signed_as` (the
+    /// docker-reference), made with `key`.
+    pub fn sign_as(&mut self, repo: &str, signed_as: &str, digest: &Digest, key: &SigningKey) {
         let name = format!("ghcr.io/{repo}");
-        let sig = SignatureImage::sign(key, &name, digest);
+        let sig = SignatureImage::sign(key, signed_as, digest);
         self.blob(&sig.payload_descriptor.media_type.clone(), &sig.payload);
         self.blob(MEDIA_OCI_CONFIG, &sig.config);
         let d = self.blob(MEDIA_OCI_MANIFEST, &sig.manifest);
         self.root(&d, &format!("{name}:{}", sig.tag));
+    }
+
+    /// Adds an `index.json` entry `to` naming what the entry `from` names.
+    pub fn alias(&mut self, from: &str, to: &str) {
+        let d = self
+            .roots
+            .iter()
+            .find(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(from))
+            .cloned()
+            .unwrap_or_else(|| panic!("no root {from}"));
+        self.root(&d, to);
     }
 
     /// Drops every `index.json` entry named `reference` (e.g. to remove a signature).
