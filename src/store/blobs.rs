@@ -7,7 +7,7 @@
 //! creates (the store's root, `tmp/`, the fan-out directories) is fsynced into its parent
 //! before a blob in it is acknowledged.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek as _, Write};
 use std::path::{Path, PathBuf};
@@ -151,15 +151,37 @@ impl BlobStore {
         Ok(File::open(path).map_err(io_err(format!("open blob {blake3}")))?)
     }
 
-    /// Deletes the blob `blake3` (garbage collection); `false` if it was not there. Only blob
-    /// names are accepted: nothing outside the store can be deleted through this.
-    pub fn remove_blob(&self, blake3: &str) -> Result<bool, StoreError> {
+    /// Deletes the blob `blake3` (garbage collection) and, given its SHA-256 `sha256`, that
+    /// index entry if it names this blob; `false` if the file was not there. Only blob names
+    /// are accepted: nothing outside the store can be deleted through this. The entry goes
+    /// first: a crash or a concurrent write of the same bytes between the two steps leaves at
+    /// worst an entry naming a missing file, which reads as absent, never a stored blob the
+    /// index has lost.
+    pub fn remove_blob(&self, blake3: &str, sha256: Option<&str>) -> Result<bool, StoreError> {
         let path = self.path(blake3)?;
+        if let Some(sha256) = sha256
+            && let Some(raw) = self.meta.get(SHA_TREE, sha256.as_bytes())?
+            && serde_json::from_slice::<BlobInfo>(&raw).is_ok_and(|info| info.blake3 == blake3)
+        {
+            self.meta.remove(SHA_TREE, sha256.as_bytes())?;
+        }
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err(format!("remove {}", path.display()))(e).into()),
         }
+    }
+
+    /// The SHA-256 index as BLAKE3 name → SHA-256 hex (entries that do not decode are left
+    /// out), so that a collector can drop the entries of the blobs it removes.
+    pub fn sha256_names(&self) -> Result<HashMap<String, String>, StoreError> {
+        Ok(self
+            .meta
+            .scan(SHA_TREE)?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<BlobInfo>(&v).ok())
+            .map(|info| (info.blake3, info.sha256))
+            .collect())
     }
 
     /// Makes sure `dir` (inside the store) exists durably: created, and fsynced into its
@@ -449,11 +471,31 @@ impl BlobStore {
         self.ensure_dir(dest.parent().unwrap_or(&self.root))?;
         if dest.is_file() {
             let _ = std::fs::remove_file(tmp);
+            // The bytes were written again now: the garbage collector's grace period for
+            // unreferenced blobs counts from here, not from the first write.
+            touch(dest);
         } else {
             std::fs::rename(tmp, dest)
                 .map_err(io_err(format!("rename into {}", dest.display())))?;
         }
         Ok(())
+    }
+}
+
+/// Sets the modification time of `path` to now (best effort: a failure is logged).
+fn touch(path: &Path) {
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    if let Err(e) =
+        rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty())
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not refresh the modification time of a blob written again");
     }
 }
 
@@ -625,6 +667,42 @@ pub(super) mod tests {
             assert!(s.by_sha256(&info.sha256).unwrap().is_some());
         }
         assert_eq!(std::fs::read_dir(s.root.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn removal_takes_the_index_entry_along_and_only_its_own() {
+        let (_d, s) = store();
+        let a = s.put_bytes(b"an evicted asset").unwrap();
+        let b = s.put_bytes(b"a blob that stays").unwrap();
+        assert_eq!(s.sha256_names().unwrap().get(&a.blake3), Some(&a.sha256));
+        // An entry naming another blob is not this blob's to remove.
+        assert!(s.remove_blob(&a.blake3, Some(&b.sha256)).unwrap());
+        assert_eq!(s.by_sha256(&b.sha256).unwrap(), Some(b.clone()));
+        assert!(s.meta.get(SHA_TREE, a.sha256.as_bytes()).unwrap().is_some());
+        let a = s.put_bytes(b"an evicted asset").unwrap();
+        assert!(s.remove_blob(&a.blake3, Some(&a.sha256)).unwrap());
+        assert!(!s.contains(&a.blake3));
+        assert!(s.meta.get(SHA_TREE, a.sha256.as_bytes()).unwrap().is_none());
+        assert!(!s.sha256_names().unwrap().contains_key(&a.blake3));
+        assert!(!s.remove_blob(&a.blake3, Some(&a.sha256)).unwrap());
+        assert!(s.remove_blob("../keys/signing-key.pem", None).is_err());
+    }
+
+    #[test]
+    fn writing_stored_bytes_again_refreshes_the_blob_mtime() {
+        let (_d, s) = store();
+        let info = s.put_bytes(b"an intermediate").unwrap();
+        let path = s.path(&info.blake3).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), old);
+        s.put_bytes(b"an intermediate").unwrap();
+        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() > old);
     }
 
     #[test]
