@@ -197,8 +197,20 @@ impl BuildConfig {
 pub struct CacheConfig {
     /// PEM file of the cluster signing key (empty = `<dataDir>/keys/signing-key.pem`, generated).
     pub signing_key_path: String,
-    /// Quota for built assets in bytes (0 = unlimited); least recently served go first.
+    /// Quota for built assets in bytes; least recently served go first (0 = `maxPercent`).
     pub max_bytes: u64,
+    /// Quota as a percentage of the size of the filesystem holding the data directory, used
+    /// when `maxBytes` is 0 (both 0 = no quota).
+    pub max_percent: u64,
+    /// Free space garbage collection keeps on the data directory's filesystem, in bytes, by
+    /// evicting least recently served assets (0 = `minFreePercent`).
+    pub min_free_bytes: u64,
+    /// The free-space watermark as a percentage of the filesystem's size, used when
+    /// `minFreeBytes` is 0 (both 0 = no watermark).
+    pub min_free_percent: u64,
+    /// Seconds a blob nothing references must have been left unwritten before garbage
+    /// collection deletes it.
+    pub orphan_grace_seconds: u64,
     /// Seconds between background garbage-collection passes (0 = never).
     pub gc_interval_seconds: u64,
     /// Seconds between background scrubs that re-hash every cached asset (0 = never).
@@ -213,12 +225,20 @@ impl Default for CacheConfig {
         Self {
             signing_key_path: String::new(),
             max_bytes: 0,
+            max_percent: 50,
+            min_free_bytes: 0,
+            min_free_percent: 5,
+            orphan_grace_seconds: 3600,
             gc_interval_seconds: 600,
             scrub_interval_seconds: 86_400,
             verify_window_seconds: 0,
         }
     }
 }
+
+/// Shortest `cache.orphanGraceSeconds`: the build timeout, so that a build that wrote a blob
+/// has finished — recorded it or failed — before the blob can be taken for an orphan.
+pub const MIN_ORPHAN_GRACE_SECONDS: u64 = 20 * 60;
 
 /// `metrics.*` keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -58,6 +58,8 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             1,
             3600,
         ),
+        ("cache.maxPercent", cfg.cache.max_percent, 0, 100),
+        ("cache.minFreePercent", cfg.cache.min_free_percent, 0, 90),
     ] {
         if !(lo..=hi).contains(&value) {
             return Err(invalid(
@@ -65,6 +67,16 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 format!("{value} must be between {lo} and {hi}"),
             ));
         }
+    }
+    if cfg.cache.orphan_grace_seconds < super::MIN_ORPHAN_GRACE_SECONDS {
+        return Err(invalid(
+            "cache.orphanGraceSeconds",
+            format!(
+                "{} must be at least {} (the build timeout)",
+                cfg.cache.orphan_grace_seconds,
+                super::MIN_ORPHAN_GRACE_SECONDS
+            ),
+        ));
     }
     for (cert_key, cert, key_key, key) in [
         (
@@ -223,6 +235,15 @@ mod tests {
                 .contains("replication.bootstrapPeers")
         );
         assert!(err(|c| c.storage.data_dir = String::new()).contains("storage.dataDir"));
+        assert_eq!(
+            err(|c| c.cache.max_percent = 101),
+            "invalid config: cache.maxPercent: 101 must be between 0 and 100"
+        );
+        assert!(err(|c| c.cache.min_free_percent = 95).contains("cache.minFreePercent"));
+        assert_eq!(
+            err(|c| c.cache.orphan_grace_seconds = 60),
+            "invalid config: cache.orphanGraceSeconds: 60 must be at least 1200 (the build timeout)"
+        );
     }
 
     #[test]
