@@ -1,11 +1,16 @@
 //! Keeping the cache honest: quarantining records and blobs that fail verification, the
-//! background scrub that re-hashes every cached asset, and garbage-collection passes.
+//! background scrub that re-hashes every cached asset, and garbage-collection passes (woken
+//! early when a build or import runs out of space).
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
 
 use super::error::AssetError;
-use super::gc::{GcInputs, GcReport, collect_garbage};
+use super::gc::{GcInputs, GcLimits, GcReport, InUse, collect_garbage, disk_space};
 use super::integrity::{check_blob, quarantine_blob};
 use super::pipeline::{Assets, lock};
 use super::record::AssetRecord;
@@ -112,26 +117,37 @@ impl Assets {
         }
     }
 
-    /// One garbage-collection pass (see [`collect_garbage`]); never touches blobs being served.
-    pub async fn gc(&self, dry_run: bool) -> Result<GcReport, AssetError> {
+    /// One garbage-collection pass (see [`collect_garbage`]) under the configured limits or
+    /// `pass.max_bytes`; never touches blobs being served or assets being built. A pass that
+    /// freed space forgets the builds that failed for lack of it, so their next request builds
+    /// again at once.
+    pub async fn gc(&self, pass: GcPass) -> Result<GcReport, AssetError> {
         let this = self.clone();
         let report = tokio::task::spawn_blocking(move || {
             let inner = &this.inner;
+            let mut limits = inner.opts.gc.clone();
+            if let Some(max) = pass.max_bytes {
+                limits.max_bytes = max;
+            }
+            let volume = limits.volume.clone();
+            let free_space = move || disk_space(&volume).map(|s| s.available);
             let inputs = GcInputs {
                 records: &inner.records,
                 blobs: &inner.blobs,
                 releases: &inner.releases,
                 verifier: &inner.verifying,
+                free_space: &free_space,
             };
-            collect_garbage(
-                &inputs,
-                inner.opts.max_bytes,
-                &|b| this.is_serving(b),
-                dry_run,
-            )
+            let in_use = InUse {
+                serving: &|b| this.is_serving(b),
+                building: &|key| lock(&inner.inflight).contains_key(key),
+                importing: pass.importing,
+            };
+            collect_garbage(&inputs, &limits, &in_use, pass.dry_run, SystemTime::now())
         })
         .await
         .map_err(AssetError::task("garbage collection"))??;
+        let dry_run = pass.dry_run;
         for r in &report.quarantined {
             if !dry_run {
                 self.inner.metrics.verification_failure("record");
@@ -146,13 +162,54 @@ impl Assets {
         if !dry_run {
             let m = &self.inner.metrics;
             m.gc_evictions.increment(report.evicted.len() as u64);
-            m.gc_freed_bytes.increment(report.freed_bytes);
+            m.gc_freed_bytes
+                .increment(report.freed_bytes + report.orphan_bytes);
             m.cache_bytes.set(report.bytes_after as f64);
             let mut verified = lock(&self.inner.verified);
-            for b in &report.deleted_blobs {
+            for b in report.deleted_blobs.iter().chain(&report.orphans) {
                 verified.remove(b);
+            }
+            drop(verified);
+            if report.freed_bytes + report.orphan_bytes > 0 {
+                let forgotten = lock(&self.inner.failures).forget_no_space();
+                if forgotten > 0 {
+                    tracing::info!(
+                        builds = forgotten,
+                        "space was freed: builds that failed for lack of it will run again"
+                    );
+                }
             }
         }
         Ok(report)
     }
+
+    /// Reports that a build or import ran out of disk space: wakes garbage collection (the
+    /// node's worker waits on [`Assets::out_of_space_signal`]). Never collects inline.
+    pub fn report_out_of_space(&self) {
+        tracing::warn!(
+            "the data volume is full: woke garbage collection to evict least recently served assets"
+        );
+        self.inner.out_of_space.notify_one();
+    }
+
+    /// What [`Assets::report_out_of_space`] raises (one wake is kept until waited for).
+    pub fn out_of_space_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.out_of_space)
+    }
+
+    /// What garbage collection keeps (resolved at start).
+    pub fn gc_limits(&self) -> &GcLimits {
+        &self.inner.opts.gc
+    }
+}
+
+/// How one garbage-collection pass runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcPass {
+    /// Report what would go; delete nothing.
+    pub dry_run: bool,
+    /// A quota for this pass instead of the configured one (0 = none).
+    pub max_bytes: Option<u64>,
+    /// An import is running: orphans are left for a later pass.
+    pub importing: bool,
 }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use super::error::{AssetError, BuildError, BuildFailure};
+use super::gc::GcLimits;
 use super::integrity::check_blob;
 use super::key::{CacheKey, cache_key};
 use super::metrics::{AssetLabels, AssetMetrics};
@@ -47,8 +48,8 @@ pub struct AssetsOptions {
     pub quarantine_dir: PathBuf,
     /// Builder scratch directory, emptied at start (crash leftovers).
     pub scratch: PathBuf,
-    /// Quota for built assets in bytes (0 = unlimited).
-    pub max_bytes: u64,
+    /// What garbage collection keeps (quota, free-space watermark, orphan grace).
+    pub gc: GcLimits,
     /// How long a successful pass over a blob file covers downloads starting after it
     /// (`cache.verifyWindowSeconds`; zero: every download needs a pass made while it is sent).
     pub verify_window: Duration,
@@ -174,6 +175,8 @@ pub(super) struct Inner {
     /// When each asset's last-served time was last written.
     pub(super) touched: Mutex<Bounded<u64>>,
     pub(super) build_times: Mutex<BuildTimes>,
+    /// Raised when a build or import runs out of disk space: wakes garbage collection.
+    pub(super) out_of_space: Arc<Notify>,
 }
 
 /// The asset service (cheap to clone).
@@ -253,7 +256,7 @@ impl Assets {
             build_timeout: BUILD_TIMEOUT,
             quarantine_dir: data_dir.join("quarantine"),
             scratch,
-            max_bytes: config.cache.max_bytes,
+            gc: GcLimits::resolve(&config.cache, data_dir),
             verify_window: Duration::from_secs(config.cache.verify_window_seconds),
         };
         Self::new(
@@ -318,6 +321,7 @@ impl Assets {
                 checks: Mutex::new(BlobChecks::new(window)),
                 touched: Mutex::new(Bounded::new(MAX_REMEMBERED)),
                 build_times: Mutex::default(),
+                out_of_space: Arc::default(),
             }),
         }
     }

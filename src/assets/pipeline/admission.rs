@@ -86,6 +86,14 @@ impl Failures {
         self.by_key.remove(key);
     }
 
+    /// Forgets the failures caused by a full disk (space was freed since); answers how many.
+    pub(crate) fn forget_no_space(&mut self) -> usize {
+        let before = self.by_key.len();
+        self.by_key
+            .retain(|_, f| !crate::causes::is_no_space(&f.failure));
+        before - self.by_key.len()
+    }
+
     /// Keys remembered now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -203,6 +211,19 @@ mod tests {
         assert!(f.check("k", t0).is_none());
         f.record("c", failure(), false, t0);
         assert_eq!(f.check("c", t0).map(|(_, d)| d), Some(CLIENT_ERROR_TTL));
+    }
+
+    #[test]
+    fn failures_for_lack_of_space_are_forgotten_once_space_is_freed() {
+        let mut f = Failures::default();
+        let t0 = Instant::now();
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let store = crate::store::StoreError::from(crate::io_context::io_err("write blob")(full));
+        f.record("full", BuildError::Store(store).into(), true, t0);
+        f.record("other", failure(), true, t0);
+        assert_eq!(f.forget_no_space(), 1);
+        assert!(f.check("full", t0).is_none());
+        assert!(f.check("other", t0).is_some());
     }
 
     #[test]

@@ -69,6 +69,9 @@ impl Assets {
                 Err(f) => {
                     let internal = f.imager().is_none_or(|e| e.is_internal());
                     lock(&this.inner.failures).record(key, f.clone(), internal, Instant::now());
+                    if crate::causes::is_no_space(f) {
+                        this.report_out_of_space();
+                    }
                 }
             }
             lock(&this.inner.inflight).remove(key);
