@@ -18,7 +18,8 @@ pub struct GcArgs {
     /// Show what would be evicted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Override `cache.maxBytes` for this pass (bytes; 0 = no quota).
+    /// A quota for this pass instead of `cache.maxBytes` (bytes; 0 = no quota), directly or
+    /// in the appliance of `--server`.
     #[arg(long, value_name = "BYTES")]
     pub max_bytes: Option<u64>,
     /// YAML configuration file.
@@ -41,17 +42,16 @@ pub fn run(args: GcArgs) -> ExitCode {
 }
 
 fn run_inner(args: &GcArgs) -> Result<GcReport, CliError> {
-    let mut cfg = load_config(args.config.as_deref(), args.data_dir.as_deref())?;
+    let cfg = load_config(args.config.as_deref(), args.data_dir.as_deref())?;
     let rt = runtime()?;
     if let Some(server) = &args.server {
-        if args.max_bytes.is_some() {
-            return Err(CliError::Usage(
-                "--max-bytes applies to direct mode; a server uses its cache.maxBytes".into(),
-            ));
-        }
         let admin = AdminClient::new(server, args.admin_token_file.as_deref(), &cfg)?;
         eprintln!("collecting garbage in the appliance at {server}");
-        let url = admin.url(&format!("admin/gc?dryRun={}", args.dry_run))?;
+        let mut query = format!("admin/gc?dryRun={}", args.dry_run);
+        if let Some(n) = args.max_bytes {
+            query.push_str(&format!("&maxBytes={n}"));
+        }
+        let url = admin.url(&query)?;
         return rt.block_on(async {
             let resp = send("POST", &url, admin.post(url.clone())).await?;
             let body = text("POST", &url, resp).await?;
@@ -61,22 +61,15 @@ fn run_inner(args: &GcArgs) -> Result<GcReport, CliError> {
             })
         });
     }
-    if let Some(n) = args.max_bytes {
-        cfg.cache.max_bytes = n;
-    }
     let dir = cfg.data_dir().to_path_buf();
     eprintln!("collecting garbage in {} (direct mode)", dir.display());
     let node = {
         let on_error = open_error(&cfg);
         Node::open(cfg, NodeOptions::default()).map_err(on_error)?
     };
-    let report = rt.block_on(node.assets().gc(args.dry_run));
+    let report = rt.block_on(node.collect_garbage(args.dry_run, args.max_bytes));
     rt.block_on(node.close())?;
     Ok(report?)
-}
-
-fn mib(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
 }
 
 fn print(r: &GcReport) {
@@ -94,30 +87,17 @@ fn print(r: &GcReport) {
     let verb = if r.dry_run { "would evict" } else { "evicted" };
     for e in &r.evicted {
         println!(
-            "{verb} {} {} {} ({}, key {})",
+            "{verb} {} {} {} ({:.1} MiB, key {})",
             e.schematic,
             e.version,
             e.path,
-            mib(e.bytes),
+            e.bytes as f64 / (1024.0 * 1024.0),
             e.key
         );
     }
-    let quota = if r.max_bytes == 0 {
-        "no quota".to_string()
-    } else {
-        format!("quota {}", mib(r.max_bytes))
-    };
-    eprintln!(
-        "{} asset(s), {} before, {} after ({quota}); {verb} {}, freeing {}{}",
-        r.records,
-        mib(r.bytes_before),
-        mib(r.bytes_after),
-        r.evicted.len(),
-        mib(r.freed_bytes),
-        if r.skipped_busy > 0 {
-            format!("; {} in use and kept", r.skipped_busy)
-        } else {
-            String::new()
-        }
-    );
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    for b in &r.orphans {
+        println!("{verb} orphan blob {b}");
+    }
+    eprintln!("{}", r.summary());
 }

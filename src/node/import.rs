@@ -2,6 +2,8 @@
 //! where the images come from, which versions, and the trust policy, over the node's stores.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::Node;
 use crate::catalog::{
@@ -46,6 +48,33 @@ pub enum ImportJobError {
         #[source]
         source: CatalogError,
     },
+}
+
+/// How many imports run in a node (garbage collection leaves orphan blobs alone meanwhile:
+/// an import reuses stored blobs before its release record names them).
+#[derive(Debug, Clone, Default)]
+pub(super) struct ImportCount(Arc<AtomicUsize>);
+
+impl ImportCount {
+    /// Whether an import is running.
+    pub(super) fn running(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts an import as running until the guard drops.
+    fn start(&self) -> Running {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Running(Arc::clone(&self.0))
+    }
+}
+
+/// One running import, counted while alive.
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// An import: source, versions, architectures, extensions and trust policy.
@@ -119,6 +148,7 @@ impl ImportJob {
         done: &mut impl FnMut(&ImportSummary),
     ) -> Result<(), ImportJobError> {
         let scratch = node.scratch_dir();
+        let _running = node.imports.start();
         for v in versions {
             progress.step(&format!(
                 "importing Talos {} from {}",
@@ -141,9 +171,14 @@ impl ImportJob {
             )
             .run(&opts)
             .await
-            .map_err(|source| ImportJobError::Version {
-                version: v.tag(),
-                source,
+            .map_err(|source| {
+                if crate::causes::is_no_space(&source) {
+                    node.assets().report_out_of_space();
+                }
+                ImportJobError::Version {
+                    version: v.tag(),
+                    source,
+                }
             })?;
             done(&summary);
         }

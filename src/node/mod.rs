@@ -3,6 +3,7 @@
 //! workers it owns. `serve`, `build`, `import` and `gc` all start from [`Node::open`]; the
 //! frontends (`crate::frontend`) are handed the node and never open storage themselves.
 
+mod gc;
 mod import;
 mod storage;
 pub mod worker;
@@ -17,7 +18,9 @@ use std::time::Duration;
 
 use metrics::Recorder;
 
-use crate::assets::{AssetMetrics, Assets, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores};
+use crate::assets::{
+    AssetError, AssetMetrics, Assets, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores, GcPass, GcReport,
+};
 use crate::catalog::{ReleaseStore, Signatures};
 use crate::config::{Config, ConfigError};
 use crate::imager::builder::StageReporter;
@@ -76,6 +79,7 @@ pub struct Node {
     assets: Assets,
     workers: Workers,
     storage: StorageHealth,
+    imports: import::ImportCount,
 }
 
 impl Node {
@@ -130,6 +134,7 @@ impl Node {
             assets,
             workers: Workers::new(),
             storage,
+            imports: import::ImportCount::default(),
         })
     }
 
@@ -199,33 +204,23 @@ impl Node {
     }
 
     /// Starts the garbage-collection and scrub workers (`cache.gcIntervalSeconds`,
-    /// `cache.scrubIntervalSeconds`; 0 disables one). Needs a tokio runtime.
+    /// `cache.scrubIntervalSeconds`; 0 disables one). Garbage collection also runs as soon as
+    /// a build or import runs out of disk space. Needs a tokio runtime.
     pub fn start_maintenance(&self) {
         let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
         if let Some(period) = every(self.config.cache.gc_interval_seconds) {
-            let assets = self.assets.clone();
-            // The first pass runs at start (a quota lowered while stopped takes effect at once).
-            self.workers
-                .spawn(Periodic::new("gc", period, Duration::ZERO, move || {
-                    let assets = assets.clone();
-                    async move {
-                        let r = assets.gc(false).await?;
-                        if !r.evicted.is_empty() {
-                            tracing::info!(
-                                evicted = r.evicted.len(),
-                                freed_bytes = r.freed_bytes,
-                                bytes = r.bytes_after,
-                                "garbage collection evicted assets"
-                            );
-                        }
-                        Ok(format!(
-                            "evicted {} asset(s), freed {} bytes, {} bytes cached",
-                            r.evicted.len(),
-                            r.freed_bytes,
-                            r.bytes_after
-                        ))
-                    }
-                }));
+            let limits = self.assets.gc_limits();
+            tracing::info!(
+                max_bytes = limits.max_bytes,
+                min_free_bytes = limits.min_free_bytes,
+                orphan_grace_seconds = limits.orphan_grace.as_secs(),
+                "garbage collection: asset quota, free-space watermark, orphan grace period"
+            );
+            self.workers.spawn(gc::GcWorker::new(
+                self.assets.clone(),
+                self.imports.clone(),
+                period,
+            ));
         }
         if let Some(period) = every(self.config.cache.scrub_interval_seconds) {
             let assets = self.assets.clone();
@@ -239,6 +234,22 @@ impl Node {
                     }
                 }));
         }
+    }
+
+    /// One garbage-collection pass now (`image-factory gc`, `POST /admin/gc`), with
+    /// `max_bytes` instead of the configured quota when given (0 = none); orphan blobs are
+    /// left alone while an import runs.
+    pub async fn collect_garbage(
+        &self,
+        dry_run: bool,
+        max_bytes: Option<u64>,
+    ) -> Result<GcReport, AssetError> {
+        let pass = GcPass {
+            dry_run,
+            max_bytes,
+            importing: self.imports.running(),
+        };
+        self.assets.gc(pass).await
     }
 
     /// Stops the workers in order and makes every acknowledged write durable.

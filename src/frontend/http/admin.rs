@@ -147,16 +147,19 @@ pub struct GcQuery {
     /// Report what would be evicted without deleting anything.
     #[serde(default)]
     dry_run: bool,
+    /// A quota for this pass instead of `cache.maxBytes` (0 = none).
+    max_bytes: Option<u64>,
 }
 
-/// `POST /admin/gc[?dryRun=true]`: one garbage-collection pass now; answers the report (JSON).
+/// `POST /admin/gc[?dryRun=true][&maxBytes=N]`: one garbage-collection pass now; answers the
+/// report (JSON).
 pub async fn gc(
     State(st): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<GcQuery>,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
-    let report = st.assets().gc(q.dry_run).await?;
+    let report = st.node().collect_garbage(q.dry_run, q.max_bytes).await?;
     json_response(&report)
 }
 
@@ -300,6 +303,9 @@ async fn receive_upload(st: &AppState, body: Body) -> Result<std::path::PathBuf,
         }
         Err(e) => {
             let _ = tokio::fs::remove_file(&path).await;
+            if matches!(e, ApiError::InsufficientStorage { .. }) {
+                st.assets().report_out_of_space();
+            }
             Err(e)
         }
     }
