@@ -74,6 +74,10 @@ pub enum ToolError {
     },
 }
 
+/// What a tool prints when it runs out of disk space: the `ENOSPC` text, and xorriso's refusal
+/// to start an image larger than the free space (it measures before writing).
+const NO_SPACE: [&str; 2] = ["No space left on device", "exceeds free space on media"];
+
 impl ToolError {
     /// Whether the tool failed for lack of disk space.
     pub fn is_no_space(&self) -> bool {
@@ -197,7 +201,7 @@ impl Tools {
         let text =
             String::from_utf8_lossy(&stderr).into_owned() + &String::from_utf8_lossy(&stdout);
         let lines = meaningful_lines(&text);
-        if text.contains("No space left on device") {
+        if NO_SPACE.iter().any(|phrase| text.contains(phrase)) {
             return Err(ToolError::NoSpace {
                 tool: name(),
                 lines,
@@ -324,6 +328,14 @@ mod tests {
             .run(
                 "sh",
                 sh("echo 'write: No space left on device' >&2; exit 1"),
+                &cancel,
+            )
+            .unwrap_err();
+        assert!(e.is_no_space(), "{e}");
+        let e = tools
+            .run(
+                "sh",
+                sh("echo 'xorriso : FAILURE : Image size 30374s exceeds free space on media 3666s' >&2; exit 32"),
                 &cancel,
             )
             .unwrap_err();
