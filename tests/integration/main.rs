@@ -12,6 +12,7 @@ mod build_admission;
 mod build_boot;
 mod cli;
 mod disk_boot;
+mod disk_full;
 mod disk_images_http;
 mod durability;
 mod durability_trace;
