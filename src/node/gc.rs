@@ -111,3 +111,46 @@ impl Worker for GcWorker {
         self.last.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crate::config::Config;
+    use crate::node::{Node, NodeOptions, WorkerStatus};
+
+    /// The `gc` worker's state once `done` holds for it (panics after 10 s).
+    async fn wait_for(node: &Node, done: impl Fn(&WorkerStatus) -> bool) -> WorkerStatus {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let status = node.workers().status();
+            if let Some(gc) = status.into_iter().find(|w| w.name == "gc" && done(w)) {
+                return gc;
+            }
+            assert!(Instant::now() < deadline, "{:?}", node.workers().status());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn running_out_of_space_wakes_the_collector_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.storage.data_dir = dir.path().display().to_string();
+        config.cache.gc_interval_seconds = 3600;
+        config.cache.scrub_interval_seconds = 0;
+        let node = Node::open(config, NodeOptions::default()).unwrap();
+        node.start_maintenance();
+        let first = wait_for(&node, |w| w.runs == 1).await;
+        assert!(first.progress.unwrap_or_default().starts_with("at start: "));
+        // Hours before the next scheduled pass, a build reports a full disk.
+        node.assets().report_out_of_space();
+        let woken = wait_for(&node, |w| w.runs == 2).await;
+        let progress = woken.progress.unwrap_or_default();
+        assert!(
+            progress.starts_with("after running out of space: removed 0 orphan blob(s)"),
+            "{progress}"
+        );
+        node.close().await.unwrap();
+    }
+}
