@@ -21,6 +21,7 @@ mod stream;
 pub use error::{AssetError, BuildError, BuildFailure};
 pub use gc::{Evicted, GcReport, collect_garbage, release_blobs};
 pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
+pub use maintenance::ScrubReport;
 pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
 pub use pipeline::{
     AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,
