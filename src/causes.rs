@@ -43,6 +43,26 @@ pub fn is_no_space(e: &(dyn Error + 'static)) -> bool {
     false
 }
 
+/// The first error of type `T` in `e`'s chain, looking also inside I/O errors that wrap one
+/// (an `io::Error`'s own `source()` skips the error it wraps).
+pub fn find<'a, T: Error + 'static>(e: &'a (dyn Error + 'static)) -> Option<&'a T> {
+    let mut next: Option<&(dyn Error + 'static)> = Some(e);
+    while let Some(cause) = next {
+        if let Some(t) = cause.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(t) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<T>())
+        {
+            return Some(t);
+        }
+        next = cause.source();
+    }
+    None
+}
+
 impl fmt::Display for Causes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sep = if f.alternate() {
@@ -86,6 +106,21 @@ mod tests {
         assert!(is_no_space(&full));
         let other = Build(Tool(std::io::Error::other("EIO")));
         assert!(!is_no_space(&other));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("blob {0} is damaged")]
+    struct Damage(u32);
+
+    #[test]
+    fn find_looks_inside_wrapping_io_errors() {
+        let e = Build(Tool(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            Damage(7),
+        )));
+        assert_eq!(find::<Damage>(&e).map(|d| d.0), Some(7));
+        let other = Build(Tool(std::io::Error::other("EIO")));
+        assert!(find::<Damage>(&other).is_none());
     }
 
     #[test]

@@ -43,6 +43,13 @@ impl<E: Into<BuildError>> From<E> for BuildFailure {
 }
 
 impl BuildFailure {
+    /// Whether the build was refused because a release input failed verification (now or
+    /// earlier: the release is marked damaged).
+    pub fn is_damaged_release(&self) -> bool {
+        matches!(self.imager(), Some(ImagerError::ReleaseDamaged { .. }))
+            || crate::causes::find::<crate::store::BlobDamage>(self).is_some()
+    }
+
     /// The imager's error, if the imager is what failed.
     pub fn imager(&self) -> Option<&ImagerError> {
         match self.0.as_ref() {

@@ -33,9 +33,6 @@ use crate::store::{BlobStore, is_blob_name};
 #[cfg(test)]
 mod tests;
 
-/// Largest manifest read while collecting release blobs.
-const MAX_MANIFEST: u64 = 4 << 20;
-
 /// Size and free space of a filesystem, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskSpace {
@@ -239,58 +236,14 @@ fn trusted(key: &str, raw: &[u8], verifier: &RecordVerifier) -> Result<AssetReco
     Ok(record)
 }
 
-/// Every blob (BLAKE3) a release needs: boot assets, GRUB trees, and the manifests, configs
-/// and layers of its images.
+/// Every blob (BLAKE3) any imported release needs (see [`crate::catalog::Release::needed_blobs`]).
 pub fn release_blobs(
     releases: &ReleaseStore,
     blobs: &BlobStore,
 ) -> Result<HashSet<String>, AssetError> {
     let mut out = HashSet::new();
-    let add_sha = |sha: &str, out: &mut HashSet<String>| -> Result<(), AssetError> {
-        if let Some(info) = blobs.by_sha256(sha)? {
-            out.insert(info.blake3);
-        }
-        Ok(())
-    };
     for release in releases.list()? {
-        for arch in release.arches.values() {
-            for b in arch.assets.values().chain(arch.grub.values()) {
-                out.insert(b.blake3.clone());
-            }
-        }
-        let mut manifests: Vec<String> = Vec::new();
-        for image in release.image_records() {
-            manifests.push(image.digest.hex().to_string());
-            manifests.push(image.manifest.hex().to_string());
-        }
-        let mut seen = HashSet::new();
-        while let Some(sha) = manifests.pop() {
-            if !seen.insert(sha.clone()) {
-                continue;
-            }
-            add_sha(&sha, &mut out)?;
-            let Ok(Some(bytes)) = blobs.read_sha256(&sha, MAX_MANIFEST) else {
-                continue;
-            };
-            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                continue;
-            };
-            let digests = doc["config"]["digest"].as_str().into_iter().chain(
-                ["layers", "manifests"]
-                    .iter()
-                    .flat_map(|k| doc[*k].as_array().into_iter().flatten())
-                    .filter_map(|d| d["digest"].as_str()),
-            );
-            for d in digests {
-                if let Some(hex) = d.strip_prefix("sha256:") {
-                    if doc["manifests"].is_array() {
-                        manifests.push(hex.to_string());
-                    } else {
-                        add_sha(hex, &mut out)?;
-                    }
-                }
-            }
-        }
+        out.extend(release.needed_blobs(blobs)?.into_keys());
     }
     Ok(out)
 }

@@ -2,6 +2,7 @@
 //! background scrub that re-hashes every cached asset, and garbage-collection passes (woken
 //! early when a build or import runs out of space).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
@@ -9,11 +10,30 @@ use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
+use serde::Serialize;
+
 use super::error::AssetError;
 use super::gc::{GcInputs, GcLimits, GcReport, InUse, collect_garbage, disk_space};
 use super::integrity::{check_blob, quarantine_blob};
 use super::pipeline::{Assets, lock};
 use super::record::AssetRecord;
+use crate::catalog::Damage;
+use crate::causes::Causes;
+use crate::store::{BlobDamage, StoreError};
+
+/// What a scrub pass checked and found damaged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrubReport {
+    /// Asset records (and their blobs) checked.
+    pub assets: usize,
+    /// Of those, set aside as damaged.
+    pub damaged_assets: usize,
+    /// Distinct blobs of imported releases checked.
+    pub release_blobs: usize,
+    /// Of those, found damaged (their releases are marked damaged).
+    pub damaged_release_blobs: usize,
+}
 
 impl Assets {
     /// Sets a record aside that failed verification.
@@ -78,17 +98,84 @@ impl Assets {
         }
     }
 
-    /// Re-hashes every cached asset's blob; damaged records and blobs are quarantined.
-    /// Returns `(checked, failed)`.
-    pub async fn scrub(&self) -> Result<(usize, usize), AssetError> {
-        let (mut checked, mut failed) = (0, 0);
+    /// Re-hashes every cached asset's blob and every blob of every imported release; damaged
+    /// records and blobs are quarantined, releases with a damaged blob marked damaged.
+    pub async fn scrub(&self) -> Result<ScrubReport, AssetError> {
+        let mut report = ScrubReport::default();
         for (key, raw) in self.inner.records.scan_raw()? {
-            checked += 1;
+            report.assets += 1;
             if !self.scrub_one(&key, &raw).await? {
-                failed += 1;
+                report.damaged_assets += 1;
             }
         }
-        Ok((checked, failed))
+        // A blob shared by several releases is hashed once per pass.
+        let mut checked: HashMap<String, Option<String>> = HashMap::new();
+        for release in self.inner.releases.list()? {
+            let blobs = self.inner.blobs.clone();
+            let r = std::sync::Arc::clone(&release);
+            let needed = tokio::task::spawn_blocking(move || r.needed_blobs(&blobs))
+                .await
+                .map_err(AssetError::task("listing release blobs"))??;
+            for (blake3, size) in needed {
+                if let Some(outcome) = checked.get(&blake3) {
+                    if let Some(reason) = outcome {
+                        self.mark_release(&release.version, &blake3, reason).await;
+                    }
+                    continue;
+                }
+                let blobs = self.inner.blobs.clone();
+                let name = blake3.clone();
+                let result = tokio::task::spawn_blocking(move || blobs.check(&name, size))
+                    .await
+                    .map_err(AssetError::task("hashing a release blob"))?;
+                report.release_blobs += 1;
+                let outcome = match result {
+                    Ok(()) => None,
+                    Err(StoreError::BlobDamaged(damage)) => {
+                        report.damaged_release_blobs += 1;
+                        self.release_blob_failed(&release.version, &damage).await;
+                        Some(format!("{:#}", Causes(&damage)))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                checked.insert(blake3, outcome);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Marks release `version` damaged because of `damage` and sets the blob aside, so the
+    /// release is refused until it is imported again (which writes the blob anew). Called by
+    /// builds and the scrub.
+    pub(super) async fn release_blob_failed(&self, version: &str, damage: &BlobDamage) {
+        self.inner.metrics.verification_failure("release");
+        lock(&self.inner.verified).remove(&damage.blake3);
+        let moved = quarantine_blob(
+            &self.inner.blobs,
+            &self.inner.opts.quarantine_dir,
+            &damage.blake3,
+        );
+        let reason = format!("{:#}", Causes(damage));
+        tracing::error!(
+            version,
+            blob = %damage.blake3,
+            reason,
+            moved_to = ?moved,
+            "a blob of an imported release failed verification; the release is marked damaged \
+             and refuses builds until it is imported again"
+        );
+        self.mark_release(version, &damage.blake3, &reason).await;
+    }
+
+    async fn mark_release(&self, version: &str, blake3: &str, reason: &str) {
+        let damage = Damage {
+            blob: blake3.to_string(),
+            reason: reason.to_string(),
+            at: crate::clock::now_secs(),
+        };
+        if let Err(e) = self.inner.releases.mark_damaged(version, &damage).await {
+            tracing::error!(version, error = %format!("{:#}", Causes(&e)), "could not mark a release damaged");
+        }
     }
 
     /// Verifies one record and its blob; `false` if either was quarantined.

@@ -21,7 +21,7 @@ mod stream;
 pub use error::{AssetError, BuildError, BuildFailure};
 pub use gc::{DiskSpace, Evicted, GcLimits, GcReport, collect_garbage, disk_space, release_blobs};
 pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
-pub use maintenance::GcPass;
+pub use maintenance::{GcPass, ScrubReport};
 pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
 pub use pipeline::{
     AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,

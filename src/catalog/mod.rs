@@ -1,6 +1,7 @@
 //! Catalog: imported Talos releases (versions, boot assets, installer base, extension and
 //! overlay catalogs and images), how they are imported, and what the API lists.
 
+mod damage;
 pub mod export;
 pub mod files;
 mod import;
@@ -8,6 +9,7 @@ mod names;
 mod release;
 pub mod version;
 
+pub use damage::Damage;
 pub use import::{
     ImportOptions, ImportProgress, ImportSummary, Importer, Selection, bundle_versions,
 };

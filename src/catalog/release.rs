@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::oci::Digest;
-use crate::store::{BlobStore, DocCheck, DocKind, DocStore, StoreError};
+use crate::store::{BlobStore, DocCheck, DocKind, DocStore, MetaStore, StoreError};
 
 use super::CatalogError;
 use super::names::{Arch, RelPath};
@@ -172,6 +172,7 @@ impl Release {
 #[derive(Clone)]
 pub struct ReleaseStore {
     docs: DocStore,
+    meta: Arc<dyn MetaStore>,
     decoded: Arc<Mutex<Decoded>>,
 }
 
@@ -183,6 +184,7 @@ impl ReleaseStore {
     pub fn new(blobs: &BlobStore) -> Self {
         Self {
             docs: DocStore::releases(blobs.clone()),
+            meta: Arc::clone(blobs.meta()),
             decoded: Arc::default(),
         }
     }
@@ -199,6 +201,11 @@ impl ReleaseStore {
             );
         }
         Ok(store)
+    }
+
+    /// The metadata store (for the catalog's small records).
+    pub(super) fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
     }
 
     fn decoded(&self) -> MutexGuard<'_, Decoded> {
@@ -249,6 +256,12 @@ impl ReleaseStore {
         })?;
         self.decoded().remove(&release.version);
         self.docs.put(&release.version, bytes).await?;
+        // Imported again: every blob it names was checked and written where one was missing
+        // (a damaged blob is set aside when found), so a damage mark no longer holds.
+        if self.damage(&release.version)?.is_some() {
+            self.clear_damage(&release.version)?;
+            self.meta.flush().await?;
+        }
         Ok(())
     }
 
@@ -269,7 +282,7 @@ impl ReleaseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MetaStore, SledStore};
+    use crate::store::SledStore;
 
     /// A record of v1.11.0 with a kernel and one GRUB module at `grub_path`, as JSON.
     fn record(grub_path: &str) -> serde_json::Value {

@@ -185,6 +185,19 @@ fn print_storage(r: &DoctorReport, repair: bool, report: &mut dyn FnMut(bool, &s
         detail += &format!("; damaged, moved to quarantine: {:?}", x.damaged);
     }
     report(x.damaged.is_empty(), "blob index", detail);
+    for (version, d) in &r.damaged_releases {
+        report(
+            false,
+            "release",
+            format!(
+                "{version} is damaged: blob {} failed verification at {} ({}); builds from it \
+                 are refused until it is imported again",
+                d.blob,
+                crate::clock::rfc3339_utc(d.at),
+                d.reason
+            ),
+        );
+    }
     let missing = &r.health.release_blobs_missing;
     report(
         missing.is_empty(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::catalog::{ArchRelease, BlobRef, Release, ReleaseStore, Version};
 use crate::oci::{ImageConfig, ImageManifest};
 use crate::schematic::Schematic;
-use crate::store::{BlobInfo, BlobStore};
+use crate::store::{BlobInfo, BlobStore, StoreError};
 
 use super::cancel::Cancel;
 use super::cmdline::kernel_cmdline;
@@ -168,6 +168,12 @@ impl Builder {
         release: &Release,
     ) -> Result<Built, ImagerError> {
         ensure_buildable(&profile)?;
+        if let Some(damage) = self.releases.damage(&release.version)? {
+            return Err(ImagerError::ReleaseDamaged {
+                version: release.version.clone(),
+                damage,
+            });
+        }
         req.cancel.check()?;
         let mut intermediates = Vec::new();
         let arch = profile.arch;
@@ -175,7 +181,11 @@ impl Builder {
             ImagerError::Validation(format!("release {} has no {arch} assets", release.version))
         })?;
         let blob = match profile.output.kind {
-            OutputKind::Kernel => info(asset(assets, "vmlinuz")?),
+            OutputKind::Kernel => {
+                let kernel = asset(assets, "vmlinuz")?;
+                self.input(kernel)?;
+                info(kernel)
+            }
             OutputKind::Cmdline => {
                 let line = kernel_cmdline(&profile, &[])?;
                 self.blobs
@@ -199,6 +209,17 @@ impl Builder {
             profile,
             intermediates,
         })
+    }
+
+    /// The path of release blob `r`, read whole and checked against its name first: every
+    /// release byte that goes into a build is verified, whether our code or a tool reads it.
+    fn input(&self, r: &BlobRef) -> Result<PathBuf, ImagerError> {
+        self.blobs
+            .checked_path(&r.blake3, r.size)
+            .map_err(|e| match e {
+                StoreError::BlobDamaged(damage) => ImagerError::DamagedInput(damage),
+                other => ImagerError::Store(other),
+            })
     }
 
     /// How this build's external tools run.
@@ -348,12 +369,10 @@ impl Builder {
         self.stages.report(Stage::Uki);
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
-        let stub = std::fs::read(
-            self.blobs
-                .path(&asset(assets, "systemd-stub.efi")?.blake3)?,
-        )
-        .map_err(ImagerError::Io)?;
-        let uname = read_kernel_release(File::open(self.blobs.path(&kernel.blake3)?)?)?;
+        let stub = std::fs::read(self.input(asset(assets, "systemd-stub.efi")?)?)
+            .map_err(ImagerError::Io)?;
+        let kernel = self.input(kernel)?;
+        let uname = read_kernel_release(File::open(&kernel)?)?;
         let parts = UkiParts {
             osrel: os_release("Talos", &profile.version.tag()),
             profiles: standard_profiles(
@@ -363,7 +382,7 @@ impl Builder {
             ),
             cmdline,
             uname,
-            kernel: Payload::file(&self.blobs.path(&kernel.blake3)?)?,
+            kernel: Payload::file(&kernel)?,
             initrd: Payload::file(initramfs)?,
         };
         // Stubs may carry a COFF symbol table (Debian's does); it is debug-only and dropped.
@@ -407,15 +426,13 @@ impl Builder {
             intermediates.push(uki.clone());
             InstallerArtifacts::Uki {
                 uki: self.blobs.path(&uki.blake3)?,
-                systemd_boot: self
-                    .blobs
-                    .path(&asset(assets, "systemd-boot.efi")?.blake3)?,
+                systemd_boot: self.input(asset(assets, "systemd-boot.efi")?)?,
             }
         } else {
             let initramfs = self.initramfs(req, profile, assets)?;
             intermediates.push(initramfs.clone());
             InstallerArtifacts::Legacy {
-                kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3)?,
+                kernel: self.input(asset(assets, "vmlinuz")?)?,
                 initramfs: self.blobs.path(&initramfs.blake3)?,
             }
         };

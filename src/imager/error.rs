@@ -122,6 +122,25 @@ pub enum ImagerError {
     /// The blob store refused or failed (e.g. a record naming something that is no blob).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A release blob the build reads failed verification; nothing was built from it (the
+    /// asset layer marks the release damaged).
+    #[error(
+        "an input of the release failed verification: the build was refused and the release \
+         is marked damaged until it is imported again"
+    )]
+    DamagedInput(#[source] crate::store::BlobDamage),
+    /// The release is marked damaged (one of its blobs failed verification) until it is
+    /// imported again.
+    #[error(
+        "release {version} is damaged: blob {} failed verification ({}); import the release again",
+        .damage.blob, .damage.reason
+    )]
+    ReleaseDamaged {
+        /// The version tag.
+        version: String,
+        /// The mark.
+        damage: crate::catalog::Damage,
+    },
     /// Any other failure.
     #[error("{0}")]
     Internal(String),
@@ -153,6 +172,8 @@ impl ImagerError {
             | ImagerError::Store(_)
             | ImagerError::Cancelled
             | ImagerError::Tool(_)
+            | ImagerError::DamagedInput(_)
+            | ImagerError::ReleaseDamaged { .. }
             | ImagerError::Internal(_) => ErrorClass::Internal,
         }
     }

@@ -228,9 +228,18 @@ impl Node {
                 .spawn(Periodic::new("scrub", period, period, move || {
                     let assets = assets.clone();
                     async move {
-                        let (checked, failed) = assets.scrub().await?;
-                        tracing::info!(checked, failed, "scrub of cached assets finished");
-                        Ok(format!("checked {checked} asset(s), {failed} damaged"))
+                        let r = assets.scrub().await?;
+                        tracing::info!(
+                            assets = r.assets,
+                            damaged_assets = r.damaged_assets,
+                            release_blobs = r.release_blobs,
+                            damaged_release_blobs = r.damaged_release_blobs,
+                            "scrub of cached assets and release blobs finished"
+                        );
+                        Ok(format!(
+                            "checked {} asset(s), {} damaged; {} release blob(s), {} damaged",
+                            r.assets, r.damaged_assets, r.release_blobs, r.damaged_release_blobs
+                        ))
                     }
                 }));
         }

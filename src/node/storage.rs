@@ -238,6 +238,8 @@ pub struct DoctorReport {
     pub health: StorageHealth,
     /// The SHA-256 index against the blob files (blobs hashed only when repairing).
     pub reindex: ReindexReport,
+    /// Releases marked damaged (a blob failed verification in a build or a scrub).
+    pub damaged_releases: std::collections::BTreeMap<String, crate::catalog::Damage>,
 }
 
 /// Checks the storage of `config`'s data directory deeply (no server may hold it). With
@@ -276,6 +278,7 @@ pub fn doctor(config: &Config, repair: bool, rebuild: bool) -> Result<DoctorRepo
         moved_aside,
         health,
         reindex,
+        damaged_releases: releases.damaged()?,
     })
 }
 

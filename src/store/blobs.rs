@@ -128,8 +128,8 @@ impl BlobStore {
         &self.root
     }
 
-    /// The metadata store holding the SHA-256 index.
-    pub(super) fn meta(&self) -> &Arc<dyn MetaStore> {
+    /// The metadata store holding the SHA-256 index (and the catalog's small records).
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
         &self.meta
     }
 

@@ -16,7 +16,7 @@ pub use durable::{create_dir_all_durable, sync_dir};
 pub use reindex::ReindexReport;
 pub use schematics::{PutOutcome, SchematicStore};
 pub use sled_store::SledStore;
-pub use verified::VerifiedBlob;
+pub use verified::{BlobDamage, VerifiedBlob};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -85,6 +85,9 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A stored blob failed verification.
+    #[error("a stored blob failed verification")]
+    BlobDamaged(#[source] BlobDamage),
     /// A name that is not a blob name (64 lowercase hex digits) was asked for.
     #[error("invalid blob name {name:?} (a blob name is 64 lowercase hex digits)")]
     InvalidBlobName {

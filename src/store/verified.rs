@@ -6,6 +6,86 @@
 //! guarantee (any changed byte is caught), at several times the speed.
 
 use std::io::{self, Read};
+use std::path::PathBuf;
+
+use super::{BlobStore, StoreError};
+use crate::io_context::io_err;
+
+/// A stored blob is not what its name says: bytes changed, missing or added, the file gone,
+/// or the medium failing to return it. Carried inside the I/O error of a [`VerifiedBlob`]
+/// read, so whoever handles a failure can find it in the cause chain
+/// (`causes::find::<BlobDamage>`) and knows which blob to set aside.
+#[derive(Debug, thiserror::Error)]
+#[error("stored blob {blake3} is damaged: {detail}")]
+pub struct BlobDamage {
+    /// BLAKE3 name of the blob.
+    pub blake3: String,
+    /// What was found.
+    pub detail: String,
+    /// The I/O error behind it, when there is one.
+    #[source]
+    pub cause: Option<io::Error>,
+}
+
+/// Read size when a whole blob is checked.
+const CHECK_CHUNK: usize = 1 << 20;
+
+impl BlobStore {
+    /// Reads the blob `blake3` whole and checks that it holds `size` bytes hashing to its
+    /// name. A missing or changed blob is [`StoreError::BlobDamaged`]; other failures (no free
+    /// file descriptors, say) say nothing about the blob and keep their own error.
+    pub fn check(&self, blake3: &str, size: u64) -> Result<(), StoreError> {
+        let damaged = |detail: &str, cause: io::Error| BlobDamage {
+            blake3: blake3.to_string(),
+            detail: detail.to_string(),
+            cause: Some(cause),
+        };
+        let path = self.path(blake3)?;
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::BlobDamaged(damaged("the file is missing", e)));
+            }
+            Err(e) => return Err(io_err(format!("open blob {blake3}"))(e).into()),
+        };
+        let mut reader = VerifiedBlob::new(file, blake3, size);
+        let mut buf = vec![0u8; CHECK_CHUNK];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    let invalid = io::ErrorKind::InvalidData;
+                    return Err(StoreError::BlobDamaged(
+                        match e.into_inner().map(|inner| inner.downcast::<BlobDamage>()) {
+                            Some(Ok(damage)) => *damage,
+                            Some(Err(other)) => damaged(
+                                "its content does not verify",
+                                io::Error::new(invalid, other),
+                            ),
+                            None => damaged("its content does not verify", invalid.into()),
+                        },
+                    ));
+                }
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
+                    return Err(StoreError::BlobDamaged(damaged(
+                        "the medium failed to read it",
+                        e,
+                    )));
+                }
+                Err(e) => return Err(io_err(format!("read blob {blake3}"))(e).into()),
+            }
+        }
+    }
+
+    /// The path of the blob `blake3` once [`BlobStore::check`] has passed: for inputs handed
+    /// by path to code or tools that read them without checking.
+    pub fn checked_path(&self, blake3: &str, size: u64) -> Result<PathBuf, StoreError> {
+        self.check(blake3, size)?;
+        self.path(blake3)
+    }
+}
 
 /// A reader over a stored blob that fails the read which completes it if the content does
 /// not hash to the blob's BLAKE3 name or has a different size.
@@ -39,7 +119,11 @@ impl<R> VerifiedBlob<R> {
     fn damaged(&self, detail: String) -> io::Error {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("stored blob {} is damaged: {detail}", self.blake3),
+            BlobDamage {
+                blake3: self.blake3.clone(),
+                detail,
+                cause: None,
+            },
         )
     }
 }

@@ -3,12 +3,11 @@
 //! restart), a record whose signature no longer verifies; garbage collection never breaks a
 //! download in progress.
 
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::assets::{V, create_schematic, get, metric, start, start_in};
+use crate::common::assets::{V, create_schematic, flip_byte, get, metric, start, start_in};
 use crate::common::{client, kit};
 use image_factory::assets::RecordStore;
 use image_factory::store::MetaStore;
@@ -16,20 +15,6 @@ use image_factory::store::MetaStore;
 fn blob_path(data: &Path, body: &[u8]) -> PathBuf {
     let h = blake3::hash(body).to_hex().to_string();
     data.join("blobs").join(&h[..2]).join(&h)
-}
-
-fn flip_byte(path: &Path, at: u64) {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open blob");
-    let mut b = [0u8; 1];
-    f.seek(SeekFrom::Start(at)).unwrap();
-    std::io::Read::read_exact(&mut f, &mut b).unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(&[b[0] ^ 0x40]).unwrap();
-    f.sync_all().unwrap();
 }
 
 /// Blob verification failures the server has counted.

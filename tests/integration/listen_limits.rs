@@ -107,3 +107,71 @@ async fn a_quiet_kept_alive_connection_is_closed_after_the_idle_timeout() {
     }
     srv.stop().await;
 }
+
+/// Sends `GET path` as `version` on a connection with a small receive buffer, never reads for
+/// `stall`, then reads what is left; returns the bytes received before the server closed it
+/// (or the whole response, if it never gave up).
+async fn stalled_reader(
+    addr: std::net::SocketAddr,
+    path: &str,
+    version: &str,
+    stall: Duration,
+) -> usize {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = sock.connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} {version}\r\nHost: stalled\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    tokio::time::sleep(stall).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    // Bounded: the server either closed the connection (the read ends early) or sends the
+    // whole asset; 60 s covers either on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got += n,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_a_download_is_cut_off_at_the_write_timeout() {
+    use crate::common::assets::{V, create_schematic, get};
+    use crate::common::kit;
+    // Extensions padded with 8 MiB each: an initramfs far larger than socket buffers.
+    let Some(k) = kit::imported(8) else { return };
+    let data = k.data.display().to_string();
+    let srv = TestServer::start_with(move |c| {
+        c.storage.data_dir = data;
+        c.cache.gc_interval_seconds = 0;
+        c.cache.scrub_interval_seconds = 0;
+        c.http.write_timeout_seconds = 2;
+    })
+    .await;
+    let id = create_schematic(&srv, kit::SCHEMATIC).await;
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let whole = get(&srv, &path, &[]).await;
+    assert_eq!(whole.status, 200);
+    let size = whole.body.len();
+    assert!(
+        size > 20 << 20,
+        "asset too small for the test: {size} bytes"
+    );
+    // HTTP/1.1 takes the zero-copy path (sendfile), HTTP/1.0 the hyper path: both give up
+    // on a client that makes no progress, long before the asset is sent.
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let got = stalled_reader(srv.addrs.http, &path, version, Duration::from_secs(8)).await;
+        assert!(
+            got < size / 2,
+            "{version}: a client that stopped reading for 8 s still got {got} of {size} bytes"
+        );
+    }
+    // A client that reads is served whole meanwhile.
+    let again = get(&srv, &path, &[]).await;
+    assert_eq!((again.status, again.body.len()), (200, size));
+    srv.stop().await;
+}

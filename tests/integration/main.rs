@@ -35,6 +35,7 @@ mod listen_tls;
 mod oci_registry;
 mod oci_sources;
 mod pxe_boot;
+mod release_damage;
 mod schematic_bounds;
 mod schematic_golden;
 mod squashfs_writer;

@@ -12,9 +12,10 @@ use super::{Assets, BuildResult, Joined, Outcome, Resolved, labels, lock};
 use crate::assets::error::{AssetError, BuildError, BuildFailure};
 use crate::assets::metrics::AssetLabels;
 use crate::assets::record::AssetRecord;
-use crate::causes::Causes;
+use crate::causes::{self, Causes};
 use crate::imager::builder::BuildRequest;
 use crate::imager::cancel::Cancel;
+use crate::store::BlobDamage;
 
 impl Assets {
     /// Joins the running (or queued) build for the key, or admits a new one; `None` if a
@@ -66,6 +67,9 @@ impl Assets {
             let key = &resolved.key.key;
             match &result {
                 Ok(_) => lock(&this.inner.failures).clear(key),
+                // A damaged release is refused by its mark, not remembered: the refusal is
+                // cheap and must end as soon as the release is imported again.
+                Err(f) if f.is_damaged_release() => {}
                 Err(f) => {
                     let internal = f.imager().is_none_or(|e| e.is_internal());
                     lock(&this.inner.failures).record(key, f.clone(), internal, Instant::now());
@@ -152,6 +156,12 @@ impl Assets {
                 );
             }
             Err(f) => {
+                if let Some(damage) = causes::find::<BlobDamage>(f) {
+                    // Every blob a build reads is a release input (its own outputs are
+                    // written, not read back).
+                    self.release_blob_failed(&resolved.version.tag(), damage)
+                        .await;
+                }
                 m.build_failed(&AssetLabels {
                     version: &resolved.version.tag(),
                     kind: resolved.profile.output.kind.as_str(),

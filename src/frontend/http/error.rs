@@ -124,6 +124,14 @@ fn imager_answer(e: &ImagerError) -> Option<ApiError> {
             "error parsing profile from path: {e}"
         )));
     }
+    if let ImagerError::ReleaseDamaged { .. } | ImagerError::DamagedInput(_) = e {
+        // Not the client's fault, and not a transient one: the operator imports the release
+        // again. The text says so; the status says "not now".
+        return Some(ApiError::Unavailable {
+            message: format!("{:#}", Causes(e)),
+            retry_after: DAMAGED_RELEASE_RETRY,
+        });
+    }
     match e.class() {
         ErrorClass::BadRequest => Some(ApiError::BadRequest(format!(
             "error enhancing profile from schematic: {e}"
@@ -133,6 +141,10 @@ fn imager_answer(e: &ImagerError) -> Option<ApiError> {
         ErrorClass::Internal => None,
     }
 }
+
+/// `Retry-After` of a build refused because its release is damaged (an operator must import
+/// the release again).
+const DAMAGED_RELEASE_RETRY: u64 = 600;
 
 /// `Retry-After` of a `507`: long enough for a garbage-collection pass to free space.
 const NO_SPACE_RETRY: u64 = 30;

@@ -159,10 +159,15 @@ pub struct ReleaseStatus {
     pub verified: bool,
     /// When it was first imported.
     pub imported_at: String,
+    /// Set when one of its blobs failed verification: builds from it are refused until it is
+    /// imported again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<crate::catalog::Damage>,
 }
 
 /// The imported releases as `/status` lists them.
 pub fn release_status(st: &AppState) -> Result<Vec<ReleaseStatus>, ApiError> {
+    let mut damaged = st.releases().damaged()?;
     Ok(st
         .releases()
         .list()?
@@ -178,6 +183,7 @@ pub fn release_status(st: &AppState) -> Result<Vec<ReleaseStatus>, ApiError> {
             partial: r.partial,
             verified: matches!(r.signatures, crate::catalog::Signatures::Verified { .. }),
             imported_at: r.imported_at.clone(),
+            damaged: damaged.remove(&r.version),
         })
         .collect())
 }

@@ -54,7 +54,7 @@ impl Builder {
         };
         let inputs = BootInputs {
             cmdline: kernel_cmdline(profile, &[])?,
-            kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3)?,
+            kernel: self.input(asset(assets, "vmlinuz")?)?,
             initramfs,
             uki,
             systemd_boot: match bootloader {
@@ -116,7 +116,7 @@ impl Builder {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let src = self.blobs.path(&blob.blake3)?;
+            let src = self.input(blob)?;
             if std::fs::hard_link(&src, &dest).is_err() {
                 std::fs::copy(&src, &dest)?;
             }

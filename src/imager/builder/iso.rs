@@ -77,7 +77,7 @@ impl Builder {
         );
         let inputs = BootInputs {
             cmdline: kernel_cmdline(profile, &[])?,
-            kernel: self.blobs.path(&asset(assets, "vmlinuz")?.blake3)?,
+            kernel: self.input(asset(assets, "vmlinuz")?)?,
             initramfs,
             uki,
             systemd_boot,

@@ -1,5 +1,7 @@
 //! Helpers for asset-pipeline tests: a server on an imported kit, requests, metrics.
 
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+
 use sha2::Digest as _;
 
 use super::kit::Kit;
@@ -99,4 +101,20 @@ pub async fn metric(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Flips one bit of the byte at `at` in the file at `path` (a damaged blob), synced.
+#[allow(dead_code)]
+pub fn flip_byte(path: &std::path::Path, at: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open blob");
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+    f.sync_all().unwrap();
 }
