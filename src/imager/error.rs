@@ -2,21 +2,23 @@
 //!
 //! Messages are the exact upstream texts where upstream has one (Go `%q` quoting included); the
 //! HTTP layer adds the upstream prefixes (`error parsing profile from path: ` for path errors,
-//! `error enhancing profile from schematic: ` for schematic errors) and maps [`ErrorClass`] to a
-//! status code in one place (api spec §1.2, §3.5).
+//! `error enhancing profile from schematic: ` for schematic errors) and maps each
+//! [`ErrorKind`] to a status code in one place, `frontend/http/error.rs` (api spec §1.2, §3.5).
 
 use crate::gocompat::quote as go_quote;
 
-/// How the HTTP layer must answer an imager error.
+/// What an imager error says about the request that caused it (the frontends decide how to
+/// answer each kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// 400: the request (path or schematic for this version) is invalid; the text is shown.
-    BadRequest,
-    /// 404: something the request names is not on this appliance; the text is shown.
-    NotFound,
-    /// 501: a valid request this appliance does not build (yet); the text is shown.
-    NotImplemented,
-    /// 500: anything else; upstream answers `internal server error`.
+pub enum ErrorKind {
+    /// The request (its asset path, or its schematic for the requested version) is invalid.
+    InvalidRequest,
+    /// Something the request names (a version, an extension's image) is not on this appliance.
+    MissingInput,
+    /// A valid request this appliance does not build (yet).
+    NotSupported,
+    /// The build failed: the appliance's own failure, or a profile the imager only rejects
+    /// while building (as upstream's imager does).
     Internal,
 }
 
@@ -125,9 +127,8 @@ pub enum ImagerError {
 }
 
 impl ImagerError {
-    /// The class the HTTP layer maps to a status code (api spec §1.2, §3.5) in
-    /// `frontend/http/error.rs`.
-    pub fn class(&self) -> ErrorClass {
+    /// What the error says about the request.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ImagerError::InvalidPath(_)
             | ImagerError::InvalidArch(_)
@@ -138,24 +139,24 @@ impl ImagerError {
             | ImagerError::EmbeddedConfigNotSupported { .. }
             | ImagerError::SecureBootDisabled
             | ImagerError::InvalidEnrollKeys { .. }
-            | ImagerError::UnsupportedVersion(_) => ErrorClass::BadRequest,
+            | ImagerError::UnsupportedVersion(_) => ErrorKind::InvalidRequest,
             ImagerError::VersionNotAvailable(_) | ImagerError::ExtensionNotImported { .. } => {
-                ErrorClass::NotFound
+                ErrorKind::MissingInput
             }
-            ImagerError::OverlayNotBuilt { .. } => ErrorClass::NotImplemented,
+            ImagerError::OverlayNotBuilt { .. } => ErrorKind::NotSupported,
             ImagerError::UnknownPlatform(_)
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }
             | ImagerError::Io(_)
             | ImagerError::Cancelled
             | ImagerError::Tool(_)
-            | ImagerError::Internal(_) => ErrorClass::Internal,
+            | ImagerError::Internal(_) => ErrorKind::Internal,
         }
     }
 
     /// Whether the failure is the appliance's, not the request's (worth retrying later).
     pub fn is_internal(&self) -> bool {
-        self.class() == ErrorClass::Internal
+        self.kind() == ErrorKind::Internal
     }
 
     /// Whether this error came from parsing the asset path (upstream prefixes these with
@@ -228,29 +229,29 @@ mod tests {
     }
 
     #[test]
-    fn classes() {
+    fn kinds() {
         assert_eq!(
-            ImagerError::InvalidPath(String::new()).class(),
-            ErrorClass::BadRequest
+            ImagerError::InvalidPath(String::new()).kind(),
+            ErrorKind::InvalidRequest
         );
         assert_eq!(
             ImagerError::OverlayNotBuilt {
                 name: "rpi_generic".into()
             }
-            .class(),
-            ErrorClass::NotImplemented
+            .kind(),
+            ErrorKind::NotSupported
         );
         assert_eq!(
-            ImagerError::SecureBootDisabled.class(),
-            ErrorClass::BadRequest
+            ImagerError::SecureBootDisabled.kind(),
+            ErrorKind::InvalidRequest
         );
         assert_eq!(
-            ImagerError::VersionNotAvailable("1.99.0".into()).class(),
-            ErrorClass::NotFound
+            ImagerError::VersionNotAvailable("1.99.0".into()).kind(),
+            ErrorKind::MissingInput
         );
         assert_eq!(
-            ImagerError::UnknownPlatform("foo".into()).class(),
-            ErrorClass::Internal
+            ImagerError::UnknownPlatform("foo".into()).kind(),
+            ErrorKind::Internal
         );
         assert!(ImagerError::InvalidArch(String::new()).is_path_error());
         assert!(!ImagerError::SecureBootDisabled.is_path_error());

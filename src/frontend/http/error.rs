@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use crate::assets::AssetError;
 use crate::catalog::CatalogError;
 use crate::causes::Causes;
-use crate::imager::error::{ErrorClass, ImagerError};
+use crate::imager::error::{ErrorKind, ImagerError};
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
 
@@ -116,21 +116,22 @@ impl From<ImagerError> for ApiError {
     }
 }
 
-/// The answer to an imager error the client caused (its text shown, with upstream's prefixes),
-/// or `None` for the appliance's own failures (500).
+/// The answer to an imager error the client caused (its text shown, with upstream's prefixes):
+/// 400 for an invalid request, 404 for a missing input, 501 for what this appliance does not
+/// build; `None` for the imager's failures (500, as upstream answers them).
 fn imager_answer(e: &ImagerError) -> Option<ApiError> {
     if e.is_path_error() {
         return Some(ApiError::BadRequest(format!(
             "error parsing profile from path: {e}"
         )));
     }
-    match e.class() {
-        ErrorClass::BadRequest => Some(ApiError::BadRequest(format!(
+    match e.kind() {
+        ErrorKind::InvalidRequest => Some(ApiError::BadRequest(format!(
             "error enhancing profile from schematic: {e}"
         ))),
-        ErrorClass::NotFound => Some(ApiError::NotFound(e.to_string())),
-        ErrorClass::NotImplemented => Some(ApiError::NotImplemented(e.to_string())),
-        ErrorClass::Internal => None,
+        ErrorKind::MissingInput => Some(ApiError::NotFound(e.to_string())),
+        ErrorKind::NotSupported => Some(ApiError::NotImplemented(e.to_string())),
+        ErrorKind::Internal => None,
     }
 }
 
