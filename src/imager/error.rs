@@ -6,6 +6,7 @@
 //! [`ErrorKind`] to a status code in one place, `frontend/http/error.rs` (api spec §1.2, §3.5).
 
 use crate::gocompat::quote as go_quote;
+use crate::io_context::IoContext;
 
 /// What an imager error says about the request that caused it (the frontends decide how to
 /// answer each kind).
@@ -121,12 +122,38 @@ pub enum ImagerError {
     /// Reading or writing files failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// Any other failure.
+    /// Reading or writing files failed at a named step.
+    #[error(transparent)]
+    IoContext(#[from] IoContext),
+    /// A step of the build failed because a layer below it did (a store, an encoder, the
+    /// initramfs or installer builder).
+    #[error("{context}: {source}")]
+    Internal {
+        /// The step.
+        context: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The build met something it does not expect of its own steps or of the release's files
+    /// (a missing partition, a GRUB image of the wrong size, a tool's output of the wrong
+    /// form).
     #[error("{0}")]
-    Internal(String),
+    Inconsistent(String),
 }
 
 impl ImagerError {
+    /// Maps the failure of build step `context` (for `map_err`).
+    pub(crate) fn internal<E>(context: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |source| ImagerError::Internal {
+            context,
+            source: Box::new(source),
+        }
+    }
+
     /// What the error says about the request.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -148,9 +175,11 @@ impl ImagerError {
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }
             | ImagerError::Io(_)
+            | ImagerError::IoContext(_)
             | ImagerError::Cancelled
             | ImagerError::Tool(_)
-            | ImagerError::Internal(_) => ErrorKind::Internal,
+            | ImagerError::Internal { .. }
+            | ImagerError::Inconsistent(_) => ErrorKind::Internal,
         }
     }
 
@@ -255,5 +284,19 @@ mod tests {
         );
         assert!(ImagerError::InvalidArch(String::new()).is_path_error());
         assert!(!ImagerError::SecureBootDisabled.is_path_error());
+    }
+
+    #[test]
+    fn internal_failures_keep_their_cause() {
+        let no_space = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = ImagerError::internal("store ISO")(no_space);
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(e.to_string().starts_with("store ISO: "), "{e}");
+        let cause = std::error::Error::source(&e).expect("a cause");
+        assert!(
+            cause.downcast_ref::<std::io::Error>().is_some(),
+            "{cause:?}"
+        );
+        assert!(crate::causes::is_no_space(&e));
     }
 }

@@ -57,7 +57,7 @@ impl<'a> ConvertRequest<'a> {
         let opts = match (&profile.output.kind, &profile.output.image_options) {
             (OutputKind::Image, Some(o)) => o,
             _ => {
-                return Err(ImagerError::Internal(
+                return Err(ImagerError::Inconsistent(
                     "disk format conversion needs an image profile with image options".into(),
                 ));
             }
