@@ -161,10 +161,10 @@ pub fn load(root: &Path, dir: &str) -> Result<Loaded, InitramfsError> {
 /// The compatibility check of §3.2 for a loaded extension.
 pub fn validate(ext: &Loaded, target: &Version) -> Result<(), InitramfsError> {
     let c = &ext.manifest.metadata.compatibility.talos.version;
-    constraint::check(c, target).map_err(|message| InitramfsError::Incompatible {
+    constraint::check(c, target).map_err(|source| InitramfsError::Incompatible {
         name: ext.manifest.metadata.name.clone(),
         constraint: c.clone(),
-        message,
+        source,
     })
 }
 

@@ -27,7 +27,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use constraint::{Range, check as check_constraint, parse_range, strip_v};
+pub use constraint::{ConstraintError, Range, check as check_constraint, parse_range, strip_v};
 pub use extension::processing_order;
 pub use modules::DEPMOD_CONFIG;
 pub use virtual_ext::{
@@ -62,14 +62,15 @@ pub enum InitramfsError {
         message: String,
     },
     /// An extension's compatibility constraint refuses the target.
-    #[error("error validating extension {name:?} (constraint {constraint:?}): {message}")]
+    #[error("error validating extension {name:?} (constraint {constraint:?}): {source}")]
     Incompatible {
         /// Extension name.
         name: String,
         /// The constraint as written.
         constraint: String,
         /// Why it does not match.
-        message: String,
+        #[source]
+        source: ConstraintError,
     },
     /// A blob the build needs is not stored.
     #[error("blob {0} is not in the blob store")]
