@@ -9,14 +9,15 @@ use super::gc::{GcReport, collect_garbage};
 use super::integrity::{check_blob, quarantine_blob};
 use super::pipeline::{Assets, lock};
 use super::record::AssetRecord;
+use crate::causes::Causes;
 
 impl Assets {
     /// Sets a record aside that failed verification.
-    pub(super) fn record_failed(&self, key: &str, raw: &[u8], reason: &str) {
+    pub(super) fn record_failed(&self, key: &str, raw: &[u8], reason: &AssetError) {
         self.inner.metrics.verification_failure("record");
         tracing::error!(
             key,
-            reason,
+            reason = %format_args!("{:#}", Causes(reason)),
             "asset record failed verification; quarantined, will rebuild"
         );
         if let Err(e) = self.inner.records.quarantine(key, raw, reason) {
@@ -25,7 +26,7 @@ impl Assets {
     }
 
     /// Sets a damaged blob and its record aside (called before or while serving).
-    pub(super) fn blob_failed(&self, record: &AssetRecord, reason: &str) {
+    pub(super) fn blob_failed(&self, record: &AssetRecord, reason: &AssetError) {
         self.inner.metrics.verification_failure("blob");
         lock(&self.inner.verified).remove(&record.blake3);
         let moved = quarantine_blob(
@@ -36,7 +37,7 @@ impl Assets {
         tracing::error!(
             key = %record.key,
             blob = %record.blake3,
-            reason,
+            reason = %format_args!("{:#}", Causes(reason)),
             moved_to = ?moved,
             "asset blob failed verification; quarantined, will rebuild"
         );
@@ -50,7 +51,7 @@ impl Assets {
     /// As [`Self::blob_failed`], for a failure found through `file`, an open handle: if the
     /// store's blob file is no longer that file (it was set aside and rebuilt meanwhile, which
     /// a slow serve of the old file can outlive), the fresh blob is left alone.
-    pub(super) fn open_blob_failed(&self, record: &AssetRecord, reason: &str, file: &File) {
+    pub(super) fn open_blob_failed(&self, record: &AssetRecord, reason: &AssetError, file: &File) {
         let current = std::fs::metadata(self.inner.blobs.path(&record.blake3));
         let same = match (file.metadata(), current) {
             (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -62,7 +63,7 @@ impl Assets {
             tracing::warn!(
                 key = %record.key,
                 blob = %record.blake3,
-                reason,
+                reason = %format_args!("{:#}", Causes(reason)),
                 "a serve of an asset blob already set aside failed verification"
             );
         }
