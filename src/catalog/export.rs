@@ -227,12 +227,10 @@ impl<S: ImageSource> Exporter<'_, S> {
         let sig_ref = source_ref.with_tag(&sig_tag);
         let sig =
             self.block(self.source.resolve(&sig_ref))?
-                .ok_or_else(|| CatalogError::Untrusted {
+                .ok_or_else(|| CatalogError::Unsigned {
                     image: source_ref.to_string(),
-                    reason: format!(
-                        "no cosign signature {sig_ref} in {}",
-                        self.source.describe()
-                    ),
+                    signature: sig_ref.to_string(),
+                    source_name: self.source.describe(),
                 })?;
         let sig_bytes = self.copy_manifest(&sig_ref, &sig)?;
         let sig_manifest: ImageManifest = serde_json::from_slice(&sig_bytes).map_err(|e| {

@@ -324,9 +324,9 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             .policy
             .verify(self.source, &reference, &identity, &top.digest)
             .await
-            .map_err(|e| CatalogError::Untrusted {
+            .map_err(|source| CatalogError::Untrusted {
                 image: reference.to_string(),
-                reason: e.to_string(),
+                source,
             })?;
         if let Verification::Verified(by) = &verification {
             self.keys.insert(by.key_fingerprint.clone());

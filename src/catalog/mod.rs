@@ -20,6 +20,7 @@ pub use version::Version;
 
 use crate::oci::OciError;
 use crate::store::StoreError;
+use crate::trust::TrustError;
 
 /// Errors of the catalog layer.
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +51,23 @@ pub enum CatalogError {
         source_name: String,
     },
     /// A signature check failed.
-    #[error("refusing {image}: {reason}")]
+    #[error("refusing {image}: {source}")]
     Untrusted {
         /// The image reference.
         image: String,
-        /// Why it is refused.
-        reason: String,
+        /// Why it is refused (the verification's verdict).
+        #[source]
+        source: TrustError,
+    },
+    /// A release image to copy has no cosign signature in the source.
+    #[error("refusing {image}: no cosign signature {signature} in {source_name}")]
+    Unsigned {
+        /// The image reference.
+        image: String,
+        /// The signature reference looked for.
+        signature: String,
+        /// The source searched.
+        source_name: String,
     },
     /// A catalog file is malformed or missing.
     #[error("catalog: {0}")]
@@ -66,4 +78,28 @@ pub enum CatalogError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_image_keeps_the_verdict_as_its_cause() {
+        let e = CatalogError::Untrusted {
+            image: "ghcr.io/siderolabs/imager:v1.11.0".into(),
+            source: TrustError::NoTrustedKeys {
+                image: "ghcr.io/siderolabs/imager:v1.11.0".into(),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "refusing ghcr.io/siderolabs/imager:v1.11.0: image ghcr.io/siderolabs/imager:v1.11.0: cannot verify signature: no trusted public keys configured"
+        );
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<TrustError>());
+        assert!(
+            matches!(cause, Some(TrustError::NoTrustedKeys { .. })),
+            "{cause:?}"
+        );
+    }
 }
