@@ -18,6 +18,7 @@ pub use release::{
 };
 pub use version::Version;
 
+use crate::io_context::IoContext;
 use crate::oci::OciError;
 use crate::store::StoreError;
 use crate::trust::TrustError;
@@ -72,12 +73,52 @@ pub enum CatalogError {
     /// A catalog file is malformed or missing.
     #[error("catalog: {0}")]
     Catalog(String),
+    /// A catalog file (or a line or entry of one) does not parse.
+    #[error("catalog: {what}: {source}")]
+    CatalogFile {
+        /// The file, line or entry.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A background step of an import failed (panicked or was cancelled).
+    #[error("{context}: {source}")]
+    Task {
+        /// The step.
+        context: &'static str,
+        /// Why it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A file operation of an import failed.
+    #[error(transparent)]
+    Io(#[from] IoContext),
     /// Reading images failed.
     #[error(transparent)]
     Oci(#[from] OciError),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl CatalogError {
+    /// Maps a failure to parse catalog file `what` (for `map_err`).
+    pub(crate) fn file<E>(what: impl Into<String>) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |source| CatalogError::CatalogFile {
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    /// Maps a failed background step `context` (for `map_err`).
+    pub(crate) fn task(context: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| CatalogError::Task { context, source }
+    }
 }
 
 #[cfg(test)]

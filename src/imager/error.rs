@@ -105,6 +105,13 @@ pub enum ImagerError {
     /// The profile failed validation (imager spec §1.3); upstream fails inside the imager (500).
     #[error("{0}")]
     Validation(String),
+    /// An `INSTALLER_META_BASE64` payload does not decode (base64, gzip or UTF-8).
+    #[error("invalid META payload: {source}")]
+    MetaPayload {
+        /// The decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The META values do not fit into the Talos ADV.
     #[error("META values need {needed} bytes, the ADV holds {capacity}")]
     MetaTooLarge {
@@ -174,6 +181,7 @@ impl ImagerError {
             ImagerError::UnknownPlatform(_)
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }
+            | ImagerError::MetaPayload { .. }
             | ImagerError::Io(_)
             | ImagerError::IoContext(_)
             | ImagerError::Cancelled
