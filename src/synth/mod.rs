@@ -72,6 +72,15 @@ pub enum KitError {
     /// Building content failed.
     #[error("building test kit content: {0}")]
     Build(String),
+    /// A catalog file of the kit could not be encoded.
+    #[error("building test kit content: {what}: {source}")]
+    Encode {
+        /// The file.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_yaml::Error,
+    },
     /// File I/O failed.
     #[error("{context}: {source}")]
     Io {
