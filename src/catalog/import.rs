@@ -320,7 +320,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             .await
             .map_err(|source| CatalogError::Untrusted {
                 image: reference.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         if let Verification::Verified(by) = &verification {
             self.keys.insert(by.key_fingerprint.clone());

@@ -58,7 +58,7 @@ pub enum CatalogError {
         image: String,
         /// Why it is refused (the verification's verdict).
         #[source]
-        source: TrustError,
+        source: Box<TrustError>,
     },
     /// A release image to copy has no cosign signature in the source.
     #[error("refusing {image}: no cosign signature {signature} in {source_name}")]
@@ -129,15 +129,18 @@ mod tests {
     fn a_refused_image_keeps_the_verdict_as_its_cause() {
         let e = CatalogError::Untrusted {
             image: "ghcr.io/siderolabs/imager:v1.11.0".into(),
-            source: TrustError::NoTrustedKeys {
+            source: Box::new(TrustError::NoTrustedKeys {
                 image: "ghcr.io/siderolabs/imager:v1.11.0".into(),
-            },
+            }),
         };
         assert_eq!(
             e.to_string(),
             "refusing ghcr.io/siderolabs/imager:v1.11.0: image ghcr.io/siderolabs/imager:v1.11.0: cannot verify signature: no trusted public keys configured"
         );
-        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<TrustError>());
+        // The verdict is boxed (it is large); the chain holds it as `Box<TrustError>`.
+        let cause = std::error::Error::source(&e)
+            .and_then(|c| c.downcast_ref::<Box<TrustError>>())
+            .map(|b| &**b);
         assert!(
             matches!(cause, Some(TrustError::NoTrustedKeys { .. })),
             "{cause:?}"
