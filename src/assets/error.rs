@@ -140,6 +140,88 @@ pub enum AssetError {
     /// A build ended without publishing a result (a bug; the request may be retried).
     #[error("the build of {0} ended without a result")]
     NoResult(String),
+    // A stored record or blob failed verification (it is set aside and the asset rebuilt):
+    /// The stored record is not a record envelope.
+    #[error("not a record envelope: {0}")]
+    RecordEnvelope(#[source] serde_json::Error),
+    /// The envelope's `part` (payload or signature) is not base64.
+    #[error("{part} is not base64: {source}")]
+    RecordBase64 {
+        /// `payload` or `signature`.
+        part: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: base64::DecodeError,
+    },
+    /// The envelope's signature is not the cluster key's over its payload.
+    #[error("signature does not verify with the cluster key")]
+    RecordSignature,
+    /// The signed payload is not a record.
+    #[error("signed payload is malformed: {0}")]
+    RecordPayload(#[source] serde_json::Error),
+    /// The record is stored under another cache key than the one it names.
+    #[error("record names key {0}")]
+    RecordKey(String),
+    /// A record found under one cache key is signed for another.
+    #[error("stored under {stored}, signed for {signed}")]
+    RecordElsewhere {
+        /// The key it is stored under.
+        stored: String,
+        /// The key its signed payload names.
+        signed: String,
+    },
+    /// A record names something that is not a blob name (64 lowercase hex digits).
+    #[error("names {0:?}, which is not a blob name")]
+    RecordBlobName(String),
+    /// The blob's bytes are not the ones its name and record say.
+    #[error("blob {blake3} holds {size} bytes hashing to {hash} (expected {expected} bytes)")]
+    BlobContent {
+        /// The blob's name (BLAKE3 hex).
+        blake3: String,
+        /// Bytes found.
+        size: u64,
+        /// Their BLAKE3 hex.
+        hash: String,
+        /// Bytes the record names.
+        expected: u64,
+    },
+    /// The blob's size is not the one its record says.
+    #[error("blob {blake3} is {size} bytes, its record says {expected}")]
+    BlobSize {
+        /// The blob's name.
+        blake3: String,
+        /// Its size on disk.
+        size: u64,
+        /// The record's size.
+        expected: u64,
+    },
+    /// A whole-blob hash while serving read fewer bytes than the record says.
+    #[error("blob {blake3} ended at {read} of {size} bytes")]
+    BlobShort {
+        /// The blob's name.
+        blake3: String,
+        /// Bytes read.
+        read: u64,
+        /// The record's size.
+        size: u64,
+    },
+    /// A whole-blob hash while serving found other bytes than the blob's name.
+    #[error("blob {blake3} hashed to {hash} while being served")]
+    BlobChanged {
+        /// The blob's name.
+        blake3: String,
+        /// The BLAKE3 hex of what was read.
+        hash: String,
+    },
+    /// The blob could not be read for hashing.
+    #[error("blob {blake3} cannot be read: {source}")]
+    BlobUnreadable {
+        /// The blob's name.
+        blake3: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AssetError {

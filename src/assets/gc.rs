@@ -225,13 +225,16 @@ pub struct Rejected {
 
 /// The record stored as `raw` under `key`, if it can be trusted: its signature verifies, it
 /// is stored under its own key, and every blob it names is a blob name.
-fn trusted(key: &str, raw: &[u8], verifier: &RecordVerifier) -> Result<AssetRecord, String> {
+fn trusted(key: &str, raw: &[u8], verifier: &RecordVerifier) -> Result<AssetRecord, AssetError> {
     let record = AssetRecord::open(raw, verifier)?;
     if record.key != key {
-        return Err(format!("stored under {key}, signed for {}", record.key));
+        return Err(AssetError::RecordElsewhere {
+            stored: key.to_string(),
+            signed: record.key,
+        });
     }
     if let Some(bad) = record.blobs().find(|b| !is_blob_name(b)) {
-        return Err(format!("names {bad:?}, which is not a blob name"));
+        return Err(AssetError::RecordBlobName(bad.to_string()));
     }
     Ok(record)
 }
@@ -297,10 +300,11 @@ pub fn collect_garbage(
     for (key, raw) in records.scan_raw()? {
         let record = match trusted(&key, &raw, verifier) {
             Ok(record) => record,
-            Err(reason) => {
+            Err(e) => {
                 if !dry_run {
-                    records.quarantine(&key, &raw, &reason)?;
+                    records.quarantine(&key, &raw, &e)?;
                 }
+                let reason = format!("{:#}", crate::causes::Causes(&e));
                 quarantined.push(Rejected { key, reason });
                 continue;
             }

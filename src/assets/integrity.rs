@@ -4,6 +4,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
+use super::error::AssetError;
 use crate::store::BlobStore;
 
 /// Read size when re-hashing a blob.
@@ -35,14 +36,20 @@ pub fn hash_open(file: &File, chunk: usize) -> std::io::Result<(String, u64)> {
 }
 
 /// Checks that the blob named `blake3` holds `size` bytes hashing to its name.
-pub fn check_blob(blobs: &BlobStore, blake3: &str, size: u64) -> Result<(), String> {
-    let path = blobs.path(blake3).map_err(|e| e.to_string())?;
+pub fn check_blob(blobs: &BlobStore, blake3: &str, size: u64) -> Result<(), AssetError> {
+    let path = blobs.path(blake3)?;
     match hash_file(&path) {
         Ok((h, n)) if h == blake3 && n == size => Ok(()),
-        Ok((h, n)) => Err(format!(
-            "blob {blake3} holds {n} bytes hashing to {h} (expected {size} bytes)"
-        )),
-        Err(e) => Err(format!("blob {blake3} cannot be read: {e}")),
+        Ok((hash, n)) => Err(AssetError::BlobContent {
+            blake3: blake3.to_string(),
+            size: n,
+            hash,
+            expected: size,
+        }),
+        Err(source) => Err(AssetError::BlobUnreadable {
+            blake3: blake3.to_string(),
+            source,
+        }),
     }
 }
 

@@ -37,11 +37,11 @@ pub struct ScrubReport {
 
 impl Assets {
     /// Sets a record aside that failed verification.
-    pub(super) fn record_failed(&self, key: &str, raw: &[u8], reason: &str) {
+    pub(super) fn record_failed(&self, key: &str, raw: &[u8], reason: &AssetError) {
         self.inner.metrics.verification_failure("record");
         tracing::error!(
             key,
-            reason,
+            reason = %format_args!("{:#}", Causes(reason)),
             "asset record failed verification; quarantined, will rebuild"
         );
         if let Err(e) = self.inner.records.quarantine(key, raw, reason) {
@@ -50,7 +50,7 @@ impl Assets {
     }
 
     /// Sets a damaged blob and its record aside (called before or while serving).
-    pub(super) fn blob_failed(&self, record: &AssetRecord, reason: &str) {
+    pub(super) fn blob_failed(&self, record: &AssetRecord, reason: &AssetError) {
         self.inner.metrics.verification_failure("blob");
         lock(&self.inner.verified).remove(&record.blake3);
         let moved = quarantine_blob(
@@ -61,7 +61,7 @@ impl Assets {
         tracing::error!(
             key = %record.key,
             blob = %record.blake3,
-            reason,
+            reason = %format_args!("{:#}", Causes(reason)),
             moved_to = ?moved,
             "asset blob failed verification; quarantined, will rebuild"
         );
@@ -75,7 +75,7 @@ impl Assets {
     /// As [`Self::blob_failed`], for a failure found through `file`, an open handle: if the
     /// store's blob file is no longer that file (it was set aside and rebuilt meanwhile, which
     /// a slow serve of the old file can outlive), the fresh blob is left alone.
-    pub(super) fn open_blob_failed(&self, record: &AssetRecord, reason: &str, file: &File) {
+    pub(super) fn open_blob_failed(&self, record: &AssetRecord, reason: &AssetError, file: &File) {
         let current = self
             .inner
             .blobs
@@ -92,7 +92,7 @@ impl Assets {
             tracing::warn!(
                 key = %record.key,
                 blob = %record.blake3,
-                reason,
+                reason = %format_args!("{:#}", Causes(reason)),
                 "a serve of an asset blob already set aside failed verification"
             );
         }

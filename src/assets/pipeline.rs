@@ -446,7 +446,7 @@ impl Assets {
         let record = match AssetRecord::open(&raw, &self.inner.verifying) {
             Ok(r) if r.key == key => r,
             Ok(r) => {
-                self.record_failed(key, &raw, &format!("record names key {}", r.key));
+                self.record_failed(key, &raw, &AssetError::RecordKey(r.key));
                 return Ok(None);
             }
             Err(reason) => {
@@ -535,10 +535,11 @@ impl Assets {
         })?;
         let (len, file_id) = (meta.len(), FileId::of(&meta));
         if len != record.size {
-            let reason = format!(
-                "blob {} is {len} bytes, its record says {}",
-                record.blake3, record.size
-            );
+            let reason = AssetError::BlobSize {
+                blake3: record.blake3.clone(),
+                size: len,
+                expected: record.size,
+            };
             self.open_blob_failed(record, &reason, &file);
             return Err(AssetError::Gone(record.blake3.clone()));
         }

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use p256::ecdsa::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+use super::error::AssetError;
 use crate::store::{MetaStore, StoreError};
 use crate::trust::SigningKey;
 
@@ -90,19 +91,19 @@ impl AssetRecord {
     }
 
     /// Verifies an envelope's signature with `key` and decodes the record it carries.
-    pub fn open(bytes: &[u8], key: &RecordVerifier) -> Result<AssetRecord, String> {
-        let env: Envelope =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a record envelope: {e}"))?;
-        let payload = B64
-            .decode(env.payload.as_bytes())
-            .map_err(|e| format!("payload is not base64: {e}"))?;
-        let sig = B64
-            .decode(env.signature.as_bytes())
-            .map_err(|e| format!("signature is not base64: {e}"))?;
+    pub fn open(bytes: &[u8], key: &RecordVerifier) -> Result<AssetRecord, AssetError> {
+        let env: Envelope = serde_json::from_slice(bytes).map_err(AssetError::RecordEnvelope)?;
+        let base64 = |part: &'static str, text: &str| {
+            B64.decode(text.as_bytes())
+                .map_err(|source| AssetError::RecordBase64 { part, source })
+        };
+        let payload = base64("payload", &env.payload)?;
+        let sig = base64("signature", &env.signature)?;
+        // aws-lc's verification error carries no detail beyond "it does not verify".
         key.0
             .verify(&payload, &sig)
-            .map_err(|_| "signature does not verify with the cluster key".to_string())?;
-        serde_json::from_slice(&payload).map_err(|e| format!("signed payload is malformed: {e}"))
+            .map_err(|_| AssetError::RecordSignature)?;
+        serde_json::from_slice(&payload).map_err(AssetError::RecordPayload)
     }
 
     /// The record's main blob and intermediates.
@@ -154,10 +155,15 @@ impl RecordStore {
         self.meta.remove(RECORDS, key.as_bytes())
     }
 
-    /// Moves a record aside with the reason it failed verification.
-    pub fn quarantine(&self, key: &str, envelope: &[u8], reason: &str) -> Result<(), StoreError> {
+    /// Moves a record aside with the reason it failed verification (with its causes).
+    pub fn quarantine(
+        &self,
+        key: &str,
+        envelope: &[u8],
+        reason: &AssetError,
+    ) -> Result<(), StoreError> {
         let value = serde_json::json!({
-            "reason": reason,
+            "reason": format!("{:#}", crate::causes::Causes(reason)),
             "envelope": String::from_utf8_lossy(envelope),
         });
         // Never replace an earlier quarantined copy of the same key from the same second.
@@ -232,7 +238,8 @@ mod tests {
         );
         let err =
             AssetRecord::open(&sealed, &RecordVerifier::new(&other.verifying_key())).unwrap_err();
-        assert!(err.contains("does not verify"), "{err}");
+        assert!(matches!(err, AssetError::RecordSignature), "{err}");
+        assert!(err.to_string().contains("does not verify"), "{err}");
     }
 
     #[test]
@@ -246,7 +253,7 @@ mod tests {
         let bytes = serde_json::to_vec(&env).unwrap();
         let err =
             AssetRecord::open(&bytes, &RecordVerifier::new(&key.verifying_key())).unwrap_err();
-        assert!(err.contains("does not verify"), "{err}");
+        assert!(err.to_string().contains("does not verify"), "{err}");
         // Undecodable envelopes fail too, with a reason.
         assert!(AssetRecord::open(b"{}", &RecordVerifier::new(&key.verifying_key())).is_err());
     }
@@ -280,8 +287,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta: Arc<dyn MetaStore> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
         let records = RecordStore::new(meta);
-        records.quarantine("k1", b"one", "bad signature").unwrap();
-        records.quarantine("k1", b"two", "bad signature").unwrap();
+        records
+            .quarantine("k1", b"one", &AssetError::RecordSignature)
+            .unwrap();
+        records
+            .quarantine("k1", b"two", &AssetError::RecordSignature)
+            .unwrap();
         assert_eq!(records.quarantined().unwrap(), 2);
+        let reasons: Vec<String> = records
+            .meta
+            .scan(QUARANTINE)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| {
+                serde_json::from_slice::<serde_json::Value>(&v).unwrap()["reason"].to_string()
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [r#""signature does not verify with the cluster key""#; 2]
+        );
     }
 }

@@ -18,14 +18,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::error::AssetError;
 use super::pipeline::{Assets, lock};
 use super::record::AssetRecord;
 
 /// Bytes per read of a pass (the buffer stays in the CPU cache while it is hashed).
 const PASS_READ: usize = 256 * 1024;
 
-/// The outcome of a pass: why the blob failed, if it did.
-type PassResult = Result<(), String>;
+/// The outcome of a pass: why the blob failed, if it did (shared by every serve that waits).
+type PassResult = Result<(), Arc<AssetError>>;
 
 /// A pass in progress: resolves to `Some(result)`.
 pub(super) type Pass = watch::Receiver<Option<PassResult>>;
@@ -174,13 +175,24 @@ impl Drop for CheckGuard {
 }
 
 /// Hashes `file` and compares it with `size` bytes hashing to `blake3`.
-fn hash_file(file: &File, size: u64, blake3: &str) -> Result<(), String> {
-    let (got, n) = super::integrity::hash_open(file, PASS_READ)
-        .map_err(|e| format!("reading blob {blake3}: {e}"))?;
+fn hash_file(file: &File, size: u64, blake3: &str) -> Result<(), AssetError> {
+    let (hash, n) = super::integrity::hash_open(file, PASS_READ).map_err(|source| {
+        AssetError::BlobUnreadable {
+            blake3: blake3.to_string(),
+            source,
+        }
+    })?;
     if n < size {
-        Err(format!("blob {blake3} ended at {n} of {size} bytes"))
-    } else if got != blake3 || n != size {
-        Err(format!("blob {blake3} hashed to {got} while being served"))
+        Err(AssetError::BlobShort {
+            blake3: blake3.to_string(),
+            read: n,
+            size,
+        })
+    } else if hash != blake3 || n != size {
+        Err(AssetError::BlobChanged {
+            blake3: blake3.to_string(),
+            hash,
+        })
     } else {
         Ok(())
     }
@@ -212,7 +224,7 @@ impl Assets {
         }
         let (assets, record, file) = (self.clone(), Arc::clone(record), Arc::clone(file));
         tokio::task::spawn_blocking(move || {
-            let result = hash_file(&file, record.size, &record.blake3);
+            let result = hash_file(&file, record.size, &record.blake3).map_err(Arc::new);
             lock(&assets.inner.checks).hashed(id, result.is_ok(), Instant::now(), true);
             if let Err(reason) = &result {
                 assets.open_blob_failed(&record, reason, &file);
@@ -250,12 +262,14 @@ mod tests {
         let file = File::open(&path).unwrap();
         hash_file(&file, data.len() as u64, &name).unwrap();
         let e = hash_file(&file, data.len() as u64 + 1, &name).unwrap_err();
-        assert!(e.contains("ended at"), "{e}");
+        assert!(matches!(e, AssetError::BlobShort { .. }), "{e}");
+        assert!(e.to_string().contains("ended at"), "{e}");
         let mut flipped = data.clone();
         flipped[PASS_READ + 3] ^= 0x40;
         std::fs::write(&path, &flipped).unwrap();
         let e = hash_file(&file, data.len() as u64, &name).unwrap_err();
-        assert!(e.contains("hashed to"), "{e}");
+        assert!(matches!(e, AssetError::BlobChanged { .. }), "{e}");
+        assert!(e.to_string().contains("hashed to"), "{e}");
     }
 
     fn id(ino: u64) -> FileId {

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::task::JoinHandle;
 
+use super::error::AssetError;
 use super::pipeline::{Assets, ServeGuard, lock};
 use super::record::AssetRecord;
 use super::shared_check::FileId;
@@ -144,7 +145,7 @@ impl AssetBody {
             let (chunk, hasher) = match pending.await {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => return Some((Err(e), None)),
-                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
             };
             r.body.pos += chunk.len() as u64;
             r.body
@@ -167,16 +168,16 @@ impl AssetBody {
 
     /// With the last chunk read: `Some(error)` when the whole-body hash does not match.
     fn finish(&mut self, hasher: Option<blake3::Hasher>) -> Option<std::io::Error> {
-        let got = hasher?.finalize().to_hex().to_string();
-        let ok = got == self.record.blake3;
+        let hash = hasher?.finalize().to_hex().to_string();
+        let ok = hash == self.record.blake3;
         lock(&self.assets.inner.checks).hashed(self.file_id, ok, Instant::now(), false);
         if ok {
             return None;
         }
-        let reason = format!(
-            "blob {} hashed to {got} while being served",
-            self.record.blake3
-        );
+        let reason = AssetError::BlobChanged {
+            blake3: self.record.blake3.clone(),
+            hash,
+        };
         self.assets
             .open_blob_failed(&self.record, &reason, &self.file);
         Some(std::io::Error::new(std::io::ErrorKind::InvalidData, reason))

@@ -184,12 +184,8 @@ impl<S: ImageSource> Exporter<'_, S> {
         let top_bytes = self.copy_manifest(&source_ref, &top)?;
         let mut manifests = Vec::new();
         let platform_descs: Vec<Descriptor> = if top.is_index() {
-            let index: ImageIndex = serde_json::from_slice(&top_bytes).map_err(|e| {
-                CatalogError::Oci(OciError::Malformed {
-                    what: "image index".into(),
-                    message: e.to_string(),
-                })
-            })?;
+            let index: ImageIndex =
+                serde_json::from_slice(&top_bytes).map_err(OciError::decode("image index"))?;
             let wanted: BTreeSet<&str> = arches.iter().map(|a| a.as_str()).collect();
             index
                 .manifests
@@ -210,12 +206,8 @@ impl<S: ImageSource> Exporter<'_, S> {
             } else {
                 self.copy_manifest(&source_ref, d)?
             };
-            let m: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
-                CatalogError::Oci(OciError::Malformed {
-                    what: "image manifest".into(),
-                    message: e.to_string(),
-                })
-            })?;
+            let m: ImageManifest =
+                serde_json::from_slice(&bytes).map_err(OciError::decode("image manifest"))?;
             self.copy_blob(&source_ref, &m.config)?;
             for layer in &m.layers {
                 self.copy_blob(&source_ref, layer)?;
@@ -227,20 +219,14 @@ impl<S: ImageSource> Exporter<'_, S> {
         let sig_ref = source_ref.with_tag(&sig_tag);
         let sig =
             self.block(self.source.resolve(&sig_ref))?
-                .ok_or_else(|| CatalogError::Untrusted {
+                .ok_or_else(|| CatalogError::Unsigned {
                     image: source_ref.to_string(),
-                    reason: format!(
-                        "no cosign signature {sig_ref} in {}",
-                        self.source.describe()
-                    ),
+                    signature: sig_ref.to_string(),
+                    source_name: self.source.describe(),
                 })?;
         let sig_bytes = self.copy_manifest(&sig_ref, &sig)?;
-        let sig_manifest: ImageManifest = serde_json::from_slice(&sig_bytes).map_err(|e| {
-            CatalogError::Oci(OciError::Malformed {
-                what: "signature manifest".into(),
-                message: e.to_string(),
-            })
-        })?;
+        let sig_manifest: ImageManifest =
+            serde_json::from_slice(&sig_bytes).map_err(OciError::decode("signature manifest"))?;
         self.copy_blob(&sig_ref, &sig_manifest.config)?;
         for layer in &sig_manifest.layers {
             self.copy_blob(&sig_ref, layer)?;
@@ -282,9 +268,7 @@ impl<S: ImageSource> Exporter<'_, S> {
             MAX_CATALOG_FILE,
         )?;
         bytes
-            .map(|b| {
-                String::from_utf8(b).map_err(|e| CatalogError::Catalog(format!("{path}: {e}")))
-            })
+            .map(|b| String::from_utf8(b).map_err(CatalogError::file(path)))
             .transpose()
     }
 }

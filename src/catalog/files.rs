@@ -53,7 +53,7 @@ pub fn parse_image_digests(text: &str) -> Result<Vec<DigestLine>, CatalogError> 
         }
         let reference: Reference = line
             .parse()
-            .map_err(|e| CatalogError::Catalog(format!("image-digests line {}: {e}", n + 1)))?;
+            .map_err(CatalogError::file(format!("image-digests line {}", n + 1)))?;
         if reference.digest.is_none() {
             return Err(CatalogError::Catalog(format!(
                 "image-digests line {}: {line:?} has no digest",
@@ -84,8 +84,8 @@ pub fn parse_descriptions(text: &str) -> Result<BTreeMap<String, Description>, C
     if text.trim().is_empty() {
         return Ok(BTreeMap::new());
     }
-    let map: Option<BTreeMap<String, Option<Description>>> = serde_yaml::from_str(text)
-        .map_err(|e| CatalogError::Catalog(format!("descriptions.yaml: {e}")))?;
+    let map: Option<BTreeMap<String, Option<Description>>> =
+        serde_yaml::from_str(text).map_err(CatalogError::file("descriptions.yaml"))?;
     Ok(map
         .unwrap_or_default()
         .into_iter()
@@ -107,9 +107,10 @@ pub struct OverlayLine {
 impl OverlayLine {
     /// The parsed image reference pinned to the digest.
     pub fn reference(&self) -> Result<Reference, CatalogError> {
-        let r: Reference = self.image.parse().map_err(|e| {
-            CatalogError::Catalog(format!("overlays.yaml: overlay {}: {e}", self.name))
-        })?;
+        let r: Reference = self.image.parse().map_err(CatalogError::file(format!(
+            "overlays.yaml: overlay {}",
+            self.name
+        )))?;
         Ok(r.with_digest(self.digest.clone()))
     }
 }
@@ -125,8 +126,8 @@ pub fn parse_overlays(text: &str) -> Result<Vec<OverlayLine>, CatalogError> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let f: OverlaysFile = serde_yaml::from_str(text)
-        .map_err(|e| CatalogError::Catalog(format!("overlays.yaml: {e}")))?;
+    let f: OverlaysFile =
+        serde_yaml::from_str(text).map_err(CatalogError::file("overlays.yaml"))?;
     Ok(f.overlays)
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt as _;
 
+use crate::io_context::io_err;
 use crate::oci::flatten::{
     FlattenOptions, LayerOpener, TreeFile, flatten, read_file, regular_files,
 };
@@ -157,13 +158,6 @@ struct Stats {
 
 fn parse_ref(s: &str) -> Result<Reference, CatalogError> {
     s.parse::<Reference>().map_err(CatalogError::from)
-}
-
-fn malformed(what: &str, e: impl std::fmt::Display) -> CatalogError {
-    CatalogError::Oci(OciError::Malformed {
-        what: what.to_string(),
-        message: e.to_string(),
-    })
 }
 
 impl<'a, S: ImageSource> Importer<'a, S> {
@@ -324,9 +318,9 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             .policy
             .verify(self.source, &reference, &identity, &top.digest)
             .await
-            .map_err(|e| CatalogError::Untrusted {
+            .map_err(|source| CatalogError::Untrusted {
                 image: reference.to_string(),
-                reason: e.to_string(),
+                source: Box::new(source),
             })?;
         if let Verification::Verified(by) = &verification {
             self.keys.insert(by.key_fingerprint.clone());
@@ -337,7 +331,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             .await?;
         let (manifest_desc, manifest_bytes) = if top.is_index() {
             let index: ImageIndex =
-                serde_json::from_slice(&top_bytes).map_err(|e| malformed("image index", e))?;
+                serde_json::from_slice(&top_bytes).map_err(OciError::decode("image index"))?;
             let desc = index.select(arch.as_str()).cloned().ok_or_else(|| {
                 CatalogError::ImageNotFound {
                     image: format!("{reference} (linux/{arch})"),
@@ -353,7 +347,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             (top.clone(), top_bytes.clone())
         };
         let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|e| malformed("image manifest", e))?;
+            serde_json::from_slice(&manifest_bytes).map_err(OciError::decode("image manifest"))?;
         self.stats.images += 1;
         Ok(Planned {
             reference,
@@ -433,12 +427,14 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                         })
                         .await?;
                     // Sync while the other transfers go on, not all at commit time.
-                    tokio::task::spawn_blocking(move || pending.sync_data().map(|()| pending))
-                        .await
-                        .map_err(StoreError::task("blob sync"))?
+                    let synced =
+                        tokio::task::spawn_blocking(move || pending.sync_data().map(|()| pending))
+                            .await
+                            .map_err(CatalogError::task("blob sync task"))??;
+                    Ok::<_, CatalogError>(synced)
                 })
                 .await
-                .map_err(|e| malformed("blob transfer task", e))??;
+                .map_err(CatalogError::task("blob transfer task"))??;
                 if pending.info().size != d.size {
                     return Err(CatalogError::Oci(OciError::DigestMismatch {
                         what: format!("blob {} of {reference}", d.digest),
@@ -481,7 +477,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || blobs.commit_batch(pending))
             .await
-            .map_err(|e| malformed("blob commit task", e))??;
+            .map_err(CatalogError::task("blob commit task"))??;
         Ok(())
     }
 
@@ -489,7 +485,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let sha = Digest::of(bytes);
         if !self.known(sha.hex())? {
             let mut w = self.blobs.writer()?;
-            std::io::Write::write_all(&mut w, bytes).map_err(|e| malformed("manifest blob", e))?;
+            std::io::Write::write_all(&mut w, bytes).map_err(io_err("write manifest blob"))?;
             self.pending.push(w.finish_deferred()?);
             self.stats.stored += 1;
             self.stats.bytes += bytes.len() as u64;
@@ -504,7 +500,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         move |d: &Descriptor| {
             let blob = blobs
                 .open_sha256(d.digest.hex(), d.size)
-                .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?
+                .map_err(|e| OciError::Open {
+                    what: format!("blob {}", d.digest),
+                    source: Box::new(e),
+                })?
                 .ok_or_else(|| OciError::NotFound(format!("blob {} is not stored", d.digest)))?;
             Ok(Box::new(blob) as Box<dyn Read + Send>)
         }
@@ -520,7 +519,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let dir = tempfile::Builder::new()
             .prefix("import-")
             .tempdir_in(&self.scratch)
-            .map_err(|e| malformed("scratch directory", e))?;
+            .map_err(io_err(format!(
+                "create a scratch directory in {}",
+                self.scratch.display()
+            )))?;
         let root = dir.path().to_path_buf();
         let layers = imager.manifest.layers.clone();
         let blobs = self.blobs.clone();
@@ -533,7 +535,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             flatten(&layers, &mut open as &mut LayerOpener<'_>, &root, &opts)
         })
         .await
-        .map_err(|e| malformed("imager extraction task", e))??;
+        .map_err(CatalogError::task("imager extraction task"))??;
         Ok(dir)
     }
 
@@ -575,20 +577,20 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     ) -> Result<Option<String>, CatalogError> {
         let layers = image.manifest.layers.clone();
         let blobs = self.blobs.clone();
-        let path = path.to_string();
+        let wanted = path.to_string();
         let bytes = tokio::task::spawn_blocking(move || {
             let mut open = Self::opener(blobs);
             read_file(
                 &layers,
                 &mut open as &mut LayerOpener<'_>,
-                &path,
+                &wanted,
                 MAX_CATALOG_FILE,
             )
         })
         .await
-        .map_err(|e| malformed("catalog read task", e))??;
+        .map_err(CatalogError::task("catalog read task"))??;
         bytes
-            .map(|b| String::from_utf8(b).map_err(|e| malformed("catalog file", e)))
+            .map(|b| String::from_utf8(b).map_err(CatalogError::file(path)))
             .transpose()
     }
 

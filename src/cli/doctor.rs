@@ -98,7 +98,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
                 &what,
                 format!("{} ({})", path.display(), tool.purpose),
             ),
-            Err(e) => report(false, &what, e),
+            Err(e) => report(false, &what, e.to_string()),
         }
     }
     if failed {

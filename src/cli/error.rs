@@ -25,6 +25,15 @@ pub enum CliError {
     /// Flags that do not go together, or a value of the wrong form.
     #[error("{0}")]
     Usage(String),
+    /// The `--server` address (or a URL made from it) does not parse.
+    #[error("--server {server}: {source}")]
+    ServerUrl {
+        /// The address as given (quoted) or the base URL.
+        server: String,
+        /// The URL parser's error.
+        #[source]
+        source: url::ParseError,
+    },
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -144,6 +153,12 @@ impl From<crate::frontend::ServeError> for CliError {
 }
 
 impl CliError {
+    /// Maps a failure to parse a URL of `--server` `server` (for `map_err`).
+    pub fn server_url(server: impl Into<String>) -> impl FnOnce(url::ParseError) -> Self {
+        let server = server.into();
+        move |source| CliError::ServerUrl { server, source }
+    }
+
     /// A failed file operation on `path`.
     pub fn io(what: &str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
         let context = format!("{what} {}", path.display());
@@ -164,6 +179,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Usage(_)
+            | CliError::ServerUrl { .. }
             | CliError::Config(_)
             | CliError::Input { .. }
             | CliError::Schematic(_) => ExitCode::from(EXIT_INVALID),

@@ -42,12 +42,12 @@ impl AdminClient {
                     })?;
                 // Every request of this client goes through the socket; the host is a label.
                 let base = url::Url::parse("http://image-factory.admin/")
-                    .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
+                    .map_err(CliError::server_url(format!("{server:?}")))?;
                 (base, client)
             }
             None => {
-                let base = url::Url::parse(server)
-                    .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
+                let base =
+                    url::Url::parse(server).map_err(CliError::server_url(format!("{server:?}")))?;
                 (base, reqwest::Client::new())
             }
         };
@@ -62,7 +62,7 @@ impl AdminClient {
     pub fn url(&self, path: &str) -> Result<url::Url, CliError> {
         self.base
             .join(path)
-            .map_err(|e| CliError::Usage(format!("--server {}: {e}", self.base)))
+            .map_err(CliError::server_url(self.base.as_str()))
     }
 
     /// A `POST` to `url` with the bearer token.

@@ -109,7 +109,7 @@ async fn get(server: &str, id: &str) -> Result<String, CliError> {
 }
 
 fn parse_url(s: &str) -> Result<url::Url, CliError> {
-    url::Url::parse(s).map_err(|e| CliError::Usage(format!("--server: {s:?}: {e}")))
+    url::Url::parse(s).map_err(CliError::server_url(format!("{s:?}")))
 }
 
 fn execute(cmd: SchematicCommand) -> Result<(), CliError> {

@@ -38,10 +38,11 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     flags: &FlagOverrides,
 ) -> Result<Config, ConfigError> {
-    let defaults = serde_json::to_value(Config::default()).map_err(|e| ConfigError::Invalid {
-        key: "<defaults>".into(),
-        message: e.to_string(),
-    })?;
+    let defaults =
+        serde_json::to_value(Config::default()).map_err(|source| ConfigError::Decode {
+            key: "<defaults>",
+            source,
+        })?;
     let mut tree = defaults.clone();
 
     if let Some(path) = file {
@@ -52,9 +53,9 @@ pub fn load(
         let parsed: Value = if text.trim().is_empty() {
             Value::Object(Map::new())
         } else {
-            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source,
             })?
         };
         let parsed = match parsed {
@@ -88,9 +89,9 @@ pub fn load(
         set(&mut tree, &["metrics", "addr"], Value::String(v.clone()));
     }
 
-    serde_json::from_value(tree).map_err(|e| ConfigError::Invalid {
-        key: "<config>".into(),
-        message: e.to_string(),
+    serde_json::from_value(tree).map_err(|source| ConfigError::Decode {
+        key: "<config>",
+        source,
     })
 }
 
@@ -228,9 +229,10 @@ fn apply_env(tree: &mut Value, shape: &Value, name: &str, value: &str) -> Result
     let dotted = path.join(".");
     let trimmed = value.trim_start();
     let raw = if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        serde_json::from_str(value).map_err(|e| ConfigError::Invalid {
+        serde_json::from_str(value).map_err(|e| ConfigError::Unparsable {
             key: dotted.clone(),
-            message: format!("{name}={value:?} is not valid JSON: {e}"),
+            message: format!("{name}={value:?} is not valid JSON"),
+            source: Box::new(e),
         })?
     } else {
         Value::String(value.to_string())

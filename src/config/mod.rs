@@ -24,12 +24,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The configuration file is not valid YAML or has the wrong shape.
-    #[error("invalid config: {path}: {message}")]
+    #[error("invalid config: {path}: {source}")]
     Parse {
         /// Path of the file.
         path: PathBuf,
-        /// Parser message.
-        message: String,
+        /// The YAML error.
+        #[source]
+        source: serde_yaml::Error,
     },
     /// A key (from the file or the environment) does not exist.
     #[error("invalid config: unknown key {key} (from {source_name})")]
@@ -46,6 +47,26 @@ pub enum ConfigError {
         key: String,
         /// What is wrong with the value (quotes the value).
         message: String,
+    },
+    /// A key's value does not parse.
+    #[error("invalid config: {key}: {message}: {source}")]
+    Unparsable {
+        /// Dotted key path.
+        key: String,
+        /// What does not parse (quotes the value).
+        message: String,
+        /// The parser's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The merged configuration does not decode into its shape.
+    #[error("invalid config: {key}: {source}")]
+    Decode {
+        /// `<defaults>` or `<config>`.
+        key: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
     },
 }
 

@@ -160,7 +160,11 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 fn check_url(key: &str, s: &str) -> Result<(), ConfigError> {
-    let url = url::Url::parse(s).map_err(|e| invalid(key, format!("{s:?} is not a URL: {e}")))?;
+    let url = url::Url::parse(s).map_err(|e| ConfigError::Unparsable {
+        key: key.to_string(),
+        message: format!("{s:?} is not a URL"),
+        source: Box::new(e),
+    })?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(invalid(key, format!("{s:?} must be an http or https URL")));
     }

@@ -34,5 +34,5 @@ pub(super) fn required<'a>(
     p: &'a Option<PathBuf>,
 ) -> Result<&'a PathBuf, ImagerError> {
     p.as_ref()
-        .ok_or_else(|| ImagerError::Internal(format!("{medium}: {what} is missing")))
+        .ok_or_else(|| ImagerError::Inconsistent(format!("{medium}: {what} is missing")))
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::catalog::{ArchRelease, BlobRef, Release, ReleaseStore, Version};
+use crate::io_context::io_err;
 use crate::oci::{ImageConfig, ImageManifest};
 use crate::schematic::Schematic;
 use crate::store::{BlobInfo, BlobStore, StoreError};
@@ -22,7 +23,8 @@ use super::initramfs::{
     schematic_extension_tar,
 };
 use super::installer::{
-    BaseImage, InstallerArtifacts, InstallerInputs, build_installer, write_docker_archive,
+    BaseImage, InstallerArtifacts, InstallerError, InstallerInputs, build_installer,
+    write_docker_archive,
 };
 use super::path::{content_type, parse_path};
 use super::pe::SymbolTable;
@@ -103,10 +105,6 @@ pub struct Builder {
     stages: StageReporter,
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> ImagerError {
-    ImagerError::Internal(format!("{what}: {e}"))
-}
-
 fn info(r: &BlobRef) -> BlobInfo {
     BlobInfo {
         blake3: r.blake3.clone(),
@@ -143,7 +141,7 @@ impl Builder {
         let release = self
             .releases
             .get(&req.version.tag())
-            .map_err(|e| internal("release store", e))?
+            .map_err(ImagerError::internal("release store"))?
             .ok_or_else(|| ImagerError::VersionNotAvailable(req.version.to_string()))?;
         let mut profile = enhance_from_schematic(profile, req.schematic, &release)?;
         if profile.schematic_extension.is_some() {
@@ -190,7 +188,7 @@ impl Builder {
                 let line = kernel_cmdline(&profile, &[])?;
                 self.blobs
                     .put_bytes(line.as_bytes())
-                    .map_err(|e| internal("store cmdline", e))?
+                    .map_err(ImagerError::internal("store cmdline"))?
             }
             OutputKind::Initramfs => self.initramfs(req, &profile, assets)?,
             OutputKind::Uki => {
@@ -231,7 +229,9 @@ impl Builder {
     }
 
     fn writer(&self) -> Result<crate::store::BlobWriter, ImagerError> {
-        self.blobs.writer().map_err(|e| internal("blob writer", e))
+        self.blobs
+            .writer()
+            .map_err(ImagerError::internal("blob writer"))
     }
 
     /// The initramfs with the profile's extensions, the schematic extension and the embedded
@@ -244,7 +244,7 @@ impl Builder {
     ) -> Result<BlobInfo, ImagerError> {
         let mut w = self.writer()?;
         self.write_initramfs(req, profile, assets, &mut w)?;
-        w.finish().map_err(|e| internal("store initramfs", e))
+        w.finish().map_err(ImagerError::internal("store initramfs"))
     }
 
     /// Writes the initramfs of [`Builder::initramfs`] into `out`.
@@ -265,7 +265,7 @@ impl Builder {
             .collect();
         if let Some(id) = &profile.schematic_extension {
             let tar = schematic_extension_tar(id, &self.opts.external_url, req.canonical)
-                .map_err(|e| internal("schematic extension", e))?;
+                .map_err(ImagerError::internal("schematic extension"))?;
             extensions.push(ExtensionSource::Tar {
                 name: "schematic".into(),
                 tar,
@@ -274,7 +274,7 @@ impl Builder {
         let config = &profile.customization.embedded_machine_configuration;
         if !config.is_empty() {
             let tar = embedded_config_extension_tar(config.as_bytes())
-                .map_err(|e| internal("embedded-config extension", e))?;
+                .map_err(ImagerError::internal("embedded-config extension"))?;
             extensions.push(ExtensionSource::Tar {
                 name: "embedded-config".into(),
                 tar,
@@ -292,7 +292,7 @@ impl Builder {
         build_initramfs(&inputs, &self.blobs, out, &mut |p| {
             self.stages.report(Stage::Initramfs(&p))
         })
-        .map_err(|e| internal("initramfs", e))?;
+        .map_err(ImagerError::internal("initramfs"))?;
         Ok(())
     }
 
@@ -326,8 +326,8 @@ impl Builder {
             &self.blobs.path(&initramfs.blake3)?,
             &mut w,
         )?;
-        let w = w.into_inner().map_err(|e| internal("uki", e.error()))?;
-        w.finish().map_err(|e| internal("store uki", e))
+        let w = w.into_inner().map_err(|e| io_err("uki")(e.into_error()))?;
+        w.finish().map_err(ImagerError::internal("store uki"))
     }
 
     /// The initramfs and, with `uki`, the UKI for that purpose around it, written as plain
@@ -346,14 +346,15 @@ impl Builder {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&initramfs)?);
         self.write_initramfs(req, profile, assets, &mut out)?;
         out.into_inner()
-            .map_err(|e| internal("initramfs", e.error()))?;
+            .map_err(|e| io_err("initramfs")(e.into_error()))?;
         let Some(purpose) = uki else {
             return Ok((initramfs, None));
         };
         let path = dir.join("uki.efi");
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
         self.write_uki(profile, assets, purpose, &initramfs, &mut out)?;
-        out.into_inner().map_err(|e| internal("uki", e.error()))?;
+        out.into_inner()
+            .map_err(|e| io_err("uki")(e.into_error()))?;
         Ok((initramfs, Some(path)))
     }
 
@@ -390,7 +391,7 @@ impl Builder {
             symbol_table: SymbolTable::Drop,
             ..UkiOptions::default()
         };
-        assemble_uki(&stub, parts, &opts, out).map_err(|e| internal("uki", e))?;
+        assemble_uki(&stub, parts, &opts, out).map_err(ImagerError::internal("uki"))?;
         Ok(())
     }
 
@@ -409,13 +410,17 @@ impl Builder {
         let read_json = |digest: &crate::oci::Digest| -> Result<Vec<u8>, ImagerError> {
             self.blobs
                 .read_sha256(digest.hex(), MAX_METADATA)
-                .map_err(|e| internal("installer base", e))?
-                .ok_or_else(|| internal("installer base", format!("blob {digest} is not stored")))
+                .map_err(ImagerError::internal("installer base"))?
+                .ok_or_else(|| {
+                    ImagerError::internal("installer base")(InstallerError::MissingBlob(
+                        digest.clone(),
+                    ))
+                })
         };
         let manifest: ImageManifest = serde_json::from_slice(&read_json(&base_record.manifest)?)
-            .map_err(|e| internal("installer base manifest", e))?;
+            .map_err(ImagerError::internal("installer base manifest"))?;
         let config: ImageConfig = serde_json::from_slice(&read_json(&manifest.config.digest)?)
-            .map_err(|e| internal("installer base config", e))?;
+            .map_err(ImagerError::internal("installer base config"))?;
         let base = BaseImage {
             reference: base_record.reference.clone(),
             manifest,
@@ -446,7 +451,8 @@ impl Builder {
             overlay: None,
             gzip_level: 1,
         };
-        let image = build_installer(&self.blobs, &inputs).map_err(|e| internal("installer", e))?;
+        let image =
+            build_installer(&self.blobs, &inputs).map_err(ImagerError::internal("installer"))?;
         // The artifacts layer, config and manifest are new; base layers belong to the release.
         for d in [
             image.layers.last(),
@@ -459,19 +465,19 @@ impl Builder {
             if let Some(b) = self
                 .blobs
                 .by_sha256(d.digest.hex())
-                .map_err(|e| internal("installer blobs", e))?
+                .map_err(ImagerError::internal("installer blobs"))?
             {
                 intermediates.push(b);
             }
         }
         let mut w = BufWriter::new(self.writer()?);
         write_docker_archive(&self.blobs, &image, &mut w)
-            .map_err(|e| internal("installer archive", e))?;
+            .map_err(ImagerError::internal("installer archive"))?;
         w.flush().map_err(ImagerError::Io)?;
         let w = w
             .into_inner()
-            .map_err(|e| internal("installer archive", e.error()))?;
-        w.finish().map_err(|e| internal("store installer", e))
+            .map_err(|e| io_err("installer archive")(e.into_error()))?;
+        w.finish().map_err(ImagerError::internal("store installer"))
     }
 }
 

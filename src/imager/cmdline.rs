@@ -330,14 +330,19 @@ pub fn encode_meta(values: &[MetaEntry], q: &Quirks) -> Result<String, ImagerErr
 /// prefix detection for keys).
 pub fn decode_meta(payload: &str) -> Result<Vec<MetaEntry>, ImagerError> {
     let bad = |m: String| ImagerError::Validation(format!("invalid META payload: {m}"));
-    let mut bytes = BASE64.decode(payload).map_err(|e| bad(e.to_string()))?;
+    fn undecodable<E: std::error::Error + Send + Sync + 'static>(source: E) -> ImagerError {
+        ImagerError::MetaPayload {
+            source: Box::new(source),
+        }
+    }
+    let mut bytes = BASE64.decode(payload).map_err(undecodable)?;
     if bytes.len() >= 10 && bytes[0] == 0x1f && bytes[1] == 0x8b {
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(undecodable)?;
         bytes = out;
     }
-    let text = String::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(undecodable)?;
     let mut out = Vec::new();
     for item in text.split(';') {
         let Some((k, v)) = item.split_once('=') else {

@@ -2,21 +2,24 @@
 //!
 //! Messages are the exact upstream texts where upstream has one (Go `%q` quoting included); the
 //! HTTP layer adds the upstream prefixes (`error parsing profile from path: ` for path errors,
-//! `error enhancing profile from schematic: ` for schematic errors) and maps [`ErrorClass`] to a
-//! status code in one place (api spec §1.2, §3.5).
+//! `error enhancing profile from schematic: ` for schematic errors) and maps each
+//! [`ErrorKind`] to a status code in one place, `frontend/http/error.rs` (api spec §1.2, §3.5).
 
 use crate::gocompat::quote as go_quote;
+use crate::io_context::IoContext;
 
-/// How the HTTP layer must answer an imager error.
+/// What an imager error says about the request that caused it (the frontends decide how to
+/// answer each kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// 400: the request (path or schematic for this version) is invalid; the text is shown.
-    BadRequest,
-    /// 404: something the request names is not on this appliance; the text is shown.
-    NotFound,
-    /// 501: a valid request this appliance does not build (yet); the text is shown.
-    NotImplemented,
-    /// 500: anything else; upstream answers `internal server error`.
+pub enum ErrorKind {
+    /// The request (its asset path, or its schematic for the requested version) is invalid.
+    InvalidRequest,
+    /// Something the request names (a version, an extension's image) is not on this appliance.
+    MissingInput,
+    /// A valid request this appliance does not build (yet).
+    NotSupported,
+    /// The build failed: the appliance's own failure, or a profile the imager only rejects
+    /// while building (as upstream's imager does).
     Internal,
 }
 
@@ -102,6 +105,13 @@ pub enum ImagerError {
     /// The profile failed validation (imager spec §1.3); upstream fails inside the imager (500).
     #[error("{0}")]
     Validation(String),
+    /// An `INSTALLER_META_BASE64` payload does not decode (base64, gzip or UTF-8).
+    #[error("invalid META payload: {source}")]
+    MetaPayload {
+        /// The decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The META values do not fit into the Talos ADV.
     #[error("META values need {needed} bytes, the ADV holds {capacity}")]
     MetaTooLarge {
@@ -141,15 +151,40 @@ pub enum ImagerError {
         /// The mark.
         damage: crate::catalog::Damage,
     },
-    /// Any other failure.
+    /// Reading or writing files failed at a named step.
+    #[error(transparent)]
+    IoContext(#[from] IoContext),
+    /// A step of the build failed because a layer below it did (a store, an encoder, the
+    /// initramfs or installer builder).
+    #[error("{context}: {source}")]
+    Internal {
+        /// The step.
+        context: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The build met something it does not expect of its own steps or of the release's files
+    /// (a missing partition, a GRUB image of the wrong size, a tool's output of the wrong
+    /// form).
     #[error("{0}")]
-    Internal(String),
+    Inconsistent(String),
 }
 
 impl ImagerError {
-    /// The class the HTTP layer maps to a status code (api spec §1.2, §3.5) in
-    /// `frontend/http/error.rs`.
-    pub fn class(&self) -> ErrorClass {
+    /// Maps the failure of build step `context` (for `map_err`).
+    pub(crate) fn internal<E>(context: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |source| ImagerError::Internal {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    /// What the error says about the request.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ImagerError::InvalidPath(_)
             | ImagerError::InvalidArch(_)
@@ -160,27 +195,30 @@ impl ImagerError {
             | ImagerError::EmbeddedConfigNotSupported { .. }
             | ImagerError::SecureBootDisabled
             | ImagerError::InvalidEnrollKeys { .. }
-            | ImagerError::UnsupportedVersion(_) => ErrorClass::BadRequest,
+            | ImagerError::UnsupportedVersion(_) => ErrorKind::InvalidRequest,
             ImagerError::VersionNotAvailable(_) | ImagerError::ExtensionNotImported { .. } => {
-                ErrorClass::NotFound
+                ErrorKind::MissingInput
             }
-            ImagerError::OverlayNotBuilt { .. } => ErrorClass::NotImplemented,
+            ImagerError::OverlayNotBuilt { .. } => ErrorKind::NotSupported,
             ImagerError::UnknownPlatform(_)
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }
+            | ImagerError::MetaPayload { .. }
             | ImagerError::Io(_)
+            | ImagerError::IoContext(_)
             | ImagerError::Store(_)
             | ImagerError::Cancelled
             | ImagerError::Tool(_)
             | ImagerError::DamagedInput(_)
             | ImagerError::ReleaseDamaged { .. }
-            | ImagerError::Internal(_) => ErrorClass::Internal,
+            | ImagerError::Internal { .. }
+            | ImagerError::Inconsistent(_) => ErrorKind::Internal,
         }
     }
 
     /// Whether the failure is the appliance's, not the request's (worth retrying later).
     pub fn is_internal(&self) -> bool {
-        self.class() == ErrorClass::Internal
+        self.kind() == ErrorKind::Internal
     }
 
     /// Whether this error came from parsing the asset path (upstream prefixes these with
@@ -253,31 +291,45 @@ mod tests {
     }
 
     #[test]
-    fn classes() {
+    fn kinds() {
         assert_eq!(
-            ImagerError::InvalidPath(String::new()).class(),
-            ErrorClass::BadRequest
+            ImagerError::InvalidPath(String::new()).kind(),
+            ErrorKind::InvalidRequest
         );
         assert_eq!(
             ImagerError::OverlayNotBuilt {
                 name: "rpi_generic".into()
             }
-            .class(),
-            ErrorClass::NotImplemented
+            .kind(),
+            ErrorKind::NotSupported
         );
         assert_eq!(
-            ImagerError::SecureBootDisabled.class(),
-            ErrorClass::BadRequest
+            ImagerError::SecureBootDisabled.kind(),
+            ErrorKind::InvalidRequest
         );
         assert_eq!(
-            ImagerError::VersionNotAvailable("1.99.0".into()).class(),
-            ErrorClass::NotFound
+            ImagerError::VersionNotAvailable("1.99.0".into()).kind(),
+            ErrorKind::MissingInput
         );
         assert_eq!(
-            ImagerError::UnknownPlatform("foo".into()).class(),
-            ErrorClass::Internal
+            ImagerError::UnknownPlatform("foo".into()).kind(),
+            ErrorKind::Internal
         );
         assert!(ImagerError::InvalidArch(String::new()).is_path_error());
         assert!(!ImagerError::SecureBootDisabled.is_path_error());
+    }
+
+    #[test]
+    fn internal_failures_keep_their_cause() {
+        let no_space = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = ImagerError::internal("store ISO")(no_space);
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(e.to_string().starts_with("store ISO: "), "{e}");
+        let cause = std::error::Error::source(&e).expect("a cause");
+        assert!(
+            cause.downcast_ref::<std::io::Error>().is_some(),
+            "{cause:?}"
+        );
+        assert!(crate::causes::is_no_space(&e));
     }
 }

@@ -35,6 +35,17 @@ pub enum InstallerError {
         /// What is wrong.
         message: String,
     },
+    /// The new image's config or manifest could not be encoded.
+    #[error("installer base image {reference}: cannot serialise the new {what}: {source}")]
+    Encode {
+        /// Base image reference.
+        reference: String,
+        /// `config` or `manifest`.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A blob the image needs is not in the blob store.
     #[error("blob {0} is not in the blob store")]
     MissingBlob(Digest),
@@ -315,8 +326,15 @@ pub fn build_installer(
         rootfs: &rootfs,
         config: base.config.config.as_ref().unwrap_or(&empty),
     };
-    let config_bytes = serde_json::to_vec(&config_file)
-        .map_err(|e| bad(format!("cannot serialise the new config: {e}")))?;
+    let encode = |what: &'static str| {
+        let reference = base.reference.clone();
+        move |source| InstallerError::Encode {
+            reference,
+            what,
+            source,
+        }
+    };
+    let config_bytes = serde_json::to_vec(&config_file).map_err(encode("config"))?;
     let config = descriptor(MEDIA_OCI_CONFIG, &store.put_bytes(&config_bytes)?)?;
 
     let manifest = ImageManifest {
@@ -326,8 +344,7 @@ pub fn build_installer(
         layers: layers.clone(),
         annotations: Default::default(),
     };
-    let manifest_bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| bad(format!("cannot serialise the new manifest: {e}")))?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(encode("manifest"))?;
     let manifest = descriptor(MEDIA_OCI_MANIFEST, &store.put_bytes(&manifest_bytes)?)?;
     Ok(InstallerImage {
         manifest,

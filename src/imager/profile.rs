@@ -451,8 +451,8 @@ impl Profile {
     /// The canonical serialisation: compact JSON with object keys sorted at every level. Stable
     /// across runs and machines; the asset cache key hashes it.
     pub fn canonical_json(&self) -> Result<String, ImagerError> {
-        let value = serde_json::to_value(self)
-            .map_err(|e| ImagerError::Internal(format!("serialising profile: {e}")))?;
+        let value =
+            serde_json::to_value(self).map_err(ImagerError::internal("serialising profile"))?;
         let mut out = String::new();
         write_sorted(&value, &mut out);
         Ok(out)

@@ -19,6 +19,16 @@ const POLL: Duration = Duration::from_millis(20);
 /// Why a tool run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
+    /// The tool is not installed.
+    #[error("{tool} not found: install Debian package {package} (needed for {purpose})")]
+    NotFound {
+        /// The executable.
+        tool: &'static str,
+        /// The Debian package that ships it.
+        package: &'static str,
+        /// What needs it.
+        purpose: &'static str,
+    },
     /// The tool could not be started (not installed, not executable).
     #[error("cannot run {tool}")]
     Spawn {

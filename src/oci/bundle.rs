@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 
-use super::verify::SyncVerifyingReader;
+use super::verify::{SyncVerifyingReader, io_error_to_oci};
 use super::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, MEDIA_OCI_INDEX, OciError};
 
 /// Contents of the `oci-layout` file.
@@ -132,13 +132,8 @@ impl BundleWriter {
         let name = format!("blobs/sha256/{}", descriptor.digest.hex());
         self.append(&name, descriptor.size, &mut verifying)
             .map_err(|e| match e {
-                OciError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
-                    OciError::DigestMismatch {
-                        what: format!("blob {}", descriptor.digest),
-                        expected: format!("{} ({} bytes)", descriptor.digest, descriptor.size),
-                        actual: source.to_string(),
-                    }
-                }
+                // The verifying reader's mismatch, carried through the tar writer.
+                OciError::Io { context, source } => io_error_to_oci(context, source),
                 e => e,
             })?;
         self.blobs.insert(descriptor.digest.clone());

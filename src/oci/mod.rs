@@ -47,8 +47,26 @@ pub enum OciError {
     Malformed {
         /// What was parsed.
         what: String,
-        /// Parser message.
+        /// What is wrong with it.
         message: String,
+    },
+    /// A manifest, index or config does not decode (or encode).
+    #[error("malformed {what}: {source}")]
+    Decode {
+        /// What was parsed.
+        what: String,
+        /// The decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A caller's opener could not open a blob or layer.
+    #[error("cannot open {what}: {source}")]
+    Open {
+        /// The blob or layer.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// An archive or layer would write outside its root, or is otherwise unsafe.
     #[error("unsafe archive content: {0}")]
@@ -64,13 +82,25 @@ pub enum OciError {
     /// A size budget or decompression-ratio limit was exceeded.
     #[error("limit exceeded: {0}")]
     Limit(String),
-    /// A registry request failed.
+    /// A registry refused a request or answered something unusable.
     #[error("registry {registry}: {message}")]
     Registry {
         /// Registry host.
         registry: String,
         /// What went wrong.
         message: String,
+    },
+    /// A registry request failed below HTTP (an address, the connection, an answer that does
+    /// not decode).
+    #[error("registry {registry}: {}{source}", .context.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    Request {
+        /// Registry host.
+        registry: String,
+        /// What was being done, if the cause does not say.
+        context: Option<String>,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Reading or writing local files failed.
     #[error("{context}: {source}")]
@@ -83,6 +113,18 @@ pub enum OciError {
 }
 
 impl OciError {
+    /// Maps a failure to decode `what` (for `map_err`).
+    pub fn decode<E>(what: impl Into<String>) -> impl FnOnce(E) -> OciError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |source| OciError::Decode {
+            what,
+            source: Box::new(source),
+        }
+    }
+
     /// Wraps an I/O error with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> OciError {
         OciError::Io {

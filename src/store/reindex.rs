@@ -2,13 +2,12 @@
 //! hashed (BLAKE3, which must match its file name, and SHA-256) and indexed again. Used by
 //! `image-factory doctor --repair` after the metadata store lost entries or was rebuilt.
 
-use std::collections::HashSet;
 use std::io::Read as _;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::blobs::{BlobInfo, BlobStore, SHA_TREE, fanout_files, is_blob_name};
+use super::blobs::{BlobInfo, BlobStore, fanout_files, is_blob_name};
 use super::{StoreError, sync_dir};
 use crate::io_context::io_err;
 use crate::sha256::Sha256;
@@ -65,16 +64,13 @@ impl BlobStore {
 
     /// The blob files the SHA-256 index does not name, and the count of all blob files.
     fn unindexed_names(&self) -> Result<(Vec<String>, usize), StoreError> {
-        let indexed: HashSet<String> = self
-            .meta()
-            .scan(SHA_TREE)?
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice::<BlobInfo>(&v).ok())
-            .map(|info| info.blake3)
-            .collect();
+        let indexed = self.sha256_names()?;
         let names = self.list_blobs()?;
         let total = names.len();
-        let unindexed = names.into_iter().filter(|n| !indexed.contains(n)).collect();
+        let unindexed = names
+            .into_iter()
+            .filter(|n| !indexed.contains_key(n))
+            .collect();
         Ok((unindexed, total))
     }
 
@@ -148,7 +144,7 @@ fn hash_both(path: &std::path::Path) -> Result<(String, String, u64), StoreError
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::blobs::SHA_TREE;
     use crate::store::blobs::tests::store;
 
     #[test]

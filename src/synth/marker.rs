@@ -23,7 +23,10 @@ use crate::sha256::digest as sha256;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::{MARKER_PREFIX, extension_proof};
+use super::{KitError, MARKER_PREFIX, extension_proof};
+
+/// Bytes of one Talos ADV copy.
+pub(crate) const ADV_LEN: usize = 256 * 1024;
 
 /// One extension layer as the init found it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -74,21 +77,26 @@ pub struct Marker {
 
 impl Marker {
     /// Finds and parses the first marker line in serial console output.
-    pub fn find(console: &str) -> Option<Result<Marker, String>> {
+    pub fn find(console: &str) -> Option<Result<Marker, KitError>> {
         let start = console.find(&format!("{MARKER_PREFIX} "))?;
         let line = console[start + MARKER_PREFIX.len() + 1..]
             .lines()
             .next()
             .unwrap_or_default()
             .trim_end_matches('\r');
-        Some(serde_json::from_str(line).map_err(|e| format!("{e} in marker line {line:?}")))
+        Some(
+            serde_json::from_str(line).map_err(|source| KitError::Marker {
+                line: line.to_string(),
+                source,
+            }),
+        )
     }
 
     /// Checks that every layer was mounted and that the mounted layer shows its own content:
     /// a kit extension its proof file ([`extension_proof`]), the `schematic` layer
     /// `usr/local/share/schematic/<id>`, the `modules.dep` layer a `modules.dep`, any other
     /// layer (`embedded-config`) at least one file. The error lists every failing layer.
-    pub fn check_layers(&self) -> Result<(), String> {
+    pub fn check_layers(&self) -> Result<(), KitError> {
         let mut problems = Vec::new();
         for e in &self.extensions {
             let what = format!("layer {} ({} {})", e.image, e.name, e.version);
@@ -117,23 +125,23 @@ impl Marker {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(KitError::Layers(problems))
         }
     }
 
     /// Decodes `meta_raw`: `Ok(None)` when no META partition was found, else the tag → value map
     /// of its Talos ADV (spec talos-imager.md §4.2; empty for an all-zero partition).
-    pub fn meta_partition(&self) -> Result<Option<BTreeMap<u8, Vec<u8>>>, String> {
+    pub fn meta_partition(&self) -> Result<Option<BTreeMap<u8, Vec<u8>>>, KitError> {
         if self.meta_raw.is_empty() {
             return Ok(None);
         }
         let gz = base64::engine::general_purpose::STANDARD
             .decode(&self.meta_raw)
-            .map_err(|e| format!("meta_raw is not base64: {e}"))?;
+            .map_err(KitError::MetaBase64)?;
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(gz.as_slice())
             .read_to_end(&mut raw)
-            .map_err(|e| format!("meta_raw is not gzip: {e}"))?;
+            .map_err(KitError::MetaGzip)?;
         if raw.iter().all(|b| *b == 0) {
             return Ok(Some(BTreeMap::new()));
         }
@@ -143,23 +151,20 @@ impl Marker {
 
 /// Parses one Talos ADV copy (256 KiB): magics, SHA-256 checksum, then tag/size/value entries
 /// (big-endian u32s) up to tag 0.
-pub fn parse_adv(block: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, String> {
-    const LEN: usize = 256 * 1024;
+pub fn parse_adv(block: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, KitError> {
+    const LEN: usize = ADV_LEN;
     if block.len() < LEN {
-        return Err(format!(
-            "ADV block is {} bytes, expected {LEN}",
-            block.len()
-        ));
+        return Err(KitError::AdvSize(block.len()));
     }
     let block = &block[..LEN];
     let be = |o: usize| u32::from_be_bytes(block[o..o + 4].try_into().unwrap());
     if be(0) != 0x5A4B_3C2D || be(LEN - 4) != 0xA5B4_C3D2 {
-        return Err("ADV magic mismatch".into());
+        return Err(KitError::AdvMagic);
     }
     let mut copy = block.to_vec();
     copy[LEN - 36..LEN - 4].fill(0);
     if sha256(&copy).as_slice() != &block[LEN - 36..LEN - 4] {
-        return Err("ADV checksum mismatch".into());
+        return Err(KitError::AdvChecksum);
     }
     let mut out = BTreeMap::new();
     let mut o = 4;
@@ -171,7 +176,7 @@ pub fn parse_adv(block: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, String> {
         let size = be(o + 4) as usize;
         let end = o + 8 + size;
         if end > LEN - 36 || tag > 255 {
-            return Err(format!("ADV entry {tag} at {o} overruns the data area"));
+            return Err(KitError::AdvOverrun { tag, offset: o });
         }
         out.insert(tag as u8, block[o + 8..end].to_vec());
         o = end;
@@ -220,7 +225,7 @@ mod tests {
             ),
             layer("embedded-config", "v1", true, "", &["usr/local/etc/config"]),
         ];
-        assert_eq!(marker(&good).check_layers(), Ok(()));
+        marker(&good).check_layers().unwrap();
 
         let bad = [
             layer("kmod-test", "1.0.0", false, "", &[]),
@@ -236,7 +241,7 @@ mod tests {
             layer("modules.dep", "6.1", true, "", &[]),
             layer("embedded-config", "v1", true, "", &[]),
         ];
-        let e = marker(&bad).check_layers().unwrap_err();
+        let e = marker(&bad).check_layers().unwrap_err().to_string();
         for name in [
             "kmod-test 1.0.0) was not mounted",
             "fw-test",
@@ -269,6 +274,6 @@ mod tests {
         let m = parse_adv(&b).unwrap();
         assert_eq!(m[&10], b"abc");
         b[100] = 1;
-        assert!(parse_adv(&b).is_err());
+        assert!(matches!(parse_adv(&b), Err(KitError::AdvChecksum)));
     }
 }

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 pub use debian::{KitInputs, default_kit_dir};
 pub use images::{BuiltImage, ImageWriter, Layer, REGISTRY, RuntimeConfig, pseudo_random};
+use marker::ADV_LEN;
 pub use marker::{Marker, MarkerExtension, parse_adv};
 pub use tree::{SOURCE_DATE_EPOCH, Tree};
 
@@ -71,6 +72,15 @@ pub enum KitError {
     /// Building content failed.
     #[error("building test kit content: {0}")]
     Build(String),
+    /// A catalog file of the kit could not be encoded.
+    #[error("building test kit content: {what}: {source}")]
+    Encode {
+        /// The file.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_yaml::Error,
+    },
     /// File I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -85,6 +95,42 @@ pub enum KitError {
     /// Key handling failed.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// A marker line in console output is not the JSON the kit's init prints.
+    #[error("{source} in marker line {line:?}")]
+    Marker {
+        /// The line after the prefix.
+        line: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Extension layers the init did not mount, or that do not show their own content (one
+    /// text per layer).
+    #[error("{}", .0.join("; "))]
+    Layers(Vec<String>),
+    /// The marker's `meta_raw` is not base64.
+    #[error("meta_raw is not base64: {0}")]
+    MetaBase64(#[source] base64::DecodeError),
+    /// The marker's `meta_raw` is not gzip.
+    #[error("meta_raw is not gzip: {0}")]
+    MetaGzip(#[source] std::io::Error),
+    /// A Talos ADV copy is shorter than 256 KiB.
+    #[error("ADV block is {0} bytes, expected {ADV_LEN}")]
+    AdvSize(usize),
+    /// A Talos ADV copy lacks its magic numbers.
+    #[error("ADV magic mismatch")]
+    AdvMagic,
+    /// A Talos ADV copy's checksum does not match its content.
+    #[error("ADV checksum mismatch")]
+    AdvChecksum,
+    /// A Talos ADV entry runs past the data area.
+    #[error("ADV entry {tag} at {offset} overruns the data area")]
+    AdvOverrun {
+        /// The entry's tag.
+        tag: u32,
+        /// Its offset in the copy.
+        offset: usize,
+    },
 }
 
 impl KitError {

@@ -373,7 +373,10 @@ pub(super) fn version(
         "descriptions.yaml",
         0o644,
         serde_yaml::to_string(&descriptions)
-            .map_err(|e| KitError::Build(format!("descriptions.yaml: {e}")))?
+            .map_err(|source| KitError::Encode {
+                what: "descriptions.yaml",
+                source,
+            })?
             .into_bytes(),
     );
     w.image(

@@ -167,10 +167,10 @@ impl Tree {
                     b.append_data(&mut h, path, std::io::empty())
                 }
             };
-            r.map_err(|e| KitError::Build(format!("tar entry {path}: {e}")))?;
+            r.map_err(|e| KitError::io(format!("building test kit content: tar entry {path}"), e))?;
         }
         b.into_inner()
-            .map_err(|e| KitError::Build(format!("tar: {e}")))
+            .map_err(|e| KitError::io("building test kit content: tar", e))
     }
 
     /// A newc cpio archive of the tree in the shape of `find . | LC_ALL=C sort | cpio
@@ -178,7 +178,7 @@ impl Tree {
     /// from 1 in order, dev numbers 0, mtime [`SOURCE_DATE_EPOCH`], the `TRAILER!!!` entry, and
     /// zero padding to a 512-byte multiple.
     pub fn to_cpio(&self) -> Result<Vec<u8>, KitError> {
-        let io = |e: std::io::Error| KitError::Build(format!("cpio: {e}"));
+        let io = |e: std::io::Error| KitError::io("building test kit content: cpio", e);
         let mut out: Vec<u8> = Vec::new();
         let mut ino = 1u32;
         let mut entry = |out: &mut Vec<u8>,
@@ -253,7 +253,7 @@ impl Tree {
         };
         let mut out = Cursor::new(Vec::new());
         write_image(&entries, &opts, &mut out)
-            .map_err(|e| KitError::Build(format!("squashfs: {e}")))?;
+            .map_err(|e| KitError::io("building test kit content: squashfs", e))?;
         Ok(out.into_inner())
     }
 }

@@ -220,8 +220,12 @@ impl TrustedKeys {
             let block = &tail[..end + END.len()];
             rest = &tail[end + END.len()..];
             found += 1;
-            let key = p256::ecdsa::VerifyingKey::from_public_key_pem(block)
-                .map_err(|e| bad(format!("not an ECDSA P-256 PKIX public key: {e}")))?;
+            let key = p256::ecdsa::VerifyingKey::from_public_key_pem(block).map_err(|e| {
+                TrustError::PublicKeyPem {
+                    source_name: source.to_string(),
+                    source: e,
+                }
+            })?;
             if self.add_key(key, source)? {
                 added += 1;
             }
@@ -237,9 +241,9 @@ impl TrustedKeys {
 
     /// Reads a PEM public key file (see [`TrustedKeys::add_pem`]).
     pub fn add_file(&mut self, path: &Path) -> Result<usize, TrustError> {
-        let pem = std::fs::read_to_string(path).map_err(|e| TrustError::PublicKey {
+        let pem = std::fs::read_to_string(path).map_err(|source| TrustError::PublicKeyFile {
             source_name: path.display().to_string(),
-            message: e.to_string(),
+            source,
         })?;
         self.add_pem(&pem, &path.display().to_string())
     }
@@ -263,9 +267,7 @@ impl TrustedKeys {
         key: p256::ecdsa::VerifyingKey,
         source: &str,
     ) -> Result<bool, TrustError> {
-        let der = key
-            .to_public_key_der()
-            .map_err(|e| TrustError::Crypto(e.to_string()))?;
+        let der = key.to_public_key_der().map_err(TrustError::crypto)?;
         let fingerprint = Digest::of(der.as_bytes()).to_string();
         if self.keys.iter().any(|k| k.fingerprint == fingerprint) {
             return Ok(false);
@@ -329,17 +331,15 @@ pub fn verify_signature<F>(
 where
     F: FnMut(&Descriptor) -> Result<Vec<u8>, TrustError>,
 {
-    let tampered = |reason: String| TrustError::Tampered {
-        image: image.to_string(),
-        reason,
-    };
+    let tampered = |reason: String| TrustError::tampered(image, reason);
     if trusted.is_empty() {
         return Err(TrustError::NoTrustedKeys {
             image: image.to_string(),
         });
     }
-    let manifest: ImageManifest = serde_json::from_slice(sig_manifest)
-        .map_err(|e| tampered(format!("signature manifest is not an image manifest: {e}")))?;
+    let manifest: ImageManifest = serde_json::from_slice(sig_manifest).map_err(|e| {
+        TrustError::tampered_by(image, "signature manifest is not an image manifest", e)
+    })?;
     let layers: Vec<&Descriptor> = manifest
         .layers
         .iter()
@@ -405,12 +405,7 @@ fn verify_layer<F>(
 where
     F: FnMut(&Descriptor) -> Result<Vec<u8>, TrustError>,
 {
-    let tampered = |reason: String| {
-        LayerFailure::Rejected(TrustError::Tampered {
-            image: image.to_string(),
-            reason,
-        })
-    };
+    let tampered = |reason: String| LayerFailure::Rejected(TrustError::tampered(image, reason));
     let sig_b64 = layer
         .annotations
         .get(ANNOTATION_COSIGN_SIGNATURE)
@@ -421,9 +416,10 @@ where
             ))
         })?;
     let sig_der = B64.decode(sig_b64.trim()).map_err(|e| {
-        tampered(format!(
-            "layer {}: signature is not base64: {e}",
-            layer.digest
+        LayerFailure::Rejected(TrustError::tampered_by(
+            image,
+            format!("layer {}: signature is not base64", layer.digest),
+            e,
         ))
     })?;
     let signature = p256::ecdsa::DerSignature::from_bytes(&sig_der).map_err(|_| {
@@ -453,8 +449,13 @@ where
         .find(|k| k.key.verify(&payload, &signature).is_ok())
         .ok_or(LayerFailure::Untrusted)?;
     // Signed by a trusted key: now the claims must match.
-    let value: serde_json::Value = serde_json::from_slice(&payload)
-        .map_err(|e| tampered(format!("signed payload is not JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&payload).map_err(|e| {
+        LayerFailure::Rejected(TrustError::tampered_by(
+            image,
+            "signed payload is not JSON",
+            e,
+        ))
+    })?;
     let critical = &value["critical"];
     if critical["type"].as_str() != Some(SIMPLE_SIGNING_TYPE) {
         return Err(tampered(format!(

@@ -22,24 +22,46 @@ pub enum TrustError {
     },
     /// The key file is not a P-256 private key in PEM form.
     #[error(
-        "signing key {path}: not an ECDSA P-256 private key in PEM (PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\"): {message}"
+        "signing key {path}: not an ECDSA P-256 private key in PEM (PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\"): {source}"
     )]
     Parse {
         /// Key file path.
         path: PathBuf,
-        /// Decoder message.
-        message: String,
+        /// The decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Encoding or random generation failed.
+    /// A key or token could not be made.
     #[error("signing key: {0}")]
     Crypto(String),
-    /// A trusted public key could not be read or parsed.
+    /// Encoding a key or drawing randomness failed.
+    #[error("signing key: {0}")]
+    CryptoFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A trusted public key is not usable.
     #[error("trusted public key {source_name}: {message}")]
     PublicKey {
         /// Where the key came from (file path or config key).
         source_name: String,
         /// What is wrong with it.
         message: String,
+    },
+    /// A trusted public key file could not be read.
+    #[error("trusted public key {source_name}: {source}")]
+    PublicKeyFile {
+        /// The file.
+        source_name: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trusted public key's PEM block is not an ECDSA P-256 PKIX public key.
+    #[error("trusted public key {source_name}: not an ECDSA P-256 PKIX public key: {source}")]
+    PublicKeyPem {
+        /// Where the key came from (file path or config key).
+        source_name: String,
+        /// The decoder's error.
+        #[source]
+        source: p256::pkcs8::spki::Error,
     },
     /// The image has no cosign signature (no `sha256-<hex>.sig` manifest in its repository).
     #[error("image {image}: not signed (no cosign signature {signature_ref})")]
@@ -51,12 +73,18 @@ pub enum TrustError {
     },
     /// The signature image is altered or malformed: a payload that does not match its layer
     /// digest, an undecodable signature, a missing simple-signing layer, a malformed payload.
-    #[error("image {image}: signature rejected, signature image tampered or malformed: {reason}")]
+    #[error(
+        "image {image}: signature rejected, signature image tampered or malformed: {reason}{}",
+        .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default()
+    )]
     Tampered {
         /// The signed image.
         image: String,
         /// What was found wrong.
         reason: String,
+        /// The decoder's or reader's error, if one found it.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A trusted key signed a payload for another manifest digest (a replayed signature).
     #[error(
@@ -113,6 +141,37 @@ pub enum TrustError {
     },
 }
 
+impl TrustError {
+    /// `image`'s signature image is altered or malformed: `reason`.
+    pub(crate) fn tampered(image: &str, reason: impl Into<String>) -> Self {
+        TrustError::Tampered {
+            image: image.to_string(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// `image`'s signature image is altered or malformed: `reason`, found by `source`.
+    pub(crate) fn tampered_by<E>(image: &str, reason: impl Into<String>, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        TrustError::Tampered {
+            image: image.to_string(),
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// Maps a failure to draw randomness or encode a key (for `map_err`).
+    pub(crate) fn crypto<E>(source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        TrustError::CryptoFailed(Box::new(source))
+    }
+}
+
 /// The cluster signing key.
 #[derive(Clone)]
 pub struct SigningKey {
@@ -131,7 +190,7 @@ impl SigningKey {
         // A random 32-byte string is a valid scalar except with negligible probability; retry then.
         for _ in 0..16 {
             let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|e| TrustError::Crypto(e.to_string()))?;
+            getrandom::fill(&mut bytes).map_err(TrustError::crypto)?;
             if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
                 return Ok(Self { secret });
             }
@@ -143,15 +202,15 @@ impl SigningKey {
 
     /// Parses a PEM private key: PKCS#8 `PRIVATE KEY` or SEC1 `EC PRIVATE KEY`.
     pub fn from_pem(pem: &str, path: &Path) -> Result<Self, TrustError> {
-        let secret = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-            p256::SecretKey::from_sec1_pem(pem).map_err(|e| e.to_string())
-        } else {
-            p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())
-        }
-        .map_err(|message| TrustError::Parse {
+        let parse = |source: Box<dyn std::error::Error + Send + Sync>| TrustError::Parse {
             path: path.to_path_buf(),
-            message,
-        })?;
+            source,
+        };
+        let secret = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+            p256::SecretKey::from_sec1_pem(pem).map_err(|e| parse(Box::new(e)))?
+        } else {
+            p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| parse(Box::new(e)))?
+        };
         Ok(Self { secret })
     }
 
@@ -160,7 +219,7 @@ impl SigningKey {
         self.secret
             .to_pkcs8_pem(LineEnding::LF)
             .map(|z| z.to_string())
-            .map_err(|e| TrustError::Crypto(e.to_string()))
+            .map_err(TrustError::crypto)
     }
 
     /// The public key as PKIX (`PUBLIC KEY`) PEM.
@@ -168,7 +227,7 @@ impl SigningKey {
         self.secret
             .public_key()
             .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| TrustError::Crypto(e.to_string()))
+            .map_err(TrustError::crypto)
     }
 
     /// Derives a key deterministically from a 32-byte seed (tests and the test kit only; the seed
@@ -286,5 +345,27 @@ mod tests {
         );
         let err = SigningKey::from_pem("hello", Path::new("x.pem")).unwrap_err();
         assert!(err.to_string().contains("x.pem"));
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn a_tampered_verdict_keeps_what_found_it() {
+        let found = std::io::Error::new(std::io::ErrorKind::InvalidData, "digest mismatch");
+        let e = TrustError::tampered_by("img", "payload sha256:ab of img.sig", found);
+        assert_eq!(
+            e.to_string(),
+            "image img: signature rejected, signature image tampered or malformed: payload sha256:ab of img.sig: digest mismatch"
+        );
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            cause.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::InvalidData)
+        );
+        let plain = TrustError::tampered("img", "no layer");
+        assert_eq!(
+            plain.to_string(),
+            "image img: signature rejected, signature image tampered or malformed: no layer"
+        );
+        assert!(std::error::Error::source(&plain).is_none());
     }
 }

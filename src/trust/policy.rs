@@ -38,10 +38,7 @@ pub async fn verify_image<S: ImageSource>(
         signature_ref: sig_ref.to_string(),
         source,
     };
-    let tampered = |reason: String| TrustError::Tampered {
-        image: image.clone(),
-        reason,
-    };
+    let tampered = |reason: String| TrustError::tampered(&image, reason);
     let descriptor = match source.resolve(&sig_ref).await {
         Ok(Some(d)) => d,
         Ok(None) | Err(OciError::NotFound(_)) => {
@@ -64,7 +61,11 @@ pub async fn verify_image<S: ImageSource>(
     {
         Ok(m) => m,
         Err(e @ (OciError::DigestMismatch { .. } | OciError::Limit(_))) => {
-            return Err(tampered(format!("signature manifest {sig_ref}: {e}")));
+            return Err(TrustError::tampered_by(
+                &image,
+                format!("signature manifest {sig_ref}"),
+                e,
+            ));
         }
         Err(e) => return Err(fetch_err(e)),
     };
@@ -93,9 +94,10 @@ pub async fn verify_image<S: ImageSource>(
         |layer| match payloads.get(&layer.digest) {
             Some(Ok(bytes)) => Ok(bytes.clone()),
             Some(Err(_)) => match payloads.remove(&layer.digest) {
-                Some(Err(PayloadFailure::Tampered(reason))) => Err(TrustError::Tampered {
+                Some(Err(PayloadFailure::Tampered { what, source })) => Err(TrustError::Tampered {
                     image: image.clone(),
-                    reason,
+                    reason: what,
+                    source: Some(source),
                 }),
                 Some(Err(PayloadFailure::Fetch(source))) => Err(TrustError::Fetch {
                     image: image.clone(),
@@ -104,10 +106,10 @@ pub async fn verify_image<S: ImageSource>(
                 }),
                 _ => unreachable!("checked above"),
             },
-            None => Err(TrustError::Tampered {
-                image: image.clone(),
-                reason: format!("payload {} was not fetched", layer.digest),
-            }),
+            None => Err(TrustError::tampered(
+                &image,
+                format!("payload {} was not fetched", layer.digest),
+            )),
         },
     )?;
     Ok(VerifiedBy {
@@ -119,7 +121,12 @@ pub async fn verify_image<S: ImageSource>(
 /// Why a payload could not be read.
 enum PayloadFailure {
     /// The content is wrong or missing (a source reports a digest mismatch as `InvalidData`).
-    Tampered(String),
+    Tampered {
+        /// The payload.
+        what: String,
+        /// What the source reported.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The source failed (network, I/O): no verdict on the signature.
     Fetch(OciError),
 }
@@ -133,7 +140,10 @@ async fn read_payload<S: ImageSource>(
     let what = format!("payload {} of {sig_ref}", layer.digest);
     let reader = source.blob(sig_ref, layer).await.map_err(|e| match e {
         OciError::DigestMismatch { .. } | OciError::Limit(_) | OciError::NotFound(_) => {
-            PayloadFailure::Tampered(format!("{what}: {e}"))
+            PayloadFailure::Tampered {
+                what: what.clone(),
+                source: Box::new(e),
+            }
         }
         e => PayloadFailure::Fetch(e),
     })?;
@@ -144,7 +154,10 @@ async fn read_payload<S: ImageSource>(
         .await
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
-                PayloadFailure::Tampered(format!("{what}: {e}"))
+                PayloadFailure::Tampered {
+                    what: what.clone(),
+                    source: Box::new(e),
+                }
             } else {
                 PayloadFailure::Fetch(OciError::io(what.clone(), e))
             }

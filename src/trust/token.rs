@@ -24,7 +24,7 @@ pub fn load_or_generate_token(path: &Path) -> Result<(String, bool), TrustError>
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|e| TrustError::Crypto(e.to_string()))?;
+            getrandom::fill(&mut bytes).map_err(TrustError::crypto)?;
             let token = hex::encode(bytes);
             write_private(path, format!("{token}\n").as_bytes()).map_err(io)?;
             Ok((token, true))

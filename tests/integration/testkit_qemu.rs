@@ -142,7 +142,10 @@ fn extension_layer_overlay_schematic_and_cmdline_meta() {
     assert!(!broken.mounted, "{broken:?}");
     assert!(broken.files.is_empty(), "{broken:?}");
     let e = m.check_layers().unwrap_err();
-    assert_eq!(e, "layer 2.sqsh (broken v0.0.1) was not mounted");
+    assert_eq!(
+        e.to_string(),
+        "layer 2.sqsh (broken v0.0.1) was not mounted"
+    );
     assert_eq!(m.schematic, id);
     assert_eq!(m.meta["0xa"], "addresses:\n  - 10.0.0.2/24\n");
     assert_eq!(m.meta["0xc"], "\"quoted\"");

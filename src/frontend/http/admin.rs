@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -319,7 +319,7 @@ async fn write_upload(path: &std::path::Path, body: Body) -> Result<u64, ApiErro
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::BadRequest(format!("reading the bundle upload: {}", Causes(&e)))
+            ApiError::rejected(StatusCode::BAD_REQUEST, "reading the bundle upload: ", e)
         })?;
         size += chunk.len() as u64;
         file.write_all(&chunk)

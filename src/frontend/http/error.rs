@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use crate::assets::AssetError;
 use crate::catalog::CatalogError;
 use crate::causes::Causes;
-use crate::imager::error::{ErrorClass, ImagerError};
+use crate::imager::error::{ErrorKind, ImagerError};
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
 
@@ -43,12 +43,25 @@ pub enum ApiError {
     /// 405: known path, wrong method (the router adds `Allow`).
     #[error("Method Not Allowed")]
     MethodNotAllowed,
-    /// 501: a valid request for something this appliance does not build (an overlay
-    /// schematic); the text is shown. Upstream never answers it, so no upstream text is at stake.
-    #[error("{0}")]
-    NotImplemented(String),
-    /// 503 with `Retry-After`: a transient condition (a full build queue, an asset set aside
-    /// while it was being opened); the text is shown.
+    /// An error of a lower layer the client caused or must wait out, answered with `status`
+    /// and the error's text (with its causes) between `prefix` and `suffix`: 400 for an invalid
+    /// request, 404 for something not here, 501 for a valid request this appliance does not
+    /// build (upstream never answers it, so no upstream text is at stake), 503 for a transient
+    /// condition.
+    #[error("{prefix}{source}{suffix}")]
+    Rejected {
+        /// The status.
+        status: StatusCode,
+        /// Text before the error's (upstream's wording where it has one).
+        prefix: &'static str,
+        /// Text after it.
+        suffix: &'static str,
+        /// The error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// 503 with `Retry-After`: a transient condition of the frontend itself (too many uploads
+    /// in progress); the text is shown.
     #[error("{message}")]
     Unavailable {
         /// The text.
@@ -87,7 +100,7 @@ pub enum ApiError {
 
 impl From<SchematicError> for ApiError {
     fn from(e: SchematicError) -> Self {
-        ApiError::BadRequest(e.to_string())
+        ApiError::rejected(StatusCode::BAD_REQUEST, "", e)
     }
 }
 
@@ -95,11 +108,11 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         match e {
             CatalogError::VersionNotAvailable(_) | CatalogError::ImageNotFound { .. } => {
-                ApiError::NotFound(e.to_string())
+                ApiError::rejected(StatusCode::NOT_FOUND, "", e)
             }
             // A request naming an architecture or path that must not reach the filesystem.
             CatalogError::InvalidArch(_) | CatalogError::UnsafePath { .. } => {
-                ApiError::BadRequest(e.to_string())
+                ApiError::rejected(StatusCode::BAD_REQUEST, "", e)
             }
             // Upstream answers a malformed version with 500; kept for compatibility.
             other => ApiError::caused("reading the release catalog", other),
@@ -110,35 +123,32 @@ impl From<CatalogError> for ApiError {
 impl From<ImagerError> for ApiError {
     fn from(e: ImagerError) -> Self {
         match imager_answer(&e) {
-            Some(answer) => answer,
+            Some((status, prefix)) => ApiError::imager_rejected(status, prefix, e),
             None => ApiError::caused("building the asset", e),
         }
     }
 }
 
-/// The answer to an imager error the client caused (its text shown, with upstream's prefixes),
-/// or `None` for the appliance's own failures (500).
-fn imager_answer(e: &ImagerError) -> Option<ApiError> {
+/// How an imager error the client caused is answered (its text shown, after upstream's
+/// prefix): 400 for an invalid request, 404 for a missing input, 501 for what this appliance
+/// does not build; `None` for the imager's failures (500, as upstream answers them).
+fn imager_answer(e: &ImagerError) -> Option<(StatusCode, &'static str)> {
     if e.is_path_error() {
-        return Some(ApiError::BadRequest(format!(
-            "error parsing profile from path: {e}"
-        )));
+        return Some((StatusCode::BAD_REQUEST, "error parsing profile from path: "));
     }
     if let ImagerError::ReleaseDamaged { .. } | ImagerError::DamagedInput(_) = e {
         // Not the client's fault, and not a transient one: the operator imports the release
-        // again. The text says so; the status says "not now".
-        return Some(ApiError::Unavailable {
-            message: format!("{:#}", Causes(e)),
-            retry_after: DAMAGED_RELEASE_RETRY,
-        });
+        // again. The text says so; the status says "not now" (see `imager_rejected`).
+        return Some((StatusCode::SERVICE_UNAVAILABLE, ""));
     }
-    match e.class() {
-        ErrorClass::BadRequest => Some(ApiError::BadRequest(format!(
-            "error enhancing profile from schematic: {e}"
-        ))),
-        ErrorClass::NotFound => Some(ApiError::NotFound(e.to_string())),
-        ErrorClass::NotImplemented => Some(ApiError::NotImplemented(e.to_string())),
-        ErrorClass::Internal => None,
+    match e.kind() {
+        ErrorKind::InvalidRequest => Some((
+            StatusCode::BAD_REQUEST,
+            "error enhancing profile from schematic: ",
+        )),
+        ErrorKind::MissingInput => Some((StatusCode::NOT_FOUND, "")),
+        ErrorKind::NotSupported => Some((StatusCode::NOT_IMPLEMENTED, "")),
+        ErrorKind::Internal => None,
     }
 }
 
@@ -157,28 +167,34 @@ impl From<AssetError> for ApiError {
             };
         }
         match e {
-            AssetError::SchematicNotFound(_) => ApiError::NotFound(e.to_string()),
+            AssetError::SchematicNotFound(_) | AssetError::NotBuilt => {
+                ApiError::rejected(StatusCode::NOT_FOUND, "", e)
+            }
             // Upstream answers a malformed version with 500; kept for compatibility.
-            AssetError::InvalidVersion(_) => ApiError::internal(e.to_string()),
+            AssetError::InvalidVersion(_) => ApiError::caused("resolving the request", e),
             AssetError::Imager(e) => e.into(),
             AssetError::Build(f) => match f.imager().and_then(imager_answer) {
-                Some(answer) => answer,
+                Some((status, prefix)) => ApiError::imager_rejected(status, prefix, f),
                 None => ApiError::caused("building the asset", f),
             },
-            AssetError::Gone(_) => ApiError::Unavailable {
-                message: format!("{e}: it is being rebuilt, try again in a few seconds"),
+            AssetError::Gone(_) => ApiError::Retry {
+                source: Box::new(ApiError::Rejected {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    prefix: "",
+                    suffix: ": it is being rebuilt, try again in a few seconds",
+                    source: Box::new(e),
+                }),
                 retry_after: 5,
             },
-            AssetError::Busy { retry_after, .. } => ApiError::Unavailable {
-                message: e.to_string(),
+            AssetError::Busy { retry_after, .. } => ApiError::Retry {
+                source: Box::new(ApiError::rejected(StatusCode::SERVICE_UNAVAILABLE, "", e)),
                 retry_after,
             },
-            AssetError::NotBuilt => ApiError::NotFound(e.to_string()),
             AssetError::Failed {
                 failure,
                 retry_after,
             } => match failure.imager().and_then(imager_answer) {
-                Some(answer) => answer,
+                Some((status, prefix)) => ApiError::imager_rejected(status, prefix, failure),
                 None => ApiError::Retry {
                     source: Box::new(ApiError::caused("building the asset", failure)),
                     retry_after,
@@ -202,6 +218,39 @@ impl From<crate::trust::TrustError> for ApiError {
 }
 
 impl ApiError {
+    /// An answer with `status` and the text of `source` (after `prefix`), which the client
+    /// caused or must wait out.
+    pub fn rejected(
+        status: StatusCode,
+        prefix: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ApiError::Rejected {
+            status,
+            prefix,
+            suffix: "",
+            source: Box::new(source),
+        }
+    }
+
+    /// [`ApiError::rejected`] for an answer of [`imager_answer`]: a `503` (a damaged release,
+    /// which an operator must import again) also carries `Retry-After`.
+    fn imager_rejected(
+        status: StatusCode,
+        prefix: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let rejected = ApiError::rejected(status, prefix, source);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            ApiError::Retry {
+                source: Box::new(rejected),
+                retry_after: DAMAGED_RELEASE_RETRY,
+            }
+        } else {
+            rejected
+        }
+    }
+
     /// A 500 with no cause beyond `context`.
     pub fn internal(context: impl Into<String>) -> Self {
         ApiError::Internal {
@@ -238,7 +287,16 @@ impl ApiError {
 
     /// A 400 for a trusted key sent with a request that does not parse.
     pub fn bad_trust_key(source: crate::trust::TrustError) -> Self {
-        ApiError::BadRequest(source.to_string())
+        ApiError::rejected(StatusCode::BAD_REQUEST, "", source)
+    }
+
+    /// Whether this is the appliance's failure (logged with its causes), not the client's.
+    fn is_server_failure(&self) -> bool {
+        match self {
+            ApiError::Internal { .. } | ApiError::InsufficientStorage { .. } => true,
+            ApiError::Retry { source, .. } => source.is_server_failure(),
+            _ => false,
+        }
     }
 
     /// The HTTP status of this error.
@@ -253,7 +311,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Rejected { status, .. } => *status,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Retry { source, .. } => source.status(),
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -265,6 +323,12 @@ impl ApiError {
         match self {
             ApiError::Internal { .. } => "internal server error".to_string(),
             ApiError::Retry { source, .. } => source.public_message(),
+            ApiError::Rejected {
+                prefix,
+                suffix,
+                source,
+                ..
+            } => format!("{prefix}{:#}{suffix}", Causes(&**source)),
             other => other.to_string(),
         }
     }
@@ -272,10 +336,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal { .. }
-        | ApiError::Retry { .. }
-        | ApiError::InsufficientStorage { .. } = &self
-        {
+        if self.is_server_failure() {
             tracing::error!(error = %format!("{:#}", Causes(&self)), "internal server error");
         }
         let status = self.status();
@@ -320,7 +381,13 @@ mod tests {
 
     #[test]
     fn a_blob_gone_twice_is_a_503_to_retry() {
-        let resp = ApiError::from(AssetError::Gone("ab12".into())).into_response();
+        let gone = ApiError::from(AssetError::Gone("ab12".into()));
+        assert_eq!(
+            gone.public_message(),
+            "asset blob ab12 is no longer stored: it is being rebuilt, try again in a few seconds"
+        );
+        assert!(!gone.is_server_failure());
+        let resp = gone.into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
         let other = ApiError::from(AssetError::NoResult("x".into())).into_response();

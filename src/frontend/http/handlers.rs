@@ -33,9 +33,11 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes,
             if too_large {
                 Err(ApiError::PayloadTooLarge { limit })
             } else {
-                Err(ApiError::BadRequest(format!(
-                    "error reading request body: {e}"
-                )))
+                Err(ApiError::rejected(
+                    StatusCode::BAD_REQUEST,
+                    "error reading request body: ",
+                    e,
+                ))
             }
         }
     }

@@ -20,7 +20,8 @@ use crate::netboot;
 pub struct AssetOutcome(pub Outcome);
 
 fn header_value(s: &str) -> Result<HeaderValue, ApiError> {
-    HeaderValue::from_str(s).map_err(|e| ApiError::BadRequest(format!("invalid header value: {e}")))
+    HeaderValue::from_str(s)
+        .map_err(|e| ApiError::rejected(StatusCode::BAD_REQUEST, "invalid header value: ", e))
 }
 
 /// `GET|HEAD /image/{schematic}/{version}/{path}`.

@@ -19,7 +19,7 @@ use crate::imager::uki::UkiPurpose;
 use crate::schematic::Bootloader;
 use crate::store::BlobInfo;
 
-use super::{BuildRequest, Builder, Stage, asset, internal};
+use super::{BuildRequest, Builder, Stage, asset};
 
 impl Builder {
     /// The raw disk image of `profile` (kind image).
@@ -75,7 +75,7 @@ impl Builder {
             // gigabytes of (mostly zero) bytes to hash: SHA-256 on its own core
             w.hash_sha256_on_thread();
             stream_into_blob(&mut File::open(&raw)?, &mut w)
-                .map_err(|e| internal("store disk image", e))?;
+                .map_err(ImagerError::internal("store disk image"))?;
         } else {
             // Disk format (spec §5.9) and compression, streamed into the blob store.
             let req = ConvertRequest::from_profile(profile)?;
@@ -84,7 +84,9 @@ impl Builder {
             convert(&raw, &req, &self.opts.compression, &mut out)?;
             out.flush()?;
         }
-        let blob = w.finish().map_err(|e| internal("store disk image", e))?;
+        let blob = w
+            .finish()
+            .map_err(ImagerError::internal("store disk image"))?;
         // `scratch` (disk.raw, initramfs, UKI, GRUB tree) is removed as it drops: here, or on
         // any error above
         Ok(blob)
@@ -111,7 +113,7 @@ impl Builder {
             }
             // A record naming `../x` must not write outside `dir`.
             let dest = RelPath::parse(rel)
-                .map_err(|e| internal("GRUB module tree", e))?
+                .map_err(ImagerError::internal("GRUB module tree"))?
                 .under(dir);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;

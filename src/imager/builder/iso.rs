@@ -17,7 +17,7 @@ use crate::imager::profile::Profile;
 use crate::imager::uki::UkiPurpose;
 use crate::store::BlobInfo;
 
-use super::{BuildRequest, Builder, Stage, asset, internal};
+use super::{BuildRequest, Builder, Stage, asset};
 
 impl Builder {
     /// The ISO of `profile` (kind iso).
@@ -59,7 +59,7 @@ impl Builder {
             let built = self.iso_payloads(req, profile, assets, kind, scratch.path());
             let grub = grub.map(|h| {
                 h.join()
-                    .map_err(|_| ImagerError::Internal("ISO: the GRUB thread panicked".into()))
+                    .map_err(|_| ImagerError::Inconsistent("ISO: the GRUB thread panicked".into()))
             });
             (grub, built)
         });
@@ -93,7 +93,7 @@ impl Builder {
             self.blobs
                 .adopt_file(&tmp)
                 .and_then(|pending| self.blobs.commit_one(pending))
-                .map_err(|e| internal("store ISO", e))
+                .map_err(ImagerError::internal("store ISO"))
         });
         if stored.is_err() {
             // whatever xorriso left (a failed run, or a file that could not be stored)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::catalog::{Arch, OverlayEntry, Signatures};
-use crate::imager::error::ErrorClass;
+use crate::imager::error::ErrorKind;
 use crate::oci::Digest;
 use crate::store::{MetaStore, SledStore};
 
@@ -139,7 +139,7 @@ fn every_output_that_carries_an_overlay_is_refused() {
             "{path}: {e}"
         );
         assert_eq!(e.to_string(), REFUSED, "{path}");
-        assert_eq!(e.class(), ErrorClass::NotImplemented, "{path}");
+        assert_eq!(e.kind(), ErrorKind::NotSupported, "{path}");
     }
 }
 

@@ -16,6 +16,7 @@ use super::layout::PlacedPartition;
 use super::sparse::Window;
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::imager::error::ImagerError;
+use crate::io_context::IoContext;
 
 /// `mkfs.vfat --invariant`'s volume ID.
 pub const VOLUME_ID: u32 = 0x1234_ABCD;
@@ -94,7 +95,7 @@ pub fn epoch_date_time(epoch: u64) -> DateTime {
 }
 
 fn fat_err(what: &str, e: io::Error) -> ImagerError {
-    ImagerError::Internal(format!("EFI partition: {what}: {e}"))
+    IoContext::new(format!("EFI partition: {what}"), e).into()
 }
 
 /// Formats `part` of `disk` as FAT32 and writes `files` into it (sorted by path, so the
@@ -196,7 +197,7 @@ fn write_fat<V: Read + Write + Seek>(
     for f in sorted {
         let parts: Vec<&str> = f.path.split('/').filter(|p| !p.is_empty()).collect();
         let Some((name, dirs)) = parts.split_last() else {
-            return Err(ImagerError::Internal(format!(
+            return Err(ImagerError::Inconsistent(format!(
                 "empty ESP path {:?}",
                 f.path
             )));

@@ -369,7 +369,7 @@ impl Gpt {
         disk_size: u64,
         sector_size: u64,
     ) -> Result<Gpt, ImagerError> {
-        let bad = |what: &str| ImagerError::Internal(format!("invalid GPT: {what}"));
+        let bad = |what: &str| ImagerError::Inconsistent(format!("invalid GPT: {what}"));
         let probe = Geometry::new(disk_size, sector_size, 0)?;
         let primary = read_at(r, sector_size, sector_size as usize)?;
         let field = |h: &[u8], at: usize| -> u64 {

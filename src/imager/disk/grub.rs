@@ -151,7 +151,7 @@ pub fn mkimage_with(m: &MkImage<'_>) -> Result<(), ImagerError> {
 /// Patches `boot.img` for a core image at LBA `bios_lba` (§5.5.3 step 1).
 pub fn patch_boot_img(boot: &mut [u8], bios_lba: u64) -> Result<(), ImagerError> {
     if boot.len() != 512 || boot[510..] != [0x55, 0xAA] {
-        return Err(ImagerError::Internal(
+        return Err(ImagerError::Inconsistent(
             "GRUB boot.img is not a 512-byte boot sector".into(),
         ));
     }
@@ -163,7 +163,9 @@ pub fn patch_boot_img(boot: &mut [u8], bios_lba: u64) -> Result<(), ImagerError>
 /// Patches `core.img`'s first blocklist entry to start at `bios_lba + 1` (§5.5.3 step 2).
 pub fn patch_core_img(core: &mut [u8], bios_lba: u64) -> Result<(), ImagerError> {
     if core.len() < 512 {
-        return Err(ImagerError::Internal("GRUB core.img is too short".into()));
+        return Err(ImagerError::Inconsistent(
+            "GRUB core.img is too short".into(),
+        ));
     }
     core[CORE_BLOCKLIST_START..CORE_BLOCKLIST_START + 8]
         .copy_from_slice(&(bios_lba + 1).to_le_bytes());
@@ -180,9 +182,9 @@ pub fn embed_bios_boot(
 ) -> Result<(), ImagerError> {
     let bios = layout
         .partition("BIOS")
-        .ok_or_else(|| ImagerError::Internal("the layout has no BIOS partition".into()))?;
+        .ok_or_else(|| ImagerError::Inconsistent("the layout has no BIOS partition".into()))?;
     if core_img.len() as u64 > bios.size {
-        return Err(ImagerError::Internal(format!(
+        return Err(ImagerError::Inconsistent(format!(
             "GRUB core.img is {} bytes, the BIOS partition {}",
             core_img.len(),
             bios.size

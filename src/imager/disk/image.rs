@@ -58,7 +58,7 @@ pub fn write_disk_image(
     // EFI
     let efi = layout
         .partition("EFI")
-        .ok_or_else(|| ImagerError::Internal("the layout has no EFI partition".into()))?;
+        .ok_or_else(|| ImagerError::Inconsistent("the layout has no EFI partition".into()))?;
     let loader = format!("EFI/boot/{}", efi_boot_name(arch));
     let esp = match req.bootloader {
         Bootloader::SdBoot | Bootloader::DualBoot => vec![

@@ -272,7 +272,7 @@ impl DiskLayout {
             .zip(&specs)
             .any(|(p, s)| p.label != s.label)
         {
-            return Err(ImagerError::Internal(
+            return Err(ImagerError::Inconsistent(
                 "partition allocation did not keep the list order".into(),
             ));
         }

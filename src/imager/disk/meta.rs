@@ -18,9 +18,9 @@ pub fn meta_region(
 ) -> Result<Option<(u64, Vec<u8>)>, ImagerError> {
     let part = layout
         .partition("META")
-        .ok_or_else(|| ImagerError::Internal("the disk layout has no META partition".into()))?;
+        .ok_or_else(|| ImagerError::Inconsistent("the disk layout has no META partition".into()))?;
     if part.size != META_PARTITION_SIZE as u64 {
-        return Err(ImagerError::Internal(format!(
+        return Err(ImagerError::Inconsistent(format!(
             "META partition is {} bytes, expected {META_PARTITION_SIZE}",
             part.size
         )));

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use crate::imager::tool::ToolError;
+
 /// An external tool: its name, the Debian package that ships it and what it is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tool {
@@ -47,16 +49,15 @@ pub fn find(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Each tool with where it was found, or the message that says how to install it.
-pub fn check() -> Vec<(Tool, Result<PathBuf, String>)> {
+/// Each tool with where it was found, or the error that says how to install it.
+pub fn check() -> Vec<(Tool, Result<PathBuf, ToolError>)> {
     TOOLS
         .iter()
         .map(|t| {
-            let found = find(t.name).ok_or_else(|| {
-                format!(
-                    "{} not found: install Debian package {} (needed for {})",
-                    t.name, t.package, t.purpose
-                )
+            let found = find(t.name).ok_or(ToolError::NotFound {
+                tool: t.name,
+                package: t.package,
+                purpose: t.purpose,
             });
             (*t, found)
         })

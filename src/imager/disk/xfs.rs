@@ -98,7 +98,7 @@ struct Dir {
 
 fn check_name(name: &str) -> Result<(), ImagerError> {
     if name.is_empty() || name.contains(char::is_whitespace) || name == "$" {
-        return Err(ImagerError::Internal(format!(
+        return Err(ImagerError::Inconsistent(format!(
             "XFS protofile cannot hold the name {name:?}"
         )));
     }
@@ -112,7 +112,10 @@ pub fn protofile(files: &[XfsFile], dir_modes: &[(&str, u32)]) -> Result<String,
     for f in files {
         let parts: Vec<&str> = f.path.split('/').filter(|p| !p.is_empty()).collect();
         let Some((name, dirs)) = parts.split_last() else {
-            return Err(ImagerError::Internal(format!("empty path {:?}", f.path)));
+            return Err(ImagerError::Inconsistent(format!(
+                "empty path {:?}",
+                f.path
+            )));
         };
         let mut d = &mut root;
         for p in dirs {
@@ -125,7 +128,7 @@ pub fn protofile(files: &[XfsFile], dir_modes: &[(&str, u32)]) -> Result<String,
             .to_str()
             .filter(|s| !s.contains(char::is_whitespace));
         let src = src.ok_or_else(|| {
-            ImagerError::Internal(format!("source path {} unusable", f.source.display()))
+            ImagerError::Inconsistent(format!("source path {} unusable", f.source.display()))
         })?;
         d.files
             .insert((*name).to_string(), (PathBuf::from(src), f.mode));
@@ -184,7 +187,7 @@ pub fn mkfs_xfs(
     let mut f = File::options().read(true).write(true).open(image)?;
     normalize_inode_times(&mut f, SOURCE_DATE_EPOCH)?;
     if f.metadata()?.len() != size {
-        return Err(ImagerError::Internal(format!(
+        return Err(ImagerError::Inconsistent(format!(
             "{MKFS_XFS} changed the image size"
         )));
     }
@@ -269,11 +272,11 @@ pub fn normalize_inode_times(f: &mut File, epoch: u64) -> Result<usize, ImagerEr
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut sb)?;
     if &sb[..4] != b"XFSB" || u16::from_be_bytes([sb[100], sb[101]]) & 0xF != 5 {
-        return Err(ImagerError::Internal("not a v5 XFS filesystem".into()));
+        return Err(ImagerError::Inconsistent("not a v5 XFS filesystem".into()));
     }
     let inode_size = usize::from(u16::from_be_bytes([sb[104], sb[105]]));
     if !(256..=2048).contains(&inode_size) || !inode_size.is_power_of_two() {
-        return Err(ImagerError::Internal(format!(
+        return Err(ImagerError::Inconsistent(format!(
             "XFS inode size {inode_size}"
         )));
     }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::xz::XzWriter;
 use super::zstd_frames::{ZstdFrameWriter, ZstdOptions};
+use crate::imager::error::ImagerError;
 
 /// Compression levels and threads for disk-image outputs (defaults measured in
 /// `docs/imager-formats.md`).
@@ -66,21 +67,22 @@ impl CompressionLevels {
     }
 
     /// Checks the ranges of every field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ImagerError> {
+        let invalid = |text: String| Err(ImagerError::Validation(text));
         if self.xz > 9 {
-            return Err(format!("xz level {} is not in 0..=9", self.xz));
+            return invalid(format!("xz level {} is not in 0..=9", self.xz));
         }
         if self.gzip > 9 || self.vmdk_deflate > 9 {
-            return Err(format!(
+            return invalid(format!(
                 "gzip/vmdk deflate levels {}/{} are not in 0..=9",
                 self.gzip, self.vmdk_deflate
             ));
         }
         if !(1..=22).contains(&self.zstd) {
-            return Err(format!("zstd level {} is not in 1..=22", self.zstd));
+            return invalid(format!("zstd level {} is not in 1..=22", self.zstd));
         }
         if self.zstd_window_log != 0 && !(10..=30).contains(&self.zstd_window_log) {
-            return Err(format!(
+            return invalid(format!(
                 "zstd window log {} is not 0 or in 10..=30",
                 self.zstd_window_log
             ));

@@ -57,7 +57,7 @@ impl<'a> ConvertRequest<'a> {
         let opts = match (&profile.output.kind, &profile.output.image_options) {
             (OutputKind::Image, Some(o)) => o,
             _ => {
-                return Err(ImagerError::Internal(
+                return Err(ImagerError::Inconsistent(
                     "disk format conversion needs an image profile with image options".into(),
                 ));
             }
@@ -88,7 +88,7 @@ pub fn convert(
     levels: &CompressionLevels,
     out: &mut dyn Write,
 ) -> Result<Converted, ImagerError> {
-    levels.validate().map_err(ImagerError::Validation)?;
+    levels.validate()?;
     check_options(req)?;
     let scratch = raw
         .parent()
@@ -158,9 +158,7 @@ fn write_disk(
 fn check_options(req: &ConvertRequest<'_>) -> Result<(), ImagerError> {
     let opts = req.disk_format_options;
     match req.disk_format {
-        DiskFormat::Qcow2 => qcow2::parse_options(opts)
-            .map(|_| ())
-            .map_err(ImagerError::Validation),
+        DiskFormat::Qcow2 => qcow2::parse_options(opts).map(|_| ()),
         DiskFormat::Vhd => {
             // Always a fixed VHD with force_size semantics (what azure asks for).
             for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {

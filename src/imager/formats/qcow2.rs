@@ -18,6 +18,7 @@
 use std::io::{self, Write};
 
 use super::sparse::{Extent, RawImage};
+use crate::imager::error::ImagerError;
 
 /// qcow2 magic `QFI\xfb`.
 const MAGIC: u32 = 0x5146_49fb;
@@ -28,34 +29,34 @@ pub const DEFAULT_CLUSTER_SIZE: u64 = 64 * 1024;
 
 /// Parses qemu-img `-o` options for qcow2; only `cluster_size` is supported (the only one
 /// upstream profiles use). Returns the cluster size in bytes.
-pub fn parse_options(opts: &str) -> Result<u64, String> {
+pub fn parse_options(opts: &str) -> Result<u64, ImagerError> {
+    let invalid = |text: String| ImagerError::Validation(text);
     let mut cluster = DEFAULT_CLUSTER_SIZE;
     for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         match opt.split_once('=') {
-            Some(("cluster_size", v)) => cluster = parse_size(v)?,
-            _ => return Err(format!("unsupported qcow2 option {opt:?}")),
+            Some(("cluster_size", v)) => {
+                cluster = parse_size(v).ok_or_else(|| invalid(format!("invalid size {v:?}")))?;
+            }
+            _ => return Err(invalid(format!("unsupported qcow2 option {opt:?}"))),
         }
     }
     if !cluster.is_power_of_two() || !(512..=2 << 20).contains(&cluster) {
-        return Err(format!(
+        return Err(invalid(format!(
             "qcow2 cluster size {cluster} must be a power of two in 512..=2M"
-        ));
+        )));
     }
     Ok(cluster)
 }
 
 /// A qemu size: digits with an optional `k`, `M` or `G` suffix (powers of 1024).
-fn parse_size(v: &str) -> Result<u64, String> {
+fn parse_size(v: &str) -> Option<u64> {
     let (num, mul) = match v.char_indices().last() {
         Some((i, 'k' | 'K')) => (&v[..i], 1u64 << 10),
         Some((i, 'm' | 'M')) => (&v[..i], 1 << 20),
         Some((i, 'g' | 'G')) => (&v[..i], 1 << 30),
         _ => (v, 1),
     };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| format!("invalid size {v:?}"))
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mul))
 }
 
 /// The computed file layout (all offsets in bytes).
@@ -247,10 +248,14 @@ mod tests {
 
     #[test]
     fn options() {
-        assert_eq!(parse_options("cluster_size=8k"), Ok(8192));
-        assert_eq!(parse_options(""), Ok(65536));
+        assert_eq!(parse_options("cluster_size=8k").unwrap(), 8192);
+        assert_eq!(parse_options("").unwrap(), 65536);
         assert!(parse_options("cluster_size=3k").is_err());
         assert!(parse_options("compat=0.10").is_err());
+        assert_eq!(
+            parse_options("cluster_size=zz").unwrap_err().to_string(),
+            r#"invalid size "zz""#
+        );
     }
 
     #[test]

@@ -21,6 +21,54 @@ enum Op {
     Le,
 }
 
+/// Why a constraint does not parse or does not admit the target (blang's and upstream's
+/// texts, which upstream shows to the user).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConstraintError {
+    /// `||` with nothing on one side.
+    #[error("Empty OR range")]
+    EmptyOr,
+    /// A comparator without a digit.
+    #[error("Could not get version from string: {0:?}")]
+    NoVersion(String),
+    /// A wildcard comparator that does not parse.
+    #[error("Could not parse Range {0:?}")]
+    Range(String),
+    /// An operator blang does not know.
+    #[error("Could not parse comparator {op:?} in {part:?}")]
+    Comparator {
+        /// The operator.
+        op: String,
+        /// The comparator it is part of.
+        part: String,
+    },
+    /// A comparator whose version is not a strict semantic version.
+    #[error("Could not parse Range {part:?}: invalid version {version:?}")]
+    Version {
+        /// The comparator.
+        part: String,
+        /// Its version part.
+        version: String,
+    },
+    /// The extension's constraint does not parse.
+    #[error("error parsing Talos version constraint {constraint:?}: {source}")]
+    Parse {
+        /// The constraint as written.
+        constraint: String,
+        /// Why it does not parse.
+        #[source]
+        source: Box<ConstraintError>,
+    },
+    /// The constraint parses but the target is outside it.
+    #[error("version constraint {constraint} can't be satisfied with Talos version {target}")]
+    Unsatisfied {
+        /// The constraint without its `v` prefixes.
+        constraint: String,
+        /// The target's core version.
+        target: Version,
+    },
+}
+
 /// A parsed range: OR of AND groups of comparators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
@@ -86,13 +134,13 @@ fn split_and_trim(s: &str) -> Vec<String> {
 }
 
 /// Splits the parts at `||` into AND groups.
-fn split_or(parts: Vec<String>) -> Result<Vec<Vec<String>>, String> {
+fn split_or(parts: Vec<String>) -> Result<Vec<Vec<String>>, ConstraintError> {
     let mut groups = Vec::new();
     let mut cur = Vec::new();
     for p in parts {
         if p == "||" {
             if cur.is_empty() {
-                return Err("Empty OR range".into());
+                return Err(ConstraintError::EmptyOr);
             }
             groups.push(std::mem::take(&mut cur));
         } else {
@@ -100,18 +148,25 @@ fn split_or(parts: Vec<String>) -> Result<Vec<Vec<String>>, String> {
         }
     }
     if cur.is_empty() {
-        return Err("Empty OR range".into());
+        return Err(ConstraintError::EmptyOr);
     }
     groups.push(cur);
     Ok(groups)
 }
 
 /// `(operator, version)` of one comparator: the operator is everything before the first digit.
-fn split_comparator(part: &str) -> Result<(&str, &str), String> {
+fn split_comparator(part: &str) -> Result<(&str, &str), ConstraintError> {
     let i = part
         .find(|c: char| c.is_ascii_digit())
-        .ok_or_else(|| format!("Could not get version from string: {part:?}"))?;
+        .ok_or_else(|| ConstraintError::NoVersion(part.to_string()))?;
     Ok((part[..i].trim(), &part[i..]))
+}
+
+fn bad_comparator(op: &str, part: &str) -> ConstraintError {
+    ConstraintError::Comparator {
+        op: op.to_string(),
+        part: part.to_string(),
+    }
 }
 
 fn parse_op(op: &str) -> Option<Op> {
@@ -127,22 +182,21 @@ fn parse_op(op: &str) -> Option<Op> {
 }
 
 /// Expands one wildcard comparator (`>1.2.x`, `1.x`, …) into plain comparators, like blang.
-fn expand_wildcard(part: &str) -> Result<Vec<String>, String> {
+fn expand_wildcard(part: &str) -> Result<Vec<String>, ConstraintError> {
+    let unparsable = || ConstraintError::Range(part.to_string());
     let (op, v) = split_comparator(part)?;
     let comps: Vec<&str> = v.split('.').collect();
     if comps.len() > 3 || comps.iter().any(|c| c.is_empty()) {
-        return Err(format!("Could not parse Range {part:?}"));
+        return Err(unparsable());
     }
     // Position of the first wildcard (0 = major).
     let pos = comps
         .iter()
         .position(|c| *c == "x")
-        .ok_or_else(|| format!("Could not parse Range {part:?}"))?;
+        .ok_or_else(unparsable)?;
     let mut nums = [0u64; 3];
     for (i, c) in comps.iter().enumerate().take(pos) {
-        nums[i] = c
-            .parse()
-            .map_err(|_| format!("Could not parse Range {part:?}"))?;
+        nums[i] = c.parse().map_err(|_| unparsable())?;
     }
     let flat = format!("{}.{}.{}", nums[0], nums[1], nums[2]);
     let incremented = || match pos {
@@ -164,7 +218,7 @@ fn expand_wildcard(part: &str) -> Result<Vec<String>, String> {
             out.push(format!("<{flat}"));
             (">=", true)
         }
-        _ => return Err(format!("Could not parse comparator {op:?} in {part:?}")),
+        _ => return Err(bad_comparator(op, part)),
     };
     if increment {
         match incremented() {
@@ -180,7 +234,7 @@ fn expand_wildcard(part: &str) -> Result<Vec<String>, String> {
 }
 
 /// Parses a constraint (after [`strip_v`]) the way `semver.ParseRange` does.
-pub fn parse_range(s: &str) -> Result<Range, String> {
+pub fn parse_range(s: &str) -> Result<Range, ConstraintError> {
     let groups = split_or(split_and_trim(s))?;
     let mut out = Vec::new();
     for g in groups {
@@ -193,11 +247,13 @@ pub fn parse_range(s: &str) -> Result<Range, String> {
             };
             for p in expanded {
                 let (op, v) = split_comparator(&p)?;
-                let op = parse_op(op)
-                    .ok_or_else(|| format!("Could not parse comparator {op:?} in {p:?}"))?;
+                let op = parse_op(op).ok_or_else(|| bad_comparator(op, &p))?;
                 let version = Version::parse_strict(v)
                     .filter(|_| !v.starts_with('v'))
-                    .ok_or_else(|| format!("Could not parse Range {p:?}: invalid version {v:?}"))?;
+                    .ok_or_else(|| ConstraintError::Version {
+                        part: p.clone(),
+                        version: v.to_string(),
+                    })?;
                 and.push((op, version));
             }
         }
@@ -208,20 +264,23 @@ pub fn parse_range(s: &str) -> Result<Range, String> {
 
 /// Checks an extension's `compatibility.talos.version` against the target: `Ok(())` when empty
 /// or satisfied, otherwise the upstream-style message.
-pub fn check(constraint: &str, target: &Version) -> Result<(), String> {
+pub fn check(constraint: &str, target: &Version) -> Result<(), ConstraintError> {
     if constraint.is_empty() {
         return Ok(());
     }
     let cleaned = strip_v(constraint);
-    let range = parse_range(&cleaned)
-        .map_err(|e| format!("error parsing Talos version constraint {constraint:?}: {e}"))?;
+    let range = parse_range(&cleaned).map_err(|e| ConstraintError::Parse {
+        constraint: constraint.to_string(),
+        source: Box::new(e),
+    })?;
     let core = target.core();
     if range.matches(&core) {
         Ok(())
     } else {
-        Err(format!(
-            "version constraint {cleaned} can't be satisfied with Talos version {core}"
-        ))
+        Err(ConstraintError::Unsatisfied {
+            constraint: cleaned,
+            target: core,
+        })
     }
 }
 
@@ -300,14 +359,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_constraint() {
-        let e = check(">= banana", &v("1.10.0")).unwrap_err();
+        let e = check(">= banana", &v("1.10.0")).unwrap_err().to_string();
         assert!(e.contains(">= banana"), "{e}");
+        assert_eq!(
+            e,
+            r#"error parsing Talos version constraint ">= banana": Could not get version from string: ">=banana""#
+        );
         assert!(check("|| >=1.0.0", &v("1.10.0")).is_err());
         assert!(check(">=1.0", &v("1.10.0")).is_err());
         assert!(check("~>1.0.0", &v("1.10.0")).is_err());
         let e = check(">= v1.12.0", &v("1.11.0")).unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "version constraint >= 1.12.0 can't be satisfied with Talos version 1.11.0"
         );
     }

@@ -60,12 +60,15 @@ pub fn extract(
                 )));
             }
             let m: ImageManifest = serde_json::from_slice(&bytes)
-                .map_err(|e| InitramfsError::Invalid(format!("image manifest {manifest}: {e}")))?;
+                .map_err(OciError::decode(format!("image manifest {manifest}")))?;
             let store = blobs.clone();
             let mut open = move |d: &Descriptor| -> Result<Box<dyn Read + Send>, OciError> {
                 let blob = store
                     .open_sha256(d.digest.hex(), d.size)
-                    .map_err(|e| OciError::NotFound(format!("blob {}: {e}", d.digest)))?
+                    .map_err(|e| OciError::Open {
+                        what: format!("blob {}", d.digest),
+                        source: Box::new(e),
+                    })?
                     .ok_or_else(|| {
                         OciError::NotFound(format!("blob {} is not stored", d.digest))
                     })?;
@@ -127,8 +130,12 @@ pub fn load(root: &Path, dir: &str) -> Result<Loaded, InitramfsError> {
                 }
                 let text = fs::read_to_string(&full)
                     .map_err(io_err(format!("read {}", full.display())))?;
-                let m: Manifest = serde_yaml::from_str(&text)
-                    .map_err(|e| fail(format!("error loading extension manifest: {e}")))?;
+                let m: Manifest = serde_yaml::from_str(&text).map_err(|source| {
+                    InitramfsError::ExtensionManifest {
+                        dir: dir.to_string(),
+                        source,
+                    }
+                })?;
                 if m.version != "v1alpha1" {
                     return Err(fail(format!(
                         "unsupported manifest version: {:?}",
@@ -161,10 +168,10 @@ pub fn load(root: &Path, dir: &str) -> Result<Loaded, InitramfsError> {
 /// The compatibility check of §3.2 for a loaded extension.
 pub fn validate(ext: &Loaded, target: &Version) -> Result<(), InitramfsError> {
     let c = &ext.manifest.metadata.compatibility.talos.version;
-    constraint::check(c, target).map_err(|message| InitramfsError::Incompatible {
+    constraint::check(c, target).map_err(|source| InitramfsError::Incompatible {
         name: ext.manifest.metadata.name.clone(),
         constraint: c.clone(),
-        message,
+        source,
     })
 }
 

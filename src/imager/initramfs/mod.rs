@@ -27,7 +27,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use constraint::{Range, check as check_constraint, parse_range, strip_v};
+pub use constraint::{ConstraintError, Range, check as check_constraint, parse_range, strip_v};
 pub use extension::processing_order;
 pub use modules::DEPMOD_CONFIG;
 pub use virtual_ext::{
@@ -53,6 +53,15 @@ pub enum InitramfsError {
     /// The target version is older than this builder supports.
     #[error("unsupported Talos version {0} for initramfs with extensions (need >= 1.8)")]
     Unsupported(String),
+    /// An extension's `manifest.yaml` does not parse (upstream's text).
+    #[error("error loading extension {dir}: error loading extension manifest: {source}")]
+    ExtensionManifest {
+        /// Extension directory (`0`, `1`, …).
+        dir: String,
+        /// The YAML error.
+        #[source]
+        source: serde_yaml::Error,
+    },
     /// An extension directory failed to load.
     #[error("error loading extension {dir}: {message}")]
     Extension {
@@ -62,14 +71,15 @@ pub enum InitramfsError {
         message: String,
     },
     /// An extension's compatibility constraint refuses the target.
-    #[error("error validating extension {name:?} (constraint {constraint:?}): {message}")]
+    #[error("error validating extension {name:?} (constraint {constraint:?}): {source}")]
     Incompatible {
         /// Extension name.
         name: String,
         /// The constraint as written.
         constraint: String,
         /// Why it does not match.
-        message: String,
+        #[source]
+        source: ConstraintError,
     },
     /// A blob the build needs is not stored.
     #[error("blob {0} is not in the blob store")]
@@ -77,9 +87,18 @@ pub enum InitramfsError {
     /// The base initramfs is not what Talos ships.
     #[error("base initramfs: {0}")]
     BaseInitramfs(String),
-    /// squashfs writing or reading failed.
+    /// A squashfs image is unusable or was not built.
     #[error("squashfs: {0}")]
     Squashfs(String),
+    /// Reading a squashfs image failed.
+    #[error("squashfs: {context}: {source}")]
+    SquashfsRead {
+        /// What was being read.
+        context: String,
+        /// The reader's error.
+        #[source]
+        source: backhand::BackhandError,
+    },
     /// `depmod` is not installed.
     #[error("depmod not found: install Debian package kmod")]
     DepmodMissing,

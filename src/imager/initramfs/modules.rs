@@ -48,9 +48,9 @@ pub fn extract_rootfs_sqsh(base: impl Read, dest: &Path) -> Result<(), Initramfs
         Box::new(zstd::stream::read::Decoder::new(stream).map_err(io_err("base initramfs zstd"))?)
     };
     loop {
-        let entry = cpio::NewcReader::new(reader).map_err(|e| {
-            InitramfsError::BaseInitramfs(format!("reading cpio: {e} (no rootfs.sqsh found)"))
-        })?;
+        let entry = cpio::NewcReader::new(reader).map_err(io_err(
+            "base initramfs: reading cpio (no rootfs.sqsh found)",
+        ))?;
         if entry.entry().is_trailer() {
             return Err(InitramfsError::BaseInitramfs(
                 "no rootfs.sqsh entry in the base initramfs".into(),
@@ -61,13 +61,13 @@ pub fn extract_rootfs_sqsh(base: impl Read, dest: &Path) -> Result<(), Initramfs
             let mut out = io::BufWriter::new(out);
             entry
                 .to_writer(&mut out)
-                .map_err(|e| InitramfsError::BaseInitramfs(format!("extract rootfs.sqsh: {e}")))?;
+                .map_err(io_err("base initramfs: extract rootfs.sqsh"))?;
             io::Write::flush(&mut out).map_err(io_err(format!("write {}", dest.display())))?;
             return Ok(());
         }
         reader = entry
             .finish()
-            .map_err(|e| InitramfsError::BaseInitramfs(format!("reading cpio: {e}")))?;
+            .map_err(io_err("base initramfs: reading cpio"))?;
     }
 }
 
@@ -99,9 +99,7 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), InitramfsError> {
 /// The single kernel-version directory under `dir`.
 fn single_kver(dir: &Path) -> Result<String, InitramfsError> {
     let mut kvers = Vec::new();
-    for e in fs::read_dir(dir).map_err(|e| {
-        InitramfsError::BaseInitramfs(format!("no module tree in rootfs.sqsh ({e})"))
-    })? {
+    for e in fs::read_dir(dir).map_err(io_err("base initramfs: no module tree in rootfs.sqsh"))? {
         let e = e.map_err(io_err(format!("read {}", dir.display())))?;
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             kvers.push(e.file_name().to_string_lossy().into_owned());

@@ -1,6 +1,7 @@
 //! Virtual extensions given to the build as plain tars: the factory's `schematic` extension
 //! (api spec §6.4) and the imager's `embedded-config` extension (imager spec §3.7).
 
+use crate::io_context::io_err;
 use crate::sha256::hex_digest;
 
 use super::InitramfsError;
@@ -22,7 +23,7 @@ enum Item<'a> {
 }
 
 fn tar_of(items: &[Item<'_>]) -> Result<Vec<u8>, InitramfsError> {
-    let err = |e: std::io::Error| InitramfsError::Invalid(format!("virtual extension tar: {e}"));
+    let err = |e: std::io::Error| InitramfsError::from(io_err("virtual extension tar")(e));
     let mut b = tar::Builder::new(Vec::new());
     for item in items {
         let mut h = tar::Header::new_ustar();

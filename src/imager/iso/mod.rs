@@ -152,7 +152,7 @@ pub fn grub_iso_uuid() -> String {
 }
 
 fn required_grub<T>(what: &str, v: Option<T>) -> Result<T, ImagerError> {
-    v.ok_or_else(|| ImagerError::Internal(format!("ISO: {what} was not prepared")))
+    v.ok_or_else(|| ImagerError::Inconsistent(format!("ISO: {what} was not prepared")))
 }
 
 /// The GRUB images of an ISO: they depend only on the release's GRUB trees, so they can be

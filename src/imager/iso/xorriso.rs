@@ -22,7 +22,7 @@ use super::grub::{BiosBoot, ELTORITO_PATH};
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::imager::disk::fat::epoch_date_time;
 use crate::imager::error::ImagerError;
-use crate::imager::tool::ToolRun;
+use crate::imager::tool::{ToolError, ToolRun};
 
 /// The tool.
 pub const XORRISO: &str = "xorriso";
@@ -146,10 +146,10 @@ pub fn xorriso_args(plan: &IsoPlan) -> Vec<OsString> {
 
 /// The xorriso command, in UTC with [`SOURCE_DATE_EPOCH`] set.
 fn xorriso_command(run: &ToolRun) -> Result<Command, ImagerError> {
-    let exe = run.tools.locate(XORRISO).ok_or_else(|| {
-        ImagerError::Internal(format!(
-            "{XORRISO} not found: install Debian package xorriso (needed for ISO images)"
-        ))
+    let exe = run.tools.locate(XORRISO).ok_or(ToolError::NotFound {
+        tool: XORRISO,
+        package: "xorriso",
+        purpose: "ISO images",
     })?;
     let mut cmd = Command::new(exe);
     cmd.env("TZ", "UTC")

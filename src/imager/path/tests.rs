@@ -363,7 +363,7 @@ fn error_texts() {
     for path in ["metal-amd64.ssd", "kernel-x", "metal.iso"] {
         let e = parse_path(path, &v()).unwrap_err();
         assert!(e.is_path_error());
-        assert_eq!(e.class(), crate::imager::error::ErrorClass::BadRequest);
+        assert_eq!(e.kind(), crate::imager::error::ErrorKind::InvalidRequest);
     }
 }
 

@@ -68,7 +68,7 @@ pub fn enhance_from_schematic(
     quirks::ensure_supported(&profile.version)?;
     let tag = profile.version.tag();
     if release.parsed_version().as_ref() != Some(&profile.version) {
-        return Err(ImagerError::Internal(format!(
+        return Err(ImagerError::Inconsistent(format!(
             "release {} does not match the requested version {tag}",
             release.version
         )));

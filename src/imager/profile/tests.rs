@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::catalog::{ExtensionEntry, Release, Signatures};
-use crate::imager::error::ErrorClass;
+use crate::imager::error::ErrorKind;
 use crate::imager::path::parse_path;
 use crate::schematic::Schematic;
 
@@ -128,7 +128,7 @@ fn args_and_meta_per_kind() {
 }
 
 #[test]
-fn error_texts_and_classes() {
+fn error_texts_and_kinds() {
     let e = enhance(
         "metal-amd64.iso",
         "v1.11.0",
@@ -139,7 +139,7 @@ fn error_texts_and_classes() {
         e.to_string(),
         r#"official extension "siderolabs/cni-plugins" is not available for Talos version v1.11.0"#
     );
-    assert_eq!(e.class(), ErrorClass::BadRequest);
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
 
     let e = enhance(
         "metal-arm64.iso",
@@ -147,7 +147,7 @@ fn error_texts_and_classes() {
         "customization:\n  systemExtensions:\n    officialExtensions: [siderolabs/amdgpu-firmware]\n",
     )
     .unwrap_err();
-    assert_eq!(e.class(), ErrorClass::NotFound, "{e}");
+    assert_eq!(e.kind(), ErrorKind::MissingInput, "{e}");
 
     let e = enhance(
         "metal-amd64.iso",
@@ -181,7 +181,7 @@ fn error_texts_and_classes() {
 
     let e = enhance("metal-amd64-secureboot.iso", "v1.11.0", "{}").unwrap_err();
     assert_eq!(e.to_string(), "secure boot is disabled");
-    assert_eq!(e.class(), ErrorClass::BadRequest);
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
 
     let e = enhance("metal-amd64.iso", "v1.7.6", "{}").unwrap_err();
     assert_eq!(
@@ -201,7 +201,7 @@ fn error_texts_and_classes() {
     );
 
     let e = enhance("cmdline-foo-amd64", "v1.11.0", "{}").unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Internal);
+    assert_eq!(e.kind(), ErrorKind::Internal);
 
     let e = enhance_from_schematic(
         parse_path("metal-amd64.iso", &ver("v1.11.0")).unwrap(),
@@ -209,7 +209,7 @@ fn error_texts_and_classes() {
         &release("v1.12.0"),
     )
     .unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Internal);
+    assert_eq!(e.kind(), ErrorKind::Internal);
 }
 
 #[test]
@@ -393,7 +393,7 @@ fn enroll_keys() {
         e.to_string()
             .starts_with(r#"invalid secureboot enrollKeys value "maybe": "#)
     );
-    assert_eq!(e.class(), ErrorClass::BadRequest);
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
 }
 
 #[test]

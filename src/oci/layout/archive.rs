@@ -203,8 +203,9 @@ pub(super) fn open_docker_archive(
     entries: &HashMap<String, TarEntry>,
 ) -> Result<LayoutSource, OciError> {
     let images: Vec<DockerImage> =
-        serde_json::from_slice(&read_entry(path, entries, "manifest.json")?)
-            .map_err(|e| malformed(&path.join("manifest.json"), e.to_string()))?;
+        serde_json::from_slice(&read_entry(path, entries, "manifest.json")?).map_err(
+            OciError::decode(path.join("manifest.json").display().to_string()),
+        )?;
     let ctx = || path.display().to_string();
     let mut file = std::fs::File::open(path).map_err(|e| OciError::io(ctx(), e))?;
     let mut blobs = HashMap::new();
@@ -216,8 +217,9 @@ pub(super) fn open_docker_archive(
         let (offset, size) = lookup(entries, &config_name)?;
         let config_desc = Descriptor::for_bytes(MEDIA_DOCKER_CONFIG, &config_bytes);
         blobs.insert(config_desc.digest.clone(), BlobLoc::Tar { offset, size });
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| malformed(&path.join(&config_name), e.to_string()))?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(
+            OciError::decode(path.join(&config_name).display().to_string()),
+        )?;
         let mut layers = Vec::new();
         for (i, layer) in image.layers.iter().enumerate() {
             let name = clean_entry_path(layer.as_bytes())?.unwrap_or_default();
@@ -263,7 +265,8 @@ pub(super) fn open_docker_archive(
             layers,
             annotations: Default::default(),
         };
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| malformed(path, e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&manifest).map_err(OciError::decode(path.display().to_string()))?;
         let desc = Descriptor::for_bytes(MEDIA_DOCKER_MANIFEST, &bytes);
         blobs.insert(desc.digest.clone(), BlobLoc::Memory(Arc::new(bytes)));
         for tag in image.repo_tags.unwrap_or_default() {

@@ -241,7 +241,9 @@ fn refs_of(index: &ImageIndex) -> Vec<(String, Descriptor)> {
 }
 
 fn parse_index(path: &Path, bytes: &[u8]) -> Result<ImageIndex, OciError> {
-    serde_json::from_slice(bytes).map_err(|e| malformed(&path.join("index.json"), e.to_string()))
+    serde_json::from_slice(bytes).map_err(OciError::decode(
+        path.join("index.json").display().to_string(),
+    ))
 }
 
 fn open_directory(path: &Path) -> Result<LayoutSource, OciError> {

@@ -105,7 +105,7 @@ impl RegistrySource {
             .authorize(make(), &scope)
             .send()
             .await
-            .map_err(|e| self.err(e.to_string()))?;
+            .map_err(self.failed(None))?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -144,7 +144,7 @@ impl RegistrySource {
             .authorize(make(), &scope)
             .send()
             .await
-            .map_err(|e| self.err(e.to_string()))?;
+            .map_err(self.failed(None))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(self.err(format!("authentication for {repo} was refused (401)")));
         }
@@ -159,7 +159,7 @@ impl RegistrySource {
         scope: &str,
     ) -> Result<String, OciError> {
         let mut url =
-            Url::parse(realm).map_err(|e| self.err(format!("token realm {realm:?}: {e}")))?;
+            Url::parse(realm).map_err(self.failed(Some(format!("token realm {realm:?}"))))?;
         let realm_host = url.host_str().unwrap_or_default().to_string();
         match url.scheme() {
             "https" => {}
@@ -180,11 +180,11 @@ impl RegistrySource {
         let resp = rb
             .send()
             .await
-            .map_err(|e| self.err(format!("token request: {e}")))?;
+            .map_err(self.failed(Some("token request".into())))?;
         let resp = self.check(resp, "token request").await?;
         let body = self.read_limited(resp, 1 << 20).await?;
         let json: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| self.err(format!("token response: {e}")))?;
+            serde_json::from_slice(&body).map_err(self.failed(Some("token response".into())))?;
         json.get("token")
             .or_else(|| json.get("access_token"))
             .and_then(|t| t.as_str())
@@ -217,7 +217,7 @@ impl RegistrySource {
             )));
         }
         let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.err(e.to_string()))? {
+        while let Some(chunk) = resp.chunk().await.map_err(self.failed(None))? {
             if out.len() as u64 + chunk.len() as u64 > limit {
                 return Err(OciError::Limit(format!(
                     "{}: response larger than {limit} bytes",

@@ -132,15 +132,19 @@ impl RegistrySource {
             registry: registry.to_string(),
             message,
         };
+        let bad_address = |e: url::ParseError| OciError::Request {
+            registry: registry.to_string(),
+            context: None,
+            source: Box::new(e),
+        };
         let with_scheme = if registry.starts_with("http://") || registry.starts_with("https://") {
             registry.to_string()
         } else {
-            let host =
-                Url::parse(&format!("https://{registry}")).map_err(|e| err(e.to_string()))?;
+            let host = Url::parse(&format!("https://{registry}")).map_err(bad_address)?;
             let plain = opts.insecure || host.host_str().is_some_and(is_loopback);
             format!("{}://{registry}", if plain { "http" } else { "https" })
         };
-        let base = Url::parse(&with_scheme).map_err(|e| err(e.to_string()))?;
+        let base = Url::parse(&with_scheme).map_err(bad_address)?;
         let host_name = base
             .host_str()
             .ok_or_else(|| err("no host".into()))?
@@ -161,7 +165,11 @@ impl RegistrySource {
             .user_agent(opts.user_agent.clone())
             .tls_danger_accept_invalid_certs(opts.insecure)
             .build()
-            .map_err(|e| err(format!("HTTP client: {e}")))?;
+            .map_err(|e| OciError::Request {
+                registry: registry.to_string(),
+                context: Some("HTTP client".into()),
+                source: Box::new(e),
+            })?;
         let host = match base.port() {
             Some(p) => format!("{host_name}:{p}"),
             None => host_name,
@@ -188,10 +196,24 @@ impl RegistrySource {
         }
     }
 
+    /// Maps a failure below HTTP, while doing `context` if the cause does not say (for
+    /// `map_err`).
+    fn failed<E>(&self, context: Option<String>) -> impl FnOnce(E) -> OciError + use<E>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let registry = self.host.clone();
+        move |source| OciError::Request {
+            registry,
+            context,
+            source: Box::new(source),
+        }
+    }
+
     fn url(&self, path: &str) -> Result<Url, OciError> {
         self.base
             .join(path)
-            .map_err(|e| self.err(format!("bad URL {path}: {e}")))
+            .map_err(self.failed(Some(format!("bad URL {path}"))))
     }
 
     fn same_origin(&self, url: &Url) -> bool {
@@ -221,14 +243,14 @@ impl RegistrySource {
             let next = next_link(resp.headers());
             let body = self.read_limited(resp, self.opts.manifest_limit).await?;
             let json: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| self.err(format!("tag list: {e}")))?;
+                serde_json::from_slice(&body).map_err(self.failed(Some("tag list".into())))?;
             if let Some(list) = json.get("tags").and_then(|t| t.as_array()) {
                 tags.extend(list.iter().filter_map(|t| t.as_str().map(str::to_string)));
             }
             let Some(next) = next else { return Ok(tags) };
             let next = url
                 .join(&next)
-                .map_err(|e| self.err(format!("bad Link {next}: {e}")))?;
+                .map_err(self.failed(Some(format!("bad Link {next}"))))?;
             if !self.same_origin(&next) || next == url {
                 return Err(self.err(format!("refusing tag-list pagination to {next}")));
             }

@@ -54,7 +54,7 @@ impl RegistrySource {
             .ok_or_else(|| self.err("upload response has no Location"))?;
         let mut put = url
             .join(location)
-            .map_err(|e| self.err(format!("bad upload Location {location}: {e}")))?;
+            .map_err(self.failed(Some(format!("bad upload Location {location}"))))?;
         put.query_pairs_mut()
             .append_pair("digest", desc.digest.as_str());
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
@@ -71,7 +71,7 @@ impl RegistrySource {
         let resp = rb
             .send()
             .await
-            .map_err(|e| self.err(format!("uploading {}: {e}", desc.digest)))?;
+            .map_err(self.failed(Some(format!("uploading {}", desc.digest))))?;
         self.check(resp, &format!("uploading {}", desc.digest))
             .await?;
         Ok(())

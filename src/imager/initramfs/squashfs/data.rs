@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 
 use super::metadata::{Codec, Packer};
+use crate::io_context::IoContext;
 
 /// Data block size (and maximum fragment block size).
 pub const BLOCK_SIZE: usize = 128 * 1024;
@@ -111,10 +112,9 @@ fn produce(
     let mut buf = Vec::with_capacity(BLOCK_SIZE);
     for (i, src) in sources.iter().enumerate() {
         let mut reader: Box<dyn Read> = match src {
-            Source::Path(p) => Box::new(
-                File::open(p)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
-            ),
+            Source::Path(p) => Box::new(File::open(p).map_err(|e| {
+                io::Error::new(e.kind(), IoContext::new(p.display().to_string(), e))
+            })?),
             Source::Bytes(b) => Box::new(*b),
         };
         let mut size = 0u64;

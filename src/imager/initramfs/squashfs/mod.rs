@@ -36,11 +36,6 @@ use crate::io_context::io_err;
 /// The xattr name SELinux labels are stored under.
 pub const SELINUX_XATTR: &str = "security.selinux";
 
-fn sq_err(what: impl Into<String>) -> impl FnOnce(backhand::BackhandError) -> InitramfsError {
-    let what = what.into();
-    move |e| InitramfsError::Squashfs(format!("{what}: {e}"))
-}
-
 /// What one squashfs build produced.
 #[derive(Debug, Clone, Default)]
 pub struct SquashReport {
@@ -118,7 +113,7 @@ fn build_squashfs_on(
     let file = File::create(out).map_err(io_err(format!("create {}", out.display())))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let size = write_image(&entries, &opts, &mut w)
-        .map_err(|e| InitramfsError::Squashfs(format!("write {}: {e}", out.display())))?;
+        .map_err(io_err(format!("squashfs: write {}", out.display())))?;
     w.into_inner()
         .map_err(|e| io_err(format!("flush {}", out.display()))(e.into_error()))?;
     Ok(SquashReport {
@@ -195,8 +190,12 @@ fn relative_under<'a>(p: &'a Path, prefix: &str) -> Option<&'a Path> {
 /// are ignored. Returns the number of entries extracted.
 pub fn extract_subtree(image: &Path, prefix: &str, dest: &Path) -> Result<u64, InitramfsError> {
     let file = File::open(image).map_err(io_err(format!("open {}", image.display())))?;
-    let reader = FilesystemReader::from_reader(BufReader::with_capacity(1 << 20, file))
-        .map_err(sq_err(format!("read {}", image.display())))?;
+    let reader = FilesystemReader::from_reader(BufReader::with_capacity(1 << 20, file)).map_err(
+        |source| InitramfsError::SquashfsRead {
+            context: format!("read {}", image.display()),
+            source,
+        },
+    )?;
     let mut count = 0u64;
     for node in reader.files() {
         let Some(rel) = relative_under(&node.fullpath, prefix) else {
