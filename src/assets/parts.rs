@@ -45,10 +45,11 @@ impl Assets {
                     continue;
                 }
                 let mut bytes = Vec::with_capacity(size as usize);
-                file.read_to_end(&mut bytes).map_err(|source| AssetError::Io {
-                    context: format!("reading intermediate blob {b}"),
-                    source,
-                })?;
+                file.read_to_end(&mut bytes)
+                    .map_err(|source| AssetError::Io {
+                        context: format!("reading intermediate blob {b}"),
+                        source,
+                    })?;
                 if blake3::hash(&bytes).to_hex().as_str() != b.as_str() {
                     return Err(AssetError::Gone(b.clone()));
                 }

@@ -35,6 +35,8 @@ mod listen_tls;
 mod oci_registry;
 mod oci_sources;
 mod pxe_boot;
+mod registry_clients;
+mod registry_spec;
 mod release_damage;
 mod schematic_bounds;
 mod schematic_golden;

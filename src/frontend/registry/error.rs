@@ -76,10 +76,7 @@ impl From<StoreError> for RegistryError {
 
 impl RegistryError {
     /// A 500: `context` failed because of `source`.
-    pub fn caused(
-        context: &str,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    pub fn caused(context: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         RegistryError::Api(ApiError::caused(context, source))
     }
 
@@ -154,7 +151,10 @@ impl IntoResponse for RegistryError {
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        headers.insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+        headers.insert(
+            "docker-distribution-api-version",
+            HeaderValue::from_static(API_VERSION),
+        );
         if let Some(s) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }

@@ -11,8 +11,8 @@ use super::store::{Entry, RegistryStore, Signed};
 use crate::assets::{AssetRequest, InstallerManifest, Served};
 use crate::frontend::http::AppState;
 use crate::oci::{
-    Descriptor, Digest, ImageIndex, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_COSIGN_SIMPLESIGNING,
-    MEDIA_OCI_CONFIG, Platform,
+    Descriptor, Digest, ImageIndex, MEDIA_COSIGN_SIMPLESIGNING, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST, Platform,
 };
 use crate::trust::SignatureImage;
 

@@ -46,7 +46,11 @@ pub async fn handle(
 /// The query parameters the registry reads.
 fn query(uri: &Uri) -> HashMap<String, String> {
     uri.query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -236,9 +240,7 @@ async fn installer_blob(
                 .assets()
                 .blob_by_sha256(digest.hex())?
                 .ok_or_else(unknown)?;
-            let part = st
-                .assets()
-                .part(&served, &info, "application/octet-stream");
+            let part = st.assets().part(&served, &info, "application/octet-stream");
             respond::blob(st, &part, digest, head, headers)
         }
     }

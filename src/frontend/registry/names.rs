@@ -180,7 +180,12 @@ mod tests {
             Request::parse("a/b/blobs/sha256:00").unwrap(),
             Request::Blob("a/b".into(), "sha256:00".into())
         );
-        for bad in ["a/manifests", "a//manifests/x", "a/b/uploads/x", "a/b/tags/x"] {
+        for bad in [
+            "a/manifests",
+            "a//manifests/x",
+            "a/b/uploads/x",
+            "a/b/tags/x",
+        ] {
             assert!(Request::parse(bad).is_err(), "{bad}");
         }
     }

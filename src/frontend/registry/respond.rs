@@ -25,7 +25,11 @@ fn value(s: &str) -> Result<HeaderValue, RegistryError> {
 /// A small JSON answer (`HEAD`: headers only).
 pub fn json(bytes: Vec<u8>, head: bool) -> Response {
     let len = bytes.len();
-    let body = if head { Body::empty() } else { Body::from(bytes) };
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(bytes)
+    };
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     h.insert(

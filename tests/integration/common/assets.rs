@@ -64,7 +64,11 @@ impl Got {
 }
 
 pub async fn get(s: &TestServer, path: &str, headers: &[(&str, &str)]) -> Got {
-    let mut req = client().get(s.url(path));
+    send(client().get(s.url(path)), headers).await
+}
+
+/// Sends `req` with extra `headers` and collects the answer.
+pub async fn send(mut req: reqwest::RequestBuilder, headers: &[(&str, &str)]) -> Got {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

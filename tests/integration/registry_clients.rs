@@ -1,0 +1,1 @@
+//! Real registry clients against the registry frontend on loopback.
