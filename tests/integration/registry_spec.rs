@@ -120,7 +120,7 @@ async fn spec_pull_blobs_by_digest_with_range_are_the_installer_tarball_content(
     let name = format!("metal-installer/{id}");
     let (_, manifest) = pull_manifests(&s, &name).await;
     let m: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
-    let tarball = installer_tarball(&s, &id).await;
+    let tarball = installer_tarball(&s.url(""), &id).await;
     // One build, two frontends: the config and every layer are the tarball's entries.
     let config = m["config"]["digest"].as_str().unwrap();
     let layers: Vec<&str> = m["layers"]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read as _;
 
-use super::assets::{Got, V, create_schematic, get, send, start};
+use super::assets::{Got, V, create_schematic, send, start};
 use super::kit::{self, Kit};
 use super::{TestServer, client};
 
@@ -30,9 +30,11 @@ pub fn error_code(g: &Got) -> String {
     v["errors"][0]["code"].as_str().expect("code").to_string()
 }
 
-/// The entries of the installer tarball `installer-amd64.tar` of `id`, by name.
-pub async fn installer_tarball(s: &TestServer, id: &str) -> BTreeMap<String, Vec<u8>> {
-    let g = get(s, &format!("/image/{id}/{V}/installer-amd64.tar"), &[]).await;
+/// The entries of the installer tarball `installer-amd64.tar` of `id` from the server at
+/// `base` (`http://<addr>`), by name.
+pub async fn installer_tarball(base: &str, id: &str) -> BTreeMap<String, Vec<u8>> {
+    let url = format!("{base}/image/{id}/{V}/installer-amd64.tar");
+    let g = send(client().get(url), &[]).await;
     assert_eq!(g.status, 200, "{}", g.text());
     let mut out = BTreeMap::new();
     let mut archive = tar::Archive::new(&g.body[..]);
