@@ -142,6 +142,7 @@ mod tests {
             arches: [(Arch::Amd64, arch)].into_iter().collect(),
             extensions: vec![],
             overlays: vec![],
+            catalogs: Vec::new(),
         }
     }
 

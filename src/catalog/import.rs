@@ -146,6 +146,8 @@ pub struct Importer<'a, S: ImageSource> {
     /// Blobs written but not yet durable (committed in batches, before anything reads them
     /// through the index and before the release is published).
     pending: Vec<crate::store::PendingBlob>,
+    /// The extension and overlay catalog images stored so far.
+    catalogs: Vec<ImageRecord>,
 }
 
 #[derive(Default)]
@@ -180,6 +182,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             stats: Stats::default(),
             keys: BTreeSet::new(),
             pending: Vec::new(),
+            catalogs: Vec::new(),
         }
     }
 
@@ -281,6 +284,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             arches: per_arch,
             extensions,
             overlays,
+            catalogs: std::mem::take(&mut self.catalogs),
         };
         // Blobs and their index entries must be durable before the record that names them
         // (the release store's flush covers the index entries written by the commit).
@@ -603,7 +607,8 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     ) -> Result<(Vec<ExtensionEntry>, bool), CatalogError> {
         let reference = catalog.reference.clone();
         let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
-        self.store(&catalog).await?;
+        let record = self.store(&catalog).await?;
+        self.catalogs.push(record);
         self.commit_pending().await?;
         let digests = self
             .catalog_file(&catalog, "image-digests")
@@ -684,7 +689,8 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         arches: &[Arch],
     ) -> Result<(Vec<OverlayEntry>, bool), CatalogError> {
         let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
-        self.store(&catalog).await?;
+        let record = self.store(&catalog).await?;
+        self.catalogs.push(record);
         self.commit_pending().await?;
         let Some(text) = self.catalog_file(&catalog, "overlays.yaml").await? else {
             return Ok((Vec::new(), false));

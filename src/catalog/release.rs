@@ -124,6 +124,11 @@ pub struct Release {
     pub extensions: Vec<ExtensionEntry>,
     /// The overlay catalog, in catalog order.
     pub overlays: Vec<OverlayEntry>,
+    /// The extension and overlay catalog images themselves (read at import; kept, like every
+    /// imported image, so they are never collected and can be served as imported). Records
+    /// written before this field existed have none.
+    #[serde(default)]
+    pub catalogs: Vec<ImageRecord>,
 }
 
 impl Release {
@@ -160,6 +165,7 @@ impl Release {
         for o in &self.overlays {
             out.extend(o.images.values());
         }
+        out.extend(self.catalogs.iter());
         out
     }
 }

@@ -43,6 +43,7 @@ fn release(version: &str) -> Release {
             digest: d,
             images: BTreeMap::new(),
         }],
+        catalogs: Vec::new(),
     }
 }
 

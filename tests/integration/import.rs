@@ -105,6 +105,21 @@ fn verified_import_is_idempotent_and_complete() {
         )
         .expect("read");
         assert_eq!(stored, mini.vmlinuz);
+        // The catalogue images are named by the record, so GC keeps them and the scrub
+        // checks them.
+        assert_eq!(
+            r.catalogs.len(),
+            2,
+            "the extensions and overlays catalogues"
+        );
+        let needed = r.needed_blobs(&blobs).expect("needed blobs");
+        for c in &r.catalogs {
+            let info = blobs
+                .by_sha256(c.manifest.hex())
+                .expect("index")
+                .expect("catalogue manifest stored");
+            assert!(needed.contains_key(&info.blake3), "{}", c.reference);
+        }
     }
 
     // Re-import: same release, every blob already present.

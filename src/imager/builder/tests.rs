@@ -59,6 +59,7 @@ fn env() -> Env {
             digest: Digest::of(b"rpi"),
             images: BTreeMap::new(),
         }],
+        catalogs: Vec::new(),
     };
     let releases = ReleaseStore::new(&blobs);
     tokio::runtime::Builder::new_current_thread()

@@ -54,6 +54,7 @@ fn release(v: &str) -> Release {
             digest: Digest::of(b"rpi"),
             images: BTreeMap::new(),
         }],
+        catalogs: Vec::new(),
     }
 }
 
