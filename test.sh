@@ -57,6 +57,13 @@ if ! command -v cargo >/dev/null; then
     fi
 fi
 
+# Python registry client (PyPI `oras`) the registry tests drive; pinned, installed once.
+ORAS_PY="oras==0.2.43"
+if ! python3 -c 'import oras.provider' 2>/dev/null; then
+    echo "test.sh: installing $ORAS_PY (PyPI)" >&2
+    python3 -m pip install --quiet "$ORAS_PY" || python3 -m pip install --quiet --break-system-packages "$ORAS_PY"
+fi
+
 # Debian inputs of the synthetic-release test kit (kernel, systemd-boot, busybox, GRUB),
 # unpacked into $IF_TESTKIT_DIR (default /var/cache/image-factory/testkit); idempotent.
 bash tests/kit/fetch-debian.sh

@@ -358,3 +358,63 @@ async fn containerd_pulls_factory_and_ghcr_installers_through_the_mirror() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Fetches the index, the amd64 manifest and every blob of `name:tag` from `host` with the
+/// `oras` Python client; prints `{"<digest>": "<sha256 of the downloaded file>"}`.
+const ORAS_SCRIPT: &str = r#"
+import hashlib, json, os, sys
+import oras.provider
+host, name, tag, out = sys.argv[1:5]
+reg = oras.provider.Registry(hostname=host, insecure=True)
+index = reg.get_manifest(f"{host}/{name}:{tag}", allowed_media_type=["application/vnd.oci.image.index.v1+json"])
+digest = index["manifests"][0]["digest"]
+manifest = reg.get_manifest(f"{host}/{name}@{digest}")
+got = {}
+for d in [manifest["config"]] + manifest["layers"]:
+    path = os.path.join(out, d["digest"].replace(":", "-"))
+    reg.download_blob(f"{host}/{name}:{tag}", d["digest"], path)
+    got[d["digest"]] = "sha256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
+print(json.dumps(got))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_oras_python_client_fetches_the_manifest_and_blobs() {
+    let has_oras = Command::new("python3")
+        .args(["-c", "import oras.provider"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !testsupport::tools::require(has_oras, "python3 module oras is not installed (PyPI oras)") {
+        return;
+    }
+    let Some((_kit, s, id)) = setup().await else {
+        return;
+    };
+    let name = format!("metal-installer/{id}");
+    let (_, blobs) = image_digests(&s, &name).await;
+    let tarball = installer_tarball(&s.url(""), &id).await;
+    let host = s.addrs.http.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_path_buf();
+    let name2 = name.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run(Command::new("python3").args([
+            "-c",
+            ORAS_SCRIPT,
+            &host,
+            &name2,
+            V,
+            out_dir.to_str().unwrap(),
+        ]))
+    })
+    .await
+    .unwrap();
+    let got: BTreeMap<String, String> = serde_json::from_str(out.trim()).expect("oras output");
+    assert_eq!(got.len(), blobs.len());
+    for b in &blobs {
+        // Each downloaded blob hashes to its digest and is the tarball's entry.
+        assert_eq!(got.get(b), Some(b), "{b}");
+        let file = dir.path().join(b.replace(':', "-"));
+        assert_eq!(std::fs::read(file).unwrap(), tarball_blob(&tarball, b));
+    }
+    s.stop().await;
+}
