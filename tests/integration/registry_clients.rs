@@ -418,3 +418,60 @@ async fn the_oras_python_client_fetches_the_manifest_and_blobs() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_oci_client_crate_pulls_the_index_image_tags_and_referrers() {
+    use oci_client::client::{ClientConfig, ClientProtocol};
+    use oci_client::manifest::OciManifest;
+    use oci_client::secrets::RegistryAuth;
+    use oci_client::{Client, Reference};
+
+    let Some((_kit, s, id)) = setup().await else {
+        return;
+    };
+    let name = format!("metal-installer/{id}");
+    let (index_digest, blobs) = image_digests(&s, &name).await;
+    let tarball = installer_tarball(&s.url(""), &id).await;
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let auth = RegistryAuth::Anonymous;
+    let reference: Reference = format!("{}/{name}:{V}", s.addrs.http).parse().unwrap();
+    let (manifest, digest) = client.pull_manifest(&reference, &auth).await.unwrap();
+    assert_eq!(digest, index_digest);
+    let OciManifest::ImageIndex(index) = manifest else {
+        panic!("not an index: {manifest:?}");
+    };
+    assert_eq!(index.manifests.len(), 1);
+    // The client resolves the index to linux/amd64 and pulls every blob, digest-checked.
+    let (image, _) = client.pull_image_manifest(&reference, &auth).await.unwrap();
+    assert_eq!(image.config.digest, blobs[0]);
+    for layer in std::iter::once(&image.config).chain(&image.layers) {
+        let mut out = Vec::new();
+        client.pull_blob(&reference, layer, &mut out).await.unwrap();
+        assert_eq!(
+            out,
+            tarball_blob(&tarball, &layer.digest),
+            "{}",
+            layer.digest
+        );
+    }
+    let tags = client
+        .list_tags(&reference, &auth, Some(1), None)
+        .await
+        .unwrap();
+    assert_eq!(tags.tags.len(), 1);
+    let pinned: Reference = format!("{}/{name}@{index_digest}", s.addrs.http)
+        .parse()
+        .unwrap();
+    let referrers = client
+        .pull_referrers(
+            &pinned,
+            Some("application/vnd.dev.cosign.artifact.sig.v1+json"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(referrers.manifests.len(), 1);
+    s.stop().await;
+}
