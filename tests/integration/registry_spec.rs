@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::assets::{Got, V, create_schematic, sha256_hex};
+use crate::common::assets::{Got, V, create_schematic, metric, sha256_hex};
 use crate::common::kit;
 use crate::common::oci::{error_code, installer_tarball, request, setup};
 use crate::common::{TestServer, client};
@@ -494,6 +494,101 @@ async fn a_build_refused_by_admission_is_429_toomanyrequests_with_retry_after() 
     assert!(g.header("retry-after").parse::<u64>().is_ok_and(|n| n > 0));
     for b in busy {
         assert!([200, 503].contains(&b.await.unwrap().unwrap()));
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_build_outlives_its_client_and_runs_once() {
+    let Some((_kit, s, id)) = setup().await else {
+        return;
+    };
+    let url = s.url(&format!("/v2/metal-installer/{id}/manifests/{V}"));
+    // containerd resolves with HEAD; this one gives up long before the installer is built.
+    let quick = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(
+        quick.head(&url).send().await.is_err(),
+        "built too fast to test"
+    );
+    let mut built = 0.0;
+    for _ in 0..600 {
+        built = metric(
+            &s,
+            "image_factory_assets_built_total",
+            &["output_kind=\"installer\""],
+        )
+        .await;
+        if built > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(built, 1.0, "the abandoned build did not finish");
+    // Concurrent pulls of the built version all get the same index; nothing is built again.
+    let path = format!("metal-installer/{id}/manifests/{V}");
+    let pulls = (0..8).map(|_| request(&s, "GET", &path, &[]));
+    let answers = futures_util::future::join_all(pulls).await;
+    assert!(
+        answers
+            .iter()
+            .all(|g| g.status == 200 && g.body == answers[0].body)
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "image_factory_assets_built_total",
+            &["output_kind=\"installer\""]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "image_factory_registry_pulls_total",
+            &["image=\"metal-installer\""]
+        )
+        .await,
+        8.0
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn digests_and_signatures_answer_after_a_restart_without_a_tag_request() {
+    let Some((k, s, id)) = setup().await else {
+        return;
+    };
+    let name = format!("metal-installer/{id}");
+    let index = request(&s, "GET", &format!("{name}/manifests/{V}"), &[]).await;
+    let digest = index.header("docker-content-digest").to_string();
+    let sig_tag = format!("sha256-{}.sig", digest.strip_prefix("sha256:").unwrap());
+    let sig = request(&s, "GET", &format!("{name}/manifests/{sig_tag}"), &[]).await;
+    assert_eq!(sig.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
+    let arch = v["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let m = request(&s, "GET", &format!("{name}/manifests/{arch}"), &[]).await;
+    let m: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    s.stop().await;
+
+    let s = crate::common::assets::start(&k).await;
+    for (path, body) in [
+        (format!("{name}/manifests/{digest}"), Some(&index.body)),
+        (format!("{name}/manifests/{sig_tag}"), Some(&sig.body)),
+        (format!("{name}/manifests/{arch}"), None),
+        (format!("{name}/blobs/{layer}"), None),
+    ] {
+        let g = request(&s, "GET", &path, &[]).await;
+        assert_eq!(g.status, 200, "{path}: {}", g.text());
+        if let Some(b) = body {
+            // The stored signature, not a new one.
+            assert_eq!(&g.body, b, "{path}");
+        }
     }
     s.stop().await;
 }

@@ -86,7 +86,9 @@ async fn serve(
                     schematic: &schematic,
                 };
                 let m = installer_manifest(st, &store, &r, &reference).await?;
-                st.metrics().registry_pull(&repo_image(&repo));
+                if !head {
+                    st.metrics().registry_pull(&repo_image(&repo));
+                }
                 Ok(respond::manifest(&m, head))
             }
             Target::Source { repository } => {
