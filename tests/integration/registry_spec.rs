@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::assets::{Got, V, create_schematic, metric, sha256_hex};
+use crate::common::assets::{Got, V, create_schematic, metric, metric_above_zero, sha256_hex};
 use crate::common::kit;
 use crate::common::oci::{error_code, installer_tarball, request, setup};
 use crate::common::{TestServer, client};
@@ -500,9 +500,10 @@ async fn a_build_refused_by_admission_is_429_toomanyrequests_with_retry_after() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_registry_build_outlives_its_client_and_runs_once() {
-    let Some((_kit, s, id)) = setup().await else {
-        return;
-    };
+    // Extensions of a few MB make the build outlast the client's 100 ms.
+    let Some(k) = kit::imported(4) else { return };
+    let s = crate::common::assets::start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
     let url = s.url(&format!("/v2/metal-installer/{id}/manifests/{V}"));
     // containerd resolves with HEAD; this one gives up long before the installer is built.
     let quick = reqwest::Client::builder()
@@ -514,19 +515,12 @@ async fn a_registry_build_outlives_its_client_and_runs_once() {
         quick.head(&url).send().await.is_err(),
         "built too fast to test"
     );
-    let mut built = 0.0;
-    for _ in 0..600 {
-        built = metric(
-            &s,
-            "image_factory_assets_built_total",
-            &["output_kind=\"installer\""],
-        )
-        .await;
-        if built > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let built = metric_above_zero(
+        &s,
+        "image_factory_assets_built_total",
+        &["output_kind=\"installer\""],
+    )
+    .await;
     assert_eq!(built, 1.0, "the abandoned build did not finish");
     // Concurrent pulls of the built version all get the same index; nothing is built again.
     let path = format!("metal-installer/{id}/manifests/{V}");

@@ -107,6 +107,19 @@ pub async fn metric(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Waits (up to two minutes) until the metric is above zero; returns its value then.
+pub async fn metric_above_zero(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
+    let mut value = 0.0;
+    for _ in 0..600 {
+        value = metric(s, name, labels).await;
+        if value > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    value
+}
+
 /// Flips one bit of the byte at `at` in the file at `path` (a damaged blob), synced.
 #[allow(dead_code)]
 pub fn flip_byte(path: &std::path::Path, at: u64) {
