@@ -40,9 +40,11 @@ bench_kit_setup registry.sh
 
 SERVER_PID="" REG_PID=""
 stop_all() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+    local status=$?
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; fi
+    if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null; wait "$REG_PID" 2>/dev/null || true; fi
     if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi
+    exit "$status"
 }
 trap stop_all EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -110,8 +112,9 @@ for r in $(seq "$RUNS"); do
         t0=$(now); batch "$host" 16; t1=$(now)
         printf 'parallel16\t%s\t%s\n' "$side" "$(echo "$t1 - $t0" | bc)" >>"$RESULTS"
     done
-    # Cold: a schematic nobody built yet, through the registry and offline.
-    printf 'customization:\n  extraKernelArgs:\n    - if.bench=%s\n' "$r" >"$W/cold.yaml"
+    # Cold: a schematic nobody built yet (the benchmark schematic with one more kernel
+    # argument, so the same extensions), through the registry and offline.
+    sed "s/- if.test=hello/- if.test=hello\n    - if.bench=$r/" "$W/S.yaml" >"$W/cold.yaml"
     cid=$(schematic @"$W/cold.yaml")
     t0=$(now)
     T skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$PORT/metal-installer/$cid:$VERSION" "oci:$W/cold:installer"

@@ -207,6 +207,18 @@ async fn spec_errors_unknown_names_tags_digests_and_pushes_use_the_error_envelop
         ),
         (
             "GET",
+            format!("metal-installer/{other}/tags/list"),
+            404,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "GET",
+            format!("metal-installer/{other}/referrers/{zero}"),
+            404,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "GET",
             "siderolabs/nothing/manifests/v1".to_string(),
             404,
             "NAME_UNKNOWN",

@@ -109,7 +109,12 @@ async fn serve(
         }
         Request::Tags(name) => {
             let tags = match names::route(&name, ns)? {
-                Target::Installer { repo, .. } => installer_tags(st, &store, &repo)?,
+                Target::Installer {
+                    repo, schematic, ..
+                } => {
+                    known_schematic(st, &name, &schematic).await?;
+                    installer_tags(st, &store, &repo)?
+                }
                 Target::Source { repository } => sources::tags(st, &repository)?,
             };
             respond::tags(&name, tags, &q, head)
@@ -118,13 +123,25 @@ async fn serve(
             let digest = parse_digest(&reference)?;
             let filter = q.get("artifactType").map(String::as_str);
             let body = match names::route(&name, ns)? {
-                Target::Installer { repo, .. } => {
+                Target::Installer {
+                    repo, schematic, ..
+                } => {
+                    known_schematic(st, &name, &schematic).await?;
                     installer::referrers(&store, &repo, &digest, filter)?
                 }
                 Target::Source { .. } => installer::referrers(&store, "", &digest, filter)?,
             };
             Ok(respond::referrers(body, filter.is_some(), head))
         }
+    }
+}
+
+/// `NAME_UNKNOWN` unless `schematic` is stored (the empty schematic always is).
+async fn known_schematic(st: &AppState, name: &str, schematic: &str) -> Result<(), RegistryError> {
+    installer::ensure_vanilla(st, schematic).await?;
+    match st.schematics().get(schematic)? {
+        Some(_) => Ok(()),
+        None => Err(RegistryError::NameUnknown(name.to_string())),
     }
 }
 
