@@ -33,11 +33,11 @@ impl Assets {
         &self,
         served: &Served,
     ) -> Result<InstallerManifest, AssetError> {
-        let blobs = self.inner.blobs.clone();
+        let this = self.clone();
         let record = Arc::clone(&served.record);
         tokio::task::spawn_blocking(move || {
             for b in &record.intermediates {
-                let Ok(mut file) = blobs.open_blob(b) else {
+                let Ok(mut file) = this.inner.blobs.open_blob(b) else {
                     continue;
                 };
                 let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
@@ -50,7 +50,19 @@ impl Assets {
                         context: format!("reading intermediate blob {b}"),
                         source,
                     })?;
-                if blake3::hash(&bytes).to_hex().as_str() != b.as_str() {
+                let hash = blake3::hash(&bytes).to_hex().to_string();
+                if hash != *b {
+                    // Damaged: set it and its installer aside; the next request rebuilds.
+                    let blob = BlobInfo {
+                        blake3: b.clone(),
+                        sha256: String::new(),
+                        size,
+                    };
+                    let reason = AssetError::BlobChanged {
+                        blake3: b.clone(),
+                        hash,
+                    };
+                    this.blob_failed(&derived(&record, &blob, ""), &reason);
                     return Err(AssetError::Gone(b.clone()));
                 }
                 let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&bytes) else {
@@ -65,10 +77,7 @@ impl Assets {
                     });
                 }
             }
-            Err(AssetError::NoResult(format!(
-                "the OCI manifest of installer {}",
-                record.key
-            )))
+            Err(AssetError::NoInstallerManifest(record.key.clone()))
         })
         .await
         .map_err(AssetError::task("reading an installer manifest"))?

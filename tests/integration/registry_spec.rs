@@ -598,3 +598,58 @@ async fn digests_and_signatures_answer_after_a_restart_without_a_tag_request() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_layer_or_manifest_is_never_served_and_is_rebuilt_identical() {
+    let Some((k, s, id)) = setup().await else {
+        return;
+    };
+    let name = format!("metal-installer/{id}");
+    let (_, manifest) = pull_manifests(&s, &name).await;
+    let m: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+    let layer = m["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let good = request(&s, "GET", &format!("{name}/blobs/{layer}"), &[]).await;
+    assert_eq!(good.status, 200);
+    let blob_file = |bytes: &[u8]| {
+        let h = blake3::hash(bytes).to_hex().to_string();
+        k.data.join("blobs").join(&h[..2]).join(&h)
+    };
+    // The artifacts layer, damaged on disk: the download is cut short, never complete.
+    crate::common::assets::flip_byte(&blob_file(&good.body), good.body.len() as u64 / 2);
+    let resp = client()
+        .get(s.url(&format!("/v2/{name}/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.bytes().await.is_err(),
+        "a damaged layer was served whole"
+    );
+    // Set aside with its installer; the next pull rebuilds the same bytes.
+    let again = request(&s, "GET", &format!("{name}/blobs/{layer}"), &[]).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.body, good.body);
+
+    // The image manifest, damaged on disk: refused (503, retry), then rebuilt identical.
+    crate::common::assets::flip_byte(&blob_file(&manifest.body), 10);
+    let digest = format!("sha256:{}", sha256_hex(&manifest.body));
+    let refused = request(&s, "GET", &format!("{name}/manifests/{digest}"), &[]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(!refused.header("retry-after").is_empty());
+    let rebuilt = request(&s, "GET", &format!("{name}/manifests/{digest}"), &[]).await;
+    assert_eq!(rebuilt.status, 200, "{}", rebuilt.text());
+    assert_eq!(rebuilt.body, manifest.body);
+    assert!(
+        metric(
+            &s,
+            "image_factory_assets_verification_failures_total",
+            &["what=\"blob\""]
+        )
+        .await
+            >= 2.0
+    );
+    s.stop().await;
+}
