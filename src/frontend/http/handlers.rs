@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::gojson;
+use super::parse_pool::PoolError;
 use super::state::AppState;
 use crate::node::WorkerStatus;
 use crate::schematic::{self, Schematic};
@@ -66,22 +67,25 @@ pub async fn create_schematic(
     let bytes = tokio::time::timeout(BODY_TIMEOUT, read_body(&headers, body, st.max_body_bytes()))
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
-    let parse = st
+    let (canonical, id) = st
         .parses()
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::internal("the schematic parser is shut down"))?;
-    let (canonical, id) = tokio::task::spawn_blocking(move || {
-        let _parse = parse;
-        Schematic::parse(&bytes).map(|parsed| {
-            let canonical = parsed.canonical();
-            let id = schematic::id_of(&canonical);
-            (canonical, id)
+        .run(move || {
+            Schematic::parse(&bytes).map(|parsed| {
+                let canonical = parsed.canonical();
+                let id = schematic::id_of(&canonical);
+                (canonical, id)
+            })
         })
-    })
-    .await
-    .map_err(|e| ApiError::caused("parsing the schematic", e))??;
+        .await
+        .map_err(|e| match e {
+            // Not expected: every queued parse holds an intake slot, and there are as many
+            // slots as the queue holds.
+            PoolError::Full => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: 1,
+            },
+            PoolError::Closed => ApiError::caused("parsing the schematic", e),
+        })??;
     let m = st.metrics();
     match st.schematics().put(&id, &canonical).await? {
         PutOutcome::Created => m.schematic_create.increment(1),

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod image;
 pub mod metrics;
 pub mod middleware;
+pub mod parse_pool;
 pub mod ranges;
 pub mod state;
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::metrics::Metrics;
+use super::parse_pool::ParsePool;
 use crate::assets::Assets;
 use crate::catalog::{ReleaseStore, Version};
 use crate::config::ConfigError;
@@ -38,7 +39,7 @@ struct Inner {
     pxe_base_url: String,
     signing_key_pem: String,
     intake: Arc<tokio::sync::Semaphore>,
-    parses: Arc<tokio::sync::Semaphore>,
+    parses: ParsePool,
 }
 
 /// Schematic uploads read at once (each may hold `http.maxBodyBytes`).
@@ -53,6 +54,9 @@ pub enum StateError {
     /// The public key could not be encoded.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The schematic parser threads could not be started.
+    #[error("starting the schematic parser threads failed")]
+    Threads(#[source] std::io::Error),
 }
 
 impl AppState {
@@ -99,9 +103,11 @@ impl AppState {
                 pxe_base_url,
                 signing_key_pem,
                 intake: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
-                parses: Arc::new(tokio::sync::Semaphore::new(
+                parses: ParsePool::new(
                     std::thread::available_parallelism().map_or(1, |n| n.get()),
-                )),
+                    MAX_UPLOADS,
+                )
+                .map_err(StateError::Threads)?,
             }),
         })
     }
@@ -171,8 +177,8 @@ impl AppState {
         &self.inner.intake
     }
 
-    /// Permits for schematic parses running on the blocking pool (one per core).
-    pub fn parses(&self) -> &Arc<tokio::sync::Semaphore> {
+    /// The threads that parse uploaded schematics (one per core, bounded queue).
+    pub fn parses(&self) -> &ParsePool {
         &self.inner.parses
     }
 
