@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 # Debian packages the tests (and the build) need.
 PACKAGES=(curl ca-certificates openssl build-essential docker-registry skopeo
     cpio squashfs-tools squashfs-tools-ng zstd xz-utils qemu-system-x86 ovmf ipxe-qemu fdisk binutils systemd-boot-efi
-    kmod xfsprogs grub-common grub-pc-bin mtools dosfstools xorriso genisoimage strace)
+    kmod xfsprogs grub-common grub-pc-bin mtools dosfstools xorriso genisoimage strace containerd)
 # qemu-system-x86 7.2 on Debian 12 needs the matching qemu-utils, older than the one some
 # images preinstall: apt refuses unless the version is pinned and downgrades are allowed.
 QEMU_UTILS_PIN="qemu-utils=1:7.2+dfsg-7+deb12u18+b3"
@@ -55,6 +55,13 @@ if ! command -v cargo >/dev/null; then
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
+fi
+
+# Python registry client (PyPI `oras`) the registry tests drive; pinned, installed once.
+ORAS_PY="oras==0.2.43"
+if ! python3 -c 'import oras.provider' 2>/dev/null; then
+    echo "test.sh: installing $ORAS_PY (PyPI)" >&2
+    python3 -m pip install --quiet "$ORAS_PY" || python3 -m pip install --quiet --break-system-packages "$ORAS_PY"
 fi
 
 # Debian inputs of the synthetic-release test kit (kernel, systemd-boot, busybox, GRUB),

@@ -140,6 +140,9 @@ pub enum AssetError {
     /// A build ended without publishing a result (a bug; the request may be retried).
     #[error("the build of {0} ended without a result")]
     NoResult(String),
+    /// A built installer lists no OCI image manifest among its intermediates (a bug).
+    #[error("installer asset {0} has no OCI image manifest among its blobs")]
+    NoInstallerManifest(String),
     // A stored record or blob failed verification (it is set aside and the asset rebuilt):
     /// The stored record is not a record envelope.
     #[error("not a record envelope: {0}")]

@@ -11,6 +11,7 @@ mod integrity;
 mod key;
 mod maintenance;
 mod metrics;
+mod parts;
 mod pipeline;
 mod pxe;
 mod record;
@@ -23,6 +24,7 @@ pub use gc::{DiskSpace, Evicted, GcLimits, GcReport, collect_garbage, disk_space
 pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
 pub use maintenance::{GcPass, ScrubReport};
 pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
+pub use parts::InstallerManifest;
 pub use pipeline::{
     AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,
     Outcome, Served,

@@ -131,7 +131,10 @@ pub struct Served {
     /// Hit, build or wait.
     pub outcome: Outcome,
     /// Whether the bytes were hashed by this request already (built, or first serve).
-    verified_now: bool,
+    pub(super) verified_now: bool,
+    /// Whether serving it refreshes the last-served time of `record.key` (false for a blob of
+    /// an imported release, which has no asset record).
+    pub(super) touches: bool,
 }
 
 type BuildResult = Result<Arc<AssetRecord>, BuildFailure>;
@@ -349,6 +352,7 @@ impl Assets {
                     record,
                     outcome: Outcome::Hit,
                     verified_now,
+                    touches: true,
                 });
             }
             let Some((mut rx, outcome)) = self.join_or_start(&resolved)? else {
@@ -368,6 +372,7 @@ impl Assets {
                     record,
                     outcome,
                     verified_now: true,
+                    touches: true,
                 }),
                 Some(Err(f)) => Err(f.into()),
                 None => Err(AssetError::NoResult(key.clone())),
@@ -554,16 +559,16 @@ impl Assets {
             file_id,
             record: Arc::clone(record),
             assets: self.clone(),
-            _guard: self.guard(record),
+            _guard: self.guard(record, served.touches),
         })
     }
 
-    fn guard(&self, record: &AssetRecord) -> ServeGuard {
+    fn guard(&self, record: &AssetRecord, touches: bool) -> ServeGuard {
         *lock(&self.inner.serving)
             .entry(record.blake3.clone())
             .or_insert(0) += 1;
         let now = crate::clock::now_secs();
-        let stale = {
+        let stale = touches && {
             let mut touched = lock(&self.inner.touched);
             let last = touched.get(&record.key).unwrap_or(0);
             if now.saturating_sub(last) >= TOUCH_EVERY_SECS {

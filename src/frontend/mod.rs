@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod listen;
+pub mod registry;
 mod serve;
 
 pub use serve::{AdminAddr, BoundAddrs, Running, ServeError, serve};

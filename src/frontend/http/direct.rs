@@ -25,8 +25,8 @@ const MAX_HEADERS: usize = 64;
 /// Largest request head we buffer before leaving the connection to hyper (which answers 431).
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Paths answered here; everything else goes to hyper.
-const PATH_PREFIX: &str = "/image/";
+/// Paths answered here (asset downloads and registry blobs); everything else goes to hyper.
+const PATH_PREFIXES: [&str; 2] = ["/image/", "/v2/"];
 
 /// What the start of a connection's buffer holds.
 #[derive(Debug)]
@@ -72,7 +72,7 @@ fn qualify(parsed: &httparse::Request<'_, '_>) -> Option<DirectRequest> {
         _ => return None,
     };
     let path = parsed.path?;
-    if !path.starts_with(PATH_PREFIX) {
+    if !PATH_PREFIXES.iter().any(|p| path.starts_with(p)) {
         return None;
     }
     let mut close = false;

@@ -31,6 +31,8 @@ const HTTP_DURATION: &str = "http_request_duration_seconds";
 const HTTP_SIZE: &str = "http_response_size_bytes";
 /// `http_requests_inflight`.
 const HTTP_INFLIGHT: &str = "http_requests_inflight";
+/// `image_factory_registry_pulls_total`.
+const REGISTRY_PULLS: &str = "image_factory_registry_pulls_total";
 /// Prometheus' default buckets, as go-http-metrics uses.
 const HTTP_DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -124,6 +126,17 @@ impl Metrics {
         self.recorder
             .register_histogram(&Key::from_parts(HTTP_SIZE, labels), &META)
             .record(bytes as f64);
+    }
+
+    /// Counts one manifest pull of an installer image (`image_factory_registry_pulls_total`,
+    /// label `image`: the image name, e.g. `metal-installer`).
+    pub fn registry_pull(&self, image: &str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(REGISTRY_PULLS, vec![Label::new("image", image.to_string())]),
+                &META,
+            )
+            .increment(1);
     }
 
     /// The in-flight gauge of a route.

@@ -21,7 +21,9 @@ pub use state::AppState;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
+
+use crate::frontend::registry;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
@@ -64,6 +66,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             get(image::image).head(image::image),
         )
         .route("/pxe/{schematic}/{version}/{path}", get(image::pxe))
+        .route("/v2", any(registry::handle))
+        .route("/v2/", any(registry::handle))
+        .route("/v2/{*rest}", any(registry::handle))
         .route("/oci/cosign/signing-key.pub", get(image::signing_key))
         .route("/secureboot/signing-cert.pem", get(image::secureboot_cert))
         .route(

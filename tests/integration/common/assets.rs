@@ -64,7 +64,11 @@ impl Got {
 }
 
 pub async fn get(s: &TestServer, path: &str, headers: &[(&str, &str)]) -> Got {
-    let mut req = client().get(s.url(path));
+    send(client().get(s.url(path)), headers).await
+}
+
+/// Sends `req` with extra `headers` and collects the answer.
+pub async fn send(mut req: reqwest::RequestBuilder, headers: &[(&str, &str)]) -> Got {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -101,6 +105,19 @@ pub async fn metric(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Waits (up to two minutes) until the metric is above zero; returns its value then.
+pub async fn metric_above_zero(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
+    let mut value = 0.0;
+    for _ in 0..600 {
+        value = metric(s, name, labels).await;
+        if value > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    value
 }
 
 /// Flips one bit of the byte at `at` in the file at `path` (a damaged blob), synced.

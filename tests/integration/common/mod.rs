@@ -233,6 +233,7 @@ pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<B
 pub mod assets;
 pub mod hostile;
 pub mod kit;
+pub mod oci;
 pub mod registry;
 pub mod release;
 pub mod strace;
