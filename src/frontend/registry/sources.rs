@@ -19,7 +19,7 @@ use super::error::RegistryError;
 use super::installer::{self, Manifest};
 use super::respond;
 use super::store::{RegistryStore, Signed};
-use crate::catalog::Release;
+use crate::catalog::{ImageRecord, Release};
 use crate::frontend::http::AppState;
 use crate::oci::{
     Descriptor, Digest, ImageManifest, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Reference,
@@ -31,6 +31,9 @@ const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
 /// How long an index that left a damaged image out is used before it is built again (a
 /// repair by re-import does not change the release record).
 const RETRY_INCOMPLETE: Duration = Duration::from_secs(30);
+
+/// Reads a stored manifest by digest (`None` when not stored).
+type ReadManifest<'a> = dyn Fn(&Digest) -> Result<Option<Vec<u8>>, RegistryError> + 'a;
 
 /// A manifest (or index) a source repository holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,32 @@ fn repository_keys(repository: &str) -> impl Iterator<Item = &str> {
     )
 }
 
+/// The tag of a reference (`host/path:tag[@digest]` or `path:tag`), if it has one.
+fn tag_in(reference: &str) -> Option<&str> {
+    let name = reference
+        .split_once('@')
+        .map_or(reference, |(name, _)| name);
+    let (_, tag) = name.rsplit_once(':')?;
+    (!tag.contains('/')).then_some(tag)
+}
+
+/// Every image record of `release`, with the tag its catalog lists it under (extensions and
+/// overlays are imported by digest; their tags are the catalog's).
+fn images_of(release: &Release) -> Vec<(&ImageRecord, Option<&str>)> {
+    let mut out = Vec::new();
+    for a in release.arches.values() {
+        out.extend(a.imager.iter().chain(&a.installer_base).map(|i| (i, None)));
+    }
+    for e in &release.extensions {
+        out.extend(e.images.values().map(|i| (i, tag_in(&e.reference))));
+    }
+    for o in &release.overlays {
+        out.extend(o.images.values().map(|i| (i, tag_in(&o.reference))));
+    }
+    out.extend(release.catalogs.iter().map(|i| (i, None)));
+    out
+}
+
 /// A manifest read back: `None` when missing, damaged (another digest) or not a manifest.
 fn checked(bytes: Option<Vec<u8>>, digest: &Digest) -> Option<(Vec<u8>, String)> {
     let bytes = bytes?;
@@ -106,17 +135,14 @@ impl SourceIndex {
     /// Indexes every image record of `releases` (oldest first: a tag two releases hold names
     /// the newer one's digest), reading manifests with `read` (SHA-256 hex → bytes). An image
     /// whose manifest is missing, damaged or unreadable is left out, with a warning.
-    fn build(
-        releases: &[Arc<Release>],
-        read: &dyn Fn(&Digest) -> Result<Option<Vec<u8>>, RegistryError>,
-    ) -> SourceIndex {
+    fn build(releases: &[Arc<Release>], read: &ReadManifest<'_>) -> SourceIndex {
         let mut index = SourceIndex {
             repos: HashMap::new(),
             complete: true,
         };
         for release in releases {
-            for image in release.image_records() {
-                if let Err(reason) = index.add(&release.version, image, read) {
+            for (image, tag) in images_of(release) {
+                if let Err(reason) = index.add(&release.version, image, tag, read) {
                     tracing::warn!(
                         reference = %image.reference,
                         version = %release.version,
@@ -133,8 +159,9 @@ impl SourceIndex {
     fn add(
         &mut self,
         version: &str,
-        image: &crate::catalog::ImageRecord,
-        read: &dyn Fn(&Digest) -> Result<Option<Vec<u8>>, RegistryError>,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        read: &ReadManifest<'_>,
     ) -> Result<(), String> {
         let reference: Reference = image
             .reference
@@ -154,8 +181,8 @@ impl SourceIndex {
             .map_err(|e| format!("manifest {}: {e}", image.manifest))?;
         for key in repository_keys(&reference.repository) {
             let repo = self.repos.entry(key.to_string()).or_default();
-            if let Some(tag) = &reference.tag {
-                repo.tags.insert(tag.clone(), image.digest.clone());
+            if let Some(tag) = tag.or(reference.tag.as_deref()) {
+                repo.tags.insert(tag.to_string(), image.digest.clone());
             }
             let top = Held {
                 media_type: top_type.clone(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
-use crate::catalog::{ImageRecord, Release, Signatures};
+use crate::catalog::{Arch, ExtensionEntry, ImageRecord, Release, Signatures};
 
 #[test]
 fn a_manifest_without_media_type_is_typed_by_its_shape() {
@@ -156,4 +156,38 @@ fn the_index_holds_tags_manifests_and_blobs_by_repository() {
         assert!(sbc.blobs.contains_key(Digest::of(b"l3").hex()));
     }
     assert!(index.repo("other/sbc").is_err());
+}
+
+#[test]
+fn extensions_imported_by_digest_are_tagged_as_their_catalog_lists_them() {
+    let m = manifest(b"c", b"l");
+    let i = index_of(&m);
+    let blobs: HashMap<String, Vec<u8>> = [&m, &i]
+        .into_iter()
+        .map(|b| (Digest::of(b).hex().to_string(), b.clone()))
+        .collect();
+    let mut r = (*release("v1.11.0", Vec::new())).clone();
+    r.extensions.push(ExtensionEntry {
+        name: "siderolabs/ext".into(),
+        reference: format!("ghcr.io/siderolabs/ext:1.0-v1.11.0@{}", Digest::of(&i)),
+        digest: Digest::of(&i),
+        author: String::new(),
+        description: String::new(),
+        images: BTreeMap::from([(
+            Arch::Amd64,
+            record(
+                &format!("mirror.local/siderolabs/ext@{}", Digest::of(&i)),
+                &i,
+                &m,
+            ),
+        )]),
+    });
+    let read = |d: &Digest| Ok(blobs.get(d.hex()).cloned());
+    let index = SourceIndex::build(&[Arc::new(r)], &read);
+    assert!(index.complete);
+    let ext = index.repo("siderolabs/ext").unwrap();
+    assert_eq!(ext.tags.get("1.0-v1.11.0"), Some(&Digest::of(&i)));
+    assert_eq!(tag_in("siderolabs/sbc:v0.1.0"), Some("v0.1.0"));
+    assert_eq!(tag_in("host:5000/siderolabs/sbc"), None);
+    assert_eq!(tag_in("host:5000/siderolabs/sbc@sha256:00"), None);
 }
