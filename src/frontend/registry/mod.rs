@@ -88,7 +88,10 @@ async fn serve(
                 };
                 let m = installer_manifest(st, &store, &r, &reference).await?;
                 // A version's index is the only index an installer repository serves.
-                let top = m.media_type == crate::oci::MEDIA_OCI_INDEX;
+                let top = matches!(
+                    m.media_type.as_str(),
+                    crate::oci::MEDIA_OCI_INDEX | crate::oci::MEDIA_DOCKER_LIST
+                );
                 count_pull(st, &repo_image(&repo), head, top);
                 Ok(respond::manifest(&m, head))
             }

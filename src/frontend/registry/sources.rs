@@ -142,11 +142,11 @@ impl SourceIndex {
         };
         for release in releases {
             for (image, tag) in images_of(release) {
-                if let Err(reason) = index.add(&release.version, image, tag, read) {
+                if let Err(e) = index.add(&release.version, image, tag, read) {
                     tracing::warn!(
                         reference = %image.reference,
                         version = %release.version,
-                        reason,
+                        error = %format!("{:#}", crate::causes::Causes(&e)),
                         "a source image is not served"
                     );
                     index.complete = false;
@@ -162,14 +162,15 @@ impl SourceIndex {
         image: &ImageRecord,
         tag: Option<&str>,
         read: &ReadManifest<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryError> {
         let reference: Reference = image
             .reference
             .parse()
-            .map_err(|e| format!("reference: {e}"))?;
+            .map_err(|e| RegistryError::caused("parsing an imported reference", e))?;
         let load = |d: &Digest| {
-            let bytes = read(d).map_err(|e| format!("reading manifest {d}: {e}"))?;
-            checked(bytes, d).ok_or_else(|| format!("manifest {d} is missing or damaged"))
+            checked(read(d)?, d).ok_or_else(|| {
+                RegistryError::ManifestUnknown(format!("{d} (missing, damaged or not JSON)"))
+            })
         };
         let (top_bytes, top_type) = load(&image.digest)?;
         let (manifest_bytes, manifest_type) = if image.manifest == image.digest {
@@ -178,7 +179,7 @@ impl SourceIndex {
             load(&image.manifest)?
         };
         let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| format!("manifest {}: {e}", image.manifest))?;
+            .map_err(|e| RegistryError::caused("decoding an imported image manifest", e))?;
         for key in repository_keys(&reference.repository) {
             let repo = self.repos.entry(key.to_string()).or_default();
             if let Some(tag) = tag.or(reference.tag.as_deref()) {
@@ -320,10 +321,9 @@ async fn signature(
         .await
         .map_err(|e| RegistryError::caused("signing a source manifest", e))??;
     store.signature(repository, hex)?.ok_or_else(|| {
-        RegistryError::caused(
-            "signing a source manifest",
-            std::io::Error::other("the signature was not stored"),
-        )
+        RegistryError::Api(crate::frontend::http::error::ApiError::internal(
+            "a source manifest's signature was not stored",
+        ))
     })
 }
 
