@@ -192,6 +192,8 @@ pub trait MetaStore: Send + Sync + 'static {
     fn count(&self, tree: &str) -> Result<u64, StoreError>;
     /// Every record of a tree, in key order (trees are small: catalog and asset records).
     fn scan(&self, tree: &str) -> Result<Vec<Record>, StoreError>;
+    /// The records of a tree whose keys start with `prefix`, in key order (reads only those).
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<Record>, StoreError>;
     /// Removes a record; returns whether it existed.
     fn remove(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError>;
     /// Makes every write that returned before this call durable.

@@ -301,6 +301,13 @@ impl MetaStore for SledStore {
             .collect()
     }
 
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<super::Record>, StoreError> {
+        self.tree(tree)?
+            .scan_prefix(prefix)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
     fn remove(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError> {
         Ok(self.tree(tree)?.remove(key).map_err(backend)?.is_some())
     }

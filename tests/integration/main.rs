@@ -36,6 +36,7 @@ mod oci_registry;
 mod oci_sources;
 mod pxe_boot;
 mod registry_clients;
+mod registry_mirror;
 mod registry_oracle;
 mod registry_spec;
 mod release_damage;

@@ -15,7 +15,7 @@ use crate::common::oci::{installer_tarball, request, setup};
 use crate::common::{TestServer, client, kit, spawn_bin};
 
 /// Runs a command; panics with its output on failure; returns stdout.
-fn run(cmd: &mut Command) -> String {
+pub(crate) fn run(cmd: &mut Command) -> String {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
     assert!(
         out.status.success(),
@@ -122,7 +122,7 @@ async fn skopeo_inspects_and_copies_the_installer_byte_identical_to_the_tarball(
 }
 
 /// `openssl dgst -sha256 -verify key.pub -signature sig.der payload` in `dir`.
-fn openssl_verify(dir: &Path) -> std::process::Output {
+pub(crate) fn openssl_verify(dir: &Path) -> std::process::Output {
     Command::new("openssl")
         .args([
             "dgst",
@@ -216,9 +216,9 @@ async fn the_cosign_signature_verifies_with_openssl_against_the_published_key() 
 }
 
 /// A containerd daemon of its own (state under `dir`), stopped on drop.
-struct Containerd {
+pub(crate) struct Containerd {
     child: std::process::Child,
-    sock: std::path::PathBuf,
+    pub(crate) sock: std::path::PathBuf,
 }
 
 impl Drop for Containerd {
@@ -228,7 +228,7 @@ impl Drop for Containerd {
     }
 }
 
-fn start_containerd(dir: &Path) -> Containerd {
+pub(crate) fn start_containerd(dir: &Path) -> Containerd {
     let sock = dir.join("containerd.sock");
     let config = format!(
         "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{ttrpc}\"\n[debug]\n  address = \"\"\n",

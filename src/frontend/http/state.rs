@@ -40,6 +40,8 @@ struct Inner {
     signing_key_pem: String,
     intake: Arc<tokio::sync::Semaphore>,
     parses: ParsePool,
+    /// The registry's index of the imported source images.
+    source_images: crate::frontend::registry::SourceCache,
 }
 
 /// Schematic uploads read at once (each may hold `http.maxBodyBytes`).
@@ -108,6 +110,7 @@ impl AppState {
                     MAX_UPLOADS,
                 )
                 .map_err(StateError::Threads)?,
+                source_images: Default::default(),
             }),
         })
     }
@@ -185,5 +188,10 @@ impl AppState {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The registry's index of the imported source images (built on first use).
+    pub fn source_images(&self) -> &crate::frontend::registry::SourceCache {
+        &self.inner.source_images
     }
 }

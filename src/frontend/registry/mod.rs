@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 
 pub use error::{API_VERSION, RegistryError};
 pub use names::{FACTORY_HOST, GHCR_HOST, VANILLA_SCHEMATIC};
+pub use sources::SourceCache;
 
 use crate::frontend::http::AppState;
 use crate::oci::Digest;
@@ -86,13 +87,17 @@ async fn serve(
                     schematic: &schematic,
                 };
                 let m = installer_manifest(st, &store, &r, &reference).await?;
-                if !head {
-                    st.metrics().registry_pull(&repo_image(&repo));
-                }
+                // A version's index is the only index an installer repository serves.
+                let top = matches!(
+                    m.media_type.as_str(),
+                    crate::oci::MEDIA_OCI_INDEX | crate::oci::MEDIA_DOCKER_LIST
+                );
+                count_pull(st, &repo_image(&repo), head, top);
                 Ok(respond::manifest(&m, head))
             }
             Target::Source { repository } => {
-                let m = sources::manifest(st, &repository, &reference)?;
+                let (m, top) = sources::manifest(st, &store, &repository, &reference).await?;
+                count_pull(st, &repository, head, top);
                 Ok(respond::manifest(&m, head))
             }
         },
@@ -103,7 +108,7 @@ async fn serve(
                     installer_blob(st, &store, &repo, &digest, head, headers).await
                 }
                 Target::Source { repository } => {
-                    sources::blob(st, &repository, &digest, head, headers)
+                    sources::blob(st, &store, &repository, &digest, head, headers).await
                 }
             }
         }
@@ -113,9 +118,9 @@ async fn serve(
                     repo, schematic, ..
                 } => {
                     known_schematic(st, &name, &schematic).await?;
-                    installer_tags(st, &store, &repo)?
+                    installer_tags(st, &store, &repo).await?
                 }
-                Target::Source { repository } => sources::tags(st, &repository)?,
+                Target::Source { repository } => sources::tags(st, &repository).await?,
             };
             respond::tags(&name, tags, &q, head)
         }
@@ -129,7 +134,9 @@ async fn serve(
                     known_schematic(st, &name, &schematic).await?;
                     installer::referrers(&store, &repo, &digest, filter)?
                 }
-                Target::Source { .. } => installer::referrers(&store, "", &digest, filter)?,
+                Target::Source { repository } => {
+                    sources::referrers(st, &store, &repository, &digest, filter).await?
+                }
             };
             Ok(respond::referrers(body, filter.is_some(), head))
         }
@@ -142,6 +149,16 @@ async fn known_schematic(st: &AppState, name: &str, schematic: &str) -> Result<(
     match st.schematics().get(schematic)? {
         Some(_) => Ok(()),
         None => Err(RegistryError::NameUnknown(name.to_string())),
+    }
+}
+
+/// Counts a pull (`image_factory_registry_pulls_total`): one `GET` of an image's top-level
+/// manifest, the one a tag names, by tag or by digest. `HEAD`s, the per-architecture manifests
+/// below an index, signatures and referrers are not pulls, so `skopeo copy` (`GET` by tag) and
+/// containerd (`HEAD` by tag, then `GET` by digest) each count once.
+fn count_pull(st: &AppState, image: &str, head: bool, top: bool) {
+    if !head && top {
+        st.metrics().registry_pull(image);
     }
 }
 
@@ -267,7 +284,7 @@ async fn installer_blob(
 
 /// The tags of an installer repository: every imported version, `latest`, and the signature
 /// tags of what was served.
-fn installer_tags(
+async fn installer_tags(
     st: &AppState,
     store: &RegistryStore,
     repo: &str,
@@ -282,6 +299,6 @@ fn installer_tags(
     if latest(st)?.is_some() {
         tags.push("latest".into());
     }
-    tags.extend(store.signature_tags(repo)?);
+    tags.extend(store.signature_tags(repo).await?);
     Ok(tags)
 }

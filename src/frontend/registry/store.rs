@@ -119,12 +119,18 @@ impl RegistryStore {
         self.put_new(&entry_key(repo, 's', hex), s)
     }
 
-    /// The `sha256-<hex>.sig` tags of `repo`.
-    pub fn signature_tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
+    /// The `sha256-<hex>.sig` tags of `repo`: a scan of that repository's signature keys
+    /// only (`s/<repo>@`), on a blocking thread.
+    pub async fn signature_tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
+        let meta = Arc::clone(&self.meta);
         let prefix = format!("s/{repo}@");
-        Ok(self
-            .meta
-            .scan(TREE)?
+        let records = tokio::task::spawn_blocking({
+            let prefix = prefix.clone();
+            move || meta.scan_prefix(TREE, prefix.as_bytes())
+        })
+        .await
+        .map_err(StoreError::task("listing signature tags"))??;
+        Ok(records
             .into_iter()
             .filter_map(|(k, _)| {
                 let k = String::from_utf8(k).ok()?;
@@ -132,5 +138,101 @@ impl RegistryStore {
                 Some(format!("sha256-{hex}.sig"))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Digest, MEDIA_OCI_MANIFEST};
+    use crate::store::{Record, SledStore};
+
+    /// A metadata store that refuses whole-tree scans of the registry tree.
+    struct NoFullScan(SledStore);
+
+    impl MetaStore for NoFullScan {
+        fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(tree, key)
+        }
+        fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+            self.0.put(tree, key, value)
+        }
+        fn put_if_absent(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+            self.0.put_if_absent(tree, key, value)
+        }
+        fn contains(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError> {
+            self.0.contains(tree, key)
+        }
+        fn count(&self, tree: &str) -> Result<u64, StoreError> {
+            self.0.count(tree)
+        }
+        fn scan(&self, tree: &str) -> Result<Vec<Record>, StoreError> {
+            assert_ne!(tree, TREE, "a tag list scanned the whole registry tree");
+            self.0.scan(tree)
+        }
+        fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
+            self.0.scan_prefix(tree, prefix)
+        }
+        fn remove(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError> {
+            self.0.remove(tree, key)
+        }
+        fn flush(&self) -> crate::store::BoxFuture<'_, Result<(), StoreError>> {
+            self.0.flush()
+        }
+        fn flush_blocking(&self) -> Result<(), StoreError> {
+            self.0.flush_blocking()
+        }
+    }
+
+    fn signed(n: u8) -> Signed {
+        Signed {
+            tag_manifest: format!("{n:064x}"),
+            referrer: Descriptor::for_bytes(MEDIA_OCI_MANIFEST, &[n]),
+        }
+    }
+
+    #[tokio::test]
+    async fn signature_tags_read_only_their_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(NoFullScan(SledStore::open(dir.path()).unwrap()));
+        let store = RegistryStore::new(meta);
+        let hex = |n: u8| Digest::of(&[n]).hex().to_string();
+        // `installer/ab` is a prefix of `installer/abc`: the `@` keeps them apart.
+        for (repo, n) in [
+            ("installer/ab", 1),
+            ("installer/abc", 2),
+            ("installer/ab", 3),
+        ] {
+            store.put_signature(repo, &hex(n), &signed(n)).unwrap();
+        }
+        store
+            .put_manifest(
+                "installer/ab",
+                &hex(9),
+                &Entry::Document {
+                    media_type: MEDIA_OCI_MANIFEST.into(),
+                    bytes: "{}".into(),
+                },
+            )
+            .unwrap();
+        let mut tags = store.signature_tags("installer/ab").await.unwrap();
+        tags.sort();
+        let mut want = vec![
+            format!("sha256-{}.sig", hex(1)),
+            format!("sha256-{}.sig", hex(3)),
+        ];
+        want.sort();
+        assert_eq!(tags, want);
+        assert_eq!(
+            store.signature_tags("installer/abc").await.unwrap(),
+            vec![format!("sha256-{}.sig", hex(2))]
+        );
+        assert!(
+            store
+                .signature_tags("installer/a")
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
