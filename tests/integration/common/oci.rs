@@ -48,11 +48,17 @@ pub async fn installer_tarball(base: &str, id: &str) -> BTreeMap<String, Vec<u8>
     out
 }
 
+/// OCI image index.
 pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
 pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker manifest list.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker image manifest (schema 2).
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// `artifactType` of cosign's OCI 1.1 signature.
 pub const SIG_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+/// The `Accept` registry clients send: both OCI manifest types.
 pub const ACCEPT: (&str, &str) = (
     "accept",
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
@@ -97,11 +103,17 @@ pub async fn pull_manifests(s: &TestServer, name: &str) -> (Got, Got) {
 /// The shared setup of the registry tests: a server on the imported kit, the kit
 /// schematic's `metal-installer` pulled once (which builds it), its index and amd64 manifest.
 pub struct Pulled {
+    /// The imported kit (its data directory is the server's).
     pub kit: Kit,
+    /// The server.
     pub s: TestServer,
+    /// The kit schematic's ID.
     pub id: String,
+    /// `metal-installer/<id>`.
     pub name: String,
+    /// `GET <name>:V` with [`ACCEPT`]: the index.
     pub index: Got,
+    /// `GET` of the index's amd64 manifest by digest.
     pub manifest: Got,
 }
 
