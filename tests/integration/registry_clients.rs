@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use crate::common::assets::{V, get, sha256_hex};
-use crate::common::oci::{installer_tarball, request, setup};
+use crate::common::oci::{ACCEPT, installer_tarball, request, setup};
 use crate::common::{TestServer, client, kit, spawn_bin};
 
 /// Runs a command; panics with its output on failure; returns stdout.
@@ -26,27 +26,30 @@ pub(crate) fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The config and layer digests of the amd64 image of `name:V`, and the index digest.
-async fn image_digests(s: &TestServer, name: &str) -> (String, Vec<String>) {
-    let index = request(s, "GET", &format!("{name}/manifests/{V}"), &[]).await;
+/// The digests of `name:V`: its index, its amd64 image manifest, and that image's config and
+/// layers (config first).
+struct ImageDigests {
+    index: String,
+    manifest: String,
+    blobs: Vec<String>,
+}
+
+async fn image_digests(s: &TestServer, name: &str) -> ImageDigests {
+    let index = request(s, "GET", &format!("{name}/manifests/{V}"), &[ACCEPT]).await;
     assert_eq!(index.status, 200, "{}", index.text());
     let v: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
-    let m = request(
-        s,
-        "GET",
-        &format!(
-            "{name}/manifests/{}",
-            v["manifests"][0]["digest"].as_str().unwrap()
-        ),
-        &[],
-    )
-    .await;
+    let manifest = v["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let m = request(s, "GET", &format!("{name}/manifests/{manifest}"), &[ACCEPT]).await;
     let m: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
     let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
     for l in m["layers"].as_array().unwrap() {
         blobs.push(l["digest"].as_str().unwrap().to_string());
     }
-    (index.header("docker-content-digest").to_string(), blobs)
+    ImageDigests {
+        index: index.header("docker-content-digest").to_string(),
+        manifest,
+        blobs,
+    }
 }
 
 /// The tarball entry holding blob `digest` (config `sha256:<hex>`, layers `<hex>.tar.gz`).
@@ -67,7 +70,9 @@ async fn skopeo_inspects_and_copies_the_installer_byte_identical_to_the_tarball(
         return;
     };
     let name = format!("metal-installer/{id}");
-    let (index_digest, blobs) = image_digests(&s, &name).await;
+    let ImageDigests {
+        manifest, blobs, ..
+    } = image_digests(&s, &name).await;
     let tarball = installer_tarball(&s.url(""), &id).await;
     let addr = s.addrs.http.to_string();
     let src = format!("docker://{addr}/{name}:{V}");
@@ -95,15 +100,24 @@ async fn skopeo_inspects_and_copies_the_installer_byte_identical_to_the_tarball(
         let copied = std::fs::read(dir.path().join("layout/blobs/sha256").join(hex)).unwrap();
         assert_eq!(copied, tarball_blob(&tarball, b), "{b}");
     }
-    // skopeo copied the whole index (one arch here) into the layout.
+    // Without --all skopeo copies the image of its platform: our linux/amd64 manifest, as
+    // served (its digest is the layout's only entry, its bytes the blob of that name).
     let layout_index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("layout/index.json")).unwrap())
             .unwrap();
-    let top = layout_index["manifests"][0]["digest"].as_str().unwrap();
-    assert!(
-        top == index_digest || blobs.iter().all(|b| b != top),
-        "{top}"
-    );
+    let entries = layout_index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{layout_index}");
+    assert_eq!(entries[0]["digest"], manifest.as_str());
+    let served = request(
+        &s,
+        "GET",
+        &format!("{name}/manifests/{manifest}"),
+        &[ACCEPT],
+    )
+    .await;
+    let hex = manifest.strip_prefix("sha256:").unwrap();
+    let copied = std::fs::read(dir.path().join("layout/blobs/sha256").join(hex)).unwrap();
+    assert_eq!(copied, served.body);
     // The docker-archive carries the same config.
     let mut archive =
         tar::Archive::new(std::fs::File::open(dir.path().join("installer.tar")).unwrap());
@@ -144,10 +158,11 @@ async fn the_cosign_signature_verifies_with_openssl_against_the_published_key() 
         return;
     };
     let name = format!("metal-installer/{id}");
-    let (index_digest, _) = image_digests(&s, &name).await;
-    let index = request(&s, "GET", &format!("{name}/manifests/{V}"), &[]).await;
-    let v: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
-    let arch_digest = v["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let ImageDigests {
+        index: index_digest,
+        manifest: arch_digest,
+        ..
+    } = image_digests(&s, &name).await;
     let key = get(&s, "/oci/cosign/signing-key.pub", &[]).await.text();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("key.pub"), &key).unwrap();
@@ -339,11 +354,13 @@ async fn containerd_pulls_factory_and_ghcr_installers_through_the_mirror() {
     let tarball = installer_tarball(&format!("http://{addr}"), &id).await;
     let archive: serde_json::Value = serde_json::from_slice(&tarball["manifest.json"]).unwrap();
     let config = archive[0]["Config"].as_str().unwrap().to_string();
-    assert_eq!(contents.get(&config), tarball.get(&config), "config");
+    let want = tarball.get(&config).expect("the tarball's config");
+    assert_eq!(contents.get(&config), Some(want), "config");
     for layer in archive[0]["Layers"].as_array().unwrap() {
         let file = layer.as_str().unwrap();
         let digest = format!("sha256:{}", file.strip_suffix(".tar.gz").unwrap());
-        assert_eq!(contents.get(&digest), tarball.get(file), "{file}");
+        let want = tarball.get(file).expect("the tarball's layer");
+        assert_eq!(contents.get(&digest), Some(want), "{file}");
     }
     // The mirror requests carried containerd's `?ns=` and our log shows it.
     let log = server.log.lock().unwrap().join("\n");
@@ -390,7 +407,7 @@ async fn the_oras_python_client_fetches_the_manifest_and_blobs() {
         return;
     };
     let name = format!("metal-installer/{id}");
-    let (_, blobs) = image_digests(&s, &name).await;
+    let ImageDigests { blobs, .. } = image_digests(&s, &name).await;
     let tarball = installer_tarball(&s.url(""), &id).await;
     let host = s.addrs.http.to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -430,7 +447,11 @@ async fn the_oci_client_crate_pulls_the_index_image_tags_and_referrers() {
         return;
     };
     let name = format!("metal-installer/{id}");
-    let (index_digest, blobs) = image_digests(&s, &name).await;
+    let ImageDigests {
+        index: index_digest,
+        blobs,
+        ..
+    } = image_digests(&s, &name).await;
     let tarball = installer_tarball(&s.url(""), &id).await;
     let client = Client::new(ClientConfig {
         protocol: ClientProtocol::Http,

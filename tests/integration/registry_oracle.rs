@@ -4,8 +4,7 @@
 //! here and in docs/api.md.
 
 use crate::common::assets::{Got, V};
-use crate::common::client;
-use crate::common::oci::{error_code, request, setup};
+use crate::common::oci::{error_code, request, request_raw, setup};
 use crate::common::registry;
 
 /// Headers compared on every answer (when either side sets them).
@@ -18,22 +17,16 @@ const COMPARED: [&str; 6] = [
     "etag",
 ];
 
-/// Intended differences: (request label, header) pairs where ours differs by design.
+/// Intended differences of a header where both answer the same status: (request label,
+/// header, why).
 const INTENDED: &[(&str, &str, &str)] = &[
-    // A range past the end: distribution answers 416 with the blob's headers (digest, ETag,
-    // its length) and a short text body; ours is an OCI error envelope (BLOB_UNKNOWN code,
-    // `Content-Range: bytes */<size>` as both send) without the blob's headers.
+    // A range past the end: both answer 416 in plain text with `Content-Range: bytes */<size>`
+    // and the blob's digest and ETag; distribution declares the blob's length on its short
+    // error text (Go's ServeContent), ours the text's.
     (
         "blob range past end",
-        "docker-content-digest",
-        "416 is an error answer",
-    ),
-    ("blob range past end", "etag", "416 is an error answer"),
-    ("blob range past end", "content-length", "error text"),
-    (
-        "blob range past end",
-        "content-type",
-        "416 body is an error envelope",
+        "content-length",
+        "distribution declares the blob's length",
     ),
     // Error bodies: distribution's messages and `detail` objects differ from ours; the codes,
     // checked separately, are the same. Their lengths therefore differ.
@@ -41,6 +34,7 @@ const INTENDED: &[(&str, &str, &str)] = &[
     ("unknown manifest digest", "content-length", "error text"),
     ("unknown blob digest", "content-length", "error text"),
     ("unknown name", "content-length", "error text"),
+    ("malformed blob digest", "content-length", "error text"),
     // Tag lists: Debian's distribution (2.8) ignores `n` and `last` and lists every tag; ours
     // pages as the spec says (checked against the oracle's full list, cut by `last` and `n`),
     // with a `Link` to the next page. The JSON may differ in whitespace.
@@ -56,27 +50,56 @@ const INTENDED_CODES: &[(&str, &str, &str)] = &[
     ("unknown name", "NAME_UNKNOWN", "MANIFEST_UNKNOWN"),
 ];
 
-/// One compared request: label, method, path below `/v2/`, extra headers.
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// `Accept` naming both OCI types (what registry clients send).
+const OCI_ACCEPT: &str =
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+/// `Accept` of a client that knows Docker's types only.
+const DOCKER_ACCEPT: &str = "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+/// `Accept` of a client that takes an OCI image manifest and no index.
+const OCI_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// One compared request: label, method, path below `/v2/`, the request's headers (exactly).
 type Compared<'a> = (&'a str, &'a str, String, Vec<(&'a str, &'a str)>);
 
-async fn get(base: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = client().request(m, format!("{base}/v2/{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    // docker-registry's 416 declares the blob's length but sends a short error text (Go's
-    // ServeContent): a body that ends early is read as far as it goes.
-    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-    Got {
-        status,
-        headers,
-        body,
+/// What one side answers where the two differ by design.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    /// An error: status and envelope code (none for a `HEAD`, which has no body).
+    Error(u16, String),
+    /// A manifest: `Content-Type` and `Docker-Content-Digest`.
+    Manifest(&'static str, String),
+    /// A 200 that is not a manifest.
+    Ok,
+}
+
+impl Answer {
+    fn of(g: &Got, head: bool) -> Answer {
+        if g.status >= 400 {
+            let code = if head { String::new() } else { error_code(g) };
+            return Answer::Error(g.status, code);
+        }
+        let digest = g.header("docker-content-digest").to_string();
+        match (g.status, g.header("content-type")) {
+            (200, INDEX) => Answer::Manifest(INDEX, digest),
+            (200, MANIFEST) => Answer::Manifest(MANIFEST, digest),
+            (200, _) => Answer::Ok,
+            (status, _) => Answer::Error(status, String::new()),
+        }
     }
 }
+
+/// One request answered differently by design: label, method, path, headers, our answer,
+/// distribution's.
+type Different<'a> = (
+    &'a str,
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Answer,
+    Answer,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_registry_holding_the_same_image_answers_the_same_pull_requests() {
@@ -90,12 +113,24 @@ async fn docker_registry_holding_the_same_image_answers_the_same_pull_requests()
         return;
     };
     let name = format!("metal-installer/{id}");
-    let index = request(&s, "GET", &format!("{name}/manifests/{V}"), &[]).await;
+    let index = request(
+        &s,
+        "GET",
+        &format!("{name}/manifests/{V}"),
+        &[("accept", OCI_ACCEPT)],
+    )
+    .await;
     assert_eq!(index.status, 200);
     let index_digest = index.header("docker-content-digest").to_string();
     let v: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
     let arch_digest = v["manifests"][0]["digest"].as_str().unwrap().to_string();
-    let arch = request(&s, "GET", &format!("{name}/manifests/{arch_digest}"), &[]).await;
+    let arch = request(
+        &s,
+        "GET",
+        &format!("{name}/manifests/{arch_digest}"),
+        &[("accept", OCI_ACCEPT)],
+    )
+    .await;
     let m: serde_json::Value = serde_json::from_slice(&arch.body).unwrap();
     let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
     let layer_size = m["layers"][0]["size"].as_u64().unwrap();
@@ -135,10 +170,7 @@ async fn docker_registry_holding_the_same_image_answers_the_same_pull_requests()
     .await
     .unwrap();
 
-    let manifest_accept = (
-        "accept",
-        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
-    );
+    let manifest_accept = ("accept", OCI_ACCEPT);
     let zero = format!("sha256:{}", "0".repeat(64));
     let past = format!("bytes={}-", layer_size + 10);
     let requests: Vec<Compared> = vec![
@@ -224,6 +256,12 @@ async fn docker_registry_holding_the_same_image_answers_the_same_pull_requests()
             vec![],
         ),
         (
+            "malformed blob digest",
+            "GET",
+            format!("{name}/blobs/sha256:xyz"),
+            vec![],
+        ),
+        (
             "unknown name",
             "GET",
             format!("metal-installer/{}/manifests/{V}", "1".repeat(64)),
@@ -238,11 +276,11 @@ async fn docker_registry_holding_the_same_image_answers_the_same_pull_requests()
             vec![],
         ),
     ];
-    let (ob, tb) = (s.url(""), format!("http://{}", oracle.addr));
+    let (ob, tb) = (s.addrs.http.to_string(), oracle.addr.clone());
     let mut diffs = Vec::new();
     for (label, method, path, headers) in &requests {
-        let a = get(&ob, method, path, headers).await;
-        let b = get(&tb, method, path, headers).await;
+        let a = request_raw(&ob, method, path, headers).await;
+        let b = request_raw(&tb, method, path, headers).await;
         assert_eq!(
             a.status,
             b.status,
@@ -260,16 +298,12 @@ async fn docker_registry_holding_the_same_image_answers_the_same_pull_requests()
                 diffs.push(format!("{label}: {h}: listed as different but equal"));
             }
         }
-        if a.status >= 400 && *method != "HEAD" {
-            let (x, y) = (
-                error_code(&a),
-                if a.status == 416 {
-                    String::new()
-                } else {
-                    error_code(&b)
-                },
-            );
-            if a.status != 416 && !INTENDED_CODES.contains(&(label, x.as_str(), y.as_str())) {
+        if a.status == 416 {
+            // Plain text on both sides (distribution's is cut short): no code to compare.
+            assert!(a.text().contains("invalid range"), "{label}: {}", a.text());
+        } else if a.status >= 400 && *method != "HEAD" {
+            let (x, y) = (error_code(&a), error_code(&b));
+            if !INTENDED_CODES.contains(&(label, x.as_str(), y.as_str())) {
                 assert_eq!(x, y, "{label}");
             }
         } else if !label.starts_with("tags") {
@@ -305,5 +339,134 @@ async fn docker_registry_holding_the_same_image_answers_the_same_pull_requests()
         "unlisted differences:\n{}",
         diffs.join("\n")
     );
+
+    // Where the answers differ by design (docs/api.md lists each), both sides' answers are
+    // checked: a docker-registry that changes its answer shows here.
+    let by_tag = format!("{name}/manifests/{V}");
+    let ours_index = Answer::Manifest(INDEX, index_digest.clone());
+    let ours_arch = Answer::Manifest(MANIFEST, arch_digest.clone());
+    // distribution answers an OCI index or manifest only to an Accept naming its type: no
+    // wildcard, no default platform (that it does for a Docker manifest list only).
+    let refused = Answer::Error(404, "MANIFEST_UNKNOWN".into());
+    let refused_head = Answer::Error(404, String::new());
+    let pagination = Answer::Error(400, "PAGINATION_NUMBER_INVALID".into());
+    let different: Vec<Different> = vec![
+        // Accept names the Docker list type: ours answers the index (the same schema).
+        (
+            "Docker-only Accept",
+            "GET",
+            by_tag.clone(),
+            vec![("accept", DOCKER_ACCEPT)],
+            ours_index.clone(),
+            refused.clone(),
+        ),
+        (
+            "Docker-only Accept, HEAD",
+            "HEAD",
+            by_tag.clone(),
+            vec![("accept", DOCKER_ACCEPT)],
+            ours_index.clone(),
+            refused_head.clone(),
+        ),
+        // No index accepted: ours answers the default platform's manifest, as distribution
+        // answers a Docker manifest list.
+        (
+            "OCI-manifest-only Accept",
+            "GET",
+            by_tag.clone(),
+            vec![("accept", OCI_MANIFEST_ACCEPT)],
+            ours_arch.clone(),
+            refused.clone(),
+        ),
+        (
+            "no Accept",
+            "GET",
+            by_tag.clone(),
+            vec![],
+            ours_arch.clone(),
+            refused.clone(),
+        ),
+        (
+            "no Accept, HEAD",
+            "HEAD",
+            by_tag.clone(),
+            vec![],
+            ours_arch.clone(),
+            refused_head.clone(),
+        ),
+        // A wildcard takes the index as stored.
+        (
+            "wildcard Accept",
+            "GET",
+            by_tag.clone(),
+            vec![("accept", "*/*")],
+            ours_index.clone(),
+            refused.clone(),
+        ),
+        // By digest: the bytes the digest names, whatever Accept says.
+        (
+            "index by digest, OCI-manifest-only Accept",
+            "GET",
+            format!("{name}/manifests/{index_digest}"),
+            vec![("accept", OCI_MANIFEST_ACCEPT)],
+            ours_index.clone(),
+            refused.clone(),
+        ),
+        (
+            "image manifest by digest, no Accept",
+            "GET",
+            format!("{name}/manifests/{arch_digest}"),
+            vec![],
+            ours_arch.clone(),
+            refused.clone(),
+        ),
+        // A digest that does not parse: distribution fails reading it as a tag.
+        (
+            "malformed manifest digest",
+            "GET",
+            format!("{name}/manifests/sha256:xyz"),
+            vec![],
+            Answer::Error(400, "DIGEST_INVALID".into()),
+            Answer::Error(500, "UNKNOWN".into()),
+        ),
+        // distribution 2.8 ignores `n`; ours refuses one that is not a non-negative integer,
+        // as distribution 3 does.
+        (
+            "tags n=abc",
+            "GET",
+            format!("{name}/tags/list?n=abc"),
+            vec![],
+            pagination.clone(),
+            Answer::Ok,
+        ),
+        (
+            "tags n=-1",
+            "GET",
+            format!("{name}/tags/list?n=-1"),
+            vec![],
+            pagination.clone(),
+            Answer::Ok,
+        ),
+    ];
+    for (label, method, path, headers, ours, theirs) in &different {
+        let head = *method == "HEAD";
+        let a = request_raw(&ob, method, path, headers).await;
+        let b = request_raw(&tb, method, path, headers).await;
+        assert_eq!(Answer::of(&a, head), *ours, "{label}: ours: {}", a.text());
+        assert_eq!(
+            Answer::of(&b, head),
+            *theirs,
+            "{label}: theirs: {}",
+            b.text()
+        );
+        assert_eq!(
+            a.header("docker-distribution-api-version"),
+            "registry/2.0",
+            "{label}"
+        );
+        if head {
+            assert!(a.body.is_empty(), "{label}");
+        }
+    }
     s.stop().await;
 }

@@ -24,9 +24,19 @@ pub enum RegistryError {
     /// 404 `BLOB_UNKNOWN`.
     #[error("blob unknown to registry: {0}")]
     BlobUnknown(String),
-    /// 400 `DIGEST_INVALID`.
-    #[error("provided digest did not match uploaded content: {0}")]
-    DigestInvalid(String),
+    /// 400 `DIGEST_INVALID`: a reference that should be a digest does not parse as one.
+    #[error("invalid digest {reference:?}: content here is named sha256:<64 lowercase hex digits>")]
+    DigestInvalid {
+        /// The reference as sent.
+        reference: String,
+        /// Why it does not parse.
+        #[source]
+        source: crate::oci::OciError,
+    },
+    /// 400 `PAGINATION_NUMBER_INVALID` (distribution's code): `n` of a tag list is not a
+    /// non-negative integer.
+    #[error("invalid number of results requested: n={0:?} is not a non-negative integer")]
+    PaginationNumberInvalid(String),
     /// 404 with the registry's plain path error (not a distribution endpoint).
     #[error("unknown registry path")]
     UnknownPath,
@@ -35,10 +45,14 @@ pub enum RegistryError {
         "the operation is unsupported: this registry is read-only (images are built by the factory, not pushed)"
     )]
     ReadOnly,
-    /// 416 with `Content-Range: bytes */<size>`.
-    #[error("requested range not satisfiable")]
+    /// 416 with `Content-Range: bytes */<size>` and the blob's digest and `ETag`, a plain-text
+    /// body as distribution answers it (no error code: the blob is known, and the spec's codes
+    /// have none for a range).
+    #[error("invalid range: failed to overlap (the blob is {size} bytes)")]
     RangeNotSatisfiable {
-        /// The blob size.
+        /// The blob.
+        digest: crate::oci::Digest,
+        /// Its size.
         size: u64,
     },
     /// 429 `TOOMANYREQUESTS` with `Retry-After`: the build this request needs was refused by
@@ -50,9 +64,13 @@ pub enum RegistryError {
         /// Seconds to wait.
         retry_after: u64,
     },
-    /// Anything the HTTP API would answer (its status kept, its text in the envelope).
+    /// Anything the HTTP API would answer (its status kept, its text in the envelope; a 404 is
+    /// `MANIFEST_UNKNOWN`).
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// [`RegistryError::Api`] on a blob route: a 404 is `BLOB_UNKNOWN`.
+    #[error(transparent)]
+    ApiOnBlob(ApiError),
 }
 
 impl From<AssetError> for RegistryError {
@@ -80,39 +98,61 @@ impl RegistryError {
         RegistryError::Api(ApiError::caused(context, source))
     }
 
-    /// The status and the envelope's error code.
-    pub fn status_code(&self) -> (StatusCode, &'static str) {
+    /// The same error answered on a blob route (what the build side could not find is the
+    /// blob asked for, not a manifest).
+    pub fn on_blob(self) -> Self {
         match self {
-            RegistryError::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-            RegistryError::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-            RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-            RegistryError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
-            RegistryError::UnknownPath => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-            RegistryError::ReadOnly => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-            RegistryError::RangeNotSatisfiable { .. } => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN")
-            }
-            RegistryError::TooManyRequests { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS")
-            }
-            RegistryError::Api(e) => {
-                let status = e.status();
-                let code = match status {
-                    StatusCode::NOT_FOUND => "MANIFEST_UNKNOWN",
-                    StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED => "UNSUPPORTED",
-                    StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
-                    StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
-                    _ => "UNKNOWN",
-                };
-                (status, code)
-            }
+            RegistryError::Api(e) => RegistryError::ApiOnBlob(e),
+            other => other,
         }
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RegistryError::NameUnknown(_)
+            | RegistryError::ManifestUnknown(_)
+            | RegistryError::BlobUnknown(_)
+            | RegistryError::UnknownPath => StatusCode::NOT_FOUND,
+            RegistryError::DigestInvalid { .. } | RegistryError::PaginationNumberInvalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            RegistryError::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
+            RegistryError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            RegistryError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RegistryError::Api(e) | RegistryError::ApiOnBlob(e) => e.status(),
+        }
+    }
+
+    /// The envelope's error code; `None` for an answer in plain text (a `416`).
+    pub fn code(&self) -> Option<&'static str> {
+        let code = match self {
+            RegistryError::NameUnknown(_) | RegistryError::UnknownPath => "NAME_UNKNOWN",
+            RegistryError::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
+            RegistryError::BlobUnknown(_) => "BLOB_UNKNOWN",
+            RegistryError::DigestInvalid { .. } => "DIGEST_INVALID",
+            RegistryError::PaginationNumberInvalid(_) => "PAGINATION_NUMBER_INVALID",
+            RegistryError::ReadOnly => "UNSUPPORTED",
+            RegistryError::RangeNotSatisfiable { .. } => return None,
+            RegistryError::TooManyRequests { .. } => "TOOMANYREQUESTS",
+            RegistryError::Api(e) | RegistryError::ApiOnBlob(e) => match e.status() {
+                StatusCode::NOT_FOUND if matches!(self, RegistryError::ApiOnBlob(_)) => {
+                    "BLOB_UNKNOWN"
+                }
+                StatusCode::NOT_FOUND => "MANIFEST_UNKNOWN",
+                StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED => "UNSUPPORTED",
+                StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+                StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+                _ => "UNKNOWN",
+            },
+        };
+        Some(code)
     }
 
     /// The text shown to the client.
     fn public_message(&self) -> String {
         match self {
-            RegistryError::Api(e) => e.public_message(),
+            RegistryError::Api(e) | RegistryError::ApiOnBlob(e) => e.public_message(),
             other => other.to_string(),
         }
     }
@@ -120,19 +160,19 @@ impl RegistryError {
 
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_code();
+        let (status, code) = (self.status(), self.code());
         let retry_after = match &self {
             RegistryError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
-        let range_size = match &self {
-            RegistryError::RangeNotSatisfiable { size } => Some(*size),
+        let range = match &self {
+            RegistryError::RangeNotSatisfiable { digest, size } => Some((digest.clone(), *size)),
             _ => None,
         };
         let message = self.public_message();
         let mut resp = match self {
             // The HTTP API's answer keeps its headers (Retry-After, ...) and its log line.
-            RegistryError::Api(e) => e.into_response(),
+            RegistryError::Api(e) | RegistryError::ApiOnBlob(e) => e.into_response(),
             other => {
                 if status.is_server_error() {
                     tracing::error!(error = %format!("{:#}", Causes(&other)), "registry error");
@@ -140,17 +180,21 @@ impl IntoResponse for RegistryError {
                 status.into_response()
             }
         };
-        let body = serde_json::json!({
-            "errors": [{"code": code, "message": message, "detail": null}]
-        })
-        .to_string();
-        *resp.body_mut() = axum::body::Body::from(body.clone());
+        let (body, content_type) = match code {
+            Some(code) => (
+                serde_json::json!({
+                    "errors": [{"code": code, "message": message, "detail": null}]
+                })
+                .to_string(),
+                "application/json; charset=utf-8",
+            ),
+            None => (format!("{message}\n"), "text/plain; charset=utf-8"),
+        };
+        let len = body.len();
+        *resp.body_mut() = axum::body::Body::from(body);
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         headers.insert(
             "docker-distribution-api-version",
             HeaderValue::from_static(API_VERSION),
@@ -158,10 +202,20 @@ impl IntoResponse for RegistryError {
         if let Some(s) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        if let Some(size) = range_size
-            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
-        {
-            headers.insert(header::CONTENT_RANGE, v);
+        if let Some((digest, size)) = range {
+            // As distribution: the blob is known, so its digest and ETag come along.
+            for (name, value) in [
+                (header::CONTENT_RANGE, format!("bytes */{size}")),
+                (header::ETAG, format!("\"{digest}\"")),
+                (
+                    header::HeaderName::from_static("docker-content-digest"),
+                    digest.to_string(),
+                ),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(name, v);
+                }
+            }
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

@@ -11,6 +11,7 @@ mod sources;
 mod store;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
@@ -20,6 +21,7 @@ pub use error::{API_VERSION, RegistryError};
 pub use names::{FACTORY_HOST, GHCR_HOST, VANILLA_SCHEMATIC};
 pub use sources::SourceCache;
 
+use crate::catalog::Release;
 use crate::frontend::http::AppState;
 use crate::oci::Digest;
 use installer::{Manifest, Repo};
@@ -71,36 +73,52 @@ async fn serve(
     if !matches!(request, Request::Ping) {
         tracing::info!(target: "image_factory::registry", %method, path = uri.path(), ns, "registry request");
     }
-    let store = RegistryStore::new(std::sync::Arc::clone(st.node().meta()));
+    let store = RegistryStore::new(Arc::clone(st.node().meta()));
     let head = method == Method::HEAD;
     match request {
         Request::Ping => Ok(respond::json(b"{}".to_vec(), head)),
-        Request::Manifest(name, reference) => match names::route(&name, ns)? {
-            Target::Installer {
-                repo,
-                flavour,
-                schematic,
-            } => {
-                let r = Repo {
-                    repo: &repo,
-                    flavour: &flavour,
-                    schematic: &schematic,
-                };
-                let m = installer_manifest(st, &store, &r, &reference).await?;
-                // A version's index is the only index an installer repository serves.
-                let top = matches!(
-                    m.media_type.as_str(),
-                    crate::oci::MEDIA_OCI_INDEX | crate::oci::MEDIA_DOCKER_LIST
-                );
-                count_pull(st, &repo_image(&repo), head, top);
-                Ok(respond::manifest(&m, head))
+        Request::Manifest(name, reference) => {
+            // A tag has no `:`; a reference with one names a digest, or nothing valid.
+            let pinned = reference.contains(':');
+            if pinned {
+                parse_digest(&reference)?;
             }
-            Target::Source { repository } => {
-                let (m, top) = sources::manifest(st, &store, &repository, &reference).await?;
-                count_pull(st, &repository, head, top);
-                Ok(respond::manifest(&m, head))
+            match names::route(&name, ns)? {
+                Target::Installer {
+                    repo,
+                    flavour,
+                    schematic,
+                } => {
+                    let r = Repo {
+                        repo: &repo,
+                        flavour: &flavour,
+                        schematic: &schematic,
+                    };
+                    let mut m = installer_manifest(st, &store, &r, &reference).await?;
+                    // A version's index is the only index an installer repository serves.
+                    let top = matches!(
+                        m.media_type.as_str(),
+                        crate::oci::MEDIA_OCI_INDEX | crate::oci::MEDIA_DOCKER_LIST
+                    );
+                    if !pinned && let Some(d) = respond::platform_instead(&m, headers) {
+                        m = by_digest(st, &store, &repo, d.hex()).await?;
+                    }
+                    count_pull(st, &repo_image(&repo), head, top);
+                    Ok(respond::manifest(&m, head))
+                }
+                Target::Source { repository } => {
+                    let (mut m, top) =
+                        sources::manifest(st, &store, &repository, &reference).await?;
+                    if !pinned && let Some(d) = respond::platform_instead(&m, headers) {
+                        m = sources::manifest(st, &store, &repository, d.as_str())
+                            .await?
+                            .0;
+                    }
+                    count_pull(st, &repository, head, top);
+                    Ok(respond::manifest(&m, head))
+                }
             }
-        },
+        }
         Request::Blob(name, reference) => {
             let digest = parse_digest(&reference)?;
             match names::route(&name, ns)? {
@@ -111,6 +129,7 @@ async fn serve(
                     sources::blob(st, &store, &repository, &digest, head, headers).await
                 }
             }
+            .map_err(RegistryError::on_blob)
         }
         Request::Tags(name) => {
             let tags = match names::route(&name, ns)? {
@@ -170,19 +189,41 @@ fn repo_image(repo: &str) -> String {
 fn parse_digest(reference: &str) -> Result<Digest, RegistryError> {
     reference
         .parse::<Digest>()
-        .map_err(|_| RegistryError::DigestInvalid(reference.to_string()))
+        .map_err(|source| RegistryError::DigestInvalid {
+            reference: reference.to_string(),
+            source,
+        })
 }
 
-/// The newest imported version without a pre-release part.
-fn latest(st: &AppState) -> Result<Option<String>, RegistryError> {
-    Ok(st
-        .releases()
-        .list()?
+/// Whether the registry serves installer images of `release`: it holds an installer base for
+/// at least one architecture. The one test for both the tag list and `latest`.
+fn serves_installer(release: &Release) -> bool {
+    release.arches.values().any(|a| a.installer_base.is_some())
+}
+
+/// The newest release without a pre-release part among those [`serves_installer`] admits.
+fn latest_of(releases: &[Arc<Release>]) -> Option<String> {
+    releases
         .iter()
+        .filter(|r| serves_installer(r))
         .filter_map(|r| r.parsed_version())
         .filter(|v| !v.is_prerelease())
         .max()
-        .map(|v| v.tag()))
+        .map(|v| v.tag())
+}
+
+/// The version tags of an installer repository: every release [`serves_installer`] admits,
+/// and `latest` when one of them is stable.
+fn version_tags(releases: &[Arc<Release>]) -> Vec<String> {
+    let mut tags: Vec<String> = releases
+        .iter()
+        .filter(|r| serves_installer(r))
+        .map(|r| r.version.clone())
+        .collect();
+    if latest_of(releases).is_some() {
+        tags.push("latest".into());
+    }
+    tags
 }
 
 /// A manifest of an installer repository by tag, digest or signature tag.
@@ -204,7 +245,7 @@ async fn installer_manifest(
         return by_digest(st, store, r.repo, &signed.tag_manifest).await;
     }
     let version = if reference == "latest" {
-        latest(st)?.ok_or_else(unknown)?
+        latest_of(&st.releases().list()?).ok_or_else(unknown)?
     } else if reference.starts_with('v') {
         reference.to_string()
     } else {
@@ -289,16 +330,55 @@ async fn installer_tags(
     store: &RegistryStore,
     repo: &str,
 ) -> Result<Vec<String>, RegistryError> {
-    let mut tags: Vec<String> = st
-        .releases()
-        .list()?
-        .iter()
-        .filter(|r| r.arches.values().any(|a| a.installer_base.is_some()))
-        .map(|r| r.version.clone())
-        .collect();
-    if latest(st)?.is_some() {
-        tags.push("latest".into());
-    }
+    let mut tags = version_tags(&st.releases().list()?);
     tags.extend(store.signature_tags(repo).await?);
     Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A release record of `version` whose amd64 arch has an installer base or not.
+    fn release(version: &str, installer: bool) -> Arc<Release> {
+        let image = serde_json::json!({
+            "reference": "ghcr.io/siderolabs/installer-base:x",
+            "digest": format!("sha256:{}", "a".repeat(64)),
+            "manifest": format!("sha256:{}", "b".repeat(64)),
+            "size": 1,
+        });
+        let base = if installer {
+            image
+        } else {
+            serde_json::Value::Null
+        };
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "version": version, "imported_at": "", "source": "test",
+                "signatures": {"state": "skipped"}, "partial": false,
+                "arches": {"amd64": {"imager": null, "installer_base": base,
+                    "assets": {}, "grub": {}}},
+                "extensions": [], "overlays": [],
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn latest_is_the_newest_stable_release_the_tag_list_shows() {
+        // v1.12.0 was imported without an installer base: not listed, so not `latest` either.
+        let releases = vec![
+            release("v1.10.3", true),
+            release("v1.11.0", true),
+            release("v1.12.0", false),
+            release("v1.13.0-beta.1", true),
+        ];
+        assert_eq!(latest_of(&releases).as_deref(), Some("v1.11.0"));
+        let tags = version_tags(&releases);
+        assert_eq!(tags, ["v1.10.3", "v1.11.0", "v1.13.0-beta.1", "latest"]);
+        // Only a pre-release, or nothing installable: no `latest`, and none listed.
+        let only_beta = vec![release("v1.13.0-beta.1", true), release("v1.12.0", false)];
+        assert_eq!(latest_of(&only_beta), None);
+        assert_eq!(version_tags(&only_beta), ["v1.13.0-beta.1"]);
+    }
 }
