@@ -291,62 +291,15 @@ async fn containerd_pulls_factory_and_ghcr_installers_through_the_mirror() {
         .unwrap();
     let v: serde_json::Value = resp.json().await.unwrap();
     let id = v["id"].as_str().unwrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = dir.path().join("hosts");
-    for upstream in ["factory.talos.dev", "ghcr.io"] {
-        std::fs::create_dir_all(hosts.join(upstream)).unwrap();
-        std::fs::write(
-            hosts.join(upstream).join("hosts.toml"),
-            format!(
-                "server = \"https://{upstream}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )
-        .unwrap();
-    }
-    let d = dir.path().to_path_buf();
     let images = [
         format!("factory.talos.dev/metal-installer/{id}:{V}"),
         format!("ghcr.io/siderolabs/installer:{V}"),
     ];
-    let images2 = images.clone();
-    let listed = tokio::task::spawn_blocking(move || {
-        let daemon = start_containerd(&d);
-        let ctr = |args: &[&str]| {
-            let mut c = Command::new("ctr");
-            c.arg("--address").arg(&daemon.sock).args(args);
-            run(&mut c)
-        };
-        for image in &images2 {
-            ctr(&[
-                "images",
-                "pull",
-                "--snapshotter",
-                "native",
-                "--platform",
-                "linux/amd64",
-                "--hosts-dir",
-                d.join("hosts").to_str().unwrap(),
-                image,
-            ]);
-        }
-        let listed = ctr(&["images", "ls"]);
-        let mut contents = BTreeMap::new();
-        for line in ctr(&["content", "ls", "-q"]).lines() {
-            let digest = line.trim().to_string();
-            if digest.starts_with("sha256:") {
-                let mut c = Command::new("ctr");
-                c.arg("--address")
-                    .arg(&daemon.sock)
-                    .args(["content", "get", &digest]);
-                let out = c.output().unwrap();
-                contents.insert(digest, out.stdout);
-            }
-        }
-        (listed, contents)
-    })
-    .await
-    .unwrap();
-    let (listed, contents) = listed;
+    let (a, images2) = (addr.to_string(), images.clone());
+    let ContainerdPull { listed, contents } =
+        tokio::task::spawn_blocking(move || containerd_pull(&a, &images2))
+            .await
+            .unwrap();
     for image in &images {
         assert!(listed.contains(image.as_str()), "{image} not in:\n{listed}");
     }
@@ -374,6 +327,60 @@ async fn containerd_pulls_factory_and_ghcr_installers_through_the_mirror() {
     let mut child = server.child;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// What containerd holds after a pull: `ctr images ls` and its content by digest.
+pub(crate) struct ContainerdPull {
+    /// The output of `ctr images ls`.
+    pub listed: String,
+    /// Every blob containerd stored, by digest.
+    pub contents: BTreeMap<String, Vec<u8>>,
+}
+
+/// Pulls `images` with containerd through a `hosts.toml` mirror of `ghcr.io` and
+/// `factory.talos.dev` to `addr`; returns what containerd then holds. Blocking.
+pub(crate) fn containerd_pull(addr: &str, images: &[String]) -> ContainerdPull {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    for upstream in ["factory.talos.dev", "ghcr.io"] {
+        std::fs::create_dir_all(hosts.join(upstream)).unwrap();
+        std::fs::write(
+            hosts.join(upstream).join("hosts.toml"),
+            format!(
+                "server = \"https://{upstream}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .unwrap();
+    }
+    let daemon = start_containerd(dir.path());
+    let ctr = |args: &[&str]| {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&daemon.sock).args(args);
+        c
+    };
+    for image in images {
+        run(&mut ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--platform",
+            "linux/amd64",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            image,
+        ]));
+    }
+    let listed = run(&mut ctr(&["images", "ls"]));
+    let mut contents = BTreeMap::new();
+    for line in run(&mut ctr(&["content", "ls", "-q"])).lines() {
+        let digest = line.trim().to_string();
+        if digest.starts_with("sha256:") {
+            let out = ctr(&["content", "get", &digest]).output().unwrap();
+            contents.insert(digest, out.stdout);
+        }
+    }
+    ContainerdPull { listed, contents }
 }
 
 /// Fetches the index, the amd64 manifest and every blob of `name:tag` from `host` with the

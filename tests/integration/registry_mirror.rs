@@ -5,7 +5,7 @@
 //! `NAME_UNKNOWN`, blob requests answered from the index (no manifest re-read), and the pull
 //! count after `skopeo copy` and containerd pulls.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read as _;
 use std::process::Command;
 
@@ -16,7 +16,7 @@ use crate::common::TestServer;
 use crate::common::assets::{Got, V, flip_byte, get, metric, sha256_hex};
 use crate::common::kit::Kit;
 use crate::common::oci::{error_code, request, setup};
-use crate::registry_clients::{openssl_verify, run, start_containerd};
+use crate::registry_clients::{containerd_pull, openssl_verify, run};
 
 /// The kit's source image repositories (one release, amd64).
 const KIT_REPOSITORIES: &[&str] = &[
@@ -350,51 +350,6 @@ async fn pulls(s: &TestServer, image: &str) -> f64 {
     .await
 }
 
-/// Pulls `images` with containerd through a `hosts.toml` mirror of `ghcr.io` and
-/// `factory.talos.dev` to `addr`; returns the content containerd stored, by digest.
-fn containerd_pull(addr: &str, images: &[String]) -> BTreeMap<String, Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = dir.path().join("hosts");
-    for upstream in ["factory.talos.dev", "ghcr.io"] {
-        std::fs::create_dir_all(hosts.join(upstream)).unwrap();
-        std::fs::write(
-            hosts.join(upstream).join("hosts.toml"),
-            format!(
-                "server = \"https://{upstream}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )
-        .unwrap();
-    }
-    let daemon = start_containerd(dir.path());
-    let ctr = |args: &[&str]| {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(&daemon.sock).args(args);
-        c
-    };
-    for image in images {
-        run(&mut ctr(&[
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--platform",
-            "linux/amd64",
-            "--hosts-dir",
-            hosts.to_str().unwrap(),
-            image,
-        ]));
-    }
-    let mut contents = BTreeMap::new();
-    for line in run(&mut ctr(&["content", "ls", "-q"])).lines() {
-        let digest = line.trim().to_string();
-        if digest.starts_with("sha256:") {
-            let out = ctr(&["content", "get", &digest]).output().unwrap();
-            contents.insert(digest, out.stdout);
-        }
-    }
-    contents
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pull_counts_once_for_skopeo_copy_and_containerd_installers_and_sources_alike() {
     if !testsupport::tools::have("skopeo", "skopeo")
@@ -455,7 +410,7 @@ async fn a_pull_counts_once_for_skopeo_copy_and_containerd_installers_and_source
         format!("ghcr.io/{}:{}", kmod.repository, kmod.tag),
     ];
     let a = addr.clone();
-    let contents = tokio::task::spawn_blocking(move || containerd_pull(&a, &images))
+    let contents = tokio::task::spawn_blocking(move || containerd_pull(&a, &images).contents)
         .await
         .unwrap();
     assert_eq!(pulls(&s, "installer").await, 1.0, "containerd");

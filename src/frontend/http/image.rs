@@ -114,16 +114,12 @@ fn respond(
         }
     };
     let (start, end) = range.unwrap_or((0, record.size));
-    // The open asset, also offered to the connection's zero-copy writer (see `direct`).
-    let mut direct = None;
     let mut builder = Response::builder()
         .status(status)
         .header(header::ETAG, header_value(&etag)?)
         .header(header::LAST_MODIFIED, header_value(&last_modified)?)
         .header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let body = if status == StatusCode::NOT_MODIFIED {
-        Body::empty()
-    } else {
+    if status != StatusCode::NOT_MODIFIED {
         builder = builder
             .header(header::CONTENT_TYPE, header_value(&record.content_type)?)
             .header(
@@ -137,18 +133,34 @@ fn respond(
                 format!("bytes {start}-{}/{}", end.saturating_sub(1), record.size),
             );
         }
-        if method == Method::HEAD {
-            Body::empty()
-        } else {
-            let opened = DirectBody::new(st.assets().open(served, range)?);
-            let body = Body::from_stream(opened.lazy_stream());
-            direct = Some(opened);
-            body
-        }
+    }
+    let empty = method == Method::HEAD || status == StatusCode::NOT_MODIFIED;
+    asset_response(st, builder, served, range, empty, |e| {
+        ApiError::caused("building the response", e).into()
+    })
+}
+
+/// The answer carrying `served` (only its headers when `empty`): the body streams the asset
+/// and is offered to the connection's zero-copy writer, and the answer is marked for the
+/// request log. Every frontend that sends an asset's bytes answers through here.
+pub fn asset_response<E: From<AssetError>>(
+    st: &AppState,
+    builder: axum::http::response::Builder,
+    served: &Served,
+    range: Option<(u64, u64)>,
+    empty: bool,
+    build_error: impl FnOnce(axum::http::Error) -> E,
+) -> Result<Response, E> {
+    let mut direct = None;
+    let body = if empty {
+        Body::empty()
+    } else {
+        let opened = DirectBody::new(st.assets().open(served, range)?);
+        let body = Body::from_stream(opened.lazy_stream());
+        direct = Some(opened);
+        body
     };
-    let mut resp = builder
-        .body(body)
-        .map_err(|e| ApiError::caused("building the response", e))?;
+    let mut resp = builder.body(body).map_err(build_error)?;
     resp.extensions_mut().insert(AssetOutcome(served.outcome));
     if let Some(d) = direct {
         resp.extensions_mut().insert(d);

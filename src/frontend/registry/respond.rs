@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::RegistryError;
 use super::installer::Manifest;
-use crate::assets::{DirectBody, Served};
+use crate::assets::Served;
 use crate::frontend::http::AppState;
-use crate::frontend::http::image::AssetOutcome;
+use crate::frontend::http::image::asset_response;
 use crate::frontend::http::ranges::{Selection, select};
 use crate::oci::{Digest, ImageIndex, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
 
@@ -183,23 +183,10 @@ pub fn blob(
     let size = served.record.size;
     let (status, range) = selection(headers, digest, size)?;
     let b = blob_headers(status, digest, size, range)?;
-    let mut direct = None;
-    let body = if head || status == StatusCode::NOT_MODIFIED {
-        Body::empty()
-    } else {
-        let opened = DirectBody::new(st.assets().open(served, range)?);
-        let body = Body::from_stream(opened.lazy_stream());
-        direct = Some(opened);
-        body
-    };
-    let mut resp = b
-        .body(body)
-        .map_err(|e| RegistryError::caused("building the response", e))?;
-    resp.extensions_mut().insert(AssetOutcome(served.outcome));
-    if let Some(d) = direct {
-        resp.extensions_mut().insert(d);
-    }
-    Ok(resp)
+    let empty = head || status == StatusCode::NOT_MODIFIED;
+    asset_response(st, b, served, range, empty, |e| {
+        RegistryError::caused("building the response", e)
+    })
 }
 
 /// `n` of a tag list: absent (or empty) for every tag; otherwise a non-negative integer.
