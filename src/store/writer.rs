@@ -5,7 +5,7 @@
 //!
 //! Bytes reach the file in aligned [`WRITE_CHUNK`] pieces whatever the caller's write sizes:
 //! the kernel sizes a file's page-cache folios by the writes that create them, and serving a
-//! blob with `sendfile(2)` costs CPU per folio (see docs/benchmarks.md, "Page-cache folios").
+//! blob with `sendfile(2)` costs CPU per folio (see docs/benchmarks-history.md, "Page-cache folios").
 
 use std::fs::File;
 use std::io::{self, Write};

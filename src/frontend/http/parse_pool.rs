@@ -4,7 +4,8 @@
 //!
 //! Why not `spawn_blocking` behind a semaphore: each parse there is handed to a pool thread
 //! that has gone to sleep since the last one, and under a flood of small uploads those
-//! wake-ups cost more than the parses (same-run A/B in docs/benchmarks.md, "Schematic API").
+//! wake-ups cost more than the parses (docs/benchmarks-history.md, "2026-12-06 the schematic
+//! POST path after hardening").
 //! Threads of their own take the next upload from the queue without sleeping while there
 //! is one.
 
