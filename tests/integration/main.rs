@@ -35,6 +35,7 @@ mod listen_tls;
 mod oci_registry;
 mod oci_sources;
 mod pxe_boot;
+mod registry_arches;
 mod registry_clients;
 mod registry_errors;
 mod registry_mirror;

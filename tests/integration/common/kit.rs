@@ -62,13 +62,19 @@ pub fn imported(extension_size_mb: u64) -> Option<Kit> {
 /// Like [`imported`], for the kit release `version` (amd64).
 #[allow(dead_code)]
 pub fn imported_version(version: &str, extension_size_mb: u64) -> Option<Kit> {
+    imported_arches(version, &["amd64"], extension_size_mb)
+}
+
+/// Like [`imported_version`], for a release holding `arches` (arm64 holds the kit's amd64
+/// bytes as placeholders: it builds, it does not boot).
+pub fn imported_arches(version: &str, arches: &[&str], extension_size_mb: u64) -> Option<Kit> {
     let kit_dir = synth::default_kit_dir();
     kit_inputs()?;
     let dir = tempfile::tempdir().expect("tmp");
     let opts = SynthOptions {
         out: dir.path().join("kit"),
         versions: vec![version.into()],
-        arches: vec!["amd64".into()],
+        arches: arches.iter().map(|a| a.to_string()).collect(),
         extensions: 0,
         extension_size_mb,
         kit_dir,

@@ -33,7 +33,12 @@ pub fn error_code(g: &Got) -> String {
 /// The entries of the installer tarball `installer-amd64.tar` of `id` from the server at
 /// `base` (`http://<addr>`), by name.
 pub async fn installer_tarball(base: &str, id: &str) -> BTreeMap<String, Vec<u8>> {
-    let url = format!("{base}/image/{id}/{V}/installer-amd64.tar");
+    installer_tarball_of(base, id, "amd64").await
+}
+
+/// Like [`installer_tarball`], for `installer-<arch>.tar`.
+pub async fn installer_tarball_of(base: &str, id: &str, arch: &str) -> BTreeMap<String, Vec<u8>> {
+    let url = format!("{base}/image/{id}/{V}/installer-{arch}.tar");
     let g = send(client().get(url), &[]).await;
     assert_eq!(g.status, 200, "{}", g.text());
     let mut out = BTreeMap::new();
