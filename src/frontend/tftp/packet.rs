@@ -215,7 +215,8 @@ pub fn negotiate(
                 n.timeout = u8::try_from(v).ok();
                 n.oack.push((name.clone(), v.to_string()));
             }
-            "tsize" => n.oack.push((name.clone(), size.to_string())),
+            // curl refuses an OACK with `tsize 0`; leaving the option out is allowed.
+            "tsize" if size > 0 => n.oack.push((name.clone(), size.to_string())),
             _ => {}
         }
     }
@@ -339,6 +340,8 @@ mod tests {
         );
         assert!(negotiate(&opts(&[("blksize", "7")]), 0, LIMITS).is_err());
         assert!(negotiate(&opts(&[("windowsize", "0")]), 0, LIMITS).is_err());
+        let empty = negotiate(&opts(&[("tsize", "0")]), 0, LIMITS).unwrap();
+        assert!(empty.oack.is_empty());
         let plain = negotiate(&[], 1, LIMITS).unwrap();
         assert_eq!((plain.blksize, plain.windowsize), (512, 1));
         assert!(plain.oack.is_empty());
