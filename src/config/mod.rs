@@ -91,7 +91,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Local storage (metadata and blobs).
     pub storage: StorageConfig,
-    /// TFTP netboot frontend (not used yet).
+    /// TFTP netboot frontend (iPXE binaries and chain scripts).
     pub tftp: TftpConfig,
     /// Signature verification of imported releases.
     pub trust: TrustConfig,
@@ -330,14 +330,29 @@ pub enum AdminListen {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct TftpConfig {
-    /// Listen address of the TFTP server (UDP; not used yet).
+    /// Listen address of the TFTP server (UDP; empty disables it).
     pub listen_addr: String,
+    /// Directory whose files are served (the iPXE binaries).
+    pub root: String,
+    /// Transfers running at once; more requests get a TFTP "server busy" error.
+    pub max_transfers: u64,
+    /// Largest `blksize` granted (8 to 65464; larger requests are clamped).
+    pub max_block_size: u64,
+    /// Largest `windowsize` granted (1 to 64; larger requests are clamped).
+    pub max_window_size: u64,
 }
+
+/// The default `tftp.listenAddr`; failing to bind it only warns (see `serve`).
+pub const DEFAULT_TFTP_LISTEN_ADDR: &str = ":69";
 
 impl Default for TftpConfig {
     fn default() -> Self {
         Self {
-            listen_addr: ":69".into(),
+            listen_addr: DEFAULT_TFTP_LISTEN_ADDR.into(),
+            root: "/usr/lib/ipxe".into(),
+            max_transfers: 256,
+            max_block_size: 1468,
+            max_window_size: 64,
         }
     }
 }
@@ -428,6 +443,14 @@ impl Config {
             return Ok(AdminListen::Unix(PathBuf::from(path)));
         }
         ListenAddr::parse_key("admin.listenAddr", addr).map(AdminListen::Tcp)
+    }
+
+    /// The parsed TFTP listen address, `None` when disabled.
+    pub fn tftp_listen(&self) -> Result<Option<ListenAddr>, ConfigError> {
+        if self.tftp.listen_addr.is_empty() {
+            return Ok(None);
+        }
+        ListenAddr::parse_key("tftp.listenAddr", &self.tftp.listen_addr).map(Some)
     }
 
     /// The parsed metrics listen address, `None` when disabled.

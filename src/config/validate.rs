@@ -150,6 +150,22 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if !cfg.tftp.listen_addr.is_empty() {
         ListenAddr::parse_key("tftp.listenAddr", &cfg.tftp.listen_addr)?;
     }
+    let t = &cfg.tftp;
+    if t.max_transfers == 0 {
+        return Err(invalid("tftp.maxTransfers", "0 must be at least 1".into()));
+    }
+    if !(8..=65464).contains(&t.max_block_size) {
+        return Err(invalid(
+            "tftp.maxBlockSize",
+            format!("{} must be between 8 and 65464", t.max_block_size),
+        ));
+    }
+    if !(1..=64).contains(&t.max_window_size) {
+        return Err(invalid(
+            "tftp.maxWindowSize",
+            format!("{} must be between 1 and 64", t.max_window_size),
+        ));
+    }
     for a in &cfg.replication.listen_addrs {
         check_multiaddr("replication.listenAddrs", a)?;
     }
@@ -239,6 +255,11 @@ mod tests {
                 .contains("replication.bootstrapPeers")
         );
         assert!(err(|c| c.storage.data_dir = String::new()).contains("storage.dataDir"));
+        assert!(err(|c| c.tftp.listen_addr = "69".into()).contains("tftp.listenAddr"));
+        assert!(err(|c| c.tftp.max_transfers = 0).contains("tftp.maxTransfers"));
+        assert!(err(|c| c.tftp.max_block_size = 7).contains("tftp.maxBlockSize"));
+        assert!(err(|c| c.tftp.max_block_size = 65465).contains("tftp.maxBlockSize"));
+        assert!(err(|c| c.tftp.max_window_size = 65).contains("tftp.maxWindowSize"));
         assert_eq!(
             err(|c| c.cache.max_percent = 101),
             "invalid config: cache.maxPercent: 101 must be between 0 and 100"

@@ -1,9 +1,10 @@
-//! Frontends: HTTP (API, downloads, iPXE scripts) and metrics now; the OCI registry and TFTP
-//! follow. [`serve`] assembles them over one [`crate::node::Node`].
+//! Frontends: HTTP (API, downloads, iPXE scripts, the OCI registry), metrics and TFTP.
+//! [`serve`] assembles them over one [`crate::node::Node`].
 
 pub mod http;
 pub mod listen;
 pub mod registry;
 mod serve;
+pub mod tftp;
 
 pub use serve::{AdminAddr, BoundAddrs, Running, ServeError, serve};

@@ -1,4 +1,4 @@
-//! `serve`: opens the node, binds every listener, runs the frontends and the node's workers
+//! `serve`: opens the node, binds every listener (HTTP, metrics, admin, TFTP), runs the frontends and the node's workers
 //! until shutdown, then stops them in order — listeners first (open connections get a grace
 //! period), then the workers, then storage is flushed.
 
@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 
 use super::http::{self, AppState, metrics::Metrics};
 use super::listen::{self, Conns, Limits};
-use crate::config::{AdminListen, Config};
+use super::tftp;
+use crate::config::{AdminListen, Config, DEFAULT_TFTP_LISTEN_ADDR};
 use crate::imager::builder::StageReporter;
 use crate::node::{Node, NodeError, NodeOptions};
 
@@ -107,6 +108,8 @@ pub struct BoundAddrs {
     pub metrics: Option<SocketAddr>,
     /// Admin API.
     pub admin: AdminAddr,
+    /// TFTP listener (UDP), if enabled and bound.
+    pub tftp: Option<SocketAddr>,
 }
 
 /// A started server: its bound addresses and the task that ends after graceful shutdown.
@@ -249,6 +252,47 @@ fn tls_for(
     )?))
 }
 
+/// Binds the TFTP socket where `tftp.listenAddr` says (`None` when empty). When the default
+/// `:69` cannot be bound (no root or `CAP_NET_BIND_SERVICE`, or another TFTP server has it),
+/// serve starts without TFTP and says once how to fix it; an address set by the operator must
+/// bind.
+fn bind_tftp(config: &Config) -> Result<Option<tokio::net::UdpSocket>, ServeError> {
+    let Some(addr) = config.tftp_listen()? else {
+        return Ok(None);
+    };
+    match tftp::bind(addr.0) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if config.tftp.listen_addr == DEFAULT_TFTP_LISTEN_ADDR => {
+            tracing::warn!(
+                addr = %addr,
+                error = %e,
+                "TFTP not started: cannot bind the default UDP port 69. To netboot from this \
+                 appliance, run it with CAP_NET_BIND_SERVICE (e.g. AmbientCapabilities= in the \
+                 systemd unit) or as root, or set tftp.listenAddr (IF_TFTP_LISTENADDR) to a free \
+                 port; set it to \"\" to turn TFTP off and silence this warning"
+            );
+            Ok(None)
+        }
+        Err(source) => Err(ServeError::Bind {
+            key: "tftp.listenAddr",
+            addr: addr.0,
+            source,
+        }),
+    }
+}
+
+/// The TFTP server's settings from `tftp.*`; chain scripts continue at `pxe_base`.
+fn tftp_settings(config: &Config, pxe_base: &str) -> tftp::Settings {
+    let t = &config.tftp;
+    tftp::Settings {
+        root: std::path::PathBuf::from(&t.root),
+        http_base: pxe_base.to_string(),
+        max_transfers: usize::try_from(t.max_transfers).unwrap_or(usize::MAX),
+        max_blksize: u16::try_from(t.max_block_size).unwrap_or(u16::MAX),
+        max_windowsize: u16::try_from(t.max_window_size).unwrap_or(64),
+    }
+}
+
 /// Opens the node for `config`, binds every listener and serves until `shutdown` resolves;
 /// then drains connections, stops the workers and flushes storage.
 pub async fn serve(
@@ -287,12 +331,23 @@ pub async fn serve(
         &config.http.key_file,
     )?;
     let (admin_listener, admin_addr) = bind_admin(config).await?;
+    let tftp_socket = bind_tftp(config)?;
+    let tftp_addr = match &tftp_socket {
+        Some(s) => Some(s.local_addr().map_err(|source| ServeError::Run {
+            name: "tftp",
+            source,
+        })?),
+        None => None,
+    };
     let mut listeners = BTreeMap::new();
     listeners.insert("http".to_string(), http_addr.to_string());
     if let Some(a) = metrics_addr {
         listeners.insert("metrics".to_string(), a.to_string());
     }
     listeners.insert("admin".to_string(), admin_addr.to_string());
+    if let Some(a) = tftp_addr {
+        listeners.insert("tftp".to_string(), a.to_string());
+    }
     let state = AppState::new(Arc::clone(&node), metrics, node.admin_token()?, listeners)?;
     node.start_maintenance();
 
@@ -360,9 +415,23 @@ pub async fn serve(
         )
     });
 
+    let tftp_task = tftp_socket.map(|sock| {
+        let settings = tftp_settings(config, state.pxe_base_url());
+        if let Some(a) = tftp_addr {
+            tracing::info!(
+                addr = %a,
+                root = %settings.root.display(),
+                max_transfers = settings.max_transfers,
+                "tftp listener bound"
+            );
+        }
+        tokio::spawn(tftp::serve(sock, settings, stop_rx.clone()))
+    });
+
     // Connections still open SHUTDOWN_GRACE after the signal are cut, so shutdown is bounded.
     let mut aborts = vec![http_task.abort_handle(), admin_task.abort_handle()];
     aborts.extend(metrics_task.as_ref().map(JoinHandle::abort_handle));
+    aborts.extend(tftp_task.as_ref().map(JoinHandle::abort_handle));
     let mut grace_rx = stop_rx.clone();
     tokio::spawn(async move {
         let _ = grace_rx.wait_for(|v| *v).await;
@@ -383,12 +452,17 @@ pub async fn serve(
             Some(t) => finished("metrics", t.await),
             None => Ok(()),
         };
+        let tftp_res = match tftp_task {
+            Some(t) => finished("tftp", t.await),
+            None => Ok(()),
+        };
         drop(state);
         let closed = task_node.close().await;
         tracing::info!("server stopped, storage flushed");
         http_res?;
         admin_res?;
         metrics_res?;
+        tftp_res?;
         closed?;
         Ok(())
     });
@@ -398,6 +472,7 @@ pub async fn serve(
             http: http_addr,
             metrics: metrics_addr,
             admin: admin_addr,
+            tftp: tftp_addr,
         },
         node,
         task,

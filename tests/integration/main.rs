@@ -49,4 +49,6 @@ mod squashfs_writer;
 mod testkit_bundle;
 mod testkit_qemu;
 mod testkit_release;
+mod tftp;
+mod tftp_protocol;
 mod trust_cosign;

@@ -73,6 +73,7 @@ impl TestServer {
         cfg.storage.data_dir = dir.path().display().to_string();
         cfg.http.http_listen_addr = "127.0.0.1:0".into();
         cfg.metrics.addr = "127.0.0.1:0".into();
+        cfg.tftp.listen_addr = "127.0.0.1:0".into();
         tweak(&mut cfg);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let running = serve(cfg, async move {
@@ -195,6 +196,7 @@ pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<B
         .args(["--metrics-addr", "", "--data-dir"])
         .arg(data_dir)
         .env_remove("RUST_LOG")
+        .env("IF_TFTP_LISTENADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
