@@ -362,8 +362,9 @@ async fn listen_address_that_cannot_bind() {
 
 #[test]
 fn default_port_69_unavailable_only_warns() {
-    // Hold UDP 69 (or fail to, when not allowed: then serve cannot bind it either).
-    let _held = std::net::UdpSocket::bind("0.0.0.0:69");
+    // Hold UDP 69 on loopback (or fail to, when not allowed: then serve cannot bind it
+    // either): the default wildcard bind of the same port then fails with EADDRINUSE.
+    let _held = std::net::UdpSocket::bind("127.0.0.1:69");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = std::process::Command::new(crate::common::bin())
         .args([
