@@ -61,7 +61,8 @@ pub struct ImportArgs {
     /// Data directory to import into (direct mode; no server may be running on it).
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<String>,
-    /// Import through a running appliance instead (server mode), e.g. `http://127.0.0.1:8080`.
+    /// Import through a running appliance's admin API instead (server mode), e.g.
+    /// `unix:/var/lib/image-factory/admin.sock` (the default admin listener) or `https://host:port`.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// Admin token file for `--server` (default: `admin.tokenFile`, else

@@ -86,7 +86,14 @@ pub async fn send(
     if status.is_success() {
         return Ok(resp);
     }
-    let body = resp.text().await.unwrap_or_default().trim_end().to_string();
+    let mut body = resp.text().await.unwrap_or_default().trim_end().to_string();
+    if status == reqwest::StatusCode::NOT_FOUND && url.path().starts_with("/admin/") {
+        // The public HTTP port has no admin API since it moved to its own listener.
+        body.push_str(
+            " (is --server the admin listener? By default it is the Unix socket \
+             unix:<dataDir>/admin.sock, not the HTTP port; see admin.listenAddr)",
+        );
+    }
     Err(CliError::Server {
         method,
         url: url.to_string(),

@@ -372,6 +372,36 @@ async fn server_mode_import_through_the_admin_api() {
     assert_eq!(bad.status().as_u16(), 401);
     assert!(bad.headers().contains_key("www-authenticate"));
 
+    // The CLI pointed at the public port (the admin API's old place) says where it went.
+    let (bin, wrong) = (
+        crate::common::bin(),
+        vec![
+            "import".to_string(),
+            bundle.display().to_string(),
+            "--server".into(),
+            base.clone(),
+            "--admin-token-file".into(),
+            token_file.display().to_string(),
+            "--trust-key".into(),
+            pubkey.display().to_string(),
+        ],
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&wrong)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "an import through the public port succeeded"
+    );
+    assert!(err.contains("is --server the admin listener?"), "{err}");
+
     let bin = crate::common::bin();
     let args = vec![
         "import".to_string(),
