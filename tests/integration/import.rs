@@ -372,29 +372,29 @@ async fn server_mode_import_through_the_admin_api() {
     assert_eq!(bad.status().as_u16(), 401);
     assert!(bad.headers().contains_key("www-authenticate"));
 
-    // The CLI pointed at the public port (the admin API's old place) says where it went.
-    let (bin, wrong) = (
-        crate::common::bin(),
-        vec![
+    // `image-factory import BUNDLE --server SERVER` with the token and key, in a thread.
+    let import_through = |server: String| {
+        let args = vec![
             "import".to_string(),
             bundle.display().to_string(),
             "--server".into(),
-            base.clone(),
+            server,
             "--admin-token-file".into(),
             token_file.display().to_string(),
             "--trust-key".into(),
             pubkey.display().to_string(),
-        ],
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(&wrong)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run")
-    })
-    .await
-    .expect("join");
+        ];
+        tokio::task::spawn_blocking(move || {
+            Command::new(crate::common::bin())
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run")
+        })
+    };
+
+    // The CLI pointed at the public port (the admin API's old place) says where it went.
+    let out = import_through(base.clone()).await.expect("join");
     let err = stderr(&out);
     assert!(
         !out.status.success(),
@@ -402,26 +402,7 @@ async fn server_mode_import_through_the_admin_api() {
     );
     assert!(err.contains("is --server the admin listener?"), "{err}");
 
-    let bin = crate::common::bin();
-    let args = vec![
-        "import".to_string(),
-        bundle.display().to_string(),
-        "--server".into(),
-        srv.admin_server_arg(),
-        "--admin-token-file".into(),
-        token_file.display().to_string(),
-        "--trust-key".into(),
-        pubkey.display().to_string(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run")
-    })
-    .await
-    .expect("join");
+    let out = import_through(srv.admin_server_arg()).await.expect("join");
     let err = stderr(&out);
     assert!(out.status.success(), "server-mode import failed: {err}");
     assert!(err.contains("server mode: importing through"), "{err}");
