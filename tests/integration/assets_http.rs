@@ -301,11 +301,7 @@ async fn a_build_outlives_its_clients() {
     let url = s.url(&format!("/image/{id}/{V}/installer-amd64.tar"));
     // Every client gives up long before the installer is built.
     for _ in 0..3 {
-        let quick = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_millis(100))
-            .build()
-            .unwrap();
+        let quick = crate::common::impatient_client(Duration::from_millis(100));
         assert!(
             quick.get(&url).send().await.is_err(),
             "built too fast to test"

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::assets::{V, create_schematic, get};
-use crate::common::{TestServer, client, kit};
+use crate::common::{TestServer, kit};
 
 /// Size of the data volume: the imported kit (~55 MB) and four 62 MB ISOs fit, a fifth does not.
 const VOLUME_MIB: u64 = 320;
@@ -68,15 +68,7 @@ impl Drop for Tmpfs {
 
 /// The `gc` worker's state in `/status`.
 async fn gc_worker(s: &TestServer) -> serde_json::Value {
-    let status: serde_json::Value = client()
-        .get(s.url("/status"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("status json");
-    status["workers"]
+    s.status().await["workers"]
         .as_array()
         .expect("workers")
         .iter()

@@ -133,11 +133,7 @@ async fn a_registry_build_outlives_its_client_and_runs_once() {
     let id = create_schematic(&s, kit::SCHEMATIC).await;
     let url = s.url(&format!("/v2/metal-installer/{id}/manifests/{V}"));
     // containerd resolves with HEAD; this one gives up long before the installer is built.
-    let quick = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
+    let quick = crate::common::impatient_client(Duration::from_millis(100));
     assert!(
         quick.head(&url).send().await.is_err(),
         "built too fast to test"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::assets::{V, create_schematic, flip_byte, get, metric};
-use crate::common::{TestServer, client, kit};
+use crate::common::{TestServer, kit};
 use image_factory::assets::RecordStore;
 use image_factory::catalog::{Arch, ReleaseStore};
 use image_factory::store::{BlobStore, MetaStore};
@@ -46,15 +46,7 @@ async fn start(data: &Path, scrub_seconds: u64) -> TestServer {
 
 /// The damage mark `/status` shows for the kit release (JSON null when none).
 async fn status_damage(s: &TestServer) -> serde_json::Value {
-    let status: serde_json::Value = client()
-        .get(s.url("/status"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
-    let release = status["releases"]
+    let release = s.status().await["releases"]
         .as_array()
         .and_then(|r| r.iter().find(|r| r["version"] == V))
         .cloned()

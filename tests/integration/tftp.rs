@@ -161,14 +161,7 @@ async fn clients_download_byte_identical_files() {
         }
     }
     // The /status listeners name the TFTP address.
-    let status: serde_json::Value = crate::common::client()
-        .get(s.url("/status"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let status = s.status().await;
     assert_eq!(status["listeners"]["tftp"], addr.to_string(), "{status}");
     s.stop().await;
 }
@@ -366,51 +359,18 @@ fn default_port_69_unavailable_only_warns() {
     // either): the default wildcard bind of the same port then fails with EADDRINUSE.
     let _held = std::net::UdpSocket::bind("127.0.0.1:69");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = std::process::Command::new(crate::common::bin())
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--http-listen-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--metrics-addr", "", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("RUST_LOG")
-        .env_remove("IF_TFTP_LISTENADDR")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut warnings = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut started = false;
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if line.contains("TFTP not started") {
-            warnings.push(line.clone());
-        }
-        if line.contains("http listener bound") {
-            started = true;
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(started, "serve did not start");
+    let mut server = crate::common::spawn_bin_default_tftp(dir.path())
+        .unwrap_or_else(|e| panic!("serve did not start: {e}"));
+    let warnings: Vec<String> = server
+        .log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|l| l.contains("TFTP not started"))
+        .cloned()
+        .collect();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("CAP_NET_BIND_SERVICE") && warnings[0].contains("IF_TFTP_LISTENADDR"),

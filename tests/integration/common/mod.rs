@@ -94,6 +94,18 @@ impl TestServer {
         format!("http://{}{}", self.addrs.http, path)
     }
 
+    /// The anonymous `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        client()
+            .get(self.url("/status"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
     /// A client for the admin listener (its Unix socket) and the URL of `path` on it.
     pub fn admin(&self, path: &str) -> (reqwest::Client, String) {
         let image_factory::frontend::AdminAddr::Unix(sock) = &self.addrs.admin else {
@@ -154,6 +166,15 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A loopback client that gives up after `timeout` (a client that leaves before its answer).
+pub fn impatient_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .expect("client")
+}
+
 /// Path of the real binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_image-factory")
@@ -177,6 +198,21 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
 /// [`spawn_bin`] run by `wrapper` (a command and its arguments, e.g. `strace -o …`), which
 /// must pass the server's stderr through.
 pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<BinServer, String> {
+    spawn_serve(data_dir, wrapper, Some("127.0.0.1:0"))
+}
+
+/// [`spawn_bin`] with the TFTP listener left at its default address (`:69`).
+pub fn spawn_bin_default_tftp(data_dir: &std::path::Path) -> Result<BinServer, String> {
+    spawn_serve(data_dir, &[], None)
+}
+
+/// `image-factory serve` on `data_dir` (run by `wrapper` if any), TFTP on `tftp` or, with
+/// `None`, on its default address.
+fn spawn_serve(
+    data_dir: &std::path::Path,
+    wrapper: &[&str],
+    tftp: Option<&str>,
+) -> Result<BinServer, String> {
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -185,18 +221,21 @@ pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<B
         }
         None => Command::new(bin()),
     };
+    cmd.args([
+        "serve",
+        "--log-format",
+        "json",
+        "--http-listen-addr",
+        "127.0.0.1:0",
+    ])
+    .args(["--metrics-addr", "", "--data-dir"])
+    .arg(data_dir)
+    .env_remove("RUST_LOG");
+    match tftp {
+        Some(addr) => cmd.env("IF_TFTP_LISTENADDR", addr),
+        None => cmd.env_remove("IF_TFTP_LISTENADDR"),
+    };
     let mut child = cmd
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--http-listen-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--metrics-addr", "", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("RUST_LOG")
-        .env("IF_TFTP_LISTENADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
