@@ -3,10 +3,12 @@
 
 mod listen;
 mod load;
+mod netboot;
 mod validate;
 
 pub use listen::ListenAddr;
 pub use load::{FlagOverrides, NOT_CONFIG_ENV, REGISTRY_PASSWORD_ENV, load};
+pub use netboot::{NetbootConfig, ProxyDhcpConfig};
 
 use std::path::{Path, PathBuf};
 
@@ -93,6 +95,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// TFTP netboot frontend (iPXE binaries and chain scripts).
     pub tftp: TftpConfig,
+    /// Netboot: machine assignments and ProxyDHCP.
+    pub netboot: NetbootConfig,
     /// Signature verification of imported releases.
     pub trust: TrustConfig,
     /// Administrative API (release import into a running appliance).
