@@ -41,6 +41,19 @@ pub struct Boot {
     pub memory_mb: u32,
     /// Kill QEMU after this long.
     pub timeout: Duration,
+    /// Command QEMU runs under (e.g. `ip netns exec <ns>`); empty = none.
+    pub wrapper: Vec<String>,
+}
+
+/// The firmware a network-booted machine starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetFirmware {
+    /// SeaBIOS running QEMU's iPXE option ROM (the NIC's ROM is iPXE itself).
+    SeabiosIpxe,
+    /// OVMF's own UEFI PXE (EDK II PxeBcDxe over its virtio-net driver; no iPXE ROM).
+    OvmfPxe,
+    /// OVMF's UEFI HTTP Boot (PXE over IPv4 and IPv6 switched off through fw_cfg).
+    OvmfHttp,
 }
 
 impl Boot {
@@ -53,6 +66,7 @@ impl Boot {
             args: Vec::new(),
             memory_mb: 512,
             timeout: Duration::from_secs(120),
+            wrapper: Vec::new(),
         }
     }
 
@@ -78,6 +92,7 @@ impl Boot {
             ],
             memory_mb: 1024,
             timeout: Duration::from_secs(300),
+            wrapper: Vec::new(),
         }
     }
 
@@ -116,6 +131,7 @@ impl Boot {
             args,
             memory_mb: 1024,
             timeout: Duration::from_secs(300),
+            wrapper: Vec::new(),
         }
     }
 
@@ -149,6 +165,49 @@ impl Boot {
             ],
             memory_mb: 512,
             timeout: Duration::from_secs(240),
+            wrapper: Vec::new(),
+        }
+    }
+
+    /// Network boot on a tap device `tap` (run QEMU inside the tap's namespace through
+    /// [`Boot::wrapper`]) with MAC `mac`, by `firmware`; `vars` is a copy of [`OVMF_VARS`] for
+    /// the OVMF variants (ignored for SeaBIOS).
+    pub fn netboot(tap: &str, mac: &str, firmware: NetFirmware, vars: &Path) -> Boot {
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let mut args = Vec::new();
+        let nic = match firmware {
+            NetFirmware::SeabiosIpxe => format!(
+                "virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on,bootindex=1,romfile={IPXE_VIRTIO_ROM}"
+            ),
+            NetFirmware::OvmfPxe | NetFirmware::OvmfHttp => {
+                args.extend([
+                    "-machine".to_string(),
+                    "q35".into(),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                ]);
+                if firmware == NetFirmware::OvmfHttp {
+                    for knob in ["IPv4PXESupport", "IPv6PXESupport"] {
+                        args.push("-fw_cfg".into());
+                        args.push(format!("name=opt/org.tianocore/{knob},string=n"));
+                    }
+                }
+                // An empty romfile keeps iPXE's ROM out, so the firmware's own PXE/HTTP stack
+                // (not iPXE) does the first stage.
+                format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile=")
+            }
+        };
+        args.extend(["-netdev".to_string(), netdev, "-device".into(), nic]);
+        Boot {
+            kernel: None,
+            initrd: None,
+            append: None,
+            args,
+            memory_mb: 1024,
+            timeout: Duration::from_secs(300),
+            wrapper: Vec::new(),
         }
     }
 
@@ -158,7 +217,14 @@ impl Boot {
         let dir = tempfile::tempdir().map_err(context("temp dir"))?;
         let log = dir.path().join("console.log");
         let out = std::fs::File::create(&log).map_err(context("console log"))?;
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(QEMU);
+                c
+            }
+            None => Command::new(QEMU),
+        };
         cmd.args(["-accel", "tcg", "-nographic", "-no-reboot", "-m"])
             .arg(self.memory_mb.to_string());
         if let Some(k) = &self.kernel {
