@@ -341,8 +341,10 @@ fn warn_proxy_dhcp_setup(
     if tftp.is_none_or(|a| a.port() != 69) {
         tracing::warn!(
             tftp = ?tftp,
-            "ProxyDHCP sends PXE firmware to TFTP port 69 of {}, but this appliance's TFTP server              is not listening on port 69 (tftp.listenAddr): BIOS and UEFI PXE clients will fail              to load iPXE",
-            bound.server_ip
+            server_addr = %bound.server_ip,
+            "ProxyDHCP sends PXE firmware to TFTP port 69 of its server address, but this \
+             appliance's TFTP server is not listening on port 69 (tftp.listenAddr): BIOS and \
+             UEFI PXE clients will not load iPXE"
         );
     }
     let loopback_base = url::Url::parse(pxe_base)
@@ -356,14 +358,17 @@ fn warn_proxy_dhcp_setup(
     if loopback_base && !bound.server_ip.is_loopback() {
         tracing::warn!(
             url = pxe_base,
-            "ProxyDHCP hands iPXE and HTTP Boot clients URLs under {pxe_base}, which machines              cannot reach: set http.externalPXEURL (or http.externalURL) to this appliance's              address on the boot network, e.g. http://{}:8080",
-            bound.server_ip
+            server_addr = %bound.server_ip,
+            "ProxyDHCP hands iPXE and HTTP Boot clients URLs under a loopback address, which \
+             machines cannot reach: set http.externalPXEURL (or http.externalURL) to this \
+             appliance's address on the boot network, e.g. http://<server_addr>:8080"
         );
     }
     if p.listen().is_ok_and(|a| !a.0.ip().is_unspecified()) {
         tracing::warn!(
             listen_addr = %p.listen_addr,
-            "netboot.proxyDhcp.listenAddr names an address: broadcast DISCOVERs are only              received on a wildcard address such as \":67\""
+            "netboot.proxyDhcp.listenAddr names an address: broadcast DISCOVERs are only \
+             received on a wildcard address such as \":67\""
         );
     }
 }

@@ -11,6 +11,7 @@ mod assets_integrity;
 mod build_admission;
 mod build_boot;
 mod cli;
+mod dhcp;
 mod disk_boot;
 mod disk_full;
 mod disk_images_http;

@@ -55,9 +55,10 @@ pub enum DhcpError {
     /// A socket could not be set up or bound.
     #[error(
         "cannot start ProxyDHCP on UDP {addr} ({key}) bound to interface {interface:?}: it \
-         needs root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW (AmbientCapabilities= in the \
-         systemd unit), an existing interface, and no other ProxyDHCP server on that port and \
-         interface; or set netboot.proxyDhcp.enabled to false"
+         needs root or CAP_NET_BIND_SERVICE for ports below 1024 (AmbientCapabilities= in the \
+         systemd unit; CAP_NET_RAW too on kernels before 5.7), an existing interface, and no \
+         other ProxyDHCP server on that port and interface; or set \
+         netboot.proxyDhcp.enabled to false"
     )]
     Bind {
         /// Configuration key of the address.
