@@ -2,8 +2,9 @@
 //! `dhcproto`: a real `serve` with `netboot.proxyDhcp` enabled on `lo` (SO_BINDTODEVICE, so
 //! root) at port 0; the client sends from 127.0.0.1, so answers come back to its source
 //! address (RFC 2131 §4.1). BIOS, UEFI x64, UEFI arm64 (file present or not), iPXE and UEFI
-//! HTTP Boot clients each get their answer; ordinary DHCP clients and hostile datagrams get
-//! none and do not stop it; REQUESTs on the PXE port get an ACK.
+//! HTTP Boot clients each get their answer; ordinary DHCP clients get none; REQUESTs on the
+//! PXE port get an ACK. Hostile input and startup errors: `dhcp_hostile`; the broadcast and
+//! relay paths on a real interface: `dhcp_netns`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -19,16 +20,16 @@ use crate::common::{TestServer, client};
 
 /// The URL base machines are told to use (not this test's HTTP address: the answers only
 /// carry it).
-const PXE_BASE: &str = "http://192.0.2.10:8080";
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
+pub(crate) const PXE_BASE: &str = "http://192.0.2.10:8080";
+pub(crate) const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 /// How long a test waits for an answer that must come.
-const ANSWER_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits to see that no answer comes.
-const SILENCE_WAIT: Duration = Duration::from_millis(400);
+pub(crate) const SILENCE_WAIT: Duration = Duration::from_millis(400);
 
 /// Whether this process may bind to an interface; otherwise the tests skip (or fail under
 /// `IF_REQUIRE_TOOLS=1`).
-fn may_bind_device() -> bool {
+pub(crate) fn may_bind_device() -> bool {
     testsupport::tools::require(
         rustix::process::geteuid().is_root(),
         "ProxyDHCP tests bind to lo with SO_BINDTODEVICE: run them as root",
@@ -36,7 +37,7 @@ fn may_bind_device() -> bool {
 }
 
 /// A server with ProxyDHCP on `lo` (both ports 0) whose `tftp.root` holds `files`.
-async fn start(
+pub(crate) async fn start(
     files: &[(&str, &[u8])],
     tweak: impl FnOnce(&mut Config),
 ) -> (TestServer, tempfile::TempDir) {
@@ -61,11 +62,11 @@ async fn start(
     (s, root)
 }
 
-fn dhcp_port(s: &TestServer) -> SocketAddr {
+pub(crate) fn dhcp_port(s: &TestServer) -> SocketAddr {
     loopback(s.addrs.proxy_dhcp.expect("proxydhcp bound"))
 }
 
-fn pxe_port(s: &TestServer) -> SocketAddr {
+pub(crate) fn pxe_port(s: &TestServer) -> SocketAddr {
     loopback(s.addrs.proxy_dhcp_pxe.expect("proxydhcp pxe port bound"))
 }
 
@@ -74,7 +75,7 @@ fn loopback(a: SocketAddr) -> SocketAddr {
 }
 
 /// A request as PXE firmware sends it: message type, vendor class, architecture, a GUID.
-fn request(
+pub(crate) fn request(
     kind: MessageType,
     xid: u32,
     class: Option<&[u8]>,
@@ -98,38 +99,38 @@ fn request(
     m
 }
 
-fn guid() -> Vec<u8> {
+pub(crate) fn guid() -> Vec<u8> {
     std::iter::once(0).chain(0x10..0x20).collect()
 }
 
-fn bytes(m: &v4::Message) -> Vec<u8> {
+pub(crate) fn bytes(m: &v4::Message) -> Vec<u8> {
     let mut out = Vec::new();
     m.encode(&mut v4::Encoder::new(&mut out)).expect("encode");
     out
 }
 
 /// The scripted client: one socket on 127.0.0.1.
-struct Client {
+pub(crate) struct Client {
     sock: UdpSocket,
 }
 
 impl Client {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self {
             sock: UdpSocket::bind("127.0.0.1:0").await.expect("client socket"),
         }
     }
 
-    async fn send_raw(&self, to: SocketAddr, data: &[u8]) {
+    pub(crate) async fn send_raw(&self, to: SocketAddr, data: &[u8]) {
         self.sock.send_to(data, to).await.expect("send");
     }
 
-    async fn send(&self, to: SocketAddr, m: &v4::Message) {
+    pub(crate) async fn send(&self, to: SocketAddr, m: &v4::Message) {
         self.send_raw(to, &bytes(m)).await;
     }
 
     /// The next answer within `wait`, decoded.
-    async fn recv(&self, wait: Duration) -> Option<v4::Message> {
+    pub(crate) async fn recv(&self, wait: Duration) -> Option<v4::Message> {
         let mut buf = vec![0u8; 2048];
         let (n, from) = tokio::time::timeout(wait, self.sock.recv_from(&mut buf))
             .await
@@ -141,7 +142,7 @@ impl Client {
     }
 
     /// Sends `m` and returns the answer, which must come.
-    async fn ask(&self, to: SocketAddr, m: &v4::Message) -> v4::Message {
+    pub(crate) async fn ask(&self, to: SocketAddr, m: &v4::Message) -> v4::Message {
         self.send(to, m).await;
         let a = self.recv(ANSWER_WAIT).await.expect("an answer");
         assert_eq!(a.xid(), m.xid(), "xid echoed");
@@ -149,12 +150,12 @@ impl Client {
     }
 }
 
-fn opt(m: &v4::Message, code: OptionCode) -> Option<&DhcpOption> {
+pub(crate) fn opt(m: &v4::Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
 }
 
 /// A NUL-terminated BOOTP string field as text.
-fn field(f: Option<&[u8]>) -> Option<String> {
+pub(crate) fn field(f: Option<&[u8]>) -> Option<String> {
     f.map(|b| {
         String::from_utf8_lossy(b)
             .trim_end_matches('\0')
@@ -163,7 +164,7 @@ fn field(f: Option<&[u8]>) -> Option<String> {
 }
 
 /// The boot file: the `file` field, or option 67.
-fn boot_file(m: &v4::Message) -> Option<String> {
+pub(crate) fn boot_file(m: &v4::Message) -> Option<String> {
     field(m.fname()).or_else(|| match opt(m, OptionCode::BootfileName) {
         Some(DhcpOption::BootfileName(b)) => Some(String::from_utf8_lossy(b).into_owned()),
         _ => None,
@@ -171,15 +172,25 @@ fn boot_file(m: &v4::Message) -> Option<String> {
 }
 
 /// What every answer must carry: a reply echoing the client, leasing nothing, naming us.
-fn assert_proxy_answer(a: &v4::Message, kind: MessageType, class: &[u8]) {
+pub(crate) fn assert_proxy_answer(a: &v4::Message, kind: MessageType, class: &[u8]) {
+    assert_proxy_answer_from(a, kind, class, Ipv4Addr::LOCALHOST);
+}
+
+/// [`assert_proxy_answer`] from a server advertising `server`.
+pub(crate) fn assert_proxy_answer_from(
+    a: &v4::Message,
+    kind: MessageType,
+    class: &[u8],
+    server: Ipv4Addr,
+) {
     assert_eq!(a.opcode(), v4::Opcode::BootReply);
     assert_eq!(a.opts().msg_type(), Some(kind));
     assert_eq!(a.chaddr(), &MAC, "chaddr echoed");
     assert_eq!(a.yiaddr(), Ipv4Addr::UNSPECIFIED, "no address leased");
-    assert_eq!(a.siaddr(), Ipv4Addr::LOCALHOST, "next-server");
+    assert_eq!(a.siaddr(), server, "next-server");
     assert_eq!(
         opt(a, OptionCode::ServerIdentifier),
-        Some(&DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST))
+        Some(&DhcpOption::ServerIdentifier(server))
     );
     assert_eq!(
         opt(a, OptionCode::ClassIdentifier),
@@ -203,7 +214,7 @@ fn assert_proxy_answer(a: &v4::Message, kind: MessageType, class: &[u8]) {
 const DISCOVERY_CONTROL: [u8; 4] = [6, 1, 8, 255];
 
 /// The value of a counter series of `name` whose labels include every one of `labels`.
-async fn counter(s: &TestServer, name: &str, labels: &[(&str, &str)]) -> u64 {
+pub(crate) async fn counter(s: &TestServer, name: &str, labels: &[(&str, &str)]) -> u64 {
     let text = client()
         .get(s.metrics_url("/metrics"))
         .send()
@@ -597,204 +608,4 @@ async fn ordinary_dhcp_clients_get_no_answer() {
         2
     );
     s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_datagrams_do_not_stop_the_responder() {
-    if !may_bind_device() {
-        return;
-    }
-    let (s, _root) = start(&[], |_| {}).await;
-    let c = Client::new().await;
-    let class = b"PXEClient:Arch:00000:UNDI:002001";
-    let good = bytes(&request(
-        MessageType::Discover,
-        0x600d,
-        Some(class),
-        Some(0),
-        vec![],
-    ));
-    let mut hostile: Vec<(Vec<u8>, &str)> = vec![
-        (Vec::new(), "truncated"),
-        (good[..100].to_vec(), "truncated"),
-        (good[..239].to_vec(), "truncated"),
-        (vec![0xff; 4000], "oversize"),
-        (
-            {
-                let mut b = good.clone();
-                b.resize(1501, 0);
-                b
-            },
-            "oversize",
-        ),
-        (
-            {
-                let mut b = good.clone();
-                b[0] = 2;
-                b
-            },
-            "not-request",
-        ),
-        (
-            {
-                let mut b = good.clone();
-                b[2] = 255;
-                b
-            },
-            "hardware-address",
-        ),
-        (
-            {
-                let mut b = good.clone();
-                b[236..240].copy_from_slice(b"JUNK");
-                b
-            },
-            "no-cookie",
-        ),
-    ];
-    // Options running past the end, zero-length and odd-length values (including ones
-    // dhcproto's eager decoder asserts on), and a message type of the wrong length.
-    let head = &good[..240];
-    for tail in [
-        &[53u8, 1, 1, 60, 200, b'P'][..],
-        &[53, 1, 1, 93, 0, 60, 9],
-        &[53, 1, 1, 94, 1, 0, 81, 0, 149, 0, 255],
-        &[53, 2, 1, 1, 255],
-        &[
-            60, 9, b'P', b'X', b'E', b'C', b'l', b'i', b'e', b'n', b't', 255,
-        ],
-    ] {
-        let mut b = head.to_vec();
-        b.extend_from_slice(tail);
-        hostile.push((b, "any"));
-    }
-    for (data, _) in &hostile {
-        c.send_raw(dhcp_port(&s), data).await;
-        c.send_raw(pxe_port(&s), data).await;
-    }
-    let a = c
-        .ask(
-            dhcp_port(&s),
-            &v4::Message::from_bytes(&good).expect("good"),
-        )
-        .await;
-    assert_eq!(boot_file(&a).as_deref(), Some("undionly.kpxe"));
-    for (reason, n) in [
-        ("truncated", 6),
-        ("oversize", 4),
-        ("not-request", 2),
-        ("hardware-address", 2),
-        ("no-cookie", 2),
-    ] {
-        assert_eq!(
-            counter(
-                &s,
-                "image_factory_dhcp_malformed_total",
-                &[("reason", reason)]
-            )
-            .await,
-            n,
-            "{reason}"
-        );
-    }
-    s.stop().await;
-}
-
-/// A flood beyond `maxRepliesPerSecond` is dropped without per-client state; the responder
-/// answers again once the bucket refills.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_beyond_the_rate_limit_are_dropped() {
-    if !may_bind_device() {
-        return;
-    }
-    let (s, _root) = start(&[], |c| c.netboot.proxy_dhcp.max_replies_per_second = 2).await;
-    let c = Client::new().await;
-    let class = b"PXEClient:Arch:00000:UNDI:002001";
-    for xid in 0..6 {
-        c.send(
-            dhcp_port(&s),
-            &request(MessageType::Discover, xid, Some(class), Some(0), vec![]),
-        )
-        .await;
-    }
-    let mut answered = 0;
-    while c.recv(SILENCE_WAIT).await.is_some() {
-        answered += 1;
-    }
-    assert!(
-        (2..=3).contains(&answered),
-        "{answered} of 6 answered at 2 per second"
-    );
-    assert!(
-        counter(
-            &s,
-            "image_factory_dhcp_ignored_total",
-            &[("reason", "rate-limited")]
-        )
-        .await
-            >= 3
-    );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let a = c
-        .ask(
-            dhcp_port(&s),
-            &request(MessageType::Discover, 0x600d, Some(class), Some(0), vec![]),
-        )
-        .await;
-    assert_eq!(boot_file(&a).as_deref(), Some("undionly.kpxe"));
-    s.stop().await;
-}
-
-/// `serve` with ProxyDHCP that cannot start fails, naming the key and the fix.
-async fn serve_error(tweak: impl FnOnce(&mut Config)) -> String {
-    crate::common::init();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = Config::default();
-    cfg.storage.data_dir = dir.path().display().to_string();
-    cfg.http.http_listen_addr = "127.0.0.1:0".into();
-    cfg.metrics.addr = String::new();
-    cfg.tftp.listen_addr = String::new();
-    let p = &mut cfg.netboot.proxy_dhcp;
-    p.enabled = true;
-    p.interface = "lo".into();
-    p.listen_addr = ":0".into();
-    p.pxe_listen_addr = ":0".into();
-    tweak(&mut cfg);
-    match image_factory::frontend::serve(cfg, std::future::pending()).await {
-        Ok(_) => panic!("serve started"),
-        Err(e) => image_factory::causes::Causes(&e).to_string(),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn startup_errors_name_the_fix() {
-    if !may_bind_device() {
-        return;
-    }
-    let e = serve_error(|c| c.netboot.proxy_dhcp.interface = "nosuchif0".into()).await;
-    assert!(
-        e.contains("\"nosuchif0\"")
-            && e.contains("netboot.proxyDhcp.interface")
-            && e.contains("lo (127.0.0.1)"),
-        "{e}"
-    );
-    let e = serve_error(|c| {
-        c.netboot.proxy_dhcp.interface = "nosuchif0".into();
-        c.netboot.proxy_dhcp.server_addr = "192.0.2.1".into();
-    })
-    .await;
-    assert!(
-        e.contains("netboot.proxyDhcp.listenAddr") && e.contains("netboot.proxyDhcp.enabled"),
-        "{e}"
-    );
-    // A port another socket holds without SO_REUSEADDR (e.g. a DHCP server).
-    let held = std::net::UdpSocket::bind("0.0.0.0:0").expect("hold a port");
-    let port = held.local_addr().expect("addr").port();
-    let e = serve_error(|c| c.netboot.proxy_dhcp.pxe_listen_addr = format!(":{port}")).await;
-    assert!(
-        e.contains("netboot.proxyDhcp.pxeListenAddr")
-            && e.contains("CAP_NET_BIND_SERVICE")
-            && e.contains("in use"),
-        "{e}"
-    );
 }

@@ -12,6 +12,8 @@ mod build_admission;
 mod build_boot;
 mod cli;
 mod dhcp;
+mod dhcp_hostile;
+mod dhcp_netns;
 mod disk_boot;
 mod disk_full;
 mod disk_images_http;
