@@ -274,7 +274,10 @@ async fn run(
                     e.kind(),
                     std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::Interrupted
                 ) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::error!(?port, error = %e, "proxydhcp socket failed; this port stops answering");
+                    return Err(e);
+                }
             },
         };
         let Some((reply, dest, kind)) = handle(
