@@ -166,6 +166,7 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             format!("{} must be between 1 and 64", t.max_window_size),
         ));
     }
+    cfg.netboot.proxy_dhcp.validate()?;
     for a in &cfg.replication.listen_addrs {
         check_multiaddr("replication.listenAddrs", a)?;
     }
@@ -260,6 +261,13 @@ mod tests {
         assert!(err(|c| c.tftp.max_block_size = 7).contains("tftp.maxBlockSize"));
         assert!(err(|c| c.tftp.max_block_size = 65465).contains("tftp.maxBlockSize"));
         assert!(err(|c| c.tftp.max_window_size = 65).contains("tftp.maxWindowSize"));
+        assert!(
+            err(|c| c.netboot.proxy_dhcp.enabled = true).contains("netboot.proxyDhcp.interface")
+        );
+        assert!(
+            err(|c| c.netboot.proxy_dhcp.server_addr = "x".into())
+                .contains("netboot.proxyDhcp.serverAddr")
+        );
         assert_eq!(
             err(|c| c.cache.max_percent = 101),
             "invalid config: cache.maxPercent: 101 must be between 0 and 100"

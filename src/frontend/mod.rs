@@ -1,6 +1,8 @@
-//! Frontends: HTTP (API, downloads, iPXE scripts, the OCI registry), metrics and TFTP.
+//! Frontends: HTTP (API, downloads, iPXE scripts, the OCI registry), metrics, TFTP and
+//! ProxyDHCP.
 //! [`serve`] assembles them over one [`crate::node::Node`].
 
+pub mod dhcp;
 pub mod http;
 pub mod listen;
 pub mod registry;

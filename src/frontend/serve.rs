@@ -1,4 +1,4 @@
-//! `serve`: opens the node, binds every listener (HTTP, metrics, admin, TFTP), runs the frontends and the node's workers
+//! `serve`: opens the node, binds every listener (HTTP, metrics, admin, TFTP, ProxyDHCP), runs the frontends and the node's workers
 //! until shutdown, then stops them in order — listeners first (open connections get a grace
 //! period), then the workers, then storage is flushed.
 
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::http::{self, AppState, metrics::Metrics};
 use super::listen::{self, Conns, Limits};
-use super::tftp;
+use super::{dhcp, tftp};
 use crate::config::{AdminListen, Config, DEFAULT_TFTP_LISTEN_ADDR};
 use crate::imager::builder::StageReporter;
 use crate::node::{Node, NodeError, NodeOptions};
@@ -51,6 +51,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The ProxyDHCP responder could not start (the message names the fix).
+    #[error(transparent)]
+    ProxyDhcp(#[from] dhcp::DhcpError),
     /// A listener's TLS configuration could not be loaded.
     #[error(transparent)]
     Tls(#[from] listen::tls::TlsError),
@@ -110,6 +113,10 @@ pub struct BoundAddrs {
     pub admin: AdminAddr,
     /// TFTP listener (UDP), if enabled and bound.
     pub tftp: Option<SocketAddr>,
+    /// ProxyDHCP's DHCP port (UDP), if enabled.
+    pub proxy_dhcp: Option<SocketAddr>,
+    /// ProxyDHCP's PXE boot-server port (UDP), if enabled.
+    pub proxy_dhcp_pxe: Option<SocketAddr>,
 }
 
 /// A started server: its bound addresses and the task that ends after graceful shutdown.
@@ -293,6 +300,79 @@ fn tftp_settings(config: &Config, pxe_base: &str) -> tftp::Settings {
     }
 }
 
+/// Binds the ProxyDHCP sockets when `netboot.proxyDhcp.enabled`; failing to is an error that
+/// names the fix (the operator asked for it).
+fn bind_proxy_dhcp(config: &Config) -> Result<Option<dhcp::Bound>, ServeError> {
+    let p = &config.netboot.proxy_dhcp;
+    if !p.enabled {
+        return Ok(None);
+    }
+    Ok(Some(dhcp::bind(
+        &p.interface,
+        p.listen()?.0,
+        p.pxe_listen()?.0,
+        p.server_ip()?,
+    )?))
+}
+
+/// The ProxyDHCP responder's settings; HTTP URLs start at `pxe_base`.
+fn proxy_dhcp_settings(config: &Config, pxe_base: &str) -> dhcp::Settings {
+    let p = &config.netboot.proxy_dhcp;
+    dhcp::Settings {
+        files: dhcp::BootFiles {
+            bios: p.bios_boot_file.clone(),
+            uefi: p.uefi_boot_file.clone(),
+            arm64: p.arm64_boot_file.clone(),
+            http_base: pxe_base.trim_end_matches('/').to_string(),
+        },
+        root: std::path::PathBuf::from(&config.tftp.root),
+        max_replies_per_second: u32::try_from(p.max_replies_per_second).unwrap_or(u32::MAX),
+    }
+}
+
+/// Warns about setups where ProxyDHCP answers but the machines cannot follow them.
+fn warn_proxy_dhcp_setup(
+    config: &Config,
+    bound: &dhcp::Bound,
+    tftp: Option<SocketAddr>,
+    pxe_base: &str,
+) {
+    let p = &config.netboot.proxy_dhcp;
+    if tftp.is_none_or(|a| a.port() != 69) {
+        tracing::warn!(
+            tftp = ?tftp,
+            server_addr = %bound.server_ip,
+            "ProxyDHCP sends PXE firmware to TFTP port 69 of its server address, but this \
+             appliance's TFTP server is not listening on port 69 (tftp.listenAddr): BIOS and \
+             UEFI PXE clients will not load iPXE"
+        );
+    }
+    let loopback_base = url::Url::parse(pxe_base)
+        .ok()
+        .is_some_and(|u| match u.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => true,
+        });
+    if loopback_base && !bound.server_ip.is_loopback() {
+        tracing::warn!(
+            url = pxe_base,
+            server_addr = %bound.server_ip,
+            "ProxyDHCP hands iPXE and HTTP Boot clients URLs under a loopback address, which \
+             machines cannot reach: set http.externalPXEURL (or http.externalURL) to this \
+             appliance's address on the boot network, e.g. http://<server_addr>:8080"
+        );
+    }
+    if p.listen().is_ok_and(|a| !a.0.ip().is_unspecified()) {
+        tracing::warn!(
+            listen_addr = %p.listen_addr,
+            "netboot.proxyDhcp.listenAddr names an address: broadcast DISCOVERs are only \
+             received on a wildcard address such as \":67\""
+        );
+    }
+}
+
 /// Opens the node for `config`, binds every listener and serves until `shutdown` resolves;
 /// then drains connections, stops the workers and flushes storage.
 pub async fn serve(
@@ -339,6 +419,8 @@ pub async fn serve(
         })?),
         None => None,
     };
+    let proxy_dhcp = bind_proxy_dhcp(config)?;
+    let proxy_dhcp_status = proxy_dhcp.as_ref().map(dhcp::Bound::status);
     let mut listeners = BTreeMap::new();
     listeners.insert("http".to_string(), http_addr.to_string());
     if let Some(a) = metrics_addr {
@@ -348,7 +430,20 @@ pub async fn serve(
     if let Some(a) = tftp_addr {
         listeners.insert("tftp".to_string(), a.to_string());
     }
+    if let Some(st) = &proxy_dhcp_status {
+        for (name, addr) in [("proxyDhcp", st.dhcp_addr), ("proxyDhcpPxe", st.pxe_addr)] {
+            if let Some(a) = addr {
+                listeners.insert(name.to_string(), a.to_string());
+            }
+        }
+    }
+    let dhcp_metrics = proxy_dhcp
+        .as_ref()
+        .map(|_| dhcp::DhcpMetrics::new(metrics.recorder()));
     let state = AppState::new(Arc::clone(&node), metrics, node.admin_token()?, listeners)?;
+    if let Some(st) = &proxy_dhcp_status {
+        state.set_proxy_dhcp(st.clone());
+    }
     node.start_maintenance();
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -428,10 +523,32 @@ pub async fn serve(
         tokio::spawn(tftp::serve(sock, settings, stop_rx.clone()))
     });
 
+    let dhcp_task = match (proxy_dhcp, dhcp_metrics) {
+        (Some(bound), Some(m)) => {
+            let settings = proxy_dhcp_settings(config, state.pxe_base_url());
+            warn_proxy_dhcp_setup(config, &bound, tftp_addr, state.pxe_base_url());
+            tracing::info!(
+                interface = %bound.interface,
+                server_addr = %bound.server_ip,
+                dhcp = ?proxy_dhcp_status.as_ref().and_then(|s| s.dhcp_addr),
+                pxe = ?proxy_dhcp_status.as_ref().and_then(|s| s.pxe_addr),
+                "proxydhcp listeners bound"
+            );
+            Some(tokio::spawn(dhcp::serve(
+                bound,
+                settings,
+                m,
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
+
     // Connections still open SHUTDOWN_GRACE after the signal are cut, so shutdown is bounded.
     let mut aborts = vec![http_task.abort_handle(), admin_task.abort_handle()];
     aborts.extend(metrics_task.as_ref().map(JoinHandle::abort_handle));
     aborts.extend(tftp_task.as_ref().map(JoinHandle::abort_handle));
+    aborts.extend(dhcp_task.as_ref().map(JoinHandle::abort_handle));
     let mut grace_rx = stop_rx.clone();
     tokio::spawn(async move {
         let _ = grace_rx.wait_for(|v| *v).await;
@@ -456,6 +573,10 @@ pub async fn serve(
             Some(t) => finished("tftp", t.await),
             None => Ok(()),
         };
+        let dhcp_res = match dhcp_task {
+            Some(t) => finished("proxydhcp", t.await),
+            None => Ok(()),
+        };
         drop(state);
         let closed = task_node.close().await;
         tracing::info!("server stopped, storage flushed");
@@ -463,6 +584,7 @@ pub async fn serve(
         admin_res?;
         metrics_res?;
         tftp_res?;
+        dhcp_res?;
         closed?;
         Ok(())
     });
@@ -473,6 +595,8 @@ pub async fn serve(
             metrics: metrics_addr,
             admin: admin_addr,
             tftp: tftp_addr,
+            proxy_dhcp: proxy_dhcp_status.as_ref().and_then(|s| s.dhcp_addr),
+            proxy_dhcp_pxe: proxy_dhcp_status.as_ref().and_then(|s| s.pxe_addr),
         },
         node,
         task,

@@ -192,6 +192,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
             schematics: st.schematics().count(),
             workers: st.node().workers().status(),
             storage: st.node().storage().summary(),
+            proxy_dhcp: st.proxy_dhcp(),
         },
         all_listeners: st.listeners(),
         data_dir,

@@ -147,6 +147,8 @@ pub struct Status<'a> {
     pub workers: Vec<WorkerStatus>,
     /// What the storage check at start found (lost metadata restored, or damage).
     pub storage: crate::node::StorageSummary,
+    /// Whether the ProxyDHCP responder runs, on which interface and address.
+    pub proxy_dhcp: crate::frontend::dhcp::Status,
 }
 
 /// One imported release as `/status` shows it.
@@ -217,6 +219,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         schematics: st.schematics().count(),
         workers: st.node().workers().status(),
         storage: st.node().storage().summary(),
+        proxy_dhcp: st.proxy_dhcp(),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod gojson;
 pub mod handlers;
 pub mod image;
+pub mod ipxe_files;
 pub mod metrics;
 pub mod middleware;
 pub mod parse_pool;
@@ -66,6 +67,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
             get(image::image).head(image::image),
         )
         .route("/pxe/{schematic}/{version}/{path}", get(image::pxe))
+        .route(
+            "/pxe/ipxe/{*file}",
+            get(ipxe_files::ipxe_file).head(ipxe_files::ipxe_file),
+        )
         .route("/v2", any(registry::handle))
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))

@@ -42,6 +42,8 @@ struct Inner {
     parses: ParsePool,
     /// The registry's index of the imported source images.
     source_images: crate::frontend::registry::SourceCache,
+    /// The ProxyDHCP responder, when it runs (set once at start).
+    proxy_dhcp: std::sync::OnceLock<crate::frontend::dhcp::Status>,
 }
 
 /// Schematic uploads read at once (each may hold `http.maxBodyBytes`).
@@ -111,6 +113,7 @@ impl AppState {
                 )
                 .map_err(StateError::Threads)?,
                 source_images: Default::default(),
+                proxy_dhcp: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -188,6 +191,16 @@ impl AppState {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Records that the ProxyDHCP responder runs (shown on `/status`); later calls are ignored.
+    pub fn set_proxy_dhcp(&self, status: crate::frontend::dhcp::Status) {
+        let _ = self.inner.proxy_dhcp.set(status);
+    }
+
+    /// The ProxyDHCP responder as `/status` shows it (`running: false` when off).
+    pub fn proxy_dhcp(&self) -> crate::frontend::dhcp::Status {
+        self.inner.proxy_dhcp.get().cloned().unwrap_or_default()
     }
 
     /// The registry's index of the imported source images (built on first use).

@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use packet::{ErrorCode, Packet};
-pub use root::Root;
+pub use root::{ResolveError, Root};
 use transfer::Transfer;
 
 /// What the TFTP server serves and how much it grants.

@@ -106,6 +106,19 @@ impl Root {
         Ok((Source::File(Arc::new(file)), meta.len()))
     }
 
+    /// Opens `name` as a regular file of the root, never a generated script (blocking): the
+    /// iPXE binaries the HTTP frontend and the ProxyDHCP responder refer to.
+    pub fn open_file(&self, name: &str) -> Result<(std::fs::File, u64), ResolveError> {
+        match self.resolve(name)? {
+            (Source::File(f), len) => {
+                let f = Arc::try_unwrap(f)
+                    .or_else(|shared| shared.try_clone().map_err(ResolveError::Io))?;
+                Ok((f, len))
+            }
+            (Source::Memory(_), _) => Err(ResolveError::NotFound),
+        }
+    }
+
     /// The chain script for `pxe/<schematic>/<version>/<platform>-<arch>`: three segments of
     /// `[A-Za-z0-9._-]`, so nothing iPXE would expand gets into the script.
     fn chain_script(&self, rest: &[&str]) -> Option<String> {
@@ -192,6 +205,25 @@ mod tests {
         assert!(matches!(
             r.resolve("undionly.kpxe/x"),
             Err(ResolveError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn open_file_serves_files_only() {
+        let (_d, r) = root();
+        let (mut f, len) = r.open_file("undionly.kpxe").unwrap();
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut b).unwrap();
+        assert_eq!((b.as_slice(), len), (&b"ipxe"[..], 4));
+        for name in ["pxe/abc/v1.11.0/metal-amd64", "/pxe/a/b/c", "sub", "nope"] {
+            assert!(
+                matches!(r.open_file(name), Err(ResolveError::NotFound)),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            r.open_file("../secret"),
+            Err(ResolveError::Outside(_))
         ));
     }
 
