@@ -6,10 +6,10 @@
 //! to the relay's port 67. Nothing leaves the namespaces. Needs root and `ip` (iproute2).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
 use dhcproto::v4::{self, Decodable as _, MessageType};
+use testsupport::netns::{self, NetNs};
 
 use crate::dhcp::{
     ANSWER_WAIT, MAC, assert_proxy_answer_from, boot_file, bytes, counter, may_bind_device,
@@ -26,69 +26,44 @@ struct Netns {
     client: String,
     server_if: String,
     client_if: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    _namespaces: [NetNs; 2],
 }
 
 impl Netns {
     fn create() -> Self {
-        let id = std::process::id();
-        let ns = Netns {
-            server: format!("ifdhcp-s-{id}"),
-            client: format!("ifdhcp-c-{id}"),
-            server_if: format!("vds{}", id % 1_000_000),
-            client_if: format!("vdc{}", id % 1_000_000),
-        };
-        // Leftovers of a killed run of the same pid would make `add` fail.
-        for n in [&ns.server, &ns.client] {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-        ip(&["netns", "add", &ns.server]);
-        ip(&["netns", "add", &ns.client]);
-        ip(&[
-            "link",
-            "add",
-            &ns.server_if,
-            "netns",
-            &ns.server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns.client_if,
-            "netns",
-            &ns.client,
-        ]);
-        let server_cidr = format!("{SERVER_IP}/24");
-        ip(&[
-            "-n",
-            &ns.server,
-            "addr",
-            "add",
-            &server_cidr,
-            "dev",
-            &ns.server_if,
-        ]);
-        for (n, dev) in [(&ns.server, &ns.server_if), (&ns.client, &ns.client_if)] {
-            ip(&["-n", n, "link", "set", dev, "up"]);
-            ip(&["-n", n, "link", "set", "lo", "up"]);
-        }
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in [&self.server, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        let server = NetNs::create("ifdhcp-s").expect("server namespace");
+        let client = NetNs::create("ifdhcp-c").expect("client namespace");
+        let id = std::process::id() % 1_000_000;
+        let (server_if, client_if) = (format!("vds{id}"), format!("vdc{id}"));
+        server
+            .ip(&[
+                "link",
+                "add",
+                &server_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &client_if,
+                "netns",
+                client.name(),
+            ])
+            .expect("veth pair");
+        server
+            .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &server_if])
+            .expect("server address");
+        server
+            .ip(&["link", "set", &server_if, "up"])
+            .expect("server link");
+        client
+            .ip(&["link", "set", &client_if, "up"])
+            .expect("client link");
+        Netns {
+            server: server.name().to_string(),
+            client: client.name().to_string(),
+            server_if,
+            client_if,
+            _namespaces: [server, client],
         }
     }
 }
@@ -143,7 +118,7 @@ fn client_exchanges(ns: &str, iface: &str) -> Vec<(v4::Message, SocketAddr)> {
     got.push(receive(&c));
     drop(c);
 
-    ip(&[
+    netns::ip(&[
         "-n",
         ns,
         "addr",
@@ -151,7 +126,8 @@ fn client_exchanges(ns: &str, iface: &str) -> Vec<(v4::Message, SocketAddr)> {
         &format!("{RELAY_IP}/24"),
         "dev",
         iface,
-    ]);
+    ])
+    .expect("relay address");
     // The relay forwards from another port than the one it listens on, so only an answer
     // addressed by `giaddr` (to port 67) reaches it.
     let relay_in = udp(SocketAddr::V4(SocketAddrV4::new(RELAY_IP, 67)), iface);

@@ -35,7 +35,7 @@ fn which(cmd: &str) -> bool {
 }
 
 /// Runs `ip` with `args`; the error names the command and its stderr.
-fn ip(args: &[&str]) -> std::io::Result<()> {
+pub fn ip(args: &[&str]) -> std::io::Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if out.status.success() {
         Ok(())
