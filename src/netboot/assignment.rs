@@ -126,7 +126,7 @@ fn admits<T>(want: &Option<T>, got: &Option<T>, eq: impl Fn(&T, &T) -> bool) -> 
     }
 }
 
-fn serial_eq(a: &String, b: &String) -> bool {
+fn serial_eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
@@ -145,7 +145,7 @@ impl Selector {
     pub fn matches(&self, id: &Identity) -> bool {
         admits(&self.mac, &id.mac, PartialEq::eq)
             && admits(&self.uuid, &id.uuid, PartialEq::eq)
-            && admits(&self.serial, &id.serial, serial_eq)
+            && admits(&self.serial, &id.serial, |a, b| serial_eq(a, b))
             && admits(&self.hostname, &id.hostname, PartialEq::eq)
             && admits(&self.arch, &Some(id.boot_arch()), PartialEq::eq)
     }
@@ -155,7 +155,7 @@ impl Selector {
         self.specificity() == other.specificity()
             && compatible(&self.mac, &other.mac, PartialEq::eq)
             && compatible(&self.uuid, &other.uuid, PartialEq::eq)
-            && compatible(&self.serial, &other.serial, serial_eq)
+            && compatible(&self.serial, &other.serial, |a, b| serial_eq(a, b))
             && compatible(&self.hostname, &other.hostname, PartialEq::eq)
             && compatible(&self.arch, &other.arch, PartialEq::eq)
     }

@@ -133,6 +133,10 @@ fn remedy(source: &Source) -> &'static str {
 impl NetbootError {
     /// Whether the request (or file) is at fault, not the appliance.
     pub fn is_invalid(&self) -> bool {
-        !matches!(self, NetbootError::Store(_) | NetbootError::Corrupt { .. })
+        match self {
+            NetbootError::File { source, .. } => source.is_invalid(),
+            NetbootError::Store(_) | NetbootError::Corrupt { .. } => false,
+            _ => true,
+        }
     }
 }

@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::assignment::{Assignment, AssignmentSet, AssignmentSpec, MAX_ASSIGNMENTS, Source};
-use super::boots::BootLog;
+use super::assignment::{
+    Assignment, AssignmentSet, AssignmentSpec, MAX_ASSIGNMENTS, SelectorSpec, Source,
+};
+use super::boots::{BootLog, BootRecord};
 use super::error::NetbootError;
 use crate::store::{MetaStore, SchematicStore, StoreError};
 
@@ -32,8 +34,8 @@ struct MachinesFile {
 }
 
 /// What the last load of the machines file did.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct FileStatus {
     /// The file (`netboot.machinesFile`; empty when none).
     pub path: String,
@@ -45,6 +47,46 @@ pub struct FileStatus {
     /// Why the last reload was refused (the assignments of the load before stay), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One assignment as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentView {
+    /// Name.
+    pub name: String,
+    /// Where it comes from.
+    pub source: Source,
+    /// Which machines (normalised; `{}` for the default).
+    pub selector: SelectorSpec,
+    /// Schematic ID.
+    pub schematic: String,
+    /// Talos version.
+    pub version: String,
+    /// Platform.
+    pub platform: String,
+    /// Kernel arguments appended to the schematic's command line.
+    #[serde(default)]
+    pub extra_kernel_args: Vec<String>,
+    /// The latest boot it served (or refused), if a record is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_boot: Option<BootRecord>,
+}
+
+impl AssignmentView {
+    /// The view of `a` with its latest boot.
+    pub fn new(a: &Assignment, last_boot: Option<BootRecord>) -> AssignmentView {
+        AssignmentView {
+            name: a.name.clone(),
+            source: a.source,
+            selector: a.selector.spec(),
+            schematic: a.boot.schematic.clone(),
+            version: a.boot.version.tag(),
+            platform: a.boot.platform.clone(),
+            extra_kernel_args: a.boot.extra_kernel_args.clone(),
+            last_boot,
+        }
+    }
 }
 
 /// Machine assignments and boot records.
@@ -205,6 +247,16 @@ impl Machines {
     /// The boot records.
     pub fn boots(&self) -> &BootLog {
         &self.boots
+    }
+
+    /// Every assignment with its latest boot, by name.
+    pub fn list(&self) -> Result<Vec<AssignmentView>, NetbootError> {
+        let mut last = self.boots.last_by_assignment()?;
+        Ok(self
+            .current()
+            .iter()
+            .map(|a| AssignmentView::new(a, last.remove(&a.name)))
+            .collect())
     }
 
     /// What the last load of the machines file did.

@@ -15,7 +15,7 @@ pub use assignment::{
 pub use boots::{BOOTS_PER_MACHINE, BootLog, BootRecord, MAX_BOOTS, Outcome};
 pub use error::NetbootError;
 pub use ident::Identity;
-pub use machines::{FileStatus, MAX_FILE_BYTES, Machines};
+pub use machines::{AssignmentView, FileStatus, MAX_FILE_BYTES, Machines};
 
 use crate::assets::PxeBoot;
 

@@ -17,7 +17,11 @@ use crate::schematic::{self, Schematic};
 use crate::store::PutOutcome;
 
 /// Reads the whole body, enforcing `limit` (413 with our text when exceeded).
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -147,6 +151,8 @@ pub struct Status<'a> {
     pub workers: Vec<WorkerStatus>,
     /// What the storage check at start found (lost metadata restored, or damage).
     pub storage: crate::node::StorageSummary,
+    /// Machine assignments and the latest boots.
+    pub netboot: super::netboot::NetbootStatus,
 }
 
 /// One imported release as `/status` shows it.
@@ -217,6 +223,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         schematics: st.schematics().count(),
         workers: st.node().workers().status(),
         storage: st.node().storage().summary(),
+        netboot: super::netboot::status(&st),
     })
 }
 

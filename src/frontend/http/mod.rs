@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod image;
 pub mod metrics;
 pub mod middleware;
+pub mod netboot;
 pub mod parse_pool;
 pub mod ranges;
 pub mod state;
@@ -66,6 +67,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             get(image::image).head(image::image),
         )
         .route("/pxe/{schematic}/{version}/{path}", get(image::pxe))
+        .route(crate::netboot::BOOT_PATH, get(netboot::boot))
         .route("/v2", any(registry::handle))
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
@@ -96,6 +98,15 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/admin/import", post(admin::import))
         .route("/admin/gc", post(admin::gc))
         .route("/admin/status", get(admin::status))
+        .route("/admin/machines", get(admin::machines))
+        .route(
+            "/admin/machines/{name}",
+            get(admin::machine)
+                .put(admin::set_machine)
+                .delete(admin::remove_machine),
+        )
+        .route("/admin/netboot/boots", get(admin::boots))
+        .route("/admin/netboot/reload", post(admin::reload_machines))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::disable())

@@ -9,6 +9,7 @@ use super::parse_pool::ParsePool;
 use crate::assets::Assets;
 use crate::catalog::{ReleaseStore, Version};
 use crate::config::ConfigError;
+use crate::netboot::{Machines, NetbootError};
 use crate::node::Node;
 use crate::store::SchematicStore;
 use crate::trust::TrustError;
@@ -42,6 +43,8 @@ struct Inner {
     parses: ParsePool,
     /// The registry's index of the imported source images.
     source_images: crate::frontend::registry::SourceCache,
+    /// Machine assignments and boot records.
+    machines: Arc<Machines>,
 }
 
 /// Schematic uploads read at once (each may hold `http.maxBodyBytes`).
@@ -59,6 +62,9 @@ pub enum StateError {
     /// The schematic parser threads could not be started.
     #[error("starting the schematic parser threads failed")]
     Threads(#[source] std::io::Error),
+    /// The machine assignments could not be loaded (a machines file that does not check).
+    #[error("cannot load the machine assignments")]
+    Netboot(#[source] NetbootError),
 }
 
 impl AppState {
@@ -83,6 +89,12 @@ impl AppState {
         metrics
             .schematic_cache_size
             .set(node.schematics().count() as f64);
+        let machines = Machines::open(
+            Arc::clone(node.meta()),
+            node.schematics().clone(),
+            &config.netboot.machines_file,
+        )
+        .map_err(StateError::Netboot)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 node,
@@ -111,6 +123,7 @@ impl AppState {
                 )
                 .map_err(StateError::Threads)?,
                 source_images: Default::default(),
+                machines: Arc::new(machines),
             }),
         })
     }
@@ -188,6 +201,11 @@ impl AppState {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Machine assignments and boot records.
+    pub fn machines(&self) -> &Arc<Machines> {
+        &self.inner.machines
     }
 
     /// The registry's index of the imported source images (built on first use).
