@@ -114,10 +114,11 @@ impl fmt::Display for MachineUuid {
     }
 }
 
-/// A serial number: trimmed, 1–[`MAX_SERIAL`] printable ASCII characters other than `$`,
-/// quotes and backslash (kept as given; compared without regard to ASCII case).
+/// A serial number: without surrounding spaces, 1–[`MAX_SERIAL`] printable ASCII characters
+/// other than `$`, quotes and backslash (kept as given; compared without regard to ASCII
+/// case). Control characters are refused anywhere, the ends included.
 pub fn serial(s: &str) -> Result<String, IdentError> {
-    let s = s.trim();
+    let s = s.trim_matches(' ');
     if s.is_empty() {
         return Err(refuse("serial", "empty"));
     }
@@ -133,15 +134,16 @@ pub fn serial(s: &str) -> Result<String, IdentError> {
     {
         return Err(refuse(
             "serial",
-            "only printable ASCII without $, quotes and backslash",
+            "only printable ASCII without dollar signs, quotes or backslashes",
         ));
     }
     Ok(s.to_string())
 }
 
-/// A host name: trimmed, lower-cased, 1–[`MAX_HOSTNAME`] characters of `[a-z0-9._-]`.
+/// A host name: without surrounding spaces, lower-cased, 1–[`MAX_HOSTNAME`] characters of
+/// `[a-z0-9._-]`.
 pub fn hostname(s: &str) -> Result<String, IdentError> {
-    let s = s.trim();
+    let s = s.trim_matches(' ');
     if s.is_empty() {
         return Err(refuse("hostname", "empty"));
     }
@@ -155,7 +157,10 @@ pub fn hostname(s: &str) -> Result<String, IdentError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
     {
-        return Err(refuse("hostname", "only letters, digits, '.', '-' and '_'"));
+        return Err(refuse(
+            "hostname",
+            "only letters, digits, dots, hyphens and underscores",
+        ));
     }
     Ok(s.to_ascii_lowercase())
 }
@@ -366,7 +371,7 @@ mod tests {
             "To Be Filled By O.E.M."
         );
         assert!(serial(&"9".repeat(MAX_SERIAL + 1)).is_err());
-        for bad in ["${x}", "a\nb", "a\"b", "a\\b", "é", ""] {
+        for bad in ["${x}", "a\nb", "\nab", "ab\t", "a\"b", "a\\b", "é", ""] {
             assert!(serial(bad).is_err(), "{bad:?}");
         }
         assert_eq!(

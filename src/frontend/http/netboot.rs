@@ -66,7 +66,7 @@ fn record_of(id: &Identity) -> BootRecord {
 fn refused(id: &Identity) -> Option<String> {
     (!id.invalid.is_empty()).then(|| {
         let parts: Vec<String> = id.invalid.iter().map(ToString::to_string).collect();
-        format!("refused identifiers: {}", parts.join("; "))
+        format!("refused identifiers: {}", parts.join(", "))
     })
 }
 
