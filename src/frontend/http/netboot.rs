@@ -225,8 +225,39 @@ pub struct NetbootStatus {
     pub retries_since_start: u64,
     /// Boot records kept.
     pub records: usize,
-    /// The newest boot records, newest first.
-    pub last_boots: Vec<BootRecord>,
+    /// The newest boots, newest first.
+    pub last_boots: Vec<BootSummary>,
+}
+
+/// A boot as `/status` shows it: the machine's key, not everything it reported (the whole
+/// record is on the admin API).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootSummary {
+    /// When (RFC 3339).
+    pub time: String,
+    /// The machine (`mac:aa:bb:..`, …).
+    pub machine: String,
+    /// The assignment matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<String>,
+    /// What it was answered.
+    pub outcome: Outcome,
+    /// `/pxe` path served (`metal-amd64`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl From<BootRecord> for BootSummary {
+    fn from(r: BootRecord) -> Self {
+        BootSummary {
+            time: r.time,
+            machine: r.machine,
+            assignment: r.assignment,
+            outcome: r.outcome,
+            path: r.path,
+        }
+    }
 }
 
 /// The netboot section of `/status`.
@@ -243,6 +274,11 @@ pub fn status(st: &AppState) -> NetbootStatus {
         boots_since_start: m.boots().booted_since_start(),
         retries_since_start: m.boots().retried_since_start(),
         records: m.boots().stored(),
-        last_boots: m.boots().recent(STATUS_BOOTS),
+        last_boots: m
+            .boots()
+            .recent(STATUS_BOOTS)
+            .into_iter()
+            .map(BootSummary::from)
+            .collect(),
     }
 }
