@@ -5,7 +5,8 @@
 //! set|list|rm` against a running appliance (ties refused at write time, durable across a
 //! restart); the declarative machines file loaded at start and reloaded on SIGHUP, a bad file
 //! keeping the previous set; boot records in `machines list`, `machines boots`, `/status` and
-//! the metrics.
+//! the metrics. `file.rs` holds the machines-file tests, `qemu.rs` a real iPXE following
+//! the chain to its assignment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
