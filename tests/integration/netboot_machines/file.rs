@@ -8,6 +8,37 @@ use std::time::Duration;
 use super::{V, listed, machines_ok, machines_refused};
 use crate::common::{BinServer, client, spawn_bin_env};
 
+/// A server that is killed if the test ends without stopping it (a failed assertion), so no
+/// `serve` outlives its test.
+struct Guarded(BinServer);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.child.try_wait() {
+            let _ = self.0.child.kill();
+            let _ = self.0.child.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = BinServer;
+    fn deref(&self) -> &BinServer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut BinServer {
+        &mut self.0
+    }
+}
+
+/// `serve` on `data` with `env`, guarded.
+fn serve(data: &std::path::Path, env: &[(&str, &str)]) -> Guarded {
+    Guarded(spawn_bin_env(data, env).unwrap_or_else(|e| panic!("{e}")))
+}
+
 /// Sends SIGHUP to the server and waits until it logged the outcome of reload number `n`
 /// (counting every "SIGHUP:" line); returns that line.
 fn hangup(srv: &BinServer, n: usize) -> String {
@@ -55,7 +86,7 @@ async fn the_machines_file_loads_at_start_and_reloads_on_sighup() {
     let file = t.path().join("machines.yaml");
     std::fs::write(&file, "machines: []\n").expect("write");
     let env = [("IF_NETBOOT_MACHINESFILE", file.to_str().unwrap())];
-    let mut srv = spawn_bin_env(&data, &env).unwrap_or_else(|e| panic!("{e}"));
+    let mut srv = serve(&data, &env);
     let resp = client()
         .post(format!("http://{}/schematics", srv.http))
         .body("customization: {}")
@@ -180,7 +211,7 @@ async fn the_machines_file_loads_at_start_and_reloads_on_sighup() {
             .contains("\"assignments\":2")
     );
     stop(&mut srv);
-    let mut srv = spawn_bin_env(&data, &env).unwrap_or_else(|e| panic!("{e}"));
+    let mut srv = serve(&data, &env);
     let (names, file_state) = listed(&data).await;
     assert_eq!(names, all);
     assert!(file_state["loadedAt"].is_string(), "{file_state}");
