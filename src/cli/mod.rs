@@ -8,6 +8,7 @@ pub mod error;
 mod gc;
 pub mod import;
 mod import_remote;
+mod machines;
 mod remote;
 mod schematic;
 mod serve;
@@ -70,6 +71,9 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Check this host: configuration, data directory, external tools.
     Doctor(doctor::DoctorArgs),
+    /// Netboot machine assignments (through the running appliance's admin API).
+    #[command(subcommand)]
+    Machines(machines::MachinesCommand),
     /// Offline bundles for air-gapped sites.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
@@ -127,5 +131,6 @@ pub fn run() -> ExitCode {
         Command::Build(args) => build::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Gc(args) => gc::run(args),
+        Command::Machines(cmd) => machines::run(cmd),
     }
 }

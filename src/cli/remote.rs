@@ -69,6 +69,33 @@ impl AdminClient {
     pub fn post(&self, url: url::Url) -> reqwest::RequestBuilder {
         self.client.post(url).bearer_auth(&self.token)
     }
+
+    /// A `GET` of `url` with the bearer token.
+    pub fn get(&self, url: url::Url) -> reqwest::RequestBuilder {
+        self.client.get(url).bearer_auth(&self.token)
+    }
+
+    /// A `PUT` to `url` with the bearer token.
+    pub fn put(&self, url: url::Url) -> reqwest::RequestBuilder {
+        self.client.put(url).bearer_auth(&self.token)
+    }
+
+    /// A `DELETE` of `url` with the bearer token.
+    pub fn delete(&self, url: url::Url) -> reqwest::RequestBuilder {
+        self.client.delete(url).bearer_auth(&self.token)
+    }
+}
+
+/// The configured admin listener as `--server` takes it: `unix:<path>` (by default
+/// `<dataDir>/admin.sock`) or `http://HOST:PORT` (`https` when it has a certificate).
+pub fn default_server(cfg: &Config) -> Result<String, CliError> {
+    Ok(match cfg.admin_listen()? {
+        crate::config::AdminListen::Unix(p) => format!("unix:{}", p.display()),
+        crate::config::AdminListen::Tcp(a) if cfg.admin.cert_file.is_empty() => {
+            format!("http://{}", a.0)
+        }
+        crate::config::AdminListen::Tcp(a) => format!("https://{}", a.0),
+    })
 }
 
 /// Sends `req` (a `method` to `url`) and checks the status; the error carries the answer's text.

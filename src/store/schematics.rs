@@ -65,6 +65,11 @@ impl SchematicStore {
         self.docs.get_text(id)
     }
 
+    /// Whether schematic `id` is stored (reads only its reference).
+    pub fn contains(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.docs.get_ref(id)?.is_some())
+    }
+
     /// Number of stored schematics.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)

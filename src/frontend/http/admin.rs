@@ -1,11 +1,13 @@
 //! The admin API: `POST /admin/import` imports a release into the running appliance (the offline
 //! bundle streamed as the request body, or pulled from a registry), answering with a stream of
-//! JSON progress lines. Authenticated with the admin bearer token.
+//! JSON progress lines; `POST /admin/gc`; `GET /admin/status`; machine assignments
+//! (`/admin/machines[/{name}]`) and boot records (`/admin/netboot/...`). Authenticated with the
+//! admin bearer token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -15,10 +17,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
-use super::handlers::{Status, json_response, release_status};
+use super::handlers::{Status, json_response, read_body, release_status};
 use super::state::AppState;
 use crate::catalog::{Arch, CatalogError, ImportProgress, ImportSummary, Selection, Version};
 use crate::causes::Causes;
+use crate::netboot::{AssignmentSpec, AssignmentView, BootRecord, FileStatus, MAX_BOOTS};
 use crate::node::{ImportFrom, ImportJob};
 use crate::oci::RegistryOptions;
 use crate::trust::{TrustPolicy, TrustedKeys, token_matches};
@@ -193,6 +196,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
             workers: st.node().workers().status(),
             storage: st.node().storage().summary(),
             proxy_dhcp: st.proxy_dhcp(),
+            netboot: super::netboot::status(&st),
         },
         all_listeners: st.listeners(),
         data_dir,
@@ -356,4 +360,128 @@ fn imported_line(s: &ImportSummary, verified: bool) -> serde_json::Value {
             "bytesStored": s.bytes_stored,
         }
     })
+}
+
+/// Largest assignment body read (`PUT /admin/machines/{name}`).
+const MAX_ASSIGNMENT_BODY: u64 = 64 << 10;
+/// Boot records answered when the request names no `limit`.
+const DEFAULT_BOOTS: usize = 50;
+
+/// Body of `GET /admin/machines`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachinesList {
+    /// Every assignment with its latest boot, by name.
+    pub assignments: Vec<AssignmentView>,
+    /// What the last load of `netboot.machinesFile` did.
+    pub machines_file: FileStatus,
+}
+
+/// Every assignment with its latest boot (reads the boot records: on a blocking thread).
+async fn assignment_views(st: &AppState) -> Result<Vec<AssignmentView>, ApiError> {
+    let m = st.machines().clone();
+    Ok(tokio::task::spawn_blocking(move || m.list())
+        .await
+        .map_err(|e| ApiError::caused("listing machine assignments", e))??)
+}
+
+/// `GET /admin/machines`: every assignment (admin API and machines file) with its latest boot.
+pub async fn machines(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    json_response(&MachinesList {
+        assignments: assignment_views(&st).await?,
+        machines_file: st.machines().file_status(),
+    })
+}
+
+/// `GET /admin/machines/{name}`: one assignment with its latest boot.
+pub async fn machine(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let view = assignment_views(&st)
+        .await?
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| crate::netboot::NetbootError::NotFound {
+            name: name.chars().take(64).collect(),
+        })?;
+    json_response(&view)
+}
+
+/// `PUT /admin/machines/{name}`: writes an assignment (JSON body, [`AssignmentSpec`]);
+/// `201` when new, `200` when it replaced one; answers the assignment.
+pub async fn set_machine(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let bytes = read_body(&headers, body, MAX_ASSIGNMENT_BODY).await?;
+    let spec: AssignmentSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::rejected(StatusCode::BAD_REQUEST, "invalid assignment: ", e))?;
+    let (a, created) = st.machines().set(&name, &spec).await?;
+    let mut resp = json_response(&AssignmentView::new(&a, None))?;
+    if created {
+        *resp.status_mut() = StatusCode::CREATED;
+    }
+    Ok(resp)
+}
+
+/// `DELETE /admin/machines/{name}`: removes an admin-API assignment; answers it.
+pub async fn remove_machine(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let a = st.machines().remove(&name).await?;
+    json_response(&serde_json::json!({ "removed": AssignmentView::new(&a, None) }))
+}
+
+/// `POST /admin/netboot/reload`: reads `netboot.machinesFile` again (as SIGHUP does).
+pub async fn reload_machines(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let n = st.machines().reload_file().await?;
+    json_response(&serde_json::json!({ "assignments": n }))
+}
+
+/// Query of `GET /admin/netboot/boots`.
+#[derive(Debug, Deserialize, Default)]
+pub struct BootsQuery {
+    /// Only this machine's records (`mac:aa:bb:..`, as records name it).
+    machine: Option<String>,
+    /// At most this many (default 50).
+    limit: Option<usize>,
+}
+
+/// Body of `GET /admin/netboot/boots`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BootsList {
+    /// Boot records, newest first.
+    pub boots: Vec<BootRecord>,
+}
+
+/// `GET /admin/netboot/boots[?machine=KEY][&limit=N]`: boot records, newest first.
+pub async fn boots(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<BootsQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let limit = q.limit.unwrap_or(DEFAULT_BOOTS).min(MAX_BOOTS);
+    let m = st.machines().clone();
+    let boots = tokio::task::spawn_blocking(move || m.boots().list(q.machine.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::caused("reading boot records", e))??;
+    json_response(&BootsList { boots })
 }

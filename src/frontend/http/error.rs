@@ -7,6 +7,7 @@ use crate::assets::AssetError;
 use crate::catalog::CatalogError;
 use crate::causes::Causes;
 use crate::imager::error::{ErrorKind, ImagerError};
+use crate::netboot::NetbootError;
 use crate::schematic::SchematicError;
 use crate::store::StoreError;
 
@@ -205,6 +206,21 @@ impl From<AssetError> for ApiError {
     }
 }
 
+impl From<NetbootError> for ApiError {
+    fn from(e: NetbootError) -> Self {
+        if !e.is_invalid() {
+            return ApiError::caused("machine assignments", e);
+        }
+        let status = match &e {
+            NetbootError::NotFound { .. } => StatusCode::NOT_FOUND,
+            NetbootError::Tie { .. } | NetbootError::NameTaken { .. } => StatusCode::CONFLICT,
+            // Everything else, a refused machines file included (whatever made it so).
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::rejected(status, "", e)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::caused("storage", e)
@@ -288,6 +304,17 @@ impl ApiError {
     /// A 400 for a trusted key sent with a request that does not parse.
     pub fn bad_trust_key(source: crate::trust::TrustError) -> Self {
         ApiError::rejected(StatusCode::BAD_REQUEST, "", source)
+    }
+
+    /// The `Retry-After` this error is answered with, if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Unavailable { retry_after, .. } | ApiError::Retry { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            ApiError::InsufficientStorage { .. } => Some(NO_SPACE_RETRY),
+            _ => None,
+        }
     }
 
     /// Whether this is the appliance's failure (logged with its causes), not the client's.

@@ -17,7 +17,11 @@ use crate::schematic::{self, Schematic};
 use crate::store::PutOutcome;
 
 /// Reads the whole body, enforcing `limit` (413 with our text when exceeded).
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -149,6 +153,8 @@ pub struct Status<'a> {
     pub storage: crate::node::StorageSummary,
     /// Whether the ProxyDHCP responder runs, on which interface and address.
     pub proxy_dhcp: crate::frontend::dhcp::Status,
+    /// Machine assignments and the latest boots.
+    pub netboot: super::netboot::NetbootStatus,
 }
 
 /// One imported release as `/status` shows it.
@@ -220,6 +226,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         workers: st.node().workers().status(),
         storage: st.node().storage().summary(),
         proxy_dhcp: st.proxy_dhcp(),
+        netboot: super::netboot::status(&st),
     })
 }
 

@@ -33,6 +33,10 @@ const HTTP_SIZE: &str = "http_response_size_bytes";
 const HTTP_INFLIGHT: &str = "http_requests_inflight";
 /// `image_factory_registry_pulls_total`.
 const REGISTRY_PULLS: &str = "image_factory_registry_pulls_total";
+/// `image_factory_netboot_boots_total`.
+const NETBOOT_BOOTS: &str = "image_factory_netboot_boots_total";
+/// `image_factory_netboot_retries_total`.
+const NETBOOT_RETRIES: &str = "image_factory_netboot_retries_total";
 /// Prometheus' default buckets, as go-http-metrics uses.
 const HTTP_DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -100,6 +104,28 @@ impl Metrics {
             &Key::from_static_name("image_factory_schematic_cache_size"),
             &META,
         );
+        recorder.describe_counter(
+            NETBOOT_BOOTS.into(),
+            None,
+            SharedString::const_str(
+                "Boot scripts served by /pxe/boot.ipxe, by machine assignment name.",
+            ),
+        );
+        recorder.describe_counter(
+            NETBOOT_RETRIES.into(),
+            None,
+            SharedString::const_str(
+                "Retry scripts served by /pxe/boot.ipxe, by reason (unassigned, unavailable, invalid).",
+            ),
+        );
+        for reason in ["unassigned", "unavailable", "invalid"] {
+            recorder
+                .register_counter(
+                    &Key::from_parts(NETBOOT_RETRIES, vec![Label::new("reason", reason)]),
+                    &META,
+                )
+                .absolute(0);
+        }
         schematic_get.absolute(0);
         schematic_create.absolute(0);
         schematic_duplicate_create.absolute(0);
@@ -134,6 +160,31 @@ impl Metrics {
         self.recorder
             .register_counter(
                 &Key::from_parts(REGISTRY_PULLS, vec![Label::new("image", image.to_string())]),
+                &META,
+            )
+            .increment(1);
+    }
+
+    /// Counts one boot script served for assignment `name`
+    /// (`image_factory_netboot_boots_total{assignment}`; names are bounded by the assignment
+    /// budget, never a machine's identifiers).
+    pub fn netboot_boot(&self, name: &str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    NETBOOT_BOOTS,
+                    vec![Label::new("assignment", name.to_string())],
+                ),
+                &META,
+            )
+            .increment(1);
+    }
+
+    /// Counts one retry script (`image_factory_netboot_retries_total{reason}`).
+    pub fn netboot_retry(&self, reason: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(NETBOOT_RETRIES, vec![Label::new("reason", reason)]),
                 &META,
             )
             .increment(1);

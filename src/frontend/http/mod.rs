@@ -12,6 +12,7 @@ pub mod image;
 pub mod ipxe_files;
 pub mod metrics;
 pub mod middleware;
+pub mod netboot;
 pub mod parse_pool;
 pub mod ranges;
 pub mod state;
@@ -71,6 +72,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             "/pxe/ipxe/{*file}",
             get(ipxe_files::ipxe_file).head(ipxe_files::ipxe_file),
         )
+        .route(crate::netboot::BOOT_PATH, get(netboot::boot))
         .route("/v2", any(registry::handle))
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
@@ -101,6 +103,15 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/admin/import", post(admin::import))
         .route("/admin/gc", post(admin::gc))
         .route("/admin/status", get(admin::status))
+        .route("/admin/machines", get(admin::machines))
+        .route(
+            "/admin/machines/{name}",
+            get(admin::machine)
+                .put(admin::set_machine)
+                .delete(admin::remove_machine),
+        )
+        .route("/admin/netboot/boots", get(admin::boots))
+        .route("/admin/netboot/reload", post(admin::reload_machines))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::disable())

@@ -9,6 +9,7 @@ use super::parse_pool::ParsePool;
 use crate::assets::Assets;
 use crate::catalog::{ReleaseStore, Version};
 use crate::config::ConfigError;
+use crate::netboot::{Machines, NetbootError};
 use crate::node::Node;
 use crate::store::SchematicStore;
 use crate::trust::TrustError;
@@ -44,6 +45,8 @@ struct Inner {
     source_images: crate::frontend::registry::SourceCache,
     /// The ProxyDHCP responder, when it runs (set once at start).
     proxy_dhcp: std::sync::OnceLock<crate::frontend::dhcp::Status>,
+    /// Machine assignments and boot records.
+    machines: Arc<Machines>,
 }
 
 /// Schematic uploads read at once (each may hold `http.maxBodyBytes`).
@@ -61,6 +64,9 @@ pub enum StateError {
     /// The schematic parser threads could not be started.
     #[error("starting the schematic parser threads failed")]
     Threads(#[source] std::io::Error),
+    /// The machine assignments could not be loaded (a machines file that does not check).
+    #[error("cannot load the machine assignments")]
+    Netboot(#[source] NetbootError),
 }
 
 impl AppState {
@@ -85,6 +91,12 @@ impl AppState {
         metrics
             .schematic_cache_size
             .set(node.schematics().count() as f64);
+        let machines = Machines::open(
+            Arc::clone(node.meta()),
+            node.schematics().clone(),
+            &config.netboot.machines_file,
+        )
+        .map_err(StateError::Netboot)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 node,
@@ -114,6 +126,7 @@ impl AppState {
                 .map_err(StateError::Threads)?,
                 source_images: Default::default(),
                 proxy_dhcp: std::sync::OnceLock::new(),
+                machines: Arc::new(machines),
             }),
         })
     }
@@ -201,6 +214,11 @@ impl AppState {
     /// The ProxyDHCP responder as `/status` shows it (`running: false` when off).
     pub fn proxy_dhcp(&self) -> crate::frontend::dhcp::Status {
         self.inner.proxy_dhcp.get().cloned().unwrap_or_default()
+    }
+
+    /// Machine assignments and boot records.
+    pub fn machines(&self) -> &Arc<Machines> {
+        &self.inner.machines
     }
 
     /// The registry's index of the imported source images (built on first use).

@@ -198,20 +198,29 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
 /// [`spawn_bin`] run by `wrapper` (a command and its arguments, e.g. `strace -o …`), which
 /// must pass the server's stderr through.
 pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<BinServer, String> {
-    spawn_serve(data_dir, wrapper, Some("127.0.0.1:0"))
+    spawn_serve(data_dir, wrapper, Some("127.0.0.1:0"), &[])
+}
+
+/// [`spawn_bin`] with configuration environment variables (`IF_...`) set.
+pub fn spawn_bin_env(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Result<BinServer, String> {
+    spawn_serve(data_dir, &[], Some("127.0.0.1:0"), env)
 }
 
 /// [`spawn_bin`] with the TFTP listener left at its default address (`:69`).
 pub fn spawn_bin_default_tftp(data_dir: &std::path::Path) -> Result<BinServer, String> {
-    spawn_serve(data_dir, &[], None)
+    spawn_serve(data_dir, &[], None, &[])
 }
 
 /// `image-factory serve` on `data_dir` (run by `wrapper` if any), TFTP on `tftp` or, with
-/// `None`, on its default address.
+/// `None`, on its default address, with the variables of `env` set.
 fn spawn_serve(
     data_dir: &std::path::Path,
     wrapper: &[&str],
     tftp: Option<&str>,
+    env: &[(&str, &str)],
 ) -> Result<BinServer, String> {
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
@@ -230,7 +239,8 @@ fn spawn_serve(
     ])
     .args(["--metrics-addr", "", "--data-dir"])
     .arg(data_dir)
-    .env_remove("RUST_LOG");
+    .env_remove("RUST_LOG")
+    .envs(env.iter().copied());
     match tftp {
         Some(addr) => cmd.env("IF_TFTP_LISTENADDR", addr),
         None => cmd.env_remove("IF_TFTP_LISTENADDR"),
