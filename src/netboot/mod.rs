@@ -32,12 +32,27 @@ pub const IDENTITY_QUERY: &str = "mac=${netX/mac}&uuid=${uuid}&serial=${serial:u
 /// The iPXE script booting `boot` from `base_url` (the appliance's external PXE URL), or
 /// `None` if the boot names neither kernel + initramfs nor a single UKI.
 pub fn ipxe_script(boot: &PxeBoot, base_url: &str) -> Option<String> {
-    boot_script(boot, base_url, &[])
+    render(boot, base_url, &[], false)
 }
 
 /// [`ipxe_script`] with `extra_args` appended to the kernel command line (checked when the
-/// assignment carrying them was written: nothing iPXE would expand or split).
+/// assignment carrying them was written: nothing iPXE would expand or split), for the
+/// machines of a rack: a kernel + initramfs boot also names its initramfs (`initrd=<file>`).
 pub fn boot_script(boot: &PxeBoot, base_url: &str, extra_args: &[String]) -> Option<String> {
+    render(boot, base_url, extra_args, true)
+}
+
+/// The script; `name_initrd` adds `initrd=<initramfs file>` to a kernel + initramfs command
+/// line. UEFI builds of iPXE older than 1.21 (Debian 12's `ipxe.efi` is from 2019) hand the
+/// initramfs to the kernel only as a file the kernel's EFI stub loads by that name; without
+/// it the kernel boots with no initramfs and panics. BIOS iPXE and newer UEFI builds ignore it.
+/// Upstream's `/pxe/...` script does not carry it, so [`ipxe_script`] leaves it out.
+fn render(
+    boot: &PxeBoot,
+    base_url: &str,
+    extra_args: &[String],
+    name_initrd: bool,
+) -> Option<String> {
     let base = base_url.trim_end_matches('/');
     let url = |file: &str| {
         format!(
@@ -53,6 +68,10 @@ pub fn boot_script(boot: &PxeBoot, base_url: &str, extra_args: &[String]) -> Opt
     let mut script = String::from("#!ipxe\n\nimgfree\n");
     match boot.files.as_slice() {
         [kernel, initramfs] => {
+            if name_initrd {
+                cmdline.push_str(" initrd=");
+                cmdline.push_str(initramfs);
+            }
             script.push_str(&format!("kernel {} {cmdline}\n", url(kernel)));
             script.push_str(&format!("initrd {}\n", url(initramfs)));
         }
@@ -146,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn extra_args_end_the_kernel_line() {
+    fn extra_args_and_the_initrd_name_end_the_kernel_line() {
         let s = boot_script(
             &boot(&["kernel-amd64", "initramfs-amd64.xz"]),
             "http://f",
@@ -154,9 +173,14 @@ mod tests {
         )
         .unwrap();
         assert!(
-            s.contains("/kernel-amd64 console=ttyS0 talos.platform=metal a=1 b\ninitrd "),
+            s.contains(
+                "/kernel-amd64 console=ttyS0 talos.platform=metal a=1 b initrd=initramfs-amd64.xz\ninitrd "
+            ),
             "{s}"
         );
+        // A UKI carries its initramfs: nothing to name.
+        let uki = boot_script(&boot(&["metal-amd64-uki.efi"]), "http://f", &[]).unwrap();
+        assert!(!uki.contains("initrd"), "{uki}");
     }
 
     #[test]

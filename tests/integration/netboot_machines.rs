@@ -183,13 +183,14 @@ async fn boot_ipxe_serves_the_assignment_the_default_or_a_retry() {
     );
     let plain = get(&s, &format!("/pxe/{a}/{V}/metal-amd64"), &[]).await;
     assert_eq!(plain.status, 200, "{}", plain.text());
-    // The script of /pxe/<id>/<v>/metal-amd64, with the extra argument ending the kernel line.
+    // The script of /pxe/<id>/<v>/metal-amd64, with the extra argument and the initramfs's
+    // name (for UEFI iPXE builds before 1.21, see netboot::boot_script) ending the kernel line.
     let want: String = plain
         .text()
         .lines()
         .map(|l| {
             if l.starts_with("kernel ") {
-                format!("{l} talos.node=one\n")
+                format!("{l} talos.node=one initrd=initramfs-amd64.xz\n")
             } else {
                 format!("{l}\n")
             }
@@ -229,7 +230,15 @@ async fn boot_ipxe_serves_the_assignment_the_default_or_a_retry() {
     .await;
     let plain_b = get(&s, &format!("/pxe/{b}/{V}/metal-amd64"), &[]).await;
     assert_eq!(other.status, 200);
-    assert_eq!(other.text(), plain_b.text(), "the default's plain script");
+    let want_b: String = plain_b
+        .text()
+        .lines()
+        .map(|l| match l.starts_with("kernel ") {
+            true => format!("{l} initrd=initramfs-amd64.xz\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    assert_eq!(other.text(), want_b, "the default's plain script");
     assert!(
         other
             .text()
