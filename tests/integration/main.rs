@@ -35,6 +35,7 @@ mod import_registry;
 mod iso_boot;
 mod listen_limits;
 mod listen_tls;
+mod netboot_e2e;
 mod netboot_machines;
 mod oci_registry;
 mod oci_sources;

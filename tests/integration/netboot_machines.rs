@@ -77,7 +77,7 @@ fn stdout(o: &Output) -> String {
 }
 
 /// Runs `machines ARGS`, which must succeed; returns its standard output.
-async fn machines_ok(data: &Path, args: &[&str]) -> String {
+pub(crate) async fn machines_ok(data: &Path, args: &[&str]) -> String {
     let out = machines(data, args).await;
     assert!(out.status.success(), "machines {args:?}: {}", stderr(&out));
     stdout(&out)

@@ -190,6 +190,13 @@ pub struct BinServer {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+impl BinServer {
+    /// The log so far, one line per stderr line.
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+}
+
 /// Starts `image-factory serve` on `data_dir` with loopback port 0; waits for the bound address.
 pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
     spawn_bin_under(data_dir, &[])
@@ -198,27 +205,32 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
 /// [`spawn_bin`] run by `wrapper` (a command and its arguments, e.g. `strace -o …`), which
 /// must pass the server's stderr through.
 pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<BinServer, String> {
-    spawn_serve(data_dir, wrapper, Some("127.0.0.1:0"), &[])
+    spawn_serve(data_dir, wrapper, LOOPBACK, Some(LOOPBACK), &[])
 }
+
+/// Loopback, any port.
+const LOOPBACK: &str = "127.0.0.1:0";
 
 /// [`spawn_bin`] with configuration environment variables (`IF_...`) set.
 pub fn spawn_bin_env(
     data_dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> Result<BinServer, String> {
-    spawn_serve(data_dir, &[], Some("127.0.0.1:0"), env)
+    spawn_serve(data_dir, &[], LOOPBACK, Some(LOOPBACK), env)
 }
 
 /// [`spawn_bin`] with the TFTP listener left at its default address (`:69`).
 pub fn spawn_bin_default_tftp(data_dir: &std::path::Path) -> Result<BinServer, String> {
-    spawn_serve(data_dir, &[], None, &[])
+    spawn_serve(data_dir, &[], LOOPBACK, None, &[])
 }
 
-/// `image-factory serve` on `data_dir` (run by `wrapper` if any), TFTP on `tftp` or, with
-/// `None`, on its default address, with the variables of `env` set.
-fn spawn_serve(
+/// `image-factory serve` on `data_dir` (run by `wrapper` if any, e.g. `ip netns exec <ns>`),
+/// HTTP on `http`, TFTP on `tftp` or, with `None`, on its default address, with the
+/// variables of `env` set; waits until the HTTP listener is bound.
+pub fn spawn_serve(
     data_dir: &std::path::Path,
     wrapper: &[&str],
+    http: &str,
     tftp: Option<&str>,
     env: &[(&str, &str)],
 ) -> Result<BinServer, String> {
@@ -230,17 +242,11 @@ fn spawn_serve(
         }
         None => Command::new(bin()),
     };
-    cmd.args([
-        "serve",
-        "--log-format",
-        "json",
-        "--http-listen-addr",
-        "127.0.0.1:0",
-    ])
-    .args(["--metrics-addr", "", "--data-dir"])
-    .arg(data_dir)
-    .env_remove("RUST_LOG")
-    .envs(env.iter().copied());
+    cmd.args(["serve", "--log-format", "json", "--http-listen-addr", http])
+        .args(["--metrics-addr", "", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied());
     match tftp {
         Some(addr) => cmd.env("IF_TFTP_LISTENADDR", addr),
         None => cmd.env_remove("IF_TFTP_LISTENADDR"),
