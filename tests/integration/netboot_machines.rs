@@ -17,7 +17,6 @@ use crate::common::{TestServer, bin, client};
 use crate::import::{import, key, stderr, write_pub};
 
 mod file;
-mod qemu;
 
 const V: &str = "v1.11.0";
 /// `http.externalURL` of the in-process servers: scripts link there.
