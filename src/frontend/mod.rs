@@ -2,6 +2,7 @@
 //! ProxyDHCP.
 //! [`serve`] assembles them over one [`crate::node::Node`].
 
+mod counters;
 pub mod dhcp;
 pub mod http;
 pub mod listen;
@@ -9,4 +10,5 @@ pub mod registry;
 mod serve;
 pub mod tftp;
 
+pub use counters::Counters;
 pub use serve::{AdminAddr, BoundAddrs, Running, ServeError, serve};

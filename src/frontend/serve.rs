@@ -468,6 +468,7 @@ pub async fn serve(
     let dhcp_metrics = proxy_dhcp
         .as_ref()
         .map(|_| dhcp::DhcpMetrics::new(metrics.recorder()));
+    let tftp_metrics = tftp::TftpMetrics::new(metrics.recorder());
     let state = AppState::new(Arc::clone(&node), metrics, node.admin_token()?, listeners)?;
     if let Some(st) = &proxy_dhcp_status {
         state.set_proxy_dhcp(st.clone());
@@ -556,7 +557,7 @@ pub async fn serve(
                 "tftp listener bound"
             );
         }
-        tokio::spawn(tftp::serve(sock, settings, stop_rx.clone()))
+        tokio::spawn(tftp::serve(sock, settings, tftp_metrics, stop_rx.clone()))
     });
 
     let dhcp_task = match (proxy_dhcp, dhcp_metrics) {

@@ -12,6 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::process::Command;
 
 use crate::common::TestServer;
+use crate::common::assets::metric;
 
 /// Deterministic bytes without a short period (a wrong block in the rollover test shows).
 pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -332,7 +333,55 @@ async fn lost_and_duplicated_datagrams_still_deliver_the_same_bytes() {
         assert_eq!(sha(&got), want, "{client}: bytes differ");
         println!("{client}: {:?}", t.elapsed());
     }
+    // The metrics saw the four transfers end (a transfer whose last ACK was lost may end by
+    // its timeout, as failed), the bytes of those that finished, and the retransmissions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ended(&s).await < 4.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ended(&s).await, 4.0);
+    let done = metric(
+        &s,
+        "image_factory_tftp_transfers_total",
+        &["result=\"done\""],
+    )
+    .await;
+    assert!(done >= 1.0);
+    assert_eq!(
+        metric(&s, "image_factory_tftp_sent_bytes_total", &[]).await,
+        done * 60_000.0
+    );
+    assert!(metric(&s, "image_factory_tftp_retransmits_total", &[]).await > 0.0);
+    assert_eq!(
+        metric(
+            &s,
+            "image_factory_tftp_requests_total",
+            &["result=\"started\""]
+        )
+        .await,
+        4.0
+    );
+    assert_eq!(
+        metric(&s, "image_factory_tftp_active_transfers", &[]).await,
+        0.0
+    );
     s.stop().await;
+}
+
+/// TFTP transfers that ended, finished or failed.
+async fn ended(s: &TestServer) -> f64 {
+    metric(
+        s,
+        "image_factory_tftp_transfers_total",
+        &["result=\"done\""],
+    )
+    .await
+        + metric(
+            s,
+            "image_factory_tftp_transfers_total",
+            &["result=\"failed\""],
+        )
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

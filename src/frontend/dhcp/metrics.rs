@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use metrics::{Key, Label, Level, Metadata, Recorder, SharedString};
+use metrics::Recorder;
 
 use super::decide::ClientKind;
 use super::packet::Malformed;
-
-const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+use crate::frontend::Counters;
 
 /// `image_factory_dhcp_offers_total{client, reply}`.
 const OFFERS: &str = "image_factory_dhcp_offers_total";
@@ -32,78 +31,54 @@ pub const REPLIES: [&str; 2] = ["offer", "ack"];
 /// Handles to the ProxyDHCP metrics.
 #[derive(Clone)]
 pub struct DhcpMetrics {
-    recorder: Arc<dyn Recorder + Send + Sync>,
+    counters: Counters,
 }
 
 impl DhcpMetrics {
     /// Registers every series with `recorder` at zero.
     pub fn new(recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
-        for (name, help) in [
-            (
-                OFFERS,
-                "ProxyDHCP answers sent, by client kind and reply (offer on the DHCP port, ack \
-                 on the PXE port).",
-            ),
-            (
-                IGNORED,
-                "Well-formed DHCP requests the ProxyDHCP responder did not answer, by reason.",
-            ),
-            (
-                MALFORMED,
-                "Datagrams the ProxyDHCP responder dropped as malformed, by reason.",
-            ),
-        ] {
-            recorder.describe_counter(name.into(), None, SharedString::const_str(help));
-        }
-        let m = Self { recorder };
+        let counters = Counters::new(recorder);
+        counters.describe(
+            OFFERS,
+            "ProxyDHCP answers sent, by client kind and reply (offer on the DHCP port, ack on \
+             the PXE port).",
+        );
+        counters.describe(
+            IGNORED,
+            "Well-formed DHCP requests the ProxyDHCP responder did not answer, by reason.",
+        );
+        counters.describe(
+            MALFORMED,
+            "Datagrams the ProxyDHCP responder dropped as malformed, by reason.",
+        );
         for kind in ClientKind::ALL {
             for reply in REPLIES {
-                m.count(OFFERS, offer_labels(kind, reply), 0);
+                counters.add(OFFERS, &[("client", kind.label()), ("reply", reply)], 0);
             }
         }
         for reason in IGNORE_REASONS {
-            m.count(IGNORED, reason_label(reason), 0);
+            counters.add(IGNORED, &[("reason", reason)], 0);
         }
         for reason in Malformed::ALL {
-            m.count(MALFORMED, reason_label(reason.label()), 0);
+            counters.add(MALFORMED, &[("reason", reason.label())], 0);
         }
-        m
-    }
-
-    fn count(&self, name: &'static str, labels: Vec<Label>, by: u64) {
-        let c = self
-            .recorder
-            .register_counter(&Key::from_parts(name, labels), &META);
-        if by == 0 {
-            c.absolute(0);
-        } else {
-            c.increment(by);
-        }
+        Self { counters }
     }
 
     /// Counts an answer sent (`reply`: one of [`REPLIES`]).
     pub fn answered(&self, kind: ClientKind, reply: &'static str) {
-        self.count(OFFERS, offer_labels(kind, reply), 1);
+        self.counters
+            .add(OFFERS, &[("client", kind.label()), ("reply", reply)], 1);
     }
 
     /// Counts a request not answered (`reason`: one of [`IGNORE_REASONS`]).
     pub fn ignored(&self, reason: &'static str) {
-        self.count(IGNORED, reason_label(reason), 1);
+        self.counters.add(IGNORED, &[("reason", reason)], 1);
     }
 
     /// Counts a dropped datagram.
     pub fn malformed(&self, reason: Malformed) {
-        self.count(MALFORMED, reason_label(reason.label()), 1);
+        self.counters
+            .add(MALFORMED, &[("reason", reason.label())], 1);
     }
-}
-
-fn offer_labels(kind: ClientKind, reply: &'static str) -> Vec<Label> {
-    vec![
-        Label::new("client", kind.label()),
-        Label::new("reply", reply),
-    ]
-}
-
-fn reason_label(reason: &'static str) -> Vec<Label> {
-    vec![Label::new("reason", reason)]
 }

@@ -6,6 +6,7 @@
 //! requests beyond `tftp.maxTransfers` are answered with a TFTP ERROR. Why this is our own
 //! implementation rather than the `tftpd` or `async-tftp` crate: `docs/design.md`, "TFTP".
 
+mod metrics;
 mod packet;
 mod root;
 mod transfer;
@@ -19,6 +20,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use metrics::RequestResult;
+pub use metrics::TftpMetrics;
 use packet::{ErrorCode, Packet};
 pub use root::{ResolveError, Root};
 use transfer::Transfer;
@@ -50,6 +53,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 pub async fn serve(
     sock: UdpSocket,
     settings: Settings,
+    metrics: TftpMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let local = sock.local_addr()?;
@@ -67,6 +71,7 @@ pub async fn serve(
             max_windowsize: settings.max_windowsize,
         },
         bind_ip: local.ip(),
+        metrics,
     });
     let slots = Arc::new(Semaphore::new(settings.max_transfers));
     let mut tasks = JoinSet::new();
@@ -111,6 +116,7 @@ struct Context {
     root: Root,
     limits: packet::Limits,
     bind_ip: std::net::IpAddr,
+    metrics: TftpMetrics,
 }
 
 /// Handles one datagram on the listen socket: starts a transfer, or returns the ERROR to send
@@ -127,6 +133,7 @@ fn admit(
     let req = match packet::parse(datagram) {
         Ok(Packet::Read(req)) => req,
         Ok(Packet::Write) => {
+            ctx.metrics.request(RequestResult::Write);
             tracing::info!(%peer, "tftp write request refused");
             return Some(packet::error(
                 ErrorCode::AccessViolation,
@@ -135,12 +142,14 @@ fn admit(
         }
         Ok(Packet::Error(..)) => return None,
         Ok(Packet::Ack(_) | Packet::Data) => {
+            ctx.metrics.request(RequestResult::Malformed);
             return Some(packet::error(
                 ErrorCode::IllegalOperation,
                 "expected a read request",
             ));
         }
         Err(e) => {
+            ctx.metrics.request(RequestResult::Malformed);
             tracing::debug!(%peer, error = %e, "malformed tftp request");
             let code = match e {
                 packet::PacketError::DuplicateOption(_) => ErrorCode::BadOption,
@@ -150,6 +159,7 @@ fn admit(
         }
     };
     let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+        ctx.metrics.request(RequestResult::Busy);
         tracing::warn!(%peer, max_transfers, "tftp request refused: every transfer slot is busy");
         return Some(packet::error(
             ErrorCode::NotDefined,
@@ -205,6 +215,7 @@ async fn run_transfer(
     let (source, len) = match resolved {
         Ok(x) => x,
         Err(e) => {
+            ctx.metrics.request(RequestResult::Refused);
             tracing::info!(%peer, file = ?filename, error = %crate::causes::Causes(&e), "tftp request refused");
             let _ = sock.send(&packet::error(e.code(), &e.to_string())).await;
             return;
@@ -217,13 +228,21 @@ async fn run_transfer(
     let neg = match packet::negotiate(&opts, len, ctx.limits) {
         Ok(n) => n,
         Err(msg) => {
+            ctx.metrics.request(RequestResult::Refused);
             tracing::info!(%peer, file = ?filename, reason = %msg, "tftp options refused");
             let _ = sock.send(&packet::error(ErrorCode::BadOption, &msg)).await;
             return;
         }
     };
     let (blksize, windowsize) = (neg.blksize, neg.windowsize);
-    match Transfer::new(sock, source, len, neg, stop).run().await {
+    ctx.metrics.request(RequestResult::Started);
+    let _running = ctx.metrics.running();
+    let outcome = Transfer::new(sock, source, len, neg, stop).run().await;
+    match &outcome {
+        Ok(s) => ctx.metrics.done(s.bytes, s.retransmits),
+        Err(_) => ctx.metrics.failed(),
+    }
+    match outcome {
         Ok(s) => tracing::info!(
             %peer,
             file = ?filename,
