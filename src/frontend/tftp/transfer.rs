@@ -7,6 +7,7 @@
 //! the client lost the first block; the window is resent at once, but only once per ACK
 //! value, so duplicated ACKs cannot double the traffic.
 
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -65,6 +66,8 @@ pub struct Transfer {
     neg: Negotiated,
     stop: watch::Receiver<bool>,
     summary: Summary,
+    /// The acknowledgement deadline, re-armed for every wait (one timer per transfer).
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Transfer {
@@ -90,13 +93,19 @@ impl Transfer {
             neg,
             stop,
             summary: Summary::default(),
+            timer: Box::pin(tokio::time::sleep(DEFAULT_TIMEOUT)),
         }
     }
 
     /// Runs the transfer to the end; on failure the client is sent an ERROR where it may
     /// still be listening.
     pub async fn run(mut self) -> Result<Summary, TransferError> {
-        let res = self.send_all().await;
+        // Shutdown is watched once for the whole transfer, not at every acknowledgement.
+        let mut stop = self.stop.clone();
+        let res = tokio::select! {
+            r = self.send_all() => r,
+            _ = stop.wait_for(|v| *v) => Err(TransferError::Shutdown),
+        };
         let notice = match &res {
             Err(TransferError::TimedOut(_)) => Some("timed out waiting for an acknowledgement"),
             Err(TransferError::Shutdown) => Some("server shutting down"),
@@ -207,22 +216,24 @@ impl Transfer {
         wanted: impl Fn(u16) -> bool,
     ) -> Result<Option<u16>, TransferError> {
         let mut buf = [0u8; 516];
-        let deadline = tokio::time::Instant::from_std(deadline);
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(deadline));
         loop {
             let n = tokio::select! {
-                r = tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)) => match r {
-                    Err(_) => return Ok(None),
-                    Ok(Ok(n)) => n,
+                biased;
+                r = self.sock.recv(&mut buf) => match r {
+                    Ok(n) => n,
                     // ICMP port unreachable from a client that went away shows up here.
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                         return Err(TransferError::ClientAborted {
                             code: 0,
                             message: "port unreachable".into(),
                         })
                     }
-                    Ok(Err(e)) => return Err(TransferError::Socket(e)),
+                    Err(e) => return Err(TransferError::Socket(e)),
                 },
-                _ = self.stop.wait_for(|v| *v) => return Err(TransferError::Shutdown),
+                () = self.timer.as_mut() => return Ok(None),
             };
             match packet::parse(&buf[..n]) {
                 Ok(Packet::Ack(b)) if wanted(b) => return Ok(Some(b)),
