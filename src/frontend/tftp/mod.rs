@@ -237,7 +237,7 @@ async fn run_transfer(
     let (blksize, windowsize) = (neg.blksize, neg.windowsize);
     ctx.metrics.request(RequestResult::Started);
     let _running = ctx.metrics.running();
-    let outcome = Transfer::new(sock, source, len, neg, stop).run().await;
+    let outcome = run_on_thread(sock, source, len, neg, stop).await;
     match &outcome {
         Ok(s) => ctx.metrics.done(s.bytes, s.retransmits),
         Err(_) => ctx.metrics.failed(),
@@ -262,4 +262,31 @@ async fn run_transfer(
             "tftp transfer failed"
         ),
     }
+}
+
+/// Runs the transfer on a thread of its own with `sock` made blocking (see `transfer`), and
+/// waits for it without holding a runtime worker.
+async fn run_on_thread(
+    sock: UdpSocket,
+    source: root::Source,
+    len: u64,
+    neg: packet::Negotiated,
+    stop: watch::Receiver<bool>,
+) -> Result<transfer::Summary, transfer::TransferError> {
+    let sock = sock
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        .map_err(transfer::TransferError::Socket)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tftp-transfer".into())
+        .spawn(move || {
+            let _ = tx.send(Transfer::new(sock, source, len, neg, stop).run());
+        })
+        .map_err(transfer::TransferError::Socket)?;
+    rx.await.unwrap_or_else(|_| {
+        Err(transfer::TransferError::Socket(std::io::Error::other(
+            "the transfer thread ended without a result",
+        )))
+    })
 }

@@ -2,15 +2,19 @@
 //! windowed sending (RFC 7440; window 1 is RFC 1350 lockstep), block-number rollover,
 //! retransmission with exponential backoff, and duplicate-ACK handling.
 //!
+//! A transfer runs on a thread of its own with a blocking socket, as tftpd-hpa runs a process
+//! per transfer: in lockstep every block waits for its ACK, and a blocked `recv` woken by the
+//! kernel is the cheapest wait there is (docs/benchmarks-history.md, "TFTP transfers on
+//! threads"). The server's stop flag is read between waits of at most [`STOP_POLL`].
+//!
 //! Duplicate ACKs never trigger a resend at window 1 (the Sorcerer's Apprentice bug, RFC 1123
 //! 4.2.3.1): only a timeout does. With a larger window an ACK of the window's start means
 //! the client lost the first block; the window is resent at once, but only once per ACK
 //! value, so duplicated ACKs cannot double the traffic.
 
-use std::pin::Pin;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::packet::{self, ErrorCode, Negotiated, Packet};
@@ -24,6 +28,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const MAX_RETRIES: u32 = 5;
 /// Bytes read from the file at once (at least one window).
 const READ_AHEAD: usize = 256 * 1024;
+/// Longest single wait on the socket, so a stopping server is noticed soon.
+pub const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// Why a transfer ended early.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +72,12 @@ pub struct Transfer {
     neg: Negotiated,
     stop: watch::Receiver<bool>,
     summary: Summary,
-    /// The acknowledgement deadline, re-armed for every wait (one timer per transfer).
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The socket's receive timeout as last set (set again only when it changes).
+    read_timeout: Option<Duration>,
 }
 
 impl Transfer {
-    /// A transfer of `len` bytes of `source` over `sock` (connected to the client).
+    /// A transfer of `len` bytes of `source` over `sock` (blocking, connected to the client).
     pub fn new(
         sock: UdpSocket,
         source: Source,
@@ -93,19 +99,15 @@ impl Transfer {
             neg,
             stop,
             summary: Summary::default(),
-            timer: Box::pin(tokio::time::sleep(DEFAULT_TIMEOUT)),
+            read_timeout: None,
         }
     }
 
     /// Runs the transfer to the end; on failure the client is sent an ERROR where it may
     /// still be listening.
-    pub async fn run(mut self) -> Result<Summary, TransferError> {
-        // Shutdown is watched once for the whole transfer, not at every acknowledgement.
-        let mut stop = self.stop.clone();
-        let res = tokio::select! {
-            r = self.send_all() => r,
-            _ = stop.wait_for(|v| *v) => Err(TransferError::Shutdown),
-        };
+    /// Blocks: run it on a thread of its own.
+    pub fn run(mut self) -> Result<Summary, TransferError> {
+        let res = self.send_all();
         let notice = match &res {
             Err(TransferError::TimedOut(_)) => Some("timed out waiting for an acknowledgement"),
             Err(TransferError::Shutdown) => Some("server shutting down"),
@@ -113,10 +115,7 @@ impl Transfer {
             _ => None,
         };
         if let Some(msg) = notice {
-            let _ = self
-                .sock
-                .send(&packet::error(ErrorCode::NotDefined, msg))
-                .await;
+            let _ = self.sock.send(&packet::error(ErrorCode::NotDefined, msg));
         }
         res.map(|()| self.summary)
     }
@@ -127,7 +126,7 @@ impl Transfer {
             .map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(u64::from(s)))
     }
 
-    async fn send_all(&mut self) -> Result<(), TransferError> {
+    fn send_all(&mut self) -> Result<(), TransferError> {
         let base = self.base_timeout();
         let cap = MAX_BACKOFF.max(base);
         if !self.neg.oack.is_empty() {
@@ -135,8 +134,8 @@ impl Transfer {
             let mut rto = base;
             let mut retries = 0;
             loop {
-                self.sock.send(&oack).await.map_err(TransferError::Socket)?;
-                match self.wait_ack(Instant::now() + rto, |n| n == 0).await? {
+                self.sock.send(&oack).map_err(TransferError::Socket)?;
+                match self.wait_ack(Instant::now() + rto, |n| n == 0)? {
                     Some(_) => break,
                     None => {
                         retries += 1;
@@ -160,13 +159,12 @@ impl Transfer {
         while acked < total {
             let end = (acked + window).min(total);
             for b in acked + 1..=end {
-                let data = self.reader.block(b).await?;
+                let data = self.reader.block(b)?;
                 let n = data.len();
                 pkt[4..4 + n].copy_from_slice(data);
                 packet::data_header(&mut pkt, b as u16);
                 self.sock
                     .send(&pkt[..4 + n])
-                    .await
                     .map_err(TransferError::Socket)?;
                 if b <= highest_sent {
                     self.summary.retransmits += 1;
@@ -177,13 +175,11 @@ impl Transfer {
             // Wait for an ACK inside the window; duplicates are ignored (see module docs).
             let outstanding = end - acked;
             let low = acked as u16;
-            let got = self
-                .wait_ack(deadline, |n| {
-                    let d = u64::from(n.wrapping_sub(low));
-                    d >= 1 && d <= outstanding
-                        || (d == 0 && window > 1 && fast_resent_at != Some(acked))
-                })
-                .await?;
+            let got = self.wait_ack(deadline, |n| {
+                let d = u64::from(n.wrapping_sub(low));
+                d >= 1 && d <= outstanding
+                    || (d == 0 && window > 1 && fast_resent_at != Some(acked))
+            })?;
             match got {
                 Some(n) => {
                     let d = u64::from(n.wrapping_sub(low));
@@ -209,31 +205,50 @@ impl Transfer {
     }
 
     /// Waits until `deadline` for an ACK that `wanted` accepts; `None` on timeout. Other
-    /// ACKs and stray packets are ignored; a client ERROR ends the transfer.
-    async fn wait_ack(
+    /// ACKs and stray packets are ignored; a client ERROR ends the transfer, and so does the
+    /// server's stop flag.
+    fn wait_ack(
         &mut self,
         deadline: Instant,
         wanted: impl Fn(u16) -> bool,
     ) -> Result<Option<u16>, TransferError> {
         let mut buf = [0u8; 516];
-        self.timer
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(deadline));
         loop {
-            let n = tokio::select! {
-                biased;
-                r = self.sock.recv(&mut buf) => match r {
-                    Ok(n) => n,
-                    // ICMP port unreachable from a client that went away shows up here.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        return Err(TransferError::ClientAborted {
-                            code: 0,
-                            message: "port unreachable".into(),
-                        })
-                    }
-                    Err(e) => return Err(TransferError::Socket(e)),
-                },
-                () = self.timer.as_mut() => return Ok(None),
+            if *self.stop.borrow() {
+                return Err(TransferError::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // Never zero: a zero timeout would mean "block forever".
+            let wait = (deadline - now).clamp(Duration::from_millis(1), STOP_POLL);
+            if self.read_timeout != Some(wait) {
+                self.sock
+                    .set_read_timeout(Some(wait))
+                    .map_err(TransferError::Socket)?;
+                self.read_timeout = Some(wait);
+            }
+            let n = match self.sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                // ICMP port unreachable from a client that went away shows up here.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Err(TransferError::ClientAborted {
+                        code: 0,
+                        message: "port unreachable".into(),
+                    });
+                }
+                Err(e) => return Err(TransferError::Socket(e)),
             };
             match packet::parse(&buf[..n]) {
                 Ok(Packet::Ack(b)) if wanted(b) => return Ok(Some(b)),
@@ -259,12 +274,12 @@ struct ReadAhead {
 
 impl ReadAhead {
     /// The bytes of block `n` (1-based; the last block may be short or empty).
-    async fn block(&mut self, n: u64) -> Result<&[u8], TransferError> {
+    fn block(&mut self, n: u64) -> Result<&[u8], TransferError> {
         let off = (n - 1) * self.blksize;
         let end = (off + self.blksize).min(self.len);
         let off = off.min(end);
         if off < self.start || end > self.start + self.buf.len() as u64 {
-            self.fill(off).await?;
+            self.fill(off)?;
         }
         let s = usize::try_from(off - self.start).unwrap_or(usize::MAX);
         let e = usize::try_from(end - self.start).unwrap_or(usize::MAX);
@@ -273,24 +288,14 @@ impl ReadAhead {
             .ok_or_else(|| TransferError::Read(std::io::ErrorKind::UnexpectedEof.into()))
     }
 
-    async fn fill(&mut self, off: u64) -> Result<(), TransferError> {
+    fn fill(&mut self, off: u64) -> Result<(), TransferError> {
         let want = usize::try_from((self.len - off).min(self.chunk as u64)).unwrap_or(self.chunk);
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(want, 0);
-        let source = self.source.clone();
-        let (buf, res) = match source {
-            Source::Memory(_) => {
-                let r = source.read_at(off, &mut buf);
-                (buf, r)
-            }
-            Source::File(_) => tokio::task::spawn_blocking(move || {
-                let r = source.read_at(off, &mut buf);
-                (buf, r)
-            })
-            .await
-            .map_err(|e| TransferError::Read(std::io::Error::other(e)))?,
-        };
-        let got = res.map_err(TransferError::Read)?;
+        let got = self
+            .source
+            .read_at(off, &mut buf)
+            .map_err(TransferError::Read)?;
         if got < want {
             return Err(TransferError::Read(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
