@@ -350,6 +350,7 @@ pub async fn serve(
     }
     let state = AppState::new(Arc::clone(&node), metrics, node.admin_token()?, listeners)?;
     node.start_maintenance();
+    node.start_replication().await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

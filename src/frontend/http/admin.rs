@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
-use super::handlers::{Status, json_response, release_status};
+use super::handlers::{Status, json_response, release_status, replication_status};
 use super::state::AppState;
 use crate::catalog::{Arch, CatalogError, ImportProgress, ImportSummary, Selection, Version};
 use crate::causes::Causes;
@@ -127,7 +127,7 @@ fn policy(st: &AppState, headers: &HeaderMap, skip: bool) -> Result<TrustPolicy,
 }
 
 /// Checks the admin bearer token.
-fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -192,6 +192,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
             schematics: st.schematics().count(),
             workers: st.node().workers().status(),
             storage: st.node().storage().summary(),
+            replication: replication_status(&st).await?,
         },
         all_listeners: st.listeners(),
         data_dir,

@@ -147,6 +147,8 @@ pub struct Status<'a> {
     pub workers: Vec<WorkerStatus>,
     /// What the storage check at start found (lost metadata restored, or damage).
     pub storage: crate::node::StorageSummary,
+    /// The peer swarm: this node's peer ID, bound addresses, cluster and peers.
+    pub replication: crate::replication::ReplicationStatus,
 }
 
 /// One imported release as `/status` shows it.
@@ -208,7 +210,17 @@ pub fn json_response(value: &impl Serialize) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// `GET /status` (ours): version, bound addresses, counts, releases, workers.
+/// The swarm's part of `/status` (`enabled: false` when it does not run).
+pub async fn replication_status(
+    st: &AppState,
+) -> Result<crate::replication::ReplicationStatus, ApiError> {
+    match st.node().replication() {
+        Some(r) => Ok(r.status().await?),
+        None => Ok(crate::replication::ReplicationStatus::disabled()),
+    }
+}
+
+/// `GET /status` (ours): version, bound addresses, counts, releases, workers, peers.
 pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
     json_response(&Status {
         releases: release_status(&st)?,
@@ -217,6 +229,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         schematics: st.schematics().count(),
         workers: st.node().workers().status(),
         storage: st.node().storage().summary(),
+        replication: replication_status(&st).await?,
     })
 }
 
