@@ -1,4 +1,4 @@
-//! `serve`: opens the node, binds every listener (HTTP, metrics, admin, TFTP), runs the frontends and the node's workers
+//! `serve`: opens the node, binds every listener (HTTP, metrics, admin, TFTP, the peer swarm's), runs the frontends and the node's workers
 //! until shutdown, then stops them in order — listeners first (open connections get a grace
 //! period), then the workers, then storage is flushed.
 
@@ -348,9 +348,11 @@ pub async fn serve(
     if let Some(a) = tftp_addr {
         listeners.insert("tftp".to_string(), a.to_string());
     }
+    // The peer swarm binds its addresses before anything starts, so a failure leaves nothing
+    // running.
+    node.start_replication().await?;
     let state = AppState::new(Arc::clone(&node), metrics, node.admin_token()?, listeners)?;
     node.start_maintenance();
-    node.start_replication().await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

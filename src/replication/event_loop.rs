@@ -3,7 +3,7 @@
 //! (disconnect, log, metric, and a deny at the next handshake), spreads revocations by gossip
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ use crate::node::worker::StopSignal;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refusal's answer may take to reach the refused peer before it is cut off.
 const REFUSAL_FLUSH: Duration = Duration::from_secs(2);
+/// How long a refused peer stays connected once both hellos are answered.
+const REFUSAL_LINGER: Duration = Duration::from_millis(250);
 /// How long a refused peer's connections are denied at the handshake (a removed member's for
 /// as long as it stays removed).
 const REFUSED_FOR: Duration = Duration::from_secs(30);
@@ -44,6 +46,27 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// Most peers tracked at once (members and peers being refused).
 const MAX_PEERS: usize = 4096;
 
+/// A refused peer whose connections stay open until the answers are through.
+#[derive(Debug)]
+struct Refusing {
+    /// When it is cut off regardless.
+    deadline: Instant,
+    /// Whether the answer to its hello was sent.
+    answered: bool,
+}
+
+/// How a refused peer's connections end.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// Once the answer to its hello is sent and its answer to this node's hello is in (or at
+    /// [`REFUSAL_FLUSH`]), then denied at the handshake until its refusal ends.
+    AfterAnswer,
+    /// Now, then denied at the handshake until its refusal ends.
+    Block,
+    /// Now; its next connection gets a hello answer saying why.
+    Disconnect,
+}
+
 #[derive(Debug, Clone)]
 enum State {
     /// Remembered or discovered, not connected in this run.
@@ -55,7 +78,11 @@ enum State {
     /// Refused by this node, until then.
     Refused { reason: Refusal, until: Instant },
     /// It refused this node.
-    RefusedUs { reason: String, until: Instant },
+    RefusedUs {
+        reason: String,
+        since: Instant,
+        until: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -109,7 +136,9 @@ pub(crate) struct EventLoop {
     peers: HashMap<PeerId, Peer>,
     topic: Option<IdentTopic>,
     /// Refused peers whose answer is on its way: cut off once it is sent, or at the deadline.
-    refusing: HashMap<PeerId, Instant>,
+    refusing: HashMap<PeerId, Refusing>,
+    /// Peers whose answer to this node's hello is awaited.
+    asked: HashSet<PeerId>,
     /// Whether the members' addresses changed since the last save.
     dirty: bool,
     last_save: Instant,
@@ -140,6 +169,7 @@ impl EventLoop {
             peers: HashMap::new(),
             topic: None,
             refusing: HashMap::new(),
+            asked: HashSet::new(),
             dirty: false,
             last_save: now,
             removed_self: false,
@@ -261,11 +291,25 @@ impl EventLoop {
                 }
             }
         }
-        let old: BTreeSet<PeerId> = prev
-            .map(|p| p.revocations.keys().copied().collect())
-            .unwrap_or_default();
+        let Some(prev) = prev else {
+            // The state this node starts with: nothing new to tell or to refuse.
+            if m.revocations.contains_key(&self.local) {
+                self.removed_self = true;
+                tracing::error!("this node was removed from the cluster: members refuse it");
+            }
+            let now = Instant::now();
+            for (peer, (at, _)) in &m.revocations {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.state = State::Refused {
+                        reason: Refusal::Revoked(*at),
+                        until: now + REFUSED_FOR,
+                    };
+                }
+            }
+            return;
+        };
         for (peer, (at, env)) in &m.revocations {
-            if old.contains(peer) {
+            if prev.revocations.contains_key(peer) {
                 continue;
             }
             if let Some(topic) = &self.topic {
@@ -288,7 +332,9 @@ impl EventLoop {
                     "this node has been removed from the cluster: members refuse it from now on"
                 );
             } else if self.peers.contains_key(peer) {
-                self.refuse(*peer, Refusal::Revoked(*at), false);
+                // Not denied at the handshake yet: its next hello is answered with the
+                // revocation, so the removed node learns of it.
+                self.refuse(*peer, Refusal::Revoked(*at), Cut::Disconnect);
             }
         }
     }
@@ -305,6 +351,20 @@ impl EventLoop {
                 credential,
             },
         );
+        self.asked.insert(peer);
+    }
+
+    /// Cuts a refused peer off shortly after its hello is answered and this node's is too (so
+    /// each side learns why the other refused it: closing a QUIC connection at once could drop
+    /// the answer still in flight), or at the deadline; the tick does the cutting.
+    fn cut_when_done(&mut self, peer: PeerId) {
+        let asked = self.asked.contains(&peer);
+        if let Some(r) = self.refusing.get_mut(&peer)
+            && r.answered
+            && !asked
+        {
+            r.deadline = r.deadline.min(Instant::now() + REFUSAL_LINGER);
+        }
     }
 
     fn peer(&mut self, id: PeerId) -> Option<&mut Peer> {
@@ -489,23 +549,31 @@ impl EventLoop {
                 peer,
                 message: request_response::Message::Response { response, .. },
                 ..
-            } => self.on_hello_reply(peer, response),
+            } => {
+                self.asked.remove(&peer);
+                self.on_hello_reply(peer, response);
+                self.cut_when_done(peer);
+            }
             request_response::Event::OutboundFailure {
                 peer,
                 error: OutboundFailure::UnsupportedProtocols,
                 ..
             } => {
                 // Not our software, or not a version that checks membership.
-                self.refuse(peer, Refusal::Silent, false);
+                self.asked.remove(&peer);
+                self.refuse(peer, Refusal::Silent, Cut::Block);
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(peer_id = %peer, error = %error, "hello not answered");
+                self.asked.remove(&peer);
+                self.cut_when_done(peer);
             }
             request_response::Event::ResponseSent { peer, .. }
             | request_response::Event::InboundFailure { peer, .. } => {
-                if self.refusing.remove(&peer).is_some() {
-                    self.cut_off(peer);
+                if let Some(r) = self.refusing.get_mut(&peer) {
+                    r.answered = true;
                 }
+                self.cut_when_done(peer);
             }
         }
     }
@@ -523,6 +591,16 @@ impl EventLoop {
             ),
         };
         let reply = match verdict {
+            Ok(_)
+                if matches!(
+                    self.peers.get(&peer).map(|p| &p.state),
+                    Some(State::RefusedUs { .. })
+                ) =>
+            {
+                // A member by its credential, but it refused this node: nothing to do together.
+                let _ = self.swarm.disconnect_peer_id(peer);
+                return;
+            }
             Ok(expires) => {
                 let was_member = self.is_member(&peer);
                 let Some(p) = self.peer(peer) else {
@@ -545,8 +623,17 @@ impl EventLoop {
             }
             Err(reason) => {
                 let text = reason.to_string();
-                self.refuse(peer, reason, true);
-                HelloReply::Refused { reason: text }
+                let revocation = match (&reason, &self.membership) {
+                    (Refusal::Revoked(_), Some(m)) => {
+                        m.revocations.get(&peer).map(|(_, e)| e.clone())
+                    }
+                    _ => None,
+                };
+                self.refuse(peer, reason, Cut::AfterAnswer);
+                HelloReply::Refused {
+                    reason: text,
+                    revocation,
+                }
             }
         };
         if self
@@ -582,29 +669,40 @@ impl EventLoop {
                     }
                 }
             }
-            HelloReply::Refused { reason } => {
-                if matches!(
-                    self.peers.get(&peer).map(|p| &p.state),
-                    Some(State::Refused { .. })
-                ) {
-                    return;
-                }
+            HelloReply::Refused { reason, revocation } => {
                 tracing::error!(peer_id = %peer, reason = %reason, "a peer refused this node");
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.state = State::RefusedUs {
-                        reason,
-                        until: Instant::now() + REFUSED_US_FOR,
-                    };
+                if let Some(env) = revocation
+                    && let Err(e) = self.cluster.add_revocation(&env)
+                {
+                    tracing::warn!(peer_id = %peer, error = %Causes(&e), "the revocation a peer sent was not accepted");
                 }
-                let _ = self.swarm.disconnect_peer_id(peer);
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                // This node's own verdict on the peer, once made, is what `/status` shows.
+                let keep = match p.state {
+                    State::Refused { .. } => return,
+                    // Its hello is still to be judged (bounded by the hello timeout): the
+                    // verdict then decides, whatever the order the two answers came in.
+                    State::Pending { .. } => true,
+                    _ => false,
+                };
+                let now = Instant::now();
+                p.state = State::RefusedUs {
+                    reason,
+                    since: now,
+                    until: now + REFUSED_US_FOR,
+                };
+                if !keep {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
                 self.update_gauge();
             }
         }
     }
 
-    /// Refuses `peer`: log, metric, state; its connections are cut (once the answer to its
-    /// hello is sent, when `answering`) and denied at the handshake for a while.
-    fn refuse(&mut self, peer: PeerId, reason: Refusal, answering: bool) {
+    /// Refuses `peer`: log, metric, state, and its connections cut as `cut` says.
+    fn refuse(&mut self, peer: PeerId, reason: Refusal, cut: Cut) {
         let already = matches!(
             self.peers.get(&peer).map(|p| &p.state),
             Some(State::Refused { reason: r, .. }) if *r == reason
@@ -617,10 +715,20 @@ impl EventLoop {
         if let Some(p) = self.peer(peer) {
             p.state = State::Refused { reason, until };
         }
-        if answering {
-            self.refusing.insert(peer, Instant::now() + REFUSAL_FLUSH);
-        } else {
-            self.cut_off(peer);
+        match cut {
+            Cut::AfterAnswer => {
+                self.refusing.insert(
+                    peer,
+                    Refusing {
+                        deadline: Instant::now() + REFUSAL_FLUSH,
+                        answered: false,
+                    },
+                );
+            }
+            Cut::Block => self.cut_off(peer),
+            Cut::Disconnect => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
         }
         self.dirty = true;
         self.update_gauge();
@@ -637,7 +745,7 @@ impl EventLoop {
         let due: Vec<PeerId> = self
             .refusing
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(_, r)| r.deadline <= now)
             .map(|(p, _)| *p)
             .collect();
         for p in due {
@@ -652,6 +760,7 @@ impl EventLoop {
         let mut silent = Vec::new();
         let mut expired = Vec::new();
         let mut unblock = Vec::new();
+        let mut hang_up = Vec::new();
         for (id, p) in &mut self.peers {
             match &p.state {
                 State::Pending { since } if p.connections > 0 && now - *since > HELLO_TIMEOUT => {
@@ -673,17 +782,25 @@ impl EventLoop {
                     }
                 }
                 State::RefusedUs { until, .. } if *until <= now => p.state = State::Known,
+                State::RefusedUs { since, .. }
+                    if p.connections > 0 && now - *since > HELLO_TIMEOUT =>
+                {
+                    hang_up.push(*id);
+                }
                 _ => {}
             }
         }
         for id in silent {
-            self.refuse(id, Refusal::Silent, false);
+            self.refuse(id, Refusal::Silent, Cut::Block);
         }
         for (id, at) in expired {
-            self.refuse(id, Refusal::Expired(at), false);
+            self.refuse(id, Refusal::Expired(at), Cut::Block);
         }
         for id in unblock {
             self.swarm.behaviour_mut().gate.unblock_peer(id);
+        }
+        for id in hang_up {
+            let _ = self.swarm.disconnect_peer_id(id);
         }
         self.redial(now);
         if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
@@ -691,8 +808,12 @@ impl EventLoop {
         }
     }
 
-    /// Dials members and candidates that are not connected, each with its own backoff.
+    /// Dials members and candidates that are not connected, each with its own backoff (not
+    /// once this node was removed: members refuse it).
     fn redial(&mut self, now: Instant) {
+        if self.removed_self {
+            return;
+        }
         let mut dials = Vec::new();
         for (id, p) in &mut self.peers {
             let wanted = matches!(p.state, State::Known | State::Member { .. });

@@ -368,7 +368,9 @@ impl std::fmt::Display for Refusal {
                 crate::clock::rfc3339_utc(*at)
             ),
             Refusal::Silent => f.write_str("presented no credential in time"),
-            Refusal::NotInCluster => f.write_str("this node is not a member of any cluster"),
+            Refusal::NotInCluster => {
+                f.write_str("not checked: the refusing node is in no cluster (it never joined one)")
+            }
         }
     }
 }

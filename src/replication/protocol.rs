@@ -42,6 +42,8 @@ pub enum HelloReply {
     Refused {
         /// The reason, for the refused node's log.
         reason: String,
+        /// The revocation, when the sender was removed (so it learns of its removal).
+        revocation: Option<Envelope>,
     },
 }
 
