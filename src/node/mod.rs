@@ -239,8 +239,13 @@ impl Node {
                  with an invitation"
             );
         }
-        let (handle, worker) =
-            crate::replication::start(cfg, Arc::clone(&self.cluster), &self.recorder).await?;
+        let (handle, worker) = crate::replication::start(
+            cfg,
+            Arc::clone(&self.cluster),
+            self.schematics.clone(),
+            &self.recorder,
+        )
+        .await?;
         tracing::info!(peer_id = %handle.peer_id(), "replication started");
         let _ = self.replication.set(handle);
         self.workers.spawn(worker);

@@ -20,6 +20,10 @@ pub struct ReplicationMetrics {
     refused: BTreeMap<&'static str, Counter>,
     /// Members connected now.
     pub connected: Gauge,
+    /// Schematics received from members and stored.
+    pub schematics_received: Counter,
+    /// Schematics from members that failed their check.
+    pub schematics_rejected: Counter,
 }
 
 impl ReplicationMetrics {
@@ -49,7 +53,24 @@ impl ReplicationMetrics {
         );
         let connected = r.register_gauge(&Key::from_static_name(CONNECTED), &META);
         connected.set(0.0);
-        Self { refused, connected }
+        let counter = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, SharedString::const_str(help));
+            let c = r.register_counter(&Key::from_static_name(name), &META);
+            c.absolute(0);
+            c
+        };
+        Self {
+            refused,
+            connected,
+            schematics_received: counter(
+                "image_factory_replication_schematics_received_total",
+                "Schematics received from members, checked and stored.",
+            ),
+            schematics_rejected: counter(
+                "image_factory_replication_schematics_rejected_total",
+                "Schematics from members rejected: not their ID's canonical bytes.",
+            ),
+        }
     }
 
     /// Counts one refusal.

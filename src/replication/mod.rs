@@ -320,6 +320,8 @@ pub struct PeerStatus {
 pub(crate) enum Command {
     /// The status for `/status`.
     Status(oneshot::Sender<ReplicationStatus>),
+    /// A schematic was created on this node.
+    SchematicCreated(String),
 }
 
 /// A handle on the running swarm (cheap to clone).
@@ -343,6 +345,14 @@ impl Replication {
             .await
             .map_err(|_| ReplicationError::Stopped)?;
         rx.await.map_err(|_| ReplicationError::Stopped)
+    }
+
+    /// Announces a schematic created on this node (never waits: when the swarm is busy the
+    /// next anti-entropy round carries it).
+    pub fn schematic_created(&self, id: &str) {
+        if let Err(e) = self.tx.try_send(Command::SchematicCreated(id.to_string())) {
+            tracing::debug!(schematic = %id, error = %e, "schematic not announced now; the next round carries it");
+        }
     }
 
     /// Multiaddrs (with `/p2p/`) at which members reach this node and the members it is

@@ -23,13 +23,15 @@ use super::event_loop::EventLoop;
 use super::metrics::ReplicationMetrics;
 use super::protocol::{
     HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, MAX_GOSSIP, MAX_HELLO_REPLY,
-    MAX_HELLO_REQUEST,
+    MAX_HELLO_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, SCHEMATICS_PROTOCOL,
+    SchematicReply, SchematicRequest,
 };
 use super::{Replication, ReplicationError};
 use crate::config::ReplicationConfig;
 use crate::node::worker::StopSignal;
 use crate::node::{WorkError, Worker, WorkerState};
 use crate::store::BoxFuture;
+use crate::store::SchematicStore;
 
 /// How long a connection with nothing to do stays open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -49,7 +51,11 @@ pub(crate) struct Behaviour {
     pub ping: ping::Behaviour,
     /// The membership check.
     pub hello: request_response::Behaviour<request_response::json::codec::Codec<Hello, HelloReply>>,
-    /// Announcements (revocations).
+    /// Schematic anti-entropy and fetches.
+    pub schematics: request_response::Behaviour<
+        request_response::json::codec::Codec<SchematicRequest, SchematicReply>,
+    >,
+    /// Announcements (revocations, new schematics).
     pub gossipsub: gossipsub::Behaviour,
     /// Local-link discovery, when `replication.mdns` is set.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -84,6 +90,16 @@ fn behaviour(
         )],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
+    let schematics = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_SCHEMATICS_REQUEST)
+            .set_response_size_maximum(MAX_SCHEMATICS_REPLY),
+        [(
+            StreamProtocol::new(SCHEMATICS_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+    );
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
@@ -112,6 +128,7 @@ fn behaviour(
         identify,
         ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         hello,
+        schematics,
         gossipsub,
         mdns: Toggle::from(mdns),
     })
@@ -147,8 +164,14 @@ fn build(
 pub async fn start(
     config: &ReplicationConfig,
     cluster: Arc<Cluster>,
+    schematics: SchematicStore,
     recorder: &Arc<dyn Recorder + Send + Sync>,
 ) -> Result<(Replication, SwarmWorker), ReplicationError> {
+    let store = schematics.clone();
+    let ids = tokio::task::spawn_blocking(move || store.ids())
+        .await
+        .map_err(swarm_error("listing the schematics"))?
+        .map_err(swarm_error("listing the schematics"))?;
     let (key, created) = cluster.identity()?;
     let local = key.public().to_peer_id();
     if created {
@@ -223,6 +246,7 @@ pub async fn start(
         bound,
         rx,
         ReplicationMetrics::new(recorder),
+        (schematics, ids),
     );
     Ok((
         Replication { tx, peer_id: local },

@@ -65,6 +65,11 @@ impl SchematicStore {
         self.docs.get_text(id)
     }
 
+    /// The IDs of every stored schematic (a scan of the index). Blocking.
+    pub fn ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.docs.refs()?.into_iter().map(|(k, _)| k).collect())
+    }
+
     /// Number of stored schematics.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)
@@ -105,6 +110,7 @@ mod tests {
             assert_eq!(s.get(ID).unwrap().as_deref(), Some(YAML));
             assert_eq!(s.get(&"b".repeat(64)).unwrap(), None);
             assert_eq!(s.count(), 1);
+            assert_eq!(s.ids().unwrap(), [ID]);
         }
         drop(blobs);
         let meta: Arc<dyn crate::store::MetaStore> =

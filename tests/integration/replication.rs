@@ -518,3 +518,99 @@ async fn a_listen_address_that_cannot_be_bound_stops_serve_with_a_clear_error() 
         "the cause is kept: {err}"
     );
 }
+
+/// POSTs `yaml` to `node`; returns (ID, canonical YAML).
+async fn create_schematic(node: &Node, yaml: &str) -> (String, String) {
+    let resp = client()
+        .post(format!("http://{}/schematics", node.srv.http))
+        .body(yaml.to_string())
+        .send()
+        .await
+        .expect("post schematic");
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    let v: Value = resp.json().await.expect("json");
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["schematic"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Polls until `node` serves schematic `id` as `canonical`.
+async fn wait_for_schematic(node: &Node, who: &str, id: &str, canonical: &str) {
+    let start = Instant::now();
+    loop {
+        let resp = client()
+            .get(format!("http://{}/schematics/{id}", node.srv.http))
+            .send()
+            .await
+            .expect("get schematic");
+        if resp.status() == reqwest::StatusCode::OK {
+            assert_eq!(
+                resp.text().await.unwrap(),
+                canonical,
+                "{who} serves other bytes"
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{who} does not serve {id} within {DEADLINE:?}:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schematics_replicate_to_every_member_and_a_node_started_later_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    invite_offline(&a, &tmp.path().join("unused.invitation"));
+    let node_a = Node::start(&a, &[]);
+    let a_id = node_a.peer_id().await;
+    for d in [&b, &c] {
+        let inv = d.with_extension("invitation");
+        invite_through(&node_a, &inv);
+        join(d, &inv);
+    }
+    let node_b = Node::start(&b, &[]);
+    wait_for(&node_b, "B joins A", |st| connected_member(st, &a_id)).await;
+
+    // Created on A while C is down: B gets it by announcement, C when it starts.
+    let (s1, y1) =
+        create_schematic(&node_a, "customization: {extraKernelArgs: [replicated=1]}").await;
+    let (s2, y2) =
+        create_schematic(&node_b, "customization: {extraKernelArgs: [replicated=2]}").await;
+    wait_for_schematic(&node_b, "B", &s1, &y1).await;
+    wait_for_schematic(&node_a, "A", &s2, &y2).await;
+    let node_c = Node::start(&c, &[]);
+    wait_for_schematic(&node_c, "C (started later)", &s1, &y1).await;
+    wait_for_schematic(&node_c, "C (started later)", &s2, &y2).await;
+
+    // Created on A while C runs: announced, fetched and served by C.
+    wait_for(&node_c, "C joins A", |st| connected_member(st, &a_id)).await;
+    let (s3, y3) =
+        create_schematic(&node_a, "customization: {extraKernelArgs: [replicated=3]}").await;
+    wait_for_schematic(&node_c, "C", &s3, &y3).await;
+    wait_for_schematic(&node_b, "B", &s3, &y3).await;
+    for n in [&node_a, &node_b, &node_c] {
+        assert_eq!(n.status().await["schematics"], 3);
+    }
+    let metrics = client()
+        .get(format!("http://{}/metrics", node_c.srv.metrics.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("image_factory_replication_schematics_received_total 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("image_factory_replication_schematics_rejected_total 0"));
+}

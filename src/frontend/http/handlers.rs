@@ -88,7 +88,12 @@ pub async fn create_schematic(
         })??;
     let m = st.metrics();
     match st.schematics().put(&id, &canonical).await? {
-        PutOutcome::Created => m.schematic_create.increment(1),
+        PutOutcome::Created => {
+            m.schematic_create.increment(1);
+            if let Some(r) = st.node().replication() {
+                r.schematic_created(&id);
+            }
+        }
         PutOutcome::Existed => m.schematic_duplicate_create.increment(1),
     }
     m.schematic_cache_size.set(st.schematics().count() as f64);

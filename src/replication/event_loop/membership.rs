@@ -31,6 +31,7 @@ impl EventLoop {
                 tracing::warn!(error = %e, "cannot subscribe to the membership topic");
             }
             self.topic = Some(topic);
+            self.subscribe_schematics(&m.record.cluster);
             if prev.is_none() {
                 // Founded or joined while running: say hello again to whoever is connected.
                 let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -116,7 +117,12 @@ impl EventLoop {
     }
 
     /// A gossip message: accepted only from members, and only when it verifies.
-    pub(super) fn on_gossip(&mut self, from: &PeerId, data: &[u8]) -> MessageAcceptance {
+    pub(super) fn on_gossip(
+        &mut self,
+        from: &PeerId,
+        source: Option<PeerId>,
+        data: &[u8],
+    ) -> MessageAcceptance {
         if !self.is_member(from) {
             return MessageAcceptance::Reject;
         }
@@ -129,6 +135,10 @@ impl EventLoop {
                         MessageAcceptance::Reject
                     }
                 }
+            }
+            Ok(Gossip::Schematic { id }) => {
+                self.schematic_announced(*from, source, id);
+                MessageAcceptance::Accept
             }
             Err(e) => {
                 tracing::warn!(peer_id = %from, error = %e, "malformed gossip message");
@@ -214,9 +224,13 @@ impl EventLoop {
                     return;
                 };
                 p.state = State::Member { expires };
+                let welcomed = p.welcomed;
                 self.dirty = true;
                 if !was_member {
                     tracing::info!(peer_id = %peer, "member connected");
+                }
+                if welcomed {
+                    self.sync_schematics_with(peer);
                 }
                 self.update_gauge();
                 HelloReply::Welcome {
@@ -258,6 +272,15 @@ impl EventLoop {
     pub(super) fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) {
         match reply {
             HelloReply::Welcome { revocations, peers } => {
+                // Both sides accept each other once each has the other's welcome and
+                // verdict: then their schematics are compared.
+                let member = self.is_member(&peer);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.welcomed = true;
+                }
+                if member {
+                    self.sync_schematics_with(peer);
+                }
                 for env in revocations.iter().take(MAX_REVOCATIONS) {
                     if let Err(e) = self.cluster.add_revocation(env) {
                         tracing::warn!(peer_id = %peer, error = %Causes(&e), "a revocation from a member was not accepted");

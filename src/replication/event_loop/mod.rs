@@ -4,6 +4,7 @@
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
 mod membership;
+mod schematics;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -91,6 +92,10 @@ struct Peer {
     connections: usize,
     state: State,
     rtt: Option<Duration>,
+    /// Whether it welcomed this node on the current connection.
+    welcomed: bool,
+    /// When its first open connection was established.
+    connected_since: Instant,
     next_dial: Instant,
     backoff: Duration,
 }
@@ -102,6 +107,8 @@ impl Peer {
             connections: 0,
             state: State::Known,
             rtt: None,
+            welcomed: false,
+            connected_since: now,
             next_dial: now,
             backoff: DIAL_BACKOFF.0,
         }
@@ -143,6 +150,8 @@ pub(crate) struct EventLoop {
     dirty: bool,
     last_save: Instant,
     removed_self: bool,
+    sync: schematics::SchematicSync,
+    jobs: mpsc::UnboundedReceiver<schematics::Job>,
 }
 
 impl EventLoop {
@@ -154,7 +163,9 @@ impl EventLoop {
         listen_addrs: Vec<Multiaddr>,
         commands: mpsc::Receiver<Command>,
         metrics: ReplicationMetrics,
+        (store, ids): (crate::store::SchematicStore, Vec<String>),
     ) -> Self {
+        let (jobs_tx, jobs) = mpsc::unbounded_channel();
         let now = Instant::now();
         let local = *swarm.local_peer_id();
         let changes = cluster.subscribe();
@@ -173,6 +184,8 @@ impl EventLoop {
             dirty: false,
             last_save: now,
             removed_self: false,
+            sync: schematics::SchematicSync::new(store, ids, jobs_tx),
+            jobs,
             cluster,
         };
         let mut seeds: Vec<(PeerId, Multiaddr)> = Vec::new();
@@ -214,6 +227,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Ok(()) = self.changes.changed() => self.reload_membership(),
+                Some(job) = self.jobs.recv() => self.on_job(job),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -226,6 +240,7 @@ impl EventLoop {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::SchematicCreated(id) => self.schematic_created(id),
         }
     }
 
@@ -309,10 +324,15 @@ impl EventLoop {
                     p.add_addr(without_peer(address.clone()));
                 }
                 if num_established.get() == 1 {
-                    p.state = State::Pending {
-                        since: Instant::now(),
-                    };
+                    let now = Instant::now();
+                    p.connected_since = now;
+                    // A peer refused a moment ago (its connection got in before the deny)
+                    // stays refused; its hello is judged again and answered with the reason.
+                    if !matches!(p.state, State::Refused { .. }) {
+                        p.state = State::Pending { since: now };
+                    }
                     p.rtt = None;
+                    p.welcomed = false;
                     self.send_hello(peer_id);
                 }
             }
@@ -359,6 +379,7 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Hello(e) => self.on_hello_event(e),
+            BehaviourEvent::Schematics(e) => self.on_schematics_event(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let is_member = self.is_member(&peer_id);
                 let Some(p) = self.peers.get_mut(&peer_id) else {
@@ -389,7 +410,7 @@ impl EventLoop {
                 message_id,
                 message,
             }) => {
-                let acceptance = self.on_gossip(&propagation_source, &message.data);
+                let acceptance = self.on_gossip(&propagation_source, message.source, &message.data);
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
@@ -407,6 +428,15 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+
+    /// The members connected now.
+    fn connected_members(&self) -> HashSet<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn is_member(&self, peer: &PeerId) -> bool {
@@ -437,6 +467,7 @@ impl EventLoop {
         let mut expired = Vec::new();
         let mut unblock = Vec::new();
         let mut hang_up = Vec::new();
+        let mut cut = Vec::new();
         for (id, p) in &mut self.peers {
             match &p.state {
                 State::Pending { since } if p.connections > 0 && now - *since > HELLO_TIMEOUT => {
@@ -463,6 +494,14 @@ impl EventLoop {
                 {
                     hang_up.push(*id);
                 }
+                // Refused, connected, and no hello answered in time: cut off.
+                State::Refused { .. }
+                    if p.connections > 0
+                        && now - p.connected_since > HELLO_TIMEOUT
+                        && !self.refusing.contains_key(id) =>
+                {
+                    cut.push(*id);
+                }
                 _ => {}
             }
         }
@@ -478,7 +517,11 @@ impl EventLoop {
         for id in hang_up {
             let _ = self.swarm.disconnect_peer_id(id);
         }
+        for id in cut {
+            self.cut_off(id);
+        }
         self.redial(now);
+        self.schematic_round(now);
         if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
             self.save_peers();
         }
