@@ -597,6 +597,16 @@ async fn schematics_replicate_to_every_member_and_a_node_started_later_catches_u
         create_schematic(&node_a, "customization: {extraKernelArgs: [replicated=3]}").await;
     wait_for_schematic(&node_c, "C", &s3, &y3).await;
     wait_for_schematic(&node_b, "B", &s3, &y3).await;
+    // C had s1 and s2 from comparing ID sets when it connected, s3 from the announcement.
+    let via = |node: &Node, id: &str| {
+        node.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "schematic replicated" && v["schematic"] == id)
+            .map(|v| v["via"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(via(&node_c, &s1).as_deref(), Some("anti-entropy"));
+    assert_eq!(via(&node_c, &s3).as_deref(), Some("announcement"));
     for n in [&node_a, &node_b, &node_c] {
         assert_eq!(n.status().await["schematics"], 3);
     }
