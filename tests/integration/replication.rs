@@ -605,8 +605,22 @@ async fn schematics_replicate_to_every_member_and_a_node_started_later_catches_u
             .find(|v| v["message"] == "schematic replicated" && v["schematic"] == id)
             .map(|v| v["via"].as_str().unwrap_or_default().to_string())
     };
-    assert_eq!(via(&node_c, &s1).as_deref(), Some("anti-entropy"));
-    assert_eq!(via(&node_c, &s3).as_deref(), Some("announcement"));
+    let replicated: Vec<String> = node_c
+        .log()
+        .lines()
+        .filter(|l| l.contains("schematic replicated"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        via(&node_c, &s1).as_deref(),
+        Some("anti-entropy"),
+        "{replicated:#?}"
+    );
+    assert_eq!(
+        via(&node_c, &s3).as_deref(),
+        Some("announcement"),
+        "{replicated:#?}"
+    );
     for n in [&node_a, &node_b, &node_c] {
         assert_eq!(n.status().await["schematics"], 3);
     }
@@ -623,4 +637,8 @@ async fn schematics_replicate_to_every_member_and_a_node_started_later_catches_u
         "{metrics}"
     );
     assert!(metrics.contains("image_factory_replication_schematics_rejected_total 0"));
+    assert!(
+        metrics.contains("image_factory_schematic_cache_size 3"),
+        "the gauge counts replicated schematics too: {metrics}"
+    );
 }

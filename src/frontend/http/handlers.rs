@@ -240,6 +240,10 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
 
 /// `GET /metrics` on the metrics listener.
 pub async fn metrics(State(st): State<AppState>) -> Response {
+    // Schematics also arrive from cluster members, not only through this node's API.
+    st.metrics()
+        .schematic_cache_size
+        .set(st.schematics().count() as f64);
     (
         [(
             header::CONTENT_TYPE,

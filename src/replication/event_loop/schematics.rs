@@ -4,7 +4,7 @@
 //! is missing is fetched. A received schematic is stored only when its bytes hash to its ID and
 //! are the canonical form of a schematic that parses.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
@@ -42,9 +42,29 @@ pub(crate) enum Job {
         id: String,
         /// Who sent it.
         from: PeerId,
+        /// What made this node ask for it.
+        via: Via,
         /// The outcome.
         result: Result<bool, String>,
     },
+}
+
+/// What made this node fetch a schematic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// A member announced it.
+    Announcement,
+    /// Comparing ID sets found it missing.
+    AntiEntropy,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Announcement => "announcement",
+            Via::AntiEntropy => "anti-entropy",
+        }
+    }
 }
 
 /// The schematic side of the event loop's state.
@@ -52,7 +72,8 @@ pub(crate) struct SchematicSync {
     store: SchematicStore,
     ids: BTreeSet<String>,
     digest: Option<(u64, String)>,
-    fetching: HashSet<String>,
+    /// Schematics being fetched, and what made this node ask.
+    fetching: HashMap<String, Via>,
     gets: HashMap<OutboundRequestId, Vec<String>>,
     jobs: mpsc::UnboundedSender<Job>,
     pub(super) topic: Option<IdentTopic>,
@@ -70,7 +91,7 @@ impl SchematicSync {
             store,
             ids: ids.into_iter().collect(),
             digest: None,
-            fetching: HashSet::new(),
+            fetching: HashMap::new(),
             gets: HashMap::new(),
             jobs,
             topic: None,
@@ -184,14 +205,14 @@ impl EventLoop {
         let ask = source
             .filter(|s| self.connected_members().contains(s))
             .unwrap_or(from);
-        self.fetch(ask, vec![id]);
+        self.fetch(ask, vec![id], Via::Announcement);
     }
 
     /// Asks `peer` for the `ids` not held and not being fetched already.
-    fn fetch(&mut self, peer: PeerId, ids: Vec<String>) {
+    fn fetch(&mut self, peer: PeerId, ids: Vec<String>, via: Via) {
         let wanted: Vec<String> = ids
             .into_iter()
-            .filter(|id| !self.sync.ids.contains(id) && !self.sync.fetching.contains(id))
+            .filter(|id| !self.sync.ids.contains(id) && !self.sync.fetching.contains_key(id))
             .take(MAX_FETCHING.saturating_sub(self.sync.fetching.len()))
             .collect();
         for chunk in wanted.chunks(MAX_GET) {
@@ -201,7 +222,9 @@ impl EventLoop {
                     ids: chunk.to_vec(),
                 },
             );
-            self.sync.fetching.extend(chunk.iter().cloned());
+            self.sync
+                .fetching
+                .extend(chunk.iter().map(|id| (id.clone(), via)));
             self.sync.gets.insert(request, chunk.to_vec());
         }
     }
@@ -309,7 +332,7 @@ impl EventLoop {
                     .take(MAX_IDS_PAGE)
                     .filter(|id| schematic::is_valid_id(id))
                     .collect();
-                self.fetch(peer, valid);
+                self.fetch(peer, valid, Via::AntiEntropy);
                 if more && let Some(after) = last {
                     self.swarm.behaviour_mut().schematics.send_request(
                         &peer,
@@ -322,10 +345,10 @@ impl EventLoop {
             }
             SchematicReply::Schematics { items } => {
                 for item in items.into_iter().take(MAX_GET) {
-                    if !self.sync.fetching.contains(&item.id) {
+                    let Some(via) = self.sync.fetching.get(&item.id).copied() else {
                         // Not asked for (or already there): ignored.
                         continue;
-                    }
+                    };
                     let store = self.sync.store.clone();
                     let jobs = self.sync.jobs.clone();
                     tokio::spawn(async move {
@@ -334,6 +357,7 @@ impl EventLoop {
                         let _ = jobs.send(Job::Stored {
                             id,
                             from: peer,
+                            via,
                             result,
                         });
                     });
@@ -355,12 +379,17 @@ impl EventLoop {
                     .schematics
                     .send_response(channel, reply);
             }
-            Job::Stored { id, from, result } => {
+            Job::Stored {
+                id,
+                from,
+                via,
+                result,
+            } => {
                 self.sync.fetching.remove(&id);
                 match result {
                     Ok(created) => {
                         if created {
-                            tracing::info!(schematic = %id, peer_id = %from, "schematic replicated");
+                            tracing::info!(schematic = %id, peer_id = %from, via = via.as_str(), "schematic replicated");
                         }
                         self.metrics.schematics_received.increment(1);
                         self.sync.insert(id);
