@@ -12,8 +12,8 @@ use futures_util::StreamExt as _;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, mdns, noise, ping,
-    request_response, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify,
+    mdns, noise, ping, request_response, tcp, yamux,
 };
 use metrics::Recorder;
 use tokio::sync::mpsc;
@@ -37,6 +37,12 @@ use crate::store::SchematicStore;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Interval of the pings that measure RTT.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Incoming connections in their handshake at once.
+const MAX_PENDING_INCOMING: u32 = 64;
+/// Incoming connections open at once (members and peers being checked).
+const MAX_INCOMING: u32 = 512;
+/// Connections to one peer (both sides may dial, over QUIC and TCP).
+const MAX_PER_PEER: u32 = 8;
 /// How long binding the listen addresses may take.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -45,6 +51,8 @@ const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 pub(crate) struct Behaviour {
     /// Denies connections of refused peers at the handshake.
     pub gate: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Bounds connections (strangers can open them before they are refused).
+    pub limits: connection_limits::Behaviour,
     /// Exchanges listen addresses.
     pub identify: identify::Behaviour,
     /// Measures RTT.
@@ -125,6 +133,12 @@ fn behaviour(
     };
     Ok(Behaviour {
         gate: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(MAX_INCOMING))
+                .with_max_established_per_peer(Some(MAX_PER_PEER)),
+        ),
         identify,
         ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         hello,

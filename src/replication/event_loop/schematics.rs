@@ -251,8 +251,15 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.sync.gets.remove(&request_id);
-                self.on_schematic_reply(peer, response);
+                let asked = self.sync.gets.remove(&request_id).unwrap_or_default();
+                let verifying = self.on_schematic_reply(peer, response, &asked);
+                // What was asked for and did not come (not held there, or another answer):
+                // free to be fetched again, from this member or another.
+                for id in asked {
+                    if !verifying.contains(&id) {
+                        self.sync.fetching.remove(&id);
+                    }
+                }
             }
             request_response::Event::OutboundFailure {
                 peer,
@@ -312,7 +319,15 @@ impl EventLoop {
             .send_response(channel, reply);
     }
 
-    fn on_schematic_reply(&mut self, peer: PeerId, reply: SchematicReply) {
+    /// Handles an answer to this node's request `asked` (the IDs of a `Get`); returns the IDs
+    /// handed to a check.
+    fn on_schematic_reply(
+        &mut self,
+        peer: PeerId,
+        reply: SchematicReply,
+        asked: &[String],
+    ) -> Vec<String> {
+        let mut verifying = Vec::new();
         match reply {
             SchematicReply::Digest { count, digest } => {
                 if (count, digest) != self.sync.digest() {
@@ -346,9 +361,13 @@ impl EventLoop {
             SchematicReply::Schematics { items } => {
                 for item in items.into_iter().take(MAX_GET) {
                     let Some(via) = self.sync.fetching.get(&item.id).copied() else {
-                        // Not asked for (or already there): ignored.
                         continue;
                     };
+                    if !asked.contains(&item.id) || verifying.contains(&item.id) {
+                        // Not asked of this member in this request, or sent twice: ignored.
+                        continue;
+                    }
+                    verifying.push(item.id.clone());
                     let store = self.sync.store.clone();
                     let jobs = self.sync.jobs.clone();
                     tokio::spawn(async move {
@@ -367,6 +386,7 @@ impl EventLoop {
                 tracing::debug!(peer_id = %peer, reason = %reason, "schematic request refused");
             }
         }
+        verifying
     }
 
     /// Work finished off the loop.
