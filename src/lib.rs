@@ -14,6 +14,7 @@ pub mod io_context;
 pub mod netboot;
 pub mod node;
 pub mod oci;
+pub mod replication;
 pub mod schematic;
 pub mod sha256;
 pub mod store;

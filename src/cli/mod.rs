@@ -2,6 +2,7 @@
 
 mod build;
 mod bundle;
+mod cluster;
 mod dev;
 mod doctor;
 pub mod error;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Netboot machine assignments (through the running appliance's admin API).
     #[command(subcommand)]
     Machines(machines::MachinesCommand),
+    /// Cluster membership: invite a node, join with an invitation, remove a member.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Offline bundles for air-gapped sites.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
@@ -128,6 +132,7 @@ pub fn run() -> ExitCode {
         Command::Dev(cmd) => dev::run(cmd),
         Command::Import(args) => import::run(args),
         Command::Bundle(cmd) => bundle::run(cmd),
+        Command::Cluster(cmd) => cluster::run(cmd),
         Command::Build(args) => build::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Gc(args) => gc::run(args),

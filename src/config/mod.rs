@@ -101,7 +101,7 @@ pub struct Config {
     pub trust: TrustConfig,
     /// Administrative API (release import into a running appliance).
     pub admin: AdminConfig,
-    /// Peer replication (not used yet).
+    /// Peer replication (libp2p swarm and cluster membership).
     pub replication: ReplicationConfig,
 }
 
@@ -365,20 +365,29 @@ impl Default for TftpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReplicationConfig {
-    /// libp2p multiaddrs to listen on (not used yet).
+    /// Whether this node runs the peer swarm (off: standalone, nothing is bound).
+    pub enabled: bool,
+    /// libp2p multiaddrs to listen on (`/ip4/…/udp/N/quic-v1`, `/ip4/…/tcp/N`; port 0 = any).
     pub listen_addrs: Vec<String>,
-    /// libp2p multiaddrs of peers to contact at start (not used yet).
+    /// libp2p multiaddrs of peers to contact at start, each ending in `/p2p/<peer id>`.
     pub bootstrap_peers: Vec<String>,
+    /// Find peers on the local link by multicast DNS as well.
+    pub mdns: bool,
 }
+
+/// The default libp2p port (UDP for QUIC, TCP for the fallback).
+pub const DEFAULT_REPLICATION_PORT: u16 = 4001;
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
+            enabled: false,
             listen_addrs: vec![
-                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
-                "/ip4/0.0.0.0/tcp/4001".into(),
+                format!("/ip4/0.0.0.0/udp/{DEFAULT_REPLICATION_PORT}/quic-v1"),
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_REPLICATION_PORT}"),
             ],
             bootstrap_peers: Vec::new(),
+            mdns: false,
         }
     }
 }

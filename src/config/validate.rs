@@ -168,10 +168,10 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     cfg.netboot.proxy_dhcp.validate()?;
     for a in &cfg.replication.listen_addrs {
-        check_multiaddr("replication.listenAddrs", a)?;
+        check_multiaddr("replication.listenAddrs", a, false)?;
     }
     for a in &cfg.replication.bootstrap_peers {
-        check_multiaddr("replication.bootstrapPeers", a)?;
+        check_multiaddr("replication.bootstrapPeers", a, true)?;
     }
     Ok(())
 }
@@ -211,12 +211,21 @@ fn check_version(key: &str, s: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn check_multiaddr(key: &str, s: &str) -> Result<(), ConfigError> {
-    let segments: Vec<&str> = s.split('/').collect();
-    if !s.starts_with('/') || segments.len() < 3 || segments[1..].iter().any(|p| p.is_empty()) {
+/// A libp2p multiaddr; `peer` = it must name its peer (`/p2p/<peer id>` at the end).
+fn check_multiaddr(key: &str, s: &str, peer: bool) -> Result<(), ConfigError> {
+    let addr: libp2p::Multiaddr = s.parse().map_err(|source| ConfigError::Unparsable {
+        key: key.into(),
+        message: format!("{s:?} is not a multiaddr like /ip4/0.0.0.0/tcp/4001"),
+        source: Box::new(source),
+    })?;
+    let names_peer = matches!(
+        addr.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    );
+    if peer && !names_peer {
         return Err(invalid(
             key,
-            format!("{s:?} is not a multiaddr like /ip4/0.0.0.0/tcp/4001"),
+            format!("{s:?} does not end in /p2p/<peer id> (the peer's ID from its /status)"),
         ));
     }
     Ok(())
@@ -255,6 +264,14 @@ mod tests {
             err(|c| c.replication.bootstrap_peers = vec!["peer".into()])
                 .contains("replication.bootstrapPeers")
         );
+        assert!(
+            err(|c| c.replication.bootstrap_peers = vec!["/ip4/10.0.0.1/tcp/4001".into()])
+                .contains("does not end in /p2p/")
+        );
+        assert!(
+            err(|c| c.replication.listen_addrs = vec!["/ip4/1.2.3/tcp/1".into()])
+                .contains("replication.listenAddrs")
+        );
         assert!(err(|c| c.storage.data_dir = String::new()).contains("storage.dataDir"));
         assert!(err(|c| c.tftp.listen_addr = "69".into()).contains("tftp.listenAddr"));
         assert!(err(|c| c.tftp.max_transfers = 0).contains("tftp.maxTransfers"));
@@ -286,6 +303,8 @@ mod tests {
         c.http.http_listen_addr = "[::1]:0".into();
         c.http.allowed_origins = vec!["https://ui.example:8443".into()];
         c.build.broken_talos_versions = vec!["v1.9.0-beta.1".into()];
+        c.replication.bootstrap_peers =
+            vec!["/ip4/10.0.0.1/udp/4001/quic-v1/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X".into()];
         c.validate().unwrap();
     }
 }

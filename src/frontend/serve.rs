@@ -1,4 +1,5 @@
-//! `serve`: opens the node, binds every listener (HTTP, metrics, admin, TFTP, ProxyDHCP), runs the frontends and the node's workers
+//! `serve`: opens the node, binds every listener (HTTP, metrics, admin, TFTP, ProxyDHCP, the
+//! peer swarm's), runs the frontends and the node's workers
 //! until shutdown, then stops them in order — listeners first (open connections get a grace
 //! period), then the workers, then storage is flushed.
 
@@ -469,6 +470,9 @@ pub async fn serve(
         .as_ref()
         .map(|_| dhcp::DhcpMetrics::new(metrics.recorder()));
     let tftp_metrics = tftp::TftpMetrics::new(metrics.recorder());
+    // The peer swarm binds its addresses before anything starts, so a failure leaves nothing
+    // running.
+    node.start_replication().await?;
     let state = AppState::new(Arc::clone(&node), metrics, node.admin_token()?, listeners)?;
     if let Some(st) = &proxy_dhcp_status {
         state.set_proxy_dhcp(st.clone());

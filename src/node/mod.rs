@@ -24,6 +24,7 @@ use crate::assets::{
 use crate::catalog::{ReleaseStore, Signatures};
 use crate::config::{Config, ConfigError};
 use crate::imager::builder::StageReporter;
+use crate::replication::{Cluster, Replication, ReplicationError};
 use crate::store::{self, BlobStore, MetaStore, SchematicStore, StoreError};
 use crate::trust::{SigningKey, TrustError};
 
@@ -39,6 +40,15 @@ pub enum NodeError {
     /// A key could not be loaded or generated.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The cluster state could not be read, or the swarm could not start.
+    #[error(transparent)]
+    Replication(Box<ReplicationError>),
+}
+
+impl From<ReplicationError> for NodeError {
+    fn from(e: ReplicationError) -> Self {
+        NodeError::Replication(Box::new(e))
+    }
 }
 
 impl NodeError {
@@ -80,6 +90,9 @@ pub struct Node {
     workers: Workers,
     storage: StorageHealth,
     imports: import::ImportCount,
+    cluster: Arc<Cluster>,
+    replication: std::sync::OnceLock<Replication>,
+    recorder: Arc<dyn Recorder + Send + Sync>,
 }
 
 impl Node {
@@ -112,6 +125,16 @@ impl Node {
         let verb = if created { "generated" } else { "loaded" };
         tracing::info!(path = %key_path.display(), "{verb} cluster signing key");
         let signing_key = Arc::new(key);
+        let cluster = Arc::new(Cluster::open(&dir, Arc::clone(&signing_key))?);
+        if let Some(m) = cluster.membership() {
+            tracing::info!(cluster = %m.record.cluster, "member of a cluster");
+            if m.expires.is_some_and(|at| at <= crate::clock::now_secs()) {
+                tracing::warn!(
+                    "this node's cluster credential has expired: members refuse it; ask a member for a new invitation"
+                );
+            }
+        }
+        let recorder = Arc::clone(&opts.recorder);
         let assets = Assets::from_config(
             &config,
             DataStores {
@@ -135,6 +158,9 @@ impl Node {
             workers: Workers::new(),
             storage,
             imports: import::ImportCount::default(),
+            cluster,
+            replication: std::sync::OnceLock::new(),
+            recorder,
         })
     }
 
@@ -186,6 +212,44 @@ impl Node {
     /// The asset pipeline.
     pub fn assets(&self) -> &Assets {
         &self.assets
+    }
+
+    /// The data directory's cluster state.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The running swarm (`None` when `replication.enabled` is off).
+    pub fn replication(&self) -> Option<&Replication> {
+        self.replication.get()
+    }
+
+    /// Starts the peer swarm when `replication.enabled` is set: binds its listen addresses
+    /// (an error says which failed) and runs it as the `replication` worker. Needs a tokio
+    /// runtime.
+    pub async fn start_replication(&self) -> Result<(), NodeError> {
+        let cfg = &self.config.replication;
+        if !cfg.enabled || self.replication.get().is_some() {
+            return Ok(());
+        }
+        if self.cluster.membership().is_none() {
+            tracing::warn!(
+                "replication.enabled is set but this node is in no cluster: peers will refuse it. \
+                 Run `image-factory cluster invite` to found one, or `image-factory cluster join` \
+                 with an invitation"
+            );
+        }
+        let (handle, worker) = crate::replication::start(
+            cfg,
+            Arc::clone(&self.cluster),
+            self.schematics.clone(),
+            &self.recorder,
+        )
+        .await?;
+        tracing::info!(peer_id = %handle.peer_id(), "replication started");
+        let _ = self.replication.set(handle);
+        self.workers.spawn(worker);
+        Ok(())
     }
 
     /// The background workers.

@@ -239,6 +239,19 @@ pub fn set_aside_meta(data_dir: &Path) -> Result<PathBuf, StoreError> {
 /// Creates `<dataDir>`, `<dataDir>/meta` and `<dataDir>/blobs` (durably), and opens the
 /// metadata store.
 pub fn open_data_dir(data_dir: &Path) -> Result<SledStore, StoreError> {
+    open_data_dir_inner(data_dir)
+}
+
+/// Takes the lock a running node holds on `data_dir` (that of its metadata store), for a
+/// command that changes files beside the stores while no node runs on them; released when
+/// the file is dropped. Fails with [`StoreError::Locked`] while a node runs.
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let meta = data_dir.join("meta");
+    create_dir(&meta)?;
+    sled_store::lock_dir(&meta)
+}
+
+fn open_data_dir_inner(data_dir: &Path) -> Result<SledStore, StoreError> {
     for dir in [data_dir.to_path_buf(), data_dir.join("blobs")] {
         create_dir(&dir)?;
     }

@@ -70,6 +70,11 @@ impl SchematicStore {
         Ok(self.docs.get_ref(id)?.is_some())
     }
 
+    /// The IDs of every stored schematic (a scan of the index). Blocking.
+    pub fn ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.docs.refs()?.into_iter().map(|(k, _)| k).collect())
+    }
+
     /// Number of stored schematics.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)
@@ -110,6 +115,7 @@ mod tests {
             assert_eq!(s.get(ID).unwrap().as_deref(), Some(YAML));
             assert_eq!(s.get(&"b".repeat(64)).unwrap(), None);
             assert_eq!(s.count(), 1);
+            assert_eq!(s.ids().unwrap(), [ID]);
         }
         drop(blobs);
         let meta: Arc<dyn crate::store::MetaStore> =

@@ -67,7 +67,7 @@ fn backend(e: sled::Error) -> StoreError {
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Takes the exclusive lock on `<dir>/LOCK` (not blocking).
-fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+pub(super) fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
         .create(true)

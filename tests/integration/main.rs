@@ -48,6 +48,7 @@ mod registry_oracle;
 mod registry_serving;
 mod registry_spec;
 mod release_damage;
+mod replication;
 mod schematic_bounds;
 mod schematic_golden;
 mod squashfs_writer;

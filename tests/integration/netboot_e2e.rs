@@ -143,6 +143,7 @@ async fn rack_netboots_through_proxy_dhcp_by_assignment() {
                 ("IF_NETBOOT_PROXYDHCP_ENABLED", "true"),
                 ("IF_NETBOOT_PROXYDHCP_INTERFACE", netns::BRIDGE),
             ],
+            false,
         )
         .expect("serve in the appliance namespace"),
     );

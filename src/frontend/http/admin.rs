@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
-use super::handlers::{Status, json_response, read_body, release_status};
+use super::handlers::{Status, json_response, read_body, release_status, replication_status};
 use super::state::AppState;
 use crate::catalog::{Arch, CatalogError, ImportProgress, ImportSummary, Selection, Version};
 use crate::causes::Causes;
@@ -130,7 +130,7 @@ fn policy(st: &AppState, headers: &HeaderMap, skip: bool) -> Result<TrustPolicy,
 }
 
 /// Checks the admin bearer token.
-fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -197,6 +197,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
             storage: st.node().storage().summary(),
             proxy_dhcp: st.proxy_dhcp(),
             netboot: super::netboot::status(&st),
+            replication: replication_status(&st).await?,
         },
         all_listeners: st.listeners(),
         data_dir,

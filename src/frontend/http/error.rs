@@ -99,6 +99,17 @@ pub enum ApiError {
     },
 }
 
+impl From<crate::replication::ReplicationError> for ApiError {
+    fn from(e: crate::replication::ReplicationError) -> Self {
+        use crate::replication::ReplicationError as R;
+        match e {
+            e if e.is_invalid_request() => ApiError::rejected(StatusCode::BAD_REQUEST, "", e),
+            R::Stopped => ApiError::rejected(StatusCode::SERVICE_UNAVAILABLE, "", e),
+            other => ApiError::caused("changing the cluster membership", other),
+        }
+    }
+}
+
 impl From<SchematicError> for ApiError {
     fn from(e: SchematicError) -> Self {
         ApiError::rejected(StatusCode::BAD_REQUEST, "", e)

@@ -92,7 +92,12 @@ pub async fn create_schematic(
         })??;
     let m = st.metrics();
     match st.schematics().put(&id, &canonical).await? {
-        PutOutcome::Created => m.schematic_create.increment(1),
+        PutOutcome::Created => {
+            m.schematic_create.increment(1);
+            if let Some(r) = st.node().replication() {
+                r.schematic_created(&id);
+            }
+        }
         PutOutcome::Existed => m.schematic_duplicate_create.increment(1),
     }
     m.schematic_cache_size.set(st.schematics().count() as f64);
@@ -155,6 +160,8 @@ pub struct Status<'a> {
     pub proxy_dhcp: crate::frontend::dhcp::Status,
     /// Machine assignments and the latest boots.
     pub netboot: super::netboot::NetbootStatus,
+    /// The peer swarm: this node's peer ID, bound addresses, cluster and peers.
+    pub replication: crate::replication::ReplicationStatus,
 }
 
 /// One imported release as `/status` shows it.
@@ -216,7 +223,17 @@ pub fn json_response(value: &impl Serialize) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// `GET /status` (ours): version, bound addresses, counts, releases, workers.
+/// The swarm's part of `/status` (`enabled: false` when it does not run).
+pub async fn replication_status(
+    st: &AppState,
+) -> Result<crate::replication::ReplicationStatus, ApiError> {
+    match st.node().replication() {
+        Some(r) => Ok(r.status().await?),
+        None => Ok(crate::replication::ReplicationStatus::disabled()),
+    }
+}
+
+/// `GET /status` (ours): version, bound addresses, counts, releases, workers, peers.
 pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
     json_response(&Status {
         releases: release_status(&st)?,
@@ -227,11 +244,16 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         storage: st.node().storage().summary(),
         proxy_dhcp: st.proxy_dhcp(),
         netboot: super::netboot::status(&st),
+        replication: replication_status(&st).await?,
     })
 }
 
 /// `GET /metrics` on the metrics listener.
 pub async fn metrics(State(st): State<AppState>) -> Response {
+    // Schematics also arrive from cluster members, not only through this node's API.
+    st.metrics()
+        .schematic_cache_size
+        .set(st.schematics().count() as f64);
     (
         [(
             header::CONTENT_TYPE,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod cluster;
 mod conn;
 mod direct;
 pub mod error;
@@ -112,6 +113,8 @@ pub fn admin_router(state: AppState) -> Router {
         )
         .route("/admin/netboot/boots", get(admin::boots))
         .route("/admin/netboot/reload", post(admin::reload_machines))
+        .route("/admin/cluster/invite", post(cluster::invite))
+        .route("/admin/cluster/remove", post(cluster::remove))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::disable())

@@ -186,6 +186,8 @@ pub struct BinServer {
     pub child: Child,
     /// HTTP address read from the log.
     pub http: SocketAddr,
+    /// Metrics address read from the log, when the metrics listener was asked for.
+    pub metrics: Option<SocketAddr>,
     /// Every stderr line so far.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -205,34 +207,38 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
 /// [`spawn_bin`] run by `wrapper` (a command and its arguments, e.g. `strace -o …`), which
 /// must pass the server's stderr through.
 pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<BinServer, String> {
-    spawn_serve(data_dir, wrapper, LOOPBACK, Some(LOOPBACK), &[])
+    spawn_serve(data_dir, wrapper, LOOPBACK, Some(LOOPBACK), &[], false)
 }
 
 /// Loopback, any port.
 const LOOPBACK: &str = "127.0.0.1:0";
 
-/// [`spawn_bin`] with configuration environment variables (`IF_...`) set.
-pub fn spawn_bin_env(
-    data_dir: &std::path::Path,
-    env: &[(&str, &str)],
-) -> Result<BinServer, String> {
-    spawn_serve(data_dir, &[], LOOPBACK, Some(LOOPBACK), env)
-}
-
 /// [`spawn_bin`] with the TFTP listener left at its default address (`:69`).
 pub fn spawn_bin_default_tftp(data_dir: &std::path::Path) -> Result<BinServer, String> {
-    spawn_serve(data_dir, &[], LOOPBACK, None, &[])
+    spawn_serve(data_dir, &[], LOOPBACK, None, &[], false)
+}
+
+/// [`spawn_bin`] with extra environment variables (`IF_*` configuration) and, with `metrics`,
+/// the metrics listener on loopback port 0 ([`BinServer::metrics`]).
+pub fn spawn_bin_with(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+    metrics: bool,
+) -> Result<BinServer, String> {
+    spawn_serve(data_dir, &[], LOOPBACK, Some(LOOPBACK), env, metrics)
 }
 
 /// `image-factory serve` on `data_dir` (run by `wrapper` if any, e.g. `ip netns exec <ns>`),
 /// HTTP on `http`, TFTP on `tftp` or, with `None`, on its default address, with the
-/// variables of `env` set; waits until the HTTP listener is bound.
+/// variables of `env` set and the metrics listener on loopback port 0 when `metrics`; waits
+/// until the HTTP listener is bound.
 pub fn spawn_serve(
     data_dir: &std::path::Path,
     wrapper: &[&str],
     http: &str,
     tftp: Option<&str>,
     env: &[(&str, &str)],
+    metrics: bool,
 ) -> Result<BinServer, String> {
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
@@ -243,7 +249,8 @@ pub fn spawn_serve(
         None => Command::new(bin()),
     };
     cmd.args(["serve", "--log-format", "json", "--http-listen-addr", http])
-        .args(["--metrics-addr", "", "--data-dir"])
+        .args(["--metrics-addr", if metrics { "127.0.0.1:0" } else { "" }])
+        .arg("--data-dir")
         .arg(data_dir)
         .env_remove("RUST_LOG")
         .envs(env.iter().copied());
@@ -260,15 +267,19 @@ pub fn spawn_serve(
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let log = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel::<SocketAddr>();
+    let (metrics_tx, metrics_rx) = mpsc::channel::<SocketAddr>();
     let log2 = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "http listener bound"
                 && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
             {
-                let _ = tx.send(addr);
+                if v["message"] == "http listener bound" {
+                    let _ = tx.send(addr);
+                } else if v["message"] == "metrics listener bound" {
+                    let _ = metrics_tx.send(addr);
+                }
             }
             if let Ok(mut l) = log2.lock() {
                 l.push(line);
@@ -276,7 +287,20 @@ pub fn spawn_serve(
         }
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(http) => Ok(BinServer { child, http, log }),
+        Ok(http) => {
+            // The metrics listener is logged right after the HTTP one.
+            let metrics = if metrics {
+                metrics_rx.recv_timeout(Duration::from_secs(5)).ok()
+            } else {
+                None
+            };
+            Ok(BinServer {
+                child,
+                http,
+                metrics,
+                log,
+            })
+        }
         Err(_) => {
             let _ = child.kill();
             let status = child.wait().ok();

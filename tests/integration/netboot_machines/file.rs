@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{V, listed, machines_ok, machines_refused};
-use crate::common::{BinServer, client, spawn_bin_env};
+use crate::common::{BinServer, client, spawn_bin_with};
 
 /// A server that is killed if the test ends without stopping it (a failed assertion), so no
 /// `serve` outlives its test.
@@ -36,7 +36,7 @@ impl std::ops::DerefMut for Guarded {
 
 /// `serve` on `data` with `env`, guarded.
 fn serve(data: &std::path::Path, env: &[(&str, &str)]) -> Guarded {
-    Guarded(spawn_bin_env(data, env).unwrap_or_else(|e| panic!("{e}")))
+    Guarded(spawn_bin_with(data, env, false).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Sends SIGHUP to the server and waits until it logged the outcome of reload number `n`
@@ -220,7 +220,7 @@ async fn the_machines_file_loads_at_start_and_reloads_on_sighup() {
 
     // A bad file at start is an error naming the file.
     std::fs::write(&file, "machines: 3\n").expect("write");
-    let refused = match spawn_bin_env(&data, &env) {
+    let refused = match spawn_bin_with(&data, &env, false) {
         Ok(mut srv) => {
             let _ = srv.child.kill();
             panic!("serve started with a bad machines file");

@@ -1,0 +1,371 @@
+//! The membership side of the event loop: the hello exchanged on every new connection (the
+//! credential check), refusals and how a refused peer is cut off, and revocations — received by
+//! gossip or in a hello, applied when the cluster state changes.
+
+use std::time::Instant;
+
+use libp2p::PeerId;
+use libp2p::gossipsub::{IdentTopic, MessageAcceptance};
+use libp2p::request_response::{self, OutboundFailure, ResponseChannel};
+
+use super::{
+    Cut, EventLoop, REFUSAL_FLUSH, REFUSAL_LINGER, REFUSED_FOR, REFUSED_US_FOR, Refusing, State,
+};
+use crate::causes::Causes;
+use crate::replication::cluster::{MAX_KNOWN_PEERS, MAX_REVOCATIONS};
+use crate::replication::membership::{Refusal, check_member};
+use crate::replication::protocol::{Gossip, Hello, HelloReply, membership_topic};
+
+impl EventLoop {
+    /// Takes the cluster's current membership: subscribes to the cluster's topic once in
+    /// one, and applies new revocations (refuse, and tell the members).
+    pub(super) fn reload_membership(&mut self) {
+        let next = self.cluster.membership();
+        let prev = std::mem::replace(&mut self.membership, next.clone());
+        let Some(m) = next else {
+            return;
+        };
+        if self.topic.is_none() {
+            let topic = IdentTopic::new(membership_topic(&m.record.cluster));
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                tracing::warn!(error = %e, "cannot subscribe to the membership topic");
+            }
+            self.topic = Some(topic);
+            self.subscribe_schematics(&m.record.cluster);
+            if prev.is_none() {
+                // Founded or joined while running: say hello again to whoever is connected.
+                let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for p in connected {
+                    self.send_hello(p);
+                }
+            }
+        }
+        let Some(prev) = prev else {
+            // The state this node starts with: nothing new to tell or to refuse.
+            if m.revocations.contains_key(&self.local) {
+                self.removed_self = true;
+                tracing::error!("this node was removed from the cluster: members refuse it");
+            }
+            let now = Instant::now();
+            for (peer, (at, _)) in &m.revocations {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.state = State::Refused {
+                        reason: Refusal::Revoked(*at),
+                        until: now + REFUSED_FOR,
+                    };
+                }
+            }
+            return;
+        };
+        for (peer, (at, env)) in &m.revocations {
+            if prev.revocations.contains_key(peer) {
+                continue;
+            }
+            if let Some(topic) = &self.topic {
+                let msg = Gossip::Revocation {
+                    revocation: env.clone(),
+                };
+                if let Ok(bytes) = serde_json::to_vec(&msg)
+                    && let Err(e) = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(topic.clone(), bytes)
+                {
+                    tracing::debug!(error = %e, "revocation not published (no members connected, or known already)");
+                }
+            }
+            if *peer == self.local {
+                self.removed_self = true;
+                tracing::error!(
+                    "this node has been removed from the cluster: members refuse it from now on"
+                );
+            } else if self.peers.contains_key(peer) {
+                // Not denied at the handshake yet: its next hello is answered with the
+                // revocation, so the removed node learns of it.
+                self.refuse(*peer, Refusal::Revoked(*at), Cut::Disconnect);
+            }
+        }
+    }
+
+    pub(super) fn send_hello(&mut self, peer: PeerId) {
+        let (cluster, credential) = match &self.membership {
+            Some(m) => (Some(m.record.cluster.clone()), m.credential.clone()),
+            None => (None, None),
+        };
+        self.swarm.behaviour_mut().hello.send_request(
+            &peer,
+            Hello {
+                cluster,
+                credential,
+            },
+        );
+        self.asked.insert(peer);
+    }
+
+    /// Cuts a refused peer off shortly after its hello is answered and this node's is too (so
+    /// each side learns why the other refused it: closing a QUIC connection at once could drop
+    /// the answer still in flight), or at the deadline; the tick does the cutting.
+    pub(super) fn cut_when_done(&mut self, peer: PeerId) {
+        let asked = self.asked.contains(&peer);
+        if let Some(r) = self.refusing.get_mut(&peer)
+            && r.answered
+            && !asked
+        {
+            r.deadline = r.deadline.min(Instant::now() + REFUSAL_LINGER);
+        }
+    }
+
+    /// A gossip message: accepted only from members, and only when it verifies.
+    pub(super) fn on_gossip(
+        &mut self,
+        from: &PeerId,
+        source: Option<PeerId>,
+        data: &[u8],
+    ) -> MessageAcceptance {
+        if !self.is_member(from) {
+            return MessageAcceptance::Reject;
+        }
+        match serde_json::from_slice::<Gossip>(data) {
+            Ok(Gossip::Revocation { revocation }) => {
+                match self.cluster.add_revocation(&revocation) {
+                    Ok(_) => MessageAcceptance::Accept,
+                    Err(e) => {
+                        tracing::warn!(peer_id = %from, error = %Causes(&e), "gossiped revocation rejected");
+                        MessageAcceptance::Reject
+                    }
+                }
+            }
+            Ok(Gossip::Schematic { id }) => {
+                self.schematic_announced(*from, source, id);
+                MessageAcceptance::Accept
+            }
+            Err(e) => {
+                tracing::warn!(peer_id = %from, error = %e, "malformed gossip message");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    pub(super) fn on_hello_event(&mut self, event: request_response::Event<Hello, HelloReply>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_hello(peer, request, channel),
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { response, .. },
+                ..
+            } => {
+                self.asked.remove(&peer);
+                self.on_hello_reply(peer, response);
+                self.cut_when_done(peer);
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                error: OutboundFailure::UnsupportedProtocols,
+                ..
+            } => {
+                // Not our software, or not a version that checks membership.
+                self.asked.remove(&peer);
+                self.refuse(peer, Refusal::Silent, Cut::Block);
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(peer_id = %peer, error = %error, "hello not answered");
+                self.asked.remove(&peer);
+                self.cut_when_done(peer);
+            }
+            request_response::Event::ResponseSent { peer, .. }
+            | request_response::Event::InboundFailure { peer, .. } => {
+                if let Some(r) = self.refusing.get_mut(&peer) {
+                    r.answered = true;
+                }
+                self.cut_when_done(peer);
+            }
+        }
+    }
+
+    /// A peer's hello: check its credential; welcome a member with what this node knows.
+    pub(super) fn on_hello(
+        &mut self,
+        peer: PeerId,
+        hello: Hello,
+        channel: ResponseChannel<HelloReply>,
+    ) {
+        let verdict = match &self.membership {
+            None => Err(Refusal::NotInCluster),
+            Some(m) => check_member(
+                &m.key,
+                &m.revoked(),
+                &peer,
+                hello.credential.as_ref(),
+                crate::clock::now_secs(),
+            ),
+        };
+        let reply = match verdict {
+            Ok(_)
+                if matches!(
+                    self.peers.get(&peer).map(|p| &p.state),
+                    Some(State::RefusedUs { .. })
+                ) =>
+            {
+                // A member by its credential, but it refused this node: nothing to do together.
+                let _ = self.swarm.disconnect_peer_id(peer);
+                return;
+            }
+            Ok(expires) => {
+                let was_member = self.is_member(&peer);
+                let Some(p) = self.peer(peer) else {
+                    return;
+                };
+                p.state = State::Member { expires };
+                let welcomed = p.welcomed;
+                self.dirty = true;
+                if !was_member {
+                    tracing::info!(peer_id = %peer, "member connected");
+                }
+                if welcomed {
+                    self.sync_schematics_with(peer);
+                }
+                self.update_gauge();
+                HelloReply::Welcome {
+                    revocations: self
+                        .membership
+                        .as_ref()
+                        .map(|m| m.revocations.values().map(|(_, e)| e.clone()).collect())
+                        .unwrap_or_default(),
+                    peers: self.known_members(Some(&peer)),
+                }
+            }
+            Err(reason) => {
+                let text = reason.to_string();
+                let revocation = match (&reason, &self.membership) {
+                    (Refusal::Revoked(_), Some(m)) => {
+                        m.revocations.get(&peer).map(|(_, e)| e.clone())
+                    }
+                    _ => None,
+                };
+                self.refuse(peer, reason, Cut::AfterAnswer);
+                HelloReply::Refused {
+                    reason: text,
+                    revocation,
+                }
+            }
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .hello
+            .send_response(channel, reply)
+            .is_err()
+        {
+            tracing::debug!(peer_id = %peer, "hello answer not sent: the connection closed");
+        }
+    }
+
+    /// The answer to this node's hello.
+    pub(super) fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) {
+        match reply {
+            HelloReply::Welcome { revocations, peers } => {
+                // Both sides accept each other once each has the other's welcome and
+                // verdict: then their schematics are compared.
+                let member = self.is_member(&peer);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.welcomed = true;
+                }
+                if member {
+                    self.sync_schematics_with(peer);
+                }
+                for env in revocations.iter().take(MAX_REVOCATIONS) {
+                    if let Err(e) = self.cluster.add_revocation(env) {
+                        tracing::warn!(peer_id = %peer, error = %Causes(&e), "a revocation from a member was not accepted");
+                    }
+                }
+                for kp in peers.into_iter().take(MAX_KNOWN_PEERS) {
+                    let Ok(id) = kp.peer_id.parse::<PeerId>() else {
+                        continue;
+                    };
+                    if id == self.local {
+                        continue;
+                    }
+                    let Some(p) = self.peer(id) else { break };
+                    for a in kp.addrs.iter().filter_map(|a| a.parse().ok()) {
+                        p.add_addr(a);
+                    }
+                }
+            }
+            HelloReply::Refused { reason, revocation } => {
+                tracing::error!(peer_id = %peer, reason = %reason, "a peer refused this node");
+                if let Some(env) = revocation
+                    && let Err(e) = self.cluster.add_revocation(&env)
+                {
+                    tracing::warn!(peer_id = %peer, error = %Causes(&e), "the revocation a peer sent was not accepted");
+                }
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                // This node's own verdict on the peer, once made, is what `/status` shows.
+                let keep = match p.state {
+                    State::Refused { .. } => return,
+                    // Its hello is still to be judged (bounded by the hello timeout): the
+                    // verdict then decides, whatever the order the two answers came in.
+                    State::Pending { .. } => true,
+                    _ => false,
+                };
+                let now = Instant::now();
+                p.state = State::RefusedUs {
+                    reason,
+                    since: now,
+                    until: now + REFUSED_US_FOR,
+                };
+                if !keep {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                self.update_gauge();
+            }
+        }
+    }
+
+    /// Refuses `peer`: log, metric, state, and its connections cut as `cut` says.
+    pub(super) fn refuse(&mut self, peer: PeerId, reason: Refusal, cut: Cut) {
+        let already = matches!(
+            self.peers.get(&peer).map(|p| &p.state),
+            Some(State::Refused { reason: r, .. }) if *r == reason
+        );
+        if !already {
+            tracing::warn!(peer_id = %peer, reason = %reason, "peer refused");
+        }
+        self.metrics.refused(&reason);
+        let until = Instant::now() + REFUSED_FOR;
+        if let Some(p) = self.peer(peer) {
+            p.state = State::Refused { reason, until };
+        }
+        match cut {
+            Cut::AfterAnswer => {
+                self.refusing.insert(
+                    peer,
+                    Refusing {
+                        deadline: Instant::now() + REFUSAL_FLUSH,
+                        answered: false,
+                    },
+                );
+            }
+            Cut::Block => self.cut_off(peer),
+            Cut::Disconnect => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+        self.dirty = true;
+        self.update_gauge();
+    }
+
+    /// Closes `peer`'s connections and denies new ones until its refusal ends.
+    pub(super) fn cut_off(&mut self, peer: PeerId) {
+        self.swarm.behaviour_mut().gate.block_peer(peer);
+    }
+}

@@ -1,0 +1,625 @@
+//! The task that owns the swarm: it answers commands, checks every new peer's credential right
+//! after the handshake (the hello protocol), refuses non-members, expired and removed members
+//! (disconnect, log, metric, and a deny at the next handshake), spreads revocations by gossip
+//! and by anti-entropy on every hello, measures RTT and keeps members connected.
+
+mod membership;
+mod schematics;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
+use tokio::sync::{mpsc, watch};
+
+use super::cluster::{Cluster, KnownPeer, MAX_ADDRS_PER_PEER, MAX_KNOWN_PEERS, Membership};
+use super::invitation::parse_bootstrap;
+use super::membership::Refusal;
+use super::metrics::ReplicationMetrics;
+use super::swarm::{Behaviour, BehaviourEvent};
+use super::{ClusterStatus, Command, PeerStatus, ReplicationStatus, dialable};
+use crate::causes::Causes;
+use crate::config::ReplicationConfig;
+use crate::node::worker::StopSignal;
+
+/// How long a new peer has to present its credential.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refusal's answer may take to reach the refused peer before it is cut off.
+const REFUSAL_FLUSH: Duration = Duration::from_secs(2);
+/// How long a refused peer stays connected once both hellos are answered.
+const REFUSAL_LINGER: Duration = Duration::from_millis(250);
+/// How long a refused peer's connections are denied at the handshake (a removed member's for
+/// as long as it stays removed).
+const REFUSED_FOR: Duration = Duration::from_secs(30);
+/// How long this node waits before dialing a peer that refused it again.
+const REFUSED_US_FOR: Duration = Duration::from_secs(60);
+/// First and longest wait between dials of a member that is not connected.
+const DIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// How often the known members' addresses are saved when they changed.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+/// Most peers tracked at once (members and peers being refused).
+const MAX_PEERS: usize = 4096;
+
+/// A refused peer whose connections stay open until the answers are through.
+#[derive(Debug)]
+struct Refusing {
+    /// When it is cut off regardless.
+    deadline: Instant,
+    /// Whether the answer to its hello was sent.
+    answered: bool,
+}
+
+/// How a refused peer's connections end.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// Once the answer to its hello is sent and its answer to this node's hello is in (or at
+    /// [`REFUSAL_FLUSH`]), then denied at the handshake until its refusal ends.
+    AfterAnswer,
+    /// Now, then denied at the handshake until its refusal ends.
+    Block,
+    /// Now; its next connection gets a hello answer saying why.
+    Disconnect,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Remembered or discovered, not connected in this run.
+    Known,
+    /// Connected; its credential has not been checked yet.
+    Pending { since: Instant },
+    /// A member (its credential's expiry).
+    Member { expires: Option<u64> },
+    /// Refused by this node, until then.
+    Refused { reason: Refusal, until: Instant },
+    /// It refused this node.
+    RefusedUs {
+        reason: String,
+        since: Instant,
+        until: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Peer {
+    addrs: BTreeSet<Multiaddr>,
+    connections: usize,
+    state: State,
+    rtt: Option<Duration>,
+    /// Whether it welcomed this node on the current connection.
+    welcomed: bool,
+    /// When its first open connection was established.
+    connected_since: Instant,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Self {
+        Self {
+            addrs: BTreeSet::new(),
+            connections: 0,
+            state: State::Known,
+            rtt: None,
+            welcomed: false,
+            connected_since: now,
+            next_dial: now,
+            backoff: DIAL_BACKOFF.0,
+        }
+    }
+
+    fn add_addr(&mut self, a: Multiaddr) -> bool {
+        if self.addrs.len() >= MAX_ADDRS_PER_PEER || !dialable(&a) {
+            return false;
+        }
+        self.addrs.insert(a)
+    }
+}
+
+/// `a` without a trailing `/p2p/…`.
+fn without_peer(mut a: Multiaddr) -> Multiaddr {
+    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+        a.pop();
+    }
+    a
+}
+
+/// The swarm's event loop (see the module documentation).
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cluster: Arc<Cluster>,
+    membership: Option<Arc<Membership>>,
+    changes: watch::Receiver<u64>,
+    commands: mpsc::Receiver<Command>,
+    metrics: ReplicationMetrics,
+    local: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    peers: HashMap<PeerId, Peer>,
+    topic: Option<IdentTopic>,
+    /// Refused peers whose answer is on its way: cut off once it is sent, or at the deadline.
+    refusing: HashMap<PeerId, Refusing>,
+    /// Peers whose answer to this node's hello is awaited.
+    asked: HashSet<PeerId>,
+    /// Whether the members' addresses changed since the last save.
+    dirty: bool,
+    last_save: Instant,
+    removed_self: bool,
+    sync: schematics::SchematicSync,
+    jobs: mpsc::UnboundedReceiver<schematics::Job>,
+}
+
+impl EventLoop {
+    /// The loop over `swarm` (already listening on `listen_addrs`).
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        cluster: Arc<Cluster>,
+        config: &ReplicationConfig,
+        listen_addrs: Vec<Multiaddr>,
+        commands: mpsc::Receiver<Command>,
+        metrics: ReplicationMetrics,
+        (store, ids): (crate::store::SchematicStore, Vec<String>),
+    ) -> Self {
+        let (jobs_tx, jobs) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let local = *swarm.local_peer_id();
+        let changes = cluster.subscribe();
+        let mut me = Self {
+            swarm,
+            membership: None,
+            changes,
+            commands,
+            metrics,
+            local,
+            listen_addrs,
+            peers: HashMap::new(),
+            topic: None,
+            refusing: HashMap::new(),
+            asked: HashSet::new(),
+            dirty: false,
+            last_save: now,
+            removed_self: false,
+            sync: schematics::SchematicSync::new(store, ids, jobs_tx),
+            jobs,
+            cluster,
+        };
+        let mut seeds: Vec<(PeerId, Multiaddr)> = Vec::new();
+        for text in &config.bootstrap_peers {
+            match parse_bootstrap(text) {
+                Ok(pa) => seeds.push(pa),
+                Err(e) => {
+                    tracing::warn!(error = %Causes(&e), "replication.bootstrapPeers entry ignored")
+                }
+            }
+        }
+        for kp in me.cluster.known_peers() {
+            let Ok(peer) = kp.peer_id.parse::<PeerId>() else {
+                continue;
+            };
+            for a in kp.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                seeds.push((peer, a));
+            }
+        }
+        for (peer, addr) in seeds {
+            if peer != local {
+                me.peers
+                    .entry(peer)
+                    .or_insert_with(|| Peer::new(now))
+                    .add_addr(addr);
+            }
+        }
+        me.reload_membership();
+        me
+    }
+
+    /// Runs until `stop` turns true; saves the members' addresses on the way out.
+    pub(crate) async fn run(mut self, stop: &mut StopSignal) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|v| *v) => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Ok(()) = self.changes.changed() => self.reload_membership(),
+                Some(job) = self.jobs.recv() => self.on_job(job),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.save_peers();
+        tracing::info!("replication stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::SchematicCreated(id) => self.schematic_created(id),
+        }
+    }
+
+    fn status(&self) -> ReplicationStatus {
+        let cluster = self.membership.as_ref().map(|m| ClusterStatus {
+            id: m.record.cluster.clone(),
+            factory_url: m.record.factory_url.clone(),
+            member: m.credential.is_some(),
+            credential_expires: m.expires.map(crate::clock::rfc3339_utc),
+            removed: self.removed_self,
+            revocations: m.revocations.len(),
+        });
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                let (state, reason) = match &p.state {
+                    State::Known => ("known", None),
+                    State::Pending { .. } => ("pending", None),
+                    State::Member { .. } => ("member", None),
+                    State::Refused { reason, .. } => ("refused", Some(reason.to_string())),
+                    State::RefusedUs { reason, .. } => ("refusedUs", Some(reason.clone())),
+                };
+                PeerStatus {
+                    peer_id: id.to_string(),
+                    addrs: p.addrs.iter().map(ToString::to_string).collect(),
+                    connected: p.connections > 0,
+                    rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    state,
+                    reason,
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        ReplicationStatus {
+            enabled: true,
+            peer_id: Some(self.local.to_string()),
+            listen_addrs: self.listen_addrs.iter().map(ToString::to_string).collect(),
+            cluster,
+            peers,
+        }
+    }
+
+    fn peer(&mut self, id: PeerId) -> Option<&mut Peer> {
+        if !self.peers.contains_key(&id) && self.peers.len() >= MAX_PEERS {
+            // Forget one peer that is neither connected nor a member to make room.
+            let victim = self
+                .peers
+                .iter()
+                .find(|(_, p)| p.connections == 0 && !matches!(p.state, State::Member { .. }))
+                .map(|(k, _)| *k);
+            match victim {
+                Some(v) => {
+                    self.peers.remove(&v);
+                }
+                None => return None,
+            }
+        }
+        Some(
+            self.peers
+                .entry(id)
+                .or_insert_with(|| Peer::new(Instant::now())),
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let Some(p) = self.peer(peer_id) else {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                };
+                p.connections = num_established.get() as usize;
+                p.backoff = DIAL_BACKOFF.0;
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    p.add_addr(without_peer(address.clone()));
+                }
+                if num_established.get() == 1 {
+                    let now = Instant::now();
+                    p.connected_since = now;
+                    // A peer refused a moment ago (its connection got in before the deny)
+                    // stays refused; its hello is judged again and answered with the reason.
+                    if !matches!(p.state, State::Refused { .. }) {
+                        p.state = State::Pending { since: now };
+                    }
+                    p.rtt = None;
+                    p.welcomed = false;
+                    self.send_hello(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connections = num_established as usize;
+                    if num_established == 0 {
+                        p.rtt = None;
+                        if matches!(p.state, State::Pending { .. }) {
+                            p.state = State::Known;
+                        }
+                        if matches!(p.state, State::Member { .. }) {
+                            tracing::info!(peer_id = %peer_id, "member disconnected");
+                        }
+                    }
+                }
+                self.update_gauge();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer_id = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(from = %send_back_addr, error = %error, "incoming connection failed or denied");
+            }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::Behaviour(e) => self.on_behaviour_event(e),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Hello(e) => self.on_hello_event(e),
+            BehaviourEvent::Schematics(e) => self.on_schematics_event(e),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let is_member = self.is_member(&peer_id);
+                let Some(p) = self.peers.get_mut(&peer_id) else {
+                    return;
+                };
+                let mut added = Vec::new();
+                for a in info.listen_addrs {
+                    let a = without_peer(a);
+                    if p.add_addr(a.clone()) {
+                        added.push(a);
+                    }
+                }
+                if is_member && !added.is_empty() {
+                    self.dirty = true;
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let acceptance = self.on_gossip(&propagation_source, message.source, &message.data);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if peer == self.local {
+                        continue;
+                    }
+                    if let Some(p) = self.peer(peer) {
+                        p.add_addr(addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The members connected now.
+    fn connected_members(&self) -> HashSet<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn is_member(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| matches!(p.state, State::Member { .. }))
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let now_secs = crate::clock::now_secs();
+        let due: Vec<PeerId> = self
+            .refusing
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.refusing.remove(&p);
+            self.cut_off(p);
+        }
+        let revoked = self
+            .membership
+            .as_ref()
+            .map(|m| m.revoked())
+            .unwrap_or_default();
+        let mut silent = Vec::new();
+        let mut expired = Vec::new();
+        let mut unblock = Vec::new();
+        let mut hang_up = Vec::new();
+        let mut cut = Vec::new();
+        for (id, p) in &mut self.peers {
+            match &p.state {
+                State::Pending { since } if p.connections > 0 && now - *since > HELLO_TIMEOUT => {
+                    silent.push(*id);
+                }
+                State::Member {
+                    expires: Some(at), ..
+                } if *at <= now_secs => expired.push((*id, *at)),
+                State::Refused { until, .. } if *until <= now => {
+                    if let Some(at) = revoked.get(id) {
+                        // Stays denied as long as it stays removed.
+                        p.state = State::Refused {
+                            reason: Refusal::Revoked(*at),
+                            until: now + REFUSED_FOR,
+                        };
+                    } else {
+                        p.state = State::Known;
+                        unblock.push(*id);
+                    }
+                }
+                State::RefusedUs { until, .. } if *until <= now => p.state = State::Known,
+                State::RefusedUs { since, .. }
+                    if p.connections > 0 && now - *since > HELLO_TIMEOUT =>
+                {
+                    hang_up.push(*id);
+                }
+                // Refused, connected, and no hello answered in time: cut off.
+                State::Refused { .. }
+                    if p.connections > 0
+                        && now - p.connected_since > HELLO_TIMEOUT
+                        && !self.refusing.contains_key(id) =>
+                {
+                    cut.push(*id);
+                }
+                _ => {}
+            }
+        }
+        for id in silent {
+            self.refuse(id, Refusal::Silent, Cut::Block);
+        }
+        for (id, at) in expired {
+            self.refuse(id, Refusal::Expired(at), Cut::Block);
+        }
+        for id in unblock {
+            self.swarm.behaviour_mut().gate.unblock_peer(id);
+        }
+        for id in hang_up {
+            let _ = self.swarm.disconnect_peer_id(id);
+        }
+        for id in cut {
+            self.cut_off(id);
+        }
+        self.redial(now);
+        self.schematic_round(now);
+        if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
+            self.save_peers();
+        }
+    }
+
+    /// Dials members and candidates that are not connected, each with its own backoff (not
+    /// once this node was removed: members refuse it).
+    fn redial(&mut self, now: Instant) {
+        if self.removed_self {
+            return;
+        }
+        let mut dials = Vec::new();
+        for (id, p) in &mut self.peers {
+            let wanted = matches!(p.state, State::Known | State::Member { .. });
+            if !wanted || p.connections > 0 || p.addrs.is_empty() || p.next_dial > now {
+                continue;
+            }
+            p.next_dial = now + p.backoff;
+            p.backoff = (p.backoff * 2).min(DIAL_BACKOFF.1);
+            dials.push((*id, p.addrs.iter().cloned().collect::<Vec<_>>()));
+        }
+        for (id, addrs) in dials {
+            let opts = DialOpts::peer_id(id)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer_id = %id, error = %e, "dial not started");
+            }
+        }
+    }
+
+    /// Members and their addresses (without `except`).
+    fn known_members(&self, except: Option<&PeerId>) -> Vec<KnownPeer> {
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                Some(*id) != except
+                    && matches!(p.state, State::Member { .. })
+                    && !p.addrs.is_empty()
+            })
+            .take(MAX_KNOWN_PEERS)
+            .map(|(id, p)| KnownPeer {
+                peer_id: id.to_string(),
+                addrs: p.addrs.iter().map(ToString::to_string).collect(),
+            })
+            .collect()
+    }
+
+    fn save_peers(&mut self) {
+        let mut members = self.known_members(None);
+        members.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        if members.is_empty() && !self.dirty {
+            return;
+        }
+        if let Err(e) = self.cluster.save_known_peers(&members) {
+            tracing::warn!(error = %Causes(&e), "members' addresses not saved");
+        }
+        self.dirty = false;
+        self.last_save = Instant::now();
+    }
+
+    fn update_gauge(&self) {
+        let n = self
+            .peers
+            .values()
+            .filter(|p| p.connections > 0 && matches!(p.state, State::Member { .. }))
+            .count();
+        self.metrics.connected.set(n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_concrete_addresses_are_dialable() {
+        let ok: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        assert!(dialable(&ok));
+        let quic: Multiaddr = "/ip4/10.0.0.1/udp/4001/quic-v1".parse().unwrap();
+        assert!(dialable(&quic));
+        for bad in [
+            "/ip4/0.0.0.0/tcp/4001",
+            "/ip4/127.0.0.1/tcp/0",
+            "/ip6/::/udp/4001/quic-v1",
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X",
+        ] {
+            assert!(!dialable(&bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_peer_part_is_dropped() {
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let a: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}").parse().unwrap();
+        assert_eq!(without_peer(a).to_string(), "/ip4/127.0.0.1/tcp/1");
+    }
+}

@@ -1,0 +1,513 @@
+//! Schematics replicate to every member: a new schematic is announced by gossip (its ID) and
+//! fetched from its announcer; on every new member connection, and once a minute with each
+//! member, the ID sets are compared (count and digest first, then pages of sorted IDs) and what
+//! is missing is fetched. A received schematic is stored only when its bytes hash to its ID and
+//! are the canonical form of a schematic that parses.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use libp2p::gossipsub::IdentTopic;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use tokio::sync::mpsc;
+
+use super::EventLoop;
+use crate::causes::Causes;
+use crate::replication::protocol::{
+    Gossip, MAX_GET, MAX_IDS_PAGE, SCHEMATIC_BATCH_BYTES, SchematicItem, SchematicReply,
+    SchematicRequest,
+};
+use crate::schematic::{self, Schematic};
+use crate::store::SchematicStore;
+
+/// How often the ID sets are compared with each connected member.
+pub(super) const SYNC_EVERY: Duration = Duration::from_secs(60);
+/// Most schematics being fetched at once.
+const MAX_FETCHING: usize = 256;
+
+/// Work done off the event loop, reported back to it.
+pub(crate) enum Job {
+    /// An answer to a `Get`, read from the store.
+    Serve {
+        /// Where it goes.
+        channel: ResponseChannel<SchematicReply>,
+        /// The answer.
+        reply: SchematicReply,
+    },
+    /// A received schematic was checked and stored (`Ok(created)`) or rejected.
+    Stored {
+        /// Its ID.
+        id: String,
+        /// Who sent it.
+        from: PeerId,
+        /// What made this node ask for it.
+        via: Via,
+        /// The outcome.
+        result: Result<bool, String>,
+    },
+}
+
+/// What made this node fetch a schematic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// A member announced it.
+    Announcement,
+    /// Comparing ID sets found it missing.
+    AntiEntropy,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Announcement => "announcement",
+            Via::AntiEntropy => "anti-entropy",
+        }
+    }
+}
+
+/// The schematic side of the event loop's state.
+pub(crate) struct SchematicSync {
+    store: SchematicStore,
+    ids: BTreeSet<String>,
+    digest: Option<(u64, String)>,
+    /// Schematics being fetched, and what made this node ask.
+    fetching: HashMap<String, Via>,
+    gets: HashMap<OutboundRequestId, Vec<String>>,
+    jobs: mpsc::UnboundedSender<Job>,
+    pub(super) topic: Option<IdentTopic>,
+    pub(super) last_round: Instant,
+}
+
+impl SchematicSync {
+    /// The state over `store`, whose IDs are `ids`; finished work goes to `jobs`.
+    pub(crate) fn new(
+        store: SchematicStore,
+        ids: Vec<String>,
+        jobs: mpsc::UnboundedSender<Job>,
+    ) -> Self {
+        Self {
+            store,
+            ids: ids.into_iter().collect(),
+            digest: None,
+            fetching: HashMap::new(),
+            gets: HashMap::new(),
+            jobs,
+            topic: None,
+            last_round: Instant::now(),
+        }
+    }
+
+    fn digest(&mut self) -> (u64, String) {
+        if let Some(d) = &self.digest {
+            return d.clone();
+        }
+        let mut h = crate::sha256::Sha256::new();
+        for id in &self.ids {
+            h.update(id.as_bytes());
+            h.update(b"\n");
+        }
+        let d = (self.ids.len() as u64, h.finalize_hex());
+        self.digest = Some(d.clone());
+        d
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.ids.insert(id) {
+            self.digest = None;
+        }
+    }
+
+    fn page(&self, after: Option<&str>, limit: usize) -> (Vec<String>, bool) {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        let limit = limit.clamp(1, MAX_IDS_PAGE);
+        let mut it = self.ids.range((start, Bound::Unbounded));
+        let ids: Vec<String> = it.by_ref().take(limit).cloned().collect();
+        (ids, it.next().is_some())
+    }
+}
+
+/// Whether `yaml` is the schematic `id`: its SHA-256 is the ID, and it is the canonical form
+/// of a schematic that parses (so a member cannot plant other bytes under their own hash).
+pub(crate) fn check_schematic(id: &str, yaml: &str) -> Result<(), String> {
+    if !schematic::is_valid_id(id) {
+        return Err(format!("{id:?} is not a schematic ID"));
+    }
+    let hashed = schematic::id_of(yaml);
+    if hashed != id {
+        return Err(format!("its content hashes to {hashed}"));
+    }
+    let parsed = Schematic::parse(yaml.as_bytes())
+        .map_err(|e| format!("it does not parse: {}", Causes(&e)))?;
+    if parsed.canonical() != yaml {
+        return Err("it is not in canonical form".into());
+    }
+    Ok(())
+}
+
+impl EventLoop {
+    /// Subscribes to the schematic topic of the cluster (once in one).
+    pub(super) fn subscribe_schematics(&mut self, cluster: &str) {
+        if self.sync.topic.is_some() {
+            return;
+        }
+        let topic = IdentTopic::new(crate::replication::protocol::schematics_topic(cluster));
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+            tracing::warn!(error = %e, "cannot subscribe to the schematic topic");
+        }
+        self.sync.topic = Some(topic);
+    }
+
+    /// A schematic was created here: remember it and announce it.
+    pub(super) fn schematic_created(&mut self, id: String) {
+        self.sync.insert(id.clone());
+        let Some(topic) = self.sync.topic.clone() else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(&Gossip::Schematic { id }) else {
+            return;
+        };
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            tracing::debug!(error = %e, "schematic not announced (no member connected)");
+        }
+    }
+
+    /// Compares ID sets with `peer` (a member just connected, or the periodic round).
+    pub(super) fn sync_schematics_with(&mut self, peer: PeerId) {
+        self.swarm
+            .behaviour_mut()
+            .schematics
+            .send_request(&peer, SchematicRequest::Digest);
+    }
+
+    /// Once a minute, compares ID sets with every connected member (heals lost gossip).
+    pub(super) fn schematic_round(&mut self, now: Instant) {
+        if now.duration_since(self.sync.last_round) < SYNC_EVERY {
+            return;
+        }
+        self.sync.last_round = now;
+        let members: Vec<PeerId> = self.connected_members().into_iter().collect();
+        for p in members {
+            self.sync_schematics_with(p);
+        }
+    }
+
+    /// `from` announced schematic `id` (first published by `source`): fetch it if missing.
+    pub(super) fn schematic_announced(&mut self, from: PeerId, source: Option<PeerId>, id: String) {
+        if !schematic::is_valid_id(&id) || self.sync.ids.contains(&id) {
+            return;
+        }
+        // Ask the node that created it when it is a connected member; else the forwarder.
+        let ask = source
+            .filter(|s| self.connected_members().contains(s))
+            .unwrap_or(from);
+        self.fetch(ask, vec![id], Via::Announcement);
+    }
+
+    /// Asks `peer` for the `ids` not held and not being fetched already.
+    fn fetch(&mut self, peer: PeerId, ids: Vec<String>, via: Via) {
+        let wanted: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !self.sync.ids.contains(id) && !self.sync.fetching.contains_key(id))
+            .take(MAX_FETCHING.saturating_sub(self.sync.fetching.len()))
+            .collect();
+        for chunk in wanted.chunks(MAX_GET) {
+            let request = self.swarm.behaviour_mut().schematics.send_request(
+                &peer,
+                SchematicRequest::Get {
+                    ids: chunk.to_vec(),
+                },
+            );
+            self.sync
+                .fetching
+                .extend(chunk.iter().map(|id| (id.clone(), via)));
+            self.sync.gets.insert(request, chunk.to_vec());
+        }
+    }
+
+    pub(super) fn on_schematics_event(
+        &mut self,
+        event: request_response::Event<SchematicRequest, SchematicReply>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_schematic_request(peer, request, channel),
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let asked = self.sync.gets.remove(&request_id).unwrap_or_default();
+                let verifying = self.on_schematic_reply(peer, response, &asked);
+                // What was asked for and did not come (not held there, or another answer):
+                // free to be fetched again, from this member or another.
+                for id in asked {
+                    if !verifying.contains(&id) {
+                        self.sync.fetching.remove(&id);
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(ids) = self.sync.gets.remove(&request_id) {
+                    for id in ids {
+                        self.sync.fetching.remove(&id);
+                    }
+                }
+                tracing::debug!(peer_id = %peer, error = %error, "schematic request failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_schematic_request(
+        &mut self,
+        peer: PeerId,
+        request: SchematicRequest,
+        channel: ResponseChannel<SchematicReply>,
+    ) {
+        let reply = if !self.is_member(&peer) {
+            SchematicReply::Refused {
+                reason: "not a member".into(),
+            }
+        } else {
+            match request {
+                SchematicRequest::Digest => {
+                    let (count, digest) = self.sync.digest();
+                    SchematicReply::Digest { count, digest }
+                }
+                SchematicRequest::Ids { after, limit } => {
+                    let (ids, more) = self.sync.page(after.as_deref(), limit);
+                    SchematicReply::Ids { ids, more }
+                }
+                SchematicRequest::Get { ids } => {
+                    let store = self.sync.store.clone();
+                    let jobs = self.sync.jobs.clone();
+                    let ids: Vec<String> = ids.into_iter().take(MAX_GET).collect();
+                    tokio::task::spawn_blocking(move || {
+                        let reply = SchematicReply::Schematics {
+                            items: read_batch(&store, &ids),
+                        };
+                        let _ = jobs.send(Job::Serve { channel, reply });
+                    });
+                    return;
+                }
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .schematics
+            .send_response(channel, reply);
+    }
+
+    /// Handles an answer to this node's request `asked` (the IDs of a `Get`); returns the IDs
+    /// handed to a check.
+    fn on_schematic_reply(
+        &mut self,
+        peer: PeerId,
+        reply: SchematicReply,
+        asked: &[String],
+    ) -> Vec<String> {
+        let mut verifying = Vec::new();
+        match reply {
+            SchematicReply::Digest { count, digest } => {
+                if (count, digest) != self.sync.digest() {
+                    self.swarm.behaviour_mut().schematics.send_request(
+                        &peer,
+                        SchematicRequest::Ids {
+                            after: None,
+                            limit: MAX_IDS_PAGE,
+                        },
+                    );
+                }
+            }
+            SchematicReply::Ids { ids, more } => {
+                let last = ids.last().cloned();
+                let valid: Vec<String> = ids
+                    .into_iter()
+                    .take(MAX_IDS_PAGE)
+                    .filter(|id| schematic::is_valid_id(id))
+                    .collect();
+                self.fetch(peer, valid, Via::AntiEntropy);
+                if more && let Some(after) = last {
+                    self.swarm.behaviour_mut().schematics.send_request(
+                        &peer,
+                        SchematicRequest::Ids {
+                            after: Some(after),
+                            limit: MAX_IDS_PAGE,
+                        },
+                    );
+                }
+            }
+            SchematicReply::Schematics { items } => {
+                for item in items.into_iter().take(MAX_GET) {
+                    let Some(via) = self.sync.fetching.get(&item.id).copied() else {
+                        continue;
+                    };
+                    if !asked.contains(&item.id) || verifying.contains(&item.id) {
+                        // Not asked of this member in this request, or sent twice: ignored.
+                        continue;
+                    }
+                    verifying.push(item.id.clone());
+                    let store = self.sync.store.clone();
+                    let jobs = self.sync.jobs.clone();
+                    tokio::spawn(async move {
+                        let id = item.id.clone();
+                        let result = verify_and_store(store, item).await;
+                        let _ = jobs.send(Job::Stored {
+                            id,
+                            from: peer,
+                            via,
+                            result,
+                        });
+                    });
+                }
+            }
+            SchematicReply::Refused { reason } => {
+                tracing::debug!(peer_id = %peer, reason = %reason, "schematic request refused");
+            }
+        }
+        verifying
+    }
+
+    /// Work finished off the loop.
+    pub(super) fn on_job(&mut self, job: Job) {
+        match job {
+            Job::Serve { channel, reply } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .schematics
+                    .send_response(channel, reply);
+            }
+            Job::Stored {
+                id,
+                from,
+                via,
+                result,
+            } => {
+                self.sync.fetching.remove(&id);
+                match result {
+                    Ok(created) => {
+                        if created {
+                            tracing::info!(schematic = %id, peer_id = %from, via = via.as_str(), "schematic replicated");
+                        }
+                        self.metrics.schematics_received.increment(1);
+                        self.sync.insert(id);
+                    }
+                    Err(why) => {
+                        tracing::warn!(schematic = %id, peer_id = %from, reason = %why, "a schematic from a member was rejected");
+                        self.metrics.schematics_rejected.increment(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the stored schematics among `ids`, up to [`SCHEMATIC_BATCH_BYTES`] of YAML (at least
+/// one).
+fn read_batch(store: &SchematicStore, ids: &[String]) -> Vec<SchematicItem> {
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    for id in ids {
+        if bytes >= SCHEMATIC_BATCH_BYTES {
+            break;
+        }
+        match store.get(id) {
+            Ok(Some(yaml)) => {
+                bytes += yaml.len();
+                items.push(SchematicItem {
+                    id: id.clone(),
+                    yaml,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(schematic = %id, error = %Causes(&e), "a schematic could not be read for a member")
+            }
+        }
+    }
+    items
+}
+
+/// Checks a received schematic (on a blocking thread: parsing is CPU work) and stores it.
+async fn verify_and_store(store: SchematicStore, item: SchematicItem) -> Result<bool, String> {
+    let SchematicItem { id, yaml } = item;
+    let (id, yaml) =
+        tokio::task::spawn_blocking(move || check_schematic(&id, &yaml).map(|()| (id, yaml)))
+            .await
+            .map_err(|e| format!("the check failed: {e}"))??;
+    store
+        .put(&id, &yaml)
+        .await
+        .map(|o| o == crate::store::PutOutcome::Created)
+        .map_err(|e| format!("storing it failed: {}", Causes(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_canonical_bytes_of_the_id_are_accepted() {
+        let yaml = "customization:\n    extraKernelArgs:\n        - noapic\n";
+        let id = schematic::id_of(yaml);
+        assert_eq!(check_schematic(&id, yaml), Ok(()));
+        // Other bytes under the ID.
+        let other = "customization:\n    extraKernelArgs:\n        - nolapic\n";
+        assert!(
+            check_schematic(&id, other)
+                .unwrap_err()
+                .contains("hashes to")
+        );
+        // Bytes that hash to their own ID but are not a canonical schematic.
+        for bad in [
+            "customization: {extraKernelArgs: [noapic]}\n",
+            "not: a schematic\n",
+        ] {
+            let e = check_schematic(&schematic::id_of(bad), bad).unwrap_err();
+            assert!(e.contains("canonical") || e.contains("parse"), "{bad}: {e}");
+        }
+        assert!(check_schematic("../x", yaml).is_err());
+    }
+
+    #[test]
+    fn pages_of_ids_follow_each_other() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let dir = tempfile::tempdir().unwrap();
+        let meta: std::sync::Arc<dyn crate::store::MetaStore> =
+            std::sync::Arc::new(crate::store::SledStore::open(&dir.path().join("meta")).unwrap());
+        let blobs = crate::store::BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let store = SchematicStore::new(&blobs).unwrap();
+        let ids: Vec<String> = (0..10).map(|i| format!("{i:064x}")).collect();
+        let mut sync = SchematicSync::new(store, ids.clone(), tx);
+        let (first, more) = sync.page(None, 4);
+        assert_eq!((first.as_slice(), more), (&ids[..4], true));
+        let (next, more) = sync.page(first.last().map(String::as_str), 100);
+        assert_eq!((next.as_slice(), more), (&ids[4..], false));
+        let d1 = sync.digest();
+        sync.insert(format!("{:064x}", 99));
+        assert_ne!(sync.digest(), d1);
+        assert_eq!(sync.digest().0, 11);
+    }
+}

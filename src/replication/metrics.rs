@@ -1,0 +1,82 @@
+//! Metrics of the swarm: connected members and refused peers by reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, SharedString};
+
+use super::membership::Refusal;
+
+const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// `image_factory_replication_peers_refused_total{reason}`.
+pub const REFUSED: &str = "image_factory_replication_peers_refused_total";
+/// `image_factory_replication_members_connected`.
+pub const CONNECTED: &str = "image_factory_replication_members_connected";
+
+/// Handles to the swarm's metrics.
+#[derive(Clone)]
+pub struct ReplicationMetrics {
+    refused: BTreeMap<&'static str, Counter>,
+    /// Members connected now.
+    pub connected: Gauge,
+    /// Schematics received from members and stored.
+    pub schematics_received: Counter,
+    /// Schematics from members that failed their check.
+    pub schematics_rejected: Counter,
+}
+
+impl ReplicationMetrics {
+    /// Registers every metric with `recorder` (so all appear at zero).
+    pub fn new(recorder: &Arc<dyn Recorder + Send + Sync>) -> Self {
+        let r = recorder.as_ref();
+        r.describe_counter(
+            REFUSED.into(),
+            None,
+            SharedString::const_str(
+                "Peers refused right after the handshake (not a member, expired, removed, …).",
+            ),
+        );
+        let refused = Refusal::LABELS
+            .iter()
+            .map(|label| {
+                let key = Key::from_parts(REFUSED, vec![Label::new("reason", *label)]);
+                let c = r.register_counter(&key, &META);
+                c.absolute(0);
+                (*label, c)
+            })
+            .collect();
+        r.describe_gauge(
+            CONNECTED.into(),
+            None,
+            SharedString::const_str("Cluster members connected now."),
+        );
+        let connected = r.register_gauge(&Key::from_static_name(CONNECTED), &META);
+        connected.set(0.0);
+        let counter = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, SharedString::const_str(help));
+            let c = r.register_counter(&Key::from_static_name(name), &META);
+            c.absolute(0);
+            c
+        };
+        Self {
+            refused,
+            connected,
+            schematics_received: counter(
+                "image_factory_replication_schematics_received_total",
+                "Schematics received from members, checked and stored.",
+            ),
+            schematics_rejected: counter(
+                "image_factory_replication_schematics_rejected_total",
+                "Schematics from members rejected: not their ID's canonical bytes.",
+            ),
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn refused(&self, why: &Refusal) {
+        if let Some(c) = self.refused.get(why.label()) {
+            c.increment(1);
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Peer replication: the libp2p swarm a node runs when `replication.enabled` is set, and the
+//! cluster membership that decides which peers take part.
+//!
+//! * [`identity`]: the node's persisted ed25519 identity (its peer ID);
+//! * [`membership`]: credentials and revocations signed with the cluster key, and the check
+//!   of a peer's credential right after the handshake;
+//! * [`cluster`]: a data directory's cluster state (`<dataDir>/cluster/`), shared by the
+//!   offline CLI, the admin API and the swarm;
+//! * [`invitation`]: `cluster invite` and `cluster join`;
+//! * `swarm`: the one task that owns the swarm, and [`Replication`], the cloneable handle
+//!   the rest of the program talks to it through (typed commands, oneshot replies).
+
+pub mod cluster;
+mod event_loop;
+mod files;
+pub mod identity;
+pub mod invitation;
+pub mod membership;
+mod metrics;
+pub mod protocol;
+mod swarm;
+
+pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
+pub use files::read_capped;
+pub use invitation::{Issued, Joined};
+pub use membership::{DocumentError, Envelope, Refusal};
+pub use swarm::{SwarmWorker, start};
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors of the replication layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The node identity file could not be read or written.
+    #[error("node identity {path}")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node identity file does not hold a libp2p key.
+    #[error(
+        "node identity {path}: not a libp2p key (move the file away to let a new identity, and so a new peer ID, be generated)"
+    )]
+    IdentityDecode {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: libp2p::identity::DecodingError,
+    },
+    /// A cluster file could not be read or written.
+    #[error("cluster file {path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cluster file is not the JSON it should be.
+    #[error("cluster file {path}: malformed")]
+    FileJson {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A document could not be encoded.
+    #[error("encoding the {what}")]
+    Encode {
+        /// What.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A node key could not be encoded.
+    #[error("encoding a node identity")]
+    KeyEncoding {
+        /// The encoder's error.
+        #[source]
+        source: libp2p::identity::DecodingError,
+    },
+    /// The cluster signing key could not be used.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    /// A signed document did not verify.
+    #[error(transparent)]
+    Document(#[from] membership::DocumentError),
+    /// The data directory's cluster record names another key than its signing key.
+    #[error(
+        "{record} names cluster {cluster}, but the signing key is that of cluster {key}: the signing key was replaced after joining; restore it (see docs/operator-guide.md, \"Clusters\")"
+    )]
+    KeyMismatch {
+        /// The record file.
+        record: PathBuf,
+        /// The cluster it names.
+        cluster: String,
+        /// The cluster of the key found.
+        key: String,
+    },
+    /// The node is in no cluster.
+    #[error(
+        "this node is not in a cluster: `image-factory cluster invite` founds one, `image-factory cluster join` joins one"
+    )]
+    NotInCluster,
+    /// `cluster remove` named this node itself.
+    #[error(
+        "{peer} is this node; remove it from another member (or stop it and delete its data directory)"
+    )]
+    RemoveSelf {
+        /// The peer ID.
+        peer: libp2p::PeerId,
+    },
+    /// A peer ID does not parse.
+    #[error("{text:?} is not a peer ID (like 12D3KooW…, as /status shows)")]
+    BadPeerId {
+        /// The text.
+        text: String,
+    },
+    /// A multiaddr is not usable.
+    #[error("{addr:?}: {why}")]
+    BadAddress {
+        /// The address.
+        addr: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `--days` out of range.
+    #[error("--days {days}: must be between 1 and {max}", max = invitation::MAX_DAYS)]
+    InvalidDays {
+        /// The value.
+        days: u64,
+    },
+    /// A limit was reached.
+    #[error("too many {what} (at most {max})")]
+    TooMany {
+        /// What.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// The invitation file is not a valid invitation.
+    #[error("invalid invitation: {why}")]
+    InvalidInvitation {
+        /// What is wrong.
+        why: String,
+    },
+    /// The invitation has expired.
+    #[error(
+        "the invitation expired at {}; ask a member for a new one (`image-factory cluster invite`)",
+        crate::clock::rfc3339_utc(*at)
+    )]
+    InvitationExpired {
+        /// When, Unix seconds.
+        at: u64,
+    },
+    /// The invitation is for another cluster than `--expect-cluster`.
+    #[error("the invitation is for cluster {found}, not {expected} (--expect-cluster)")]
+    ClusterMismatch {
+        /// The expected ID (prefix).
+        expected: String,
+        /// The invitation's cluster.
+        found: String,
+    },
+    /// `cluster join` on a directory already in a cluster.
+    #[error(
+        "{dir} is already a member of cluster {cluster}; a node joins once (use a fresh data directory, or remove its cluster/ directory and keys/node-key after removing it from the cluster)"
+    )]
+    AlreadyMember {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its cluster.
+        cluster: String,
+    },
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} (replication.listenAddrs)")]
+    Listen {
+        /// The multiaddr.
+        addr: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The swarm could not be built.
+    #[error("starting the peer swarm: {what}")]
+    Swarm {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The swarm task is not running (the node is stopping).
+    #[error("the peer swarm is not running")]
+    Stopped,
+}
+
+impl ReplicationError {
+    /// Whether the request that caused this error was at fault (bad input, wrong state).
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            ReplicationError::NotInCluster
+                | ReplicationError::RemoveSelf { .. }
+                | ReplicationError::BadPeerId { .. }
+                | ReplicationError::BadAddress { .. }
+                | ReplicationError::InvalidDays { .. }
+        )
+    }
+}
+
+/// An address worth dialing: a concrete IP (or DNS name) and port, no `/p2p/` part.
+pub fn dialable(a: &libp2p::Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = false;
+    let mut port = false;
+    for p in a.iter() {
+        match p {
+            Protocol::Ip4(i) => ip = !i.is_unspecified(),
+            Protocol::Ip6(i) => ip = !i.is_unspecified(),
+            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) => ip = true,
+            Protocol::Tcp(n) | Protocol::Udp(n) => port = n != 0,
+            Protocol::P2p(_) => return false,
+            _ => {}
+        }
+    }
+    ip && port
+}
+
+/// Parses a peer ID given by an operator.
+pub fn parse_peer_id(text: &str) -> Result<libp2p::PeerId, ReplicationError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ReplicationError::BadPeerId {
+            text: text.to_string(),
+        })
+}
+
+/// What the swarm reports in `GET /status` (`replication`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationStatus {
+    /// Whether the swarm runs.
+    pub enabled: bool,
+    /// This node's peer ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    /// Bound listen addresses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listen_addrs: Vec<String>,
+    /// The cluster, if this node is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+    /// Peers known in this run (members, refused peers, peers being checked).
+    pub peers: Vec<PeerStatus>,
+}
+
+impl ReplicationStatus {
+    /// The status of a node whose swarm does not run.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            peer_id: None,
+            listen_addrs: Vec::new(),
+            cluster: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// The cluster as `/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// Cluster ID.
+    pub id: String,
+    /// The site's factory URL.
+    #[serde(rename = "factoryURL")]
+    pub factory_url: String,
+    /// Whether this node holds a credential.
+    pub member: bool,
+    /// When this node's credential expires (RFC 3339; absent = until removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_expires: Option<String>,
+    /// Set when this node was removed from the cluster.
+    pub removed: bool,
+    /// Members removed so far.
+    pub revocations: usize,
+}
+
+/// One peer as `/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// Peer ID.
+    pub peer_id: String,
+    /// Its known addresses.
+    pub addrs: Vec<String>,
+    /// Whether a connection is open.
+    pub connected: bool,
+    /// Round-trip time of the last ping, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// `member`, `pending` (credential being checked), `refused` (by this node),
+    /// `refusedUs` (it refused this node) or `known` (remembered, not connected this run).
+    pub state: &'static str,
+    /// Why it was refused, or why it refused this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Requests to the swarm task.
+pub(crate) enum Command {
+    /// The status for `/status`.
+    Status(oneshot::Sender<ReplicationStatus>),
+    /// A schematic was created on this node.
+    SchematicCreated(String),
+}
+
+/// A handle on the running swarm (cheap to clone).
+#[derive(Clone)]
+pub struct Replication {
+    tx: mpsc::Sender<Command>,
+    peer_id: libp2p::PeerId,
+}
+
+impl Replication {
+    /// This node's peer ID.
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        self.peer_id
+    }
+
+    /// The swarm's status.
+    pub async fn status(&self) -> Result<ReplicationStatus, ReplicationError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| ReplicationError::Stopped)?;
+        rx.await.map_err(|_| ReplicationError::Stopped)
+    }
+
+    /// Announces a schematic created on this node (never waits: when the swarm is busy the
+    /// next anti-entropy round carries it).
+    pub fn schematic_created(&self, id: &str) {
+        if let Err(e) = self.tx.try_send(Command::SchematicCreated(id.to_string())) {
+            tracing::debug!(schematic = %id, error = %e, "schematic not announced now; the next round carries it");
+        }
+    }
+
+    /// Multiaddrs (with `/p2p/`) at which members reach this node and the members it is
+    /// connected to: what an invitation lists to dial first.
+    pub async fn bootstrap_addrs(&self) -> Result<Vec<String>, ReplicationError> {
+        let st = self.status().await?;
+        let mut out: Vec<String> = st
+            .listen_addrs
+            .iter()
+            .map(|a| format!("{a}/p2p/{}", self.peer_id))
+            .collect();
+        for p in st.peers.iter().filter(|p| p.state == "member") {
+            out.extend(p.addrs.iter().map(|a| format!("{a}/p2p/{}", p.peer_id)));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,298 @@
+//! Building and starting the swarm: QUIC with TCP + noise + yamux as fallback; identify, ping
+//! (RTT), the hello protocol (membership), gossipsub and mDNS behind `replication.mdns`.
+//! Members find each other through the hello's peer exchange; Kademlia joins with provider
+//! records (find before build). [`start`] binds every listen address before it returns, so a bad or
+//! busy address is a startup error; the event loop then runs as a node worker.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify,
+    mdns, noise, ping, request_response, tcp, yamux,
+};
+use metrics::Recorder;
+use tokio::sync::mpsc;
+
+use super::cluster::Cluster;
+use super::event_loop::EventLoop;
+use super::metrics::ReplicationMetrics;
+use super::protocol::{
+    HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, MAX_GOSSIP, MAX_HELLO_REPLY,
+    MAX_HELLO_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, SCHEMATICS_PROTOCOL,
+    SchematicReply, SchematicRequest,
+};
+use super::{Replication, ReplicationError};
+use crate::config::ReplicationConfig;
+use crate::node::worker::StopSignal;
+use crate::node::{WorkError, Worker, WorkerState};
+use crate::store::BoxFuture;
+use crate::store::SchematicStore;
+
+/// How long a connection with nothing to do stays open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Interval of the pings that measure RTT.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Incoming connections in their handshake at once.
+const MAX_PENDING_INCOMING: u32 = 64;
+/// Incoming connections open at once (members and peers being checked).
+const MAX_INCOMING: u32 = 512;
+/// Connections to one peer (both sides may dial, over QUIC and TCP).
+const MAX_PER_PEER: u32 = 8;
+/// How long binding the listen addresses may take.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Every protocol the swarm speaks.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Denies connections of refused peers at the handshake.
+    pub gate: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Bounds connections (strangers can open them before they are refused).
+    pub limits: connection_limits::Behaviour,
+    /// Exchanges listen addresses.
+    pub identify: identify::Behaviour,
+    /// Measures RTT.
+    pub ping: ping::Behaviour,
+    /// The membership check.
+    pub hello: request_response::Behaviour<request_response::json::codec::Codec<Hello, HelloReply>>,
+    /// Schematic anti-entropy and fetches.
+    pub schematics: request_response::Behaviour<
+        request_response::json::codec::Codec<SchematicRequest, SchematicReply>,
+    >,
+    /// Announcements (revocations, new schematics).
+    pub gossipsub: gossipsub::Behaviour,
+    /// Local-link discovery, when `replication.mdns` is set.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+fn swarm_error<E>(what: &'static str) -> impl FnOnce(E) -> ReplicationError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| ReplicationError::Swarm {
+        what,
+        source: Box::new(e),
+    }
+}
+
+fn behaviour(
+    key: &libp2p::identity::Keypair,
+    mdns_on: bool,
+) -> Result<Behaviour, ReplicationError> {
+    let local = key.public().to_peer_id();
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+            .with_agent_version(format!("image-factory/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let hello = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_HELLO_REQUEST)
+            .set_response_size_maximum(MAX_HELLO_REPLY),
+        [(
+            StreamProtocol::new(HELLO_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    let schematics = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_SCHEMATICS_REQUEST)
+            .set_response_size_maximum(MAX_SCHEMATICS_REPLY),
+        [(
+            StreamProtocol::new(SCHEMATICS_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+    );
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP)
+        .heartbeat_interval(Duration::from_secs(1))
+        .build()
+        .map_err(swarm_error("gossipsub configuration"))?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )
+    .map_err(|e| ReplicationError::Swarm {
+        what: "gossipsub",
+        source: e.into(),
+    })?;
+    let mdns = if mdns_on {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local)
+                .map_err(swarm_error("mDNS (replication.mdns)"))?,
+        )
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        gate: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(MAX_INCOMING))
+                .with_max_established_per_peer(Some(MAX_PER_PEER)),
+        ),
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+        hello,
+        schematics,
+        gossipsub,
+        mdns: Toggle::from(mdns),
+    })
+}
+
+fn build(
+    key: libp2p::identity::Keypair,
+    mdns_on: bool,
+) -> Result<Swarm<Behaviour>, ReplicationError> {
+    let behaviour = behaviour(&key, mdns_on)?;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::new().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(swarm_error("the TCP transport"))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| ReplicationError::Swarm {
+            what: "the behaviour",
+            source: Box::new(e),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Builds the swarm for `config` on the node identity of `cluster`, binds every listen
+/// address (waiting until each reports its bound address) and returns the handle and the
+/// worker that runs the event loop.
+pub async fn start(
+    config: &ReplicationConfig,
+    cluster: Arc<Cluster>,
+    schematics: SchematicStore,
+    recorder: &Arc<dyn Recorder + Send + Sync>,
+) -> Result<(Replication, SwarmWorker), ReplicationError> {
+    let store = schematics.clone();
+    let ids = tokio::task::spawn_blocking(move || store.ids())
+        .await
+        .map_err(swarm_error("listing the schematics"))?
+        .map_err(swarm_error("listing the schematics"))?;
+    let (key, created) = cluster.identity()?;
+    let local = key.public().to_peer_id();
+    if created {
+        tracing::info!(peer_id = %local, "generated the node identity");
+    }
+    let mut swarm = build(key, config.mdns)?;
+    let mut pending = HashSet::new();
+    for text in &config.listen_addrs {
+        let addr: Multiaddr = text.parse().map_err(|e| ReplicationError::Listen {
+            addr: text.clone(),
+            source: Box::new(e),
+        })?;
+        let id = swarm
+            .listen_on(addr)
+            .map_err(|e| ReplicationError::Listen {
+                addr: text.clone(),
+                source: Box::new(e),
+            })?;
+        pending.insert((id, text.clone()));
+    }
+    let mut bound = Vec::new();
+    let deadline = tokio::time::Instant::now() + LISTEN_DEADLINE;
+    while !pending.is_empty() {
+        let event = match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(e) => e,
+            Err(_) => {
+                let addrs: Vec<&str> = pending.iter().map(|(_, a)| a.as_str()).collect();
+                return Err(ReplicationError::Listen {
+                    addr: addrs.join(", "),
+                    source: "no bound address reported in time".into(),
+                });
+            }
+        };
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                pending.retain(|(id, _)| *id != listener_id);
+                bound.push(address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason: Err(e),
+                ..
+            }
+            | SwarmEvent::ListenerError {
+                listener_id,
+                error: e,
+            } => {
+                let addr = pending
+                    .iter()
+                    .find(|(id, _)| *id == listener_id)
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_default();
+                return Err(ReplicationError::Listen {
+                    addr,
+                    source: Box::new(e),
+                });
+            }
+            _ => {}
+        }
+    }
+    for a in &bound {
+        tracing::info!(addr = %a, peer_id = %local, "replication listener bound");
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let event_loop = EventLoop::new(
+        swarm,
+        cluster,
+        config,
+        bound,
+        rx,
+        ReplicationMetrics::new(recorder),
+        (schematics, ids),
+    );
+    Ok((
+        Replication { tx, peer_id: local },
+        SwarmWorker {
+            event_loop: Some(event_loop),
+        },
+    ))
+}
+
+/// The node worker that runs the swarm's event loop until the node stops.
+pub struct SwarmWorker {
+    event_loop: Option<EventLoop>,
+}
+
+impl Worker for SwarmWorker {
+    fn name(&self) -> &str {
+        "replication"
+    }
+
+    fn work<'a>(
+        &'a mut self,
+        stop: &'a mut StopSignal,
+    ) -> BoxFuture<'a, Result<WorkerState, WorkError>> {
+        Box::pin(async move {
+            if let Some(event_loop) = self.event_loop.take() {
+                event_loop.run(stop).await;
+            }
+            Ok(WorkerState::Done)
+        })
+    }
+
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+}
