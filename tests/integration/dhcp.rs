@@ -215,14 +215,7 @@ const DISCOVERY_CONTROL: [u8; 4] = [6, 1, 8, 255];
 
 /// The value of a counter series of `name` whose labels include every one of `labels`.
 pub(crate) async fn counter(s: &TestServer, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let text = client()
-        .get(s.metrics_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = crate::common::assets::metrics_text(s).await;
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .find(|l| {

@@ -87,17 +87,23 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
-/// Sum of a metric's samples whose label set contains every `labels` fragment.
-pub async fn metric(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
-    let text = client()
+/// The server's `/metrics` text.
+pub async fn metrics_text(s: &TestServer) -> String {
+    client()
         .get(s.metrics_url("/metrics"))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
-    text.lines()
+        .expect("metrics text")
+}
+
+/// Sum of a metric's samples whose label set contains every `labels` fragment.
+pub async fn metric(s: &TestServer, name: &str, labels: &[&str]) -> f64 {
+    metrics_text(s)
+        .await
+        .lines()
         .filter(|l| {
             l.starts_with(name)
                 && l[name.len()..].starts_with(['{', ' '])

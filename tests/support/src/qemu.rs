@@ -77,19 +77,16 @@ impl Boot {
             kernel: None,
             initrd: None,
             append: None,
-            args: vec![
-                "-machine".into(),
-                "q35".into(),
-                "-drive".into(),
-                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-                "-drive".into(),
-                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-                "-drive".into(),
-                format!(
-                    "if=virtio,format=raw,readonly=on,file=fat:{}",
-                    esp.display()
-                ),
-            ],
+            args: ovmf(vars)
+                .into_iter()
+                .chain([
+                    "-drive".to_string(),
+                    format!(
+                        "if=virtio,format=raw,readonly=on,file=fat:{}",
+                        esp.display()
+                    ),
+                ])
+                .collect(),
             memory_mb: 1024,
             timeout: Duration::from_secs(300),
             wrapper: Vec::new(),
@@ -108,14 +105,7 @@ impl Boot {
     pub fn disk(disk: &Path, format: &str, vars: Option<&Path>) -> Boot {
         let mut args = Vec::new();
         if let Some(vars) = vars {
-            args.extend([
-                "-machine".to_string(),
-                "q35".into(),
-                "-drive".into(),
-                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-                "-drive".into(),
-                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-            ]);
+            args.extend(ovmf(vars));
         }
         args.extend([
             "-drive".to_string(),
@@ -180,14 +170,7 @@ impl Boot {
                 "virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on,bootindex=1,romfile={IPXE_VIRTIO_ROM}"
             ),
             NetFirmware::OvmfPxe | NetFirmware::OvmfHttp => {
-                args.extend([
-                    "-machine".to_string(),
-                    "q35".into(),
-                    "-drive".into(),
-                    format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-                    "-drive".into(),
-                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-                ]);
+                args.extend(ovmf(vars));
                 if firmware == NetFirmware::OvmfHttp {
                     for knob in ["IPv4PXESupport", "IPv6PXESupport"] {
                         args.push("-fw_cfg".into());
@@ -265,6 +248,18 @@ impl Boot {
             elapsed: start.elapsed(),
         })
     }
+}
+
+/// QEMU arguments for a `q35` machine booting OVMF (pflash code + the vars copy `vars`).
+fn ovmf(vars: &Path) -> [String; 6] {
+    [
+        "-machine".into(),
+        "q35".into(),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]
 }
 
 /// Adds what was being done to an I/O error's text.
