@@ -11,7 +11,7 @@ use super::error::{CliError, finish};
 use super::remote::{AdminClient, default_server, send, text};
 use super::{load_config, runtime};
 use crate::frontend::http::admin::{BootsList, MachinesList};
-use crate::netboot::{AssignmentSpec, AssignmentView, BootRecord, Outcome, SelectorSpec};
+use crate::netboot::{AssignmentSpec, AssignmentView, BootRecord, HttpBoot, Outcome, SelectorSpec};
 
 /// Subcommands of `machines`.
 #[derive(Debug, Subcommand)]
@@ -82,6 +82,10 @@ pub struct SetArgs {
     /// Platform (default metal).
     #[arg(long)]
     pub platform: Option<String>,
+    /// UEFI HTTP Boot firmware loads the assignment's UKI directly (matched by MAC and
+    /// architecture; the UKI's own command line applies) instead of iPXE.
+    #[arg(long = "http-boot-uki")]
+    pub http_boot_uki: bool,
     /// Kernel argument appended to the schematic's command line (repeatable).
     #[arg(long = "extra-kernel-arg", value_name = "ARG")]
     pub extra_kernel_args: Vec<String>,
@@ -185,6 +189,11 @@ fn run_inner(cmd: MachinesCommand) -> Result<(), CliError> {
                 version: args.version,
                 platform: args.platform,
                 extra_kernel_args: args.extra_kernel_args,
+                http_boot: if args.http_boot_uki {
+                    HttpBoot::Uki
+                } else {
+                    HttpBoot::Ipxe
+                },
             };
             let url = admin.url(&format!("admin/machines/{}", segment(&args.name)))?;
             rt.block_on(async {

@@ -317,7 +317,11 @@ fn bind_proxy_dhcp(config: &Config) -> Result<Option<dhcp::Bound>, ServeError> {
 }
 
 /// The ProxyDHCP responder's settings; HTTP URLs start at `pxe_base`.
-fn proxy_dhcp_settings(config: &Config, pxe_base: &str) -> dhcp::Settings {
+fn proxy_dhcp_settings(
+    config: &Config,
+    pxe_base: &str,
+    machines: Arc<crate::netboot::Machines>,
+) -> dhcp::Settings {
     let p = &config.netboot.proxy_dhcp;
     dhcp::Settings {
         files: dhcp::BootFiles {
@@ -328,6 +332,7 @@ fn proxy_dhcp_settings(config: &Config, pxe_base: &str) -> dhcp::Settings {
         },
         root: std::path::PathBuf::from(&config.tftp.root),
         max_replies_per_second: u32::try_from(p.max_replies_per_second).unwrap_or(u32::MAX),
+        machines: Some(machines),
     }
 }
 
@@ -566,7 +571,8 @@ pub async fn serve(
 
     let dhcp_task = match (proxy_dhcp, dhcp_metrics) {
         (Some(bound), Some(m)) => {
-            let settings = proxy_dhcp_settings(config, state.pxe_base_url());
+            let settings =
+                proxy_dhcp_settings(config, state.pxe_base_url(), Arc::clone(state.machines()));
             warn_proxy_dhcp_setup(config, &bound, tftp_addr, state.pxe_base_url());
             tracing::info!(
                 interface = %bound.interface,

@@ -72,6 +72,24 @@ pub struct SelectorSpec {
     pub arch: Option<String>,
 }
 
+/// What UEFI HTTP Boot firmware of an assigned machine is sent to by ProxyDHCP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpBoot {
+    /// The UEFI iPXE binary, which then asks for `/pxe/boot.ipxe` (the default).
+    #[default]
+    Ipxe,
+    /// The assignment's UKI (`<platform>-<arch>-uki.efi`), loaded by the firmware itself: no
+    /// iPXE, and the command line is the one built into the UKI (extra arguments do not apply).
+    Uki,
+}
+
+impl HttpBoot {
+    fn is_ipxe(&self) -> bool {
+        *self == HttpBoot::Ipxe
+    }
+}
+
 /// The wire form of an assignment (admin API body, machines file entry, stored record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -91,6 +109,9 @@ pub struct AssignmentSpec {
     /// Kernel arguments appended to the schematic's command line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_kernel_args: Vec<String>,
+    /// What UEFI HTTP Boot firmware loads (`ipxe`, the default, or `uki`).
+    #[serde(default, skip_serializing_if = "HttpBoot::is_ipxe")]
+    pub http_boot: HttpBoot,
 }
 
 /// Which machines an assignment applies to.
@@ -205,6 +226,8 @@ pub struct BootSpec {
     pub platform: String,
     /// Kernel arguments appended to the schematic's command line.
     pub extra_kernel_args: Vec<String>,
+    /// What UEFI HTTP Boot firmware loads.
+    pub http_boot: HttpBoot,
 }
 
 /// One assignment.
@@ -361,6 +384,7 @@ impl Assignment {
                 version,
                 platform,
                 extra_kernel_args: spec.extra_kernel_args.clone(),
+                http_boot: spec.http_boot,
             },
             source,
         })
@@ -375,12 +399,23 @@ impl Assignment {
             version: self.boot.version.tag(),
             platform: Some(self.boot.platform.clone()),
             extra_kernel_args: self.boot.extra_kernel_args.clone(),
+            http_boot: self.boot.http_boot,
         }
     }
 
     /// The `/pxe` path booted on `arch` (`metal-amd64`).
     pub fn pxe_path(&self, arch: Arch) -> String {
         format!("{}-{arch}", self.boot.platform)
+    }
+
+    /// The `/image` path of the assignment's UKI on `arch`.
+    pub fn uki_path(&self, arch: Arch) -> String {
+        format!(
+            "/image/{}/{}/{}-{arch}-uki.efi",
+            self.boot.schematic,
+            self.boot.version.tag(),
+            self.boot.platform
+        )
     }
 }
 

@@ -398,6 +398,7 @@ mod tests {
             version: "v1.11.0".into(),
             platform: None,
             extra_kernel_args: vec!["x=1".into()],
+            http_boot: Default::default(),
         }
     }
 

@@ -9,8 +9,8 @@ pub mod ident;
 mod machines;
 
 pub use assignment::{
-    Assignment, AssignmentSet, AssignmentSpec, BootSpec, DEFAULT_PLATFORM, MAX_ASSIGNMENTS,
-    Selector, SelectorSpec, Source, check_name,
+    Assignment, AssignmentSet, AssignmentSpec, BootSpec, DEFAULT_PLATFORM, HttpBoot,
+    MAX_ASSIGNMENTS, Selector, SelectorSpec, Source, check_name,
 };
 pub use boots::{BOOTS_PER_MACHINE, BootLog, BootRecord, MAX_BOOTS, Outcome};
 pub use error::NetbootError;

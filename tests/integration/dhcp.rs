@@ -602,3 +602,86 @@ async fn ordinary_dhcp_clients_get_no_answer() {
     );
     s.stop().await;
 }
+
+/// Sets assignment `name` through the admin API (JSON body `spec`); it must be accepted.
+async fn assign(s: &TestServer, name: &str, spec: serde_json::Value) {
+    let token = std::fs::read_to_string(s.dir.path().join("keys/admin-token")).expect("token");
+    let (admin, url) = s.admin(&format!("/admin/machines/{name}"));
+    let resp = admin
+        .put(url)
+        .bearer_auth(token.trim())
+        .json(&spec)
+        .send()
+        .await
+        .expect("PUT assignment");
+    assert!(
+        resp.status().is_success(),
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_sends_http_boot_to_its_uki() {
+    if !may_bind_device() {
+        return;
+    }
+    let (s, _root) = start(&[("ipxe.efi", b"MZ")], |_| {}).await;
+    let id = crate::common::assets::create_schematic(
+        &s,
+        "customization:\n  extraKernelArgs:\n    - if.test=uki\n",
+    )
+    .await;
+    let mac = MAC.map(|b| format!("{b:02x}")).join(":");
+    let http_boot = request(
+        MessageType::Discover,
+        0x0b1e,
+        Some(b"HTTPClient:Arch:00016:UNDI:003001"),
+        Some(16),
+        vec![],
+    );
+    let c = Client::new().await;
+    let spec = |uki: bool| {
+        let mut v = serde_json::json!({
+            "selector": {"mac": mac},
+            "schematic": id,
+            "version": "v1.11.0",
+        });
+        if uki {
+            v["httpBoot"] = "uki".into();
+        }
+        v
+    };
+
+    // Assigned with httpBoot: uki, the firmware is sent to the UKI, not to iPXE.
+    assign(&s, "uki-node", spec(true)).await;
+    let a = c.ask(dhcp_port(&s), &http_boot).await;
+    assert_proxy_answer(&a, MessageType::Offer, b"HTTPClient");
+    assert_eq!(
+        boot_file(&a).expect("a boot URL"),
+        format!("{PXE_BASE}/image/{id}/v1.11.0/metal-amd64-uki.efi")
+    );
+    // PXE firmware of the same machine still loads iPXE over TFTP.
+    let pxe = c
+        .ask(
+            dhcp_port(&s),
+            &request(
+                MessageType::Discover,
+                0x0b1f,
+                Some(b"PXEClient:Arch:00007:UNDI:003001"),
+                Some(7),
+                vec![],
+            ),
+        )
+        .await;
+    assert_eq!(boot_file(&pxe).as_deref(), Some("ipxe.efi"));
+
+    // Without it (the default), HTTP Boot gets iPXE.
+    assign(&s, "uki-node", spec(false)).await;
+    let a = c.ask(dhcp_port(&s), &http_boot).await;
+    assert_eq!(
+        boot_file(&a).expect("a boot URL"),
+        format!("{PXE_BASE}/pxe/ipxe/ipxe.efi")
+    );
+    s.stop().await;
+}

@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 pub use decide::BootFiles;
-use decide::{Answer, ClientKind};
+use decide::{Answer, BootFile, ClientKind, Vendor};
 pub use metrics::DhcpMetrics;
 
 use super::tftp::Root;
@@ -202,7 +202,7 @@ fn interface_ipv4(interface: &str) -> Result<Ipv4Addr, DhcpError> {
 }
 
 /// What the responder answers with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Boot files and the HTTP base URL.
     pub files: BootFiles,
@@ -210,6 +210,8 @@ pub struct Settings {
     pub root: PathBuf,
     /// Answers per second on each port.
     pub max_replies_per_second: u32,
+    /// Machine assignments, for HTTP Boot clients whose assignment boots its UKI directly.
+    pub machines: Option<Arc<crate::netboot::Machines>>,
 }
 
 /// Which port a socket serves.
@@ -337,7 +339,7 @@ async fn handle(
         }
     };
     let answer: Answer = match decide::decide(&req.client, &ctx.settings.files) {
-        Ok(a) => a,
+        Ok(a) => with_assigned_uki(a, &req, &ctx.settings),
         Err(why) => {
             tracing::debug!(%src, mac = %req.mac(), reason = ?why, "dhcp request not answered");
             m.ignored(why.label());
@@ -422,6 +424,38 @@ impl TokenBucket {
             false
         }
     }
+}
+
+/// An HTTP Boot answer sends the machine to its assignment's UKI instead of iPXE when the
+/// assignment matching what DHCP shows of it (MAC and architecture) asks for that.
+fn with_assigned_uki(mut answer: Answer, req: &packet::Request, settings: &Settings) -> Answer {
+    if answer.vendor != Vendor::Http {
+        return answer;
+    }
+    let arch = match req.client.arch {
+        Some(decide::arch::X64_UEFI_HTTP) => crate::catalog::Arch::Amd64,
+        Some(decide::arch::ARM64_UEFI_HTTP) => crate::catalog::Arch::Arm64,
+        _ => return answer,
+    };
+    let Some(machines) = &settings.machines else {
+        return answer;
+    };
+    let Ok(mac) = req.mac().parse() else {
+        return answer;
+    };
+    let id = crate::netboot::Identity {
+        mac: Some(mac),
+        arch: Some(arch),
+        ..Default::default()
+    };
+    let set = machines.current();
+    if let Some(a) = set.resolve(&id)
+        && a.boot.http_boot == crate::netboot::HttpBoot::Uki
+    {
+        answer.boot = BootFile::Url(format!("{}{}", settings.files.http_base, a.uki_path(arch)));
+        answer.requires = None;
+    }
+    answer
 }
 
 #[cfg(test)]

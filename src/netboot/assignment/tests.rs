@@ -12,6 +12,7 @@ fn spec(selector: SelectorSpec) -> AssignmentSpec {
         version: "v1.11.0".into(),
         platform: None,
         extra_kernel_args: vec![],
+        http_boot: Default::default(),
     }
 }
 
@@ -204,6 +205,7 @@ fn specs_are_validated() {
         "rack1.node-3",
         &AssignmentSpec {
             extra_kernel_args: vec!["talos.config=http://10.0.0.1/c.yaml?x=1&y=2".into()],
+            http_boot: Default::default(),
             platform: Some("metal".into()),
             ..spec(mac("AA-BB-CC-DD-EE-FF"))
         },
