@@ -42,6 +42,17 @@ fn refuse(field: &'static str, reason: impl Into<String>) -> IdentError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Mac([u8; 6]);
 
+impl TryFrom<&[u8]> for Mac {
+    type Error = IdentError;
+
+    /// A hardware address of exactly six bytes (a DHCP `chaddr` of an Ethernet client).
+    fn try_from(b: &[u8]) -> Result<Mac, IdentError> {
+        <[u8; 6]>::try_from(b)
+            .map(Mac)
+            .map_err(|_| refuse("mac", "not a 6-byte hardware address"))
+    }
+}
+
 impl FromStr for Mac {
     type Err = IdentError;
 

@@ -440,7 +440,7 @@ fn with_assigned_uki(mut answer: Answer, req: &packet::Request, settings: &Setti
     let Some(machines) = &settings.machines else {
         return answer;
     };
-    let Ok(mac) = req.mac().parse() else {
+    let Ok(mac) = crate::netboot::ident::Mac::try_from(req.chaddr.as_slice()) else {
         return answer;
     };
     let id = crate::netboot::Identity {

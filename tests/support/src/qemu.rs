@@ -73,20 +73,24 @@ impl Boot {
     /// UEFI boot through OVMF (`q35`, pflash code + a copy of the vars at `vars`) of a directory
     /// exposed read-only as a FAT disk (put the loader at `EFI/BOOT/BOOTX64.EFI`).
     pub fn uefi_esp(esp: &Path, vars: &Path) -> Boot {
+        let mut args: Vec<String> = ovmf(vars).into();
+        args.extend([
+            "-drive".to_string(),
+            format!(
+                "if=virtio,format=raw,readonly=on,file=fat:{}",
+                esp.display()
+            ),
+        ]);
+        Boot::firmware(args)
+    }
+
+    /// A boot by firmware (no `-kernel`) with `args`: 1 GiB, killed after 300 s.
+    fn firmware(args: Vec<String>) -> Boot {
         Boot {
             kernel: None,
             initrd: None,
             append: None,
-            args: ovmf(vars)
-                .into_iter()
-                .chain([
-                    "-drive".to_string(),
-                    format!(
-                        "if=virtio,format=raw,readonly=on,file=fat:{}",
-                        esp.display()
-                    ),
-                ])
-                .collect(),
+            args,
             memory_mb: 1024,
             timeout: Duration::from_secs(300),
             wrapper: Vec::new(),
@@ -114,15 +118,7 @@ impl Boot {
                 disk.display()
             ),
         ]);
-        Boot {
-            kernel: None,
-            initrd: None,
-            append: None,
-            args,
-            memory_mb: 1024,
-            timeout: Duration::from_secs(300),
-            wrapper: Vec::new(),
-        }
+        Boot::firmware(args)
     }
 
     /// Firmware boot of an ISO from QEMU's IDE CD-ROM (`-cdrom`): `vars` = `Some(copy of
@@ -183,15 +179,7 @@ impl Boot {
             }
         };
         args.extend(["-netdev".to_string(), netdev, "-device".into(), nic]);
-        Boot {
-            kernel: None,
-            initrd: None,
-            append: None,
-            args,
-            memory_mb: 1024,
-            timeout: Duration::from_secs(300),
-            wrapper: Vec::new(),
-        }
+        Boot::firmware(args)
     }
 
     /// Runs QEMU until it exits or the timeout; returns the serial console output. A timeout is
