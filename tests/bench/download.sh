@@ -100,28 +100,13 @@ BUILD_S=$(curl -sf -o "$W/asset" -w '%{time_total}' "$URL$ASSET")
 SIZE=$(stat -c %s "$W/asset")
 stop_server
 
-mkdir -p "$W/www" "$W/nginx/logs"
+mkdir -p "$W/www"
 cp "$W/asset" "$W/www/asset"
 chmod -R a+rX "$W/www"
 NGINX_PORT=$(free_port)
-cat >"$W/nginx/nginx.conf" <<EOF
-worker_processes auto;
-pid $W/nginx/nginx.pid;
-error_log $W/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-    sendfile on;
-    tcp_nopush on;
-    access_log off;
-    default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        root $W/www;
-    }
-}
-EOF
-nginx -p "$W/nginx" -c "$W/nginx/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!
+# shellcheck source=tests/bench/nginx-files.sh
+. tests/bench/nginx-files.sh
+start_nginx_files "$W" "$W/www" "$NGINX_PORT"
 sleep 1
 curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/asset"
 

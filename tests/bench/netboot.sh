@@ -59,7 +59,7 @@ for _ in $(seq 200); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.1; 
 curl -sf "$URL/healthz" >/dev/null || { cat "$W/serve.log" >&2; exit 1; }
 ID=$(curl -sf -X POST --data-binary @"$W/S.yaml" "$URL/schematics" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 chmod 755 "$W"  # nginx workers run unprivileged
-mkdir -p "$W/www" "$W/out" "$W/nginx/logs"
+mkdir -p "$W/www" "$W/out"
 echo "netboot.sh: building kernel and initramfs once (cold, not timed)..." >&2
 T curl -sf -o "$W/www/kernel-amd64" "$URL/image/$ID/$VERSION/kernel-amd64"
 T curl -sf -o "$W/www/initramfs-amd64.xz" "$URL/image/$ID/$VERSION/initramfs-amd64.xz"
@@ -75,21 +75,9 @@ if [ "$(id -u)" -eq 0 ]; then HPA_ARGS=(-s "$IPXE_DIR"); HPA_PREFIX=""; else HPA
 in.tftpd -L -a "127.0.0.1:$HPA_PORT" "${HPA_ARGS[@]}" 2>"$W/hpa.log" &
 HPA_PID=$!
 NGINX_PORT=$(free_port SOCK_STREAM)
-cat >"$W/nginx/nginx.conf" <<EOF
-worker_processes auto;
-pid $W/nginx/nginx.pid;
-error_log $W/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-    sendfile on;
-    tcp_nopush on;
-    access_log off;
-    default_type application/octet-stream;
-    server { listen 127.0.0.1:$NGINX_PORT; root $W/www; }
-}
-EOF
-nginx -p "$W/nginx" -c "$W/nginx/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!
+# shellcheck source=tests/bench/nginx-files.sh
+. tests/bench/nginx-files.sh
+start_nginx_files "$W" "$W/www" "$NGINX_PORT"
 for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/kernel-amd64" && break; sleep 0.1; done
 
 # machine N TFTP_PORT LOADER_NAME HTTP_BASE: one simulated boot into $W/out/N.*
