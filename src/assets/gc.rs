@@ -309,7 +309,9 @@ pub fn collect_garbage(
                 continue;
             }
         };
-        let last = records.last_served(&key)?.unwrap_or(record.created);
+        let last = records
+            .last_served(&key)?
+            .unwrap_or(record.created.saturating_mul(1000));
         list.push((record, last));
     }
     let mut refs: HashMap<String, usize> = HashMap::new();
@@ -411,7 +413,7 @@ pub fn collect_garbage(
             version: record.version.clone(),
             path: record.path.clone(),
             bytes: freed,
-            last_used,
+            last_used: last_used / 1000,
         });
     }
     report.short_bytes = space_need.saturating_sub(report.freed_bytes);

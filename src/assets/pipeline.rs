@@ -32,7 +32,7 @@ mod build;
 use admission::{Bounded, BuildTimes, Failures, MAX_REMEMBERED};
 
 /// How often a served asset's last-served time is written back (per key).
-const TOUCH_EVERY_SECS: u64 = 60;
+const TOUCH_EVERY_MILLIS: u64 = 60_000;
 
 /// Settings of the asset service.
 #[derive(Debug, Clone)]
@@ -567,11 +567,11 @@ impl Assets {
         *lock(&self.inner.serving)
             .entry(record.blake3.clone())
             .or_insert(0) += 1;
-        let now = crate::clock::now_secs();
+        let now = crate::clock::now_millis();
         let stale = touches && {
             let mut touched = lock(&self.inner.touched);
             let last = touched.get(&record.key).unwrap_or(0);
-            if now.saturating_sub(last) >= TOUCH_EVERY_SECS {
+            if now.saturating_sub(last) >= TOUCH_EVERY_MILLIS {
                 touched.insert(&record.key, now);
                 true
             } else {

@@ -16,8 +16,11 @@ use crate::trust::SigningKey;
 
 /// Tree of signed records, by cache key.
 const RECORDS: &str = "assets";
-/// Tree of last-served times (u64 big-endian Unix seconds), by cache key.
+/// Tree of last-served times, by cache key.
 const ACCESS: &str = "asset_access";
+/// First byte of an access time in milliseconds (nine bytes; eight bytes are older seconds):
+/// builds finish within one second of each other, and eviction must still know their order.
+const ACCESS_MILLIS: u8 = 1;
 /// Tree of records set aside after failing verification, by `<key>.<unix secs>`.
 const QUARANTINE: &str = "assets_quarantine";
 
@@ -186,17 +189,23 @@ impl RecordStore {
         self.meta.count(QUARANTINE)
     }
 
-    /// Last-served time of `key` (Unix seconds), if it was ever served.
+    /// Last-served time of `key` (Unix milliseconds), if it was ever served.
     pub fn last_served(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.meta.get(ACCESS, key.as_bytes())?.and_then(|v| {
-            let arr: [u8; 8] = v.as_slice().try_into().ok()?;
-            Some(u64::from_be_bytes(arr))
-        }))
+        Ok(self
+            .meta
+            .get(ACCESS, key.as_bytes())?
+            .and_then(|v| match v.as_slice() {
+                [ACCESS_MILLIS, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+                // Written before access times had milliseconds: Unix seconds.
+                legacy => Some(u64::from_be_bytes(legacy.try_into().ok()?).saturating_mul(1000)),
+            }))
     }
 
-    /// Records that `key` was served at `secs`.
-    pub fn touch(&self, key: &str, secs: u64) -> Result<(), StoreError> {
-        self.meta.put(ACCESS, key.as_bytes(), &secs.to_be_bytes())
+    /// Records that `key` was served at `millis` (Unix milliseconds).
+    pub fn touch(&self, key: &str, millis: u64) -> Result<(), StoreError> {
+        let mut value = [ACCESS_MILLIS; 9];
+        value[1..].copy_from_slice(&millis.to_be_bytes());
+        self.meta.put(ACCESS, key.as_bytes(), &value)
     }
 
     /// Makes every write so far durable.
@@ -225,6 +234,25 @@ mod tests {
             inputs: BTreeMap::from([("asset/vmlinuz".into(), "sha256:00".into())]),
             intermediates: vec![],
         }
+    }
+
+    #[test]
+    fn access_times_keep_milliseconds_and_read_older_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(crate::store::SledStore::open(&dir.path().join("meta")).unwrap());
+        let records = RecordStore::new(Arc::clone(&meta));
+        records.touch("a", 1_700_000_000_123).unwrap();
+        records.touch("b", 1_700_000_000_124).unwrap();
+        assert_eq!(records.last_served("a").unwrap(), Some(1_700_000_000_123));
+        assert!(records.last_served("a").unwrap() < records.last_served("b").unwrap());
+        // A value written in seconds by an older version.
+        meta.put(ACCESS, b"old", &1_700_000_000u64.to_be_bytes())
+            .unwrap();
+        assert_eq!(records.last_served("old").unwrap(), Some(1_700_000_000_000));
+        meta.put(ACCESS, b"bad", b"xyz").unwrap();
+        assert_eq!(records.last_served("bad").unwrap(), None);
+        assert_eq!(records.last_served("none").unwrap(), None);
     }
 
     #[test]

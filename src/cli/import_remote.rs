@@ -56,6 +56,7 @@ pub fn run(args: &ImportArgs, cfg: &Config, server: &str) -> Result<(), CliError
             "server mode: importing through {server} (the appliance holds its data directory)"
         );
         if let Some(path) = &args.bundle {
+            admin.probe().await?;
             let file = tokio::fs::File::open(path)
                 .await
                 .map_err(CliError::input(path))?;

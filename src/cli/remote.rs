@@ -80,6 +80,14 @@ impl AdminClient {
         self.client.put(url).bearer_auth(&self.token)
     }
 
+    /// Checks that the server is an admin listener that accepts the token, before a request
+    /// whose body is too large to send only to learn that (a server that refuses a request early
+    /// may close the connection while its body is still being written, hiding its answer).
+    pub async fn probe(&self) -> Result<(), CliError> {
+        let url = self.url("admin/status")?;
+        send("GET", &url, self.get(url.clone())).await.map(drop)
+    }
+
     /// A `DELETE` of `url` with the bearer token.
     pub fn delete(&self, url: url::Url) -> reqwest::RequestBuilder {
         self.client.delete(url).bearer_auth(&self.token)
