@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::upstream::Upstream;
 use super::{Config, ConfigError};
 
 /// Prefix of configuration environment variables.
@@ -44,6 +45,7 @@ pub fn load(
             source,
         })?;
     let mut tree = defaults.clone();
+    let mut upstream = Upstream::default();
 
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -63,7 +65,14 @@ pub fn load(
             v => v,
         };
         let source_name = path.display().to_string();
-        merge(&mut tree, &defaults, parsed, "", &source_name)?;
+        merge(
+            &mut tree,
+            &defaults,
+            parsed,
+            "",
+            &source_name,
+            &mut upstream,
+        )?;
     }
 
     let mut env: Vec<(String, String)> = env
@@ -72,8 +81,10 @@ pub fn load(
         .collect();
     env.sort();
     for (name, value) in env {
-        apply_env(&mut tree, &defaults, &name, &value)?;
+        apply_env(&mut tree, &defaults, &name, &value, &mut upstream)?;
     }
+    upstream.apply(&mut tree);
+    upstream.warn();
 
     if let Some(v) = &flags.data_dir {
         set(&mut tree, &["storage", "dataDir"], Value::String(v.clone()));
@@ -103,23 +114,30 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Deep-merges `src` into `dst`, checking every key against the shape of `shape`.
+/// Deep-merges `src` into `dst`, checking every key against the shape of `shape`; keys only
+/// upstream image-factory has go to `upstream`.
 fn merge(
     dst: &mut Value,
     shape: &Value,
     src: Value,
     prefix: &str,
     source_name: &str,
+    upstream: &mut Upstream,
 ) -> Result<(), ConfigError> {
     match (shape, src) {
         (Value::Object(shape_map), Value::Object(src_map)) => {
             for (k, v) in src_map {
                 let key = join(prefix, &k);
                 let Some(sub_shape) = shape_map.get(&k) else {
-                    return Err(ConfigError::UnknownKey {
-                        key,
-                        source_name: source_name.to_string(),
-                    });
+                    match upstream.take(&key, v, source_name)? {
+                        None => continue,
+                        Some(key) => {
+                            return Err(ConfigError::UnknownKey {
+                                key,
+                                source_name: source_name.to_string(),
+                            });
+                        }
+                    }
                 };
                 let Some(sub_dst) = dst.as_object_mut().and_then(|m| m.get_mut(&k)) else {
                     return Err(ConfigError::UnknownKey {
@@ -131,7 +149,7 @@ fn merge(
                     // `key:` with no value keeps the default.
                     continue;
                 }
-                merge(sub_dst, sub_shape, v, &key, source_name)?;
+                merge(sub_dst, sub_shape, v, &key, source_name, upstream)?;
             }
             Ok(())
         }
@@ -204,27 +222,41 @@ fn coerce(shape: &Value, v: Value, key: &str) -> Result<Value, ConfigError> {
     }
 }
 
-/// Applies one `IF_A_B=value` variable: segments are matched case-insensitively to keys.
-fn apply_env(tree: &mut Value, shape: &Value, name: &str, value: &str) -> Result<(), ConfigError> {
+/// Applies one `IF_A_B=value` variable: segments are matched case-insensitively to keys; keys
+/// only upstream image-factory has go to `upstream`.
+fn apply_env(
+    tree: &mut Value,
+    shape: &Value,
+    name: &str,
+    value: &str,
+    upstream: &mut Upstream,
+) -> Result<(), ConfigError> {
     let rest = &name[ENV_PREFIX.len()..];
-    let unknown = || ConfigError::UnknownKey {
-        key: rest.to_ascii_lowercase().replace('_', "."),
-        source_name: format!("environment variable {name}"),
-    };
+    let source_name = format!("environment variable {name}");
+    let dotted = rest.to_ascii_lowercase().replace('_', ".");
+    let mut unknown =
+        || match upstream.take(&dotted, Value::String(value.to_string()), &source_name) {
+            Ok(None) => Ok(()),
+            Ok(Some(key)) => Err(ConfigError::UnknownKey {
+                key,
+                source_name: source_name.clone(),
+            }),
+            Err(e) => Err(e),
+        };
     let mut path: Vec<String> = Vec::new();
     let mut node = shape;
     for seg in rest.split('_') {
         let Value::Object(map) = node else {
-            return Err(unknown());
+            return unknown();
         };
         let Some((k, v)) = map.iter().find(|(k, _)| k.eq_ignore_ascii_case(seg)) else {
-            return Err(unknown());
+            return unknown();
         };
         path.push(k.clone());
         node = v;
     }
     if node.is_object() {
-        return Err(unknown());
+        return unknown();
     }
     let dotted = path.join(".");
     let trimmed = value.trim_start();
@@ -357,6 +389,103 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http.allowedOrigins"), "{e}");
+    }
+
+    fn upstream(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/upstream-config")
+            .join(name)
+    }
+
+    #[test]
+    fn upstream_default_configurations_load() {
+        let cfg = load(
+            Some(&upstream("defaults.yaml")),
+            env(&[]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.http.external_url, "https://localhost/");
+        assert_eq!(cfg.build.max_concurrency, 6);
+        assert_eq!(cfg.metrics.addr, ":2122");
+        let cfg = load(
+            Some(&upstream("helm.yaml")),
+            env(&[]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.cache.signing_key_path,
+            "/etc/image-factory/keys/cache-signing.key"
+        );
+        let text = std::fs::read_to_string(upstream("defaults.env")).unwrap();
+        let vars: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(vars.len() > 80, "{} variables", vars.len());
+        let cfg = load(None, vars, &FlagOverrides::default()).unwrap();
+        assert_eq!(cfg.http.allowed_origins, vec!["*"]);
+        assert_eq!(cfg.build.min_talos_version, "1.2.0");
+    }
+
+    #[test]
+    fn upstream_keys_map_refuse_or_stay_unknown_when_misspelt() {
+        let f = file("containerSignature:\n  publicKeyFile: /keys/sidero.pem\n");
+        let cfg = load(Some(f.path()), env(&[]), &FlagOverrides::default()).unwrap();
+        assert_eq!(cfg.trust.public_keys, vec!["/keys/sidero.pem"]);
+        let cfg = load(
+            None,
+            env(&[("IF_CONTAINERSIGNATURE_PUBLICKEYFILE", "/keys/env.pem")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.trust.public_keys, vec!["/keys/env.pem"]);
+        for (yaml, expect) in [
+            (
+                "cache:\n  s3:\n    bukcet: x\n",
+                "unknown key cache.s3.bukcet",
+            ),
+            ("artifacts:\n  cor: {}\n", "unknown key artifacts.cor"),
+            (
+                "authentication:\n  enabled: true\n",
+                "no user authentication",
+            ),
+            (
+                "containerSignature:\n  disabled: true\n",
+                "--insecure-skip-signature-verification",
+            ),
+            (
+                "containerSignature:\n  publicKeyHashAlgo: sha512\n",
+                "SHA-256",
+            ),
+        ] {
+            let f = file(yaml);
+            let e = load(Some(f.path()), env(&[]), &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{yaml}: {e}");
+        }
+        let e = load(
+            None,
+            env(&[("IF_CACHE_S3_BUKCET", "x")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cache.s3.bukcet") && e.contains("IF_CACHE_S3_BUKCET"),
+            "{e}"
+        );
+        let e = load(
+            None,
+            env(&[("IF_AUTHENTICATION_ENABLED", "true")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("IF_AUTHENTICATION_ENABLED"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod listen;
 mod load;
 mod netboot;
+mod upstream;
 mod validate;
 
 pub use listen::ListenAddr;

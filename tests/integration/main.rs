@@ -58,3 +58,4 @@ mod testkit_release;
 mod tftp;
 mod tftp_protocol;
 mod trust_cosign;
+mod upstream_config;
