@@ -183,7 +183,11 @@ impl AssetMetrics {
         self.counter(
             name,
             vec![
-                Label::new("talos_version", l.version.to_string()),
+                // Upstream's label carries the version without its `v` (`1.11.0`).
+                Label::new(
+                    "talos_version",
+                    l.version.strip_prefix('v').unwrap_or(l.version).to_string(),
+                ),
                 Label::new("output_kind", l.kind.to_string()),
                 Label::new("arch", l.arch.to_string()),
             ],

@@ -54,10 +54,14 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
 
     // Every kind was built once; the repeated cmdline and kernel were cache hits.
     for kind in ["kernel", "cmdline", "initramfs", "uki", "installer"] {
+        // The version label is upstream's form, without the `v`.
         let built = metric(
             &s,
             "image_factory_assets_built_total",
-            &[&format!("output_kind=\"{kind}\"")],
+            &[
+                &format!("output_kind=\"{kind}\""),
+                &format!("talos_version=\"{}\"", &V[1..]),
+            ],
         )
         .await;
         assert_eq!(built, 1.0, "{kind} builds");

@@ -222,6 +222,75 @@ async fn not_found_and_method_not_allowed_texts() {
 }
 
 #[tokio::test]
+async fn near_miss_paths_redirect_and_head_only_where_upstream_has_it() {
+    let srv = TestServer::start().await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (path, to) in [
+        ("/versions/", "/versions"),
+        ("/VERSIONS", "/versions"),
+        ("//versions", "/versions"),
+        ("/Versions/?broken=true", "/versions?broken=true"),
+        ("/HEALTHZ", "/healthz"),
+        ("/Schematics/AbC", "/schematics/AbC"),
+    ] {
+        let resp = c.get(srv.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::MOVED_PERMANENTLY, "{path}");
+        assert_eq!(header(&resp, "location"), to, "{path}");
+        assert!(resp.text().await.unwrap().contains("Moved Permanently"));
+    }
+    // Other methods keep their method and body: 307.
+    let resp = c
+        .post(srv.url("/SCHEMATICS"))
+        .body("customization: {}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(header(&resp, "location"), "/schematics");
+    // Nothing near: 404.
+    let resp = c.get(srv.url("/versionz")).send().await.unwrap();
+    assert_go_error(resp, StatusCode::NOT_FOUND, "404 page not found\n").await;
+
+    // HEAD where upstream's router has it, 405 where it has GET only.
+    for (path, status) in [
+        ("/healthz", StatusCode::OK),
+        ("/readyz", StatusCode::OK),
+        ("/versions", StatusCode::METHOD_NOT_ALLOWED),
+        (
+            "/version/v1.11.0/extensions/official",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "/oci/cosign/signing-key.pub",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            &format!("/schematics/{}", "0".repeat(64)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            &format!("/pxe/{}/v1.11.0/metal-amd64", "0".repeat(64)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            &format!("/image/{}/v1.11.0/metal-amd64.iso", "0".repeat(64)),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let resp = c.head(srv.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), status, "HEAD {path}");
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert_eq!(header(&resp, "allow"), "GET, OPTIONS", "HEAD {path}");
+        }
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn server_header_and_request_id() {
     let srv = TestServer::start().await;
     let c = client();
@@ -234,7 +303,7 @@ async fn server_header_and_request_id() {
     assert_eq!(header(&resp, "x-request-id"), "abc-123");
     assert_eq!(
         header(&resp, "server"),
-        concat!("Image Factory ", env!("CARGO_PKG_VERSION"))
+        concat!("Image Factory v", env!("CARGO_PKG_VERSION"))
     );
     // Fresh UUIDv4 when absent, also on error responses.
     let resp = c.get(srv.url("/nope")).send().await.unwrap();
@@ -393,6 +462,18 @@ async fn health_status_and_metrics() {
             "missing {line:?} in:\n{text}"
         );
     }
+    // The standard process metrics, with this process's values.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("missing {name} in:\n{text}"))
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_threads") >= 1.0);
+    assert!(value("process_start_time_seconds") > 1.7e9);
+    value("process_cpu_seconds_total");
     let resp = c.get(srv.metrics_url("/other")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     srv.stop().await;

@@ -29,11 +29,14 @@ fn json(body: String) -> Response {
 /// The versions this appliance offers: imported releases filtered by the configured rules.
 pub fn offered_versions(st: &AppState) -> Result<Vec<Version>, ApiError> {
     let rules = st.version_rules();
+    // Only versions this appliance can build: an imported release older than the imager's
+    // oldest target would be listed and then refused by every build.
     let imported: Vec<Version> = st
         .releases()
         .list()?
         .iter()
         .filter_map(|r| r.parsed_version())
+        .filter(|v| (v.major, v.minor) >= crate::imager::quirks::MIN_SUPPORTED)
         .collect();
     Ok(version::offered(
         &imported,
@@ -93,11 +96,11 @@ pub async fn overlays(
     State(st): State<AppState>,
     Path(version): Path<String>,
 ) -> Result<Response, ApiError> {
-    let release = offered_release(&st, &version)?;
-    let supports_overlays = release.parsed_version().is_some_and(|v| v.at_least(1, 7));
-    if !supports_overlays {
+    // Upstream answers `[]` for versions before overlays (1.7) without looking them up.
+    if Version::parse_strict(&version).is_some_and(|v| !v.at_least(1, 7)) {
         return Ok(json("[]\n".to_string()));
     }
+    let release = offered_release(&st, &version)?;
     let items: Vec<Vec<(&str, &str)>> = release
         .overlays
         .iter()

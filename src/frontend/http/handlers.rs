@@ -269,6 +269,14 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("404 page not found".into())
 }
 
+/// `HEAD` of a route upstream serves to `GET` only (its router has no `HEAD` route there).
+pub async fn get_only() -> impl IntoResponse {
+    (
+        [(axum::http::header::ALLOW, "GET, OPTIONS")],
+        ApiError::MethodNotAllowed,
+    )
+}
+
 /// Fallback for a known path with a wrong method (the router adds `Allow`).
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed

@@ -15,6 +15,8 @@ use crate::assets::{HISTOGRAMS, LATENCY_BUCKETS};
 pub struct Metrics {
     handle: PrometheusHandle,
     recorder: Arc<PrometheusRecorder>,
+    /// The standard `process_*` metrics (CPU, memory, file descriptors, threads, start time).
+    process: metrics_process::Collector,
     /// `image_factory_schematic_get_total`.
     pub schematic_get: Counter,
     /// `image_factory_schematic_create_total`.
@@ -129,9 +131,12 @@ impl Metrics {
         schematic_get.absolute(0);
         schematic_create.absolute(0);
         schematic_duplicate_create.absolute(0);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(recorder.as_ref(), || process.describe());
         Self {
             handle,
             recorder,
+            process,
             schematic_get,
             schematic_create,
             schematic_duplicate_create,
@@ -201,8 +206,9 @@ impl Metrics {
         )
     }
 
-    /// Renders the Prometheus text exposition.
+    /// Renders the Prometheus text exposition (the process metrics read at this moment).
     pub fn render(&self) -> String {
+        metrics::with_local_recorder(self.recorder.as_ref(), || self.process.collect());
         self.handle.render()
     }
 }

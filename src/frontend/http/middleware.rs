@@ -18,8 +18,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest `X-Request-ID` echoed; a longer one is replaced by a fresh ID.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The `Server` header value: `Image Factory <crate version>`.
-pub const SERVER_HEADER: &str = concat!("Image Factory ", env!("CARGO_PKG_VERSION"));
+/// The `Server` header value in upstream's form, `Image Factory v<version>`.
+pub const SERVER_HEADER: &str = concat!("Image Factory v", env!("CARGO_PKG_VERSION"));
 
 /// A route as upstream's httprouter spells it (`/image/:schematic/...`), for metric labels.
 fn route_template(axum_route: &str) -> String {

@@ -16,9 +16,11 @@ pub mod middleware;
 pub mod netboot;
 pub mod parse_pool;
 pub mod ranges;
+pub mod redirect;
 pub mod state;
 
 pub use conn::{serve_listener, serve_unix_listener};
+use redirect::Routes;
 pub use state::AppState;
 
 use axum::Router;
@@ -57,18 +59,24 @@ fn cors(config: &Config) -> CorsLayer {
 
 /// The API router (without listeners), given shared state and config.
 pub fn router(state: AppState, config: &Config) -> Router {
-    Router::new()
+    Routes::new()
         .route("/schematics", post(handlers::create_schematic))
-        .route("/schematics/{id}", get(handlers::get_schematic))
+        .route(
+            "/schematics/{id}",
+            get(handlers::get_schematic).head(handlers::get_only),
+        )
         .route("/healthz", get(handlers::health))
         .route("/readyz", get(handlers::health))
         .route("/status", get(handlers::status))
-        .route("/versions", get(catalog::versions))
+        .route("/versions", get(catalog::versions).head(handlers::get_only))
         .route(
             "/image/{schematic}/{version}/{path}",
             get(image::image).head(image::image),
         )
-        .route("/pxe/{schematic}/{version}/{path}", get(image::pxe))
+        .route(
+            "/pxe/{schematic}/{version}/{path}",
+            get(image::pxe).head(handlers::get_only),
+        )
         .route(
             "/pxe/ipxe/{*file}",
             get(ipxe_files::ipxe_file).head(ipxe_files::ipxe_file),
@@ -77,17 +85,23 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v2", any(registry::handle))
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
-        .route("/oci/cosign/signing-key.pub", get(image::signing_key))
-        .route("/secureboot/signing-cert.pem", get(image::secureboot_cert))
+        .route(
+            "/oci/cosign/signing-key.pub",
+            get(image::signing_key).head(handlers::get_only),
+        )
+        .route(
+            "/secureboot/signing-cert.pem",
+            get(image::secureboot_cert).head(handlers::get_only),
+        )
         .route(
             "/version/{version}/extensions/official",
-            get(catalog::extensions),
+            get(catalog::extensions).head(handlers::get_only),
         )
         .route(
             "/version/{version}/overlays/official",
-            get(catalog::overlays),
+            get(catalog::overlays).head(handlers::get_only),
         )
-        .fallback(handlers::not_found)
+        .finish()
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(cors(config))
