@@ -93,6 +93,18 @@ pub enum ImagerError {
         /// Why it is rejected.
         reason: String,
     },
+    /// The schematic's bootloader cannot boot this architecture: dual-boot adds GRUB for BIOS,
+    /// which arm64 machines do not have, and Talos' dual-boot installer puts later upgrades in
+    /// GRUB's configuration, where they would never take effect.
+    #[error(
+        "{bootloader} bootloader is not supported for {arch}: it adds GRUB for BIOS boot, which {arch} machines do not have; use sd-boot (the {arch} default) or grub"
+    )]
+    BootloaderNotSupported {
+        /// The bootloader from the schematic.
+        bootloader: &'static str,
+        /// The architecture.
+        arch: &'static str,
+    },
     /// The target is older than what this appliance builds (see [`crate::imager::quirks`]).
     #[error("unsupported Talos version {0}: this appliance builds Talos 1.8 and later")]
     UnsupportedVersion(String),
@@ -195,6 +207,7 @@ impl ImagerError {
             | ImagerError::EmbeddedConfigNotSupported { .. }
             | ImagerError::SecureBootDisabled
             | ImagerError::InvalidEnrollKeys { .. }
+            | ImagerError::BootloaderNotSupported { .. }
             | ImagerError::UnsupportedVersion(_) => ErrorKind::InvalidRequest,
             ImagerError::VersionNotAvailable(_) | ImagerError::ExtensionNotImported { .. } => {
                 ErrorKind::MissingInput

@@ -444,6 +444,17 @@ impl Profile {
             }
             OutputKind::Uki | OutputKind::Cmdline => {}
         }
+        let bootloader = match self.output.kind {
+            OutputKind::Image => self.output.image_options.as_ref().map(|o| o.bootloader),
+            OutputKind::Iso => self.output.iso_options.as_ref().map(|o| o.bootloader),
+            _ => None,
+        };
+        if self.arch == Arch::Arm64 && bootloader == Some(Bootloader::DualBoot) {
+            return Err(ImagerError::BootloaderNotSupported {
+                bootloader: "dual-boot",
+                arch: "arm64",
+            });
+        }
         super::cmdline::platform_args(&self.platform, self.arch, &q)?;
         Ok(())
     }

@@ -164,6 +164,16 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
             "error enhancing profile from schematic: official extension \"siderolabs/nope\" is not available for Talos version v1.11.0\n".into()
         )
     );
+    // dual-boot cannot boot arm64 (BIOS GRUB): refused before anything is built.
+    let dual = create_schematic(&s, "customization:\n  bootloader: dual-boot\n").await;
+    let g = err(format!("/image/{dual}/{V}/metal-arm64.raw.xz")).await;
+    assert_eq!(g.status, 400, "{}", g.text());
+    assert!(
+        g.text()
+            .contains("dual-boot bootloader is not supported for arm64"),
+        "{}",
+        g.text()
+    );
     // Overlay schematics: every output that carries the overlay is refused (501, our text,
     // no upstream prefix) instead of being built without it; kernel and cmdline never carry
     // it (api spec §2.8) and still build.

@@ -320,6 +320,28 @@ fn bootloader_choice_rules() {
 }
 
 #[test]
+fn dual_boot_is_refused_on_arm64_only() {
+    let yaml = "customization:\n  bootloader: dual-boot\n";
+    for path in ["metal-arm64.raw.xz", "metal-arm64.iso"] {
+        let e = enhance(path, "v1.12.0", yaml).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidRequest, "{path}");
+        assert!(
+            e.to_string()
+                .starts_with("dual-boot bootloader is not supported for arm64"),
+            "{e}"
+        );
+    }
+    enhance("metal-amd64.raw.xz", "v1.12.0", yaml).unwrap();
+    enhance("metal-amd64.iso", "v1.12.0", yaml).unwrap();
+    // arm64 without a bootloader in the schematic still builds (sd-boot).
+    let p = enhance("metal-arm64.raw.xz", "v1.12.0", "customization: {}\n").unwrap();
+    assert_eq!(
+        p.output.image_options.map(|o| o.bootloader),
+        Some(Bootloader::SdBoot)
+    );
+}
+
+#[test]
 fn iso_options_from_1_12() {
     let p = enhance(
         "metal-amd64.iso",
