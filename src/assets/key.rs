@@ -143,6 +143,7 @@ mod tests {
             extensions: vec![],
             overlays: vec![],
             catalogs: Vec::new(),
+            talosctl: None,
         }
     }
 

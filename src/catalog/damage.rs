@@ -40,6 +40,9 @@ impl Release {
                 out.insert(b.blake3.clone(), b.size);
             }
         }
+        for b in self.talosctl.iter().flat_map(|t| t.files.values()) {
+            out.insert(b.blake3.clone(), b.size);
+        }
         let mut manifests: Vec<String> = Vec::new();
         for image in self.image_records() {
             manifests.push(image.digest.hex().to_string());

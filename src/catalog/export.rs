@@ -62,8 +62,8 @@ fn reference(s: &str) -> Result<Reference, CatalogError> {
     s.parse().map_err(CatalogError::from)
 }
 
-/// Copies one release (imager, installer base, catalogs, selected extensions, overlays, and
-/// every signature) from `source` into `writer`.
+/// Copies one release (imager, installer base, catalogs, selected extensions, overlays,
+/// `talosctl-all` when the registry has it, and every signature) from `source` into `writer`.
 pub fn export_release<S: ImageSource>(
     source: &S,
     writer: &mut BundleWriter,
@@ -117,6 +117,19 @@ pub fn export_release<S: ImageSource>(
                     &all_arches,
                 )?;
             }
+        }
+    }
+    if super::talosctl::has_talosctl_all(&opts.version) {
+        // Optional, as on import: a registry without it still exports the release.
+        match ex.copy("siderolabs/talosctl-all", Some(&tag), None, &imager_arch) {
+            Ok(_) => {}
+            Err(CatalogError::ImageNotFound { image, .. })
+            | Err(CatalogError::Oci(OciError::NotFound(image))) => {
+                progress.step(&format!(
+                    "{image} not found: the bundle has no talosctl binaries"
+                ));
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(ex.summary)

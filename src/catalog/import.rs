@@ -35,7 +35,7 @@ const MAX_CATALOG_FILE: u64 = 16 << 20;
 /// Boot assets every architecture must have.
 const REQUIRED_ASSETS: &[&str] = &["vmlinuz", "initramfs.xz"];
 /// The architecture whose imager image is read (it carries every architecture's assets).
-const IMAGER_PLATFORM: Arch = Arch::Amd64;
+pub(super) const IMAGER_PLATFORM: Arch = Arch::Amd64;
 /// Where the imager image keeps the boot assets, one directory per architecture.
 const INSTALL_DIR: &str = "usr/install";
 /// Where the imager image keeps the GRUB module trees.
@@ -107,7 +107,7 @@ pub struct ImportSummary {
 /// An image to read: its reference in the source, and the upstream repository path its
 /// signature must name (`siderolabs/imager`; the source may hold it under a mirror namespace).
 #[derive(Debug, Clone)]
-struct Wanted {
+pub(super) struct Wanted {
     reference: Reference,
     identity: SignedIdentity,
 }
@@ -115,7 +115,11 @@ struct Wanted {
 impl Wanted {
     /// `repository` (upstream path, e.g. `siderolabs/imager`) under `registry` (`HOST[/ns]`),
     /// followed by `suffix` (`:tag` or `@digest`).
-    fn new(registry: &str, repository: &str, suffix: &str) -> Result<Wanted, CatalogError> {
+    pub(super) fn new(
+        registry: &str,
+        repository: &str,
+        suffix: &str,
+    ) -> Result<Wanted, CatalogError> {
         Ok(Wanted {
             reference: parse_ref(&format!("{registry}/{repository}{suffix}"))?,
             identity: SignedIdentity::repository(repository),
@@ -124,8 +128,8 @@ impl Wanted {
 }
 
 /// An image resolved, verified and with its platform manifest fetched, but not yet stored.
-struct Planned {
-    reference: Reference,
+pub(super) struct Planned {
+    pub(super) reference: Reference,
     top: Descriptor,
     top_bytes: Vec<u8>,
     manifest_desc: Descriptor,
@@ -186,6 +190,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         }
     }
 
+    /// Where progress is reported.
+    pub(super) fn progress(&self) -> &dyn ImportProgress {
+        self.progress
+    }
+
     /// Runs the import and publishes the release.
     pub async fn run(mut self, opts: &ImportOptions) -> Result<ImportSummary, CatalogError> {
         let tag = opts.version.tag();
@@ -203,7 +212,9 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         let imager_record = self.store(&imager).await?;
         self.commit_pending().await?;
         self.progress.step("extracting boot assets");
-        let extracted = self.extract_imager(&imager).await?;
+        // `usr/install/` and `usr/lib/grub/` are all an import reads of the imager.
+        let prefixes = vec![format!("{INSTALL_DIR}/"), format!("{GRUB_DIR}/")];
+        let extracted = self.extract(&imager, prefixes).await?;
         let root = extracted.path();
         // Listed without following symlinks, like the boot trees (see `boot_trees`).
         let grub_files = regular_files(root, GRUB_DIR)?.unwrap_or_default();
@@ -264,6 +275,8 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             (Vec::new(), false)
         };
 
+        let talosctl = self.talosctl(opts, component("talosctl-all")?).await?;
+
         let signatures = if self.policy.skip {
             Signatures::Skipped
         } else {
@@ -285,6 +298,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             extensions,
             overlays,
             catalogs: std::mem::take(&mut self.catalogs),
+            talosctl,
         };
         // Blobs and their index entries must be durable before the record that names them
         // (the release store's flush covers the index entries written by the commit).
@@ -304,7 +318,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     }
 
     /// Resolves `wanted`, verifies its signature and fetches the `linux/<arch>` manifest.
-    async fn plan(&mut self, wanted: Wanted, arch: Arch) -> Result<Planned, CatalogError> {
+    pub(super) async fn plan(
+        &mut self,
+        wanted: Wanted,
+        arch: Arch,
+    ) -> Result<Planned, CatalogError> {
         let Wanted {
             reference,
             identity,
@@ -364,7 +382,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     }
 
     /// Stores the manifests, config and layers of a planned image (skipping known blobs).
-    async fn store(&mut self, p: &Planned) -> Result<ImageRecord, CatalogError> {
+    pub(super) async fn store(&mut self, p: &Planned) -> Result<ImageRecord, CatalogError> {
         let mut records = self.store_all(std::slice::from_ref(p)).await?;
         records
             .pop()
@@ -476,7 +494,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     }
 
     /// Makes every pending blob durable and visible in the index.
-    async fn commit_pending(&mut self) -> Result<(), CatalogError> {
+    pub(super) async fn commit_pending(&mut self) -> Result<(), CatalogError> {
         let pending = std::mem::take(&mut self.pending);
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || blobs.commit_batch(pending))
@@ -513,9 +531,13 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         }
     }
 
-    /// Extracts `usr/install/` and `usr/lib/grub/` of the imager into a scratch directory
+    /// Extracts the files of `image` under `prefixes` (all with none) into a scratch directory
     /// (removed when the returned guard drops).
-    async fn extract_imager(&self, imager: &Planned) -> Result<tempfile::TempDir, CatalogError> {
+    pub(super) async fn extract(
+        &self,
+        image: &Planned,
+        prefixes: Vec<String>,
+    ) -> Result<tempfile::TempDir, CatalogError> {
         std::fs::create_dir_all(&self.scratch).map_err(|source| StoreError::CreateDir {
             dir: self.scratch.clone(),
             source,
@@ -528,10 +550,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                 self.scratch.display()
             )))?;
         let root = dir.path().to_path_buf();
-        let layers = imager.manifest.layers.clone();
+        let layers = image.manifest.layers.clone();
         let blobs = self.blobs.clone();
         let opts = FlattenOptions {
-            prefixes: vec![format!("{INSTALL_DIR}/"), format!("{GRUB_DIR}/")],
+            prefixes,
             ..FlattenOptions::default()
         };
         tokio::task::spawn_blocking(move || {
@@ -539,14 +561,14 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             flatten(&layers, &mut open as &mut LayerOpener<'_>, &root, &opts)
         })
         .await
-        .map_err(CatalogError::task("imager extraction task"))??;
+        .map_err(CatalogError::task("image extraction task"))??;
         Ok(dir)
     }
 
     /// Moves the listed regular files of an extracted tree into the store, keyed by their
     /// (checked) relative path. The files are committed as one batch (two filesystem syncs
     /// instead of two per file).
-    fn store_files(
+    pub(super) fn store_files(
         &mut self,
         files: Vec<TreeFile>,
     ) -> Result<BTreeMap<String, BlobRef>, CatalogError> {

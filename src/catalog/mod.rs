@@ -7,6 +7,7 @@ pub mod files;
 mod import;
 mod names;
 mod release;
+pub mod talosctl;
 pub mod version;
 
 pub use damage::Damage;
@@ -16,7 +17,7 @@ pub use import::{
 pub use names::{Arch, RelPath};
 pub use release::{
     ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
-    Signatures,
+    Signatures, TalosctlRelease,
 };
 pub use version::Version;
 

@@ -105,6 +105,29 @@ pub struct OverlayEntry {
     pub images: BTreeMap<Arch, ImageRecord>,
 }
 
+/// The `talosctl` binaries of a release, from its `talosctl-all` image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TalosctlRelease {
+    /// The `talosctl-all` image.
+    pub image: ImageRecord,
+    /// Its root files named `talosctl-<os>-<arch>[.exe]`, by name.
+    pub files: BTreeMap<String, BlobRef>,
+}
+
+/// Whether `name` is a `talosctl` binary's name as the `talosctl-all` image holds them
+/// (`talosctl-<os>-<arch>` with an optional `.exe`).
+pub fn is_talosctl_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("talosctl-") else {
+        return false;
+    };
+    let rest = rest.strip_suffix(".exe").unwrap_or(rest);
+    let mut parts = rest.split('-');
+    let word = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    };
+    word(parts.next()) && word(parts.next()) && parts.next().is_none()
+}
+
 /// A complete imported Talos release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
@@ -129,6 +152,9 @@ pub struct Release {
     /// written before this field existed have none.
     #[serde(default)]
     pub catalogs: Vec<ImageRecord>,
+    /// The `talosctl` binaries, when the source held the release's `talosctl-all` image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub talosctl: Option<TalosctlRelease>,
 }
 
 impl Release {
@@ -137,9 +163,9 @@ impl Release {
         Version::parse_strict(&self.version)
     }
 
-    /// Checks every name of the record that reaches the filesystem: the version, and each
-    /// boot-asset and GRUB-module path (relative, without `..`, see [`RelPath`]). Architecture
-    /// keys are checked by their type.
+    /// Checks every name of the record that reaches the filesystem or a URL: the version, each
+    /// boot-asset and GRUB-module path (relative, without `..`, see [`RelPath`]) and each
+    /// `talosctl` binary's name. Architecture keys are checked by their type.
     pub fn check_names(&self) -> Result<(), CatalogError> {
         if Version::parse_strict(&self.version).is_none() {
             return Err(CatalogError::InvalidVersion(self.version.clone()));
@@ -147,6 +173,14 @@ impl Release {
         for arch in self.arches.values() {
             for path in arch.assets.keys().chain(arch.grub.keys()) {
                 RelPath::parse(path)?;
+            }
+        }
+        for name in self.talosctl.iter().flat_map(|t| t.files.keys()) {
+            if !is_talosctl_name(name) {
+                return Err(CatalogError::Catalog(format!(
+                    "release {} names {name:?} as a talosctl binary",
+                    self.version
+                )));
             }
         }
         Ok(())
@@ -166,6 +200,7 @@ impl Release {
             out.extend(o.images.values());
         }
         out.extend(self.catalogs.iter());
+        out.extend(self.talosctl.iter().map(|t| &t.image));
         out
     }
 }

@@ -89,6 +89,35 @@ fn script(body: &str) -> Vec<u8> {
     format!("#!/bin/sh\n# Image Factory test kit placeholder.\n{body}\n").into_bytes()
 }
 
+/// The synthetic `siderolabs/talosctl-all:<v>`: `talosctl-<os>-<arch>` binaries at its root
+/// (shell scripts for Linux, seeded bytes for the others), as the real image holds them.
+fn talosctl_all(w: &mut ImageWriter<'_>, v: &str) -> Result<(), KitError> {
+    let mut tree = Tree::new();
+    for (name, mode) in [
+        ("talosctl-linux-amd64", 0o755),
+        ("talosctl-linux-arm64", 0o755),
+        ("talosctl-darwin-arm64", 0o755),
+        ("talosctl-windows-amd64.exe", 0o644),
+    ] {
+        let body = if name.starts_with("talosctl-linux-") {
+            script(&format!("echo \"talosctl {v} (test kit)\""))
+        } else {
+            super::images::pseudo_random(&format!("{name}-{v}"), 4096)
+        };
+        tree.file(name, mode, body);
+    }
+    w.image(
+        "siderolabs/talosctl-all",
+        v,
+        &[Layer::from_tree(&tree, false)?],
+        &RuntimeConfig {
+            labels: labels(v),
+            ..Default::default()
+        },
+    )?;
+    Ok(())
+}
+
 /// The overlay image `siderolabs/sbc-test:v0.1.0` (shared by every version).
 pub(super) fn overlay_image(w: &mut ImageWriter<'_>) -> Result<BuiltImage, KitError> {
     let mut t = Tree::new();
@@ -388,6 +417,12 @@ pub(super) fn version(
             ..Default::default()
         },
     )?;
+
+    let talosctl = crate::catalog::Version::parse_strict(v)
+        .is_some_and(|version| crate::catalog::talosctl::has_talosctl_all(&version));
+    if talosctl {
+        talosctl_all(w, v)?;
+    }
 
     let overlays = format!(
         "overlays:\n  - name: test\n    image: {}\n    digest: {}\n",

@@ -44,6 +44,7 @@ fn release(version: &str) -> Release {
             images: BTreeMap::new(),
         }],
         catalogs: Vec::new(),
+        talosctl: None,
     }
 }
 

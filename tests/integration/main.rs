@@ -52,6 +52,7 @@ mod replication;
 mod schematic_bounds;
 mod schematic_golden;
 mod squashfs_writer;
+mod talosctl;
 mod testkit_bundle;
 mod testkit_qemu;
 mod testkit_release;

@@ -17,7 +17,7 @@ pub struct VersionsQuery {
     broken: Option<String>,
 }
 
-fn json(body: String) -> Response {
+pub(super) fn json(body: String) -> Response {
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -46,7 +46,10 @@ pub fn offered_versions(st: &AppState) -> Result<Vec<Version>, ApiError> {
 }
 
 /// Resolves the `:version` path parameter: `v` added, strict semver (else 500), offered (else 404).
-fn offered_release(st: &AppState, raw: &str) -> Result<std::sync::Arc<Release>, ApiError> {
+pub(super) fn offered_release(
+    st: &AppState,
+    raw: &str,
+) -> Result<std::sync::Arc<Release>, ApiError> {
     let v = Version::parse_strict(raw)
         .ok_or_else(|| ApiError::from(CatalogError::InvalidVersion(raw.to_string())))?;
     let not_available = || ApiError::from(CatalogError::VersionNotAvailable(v.to_string()));

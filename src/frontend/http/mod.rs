@@ -18,6 +18,7 @@ pub mod parse_pool;
 pub mod ranges;
 pub mod redirect;
 pub mod state;
+pub mod talosctl;
 
 pub use conn::{serve_listener, serve_unix_listener};
 use redirect::Routes;
@@ -96,6 +97,14 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route(
             "/version/{version}/extensions/official",
             get(catalog::extensions).head(handlers::get_only),
+        )
+        .route(
+            "/talosctl/{version}",
+            get(talosctl::list).head(handlers::get_only),
+        )
+        .route(
+            "/talosctl/{version}/{file}",
+            get(talosctl::download).head(talosctl::download),
         )
         .route(
             "/version/{version}/overlays/official",

@@ -118,6 +118,7 @@ fn images_of(release: &Release) -> Vec<(&ImageRecord, Option<&str>)> {
         out.extend(o.images.values().map(|i| (i, tag_in(&o.reference))));
     }
     out.extend(release.catalogs.iter().map(|i| (i, None)));
+    out.extend(release.talosctl.iter().map(|t| (&t.image, None)));
     out
 }
 

@@ -60,6 +60,7 @@ fn env() -> Env {
             images: BTreeMap::new(),
         }],
         catalogs: Vec::new(),
+        talosctl: None,
     };
     let releases = ReleaseStore::new(&blobs);
     tokio::runtime::Builder::new_current_thread()

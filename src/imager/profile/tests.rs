@@ -55,6 +55,7 @@ fn release(v: &str) -> Release {
             images: BTreeMap::new(),
         }],
         catalogs: Vec::new(),
+        talosctl: None,
     }
 }
 

@@ -75,6 +75,7 @@ fn release(version: &str, images: Vec<ImageRecord>) -> Arc<Release> {
         extensions: Vec::new(),
         overlays: Vec::new(),
         catalogs: images,
+        talosctl: None,
     })
 }
 
