@@ -490,6 +490,23 @@ mod tests {
     }
 
     #[test]
+    fn the_appliance_config_loads_with_the_units_paths() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/config.yaml");
+        let cfg = load(Some(&path), std::iter::empty(), &FlagOverrides::default())
+            .expect("appliance config loads");
+        cfg.validate().expect("appliance config is valid");
+        // The unit's StateDirectory and the Debian `ipxe` package's files.
+        assert_eq!(cfg.storage.data_dir, "/var/lib/image-factory");
+        assert_eq!(cfg.tftp.root, "/usr/lib/ipxe");
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/image-factory.service"),
+        )
+        .expect("unit");
+        assert!(unit.contains("StateDirectory=image-factory\n"));
+        assert!(unit.contains("--config /etc/image-factory/config.yaml"));
+    }
+
+    #[test]
     fn defaults_validate() {
         Config::default().validate().expect("defaults are valid");
     }

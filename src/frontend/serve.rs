@@ -139,6 +139,14 @@ impl Running {
     }
 }
 
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) that the appliance is ready or
+/// stopping; without systemd, nothing.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 /// How long open connections may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -604,12 +612,15 @@ pub async fn serve(
     let mut grace_rx = stop_rx.clone();
     tokio::spawn(async move {
         let _ = grace_rx.wait_for(|v| *v).await;
+        notify_systemd(sd_notify::NotifyState::Stopping);
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         for a in aborts {
             a.abort();
         }
     });
 
+    // Every listener is bound and serving: a systemd unit of Type=notify starts now.
+    notify_systemd(sd_notify::NotifyState::Ready);
     let task_node = Arc::clone(&node);
     let task = tokio::spawn(async move {
         let http_res = finished("http", http_task.await);

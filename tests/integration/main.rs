@@ -4,6 +4,7 @@
 mod common;
 mod oci_support;
 
+mod appliance;
 mod assets_crash;
 mod assets_gc;
 mod assets_http;

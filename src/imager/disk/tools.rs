@@ -63,3 +63,22 @@ pub fn check() -> Vec<(Tool, Result<PathBuf, ToolError>)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debian_package_depends_on_every_tool() {
+        let manifest = include_str!("../../../Cargo.toml");
+        let depends = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("depends = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("[package.metadata.deb] depends");
+        let packages: Vec<&str> = depends.split(',').map(str::trim).collect();
+        for t in TOOLS {
+            assert!(packages.contains(&t.package), "{} ({})", t.package, t.name);
+        }
+    }
+}
