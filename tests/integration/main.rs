@@ -9,6 +9,7 @@ mod assets_crash;
 mod assets_gc;
 mod assets_http;
 mod assets_integrity;
+mod backup;
 mod build_admission;
 mod build_boot;
 mod cli;
