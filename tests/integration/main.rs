@@ -19,6 +19,7 @@ mod dhcp_netns;
 mod disk_boot;
 mod disk_full;
 mod disk_images_http;
+mod docs_dashboard;
 mod durability;
 mod durability_trace;
 mod hostile_schematics;
