@@ -104,6 +104,44 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Peer replication (libp2p swarm and cluster membership).
     pub replication: ReplicationConfig,
+    /// Releases imported on demand from a registry (connected sites).
+    pub artifacts: ArtifactsConfig,
+}
+
+/// `artifacts.*` keys (upstream's names): where Talos releases come from on demand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ArtifactsConfig {
+    /// The registry holding upstream's images.
+    pub core: CoreArtifactsConfig,
+}
+
+/// `artifacts.core.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CoreArtifactsConfig {
+    /// Registry host (`ghcr.io`, `mirror.site:5000`); empty = no releases on demand.
+    pub registry: String,
+    /// Path prefix of every image in it (a mirror's project), e.g. `proxy`.
+    pub namespace: String,
+    /// Plain HTTP or unverified TLS to the registry.
+    pub insecure: bool,
+}
+
+impl CoreArtifactsConfig {
+    /// `registry[/namespace]`, as imports take a registry; `None` when no registry is set.
+    pub fn host_ns(&self) -> Option<String> {
+        let registry = self.registry.trim().trim_end_matches('/');
+        if registry.is_empty() {
+            return None;
+        }
+        let ns = self.namespace.trim().trim_matches('/');
+        Some(if ns.is_empty() {
+            registry.to_string()
+        } else {
+            format!("{registry}/{ns}")
+        })
+    }
 }
 
 /// `http.*` keys.

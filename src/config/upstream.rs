@@ -23,8 +23,12 @@ enum Treatment {
 
 use Treatment::{AppendTo, Ignored, Only};
 
-const NOT_REGISTRY_FED: &str = "releases come from `image-factory import` (a bundle, or \
-    --from-registry), not from a registry read at request time";
+const TAGS_REREAD: &str = "the registry's tag list (artifacts.core.registry) is read again every \
+    15 minutes, and a release is imported once, when first asked for";
+
+/// Why a component's repository must be upstream's.
+const COMPONENT: &str = "images are imported under upstream's repository names \
+    (siderolabs/...); put a different registry or mirror project in artifacts.core.*";
 const STORES_ITSELF: &str = "this appliance stores and serves built assets itself \
     (storage.dataDir)";
 
@@ -37,19 +41,52 @@ const REPOSITORY_FIELDS: &[&str] = &["registry", "namespace", "repository", "ins
 const KEYS: &[(&[&str], Treatment)] = &[
     (
         &[
-            "artifacts.core.registry",
-            "artifacts.core.namespace",
-            "artifacts.core.insecure",
-            "artifacts.core.components.installerbase",
-            "artifacts.core.components.installer",
-            "artifacts.core.components.imager",
-            "artifacts.core.components.extensionmanifest",
-            "artifacts.core.components.overlaymanifest",
-            "artifacts.core.components.talosctl",
             "artifacts.talosversionrecheckinterval",
             "artifacts.refreshinterval",
         ],
-        Ignored(NOT_REGISTRY_FED),
+        Ignored(TAGS_REREAD),
+    ),
+    (
+        &["artifacts.core.components.installerbase"],
+        Only {
+            allowed: &["siderolabs/installer-base"],
+            reason: COMPONENT,
+        },
+    ),
+    (
+        &["artifacts.core.components.installer"],
+        Only {
+            allowed: &["siderolabs/installer"],
+            reason: COMPONENT,
+        },
+    ),
+    (
+        &["artifacts.core.components.imager"],
+        Only {
+            allowed: &["siderolabs/imager"],
+            reason: COMPONENT,
+        },
+    ),
+    (
+        &["artifacts.core.components.extensionmanifest"],
+        Only {
+            allowed: &["siderolabs/extensions"],
+            reason: COMPONENT,
+        },
+    ),
+    (
+        &["artifacts.core.components.overlaymanifest"],
+        Only {
+            allowed: &["siderolabs/overlays"],
+            reason: COMPONENT,
+        },
+    ),
+    (
+        &["artifacts.core.components.talosctl"],
+        Only {
+            allowed: &["siderolabs/talosctl-all"],
+            reason: COMPONENT,
+        },
     ),
     (
         &["artifacts.schematic.*"],
@@ -368,16 +405,32 @@ mod tests {
     #[test]
     fn parents_of_upstream_keys_still_refuse_unknown_children() {
         let mut u = Upstream::default();
-        let tree = serde_json::json!({"core": {"registry": "r"}, "nope": 1});
-        let unknown = u.take("artifacts", tree, "f").unwrap();
-        assert_eq!(unknown.as_deref(), Some("artifacts.nope"));
+        let tree = serde_json::json!({"scanner": {"databaseURL": "u"}, "nope": 1});
+        let unknown = u.take("enterprise", tree, "f").unwrap();
+        assert_eq!(unknown.as_deref(), Some("enterprise.nope"));
         let unknown = u.take("nope", serde_json::json!({"a": 1}), "f").unwrap();
         assert_eq!(unknown.as_deref(), Some("nope"));
         // Ignored keys are reported once each.
-        let tree = serde_json::json!({"core": {"registry": "r", "insecure": false}});
-        assert!(u.take("artifacts", tree.clone(), "f").unwrap().is_none());
-        assert!(u.take("artifacts", tree, "g").unwrap().is_none());
+        let tree = serde_json::json!({"scanner": {"databaseURL": "u", "cache": {"ttl": "15m0s"}}});
+        assert!(u.take("enterprise", tree.clone(), "f").unwrap().is_none());
+        assert!(u.take("enterprise", tree, "g").unwrap().is_none());
         let keys: Vec<&str> = u.ignored.iter().map(|(k, _, _)| k.as_str()).collect();
-        assert_eq!(keys, ["artifacts.core.registry", "artifacts.core.insecure"]);
+        assert_eq!(
+            keys,
+            [
+                "enterprise.scanner.cache.ttl",
+                "enterprise.scanner.databaseURL"
+            ]
+        );
+        // Component repositories must be upstream's.
+        let e = u
+            .take(
+                "artifacts.core.components.imager",
+                Value::String("acme/imager".into()),
+                "f",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream's repository names"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 
 mod gc;
 mod import;
+pub mod on_demand;
 mod storage;
 pub mod worker;
 
@@ -93,6 +94,7 @@ pub struct Node {
     cluster: Arc<Cluster>,
     replication: std::sync::OnceLock<Replication>,
     recorder: Arc<dyn Recorder + Send + Sync>,
+    on_demand: Option<Arc<on_demand::OnDemand>>,
 }
 
 impl Node {
@@ -135,6 +137,7 @@ impl Node {
             }
         }
         let recorder = Arc::clone(&opts.recorder);
+        let on_demand = on_demand::OnDemand::from_config(&config, opts.recorder.as_ref());
         let assets = Assets::from_config(
             &config,
             DataStores {
@@ -161,12 +164,30 @@ impl Node {
             cluster,
             replication: std::sync::OnceLock::new(),
             recorder,
+            on_demand,
         })
     }
 
     /// What the storage check at open found and restored.
     pub fn storage(&self) -> &StorageHealth {
         &self.storage
+    }
+
+    /// The registry releases are imported from on demand, if configured.
+    pub fn on_demand(&self) -> Option<&Arc<on_demand::OnDemand>> {
+        self.on_demand.as_ref()
+    }
+
+    /// Imports `version` from the on-demand registry if it lists it and it is not imported
+    /// yet (see [`on_demand`]); nothing without one.
+    pub async fn ensure_release(
+        &self,
+        version: &crate::catalog::Version,
+    ) -> Result<(), on_demand::OnDemandError> {
+        match &self.on_demand {
+            Some(od) => od.ensure(self, version).await,
+            None => Ok(()),
+        }
     }
 
     /// The validated configuration.
@@ -271,6 +292,10 @@ impl Node {
     /// `cache.scrubIntervalSeconds`; 0 disables one). Garbage collection also runs as soon as
     /// a build or import runs out of disk space. Needs a tokio runtime.
     pub fn start_maintenance(&self) {
+        if let Some(od) = &self.on_demand {
+            self.workers
+                .spawn(on_demand::TagWorker::new(Arc::clone(od)));
+        }
         let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
         if let Some(period) = every(self.config.cache.gc_interval_seconds) {
             let limits = self.assets.gc_limits();

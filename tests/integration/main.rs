@@ -42,6 +42,7 @@ mod netboot_e2e;
 mod netboot_machines;
 mod oci_registry;
 mod oci_sources;
+mod on_demand;
 mod pxe_boot;
 mod registry_arches;
 mod registry_clients;

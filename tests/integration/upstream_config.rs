@@ -49,7 +49,7 @@ async fn upstream_default_environment_starts_and_names_what_it_ignores() {
     };
     for key in [
         "cache.s3.bucket",
-        "artifacts.core.registry",
+        "artifacts.refreshinterval",
         "enterprise.vex.data.registry",
         "secureboot.awskms.region",
     ] {

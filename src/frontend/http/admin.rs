@@ -198,6 +198,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
             proxy_dhcp: st.proxy_dhcp(),
             netboot: super::netboot::status(&st),
             replication: replication_status(&st).await?,
+            on_demand: st.node().on_demand().map(|od| od.status()),
         },
         all_listeners: st.listeners(),
         data_dir,

@@ -26,27 +26,28 @@ pub(super) fn json(body: String) -> Response {
     resp
 }
 
-/// The versions this appliance offers: imported releases filtered by the configured rules.
+/// The versions this appliance offers: imported releases and those the on-demand registry
+/// lists, filtered by the configured rules.
 pub fn offered_versions(st: &AppState) -> Result<Vec<Version>, ApiError> {
     let rules = st.version_rules();
     // Only versions this appliance can build: an imported release older than the imager's
     // oldest target would be listed and then refused by every build.
-    let imported: Vec<Version> = st
+    let mut known: Vec<Version> = st
         .releases()
         .list()?
         .iter()
         .filter_map(|r| r.parsed_version())
-        .filter(|v| (v.major, v.minor) >= crate::imager::quirks::MIN_SUPPORTED)
         .collect();
-    Ok(version::offered(
-        &imported,
-        &rules.min_version,
-        &rules.broken,
-    ))
+    if let Some(od) = st.node().on_demand() {
+        known.extend(od.listed());
+    }
+    known.retain(|v| (v.major, v.minor) >= crate::imager::quirks::MIN_SUPPORTED);
+    Ok(version::offered(&known, &rules.min_version, &rules.broken))
 }
 
-/// Resolves the `:version` path parameter: `v` added, strict semver (else 500), offered (else 404).
-pub(super) fn offered_release(
+/// Resolves the `:version` path parameter: `v` added, strict semver (else 500), offered (else
+/// 404), imported first if only the on-demand registry has it.
+pub(super) async fn offered_release(
     st: &AppState,
     raw: &str,
 ) -> Result<std::sync::Arc<Release>, ApiError> {
@@ -56,6 +57,7 @@ pub(super) fn offered_release(
     if !offered_versions(st)?.contains(&v) {
         return Err(not_available());
     }
+    st.node().ensure_release(&v).await?;
     st.releases().get(&v.tag())?.ok_or_else(not_available)
 }
 
@@ -77,7 +79,7 @@ pub async fn extensions(
     State(st): State<AppState>,
     Path(version): Path<String>,
 ) -> Result<Response, ApiError> {
-    let release = offered_release(&st, &version)?;
+    let release = offered_release(&st, &version).await?;
     let items: Vec<Vec<(&str, &str)>> = release
         .extensions
         .iter()
@@ -103,7 +105,7 @@ pub async fn overlays(
     if Version::parse_strict(&version).is_some_and(|v| !v.at_least(1, 7)) {
         return Ok(json("[]\n".to_string()));
     }
-    let release = offered_release(&st, &version)?;
+    let release = offered_release(&st, &version).await?;
     let items: Vec<Vec<(&str, &str)>> = release
         .overlays
         .iter()

@@ -110,6 +110,17 @@ impl From<crate::replication::ReplicationError> for ApiError {
     }
 }
 
+impl From<crate::node::on_demand::OnDemandError> for ApiError {
+    /// 503 with `Retry-After` until the failure is forgotten (a minute): the registry may come
+    /// back, and the import is tried again then.
+    fn from(e: crate::node::on_demand::OnDemandError) -> Self {
+        ApiError::Retry {
+            source: Box::new(ApiError::rejected(StatusCode::SERVICE_UNAVAILABLE, "", e)),
+            retry_after: 60,
+        }
+    }
+}
+
 impl From<SchematicError> for ApiError {
     fn from(e: SchematicError) -> Self {
         ApiError::rejected(StatusCode::BAD_REQUEST, "", e)

@@ -162,6 +162,9 @@ pub struct Status<'a> {
     pub netboot: super::netboot::NetbootStatus,
     /// The peer swarm: this node's peer ID, bound addresses, cluster and peers.
     pub replication: crate::replication::ReplicationStatus,
+    /// Releases on demand: the registry, the versions it lists, imports running (`null` when
+    /// `artifacts.core.registry` is not set).
+    pub on_demand: Option<crate::node::on_demand::OnDemandStatus>,
 }
 
 /// One imported release as `/status` shows it.
@@ -245,6 +248,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         proxy_dhcp: st.proxy_dhcp(),
         netboot: super::netboot::status(&st),
         replication: replication_status(&st).await?,
+        on_demand: st.node().on_demand().map(|od| od.status()),
     })
 }
 

@@ -12,7 +12,9 @@ use super::error::ApiError;
 use super::ranges::{Selection, select};
 use super::state::AppState;
 use crate::assets::{AssetError, AssetRequest, DirectBody, Outcome, Served};
+use crate::catalog::Version;
 use crate::clock::http_date;
+use crate::imager::error::ImagerError;
 use crate::netboot;
 
 /// Response extension telling the request log how an asset was answered.
@@ -51,7 +53,7 @@ pub async fn image(
         .filter(|f| !f.is_empty())
         .cloned()
         .unwrap_or_else(|| path.clone());
-    let served = st.assets().get(req.clone()).await?;
+    let served = with_release(&st, &version, || st.assets().get(req.clone())).await?;
     match respond(&st, &served, &filename, &method, &headers) {
         // The blob was set aside (found damaged by a concurrent download) or collected between
         // the lookup and the open: asking once more rebuilds it or joins that rebuild.
@@ -168,13 +170,33 @@ pub fn asset_response<E: From<AssetError>>(
     Ok(resp)
 }
 
+/// Runs `attempt`; when it fails because `version` is not imported, imports it from the
+/// on-demand registry if that lists it (`node::on_demand`) and runs it once more.
+async fn with_release<T, F, Fut>(st: &AppState, version: &str, attempt: F) -> Result<T, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AssetError>>,
+{
+    match attempt().await {
+        Err(AssetError::Imager(ImagerError::VersionNotAvailable(_)))
+            if st.node().on_demand().is_some() =>
+        {
+            if let Some(v) = Version::parse_strict(version) {
+                st.node().ensure_release(&v).await?;
+            }
+            attempt().await.map_err(ApiError::from)
+        }
+        other => other.map_err(ApiError::from),
+    }
+}
+
 /// `GET /pxe/{schematic}/{version}/{path}`: the iPXE script booting kernel and initramfs (or
 /// the UKI for SecureBoot) from this factory, with the asset's kernel command line.
 pub async fn pxe(
     State(st): State<AppState>,
     Path((id, version, path)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let boot = st.assets().pxe_boot(&id, &version, &path).await?;
+    let boot = with_release(&st, &version, || st.assets().pxe_boot(&id, &version, &path)).await?;
     let script = netboot::ipxe_script(&boot, st.pxe_base_url())
         .ok_or_else(|| ApiError::internal("no boot assets for the profile"))?;
     let mut resp = (

@@ -17,7 +17,7 @@ pub async fn list(
     State(st): State<AppState>,
     Path(version): Path<String>,
 ) -> Result<Response, ApiError> {
-    let release = offered_release(&st, &version)?;
+    let release = offered_release(&st, &version).await?;
     let base = st
         .node()
         .config()
@@ -40,7 +40,7 @@ pub async fn download(
     method: Method,
     Path((version, file)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let release = offered_release(&st, &version)?;
+    let release = offered_release(&st, &version).await?;
     let blob = release
         .talosctl
         .as_ref()

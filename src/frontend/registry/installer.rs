@@ -84,6 +84,13 @@ pub async fn version_index(
     version: &str,
 ) -> Result<Manifest, RegistryError> {
     let unknown = || RegistryError::ManifestUnknown(format!("{}:{version}", r.repo));
+    // A version only the on-demand registry has is imported first (node::on_demand).
+    if let Some(v) = crate::catalog::Version::parse_strict(version) {
+        st.node()
+            .ensure_release(&v)
+            .await
+            .map_err(|e| RegistryError::Api(e.into()))?;
+    }
     let release = st.releases().get(version)?.ok_or_else(unknown)?;
     let arches: Vec<&'static str> = release
         .arches
