@@ -226,10 +226,12 @@ impl Drop for ServeGuard {
 
 impl Assets {
     /// The service as `config` describes it (builder settings, quota, concurrency) over a data
-    /// directory's stores; `zstd_level` is the initramfs cpio level, `stages` receives build
-    /// stages. Blocking (sweeps scratch).
+    /// directory's stores; `factory_url` is the factory identity that goes into model bytes and
+    /// cache keys ([`crate::replication::factory_identity`]), `zstd_level` the initramfs cpio
+    /// level, `stages` receives build stages. Blocking (sweeps scratch).
     pub fn from_config(
         config: &Config,
+        factory_url: String,
         stores: DataStores,
         metrics: AssetMetrics,
         zstd_level: u32,
@@ -242,7 +244,7 @@ impl Assets {
             stores.blobs.clone(),
             releases.clone(),
             BuilderOptions {
-                external_url: config.http.external_url.clone(),
+                factory_url,
                 scratch: scratch.clone(),
                 initramfs_zstd_level: zstd_level,
                 compression: config.build.compression,

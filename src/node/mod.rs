@@ -91,6 +91,7 @@ pub struct Node {
     storage: StorageHealth,
     imports: import::ImportCount,
     cluster: Arc<Cluster>,
+    factory_url: String,
     replication: std::sync::OnceLock<Replication>,
     recorder: Arc<dyn Recorder + Send + Sync>,
 }
@@ -135,8 +136,18 @@ impl Node {
             }
         }
         let recorder = Arc::clone(&opts.recorder);
+        let factory_url =
+            crate::replication::factory_identity(&config, cluster.membership().as_deref());
+        if factory_url != config.http.external_url {
+            tracing::info!(
+                factory_url = %factory_url,
+                external_url = %config.http.external_url,
+                "models are built as the cluster's factory URL; this node's own URL stays in PXE scripts and /status"
+            );
+        }
         let assets = Assets::from_config(
             &config,
+            factory_url.clone(),
             DataStores {
                 meta: Arc::clone(&meta),
                 blobs: blobs.clone(),
@@ -159,6 +170,7 @@ impl Node {
             storage,
             imports: import::ImportCount::default(),
             cluster,
+            factory_url,
             replication: std::sync::OnceLock::new(),
             recorder,
         })
@@ -217,6 +229,11 @@ impl Node {
     /// The data directory's cluster state.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// The factory identity this node builds as (see [`crate::replication::factory_identity`]).
+    pub fn factory_url(&self) -> &str {
+        &self.factory_url
     }
 
     /// The running swarm (`None` when `replication.enabled` is off).

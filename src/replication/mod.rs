@@ -235,6 +235,19 @@ pub fn dialable(a: &libp2p::Multiaddr) -> bool {
     ip && port
 }
 
+/// The factory identity: what goes into a model's bytes (the schematic extension's author) and
+/// its cache key, the one source of both. On a cluster member it is the cluster's factory URL
+/// (the founder's `http.externalURL` when it founded the cluster, carried by every invitation),
+/// so every member builds the same bytes under the same key; on a standalone node it is its own
+/// `http.externalURL`, as before clusters. What must point at the node itself (PXE scripts,
+/// `/status`, registry references) keeps using the node's own URL.
+pub fn factory_identity(config: &crate::config::Config, cluster: Option<&Membership>) -> String {
+    match cluster {
+        Some(m) if !m.record.factory_url.is_empty() => m.record.factory_url.clone(),
+        _ => config.http.external_url.clone(),
+    }
+}
+
 /// Parses a peer ID given by an operator.
 pub fn parse_peer_id(text: &str) -> Result<libp2p::PeerId, ReplicationError> {
     text.trim()
