@@ -8,7 +8,7 @@ mod import;
 mod storage;
 pub mod worker;
 
-pub use import::{ImportFrom, ImportJob, ImportJobError};
+pub use import::{ImportCount, ImportFrom, ImportJob, ImportJobError, Running};
 pub use storage::{DoctorReport, StorageHealth, StorageState, StorageSummary, doctor};
 pub use worker::{Periodic, WorkError, Worker, WorkerState, WorkerStatus, Workers};
 
@@ -260,6 +260,11 @@ impl Node {
             cfg,
             Arc::clone(&self.cluster),
             self.schematics.clone(),
+            crate::replication::ReleaseParts {
+                releases: self.releases.clone(),
+                blobs: self.blobs.clone(),
+                imports: self.imports.clone(),
+            },
             &self.recorder,
         )
         .await?;

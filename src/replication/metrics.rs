@@ -24,6 +24,14 @@ pub struct ReplicationMetrics {
     pub schematics_received: Counter,
     /// Schematics from members that failed their check.
     pub schematics_rejected: Counter,
+    /// Releases received from members, verified and stored.
+    pub releases_received: Counter,
+    /// Records and blobs from members that did not verify (discarded).
+    pub verification_failures: Counter,
+    /// Blob bytes received from members (verified).
+    pub bytes_received: Counter,
+    /// Blob bytes sent to members.
+    pub bytes_sent: Counter,
 }
 
 impl ReplicationMetrics {
@@ -69,6 +77,22 @@ impl ReplicationMetrics {
             schematics_rejected: counter(
                 "image_factory_replication_schematics_rejected_total",
                 "Schematics from members rejected: not their ID's canonical bytes.",
+            ),
+            releases_received: counter(
+                "image_factory_replication_releases_received_total",
+                "Releases received from members: record verified, every blob verified and stored.",
+            ),
+            verification_failures: counter(
+                "image_factory_replication_verification_failures_total",
+                "Records and blobs from members that did not verify against the cluster key or their hash; discarded.",
+            ),
+            bytes_received: counter(
+                "image_factory_replication_blob_bytes_received_total",
+                "Blob bytes received from members and stored after verification.",
+            ),
+            bytes_sent: counter(
+                "image_factory_replication_blob_bytes_sent_total",
+                "Blob bytes sent to members.",
             ),
         }
     }

@@ -19,8 +19,10 @@ pub mod membership;
 mod metrics;
 pub mod protocol;
 mod swarm;
+mod transfer;
 
 pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
+pub use event_loop::ReleaseParts;
 pub use files::read_capped;
 pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
@@ -201,6 +203,48 @@ pub enum ReplicationError {
     /// The swarm task is not running (the node is stopping).
     #[error("the peer swarm is not running")]
     Stopped,
+    /// A member sent bytes that do not verify; they were discarded and counted.
+    #[error("member {peer} sent {blob} with bytes that do not verify: {why}")]
+    Corrupt {
+        /// The member.
+        peer: String,
+        /// The blob asked for.
+        blob: String,
+        /// What did not match.
+        why: String,
+    },
+    /// A member does not hold a blob asked of it.
+    #[error("member {peer} does not hold {blob}")]
+    NotHeld {
+        /// The member.
+        peer: String,
+        /// The blob asked for.
+        blob: String,
+    },
+    /// A request to a member failed (timeout, connection closed, refused, bad answer).
+    #[error("member {peer}: {why}")]
+    PeerFailed {
+        /// The member.
+        peer: String,
+        /// What failed.
+        why: String,
+    },
+    /// A background task failed.
+    #[error("a replication task failed: {0}")]
+    Task(String),
+    /// Writing a fetched blob failed.
+    #[error("writing a fetched blob")]
+    Write {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blob or metadata store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A release record could not be stored.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
 }
 
 impl ReplicationError {
@@ -335,6 +379,17 @@ pub(crate) enum Command {
     Status(oneshot::Sender<ReplicationStatus>),
     /// A schematic was created on this node.
     SchematicCreated(String),
+    /// A release was imported on this node.
+    ReleaseImported(String),
+    /// Ask a member for one chunk of a blob.
+    BlobChunk {
+        /// The member.
+        peer: libp2p::PeerId,
+        /// What to ask.
+        request: protocol::BlobRequest,
+        /// Its answer, or why there is none.
+        reply: oneshot::Sender<Result<protocol::BlobReply, String>>,
+    },
 }
 
 /// A handle on the running swarm (cheap to clone).
@@ -366,6 +421,40 @@ impl Replication {
         if let Err(e) = self.tx.try_send(Command::SchematicCreated(id.to_string())) {
             tracing::debug!(schematic = %id, error = %e, "schematic not announced now; the next round carries it");
         }
+    }
+
+    /// Announces a release imported on this node (never waits, like
+    /// [`Replication::schematic_created`]).
+    pub fn release_imported(&self, version: &str) {
+        if let Err(e) = self
+            .tx
+            .try_send(Command::ReleaseImported(version.to_string()))
+        {
+            tracing::debug!(version = %version, error = %e, "release not announced now; the next round carries it");
+        }
+    }
+
+    /// Asks `peer` for one chunk of a blob.
+    pub(crate) async fn blob_chunk(
+        &self,
+        peer: libp2p::PeerId,
+        request: protocol::BlobRequest,
+    ) -> Result<protocol::BlobReply, ReplicationError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::BlobChunk {
+                peer,
+                request,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ReplicationError::Stopped)?;
+        rx.await
+            .map_err(|_| ReplicationError::Stopped)?
+            .map_err(|why| ReplicationError::PeerFailed {
+                peer: peer.to_string(),
+                why,
+            })
     }
 
     /// Multiaddrs (with `/p2p/`) at which members reach this node and the members it is

@@ -19,12 +19,13 @@ use metrics::Recorder;
 use tokio::sync::mpsc;
 
 use super::cluster::Cluster;
-use super::event_loop::EventLoop;
+use super::event_loop::{EventLoop, ReleaseParts};
 use super::metrics::ReplicationMetrics;
 use super::protocol::{
-    HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, MAX_GOSSIP, MAX_HELLO_REPLY,
-    MAX_HELLO_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, SCHEMATICS_PROTOCOL,
-    SchematicReply, SchematicRequest,
+    BLOBS_PROTOCOL, BlobCodec, HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, MAX_GOSSIP,
+    MAX_HELLO_REPLY, MAX_HELLO_REQUEST, MAX_RELEASES_REPLY, MAX_RELEASES_REQUEST,
+    MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest,
+    SCHEMATICS_PROTOCOL, SchematicReply, SchematicRequest,
 };
 use super::{Replication, ReplicationError};
 use crate::config::ReplicationConfig;
@@ -43,6 +44,10 @@ const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_INCOMING: u32 = 512;
 /// Connections to one peer (both sides may dial, over QUIC and TCP).
 const MAX_PER_PEER: u32 = 8;
+/// How long one blob chunk may take to arrive.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Blob chunk streams open at once per connection.
+const MAX_CHUNK_STREAMS: usize = 64;
 /// How long binding the listen addresses may take.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -63,6 +68,12 @@ pub(crate) struct Behaviour {
     pub schematics: request_response::Behaviour<
         request_response::json::codec::Codec<SchematicRequest, SchematicReply>,
     >,
+    /// Release anti-entropy and signed records.
+    pub releases: request_response::Behaviour<
+        request_response::json::codec::Codec<ReleaseRequest, ReleaseReply>,
+    >,
+    /// Blob chunks.
+    pub blobs: request_response::Behaviour<BlobCodec>,
     /// Announcements (revocations, new schematics).
     pub gossipsub: gossipsub::Behaviour,
     /// Local-link discovery, when `replication.mdns` is set.
@@ -108,6 +119,26 @@ fn behaviour(
         )],
         request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
     );
+    let releases = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_RELEASES_REQUEST)
+            .set_response_size_maximum(MAX_RELEASES_REPLY),
+        [(
+            StreamProtocol::new(RELEASES_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+    );
+    let blobs = request_response::Behaviour::with_codec(
+        BlobCodec,
+        [(
+            StreamProtocol::new(BLOBS_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(CHUNK_TIMEOUT)
+            .with_max_concurrent_streams(MAX_CHUNK_STREAMS),
+    );
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
@@ -143,6 +174,8 @@ fn behaviour(
         ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         hello,
         schematics,
+        releases,
+        blobs,
         gossipsub,
         mdns: Toggle::from(mdns),
     })
@@ -179,6 +212,7 @@ pub async fn start(
     config: &ReplicationConfig,
     cluster: Arc<Cluster>,
     schematics: SchematicStore,
+    releases: ReleaseParts,
     recorder: &Arc<dyn Recorder + Send + Sync>,
 ) -> Result<(Replication, SwarmWorker), ReplicationError> {
     let store = schematics.clone();
@@ -253,6 +287,7 @@ pub async fn start(
         tracing::info!(addr = %a, peer_id = %local, "replication listener bound");
     }
     let (tx, rx) = mpsc::channel(64);
+    let handle = Replication { tx, peer_id: local };
     let event_loop = EventLoop::new(
         swarm,
         cluster,
@@ -261,9 +296,10 @@ pub async fn start(
         rx,
         ReplicationMetrics::new(recorder),
         (schematics, ids),
+        (releases, handle.clone()),
     );
     Ok((
-        Replication { tx, peer_id: local },
+        handle,
         SwarmWorker {
             event_loop: Some(event_loop),
         },

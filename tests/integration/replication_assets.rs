@@ -132,3 +132,166 @@ async fn members_with_their_own_urls_build_the_same_model_byte_for_byte() {
         assert_eq!(status["replication"]["cluster"]["factoryURL"], SITE);
     }
 }
+
+/// Variables for a node whose own checks must not touch its blobs during a test.
+const NO_SCRUB: (&str, &str) = ("IF_CACHE_SCRUBINTERVALSECONDS", "0");
+
+/// A counter of `node`'s `/metrics` (0 when absent).
+pub(crate) async fn counter(node: &Node, name: &str) -> f64 {
+    let addr = node.srv.metrics.expect("metrics listener");
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A founds a cluster on its data directory and invites `others`, which join; no node runs.
+pub(crate) fn cluster_of(tmp: &Path, a: &Path, others: &[&Path]) {
+    for d in others {
+        let inv = tmp.join(format!(
+            "{}.invitation",
+            d.file_name().unwrap().to_string_lossy()
+        ));
+        crate::replication::invite_offline(a, &inv);
+        join(d, &inv);
+    }
+}
+
+/// Whether `node` lists release `V` on `/versions`.
+async fn lists_release(node: &Node) -> bool {
+    let (st, body) = fetch(node, "/versions").await;
+    st == 200 && String::from_utf8_lossy(&body).contains(V)
+}
+
+/// POSTs the kit schematic to `node`; returns its ID.
+async fn kit_schematic(node: &Node) -> String {
+    let resp = client()
+        .post(format!("http://{}/schematics", node.srv.http))
+        .body(kit::SCHEMATIC)
+        .send()
+        .await
+        .expect("post schematic");
+    assert!(resp.status().is_success());
+    let v: serde_json::Value = resp.json().await.expect("json");
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_imported_on_one_member_is_buildable_on_another_without_importing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bundle) = kit_bundle(tmp.path()) else {
+        return;
+    };
+    let (a, c) = (tmp.path().join("a"), tmp.path().join("c"));
+    import(&a, &bundle);
+    cluster_of(tmp.path(), &a, &[&c]);
+    let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
+    let node_c = Node::start_with(&c, &node_a.bootstrap().await, &[NO_SCRUB]);
+
+    // C learns of the release when it connects (anti-entropy) and fetches it from A.
+    crate::replication::wait_for_log(&node_c, "release replicated").await;
+    assert!(lists_release(&node_c).await, "C does not list {V}");
+    assert_eq!(
+        counter(&node_c, "image_factory_replication_releases_received_total").await,
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &node_c,
+            "image_factory_replication_verification_failures_total"
+        )
+        .await,
+        0.0
+    );
+    assert!(counter(&node_a, "image_factory_replication_blob_bytes_sent_total").await > 0.0);
+
+    // C builds from it, and the model is A's byte for byte.
+    let id = kit_schematic(&node_c).await;
+    assert_eq!(kit_schematic(&node_a).await, id);
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let (sc, on_c) = fetch(&node_c, &path).await;
+    assert_eq!(sc, 200, "{}", String::from_utf8_lossy(&on_c));
+    let (sa, on_a) = fetch(&node_a, &path).await;
+    assert_eq!(sa, 200);
+    assert_eq!(sha256_hex(&on_a), sha256_hex(&on_c));
+    let (sk, kernel) = fetch(&node_c, &format!("/image/{id}/{V}/kernel-amd64")).await;
+    assert_eq!(sk, 200);
+    assert_eq!(&kernel[0x202..0x206], b"HdrS", "not a bzImage");
+}
+
+/// The largest blob file in `data`'s blob store (not a document) and its name.
+fn largest_blob(data: &Path) -> (PathBuf, String) {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for fan in std::fs::read_dir(data.join("blobs")).unwrap().flatten() {
+        let name = fan.file_name().to_string_lossy().into_owned();
+        if name.len() != 2 || !fan.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(fan.path()).unwrap().flatten() {
+            let len = f.metadata().unwrap().len();
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, f.path()));
+            }
+        }
+    }
+    let (_, path) = best.expect("no blob");
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    (path, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_bytes_that_do_not_verify_is_refused_and_nothing_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bundle) = kit_bundle(tmp.path()) else {
+        return;
+    };
+    let (a, c) = (tmp.path().join("a"), tmp.path().join("c"));
+    import(&a, &bundle);
+    cluster_of(tmp.path(), &a, &[&c]);
+    // One of A's blobs rots on disk: A serves it as it is (it does not check what it sends).
+    let (rotten, name) = largest_blob(&a);
+    crate::common::assets::flip_byte(&rotten, 4096);
+    let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
+    let node_c = Node::start_with(&c, &node_a.bootstrap().await, &[NO_SCRUB]);
+
+    crate::replication::wait_for_log(&node_c, "a release from a member was not stored").await;
+    assert!(
+        node_c.log().contains("do not verify"),
+        "not refused for its bytes:\n{}",
+        node_c.log()
+    );
+    assert!(
+        counter(
+            &node_c,
+            "image_factory_replication_verification_failures_total"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        counter(&node_c, "image_factory_replication_releases_received_total").await,
+        0.0
+    );
+    assert!(
+        !lists_release(&node_c).await,
+        "C lists a release it could not verify"
+    );
+    // Neither under the name it was asked by nor as a leftover temporary file.
+    assert!(
+        !c.join("blobs").join(&name[..2]).join(&name).exists(),
+        "the unverified blob reached C's store"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(c.join("blobs/tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

@@ -140,6 +140,10 @@ impl EventLoop {
                 self.schematic_announced(*from, source, id);
                 MessageAcceptance::Accept
             }
+            Ok(Gossip::Release { version }) => {
+                self.release_announced(*from, source, version);
+                MessageAcceptance::Accept
+            }
             Err(e) => {
                 tracing::warn!(peer_id = %from, error = %e, "malformed gossip message");
                 MessageAcceptance::Reject

@@ -4,7 +4,10 @@
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
 mod membership;
+mod releases;
 mod schematics;
+
+pub use releases::ReleaseParts;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -152,10 +155,13 @@ pub(crate) struct EventLoop {
     removed_self: bool,
     sync: schematics::SchematicSync,
     jobs: mpsc::UnboundedReceiver<schematics::Job>,
+    rel: releases::ReleaseSync,
+    rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
 }
 
 impl EventLoop {
     /// The loop over `swarm` (already listening on `listen_addrs`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         cluster: Arc<Cluster>,
@@ -164,8 +170,12 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         metrics: ReplicationMetrics,
         (store, ids): (crate::store::SchematicStore, Vec<String>),
+        (parts, handle): (ReleaseParts, super::Replication),
     ) -> Self {
         let (jobs_tx, jobs) = mpsc::unbounded_channel();
+        let (rel_tx, rel_jobs) = mpsc::unbounded_channel();
+        let rel =
+            releases::ReleaseSync::new(parts, Arc::clone(cluster.signing_key()), handle, rel_tx);
         let now = Instant::now();
         let local = *swarm.local_peer_id();
         let changes = cluster.subscribe();
@@ -186,6 +196,8 @@ impl EventLoop {
             removed_self: false,
             sync: schematics::SchematicSync::new(store, ids, jobs_tx),
             jobs,
+            rel,
+            rel_jobs,
             cluster,
         };
         let mut seeds: Vec<(PeerId, Multiaddr)> = Vec::new();
@@ -228,6 +240,7 @@ impl EventLoop {
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Ok(()) = self.changes.changed() => self.reload_membership(),
                 Some(job) = self.jobs.recv() => self.on_job(job),
+                Some(job) = self.rel_jobs.recv() => self.on_release_job(job),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -241,6 +254,12 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::SchematicCreated(id) => self.schematic_created(id),
+            Command::ReleaseImported(v) => self.release_imported(v),
+            Command::BlobChunk {
+                peer,
+                request,
+                reply,
+            } => self.blob_chunk(peer, request, reply),
         }
     }
 
@@ -380,6 +399,8 @@ impl EventLoop {
         match event {
             BehaviourEvent::Hello(e) => self.on_hello_event(e),
             BehaviourEvent::Schematics(e) => self.on_schematics_event(e),
+            BehaviourEvent::Releases(e) => self.on_releases_event(e),
+            BehaviourEvent::Blobs(e) => self.on_blobs_event(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let is_member = self.is_member(&peer_id);
                 let Some(p) = self.peers.get_mut(&peer_id) else {
