@@ -180,6 +180,8 @@ pub(super) struct Inner {
     pub(super) build_times: Mutex<BuildTimes>,
     /// Raised when a build or import runs out of disk space: wakes garbage collection.
     pub(super) out_of_space: Arc<Notify>,
+    /// The cluster, asked before building (set once replication starts).
+    pub(super) peers: std::sync::OnceLock<Arc<dyn super::Peers>>,
 }
 
 /// The asset service (cheap to clone).
@@ -327,8 +329,14 @@ impl Assets {
                 touched: Mutex::new(Bounded::new(MAX_REMEMBERED)),
                 build_times: Mutex::default(),
                 out_of_space: Arc::default(),
+                peers: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Asks `peers` (the cluster) before building from now on; set once.
+    pub fn set_peers(&self, peers: Arc<dyn super::Peers>) {
+        let _ = self.inner.peers.set(peers);
     }
 
     /// The metrics handles.

@@ -269,6 +269,14 @@ impl Node {
         )
         .await?;
         tracing::info!(peer_id = %handle.peer_id(), "replication started");
+        // Find before build: a miss asks the cluster first.
+        self.assets
+            .set_peers(Arc::new(crate::replication::ClusterPeers::new(
+                handle.clone(),
+                self.blobs.clone(),
+                crate::assets::RecordStore::new(Arc::clone(&self.meta)),
+                crate::assets::RecordVerifier::new(&self.signing_key.verifying_key()),
+            )));
         let _ = self.replication.set(handle);
         self.workers.spawn(worker);
         Ok(())

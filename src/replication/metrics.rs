@@ -32,6 +32,10 @@ pub struct ReplicationMetrics {
     pub bytes_received: Counter,
     /// Blob bytes sent to members.
     pub bytes_sent: Counter,
+    /// Models fetched from members instead of built here.
+    pub builds_avoided: Counter,
+    /// Misses that waited for a member's build.
+    pub lease_waits: Counter,
 }
 
 impl ReplicationMetrics {
@@ -93,6 +97,14 @@ impl ReplicationMetrics {
             bytes_sent: counter(
                 "image_factory_replication_blob_bytes_sent_total",
                 "Blob bytes sent to members.",
+            ),
+            builds_avoided: counter(
+                "image_factory_replication_builds_avoided_total",
+                "Models fetched from a member (or its finished build) instead of built here.",
+            ),
+            lease_waits: counter(
+                "image_factory_replication_lease_waits_total",
+                "Local misses that waited for a member's build (its lease) instead of building.",
             ),
         }
     }

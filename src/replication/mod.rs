@@ -13,6 +13,7 @@
 pub mod cluster;
 mod event_loop;
 mod files;
+mod find;
 pub mod identity;
 pub mod invitation;
 pub mod membership;
@@ -24,6 +25,7 @@ mod transfer;
 pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
 pub use event_loop::ReleaseParts;
 pub use files::read_capped;
+pub use find::ClusterPeers;
 pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
@@ -381,6 +383,45 @@ pub(crate) enum Command {
     SchematicCreated(String),
     /// A release was imported on this node.
     ReleaseImported(String),
+    /// Members that provide a cache key.
+    Providers {
+        /// Cache key.
+        key: String,
+        /// The members.
+        reply: oneshot::Sender<Vec<libp2p::PeerId>>,
+    },
+    /// What is known of a key's build.
+    Lease {
+        /// Cache key.
+        key: String,
+        /// The view.
+        reply: oneshot::Sender<event_loop::LeaseView>,
+    },
+    /// Claim a key's build unless a member holds it.
+    Claim {
+        /// Cache key.
+        key: String,
+        /// The view after.
+        reply: oneshot::Sender<event_loop::LeaseView>,
+    },
+    /// This node's build of a key ended.
+    Built {
+        /// Cache key.
+        key: String,
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// This node holds a key's model (fetched).
+    Provide(String),
+    /// Ask a member for a model's signed record.
+    ModelRecord {
+        /// The member.
+        peer: libp2p::PeerId,
+        /// Cache key.
+        key: String,
+        /// Its answer, or why there is none.
+        reply: oneshot::Sender<Result<protocol::ModelReply, String>>,
+    },
     /// Ask a member for one chunk of a blob.
     BlobChunk {
         /// The member.
@@ -397,6 +438,7 @@ pub(crate) enum Command {
 pub struct Replication {
     tx: mpsc::Sender<Command>,
     peer_id: libp2p::PeerId,
+    metrics: metrics::ReplicationMetrics,
 }
 
 impl Replication {
@@ -431,6 +473,62 @@ impl Replication {
             .try_send(Command::ReleaseImported(version.to_string()))
         {
             tracing::debug!(version = %version, error = %e, "release not announced now; the next round carries it");
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ReplicationError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| ReplicationError::Stopped)?;
+        rx.await.map_err(|_| ReplicationError::Stopped)
+    }
+
+    /// The members that provide cache key `key` (a Kademlia lookup, bounded by its timeout).
+    pub(crate) async fn providers(
+        &self,
+        key: &str,
+    ) -> Result<Vec<libp2p::PeerId>, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::Providers { key, reply }).await
+    }
+
+    /// What is known of `key`'s build in the cluster.
+    pub(crate) async fn lease(&self, key: &str) -> Result<event_loop::LeaseView, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::Lease { key, reply }).await
+    }
+
+    /// Claims `key`'s build unless a member holds it.
+    pub(crate) async fn claim(&self, key: &str) -> Result<event_loop::LeaseView, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::Claim { key, reply }).await
+    }
+
+    /// A member's signed record of `key`.
+    pub(crate) async fn model_record(
+        &self,
+        peer: libp2p::PeerId,
+        key: &str,
+    ) -> Result<protocol::ModelReply, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::ModelRecord { peer, key, reply })
+            .await?
+            .map_err(|why| ReplicationError::PeerFailed {
+                peer: peer.to_string(),
+                why,
+            })
+    }
+
+    /// Tells the swarm without waiting (a full channel drops the message: leases end by
+    /// silence, provider records at the next start).
+    fn tell(&self, cmd: Command) {
+        if let Err(e) = self.tx.try_send(cmd) {
+            tracing::debug!(error = %e, "replication command dropped");
         }
     }
 

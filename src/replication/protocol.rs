@@ -140,6 +140,18 @@ pub enum Gossip {
         /// Its version tag.
         version: String,
     },
+    /// The sender is building the model of a cache key (a lease; renewed while it builds).
+    Lease {
+        /// Cache key.
+        key: String,
+    },
+    /// The sender's build of a cache key ended (`ok`: fetch it from the sender).
+    Built {
+        /// Cache key.
+        key: String,
+        /// Whether it succeeded.
+        ok: bool,
+    },
 }
 
 /// The membership topic of cluster `id`.
@@ -394,4 +406,37 @@ impl libp2p::request_response::Codec for BlobCodec {
         }
         Ok(())
     }
+}
+
+/// The model protocol (request-response, JSON): a built asset's signed record by cache key
+/// (its bytes then come by the blob protocol).
+pub const MODELS_PROTOCOL: &str = "/image-factory/models/1";
+/// Largest model request.
+pub const MAX_MODEL_REQUEST: u64 = 1024;
+/// Largest model reply (a signed asset record).
+pub const MAX_MODEL_REPLY: u64 = 1024 * 1024;
+/// The Kademlia protocol of the cluster (provider records of cache keys).
+pub const KAD_PROTOCOL: &str = "/image-factory/kad/1";
+
+/// A request of the model protocol (members only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelRequest {
+    /// Cache key (hex SHA-256).
+    pub key: String,
+}
+
+/// An answer of the model protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+pub enum ModelReply {
+    /// The asset record as stored: its signed envelope's JSON.
+    Record {
+        /// The envelope's JSON text.
+        record: String,
+    },
+    /// Not held.
+    Missing,
+    /// The requester is not a member.
+    Refused,
 }

@@ -13,7 +13,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify,
-    mdns, noise, ping, request_response, tcp, yamux,
+    kad, mdns, noise, ping, request_response, tcp, yamux,
 };
 use metrics::Recorder;
 use tokio::sync::mpsc;
@@ -22,9 +22,10 @@ use super::cluster::Cluster;
 use super::event_loop::{EventLoop, ReleaseParts};
 use super::metrics::ReplicationMetrics;
 use super::protocol::{
-    BLOBS_PROTOCOL, BlobCodec, HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, MAX_GOSSIP,
-    MAX_HELLO_REPLY, MAX_HELLO_REQUEST, MAX_RELEASES_REPLY, MAX_RELEASES_REQUEST,
-    MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest,
+    BLOBS_PROTOCOL, BlobCodec, HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, KAD_PROTOCOL,
+    MAX_GOSSIP, MAX_HELLO_REPLY, MAX_HELLO_REQUEST, MAX_MODEL_REPLY, MAX_MODEL_REQUEST,
+    MAX_RELEASES_REPLY, MAX_RELEASES_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST,
+    MODELS_PROTOCOL, ModelReply, ModelRequest, RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest,
     SCHEMATICS_PROTOCOL, SchematicReply, SchematicRequest,
 };
 use super::{Replication, ReplicationError};
@@ -48,6 +49,19 @@ const MAX_PER_PEER: u32 = 8;
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Blob chunk streams open at once per connection.
 const MAX_CHUNK_STREAMS: usize = 64;
+/// How long a provider lookup may take.
+const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a provider record lives on the members that store it. A record outliving its
+/// model (collected by the GC) costs one refused fetch and a local build; a record lost early
+/// costs a build the cluster did not need. Models are kept for days, so hours are right.
+pub(crate) const PROVIDER_TTL: Duration = Duration::from_secs(6 * 3600);
+/// How often a node republishes the records of what it holds: well inside the TTL, so one
+/// lost republication (a member restarting) never lets a record lapse.
+pub(crate) const PROVIDER_REPUBLISH: Duration = Duration::from_secs(2 * 3600);
+/// Providers remembered per key (a cluster has tens of members, not thousands).
+const MAX_PROVIDERS_PER_KEY: usize = 64;
+/// Keys this node provides (one per model it holds).
+pub(crate) const MAX_PROVIDED_KEYS: usize = 100_000;
 /// How long binding the listen addresses may take.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -74,6 +88,11 @@ pub(crate) struct Behaviour {
     >,
     /// Blob chunks.
     pub blobs: request_response::Behaviour<BlobCodec>,
+    /// Built assets' signed records by cache key.
+    pub models:
+        request_response::Behaviour<request_response::json::codec::Codec<ModelRequest, ModelReply>>,
+    /// Provider records of cache keys (find before build).
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Announcements (revocations, new schematics).
     pub gossipsub: gossipsub::Behaviour,
     /// Local-link discovery, when `replication.mdns` is set.
@@ -139,6 +158,38 @@ fn behaviour(
             .with_request_timeout(CHUNK_TIMEOUT)
             .with_max_concurrent_streams(MAX_CHUNK_STREAMS),
     );
+    let models = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_MODEL_REQUEST)
+            .set_response_size_maximum(MAX_MODEL_REPLY),
+        [(
+            StreamProtocol::new(MODELS_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kad_config
+        .set_query_timeout(KAD_QUERY_TIMEOUT)
+        .set_provider_record_ttl(Some(PROVIDER_TTL))
+        .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
+        .set_record_ttl(Some(PROVIDER_TTL))
+        .set_publication_interval(None)
+        .set_replication_interval(None)
+        // Only members enter the routing table (added once their credential checked).
+        .set_kbucket_inserts(kad::BucketInserts::Manual);
+    let store = kad::store::MemoryStore::with_config(
+        local,
+        kad::store::MemoryStoreConfig {
+            max_records: 0,
+            max_value_bytes: 0,
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+            max_provided_keys: MAX_PROVIDED_KEYS,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+    // Members answer each other's queries whatever addresses they can confirm (loopback).
+    kad.set_mode(Some(kad::Mode::Server));
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
@@ -176,6 +227,8 @@ fn behaviour(
         schematics,
         releases,
         blobs,
+        models,
+        kad,
         gossipsub,
         mdns: Toggle::from(mdns),
     })
@@ -287,14 +340,19 @@ pub async fn start(
         tracing::info!(addr = %a, peer_id = %local, "replication listener bound");
     }
     let (tx, rx) = mpsc::channel(64);
-    let handle = Replication { tx, peer_id: local };
+    let metrics = ReplicationMetrics::new(recorder);
+    let handle = Replication {
+        tx,
+        peer_id: local,
+        metrics: metrics.clone(),
+    };
     let event_loop = EventLoop::new(
         swarm,
         cluster,
         config,
         bound,
         rx,
-        ReplicationMetrics::new(recorder),
+        metrics,
         (schematics, ids),
         (releases, handle.clone()),
     );

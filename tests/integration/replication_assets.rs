@@ -295,3 +295,122 @@ async fn a_member_sending_bytes_that_do_not_verify_is_refused_and_nothing_is_sto
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// Starts `dirs[0]` then the others bootstrapping from it (no scrub); waits until every node
+/// has the release (imported on the first only) and sees every other as a connected member.
+async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
+    let first = Node::start_with(&dirs[0], &[], &[NO_SCRUB]);
+    let boot = first.bootstrap().await;
+    let mut nodes = vec![first];
+    for d in &dirs[1..] {
+        nodes.push(Node::start_with(d, &boot, &[NO_SCRUB]));
+    }
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for n in &nodes {
+            v.push(n.peer_id().await);
+        }
+        v
+    };
+    for (i, n) in nodes.iter().enumerate() {
+        for (j, other) in ids.iter().enumerate() {
+            if i != j {
+                crate::replication::wait_for(n, "members connected", |st| {
+                    crate::replication::connected_member(st, other)
+                })
+                .await;
+            }
+        }
+        if i > 0 {
+            crate::replication::wait_for_log(n, "release replicated").await;
+        }
+    }
+    nodes
+}
+
+/// Builds (and kinds) counted by `node`.
+async fn built(node: &Node) -> f64 {
+    counter(node, "image_factory_assets_built_total").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_built_on_one_member_is_served_by_another_without_building() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bundle) = kit_bundle(tmp.path()) else {
+        return;
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    import(&a, &bundle);
+    cluster_of(tmp.path(), &a, &[&b]);
+    let nodes = cluster_with_release(&[a, b]).await;
+    let (node_a, node_b) = (&nodes[0], &nodes[1]);
+    let id = kit_schematic(node_a).await;
+    assert_eq!(kit_schematic(node_b).await, id);
+
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let (sa, on_a) = fetch(node_a, &path).await;
+    assert_eq!(sa, 200);
+    assert_eq!(built(node_a).await, 1.0);
+    let (sb, on_b) = fetch(node_b, &path).await;
+    assert_eq!(sb, 200, "{}", String::from_utf8_lossy(&on_b));
+    assert_eq!(sha256_hex(&on_a), sha256_hex(&on_b));
+    assert_eq!(
+        built(node_b).await,
+        0.0,
+        "B built instead of fetching:\n{}",
+        node_b.log()
+    );
+    assert_eq!(
+        counter(node_b, "image_factory_assets_fetched_total").await,
+        1.0
+    );
+    assert_eq!(
+        counter(node_b, "image_factory_replication_builds_avoided_total").await,
+        1.0
+    );
+    // Served again from B's own store now.
+    let (_, again) = fetch(node_b, &path).await;
+    assert_eq!(again, on_b);
+    assert_eq!(
+        counter(node_b, "image_factory_assets_fetched_total").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_asking_for_the_same_cold_model_at_once_build_it_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bundle) = kit_bundle(tmp.path()) else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|d| tmp.path().join(d)).collect();
+    import(&dirs[0], &bundle);
+    cluster_of(tmp.path(), &dirs[0], &[&dirs[1], &dirs[2]]);
+    let nodes = cluster_with_release(&dirs).await;
+    let mut id = String::new();
+    for n in &nodes {
+        id = kit_schematic(n).await;
+    }
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let answers = futures_util::future::join_all(nodes.iter().map(|n| fetch(n, &path))).await;
+    for (i, (st, body)) in answers.iter().enumerate() {
+        assert_eq!(*st, 200, "node {i}: {}", String::from_utf8_lossy(body));
+        assert_eq!(sha256_hex(body), sha256_hex(&answers[0].1), "node {i}");
+    }
+    let mut total = 0.0;
+    for n in &nodes {
+        total += built(n).await;
+    }
+    let logs: Vec<String> = nodes.iter().map(Node::log).collect();
+    assert_eq!(
+        total,
+        1.0,
+        "builds in the cluster:\n{}",
+        logs.join("\n----\n")
+    );
+    let mut waits = 0.0;
+    for n in &nodes {
+        waits += counter(n, "image_factory_replication_builds_avoided_total").await;
+    }
+    assert_eq!(waits, 2.0);
+}

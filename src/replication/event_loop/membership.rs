@@ -144,6 +144,10 @@ impl EventLoop {
                 self.release_announced(*from, source, version);
                 MessageAcceptance::Accept
             }
+            Ok(g @ (Gossip::Lease { .. } | Gossip::Built { .. })) => {
+                self.model_gossip(source.unwrap_or(*from), g);
+                MessageAcceptance::Accept
+            }
             Err(e) => {
                 tracing::warn!(peer_id = %from, error = %e, "malformed gossip message");
                 MessageAcceptance::Reject
@@ -236,6 +240,7 @@ impl EventLoop {
                 if welcomed {
                     self.sync_schematics_with(peer);
                 }
+                self.kad_add(peer);
                 self.update_gauge();
                 HelloReply::Welcome {
                     revocations: self
@@ -284,6 +289,7 @@ impl EventLoop {
                 }
                 if member {
                     self.sync_schematics_with(peer);
+                    self.kad_add(peer);
                 }
                 for env in revocations.iter().take(MAX_REVOCATIONS) {
                     if let Err(e) = self.cluster.add_revocation(env) {

@@ -4,9 +4,11 @@
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
 mod membership;
+mod models;
 mod releases;
 mod schematics;
 
+pub(crate) use models::{LeaseState, LeaseView, is_key};
 pub use releases::ReleaseParts;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -156,6 +158,7 @@ pub(crate) struct EventLoop {
     sync: schematics::SchematicSync,
     jobs: mpsc::UnboundedReceiver<schematics::Job>,
     rel: releases::ReleaseSync,
+    models: models::ModelSync,
     rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
 }
 
@@ -197,6 +200,7 @@ impl EventLoop {
             sync: schematics::SchematicSync::new(store, ids, jobs_tx),
             jobs,
             rel,
+            models: models::ModelSync::default(),
             rel_jobs,
             cluster,
         };
@@ -226,6 +230,24 @@ impl EventLoop {
             }
         }
         me.reload_membership();
+        // Advertise the models held from before this start (bounded; the first republication
+        // reaches the members once they connect).
+        let records = me.rel.records();
+        let jobs = me.rel.jobs();
+        tokio::task::spawn_blocking(move || match records.scan_raw() {
+            Ok(all) => {
+                let keys: Vec<String> = all
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| models::is_key(k))
+                    .take(super::swarm::MAX_PROVIDED_KEYS)
+                    .collect();
+                let _ = jobs.send(releases::Job::Provide(keys));
+            }
+            Err(e) => {
+                tracing::warn!(error = %Causes(&e), "the models held are not advertised to the cluster")
+            }
+        });
         me
     }
 
@@ -260,6 +282,16 @@ impl EventLoop {
                 request,
                 reply,
             } => self.blob_chunk(peer, request, reply),
+            Command::Providers { key, reply } => self.find_providers(key, reply),
+            Command::Lease { key, reply } => {
+                let _ = reply.send(self.lease_view(&key));
+            }
+            Command::Claim { key, reply } => {
+                let _ = reply.send(self.claim(key));
+            }
+            Command::Built { key, ok } => self.built(key, ok),
+            Command::Provide(key) => self.provide(key),
+            Command::ModelRecord { peer, key, reply } => self.model_record(peer, key, reply),
         }
     }
 
@@ -401,6 +433,8 @@ impl EventLoop {
             BehaviourEvent::Schematics(e) => self.on_schematics_event(e),
             BehaviourEvent::Releases(e) => self.on_releases_event(e),
             BehaviourEvent::Blobs(e) => self.on_blobs_event(e),
+            BehaviourEvent::Models(e) => self.on_models_event(e),
+            BehaviourEvent::Kad(e) => self.on_kad_event(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let is_member = self.is_member(&peer_id);
                 let Some(p) = self.peers.get_mut(&peer_id) else {
@@ -415,6 +449,7 @@ impl EventLoop {
                 }
                 if is_member && !added.is_empty() {
                     self.dirty = true;
+                    self.kad_add(peer_id);
                 }
             }
             BehaviourEvent::Ping(ping::Event {
@@ -543,6 +578,7 @@ impl EventLoop {
         }
         self.redial(now);
         self.schematic_round(now);
+        self.renew_leases(now);
         if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
             self.save_peers();
         }

@@ -54,6 +54,13 @@ pub(crate) enum Job {
         channel: ResponseChannel<BlobReply>,
         reply: BlobReply,
     },
+    /// A model's record for a member, read from the store.
+    ServeModel {
+        channel: ResponseChannel<crate::replication::protocol::ModelReply>,
+        reply: crate::replication::protocol::ModelReply,
+    },
+    /// Models held from before this start, to advertise.
+    Provide(Vec<String>),
     /// Versions a member holds that this node does not.
     Missing { peer: PeerId, versions: Vec<String> },
     /// A release fetch ended.
@@ -97,6 +104,18 @@ impl ReleaseSync {
             chunks: HashMap::new(),
             serving: Arc::default(),
         }
+    }
+}
+
+impl ReleaseSync {
+    /// The asset records of this node.
+    pub(crate) fn records(&self) -> crate::assets::RecordStore {
+        crate::assets::RecordStore::new(Arc::clone(self.parts.blobs.meta()))
+    }
+
+    /// Where work done off the loop reports.
+    pub(crate) fn jobs(&self) -> mpsc::UnboundedSender<Job> {
+        self.jobs.clone()
     }
 }
 
@@ -492,7 +511,19 @@ impl EventLoop {
                     .blobs
                     .send_response(channel, reply);
             }
+            Job::ServeModel { channel, reply } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .models
+                    .send_response(channel, reply);
+            }
             Job::Missing { peer, versions } => self.get_releases(peer, versions),
+            Job::Provide(keys) => {
+                for key in keys {
+                    self.provide(key);
+                }
+            }
             Job::Fetched {
                 version,
                 peer,
