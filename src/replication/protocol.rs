@@ -440,3 +440,66 @@ pub enum ModelReply {
     /// The requester is not a member.
     Refused,
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::io::Cursor;
+    use libp2p::request_response::Codec as _;
+
+    use super::*;
+
+    fn protocol() -> libp2p::StreamProtocol {
+        libp2p::StreamProtocol::new(BLOBS_PROTOCOL)
+    }
+
+    #[tokio::test]
+    async fn chunks_round_trip_and_oversized_messages_are_refused() {
+        let mut c = BlobCodec;
+        let reply = BlobReply::Chunk {
+            size: 10,
+            data: b"0123456789".to_vec(),
+        };
+        let mut buf = Vec::new();
+        c.write_response(&protocol(), &mut Cursor::new(&mut buf), reply.clone())
+            .await
+            .unwrap();
+        let back = c
+            .read_response(&protocol(), &mut Cursor::new(&buf))
+            .await
+            .unwrap();
+        assert_eq!(back, reply);
+
+        // A header announcing more than a chunk is refused before anything is allocated.
+        let header = serde_json::to_vec(&BlobHeader::Chunk {
+            size: 1 << 40,
+            len: MAX_CHUNK + 1,
+        })
+        .unwrap();
+        let mut big = (header.len() as u32).to_be_bytes().to_vec();
+        big.extend_from_slice(&header);
+        let e = c
+            .read_response(&protocol(), &mut Cursor::new(&big))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        // Bytes beyond what the header announced are refused too.
+        let header = serde_json::to_vec(&BlobHeader::Chunk { size: 10, len: 2 }).unwrap();
+        let mut lying = (header.len() as u32).to_be_bytes().to_vec();
+        lying.extend_from_slice(&header);
+        lying.extend_from_slice(&10u32.to_be_bytes());
+        lying.extend_from_slice(b"0123456789");
+        assert!(
+            c.read_response(&protocol(), &mut Cursor::new(&lying))
+                .await
+                .is_err()
+        );
+        // A request larger than its budget.
+        let mut req = ((MAX_BLOB_HEADER + 1) as u32).to_be_bytes().to_vec();
+        req.resize(4 + MAX_BLOB_HEADER + 1, b' ');
+        assert!(
+            c.read_request(&protocol(), &mut Cursor::new(&req))
+                .await
+                .is_err()
+        );
+    }
+}

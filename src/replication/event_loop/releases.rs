@@ -547,3 +547,120 @@ impl EventLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::membership::ClusterKey;
+
+    fn release(version: &str, grub_path: &str) -> crate::catalog::Release {
+        let blob =
+            serde_json::json!({"blake3": "b".repeat(64), "sha256": "a".repeat(64), "size": 1});
+        serde_json::from_value(serde_json::json!({
+            "version": version, "imported_at": "", "source": "test",
+            "signatures": {"state": "skipped"}, "partial": false,
+            "arches": {"amd64": {"imager": null, "installer_base": null,
+                "assets": {"vmlinuz": blob}, "grub": {grub_path: blob}}},
+            "extensions": [], "overlays": [],
+        }))
+        .unwrap()
+    }
+
+    fn sealed(key: &SigningKey, kind: &str, cluster: &str, r: crate::catalog::Release) -> Envelope {
+        Envelope::seal(
+            &SignedRelease {
+                kind: kind.into(),
+                cluster: cluster.into(),
+                release: r,
+            },
+            key,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_record_signed_by_the_cluster_for_the_version_asked_is_accepted() {
+        let ours = SigningKey::from_seed(&[1; 32]);
+        let theirs = SigningKey::from_seed(&[2; 32]);
+        let cluster = ClusterKey::new(ours.verifying_key());
+        let id = cluster.id().to_string();
+        let good = sealed(
+            &ours,
+            RELEASE_KIND,
+            &id,
+            release("v1.11.0", "i386-pc/a.mod"),
+        );
+        assert_eq!(
+            open_record(&cluster, &good, "v1.11.0").unwrap().version,
+            "v1.11.0"
+        );
+        // Asked for another version.
+        assert!(open_record(&cluster, &good, "v1.12.0").is_err());
+        // Signed by another key (even naming this cluster).
+        let forged = sealed(&theirs, RELEASE_KIND, &id, release("v1.11.0", "a.mod"));
+        let e = open_record(&cluster, &forged, "v1.11.0").unwrap_err();
+        assert!(e.contains("not signed by the cluster key"), "{e}");
+        // Another kind of document, another cluster, an unsafe path.
+        let kind = sealed(
+            &ours,
+            "image-factory/member-credential/v1",
+            &id,
+            release("v1.11.0", "a"),
+        );
+        assert!(open_record(&cluster, &kind, "v1.11.0").is_err());
+        let other = sealed(&ours, RELEASE_KIND, "ab", release("v1.11.0", "a"));
+        assert!(open_record(&cluster, &other, "v1.11.0").is_err());
+        let unsafe_path = sealed(&ours, RELEASE_KIND, &id, release("v1.11.0", "../../keys/x"));
+        assert!(open_record(&cluster, &unsafe_path, "v1.11.0").is_err());
+        // Bytes changed after signing.
+        let mut tampered = good.clone();
+        tampered.payload.insert(0, 'e');
+        assert!(open_record(&cluster, &tampered, "v1.11.0").is_err());
+    }
+
+    #[test]
+    fn a_chunk_is_read_within_its_store_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn crate::store::MetaStore> =
+            Arc::new(crate::store::SledStore::open(&dir.path().join("meta")).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let info = blobs.put_bytes(&data).unwrap();
+        let ask = |id: BlobId, offset: u64, len: u32| {
+            read_chunk(&blobs, &BlobRequest { id, offset, len })
+        };
+        let by_b3 = BlobId::Blake3(info.blake3.clone());
+        assert_eq!(
+            ask(by_b3.clone(), 1000, 500),
+            BlobReply::Chunk {
+                size: 3000,
+                data: data[1000..1500].to_vec()
+            }
+        );
+        // The tail is short; the end is empty; past the end is refused.
+        assert_eq!(
+            ask(BlobId::Sha256(info.sha256.clone()), 2500, 4096),
+            BlobReply::Chunk {
+                size: 3000,
+                data: data[2500..].to_vec()
+            }
+        );
+        assert_eq!(
+            ask(by_b3.clone(), 3000, 10),
+            BlobReply::Chunk {
+                size: 3000,
+                data: Vec::new()
+            }
+        );
+        assert_eq!(ask(by_b3, 3001, 10), BlobReply::Refused);
+        // Names that are not hashes never reach the filesystem; unknown ones are missing.
+        assert_eq!(
+            ask(BlobId::Blake3("../../keys".into()), 0, 1),
+            BlobReply::Refused
+        );
+        assert_eq!(
+            ask(BlobId::Blake3("c".repeat(64)), 0, 1),
+            BlobReply::Missing
+        );
+    }
+}
