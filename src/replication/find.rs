@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::event_loop::{LeaseState, is_key};
+use super::event_loop::is_key;
+use super::leases::LeaseState;
 use super::protocol::{BlobId, ModelReply};
 use super::transfer::{MAX_BLOB, fetch_blob};
 use super::{Command, Replication, ReplicationError};
@@ -20,7 +21,7 @@ use crate::store::{BlobStore, BoxFuture};
 /// How often a waiting node looks at a lease.
 const POLL: Duration = Duration::from_millis(200);
 /// How long a claim waits for competing claims before the build starts (gossip reaches every
-/// member in milliseconds on a LAN; see `event_loop::models::CLAIM_SETTLE`).
+/// member in milliseconds on a LAN; see [`super::leases::CLAIM_SETTLE`]).
 const CLAIM_WINDOW: Duration = Duration::from_millis(500);
 /// Longest wait for a member's build (a renewed lease); the build timeout bounds builds too.
 const MAX_WAIT: Duration = Duration::from_secs(1800);

@@ -16,6 +16,7 @@ mod files;
 mod find;
 pub mod identity;
 pub mod invitation;
+mod leases;
 pub mod membership;
 mod metrics;
 pub mod protocol;

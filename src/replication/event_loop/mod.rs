@@ -9,7 +9,7 @@ mod releases;
 mod schematics;
 mod upkeep;
 
-pub(crate) use models::{LeaseState, LeaseView, is_key};
+pub(crate) use models::{LeaseView, is_key};
 pub use releases::ReleaseParts;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -200,7 +200,7 @@ impl EventLoop {
             sync: schematics::SchematicSync::new(store, ids, jobs_tx),
             jobs,
             rel,
-            models: models::ModelSync::default(),
+            models: models::ModelSync::new(local),
             rel_jobs,
             cluster,
         };
