@@ -185,33 +185,66 @@ async fn kit_schematic(node: &Node) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
+/// The `via` of `node`'s `release replicated` log line.
+fn replicated_via(node: &Node) -> Option<String> {
+    node.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "release replicated")
+        .map(|v| v["via"].as_str().unwrap_or_default().to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_imported_on_one_member_is_buildable_on_another_without_importing() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(bundle) = kit_bundle(tmp.path()) else {
+    let Some((bundle, key)) = kit_bundle(tmp.path()) else {
         return;
     };
-    let (a, c) = (tmp.path().join("a"), tmp.path().join("c"));
-    import(&a, &bundle);
-    cluster_of(tmp.path(), &a, &[&c]);
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    cluster_of(tmp.path(), &a, &[&b, &c]);
     let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
-    let node_c = Node::start_with(&c, &node_a.bootstrap().await, &[NO_SCRUB]);
+    let boot = node_a.bootstrap().await;
+    let node_b = Node::start_with(&b, &boot, &[NO_SCRUB]);
+    let a_id = node_a.peer_id().await;
+    crate::replication::wait_for(&node_b, "B joins A", |st| {
+        crate::replication::connected_member(st, &a_id)
+    })
+    .await;
 
-    // C learns of the release when it connects (anti-entropy) and fetches it from A.
+    // Imported on the running A (admin API): announced, and B fetches it at once.
+    kit::bin(&[
+        "import",
+        &bundle.display().to_string(),
+        "--server",
+        &node_a.admin(),
+        "--admin-token-file",
+        &a.join("keys/admin-token").display().to_string(),
+        "--trust-key",
+        &key.display().to_string(),
+    ]);
+    crate::replication::wait_for_log(&node_b, "release replicated").await;
+    assert_eq!(replicated_via(&node_b).as_deref(), Some("announcement"));
+    assert!(lists_release(&node_b).await, "B does not list {V}");
+
+    // C, started later, catches up when it connects (anti-entropy).
+    let node_c = Node::start_with(&c, &boot, &[NO_SCRUB]);
     crate::replication::wait_for_log(&node_c, "release replicated").await;
+    assert_eq!(replicated_via(&node_c).as_deref(), Some("anti-entropy"));
     assert!(lists_release(&node_c).await, "C does not list {V}");
-    assert_eq!(
-        counter(&node_c, "image_factory_replication_releases_received_total").await,
-        1.0
-    );
-    assert_eq!(
-        counter(
-            &node_c,
-            "image_factory_replication_verification_failures_total"
-        )
-        .await,
-        0.0
-    );
+    for n in [&node_b, &node_c] {
+        assert_eq!(
+            counter(n, "image_factory_replication_releases_received_total").await,
+            1.0
+        );
+        assert_eq!(
+            counter(n, "image_factory_replication_verification_failures_total").await,
+            0.0
+        );
+    }
     assert!(counter(&node_a, "image_factory_replication_blob_bytes_sent_total").await > 0.0);
 
     // C builds from it, and the model is A's byte for byte.

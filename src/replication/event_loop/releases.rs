@@ -15,6 +15,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use tokio::sync::{mpsc, oneshot};
 
 use super::EventLoop;
+use super::schematics::Via;
 use crate::catalog::{ReleaseStore, Version};
 use crate::causes::Causes;
 use crate::replication::Replication;
@@ -62,11 +63,16 @@ pub(crate) enum Job {
     /// Models held from before this start, to advertise.
     Provide(Vec<String>),
     /// Versions a member holds that this node does not.
-    Missing { peer: PeerId, versions: Vec<String> },
+    Missing {
+        peer: PeerId,
+        versions: Vec<String>,
+        via: Via,
+    },
     /// A release fetch ended.
     Fetched {
         version: String,
         peer: PeerId,
+        via: Via,
         result: Result<crate::replication::transfer::Fetched, crate::replication::ReplicationError>,
     },
 }
@@ -79,8 +85,8 @@ pub(crate) struct ReleaseSync {
     jobs: mpsc::UnboundedSender<Job>,
     /// Versions being fetched.
     fetching: HashSet<String>,
-    /// Record requests in flight: which version.
-    gets: HashMap<OutboundRequestId, String>,
+    /// Record requests in flight: which version, and what made this node ask.
+    gets: HashMap<OutboundRequestId, (String, Via)>,
     /// Chunk requests in flight: who waits for the answer.
     chunks: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobReply, String>>>,
     serving: Arc<std::sync::atomic::AtomicUsize>,
@@ -236,13 +242,14 @@ impl EventLoop {
                 let _ = jobs.send(Job::Missing {
                     peer: ask,
                     versions: vec![version],
+                    via: Via::Announcement,
                 });
             }
         });
     }
 
     /// Sends a record request for each of `versions` not being fetched already.
-    fn get_releases(&mut self, peer: PeerId, versions: Vec<String>) {
+    fn get_releases(&mut self, peer: PeerId, versions: Vec<String>, via: Via) {
         for version in versions {
             if Version::parse_strict(&version).is_none()
                 || self.rel.fetching.contains(&version)
@@ -257,7 +264,7 @@ impl EventLoop {
                 },
             );
             self.rel.fetching.insert(version.clone());
-            self.rel.gets.insert(id, version);
+            self.rel.gets.insert(id, (version, via));
         }
     }
 
@@ -311,7 +318,7 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if let Some(v) = self.rel.gets.remove(&request_id) {
+                if let Some((v, _)) = self.rel.gets.remove(&request_id) {
                     self.rel.fetching.remove(&v);
                 }
                 tracing::debug!(peer_id = %peer, error = %error, "release request failed");
@@ -370,7 +377,12 @@ impl EventLoop {
         });
     }
 
-    fn on_release_reply(&mut self, peer: PeerId, reply: ReleaseReply, asked: Option<String>) {
+    fn on_release_reply(
+        &mut self,
+        peer: PeerId,
+        reply: ReleaseReply,
+        asked: Option<(String, Via)>,
+    ) {
         match reply {
             ReleaseReply::List { versions } => {
                 let releases = self.rel.parts.releases.clone();
@@ -386,12 +398,13 @@ impl EventLoop {
                         let _ = jobs.send(Job::Missing {
                             peer,
                             versions: missing,
+                            via: Via::AntiEntropy,
                         });
                     }
                 });
             }
             ReleaseReply::Record { record } => {
-                let Some(version) = asked else { return };
+                let Some((version, via)) = asked else { return };
                 let Some(m) = self.membership.clone() else {
                     self.rel.fetching.remove(&version);
                     return;
@@ -422,12 +435,13 @@ impl EventLoop {
                     let _ = jobs.send(Job::Fetched {
                         version,
                         peer,
+                        via,
                         result,
                     });
                 });
             }
             ReleaseReply::Missing | ReleaseReply::Refused { .. } => {
-                if let Some(v) = asked {
+                if let Some((v, _)) = asked {
                     self.rel.fetching.remove(&v);
                 }
             }
@@ -518,7 +532,11 @@ impl EventLoop {
                     .models
                     .send_response(channel, reply);
             }
-            Job::Missing { peer, versions } => self.get_releases(peer, versions),
+            Job::Missing {
+                peer,
+                versions,
+                via,
+            } => self.get_releases(peer, versions, via),
             Job::Provide(keys) => {
                 for key in keys {
                     self.provide(key);
@@ -527,12 +545,13 @@ impl EventLoop {
             Job::Fetched {
                 version,
                 peer,
+                via,
                 result,
             } => {
                 self.rel.fetching.remove(&version);
                 match result {
                     Ok(f) => {
-                        tracing::info!(peer_id = %peer, version = %version, blobs = f.blobs, bytes = f.bytes, "release replicated");
+                        tracing::info!(peer_id = %peer, version = %version, via = via.as_str(), blobs = f.blobs, bytes = f.bytes, "release replicated");
                         self.metrics.releases_received.increment(1);
                         self.metrics.bytes_received.increment(f.bytes);
                     }

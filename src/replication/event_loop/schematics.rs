@@ -59,7 +59,7 @@ pub(crate) enum Via {
 }
 
 impl Via {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Via::Announcement => "announcement",
             Via::AntiEntropy => "anti-entropy",
