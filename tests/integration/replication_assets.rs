@@ -447,3 +447,48 @@ async fn members_asking_for_the_same_cold_model_at_once_build_it_once() {
     }
     assert_eq!(waits, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_bytes_do_not_verify_is_refused_and_built_locally() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bundle) = kit_bundle(tmp.path()) else {
+        return;
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    import(&a, &bundle);
+    cluster_of(tmp.path(), &a, &[&b]);
+    let nodes = cluster_with_release(&[a.clone(), b]).await;
+    let (node_a, node_b) = (&nodes[0], &nodes[1]);
+    let id = kit_schematic(node_a).await;
+    assert_eq!(kit_schematic(node_b).await, id);
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let (sa, on_a) = fetch(node_a, &path).await;
+    assert_eq!(sa, 200);
+    // The model rots on A's disk after A served it (A does not hash it again).
+    let name = blake3::hash(&on_a).to_hex().to_string();
+    crate::common::assets::flip_byte(&a.join("blobs").join(&name[..2]).join(&name), 1000);
+
+    let (sb, on_b) = fetch(node_b, &path).await;
+    assert_eq!(sb, 200);
+    assert_eq!(sha256_hex(&on_b), sha256_hex(&on_a), "B serves other bytes");
+    assert!(
+        counter(
+            node_b,
+            "image_factory_replication_verification_failures_total"
+        )
+        .await
+            >= 1.0,
+        "{}",
+        node_b.log()
+    );
+    assert!(node_b.log().contains("do not verify"), "{}", node_b.log());
+    assert_eq!(
+        built(node_b).await,
+        1.0,
+        "B did not build after refusing A's bytes"
+    );
+    assert_eq!(
+        counter(node_b, "image_factory_assets_fetched_total").await,
+        0.0
+    );
+}
