@@ -8,7 +8,13 @@
 //!   offline CLI, the admin API and the swarm;
 //! * [`invitation`]: `cluster invite` and `cluster join`;
 //! * `swarm`: the one task that owns the swarm, and [`Replication`], the cloneable handle
-//!   the rest of the program talks to it through (typed commands, oneshot replies).
+//!   the rest of the program talks to it through (typed commands, oneshot replies);
+//! * `event_loop`: that task — membership, schematic and release anti-entropy, the blob and
+//!   model protocols, provider records and build leases;
+//! * `transfer`: verified, chunked blob fetches and release fetches;
+//! * `find`: [`ClusterPeers`], find before build for the asset pipeline;
+//! * `leases`: the build-lease table;
+//! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
 
 pub mod cluster;
 mod event_loop;
