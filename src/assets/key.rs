@@ -87,7 +87,9 @@ pub fn cache_key(
     field("epoch", BUILDER_EPOCH.as_bytes());
     field("schematic", schematic_id.as_bytes());
     field("profile", &profile_json);
-    field("externalURL", opts.external_url.as_bytes());
+    // The factory identity (named "externalURL" in the hash since before clusters, so a
+    // standalone node's keys did not change).
+    field("externalURL", opts.factory_url.as_bytes());
     field(
         "initramfsZstdLevel",
         &opts.initramfs_zstd_level.to_be_bytes(),
@@ -154,7 +156,7 @@ mod tests {
 
     fn opts() -> BuilderOptions {
         BuilderOptions {
-            external_url: "http://f/".into(),
+            factory_url: "http://f/".into(),
             scratch: PathBuf::from("/tmp"),
             initramfs_zstd_level: 18,
             compression: Default::default(),
@@ -187,7 +189,7 @@ mod tests {
         p.arch = Arch::Arm64;
         others.push(key("s", &p, &release("aa"), &opts()));
         let mut o = opts();
-        o.external_url = "http://g/".into();
+        o.factory_url = "http://g/".into();
         others.push(key("s", &profile(), &release("aa"), &o));
         let mut o = opts();
         o.initramfs_zstd_level = 3;

@@ -31,6 +31,8 @@ pub struct AssetMetrics {
     pub build_latency: Histogram,
     /// Requests that joined a build already running.
     pub waits: Counter,
+    /// Models fetched from a cluster member instead of built.
+    pub fetched: Counter,
     /// New builds refused because the build queue was full.
     pub refused: Counter,
     /// `hits / (hits + misses)` since start.
@@ -129,6 +131,10 @@ impl AssetMetrics {
             waits: counter(
                 "image_factory_assets_build_waits_total",
                 "Requests that waited for a build already running.",
+            ),
+            fetched: counter(
+                "image_factory_assets_fetched_total",
+                "Models fetched from a cluster member (record and bytes verified) instead of built.",
             ),
             refused: counter(
                 "image_factory_assets_build_refused_total",

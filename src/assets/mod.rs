@@ -12,6 +12,7 @@ mod key;
 mod maintenance;
 mod metrics;
 mod parts;
+mod peers;
 mod pipeline;
 mod pxe;
 mod record;
@@ -25,11 +26,12 @@ pub use key::{BUILDER_EPOCH, CacheKey, cache_key};
 pub use maintenance::{GcPass, ScrubReport};
 pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
 pub use parts::InstallerManifest;
+pub use peers::Peers;
 pub use pipeline::{
     AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,
     Outcome, Served,
 };
 pub use pxe::PxeBoot;
-pub use record::{AssetRecord, RecordStore};
+pub use record::{AssetRecord, RecordStore, RecordVerifier};
 pub use sendfile::DirectBody;
 pub use stream::AssetBody;

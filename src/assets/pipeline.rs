@@ -180,6 +180,8 @@ pub(super) struct Inner {
     pub(super) build_times: Mutex<BuildTimes>,
     /// Raised when a build or import runs out of disk space: wakes garbage collection.
     pub(super) out_of_space: Arc<Notify>,
+    /// The cluster, asked before building (set once replication starts).
+    pub(super) peers: std::sync::OnceLock<Arc<dyn super::Peers>>,
 }
 
 /// The asset service (cheap to clone).
@@ -226,10 +228,12 @@ impl Drop for ServeGuard {
 
 impl Assets {
     /// The service as `config` describes it (builder settings, quota, concurrency) over a data
-    /// directory's stores; `zstd_level` is the initramfs cpio level, `stages` receives build
-    /// stages. Blocking (sweeps scratch).
+    /// directory's stores; `factory_url` is the factory identity that goes into model bytes and
+    /// cache keys ([`crate::replication::factory_identity`]), `zstd_level` the initramfs cpio
+    /// level, `stages` receives build stages. Blocking (sweeps scratch).
     pub fn from_config(
         config: &Config,
+        factory_url: String,
         stores: DataStores,
         metrics: AssetMetrics,
         zstd_level: u32,
@@ -242,7 +246,7 @@ impl Assets {
             stores.blobs.clone(),
             releases.clone(),
             BuilderOptions {
-                external_url: config.http.external_url.clone(),
+                factory_url,
                 scratch: scratch.clone(),
                 initramfs_zstd_level: zstd_level,
                 compression: config.build.compression,
@@ -325,8 +329,14 @@ impl Assets {
                 touched: Mutex::new(Bounded::new(MAX_REMEMBERED)),
                 build_times: Mutex::default(),
                 out_of_space: Arc::default(),
+                peers: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Asks `peers` (the cluster) before building from now on; set once.
+    pub fn set_peers(&self, peers: Arc<dyn super::Peers>) {
+        let _ = self.inner.peers.set(peers);
     }
 
     /// The metrics handles.

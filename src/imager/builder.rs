@@ -50,8 +50,10 @@ const MAX_METADATA: u64 = 4 << 20;
 /// Builder settings.
 #[derive(Debug, Clone)]
 pub struct BuilderOptions {
-    /// `http.externalURL` (goes into the schematic extension's author).
-    pub external_url: String,
+    /// The factory identity (goes into the schematic extension's author): the cluster's
+    /// factory URL on a member, `http.externalURL` on a standalone node
+    /// ([`crate::replication::factory_identity`]).
+    pub factory_url: String,
     /// Scratch directory on the data volume.
     pub scratch: PathBuf,
     /// zstd level of the initramfs' appended cpio (upstream: 18).
@@ -264,7 +266,7 @@ impl Builder {
             })
             .collect();
         if let Some(id) = &profile.schematic_extension {
-            let tar = schematic_extension_tar(id, &self.opts.external_url, req.canonical)
+            let tar = schematic_extension_tar(id, &self.opts.factory_url, req.canonical)
                 .map_err(ImagerError::internal("schematic extension"))?;
             extensions.push(ExtensionSource::Tar {
                 name: "schematic".into(),

@@ -53,7 +53,7 @@ pub enum ImportJobError {
 /// How many imports run in a node (garbage collection leaves orphan blobs alone meanwhile:
 /// an import reuses stored blobs before its release record names them).
 #[derive(Debug, Clone, Default)]
-pub(super) struct ImportCount(Arc<AtomicUsize>);
+pub struct ImportCount(Arc<AtomicUsize>);
 
 impl ImportCount {
     /// Whether an import is running.
@@ -61,15 +61,15 @@ impl ImportCount {
         self.0.load(Ordering::Acquire) > 0
     }
 
-    /// Counts an import as running until the guard drops.
-    fn start(&self) -> Running {
+    /// Counts an import (or a release fetched from a member) as running until the guard drops.
+    pub fn start(&self) -> Running {
         self.0.fetch_add(1, Ordering::AcqRel);
         Running(Arc::clone(&self.0))
     }
 }
 
 /// One running import, counted while alive.
-struct Running(Arc<AtomicUsize>);
+pub struct Running(Arc<AtomicUsize>);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -180,6 +180,9 @@ impl ImportJob {
                     source,
                 }
             })?;
+            if let Some(r) = node.replication() {
+                r.release_imported(&v.tag());
+            }
             done(&summary);
         }
         Ok(())

@@ -9,7 +9,7 @@ pub mod on_demand;
 mod storage;
 pub mod worker;
 
-pub use import::{ImportFrom, ImportJob, ImportJobError};
+pub use import::{ImportCount, ImportFrom, ImportJob, ImportJobError, Running};
 pub use storage::{DoctorReport, StorageHealth, StorageState, StorageSummary, doctor};
 pub use worker::{Periodic, WorkError, Worker, WorkerState, WorkerStatus, Workers};
 
@@ -92,6 +92,7 @@ pub struct Node {
     storage: StorageHealth,
     imports: import::ImportCount,
     cluster: Arc<Cluster>,
+    factory_url: String,
     replication: std::sync::OnceLock<Replication>,
     recorder: Arc<dyn Recorder + Send + Sync>,
     on_demand: Option<Arc<on_demand::OnDemand>>,
@@ -138,8 +139,18 @@ impl Node {
         }
         let recorder = Arc::clone(&opts.recorder);
         let on_demand = on_demand::OnDemand::from_config(&config, opts.recorder.as_ref());
+        let factory_url =
+            crate::replication::factory_identity(&config, cluster.membership().as_deref());
+        if factory_url != config.http.external_url {
+            tracing::info!(
+                factory_url = %factory_url,
+                external_url = %config.http.external_url,
+                "models are built as the cluster's factory URL; this node's own URL stays in PXE scripts and /status"
+            );
+        }
         let assets = Assets::from_config(
             &config,
+            factory_url.clone(),
             DataStores {
                 meta: Arc::clone(&meta),
                 blobs: blobs.clone(),
@@ -162,6 +173,7 @@ impl Node {
             storage,
             imports: import::ImportCount::default(),
             cluster,
+            factory_url,
             replication: std::sync::OnceLock::new(),
             recorder,
             on_demand,
@@ -240,6 +252,11 @@ impl Node {
         &self.cluster
     }
 
+    /// The factory identity this node builds as (see [`crate::replication::factory_identity`]).
+    pub fn factory_url(&self) -> &str {
+        &self.factory_url
+    }
+
     /// The running swarm (`None` when `replication.enabled` is off).
     pub fn replication(&self) -> Option<&Replication> {
         self.replication.get()
@@ -264,10 +281,23 @@ impl Node {
             cfg,
             Arc::clone(&self.cluster),
             self.schematics.clone(),
+            crate::replication::ReleaseParts {
+                releases: self.releases.clone(),
+                blobs: self.blobs.clone(),
+                imports: self.imports.clone(),
+            },
             &self.recorder,
         )
         .await?;
         tracing::info!(peer_id = %handle.peer_id(), "replication started");
+        // Find before build: a miss asks the cluster first.
+        self.assets
+            .set_peers(Arc::new(crate::replication::ClusterPeers::new(
+                handle.clone(),
+                self.blobs.clone(),
+                crate::assets::RecordStore::new(Arc::clone(&self.meta)),
+                crate::assets::RecordVerifier::new(&self.signing_key.verifying_key()),
+            )));
         let _ = self.replication.set(handle);
         self.workers.spawn(worker);
         Ok(())

@@ -110,7 +110,17 @@ impl Envelope {
         what: &'static str,
         key: &VerifyingKey,
     ) -> Result<Vec<u8>, DocumentError> {
-        if self.payload.len() + self.signature.len() > MAX_ENVELOPE_BYTES {
+        self.verified_bytes_within(what, key, MAX_ENVELOPE_BYTES)
+    }
+
+    /// [`Envelope::verified_bytes`] with another size limit (the caller's budget).
+    pub fn verified_bytes_within(
+        &self,
+        what: &'static str,
+        key: &VerifyingKey,
+        max: usize,
+    ) -> Result<Vec<u8>, DocumentError> {
+        if self.payload.len() + self.signature.len() > max {
             return Err(DocumentError::TooLarge {
                 what,
                 size: self.payload.len() + self.signature.len(),
@@ -130,6 +140,17 @@ impl Envelope {
     pub fn unverified_bytes(&self, what: &'static str) -> Result<Vec<u8>, DocumentError> {
         B64.decode(self.payload.as_bytes())
             .map_err(|e| malformed(what, e))
+    }
+
+    /// [`Envelope::open`] with another size limit (the caller's budget).
+    pub fn open_within<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &VerifyingKey,
+        max: usize,
+    ) -> Result<T, DocumentError> {
+        let bytes = self.verified_bytes_within(what, key, max)?;
+        serde_json::from_slice(&bytes).map_err(|e| malformed(what, e))
     }
 
     /// Verifies the signature under `key` and decodes the payload.

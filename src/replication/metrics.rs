@@ -24,6 +24,18 @@ pub struct ReplicationMetrics {
     pub schematics_received: Counter,
     /// Schematics from members that failed their check.
     pub schematics_rejected: Counter,
+    /// Releases received from members, verified and stored.
+    pub releases_received: Counter,
+    /// Records and blobs from members that did not verify (discarded).
+    pub verification_failures: Counter,
+    /// Blob bytes received from members (verified).
+    pub bytes_received: Counter,
+    /// Blob bytes sent to members.
+    pub bytes_sent: Counter,
+    /// Models fetched from members instead of built here.
+    pub builds_avoided: Counter,
+    /// Misses that waited for a member's build.
+    pub lease_waits: Counter,
 }
 
 impl ReplicationMetrics {
@@ -69,6 +81,30 @@ impl ReplicationMetrics {
             schematics_rejected: counter(
                 "image_factory_replication_schematics_rejected_total",
                 "Schematics from members rejected: not their ID's canonical bytes.",
+            ),
+            releases_received: counter(
+                "image_factory_replication_releases_received_total",
+                "Releases received from members: record verified, every blob verified and stored.",
+            ),
+            verification_failures: counter(
+                "image_factory_replication_verification_failures_total",
+                "Records and blobs from members that did not verify against the cluster key or their hash; discarded.",
+            ),
+            bytes_received: counter(
+                "image_factory_replication_blob_bytes_received_total",
+                "Blob bytes received from members and stored after verification.",
+            ),
+            bytes_sent: counter(
+                "image_factory_replication_blob_bytes_sent_total",
+                "Blob bytes sent to members.",
+            ),
+            builds_avoided: counter(
+                "image_factory_replication_builds_avoided_total",
+                "Models fetched from a member (or its finished build) instead of built here.",
+            ),
+            lease_waits: counter(
+                "image_factory_replication_lease_waits_total",
+                "Local misses that waited for a member's build (its lease) instead of building.",
             ),
         }
     }

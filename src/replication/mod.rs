@@ -8,20 +8,31 @@
 //!   offline CLI, the admin API and the swarm;
 //! * [`invitation`]: `cluster invite` and `cluster join`;
 //! * `swarm`: the one task that owns the swarm, and [`Replication`], the cloneable handle
-//!   the rest of the program talks to it through (typed commands, oneshot replies).
+//!   the rest of the program talks to it through (typed commands, oneshot replies);
+//! * `event_loop`: that task — membership, schematic and release anti-entropy, the blob and
+//!   model protocols, provider records and build leases;
+//! * `transfer`: verified, chunked blob fetches and release fetches;
+//! * `find`: [`ClusterPeers`], find before build for the asset pipeline;
+//! * `leases`: the build-lease table;
+//! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
 
 pub mod cluster;
 mod event_loop;
 mod files;
+mod find;
 pub mod identity;
 pub mod invitation;
+mod leases;
 pub mod membership;
 mod metrics;
 pub mod protocol;
 mod swarm;
+mod transfer;
 
 pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
+pub use event_loop::ReleaseParts;
 pub use files::read_capped;
+pub use find::ClusterPeers;
 pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
@@ -201,6 +212,48 @@ pub enum ReplicationError {
     /// The swarm task is not running (the node is stopping).
     #[error("the peer swarm is not running")]
     Stopped,
+    /// A member sent bytes that do not verify; they were discarded and counted.
+    #[error("member {peer} sent {blob} with bytes that do not verify: {why}")]
+    Corrupt {
+        /// The member.
+        peer: String,
+        /// The blob asked for.
+        blob: String,
+        /// What did not match.
+        why: String,
+    },
+    /// A member does not hold a blob asked of it.
+    #[error("member {peer} does not hold {blob}")]
+    NotHeld {
+        /// The member.
+        peer: String,
+        /// The blob asked for.
+        blob: String,
+    },
+    /// A request to a member failed (timeout, connection closed, refused, bad answer).
+    #[error("member {peer}: {why}")]
+    PeerFailed {
+        /// The member.
+        peer: String,
+        /// What failed.
+        why: String,
+    },
+    /// A background task failed.
+    #[error("a replication task failed: {0}")]
+    Task(String),
+    /// Writing a fetched blob failed.
+    #[error("writing a fetched blob")]
+    Write {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blob or metadata store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A release record could not be stored.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
 }
 
 impl ReplicationError {
@@ -233,6 +286,19 @@ pub fn dialable(a: &libp2p::Multiaddr) -> bool {
         }
     }
     ip && port
+}
+
+/// The factory identity: what goes into a model's bytes (the schematic extension's author) and
+/// its cache key, the one source of both. On a cluster member it is the cluster's factory URL
+/// (the founder's `http.externalURL` when it founded the cluster, carried by every invitation),
+/// so every member builds the same bytes under the same key; on a standalone node it is its own
+/// `http.externalURL`, as before clusters. What must point at the node itself (PXE scripts,
+/// `/status`, registry references) keeps using the node's own URL.
+pub fn factory_identity(config: &crate::config::Config, cluster: Option<&Membership>) -> String {
+    match cluster {
+        Some(m) if !m.record.factory_url.is_empty() => m.record.factory_url.clone(),
+        _ => config.http.external_url.clone(),
+    }
 }
 
 /// Parses a peer ID given by an operator.
@@ -322,6 +388,56 @@ pub(crate) enum Command {
     Status(oneshot::Sender<ReplicationStatus>),
     /// A schematic was created on this node.
     SchematicCreated(String),
+    /// A release was imported on this node.
+    ReleaseImported(String),
+    /// Members that provide a cache key.
+    Providers {
+        /// Cache key.
+        key: String,
+        /// The members.
+        reply: oneshot::Sender<Vec<libp2p::PeerId>>,
+    },
+    /// What is known of a key's build.
+    Lease {
+        /// Cache key.
+        key: String,
+        /// The view.
+        reply: oneshot::Sender<event_loop::LeaseView>,
+    },
+    /// Claim a key's build unless a member holds it.
+    Claim {
+        /// Cache key.
+        key: String,
+        /// The view after.
+        reply: oneshot::Sender<event_loop::LeaseView>,
+    },
+    /// This node's build of a key ended.
+    Built {
+        /// Cache key.
+        key: String,
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// This node holds a key's model (fetched).
+    Provide(String),
+    /// Ask a member for a model's signed record.
+    ModelRecord {
+        /// The member.
+        peer: libp2p::PeerId,
+        /// Cache key.
+        key: String,
+        /// Its answer, or why there is none.
+        reply: oneshot::Sender<Result<protocol::ModelReply, String>>,
+    },
+    /// Ask a member for one chunk of a blob.
+    BlobChunk {
+        /// The member.
+        peer: libp2p::PeerId,
+        /// What to ask.
+        request: protocol::BlobRequest,
+        /// Its answer, or why there is none.
+        reply: oneshot::Sender<Result<protocol::BlobReply, String>>,
+    },
 }
 
 /// A handle on the running swarm (cheap to clone).
@@ -329,6 +445,7 @@ pub(crate) enum Command {
 pub struct Replication {
     tx: mpsc::Sender<Command>,
     peer_id: libp2p::PeerId,
+    metrics: metrics::ReplicationMetrics,
 }
 
 impl Replication {
@@ -353,6 +470,96 @@ impl Replication {
         if let Err(e) = self.tx.try_send(Command::SchematicCreated(id.to_string())) {
             tracing::debug!(schematic = %id, error = %e, "schematic not announced now; the next round carries it");
         }
+    }
+
+    /// Announces a release imported on this node (never waits, like
+    /// [`Replication::schematic_created`]).
+    pub fn release_imported(&self, version: &str) {
+        if let Err(e) = self
+            .tx
+            .try_send(Command::ReleaseImported(version.to_string()))
+        {
+            tracing::debug!(version = %version, error = %e, "release not announced now; the next round carries it");
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ReplicationError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| ReplicationError::Stopped)?;
+        rx.await.map_err(|_| ReplicationError::Stopped)
+    }
+
+    /// The members that provide cache key `key` (a Kademlia lookup, bounded by its timeout).
+    pub(crate) async fn providers(
+        &self,
+        key: &str,
+    ) -> Result<Vec<libp2p::PeerId>, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::Providers { key, reply }).await
+    }
+
+    /// What is known of `key`'s build in the cluster.
+    pub(crate) async fn lease(&self, key: &str) -> Result<event_loop::LeaseView, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::Lease { key, reply }).await
+    }
+
+    /// Claims `key`'s build unless a member holds it.
+    pub(crate) async fn claim(&self, key: &str) -> Result<event_loop::LeaseView, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::Claim { key, reply }).await
+    }
+
+    /// A member's signed record of `key`.
+    pub(crate) async fn model_record(
+        &self,
+        peer: libp2p::PeerId,
+        key: &str,
+    ) -> Result<protocol::ModelReply, ReplicationError> {
+        let key = key.to_string();
+        self.ask(|reply| Command::ModelRecord { peer, key, reply })
+            .await?
+            .map_err(|why| ReplicationError::PeerFailed {
+                peer: peer.to_string(),
+                why,
+            })
+    }
+
+    /// Tells the swarm without waiting (a full channel drops the message: leases end by
+    /// silence, provider records at the next start).
+    fn tell(&self, cmd: Command) {
+        if let Err(e) = self.tx.try_send(cmd) {
+            tracing::debug!(error = %e, "replication command dropped");
+        }
+    }
+
+    /// Asks `peer` for one chunk of a blob.
+    pub(crate) async fn blob_chunk(
+        &self,
+        peer: libp2p::PeerId,
+        request: protocol::BlobRequest,
+    ) -> Result<protocol::BlobReply, ReplicationError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::BlobChunk {
+                peer,
+                request,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ReplicationError::Stopped)?;
+        rx.await
+            .map_err(|_| ReplicationError::Stopped)?
+            .map_err(|why| ReplicationError::PeerFailed {
+                peer: peer.to_string(),
+                why,
+            })
     }
 
     /// Multiaddrs (with `/p2p/`) at which members reach this node and the members it is

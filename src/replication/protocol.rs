@@ -135,6 +135,23 @@ pub enum Gossip {
         /// Its ID.
         id: String,
     },
+    /// A release was imported (fetch its record from the announcer with the release protocol).
+    Release {
+        /// Its version tag.
+        version: String,
+    },
+    /// The sender is building the model of a cache key (a lease; renewed while it builds).
+    Lease {
+        /// Cache key.
+        key: String,
+    },
+    /// The sender's build of a cache key ended (`ok`: fetch it from the sender).
+    Built {
+        /// Cache key.
+        key: String,
+        /// Whether it succeeded.
+        ok: bool,
+    },
 }
 
 /// The membership topic of cluster `id`.
@@ -151,4 +168,338 @@ pub fn schematics_topic(cluster: &str) -> String {
         "/image-factory/{}/schematics/1",
         &cluster[..cluster.len().min(16)]
     )
+}
+
+/// The release protocol (request-response, JSON): anti-entropy over version sets and signed
+/// release records.
+pub const RELEASES_PROTOCOL: &str = "/image-factory/releases/1";
+/// Largest release request.
+pub const MAX_RELEASES_REQUEST: u64 = 4 * 1024;
+/// Largest release reply (a record names every blob of a release — hundreds of GRUB modules
+/// and extension images — and travels base64-encoded in its envelope).
+pub const MAX_RELEASES_REPLY: u64 = 32 * 1024 * 1024;
+/// Largest release record accepted (bytes of its JSON payload).
+pub const MAX_RELEASE_RECORD: usize = 16 * 1024 * 1024;
+/// Most versions listed.
+pub const MAX_RELEASES: usize = 1024;
+/// `kind` of a signed release record.
+pub const RELEASE_KIND: &str = "image-factory/release-record/v1";
+
+/// A request of the release protocol (members only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+pub enum ReleaseRequest {
+    /// The versions held.
+    List,
+    /// One release record.
+    Get {
+        /// Version tag.
+        version: String,
+    },
+}
+
+/// An answer of the release protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+pub enum ReleaseReply {
+    /// The versions held (complete, undamaged releases).
+    List {
+        /// Version tags.
+        versions: Vec<String>,
+    },
+    /// The record, signed with the cluster key.
+    Record {
+        /// An envelope over a [`SignedRelease`].
+        record: Envelope,
+    },
+    /// Not held.
+    Missing,
+    /// The requester is not a member.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The payload of a signed release record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedRelease {
+    /// [`RELEASE_KIND`].
+    pub kind: String,
+    /// Cluster ID.
+    pub cluster: String,
+    /// The record as stored.
+    pub release: crate::catalog::Release,
+}
+
+/// The blob protocol (request-response with a raw-bytes answer): one chunk of a stored blob
+/// per request; a transfer is a pipeline of such requests, so no message holds a whole file.
+pub const BLOBS_PROTOCOL: &str = "/image-factory/blobs/1";
+/// Largest chunk asked for or sent.
+pub const MAX_CHUNK: u32 = 1024 * 1024;
+/// Largest blob request, and largest answer header.
+pub const MAX_BLOB_HEADER: usize = 1024;
+
+/// A blob by one of its names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum BlobId {
+    /// BLAKE3 hex (the blob store's name).
+    Blake3(String),
+    /// SHA-256 hex (the OCI name).
+    Sha256(String),
+}
+
+/// A request of the blob protocol (members only): `len` bytes from `offset`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlobRequest {
+    /// Which blob.
+    pub id: BlobId,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes wanted (at most [`MAX_CHUNK`]).
+    pub len: u32,
+}
+
+/// An answer of the blob protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobReply {
+    /// Bytes from the offset asked for; `size` is the whole blob's.
+    Chunk {
+        /// The blob's size.
+        size: u64,
+        /// The bytes (fewer than asked only at the end of the blob).
+        data: Vec<u8>,
+    },
+    /// Not held.
+    Missing,
+    /// The requester is not a member, or the request is out of bounds.
+    Refused,
+}
+
+/// The header sent before a chunk's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+enum BlobHeader {
+    Chunk { size: u64, len: u32 },
+    Missing,
+    Refused,
+}
+
+/// The blob protocol's codec: requests are length-prefixed JSON; answers a length-prefixed
+/// JSON header then, for a chunk, its raw bytes (at most [`MAX_CHUNK`]).
+#[derive(Debug, Clone, Default)]
+pub struct BlobCodec;
+
+async fn read_prefixed<T: futures_util::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    use futures_util::AsyncReadExt as _;
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a message of {len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_prefixed<T: futures_util::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use futures_util::AsyncWriteExt as _;
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await
+}
+
+fn invalid(e: serde_json::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+impl libp2p::request_response::Codec for BlobCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = BlobRequest;
+    type Response = BlobReply;
+
+    async fn read_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<BlobRequest>
+    where
+        T: futures_util::AsyncRead + Unpin + Send,
+    {
+        let bytes = read_prefixed(io, MAX_BLOB_HEADER).await?;
+        serde_json::from_slice(&bytes).map_err(invalid)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<BlobReply>
+    where
+        T: futures_util::AsyncRead + Unpin + Send,
+    {
+        let bytes = read_prefixed(io, MAX_BLOB_HEADER).await?;
+        match serde_json::from_slice::<BlobHeader>(&bytes).map_err(invalid)? {
+            BlobHeader::Chunk { size, len } => {
+                if len > MAX_CHUNK {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("a chunk of {len} bytes exceeds the limit of {MAX_CHUNK}"),
+                    ));
+                }
+                let data = read_prefixed(io, len as usize).await?;
+                Ok(BlobReply::Chunk { size, data })
+            }
+            BlobHeader::Missing => Ok(BlobReply::Missing),
+            BlobHeader::Refused => Ok(BlobReply::Refused),
+        }
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: BlobRequest,
+    ) -> std::io::Result<()>
+    where
+        T: futures_util::AsyncWrite + Unpin + Send,
+    {
+        let bytes = serde_json::to_vec(&req).map_err(invalid)?;
+        write_prefixed(io, &bytes).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        res: BlobReply,
+    ) -> std::io::Result<()>
+    where
+        T: futures_util::AsyncWrite + Unpin + Send,
+    {
+        let (header, data) = match res {
+            BlobReply::Chunk { size, data } => {
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                (BlobHeader::Chunk { size, len }, Some(data))
+            }
+            BlobReply::Missing => (BlobHeader::Missing, None),
+            BlobReply::Refused => (BlobHeader::Refused, None),
+        };
+        let bytes = serde_json::to_vec(&header).map_err(invalid)?;
+        write_prefixed(io, &bytes).await?;
+        if let Some(data) = data {
+            write_prefixed(io, &data).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The model protocol (request-response, JSON): a built asset's signed record by cache key
+/// (its bytes then come by the blob protocol).
+pub const MODELS_PROTOCOL: &str = "/image-factory/models/1";
+/// Largest model request.
+pub const MAX_MODEL_REQUEST: u64 = 1024;
+/// Largest model reply (a signed asset record).
+pub const MAX_MODEL_REPLY: u64 = 1024 * 1024;
+/// The Kademlia protocol of the cluster (provider records of cache keys).
+pub const KAD_PROTOCOL: &str = "/image-factory/kad/1";
+
+/// A request of the model protocol (members only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelRequest {
+    /// Cache key (hex SHA-256).
+    pub key: String,
+}
+
+/// An answer of the model protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+pub enum ModelReply {
+    /// The asset record as stored: its signed envelope's JSON.
+    Record {
+        /// The envelope's JSON text.
+        record: String,
+    },
+    /// Not held.
+    Missing,
+    /// The requester is not a member.
+    Refused,
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::io::Cursor;
+    use libp2p::request_response::Codec as _;
+
+    use super::*;
+
+    fn protocol() -> libp2p::StreamProtocol {
+        libp2p::StreamProtocol::new(BLOBS_PROTOCOL)
+    }
+
+    #[tokio::test]
+    async fn chunks_round_trip_and_oversized_messages_are_refused() {
+        let mut c = BlobCodec;
+        let reply = BlobReply::Chunk {
+            size: 10,
+            data: b"0123456789".to_vec(),
+        };
+        let mut buf = Vec::new();
+        c.write_response(&protocol(), &mut Cursor::new(&mut buf), reply.clone())
+            .await
+            .unwrap();
+        let back = c
+            .read_response(&protocol(), &mut Cursor::new(&buf))
+            .await
+            .unwrap();
+        assert_eq!(back, reply);
+
+        // A header announcing more than a chunk is refused before anything is allocated.
+        let header = serde_json::to_vec(&BlobHeader::Chunk {
+            size: 1 << 40,
+            len: MAX_CHUNK + 1,
+        })
+        .unwrap();
+        let mut big = (header.len() as u32).to_be_bytes().to_vec();
+        big.extend_from_slice(&header);
+        let e = c
+            .read_response(&protocol(), &mut Cursor::new(&big))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        // Bytes beyond what the header announced are refused too.
+        let header = serde_json::to_vec(&BlobHeader::Chunk { size: 10, len: 2 }).unwrap();
+        let mut lying = (header.len() as u32).to_be_bytes().to_vec();
+        lying.extend_from_slice(&header);
+        lying.extend_from_slice(&10u32.to_be_bytes());
+        lying.extend_from_slice(b"0123456789");
+        assert!(
+            c.read_response(&protocol(), &mut Cursor::new(&lying))
+                .await
+                .is_err()
+        );
+        // A request larger than its budget.
+        let mut req = ((MAX_BLOB_HEADER + 1) as u32).to_be_bytes().to_vec();
+        req.resize(4 + MAX_BLOB_HEADER + 1, b' ');
+        assert!(
+            c.read_request(&protocol(), &mut Cursor::new(&req))
+                .await
+                .is_err()
+        );
+    }
 }

@@ -13,18 +13,20 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify,
-    mdns, noise, ping, request_response, tcp, yamux,
+    kad, mdns, noise, ping, request_response, tcp, yamux,
 };
 use metrics::Recorder;
 use tokio::sync::mpsc;
 
 use super::cluster::Cluster;
-use super::event_loop::EventLoop;
+use super::event_loop::{EventLoop, ReleaseParts};
 use super::metrics::ReplicationMetrics;
 use super::protocol::{
-    HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, MAX_GOSSIP, MAX_HELLO_REPLY,
-    MAX_HELLO_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, SCHEMATICS_PROTOCOL,
-    SchematicReply, SchematicRequest,
+    BLOBS_PROTOCOL, BlobCodec, HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, KAD_PROTOCOL,
+    MAX_GOSSIP, MAX_HELLO_REPLY, MAX_HELLO_REQUEST, MAX_MODEL_REPLY, MAX_MODEL_REQUEST,
+    MAX_RELEASES_REPLY, MAX_RELEASES_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST,
+    MODELS_PROTOCOL, ModelReply, ModelRequest, RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest,
+    SCHEMATICS_PROTOCOL, SchematicReply, SchematicRequest,
 };
 use super::{Replication, ReplicationError};
 use crate::config::ReplicationConfig;
@@ -43,6 +45,23 @@ const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_INCOMING: u32 = 512;
 /// Connections to one peer (both sides may dial, over QUIC and TCP).
 const MAX_PER_PEER: u32 = 8;
+/// How long one blob chunk may take to arrive.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Blob chunk streams open at once per connection.
+const MAX_CHUNK_STREAMS: usize = 64;
+/// How long a provider lookup may take.
+const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a provider record lives on the members that store it. A record outliving its
+/// model (collected by the GC) costs one refused fetch and a local build; a record lost early
+/// costs a build the cluster did not need. Models are kept for days, so hours are right.
+pub(crate) const PROVIDER_TTL: Duration = Duration::from_secs(6 * 3600);
+/// How often a node republishes the records of what it holds: well inside the TTL, so one
+/// lost republication (a member restarting) never lets a record lapse.
+pub(crate) const PROVIDER_REPUBLISH: Duration = Duration::from_secs(2 * 3600);
+/// Providers remembered per key (a cluster has tens of members, not thousands).
+const MAX_PROVIDERS_PER_KEY: usize = 64;
+/// Keys this node provides (one per model it holds).
+pub(crate) const MAX_PROVIDED_KEYS: usize = 100_000;
 /// How long binding the listen addresses may take.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -63,6 +82,17 @@ pub(crate) struct Behaviour {
     pub schematics: request_response::Behaviour<
         request_response::json::codec::Codec<SchematicRequest, SchematicReply>,
     >,
+    /// Release anti-entropy and signed records.
+    pub releases: request_response::Behaviour<
+        request_response::json::codec::Codec<ReleaseRequest, ReleaseReply>,
+    >,
+    /// Blob chunks.
+    pub blobs: request_response::Behaviour<BlobCodec>,
+    /// Built assets' signed records by cache key.
+    pub models:
+        request_response::Behaviour<request_response::json::codec::Codec<ModelRequest, ModelReply>>,
+    /// Provider records of cache keys (find before build).
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Announcements (revocations, new schematics).
     pub gossipsub: gossipsub::Behaviour,
     /// Local-link discovery, when `replication.mdns` is set.
@@ -108,6 +138,58 @@ fn behaviour(
         )],
         request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
     );
+    let releases = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_RELEASES_REQUEST)
+            .set_response_size_maximum(MAX_RELEASES_REPLY),
+        [(
+            StreamProtocol::new(RELEASES_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+    );
+    let blobs = request_response::Behaviour::with_codec(
+        BlobCodec,
+        [(
+            StreamProtocol::new(BLOBS_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(CHUNK_TIMEOUT)
+            .with_max_concurrent_streams(MAX_CHUNK_STREAMS),
+    );
+    let models = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_MODEL_REQUEST)
+            .set_response_size_maximum(MAX_MODEL_REPLY),
+        [(
+            StreamProtocol::new(MODELS_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kad_config
+        .set_query_timeout(KAD_QUERY_TIMEOUT)
+        .set_provider_record_ttl(Some(PROVIDER_TTL))
+        .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
+        .set_record_ttl(Some(PROVIDER_TTL))
+        .set_publication_interval(None)
+        .set_replication_interval(None)
+        // Only members enter the routing table (added once their credential checked).
+        .set_kbucket_inserts(kad::BucketInserts::Manual);
+    let store = kad::store::MemoryStore::with_config(
+        local,
+        kad::store::MemoryStoreConfig {
+            max_records: 0,
+            max_value_bytes: 0,
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+            max_provided_keys: MAX_PROVIDED_KEYS,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+    // Members answer each other's queries whatever addresses they can confirm (loopback).
+    kad.set_mode(Some(kad::Mode::Server));
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
@@ -143,6 +225,10 @@ fn behaviour(
         ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         hello,
         schematics,
+        releases,
+        blobs,
+        models,
+        kad,
         gossipsub,
         mdns: Toggle::from(mdns),
     })
@@ -179,6 +265,7 @@ pub async fn start(
     config: &ReplicationConfig,
     cluster: Arc<Cluster>,
     schematics: SchematicStore,
+    releases: ReleaseParts,
     recorder: &Arc<dyn Recorder + Send + Sync>,
 ) -> Result<(Replication, SwarmWorker), ReplicationError> {
     let store = schematics.clone();
@@ -253,17 +340,24 @@ pub async fn start(
         tracing::info!(addr = %a, peer_id = %local, "replication listener bound");
     }
     let (tx, rx) = mpsc::channel(64);
+    let metrics = ReplicationMetrics::new(recorder);
+    let handle = Replication {
+        tx,
+        peer_id: local,
+        metrics: metrics.clone(),
+    };
     let event_loop = EventLoop::new(
         swarm,
         cluster,
         config,
         bound,
         rx,
-        ReplicationMetrics::new(recorder),
+        metrics,
         (schematics, ids),
+        (releases, handle.clone()),
     );
     Ok((
-        Replication { tx, peer_id: local },
+        handle,
         SwarmWorker {
             event_loop: Some(event_loop),
         },

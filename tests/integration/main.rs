@@ -53,6 +53,7 @@ mod registry_serving;
 mod registry_spec;
 mod release_damage;
 mod replication;
+mod replication_assets;
 mod schematic_bounds;
 mod schematic_golden;
 mod squashfs_writer;

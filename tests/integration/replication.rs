@@ -14,14 +14,14 @@ use serde_json::Value;
 use crate::common::{BinServer, bin, client, spawn_bin_with};
 
 /// Loopback, any port, QUIC and TCP.
-const LISTEN: &str = "/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0";
+pub(crate) const LISTEN: &str = "/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0";
 /// Longest wait for anything to happen between nodes.
-const DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A running node; killed when dropped (a failing test leaves no process behind).
-struct Node {
-    srv: BinServer,
-    dir: PathBuf,
+pub(crate) struct Node {
+    pub(crate) srv: BinServer,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Node {
@@ -33,12 +33,18 @@ impl Drop for Node {
 
 impl Node {
     /// `serve` on `dir` with replication on (loopback, port 0) and `bootstrap` peers.
-    fn start(dir: &Path, bootstrap: &[String]) -> Node {
+    pub(crate) fn start(dir: &Path, bootstrap: &[String]) -> Node {
+        Node::start_with(dir, bootstrap, &[])
+    }
+
+    /// [`Node::start`] with more `IF_*` variables.
+    pub(crate) fn start_with(dir: &Path, bootstrap: &[String], more: &[(&str, &str)]) -> Node {
         let boot = bootstrap.join(",");
         let mut env = vec![
             ("IF_REPLICATION_ENABLED", "true"),
             ("IF_REPLICATION_LISTENADDRS", LISTEN),
         ];
+        env.extend_from_slice(more);
         if !boot.is_empty() {
             env.push(("IF_REPLICATION_BOOTSTRAPPEERS", boot.as_str()));
         }
@@ -49,7 +55,7 @@ impl Node {
         }
     }
 
-    async fn status(&self) -> Value {
+    pub(crate) async fn status(&self) -> Value {
         client()
             .get(format!("http://{}/status", self.srv.http))
             .send()
@@ -60,7 +66,7 @@ impl Node {
             .expect("status json")
     }
 
-    async fn peer_id(&self) -> String {
+    pub(crate) async fn peer_id(&self) -> String {
         let st = self.status().await;
         st["replication"]["peerId"]
             .as_str()
@@ -69,7 +75,7 @@ impl Node {
     }
 
     /// Its bound addresses with `/p2p/<peer id>`, as a bootstrap list.
-    async fn bootstrap(&self) -> Vec<String> {
+    pub(crate) async fn bootstrap(&self) -> Vec<String> {
         let st = self.status().await;
         let id = st["replication"]["peerId"].as_str().unwrap_or_default();
         let addrs: Vec<String> = st["replication"]["listenAddrs"]
@@ -85,11 +91,11 @@ impl Node {
         addrs
     }
 
-    fn admin(&self) -> String {
+    pub(crate) fn admin(&self) -> String {
         format!("unix:{}", self.dir.join("admin.sock").display())
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.srv
             .log
             .lock()
@@ -117,7 +123,7 @@ impl Node {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.srv.child.id().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
@@ -127,7 +133,7 @@ impl Node {
 }
 
 /// The entry for `peer` in a `/status` document.
-fn peer<'a>(st: &'a Value, peer: &str) -> Option<&'a Value> {
+pub(crate) fn peer<'a>(st: &'a Value, peer: &str) -> Option<&'a Value> {
     st["replication"]["peers"]
         .as_array()?
         .iter()
@@ -135,7 +141,7 @@ fn peer<'a>(st: &'a Value, peer: &str) -> Option<&'a Value> {
 }
 
 /// Whether `st` shows `other` as a connected member with a measured RTT.
-fn connected_member(st: &Value, other: &str) -> bool {
+pub(crate) fn connected_member(st: &Value, other: &str) -> bool {
     peer(st, other).is_some_and(|p| {
         p["state"] == "member" && p["connected"] == true && p["rttMs"].as_f64().is_some()
     })
@@ -152,7 +158,7 @@ fn refused(st: &Value, other: &str, why: &str) -> bool {
 
 /// Polls `node`'s `/status` until `ok` holds; panics with the last status and log after
 /// [`DEADLINE`].
-async fn wait_for(node: &Node, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for(node: &Node, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let st = node.status().await;
@@ -170,7 +176,7 @@ async fn wait_for(node: &Node, what: &str, ok: impl Fn(&Value) -> bool) -> Value
 }
 
 /// Polls until `node`'s log has a line containing `needle`.
-async fn wait_for_log(node: &Node, needle: &str) {
+pub(crate) async fn wait_for_log(node: &Node, needle: &str) {
     let start = Instant::now();
     while !node.log().contains(needle) {
         assert!(
@@ -183,7 +189,7 @@ async fn wait_for_log(node: &Node, needle: &str) {
 }
 
 /// Runs the CLI; returns stdout, panics with stderr on failure.
-fn cli(args: &[&str]) -> String {
+pub(crate) fn cli(args: &[&str]) -> String {
     let out = Command::new(bin())
         .args(args)
         .env_remove("RUST_LOG")
@@ -195,7 +201,7 @@ fn cli(args: &[&str]) -> String {
 }
 
 /// `cluster invite` on a stopped node's `dir`; returns the new member's peer ID.
-fn invite_offline(dir: &Path, out: &Path) -> String {
+pub(crate) fn invite_offline(dir: &Path, out: &Path) -> String {
     cli(&[
         "cluster",
         "invite",
@@ -209,7 +215,7 @@ fn invite_offline(dir: &Path, out: &Path) -> String {
 }
 
 /// `cluster invite` through `node`'s admin API.
-fn invite_through(node: &Node, out: &Path) -> String {
+pub(crate) fn invite_through(node: &Node, out: &Path) -> String {
     cli(&[
         "cluster",
         "invite",
@@ -223,7 +229,7 @@ fn invite_through(node: &Node, out: &Path) -> String {
 }
 
 /// `cluster join` of `dir` with the invitation `file`; returns its peer ID.
-fn join(dir: &Path, file: &Path) -> String {
+pub(crate) fn join(dir: &Path, file: &Path) -> String {
     cli(&[
         "cluster",
         "join",
@@ -520,7 +526,7 @@ async fn a_listen_address_that_cannot_be_bound_stops_serve_with_a_clear_error() 
 }
 
 /// POSTs `yaml` to `node`; returns (ID, canonical YAML).
-async fn create_schematic(node: &Node, yaml: &str) -> (String, String) {
+pub(crate) async fn create_schematic(node: &Node, yaml: &str) -> (String, String) {
     let resp = client()
         .post(format!("http://{}/schematics", node.srv.http))
         .body(yaml.to_string())
@@ -536,7 +542,7 @@ async fn create_schematic(node: &Node, yaml: &str) -> (String, String) {
 }
 
 /// Polls until `node` serves schematic `id` as `canonical`.
-async fn wait_for_schematic(node: &Node, who: &str, id: &str, canonical: &str) {
+pub(crate) async fn wait_for_schematic(node: &Node, who: &str, id: &str, canonical: &str) {
     let start = Instant::now();
     loop {
         let resp = client()

@@ -63,8 +63,23 @@ impl Assets {
         // Detached: the build finishes and is cached even if every requester goes away. It
         // runs in the span of the request that started it (its request ID in every line).
         let build = async move {
-            let result = this.run_build(&resolved, admitted_at).await;
             let key = &resolved.key.key;
+            let result = match this.fetch_from_peers(&resolved).await {
+                Some(record) => Ok(record),
+                None => {
+                    // Time spent asking the cluster does not count against the build's deadline.
+                    let admitted_at = if this.inner.peers.get().is_some() {
+                        Instant::now()
+                    } else {
+                        admitted_at
+                    };
+                    let result = this.run_build(&resolved, admitted_at).await;
+                    if let Some(peers) = this.inner.peers.get() {
+                        peers.built(key, result.is_ok());
+                    }
+                    result
+                }
+            };
             match &result {
                 Ok(_) => lock(&this.inner.failures).clear(key),
                 // A damaged release is refused by its mark, not remembered: the refusal is
@@ -83,6 +98,38 @@ impl Assets {
         };
         tokio::spawn(build.instrument(tracing::Span::current()));
         Ok(Some((rx, Outcome::Built)))
+    }
+
+    /// The model from a member, when the cluster has it (or is building it): its record and
+    /// blob are stored here by then, and checked again as any cached asset is.
+    async fn fetch_from_peers(&self, resolved: &Arc<Resolved>) -> Option<Arc<AssetRecord>> {
+        if resolved.req.rebuild {
+            return None;
+        }
+        let peers = self.inner.peers.get()?;
+        let key = &resolved.key.key;
+        if !peers.find(key).await {
+            return None;
+        }
+        match self.lookup(key).await {
+            Ok(Some((record, _))) => {
+                self.inner.metrics.fetched.increment(1);
+                tracing::info!(
+                    key = %record.key,
+                    schematic = %resolved.req.schematic_id,
+                    version = %record.version,
+                    path = %resolved.req.path,
+                    size = record.size,
+                    "asset fetched from a member"
+                );
+                Some(record)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %Causes(&e), "a fetched asset could not be read; building");
+                None
+            }
+        }
     }
 
     /// Waits for a build slot and builds on the blocking pool, both before the build's

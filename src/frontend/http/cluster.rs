@@ -63,7 +63,7 @@ pub async fn invite(
         bootstrap.extend(r.bootstrap_addrs().await?);
     }
     let cluster = std::sync::Arc::clone(node.cluster());
-    let factory_url = node.config().http.external_url.clone();
+    let factory_url = node.factory_url().to_string();
     let days = q.days.unwrap_or(DEFAULT_DAYS);
     let issued = tokio::task::spawn_blocking(move || {
         cluster.invite(&factory_url, days, bootstrap, crate::clock::now_secs())

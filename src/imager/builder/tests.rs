@@ -70,7 +70,7 @@ fn env() -> Env {
         .block_on(releases.put(&release))
         .unwrap();
     let opts = BuilderOptions {
-        external_url: "http://factory.test/".into(),
+        factory_url: "http://factory.test/".into(),
         scratch: dir.path().join("tmp"),
         initramfs_zstd_level: 3,
         compression: Default::default(),

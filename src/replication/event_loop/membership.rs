@@ -140,6 +140,14 @@ impl EventLoop {
                 self.schematic_announced(*from, source, id);
                 MessageAcceptance::Accept
             }
+            Ok(Gossip::Release { version }) => {
+                self.release_announced(*from, source, version);
+                MessageAcceptance::Accept
+            }
+            Ok(g @ (Gossip::Lease { .. } | Gossip::Built { .. })) => {
+                self.model_gossip(source.unwrap_or(*from), g);
+                MessageAcceptance::Accept
+            }
             Err(e) => {
                 tracing::warn!(peer_id = %from, error = %e, "malformed gossip message");
                 MessageAcceptance::Reject
@@ -232,6 +240,7 @@ impl EventLoop {
                 if welcomed {
                     self.sync_schematics_with(peer);
                 }
+                self.kad_add(peer);
                 self.update_gauge();
                 HelloReply::Welcome {
                     revocations: self
@@ -280,6 +289,7 @@ impl EventLoop {
                 }
                 if member {
                     self.sync_schematics_with(peer);
+                    self.kad_add(peer);
                 }
                 for env in revocations.iter().take(MAX_REVOCATIONS) {
                     if let Err(e) = self.cluster.add_revocation(env) {

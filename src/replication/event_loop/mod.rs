@@ -4,7 +4,13 @@
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
 mod membership;
+mod models;
+mod releases;
 mod schematics;
+mod upkeep;
+
+pub(crate) use models::{LeaseView, is_key};
+pub use releases::ReleaseParts;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,11 +21,10 @@ use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, watch};
 
-use super::cluster::{Cluster, KnownPeer, MAX_ADDRS_PER_PEER, MAX_KNOWN_PEERS, Membership};
+use super::cluster::{Cluster, MAX_ADDRS_PER_PEER, Membership};
 use super::invitation::parse_bootstrap;
 use super::membership::Refusal;
 use super::metrics::ReplicationMetrics;
@@ -152,10 +157,14 @@ pub(crate) struct EventLoop {
     removed_self: bool,
     sync: schematics::SchematicSync,
     jobs: mpsc::UnboundedReceiver<schematics::Job>,
+    rel: releases::ReleaseSync,
+    models: models::ModelSync,
+    rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
 }
 
 impl EventLoop {
     /// The loop over `swarm` (already listening on `listen_addrs`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         cluster: Arc<Cluster>,
@@ -164,8 +173,12 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         metrics: ReplicationMetrics,
         (store, ids): (crate::store::SchematicStore, Vec<String>),
+        (parts, handle): (ReleaseParts, super::Replication),
     ) -> Self {
         let (jobs_tx, jobs) = mpsc::unbounded_channel();
+        let (rel_tx, rel_jobs) = mpsc::unbounded_channel();
+        let rel =
+            releases::ReleaseSync::new(parts, Arc::clone(cluster.signing_key()), handle, rel_tx);
         let now = Instant::now();
         let local = *swarm.local_peer_id();
         let changes = cluster.subscribe();
@@ -186,6 +199,9 @@ impl EventLoop {
             removed_self: false,
             sync: schematics::SchematicSync::new(store, ids, jobs_tx),
             jobs,
+            rel,
+            models: models::ModelSync::new(local),
+            rel_jobs,
             cluster,
         };
         let mut seeds: Vec<(PeerId, Multiaddr)> = Vec::new();
@@ -214,6 +230,24 @@ impl EventLoop {
             }
         }
         me.reload_membership();
+        // Advertise the models held from before this start (bounded; the first republication
+        // reaches the members once they connect).
+        let records = me.rel.records();
+        let jobs = me.rel.jobs();
+        tokio::task::spawn_blocking(move || match records.scan_raw() {
+            Ok(all) => {
+                let keys: Vec<String> = all
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| models::is_key(k))
+                    .take(super::swarm::MAX_PROVIDED_KEYS)
+                    .collect();
+                let _ = jobs.send(releases::Job::Provide(keys));
+            }
+            Err(e) => {
+                tracing::warn!(error = %Causes(&e), "the models held are not advertised to the cluster")
+            }
+        });
         me
     }
 
@@ -228,6 +262,7 @@ impl EventLoop {
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Ok(()) = self.changes.changed() => self.reload_membership(),
                 Some(job) = self.jobs.recv() => self.on_job(job),
+                Some(job) = self.rel_jobs.recv() => self.on_release_job(job),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -241,6 +276,22 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::SchematicCreated(id) => self.schematic_created(id),
+            Command::ReleaseImported(v) => self.release_imported(v),
+            Command::BlobChunk {
+                peer,
+                request,
+                reply,
+            } => self.blob_chunk(peer, request, reply),
+            Command::Providers { key, reply } => self.find_providers(key, reply),
+            Command::Lease { key, reply } => {
+                let _ = reply.send(self.lease_view(&key));
+            }
+            Command::Claim { key, reply } => {
+                let _ = reply.send(self.claim(key));
+            }
+            Command::Built { key, ok } => self.built(key, ok),
+            Command::Provide(key) => self.provide(key),
+            Command::ModelRecord { peer, key, reply } => self.model_record(peer, key, reply),
         }
     }
 
@@ -380,6 +431,10 @@ impl EventLoop {
         match event {
             BehaviourEvent::Hello(e) => self.on_hello_event(e),
             BehaviourEvent::Schematics(e) => self.on_schematics_event(e),
+            BehaviourEvent::Releases(e) => self.on_releases_event(e),
+            BehaviourEvent::Blobs(e) => self.on_blobs_event(e),
+            BehaviourEvent::Models(e) => self.on_models_event(e),
+            BehaviourEvent::Kad(e) => self.on_kad_event(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let is_member = self.is_member(&peer_id);
                 let Some(p) = self.peers.get_mut(&peer_id) else {
@@ -394,6 +449,7 @@ impl EventLoop {
                 }
                 if is_member && !added.is_empty() {
                     self.dirty = true;
+                    self.kad_add(peer_id);
                 }
             }
             BehaviourEvent::Ping(ping::Event {
@@ -431,7 +487,7 @@ impl EventLoop {
     }
 
     /// The members connected now.
-    fn connected_members(&self) -> HashSet<PeerId> {
+    pub(super) fn connected_members(&self) -> HashSet<PeerId> {
         self.peers
             .iter()
             .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
@@ -439,158 +495,10 @@ impl EventLoop {
             .collect()
     }
 
-    fn is_member(&self, peer: &PeerId) -> bool {
+    pub(super) fn is_member(&self, peer: &PeerId) -> bool {
         self.peers
             .get(peer)
             .is_some_and(|p| matches!(p.state, State::Member { .. }))
-    }
-
-    fn on_tick(&mut self) {
-        let now = Instant::now();
-        let now_secs = crate::clock::now_secs();
-        let due: Vec<PeerId> = self
-            .refusing
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in due {
-            self.refusing.remove(&p);
-            self.cut_off(p);
-        }
-        let revoked = self
-            .membership
-            .as_ref()
-            .map(|m| m.revoked())
-            .unwrap_or_default();
-        let mut silent = Vec::new();
-        let mut expired = Vec::new();
-        let mut unblock = Vec::new();
-        let mut hang_up = Vec::new();
-        let mut cut = Vec::new();
-        for (id, p) in &mut self.peers {
-            match &p.state {
-                State::Pending { since } if p.connections > 0 && now - *since > HELLO_TIMEOUT => {
-                    silent.push(*id);
-                }
-                State::Member {
-                    expires: Some(at), ..
-                } if *at <= now_secs => expired.push((*id, *at)),
-                State::Refused { until, .. } if *until <= now => {
-                    if let Some(at) = revoked.get(id) {
-                        // Stays denied as long as it stays removed.
-                        p.state = State::Refused {
-                            reason: Refusal::Revoked(*at),
-                            until: now + REFUSED_FOR,
-                        };
-                    } else {
-                        p.state = State::Known;
-                        unblock.push(*id);
-                    }
-                }
-                State::RefusedUs { until, .. } if *until <= now => p.state = State::Known,
-                State::RefusedUs { since, .. }
-                    if p.connections > 0 && now - *since > HELLO_TIMEOUT =>
-                {
-                    hang_up.push(*id);
-                }
-                // Refused, connected, and no hello answered in time: cut off.
-                State::Refused { .. }
-                    if p.connections > 0
-                        && now - p.connected_since > HELLO_TIMEOUT
-                        && !self.refusing.contains_key(id) =>
-                {
-                    cut.push(*id);
-                }
-                _ => {}
-            }
-        }
-        for id in silent {
-            self.refuse(id, Refusal::Silent, Cut::Block);
-        }
-        for (id, at) in expired {
-            self.refuse(id, Refusal::Expired(at), Cut::Block);
-        }
-        for id in unblock {
-            self.swarm.behaviour_mut().gate.unblock_peer(id);
-        }
-        for id in hang_up {
-            let _ = self.swarm.disconnect_peer_id(id);
-        }
-        for id in cut {
-            self.cut_off(id);
-        }
-        self.redial(now);
-        self.schematic_round(now);
-        if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
-            self.save_peers();
-        }
-    }
-
-    /// Dials members and candidates that are not connected, each with its own backoff (not
-    /// once this node was removed: members refuse it).
-    fn redial(&mut self, now: Instant) {
-        if self.removed_self {
-            return;
-        }
-        let mut dials = Vec::new();
-        for (id, p) in &mut self.peers {
-            let wanted = matches!(p.state, State::Known | State::Member { .. });
-            if !wanted || p.connections > 0 || p.addrs.is_empty() || p.next_dial > now {
-                continue;
-            }
-            p.next_dial = now + p.backoff;
-            p.backoff = (p.backoff * 2).min(DIAL_BACKOFF.1);
-            dials.push((*id, p.addrs.iter().cloned().collect::<Vec<_>>()));
-        }
-        for (id, addrs) in dials {
-            let opts = DialOpts::peer_id(id)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(peer_id = %id, error = %e, "dial not started");
-            }
-        }
-    }
-
-    /// Members and their addresses (without `except`).
-    fn known_members(&self, except: Option<&PeerId>) -> Vec<KnownPeer> {
-        self.peers
-            .iter()
-            .filter(|(id, p)| {
-                Some(*id) != except
-                    && matches!(p.state, State::Member { .. })
-                    && !p.addrs.is_empty()
-            })
-            .take(MAX_KNOWN_PEERS)
-            .map(|(id, p)| KnownPeer {
-                peer_id: id.to_string(),
-                addrs: p.addrs.iter().map(ToString::to_string).collect(),
-            })
-            .collect()
-    }
-
-    fn save_peers(&mut self) {
-        let mut members = self.known_members(None);
-        members.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        if members.is_empty() && !self.dirty {
-            return;
-        }
-        if let Err(e) = self.cluster.save_known_peers(&members) {
-            tracing::warn!(error = %Causes(&e), "members' addresses not saved");
-        }
-        self.dirty = false;
-        self.last_save = Instant::now();
-    }
-
-    fn update_gauge(&self) {
-        let n = self
-            .peers
-            .values()
-            .filter(|p| p.connections > 0 && matches!(p.state, State::Member { .. }))
-            .count();
-        self.metrics.connected.set(n as f64);
     }
 }
 

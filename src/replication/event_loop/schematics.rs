@@ -59,7 +59,7 @@ pub(crate) enum Via {
 }
 
 impl Via {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Via::Announcement => "announcement",
             Via::AntiEntropy => "anti-entropy",
@@ -176,12 +176,14 @@ impl EventLoop {
         }
     }
 
-    /// Compares ID sets with `peer` (a member just connected, or the periodic round).
+    /// Compares ID sets with `peer` (a member just connected, or the periodic round), and
+    /// its releases with this node's.
     pub(super) fn sync_schematics_with(&mut self, peer: PeerId) {
         self.swarm
             .behaviour_mut()
             .schematics
             .send_request(&peer, SchematicRequest::Digest);
+        self.sync_releases_with(peer);
     }
 
     /// Once a minute, compares ID sets with every connected member (heals lost gossip).

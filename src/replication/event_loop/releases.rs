@@ -1,0 +1,685 @@
+//! Releases replicate to every member: an import is announced by gossip (its version) and the
+//! record fetched from the announcer; when two members connect, and with the periodic round,
+//! each lists the other's versions and fetches the records it lacks. A record travels signed
+//! with the cluster key and is verified (signature, kind, cluster, version, safe names)
+//! before anything is fetched for it; its blobs then come from the same member by the blob
+//! protocol, each verified by its hash before it is committed (see `transfer`), and the record
+//! is stored last. This node answers blob chunk requests of members from its store.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use tokio::sync::{mpsc, oneshot};
+
+use super::EventLoop;
+use super::schematics::Via;
+use crate::catalog::{ReleaseStore, Version};
+use crate::causes::Causes;
+use crate::replication::Replication;
+use crate::replication::membership::Envelope;
+use crate::replication::protocol::{
+    BlobId, BlobReply, BlobRequest, Gossip, MAX_CHUNK, MAX_RELEASE_RECORD, MAX_RELEASES,
+    RELEASE_KIND, ReleaseReply, ReleaseRequest, SignedRelease,
+};
+use crate::store::BlobStore;
+use crate::trust::SigningKey;
+
+/// Releases being fetched at once.
+const MAX_FETCHING: usize = 4;
+/// Blob chunk requests of members being read at once (each holds up to [`MAX_CHUNK`]).
+const MAX_SERVING: usize = 64;
+
+/// What the release side needs from the node.
+#[derive(Clone)]
+pub struct ReleaseParts {
+    /// Imported releases.
+    pub releases: ReleaseStore,
+    /// The blob store.
+    pub blobs: BlobStore,
+    /// Keeps the garbage collector off orphan blobs while a release is fetched.
+    pub imports: crate::node::ImportCount,
+}
+
+/// Work done off the event loop, reported back to it.
+pub(crate) enum Job {
+    /// An answer for a member, read from the store.
+    ServeRelease {
+        channel: ResponseChannel<ReleaseReply>,
+        reply: ReleaseReply,
+    },
+    /// A chunk for a member, read from the store.
+    ServeChunk {
+        channel: ResponseChannel<BlobReply>,
+        reply: BlobReply,
+    },
+    /// A model's record for a member, read from the store.
+    ServeModel {
+        channel: ResponseChannel<crate::replication::protocol::ModelReply>,
+        reply: crate::replication::protocol::ModelReply,
+    },
+    /// Models held from before this start, to advertise.
+    Provide(Vec<String>),
+    /// Versions a member holds that this node does not.
+    Missing {
+        peer: PeerId,
+        versions: Vec<String>,
+        via: Via,
+    },
+    /// A release fetch ended.
+    Fetched {
+        version: String,
+        peer: PeerId,
+        via: Via,
+        result: Result<crate::replication::transfer::Fetched, crate::replication::ReplicationError>,
+    },
+}
+
+/// The release side of the event loop's state.
+pub(crate) struct ReleaseSync {
+    parts: ReleaseParts,
+    key: Arc<SigningKey>,
+    handle: Replication,
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Versions being fetched.
+    fetching: HashSet<String>,
+    /// Record requests in flight: which version, and what made this node ask.
+    gets: HashMap<OutboundRequestId, (String, Via)>,
+    /// Chunk requests in flight: who waits for the answer.
+    chunks: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobReply, String>>>,
+    serving: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ReleaseSync {
+    /// The state over `parts`; records are signed with `key`; finished work goes to `jobs`.
+    pub(crate) fn new(
+        parts: ReleaseParts,
+        key: Arc<SigningKey>,
+        handle: Replication,
+        jobs: mpsc::UnboundedSender<Job>,
+    ) -> Self {
+        Self {
+            parts,
+            key,
+            handle,
+            jobs,
+            fetching: HashSet::new(),
+            gets: HashMap::new(),
+            chunks: HashMap::new(),
+            serving: Arc::default(),
+        }
+    }
+}
+
+impl ReleaseSync {
+    /// The asset records of this node.
+    pub(crate) fn records(&self) -> crate::assets::RecordStore {
+        crate::assets::RecordStore::new(Arc::clone(self.parts.blobs.meta()))
+    }
+
+    /// Where work done off the loop reports.
+    pub(crate) fn jobs(&self) -> mpsc::UnboundedSender<Job> {
+        self.jobs.clone()
+    }
+}
+
+/// The versions of complete, undamaged releases held.
+fn held_versions(releases: &ReleaseStore) -> Vec<String> {
+    let damaged = releases.damaged().unwrap_or_default();
+    match releases.list() {
+        Ok(list) => list
+            .iter()
+            .map(|r| r.version.clone())
+            .filter(|v| !damaged.contains_key(v))
+            .take(MAX_RELEASES)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %Causes(&e), "releases not listed for a member");
+            Vec::new()
+        }
+    }
+}
+
+/// Verifies a record a member sent: signed by the cluster key, of the right kind and cluster,
+/// the version asked for, and naming only safe paths.
+pub(crate) fn open_record(
+    key: &crate::replication::membership::ClusterKey,
+    env: &Envelope,
+    version: &str,
+) -> Result<crate::catalog::Release, String> {
+    let size = env.payload.len() + env.signature.len();
+    if size > MAX_RELEASE_RECORD * 4 / 3 + 1024 {
+        return Err(format!("a record of {size} bytes is over the limit"));
+    }
+    let signed: SignedRelease = env
+        .open_within("release record", key.verifying_key(), usize::MAX)
+        .map_err(|e| Causes(&e).to_string())?;
+    if signed.kind != RELEASE_KIND {
+        return Err(format!("the document is a {:?}", signed.kind));
+    }
+    if signed.cluster != key.id() {
+        return Err(format!("it belongs to cluster {}", signed.cluster));
+    }
+    if signed.release.version != version {
+        return Err(format!(
+            "it is release {:?}, not {version:?}",
+            signed.release.version
+        ));
+    }
+    signed
+        .release
+        .check_names()
+        .map_err(|e| Causes(&e).to_string())?;
+    Ok(signed.release)
+}
+
+/// Reads `req` of the store for a member.
+fn read_chunk(blobs: &BlobStore, req: &BlobRequest) -> BlobReply {
+    let blake3 = match &req.id {
+        BlobId::Blake3(b) if crate::store::is_blob_name(b) => b.clone(),
+        BlobId::Sha256(s) if crate::store::is_blob_name(s) => match blobs.by_sha256(s) {
+            Ok(Some(info)) => info.blake3,
+            Ok(None) => return BlobReply::Missing,
+            Err(_) => return BlobReply::Missing,
+        },
+        _ => return BlobReply::Refused,
+    };
+    let Ok(mut file) = blobs.open_blob(&blake3) else {
+        return BlobReply::Missing;
+    };
+    let Ok(size) = file.metadata().map(|m| m.len()) else {
+        return BlobReply::Missing;
+    };
+    if req.offset > size {
+        return BlobReply::Refused;
+    }
+    let len = (size - req.offset).min(u64::from(req.len.min(MAX_CHUNK))) as usize;
+    let mut data = vec![0u8; len];
+    if file.seek(SeekFrom::Start(req.offset)).is_err() || file.read_exact(&mut data).is_err() {
+        return BlobReply::Missing;
+    }
+    BlobReply::Chunk { size, data }
+}
+
+impl EventLoop {
+    /// Asks `peer` which releases it holds (a member just connected, or the periodic round).
+    pub(super) fn sync_releases_with(&mut self, peer: PeerId) {
+        self.swarm
+            .behaviour_mut()
+            .releases
+            .send_request(&peer, ReleaseRequest::List);
+    }
+
+    /// A release was imported here: announce it.
+    pub(super) fn release_imported(&mut self, version: String) {
+        let Some(topic) = self.sync.topic.clone() else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(&Gossip::Release { version }) else {
+            return;
+        };
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            tracing::debug!(error = %e, "release not announced (no member connected)");
+        }
+    }
+
+    /// `from` announced release `version` (imported by `source`): fetch it if missing.
+    pub(super) fn release_announced(
+        &mut self,
+        from: PeerId,
+        source: Option<PeerId>,
+        version: String,
+    ) {
+        let ask = source
+            .filter(|s| self.connected_members().contains(s))
+            .unwrap_or(from);
+        let releases = self.rel.parts.releases.clone();
+        let jobs = self.rel.jobs.clone();
+        tokio::task::spawn_blocking(move || {
+            if matches!(releases.get(&version), Ok(None)) {
+                let _ = jobs.send(Job::Missing {
+                    peer: ask,
+                    versions: vec![version],
+                    via: Via::Announcement,
+                });
+            }
+        });
+    }
+
+    /// Sends a record request for each of `versions` not being fetched already.
+    fn get_releases(&mut self, peer: PeerId, versions: Vec<String>, via: Via) {
+        for version in versions {
+            if Version::parse_strict(&version).is_none()
+                || self.rel.fetching.contains(&version)
+                || self.rel.fetching.len() >= MAX_FETCHING
+            {
+                continue;
+            }
+            let id = self.swarm.behaviour_mut().releases.send_request(
+                &peer,
+                ReleaseRequest::Get {
+                    version: version.clone(),
+                },
+            );
+            self.rel.fetching.insert(version.clone());
+            self.rel.gets.insert(id, (version, via));
+        }
+    }
+
+    /// Asks a member for a chunk on behalf of a transfer.
+    pub(super) fn blob_chunk(
+        &mut self,
+        peer: PeerId,
+        request: BlobRequest,
+        reply: oneshot::Sender<Result<BlobReply, String>>,
+    ) {
+        if !self.is_member(&peer) {
+            let _ = reply.send(Err("not a connected member".into()));
+            return;
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .blobs
+            .send_request(&peer, request);
+        self.rel.chunks.insert(id, reply);
+    }
+
+    pub(super) fn on_releases_event(
+        &mut self,
+        event: request_response::Event<ReleaseRequest, ReleaseReply>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_release_request(peer, request, channel),
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let asked = self.rel.gets.remove(&request_id);
+                self.on_release_reply(peer, response, asked);
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some((v, _)) = self.rel.gets.remove(&request_id) {
+                    self.rel.fetching.remove(&v);
+                }
+                tracing::debug!(peer_id = %peer, error = %error, "release request failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_release_request(
+        &mut self,
+        peer: PeerId,
+        request: ReleaseRequest,
+        channel: ResponseChannel<ReleaseReply>,
+    ) {
+        if !self.is_member(&peer) {
+            let _ = self.swarm.behaviour_mut().releases.send_response(
+                channel,
+                ReleaseReply::Refused {
+                    reason: "not a member".into(),
+                },
+            );
+            return;
+        }
+        let releases = self.rel.parts.releases.clone();
+        let key = Arc::clone(&self.rel.key);
+        let jobs = self.rel.jobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let reply = match request {
+                ReleaseRequest::List => ReleaseReply::List {
+                    versions: held_versions(&releases),
+                },
+                ReleaseRequest::Get { version } => {
+                    let damaged = matches!(releases.damage(&version), Ok(Some(_)));
+                    match releases.get(&version) {
+                        Ok(Some(r)) if !damaged => {
+                            let signed = SignedRelease {
+                                kind: RELEASE_KIND.into(),
+                                cluster: crate::replication::membership::cluster_id(
+                                    &key.verifying_key(),
+                                ),
+                                release: (*r).clone(),
+                            };
+                            match Envelope::seal(&signed, &key) {
+                                Ok(record) => ReleaseReply::Record { record },
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "a release record could not be signed");
+                                    ReleaseReply::Missing
+                                }
+                            }
+                        }
+                        _ => ReleaseReply::Missing,
+                    }
+                }
+            };
+            let _ = jobs.send(Job::ServeRelease { channel, reply });
+        });
+    }
+
+    fn on_release_reply(
+        &mut self,
+        peer: PeerId,
+        reply: ReleaseReply,
+        asked: Option<(String, Via)>,
+    ) {
+        match reply {
+            ReleaseReply::List { versions } => {
+                let releases = self.rel.parts.releases.clone();
+                let jobs = self.rel.jobs.clone();
+                tokio::task::spawn_blocking(move || {
+                    let missing: Vec<String> = versions
+                        .into_iter()
+                        .take(MAX_RELEASES)
+                        .filter(|v| Version::parse_strict(v).is_some())
+                        .filter(|v| matches!(releases.get(v), Ok(None)))
+                        .collect();
+                    if !missing.is_empty() {
+                        let _ = jobs.send(Job::Missing {
+                            peer,
+                            versions: missing,
+                            via: Via::AntiEntropy,
+                        });
+                    }
+                });
+            }
+            ReleaseReply::Record { record } => {
+                let Some((version, via)) = asked else { return };
+                let Some(m) = self.membership.clone() else {
+                    self.rel.fetching.remove(&version);
+                    return;
+                };
+                let release = match open_record(&m.key, &record, &version) {
+                    Ok(r) => r,
+                    Err(why) => {
+                        tracing::warn!(peer_id = %peer, version = %version, reason = %why, "a release record from a member was rejected");
+                        self.metrics.verification_failures.increment(1);
+                        self.rel.fetching.remove(&version);
+                        return;
+                    }
+                };
+                tracing::info!(peer_id = %peer, version = %version, "fetching a release from a member");
+                let parts = self.rel.parts.clone();
+                let handle = self.rel.handle.clone();
+                let jobs = self.rel.jobs.clone();
+                tokio::spawn(async move {
+                    let _running = parts.imports.start();
+                    let result = crate::replication::transfer::fetch_release(
+                        &handle,
+                        peer,
+                        &release,
+                        &parts.blobs,
+                        &parts.releases,
+                    )
+                    .await;
+                    let _ = jobs.send(Job::Fetched {
+                        version,
+                        peer,
+                        via,
+                        result,
+                    });
+                });
+            }
+            ReleaseReply::Missing | ReleaseReply::Refused { .. } => {
+                if let Some((v, _)) = asked {
+                    self.rel.fetching.remove(&v);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_blobs_event(
+        &mut self,
+        event: request_response::Event<BlobRequest, BlobReply>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let serving = Arc::clone(&self.rel.serving);
+                let refuse = !self.is_member(&peer)
+                    || request.len > MAX_CHUNK
+                    || serving.load(std::sync::atomic::Ordering::Acquire) >= MAX_SERVING;
+                if refuse {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .blobs
+                        .send_response(channel, BlobReply::Refused);
+                    return;
+                }
+                serving.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let blobs = self.rel.parts.blobs.clone();
+                let jobs = self.rel.jobs.clone();
+                tokio::task::spawn_blocking(move || {
+                    let reply = read_chunk(&blobs, &request);
+                    serving.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    let _ = jobs.send(Job::ServeChunk { channel, reply });
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(w) = self.rel.chunks.remove(&request_id) {
+                    let _ = w.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(w) = self.rel.chunks.remove(&request_id) {
+                    let _ = w.send(Err(error.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Release work finished off the loop.
+    pub(super) fn on_release_job(&mut self, job: Job) {
+        match job {
+            Job::ServeRelease { channel, reply } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .releases
+                    .send_response(channel, reply);
+            }
+            Job::ServeChunk { channel, reply } => {
+                if let BlobReply::Chunk { data, .. } = &reply {
+                    self.metrics.bytes_sent.increment(data.len() as u64);
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blobs
+                    .send_response(channel, reply);
+            }
+            Job::ServeModel { channel, reply } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .models
+                    .send_response(channel, reply);
+            }
+            Job::Missing {
+                peer,
+                versions,
+                via,
+            } => self.get_releases(peer, versions, via),
+            Job::Provide(keys) => {
+                for key in keys {
+                    self.provide(key);
+                }
+            }
+            Job::Fetched {
+                version,
+                peer,
+                via,
+                result,
+            } => {
+                self.rel.fetching.remove(&version);
+                match result {
+                    Ok(f) => {
+                        tracing::info!(peer_id = %peer, version = %version, via = via.as_str(), blobs = f.blobs, bytes = f.bytes, "release replicated");
+                        self.metrics.releases_received.increment(1);
+                        self.metrics.bytes_received.increment(f.bytes);
+                    }
+                    Err(e) => {
+                        if matches!(e, crate::replication::ReplicationError::Corrupt { .. }) {
+                            self.metrics.verification_failures.increment(1);
+                        }
+                        tracing::warn!(peer_id = %peer, version = %version, error = %Causes(&e), "a release from a member was not stored");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::membership::ClusterKey;
+
+    fn release(version: &str, grub_path: &str) -> crate::catalog::Release {
+        let blob =
+            serde_json::json!({"blake3": "b".repeat(64), "sha256": "a".repeat(64), "size": 1});
+        serde_json::from_value(serde_json::json!({
+            "version": version, "imported_at": "", "source": "test",
+            "signatures": {"state": "skipped"}, "partial": false,
+            "arches": {"amd64": {"imager": null, "installer_base": null,
+                "assets": {"vmlinuz": blob}, "grub": {grub_path: blob}}},
+            "extensions": [], "overlays": [],
+        }))
+        .unwrap()
+    }
+
+    fn sealed(key: &SigningKey, kind: &str, cluster: &str, r: crate::catalog::Release) -> Envelope {
+        Envelope::seal(
+            &SignedRelease {
+                kind: kind.into(),
+                cluster: cluster.into(),
+                release: r,
+            },
+            key,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_record_signed_by_the_cluster_for_the_version_asked_is_accepted() {
+        let ours = SigningKey::from_seed(&[1; 32]);
+        let theirs = SigningKey::from_seed(&[2; 32]);
+        let cluster = ClusterKey::new(ours.verifying_key());
+        let id = cluster.id().to_string();
+        let good = sealed(
+            &ours,
+            RELEASE_KIND,
+            &id,
+            release("v1.11.0", "i386-pc/a.mod"),
+        );
+        assert_eq!(
+            open_record(&cluster, &good, "v1.11.0").unwrap().version,
+            "v1.11.0"
+        );
+        // Asked for another version.
+        assert!(open_record(&cluster, &good, "v1.12.0").is_err());
+        // Signed by another key (even naming this cluster).
+        let forged = sealed(&theirs, RELEASE_KIND, &id, release("v1.11.0", "a.mod"));
+        let e = open_record(&cluster, &forged, "v1.11.0").unwrap_err();
+        assert!(e.contains("not signed by the cluster key"), "{e}");
+        // Another kind of document, another cluster, an unsafe path.
+        let kind = sealed(
+            &ours,
+            "image-factory/member-credential/v1",
+            &id,
+            release("v1.11.0", "a"),
+        );
+        assert!(open_record(&cluster, &kind, "v1.11.0").is_err());
+        let other = sealed(&ours, RELEASE_KIND, "ab", release("v1.11.0", "a"));
+        assert!(open_record(&cluster, &other, "v1.11.0").is_err());
+        let unsafe_path = sealed(&ours, RELEASE_KIND, &id, release("v1.11.0", "../../keys/x"));
+        assert!(open_record(&cluster, &unsafe_path, "v1.11.0").is_err());
+        // Bytes changed after signing.
+        let mut tampered = good.clone();
+        tampered.payload.insert(0, 'e');
+        assert!(open_record(&cluster, &tampered, "v1.11.0").is_err());
+    }
+
+    #[test]
+    fn a_chunk_is_read_within_its_store_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn crate::store::MetaStore> =
+            Arc::new(crate::store::SledStore::open(&dir.path().join("meta")).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let info = blobs.put_bytes(&data).unwrap();
+        let ask = |id: BlobId, offset: u64, len: u32| {
+            read_chunk(&blobs, &BlobRequest { id, offset, len })
+        };
+        let by_b3 = BlobId::Blake3(info.blake3.clone());
+        assert_eq!(
+            ask(by_b3.clone(), 1000, 500),
+            BlobReply::Chunk {
+                size: 3000,
+                data: data[1000..1500].to_vec()
+            }
+        );
+        // The tail is short; the end is empty; past the end is refused.
+        assert_eq!(
+            ask(BlobId::Sha256(info.sha256.clone()), 2500, 4096),
+            BlobReply::Chunk {
+                size: 3000,
+                data: data[2500..].to_vec()
+            }
+        );
+        assert_eq!(
+            ask(by_b3.clone(), 3000, 10),
+            BlobReply::Chunk {
+                size: 3000,
+                data: Vec::new()
+            }
+        );
+        assert_eq!(ask(by_b3, 3001, 10), BlobReply::Refused);
+        // Names that are not hashes never reach the filesystem; unknown ones are missing.
+        assert_eq!(
+            ask(BlobId::Blake3("../../keys".into()), 0, 1),
+            BlobReply::Refused
+        );
+        assert_eq!(
+            ask(BlobId::Blake3("c".repeat(64)), 0, 1),
+            BlobReply::Missing
+        );
+    }
+}

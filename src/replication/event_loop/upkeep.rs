@@ -1,0 +1,164 @@
+//! The event loop's upkeep, once a second: refusals that are due, expired credentials,
+//! silent peers, redials with backoff, the periodic schematic and release round, lease
+//! renewals, and saving the members' addresses.
+
+use std::time::Instant;
+
+use libp2p::PeerId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+
+use super::{Cut, DIAL_BACKOFF, EventLoop, HELLO_TIMEOUT, REFUSED_FOR, SAVE_EVERY, State};
+use crate::causes::Causes;
+use crate::replication::cluster::{KnownPeer, MAX_KNOWN_PEERS};
+use crate::replication::membership::Refusal;
+
+impl EventLoop {
+    pub(super) fn on_tick(&mut self) {
+        let now = Instant::now();
+        let now_secs = crate::clock::now_secs();
+        let due: Vec<PeerId> = self
+            .refusing
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.refusing.remove(&p);
+            self.cut_off(p);
+        }
+        let revoked = self
+            .membership
+            .as_ref()
+            .map(|m| m.revoked())
+            .unwrap_or_default();
+        let mut silent = Vec::new();
+        let mut expired = Vec::new();
+        let mut unblock = Vec::new();
+        let mut hang_up = Vec::new();
+        let mut cut = Vec::new();
+        for (id, p) in &mut self.peers {
+            match &p.state {
+                State::Pending { since } if p.connections > 0 && now - *since > HELLO_TIMEOUT => {
+                    silent.push(*id);
+                }
+                State::Member {
+                    expires: Some(at), ..
+                } if *at <= now_secs => expired.push((*id, *at)),
+                State::Refused { until, .. } if *until <= now => {
+                    if let Some(at) = revoked.get(id) {
+                        // Stays denied as long as it stays removed.
+                        p.state = State::Refused {
+                            reason: Refusal::Revoked(*at),
+                            until: now + REFUSED_FOR,
+                        };
+                    } else {
+                        p.state = State::Known;
+                        unblock.push(*id);
+                    }
+                }
+                State::RefusedUs { until, .. } if *until <= now => p.state = State::Known,
+                State::RefusedUs { since, .. }
+                    if p.connections > 0 && now - *since > HELLO_TIMEOUT =>
+                {
+                    hang_up.push(*id);
+                }
+                // Refused, connected, and no hello answered in time: cut off.
+                State::Refused { .. }
+                    if p.connections > 0
+                        && now - p.connected_since > HELLO_TIMEOUT
+                        && !self.refusing.contains_key(id) =>
+                {
+                    cut.push(*id);
+                }
+                _ => {}
+            }
+        }
+        for id in silent {
+            self.refuse(id, Refusal::Silent, Cut::Block);
+        }
+        for (id, at) in expired {
+            self.refuse(id, Refusal::Expired(at), Cut::Block);
+        }
+        for id in unblock {
+            self.swarm.behaviour_mut().gate.unblock_peer(id);
+        }
+        for id in hang_up {
+            let _ = self.swarm.disconnect_peer_id(id);
+        }
+        for id in cut {
+            self.cut_off(id);
+        }
+        self.redial(now);
+        self.schematic_round(now);
+        self.renew_leases(now);
+        if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
+            self.save_peers();
+        }
+    }
+
+    /// Dials members and candidates that are not connected, each with its own backoff (not
+    /// once this node was removed: members refuse it).
+    fn redial(&mut self, now: Instant) {
+        if self.removed_self {
+            return;
+        }
+        let mut dials = Vec::new();
+        for (id, p) in &mut self.peers {
+            let wanted = matches!(p.state, State::Known | State::Member { .. });
+            if !wanted || p.connections > 0 || p.addrs.is_empty() || p.next_dial > now {
+                continue;
+            }
+            p.next_dial = now + p.backoff;
+            p.backoff = (p.backoff * 2).min(DIAL_BACKOFF.1);
+            dials.push((*id, p.addrs.iter().cloned().collect::<Vec<_>>()));
+        }
+        for (id, addrs) in dials {
+            let opts = DialOpts::peer_id(id)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer_id = %id, error = %e, "dial not started");
+            }
+        }
+    }
+
+    /// Members and their addresses (without `except`).
+    pub(super) fn known_members(&self, except: Option<&PeerId>) -> Vec<KnownPeer> {
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                Some(*id) != except
+                    && matches!(p.state, State::Member { .. })
+                    && !p.addrs.is_empty()
+            })
+            .take(MAX_KNOWN_PEERS)
+            .map(|(id, p)| KnownPeer {
+                peer_id: id.to_string(),
+                addrs: p.addrs.iter().map(ToString::to_string).collect(),
+            })
+            .collect()
+    }
+
+    pub(super) fn save_peers(&mut self) {
+        let mut members = self.known_members(None);
+        members.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        if members.is_empty() && !self.dirty {
+            return;
+        }
+        if let Err(e) = self.cluster.save_known_peers(&members) {
+            tracing::warn!(error = %Causes(&e), "members' addresses not saved");
+        }
+        self.dirty = false;
+        self.last_save = Instant::now();
+    }
+
+    pub(super) fn update_gauge(&self) {
+        let n = self
+            .peers
+            .values()
+            .filter(|p| p.connections > 0 && matches!(p.state, State::Member { .. }))
+            .count();
+        self.metrics.connected.set(n as f64);
+    }
+}

@@ -1,0 +1,204 @@
+//! Find before build, the decision side: on a local miss the asset pipeline asks
+//! [`ClusterPeers::find`], which fetches the model from a member that has it (provider records,
+//! or a finished lease), waits while a member builds it (its lease renewed by gossip; silence
+//! ends the wait), claims the build otherwise, and answers whether this node must build. A
+//! fetched model's signed record is verified against the cluster key, its bytes against the
+//! record's BLAKE3 (as they arrive, see `transfer`), before either is stored.
+
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use super::event_loop::is_key;
+use super::leases::LeaseState;
+use super::protocol::{BlobId, ModelReply};
+use super::transfer::{MAX_BLOB, fetch_blob};
+use super::{Command, Replication, ReplicationError};
+use crate::assets::{AssetRecord, Peers, RecordStore};
+use crate::causes::Causes;
+use crate::store::{BlobStore, BoxFuture};
+
+/// How often a waiting node looks at a lease.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a claim waits for competing claims before the build starts (gossip reaches every
+/// member in milliseconds on a LAN; see [`super::leases::CLAIM_SETTLE`]).
+const CLAIM_WINDOW: Duration = Duration::from_millis(500);
+/// Longest wait for a member's build (a renewed lease); the build timeout bounds builds too.
+const MAX_WAIT: Duration = Duration::from_secs(1800);
+/// Members asked for a model before building.
+const MAX_SOURCES: usize = 8;
+
+/// The cluster as the asset pipeline's [`Peers`].
+pub struct ClusterPeers {
+    rep: Replication,
+    blobs: BlobStore,
+    records: RecordStore,
+    verifier: crate::assets::RecordVerifier,
+}
+
+impl ClusterPeers {
+    /// Over the running swarm `rep`, storing into `blobs` and `records`, verifying records
+    /// with `verifier` (the cluster key).
+    pub fn new(
+        rep: Replication,
+        blobs: BlobStore,
+        records: RecordStore,
+        verifier: crate::assets::RecordVerifier,
+    ) -> Self {
+        Self {
+            rep,
+            blobs,
+            records,
+            verifier,
+        }
+    }
+
+    /// Fetches the model of `key` from `peer`: its record (verified against the cluster key,
+    /// naming `key`), then its blob (verified by BLAKE3 and size); stores both.
+    async fn fetch(&self, peer: PeerId, key: &str) -> Result<(), ReplicationError> {
+        let raw = match self.rep.model_record(peer, key).await? {
+            ModelReply::Record { record } => record.into_bytes(),
+            ModelReply::Missing => {
+                return Err(ReplicationError::NotHeld {
+                    peer: peer.to_string(),
+                    blob: format!("model {key}"),
+                });
+            }
+            ModelReply::Refused => {
+                return Err(ReplicationError::PeerFailed {
+                    peer: peer.to_string(),
+                    why: "it refused the request".into(),
+                });
+            }
+        };
+        let corrupt = |why: String| ReplicationError::Corrupt {
+            peer: peer.to_string(),
+            blob: format!("the record of model {key}"),
+            why,
+        };
+        let record =
+            AssetRecord::open(&raw, &self.verifier).map_err(|e| corrupt(Causes(&e).to_string()))?;
+        if record.key != key {
+            return Err(corrupt(format!("it is the record of {}", record.key)));
+        }
+        if record.size > MAX_BLOB || !crate::store::is_blob_name(&record.blake3) {
+            return Err(corrupt("it names an invalid blob".into()));
+        }
+        if !self.blobs.contains(&record.blake3) {
+            fetch_blob(
+                &self.rep,
+                peer,
+                &self.blobs,
+                &BlobId::Blake3(record.blake3.clone()),
+                Some(record.size),
+                MAX_BLOB,
+            )
+            .await?;
+        }
+        self.records.put_raw(key, &raw)?;
+        self.records.flush().await?;
+        self.rep.metrics.bytes_received.increment(record.size);
+        self.rep.tell(Command::Provide(key.to_string()));
+        tracing::info!(key = %key, peer_id = %peer, size = record.size, "model fetched from a member");
+        Ok(())
+    }
+
+    /// [`ClusterPeers::fetch`], logged and counted; whether it worked.
+    async fn try_fetch(&self, peer: PeerId, key: &str) -> bool {
+        match self.fetch(peer, key).await {
+            Ok(()) => true,
+            Err(e) => {
+                if matches!(e, ReplicationError::Corrupt { .. }) {
+                    self.rep.metrics.verification_failures.increment(1);
+                }
+                tracing::warn!(key = %key, peer_id = %peer, error = %Causes(&e), "a model was not fetched from a member");
+                false
+            }
+        }
+    }
+
+    async fn decide(&self, key: &str) -> Result<bool, ReplicationError> {
+        let started = Instant::now();
+        let mut asked_providers = false;
+        let mut claimed = false;
+        let mut waited = false;
+        loop {
+            let view = self.rep.lease(key).await?;
+            if view.members == 0 {
+                return Ok(false);
+            }
+            match view.state {
+                LeaseState::Built { by }
+                    if by != self.rep.peer_id() && self.try_fetch(by, key).await =>
+                {
+                    return Ok(true);
+                }
+                LeaseState::Held {
+                    mine: false,
+                    holder,
+                } => {
+                    if started.elapsed() > MAX_WAIT {
+                        tracing::warn!(key = %key, peer_id = %holder, "waited too long for a member's build; building");
+                        return Ok(false);
+                    }
+                    if !waited {
+                        waited = true;
+                        self.rep.metrics.lease_waits.increment(1);
+                        tracing::info!(key = %key, peer_id = %holder, "a member is building this model; waiting for it");
+                    }
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                LeaseState::Held { mine: true, .. } if claimed => return Ok(false),
+                _ => {}
+            }
+            if !asked_providers {
+                asked_providers = true;
+                let providers = self.rep.providers(key).await?;
+                for p in providers.into_iter().take(MAX_SOURCES) {
+                    if self.try_fetch(p, key).await {
+                        return Ok(true);
+                    }
+                }
+                continue;
+            }
+            if !claimed {
+                claimed = true;
+                self.rep.claim(key).await?;
+                tokio::time::sleep(CLAIM_WINDOW).await;
+                continue;
+            }
+            // Claimed, lost to a member whose build then failed or went silent: build here.
+            return Ok(false);
+        }
+    }
+}
+
+impl Peers for ClusterPeers {
+    fn find<'a>(&'a self, key: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if !is_key(key) {
+                return false;
+            }
+            match self.decide(key).await {
+                Ok(found) => {
+                    if found {
+                        self.rep.metrics.builds_avoided.increment(1);
+                    }
+                    found
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %Causes(&e), "the cluster could not be asked; building");
+                    false
+                }
+            }
+        })
+    }
+
+    fn built(&self, key: &str, ok: bool) {
+        self.rep.tell(Command::Built {
+            key: key.to_string(),
+            ok,
+        });
+    }
+}
