@@ -19,6 +19,7 @@ pub mod ranges;
 pub mod redirect;
 pub mod state;
 pub mod talosctl;
+pub mod ui;
 
 pub use conn::{serve_listener, serve_unix_listener};
 use redirect::Routes;
@@ -61,6 +62,16 @@ fn cors(config: &Config) -> CorsLayer {
 /// The API router (without listeners), given shared state and config.
 pub fn router(state: AppState, config: &Config) -> Router {
     Routes::new()
+        .route("/", get(ui::index))
+        .route("/ui/wizard", post(ui::wizard_post))
+        .route("/ui/schematics/{id}", get(ui::result))
+        .route(
+            "/ui/extensions-list",
+            get(ui::extensions_list).post(ui::extensions_list),
+        )
+        .route("/ui/version-doc", get(ui::version_doc))
+        .route("/ui/static/style.css", get(ui::style))
+        .route("/ui/static/wizard.js", get(ui::script))
         .route("/schematics", post(handlers::create_schematic))
         .route(
             "/schematics/{id}",
