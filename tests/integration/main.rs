@@ -62,4 +62,5 @@ mod testkit_release;
 mod tftp;
 mod tftp_protocol;
 mod trust_cosign;
+mod ui;
 mod upstream_config;
