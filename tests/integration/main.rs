@@ -63,4 +63,5 @@ mod tftp;
 mod tftp_protocol;
 mod trust_cosign;
 mod ui;
+mod ui_browser;
 mod upstream_config;

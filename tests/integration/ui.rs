@@ -226,7 +226,10 @@ async fn every_step_renders_and_the_result_id_is_the_clis() {
             "{field} has a label: {body}"
         );
     }
-    assert!(body.contains("<form method=\"post\" action=\"/ui/wizard\""), "{body}");
+    assert!(
+        body.contains("<form method=\"post\" action=\"/ui/wizard\""),
+        "{body}"
+    );
 
     let config = "version: v1alpha1\nmachine:\n  type: worker\n";
     let location = submit(
