@@ -617,3 +617,57 @@ async fn no_page_names_another_origin() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn the_operator_page_is_on_the_admin_listener_only() {
+    let srv = server().await;
+    let (status, _, _) = get(&srv, "/admin/ui").await;
+    assert_eq!(status, 404, "not on the public listener");
+    let (admin, url) = srv.admin("/admin/ui");
+    let r = admin.get(&url).send().await.expect("admin");
+    assert_eq!(r.status().as_u16(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().expect("challenge");
+    assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    let r = admin
+        .get(&url)
+        .basic_auth("anyone", Some("wrong"))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status().as_u16(), 401);
+    let token = std::fs::read_to_string(srv.dir.path().join("keys/admin-token")).expect("token");
+    let r = admin
+        .get(&url)
+        .basic_auth("anyone", Some(token.trim()))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status().as_u16(), 200);
+    let body = unescape(&r.text().await.expect("body"));
+    for section in [
+        "Imported releases",
+        "Cache",
+        "Recent builds",
+        "Machine assignments",
+        "Recent boots",
+        "Peers",
+    ] {
+        assert!(
+            body.contains(&format!(">{section}</h")),
+            "{section}: {body}"
+        );
+    }
+    assert!(
+        body.contains("<td>v1.12.0</td><td>amd64, arm64</td><td>0/3</td>"),
+        "{body}"
+    );
+    assert!(body.contains("Replication is off"), "{body}");
+    let r = admin
+        .get(&url)
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status().as_u16(), 200, "the API's bearer token works too");
+    srv.stop().await;
+}

@@ -91,8 +91,17 @@ async fn chromium_walks_the_wizard_to_downloads() {
     }
     let Some(k) = kit::imported(0) else { return };
     let data = k.data.display().to_string();
-    let srv = TestServer::start_with(move |c| c.storage.data_dir = data).await;
+    let srv = TestServer::start_with(move |c| {
+        c.storage.data_dir = data;
+        // The operator page in the browser: the admin listener on loopback TCP.
+        c.admin.listen_addr = "127.0.0.1:0".into();
+    })
+    .await;
     let base = format!("http://{}", srv.addrs.http);
+    let image_factory::frontend::AdminAddr::Tcp(admin) = &srv.addrs.admin else {
+        panic!("the admin listener is TCP here");
+    };
+    let token = std::fs::read_to_string(k.data.join("keys/admin-token")).expect("admin token");
     let out = screenshot_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/wizard.mjs");
     let child = tokio::process::Command::new("node")
@@ -101,6 +110,8 @@ async fn chromium_walks_the_wizard_to_downloads() {
         .env("IF_UI_OUT", &out)
         .env("IF_PLAYWRIGHT_DIR", playwright_dir())
         .env("IF_CHROMIUM", chromium())
+        .env("IF_UI_ADMIN", format!("http://{admin}"))
+        .env("IF_UI_ADMIN_TOKEN", token.trim())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -181,6 +192,22 @@ async fn chromium_walks_the_wizard_to_downloads() {
         )
     );
 
+    // The operator page: 401 without the token, 200 with it (Basic), listing what was built.
+    let a = &r["admin"];
+    assert_eq!(a["unauthenticated"], 401, "{a}");
+    assert_eq!(a["status"], 200, "{a}");
+    assert!(a["builds"].as_u64().unwrap_or(0) >= 10, "{a}");
+    assert_eq!(
+        a["sections"],
+        serde_json::json!([
+            "Imported releases",
+            "Cache",
+            "Recent builds",
+            "Machine assignments",
+            "Peers"
+        ])
+    );
+
     // A phone's viewport scrolls no sideways; the dark theme applies.
     assert!(r["phoneOverflow"].as_i64().unwrap_or(1) <= 0, "{r}");
     assert_eq!(r["darkBackground"], "rgb(13, 17, 23)");
@@ -195,6 +222,7 @@ async fn chromium_walks_the_wizard_to_downloads() {
         "cloud-6-result",
         "keyboard-result",
         "phone-dark-result",
+        "admin-overview",
     ] {
         let png = out.join(format!("{name}.png"));
         let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);

@@ -151,6 +151,34 @@ async function keyboardWalk(browser, choose) {
   await context.close();
 }
 
+// The operator page on the admin listener: refused without the token, shown with it (HTTP
+// Basic, the token as password).
+async function operator(browser) {
+  const admin = process.env.IF_UI_ADMIN;
+  if (!admin) return;
+  const anonymous = await browser.newContext();
+  // (A page would show the browser's login prompt; headless Chromium fails the navigation.)
+  const refused = await anonymous.request.get(admin + "/admin/ui");
+  result.admin = { unauthenticated: refused.status(), challenge: refused.headers()["www-authenticate"] };
+  await anonymous.close();
+  const context = await browser.newContext({
+    viewport: { width: 1100, height: 900 },
+    httpCredentials: { username: "operator", password: process.env.IF_UI_ADMIN_TOKEN },
+  });
+  const page = await context.newPage();
+  const adminOrigin = new URL(admin).origin;
+  page.on("request", (r) => {
+    requests.push(r.url());
+    if (!r.url().startsWith(adminOrigin + "/")) outside.push(r.url());
+  });
+  const resp = await page.goto(admin + "/admin/ui");
+  result.admin.status = resp.status();
+  result.admin.sections = await page.$$eval("h2", (hs) => hs.map((h) => h.textContent));
+  result.admin.builds = await page.$$eval("section[aria-labelledby=builds-h] tbody tr", (rows) => rows.length);
+  await shot(page, "admin-overview");
+  await context.close();
+}
+
 // The same step on a phone and in the dark theme.
 async function looks(browser, url) {
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, colorScheme: "dark" });
@@ -180,6 +208,7 @@ try {
   });
   await keyboardWalk(browser, { cmdline: "talos.dashboard.disabled=1" });
   await looks(browser, result.runs.metal.url);
+  await operator(browser);
 } catch (e) {
   result.errors.push(String(e && e.stack ? e.stack : e));
 } finally {

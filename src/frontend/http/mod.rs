@@ -135,6 +135,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
 /// The admin router (`/admin/...`, bearer token), served only on the admin listener.
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
+        .route("/admin/ui", get(ui::admin::page))
+        .route("/ui/static/style.css", get(ui::style))
+        .route("/ui/static/wizard.js", get(ui::script))
         .route("/admin/import", post(admin::import))
         .route("/admin/gc", post(admin::gc))
         .route("/admin/status", get(admin::status))

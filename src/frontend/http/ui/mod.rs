@@ -4,6 +4,7 @@
 //! external asset. Templates are compiled into the binary (minijinja, HTML autoescape); the
 //! schematic is created by the same function as `POST /schematics`.
 
+pub mod admin;
 pub mod form;
 pub mod media;
 pub mod pages;
@@ -41,6 +42,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "version_doc.html",
         include_str!("templates/version_doc.html"),
     ),
+    ("admin.html", include_str!("templates/admin.html")),
 ];
 
 /// The stylesheet (served by us: no CDN, no web fonts).
