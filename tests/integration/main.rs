@@ -64,4 +64,5 @@ mod tftp_protocol;
 mod trust_cosign;
 mod ui;
 mod ui_browser;
+mod ui_limits;
 mod upstream_config;

@@ -55,7 +55,7 @@ fn release(version: &str) -> Release {
 
 /// A server whose data directory holds releases v1.11.0 and v1.12.0 (amd64 and arm64, no
 /// images: the UI reads catalogs only).
-async fn server() -> TestServer {
+pub(crate) async fn server() -> TestServer {
     let data = tempfile::tempdir().expect("tempdir");
     {
         let meta: Arc<dyn MetaStore> =
@@ -73,7 +73,7 @@ async fn server() -> TestServer {
     srv
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     crate::common::init();
     reqwest::Client::builder()
         .no_proxy()
@@ -83,7 +83,7 @@ fn client() -> reqwest::Client {
 }
 
 /// What a page shows once its HTML escapes are undone (the ones minijinja writes).
-fn unescape(html: &str) -> String {
+pub(crate) fn unescape(html: &str) -> String {
     html.replace("&#x2f;", "/")
         .replace("&quot;", "\"")
         .replace("&#x27;", "'")
@@ -93,7 +93,7 @@ fn unescape(html: &str) -> String {
 }
 
 /// GETs `path`; returns status, headers and body.
-async fn get(srv: &TestServer, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+pub(crate) async fn get(srv: &TestServer, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
     let r = client().get(srv.url(path)).send().await.expect("get");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
@@ -115,7 +115,7 @@ async fn page(srv: &TestServer, path: &str, h1: &str) -> String {
 }
 
 /// `pairs` urlencoded, as a browser posts a form.
-fn form_body(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form_body(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
         s.append_pair(k, v);
@@ -408,136 +408,6 @@ async fn a_schematic_id_prefills_the_wizard() {
     srv.stop().await;
 }
 
-#[tokio::test]
-async fn bad_inputs_answer_400_with_the_reason() {
-    let srv = server().await;
-    let ext = "/?target=metal&version=1.12.0&arch=amd64&secureboot=false";
-    let long = "a".repeat(4097);
-    let many: String = (0..300).map(|i| format!("&extensions=x{i}")).collect();
-    let cases: Vec<(String, &str)> = vec![
-        ("/?target=mainframe".into(), "invalid target"),
-        ("/?target=metal&version=one".into(), "invalid Talos version"),
-        ("/?target=metal&version=1.99.0".into(), "not imported"),
-        (
-            "/?target=cloud&version=1.12.0&platform=metal".into(),
-            "not a cloud platform",
-        ),
-        (
-            "/?target=cloud&version=1.12.0&platform=moon".into(),
-            "not a cloud platform",
-        ),
-        (
-            "/?target=sbc&version=1.12.0&board=abacus".into(),
-            "no overlay",
-        ),
-        (
-            "/?target=metal&version=1.12.0&arch=riscv64".into(),
-            "not offered",
-        ),
-        (format!("{ext}&secureboot=maybe"), "more than once"),
-        (
-            "/?target=metal&version=1.12.0&arch=amd64&secureboot=maybe".into(),
-            "invalid secureboot",
-        ),
-        (
-            "/?target=cloud&version=1.12.0&platform=aws&arch=amd64&secureboot=true".into(),
-            "SecureBoot is not offered",
-        ),
-        (
-            format!("{ext}&extensions=siderolabs/nope"),
-            "not in the catalog",
-        ),
-        (
-            format!("{ext}&extensions=-&cmdline-set=true&bootloader=lilo"),
-            "invalid bootloader",
-        ),
-        (
-            format!("{ext}&extensions=-&cmdline-set=true&meta=novalue"),
-            "META line 1",
-        ),
-        (
-            format!("{ext}&extensions=-&cmdline-set=true&meta=300%3Dx"),
-            "META line 1",
-        ),
-        (
-            format!("{ext}&embedded-config=x"),
-            "only accepted in a POSTed form",
-        ),
-        (format!("{ext}&cmdline={long}"), "too long"),
-        (format!("{ext}{many}"), "too many"),
-        ("/?target=metal&target=cloud".into(), "more than once"),
-        ("/?schematic-id=xyz".into(), "invalid schematic-id"),
-        (
-            format!("{ext}&extensions=-&cmdline-set=true&overlay-options=a%3A+1"),
-            "overlay options need a single-board computer",
-        ),
-        ("/ui/version-doc".into(), "\"version\" is required"),
-        ("/ui/version-doc?version=1.99.0".into(), "not imported"),
-        ("/ui/extensions-list".into(), "\"version\" is required"),
-    ];
-    for (path, reason) in &cases {
-        let (status, headers, body) = get(&srv, path).await;
-        assert_eq!(status, 400, "{path}: {body}");
-        assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
-        assert!(body.contains(reason), "{path}: {body:?} lacks {reason:?}");
-    }
-    // A machine configuration before Talos 1.12, and an overlay option that is no mapping
-    // (the schematic parser's own 400).
-    for (form, reason) in [
-        (
-            vec![
-                ("target", "metal"),
-                ("version", "1.11.0"),
-                ("arch", "amd64"),
-                ("extensions", "-"),
-                ("cmdline-set", "true"),
-                ("embedded-config", "version: v1alpha1"),
-            ],
-            "needs Talos 1.12",
-        ),
-        (
-            vec![
-                ("target", "sbc"),
-                ("version", "1.12.0"),
-                ("board", "rpi_generic"),
-                ("arch", "arm64"),
-                ("extensions", "-"),
-                ("cmdline-set", "true"),
-                ("overlay-options", "- a list"),
-            ],
-            "",
-        ),
-    ] {
-        let r = client()
-            .post(srv.url("/ui/wizard"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form_body(&form))
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(r.status().as_u16(), 400);
-        let body = r.text().await.expect("body");
-        assert!(body.contains(reason), "{body}");
-    }
-    // A form larger than http.maxBodyBytes.
-    let big = "x".repeat(2 * 1024 * 1024);
-    let r = client()
-        .post(srv.url("/ui/wizard"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form_body(&[("embedded-config", big.as_str())]))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 413);
-    let (status, _, _) = get(
-        &srv,
-        &format!("/ui/schematics/{}?target=metal", "a".repeat(64)),
-    )
-    .await;
-    assert_eq!(status, 404);
-    srv.stop().await;
-}
-
 /// Every absolute URL (`scheme://…`) in `text`.
 fn absolute_urls(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -615,59 +485,5 @@ async fn no_page_names_another_origin() {
         list.contains("siderolabs/fw-test") && !list.contains("siderolabs/svc-test"),
         "{list}"
     );
-    srv.stop().await;
-}
-
-#[tokio::test]
-async fn the_operator_page_is_on_the_admin_listener_only() {
-    let srv = server().await;
-    let (status, _, _) = get(&srv, "/admin/ui").await;
-    assert_eq!(status, 404, "not on the public listener");
-    let (admin, url) = srv.admin("/admin/ui");
-    let r = admin.get(&url).send().await.expect("admin");
-    assert_eq!(r.status().as_u16(), 401);
-    let challenge = r.headers()["www-authenticate"].to_str().expect("challenge");
-    assert!(challenge.starts_with("Basic realm="), "{challenge}");
-    let r = admin
-        .get(&url)
-        .basic_auth("anyone", Some("wrong"))
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(r.status().as_u16(), 401);
-    let token = std::fs::read_to_string(srv.dir.path().join("keys/admin-token")).expect("token");
-    let r = admin
-        .get(&url)
-        .basic_auth("anyone", Some(token.trim()))
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(r.status().as_u16(), 200);
-    let body = unescape(&r.text().await.expect("body"));
-    for section in [
-        "Imported releases",
-        "Cache",
-        "Recent builds",
-        "Machine assignments",
-        "Recent boots",
-        "Peers",
-    ] {
-        assert!(
-            body.contains(&format!(">{section}</h")),
-            "{section}: {body}"
-        );
-    }
-    assert!(
-        body.contains("<td>v1.12.0</td><td>amd64, arm64</td><td>0/3</td>"),
-        "{body}"
-    );
-    assert!(body.contains("Replication is off"), "{body}");
-    let r = admin
-        .get(&url)
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(r.status().as_u16(), 200, "the API's bearer token works too");
     srv.stop().await;
 }

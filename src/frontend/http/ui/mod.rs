@@ -5,6 +5,7 @@
 //! schematic is created by the same function as `POST /schematics`.
 
 pub mod admin;
+pub mod document;
 pub mod form;
 pub mod media;
 pub mod pages;
@@ -22,8 +23,9 @@ use super::error::ApiError;
 use super::handlers::{BODY_TIMEOUT, intake_permit, read_body, store_schematic};
 use super::state::AppState;
 use crate::catalog::Version;
+use document::query_url;
 use form::Params;
-use wizard::{Step, Wizard, query_url};
+use wizard::{Step, Wizard};
 
 /// The templates, by name (compiled in).
 const TEMPLATES: &[(&str, &str)] = &[

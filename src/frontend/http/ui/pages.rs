@@ -6,11 +6,12 @@ use serde::Serialize;
 use super::super::catalog::offered_versions;
 use super::super::error::ApiError;
 use super::super::state::AppState;
+use super::document::query_url;
 use super::media::{self, Boot, PLATFORMS, Platform, Target};
 use super::ser;
 use super::wizard::{
     BOOTLOADERS, Hardware, Step, Wizard, offers_bootloader, offers_embedded_config,
-    offers_secureboot, query_url,
+    offers_secureboot,
 };
 use crate::catalog::Version;
 
@@ -190,10 +191,16 @@ fn boot_hint(p: &Platform) -> String {
 }
 
 fn platform(w: &Wizard) -> Value {
+    // Platforms of this version with an architecture the release holds.
+    let imported = |p: &Platform| {
+        w.release
+            .as_ref()
+            .is_some_and(|r| p.arches.iter().any(|a| r.arches.contains_key(*a)))
+    };
     let options: Vec<Choice> = match &w.version {
         Some(v) => PLATFORMS
             .iter()
-            .filter(|p| p.name != "metal" && p.available_in(v))
+            .filter(|p| p.name != "metal" && p.available_in(v) && imported(p))
             .enumerate()
             .map(|(i, p)| Choice {
                 value: p.name.into(),
