@@ -405,6 +405,13 @@ async fn a_schematic_id_prefills_the_wizard() {
     assert!(!location.contains("schematic-id"), "{location}");
     let (status, _, _) = get(&srv, &format!("/?schematic-id={}", "0".repeat(64))).await;
     assert_eq!(status, 404);
+    // The result page without a target asks the wizard for the rest, pre-filled.
+    let (status, headers, _) = get(&srv, &format!("/ui/schematics/{id}?target=sbc")).await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        headers["location"],
+        format!("/?target=sbc&schematic-id={id}").as_str()
+    );
     srv.stop().await;
 }
 

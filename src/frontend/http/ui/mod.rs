@@ -210,7 +210,8 @@ fn browser_host(st: &AppState, headers: &HeaderMap) -> String {
 }
 
 /// `GET /ui/schematics/{id}?target=…&version=…&platform=…|board=…&arch=…&secureboot=…`: the
-/// result page of a stored schematic (`404` when it is not stored).
+/// result page of a stored schematic (`404` when it is not stored); without a complete
+/// target, `303` to the wizard pre-filled from it.
 pub async fn result(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -227,6 +228,13 @@ pub async fn result(
         .schematics()
         .get(&id)?
         .ok_or_else(|| ApiError::NotFound("schematic not found".into()))?;
+    if w.step() < Step::Extensions {
+        // Not told which media to show (e.g. `/ui/schematics/<id>` alone): the wizard asks
+        // for the rest, pre-filled from the schematic.
+        let mut pairs = w.pairs(w.step());
+        pairs.push(("schematic-id", id));
+        return see_other(&query_url("/", &pairs));
+    }
     let scheme = if st.node().config().http.cert_file.is_empty() {
         "http"
     } else {
