@@ -50,6 +50,7 @@ fn release(version: &str) -> Release {
             images: BTreeMap::new(),
         }],
         catalogs: Vec::new(),
+        talosctl: None,
     }
 }
 

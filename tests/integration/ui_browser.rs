@@ -70,8 +70,26 @@ fn cli_id(yaml: &str) -> String {
     kit::schematic_id(&path)
 }
 
-/// Checks one mouse-walked run: its ID, every link fetched with 200 and a body.
+/// Checks one mouse-walked run: its ID, every link fetched with 200 and a body; `links` media
+/// links plus one per `talosctl` binary of the release.
 fn check_run(run: &Value, name: &str, yaml: &str, links: usize) -> String {
+    let talosctl = run["links"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|l| {
+                    l["href"]
+                        .as_str()
+                        .is_some_and(|h| h.starts_with("/talosctl/"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(
+        talosctl > 0,
+        "{name}: the kit release carries talosctl binaries"
+    );
+    let links = links + talosctl;
     let id = run["id"].as_str().unwrap_or_default().to_string();
     assert_eq!(id, cli_id(yaml), "{name}: the wizard's ID");
     let fetched = run["fetched"].as_array().expect("fetched");
@@ -135,7 +153,8 @@ async fn chromium_walks_the_wizard_to_downloads() {
     );
 
     let runs = &r["runs"];
-    // Bare metal: disk image, qcow2, ISO, PXE script, kernel, cmdline, initramfs, UKI.
+    // Bare metal: disk image, qcow2, ISO, PXE script, kernel, cmdline, initramfs, UKI (and
+    // talosctl).
     let metal = check_run(
         &runs["metal"],
         "metal",

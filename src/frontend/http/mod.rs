@@ -62,14 +62,17 @@ fn cors(config: &Config) -> CorsLayer {
 /// The API router (without listeners), given shared state and config.
 pub fn router(state: AppState, config: &Config) -> Router {
     Routes::new()
-        .route("/", get(ui::index))
+        .route("/", get(ui::index).head(handlers::get_only))
         .route("/ui/wizard", post(ui::wizard_post))
         .route("/ui/schematics/{id}", get(ui::result))
         .route(
             "/ui/extensions-list",
             get(ui::extensions_list).post(ui::extensions_list),
         )
-        .route("/ui/version-doc", get(ui::version_doc))
+        .route(
+            "/ui/version-doc",
+            get(ui::version_doc).head(handlers::get_only),
+        )
         .route("/ui/static/style.css", get(ui::style))
         .route("/ui/static/wizard.js", get(ui::script))
         .route("/schematics", post(handlers::create_schematic))

@@ -442,6 +442,7 @@ pub fn result(
         secureboot => w.secureboot,
         media => ser(media::boot_media(&t)),
         extras => ser(media::extra_assets(&t)),
+        talosctl => ser(talosctl_links(w)),
         pxe_url => pxe.as_ref().map(|p| format!("{base_url}{p}")),
         pxe => pxe,
         installer => installer,
@@ -450,6 +451,25 @@ pub fn result(
         snippet_pxe => snippet_pxe,
         edit => query_url("/", &edit),
     })
+}
+
+/// Download links of the release's `talosctl` binaries (none when it was imported without
+/// them).
+fn talosctl_links(w: &Wizard) -> Vec<media::Link> {
+    let Some(release) = w.release.as_ref() else {
+        return Vec::new();
+    };
+    release
+        .talosctl
+        .iter()
+        .flat_map(|t| t.files.keys())
+        .map(|name| media::Link {
+            label: name.clone(),
+            href: format!("/talosctl/{}/{name}", release.version),
+            file: name.clone(),
+            note: None,
+        })
+        .collect()
 }
 
 /// The `/ui/version-doc` fragment's values.
