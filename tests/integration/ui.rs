@@ -125,7 +125,7 @@ pub(crate) fn form_body(pairs: &[(&str, &str)]) -> String {
 }
 
 /// POSTs the customization form; returns the `303`'s `Location`.
-async fn submit(srv: &TestServer, form: &[(&str, &str)]) -> String {
+pub(crate) async fn submit(srv: &TestServer, form: &[(&str, &str)]) -> String {
     let r = client()
         .post(srv.url("/ui/wizard"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -153,7 +153,7 @@ fn shown_id(body: &str) -> String {
 }
 
 /// The ID `image-factory schematic id` prints for `yaml`.
-fn cli_id(yaml: &str) -> String {
+pub(crate) fn cli_id(yaml: &str) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("s.yaml");
     std::fs::write(&path, yaml).expect("write");

@@ -1,7 +1,7 @@
 //! The web UI's refusals (every bad input a `400` with its reason, a `413` for a form over
 //! the body limit) and the operator page on the admin listener.
 
-use crate::ui::{client, form_body, get, server, unescape};
+use crate::ui::{cli_id, client, form_body, get, server, submit, unescape};
 
 #[tokio::test]
 async fn bad_inputs_answer_400_with_the_reason() {
@@ -185,4 +185,49 @@ async fn the_operator_page_is_on_the_admin_listener_only() {
         .expect("admin");
     assert_eq!(r.status().as_u16(), 200, "the API's bearer token works too");
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_values_stay_values() {
+    // YAML and flow syntax, quotes, a newline and non-ASCII in every free-text field: each
+    // arrives in the schematic as exactly the text given (the ID equals that of a JSON
+    // document holding the same strings), never as structure.
+    let srv = server().await;
+    let args = [
+        "a:", "#b", "[c]", "{d:", "e}", "'f'", "\"g\"", "h\ni", "ü&<>", "-", "*j", "&k", "!l",
+    ];
+    let cmdline = args.join(" ");
+    let meta_value = "x: [1, 2] # not a comment\t'\"";
+    let config = "version: v1alpha1\n--- \n... \n{a: b}\n";
+    let location = submit(
+        &srv,
+        &[
+            ("target", "metal"),
+            ("version", "1.12.0"),
+            ("arch", "amd64"),
+            ("extensions", "-"),
+            ("cmdline-set", "true"),
+            ("cmdline", &cmdline),
+            ("meta", &format!("0x0c={meta_value}")),
+            ("embedded-config", config),
+        ],
+    )
+    .await;
+    let want = serde_json::json!({
+        "customization": {
+            "extraKernelArgs": args,
+            "meta": [{"key": 12, "value": meta_value}],
+            "embeddedMachineConfiguration": config,
+        }
+    });
+    let id = cli_id(&want.to_string());
+    assert!(
+        location.starts_with(&format!("/ui/schematics/{id}?")),
+        "{location}"
+    );
+    // The page shows them escaped.
+    let (status, _, body) = get(&srv, &location).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("ü&amp;&lt;&gt;"), "{body}");
+    assert!(unescape(&body).contains("#b"), "{body}");
 }
