@@ -290,6 +290,16 @@ async fn every_step_renders_and_the_result_id_is_the_clis() {
     }
     let host = srv.addrs.http.to_string();
     assert!(shown.contains(&format!("{host}/metal-installer/{id}:v1.12.0")));
+    // The machine-config snippet: Talos' name for the installer, this appliance as mirror.
+    assert!(
+        shown.contains(&format!(
+            "    image: factory.talos.dev/metal-installer/{id}:v1.12.0\n  registries:\n    mirrors:\n      factory.talos.dev:\n        endpoints:\n          - http://{host}\n"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!(
+        "chain http://{host}/pxe/{id}/v1.12.0/metal-amd64\n"
+    )));
     srv.stop().await;
 }
 

@@ -417,9 +417,11 @@ pub fn result(
     let base_url = format!("{scheme}://{host}");
     let installer = media::installer_image(&t, host);
     let pxe = media::pxe_script(&t);
-    let snippet_install = format!("machine:\n  install:\n    image: {installer}\n");
-    let snippet_mirror = format!(
-        "machine:\n  registries:\n    mirrors:\n      factory.talos.dev:\n        endpoints:\n          - {base_url}\n      ghcr.io:\n        endpoints:\n          - {base_url}\n"
+    // Talos' default image names, served by this appliance as their registry mirror (the
+    // operator guide's recommended setup: nothing to mark insecure, upgrades keep working).
+    let installer_factory = media::installer_image(&t, "factory.talos.dev");
+    let snippet_install = format!(
+        "machine:\n  install:\n    image: {installer_factory}\n  registries:\n    mirrors:\n      factory.talos.dev:\n        endpoints:\n          - {base_url}\n      ghcr.io:\n        endpoints:\n          - {base_url}\n"
     );
     let snippet_pxe = pxe
         .as_ref()
@@ -446,8 +448,8 @@ pub fn result(
         pxe_url => pxe.as_ref().map(|p| format!("{base_url}{p}")),
         pxe => pxe,
         installer => installer,
+        installer_factory => installer_factory,
         snippet_install => snippet_install,
-        snippet_mirror => snippet_mirror,
         snippet_pxe => snippet_pxe,
         edit => query_url("/", &edit),
     })
