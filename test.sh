@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 PACKAGES=(curl ca-certificates openssl build-essential docker-registry skopeo
     cpio squashfs-tools squashfs-tools-ng zstd xz-utils qemu-system-x86 ovmf ipxe-qemu fdisk binutils systemd-boot-efi
     kmod xfsprogs grub-common grub-pc-bin mtools dosfstools xorriso genisoimage strace containerd
-    atftp tftp-hpa ipxe iproute2 dnsmasq-base systemd)
+    atftp tftp-hpa ipxe iproute2 dnsmasq-base systemd chromium)
 # qemu-system-x86 7.2 on Debian 12 needs the matching qemu-utils, older than the one some
 # images preinstall: apt refuses unless the version is pinned and downgrades are allowed.
 QEMU_UTILS_PIN="qemu-utils=1:7.2+dfsg-7+deb12u18+b3"
@@ -63,6 +63,26 @@ ORAS_PY="oras==0.2.43"
 if ! python3 -c 'import oras.provider' 2>/dev/null; then
     echo "test.sh: installing $ORAS_PY (PyPI)" >&2
     python3 -m pip install --quiet "$ORAS_PY" || python3 -m pip install --quiet --break-system-packages "$ORAS_PY"
+fi
+
+# Node.js for the web UI's browser test (tests/ui/wizard.mjs): the machine's own when it has
+# one (playwright-core below needs Node.js >= 20), else Debian's.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "test.sh: installing nodejs npm" >&2
+    as_root apt-get install -y --no-install-recommends nodejs npm || {
+        as_root apt-get update
+        as_root apt-get install -y --no-install-recommends nodejs npm
+    }
+fi
+# npm's playwright-core (the driver only: it drives Debian's /usr/bin/chromium and downloads
+# no browser), pinned, installed once into a cached directory the test reads.
+PLAYWRIGHT="playwright-core@1.65.1"
+IF_PLAYWRIGHT_DIR="${IF_PLAYWRIGHT_DIR:-/var/cache/image-factory/node}"
+export IF_PLAYWRIGHT_DIR
+if ! grep -qs '"version": "1.65.1"' "$IF_PLAYWRIGHT_DIR/node_modules/playwright-core/package.json"; then
+    echo "test.sh: installing $PLAYWRIGHT (npm) into $IF_PLAYWRIGHT_DIR" >&2
+    as_root mkdir -p "$IF_PLAYWRIGHT_DIR"
+    as_root npm install --prefix "$IF_PLAYWRIGHT_DIR" --no-audit --no-fund "$PLAYWRIGHT"
 fi
 
 # Debian inputs of the synthetic-release test kit (kernel, systemd-boot, busybox, GRUB),

@@ -225,7 +225,11 @@ pub struct Rejected {
 
 /// The record stored as `raw` under `key`, if it can be trusted: its signature verifies, it
 /// is stored under its own key, and every blob it names is a blob name.
-fn trusted(key: &str, raw: &[u8], verifier: &RecordVerifier) -> Result<AssetRecord, AssetError> {
+pub(super) fn trusted(
+    key: &str,
+    raw: &[u8],
+    verifier: &RecordVerifier,
+) -> Result<AssetRecord, AssetError> {
     let record = AssetRecord::open(raw, verifier)?;
     if record.key != key {
         return Err(AssetError::RecordElsewhere {

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use serde::Serialize;
 
 use super::error::AssetError;
-use super::gc::{GcInputs, GcLimits, GcReport, InUse, collect_garbage, disk_space};
+use super::gc::{GcInputs, GcLimits, GcReport, InUse, collect_garbage, disk_space, trusted};
 use super::integrity::{check_blob, quarantine_blob};
 use super::pipeline::{Assets, lock};
 use super::record::AssetRecord;
@@ -202,6 +202,30 @@ impl Assets {
                 Ok(false)
             }
         }
+    }
+
+    /// The newest `limit` cached assets whose records verify (newest first; records that do
+    /// not verify are skipped: garbage collection and serving set them aside), and how many
+    /// builds run or wait now. For the operator page.
+    pub async fn recent_builds(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<AssetRecord>, usize), AssetError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let inner = &this.inner;
+            let mut records: Vec<AssetRecord> = inner
+                .records
+                .scan_raw()?
+                .into_iter()
+                .filter_map(|(key, raw)| trusted(&key, &raw, &inner.verifying).ok())
+                .collect();
+            records.sort_by(|a, b| b.created.cmp(&a.created).then(a.key.cmp(&b.key)));
+            records.truncate(limit);
+            Ok((records, lock(&inner.inflight).len()))
+        })
+        .await
+        .map_err(AssetError::task("listing recent builds"))?
     }
 
     /// One garbage-collection pass (see [`collect_garbage`]) under the configured limits or

@@ -64,4 +64,7 @@ mod testkit_release;
 mod tftp;
 mod tftp_protocol;
 mod trust_cosign;
+mod ui;
+mod ui_browser;
+mod ui_limits;
 mod upstream_config;

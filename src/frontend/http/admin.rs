@@ -380,7 +380,7 @@ pub struct MachinesList {
 }
 
 /// Every assignment with its latest boot (reads the boot records: on a blocking thread).
-async fn assignment_views(st: &AppState) -> Result<Vec<AssignmentView>, ApiError> {
+pub(super) async fn assignment_views(st: &AppState) -> Result<Vec<AssignmentView>, ApiError> {
     let m = st.machines().clone();
     Ok(tokio::task::spawn_blocking(move || m.list())
         .await

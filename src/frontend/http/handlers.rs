@@ -49,28 +49,30 @@ pub(super) async fn read_body(
 }
 
 /// How long a schematic upload may take to arrive.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(super) const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `POST /schematics`: parse, canonicalise, store durably, answer 201 `{"id","schematic"}`.
-pub async fn create_schematic(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    // Uploads being read are bounded (each holds up to http.maxBodyBytes; the others wait
-    // with their bodies unread) and must arrive in time; parsing and hashing run on the
-    // blocking pool, a few at a time.
+/// A permit to read one upload (schematic or UI form): uploads being read are bounded (each
+/// holds up to `http.maxBodyBytes`; the others wait with their bodies unread).
+pub(super) async fn intake_permit(
+    st: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     let intake = st.intake().clone();
-    let _intake = tokio::time::timeout(BODY_TIMEOUT, intake.acquire_owned())
+    tokio::time::timeout(BODY_TIMEOUT, intake.acquire_owned())
         .await
         .map_err(|_| ApiError::Unavailable {
             message: "too many schematic uploads in progress, retry".into(),
             retry_after: 1,
         })?
-        .map_err(|_| ApiError::internal("the schematic intake is shut down"))?;
-    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_body(&headers, body, st.max_body_bytes()))
-        .await
-        .map_err(|_| ApiError::RequestTimeout)??;
+        .map_err(|_| ApiError::internal("the schematic intake is shut down"))
+}
+
+/// Parses, canonicalises and durably stores a schematic document: the one path every
+/// schematic takes (`POST /schematics` and the web UI), so both give the same ID. Parsing and
+/// hashing run on the blocking pool, a few at a time. Returns `(id, canonical YAML)`.
+pub(crate) async fn store_schematic(
+    st: &AppState,
+    bytes: Bytes,
+) -> Result<(String, String), ApiError> {
     let (canonical, id) = st
         .parses()
         .run(move || {
@@ -101,6 +103,20 @@ pub async fn create_schematic(
         PutOutcome::Existed => m.schematic_duplicate_create.increment(1),
     }
     m.schematic_cache_size.set(st.schematics().count() as f64);
+    Ok((id, canonical))
+}
+
+/// `POST /schematics`: parse, canonicalise, store durably, answer 201 `{"id","schematic"}`.
+pub async fn create_schematic(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let _intake = intake_permit(&st).await?;
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_body(&headers, body, st.max_body_bytes()))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
+    let (id, canonical) = store_schematic(&st, bytes).await?;
     let body = gojson::object_of_strings(&[("id", &id), ("schematic", &canonical)]);
     Ok((
         StatusCode::CREATED,

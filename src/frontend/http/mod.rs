@@ -19,6 +19,7 @@ pub mod ranges;
 pub mod redirect;
 pub mod state;
 pub mod talosctl;
+pub mod ui;
 
 pub use conn::{serve_listener, serve_unix_listener};
 use redirect::Routes;
@@ -61,6 +62,19 @@ fn cors(config: &Config) -> CorsLayer {
 /// The API router (without listeners), given shared state and config.
 pub fn router(state: AppState, config: &Config) -> Router {
     Routes::new()
+        .route("/", get(ui::index).head(handlers::get_only))
+        .route("/ui/wizard", post(ui::wizard_post))
+        .route("/ui/schematics/{id}", get(ui::result))
+        .route(
+            "/ui/extensions-list",
+            get(ui::extensions_list).post(ui::extensions_list),
+        )
+        .route(
+            "/ui/version-doc",
+            get(ui::version_doc).head(handlers::get_only),
+        )
+        .route("/ui/static/style.css", get(ui::style))
+        .route("/ui/static/wizard.js", get(ui::script))
         .route("/schematics", post(handlers::create_schematic))
         .route(
             "/schematics/{id}",
@@ -124,6 +138,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
 /// The admin router (`/admin/...`, bearer token), served only on the admin listener.
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
+        .route("/admin/ui", get(ui::admin::page))
+        .route("/ui/static/style.css", get(ui::style))
+        .route("/ui/static/wizard.js", get(ui::script))
         .route("/admin/import", post(admin::import))
         .route("/admin/gc", post(admin::gc))
         .route("/admin/status", get(admin::status))
