@@ -15,7 +15,7 @@ CACHE="${IF_DEBROOT_CACHE:-/var/cache/image-factory/debroot}"
 SUITE=bookworm
 MIRROR="${IF_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PORT=18080
-CARGO_DEB_VERSION=3.6.2
+CARGO_DEB_VERSION=3.8.0
 
 need=()
 for p in debootstrap systemd-container lintian curl; do
