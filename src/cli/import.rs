@@ -278,6 +278,12 @@ fn run_inner(args: &ImportArgs) -> Result<(), CliError> {
         extensions: selection(&args.source.extensions),
         policy: trust_policy(args, &cfg)?,
     };
+    import_direct(cfg, &job)
+}
+
+/// Runs `job` directly on the data directory of `cfg` (no appliance may hold it), with a
+/// progress bar and one summary per imported version.
+pub(super) fn import_direct(cfg: Config, job: &ImportJob) -> Result<(), CliError> {
     let rt = runtime()?;
     let dir = cfg.data_dir().to_path_buf();
     let node = {

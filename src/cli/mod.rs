@@ -3,6 +3,7 @@
 mod build;
 mod bundle;
 mod cluster;
+pub mod demo;
 mod dev;
 mod doctor;
 pub mod error;

@@ -25,6 +25,11 @@ pub struct ServeArgs {
     /// Metrics listen address (metrics.addr); empty disables the metrics listener.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// First run: make and import the synthetic test-kit release (Debian packages, NOT
+    /// Talos; fetched with apt-get when missing) so that downloads work at once; labelled as
+    /// a demo wherever it shows.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 /// Runs the server until SIGTERM/SIGINT.
@@ -40,6 +45,9 @@ fn run_inner(args: ServeArgs) -> Result<(), CliError> {
     };
     let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
     cfg.validate()?;
+    if args.demo {
+        super::demo::prepare(&cfg)?;
+    }
     runtime()?.block_on(async move {
         let running = frontend::serve(cfg, shutdown_signal()).await?;
         running.wait().await

@@ -491,6 +491,7 @@ pub async fn serve(
         state.set_proxy_dhcp(st.clone());
     }
     node.start_maintenance();
+    crate::frontend::http::ui::set_demo(node.is_demo());
     // Registered before any listener reports itself, so a SIGHUP never finds the default
     // action (terminate) in place.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(

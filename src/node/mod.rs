@@ -9,6 +9,11 @@ pub mod on_demand;
 mod storage;
 pub mod worker;
 
+/// Where `serve --demo` keeps its synthetic release in the data directory.
+pub const DEMO_DIR: &str = "demo";
+/// The file in [`DEMO_DIR`] written once the demo release is imported.
+pub const DEMO_IMPORTED: &str = "imported";
+
 pub use import::{ImportCount, ImportFrom, ImportJob, ImportJobError, Running};
 pub use storage::{DoctorReport, StorageHealth, StorageState, StorageSummary, doctor};
 pub use worker::{Periodic, WorkError, Worker, WorkerState, WorkerStatus, Workers};
@@ -183,6 +188,16 @@ impl Node {
     /// What the storage check at open found and restored.
     pub fn storage(&self) -> &StorageHealth {
         &self.storage
+    }
+
+    /// Whether the data directory holds the demo release of `serve --demo` (the synthetic
+    /// test-kit release, not Talos).
+    pub fn is_demo(&self) -> bool {
+        self.config
+            .data_dir()
+            .join(DEMO_DIR)
+            .join(DEMO_IMPORTED)
+            .exists()
     }
 
     /// The registry releases are imported from on demand, if configured.

@@ -13,6 +13,7 @@ mod backup;
 mod build_admission;
 mod build_boot;
 mod cli;
+mod demo;
 mod dhcp;
 mod dhcp_hostile;
 mod dhcp_netns;

@@ -144,7 +144,7 @@ async fn rack_netboots_through_proxy_dhcp_by_assignment() {
                 ("IF_NETBOOT_PROXYDHCP_INTERFACE", netns::BRIDGE),
             ],
             false,
-            None,
+            &[],
         )
         .expect("serve in the appliance namespace"),
     );

@@ -93,7 +93,7 @@ async fn the_helm_charts_rendered_config_starts_with_its_signing_key() {
         Some("127.0.0.1:0"),
         &[],
         false,
-        Some(&config),
+        &["--config".as_ref(), config.as_os_str()],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     healthy(&srv).await;

@@ -199,6 +199,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
             netboot: super::netboot::status(&st),
             replication: replication_status(&st).await?,
             on_demand: st.node().on_demand().map(|od| od.status()),
+            demo: st.node().is_demo(),
         },
         all_listeners: st.listeners(),
         data_dir,

@@ -181,6 +181,8 @@ pub struct Status<'a> {
     /// Releases on demand: the registry, the versions it lists, imports running (`null` when
     /// `artifacts.core.registry` is not set).
     pub on_demand: Option<crate::node::on_demand::OnDemandStatus>,
+    /// Whether the release offered is `serve --demo`'s synthetic test-kit release (not Talos).
+    pub demo: bool,
 }
 
 /// One imported release as `/status` shows it.
@@ -265,6 +267,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
         netboot: super::netboot::status(&st),
         replication: replication_status(&st).await?,
         on_demand: st.node().on_demand().map(|od| od.status()),
+        demo: st.node().is_demo(),
     })
 }
 

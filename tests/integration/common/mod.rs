@@ -214,7 +214,7 @@ pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<B
         Some(LOOPBACK),
         &[],
         false,
-        None,
+        &[],
     )
 }
 
@@ -223,7 +223,7 @@ const LOOPBACK: &str = "127.0.0.1:0";
 
 /// [`spawn_bin`] with the TFTP listener left at its default address (`:69`).
 pub fn spawn_bin_default_tftp(data_dir: &std::path::Path) -> Result<BinServer, String> {
-    spawn_serve(data_dir, &[], LOOPBACK, None, &[], false, None)
+    spawn_serve(data_dir, &[], LOOPBACK, None, &[], false, &[])
 }
 
 /// [`spawn_bin`] with extra environment variables (`IF_*` configuration) and, with `metrics`,
@@ -233,13 +233,14 @@ pub fn spawn_bin_with(
     env: &[(&str, &str)],
     metrics: bool,
 ) -> Result<BinServer, String> {
-    spawn_serve(data_dir, &[], LOOPBACK, Some(LOOPBACK), env, metrics, None)
+    spawn_serve(data_dir, &[], LOOPBACK, Some(LOOPBACK), env, metrics, &[])
 }
 
 /// `image-factory serve` on `data_dir` (run by `wrapper` if any, e.g. `ip netns exec <ns>`),
 /// HTTP on `http`, TFTP on `tftp` or, with `None`, on its default address, with the
-/// variables of `env` set, the metrics listener on loopback port 0 when `metrics` and the
-/// configuration file `config` if any; waits until the HTTP listener is bound.
+/// variables of `env` set, the metrics listener on loopback port 0 when `metrics` and `extra`
+/// arguments after serve's own (`--config FILE`, `--demo`); waits until the HTTP listener is
+/// bound.
 pub fn spawn_serve(
     data_dir: &std::path::Path,
     wrapper: &[&str],
@@ -247,7 +248,7 @@ pub fn spawn_serve(
     tftp: Option<&str>,
     env: &[(&str, &str)],
     metrics: bool,
-    config: Option<&std::path::Path>,
+    extra: &[&std::ffi::OsStr],
 ) -> Result<BinServer, String> {
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
@@ -263,9 +264,7 @@ pub fn spawn_serve(
         .arg(data_dir)
         .env_remove("RUST_LOG")
         .envs(env.iter().copied());
-    if let Some(path) = config {
-        cmd.arg("--config").arg(path);
-    }
+    cmd.args(extra);
     match tftp {
         Some(addr) => cmd.env("IF_TFTP_LISTENADDR", addr),
         None => cmd.env_remove("IF_TFTP_LISTENADDR"),

@@ -82,11 +82,20 @@ fn env() -> Result<&'static Environment<'static>, ApiError> {
     .map_err(|e| ApiError::internal(format!("loading the UI templates: {e}")))
 }
 
-/// Renders template `name` with `ctx`.
+/// Whether this process serves the demo release (`serve --demo`): every page says so.
+static DEMO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets whether pages carry the demo banner (the data directory holds the demo release).
+pub fn set_demo(on: bool) {
+    DEMO.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Renders template `name` with `ctx` (and `demo`, for the banner).
 pub fn render(name: &str, ctx: Value) -> Result<String, ApiError> {
+    let demo = DEMO.load(std::sync::atomic::Ordering::Relaxed);
     env()?
         .get_template(name)
-        .and_then(|t| t.render(ctx))
+        .and_then(|t| t.render(context! { demo => demo, ..ctx }))
         .map_err(|e| ApiError::caused("rendering the page", e))
 }
 
