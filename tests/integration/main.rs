@@ -50,6 +50,7 @@ mod registry_spec;
 mod release_damage;
 mod replication;
 mod schematic_bounds;
+mod secureboot_sign;
 mod schematic_golden;
 mod squashfs_writer;
 mod testkit_bundle;
