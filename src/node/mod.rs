@@ -26,6 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::imager::builder::StageReporter;
 use crate::replication::{Cluster, Replication, ReplicationError};
 use crate::store::{self, BlobStore, MetaStore, SchematicStore, StoreError};
+use crate::trust::secureboot::{SecureBootKeys, SecureBootPaths};
 use crate::trust::{SigningKey, TrustError};
 
 /// Errors of opening or closing a node.
@@ -40,6 +41,9 @@ pub enum NodeError {
     /// A key could not be loaded or generated.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The Secure Boot keys are missing or invalid.
+    #[error(transparent)]
+    SecureBoot(#[from] crate::trust::secureboot::SecureBootError),
     /// The cluster state could not be read, or the swarm could not start.
     #[error(transparent)]
     Replication(Box<ReplicationError>),
@@ -86,6 +90,7 @@ pub struct Node {
     schematics: SchematicStore,
     releases: ReleaseStore,
     signing_key: Arc<SigningKey>,
+    secure_boot: Option<Arc<SecureBootKeys>>,
     assets: Assets,
     workers: Workers,
     storage: StorageHealth,
@@ -125,6 +130,7 @@ impl Node {
         let verb = if created { "generated" } else { "loaded" };
         tracing::info!(path = %key_path.display(), "{verb} cluster signing key");
         let signing_key = Arc::new(key);
+        let secure_boot = load_secure_boot(&config)?;
         let cluster = Arc::new(Cluster::open(&dir, Arc::clone(&signing_key))?);
         if let Some(m) = cluster.membership() {
             tracing::info!(cluster = %m.record.cluster, "member of a cluster");
@@ -142,6 +148,7 @@ impl Node {
                 blobs: blobs.clone(),
                 key: Arc::clone(&signing_key),
                 schematics: schematics.clone(),
+                secure_boot: secure_boot.clone(),
             },
             AssetMetrics::new(opts.recorder),
             opts.initramfs_zstd_level,
@@ -154,6 +161,7 @@ impl Node {
             schematics,
             releases,
             signing_key,
+            secure_boot,
             assets,
             workers: Workers::new(),
             storage,
@@ -162,6 +170,11 @@ impl Node {
             replication: std::sync::OnceLock::new(),
             recorder,
         })
+    }
+
+    /// The Secure Boot keys, when `secureBoot.enabled`.
+    pub fn secure_boot(&self) -> Option<&Arc<SecureBootKeys>> {
+        self.secure_boot.as_ref()
     }
 
     /// What the storage check at open found and restored.
@@ -333,4 +346,30 @@ impl Node {
         self.meta.flush().await?;
         Ok(())
     }
+}
+
+/// Loads and validates the Secure Boot keys when `secureBoot.enabled` (a bad key stops the
+/// start with the file named); warns when the certificate expires within 30 days.
+fn load_secure_boot(config: &Config) -> Result<Option<Arc<SecureBootKeys>>, NodeError> {
+    if !config.secure_boot.enabled {
+        return Ok(None);
+    }
+    let f = &config.secure_boot.file;
+    let paths = SecureBootPaths {
+        signing_key: f.signing_key_path.clone().into(),
+        signing_cert: f.signing_cert_path.clone().into(),
+        pcr_key: f.pcr_key_path.clone().into(),
+    };
+    let now = crate::clock::now_secs();
+    let keys = SecureBootKeys::load(&paths, now)?;
+    let expires = crate::clock::rfc3339_utc(keys.not_after().max(0) as u64);
+    tracing::info!(
+        certificate_sha256 = keys.fingerprint(),
+        expires = %expires,
+        "loaded Secure Boot keys"
+    );
+    if keys.not_after() - (now as i64) < 30 * 86_400 {
+        tracing::warn!(expires = %expires, "the Secure Boot signing certificate expires within 30 days");
+    }
+    Ok(Some(Arc::new(keys)))
 }

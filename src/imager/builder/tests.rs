@@ -74,6 +74,7 @@ fn env() -> Env {
         initramfs_zstd_level: 3,
         compression: Default::default(),
         tools: Default::default(),
+        secure_boot: None,
     };
     Env {
         builder: Builder::new(blobs, releases, opts),
