@@ -87,7 +87,9 @@ pub enum ImagerError {
     SecureBootDisabled,
     /// A Secure Boot output this appliance does not build yet (ISO, disk image, installer):
     /// refused rather than served unsigned or without enrolment material.
-    #[error("secure boot {output} images are not built by this factory yet (the signed UKI, <platform>-<arch>-secureboot-uki.efi, is)")]
+    #[error(
+        "secure boot {output} images are not built by this factory yet (the signed UKI, <platform>-<arch>-secureboot-uki.efi, is)"
+    )]
     SecureBootNotBuilt {
         /// The output kind (`iso`, `image`, `installer`).
         output: String,

@@ -63,10 +63,7 @@ fn base_sections(
 
 /// The measured section set of each profile: the base sections, the profile's `.profile`, and
 /// its own `.cmdline` in place of the base one. Without profiles: the base set alone.
-pub fn measured_sets(
-    base: &[SectionDigest],
-    profiles: &[UkiProfile],
-) -> Vec<Vec<SectionDigest>> {
+pub fn measured_sets(base: &[SectionDigest], profiles: &[UkiProfile]) -> Vec<Vec<SectionDigest>> {
     if profiles.is_empty() {
         return vec![base.to_vec()];
     }

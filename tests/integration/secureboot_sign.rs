@@ -66,7 +66,13 @@ pub fn assert_refused(signed: &Path, cert: &Path) {
 fn osslsigncode_digest(signed: &Path, cert: &Path) -> String {
     let (_, text) = run(
         "osslsigncode",
-        &["verify", "-CAfile", cert.to_str().unwrap(), "-in", signed.to_str().unwrap()],
+        &[
+            "verify",
+            "-CAfile",
+            cert.to_str().unwrap(),
+            "-in",
+            signed.to_str().unwrap(),
+        ],
     );
     text.lines()
         .find_map(|l| l.trim().strip_prefix("Calculated message digest"))
@@ -84,7 +90,10 @@ fn signed_systemd_boot_verifies_and_a_flipped_byte_does_not() {
     let signed = dir.path().join("systemd-bootx64.efi.signed");
     std::fs::copy(SYSTEMD_BOOT, &signed).unwrap();
     // The unsigned original is refused (no signature at all).
-    let (ok, _) = run("sbverify", &["--cert", cert.to_str().unwrap(), SYSTEMD_BOOT]);
+    let (ok, _) = run(
+        "sbverify",
+        &["--cert", cert.to_str().unwrap(), SYSTEMD_BOOT],
+    );
     assert!(!ok, "the unsigned original must not verify");
 
     // The hash of the unsigned image as the signer pads it (to 8 bytes; Debian's
@@ -117,7 +126,11 @@ fn signed_systemd_boot_verifies_and_a_flipped_byte_does_not() {
     let (_, other_cert) = self::keys(&dir.path().join("other"));
     let (ok, text) = run(
         "sbverify",
-        &["--cert", other_cert.to_str().unwrap(), signed.to_str().unwrap()],
+        &[
+            "--cert",
+            other_cert.to_str().unwrap(),
+            signed.to_str().unwrap(),
+        ],
     );
     assert!(!ok, "sbverify accepts a foreign certificate:\n{text}");
 }
@@ -130,7 +143,18 @@ fn generated_certificate_reads_in_openssl() {
     let dir = tempfile::tempdir().unwrap();
     let (keys, cert) = keys(dir.path());
     let c = cert.to_str().unwrap();
-    let (ok, text) = run("openssl", &["x509", "-in", c, "-noout", "-text", "-fingerprint", "-sha256"]);
+    let (ok, text) = run(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            c,
+            "-noout",
+            "-text",
+            "-fingerprint",
+            "-sha256",
+        ],
+    );
     assert!(ok, "{text}");
     assert!(text.contains("CN = image-factory test"), "{text}");
     assert!(text.contains("Code Signing"), "{text}");
@@ -142,16 +166,29 @@ fn generated_certificate_reads_in_openssl() {
         .to_lowercase();
     assert_eq!(fp, keys.fingerprint());
     let (ok, text) = run("openssl", &["verify", "-CAfile", c, c]);
-    assert!(ok, "the self-signed certificate verifies against itself: {text}");
+    assert!(
+        ok,
+        "the self-signed certificate verifies against itself: {text}"
+    );
     // The key file is the certificate's key, as openssl sees it.
     let key = dir.path().join("uki-signing-key.pem");
     let (_, from_key, _) = run_split(
         "openssl",
-        &["rsa", "-in", key.to_str().unwrap(), "-pubout", "-outform", "DER"],
+        &[
+            "rsa",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-outform",
+            "DER",
+        ],
     );
     let (_, from_cert, _) = run_split(
         "sh",
-        &["-c", &format!("openssl x509 -in {c} -pubkey -noout | openssl pkey -pubin -outform DER")],
+        &[
+            "-c",
+            &format!("openssl x509 -in {c} -pubkey -noout | openssl pkey -pubin -outform DER"),
+        ],
     );
     assert!(!from_key.is_empty());
     assert_eq!(from_key, from_cert);

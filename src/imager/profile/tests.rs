@@ -63,11 +63,21 @@ fn schematic(yaml: &str) -> Schematic {
 }
 
 fn enhance(path: &str, v: &str, yaml: &str) -> Result<Profile, ImagerError> {
-    enhance_from_schematic(parse_path(path, &ver(v))?, &schematic(yaml), &release(v), false)
+    enhance_from_schematic(
+        parse_path(path, &ver(v))?,
+        &schematic(yaml),
+        &release(v),
+        false,
+    )
 }
 
 fn enhance_sb(path: &str, v: &str, yaml: &str) -> Result<Profile, ImagerError> {
-    enhance_from_schematic(parse_path(path, &ver(v))?, &schematic(yaml), &release(v), true)
+    enhance_from_schematic(
+        parse_path(path, &ver(v))?,
+        &schematic(yaml),
+        &release(v),
+        true,
+    )
 }
 
 const EXTS: &str = "customization:\n  systemExtensions:\n    officialExtensions:\n      - siderolabs/gasket\n      - siderolabs/iscsi-tools\n      - siderolabs/gasket\n  extraKernelArgs: [nolapic]\n  meta:\n    - key: 10\n      value: foo\n";

@@ -184,8 +184,8 @@ pub fn sign(f: &mut File, keys: &SecureBootKeys) -> Result<(), AuthenticodeError
     entry.extend_from_slice(&WIN_CERT_TYPE_PKCS_SIGNED_DATA.to_le_bytes());
     entry.extend_from_slice(&signed);
     entry.resize(padded, 0);
-    let offset = u32::try_from(len)
-        .map_err(|_| AuthenticodeError::NotPe("larger than 4 GiB".into()))?;
+    let offset =
+        u32::try_from(len).map_err(|_| AuthenticodeError::NotPe("larger than 4 GiB".into()))?;
     f.seek(SeekFrom::Start(len))?;
     f.write_all(&entry)?;
     let mut dir = Vec::with_capacity(8);

@@ -188,7 +188,9 @@ impl<'a> Reader<'a> {
                 return Err(err("unsupported length form"));
             }
             let bytes = b.get(2..2 + n).ok_or_else(|| err("truncated length"))?;
-            let len = bytes.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+            let len = bytes
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
             (len, 2 + n)
         };
         let end = head
@@ -252,7 +254,8 @@ fn num(s: &str) -> Result<i64, DerError> {
     if !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DerError(format!("{s:?} is not a number")));
     }
-    s.parse().map_err(|_| DerError(format!("{s:?} is not a number")))
+    s.parse()
+        .map_err(|_| DerError(format!("{s:?} is not a number")))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -285,10 +288,16 @@ mod tests {
         assert_eq!(hex::encode(uint(&[0, 0, 5])), "020105");
         assert_eq!(hex::encode(uint(&[])), "020100");
         assert_eq!(tlv(OCTET_STRING, &[0u8; 200])[..3], [0x04, 0x81, 200]);
-        assert_eq!(tlv(OCTET_STRING, &[0u8; 300])[..4], [0x04, 0x82, 0x01, 0x2C]);
+        assert_eq!(
+            tlv(OCTET_STRING, &[0u8; 300])[..4],
+            [0x04, 0x82, 0x01, 0x2C]
+        );
         assert_eq!(time(0), tlv(UTC_TIME, b"700101000000Z"));
         // 2050-01-01 switches to GeneralizedTime.
-        assert_eq!(time(2_524_608_000), tlv(GENERALIZED_TIME, b"20500101000000Z"));
+        assert_eq!(
+            time(2_524_608_000),
+            tlv(GENERALIZED_TIME, b"20500101000000Z")
+        );
     }
 
     #[test]
@@ -303,7 +312,13 @@ mod tests {
         assert_eq!(inner.expect(OCTET_STRING).unwrap().content, b"abc");
         assert!(Reader::new(&v[..v.len() - 1]).any().is_err());
         assert!(Reader::new(&[0x30, 0x85, 1, 1, 1, 1, 1]).any().is_err());
-        for secs in [0u64, 951_782_400, 1_767_225_599, 2_524_608_000, 4_102_444_800] {
+        for secs in [
+            0u64,
+            951_782_400,
+            1_767_225_599,
+            2_524_608_000,
+            4_102_444_800,
+        ] {
             let t = time(secs);
             let e = Reader::new(&t).any().unwrap();
             assert_eq!(parse_time(&e).unwrap(), secs as i64, "{secs}");

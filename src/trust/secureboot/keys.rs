@@ -182,8 +182,7 @@ fn parse_certificate(text: &str, path: &Path) -> Result<Certificate, SecureBootE
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    let (label, der_bytes) =
-        pem::first_block(text).ok_or_else(|| wrong("no PEM block found"))?;
+    let (label, der_bytes) = pem::first_block(text).ok_or_else(|| wrong("no PEM block found"))?;
     if label != "CERTIFICATE" {
         return Err(wrong(&format!("a PEM {label:?} block, not a CERTIFICATE")));
     }
@@ -205,7 +204,14 @@ fn parse_certificate(text: &str, path: &Path) -> Result<Certificate, SecureBootE
         let alg = s.expect(der::SEQUENCE)?;
         let alg_oid = Reader::new(alg.content).expect(der::OID)?.raw.to_vec();
         let key_bits = s.expect(der::BIT_STRING)?;
-        Ok((serial, issuer, not_before, not_after, alg_oid, key_bits.content.to_vec()))
+        Ok((
+            serial,
+            issuer,
+            not_before,
+            not_after,
+            alg_oid,
+            key_bits.content.to_vec(),
+        ))
     })()
     .map_err(malformed(WHAT, path, "not an X.509 certificate"))?;
     let (serial, issuer, not_before, not_after, alg_oid, key_bits) = fields;
@@ -385,7 +391,8 @@ pub fn generate(
             return Err(SecureBootError::Exists { path: p.clone() });
         }
     }
-    let signing_key = KeyPair::generate(size).map_err(|_| SecureBootError::Crypto("key generation"))?;
+    let signing_key =
+        KeyPair::generate(size).map_err(|_| SecureBootError::Crypto("key generation"))?;
     let pcr_key = KeyPair::generate(size).map_err(|_| SecureBootError::Crypto("key generation"))?;
     let cert_der = self_signed_certificate(&signing_key, common_name, now)?;
     let write = |path: &Path, text: &str, private: bool| {
@@ -405,7 +412,11 @@ pub fn generate(
     })?;
     write(&paths.signing_key, &pkcs1_pem(&signing_key)?, true)?;
     write(&paths.pcr_key, &pkcs1_pem(&pcr_key)?, true)?;
-    write(&paths.signing_cert, &pem::encode("CERTIFICATE", &cert_der), false)?;
+    write(
+        &paths.signing_cert,
+        &pem::encode("CERTIFICATE", &cert_der),
+        false,
+    )?;
     Ok(GeneratedFiles {
         paths,
         fingerprint: crate::sha256::hex_digest(&cert_der),
@@ -417,8 +428,8 @@ fn pkcs1_pem(key: &KeyPair) -> Result<String, SecureBootError> {
     let pkcs8 = key
         .as_der()
         .map_err(|_| SecureBootError::Crypto("private key encoding"))?;
-    let pkcs1 =
-        pkcs8_to_pkcs1(pkcs8.as_ref()).map_err(|_| SecureBootError::Crypto("private key encoding"))?;
+    let pkcs1 = pkcs8_to_pkcs1(pkcs8.as_ref())
+        .map_err(|_| SecureBootError::Crypto("private key encoding"))?;
     Ok(pem::encode("RSA PRIVATE KEY", &pkcs1))
 }
 
@@ -471,7 +482,11 @@ fn self_signed_certificate(
         &der::cons(der::context(3, true), &[&extensions]),
     ]);
     let sig = rsa_sign(key, &signature::RSA_PKCS1_SHA256, &tbs)?;
-    Ok(der::seq(&[&tbs, &der::algorithm(SHA256_WITH_RSA), &der::bits(&sig)]))
+    Ok(der::seq(&[
+        &tbs,
+        &der::algorithm(SHA256_WITH_RSA),
+        &der::bits(&sig),
+    ]))
 }
 
 #[cfg(test)]

@@ -166,7 +166,10 @@ pub fn policy_digest(bank: Bank, pcr: &[u8]) -> Vec<u8> {
 
 /// The `.pcrsig` section: compact JSON with, per bank, the PCR list, the PCR key's
 /// fingerprint (SHA-256 of its PKCS#1 DER), the policy digest and its signature.
-pub fn pcrsig(keys: &SecureBootKeys, sections: &[SectionDigest]) -> Result<String, SecureBootError> {
+pub fn pcrsig(
+    keys: &SecureBootKeys,
+    sections: &[SectionDigest],
+) -> Result<String, SecureBootError> {
     let pkfp = crate::sha256::hex_digest(keys.pcr_public_pkcs1());
     let mut out = serde_json::Map::new();
     for bank in Bank::ALL {

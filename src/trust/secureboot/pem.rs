@@ -44,7 +44,10 @@ mod tests {
         assert!(pem.lines().all(|l| l.len() <= 64));
         let text = format!("junk before\n{pem}after");
         assert_eq!(first_block(&text), Some(("CERTIFICATE".into(), der)));
-        assert_eq!(first_block("-----BEGIN X-----\n!!\n-----END X-----\n"), None);
+        assert_eq!(
+            first_block("-----BEGIN X-----\n!!\n-----END X-----\n"),
+            None
+        );
         assert_eq!(first_block("-----BEGIN X-----\nAAAA\n"), None);
     }
 }

@@ -29,7 +29,10 @@ fn indirect_data_content(image_digest: &[u8; 32]) -> Vec<u8> {
         .collect();
     let link = cons(
         context(0, true),
-        &[&cons(context(2, true), &[&tlv(context(0, false), &obsolete)])],
+        &[&cons(
+            context(2, true),
+            &[&tlv(context(0, false), &obsolete)],
+        )],
     );
     let pe_image_data = seq(&[&tlv(der::BIT_STRING, &[0]), &link]);
     let data = seq(&[&oid(SPC_PE_IMAGE_DATA), &pe_image_data]);
@@ -67,9 +70,15 @@ pub fn authenticode_signed_data(
     let signed_data = seq(&[
         &uint(&[1]),
         &set_of(&[&algorithm(SHA256)]),
-        &seq(&[&oid(SPC_INDIRECT_DATA), &cons(context(0, true), &[&indirect])]),
+        &seq(&[
+            &oid(SPC_INDIRECT_DATA),
+            &cons(context(0, true), &[&indirect]),
+        ]),
         &cons(context(0, true), &[keys.certificate_der()]),
         &set_of(&[&signer_info]),
     ]);
-    Ok(seq(&[&oid(SIGNED_DATA), &cons(context(0, true), &[&signed_data])]))
+    Ok(seq(&[
+        &oid(SIGNED_DATA),
+        &cons(context(0, true), &[&signed_data]),
+    ]))
 }

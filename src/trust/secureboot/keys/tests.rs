@@ -15,15 +15,24 @@ fn generated_keys_load_and_refuse_overwrite() {
     assert_eq!(paths, SecureBootPaths::in_dir(dir.path()));
     let keys = SecureBootKeys::load(&paths, NOW).expect("load");
     assert_eq!(keys.fingerprint().len(), 64);
-    assert!(keys.certificate_pem().starts_with("-----BEGIN CERTIFICATE-----\n"));
-    assert!(keys.pcr_public_pem().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    assert!(
+        keys.certificate_pem()
+            .starts_with("-----BEGIN CERTIFICATE-----\n")
+    );
+    assert!(
+        keys.pcr_public_pem()
+            .starts_with("-----BEGIN PUBLIC KEY-----\n")
+    );
     assert_eq!(keys.not_after(), (NOW + GENERATED_VALIDITY_SECS) as i64);
     let key_text = std::fs::read_to_string(&paths.signing_key).unwrap();
     assert!(key_text.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&paths.pcr_key).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&paths.pcr_key)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let again = generate(dir.path(), "x", KeySize::Rsa2048, NOW).unwrap_err();
@@ -36,13 +45,25 @@ fn validity_is_checked_at_start() {
     let paths = fresh(dir.path());
     let expired = SecureBootKeys::load(&paths, NOW + GENERATED_VALIDITY_SECS + 1).unwrap_err();
     assert!(
-        matches!(expired, SecureBootError::CertificateValidity { state: "expired", .. }),
+        matches!(
+            expired,
+            SecureBootError::CertificateValidity {
+                state: "expired",
+                ..
+            }
+        ),
         "{expired}"
     );
     assert!(expired.to_string().contains("expired"), "{expired}");
     let early = SecureBootKeys::load(&paths, NOW - 7200).unwrap_err();
     assert!(
-        matches!(early, SecureBootError::CertificateValidity { state: "not yet valid", .. }),
+        matches!(
+            early,
+            SecureBootError::CertificateValidity {
+                state: "not yet valid",
+                ..
+            }
+        ),
         "{early}"
     );
 }
@@ -73,14 +94,21 @@ fn wrong_key_types_are_named() {
     let ec = dir.path().join("ec.pem");
     let ec_key = crate::trust::SigningKey::generate().unwrap();
     std::fs::write(&ec, ec_key.to_pkcs8_pem().unwrap()).unwrap();
-    for (field, path) in [("signing", &ec), ("pcr", &ec), ("cert-as-key", &paths.signing_cert)] {
+    for (field, path) in [
+        ("signing", &ec),
+        ("pcr", &ec),
+        ("cert-as-key", &paths.signing_cert),
+    ] {
         let mut p = paths.clone();
         match field {
             "pcr" => p.pcr_key = path.clone(),
             _ => p.signing_key = path.clone(),
         }
         let e = SecureBootKeys::load(&p, NOW).unwrap_err();
-        assert!(matches!(e, SecureBootError::WrongType { .. }), "{field}: {e}");
+        assert!(
+            matches!(e, SecureBootError::WrongType { .. }),
+            "{field}: {e}"
+        );
         let text = e.to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");
         if path == &ec {
@@ -94,8 +122,11 @@ fn wrong_key_types_are_named() {
     let e = SecureBootKeys::load(&p, NOW).unwrap_err();
     assert!(e.to_string().contains("not a CERTIFICATE"), "{e}");
     let garbage = dir.path().join("garbage.pem");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-        .unwrap();
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     p.signing_cert = garbage;
     let e = SecureBootKeys::load(&p, NOW).unwrap_err();
     assert!(matches!(e, SecureBootError::Malformed { .. }), "{e}");

@@ -1,0 +1,321 @@
+//! Secure Boot over HTTP: `/secureboot/signing-cert.pem`, the signed
+//! `<platform>-<arch>-secureboot-uki.efi` (Authenticode checked by `sbverify` and
+//! `osslsigncode`, `.pcrsig` checked against `systemd-measure` and `openssl`), the Secure Boot
+//! PXE script, key rotation (cache keys cover the certificate), and the answers with Secure
+//! Boot off or for outputs not built yet.
+
+use std::path::Path;
+use std::process::Command;
+
+use image_factory::imager::pe::PeHeaders;
+use image_factory::trust::secureboot::pcr::{Bank, SectionDigest, predict};
+use sha2::Digest as _;
+use testsupport::tools;
+
+use crate::common::TestServer;
+use crate::common::assets::{V, create_schematic, flip_byte, get};
+use crate::common::kit::{self, Kit};
+use crate::secureboot_sign::{assert_refused, assert_verifies, keys, verifiers};
+
+const MEASURE: &str = "/usr/lib/systemd/systemd-measure";
+const UKI: &str = "metal-amd64-secureboot-uki.efi";
+
+async fn start_sb(k: &Kit, keys_dir: &Path) -> TestServer {
+    let data = k.data.display().to_string();
+    let dir = keys_dir.to_path_buf();
+    TestServer::start_with(move |c| {
+        c.storage.data_dir = data;
+        c.http.external_url = "http://factory.test:8080/".into();
+        c.cache.gc_interval_seconds = 0;
+        c.cache.scrub_interval_seconds = 0;
+        c.secure_boot.enabled = true;
+        c.secure_boot.file.signing_key_path = dir.join("uki-signing-key.pem").display().to_string();
+        c.secure_boot.file.signing_cert_path =
+            dir.join("uki-signing-cert.pem").display().to_string();
+        c.secure_boot.file.pcr_key_path = dir.join("pcr-signing-key.pem").display().to_string();
+    })
+    .await
+}
+
+/// Every section of a PE file: (name, in-memory bytes), in file order.
+fn sections(file: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let h = PeHeaders::parse(file).expect("PE");
+    h.sections
+        .iter()
+        .map(|s| (s.name_str(), h.section_bytes(file, s).unwrap().to_vec()))
+        .collect()
+}
+
+/// PCR 11 after `enter-machined`, computed here from the spec's rules with the `sha2` crate
+/// (independent of the appliance's code): sections in systemd-stub's measuring order.
+fn pcr11_sha256(sections: &[(String, Vec<u8>)]) -> Vec<u8> {
+    const ORDER: [&str; 13] = [
+        ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat",
+        ".pcrpkey", ".profile", ".dtbauto", ".hwids",
+    ];
+    let h = |parts: &[&[u8]]| {
+        let mut d = sha2::Sha256::new();
+        for p in parts {
+            d.update(p);
+        }
+        d.finalize().to_vec()
+    };
+    let mut pcr = vec![0u8; 32];
+    let mut extend = |m: &[u8]| pcr = h(&[&pcr, &h(&[m])]);
+    for name in ORDER {
+        if let Some((_, data)) = sections.iter().find(|(n, _)| n == name) {
+            extend(&[name.as_bytes(), &[0]].concat());
+            extend(data);
+        }
+    }
+    for phase in ["enter-initrd", "leave-initrd", "enter-machined"] {
+        extend(phase.as_bytes());
+    }
+    pcr
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect(cmd);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_uki_cert_and_pxe_over_http() {
+    if !verifiers()
+        || !tools::require(
+            Path::new(MEASURE).exists(),
+            "systemd-measure (Debian package systemd)",
+        )
+    {
+        return;
+    }
+    let Some(k) = kit::imported(0) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_set, cert) = keys(&tmp.path().join("a"));
+    let s = start_sb(&k, &tmp.path().join("a")).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+
+    let c = get(&s, "/secureboot/signing-cert.pem", &[]).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.header("content-type"), "application/x-pem-file");
+    assert_eq!(c.text(), key_set.certificate_pem());
+    assert_eq!(c.text(), std::fs::read_to_string(&cert).unwrap());
+
+    let g = get(&s, &format!("/image/{id}/{V}/{UKI}"), &[]).await;
+    assert_eq!(g.status, 200, "{}", g.text());
+    assert_eq!(g.header("content-type"), "application/efi");
+    let uki = tmp.path().join(UKI);
+    std::fs::write(&uki, &g.body).unwrap();
+    assert_verifies(&uki, &cert);
+    let tampered = tmp.path().join("tampered.efi");
+    std::fs::copy(&uki, &tampered).unwrap();
+    // Inside .linux, far from the headers.
+    let secs = sections(&g.body);
+    let h = PeHeaders::parse(&g.body).unwrap();
+    let linux = h.section(".linux").unwrap();
+    flip_byte(&tampered, u64::from(linux.pointer_to_raw_data) + 4096);
+    assert_refused(&tampered, &cert);
+
+    // Sections: the PCR public key before .linux, one .pcrsig after the main profile.
+    let names: Vec<&str> = secs.iter().map(|(n, _)| n.as_str()).collect();
+    let tail: Vec<&str> = names
+        .iter()
+        .skip_while(|n| **n != ".osrel")
+        .copied()
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ".osrel", ".cmdline", ".uname", ".pcrpkey", ".linux", ".initrd", ".profile", ".pcrsig"
+        ]
+    );
+    let section = |name: &str| &secs.iter().find(|(n, _)| n == name).unwrap().1;
+    assert_eq!(section(".pcrpkey"), key_set.pcr_public_pem().as_bytes());
+    let cmdline = String::from_utf8(section(".cmdline").clone()).unwrap();
+    assert!(cmdline.contains("lockdown=confidentiality"), "{cmdline}");
+
+    // systemd-measure agrees with the appliance's PCR rules over the sections it knows
+    // (Debian's 252 predates .uname, .sbat and .profile).
+    let dir = tmp.path().join("sections");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec![
+        "calculate".to_string(),
+        "--phase=enter-initrd:leave-initrd:enter-machined".into(),
+    ];
+    let mut known = Vec::new();
+    for name in [".linux", ".osrel", ".cmdline", ".initrd", ".pcrpkey"] {
+        let f = dir.join(&name[1..]);
+        std::fs::write(&f, section(name)).unwrap();
+        args.push(format!("--{}={}", &name[1..], f.display()));
+        known.push(SectionDigest::of_bytes(name, section(name)));
+    }
+    for bank in Bank::ALL {
+        let mut a = args.clone();
+        a.push(format!("--bank={}", bank.name()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = run(MEASURE, &a);
+        let expected = format!("11:{}={}", bank.name(), hex::encode(predict(bank, &known)));
+        assert_eq!(out.trim(), expected, "systemd-measure, {}", bank.name());
+    }
+
+    // The signed policy is over PCR 11 of every measured section of the main profile, and
+    // openssl verifies each bank's signature with the .pcrpkey key.
+    let pcrsig: serde_json::Value = serde_json::from_slice(section(".pcrsig")).unwrap();
+    let pcr = pcr11_sha256(&secs);
+    let mut policy = vec![0u8; 32];
+    policy.extend_from_slice(&[0, 0, 1, 0x7F, 0, 0, 0, 1, 0, 0x0B, 3, 0, 8, 0]);
+    policy.extend_from_slice(&sha2::Sha256::digest(&pcr));
+    let pol = hex::encode(sha2::Sha256::digest(&policy));
+    let e = &pcrsig["sha256"][0];
+    assert_eq!(e["pcrs"], serde_json::json!([11]));
+    assert_eq!(e["pol"], pol, "pcrsig signs the PCR 11 value of this UKI");
+    let pkey = dir.join("pcrpkey.pem");
+    std::fs::write(&pkey, section(".pcrpkey")).unwrap();
+    for (bank, dgst) in [
+        ("sha256", "-sha256"),
+        ("sha384", "-sha384"),
+        ("sha512", "-sha512"),
+    ] {
+        let e = &pcrsig[bank][0];
+        let pol_bin = dir.join(format!("pol-{bank}"));
+        let sig_bin = dir.join(format!("sig-{bank}"));
+        std::fs::write(&pol_bin, hex::decode(e["pol"].as_str().unwrap()).unwrap()).unwrap();
+        use base64::Engine as _;
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(e["sig"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(&sig_bin, sig).unwrap();
+        let out = run(
+            "openssl",
+            &[
+                "dgst",
+                dgst,
+                "-verify",
+                pkey.to_str().unwrap(),
+                "-signature",
+                sig_bin.to_str().unwrap(),
+                pol_bin.to_str().unwrap(),
+            ],
+        );
+        assert!(out.contains("Verified OK"), "{bank}: {out}");
+        // pkfp: SHA-256 of the PCR key's PKCS#1 DER.
+        assert_eq!(
+            e["pkfp"],
+            hex::encode(sha2::Sha256::digest(key_set.pcr_public_pkcs1()))
+        );
+    }
+
+    // PXE chains the signed UKI.
+    let pxe = get(&s, &format!("/pxe/{id}/{V}/metal-amd64-secureboot"), &[]).await;
+    assert_eq!(pxe.status, 200, "{}", pxe.text());
+    assert!(
+        pxe.text().contains(&format!("/image/{id}/{V}/{UKI} ")),
+        "{}",
+        pxe.text()
+    );
+
+    // Outputs not built yet say so (501), not a silently unsigned image.
+    let iso = get(
+        &s,
+        &format!("/image/{id}/{V}/metal-amd64-secureboot.iso"),
+        &[],
+    )
+    .await;
+    assert_eq!(iso.status, 501, "{}", iso.text());
+    assert!(
+        iso.text().contains("not built by this factory yet"),
+        "{}",
+        iso.text()
+    );
+
+    // Rotating the keys: the same request is rebuilt and signed by the new key only.
+    s.stop().await;
+    let (_, cert_b) = keys(&tmp.path().join("b"));
+    let s = start_sb(&k, &tmp.path().join("b")).await;
+    let g2 = get(&s, &format!("/image/{id}/{V}/{UKI}"), &[]).await;
+    assert_eq!(g2.status, 200, "{}", g2.text());
+    let uki_b = tmp.path().join("b.efi");
+    std::fs::write(&uki_b, &g2.body).unwrap();
+    assert_verifies(&uki_b, &cert_b);
+    let out = Command::new("sbverify")
+        .args(["--cert", cert.to_str().unwrap(), uki_b.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the UKI after rotation must not verify with the old cert"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secure_boot_off_answers_as_upstream() {
+    let Some(k) = kit::imported(0) else { return };
+    let s = crate::common::assets::start(&k).await;
+    let id = create_schematic(&s, kit::SCHEMATIC).await;
+    let c = get(&s, "/secureboot/signing-cert.pem", &[]).await;
+    assert_eq!(c.status, 500, "{}", c.text());
+    let g = get(&s, &format!("/image/{id}/{V}/{UKI}"), &[]).await;
+    assert_eq!(g.status, 400, "{}", g.text());
+    assert!(g.text().contains("secure boot is disabled"), "{}", g.text());
+    s.stop().await;
+}
+
+#[test]
+fn bad_keys_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    keys(&dir.path().join("a"));
+    keys(&dir.path().join("b"));
+    let cfg = dir.path().join("config.yaml");
+    let key_a = dir.path().join("a/uki-signing-key.pem");
+    let cert_b = dir.path().join("b/uki-signing-cert.pem");
+    let pcr = dir.path().join("a/pcr-signing-key.pem");
+    std::fs::write(
+        &cfg,
+        format!(
+            "secureBoot:\n  enabled: true\n  file:\n    signingKeyPath: {}\n    signingCertPath: {}\n    pcrKeyPath: {}\n",
+            key_a.display(),
+            cert_b.display(),
+            pcr.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(crate::common::bin())
+        .args([
+            "gc",
+            "--dry-run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("does not match the certificate"), "{err}");
+    assert!(err.contains(&key_a.display().to_string()), "{err}");
+    // Enabled without the files: the config names the missing key.
+    std::fs::write(&cfg, "secureBoot:\n  enabled: true\n").unwrap();
+    let out = Command::new(crate::common::bin())
+        .args([
+            "gc",
+            "--dry-run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("secureBoot.file.signingKeyPath"), "{err}");
+}
