@@ -1,6 +1,7 @@
 //! `image-factory keys secureboot generate --out DIR`: a new site's Secure Boot keys under
 //! upstream's file names (`uki-signing-key.pem`, `uki-signing-cert.pem`,
-//! `pcr-signing-key.pem`), ready for `secureBoot.file.*`.
+//! `pcr-signing-key.pem`), ready for `secureBoot.file.*`, and the enrolment files `PK.auth`,
+//! `KEK.auth`, `db.auth` (the certificate as PK, KEK and db, self-signed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::error::{CliError, finish};
+use crate::trust::secureboot::enroll::enrolment_files;
 use crate::trust::secureboot::keys::{GENERATED_KEY_SIZE, GENERATED_VALIDITY_SECS};
 use crate::trust::secureboot::{SecureBootKeys, generate};
 
@@ -22,7 +24,8 @@ pub enum KeysCommand {
 /// `keys secureboot` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SecurebootCommand {
-    /// Generate RSA 4096 UKI and PCR signing keys and a self-signed certificate (10 years).
+    /// Generate RSA 4096 UKI and PCR signing keys, a self-signed certificate (10 years) and
+    /// its PK/KEK/db enrolment files.
     Generate(GenerateArgs),
 }
 
@@ -56,7 +59,20 @@ fn generate_keys(args: &GenerateArgs) -> Result<(), CliError> {
     let now = crate::clock::now_secs();
     let files = generate(&args.out, &args.common_name, GENERATED_KEY_SIZE, now)?;
     // Read back through the same checks the appliance makes at start.
-    SecureBootKeys::load(&files.paths, now)?;
+    let keys = SecureBootKeys::load(&files.paths, now)?;
+    for f in enrolment_files(&keys, now)? {
+        let path = args.out.join(f.name);
+        if path.exists() {
+            return Err(CliError::Usage(format!(
+                "{} already exists: refusing to overwrite enrolment files",
+                path.display()
+            )));
+        }
+        std::fs::write(&path, &f.bytes).map_err(|source| CliError::Io {
+            context: format!("cannot write {}", path.display()),
+            source,
+        })?;
+    }
     let p = &files.paths;
     println!("secureBoot:");
     println!("  enabled: true");

@@ -193,3 +193,115 @@ fn generated_certificate_reads_in_openssl() {
     assert!(!from_key.is_empty());
     assert_eq!(from_key, from_cert);
 }
+
+/// `keys secureboot generate`: the three PEM files and PK/KEK/db `.auth` files whose
+/// signatures openssl verifies over the UEFI authenticated-variable payload.
+#[test]
+fn cli_generates_keys_and_enrolment_files() {
+    if !tools::have("openssl", "openssl") {
+        return;
+    }
+    use image_factory::trust::secureboot::enroll;
+    use image_factory::trust::secureboot::pkcs7::content_info;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sb");
+    let run_cli = || {
+        Command::new(crate::common::bin())
+            .args([
+                "keys",
+                "secureboot",
+                "generate",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run_cli();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("signingCertPath: "), "{stdout}");
+    let cert = out.join("uki-signing-cert.pem");
+    let (ok, text) = run(
+        "openssl",
+        &["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"],
+    );
+    assert!(ok && text.contains("Public-Key: (4096 bit)"), "{text}");
+    let cert_der = Command::new("openssl")
+        .args(["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(!cert_der.is_empty());
+    for (file, variable, vendor) in [
+        ("PK.auth", "PK", enroll::EFI_GLOBAL_VARIABLE),
+        ("KEK.auth", "KEK", enroll::EFI_GLOBAL_VARIABLE),
+        ("db.auth", "db", enroll::EFI_IMAGE_SECURITY_DATABASE),
+    ] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        let time: [u8; 16] = bytes[..16].try_into().unwrap();
+        let len = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+        assert_eq!(
+            &bytes[20..24],
+            &[0x00, 0x02, 0xF1, 0x0E],
+            "{file}: revision, type"
+        );
+        let signed = &bytes[40..16 + len];
+        let list = &bytes[16 + len..];
+        // The list holds the certificate's DER after the 28-byte header and owner GUID.
+        assert_eq!(&list[44..], cert_der.as_slice(), "{file}");
+        let payload = enroll::signed_payload(variable, vendor, &time, list);
+        let p7 = dir.path().join(format!("{file}.p7"));
+        let data = dir.path().join(format!("{file}.data"));
+        std::fs::write(&p7, content_info(signed)).unwrap();
+        std::fs::write(&data, &payload).unwrap();
+        let (ok, text) = run(
+            "openssl",
+            &[
+                "cms",
+                "-verify",
+                "-binary",
+                "-inform",
+                "DER",
+                "-in",
+                p7.to_str().unwrap(),
+                "-content",
+                data.to_str().unwrap(),
+                "-CAfile",
+                cert.to_str().unwrap(),
+                "-purpose",
+                "any",
+                "-out",
+                "/dev/null",
+            ],
+        );
+        assert!(ok, "{file}: {text}");
+        // A changed payload (another variable name) does not verify.
+        std::fs::write(&data, enroll::signed_payload("dbx", vendor, &time, list)).unwrap();
+        let (ok, _) = run(
+            "openssl",
+            &[
+                "cms",
+                "-verify",
+                "-binary",
+                "-inform",
+                "DER",
+                "-in",
+                p7.to_str().unwrap(),
+                "-content",
+                data.to_str().unwrap(),
+                "-CAfile",
+                cert.to_str().unwrap(),
+                "-purpose",
+                "any",
+                "-out",
+                "/dev/null",
+            ],
+        );
+        assert!(!ok, "{file}: a payload for another variable verifies");
+    }
+    // A second run refuses to overwrite the keys.
+    let o = run_cli();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+}

@@ -5,6 +5,8 @@
 //! * [`authenticode`]: the Authenticode image hash of a PE file and signing it in place
 //!   (a PKCS#7 `SignedData` in a `WIN_CERTIFICATE`, as `sbsign` writes it);
 //! * [`pcr`]: the expected TPM PCR 11 values of a UKI and the signed `.pcrsig` policy;
+//! * [`enroll`]: `PK.auth`, `KEK.auth`, `db.auth` for setup-mode enrolment;
+//! * [`pkcs7`]: the `SignedData` structures of both;
 //! * [`der`]: the few DER shapes the others write and read.
 //!
 //! All RSA operations are aws-lc-rs (already the TLS provider); ASN.1 is written by hand
@@ -14,10 +16,11 @@
 
 pub mod authenticode;
 pub mod der;
+pub mod enroll;
 pub mod keys;
 pub mod pcr;
 mod pem;
-mod pkcs7;
+pub mod pkcs7;
 
 pub use keys::{GeneratedFiles, SecureBootKeys, SecureBootPaths, generate};
 

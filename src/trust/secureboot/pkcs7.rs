@@ -82,3 +82,34 @@ pub fn authenticode_signed_data(
         &cons(context(0, true), &[&signed_data]),
     ]))
 }
+
+/// A DER `SignedData` (not wrapped in `ContentInfo`, as UEFI's `WIN_CERTIFICATE_UEFI_GUID`
+/// wants it) with a detached RSA SHA-256 signature over `data` and no signed attributes, the
+/// signing certificate embedded: what `sign-efi-sig-list` writes for authenticated variables.
+pub fn detached_signed_data(
+    data: &[u8],
+    keys: &SecureBootKeys,
+) -> Result<Vec<u8>, SecureBootError> {
+    const DATA: &[u64] = &[1, 2, 840, 113_549, 1, 7, 1];
+    let sig = keys.sign_with_signing_key(&signature::RSA_PKCS1_SHA256, data)?;
+    let (issuer, serial) = keys.issuer_and_serial();
+    let signer_info = seq(&[
+        &uint(&[1]),
+        &seq(&[issuer, serial]),
+        &algorithm(SHA256),
+        &algorithm(RSA_ENCRYPTION),
+        &octets(&sig),
+    ]);
+    Ok(seq(&[
+        &uint(&[1]),
+        &set_of(&[&algorithm(SHA256)]),
+        &seq(&[&oid(DATA)]),
+        &cons(context(0, true), &[keys.certificate_der()]),
+        &set_of(&[&signer_info]),
+    ]))
+}
+
+/// `signed_data` wrapped in a `ContentInfo` (what `openssl cms -verify` reads).
+pub fn content_info(signed_data: &[u8]) -> Vec<u8> {
+    seq(&[&oid(SIGNED_DATA), &cons(context(0, true), &[signed_data])])
+}
