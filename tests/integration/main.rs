@@ -51,6 +51,7 @@ mod release_damage;
 mod replication;
 mod schematic_bounds;
 mod schematic_golden;
+mod secureboot_boot;
 mod secureboot_http;
 mod secureboot_sign;
 mod squashfs_writer;

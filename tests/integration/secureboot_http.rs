@@ -20,7 +20,7 @@ use crate::secureboot_sign::{assert_refused, assert_verifies, keys, verifiers};
 const MEASURE: &str = "/usr/lib/systemd/systemd-measure";
 const UKI: &str = "metal-amd64-secureboot-uki.efi";
 
-async fn start_sb(k: &Kit, keys_dir: &Path) -> TestServer {
+pub async fn start_sb(k: &Kit, keys_dir: &Path) -> TestServer {
     let data = k.data.display().to_string();
     let dir = keys_dir.to_path_buf();
     TestServer::start_with(move |c| {

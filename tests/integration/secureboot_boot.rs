@@ -1,0 +1,146 @@
+//! Secure Boot in QEMU: OVMF's Secure Boot build (`OVMF_CODE_4M.secboot.fd`) starts with an
+//! empty variable store (setup mode); Debian's systemd-boot, signed by us, enrols the site's
+//! `PK.auth`/`KEK.auth`/`db.auth` (`secure-boot-enroll force`) and resets. The next boot runs
+//! with Secure Boot enforcing: firmware checks our systemd-boot and our signed UKI against the
+//! enrolled `db`, the kit's kernel reports Secure Boot on and its init prints the marker. A UKI
+//! signed by another key is refused by the firmware.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use image_factory::synth::Marker;
+use image_factory::trust::secureboot::authenticode;
+use image_factory::trust::secureboot::enroll::enrolment_files;
+use testsupport::qemu::Boot;
+use testsupport::tools;
+
+use crate::common::assets::{V, create_schematic, get};
+use crate::common::kit;
+use crate::secureboot_http::start_sb;
+use crate::secureboot_sign::{SYSTEMD_BOOT, keys};
+
+const CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+const VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const SCHEMATIC: &str = "customization:\n  extraKernelArgs:\n    - console=ttyS0\n";
+
+/// A QEMU run of OVMF's Secure Boot build (SMM) with `vars`, booting the FAT directory `esp`.
+fn secboot(esp: &Path, vars: &Path) -> Boot {
+    Boot {
+        kernel: None,
+        initrd: None,
+        append: None,
+        args: vec![
+            "-machine".into(),
+            "q35,smm=on".into(),
+            "-global".into(),
+            "driver=cfi.pflash01,property=secure,value=on".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={CODE}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            "-drive".into(),
+            format!("if=virtio,format=raw,readonly=on,file=fat:{}", esp.display()),
+        ],
+        memory_mb: 1024,
+        timeout: Duration::from_secs(300),
+        wrapper: Vec::new(),
+    }
+}
+
+/// An ESP: our signed systemd-boot, the enrolment files, `uki` as the only boot entry.
+fn esp(dir: &Path, signed_boot: &Path, auth: &[(String, Vec<u8>)], uki: &Path) -> PathBuf {
+    let esp = dir.join("esp");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    std::fs::create_dir_all(esp.join("EFI/Linux")).unwrap();
+    std::fs::create_dir_all(esp.join("loader/keys/auto")).unwrap();
+    std::fs::copy(signed_boot, esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap();
+    std::fs::copy(uki, esp.join("EFI/Linux/talos.efi")).unwrap();
+    for (name, bytes) in auth {
+        std::fs::write(esp.join("loader/keys/auto").join(name), bytes).unwrap();
+    }
+    // Debian's systemd-boot 252 knows `force` (not `if-safe`).
+    std::fs::write(
+        esp.join("loader/loader.conf"),
+        "timeout 0\nsecure-boot-enroll force\n",
+    )
+    .unwrap();
+    esp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secure_boot_enrols_then_enforces() {
+    if !tools::qemu()
+        || !tools::require(Path::new(CODE).exists(), "OVMF_CODE_4M.secboot.fd (Debian package ovmf)")
+        || !tools::require(Path::new(SYSTEMD_BOOT).exists(), "systemd-boot-efi")
+    {
+        return;
+    }
+    let Some(k) = kit::imported(0) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (keys_a, _) = keys(&tmp.path().join("a"));
+    let (keys_b, _) = keys(&tmp.path().join("b"));
+
+    // The signed UKI from the appliance, and one from an appliance with other keys.
+    let mut ukis = Vec::new();
+    for name in ["a", "b"] {
+        let s = start_sb(&k, &tmp.path().join(name)).await;
+        let id = create_schematic(&s, SCHEMATIC).await;
+        let g = get(&s, &format!("/image/{id}/{V}/metal-amd64-secureboot-uki.efi"), &[]).await;
+        assert_eq!(g.status, 200, "{}", g.text());
+        let path = tmp.path().join(format!("uki-{name}.efi"));
+        std::fs::write(&path, &g.body).unwrap();
+        ukis.push(path);
+        s.stop().await;
+    }
+    let signed_boot = tmp.path().join("systemd-bootx64.efi");
+    std::fs::copy(SYSTEMD_BOOT, &signed_boot).unwrap();
+    authenticode::sign_file(&signed_boot, &keys_a).unwrap();
+    let auth: Vec<(String, Vec<u8>)> = enrolment_files(&keys_a, image_factory::clock::now_secs())
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.name.to_string(), f.bytes))
+        .collect();
+    let _ = &keys_b;
+
+    // 1. Setup mode: systemd-boot enrols the keys and resets (QEMU exits: -no-reboot).
+    let vars = tmp.path().join("vars.fd");
+    std::fs::copy(VARS, &vars).unwrap();
+    let good = esp(&tmp.path().join("good"), &signed_boot, &auth, &ukis[0]);
+    let run = tokio::task::spawn_blocking({
+        let (good, vars) = (good.clone(), vars.clone());
+        move || secboot(&good, &vars).run().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!run.timed_out, "enrolment did not reset; console:\n{}", run.console);
+
+    // 2. Secure Boot enforcing: our systemd-boot and UKI pass the firmware's db check.
+    let run = tokio::task::spawn_blocking({
+        let (good, vars) = (good.clone(), vars.clone());
+        move || secboot(&good, &vars).run().unwrap()
+    })
+    .await
+    .unwrap();
+    let marker = Marker::find(&run.console)
+        .unwrap_or_else(|| panic!("no marker (timed out: {}); console:\n{}", run.timed_out, run.console))
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", run.console));
+    assert_eq!(marker.talos_version, V);
+    assert!(
+        run.console.contains("Secure boot enabled"),
+        "the kernel does not report Secure Boot on; console:\n{}",
+        run.console
+    );
+
+    // 3. A UKI signed by another key is refused by the firmware: no kernel starts.
+    let bad = esp(&tmp.path().join("bad"), &signed_boot, &auth, &ukis[1]);
+    let mut boot = secboot(&bad, &vars);
+    boot.timeout = Duration::from_secs(120);
+    let run = tokio::task::spawn_blocking(move || boot.run().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        Marker::find(&run.console).is_none() && !run.console.contains("Linux version"),
+        "a UKI signed by another key booted; console:\n{}",
+        run.console
+    );
+}
