@@ -39,7 +39,10 @@ fn secboot(esp: &Path, vars: &Path) -> Boot {
             "-drive".into(),
             format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             "-drive".into(),
-            format!("if=virtio,format=raw,readonly=on,file=fat:{}", esp.display()),
+            format!(
+                "if=virtio,format=raw,readonly=on,file=fat:{}",
+                esp.display()
+            ),
         ],
         memory_mb: 1024,
         timeout: Duration::from_secs(300),
@@ -70,7 +73,10 @@ fn esp(dir: &Path, signed_boot: &Path, auth: &[(String, Vec<u8>)], uki: &Path) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secure_boot_enrols_then_enforces() {
     if !tools::qemu()
-        || !tools::require(Path::new(CODE).exists(), "OVMF_CODE_4M.secboot.fd (Debian package ovmf)")
+        || !tools::require(
+            Path::new(CODE).exists(),
+            "OVMF_CODE_4M.secboot.fd (Debian package ovmf)",
+        )
         || !tools::require(Path::new(SYSTEMD_BOOT).exists(), "systemd-boot-efi")
     {
         return;
@@ -78,14 +84,19 @@ async fn secure_boot_enrols_then_enforces() {
     let Some(k) = kit::imported(0) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (keys_a, _) = keys(&tmp.path().join("a"));
-    let (keys_b, _) = keys(&tmp.path().join("b"));
+    keys(&tmp.path().join("b"));
 
     // The signed UKI from the appliance, and one from an appliance with other keys.
     let mut ukis = Vec::new();
     for name in ["a", "b"] {
         let s = start_sb(&k, &tmp.path().join(name)).await;
         let id = create_schematic(&s, SCHEMATIC).await;
-        let g = get(&s, &format!("/image/{id}/{V}/metal-amd64-secureboot-uki.efi"), &[]).await;
+        let g = get(
+            &s,
+            &format!("/image/{id}/{V}/metal-amd64-secureboot-uki.efi"),
+            &[],
+        )
+        .await;
         assert_eq!(g.status, 200, "{}", g.text());
         let path = tmp.path().join(format!("uki-{name}.efi"));
         std::fs::write(&path, &g.body).unwrap();
@@ -100,7 +111,6 @@ async fn secure_boot_enrols_then_enforces() {
         .into_iter()
         .map(|f| (f.name.to_string(), f.bytes))
         .collect();
-    let _ = &keys_b;
 
     // 1. Setup mode: systemd-boot enrols the keys and resets (QEMU exits: -no-reboot).
     let vars = tmp.path().join("vars.fd");
@@ -112,7 +122,16 @@ async fn secure_boot_enrols_then_enforces() {
     })
     .await
     .unwrap();
-    assert!(!run.timed_out, "enrolment did not reset; console:\n{}", run.console);
+    assert!(
+        !run.timed_out,
+        "enrolment did not reset; console:\n{}",
+        run.console
+    );
+    assert!(
+        run.console.contains("Enrolling secure boot keys"),
+        "systemd-boot did not enrol; console:\n{}",
+        run.console
+    );
 
     // 2. Secure Boot enforcing: our systemd-boot and UKI pass the firmware's db check.
     let run = tokio::task::spawn_blocking({
@@ -122,7 +141,12 @@ async fn secure_boot_enrols_then_enforces() {
     .await
     .unwrap();
     let marker = Marker::find(&run.console)
-        .unwrap_or_else(|| panic!("no marker (timed out: {}); console:\n{}", run.timed_out, run.console))
+        .unwrap_or_else(|| {
+            panic!(
+                "no marker (timed out: {}); console:\n{}",
+                run.timed_out, run.console
+            )
+        })
         .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", run.console));
     assert_eq!(marker.talos_version, V);
     assert!(
@@ -134,13 +158,18 @@ async fn secure_boot_enrols_then_enforces() {
     // 3. A UKI signed by another key is refused by the firmware: no kernel starts.
     let bad = esp(&tmp.path().join("bad"), &signed_boot, &auth, &ukis[1]);
     let mut boot = secboot(&bad, &vars);
-    boot.timeout = Duration::from_secs(120);
+    boot.timeout = Duration::from_secs(90);
     let run = tokio::task::spawn_blocking(move || boot.run().unwrap())
         .await
         .unwrap();
     assert!(
         Marker::find(&run.console).is_none() && !run.console.contains("Linux version"),
         "a UKI signed by another key booted; console:\n{}",
+        run.console
+    );
+    assert!(
+        run.console.contains("talos.efi: Access Denied"),
+        "systemd-boot does not report the firmware's refusal; console:\n{}",
         run.console
     );
 }
