@@ -537,9 +537,8 @@ impl Builder {
 /// §5.8, §8.1 step 5), none of which is done here. (Kernel and cmdline outputs never carry
 /// the overlay, api spec §2.8, so they still build.)
 ///
-/// Secure Boot ISOs, disk images and installers are refused too: they need signed
-/// systemd-boot, enrolment databases and (installers) a signed artifacts layer, not built yet;
-/// the Secure Boot UKI and cmdline are.
+/// Secure Boot disk images and installers are refused too (a signed ESP / artifacts layer is
+/// not built yet); the Secure Boot UKI, cmdline and ISO are.
 fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
     if let Some(overlay) = &profile.overlay {
         return Err(ImagerError::OverlayNotBuilt {
@@ -547,12 +546,7 @@ fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
         });
     }
     let kind = profile.output.kind;
-    if profile.secureboot
-        && matches!(
-            kind,
-            OutputKind::Iso | OutputKind::Image | OutputKind::Installer
-        )
-    {
+    if profile.secureboot && matches!(kind, OutputKind::Image | OutputKind::Installer) {
         return Err(ImagerError::SecureBootNotBuilt {
             output: kind.as_str().to_string(),
         });

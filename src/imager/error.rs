@@ -85,13 +85,13 @@ pub enum ImagerError {
     /// A SecureBoot asset was requested but this appliance has no SecureBoot signing keys.
     #[error("secure boot is disabled")]
     SecureBootDisabled,
-    /// A Secure Boot output this appliance does not build yet (ISO, disk image, installer):
+    /// A Secure Boot output this appliance does not build yet (disk image, installer):
     /// refused rather than served unsigned or without enrolment material.
     #[error(
-        "secure boot {output} images are not built by this factory yet (the signed UKI, <platform>-<arch>-secureboot-uki.efi, is)"
+        "secure boot {output} images are not built by this factory yet (the signed UKI and ISO are)"
     )]
     SecureBootNotBuilt {
-        /// The output kind (`iso`, `image`, `installer`).
+        /// The output kind (`image`, `installer`).
         output: String,
     },
     /// `secureboot.enrollKeys` is not one of `off`, `manual`, `if-safe`, `force`.

@@ -1,9 +1,10 @@
 //! Secure Boot in QEMU: OVMF's Secure Boot build (`OVMF_CODE_4M.secboot.fd`) starts with an
-//! empty variable store (setup mode); Debian's systemd-boot, signed by us, enrols the site's
-//! `PK.auth`/`KEK.auth`/`db.auth` (`secure-boot-enroll force`) and resets. The next boot runs
-//! with Secure Boot enforcing: firmware checks our systemd-boot and our signed UKI against the
-//! enrolled `db`, the kit's kernel reports Secure Boot on and its init prints the marker. A UKI
-//! signed by another key is refused by the firmware.
+//! empty variable store (setup mode) and boots our `metal-amd64-secureboot.iso`, whose signed
+//! systemd-boot enrols the site's `PK.auth`/`KEK.auth`/`db.auth` (`secure-boot-enroll force`,
+//! from the schematic) and resets. The next boot of the ISO runs with Secure Boot enforcing:
+//! firmware checks the ISO's systemd-boot and UKI against the enrolled `db`, the kit's kernel
+//! reports Secure Boot on and its init prints the marker. A UKI signed by another key is
+//! refused by the firmware.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,15 +22,30 @@ use crate::secureboot_sign::{SYSTEMD_BOOT, keys};
 
 const CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 const VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-const SCHEMATIC: &str = "customization:\n  extraKernelArgs:\n    - console=ttyS0\n";
+const SCHEMATIC: &str = "customization:\n  extraKernelArgs:\n    - console=ttyS0\n  secureboot:\n    enrollKeys: force\n";
 
 /// A QEMU run of OVMF's Secure Boot build (SMM) with `vars`, booting the FAT directory `esp`.
 fn secboot(esp: &Path, vars: &Path) -> Boot {
+    let mut boot = secboot_iso(esp, vars);
+    let n = boot.args.len();
+    boot.args[n - 2] = "-drive".into();
+    boot.args[n - 1] = format!(
+        "if=virtio,format=raw,readonly=on,file=fat:{}",
+        esp.display()
+    );
+    boot
+}
+
+/// A QEMU run of OVMF's Secure Boot build (SMM) with `vars`, booting the ISO `iso` (CD-ROM).
+fn secboot_iso(iso: &Path, vars: &Path) -> Boot {
     Boot {
         kernel: None,
         initrd: None,
         append: None,
         args: vec![
+            // No NIC: nothing to network-boot before the disk on a later run.
+            "-nic".into(),
+            "none".into(),
             "-machine".into(),
             "q35,smm=on".into(),
             "-global".into(),
@@ -38,11 +54,8 @@ fn secboot(esp: &Path, vars: &Path) -> Boot {
             format!("if=pflash,format=raw,unit=0,readonly=on,file={CODE}"),
             "-drive".into(),
             format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-            "-drive".into(),
-            format!(
-                "if=virtio,format=raw,readonly=on,file=fat:{}",
-                esp.display()
-            ),
+            "-cdrom".into(),
+            iso.display().to_string(),
         ],
         memory_mb: 1024,
         timeout: Duration::from_secs(300),
@@ -86,39 +99,30 @@ async fn secure_boot_enrols_then_enforces() {
     let (keys_a, _) = keys(&tmp.path().join("a"));
     keys(&tmp.path().join("b"));
 
-    // The signed UKI from the appliance, and one from an appliance with other keys.
-    let mut ukis = Vec::new();
-    for name in ["a", "b"] {
+    // The Secure Boot ISO from the appliance, and a UKI from an appliance with other keys.
+    let mut got = Vec::new();
+    for (name, path) in [
+        ("a", "metal-amd64-secureboot.iso"),
+        ("b", "metal-amd64-secureboot-uki.efi"),
+    ] {
         let s = start_sb(&k, &tmp.path().join(name)).await;
         let id = create_schematic(&s, SCHEMATIC).await;
-        let g = get(
-            &s,
-            &format!("/image/{id}/{V}/metal-amd64-secureboot-uki.efi"),
-            &[],
-        )
-        .await;
+        let g = get(&s, &format!("/image/{id}/{V}/{path}"), &[]).await;
         assert_eq!(g.status, 200, "{}", g.text());
-        let path = tmp.path().join(format!("uki-{name}.efi"));
-        std::fs::write(&path, &g.body).unwrap();
-        ukis.push(path);
+        let file = tmp.path().join(path);
+        std::fs::write(&file, &g.body).unwrap();
+        got.push(file);
         s.stop().await;
     }
-    let signed_boot = tmp.path().join("systemd-bootx64.efi");
-    std::fs::copy(SYSTEMD_BOOT, &signed_boot).unwrap();
-    authenticode::sign_file(&signed_boot, &keys_a).unwrap();
-    let auth: Vec<(String, Vec<u8>)> = enrolment_files(&keys_a, image_factory::clock::now_secs())
-        .unwrap()
-        .into_iter()
-        .map(|f| (f.name.to_string(), f.bytes))
-        .collect();
+    let (iso, foreign_uki) = (got[0].clone(), got[1].clone());
 
-    // 1. Setup mode: systemd-boot enrols the keys and resets (QEMU exits: -no-reboot).
+    // 1. Setup mode: the ISO's systemd-boot enrols the keys and resets (QEMU exits:
+    // -no-reboot).
     let vars = tmp.path().join("vars.fd");
     std::fs::copy(VARS, &vars).unwrap();
-    let good = esp(&tmp.path().join("good"), &signed_boot, &auth, &ukis[0]);
     let run = tokio::task::spawn_blocking({
-        let (good, vars) = (good.clone(), vars.clone());
-        move || secboot(&good, &vars).run().unwrap()
+        let (iso, vars) = (iso.clone(), vars.clone());
+        move || secboot_iso(&iso, &vars).run().unwrap()
     })
     .await
     .unwrap();
@@ -133,10 +137,10 @@ async fn secure_boot_enrols_then_enforces() {
         run.console
     );
 
-    // 2. Secure Boot enforcing: our systemd-boot and UKI pass the firmware's db check.
+    // 2. Secure Boot enforcing: the ISO's systemd-boot and UKI pass the firmware's db check.
     let run = tokio::task::spawn_blocking({
-        let (good, vars) = (good.clone(), vars.clone());
-        move || secboot(&good, &vars).run().unwrap()
+        let (iso, vars) = (iso.clone(), vars.clone());
+        move || secboot_iso(&iso, &vars).run().unwrap()
     })
     .await
     .unwrap();
@@ -155,8 +159,18 @@ async fn secure_boot_enrols_then_enforces() {
         run.console
     );
 
-    // 3. A UKI signed by another key is refused by the firmware: no kernel starts.
-    let bad = esp(&tmp.path().join("bad"), &signed_boot, &auth, &ukis[1]);
+    // 3. On the same (enrolled) machine, our signed systemd-boot from a plain ESP.
+    let signed_boot = tmp.path().join("systemd-bootx64.efi");
+    std::fs::copy(SYSTEMD_BOOT, &signed_boot).unwrap();
+    authenticode::sign_file(&signed_boot, &keys_a).unwrap();
+    let auth: Vec<(String, Vec<u8>)> = enrolment_files(&keys_a, image_factory::clock::now_secs())
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.name.to_string(), f.bytes))
+        .collect();
+    let ukis = [foreign_uki];
+    // A UKI signed by another key is refused by the firmware: no kernel starts.
+    let bad = esp(&tmp.path().join("bad"), &signed_boot, &auth, &ukis[0]);
     let mut boot = secboot(&bad, &vars);
     boot.timeout = Duration::from_secs(90);
     let run = tokio::task::spawn_blocking(move || boot.run().unwrap())

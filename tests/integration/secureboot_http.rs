@@ -221,17 +221,68 @@ async fn signed_uki_cert_and_pxe_over_http() {
     );
 
     // Outputs not built yet say so (501), not a silently unsigned image.
+    let disk = get(
+        &s,
+        &format!("/image/{id}/{V}/metal-amd64-secureboot.raw.zst"),
+        &[],
+    )
+    .await;
+    assert_eq!(disk.status, 501, "{}", disk.text());
+    assert!(
+        disk.text().contains("not built by this factory yet"),
+        "{}",
+        disk.text()
+    );
+
+    // The Secure Boot ISO: signed systemd-boot and UKI, the enrolment files, the cert.
     let iso = get(
         &s,
         &format!("/image/{id}/{V}/metal-amd64-secureboot.iso"),
         &[],
     )
     .await;
-    assert_eq!(iso.status, 501, "{}", iso.text());
+    assert_eq!(iso.status, 200, "{}", iso.text());
+    let iso_path = tmp.path().join("sb.iso");
+    std::fs::write(&iso_path, &iso.body).unwrap();
+    let x = tmp.path().join("iso");
+    for f in [
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/Linux/Talos-v1.11.0.efi",
+        "loader/loader.conf",
+        "loader/keys/auto/PK.auth",
+        "loader/keys/auto/KEK.auth",
+        "loader/keys/auto/db.auth",
+        "EFI/keys/uki-signing-cert.der",
+    ] {
+        std::fs::create_dir_all(x.join(f).parent().unwrap()).unwrap();
+        run(
+            "xorriso",
+            &[
+                "-osirrox",
+                "on",
+                "-indev",
+                iso_path.to_str().unwrap(),
+                "-extract",
+                &format!("/{f}"),
+                x.join(f).to_str().unwrap(),
+            ],
+        );
+    }
+    assert_verifies(&x.join("EFI/BOOT/BOOTX64.EFI"), &cert);
+    assert_verifies(&x.join("EFI/Linux/Talos-v1.11.0.efi"), &cert);
+    assert_eq!(
+        std::fs::read_to_string(x.join("loader/loader.conf")).unwrap(),
+        "# systemd-boot configuration\n\ntimeout 10\n\nsecure-boot-enroll if-safe\n"
+    );
+    assert_eq!(
+        std::fs::read(x.join("EFI/keys/uki-signing-cert.der")).unwrap(),
+        key_set.certificate_der()
+    );
+    let db = std::fs::read(x.join("loader/keys/auto/db.auth")).unwrap();
     assert!(
-        iso.text().contains("not built by this factory yet"),
-        "{}",
-        iso.text()
+        db.windows(key_set.certificate_der().len())
+            .any(|w| w == key_set.certificate_der()),
+        "db.auth holds the certificate"
     );
 
     // Rotating the keys: the same request is rebuilt and signed by the new key only.

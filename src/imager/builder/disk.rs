@@ -66,6 +66,7 @@ impl Builder {
             },
             grub_modules,
             tools: self.tool_run(req),
+            secure_boot: None,
         };
         let raw = scratch.path().join("disk.raw");
         self.stages.report(Stage::DiskImage);

@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::catalog::ArchRelease;
-use crate::imager::boot::BootInputs;
+use crate::imager::boot::{BootInputs, SecureBootFiles};
 use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::error::ImagerError;
 use crate::imager::iso::{IsoGrub, IsoKind, prepare_grub, write_iso};
-use crate::imager::profile::Profile;
+use crate::imager::profile::{EnrollKeys, Profile};
 use crate::imager::uki::UkiPurpose;
 use crate::store::BlobInfo;
+use crate::trust::secureboot::authenticode;
+use crate::trust::secureboot::enroll::enrolment_files;
 
 use super::{BuildRequest, Builder, Stage, asset};
 
@@ -27,11 +29,6 @@ impl Builder {
         profile: &Profile,
         assets: &ArchRelease,
     ) -> Result<BlobInfo, ImagerError> {
-        if profile.secureboot {
-            return Err(ImagerError::Validation(
-                "SecureBoot ISOs are not built by this appliance yet".into(),
-            ));
-        }
         let started = Instant::now();
         let kind = IsoKind::of(profile)?;
         std::fs::create_dir_all(&self.opts.scratch)?;
@@ -83,6 +80,7 @@ impl Builder {
             systemd_boot,
             grub_modules,
             tools: self.tool_run(req),
+            secure_boot: self.secure_boot_files(profile)?,
         };
         // xorriso writes straight into the store's temporary directory; the finished file is
         // then hashed and renamed into the store: no copy, no second write.
@@ -123,12 +121,65 @@ impl Builder {
         let purpose = kind.has_uki().then_some(UkiPurpose::Iso);
         let (initramfs, uki) = self.scratch_payloads(req, profile, assets, purpose, dir)?;
         let systemd_boot = match uki {
-            Some(_) => Some(
-                self.blobs
-                    .path(&asset(assets, "systemd-boot.efi")?.blake3)?,
-            ),
+            Some(_) => Some(self.systemd_boot(profile, assets, dir)?),
             None => None,
         };
         Ok((initramfs, uki, systemd_boot))
+    }
+
+    /// The release's systemd-boot; for a Secure Boot profile a copy under `dir` signed with
+    /// the UKI signing key.
+    pub(super) fn systemd_boot(
+        &self,
+        profile: &Profile,
+        assets: &ArchRelease,
+        dir: &Path,
+    ) -> Result<PathBuf, ImagerError> {
+        let release = self.input(asset(assets, "systemd-boot.efi")?)?;
+        if !profile.secureboot {
+            return Ok(release);
+        }
+        let keys = self
+            .opts
+            .secure_boot
+            .as_ref()
+            .ok_or(ImagerError::SecureBootDisabled)?;
+        let signed = dir.join("systemd-boot.efi.signed");
+        std::fs::copy(&release, &signed)?;
+        authenticode::sign_file(&signed, keys)
+            .map_err(ImagerError::internal("sign systemd-boot"))?;
+        Ok(signed)
+    }
+
+    /// The enrolment material of a Secure Boot profile's medium (`None` otherwise). The
+    /// authenticated variables are timestamped with the certificate's start of validity: the
+    /// same keys give the same bytes (upstream uses the build time).
+    pub(super) fn secure_boot_files(
+        &self,
+        profile: &Profile,
+    ) -> Result<Option<SecureBootFiles>, ImagerError> {
+        if !profile.secureboot {
+            return Ok(None);
+        }
+        let keys = self
+            .opts
+            .secure_boot
+            .as_ref()
+            .ok_or(ImagerError::SecureBootDisabled)?;
+        let auth = enrolment_files(keys, keys.not_before().max(0) as u64)
+            .map_err(ImagerError::internal("secure boot enrolment files"))?
+            .into_iter()
+            .map(|f| (f.name.to_string(), f.bytes))
+            .collect();
+        let enroll = profile
+            .output
+            .iso_options
+            .as_ref()
+            .map_or(EnrollKeys::default(), |o| o.sd_boot_enroll_keys);
+        Ok(Some(SecureBootFiles {
+            cert_der: keys.certificate_der().to_vec(),
+            auth,
+            enroll: enroll.as_str(),
+        }))
     }
 }

@@ -311,6 +311,11 @@ impl SecureBootKeys {
         &self.fingerprint
     }
 
+    /// Start of the certificate's validity, seconds since the epoch.
+    pub fn not_before(&self) -> i64 {
+        self.cert.not_before
+    }
+
     /// End of the certificate's validity, seconds since the epoch.
     pub fn not_after(&self) -> i64 {
         self.cert.not_after
