@@ -476,12 +476,15 @@ impl Builder {
             manifest,
             config,
         };
+        // A signed systemd-boot (Secure Boot) is a scratch file until the layer is written.
+        std::fs::create_dir_all(&self.opts.scratch)?;
+        let scratch = tempfile::tempdir_in(&self.opts.scratch)?;
         let artifacts = if profile.quirks().has(Quirk::UseSdBootForUefi) {
             let uki = self.uki(req, profile, assets, UkiPurpose::Installer, intermediates)?;
             intermediates.push(uki.clone());
             InstallerArtifacts::Uki {
                 uki: self.blobs.path(&uki.blake3)?,
-                systemd_boot: self.input(asset(assets, "systemd-boot.efi")?)?,
+                systemd_boot: self.systemd_boot(profile, assets, scratch.path())?,
             }
         } else {
             let initramfs = self.initramfs(req, profile, assets)?;
@@ -537,8 +540,8 @@ impl Builder {
 /// §5.8, §8.1 step 5), none of which is done here. (Kernel and cmdline outputs never carry
 /// the overlay, api spec §2.8, so they still build.)
 ///
-/// Secure Boot disk images and installers are refused too (a signed ESP / artifacts layer is
-/// not built yet); the Secure Boot UKI, cmdline and ISO are.
+/// Secure Boot installers for targets before 1.10 are refused too (their `vmlinuz.efi.signed`
+/// layout is not built); every other Secure Boot output is.
 fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
     if let Some(overlay) = &profile.overlay {
         return Err(ImagerError::OverlayNotBuilt {
@@ -546,9 +549,12 @@ fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
         });
     }
     let kind = profile.output.kind;
-    if profile.secureboot && matches!(kind, OutputKind::Image | OutputKind::Installer) {
+    if profile.secureboot
+        && kind == OutputKind::Installer
+        && !profile.quirks().has(Quirk::UseSdBootForUefi)
+    {
         return Err(ImagerError::SecureBootNotBuilt {
-            output: kind.as_str().to_string(),
+            output: format!("installer (Talos {})", profile.version.tag()),
         });
     }
     Ok(())

@@ -85,13 +85,11 @@ pub enum ImagerError {
     /// A SecureBoot asset was requested but this appliance has no SecureBoot signing keys.
     #[error("secure boot is disabled")]
     SecureBootDisabled,
-    /// A Secure Boot output this appliance does not build yet (disk image, installer):
-    /// refused rather than served unsigned or without enrolment material.
-    #[error(
-        "secure boot {output} images are not built by this factory yet (the signed UKI and ISO are)"
-    )]
+    /// A Secure Boot output this appliance does not build yet (installers for Talos < 1.10):
+    /// refused rather than served unsigned.
+    #[error("secure boot {output} images are not built by this factory yet")]
     SecureBootNotBuilt {
-        /// The output kind (`image`, `installer`).
+        /// The output (`installer (Talos v1.9.5)`).
         output: String,
     },
     /// `secureboot.enrollKeys` is not one of `off`, `manual`, `if-safe`, `force`.

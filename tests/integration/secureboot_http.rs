@@ -220,19 +220,10 @@ async fn signed_uki_cert_and_pxe_over_http() {
         pxe.text()
     );
 
-    // Outputs not built yet say so (501), not a silently unsigned image.
-    let disk = get(
-        &s,
-        &format!("/image/{id}/{V}/metal-amd64-secureboot.raw.zst"),
-        &[],
-    )
-    .await;
-    assert_eq!(disk.status, 501, "{}", disk.text());
-    assert!(
-        disk.text().contains("not built by this factory yet"),
-        "{}",
-        disk.text()
-    );
+    // The Secure Boot disk image: signed systemd-boot and UKI on the ESP, enrolment files.
+    check_disk(&s, &id, &tmp.path().join("disk"), &cert, &key_set).await;
+    // The Secure Boot installer: both signed in the artifacts layer.
+    check_installer(&s, &id, &tmp.path().join("installer"), &cert).await;
 
     // The Secure Boot ISO: signed systemd-boot and UKI, the enrolment files, the cert.
     let iso = get(
@@ -369,4 +360,107 @@ fn bad_keys_stop_the_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("secureBoot.file.signingKeyPath"), "{err}");
+}
+
+/// `metal-amd64-secureboot.raw`: the ESP (found with `sfdisk`, read with mtools) holds signed
+/// systemd-boot and UKI, `secure-boot-enroll if-safe` and the enrolment lists.
+async fn check_disk(
+    s: &TestServer,
+    id: &str,
+    dir: &Path,
+    cert: &Path,
+    keys: &image_factory::trust::secureboot::SecureBootKeys,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let g = get(
+        s,
+        &format!("/image/{id}/{V}/metal-amd64-secureboot.raw"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        g.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&g.body[..g.body.len().min(500)])
+    );
+    let disk = dir.join("disk.raw");
+    std::fs::write(&disk, &g.body).unwrap();
+    let table: serde_json::Value =
+        serde_json::from_str(&run("sfdisk", &["--json", disk.to_str().unwrap()])).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let efi = parts
+        .iter()
+        .find(|p| p["name"] == "EFI")
+        .expect("EFI partition");
+    let offset = efi["start"].as_u64().unwrap() * 512;
+    let image = format!("{}@@{offset}", disk.display());
+    for (src, name) in [
+        ("::/EFI/boot/BOOTX64.efi", "boot.efi"),
+        (&format!("::/EFI/Linux/Talos-{V}.efi") as &str, "uki.efi"),
+        ("::/loader/loader.conf", "loader.conf"),
+        ("::/loader/keys/auto/db.auth", "db.auth"),
+        ("::/loader/keys/auto/PK.auth", "PK.auth"),
+    ] {
+        run(
+            "mcopy",
+            &["-n", "-i", &image, src, dir.join(name).to_str().unwrap()],
+        );
+    }
+    assert_verifies(&dir.join("boot.efi"), cert);
+    assert_verifies(&dir.join("uki.efi"), cert);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("loader.conf")).unwrap(),
+        "# systemd-boot configuration\n\ntimeout 10\n\nsecure-boot-enroll if-safe\n"
+    );
+    let db = std::fs::read(dir.join("db.auth")).unwrap();
+    let der = keys.certificate_der();
+    assert!(
+        db.windows(der.len()).any(|w| w == der),
+        "db.auth holds the certificate"
+    );
+}
+
+/// `installer-amd64-secureboot.tar`: the artifacts layer's `vmlinuz.efi` and
+/// `systemd-boot.efi` are both signed.
+async fn check_installer(s: &TestServer, id: &str, dir: &Path, cert: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let g = get(
+        s,
+        &format!("/image/{id}/{V}/installer-amd64-secureboot.tar"),
+        &[],
+    )
+    .await;
+    assert_eq!(g.status, 200, "{}", g.text());
+    let mut archive = tar::Archive::new(&g.body[..]);
+    let mut files = std::collections::BTreeMap::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+        files.insert(path, body);
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let layer = manifest[0]["Layers"].as_array().unwrap().last().unwrap();
+    let gz = flate2::read::GzDecoder::new(&files[layer.as_str().unwrap()][..]);
+    let mut found = 0;
+    for e in tar::Archive::new(gz).entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string();
+        let name = match path.as_str() {
+            "usr/install/amd64/vmlinuz.efi" => "vmlinuz.efi",
+            "usr/install/amd64/systemd-boot.efi" => "systemd-boot.efi",
+            _ => continue,
+        };
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+        std::fs::write(dir.join(name), body).unwrap();
+        assert_verifies(&dir.join(name), cert);
+        found += 1;
+    }
+    assert_eq!(
+        found, 2,
+        "the artifacts layer holds vmlinuz.efi and systemd-boot.efi"
+    );
 }

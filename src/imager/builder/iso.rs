@@ -13,7 +13,7 @@ use crate::imager::boot::{BootInputs, SecureBootFiles};
 use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::error::ImagerError;
 use crate::imager::iso::{IsoGrub, IsoKind, prepare_grub, write_iso};
-use crate::imager::profile::{EnrollKeys, Profile};
+use crate::imager::profile::{OutputKind, Profile};
 use crate::imager::uki::UkiPurpose;
 use crate::store::BlobInfo;
 use crate::trust::secureboot::authenticode;
@@ -151,7 +151,8 @@ impl Builder {
         Ok(signed)
     }
 
-    /// The enrolment material of a Secure Boot profile's medium (`None` otherwise). The
+    /// The enrolment material of a Secure Boot profile's medium (`None` otherwise), with the
+    /// `secure-boot-enroll` mode of the ISO or disk-image options. The
     /// authenticated variables are timestamped with the certificate's start of validity: the
     /// same keys give the same bytes (upstream uses the build time).
     pub(super) fn secure_boot_files(
@@ -171,11 +172,19 @@ impl Builder {
             .into_iter()
             .map(|f| (f.name.to_string(), f.bytes))
             .collect();
-        let enroll = profile
-            .output
-            .iso_options
-            .as_ref()
-            .map_or(EnrollKeys::default(), |o| o.sd_boot_enroll_keys);
+        let enroll = match profile.output.kind {
+            OutputKind::Image => profile
+                .output
+                .image_options
+                .as_ref()
+                .map(|o| o.sd_boot_enroll_keys),
+            _ => profile
+                .output
+                .iso_options
+                .as_ref()
+                .map(|o| o.sd_boot_enroll_keys),
+        }
+        .unwrap_or_default();
         Ok(Some(SecureBootFiles {
             cert_der: keys.certificate_der().to_vec(),
             auth,

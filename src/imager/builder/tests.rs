@@ -201,3 +201,23 @@ fn a_grub_module_path_leaving_the_tree_is_refused() {
         assert!(!top.join("keys").exists(), "{bad}: wrote outside the tree");
     }
 }
+
+#[test]
+fn secure_boot_installers_before_1_10_are_refused() {
+    use crate::imager::profile::Arch as ProfileArch;
+    let profile = |v: &str, secureboot: bool| {
+        Profile::new(
+            ProfileArch::Amd64,
+            "metal",
+            secureboot,
+            Version::parse_strict(v).unwrap(),
+            OutputKind::Installer,
+        )
+    };
+    let e = ensure_buildable(&profile("v1.9.5", true)).unwrap_err();
+    assert!(matches!(e, ImagerError::SecureBootNotBuilt { .. }), "{e}");
+    assert_eq!(e.kind(), ErrorKind::NotSupported);
+    assert!(e.to_string().contains("v1.9.5"), "{e}");
+    ensure_buildable(&profile("v1.9.5", false)).unwrap();
+    ensure_buildable(&profile("v1.11.0", true)).unwrap();
+}
