@@ -224,6 +224,17 @@ async fn signed_uki_cert_and_pxe_over_http() {
     check_disk(&s, &id, &tmp.path().join("disk"), &cert, &key_set).await;
     // The Secure Boot installer: both signed in the artifacts layer.
     check_installer(&s, &id, &tmp.path().join("installer"), &cert).await;
+    // The registry serves the same Secure Boot installer.
+    let m = get(
+        &s,
+        &format!("/v2/installer-secureboot/{id}/manifests/{V}"),
+        &[(
+            "accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+        )],
+    )
+    .await;
+    assert_eq!(m.status, 200, "{}", m.text());
 
     // The Secure Boot ISO: signed systemd-boot and UKI, the enrolment files, the cert.
     let iso = get(
