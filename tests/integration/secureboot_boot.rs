@@ -3,8 +3,8 @@
 //! systemd-boot enrols the site's `PK.auth`/`KEK.auth`/`db.auth` (`secure-boot-enroll force`,
 //! from the schematic) and resets. The next boot of the ISO runs with Secure Boot enforcing:
 //! firmware checks the ISO's systemd-boot and UKI against the enrolled `db`, the kit's kernel
-//! reports Secure Boot on and its init prints the marker. A UKI signed by another key is
-//! refused by the firmware.
+//! reports Secure Boot on and its init prints the marker; so does the `-secureboot` disk image
+//! on the enrolled machine. A UKI signed by another key is refused by the firmware.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,18 +103,19 @@ async fn secure_boot_enrols_then_enforces() {
     let mut got = Vec::new();
     for (name, path) in [
         ("a", "metal-amd64-secureboot.iso"),
+        ("a", "metal-amd64-secureboot.raw"),
         ("b", "metal-amd64-secureboot-uki.efi"),
     ] {
         let s = start_sb(&k, &tmp.path().join(name)).await;
         let id = create_schematic(&s, SCHEMATIC).await;
         let g = get(&s, &format!("/image/{id}/{V}/{path}"), &[]).await;
-        assert_eq!(g.status, 200, "{}", g.text());
+        assert_eq!(g.status, 200, "{path}");
         let file = tmp.path().join(path);
         std::fs::write(&file, &g.body).unwrap();
         got.push(file);
         s.stop().await;
     }
-    let (iso, foreign_uki) = (got[0].clone(), got[1].clone());
+    let (iso, disk, foreign_uki) = (got[0].clone(), got[1].clone(), got[2].clone());
 
     // 1. Setup mode: the ISO's systemd-boot enrols the keys and resets (QEMU exits:
     // -no-reboot).
@@ -159,7 +160,30 @@ async fn secure_boot_enrols_then_enforces() {
         run.console
     );
 
-    // 3. On the same (enrolled) machine, our signed systemd-boot from a plain ESP.
+    // 3. The Secure Boot disk image on the same (enrolled) machine: enforcing boot.
+    let mut boot = secboot_iso(&iso, &vars);
+    let n = boot.args.len();
+    boot.args[n - 2] = "-drive".into();
+    boot.args[n - 1] = format!("if=virtio,format=raw,snapshot=on,file={}", disk.display());
+    let run = tokio::task::spawn_blocking(move || boot.run().unwrap())
+        .await
+        .unwrap();
+    let marker = Marker::find(&run.console)
+        .unwrap_or_else(|| {
+            panic!(
+                "disk: no marker (timed out: {}); console:\n{}",
+                run.timed_out, run.console
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", run.console));
+    assert_eq!(marker.talos_version, V);
+    assert!(
+        run.console.contains("Secure boot enabled"),
+        "disk: the kernel does not report Secure Boot on; console:\n{}",
+        run.console
+    );
+
+    // 4. On the same machine, our signed systemd-boot from a plain ESP.
     let signed_boot = tmp.path().join("systemd-bootx64.efi");
     std::fs::copy(SYSTEMD_BOOT, &signed_boot).unwrap();
     authenticode::sign_file(&signed_boot, &keys_a).unwrap();
