@@ -348,17 +348,24 @@ impl Node {
     }
 }
 
-/// Loads and validates the Secure Boot keys when `secureBoot.enabled` (a bad key stops the
-/// start with the file named); warns when the certificate expires within 30 days.
-fn load_secure_boot(config: &Config) -> Result<Option<Arc<SecureBootKeys>>, NodeError> {
+/// The Secure Boot key files of `config`, `None` when `secureBoot.enabled` is false.
+pub fn secure_boot_paths(config: &Config) -> Option<SecureBootPaths> {
     if !config.secure_boot.enabled {
-        return Ok(None);
+        return None;
     }
     let f = &config.secure_boot.file;
-    let paths = SecureBootPaths {
+    Some(SecureBootPaths {
         signing_key: f.signing_key_path.clone().into(),
         signing_cert: f.signing_cert_path.clone().into(),
         pcr_key: f.pcr_key_path.clone().into(),
+    })
+}
+
+/// Loads and validates the Secure Boot keys when `secureBoot.enabled` (a bad key stops the
+/// start with the file named); warns when the certificate expires within 30 days.
+fn load_secure_boot(config: &Config) -> Result<Option<Arc<SecureBootKeys>>, NodeError> {
+    let Some(paths) = secure_boot_paths(config) else {
+        return Ok(None);
     };
     let now = crate::clock::now_secs();
     let keys = SecureBootKeys::load(&paths, now)?;

@@ -475,3 +475,59 @@ async fn check_installer(s: &TestServer, id: &str, dir: &Path, cert: &Path) {
         "the artifacts layer holds vmlinuz.efi and systemd-boot.efi"
     );
 }
+
+/// `doctor` reports the Secure Boot keys: fingerprint and expiry, or why they are refused.
+#[test]
+fn doctor_reports_secure_boot_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = keys(&dir.path().join("a"));
+    keys(&dir.path().join("b"));
+    let cfg = dir.path().join("config.yaml");
+    let data = dir.path().join("data");
+    let doctor = |cert: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "secureBoot:\n  enabled: true\n  file:\n    signingKeyPath: {a}/uki-signing-key.pem\n    signingCertPath: {cert}\n    pcrKeyPath: {a}/pcr-signing-key.pem\n",
+                a = dir.path().join("a").display(),
+            ),
+        )
+        .unwrap();
+        let out = Command::new(crate::common::bin())
+            .args([
+                "doctor",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ok = doctor(
+        &dir.path()
+            .join("a/uki-signing-cert.pem")
+            .display()
+            .to_string(),
+    );
+    let line = ok
+        .lines()
+        .find(|l| l.contains("secure boot keys"))
+        .unwrap_or_else(|| panic!("{ok}"));
+    assert!(line.starts_with("[ ok ]"), "{line}");
+    assert!(line.contains(good.fingerprint()), "{line}");
+    assert!(line.contains("expires "), "{line}");
+    let bad = doctor(
+        &dir.path()
+            .join("b/uki-signing-cert.pem")
+            .display()
+            .to_string(),
+    );
+    let line = bad
+        .lines()
+        .find(|l| l.contains("secure boot keys"))
+        .unwrap_or_else(|| panic!("{bad}"));
+    assert!(line.starts_with("[FAIL]"), "{line}");
+    assert!(line.contains("does not match the certificate"), "{line}");
+}
