@@ -40,6 +40,7 @@ use super::uki::{
 
 mod disk;
 mod iso;
+mod secureboot;
 mod stage;
 #[cfg(test)]
 mod tests;
