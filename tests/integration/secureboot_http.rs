@@ -74,6 +74,61 @@ fn pcr11_sha256(sections: &[(String, Vec<u8>)]) -> Vec<u8> {
     pcr
 }
 
+/// The expected SHA-256 `pol` of PCR 11 `pcr` (TPM2_PolicyPCR from a zero policy).
+fn policy_sha256(pcr: &[u8]) -> String {
+    let mut policy = vec![0u8; 32];
+    policy.extend_from_slice(&[0, 0, 1, 0x7F, 0, 0, 0, 1, 0, 0x0B, 3, 0, 8, 0]);
+    policy.extend_from_slice(&sha2::Sha256::digest(pcr));
+    hex::encode(sha2::Sha256::digest(&policy))
+}
+
+/// A multi-profile UKI (the ISO's: `main`, then `reset` with its own `.cmdline`): each
+/// profile's `.pcrsig` signs PCR 11 over the base sections, that profile's `.profile`, and its
+/// own `.cmdline` in place of the base one — recomputed here from the file's sections.
+fn check_profile_pcrsigs(uki: &[u8]) {
+    let secs = sections(uki);
+    let first = secs
+        .iter()
+        .position(|(n, _)| n == ".profile")
+        .expect("profiles");
+    let base = &secs[..first];
+    let mut profiles: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+    for s in &secs[first..] {
+        if s.0 == ".profile" {
+            profiles.push(Vec::new());
+        }
+        profiles.last_mut().unwrap().push(s.clone());
+    }
+    assert_eq!(profiles.len(), 2, "main and reset");
+    for p in &profiles {
+        let own_cmdline = p.iter().find(|(n, _)| n == ".cmdline");
+        let mut set: Vec<(String, Vec<u8>)> = base
+            .iter()
+            .filter(|(n, _)| !(own_cmdline.is_some() && n == ".cmdline"))
+            .cloned()
+            .collect();
+        set.extend(p.iter().filter(|(n, _)| n != ".pcrsig").cloned());
+        let sig = &p
+            .iter()
+            .find(|(n, _)| n == ".pcrsig")
+            .expect("a .pcrsig per profile")
+            .1;
+        let json: serde_json::Value = serde_json::from_slice(sig).unwrap();
+        let profile = String::from_utf8_lossy(&p[0].1).into_owned();
+        assert_eq!(
+            json["sha256"][0]["pol"],
+            policy_sha256(&pcr11_sha256(&set)),
+            "profile {profile}"
+        );
+    }
+    // The two profiles sign different values (reset's command line differs).
+    let pol = |i: usize| {
+        let sig = &profiles[i].iter().find(|(n, _)| n == ".pcrsig").unwrap().1;
+        serde_json::from_slice::<serde_json::Value>(sig).unwrap()["sha256"][0]["pol"].clone()
+    };
+    assert_ne!(pol(0), pol(1));
+}
+
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().expect(cmd);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -272,6 +327,7 @@ async fn signed_uki_cert_and_pxe_over_http() {
     }
     assert_verifies(&x.join("EFI/BOOT/BOOTX64.EFI"), &cert);
     assert_verifies(&x.join("EFI/Linux/Talos-v1.11.0.efi"), &cert);
+    check_profile_pcrsigs(&std::fs::read(x.join("EFI/Linux/Talos-v1.11.0.efi")).unwrap());
     assert_eq!(
         std::fs::read_to_string(x.join("loader/loader.conf")).unwrap(),
         "# systemd-boot configuration\n\ntimeout 10\n\nsecure-boot-enroll if-safe\n"
