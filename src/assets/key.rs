@@ -43,7 +43,8 @@ fn grub_tree_digest(grub: &BTreeMap<String, BlobRef>) -> String {
 /// Covered: the builder epoch, the schematic ID, the canonical JSON encoding of the enhanced
 /// profile (which carries the extension and overlay image digests), the builder settings that
 /// shape output bytes, the SHA-256 of every boot asset and the installer base of the arch, and
-/// one digest of the arch's GRUB trees.
+/// one digest of the arch's GRUB trees; for Secure Boot profiles, the SHA-256 of the signing
+/// certificate and the PCR public key.
 pub fn cache_key(
     schematic_id: &str,
     profile: &Profile,
@@ -100,6 +101,13 @@ pub fn cache_key(
         ..opts.compression
     };
     field("compression", &serde_json::to_vec(&levels)?);
+    // A Secure Boot asset is signed: rotating the keys must never serve the old signature.
+    if profile.secureboot
+        && let Some(keys) = &opts.secure_boot
+    {
+        field("secureBootCertificate", keys.fingerprint().as_bytes());
+        field("secureBootPcrKey", keys.pcr_public_pkcs1());
+    }
     for (name, digest) in &inputs {
         field(name, digest.as_bytes());
     }
@@ -161,6 +169,7 @@ mod tests {
             initramfs_zstd_level: 18,
             compression: Default::default(),
             tools: Default::default(),
+            secure_boot: None,
         }
     }
 

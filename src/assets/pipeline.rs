@@ -70,6 +70,8 @@ pub struct DataStores {
     pub key: Arc<SigningKey>,
     /// Stored schematics (requests name them by ID).
     pub schematics: SchematicStore,
+    /// Secure Boot keys, when enabled (sign `-secureboot` assets).
+    pub secure_boot: Option<Arc<crate::trust::secureboot::SecureBootKeys>>,
 }
 
 /// One asset request, as the frontends see it: what the client named, not yet checked.
@@ -250,6 +252,7 @@ impl Assets {
                 scratch: scratch.clone(),
                 initramfs_zstd_level: zstd_level,
                 compression: config.build.compression,
+                secure_boot: stores.secure_boot.clone(),
                 tools: Tools {
                     dirs: config.build.tool_dirs.iter().map(PathBuf::from).collect(),
                     timeout: Duration::from_secs(config.build.tool_timeout_seconds),

@@ -11,6 +11,7 @@ use crate::causes::Causes;
 use crate::config::{self, Config, FlagOverrides};
 use crate::imager::initramfs::check_tools;
 use crate::node::DoctorReport;
+use crate::trust::secureboot::SecureBootKeys;
 
 /// Flags of `doctor`.
 #[derive(Debug, Args)]
@@ -72,6 +73,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
                     format!("{key} {}", if ok { "readable" } else { "unreadable" }),
                 );
             }
+            secure_boot(&cfg, &mut report);
             if writable {
                 storage(&cfg, &args, &mut report);
             }
@@ -105,6 +107,40 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Reports the Secure Boot keys: off, or loaded with the certificate's fingerprint and expiry
+/// (a certificate expiring within 30 days fails the check, so monitoring sees it in time).
+fn secure_boot(cfg: &Config, report: &mut dyn FnMut(bool, &str, String)) {
+    let Some(paths) = crate::node::secure_boot_paths(cfg) else {
+        report(
+            true,
+            "secure boot",
+            "disabled (secureBoot.enabled: false)".into(),
+        );
+        return;
+    };
+    let now = crate::clock::now_secs();
+    match SecureBootKeys::load(&paths, now) {
+        Ok(keys) => {
+            let left_days = (keys.not_after() - now as i64) / 86_400;
+            report(
+                left_days >= 30,
+                "secure boot keys",
+                format!(
+                    "certificate SHA-256 {} expires {} ({left_days} days){}",
+                    keys.fingerprint(),
+                    crate::clock::rfc3339_utc(keys.not_after().max(0) as u64),
+                    if left_days < 30 {
+                        ": rotate the keys (docs/operator-guide.md, Secure Boot)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        Err(e) => report(false, "secure boot keys", Causes(&e).to_string()),
     }
 }
 

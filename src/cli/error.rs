@@ -101,6 +101,9 @@ pub enum CliError {
     /// A key could not be read.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// Secure Boot keys could not be generated.
+    #[error(transparent)]
+    SecureBoot(#[from] crate::trust::secureboot::SecureBootError),
     /// The synthetic release could not be built.
     #[error(transparent)]
     Kit(#[from] KitError),

@@ -10,6 +10,7 @@ pub mod error;
 mod gc;
 pub mod import;
 mod import_remote;
+mod keys;
 mod machines;
 mod remote;
 mod schematic;
@@ -82,6 +83,9 @@ pub enum Command {
     /// Offline bundles for air-gapped sites.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Key material: `keys secureboot generate` makes a site's Secure Boot keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Developer tools: the synthetic-release test kit.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -138,5 +142,6 @@ pub fn run() -> ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::Gc(args) => gc::run(args),
         Command::Machines(cmd) => machines::run(cmd),
+        Command::Keys(cmd) => keys::run(cmd),
     }
 }

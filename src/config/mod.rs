@@ -106,6 +106,8 @@ pub struct Config {
     pub replication: ReplicationConfig,
     /// Releases imported on demand from a registry (connected sites).
     pub artifacts: ArtifactsConfig,
+    /// Secure Boot signing (UKI Authenticode and PCR policy keys), as upstream's `secureBoot`.
+    pub secure_boot: SecureBootConfig,
 }
 
 /// `artifacts.*` keys (upstream's names): where Talos releases come from on demand.
@@ -342,6 +344,29 @@ impl Default for StorageConfig {
 pub struct TrustConfig {
     /// PEM files with cosign public keys (PKIX `PUBLIC KEY`) trusted for imported images.
     pub public_keys: Vec<String>,
+}
+
+/// `secureBoot.*` keys (upstream's names; only the file provider exists here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecureBootConfig {
+    /// Serve `-secureboot` assets and `/secureboot/signing-cert.pem`.
+    pub enabled: bool,
+    /// The key files.
+    pub file: SecureBootFileConfig,
+}
+
+/// `secureBoot.file.*` keys: PEM files as `talosctl gen secureboot` or
+/// `image-factory keys secureboot generate` write them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecureBootFileConfig {
+    /// RSA private key that signs UKIs and systemd-boot (`uki-signing-key.pem`).
+    pub signing_key_path: String,
+    /// Its X.509 certificate (`uki-signing-cert.pem`).
+    pub signing_cert_path: String,
+    /// RSA private key that signs the PCR 11 policy (`pcr-signing-key.pem`).
+    pub pcr_key_path: String,
 }
 
 /// `admin.*` keys.

@@ -162,17 +162,7 @@ const KEYS: &[(&[&str], Treatment)] = &[
         ),
     ),
     (
-        &["secureboot.enabled"],
-        Only {
-            allowed: &["false"],
-            reason: "Secure Boot images are not available in this version",
-        },
-    ),
-    (
         &[
-            "secureboot.file.signingkeypath",
-            "secureboot.file.signingcertpath",
-            "secureboot.file.pcrkeypath",
             "secureboot.azurekeyvault.url",
             "secureboot.azurekeyvault.certificatename",
             "secureboot.azurekeyvault.keyname",
@@ -182,7 +172,10 @@ const KEYS: &[(&[&str], Treatment)] = &[
             "secureboot.awskms.certarn",
             "secureboot.awskms.region",
         ],
-        Ignored("Secure Boot images are not available in this version"),
+        Ignored(
+            "cloud key services are out of reach of an air-gapped appliance; give the keys as \
+             secureBoot.file.* (image-factory keys secureboot generate makes them)",
+        ),
     ),
     (
         &["registry.jobs", "registry.debug"],

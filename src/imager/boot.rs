@@ -24,6 +24,20 @@ pub struct BootInputs {
     pub grub_modules: Option<PathBuf>,
     /// How the external tools run (`mkfs.xfs`, `grub-mkimage`, `xorriso`).
     pub tools: crate::imager::tool::ToolRun,
+    /// Secure Boot enrolment material (Secure Boot ISOs); `systemd_boot` and `uki` are then
+    /// the signed files.
+    pub secure_boot: Option<SecureBootFiles>,
+}
+
+/// What a Secure Boot medium carries besides the signed systemd-boot and UKI (imager spec §6.3).
+#[derive(Debug, Clone)]
+pub struct SecureBootFiles {
+    /// The signing certificate, DER (`EFI/keys/uki-signing-cert.der`).
+    pub cert_der: Vec<u8>,
+    /// `PK.auth`, `KEK.auth`, `db.auth` (`loader/keys/auto/`), by file name.
+    pub auth: Vec<(String, Vec<u8>)>,
+    /// systemd-boot's `secure-boot-enroll` mode.
+    pub enroll: &'static str,
 }
 
 /// The optional input `p` that a `medium` ("disk image", "ISO") needs, or the internal error

@@ -5,7 +5,7 @@
 //! thread.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::io_context::io_err;
 use crate::oci::{ImageConfig, ImageManifest};
 use crate::schematic::Schematic;
 use crate::store::{BlobInfo, BlobStore, StoreError};
+use crate::trust::secureboot::{SecureBootKeys, authenticode};
 
 use super::cancel::Cancel;
 use super::cmdline::kernel_cmdline;
@@ -30,6 +31,7 @@ use super::path::{content_type, parse_path};
 use super::pe::SymbolTable;
 use super::profile::{OutputKind, Profile, enhance_from_schematic};
 use super::quirks::Quirk;
+use super::signed_uki::{MeasuredParts, pcr_signatures, stub_sbat};
 use super::tool::ToolRun;
 use super::uki::{
     Payload, UkiOptions, UkiParts, UkiPurpose, assemble_uki, os_release, read_kernel_release,
@@ -38,6 +40,7 @@ use super::uki::{
 
 mod disk;
 mod iso;
+mod secureboot;
 mod stage;
 #[cfg(test)]
 mod tests;
@@ -62,6 +65,8 @@ pub struct BuilderOptions {
     pub compression: super::formats::CompressionLevels,
     /// Where external tools are found and how long one may run.
     pub tools: super::tool::Tools,
+    /// Secure Boot keys; `None` refuses `-secureboot` assets (`secure boot is disabled`).
+    pub secure_boot: Option<Arc<SecureBootKeys>>,
 }
 
 /// What to build.
@@ -145,7 +150,12 @@ impl Builder {
             .get(&req.version.tag())
             .map_err(ImagerError::internal("release store"))?
             .ok_or_else(|| ImagerError::VersionNotAvailable(req.version.to_string()))?;
-        let mut profile = enhance_from_schematic(profile, req.schematic, &release)?;
+        let mut profile = enhance_from_schematic(
+            profile,
+            req.schematic,
+            &release,
+            self.opts.secure_boot.is_some(),
+        )?;
         if profile.schematic_extension.is_some() {
             profile.schematic_extension = Some(req.schematic_id.to_string());
         }
@@ -360,7 +370,8 @@ impl Builder {
         Ok((initramfs, Some(path)))
     }
 
-    /// Writes the UKI of [`Builder::uki_with`] around the initramfs at `initramfs` into `out`.
+    /// Writes the UKI of [`Builder::uki_with`] around the initramfs at `initramfs` into `out`;
+    /// for a Secure Boot profile with `.pcrpkey` and `.pcrsig` sections, Authenticode-signed.
     fn write_uki(
         &self,
         profile: &Profile,
@@ -370,30 +381,70 @@ impl Builder {
         out: &mut impl Write,
     ) -> Result<(), ImagerError> {
         self.stages.report(Stage::Uki);
+        let keys = match (profile.secureboot, &self.opts.secure_boot) {
+            (false, _) => None,
+            (true, Some(keys)) => Some(keys),
+            (true, None) => return Err(ImagerError::SecureBootDisabled),
+        };
         let cmdline = kernel_cmdline(profile, &[])?;
         let kernel = asset(assets, "vmlinuz")?;
         let stub = std::fs::read(self.input(asset(assets, "systemd-stub.efi")?)?)
             .map_err(ImagerError::Io)?;
         let kernel = self.input(kernel)?;
         let uname = read_kernel_release(File::open(&kernel)?)?;
+        let osrel = os_release("Talos", &profile.version.tag());
+        let profiles = standard_profiles(
+            purpose,
+            &cmdline,
+            profile.quirks().has(Quirk::SupportsUkiProfiles),
+        );
+        let (pcrpkey, pcrsigs) = match keys {
+            Some(keys) => {
+                let sbat = stub_sbat(&stub)?;
+                let measured = MeasuredParts {
+                    osrel: &osrel,
+                    cmdline: &cmdline,
+                    uname: uname.as_deref(),
+                    sbat: &sbat,
+                    kernel: &kernel,
+                    initrd: initramfs,
+                };
+                let sigs = pcr_signatures(keys, &measured, &profiles)?;
+                (Some(keys.pcr_public_pem().to_string()), sigs)
+            }
+            None => (None, Vec::new()),
+        };
         let parts = UkiParts {
-            osrel: os_release("Talos", &profile.version.tag()),
-            profiles: standard_profiles(
-                purpose,
-                &cmdline,
-                profile.quirks().has(Quirk::SupportsUkiProfiles),
-            ),
+            osrel,
+            profiles,
             cmdline,
             uname,
             kernel: Payload::file(&kernel)?,
             initrd: Payload::file(initramfs)?,
+            pcrpkey,
+            pcrsigs,
         };
         // Stubs may carry a COFF symbol table (Debian's does); it is debug-only and dropped.
         let opts = UkiOptions {
             symbol_table: SymbolTable::Drop,
             ..UkiOptions::default()
         };
-        assemble_uki(&stub, parts, &opts, out).map_err(ImagerError::internal("uki"))?;
+        let Some(keys) = keys else {
+            assemble_uki(&stub, parts, &opts, out).map_err(ImagerError::internal("uki"))?;
+            return Ok(());
+        };
+        // Signing patches the header after the sections are written: assemble into a
+        // scratch file, sign it in place, then copy it out.
+        std::fs::create_dir_all(&self.opts.scratch)?;
+        let mut scratch = tempfile::tempfile_in(&self.opts.scratch)?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, &mut scratch);
+            assemble_uki(&stub, parts, &opts, &mut w).map_err(ImagerError::internal("uki"))?;
+            w.flush()?;
+        }
+        authenticode::sign(&mut scratch, keys).map_err(ImagerError::internal("sign uki"))?;
+        scratch.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut scratch, out)?;
         Ok(())
     }
 
@@ -428,12 +479,15 @@ impl Builder {
             manifest,
             config,
         };
+        // A signed systemd-boot (Secure Boot) is a scratch file until the layer is written.
+        std::fs::create_dir_all(&self.opts.scratch)?;
+        let scratch = tempfile::tempdir_in(&self.opts.scratch)?;
         let artifacts = if profile.quirks().has(Quirk::UseSdBootForUefi) {
             let uki = self.uki(req, profile, assets, UkiPurpose::Installer, intermediates)?;
             intermediates.push(uki.clone());
             InstallerArtifacts::Uki {
                 uki: self.blobs.path(&uki.blake3)?,
-                systemd_boot: self.input(asset(assets, "systemd-boot.efi")?)?,
+                systemd_boot: self.systemd_boot(profile, assets, scratch.path())?,
             }
         } else {
             let initramfs = self.initramfs(req, profile, assets)?;
@@ -488,13 +542,25 @@ impl Builder {
 /// offset and boot files, and adds an overlay layer to installers (imager spec §0.3 step 2,
 /// §5.8, §8.1 step 5), none of which is done here. (Kernel and cmdline outputs never carry
 /// the overlay, api spec §2.8, so they still build.)
+///
+/// Secure Boot installers for targets before 1.10 are refused too (their `vmlinuz.efi.signed`
+/// layout is not built); every other Secure Boot output is.
 fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
-    match &profile.overlay {
-        Some(overlay) => Err(ImagerError::OverlayNotBuilt {
+    if let Some(overlay) = &profile.overlay {
+        return Err(ImagerError::OverlayNotBuilt {
             name: overlay.entry.name.clone(),
-        }),
-        None => Ok(()),
+        });
     }
+    let kind = profile.output.kind;
+    if profile.secureboot
+        && kind == OutputKind::Installer
+        && !profile.quirks().has(Quirk::UseSdBootForUefi)
+    {
+        return Err(ImagerError::SecureBootNotBuilt {
+            output: format!("installer (Talos {})", profile.version.tag()),
+        });
+    }
+    Ok(())
 }
 
 fn asset<'a>(assets: &'a ArchRelease, name: &str) -> Result<&'a BlobRef, ImagerError> {

@@ -23,4 +23,5 @@ pub mod meta;
 pub mod path;
 pub mod profile;
 pub mod quirks;
+pub mod signed_uki;
 pub mod tool;

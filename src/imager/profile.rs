@@ -149,6 +149,18 @@ pub enum EnrollKeys {
     Off,
 }
 
+impl EnrollKeys {
+    /// The value of systemd-boot's `secure-boot-enroll` (`if-safe`, `manual`, `force`, `off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollKeys::IfSafe => "if-safe",
+            EnrollKeys::Manual => "manual",
+            EnrollKeys::Force => "force",
+            EnrollKeys::Off => "off",
+        }
+    }
+}
+
 /// Disk image options.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,7 @@
 //! Unified kernel images (imager spec §7.1, §7.2, §7.5): the release's systemd stub with
 //! `.osrel`, `.cmdline`, `.uname`, `.linux`, `.initrd` and (target ≥ 1.10) the UKI profile
-//! sections appended. Unsigned; Secure Boot signing is a separate step over the produced file.
+//! sections appended, and for Secure Boot `.pcrpkey` and `.pcrsig` (computed by
+//! `signed_uki`); the Authenticode signature is a separate step over the produced file.
 //!
 //! Deviation: upstream also appends `.splash` (Sidero's 640 KB BMP); we do not ship that image,
 //! so no `.splash` section is written (see `docs/imager-uki.md`).
@@ -194,6 +195,11 @@ pub struct UkiParts<'a> {
     pub initrd: Payload<'a>,
     /// UKI profiles in order (empty for target < 1.10); see [`standard_profiles`].
     pub profiles: Vec<UkiProfile>,
+    /// Secure Boot: the PCR public key (`.pcrpkey`, before `.linux`).
+    pub pcrpkey: Option<String>,
+    /// Secure Boot: one `.pcrsig` per profile, each after its profile's sections (without
+    /// profiles: one, placed last). Empty for unsigned UKIs.
+    pub pcrsigs: Vec<String>,
 }
 
 /// The appended sections in file order, for `parts` (shared by assembly and tests).
@@ -202,12 +208,21 @@ pub fn section_names(parts: &UkiParts<'_>) -> Vec<&'static str> {
     if parts.uname.is_some() {
         names.push(".uname");
     }
+    if parts.pcrpkey.is_some() {
+        names.push(".pcrpkey");
+    }
     names.extend([".linux", ".initrd"]);
-    for p in &parts.profiles {
+    for (i, p) in parts.profiles.iter().enumerate() {
         names.push(".profile");
         if p.cmdline.is_some() {
             names.push(".cmdline");
         }
+        if i < parts.pcrsigs.len() {
+            names.push(".pcrsig");
+        }
+    }
+    if parts.profiles.is_empty() && !parts.pcrsigs.is_empty() {
+        names.push(".pcrsig");
     }
     names
 }
@@ -227,6 +242,8 @@ pub fn assemble_uki(
         kernel,
         initrd,
         profiles,
+        pcrpkey,
+        pcrsigs,
     } = parts;
     let mut sections = vec![
         NewSection::bytes(".osrel", osrel.into_bytes()),
@@ -235,6 +252,9 @@ pub fn assemble_uki(
     if let Some(uname) = uname {
         sections.push(NewSection::bytes(".uname", uname.into_bytes()));
     }
+    if let Some(key) = pcrpkey {
+        sections.push(NewSection::bytes(".pcrpkey", key.into_bytes()));
+    }
     for (name, p) in [(".linux", kernel), (".initrd", initrd)] {
         sections.push(NewSection {
             name: name.into(),
@@ -242,11 +262,19 @@ pub fn assemble_uki(
             data: p.reader,
         });
     }
+    let no_profiles = profiles.is_empty();
+    let mut pcrsigs = pcrsigs.into_iter();
     for p in profiles {
         sections.push(NewSection::bytes(".profile", p.section_text().into_bytes()));
         if let Some(c) = p.cmdline {
             sections.push(NewSection::bytes(".cmdline", c.into_bytes()));
         }
+        if let Some(sig) = pcrsigs.next() {
+            sections.push(NewSection::bytes(".pcrsig", sig.into_bytes()));
+        }
+    }
+    if no_profiles && let Some(sig) = pcrsigs.next() {
+        sections.push(NewSection::bytes(".pcrsig", sig.into_bytes()));
     }
     append_sections(stub, sections, opts, out)
 }

@@ -32,6 +32,7 @@ use crate::config::{Config, ConfigError};
 use crate::imager::builder::StageReporter;
 use crate::replication::{Cluster, Replication, ReplicationError};
 use crate::store::{self, BlobStore, MetaStore, SchematicStore, StoreError};
+use crate::trust::secureboot::{SecureBootKeys, SecureBootPaths};
 use crate::trust::{SigningKey, TrustError};
 
 /// Errors of opening or closing a node.
@@ -46,6 +47,9 @@ pub enum NodeError {
     /// A key could not be loaded or generated.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The Secure Boot keys are missing or invalid.
+    #[error(transparent)]
+    SecureBoot(#[from] crate::trust::secureboot::SecureBootError),
     /// The cluster state could not be read, or the swarm could not start.
     #[error(transparent)]
     Replication(Box<ReplicationError>),
@@ -92,6 +96,7 @@ pub struct Node {
     schematics: SchematicStore,
     releases: ReleaseStore,
     signing_key: Arc<SigningKey>,
+    secure_boot: Option<Arc<SecureBootKeys>>,
     assets: Assets,
     workers: Workers,
     storage: StorageHealth,
@@ -133,6 +138,7 @@ impl Node {
         let verb = if created { "generated" } else { "loaded" };
         tracing::info!(path = %key_path.display(), "{verb} cluster signing key");
         let signing_key = Arc::new(key);
+        let secure_boot = load_secure_boot(&config)?;
         let cluster = Arc::new(Cluster::open(&dir, Arc::clone(&signing_key))?);
         if let Some(m) = cluster.membership() {
             tracing::info!(cluster = %m.record.cluster, "member of a cluster");
@@ -161,6 +167,7 @@ impl Node {
                 blobs: blobs.clone(),
                 key: Arc::clone(&signing_key),
                 schematics: schematics.clone(),
+                secure_boot: secure_boot.clone(),
             },
             AssetMetrics::new(opts.recorder),
             opts.initramfs_zstd_level,
@@ -173,6 +180,7 @@ impl Node {
             schematics,
             releases,
             signing_key,
+            secure_boot,
             assets,
             workers: Workers::new(),
             storage,
@@ -183,6 +191,11 @@ impl Node {
             recorder,
             on_demand,
         })
+    }
+
+    /// The Secure Boot keys, when `secureBoot.enabled`.
+    pub fn secure_boot(&self) -> Option<&Arc<SecureBootKeys>> {
+        self.secure_boot.as_ref()
     }
 
     /// What the storage check at open found and restored.
@@ -403,4 +416,37 @@ impl Node {
         self.meta.flush().await?;
         Ok(())
     }
+}
+
+/// The Secure Boot key files of `config`, `None` when `secureBoot.enabled` is false.
+pub fn secure_boot_paths(config: &Config) -> Option<SecureBootPaths> {
+    if !config.secure_boot.enabled {
+        return None;
+    }
+    let f = &config.secure_boot.file;
+    Some(SecureBootPaths {
+        signing_key: f.signing_key_path.clone().into(),
+        signing_cert: f.signing_cert_path.clone().into(),
+        pcr_key: f.pcr_key_path.clone().into(),
+    })
+}
+
+/// Loads and validates the Secure Boot keys when `secureBoot.enabled` (a bad key stops the
+/// start with the file named); warns when the certificate expires within 30 days.
+fn load_secure_boot(config: &Config) -> Result<Option<Arc<SecureBootKeys>>, NodeError> {
+    let Some(paths) = secure_boot_paths(config) else {
+        return Ok(None);
+    };
+    let now = crate::clock::now_secs();
+    let keys = SecureBootKeys::load(&paths, now)?;
+    let expires = crate::clock::rfc3339_utc(keys.not_after().max(0) as u64);
+    tracing::info!(
+        certificate_sha256 = keys.fingerprint(),
+        expires = %expires,
+        "loaded Secure Boot keys"
+    );
+    if keys.not_after() - (now as i64) < 30 * 86_400 {
+        tracing::warn!(expires = %expires, "the Secure Boot signing certificate expires within 30 days");
+    }
+    Ok(Some(Arc::new(keys)))
 }

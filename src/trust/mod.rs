@@ -4,11 +4,13 @@
 //! * [`cosign`]: cosign's key-based "legacy tag" format — the simple-signing payload, signature
 //!   images at `sha256-<hex>.sig`, [`TrustedKeys`], [`verify_signature`];
 //! * [`policy`]: [`verify_image`] over an `oci::ImageSource` and the [`TrustPolicy`] the
-//!   importer calls (the place keyless verification joins later).
+//!   importer calls (the place keyless verification joins later);
+//! * [`secureboot`]: Secure Boot keys (UKI signing, PCR), Authenticode and `.pcrsig`.
 
 pub mod cosign;
 mod keys;
 pub mod policy;
+pub mod secureboot;
 mod token;
 
 pub use cosign::{

@@ -142,6 +142,8 @@ fn parts<'a>(kernel: &'a [u8], initrd_len: u64, purpose: UkiPurpose) -> UkiParts
             initrd_len,
         ),
         profiles: standard_profiles(purpose, CMDLINE, true),
+        pcrpkey: None,
+        pcrsigs: Vec::new(),
     }
 }
 

@@ -36,6 +36,8 @@ fn uki_boots_through_ovmf() {
         kernel: Payload::file(&inputs.vmlinuz).unwrap(),
         initrd: Payload::bytes(&initrd),
         profiles: standard_profiles(UkiPurpose::Uki, cmdline, true),
+        pcrpkey: None,
+        pcrsigs: Vec::new(),
     };
     // Debian's stub keeps its COFF symbol table; drop it (upstream would refuse the stub).
     let opts = AssembleOptions {

@@ -223,7 +223,18 @@ pub async fn signing_key(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /secureboot/signing-cert.pem`: upstream answers 500 while SecureBoot is disabled.
-pub async fn secureboot_cert() -> ApiError {
-    ApiError::internal("secure boot is not enabled on this appliance")
+/// `GET /secureboot/signing-cert.pem`: the Secure Boot signing certificate (PEM); upstream
+/// answers 500 while SecureBoot is disabled, and so does this.
+pub async fn secureboot_cert(State(st): State<AppState>) -> Response {
+    match st.node().secure_boot() {
+        Some(keys) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            )],
+            keys.certificate_pem().to_string(),
+        )
+            .into_response(),
+        None => ApiError::internal("secure boot is not enabled on this appliance").into_response(),
+    }
 }

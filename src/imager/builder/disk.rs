@@ -29,11 +29,6 @@ impl Builder {
         profile: &Profile,
         assets: &ArchRelease,
     ) -> Result<BlobInfo, ImagerError> {
-        if profile.secureboot {
-            return Err(ImagerError::Validation(
-                "SecureBoot disk images are not built by this appliance yet".into(),
-            ));
-        }
         let opts = profile
             .output
             .image_options
@@ -58,14 +53,14 @@ impl Builder {
             initramfs,
             uki,
             systemd_boot: match bootloader {
-                Bootloader::SdBoot | Bootloader::DualBoot => Some(
-                    self.blobs
-                        .path(&asset(assets, "systemd-boot.efi")?.blake3)?,
-                ),
+                Bootloader::SdBoot | Bootloader::DualBoot => {
+                    Some(self.systemd_boot(profile, assets, scratch.path())?)
+                }
                 _ => None,
             },
             grub_modules,
             tools: self.tool_run(req),
+            secure_boot: self.secure_boot_files(profile)?,
         };
         let raw = scratch.path().join("disk.raw");
         self.stages.report(Stage::DiskImage);

@@ -27,11 +27,6 @@ impl Builder {
         profile: &Profile,
         assets: &ArchRelease,
     ) -> Result<BlobInfo, ImagerError> {
-        if profile.secureboot {
-            return Err(ImagerError::Validation(
-                "SecureBoot ISOs are not built by this appliance yet".into(),
-            ));
-        }
         let started = Instant::now();
         let kind = IsoKind::of(profile)?;
         std::fs::create_dir_all(&self.opts.scratch)?;
@@ -83,6 +78,7 @@ impl Builder {
             systemd_boot,
             grub_modules,
             tools: self.tool_run(req),
+            secure_boot: self.secure_boot_files(profile)?,
         };
         // xorriso writes straight into the store's temporary directory; the finished file is
         // then hashed and renamed into the store: no copy, no second write.
@@ -123,10 +119,7 @@ impl Builder {
         let purpose = kind.has_uki().then_some(UkiPurpose::Iso);
         let (initramfs, uki) = self.scratch_payloads(req, profile, assets, purpose, dir)?;
         let systemd_boot = match uki {
-            Some(_) => Some(
-                self.blobs
-                    .path(&asset(assets, "systemd-boot.efi")?.blake3)?,
-            ),
+            Some(_) => Some(self.systemd_boot(profile, assets, dir)?),
             None => None,
         };
         Ok((initramfs, uki, systemd_boot))

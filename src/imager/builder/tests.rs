@@ -75,6 +75,7 @@ fn env() -> Env {
         initramfs_zstd_level: 3,
         compression: Default::default(),
         tools: Default::default(),
+        secure_boot: None,
     };
     Env {
         builder: Builder::new(blobs, releases, opts),
@@ -200,4 +201,24 @@ fn a_grub_module_path_leaving_the_tree_is_refused() {
         assert!(e.to_string().contains(bad), "{bad}: {e}");
         assert!(!top.join("keys").exists(), "{bad}: wrote outside the tree");
     }
+}
+
+#[test]
+fn secure_boot_installers_before_1_10_are_refused() {
+    use crate::imager::profile::Arch as ProfileArch;
+    let profile = |v: &str, secureboot: bool| {
+        Profile::new(
+            ProfileArch::Amd64,
+            "metal",
+            secureboot,
+            Version::parse_strict(v).unwrap(),
+            OutputKind::Installer,
+        )
+    };
+    let e = ensure_buildable(&profile("v1.9.5", true)).unwrap_err();
+    assert!(matches!(e, ImagerError::SecureBootNotBuilt { .. }), "{e}");
+    assert_eq!(e.kind(), ErrorKind::NotSupported);
+    assert!(e.to_string().contains("v1.9.5"), "{e}");
+    ensure_buildable(&profile("v1.9.5", false)).unwrap();
+    ensure_buildable(&profile("v1.11.0", true)).unwrap();
 }

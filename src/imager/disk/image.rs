@@ -61,17 +61,36 @@ pub fn write_disk_image(
         .ok_or_else(|| ImagerError::Inconsistent("the layout has no EFI partition".into()))?;
     let loader = format!("EFI/boot/{}", efi_boot_name(arch));
     let esp = match req.bootloader {
-        Bootloader::SdBoot | Bootloader::DualBoot => vec![
-            EspFile::file(
-                &loader,
-                required(MEDIUM, "systemd-boot", &inputs.systemd_boot)?.clone(),
-            ),
-            EspFile::file(
-                &format!("EFI/Linux/Talos-{version}.efi"),
-                required(MEDIUM, "the UKI", &inputs.uki)?.clone(),
-            ),
-            EspFile::bytes("loader/loader.conf", LOADER_CONF),
-        ],
+        Bootloader::SdBoot | Bootloader::DualBoot => {
+            let mut files = vec![
+                EspFile::file(
+                    &loader,
+                    required(MEDIUM, "systemd-boot", &inputs.systemd_boot)?.clone(),
+                ),
+                EspFile::file(
+                    &format!("EFI/Linux/Talos-{version}.efi"),
+                    required(MEDIUM, "the UKI", &inputs.uki)?.clone(),
+                ),
+            ];
+            // Secure Boot with enrolment (imager >= 1.14, §5.4): the mode in loader.conf and
+            // the PK/KEK/db lists systemd-boot enrols in setup mode.
+            match inputs.secure_boot.as_ref().filter(|sb| sb.enroll != "off") {
+                Some(sb) => {
+                    files.push(EspFile::bytes(
+                        "loader/loader.conf",
+                        format!("{LOADER_CONF}\nsecure-boot-enroll {}\n", sb.enroll),
+                    ));
+                    for (name, bytes) in &sb.auth {
+                        files.push(EspFile::bytes(
+                            &format!("loader/keys/auto/{name}"),
+                            bytes.clone(),
+                        ));
+                    }
+                }
+                None => files.push(EspFile::bytes("loader/loader.conf", LOADER_CONF)),
+            }
+            files
+        }
         Bootloader::Grub => {
             let modules = required(MEDIUM, "the GRUB modules", &inputs.grub_modules)?;
             let image = scratch.join("grub-efi.img");

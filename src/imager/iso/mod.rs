@@ -255,8 +255,9 @@ pub fn write_iso(
         let loader = format!("EFI/BOOT/{}", efi_boot_name(profile.arch).to_uppercase());
         let uki_path = format!("EFI/Linux/Talos-{version}.efi");
         let conf = scratch.join("loader.conf");
-        std::fs::write(&conf, iso_loader_conf("off"))?;
-        let files = [
+        let enroll = inputs.secure_boot.as_ref().map_or("off", |sb| sb.enroll);
+        std::fs::write(&conf, iso_loader_conf(enroll))?;
+        let mut files = vec![
             (
                 loader,
                 required(MEDIUM, "systemd-boot", &inputs.systemd_boot)?.clone(),
@@ -264,6 +265,20 @@ pub fn write_iso(
             (uki_path, required(MEDIUM, "the UKI", &inputs.uki)?.clone()),
             ("loader/loader.conf".to_string(), conf),
         ];
+        // Secure Boot: the certificate and the enrolment lists systemd-boot enrols in setup
+        // mode (§6.3, §7.6), written as scratch files so they can be grafted too.
+        if let Some(sb) = &inputs.secure_boot {
+            let keys = scratch.join("keys");
+            std::fs::create_dir_all(&keys)?;
+            let cert = keys.join("uki-signing-cert.der");
+            std::fs::write(&cert, &sb.cert_der)?;
+            files.push(("EFI/keys/uki-signing-cert.der".to_string(), cert));
+            for (name, bytes) in &sb.auth {
+                let path = keys.join(name);
+                std::fs::write(&path, bytes)?;
+                files.push((format!("loader/keys/auto/{name}"), path));
+            }
+        }
         for (path, src) in files {
             esp.push(EspFile::file(&path, src.clone()));
             plan.grafts.push((path, src));

@@ -59,11 +59,14 @@ pub fn parse_enroll_keys(value: &str) -> Result<EnrollKeys, ImagerError> {
 /// output defaults and validates. Errors carry upstream's texts; the order of checks follows
 /// upstream (SecureBoot, overlay gate, embedded-config gate, extensions, overlay lookup).
 ///
-/// SecureBoot assets are refused with `secure boot is disabled` until signing keys exist.
+/// SecureBoot assets are refused with `secure boot is disabled` unless `secure_boot` (the
+/// appliance holds signing keys); with it, the schematic's `secureboot.enrollKeys` goes into
+/// the ISO and disk-image options and `includeWellKnownCertificates` into the profile.
 pub fn enhance_from_schematic(
     mut profile: Profile,
     schematic: &Schematic,
     release: &Release,
+    secure_boot: bool,
 ) -> Result<Profile, ImagerError> {
     quirks::ensure_supported(&profile.version)?;
     let tag = profile.version.tag();
@@ -77,8 +80,15 @@ pub fn enhance_from_schematic(
     let c = &schematic.customization;
     let kind = profile.output.kind;
 
+    let mut enroll_keys = None;
     if profile.secureboot {
-        return Err(ImagerError::SecureBootDisabled);
+        if !secure_boot {
+            return Err(ImagerError::SecureBootDisabled);
+        }
+        if !c.secureboot.enroll_keys.is_empty() {
+            enroll_keys = Some(parse_enroll_keys(&c.secureboot.enroll_keys)?);
+        }
+        profile.include_well_known_certs = c.secureboot.include_well_known_certificates;
     }
 
     if !schematic.overlay.name.is_empty() && !q.has(Quirk::SupportsOverlay) {
@@ -176,6 +186,24 @@ pub fn enhance_from_schematic(
         && let Some(o) = profile.output.image_options.as_mut()
     {
         o.disk_sector_size = c.disk_image.sector_size;
+    }
+
+    if let Some(keys) = enroll_keys {
+        match kind {
+            OutputKind::Image => {
+                if let Some(o) = profile.output.image_options.as_mut() {
+                    o.sd_boot_enroll_keys = keys;
+                }
+            }
+            OutputKind::Iso => {
+                profile
+                    .output
+                    .iso_options
+                    .get_or_insert_with(Default::default)
+                    .sd_boot_enroll_keys = keys;
+            }
+            _ => {}
+        }
     }
 
     profile.apply_output_defaults();

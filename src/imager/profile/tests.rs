@@ -64,7 +64,21 @@ fn schematic(yaml: &str) -> Schematic {
 }
 
 fn enhance(path: &str, v: &str, yaml: &str) -> Result<Profile, ImagerError> {
-    enhance_from_schematic(parse_path(path, &ver(v))?, &schematic(yaml), &release(v))
+    enhance_from_schematic(
+        parse_path(path, &ver(v))?,
+        &schematic(yaml),
+        &release(v),
+        false,
+    )
+}
+
+fn enhance_sb(path: &str, v: &str, yaml: &str) -> Result<Profile, ImagerError> {
+    enhance_from_schematic(
+        parse_path(path, &ver(v))?,
+        &schematic(yaml),
+        &release(v),
+        true,
+    )
 }
 
 const EXTS: &str = "customization:\n  systemExtensions:\n    officialExtensions:\n      - siderolabs/gasket\n      - siderolabs/iscsi-tools\n      - siderolabs/gasket\n  extraKernelArgs: [nolapic]\n  meta:\n    - key: 10\n      value: foo\n";
@@ -184,6 +198,22 @@ fn error_texts_and_kinds() {
     let e = enhance("metal-amd64-secureboot.iso", "v1.11.0", "{}").unwrap_err();
     assert_eq!(e.to_string(), "secure boot is disabled");
     assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+    // With keys: enrollKeys reaches the ISO options, well-known certificates the profile;
+    // a bad enrollKeys value is the client's error.
+    let sb = "customization:\n  secureboot:\n    enrollKeys: Force\n    includeWellKnownCertificates: true\n";
+    let p = enhance_sb("metal-amd64-secureboot.iso", "v1.11.0", sb).unwrap();
+    assert!(p.secureboot && p.include_well_known_certs);
+    assert_eq!(
+        p.output.iso_options.as_ref().map(|o| o.sd_boot_enroll_keys),
+        Some(EnrollKeys::Force)
+    );
+    let p = enhance_sb("metal-amd64-secureboot-uki.efi", "v1.11.0", "{}").unwrap();
+    assert!(p.secureboot && !p.include_well_known_certs);
+    let bad = "customization:\n  secureboot:\n    enrollKeys: maybe\n";
+    let e = enhance_sb("metal-amd64-secureboot.raw", "v1.11.0", bad).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+    // Not a Secure Boot asset: the value is not looked at.
+    enhance_sb("metal-amd64.raw", "v1.11.0", bad).unwrap();
 
     let e = enhance("metal-amd64.iso", "v1.7.6", "{}").unwrap_err();
     assert_eq!(
@@ -209,6 +239,7 @@ fn error_texts_and_kinds() {
         parse_path("metal-amd64.iso", &ver("v1.11.0")).unwrap(),
         &schematic("{}"),
         &release("v1.12.0"),
+        false,
     )
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Internal);

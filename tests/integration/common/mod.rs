@@ -207,15 +207,7 @@ pub fn spawn_bin(data_dir: &std::path::Path) -> Result<BinServer, String> {
 /// [`spawn_bin`] run by `wrapper` (a command and its arguments, e.g. `strace -o …`), which
 /// must pass the server's stderr through.
 pub fn spawn_bin_under(data_dir: &std::path::Path, wrapper: &[&str]) -> Result<BinServer, String> {
-    spawn_serve(
-        data_dir,
-        wrapper,
-        LOOPBACK,
-        Some(LOOPBACK),
-        &[],
-        false,
-        &[],
-    )
+    spawn_serve(data_dir, wrapper, LOOPBACK, Some(LOOPBACK), &[], false, &[])
 }
 
 /// Loopback, any port.
