@@ -34,7 +34,7 @@ fi
 step() { printf '\n== %s (%ds)\n' "$*" "$SECONDS" >&2; }
 
 step "building the package"
-cargo deb
+cargo deb --strip
 deb=$(ls -t target/debian/image-factory_*.deb | head -1)
 dpkg-deb --info "$deb" | sed -n '/Package:/,/Description:/p' >&2
 
