@@ -15,9 +15,14 @@ pub const ENV_PREFIX: &str = "IF_";
 
 /// `IF_` variables that are not configuration keys, ignored here so that setting them never
 /// breaks a command: the registry password of `--registry-user`, the Debian input directory of
-/// `image-factory dev synth-release`, and the test suite's switch that turns a missing test
-/// tool into a failure.
-pub const NOT_CONFIG_ENV: &[&str] = &[REGISTRY_PASSWORD_ENV, "IF_TESTKIT_DIR", "IF_REQUIRE_TOOLS"];
+/// `image-factory dev synth-release`, the test suite's switch that turns a missing test tool
+/// into a failure, and where the test suite keeps its browser driver.
+pub const NOT_CONFIG_ENV: &[&str] = &[
+    REGISTRY_PASSWORD_ENV,
+    "IF_TESTKIT_DIR",
+    "IF_REQUIRE_TOOLS",
+    "IF_PLAYWRIGHT_DIR",
+];
 
 /// The password of `--registry-user` (not a configuration key: never written to a file).
 pub const REGISTRY_PASSWORD_ENV: &str = "IF_REGISTRY_PASSWORD";
@@ -365,7 +370,11 @@ mod tests {
         // The test kit's and the test suite's own variables are not configuration.
         load(
             None,
-            env(&[("IF_REQUIRE_TOOLS", "1"), ("IF_TESTKIT_DIR", "/kit")]),
+            env(&[
+                ("IF_REQUIRE_TOOLS", "1"),
+                ("IF_TESTKIT_DIR", "/kit"),
+                ("IF_PLAYWRIGHT_DIR", "/node"),
+            ]),
             &FlagOverrides::default(),
         )
         .unwrap();
