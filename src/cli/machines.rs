@@ -2,14 +2,13 @@
 //! the running appliance's admin API (the appliance holds the data directory; by default its
 //! admin socket `<dataDir>/admin.sock`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
 use super::error::{CliError, finish};
-use super::remote::{AdminClient, default_server, send, text};
-use super::{load_config, runtime};
+use super::remote::{Conn, client, get_json, send, text};
+use super::runtime;
 use crate::frontend::http::admin::{BootsList, MachinesList};
 use crate::netboot::{AssignmentSpec, AssignmentView, BootRecord, HttpBoot, Outcome, SelectorSpec};
 
@@ -28,24 +27,6 @@ pub enum MachinesCommand {
     Boots(BootsArgs),
     /// Read `netboot.machinesFile` again (as SIGHUP does).
     Reload(Conn),
-}
-
-/// How to reach the appliance.
-#[derive(Debug, Args)]
-pub struct Conn {
-    /// The appliance's admin listener (default: `admin.listenAddr`, i.e. the Unix socket
-    /// `unix:<dataDir>/admin.sock`).
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
-    /// Admin token file (default: `admin.tokenFile`, else `<dataDir>/keys/admin-token`).
-    #[arg(long, value_name = "FILE")]
-    pub admin_token_file: Option<PathBuf>,
-    /// YAML configuration file (for the default server and token).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory of the appliance (for the default server and token).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<String>,
 }
 
 /// Flags of `machines set`.
@@ -136,31 +117,6 @@ pub struct BootsArgs {
 /// Runs `machines`.
 pub fn run(cmd: MachinesCommand) -> ExitCode {
     finish("machines", run_inner(cmd))
-}
-
-/// The admin client of `conn`.
-fn client(conn: &Conn) -> Result<AdminClient, CliError> {
-    let cfg = load_config(conn.config.as_deref(), conn.data_dir.as_deref())?;
-    let server = match &conn.server {
-        Some(s) => s.clone(),
-        None => default_server(&cfg)?,
-    };
-    AdminClient::new(&server, conn.admin_token_file.as_deref(), &cfg)
-}
-
-/// `GET path` on the admin API, decoded.
-async fn get_json<T: serde::de::DeserializeOwned>(
-    admin: &AdminClient,
-    path: &str,
-) -> Result<(T, String), CliError> {
-    let url = admin.url(path)?;
-    let resp = send("GET", &url, admin.get(url.clone())).await?;
-    let body = text("GET", &url, resp).await?;
-    let value = serde_json::from_str(&body).map_err(|_| CliError::Unexpected {
-        url: url.to_string(),
-        body: body.clone(),
-    })?;
-    Ok((value, body))
 }
 
 fn run_inner(cmd: MachinesCommand) -> Result<(), CliError> {

@@ -12,6 +12,7 @@ pub mod import;
 mod import_remote;
 mod keys;
 mod machines;
+mod peers;
 mod remote;
 mod schematic;
 mod serve;
@@ -77,6 +78,9 @@ pub enum Command {
     /// Netboot machine assignments (through the running appliance's admin API).
     #[command(subcommand)]
     Machines(machines::MachinesCommand),
+    /// The cluster's peers as the running appliance sees them (state, connection, RTT).
+    #[command(disable_version_flag = true)]
+    Peers(peers::PeersArgs),
     /// Cluster membership: invite a node, join with an invitation, remove a member.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -138,6 +142,7 @@ pub fn run() -> ExitCode {
         Command::Import(args) => import::run(args),
         Command::Bundle(cmd) => bundle::run(cmd),
         Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Peers(args) => peers::run(args),
         Command::Build(args) => build::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Gc(args) => gc::run(args),

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::Args;
+
 use super::error::CliError;
+use super::load_config;
 use crate::config::Config;
 
 /// An admin API client for one appliance.
@@ -148,4 +151,47 @@ pub async fn text(
         url: url.to_string(),
         source,
     })
+}
+
+/// How to reach the appliance.
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// The appliance's admin listener (default: `admin.listenAddr`, i.e. the Unix socket
+    /// `unix:<dataDir>/admin.sock`).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Admin token file (default: `admin.tokenFile`, else `<dataDir>/keys/admin-token`).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// YAML configuration file (for the default server and token).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the appliance (for the default server and token).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+}
+
+/// The admin client of `conn`.
+pub fn client(conn: &Conn) -> Result<AdminClient, CliError> {
+    let cfg = load_config(conn.config.as_deref(), conn.data_dir.as_deref())?;
+    let server = match &conn.server {
+        Some(s) => s.clone(),
+        None => default_server(&cfg)?,
+    };
+    AdminClient::new(&server, conn.admin_token_file.as_deref(), &cfg)
+}
+
+/// `GET path` on the admin API, decoded.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    admin: &AdminClient,
+    path: &str,
+) -> Result<(T, String), CliError> {
+    let url = admin.url(path)?;
+    let resp = send("GET", &url, admin.get(url.clone())).await?;
+    let body = text("GET", &url, resp).await?;
+    let value = serde_json::from_str(&body).map_err(|_| CliError::Unexpected {
+        url: url.to_string(),
+        body: body.clone(),
+    })?;
+    Ok((value, body))
 }

@@ -293,6 +293,29 @@ async fn members_connect_through_bootstrap_peers_show_rtt_and_keep_their_identit
             node_a.status().await["replication"]["cluster"]["id"]
         );
     }
+    // `image-factory peers` on A lists B and C as connected members.
+    let out = Command::new(bin())
+        .args(["peers", "--server", &node_a.admin(), "--data-dir"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains(&format!("this node  {a_id}")), "{table}");
+    for id in [&b_invited, &c_invited] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("{id} missing:\n{table}"));
+        assert!(
+            line.contains(" member ") && line.contains(" yes "),
+            "{line}"
+        );
+    }
 
     // B restarts on new ports with no bootstrap configured: same identity, and it finds the
     // members again from the addresses it remembered.

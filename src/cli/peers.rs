@@ -1,0 +1,127 @@
+//! `image-factory peers`: the cluster as the running appliance sees it — its own peer ID and
+//! cluster, and every peer with its state, connection, round trip and addresses.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::error::{CliError, finish};
+use super::remote::{Conn, client, get_json};
+use super::runtime;
+
+/// Flags of `peers`.
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// How to reach the appliance.
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Print the appliance's JSON (`replication` of `GET /admin/status`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `peers`.
+pub fn run(args: PeersArgs) -> ExitCode {
+    finish("peers", run_inner(&args))
+}
+
+fn run_inner(args: &PeersArgs) -> Result<(), CliError> {
+    let admin = client(&args.conn)?;
+    let (status, _) = runtime()?.block_on(get_json::<serde_json::Value>(&admin, "admin/status"))?;
+    let r = &status["replication"];
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return Ok(());
+    }
+    print!("{}", table(r));
+    Ok(())
+}
+
+fn table(r: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    if r["enabled"] != true {
+        return "replication is off on this appliance (replication.enabled)\n".into();
+    }
+    let mut out = format!("this node  {}\n", s(&r["peerId"]));
+    match r["cluster"].as_object() {
+        Some(c) => {
+            out += &format!(
+                "cluster    {}  factory URL {}{}\n",
+                c.get("id").map(s).unwrap_or_default(),
+                c.get("factoryURL").map(s).unwrap_or_default(),
+                if c.get("removed") == Some(&serde_json::Value::Bool(true)) {
+                    "  (this node was REMOVED)"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => out += "cluster    none (cluster invite founds one)\n",
+    }
+    let peers = r["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        out += "no peers\n";
+        return out;
+    }
+    out += &format!(
+        "{:<54} {:<10} {:<9} {:>8}  {}\n",
+        "PEER", "STATE", "CONNECTED", "RTT", "ADDRESSES / REASON"
+    );
+    for p in peers {
+        let rtt = p["rttMs"]
+            .as_f64()
+            .map(|ms| format!("{ms:.1}ms"))
+            .unwrap_or_else(|| "-".into());
+        let detail = match p["reason"].as_str() {
+            Some(reason) => reason.to_string(),
+            None => p["addrs"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+        };
+        out += &format!(
+            "{:<54} {:<10} {:<9} {:>8}  {}\n",
+            s(&p["peerId"]),
+            s(&p["state"]),
+            if p["connected"] == true { "yes" } else { "no" },
+            rtt,
+            detail
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_every_peer_with_state_rtt_and_reason() {
+        let r = serde_json::json!({
+            "enabled": true, "peerId": "12D3Self",
+            "cluster": {"id": "c1", "factoryURL": "http://f/", "member": true, "removed": false},
+            "peers": [
+                {"peerId": "12D3A", "addrs": ["/ip4/10.0.0.2/tcp/4001"], "connected": true,
+                 "rttMs": 1.3, "state": "member"},
+                {"peerId": "12D3B", "addrs": [], "connected": false, "rttMs": null,
+                 "state": "refused", "reason": "expired"}
+            ]
+        });
+        let t = table(&r);
+        assert!(t.contains("this node  12D3Self"), "{t}");
+        assert!(t.contains("cluster    c1  factory URL http://f/"), "{t}");
+        let a = t.lines().find(|l| l.starts_with("12D3A")).expect("A");
+        assert!(
+            a.contains("member") && a.contains("yes") && a.contains("1.3ms"),
+            "{a}"
+        );
+        assert!(a.ends_with("/ip4/10.0.0.2/tcp/4001"), "{a}");
+        let b = t.lines().find(|l| l.starts_with("12D3B")).expect("B");
+        assert!(
+            b.contains("refused") && b.contains(" no ") && b.ends_with("expired"),
+            "{b}"
+        );
+        let off = table(&serde_json::json!({"enabled": false, "peers": []}));
+        assert!(off.contains("replication is off"));
+    }
+}
