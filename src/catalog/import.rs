@@ -11,19 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::StreamExt as _;
 
 use crate::io_context::io_err;
-use crate::oci::flatten::{
-    FlattenOptions, LayerOpener, TreeFile, flatten, read_file, regular_files,
-};
+use crate::oci::flatten::{FlattenOptions, LayerOpener, TreeFile, flatten, regular_files};
 use crate::oci::{Descriptor, Digest, ImageIndex, ImageManifest, ImageSource, OciError, Reference};
 use crate::store::{BlobStore, PendingBlob, StoreError};
 use crate::trust::{SignedIdentity, TrustPolicy, Verification};
 
-use super::files::{parse_descriptions, parse_image_digests, parse_overlays};
 use super::names::{Arch, RelPath};
-use super::release::{
-    ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
-    Signatures,
-};
+use super::release::{ArchRelease, BlobRef, ImageRecord, Release, ReleaseStore, Signatures};
 use super::{CatalogError, Version};
 
 /// Largest manifest or index accepted from a source.
@@ -31,7 +25,7 @@ const MAX_MANIFEST: u64 = 4 << 20;
 /// Blobs of one image transferred at once.
 const PARALLEL_BLOBS: usize = 4;
 /// Largest catalog file (`image-digests`, `descriptions.yaml`, `overlays.yaml`).
-const MAX_CATALOG_FILE: u64 = 16 << 20;
+pub(super) const MAX_CATALOG_FILE: u64 = 16 << 20;
 /// Boot assets every architecture must have.
 const REQUIRED_ASSETS: &[&str] = &["vmlinuz", "initramfs.xz"];
 /// The architecture whose imager image is read (it carries every architecture's assets).
@@ -51,7 +45,7 @@ pub enum Selection {
 }
 
 /// Whether `requested` names catalog extension `name` (full `siderolabs/x` or short `x`).
-fn names(requested: &str, name: &str) -> bool {
+pub(super) fn names(requested: &str, name: &str) -> bool {
     requested == name || name.rsplit('/').next() == Some(requested)
 }
 
@@ -108,7 +102,7 @@ pub struct ImportSummary {
 /// signature must name (`siderolabs/imager`; the source may hold it under a mirror namespace).
 #[derive(Debug, Clone)]
 pub(super) struct Wanted {
-    reference: Reference,
+    pub(super) reference: Reference,
     identity: SignedIdentity,
 }
 
@@ -134,16 +128,16 @@ pub(super) struct Planned {
     top_bytes: Vec<u8>,
     manifest_desc: Descriptor,
     manifest_bytes: Vec<u8>,
-    manifest: ImageManifest,
+    pub(super) manifest: ImageManifest,
 }
 
 /// Imports one release from `source`.
 pub struct Importer<'a, S: ImageSource> {
     source: &'a S,
-    blobs: &'a BlobStore,
+    pub(super) blobs: &'a BlobStore,
     releases: &'a ReleaseStore,
     policy: &'a TrustPolicy,
-    progress: &'a dyn ImportProgress,
+    pub(super) progress: &'a dyn ImportProgress,
     scratch: PathBuf,
     stats: Stats,
     keys: BTreeSet<String>,
@@ -151,7 +145,7 @@ pub struct Importer<'a, S: ImageSource> {
     /// through the index and before the release is published).
     pending: Vec<crate::store::PendingBlob>,
     /// The extension and overlay catalog images stored so far.
-    catalogs: Vec<ImageRecord>,
+    pub(super) catalogs: Vec<ImageRecord>,
 }
 
 #[derive(Default)]
@@ -390,7 +384,10 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     }
 
     /// Stores several planned images, transferring their blobs together (in parallel).
-    async fn store_all(&mut self, planned: &[Planned]) -> Result<Vec<ImageRecord>, CatalogError> {
+    pub(super) async fn store_all(
+        &mut self,
+        planned: &[Planned],
+    ) -> Result<Vec<ImageRecord>, CatalogError> {
         let mut todo: Vec<(Reference, Descriptor)> = Vec::new();
         let mut records = Vec::with_capacity(planned.len());
         for p in planned {
@@ -516,7 +513,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
     }
 
     /// A layer opener reading (and verifying) stored blobs.
-    fn opener(
+    pub(super) fn opener(
         blobs: BlobStore,
     ) -> impl FnMut(&Descriptor) -> Result<Box<dyn Read + Send>, OciError> {
         move |d: &Descriptor| {
@@ -594,160 +591,6 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                 (rel, blob)
             })
             .collect())
-    }
-
-    async fn catalog_file(
-        &self,
-        image: &Planned,
-        path: &str,
-    ) -> Result<Option<String>, CatalogError> {
-        let layers = image.manifest.layers.clone();
-        let blobs = self.blobs.clone();
-        let wanted = path.to_string();
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut open = Self::opener(blobs);
-            read_file(
-                &layers,
-                &mut open as &mut LayerOpener<'_>,
-                &wanted,
-                MAX_CATALOG_FILE,
-            )
-        })
-        .await
-        .map_err(CatalogError::task("catalog read task"))??;
-        bytes
-            .map(|b| String::from_utf8(b).map_err(CatalogError::file(path)))
-            .transpose()
-    }
-
-    /// Imports the extension catalog and the selected extension images.
-    async fn extensions(
-        &mut self,
-        opts: &ImportOptions,
-        catalog: Wanted,
-        arches: &[Arch],
-    ) -> Result<(Vec<ExtensionEntry>, bool), CatalogError> {
-        let reference = catalog.reference.clone();
-        let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
-        let record = self.store(&catalog).await?;
-        self.catalogs.push(record);
-        self.commit_pending().await?;
-        let digests = self
-            .catalog_file(&catalog, "image-digests")
-            .await?
-            .ok_or_else(|| {
-                CatalogError::Catalog(format!("{reference} has no image-digests file"))
-            })?;
-        let lines = parse_image_digests(&digests)?;
-        let descriptions = match self.catalog_file(&catalog, "descriptions.yaml").await? {
-            Some(text) => parse_descriptions(&text)?,
-            None => BTreeMap::new(),
-        };
-        if let Selection::Only(list) = &opts.extensions {
-            for w in list {
-                let known = lines.iter().any(|l| names(w, l.name()));
-                if !known {
-                    return Err(CatalogError::Catalog(format!(
-                        "extension {w:?} is not in the {} catalog",
-                        opts.version.tag()
-                    )));
-                }
-            }
-        }
-        // Verify and resolve every wanted image first, then transfer all their blobs together.
-        let mut planned = Vec::new();
-        let mut wanted = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
-            if !opts.extensions.wants(line.name()) {
-                continue;
-            }
-            let r = Wanted::new(&opts.registry, line.name(), &format!("@{}", line.digest()))?;
-            for arch in arches {
-                self.progress
-                    .step(&format!("reading extension {} ({arch})", line.name()));
-                planned.push(self.plan(r.clone(), *arch).await?);
-                wanted.push((i, *arch));
-            }
-        }
-        self.progress.step(&format!(
-            "transferring {} extension image(s)",
-            planned.len()
-        ));
-        let mut stored: BTreeMap<(usize, Arch), ImageRecord> = wanted
-            .into_iter()
-            .zip(self.store_all(&planned).await?)
-            .collect();
-        let mut out = Vec::new();
-        let mut partial = false;
-        for (i, line) in lines.iter().enumerate() {
-            let desc = descriptions.get(&line.line).cloned().unwrap_or_default();
-            let mut images = BTreeMap::new();
-            if opts.extensions.wants(line.name()) {
-                for arch in arches {
-                    if let Some(record) = stored.remove(&(i, *arch)) {
-                        images.insert(*arch, record);
-                    }
-                }
-            } else {
-                partial = true;
-            }
-            out.push(ExtensionEntry {
-                name: line.name().to_string(),
-                reference: line.tagged(),
-                digest: line.digest().clone(),
-                author: desc.author,
-                description: desc.description,
-                images,
-            });
-        }
-        Ok((out, partial))
-    }
-
-    /// Imports the overlay catalog and the overlay images available for the architectures.
-    async fn overlays(
-        &mut self,
-        opts: &ImportOptions,
-        catalog: Wanted,
-        arches: &[Arch],
-    ) -> Result<(Vec<OverlayEntry>, bool), CatalogError> {
-        let catalog = self.plan(catalog, IMAGER_PLATFORM).await?;
-        let record = self.store(&catalog).await?;
-        self.catalogs.push(record);
-        self.commit_pending().await?;
-        let Some(text) = self.catalog_file(&catalog, "overlays.yaml").await? else {
-            return Ok((Vec::new(), false));
-        };
-        let mut out = Vec::new();
-        let mut partial = false;
-        for line in parse_overlays(&text)? {
-            let upstream = line.reference()?;
-            let r = Wanted::new(
-                &opts.registry,
-                &upstream.repository,
-                &format!("@{}", line.digest),
-            )?;
-            let mut images = BTreeMap::new();
-            for arch in arches {
-                self.progress
-                    .step(&format!("reading overlay {} ({arch})", line.name));
-                match self.plan(r.clone(), *arch).await {
-                    Ok(planned) => {
-                        images.insert(*arch, self.store(&planned).await?);
-                    }
-                    // Overlay images exist only for the boards' architectures.
-                    Err(CatalogError::ImageNotFound { .. }) => partial = true,
-                    Err(e) => return Err(e),
-                }
-            }
-            out.push(OverlayEntry {
-                name: line.name.clone(),
-                image: upstream.repository.clone(),
-                reference: line.image.clone(),
-                digest: line.digest.clone(),
-                images,
-            });
-        }
-        Ok((out, partial))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Catalog: imported Talos releases (versions, boot assets, installer base, extension and
 //! overlay catalogs and images), how they are imported, and what the API lists.
 
+mod catalogs;
 mod damage;
 pub mod export;
 pub mod files;
