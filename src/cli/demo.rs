@@ -23,10 +23,6 @@ const BUNDLE: &str = "DEMO-synthetic-test-kit-release-NOT-TALOS.tar";
 /// The test kit's fetch script (the test suite runs the same one).
 const FETCH: &str = include_str!("../../tests/kit/fetch-debian.sh");
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> CliError {
-    move |source| CliError::Io { context, source }
-}
-
 /// Makes and imports the demo release unless the data directory has it already.
 pub fn prepare(cfg: &Config) -> Result<(), CliError> {
     let dir = cfg.data_dir().join(DEMO_DIR);
@@ -48,11 +44,8 @@ pub fn prepare(cfg: &Config) -> Result<(), CliError> {
     opts.kit_dir = kit;
     let report = synth::synth_release(&opts)?;
     let bundle = dir.join(BUNDLE);
-    std::fs::rename(&report.bundle, &bundle).map_err(io(format!(
-        "renaming {} to {}",
-        report.bundle.display(),
-        bundle.display()
-    )))?;
+    std::fs::rename(&report.bundle, &bundle)
+        .map_err(CliError::io("renaming the demo bundle to", &bundle))?;
     let mut keys = TrustedKeys::new();
     keys.add_file(&report.public_key)?;
     let job = ImportJob {
@@ -64,9 +57,9 @@ pub fn prepare(cfg: &Config) -> Result<(), CliError> {
     };
     import_direct(cfg.clone(), &job)?;
     // The import copied what it needs; the bundle is kept only as the source's name.
-    std::fs::write(&bundle, b"").map_err(io(format!("emptying {}", bundle.display())))?;
+    std::fs::write(&bundle, b"").map_err(CliError::io("emptying", &bundle))?;
     std::fs::write(dir.join(IMPORTED), format!("{DEMO_VERSION}\n"))
-        .map_err(io(format!("writing {}", dir.join(IMPORTED).display())))?;
+        .map_err(CliError::io("writing", &dir.join(IMPORTED)))?;
     warn_banner();
     Ok(())
 }
@@ -90,14 +83,20 @@ fn fetch_kit(kit: &Path) -> Result<(), CliError> {
         .arg(kit)
         .stdin(Stdio::piped())
         .spawn()
-        .map_err(io("running bash for the test kit's fetch script".into()))?;
+        .map_err(CliError::io(
+            "running the test kit's fetch script with",
+            Path::new("bash"),
+        ))?;
     if let Some(mut stdin) = child.stdin.take() {
-        std::io::Write::write_all(&mut stdin, FETCH.as_bytes())
-            .map_err(io("passing the fetch script to bash".into()))?;
+        std::io::Write::write_all(&mut stdin, FETCH.as_bytes()).map_err(CliError::io(
+            "passing the fetch script to",
+            Path::new("bash"),
+        ))?;
     }
-    let status = child
-        .wait()
-        .map_err(io("waiting for the test kit's fetch script".into()))?;
+    let status = child.wait().map_err(CliError::io(
+        "waiting for the fetch script in",
+        Path::new("bash"),
+    ))?;
     if !status.success() {
         return Err(CliError::Usage(format!(
             "serve --demo needs the test kit's Debian inputs in {} and could not fetch them \

@@ -106,6 +106,8 @@ pub struct Node {
     replication: std::sync::OnceLock<Replication>,
     recorder: Arc<dyn Recorder + Send + Sync>,
     on_demand: Option<Arc<on_demand::OnDemand>>,
+    /// Whether the data directory held the demo release when it was opened.
+    demo: bool,
 }
 
 impl Node {
@@ -150,6 +152,7 @@ impl Node {
         }
         let recorder = Arc::clone(&opts.recorder);
         let on_demand = on_demand::OnDemand::from_config(&config, opts.recorder.as_ref());
+        let demo = dir.join(DEMO_DIR).join(DEMO_IMPORTED).exists();
         let factory_url =
             crate::replication::factory_identity(&config, cluster.membership().as_deref());
         if factory_url != config.http.external_url {
@@ -190,6 +193,7 @@ impl Node {
             replication: std::sync::OnceLock::new(),
             recorder,
             on_demand,
+            demo,
         })
     }
 
@@ -206,11 +210,7 @@ impl Node {
     /// Whether the data directory holds the demo release of `serve --demo` (the synthetic
     /// test-kit release, not Talos).
     pub fn is_demo(&self) -> bool {
-        self.config
-            .data_dir()
-            .join(DEMO_DIR)
-            .join(DEMO_IMPORTED)
-            .exists()
+        self.demo
     }
 
     /// The registry releases are imported from on demand, if configured.

@@ -36,7 +36,7 @@ impl Routes {
     /// The router, whose unmatched requests are redirected to a route when a near-miss of
     /// one, else answered 404.
     pub fn finish(self) -> Router<AppState> {
-        let templates = self.templates;
+        let templates: std::sync::Arc<[&'static str]> = self.templates.into();
         self.router
             .fallback(move |req: Request| redirect_or_not_found(templates.clone(), req))
     }
@@ -48,7 +48,10 @@ impl Default for Routes {
     }
 }
 
-async fn redirect_or_not_found(templates: Vec<&'static str>, req: Request) -> Response {
+async fn redirect_or_not_found(
+    templates: std::sync::Arc<[&'static str]>,
+    req: Request,
+) -> Response {
     let path = req.uri().path();
     let fixed = (req.method() != Method::CONNECT && path != "/")
         .then(|| fix_path(&templates, path))

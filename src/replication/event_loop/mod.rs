@@ -25,6 +25,23 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, watch};
 
 use super::cluster::{Cluster, MAX_ADDRS_PER_PEER, Membership};
+
+/// Requests sent to members and waiting for their answer (or failure), by request ID.
+type Pending<T> = HashMap<
+    libp2p::request_response::OutboundRequestId,
+    tokio::sync::oneshot::Sender<Result<T, String>>,
+>;
+
+/// Hands `outcome` to whoever waits for request `id` (nothing if it stopped waiting).
+fn settle<T>(
+    pending: &mut Pending<T>,
+    id: &libp2p::request_response::OutboundRequestId,
+    outcome: Result<T, String>,
+) {
+    if let Some(waiter) = pending.remove(id) {
+        let _ = waiter.send(outcome);
+    }
+}
 use super::invitation::parse_bootstrap;
 use super::membership::Refusal;
 use super::metrics::ReplicationMetrics;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 use libp2p::kad::{self, GetProvidersOk, QueryResult};
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response;
 use tokio::sync::oneshot;
 
 use super::EventLoop;
@@ -33,7 +33,7 @@ pub(crate) struct LeaseView {
 pub(crate) struct ModelSync {
     leases: LeaseTable,
     queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
-    gets: HashMap<OutboundRequestId, oneshot::Sender<Result<ModelReply, String>>>,
+    gets: super::Pending<ModelReply>,
 }
 
 impl ModelSync {
@@ -258,16 +258,12 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(w) = self.models.gets.remove(&request_id) {
-                    let _ = w.send(Ok(response));
-                }
+                super::settle(&mut self.models.gets, &request_id, Ok(response));
             }
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(w) = self.models.gets.remove(&request_id) {
-                    let _ = w.send(Err(error.to_string()));
-                }
+                super::settle(&mut self.models.gets, &request_id, Err(error.to_string()));
             }
             _ => {}
         }

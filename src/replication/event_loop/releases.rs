@@ -88,7 +88,7 @@ pub(crate) struct ReleaseSync {
     /// Record requests in flight: which version, and what made this node ask.
     gets: HashMap<OutboundRequestId, (String, Via)>,
     /// Chunk requests in flight: who waits for the answer.
-    chunks: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobReply, String>>>,
+    chunks: super::Pending<BlobReply>,
     serving: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -490,16 +490,12 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(w) = self.rel.chunks.remove(&request_id) {
-                    let _ = w.send(Ok(response));
-                }
+                super::settle(&mut self.rel.chunks, &request_id, Ok(response));
             }
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(w) = self.rel.chunks.remove(&request_id) {
-                    let _ = w.send(Err(error.to_string()));
-                }
+                super::settle(&mut self.rel.chunks, &request_id, Err(error.to_string()));
             }
             _ => {}
         }
