@@ -571,3 +571,52 @@ async fn machines_set_list_rm_through_the_cli() {
     assert_eq!(names, [("n1".to_string(), "api".to_string())]);
     s.stop().await;
 }
+
+/// With neither `http.externalURL` nor `http.externalPXEURL` set (a zero-configuration
+/// `serve`), scripts link to the host the machine reached the appliance at, not to the
+/// default `localhost` that no machine can reach; a `Host` that is not a plain host name falls
+/// back to the default. (With a URL configured, the tests above see it win over the client's
+/// `Host`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_config_scripts_link_to_the_host_the_machine_reached() {
+    let (_t, data) = data_with_release();
+    let dir = data.display().to_string();
+    let s = TestServer::start_with(move |c| {
+        c.storage.data_dir = dir;
+        c.cache.gc_interval_seconds = 0;
+        c.cache.scrub_interval_seconds = 0;
+    })
+    .await;
+    let id = create_schematic(&s, "customization:\n  extraKernelArgs:\n    - if.test=z\n").await;
+    let path = format!("/pxe/{id}/{V}/metal-amd64");
+
+    let slirp = [("host", "10.0.2.2:8080")];
+    let text = get(&s, &path, &slirp).await.text();
+    assert!(
+        text.contains(&format!(
+            "kernel http://10.0.2.2:8080/image/{id}/{V}/kernel-amd64 "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "initrd http://10.0.2.2:8080/image/{id}/{V}/initramfs-amd64.xz\n"
+        )),
+        "{text}"
+    );
+    let bare = get(&s, "/pxe/boot.ipxe", &slirp).await.text();
+    assert!(
+        bare.contains("chain --replace --autofree http://10.0.2.2:8080/pxe/boot.ipxe?"),
+        "{bare}"
+    );
+
+    let odd = get(&s, &path, &[("host", "evil.test/x?y")]).await;
+    assert_eq!(odd.status, 200);
+    assert!(
+        odd.text().contains(&format!(
+            "kernel http://localhost:8080/image/{id}/{V}/kernel-amd64 "
+        )),
+        "{}",
+        odd.text()
+    );
+}

@@ -194,10 +194,11 @@ where
 /// the UKI for SecureBoot) from this factory, with the asset's kernel command line.
 pub async fn pxe(
     State(st): State<AppState>,
+    headers: HeaderMap,
     Path((id, version, path)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let boot = with_release(&st, &version, || st.assets().pxe_boot(&id, &version, &path)).await?;
-    let script = netboot::ipxe_script(&boot, st.pxe_base_url())
+    let script = netboot::ipxe_script(&boot, &st.pxe_base_url_for(&headers))
         .ok_or_else(|| ApiError::internal("no boot assets for the profile"))?;
     let mut resp = (
         [(

@@ -7,7 +7,7 @@
 //! identified request is a boot record. Also the netboot part of `/status`.
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -80,6 +80,7 @@ fn keep(st: &AppState, record: BootRecord) {
 /// Answers with a retry script showing `lines` (and the identifiers seen), and records it.
 fn retry(
     st: &AppState,
+    base: &str,
     id: &Identity,
     mut record: BootRecord,
     reason: &'static str,
@@ -95,12 +96,16 @@ fn retry(
     record.reason = Some(shown.join("; "));
     keep(st, record);
     st.metrics().netboot_retry(reason);
-    script(netboot::retry_script(st.pxe_base_url(), &shown, delay))
+    script(netboot::retry_script(base, &shown, delay))
 }
 
 /// `GET /pxe/boot.ipxe[?mac=..&uuid=..&serial=..&hostname=..&arch=..]`.
-pub async fn boot(State(st): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let base = st.pxe_base_url().to_string();
+pub async fn boot(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let base = st.pxe_base_url_for(&headers);
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return script(netboot::chain_script(&base));
     };
@@ -113,6 +118,7 @@ pub async fn boot(State(st): State<AppState>, RawQuery(query): RawQuery) -> Resp
     {
         return retry(
             &st,
+            &base,
             &id,
             record,
             "invalid",
@@ -131,6 +137,7 @@ pub async fn boot(State(st): State<AppState>, RawQuery(query): RawQuery) -> Resp
         };
         return retry(
             &st,
+            &base,
             &id,
             record,
             "unassigned",
@@ -141,12 +148,13 @@ pub async fn boot(State(st): State<AppState>, RawQuery(query): RawQuery) -> Resp
             RETRY_SECONDS,
         );
     };
-    serve_assignment(&st, &id, record, assignment).await
+    serve_assignment(&st, &base, &id, record, assignment).await
 }
 
 /// Answers the boot script of `a` for the machine of `id`.
 async fn serve_assignment(
     st: &AppState,
+    base: &str,
     id: &Identity,
     mut record: BootRecord,
     a: &Assignment,
@@ -170,6 +178,7 @@ async fn serve_assignment(
             .map_or(RETRY_SECONDS, |s| s.clamp(RETRY_RANGE.0, RETRY_RANGE.1));
         retry(
             st,
+            base,
             id,
             record.clone(),
             "unavailable",
@@ -190,8 +199,7 @@ async fn serve_assignment(
         Ok(boot) => boot,
         Err(e) => return failed(ApiError::from(e)),
     };
-    let Some(text) = netboot::boot_script(&boot, st.pxe_base_url(), &a.boot.extra_kernel_args)
-    else {
+    let Some(text) = netboot::boot_script(&boot, base, &a.boot.extra_kernel_args) else {
         return failed(ApiError::internal("no boot assets for the profile"));
     };
     record.outcome = Outcome::Booted;

@@ -1,8 +1,11 @@
 //! What the HTTP handlers share: the node, the metrics registry, the admin token, and the values
 //! derived from the configuration once at start.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
 
 use super::metrics::Metrics;
 use super::parse_pool::ParsePool;
@@ -38,6 +41,10 @@ struct Inner {
     public_listeners: BTreeMap<String, String>,
     rules: VersionRules,
     pxe_base_url: String,
+    /// Whether `pxe_base_url` was configured (else both URLs are at their defaults).
+    pxe_base_configured: bool,
+    /// `https` when the HTTP listener serves TLS.
+    scheme: &'static str,
     signing_key_pem: String,
     intake: Arc<tokio::sync::Semaphore>,
     parses: ParsePool,
@@ -87,6 +94,13 @@ impl AppState {
         } else {
             config.http.external_pxe_url.clone()
         };
+        let pxe_base_configured = !config.http.external_pxe_url.is_empty()
+            || config.http.external_url != crate::config::HttpConfig::default().external_url;
+        let scheme = if config.http.cert_file.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
         let signing_key_pem = node.signing_key().public_key_pem()?;
         metrics
             .schematic_cache_size
@@ -117,6 +131,8 @@ impl AppState {
                 listeners,
                 rules,
                 pxe_base_url,
+                pxe_base_configured,
+                scheme,
                 signing_key_pem,
                 intake: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
                 parses: ParsePool::new(
@@ -159,6 +175,19 @@ impl AppState {
     /// Base URL of iPXE script links (`http.externalPXEURL`, else `http.externalURL`).
     pub fn pxe_base_url(&self) -> &str {
         &self.inner.pxe_base_url
+    }
+
+    /// Base URL of the links in an iPXE script answered over HTTP: the configured one, or,
+    /// while neither `http.externalPXEURL` nor `http.externalURL` is set, the host the client
+    /// reached this appliance at (a zero-configuration appliance's default `localhost` would
+    /// send every machine to itself).
+    pub fn pxe_base_url_for(&self, headers: &HeaderMap) -> Cow<'_, str> {
+        match request_host(headers) {
+            Some(host) if !self.inner.pxe_base_configured => {
+                Cow::Owned(format!("{}://{host}/", self.inner.scheme))
+            }
+            _ => Cow::Borrowed(&self.inner.pxe_base_url),
+        }
     }
 
     /// The cluster public key, PKIX PEM.
@@ -225,4 +254,16 @@ impl AppState {
     pub fn source_images(&self) -> &crate::frontend::registry::SourceCache {
         &self.inner.source_images
     }
+}
+
+/// The `Host` header of a request when it is a plain `host[:port]` (letters, digits, `.-:[]`,
+/// at most 255 bytes): safe to write into a URL or a script.
+pub(crate) fn request_host(headers: &HeaderMap) -> Option<&str> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let plain = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    plain.then_some(host)
 }

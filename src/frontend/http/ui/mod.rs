@@ -195,15 +195,7 @@ pub async fn wizard_post(
 /// The host (and port) the browser reached us at, for the snippets; `http.externalURL`'s
 /// when the `Host` header is absent or not a plain host name.
 fn browser_host(st: &AppState, headers: &HeaderMap) -> String {
-    let ok = |h: &str| {
-        !h.is_empty()
-            && h.len() <= 255
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-    };
-    if let Some(h) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
-        && ok(h)
-    {
+    if let Some(h) = super::state::request_host(headers) {
         return h.to_string();
     }
     url::Url::parse(&st.node().config().http.external_url)
