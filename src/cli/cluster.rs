@@ -40,7 +40,8 @@ pub struct Target {
     /// Go through this running appliance's admin API instead (`unix:PATH` or a URL).
     #[arg(long, value_name = "ADDR")]
     pub server: Option<String>,
-    /// Admin token file for `--server` (default: `admin.tokenFile`).
+    /// Admin token file for `--server` (default: `admin.tokenFile`, else the data
+    /// directory's that holds the `--server` socket, else `<dataDir>/keys/admin-token`).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 }

@@ -31,7 +31,8 @@ pub struct GcArgs {
     /// Run the pass in this running appliance instead (e.g. `http://127.0.0.1:8080/`).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// Admin token file for `--server` (default: `admin.tokenFile`).
+    /// Admin token file for `--server` (default: `admin.tokenFile`, else the data
+    /// directory's that holds the `--server` socket, else `<dataDir>/keys/admin-token`).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 }

@@ -65,8 +65,8 @@ pub struct ImportArgs {
     /// `unix:/var/lib/image-factory/admin.sock` (the default admin listener) or `https://host:port`.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// Admin token file for `--server` (default: `admin.tokenFile`, else
-    /// `<dataDir>/keys/admin-token`).
+    /// Admin token file for `--server` (default: `admin.tokenFile`, else the data
+    /// directory's that holds the `--server` socket, else `<dataDir>/keys/admin-token`).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 }

@@ -19,11 +19,11 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client for the admin listener `server` (`unix:PATH` for its Unix socket, or the
     /// `http(s)://HOST:PORT` of a TCP admin listener), authenticated with the token in
-    /// `token_file` (default: `admin.tokenFile`, else `<dataDir>/keys/admin-token`).
+    /// `token_file` (default: [`default_token_file`]).
     pub fn new(server: &str, token_file: Option<&Path>, cfg: &Config) -> Result<Self, CliError> {
         let path: PathBuf = token_file
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| cfg.admin_token_path());
+            .unwrap_or_else(|| default_token_file(server, cfg));
         let token = std::fs::read_to_string(&path)
             .map(|t| t.trim().to_string())
             .map_err(|source| CliError::Io {
@@ -153,6 +153,22 @@ pub async fn text(
     })
 }
 
+/// The admin token file of `server` when none is named: `admin.tokenFile` when set; for a Unix
+/// socket, the token of the data directory that holds the socket (where `serve` puts both),
+/// when it is there; else `<dataDir>/keys/admin-token`.
+pub fn default_token_file(server: &str, cfg: &Config) -> PathBuf {
+    if cfg.admin.token_file.is_empty()
+        && let Some(socket) = server.strip_prefix("unix:")
+        && let Some(dir) = Path::new(socket).parent()
+    {
+        let beside = dir.join("keys").join("admin-token");
+        if beside.is_file() {
+            return beside;
+        }
+    }
+    cfg.admin_token_path()
+}
+
 /// How to reach the appliance.
 #[derive(Debug, Args)]
 pub struct Conn {
@@ -160,7 +176,8 @@ pub struct Conn {
     /// `unix:<dataDir>/admin.sock`).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// Admin token file (default: `admin.tokenFile`, else `<dataDir>/keys/admin-token`).
+    /// Admin token file (default: `admin.tokenFile`, else the data directory's that holds
+    /// the `--server` socket, else `<dataDir>/keys/admin-token`).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// YAML configuration file (for the default server and token).

@@ -372,21 +372,24 @@ async fn server_mode_import_through_the_admin_api() {
     assert_eq!(bad.status().as_u16(), 401);
     assert!(bad.headers().contains_key("www-authenticate"));
 
-    // `image-factory import BUNDLE --server SERVER` with the token and key, in a thread.
-    let import_through = |server: String| {
-        let args = vec![
+    // `image-factory import BUNDLE --server SERVER` with the key (and the token file, when
+    // given), in a thread, from a directory that is not the data directory's parent.
+    let import_through = |server: String, token: Option<&Path>| {
+        let mut args = vec![
             "import".to_string(),
             bundle.display().to_string(),
             "--server".into(),
             server,
-            "--admin-token-file".into(),
-            token_file.display().to_string(),
             "--trust-key".into(),
             pubkey.display().to_string(),
         ];
+        if let Some(token) = token {
+            args.extend(["--admin-token-file".into(), token.display().to_string()]);
+        }
         tokio::task::spawn_blocking(move || {
             Command::new(crate::common::bin())
                 .args(&args)
+                .current_dir("/")
                 .stdin(Stdio::null())
                 .output()
                 .expect("run")
@@ -394,7 +397,9 @@ async fn server_mode_import_through_the_admin_api() {
     };
 
     // The CLI pointed at the public port (the admin API's old place) says where it went.
-    let out = import_through(base.clone()).await.expect("join");
+    let out = import_through(base.clone(), Some(&token_file))
+        .await
+        .expect("join");
     let err = stderr(&out);
     assert!(
         !out.status.success(),
@@ -402,7 +407,11 @@ async fn server_mode_import_through_the_admin_api() {
     );
     assert!(err.contains("is --server the admin listener?"), "{err}");
 
-    let out = import_through(srv.admin_server_arg()).await.expect("join");
+    // Through the Unix socket, the token is found beside it (the data directory's), as an
+    // operator of the installed service types it: `--server unix:/var/lib/…/admin.sock`.
+    let out = import_through(srv.admin_server_arg(), None)
+        .await
+        .expect("join");
     let err = stderr(&out);
     assert!(out.status.success(), "server-mode import failed: {err}");
     assert!(err.contains("server mode: importing through"), "{err}");
