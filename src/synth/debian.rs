@@ -12,12 +12,36 @@ pub const KIT_DIR_ENV: &str = "IF_TESTKIT_DIR";
 /// Default kit directory.
 pub const DEFAULT_KIT_DIR: &str = "/var/cache/image-factory/testkit";
 
-/// The kit directory: `$IF_TESTKIT_DIR` or [`DEFAULT_KIT_DIR`].
+/// The kit directory: `$IF_TESTKIT_DIR`, else [`DEFAULT_KIT_DIR`] when it exists or this is
+/// root, else the user's cache (`$XDG_CACHE_HOME` or `~/.cache`, `image-factory/testkit`), so
+/// that `serve --demo` works for a user who cannot write `/var/cache`.
 pub fn default_kit_dir() -> PathBuf {
-    std::env::var_os(KIT_DIR_ENV)
-        .filter(|v| !v.is_empty())
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    choose_kit_dir(
+        var(KIT_DIR_ENV),
+        Path::new(DEFAULT_KIT_DIR).exists() || rustix::process::geteuid().is_root(),
+        var("XDG_CACHE_HOME"),
+        var("HOME"),
+    )
+}
+
+/// [`default_kit_dir`]'s choice, given the environment it reads.
+fn choose_kit_dir(
+    explicit: Option<std::ffi::OsString>,
+    system_usable: bool,
+    xdg_cache: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir.into();
+    }
+    let user_cache = xdg_cache
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_KIT_DIR))
+        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")));
+    match user_cache {
+        Some(cache) if !system_usable => cache.join("image-factory").join("testkit"),
+        _ => PathBuf::from(DEFAULT_KIT_DIR),
+    }
 }
 
 /// Located Debian inputs.
@@ -293,6 +317,26 @@ mod tests {
             depends: deps.iter().map(|d| d.to_string()).collect(),
             bytes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn kit_dir_falls_back_to_the_users_cache_only_when_var_cache_is_unusable() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        let system = PathBuf::from(DEFAULT_KIT_DIR);
+        assert_eq!(
+            choose_kit_dir(os("/k"), false, os("/x"), os("/h")),
+            PathBuf::from("/k")
+        );
+        assert_eq!(choose_kit_dir(None, true, os("/x"), os("/h")), system);
+        assert_eq!(
+            choose_kit_dir(None, false, os("/x"), os("/h")),
+            PathBuf::from("/x/image-factory/testkit")
+        );
+        assert_eq!(
+            choose_kit_dir(None, false, None, os("/h")),
+            PathBuf::from("/h/.cache/image-factory/testkit")
+        );
+        assert_eq!(choose_kit_dir(None, false, None, None), system);
     }
 
     #[test]
