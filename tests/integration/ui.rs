@@ -505,3 +505,16 @@ async fn no_page_names_another_origin() {
     );
     srv.stop().await;
 }
+
+/// A fresh appliance with no release says how to get one, and how to try it first.
+#[tokio::test]
+async fn an_empty_appliance_points_to_the_import_and_the_demo() {
+    let srv = TestServer::start().await;
+    let body = page(&srv, "/?target=metal", "Talos version").await;
+    assert!(
+        body.contains("No Talos release is imported on this appliance yet"),
+        "{body}"
+    );
+    assert!(body.contains("image-factory serve --demo"), "{body}");
+    srv.stop().await;
+}

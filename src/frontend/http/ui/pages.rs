@@ -173,7 +173,9 @@ fn version(st: &AppState, w: &Wizard) -> Result<Value, ApiError> {
         name => "version",
         groups => ser(&groups),
         empty => "No Talos release is imported on this appliance yet: an operator imports one \
-                  (see the operator guide, 'Bring a Talos release across the air gap').",
+                  (see the operator guide, 'Bring a Talos release across the air gap'). To try \
+                  the appliance first, start it with `image-factory serve --demo`: it imports \
+                  a synthetic test release (not Talos) whose media boot to a test marker.",
         ..base(w, Step::Version, "Talos version")
     })
 }
