@@ -204,6 +204,12 @@ impl Assets {
         }
     }
 
+    /// The builds of this process (queued, running, built, failed), newest first, with their
+    /// durations: the last 64 of them.
+    pub fn build_journal(&self) -> Vec<super::BuildEntry> {
+        lock(&self.inner.journal).list()
+    }
+
     /// The newest `limit` cached assets whose records verify (newest first; records that do
     /// not verify are skipped: garbage collection and serving set them aside), and how many
     /// builds run or wait now. For the operator page.

@@ -28,8 +28,8 @@ pub use metrics::{AssetMetrics, HISTOGRAMS, LATENCY_BUCKETS};
 pub use parts::InstallerManifest;
 pub use peers::Peers;
 pub use pipeline::{
-    AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores,
-    Outcome, Served,
+    AssetRequest, Assets, AssetsOptions, BUILD_TIMEOUT, BuildEntry, BuildState,
+    DEFAULT_INITRAMFS_ZSTD_LEVEL, DataStores, Outcome, Served,
 };
 pub use pxe::PxeBoot;
 pub use record::{AssetRecord, RecordStore, RecordVerifier};

@@ -28,6 +28,9 @@ use crate::trust::SigningKey;
 
 mod admission;
 mod build;
+mod journal;
+
+pub use journal::{BuildEntry, BuildState};
 
 use admission::{Bounded, BuildTimes, Failures, MAX_REMEMBERED};
 
@@ -180,6 +183,8 @@ pub(super) struct Inner {
     /// When each asset's last-served time was last written.
     pub(super) touched: Mutex<Bounded<u64>>,
     pub(super) build_times: Mutex<BuildTimes>,
+    /// The builds of this process, for the operator page.
+    pub(super) journal: Mutex<journal::Journal>,
     /// Raised when a build or import runs out of disk space: wakes garbage collection.
     pub(super) out_of_space: Arc<Notify>,
     /// The cluster, asked before building (set once replication starts).
@@ -331,6 +336,7 @@ impl Assets {
                 checks: Mutex::new(BlobChecks::new(window)),
                 touched: Mutex::new(Bounded::new(MAX_REMEMBERED)),
                 build_times: Mutex::default(),
+                journal: Mutex::default(),
                 out_of_space: Arc::default(),
                 peers: std::sync::OnceLock::new(),
             }),

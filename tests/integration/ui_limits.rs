@@ -151,6 +151,10 @@ async fn the_operator_page_is_on_the_admin_listener_only() {
         .expect("admin");
     assert_eq!(r.status().as_u16(), 401);
     let token = std::fs::read_to_string(srv.dir.path().join("keys/admin-token")).expect("token");
+    // One build, so that the page lists it with its state and duration.
+    let id = crate::common::assets::create_schematic(&srv, "customization: {}\n").await;
+    let (status, _, text) = get(&srv, &format!("/image/{id}/v1.12.0/cmdline-metal-amd64")).await;
+    assert_eq!(status, 200, "{text}");
     let r = admin
         .get(&url)
         .basic_auth("anyone", Some(token.trim()))
@@ -159,10 +163,22 @@ async fn the_operator_page_is_on_the_admin_listener_only() {
         .expect("admin");
     assert_eq!(r.status().as_u16(), 200);
     let body = unescape(&r.text().await.expect("body"));
+    let row =
+        format!("<td><code>cmdline-metal-amd64</code></td><td>v1.12.0</td><td>built</td><td>");
+    let at = body
+        .find(&row)
+        .unwrap_or_else(|| panic!("no build row: {body}"));
+    let duration = &body[at + row.len()..];
+    let duration = &duration[..duration.find("</td>").expect("cell")];
+    assert!(
+        duration.ends_with(" s") && duration[..duration.len() - 2].parse::<f64>().is_ok(),
+        "{duration}"
+    );
     for section in [
         "Imported releases",
         "Cache",
-        "Recent builds",
+        "Builds since start",
+        "Cached assets, newest first",
         "Machine assignments",
         "Recent boots",
         "Peers",

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use super::{Assets, BuildResult, Joined, Outcome, Resolved, labels, lock};
+use super::{Assets, BuildResult, BuildState, Joined, Outcome, Resolved, labels, lock};
 use crate::assets::error::{AssetError, BuildError, BuildFailure};
 use crate::assets::metrics::AssetLabels;
 use crate::assets::record::AssetRecord;
@@ -135,6 +135,29 @@ impl Assets {
     /// Waits for a build slot and builds on the blocking pool, both before the build's
     /// deadline (`build_timeout` after admission); records metrics.
     async fn run_build(&self, resolved: &Arc<Resolved>, admitted_at: Instant) -> BuildResult {
+        let entry = lock(&self.inner.journal).admit(
+            &resolved.req.schematic_id,
+            &resolved.version.tag(),
+            &resolved.req.path,
+        );
+        let result = self.run_admitted(resolved, admitted_at, entry).await;
+        let state = match &result {
+            Ok(record) => BuildState::Built { size: record.size },
+            Err(f) => BuildState::Failed {
+                error: format!("{:#}", Causes(f)),
+            },
+        };
+        lock(&self.inner.journal).update(entry, state);
+        result
+    }
+
+    /// [`Assets::run_build`] after admission (journal entry `entry`).
+    async fn run_admitted(
+        &self,
+        resolved: &Arc<Resolved>,
+        admitted_at: Instant,
+        entry: u64,
+    ) -> BuildResult {
         let m = &self.inner.metrics;
         let deadline = admitted_at + self.inner.opts.build_timeout;
         let timeout = self.inner.opts.build_timeout.as_secs();
@@ -152,6 +175,7 @@ impl Assets {
         };
         m.concurrency_latency
             .record(admitted_at.elapsed().as_secs_f64());
+        lock(&self.inner.journal).update(entry, BuildState::Running);
         let started = Instant::now();
         let this = self.clone();
         let r = Arc::clone(resolved);

@@ -15,6 +15,7 @@ use super::super::error::ApiError;
 use super::super::handlers::{release_status, replication_status};
 use super::super::state::AppState;
 use super::{html, render, ser};
+use crate::assets::{BuildEntry, BuildState};
 use crate::trust::token_matches;
 
 /// Recent builds listed.
@@ -75,6 +76,38 @@ struct Build {
     size: String,
 }
 
+/// One build of this process as the page lists it.
+#[derive(Serialize)]
+struct Job {
+    admitted: String,
+    schematic: String,
+    version: String,
+    path: String,
+    state: &'static str,
+    duration: String,
+    detail: String,
+}
+
+impl From<BuildEntry> for Job {
+    fn from(e: BuildEntry) -> Self {
+        let (state, detail) = match e.state {
+            BuildState::Queued => ("queued", String::new()),
+            BuildState::Running => ("running", String::new()),
+            BuildState::Built { size } => ("built", human(size)),
+            BuildState::Failed { error } => ("failed", error),
+        };
+        Self {
+            admitted: crate::clock::rfc3339_utc(e.admitted),
+            schematic: e.schematic,
+            version: e.version,
+            path: e.path,
+            state,
+            duration: format!("{:.1} s", e.seconds),
+            detail,
+        }
+    }
+}
+
 /// Cache usage as the page shows it.
 #[derive(Serialize)]
 struct Cache {
@@ -114,6 +147,12 @@ pub async fn page(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
             size: human(r.size),
         })
         .collect();
+    let jobs: Vec<Job> = st
+        .assets()
+        .build_journal()
+        .into_iter()
+        .map(Job::from)
+        .collect();
     let machines = assignment_views(&st).await?;
     let m = st.machines().clone();
     let boots = tokio::task::spawn_blocking(move || m.boots().list(None, RECENT_BOOTS))
@@ -126,6 +165,7 @@ pub async fn page(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
         releases => ser(&releases),
         cache => ser(&cache),
         builds => ser(&builds),
+        jobs => ser(&jobs),
         machines => ser(&machines),
         boots => ser(&boots),
         replication => ser(&replication),
