@@ -163,8 +163,7 @@ async fn the_operator_page_is_on_the_admin_listener_only() {
         .expect("admin");
     assert_eq!(r.status().as_u16(), 200);
     let body = unescape(&r.text().await.expect("body"));
-    let row =
-        format!("<td><code>cmdline-metal-amd64</code></td><td>v1.12.0</td><td>built</td><td>");
+    let row = "<td><code>cmdline-metal-amd64</code></td><td>v1.12.0</td><td>built</td><td>";
     let at = body
         .find(&row)
         .unwrap_or_else(|| panic!("no build row: {body}"));
