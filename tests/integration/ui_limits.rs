@@ -165,7 +165,7 @@ async fn the_operator_page_is_on_the_admin_listener_only() {
     let body = unescape(&r.text().await.expect("body"));
     let row = "<td><code>cmdline-metal-amd64</code></td><td>v1.12.0</td><td>built</td><td>";
     let at = body
-        .find(&row)
+        .find(row)
         .unwrap_or_else(|| panic!("no build row: {body}"));
     let duration = &body[at + row.len()..];
     let duration = &duration[..duration.find("</td>").expect("cell")];
