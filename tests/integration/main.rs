@@ -5,6 +5,7 @@ mod common;
 mod oci_support;
 
 mod appliance;
+mod arm64_boot;
 mod assets_crash;
 mod assets_gc;
 mod assets_http;

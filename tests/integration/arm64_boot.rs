@@ -1,0 +1,132 @@
+//! arm64 as upstream builds it, booted for real: the test kit's arm64 release carries Debian's
+//! arm64 kernel (an EFI-stub `Image`), busybox, systemd-boot and GRUB, and what the appliance
+//! builds from it boots in `qemu-system-aarch64 -M virt -cpu max` under TCG, with AAVMF for
+//! the UEFI boots: direct kernel + initramfs (PXE-style), UKI, raw disk image and ISO. Each
+//! boot must reach the kit's marker with the schematic's kernel argument on the command line.
+//!
+//! The arm64 kit takes only the kernel image from Debian's package (no modules), so the
+//! init cannot mount the root or extension layers there: the marker shows the command line
+//! and the layers listed in `/extensions.yaml` (the schematic's own among them), not mounted.
+//! Each boot is bounded (`Boot::timeout`); the measured time is printed.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use image_factory::synth;
+use testsupport::tools;
+
+use crate::common::kit::{self, Kit};
+
+/// The release version the boots use (hybrid ISO, sd-boot disk image).
+const V: &str = "v1.11.0";
+/// The schematic's kernel argument the marker must show.
+const ARG: &str = "if.test=arm64-boot";
+
+/// An imported amd64 + arm64 kit release and an arm64 schematic (one kernel argument).
+struct Arm64Kit {
+    kit: Kit,
+    schematic: PathBuf,
+    id: String,
+    out: PathBuf,
+}
+
+/// Synthesizes and imports the kit release `version` for amd64 and arm64; `None` (with a
+/// notice, or a failure under `IF_REQUIRE_TOOLS=1`) without the arm64 kit inputs.
+fn arm64_kit(version: &str) -> Option<Arm64Kit> {
+    if let Err(e) = synth::debian::Arm64Inputs::locate(&synth::default_kit_dir()) {
+        tools::require(false, &format!("arm64 test kit inputs missing: {e}"));
+        return None;
+    }
+    let kit = kit::imported_arches(version, &["amd64", "arm64"], 0)?;
+    let schematic = kit.dir.path().join("arm64.yaml");
+    std::fs::write(
+        &schematic,
+        format!("customization:\n  extraKernelArgs:\n    - {ARG}\n"),
+    )
+    .expect("write schematic");
+    let id = kit::schematic_id(&schematic);
+    let out = kit.dir.path().join("out");
+    Some(Arm64Kit {
+        kit,
+        schematic,
+        id,
+        out,
+    })
+}
+
+impl Arm64Kit {
+    /// Builds `path` of [`V`] into `out`; returns the file.
+    fn build(&self, path: &str) -> PathBuf {
+        self.build_version(V, path)
+    }
+
+    fn build_version(&self, version: &str, path: &str) -> PathBuf {
+        let sha = kit::build(&self.kit, version, &self.schematic, path, &self.out, false);
+        assert_eq!(sha.len(), 64, "{path}: no sha256 reported");
+        self.out.join(path)
+    }
+}
+
+fn u16_le(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// The PE machine of an EFI executable.
+fn pe_machine(b: &[u8]) -> u16 {
+    assert_eq!(&b[..2], b"MZ", "not a PE file");
+    let pe = u32::from_le_bytes(b[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(&b[pe..pe + 4], b"PE\0\0");
+    u16_le(b, pe + 4)
+}
+
+/// The named entries of the newc cpio archives in `data` (concatenated, zero padding skipped).
+fn cpio_file(data: &[u8], name: &str) -> Option<Vec<u8>> {
+    let hex = |b: &[u8]| usize::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap();
+    let mut at = 0;
+    while at + 110 <= data.len() {
+        if data[at] == 0 {
+            at += 1;
+            continue;
+        }
+        assert_eq!(&data[at..at + 6], b"070701", "newc magic at {at}");
+        let size = hex(&data[at + 54..at + 62]);
+        let namesize = hex(&data[at + 94..at + 102]);
+        let n = &data[at + 110..at + 110 + namesize - 1];
+        let body = (at + 110 + namesize).div_ceil(4) * 4;
+        if n == name.as_bytes() {
+            return Some(data[body..body + size].to_vec());
+        }
+        at = (body + size).div_ceil(4) * 4;
+    }
+    None
+}
+
+/// The kit's arm64 artefacts are real arm64 ones: the kernel an EFI-stub arm64 `Image`, the
+/// UKI an arm64 PE (built on Debian's arm64 stub, given its `.sbat` section), the initramfs'
+/// busybox an AArch64 ELF. Without the arm64 kit inputs these were amd64 bytes.
+#[test]
+fn arm64_kit_artefacts_are_arm64() {
+    let Some(k) = arm64_kit(V) else { return };
+    let kernel = std::fs::read(k.build("kernel-arm64")).expect("kernel");
+    // arm64 boot protocol: "ARM\x64" at 0x38; an EFI stub also starts with "MZ"
+    assert_eq!(&kernel[0x38..0x3c], b"ARM\x64", "not an arm64 Image");
+    assert_eq!(pe_machine(&kernel), 0xAA64, "kernel EFI stub machine");
+
+    let uki = std::fs::read(k.build("metal-arm64-uki.efi")).expect("uki");
+    assert_eq!(pe_machine(&uki), 0xAA64, "UKI machine");
+
+    let initramfs = std::fs::read(k.build("initramfs-arm64.xz")).expect("initramfs");
+    assert_eq!(&initramfs[..4], [0x28, 0xB5, 0x2F, 0xFD], "zstd initramfs");
+    let mut cpio = Vec::new();
+    zstd::stream::read::Decoder::new(&initramfs[..])
+        .expect("zstd")
+        .read_to_end(&mut cpio)
+        .expect("unzstd");
+    let busybox = cpio_file(&cpio, "bin/busybox").expect("bin/busybox in the initramfs");
+    assert_eq!(&busybox[..4], b"\x7fELF");
+    assert_eq!(
+        u16_le(&busybox, 18),
+        0xB7,
+        "busybox e_machine is not AArch64"
+    );
+}
