@@ -12,7 +12,8 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use image_factory::synth;
+use image_factory::synth::{self, Marker};
+use testsupport::qemu::{AAVMF_VARS, Boot};
 use testsupport::tools;
 
 use crate::common::kit::{self, Kit};
@@ -64,6 +65,40 @@ impl Arm64Kit {
         let sha = kit::build(&self.kit, version, &self.schematic, path, &self.out, false);
         assert_eq!(sha.len(), 64, "{path}: no sha256 reported");
         self.out.join(path)
+    }
+
+    /// A fresh copy of the AAVMF variable store.
+    fn vars(&self, name: &str) -> PathBuf {
+        let vars = self.out.join(format!("{name}-vars.fd"));
+        std::fs::copy(AAVMF_VARS, &vars).expect("copy AAVMF vars");
+        vars
+    }
+
+    /// Boots `boot` in qemu-system-aarch64 and checks the marker shows the schematic's
+    /// argument (and its extension layer); `what` names the boot in failures and the timing.
+    fn boot_and_check(&self, what: &str, boot: Boot) -> Marker {
+        let run = boot.run_aarch64().expect("qemu-system-aarch64");
+        println!(
+            "arm64 {what} boot: {:.1} s (timed out: {})",
+            run.elapsed.as_secs_f64(),
+            run.timed_out
+        );
+        let m = Marker::find(&run.console)
+            .unwrap_or_else(|| panic!("{what}: no marker; console:\n{}", run.console))
+            .unwrap_or_else(|e| panic!("{what}: {e}\nconsole:\n{}", run.console));
+        let args: Vec<&str> = m.cmdline.split_whitespace().collect();
+        for want in [ARG, "talos.platform=metal", "console=ttyAMA0"] {
+            assert!(args.contains(&want), "{what}: {want} not in {}", m.cmdline);
+        }
+        assert!(
+            m.extensions
+                .iter()
+                .any(|e| e.name == "schematic" && e.version == self.id),
+            "{what}: no schematic layer {} in {:?}",
+            self.id,
+            m.extensions
+        );
+        m
     }
 }
 
@@ -129,4 +164,46 @@ fn arm64_kit_artefacts_are_arm64() {
         0xB7,
         "busybox e_machine is not AArch64"
     );
+}
+
+/// PXE-style: the kernel and initramfs the factory serves, the `cmdline-metal-arm64` text as
+/// the kernel command line, on `qemu-system-aarch64` without firmware.
+#[test]
+fn arm64_direct_kernel_boot_reaches_the_marker() {
+    let Some(k) = arm64_kit(V) else { return };
+    let kernel = k.build("kernel-arm64");
+    let initramfs = k.build("initramfs-arm64.xz");
+    let cmdline = std::fs::read_to_string(k.build("cmdline-metal-arm64")).expect("cmdline");
+    if !tools::qemu_aarch64_aavmf() {
+        return;
+    }
+    let boot = Boot::aarch64_direct(&kernel, &initramfs, &format!("{cmdline} console=ttyAMA0"));
+    k.boot_and_check("direct kernel", boot);
+}
+
+/// The UKI as the loader of an EFI system partition, through AAVMF.
+#[test]
+fn arm64_uki_boots_through_aavmf() {
+    let Some(k) = arm64_kit(V) else { return };
+    let uki = k.build("metal-arm64-uki.efi");
+    if !tools::qemu_aarch64_aavmf() {
+        return;
+    }
+    let esp = k.out.join("esp");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).expect("esp");
+    std::fs::copy(&uki, esp.join("EFI/BOOT/BOOTAA64.EFI")).expect("copy uki");
+    let boot = Boot::aavmf_esp(&esp, &k.vars("uki"));
+    k.boot_and_check("UKI", boot);
+}
+
+/// The raw disk image (sd-boot on arm64) through AAVMF.
+#[test]
+fn arm64_raw_disk_boots_through_aavmf() {
+    let Some(k) = arm64_kit(V) else { return };
+    let disk = k.build("metal-arm64.raw");
+    if !tools::qemu_aarch64_aavmf() {
+        return;
+    }
+    let boot = Boot::aavmf_disk(&disk, &k.vars("disk"));
+    k.boot_and_check("raw disk", boot);
 }
