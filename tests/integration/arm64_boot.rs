@@ -207,3 +207,43 @@ fn arm64_raw_disk_boots_through_aavmf() {
     let boot = Boot::aavmf_disk(&disk, &k.vars("disk"));
     k.boot_and_check("raw disk", boot);
 }
+
+/// `metal-arm64.iso` of a 1.10–1.11 target is upstream's hybrid ISO (GRUB's BIOS El Torito
+/// entry, systemd-boot + UKI for UEFI at `EFI/BOOT/BOOTAA64.EFI`), no longer refused: it boots
+/// through AAVMF from a CD-ROM.
+#[test]
+fn arm64_hybrid_iso_boots_through_aavmf() {
+    let Some(k) = arm64_kit(V) else { return };
+    let iso = k.build("metal-arm64.iso");
+    if !tools::qemu_aarch64_aavmf() {
+        return;
+    }
+    let boot = Boot::aavmf_cdrom(&iso, &k.vars("hybrid-iso"));
+    let m = k.boot_and_check("hybrid ISO (v1.11)", boot);
+    assert!(
+        m.cmdline.contains("talos.halt_if_installed=1"),
+        "not the ISO command line: {}",
+        m.cmdline
+    );
+}
+
+/// A 1.8–1.9 target's `metal-arm64.iso` is a GRUB ISO whose UEFI loader is GRUB's
+/// `arm64-efi` image (from the release's GRUB tree): it boots through AAVMF from a CD-ROM, and
+/// GRUB (`BOOT_IMAGE=`) starts the kernel.
+#[test]
+fn arm64_grub_iso_boots_through_aavmf() {
+    let Some(k) = arm64_kit("v1.9.0") else {
+        return;
+    };
+    let iso = k.build_version("v1.9.0", "metal-arm64.iso");
+    if !tools::qemu_aarch64_aavmf() {
+        return;
+    }
+    let boot = Boot::aavmf_cdrom(&iso, &k.vars("grub-iso"));
+    let m = k.boot_and_check("GRUB ISO (v1.9)", boot);
+    assert!(
+        m.cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz "),
+        "not booted by GRUB: {}",
+        m.cmdline
+    );
+}
