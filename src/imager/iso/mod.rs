@@ -29,6 +29,10 @@ pub use xorriso::{IsoPlan, run_xorriso};
 const MEDIUM: &str = "ISO";
 /// MiB.
 const MIB: u64 = 1 << 20;
+/// Where UEFI ISOs carry systemd-boot's random seed ([`Quirk::IsoRandomSeed`]).
+pub const RANDOM_SEED_PATH: &str = "loader/random-seed";
+/// The seed: 32 zero bytes, as upstream writes it.
+pub const RANDOM_SEED: [u8; 32] = [0; 32];
 /// Clusters a FAT32 volume needs (below this count it is FAT16 by definition).
 const FAT32_MIN_CLUSTERS: u64 = 65_525;
 /// Smallest `efiboot.img`: FAT32 with 512-byte clusters needs about 33 MiB.
@@ -280,6 +284,14 @@ pub fn write_iso(
         for (path, src) in files {
             esp.push(EspFile::file(&path, src.clone()));
             plan.grafts.push((path, src));
+        }
+        // systemd-boot >= 261 creates loader/random-seed when it is missing, which fails on
+        // the read-only medium (talos#14029): a read-only seed of zeroes is there already.
+        if profile.quirks().has(Quirk::IsoRandomSeed) {
+            let seed = scratch.join("random-seed");
+            std::fs::write(&seed, RANDOM_SEED)?;
+            esp.push(EspFile::file(RANDOM_SEED_PATH, seed.clone()).read_only());
+            plan.grafts.push((RANDOM_SEED_PATH.to_string(), seed));
         }
     }
     let sizes = esp
