@@ -8,9 +8,10 @@ cd "$(dirname "$0")"
 # Debian packages the tests (and the build) need.
 PACKAGES=(curl ca-certificates openssl build-essential docker-registry skopeo
     cpio squashfs-tools squashfs-tools-ng zstd xz-utils qemu-system-x86 ovmf ipxe-qemu fdisk binutils systemd-boot-efi
+    qemu-system-arm qemu-efi-aarch64
     kmod xfsprogs grub-common grub-pc-bin mtools dosfstools xorriso genisoimage strace containerd
     atftp tftp-hpa ipxe iproute2 dnsmasq-base systemd chromium sbsigntool osslsigncode)
-# qemu-system-x86 7.2 on Debian 12 needs the matching qemu-utils, older than the one some
+# qemu-system-x86 (and -arm) 7.2 on Debian 12 needs the matching qemu-utils, older than the one some
 # images preinstall: apt refuses unless the version is pinned and downgrades are allowed.
 QEMU_UTILS_PIN="qemu-utils=1:7.2+dfsg-7+deb12u18+b3"
 
@@ -31,7 +32,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    if printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86; then
+    if printf '%s\n' "${missing[@]}" | grep -qxE 'qemu-system-(x86|arm)'; then
         missing+=("$QEMU_UTILS_PIN")
     fi
     echo "test.sh: installing ${missing[*]}" >&2

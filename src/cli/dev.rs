@@ -26,7 +26,7 @@ pub struct SynthArgs {
     /// Talos version to synthesize (repeatable); default v1.10.3 and v1.11.0.
     #[arg(long = "version", value_name = "vX.Y.Z")]
     pub versions: Vec<String>,
-    /// Architecture (repeatable; arm64 gets amd64 bytes as non-bootable placeholders).
+    /// Architecture (repeatable; arm64 from the Debian arm64 packages `fetch-debian.sh` fetches).
     #[arg(long = "arch", value_name = "ARCH", default_value = "amd64")]
     pub arches: Vec<String>,
     /// Plain extensions to add beyond kmod-test, fw-test and svc-test.

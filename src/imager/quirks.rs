@@ -73,6 +73,10 @@ pub enum Quirk {
     XfsMkfsLts618,
     /// 64 GiB minimum XFS allocation group (Talos runtime only).
     XfsMinAllocationGroupSize,
+    /// UEFI ISOs carry `loader/random-seed` (32 zero bytes, read-only in `efiboot.img`): the
+    /// target's systemd-boot (>= 261) would otherwise try to create it on the read-only medium
+    /// (talos#14029; imager 1.14).
+    IsoRandomSeed,
 }
 
 /// When a quirk applies, on `major.minor.patch` of the target.
@@ -249,6 +253,12 @@ pub const QUIRKS: &[QuirkRow] = &[
         Min(1, 14, 0),
         true,
     ),
+    row(
+        Q::IsoRandomSeed,
+        "loader/random-seed on UEFI ISOs (talos#14029)",
+        Min(1, 14, 0),
+        true,
+    ),
 ];
 
 /// The oldest target (major, minor) this appliance builds.
@@ -355,7 +365,7 @@ mod tests {
         for r in QUIRKS {
             assert!(seen.insert(r.quirk), "duplicate row {:?}", r.quirk);
         }
-        assert_eq!(seen.len(), 28);
+        assert_eq!(seen.len(), 29);
     }
 
     #[test]
@@ -374,6 +384,9 @@ mod tests {
         assert!(q("v1.10.0-alpha.0").has(Quirk::UseSdBootForUefi));
         assert!(q("1.12").has(Quirk::SupportsEmbeddedConfig));
         assert!(!q("v1.11.5").has(Quirk::SupportsEmbeddedConfig));
+        assert!(q("v1.14.0-beta.1").has(Quirk::IsoRandomSeed));
+        assert!(!q("v1.13.4").has(Quirk::IsoRandomSeed));
+        assert!(q("latest").has(Quirk::IsoRandomSeed));
     }
 
     #[test]

@@ -83,6 +83,55 @@ fn require(path: PathBuf, package: &str) -> Result<PathBuf, KitError> {
     }
 }
 
+/// The arm64 Debian inputs, unpacked by `fetch-debian.sh` into `<kit>/arm64/root/` (their own
+/// tree: busybox and systemd-boot share file names with the amd64 packages). Only the kernel
+/// image is taken from the kernel package, so the arm64 initramfs loads no modules.
+#[derive(Debug, Clone)]
+pub struct Arm64Inputs {
+    /// Kernel release, e.g. `6.1.0-57-arm64`.
+    pub kernel_release: String,
+    /// `boot/vmlinuz-<kver>`: an (uncompressed) EFI-stub `Image`.
+    pub vmlinuz: PathBuf,
+    /// `usr/lib/systemd/boot/efi/linuxaa64.efi.stub`.
+    pub systemd_stub: PathBuf,
+    /// `usr/lib/systemd/boot/efi/systemd-bootaa64.efi`.
+    pub systemd_boot: PathBuf,
+    /// `bin/busybox` (Debian `busybox-static:arm64`).
+    pub busybox: PathBuf,
+    /// `usr/lib/grub/arm64-efi` (Debian `grub-efi-arm64-bin:arm64`).
+    pub grub_efi: PathBuf,
+}
+
+impl Arm64Inputs {
+    /// Finds the arm64 inputs under `kit_dir` (`<kit_dir>/arm64/root`).
+    pub fn locate(kit_dir: &Path) -> Result<Arm64Inputs, KitError> {
+        let root = kit_dir.join("arm64/root");
+        let kernel_pkg = "linux-image-arm64:arm64 (linux-image-<version>-arm64)";
+        let release_file = root.join(".kernel-release");
+        let kernel_release = std::fs::read_to_string(&release_file)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing(&release_file, kernel_pkg))?;
+        let vmlinuz = require(
+            root.join(format!("boot/vmlinuz-{kernel_release}")),
+            kernel_pkg,
+        )?;
+        let efi = root.join("usr/lib/systemd/boot/efi");
+        Ok(Arm64Inputs {
+            vmlinuz,
+            systemd_stub: require(efi.join("linuxaa64.efi.stub"), "systemd-boot-efi:arm64")?,
+            systemd_boot: require(efi.join("systemd-bootaa64.efi"), "systemd-boot-efi:arm64")?,
+            busybox: require(root.join("bin/busybox"), "busybox-static:arm64")?,
+            grub_efi: require(
+                root.join("usr/lib/grub/arm64-efi"),
+                "grub-efi-arm64-bin:arm64",
+            )?,
+            kernel_release,
+        })
+    }
+}
+
 /// A module name as the kernel compares them (`-` and `_` are the same).
 pub fn module_name(name: &str) -> String {
     name.trim_end_matches(".ko").replace('-', "_")

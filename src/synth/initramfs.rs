@@ -2,7 +2,7 @@
 //! `rootfs.sqsh`, plus what the kit's busybox `init` needs (`bin/busybox`, `dev/console`, the
 //! kernel modules it loads).
 
-use super::debian::{KitInputs, ModuleInfo, modules_dep};
+use super::debian::{Arm64Inputs, KitInputs, ModuleInfo, modules_dep};
 use super::tree::Tree;
 use super::{KitError, MARKER_PREFIX, PROOF_DIR};
 
@@ -151,7 +151,10 @@ osver="$(sed -n 's/^VERSION_ID=//p' /newroot/etc/os-release 2>/dev/null | tr -d 
 
 line="@PREFIX@ {\"cmdline\":\"$(printf '%s' "$cmdline" | js)\",\"extensions\":$exts,\"schematic\":\"$schematic\",\"meta\":$meta,\"meta_raw\":\"$meta_raw\",\"firmware\":$firmware,\"microcode\":$microcode,\"extra_modules\":$extras,\"talos_version\":\"$osver\"}"
 echo "$line"
+# The serial port too, when /dev/console is another console (tty0 last on the command line):
+# ttyS0 on amd64, the PL011 ttyAMA0 on arm64.
 [ -c /dev/ttyS0 ] && echo "$line" > /dev/ttyS0 2>/dev/null
+[ -c /dev/ttyAMA0 ] && echo "$line" > /dev/ttyAMA0 2>/dev/null
 sync
 poweroff -f
 echo o > /proc/sysrq-trigger
@@ -176,6 +179,32 @@ pub fn rootfs_tree(
     version: &str,
     modules: &[ModuleInfo],
 ) -> Result<Tree, KitError> {
+    let mut builtin = Vec::new();
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        if let Ok(bytes) = std::fs::read(inputs.modules_dir.join(f)) {
+            builtin.push((f, bytes));
+        }
+    }
+    Ok(rootfs_with(
+        &inputs.kernel_release,
+        version,
+        modules,
+        builtin,
+    ))
+}
+
+/// The root tree of [`rootfs_tree`] for kernel `kernel_release`, with the package's
+/// `modules.*` index files `builtin` (name, bytes).
+fn rootfs_with(
+    kernel_release: &str,
+    version: &str,
+    modules: &[ModuleInfo],
+    builtin: Vec<(&str, Vec<u8>)>,
+) -> Tree {
     let mut t = Tree::new();
     let vid = version.trim_start_matches('v');
     t.file(
@@ -190,16 +219,9 @@ pub fn rootfs_tree(
     t.dir("usr/lib/firmware", 0o755);
     t.dir("usr/local/share", 0o755);
     t.dir("usr/bin", 0o755);
-    let mdir = format!("usr/lib/modules/{}", inputs.kernel_release);
-    for f in [
-        "modules.builtin",
-        "modules.builtin.modinfo",
-        "modules.order",
-    ] {
-        let p = inputs.modules_dir.join(f);
-        if let Ok(bytes) = std::fs::read(&p) {
-            t.file(&format!("{mdir}/{f}"), 0o644, bytes);
-        }
+    let mdir = format!("usr/lib/modules/{kernel_release}");
+    for (f, bytes) in builtin {
+        t.file(&format!("{mdir}/{f}"), 0o644, bytes);
     }
     for m in modules {
         t.file(&format!("{mdir}/{}", m.path), 0o644, m.bytes.clone());
@@ -209,21 +231,40 @@ pub fn rootfs_tree(
         0o644,
         modules_dep(modules).into_bytes(),
     );
-    Ok(t)
+    t
 }
 
 /// Builds the base initramfs (`initramfs.xz`, zstd despite the name, as Talos ≥ 1.8) for
 /// Talos `version`.
 pub fn base_initramfs(inputs: &KitInputs, version: &str) -> Result<Vec<u8>, KitError> {
     let modules = inputs.module_closure(INIT_MODULES)?;
-    let rootfs = rootfs_tree(inputs, version, &modules)?.to_squashfs()?;
-    let busybox = std::fs::read(&inputs.busybox)
-        .map_err(|e| KitError::io(format!("read {}", inputs.busybox.display()), e))?;
+    let rootfs = rootfs_tree(inputs, version, &modules)?;
+    assemble(&inputs.busybox, &inputs.kernel_release, &modules, &rootfs)
+}
+
+/// The arm64 base initramfs for Talos `version`: the same init with arm64 busybox and no
+/// kernel modules (the kit takes only the arm64 kernel image, whose loop, squashfs and
+/// overlay drivers are modules): it prints the marker, command line included, without
+/// mounting the root or the extension layers.
+pub fn base_initramfs_arm64(inputs: &Arm64Inputs, version: &str) -> Result<Vec<u8>, KitError> {
+    let rootfs = rootfs_with(&inputs.kernel_release, version, &[], Vec::new());
+    assemble(&inputs.busybox, &inputs.kernel_release, &[], &rootfs)
+}
+
+fn assemble(
+    busybox: &std::path::Path,
+    kernel_release: &str,
+    modules: &[ModuleInfo],
+    rootfs: &Tree,
+) -> Result<Vec<u8>, KitError> {
+    let rootfs = rootfs.to_squashfs()?;
+    let busybox = std::fs::read(busybox)
+        .map_err(|e| KitError::io(format!("read {}", busybox.display()), e))?;
     let mut t = Tree::new();
     t.file(
         "init",
         0o755,
-        init_script(&inputs.kernel_release, &modules).into_bytes(),
+        init_script(kernel_release, modules).into_bytes(),
     );
     t.file("rootfs.sqsh", 0o644, rootfs);
     t.file("bin/busybox", 0o755, busybox);
@@ -231,9 +272,9 @@ pub fn base_initramfs(inputs: &KitInputs, version: &str) -> Result<Vec<u8>, KitE
     for d in ["proc", "sys", "tmp", "layers", "newroot"] {
         t.dir(d, 0o755);
     }
-    for m in &modules {
+    for m in modules {
         t.file(
-            &format!("lib/modules/{}/{}", inputs.kernel_release, m.path),
+            &format!("lib/modules/{kernel_release}/{}", m.path),
             0o644,
             m.bytes.clone(),
         );

@@ -8,7 +8,8 @@
 //!
 //! * `siderolabs/imager:<v>` — `usr/install/<arch>/{vmlinuz,initramfs.xz,systemd-stub.efi,
 //!   systemd-boot.efi}` (Debian kernel, the kit's initramfs, Debian systemd-boot) and
-//!   `usr/lib/grub/{i386-pc,x86_64-efi}` (Debian GRUB);
+//!   `usr/lib/grub/{i386-pc,x86_64-efi[,arm64-efi]}` (Debian GRUB; arm64 from the Debian arm64
+//!   packages when the bundle holds arm64);
 //! * `siderolabs/installer-base:<v>` (≥ 1.10) or the legacy two-layer `siderolabs/installer:<v>`;
 //! * `siderolabs/extensions:<v>` (`image-digests`, `descriptions.yaml`) and the extension images
 //!   it names: `kmod-test` (a real `.ko` under `usr/lib/modules/<kver>/extras/`), `fw-test`
@@ -149,8 +150,8 @@ pub struct SynthOptions {
     pub out: PathBuf,
     /// Talos versions (`vX.Y.Z`).
     pub versions: Vec<String>,
-    /// Architectures; the kit only has amd64 binaries, other arches get the same bytes as
-    /// placeholders (not bootable).
+    /// Architectures: `amd64` and `arm64`, each with its own Debian kernel, busybox,
+    /// systemd-boot and GRUB (`fetch-debian.sh` fetches both).
     pub arches: Vec<String>,
     /// Plain extensions beyond the three fixed ones.
     pub extensions: usize,
@@ -228,7 +229,7 @@ pub fn synth_release(opts: &SynthOptions) -> Result<SynthReport, KitError> {
     for a in &arches {
         if a != "amd64" && a != "arm64" {
             return Err(KitError::Invalid(format!(
-                "architecture {a:?}: the kit builds amd64 (and arm64 placeholders) only"
+                "architecture {a:?}: the kit builds amd64 and arm64 only"
             )));
         }
     }
@@ -251,7 +252,7 @@ pub fn synth_release(opts: &SynthOptions) -> Result<SynthReport, KitError> {
         arches: &arches,
         images: Vec::new(),
     };
-    let shared = release::Shared::load(&inputs)?;
+    let shared = release::Shared::load(&inputs, &opts.kit_dir, &arches)?;
     let overlay = release::overlay_image(&mut w)?;
     for (_, v) in &versions {
         tracing::info!(version = %v, "test kit: building release");

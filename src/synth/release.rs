@@ -4,19 +4,26 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::debian::KitInputs;
+use super::debian::{Arm64Inputs, KitInputs};
 use super::images::{BuiltImage, ImageWriter, Layer, RuntimeConfig, pseudo_random};
-use super::initramfs::base_initramfs;
+use super::initramfs::{base_initramfs, base_initramfs_arm64};
 use super::tree::Tree;
 use super::{KitError, OVERLAY_TAG, PROOF_DIR, SynthOptions, extension_proof, parse_version};
 
 const AUTHOR: &str = "Image Factory test kit";
 
-/// Inputs shared by every version.
-pub(super) struct Shared {
+/// The boot assets of one architecture (`usr/install/<arch>/`), shared by every version.
+struct ArchAssets {
     vmlinuz: Arc<[u8]>,
     stub: Arc<[u8]>,
     boot: Arc<[u8]>,
+}
+
+/// Inputs shared by every version.
+pub(super) struct Shared {
+    amd64: ArchAssets,
+    /// The arm64 Debian inputs, when the bundle holds arm64.
+    arm64: Option<(Arm64Inputs, ArchAssets)>,
     grub: Tree,
     dummy_ko: Arc<[u8]>,
 }
@@ -55,10 +62,29 @@ fn tree_from_dir(dir: &Path, prefix: &str, t: &mut Tree) -> Result<(), KitError>
 }
 
 impl Shared {
-    pub(super) fn load(inputs: &KitInputs) -> Result<Shared, KitError> {
+    /// Loads the amd64 inputs and, when `arches` holds arm64, the arm64 ones from `kit_dir`.
+    pub(super) fn load(
+        inputs: &KitInputs,
+        kit_dir: &Path,
+        arches: &[String],
+    ) -> Result<Shared, KitError> {
         let mut grub = Tree::new();
         tree_from_dir(&inputs.grub_pc, "usr/lib/grub/i386-pc", &mut grub)?;
         tree_from_dir(&inputs.grub_efi, "usr/lib/grub/x86_64-efi", &mut grub)?;
+        let arm64 = match arches.iter().any(|a| a == "arm64") {
+            true => {
+                let a = Arm64Inputs::locate(kit_dir)?;
+                // like the real imager image, which carries GRUB for both architectures
+                tree_from_dir(&a.grub_efi, "usr/lib/grub/arm64-efi", &mut grub)?;
+                let assets = ArchAssets {
+                    vmlinuz: read(&a.vmlinuz)?,
+                    stub: with_sbat_section(&read(&a.systemd_stub)?)?.into(),
+                    boot: read(&a.systemd_boot)?,
+                };
+                Some((a, assets))
+            }
+            false => None,
+        };
         let dummy = inputs
             .module_path("dummy")
             .ok_or_else(|| KitError::MissingInput {
@@ -66,13 +92,94 @@ impl Shared {
                 package: format!("linux-image-{}", inputs.kernel_release),
             })?;
         Ok(Shared {
-            vmlinuz: read(&inputs.vmlinuz)?,
-            stub: read(&inputs.systemd_stub)?,
-            boot: read(&inputs.systemd_boot)?,
+            amd64: ArchAssets {
+                vmlinuz: read(&inputs.vmlinuz)?,
+                stub: read(&inputs.systemd_stub)?,
+                boot: read(&inputs.systemd_boot)?,
+            },
+            arm64,
             grub,
             dummy_ko: read(&inputs.modules_dir.join(dummy))?,
         })
     }
+}
+
+/// The stub with a `.sbat` section. Debian 12's arm64 `linuxaa64.efi.stub` (systemd 252)
+/// keeps its SBAT text inside `.data` instead of a section of its own, which every UKI stub
+/// must have (imager spec §7.1; Talos' own arm64 stub has one): the text is added as a
+/// `.sbat` section after the last one (a header in the header area's free space, data at the
+/// end of the file). A stub that has a `.sbat` section is returned as is.
+fn with_sbat_section(stub: &[u8]) -> Result<Vec<u8>, KitError> {
+    let bad = |what: &str| KitError::Build(format!("arm64 systemd stub: {what}"));
+    let u16_at = |o: usize| {
+        stub.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or_else(|| bad("truncated"))
+    };
+    let u32_at = |o: usize| {
+        stub.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| bad("truncated"))
+    };
+    let pe = u32_at(0x3c)? as usize;
+    if stub.get(pe..pe + 4) != Some(&b"PE\0\0"[..]) {
+        return Err(bad("no PE signature"));
+    }
+    let nsec = usize::from(u16_at(pe + 6)?);
+    let opt = pe + 24;
+    let table = opt + usize::from(u16_at(pe + 20)?);
+    let (sect_align, file_align) = (u32_at(opt + 32)?, u32_at(opt + 36)?);
+    let size_of_headers = u32_at(opt + 60)? as usize;
+    let mut end_va = 0u32;
+    for i in 0..nsec {
+        let h = table + 40 * i;
+        if stub
+            .get(h..h + 8)
+            .is_some_and(|n| n.starts_with(b".sbat\0"))
+        {
+            return Ok(stub.to_vec());
+        }
+        end_va = end_va.max(u32_at(h + 12)? + u32_at(h + 8)?);
+    }
+    let new_header = table + 40 * nsec;
+    if new_header + 40 > size_of_headers {
+        return Err(bad("no room for another section header"));
+    }
+    let start = stub
+        .windows(7)
+        .position(|w| w == b"sbat,1,")
+        .ok_or_else(|| bad("no SBAT text"))?;
+    let sbat = stub[start..].split(|b| *b == 0).next().unwrap_or_default();
+    let align = |v: u32, a: u32| v.div_ceil(a) * a;
+    let len = u32::try_from(sbat.len()).map_err(|_| bad("SBAT text too long"))?;
+    let va = align(end_va, sect_align);
+    let raw = align(
+        u32::try_from(stub.len()).map_err(|_| bad("too big"))?,
+        file_align,
+    );
+    let raw_size = align(len, file_align);
+    let mut out = stub.to_vec();
+    out.resize(raw as usize, 0);
+    out.extend_from_slice(sbat);
+    out.resize((raw + raw_size) as usize, 0);
+    let mut header = [0u8; 40];
+    header[..5].copy_from_slice(b".sbat");
+    for (at, v) in [
+        (8, len),
+        (12, va),
+        (16, raw_size),
+        (20, raw),
+        (36, 0x4000_0040),
+    ] {
+        header[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    out[new_header..new_header + 40].copy_from_slice(&header);
+    let count = u16::try_from(nsec + 1).map_err(|_| bad("too many sections"))?;
+    out[pe + 6..pe + 8].copy_from_slice(&count.to_le_bytes());
+    let init_data = u32_at(opt + 8)? + raw_size;
+    out[opt + 8..opt + 12].copy_from_slice(&init_data.to_le_bytes());
+    out[opt + 56..opt + 60].copy_from_slice(&align(va + len, sect_align).to_le_bytes());
+    Ok(out)
 }
 
 fn labels(version: &str) -> BTreeMap<String, String> {
@@ -308,15 +415,23 @@ pub(super) fn version(
 ) -> Result<(), KitError> {
     let (major, minor, _) = parse_version(v).expect("validated");
     let modern = (major, minor) >= (1, 10);
-    let initramfs: Arc<[u8]> = base_initramfs(inputs, v)?.into();
     let arches = w.arches.to_vec();
     let mut assets = Tree::new();
     for a in &arches {
+        let (files, initramfs) = match (a.as_str(), &shared.arm64) {
+            ("arm64", Some((inputs, files))) => (files, base_initramfs_arm64(inputs, v)?),
+            ("amd64", _) => (&shared.amd64, base_initramfs(inputs, v)?),
+            _ => {
+                return Err(KitError::Invalid(format!(
+                    "architecture {a:?}: no test-kit inputs"
+                )));
+            }
+        };
         let d = format!("usr/install/{a}");
-        assets.file(&format!("{d}/vmlinuz"), 0o644, shared.vmlinuz.clone());
-        assets.file(&format!("{d}/initramfs.xz"), 0o644, initramfs.clone());
-        assets.file(&format!("{d}/systemd-stub.efi"), 0o644, shared.stub.clone());
-        assets.file(&format!("{d}/systemd-boot.efi"), 0o644, shared.boot.clone());
+        assets.file(&format!("{d}/vmlinuz"), 0o644, files.vmlinuz.clone());
+        assets.file(&format!("{d}/initramfs.xz"), 0o644, initramfs);
+        assets.file(&format!("{d}/systemd-stub.efi"), 0o644, files.stub.clone());
+        assets.file(&format!("{d}/systemd-boot.efi"), 0o644, files.boot.clone());
     }
     let mut tools = Tree::new();
     tools.file(

@@ -5,6 +5,7 @@ mod common;
 mod oci_support;
 
 mod appliance;
+mod arm64_boot;
 mod assets_crash;
 mod assets_gc;
 mod assets_http;
@@ -37,6 +38,7 @@ mod import;
 mod import_hostile;
 mod import_registry;
 mod iso_boot;
+mod iso_random_seed;
 mod listen_limits;
 mod listen_tls;
 mod netboot_e2e;

@@ -1,8 +1,8 @@
 //! The registry's image index over several architectures (issue 16, "the manifest of a version
 //! is an OCI image index over the per-architecture installer images of the architectures the
 //! release holds; the image config and layers are exactly what `installer-<arch>.tar` holds"),
-//! on a kit release holding amd64 and arm64 (arm64 carries the kit's amd64 boot files as
-//! placeholders: the installer builds through the same pipeline, it would not boot).
+//! on a kit release holding amd64 and arm64 (each with the kit's Debian boot files of its
+//! architecture).
 
 use std::collections::BTreeMap;
 use std::process::Command;

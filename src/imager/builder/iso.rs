@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::catalog::ArchRelease;
 use crate::imager::boot::BootInputs;
 use crate::imager::cmdline::kernel_cmdline;
+use crate::imager::disk::image::grub_efi_platform;
 use crate::imager::error::ImagerError;
 use crate::imager::iso::{IsoGrub, IsoKind, prepare_grub, write_iso};
 use crate::imager::profile::Profile;
@@ -39,10 +40,11 @@ impl Builder {
                 s.spawn(|| -> Result<(PathBuf, IsoGrub), ImagerError> {
                     let t = Instant::now();
                     // UKI kinds boot UEFI through systemd-boot: GRUB's BIOS tree only.
+                    let efi = grub_efi_platform(profile.arch);
                     let arches: &[&str] = if kind.has_uki() {
                         &["i386-pc"]
                     } else {
-                        &["i386-pc", "x86_64-efi"]
+                        &["i386-pc", efi]
                     };
                     let modules = self.grub_modules(assets, &grub_dir, Some(arches))?;
                     let images =

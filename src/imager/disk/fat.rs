@@ -39,6 +39,8 @@ pub struct EspFile {
     pub path: String,
     /// Content.
     pub source: Source,
+    /// Set the FAT read-only attribute (`mattrib +r`).
+    pub read_only: bool,
 }
 
 impl EspFile {
@@ -47,6 +49,7 @@ impl EspFile {
         EspFile {
             path: path.to_string(),
             source: Source::File(source),
+            read_only: false,
         }
     }
 
@@ -55,7 +58,14 @@ impl EspFile {
         EspFile {
             path: path.to_string(),
             source: Source::Bytes(bytes.into()),
+            read_only: false,
         }
+    }
+
+    /// The same file, marked read-only in the FAT directory entry.
+    pub fn read_only(mut self) -> EspFile {
+        self.read_only = true;
+        self
     }
 }
 
@@ -222,7 +232,12 @@ fn write_fat<V: Read + Write + Seek>(
     }
     drop(root);
     fs.unmount().map_err(|e| fat_err("unmount", e))?;
-    super::fat_fixup::fix_volume(vol).map_err(|e| fat_err("fixup", e))
+    super::fat_fixup::fix_volume(vol).map_err(|e| fat_err("fixup", e))?;
+    // fatfs cannot set attributes: the read-only bit is set in the directory entry afterwards
+    for f in files.iter().filter(|f| f.read_only) {
+        super::fat_fixup::set_read_only(vol, &f.path).map_err(|e| fat_err(&f.path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 const ENTRY: usize = 32;
 /// Attribute byte value of an LFN entry.
 const ATTR_LFN: u8 = 0x0F;
+/// Read-only attribute bit.
+const ATTR_READ_ONLY: u8 = 0x01;
 /// Directory attribute bit.
 const ATTR_DIR: u8 = 0x10;
 /// Volume label attribute bit.
@@ -224,5 +226,91 @@ pub fn fix_volume<V: Read + Write + Seek>(v: &mut V) -> io::Result<()> {
     info[492..496].copy_from_slice(&next.to_le_bytes());
     v.seek(SeekFrom::Start(bpb.fs_info_offset))?;
     v.write_all(&info)?;
+    v.flush()
+}
+
+/// The long name an LFN entry run spells (entries in on-disk order, i.e. last part first).
+fn lfn_name(run: &[[u8; ENTRY]]) -> String {
+    let mut units = Vec::new();
+    for e in run.iter().rev() {
+        for o in (1..11)
+            .step_by(2)
+            .chain((14..26).step_by(2))
+            .chain((28..32).step_by(2))
+        {
+            units.push(u16_at(e, o));
+        }
+    }
+    let end = units
+        .iter()
+        .position(|u| *u == 0 || *u == 0xFFFF)
+        .unwrap_or(units.len());
+    String::from_utf16_lossy(&units[..end])
+}
+
+/// The 8.3 name of a short entry as `NAME.EXT` (no padding).
+fn short_name(e: &[u8]) -> String {
+    let base = String::from_utf8_lossy(&e[..8]).trim_end().to_string();
+    let ext = String::from_utf8_lossy(&e[8..11]).trim_end().to_string();
+    if ext.is_empty() {
+        base
+    } else {
+        format!("{base}.{ext}")
+    }
+}
+
+/// Sets the read-only attribute of the file at `path` (`/`-separated, names compared without
+/// regard to case, long or 8.3) on a FAT32 volume: what `mattrib +r` does.
+pub fn set_read_only<V: Read + Write + Seek>(v: &mut V, path: &str) -> io::Result<()> {
+    let bpb = Bpb::read(v)?;
+    let fat = read_fat(v, &bpb)?;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let mut dir = bpb.root_cluster;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let clusters = chain(&fat, dir)?;
+        let mut found = None;
+        let mut run: Vec<[u8; ENTRY]> = Vec::new();
+        'scan: for c in &clusters {
+            let mut buf = vec![0u8; bpb.cluster_size as usize];
+            let at = bpb.cluster_offset(*c);
+            v.seek(SeekFrom::Start(at))?;
+            v.read_exact(&mut buf)?;
+            for (k, e) in buf.chunks_exact(ENTRY).enumerate() {
+                if e[0] == 0 {
+                    break 'scan;
+                }
+                if e[0] == 0xE5 {
+                    run.clear();
+                    continue;
+                }
+                if e[11] == ATTR_LFN {
+                    run.push(e.try_into().map_err(|_| invalid("entry size"))?);
+                    continue;
+                }
+                let long = lfn_name(&run);
+                run.clear();
+                if e[11] & ATTR_VOLUME != 0 {
+                    continue;
+                }
+                if long.eq_ignore_ascii_case(part) || short_name(e).eq_ignore_ascii_case(part) {
+                    found = Some((at + (k * ENTRY) as u64, e[11], first_cluster(e)));
+                    break 'scan;
+                }
+            }
+        }
+        let Some((offset, attr, first)) = found else {
+            return Err(invalid(&format!("{path}: {part} not found")));
+        };
+        if !last {
+            if attr & ATTR_DIR == 0 {
+                return Err(invalid(&format!("{path}: {part} is not a directory")));
+            }
+            dir = first;
+            continue;
+        }
+        v.seek(SeekFrom::Start(offset + 11))?;
+        v.write_all(&[attr | ATTR_READ_ONLY])?;
+    }
     v.flush()
 }

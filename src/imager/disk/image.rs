@@ -32,7 +32,7 @@ pub fn efi_boot_name(arch: Arch) -> &'static str {
 }
 
 /// The GRUB EFI platform for `arch`.
-fn grub_efi_platform(arch: Arch) -> &'static str {
+pub fn grub_efi_platform(arch: Arch) -> &'static str {
     match arch {
         Arch::Amd64 => "x86_64-efi",
         Arch::Arm64 => "arm64-efi",

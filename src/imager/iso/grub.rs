@@ -1,7 +1,7 @@
 //! GRUB on ISOs (imager spec §6.2, §6.4): `boot/grub/grub.cfg`, the BIOS El Torito core image
 //! (`grub-mkimage -O i386-pc-eltorito`, prefix `/boot/grub`) with GRUB's hybrid MBR code
-//! (`boot_hybrid.img`), and for GRUB-only ISOs the x86_64 EFI image that finds the ISO by its
-//! fixed UUID. What `grub-mkrescue` builds, without its temp tree or wall-clock UUID.
+//! (`boot_hybrid.img`), and for GRUB-only ISOs the EFI image of the target's architecture
+//! (`x86_64-efi` or `arm64-efi`) that finds the ISO by its fixed UUID. What `grub-mkrescue` builds, without its temp tree or wall-clock UUID.
 
 use std::path::{Path, PathBuf};
 
@@ -82,10 +82,16 @@ pub fn bios_boot(i386_pc: &Path, scratch: &Path, run: &ToolRun) -> Result<BiosBo
     })
 }
 
-/// Builds GRUB's x86_64 EFI image for a GRUB-only ISO into `scratch`: every module built in,
-/// and an early config that finds the ISO by its fixed UUID ([`super::grub_iso_uuid`]) and
-/// loads `/boot/grub/grub.cfg` from it.
-pub fn efi_image(x86_64_efi: &Path, scratch: &Path, run: &ToolRun) -> Result<PathBuf, ImagerError> {
+/// Builds GRUB's EFI image of `platform` (`x86_64-efi`, `arm64-efi`) for a GRUB-only ISO
+/// into `scratch` from the release's module tree `modules_dir`: every module built in, and an
+/// early config that finds the ISO by its fixed UUID ([`super::grub_iso_uuid`]) and loads
+/// `/boot/grub/grub.cfg` from it.
+pub fn efi_image(
+    modules_dir: &Path,
+    platform: &'static str,
+    scratch: &Path,
+    run: &ToolRun,
+) -> Result<PathBuf, ImagerError> {
     let config = scratch.join("load.cfg");
     std::fs::write(
         &config,
@@ -97,8 +103,8 @@ pub fn efi_image(x86_64_efi: &Path, scratch: &Path, run: &ToolRun) -> Result<Pat
     let out = scratch.join("grub-efi.img");
     let modules = iso_modules(&[]);
     mkimage_with(&MkImage {
-        modules_dir: x86_64_efi,
-        format: "x86_64-efi",
+        modules_dir,
+        format: platform,
         prefix: ISO_PREFIX,
         modules: &modules,
         config: Some(&config),

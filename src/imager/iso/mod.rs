@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use crate::imager::SOURCE_DATE_EPOCH;
 use crate::imager::boot::{BootInputs, required};
 use crate::imager::disk::fat::{EspFile, epoch_date_time, write_fat_image};
-use crate::imager::disk::image::efi_boot_name;
+use crate::imager::disk::image::{efi_boot_name, grub_efi_platform};
 use crate::imager::error::ImagerError;
-use crate::imager::profile::{Arch, Profile};
+use crate::imager::profile::Profile;
 use crate::imager::quirks::Quirk;
 use crate::imager::tool::ToolRun;
 use crate::schematic::Bootloader;
@@ -29,6 +29,10 @@ pub use xorriso::{IsoPlan, run_xorriso};
 const MEDIUM: &str = "ISO";
 /// MiB.
 const MIB: u64 = 1 << 20;
+/// Where UEFI ISOs carry systemd-boot's random seed ([`Quirk::IsoRandomSeed`]).
+pub const RANDOM_SEED_PATH: &str = "loader/random-seed";
+/// The seed: 32 zero bytes, as upstream writes it.
+pub const RANDOM_SEED: [u8; 32] = [0; 32];
 /// Clusters a FAT32 volume needs (below this count it is FAT16 by definition).
 const FAT32_MIN_CLUSTERS: u64 = 65_525;
 /// Smallest `efiboot.img`: FAT32 with 512-byte clusters needs about 33 MiB.
@@ -161,7 +165,7 @@ fn required_grub<T>(what: &str, v: Option<T>) -> Result<T, ImagerError> {
 pub struct IsoGrub {
     /// BIOS El Torito image and hybrid MBR code (layouts with BIOS).
     pub bios: Option<grub::BiosBoot>,
-    /// GRUB's x86_64 EFI image (GRUB-only layouts).
+    /// GRUB's EFI image for the target's architecture (GRUB-only layouts).
     pub efi: Option<PathBuf>,
 }
 
@@ -182,8 +186,10 @@ pub fn prepare_grub(
             run,
         )?);
         if !kind.has_uki() {
+            let platform = grub_efi_platform(profile.arch);
             out.efi = Some(grub::efi_image(
-                &grub_modules.join("x86_64-efi"),
+                &grub_modules.join(platform),
+                platform,
                 scratch,
                 run,
             )?);
@@ -204,12 +210,8 @@ pub fn write_iso(
     out: &Path,
 ) -> Result<IsoKind, ImagerError> {
     let kind = IsoKind::of(profile)?;
-    if profile.arch == Arch::Arm64 && kind != IsoKind::UefiOnly {
-        return Err(ImagerError::Validation(
-            "arm64 GRUB ISOs are not built by this appliance (no arm64-efi GRUB on Debian amd64)"
-                .into(),
-        ));
-    }
+    // arm64 builds like upstream: hybrid and GRUB ISOs keep GRUB's BIOS El Torito entry (which
+    // an arm64 machine ignores), GRUB-only ones boot UEFI through GRUB's arm64-efi image.
     let grub = match grub {
         Some(g) => g,
         None if kind.has_bios() => prepare_grub(
@@ -246,9 +248,9 @@ pub fn write_iso(
         plan.bios = Some(bios);
         if !kind.has_uki() {
             let image = required_grub("GRUB's EFI image", grub.efi)?;
-            esp.push(EspFile::file("EFI/BOOT/BOOTX64.EFI", image.clone()));
-            plan.grafts
-                .push(("EFI/BOOT/BOOTX64.EFI".to_string(), image));
+            let loader = format!("EFI/BOOT/{}", efi_boot_name(profile.arch).to_uppercase());
+            esp.push(EspFile::file(&loader, image.clone()));
+            plan.grafts.push((loader, image));
         }
     }
     if kind.has_uki() {
@@ -282,6 +284,14 @@ pub fn write_iso(
         for (path, src) in files {
             esp.push(EspFile::file(&path, src.clone()));
             plan.grafts.push((path, src));
+        }
+        // systemd-boot >= 261 creates loader/random-seed when it is missing, which fails on
+        // the read-only medium (talos#14029): a read-only seed of zeroes is there already.
+        if profile.quirks().has(Quirk::IsoRandomSeed) {
+            let seed = scratch.join("random-seed");
+            std::fs::write(&seed, RANDOM_SEED)?;
+            esp.push(EspFile::file(RANDOM_SEED_PATH, seed.clone()).read_only());
+            plan.grafts.push((RANDOM_SEED_PATH.to_string(), seed));
         }
     }
     let sizes = esp

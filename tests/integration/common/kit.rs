@@ -65,15 +65,24 @@ pub fn imported_version(version: &str, extension_size_mb: u64) -> Option<Kit> {
     imported_arches(version, &["amd64"], extension_size_mb)
 }
 
-/// Like [`imported_version`], for a release holding `arches` (arm64 holds the kit's amd64
-/// bytes as placeholders: it builds, it does not boot).
+/// Like [`imported_version`], for a release holding `arches` (arm64 from the kit's Debian
+/// arm64 inputs, `fetch-debian.sh`).
 pub fn imported_arches(version: &str, arches: &[&str], extension_size_mb: u64) -> Option<Kit> {
+    imported_versions(&[version], arches, extension_size_mb)
+}
+
+/// Like [`imported_arches`], for a release bundle holding several `versions`.
+pub fn imported_versions(
+    versions: &[&str],
+    arches: &[&str],
+    extension_size_mb: u64,
+) -> Option<Kit> {
     let kit_dir = synth::default_kit_dir();
     kit_inputs()?;
     let dir = tempfile::tempdir().expect("tmp");
     let opts = SynthOptions {
         out: dir.path().join("kit"),
-        versions: vec![version.into()],
+        versions: versions.iter().map(|v| v.to_string()).collect(),
         arches: arches.iter().map(|a| a.to_string()).collect(),
         extensions: 0,
         extension_size_mb,

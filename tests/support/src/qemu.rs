@@ -18,6 +18,24 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The arm64 QEMU binary (Debian `qemu-system-arm`).
+pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
+
+/// Whether `qemu-system-aarch64` is on `PATH`.
+pub fn aarch64_available() -> bool {
+    Command::new(QEMU_AARCH64)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// AAVMF (arm64 UEFI) firmware code (Debian `qemu-efi-aarch64`).
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+/// AAVMF variable store template (copy it before use).
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
 /// OVMF firmware code (Debian `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 /// OVMF variable store template (copy it before use).
@@ -182,21 +200,79 @@ impl Boot {
         Boot::firmware(args)
     }
 
+    /// arm64 direct kernel boot (run with [`Boot::run_aarch64`]); put `console=ttyAMA0` in
+    /// `append` to see the kernel on the serial port.
+    pub fn aarch64_direct(kernel: &Path, initrd: &Path, append: &str) -> Boot {
+        Boot::direct(kernel, initrd, append)
+    }
+
+    /// arm64 UEFI boot through AAVMF (pflash code + the vars copy `vars`) of a directory
+    /// exposed read-only as a FAT disk (loader at `EFI/BOOT/BOOTAA64.EFI`).
+    pub fn aavmf_esp(esp: &Path, vars: &Path) -> Boot {
+        let mut args: Vec<String> = aavmf(vars).into();
+        args.extend([
+            "-drive".to_string(),
+            format!(
+                "if=virtio,format=raw,readonly=on,file=fat:{}",
+                esp.display()
+            ),
+        ]);
+        Boot::firmware(args)
+    }
+
+    /// arm64 UEFI boot through AAVMF of a raw disk image on virtio-blk (`snapshot=on`).
+    pub fn aavmf_disk(disk: &Path, vars: &Path) -> Boot {
+        let mut args: Vec<String> = aavmf(vars).into();
+        args.extend([
+            "-drive".to_string(),
+            format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()),
+        ]);
+        Boot::firmware(args)
+    }
+
+    /// arm64 UEFI boot through AAVMF of an ISO as a CD-ROM (`virt` has no IDE: a SCSI CD-ROM
+    /// on virtio-scsi, which AAVMF boots from its El Torito EFI entry).
+    pub fn aavmf_cdrom(iso: &Path, vars: &Path) -> Boot {
+        let mut args: Vec<String> = aavmf(vars).into();
+        args.extend([
+            "-device".to_string(),
+            "virtio-scsi-pci,id=scsi0".into(),
+            "-drive".into(),
+            format!(
+                "if=none,id=cd0,media=cdrom,readonly=on,format=raw,file={}",
+                iso.display()
+            ),
+            "-device".into(),
+            "scsi-cd,drive=cd0,bus=scsi0.0".into(),
+        ]);
+        Boot::firmware(args)
+    }
+
+    /// Runs `qemu-system-aarch64 -M virt -cpu max` (TCG) like [`Boot::run`].
+    pub fn run_aarch64(&self) -> std::io::Result<BootOutput> {
+        self.run_program(QEMU_AARCH64, &["-M", "virt", "-cpu", "max"])
+    }
+
     /// Runs QEMU until it exits or the timeout; returns the serial console output. A timeout is
     /// not an error here (the caller looks for the marker and reports the console).
     pub fn run(&self) -> std::io::Result<BootOutput> {
+        self.run_program(QEMU, &[])
+    }
+
+    fn run_program(&self, qemu: &str, machine: &[&str]) -> std::io::Result<BootOutput> {
         let dir = tempfile::tempdir().map_err(context("temp dir"))?;
         let log = dir.path().join("console.log");
         let out = std::fs::File::create(&log).map_err(context("console log"))?;
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(QEMU);
+                c.args(args).arg(qemu);
                 c
             }
-            None => Command::new(QEMU),
+            None => Command::new(qemu),
         };
-        cmd.args(["-accel", "tcg", "-nographic", "-no-reboot", "-m"])
+        cmd.args(machine)
+            .args(["-accel", "tcg", "-nographic", "-no-reboot", "-m"])
             .arg(self.memory_mb.to_string());
         if let Some(k) = &self.kernel {
             cmd.arg("-kernel").arg(k);
@@ -212,7 +288,7 @@ impl Boot {
             .stdout(out.try_clone().map_err(context("console log"))?)
             .stderr(out);
         let start = Instant::now();
-        let mut child = cmd.spawn().map_err(context(format!("start {QEMU}")))?;
+        let mut child = cmd.spawn().map_err(context(format!("start {qemu}")))?;
         let mut timed_out = false;
         let status = loop {
             if let Some(s) = child.try_wait().map_err(context("wait qemu"))? {
@@ -245,6 +321,16 @@ fn ovmf(vars: &Path) -> [String; 6] {
         "q35".into(),
         "-drive".into(),
         format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]
+}
+
+/// QEMU arguments for AAVMF on `virt` (pflash code + the vars copy `vars`).
+fn aavmf(vars: &Path) -> [String; 4] {
+    [
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}"),
         "-drive".into(),
         format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
     ]

@@ -68,6 +68,24 @@ pub fn qemu_ovmf() -> bool {
         )
 }
 
+/// Whether arm64 QEMU and AAVMF (arm64 UEFI boots) are installed; otherwise [`require`]
+/// reports them.
+pub fn qemu_aarch64_aavmf() -> bool {
+    require(
+        qemu::aarch64_available(),
+        &format!(
+            "{} is not installed (Debian package qemu-system-arm)",
+            qemu::QEMU_AARCH64
+        ),
+    ) && require(
+        Path::new(qemu::AAVMF_CODE).exists(),
+        &format!(
+            "{} is missing (Debian package qemu-efi-aarch64)",
+            qemu::AAVMF_CODE
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
