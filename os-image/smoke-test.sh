@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Scenario test of the OS image, kept out of ./test.sh (it downloads Debian packages, builds in
+# release mode and boots a VM under emulation):
+#
+#   sudo os-image/smoke-test.sh
+#
+# Builds the image (os-image/build.sh), boots it in QEMU (TCG, OVMF, user networking with no
+# route out and one forwarded port on 127.0.0.1) on a disk 8 GiB large, so that the data
+# partition has room to grow, and waits (bounded: $IF_OSIMAGE_BOOT_TIMEOUT, default 900 s)
+# until the appliance answers /healthz through the forwarded port. Then checks the serial
+# console for the URL line and the data partition line of the first boot, that the data
+# partition grew, and that the first-boot Secure Boot keys are in use
+# (/secureboot/signing-cert.pem answers). The console is kept in $IF_OSIMAGE_CONSOLE
+# (default target/os-image/smoke-console.log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=appliance/debroot.sh
+. appliance/debroot.sh
+TIMEOUT="${IF_OSIMAGE_BOOT_TIMEOUT:-900}"
+CONSOLE="${IF_OSIMAGE_CONSOLE:-target/os-image/smoke-console.log}"
+IMAGE=target/os-image/image-factory.raw
+OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
+
+if_need_packages qemu-system-x86 qemu-utils ovmf curl iproute2
+
+step "building the image"
+os-image/build.sh --out "$IMAGE"
+built=$SECONDS
+
+work=$(mktemp -d /var/tmp/if-osimage-smoke.XXXXXX)
+qemu_pid=
+cleanup() {
+    if [ -n "$qemu_pid" ]; then
+        kill "$qemu_pid" 2>/dev/null || true
+        wait "$qemu_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A free port on loopback for the forwarded HTTP port.
+port=
+for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 40000))
+    if [ -z "$(ss -Htln "sport = :$p")" ]; then
+        port=$p
+        break
+    fi
+done
+[ -n "$port" ] || { echo "smoke-test: no free local port found" >&2; exit 1; }
+
+step "booting the image in QEMU (TCG), HTTP forwarded to 127.0.0.1:$port"
+# A copy-on-write disk over the image, larger than it: the image stays as built.
+qemu-img create -q -f qcow2 -b "$(realpath "$IMAGE")" -F raw "$work/disk.qcow2" 8G
+cp "$OVMF_VARS" "$work/vars.fd"
+mkdir -p "$(dirname "$CONSOLE")"
+: >"$CONSOLE"
+# restrict=on: the guest reaches nothing outside the VM; only the forwarded port comes in.
+qemu-system-x86_64 -accel tcg -machine q35 -cpu max -smp 2 -m 2048 \
+    -drive if=pflash,format=raw,readonly=on,file="$OVMF_CODE" \
+    -drive if=pflash,format=raw,file="$work/vars.fd" \
+    -drive file="$work/disk.qcow2",format=qcow2,if=virtio \
+    -nic user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:"$port"-:8080 \
+    -display none -serial file:"$CONSOLE" -monitor none -no-reboot &
+qemu_pid=$!
+boot=$SECONDS
+
+fail() {
+    echo "smoke-test: $*; the console's last lines:" >&2
+    tail -40 "$CONSOLE" >&2
+    exit 1
+}
+
+until curl -fsS -m 5 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
+    kill -0 "$qemu_pid" 2>/dev/null || fail "QEMU exited"
+    [ $((SECONDS - boot)) -lt "$TIMEOUT" ] || fail "no answer on /healthz within $TIMEOUT s"
+    sleep 2
+done
+step "the appliance answers /healthz ($((SECONDS - boot)) s after power-on)"
+
+# The announce unit runs once the service is ready; give it a little time.
+url_line="image-factory appliance: http://10.0.2.15:8080/"
+for _ in $(seq 1 60); do
+    grep -qa "image-factory data partition:" "$CONSOLE" && break
+    sleep 1
+done
+grep -a "image-factory appliance: " "$CONSOLE" | tr -d '\r' | sort -u >&2 || true
+grep -qaF "$url_line" "$CONSOLE" || fail "no line '$url_line' on the console"
+
+data_line=$(grep -a "image-factory data partition:" "$CONSOLE" | tr -d '\r' | tail -1)
+[ -n "$data_line" ] || fail "no data partition line on the console"
+echo "$data_line" >&2
+# "image-factory data partition: /dev/vda3 ext4 5.6G at /var/lib/image-factory (... bytes)"
+case "$data_line" in
+*"/dev/vda3 ext4 "*" at /var/lib/image-factory"*) ;;
+*) fail "the data partition is not /dev/vda3 (ext4) at the state directory" ;;
+esac
+bytes=$(echo "$data_line" | sed -n 's/.*(\([0-9]*\) bytes).*/\1/p')
+# Built at 2 GiB; on the 8 GiB disk it grows to about 5.7 GiB.
+[ "${bytes:-0}" -gt $((4 * 1024 * 1024 * 1024)) ] || fail "the data partition did not grow (${bytes:-?} bytes)"
+
+grep -qa "first boot: generating SSH host keys" "$CONSOLE" || fail "no SSH host keys made on first boot"
+curl -fsS -m 10 "http://127.0.0.1:$port/secureboot/signing-cert.pem" | grep -q "BEGIN CERTIFICATE" ||
+    fail "/secureboot/signing-cert.pem: the first boot's Secure Boot keys are not in use"
+
+echo "smoke-test: OK (build $built s, boot to /healthz $((SECONDS - boot)) s, total $SECONDS s)"
