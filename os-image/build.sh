@@ -53,6 +53,7 @@ if_debroot
 # The OS root: the Debian root with the kernel, the boot loader and the package's dependencies
 # (Cargo.toml's [package.metadata.deb] depends, but for cargo-deb's $auto: libraries the
 # minimal root has), rebuilt when that list changes. Made before the package is built.
+# shellcheck disable=SC2016 # a literal $auto
 deps=$(sed -n 's/^depends = "\(.*\)"/\1/p' Cargo.toml | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/[[:space:]]//g' |
     grep -v -e '^$' -e '^\$auto$' | sort -u | tr '\n' ' ')
 want="$OS_PACKAGES $deps"
