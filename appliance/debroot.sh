@@ -52,12 +52,12 @@ if_debroot() {
     fi
 }
 
-# if_root_copy DEST: a fresh copy of the cached root in DEST (empty or missing), with apt
-# pointed at the mirror and this host's resolver so apt-get works inside it.
+# if_root_copy DEST [SRC]: a fresh copy of the cached root (or of SRC) in DEST (empty or
+# missing), with apt pointed at the mirror and this host's resolver so apt-get works inside it.
 if_root_copy() {
-    local dest=$1
+    local dest=$1 src=${2:-$IF_DEBROOT}
     mkdir -p "$dest"
-    cp -a "$IF_DEBROOT/." "$dest/"
+    cp -a "$src/." "$dest/"
     cp /etc/resolv.conf "$dest/etc/resolv.conf"
     echo "deb $IF_MIRROR $IF_SUITE main" >"$dest/etc/apt/sources.list"
     chroot "$dest" apt-get update -q >&2

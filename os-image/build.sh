@@ -76,7 +76,7 @@ work=$(mktemp -d /var/tmp/if-osimage.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root=$work/root
 step "installing the package into a copy of the OS root"
-if_root_copy "$root"
+if_root_copy "$root" "$OSROOT"
 if_apt_install "$root" "$deb"
 if_check_installed "$root"
 chroot "$root" apt-get clean
@@ -142,11 +142,11 @@ mcopy -s -i "$work/esp.img" "$esp"/* ::/
 
 step "the root and data file systems"
 truncate -s "$root_size" "$work/root.img"
-mkfs.ext4 -q -L image-factory-root -U "$root_fsuuid" -d "$root" "$work/root.img"
+mkfs.ext4 -q -L if-root -U "$root_fsuuid" -d "$root" "$work/root.img"
 empty=$work/data
 mkdir -p "$empty"
 truncate -s "$data_size" "$work/data.img"
-mkfs.ext4 -q -L image-factory-data -U "$data_fsuuid" -d "$empty" "$work/data.img"
+mkfs.ext4 -q -L if-data -U "$data_fsuuid" -d "$empty" "$work/data.img"
 
 step "the disk image $out"
 mib() { echo $(($(stat -c %s "$1") / 1048576)); }
