@@ -4,6 +4,7 @@
 #
 #   IF_DEBROOT_CACHE   the cached debootstrap root (default /var/cache/image-factory/debroot)
 #   IF_DEBIAN_MIRROR   the Debian mirror (default http://deb.debian.org/debian)
+#   IF_NICE            niceness of the release build (default 0; 19 on a shared machine)
 
 IF_SUITE=bookworm
 IF_MIRROR="${IF_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -31,6 +32,14 @@ if_need_packages() {
 # sets IF_DEB to the path of the .deb (a variable, not output: errexit does not reach into a
 # command substitution).
 if_build_deb() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        if [ -x "$HOME/.cargo/bin/cargo" ]; then
+            export PATH="$HOME/.cargo/bin:$PATH"
+        else
+            echo "no cargo on PATH nor in $HOME/.cargo/bin: install the Rust toolchain as ./test.sh does (rustup)" >&2
+            return 1
+        fi
+    fi
     if ! cargo deb --version >/dev/null 2>&1; then
         echo "installing cargo-deb $IF_CARGO_DEB_VERSION" >&2
         cargo install cargo-deb --locked --version "$IF_CARGO_DEB_VERSION" >&2
