@@ -8,8 +8,9 @@
 # route out and one forwarded port on 127.0.0.1) on a disk 8 GiB large, so that the data
 # partition has room to grow, and waits (bounded: $IF_OSIMAGE_BOOT_TIMEOUT, default 900 s)
 # until the appliance answers /healthz through the forwarded port. Then checks the serial
-# console for the URL line and the data partition line of the first boot, that the data
-# partition grew, and that the first-boot Secure Boot keys are in use
+# console for the URL line and the data partition line of the first boot, for the URL above
+# the login prompt, that the data partition grew, and that the first-boot Secure Boot keys
+# are in use
 # (/secureboot/signing-cert.pem answers). The console is kept in $IF_OSIMAGE_CONSOLE
 # (default target/os-image/smoke-console.log).
 set -euo pipefail
@@ -100,6 +101,16 @@ esac
 bytes=$(echo "$data_line" | sed -n 's/.*(\([0-9]*\) bytes).*/\1/p')
 # Built at 2 GiB; on the 8 GiB disk it grows to about 5.7 GiB.
 [ "${bytes:-0}" -gt $((4 * 1024 * 1024 * 1024)) ] || fail "the data partition did not grow (${bytes:-?} bytes)"
+
+# The login prompt on the serial port shows the URL too (/etc/issue.d), not only the unit's
+# journal line.
+for _ in $(seq 1 120); do
+    grep -qa "image-factory login:" "$CONSOLE" && break
+    sleep 1
+done
+grep -qa "image-factory login:" "$CONSOLE" || fail "no login prompt on the serial console"
+tr -d '\r' <"$CONSOLE" | grep -a -v 'os-image-boot\[' | grep -qaF "$url_line" ||
+    fail "the login prompt does not show '$url_line' (/etc/issue.d)"
 
 grep -qa "first boot: generating SSH host keys" "$CONSOLE" || fail "no SSH host keys made on first boot"
 curl -fsS -m 10 "http://127.0.0.1:$port/secureboot/signing-cert.pem" | grep -q "BEGIN CERTIFICATE" ||
