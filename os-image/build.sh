@@ -94,6 +94,14 @@ rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_*
 ln -sf /dev/null "$root/etc/systemd/system/systemd-firstboot.service"
 chroot "$root" systemctl enable systemd-networkd.service image-factory-prepare.service \
     image-factory-announce.service >&2
+# The image's units and drop-ins, as systemd will load them there.
+verify=$(chroot "$root" systemd-analyze verify --man=no image-factory.service image-factory-prepare.service \
+    image-factory-announce.service ssh.service systemd-networkd-wait-online.service 2>&1 || true)
+if [ -n "$verify" ]; then
+    echo "systemd-analyze verify of the image's units:" >&2
+    echo "$verify" >&2
+    exit 1
+fi
 install -d -m 0700 "$root/var/lib/private"
 install -d -m 0755 "$root/var/lib/private/image-factory" "$root/boot/efi"
 if [ -n "$authorized_keys" ]; then
