@@ -44,7 +44,7 @@ OSROOT="${IF_OSROOT_CACHE:-/var/cache/image-factory/osroot}"
 ESP_MIB=256
 # Packages of the image besides the .deb and its dependencies.
 OS_PACKAGES="linux-image-amd64 initramfs-tools systemd-boot-efi openssh-server iproute2 \
-e2fsprogs dosfstools kmod udev"
+e2fsprogs dosfstools kmod udev libnss-systemd"
 
 if_need_packages debootstrap e2fsprogs dosfstools mtools fdisk util-linux
 

@@ -11,7 +11,8 @@
 # console for the URL line and the data partition line of the first boot, for the URL above
 # the login prompt, that the data partition grew, and that the first-boot Secure Boot keys
 # are in use
-# (/secureboot/signing-cert.pem answers). The console is kept in $IF_OSIMAGE_CONSOLE
+# (/secureboot/signing-cert.pem answers); then logs in over SSH (a forwarded port, a key made
+# for the run) to check the appliance's own keys are on the data partition. The console is kept in $IF_OSIMAGE_CONSOLE
 # (default target/os-image/smoke-console.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,11 +25,7 @@ IMAGE=target/os-image/image-factory.raw
 OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
 OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
 
-if_need_packages qemu-system-x86 qemu-utils ovmf curl iproute2
-
-step "building the image"
-os-image/build.sh --out "$IMAGE"
-built=$SECONDS
+if_need_packages qemu-system-x86 qemu-utils ovmf curl iproute2 openssh-client
 
 work=$(mktemp -d /var/tmp/if-osimage-smoke.XXXXXX)
 qemu_pid=
@@ -41,16 +38,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A free port on loopback for the forwarded HTTP port.
-port=
-for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 40000))
-    if [ -z "$(ss -Htln "sport = :$p")" ]; then
-        port=$p
-        break
-    fi
-done
-[ -n "$port" ] || { echo "smoke-test: no free local port found" >&2; exit 1; }
+# A key of this run only, for root's SSH login in the image (--authorized-keys).
+ssh-keygen -q -t ed25519 -N "" -C "image-factory smoke test" -f "$work/id"
+
+step "building the image"
+os-image/build.sh --out "$IMAGE" --authorized-keys "$work/id.pub"
+built=$SECONDS
+
+# Free ports on loopback for the forwarded HTTP and SSH ports.
+free_port() {
+    local p
+    for _ in $(seq 1 50); do
+        p=$((20000 + RANDOM % 40000))
+        if [ -z "$(ss -Htln "sport = :$p")" ]; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "smoke-test: no free local port found" >&2
+    exit 1
+}
+port=$(free_port)
+ssh_port=$(free_port)
+[ "$port" != "$ssh_port" ] || ssh_port=$(free_port)
 
 step "booting the image in QEMU (TCG), HTTP forwarded to 127.0.0.1:$port"
 # A copy-on-write disk over the image, larger than it: the image stays as built.
@@ -63,7 +73,7 @@ qemu-system-x86_64 -accel tcg -machine q35 -cpu max -smp 2 -m 2048 \
     -drive if=pflash,format=raw,readonly=on,file="$OVMF_CODE" \
     -drive if=pflash,format=raw,file="$work/vars.fd" \
     -drive file="$work/disk.qcow2",format=qcow2,if=virtio \
-    -nic user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:"$port"-:8080 \
+    -nic user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:"$port"-:8080,hostfwd=tcp:127.0.0.1:"$ssh_port"-:22 \
     -display none -serial file:"$CONSOLE" -monitor none -no-reboot &
 qemu_pid=$!
 boot=$SECONDS
@@ -115,5 +125,24 @@ tr -d '\r' <"$CONSOLE" | grep -a -v 'os-image-boot\[' | grep -qaF "$url_line" ||
 grep -qa "first boot: generating SSH host keys" "$CONSOLE" || fail "no SSH host keys made on first boot"
 curl -fsS -m 10 "http://127.0.0.1:$port/secureboot/signing-cert.pem" | grep -q "BEGIN CERTIFICATE" ||
     fail "/secureboot/signing-cert.pem: the first boot's Secure Boot keys are not in use"
+
+# Inside, over SSH with the build's authorized key: the appliance's own first-start keys (its
+# signing key and admin token) are on the data partition, behind systemd's state directory
+# symlink, owned by the service's dynamic user.
+inside=$(ssh -i "$work/id" -p "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 root@127.0.0.1 \
+    'readlink /var/lib/image-factory; findmnt -n -o SOURCE -T /var/lib/image-factory/keys/admin-token;
+     stat -c %u:%U /var/lib/image-factory/keys/admin-token; systemctl is-active image-factory' 2>/dev/null) ||
+    fail "no SSH login with the build's authorized key"
+echo "$inside" >&2
+[ "$(echo "$inside" | sed -n 1p)" = "private/image-factory" ] || fail "/var/lib/image-factory is not systemd's symlink"
+[ "$(echo "$inside" | sed -n 2p)" = "/dev/vda3" ] || fail "the admin token is not on the data partition"
+# systemd's dynamic users are UIDs 61184-65519, named after the unit (libnss-systemd).
+owner=$(echo "$inside" | sed -n 3p)
+uid=${owner%%:*}
+if ! { [ "${uid:-0}" -ge 61184 ] && [ "$uid" -le 65519 ] && [ "${owner#*:}" = image-factory ]; }; then
+    fail "the admin token is owned by $owner, not the service's dynamic user"
+fi
+[ "$(echo "$inside" | sed -n 4p)" = "active" ] || fail "image-factory.service is not active"
 
 echo "smoke-test: OK (build $built s, boot to /healthz $((SECONDS - boot)) s, total $SECONDS s)"
