@@ -82,7 +82,9 @@ if_check_installed "$root"
 chroot "$root" apt-get clean
 
 step "configuring the OS"
-cp -a os-image/rootfs/. "$root/"
+# Owned by root and not group-writable whoever checked the files out (no cp -a: it would also
+# give /etc the checkout's owner and mode).
+(umask 022 && cp -R os-image/rootfs/. "$root/")
 echo image-factory >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\timage-factory\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 # No identity of the build host or of the build: the machine ID (first boot makes one), the
