@@ -17,6 +17,10 @@
 # cache) and installs it into a copy of the OS root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "build.sh: run it as root (sudo): debootstrap, chroot and apt-get need it" >&2
+    exit 2
+fi
 
 out=target/os-image/image-factory.raw
 root_size=3G

@@ -16,6 +16,10 @@
 # (default target/os-image/smoke-console.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "smoke-test: run it as root (sudo): debootstrap, chroot and apt-get need it" >&2
+    exit 2
+fi
 
 # shellcheck source=appliance/debroot.sh
 . appliance/debroot.sh
