@@ -112,3 +112,45 @@ async fn serve_tells_systemd_it_is_ready_and_stopping() {
     assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
     assert!(child.wait().expect("wait").success());
 }
+
+/// The OS image's own units and the package unit's drop-in (`os-image/rootfs`, laid over the
+/// package's files as `os-image/build.sh` does) verify, and its boot script parses; the image
+/// build checks the same in the real root, this keeps it checked in the default run.
+#[test]
+fn the_os_image_units_verify_over_the_installed_unit() {
+    if !testsupport::tools::have("systemd-analyze", "systemd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    installed_root(dir.path());
+    let copied = Command::new("cp")
+        .args(["-a", "--no-preserve=ownership"])
+        .arg(repo("os-image/rootfs/."))
+        .arg(dir.path())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let script = dir.path().join("usr/lib/image-factory/os-image-boot");
+    let parsed = Command::new("sh")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("sh -n");
+    assert!(parsed.success(), "{} does not parse", script.display());
+    let root = format!("--root={}", dir.path().display());
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", &root])
+        .args([
+            "image-factory.service",
+            "image-factory-prepare.service",
+            "image-factory-announce.service",
+        ])
+        .output()
+        .expect("systemd-analyze verify");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
