@@ -112,6 +112,38 @@ pub enum ImagerError {
         /// The architecture.
         arch: &'static str,
     },
+    /// The sandbox overlay installers run in cannot be set up here, so the installer was not
+    /// run (it never runs unsandboxed).
+    #[error(
+        "overlay {}: the sandbox for its installer cannot be set up ({reason}); overlay installers only run sandboxed (bubblewrap with user namespaces, see the operator guide)",
+        go_quote(.name)
+    )]
+    OverlaySandbox {
+        /// The overlay name.
+        name: String,
+        /// What failed.
+        reason: String,
+        /// The underlying failure, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The overlay's installer failed, ran past its deadline or was killed.
+    #[error("overlay {}: {source}", go_quote(.name))]
+    OverlayInstaller {
+        /// The overlay name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The overlay image or what its installer answered is unusable.
+    #[error("overlay {}: {message}", go_quote(.name))]
+    OverlayImage {
+        /// The overlay name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The target is older than what this appliance builds (see [`crate::imager::quirks`]).
     #[error("unsupported Talos version {0}: this appliance builds Talos 1.8 and later")]
     UnsupportedVersion(String),
@@ -234,7 +266,10 @@ impl ImagerError {
             | ImagerError::DamagedInput(_)
             | ImagerError::ReleaseDamaged { .. }
             | ImagerError::Internal { .. }
-            | ImagerError::Inconsistent(_) => ErrorKind::Internal,
+            | ImagerError::Inconsistent(_)
+            | ImagerError::OverlaySandbox { .. }
+            | ImagerError::OverlayInstaller { .. }
+            | ImagerError::OverlayImage { .. } => ErrorKind::Internal,
         }
     }
 
