@@ -68,10 +68,10 @@ pub enum ImagerError {
         /// The version tag.
         version: String,
     },
-    /// The schematic selects an overlay (SBC). Upstream runs the overlay's installer binary to
-    /// get kernel arguments, the GPT offset and boot files (imager spec §0.3 step 2, §5.8,
-    /// §8.1 step 5); this appliance does not, so it refuses rather than build wrong bytes.
-    #[error("overlay {} is not supported by this factory: overlays are not built yet", go_quote(.name))]
+    /// The schematic selects an overlay (SBC) and the output (ISO, UKI, initramfs) would carry
+    /// its kernel arguments, which this appliance only applies to disk images and installers;
+    /// it refuses rather than build wrong bytes.
+    #[error("overlay {} is not built into this output by this factory: overlays are built into disk images and installers only", go_quote(.name))]
     OverlayNotBuilt {
         /// The overlay name from the schematic.
         name: String,

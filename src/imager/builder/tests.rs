@@ -120,8 +120,7 @@ fn build(env: &Env, yaml: &str, path: &str) -> Result<Built, ImagerError> {
     env.builder.build(&Request::new(yaml).for_path(path))
 }
 
-const REFUSED: &str =
-    r#"overlay "rpi_generic" is not supported by this factory: overlays are not built yet"#;
+const REFUSED: &str = r#"overlay "rpi_generic" is not built into this output by this factory: overlays are built into disk images and installers only"#;
 
 #[test]
 fn outputs_that_would_lose_the_overlay_are_refused() {
