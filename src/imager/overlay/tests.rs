@@ -147,7 +147,7 @@ for f in /etc/passwd {data}/signing-key.pem /proc/1/root/etc/passwd; do
     if $B cat "$f" >/dev/null 2>&1; then echo "read: $f"; fi
 done
 echo "ifaces: $($B tail -n +3 /proc/net/dev | $B cut -d: -f1 | $B tr -d ' ' | $B tr '\n' ' ')"
-if echo hi | $B nc -w 2 127.0.0.1 {port} 2>/dev/null; then echo "net: connected"; else echo "net: refused"; fi
+$B timeout 3 $B nc 127.0.0.1 {port} </dev/null >/dev/null 2>&1
 if $B touch /overlay/x 2>/dev/null; then echo "wrote: overlay"; fi
 if $B touch /x 2>/dev/null; then echo "wrote: root"; fi
 echo "pids: $($B ls /proc | $B grep -c '^[0-9]')""#,
@@ -174,7 +174,6 @@ echo "pids: $($B ls /proc | $B grep -c '^[0-9]')""#,
     assert_eq!(line("uid"), "65534 caps: 0000000000000000", "{out}");
     assert!(!out.contains("read: "), "{out}");
     assert_eq!(line("ifaces"), "lo", "{out}");
-    assert_eq!(line("net"), "refused", "{out}");
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the host's loopback listener was reached"
@@ -195,7 +194,8 @@ fn a_hanging_installer_is_killed_at_the_deadline() {
     let o = overlay(
         dir.path(),
         &busybox,
-        "($B sleep 3; $B touch /tmp/survived) &\n$B setsid $B sleep 60 &\n$B sleep 60",
+        // a helper in a session (and process group) of its own
+        "$B setsid $B sh -c \"$B sleep 3; $B touch /tmp/survived\" &\n$B sleep 60",
     );
     let started = Instant::now();
     let e = run(&o, &tool_run(Duration::from_secs(1)), &work, None).unwrap_err();
@@ -228,7 +228,7 @@ fn a_sandbox_that_cannot_be_set_up_refuses_to_run_the_installer() {
     write_exec(
         &bin.join(sandbox::BWRAP),
         &format!(
-            "#!/bin/sh\nexec unshare --user --map-root-user sh -c \
+            "#!/bin/sh\nexec /usr/bin/unshare --user --map-root-user /bin/sh -c \
              'echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" \"$@\"' {} \"$@\"\n",
             real.display()
         ),
@@ -243,7 +243,11 @@ fn a_sandbox_that_cannot_be_set_up_refuses_to_run_the_installer() {
     let e = run(&o, &tools, &work, None).unwrap_err();
     assert!(matches!(e, ImagerError::OverlaySandbox { .. }), "{e}");
     assert!(e.to_string().contains("cannot be set up"), "{e}");
-    assert!(e.to_string().contains("namespace"), "{e}");
+    assert!(
+        matches!(&e, ImagerError::OverlaySandbox { reason, .. }
+            if reason.contains("Creating new namespace failed")),
+        "{e}"
+    );
     assert!(!work.join("ran").exists(), "the installer ran");
     assert_eq!(
         crate::imager::error::ErrorKind::Internal,
