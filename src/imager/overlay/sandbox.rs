@@ -7,7 +7,7 @@
 //! * `/tmp` — a fresh, empty scratch directory of this run, writable (the mount prefix the
 //!   installer drops boot files into);
 //! * `/image/disk.raw` — the disk image being built, writable (`install` only);
-//! * `/proc` of the new PID namespace and a minimal `/dev` (null, zero, random, …).
+//! * a minimal `/dev` (null, zero, random, …); no `/proc` (see [`SandboxRun::bwrap_args`]).
 //!
 //! The root itself is an empty tmpfs remounted read-only: no host file, no data directory, no
 //! host network (the new network namespace has only its own, unconfigured loopback). Files are
@@ -79,8 +79,6 @@ impl SandboxRun<'_> {
             SANDBOX_ID,
             "--gid",
             SANDBOX_ID,
-            "--hostname",
-            "overlay-installer",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -95,7 +93,9 @@ impl SandboxRun<'_> {
         if let Some(image) = self.image {
             a.extend(["--bind".into(), path(image), SANDBOX_IMAGE.into()]);
         }
-        a.extend(["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/"].map(String::from));
+        // No `/proc`: mounting one needs a fully visible host /proc, which the appliance's
+        // unit hides (ProtectKernelTunables, ProcSubset); installers do not need it.
+        a.extend(["--dev", "/dev", "--remount-ro", "/"].map(String::from));
         a.extend(["--chdir".into(), SANDBOX_TMP.into()]);
         a.extend([
             "--json-status-fd".into(),
