@@ -10,7 +10,7 @@ PACKAGES=(curl ca-certificates openssl build-essential docker-registry skopeo
     cpio squashfs-tools squashfs-tools-ng zstd xz-utils qemu-system-x86 ovmf ipxe-qemu fdisk binutils systemd-boot-efi
     qemu-system-arm qemu-efi-aarch64
     kmod xfsprogs grub-common grub-pc-bin mtools dosfstools xorriso genisoimage strace containerd
-    atftp tftp-hpa ipxe iproute2 dnsmasq-base systemd chromium sbsigntool osslsigncode)
+    atftp tftp-hpa ipxe iproute2 dnsmasq-base systemd chromium sbsigntool osslsigncode bubblewrap)
 # qemu-system-x86 (and -arm) 7.2 on Debian 12 needs the matching qemu-utils, older than the one some
 # images preinstall: apt refuses unless the version is pinned and downgrades are allowed.
 QEMU_UTILS_PIN="qemu-utils=1:7.2+dfsg-7+deb12u18+b3"

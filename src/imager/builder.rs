@@ -40,6 +40,7 @@ use super::uki::{
 
 mod disk;
 mod iso;
+mod overlay;
 mod secureboot;
 mod stage;
 #[cfg(test)]
@@ -174,7 +175,7 @@ impl Builder {
     pub fn build_resolved(
         &self,
         req: &BuildRequest<'_>,
-        profile: Profile,
+        mut profile: Profile,
         release: &Release,
     ) -> Result<Built, ImagerError> {
         ensure_buildable(&profile)?;
@@ -190,6 +191,11 @@ impl Builder {
         let assets = release.arches.get(&arch).ok_or_else(|| {
             ImagerError::Validation(format!("release {} has no {arch} assets", release.version))
         })?;
+        // The overlay (host architecture) extracted and asked for its options; removed with
+        // `overlay_scratch` when the build ends.
+        std::fs::create_dir_all(&self.opts.scratch)?;
+        let overlay_scratch = tempfile::tempdir_in(&self.opts.scratch)?;
+        let overlay = self.prepare_overlay(req, &mut profile, overlay_scratch.path())?;
         let blob = match profile.output.kind {
             OutputKind::Kernel => {
                 let kernel = asset(assets, "vmlinuz")?;
@@ -206,10 +212,15 @@ impl Builder {
             OutputKind::Uki => {
                 self.uki(req, &profile, assets, UkiPurpose::Uki, &mut intermediates)?
             }
-            OutputKind::Installer => {
-                self.installer(req, &profile, release, assets, &mut intermediates)?
-            }
-            OutputKind::Image => self.disk_image(req, &profile, assets)?,
+            OutputKind::Installer => self.installer(
+                req,
+                &profile,
+                release,
+                assets,
+                overlay_scratch.path(),
+                &mut intermediates,
+            )?,
+            OutputKind::Image => self.disk_image(req, &profile, assets, overlay.as_ref())?,
             OutputKind::Iso => self.iso(req, &profile, assets)?,
         };
         Ok(Built {
@@ -386,7 +397,7 @@ impl Builder {
             (true, Some(keys)) => Some(keys),
             (true, None) => return Err(ImagerError::SecureBootDisabled),
         };
-        let cmdline = kernel_cmdline(profile, &[])?;
+        let cmdline = profile_cmdline(profile)?;
         let kernel = asset(assets, "vmlinuz")?;
         let stub = std::fs::read(self.input(asset(assets, "systemd-stub.efi")?)?)
             .map_err(ImagerError::Io)?;
@@ -455,6 +466,7 @@ impl Builder {
         profile: &Profile,
         release: &Release,
         assets: &ArchRelease,
+        overlay_scratch: &Path,
         intermediates: &mut Vec<BlobInfo>,
     ) -> Result<BlobInfo, ImagerError> {
         let base_record = assets.installer_base.as_ref().ok_or_else(|| {
@@ -499,24 +511,25 @@ impl Builder {
         };
         self.stages.report(Stage::Installer);
         let arch = profile.arch.as_str().to_string();
+        let overlay = self.overlay_installer(profile, overlay_scratch)?;
         let inputs = InstallerInputs {
             base: &base,
             arch: &arch,
             artifacts: &artifacts,
-            // Overlay profiles never get here (`ensure_buildable`).
-            overlay: None,
+            overlay: overlay.as_ref(),
             gzip_level: 1,
         };
         let image =
             build_installer(&self.blobs, &inputs).map_err(ImagerError::internal("installer"))?;
-        // The artifacts layer, config and manifest are new; base layers belong to the release.
-        for d in [
-            image.layers.last(),
-            Some(&image.config),
-            Some(&image.manifest),
-        ]
-        .into_iter()
-        .flatten()
+        // The artifacts (and overlay) layers, config and manifest are new; base layers belong
+        // to the release.
+        let new_layers = 1 + usize::from(overlay.is_some());
+        let first_new = image.layers.len().saturating_sub(new_layers);
+        for d in image.layers[first_new..]
+            .iter()
+            .map(Some)
+            .chain([Some(&image.config), Some(&image.manifest)])
+            .flatten()
         {
             if let Some(b) = self
                 .blobs
@@ -537,21 +550,23 @@ impl Builder {
     }
 }
 
-/// Refuses profiles this appliance would build wrong. Today that is any profile with an
-/// overlay: upstream executes the overlay's installer binary for its kernel arguments, GPT
-/// offset and boot files, and adds an overlay layer to installers (imager spec §0.3 step 2,
-/// §5.8, §8.1 step 5), none of which is done here. (Kernel and cmdline outputs never carry
-/// the overlay, api spec §2.8, so they still build.)
+/// Refuses profiles this appliance would build wrong. Overlays are built for disk images and
+/// installers (the SBC outputs: upstream's overlay profiles are disk images, and Talos
+/// upgrades an SBC with the overlay-aware installer); an overlay on an ISO, UKI or initramfs
+/// is refused rather than built without the overlay's kernel arguments. (Kernel and cmdline
+/// outputs never carry the overlay, api spec §2.8, so they still build.)
 ///
 /// Secure Boot installers for targets before 1.10 are refused too (their `vmlinuz.efi.signed`
 /// layout is not built); every other Secure Boot output is.
 fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
-    if let Some(overlay) = &profile.overlay {
+    let kind = profile.output.kind;
+    if let Some(overlay) = &profile.overlay
+        && !matches!(kind, OutputKind::Image | OutputKind::Installer)
+    {
         return Err(ImagerError::OverlayNotBuilt {
             name: overlay.entry.name.clone(),
         });
     }
-    let kind = profile.output.kind;
     if profile.secureboot
         && kind == OutputKind::Installer
         && !profile.quirks().has(Quirk::UseSdBootForUefi)
@@ -561,6 +576,15 @@ fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
         });
     }
     Ok(())
+}
+
+/// The profile's kernel command line, with its overlay's `get-options` kernel arguments.
+pub(super) fn profile_cmdline(profile: &Profile) -> Result<String, ImagerError> {
+    let args = profile
+        .overlay
+        .as_ref()
+        .map_or(&[][..], |o| o.kernel_args.as_slice());
+    kernel_cmdline(profile, args)
 }
 
 fn asset<'a>(assets: &'a ArchRelease, name: &str) -> Result<&'a BlobRef, ImagerError> {

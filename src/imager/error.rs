@@ -68,10 +68,10 @@ pub enum ImagerError {
         /// The version tag.
         version: String,
     },
-    /// The schematic selects an overlay (SBC). Upstream runs the overlay's installer binary to
-    /// get kernel arguments, the GPT offset and boot files (imager spec §0.3 step 2, §5.8,
-    /// §8.1 step 5); this appliance does not, so it refuses rather than build wrong bytes.
-    #[error("overlay {} is not supported by this factory: overlays are not built yet", go_quote(.name))]
+    /// The schematic selects an overlay (SBC) and the output (ISO, UKI, initramfs) would carry
+    /// its kernel arguments, which this appliance only applies to disk images and installers;
+    /// it refuses rather than build wrong bytes.
+    #[error("overlay {} is not built into this output by this factory: overlays are built into disk images and installers only", go_quote(.name))]
     OverlayNotBuilt {
         /// The overlay name from the schematic.
         name: String,
@@ -111,6 +111,38 @@ pub enum ImagerError {
         bootloader: &'static str,
         /// The architecture.
         arch: &'static str,
+    },
+    /// The sandbox overlay installers run in cannot be set up here, so the installer was not
+    /// run (it never runs unsandboxed).
+    #[error(
+        "overlay {}: the sandbox for its installer cannot be set up ({reason}); overlay installers only run sandboxed (bubblewrap with user namespaces, see the operator guide)",
+        go_quote(.name)
+    )]
+    OverlaySandbox {
+        /// The overlay name.
+        name: String,
+        /// What failed.
+        reason: String,
+        /// The underlying failure, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The overlay's installer failed, ran past its deadline or was killed.
+    #[error("overlay {}: {source}", go_quote(.name))]
+    OverlayInstaller {
+        /// The overlay name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The overlay image or what its installer answered is unusable.
+    #[error("overlay {}: {message}", go_quote(.name))]
+    OverlayImage {
+        /// The overlay name.
+        name: String,
+        /// What is wrong.
+        message: String,
     },
     /// The target is older than what this appliance builds (see [`crate::imager::quirks`]).
     #[error("unsupported Talos version {0}: this appliance builds Talos 1.8 and later")]
@@ -234,7 +266,10 @@ impl ImagerError {
             | ImagerError::DamagedInput(_)
             | ImagerError::ReleaseDamaged { .. }
             | ImagerError::Internal { .. }
-            | ImagerError::Inconsistent(_) => ErrorKind::Internal,
+            | ImagerError::Inconsistent(_)
+            | ImagerError::OverlaySandbox { .. }
+            | ImagerError::OverlayInstaller { .. }
+            | ImagerError::OverlayImage { .. } => ErrorKind::Internal,
         }
     }
 

@@ -110,14 +110,18 @@ pub struct BaseImage {
     pub config: ImageConfig,
 }
 
-/// Overlay installer content for SBC overlays (imager spec §8.1 step 5). Overlays: later issue;
-/// passing one fails with [`InstallerError::Unsupported`].
+/// Overlay installer content for SBC overlays (imager spec §8.1 step 5): one more layer with
+/// `overlay/artifacts/…`, the installer as `overlay/installers/default` and
+/// `overlay/extra-options`, with their file modes (Talos' installer runs it at install time).
 #[derive(Debug, Clone)]
 pub struct OverlayInstaller {
-    /// Directory holding the extracted overlay installer tree (`artifacts/`, `installers/`).
-    pub root: PathBuf,
-    /// The overlay options as YAML (`overlay/extra-options`).
-    pub options_yaml: String,
+    /// The overlay's regular files under `artifacts/` (target architecture), as (path relative
+    /// to `artifacts/`, file, mode).
+    pub artifacts: Vec<(String, PathBuf, u32)>,
+    /// The installer binary and its mode.
+    pub installer: (PathBuf, u32),
+    /// A file holding the overlay options as YAML (`overlay/extra-options`).
+    pub extra_options: PathBuf,
 }
 
 /// What to build.
@@ -129,7 +133,7 @@ pub struct InstallerInputs<'a> {
     pub arch: &'a str,
     /// The boot assets for the artifacts layer.
     pub artifacts: &'a InstallerArtifacts,
-    /// Overlays: later issue (must be `None` for now).
+    /// The overlay layer's content (SBC overlays).
     pub overlay: Option<&'a OverlayInstaller>,
     /// gzip level of the artifacts layer (go-containerregistry's default is 1, BestSpeed).
     pub gzip_level: u32,
@@ -230,7 +234,45 @@ pub fn write_artifacts_layer(
     gzip_level: u32,
     out: impl Write,
 ) -> Result<Digest, InstallerError> {
-    let mut sorted: Vec<&(String, PathBuf)> = entries.iter().collect();
+    let entries: Vec<(String, PathBuf, u32)> = entries
+        .iter()
+        .map(|(p, s)| (p.clone(), s.clone(), 0))
+        .collect();
+    write_layer(&entries, gzip_level, out)
+}
+
+/// Writes the overlay layer (imager spec §8.1 step 5) like the artifacts layer, but with the
+/// files' modes (the installer must stay executable); returns its diff ID.
+pub fn write_overlay_layer(
+    overlay: &OverlayInstaller,
+    gzip_level: u32,
+    out: impl Write,
+) -> Result<Digest, InstallerError> {
+    let mut entries: Vec<(String, PathBuf, u32)> = overlay
+        .artifacts
+        .iter()
+        .map(|(rel, path, mode)| (format!("overlay/artifacts/{rel}"), path.clone(), *mode))
+        .collect();
+    entries.push((
+        "overlay/installers/default".into(),
+        overlay.installer.0.clone(),
+        overlay.installer.1,
+    ));
+    entries.push((
+        "overlay/extra-options".into(),
+        overlay.extra_options.clone(),
+        0o644,
+    ));
+    write_layer(&entries, gzip_level, out)
+}
+
+/// A gzip'd tar of `entries` (path, file, mode), sorted by path; answers the diff ID.
+fn write_layer(
+    entries: &[(String, PathBuf, u32)],
+    gzip_level: u32,
+    out: impl Write,
+) -> Result<Digest, InstallerError> {
+    let mut sorted: Vec<&(String, PathBuf, u32)> = entries.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let gz = flate2::GzBuilder::new()
         .mtime(0)
@@ -239,13 +281,13 @@ pub fn write_artifacts_layer(
         inner: gz,
         sha: Sha256::new(),
     };
-    for (path, source) in sorted {
+    for (path, source, mode) in sorted {
         let file = File::open(source).map_err(io_err(format!("open {}", source.display())))?;
         let size = file
             .metadata()
             .map_err(io_err(format!("stat {}", source.display())))?
             .len();
-        write_entry(&mut tar, path, 0, size, file)?;
+        write_entry(&mut tar, path, *mode & 0o7777, size, file)?;
     }
     finish_tar(&mut tar)?;
     let diff_id = tar.sha.finalize_hex();
@@ -272,11 +314,6 @@ pub fn build_installer(
     store: &BlobStore,
     inputs: &InstallerInputs<'_>,
 ) -> Result<InstallerImage, InstallerError> {
-    if inputs.overlay.is_some() {
-        return Err(InstallerError::Unsupported(
-            "overlay installer layers (SBC overlays)".into(),
-        ));
-    }
     let base = inputs.base;
     let bad = |message: String| InstallerError::Base {
         reference: base.reference.clone(),
@@ -313,6 +350,12 @@ pub fn build_installer(
     let layer = descriptor(MEDIA_OCI_LAYER_GZIP, &w.finish()?)?;
     layers.push(layer);
     diff_ids.push(diff_id);
+    if let Some(overlay) = inputs.overlay {
+        let mut w = store.writer()?;
+        let diff_id = write_overlay_layer(overlay, inputs.gzip_level, &mut w)?;
+        layers.push(descriptor(MEDIA_OCI_LAYER_GZIP, &w.finish()?)?);
+        diff_ids.push(diff_id);
+    }
 
     let rootfs = RootFs {
         kind: "layers".into(),

@@ -20,6 +20,7 @@ pub mod formats;
 pub mod initramfs;
 pub mod iso;
 pub mod meta;
+pub mod overlay;
 pub mod path;
 pub mod profile;
 pub mod quirks;

@@ -250,6 +250,16 @@ pub struct ProfileOverlay {
     pub entry: OverlayEntry,
     /// The schematic's `overlay.options`, as JSON.
     pub options: serde_json::Value,
+    /// The installer's `get-options` kernel arguments (filled when the build runs it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
+    /// The installer's `partitionOptions.offset` in LBAs (filled when the build runs it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub partition_offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An imager profile.

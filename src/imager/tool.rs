@@ -158,7 +158,19 @@ impl Tools {
     /// Runs `cmd` (named `tool` in reports) to completion: killed with its process group when
     /// the build is cancelled or at the sooner of the tool timeout and the build's deadline.
     /// Answers its stdout.
-    pub fn run(&self, tool: &str, mut cmd: Command, cancel: &Cancel) -> Result<Vec<u8>, ToolError> {
+    pub fn run(&self, tool: &str, cmd: Command, cancel: &Cancel) -> Result<Vec<u8>, ToolError> {
+        self.run_with_input(tool, cmd, cancel, None)
+    }
+
+    /// As [`Self::run`], writing `input` (if any) to the tool's stdin (closed after it; a tool
+    /// that stops reading early is not an error of the writer).
+    pub fn run_with_input(
+        &self,
+        tool: &str,
+        mut cmd: Command,
+        cancel: &Cancel,
+        input: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, ToolError> {
         use std::os::unix::process::CommandExt as _;
         let name = || tool.to_string();
         cancel
@@ -167,14 +179,24 @@ impl Tools {
         let allowed = cancel
             .remaining()
             .map_or(self.timeout, |left| left.min(self.timeout));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
         let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
             tool: name(),
             source,
         })?;
+        if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                let _ = stdin.write_all(&input);
+            });
+        }
         let out = capture(child.stdout.take());
         let err = capture(child.stderr.take());
         let started = Instant::now();

@@ -45,6 +45,18 @@ pub const MARKER_PREFIX: &str = "IF-TESTKIT-MARKER";
 pub const DEFAULT_VERSIONS: &[&str] = &["v1.10.3", "v1.11.0"];
 /// Tag of the kit's overlay image.
 pub const OVERLAY_TAG: &str = "v0.1.0";
+/// Kernel arguments the kit overlay's installer answers to `get-options`.
+pub const SBC_TEST_KERNEL_ARGS: &[&str] = &["console=ttyAMA0,115200", "sbc.test=1"];
+/// The GPT offset (LBAs before the primary entries) the kit overlay's installer announces.
+pub const SBC_TEST_GPT_OFFSET: u64 = 2048;
+/// The LBA the kit overlay's installer writes its u-boot at (in the room the offset leaves).
+pub const SBC_TEST_UBOOT_LBA: u64 = 64;
+
+/// The kit overlay's u-boot bytes (`artifacts/arm64/u-boot/test/u-boot.bin`).
+pub fn sbc_test_uboot() -> Vec<u8> {
+    pseudo_random("sbc-test/u-boot", 64 * 1024)
+}
+
 /// Directory (in an extension's rootfs) of the proof file every kit extension ships as
 /// `<name>.proof`; the kit's init reads it from each mounted layer (see [`Marker`]).
 pub const PROOF_DIR: &str = "usr/local/share/if-testkit";
@@ -253,7 +265,7 @@ pub fn synth_release(opts: &SynthOptions) -> Result<SynthReport, KitError> {
         images: Vec::new(),
     };
     let shared = release::Shared::load(&inputs, &opts.kit_dir, &arches)?;
-    let overlay = release::overlay_image(&mut w)?;
+    let overlay = release::overlay_image(&mut w, &inputs)?;
     for (_, v) in &versions {
         tracing::info!(version = %v, "test kit: building release");
         release::version(&mut w, &inputs, &shared, opts, v, &overlay)?;

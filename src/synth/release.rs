@@ -225,14 +225,25 @@ fn talosctl_all(w: &mut ImageWriter<'_>, v: &str) -> Result<(), KitError> {
     Ok(())
 }
 
-/// The overlay image `siderolabs/sbc-test:v0.1.0` (shared by every version).
-pub(super) fn overlay_image(w: &mut ImageWriter<'_>) -> Result<BuiltImage, KitError> {
+/// The overlay image `siderolabs/sbc-test:v0.1.0` (shared by every version). Its installer
+/// `installers/test` is a shell script run by the image's own static busybox (`bin/busybox`,
+/// Debian `busybox-static`): `get-options` answers [`super::SBC_TEST_KERNEL_ARGS`] and a GPT
+/// offset of [`super::SBC_TEST_GPT_OFFSET`] LBAs; `install` writes `u-boot.bin`
+/// ([`super::sbc_test_uboot`]) into the disk at LBA [`super::SBC_TEST_UBOOT_LBA`] (inside the
+/// room the offset leaves) and drops `config.txt` and `u-boot.bin` into the ESP.
+pub(super) fn overlay_image(
+    w: &mut ImageWriter<'_>,
+    inputs: &KitInputs,
+) -> Result<BuiltImage, KitError> {
     let mut t = Tree::new();
     t.file(
         "artifacts/arm64/u-boot/test/u-boot.bin",
         0o644,
-        pseudo_random("sbc-test/u-boot", 64 * 1024),
+        super::sbc_test_uboot(),
     );
+    let busybox = std::fs::read(&inputs.busybox)
+        .map_err(|e| KitError::io(format!("read {}", inputs.busybox.display()), e))?;
+    t.file("bin/busybox", 0o755, busybox);
     t.file(
         "artifacts/arm64/dtb/test/board.dtb",
         0o644,
@@ -243,25 +254,42 @@ pub(super) fn overlay_image(w: &mut ImageWriter<'_>) -> Result<BuiltImage, KitEr
         0o644,
         &b"# test board firmware config\narm_64bit=1\nkernel=u-boot.bin\n"[..],
     );
+    let args: String = super::SBC_TEST_KERNEL_ARGS
+        .iter()
+        .map(|a| format!("  - {a}\\n"))
+        .collect();
     t.file(
         "installers/test",
         0o755,
-        script(
-            r#"# Overlay installer protocol (YAML over stdio): get-options | install.
+        format!(
+            r#"#!/overlay/bin/busybox sh
+# Overlay installer protocol (YAML over stdio): get-options | install.
+B=/overlay/bin/busybox
 case "$1" in
 get-options)
-    cat >/dev/null
-    printf 'name: test\nkernelArgs:\n  - console=ttyAMA0,115200\npartitionOptions:\n  offset: 2048\n'
+    $B cat >/dev/null
+    printf 'name: test\nkernelArgs:\n{args}partitionOptions:\n  offset: {offset}\n'
     ;;
 install)
-    cat >/dev/null
+    in=$($B cat)
+    disk=$(echo "$in" | $B sed -n 's/^installDisk: *//p')
+    prefix=$(echo "$in" | $B sed -n 's/^mountPrefix: *//p')
+    art=$(echo "$in" | $B sed -n 's/^artifactsPath: *//p')
+    uboot="$art/arm64/u-boot/test/u-boot.bin"
+    $B dd if="$uboot" of="$disk" bs=512 seek={lba} conv=notrunc || exit 1
+    $B mkdir -p "$prefix/boot/EFI" || exit 1
+    $B cp "$art/arm64/firmware/boot/config.txt" "$uboot" "$prefix/boot/EFI/" || exit 1
     ;;
 *)
     echo "usage: $0 get-options|install" >&2
     exit 1
     ;;
-esac"#,
-        ),
+esac
+"#,
+            offset = super::SBC_TEST_GPT_OFFSET,
+            lba = super::SBC_TEST_UBOOT_LBA,
+        )
+        .into_bytes(),
     );
     t.file(
         "profiles/test.yaml",

@@ -174,15 +174,14 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
         "{}",
         g.text()
     );
-    // Overlay schematics: every output that carries the overlay is refused (501, our text,
-    // no upstream prefix) instead of being built without it; kernel and cmdline never carry
-    // it (api spec §2.8) and still build.
+    // Overlay schematics: outputs that carry the overlay but are not built with it are
+    // refused (501, our text, no upstream prefix) instead of being built without it; disk
+    // images and installers build (overlay_sbc.rs); kernel and cmdline never carry it (api
+    // spec §2.8) and still build.
     let sbc = create_schematic(&s, "overlay:\n  image: siderolabs/sbc-test\n  name: test\n").await;
     for path in [
         "initramfs-amd64.xz",
         "metal-amd64-uki.efi",
-        "installer-amd64.tar",
-        "metal-amd64.raw.xz",
         "metal-amd64.iso",
     ] {
         let g = err(format!("/image/{sbc}/{V}/{path}")).await;
@@ -190,7 +189,7 @@ async fn every_output_kind_downloads_with_upstream_semantics() {
             (g.status, g.text()),
             (
                 501,
-                "overlay \"test\" is not supported by this factory: overlays are not built yet\n"
+                "overlay \"test\" is not built into this output by this factory: overlays are built into disk images and installers only\n"
                     .into()
             ),
             "{path}"

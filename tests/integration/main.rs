@@ -46,6 +46,7 @@ mod netboot_machines;
 mod oci_registry;
 mod oci_sources;
 mod on_demand;
+mod overlay_sbc;
 mod pxe_boot;
 mod registry_arches;
 mod registry_clients;

@@ -449,8 +449,7 @@ mod tests {
         let overlay = || ImagerError::OverlayNotBuilt {
             name: "rpi_generic".into(),
         };
-        let want =
-            "overlay \"rpi_generic\" is not supported by this factory: overlays are not built yet";
+        let want = "overlay \"rpi_generic\" is not built into this output by this factory: overlays are built into disk images and installers only";
         // Refused while resolving the request, and (for direct callers) by the build itself.
         for e in [
             ApiError::from(overlay()),

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{ArchRelease, RelPath};
 use crate::imager::boot::BootInputs;
-use crate::imager::cmdline::kernel_cmdline;
 use crate::imager::disk::sparse::stream_into_blob;
-use crate::imager::disk::write_disk_image;
+use crate::imager::disk::{OverlayInstall, write_disk_image};
 use crate::imager::error::ImagerError;
 use crate::imager::formats::{ConvertRequest, convert};
 use crate::imager::profile::{DiskFormat, OutFormat, Profile};
@@ -19,7 +18,7 @@ use crate::imager::uki::UkiPurpose;
 use crate::schematic::Bootloader;
 use crate::store::BlobInfo;
 
-use super::{BuildRequest, Builder, Stage, asset};
+use super::{BuildRequest, Builder, Stage, asset, profile_cmdline};
 
 impl Builder {
     /// The raw disk image of `profile` (kind image).
@@ -28,6 +27,7 @@ impl Builder {
         req: &BuildRequest<'_>,
         profile: &Profile,
         assets: &ArchRelease,
+        overlay: Option<&OverlayInstall>,
     ) -> Result<BlobInfo, ImagerError> {
         let opts = profile
             .output
@@ -48,7 +48,7 @@ impl Builder {
             _ => None,
         };
         let inputs = BootInputs {
-            cmdline: kernel_cmdline(profile, &[])?,
+            cmdline: profile_cmdline(profile)?,
             kernel: self.input(asset(assets, "vmlinuz")?)?,
             initramfs,
             uki,
@@ -64,7 +64,7 @@ impl Builder {
         };
         let raw = scratch.path().join("disk.raw");
         self.stages.report(Stage::DiskImage);
-        write_disk_image(profile, &inputs, scratch.path(), &raw)?;
+        write_disk_image(profile, &inputs, overlay, scratch.path(), &raw)?;
         let mut w = self.writer()?;
         if is_plain_raw(profile) {
             // gigabytes of (mostly zero) bytes to hash: SHA-256 on its own core

@@ -14,11 +14,21 @@ use super::xfs::{XfsFeatures, XfsFile, grub_version, mkfs_xfs, protofile};
 use super::{DiskLayout, guid::guid_from_label};
 use crate::imager::boot::{BootInputs, required};
 use crate::imager::error::ImagerError;
+use crate::imager::overlay::Overlay;
 use crate::imager::profile::{Arch, Profile};
 use crate::schematic::Bootloader;
 
 /// What a missing input's error calls the image being built.
 const MEDIUM: &str = "disk image";
+
+/// An overlay whose installer's `install` step writes into a GRUB disk image.
+#[derive(Debug, Clone)]
+pub struct OverlayInstall {
+    /// The extracted overlay (host architecture: its installer runs here).
+    pub overlay: Overlay,
+    /// The schematic's `overlay.options` (`extraOptions`).
+    pub options: serde_json::Value,
+}
 
 /// `loader/loader.conf` of disk images (§5.4, 41 bytes).
 pub const LOADER_CONF: &str = "# systemd-boot configuration\n\ntimeout 10\n";
@@ -41,15 +51,31 @@ pub fn grub_efi_platform(arch: Arch) -> &'static str {
 
 /// Writes the raw disk image of `profile` (kind image, output defaults applied) to `out`,
 /// using `scratch` (an empty directory on the same volume) for the BOOT filesystem and GRUB
-/// images. Returns the layout.
+/// images. With `overlay`, a GRUB image runs the overlay's `install` (sandboxed) before the
+/// GPT is written, as upstream does while it prepares the boot partitions (imager spec §5.8):
+/// what it writes into the disk must lie outside the GPT structures, and the files it drops
+/// into `<mountPrefix>/boot/EFI/` go to the root of the EFI partition. Returns the layout.
 pub fn write_disk_image(
     profile: &Profile,
     inputs: &BootInputs,
+    overlay: Option<&OverlayInstall>,
     scratch: &Path,
     out: &Path,
 ) -> Result<DiskLayout, ImagerError> {
     let req = LayoutRequest::from_profile(profile)?;
     let mut disk = create_sparse_disk(out, req.total_disk_size())?;
+    let overlay_files = match overlay {
+        Some(o) if req.bootloader == Bootloader::Grub => {
+            disk.sync_all()?;
+            o.overlay.install(
+                &inputs.tools,
+                &o.options,
+                out,
+                &scratch.join("overlay-install"),
+            )?
+        }
+        _ => Vec::new(),
+    };
     let layout = write_layout(&mut disk, &req)?;
     let sector = layout.sector_size();
     let version = profile.version.tag();
@@ -102,7 +128,13 @@ pub fn write_disk_image(
                 true,
                 &inputs.tools,
             )?;
-            vec![EspFile::file(&loader, image)]
+            let mut files = vec![EspFile::file(&loader, image)];
+            files.extend(
+                overlay_files
+                    .into_iter()
+                    .map(|(path, source)| EspFile::file(&path, source)),
+            );
+            files
         }
         Bootloader::None => {
             return Err(ImagerError::Validation(

@@ -107,7 +107,8 @@ pub struct LayoutRequest {
 
 impl LayoutRequest {
     /// The request for a disk-image profile whose output defaults were applied (bootloader
-    /// chosen, disk size bumped); no image cache and no overlay offset.
+    /// chosen, disk size bumped); no image cache; the overlay's GPT offset once its
+    /// installer's `get-options` ran.
     pub fn from_profile(profile: &Profile) -> Result<LayoutRequest, ImagerError> {
         let opts = match (&profile.output.kind, &profile.output.image_options) {
             (OutputKind::Image, Some(o)) => o,
@@ -124,7 +125,7 @@ impl LayoutRequest {
             boot_size: q.boot_partition_size_mib() * MIB,
             data_partitions: !q.has(Quirk::SkipDataPartitions),
             image_cache_size: None,
-            skip_lbas: 0,
+            skip_lbas: profile.overlay.as_ref().map_or(0, |o| o.partition_offset),
         })
     }
 

@@ -23,7 +23,7 @@ pub mod tools;
 pub mod xfs;
 
 pub use gpt::{Geometry, Gpt, Partition};
-pub use image::write_disk_image;
+pub use image::{OverlayInstall, write_disk_image};
 pub use layout::{
     Content, DiskLayout, LayoutRequest, PartitionSpec, PlacedPartition, create_sparse_disk,
     image_cache_partition_size, write_layout,

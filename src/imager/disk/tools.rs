@@ -35,6 +35,11 @@ pub const TOOLS: &[Tool] = &[
         package: "xorriso",
         purpose: "ISO images (metal-<arch>.iso)",
     },
+    Tool {
+        name: crate::imager::overlay::sandbox::BWRAP,
+        package: "bubblewrap",
+        purpose: "the sandbox SBC overlay installers run in (schematics with an overlay)",
+    },
 ];
 
 /// The tool on `PATH` (or in the sbin directories), if any.

@@ -134,6 +134,8 @@ pub fn enhance_from_schematic(
             profile.overlay = Some(ProfileOverlay {
                 entry: entry.clone(),
                 options,
+                kernel_args: Vec::new(),
+                partition_offset: 0,
             });
         }
     }
@@ -165,6 +167,15 @@ pub fn enhance_from_schematic(
             }));
     }
 
+    // An overlay's profile chooses grub (every upstream board profile does, and the overlay's
+    // `install` step runs only in GRUB mode, imager spec §5.8) unless the schematic chooses.
+    if c.bootloader == Bootloader::None
+        && kind == OutputKind::Image
+        && profile.overlay.is_some()
+        && let Some(o) = profile.output.image_options.as_mut()
+    {
+        o.bootloader = Bootloader::Grub;
+    }
     if c.bootloader != Bootloader::None {
         match kind {
             OutputKind::Image => {
