@@ -145,16 +145,9 @@ async fn an_overlay_disk_image_carries_the_installers_uboot_args_and_boot_files(
     let raw = fetch_disk(&s, &id, "metal-amd64.raw.xz", dir.path()).await;
     check_disk(&raw, "metal-amd64.raw.xz");
 
-    // arm64: GRUB for arm64 needs the kit's arm64-efi module tree (Debian
-    // grub-efi-arm64-bin, part of the kit's arm64 inputs)
-    let arm64_grub =
-        kit::kit_inputs().is_some_and(|k| k.root.join("usr/lib/grub/arm64-efi").is_dir());
-    if arm64_grub {
-        let raw = fetch_disk(&s, &id, "metal-arm64.raw.xz", dir.path()).await;
-        check_disk(&raw, "metal-arm64.raw.xz");
-    } else {
-        println!("NOTICE: metal-arm64.raw.xz not built: the kit has no arm64 GRUB modules yet");
-    }
+    // arm64: the kit's release carries real arm64 inputs (GRUB's arm64-efi tree among them)
+    let raw = fetch_disk(&s, &id, "metal-arm64.raw.xz", dir.path()).await;
+    check_disk(&raw, "metal-arm64.raw.xz");
 
     // the overlay-aware installer: the overlay layer (target arch) and the args in its UKI
     let g = get(&s, &format!("/image/{id}/{V}/installer-arm64.tar"), &[]).await;
