@@ -2,6 +2,7 @@
 //! and its payloads, then [`verify_signature`]; and the importer's [`TrustPolicy`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::io::AsyncReadExt as _;
 
@@ -10,6 +11,7 @@ use super::cosign::{
     MAX_PAYLOAD_BYTES, MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_MANIFEST_BYTES, SignedIdentity,
     TrustedKeys, VerifiedBy, verify_signature,
 };
+use super::keyless::{KeylessPolicy, legacy};
 use crate::oci::{
     Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError, Reference,
 };
@@ -24,14 +26,55 @@ pub async fn verify_image<S: ImageSource>(
     identity: &SignedIdentity,
     signed_digest: &Digest,
 ) -> Result<VerifiedBy, TrustError> {
-    let image = Reference {
+    if trusted.is_empty() {
+        return Err(TrustError::NoTrustedKeys {
+            image: image_name(reference, signed_digest),
+        });
+    }
+    verify_sig_tag(source, reference, signed_digest, |image, _, manifest, fetch| {
+        verify_signature(trusted, image, identity, signed_digest, manifest, fetch)
+    })
+    .await
+}
+
+/// Verifies the keyless signature of `signed_digest` (see [`verify_image`]) under `policy`.
+pub async fn verify_image_keyless<S: ImageSource>(
+    source: &S,
+    policy: &KeylessPolicy,
+    reference: &Reference,
+    identity: &SignedIdentity,
+    signed_digest: &Digest,
+) -> Result<VerifiedBy, TrustError> {
+    verify_sig_tag(source, reference, signed_digest, |image, sig_ref, manifest, fetch| {
+        legacy::verify_manifest(policy, image, sig_ref, identity, signed_digest, manifest, fetch)
+    })
+    .await
+}
+
+fn image_name(reference: &Reference, signed_digest: &Digest) -> String {
+    Reference {
         digest: Some(signed_digest.clone()),
         ..reference.clone()
     }
-    .to_string();
-    if trusted.is_empty() {
-        return Err(TrustError::NoTrustedKeys { image });
-    }
+    .to_string()
+}
+
+/// The payload reader handed to a signature check.
+type FetchPayload<'a> = dyn FnMut(&Descriptor) -> Result<Vec<u8>, TrustError> + 'a;
+
+/// Fetches the `sha256-<hex>.sig` manifest of `signed_digest` and its simple-signing payloads,
+/// then runs `check(image, signature_ref, manifest, fetch_payload)`.
+async fn verify_sig_tag<S, C>(
+    source: &S,
+    reference: &Reference,
+    signed_digest: &Digest,
+    check: C,
+) -> Result<VerifiedBy, TrustError>
+where
+    S: ImageSource,
+    C: FnOnce(&str, &str, &[u8], &mut FetchPayload<'_>) -> Result<VerifiedBy, TrustError>,
+{
+    let image = image_name(reference, signed_digest);
     let sig_ref = reference.with_tag(&signed_digest.signature_tag());
     let fetch_err = |source: OciError| TrustError::Fetch {
         image: image.clone(),
@@ -85,13 +128,12 @@ pub async fn verify_image<S: ImageSource>(
             payloads.insert(layer.digest.clone(), got);
         }
     }
-    let by = verify_signature(
-        trusted,
+    let sig_ref_text = sig_ref.to_string();
+    let by = check(
         &image,
-        identity,
-        signed_digest,
+        &sig_ref_text,
         &manifest,
-        |layer| match payloads.get(&layer.digest) {
+        &mut |layer: &Descriptor| match payloads.get(&layer.digest) {
             Some(Ok(bytes)) => Ok(bytes.clone()),
             Some(Err(_)) => match payloads.remove(&layer.digest) {
                 Some(Err(PayloadFailure::Tampered { what, source })) => Err(TrustError::Tampered {
@@ -165,12 +207,15 @@ async fn read_payload<S: ImageSource>(
     Ok(buf)
 }
 
-/// How signatures are checked. Keyless (Fulcio certificate chain + Rekor inclusion proof
-/// against an offline trust root) becomes a second variant here.
+/// How signatures are checked.
 #[derive(Debug, Clone)]
 pub enum Verifier {
     /// Cosign key-based signatures (legacy `.sig` tags) by one of these keys.
     Keys(TrustedKeys),
+    /// Keyless signatures (Fulcio certificate, Rekor entry) under an offline trusted root.
+    Keyless(Arc<KeylessPolicy>),
+    /// A signature by one of these keys, or else a keyless one.
+    Either(TrustedKeys, Arc<KeylessPolicy>),
 }
 
 /// The outcome of [`TrustPolicy::verify`].
@@ -207,6 +252,28 @@ impl TrustPolicy {
         }
     }
 
+    /// Verify with these keys and, when `keyless` is given, keyless signatures under it
+    /// (a key signature is tried first).
+    pub fn keys_or_keyless(keys: TrustedKeys, keyless: Option<Arc<KeylessPolicy>>) -> Self {
+        let verifier = match keyless {
+            None => Verifier::Keys(keys),
+            Some(k) if keys.is_empty() => Verifier::Keyless(k),
+            Some(k) => Verifier::Either(keys, k),
+        };
+        TrustPolicy {
+            verifier,
+            skip: false,
+        }
+    }
+
+    /// Whether anything can verify (a key, or a keyless policy).
+    pub fn can_verify(&self) -> bool {
+        match &self.verifier {
+            Verifier::Keys(k) => !k.is_empty(),
+            Verifier::Keyless(_) | Verifier::Either(..) => true,
+        }
+    }
+
     /// Verify nothing (`--insecure-skip-signature-verification`).
     pub fn insecure_skip() -> Self {
         TrustPolicy {
@@ -227,10 +294,20 @@ impl TrustPolicy {
         if self.skip {
             return Ok(Verification::Skipped);
         }
-        match &self.verifier {
-            Verifier::Keys(keys) => verify_image(source, keys, reference, identity, digest)
-                .await
-                .map(Verification::Verified),
-        }
+        let by = match &self.verifier {
+            Verifier::Keys(keys) => verify_image(source, keys, reference, identity, digest).await,
+            Verifier::Keyless(policy) => {
+                verify_image_keyless(source, policy, reference, identity, digest).await
+            }
+            Verifier::Either(keys, policy) => {
+                match verify_image(source, keys, reference, identity, digest).await {
+                    Err(TrustError::UnknownKey { .. } | TrustError::NoTrustedKeys { .. }) => {
+                        verify_image_keyless(source, policy, reference, identity, digest).await
+                    }
+                    other => other,
+                }
+            }
+        };
+        by.map(Verification::Verified)
     }
 }
