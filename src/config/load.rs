@@ -457,9 +457,8 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.trust.public_keys, vec!["/keys/env.pem"]);
         // Upstream's keyless identity becomes the one trust.identities entry.
-        let f = file(
-            "containerSignature:\n  subjectRegExp: '@example\\.org$'\n  issuerRegExp: ''\n",
-        );
+        let f =
+            file("containerSignature:\n  subjectRegExp: '@example\\.org$'\n  issuerRegExp: ''\n");
         let cfg = load(Some(f.path()), env(&[]), &FlagOverrides::default()).unwrap();
         assert_eq!(cfg.trust.identities.len(), 1);
         assert_eq!(cfg.trust.identities[0].subject_reg_exp, "@example\\.org$");

@@ -158,7 +158,10 @@ const KEYS: &[(&[&str], Treatment)] = &[
         Identity("subjectRegExp"),
     ),
     (&["containersignature.issuer"], Identity("issuer")),
-    (&["containersignature.issuerregexp"], Identity("issuerRegExp")),
+    (
+        &["containersignature.issuerregexp"],
+        Identity("issuerRegExp"),
+    ),
     (
         &[
             "secureboot.azurekeyvault.url",

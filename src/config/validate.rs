@@ -321,11 +321,13 @@ mod tests {
             err(|c| c.trust.identities = vec![id("https://i", "", "s"), id("x", "", "(")])
                 .contains("trust.identities[1].subjectRegExp")
         );
-        assert!(err(|c| {
-            c.trust.identities.clear();
-            c.trust.sigstore_trusted_root = "/root.json".into();
-        })
-        .contains("trust.identities: must name at least one"));
+        assert!(
+            err(|c| {
+                c.trust.identities.clear();
+                c.trust.sigstore_trusted_root = "/root.json".into();
+            })
+            .contains("trust.identities: must name at least one")
+        );
         let mut c = Config::default();
         c.trust.identities = vec![id("", "^https://.*$", "@example\\.org$")];
         assert!(c.validate().is_ok());

@@ -10,8 +10,8 @@
 //! * [`secureboot`]: Secure Boot keys (UKI signing, PCR), Authenticode and `.pcrsig`.
 
 pub mod cosign;
-mod keys;
 pub mod keyless;
+mod keys;
 pub mod policy;
 pub mod secureboot;
 mod token;
@@ -20,8 +20,8 @@ pub use cosign::{
     SignatureImage, SignedIdentity, TrustedKey, TrustedKeys, VerifiedBy, simple_signing_payload,
     verify_signature,
 };
+pub use keyless::KeylessPolicy;
 pub(crate) use keys::write_private;
 pub use keys::{SigningKey, TrustError};
-pub use keyless::KeylessPolicy;
 pub use policy::{TrustPolicy, Verification, Verifier, verify_image, verify_image_keyless};
 pub use token::{load_or_generate_token, token_matches};

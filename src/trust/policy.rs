@@ -31,9 +31,14 @@ pub async fn verify_image<S: ImageSource>(
             image: image_name(reference, signed_digest),
         });
     }
-    verify_sig_tag(source, reference, signed_digest, |image, _, manifest, fetch| {
-        verify_signature(trusted, image, identity, signed_digest, manifest, fetch)
-    })
+    verify_sig_tag(
+        source,
+        reference,
+        signed_digest,
+        |image, _, manifest, fetch| {
+            verify_signature(trusted, image, identity, signed_digest, manifest, fetch)
+        },
+    )
     .await
 }
 
@@ -45,9 +50,22 @@ pub async fn verify_image_keyless<S: ImageSource>(
     identity: &SignedIdentity,
     signed_digest: &Digest,
 ) -> Result<VerifiedBy, TrustError> {
-    verify_sig_tag(source, reference, signed_digest, |image, sig_ref, manifest, fetch| {
-        legacy::verify_manifest(policy, image, sig_ref, identity, signed_digest, manifest, fetch)
-    })
+    verify_sig_tag(
+        source,
+        reference,
+        signed_digest,
+        |image, sig_ref, manifest, fetch| {
+            legacy::verify_manifest(
+                policy,
+                image,
+                sig_ref,
+                identity,
+                signed_digest,
+                manifest,
+                fetch,
+            )
+        },
+    )
     .await
 }
 

@@ -170,8 +170,10 @@ where
             }
         }
     }
-    Err(first_failure.unwrap_or_else(|| TrustError::NoKeylessSignature {
-        image: image.to_string(),
-        signature_ref: signature_ref.to_string(),
-    }))
+    Err(
+        first_failure.unwrap_or_else(|| TrustError::NoKeylessSignature {
+            image: image.to_string(),
+            signature_ref: signature_ref.to_string(),
+        }),
+    )
 }

@@ -107,7 +107,11 @@ pub struct Identity {
 
 impl Identity {
     /// An identity from upstream's fields (`issuer` and/or `issuerRegExp`, `subjectRegExp`).
-    pub fn new(issuer: &str, issuer_reg_exp: &str, subject_reg_exp: &str) -> Result<Identity, TrustError> {
+    pub fn new(
+        issuer: &str,
+        issuer_reg_exp: &str,
+        subject_reg_exp: &str,
+    ) -> Result<Identity, TrustError> {
         let issuer_re = if issuer_reg_exp.is_empty() {
             None
         } else {
@@ -218,7 +222,9 @@ impl KeylessPolicy {
         ev.entry
             .check_body(&ev.payload, &ev.signature, &ev.certificate)
             .map_err(|e| fail(Check::LogEntryBody, e))?;
-        let ca = self.chain(&leaf, t).map_err(|e| fail(Check::CertificateChain, e))?;
+        let ca = self
+            .chain(&leaf, t)
+            .map_err(|e| fail(Check::CertificateChain, e))?;
         if !leaf.valid_at(t) {
             return Err(fail(
                 Check::CertificateValidity,
@@ -239,8 +245,11 @@ impl KeylessPolicy {
             .oidc_issuer()
             .map_err(|e| fail(Check::Issuer, e))?
             .ok_or_else(|| fail(Check::Issuer, "the certificate names no OIDC issuer".into()))?;
-        let with_issuer: Vec<&Identity> =
-            self.identities.iter().filter(|i| i.issuer_matches(issuer)).collect();
+        let with_issuer: Vec<&Identity> = self
+            .identities
+            .iter()
+            .filter(|i| i.issuer_matches(issuer))
+            .collect();
         if with_issuer.is_empty() {
             return Err(fail(
                 Check::Issuer,
@@ -262,7 +271,11 @@ impl KeylessPolicy {
                         if subjects.is_empty() {
                             "none".to_string()
                         } else {
-                            subjects.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+                            subjects
+                                .iter()
+                                .map(|s| format!("{s:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         },
                         self.trusted_list()
                     ),
@@ -294,7 +307,9 @@ impl KeylessPolicy {
     fn chain(&self, leaf: &Certificate, t: i64) -> Result<&str, String> {
         let mut why = Vec::new();
         for ca in &self.root.authorities {
-            let Some(first) = ca.chain.first() else { continue };
+            let Some(first) = ca.chain.first() else {
+                continue;
+            };
             if leaf.issuer != first.subject {
                 continue;
             }

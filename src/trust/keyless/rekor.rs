@@ -68,7 +68,12 @@ impl Entry {
 
     /// Checks that the body is a `hashedrekord` of `payload` hashed with SHA-256, signed with
     /// `signature` by the certificate `cert_der`.
-    pub fn check_body(&self, payload: &[u8], signature: &[u8], cert_der: &[u8]) -> Result<(), String> {
+    pub fn check_body(
+        &self,
+        payload: &[u8],
+        signature: &[u8],
+        cert_der: &[u8],
+    ) -> Result<(), String> {
         let body = B64
             .decode(&self.body)
             .map_err(|e| format!("entry body is not base64: {e}"))?;

@@ -19,7 +19,8 @@ pub const MAX_ENTRIES: usize = 64;
 /// Most certificates in one authority's chain.
 pub const MAX_CHAIN: usize = 8;
 /// `mediaType` of the trusted root this reader knows.
-pub const TRUSTED_ROOT_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.trustedroot+json;version=0.1";
+pub const TRUSTED_ROOT_MEDIA_TYPE: &str =
+    "application/vnd.dev.sigstore.trustedroot+json;version=0.1";
 
 /// A validity window, seconds since the epoch (`end` open when `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +187,14 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
             .all(|c| c.is_ascii_digit())
             .then(|| t.parse().ok())?
     };
-    let (y, mo, d, h, mi, sec) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let (y, mo, d, h, mi, sec) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
@@ -207,7 +215,9 @@ fn window(raw: &Option<RawWindow>, what: &str) -> Result<Window, String> {
     };
     let time = |t: &Option<String>| -> Result<Option<i64>, String> {
         t.as_deref()
-            .map(|s| parse_rfc3339(s).ok_or_else(|| format!("{what}: {s:?} is not an RFC 3339 UTC time")))
+            .map(|s| {
+                parse_rfc3339(s).ok_or_else(|| format!("{what}: {s:?} is not an RFC 3339 UTC time"))
+            })
             .transpose()
     };
     Ok(Window {
@@ -227,7 +237,8 @@ impl TrustedRoot {
                 source: e,
             }
         };
-        let meta = std::fs::metadata(path).map_err(|e| err("cannot read".into(), Some(Box::new(e))))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| err("cannot read".into(), Some(Box::new(e))))?;
         if meta.len() > MAX_TRUSTED_ROOT_BYTES {
             return Err(err(
                 format!(
@@ -237,7 +248,8 @@ impl TrustedRoot {
                 None,
             ));
         }
-        let bytes = std::fs::read(path).map_err(|e| err("cannot read".into(), Some(Box::new(e))))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| err("cannot read".into(), Some(Box::new(e))))?;
         Self::parse(&bytes, &source)
     }
 
@@ -259,11 +271,20 @@ impl TrustedRoot {
             reason: "not a Sigstore trusted_root.json".into(),
             source: Some(Box::new(e)),
         })?;
-        if !raw.media_type.is_empty() && !raw.media_type.starts_with("application/vnd.dev.sigstore.trustedroot") {
-            return Err(err(format!("mediaType {:?} is not a Sigstore trusted root", raw.media_type)));
+        if !raw.media_type.is_empty()
+            && !raw
+                .media_type
+                .starts_with("application/vnd.dev.sigstore.trustedroot")
+        {
+            return Err(err(format!(
+                "mediaType {:?} is not a Sigstore trusted root",
+                raw.media_type
+            )));
         }
         if raw.tlogs.len() > MAX_ENTRIES || raw.certificate_authorities.len() > MAX_ENTRIES {
-            return Err(err(format!("more than {MAX_ENTRIES} transparency logs or certificate authorities")));
+            return Err(err(format!(
+                "more than {MAX_ENTRIES} transparency logs or certificate authorities"
+            )));
         }
         let mut logs = Vec::new();
         for (i, l) in raw.tlogs.iter().enumerate() {
@@ -301,7 +322,9 @@ impl TrustedRoot {
             let mut chain = Vec::new();
             for (j, c) in certs.iter().enumerate() {
                 let der = B64.decode(&c.raw_bytes).map_err(|e| {
-                    err(format!("{what}.certChain.certificates[{j}] is not base64: {e}"))
+                    err(format!(
+                        "{what}.certChain.certificates[{j}] is not base64: {e}"
+                    ))
                 })?;
                 let cert = Certificate::from_der(&der)
                     .map_err(|e| err(format!("{what}.certChain.certificates[{j}]: {e}")))?;
@@ -338,7 +361,10 @@ mod tests {
     #[test]
     fn rfc3339_utc_only() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2021-01-12T11:53:27.000Z"), Some(1_610_452_407));
+        assert_eq!(
+            parse_rfc3339("2021-01-12T11:53:27.000Z"),
+            Some(1_610_452_407)
+        );
         assert_eq!(parse_rfc3339("2021-01-12T11:53:27+01:00"), None);
         assert_eq!(parse_rfc3339("2021-13-12T11:53:27Z"), None);
         assert_eq!(parse_rfc3339("2021-01-12T11:53:27.Z"), None);
@@ -352,7 +378,9 @@ mod tests {
         assert!(e.contains("exceeds the 1048576-byte limit"), "{e}");
         let e = TrustedRoot::parse(b"{}", "r.json").unwrap_err().to_string();
         assert!(e.contains("at least one certificate authority"), "{e}");
-        let e = TrustedRoot::parse(b"\"x\"", "r.json").unwrap_err().to_string();
+        let e = TrustedRoot::parse(b"\"x\"", "r.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a Sigstore trusted_root.json"), "{e}");
     }
 }

@@ -223,7 +223,8 @@ impl Certificate {
                 let id = e.expect(der::OID).map_err(bad)?;
                 e.optional(der::BOOLEAN).map_err(bad)?;
                 let value = e.expect(der::OCTET_STRING).map_err(bad)?.content;
-                c.extension(&id, value).map_err(|m| format!("certificate: {m}"))?;
+                c.extension(&id, value)
+                    .map_err(|m| format!("certificate: {m}"))?;
             }
         }
         Ok(c)
@@ -317,7 +318,9 @@ impl Certificate {
 
 fn signature_hash(alg: &[u8]) -> Result<Hash, String> {
     let mut r = Reader::new(alg);
-    let id = r.expect(der::OID).map_err(|e| format!("certificate: {e}"))?;
+    let id = r
+        .expect(der::OID)
+        .map_err(|e| format!("certificate: {e}"))?;
     if is_oid(&id, ECDSA_SHA256) {
         Ok(Hash::Sha256)
     } else if is_oid(&id, ECDSA_SHA384) {

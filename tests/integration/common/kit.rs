@@ -79,6 +79,7 @@ pub fn imported_arches(version: &str, arches: &[&str], extension_size_mb: u64) -
         extension_size_mb,
         kit_dir,
         key: None,
+        keyless: false,
     };
     synth::synth_release(&opts).expect("synth release");
     let data = dir.path().join("data");
