@@ -209,6 +209,13 @@ impl TestSigstore {
         }
     }
 
+    /// The same CA, logging to `other`'s log (a CA the other's trusted root does not know,
+    /// with entries its log key signs).
+    pub fn with_log_of(mut self, other: &TestSigstore) -> Self {
+        self.log_key = other.log_key.clone();
+        self
+    }
+
     /// The log's ID: SHA-256 of its key's DER, hex.
     pub fn log_id(&self) -> String {
         crate::sha256::hex_digest(&spki(&self.log_key))
@@ -446,10 +453,7 @@ mod tests {
         );
         // Another CA (logged by our log, so only the chain check can refuse it).
         let other = TestSigstore::new("other");
-        let mixed_stack = TestSigstore {
-            log_key: stack.log_key.clone(),
-            ..other.clone()
-        };
+        let mixed_stack = other.clone().with_log_of(&stack);
         assert_eq!(
             check_of(verify(&mixed_stack, &p, &KeylessSign::default())),
             Check::CertificateChain

@@ -14,6 +14,7 @@ use image_factory::oci::{
     MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, Platform,
 };
 use image_factory::synth::Tree;
+use image_factory::synth::sigstore::{KeylessSign, TestSigstore};
 use image_factory::trust::{SignatureImage, SigningKey};
 
 /// A file in an image layer: path, mode, content.
@@ -30,6 +31,8 @@ pub struct LayoutBuilder {
     pub digests: BTreeMap<String, Digest>,
     /// Layer descriptors of each image by reference.
     pub layers: BTreeMap<String, Vec<Descriptor>>,
+    /// Sign keyless with this Sigstore stack and these options instead of with `key`.
+    pub keyless: Option<(TestSigstore, KeylessSign)>,
 }
 
 fn tar_gz(files: &[File]) -> Vec<u8> {
@@ -62,6 +65,7 @@ impl LayoutBuilder {
             roots: Vec::new(),
             digests: BTreeMap::new(),
             layers: BTreeMap::new(),
+            keyless: None,
         }
     }
 
@@ -152,7 +156,10 @@ impl LayoutBuilder {
     /// docker-reference), made with `key`.
     pub fn sign_as(&mut self, repo: &str, signed_as: &str, digest: &Digest, key: &SigningKey) {
         let name = format!("ghcr.io/{repo}");
-        let sig = SignatureImage::sign(key, signed_as, digest);
+        let sig = match &self.keyless {
+            Some((stack, opts)) => stack.sign_image(None, signed_as, digest, opts),
+            None => SignatureImage::sign(key, signed_as, digest),
+        };
         self.blob(&sig.payload_descriptor.media_type.clone(), &sig.payload);
         self.blob(MEDIA_OCI_CONFIG, &sig.config);
         let d = self.blob(MEDIA_OCI_MANIFEST, &sig.manifest);
@@ -210,7 +217,19 @@ pub struct Mini {
 /// Writes a release `version` with three extensions (`kmod-test`, `fw-test`, `svc-test`), an
 /// overlay catalog with one overlay, and an imager whose `vmlinuz` has `vmlinuz_size` bytes.
 pub fn mini_release(dir: &Path, version: &str, key: SigningKey, vmlinuz_size: usize) -> Mini {
+    mini_release_signed(dir, version, key, None, vmlinuz_size)
+}
+
+/// Like [`mini_release`], signed keyless by `keyless` instead of with `key` when given.
+pub fn mini_release_signed(
+    dir: &Path,
+    version: &str,
+    key: SigningKey,
+    keyless: Option<(TestSigstore, KeylessSign)>,
+    vmlinuz_size: usize,
+) -> Mini {
     let mut b = LayoutBuilder::new(dir, key);
+    b.keyless = keyless;
     let vmlinuz: Vec<u8> = (0..vmlinuz_size).map(|i| (i * 7 % 251) as u8).collect();
     let f = |p: &str, m: u32, d: &[u8]| (p.to_string(), m, d.to_vec());
     b.image(
