@@ -205,12 +205,10 @@ fn coerce(shape: &Value, v: Value, key: &str) -> Result<Value, ConfigError> {
             _ => Err(bad("a boolean", &v)),
         },
         // A list of objects (trust.identities): serde checks the fields.
-        Value::Array(shape_items) if shape_items.first().is_some_and(Value::is_object) => {
-            match v {
-                Value::Array(_) => Ok(v),
-                other => Err(bad("a list of objects", &other)),
-            }
-        }
+        Value::Array(shape_items) if shape_items.first().is_some_and(Value::is_object) => match v {
+            Value::Array(_) => Ok(v),
+            other => Err(bad("a list of objects", &other)),
+        },
         Value::Array(_) => match v {
             Value::Array(items) => items
                 .into_iter()

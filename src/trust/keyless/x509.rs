@@ -310,9 +310,7 @@ impl Certificate {
     /// Whether the extended key usage allows code signing (Fulcio certificates carry it).
     pub fn allows_code_signing(&self) -> bool {
         let cs = der::oid(CODE_SIGNING);
-        self.ext_key_usage
-            .as_ref()
-            .is_some_and(|u| u.iter().any(|o| *o == cs))
+        self.ext_key_usage.as_ref().is_some_and(|u| u.contains(&cs))
     }
 }
 
