@@ -13,8 +13,9 @@ use p256::pkcs8::EncodePublicKey as _;
 
 use crate::oci::{
     ANNOTATION_COSIGN_SIGNATURE, Descriptor, Digest, ImageManifest, MEDIA_COSIGN_SIMPLESIGNING,
-    MEDIA_OCI_MANIFEST,
+    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
 };
+use crate::trust::keyless::bundle;
 use crate::trust::keyless::legacy::{
     ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, RekorBundle,
 };
@@ -379,6 +380,112 @@ impl TestSigstore {
     }
 }
 
+/// A Sigstore bundle attached as an OCI referrer, with the referrers-tag index listing it.
+#[derive(Debug, Clone)]
+pub struct BundleReferrer {
+    /// The referrers tag (`sha256-<hex>` of the subject).
+    pub tag: String,
+    /// The bundle JSON (the referrer's layer) and its descriptor.
+    pub bundle: (Vec<u8>, Descriptor),
+    /// The empty config (`{}`) and its descriptor.
+    pub config: (Vec<u8>, Descriptor),
+    /// The referrer manifest and its descriptor.
+    pub manifest: (Vec<u8>, Descriptor),
+    /// The referrers index and its descriptor.
+    pub index: (Vec<u8>, Descriptor),
+}
+
+impl TestSigstore {
+    /// A Sigstore bundle signing `subject` (the image's top-level descriptor) of
+    /// `docker_reference` as cosign 3 does: a DSSE envelope of an in-toto statement, logged as
+    /// a `dsse` entry, attached as a referrer.
+    pub fn bundle_referrer(
+        &self,
+        docker_reference: &str,
+        subject: &Descriptor,
+        opts: &KeylessSign,
+    ) -> BundleReferrer {
+        let named = opts.payload_digest.as_ref().unwrap_or(&subject.digest);
+        let payload = bundle::statement(docker_reference, named);
+        let leaf_key = key(&self.seed, &format!("bundle-leaf/{}/{named}", opts.subject));
+        let cert = self.leaf(opts, &leaf_key);
+        let signature = leaf_key.sign_der(&bundle::pae(bundle::PAYLOAD_TYPE_INTOTO, &payload));
+        let mut entry = Entry {
+            body: bundle::dsse_body(&payload, &signature, &pem(&cert)),
+            integrated_time: opts.integrated_time,
+            log_index: 7,
+            log_id: self.log_id(),
+            set: Vec::new(),
+        };
+        entry.set = self.log_key.sign_der(&entry.signed_payload());
+        if opts.forge_entry {
+            entry.integrated_time += 1;
+        }
+        let log_id = hex::decode(&entry.log_id).unwrap_or_default();
+        let json = serde_json::json!({
+            "mediaType": bundle::MEDIA_BUNDLE,
+            "verificationMaterial": {
+                "certificate": {"rawBytes": B64.encode(&cert)},
+                "tlogEntries": [{
+                    "logIndex": entry.log_index.to_string(),
+                    "logId": {"keyId": B64.encode(log_id)},
+                    "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                    "integratedTime": entry.integrated_time.to_string(),
+                    "inclusionPromise": {"signedEntryTimestamp": B64.encode(&entry.set)},
+                    "canonicalizedBody": entry.body,
+                }],
+            },
+            "dsseEnvelope": {
+                "payload": B64.encode(&payload),
+                "payloadType": bundle::PAYLOAD_TYPE_INTOTO,
+                "signatures": [{"sig": B64.encode(&signature)}],
+            },
+        });
+        let bundle_bytes = json.to_string().into_bytes();
+        let bundle_d = Descriptor::for_bytes(bundle::MEDIA_BUNDLE, &bundle_bytes);
+        let config = b"{}".to_vec();
+        let config_d = Descriptor::for_bytes(MEDIA_OCI_EMPTY, &config);
+        let mut subject = subject.clone();
+        subject.annotations.clear();
+        subject.platform = None;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "artifactType": bundle::MEDIA_BUNDLE,
+            "config": config_d,
+            "layers": [bundle_d],
+            "subject": subject,
+            "annotations": {
+                "dev.sigstore.bundle.content": "dsse-envelope",
+                "dev.sigstore.bundle.predicateType": bundle::PREDICATE_COSIGN_SIGN,
+            },
+        })
+        .to_string()
+        .into_bytes();
+        let manifest_d = Descriptor::for_bytes(MEDIA_OCI_MANIFEST, &manifest);
+        let mut listed = serde_json::to_value(&manifest_d).unwrap_or_default();
+        listed["artifactType"] = bundle::MEDIA_BUNDLE.into();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_INDEX,
+            "manifests": [listed],
+        })
+        .to_string()
+        .into_bytes();
+        let index_d = Descriptor::for_bytes(MEDIA_OCI_INDEX, &index);
+        BundleReferrer {
+            tag: bundle::referrers_tag(&subject.digest),
+            bundle: (bundle_bytes, bundle_d),
+            config: (config, config_d),
+            manifest: (manifest, manifest_d),
+            index: (index, index_d),
+        }
+    }
+}
+
+/// The OCI empty descriptor's media type.
+const MEDIA_OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,6 +613,65 @@ mod tests {
             Err(TrustError::Keyless { check, .. }) => assert_eq!(check, Check::LogEntryBody),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bundle_verifies_and_bad_ones_name_their_check() {
+        let stack = TestSigstore::new("unit");
+        let p = policy(&stack);
+        let subject = Descriptor::for_bytes(MEDIA_OCI_INDEX, b"image index");
+        let id = SignedIdentity::repository("siderolabs/imager");
+        let run = |opts: &KeylessSign| {
+            let r = stack.bundle_referrer("ghcr.io/siderolabs/imager", &subject, opts);
+            let ev = bundle::evidence(&r.bundle.0).unwrap();
+            p.verify("img", &id, &subject.digest, &ev)
+        };
+        assert!(run(&KeylessSign::default()).is_ok());
+        let check = |opts: KeylessSign| check_of(run(&opts).map(|b| b.key_fingerprint));
+        assert_eq!(
+            check(KeylessSign {
+                subject: "x@evil.example".into(),
+                ..KeylessSign::default()
+            }),
+            Check::Identity
+        );
+        assert_eq!(
+            check(KeylessSign {
+                forge_entry: true,
+                ..KeylessSign::default()
+            }),
+            Check::TransparencyLog
+        );
+        assert_eq!(
+            check(KeylessSign {
+                payload_digest: Some(Digest::of(b"other")),
+                ..KeylessSign::default()
+            }),
+            Check::Digest
+        );
+        assert_eq!(
+            check(KeylessSign {
+                leaf_validity: (-1200, -600),
+                ..KeylessSign::default()
+            }),
+            Check::CertificateValidity
+        );
+        // A DSSE signature is over the PAE, not the bare payload: a bundle whose envelope
+        // payload is swapped fails the signature check.
+        let r = stack.bundle_referrer(
+            "ghcr.io/siderolabs/imager",
+            &subject,
+            &KeylessSign::default(),
+        );
+        let mut ev = bundle::evidence(&r.bundle.0).unwrap();
+        ev.payload = bundle::statement("ghcr.io/siderolabs/imager", &Digest::of(b"other"));
+        assert_eq!(
+            check_of(
+                p.verify("img", &id, &subject.digest, &ev)
+                    .map(|b| b.key_fingerprint)
+            ),
+            Check::Signature
+        );
     }
 
     #[test]

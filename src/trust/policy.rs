@@ -11,7 +11,7 @@ use super::cosign::{
     MAX_PAYLOAD_BYTES, MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_MANIFEST_BYTES, SignedIdentity,
     TrustedKeys, VerifiedBy, verify_signature,
 };
-use super::keyless::{KeylessPolicy, legacy};
+use super::keyless::{Check, KeylessPolicy, bundle, legacy};
 use crate::oci::{
     Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError, Reference,
 };
@@ -42,8 +42,116 @@ pub async fn verify_image<S: ImageSource>(
     .await
 }
 
-/// Verifies the keyless signature of `signed_digest` (see [`verify_image`]) under `policy`.
+/// Verifies the keyless signature of `signed_digest` (see [`verify_image`]) under `policy`:
+/// the `.sig` tag form first, then Sigstore bundles among the image's referrers.
 pub async fn verify_image_keyless<S: ImageSource>(
+    source: &S,
+    policy: &KeylessPolicy,
+    reference: &Reference,
+    identity: &SignedIdentity,
+    signed_digest: &Digest,
+) -> Result<VerifiedBy, TrustError> {
+    match verify_sig_tag_keyless(source, policy, reference, identity, signed_digest).await {
+        Err(TrustError::Unsigned { signature_ref, .. })
+        | Err(TrustError::NoKeylessSignature { signature_ref, .. }) => {
+            match verify_referrers(source, policy, reference, identity, signed_digest).await? {
+                Some(by) => Ok(by),
+                None => Err(TrustError::NoKeylessSignature {
+                    image: image_name(reference, signed_digest),
+                    signature_ref,
+                }),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Verifies the Sigstore bundles listed at the referrers tag (`sha256-<hex>`) of
+/// `signed_digest`: `Ok(None)` when there is none; the first bundle that passes, or the first
+/// bundle's refusal.
+async fn verify_referrers<S: ImageSource>(
+    source: &S,
+    policy: &KeylessPolicy,
+    reference: &Reference,
+    identity: &SignedIdentity,
+    signed_digest: &Digest,
+) -> Result<Option<VerifiedBy>, TrustError> {
+    let image = image_name(reference, signed_digest);
+    let tag_ref = reference.with_tag(&bundle::referrers_tag(signed_digest));
+    let fetch_err = |source: OciError| TrustError::Fetch {
+        image: image.clone(),
+        signature_ref: tag_ref.to_string(),
+        source,
+    };
+    let malformed = |reason: String| TrustError::Keyless {
+        image: image.clone(),
+        check: Check::Malformed,
+        reason,
+    };
+    let index = match source.resolve(&tag_ref).await {
+        Ok(Some(d)) if d.is_index() => d,
+        Ok(Some(d)) => {
+            return Err(malformed(format!(
+                "{tag_ref} is a {}, not a referrers index",
+                d.media_type
+            )));
+        }
+        Ok(None) | Err(OciError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(fetch_err(e)),
+    };
+    let bytes = source
+        .manifest(&tag_ref, &index.digest, MAX_SIGNATURE_MANIFEST_BYTES)
+        .await
+        .map_err(fetch_err)?;
+    let index: crate::oci::ImageIndex = serde_json::from_slice(&bytes)
+        .map_err(|e| malformed(format!("referrers index {tag_ref}: {e}")))?;
+    let mut first_failure = None;
+    for d in index.manifests.iter().take(bundle::MAX_REFERRERS) {
+        let m = source
+            .manifest(&tag_ref, &d.digest, MAX_SIGNATURE_MANIFEST_BYTES)
+            .await
+            .map_err(fetch_err)?;
+        let Ok(m) = serde_json::from_slice::<ImageManifest>(&m) else {
+            continue;
+        };
+        let Some(layer) = m
+            .layers
+            .first()
+            .filter(|l| l.media_type == bundle::MEDIA_BUNDLE)
+        else {
+            continue;
+        };
+        let verdict = match read_blob(source, &tag_ref, layer, bundle::MAX_BUNDLE_BYTES).await {
+            Ok(b) => bundle::evidence(&b)
+                .map_err(&malformed)
+                .and_then(|ev| policy.verify(&image, identity, signed_digest, &ev)),
+            Err(PayloadFailure::Fetch(e)) => Err(fetch_err(e)),
+            Err(PayloadFailure::Tampered { what, source }) => Err(TrustError::Tampered {
+                image: image.clone(),
+                reason: what,
+                source: Some(source),
+            }),
+        };
+        match verdict {
+            Ok(by) => {
+                return Ok(Some(VerifiedBy {
+                    signature_manifest: Some(d.digest.clone()),
+                    ..by
+                }));
+            }
+            Err(e) => {
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    match first_failure {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// The `.sig` tag form of [`verify_image_keyless`].
+async fn verify_sig_tag_keyless<S: ImageSource>(
     source: &S,
     policy: &KeylessPolicy,
     reference: &Reference,
@@ -142,7 +250,7 @@ where
             if layer.size > MAX_PAYLOAD_BYTES || payloads.contains_key(&layer.digest) {
                 continue;
             }
-            let got = read_payload(source, &sig_ref, layer).await;
+            let got = read_blob(source, &sig_ref, layer, MAX_PAYLOAD_BYTES).await;
             payloads.insert(layer.digest.clone(), got);
         }
     }
@@ -191,11 +299,12 @@ enum PayloadFailure {
     Fetch(OciError),
 }
 
-/// Reads one payload blob, at most [`MAX_PAYLOAD_BYTES`] + 1 bytes.
-async fn read_payload<S: ImageSource>(
+/// Reads one payload or bundle blob, at most `limit` + 1 bytes.
+async fn read_blob<S: ImageSource>(
     source: &S,
     sig_ref: &Reference,
     layer: &Descriptor,
+    limit: u64,
 ) -> Result<Vec<u8>, PayloadFailure> {
     let what = format!("payload {} of {sig_ref}", layer.digest);
     let reader = source.blob(sig_ref, layer).await.map_err(|e| match e {
@@ -209,7 +318,7 @@ async fn read_payload<S: ImageSource>(
     })?;
     let mut buf = Vec::new();
     reader
-        .take(MAX_PAYLOAD_BYTES + 1)
+        .take(limit + 1)
         .read_to_end(&mut buf)
         .await
         .map_err(|e| {

@@ -40,12 +40,24 @@ fn import_signed(
     trusted: &str,
     opts: KeylessSign,
 ) -> (tempfile::TempDir, Output) {
+    import_signed_as(signer, trusted, opts, false)
+}
+
+/// [`import_signed`] with the signatures as `.sig` tags or, when `bundles`, as Sigstore
+/// bundle referrers.
+fn import_signed_as(
+    signer: TestSigstore,
+    trusted: &str,
+    opts: KeylessSign,
+    bundles: bool,
+) -> (tempfile::TempDir, Output) {
     let t = tempfile::tempdir().expect("tmp");
     mini_release_signed(
         &t.path().join("layout"),
         "v1.11.0",
         key(1),
         Some((signer, opts)),
+        bundles,
         4096,
     );
     let out = import_keyless(t.path(), &TestSigstore::new(trusted));
@@ -53,7 +65,11 @@ fn import_signed(
 }
 
 fn refused(opts: KeylessSign, signer: TestSigstore, expect: &[&str]) {
-    let (t, out) = import_signed(signer, KIT, opts);
+    refused_as(opts, signer, false, expect)
+}
+
+fn refused_as(opts: KeylessSign, signer: TestSigstore, bundles: bool, expect: &[&str]) {
+    let (t, out) = import_signed_as(signer, KIT, opts, bundles);
     let err = stderr(&out);
     assert!(
         !out.status.success(),
@@ -203,6 +219,7 @@ fn default_identity_is_sideros() {
         "v1.11.0",
         key(1),
         Some((TestSigstore::new(KIT), KeylessSign::default())),
+        false,
         4096,
     );
     let root = t.path().join("trusted_root.json");
@@ -221,4 +238,43 @@ fn default_identity_is_sideros() {
     assert!(err.contains("identity issuer check failed"), "{err}");
     assert!(err.contains("https://accounts.google.com"), "{err}");
     assert!(err.contains(TEST_ISSUER), "{err}");
+}
+
+#[test]
+fn sigstore_bundle_referrers_import_offline() {
+    let (t, out) = import_signed_as(TestSigstore::new(KIT), KIT, KeylessSign::default(), true);
+    let err = stderr(&out);
+    assert!(out.status.success(), "import failed: {err}");
+    assert!(release(&t.path().join("data"), "v1.11.0").is_some());
+}
+
+#[test]
+fn bad_sigstore_bundles_are_refused() {
+    refused_as(
+        KeylessSign {
+            issuer: "https://accounts.evil.example".into(),
+            ..KeylessSign::default()
+        },
+        TestSigstore::new(KIT),
+        true,
+        &["identity issuer check failed"],
+    );
+    refused_as(
+        KeylessSign {
+            payload_digest: Some(Digest::of(b"another image")),
+            ..KeylessSign::default()
+        },
+        TestSigstore::new(KIT),
+        true,
+        &["artifact digest check failed"],
+    );
+    refused_as(
+        KeylessSign {
+            forge_entry: true,
+            ..KeylessSign::default()
+        },
+        TestSigstore::new(KIT),
+        true,
+        &["Rekor signed entry timestamp check failed"],
+    );
 }

@@ -101,6 +101,7 @@ pub fn evidence(layer: &Descriptor, payload: Vec<u8>) -> Result<Evidence, String
         certificate,
         payload,
         signature,
+        dsse_type: None,
         entry: Entry {
             body: bundle.payload.body,
             integrated_time: bundle.payload.integrated_time,

@@ -18,8 +18,10 @@
 //!    ([`Check::Issuer`], [`Check::Identity`]);
 //! 7. the payload names the image digest ([`Check::Digest`]) and repository.
 //!
-//! [`legacy`] reads cosign's `.sig` tag form.
+//! [`legacy`] reads cosign's `.sig` tag form; [`bundle`] Sigstore bundles attached as OCI
+//! referrers (DSSE envelope of an in-toto statement, `dsse` Rekor entry).
 
+pub mod bundle;
 pub mod legacy;
 pub mod rekor;
 pub mod root;
@@ -147,10 +149,12 @@ impl std::fmt::Display for Identity {
 pub struct Evidence {
     /// The leaf certificate (DER).
     pub certificate: Vec<u8>,
-    /// The signed simple-signing payload.
+    /// The signed payload: simple-signing JSON, or a DSSE payload.
     pub payload: Vec<u8>,
-    /// The signature over it (DER ECDSA).
+    /// The signature over it (DER ECDSA); over DSSE's PAE when `dsse_type` is set.
     pub signature: Vec<u8>,
+    /// A DSSE envelope's payload type: the payload is an in-toto statement (bundles).
+    pub dsse_type: Option<String>,
     /// The Rekor entry.
     pub entry: rekor::Entry,
 }
@@ -210,8 +214,12 @@ impl KeylessPolicy {
             reason,
         };
         let leaf = Certificate::from_der(&ev.certificate).map_err(|e| fail(Check::Malformed, e))?;
+        let message = match &ev.dsse_type {
+            Some(t) => bundle::pae(t, &ev.payload),
+            None => ev.payload.clone(),
+        };
         leaf.key
-            .verify(leaf.key.default_hash(), &ev.payload, &ev.signature)
+            .verify(leaf.key.default_hash(), &message, &ev.signature)
             .map_err(|e| fail(Check::Signature, format!("with the certificate's key: {e}")))?;
         let t = ev.entry.integrated_time;
         let when = crate::clock::rfc3339_utc(t.max(0) as u64);
@@ -219,9 +227,15 @@ impl KeylessPolicy {
             .entry
             .verify_set(&self.root)
             .map_err(|e| fail(Check::TransparencyLog, e))?;
-        ev.entry
-            .check_body(&ev.payload, &ev.signature, &ev.certificate)
-            .map_err(|e| fail(Check::LogEntryBody, e))?;
+        match ev.dsse_type {
+            Some(_) => {
+                bundle::check_dsse_body(&ev.entry, &ev.payload, &ev.signature, &ev.certificate)
+            }
+            None => ev
+                .entry
+                .check_body(&ev.payload, &ev.signature, &ev.certificate),
+        }
+        .map_err(|e| fail(Check::LogEntryBody, e))?;
         let ca = self
             .chain(&leaf, t)
             .map_err(|e| fail(Check::CertificateChain, e))?;
@@ -281,7 +295,21 @@ impl KeylessPolicy {
                     ),
                 )
             })?;
-        check_payload(image, repository, signed_digest, &ev.payload)?;
+        match ev.dsse_type {
+            Some(_) => bundle::check_statement(&ev.payload, signed_digest).map_err(
+                |(digest, reason)| {
+                    fail(
+                        if digest {
+                            Check::Digest
+                        } else {
+                            Check::Malformed
+                        },
+                        reason,
+                    )
+                },
+            )?,
+            None => check_payload(image, repository, signed_digest, &ev.payload)?,
+        }
         Ok(VerifiedBy {
             key_fingerprint: format!("keyless:{subject} ({issuer})"),
             key_source: format!(

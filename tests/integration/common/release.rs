@@ -33,6 +33,8 @@ pub struct LayoutBuilder {
     pub layers: BTreeMap<String, Vec<Descriptor>>,
     /// Sign keyless with this Sigstore stack and these options instead of with `key`.
     pub keyless: Option<(TestSigstore, KeylessSign)>,
+    /// With `keyless`: attach Sigstore bundles as OCI referrers instead of `.sig` tags.
+    pub bundles: bool,
 }
 
 fn tar_gz(files: &[File]) -> Vec<u8> {
@@ -66,6 +68,7 @@ impl LayoutBuilder {
             digests: BTreeMap::new(),
             layers: BTreeMap::new(),
             keyless: None,
+            bundles: false,
         }
     }
 
@@ -138,7 +141,9 @@ impl LayoutBuilder {
             None => format!("{name}@{}", index_d.digest),
         };
         self.root(&index_d, &reference);
-        if signed {
+        if signed && self.bundles {
+            self.attach_bundle(repo, &index_d);
+        } else if signed {
             self.sign(repo, &index_d.digest, &self.key.clone());
         }
         self.digests
@@ -164,6 +169,17 @@ impl LayoutBuilder {
         self.blob(MEDIA_OCI_CONFIG, &sig.config);
         let d = self.blob(MEDIA_OCI_MANIFEST, &sig.manifest);
         self.root(&d, &format!("{name}:{}", sig.tag));
+    }
+
+    /// Attaches a keyless Sigstore bundle to `subject` as a referrer (referrers tag schema).
+    pub fn attach_bundle(&mut self, repo: &str, subject: &Descriptor) {
+        let name = format!("ghcr.io/{repo}");
+        let (stack, opts) = self.keyless.clone().expect("bundles need a Sigstore stack");
+        let r = stack.bundle_referrer(&name, subject, &opts);
+        for (bytes, d) in [&r.bundle, &r.config, &r.manifest, &r.index] {
+            self.blob(&d.media_type.clone(), bytes);
+        }
+        self.root(&r.index.1, &format!("{name}:{}", r.tag));
     }
 
     /// Adds an `index.json` entry `to` naming what the entry `from` names.
@@ -217,18 +233,21 @@ pub struct Mini {
 /// Writes a release `version` with three extensions (`kmod-test`, `fw-test`, `svc-test`), an
 /// overlay catalog with one overlay, and an imager whose `vmlinuz` has `vmlinuz_size` bytes.
 pub fn mini_release(dir: &Path, version: &str, key: SigningKey, vmlinuz_size: usize) -> Mini {
-    mini_release_signed(dir, version, key, None, vmlinuz_size)
+    mini_release_signed(dir, version, key, None, false, vmlinuz_size)
 }
 
-/// Like [`mini_release`], signed keyless by `keyless` instead of with `key` when given.
+/// Like [`mini_release`], signed keyless by `keyless` instead of with `key` when given: in
+/// `.sig` tags, or as Sigstore bundle referrers when `bundles`.
 pub fn mini_release_signed(
     dir: &Path,
     version: &str,
     key: SigningKey,
     keyless: Option<(TestSigstore, KeylessSign)>,
+    bundles: bool,
     vmlinuz_size: usize,
 ) -> Mini {
     let mut b = LayoutBuilder::new(dir, key);
+    b.bundles = bundles;
     b.keyless = keyless;
     let vmlinuz: Vec<u8> = (0..vmlinuz_size).map(|i| (i * 7 % 251) as u8).collect();
     let f = |p: &str, m: u32, d: &[u8]| (p.to_string(), m, d.to_vec());
