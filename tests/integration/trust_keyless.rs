@@ -278,3 +278,71 @@ fn bad_sigstore_bundles_are_refused() {
         &["Rekor signed entry timestamp check failed"],
     );
 }
+
+/// `bundle create` from a registry copies the `.sig` tags and the Sigstore bundle referrers,
+/// and the bundle imports with keyless verification and no network.
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_create_carries_keyless_signatures_and_bundles() {
+    for bundles in [false, true] {
+        let Some(reg) = crate::common::registry::start() else {
+            return;
+        };
+        let t = tempfile::tempdir().expect("tmp");
+        mini_release_signed(
+            &t.path().join("layout"),
+            "v1.11.0",
+            key(1),
+            Some((TestSigstore::new(KIT), KeylessSign::default())),
+            bundles,
+            4096,
+        );
+        crate::common::registry::push_layout(&t.path().join("layout"), &reg.addr, "mirror").await;
+        let from = format!("{}/mirror", reg.addr);
+        let out_path = t.path().join("bundle.tar");
+        let out = tokio::task::spawn_blocking({
+            let (out_path, from) = (out_path.clone(), from.clone());
+            move || {
+                Command::new(crate::common::bin())
+                    .args(["bundle", "create", "--from-registry", &from])
+                    .args(["--version", "v1.11.0", "--arch", "amd64", "--out"])
+                    .arg(&out_path)
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("run")
+            }
+        })
+        .await
+        .expect("join");
+        assert!(
+            out.status.success(),
+            "bundle create failed (bundles: {bundles}): {}",
+            stderr(&out)
+        );
+        drop(reg);
+        // The air-gapped side: the bundle alone, keyless trust only.
+        let side = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(side.path()).expect("mkdir");
+        let root = side.path().join("trusted_root.json");
+        std::fs::write(&root, TestSigstore::new(KIT).trusted_root_json()).expect("write");
+        let out = Command::new(crate::common::bin())
+            .arg("import")
+            .arg(&out_path)
+            .arg("--data-dir")
+            .arg(side.path().join("data"))
+            .env("IF_TRUST_SIGSTORETRUSTEDROOT", &root)
+            .env(
+                "IF_TRUST_IDENTITIES",
+                serde_json::json!([{"issuer": TEST_ISSUER, "subjectRegExp": "@test-kit"}])
+                    .to_string(),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run import");
+        assert!(
+            out.status.success(),
+            "bundle import failed (bundles: {bundles}): {}",
+            stderr(&out)
+        );
+        assert!(release(&side.path().join("data"), "v1.11.0").is_some());
+    }
+}
