@@ -43,6 +43,10 @@ pub struct SynthArgs {
     /// is issuer `https://issuer.test-kit.example`, subject `release@test-kit.example`.
     #[arg(long)]
     pub keyless: bool,
+    /// With --keyless: attach the keyless signatures as Sigstore bundles (OCI referrers, as
+    /// cosign 3 signs newer Talos) instead of as `.sig` layers.
+    #[arg(long, requires = "keyless")]
+    pub keyless_bundles: bool,
 }
 
 /// Runs a `dev` subcommand.
@@ -58,6 +62,7 @@ pub fn run(cmd: DevCommand) -> ExitCode {
             opts.extension_size_mb = a.extension_size_mb;
             opts.kit_dir = a.kit_dir;
             opts.keyless = a.keyless;
+            opts.keyless_bundles = a.keyless_bundles;
             let start = std::time::Instant::now();
             match synth::synth_release(&opts) {
                 Ok(r) => {

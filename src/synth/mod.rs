@@ -165,6 +165,9 @@ pub struct SynthOptions {
     /// `<out>/sigstore-trusted-root.json` (identity [`sigstore::TEST_SUBJECT`],
     /// [`sigstore::TEST_ISSUER`]).
     pub keyless: bool,
+    /// With `keyless`: attach the keyless signatures as Sigstore bundles (OCI referrers, as
+    /// cosign 3 does) instead of as `.sig` layers.
+    pub keyless_bundles: bool,
 }
 
 impl SynthOptions {
@@ -180,6 +183,7 @@ impl SynthOptions {
             kit_dir: default_kit_dir(),
             key: None,
             keyless: false,
+            keyless_bundles: false,
         }
     }
 }
@@ -269,6 +273,7 @@ pub fn synth_release(opts: &SynthOptions) -> Result<SynthReport, KitError> {
         bundle: &mut bundle,
         key: &key,
         sigstore: sigstore.as_ref(),
+        bundles: opts.keyless_bundles,
         arches: &arches,
         images: Vec::new(),
     };

@@ -25,6 +25,7 @@ pub(crate) fn kit_bundle(dir: &Path) -> Option<(PathBuf, PathBuf)> {
         kit_dir: synth::default_kit_dir(),
         key: None,
         keyless: false,
+        keyless_bundles: false,
     };
     synth::synth_release(&opts).expect("synth release");
     Some((dir.join("kit/bundle.tar"), dir.join("kit/signing-key.pub")))

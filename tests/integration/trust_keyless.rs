@@ -346,3 +346,53 @@ async fn bundle_create_carries_keyless_signatures_and_bundles() {
         assert!(release(&side.path().join("data"), "v1.11.0").is_some());
     }
 }
+
+/// The test kit's release, signed both ways (`dev synth-release --keyless`, with the keyless
+/// signatures as `.sig` layers or as bundle referrers), imports with the site key alone and
+/// with the kit's trusted root alone.
+#[test]
+fn testkit_release_signed_both_ways_imports_either_way() {
+    if crate::common::kit::kit_inputs().is_none() {
+        return;
+    }
+    for bundles in [false, true] {
+        let t = tempfile::tempdir().expect("tmp");
+        let mut opts = image_factory::synth::SynthOptions::new(&t.path().join("kit"));
+        opts.versions = vec!["v1.11.0".into()];
+        opts.keyless = true;
+        opts.keyless_bundles = bundles;
+        let report = image_factory::synth::synth_release(&opts).expect("synth");
+        let root = report.trusted_root.expect("trusted root written");
+        let keyed = Command::new(crate::common::bin())
+            .arg("import")
+            .arg(&report.bundle)
+            .arg("--data-dir")
+            .arg(t.path().join("keyed"))
+            .arg("--trust-key")
+            .arg(&report.public_key)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert!(keyed.status.success(), "key import: {}", stderr(&keyed));
+        let keyless = Command::new(crate::common::bin())
+            .arg("import")
+            .arg(&report.bundle)
+            .arg("--data-dir")
+            .arg(t.path().join("keyless"))
+            .env("IF_TRUST_SIGSTORETRUSTEDROOT", &root)
+            .env(
+                "IF_TRUST_IDENTITIES",
+                serde_json::json!([{"issuer": TEST_ISSUER, "subjectRegExp": "^release@test-kit\\.example$"}])
+                    .to_string(),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert!(
+            keyless.status.success(),
+            "keyless import (bundles: {bundles}): {}",
+            stderr(&keyless)
+        );
+        assert!(release(&t.path().join("keyless"), "v1.11.0").is_some());
+    }
+}

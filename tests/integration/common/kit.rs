@@ -80,6 +80,7 @@ pub fn imported_arches(version: &str, arches: &[&str], extension_size_mb: u64) -
         kit_dir,
         key: None,
         keyless: false,
+        keyless_bundles: false,
     };
     synth::synth_release(&opts).expect("synth release");
     let data = dir.path().join("data");
