@@ -227,32 +227,64 @@ impl<S: ImageSource> Exporter<'_, S> {
             }
             manifests.push(m);
         }
-        // The signature image, tagged sha256-<hex>.sig in the same repository.
+        // The signature image, tagged sha256-<hex>.sig in the same repository, and Sigstore
+        // bundles attached as referrers (listed at the referrers tag sha256-<hex>): at least
+        // one of them.
         let sig_tag = top.digest.signature_tag();
         let sig_ref = source_ref.with_tag(&sig_tag);
-        let sig =
-            self.block(self.source.resolve(&sig_ref))?
-                .ok_or_else(|| CatalogError::Unsigned {
-                    image: source_ref.to_string(),
-                    signature: sig_ref.to_string(),
-                    source_name: self.source.describe(),
-                })?;
-        let sig_bytes = self.copy_manifest(&sig_ref, &sig)?;
-        let sig_manifest: ImageManifest =
-            serde_json::from_slice(&sig_bytes).map_err(OciError::decode("signature manifest"))?;
-        self.copy_blob(&sig_ref, &sig_manifest.config)?;
-        for layer in &sig_manifest.layers {
-            self.copy_blob(&sig_ref, layer)?;
+        let sig = self.block(self.source.resolve(&sig_ref))?;
+        let referrers_tag = crate::trust::keyless::bundle::referrers_tag(&top.digest);
+        let referrers_ref = source_ref.with_tag(&referrers_tag);
+        let referrers = match self.block(self.source.resolve(&referrers_ref)) {
+            Ok(Some(d)) if d.is_index() => Some(d),
+            Ok(_) | Err(OciError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if sig.is_none() && referrers.is_none() {
+            return Err(CatalogError::Unsigned {
+                image: source_ref.to_string(),
+                signature: sig_ref.to_string(),
+                source_name: self.source.describe(),
+            });
         }
         let upstream_name = format!("{UPSTREAM}/{repo}");
+        if let Some(sig) = &sig {
+            let sig_bytes = self.copy_manifest(&sig_ref, sig)?;
+            let sig_manifest: ImageManifest = serde_json::from_slice(&sig_bytes)
+                .map_err(OciError::decode("signature manifest"))?;
+            self.copy_blob(&sig_ref, &sig_manifest.config)?;
+            for layer in &sig_manifest.layers {
+                self.copy_blob(&sig_ref, layer)?;
+            }
+            self.writer
+                .add_root(sig, Some(format!("{upstream_name}:{sig_tag}")));
+        }
+        if let Some(index) = &referrers {
+            let bytes = self.copy_manifest(&referrers_ref, index)?;
+            let listed: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(OciError::decode("referrers index"))?;
+            for d in listed
+                .manifests
+                .iter()
+                .take(crate::trust::keyless::bundle::MAX_REFERRERS)
+            {
+                let m = self.copy_manifest(&referrers_ref, d)?;
+                let m: ImageManifest =
+                    serde_json::from_slice(&m).map_err(OciError::decode("referrer manifest"))?;
+                self.copy_blob(&referrers_ref, &m.config)?;
+                for layer in &m.layers {
+                    self.copy_blob(&referrers_ref, layer)?;
+                }
+            }
+            self.writer
+                .add_root(index, Some(format!("{upstream_name}:{referrers_tag}")));
+        }
         let root_name = match (tag, &digest) {
             (Some(t), _) => format!("{upstream_name}:{t}"),
             (None, Some(d)) => format!("{upstream_name}@{d}"),
             (None, None) => upstream_name.clone(),
         };
         self.writer.add_root(&top, Some(root_name));
-        self.writer
-            .add_root(&sig, Some(format!("{upstream_name}:{sig_tag}")));
         self.summary.images += 1;
         Ok(Copied {
             manifests,

@@ -38,6 +38,15 @@ pub struct SynthArgs {
     /// Where tests/kit/fetch-debian.sh unpacked the Debian inputs.
     #[arg(long, value_name = "DIR", env = "IF_TESTKIT_DIR", default_value = synth::debian::DEFAULT_KIT_DIR)]
     pub kit_dir: PathBuf,
+    /// Also sign every image keyless with the kit's own Sigstore stack (Fulcio-like CA,
+    /// Rekor-like log) and write `sigstore-trusted-root.json` beside the bundle; its identity
+    /// is issuer `https://issuer.test-kit.example`, subject `release@test-kit.example`.
+    #[arg(long)]
+    pub keyless: bool,
+    /// With --keyless: attach the keyless signatures as Sigstore bundles (OCI referrers, as
+    /// cosign 3 signs newer Talos) instead of as `.sig` layers.
+    #[arg(long, requires = "keyless")]
+    pub keyless_bundles: bool,
 }
 
 /// Runs a `dev` subcommand.
@@ -52,6 +61,8 @@ pub fn run(cmd: DevCommand) -> ExitCode {
             opts.extensions = a.extensions;
             opts.extension_size_mb = a.extension_size_mb;
             opts.kit_dir = a.kit_dir;
+            opts.keyless = a.keyless;
+            opts.keyless_bundles = a.keyless_bundles;
             let start = std::time::Instant::now();
             match synth::synth_release(&opts) {
                 Ok(r) => {
@@ -67,6 +78,14 @@ pub fn run(cmd: DevCommand) -> ExitCode {
                         println!("  {}@{}", i.reference(), i.index.digest);
                     }
                     println!("public key: {}", r.public_key.display());
+                    if let Some(root) = &r.trusted_root {
+                        println!(
+                            "sigstore trusted root: {} (issuer {}, subject {})",
+                            root.display(),
+                            synth::sigstore::TEST_ISSUER,
+                            synth::sigstore::TEST_SUBJECT
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => finish("dev synth-release", Err(e.into())),

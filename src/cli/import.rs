@@ -13,7 +13,7 @@ use crate::catalog::{Arch, ImportProgress, ImportSummary, Selection, Version};
 use crate::config::Config;
 use crate::node::{ImportFrom, ImportJob, Node, NodeOptions};
 use crate::oci::RegistryOptions;
-use crate::trust::{TrustPolicy, TrustedKeys};
+use crate::trust::{KeylessPolicy, TrustPolicy, TrustedKeys};
 
 /// Where release images come from, shared by `import` and `bundle create`.
 #[derive(Debug, Args, Clone)]
@@ -188,14 +188,15 @@ fn trust_policy(args: &ImportArgs, cfg: &Config) -> Result<TrustPolicy, CliError
     {
         keys.add_file(&path)?;
     }
-    if keys.is_empty() {
+    let keyless = KeylessPolicy::from_config(&cfg.trust)?.map(std::sync::Arc::new);
+    if keys.is_empty() && keyless.is_none() {
         return Err(CliError::Usage(
-            "no trusted keys: give --trust-key KEY.pub or configure trust.publicKeys \
-             (or, insecurely, --insecure-skip-signature-verification)"
+            "no trusted keys: give --trust-key KEY.pub, configure trust.publicKeys or \
+             trust.sigstoreTrustedRoot (or, insecurely, --insecure-skip-signature-verification)"
                 .into(),
         ));
     }
-    Ok(TrustPolicy::keys(keys))
+    Ok(TrustPolicy::keys_or_keyless(keys, keyless))
 }
 
 /// What an import did, in two lines.

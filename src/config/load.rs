@@ -204,6 +204,11 @@ fn coerce(shape: &Value, v: Value, key: &str) -> Result<Value, ConfigError> {
                 .map_err(|_| bad("a boolean", &v)),
             _ => Err(bad("a boolean", &v)),
         },
+        // A list of objects (trust.identities): serde checks the fields.
+        Value::Array(shape_items) if shape_items.first().is_some_and(Value::is_object) => match v {
+            Value::Array(_) => Ok(v),
+            other => Err(bad("a list of objects", &other)),
+        },
         Value::Array(_) => match v {
             Value::Array(items) => items
                 .into_iter()
@@ -417,6 +422,11 @@ mod tests {
         assert_eq!(cfg.http.external_url, "https://localhost/");
         assert_eq!(cfg.build.max_concurrency, 6);
         assert_eq!(cfg.metrics.addr, ":2122");
+        // Upstream's containerSignature defaults are our default identity.
+        assert_eq!(
+            cfg.trust.identities,
+            super::super::TrustConfig::default().identities
+        );
         let cfg = load(
             Some(&upstream("helm.yaml")),
             env(&[]),
@@ -451,6 +461,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.trust.public_keys, vec!["/keys/env.pem"]);
+        // Upstream's keyless identity becomes the one trust.identities entry.
+        let f =
+            file("containerSignature:\n  subjectRegExp: '@example\\.org$'\n  issuerRegExp: ''\n");
+        let cfg = load(Some(f.path()), env(&[]), &FlagOverrides::default()).unwrap();
+        assert_eq!(cfg.trust.identities.len(), 1);
+        assert_eq!(cfg.trust.identities[0].subject_reg_exp, "@example\\.org$");
+        assert_eq!(cfg.trust.identities[0].issuer, super::super::SIDERO_ISSUER);
+        let cfg = load(
+            None,
+            env(&[("IF_CONTAINERSIGNATURE_ISSUERREGEXP", "^https://dex\\.")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        let id = &cfg.trust.identities[0];
+        assert_eq!(
+            (id.issuer.as_str(), id.issuer_reg_exp.as_str()),
+            ("", "^https://dex\\.")
+        );
+        assert_eq!(id.subject_reg_exp, super::super::SIDERO_SUBJECT_REGEXP);
         for (yaml, expect) in [
             (
                 "cache:\n  s3:\n    bukcet: x\n",

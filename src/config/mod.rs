@@ -339,11 +339,48 @@ impl Default for StorageConfig {
 }
 
 /// `trust.*` keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrustConfig {
     /// PEM files with cosign public keys (PKIX `PUBLIC KEY`) trusted for imported images.
     pub public_keys: Vec<String>,
+    /// A Sigstore `trusted_root.json` (Fulcio CAs, Rekor keys): keyless signatures verify
+    /// against it offline; empty = keyless verification off.
+    pub sigstore_trusted_root: String,
+    /// Whose keyless signatures are accepted (any one entry).
+    pub identities: Vec<IdentityConfig>,
+}
+
+/// Upstream's Fulcio OIDC issuer of Sidero's release signatures.
+pub const SIDERO_ISSUER: &str = "https://accounts.google.com";
+/// Upstream's subject pattern of Sidero's release signatures.
+pub const SIDERO_SUBJECT_REGEXP: &str =
+    r"(@siderolabs\.com$|^releasemgr-svc@talos-production\.iam\.gserviceaccount\.com$)";
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            public_keys: Vec::new(),
+            sigstore_trusted_root: String::new(),
+            identities: vec![IdentityConfig {
+                issuer: SIDERO_ISSUER.into(),
+                issuer_reg_exp: String::new(),
+                subject_reg_exp: SIDERO_SUBJECT_REGEXP.into(),
+            }],
+        }
+    }
+}
+
+/// One `trust.identities` entry: a keyless signer (certificate identity and OIDC issuer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentityConfig {
+    /// The OIDC issuer, exactly (the certificate's Fulcio issuer extension).
+    pub issuer: String,
+    /// Or a pattern the issuer must match (Go RE2 syntax, unanchored like upstream's).
+    pub issuer_reg_exp: String,
+    /// A pattern the certificate's subject (SAN email or URI) must match.
+    pub subject_reg_exp: String,
 }
 
 /// `secureBoot.*` keys (upstream's names; only the file provider exists here).

@@ -19,9 +19,12 @@ enum Treatment {
     },
     /// Appended to this list key of ours (path segments).
     AppendTo(&'static [&'static str]),
+    /// This field of the one keyless identity upstream has: the fields met replace
+    /// `trust.identities` with one entry (the others from upstream's defaults).
+    Identity(&'static str),
 }
 
-use Treatment::{AppendTo, Ignored, Only};
+use Treatment::{AppendTo, Identity, Ignored, Only};
 
 const TAGS_REREAD: &str = "the registry's tag list (artifacts.core.registry) is read again every \
     15 minutes, and a release is imported once, when first asked for";
@@ -151,15 +154,13 @@ const KEYS: &[(&[&str], Treatment)] = &[
         },
     ),
     (
-        &[
-            "containersignature.subjectregexp",
-            "containersignature.issuer",
-            "containersignature.issuerregexp",
-        ],
-        Ignored(
-            "keyless verification of Sidero's signatures is not available offline yet; \
-             imports verify against trust.publicKeys",
-        ),
+        &["containersignature.subjectregexp"],
+        Identity("subjectRegExp"),
+    ),
+    (&["containersignature.issuer"], Identity("issuer")),
+    (
+        &["containersignature.issuerregexp"],
+        Identity("issuerRegExp"),
     ),
     (
         &[
@@ -266,6 +267,8 @@ pub(super) struct Upstream {
     pub ignored: Vec<(String, String, &'static str)>,
     /// Values appended to list keys of ours.
     appends: Vec<(&'static [&'static str], Value)>,
+    /// Fields of upstream's `containerSignature` identity met (field, value).
+    identity: Vec<(&'static str, String)>,
 }
 
 impl Upstream {
@@ -304,6 +307,19 @@ impl Upstream {
                     });
                 }
             }
+            (Identity(field), v) => match v {
+                Value::String(s) if s.trim().is_empty() => {}
+                Value::String(s) => {
+                    self.identity.retain(|(f, _)| *f != field);
+                    self.identity.push((field, s));
+                }
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: format!("{key} (from {source})"),
+                        message: format!("{other} is not a string"),
+                    });
+                }
+            },
             (AppendTo(path), v) => match v {
                 Value::String(s) if s.trim().is_empty() => {}
                 Value::String(_) => self.appends.push((path, v)),
@@ -334,6 +350,28 @@ impl Upstream {
 
     /// Copies the mapped values into `tree` (shaped like our defaults).
     pub fn apply(&mut self, tree: &mut Value) {
+        if !self.identity.is_empty() {
+            let field = |name: &str| {
+                self.identity
+                    .iter()
+                    .find(|(f, _)| *f == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let (issuer, issuer_re) = match (field("issuer"), field("issuerRegExp")) {
+                (None, None) => (Some(super::SIDERO_ISSUER.to_string()), None),
+                other => other,
+            };
+            let entry = serde_json::json!({
+                "issuer": issuer.unwrap_or_default(),
+                "issuerRegExp": issuer_re.unwrap_or_default(),
+                "subjectRegExp": field("subjectRegExp")
+                    .unwrap_or_else(|| super::SIDERO_SUBJECT_REGEXP.to_string()),
+            });
+            if let Some(ids) = tree.pointer_mut("/trust/identities") {
+                *ids = Value::Array(vec![entry]);
+            }
+            self.identity.clear();
+        }
         for (path, v) in self.appends.drain(..) {
             let pointer: String = path.iter().map(|seg| format!("/{seg}")).collect();
             if let Some(Value::Array(items)) = tree.pointer_mut(&pointer)
@@ -368,7 +406,7 @@ mod tests {
         ));
         assert!(matches!(
             treatment("containerSignature.subjectRegExp"),
-            Some(Ignored(_))
+            Some(Identity("subjectRegExp"))
         ));
         assert!(matches!(treatment("cache.s3.bucket"), Some(Ignored(_))));
         assert!(matches!(treatment("cache.oci.namespace"), Some(Ignored(_))));

@@ -27,6 +27,7 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    check_identities(cfg)?;
     check_url("http.externalURL", &cfg.http.external_url)?;
     if !cfg.http.external_pxe_url.is_empty() {
         check_url("http.externalPXEURL", &cfg.http.external_pxe_url)?;
@@ -191,6 +192,40 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `trust.identities`: each entry a subject pattern and an issuer (exact and/or pattern), every
+/// pattern valid; at least one entry when keyless verification is on.
+fn check_identities(cfg: &Config) -> Result<(), ConfigError> {
+    let t = &cfg.trust;
+    if !t.sigstore_trusted_root.is_empty() && t.identities.is_empty() {
+        return Err(invalid(
+            "trust.identities",
+            "must name at least one {issuer, subjectRegExp} when trust.sigstoreTrustedRoot is set"
+                .into(),
+        ));
+    }
+    for (i, id) in t.identities.iter().enumerate() {
+        let key = |field: &str| format!("trust.identities[{i}].{field}");
+        if id.subject_reg_exp.is_empty() {
+            return Err(invalid(&key("subjectRegExp"), "must be set".into()));
+        }
+        if id.issuer.is_empty() && id.issuer_reg_exp.is_empty() {
+            return Err(invalid(
+                &key("issuer"),
+                "issuer or issuerRegExp must be set".into(),
+            ));
+        }
+        for (field, pattern) in [
+            ("subjectRegExp", &id.subject_reg_exp),
+            ("issuerRegExp", &id.issuer_reg_exp),
+        ] {
+            if let Err(e) = crate::trust::keyless::compile_pattern(pattern) {
+                return Err(invalid(&key(field), format!("{pattern:?}: {e}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_url(key: &str, s: &str) -> Result<(), ConfigError> {
     let url = url::Url::parse(s).map_err(|e| ConfigError::Unparsable {
         key: key.to_string(),
@@ -263,6 +298,39 @@ mod tests {
             "invalid config: http.externalURL: \"ftp://x\" must be an http or https URL"
         );
         assert!(err(|c| c.http.external_pxe_url = "nope".into()).contains("http.externalPXEURL"));
+    }
+
+    #[test]
+    fn identities_need_a_subject_one_issuer_and_valid_patterns() {
+        use crate::config::IdentityConfig;
+        let id = |issuer: &str, issuer_re: &str, subject: &str| IdentityConfig {
+            issuer: issuer.into(),
+            issuer_reg_exp: issuer_re.into(),
+            subject_reg_exp: subject.into(),
+        };
+        assert!(Config::default().validate().is_ok());
+        assert!(
+            err(|c| c.trust.identities = vec![id("https://i", "", "")])
+                .contains("trust.identities[0].subjectRegExp: must be set")
+        );
+        assert!(
+            err(|c| c.trust.identities = vec![id("", "", "s")])
+                .contains("trust.identities[0].issuer: issuer or issuerRegExp must be set")
+        );
+        assert!(
+            err(|c| c.trust.identities = vec![id("https://i", "", "s"), id("x", "", "(")])
+                .contains("trust.identities[1].subjectRegExp")
+        );
+        assert!(
+            err(|c| {
+                c.trust.identities.clear();
+                c.trust.sigstore_trusted_root = "/root.json".into();
+            })
+            .contains("trust.identities: must name at least one")
+        );
+        let mut c = Config::default();
+        c.trust.identities = vec![id("", "^https://.*$", "@example\\.org$")];
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::worker::{StopSignal, WorkError, Worker, WorkerState};
 use crate::catalog::{ImportProgress, Selection, Version};
 use crate::config::Config;
 use crate::oci::{OciError, RegistryOptions, RegistrySource};
-use crate::trust::{TrustPolicy, TrustedKeys};
+use crate::trust::{KeylessPolicy, TrustPolicy, TrustedKeys};
 
 /// How often the tag list is read again after a successful read (upstream's
 /// `artifacts.talosVersionRecheckInterval` default).
@@ -104,10 +104,17 @@ impl OnDemand {
                 tracing::warn!(key = %path, error = %e, "releases on demand: trusted key not usable");
             }
         }
-        if keys.is_empty() {
+        let keyless = match KeylessPolicy::from_config(&config.trust) {
+            Ok(k) => k.map(Arc::new),
+            Err(e) => {
+                tracing::warn!(error = %e, "releases on demand: trust.sigstoreTrustedRoot not usable");
+                None
+            }
+        };
+        if keys.is_empty() && keyless.is_none() {
             tracing::warn!(
                 registry = %host_ns,
-                "artifacts.core.registry is set but trust.publicKeys holds no usable key: releases on demand are off (nothing would verify them); import releases with `image-factory import`"
+                "artifacts.core.registry is set but neither trust.publicKeys nor trust.sigstoreTrustedRoot is usable: releases on demand are off (nothing would verify them); import releases with `image-factory import`"
             );
             return None;
         }
@@ -126,7 +133,7 @@ impl OnDemand {
                 insecure: config.artifacts.core.insecure,
                 ..RegistryOptions::default()
             },
-            policy: TrustPolicy::keys(keys),
+            policy: TrustPolicy::keys_or_keyless(keys, keyless),
             listed: Mutex::default(),
             imports: Mutex::default(),
             failures: Mutex::default(),

@@ -6,6 +6,7 @@ use std::io::Write;
 use flate2::Compression;
 
 use super::KitError;
+use super::sigstore::{KeylessSign, TestSigstore};
 use super::tree::{SOURCE_DATE_EPOCH, Tree};
 use crate::oci::{
     BundleWriter, Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, MEDIA_OCI_CONFIG,
@@ -82,6 +83,11 @@ pub struct ImageWriter<'a> {
     pub bundle: &'a mut BundleWriter,
     /// The key every image is signed with.
     pub key: &'a SigningKey,
+    /// The Sigstore stack that also signs every image keyless, if any.
+    pub sigstore: Option<&'a TestSigstore>,
+    /// With `sigstore`: attach the keyless signatures as Sigstore bundle referrers instead of
+    /// `.sig` layers.
+    pub bundles: bool,
     /// Architectures (one manifest each).
     pub arches: &'a [String],
     /// Every image written, in order.
@@ -185,7 +191,24 @@ impl ImageWriter<'_> {
         };
         let index_bytes = serde_json::to_vec(&index).expect("index serializes");
         let index_desc = self.bundle.add_bytes(MEDIA_OCI_INDEX, &index_bytes)?;
-        let sig = SignatureImage::sign(self.key, &name, &index_desc.digest);
+        let sig = match self.sigstore {
+            Some(stack) if self.bundles => {
+                let r = stack.bundle_referrer(&name, &index_desc, &KeylessSign::default());
+                for (bytes, d) in [&r.bundle, &r.config, &r.manifest, &r.index] {
+                    self.bundle.add_blob(d, bytes.as_slice())?;
+                }
+                self.bundle
+                    .add_root(&r.index.1, Some(format!("{name}:{}", r.tag)));
+                SignatureImage::sign(self.key, &name, &index_desc.digest)
+            }
+            Some(stack) => stack.sign_image(
+                Some(self.key),
+                &name,
+                &index_desc.digest,
+                &KeylessSign::default(),
+            ),
+            None => SignatureImage::sign(self.key, &name, &index_desc.digest),
+        };
         self.bundle
             .add_blob(&sig.config_descriptor, sig.config.as_slice())?;
         self.bundle

@@ -26,6 +26,7 @@ pub mod debian;
 mod images;
 pub mod initramfs;
 mod marker;
+pub mod sigstore;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
@@ -173,6 +174,13 @@ pub struct SynthOptions {
     pub kit_dir: PathBuf,
     /// Signing key; `None` = reuse `<out>/signing-key.pem` or generate it.
     pub key: Option<SigningKey>,
+    /// Also sign every image keyless with the kit's Sigstore stack ([`sigstore`]), writing
+    /// `<out>/sigstore-trusted-root.json` (identity [`sigstore::TEST_SUBJECT`],
+    /// [`sigstore::TEST_ISSUER`]).
+    pub keyless: bool,
+    /// With `keyless`: attach the keyless signatures as Sigstore bundles (OCI referrers, as
+    /// cosign 3 does) instead of as `.sig` layers.
+    pub keyless_bundles: bool,
 }
 
 impl SynthOptions {
@@ -187,6 +195,8 @@ impl SynthOptions {
             extension_size_mb: 0,
             kit_dir: default_kit_dir(),
             key: None,
+            keyless: false,
+            keyless_bundles: false,
         }
     }
 }
@@ -198,6 +208,8 @@ pub struct SynthReport {
     pub bundle: PathBuf,
     /// `<out>/signing-key.pub` (PKIX PEM).
     pub public_key: PathBuf,
+    /// `<out>/sigstore-trusted-root.json` when the images are also signed keyless.
+    pub trusted_root: Option<PathBuf>,
     /// Every image (with its signature), in build order.
     pub images: Vec<BuiltImage>,
     /// Kernel release of the Debian kernel used.
@@ -256,11 +268,25 @@ pub fn synth_release(opts: &SynthOptions) -> Result<SynthReport, KitError> {
     std::fs::write(&public_key, key.public_key_pem()?)
         .map_err(|e| KitError::io(format!("write {}", public_key.display()), e))?;
 
+    let sigstore = opts
+        .keyless
+        .then(|| sigstore::TestSigstore::new("image-factory test kit"));
+    let trusted_root = match &sigstore {
+        Some(stack) => {
+            let path = opts.out.join("sigstore-trusted-root.json");
+            std::fs::write(&path, stack.trusted_root_json())
+                .map_err(|e| KitError::io(format!("write {}", path.display()), e))?;
+            Some(path)
+        }
+        None => None,
+    };
     let bundle_path = opts.out.join("bundle.tar");
     let mut bundle = BundleWriter::create(&bundle_path)?;
     let mut w = ImageWriter {
         bundle: &mut bundle,
         key: &key,
+        sigstore: sigstore.as_ref(),
+        bundles: opts.keyless_bundles,
         arches: &arches,
         images: Vec::new(),
     };
@@ -276,6 +302,7 @@ pub fn synth_release(opts: &SynthOptions) -> Result<SynthReport, KitError> {
     Ok(SynthReport {
         bundle: bundle_path,
         public_key,
+        trusted_root,
         images,
         kernel_release: inputs.kernel_release.clone(),
         blob_bytes,

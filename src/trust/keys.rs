@@ -123,6 +123,46 @@ pub enum TrustError {
         /// Trusted keys tried.
         keys: usize,
     },
+    /// A keyless signature failed one of the checks (named by `check`).
+    #[error("image {image}: keyless signature rejected: {check} check failed: {reason}")]
+    Keyless {
+        /// The signed image.
+        image: String,
+        /// Which check refused it.
+        check: crate::trust::keyless::Check,
+        /// What was found.
+        reason: String,
+    },
+    /// No keyless signature was found (no `.sig` layer with a certificate, no Sigstore bundle).
+    #[error(
+        "image {image}: no keyless signature: neither a cosign signature with a certificate at {signature_ref} nor a Sigstore bundle among its referrers"
+    )]
+    NoKeylessSignature {
+        /// The signed image.
+        image: String,
+        /// Where the `.sig` signature was looked for.
+        signature_ref: String,
+    },
+    /// The Sigstore trusted root (`trust.sigstoreTrustedRoot`) cannot be used.
+    #[error("sigstore trusted root {path}: {reason}")]
+    TrustedRoot {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+        /// The reader's or parser's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A `trust.identities` pattern does not compile.
+    #[error("trust.identities: {pattern:?}: {source}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// The regex error.
+        #[source]
+        source: regex::Error,
+    },
     /// No trusted key is configured, so nothing can verify.
     #[error("image {image}: cannot verify signature: no trusted public keys configured")]
     NoTrustedKeys {

@@ -2,6 +2,7 @@
 //! and its payloads, then [`verify_signature`]; and the importer's [`TrustPolicy`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::io::AsyncReadExt as _;
 
@@ -10,6 +11,7 @@ use super::cosign::{
     MAX_PAYLOAD_BYTES, MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_MANIFEST_BYTES, SignedIdentity,
     TrustedKeys, VerifiedBy, verify_signature,
 };
+use super::keyless::{Check, KeylessPolicy, bundle, legacy};
 use crate::oci::{
     Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError, Reference,
 };
@@ -24,14 +26,181 @@ pub async fn verify_image<S: ImageSource>(
     identity: &SignedIdentity,
     signed_digest: &Digest,
 ) -> Result<VerifiedBy, TrustError> {
-    let image = Reference {
+    if trusted.is_empty() {
+        return Err(TrustError::NoTrustedKeys {
+            image: image_name(reference, signed_digest),
+        });
+    }
+    verify_sig_tag(
+        source,
+        reference,
+        signed_digest,
+        |image, _, manifest, fetch| {
+            verify_signature(trusted, image, identity, signed_digest, manifest, fetch)
+        },
+    )
+    .await
+}
+
+/// Verifies the keyless signature of `signed_digest` (see [`verify_image`]) under `policy`:
+/// the `.sig` tag form first, then Sigstore bundles among the image's referrers.
+pub async fn verify_image_keyless<S: ImageSource>(
+    source: &S,
+    policy: &KeylessPolicy,
+    reference: &Reference,
+    identity: &SignedIdentity,
+    signed_digest: &Digest,
+) -> Result<VerifiedBy, TrustError> {
+    match verify_sig_tag_keyless(source, policy, reference, identity, signed_digest).await {
+        Err(TrustError::Unsigned { signature_ref, .. })
+        | Err(TrustError::NoKeylessSignature { signature_ref, .. }) => {
+            match verify_referrers(source, policy, reference, identity, signed_digest).await? {
+                Some(by) => Ok(by),
+                None => Err(TrustError::NoKeylessSignature {
+                    image: image_name(reference, signed_digest),
+                    signature_ref,
+                }),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Verifies the Sigstore bundles listed at the referrers tag (`sha256-<hex>`) of
+/// `signed_digest`: `Ok(None)` when there is none; the first bundle that passes, or the first
+/// bundle's refusal.
+async fn verify_referrers<S: ImageSource>(
+    source: &S,
+    policy: &KeylessPolicy,
+    reference: &Reference,
+    identity: &SignedIdentity,
+    signed_digest: &Digest,
+) -> Result<Option<VerifiedBy>, TrustError> {
+    let image = image_name(reference, signed_digest);
+    let tag_ref = reference.with_tag(&bundle::referrers_tag(signed_digest));
+    let fetch_err = |source: OciError| TrustError::Fetch {
+        image: image.clone(),
+        signature_ref: tag_ref.to_string(),
+        source,
+    };
+    let malformed = |reason: String| TrustError::Keyless {
+        image: image.clone(),
+        check: Check::Malformed,
+        reason,
+    };
+    let index = match source.resolve(&tag_ref).await {
+        Ok(Some(d)) if d.is_index() => d,
+        Ok(Some(d)) => {
+            return Err(malformed(format!(
+                "{tag_ref} is a {}, not a referrers index",
+                d.media_type
+            )));
+        }
+        Ok(None) | Err(OciError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(fetch_err(e)),
+    };
+    let bytes = source
+        .manifest(&tag_ref, &index.digest, MAX_SIGNATURE_MANIFEST_BYTES)
+        .await
+        .map_err(fetch_err)?;
+    let index: crate::oci::ImageIndex = serde_json::from_slice(&bytes)
+        .map_err(|e| malformed(format!("referrers index {tag_ref}: {e}")))?;
+    let mut first_failure = None;
+    for d in index.manifests.iter().take(bundle::MAX_REFERRERS) {
+        let m = source
+            .manifest(&tag_ref, &d.digest, MAX_SIGNATURE_MANIFEST_BYTES)
+            .await
+            .map_err(fetch_err)?;
+        let Ok(m) = serde_json::from_slice::<ImageManifest>(&m) else {
+            continue;
+        };
+        let Some(layer) = m
+            .layers
+            .first()
+            .filter(|l| l.media_type == bundle::MEDIA_BUNDLE)
+        else {
+            continue;
+        };
+        let verdict = match read_blob(source, &tag_ref, layer, bundle::MAX_BUNDLE_BYTES).await {
+            Ok(b) => bundle::evidence(&b)
+                .map_err(&malformed)
+                .and_then(|ev| policy.verify(&image, identity, signed_digest, &ev)),
+            Err(PayloadFailure::Fetch(e)) => Err(fetch_err(e)),
+            Err(PayloadFailure::Tampered { what, source }) => Err(TrustError::Tampered {
+                image: image.clone(),
+                reason: what,
+                source: Some(source),
+            }),
+        };
+        match verdict {
+            Ok(by) => {
+                return Ok(Some(VerifiedBy {
+                    signature_manifest: Some(d.digest.clone()),
+                    ..by
+                }));
+            }
+            Err(e) => {
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    match first_failure {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// The `.sig` tag form of [`verify_image_keyless`].
+async fn verify_sig_tag_keyless<S: ImageSource>(
+    source: &S,
+    policy: &KeylessPolicy,
+    reference: &Reference,
+    identity: &SignedIdentity,
+    signed_digest: &Digest,
+) -> Result<VerifiedBy, TrustError> {
+    verify_sig_tag(
+        source,
+        reference,
+        signed_digest,
+        |image, sig_ref, manifest, fetch| {
+            legacy::verify_manifest(
+                policy,
+                image,
+                sig_ref,
+                identity,
+                signed_digest,
+                manifest,
+                fetch,
+            )
+        },
+    )
+    .await
+}
+
+fn image_name(reference: &Reference, signed_digest: &Digest) -> String {
+    Reference {
         digest: Some(signed_digest.clone()),
         ..reference.clone()
     }
-    .to_string();
-    if trusted.is_empty() {
-        return Err(TrustError::NoTrustedKeys { image });
-    }
+    .to_string()
+}
+
+/// The payload reader handed to a signature check.
+type FetchPayload<'a> = dyn FnMut(&Descriptor) -> Result<Vec<u8>, TrustError> + 'a;
+
+/// Fetches the `sha256-<hex>.sig` manifest of `signed_digest` and its simple-signing payloads,
+/// then runs `check(image, signature_ref, manifest, fetch_payload)`.
+async fn verify_sig_tag<S, C>(
+    source: &S,
+    reference: &Reference,
+    signed_digest: &Digest,
+    check: C,
+) -> Result<VerifiedBy, TrustError>
+where
+    S: ImageSource,
+    C: FnOnce(&str, &str, &[u8], &mut FetchPayload<'_>) -> Result<VerifiedBy, TrustError>,
+{
+    let image = image_name(reference, signed_digest);
     let sig_ref = reference.with_tag(&signed_digest.signature_tag());
     let fetch_err = |source: OciError| TrustError::Fetch {
         image: image.clone(),
@@ -81,17 +250,16 @@ pub async fn verify_image<S: ImageSource>(
             if layer.size > MAX_PAYLOAD_BYTES || payloads.contains_key(&layer.digest) {
                 continue;
             }
-            let got = read_payload(source, &sig_ref, layer).await;
+            let got = read_blob(source, &sig_ref, layer, MAX_PAYLOAD_BYTES).await;
             payloads.insert(layer.digest.clone(), got);
         }
     }
-    let by = verify_signature(
-        trusted,
+    let sig_ref_text = sig_ref.to_string();
+    let by = check(
         &image,
-        identity,
-        signed_digest,
+        &sig_ref_text,
         &manifest,
-        |layer| match payloads.get(&layer.digest) {
+        &mut |layer: &Descriptor| match payloads.get(&layer.digest) {
             Some(Ok(bytes)) => Ok(bytes.clone()),
             Some(Err(_)) => match payloads.remove(&layer.digest) {
                 Some(Err(PayloadFailure::Tampered { what, source })) => Err(TrustError::Tampered {
@@ -131,11 +299,12 @@ enum PayloadFailure {
     Fetch(OciError),
 }
 
-/// Reads one payload blob, at most [`MAX_PAYLOAD_BYTES`] + 1 bytes.
-async fn read_payload<S: ImageSource>(
+/// Reads one payload or bundle blob, at most `limit` + 1 bytes.
+async fn read_blob<S: ImageSource>(
     source: &S,
     sig_ref: &Reference,
     layer: &Descriptor,
+    limit: u64,
 ) -> Result<Vec<u8>, PayloadFailure> {
     let what = format!("payload {} of {sig_ref}", layer.digest);
     let reader = source.blob(sig_ref, layer).await.map_err(|e| match e {
@@ -149,7 +318,7 @@ async fn read_payload<S: ImageSource>(
     })?;
     let mut buf = Vec::new();
     reader
-        .take(MAX_PAYLOAD_BYTES + 1)
+        .take(limit + 1)
         .read_to_end(&mut buf)
         .await
         .map_err(|e| {
@@ -165,12 +334,15 @@ async fn read_payload<S: ImageSource>(
     Ok(buf)
 }
 
-/// How signatures are checked. Keyless (Fulcio certificate chain + Rekor inclusion proof
-/// against an offline trust root) becomes a second variant here.
+/// How signatures are checked.
 #[derive(Debug, Clone)]
 pub enum Verifier {
     /// Cosign key-based signatures (legacy `.sig` tags) by one of these keys.
     Keys(TrustedKeys),
+    /// Keyless signatures (Fulcio certificate, Rekor entry) under an offline trusted root.
+    Keyless(Arc<KeylessPolicy>),
+    /// A signature by one of these keys, or else a keyless one.
+    Either(TrustedKeys, Arc<KeylessPolicy>),
 }
 
 /// The outcome of [`TrustPolicy::verify`].
@@ -207,6 +379,28 @@ impl TrustPolicy {
         }
     }
 
+    /// Verify with these keys and, when `keyless` is given, keyless signatures under it
+    /// (a key signature is tried first).
+    pub fn keys_or_keyless(keys: TrustedKeys, keyless: Option<Arc<KeylessPolicy>>) -> Self {
+        let verifier = match keyless {
+            None => Verifier::Keys(keys),
+            Some(k) if keys.is_empty() => Verifier::Keyless(k),
+            Some(k) => Verifier::Either(keys, k),
+        };
+        TrustPolicy {
+            verifier,
+            skip: false,
+        }
+    }
+
+    /// Whether anything can verify (a key, or a keyless policy).
+    pub fn can_verify(&self) -> bool {
+        match &self.verifier {
+            Verifier::Keys(k) => !k.is_empty(),
+            Verifier::Keyless(_) | Verifier::Either(..) => true,
+        }
+    }
+
     /// Verify nothing (`--insecure-skip-signature-verification`).
     pub fn insecure_skip() -> Self {
         TrustPolicy {
@@ -227,10 +421,20 @@ impl TrustPolicy {
         if self.skip {
             return Ok(Verification::Skipped);
         }
-        match &self.verifier {
-            Verifier::Keys(keys) => verify_image(source, keys, reference, identity, digest)
-                .await
-                .map(Verification::Verified),
-        }
+        let by = match &self.verifier {
+            Verifier::Keys(keys) => verify_image(source, keys, reference, identity, digest).await,
+            Verifier::Keyless(policy) => {
+                verify_image_keyless(source, policy, reference, identity, digest).await
+            }
+            Verifier::Either(keys, policy) => {
+                match verify_image(source, keys, reference, identity, digest).await {
+                    Err(TrustError::UnknownKey { .. } | TrustError::NoTrustedKeys { .. }) => {
+                        verify_image_keyless(source, policy, reference, identity, digest).await
+                    }
+                    other => other,
+                }
+            }
+        };
+        by.map(Verification::Verified)
     }
 }

@@ -71,6 +71,7 @@ mod testkit_release;
 mod tftp;
 mod tftp_protocol;
 mod trust_cosign;
+mod trust_keyless;
 mod ui;
 mod ui_browser;
 mod ui_limits;

@@ -24,6 +24,8 @@ pub(crate) fn kit_bundle(dir: &Path) -> Option<(PathBuf, PathBuf)> {
         extension_size_mb: 0,
         kit_dir: synth::default_kit_dir(),
         key: None,
+        keyless: false,
+        keyless_bundles: false,
     };
     synth::synth_release(&opts).expect("synth release");
     Some((dir.join("kit/bundle.tar"), dir.join("kit/signing-key.pub")))

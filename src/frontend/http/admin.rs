@@ -120,13 +120,15 @@ fn policy(st: &AppState, headers: &HeaderMap, skip: bool) -> Result<TrustPolicy,
         keys.add_pem(&pem, &format!("{TRUST_KEY_HEADER} #{i}"))
             .map_err(ApiError::bad_trust_key)?;
     }
-    if keys.is_empty() {
+    let keyless = crate::trust::KeylessPolicy::from_config(&st.node().config().trust)?
+        .map(std::sync::Arc::new);
+    if keys.is_empty() && keyless.is_none() {
         return Err(ApiError::BadRequest(
-            "no trusted keys: configure trust.publicKeys on the appliance or send the public key"
+            "no trusted keys: configure trust.publicKeys or trust.sigstoreTrustedRoot on the appliance or send the public key"
                 .into(),
         ));
     }
-    Ok(TrustPolicy::keys(keys))
+    Ok(TrustPolicy::keys_or_keyless(keys, keyless))
 }
 
 /// Checks the admin bearer token.

@@ -88,6 +88,8 @@ pub fn imported_versions(
         extension_size_mb,
         kit_dir,
         key: None,
+        keyless: false,
+        keyless_bundles: false,
     };
     synth::synth_release(&opts).expect("synth release");
     let data = dir.path().join("data");

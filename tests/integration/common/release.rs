@@ -14,6 +14,7 @@ use image_factory::oci::{
     MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, Platform,
 };
 use image_factory::synth::Tree;
+use image_factory::synth::sigstore::{KeylessSign, TestSigstore};
 use image_factory::trust::{SignatureImage, SigningKey};
 
 /// A file in an image layer: path, mode, content.
@@ -30,6 +31,10 @@ pub struct LayoutBuilder {
     pub digests: BTreeMap<String, Digest>,
     /// Layer descriptors of each image by reference.
     pub layers: BTreeMap<String, Vec<Descriptor>>,
+    /// Sign keyless with this Sigstore stack and these options instead of with `key`.
+    pub keyless: Option<(TestSigstore, KeylessSign)>,
+    /// With `keyless`: attach Sigstore bundles as OCI referrers instead of `.sig` tags.
+    pub bundles: bool,
 }
 
 fn tar_gz(files: &[File]) -> Vec<u8> {
@@ -62,6 +67,8 @@ impl LayoutBuilder {
             roots: Vec::new(),
             digests: BTreeMap::new(),
             layers: BTreeMap::new(),
+            keyless: None,
+            bundles: false,
         }
     }
 
@@ -134,7 +141,9 @@ impl LayoutBuilder {
             None => format!("{name}@{}", index_d.digest),
         };
         self.root(&index_d, &reference);
-        if signed {
+        if signed && self.bundles {
+            self.attach_bundle(repo, &index_d);
+        } else if signed {
             self.sign(repo, &index_d.digest, &self.key.clone());
         }
         self.digests
@@ -152,11 +161,25 @@ impl LayoutBuilder {
     /// docker-reference), made with `key`.
     pub fn sign_as(&mut self, repo: &str, signed_as: &str, digest: &Digest, key: &SigningKey) {
         let name = format!("ghcr.io/{repo}");
-        let sig = SignatureImage::sign(key, signed_as, digest);
+        let sig = match &self.keyless {
+            Some((stack, opts)) => stack.sign_image(None, signed_as, digest, opts),
+            None => SignatureImage::sign(key, signed_as, digest),
+        };
         self.blob(&sig.payload_descriptor.media_type.clone(), &sig.payload);
         self.blob(MEDIA_OCI_CONFIG, &sig.config);
         let d = self.blob(MEDIA_OCI_MANIFEST, &sig.manifest);
         self.root(&d, &format!("{name}:{}", sig.tag));
+    }
+
+    /// Attaches a keyless Sigstore bundle to `subject` as a referrer (referrers tag schema).
+    pub fn attach_bundle(&mut self, repo: &str, subject: &Descriptor) {
+        let name = format!("ghcr.io/{repo}");
+        let (stack, opts) = self.keyless.clone().expect("bundles need a Sigstore stack");
+        let r = stack.bundle_referrer(&name, subject, &opts);
+        for (bytes, d) in [&r.bundle, &r.config, &r.manifest, &r.index] {
+            self.blob(&d.media_type.clone(), bytes);
+        }
+        self.root(&r.index.1, &format!("{name}:{}", r.tag));
     }
 
     /// Adds an `index.json` entry `to` naming what the entry `from` names.
@@ -210,7 +233,22 @@ pub struct Mini {
 /// Writes a release `version` with three extensions (`kmod-test`, `fw-test`, `svc-test`), an
 /// overlay catalog with one overlay, and an imager whose `vmlinuz` has `vmlinuz_size` bytes.
 pub fn mini_release(dir: &Path, version: &str, key: SigningKey, vmlinuz_size: usize) -> Mini {
+    mini_release_signed(dir, version, key, None, false, vmlinuz_size)
+}
+
+/// Like [`mini_release`], signed keyless by `keyless` instead of with `key` when given: in
+/// `.sig` tags, or as Sigstore bundle referrers when `bundles`.
+pub fn mini_release_signed(
+    dir: &Path,
+    version: &str,
+    key: SigningKey,
+    keyless: Option<(TestSigstore, KeylessSign)>,
+    bundles: bool,
+    vmlinuz_size: usize,
+) -> Mini {
     let mut b = LayoutBuilder::new(dir, key);
+    b.bundles = bundles;
+    b.keyless = keyless;
     let vmlinuz: Vec<u8> = (0..vmlinuz_size).map(|i| (i * 7 % 251) as u8).collect();
     let f = |p: &str, m: u32, d: &[u8]| (p.to_string(), m, d.to_vec());
     b.image(
