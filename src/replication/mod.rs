@@ -28,6 +28,7 @@ mod metrics;
 pub mod protocol;
 mod swarm;
 mod transfer;
+mod tree;
 
 pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
 pub use event_loop::ReleaseParts;
@@ -230,6 +231,15 @@ pub enum ReplicationError {
         /// The blob asked for.
         blob: String,
     },
+    /// Every member a blob was asked of lacked it, failed or sent bytes that did not verify.
+    #[error("no member could send {blob}")]
+    NoSource {
+        /// The blob.
+        blob: String,
+        /// Why the last member was dropped.
+        #[source]
+        last: Box<ReplicationError>,
+    },
     /// A request to a member failed (timeout, connection closed, refused, bad answer).
     #[error("member {peer}: {why}")]
     PeerFailed {
@@ -429,6 +439,8 @@ pub(crate) enum Command {
         /// Its answer, or why there is none.
         reply: oneshot::Sender<Result<protocol::ModelReply, String>>,
     },
+    /// The members connected now.
+    Members(oneshot::Sender<Vec<libp2p::PeerId>>),
     /// Ask a member for one chunk of a blob.
     BlobChunk {
         /// The member.
@@ -446,6 +458,8 @@ pub struct Replication {
     tx: mpsc::Sender<Command>,
     peer_id: libp2p::PeerId,
     metrics: metrics::ReplicationMetrics,
+    /// Trees of blobs this node serves (see `tree`), shared with its transfers.
+    trees: std::sync::Arc<event_loop::TreeCache>,
 }
 
 impl Replication {
@@ -537,6 +551,24 @@ impl Replication {
         if let Err(e) = self.tx.try_send(cmd) {
             tracing::debug!(error = %e, "replication command dropped");
         }
+    }
+
+    /// The members connected now.
+    pub(crate) async fn members(&self) -> Result<Vec<libp2p::PeerId>, ReplicationError> {
+        self.ask(Command::Members).await
+    }
+
+    /// `first`, then every other member connected now: who to ask for a blob `first` has.
+    pub(crate) async fn sources(&self, first: libp2p::PeerId) -> Vec<libp2p::PeerId> {
+        let mut out = vec![first];
+        out.extend(
+            self.members()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| *p != first),
+        );
+        out
     }
 
     /// Asks `peer` for one chunk of a blob.

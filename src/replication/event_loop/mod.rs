@@ -3,13 +3,16 @@
 //! (disconnect, log, metric, and a deny at the next handshake), spreads revocations by gossip
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
+mod blobs;
 mod membership;
 mod models;
 mod releases;
 mod schematics;
 mod upkeep;
 
+pub(crate) use blobs::TreeCache;
 pub(crate) use models::{LeaseView, is_key};
+pub(crate) use releases::ReleaseNames;
 pub use releases::ReleaseParts;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -299,6 +302,15 @@ impl EventLoop {
                 request,
                 reply,
             } => self.blob_chunk(peer, request, reply),
+            Command::Members(reply) => {
+                let members = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let _ = reply.send(members);
+            }
             Command::Providers { key, reply } => self.find_providers(key, reply),
             Command::Lease { key, reply } => {
                 let _ = reply.send(self.lease_view(&key));
