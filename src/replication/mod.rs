@@ -558,16 +558,15 @@ impl Replication {
         self.ask(Command::Members).await
     }
 
-    /// `first`, then every other member connected now: who to ask for a blob `first` has.
+    /// `first`, then every other member connected now: who to ask for a blob `first` has
+    /// (`first` left out once it is no longer connected: a dead member costs no dial).
     pub(crate) async fn sources(&self, first: libp2p::PeerId) -> Vec<libp2p::PeerId> {
-        let mut out = vec![first];
-        out.extend(
-            self.members()
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| *p != first),
-        );
+        let members = self.members().await.unwrap_or_default();
+        let mut out = Vec::with_capacity(members.len());
+        if members.contains(&first) {
+            out.push(first);
+        }
+        out.extend(members.into_iter().filter(|p| *p != first));
         out
     }
 
