@@ -26,6 +26,8 @@ const MAX_PEER_LABELS: usize = 256;
 struct PeerCounters {
     received: HashMap<libp2p::PeerId, Counter>,
     sent: HashMap<libp2p::PeerId, Counter>,
+    /// Bytes received from and sent to each member (for `/status`).
+    totals: HashMap<libp2p::PeerId, (u64, u64)>,
 }
 
 /// Handles to the swarm's metrics.
@@ -158,19 +160,38 @@ impl ReplicationMetrics {
 
     /// Counts `n` blob bytes received from `peer`.
     pub fn peer_bytes_received(&self, peer: &libp2p::PeerId, n: u64) {
-        self.peer_counter(peer, true).increment(n);
+        self.peer_counter(peer, true, n).increment(n);
     }
 
     /// Counts `n` blob bytes sent to `peer`.
     pub fn peer_bytes_sent(&self, peer: &libp2p::PeerId, n: u64) {
-        self.peer_counter(peer, false).increment(n);
+        self.peer_counter(peer, false, n).increment(n);
     }
 
-    fn peer_counter(&self, peer: &libp2p::PeerId, received: bool) -> Counter {
+    /// Bytes received from (`received`) or sent to `peer` in this run.
+    pub fn peer_total(&self, peer: &libp2p::PeerId, received: bool) -> u64 {
+        let Ok(g) = self.peers.lock() else {
+            return 0;
+        };
+        g.totals
+            .get(peer)
+            .map(|(r, s)| if received { *r } else { *s })
+            .unwrap_or(0)
+    }
+
+    fn peer_counter(&self, peer: &libp2p::PeerId, received: bool, n: u64) -> Counter {
         let name = if received { PEER_RECEIVED } else { PEER_SENT };
         let Ok(mut g) = self.peers.lock() else {
             return Counter::noop();
         };
+        if g.totals.len() < MAX_PEER_LABELS || g.totals.contains_key(peer) {
+            let t = g.totals.entry(*peer).or_default();
+            if received {
+                t.0 += n;
+            } else {
+                t.1 += n;
+            }
+        }
         let map = if received {
             &mut g.received
         } else {

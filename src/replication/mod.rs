@@ -335,6 +335,9 @@ pub struct ReplicationStatus {
     /// The cluster, if this node is in one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// What this node holds, as it last counted (and announced to the members).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<protocol::Holdings>,
     /// Peers known in this run (members, refused peers, peers being checked).
     pub peers: Vec<PeerStatus>,
 }
@@ -347,6 +350,7 @@ impl ReplicationStatus {
             peer_id: None,
             listen_addrs: Vec::new(),
             cluster: None,
+            holds: None,
             peers: Vec::new(),
         }
     }
@@ -390,6 +394,13 @@ pub struct PeerStatus {
     /// Why it was refused, or why it refused this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What it holds, as it last announced (members only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<protocol::Holdings>,
+    /// Blob bytes received from it in this run (each chunk verified).
+    pub bytes_received: u64,
+    /// Blob bytes sent to it in this run.
+    pub bytes_sent: u64,
 }
 
 /// Requests to the swarm task.

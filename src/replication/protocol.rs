@@ -152,6 +152,25 @@ pub enum Gossip {
         /// Whether it succeeded.
         ok: bool,
     },
+    /// What the sender holds (announced periodically).
+    Holdings {
+        /// Its counts.
+        holdings: Holdings,
+    },
+}
+
+/// What a member holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Holdings {
+    /// Schematics.
+    pub schematics: u64,
+    /// Complete releases.
+    pub releases: u64,
+    /// Models (built or fetched assets with their records).
+    pub models: u64,
+    /// Bytes of its blob store.
+    pub bytes: u64,
 }
 
 /// The membership topic of cluster `id`.

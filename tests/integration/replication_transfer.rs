@@ -174,6 +174,38 @@ async fn a_source_killed_mid_transfer_costs_nothing_and_the_blob_comes_striped_f
         0.0
     );
     drop(node_a);
+
+    // `peers` on C: what B holds (as B announced it) and the bytes C received from B.
+    let st = wait_for(&node_c, "B's holdings", |st| {
+        crate::replication::peer(st, &b_id).is_some_and(|p| {
+            p["holds"]["releases"] == 1 && p["holds"]["bytes"].as_u64() > Some(BIG_MB << 20)
+        })
+    })
+    .await;
+    let b = crate::replication::peer(&st, &b_id).unwrap();
+    assert_eq!(b["bytesReceived"].as_f64(), Some(after_b), "{b}");
+    let models = b["holds"]["models"].as_u64().unwrap();
+    let schematics = b["holds"]["schematics"].as_u64().unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["peers", "--server", &node_c.admin(), "--data-dir"])
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&b_id))
+        .unwrap_or_else(|| panic!("no line for B:\n{table}"));
+    assert!(
+        line.contains(&format!("{schematics}/1/{models}/")),
+        "B's holdings not shown:\n{table}"
+    );
+    assert!(line.contains("MiB/0B"), "bytes from B not shown:\n{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
 mod blobs;
+mod holdings;
 mod membership;
 mod models;
 mod releases;
@@ -180,6 +181,7 @@ pub(crate) struct EventLoop {
     rel: releases::ReleaseSync,
     models: models::ModelSync,
     rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
+    hold: holdings::HoldingsState,
 }
 
 impl EventLoop {
@@ -221,6 +223,7 @@ impl EventLoop {
             jobs,
             rel,
             models: models::ModelSync::new(local),
+            hold: holdings::HoldingsState::new(),
             rel_jobs,
             cluster,
         };
@@ -351,6 +354,9 @@ impl EventLoop {
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     state,
                     reason,
+                    holds: self.hold.heard.get(id).copied(),
+                    bytes_received: self.metrics.peer_total(id, true),
+                    bytes_sent: self.metrics.peer_total(id, false),
                 }
             })
             .collect();
@@ -360,6 +366,7 @@ impl EventLoop {
             peer_id: Some(self.local.to_string()),
             listen_addrs: self.listen_addrs.iter().map(ToString::to_string).collect(),
             cluster,
+            holds: self.hold.own,
             peers,
         }
     }

@@ -60,6 +60,8 @@ pub(crate) enum Job {
     },
     /// Models held from before this start, to advertise.
     Provide(Vec<String>),
+    /// What this node holds, counted.
+    Holdings(crate::replication::protocol::Holdings),
     /// Versions a member holds that this node does not.
     Missing {
         peer: PeerId,
@@ -423,6 +425,7 @@ impl EventLoop {
                     .releases
                     .send_response(channel, reply);
             }
+            Job::Holdings(h) => self.holdings_counted(h),
             Job::ServeChunk {
                 peer,
                 channel,
