@@ -101,7 +101,7 @@ invite_join() {
 big_blobs() {
     local f
     find "$1/blobs" -mindepth 2 -maxdepth 2 -type f -size +"$(($2 * 1024 - 1))"k | while read -r f; do
-        echo "$(basename "$f") $(sha256sum "$f" | cut -d' ' -f1) $(stat -c %s "$f")"
+        echo "$(basename "$f") $(sha256sum "$f" 2>/dev/null | cut -d' ' -f1) $(stat -c %s "$f" 2>/dev/null)"
     done
 }
 # http_blob NODE SHA: downloads a blob over NODE's registry endpoint; prints "seconds bytes".
