@@ -11,7 +11,9 @@
 //!   the rest of the program talks to it through (typed commands, oneshot replies);
 //! * `event_loop`: that task — membership, schematic and release anti-entropy, the blob and
 //!   model protocols, provider records and build leases;
-//! * `transfer`: verified, chunked blob fetches and release fetches;
+//! * `transfer`: blob fetches striped over members, verified chunk by chunk against the
+//!   blob's tree (`tree`), resumed from the others when a member fails;
+//! * `release_fetch`: a release's blobs, then its record;
 //! * `find`: [`ClusterPeers`], find before build for the asset pipeline;
 //! * `leases`: the build-lease table;
 //! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
@@ -26,6 +28,7 @@ mod leases;
 pub mod membership;
 mod metrics;
 pub mod protocol;
+mod release_fetch;
 mod swarm;
 mod transfer;
 mod tree;

@@ -73,7 +73,10 @@ pub(crate) enum Job {
         version: String,
         peer: PeerId,
         via: Via,
-        result: Result<crate::replication::transfer::Fetched, crate::replication::ReplicationError>,
+        result: Result<
+            crate::replication::release_fetch::Fetched,
+            crate::replication::ReplicationError,
+        >,
     },
 }
 
@@ -325,7 +328,9 @@ impl EventLoop {
                                     &key.verifying_key(),
                                 ),
                                 release: (*r).clone(),
-                                blobs: crate::replication::transfer::image_blob_names(&r, &blobs),
+                                blobs: crate::replication::release_fetch::image_blob_names(
+                                    &r, &blobs,
+                                ),
                             };
                             match Envelope::seal(&signed, &key) {
                                 Ok(record) => ReleaseReply::Record { record },
@@ -390,7 +395,7 @@ impl EventLoop {
                 let jobs = self.rel.jobs.clone();
                 tokio::spawn(async move {
                     let _running = parts.imports.start();
-                    let result = crate::replication::transfer::fetch_release(
+                    let result = crate::replication::release_fetch::fetch_release(
                         &handle,
                         peer,
                         &release,
