@@ -1,5 +1,7 @@
 //! `image-factory peers`: the cluster as the running appliance sees it — its own peer ID and
-//! cluster, and every peer with its state, connection, round trip and addresses.
+//! cluster, and every peer with its state, connection, round trip, what it holds (schematics,
+//! releases, models, bytes, as it last announced), the blob bytes moved to and from it in this
+//! run, and its addresses.
 
 use std::process::ExitCode;
 
@@ -58,14 +60,23 @@ fn table(r: &serde_json::Value) -> String {
         }
         None => out += "cluster    none (cluster invite founds one)\n",
     }
+    if r["holds"].is_object() {
+        out += &format!("holds      {}\n", holds(&r["holds"]));
+    }
     let peers = r["peers"].as_array().cloned().unwrap_or_default();
     if peers.is_empty() {
         out += "no peers\n";
         return out;
     }
     out += &format!(
-        "{:<54} {:<10} {:<9} {:>8}  {}\n",
-        "PEER", "STATE", "CONNECTED", "RTT", "ADDRESSES / REASON"
+        "{:<54} {:<10} {:<9} {:>8}  {:<40} {:>19}  {}\n",
+        "PEER",
+        "STATE",
+        "CONNECTED",
+        "RTT",
+        "HOLDS (SCHEMATICS/RELEASES/MODELS/BYTES)",
+        "IN/OUT",
+        "ADDRESSES / REASON"
     );
     for p in peers {
         let rtt = p["rttMs"]
@@ -79,16 +90,54 @@ fn table(r: &serde_json::Value) -> String {
                 .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
                 .unwrap_or_default(),
         };
+        let moved = format!(
+            "{}/{}",
+            bytes(p["bytesReceived"].as_u64().unwrap_or(0)),
+            bytes(p["bytesSent"].as_u64().unwrap_or(0))
+        );
         out += &format!(
-            "{:<54} {:<10} {:<9} {:>8}  {}\n",
+            "{:<54} {:<10} {:<9} {:>8}  {:<40} {:>19}  {}\n",
             s(&p["peerId"]),
             s(&p["state"]),
             if p["connected"] == true { "yes" } else { "no" },
             rtt,
+            holds(&p["holds"]),
+            moved,
             detail
         );
     }
     out
+}
+
+/// `schematics/releases/models/bytes` of a `holds` object, `-` when unknown.
+fn holds(h: &serde_json::Value) -> String {
+    if !h.is_object() {
+        return "-".into();
+    }
+    let n = |k: &str| h[k].as_u64().unwrap_or(0);
+    format!(
+        "{}/{}/{}/{}",
+        n("schematics"),
+        n("releases"),
+        n("models"),
+        bytes(n("bytes"))
+    )
+}
+
+/// Bytes in binary units.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -102,7 +151,9 @@ mod tests {
             "cluster": {"id": "c1", "factoryURL": "http://f/", "member": true, "removed": false},
             "peers": [
                 {"peerId": "12D3A", "addrs": ["/ip4/10.0.0.2/tcp/4001"], "connected": true,
-                 "rttMs": 1.3, "state": "member"},
+                 "rttMs": 1.3, "state": "member",
+                 "holds": {"schematics": 12, "releases": 2, "models": 5, "bytes": 3221225472u64},
+                 "bytesReceived": 1048576, "bytesSent": 0},
                 {"peerId": "12D3B", "addrs": [], "connected": false, "rttMs": null,
                  "state": "refused", "reason": "expired"}
             ]
@@ -116,11 +167,14 @@ mod tests {
             "{a}"
         );
         assert!(a.ends_with("/ip4/10.0.0.2/tcp/4001"), "{a}");
+        assert!(a.contains("12/2/5/3.0GiB"), "{a}");
+        assert!(a.contains("1.0MiB/0B"), "{a}");
         let b = t.lines().find(|l| l.starts_with("12D3B")).expect("B");
         assert!(
             b.contains("refused") && b.contains(" no ") && b.ends_with("expired"),
             "{b}"
         );
+        assert!(b.contains(" - "), "unknown holdings shown as -: {b}");
         let off = table(&serde_json::json!({"enabled": false, "peers": []}));
         assert!(off.contains("replication is off"));
     }

@@ -54,7 +54,8 @@ impl ClusterPeers {
     }
 
     /// Fetches the model of `key` from `peer`: its record (verified against the cluster key,
-    /// naming `key`), then its blob (verified by BLAKE3 and size); stores both.
+    /// naming `key`), then its blob (verified chunk by chunk against its BLAKE3, striped over
+    /// `peer` and the other members that hold it); stores both.
     async fn fetch(&self, peer: PeerId, key: &str) -> Result<(), ReplicationError> {
         let raw = match self.rep.model_record(peer, key).await? {
             ModelReply::Record { record } => record.into_bytes(),
@@ -87,7 +88,7 @@ impl ClusterPeers {
         if !self.blobs.contains(&record.blake3) {
             fetch_blob(
                 &self.rep,
-                peer,
+                &self.rep.sources(peer).await,
                 &self.blobs,
                 &BlobId::Blake3(record.blake3.clone()),
                 Some(record.size),

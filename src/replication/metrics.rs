@@ -1,9 +1,10 @@
-//! Metrics of the swarm: connected members and refused peers by reason.
+//! Metrics of the swarm: connected members and refused peers by reason, what moved to and
+//! from each member, and how long fetches took.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, SharedString};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString};
 
 use super::membership::Refusal;
 
@@ -13,6 +14,21 @@ const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(
 pub const REFUSED: &str = "image_factory_replication_peers_refused_total";
 /// `image_factory_replication_members_connected`.
 pub const CONNECTED: &str = "image_factory_replication_members_connected";
+/// `image_factory_replication_peer_bytes_received_total{peer}`.
+pub const PEER_RECEIVED: &str = "image_factory_replication_peer_bytes_received_total";
+/// `image_factory_replication_peer_bytes_sent_total{peer}`.
+pub const PEER_SENT: &str = "image_factory_replication_peer_bytes_sent_total";
+/// Most members with their own byte counters (beyond, a member counts under `peer="other"`).
+const MAX_PEER_LABELS: usize = 256;
+
+/// Per-member counters, registered on first use.
+#[derive(Default)]
+struct PeerCounters {
+    received: HashMap<libp2p::PeerId, Counter>,
+    sent: HashMap<libp2p::PeerId, Counter>,
+    /// Bytes received from and sent to each member (for `/status`).
+    totals: HashMap<libp2p::PeerId, (u64, u64)>,
+}
 
 /// Handles to the swarm's metrics.
 #[derive(Clone)]
@@ -36,6 +52,12 @@ pub struct ReplicationMetrics {
     pub builds_avoided: Counter,
     /// Misses that waited for a member's build.
     pub lease_waits: Counter,
+    /// Chunks from members that did not verify (the member dropped from that transfer).
+    pub chunks_rejected: Counter,
+    /// Seconds a blob fetch from members took (verified and stored).
+    pub fetch_seconds: Histogram,
+    recorder: Arc<dyn Recorder + Send + Sync>,
+    peers: Arc<Mutex<PeerCounters>>,
 }
 
 impl ReplicationMetrics {
@@ -71,9 +93,36 @@ impl ReplicationMetrics {
             c.absolute(0);
             c
         };
+        for (name, help) in [
+            (
+                PEER_RECEIVED,
+                "Blob bytes received from a member (each chunk verified), by member peer ID.",
+            ),
+            (PEER_SENT, "Blob bytes sent to a member, by member peer ID."),
+        ] {
+            r.describe_counter(name.into(), None, SharedString::const_str(help));
+        }
+        r.describe_histogram(
+            "image_factory_replication_fetch_seconds".into(),
+            Some(metrics::Unit::Seconds),
+            SharedString::const_str(
+                "Time of a blob fetch from members, from the first request to the verified blob stored.",
+            ),
+        );
+        let fetch_seconds = r.register_histogram(
+            &Key::from_static_name("image_factory_replication_fetch_seconds"),
+            &META,
+        );
         Self {
             refused,
             connected,
+            fetch_seconds,
+            recorder: Arc::clone(recorder),
+            peers: Arc::default(),
+            chunks_rejected: counter(
+                "image_factory_replication_chunks_rejected_total",
+                "Chunks from members that did not verify against the blob's tree; the member was dropped from that transfer.",
+            ),
             schematics_received: counter(
                 "image_factory_replication_schematics_received_total",
                 "Schematics received from members, checked and stored.",
@@ -107,6 +156,61 @@ impl ReplicationMetrics {
                 "Local misses that waited for a member's build (its lease) instead of building.",
             ),
         }
+    }
+
+    /// Counts `n` blob bytes received from `peer`.
+    pub fn peer_bytes_received(&self, peer: &libp2p::PeerId, n: u64) {
+        self.peer_counter(peer, true, n).increment(n);
+    }
+
+    /// Counts `n` blob bytes sent to `peer`.
+    pub fn peer_bytes_sent(&self, peer: &libp2p::PeerId, n: u64) {
+        self.peer_counter(peer, false, n).increment(n);
+    }
+
+    /// Bytes received from (`received`) or sent to `peer` in this run.
+    pub fn peer_total(&self, peer: &libp2p::PeerId, received: bool) -> u64 {
+        let Ok(g) = self.peers.lock() else {
+            return 0;
+        };
+        g.totals
+            .get(peer)
+            .map(|(r, s)| if received { *r } else { *s })
+            .unwrap_or(0)
+    }
+
+    fn peer_counter(&self, peer: &libp2p::PeerId, received: bool, n: u64) -> Counter {
+        let name = if received { PEER_RECEIVED } else { PEER_SENT };
+        let Ok(mut g) = self.peers.lock() else {
+            return Counter::noop();
+        };
+        if g.totals.len() < MAX_PEER_LABELS || g.totals.contains_key(peer) {
+            let t = g.totals.entry(*peer).or_default();
+            if received {
+                t.0 += n;
+            } else {
+                t.1 += n;
+            }
+        }
+        let map = if received {
+            &mut g.received
+        } else {
+            &mut g.sent
+        };
+        if let Some(c) = map.get(peer) {
+            return c.clone();
+        }
+        let label = if map.len() < MAX_PEER_LABELS {
+            peer.to_string()
+        } else {
+            "other".to_string()
+        };
+        let key = Key::from_parts(name, vec![Label::new("peer", label)]);
+        let c = self.recorder.register_counter(&key, &META);
+        if map.len() < MAX_PEER_LABELS {
+            map.insert(*peer, c.clone());
+        }
+        c
     }
 
     /// Counts one refusal.

@@ -11,7 +11,9 @@
 //!   the rest of the program talks to it through (typed commands, oneshot replies);
 //! * `event_loop`: that task — membership, schematic and release anti-entropy, the blob and
 //!   model protocols, provider records and build leases;
-//! * `transfer`: verified, chunked blob fetches and release fetches;
+//! * `transfer`: blob fetches striped over members, verified chunk by chunk against the
+//!   blob's tree (`tree`), resumed from the others when a member fails;
+//! * `release_fetch`: a release's blobs, then its record;
 //! * `find`: [`ClusterPeers`], find before build for the asset pipeline;
 //! * `leases`: the build-lease table;
 //! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
@@ -26,8 +28,10 @@ mod leases;
 pub mod membership;
 mod metrics;
 pub mod protocol;
+mod release_fetch;
 mod swarm;
 mod transfer;
+mod tree;
 
 pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
 pub use event_loop::ReleaseParts;
@@ -230,6 +234,15 @@ pub enum ReplicationError {
         /// The blob asked for.
         blob: String,
     },
+    /// Every member a blob was asked of lacked it, failed or sent bytes that did not verify.
+    #[error("no member could send {blob}")]
+    NoSource {
+        /// The blob.
+        blob: String,
+        /// Why the last member was dropped.
+        #[source]
+        last: Box<ReplicationError>,
+    },
     /// A request to a member failed (timeout, connection closed, refused, bad answer).
     #[error("member {peer}: {why}")]
     PeerFailed {
@@ -325,6 +338,9 @@ pub struct ReplicationStatus {
     /// The cluster, if this node is in one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// What this node holds, as it last counted (and announced to the members).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<protocol::Holdings>,
     /// Peers known in this run (members, refused peers, peers being checked).
     pub peers: Vec<PeerStatus>,
 }
@@ -337,6 +353,7 @@ impl ReplicationStatus {
             peer_id: None,
             listen_addrs: Vec::new(),
             cluster: None,
+            holds: None,
             peers: Vec::new(),
         }
     }
@@ -380,6 +397,13 @@ pub struct PeerStatus {
     /// Why it was refused, or why it refused this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What it holds, as it last announced (members only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<protocol::Holdings>,
+    /// Blob bytes received from it in this run (each chunk verified).
+    pub bytes_received: u64,
+    /// Blob bytes sent to it in this run.
+    pub bytes_sent: u64,
 }
 
 /// Requests to the swarm task.
@@ -429,6 +453,8 @@ pub(crate) enum Command {
         /// Its answer, or why there is none.
         reply: oneshot::Sender<Result<protocol::ModelReply, String>>,
     },
+    /// The members connected now.
+    Members(oneshot::Sender<Vec<libp2p::PeerId>>),
     /// Ask a member for one chunk of a blob.
     BlobChunk {
         /// The member.
@@ -446,6 +472,8 @@ pub struct Replication {
     tx: mpsc::Sender<Command>,
     peer_id: libp2p::PeerId,
     metrics: metrics::ReplicationMetrics,
+    /// Trees of blobs this node serves (see `tree`), shared with its transfers.
+    trees: std::sync::Arc<event_loop::TreeCache>,
 }
 
 impl Replication {
@@ -537,6 +565,23 @@ impl Replication {
         if let Err(e) = self.tx.try_send(cmd) {
             tracing::debug!(error = %e, "replication command dropped");
         }
+    }
+
+    /// The members connected now.
+    pub(crate) async fn members(&self) -> Result<Vec<libp2p::PeerId>, ReplicationError> {
+        self.ask(Command::Members).await
+    }
+
+    /// `first`, then every other member connected now: who to ask for a blob `first` has
+    /// (`first` left out once it is no longer connected: a dead member costs no dial).
+    pub(crate) async fn sources(&self, first: libp2p::PeerId) -> Vec<libp2p::PeerId> {
+        let members = self.members().await.unwrap_or_default();
+        let mut out = Vec::with_capacity(members.len());
+        if members.contains(&first) {
+            out.push(first);
+        }
+        out.extend(members.into_iter().filter(|p| *p != first));
+        out
     }
 
     /// Asks `peer` for one chunk of a blob.

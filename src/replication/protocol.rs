@@ -152,6 +152,25 @@ pub enum Gossip {
         /// Whether it succeeded.
         ok: bool,
     },
+    /// What the sender holds (announced periodically).
+    Holdings {
+        /// Its counts.
+        holdings: Holdings,
+    },
+}
+
+/// What a member holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Holdings {
+    /// Schematics.
+    pub schematics: u64,
+    /// Complete releases.
+    pub releases: u64,
+    /// Models (built or fetched assets with their records).
+    pub models: u64,
+    /// Bytes of its blob store.
+    pub bytes: u64,
 }
 
 /// The membership topic of cluster `id`.
@@ -231,6 +250,10 @@ pub struct SignedRelease {
     pub cluster: String,
     /// The record as stored.
     pub release: crate::catalog::Release,
+    /// The BLAKE3 of each blob of the release's images, by SHA-256 (their OCI name): the name
+    /// the receiver verifies their chunks against (see `tree`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub blobs: std::collections::BTreeMap<String, String>,
 }
 
 /// The blob protocol (request-response with a raw-bytes answer): one chunk of a stored blob
@@ -251,7 +274,8 @@ pub enum BlobId {
     Sha256(String),
 }
 
-/// A request of the blob protocol (members only): `len` bytes from `offset`.
+/// A request of the blob protocol (members only): `len` bytes from `offset` of the blob, or
+/// of its tree (the chaining values of its 1 MiB groups, see `tree`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BlobRequest {
@@ -261,6 +285,9 @@ pub struct BlobRequest {
     pub offset: u64,
     /// Bytes wanted (at most [`MAX_CHUNK`]).
     pub len: u32,
+    /// Whether the bytes are of the blob's tree rather than the blob.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tree: bool,
 }
 
 /// An answer of the blob protocol.
@@ -271,6 +298,15 @@ pub enum BlobReply {
         /// The blob's size.
         size: u64,
         /// The bytes (fewer than asked only at the end of the blob).
+        data: Vec<u8>,
+    },
+    /// Bytes of the blob's tree from the offset asked for.
+    Tree {
+        /// The blob's size.
+        size: u64,
+        /// The blob's BLAKE3 (hex): the root the tree must merge to.
+        blake3: String,
+        /// Concatenated chaining values (fewer than asked only at the end of the tree).
         data: Vec<u8>,
     },
     /// Not held.
@@ -284,6 +320,7 @@ pub enum BlobReply {
 #[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
 enum BlobHeader {
     Chunk { size: u64, len: u32 },
+    Tree { size: u64, blake3: String, len: u32 },
     Missing,
     Refused,
 }
@@ -364,6 +401,16 @@ impl libp2p::request_response::Codec for BlobCodec {
                 let data = read_prefixed(io, len as usize).await?;
                 Ok(BlobReply::Chunk { size, data })
             }
+            BlobHeader::Tree { size, blake3, len } => {
+                if len > MAX_CHUNK {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("a tree page of {len} bytes exceeds the limit of {MAX_CHUNK}"),
+                    ));
+                }
+                let data = read_prefixed(io, len as usize).await?;
+                Ok(BlobReply::Tree { size, blake3, data })
+            }
             BlobHeader::Missing => Ok(BlobReply::Missing),
             BlobHeader::Refused => Ok(BlobReply::Refused),
         }
@@ -395,6 +442,10 @@ impl libp2p::request_response::Codec for BlobCodec {
             BlobReply::Chunk { size, data } => {
                 let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
                 (BlobHeader::Chunk { size, len }, Some(data))
+            }
+            BlobReply::Tree { size, blake3, data } => {
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                (BlobHeader::Tree { size, blake3, len }, Some(data))
             }
             BlobReply::Missing => (BlobHeader::Missing, None),
             BlobReply::Refused => (BlobHeader::Refused, None),

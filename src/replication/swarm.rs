@@ -345,6 +345,7 @@ pub async fn start(
         tx,
         peer_id: local,
         metrics: metrics.clone(),
+        trees: Arc::default(),
     };
     let event_loop = EventLoop::new(
         swarm,

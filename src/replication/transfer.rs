@@ -1,120 +1,90 @@
-//! Fetching blobs from a member: a pipeline of chunk requests over the blob protocol (a few
+//! Fetching blobs from members: a pipeline of chunk requests over the blob protocol (a few
 //! [`MAX_CHUNK`] requests in flight, so memory stays bounded and no message holds a file),
 //! written as they arrive into a blob-store writer (a temporary file, hashed on the way) and
 //! committed under the content name only once the whole blob hashes to the name it was asked
 //! by. Bytes that do not verify never become visible: the temporary file is removed, the
 //! failure counted, the transfer refused.
 //!
-//! A release fetched from a member: its record (verified against the cluster key by the
-//! caller), then every blob it names that is not stored — boot assets and GRUB modules by
-//! BLAKE3, the images by walking their indexes and manifests by SHA-256 — and the record last,
-//! so the release is visible only when complete (as an import publishes it).
-//!
-//! The seam for point 6 (resumable, striped transfers): [`fetch_blob`] asks one member for
-//! chunks by offset; resuming from another member at the offset reached, or striping offsets
-//! over several, replaces its request loop, not its callers.
+//! A blob comes from every member that holds it at once (striped: chunks go round-robin to
+//! the members with room in their pipeline) and each chunk is checked as it arrives against
+//! the blob's tree (see `tree`), fetched first and checked against the blob's BLAKE3. A
+//! member whose chunk does not verify, that fails or that disappears is dropped for this
+//! transfer and its chunks go to the others, so a transfer resumes from the offset reached;
+//! at most [`WINDOW`] chunks are held (in flight, or verified and waiting for their turn to
+//! be written), so memory stays bounded whatever the blob's size.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
+use std::sync::Arc;
 
+use blake3::hazmat::ChainingValue;
 use futures_util::StreamExt as _;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::FuturesUnordered;
 use libp2p::PeerId;
 
 use super::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
+use super::tree;
 use super::{Replication, ReplicationError};
-use crate::catalog::{Release, ReleaseStore};
+use crate::causes::Causes;
 use crate::store::{BlobInfo, BlobStore};
 
-/// Chunk requests in flight per blob.
+/// Chunk requests in flight per member.
 const PIPELINE: usize = 4;
-/// Blobs of one release fetched at once.
-const PARALLEL_BLOBS: usize = 4;
-/// Largest blob fetched whose size is not known in advance (an image index or manifest).
-const MAX_DOCUMENT: u64 = 4 << 20;
+/// Chunks held at once per transfer: in flight, or verified and not yet written.
+const WINDOW: u64 = 12;
+/// Verified chunks queued for the writer.
+const WRITE_QUEUE: usize = 2;
 /// Largest blob fetched at all.
 pub const MAX_BLOB: u64 = 64 << 30;
-/// Most blobs one release may name.
-const MAX_RELEASE_BLOBS: usize = 100_000;
 
-/// What a fetch moved.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Fetched {
-    /// Blobs fetched.
-    pub blobs: u64,
-    /// Bytes fetched.
-    pub bytes: u64,
+/// A blob's tree as a member sent it, checked against the blob's BLAKE3.
+struct Tree {
+    /// The blob's size.
+    size: u64,
+    /// Its BLAKE3.
+    root: blake3::Hash,
+    /// Its groups' chaining values (empty for a one-group blob).
+    values: Vec<ChainingValue>,
 }
 
-/// Fetches blob `id` from `peer` into `blobs`: `size` when known in advance (else at most
-/// `max`). Returns its identity once it verified and is durable.
-pub(crate) async fn fetch_blob(
+impl Tree {
+    /// What group `i`'s bytes must hash to.
+    fn expected(&self, i: u64) -> ChainingValue {
+        if self.values.is_empty() {
+            *self.root.as_bytes()
+        } else {
+            self.values[i as usize]
+        }
+    }
+}
+
+/// Asks `peer` for the tree of blob `id` (`size` when known, at most `max`); checks that it
+/// merges to the blob's BLAKE3 (the name asked for, or the one the member gives for a
+/// SHA-256 name, which the SHA-256 of the whole then confirms).
+async fn fetch_tree(
     rep: &Replication,
     peer: PeerId,
-    blobs: &BlobStore,
     id: &BlobId,
     size: Option<u64>,
     max: u64,
-) -> Result<BlobInfo, ReplicationError> {
+) -> Result<Tree, ReplicationError> {
     let corrupt = |why: String| ReplicationError::Corrupt {
         peer: peer.to_string(),
         blob: blob_name(id),
         why,
     };
-    let mut writer = Some(blobs.writer()?);
-    let mut total = size;
-    let mut next = 0u64;
-    let mut received = 0u64;
-    let mut inflight = FuturesOrdered::new();
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut head: Option<(u64, String)> = None;
     loop {
-        while inflight.len() < PIPELINE && total.map_or(inflight.is_empty(), |t| next < t) {
-            let request = BlobRequest {
-                id: id.clone(),
-                offset: next,
-                len: MAX_CHUNK,
-            };
-            let offset = next;
-            let rep = rep.clone();
-            inflight.push_back(async move { (offset, rep.blob_chunk(peer, request).await) });
-            next += u64::from(MAX_CHUNK);
-        }
-        let Some((offset, reply)) = inflight.next().await else {
-            break;
+        let request = BlobRequest {
+            id: id.clone(),
+            offset: bytes.len() as u64,
+            len: MAX_CHUNK,
+            tree: true,
         };
-        match reply? {
-            BlobReply::Chunk { size: s, data } => {
-                if s > max {
-                    return Err(corrupt(format!(
-                        "it says the blob has {s} bytes, more than the {max} allowed"
-                    )));
-                }
-                if total.is_some_and(|t| t != s) {
-                    return Err(corrupt(format!(
-                        "it says the blob has {s} bytes, not {}",
-                        total.unwrap_or_default()
-                    )));
-                }
-                total = Some(s);
-                let expected = s.saturating_sub(offset).min(u64::from(MAX_CHUNK));
-                if data.len() as u64 != expected {
-                    return Err(corrupt(format!(
-                        "{} bytes at offset {offset}, not {expected}",
-                        data.len()
-                    )));
-                }
-                received += expected;
-                let Some(mut w) = writer.take() else {
-                    return Err(ReplicationError::Stopped);
-                };
-                let w = tokio::task::spawn_blocking(move || w.write_all(&data).map(|()| w))
-                    .await
-                    .map_err(|e| ReplicationError::Task(e.to_string()))?
-                    .map_err(|e| ReplicationError::Write { source: e })?;
-                writer = Some(w);
-                if Some(received) == total {
-                    break;
-                }
-            }
+        let (s, b3, data) = match rep.blob_chunk(peer, request).await? {
+            BlobReply::Tree { size, blake3, data } => (size, blake3, data),
+            BlobReply::Chunk { .. } => return Err(corrupt("it sent bytes, not a tree".into())),
             BlobReply::Missing => {
                 return Err(ReplicationError::NotHeld {
                     peer: peer.to_string(),
@@ -127,11 +97,270 @@ pub(crate) async fn fetch_blob(
                     why: "it refused the request".into(),
                 });
             }
+        };
+        if s > max {
+            return Err(corrupt(format!(
+                "it says the blob has {s} bytes, more than the {max} allowed"
+            )));
+        }
+        if size.is_some_and(|n| n != s) {
+            return Err(corrupt(format!(
+                "it says the blob has {s} bytes, not {}",
+                size.unwrap_or_default()
+            )));
+        }
+        match &head {
+            Some(h) if *h != (s, b3.clone()) => {
+                return Err(corrupt("its tree pages disagree".into()));
+            }
+            _ => head = Some((s, b3)),
+        }
+        let want = tree::tree_len(s) * 32;
+        if bytes.len() as u64 + data.len() as u64 > want
+            || (data.is_empty() && (bytes.len() as u64) < want)
+        {
+            return Err(corrupt(format!("its tree is not {want} bytes long")));
+        }
+        bytes.extend_from_slice(&data);
+        if bytes.len() as u64 == want {
+            break;
         }
     }
-    let Some(w) = writer.take() else {
-        return Err(ReplicationError::Stopped);
+    let Some((size, b3)) = head else {
+        return Err(corrupt("no tree".into()));
     };
+    if let BlobId::Blake3(name) = id
+        && *name != b3
+    {
+        return Err(corrupt(format!("it names the blob BLAKE3 {b3}")));
+    }
+    let root = blake3::Hash::from_hex(&b3).map_err(|_| corrupt(format!("{b3:?} is no BLAKE3")))?;
+    let values = tree::values(&bytes).unwrap_or_default();
+    if !values.is_empty() && tree::root(size, &values) != Some(root) {
+        return Err(corrupt(
+            "its tree does not merge to the blob's BLAKE3".into(),
+        ));
+    }
+    Ok(Tree { size, root, values })
+}
+
+/// Asks `peer` for group `i` of a blob and checks it against `tree` (off the runtime).
+async fn fetch_group(
+    rep: Replication,
+    peer: PeerId,
+    id: BlobId,
+    i: u64,
+    size: u64,
+    expected: ChainingValue,
+) -> Result<Vec<u8>, ReplicationError> {
+    let corrupt = |why: String| ReplicationError::Corrupt {
+        peer: peer.to_string(),
+        blob: blob_name(&id),
+        why,
+    };
+    let offset = i * tree::GROUP;
+    let request = BlobRequest {
+        id: id.clone(),
+        offset,
+        len: MAX_CHUNK,
+        tree: false,
+    };
+    match rep.blob_chunk(peer, request).await? {
+        BlobReply::Chunk { size: s, data } => {
+            if s != size {
+                return Err(corrupt(format!(
+                    "it says the blob has {s} bytes, not {size}"
+                )));
+            }
+            let want = (size - offset).min(tree::GROUP);
+            if data.len() as u64 != want {
+                return Err(corrupt(format!(
+                    "{} bytes at offset {offset}, not {want}",
+                    data.len()
+                )));
+            }
+            let (data, ok) = tokio::task::spawn_blocking(move || {
+                let ok = tree::group_value(i, size, &data) == expected;
+                (data, ok)
+            })
+            .await
+            .map_err(|e| ReplicationError::Task(e.to_string()))?;
+            if ok {
+                Ok(data)
+            } else {
+                Err(corrupt(format!(
+                    "the chunk at offset {offset} does not match the blob's tree"
+                )))
+            }
+        }
+        BlobReply::Tree { .. } => Err(corrupt("it sent a tree, not bytes".into())),
+        BlobReply::Missing => Err(ReplicationError::NotHeld {
+            peer: peer.to_string(),
+            blob: blob_name(&id),
+        }),
+        BlobReply::Refused => Err(ReplicationError::PeerFailed {
+            peer: peer.to_string(),
+            why: "it refused the request".into(),
+        }),
+    }
+}
+
+/// The sources of a transfer: members still in it, and why the others left.
+struct Sources {
+    live: Vec<PeerId>,
+    /// Whether every member dropped so far only lacked the blob.
+    all_missing: bool,
+    last: Option<ReplicationError>,
+}
+
+impl Sources {
+    /// Drops `peer` from this transfer for `e` (counted when its bytes did not verify).
+    fn drop_peer(&mut self, rep: &Replication, peer: PeerId, id: &BlobId, e: ReplicationError) {
+        self.live.retain(|p| *p != peer);
+        match &e {
+            ReplicationError::NotHeld { .. } => {}
+            ReplicationError::Corrupt { .. } => {
+                rep.metrics.verification_failures.increment(1);
+                rep.metrics.chunks_rejected.increment(1);
+                self.all_missing = false;
+            }
+            _ => self.all_missing = false,
+        }
+        tracing::warn!(peer_id = %peer, blob = %blob_name(id), error = %Causes(&e), sources_left = self.live.len(), "a member was dropped from a transfer");
+        self.last = Some(e);
+    }
+
+    /// Why the transfer failed once no member is left.
+    fn failure(self, id: &BlobId) -> ReplicationError {
+        match self.last {
+            Some(e @ ReplicationError::NotHeld { .. }) if self.all_missing => e,
+            Some(e) => ReplicationError::NoSource {
+                blob: blob_name(id),
+                last: Box::new(e),
+            },
+            None => ReplicationError::NotHeld {
+                peer: "no member".into(),
+                blob: blob_name(id),
+            },
+        }
+    }
+}
+
+/// Fetches blob `id` into `blobs` from the members `sources` (in order of preference; those
+/// lacking it drop out): `size` when known in advance (else at most `max`). Each chunk is
+/// verified as it arrives; the blob is committed under its name only once whole and hashing
+/// to it. Returns its identity once durable.
+pub(crate) async fn fetch_blob(
+    rep: &Replication,
+    sources: &[PeerId],
+    blobs: &BlobStore,
+    id: &BlobId,
+    size: Option<u64>,
+    max: u64,
+) -> Result<BlobInfo, ReplicationError> {
+    let started = std::time::Instant::now();
+    let mut live: Vec<PeerId> = Vec::new();
+    for p in sources {
+        if !live.contains(p) && *p != rep.peer_id() {
+            live.push(*p);
+        }
+    }
+    let mut src = Sources {
+        live,
+        all_missing: true,
+        last: None,
+    };
+    let tree = loop {
+        let Some(&peer) = src.live.first() else {
+            return Err(src.failure(id));
+        };
+        match fetch_tree(rep, peer, id, size, max).await {
+            Ok(t) => break Arc::new(t),
+            Err(e) => src.drop_peer(rep, peer, id, e),
+        }
+    };
+    let total = tree.size;
+    let n = tree::groups(total);
+
+    // The writer: a blocking task fed verified chunks in order.
+    let writer = blobs.writer()?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writing = tokio::task::spawn_blocking(move || {
+        let mut w = writer;
+        while let Some(data) = rx.blocking_recv() {
+            w.write_all(&data)?;
+        }
+        Ok::<_, std::io::Error>(w)
+    });
+
+    let mut pending: BTreeSet<u64> = (0..n).collect();
+    let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut next_write = 0u64;
+    let mut load: HashMap<PeerId, usize> = HashMap::new();
+    let mut moved: BTreeMap<PeerId, u64> = BTreeMap::new();
+    let mut inflight = FuturesUnordered::new();
+    let mut turn = 0usize;
+    while next_write < n {
+        // Hand out chunks within the window to members with room, in turn.
+        while let Some(&i) = pending.first() {
+            if i >= next_write + WINDOW || src.live.is_empty() {
+                break;
+            }
+            let count = src.live.len();
+            let Some(peer) = (0..count)
+                .map(|k| src.live[(turn + k) % count])
+                .find(|p| load.get(p).copied().unwrap_or(0) < PIPELINE)
+            else {
+                break;
+            };
+            turn = turn.wrapping_add(1);
+            pending.remove(&i);
+            *load.entry(peer).or_default() += 1;
+            let fut = fetch_group(rep.clone(), peer, id.clone(), i, total, tree.expected(i));
+            inflight.push(async move { (peer, i, fut.await) });
+        }
+        let Some((peer, i, result)) = inflight.next().await else {
+            // Nothing in flight and nobody to ask.
+            return Err(src.failure(id));
+        };
+        if let Some(l) = load.get_mut(&peer) {
+            *l = l.saturating_sub(1);
+        }
+        if !src.live.contains(&peer) && result.is_err() {
+            // Asked before its member was dropped: asked again of another.
+            pending.insert(i);
+            continue;
+        }
+        match result {
+            Ok(data) => {
+                let len = data.len() as u64;
+                *moved.entry(peer).or_default() += len;
+                rep.metrics.peer_bytes_received(&peer, len);
+                ready.insert(i, data);
+            }
+            Err(e) => {
+                pending.insert(i);
+                src.drop_peer(rep, peer, id, e);
+            }
+        }
+        while let Some(data) = ready.remove(&next_write) {
+            if tx.send(data).await.is_err() {
+                break;
+            }
+            next_write += 1;
+        }
+        if tx.is_closed() {
+            break;
+        }
+    }
+    drop(tx);
+    let w = writing
+        .await
+        .map_err(|e| ReplicationError::Task(e.to_string()))?
+        .map_err(|e| ReplicationError::Write { source: e })?;
+    if next_write < n {
+        return Err(ReplicationError::Task("the blob writer stopped".into()));
+    }
     let blobs = blobs.clone();
     let id2 = id.clone();
     let verified = tokio::task::spawn_blocking(move || {
@@ -140,7 +369,7 @@ pub(crate) async fn fetch_blob(
         let ok = match &id2 {
             BlobId::Blake3(b) => info.blake3 == *b,
             BlobId::Sha256(s) => info.sha256 == *s,
-        } && size.is_none_or(|n| n == info.size);
+        } && info.size == total;
         if !ok {
             // Dropping the pending blob removes its temporary file: nothing unverified stays.
             return Ok(Err(info));
@@ -149,143 +378,41 @@ pub(crate) async fn fetch_blob(
     })
     .await
     .map_err(|e| ReplicationError::Task(e.to_string()))??;
-    verified.map_err(|got| {
-        corrupt(format!(
-            "its bytes hash to BLAKE3 {} / SHA-256 {} ({} bytes)",
-            got.blake3, got.sha256, got.size
-        ))
-    })
+    let info = match verified {
+        Ok(info) => info,
+        Err(got) => {
+            // Only a SHA-256 name can get here: its member gave a tree of other bytes.
+            let peer = moved
+                .keys()
+                .next()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            return Err(ReplicationError::Corrupt {
+                peer,
+                blob: blob_name(id),
+                why: format!(
+                    "its bytes hash to BLAKE3 {} / SHA-256 {} ({} bytes)",
+                    got.blake3, got.sha256, got.size
+                ),
+            });
+        }
+    };
+    let mut flat = Vec::with_capacity(tree.values.len() * 32);
+    for v in &tree.values {
+        flat.extend_from_slice(v);
+    }
+    rep.trees.insert(&info.blake3, flat);
+    let secs = started.elapsed().as_secs_f64();
+    rep.metrics.fetch_seconds.record(secs);
+    let by: Vec<String> = moved.iter().map(|(p, b)| format!("{p}={b}")).collect();
+    tracing::info!(blob = %blob_name(id), size = total, members = moved.len(), sources = %by.join(","), seconds = secs, "blob fetched from members");
+    Ok(info)
 }
 
-fn blob_name(id: &BlobId) -> String {
+/// A blob's name for messages: `blake3:…` or `sha256:…`.
+pub(crate) fn blob_name(id: &BlobId) -> String {
     match id {
         BlobId::Blake3(b) => format!("blake3:{b}"),
         BlobId::Sha256(s) => format!("sha256:{s}"),
     }
-}
-
-/// Fetches from `peer` every blob of `release` that `blobs` does not hold, then stores the
-/// record (already verified against the cluster key).
-pub(crate) async fn fetch_release(
-    rep: &Replication,
-    peer: PeerId,
-    release: &Release,
-    blobs: &BlobStore,
-    releases: &ReleaseStore,
-) -> Result<Fetched, ReplicationError> {
-    let mut done = Fetched::default();
-    // Boot assets and GRUB modules: named by BLAKE3 with their size.
-    let mut leaves: Vec<(BlobId, Option<u64>)> = Vec::new();
-    for arch in release.arches.values() {
-        for b in arch.assets.values().chain(arch.grub.values()) {
-            if !crate::store::is_blob_name(&b.blake3) {
-                return Err(ReplicationError::PeerFailed {
-                    peer: peer.to_string(),
-                    why: format!("the record names an invalid blob {:?}", b.blake3),
-                });
-            }
-            if !blobs.contains(&b.blake3) {
-                leaves.push((BlobId::Blake3(b.blake3.clone()), Some(b.size)));
-            }
-        }
-    }
-    // Images: indexes and manifests first (they name the rest), by SHA-256.
-    let mut docs: Vec<String> = Vec::new();
-    for image in release.image_records() {
-        docs.push(image.digest.hex().to_string());
-        docs.push(image.manifest.hex().to_string());
-    }
-    let mut seen = HashSet::new();
-    while let Some(sha) = docs.pop() {
-        if seen.len() >= MAX_RELEASE_BLOBS {
-            return Err(ReplicationError::TooMany {
-                what: "blobs in a release",
-                max: MAX_RELEASE_BLOBS,
-            });
-        }
-        if !is_hex64(&sha) || !seen.insert(sha.clone()) {
-            continue;
-        }
-        if blobs.by_sha256(&sha)?.is_none() {
-            match fetch_blob(
-                rep,
-                peer,
-                blobs,
-                &BlobId::Sha256(sha.clone()),
-                None,
-                MAX_DOCUMENT,
-            )
-            .await
-            {
-                Ok(info) => {
-                    done.blobs += 1;
-                    done.bytes += info.size;
-                }
-                // The member lacks it too (an image kept in part): so does this node.
-                Err(ReplicationError::NotHeld { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(bytes) = blobs.read_sha256(&sha, MAX_DOCUMENT)? else {
-            continue;
-        };
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        let is_index = doc["manifests"].is_array();
-        let children = doc["config"].as_object().into_iter().chain(
-            ["layers", "manifests"]
-                .iter()
-                .flat_map(|k| doc[*k].as_array().into_iter().flatten())
-                .filter_map(|d| d.as_object()),
-        );
-        for d in children {
-            let Some(hex) = d
-                .get("digest")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.strip_prefix("sha256:"))
-            else {
-                continue;
-            };
-            if is_index {
-                docs.push(hex.to_string());
-            } else if is_hex64(hex)
-                && seen.insert(hex.to_string())
-                && blobs.by_sha256(hex)?.is_none()
-            {
-                let size = d.get("size").and_then(serde_json::Value::as_u64);
-                leaves.push((BlobId::Sha256(hex.to_string()), size));
-            }
-        }
-    }
-    if leaves.len() > MAX_RELEASE_BLOBS {
-        return Err(ReplicationError::TooMany {
-            what: "blobs in a release",
-            max: MAX_RELEASE_BLOBS,
-        });
-    }
-    let image_blob = |id: &BlobId| matches!(id, BlobId::Sha256(_));
-    let mut results = futures_util::stream::iter(leaves)
-        .map(|(id, size)| async move {
-            let r = fetch_blob(rep, peer, blobs, &id, size, MAX_BLOB).await;
-            (id, r)
-        })
-        .buffer_unordered(PARALLEL_BLOBS);
-    while let Some((id, r)) = results.next().await {
-        match r {
-            Ok(info) => {
-                done.blobs += 1;
-                done.bytes += info.size;
-            }
-            Err(ReplicationError::NotHeld { .. }) if image_blob(&id) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    blobs.meta().flush().await?;
-    releases.put(release).await?;
-    Ok(done)
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

@@ -58,6 +58,8 @@ mod registry_spec;
 mod release_damage;
 mod replication;
 mod replication_assets;
+mod replication_partition;
+mod replication_transfer;
 mod schematic_bounds;
 mod schematic_golden;
 mod secureboot_boot;

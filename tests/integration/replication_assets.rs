@@ -136,7 +136,7 @@ async fn members_with_their_own_urls_build_the_same_model_byte_for_byte() {
 }
 
 /// Variables for a node whose own checks must not touch its blobs during a test.
-const NO_SCRUB: (&str, &str) = ("IF_CACHE_SCRUBINTERVALSECONDS", "0");
+pub(crate) const NO_SCRUB: (&str, &str) = ("IF_CACHE_SCRUBINTERVALSECONDS", "0");
 
 /// A counter of `node`'s `/metrics` (0 when absent).
 pub(crate) async fn counter(node: &Node, name: &str) -> f64 {
@@ -169,7 +169,7 @@ pub(crate) fn cluster_of(tmp: &Path, a: &Path, others: &[&Path]) {
 }
 
 /// Whether `node` lists release `V` on `/versions`.
-async fn lists_release(node: &Node) -> bool {
+pub(crate) async fn lists_release(node: &Node) -> bool {
     let (st, body) = fetch(node, "/versions").await;
     st == 200 && String::from_utf8_lossy(&body).contains(V)
 }
@@ -264,7 +264,7 @@ async fn a_release_imported_on_one_member_is_buildable_on_another_without_import
 }
 
 /// The largest blob file in `data`'s blob store (not a document) and its name.
-fn largest_blob(data: &Path) -> (PathBuf, String) {
+pub(crate) fn largest_blob(data: &Path) -> (PathBuf, String) {
     let mut best: Option<(u64, PathBuf)> = None;
     for fan in std::fs::read_dir(data.join("blobs")).unwrap().flatten() {
         let name = fan.file_name().to_string_lossy().into_owned();

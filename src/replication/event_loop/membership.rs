@@ -144,6 +144,10 @@ impl EventLoop {
                 self.release_announced(*from, source, version);
                 MessageAcceptance::Accept
             }
+            Ok(Gossip::Holdings { holdings }) => {
+                self.holdings_heard(source.unwrap_or(*from), holdings);
+                MessageAcceptance::Accept
+            }
             Ok(g @ (Gossip::Lease { .. } | Gossip::Built { .. })) => {
                 self.model_gossip(source.unwrap_or(*from), g);
                 MessageAcceptance::Accept
@@ -236,6 +240,7 @@ impl EventLoop {
                 self.dirty = true;
                 if !was_member {
                     tracing::info!(peer_id = %peer, "member connected");
+                    self.holdings_soon();
                 }
                 if welcomed {
                     self.sync_schematics_with(peer);

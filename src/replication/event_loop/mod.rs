@@ -3,13 +3,17 @@
 //! (disconnect, log, metric, and a deny at the next handshake), spreads revocations by gossip
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
+mod blobs;
+mod holdings;
 mod membership;
 mod models;
 mod releases;
 mod schematics;
 mod upkeep;
 
+pub(crate) use blobs::TreeCache;
 pub(crate) use models::{LeaseView, is_key};
+pub(crate) use releases::ReleaseNames;
 pub use releases::ReleaseParts;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -177,6 +181,7 @@ pub(crate) struct EventLoop {
     rel: releases::ReleaseSync,
     models: models::ModelSync,
     rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
+    hold: holdings::HoldingsState,
 }
 
 impl EventLoop {
@@ -218,6 +223,7 @@ impl EventLoop {
             jobs,
             rel,
             models: models::ModelSync::new(local),
+            hold: holdings::HoldingsState::new(),
             rel_jobs,
             cluster,
         };
@@ -299,6 +305,15 @@ impl EventLoop {
                 request,
                 reply,
             } => self.blob_chunk(peer, request, reply),
+            Command::Members(reply) => {
+                let members = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let _ = reply.send(members);
+            }
             Command::Providers { key, reply } => self.find_providers(key, reply),
             Command::Lease { key, reply } => {
                 let _ = reply.send(self.lease_view(&key));
@@ -339,6 +354,9 @@ impl EventLoop {
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     state,
                     reason,
+                    holds: self.hold.heard.get(id).copied(),
+                    bytes_received: self.metrics.peer_total(id, true),
+                    bytes_sent: self.metrics.peer_total(id, false),
                 }
             })
             .collect();
@@ -348,6 +366,7 @@ impl EventLoop {
             peer_id: Some(self.local.to_string()),
             listen_addrs: self.listen_addrs.iter().map(ToString::to_string).collect(),
             cluster,
+            holds: self.hold.own,
             peers,
         }
     }

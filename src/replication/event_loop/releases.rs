@@ -7,12 +7,11 @@
 //! is stored last. This node answers blob chunk requests of members from its store.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::sync::Arc;
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::EventLoop;
 use super::schematics::Via;
@@ -21,16 +20,14 @@ use crate::causes::Causes;
 use crate::replication::Replication;
 use crate::replication::membership::Envelope;
 use crate::replication::protocol::{
-    BlobId, BlobReply, BlobRequest, Gossip, MAX_CHUNK, MAX_RELEASE_RECORD, MAX_RELEASES,
-    RELEASE_KIND, ReleaseReply, ReleaseRequest, SignedRelease,
+    BlobReply, Gossip, MAX_RELEASE_RECORD, MAX_RELEASES, RELEASE_KIND, ReleaseReply,
+    ReleaseRequest, SignedRelease,
 };
 use crate::store::BlobStore;
 use crate::trust::SigningKey;
 
 /// Releases being fetched at once.
 const MAX_FETCHING: usize = 4;
-/// Blob chunk requests of members being read at once (each holds up to [`MAX_CHUNK`]).
-const MAX_SERVING: usize = 64;
 
 /// What the release side needs from the node.
 #[derive(Clone)]
@@ -52,6 +49,7 @@ pub(crate) enum Job {
     },
     /// A chunk for a member, read from the store.
     ServeChunk {
+        peer: PeerId,
         channel: ResponseChannel<BlobReply>,
         reply: BlobReply,
     },
@@ -62,6 +60,8 @@ pub(crate) enum Job {
     },
     /// Models held from before this start, to advertise.
     Provide(Vec<String>),
+    /// What this node holds, counted.
+    Holdings(crate::replication::protocol::Holdings),
     /// Versions a member holds that this node does not.
     Missing {
         peer: PeerId,
@@ -73,23 +73,26 @@ pub(crate) enum Job {
         version: String,
         peer: PeerId,
         via: Via,
-        result: Result<crate::replication::transfer::Fetched, crate::replication::ReplicationError>,
+        result: Result<
+            crate::replication::release_fetch::Fetched,
+            crate::replication::ReplicationError,
+        >,
     },
 }
 
 /// The release side of the event loop's state.
 pub(crate) struct ReleaseSync {
-    parts: ReleaseParts,
+    pub(super) parts: ReleaseParts,
     key: Arc<SigningKey>,
-    handle: Replication,
+    pub(super) handle: Replication,
     jobs: mpsc::UnboundedSender<Job>,
     /// Versions being fetched.
     fetching: HashSet<String>,
     /// Record requests in flight: which version, and what made this node ask.
     gets: HashMap<OutboundRequestId, (String, Via)>,
     /// Chunk requests in flight: who waits for the answer.
-    chunks: super::Pending<BlobReply>,
-    serving: Arc<std::sync::atomic::AtomicUsize>,
+    pub(super) chunks: super::Pending<BlobReply>,
+    pub(super) serving: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ReleaseSync {
@@ -148,7 +151,7 @@ pub(crate) fn open_record(
     key: &crate::replication::membership::ClusterKey,
     env: &Envelope,
     version: &str,
-) -> Result<crate::catalog::Release, String> {
+) -> Result<(crate::catalog::Release, ReleaseNames), String> {
     let size = env.payload.len() + env.signature.len();
     if size > MAX_RELEASE_RECORD * 4 / 3 + 1024 {
         return Err(format!("a record of {size} bytes is over the limit"));
@@ -172,36 +175,19 @@ pub(crate) fn open_record(
         .release
         .check_names()
         .map_err(|e| Causes(&e).to_string())?;
-    Ok(signed.release)
+    if signed.blobs.len() > 100_000
+        || signed
+            .blobs
+            .iter()
+            .any(|(k, v)| !crate::store::is_blob_name(k) || !crate::store::is_blob_name(v))
+    {
+        return Err("its blob names are not hashes".into());
+    }
+    Ok((signed.release, signed.blobs))
 }
 
-/// Reads `req` of the store for a member.
-fn read_chunk(blobs: &BlobStore, req: &BlobRequest) -> BlobReply {
-    let blake3 = match &req.id {
-        BlobId::Blake3(b) if crate::store::is_blob_name(b) => b.clone(),
-        BlobId::Sha256(s) if crate::store::is_blob_name(s) => match blobs.by_sha256(s) {
-            Ok(Some(info)) => info.blake3,
-            Ok(None) => return BlobReply::Missing,
-            Err(_) => return BlobReply::Missing,
-        },
-        _ => return BlobReply::Refused,
-    };
-    let Ok(mut file) = blobs.open_blob(&blake3) else {
-        return BlobReply::Missing;
-    };
-    let Ok(size) = file.metadata().map(|m| m.len()) else {
-        return BlobReply::Missing;
-    };
-    if req.offset > size {
-        return BlobReply::Refused;
-    }
-    let len = (size - req.offset).min(u64::from(req.len.min(MAX_CHUNK))) as usize;
-    let mut data = vec![0u8; len];
-    if file.seek(SeekFrom::Start(req.offset)).is_err() || file.read_exact(&mut data).is_err() {
-        return BlobReply::Missing;
-    }
-    BlobReply::Chunk { size, data }
-}
+/// A release's image blobs: BLAKE3 by SHA-256.
+pub(crate) type ReleaseNames = std::collections::BTreeMap<String, String>;
 
 impl EventLoop {
     /// Asks `peer` which releases it holds (a member just connected, or the periodic round).
@@ -268,25 +254,6 @@ impl EventLoop {
         }
     }
 
-    /// Asks a member for a chunk on behalf of a transfer.
-    pub(super) fn blob_chunk(
-        &mut self,
-        peer: PeerId,
-        request: BlobRequest,
-        reply: oneshot::Sender<Result<BlobReply, String>>,
-    ) {
-        if !self.is_member(&peer) {
-            let _ = reply.send(Err("not a connected member".into()));
-            return;
-        }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .blobs
-            .send_request(&peer, request);
-        self.rel.chunks.insert(id, reply);
-    }
-
     pub(super) fn on_releases_event(
         &mut self,
         event: request_response::Event<ReleaseRequest, ReleaseReply>,
@@ -343,6 +310,7 @@ impl EventLoop {
             return;
         }
         let releases = self.rel.parts.releases.clone();
+        let blobs = self.rel.parts.blobs.clone();
         let key = Arc::clone(&self.rel.key);
         let jobs = self.rel.jobs.clone();
         tokio::task::spawn_blocking(move || {
@@ -360,6 +328,9 @@ impl EventLoop {
                                     &key.verifying_key(),
                                 ),
                                 release: (*r).clone(),
+                                blobs: crate::replication::release_fetch::image_blob_names(
+                                    &r, &blobs,
+                                ),
                             };
                             match Envelope::seal(&signed, &key) {
                                 Ok(record) => ReleaseReply::Record { record },
@@ -409,7 +380,7 @@ impl EventLoop {
                     self.rel.fetching.remove(&version);
                     return;
                 };
-                let release = match open_record(&m.key, &record, &version) {
+                let (release, names) = match open_record(&m.key, &record, &version) {
                     Ok(r) => r,
                     Err(why) => {
                         tracing::warn!(peer_id = %peer, version = %version, reason = %why, "a release record from a member was rejected");
@@ -424,10 +395,11 @@ impl EventLoop {
                 let jobs = self.rel.jobs.clone();
                 tokio::spawn(async move {
                     let _running = parts.imports.start();
-                    let result = crate::replication::transfer::fetch_release(
+                    let result = crate::replication::release_fetch::fetch_release(
                         &handle,
                         peer,
                         &release,
+                        &names,
                         &parts.blobs,
                         &parts.releases,
                     )
@@ -448,59 +420,6 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn on_blobs_event(
-        &mut self,
-        event: request_response::Event<BlobRequest, BlobReply>,
-    ) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let serving = Arc::clone(&self.rel.serving);
-                let refuse = !self.is_member(&peer)
-                    || request.len > MAX_CHUNK
-                    || serving.load(std::sync::atomic::Ordering::Acquire) >= MAX_SERVING;
-                if refuse {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .blobs
-                        .send_response(channel, BlobReply::Refused);
-                    return;
-                }
-                serving.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                let blobs = self.rel.parts.blobs.clone();
-                let jobs = self.rel.jobs.clone();
-                tokio::task::spawn_blocking(move || {
-                    let reply = read_chunk(&blobs, &request);
-                    serving.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-                    let _ = jobs.send(Job::ServeChunk { channel, reply });
-                });
-            }
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                super::settle(&mut self.rel.chunks, &request_id, Ok(response));
-            }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                super::settle(&mut self.rel.chunks, &request_id, Err(error.to_string()));
-            }
-            _ => {}
-        }
-    }
-
     /// Release work finished off the loop.
     pub(super) fn on_release_job(&mut self, job: Job) {
         match job {
@@ -511,16 +430,12 @@ impl EventLoop {
                     .releases
                     .send_response(channel, reply);
             }
-            Job::ServeChunk { channel, reply } => {
-                if let BlobReply::Chunk { data, .. } = &reply {
-                    self.metrics.bytes_sent.increment(data.len() as u64);
-                }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .blobs
-                    .send_response(channel, reply);
-            }
+            Job::Holdings(h) => self.holdings_counted(h),
+            Job::ServeChunk {
+                peer,
+                channel,
+                reply,
+            } => self.send_chunk(peer, channel, reply),
             Job::ServeModel { channel, reply } => {
                 let _ = self
                     .swarm
@@ -587,6 +502,7 @@ mod tests {
                 kind: kind.into(),
                 cluster: cluster.into(),
                 release: r,
+                blobs: Default::default(),
             },
             key,
         )
@@ -606,7 +522,7 @@ mod tests {
             release("v1.11.0", "i386-pc/a.mod"),
         );
         assert_eq!(
-            open_record(&cluster, &good, "v1.11.0").unwrap().version,
+            open_record(&cluster, &good, "v1.11.0").unwrap().0.version,
             "v1.11.0"
         );
         // Asked for another version.
@@ -631,51 +547,5 @@ mod tests {
         let mut tampered = good.clone();
         tampered.payload.insert(0, 'e');
         assert!(open_record(&cluster, &tampered, "v1.11.0").is_err());
-    }
-
-    #[test]
-    fn a_chunk_is_read_within_its_store_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta: Arc<dyn crate::store::MetaStore> =
-            Arc::new(crate::store::SledStore::open(&dir.path().join("meta")).unwrap());
-        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
-        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        let info = blobs.put_bytes(&data).unwrap();
-        let ask = |id: BlobId, offset: u64, len: u32| {
-            read_chunk(&blobs, &BlobRequest { id, offset, len })
-        };
-        let by_b3 = BlobId::Blake3(info.blake3.clone());
-        assert_eq!(
-            ask(by_b3.clone(), 1000, 500),
-            BlobReply::Chunk {
-                size: 3000,
-                data: data[1000..1500].to_vec()
-            }
-        );
-        // The tail is short; the end is empty; past the end is refused.
-        assert_eq!(
-            ask(BlobId::Sha256(info.sha256.clone()), 2500, 4096),
-            BlobReply::Chunk {
-                size: 3000,
-                data: data[2500..].to_vec()
-            }
-        );
-        assert_eq!(
-            ask(by_b3.clone(), 3000, 10),
-            BlobReply::Chunk {
-                size: 3000,
-                data: Vec::new()
-            }
-        );
-        assert_eq!(ask(by_b3, 3001, 10), BlobReply::Refused);
-        // Names that are not hashes never reach the filesystem; unknown ones are missing.
-        assert_eq!(
-            ask(BlobId::Blake3("../../keys".into()), 0, 1),
-            BlobReply::Refused
-        );
-        assert_eq!(
-            ask(BlobId::Blake3("c".repeat(64)), 0, 1),
-            BlobReply::Missing
-        );
     }
 }

@@ -99,6 +99,11 @@ impl SchematicSync {
         }
     }
 
+    /// Schematics held.
+    pub(super) fn count(&self) -> u64 {
+        self.ids.len() as u64
+    }
+
     fn digest(&mut self) -> (u64, String) {
         if let Some(d) = &self.digest {
             return d.clone();

@@ -90,6 +90,7 @@ impl EventLoop {
         }
         self.redial(now);
         self.schematic_round(now);
+        self.holdings_round(now);
         self.renew_leases(now);
         if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
             self.save_peers();

@@ -1,0 +1,350 @@
+//! The blob protocol on the event loop: chunk and tree requests of this node's transfers go
+//! out through it; members' requests are answered from the store off the loop (at most
+//! [`MAX_SERVING`] at once). A blob's tree (see `tree`) is computed once from its bytes and
+//! kept in a bounded cache, so members fetching the same blob at once cost one read of it.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use libp2p::PeerId;
+use libp2p::request_response::{self, ResponseChannel};
+use tokio::sync::oneshot;
+
+use super::EventLoop;
+use super::releases::Job;
+use crate::replication::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
+use crate::replication::tree;
+use crate::store::BlobStore;
+
+/// Blob requests of members being read at once (each holds up to [`MAX_CHUNK`]).
+const MAX_SERVING: usize = 64;
+/// Bytes of trees kept (a 1 GiB blob's tree is 32 KiB; the largest blob's, 2 MiB).
+const TREE_CACHE_BYTES: usize = 16 << 20;
+
+/// A tree being computed or computed (`None`: the blob could not be read).
+type Slot = Arc<OnceLock<Option<Arc<Vec<u8>>>>>;
+
+/// Trees of blobs served lately, by BLAKE3; the oldest leave first past
+/// [`TREE_CACHE_BYTES`].
+#[derive(Default)]
+pub(crate) struct TreeCache {
+    inner: Mutex<Trees>,
+}
+
+/// The cache's contents: slots by BLAKE3, the order they were filled in, and their bytes.
+#[derive(Default)]
+struct Trees {
+    slots: HashMap<String, Slot>,
+    order: VecDeque<(String, usize)>,
+    total: usize,
+}
+
+impl TreeCache {
+    /// Keeps the tree of blob `blake3` (just fetched and verified), so this node serves it to
+    /// members without reading the blob.
+    pub(crate) fn insert(&self, blake3: &str, tree: Vec<u8>) {
+        let Ok(mut g) = self.inner.lock() else {
+            return;
+        };
+        if g.slots.contains_key(blake3) {
+            return;
+        }
+        let slot: Slot = Arc::default();
+        let len = tree.len();
+        let _ = slot.set(Some(Arc::new(tree)));
+        g.slots.insert(blake3.to_string(), slot);
+        g.order.push_back((blake3.to_string(), len));
+        g.total += len;
+        g.evict();
+    }
+
+    /// The tree of blob `blake3` (`size` bytes) in `blobs`, computed on first use (callers
+    /// asking for the same blob meanwhile wait for that one computation).
+    fn get(&self, blobs: &BlobStore, blake3: &str, size: u64) -> Option<Arc<Vec<u8>>> {
+        let slot = {
+            let Ok(mut g) = self.inner.lock() else {
+                return None;
+            };
+            Arc::clone(g.slots.entry(blake3.to_string()).or_default())
+        };
+        let mut fresh = false;
+        let tree = slot
+            .get_or_init(|| {
+                fresh = true;
+                let mut f = blobs.open_blob(blake3).ok()?;
+                tree::compute(&mut f, size).ok().map(Arc::new)
+            })
+            .clone();
+        if let Ok(mut g) = self.inner.lock() {
+            let g = &mut *g;
+            match &tree {
+                None => {
+                    g.slots.remove(blake3);
+                }
+                Some(t) if fresh => {
+                    g.order.push_back((blake3.to_string(), t.len()));
+                    g.total += t.len();
+                    g.evict();
+                }
+                Some(_) => {}
+            }
+        }
+        tree
+    }
+}
+
+impl Trees {
+    /// Drops the oldest trees past [`TREE_CACHE_BYTES`].
+    fn evict(&mut self) {
+        while self.total > TREE_CACHE_BYTES {
+            let Some((old, len)) = self.order.pop_front() else {
+                break;
+            };
+            self.slots.remove(&old);
+            self.total -= len;
+        }
+    }
+}
+
+/// Answers `req` from the store for a member.
+pub(super) fn read_chunk(blobs: &BlobStore, trees: &TreeCache, req: &BlobRequest) -> BlobReply {
+    let blake3 = match &req.id {
+        BlobId::Blake3(b) if crate::store::is_blob_name(b) => b.clone(),
+        BlobId::Sha256(s) if crate::store::is_blob_name(s) => match blobs.by_sha256(s) {
+            Ok(Some(info)) => info.blake3,
+            Ok(None) => return BlobReply::Missing,
+            Err(_) => return BlobReply::Missing,
+        },
+        _ => return BlobReply::Refused,
+    };
+    let Ok(mut file) = blobs.open_blob(&blake3) else {
+        return BlobReply::Missing;
+    };
+    let Ok(size) = file.metadata().map(|m| m.len()) else {
+        return BlobReply::Missing;
+    };
+    let want = u64::from(req.len.min(MAX_CHUNK));
+    if req.tree {
+        drop(file);
+        let Some(t) = trees.get(blobs, &blake3, size) else {
+            return BlobReply::Missing;
+        };
+        let Some(rest) = (t.len() as u64).checked_sub(req.offset) else {
+            return BlobReply::Refused;
+        };
+        let start = req.offset as usize;
+        let data = t[start..start + rest.min(want) as usize].to_vec();
+        return BlobReply::Tree { size, blake3, data };
+    }
+    if req.offset > size {
+        return BlobReply::Refused;
+    }
+    let len = (size - req.offset).min(want) as usize;
+    let mut data = vec![0u8; len];
+    if file.seek(SeekFrom::Start(req.offset)).is_err() || file.read_exact(&mut data).is_err() {
+        return BlobReply::Missing;
+    }
+    BlobReply::Chunk { size, data }
+}
+
+impl EventLoop {
+    /// Asks a member for a chunk (or tree page) on behalf of a transfer.
+    pub(super) fn blob_chunk(
+        &mut self,
+        peer: PeerId,
+        request: BlobRequest,
+        reply: oneshot::Sender<Result<BlobReply, String>>,
+    ) {
+        if !self.is_member(&peer) {
+            let _ = reply.send(Err("not a connected member".into()));
+            return;
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .blobs
+            .send_request(&peer, request);
+        self.rel.chunks.insert(id, reply);
+    }
+
+    /// Sends a chunk read off the loop to the member that asked; counts its bytes.
+    pub(super) fn send_chunk(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<BlobReply>,
+        reply: BlobReply,
+    ) {
+        if let BlobReply::Chunk { data, .. } | BlobReply::Tree { data, .. } = &reply {
+            self.metrics.bytes_sent.increment(data.len() as u64);
+            self.metrics.peer_bytes_sent(&peer, data.len() as u64);
+        }
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .blobs
+            .send_response(channel, reply);
+    }
+
+    pub(super) fn on_blobs_event(
+        &mut self,
+        event: request_response::Event<BlobRequest, BlobReply>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let serving = Arc::clone(&self.rel.serving);
+                let refuse = !self.is_member(&peer)
+                    || request.len > MAX_CHUNK
+                    || serving.load(std::sync::atomic::Ordering::Acquire) >= MAX_SERVING;
+                if refuse {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .blobs
+                        .send_response(channel, BlobReply::Refused);
+                    return;
+                }
+                serving.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let blobs = self.rel.parts.blobs.clone();
+                let trees = Arc::clone(&self.rel.handle.trees);
+                let jobs = self.rel.jobs();
+                tokio::task::spawn_blocking(move || {
+                    let reply = read_chunk(&blobs, &trees, &request);
+                    serving.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    let _ = jobs.send(Job::ServeChunk {
+                        peer,
+                        channel,
+                        reply,
+                    });
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                super::settle(&mut self.rel.chunks, &request_id, Ok(response));
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                super::settle(&mut self.rel.chunks, &request_id, Err(error.to_string()));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_read_within_its_store_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn crate::store::MetaStore> =
+            Arc::new(crate::store::SledStore::open(&dir.path().join("meta")).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let info = blobs.put_bytes(&data).unwrap();
+        let trees = TreeCache::default();
+        let ask = |id: BlobId, offset: u64, len: u32| {
+            read_chunk(
+                &blobs,
+                &trees,
+                &BlobRequest {
+                    id,
+                    offset,
+                    len,
+                    tree: false,
+                },
+            )
+        };
+        let by_b3 = BlobId::Blake3(info.blake3.clone());
+        assert_eq!(
+            ask(by_b3.clone(), 1000, 500),
+            BlobReply::Chunk {
+                size: 3000,
+                data: data[1000..1500].to_vec()
+            }
+        );
+        // The tail is short; the end is empty; past the end is refused.
+        assert_eq!(
+            ask(BlobId::Sha256(info.sha256.clone()), 2500, 4096),
+            BlobReply::Chunk {
+                size: 3000,
+                data: data[2500..].to_vec()
+            }
+        );
+        assert_eq!(
+            ask(by_b3.clone(), 3000, 10),
+            BlobReply::Chunk {
+                size: 3000,
+                data: Vec::new()
+            }
+        );
+        assert_eq!(ask(by_b3, 3001, 10), BlobReply::Refused);
+        // Names that are not hashes never reach the filesystem; unknown ones are missing.
+        assert_eq!(
+            ask(BlobId::Blake3("../../keys".into()), 0, 1),
+            BlobReply::Refused
+        );
+        assert_eq!(
+            ask(BlobId::Blake3("c".repeat(64)), 0, 1),
+            BlobReply::Missing
+        );
+    }
+
+    #[test]
+    fn a_tree_is_served_in_pages_and_merges_to_the_blob_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn crate::store::MetaStore> =
+            Arc::new(crate::store::SledStore::open(&dir.path().join("meta")).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let size = 2 * tree::GROUP as usize + 12345;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let info = blobs.put_bytes(&data).unwrap();
+        let trees = TreeCache::default();
+        let ask = |offset: u64, len: u32| {
+            read_chunk(
+                &blobs,
+                &trees,
+                &BlobRequest {
+                    id: BlobId::Sha256(info.sha256.clone()),
+                    offset,
+                    len,
+                    tree: true,
+                },
+            )
+        };
+        let mut all = Vec::new();
+        for (offset, len) in [(0u64, 40u32), (40, 40), (80, 40)] {
+            let BlobReply::Tree {
+                size: s,
+                blake3,
+                data,
+            } = ask(offset, len)
+            else {
+                panic!("no tree");
+            };
+            assert_eq!(s, size as u64);
+            assert_eq!(blake3, info.blake3);
+            all.extend(data);
+        }
+        assert_eq!(all.len(), 96);
+        let vals = tree::values(&all).unwrap();
+        assert_eq!(tree::root(size as u64, &vals), Some(blake3::hash(&data)));
+        // Past the tree's end is refused.
+        assert_eq!(ask(97, 10), BlobReply::Refused);
+    }
+}

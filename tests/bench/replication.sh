@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Replication benchmark (issue 18, point 6): real `image-factory serve` processes on loopback,
+# each in its own data directory, release build. In one run:
+#
+#   1. big blobs: the kit release with extensions padded to $BIG_MB MiB (three of them) imported
+#      on A; B joins and replicates it from A alone. Reported: each big blob's fetch (from B's
+#      `blob fetched from members` lines: size, seconds; three fetched at once), the whole
+#      release's replication (bytes / wall time), B's peak RSS (VmHWM), and — the reference — the
+#      same big blob downloaded once over A's HTTP registry endpoint with curl.
+#   2. fan-out: the release padded to $FAN_MB MiB per extension on A; four fresh members started
+#      at once replicate it (wall time until all four hold it), vs four sequential curl
+#      downloads of the same blobs from A's HTTP.
+#   3. schematic latency: POST a schematic on A, poll GET on another member until it serves it
+#      ($SCHEMATICS times; median and max).
+#
+# Usage: tests/bench/replication.sh   env (defaults): BIG_MB=1024 FAN_MB=300 SCHEMATICS=10
+#                                     STEP_TIMEOUT=1800 KEEP=0 CARGO_TARGET_DIR
+# Needs jq, curl, and the test kit inputs (tests/kit/fetch-debian.sh). Loopback only; every
+# wait is bounded by STEP_TIMEOUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIG_MB=${BIG_MB:-1024}
+FAN_MB=${FAN_MB:-300}
+SCHEMATICS=${SCHEMATICS:-10}
+STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
+VERSION=v1.11.0
+BIN=${CARGO_TARGET_DIR:-target}/release/image-factory
+[ -x "$BIN" ] || { echo "replication.sh: no release build at $BIN (cargo build --release)" >&2; exit 1; }
+{ command -v jq && command -v curl; } >/dev/null || { echo "replication.sh: needs jq and curl" >&2; exit 1; }
+timeout 1800 tests/kit/fetch-debian.sh >&2
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/if-bench-replication.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+cp "$BIN" "$W/image-factory"
+BIN=$W/image-factory
+ms() { date +%s%3N; }
+log() { echo "replication.sh: $*" >&2; }
+
+# until SECONDS_MAX CMD...: runs CMD every 50 ms until it succeeds; fails after SECONDS_MAX.
+until_ok() {
+    local max=$1 start
+    shift
+    start=$(date +%s)
+    until "$@" >/dev/null 2>&1; do
+        if [ $(($(date +%s) - start)) -ge "$max" ]; then log "timed out: $*"; return 1; fi
+        sleep 0.05
+    done
+}
+
+# start NAME [BOOTSTRAP]: serve on $W/NAME (replication on loopback), HTTP address in $W/NAME.http.
+start() {
+    local name=$1 boot=${2:-}
+    IF_REPLICATION_ENABLED=true \
+        IF_REPLICATION_LISTENADDRS=/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0 \
+        IF_REPLICATION_BOOTSTRAPPEERS=$boot IF_CACHE_SCRUBINTERVALSECONDS=0 \
+        IF_TFTP_LISTENADDR=127.0.0.1:0 RUST_LOG='' \
+        "$BIN" serve --log-format json --http-listen-addr 127.0.0.1:0 --metrics-addr '' \
+        --data-dir "$W/$name" >/dev/null 2>"$W/$name.log" &
+    PIDS+=($!)
+    echo $! >"$W/$name.pid"
+    until_ok 60 grep -q '"http listener bound"' "$W/$name.log"
+    grep '"http listener bound"' "$W/$name.log" | head -1 | jq -r .addr >"$W/$name.http"
+}
+http() { cat "$W/$1.http"; }
+# boot NAME: NAME's bound addresses with /p2p/<id>, comma-separated.
+boot() {
+    curl -s "http://$(http "$1")/status" |
+        jq -r '.replication as $r | [$r.listenAddrs[] | "\(.)/p2p/\($r.peerId)"] | join(",")'
+}
+# stop NAME: SIGTERM and wait.
+stop() {
+    local p
+    p=$(cat "$W/$1.pid")
+    kill "$p" 2>/dev/null || true
+    timeout 60 tail --pid="$p" -f /dev/null || true
+}
+# synth_import MB DIR: the kit release with extensions of MB MiB, imported into DIR.
+synth_import() {
+    timeout "$STEP_TIMEOUT" "$BIN" dev synth-release --out "$W/kit$1" --version "$VERSION" \
+        --extension-size-mb "$1" >/dev/null 2>"$W/synth.log" || { cat "$W/synth.log" >&2; exit 1; }
+    timeout "$STEP_TIMEOUT" "$BIN" import "$W/kit$1/bundle.tar" --data-dir "$2" \
+        --trust-key "$W/kit$1/signing-key.pub" >/dev/null 2>"$W/import.log" || { cat "$W/import.log" >&2; exit 1; }
+    rm -rf "$W/kit$1"
+}
+# invite_join FOUNDER MEMBER...: the founder's cluster, joined by each member (all stopped).
+invite_join() {
+    local a=$1 m
+    shift
+    for m in "$@"; do
+        "$BIN" cluster invite --data-dir "$W/$a" --days 1 --out "$W/$m.inv" >/dev/null 2>&1
+        "$BIN" cluster join --data-dir "$W/$m" "$W/$m.inv" >/dev/null 2>&1
+    done
+}
+# big_blobs DIR MIN_MB: "<blake3> <sha256> <size>" of the blobs of at least MIN_MB MiB in DIR.
+big_blobs() {
+    local f
+    find "$1/blobs" -mindepth 2 -maxdepth 2 -type f -size +"$(($2 * 1024 - 1))"k | while read -r f; do
+        echo "$(basename "$f") $(sha256sum "$f" 2>/dev/null | cut -d' ' -f1) $(stat -c %s "$f" 2>/dev/null)"
+    done
+}
+# http_blob NODE SHA: downloads a blob over NODE's registry endpoint; prints "seconds bytes".
+http_blob() {
+    local repo out
+    for repo in kmod-test fw-test svc-test; do
+        out=$(curl -s -o /dev/null -w '%{http_code} %{time_total} %{size_download}' \
+            "http://$(http "$1")/v2/siderolabs/$repo/blobs/sha256:$2")
+        if [ "${out%% *}" = 200 ]; then echo "${out#* }"; return 0; fi
+    done
+    log "blob sha256:$2 not served over HTTP"
+    return 1
+}
+ts() { jq -r 'select(.message == "'"$2"'") | .timestamp' "$1" | head -1; }
+epoch_ms() { date -d "$1" +%s%3N; }
+
+echo "== replication benchmark: $(date -u +%FT%TZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?'), BIG_MB=$BIG_MB FAN_MB=$FAN_MB"
+
+# 1. Big blobs from one member.
+log "synthesizing and importing the release with ${BIG_MB} MiB extensions on A..."
+synth_import "$BIG_MB" "$W/a"
+invite_join a b
+start a
+start b "$(boot a)"
+until_ok "$STEP_TIMEOUT" grep -q '"release replicated"' "$W/b.log"
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$(cat "$W/b.pid")/status")
+t0=$(epoch_ms "$(ts "$W/b.log" 'fetching a release from a member')")
+t1=$(epoch_ms "$(ts "$W/b.log" 'release replicated')")
+total=$(jq -s '[.[] | select(.message == "blob fetched from members") | .size] | add' "$W/b.log")
+echo "-- 1. release with 3 x ${BIG_MB} MiB extensions, A -> B (B fetches 4 blobs at once)"
+jq -r --argjson min $((BIG_MB << 20)) 'select(.message == "blob fetched from members" and .size >= $min)
+    | "big blob \(.blob[7:19])…  \(.size) bytes  \(.seconds | . * 1000 | round / 1000) s  \((.size / .seconds / 1048576) | round) MiB/s  sources \(.members)"' "$W/b.log"
+echo "whole release: $total bytes in $((t1 - t0)) ms = $((total * 1000 / (t1 - t0) / 1048576)) MiB/s aggregate"
+echo "receiver B peak RSS (VmHWM): $((hwm / 1024)) MiB"
+read -r b3 sha size < <(big_blobs "$W/a" "$BIG_MB" | head -1)
+read -r secs bytes < <(http_blob a "$sha")
+echo "HTTP (curl, A's registry endpoint), one ${BIG_MB} MiB blob alone: $bytes bytes in $secs s = $(echo "$bytes / $secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
+one=$(jq -r --arg b "blake3:$b3" 'select(.message == "blob fetched from members" and .blob == $b) | .seconds' "$W/b.log")
+echo "same blob over replication (while 2 others ran alongside): $one s"
+stop b
+stop a
+rm -rf "$W/a" "$W/b"
+
+# 2. Fan-out.
+log "synthesizing and importing the release with ${FAN_MB} MiB extensions on A..."
+synth_import "$FAN_MB" "$W/a"
+invite_join a m1 m2 m3 m4
+start a
+boot_a=$(boot a)
+t0=$(ms)
+for m in m1 m2 m3 m4; do start "$m" "$boot_a"; done
+for m in m1 m2 m3 m4; do until_ok "$STEP_TIMEOUT" grep -q '"release replicated"' "$W/$m.log"; done
+t1=$(ms)
+fan_bytes=$(jq -s '[.[] | select(.message == "blob fetched from members") | .size] | add' "$W/m1.log")
+echo "-- 2. fan-out of the release (3 x ${FAN_MB} MiB extensions, $fan_bytes bytes) from A to 4 members started at once"
+echo "replication: all four hold it after $((t1 - t0)) ms (including their start)"
+for m in m1 m2 m3 m4; do
+    echo "  $m: $(jq -r 'select(.message == "blob fetched from members" and .members > 1) | .blob' "$W/$m.log" | wc -l) blobs from more than one member"
+done
+hs=0
+t0=$(ms)
+for _ in 1 2 3 4; do
+    while read -r b3 sha size; do
+        http_blob a "$sha" >/dev/null
+        hs=$((hs + size))
+    done < <(big_blobs "$W/a" "$FAN_MB")
+done
+t1=$(ms)
+echo "HTTP: four sequential downloads of the big blobs ($hs bytes) in $((t1 - t0)) ms"
+
+# 3. Schematic latency A -> m3.
+echo "-- 3. schematic created on A, served by m3"
+lat=()
+for i in $(seq 1 "$SCHEMATICS"); do
+    body=$(printf 'customization:\n  extraKernelArgs:\n    - bench.latency=%s-%s\n' "$i" "$RANDOM")
+    t0=$(ms)
+    id=$(curl -s -X POST --data-binary "$body" "http://$(http a)/schematics" | jq -r .id)
+    until_ok 60 curl -sf -o /dev/null "http://$(http m3)/schematics/$id"
+    t1=$(ms)
+    lat+=($((t1 - t0)))
+done
+sorted=$(printf '%s\n' "${lat[@]}" | sort -n)
+echo "latency ms: median $(echo "$sorted" | sed -n "$(((SCHEMATICS + 1) / 2))p"), max $(echo "$sorted" | tail -1) (poll every 50 ms; $SCHEMATICS schematics)"

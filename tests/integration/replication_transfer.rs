@@ -1,0 +1,259 @@
+//! Bulk transfer between members, with real `image-factory serve` processes on loopback: a
+//! release with one large extension layer is imported on A and replicated to B; C then fetches
+//! it from both at once (striped), verifying every 1 MiB chunk against the blob's tree as it
+//! arrives. A source killed (SIGKILL) mid-transfer costs nothing: its chunks come from the
+//! other; a member whose chunks do not verify is dropped at that chunk, counted, and the blob
+//! completes from the good one.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use image_factory::synth::{self, SynthOptions};
+
+use crate::common::assets::V;
+use crate::common::client;
+use crate::common::kit;
+use crate::replication::{DEADLINE, Node, wait_for, wait_for_log};
+use crate::replication_assets::{
+    NO_SCRUB, cluster_of, counter, import, largest_blob, lists_release,
+};
+
+/// Size of the large extension layer (incompressible), MiB.
+const BIG_MB: u64 = 64;
+
+/// The synthetic kit release with one extension padded to [`BIG_MB`]; `None` without the kit.
+fn big_bundle(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    kit::kit_inputs()?;
+    let opts = SynthOptions {
+        out: dir.join("kit"),
+        versions: vec![V.into()],
+        arches: vec!["amd64".into()],
+        extensions: 1,
+        extension_size_mb: BIG_MB,
+        kit_dir: synth::default_kit_dir(),
+        key: None,
+    };
+    synth::synth_release(&opts).expect("synth release");
+    Some((dir.join("kit/bundle.tar"), dir.join("kit/signing-key.pub")))
+}
+
+/// `name{peer="<peer>"}` of `node`'s `/metrics` (0 when absent).
+async fn per_peer(node: &Node, name: &str, peer: &str) -> f64 {
+    let addr = node.srv.metrics.expect("metrics listener");
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let prefix = format!("{name}{{peer=\"{peer}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const RECEIVED: &str = "image_factory_replication_peer_bytes_received_total";
+
+/// A and B running, both holding the release (imported on A, replicated to B), C joined but
+/// not started; returns the nodes, C's directory, and the large blob's name.
+async fn two_holders(tmp: &Path) -> Option<(Node, Node, PathBuf, String)> {
+    let bundle = big_bundle(tmp)?;
+    let (a, b, c) = (tmp.join("a"), tmp.join("b"), tmp.join("c"));
+    import(&a, &bundle);
+    cluster_of(tmp, &a, &[&b, &c]);
+    let (_, name) = largest_blob(&a);
+    let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
+    let node_b = Node::start_with(&b, &node_a.bootstrap().await, &[NO_SCRUB]);
+    wait_for_log(&node_b, "release replicated").await;
+    assert!(
+        b.join("blobs").join(&name[..2]).join(&name).exists(),
+        "B does not hold the large blob"
+    );
+    Some((node_a, node_b, c, name))
+}
+
+/// C's log lines about members dropped from a transfer that name `peer`.
+fn dropped(node: &Node, peer: &str) -> Vec<String> {
+    node.log()
+        .lines()
+        .filter(|l| l.contains("a member was dropped from a transfer") && l.contains(peer))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The largest temporary file of `dir`'s blob store: how far a blob being fetched got.
+fn partial_len(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("blobs/tmp"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Whether the blob `name` in `dir`'s store is whole: its bytes hash to its name.
+fn holds_verified(dir: &Path, name: &str) -> bool {
+    std::fs::read(dir.join("blobs").join(&name[..2]).join(name))
+        .is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_mid_transfer_costs_nothing_and_the_blob_comes_striped_from_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((mut node_a, node_b, c, name)) = two_holders(tmp.path()).await else {
+        return;
+    };
+    let (a_id, b_id) = (node_a.peer_id().await, node_b.peer_id().await);
+    let mut boot = node_a.bootstrap().await;
+    boot.extend(node_b.bootstrap().await);
+    let node_c = Node::start_with(&c, &boot, &[NO_SCRUB]);
+
+    // Striped: while the large blob is being written, both members send C its bytes; A dies
+    // in the middle of it.
+    let start = Instant::now();
+    let mut base: Option<(f64, f64, u64)> = None;
+    let (_, from_b) = loop {
+        let (fa, fb) = (
+            per_peer(&node_c, RECEIVED, &a_id).await,
+            per_peer(&node_c, RECEIVED, &b_id).await,
+        );
+        let partial = partial_len(&c);
+        match base {
+            None if partial >= 8 << 20 => {
+                base = Some((fa, fb, partial));
+                continue;
+            }
+            Some((a0, b0, p0)) if partial >= p0 + (8 << 20) => {
+                assert!(
+                    fa > a0 && fb > b0,
+                    "not striped: A {a0} -> {fa}, B {b0} -> {fb} bytes while the large blob grew"
+                );
+                break (fa, fb);
+            }
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "C did not get 16 MiB into the large blob (A {fa}, B {fb}):\n{}",
+            node_c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    node_a.srv.child.kill().expect("kill -9 A");
+    node_a.srv.child.wait().expect("reap A");
+    assert!(
+        !c.join("blobs").join(&name[..2]).join(&name).exists(),
+        "the large blob was complete before A was killed"
+    );
+    assert!(
+        !node_c.log().contains("release replicated"),
+        "C finished before A was killed"
+    );
+
+    wait_for_log(&node_c, "release replicated").await;
+    assert!(lists_release(&node_c).await, "C does not list {V}");
+    assert!(
+        holds_verified(&c, &name),
+        "C's copy of the large blob is not whole"
+    );
+    assert!(
+        !dropped(&node_c, &a_id).is_empty(),
+        "A was not dropped from the transfer:\n{}",
+        node_c.log()
+    );
+    // The rest came from B, resumed where A stopped (nothing fetched twice beyond in-flight).
+    let after_b = per_peer(&node_c, RECEIVED, &b_id).await;
+    assert!(after_b > from_b, "B sent nothing after A died");
+    assert_eq!(
+        counter(&node_c, "image_factory_replication_chunks_rejected_total").await,
+        0.0
+    );
+    drop(node_a);
+
+    // `peers` on C: what B holds (as B announced it) and the bytes C received from B.
+    let st = wait_for(&node_c, "B's holdings", |st| {
+        crate::replication::peer(st, &b_id).is_some_and(|p| {
+            p["holds"]["releases"] == 1 && p["holds"]["bytes"].as_u64() > Some(BIG_MB << 20)
+        })
+    })
+    .await;
+    let b = crate::replication::peer(&st, &b_id).unwrap();
+    assert_eq!(b["bytesReceived"].as_f64(), Some(after_b), "{b}");
+    let models = b["holds"]["models"].as_u64().unwrap();
+    let schematics = b["holds"]["schematics"].as_u64().unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["peers", "--server", &node_c.admin(), "--data-dir"])
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&b_id))
+        .unwrap_or_else(|| panic!("no line for B:\n{table}"));
+    assert!(
+        line.contains(&format!("{schematics}/1/{models}/")),
+        "B's holdings not shown:\n{table}"
+    );
+    assert!(line.contains("MiB/0B"), "bytes from B not shown:\n{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_a_corrupted_chunk_is_dropped_at_that_chunk_and_the_blob_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((node_a, node_b, c, name)) = two_holders(tmp.path()).await else {
+        return;
+    };
+    let (a_id, b_id) = (node_a.peer_id().await, node_b.peer_id().await);
+    // B's copy rots on disk after B verified it (B keeps serving the tree it verified, and
+    // reads the chunks as they are): one byte in every MiB.
+    let rotten = node_b.dir.join("blobs").join(&name[..2]).join(&name);
+    for mib in 0..BIG_MB {
+        crate::common::assets::flip_byte(&rotten, (mib << 20) + 333);
+    }
+    let mut boot = node_a.bootstrap().await;
+    boot.extend(node_b.bootstrap().await);
+    let node_c = Node::start_with(&c, &boot, &[NO_SCRUB]);
+    wait_for(&node_c, "C sees A and B", |st| {
+        crate::replication::connected_member(st, &a_id)
+            && crate::replication::connected_member(st, &b_id)
+    })
+    .await;
+
+    wait_for_log(&node_c, "release replicated").await;
+    assert!(lists_release(&node_c).await, "C does not list {V}");
+    assert!(holds_verified(&c, &name), "C's copy is not whole");
+    let lines = dropped(&node_c, &b_id);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("does not match the blob's tree")),
+        "B was not dropped at a chunk:\n{}",
+        node_c.log()
+    );
+    assert!(dropped(&node_c, &a_id).is_empty(), "A was dropped");
+    assert!(
+        counter(&node_c, "image_factory_replication_chunks_rejected_total").await >= 1.0,
+        "no rejected chunk counted"
+    );
+    assert!(
+        counter(
+            &node_c,
+            "image_factory_replication_verification_failures_total"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(per_peer(&node_c, RECEIVED, &a_id).await >= (BIG_MB << 20) as f64 / 2.0);
+}
