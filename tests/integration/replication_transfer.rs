@@ -24,15 +24,11 @@ const BIG_MB: u64 = 64;
 /// The synthetic kit release with one extension padded to [`BIG_MB`]; `None` without the kit.
 fn big_bundle(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     kit::kit_inputs()?;
-    let opts = SynthOptions {
-        out: dir.join("kit"),
-        versions: vec![V.into()],
-        arches: vec!["amd64".into()],
-        extensions: 1,
-        extension_size_mb: BIG_MB,
-        kit_dir: synth::default_kit_dir(),
-        key: None,
-    };
+    let mut opts = SynthOptions::new(&dir.join("kit"));
+    opts.versions = vec![V.into()];
+    opts.arches = vec!["amd64".into()];
+    opts.extensions = 1;
+    opts.extension_size_mb = BIG_MB;
     synth::synth_release(&opts).expect("synth release");
     Some((dir.join("kit/bundle.tar"), dir.join("kit/signing-key.pub")))
 }
