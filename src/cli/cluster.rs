@@ -190,10 +190,15 @@ fn invite(args: &InviteArgs) -> Result<(), CliError> {
             let (_lock, cluster) = open_offline(&cfg)?;
             let mut bootstrap = args.bootstrap.clone();
             bootstrap.extend(configured_bootstrap(&cfg, &cluster)?);
+            let pems = crate::node::secure_boot_paths(&cfg)
+                .as_ref()
+                .map(invitation::SecureBootPems::read)
+                .transpose()?;
             let issued = cluster.invite(
                 &cfg.http.external_url,
                 args.days,
                 bootstrap,
+                pems,
                 crate::clock::now_secs(),
             )?;
             (
@@ -252,10 +257,23 @@ fn join(args: &JoinArgs) -> Result<(), CliError> {
     let joined = invitation::join(
         cfg.data_dir(),
         &cfg.signing_key_path(),
+        &cfg.secure_boot_dir(),
         &bytes,
         args.expect_cluster.as_deref(),
         crate::clock::now_secs(),
     )?;
+    if let Some(dir) = &joined.secure_boot_dir {
+        eprintln!(
+            "the cluster's Secure Boot keys are installed in {} (secureBoot.file.* default there: set secureBoot.enabled to sign with them)",
+            dir.display()
+        );
+    }
+    for old in &joined.replaced_secure_boot {
+        eprintln!(
+            "this node's own Secure Boot key file was moved to {}",
+            old.display()
+        );
+    }
     if let Some(old) = &joined.replaced_key {
         eprintln!(
             "this node's own signing key was moved to {}; it now signs with the cluster key",

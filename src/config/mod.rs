@@ -504,6 +504,11 @@ impl Config {
         Path::new(&self.storage.data_dir)
     }
 
+    /// Where Secure Boot key files default to: `<dataDir>/keys/secureboot/`.
+    pub fn secure_boot_dir(&self) -> PathBuf {
+        self.data_dir().join("keys").join("secureboot")
+    }
+
     /// Path of the admin token file (configured, or the default under the data directory).
     pub fn admin_token_path(&self) -> PathBuf {
         if self.admin.token_file.is_empty() {

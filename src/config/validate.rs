@@ -12,21 +12,6 @@ fn invalid(key: &str, message: String) -> ConfigError {
 /// Validates the whole configuration.
 pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     ListenAddr::parse_key("http.httpListenAddr", &cfg.http.http_listen_addr)?;
-    if cfg.secure_boot.enabled {
-        let f = &cfg.secure_boot.file;
-        for (key, value) in [
-            ("secureBoot.file.signingKeyPath", &f.signing_key_path),
-            ("secureBoot.file.signingCertPath", &f.signing_cert_path),
-            ("secureBoot.file.pcrKeyPath", &f.pcr_key_path),
-        ] {
-            if value.is_empty() {
-                return Err(invalid(
-                    key,
-                    "must be set when secureBoot.enabled is true (image-factory keys secureboot generate --out DIR writes the three files)".into(),
-                ));
-            }
-        }
-    }
     check_identities(cfg)?;
     check_url("http.externalURL", &cfg.http.external_url)?;
     if !cfg.http.external_pxe_url.is_empty() {

@@ -339,7 +339,7 @@ mod tests {
                 name: "rpi_generic".into()
             }
             .to_string(),
-            r#"overlay "rpi_generic" is not supported by this factory: overlays are not built yet"#
+            r#"overlay "rpi_generic" is not built into this output by this factory: overlays are built into disk images and installers only"#
         );
         assert_eq!(
             ImagerError::UnsupportedVersion("v1.7.0".into()).to_string(),

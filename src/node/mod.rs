@@ -418,16 +418,26 @@ impl Node {
     }
 }
 
-/// The Secure Boot key files of `config`, `None` when `secureBoot.enabled` is false.
+/// The Secure Boot key files of `config`, `None` when `secureBoot.enabled` is false; a path
+/// left empty is upstream's file name in `<dataDir>/keys/secureboot/` (where `cluster join`
+/// installs the cluster's keys).
 pub fn secure_boot_paths(config: &Config) -> Option<SecureBootPaths> {
     if !config.secure_boot.enabled {
         return None;
     }
     let f = &config.secure_boot.file;
+    let defaults = SecureBootPaths::in_dir(&config.secure_boot_dir());
+    let or = |set: &str, default: PathBuf| {
+        if set.is_empty() {
+            default
+        } else {
+            PathBuf::from(set)
+        }
+    };
     Some(SecureBootPaths {
-        signing_key: f.signing_key_path.clone().into(),
-        signing_cert: f.signing_cert_path.clone().into(),
-        pcr_key: f.pcr_key_path.clone().into(),
+        signing_key: or(&f.signing_key_path, defaults.signing_key),
+        signing_cert: or(&f.signing_cert_path, defaults.signing_cert),
+        pcr_key: or(&f.pcr_key_path, defaults.pcr_key),
     })
 }
 

@@ -220,16 +220,17 @@ impl Cluster {
 
     /// Writes an invitation for a new member valid for `days` days (founding the cluster
     /// with `factory_url` first if this node is in none); `bootstrap` are multiaddrs with
-    /// `/p2p/` the new member dials first.
+    /// `/p2p/` the new member dials first; `secure_boot` are the cluster's Secure Boot keys.
     pub fn invite(
         &self,
         factory_url: &str,
         days: u64,
         bootstrap: Vec<String>,
+        secure_boot: Option<invitation::SecureBootPems>,
         now: u64,
     ) -> Result<Issued, ReplicationError> {
         let (m, founded) = self.found(factory_url, now)?;
-        let mut issued = invitation::create(&self.key, &m, days, bootstrap, now)?;
+        let mut issued = invitation::create(&self.key, &m, days, bootstrap, secure_boot, now)?;
         issued.founded = founded;
         tracing::info!(
             peer_id = %issued.peer_id,

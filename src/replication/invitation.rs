@@ -22,6 +22,7 @@ use super::ReplicationError;
 use super::cluster::{self, ClusterRecord, KnownPeer, MAX_ADDRS_PER_PEER, Membership};
 use super::membership::{ClusterKey, Envelope, issue_credential};
 use crate::trust::SigningKey;
+use crate::trust::secureboot::SecureBootPaths;
 
 /// `kind` of an invitation.
 pub const INVITATION_KIND: &str = "image-factory/invitation/v1";
@@ -65,6 +66,88 @@ pub struct Invitation {
     pub bootstrap: Vec<String>,
     /// Revocations known when it was written.
     pub revocations: Vec<Envelope>,
+    /// The cluster's Secure Boot keys (secret), when the inviting member signs with them:
+    /// they change a model's bytes, so every member must hold the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<SecureBootPems>,
+}
+
+/// Secure Boot key files as PEM text (upstream's three files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecureBootPems {
+    /// `uki-signing-key.pem` (secret).
+    pub signing_key: String,
+    /// `uki-signing-cert.pem`.
+    pub signing_cert: String,
+    /// `pcr-signing-key.pem` (secret).
+    pub pcr_key: String,
+}
+
+/// Largest Secure Boot key file an invitation carries.
+const MAX_SECURE_BOOT_FILE: u64 = 64 * 1024;
+
+impl SecureBootPems {
+    /// Reads the three files of `paths`.
+    pub fn read(paths: &SecureBootPaths) -> Result<Self, ReplicationError> {
+        let read = |path: &Path| -> Result<String, ReplicationError> {
+            let file = |source| ReplicationError::File {
+                path: path.to_path_buf(),
+                source,
+            };
+            let bytes = super::read_capped(path, MAX_SECURE_BOOT_FILE).map_err(file)?;
+            if bytes.len() as u64 > MAX_SECURE_BOOT_FILE {
+                return Err(ReplicationError::InvalidInvitation {
+                    why: format!("{} is larger than a PEM key file", path.display()),
+                });
+            }
+            String::from_utf8(bytes).map_err(|_| ReplicationError::InvalidInvitation {
+                why: format!("{} is not PEM text", path.display()),
+            })
+        };
+        Ok(Self {
+            signing_key: read(&paths.signing_key)?,
+            signing_cert: read(&paths.signing_cert)?,
+            pcr_key: read(&paths.pcr_key)?,
+        })
+    }
+
+    /// Writes the files into `dir` under upstream's names (keys 0600). A file there with
+    /// other contents is moved aside first (`<name>.before-join-<now>`); returns those moved.
+    fn install(&self, dir: &Path, now: u64) -> Result<Vec<PathBuf>, ReplicationError> {
+        let file = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReplicationError::File { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(file(dir))?;
+        let paths = SecureBootPaths::in_dir(dir);
+        let mut moved = Vec::new();
+        for (path, text, secret) in [
+            (&paths.signing_key, &self.signing_key, true),
+            (&paths.signing_cert, &self.signing_cert, false),
+            (&paths.pcr_key, &self.pcr_key, true),
+        ] {
+            match std::fs::read(path) {
+                Ok(old) if old == text.as_bytes() => continue,
+                Ok(_) => {
+                    let mut aside = path.clone().into_os_string();
+                    aside.push(format!(".before-join-{now}"));
+                    let aside = PathBuf::from(aside);
+                    std::fs::rename(path, &aside).map_err(file(path))?;
+                    moved.push(aside);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(file(path)(e)),
+            }
+            let written = if secret {
+                crate::trust::write_private(path, text.as_bytes())
+            } else {
+                std::fs::write(path, text.as_bytes())
+            };
+            written.map_err(file(path))?;
+        }
+        Ok(moved)
+    }
 }
 
 /// A written invitation.
@@ -90,6 +173,7 @@ pub(crate) fn create(
     m: &Membership,
     days: u64,
     bootstrap: Vec<String>,
+    secure_boot: Option<SecureBootPems>,
     now: u64,
 ) -> Result<Issued, ReplicationError> {
     if !(1..=MAX_DAYS).contains(&days) {
@@ -127,6 +211,7 @@ pub(crate) fn create(
         expires,
         bootstrap: bootstrap.clone(),
         revocations: m.revocations.values().map(|(_, e)| e.clone()).collect(),
+        secure_boot,
     };
     let env = Envelope::seal(&inv, key).map_err(json)?;
     let mut bytes = serde_json::to_vec_pretty(&env).map_err(json)?;
@@ -237,6 +322,10 @@ pub struct Joined {
     pub bootstrap: usize,
     /// Where a different signing key the directory held was moved.
     pub replaced_key: Option<PathBuf>,
+    /// Where the cluster's Secure Boot keys were installed, when the invitation carried them.
+    pub secure_boot_dir: Option<PathBuf>,
+    /// Secure Boot key files the directory held with other contents, moved aside.
+    pub replaced_secure_boot: Vec<PathBuf>,
 }
 
 /// Installs the invitation `bytes` in `data_dir` (whose signing key lives at `key_path`);
@@ -245,6 +334,7 @@ pub struct Joined {
 pub fn join(
     data_dir: &Path,
     key_path: &Path,
+    secure_boot_dir: &Path,
     bytes: &[u8],
     expect_cluster: Option<&str>,
     now: u64,
@@ -267,6 +357,10 @@ pub fn join(
         });
     }
     let replaced_key = install_key(key_path, &opened.cluster_key, now)?;
+    let replaced_secure_boot = match &inv.secure_boot {
+        Some(pems) => pems.install(secure_boot_dir, now)?,
+        None => Vec::new(),
+    };
     let record = ClusterRecord {
         cluster: inv.cluster.clone(),
         public_key: opened.cluster_key.public_key_pem()?,
@@ -297,6 +391,11 @@ pub fn join(
         expires: inv.expires,
         bootstrap: inv.bootstrap.len(),
         replaced_key,
+        secure_boot_dir: inv
+            .secure_boot
+            .is_some()
+            .then(|| secure_boot_dir.to_path_buf()),
+        replaced_secure_boot,
     })
 }
 
@@ -353,10 +452,67 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_secure_boot_keys_travel_with_the_invitation() {
+        let (_a, cluster) = founder();
+        let pems = SecureBootPems {
+            signing_key: "-----BEGIN PRIVATE KEY-----\nA\n-----END PRIVATE KEY-----\n".into(),
+            signing_cert: "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n".into(),
+            pcr_key: "-----BEGIN PRIVATE KEY-----\nC\n-----END PRIVATE KEY-----\n".into(),
+        };
+        let issued = cluster
+            .invite("http://f/", 1, vec![], Some(pems.clone()), NOW)
+            .unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let sb = b.path().join("keys/secureboot");
+        // B had Secure Boot keys of its own: they are moved aside, not lost.
+        std::fs::create_dir_all(&sb).unwrap();
+        std::fs::write(sb.join("uki-signing-cert.pem"), "old").unwrap();
+        let joined = join(
+            b.path(),
+            &b.path().join("keys/signing-key.pem"),
+            &sb,
+            &issued.bytes,
+            None,
+            NOW + 5,
+        )
+        .unwrap();
+        assert_eq!(joined.secure_boot_dir.as_deref(), Some(sb.as_path()));
+        let read = SecureBootPems::read(&SecureBootPaths::in_dir(&sb)).unwrap();
+        assert_eq!(read, pems);
+        assert_eq!(joined.replaced_secure_boot.len(), 1);
+        assert_eq!(
+            std::fs::read(&joined.replaced_secure_boot[0]).unwrap(),
+            b"old"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(sb.join("uki-signing-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the private key is not readable by others");
+
+        // Without keys, nothing is written.
+        let (_c, other) = founder();
+        let plain = other.invite("http://f/", 1, vec![], None, NOW).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let joined = join(
+            d.path(),
+            &d.path().join("keys/signing-key.pem"),
+            &d.path().join("keys/secureboot"),
+            &plain.bytes,
+            None,
+            NOW + 5,
+        )
+        .unwrap();
+        assert_eq!(joined.secure_boot_dir, None);
+        assert!(!d.path().join("keys/secureboot").exists());
+    }
+
+    #[test]
     fn invite_founds_then_join_installs_a_member() {
         let (_a, cluster) = founder();
         let issued = cluster
-            .invite("http://factory.site/", 30, vec![], NOW)
+            .invite("http://factory.site/", 30, vec![], None, NOW)
             .unwrap();
         assert!(issued.founded);
         assert_eq!(issued.expires, NOW + 30 * 86_400);
@@ -364,7 +520,9 @@ mod tests {
         assert_eq!(m.record.factory_url, "http://factory.site/");
         assert_eq!(m.expires, None, "the founder's credential does not expire");
         // A second invitation does not found again.
-        let again = cluster.invite("http://other/", 1, vec![], NOW).unwrap();
+        let again = cluster
+            .invite("http://other/", 1, vec![], None, NOW)
+            .unwrap();
         assert!(!again.founded);
         assert_ne!(again.peer_id, issued.peer_id);
 
@@ -375,6 +533,7 @@ mod tests {
         let joined = join(
             b.path(),
             &key_path,
+            &b.path().join("keys/secureboot"),
             &issued.bytes,
             Some(&m.record.cluster[..16]),
             NOW + 5,
@@ -393,30 +552,54 @@ mod tests {
             issued.peer_id
         );
         // Joining twice is refused.
-        let e = join(b.path(), &key_path, &issued.bytes, None, NOW + 5).unwrap_err();
+        let e = join(
+            b.path(),
+            &key_path,
+            &b.path().join("keys/secureboot"),
+            &issued.bytes,
+            None,
+            NOW + 5,
+        )
+        .unwrap_err();
         assert!(matches!(e, ReplicationError::AlreadyMember { .. }), "{e}");
     }
 
     #[test]
     fn an_expired_invitation_is_refused() {
         let (_a, cluster) = founder();
-        let issued = cluster.invite("http://f/", 1, vec![], NOW).unwrap();
+        let issued = cluster.invite("http://f/", 1, vec![], None, NOW).unwrap();
         let b = tempfile::tempdir().unwrap();
         let key_path = b.path().join("keys/signing-key.pem");
-        let e = join(b.path(), &key_path, &issued.bytes, None, NOW + 86_400).unwrap_err();
+        let e = join(
+            b.path(),
+            &key_path,
+            &b.path().join("keys/secureboot"),
+            &issued.bytes,
+            None,
+            NOW + 86_400,
+        )
+        .unwrap_err();
         assert!(
             matches!(e, ReplicationError::InvitationExpired { .. }),
             "{e}"
         );
         assert!(!key_path.exists(), "nothing is installed");
         // One second before, it is fine.
-        join(b.path(), &key_path, &issued.bytes, None, NOW + 86_399).unwrap();
+        join(
+            b.path(),
+            &key_path,
+            &b.path().join("keys/secureboot"),
+            &issued.bytes,
+            None,
+            NOW + 86_399,
+        )
+        .unwrap();
     }
 
     #[test]
     fn a_tampered_invitation_or_wrong_cluster_is_refused() {
         let (_a, cluster) = founder();
-        let issued = cluster.invite("http://f/", 1, vec![], NOW).unwrap();
+        let issued = cluster.invite("http://f/", 1, vec![], None, NOW).unwrap();
         let mut env: Envelope = serde_json::from_slice(&issued.bytes).unwrap();
         let mut inv: Invitation =
             serde_json::from_slice(&env.unverified_bytes("i").unwrap()).unwrap();
@@ -425,7 +608,15 @@ mod tests {
         let tampered = serde_json::to_vec(&env).unwrap();
         let b = tempfile::tempdir().unwrap();
         let key_path = b.path().join("keys/signing-key.pem");
-        let e = join(b.path(), &key_path, &tampered, None, NOW).unwrap_err();
+        let e = join(
+            b.path(),
+            &key_path,
+            &b.path().join("keys/secureboot"),
+            &tampered,
+            None,
+            NOW,
+        )
+        .unwrap_err();
         assert!(
             e.to_string().contains("not signed by the cluster key"),
             "{e}"
@@ -433,13 +624,22 @@ mod tests {
         let e = join(
             b.path(),
             &key_path,
+            &b.path().join("keys/secureboot"),
             &issued.bytes,
             Some("0123456789abcdef"),
             NOW,
         )
         .unwrap_err();
         assert!(matches!(e, ReplicationError::ClusterMismatch { .. }), "{e}");
-        let e = join(b.path(), &key_path, b"{}", None, NOW).unwrap_err();
+        let e = join(
+            b.path(),
+            &key_path,
+            &b.path().join("keys/secureboot"),
+            b"{}",
+            None,
+            NOW,
+        )
+        .unwrap_err();
         assert!(
             matches!(e, ReplicationError::InvalidInvitation { .. }),
             "{e}"
@@ -450,19 +650,27 @@ mod tests {
     #[test]
     fn days_and_bootstrap_addresses_are_checked() {
         let (_a, cluster) = founder();
-        let e = cluster.invite("http://f/", 0, vec![], NOW).unwrap_err();
+        let e = cluster
+            .invite("http://f/", 0, vec![], None, NOW)
+            .unwrap_err();
         assert!(
             matches!(e, ReplicationError::InvalidDays { days: 0 }),
             "{e}"
         );
         let e = cluster
-            .invite("http://f/", 1, vec!["/ip4/127.0.0.1/tcp/1".into()], NOW)
+            .invite(
+                "http://f/",
+                1,
+                vec!["/ip4/127.0.0.1/tcp/1".into()],
+                None,
+                NOW,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("/p2p/"), "{e}");
         let peer = Keypair::generate_ed25519().public().to_peer_id();
         let addr = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}");
         let issued = cluster
-            .invite("http://f/", 1, vec![addr.clone()], NOW)
+            .invite("http://f/", 1, vec![addr.clone()], None, NOW)
             .unwrap();
         let opened = open(&issued.bytes, NOW).unwrap();
         assert_eq!(opened.invitation.bootstrap, vec![addr]);
@@ -471,9 +679,11 @@ mod tests {
     #[test]
     fn a_removed_member_travels_in_later_invitations() {
         let (_a, cluster) = founder();
-        let first = cluster.invite("http://f/", 1, vec![], NOW).unwrap();
+        let first = cluster.invite("http://f/", 1, vec![], None, NOW).unwrap();
         cluster.remove(&first.peer_id, NOW + 1).unwrap();
-        let second = cluster.invite("http://f/", 1, vec![], NOW + 2).unwrap();
+        let second = cluster
+            .invite("http://f/", 1, vec![], None, NOW + 2)
+            .unwrap();
         let opened = open(&second.bytes, NOW + 2).unwrap();
         assert_eq!(opened.invitation.revocations.len(), 1);
         // Removing it again reports the first removal.

@@ -5,8 +5,8 @@
 # fetches the test kit inputs, creates the work directory $W (removed at exit unless KEEP=1),
 # defines T (a command under $STEP_TIMEOUT), replaces $BIN by a private copy (a concurrent
 # `cargo build` must not swap the binary in the middle of the runs), synthesizes the kit
-# release $VERSION with extensions of $EXT_MB MiB, imports it into $W/data, and writes the
-# schematic of tests/integration/build_boot.rs to $W/S.yaml.
+# release $VERSION with extensions of $EXT_MB MiB (and the flags in $SYNTH_ARGS), imports it
+# into $W/data, and writes the schematic of tests/integration/build_boot.rs to $W/S.yaml.
 
 bench_kit_setup() {
     local name=$1
@@ -26,8 +26,9 @@ bench_kit_setup() {
     BIN=$W/image-factory
 
     echo "$name: synthesizing the kit release (extensions of ${EXT_MB} MiB) and importing it..." >&2
+    # shellcheck disable=SC2086 # SYNTH_ARGS: extra flags, word-split on purpose
     T "$BIN" dev synth-release --out "$W/kit" --version "$VERSION" --extension-size-mb "$EXT_MB" \
-        >/dev/null 2>"$W/synth.log" || { cat "$W/synth.log" >&2; exit 1; }
+        ${SYNTH_ARGS:-} >/dev/null 2>"$W/synth.log" || { cat "$W/synth.log" >&2; exit 1; }
     T "$BIN" import "$W/kit/bundle.tar" --data-dir "$W/data" --trust-key "$W/kit/signing-key.pub" \
         >/dev/null 2>"$W/import.log" || { cat "$W/import.log" >&2; exit 1; }
     cat >"$W/S.yaml" <<'YAML'

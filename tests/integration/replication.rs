@@ -671,3 +671,75 @@ async fn schematics_replicate_to_every_member_and_a_node_started_later_catches_u
         "the gauge counts replicated schematics too: {metrics}"
     );
 }
+
+/// Secure Boot keys are cluster-wide: an invitation written by a member that signs with them
+/// carries them, and `cluster join` installs them where `secureBoot.file.*` default to, so the
+/// new member serves the same signing certificate without naming any file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_secure_boot_keys_reach_a_new_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let inv = tmp.path().join("b.invitation");
+    let sb = a.join("keys/secureboot");
+    cli(&[
+        "keys",
+        "secureboot",
+        "generate",
+        "--out",
+        &sb.display().to_string(),
+    ]);
+    // `secureBoot.file.*` default to <dataDir>/keys/secureboot, so enabling is enough.
+    let enable = [("IF_SECUREBOOT_ENABLED", "true")];
+    let out = Command::new(bin())
+        .args(["cluster", "invite", "--data-dir"])
+        .arg(&a)
+        .arg("--out")
+        .arg(&inv)
+        .envs(enable)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("invite");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin())
+        .args(["cluster", "join", "--data-dir"])
+        .arg(&b)
+        .arg(&inv)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("join");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the cluster's Secure Boot keys are installed in"),
+        "{said}"
+    );
+    for name in [
+        "uki-signing-key.pem",
+        "uki-signing-cert.pem",
+        "pcr-signing-key.pem",
+    ] {
+        assert_eq!(
+            std::fs::read(b.join("keys/secureboot").join(name)).unwrap(),
+            std::fs::read(sb.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let node_b = Node::start_with(&b, &[], &enable);
+    let cert = client()
+        .get(format!(
+            "http://{}/secureboot/signing-cert.pem",
+            node_b.srv.http
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cert.status().as_u16(), 200);
+    assert_eq!(
+        cert.bytes().await.unwrap().as_ref(),
+        std::fs::read(sb.join("uki-signing-cert.pem")).unwrap()
+    );
+}

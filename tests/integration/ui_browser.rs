@@ -221,7 +221,8 @@ async fn chromium_walks_the_wizard_to_downloads() {
         serde_json::json!([
             "Imported releases",
             "Cache",
-            "Recent builds",
+            "Builds since start",
+            "Cached assets, newest first",
             "Machine assignments",
             "Peers"
         ])

@@ -65,8 +65,19 @@ pub async fn invite(
     let cluster = std::sync::Arc::clone(node.cluster());
     let factory_url = node.factory_url().to_string();
     let days = q.days.unwrap_or(DEFAULT_DAYS);
+    let secure_boot = crate::node::secure_boot_paths(node.config());
     let issued = tokio::task::spawn_blocking(move || {
-        cluster.invite(&factory_url, days, bootstrap, crate::clock::now_secs())
+        let pems = secure_boot
+            .as_ref()
+            .map(crate::replication::invitation::SecureBootPems::read)
+            .transpose()?;
+        cluster.invite(
+            &factory_url,
+            days,
+            bootstrap,
+            pems,
+            crate::clock::now_secs(),
+        )
     })
     .await
     .map_err(|e| ApiError::caused("writing the invitation", e))??;

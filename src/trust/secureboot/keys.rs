@@ -176,7 +176,7 @@ fn pkcs8_to_pkcs1(der: &[u8]) -> Result<Vec<u8>, der::DerError> {
 }
 
 fn parse_certificate(text: &str, path: &Path) -> Result<Certificate, SecureBootError> {
-    const WHAT: &str = "signing certificate";
+    const WHAT: &str = "signing certificate (secureBoot.file.signingCertPath)";
     let wrong = |reason: &str| SecureBootError::WrongType {
         what: WHAT,
         path: path.to_path_buf(),
@@ -245,9 +245,15 @@ fn rfc3339(secs: i64) -> String {
 impl SecureBootKeys {
     /// Loads the three files and validates them at time `now` (seconds since the epoch).
     pub fn load(paths: &SecureBootPaths, now: u64) -> Result<Self, SecureBootError> {
-        let signing_key = load_rsa_key("signing key", &paths.signing_key)?;
+        let signing_key = load_rsa_key(
+            "signing key (secureBoot.file.signingKeyPath)",
+            &paths.signing_key,
+        )?;
         let cert = parse_certificate(
-            &read("signing certificate", &paths.signing_cert)?,
+            &read(
+                "signing certificate (secureBoot.file.signingCertPath)",
+                &paths.signing_cert,
+            )?,
             &paths.signing_cert,
         )?;
         let now = now as i64;
@@ -272,7 +278,7 @@ impl SecureBootKeys {
                 cert: paths.signing_cert.clone(),
             });
         }
-        let pcr_key = load_rsa_key("PCR key", &paths.pcr_key)?;
+        let pcr_key = load_rsa_key("PCR key (secureBoot.file.pcrKeyPath)", &paths.pcr_key)?;
         Self::assemble(signing_key, cert, pcr_key)
     }
 
