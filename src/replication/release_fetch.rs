@@ -106,33 +106,16 @@ pub(crate) async fn fetch_release(
         let Some(bytes) = blobs.read_sha256(&sha, MAX_DOCUMENT)? else {
             continue;
         };
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        let Some((is_index, children)) = children_of(&bytes) else {
             continue;
         };
-        let is_index = doc["manifests"].is_array();
-        let children = doc["config"].as_object().into_iter().chain(
-            ["layers", "manifests"]
-                .iter()
-                .flat_map(|k| doc[*k].as_array().into_iter().flatten())
-                .filter_map(|d| d.as_object()),
-        );
-        for d in children {
-            let Some(hex) = d
-                .get("digest")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.strip_prefix("sha256:"))
-            else {
-                continue;
-            };
+        for (hex, size) in children {
             if is_index {
-                docs.push(hex.to_string());
-            } else if is_hex64(hex)
-                && seen.insert(hex.to_string())
-                && blobs.by_sha256(hex)?.is_none()
+                docs.push(hex);
+            } else if is_hex64(&hex) && seen.insert(hex.clone()) && blobs.by_sha256(&hex)?.is_none()
             {
-                let size = d.get("size").and_then(serde_json::Value::as_u64);
-                leaves.push((by_name(hex), size));
-                shas.insert(leaves.len() - 1, hex.to_string());
+                leaves.push((by_name(&hex), size));
+                shas.insert(leaves.len() - 1, hex);
             }
         }
     }
@@ -228,32 +211,46 @@ pub(crate) fn image_blob_names(
         let Ok(Some(bytes)) = blobs.read_sha256(&sha, MAX_DOCUMENT) else {
             continue;
         };
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        let Some((is_index, children)) = children_of(&bytes) else {
             continue;
         };
-        let is_index = doc["manifests"].is_array();
-        let children = doc["config"].as_object().into_iter().chain(
-            ["layers", "manifests"]
-                .iter()
-                .flat_map(|k| doc[*k].as_array().into_iter().flatten())
-                .filter_map(|d| d.as_object()),
-        );
-        for d in children {
-            let Some(hex) = d
-                .get("digest")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.strip_prefix("sha256:"))
-            else {
-                continue;
-            };
+        for (hex, _) in children {
             if is_index {
-                docs.push(hex.to_string());
+                docs.push(hex);
             } else {
-                name(hex, &mut out);
+                name(&hex, &mut out);
             }
         }
     }
     out
+}
+
+/// A descriptor an OCI document names: SHA-256 hex and size, when given.
+type Child = (String, Option<u64>);
+
+/// The descriptors an OCI index or manifest names (an index's manifests, a manifest's config
+/// and layers), and whether it is an index; `None` when the bytes are not JSON.
+fn children_of(bytes: &[u8]) -> Option<(bool, Vec<Child>)> {
+    let doc = serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+    let is_index = doc["manifests"].is_array();
+    let children = doc["config"]
+        .as_object()
+        .into_iter()
+        .chain(
+            ["layers", "manifests"]
+                .iter()
+                .flat_map(|k| doc[*k].as_array().into_iter().flatten())
+                .filter_map(|d| d.as_object()),
+        )
+        .filter_map(|d| {
+            let hex = d.get("digest")?.as_str()?.strip_prefix("sha256:")?;
+            Some((
+                hex.to_string(),
+                d.get("size").and_then(serde_json::Value::as_u64),
+            ))
+        })
+        .collect();
+    Some((is_index, children))
 }
 
 fn is_hex64(s: &str) -> bool {

@@ -18,15 +18,21 @@ const KIT: &str = "image-factory test kit";
 fn import_keyless(dir: &Path, stack: &TestSigstore) -> Output {
     let root = dir.join("trusted_root.json");
     std::fs::write(&root, stack.trusted_root_json()).expect("write root");
+    import_trusting_root(&dir.join("layout"), &dir.join("data"), &root)
+}
+
+/// Runs `import SOURCE --data-dir DATA` trusting only the trusted root `root` and the kit
+/// identity.
+fn import_trusting_root(source: &Path, data: &Path, root: &Path) -> Output {
     let identities = serde_json::json!([
         {"issuer": TEST_ISSUER, "subjectRegExp": r"^release@test-kit\.example$"}
     ]);
     Command::new(crate::common::bin())
         .arg("import")
-        .arg(dir.join("layout"))
+        .arg(source)
         .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("IF_TRUST_SIGSTORETRUSTEDROOT", &root)
+        .arg(data)
+        .env("IF_TRUST_SIGSTORETRUSTEDROOT", root)
         .env("IF_TRUST_IDENTITIES", identities.to_string())
         .stdin(Stdio::null())
         .output()
@@ -324,20 +330,7 @@ async fn bundle_create_carries_keyless_signatures_and_bundles() {
         std::fs::create_dir_all(side.path()).expect("mkdir");
         let root = side.path().join("trusted_root.json");
         std::fs::write(&root, TestSigstore::new(KIT).trusted_root_json()).expect("write");
-        let out = Command::new(crate::common::bin())
-            .arg("import")
-            .arg(&out_path)
-            .arg("--data-dir")
-            .arg(side.path().join("data"))
-            .env("IF_TRUST_SIGSTORETRUSTEDROOT", &root)
-            .env(
-                "IF_TRUST_IDENTITIES",
-                serde_json::json!([{"issuer": TEST_ISSUER, "subjectRegExp": "@test-kit"}])
-                    .to_string(),
-            )
-            .stdin(Stdio::null())
-            .output()
-            .expect("run import");
+        let out = import_trusting_root(&out_path, &side.path().join("data"), &root);
         assert!(
             out.status.success(),
             "bundle import failed (bundles: {bundles}): {}",
@@ -374,20 +367,7 @@ fn testkit_release_signed_both_ways_imports_either_way() {
             .output()
             .expect("run");
         assert!(keyed.status.success(), "key import: {}", stderr(&keyed));
-        let keyless = Command::new(crate::common::bin())
-            .arg("import")
-            .arg(&report.bundle)
-            .arg("--data-dir")
-            .arg(t.path().join("keyless"))
-            .env("IF_TRUST_SIGSTORETRUSTEDROOT", &root)
-            .env(
-                "IF_TRUST_IDENTITIES",
-                serde_json::json!([{"issuer": TEST_ISSUER, "subjectRegExp": "^release@test-kit\\.example$"}])
-                    .to_string(),
-            )
-            .stdin(Stdio::null())
-            .output()
-            .expect("run");
+        let keyless = import_trusting_root(&report.bundle, &t.path().join("keyless"), &root);
         assert!(
             keyless.status.success(),
             "keyless import (bundles: {bundles}): {}",

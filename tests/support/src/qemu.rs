@@ -10,7 +10,12 @@ pub const QEMU: &str = "qemu-system-x86_64";
 
 /// Whether `qemu-system-x86_64` is on `PATH`.
 pub fn available() -> bool {
-    Command::new(QEMU)
+    runs(QEMU)
+}
+
+/// Whether `binary --version` runs and succeeds.
+fn runs(binary: &str) -> bool {
+    Command::new(binary)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -23,12 +28,7 @@ pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
 
 /// Whether `qemu-system-aarch64` is on `PATH`.
 pub fn aarch64_available() -> bool {
-    Command::new(QEMU_AARCH64)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    runs(QEMU_AARCH64)
 }
 
 /// AAVMF (arm64 UEFI) firmware code (Debian `qemu-efi-aarch64`).
