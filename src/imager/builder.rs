@@ -494,12 +494,14 @@ impl Builder {
         // A signed systemd-boot (Secure Boot) is a scratch file until the layer is written.
         std::fs::create_dir_all(&self.opts.scratch)?;
         let scratch = tempfile::tempdir_in(&self.opts.scratch)?;
-        let artifacts = if profile.quirks().has(Quirk::UseSdBootForUefi) {
+        let sd_boot = profile.quirks().has(Quirk::UseSdBootForUefi);
+        let artifacts = if sd_boot || profile.secureboot {
             let uki = self.uki(req, profile, assets, UkiPurpose::Installer, intermediates)?;
             intermediates.push(uki.clone());
             InstallerArtifacts::Uki {
                 uki: self.blobs.path(&uki.blake3)?,
                 systemd_boot: self.systemd_boot(profile, assets, scratch.path())?,
+                signed_name: !sd_boot,
             }
         } else {
             let initramfs = self.initramfs(req, profile, assets)?;
@@ -555,9 +557,6 @@ impl Builder {
 /// upgrades an SBC with the overlay-aware installer); an overlay on an ISO, UKI or initramfs
 /// is refused rather than built without the overlay's kernel arguments. (Kernel and cmdline
 /// outputs never carry the overlay, api spec §2.8, so they still build.)
-///
-/// Secure Boot installers for targets before 1.10 are refused too (their `vmlinuz.efi.signed`
-/// layout is not built); every other Secure Boot output is.
 fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
     let kind = profile.output.kind;
     if let Some(overlay) = &profile.overlay
@@ -565,14 +564,6 @@ fn ensure_buildable(profile: &Profile) -> Result<(), ImagerError> {
     {
         return Err(ImagerError::OverlayNotBuilt {
             name: overlay.entry.name.clone(),
-        });
-    }
-    if profile.secureboot
-        && kind == OutputKind::Installer
-        && !profile.quirks().has(Quirk::UseSdBootForUefi)
-    {
-        return Err(ImagerError::SecureBootNotBuilt {
-            output: format!("installer (Talos {})", profile.version.tag()),
         });
     }
     Ok(())

@@ -85,13 +85,6 @@ pub enum ImagerError {
     /// A SecureBoot asset was requested but this appliance has no SecureBoot signing keys.
     #[error("secure boot is disabled")]
     SecureBootDisabled,
-    /// A Secure Boot output this appliance does not build yet (installers for Talos < 1.10):
-    /// refused rather than served unsigned.
-    #[error("secure boot {output} images are not built by this factory yet")]
-    SecureBootNotBuilt {
-        /// The output (`installer (Talos v1.9.5)`).
-        output: String,
-    },
     /// `secureboot.enrollKeys` is not one of `off`, `manual`, `if-safe`, `force`.
     #[error("invalid secureboot enrollKeys value {}: {reason}", go_quote(.value))]
     InvalidEnrollKeys {
@@ -251,9 +244,7 @@ impl ImagerError {
             ImagerError::VersionNotAvailable(_) | ImagerError::ExtensionNotImported { .. } => {
                 ErrorKind::MissingInput
             }
-            ImagerError::OverlayNotBuilt { .. } | ImagerError::SecureBootNotBuilt { .. } => {
-                ErrorKind::NotSupported
-            }
+            ImagerError::OverlayNotBuilt { .. } => ErrorKind::NotSupported,
             ImagerError::UnknownPlatform(_)
             | ImagerError::Validation(_)
             | ImagerError::MetaTooLarge { .. }

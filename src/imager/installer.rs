@@ -63,12 +63,15 @@ pub enum InstallerError {
 /// The boot assets an installer carries (imager spec §8.1 step 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallerArtifacts {
-    /// Target ≥ 1.10: `vmlinuz.efi` (the UKI) and `systemd-boot.efi`.
+    /// Target ≥ 1.10, or Secure Boot: `vmlinuz.efi` (the UKI) and `systemd-boot.efi`.
     Uki {
         /// The assembled UKI file.
         uki: PathBuf,
         /// The release's `systemd-boot.efi`.
         systemd_boot: PathBuf,
+        /// Secure Boot for a target before 1.10: the UKI is `vmlinuz.efi.signed`, the name
+        /// those installers look for.
+        signed_name: bool,
     },
     /// Target < 1.10 without Secure Boot: `vmlinuz` and `initramfs.xz`.
     Legacy {
@@ -84,9 +87,19 @@ impl InstallerArtifacts {
     pub fn entries(&self, arch: &str) -> Vec<(String, PathBuf)> {
         let dir = format!("usr/install/{arch}");
         let mut entries = match self {
-            InstallerArtifacts::Uki { uki, systemd_boot } => vec![
+            InstallerArtifacts::Uki {
+                uki,
+                systemd_boot,
+                signed_name,
+            } => vec![
                 (format!("{dir}/systemd-boot.efi"), systemd_boot.clone()),
-                (format!("{dir}/vmlinuz.efi"), uki.clone()),
+                (
+                    format!(
+                        "{dir}/vmlinuz.efi{}",
+                        if *signed_name { ".signed" } else { "" }
+                    ),
+                    uki.clone(),
+                ),
             ],
             InstallerArtifacts::Legacy { kernel, initramfs } => vec![
                 (format!("{dir}/initramfs.xz"), initramfs.clone()),
@@ -491,6 +504,7 @@ mod tests {
         let uki = InstallerArtifacts::Uki {
             uki: "u".into(),
             systemd_boot: "b".into(),
+            signed_name: false,
         };
         let names: Vec<String> = uki.entries("arm64").into_iter().map(|e| e.0).collect();
         assert_eq!(
@@ -498,6 +512,19 @@ mod tests {
             [
                 "usr/install/arm64/systemd-boot.efi",
                 "usr/install/arm64/vmlinuz.efi"
+            ]
+        );
+        let signed = InstallerArtifacts::Uki {
+            uki: "u".into(),
+            systemd_boot: "b".into(),
+            signed_name: true,
+        };
+        let names: Vec<String> = signed.entries("amd64").into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            names,
+            [
+                "usr/install/amd64/systemd-boot.efi",
+                "usr/install/amd64/vmlinuz.efi.signed"
             ]
         );
         let legacy = InstallerArtifacts::Legacy {

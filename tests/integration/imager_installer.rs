@@ -98,6 +98,7 @@ fn artifacts(dir: &Path) -> (InstallerArtifacts, Vec<u8>, Vec<u8>) {
     let a = InstallerArtifacts::Uki {
         uki: dir.join("uki.efi"),
         systemd_boot: dir.join("systemd-boot.efi"),
+        signed_name: false,
     };
     (a, uki, boot)
 }

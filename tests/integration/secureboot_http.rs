@@ -488,13 +488,42 @@ async fn check_disk(
     );
 }
 
+/// Talos before 1.10 installs from its legacy installer image, which looks for the signed UKI
+/// as `vmlinuz.efi.signed` (imager spec §8.1 step 4): a v1.9 Secure Boot installer carries it
+/// and the signed systemd-boot in its artifacts layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_boot_installer_before_1_10_carries_vmlinuz_efi_signed() {
+    let Some(k) = kit::imported_version("v1.9.5", 0) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, cert) = keys(&tmp.path().join("keys"));
+    let s = start_sb(&k, &tmp.path().join("keys")).await;
+    let id = create_schematic(&s, "customization: {}\n").await;
+    let dir = tmp.path().join("installer");
+    check_installer_of(&s, &id, "v1.9.5", "vmlinuz.efi.signed", &dir, &cert).await;
+    s.stop().await;
+}
+
 /// `installer-amd64-secureboot.tar`: the artifacts layer's `vmlinuz.efi` and
 /// `systemd-boot.efi` are both signed.
 async fn check_installer(s: &TestServer, id: &str, dir: &Path, cert: &Path) {
+    check_installer_of(s, id, V, "vmlinuz.efi", dir, cert).await
+}
+
+/// [`check_installer`] for `version`, whose UKI is `usr/install/amd64/<uki_name>`.
+async fn check_installer_of(
+    s: &TestServer,
+    id: &str,
+    version: &str,
+    uki_name: &str,
+    dir: &Path,
+    cert: &Path,
+) {
     std::fs::create_dir_all(dir).unwrap();
     let g = get(
         s,
-        &format!("/image/{id}/{V}/installer-amd64-secureboot.tar"),
+        &format!("/image/{id}/{version}/installer-amd64-secureboot.tar"),
         &[],
     )
     .await;
@@ -512,12 +541,14 @@ async fn check_installer(s: &TestServer, id: &str, dir: &Path, cert: &Path) {
     let layer = manifest[0]["Layers"].as_array().unwrap().last().unwrap();
     let gz = flate2::read::GzDecoder::new(&files[layer.as_str().unwrap()][..]);
     let mut found = 0;
+    let mut seen = Vec::new();
     for e in tar::Archive::new(gz).entries().unwrap() {
         let mut e = e.unwrap();
         let path = e.path().unwrap().display().to_string();
-        let name = match path.as_str() {
-            "usr/install/amd64/vmlinuz.efi" => "vmlinuz.efi",
-            "usr/install/amd64/systemd-boot.efi" => "systemd-boot.efi",
+        seen.push(path.clone());
+        let name = match path.strip_prefix("usr/install/amd64/") {
+            Some(p) if p == uki_name => "vmlinuz.efi",
+            Some("systemd-boot.efi") => "systemd-boot.efi",
             _ => continue,
         };
         let mut body = Vec::new();
@@ -528,7 +559,7 @@ async fn check_installer(s: &TestServer, id: &str, dir: &Path, cert: &Path) {
     }
     assert_eq!(
         found, 2,
-        "the artifacts layer holds vmlinuz.efi and systemd-boot.efi"
+        "the artifacts layer holds the UKI and systemd-boot.efi: {seen:?}"
     );
 }
 
