@@ -25,7 +25,7 @@ impl<S: ImageSource> Importer<'_, S> {
         let blobs = self.blobs.clone();
         let wanted = path.to_string();
         let bytes = tokio::task::spawn_blocking(move || {
-            let mut open = Self::opener(blobs);
+            let mut open = super::import::stored_layer_opener(blobs);
             read_file(
                 &layers,
                 &mut open as &mut LayerOpener<'_>,

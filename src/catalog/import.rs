@@ -512,22 +512,6 @@ impl<'a, S: ImageSource> Importer<'a, S> {
         Ok(())
     }
 
-    /// A layer opener reading (and verifying) stored blobs.
-    pub(super) fn opener(
-        blobs: BlobStore,
-    ) -> impl FnMut(&Descriptor) -> Result<Box<dyn Read + Send>, OciError> {
-        move |d: &Descriptor| {
-            let blob = blobs
-                .open_sha256(d.digest.hex(), d.size)
-                .map_err(|e| OciError::Open {
-                    what: format!("blob {}", d.digest),
-                    source: Box::new(e),
-                })?
-                .ok_or_else(|| OciError::NotFound(format!("blob {} is not stored", d.digest)))?;
-            Ok(Box::new(blob) as Box<dyn Read + Send>)
-        }
-    }
-
     /// Extracts the files of `image` under `prefixes` (all with none) into a scratch directory
     /// (removed when the returned guard drops).
     pub(super) async fn extract(
@@ -554,7 +538,7 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             ..FlattenOptions::default()
         };
         tokio::task::spawn_blocking(move || {
-            let mut open = Self::opener(blobs);
+            let mut open = stored_layer_opener(blobs);
             flatten(&layers, &mut open as &mut LayerOpener<'_>, &root, &opts)
         })
         .await
@@ -641,4 +625,21 @@ pub fn bundle_versions(layout: &crate::oci::LayoutSource) -> Vec<Version> {
     out.sort();
     out.dedup();
     out
+}
+
+/// A layer opener for [`crate::oci::flatten`] reading stored blobs by SHA-256, each verified
+/// as it is read.
+pub fn stored_layer_opener(
+    blobs: BlobStore,
+) -> impl FnMut(&Descriptor) -> Result<Box<dyn Read + Send>, OciError> {
+    move |d: &Descriptor| {
+        let blob = blobs
+            .open_sha256(d.digest.hex(), d.size)
+            .map_err(|e| OciError::Open {
+                what: format!("blob {}", d.digest),
+                source: Box::new(e),
+            })?
+            .ok_or_else(|| OciError::NotFound(format!("blob {} is not stored", d.digest)))?;
+        Ok(Box::new(blob) as Box<dyn Read + Send>)
+    }
 }

@@ -14,6 +14,7 @@ pub mod version;
 pub use damage::Damage;
 pub use import::{
     ImportOptions, ImportProgress, ImportSummary, Importer, Selection, bundle_versions,
+    stored_layer_opener,
 };
 pub use names::{Arch, RelPath};
 pub use release::{

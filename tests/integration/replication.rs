@@ -103,17 +103,22 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// `image_factory_replication_peers_refused_total{reason}`.
-    async fn refused_metric(&self, reason: &str) -> u64 {
+    /// The text of its `/metrics`.
+    pub(crate) async fn metrics_text(&self) -> String {
         let addr = self.srv.metrics.expect("metrics listener");
-        let text = client()
+        client()
             .get(format!("http://{addr}/metrics"))
             .send()
             .await
             .expect("metrics")
             .text()
             .await
-            .expect("metrics text");
+            .expect("metrics text")
+    }
+
+    /// `image_factory_replication_peers_refused_total{reason}`.
+    async fn refused_metric(&self, reason: &str) -> u64 {
+        let text = self.metrics_text().await;
         let prefix =
             format!("image_factory_replication_peers_refused_total{{reason=\"{reason}\"}} ");
         text.lines()

@@ -140,15 +140,7 @@ pub(crate) const NO_SCRUB: (&str, &str) = ("IF_CACHE_SCRUBINTERVALSECONDS", "0")
 
 /// A counter of `node`'s `/metrics` (0 when absent).
 pub(crate) async fn counter(node: &Node, name: &str) -> f64 {
-    let addr = node.srv.metrics.expect("metrics listener");
-    let text = client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = node.metrics_text().await;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split([' ', '{']).next() == Some(name))

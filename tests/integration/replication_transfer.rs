@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use image_factory::synth::{self, SynthOptions};
 
 use crate::common::assets::V;
-use crate::common::client;
 use crate::common::kit;
 use crate::replication::{DEADLINE, Node, wait_for, wait_for_log};
 use crate::replication_assets::{
@@ -35,15 +34,7 @@ fn big_bundle(dir: &Path) -> Option<(PathBuf, PathBuf)> {
 
 /// `name{peer="<peer>"}` of `node`'s `/metrics` (0 when absent).
 async fn per_peer(node: &Node, name: &str, peer: &str) -> f64 {
-    let addr = node.srv.metrics.expect("metrics listener");
-    let text = client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = node.metrics_text().await;
     let prefix = format!("{name}{{peer=\"{peer}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))

@@ -61,19 +61,7 @@ pub fn extract(
             }
             let m: ImageManifest = serde_json::from_slice(&bytes)
                 .map_err(OciError::decode(format!("image manifest {manifest}")))?;
-            let store = blobs.clone();
-            let mut open = move |d: &Descriptor| -> Result<Box<dyn Read + Send>, OciError> {
-                let blob = store
-                    .open_sha256(d.digest.hex(), d.size)
-                    .map_err(|e| OciError::Open {
-                        what: format!("blob {}", d.digest),
-                        source: Box::new(e),
-                    })?
-                    .ok_or_else(|| {
-                        OciError::NotFound(format!("blob {} is not stored", d.digest))
-                    })?;
-                Ok(Box::new(blob))
-            };
+            let mut open = crate::catalog::stored_layer_opener(blobs.clone());
             flatten(&m.layers, &mut open as &mut LayerOpener<'_>, dest, &opts)?
         }
         ExtensionSource::Tar { tar, .. } => {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::ImageRecord;
 use crate::imager::error::ImagerError;
 use crate::imager::tool::ToolRun;
-use crate::oci::{Descriptor, Digest, FlattenOptions, ImageManifest, LayerOpener, OciError};
+use crate::oci::{Digest, FlattenOptions, ImageManifest, LayerOpener};
 use crate::store::BlobStore;
 use sandbox::{SANDBOX_IMAGE, SANDBOX_OVERLAY, SANDBOX_TMP, SandboxRun, run_sandboxed};
 
@@ -159,17 +159,7 @@ pub fn extract(
     }
     let m: ImageManifest = serde_json::from_slice(&bytes)
         .map_err(|e| bad(name, format!("image manifest {}: {e}", image.manifest)))?;
-    let store = blobs.clone();
-    let mut open = move |d: &Descriptor| -> Result<Box<dyn Read + Send>, OciError> {
-        let blob = store
-            .open_sha256(d.digest.hex(), d.size)
-            .map_err(|e| OciError::Open {
-                what: format!("blob {}", d.digest),
-                source: Box::new(e),
-            })?
-            .ok_or_else(|| OciError::NotFound(format!("blob {} is not stored", d.digest)))?;
-        Ok(Box::new(blob))
-    };
+    let mut open = crate::catalog::stored_layer_opener(blobs.clone());
     let opts = FlattenOptions {
         max_total_bytes: MAX_OVERLAY_BYTES,
         ..FlattenOptions::default()
