@@ -9,8 +9,10 @@
 //! * [`invitation`]: `cluster invite` and `cluster join`;
 //! * `swarm`: the one task that owns the swarm, and [`Replication`], the cloneable handle
 //!   the rest of the program talks to it through (typed commands, oneshot replies);
-//! * `event_loop`: that task — membership, schematic and release anti-entropy, the blob and
-//!   model protocols, provider records and build leases;
+//! * `event_loop`: that task — membership, schematic and release anti-entropy, the model
+//!   protocol, provider records and build leases;
+//! * `blob_stream`: the blob protocol's streams, opened by transfers and answered (from
+//!   `chunks`: a stored blob's chunks and tree pages) outside the event loop;
 //! * `transfer`: blob fetches striped over members, verified chunk by chunk against the
 //!   blob's tree (`tree`), resumed from the others when a member fails;
 //! * `release_fetch`: a release's blobs, then its record;
@@ -18,6 +20,8 @@
 //! * `leases`: the build-lease table;
 //! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
 
+mod blob_stream;
+mod chunks;
 pub mod cluster;
 mod event_loop;
 mod files;
@@ -455,14 +459,12 @@ pub(crate) enum Command {
     },
     /// The members connected now.
     Members(oneshot::Sender<Vec<libp2p::PeerId>>),
-    /// Ask a member for one chunk of a blob.
-    BlobChunk {
-        /// The member.
+    /// Whether a peer is a member (connected and checked).
+    IsMember {
+        /// The peer.
         peer: libp2p::PeerId,
-        /// What to ask.
-        request: protocol::BlobRequest,
-        /// Its answer, or why there is none.
-        reply: oneshot::Sender<Result<protocol::BlobReply, String>>,
+        /// Whether it is.
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -473,7 +475,9 @@ pub struct Replication {
     peer_id: libp2p::PeerId,
     metrics: metrics::ReplicationMetrics,
     /// Trees of blobs this node serves (see `tree`), shared with its transfers.
-    trees: std::sync::Arc<event_loop::TreeCache>,
+    trees: std::sync::Arc<chunks::TreeCache>,
+    /// Opens blob streams to members (see `blob_stream`).
+    streams: libp2p_stream::Control,
 }
 
 impl Replication {
@@ -584,27 +588,14 @@ impl Replication {
         out
     }
 
-    /// Asks `peer` for one chunk of a blob.
-    pub(crate) async fn blob_chunk(
-        &self,
-        peer: libp2p::PeerId,
-        request: protocol::BlobRequest,
-    ) -> Result<protocol::BlobReply, ReplicationError> {
+    /// Whether `peer` is a member this node is connected to and has checked.
+    pub(crate) async fn is_member(&self, peer: libp2p::PeerId) -> Result<bool, ReplicationError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::BlobChunk {
-                peer,
-                request,
-                reply: tx,
-            })
+            .send(Command::IsMember { peer, reply: tx })
             .await
             .map_err(|_| ReplicationError::Stopped)?;
-        rx.await
-            .map_err(|_| ReplicationError::Stopped)?
-            .map_err(|why| ReplicationError::PeerFailed {
-                peer: peer.to_string(),
-                why,
-            })
+        rx.await.map_err(|_| ReplicationError::Stopped)
     }
 
     /// Multiaddrs (with `/p2p/`) at which members reach this node and the members it is

@@ -256,9 +256,11 @@ pub struct SignedRelease {
     pub blobs: std::collections::BTreeMap<String, String>,
 }
 
-/// The blob protocol (request-response with a raw-bytes answer): one chunk of a stored blob
-/// per request; a transfer is a pipeline of such requests, so no message holds a whole file.
-pub const BLOBS_PROTOCOL: &str = "/image-factory/blobs/1";
+/// The blob protocol (a stream per transfer and member): the fetching member writes requests
+/// (length-prefixed JSON), a few ahead; the holder answers each in order with a header and, for
+/// bytes, at most [`MAX_CHUNK`] of them, so no message holds a whole file and the bytes flow
+/// without a round trip per chunk.
+pub const BLOBS_PROTOCOL: &str = "/image-factory/blobs/2";
 /// Largest chunk asked for or sent.
 pub const MAX_CHUNK: u32 = 1024 * 1024;
 /// Largest blob request, and largest answer header.
@@ -313,6 +315,8 @@ pub enum BlobReply {
     Missing,
     /// The requester is not a member, or the request is out of bounds.
     Refused,
+    /// The stream is accepted: the holder's first message on every stream it answers.
+    Ready,
 }
 
 /// The header sent before a chunk's bytes.
@@ -323,33 +327,41 @@ enum BlobHeader {
     Tree { size: u64, blake3: String, len: u32 },
     Missing,
     Refused,
+    Ready,
 }
 
-/// The blob protocol's codec: requests are length-prefixed JSON; answers a length-prefixed
-/// JSON header then, for a chunk, its raw bytes (at most [`MAX_CHUNK`]).
-#[derive(Debug, Clone, Default)]
-pub struct BlobCodec;
-
-async fn read_prefixed<T: futures_util::AsyncRead + Unpin + Send>(
+async fn read_prefixed<T: futures_util::AsyncRead + Unpin>(
     io: &mut T,
     max: usize,
 ) -> std::io::Result<Vec<u8>> {
     use futures_util::AsyncReadExt as _;
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+    read_body(io, u32::from_be_bytes(len) as usize, max).await
+}
+
+/// Reads a message of `len` bytes (refused beyond `max` before anything is allocated).
+async fn read_body<T: futures_util::AsyncRead + Unpin>(
+    io: &mut T,
+    len: usize,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    use futures_util::AsyncReadExt as _;
     if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("a message of {len} bytes exceeds the limit of {max}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len);
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(buf)
 }
 
-async fn write_prefixed<T: futures_util::AsyncWrite + Unpin + Send>(
+async fn write_prefixed<T: futures_util::AsyncWrite + Unpin>(
     io: &mut T,
     bytes: &[u8],
 ) -> std::io::Result<()> {
@@ -364,99 +376,96 @@ fn invalid(e: serde_json::Error) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
 
-impl libp2p::request_response::Codec for BlobCodec {
-    type Protocol = libp2p::StreamProtocol;
-    type Request = BlobRequest;
-    type Response = BlobReply;
+/// Writes one blob request (not flushed).
+pub async fn write_blob_request<T: futures_util::AsyncWrite + Unpin>(
+    io: &mut T,
+    req: &BlobRequest,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(req).map_err(invalid)?;
+    write_prefixed(io, &bytes).await
+}
 
-    async fn read_request<T>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-    ) -> std::io::Result<BlobRequest>
-    where
-        T: futures_util::AsyncRead + Unpin + Send,
-    {
-        let bytes = read_prefixed(io, MAX_BLOB_HEADER).await?;
-        serde_json::from_slice(&bytes).map_err(invalid)
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-    ) -> std::io::Result<BlobReply>
-    where
-        T: futures_util::AsyncRead + Unpin + Send,
-    {
-        let bytes = read_prefixed(io, MAX_BLOB_HEADER).await?;
-        match serde_json::from_slice::<BlobHeader>(&bytes).map_err(invalid)? {
-            BlobHeader::Chunk { size, len } => {
-                if len > MAX_CHUNK {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("a chunk of {len} bytes exceeds the limit of {MAX_CHUNK}"),
-                    ));
-                }
-                let data = read_prefixed(io, len as usize).await?;
-                Ok(BlobReply::Chunk { size, data })
-            }
-            BlobHeader::Tree { size, blake3, len } => {
-                if len > MAX_CHUNK {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("a tree page of {len} bytes exceeds the limit of {MAX_CHUNK}"),
-                    ));
-                }
-                let data = read_prefixed(io, len as usize).await?;
-                Ok(BlobReply::Tree { size, blake3, data })
-            }
-            BlobHeader::Missing => Ok(BlobReply::Missing),
-            BlobHeader::Refused => Ok(BlobReply::Refused),
+/// Reads the next blob request; `None` when the member closed the stream between requests.
+pub async fn read_blob_request<T: futures_util::AsyncRead + Unpin>(
+    io: &mut T,
+) -> std::io::Result<Option<BlobRequest>> {
+    use futures_util::AsyncReadExt as _;
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match io.read(&mut len[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
         }
     }
+    let bytes = read_body(io, u32::from_be_bytes(len) as usize, MAX_BLOB_HEADER).await?;
+    serde_json::from_slice(&bytes).map(Some).map_err(invalid)
+}
 
-    async fn write_request<T>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-        req: BlobRequest,
-    ) -> std::io::Result<()>
-    where
-        T: futures_util::AsyncWrite + Unpin + Send,
-    {
-        let bytes = serde_json::to_vec(&req).map_err(invalid)?;
-        write_prefixed(io, &bytes).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-        res: BlobReply,
-    ) -> std::io::Result<()>
-    where
-        T: futures_util::AsyncWrite + Unpin + Send,
-    {
-        let (header, data) = match res {
-            BlobReply::Chunk { size, data } => {
-                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                (BlobHeader::Chunk { size, len }, Some(data))
+/// Reads one blob answer.
+pub async fn read_blob_reply<T: futures_util::AsyncRead + Unpin>(
+    io: &mut T,
+) -> std::io::Result<BlobReply> {
+    let bytes = read_prefixed(io, MAX_BLOB_HEADER).await?;
+    match serde_json::from_slice::<BlobHeader>(&bytes).map_err(invalid)? {
+        BlobHeader::Chunk { size, len } => {
+            if len > MAX_CHUNK {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a chunk of {len} bytes exceeds the limit of {MAX_CHUNK}"),
+                ));
             }
-            BlobReply::Tree { size, blake3, data } => {
-                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                (BlobHeader::Tree { size, blake3, len }, Some(data))
-            }
-            BlobReply::Missing => (BlobHeader::Missing, None),
-            BlobReply::Refused => (BlobHeader::Refused, None),
-        };
-        let bytes = serde_json::to_vec(&header).map_err(invalid)?;
-        write_prefixed(io, &bytes).await?;
-        if let Some(data) = data {
-            write_prefixed(io, &data).await?;
+            let data = read_prefixed(io, len as usize).await?;
+            Ok(BlobReply::Chunk { size, data })
         }
-        Ok(())
+        BlobHeader::Tree { size, blake3, len } => {
+            if len > MAX_CHUNK {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a tree page of {len} bytes exceeds the limit of {MAX_CHUNK}"),
+                ));
+            }
+            let data = read_prefixed(io, len as usize).await?;
+            Ok(BlobReply::Tree { size, blake3, data })
+        }
+        BlobHeader::Missing => Ok(BlobReply::Missing),
+        BlobHeader::Refused => Ok(BlobReply::Refused),
+        BlobHeader::Ready => Ok(BlobReply::Ready),
     }
+}
+
+/// Writes one blob answer (not flushed).
+pub async fn write_blob_reply<T: futures_util::AsyncWrite + Unpin>(
+    io: &mut T,
+    reply: &BlobReply,
+) -> std::io::Result<()> {
+    let (header, data) = match reply {
+        BlobReply::Chunk { size, data } => {
+            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            (BlobHeader::Chunk { size: *size, len }, Some(data))
+        }
+        BlobReply::Tree { size, blake3, data } => {
+            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            (
+                BlobHeader::Tree {
+                    size: *size,
+                    blake3: blake3.clone(),
+                    len,
+                },
+                Some(data),
+            )
+        }
+        BlobReply::Missing => (BlobHeader::Missing, None),
+        BlobReply::Refused => (BlobHeader::Refused, None),
+        BlobReply::Ready => (BlobHeader::Ready, None),
+    };
+    let bytes = serde_json::to_vec(&header).map_err(invalid)?;
+    write_prefixed(io, &bytes).await?;
+    if let Some(data) = data {
+        write_prefixed(io, data).await?;
+    }
+    Ok(())
 }
 
 /// The model protocol (request-response, JSON): a built asset's signed record by cache key
@@ -495,29 +504,20 @@ pub enum ModelReply {
 #[cfg(test)]
 mod tests {
     use futures_util::io::Cursor;
-    use libp2p::request_response::Codec as _;
 
     use super::*;
 
-    fn protocol() -> libp2p::StreamProtocol {
-        libp2p::StreamProtocol::new(BLOBS_PROTOCOL)
-    }
-
     #[tokio::test]
     async fn chunks_round_trip_and_oversized_messages_are_refused() {
-        let mut c = BlobCodec;
         let reply = BlobReply::Chunk {
             size: 10,
             data: b"0123456789".to_vec(),
         };
         let mut buf = Vec::new();
-        c.write_response(&protocol(), &mut Cursor::new(&mut buf), reply.clone())
+        write_blob_reply(&mut Cursor::new(&mut buf), &reply)
             .await
             .unwrap();
-        let back = c
-            .read_response(&protocol(), &mut Cursor::new(&buf))
-            .await
-            .unwrap();
+        let back = read_blob_reply(&mut Cursor::new(&buf)).await.unwrap();
         assert_eq!(back, reply);
 
         // A header announcing more than a chunk is refused before anything is allocated.
@@ -528,10 +528,7 @@ mod tests {
         .unwrap();
         let mut big = (header.len() as u32).to_be_bytes().to_vec();
         big.extend_from_slice(&header);
-        let e = c
-            .read_response(&protocol(), &mut Cursor::new(&big))
-            .await
-            .unwrap_err();
+        let e = read_blob_reply(&mut Cursor::new(&big)).await.unwrap_err();
         assert!(e.to_string().contains("exceeds the limit"), "{e}");
         // Bytes beyond what the header announced are refused too.
         let header = serde_json::to_vec(&BlobHeader::Chunk { size: 10, len: 2 }).unwrap();
@@ -539,16 +536,40 @@ mod tests {
         lying.extend_from_slice(&header);
         lying.extend_from_slice(&10u32.to_be_bytes());
         lying.extend_from_slice(b"0123456789");
+        assert!(read_blob_reply(&mut Cursor::new(&lying)).await.is_err());
+        // A stream cut inside an answer's bytes is an error, not a short chunk.
+        let mut cut = Vec::new();
+        write_blob_reply(&mut Cursor::new(&mut cut), &reply)
+            .await
+            .unwrap();
+        cut.truncate(cut.len() - 3);
+        assert!(read_blob_reply(&mut Cursor::new(&cut)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn requests_follow_one_another_and_a_closed_stream_ends_them() {
+        let req = |offset| BlobRequest {
+            id: BlobId::Blake3("a".repeat(64)),
+            offset,
+            len: MAX_CHUNK,
+            tree: false,
+        };
+        let mut w = Cursor::new(Vec::new());
+        for o in [0, MAX_CHUNK as u64] {
+            write_blob_request(&mut w, &req(o)).await.unwrap();
+        }
+        let mut io = Cursor::new(w.into_inner());
+        for o in [0, MAX_CHUNK as u64] {
+            let got = read_blob_request(&mut io).await.unwrap().unwrap();
+            assert_eq!(got.offset, o);
+        }
+        assert!(read_blob_request(&mut io).await.unwrap().is_none());
+        // A request larger than its budget, and one cut in its length prefix.
+        let mut big = ((MAX_BLOB_HEADER + 1) as u32).to_be_bytes().to_vec();
+        big.resize(4 + MAX_BLOB_HEADER + 1, b' ');
+        assert!(read_blob_request(&mut Cursor::new(&big)).await.is_err());
         assert!(
-            c.read_response(&protocol(), &mut Cursor::new(&lying))
-                .await
-                .is_err()
-        );
-        // A request larger than its budget.
-        let mut req = ((MAX_BLOB_HEADER + 1) as u32).to_be_bytes().to_vec();
-        req.resize(4 + MAX_BLOB_HEADER + 1, b' ');
-        assert!(
-            c.read_request(&protocol(), &mut Cursor::new(&req))
+            read_blob_request(&mut Cursor::new(&[0u8, 0]))
                 .await
                 .is_err()
         );

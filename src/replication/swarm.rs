@@ -22,11 +22,11 @@ use super::cluster::Cluster;
 use super::event_loop::{EventLoop, ReleaseParts};
 use super::metrics::ReplicationMetrics;
 use super::protocol::{
-    BLOBS_PROTOCOL, BlobCodec, HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, KAD_PROTOCOL,
-    MAX_GOSSIP, MAX_HELLO_REPLY, MAX_HELLO_REQUEST, MAX_MODEL_REPLY, MAX_MODEL_REQUEST,
-    MAX_RELEASES_REPLY, MAX_RELEASES_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST,
-    MODELS_PROTOCOL, ModelReply, ModelRequest, RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest,
-    SCHEMATICS_PROTOCOL, SchematicReply, SchematicRequest,
+    HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, KAD_PROTOCOL, MAX_GOSSIP, MAX_HELLO_REPLY,
+    MAX_HELLO_REQUEST, MAX_MODEL_REPLY, MAX_MODEL_REQUEST, MAX_RELEASES_REPLY,
+    MAX_RELEASES_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, MODELS_PROTOCOL,
+    ModelReply, ModelRequest, RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest, SCHEMATICS_PROTOCOL,
+    SchematicReply, SchematicRequest,
 };
 use super::{Replication, ReplicationError};
 use crate::config::ReplicationConfig;
@@ -45,10 +45,6 @@ const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_INCOMING: u32 = 512;
 /// Connections to one peer (both sides may dial, over QUIC and TCP).
 const MAX_PER_PEER: u32 = 8;
-/// How long one blob chunk may take to arrive.
-const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Blob chunk streams open at once per connection.
-const MAX_CHUNK_STREAMS: usize = 64;
 /// How long a provider lookup may take.
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a provider record lives on the members that store it. A record outliving its
@@ -86,8 +82,8 @@ pub(crate) struct Behaviour {
     pub releases: request_response::Behaviour<
         request_response::json::codec::Codec<ReleaseRequest, ReleaseReply>,
     >,
-    /// Blob chunks.
-    pub blobs: request_response::Behaviour<BlobCodec>,
+    /// Blob streams (see `blob_stream`).
+    pub blobs: libp2p_stream::Behaviour,
     /// Built assets' signed records by cache key.
     pub models:
         request_response::Behaviour<request_response::json::codec::Codec<ModelRequest, ModelReply>>,
@@ -148,16 +144,7 @@ fn behaviour(
         )],
         request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
     );
-    let blobs = request_response::Behaviour::with_codec(
-        BlobCodec,
-        [(
-            StreamProtocol::new(BLOBS_PROTOCOL),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(CHUNK_TIMEOUT)
-            .with_max_concurrent_streams(MAX_CHUNK_STREAMS),
-    );
+    let blobs = libp2p_stream::Behaviour::new();
     let models = request_response::Behaviour::with_codec(
         request_response::json::codec::Codec::default()
             .set_request_size_maximum(MAX_MODEL_REQUEST)
@@ -346,6 +333,7 @@ pub async fn start(
         peer_id: local,
         metrics: metrics.clone(),
         trees: Arc::default(),
+        streams: swarm.behaviour().blobs.new_control(),
     };
     let event_loop = EventLoop::new(
         swarm,

@@ -1,9 +1,9 @@
-//! Fetching blobs from members: a pipeline of chunk requests over the blob protocol (a few
-//! [`MAX_CHUNK`] requests in flight, so memory stays bounded and no message holds a file),
-//! written as they arrive into a blob-store writer (a temporary file, hashed on the way) and
-//! committed under the content name only once the whole blob hashes to the name it was asked
-//! by. Bytes that do not verify never become visible: the temporary file is removed, the
-//! failure counted, the transfer refused.
+//! Fetching blobs from members: one blob stream per member (see `blob_stream`) with a few
+//! chunk requests ahead of the answers, so memory stays bounded, no message holds a file and
+//! no chunk waits a round trip. Chunks are written as they arrive into a blob-store writer (a
+//! temporary file, hashed on the way) and the blob is committed under its content name only
+//! once the whole blob hashes to the name it was asked by. Bytes that do not verify never
+//! become visible: the temporary file is removed, the failure counted, the transfer refused.
 //!
 //! A blob comes from every member that holds it at once (striped: chunks go round-robin to
 //! the members with room in their pipeline) and each chunk is checked as it arrives against
@@ -18,11 +18,14 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use blake3::hazmat::ChainingValue;
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
+use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::PeerId;
+use tokio::sync::mpsc;
 
-use super::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
+use super::blob_stream;
+use super::protocol::{
+    BlobId, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply, write_blob_request,
+};
 use super::tree;
 use super::{Replication, ReplicationError};
 use crate::causes::Causes;
@@ -73,6 +76,7 @@ async fn fetch_tree(
         blob: blob_name(id),
         why,
     };
+    let mut stream = blob_stream::open(rep, peer).await?;
     let mut bytes: Vec<u8> = Vec::new();
     let mut head: Option<(u64, String)> = None;
     loop {
@@ -82,9 +86,11 @@ async fn fetch_tree(
             len: MAX_CHUNK,
             tree: true,
         };
-        let (s, b3, data) = match rep.blob_chunk(peer, request).await? {
+        let (s, b3, data) = match blob_stream::ask(&mut stream, peer, &request).await? {
             BlobReply::Tree { size, blake3, data } => (size, blake3, data),
-            BlobReply::Chunk { .. } => return Err(corrupt("it sent bytes, not a tree".into())),
+            BlobReply::Chunk { .. } | BlobReply::Ready => {
+                return Err(corrupt("it sent no tree".into()));
+            }
             BlobReply::Missing => {
                 return Err(ReplicationError::NotHeld {
                     peer: peer.to_string(),
@@ -126,6 +132,7 @@ async fn fetch_tree(
             break;
         }
     }
+    let _ = stream.close().await;
     let Some((size, b3)) = head else {
         return Err(corrupt("no tree".into()));
     };
@@ -144,28 +151,91 @@ async fn fetch_tree(
     Ok(Tree { size, root, values })
 }
 
-/// Asks `peer` for group `i` of a blob and checks it against `tree` (off the runtime).
-async fn fetch_group(
+/// What a member's stream hands back: a group's verified bytes, or why the member failed.
+type Done = (PeerId, u64, Result<Vec<u8>, ReplicationError>);
+
+/// Fetches the groups named on `jobs` from `peer` over one blob stream, keeping up to
+/// [`PIPELINE`] requests ahead of the answers, and hands each group back on `done` once it
+/// matches `tree`. The first failure is handed back (for any group) and ends the stream; the
+/// transfer then gives the member's groups to others.
+async fn member_stream(
     rep: Replication,
     peer: PeerId,
     id: BlobId,
+    tree: Arc<Tree>,
+    mut jobs: mpsc::Receiver<u64>,
+    done: mpsc::Sender<Done>,
+) {
+    let stream = match blob_stream::open(&rep, peer).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = done.send((peer, u64::MAX, Err(e))).await;
+            return;
+        }
+    };
+    let (mut reader, mut writer) = stream.split();
+    let (asked_tx, mut asked) = mpsc::channel::<u64>(PIPELINE);
+    let io_failed = |e: std::io::Error| ReplicationError::PeerFailed {
+        peer: peer.to_string(),
+        why: format!("blob stream: {e}"),
+    };
+    let ask = async {
+        while let Some(i) = jobs.recv().await {
+            let request = BlobRequest {
+                id: id.clone(),
+                offset: i * tree::GROUP,
+                len: MAX_CHUNK,
+                tree: false,
+            };
+            write_blob_request(&mut writer, &request)
+                .await
+                .map_err(io_failed)?;
+            writer.flush().await.map_err(io_failed)?;
+            if asked_tx.send(i).await.is_err() {
+                break;
+            }
+        }
+        drop(asked_tx);
+        Ok::<(), ReplicationError>(())
+    };
+    let receive = async {
+        while let Some(i) = asked.recv().await {
+            let reply =
+                tokio::time::timeout(blob_stream::ANSWER_TIMEOUT, read_blob_reply(&mut reader))
+                    .await
+                    .map_err(|_| ReplicationError::PeerFailed {
+                        peer: peer.to_string(),
+                        why: "no answer in time on the blob stream".into(),
+                    })?
+                    .map_err(io_failed)?;
+            let data = check_group(peer, &id, &tree, i, reply).await?;
+            if done.send((peer, i, Ok(data))).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), ReplicationError>(())
+    };
+    if let Err(e) = futures_util::future::try_join(ask, receive).await {
+        let _ = done.send((peer, u64::MAX, Err(e))).await;
+    }
+}
+
+/// Checks a member's answer for group `i` against `tree` (hashing off the runtime).
+async fn check_group(
+    peer: PeerId,
+    id: &BlobId,
+    tree: &Arc<Tree>,
     i: u64,
-    size: u64,
-    expected: ChainingValue,
+    reply: BlobReply,
 ) -> Result<Vec<u8>, ReplicationError> {
     let corrupt = |why: String| ReplicationError::Corrupt {
         peer: peer.to_string(),
-        blob: blob_name(&id),
+        blob: blob_name(id),
         why,
     };
+    let size = tree.size;
     let offset = i * tree::GROUP;
-    let request = BlobRequest {
-        id: id.clone(),
-        offset,
-        len: MAX_CHUNK,
-        tree: false,
-    };
-    match rep.blob_chunk(peer, request).await? {
+    match reply {
         BlobReply::Chunk { size: s, data } => {
             if s != size {
                 return Err(corrupt(format!(
@@ -179,6 +249,7 @@ async fn fetch_group(
                     data.len()
                 )));
             }
+            let expected = tree.expected(i);
             let (data, ok) = tokio::task::spawn_blocking(move || {
                 let ok = tree::group_value(i, size, &data) == expected;
                 (data, ok)
@@ -193,10 +264,10 @@ async fn fetch_group(
                 )))
             }
         }
-        BlobReply::Tree { .. } => Err(corrupt("it sent a tree, not bytes".into())),
+        BlobReply::Tree { .. } | BlobReply::Ready => Err(corrupt("it sent no bytes".into())),
         BlobReply::Missing => Err(ReplicationError::NotHeld {
             peer: peer.to_string(),
-            blob: blob_name(&id),
+            blob: blob_name(id),
         }),
         BlobReply::Refused => Err(ReplicationError::PeerFailed {
             peer: peer.to_string(),
@@ -296,12 +367,16 @@ pub(crate) async fn fetch_blob(
     let mut pending: BTreeSet<u64> = (0..n).collect();
     let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut next_write = 0u64;
+    // Groups asked of each member and not yet back.
+    let mut assigned: BTreeMap<u64, PeerId> = BTreeMap::new();
     let mut load: HashMap<PeerId, usize> = HashMap::new();
     let mut moved: BTreeMap<PeerId, u64> = BTreeMap::new();
-    let mut inflight = FuturesUnordered::new();
+    let mut streams: HashMap<PeerId, mpsc::Sender<u64>> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let (done_tx, mut done) = mpsc::channel::<Done>(WINDOW as usize + 1);
     let mut turn = 0usize;
     while next_write < n {
-        // Hand out chunks within the window to members with room, in turn.
+        // Hand out groups within the window to members with room, in turn.
         while let Some(&i) = pending.first() {
             if i >= next_write + WINDOW || src.live.is_empty() {
                 break;
@@ -314,33 +389,71 @@ pub(crate) async fn fetch_blob(
                 break;
             };
             turn = turn.wrapping_add(1);
+            let jobs = streams.entry(peer).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(PIPELINE);
+                tasks.spawn(member_stream(
+                    rep.clone(),
+                    peer,
+                    id.clone(),
+                    Arc::clone(&tree),
+                    rx,
+                    done_tx.clone(),
+                ));
+                tx
+            });
+            // Room was checked (load < PIPELINE): only a stream that ended refuses.
+            if jobs.try_send(i).is_err() {
+                streams.remove(&peer);
+                src.drop_peer(
+                    rep,
+                    peer,
+                    id,
+                    ReplicationError::PeerFailed {
+                        peer: peer.to_string(),
+                        why: "its blob stream ended".into(),
+                    },
+                );
+                continue;
+            }
             pending.remove(&i);
+            assigned.insert(i, peer);
             *load.entry(peer).or_default() += 1;
-            let fut = fetch_group(rep.clone(), peer, id.clone(), i, total, tree.expected(i));
-            inflight.push(async move { (peer, i, fut.await) });
         }
-        let Some((peer, i, result)) = inflight.next().await else {
+        if assigned.is_empty() {
             // Nothing in flight and nobody to ask.
             return Err(src.failure(id));
+        }
+        let Some((peer, i, result)) = done.recv().await else {
+            return Err(src.failure(id));
         };
-        if let Some(l) = load.get_mut(&peer) {
-            *l = l.saturating_sub(1);
-        }
-        if !src.live.contains(&peer) && result.is_err() {
-            // Asked before its member was dropped: asked again of another.
-            pending.insert(i);
-            continue;
-        }
         match result {
-            Ok(data) => {
+            Ok(data) if assigned.get(&i) == Some(&peer) => {
+                assigned.remove(&i);
+                if let Some(l) = load.get_mut(&peer) {
+                    *l = l.saturating_sub(1);
+                }
                 let len = data.len() as u64;
                 *moved.entry(peer).or_default() += len;
                 rep.metrics.peer_bytes_received(&peer, len);
                 ready.insert(i, data);
             }
+            Ok(_) => {}
             Err(e) => {
-                pending.insert(i);
-                src.drop_peer(rep, peer, id, e);
+                // The member's stream ended: its groups go back to the others.
+                streams.remove(&peer);
+                load.remove(&peer);
+                let back: Vec<u64> = assigned
+                    .iter()
+                    .filter(|(_, p)| **p == peer)
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in back {
+                    assigned.remove(&i);
+                    pending.insert(i);
+                }
+                if src.live.contains(&peer) {
+                    src.drop_peer(rep, peer, id, e);
+                }
             }
         }
         while let Some(data) = ready.remove(&next_write) {
@@ -353,6 +466,8 @@ pub(crate) async fn fetch_blob(
             break;
         }
     }
+    drop(streams);
+    tasks.abort_all();
     drop(tx);
     let w = writing
         .await

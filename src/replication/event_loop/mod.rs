@@ -3,7 +3,6 @@
 //! (disconnect, log, metric, and a deny at the next handshake), spreads revocations by gossip
 //! and by anti-entropy on every hello, measures RTT and keeps members connected.
 
-mod blobs;
 mod holdings;
 mod membership;
 mod models;
@@ -11,7 +10,6 @@ mod releases;
 mod schematics;
 mod upkeep;
 
-pub(crate) use blobs::TreeCache;
 pub(crate) use models::{LeaseView, is_key};
 pub(crate) use releases::ReleaseNames;
 pub use releases::ReleaseParts;
@@ -276,6 +274,23 @@ impl EventLoop {
 
     /// Runs until `stop` turns true; saves the members' addresses on the way out.
     pub(crate) async fn run(mut self, stop: &mut StopSignal) {
+        let serving = match self
+            .swarm
+            .behaviour()
+            .blobs
+            .new_control()
+            .accept(crate::replication::blob_stream::protocol())
+        {
+            Ok(incoming) => Some(tokio::spawn(crate::replication::blob_stream::serve(
+                incoming,
+                self.rel.handle.clone(),
+                self.rel.parts.blobs.clone(),
+            ))),
+            Err(e) => {
+                tracing::error!(error = %e, "members' blob streams cannot be answered");
+                None
+            }
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -289,6 +304,9 @@ impl EventLoop {
                 _ = tick.tick() => self.on_tick(),
             }
         }
+        if let Some(s) = serving {
+            s.abort();
+        }
         self.save_peers();
         tracing::info!("replication stopped");
     }
@@ -300,11 +318,9 @@ impl EventLoop {
             }
             Command::SchematicCreated(id) => self.schematic_created(id),
             Command::ReleaseImported(v) => self.release_imported(v),
-            Command::BlobChunk {
-                peer,
-                request,
-                reply,
-            } => self.blob_chunk(peer, request, reply),
+            Command::IsMember { peer, reply } => {
+                let _ = reply.send(self.is_member(&peer));
+            }
             Command::Members(reply) => {
                 let members = self
                     .peers
@@ -468,7 +484,7 @@ impl EventLoop {
             BehaviourEvent::Hello(e) => self.on_hello_event(e),
             BehaviourEvent::Schematics(e) => self.on_schematics_event(e),
             BehaviourEvent::Releases(e) => self.on_releases_event(e),
-            BehaviourEvent::Blobs(e) => self.on_blobs_event(e),
+            BehaviourEvent::Blobs(()) => {}
             BehaviourEvent::Models(e) => self.on_models_event(e),
             BehaviourEvent::Kad(e) => self.on_kad_event(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {

@@ -20,8 +20,8 @@ use crate::causes::Causes;
 use crate::replication::Replication;
 use crate::replication::membership::Envelope;
 use crate::replication::protocol::{
-    BlobReply, Gossip, MAX_RELEASE_RECORD, MAX_RELEASES, RELEASE_KIND, ReleaseReply,
-    ReleaseRequest, SignedRelease,
+    Gossip, MAX_RELEASE_RECORD, MAX_RELEASES, RELEASE_KIND, ReleaseReply, ReleaseRequest,
+    SignedRelease,
 };
 use crate::store::BlobStore;
 use crate::trust::SigningKey;
@@ -46,12 +46,6 @@ pub(crate) enum Job {
     ServeRelease {
         channel: ResponseChannel<ReleaseReply>,
         reply: ReleaseReply,
-    },
-    /// A chunk for a member, read from the store.
-    ServeChunk {
-        peer: PeerId,
-        channel: ResponseChannel<BlobReply>,
-        reply: BlobReply,
     },
     /// A model's record for a member, read from the store.
     ServeModel {
@@ -90,9 +84,6 @@ pub(crate) struct ReleaseSync {
     fetching: HashSet<String>,
     /// Record requests in flight: which version, and what made this node ask.
     gets: HashMap<OutboundRequestId, (String, Via)>,
-    /// Chunk requests in flight: who waits for the answer.
-    pub(super) chunks: super::Pending<BlobReply>,
-    pub(super) serving: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ReleaseSync {
@@ -110,8 +101,6 @@ impl ReleaseSync {
             jobs,
             fetching: HashSet::new(),
             gets: HashMap::new(),
-            chunks: HashMap::new(),
-            serving: Arc::default(),
         }
     }
 }
@@ -431,11 +420,6 @@ impl EventLoop {
                     .send_response(channel, reply);
             }
             Job::Holdings(h) => self.holdings_counted(h),
-            Job::ServeChunk {
-                peer,
-                channel,
-                reply,
-            } => self.send_chunk(peer, channel, reply),
             Job::ServeModel { channel, reply } => {
                 let _ = self
                     .swarm

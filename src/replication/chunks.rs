@@ -1,24 +1,15 @@
-//! The blob protocol on the event loop: chunk and tree requests of this node's transfers go
-//! out through it; members' requests are answered from the store off the loop (at most
-//! [`MAX_SERVING`] at once). A blob's tree (see `tree`) is computed once from its bytes and
+//! What this node answers on members' blob streams (see `blob_stream`): a chunk of a stored
+//! blob, or a page of its tree. A blob's tree (see `tree`) is computed once from its bytes and
 //! kept in a bounded cache, so members fetching the same blob at once cost one read of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use libp2p::PeerId;
-use libp2p::request_response::{self, ResponseChannel};
-use tokio::sync::oneshot;
-
-use super::EventLoop;
-use super::releases::Job;
-use crate::replication::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
-use crate::replication::tree;
+use super::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
+use super::tree;
 use crate::store::BlobStore;
 
-/// Blob requests of members being read at once (each holds up to [`MAX_CHUNK`]).
-const MAX_SERVING: usize = 64;
 /// Bytes of trees kept (a 1 GiB blob's tree is 32 KiB; the largest blob's, 2 MiB).
 const TREE_CACHE_BYTES: usize = 16 << 20;
 
@@ -108,7 +99,7 @@ impl Trees {
 }
 
 /// Answers `req` from the store for a member.
-pub(super) fn read_chunk(blobs: &BlobStore, trees: &TreeCache, req: &BlobRequest) -> BlobReply {
+pub(crate) fn read_chunk(blobs: &BlobStore, trees: &TreeCache, req: &BlobRequest) -> BlobReply {
     let blake3 = match &req.id {
         BlobId::Blake3(b) if crate::store::is_blob_name(b) => b.clone(),
         BlobId::Sha256(s) if crate::store::is_blob_name(s) => match blobs.by_sha256(s) {
@@ -141,108 +132,14 @@ pub(super) fn read_chunk(blobs: &BlobStore, trees: &TreeCache, req: &BlobRequest
         return BlobReply::Refused;
     }
     let len = (size - req.offset).min(want) as usize;
-    let mut data = vec![0u8; len];
-    if file.seek(SeekFrom::Start(req.offset)).is_err() || file.read_exact(&mut data).is_err() {
+    let mut data = Vec::with_capacity(len);
+    if file.seek(SeekFrom::Start(req.offset)).is_err()
+        || (&mut file).take(len as u64).read_to_end(&mut data).is_err()
+        || data.len() != len
+    {
         return BlobReply::Missing;
     }
     BlobReply::Chunk { size, data }
-}
-
-impl EventLoop {
-    /// Asks a member for a chunk (or tree page) on behalf of a transfer.
-    pub(super) fn blob_chunk(
-        &mut self,
-        peer: PeerId,
-        request: BlobRequest,
-        reply: oneshot::Sender<Result<BlobReply, String>>,
-    ) {
-        if !self.is_member(&peer) {
-            let _ = reply.send(Err("not a connected member".into()));
-            return;
-        }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .blobs
-            .send_request(&peer, request);
-        self.rel.chunks.insert(id, reply);
-    }
-
-    /// Sends a chunk read off the loop to the member that asked; counts its bytes.
-    pub(super) fn send_chunk(
-        &mut self,
-        peer: PeerId,
-        channel: ResponseChannel<BlobReply>,
-        reply: BlobReply,
-    ) {
-        if let BlobReply::Chunk { data, .. } | BlobReply::Tree { data, .. } = &reply {
-            self.metrics.bytes_sent.increment(data.len() as u64);
-            self.metrics.peer_bytes_sent(&peer, data.len() as u64);
-        }
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .blobs
-            .send_response(channel, reply);
-    }
-
-    pub(super) fn on_blobs_event(
-        &mut self,
-        event: request_response::Event<BlobRequest, BlobReply>,
-    ) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let serving = Arc::clone(&self.rel.serving);
-                let refuse = !self.is_member(&peer)
-                    || request.len > MAX_CHUNK
-                    || serving.load(std::sync::atomic::Ordering::Acquire) >= MAX_SERVING;
-                if refuse {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .blobs
-                        .send_response(channel, BlobReply::Refused);
-                    return;
-                }
-                serving.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                let blobs = self.rel.parts.blobs.clone();
-                let trees = Arc::clone(&self.rel.handle.trees);
-                let jobs = self.rel.jobs();
-                tokio::task::spawn_blocking(move || {
-                    let reply = read_chunk(&blobs, &trees, &request);
-                    serving.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-                    let _ = jobs.send(Job::ServeChunk {
-                        peer,
-                        channel,
-                        reply,
-                    });
-                });
-            }
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                super::settle(&mut self.rel.chunks, &request_id, Ok(response));
-            }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                super::settle(&mut self.rel.chunks, &request_id, Err(error.to_string()));
-            }
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]
