@@ -5,8 +5,11 @@
 #   1. big blobs: the kit release with extensions padded to $BIG_MB MiB (three of them) imported
 #      on A; B joins and replicates it from A alone. Reported: each big blob's fetch (from B's
 #      `blob fetched from members` lines: size, seconds; three fetched at once), the whole
-#      release's replication (bytes / wall time), B's peak RSS (VmHWM), and — the reference — the
-#      same big blob downloaded once over A's HTTP registry endpoint with curl.
+#      release's replication (bytes / wall time), B's peak RSS (VmHWM) and its growth over an
+#      idle node's RSS (A's, read before B starts), and — the references — the same big blobs
+#      downloaded one after another over A's HTTP registry endpoint with curl, once into
+#      /dev/null (the transport alone) and once into a file beside B's data directory (a
+#      download that keeps its bytes, as a replica must; curl checks no hash, B checks two).
 #   2. fan-out: the release padded to $FAN_MB MiB per extension on A; four fresh members started
 #      at once replicate it (wall time until all four hold it), vs four sequential curl
 #      downloads of the same blobs from A's HTTP.
@@ -14,7 +17,8 @@
 #      ($SCHEMATICS times; median and max).
 #
 # Usage: tests/bench/replication.sh   env (defaults): BIG_MB=1024 FAN_MB=300 SCHEMATICS=10
-#                                     STEP_TIMEOUT=1800 KEEP=0 CARGO_TARGET_DIR
+#                                     STEP_TIMEOUT=1800 KEEP=0 SECTIONS=123 CARGO_TARGET_DIR
+#                                     BIN (a binary to measure instead of the release build)
 # Needs jq, curl, and the test kit inputs (tests/kit/fetch-debian.sh). Loopback only; every
 # wait is bounded by STEP_TIMEOUT.
 set -euo pipefail
@@ -24,7 +28,8 @@ FAN_MB=${FAN_MB:-300}
 SCHEMATICS=${SCHEMATICS:-10}
 STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
 VERSION=v1.11.0
-BIN=${CARGO_TARGET_DIR:-target}/release/image-factory
+SECTIONS=${SECTIONS:-123}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/image-factory}
 [ -x "$BIN" ] || { echo "replication.sh: no release build at $BIN (cargo build --release)" >&2; exit 1; }
 { command -v jq && command -v curl; } >/dev/null || { echo "replication.sh: needs jq and curl" >&2; exit 1; }
 timeout 1800 tests/kit/fetch-debian.sh >&2
@@ -104,11 +109,12 @@ big_blobs() {
         echo "$(basename "$f") $(sha256sum "$f" 2>/dev/null | cut -d' ' -f1) $(stat -c %s "$f" 2>/dev/null)"
     done
 }
-# http_blob NODE SHA: downloads a blob over NODE's registry endpoint; prints "seconds bytes".
+# http_blob NODE SHA [OUT]: downloads a blob over NODE's registry endpoint into OUT
+# (/dev/null); prints "seconds bytes".
 http_blob() {
     local repo out
     for repo in kmod-test fw-test svc-test; do
-        out=$(curl -s -o /dev/null -w '%{http_code} %{time_total} %{size_download}' \
+        out=$(curl -s -o "${3:-/dev/null}" -w '%{http_code} %{time_total} %{size_download}' \
             "http://$(http "$1")/v2/siderolabs/$repo/blobs/sha256:$2")
         if [ "${out%% *}" = 200 ]; then echo "${out#* }"; return 0; fi
     done
@@ -120,11 +126,16 @@ epoch_ms() { date -d "$1" +%s%3N; }
 
 echo "== replication benchmark: $(date -u +%FT%TZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?'), BIG_MB=$BIG_MB FAN_MB=$FAN_MB"
 
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$(cat "$W/$1.pid")/status"; }
+
 # 1. Big blobs from one member.
+if [[ $SECTIONS == *1* ]]; then
 log "synthesizing and importing the release with ${BIG_MB} MiB extensions on A..."
 synth_import "$BIG_MB" "$W/a"
 invite_join a b
 start a
+sleep 2
+idle=$(rss_kib a)
 start b "$(boot a)"
 until_ok "$STEP_TIMEOUT" grep -q '"release replicated"' "$W/b.log"
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$(cat "$W/b.pid")/status")
@@ -135,17 +146,27 @@ echo "-- 1. release with 3 x ${BIG_MB} MiB extensions, A -> B (B fetches 4 blobs
 jq -r --argjson min $((BIG_MB << 20)) 'select(.message == "blob fetched from members" and .size >= $min)
     | "big blob \(.blob[7:19])…  \(.size) bytes  \(.seconds | . * 1000 | round / 1000) s  \((.size / .seconds / 1048576) | round) MiB/s  sources \(.members)"' "$W/b.log"
 echo "whole release: $total bytes in $((t1 - t0)) ms = $((total * 1000 / (t1 - t0) / 1048576)) MiB/s aggregate"
-echo "receiver B peak RSS (VmHWM): $((hwm / 1024)) MiB"
-read -r b3 sha size < <(big_blobs "$W/a" "$BIG_MB" | head -1)
-read -r secs bytes < <(http_blob a "$sha")
-echo "HTTP (curl, A's registry endpoint), one ${BIG_MB} MiB blob alone: $bytes bytes in $secs s = $(echo "$bytes / $secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
-one=$(jq -r --arg b "blake3:$b3" 'select(.message == "blob fetched from members" and .blob == $b) | .seconds' "$W/b.log")
-echo "same blob over replication (while 2 others ran alongside): $one s"
+echo "receiver B peak RSS (VmHWM): $((hwm / 1024)) MiB; an idle node (A before B started): $((idle / 1024)) MiB; growth $(((hwm - idle) / 1024)) MiB"
+big_total=$(jq -s --argjson min $((BIG_MB << 20)) '[.[] | select(.message == "blob fetched from members" and .size >= $min) | .size] | add' "$W/b.log")
+big_secs=$(jq -s --argjson min $((BIG_MB << 20)) '[.[] | select(.message == "blob fetched from members" and .size >= $min) | .seconds] | max' "$W/b.log")
+echo "replication, the big blobs (fetched at once): $big_total bytes in $big_secs s = $(echo "$big_total / $big_secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
+for out in /dev/null "$W/dl.bin"; do
+    hs=0 ht=0
+    while read -r b3 sha size; do
+        read -r secs bytes < <(http_blob a "$sha" "$out")
+        hs=$((hs + bytes))
+        ht=$(echo "$ht + $secs" | bc -l)
+        rm -f "$W/dl.bin"
+    done < <(big_blobs "$W/a" "$BIG_MB")
+    echo "HTTP (curl, A's registry endpoint) into $out, the big blobs one after another: $hs bytes in $(printf %.3f "$ht") s = $(echo "$hs / $ht / 1048576" | bc -l | xargs printf %.0f) MiB/s; replication / HTTP = $(echo "($big_total / $big_secs) / ($hs / $ht)" | bc -l | xargs printf %.2f)"
+done
 stop b
 stop a
 rm -rf "$W/a" "$W/b"
+fi
 
 # 2. Fan-out.
+if [[ $SECTIONS == *2* ]]; then
 log "synthesizing and importing the release with ${FAN_MB} MiB extensions on A..."
 synth_import "$FAN_MB" "$W/a"
 invite_join a m1 m2 m3 m4
@@ -171,8 +192,11 @@ for _ in 1 2 3 4; do
 done
 t1=$(ms)
 echo "HTTP: four sequential downloads of the big blobs ($hs bytes) in $((t1 - t0)) ms"
+fi
 
 # 3. Schematic latency A -> m3.
+# (it uses the members of section 2)
+[[ $SECTIONS == *2*3* ]] || exit 0
 echo "-- 3. schematic created on A, served by m3"
 lat=()
 for i in $(seq 1 "$SCHEMATICS"); do
