@@ -84,7 +84,11 @@ impl Referrers {
         }
         let index: Index = serde_json::from_slice(bytes)
             .map_err(OciError::decode(format!("referrers index {location}")))?;
-        if let Some(mt) = index.media_type.as_deref().filter(|m| *m != MEDIA_OCI_INDEX) {
+        if let Some(mt) = index
+            .media_type
+            .as_deref()
+            .filter(|m| *m != MEDIA_OCI_INDEX)
+        {
             return Err(OciError::Malformed {
                 what: format!("referrers index {location}"),
                 message: format!("media type {mt}, expected {MEDIA_OCI_INDEX}"),
@@ -95,7 +99,8 @@ impl Referrers {
             .into_iter()
             .filter_map(|v| serde_json::from_value::<Listed>(v).ok())
             .filter(|l| {
-                artifact_type.is_none_or(|want| l.artifact_type.as_deref().is_none_or(|t| t == want))
+                artifact_type
+                    .is_none_or(|want| l.artifact_type.as_deref().is_none_or(|t| t == want))
             })
             .take(MAX_LISTED)
             .collect();
@@ -140,8 +145,8 @@ impl ReferrerManifest {
     /// Reads a referrer manifest of the image `subject`: `Err` (why) when it does not parse or
     /// its `subject` is missing or another manifest (a misfiled or planted referrer).
     pub fn parse_for(bytes: &[u8], subject: &Digest) -> Result<ReferrerManifest, String> {
-        let m: ReferrerManifest = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a referrer manifest: {e}"))?;
+        let m: ReferrerManifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a referrer manifest: {e}"))?;
         match &m.subject {
             Some(s) if &s.digest == subject => Ok(m),
             Some(s) => Err(format!("its subject is {}, not {subject}", s.digest)),
@@ -170,7 +175,9 @@ pub async fn by_tag<S: ImageSource + ?Sized>(
             message: format!("a {}, not a referrers index", d.media_type),
         });
     }
-    let bytes = source.manifest(&tag_ref, &d.digest, MAX_INDEX_BYTES).await?;
+    let bytes = source
+        .manifest(&tag_ref, &d.digest, MAX_INDEX_BYTES)
+        .await?;
     let r = Referrers::parse(&bytes, Found::Tag, tag_ref.to_string(), artifact_type)?;
     Ok((!r.listed.is_empty()).then_some(r))
 }
@@ -197,7 +204,11 @@ mod tests {
         let bytes = serde_json::to_vec(&index).unwrap();
         let r = Referrers::parse(&bytes, Found::Api, "x".into(), Some("a/b")).unwrap();
         assert_eq!(r.listed.len(), MAX_LISTED);
-        assert!(r.listed.iter().all(|l| l.artifact_type.as_deref() != Some("c/d")));
+        assert!(
+            r.listed
+                .iter()
+                .all(|l| l.artifact_type.as_deref() != Some("c/d"))
+        );
         assert_eq!(r.listed[1].artifact_type, None);
         let all = Referrers::parse(&bytes, Found::Api, "x".into(), None).unwrap();
         assert_eq!(all.listed[1].artifact_type.as_deref(), Some("c/d"));
@@ -208,11 +219,23 @@ mod tests {
         assert_eq!(back.listed, r.listed);
 
         let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": super::super::MEDIA_OCI_MANIFEST, "manifests": []});
-        let err = Referrers::parse(&serde_json::to_vec(&manifest).unwrap(), Found::Api, "x".into(), None)
-            .unwrap_err();
-        assert!(err.to_string().contains("expected application/vnd.oci.image.index.v1+json"), "{err}");
+        let err = Referrers::parse(
+            &serde_json::to_vec(&manifest).unwrap(),
+            Found::Api,
+            "x".into(),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected application/vnd.oci.image.index.v1+json"),
+            "{err}"
+        );
         let big = vec![b' '; MAX_INDEX_BYTES as usize + 1];
-        assert!(matches!(Referrers::parse(&big, Found::Api, "x".into(), None), Err(OciError::Limit(_))));
+        assert!(matches!(
+            Referrers::parse(&big, Found::Api, "x".into(), None),
+            Err(OciError::Limit(_))
+        ));
     }
 
     #[test]
@@ -226,7 +249,11 @@ mod tests {
                 "layers": [],
             });
             if let Some(s) = subject {
-                v["subject"] = serde_json::to_value(Descriptor::for_bytes(MEDIA_OCI_INDEX, s.as_str().as_bytes())).unwrap();
+                v["subject"] = serde_json::to_value(Descriptor::for_bytes(
+                    MEDIA_OCI_INDEX,
+                    s.as_str().as_bytes(),
+                ))
+                .unwrap();
                 v["subject"]["digest"] = s.as_str().into();
             }
             serde_json::to_vec(&v).unwrap()

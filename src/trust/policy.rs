@@ -14,7 +14,7 @@ use super::cosign::{
 use super::keyless::{Check, KeylessPolicy, bundle, legacy};
 use crate::oci::{
     Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError,
-    ReferrerManifest, Reference,
+    Reference, ReferrerManifest,
 };
 
 /// Verifies the cosign signature of `signed_digest` in the repository of `reference`, reading

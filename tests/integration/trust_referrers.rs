@@ -1,0 +1,220 @@
+//! Sigstore bundles found through the OCI 1.1 referrers API (issue 20 point 4), against a
+//! registry that serves them ONLY through the API (no `sha256-<hex>` tag, as ghcr.io holds what
+//! cosign 3 attaches) and, for the fallback, ONLY through the tag schema: registry import,
+//! `bundle create` and its offline import, and a referrer filed under another image ignored.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::common::layout_registry::{LayoutRegistry, Referrers};
+use crate::common::release::mini_release_signed;
+use crate::import::{key, release, stderr};
+use image_factory::oci::Digest;
+use image_factory::synth::sigstore::{KeylessSign, TEST_ISSUER, TestSigstore};
+
+const KIT: &str = "image-factory test kit";
+
+/// A mini release signed keyless with Sigstore bundle referrers (made with `opts`), in
+/// `dir/layout`, and the kit's trusted root at `dir/trusted_root.json`.
+fn keyless_release(dir: &Path, opts: KeylessSign) {
+    mini_release_signed(
+        &dir.join("layout"),
+        "v1.11.0",
+        key(1),
+        Some((TestSigstore::new(KIT), opts)),
+        true,
+        4096,
+    );
+    std::fs::write(
+        dir.join("trusted_root.json"),
+        TestSigstore::new(KIT).trusted_root_json(),
+    )
+    .expect("write root");
+}
+
+/// Runs the binary with `args`, trusting only the kit's trusted root (in `dir`) and identity.
+fn run_keyless(dir: &Path, args: &[&str]) -> Output {
+    let identities = serde_json::json!([
+        {"issuer": TEST_ISSUER, "subjectRegExp": r"^release@test-kit\.example$"}
+    ]);
+    Command::new(crate::common::bin())
+        .args(args)
+        .env(
+            "IF_TRUST_SIGSTORETRUSTEDROOT",
+            dir.join("trusted_root.json"),
+        )
+        .env("IF_TRUST_IDENTITIES", identities.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run")
+}
+
+/// `import --from-registry <reg>/mirror --version v1.11.0 --data-dir dir/<data>`.
+fn import_from(dir: &Path, reg: &LayoutRegistry, data: &str) -> Output {
+    let from = format!("{}/mirror", reg.addr);
+    let data = dir.join(data);
+    run_keyless(
+        dir,
+        &[
+            "import",
+            "--from-registry",
+            &from,
+            "--version",
+            "v1.11.0",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+    )
+}
+
+fn asked(reg: &LayoutRegistry, what: &str) -> usize {
+    reg.requests().iter().filter(|r| r.contains(what)).count()
+}
+
+/// The release imports from a registry holding its bundles only behind the referrers API, and
+/// (the spec's client fallback) from one holding them only at the referrers tag.
+#[test]
+fn registry_import_finds_bundles_through_the_referrers_api() {
+    for mode in [Referrers::ApiOnly, Referrers::TagOnly] {
+        let t = tempfile::tempdir().expect("tmp");
+        keyless_release(t.path(), KeylessSign::default());
+        let reg = LayoutRegistry::start(&t.path().join("layout"), "mirror", mode);
+        let out = import_from(t.path(), &reg, "data");
+        let err = stderr(&out);
+        assert!(out.status.success(), "{mode:?}: import failed: {err}");
+        let r = release(&t.path().join("data"), "v1.11.0").expect("release visible");
+        assert!(!r.partial);
+        // Every image was asked about through the API, filtered to Sigstore bundles.
+        assert!(
+            asked(&reg, "/referrers/sha256:") >= 6,
+            "{mode:?}: {:?}",
+            reg.requests()
+        );
+        assert!(
+            asked(
+                &reg,
+                "artifactType=application%2Fvnd.dev.sigstore.bundle.v0.3%2Bjson"
+            ) >= 6,
+            "{:?}",
+            reg.requests()
+        );
+        let tag_lookups = asked(&reg, "/manifests/sha256-");
+        match mode {
+            // The API listed them: the tag schema was never needed.
+            Referrers::ApiOnly => assert_eq!(tag_lookups, 0, "{:?}", reg.requests()),
+            Referrers::TagOnly => assert!(tag_lookups >= 6, "{:?}", reg.requests()),
+        }
+    }
+}
+
+/// `bundle create` from an API-only registry stores the bundles at the referrers tag of the
+/// offline layout, and the bundle imports with keyless verification and no network.
+#[test]
+fn bundle_create_from_an_api_only_registry_imports_offline() {
+    let t = tempfile::tempdir().expect("tmp");
+    keyless_release(t.path(), KeylessSign::default());
+    let reg = LayoutRegistry::start(&t.path().join("layout"), "mirror", Referrers::ApiOnly);
+    let from = format!("{}/mirror", reg.addr);
+    let bundle = t.path().join("bundle.tar");
+    let out = run_keyless(
+        t.path(),
+        &[
+            "bundle",
+            "create",
+            "--from-registry",
+            &from,
+            "--version",
+            "v1.11.0",
+            "--arch",
+            "amd64",
+            "--out",
+            bundle.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "bundle create failed: {}",
+        stderr(&out)
+    );
+    drop(reg);
+    let data = t.path().join("offline");
+    let out = run_keyless(
+        t.path(),
+        &[
+            "import",
+            bundle.to_str().expect("utf-8 path"),
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "offline import failed: {}",
+        stderr(&out)
+    );
+    assert!(release(&data, "v1.11.0").is_some());
+}
+
+/// A bundle referrer whose manifest's `subject` is another digest is ignored even though the
+/// bundle itself signs the right image: the import (from the API, and from the layout's tag)
+/// fails with the "no keyless signature" refusal, and `bundle create` refuses the image as
+/// unsigned.
+#[test]
+fn a_referrer_of_another_digest_is_ignored() {
+    let t = tempfile::tempdir().expect("tmp");
+    keyless_release(
+        t.path(),
+        KeylessSign {
+            referrer_subject: Some(Digest::of(b"another image")),
+            ..KeylessSign::default()
+        },
+    );
+    let no_signature = |out: &Output, what: &str| {
+        let err = stderr(out);
+        assert!(
+            !out.status.success(),
+            "{what}: unexpectedly succeeded: {err}"
+        );
+        assert!(err.contains("no keyless signature"), "{what}: {err}");
+        assert!(!err.contains("keyless signature rejected"), "{what}: {err}");
+    };
+    let reg = LayoutRegistry::start(&t.path().join("layout"), "mirror", Referrers::ApiOnly);
+    let out = import_from(t.path(), &reg, "data");
+    no_signature(&out, "registry import");
+    assert!(asked(&reg, "/referrers/sha256:") >= 1);
+    assert!(release(&t.path().join("data"), "v1.11.0").is_none());
+
+    let layout = t.path().join("layout");
+    let data = t.path().join("data2");
+    let out = run_keyless(
+        t.path(),
+        &[
+            "import",
+            layout.to_str().expect("utf-8 path"),
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+    );
+    no_signature(&out, "layout import");
+
+    let from = format!("{}/mirror", reg.addr);
+    let bundle = t.path().join("bundle.tar");
+    let out = run_keyless(
+        t.path(),
+        &[
+            "bundle",
+            "create",
+            "--from-registry",
+            &from,
+            "--version",
+            "v1.11.0",
+            "--arch",
+            "amd64",
+            "--out",
+            bundle.to_str().expect("utf-8 path"),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "bundle create succeeded: {err}");
+    assert!(err.contains("no cosign signature"), "{err}");
+}
