@@ -72,10 +72,17 @@ fn asked(reg: &LayoutRegistry, what: &str) -> usize {
 }
 
 /// The release imports from a registry holding its bundles only behind the referrers API, and
-/// (the spec's client fallback) from one holding them only at the referrers tag.
+/// (the spec's client fallback) from one holding them only at the referrers tag, whose API
+/// answers 404, or 400/405 as for an unknown route.
 #[test]
 fn registry_import_finds_bundles_through_the_referrers_api() {
-    for mode in [Referrers::ApiOnly, Referrers::TagOnly] {
+    let modes = [
+        Referrers::ApiOnly,
+        Referrers::TagOnly(404),
+        Referrers::TagOnly(400),
+        Referrers::TagOnly(405),
+    ];
+    for mode in modes {
         let t = tempfile::tempdir().expect("tmp");
         keyless_release(t.path(), KeylessSign::default());
         let reg = LayoutRegistry::start(&t.path().join("layout"), "mirror", mode);
@@ -107,9 +114,30 @@ fn registry_import_finds_bundles_through_the_referrers_api() {
         match mode {
             // The API listed them: the tag schema was never needed.
             Referrers::ApiOnly => assert_eq!(tag_lookups, 0, "{:?}", reg.requests()),
-            Referrers::TagOnly => assert!(tag_lookups >= 6, "{:?}", reg.requests()),
+            _ => assert!(tag_lookups >= 6, "{:?}", reg.requests()),
         }
     }
+}
+
+/// A referrers API answer that is not an image index is refused with the check named (not
+/// read as one, and not a fall back to the tag).
+#[test]
+fn a_referrers_answer_that_is_not_an_index_is_refused() {
+    let t = tempfile::tempdir().expect("tmp");
+    keyless_release(t.path(), KeylessSign::default());
+    let reg = LayoutRegistry::start(&t.path().join("layout"), "mirror", Referrers::ApiNotAnIndex);
+    let out = import_from(t.path(), &reg, "data");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "import succeeded: {err}");
+    assert!(
+        err.contains("keyless signature rejected: signature material check failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("expected application/vnd.oci.image.index.v1+json"),
+        "{err}"
+    );
+    assert!(release(&t.path().join("data"), "v1.11.0").is_none());
 }
 
 /// `bundle create` from an API-only registry stores the bundles at the referrers tag of the

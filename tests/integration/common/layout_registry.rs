@@ -24,8 +24,18 @@ use image_factory::oci::{ANNOTATION_REF_NAME, Digest, ImageIndex, MEDIA_OCI_INDE
 pub enum Referrers {
     /// Only the referrers API; `sha256-<hex>` tags answer 404 and are not listed.
     ApiOnly,
-    /// Only the referrers tag schema; the referrers API answers 404.
-    TagOnly,
+    /// Only the referrers tag schema; the referrers API answers this status (404 as the spec
+    /// says a registry without it does, 400 or 405 as some answer an unknown route).
+    TagOnly(u16),
+    /// Like `ApiOnly`, but the API's answer declares an image manifest's media type.
+    ApiNotAnIndex,
+}
+
+impl Referrers {
+    /// Whether the `sha256-<hex>` referrers tags are hidden.
+    fn api_only(self) -> bool {
+        matches!(self, Referrers::ApiOnly | Referrers::ApiNotAnIndex)
+    }
 }
 
 struct Served {
@@ -146,7 +156,7 @@ impl Served {
 
     /// The digest `ghcr.io/<repo>:<tag>` names, as this registry shows tags.
     fn tagged(&self, repo: &str, tag: &str) -> Option<Digest> {
-        if self.mode == Referrers::ApiOnly && is_referrers_tag(tag) {
+        if self.mode.api_only() && is_referrers_tag(tag) {
             return None;
         }
         self.refs()
@@ -177,8 +187,9 @@ impl Served {
         artifact_type: Option<&str>,
         head: bool,
     ) -> Response {
-        if self.mode == Referrers::TagOnly {
-            return error(StatusCode::NOT_FOUND, "NOT_FOUND");
+        if let Referrers::TagOnly(status) = self.mode {
+            let status = StatusCode::from_u16(status).expect("status");
+            return error(status, "UNSUPPORTED");
         }
         let Ok(subject) = subject.parse::<Digest>() else {
             return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
@@ -196,9 +207,13 @@ impl Served {
         if let Some(t) = artifact_type {
             manifests.retain(|m| m["artifactType"].as_str() == Some(t));
         }
+        let media_type = match self.mode {
+            Referrers::ApiNotAnIndex => "application/vnd.oci.image.manifest.v1+json",
+            _ => MEDIA_OCI_INDEX,
+        };
         let body = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_INDEX,
+            "mediaType": media_type,
             "manifests": manifests,
         });
         let mut resp = content(MEDIA_OCI_INDEX, body.to_string().into_bytes(), None, head);
@@ -219,7 +234,7 @@ impl Served {
                 let r: Reference = name.parse().ok()?;
                 (r.repository == repo).then_some(r.tag?)
             })
-            .filter(|t| !(self.mode == Referrers::ApiOnly && is_referrers_tag(t)))
+            .filter(|t| !(self.mode.api_only() && is_referrers_tag(t)))
             .collect();
         let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
         content("application/json", body.into_bytes(), None, false)
