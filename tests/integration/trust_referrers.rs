@@ -251,3 +251,56 @@ fn a_referrer_of_another_digest_is_ignored() {
     assert!(!out.status.success(), "bundle create succeeded: {err}");
     assert!(err.contains("no cosign signature"), "{err}");
 }
+
+/// Releases on demand (the server's own registry import path) verify Sigstore bundles that the
+/// registry serves only through the referrers API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_import_finds_bundles_through_the_referrers_api() {
+    use crate::common::assets::{create_schematic, get};
+    use image_factory::config::IdentityConfig;
+
+    let t = tempfile::tempdir().expect("tmp");
+    keyless_release(t.path(), KeylessSign::default());
+    let reg = LayoutRegistry::start(&t.path().join("layout"), "mirror", Referrers::ApiOnly);
+    let (addr, root) = (
+        reg.addr.clone(),
+        t.path().join("trusted_root.json").display().to_string(),
+    );
+    let s = crate::common::TestServer::start_with(move |c| {
+        c.artifacts.core.registry = addr;
+        c.artifacts.core.namespace = "mirror".into();
+        c.trust.sigstore_trusted_root = root;
+        c.trust.identities = vec![IdentityConfig {
+            issuer: TEST_ISSUER.into(),
+            issuer_reg_exp: String::new(),
+            subject_reg_exp: r"^release@test-kit\.example$".into(),
+        }];
+    })
+    .await;
+    let id = create_schematic(&s, "customization: {}\n").await;
+    // The first request waits for the listing and the import.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let got = loop {
+        let got = get(&s, &format!("/image/{id}/v1.11.0/kernel-amd64"), &[]).await;
+        if got.status != 404 || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(got.status, 200, "{}", got.text());
+    let st: serde_json::Value = crate::common::client()
+        .get(s.url("/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(st["releases"][0]["verified"], true, "{st}");
+    assert!(
+        asked(&reg, "/referrers/sha256:") >= 6,
+        "{:?}",
+        reg.requests()
+    );
+    s.stop().await;
+}
