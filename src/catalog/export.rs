@@ -236,15 +236,11 @@ impl<S: ImageSource> Exporter<'_, S> {
         let sig_tag = top.digest.signature_tag();
         let sig_ref = source_ref.with_tag(&sig_tag);
         let sig = self.block(self.source.resolve(&sig_ref))?;
-        let referrers = match self.block(self.source.referrers(
+        let referrers = self.block(self.source.referrers(
             &source_ref,
             &top.digest,
             Some(crate::trust::keyless::bundle::MEDIA_BUNDLE),
-        )) {
-            Ok(r) => r,
-            Err(OciError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
+        ))?;
         let upstream_name = format!("{UPSTREAM}/{repo}");
         let bundles = match &referrers {
             Some(r) => self.copy_referrers(&source_ref, &top.digest, r, &upstream_name)?,

@@ -22,15 +22,6 @@ pub fn tag(digest: &Digest) -> String {
     format!("sha256-{}", digest.hex())
 }
 
-/// Where a referrers index was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found {
-    /// The registry's referrers API.
-    Api,
-    /// The referrers tag schema (`sha256-<hex>`).
-    Tag,
-}
-
 /// One referrer as an index lists it: its manifest descriptor and artifact type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listed {
@@ -49,8 +40,6 @@ pub struct Listed {
 /// The referrers of one image, as one index listed them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Referrers {
-    /// Where the index was found.
-    pub found: Found,
     /// What was asked, for messages (`<host>/<repo>/referrers/<digest>` or the tag reference).
     pub location: String,
     /// The referrers listed, in order: of the artifact type asked for (or not saying), at most
@@ -73,7 +62,6 @@ impl Referrers {
     /// must be an OCI image index; entries that are not descriptors are skipped.
     pub fn parse(
         bytes: &[u8],
-        found: Found,
         location: String,
         artifact_type: Option<&str>,
     ) -> Result<Referrers, OciError> {
@@ -104,11 +92,7 @@ impl Referrers {
             })
             .take(MAX_LISTED)
             .collect();
-        Ok(Referrers {
-            found,
-            location,
-            listed,
-        })
+        Ok(Referrers { location, listed })
     }
 
     /// An OCI index listing `listed` (what an offline bundle stores at the referrers tag), with
@@ -178,7 +162,7 @@ pub async fn by_tag<S: ImageSource + ?Sized>(
     let bytes = source
         .manifest(&tag_ref, &d.digest, MAX_INDEX_BYTES)
         .await?;
-    let r = Referrers::parse(&bytes, Found::Tag, tag_ref.to_string(), artifact_type)?;
+    let r = Referrers::parse(&bytes, tag_ref.to_string(), artifact_type)?;
     Ok((!r.listed.is_empty()).then_some(r))
 }
 
@@ -202,7 +186,7 @@ mod tests {
         manifests.extend((3..40).map(|n| entry(Some("a/b"), n)));
         let index = serde_json::json!({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": manifests});
         let bytes = serde_json::to_vec(&index).unwrap();
-        let r = Referrers::parse(&bytes, Found::Api, "x".into(), Some("a/b")).unwrap();
+        let r = Referrers::parse(&bytes, "x".into(), Some("a/b")).unwrap();
         assert_eq!(r.listed.len(), MAX_LISTED);
         assert!(
             r.listed
@@ -210,22 +194,17 @@ mod tests {
                 .all(|l| l.artifact_type.as_deref() != Some("c/d"))
         );
         assert_eq!(r.listed[1].artifact_type, None);
-        let all = Referrers::parse(&bytes, Found::Api, "x".into(), None).unwrap();
+        let all = Referrers::parse(&bytes, "x".into(), None).unwrap();
         assert_eq!(all.listed[1].artifact_type.as_deref(), Some("c/d"));
         // What an offline bundle stores reads back the same.
         let (again, d) = Referrers::index_of(&r.listed).unwrap();
         assert_eq!(d.digest, Digest::of(&again));
-        let back = Referrers::parse(&again, Found::Tag, "y".into(), Some("a/b")).unwrap();
+        let back = Referrers::parse(&again, "y".into(), Some("a/b")).unwrap();
         assert_eq!(back.listed, r.listed);
 
         let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": super::super::MEDIA_OCI_MANIFEST, "manifests": []});
-        let err = Referrers::parse(
-            &serde_json::to_vec(&manifest).unwrap(),
-            Found::Api,
-            "x".into(),
-            None,
-        )
-        .unwrap_err();
+        let err = Referrers::parse(&serde_json::to_vec(&manifest).unwrap(), "x".into(), None)
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("expected application/vnd.oci.image.index.v1+json"),
@@ -233,7 +212,7 @@ mod tests {
         );
         let big = vec![b' '; MAX_INDEX_BYTES as usize + 1];
         assert!(matches!(
-            Referrers::parse(&big, Found::Api, "x".into(), None),
+            Referrers::parse(&big, "x".into(), None),
             Err(OciError::Limit(_))
         ));
     }

@@ -89,7 +89,7 @@ async fn verify_referrers<S: ImageSource>(
         .await
     {
         Ok(Some(r)) => r,
-        Ok(None) | Err(OciError::NotFound(_)) => return Ok(None),
+        Ok(None) => return Ok(None),
         Err(e @ (OciError::Malformed { .. } | OciError::Decode { .. })) => {
             return Err(malformed(e.to_string()));
         }

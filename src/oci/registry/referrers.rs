@@ -5,7 +5,7 @@ use reqwest::header::ACCEPT;
 use reqwest::{Method, StatusCode};
 
 use super::{RegistrySource, check_repository, media_type_of};
-use crate::oci::referrers::{self, Found, MAX_INDEX_BYTES, Referrers};
+use crate::oci::referrers::{self, MAX_INDEX_BYTES, Referrers};
 use crate::oci::{Digest, MEDIA_OCI_INDEX, OciError, Reference};
 
 impl RegistrySource {
@@ -13,7 +13,7 @@ impl RegistrySource {
     /// given; a registry that does not filter is filtered here). `Ok(None)` when the registry
     /// has no referrers API: it answers 404 (as the spec says such a registry does) or 400/405
     /// (an unknown route).
-    pub async fn referrers_api(
+    async fn referrers_api(
         &self,
         reference: &Reference,
         subject: &Digest,
@@ -51,7 +51,7 @@ impl RegistrySource {
             });
         }
         let bytes = self.read_limited(resp, MAX_INDEX_BYTES).await?;
-        Referrers::parse(&bytes, Found::Api, location, artifact_type).map(Some)
+        Referrers::parse(&bytes, location, artifact_type).map(Some)
     }
 
     /// The referrers of `subject`: the referrers API's answer when it lists any, else the
