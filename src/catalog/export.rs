@@ -1,5 +1,7 @@
 //! Bundle export (the connected side of an air gap): copy a release's images and their cosign
-//! signatures from a registry into an offline bundle, named with their upstream references.
+//! signatures (`.sig` tags, and Sigstore bundle referrers found through the registry's referrers
+//! API or the referrers tag schema) from a registry into an offline bundle, named with their
+//! upstream references.
 //!
 //! Blocking: it drives the async source through a runtime handle, so run it on a blocking thread.
 
@@ -12,6 +14,7 @@ use tokio_util::io::SyncIoBridge;
 use crate::oci::flatten::{LayerOpener, read_file};
 use crate::oci::{
     BundleWriter, Descriptor, ImageIndex, ImageManifest, ImageSource, OciError, Reference,
+    ReferrerManifest, Referrers,
 };
 
 use super::files::{parse_image_digests, parse_overlays};
@@ -228,26 +231,28 @@ impl<S: ImageSource> Exporter<'_, S> {
             manifests.push(m);
         }
         // The signature image, tagged sha256-<hex>.sig in the same repository, and Sigstore
-        // bundles attached as referrers (listed at the referrers tag sha256-<hex>): at least
-        // one of them.
+        // bundles attached as referrers (the registry's referrers API, else the referrers tag
+        // sha256-<hex>): at least one of them.
         let sig_tag = top.digest.signature_tag();
         let sig_ref = source_ref.with_tag(&sig_tag);
         let sig = self.block(self.source.resolve(&sig_ref))?;
-        let referrers_tag = crate::trust::keyless::bundle::referrers_tag(&top.digest);
-        let referrers_ref = source_ref.with_tag(&referrers_tag);
-        let referrers = match self.block(self.source.resolve(&referrers_ref)) {
-            Ok(Some(d)) if d.is_index() => Some(d),
-            Ok(_) | Err(OciError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
+        let referrers = self.block(self.source.referrers(
+            &source_ref,
+            &top.digest,
+            Some(crate::trust::keyless::bundle::MEDIA_BUNDLE),
+        ))?;
+        let upstream_name = format!("{UPSTREAM}/{repo}");
+        let bundles = match &referrers {
+            Some(r) => self.copy_referrers(&source_ref, &top.digest, r, &upstream_name)?,
+            None => 0,
         };
-        if sig.is_none() && referrers.is_none() {
+        if sig.is_none() && bundles == 0 {
             return Err(CatalogError::Unsigned {
                 image: source_ref.to_string(),
                 signature: sig_ref.to_string(),
                 source_name: self.source.describe(),
             });
         }
-        let upstream_name = format!("{UPSTREAM}/{repo}");
         if let Some(sig) = &sig {
             let sig_bytes = self.copy_manifest(&sig_ref, sig)?;
             let sig_manifest: ImageManifest = serde_json::from_slice(&sig_bytes)
@@ -258,26 +263,6 @@ impl<S: ImageSource> Exporter<'_, S> {
             }
             self.writer
                 .add_root(sig, Some(format!("{upstream_name}:{sig_tag}")));
-        }
-        if let Some(index) = &referrers {
-            let bytes = self.copy_manifest(&referrers_ref, index)?;
-            let listed: ImageIndex =
-                serde_json::from_slice(&bytes).map_err(OciError::decode("referrers index"))?;
-            for d in listed
-                .manifests
-                .iter()
-                .take(crate::trust::keyless::bundle::MAX_REFERRERS)
-            {
-                let m = self.copy_manifest(&referrers_ref, d)?;
-                let m: ImageManifest =
-                    serde_json::from_slice(&m).map_err(OciError::decode("referrer manifest"))?;
-                self.copy_blob(&referrers_ref, &m.config)?;
-                for layer in &m.layers {
-                    self.copy_blob(&referrers_ref, layer)?;
-                }
-            }
-            self.writer
-                .add_root(index, Some(format!("{upstream_name}:{referrers_tag}")));
         }
         let root_name = match (tag, &digest) {
             (Some(t), _) => format!("{upstream_name}:{t}"),
@@ -290,6 +275,53 @@ impl<S: ImageSource> Exporter<'_, S> {
             manifests,
             reference: source_ref,
         })
+    }
+
+    /// Copies the referrers of `subject` (those whose `subject` it is) and stores an index of
+    /// them at the referrers tag `sha256-<hex>`: an offline bundle has no referrers API, and
+    /// the import finds them there. Returns how many were copied.
+    fn copy_referrers(
+        &mut self,
+        source_ref: &Reference,
+        subject: &crate::oci::Digest,
+        referrers: &Referrers,
+        upstream_name: &str,
+    ) -> Result<usize, CatalogError> {
+        let mut copied = Vec::new();
+        for listed in referrers
+            .listed
+            .iter()
+            .take(crate::trust::keyless::bundle::MAX_REFERRERS)
+        {
+            let d = &listed.descriptor;
+            let bytes = self.block(self.source.manifest(source_ref, &d.digest, MAX_MANIFEST))?;
+            let m = match ReferrerManifest::parse_for(&bytes, subject) {
+                Ok(m) => m,
+                Err(why) => {
+                    tracing::warn!(
+                        "{source_ref}: referrer {} listed at {} not copied: {why}",
+                        d.digest,
+                        referrers.location
+                    );
+                    continue;
+                }
+            };
+            self.writer.add_blob(d, bytes.as_slice())?;
+            self.copy_blob(source_ref, &m.config)?;
+            for layer in &m.layers {
+                self.copy_blob(source_ref, layer)?;
+            }
+            copied.push(listed.clone());
+        }
+        if copied.is_empty() {
+            return Ok(0);
+        }
+        let (bytes, index) = Referrers::index_of(&copied)?;
+        self.writer.add_blob(&index, bytes.as_slice())?;
+        let tag = crate::oci::referrers::tag(subject);
+        self.writer
+            .add_root(&index, Some(format!("{upstream_name}:{tag}")));
+        Ok(copied.len())
     }
 
     fn catalog_file(&self, image: &Copied, path: &str) -> Result<Option<String>, CatalogError> {

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod flatten;
 pub mod layout;
+pub mod referrers;
 pub mod registry;
 mod source;
 mod tarwalk;
@@ -15,6 +16,7 @@ pub use flatten::{
     source_opener,
 };
 pub use layout::{LayoutKind, LayoutSource};
+pub use referrers::{ReferrerManifest, Referrers};
 pub use registry::{RegistryOptions, RegistrySource};
 pub use source::{BlobReader, ImageSource};
 pub use types::*;

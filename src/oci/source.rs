@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use tokio::io::AsyncRead;
 
+use super::referrers::{self, Referrers};
 use super::{Descriptor, Digest, OciError, Reference};
 
 /// A stream of blob bytes. Implementations verify size and digest and fail the read that reaches
@@ -39,4 +40,16 @@ pub trait ImageSource: Send + Sync {
         reference: &Reference,
         descriptor: &Descriptor,
     ) -> impl Future<Output = Result<BlobReader, OciError>> + Send;
+
+    /// The referrers of `subject` in the repository of `reference` (of `artifact_type`, when
+    /// given); `Ok(None)` when none is listed. By default the referrers tag schema
+    /// (`sha256-<hex>`); a registry asks its referrers API first.
+    fn referrers(
+        &self,
+        reference: &Reference,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> impl Future<Output = Result<Option<Referrers>, OciError>> + Send {
+        referrers::by_tag(self, reference, subject, artifact_type)
+    }
 }

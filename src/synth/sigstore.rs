@@ -54,6 +54,9 @@ pub struct KeylessSign {
     pub forge_entry: bool,
     /// Sign a payload naming this digest instead of the image's.
     pub payload_digest: Option<Digest>,
+    /// File the bundle referrer under the image (its referrers tag) but give its manifest
+    /// this `subject` digest instead of the image's (a misfiled or planted referrer).
+    pub referrer_subject: Option<Digest>,
 }
 
 impl Default for KeylessSign {
@@ -65,6 +68,7 @@ impl Default for KeylessSign {
             leaf_validity: (-60, LEAF_LIFETIME - 60),
             forge_entry: false,
             payload_digest: None,
+            referrer_subject: None,
         }
     }
 }
@@ -445,9 +449,13 @@ impl TestSigstore {
         let bundle_d = Descriptor::for_bytes(bundle::MEDIA_BUNDLE, &bundle_bytes);
         let config = b"{}".to_vec();
         let config_d = Descriptor::for_bytes(MEDIA_OCI_EMPTY, &config);
+        let tag = bundle::referrers_tag(&subject.digest);
         let mut subject = subject.clone();
         subject.annotations.clear();
         subject.platform = None;
+        if let Some(d) = &opts.referrer_subject {
+            subject.digest = d.clone();
+        }
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": MEDIA_OCI_MANIFEST,
@@ -474,7 +482,7 @@ impl TestSigstore {
         .into_bytes();
         let index_d = Descriptor::for_bytes(MEDIA_OCI_INDEX, &index);
         BundleReferrer {
-            tag: bundle::referrers_tag(&subject.digest),
+            tag,
             bundle: (bundle_bytes, bundle_d),
             config: (config, config_d),
             manifest: (manifest, manifest_d),

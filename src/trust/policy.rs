@@ -13,7 +13,8 @@ use super::cosign::{
 };
 use super::keyless::{Check, KeylessPolicy, bundle, legacy};
 use crate::oci::{
-    Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError, Reference,
+    Descriptor, Digest, ImageManifest, ImageSource, MEDIA_COSIGN_SIMPLESIGNING, OciError,
+    Reference, ReferrerManifest,
 };
 
 /// Verifies the cosign signature of `signed_digest` in the repository of `reference`, reading
@@ -66,9 +67,10 @@ pub async fn verify_image_keyless<S: ImageSource>(
     }
 }
 
-/// Verifies the Sigstore bundles listed at the referrers tag (`sha256-<hex>`) of
-/// `signed_digest`: `Ok(None)` when there is none; the first bundle that passes, or the first
-/// bundle's refusal.
+/// Verifies the Sigstore bundles among the referrers of `signed_digest` (the referrers API of
+/// a registry, else the referrers tag `sha256-<hex>`): `Ok(None)` when there is none; the
+/// first bundle that passes, or the first bundle's refusal. A referrer whose `subject` is not
+/// `signed_digest` is ignored, whatever it carries.
 async fn verify_referrers<S: ImageSource>(
     source: &S,
     policy: &KeylessPolicy,
@@ -77,42 +79,52 @@ async fn verify_referrers<S: ImageSource>(
     signed_digest: &Digest,
 ) -> Result<Option<VerifiedBy>, TrustError> {
     let image = image_name(reference, signed_digest);
-    let tag_ref = reference.with_tag(&bundle::referrers_tag(signed_digest));
-    let fetch_err = |source: OciError| TrustError::Fetch {
-        image: image.clone(),
-        signature_ref: tag_ref.to_string(),
-        source,
-    };
     let malformed = |reason: String| TrustError::Keyless {
         image: image.clone(),
         check: Check::Malformed,
         reason,
     };
-    let index = match source.resolve(&tag_ref).await {
-        Ok(Some(d)) if d.is_index() => d,
-        Ok(Some(d)) => {
-            return Err(malformed(format!(
-                "{tag_ref} is a {}, not a referrers index",
-                d.media_type
-            )));
-        }
-        Ok(None) | Err(OciError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(fetch_err(e)),
-    };
-    let bytes = source
-        .manifest(&tag_ref, &index.digest, MAX_SIGNATURE_MANIFEST_BYTES)
+    let referrers = match source
+        .referrers(reference, signed_digest, Some(bundle::MEDIA_BUNDLE))
         .await
-        .map_err(fetch_err)?;
-    let index: crate::oci::ImageIndex = serde_json::from_slice(&bytes)
-        .map_err(|e| malformed(format!("referrers index {tag_ref}: {e}")))?;
+    {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(e @ (OciError::Malformed { .. } | OciError::Decode { .. })) => {
+            return Err(malformed(e.to_string()));
+        }
+        Err(source) => {
+            return Err(TrustError::Fetch {
+                image: image.clone(),
+                signature_ref: reference
+                    .with_tag(&bundle::referrers_tag(signed_digest))
+                    .to_string(),
+                source,
+            });
+        }
+    };
+    let fetch_err = |source: OciError| TrustError::Fetch {
+        image: image.clone(),
+        signature_ref: referrers.location.clone(),
+        source,
+    };
     let mut first_failure = None;
-    for d in index.manifests.iter().take(bundle::MAX_REFERRERS) {
+    for d in referrers.listed.iter().take(bundle::MAX_REFERRERS) {
+        let d = &d.descriptor;
         let m = source
-            .manifest(&tag_ref, &d.digest, MAX_SIGNATURE_MANIFEST_BYTES)
+            .manifest(reference, &d.digest, MAX_SIGNATURE_MANIFEST_BYTES)
             .await
             .map_err(fetch_err)?;
-        let Ok(m) = serde_json::from_slice::<ImageManifest>(&m) else {
-            continue;
+        let m = match ReferrerManifest::parse_for(&m, signed_digest) {
+            Ok(m) => m,
+            Err(why) => {
+                tracing::warn!(
+                    "{image}: referrer {} listed at {} ignored: {why}",
+                    d.digest,
+                    referrers.location
+                );
+                continue;
+            }
         };
         let Some(layer) = m
             .layers
@@ -121,7 +133,7 @@ async fn verify_referrers<S: ImageSource>(
         else {
             continue;
         };
-        let verdict = match read_blob(source, &tag_ref, layer, bundle::MAX_BUNDLE_BYTES).await {
+        let verdict = match read_blob(source, reference, layer, bundle::MAX_BUNDLE_BYTES).await {
             Ok(b) => bundle::evidence(&b)
                 .map_err(&malformed)
                 .and_then(|ev| policy.verify(&image, identity, signed_digest, &ev)),

@@ -74,6 +74,7 @@ mod tftp;
 mod tftp_protocol;
 mod trust_cosign;
 mod trust_keyless;
+mod trust_referrers;
 mod ui;
 mod ui_browser;
 mod ui_limits;

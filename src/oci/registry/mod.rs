@@ -1,7 +1,7 @@
 //! `RegistrySource`: a distribution v2 (OCI distribution) registry client.
 //!
 //! Pull side for importing (resolve, manifests, streamed and verified blobs, tag listing with
-//! pagination) and a small push side used by tests and the test kit. Authentication: anonymous,
+//! pagination, referrers through the referrers API with the tag-schema fallback) and a small push side used by tests and the test kit. Authentication: anonymous,
 //! basic, and the bearer-token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`, tokens
 //! cached per scope). HTTPS by default; plain HTTP only for loopback hosts or when `insecure`.
 //!
@@ -11,6 +11,7 @@
 
 mod auth;
 mod push;
+mod referrers;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,7 +29,7 @@ use super::layout::METADATA_LIMIT;
 use super::verify::VerifyingReader;
 use super::{
     BlobReader, Descriptor, Digest, ImageSource, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
-    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, OciError, Reference,
+    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, OciError, Reference, Referrers,
 };
 
 /// The manifest media types asked for, in order of preference.
@@ -450,6 +451,15 @@ impl ImageSource for RegistrySource {
             digest.clone(),
             descriptor.size,
         )))
+    }
+
+    async fn referrers(
+        &self,
+        reference: &Reference,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>, OciError> {
+        self.find_referrers(reference, subject, artifact_type).await
     }
 }
 

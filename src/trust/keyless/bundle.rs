@@ -4,8 +4,9 @@
 //! 0.0.1 with its signed entry timestamp, the "inclusion promise") and a DSSE envelope whose
 //! payload is an in-toto statement of type `https://sigstore.dev/cosign/sign/v1` naming the
 //! image digest. The same checks as the `.sig` form apply ([`super::KeylessPolicy::verify`]);
-//! the referrers are found through the referrers tag schema (`sha256-<hex>`, an index of them),
-//! which registries without the referrers endpoint, OCI layouts and offline bundles all hold.
+//! the referrers are found through a registry's referrers API, else the referrers tag schema
+//! (`sha256-<hex>`, an index of them), which registries without the API, OCI layouts and offline
+//! bundles hold ([`crate::oci::ImageSource::referrers`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -24,11 +25,11 @@ pub const PREDICATE_COSIGN_SIGN: &str = "https://sigstore.dev/cosign/sign/v1";
 /// Largest bundle read.
 pub const MAX_BUNDLE_BYTES: u64 = 256 * 1024;
 /// Most referrers looked at for one image.
-pub const MAX_REFERRERS: usize = 16;
+pub const MAX_REFERRERS: usize = crate::oci::referrers::MAX_LISTED;
 
 /// The referrers tag schema's tag for `digest` (`sha256-<hex>`).
 pub fn referrers_tag(digest: &crate::oci::Digest) -> String {
-    format!("sha256-{}", digest.hex())
+    crate::oci::referrers::tag(digest)
 }
 
 /// DSSE's pre-authentication encoding: what the signature covers.

@@ -317,6 +317,7 @@ pub fn spawn_serve(
 pub mod assets;
 pub mod hostile;
 pub mod kit;
+pub mod layout_registry;
 pub mod oci;
 pub mod registry;
 pub mod release;
