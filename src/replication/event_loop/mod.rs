@@ -49,7 +49,7 @@ fn settle<T>(
 use super::invitation::parse_bootstrap;
 use super::membership::Refusal;
 use super::metrics::ReplicationMetrics;
-use super::swarm::{Behaviour, BehaviourEvent};
+use super::swarm::{Behaviour, BehaviourEvent, SILENT_AFTER};
 use super::{ClusterStatus, Command, PeerStatus, ReplicationStatus, dialable};
 use crate::causes::Causes;
 use crate::config::ReplicationConfig;
@@ -118,6 +118,10 @@ struct Peer {
     connections: usize,
     state: State,
     rtt: Option<Duration>,
+    /// When it last answered a ping (or opened a connection): a sign of life.
+    answered: Instant,
+    /// Whether it was last seen connected but silent (see [`Peer::responding`]).
+    silent: bool,
     /// Whether it welcomed this node on the current connection.
     welcomed: bool,
     /// When its first open connection was established.
@@ -133,6 +137,8 @@ impl Peer {
             connections: 0,
             state: State::Known,
             rtt: None,
+            answered: now,
+            silent: false,
             welcomed: false,
             connected_since: now,
             next_dial: now,
@@ -145,6 +151,12 @@ impl Peer {
             return false;
         }
         self.addrs.insert(a)
+    }
+
+    /// Whether it is connected and showed a sign of life within [`SILENT_AFTER`]: a stopped
+    /// or hung process keeps its connections open but answers no ping.
+    fn responding(&self, now: Instant) -> bool {
+        self.connections > 0 && now.duration_since(self.answered) < SILENT_AFTER
     }
 }
 
@@ -306,13 +318,7 @@ impl EventLoop {
                 reply,
             } => self.blob_chunk(peer, request, reply),
             Command::Members(reply) => {
-                let members = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
-                    .map(|(id, _)| *id)
-                    .collect();
-                let _ = reply.send(members);
+                let _ = reply.send(self.connected_members().into_iter().collect());
             }
             Command::Providers { key, reply } => self.find_providers(key, reply),
             Command::Lease { key, reply } => {
@@ -336,6 +342,8 @@ impl EventLoop {
             removed: self.removed_self,
             revocations: m.revocations.len(),
         });
+        let now = Instant::now();
+        let now_secs = crate::clock::now_secs();
         let mut peers: Vec<PeerStatus> = self
             .peers
             .iter()
@@ -351,6 +359,11 @@ impl EventLoop {
                     peer_id: id.to_string(),
                     addrs: p.addrs.iter().map(ToString::to_string).collect(),
                     connected: p.connections > 0,
+                    responding: p.responding(now),
+                    last_answer: (p.connections > 0).then(|| {
+                        let ago = now.duration_since(p.answered).as_secs();
+                        crate::clock::rfc3339_utc(now_secs.saturating_sub(ago))
+                    }),
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     state,
                     reason,
@@ -406,6 +419,7 @@ impl EventLoop {
                     return;
                 };
                 p.connections = num_established.get() as usize;
+                p.answered = Instant::now();
                 p.backoff = DIAL_BACKOFF.0;
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     p.add_addr(without_peer(address.clone()));
@@ -495,6 +509,7 @@ impl EventLoop {
             }) => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.rtt = Some(rtt);
+                    p.answered = Instant::now();
                 }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -522,11 +537,13 @@ impl EventLoop {
         }
     }
 
-    /// The members connected now.
+    /// The members connected and answering now (a silent one is no source and its lease
+    /// counts for nothing).
     pub(super) fn connected_members(&self) -> HashSet<PeerId> {
+        let now = Instant::now();
         self.peers
             .iter()
-            .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
+            .filter(|(_, p)| p.responding(now) && matches!(p.state, State::Member { .. }))
             .map(|(id, _)| *id)
             .collect()
     }
