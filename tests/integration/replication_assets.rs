@@ -167,7 +167,7 @@ pub(crate) async fn lists_release(node: &Node) -> bool {
 }
 
 /// POSTs the kit schematic to `node`; returns its ID.
-async fn kit_schematic(node: &Node) -> String {
+pub(crate) async fn kit_schematic(node: &Node) -> String {
     let resp = client()
         .post(format!("http://{}/schematics", node.srv.http))
         .body(kit::SCHEMATIC)
@@ -326,11 +326,26 @@ async fn a_member_sending_bytes_that_do_not_verify_is_refused_and_nothing_is_sto
 /// Starts `dirs[0]` then the others bootstrapping from it (no scrub); waits until every node
 /// has the release (imported on the first only) and sees every other as a connected member.
 async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
-    let first = Node::start_with(&dirs[0], &[], &[NO_SCRUB]);
+    let none: Vec<&[(&str, &str)]> = vec![&[]; dirs.len()];
+    cluster_with_release_env(dirs, &none).await
+}
+
+/// [`cluster_with_release`] with more `IF_*` variables for each node (`more[i]` for
+/// `dirs[i]`).
+pub(crate) async fn cluster_with_release_env(
+    dirs: &[PathBuf],
+    more: &[&[(&str, &str)]],
+) -> Vec<Node> {
+    let env = |i: usize| {
+        let mut v = vec![NO_SCRUB];
+        v.extend_from_slice(more[i]);
+        v
+    };
+    let first = Node::start_with(&dirs[0], &[], &env(0));
     let boot = first.bootstrap().await;
     let mut nodes = vec![first];
-    for d in &dirs[1..] {
-        nodes.push(Node::start_with(d, &boot, &[NO_SCRUB]));
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        nodes.push(Node::start_with(d, &boot, &env(i)));
     }
     let ids: Vec<String> = {
         let mut v = Vec::new();
@@ -356,7 +371,7 @@ async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
 }
 
 /// Builds (and kinds) counted by `node`.
-async fn built(node: &Node) -> f64 {
+pub(crate) async fn built(node: &Node) -> f64 {
     counter(node, "image_factory_assets_built_total").await
 }
 
