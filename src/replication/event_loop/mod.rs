@@ -576,6 +576,19 @@ mod tests {
     }
 
     #[test]
+    fn a_connected_peer_without_an_answer_for_the_bound_is_not_responding() {
+        let start = Instant::now();
+        let mut p = Peer::new(start);
+        assert!(!p.responding(start), "not connected");
+        p.connections = 1;
+        assert!(p.responding(start + SILENT_AFTER / 2));
+        assert!(!p.responding(start + SILENT_AFTER));
+        // A ping answer makes it responding again.
+        p.answered = start + SILENT_AFTER;
+        assert!(p.responding(start + SILENT_AFTER + Duration::from_secs(1)));
+    }
+
+    #[test]
     fn the_peer_part_is_dropped() {
         let peer = libp2p::identity::Keypair::generate_ed25519()
             .public()
