@@ -1,7 +1,8 @@
 //! The task that owns the swarm: it answers commands, checks every new peer's credential right
 //! after the handshake (the hello protocol), refuses non-members, expired and removed members
 //! (disconnect, log, metric, and a deny at the next handshake), spreads revocations by gossip
-//! and by anti-entropy on every hello, measures RTT and keeps members connected.
+//! and by anti-entropy on every hello, measures RTT, tells members that went silent (connected,
+//! no ping answered) and keeps members connected.
 
 mod blobs;
 mod holdings;

@@ -1,6 +1,7 @@
 //! The event loop's upkeep, once a second: refusals that are due, expired credentials,
-//! silent peers (no credential in time) and silent members (no ping answered), redials with backoff, the periodic schematic and release round, lease
-//! renewals, and saving the members' addresses.
+//! silent peers (no credential in time) and silent members (no ping answered), redials with
+//! backoff, the periodic schematic and release round, lease renewals, and saving the members'
+//! addresses.
 
 use std::time::Instant;
 
