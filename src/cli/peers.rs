@@ -1,5 +1,6 @@
 //! `image-factory peers`: the cluster as the running appliance sees it — its own peer ID and
-//! cluster, and every peer with its state, connection, round trip, what it holds (schematics,
+//! cluster, and every peer with its state, connection (`SILENT` when it is connected but
+//! answers no ping), round trip, what it holds (schematics,
 //! releases, models, bytes, as it last announced), the blob bytes moved to and from it in this
 //! run, and its addresses.
 
@@ -83,13 +84,18 @@ fn table(r: &serde_json::Value) -> String {
             .as_f64()
             .map(|ms| format!("{ms:.1}ms"))
             .unwrap_or_else(|| "-".into());
-        let detail = match p["reason"].as_str() {
+        // Connected but answering no ping: a stopped or hung process.
+        let silent = p["connected"] == true && p["responding"] == false;
+        let mut detail = match p["reason"].as_str() {
             Some(reason) => reason.to_string(),
             None => p["addrs"]
                 .as_array()
                 .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
                 .unwrap_or_default(),
         };
+        if silent {
+            detail = format!("no answer since {}  {detail}", s(&p["lastAnswer"]));
+        }
         let moved = format!(
             "{}/{}",
             bytes(p["bytesReceived"].as_u64().unwrap_or(0)),
@@ -99,7 +105,11 @@ fn table(r: &serde_json::Value) -> String {
             "{:<54} {:<10} {:<9} {:>8}  {:<40} {:>19}  {}\n",
             s(&p["peerId"]),
             s(&p["state"]),
-            if p["connected"] == true { "yes" } else { "no" },
+            match (p["connected"] == true, silent) {
+                (true, true) => "SILENT",
+                (true, false) => "yes",
+                _ => "no",
+            },
             rtt,
             holds(&p["holds"]),
             moved,
@@ -155,7 +165,10 @@ mod tests {
                  "holds": {"schematics": 12, "releases": 2, "models": 5, "bytes": 3221225472u64},
                  "bytesReceived": 1048576, "bytesSent": 0},
                 {"peerId": "12D3B", "addrs": [], "connected": false, "rttMs": null,
-                 "state": "refused", "reason": "expired"}
+                 "state": "refused", "reason": "expired"},
+                {"peerId": "12D3C", "addrs": ["/ip4/10.0.0.3/tcp/4001"], "connected": true,
+                 "responding": false, "lastAnswer": "2026-12-06T12:00:00Z", "rttMs": 0.8,
+                 "state": "member"}
             ]
         });
         let t = table(&r);
@@ -175,6 +188,12 @@ mod tests {
             "{b}"
         );
         assert!(b.contains(" - "), "unknown holdings shown as -: {b}");
+        let c = t.lines().find(|l| l.starts_with("12D3C")).expect("C");
+        assert!(
+            c.contains(" SILENT ")
+                && c.ends_with("no answer since 2026-12-06T12:00:00Z  /ip4/10.0.0.3/tcp/4001"),
+            "{c}"
+        );
         let off = table(&serde_json::json!({"enabled": false, "peers": []}));
         assert!(off.contains("replication is off"));
     }

@@ -16,12 +16,14 @@ pub const ENV_PREFIX: &str = "IF_";
 /// `IF_` variables that are not configuration keys, ignored here so that setting them never
 /// breaks a command: the registry password of `--registry-user`, the Debian input directory of
 /// `image-factory dev synth-release`, the test suite's switch that turns a missing test tool
-/// into a failure, and where the test suite keeps its browser driver.
+/// into a failure, where the test suite keeps its browser driver, and the replication tests'
+/// build delay (`crate::replication::BUILD_DELAY_ENV`).
 pub const NOT_CONFIG_ENV: &[&str] = &[
     REGISTRY_PASSWORD_ENV,
     "IF_TESTKIT_DIR",
     "IF_REQUIRE_TOOLS",
     "IF_PLAYWRIGHT_DIR",
+    "IF_TEST_BUILD_DELAY_MS",
 ];
 
 /// The password of `--registry-user` (not a configuration key: never written to a file).
@@ -379,6 +381,7 @@ mod tests {
                 ("IF_REQUIRE_TOOLS", "1"),
                 ("IF_TESTKIT_DIR", "/kit"),
                 ("IF_PLAYWRIGHT_DIR", "/node"),
+                ("IF_TEST_BUILD_DELAY_MS", "3000"),
             ]),
             &FlagOverrides::default(),
         )

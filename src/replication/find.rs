@@ -27,6 +27,30 @@ const CLAIM_WINDOW: Duration = Duration::from_millis(500);
 const MAX_WAIT: Duration = Duration::from_secs(1800);
 /// Members asked for a model before building.
 const MAX_SOURCES: usize = 8;
+/// Tests only: milliseconds a node that took a build lease waits before building (so a test
+/// can stop the process while it holds the lease). Not configuration; unset in production.
+pub const BUILD_DELAY_ENV: &str = "IF_TEST_BUILD_DELAY_MS";
+/// Longest delay [`BUILD_DELAY_ENV`] may ask for.
+const MAX_BUILD_DELAY: Duration = Duration::from_secs(60);
+
+/// The delay [`BUILD_DELAY_ENV`] asks for (bounded), if set and valid.
+fn build_delay() -> Option<Duration> {
+    let text = std::env::var(BUILD_DELAY_ENV).ok()?;
+    match text.trim().parse::<u64>() {
+        Ok(ms) => {
+            let d = Duration::from_millis(ms).min(MAX_BUILD_DELAY);
+            tracing::warn!(
+                delay_ms = d.as_millis() as u64,
+                "{BUILD_DELAY_ENV} is set: builds under a cluster lease start late (a test setting)"
+            );
+            Some(d)
+        }
+        Err(e) => {
+            tracing::warn!(value = %text, error = %e, "{BUILD_DELAY_ENV} ignored: not a number of milliseconds");
+            None
+        }
+    }
+}
 
 /// The cluster as the asset pipeline's [`Peers`].
 pub struct ClusterPeers {
@@ -34,6 +58,8 @@ pub struct ClusterPeers {
     blobs: BlobStore,
     records: RecordStore,
     verifier: crate::assets::RecordVerifier,
+    /// Tests only: how long to wait between taking a lease and building ([`BUILD_DELAY_ENV`]).
+    build_delay: Option<Duration>,
 }
 
 impl ClusterPeers {
@@ -50,6 +76,7 @@ impl ClusterPeers {
             blobs,
             records,
             verifier,
+            build_delay: build_delay(),
         }
     }
 
@@ -150,7 +177,13 @@ impl ClusterPeers {
                     tokio::time::sleep(POLL).await;
                     continue;
                 }
-                LeaseState::Held { mine: true, .. } if claimed => return Ok(false),
+                LeaseState::Held { mine: true, .. } if claimed => {
+                    tracing::info!(key = %key, "no member has this model or builds it: building it here under a lease");
+                    if let Some(d) = self.build_delay {
+                        tokio::time::sleep(d).await;
+                    }
+                    return Ok(false);
+                }
                 _ => {}
             }
             if !asked_providers {

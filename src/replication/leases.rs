@@ -83,14 +83,15 @@ impl LeaseTable {
         }
     }
 
-    /// The state of `key`; `member` says whether a peer is a connected member (a lease of
-    /// one that is not counts for nothing).
+    /// The state of `key`; `member` says whether a peer is a connected member that answers (a
+    /// lease of one that is not counts for nothing, and a model it built is no source).
     pub fn state(&self, key: &str, now: Instant, member: impl Fn(&PeerId) -> bool) -> LeaseState {
         let Some(l) = self.leases.get(key) else {
             return LeaseState::None;
         };
         match l.outcome {
-            Some((_, Some(by))) => LeaseState::Built { by },
+            Some((_, Some(by))) if by == self.local || member(&by) => LeaseState::Built { by },
+            Some((_, Some(_))) => LeaseState::None,
             Some((_, None)) => LeaseState::Failed,
             None if l.holder == self.local => LeaseState::Held {
                 holder: l.holder,
@@ -300,6 +301,11 @@ mod tests {
             table.state(K, t + LEASE_SILENT, all),
             LeaseState::Built { by: high }
         );
+        // A builder that went silent (or away) is no source: others may claim the build.
+        assert_eq!(
+            table.state(K, t + LEASE_SILENT, |_| false),
+            LeaseState::None
+        );
         // A failure of someone else's build does not erase a success.
         let (third, _) = peers();
         table.heard_built(third, K, false, t + LEASE_SILENT);
@@ -313,6 +319,14 @@ mod tests {
         mine.finish(K, false, t);
         assert_eq!(mine.state(K, t, all), LeaseState::Failed);
         assert!(mine.due(t + LEASE_RENEW).is_empty());
+        // A model built by a member that is silent now is claimed here instead of awaited.
+        let mut other = LeaseTable::new(low);
+        other.heard_built(high, K, true, t);
+        assert!(!other.claim(K, t, all));
+        assert!(other.claim(K, t, |p| *p != high));
+        // This node's own finished build stays known whoever answers.
+        mine.heard_built(low, K, true, t);
+        assert_eq!(mine.state(K, t, |_| false), LeaseState::Built { by: low });
     }
 
     #[test]

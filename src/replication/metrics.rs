@@ -14,6 +14,8 @@ const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(
 pub const REFUSED: &str = "image_factory_replication_peers_refused_total";
 /// `image_factory_replication_members_connected`.
 pub const CONNECTED: &str = "image_factory_replication_members_connected";
+/// `image_factory_replication_members_silent`.
+pub const SILENT: &str = "image_factory_replication_members_silent";
 /// `image_factory_replication_peer_bytes_received_total{peer}`.
 pub const PEER_RECEIVED: &str = "image_factory_replication_peer_bytes_received_total";
 /// `image_factory_replication_peer_bytes_sent_total{peer}`.
@@ -34,8 +36,10 @@ struct PeerCounters {
 #[derive(Clone)]
 pub struct ReplicationMetrics {
     refused: BTreeMap<&'static str, Counter>,
-    /// Members connected now.
+    /// Members connected and answering now.
     pub connected: Gauge,
+    /// Members connected that answer no ping.
+    pub silent: Gauge,
     /// Schematics received from members and stored.
     pub schematics_received: Counter,
     /// Schematics from members that failed their check.
@@ -83,10 +87,19 @@ impl ReplicationMetrics {
         r.describe_gauge(
             CONNECTED.into(),
             None,
-            SharedString::const_str("Cluster members connected now."),
+            SharedString::const_str("Cluster members connected and answering pings now."),
         );
         let connected = r.register_gauge(&Key::from_static_name(CONNECTED), &META);
         connected.set(0.0);
+        r.describe_gauge(
+            SILENT.into(),
+            None,
+            SharedString::const_str(
+                "Cluster members still connected that answered no ping lately (stopped or hung).",
+            ),
+        );
+        let silent = r.register_gauge(&Key::from_static_name(SILENT), &META);
+        silent.set(0.0);
         let counter = |name: &'static str, help: &'static str| {
             r.describe_counter(name.into(), None, SharedString::const_str(help));
             let c = r.register_counter(&Key::from_static_name(name), &META);
@@ -116,6 +129,7 @@ impl ReplicationMetrics {
         Self {
             refused,
             connected,
+            silent,
             fetch_seconds,
             recorder: Arc::clone(recorder),
             peers: Arc::default(),

@@ -40,7 +40,7 @@ mod tree;
 pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
 pub use event_loop::ReleaseParts;
 pub use files::read_capped;
-pub use find::ClusterPeers;
+pub use find::{BUILD_DELAY_ENV, ClusterPeers};
 pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
@@ -393,6 +393,13 @@ pub struct PeerStatus {
     pub addrs: Vec<String>,
     /// Whether a connection is open.
     pub connected: bool,
+    /// Whether it is connected and answered a ping within the silence bound (three ping
+    /// intervals); a connected member that does not (a stopped or hung process) is silent:
+    /// no source of models, and its build leases count for nothing.
+    pub responding: bool,
+    /// When it last answered a ping or opened a connection (RFC 3339; connected peers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_answer: Option<String>,
     /// Round-trip time of the last ping, milliseconds.
     pub rtt_ms: Option<f64>,
     /// `member`, `pending` (credential being checked), `refused` (by this node),

@@ -37,8 +37,16 @@ use crate::store::SchematicStore;
 
 /// How long a connection with nothing to do stays open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Interval of the pings that measure RTT.
-const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Seconds between the pings that measure RTT and tell a silent member.
+const PING_INTERVAL_SECS: u64 = 5;
+/// Interval of the pings that measure RTT and tell a silent member.
+const PING_INTERVAL: Duration = Duration::from_secs(PING_INTERVAL_SECS);
+/// How long a ping's answer may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(2 * PING_INTERVAL_SECS);
+/// A connected member that answered no ping for this long is silent: a stopped or hung
+/// process keeps its sockets open, so the transport (TCP, and QUIC only after its own idle
+/// timeout) does not notice. Three intervals, so one lost or late answer is not silence.
+pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(3 * PING_INTERVAL_SECS);
 /// Incoming connections in their handshake at once.
 const MAX_PENDING_INCOMING: u32 = 64;
 /// Incoming connections open at once (members and peers being checked).
@@ -209,7 +217,11 @@ fn behaviour(
                 .with_max_established_per_peer(Some(MAX_PER_PEER)),
         ),
         identify,
-        ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(PING_INTERVAL)
+                .with_timeout(PING_TIMEOUT),
+        ),
         hello,
         schematics,
         releases,

@@ -59,6 +59,7 @@ mod release_damage;
 mod replication;
 mod replication_assets;
 mod replication_partition;
+mod replication_silent;
 mod replication_transfer;
 mod schematic_bounds;
 mod schematic_golden;

@@ -167,7 +167,7 @@ pub(crate) async fn lists_release(node: &Node) -> bool {
 }
 
 /// POSTs the kit schematic to `node`; returns its ID.
-async fn kit_schematic(node: &Node) -> String {
+pub(crate) async fn kit_schematic(node: &Node) -> String {
     let resp = client()
         .post(format!("http://{}/schematics", node.srv.http))
         .body(kit::SCHEMATIC)
@@ -326,11 +326,26 @@ async fn a_member_sending_bytes_that_do_not_verify_is_refused_and_nothing_is_sto
 /// Starts `dirs[0]` then the others bootstrapping from it (no scrub); waits until every node
 /// has the release (imported on the first only) and sees every other as a connected member.
 async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
-    let first = Node::start_with(&dirs[0], &[], &[NO_SCRUB]);
+    let none: Vec<&[(&str, &str)]> = vec![&[]; dirs.len()];
+    cluster_with_release_env(dirs, &none).await
+}
+
+/// [`cluster_with_release`] with more `IF_*` variables for each node (`more[i]` for
+/// `dirs[i]`).
+pub(crate) async fn cluster_with_release_env(
+    dirs: &[PathBuf],
+    more: &[&[(&str, &str)]],
+) -> Vec<Node> {
+    let env = |i: usize| {
+        let mut v = vec![NO_SCRUB];
+        v.extend_from_slice(more[i]);
+        v
+    };
+    let first = Node::start_with(&dirs[0], &[], &env(0));
     let boot = first.bootstrap().await;
     let mut nodes = vec![first];
-    for d in &dirs[1..] {
-        nodes.push(Node::start_with(d, &boot, &[NO_SCRUB]));
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        nodes.push(Node::start_with(d, &boot, &env(i)));
     }
     let ids: Vec<String> = {
         let mut v = Vec::new();
@@ -356,7 +371,7 @@ async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
 }
 
 /// Builds (and kinds) counted by `node`.
-async fn built(node: &Node) -> f64 {
+pub(crate) async fn built(node: &Node) -> f64 {
     counter(node, "image_factory_assets_built_total").await
 }
 
@@ -410,9 +425,15 @@ async fn members_asking_for_the_same_cold_model_at_once_build_it_once() {
     let Some(bundle) = kit_bundle(tmp.path()) else {
         return;
     };
-    let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|d| tmp.path().join(d)).collect();
+    // Five members, as the issue asks: four of them must each find the one builder's lease
+    // (or its finished model) instead of building.
+    let dirs: Vec<PathBuf> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|d| tmp.path().join(d))
+        .collect();
     import(&dirs[0], &bundle);
-    cluster_of(tmp.path(), &dirs[0], &[&dirs[1], &dirs[2]]);
+    let others: Vec<&Path> = dirs[1..].iter().map(PathBuf::as_path).collect();
+    cluster_of(tmp.path(), &dirs[0], &others);
     let nodes = cluster_with_release(&dirs).await;
     let mut id = String::new();
     for n in &nodes {
@@ -435,11 +456,16 @@ async fn members_asking_for_the_same_cold_model_at_once_build_it_once() {
         "builds in the cluster:\n{}",
         logs.join("\n----\n")
     );
-    let mut waits = 0.0;
+    let mut avoided = 0.0;
     for n in &nodes {
-        waits += counter(n, "image_factory_replication_builds_avoided_total").await;
+        avoided += counter(n, "image_factory_replication_builds_avoided_total").await;
     }
-    assert_eq!(waits, 2.0);
+    assert_eq!(
+        avoided,
+        (nodes.len() - 1) as f64,
+        "every member but the builder fetched:\n{}",
+        logs.join("\n----\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

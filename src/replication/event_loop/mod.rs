@@ -1,7 +1,8 @@
 //! The task that owns the swarm: it answers commands, checks every new peer's credential right
 //! after the handshake (the hello protocol), refuses non-members, expired and removed members
 //! (disconnect, log, metric, and a deny at the next handshake), spreads revocations by gossip
-//! and by anti-entropy on every hello, measures RTT and keeps members connected.
+//! and by anti-entropy on every hello, measures RTT, tells members that went silent (connected,
+//! no ping answered) and keeps members connected.
 
 mod holdings;
 mod membership;
@@ -47,7 +48,7 @@ fn settle<T>(
 use super::invitation::parse_bootstrap;
 use super::membership::Refusal;
 use super::metrics::ReplicationMetrics;
-use super::swarm::{Behaviour, BehaviourEvent};
+use super::swarm::{Behaviour, BehaviourEvent, SILENT_AFTER};
 use super::{ClusterStatus, Command, PeerStatus, ReplicationStatus, dialable};
 use crate::causes::Causes;
 use crate::config::ReplicationConfig;
@@ -116,6 +117,10 @@ struct Peer {
     connections: usize,
     state: State,
     rtt: Option<Duration>,
+    /// When it last answered a ping (or opened a connection): a sign of life.
+    answered: Instant,
+    /// Whether it was last seen connected but silent (see [`Peer::responding`]).
+    silent: bool,
     /// Whether it welcomed this node on the current connection.
     welcomed: bool,
     /// When its first open connection was established.
@@ -131,6 +136,8 @@ impl Peer {
             connections: 0,
             state: State::Known,
             rtt: None,
+            answered: now,
+            silent: false,
             welcomed: false,
             connected_since: now,
             next_dial: now,
@@ -143,6 +150,12 @@ impl Peer {
             return false;
         }
         self.addrs.insert(a)
+    }
+
+    /// Whether it is connected and showed a sign of life within [`SILENT_AFTER`]: a stopped
+    /// or hung process keeps its connections open but answers no ping.
+    fn responding(&self, now: Instant) -> bool {
+        self.connections > 0 && now.duration_since(self.answered) < SILENT_AFTER
     }
 }
 
@@ -322,13 +335,7 @@ impl EventLoop {
                 let _ = reply.send(self.is_member(&peer));
             }
             Command::Members(reply) => {
-                let members = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
-                    .map(|(id, _)| *id)
-                    .collect();
-                let _ = reply.send(members);
+                let _ = reply.send(self.connected_members().into_iter().collect());
             }
             Command::Providers { key, reply } => self.find_providers(key, reply),
             Command::Lease { key, reply } => {
@@ -352,6 +359,8 @@ impl EventLoop {
             removed: self.removed_self,
             revocations: m.revocations.len(),
         });
+        let now = Instant::now();
+        let now_secs = crate::clock::now_secs();
         let mut peers: Vec<PeerStatus> = self
             .peers
             .iter()
@@ -367,6 +376,11 @@ impl EventLoop {
                     peer_id: id.to_string(),
                     addrs: p.addrs.iter().map(ToString::to_string).collect(),
                     connected: p.connections > 0,
+                    responding: p.responding(now),
+                    last_answer: (p.connections > 0).then(|| {
+                        let ago = now.duration_since(p.answered).as_secs();
+                        crate::clock::rfc3339_utc(now_secs.saturating_sub(ago))
+                    }),
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     state,
                     reason,
@@ -422,6 +436,7 @@ impl EventLoop {
                     return;
                 };
                 p.connections = num_established.get() as usize;
+                p.answered = Instant::now();
                 p.backoff = DIAL_BACKOFF.0;
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     p.add_addr(without_peer(address.clone()));
@@ -511,6 +526,7 @@ impl EventLoop {
             }) => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.rtt = Some(rtt);
+                    p.answered = Instant::now();
                 }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -538,11 +554,13 @@ impl EventLoop {
         }
     }
 
-    /// The members connected now.
+    /// The members connected and answering now (a silent one is no source and its lease
+    /// counts for nothing).
     pub(super) fn connected_members(&self) -> HashSet<PeerId> {
+        let now = Instant::now();
         self.peers
             .iter()
-            .filter(|(_, p)| p.connections > 0 && matches!(p.state, State::Member { .. }))
+            .filter(|(_, p)| p.responding(now) && matches!(p.state, State::Member { .. }))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -572,6 +590,19 @@ mod tests {
         ] {
             assert!(!dialable(&bad.parse().unwrap()), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_connected_peer_without_an_answer_for_the_bound_is_not_responding() {
+        let start = Instant::now();
+        let mut p = Peer::new(start);
+        assert!(!p.responding(start), "not connected");
+        p.connections = 1;
+        assert!(p.responding(start + SILENT_AFTER / 2));
+        assert!(!p.responding(start + SILENT_AFTER));
+        // A ping answer makes it responding again.
+        p.answered = start + SILENT_AFTER;
+        assert!(p.responding(start + SILENT_AFTER + Duration::from_secs(1)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The event loop's upkeep, once a second: refusals that are due, expired credentials,
-//! silent peers, redials with backoff, the periodic schematic and release round, lease
-//! renewals, and saving the members' addresses.
+//! silent peers (no credential in time) and silent members (no ping answered), redials with
+//! backoff, the periodic schematic and release round, lease renewals, and saving the members'
+//! addresses.
 
 use std::time::Instant;
 
@@ -88,6 +89,7 @@ impl EventLoop {
         for id in cut {
             self.cut_off(id);
         }
+        self.watch_silence(now);
         self.redial(now);
         self.schematic_round(now);
         self.holdings_round(now);
@@ -155,11 +157,43 @@ impl EventLoop {
     }
 
     pub(super) fn update_gauge(&self) {
-        let n = self
-            .peers
-            .values()
-            .filter(|p| p.connections > 0 && matches!(p.state, State::Member { .. }))
-            .count();
-        self.metrics.connected.set(n as f64);
+        let now = Instant::now();
+        let (mut answering, mut silent) = (0, 0);
+        for p in self.peers.values() {
+            if p.connections == 0 || !matches!(p.state, State::Member { .. }) {
+                continue;
+            }
+            if p.responding(now) {
+                answering += 1;
+            } else {
+                silent += 1;
+            }
+        }
+        self.metrics.connected.set(f64::from(answering));
+        self.metrics.silent.set(f64::from(silent));
+    }
+
+    /// Logs the members that went silent (connected, no ping answered within
+    /// [`crate::replication::swarm::SILENT_AFTER`]) or answer again; the gauges follow.
+    fn watch_silence(&mut self, now: Instant) {
+        let mut changed = false;
+        for (id, p) in &mut self.peers {
+            let silent =
+                p.connections > 0 && matches!(p.state, State::Member { .. }) && !p.responding(now);
+            if silent == p.silent {
+                continue;
+            }
+            p.silent = silent;
+            changed = true;
+            if silent {
+                let secs = now.duration_since(p.answered).as_secs();
+                tracing::warn!(peer_id = %id, silent_secs = secs, "member silent: connected but answers no ping; it is no source and its build lease counts for nothing");
+            } else if p.connections > 0 {
+                tracing::info!(peer_id = %id, "member answers again");
+            }
+        }
+        if changed {
+            self.update_gauge();
+        }
     }
 }
