@@ -62,7 +62,7 @@ until_ok() {
 start() {
     local name=$1 boot=${2:-}
     IF_REPLICATION_ENABLED=true \
-        IF_REPLICATION_LISTENADDRS=/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0 \
+        IF_REPLICATION_LISTENADDRS=${LISTEN:-/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0} \
         IF_REPLICATION_BOOTSTRAPPEERS=$boot IF_CACHE_SCRUBINTERVALSECONDS=0 \
         IF_TFTP_LISTENADDR=127.0.0.1:0 RUST_LOG='' \
         "$BIN" serve --log-format json --http-listen-addr 127.0.0.1:0 --metrics-addr '' \
