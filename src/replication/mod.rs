@@ -16,6 +16,7 @@
 //! * `release_fetch`: a release's blobs, then its record;
 //! * `find`: [`ClusterPeers`], find before build for the asset pipeline;
 //! * `leases`: the build-lease table;
+//! * `rendezvous`: which members hold a model's copies (`replication.factor`);
 //! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
 
 pub mod cluster;
@@ -29,6 +30,7 @@ pub mod membership;
 mod metrics;
 pub mod protocol;
 mod release_fetch;
+mod rendezvous;
 mod swarm;
 mod transfer;
 mod tree;
@@ -474,6 +476,8 @@ pub struct Replication {
     metrics: metrics::ReplicationMetrics,
     /// Trees of blobs this node serves (see `tree`), shared with its transfers.
     trees: std::sync::Arc<event_loop::TreeCache>,
+    /// The replication factor and the members its copies are placed over.
+    placement: std::sync::Arc<rendezvous::Placement>,
 }
 
 impl Replication {
