@@ -167,7 +167,7 @@ pub(crate) async fn lists_release(node: &Node) -> bool {
 }
 
 /// POSTs the kit schematic to `node`; returns its ID.
-async fn kit_schematic(node: &Node) -> String {
+pub(crate) async fn kit_schematic(node: &Node) -> String {
     let resp = client()
         .post(format!("http://{}/schematics", node.srv.http))
         .body(kit::SCHEMATIC)
@@ -326,11 +326,18 @@ async fn a_member_sending_bytes_that_do_not_verify_is_refused_and_nothing_is_sto
 /// Starts `dirs[0]` then the others bootstrapping from it (no scrub); waits until every node
 /// has the release (imported on the first only) and sees every other as a connected member.
 async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
-    let first = Node::start_with(&dirs[0], &[], &[NO_SCRUB]);
+    cluster_with_release_env(dirs, &[]).await
+}
+
+/// [`cluster_with_release`] with more `IF_*` variables for every node.
+pub(crate) async fn cluster_with_release_env(dirs: &[PathBuf], more: &[(&str, &str)]) -> Vec<Node> {
+    let mut env = vec![NO_SCRUB];
+    env.extend_from_slice(more);
+    let first = Node::start_with(&dirs[0], &[], &env);
     let boot = first.bootstrap().await;
     let mut nodes = vec![first];
     for d in &dirs[1..] {
-        nodes.push(Node::start_with(d, &boot, &[NO_SCRUB]));
+        nodes.push(Node::start_with(d, &boot, &env));
     }
     let ids: Vec<String> = {
         let mut v = Vec::new();
@@ -356,7 +363,7 @@ async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
 }
 
 /// Builds (and kinds) counted by `node`.
-async fn built(node: &Node) -> f64 {
+pub(crate) async fn built(node: &Node) -> f64 {
     counter(node, "image_factory_assets_built_total").await
 }
 
