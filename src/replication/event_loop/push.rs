@@ -34,8 +34,8 @@ pub(crate) struct PushSync {
     asks: HashMap<OutboundRequestId, (PeerId, String)>,
     /// Asks for members not connected now, oldest first.
     deferred: VecDeque<(PeerId, String)>,
-    /// Keys being fetched because a member asked (shared with the fetch tasks).
-    fetching: Arc<Mutex<HashSet<String>>>,
+    /// Keys being fetched because a member asked.
+    fetching: Admission,
     /// Fetches models for asks received.
     fetcher: Arc<ClusterPeers>,
 }
@@ -47,9 +47,41 @@ impl PushSync {
             remembered,
             asks: HashMap::new(),
             deferred: VecDeque::new(),
-            fetching: Arc::default(),
+            fetching: Admission::default(),
             fetcher: Arc::new(fetcher),
         }
+    }
+}
+
+/// The keys being fetched because a member asked, at most [`MAX_PUSH_FETCHES`] (shared with
+/// the fetch tasks, which hold a [`Fetching`] each).
+#[derive(Default)]
+struct Admission(Arc<Mutex<HashSet<String>>>);
+
+/// What [`Admission::admit`] decided.
+enum Admit {
+    /// Fetch it; the key stays admitted while this lives.
+    Fetch(Fetching),
+    /// It is being fetched already.
+    Already,
+    /// As many fetches run as allowed.
+    Busy,
+}
+
+impl Admission {
+    fn admit(&self, key: &str) -> Admit {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if set.contains(key) {
+            return Admit::Already;
+        }
+        if set.len() >= MAX_PUSH_FETCHES {
+            return Admit::Busy;
+        }
+        set.insert(key.to_string());
+        Admit::Fetch(Fetching {
+            set: Arc::clone(&self.0),
+            key: key.to_string(),
+        })
     }
 }
 
@@ -197,25 +229,14 @@ impl EventLoop {
         if !self.is_member(&peer) || !super::is_key(&key) {
             return PushReply::Refused;
         }
-        let mut fetching = self
-            .push
-            .fetching
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if fetching.contains(&key) {
-            return PushReply::Accepted;
-        }
-        if fetching.len() >= MAX_PUSH_FETCHES {
-            drop(fetching);
-            self.metrics.pushes_failed.increment(1);
-            tracing::warn!(key = %key, peer_id = %peer, max = MAX_PUSH_FETCHES, "an ask to hold a copy was dropped: as many are being fetched as allowed");
-            return PushReply::Busy;
-        }
-        fetching.insert(key.clone());
-        drop(fetching);
-        let guard = Fetching {
-            set: Arc::clone(&self.push.fetching),
-            key: key.clone(),
+        let guard = match self.push.fetching.admit(&key) {
+            Admit::Fetch(guard) => guard,
+            Admit::Already => return PushReply::Accepted,
+            Admit::Busy => {
+                self.metrics.pushes_failed.increment(1);
+                tracing::warn!(key = %key, peer_id = %peer, max = MAX_PUSH_FETCHES, "an ask to hold a copy was dropped: as many are being fetched as allowed");
+                return PushReply::Busy;
+            }
         };
         let fetcher = Arc::clone(&self.push.fetcher);
         let handle = self.rel.handle.clone();
@@ -258,5 +279,38 @@ async fn pushed_fetch(
             m.pushes_failed.increment(1);
             tracing::warn!(key = %key, peer_id = %peer, error = %Causes(&e), "a model a member asked this node to hold was not fetched");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> String {
+        format!("{i:064x}")
+    }
+
+    #[test]
+    fn asks_beyond_the_budget_are_refused_not_queued_and_a_finished_fetch_frees_its_slot() {
+        let a = Admission::default();
+        let mut running: Vec<Fetching> = (0..MAX_PUSH_FETCHES as u8)
+            .map(|i| match a.admit(&key(i)) {
+                Admit::Fetch(g) => g,
+                _ => panic!("ask {i} within the budget not admitted"),
+            })
+            .collect();
+        // A flood of other keys: every one refused, none remembered.
+        for i in 100..200 {
+            assert!(matches!(a.admit(&key(i)), Admit::Busy), "ask {i} admitted");
+        }
+        // The same key again joins the fetch running.
+        assert!(matches!(a.admit(&key(0)), Admit::Already));
+        // A fetch ends (or its task dies): its slot is free, its key can be asked again.
+        running.remove(0);
+        assert!(matches!(a.admit(&key(150)), Admit::Fetch(_)));
+        let again = a.admit(&key(0));
+        assert!(matches!(again, Admit::Fetch(_)));
+        assert!(matches!(a.admit(&key(1)), Admit::Already));
+        assert_eq!(a.0.lock().unwrap().len(), MAX_PUSH_FETCHES);
     }
 }
