@@ -122,10 +122,48 @@ async fn with_factor_two_a_built_model_reaches_the_member_rendezvous_hashing_cho
         counter(chosen, "image_factory_assets_fetched_total").await,
         0.0
     );
+
+    // Its collector counts the copy as one the cluster keeps: the chosen member is always
+    // among the two ranked highest. The third gets it on demand, and holds one of the two
+    // copies only if it outranks the builder.
+    let (st, _) = fetch(other, &path).await;
+    assert_eq!(st, 200);
+    let a_id = nodes[0].peer_id().await;
+    for (n, held) in [
+        (chosen, true),
+        (
+            other,
+            weight(&key, &other.peer_id().await) > weight(&key, &a_id),
+        ),
+    ] {
+        let out = gc_dry_run(n);
+        assert!(out.contains(&key), "{out}");
+        assert_eq!(
+            out.contains("a copy held for the cluster"),
+            held,
+            "{}: {out}",
+            n.dir.display()
+        );
+    }
 }
 
-/// How long a push would take to arrive on loopback, at most, in the factor-1 test: what the
-/// factor-2 test sees is well under a second after the build.
+/// `image-factory gc --dry-run --max-bytes 1` through `node`'s admin socket: its stdout.
+fn gc_dry_run(node: &Node) -> String {
+    let token = node.dir.join("keys/admin-token").display().to_string();
+    crate::replication::cli(&[
+        "gc",
+        "--dry-run",
+        "--max-bytes",
+        "1",
+        "--server",
+        &node.admin(),
+        "--admin-token-file",
+        &token,
+    ])
+}
+
+/// How long the factor-1 test watches for a copy that must not come (the factor-2 test sees
+/// its push arrive well under a second after the build).
 const NO_PUSH_WINDOW: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
