@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crate::common::assets::{V, sha256_hex};
 use crate::replication::{Node, wait_for_log};
 use crate::replication_assets::{
-    built, cluster_of, cluster_with_release_env, counter, fetch, import, kit_bundle, kit_schematic,
+    NO_SCRUB, built, cluster_of, cluster_with_release_env, counter, fetch, import, kit_bundle,
+    kit_schematic,
 };
 
 /// What a member logs when it stored a model a member asked it to hold.
@@ -201,6 +202,40 @@ async fn with_the_default_factor_nothing_is_pushed() {
     assert_eq!(sha256_hex(&on_b), sha256_hex(&on_a));
     assert_eq!(
         counter(&nodes[1], "image_factory_assets_fetched_total").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_when_the_model_was_built_is_asked_when_it_reconnects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bundle) = kit_bundle(tmp.path()) else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = ["a", "b"].iter().map(|d| tmp.path().join(d)).collect();
+    import(&dirs[0], &bundle);
+    cluster_of(tmp.path(), &dirs[0], &[&dirs[1]]);
+    // Two members and two copies: B is always the one asked.
+    let factor = ("IF_REPLICATION_FACTOR", "2");
+    let mut nodes = cluster_with_release_env(&dirs, &[factor]).await;
+    let id = kit_schematic(&nodes[0]).await;
+    assert_eq!(kit_schematic(&nodes[1]).await, id);
+    let boot = nodes[0].bootstrap().await;
+    nodes.pop().expect("B").stop();
+
+    let path = format!("/image/{id}/{V}/initramfs-amd64.xz");
+    let (st, on_a) = fetch(&nodes[0], &path).await;
+    assert_eq!(st, 200);
+    wait_for_log(&nodes[0], "it is asked when it connects").await;
+    assert!(!blob_file(&dirs[1], &on_a).exists());
+
+    let b = Node::start_with(&dirs[1], &boot, &[NO_SCRUB, factor]);
+    wait_for_log(&b, PUSHED).await;
+    let stored = std::fs::read(blob_file(&dirs[1], &on_a)).expect("B's copy");
+    assert_eq!(sha256_hex(&stored), sha256_hex(&on_a));
+    assert_eq!(built(&b).await, 0.0);
+    assert_eq!(
+        counter(&nodes[0], "image_factory_replication_pushes_sent_total").await,
         1.0
     );
 }
