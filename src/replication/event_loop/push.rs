@@ -28,7 +28,8 @@ const MAX_DEFERRED: usize = 1024;
 
 /// The push side of the event loop's state.
 pub(crate) struct PushSync {
-    /// Members remembered from the last run (`peers.json`): members until they show otherwise.
+    /// Members remembered from the last run (`peers.json`) and met in this one: members while
+    /// they reconnect or stay away, until they are refused.
     remembered: HashSet<PeerId>,
     /// Asks sent and not answered yet: to whom, for which key.
     asks: HashMap<OutboundRequestId, (PeerId, String)>,
@@ -101,9 +102,9 @@ impl Drop for Fetching {
 }
 
 impl EventLoop {
-    /// The cluster's members as rendezvous hashing ranks them: every member met in this run,
-    /// connected or not, and the members remembered from the last run that have not been
-    /// refused since; never a removed one, never this node.
+    /// The cluster's members as rendezvous hashing ranks them: every member met in this run or
+    /// remembered from the last, connected or not, unless refused since; never a removed one,
+    /// never this node.
     pub(super) fn rendezvous_members(&self) -> Vec<PeerId> {
         let revoked = self
             .membership
@@ -125,14 +126,35 @@ impl EventLoop {
         out
     }
 
-    /// Shares the members with garbage collection when they changed; sends the asks whose
-    /// member connected. Once a second.
+    /// Shares the members with garbage collection; sends the asks whose member connected and
+    /// drops those whose peer is no member any more. Once a second.
     pub(super) fn push_round(&mut self) {
+        for (id, p) in &self.peers {
+            if matches!(p.state, State::Member { .. })
+                && self.push.remembered.len() < super::MAX_PEERS
+            {
+                self.push.remembered.insert(*id);
+            }
+        }
         let members = self.rendezvous_members();
-        self.rel.handle.placement.set_members(members);
         if self.push.deferred.is_empty() {
+            self.rel.handle.placement.set_members(members);
             return;
         }
+        // Asks for a peer that is no member any more (removed, refused) are dropped.
+        let before = self.push.deferred.len();
+        self.push
+            .deferred
+            .retain(|(p, _)| members.binary_search(p).is_ok());
+        let dropped = before - self.push.deferred.len();
+        if dropped > 0 {
+            self.metrics.pushes_failed.increment(dropped as u64);
+            tracing::info!(
+                asks = dropped,
+                "asks to hold a copy dropped: their peer is no member any more"
+            );
+        }
+        self.rel.handle.placement.set_members(members);
         let connected = self.connected_members();
         let (now, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.push.deferred)
             .into_iter()
