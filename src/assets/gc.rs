@@ -1,6 +1,11 @@
 //! Garbage collection: built assets kept under a size quota and a free-space watermark by
 //! least-recently-served eviction, and blobs that nothing references deleted.
 //!
+//! Eviction goes least recently served first, except that the copies this node holds for the
+//! cluster (it ranks among the `replication.factor` members chosen for their key, see
+//! `replication::rendezvous`) go after every other copy: one is evicted only when the limits
+//! cannot be met otherwise, and the report, the log and a metric say so.
+//!
 //! Eviction deletes only blobs named by asset records, and never one that a release needs
 //! (the kernel asset *is* the release's kernel blob), one being streamed, or the record of a
 //! key being rebuilt. A record is trusted only once its signature verifies with the cluster
@@ -114,6 +119,9 @@ pub struct Evicted {
     pub bytes: u64,
     /// Last served (or built), Unix seconds.
     pub last_used: u64,
+    /// Whether this node held it as one of the copies the cluster keeps (`replication.factor`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub designated: bool,
 }
 
 /// What a pass did (or would do).
@@ -162,6 +170,10 @@ pub struct GcReport {
     /// Whether orphans were left for a later pass because an import was running.
     #[serde(default)]
     pub orphans_deferred: bool,
+    /// Evicted copies this node held for the cluster (`replication.factor`): the limits could
+    /// not be met with the others.
+    #[serde(default)]
+    pub designated_evicted: usize,
 }
 
 impl GcReport {
@@ -191,6 +203,12 @@ impl GcReport {
             if self.min_free_bytes > 0 {
                 out.push_str(&format!(" (keeping {})", mib(self.min_free_bytes)));
             }
+        }
+        if self.designated_evicted > 0 {
+            out.push_str(&format!(
+                "; {} of them copies the cluster counts on (replication.factor)",
+                self.designated_evicted
+            ));
         }
         if self.skipped_busy > 0 {
             out.push_str(&format!("; {} in use and kept", self.skipped_busy));
@@ -267,6 +285,9 @@ pub struct GcInputs<'a> {
     pub verifier: &'a RecordVerifier,
     /// Measures the free bytes of the data volume.
     pub free_space: &'a dyn Fn() -> std::io::Result<u64>,
+    /// Whether this node holds one of the copies of a key (cache key) the cluster keeps
+    /// (`replication.factor`): such assets are evicted after every other.
+    pub designated: &'a dyn Fn(&str) -> bool,
 }
 
 /// What a pass leaves alone because it is in use right now.
@@ -281,7 +302,8 @@ pub struct InUse<'a> {
 
 /// One pass: deletes orphans older than the grace period (see the module documentation),
 /// then, while built assets exceed `max_bytes` or the volume's free space is below
-/// `min_free_bytes`, evicts the least recently served assets not in use. Records that fail
+/// `min_free_bytes`, evicts the least recently served assets not in use, the copies this node
+/// holds for the cluster last. Records that fail
 /// verification are quarantined (reported only, in a dry run) and never followed. `now` is
 /// what orphan ages are measured against.
 pub fn collect_garbage(
@@ -297,9 +319,10 @@ pub fn collect_garbage(
         releases,
         verifier,
         free_space,
+        designated,
     } = *inputs;
     let protected = release_blobs(releases, blobs)?;
-    let mut list: Vec<(AssetRecord, u64)> = Vec::new();
+    let mut list: Vec<(AssetRecord, u64, bool)> = Vec::new();
     let mut quarantined = Vec::new();
     for (key, raw) in records.scan_raw()? {
         let record = match trusted(&key, &raw, verifier) {
@@ -316,11 +339,12 @@ pub fn collect_garbage(
         let last = records
             .last_served(&key)?
             .unwrap_or(record.created.saturating_mul(1000));
-        list.push((record, last));
+        let mine = designated(&record.key);
+        list.push((record, last, mine));
     }
     let mut refs: HashMap<String, usize> = HashMap::new();
     let mut sizes: HashMap<String, u64> = HashMap::new();
-    for (record, _) in &list {
+    for (record, ..) in &list {
         for b in record.blobs().filter(|b| !protected.contains(*b)) {
             *refs.entry(b.to_string()).or_insert(0) += 1;
             if !sizes.contains_key(b) {
@@ -377,8 +401,12 @@ pub fn collect_garbage(
         _ => 0,
     };
     let need = quota_need.max(space_need);
-    list.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.key.cmp(&b.0.key)));
-    for (record, last_used) in list {
+    list.sort_by(|a, b| {
+        (a.2, a.1)
+            .cmp(&(b.2, b.1))
+            .then_with(|| a.0.key.cmp(&b.0.key))
+    });
+    for (record, last_used, designated) in list {
         if report.freed_bytes >= need {
             break;
         }
@@ -411,6 +439,9 @@ pub fn collect_garbage(
         }
         report.bytes_after -= freed;
         report.freed_bytes += freed;
+        if designated {
+            report.designated_evicted += 1;
+        }
         report.evicted.push(Evicted {
             key: record.key.clone(),
             schematic: record.schematic.clone(),
@@ -418,6 +449,7 @@ pub fn collect_garbage(
             path: record.path.clone(),
             bytes: freed,
             last_used: last_used / 1000,
+            designated,
         });
     }
     report.short_bytes = space_need.saturating_sub(report.freed_bytes);

@@ -248,12 +248,14 @@ impl Assets {
             }
             let volume = limits.volume.clone();
             let free_space = move || disk_space(&volume).map(|s| s.available);
+            let designated = inner.peers.get().map(|p| p.designation());
             let inputs = GcInputs {
                 records: &inner.records,
                 blobs: &inner.blobs,
                 releases: &inner.releases,
                 verifier: &inner.verifying,
                 free_space: &free_space,
+                designated: &|key| designated.as_ref().is_some_and(|d| d(key)),
             };
             let in_use = InUse {
                 serving: &|b| this.is_serving(b),
@@ -279,6 +281,15 @@ impl Assets {
         if !dry_run {
             let m = &self.inner.metrics;
             m.gc_evictions.increment(report.evicted.len() as u64);
+            m.gc_designated_evictions
+                .increment(report.designated_evicted as u64);
+            if report.designated_evicted > 0 {
+                tracing::warn!(
+                    evicted = report.designated_evicted,
+                    "garbage collection evicted copies of models this node holds for the cluster \
+                     (replication.factor): the cache limits could not be met otherwise"
+                );
+            }
             m.gc_freed_bytes
                 .increment(report.freed_bytes + report.orphan_bytes);
             m.cache_bytes.set(report.bytes_after as f64);

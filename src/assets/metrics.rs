@@ -39,6 +39,8 @@ pub struct AssetMetrics {
     pub hit_ratio: Gauge,
     /// Assets evicted by garbage collection.
     pub gc_evictions: Counter,
+    /// Evicted assets this node held as one of the copies the cluster keeps.
+    pub gc_designated_evictions: Counter,
     /// Bytes freed by garbage collection.
     pub gc_freed_bytes: Counter,
     /// Bytes held by cached assets after the last collection.
@@ -147,6 +149,10 @@ impl AssetMetrics {
             gc_evictions: counter(
                 "image_factory_assets_gc_evictions_total",
                 "Assets evicted by garbage collection.",
+            ),
+            gc_designated_evictions: counter(
+                "image_factory_assets_gc_designated_evictions_total",
+                "Assets evicted by garbage collection although this node held them as one of the copies the cluster keeps (replication.factor): the cache limits could not be met otherwise.",
             ),
             gc_freed_bytes: counter(
                 "image_factory_assets_gc_freed_bytes_total",

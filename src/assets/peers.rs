@@ -14,4 +14,11 @@ pub trait Peers: Send + Sync {
     /// This node finished building `key` (`ok`: it is stored and can be provided; otherwise
     /// its lease ends so waiting members build themselves).
     fn built(&self, key: &str, ok: bool);
+
+    /// A check, over the cluster as known now, of whether this node holds one of the copies
+    /// of a key the cluster keeps (`replication.factor`): garbage collection evicts those
+    /// last. Nobody is designated by default.
+    fn designation(&self) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
+        Box::new(|_| false)
+    }
 }

@@ -88,12 +88,17 @@ fn print(r: &GcReport) {
     let verb = if r.dry_run { "would evict" } else { "evicted" };
     for e in &r.evicted {
         println!(
-            "{verb} {} {} {} ({:.1} MiB, key {})",
+            "{verb} {} {} {} ({:.1} MiB, key {}){}",
             e.schematic,
             e.version,
             e.path,
             e.bytes as f64 / (1024.0 * 1024.0),
-            e.key
+            e.key,
+            if e.designated {
+                ", a copy held for the cluster (replication.factor)"
+            } else {
+                ""
+            }
         );
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };

@@ -474,7 +474,13 @@ pub struct ReplicationConfig {
     pub bootstrap_peers: Vec<String>,
     /// Find peers on the local link by multicast DNS as well.
     pub mdns: bool,
+    /// Copies of each model the cluster keeps: a node that builds one asks `factor - 1`
+    /// members chosen by rendezvous hashing to fetch it (1 = fetch on demand only).
+    pub factor: u32,
 }
+
+/// Largest `replication.factor` accepted (a cluster has tens of members, not hundreds).
+pub const MAX_REPLICATION_FACTOR: u32 = 32;
 
 /// The default libp2p port (UDP for QUIC, TCP for the fallback).
 pub const DEFAULT_REPLICATION_PORT: u16 = 4001;
@@ -489,6 +495,7 @@ impl Default for ReplicationConfig {
             ],
             bootstrap_peers: Vec::new(),
             mdns: false,
+            factor: 1,
         }
     }
 }

@@ -174,6 +174,16 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for a in &cfg.replication.bootstrap_peers {
         check_multiaddr("replication.bootstrapPeers", a, true)?;
     }
+    let factor = cfg.replication.factor;
+    if !(1..=super::MAX_REPLICATION_FACTOR).contains(&factor) {
+        return Err(invalid(
+            "replication.factor",
+            format!(
+                "{factor} must be between 1 (fetch on demand only) and {}",
+                super::MAX_REPLICATION_FACTOR
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -340,6 +350,11 @@ mod tests {
             err(|c| c.replication.listen_addrs = vec!["/ip4/1.2.3/tcp/1".into()])
                 .contains("replication.listenAddrs")
         );
+        assert!(
+            err(|c| c.replication.factor = 0)
+                .contains("replication.factor: 0 must be between 1 (fetch on demand only) and 32")
+        );
+        assert!(err(|c| c.replication.factor = 33).contains("replication.factor: 33"));
         assert!(err(|c| c.storage.data_dir = String::new()).contains("storage.dataDir"));
         assert!(err(|c| c.tftp.listen_addr = "69".into()).contains("tftp.listenAddr"));
         assert!(err(|c| c.tftp.max_transfers = 0).contains("tftp.maxTransfers"));

@@ -83,7 +83,7 @@ impl ClusterPeers {
     /// Fetches the model of `key` from `peer`: its record (verified against the cluster key,
     /// naming `key`), then its blob (verified chunk by chunk against its BLAKE3, striped over
     /// `peer` and the other members that hold it); stores both.
-    async fn fetch(&self, peer: PeerId, key: &str) -> Result<(), ReplicationError> {
+    pub(super) async fn fetch(&self, peer: PeerId, key: &str) -> Result<(), ReplicationError> {
         let raw = match self.rep.model_record(peer, key).await? {
             ModelReply::Record { record } => record.into_bytes(),
             ModelReply::Missing => {
@@ -234,5 +234,9 @@ impl Peers for ClusterPeers {
             key: key.to_string(),
             ok,
         });
+    }
+
+    fn designation(&self) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
+        Box::new(self.rep.placement.designated())
     }
 }

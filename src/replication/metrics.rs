@@ -58,6 +58,13 @@ pub struct ReplicationMetrics {
     pub lease_waits: Counter,
     /// Chunks from members that did not verify (the member dropped from that transfer).
     pub chunks_rejected: Counter,
+    /// Asks sent to members chosen to hold a copy of a model built here.
+    pub pushes_sent: Counter,
+    /// Models fetched and stored because a member that built them asked.
+    pub pushes_received: Counter,
+    /// Asks that failed: sent and refused, dropped or undelivered, or received and dropped
+    /// (busy) or not fetched.
+    pub pushes_failed: Counter,
     /// Seconds a blob fetch from members took (verified and stored).
     pub fetch_seconds: Histogram,
     recorder: Arc<dyn Recorder + Send + Sync>,
@@ -164,6 +171,18 @@ impl ReplicationMetrics {
             builds_avoided: counter(
                 "image_factory_replication_builds_avoided_total",
                 "Models fetched from a member (or its finished build) instead of built here.",
+            ),
+            pushes_sent: counter(
+                "image_factory_replication_pushes_sent_total",
+                "Asks to hold a copy of a model built here, sent to the members chosen by rendezvous hashing (replication.factor).",
+            ),
+            pushes_received: counter(
+                "image_factory_replication_pushes_received_total",
+                "Models fetched (record and bytes verified) and stored because the member that built them asked.",
+            ),
+            pushes_failed: counter(
+                "image_factory_replication_pushes_failed_total",
+                "Asks to hold a copy that failed: sent and refused or undelivered, or received and dropped (too many at once) or not fetched.",
             ),
             lease_waits: counter(
                 "image_factory_replication_lease_waits_total",

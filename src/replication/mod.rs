@@ -18,6 +18,7 @@
 //! * `release_fetch`: a release's blobs, then its record;
 //! * `find`: [`ClusterPeers`], find before build for the asset pipeline;
 //! * `leases`: the build-lease table;
+//! * `rendezvous`: which members hold a model's copies (`replication.factor`);
 //! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
 
 mod blob_stream;
@@ -33,6 +34,7 @@ pub mod membership;
 mod metrics;
 pub mod protocol;
 mod release_fetch;
+mod rendezvous;
 mod swarm;
 mod transfer;
 mod tree;
@@ -485,6 +487,8 @@ pub struct Replication {
     trees: std::sync::Arc<chunks::TreeCache>,
     /// Opens blob streams to members (see `blob_stream`).
     streams: libp2p_stream::Control,
+    /// The replication factor and the members its copies are placed over.
+    placement: std::sync::Arc<rendezvous::Placement>,
 }
 
 impl Replication {

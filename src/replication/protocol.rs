@@ -501,6 +501,34 @@ pub enum ModelReply {
     Refused,
 }
 
+/// The push protocol (request-response, JSON): a member that built a model asks each member
+/// chosen to hold a copy of it (`replication.factor`) to fetch it from the asker.
+pub const PUSH_PROTOCOL: &str = "/image-factory/push/1";
+/// Largest push request.
+pub const MAX_PUSH_REQUEST: u64 = 1024;
+/// Largest push reply.
+pub const MAX_PUSH_REPLY: u64 = 1024;
+
+/// A request of the push protocol (members only): fetch the model of `key` from me.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushRequest {
+    /// Cache key (hex SHA-256).
+    pub key: String,
+}
+
+/// An answer of the push protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+pub enum PushReply {
+    /// The member fetches it now (or holds it, or fetches it already).
+    Accepted,
+    /// The member runs as many pushed fetches as it allows; the ask is dropped.
+    Busy,
+    /// The asker is not a member, or the key is not a cache key.
+    Refused,
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::io::Cursor;

@@ -23,10 +23,11 @@ use super::event_loop::{EventLoop, ReleaseParts};
 use super::metrics::ReplicationMetrics;
 use super::protocol::{
     HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, KAD_PROTOCOL, MAX_GOSSIP, MAX_HELLO_REPLY,
-    MAX_HELLO_REQUEST, MAX_MODEL_REPLY, MAX_MODEL_REQUEST, MAX_RELEASES_REPLY,
-    MAX_RELEASES_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST, MODELS_PROTOCOL,
-    ModelReply, ModelRequest, RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest, SCHEMATICS_PROTOCOL,
-    SchematicReply, SchematicRequest,
+    MAX_HELLO_REQUEST, MAX_MODEL_REPLY, MAX_MODEL_REQUEST, MAX_PUSH_REPLY, MAX_PUSH_REQUEST,
+    MAX_RELEASES_REPLY, MAX_RELEASES_REQUEST, MAX_SCHEMATICS_REPLY, MAX_SCHEMATICS_REQUEST,
+    MODELS_PROTOCOL, ModelReply, ModelRequest, PUSH_PROTOCOL, PushReply, PushRequest,
+    RELEASES_PROTOCOL, ReleaseReply, ReleaseRequest, SCHEMATICS_PROTOCOL, SchematicReply,
+    SchematicRequest,
 };
 use super::{Replication, ReplicationError};
 use crate::config::ReplicationConfig;
@@ -95,6 +96,9 @@ pub(crate) struct Behaviour {
     /// Built assets' signed records by cache key.
     pub models:
         request_response::Behaviour<request_response::json::codec::Codec<ModelRequest, ModelReply>>,
+    /// Asks to fetch a model this node built (`replication.factor`).
+    pub push:
+        request_response::Behaviour<request_response::json::codec::Codec<PushRequest, PushReply>>,
     /// Provider records of cache keys (find before build).
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Announcements (revocations, new schematics).
@@ -163,6 +167,16 @@ fn behaviour(
         )],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
+    let push = request_response::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_PUSH_REQUEST)
+            .set_response_size_maximum(MAX_PUSH_REPLY),
+        [(
+            StreamProtocol::new(PUSH_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config
         .set_query_timeout(KAD_QUERY_TIMEOUT)
@@ -227,6 +241,7 @@ fn behaviour(
         releases,
         blobs,
         models,
+        push,
         kad,
         gossipsub,
         mdns: Toggle::from(mdns),
@@ -346,6 +361,7 @@ pub async fn start(
         metrics: metrics.clone(),
         trees: Arc::default(),
         streams: swarm.behaviour().blobs.new_control(),
+        placement: Arc::new(super::rendezvous::Placement::new(local, config.factor)),
     };
     let event_loop = EventLoop::new(
         swarm,

@@ -58,6 +58,7 @@ mod registry_spec;
 mod release_damage;
 mod replication;
 mod replication_assets;
+mod replication_factor;
 mod replication_partition;
 mod replication_silent;
 mod replication_transfer;

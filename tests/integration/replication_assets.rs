@@ -330,6 +330,12 @@ async fn cluster_with_release(dirs: &[PathBuf]) -> Vec<Node> {
     cluster_with_release_env(dirs, &none).await
 }
 
+/// [`cluster_with_release`] with the same more `IF_*` variables for every node.
+pub(crate) async fn cluster_with_release_all(dirs: &[PathBuf], more: &[(&str, &str)]) -> Vec<Node> {
+    let each: Vec<&[(&str, &str)]> = vec![more; dirs.len()];
+    cluster_with_release_env(dirs, &each).await
+}
+
 /// [`cluster_with_release`] with more `IF_*` variables for each node (`more[i]` for
 /// `dirs[i]`).
 pub(crate) async fn cluster_with_release_env(

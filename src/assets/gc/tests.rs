@@ -92,6 +92,19 @@ impl Fixture {
 
     /// One pass with `free` bytes free on the volume.
     fn pass(&self, limits: &GcLimits, in_use: &InUse<'_>, free: u64, dry_run: bool) -> GcReport {
+        self.pass_keeping(limits, in_use, free, dry_run, &|_| false)
+    }
+
+    /// [`Fixture::pass`] on a node that holds the copies of the keys `designated` names for
+    /// the cluster.
+    fn pass_keeping(
+        &self,
+        limits: &GcLimits,
+        in_use: &InUse<'_>,
+        free: u64,
+        dry_run: bool,
+        designated: &dyn Fn(&str) -> bool,
+    ) -> GcReport {
         let free_space = move || Ok(free);
         let inputs = GcInputs {
             records: &self.records,
@@ -99,6 +112,7 @@ impl Fixture {
             releases: &self.releases,
             verifier: &self.verifier,
             free_space: &free_space,
+            designated,
         };
         collect_garbage(&inputs, limits, in_use, dry_run, SystemTime::now()).unwrap()
     }
@@ -229,6 +243,66 @@ async fn the_watermark_evicts_least_recently_served_first_and_never_what_is_in_u
     assert_eq!(r.evicted.len(), 1);
     assert!(r.short_bytes > 0, "{r:?}");
     assert!(r.summary().contains("short of the free-space watermark"));
+}
+
+#[tokio::test]
+async fn copies_held_for_the_cluster_are_evicted_last_and_only_when_nothing_else_is_left() {
+    let f = Fixture::new();
+    let (a, b, c, d) = (
+        f.blob(1, HOUR),
+        f.blob(2, HOUR),
+        f.blob(3, HOUR),
+        f.blob(4, HOUR),
+    );
+    // `a` and `c`, the least recently served, are copies this node holds for the cluster.
+    f.record("a", &a, &[], 100);
+    f.record("b", &b, &[], 200);
+    f.record("c", &c, &[], 300);
+    f.record("d", &d, &[], 400);
+    let size = disk_usage(&f.blobs, &a.blake3);
+    assert!(size > 0);
+    let held = |key: &str| key == "a" || key == "c";
+    let order = |r: &GcReport| -> Vec<(String, bool)> {
+        r.evicted
+            .iter()
+            .map(|e| (e.key.clone(), e.designated))
+            .collect()
+    };
+
+    // Room for two of four: the two other copies go, though more recently served.
+    let r = f.pass_keeping(&limits(2 * size, 0), &IDLE, u64::MAX, true, &held);
+    assert_eq!(
+        order(&r),
+        [("b".to_string(), false), ("d".to_string(), false)],
+        "{r:?}"
+    );
+    assert_eq!(r.designated_evicted, 0);
+    assert!(!r.summary().contains("replication.factor"));
+
+    // Room for one: a held copy goes too, least recently served first, and the pass says so.
+    let r = f.pass_keeping(&limits(size, 0), &IDLE, u64::MAX, false, &held);
+    assert_eq!(
+        order(&r),
+        [
+            ("b".to_string(), false),
+            ("d".to_string(), false),
+            ("a".to_string(), true)
+        ],
+        "{r:?}"
+    );
+    assert_eq!(r.designated_evicted, 1);
+    assert!(
+        r.summary()
+            .contains("1 of them copies the cluster counts on")
+    );
+    assert!(f.records.contains("c").unwrap() && f.blobs.contains(&c.blake3));
+    for gone in ["a", "b", "d"] {
+        assert!(!f.records.contains(gone).unwrap(), "{gone} kept");
+    }
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["designatedEvicted"], 1);
+    assert_eq!(json["evicted"][2]["designated"], true);
+    assert!(json["evicted"][0].get("designated").is_none());
 }
 
 #[test]

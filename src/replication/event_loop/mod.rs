@@ -7,6 +7,7 @@
 mod holdings;
 mod membership;
 mod models;
+mod push;
 mod releases;
 mod schematics;
 mod upkeep;
@@ -193,6 +194,7 @@ pub(crate) struct EventLoop {
     models: models::ModelSync,
     rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
     hold: holdings::HoldingsState,
+    push: push::PushSync,
 }
 
 impl EventLoop {
@@ -210,6 +212,17 @@ impl EventLoop {
     ) -> Self {
         let (jobs_tx, jobs) = mpsc::unbounded_channel();
         let (rel_tx, rel_jobs) = mpsc::unbounded_channel();
+        let fetcher = super::find::ClusterPeers::new(
+            handle.clone(),
+            parts.blobs.clone(),
+            crate::assets::RecordStore::new(Arc::clone(parts.blobs.meta())),
+            crate::assets::RecordVerifier::new(&cluster.signing_key().verifying_key()),
+        );
+        let remembered = cluster
+            .known_peers()
+            .iter()
+            .filter_map(|kp| kp.peer_id.parse::<PeerId>().ok())
+            .collect();
         let rel =
             releases::ReleaseSync::new(parts, Arc::clone(cluster.signing_key()), handle, rel_tx);
         let now = Instant::now();
@@ -235,6 +248,7 @@ impl EventLoop {
             rel,
             models: models::ModelSync::new(local),
             hold: holdings::HoldingsState::new(),
+            push: push::PushSync::new(remembered, fetcher),
             rel_jobs,
             cluster,
         };
@@ -501,6 +515,7 @@ impl EventLoop {
             BehaviourEvent::Releases(e) => self.on_releases_event(e),
             BehaviourEvent::Blobs(()) => {}
             BehaviourEvent::Models(e) => self.on_models_event(e),
+            BehaviourEvent::Push(e) => self.on_push_event(e),
             BehaviourEvent::Kad(e) => self.on_kad_event(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let is_member = self.is_member(&peer_id);

@@ -78,7 +78,8 @@ impl EventLoop {
         self.lease_view(&key)
     }
 
-    /// This node's build of `key` ended: tell the members, provide it when it succeeded.
+    /// This node's build of `key` ended: tell the members; when it succeeded, ask the members
+    /// chosen for its other copies (`replication.factor`) and provide it.
     pub(super) fn built(&mut self, key: String, ok: bool) {
         self.models.leases.finish(&key, ok, Instant::now());
         self.publish_model_gossip(&Gossip::Built {
@@ -86,6 +87,7 @@ impl EventLoop {
             ok,
         });
         if ok {
+            self.push_built(&key);
             self.provide(key);
         }
     }

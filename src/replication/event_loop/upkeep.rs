@@ -94,6 +94,7 @@ impl EventLoop {
         self.schematic_round(now);
         self.holdings_round(now);
         self.renew_leases(now);
+        self.push_round();
         if self.dirty && now.duration_since(self.last_save) >= SAVE_EVERY {
             self.save_peers();
         }

@@ -1,0 +1,338 @@
+//! Eager replication of models (`replication.factor`): when this node finishes a build, it asks
+//! the `factor - 1` members ranked highest for the cache key (`rendezvous`) to fetch the model
+//! from it; a member asked fetches it through find-before-build's fetch (the signed record
+//! verified against the cluster key, the bytes chunk by chunk), at most
+//! [`MAX_PUSH_FETCHES`] at once: further asks are answered busy and dropped, never queued.
+//!
+//! Best effort: a chosen member not connected at build time is asked when it connects again
+//! in this run (at most [`MAX_DEFERRED`] asks wait; the oldest go first); asks still waiting
+//! when the node stops are lost, and find-before-build covers the rest.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use libp2p::PeerId;
+use libp2p::request_response::{self, OutboundRequestId};
+
+use super::{EventLoop, State};
+use crate::causes::Causes;
+use crate::replication::find::ClusterPeers;
+use crate::replication::protocol::{PushReply, PushRequest};
+use crate::replication::rendezvous::push_targets;
+use crate::replication::{Replication, ReplicationError};
+
+/// Models fetched at once because a member asked.
+pub(super) const MAX_PUSH_FETCHES: usize = 2;
+/// Asks waiting for their member to connect.
+const MAX_DEFERRED: usize = 1024;
+
+/// The push side of the event loop's state.
+pub(crate) struct PushSync {
+    /// Members remembered from the last run (`peers.json`) and met in this one: members while
+    /// they reconnect or stay away, until they are refused.
+    remembered: HashSet<PeerId>,
+    /// Asks sent and not answered yet: to whom, for which key.
+    asks: HashMap<OutboundRequestId, (PeerId, String)>,
+    /// Asks for members not connected now, oldest first.
+    deferred: VecDeque<(PeerId, String)>,
+    /// Keys being fetched because a member asked.
+    fetching: Admission,
+    /// Fetches models for asks received.
+    fetcher: Arc<ClusterPeers>,
+}
+
+impl PushSync {
+    /// The state of a node that fetches with `fetcher`, remembering `remembered` as members.
+    pub(crate) fn new(remembered: HashSet<PeerId>, fetcher: ClusterPeers) -> Self {
+        Self {
+            remembered,
+            asks: HashMap::new(),
+            deferred: VecDeque::new(),
+            fetching: Admission::default(),
+            fetcher: Arc::new(fetcher),
+        }
+    }
+}
+
+/// The keys being fetched because a member asked, at most [`MAX_PUSH_FETCHES`] (shared with
+/// the fetch tasks, which hold a [`Fetching`] each).
+#[derive(Default)]
+struct Admission(Arc<Mutex<HashSet<String>>>);
+
+/// What [`Admission::admit`] decided.
+enum Admit {
+    /// Fetch it; the key stays admitted while this lives.
+    Fetch(Fetching),
+    /// It is being fetched already.
+    Already,
+    /// As many fetches run as allowed.
+    Busy,
+}
+
+impl Admission {
+    fn admit(&self, key: &str) -> Admit {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if set.contains(key) {
+            return Admit::Already;
+        }
+        if set.len() >= MAX_PUSH_FETCHES {
+            return Admit::Busy;
+        }
+        set.insert(key.to_string());
+        Admit::Fetch(Fetching {
+            set: Arc::clone(&self.0),
+            key: key.to_string(),
+        })
+    }
+}
+
+/// Removes its key from the keys being fetched when the fetch ends (or its task fails).
+struct Fetching {
+    set: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl EventLoop {
+    /// The cluster's members as rendezvous hashing ranks them: every member met in this run or
+    /// remembered from the last, connected or not, unless refused since; never a removed one,
+    /// never this node.
+    pub(super) fn rendezvous_members(&self) -> Vec<PeerId> {
+        let revoked = self
+            .membership
+            .as_ref()
+            .map(|m| m.revoked())
+            .unwrap_or_default();
+        let mut out: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| match p.state {
+                State::Member { .. } => true,
+                State::Known | State::Pending { .. } => self.push.remembered.contains(id),
+                State::Refused { .. } | State::RefusedUs { .. } => false,
+            })
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.local && !revoked.contains_key(id))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Shares the members with garbage collection; sends the asks whose member connected and
+    /// drops those whose peer is no member any more. Once a second.
+    pub(super) fn push_round(&mut self) {
+        for (id, p) in &self.peers {
+            if matches!(p.state, State::Member { .. })
+                && self.push.remembered.len() < super::MAX_PEERS
+            {
+                self.push.remembered.insert(*id);
+            }
+        }
+        let members = self.rendezvous_members();
+        if self.push.deferred.is_empty() {
+            self.rel.handle.placement.set_members(members);
+            return;
+        }
+        // Asks for a peer that is no member any more (removed, refused) are dropped.
+        let before = self.push.deferred.len();
+        self.push
+            .deferred
+            .retain(|(p, _)| members.binary_search(p).is_ok());
+        let dropped = before - self.push.deferred.len();
+        if dropped > 0 {
+            self.metrics.pushes_failed.increment(dropped as u64);
+            tracing::info!(
+                asks = dropped,
+                "asks to hold a copy dropped: their peer is no member any more"
+            );
+        }
+        self.rel.handle.placement.set_members(members);
+        let connected = self.connected_members();
+        let (now, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.push.deferred)
+            .into_iter()
+            .partition(|(p, _)| connected.contains(p));
+        self.push.deferred = later;
+        for (peer, key) in now {
+            self.send_push(peer, key);
+        }
+    }
+
+    /// This node built `key`: asks the members chosen to hold its other copies.
+    pub(super) fn push_built(&mut self, key: &str) {
+        let factor = self.rel.handle.placement.factor();
+        if factor <= 1 {
+            return;
+        }
+        let members = self.rendezvous_members();
+        let connected = self.connected_members();
+        for peer in push_targets(key, &self.local, &members, factor) {
+            if connected.contains(&peer) {
+                self.send_push(peer, key.to_string());
+                continue;
+            }
+            tracing::info!(key = %key, peer_id = %peer, "the member chosen for a copy is not connected; it is asked when it connects");
+            if self.push.deferred.len() >= MAX_DEFERRED
+                && let Some((p, k)) = self.push.deferred.pop_front()
+            {
+                self.metrics.pushes_failed.increment(1);
+                tracing::warn!(key = %k, peer_id = %p, "an ask to hold a copy was dropped (too many wait for their member)");
+            }
+            self.push.deferred.push_back((peer, key.to_string()));
+        }
+    }
+
+    fn send_push(&mut self, peer: PeerId, key: String) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .push
+            .send_request(&peer, PushRequest { key: key.clone() });
+        self.metrics.pushes_sent.increment(1);
+        tracing::info!(key = %key, peer_id = %peer, "asked a member to hold a copy of a model built here");
+        self.push.asks.insert(id, (peer, key));
+    }
+
+    pub(super) fn on_push_event(&mut self, event: request_response::Event<PushRequest, PushReply>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let reply = self.push_asked(peer, request.key);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .push
+                    .send_response(channel, reply);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let key = self.push.asks.remove(&request_id).map(|(_, k)| k);
+                if response != PushReply::Accepted {
+                    self.metrics.pushes_failed.increment(1);
+                    tracing::warn!(key = ?key, peer_id = %peer, reply = ?response, "a member did not take the ask to hold a copy");
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let key = self.push.asks.remove(&request_id).map(|(_, k)| k);
+                self.metrics.pushes_failed.increment(1);
+                tracing::warn!(key = ?key, peer_id = %peer, error = %error, "an ask to hold a copy did not reach the member");
+            }
+            _ => {}
+        }
+    }
+
+    /// Member `peer` asks this node to fetch the model of `key` from it.
+    fn push_asked(&mut self, peer: PeerId, key: String) -> PushReply {
+        if !self.is_member(&peer) || !super::is_key(&key) {
+            return PushReply::Refused;
+        }
+        let guard = match self.push.fetching.admit(&key) {
+            Admit::Fetch(guard) => guard,
+            Admit::Already => return PushReply::Accepted,
+            Admit::Busy => {
+                self.metrics.pushes_failed.increment(1);
+                tracing::warn!(key = %key, peer_id = %peer, max = MAX_PUSH_FETCHES, "an ask to hold a copy was dropped: as many are being fetched as allowed");
+                return PushReply::Busy;
+            }
+        };
+        let fetcher = Arc::clone(&self.push.fetcher);
+        let handle = self.rel.handle.clone();
+        let records = self.rel.records();
+        tokio::spawn(async move {
+            let _guard = guard;
+            pushed_fetch(&fetcher, &handle, &records, peer, &key).await;
+        });
+        PushReply::Accepted
+    }
+}
+
+/// Fetches the model of `key` from `peer`, which asked, unless it is held here already;
+/// logged and counted.
+async fn pushed_fetch(
+    fetcher: &ClusterPeers,
+    handle: &Replication,
+    records: &crate::assets::RecordStore,
+    peer: PeerId,
+    key: &str,
+) {
+    let m = &handle.metrics;
+    let held = {
+        let (records, k) = (records.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || records.contains(&k)).await
+    };
+    if matches!(held, Ok(Ok(true))) {
+        tracing::debug!(key = %key, peer_id = %peer, "asked to hold a copy of a model held already");
+        return;
+    }
+    match fetcher.fetch(peer, key).await {
+        Ok(()) => {
+            m.pushes_received.increment(1);
+            tracing::info!(key = %key, peer_id = %peer, "model replicated at the request of the member that built it");
+        }
+        Err(e) => {
+            if matches!(e, ReplicationError::Corrupt { .. }) {
+                m.verification_failures.increment(1);
+            }
+            m.pushes_failed.increment(1);
+            tracing::warn!(key = %key, peer_id = %peer, error = %Causes(&e), "a model a member asked this node to hold was not fetched");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> String {
+        format!("{i:064x}")
+    }
+
+    #[test]
+    fn asks_beyond_the_budget_are_refused_not_queued_and_a_finished_fetch_frees_its_slot() {
+        let a = Admission::default();
+        let mut running: Vec<Fetching> = (0..MAX_PUSH_FETCHES as u8)
+            .map(|i| match a.admit(&key(i)) {
+                Admit::Fetch(g) => g,
+                _ => panic!("ask {i} within the budget not admitted"),
+            })
+            .collect();
+        // A flood of other keys: every one refused, none remembered.
+        for i in 100..200 {
+            assert!(matches!(a.admit(&key(i)), Admit::Busy), "ask {i} admitted");
+        }
+        // The same key again joins the fetch running.
+        assert!(matches!(a.admit(&key(0)), Admit::Already));
+        // A fetch ends (or its task dies): its slot is free, its key can be asked again.
+        running.remove(0);
+        assert!(matches!(a.admit(&key(150)), Admit::Fetch(_)));
+        let again = a.admit(&key(0));
+        assert!(matches!(again, Admit::Fetch(_)));
+        assert!(matches!(a.admit(&key(1)), Admit::Already));
+        assert_eq!(a.0.lock().unwrap().len(), MAX_PUSH_FETCHES);
+    }
+}

@@ -1,0 +1,237 @@
+//! Where a model's copies belong (`replication.factor`): rendezvous (highest-random-weight)
+//! hashing of its cache key over the cluster's members. Each member's weight for a key is the
+//! BLAKE3 of the key and the member's peer ID; the members with the highest weights hold the
+//! copies. Every member ranks the same members the same way without talking to the others,
+//! and a member joining or leaving moves only the keys it wins or held.
+//!
+//! * a node that built a model asks the `factor - 1` other members ranked highest for it
+//!   ([`push_targets`]);
+//! * garbage collection evicts last the copies of the keys for which this node ranks among the
+//!   top `factor` of the members and itself ([`Placement::designated`]).
+
+use std::cmp::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use libp2p::PeerId;
+
+/// The weight of `peer` for `key`: BLAKE3 over the key, a zero byte and the peer ID's bytes.
+fn weight(key: &str, peer: &PeerId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(key.as_bytes());
+    h.update(&[0]);
+    h.update(&peer.to_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The `n` peers of `candidates` ranked highest for `key`, highest first (duplicates count
+/// once; equal weights, which BLAKE3 makes unheard of, fall back to the peer ID's bytes).
+pub(crate) fn top(key: &str, candidates: &[PeerId], n: usize) -> Vec<PeerId> {
+    let mut ranked: Vec<([u8; 32], PeerId)> =
+        candidates.iter().map(|p| (weight(key, p), *p)).collect();
+    ranked.sort_by(|a, b| match b.0.cmp(&a.0) {
+        Ordering::Equal => a.1.to_bytes().cmp(&b.1.to_bytes()),
+        o => o,
+    });
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().take(n).map(|(_, p)| p).collect()
+}
+
+/// The members `local` asks to hold a model it built under `key`: the `factor - 1` members
+/// other than itself ranked highest.
+pub(crate) fn push_targets(
+    key: &str,
+    local: &PeerId,
+    members: &[PeerId],
+    factor: u32,
+) -> Vec<PeerId> {
+    let others: Vec<PeerId> = members.iter().filter(|p| *p != local).copied().collect();
+    top(key, &others, (factor as usize).saturating_sub(1))
+}
+
+/// The replication factor and the members known now (connected or not), shared by the event
+/// loop (which updates the members) and garbage collection (which reads them).
+pub(crate) struct Placement {
+    factor: u32,
+    local: PeerId,
+    members: RwLock<Arc<Vec<PeerId>>>,
+}
+
+impl Placement {
+    /// For node `local` with `replication.factor` = `factor`, no member known yet.
+    pub(crate) fn new(local: PeerId, factor: u32) -> Self {
+        Self {
+            factor,
+            local,
+            members: RwLock::default(),
+        }
+    }
+
+    /// `replication.factor`.
+    pub(crate) fn factor(&self) -> u32 {
+        self.factor
+    }
+
+    /// The members other than this node, as last set.
+    pub(crate) fn members(&self) -> Arc<Vec<PeerId>> {
+        Arc::clone(&self.members.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the members (sorted, without this node); `false` if they did not change.
+    pub(crate) fn set_members(&self, mut members: Vec<PeerId>) -> bool {
+        members.retain(|p| *p != self.local);
+        members.sort();
+        members.dedup();
+        let mut g = self.members.write().unwrap_or_else(PoisonError::into_inner);
+        if **g == members {
+            return false;
+        }
+        *g = Arc::new(members);
+        true
+    }
+
+    /// A check of whether this node holds one of the `factor` copies of a key (ranks among
+    /// the top `factor` of the members and itself), over the members known now. Always
+    /// `false` with a factor of 1: nothing is pushed, every copy is alike.
+    pub(crate) fn designated(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let factor = self.factor as usize;
+        let local = self.local;
+        let mut all: Vec<PeerId> = self.members().as_ref().clone();
+        all.push(local);
+        move |key: &str| factor > 1 && top(key, &all, factor).contains(&local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[0] = i as u8;
+                seed[1] = 0xa5;
+                libp2p::identity::Keypair::ed25519_from_bytes(seed)
+                    .unwrap()
+                    .public()
+                    .to_peer_id()
+            })
+            .collect()
+    }
+
+    fn key(i: usize) -> String {
+        format!("{:064x}", i * 7919 + 1)
+    }
+
+    #[test]
+    fn the_choice_is_stable_and_independent_of_the_members_order() {
+        let p = peers(6);
+        let mut reversed = p.clone();
+        reversed.reverse();
+        for i in 0..50 {
+            let k = key(i);
+            let t = push_targets(&k, &p[0], &p, 3);
+            assert_eq!(t.len(), 2);
+            assert_eq!(t, push_targets(&k, &p[0], &reversed, 3), "order matters");
+            assert_eq!(t, push_targets(&k, &p[0], &p, 3), "not stable");
+            // Duplicates in the list change nothing.
+            let mut twice = p.clone();
+            twice.extend(p.iter().copied());
+            assert_eq!(t, push_targets(&k, &p[0], &twice, 3));
+        }
+    }
+
+    #[test]
+    fn the_builder_is_never_a_target_and_the_count_is_factor_minus_one() {
+        let p = peers(5);
+        for i in 0..50 {
+            let k = key(i);
+            for local in &p {
+                for factor in 1..=6u32 {
+                    let t = push_targets(&k, local, &p, factor);
+                    assert!(!t.contains(local), "{k}: pushed to itself");
+                    assert_eq!(t.len(), (factor as usize - 1).min(p.len() - 1));
+                }
+            }
+        }
+        // Alone in the cluster: nobody to ask.
+        assert!(push_targets(&key(1), &p[0], &p[..1], 3).is_empty());
+    }
+
+    #[test]
+    fn the_choice_spreads_over_the_members() {
+        let p = peers(4);
+        let mut chosen: HashMap<PeerId, usize> = HashMap::new();
+        let n = 2000;
+        for i in 0..n {
+            for t in push_targets(&key(i), &p[0], &p, 2) {
+                *chosen.entry(t).or_default() += 1;
+            }
+        }
+        // Three candidates, each about a third of the keys.
+        assert_eq!(chosen.len(), 3, "{chosen:?}");
+        for (peer, count) in &chosen {
+            assert!(
+                (n / 3 - n / 10..=n / 3 + n / 10).contains(count),
+                "{peer} chosen for {count} of {n} keys"
+            );
+        }
+    }
+
+    #[test]
+    fn a_member_leaving_moves_only_the_keys_it_held() {
+        let p = peers(5);
+        let gone = p[3];
+        let rest: Vec<PeerId> = p.iter().filter(|x| **x != gone).copied().collect();
+        for i in 0..200 {
+            let k = key(i);
+            let before = push_targets(&k, &p[0], &p, 2);
+            let after = push_targets(&k, &p[0], &rest, 2);
+            if !before.contains(&gone) {
+                assert_eq!(before, after, "{k} moved though {gone} did not hold it");
+            }
+        }
+    }
+
+    #[test]
+    fn the_builder_and_its_targets_agree_on_who_is_designated() {
+        let p = peers(5);
+        for i in 0..100 {
+            let k = key(i);
+            // The top `factor` of all members: each of them, and only they, is designated.
+            let holders = top(&k, &p, 3);
+            for me in &p {
+                let placement = Placement::new(*me, 3);
+                placement.set_members(p.clone());
+                assert_eq!(placement.designated()(&k), holders.contains(me), "{k}");
+                // A builder among the holders asks exactly the other holders.
+                if holders.contains(me) {
+                    let mut t = push_targets(&k, me, &p, 3);
+                    let mut others: Vec<PeerId> =
+                        holders.iter().filter(|h| *h != me).copied().collect();
+                    t.sort();
+                    others.sort();
+                    assert_eq!(t, others);
+                }
+            }
+            let single = Placement::new(p[0], 1);
+            single.set_members(p.clone());
+            assert!(!single.designated()(&k), "factor 1 designates nobody");
+        }
+    }
+
+    #[test]
+    fn setting_the_same_members_is_no_change() {
+        let p = peers(3);
+        let placement = Placement::new(p[0], 2);
+        assert!(placement.set_members(vec![p[2], p[1], p[0]]));
+        assert_eq!(*placement.members(), {
+            let mut v = vec![p[1], p[2]];
+            v.sort();
+            v
+        });
+        assert!(!placement.set_members(vec![p[1], p[2]]));
+    }
+}
