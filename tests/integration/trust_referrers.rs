@@ -49,6 +49,26 @@ fn run_keyless(dir: &Path, args: &[&str]) -> Output {
         .expect("run")
 }
 
+/// `bundle create` of the v1.11.0 amd64 release from the registry repository `from` into `out`.
+fn bundle_create(dir: &Path, from: &str, out: &Path) -> Output {
+    let out = out.to_str().expect("utf-8 path");
+    run_keyless(
+        dir,
+        &[
+            "bundle",
+            "create",
+            "--from-registry",
+            from,
+            "--version",
+            "v1.11.0",
+            "--arch",
+            "amd64",
+            "--out",
+            out,
+        ],
+    )
+}
+
 /// `import --from-registry <reg>/mirror --version v1.11.0 --data-dir dir/<data>`.
 fn import_from(dir: &Path, reg: &LayoutRegistry, data: &str) -> Output {
     let from = format!("{}/mirror", reg.addr);
@@ -149,21 +169,7 @@ fn bundle_create_from_an_api_only_registry_imports_offline() {
     let reg = LayoutRegistry::start(&t.path().join("layout"), "mirror", Referrers::ApiOnly);
     let from = format!("{}/mirror", reg.addr);
     let bundle = t.path().join("bundle.tar");
-    let out = run_keyless(
-        t.path(),
-        &[
-            "bundle",
-            "create",
-            "--from-registry",
-            &from,
-            "--version",
-            "v1.11.0",
-            "--arch",
-            "amd64",
-            "--out",
-            bundle.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = bundle_create(t.path(), &from, &bundle);
     assert!(
         out.status.success(),
         "bundle create failed: {}",
@@ -232,21 +238,7 @@ fn a_referrer_of_another_digest_is_ignored() {
 
     let from = format!("{}/mirror", reg.addr);
     let bundle = t.path().join("bundle.tar");
-    let out = run_keyless(
-        t.path(),
-        &[
-            "bundle",
-            "create",
-            "--from-registry",
-            &from,
-            "--version",
-            "v1.11.0",
-            "--arch",
-            "amd64",
-            "--out",
-            bundle.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = bundle_create(t.path(), &from, &bundle);
     let err = stderr(&out);
     assert!(!out.status.success(), "bundle create succeeded: {err}");
     assert!(err.contains("no cosign signature"), "{err}");
