@@ -16,7 +16,7 @@ use futures_util::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::Semaphore;
 
-use super::chunks::read_chunk;
+use super::chunks::BlobReader;
 use super::protocol::{
     BLOBS_PROTOCOL, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply, read_blob_request,
     write_blob_reply, write_blob_request,
@@ -152,6 +152,7 @@ async fn serve_stream(rep: &Replication, blobs: &BlobStore, peer: PeerId, mut st
     if !matches!(ready, Ok(Ok(()))) {
         return;
     }
+    let mut reader = Some(BlobReader::default());
     loop {
         let req = match tokio::time::timeout(REQUEST_IDLE, read_blob_request(&mut stream)).await {
             Ok(Ok(Some(r))) => r,
@@ -165,8 +166,12 @@ async fn serve_stream(rep: &Replication, blobs: &BlobStore, peer: PeerId, mut st
             BlobReply::Refused
         } else {
             let (b, trees) = (blobs.clone(), Arc::clone(&rep.trees));
-            match tokio::task::spawn_blocking(move || read_chunk(&b, &trees, &req)).await {
-                Ok(r) => r,
+            let mut r = reader.take().unwrap_or_default();
+            match tokio::task::spawn_blocking(move || (r.read(&b, &trees, &req), r)).await {
+                Ok((reply, r)) => {
+                    reader = Some(r);
+                    reply
+                }
                 Err(_) => break,
             }
         };

@@ -99,47 +99,78 @@ impl Trees {
 }
 
 /// Answers `req` from the store for a member.
+#[cfg(test)]
 pub(crate) fn read_chunk(blobs: &BlobStore, trees: &TreeCache, req: &BlobRequest) -> BlobReply {
-    let blake3 = match &req.id {
-        BlobId::Blake3(b) if crate::store::is_blob_name(b) => b.clone(),
-        BlobId::Sha256(s) if crate::store::is_blob_name(s) => match blobs.by_sha256(s) {
-            Ok(Some(info)) => info.blake3,
-            Ok(None) => return BlobReply::Missing,
-            Err(_) => return BlobReply::Missing,
-        },
-        _ => return BlobReply::Refused,
-    };
-    let Ok(mut file) = blobs.open_blob(&blake3) else {
-        return BlobReply::Missing;
-    };
-    let Ok(size) = file.metadata().map(|m| m.len()) else {
-        return BlobReply::Missing;
-    };
-    let want = u64::from(req.len.min(MAX_CHUNK));
-    if req.tree {
-        drop(file);
-        let Some(t) = trees.get(blobs, &blake3, size) else {
+    BlobReader::default().read(blobs, trees, req)
+}
+
+/// Answers one member's stream: keeps the blob it last read open (with its size and BLAKE3),
+/// so the chunks of one transfer cost one open and one name lookup, not one per chunk.
+#[derive(Default)]
+pub(crate) struct BlobReader {
+    open: Option<(BlobId, String, std::fs::File, u64)>,
+}
+
+impl BlobReader {
+    /// Answers `req` from `blobs` (trees from `trees`).
+    pub(crate) fn read(
+        &mut self,
+        blobs: &BlobStore,
+        trees: &TreeCache,
+        req: &BlobRequest,
+    ) -> BlobReply {
+        if self.open.as_ref().is_none_or(|(id, ..)| *id != req.id) {
+            self.open = None;
+            let blake3 = match &req.id {
+                BlobId::Blake3(b) if crate::store::is_blob_name(b) => b.clone(),
+                BlobId::Sha256(s) if crate::store::is_blob_name(s) => match blobs.by_sha256(s) {
+                    Ok(Some(info)) => info.blake3,
+                    Ok(None) => return BlobReply::Missing,
+                    Err(_) => return BlobReply::Missing,
+                },
+                _ => return BlobReply::Refused,
+            };
+            let Ok(file) = blobs.open_blob(&blake3) else {
+                return BlobReply::Missing;
+            };
+            let Ok(size) = file.metadata().map(|m| m.len()) else {
+                return BlobReply::Missing;
+            };
+            self.open = Some((req.id.clone(), blake3, file, size));
+        }
+        let Some((_, blake3, file, size)) = self.open.as_mut() else {
             return BlobReply::Missing;
         };
-        let Some(rest) = (t.len() as u64).checked_sub(req.offset) else {
+        let size = *size;
+        let want = u64::from(req.len.min(MAX_CHUNK));
+        if req.tree {
+            let Some(t) = trees.get(blobs, blake3, size) else {
+                return BlobReply::Missing;
+            };
+            let Some(rest) = (t.len() as u64).checked_sub(req.offset) else {
+                return BlobReply::Refused;
+            };
+            let start = req.offset as usize;
+            let data = t[start..start + rest.min(want) as usize].to_vec();
+            return BlobReply::Tree {
+                size,
+                blake3: blake3.clone(),
+                data,
+            };
+        }
+        if req.offset > size {
             return BlobReply::Refused;
-        };
-        let start = req.offset as usize;
-        let data = t[start..start + rest.min(want) as usize].to_vec();
-        return BlobReply::Tree { size, blake3, data };
+        }
+        let len = (size - req.offset).min(want) as usize;
+        let mut data = Vec::with_capacity(len);
+        if file.seek(SeekFrom::Start(req.offset)).is_err()
+            || file.take(len as u64).read_to_end(&mut data).is_err()
+            || data.len() != len
+        {
+            return BlobReply::Missing;
+        }
+        BlobReply::Chunk { size, data }
     }
-    if req.offset > size {
-        return BlobReply::Refused;
-    }
-    let len = (size - req.offset).min(want) as usize;
-    let mut data = Vec::with_capacity(len);
-    if file.seek(SeekFrom::Start(req.offset)).is_err()
-        || (&mut file).take(len as u64).read_to_end(&mut data).is_err()
-        || data.len() != len
-    {
-        return BlobReply::Missing;
-    }
-    BlobReply::Chunk { size, data }
 }
 
 #[cfg(test)]

@@ -63,14 +63,15 @@ impl Tree {
 
 /// Asks `peer` for the tree of blob `id` (`size` when known, at most `max`); checks that it
 /// merges to the blob's BLAKE3 (the name asked for, or the one the member gives for a
-/// SHA-256 name, which the SHA-256 of the whole then confirms).
+/// SHA-256 name, which the SHA-256 of the whole then confirms). Returns the stream too: the
+/// transfer asks the same member for chunks on it.
 async fn fetch_tree(
     rep: &Replication,
     peer: PeerId,
     id: &BlobId,
     size: Option<u64>,
     max: u64,
-) -> Result<Tree, ReplicationError> {
+) -> Result<(Tree, libp2p::Stream), ReplicationError> {
     let corrupt = |why: String| ReplicationError::Corrupt {
         peer: peer.to_string(),
         blob: blob_name(id),
@@ -132,7 +133,6 @@ async fn fetch_tree(
             break;
         }
     }
-    let _ = stream.close().await;
     let Some((size, b3)) = head else {
         return Err(corrupt("no tree".into()));
     };
@@ -148,13 +148,14 @@ async fn fetch_tree(
             "its tree does not merge to the blob's BLAKE3".into(),
         ));
     }
-    Ok(Tree { size, root, values })
+    Ok((Tree { size, root, values }, stream))
 }
 
 /// What a member's stream hands back: a group's verified bytes, or why the member failed.
 type Done = (PeerId, u64, Result<Vec<u8>, ReplicationError>);
 
-/// Fetches the groups named on `jobs` from `peer` over one blob stream, keeping up to
+/// Fetches the groups named on `jobs` from `peer` over one blob stream (`opened`, or a new
+/// one), keeping up to
 /// [`PIPELINE`] requests ahead of the answers, and hands each group back on `done` once it
 /// matches `tree`. The first failure is handed back (for any group) and ends the stream; the
 /// transfer then gives the member's groups to others.
@@ -163,10 +164,15 @@ async fn member_stream(
     peer: PeerId,
     id: BlobId,
     tree: Arc<Tree>,
+    opened: Option<libp2p::Stream>,
     mut jobs: mpsc::Receiver<u64>,
     done: mpsc::Sender<Done>,
 ) {
-    let stream = match blob_stream::open(&rep, peer).await {
+    let opened = match opened {
+        Some(s) => Ok(s),
+        None => blob_stream::open(&rep, peer).await,
+    };
+    let stream = match opened {
         Ok(s) => s,
         Err(e) => {
             let _ = done.send((peer, u64::MAX, Err(e))).await;
@@ -341,12 +347,13 @@ pub(crate) async fn fetch_blob(
         all_missing: true,
         last: None,
     };
-    let tree = loop {
+    // The stream the tree came on, kept for that member's chunks.
+    let (tree, mut tree_stream) = loop {
         let Some(&peer) = src.live.first() else {
             return Err(src.failure(id));
         };
         match fetch_tree(rep, peer, id, size, max).await {
-            Ok(t) => break Arc::new(t),
+            Ok((t, stream)) => break (Arc::new(t), Some((peer, stream))),
             Err(e) => src.drop_peer(rep, peer, id, e),
         }
     };
@@ -391,11 +398,16 @@ pub(crate) async fn fetch_blob(
             turn = turn.wrapping_add(1);
             let jobs = streams.entry(peer).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(PIPELINE);
+                let opened = match &tree_stream {
+                    Some((p, _)) if *p == peer => tree_stream.take().map(|(_, s)| s),
+                    _ => None,
+                };
                 tasks.spawn(member_stream(
                     rep.clone(),
                     peer,
                     id.clone(),
                     Arc::clone(&tree),
+                    opened,
                     rx,
                     done_tx.clone(),
                 ));
