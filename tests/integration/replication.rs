@@ -195,14 +195,31 @@ pub(crate) async fn wait_for_log(node: &Node, needle: &str) {
 
 /// Runs the CLI; returns stdout, panics with stderr on failure.
 pub(crate) fn cli(args: &[&str]) -> String {
+    cli_env(args, &[])
+}
+
+/// [`cli`] with more environment variables.
+pub(crate) fn cli_env(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .output()
         .expect("run the CLI");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?} failed: {stderr}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `image-factory peers` through `node`'s admin API: the table.
+pub(crate) fn peers_table(node: &Node) -> String {
+    cli(&[
+        "peers",
+        "--server",
+        &node.admin(),
+        "--data-dir",
+        &node.dir.display().to_string(),
+    ])
 }
 
 /// `cluster invite` on a stopped node's `dir`; returns the new member's peer ID.
@@ -299,17 +316,7 @@ async fn members_connect_through_bootstrap_peers_show_rtt_and_keep_their_identit
         );
     }
     // `image-factory peers` on A lists B and C as connected members.
-    let out = Command::new(bin())
-        .args(["peers", "--server", &node_a.admin(), "--data-dir"])
-        .arg(&a)
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = peers_table(&node_a);
     assert!(table.contains(&format!("this node  {a_id}")), "{table}");
     for id in [&b_invited, &c_invited] {
         let line = table
@@ -695,19 +702,16 @@ async fn the_cluster_secure_boot_keys_reach_a_new_member() {
     ]);
     // `secureBoot.file.*` default to <dataDir>/keys/secureboot, so enabling is enough.
     let enable = [("IF_SECUREBOOT_ENABLED", "true")];
-    let out = Command::new(bin())
-        .args(["cluster", "invite", "--data-dir"])
-        .arg(&a)
-        .arg("--out")
-        .arg(&inv)
-        .envs(enable)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("invite");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_env(
+        &[
+            "cluster",
+            "invite",
+            "--data-dir",
+            &a.display().to_string(),
+            "--out",
+            &inv.display().to_string(),
+        ],
+        &enable,
     );
     let out = Command::new(bin())
         .args(["cluster", "join", "--data-dir"])

@@ -70,19 +70,16 @@ async fn members_with_their_own_urls_build_the_same_model_byte_for_byte() {
     import(&b, &bundle);
     // A founds the cluster while its URL is the site's; B joins it.
     let inv = tmp.path().join("b.invitation");
-    let out = std::process::Command::new(crate::common::bin())
-        .args(["cluster", "invite", "--data-dir"])
-        .arg(&a)
-        .arg("--out")
-        .arg(&inv)
-        .env("IF_HTTP_EXTERNALURL", SITE)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("invite");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::replication::cli_env(
+        &[
+            "cluster",
+            "invite",
+            "--data-dir",
+            &a.display().to_string(),
+            "--out",
+            &inv.display().to_string(),
+        ],
+        &[("IF_HTTP_EXTERNALURL", SITE)],
     );
     join(&b, &inv);
 

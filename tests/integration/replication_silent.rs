@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::assets::{V, sha256_hex};
-use crate::common::{bin, client};
-use crate::replication::{Node, peer, wait_for, wait_for_log};
+use crate::common::client;
+use crate::replication::{Node, peer, peers_table, wait_for, wait_for_log};
 use crate::replication_assets::{
     built, cluster_of, cluster_with_release_env, counter, fetch, import, kit_bundle, kit_schematic,
 };
@@ -45,22 +45,6 @@ fn responding(st: &Value, other: &str) -> bool {
     peer(st, other).is_some_and(|p| {
         p["state"] == "member" && p["connected"] == true && p["responding"] == true
     })
-}
-
-/// `image-factory peers` of `node` (its data directory `dir`): the table.
-fn peers_table(node: &Node) -> String {
-    let out = Command::new(bin())
-        .args(["peers", "--server", &node.admin(), "--data-dir"])
-        .arg(&node.dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("peers");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

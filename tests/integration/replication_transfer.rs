@@ -178,17 +178,7 @@ async fn a_source_killed_mid_transfer_costs_nothing_and_the_blob_comes_striped_f
     assert_eq!(b["bytesReceived"].as_f64(), Some(after_b), "{b}");
     let models = b["holds"]["models"].as_u64().unwrap();
     let schematics = b["holds"]["schematics"].as_u64().unwrap();
-    let out = std::process::Command::new(crate::common::bin())
-        .args(["peers", "--server", &node_c.admin(), "--data-dir"])
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = crate::replication::peers_table(&node_c);
     let line = table
         .lines()
         .find(|l| l.starts_with(&b_id))

@@ -92,13 +92,7 @@ impl Boot {
     /// exposed read-only as a FAT disk (put the loader at `EFI/BOOT/BOOTX64.EFI`).
     pub fn uefi_esp(esp: &Path, vars: &Path) -> Boot {
         let mut args: Vec<String> = ovmf(vars).into();
-        args.extend([
-            "-drive".to_string(),
-            format!(
-                "if=virtio,format=raw,readonly=on,file=fat:{}",
-                esp.display()
-            ),
-        ]);
+        args.extend(esp_drive(esp));
         Boot::firmware(args)
     }
 
@@ -129,13 +123,7 @@ impl Boot {
         if let Some(vars) = vars {
             args.extend(ovmf(vars));
         }
-        args.extend([
-            "-drive".to_string(),
-            format!(
-                "if=virtio,format={format},snapshot=on,file={}",
-                disk.display()
-            ),
-        ]);
+        args.extend(disk_drive(disk, format));
         Boot::firmware(args)
     }
 
@@ -210,23 +198,14 @@ impl Boot {
     /// exposed read-only as a FAT disk (loader at `EFI/BOOT/BOOTAA64.EFI`).
     pub fn aavmf_esp(esp: &Path, vars: &Path) -> Boot {
         let mut args: Vec<String> = aavmf(vars).into();
-        args.extend([
-            "-drive".to_string(),
-            format!(
-                "if=virtio,format=raw,readonly=on,file=fat:{}",
-                esp.display()
-            ),
-        ]);
+        args.extend(esp_drive(esp));
         Boot::firmware(args)
     }
 
     /// arm64 UEFI boot through AAVMF of a raw disk image on virtio-blk (`snapshot=on`).
     pub fn aavmf_disk(disk: &Path, vars: &Path) -> Boot {
         let mut args: Vec<String> = aavmf(vars).into();
-        args.extend([
-            "-drive".to_string(),
-            format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()),
-        ]);
+        args.extend(disk_drive(disk, "raw"));
         Boot::firmware(args)
     }
 
@@ -312,6 +291,28 @@ impl Boot {
             elapsed: start.elapsed(),
         })
     }
+}
+
+/// A directory exposed read-only as a FAT disk on virtio-blk.
+fn esp_drive(esp: &Path) -> [String; 2] {
+    [
+        "-drive".into(),
+        format!(
+            "if=virtio,format=raw,readonly=on,file=fat:{}",
+            esp.display()
+        ),
+    ]
+}
+
+/// A disk image in QEMU `format` on virtio-blk, `snapshot=on` (the file is never modified).
+fn disk_drive(disk: &Path, format: &str) -> [String; 2] {
+    [
+        "-drive".into(),
+        format!(
+            "if=virtio,format={format},snapshot=on,file={}",
+            disk.display()
+        ),
+    ]
 }
 
 /// QEMU arguments for a `q35` machine booting OVMF (pflash code + the vars copy `vars`).
