@@ -353,11 +353,10 @@ async fn read_body<T: futures_util::AsyncRead + Unpin>(
             format!("a message of {len} bytes exceeds the limit of {max}"),
         ));
     }
-    let mut buf = Vec::with_capacity(len);
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
+    // `read_exact` into a buffer of the exact size: `read_to_end` would grow a full buffer
+    // to twice its size (copying it) to probe for more bytes, for every 1 MiB chunk.
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
     Ok(buf)
 }
 
@@ -547,6 +546,21 @@ mod tests {
             .unwrap();
         let back = read_blob_reply(&mut Cursor::new(&buf)).await.unwrap();
         assert_eq!(back, reply);
+        // A full chunk is read into a buffer of its size, not one grown to twice it.
+        let full = BlobReply::Chunk {
+            size: u64::from(MAX_CHUNK),
+            data: vec![7u8; MAX_CHUNK as usize],
+        };
+        let mut buf = Vec::new();
+        write_blob_reply(&mut Cursor::new(&mut buf), &full)
+            .await
+            .unwrap();
+        let BlobReply::Chunk { data, .. } = read_blob_reply(&mut Cursor::new(&buf)).await.unwrap()
+        else {
+            panic!("not a chunk");
+        };
+        assert_eq!(data.len(), MAX_CHUNK as usize);
+        assert_eq!(data.capacity(), MAX_CHUNK as usize);
 
         // A header announcing more than a chunk is refused before anything is allocated.
         let header = serde_json::to_vec(&BlobHeader::Chunk {
