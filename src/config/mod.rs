@@ -477,7 +477,14 @@ pub struct ReplicationConfig {
     /// Copies of each model the cluster keeps: a node that builds one asks `factor - 1`
     /// members chosen by rendezvous hashing to fetch it (1 = fetch on demand only).
     pub factor: u32,
+    /// Chunk memory (MiB, one 1 MiB chunk each) all of this node's blob transfers from members
+    /// share, beyond the one chunk each transfer writes next (0 = one chunk at a time each).
+    #[serde(rename = "transferMemoryMiB")]
+    pub transfer_memory_mib: u32,
 }
+
+/// Largest `replication.transferMemoryMiB` accepted.
+pub const MAX_TRANSFER_MEMORY_MIB: u32 = 1024;
 
 /// Largest `replication.factor` accepted (a cluster has tens of members, not hundreds).
 pub const MAX_REPLICATION_FACTOR: u32 = 32;
@@ -496,6 +503,7 @@ impl Default for ReplicationConfig {
             bootstrap_peers: Vec::new(),
             mdns: false,
             factor: 1,
+            transfer_memory_mib: 16,
         }
     }
 }

@@ -184,6 +184,16 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    let memory = cfg.replication.transfer_memory_mib;
+    if memory > super::MAX_TRANSFER_MEMORY_MIB {
+        return Err(invalid(
+            "replication.transferMemoryMiB",
+            format!(
+                "{memory} is more than {} (MiB)",
+                super::MAX_TRANSFER_MEMORY_MIB
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -355,6 +365,10 @@ mod tests {
                 .contains("replication.factor: 0 must be between 1 (fetch on demand only) and 32")
         );
         assert!(err(|c| c.replication.factor = 33).contains("replication.factor: 33"));
+        assert!(
+            err(|c| c.replication.transfer_memory_mib = 1025)
+                .contains("replication.transferMemoryMiB: 1025 is more than 1024 (MiB)")
+        );
         assert!(err(|c| c.storage.data_dir = String::new()).contains("storage.dataDir"));
         assert!(err(|c| c.tftp.listen_addr = "69".into()).contains("tftp.listenAddr"));
         assert!(err(|c| c.tftp.max_transfers = 0).contains("tftp.maxTransfers"));

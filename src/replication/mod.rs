@@ -22,6 +22,7 @@
 //! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
 
 mod blob_stream;
+mod chunk_pool;
 mod chunks;
 pub mod cluster;
 mod event_loop;
@@ -487,6 +488,8 @@ pub struct Replication {
     trees: std::sync::Arc<chunks::TreeCache>,
     /// Opens blob streams to members (see `blob_stream`).
     streams: libp2p_stream::Control,
+    /// The chunk buffers this node's transfers share (see `chunk_pool`).
+    chunk_pool: std::sync::Arc<chunk_pool::ChunkPool>,
     /// The replication factor and the members its copies are placed over.
     placement: std::sync::Arc<rendezvous::Placement>,
 }

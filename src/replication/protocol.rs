@@ -334,10 +334,16 @@ async fn read_prefixed<T: futures_util::AsyncRead + Unpin>(
     io: &mut T,
     max: usize,
 ) -> std::io::Result<Vec<u8>> {
+    let len = read_len(io).await?;
+    read_body(io, len, max).await
+}
+
+/// Reads a message's length prefix.
+async fn read_len<T: futures_util::AsyncRead + Unpin>(io: &mut T) -> std::io::Result<usize> {
     use futures_util::AsyncReadExt as _;
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    read_body(io, u32::from_be_bytes(len) as usize, max).await
+    Ok(u32::from_be_bytes(len) as usize)
 }
 
 /// Reads a message of `len` bytes (refused beyond `max` before anything is allocated).
@@ -406,6 +412,21 @@ pub async fn read_blob_request<T: futures_util::AsyncRead + Unpin>(
 pub async fn read_blob_reply<T: futures_util::AsyncRead + Unpin>(
     io: &mut T,
 ) -> std::io::Result<BlobReply> {
+    let mut chunk = Vec::new();
+    let mut reply = read_blob_reply_into(io, &mut chunk).await?;
+    if let BlobReply::Chunk { data, .. } = &mut reply {
+        *data = chunk;
+    }
+    Ok(reply)
+}
+
+/// Reads one blob answer, a chunk's bytes into `chunk` (reused: only bytes it never held are
+/// zeroed first); the `Chunk` answer returned then carries no bytes of its own.
+pub async fn read_blob_reply_into<T: futures_util::AsyncRead + Unpin>(
+    io: &mut T,
+    chunk: &mut Vec<u8>,
+) -> std::io::Result<BlobReply> {
+    use futures_util::AsyncReadExt as _;
     let bytes = read_prefixed(io, MAX_BLOB_HEADER).await?;
     match serde_json::from_slice::<BlobHeader>(&bytes).map_err(invalid)? {
         BlobHeader::Chunk { size, len } => {
@@ -415,8 +436,23 @@ pub async fn read_blob_reply<T: futures_util::AsyncRead + Unpin>(
                     format!("a chunk of {len} bytes exceeds the limit of {MAX_CHUNK}"),
                 ));
             }
-            let data = read_prefixed(io, len as usize).await?;
-            Ok(BlobReply::Chunk { size, data })
+            let n = read_len(io).await?;
+            if n > len as usize {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a message of {n} bytes exceeds the limit of {len}"),
+                ));
+            }
+            if chunk.len() < n {
+                chunk.resize(n, 0);
+            } else {
+                chunk.truncate(n);
+            }
+            io.read_exact(chunk).await?;
+            Ok(BlobReply::Chunk {
+                size,
+                data: Vec::new(),
+            })
         }
         BlobHeader::Tree { size, blake3, len } => {
             if len > MAX_CHUNK {

@@ -361,6 +361,9 @@ pub async fn start(
         metrics: metrics.clone(),
         trees: Arc::default(),
         streams: swarm.behaviour().blobs.new_control(),
+        chunk_pool: Arc::new(super::chunk_pool::ChunkPool::new(
+            config.transfer_memory_mib as usize,
+        )),
         placement: Arc::new(super::rendezvous::Placement::new(local, config.factor)),
     };
     let event_loop = EventLoop::new(

@@ -11,7 +11,10 @@
 //! member whose chunk does not verify, that fails or that disappears is dropped for this
 //! transfer and its chunks go to the others, so a transfer resumes from the offset reached;
 //! at most [`WINDOW`] chunks are held (in flight, or verified and waiting for their turn to
-//! be written), so memory stays bounded whatever the blob's size.
+//! be written), so memory stays bounded whatever the blob's size. All transfers of the node
+//! together hold at most `replication.transferMemoryMiB` chunks (the buffers of the node's
+//! chunk pool) beyond the one each is about to write (that
+//! one needs no share of the budget, so every transfer progresses however many run).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
@@ -23,8 +26,9 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::blob_stream;
+use super::chunk_pool::ChunkBuf;
 use super::protocol::{
-    BlobId, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply, write_blob_request,
+    BlobId, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply_into, write_blob_request,
 };
 use super::tree;
 use super::{Replication, ReplicationError};
@@ -152,7 +156,7 @@ async fn fetch_tree(
 }
 
 /// What a member's stream hands back: a group's verified bytes, or why the member failed.
-type Done = (PeerId, u64, Result<Vec<u8>, ReplicationError>);
+type Done = (PeerId, u64, Result<ChunkBuf, ReplicationError>);
 
 /// Fetches the groups named on `jobs` from `peer` over one blob stream (`opened`, or a new
 /// one), keeping up to
@@ -165,7 +169,7 @@ async fn member_stream(
     id: BlobId,
     tree: Arc<Tree>,
     opened: Option<libp2p::Stream>,
-    mut jobs: mpsc::Receiver<u64>,
+    mut jobs: mpsc::Receiver<(u64, ChunkBuf)>,
     done: mpsc::Sender<Done>,
 ) {
     let opened = match opened {
@@ -180,13 +184,13 @@ async fn member_stream(
         }
     };
     let (mut reader, mut writer) = stream.split();
-    let (asked_tx, mut asked) = mpsc::channel::<u64>(PIPELINE);
+    let (asked_tx, mut asked) = mpsc::channel::<(u64, ChunkBuf)>(PIPELINE);
     let io_failed = |e: std::io::Error| ReplicationError::PeerFailed {
         peer: peer.to_string(),
         why: format!("blob stream: {e}"),
     };
     let ask = async {
-        while let Some(i) = jobs.recv().await {
+        while let Some((i, buf)) = jobs.recv().await {
             let request = BlobRequest {
                 id: id.clone(),
                 offset: i * tree::GROUP,
@@ -197,7 +201,7 @@ async fn member_stream(
                 .await
                 .map_err(io_failed)?;
             writer.flush().await.map_err(io_failed)?;
-            if asked_tx.send(i).await.is_err() {
+            if asked_tx.send((i, buf)).await.is_err() {
                 break;
             }
         }
@@ -205,16 +209,18 @@ async fn member_stream(
         Ok::<(), ReplicationError>(())
     };
     let receive = async {
-        while let Some(i) = asked.recv().await {
-            let reply =
-                tokio::time::timeout(blob_stream::ANSWER_TIMEOUT, read_blob_reply(&mut reader))
-                    .await
-                    .map_err(|_| ReplicationError::PeerFailed {
-                        peer: peer.to_string(),
-                        why: "no answer in time on the blob stream".into(),
-                    })?
-                    .map_err(io_failed)?;
-            let data = check_group(peer, &id, &tree, i, reply).await?;
+        while let Some((i, mut buf)) = asked.recv().await {
+            let reply = tokio::time::timeout(
+                blob_stream::ANSWER_TIMEOUT,
+                read_blob_reply_into(&mut reader, buf.vec_mut()),
+            )
+            .await
+            .map_err(|_| ReplicationError::PeerFailed {
+                peer: peer.to_string(),
+                why: "no answer in time on the blob stream".into(),
+            })?
+            .map_err(io_failed)?;
+            let data = check_group(peer, &id, &tree, i, reply, buf).await?;
             if done.send((peer, i, Ok(data))).await.is_err() {
                 break;
             }
@@ -226,14 +232,16 @@ async fn member_stream(
     }
 }
 
-/// Checks a member's answer for group `i` against `tree` (hashing off the runtime).
+/// Checks a member's answer for group `i` (its bytes in `data`) against `tree` (hashing off
+/// the runtime).
 async fn check_group(
     peer: PeerId,
     id: &BlobId,
     tree: &Arc<Tree>,
     i: u64,
     reply: BlobReply,
-) -> Result<Vec<u8>, ReplicationError> {
+    data: ChunkBuf,
+) -> Result<ChunkBuf, ReplicationError> {
     let corrupt = |why: String| ReplicationError::Corrupt {
         peer: peer.to_string(),
         blob: blob_name(id),
@@ -242,22 +250,22 @@ async fn check_group(
     let size = tree.size;
     let offset = i * tree::GROUP;
     match reply {
-        BlobReply::Chunk { size: s, data } => {
+        BlobReply::Chunk { size: s, .. } => {
             if s != size {
                 return Err(corrupt(format!(
                     "it says the blob has {s} bytes, not {size}"
                 )));
             }
             let want = (size - offset).min(tree::GROUP);
-            if data.len() as u64 != want {
+            if data.bytes().len() as u64 != want {
                 return Err(corrupt(format!(
                     "{} bytes at offset {offset}, not {want}",
-                    data.len()
+                    data.bytes().len()
                 )));
             }
             let expected = tree.expected(i);
             let (data, ok) = tokio::task::spawn_blocking(move || {
-                let ok = tree::group_value(i, size, &data) == expected;
+                let ok = tree::group_value(i, size, data.bytes()) == expected;
                 (data, ok)
             })
             .await
@@ -362,23 +370,24 @@ pub(crate) async fn fetch_blob(
 
     // The writer: a blocking task fed verified chunks in order.
     let writer = blobs.writer()?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    // A chunk's buffer goes back to the node's pool once it is written.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ChunkBuf>(WRITE_QUEUE);
     let writing = tokio::task::spawn_blocking(move || {
         let mut w = writer;
         while let Some(data) = rx.blocking_recv() {
-            w.write_all(&data)?;
+            w.write_all(data.bytes())?;
         }
         Ok::<_, std::io::Error>(w)
     });
 
     let mut pending: BTreeSet<u64> = (0..n).collect();
-    let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut ready: BTreeMap<u64, ChunkBuf> = BTreeMap::new();
     let mut next_write = 0u64;
     // Groups asked of each member and not yet back.
     let mut assigned: BTreeMap<u64, PeerId> = BTreeMap::new();
     let mut load: HashMap<PeerId, usize> = HashMap::new();
     let mut moved: BTreeMap<PeerId, u64> = BTreeMap::new();
-    let mut streams: HashMap<PeerId, mpsc::Sender<u64>> = HashMap::new();
+    let mut streams: HashMap<PeerId, mpsc::Sender<(u64, ChunkBuf)>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let (done_tx, mut done) = mpsc::channel::<Done>(WINDOW as usize + 1);
     let mut turn = 0usize;
@@ -394,6 +403,15 @@ pub(crate) async fn fetch_blob(
                 .find(|p| load.get(p).copied().unwrap_or(0) < PIPELINE)
             else {
                 break;
+            };
+            // The group written next needs no pool buffer: it leaves as soon as it arrives.
+            let buf = if i == next_write {
+                ChunkBuf::unpooled()
+            } else {
+                match rep.chunk_pool.try_take() {
+                    Some(b) => b,
+                    None => break,
+                }
             };
             turn = turn.wrapping_add(1);
             let jobs = streams.entry(peer).or_insert_with(|| {
@@ -414,7 +432,7 @@ pub(crate) async fn fetch_blob(
                 tx
             });
             // Room was checked (load < PIPELINE): only a stream that ended refuses.
-            if jobs.try_send(i).is_err() {
+            if jobs.try_send((i, buf)).is_err() {
                 streams.remove(&peer);
                 src.drop_peer(
                     rep,
@@ -444,7 +462,7 @@ pub(crate) async fn fetch_blob(
                 if let Some(l) = load.get_mut(&peer) {
                     *l = l.saturating_sub(1);
                 }
-                let len = data.len() as u64;
+                let len = data.bytes().len() as u64;
                 *moved.entry(peer).or_default() += len;
                 rep.metrics.peer_bytes_received(&peer, len);
                 ready.insert(i, data);

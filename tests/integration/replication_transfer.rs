@@ -45,7 +45,9 @@ async fn per_peer(node: &Node, name: &str, peer: &str) -> f64 {
 const RECEIVED: &str = "image_factory_replication_peer_bytes_received_total";
 
 /// A and B running, both holding the release (imported on A, replicated to B), C joined but
-/// not started; returns the nodes, C's directory, and the large blob's name.
+/// not started; returns the nodes, C's directory, and the large blob's name. B has no transfer
+/// memory to share (`replication.transferMemoryMiB: 0`): it fetches one chunk at a time, and
+/// must still get the whole release.
 async fn two_holders(tmp: &Path) -> Option<(Node, Node, PathBuf, String)> {
     let bundle = big_bundle(tmp)?;
     let (a, b, c) = (tmp.join("a"), tmp.join("b"), tmp.join("c"));
@@ -53,7 +55,8 @@ async fn two_holders(tmp: &Path) -> Option<(Node, Node, PathBuf, String)> {
     cluster_of(tmp, &a, &[&b, &c]);
     let (_, name) = largest_blob(&a);
     let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
-    let node_b = Node::start_with(&b, &node_a.bootstrap().await, &[NO_SCRUB]);
+    let no_memory = ("IF_REPLICATION_TRANSFERMEMORYMIB", "0");
+    let node_b = Node::start_with(&b, &node_a.bootstrap().await, &[NO_SCRUB, no_memory]);
     wait_for_log(&node_b, "release replicated").await;
     assert!(
         b.join("blobs").join(&name[..2]).join(&name).exists(),
