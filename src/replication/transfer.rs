@@ -13,8 +13,8 @@
 //! at most [`WINDOW`] chunks are held (in flight, or verified and waiting for their turn to
 //! be written), so memory stays bounded whatever the blob's size. All transfers of the node
 //! together hold at most `replication.transferMemoryMiB` chunks (the buffers of the node's
-//! chunk pool) beyond the one each is about to write (that
-//! one needs no share of the budget, so every transfer progresses however many run).
+//! chunk pool, see `chunk_pool`) beyond the one each writes next, which needs no buffer of the
+//! pool, so every transfer progresses however many run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
