@@ -625,6 +625,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reused_buffer_holds_exactly_the_chunk_just_read() {
+        let mut w = Cursor::new(Vec::new());
+        for data in [
+            b"0123456789".to_vec(),
+            b"abcd".to_vec(),
+            b"ABCDEFGHIJKL".to_vec(),
+        ] {
+            let reply = BlobReply::Chunk { size: 100, data };
+            write_blob_reply(&mut w, &reply).await.unwrap();
+        }
+        let mut io = Cursor::new(w.into_inner());
+        let mut buf = Vec::new();
+        for want in [&b"0123456789"[..], b"abcd", b"ABCDEFGHIJKL"] {
+            let reply = read_blob_reply_into(&mut io, &mut buf).await.unwrap();
+            assert_eq!(
+                reply,
+                BlobReply::Chunk {
+                    size: 100,
+                    data: Vec::new()
+                }
+            );
+            assert_eq!(buf, want);
+        }
+        // Other answers leave the buffer alone.
+        let mut wire = Vec::new();
+        write_blob_reply(&mut Cursor::new(&mut wire), &BlobReply::Missing)
+            .await
+            .unwrap();
+        let reply = read_blob_reply_into(&mut Cursor::new(&wire), &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(reply, BlobReply::Missing);
+        assert_eq!(buf, b"ABCDEFGHIJKL");
+    }
+
+    #[tokio::test]
     async fn requests_follow_one_another_and_a_closed_stream_ends_them() {
         let req = |offset| BlobRequest {
             id: BlobId::Blake3("a".repeat(64)),
