@@ -352,6 +352,19 @@ async fn read_body<T: futures_util::AsyncRead + Unpin>(
     len: usize,
     max: usize,
 ) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    read_body_into(io, len, max, &mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads a message of `len` bytes into `buf`, which then holds exactly those bytes (refused
+/// beyond `max` before anything is allocated; only bytes `buf` never held are zeroed first).
+async fn read_body_into<T: futures_util::AsyncRead + Unpin>(
+    io: &mut T,
+    len: usize,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
     use futures_util::AsyncReadExt as _;
     if len > max {
         return Err(std::io::Error::new(
@@ -361,9 +374,12 @@ async fn read_body<T: futures_util::AsyncRead + Unpin>(
     }
     // `read_exact` into a buffer of the exact size: `read_to_end` would grow a full buffer
     // to twice its size (copying it) to probe for more bytes, for every 1 MiB chunk.
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    if buf.len() < len {
+        buf.resize(len, 0);
+    } else {
+        buf.truncate(len);
+    }
+    io.read_exact(buf).await
 }
 
 async fn write_prefixed<T: futures_util::AsyncWrite + Unpin>(
@@ -426,7 +442,6 @@ pub async fn read_blob_reply_into<T: futures_util::AsyncRead + Unpin>(
     io: &mut T,
     chunk: &mut Vec<u8>,
 ) -> std::io::Result<BlobReply> {
-    use futures_util::AsyncReadExt as _;
     let bytes = read_prefixed(io, MAX_BLOB_HEADER).await?;
     match serde_json::from_slice::<BlobHeader>(&bytes).map_err(invalid)? {
         BlobHeader::Chunk { size, len } => {
@@ -437,18 +452,7 @@ pub async fn read_blob_reply_into<T: futures_util::AsyncRead + Unpin>(
                 ));
             }
             let n = read_len(io).await?;
-            if n > len as usize {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("a message of {n} bytes exceeds the limit of {len}"),
-                ));
-            }
-            if chunk.len() < n {
-                chunk.resize(n, 0);
-            } else {
-                chunk.truncate(n);
-            }
-            io.read_exact(chunk).await?;
+            read_body_into(io, n, len as usize, chunk).await?;
             Ok(BlobReply::Chunk {
                 size,
                 data: Vec::new(),

@@ -236,6 +236,22 @@ pub(crate) fn invite_offline(dir: &Path, out: &Path) -> String {
     ])
 }
 
+/// `cluster invite` on a stopped node's `dir` (default validity) with more environment
+/// variables.
+pub(crate) fn invite_offline_env(dir: &Path, out: &Path, env: &[(&str, &str)]) -> String {
+    cli_env(
+        &[
+            "cluster",
+            "invite",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+        env,
+    )
+}
+
 /// `cluster invite` through `node`'s admin API.
 pub(crate) fn invite_through(node: &Node, out: &Path) -> String {
     cli(&[
@@ -702,17 +718,7 @@ async fn the_cluster_secure_boot_keys_reach_a_new_member() {
     ]);
     // `secureBoot.file.*` default to <dataDir>/keys/secureboot, so enabling is enough.
     let enable = [("IF_SECUREBOOT_ENABLED", "true")];
-    cli_env(
-        &[
-            "cluster",
-            "invite",
-            "--data-dir",
-            &a.display().to_string(),
-            "--out",
-            &inv.display().to_string(),
-        ],
-        &enable,
-    );
+    invite_offline_env(&a, &inv, &enable);
     let out = Command::new(bin())
         .args(["cluster", "join", "--data-dir"])
         .arg(&b)

@@ -70,17 +70,7 @@ async fn members_with_their_own_urls_build_the_same_model_byte_for_byte() {
     import(&b, &bundle);
     // A founds the cluster while its URL is the site's; B joins it.
     let inv = tmp.path().join("b.invitation");
-    crate::replication::cli_env(
-        &[
-            "cluster",
-            "invite",
-            "--data-dir",
-            &a.display().to_string(),
-            "--out",
-            &inv.display().to_string(),
-        ],
-        &[("IF_HTTP_EXTERNALURL", SITE)],
-    );
+    crate::replication::invite_offline_env(&a, &inv, &[("IF_HTTP_EXTERNALURL", SITE)]);
     join(&b, &inv);
 
     // Each member now has a URL of its own (A's changed since it founded the cluster).
