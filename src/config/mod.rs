@@ -503,7 +503,7 @@ impl Default for ReplicationConfig {
             bootstrap_peers: Vec::new(),
             mdns: false,
             factor: 1,
-            transfer_memory_mib: 16,
+            transfer_memory_mib: 4,
         }
     }
 }
