@@ -374,11 +374,7 @@ async fn read_body_into<T: futures_util::AsyncRead + Unpin>(
     }
     // `read_exact` into a buffer of the exact size: `read_to_end` would grow a full buffer
     // to twice its size (copying it) to probe for more bytes, for every 1 MiB chunk.
-    if buf.len() < len {
-        buf.resize(len, 0);
-    } else {
-        buf.truncate(len);
-    }
+    buf.resize(len, 0);
     io.read_exact(buf).await
 }
 
