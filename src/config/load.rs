@@ -17,13 +17,15 @@ pub const ENV_PREFIX: &str = "IF_";
 /// breaks a command: the registry password of `--registry-user`, the Debian input directory of
 /// `image-factory dev synth-release`, the test suite's switch that turns a missing test tool
 /// into a failure, where the test suite keeps its browser driver, and the replication tests'
-/// build delay (`crate::replication::BUILD_DELAY_ENV`).
+/// build delay (`crate::replication::BUILD_DELAY_ENV`) and lost hellos
+/// (`IF_TEST_IGNORE_HELLOS`).
 pub const NOT_CONFIG_ENV: &[&str] = &[
     REGISTRY_PASSWORD_ENV,
     "IF_TESTKIT_DIR",
     "IF_REQUIRE_TOOLS",
     "IF_PLAYWRIGHT_DIR",
     "IF_TEST_BUILD_DELAY_MS",
+    "IF_TEST_IGNORE_HELLOS",
 ];
 
 /// The password of `--registry-user` (not a configuration key: never written to a file).

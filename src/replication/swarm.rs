@@ -52,6 +52,9 @@ pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(3 * PING_INTERVAL_
 const MAX_PENDING_INCOMING: u32 = 64;
 /// Incoming connections open at once (members and peers being checked).
 const MAX_INCOMING: u32 = 512;
+/// How long a hello waits for its answer: short, so that the retries after a lost one still
+/// reach the peer before it refuses this node as silent (10 s after connecting).
+const HELLO_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections to one peer (both sides may dial, over QUIC and TCP).
 const MAX_PER_PEER: u32 = 8;
 /// How long a provider lookup may take.
@@ -134,7 +137,7 @@ fn behaviour(
             StreamProtocol::new(HELLO_PROTOCOL),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        request_response::Config::default().with_request_timeout(HELLO_REQUEST_TIMEOUT),
     );
     let schematics = request_response::Behaviour::with_codec(
         request_response::json::codec::Codec::default()

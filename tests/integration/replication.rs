@@ -426,6 +426,40 @@ async fn non_members_another_cluster_and_expired_members_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_hello_is_sent_again_before_the_member_is_refused_as_silent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let inv_b = tmp.path().join("b.invitation");
+    let b_id = invite_offline(&a, &inv_b);
+    join(&b, &inv_b);
+    let node_a = Node::start(&a, &[]);
+    let a_id = node_a.peer_id().await;
+    // B loses the first hello it receives (A's): neither judged nor answered. A must send it
+    // again; without that, B would refuse A as silent 10 s after connecting.
+    let node_b = Node::start_with(
+        &b,
+        &node_a.bootstrap().await,
+        &[("IF_TEST_IGNORE_HELLOS", "1")],
+    );
+    wait_for(&node_b, "B accepts A", |st| connected_member(st, &a_id)).await;
+    wait_for(&node_a, "A accepts B", |st| connected_member(st, &b_id)).await;
+    let log_b = node_b.log();
+    assert!(
+        log_b.contains("a hello ignored"),
+        "the fault did not act:\n{log_b}"
+    );
+    for (node, log) in [("A", node_a.log()), ("B", log_b)] {
+        assert!(
+            !log.contains("peer refused"),
+            "{node} refused a member:\n{log}"
+        );
+    }
+    for reason in ["silent", "not_member"] {
+        assert_eq!(node_b.refused_metric(reason).await, 0, "{reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_is_refused_by_every_member_and_offline_removal_replicates() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = ["a", "b", "r", "s"]

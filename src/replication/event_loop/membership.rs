@@ -9,12 +9,66 @@ use libp2p::gossipsub::{IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundFailure, ResponseChannel};
 
 use super::{
-    Cut, EventLoop, REFUSAL_FLUSH, REFUSAL_LINGER, REFUSED_FOR, REFUSED_US_FOR, Refusing, State,
+    Cut, EventLoop, HELLO_RETRIES, REFUSAL_FLUSH, REFUSAL_LINGER, REFUSED_FOR, REFUSED_US_FOR,
+    Refusing, State,
 };
 use crate::causes::Causes;
 use crate::replication::cluster::{MAX_KNOWN_PEERS, MAX_REVOCATIONS};
 use crate::replication::membership::{Refusal, check_member};
 use crate::replication::protocol::{Gossip, Hello, HelloReply, membership_topic};
+
+/// Tests only: how many of the first hellos this node receives it neither judges nor answers
+/// (each held until its sender gives up), as if lost on the way. Not configuration; unset in
+/// production.
+pub const IGNORE_HELLOS_ENV: &str = "IF_TEST_IGNORE_HELLOS";
+/// Most hellos [`IGNORE_HELLOS_ENV`] may ask to ignore.
+const MAX_IGNORED_HELLOS: usize = 8;
+
+/// The hellos still to ignore, and those held ([`IGNORE_HELLOS_ENV`]).
+#[derive(Default)]
+pub(super) struct IgnoredHellos {
+    left: usize,
+    held: Vec<ResponseChannel<HelloReply>>,
+}
+
+impl IgnoredHellos {
+    /// What [`IGNORE_HELLOS_ENV`] asks for (bounded); none when unset or invalid.
+    pub(super) fn from_env() -> Self {
+        let Ok(text) = std::env::var(IGNORE_HELLOS_ENV) else {
+            return Self::default();
+        };
+        match text.trim().parse::<usize>() {
+            Ok(n) => {
+                let left = n.min(MAX_IGNORED_HELLOS);
+                tracing::warn!(
+                    hellos = left,
+                    "{IGNORE_HELLOS_ENV} is set: the first hellos received are ignored (a test setting)"
+                );
+                Self {
+                    left,
+                    held: Vec::new(),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(value = %text, error = %e, "{IGNORE_HELLOS_ENV} ignored: not a count");
+                Self::default()
+            }
+        }
+    }
+
+    /// Holds `channel` unanswered if hellos are still to be ignored; else gives it back.
+    fn ignore(
+        &mut self,
+        channel: ResponseChannel<HelloReply>,
+    ) -> Option<ResponseChannel<HelloReply>> {
+        if self.left == 0 {
+            return Some(channel);
+        }
+        self.left -= 1;
+        self.held.push(channel);
+        None
+    }
+}
 
 impl EventLoop {
     /// Takes the cluster's current membership: subscribes to the cluster's topic once in
@@ -103,6 +157,29 @@ impl EventLoop {
         self.asked.insert(peer);
     }
 
+    /// Sends this node's hello to `peer` again after it failed, while `peer` is connected, has
+    /// not welcomed this node on this connection, is not refused either way, and the retries
+    /// are not spent: a hello lost to a connection that closed under it (both sides may dial
+    /// at once, over QUIC and TCP) would otherwise leave the peer waiting until it refuses this
+    /// node as silent. Whether it was sent.
+    fn hello_again(&mut self, peer: PeerId) -> bool {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let retry = p.connections > 0
+            && !p.welcomed
+            && p.hello_retries < HELLO_RETRIES
+            && matches!(
+                p.state,
+                State::Pending { .. } | State::Member { .. } | State::Known
+            );
+        if retry {
+            p.hello_retries += 1;
+            self.send_hello(peer);
+        }
+        retry
+    }
+
     /// Cuts a refused peer off shortly after its hello is answered and this node's is too (so
     /// each side learns why the other refused it: closing a QUIC connection at once could drop
     /// the answer still in flight), or at the deadline; the tick does the cutting.
@@ -188,9 +265,13 @@ impl EventLoop {
                 self.refuse(peer, Refusal::Silent, Cut::Block);
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(peer_id = %peer, error = %error, "hello not answered");
                 self.asked.remove(&peer);
-                self.cut_when_done(peer);
+                if self.hello_again(peer) {
+                    tracing::debug!(peer_id = %peer, error = %error, "hello not answered: sent again");
+                } else {
+                    tracing::debug!(peer_id = %peer, error = %error, "hello not answered");
+                    self.cut_when_done(peer);
+                }
             }
             request_response::Event::ResponseSent { peer, .. }
             | request_response::Event::InboundFailure { peer, .. } => {
@@ -209,6 +290,10 @@ impl EventLoop {
         hello: Hello,
         channel: ResponseChannel<HelloReply>,
     ) {
+        let Some(channel) = self.ignored_hellos.ignore(channel) else {
+            tracing::warn!(peer_id = %peer, "a hello ignored ({IGNORE_HELLOS_ENV})");
+            return;
+        };
         let verdict = match &self.membership {
             None => Err(Refusal::NotInCluster),
             Some(m) => check_member(

@@ -57,6 +57,10 @@ use crate::node::worker::StopSignal;
 
 /// How long a new peer has to present its credential.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times this node's hello is sent again on one connection when it fails (closed under it,
+/// or unanswered within the swarm's hello request timeout), so that all tries fit within the
+/// peer's [`HELLO_TIMEOUT`].
+const HELLO_RETRIES: u8 = 2;
 /// How long a refusal's answer may take to reach the refused peer before it is cut off.
 const REFUSAL_FLUSH: Duration = Duration::from_secs(2);
 /// How long a refused peer stays connected once both hellos are answered.
@@ -112,6 +116,22 @@ enum State {
     },
 }
 
+impl State {
+    /// The state a peer takes when its first connection opens. A member stays one: its
+    /// credential was checked, and expiry and revocation still end it; the peer may not have
+    /// seen the old connections close, and then sends no new hello. A peer refused a moment
+    /// ago (its connection got in before the deny) stays refused; its hello is judged again
+    /// and answered with the reason. Any other peer has [`HELLO_TIMEOUT`] to present one.
+    fn reconnected(&self, now: Instant) -> State {
+        match self {
+            State::Member { .. } | State::Refused { .. } => self.clone(),
+            State::Known | State::Pending { .. } | State::RefusedUs { .. } => {
+                State::Pending { since: now }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Peer {
     addrs: BTreeSet<Multiaddr>,
@@ -126,6 +146,8 @@ struct Peer {
     welcomed: bool,
     /// When its first open connection was established.
     connected_since: Instant,
+    /// Times this node's hello was sent again since then.
+    hello_retries: u8,
     next_dial: Instant,
     backoff: Duration,
 }
@@ -141,6 +163,7 @@ impl Peer {
             silent: false,
             welcomed: false,
             connected_since: now,
+            hello_retries: 0,
             next_dial: now,
             backoff: DIAL_BACKOFF.0,
         }
@@ -184,6 +207,8 @@ pub(crate) struct EventLoop {
     refusing: HashMap<PeerId, Refusing>,
     /// Peers whose answer to this node's hello is awaited.
     asked: HashSet<PeerId>,
+    /// Hellos to lose on purpose (tests only).
+    ignored_hellos: membership::IgnoredHellos,
     /// Whether the members' addresses changed since the last save.
     dirty: bool,
     last_save: Instant,
@@ -240,6 +265,7 @@ impl EventLoop {
             topic: None,
             refusing: HashMap::new(),
             asked: HashSet::new(),
+            ignored_hellos: membership::IgnoredHellos::from_env(),
             dirty: false,
             last_save: now,
             removed_self: false,
@@ -344,7 +370,7 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::SchematicCreated(id) => self.schematic_created(id),
-            Command::ReleaseImported(v) => self.release_imported(v),
+            Command::ReleaseImported(v) => self.announce_release(v),
             Command::IsMember { peer, reply } => {
                 let _ = reply.send(self.is_member(&peer));
             }
@@ -458,14 +484,17 @@ impl EventLoop {
                 if num_established.get() == 1 {
                     let now = Instant::now();
                     p.connected_since = now;
-                    // A peer refused a moment ago (its connection got in before the deny)
-                    // stays refused; its hello is judged again and answered with the reason.
-                    if !matches!(p.state, State::Refused { .. }) {
-                        p.state = State::Pending { since: now };
-                    }
+                    p.state = p.state.reconnected(now);
+                    let member = matches!(p.state, State::Member { .. });
                     p.rtt = None;
                     p.welcomed = false;
+                    p.hello_retries = 0;
                     self.send_hello(peer_id);
+                    if member {
+                        tracing::info!(peer_id = %peer_id, "member connected");
+                        self.holdings_soon();
+                        self.update_gauge();
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -618,6 +647,42 @@ mod tests {
         // A ping answer makes it responding again.
         p.answered = start + SILENT_AFTER;
         assert!(p.responding(start + SILENT_AFTER + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_member_stays_one_when_it_reconnects_and_others_present_a_credential_again() {
+        let then = Instant::now();
+        let now = then + Duration::from_secs(5);
+        let member = State::Member { expires: Some(7) };
+        assert!(matches!(
+            member.reconnected(now),
+            State::Member { expires: Some(7) }
+        ));
+        let refused = State::Refused {
+            reason: Refusal::Silent,
+            until: now,
+        };
+        assert!(matches!(
+            refused.reconnected(now),
+            State::Refused {
+                reason: Refusal::Silent,
+                ..
+            }
+        ));
+        for other in [
+            State::Known,
+            State::Pending { since: then },
+            State::RefusedUs {
+                reason: "no".into(),
+                since: then,
+                until: now,
+            },
+        ] {
+            assert!(
+                matches!(other.reconnected(now), State::Pending { since } if since == now),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Releases replicate to every member: an import is announced by gossip (its version) and the
-//! record fetched from the announcer; when two members connect, and with the periodic round,
+//! Releases replicate to every member: an import is announced by gossip (its version), and so
+//! is every copy a member completes, and the record is fetched from the announcer; when two members connect, and with the periodic round,
 //! each lists the other's versions and fetches the records it lacks. A record travels signed
 //! with the cluster key and is verified (signature, kind, cluster, version, safe names)
 //! before anything is fetched for it; its blobs then come from the same member by the blob
@@ -187,8 +187,10 @@ impl EventLoop {
             .send_request(&peer, ReleaseRequest::List);
     }
 
-    /// A release was imported here: announce it.
-    pub(super) fn release_imported(&mut self, version: String) {
+    /// Announces release `version`, now held here: imported, or replicated from a member (so
+    /// a member that asked one lacking it, or missed the import's announcement, fetches it from
+    /// here instead of waiting for the periodic round).
+    pub(super) fn announce_release(&mut self, version: String) {
         let Some(topic) = self.sync.topic.clone() else {
             return;
         };
@@ -449,6 +451,7 @@ impl EventLoop {
                         tracing::info!(peer_id = %peer, version = %version, via = via.as_str(), blobs = f.blobs, bytes = f.bytes, "release replicated");
                         self.metrics.releases_received.increment(1);
                         self.metrics.bytes_received.increment(f.bytes);
+                        self.announce_release(version);
                     }
                     Err(e) => {
                         if matches!(e, crate::replication::ReplicationError::Corrupt { .. }) {
