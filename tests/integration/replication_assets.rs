@@ -166,13 +166,21 @@ pub(crate) async fn kit_schematic(node: &Node) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-/// The `via` of `node`'s `release replicated` log line.
-fn replicated_via(node: &Node) -> Option<String> {
+/// The `via` and `peer_id` of `node`'s first `release replicated` log line.
+pub(crate) fn replicated(node: &Node) -> Option<(String, String)> {
     node.log()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["message"] == "release replicated")
-        .map(|v| v["via"].as_str().unwrap_or_default().to_string())
+        .map(|v| {
+            let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (field("via"), field("peer_id"))
+        })
+}
+
+/// The `via` of `node`'s first `release replicated` log line.
+fn replicated_via(node: &Node) -> Option<String> {
+    replicated(node).map(|(via, _)| via)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,13 @@
-//! A partitioned cluster: two network namespaces joined by a veth pair, A and A2 on the left,
-//! B on the right, each a real `image-factory serve` bound to its side's address. With the
-//! link down each half keeps working alone (schematics created on both sides, replicated
-//! within the left half); with the link up again the halves converge. Needs root and `ip`
-//! (skipped otherwise, unless IF_REQUIRE_TOOLS is set). Nothing touches the host's namespace.
+//! Clusters whose members do not all reach each other, in network namespaces joined by veth
+//! pairs, each member a real `image-factory serve` bound to its side's addresses:
+//! - a partition: A and A2 on the left, B on the right. With the link down each half keeps
+//!   working alone (schematics created on both sides, replicated within the left half); with
+//!   the link up again the halves converge.
+//! - a line: A — B — C, where A and C have no route to each other. A release imported on A
+//!   reaches C through B as soon as B holds it (B announces its copy).
+//!
+//! Needs root and `ip` (skipped otherwise, unless IF_REQUIRE_TOOLS is set). Nothing touches
+//! the host's namespace.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -14,11 +19,14 @@ use testsupport::netns::NetNs;
 
 use crate::common::spawn_serve;
 use crate::replication::Node;
-use crate::replication_assets::cluster_of;
+use crate::replication_assets::{cluster_of, kit_bundle, replicated};
 
 /// TEST-NET-2 addresses of the two sides, only inside the namespaces.
 const LEFT_IP: &str = "198.51.100.1";
 const RIGHT_IP: &str = "198.51.100.2";
+/// TEST-NET-3 addresses of the line's second link (B's right side, C).
+const LINE_B_IP: &str = "203.0.113.1";
+const LINE_C_IP: &str = "203.0.113.2";
 /// Longest wait for the halves to converge once joined (connections to a vanished side end by
 /// ping and idle timeouts; redials back off to 30 s; anti-entropy runs every minute).
 const CONVERGE: Duration = Duration::from_secs(180);
@@ -39,9 +47,42 @@ fn available() -> bool {
     root && ok("ip") && ok("curl")
 }
 
-/// `serve` on `dir` inside `ns`, replication bound to `ip`, bootstrapping from `boot`.
-fn start(ns: &NetNs, dir: &Path, ip: &str, boot: &[String]) -> Node {
-    let listen = format!("/ip4/{ip}/udp/0/quic-v1,/ip4/{ip}/tcp/0");
+/// A veth pair from `left` (address `lip`/24) to `right` (`rip`/24), both ends up; `tag`
+/// (a letter) keeps the interface names of several pairs apart. Returns the two names.
+fn link(left: &NetNs, lip: &str, right: &NetNs, rip: &str, tag: &str) -> (String, String) {
+    let id = std::process::id() % 1_000_000;
+    let (lif, rif) = (format!("v{tag}l{id}"), format!("v{tag}r{id}"));
+    left.ip(&[
+        "link",
+        "add",
+        &lif,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &rif,
+        "netns",
+        right.name(),
+    ])
+    .expect("veth pair");
+    left.ip(&["addr", "add", &format!("{lip}/24"), "dev", &lif])
+        .unwrap();
+    right
+        .ip(&["addr", "add", &format!("{rip}/24"), "dev", &rif])
+        .unwrap();
+    left.ip(&["link", "set", &lif, "up"]).unwrap();
+    right.ip(&["link", "set", &rif, "up"]).unwrap();
+    (lif, rif)
+}
+
+/// `serve` on `dir` inside `ns`, replication bound to `ips`, bootstrapping from `boot`, with
+/// `more` `IF_*` variables.
+fn start(ns: &NetNs, dir: &Path, ips: &[&str], boot: &[String], more: &[(&str, &str)]) -> Node {
+    let listen = ips
+        .iter()
+        .map(|ip| format!("/ip4/{ip}/udp/0/quic-v1,/ip4/{ip}/tcp/0"))
+        .collect::<Vec<_>>()
+        .join(",");
     let boot = boot.join(",");
     let mut env = vec![
         ("IF_REPLICATION_ENABLED", "true"),
@@ -51,6 +92,7 @@ fn start(ns: &NetNs, dir: &Path, ip: &str, boot: &[String]) -> Node {
     if !boot.is_empty() {
         env.push(("IF_REPLICATION_BOOTSTRAPPEERS", boot.as_str()));
     }
+    env.extend_from_slice(more);
     let wrapper = ns.wrapper();
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let srv = spawn_serve(
@@ -140,14 +182,22 @@ fn connected(ns: &NetNs, node: &Node, other: &str) -> bool {
     crate::replication::connected_member(&status(ns, node), other)
 }
 
+/// Whether the test can run; panics when it cannot but IF_REQUIRE_TOOLS says it must.
+fn can_run() -> bool {
+    if available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("IF_REQUIRE_TOOLS").is_none(),
+        "IF_REQUIRE_TOOLS is set but network namespaces cannot be made (root, ip, curl)"
+    );
+    eprintln!("skipped: needs root, ip and curl");
+    false
+}
+
 #[test]
 fn two_halves_keep_working_alone_and_converge_when_joined() {
-    if !available() {
-        assert!(
-            std::env::var_os("IF_REQUIRE_TOOLS").is_none(),
-            "IF_REQUIRE_TOOLS is set but network namespaces cannot be made (root, ip, curl)"
-        );
-        eprintln!("skipped: needs root, ip and curl");
+    if !can_run() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -159,33 +209,12 @@ fn two_halves_keep_working_alone_and_converge_when_joined() {
     cluster_of(tmp.path(), &a, &[&a2, &b]);
     let left = NetNs::create("ifpart-l").expect("left namespace");
     let right = NetNs::create("ifpart-r").expect("right namespace");
-    let id = std::process::id() % 1_000_000;
-    let (lif, rif) = (format!("vpl{id}"), format!("vpr{id}"));
-    left.ip(&[
-        "link",
-        "add",
-        &lif,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &rif,
-        "netns",
-        right.name(),
-    ])
-    .expect("veth pair");
-    left.ip(&["addr", "add", &format!("{LEFT_IP}/24"), "dev", &lif])
-        .unwrap();
-    right
-        .ip(&["addr", "add", &format!("{RIGHT_IP}/24"), "dev", &rif])
-        .unwrap();
-    left.ip(&["link", "set", &lif, "up"]).unwrap();
-    right.ip(&["link", "set", &rif, "up"]).unwrap();
+    let (lif, rif) = link(&left, LEFT_IP, &right, RIGHT_IP, "p");
 
-    let node_a = start(&left, &a, LEFT_IP, &[]);
+    let node_a = start(&left, &a, &[LEFT_IP], &[], &[]);
     let (boot, a_id) = bootstrap(&left, &node_a);
-    let node_a2 = start(&left, &a2, LEFT_IP, &boot);
-    let node_b = start(&right, &b, RIGHT_IP, &boot);
+    let node_a2 = start(&left, &a2, &[LEFT_IP], &boot, &[]);
+    let node_b = start(&right, &b, &[RIGHT_IP], &boot, &[]);
     let (_, a2_id) = bootstrap(&left, &node_a2);
     let (_, b_id) = bootstrap(&right, &node_b);
     let all = [&node_a, &node_a2, &node_b];
@@ -234,4 +263,75 @@ fn two_halves_keep_working_alone_and_converge_when_joined() {
             && serves(&left, &node_a2, &on_right)
     });
     drop((node_a, node_a2, node_b));
+}
+
+#[test]
+fn a_release_crosses_a_line_of_members_through_the_one_between() {
+    if !can_run() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((bundle, key)) = kit_bundle(tmp.path()) else {
+        return;
+    };
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    cluster_of(tmp.path(), &a, &[&b, &c]);
+    // A — B — C: B has an address on each link; A and C have no route to each other.
+    let left = NetNs::create("ifline-a").expect("namespace A");
+    let mid = NetNs::create("ifline-b").expect("namespace B");
+    let right = NetNs::create("ifline-c").expect("namespace C");
+    link(&left, LEFT_IP, &mid, RIGHT_IP, "a");
+    link(&mid, LINE_B_IP, &right, LINE_C_IP, "c");
+    let node_a = start(&left, &a, &[LEFT_IP], &[], &[]);
+    let (boot_a, a_id) = bootstrap(&left, &node_a);
+    let node_b = start(&mid, &b, &[RIGHT_IP, LINE_B_IP], &boot_a, &[]);
+    let (boot_b, b_id) = bootstrap(&mid, &node_b);
+    // C knows B by its address on C's link only.
+    let boot_c: Vec<String> = boot_b
+        .into_iter()
+        .filter(|addr| addr.contains(LINE_B_IP))
+        .collect();
+    let node_c = start(&right, &c, &[LINE_C_IP], &boot_c, &[]);
+    let (_, c_id) = bootstrap(&right, &node_c);
+    let all = [&node_a, &node_b, &node_c];
+    wait("the line connected", Duration::from_secs(60), &all, || {
+        connected(&mid, &node_b, &a_id) && connected(&mid, &node_b, &c_id)
+    });
+    wait("C sees B", Duration::from_secs(60), &all, || {
+        connected(&right, &node_c, &b_id)
+    });
+
+    // Imported on the running A: B fetches it on A's announcement; C, which cannot reach A,
+    // hears it through B before B holds it, and fetches it from B on B's announcement of its
+    // copy (without it, C would wait for the periodic round, a minute).
+    crate::common::kit::bin(&[
+        "import",
+        &bundle.display().to_string(),
+        "--server",
+        &node_a.admin(),
+        "--admin-token-file",
+        &a.join("keys/admin-token").display().to_string(),
+        "--trust-key",
+        &key.display().to_string(),
+    ]);
+    wait("C holds the release", Duration::from_secs(90), &all, || {
+        replicated(&node_c).is_some()
+    });
+    assert_eq!(
+        replicated(&node_b),
+        Some(("announcement".to_string(), a_id.clone()))
+    );
+    assert_eq!(
+        replicated(&node_c),
+        Some(("announcement".to_string(), b_id.clone())),
+        "C did not fetch it on B's announcement:\n{}",
+        node_c.log()
+    );
+    let st = status(&right, &node_c);
+    assert!(!connected(&right, &node_c, &a_id), "C reached A: {st:#}");
+    drop((node_a, node_b, node_c));
 }
