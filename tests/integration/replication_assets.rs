@@ -43,6 +43,29 @@ pub(crate) fn import(data: &Path, (bundle, key): &(PathBuf, PathBuf)) {
     ]);
 }
 
+/// `image-factory import` of `bundle` into the running `node` through its admin API.
+pub(crate) fn import_live(node: &Node, (bundle, key): &(PathBuf, PathBuf)) {
+    kit::bin(&[
+        "import",
+        &bundle.display().to_string(),
+        "--server",
+        &node.admin(),
+        "--admin-token-file",
+        &node.dir.join("keys/admin-token").display().to_string(),
+        "--trust-key",
+        &key.display().to_string(),
+    ]);
+}
+
+/// The kit release in `tmp` and the data directories `a`, `b`, `c` of a cluster A founded
+/// (none running); `None` (with a notice) without the kit inputs.
+pub(crate) fn kit_cluster_of_three(tmp: &Path) -> Option<((PathBuf, PathBuf), [PathBuf; 3])> {
+    let kit = kit_bundle(tmp)?;
+    let dirs = ["a", "b", "c"].map(|d| tmp.join(d));
+    cluster_of(tmp, &dirs[0], &[&dirs[1], &dirs[2]]);
+    Some((kit, dirs))
+}
+
 /// GET `path` from `node`: status and body.
 pub(crate) async fn fetch(node: &Node, path: &str) -> (u16, Vec<u8>) {
     let resp = client()
@@ -186,15 +209,9 @@ fn replicated_via(node: &Node) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_imported_on_one_member_is_buildable_on_another_without_importing() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bundle, key)) = kit_bundle(tmp.path()) else {
+    let Some((kit, [a, b, c])) = kit_cluster_of_three(tmp.path()) else {
         return;
     };
-    let (a, b, c) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("c"),
-    );
-    cluster_of(tmp.path(), &a, &[&b, &c]);
     let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
     let boot = node_a.bootstrap().await;
     let node_b = Node::start_with(&b, &boot, &[NO_SCRUB]);
@@ -205,16 +222,7 @@ async fn a_release_imported_on_one_member_is_buildable_on_another_without_import
     .await;
 
     // Imported on the running A (admin API): announced, and B fetches it at once.
-    kit::bin(&[
-        "import",
-        &bundle.display().to_string(),
-        "--server",
-        &node_a.admin(),
-        "--admin-token-file",
-        &a.join("keys/admin-token").display().to_string(),
-        "--trust-key",
-        &key.display().to_string(),
-    ]);
+    import_live(&node_a, &kit);
     crate::replication::wait_for_log(&node_b, "release replicated").await;
     assert_eq!(replicated_via(&node_b).as_deref(), Some("announcement"));
     assert!(lists_release(&node_b).await, "B does not list {V}");

@@ -19,7 +19,7 @@ use testsupport::netns::NetNs;
 
 use crate::common::spawn_serve;
 use crate::replication::Node;
-use crate::replication_assets::{cluster_of, kit_bundle, replicated};
+use crate::replication_assets::{cluster_of, import_live, kit_cluster_of_three, replicated};
 
 /// TEST-NET-2 addresses of the two sides, only inside the namespaces.
 const LEFT_IP: &str = "198.51.100.1";
@@ -271,15 +271,9 @@ fn a_release_crosses_a_line_of_members_through_the_one_between() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bundle, key)) = kit_bundle(tmp.path()) else {
+    let Some((kit, [a, b, c])) = kit_cluster_of_three(tmp.path()) else {
         return;
     };
-    let (a, b, c) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("c"),
-    );
-    cluster_of(tmp.path(), &a, &[&b, &c]);
     // A — B — C: B has an address on each link; A and C have no route to each other.
     let left = NetNs::create("ifline-a").expect("namespace A");
     let mid = NetNs::create("ifline-b").expect("namespace B");
@@ -308,16 +302,7 @@ fn a_release_crosses_a_line_of_members_through_the_one_between() {
     // Imported on the running A: B fetches it on A's announcement; C, which cannot reach A,
     // hears it through B before B holds it, and fetches it from B on B's announcement of its
     // copy (without it, C would wait for the periodic round, a minute).
-    crate::common::kit::bin(&[
-        "import",
-        &bundle.display().to_string(),
-        "--server",
-        &node_a.admin(),
-        "--admin-token-file",
-        &a.join("keys/admin-token").display().to_string(),
-        "--trust-key",
-        &key.display().to_string(),
-    ]);
+    import_live(&node_a, &kit);
     wait("C holds the release", Duration::from_secs(90), &all, || {
         replicated(&node_c).is_some()
     });
