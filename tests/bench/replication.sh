@@ -8,8 +8,11 @@
 #      release's replication (bytes / wall time), B's peak RSS (VmHWM) and its growth over an
 #      idle node's RSS (A's, read before B starts), and — the references — the same big blobs
 #      downloaded one after another over A's HTTP registry endpoint with curl, once into
-#      /dev/null (the transport alone) and once into a file beside B's data directory (a
-#      download that keeps its bytes, as a replica must; curl checks no hash, B checks two).
+#      /dev/null (the transport alone), once into a file beside B's data directory (a
+#      download that keeps its bytes, as a replica must; curl checks no hash, B checks two),
+#      and once into a file checked as B checks it, as the bytes arrive: curl | tee into the
+#      file, `b3sum` (through a fifo) and `openssl dgst -sha256` (the Debian-tool pipeline a
+#      script replicating over HTTP would run; both digests compared with the blob's names).
 #   2. fan-out: the release padded to $FAN_MB MiB per extension on A; four fresh members started
 #      at once replicate it (wall time until all four hold it), vs four sequential curl
 #      downloads of the same blobs from A's HTTP.
@@ -19,7 +22,7 @@
 # Usage: tests/bench/replication.sh   env (defaults): BIG_MB=1024 FAN_MB=300 SCHEMATICS=10
 #                                     STEP_TIMEOUT=1800 KEEP=0 SECTIONS=123 CARGO_TARGET_DIR
 #                                     BIN (a binary to measure instead of the release build)
-# Needs jq, curl, and the test kit inputs (tests/kit/fetch-debian.sh). Loopback only; every
+# Needs jq, curl, openssl, b3sum (apt-get install -y jq curl openssl b3sum), and the test kit inputs (tests/kit/fetch-debian.sh). Loopback only; every
 # wait is bounded by STEP_TIMEOUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,7 +34,12 @@ VERSION=v1.11.0
 SECTIONS=${SECTIONS:-123}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/image-factory}
 [ -x "$BIN" ] || { echo "replication.sh: no release build at $BIN (cargo build --release)" >&2; exit 1; }
-{ command -v jq && command -v curl; } >/dev/null || { echo "replication.sh: needs jq and curl" >&2; exit 1; }
+for tool in jq curl openssl b3sum; do
+    command -v "$tool" >/dev/null || {
+        echo "replication.sh: $tool not found (apt-get install -y jq curl openssl b3sum)" >&2
+        exit 1
+    }
+done
 timeout 1800 tests/kit/fetch-debian.sh >&2
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/if-bench-replication.XXXXXX")
@@ -121,6 +129,30 @@ http_blob() {
     log "blob sha256:$2 not served over HTTP"
     return 1
 }
+# http_blob_checked NODE SHA B3: downloads a blob over NODE's registry endpoint into a file,
+# hashing it with b3sum and openssl as it arrives; checks both digests; prints "seconds bytes".
+http_blob_checked() {
+    local repo t0 t1 p
+    for repo in kmod-test fw-test svc-test; do
+        rm -f "$W/dl.bin" "$W/dl.fifo"
+        mkfifo "$W/dl.fifo"
+        b3sum --no-names <"$W/dl.fifo" >"$W/dl.b3" &
+        p=$!
+        t0=$(date +%s%N)
+        curl -sf "http://$(http "$1")/v2/siderolabs/$repo/blobs/sha256:$2" |
+            tee "$W/dl.bin" "$W/dl.fifo" | openssl dgst -sha256 -r >"$W/dl.sha" || true
+        wait "$p" || true
+        t1=$(date +%s%N)
+        if [ "$(cut -d' ' -f1 "$W/dl.sha")" = "$2" ]; then
+            [ "$(cat "$W/dl.b3")" = "$3" ] || { log "blob sha256:$2: b3sum disagrees with its name"; return 1; }
+            echo "$(echo "($t1 - $t0) / 1000000000" | bc -l) $(stat -c %s "$W/dl.bin")"
+            rm -f "$W/dl.bin" "$W/dl.fifo"
+            return 0
+        fi
+    done
+    log "blob sha256:$2 not served over HTTP"
+    return 1
+}
 ts() { jq -r 'select(.message == "'"$2"'") | .timestamp' "$1" | head -1; }
 epoch_ms() { date -d "$1" +%s%3N; }
 
@@ -150,10 +182,14 @@ echo "receiver B peak RSS (VmHWM): $((hwm / 1024)) MiB; an idle node (A before B
 big_total=$(jq -s --argjson min $((BIG_MB << 20)) '[.[] | select(.message == "blob fetched from members" and .size >= $min) | .size] | add' "$W/b.log")
 big_secs=$(jq -s --argjson min $((BIG_MB << 20)) '[.[] | select(.message == "blob fetched from members" and .size >= $min) | .seconds] | max' "$W/b.log")
 echo "replication, the big blobs (fetched at once): $big_total bytes in $big_secs s = $(echo "$big_total / $big_secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
-for out in /dev/null "$W/dl.bin"; do
+for out in /dev/null "$W/dl.bin" "$W/dl.bin, checked (b3sum, openssl sha256)"; do
     hs=0 ht=0
     while read -r b3 sha size; do
-        read -r secs bytes < <(http_blob a "$sha" "$out")
+        if [ "$out" = /dev/null ] || [ "$out" = "$W/dl.bin" ]; then
+            read -r secs bytes < <(http_blob a "$sha" "$out")
+        else
+            read -r secs bytes < <(http_blob_checked a "$sha" "$b3")
+        fi
         hs=$((hs + bytes))
         ht=$(echo "$ht + $secs" | bc -l)
         rm -f "$W/dl.bin"
