@@ -180,8 +180,14 @@ jq -r --argjson min $((BIG_MB << 20)) 'select(.message == "blob fetched from mem
 echo "whole release: $total bytes in $((t1 - t0)) ms = $((total * 1000 / (t1 - t0) / 1048576)) MiB/s aggregate"
 echo "receiver B peak RSS (VmHWM): $((hwm / 1024)) MiB; an idle node (A before B started): $((idle / 1024)) MiB; growth $(((hwm - idle) / 1024)) MiB"
 big_total=$(jq -s --argjson min $((BIG_MB << 20)) '[.[] | select(.message == "blob fetched from members" and .size >= $min) | .size] | add' "$W/b.log")
-big_secs=$(jq -s --argjson min $((BIG_MB << 20)) '[.[] | select(.message == "blob fetched from members" and .size >= $min) | .seconds] | max' "$W/b.log")
-echo "replication, the big blobs (fetched at once): $big_total bytes in $big_secs s = $(echo "$big_total / $big_secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
+# Wall time from the first big blob's start (its line's time less its seconds) to the last one's
+# end: right whether the blobs are fetched all at once or some after others.
+big_secs=$(jq -s --argjson min $((BIG_MB << 20)) '
+    def at: (.timestamp | capture("^(?<s>[^.Z]+)(\\.(?<f>[0-9]+))?Z$")) as $c
+        | ($c.s + "Z" | fromdateiso8601) + ("0." + ($c.f // "0") | tonumber);
+    [.[] | select(.message == "blob fetched from members" and .size >= $min)]
+    | ([.[] | at] | max) - ([.[] | at - .seconds] | min)' "$W/b.log")
+echo "replication, the big blobs (first start to last end): $big_total bytes in $big_secs s = $(echo "$big_total / $big_secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
 for out in /dev/null "$W/dl.bin" "$W/dl.bin, checked (b3sum, openssl sha256)"; do
     hs=0 ht=0
     while read -r b3 sha size; do
