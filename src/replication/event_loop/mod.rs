@@ -7,6 +7,7 @@
 mod holdings;
 mod membership;
 mod models;
+mod peer;
 mod push;
 mod releases;
 mod schematics;
@@ -16,19 +17,20 @@ pub(crate) use models::{LeaseView, is_key};
 pub(crate) use releases::ReleaseNames;
 pub use releases::ReleaseParts;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use peer::{Peer, State, without_peer};
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, watch};
 
-use super::cluster::{Cluster, MAX_ADDRS_PER_PEER, Membership};
+use super::cluster::{Cluster, Membership};
 
 /// Requests sent to members and waiting for their answer (or failure), by request ID.
 type Pending<T> = HashMap<
@@ -47,10 +49,9 @@ fn settle<T>(
     }
 }
 use super::invitation::parse_bootstrap;
-use super::membership::Refusal;
 use super::metrics::ReplicationMetrics;
-use super::swarm::{Behaviour, BehaviourEvent, SILENT_AFTER};
-use super::{ClusterStatus, Command, PeerStatus, ReplicationStatus, dialable};
+use super::swarm::{Behaviour, BehaviourEvent};
+use super::{ClusterStatus, Command, PeerStatus, ReplicationStatus};
 use crate::causes::Causes;
 use crate::config::ReplicationConfig;
 use crate::node::worker::StopSignal;
@@ -96,99 +97,6 @@ enum Cut {
     Block,
     /// Now; its next connection gets a hello answer saying why.
     Disconnect,
-}
-
-#[derive(Debug, Clone)]
-enum State {
-    /// Remembered or discovered, not connected in this run.
-    Known,
-    /// Connected; its credential has not been checked yet.
-    Pending { since: Instant },
-    /// A member (its credential's expiry).
-    Member { expires: Option<u64> },
-    /// Refused by this node, until then.
-    Refused { reason: Refusal, until: Instant },
-    /// It refused this node.
-    RefusedUs {
-        reason: String,
-        since: Instant,
-        until: Instant,
-    },
-}
-
-impl State {
-    /// The state a peer takes when its first connection opens. A member stays one: its
-    /// credential was checked, and expiry and revocation still end it; the peer may not have
-    /// seen the old connections close, and then sends no new hello. A peer refused a moment
-    /// ago (its connection got in before the deny) stays refused; its hello is judged again
-    /// and answered with the reason. Any other peer has [`HELLO_TIMEOUT`] to present one.
-    fn reconnected(&self, now: Instant) -> State {
-        match self {
-            State::Member { .. } | State::Refused { .. } => self.clone(),
-            State::Known | State::Pending { .. } | State::RefusedUs { .. } => {
-                State::Pending { since: now }
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Peer {
-    addrs: BTreeSet<Multiaddr>,
-    connections: usize,
-    state: State,
-    rtt: Option<Duration>,
-    /// When it last answered a ping (or opened a connection): a sign of life.
-    answered: Instant,
-    /// Whether it was last seen connected but silent (see [`Peer::responding`]).
-    silent: bool,
-    /// Whether it welcomed this node on the current connection.
-    welcomed: bool,
-    /// When its first open connection was established.
-    connected_since: Instant,
-    /// Times this node's hello was sent again since then.
-    hello_retries: u8,
-    next_dial: Instant,
-    backoff: Duration,
-}
-
-impl Peer {
-    fn new(now: Instant) -> Self {
-        Self {
-            addrs: BTreeSet::new(),
-            connections: 0,
-            state: State::Known,
-            rtt: None,
-            answered: now,
-            silent: false,
-            welcomed: false,
-            connected_since: now,
-            hello_retries: 0,
-            next_dial: now,
-            backoff: DIAL_BACKOFF.0,
-        }
-    }
-
-    fn add_addr(&mut self, a: Multiaddr) -> bool {
-        if self.addrs.len() >= MAX_ADDRS_PER_PEER || !dialable(&a) {
-            return false;
-        }
-        self.addrs.insert(a)
-    }
-
-    /// Whether it is connected and showed a sign of life within [`SILENT_AFTER`]: a stopped
-    /// or hung process keeps its connections open but answers no ping.
-    fn responding(&self, now: Instant) -> bool {
-        self.connections > 0 && now.duration_since(self.answered) < SILENT_AFTER
-    }
-}
-
-/// `a` without a trailing `/p2p/…`.
-fn without_peer(mut a: Multiaddr) -> Multiaddr {
-    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
-        a.pop();
-    }
-    a
 }
 
 /// The swarm's event loop (see the module documentation).
@@ -619,6 +527,7 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::dialable;
 
     #[test]
     fn only_concrete_addresses_are_dialable() {
@@ -634,63 +543,5 @@ mod tests {
         ] {
             assert!(!dialable(&bad.parse().unwrap()), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_connected_peer_without_an_answer_for_the_bound_is_not_responding() {
-        let start = Instant::now();
-        let mut p = Peer::new(start);
-        assert!(!p.responding(start), "not connected");
-        p.connections = 1;
-        assert!(p.responding(start + SILENT_AFTER / 2));
-        assert!(!p.responding(start + SILENT_AFTER));
-        // A ping answer makes it responding again.
-        p.answered = start + SILENT_AFTER;
-        assert!(p.responding(start + SILENT_AFTER + Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn a_member_stays_one_when_it_reconnects_and_others_present_a_credential_again() {
-        let then = Instant::now();
-        let now = then + Duration::from_secs(5);
-        let member = State::Member { expires: Some(7) };
-        assert!(matches!(
-            member.reconnected(now),
-            State::Member { expires: Some(7) }
-        ));
-        let refused = State::Refused {
-            reason: Refusal::Silent,
-            until: now,
-        };
-        assert!(matches!(
-            refused.reconnected(now),
-            State::Refused {
-                reason: Refusal::Silent,
-                ..
-            }
-        ));
-        for other in [
-            State::Known,
-            State::Pending { since: then },
-            State::RefusedUs {
-                reason: "no".into(),
-                since: then,
-                until: now,
-            },
-        ] {
-            assert!(
-                matches!(other.reconnected(now), State::Pending { since } if since == now),
-                "{other:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_peer_part_is_dropped() {
-        let peer = libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
-        let a: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}").parse().unwrap();
-        assert_eq!(without_peer(a).to_string(), "/ip4/127.0.0.1/tcp/1");
     }
 }
