@@ -17,8 +17,7 @@ pub const ENV_PREFIX: &str = "IF_";
 /// breaks a command: the registry password of `--registry-user`, the Debian input directory of
 /// `image-factory dev synth-release`, the test suite's switch that turns a missing test tool
 /// into a failure, where the test suite keeps its browser driver, and the replication tests'
-/// build delay (`crate::replication::BUILD_DELAY_ENV`) and lost hellos
-/// (`IF_TEST_IGNORE_HELLOS`).
+/// settings (`crate::replication::BUILD_DELAY_ENV`, `crate::replication::IGNORE_HELLOS_ENV`).
 pub const NOT_CONFIG_ENV: &[&str] = &[
     REGISTRY_PASSWORD_ENV,
     "IF_TESTKIT_DIR",

@@ -12,6 +12,7 @@ use libp2p::PeerId;
 use super::event_loop::is_key;
 use super::leases::LeaseState;
 use super::protocol::{BlobId, ModelReply};
+use super::test_settings::{self, BUILD_DELAY_ENV};
 use super::transfer::{MAX_BLOB, fetch_blob};
 use super::{Command, Replication, ReplicationError};
 use crate::assets::{AssetRecord, Peers, RecordStore};
@@ -27,29 +28,17 @@ const CLAIM_WINDOW: Duration = Duration::from_millis(500);
 const MAX_WAIT: Duration = Duration::from_secs(1800);
 /// Members asked for a model before building.
 const MAX_SOURCES: usize = 8;
-/// Tests only: milliseconds a node that took a build lease waits before building (so a test
-/// can stop the process while it holds the lease). Not configuration; unset in production.
-pub const BUILD_DELAY_ENV: &str = "IF_TEST_BUILD_DELAY_MS";
-/// Longest delay [`BUILD_DELAY_ENV`] may ask for.
-const MAX_BUILD_DELAY: Duration = Duration::from_secs(60);
+/// Longest delay [`BUILD_DELAY_ENV`] may ask for, in milliseconds.
+const MAX_BUILD_DELAY_MS: u64 = 60_000;
 
 /// The delay [`BUILD_DELAY_ENV`] asks for (bounded), if set and valid.
 fn build_delay() -> Option<Duration> {
-    let text = std::env::var(BUILD_DELAY_ENV).ok()?;
-    match text.trim().parse::<u64>() {
-        Ok(ms) => {
-            let d = Duration::from_millis(ms).min(MAX_BUILD_DELAY);
-            tracing::warn!(
-                delay_ms = d.as_millis() as u64,
-                "{BUILD_DELAY_ENV} is set: builds under a cluster lease start late (a test setting)"
-            );
-            Some(d)
-        }
-        Err(e) => {
-            tracing::warn!(value = %text, error = %e, "{BUILD_DELAY_ENV} ignored: not a number of milliseconds");
-            None
-        }
-    }
+    test_settings::read(
+        BUILD_DELAY_ENV,
+        MAX_BUILD_DELAY_MS,
+        "builds under a cluster lease start late (milliseconds)",
+    )
+    .map(Duration::from_millis)
 }
 
 /// The cluster as the asset pipeline's [`Peers`].

@@ -37,16 +37,18 @@ pub mod protocol;
 mod release_fetch;
 mod rendezvous;
 mod swarm;
+mod test_settings;
 mod transfer;
 mod tree;
 
 pub use cluster::{Cluster, ClusterRecord, KnownPeer, Membership, Removed};
 pub use event_loop::ReleaseParts;
 pub use files::read_capped;
-pub use find::{BUILD_DELAY_ENV, ClusterPeers};
+pub use find::ClusterPeers;
 pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
+pub use test_settings::{BUILD_DELAY_ENV, IGNORE_HELLOS_ENV};
 
 use std::path::PathBuf;
 

@@ -75,9 +75,8 @@ fn link(left: &NetNs, lip: &str, right: &NetNs, rip: &str, tag: &str) -> (String
     (lif, rif)
 }
 
-/// `serve` on `dir` inside `ns`, replication bound to `ips`, bootstrapping from `boot`, with
-/// `more` `IF_*` variables.
-fn start(ns: &NetNs, dir: &Path, ips: &[&str], boot: &[String], more: &[(&str, &str)]) -> Node {
+/// `serve` on `dir` inside `ns`, replication bound to `ips`, bootstrapping from `boot`.
+fn start(ns: &NetNs, dir: &Path, ips: &[&str], boot: &[String]) -> Node {
     let listen = ips
         .iter()
         .map(|ip| format!("/ip4/{ip}/udp/0/quic-v1,/ip4/{ip}/tcp/0"))
@@ -92,7 +91,6 @@ fn start(ns: &NetNs, dir: &Path, ips: &[&str], boot: &[String], more: &[(&str, &
     if !boot.is_empty() {
         env.push(("IF_REPLICATION_BOOTSTRAPPEERS", boot.as_str()));
     }
-    env.extend_from_slice(more);
     let wrapper = ns.wrapper();
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let srv = spawn_serve(
@@ -211,10 +209,10 @@ fn two_halves_keep_working_alone_and_converge_when_joined() {
     let right = NetNs::create("ifpart-r").expect("right namespace");
     let (lif, rif) = link(&left, LEFT_IP, &right, RIGHT_IP, "p");
 
-    let node_a = start(&left, &a, &[LEFT_IP], &[], &[]);
+    let node_a = start(&left, &a, &[LEFT_IP], &[]);
     let (boot, a_id) = bootstrap(&left, &node_a);
-    let node_a2 = start(&left, &a2, &[LEFT_IP], &boot, &[]);
-    let node_b = start(&right, &b, &[RIGHT_IP], &boot, &[]);
+    let node_a2 = start(&left, &a2, &[LEFT_IP], &boot);
+    let node_b = start(&right, &b, &[RIGHT_IP], &boot);
     let (_, a2_id) = bootstrap(&left, &node_a2);
     let (_, b_id) = bootstrap(&right, &node_b);
     let all = [&node_a, &node_a2, &node_b];
@@ -280,16 +278,16 @@ fn a_release_crosses_a_line_of_members_through_the_one_between() {
     let right = NetNs::create("ifline-c").expect("namespace C");
     link(&left, LEFT_IP, &mid, RIGHT_IP, "a");
     link(&mid, LINE_B_IP, &right, LINE_C_IP, "c");
-    let node_a = start(&left, &a, &[LEFT_IP], &[], &[]);
+    let node_a = start(&left, &a, &[LEFT_IP], &[]);
     let (boot_a, a_id) = bootstrap(&left, &node_a);
-    let node_b = start(&mid, &b, &[RIGHT_IP, LINE_B_IP], &boot_a, &[]);
+    let node_b = start(&mid, &b, &[RIGHT_IP, LINE_B_IP], &boot_a);
     let (boot_b, b_id) = bootstrap(&mid, &node_b);
     // C knows B by its address on C's link only.
     let boot_c: Vec<String> = boot_b
         .into_iter()
         .filter(|addr| addr.contains(LINE_B_IP))
         .collect();
-    let node_c = start(&right, &c, &[LINE_C_IP], &boot_c, &[]);
+    let node_c = start(&right, &c, &[LINE_C_IP], &boot_c);
     let (_, c_id) = bootstrap(&right, &node_c);
     let all = [&node_a, &node_b, &node_c];
     wait("the line connected", Duration::from_secs(60), &all, || {

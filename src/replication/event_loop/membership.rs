@@ -16,13 +16,10 @@ use crate::causes::Causes;
 use crate::replication::cluster::{MAX_KNOWN_PEERS, MAX_REVOCATIONS};
 use crate::replication::membership::{Refusal, check_member};
 use crate::replication::protocol::{Gossip, Hello, HelloReply, membership_topic};
+use crate::replication::test_settings::{self, IGNORE_HELLOS_ENV};
 
-/// Tests only: how many of the first hellos this node receives it neither judges nor answers
-/// (each held until its sender gives up), as if lost on the way. Not configuration; unset in
-/// production.
-pub const IGNORE_HELLOS_ENV: &str = "IF_TEST_IGNORE_HELLOS";
 /// Most hellos [`IGNORE_HELLOS_ENV`] may ask to ignore.
-const MAX_IGNORED_HELLOS: usize = 8;
+const MAX_IGNORED_HELLOS: u64 = 8;
 
 /// The hellos still to ignore, and those held ([`IGNORE_HELLOS_ENV`]).
 #[derive(Default)]
@@ -34,25 +31,14 @@ pub(super) struct IgnoredHellos {
 impl IgnoredHellos {
     /// What [`IGNORE_HELLOS_ENV`] asks for (bounded); none when unset or invalid.
     pub(super) fn from_env() -> Self {
-        let Ok(text) = std::env::var(IGNORE_HELLOS_ENV) else {
-            return Self::default();
-        };
-        match text.trim().parse::<usize>() {
-            Ok(n) => {
-                let left = n.min(MAX_IGNORED_HELLOS);
-                tracing::warn!(
-                    hellos = left,
-                    "{IGNORE_HELLOS_ENV} is set: the first hellos received are ignored (a test setting)"
-                );
-                Self {
-                    left,
-                    held: Vec::new(),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(value = %text, error = %e, "{IGNORE_HELLOS_ENV} ignored: not a count");
-                Self::default()
-            }
+        let n = test_settings::read(
+            IGNORE_HELLOS_ENV,
+            MAX_IGNORED_HELLOS,
+            "the first hellos received are ignored",
+        );
+        Self {
+            left: n.unwrap_or(0) as usize,
+            held: Vec::new(),
         }
     }
 
@@ -169,15 +155,19 @@ impl EventLoop {
         let retry = p.connections > 0
             && !p.welcomed
             && p.hello_retries < HELLO_RETRIES
-            && matches!(
-                p.state,
-                State::Pending { .. } | State::Member { .. } | State::Known
-            );
+            && !matches!(p.state, State::Refused { .. } | State::RefusedUs { .. });
         if retry {
             p.hello_retries += 1;
             self.send_hello(peer);
         }
         retry
+    }
+
+    /// A member's connection opened (its first, or a new one after all closed): log it, and
+    /// tell the members what this node holds soon.
+    pub(super) fn member_connected(&mut self, peer: PeerId) {
+        tracing::info!(peer_id = %peer, "member connected");
+        self.holdings_soon();
     }
 
     /// Cuts a refused peer off shortly after its hello is answered and this node's is too (so
@@ -324,8 +314,7 @@ impl EventLoop {
                 let welcomed = p.welcomed;
                 self.dirty = true;
                 if !was_member {
-                    tracing::info!(peer_id = %peer, "member connected");
-                    self.holdings_soon();
+                    self.member_connected(peer);
                 }
                 if welcomed {
                     self.sync_schematics_with(peer);

@@ -399,8 +399,7 @@ impl EventLoop {
                     p.hello_retries = 0;
                     self.send_hello(peer_id);
                     if member {
-                        tracing::info!(peer_id = %peer_id, "member connected");
-                        self.holdings_soon();
+                        self.member_connected(peer_id);
                         self.update_gauge();
                     }
                 }

@@ -1,6 +1,7 @@
 //! Releases replicate to every member: an import is announced by gossip (its version), and so
-//! is every copy a member completes, and the record is fetched from the announcer; when two members connect, and with the periodic round,
-//! each lists the other's versions and fetches the records it lacks. A record travels signed
+//! is every copy a member completes, and the record is fetched from the announcer; when two
+//! members connect, and with the periodic round, each lists the other's versions and fetches
+//! the records it lacks. A record travels signed
 //! with the cluster key and is verified (signature, kind, cluster, version, safe names)
 //! before anything is fetched for it; its blobs then come from the same member by the blob
 //! protocol, each verified by its hash before it is committed (see `transfer`), and the record

@@ -1,0 +1,28 @@
+//! Settings only the test suite sets, from `IF_TEST_*` variables: each makes a node misbehave
+//! on purpose (a late build, lost hellos) so that a test reaches a path otherwise left to
+//! timing. Not configuration (`config::load::NOT_CONFIG_ENV` lets them through); unset in
+//! production, and a warning in the log when set.
+
+/// Milliseconds a node that took a build lease waits before building (so a test can stop the
+/// process while it holds the lease).
+pub const BUILD_DELAY_ENV: &str = "IF_TEST_BUILD_DELAY_MS";
+/// How many of the first hellos a node receives it neither judges nor answers (each held until
+/// its sender gives up), as if lost on the way.
+pub const IGNORE_HELLOS_ENV: &str = "IF_TEST_IGNORE_HELLOS";
+
+/// The number the variable `name` holds, at most `max`, with a warning naming its `effect`;
+/// `None` when unset, or (with a warning) when not a number.
+pub(crate) fn read(name: &str, max: u64, effect: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    match text.trim().parse::<u64>() {
+        Ok(n) => {
+            let n = n.min(max);
+            tracing::warn!(value = n, "{name} is set: {effect} (a test setting)");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(value = %text, error = %e, "{name} ignored: not a number");
+            None
+        }
+    }
+}
