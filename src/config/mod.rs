@@ -478,7 +478,7 @@ pub struct ReplicationConfig {
     /// members chosen by rendezvous hashing to fetch it (1 = fetch on demand only).
     pub factor: u32,
     /// Chunk memory (MiB, one 1 MiB chunk each) all of this node's blob transfers from members
-    /// share, beyond the one chunk each transfer writes next (0 = one chunk at a time each).
+    /// share, beyond one buffer each transfer has of its own (0 = one chunk at a time each).
     #[serde(rename = "transferMemoryMiB")]
     pub transfer_memory_mib: u32,
 }

@@ -1,8 +1,9 @@
-//! The chunk buffers all of this node's transfers share: the node-wide budget of transfer
-//! memory, and the same few 1 MiB buffers used again and again. Allocating and freeing a
-//! buffer per chunk kept freed megabytes committed in the allocator for its purge delay, so
-//! the receiver's memory grew with the throughput; buffers taken from and given back to the
-//! pool never reach the allocator once the pool is warm.
+//! Pools of chunk buffers: the one all of this node's transfers share (the node-wide budget
+//! of transfer memory), and each transfer's own pool of one buffer for the group it writes
+//! next. The same few 1 MiB buffers are used again and again: allocating and freeing a buffer
+//! per chunk kept freed megabytes committed in the allocator for its purge delay, so the
+//! receiver's memory grew with the throughput; buffers taken from and given back to a pool
+//! never reach the allocator once the pool is warm.
 
 use std::sync::{Arc, Mutex};
 
@@ -26,34 +27,38 @@ impl ChunkPool {
     /// A buffer of the pool when one is free now (back in the pool when dropped).
     pub(crate) fn try_take(self: &Arc<Self>) -> Option<ChunkBuf> {
         let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        Some(self.lend(permit))
+    }
+
+    /// A buffer of the pool once one is free.
+    pub(crate) async fn take(self: &Arc<Self>) -> Option<ChunkBuf> {
+        let permit = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+        Some(self.lend(permit))
+    }
+
+    /// The buffer lent under `permit`: a free one, or a new one.
+    fn lend(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ChunkBuf {
         let data = self
             .free
             .lock()
             .ok()
             .and_then(|mut f| f.pop())
             .unwrap_or_default();
-        Some(ChunkBuf {
+        ChunkBuf {
             data,
             home: Some((Arc::clone(self), permit)),
-        })
+        }
     }
 }
 
-/// One chunk's bytes, in a buffer of the pool or of its own.
+/// One chunk's bytes, in a buffer lent by a pool.
 pub(crate) struct ChunkBuf {
     data: Vec<u8>,
+    /// Its pool and slot, until it goes back.
     home: Option<(Arc<ChunkPool>, OwnedSemaphorePermit)>,
 }
 
 impl ChunkBuf {
-    /// A buffer outside the pool (freed when dropped).
-    pub(crate) fn unpooled() -> Self {
-        Self {
-            data: Vec::new(),
-            home: None,
-        }
-    }
-
     /// The bytes it holds.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.data
@@ -99,5 +104,22 @@ mod tests {
         assert_eq!(c.bytes().len(), 1 << 20);
         drop((b, c));
         assert!(pool.try_take().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_taker_waits_until_a_lent_buffer_comes_back() {
+        let pool = Arc::new(ChunkPool::new(1));
+        let lent = pool.try_take().unwrap();
+        let waiting = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.take().await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "a second buffer beyond a budget of one"
+        );
+        drop(lent);
+        assert!(waiting.await.unwrap());
     }
 }

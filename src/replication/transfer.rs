@@ -13,8 +13,9 @@
 //! at most [`WINDOW`] chunks are held (in flight, or verified and waiting for their turn to
 //! be written), so memory stays bounded whatever the blob's size. All transfers of the node
 //! together hold at most `replication.transferMemoryMiB` chunks (the buffers of the node's
-//! chunk pool, see `chunk_pool`) beyond the one each writes next, which needs no buffer of the
-//! pool, so every transfer progresses however many run.
+//! chunk pool, see `chunk_pool`), and each at most one more: a buffer of its own, for the
+//! group it writes next when the node's are all lent, so every transfer progresses however
+//! many run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
@@ -26,7 +27,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::blob_stream;
-use super::chunk_pool::ChunkBuf;
+use super::chunk_pool::{ChunkBuf, ChunkPool};
 use super::protocol::{
     BlobId, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply_into, write_blob_request,
 };
@@ -391,6 +392,8 @@ pub(crate) async fn fetch_blob(
     let mut tasks = tokio::task::JoinSet::new();
     let (done_tx, mut done) = mpsc::channel::<Done>(WINDOW as usize + 1);
     let mut turn = 0usize;
+    // The one buffer this transfer may hold beyond the node's pool.
+    let own = Arc::new(ChunkPool::new(1));
     while next_write < n {
         // Hand out groups within the window to members with room, in turn.
         while let Some(&i) = pending.first() {
@@ -404,14 +407,15 @@ pub(crate) async fn fetch_blob(
             else {
                 break;
             };
-            // The group written next needs no pool buffer: it leaves as soon as it arrives.
+            // The group written next may take this transfer's own buffer: it leaves as soon
+            // as it arrives, and the buffer comes back once written.
             let buf = if i == next_write {
-                ChunkBuf::unpooled()
+                own.try_take().or_else(|| rep.chunk_pool.try_take())
             } else {
-                match rep.chunk_pool.try_take() {
-                    Some(b) => b,
-                    None => break,
-                }
+                rep.chunk_pool.try_take()
+            };
+            let Some(buf) = buf else {
+                break;
             };
             turn = turn.wrapping_add(1);
             let jobs = streams.entry(peer).or_insert_with(|| {
@@ -449,11 +453,21 @@ pub(crate) async fn fetch_blob(
             assigned.insert(i, peer);
             *load.entry(peer).or_default() += 1;
         }
-        if assigned.is_empty() {
+        // The group written next is unasked only while every buffer it may take is lent: its
+        // own comes back from the writer, which always progresses.
+        let next_waits = pending.first() == Some(&next_write) && !src.live.is_empty();
+        if assigned.is_empty() && !next_waits {
             // Nothing in flight and nobody to ask.
             return Err(src.failure(id));
         }
-        let Some((peer, i, result)) = done.recv().await else {
+        let event = tokio::select! {
+            d = done.recv() => d,
+            Some(back) = own.take(), if next_waits => {
+                drop(back);
+                continue;
+            }
+        };
+        let Some((peer, i, result)) = event else {
             return Err(src.failure(id));
         };
         match result {
