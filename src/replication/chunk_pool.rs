@@ -36,6 +36,11 @@ impl ChunkPool {
         Some(self.lend(permit))
     }
 
+    /// Whether a buffer could be taken now.
+    pub(crate) fn has_free(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
     /// The buffer lent under `permit`: a free one, or a new one.
     fn lend(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ChunkBuf {
         let data = self
@@ -109,7 +114,9 @@ mod tests {
     #[tokio::test]
     async fn a_taker_waits_until_a_lent_buffer_comes_back() {
         let pool = Arc::new(ChunkPool::new(1));
+        assert!(pool.has_free());
         let lent = pool.try_take().unwrap();
+        assert!(!pool.has_free());
         let waiting = tokio::spawn({
             let pool = Arc::clone(&pool);
             async move { pool.take().await.is_some() }

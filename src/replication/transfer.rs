@@ -453,9 +453,11 @@ pub(crate) async fn fetch_blob(
             assigned.insert(i, peer);
             *load.entry(peer).or_default() += 1;
         }
-        // The group written next is unasked only while every buffer it may take is lent: its
-        // own comes back from the writer, which always progresses.
-        let next_waits = pending.first() == Some(&next_write) && !src.live.is_empty();
+        // The group written next may be unasked because every buffer it may take is lent: its
+        // own comes back from the writer, which always progresses. (It may also wait for a
+        // member with room, after a member failed; then only an answer frees one.)
+        let next_waits =
+            pending.first() == Some(&next_write) && !src.live.is_empty() && !own.has_free();
         if assigned.is_empty() && !next_waits {
             // Nothing in flight and nobody to ask.
             return Err(src.failure(id));

@@ -23,8 +23,11 @@
 # Usage: tests/bench/replication.sh   env (defaults): BIG_MB=1024 FAN_MB=300 SCHEMATICS=10
 #                                     STEP_TIMEOUT=1800 KEEP=0 SECTIONS=123 CARGO_TARGET_DIR
 #                                     BIN (a binary to measure instead of the release build)
-# Needs jq, curl, openssl, b3sum (apt-get install -y jq curl openssl b3sum), and the test kit inputs (tests/kit/fetch-debian.sh). Loopback only; every
-# wait is bounded by STEP_TIMEOUT.
+#                                     LINK_MBIT (nodes in network namespaces, links limited)
+# Needs jq, curl, openssl, b3sum (apt-get install -y jq curl openssl b3sum), and the test kit
+# inputs (tests/kit/fetch-debian.sh). Loopback only, or with LINK_MBIT (root) namespaces it
+# creates on a bridge of its own, 10.77.0.0/24, removed at exit; every wait is bounded by
+# STEP_TIMEOUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIG_MB=${BIG_MB:-1024}
@@ -45,9 +48,18 @@ timeout 1800 tests/kit/fetch-debian.sh >&2
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/if-bench-replication.XXXXXX")
 PIDS=()
+# With LINK_MBIT, every node runs in a network namespace of its own on a bridge, 10.77.0.0/24,
+# its link limited to LINK_MBIT each way (tc tbf): the source's uplink becomes the bottleneck
+# that striping is meant to relieve. Needs root.
+LINK_MBIT=${LINK_MBIT:-}
+NET=ifb$$
+NETNS=()
+declare -A ADDR
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    for n in "${NETNS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+    [ -z "$LINK_MBIT" ] || ip link del "${NET}br" 2>/dev/null || true
     if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
@@ -67,14 +79,40 @@ until_ok() {
     done
 }
 
-# start NAME [BOOTSTRAP]: serve on $W/NAME (replication on loopback), HTTP address in $W/NAME.http.
+# net_node NAME: NAME's namespace, its veth on the bridge and both ends' rate limits.
+net_node() {
+    local name=$1 i=$((${#NETNS[@]} + 1)) ns="$NET-$1"
+    if [ "$i" = 1 ]; then
+        ip link add "${NET}br" type bridge
+        ip addr add 10.77.0.254/24 dev "${NET}br"
+        ip link set "${NET}br" up
+    fi
+    ip netns add "$ns"
+    NETNS+=("$ns")
+    ip link add "${NET}v$i" type veth peer name eth0 netns "$ns"
+    ip link set "${NET}v$i" master "${NET}br" up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "10.77.0.$i/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    tc qdisc add dev "${NET}v$i" root tbf rate "${LINK_MBIT}mbit" burst 1mb latency 50ms
+    tc -n "$ns" qdisc add dev eth0 root tbf rate "${LINK_MBIT}mbit" burst 1mb latency 50ms
+    ADDR[$name]=10.77.0.$i
+}
+
+# start NAME [BOOTSTRAP]: serve on $W/NAME (replication on loopback, or on NAME's namespace
+# with LINK_MBIT), HTTP address in $W/NAME.http.
 start() {
-    local name=$1 boot=${2:-}
+    local name=$1 boot=${2:-} addr=127.0.0.1 run=()
+    if [ -n "$LINK_MBIT" ]; then
+        [ -n "${ADDR[$name]:-}" ] || net_node "$name"
+        addr=${ADDR[$name]}
+        run=(ip netns exec "$NET-$name")
+    fi
     IF_REPLICATION_ENABLED=true \
-        IF_REPLICATION_LISTENADDRS=${LISTEN:-/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0} \
+        IF_REPLICATION_LISTENADDRS=${LISTEN:-/ip4/$addr/udp/0/quic-v1,/ip4/$addr/tcp/0} \
         IF_REPLICATION_BOOTSTRAPPEERS=$boot IF_CACHE_SCRUBINTERVALSECONDS=0 \
-        IF_TFTP_LISTENADDR=127.0.0.1:0 RUST_LOG='' \
-        "$BIN" serve --log-format json --http-listen-addr 127.0.0.1:0 --metrics-addr '' \
+        IF_TFTP_LISTENADDR=$addr:0 RUST_LOG='' \
+        "${run[@]}" "$BIN" serve --log-format json --http-listen-addr "$addr:0" --metrics-addr '' \
         --data-dir "$W/$name" >/dev/null 2>"$W/$name.log" &
     PIDS+=($!)
     echo $! >"$W/$name.pid"
