@@ -227,6 +227,8 @@ big_secs=$(jq -s --argjson min $((BIG_MB << 20)) '
     [.[] | select(.message == "blob fetched from members" and .size >= $min)]
     | ([.[] | at] | max) - ([.[] | at - .seconds] | min)' "$W/b.log")
 echo "replication, the big blobs (first start to last end): $big_total bytes in $big_secs s = $(echo "$big_total / $big_secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
+# The list of big blobs (their SHA-256 computed here) is made once for the three references.
+big_list=$(big_blobs "$W/a" "$BIG_MB")
 for out in /dev/null "$W/dl.bin" "$W/dl.bin, checked (b3sum, openssl sha256)"; do
     hs=0 ht=0
     while read -r b3 sha size; do
@@ -238,7 +240,7 @@ for out in /dev/null "$W/dl.bin" "$W/dl.bin, checked (b3sum, openssl sha256)"; d
         hs=$((hs + bytes))
         ht=$(echo "$ht + $secs" | bc -l)
         rm -f "$W/dl.bin"
-    done < <(big_blobs "$W/a" "$BIG_MB")
+    done <<<"$big_list"
     echo "HTTP (curl, A's registry endpoint) into $out, the big blobs one after another: $hs bytes in $(printf %.3f "$ht") s = $(echo "$hs / $ht / 1048576" | bc -l | xargs printf %.0f) MiB/s; replication / HTTP = $(echo "($big_total / $big_secs) / ($hs / $ht)" | bc -l | xargs printf %.2f)"
 done
 stop b
