@@ -17,7 +17,8 @@ pub const ENV_PREFIX: &str = "IF_";
 /// breaks a command: the registry password of `--registry-user`, the Debian input directory of
 /// `image-factory dev synth-release`, the test suite's switch that turns a missing test tool
 /// into a failure, where the test suite keeps its browser driver, and the replication tests'
-/// settings (`crate::replication::BUILD_DELAY_ENV`, `crate::replication::IGNORE_HELLOS_ENV`).
+/// settings (`crate::replication::BUILD_DELAY_ENV`, `crate::replication::IGNORE_HELLOS_ENV`,
+/// `crate::replication::BLOB_ANSWER_DELAY_ENV`).
 pub const NOT_CONFIG_ENV: &[&str] = &[
     REGISTRY_PASSWORD_ENV,
     "IF_TESTKIT_DIR",
@@ -25,6 +26,7 @@ pub const NOT_CONFIG_ENV: &[&str] = &[
     "IF_PLAYWRIGHT_DIR",
     "IF_TEST_BUILD_DELAY_MS",
     "IF_TEST_IGNORE_HELLOS",
+    "IF_TEST_BLOB_ANSWER_DELAY_MS",
 ];
 
 /// The password of `--registry-user` (not a configuration key: never written to a file).

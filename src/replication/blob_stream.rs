@@ -1,9 +1,10 @@
 //! The blob protocol's streams (see `protocol::BLOBS_PROTOCOL`). A transfer opens one stream
 //! per member it fetches from and keeps a few requests ahead of the answers, so bytes flow
 //! without a round trip per chunk and never through the task that owns the swarm. This node
-//! answers members' streams from its store: at most [`MAX_SERVING`] at once, members only
-//! (asked of the event loop once per stream), each answer read off the runtime, with a
-//! deadline for every request to come and every answer to leave.
+//! answers members' streams from its store, and from the blobs it is still fetching (see
+//! `partial`): at most [`MAX_SERVING`] at once, members only (asked of the event loop once per
+//! stream), each answer read off the runtime, with a deadline for every request to come and
+//! every answer to leave.
 //!
 //! A stream is in use only once its holder said `Ready`: libp2p-stream drops an inbound
 //! stream when the accepting task has not taken the previous one yet, so a stream that ends
@@ -17,6 +18,8 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::Semaphore;
 
 use super::chunks::BlobReader;
+use super::partial::{self, PARTIAL_WAIT};
+use super::test_settings::{self, BLOB_ANSWER_DELAY_ENV};
 use super::protocol::{
     BLOBS_PROTOCOL, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply, read_blob_request,
     write_blob_reply, write_blob_request,
@@ -36,6 +39,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Streams opened to a member before giving up on it (dropped before they were accepted).
 const OPEN_ATTEMPTS: u32 = 6;
+/// Longest delay [`BLOB_ANSWER_DELAY_ENV`] may ask for, in milliseconds.
+const MAX_ANSWER_DELAY_MS: u64 = 10_000;
 
 /// The protocol's name for libp2p.
 pub(crate) fn protocol() -> StreamProtocol {
@@ -114,6 +119,12 @@ pub(crate) async fn serve(
     blobs: BlobStore,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_SERVING));
+    let delay = test_settings::read(
+        BLOB_ANSWER_DELAY_ENV,
+        MAX_ANSWER_DELAY_MS,
+        "each chunk of a stored blob larger than one chunk leaves late (milliseconds)",
+    )
+    .map(Duration::from_millis);
     while let Some((peer, stream)) = incoming.next().await {
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(peer_id = %peer, max = MAX_SERVING, "blob stream refused: this node serves as many as it may");
@@ -123,7 +134,7 @@ pub(crate) async fn serve(
         let (rep, blobs) = (rep.clone(), blobs.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            serve_stream(&rep, &blobs, peer, stream).await;
+            serve_stream(&rep, &blobs, peer, stream, delay).await;
         });
     }
 }
@@ -137,8 +148,15 @@ async fn refuse(mut stream: Stream) {
     .await;
 }
 
-/// Answers one member's stream, request after request, until it closes or stalls.
-async fn serve_stream(rep: &Replication, blobs: &BlobStore, peer: PeerId, mut stream: Stream) {
+/// Answers one member's stream, request after request, until it closes or stalls (in tests,
+/// each chunk of a stored blob of more than one chunk `delay` late).
+async fn serve_stream(
+    rep: &Replication,
+    blobs: &BlobStore,
+    peer: PeerId,
+    mut stream: Stream,
+    delay: Option<Duration>,
+) {
     if !rep.is_member(peer).await.unwrap_or(false) {
         tracing::debug!(peer_id = %peer, "blob stream of a non-member refused");
         refuse(stream).await;
@@ -162,7 +180,15 @@ async fn serve_stream(rep: &Replication, blobs: &BlobStore, peer: PeerId, mut st
                 break;
             }
         };
-        let reply = if req.len > MAX_CHUNK {
+        // A blob this node is still fetching answers from what it holds so far.
+        let relayed = match rep.partials.get(&req.id) {
+            Some(p) if req.len <= MAX_CHUNK => partial::answer(p, &req, PARTIAL_WAIT).await,
+            _ => None,
+        };
+        let from_store = relayed.is_none();
+        let reply = if let Some(reply) = relayed {
+            reply
+        } else if req.len > MAX_CHUNK {
             BlobReply::Refused
         } else {
             let (b, trees) = (blobs.clone(), Arc::clone(&rep.trees));
@@ -175,6 +201,12 @@ async fn serve_stream(rep: &Replication, blobs: &BlobStore, peer: PeerId, mut st
                 Err(_) => break,
             }
         };
+        if let (Some(d), BlobReply::Chunk { size, .. }) = (delay, &reply)
+            && *size > u64::from(MAX_CHUNK)
+            && from_store
+        {
+            tokio::time::sleep(d).await;
+        }
         if let BlobReply::Chunk { data, .. } | BlobReply::Tree { data, .. } = &reply {
             rep.metrics.bytes_sent.increment(data.len() as u64);
             rep.metrics.peer_bytes_sent(&peer, data.len() as u64);

@@ -143,6 +143,15 @@ impl BlobReader {
         };
         let size = *size;
         let want = u64::from(req.len.min(MAX_CHUNK));
+        if req.tree && req.len == 0 {
+            // What this node holds, without the tree (not computed for a question).
+            return BlobReply::Tree {
+                size,
+                blake3: blake3.clone(),
+                data: Vec::new(),
+                held: None,
+            };
+        }
         if req.tree {
             let Some(t) = trees.get(blobs, blake3, size) else {
                 return BlobReply::Missing;
@@ -156,6 +165,7 @@ impl BlobReader {
                 size,
                 blake3: blake3.clone(),
                 data,
+                held: None,
             };
         }
         if req.offset > size {
@@ -261,6 +271,7 @@ mod tests {
                 size: s,
                 blake3,
                 data,
+                held: None,
             } = ask(offset, len)
             else {
                 panic!("no tree");
@@ -274,5 +285,27 @@ mod tests {
         assert_eq!(tree::root(size as u64, &vals), Some(blake3::hash(&data)));
         // Past the tree's end is refused.
         assert_eq!(ask(97, 10), BlobReply::Refused);
+        // Asked for none of it: what the node holds, the tree not computed.
+        let fresh = TreeCache::default();
+        let question = BlobReader::default().read(
+            &blobs,
+            &fresh,
+            &BlobRequest {
+                id: BlobId::Blake3(info.blake3.clone()),
+                offset: 0,
+                len: 0,
+                tree: true,
+            },
+        );
+        assert_eq!(
+            question,
+            BlobReply::Tree {
+                size: size as u64,
+                blake3: info.blake3.clone(),
+                data: Vec::new(),
+                held: None,
+            }
+        );
+        assert_eq!(fresh.inner.lock().unwrap().total, 0, "the tree was computed");
     }
 }

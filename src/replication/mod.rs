@@ -33,9 +33,11 @@ pub mod invitation;
 mod leases;
 pub mod membership;
 mod metrics;
+mod partial;
 pub mod protocol;
 mod release_fetch;
 mod rendezvous;
+mod sources;
 mod swarm;
 mod test_settings;
 mod transfer;
@@ -48,7 +50,7 @@ pub use find::ClusterPeers;
 pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
-pub use test_settings::{BUILD_DELAY_ENV, IGNORE_HELLOS_ENV};
+pub use test_settings::{BLOB_ANSWER_DELAY_ENV, BUILD_DELAY_ENV, IGNORE_HELLOS_ENV};
 
 use std::path::PathBuf;
 
@@ -488,6 +490,8 @@ pub struct Replication {
     metrics: metrics::ReplicationMetrics,
     /// Trees of blobs this node serves (see `tree`), shared with its transfers.
     trees: std::sync::Arc<chunks::TreeCache>,
+    /// Blobs this node is fetching, served to members meanwhile (see `partial`).
+    partials: std::sync::Arc<partial::PartialBlobs>,
     /// Opens blob streams to members (see `blob_stream`).
     streams: libp2p_stream::Control,
     /// The chunk buffers this node's transfers share (see `chunk_pool`).

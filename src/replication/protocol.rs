@@ -308,8 +308,12 @@ pub enum BlobReply {
         size: u64,
         /// The blob's BLAKE3 (hex): the root the tree must merge to.
         blake3: String,
-        /// Concatenated chaining values (fewer than asked only at the end of the tree).
+        /// Concatenated chaining values (fewer than asked only at the end of the tree; none
+        /// when none were asked: a question about what the member holds).
         data: Vec<u8>,
+        /// Set by a member still fetching the blob: the bytes from its start it holds (it
+        /// answers chunks below that at once, the others once it holds them, within a bound).
+        held: Option<u64>,
     },
     /// Not held.
     Missing,
@@ -324,7 +328,13 @@ pub enum BlobReply {
 #[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
 enum BlobHeader {
     Chunk { size: u64, len: u32 },
-    Tree { size: u64, blake3: String, len: u32 },
+    Tree {
+        size: u64,
+        blake3: String,
+        len: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held: Option<u64>,
+    },
     Missing,
     Refused,
     Ready,
@@ -454,7 +464,12 @@ pub async fn read_blob_reply_into<T: futures_util::AsyncRead + Unpin>(
                 data: Vec::new(),
             })
         }
-        BlobHeader::Tree { size, blake3, len } => {
+        BlobHeader::Tree {
+            size,
+            blake3,
+            len,
+            held,
+        } => {
             if len > MAX_CHUNK {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -462,7 +477,12 @@ pub async fn read_blob_reply_into<T: futures_util::AsyncRead + Unpin>(
                 ));
             }
             let data = read_prefixed(io, len as usize).await?;
-            Ok(BlobReply::Tree { size, blake3, data })
+            Ok(BlobReply::Tree {
+                size,
+                blake3,
+                data,
+                held,
+            })
         }
         BlobHeader::Missing => Ok(BlobReply::Missing),
         BlobHeader::Refused => Ok(BlobReply::Refused),
@@ -480,13 +500,19 @@ pub async fn write_blob_reply<T: futures_util::AsyncWrite + Unpin>(
             let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
             (BlobHeader::Chunk { size: *size, len }, Some(data))
         }
-        BlobReply::Tree { size, blake3, data } => {
+        BlobReply::Tree {
+            size,
+            blake3,
+            data,
+            held,
+        } => {
             let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
             (
                 BlobHeader::Tree {
                     size: *size,
                     blake3: blake3.clone(),
                     len,
+                    held: *held,
                 },
                 Some(data),
             )
@@ -582,6 +608,25 @@ mod tests {
             .unwrap();
         let back = read_blob_reply(&mut Cursor::new(&buf)).await.unwrap();
         assert_eq!(back, reply);
+        // A tree page says how much a member still fetching the blob holds; a whole blob's
+        // says nothing of it (as before members relayed).
+        for held in [Some(5u64 << 20), None] {
+            let tree = BlobReply::Tree {
+                size: 10 << 20,
+                blake3: "c".repeat(64),
+                data: vec![1; 64],
+                held,
+            };
+            let mut buf = Vec::new();
+            write_blob_reply(&mut Cursor::new(&mut buf), &tree)
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&buf).contains("held"),
+                held.is_some()
+            );
+            assert_eq!(read_blob_reply(&mut Cursor::new(&buf)).await.unwrap(), tree);
+        }
         // A full chunk is read into a buffer of its size, not one grown to twice it.
         let full = BlobReply::Chunk {
             size: u64::from(MAX_CHUNK),

@@ -363,6 +363,7 @@ pub async fn start(
         peer_id: local,
         metrics: metrics.clone(),
         trees: Arc::default(),
+        partials: Arc::default(),
         streams: swarm.behaviour().blobs.new_control(),
         chunk_pool: Arc::new(super::chunk_pool::ChunkPool::new(
             config.transfer_memory_mib as usize,

@@ -1,5 +1,5 @@
 //! Settings only the test suite sets, from `IF_TEST_*` variables: each makes a node misbehave
-//! on purpose (a late build, lost hellos) so that a test reaches a path otherwise left to
+//! on purpose (a late build, lost hellos, a slow source) so that a test reaches a path otherwise left to
 //! timing. Not configuration (`config::load::NOT_CONFIG_ENV` lets them through); unset in
 //! production, and a warning in the log when set.
 
@@ -9,6 +9,9 @@ pub const BUILD_DELAY_ENV: &str = "IF_TEST_BUILD_DELAY_MS";
 /// How many of the first hellos a node receives it neither judges nor answers (each held until
 /// its sender gives up), as if lost on the way.
 pub const IGNORE_HELLOS_ENV: &str = "IF_TEST_IGNORE_HELLOS";
+/// Milliseconds a node waits before each chunk it sends a member of a stored blob larger than
+/// one chunk (a slow source of large blobs, so that a test finds a transfer in its middle).
+pub const BLOB_ANSWER_DELAY_ENV: &str = "IF_TEST_BLOB_ANSWER_DELAY_MS";
 
 /// The number the variable `name` holds, at most `max`, with a warning naming its `effect`;
 /// `None` when unset, or (with a warning) when not a number.

@@ -21,19 +21,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::sync::Arc;
 
-use blake3::hazmat::ChainingValue;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::PeerId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::blob_stream;
 use super::chunk_pool::{ChunkBuf, ChunkPool};
+use super::partial::Partial;
 use super::protocol::{
     BlobId, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply_into, write_blob_request,
 };
+use super::sources::{self, Plan, Tree};
 use super::tree;
 use super::{Replication, ReplicationError};
-use crate::causes::Causes;
 use crate::store::{BlobInfo, BlobStore};
 
 /// Chunk requests in flight per member.
@@ -44,117 +44,6 @@ const WINDOW: u64 = 12;
 const WRITE_QUEUE: usize = 2;
 /// Largest blob fetched at all.
 pub const MAX_BLOB: u64 = 64 << 30;
-
-/// A blob's tree as a member sent it, checked against the blob's BLAKE3.
-struct Tree {
-    /// The blob's size.
-    size: u64,
-    /// Its BLAKE3.
-    root: blake3::Hash,
-    /// Its groups' chaining values (empty for a one-group blob).
-    values: Vec<ChainingValue>,
-}
-
-impl Tree {
-    /// What group `i`'s bytes must hash to.
-    fn expected(&self, i: u64) -> ChainingValue {
-        if self.values.is_empty() {
-            *self.root.as_bytes()
-        } else {
-            self.values[i as usize]
-        }
-    }
-}
-
-/// Asks `peer` for the tree of blob `id` (`size` when known, at most `max`); checks that it
-/// merges to the blob's BLAKE3 (the name asked for, or the one the member gives for a
-/// SHA-256 name, which the SHA-256 of the whole then confirms). Returns the stream too: the
-/// transfer asks the same member for chunks on it.
-async fn fetch_tree(
-    rep: &Replication,
-    peer: PeerId,
-    id: &BlobId,
-    size: Option<u64>,
-    max: u64,
-) -> Result<(Tree, libp2p::Stream), ReplicationError> {
-    let corrupt = |why: String| ReplicationError::Corrupt {
-        peer: peer.to_string(),
-        blob: blob_name(id),
-        why,
-    };
-    let mut stream = blob_stream::open(rep, peer).await?;
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut head: Option<(u64, String)> = None;
-    loop {
-        let request = BlobRequest {
-            id: id.clone(),
-            offset: bytes.len() as u64,
-            len: MAX_CHUNK,
-            tree: true,
-        };
-        let (s, b3, data) = match blob_stream::ask(&mut stream, peer, &request).await? {
-            BlobReply::Tree { size, blake3, data } => (size, blake3, data),
-            BlobReply::Chunk { .. } | BlobReply::Ready => {
-                return Err(corrupt("it sent no tree".into()));
-            }
-            BlobReply::Missing => {
-                return Err(ReplicationError::NotHeld {
-                    peer: peer.to_string(),
-                    blob: blob_name(id),
-                });
-            }
-            BlobReply::Refused => {
-                return Err(ReplicationError::PeerFailed {
-                    peer: peer.to_string(),
-                    why: "it refused the request".into(),
-                });
-            }
-        };
-        if s > max {
-            return Err(corrupt(format!(
-                "it says the blob has {s} bytes, more than the {max} allowed"
-            )));
-        }
-        if size.is_some_and(|n| n != s) {
-            return Err(corrupt(format!(
-                "it says the blob has {s} bytes, not {}",
-                size.unwrap_or_default()
-            )));
-        }
-        match &head {
-            Some(h) if *h != (s, b3.clone()) => {
-                return Err(corrupt("its tree pages disagree".into()));
-            }
-            _ => head = Some((s, b3)),
-        }
-        let want = tree::tree_len(s) * 32;
-        if bytes.len() as u64 + data.len() as u64 > want
-            || (data.is_empty() && (bytes.len() as u64) < want)
-        {
-            return Err(corrupt(format!("its tree is not {want} bytes long")));
-        }
-        bytes.extend_from_slice(&data);
-        if bytes.len() as u64 == want {
-            break;
-        }
-    }
-    let Some((size, b3)) = head else {
-        return Err(corrupt("no tree".into()));
-    };
-    if let BlobId::Blake3(name) = id
-        && *name != b3
-    {
-        return Err(corrupt(format!("it names the blob BLAKE3 {b3}")));
-    }
-    let root = blake3::Hash::from_hex(&b3).map_err(|_| corrupt(format!("{b3:?} is no BLAKE3")))?;
-    let values = tree::values(&bytes).unwrap_or_default();
-    if !values.is_empty() && tree::root(size, &values) != Some(root) {
-        return Err(corrupt(
-            "its tree does not merge to the blob's BLAKE3".into(),
-        ));
-    }
-    Ok((Tree { size, root, values }, stream))
-}
 
 /// What a member's stream hands back: a group's verified bytes, or why the member failed.
 type Done = (PeerId, u64, Result<ChunkBuf, ReplicationError>);
@@ -291,47 +180,6 @@ async fn check_group(
     }
 }
 
-/// The sources of a transfer: members still in it, and why the others left.
-struct Sources {
-    live: Vec<PeerId>,
-    /// Whether every member dropped so far only lacked the blob.
-    all_missing: bool,
-    last: Option<ReplicationError>,
-}
-
-impl Sources {
-    /// Drops `peer` from this transfer for `e` (counted when its bytes did not verify).
-    fn drop_peer(&mut self, rep: &Replication, peer: PeerId, id: &BlobId, e: ReplicationError) {
-        self.live.retain(|p| *p != peer);
-        match &e {
-            ReplicationError::NotHeld { .. } => {}
-            ReplicationError::Corrupt { .. } => {
-                rep.metrics.verification_failures.increment(1);
-                rep.metrics.chunks_rejected.increment(1);
-                self.all_missing = false;
-            }
-            _ => self.all_missing = false,
-        }
-        tracing::warn!(peer_id = %peer, blob = %blob_name(id), error = %Causes(&e), sources_left = self.live.len(), "a member was dropped from a transfer");
-        self.last = Some(e);
-    }
-
-    /// Why the transfer failed once no member is left.
-    fn failure(self, id: &BlobId) -> ReplicationError {
-        match self.last {
-            Some(e @ ReplicationError::NotHeld { .. }) if self.all_missing => e,
-            Some(e) => ReplicationError::NoSource {
-                blob: blob_name(id),
-                last: Box::new(e),
-            },
-            None => ReplicationError::NotHeld {
-                peer: "no member".into(),
-                blob: blob_name(id),
-            },
-        }
-    }
-}
-
 /// Fetches blob `id` into `blobs` from the members `sources` (in order of preference; those
 /// lacking it drop out): `size` when known in advance (else at most `max`). Each chunk is
 /// verified as it arrives; the blob is committed under its name only once whole and hashing
@@ -345,39 +193,50 @@ pub(crate) async fn fetch_blob(
     max: u64,
 ) -> Result<BlobInfo, ReplicationError> {
     let started = std::time::Instant::now();
-    let mut live: Vec<PeerId> = Vec::new();
-    for p in sources {
-        if !live.contains(p) && *p != rep.peer_id() {
-            live.push(*p);
-        }
-    }
-    let mut src = Sources {
-        live,
-        all_missing: true,
-        last: None,
-    };
-    // The stream the tree came on, kept for that member's chunks.
-    let (tree, mut tree_stream) = loop {
-        let Some(&peer) = src.live.first() else {
-            return Err(src.failure(id));
-        };
-        match fetch_tree(rep, peer, id, size, max).await {
-            Ok((t, stream)) => break (Arc::new(t), Some((peer, stream))),
-            Err(e) => src.drop_peer(rep, peer, id, e),
-        }
-    };
+    let Plan {
+        tree,
+        sources: mut src,
+        streams: mut opened,
+        relay,
+    } = sources::plan(rep, sources, id, size, max).await?;
+    let tree = Arc::new(tree);
     let total = tree.size;
     let n = tree::groups(total);
 
     // The writer: a blocking task fed verified chunks in order.
     let writer = blobs.writer()?;
+    // Members starting on the same blob meanwhile may take it from here (see `partial`): the
+    // writer publishes the bytes in the file as it goes.
+    let flat = Arc::new(tree.flat());
+    let (held_tx, held_rx) = watch::channel(0u64);
+    let _relaying = match writer.open_read() {
+        Ok(file) => {
+            let root = BlobId::Blake3(tree.root.to_hex().to_string());
+            let partial = Partial {
+                size: total,
+                blake3: tree.root.to_hex().to_string(),
+                tree: Arc::clone(&flat),
+                file,
+                held: held_rx,
+            };
+            Some(rep.partials.register(&[id.clone(), root], partial))
+        }
+        Err(e) => {
+            tracing::debug!(blob = %blob_name(id), error = %e, "a blob being fetched is not served meanwhile");
+            None
+        }
+    };
     // A chunk's buffer goes back to the node's pool once it is written.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ChunkBuf>(WRITE_QUEUE);
     let writing = tokio::task::spawn_blocking(move || {
         let mut w = writer;
         while let Some(data) = rx.blocking_recv() {
             w.write_all(data.bytes())?;
+            drop(data);
+            held_tx.send_replace(w.in_file());
         }
+        w.flush()?;
+        held_tx.send_replace(w.in_file());
         Ok::<_, std::io::Error>(w)
     });
 
@@ -420,16 +279,12 @@ pub(crate) async fn fetch_blob(
             turn = turn.wrapping_add(1);
             let jobs = streams.entry(peer).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(PIPELINE);
-                let opened = match &tree_stream {
-                    Some((p, _)) if *p == peer => tree_stream.take().map(|(_, s)| s),
-                    _ => None,
-                };
                 tasks.spawn(member_stream(
                     rep.clone(),
                     peer,
                     id.clone(),
                     Arc::clone(&tree),
-                    opened,
+                    opened.remove(&peer),
                     rx,
                     done_tx.clone(),
                 ));
@@ -558,15 +413,11 @@ pub(crate) async fn fetch_blob(
             });
         }
     };
-    let mut flat = Vec::with_capacity(tree.values.len() * 32);
-    for v in &tree.values {
-        flat.extend_from_slice(v);
-    }
-    rep.trees.insert(&info.blake3, flat);
+    rep.trees.insert(&info.blake3, flat.to_vec());
     let secs = started.elapsed().as_secs_f64();
     rep.metrics.fetch_seconds.record(secs);
     let by: Vec<String> = moved.iter().map(|(p, b)| format!("{p}={b}")).collect();
-    tracing::info!(blob = %blob_name(id), size = total, members = moved.len(), sources = %by.join(","), seconds = secs, "blob fetched from members");
+    tracing::info!(blob = %blob_name(id), size = total, members = moved.len(), sources = %by.join(","), relay = relay.map(|r| r.to_string()), seconds = secs, "blob fetched from members");
     Ok(info)
 }
 

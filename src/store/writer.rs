@@ -193,6 +193,18 @@ impl BlobWriter {
         self.size
     }
 
+    /// Bytes written so far that are in the file (the rest is held back until its piece is
+    /// whole, or until [`Write::flush`]).
+    pub fn in_file(&self) -> u64 {
+        self.size - self.pending.len() as u64
+    }
+
+    /// The temporary file opened again for reading (what [`Self::in_file`] counts can be read
+    /// from it while the writer goes on).
+    pub fn open_read(&self) -> io::Result<File> {
+        File::open(&self.tmp)
+    }
+
     /// Appends `len` zero bytes as a hole (the blob file stays sparse); hashes them like data.
     pub fn write_zeros(&mut self, len: u64) -> io::Result<()> {
         self.write_pending()?;

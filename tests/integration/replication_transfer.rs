@@ -241,3 +241,93 @@ async fn a_member_sending_a_corrupted_chunk_is_dropped_at_that_chunk_and_the_blo
     );
     assert!(per_peer(&node_c, RECEIVED, &a_id).await >= (BIG_MB << 20) as f64 / 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_still_fetching_a_blob_relays_it_and_the_source_takes_over_when_it_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bundle) = big_bundle(tmp.path()) else {
+        return;
+    };
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    import(&a, &bundle);
+    cluster_of(tmp.path(), &a, &[&b, &c]);
+    let (_, name) = largest_blob(&a);
+    // A is a slow source (each chunk it sends leaves 200 ms late): B is still fetching the
+    // large blob when C starts on it.
+    let slow = (image_factory::replication::BLOB_ANSWER_DELAY_ENV, "200");
+    let node_a = Node::start_with(&a, &[], &[NO_SCRUB, slow]);
+    let node_b = Node::start_with(&b, &node_a.bootstrap().await, &[NO_SCRUB]);
+    let start = Instant::now();
+    while partial_len(&b) < 8 << 20 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "B did not get 8 MiB into the large blob:\n{}",
+            node_b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (a_id, b_id) = (node_a.peer_id().await, node_b.peer_id().await);
+    let mut boot = node_a.bootstrap().await;
+    boot.extend(node_b.bootstrap().await);
+    let node_c = Node::start_with(&c, &boot, &[NO_SCRUB]);
+
+    // C takes the large blob from B, which sends what it holds as it arrives; A (holding it
+    // whole) waits in reserve.
+    let relay_line = |node: &Node| {
+        node.log().lines().any(|l| {
+            l.contains("a blob is fetched from a member still fetching it")
+                && l.contains(&b_id)
+                && l.contains(&name)
+        })
+    };
+    let start = Instant::now();
+    loop {
+        let from_b = per_peer(&node_c, RECEIVED, &b_id).await;
+        if relay_line(&node_c) && partial_len(&c) >= 16 << 20 && from_b >= (16 << 20) as f64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "C did not take 16 MiB of the large blob from B (from B: {from_b}):\n{}",
+            node_c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Everything B sent of the large blob, B was still fetching itself.
+    let mut node_b = node_b;
+    assert!(
+        !b.join("blobs").join(&name[..2]).join(&name).exists(),
+        "B held the large blob whole: nothing was relayed"
+    );
+    node_b.srv.child.kill().expect("kill -9 B");
+    node_b.srv.child.wait().expect("reap B");
+
+    // B dies mid-relay: A, in reserve, sends the rest; every chunk verifies.
+    wait_for_log(&node_c, "release replicated").await;
+    assert!(lists_release(&node_c).await, "C does not list {V}");
+    assert!(holds_verified(&c, &name), "C's copy is not whole");
+    assert!(
+        !dropped(&node_c, &b_id).is_empty(),
+        "B was not dropped from the transfer:\n{}",
+        node_c.log()
+    );
+    let fetched = node_c
+        .log()
+        .lines()
+        .find(|l| l.contains("blob fetched from members") && l.contains(&name))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        fetched.contains(&format!("{a_id}=")) && fetched.contains(&format!("{b_id}=")),
+        "the large blob did not come from B and then A: {fetched}"
+    );
+    assert_eq!(
+        counter(&node_c, "image_factory_replication_chunks_rejected_total").await,
+        0.0
+    );
+    drop(node_a);
+}

@@ -1,0 +1,374 @@
+//! Which members a transfer fetches a blob from. Every member named is asked at once what it
+//! holds of the blob (a tree request for no bytes): all of it, the start of it (a member
+//! still fetching it, see `partial`), or nothing. When a member is still fetching it, the
+//! transfer takes the blob from the one least far ahead, alone (a relay: members that start
+//! together line up behind each other, and the members holding the whole blob send it about
+//! once instead of once per member); those holding it whole wait in reserve and take over
+//! when the relay fails. Otherwise the blob comes striped from every member holding it whole.
+//! The blob's tree comes from the first member chosen and is checked against the blob's
+//! BLAKE3.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use blake3::hazmat::ChainingValue;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use libp2p::{PeerId, Stream};
+
+use super::blob_stream;
+use super::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
+use super::transfer::blob_name;
+use super::tree;
+use super::{Replication, ReplicationError};
+use crate::causes::Causes;
+
+/// How long the other members' answers are awaited once one member said it holds the blob.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
+
+/// A blob's tree as a member sent it, checked against the blob's BLAKE3.
+pub(super) struct Tree {
+    /// The blob's size.
+    pub size: u64,
+    /// Its BLAKE3.
+    pub root: blake3::Hash,
+    /// Its groups' chaining values (empty for a one-group blob).
+    pub values: Vec<ChainingValue>,
+}
+
+impl Tree {
+    /// What group `i`'s bytes must hash to.
+    pub fn expected(&self, i: u64) -> ChainingValue {
+        if self.values.is_empty() {
+            *self.root.as_bytes()
+        } else {
+            self.values[i as usize]
+        }
+    }
+
+    /// The chaining values, concatenated (as the blob protocol sends them).
+    pub fn flat(&self) -> Vec<u8> {
+        self.values.iter().flatten().copied().collect()
+    }
+}
+
+/// The sources of a transfer: members it fetches from, members holding the whole blob kept
+/// back behind a relay, and why the others left.
+pub(super) struct Sources {
+    pub live: Vec<PeerId>,
+    /// Members holding the whole blob, asked once the relay in `live` failed.
+    reserve: Vec<PeerId>,
+    /// Whether every member dropped so far only lacked the blob.
+    all_missing: bool,
+    last: Option<ReplicationError>,
+}
+
+impl Sources {
+    /// Drops `peer` from this transfer for `e` (counted when its bytes did not verify); the
+    /// reserve takes over when no member is left.
+    pub fn drop_peer(&mut self, rep: &Replication, peer: PeerId, id: &BlobId, e: ReplicationError) {
+        self.live.retain(|p| *p != peer);
+        self.reserve.retain(|p| *p != peer);
+        if self.live.is_empty() && !self.reserve.is_empty() {
+            self.live = std::mem::take(&mut self.reserve);
+        }
+        match &e {
+            // Lacking it is no fault (asked members may not hold it; a relay may fall behind).
+            ReplicationError::NotHeld { .. } => {
+                tracing::debug!(peer_id = %peer, blob = %blob_name(id), sources_left = self.live.len(), "a member does not hold a blob");
+            }
+            ReplicationError::Corrupt { .. } => {
+                rep.metrics.verification_failures.increment(1);
+                rep.metrics.chunks_rejected.increment(1);
+                self.all_missing = false;
+            }
+            _ => self.all_missing = false,
+        }
+        if !matches!(e, ReplicationError::NotHeld { .. }) {
+            tracing::warn!(peer_id = %peer, blob = %blob_name(id), error = %Causes(&e), sources_left = self.live.len(), "a member was dropped from a transfer");
+        }
+        self.last = Some(e);
+    }
+
+    /// Why the transfer failed once no member is left.
+    pub fn failure(self, id: &BlobId) -> ReplicationError {
+        match self.last {
+            Some(e @ ReplicationError::NotHeld { .. }) if self.all_missing => e,
+            Some(e) => ReplicationError::NoSource {
+                blob: blob_name(id),
+                last: Box::new(e),
+            },
+            None => ReplicationError::NotHeld {
+                peer: "no member".into(),
+                blob: blob_name(id),
+            },
+        }
+    }
+}
+
+/// Where a transfer's bytes come from.
+pub(super) struct Plan {
+    /// The blob's tree.
+    pub tree: Tree,
+    /// The members to fetch from.
+    pub sources: Sources,
+    /// Streams already open to them (a member's chunks go on the stream it answered on).
+    pub streams: HashMap<PeerId, Stream>,
+    /// The member still fetching the blob that the transfer takes it from, if any.
+    pub relay: Option<PeerId>,
+}
+
+/// What a member said it holds of a blob: its size, BLAKE3, and the bytes from the start it
+/// holds if it is still fetching it.
+struct Holding {
+    size: u64,
+    blake3: String,
+    held: Option<u64>,
+}
+
+/// Asks `peer` what it holds of blob `id` (`size` when known, at most `max`), on a new
+/// stream that the transfer keeps for that member's chunks.
+async fn ask_holding(
+    rep: &Replication,
+    peer: PeerId,
+    id: &BlobId,
+    size: Option<u64>,
+    max: u64,
+) -> Result<(Holding, Stream), ReplicationError> {
+    let mut stream = blob_stream::open(rep, peer).await?;
+    let request = BlobRequest {
+        id: id.clone(),
+        offset: 0,
+        len: 0,
+        tree: true,
+    };
+    let reply = blob_stream::ask(&mut stream, peer, &request).await?;
+    let (s, b3, held) = tree_header(peer, id, reply, size, max)?;
+    let holding = Holding {
+        size: s,
+        blake3: b3,
+        held,
+    };
+    Ok((holding, stream))
+}
+
+/// The size, BLAKE3 and held bytes a tree answer of `peer` gives, checked against what the
+/// transfer knows (`size`, at most `max`, the name asked for); an error for other answers.
+fn tree_header(
+    peer: PeerId,
+    id: &BlobId,
+    reply: BlobReply,
+    size: Option<u64>,
+    max: u64,
+) -> Result<(u64, String, Option<u64>), ReplicationError> {
+    let corrupt = |why: String| ReplicationError::Corrupt {
+        peer: peer.to_string(),
+        blob: blob_name(id),
+        why,
+    };
+    let (s, b3, held) = match reply {
+        BlobReply::Tree {
+            size, blake3, held, ..
+        } => (size, blake3, held),
+        BlobReply::Chunk { .. } | BlobReply::Ready => return Err(corrupt("it sent no tree".into())),
+        BlobReply::Missing => {
+            return Err(ReplicationError::NotHeld {
+                peer: peer.to_string(),
+                blob: blob_name(id),
+            });
+        }
+        BlobReply::Refused => {
+            return Err(ReplicationError::PeerFailed {
+                peer: peer.to_string(),
+                why: "it refused the request".into(),
+            });
+        }
+    };
+    if s > max {
+        return Err(corrupt(format!(
+            "it says the blob has {s} bytes, more than the {max} allowed"
+        )));
+    }
+    if let Some(n) = size
+        && n != s
+    {
+        return Err(corrupt(format!("it says the blob has {s} bytes, not {n}")));
+    }
+    if let BlobId::Blake3(name) = id
+        && *name != b3
+    {
+        return Err(corrupt(format!("it names the blob BLAKE3 {b3}")));
+    }
+    if held.is_some_and(|h| h > s) {
+        return Err(corrupt(format!("it says it holds more than the {s} bytes")));
+    }
+    Ok((s, b3, held))
+}
+
+/// Fetches blob `id`'s tree from `peer` on `stream` (the size and BLAKE3 it gave: `head`);
+/// checks that it merges to the blob's BLAKE3.
+async fn fetch_tree(
+    peer: PeerId,
+    stream: &mut Stream,
+    id: &BlobId,
+    head: &Holding,
+) -> Result<Tree, ReplicationError> {
+    let corrupt = |why: String| ReplicationError::Corrupt {
+        peer: peer.to_string(),
+        blob: blob_name(id),
+        why,
+    };
+    let want = tree::tree_len(head.size) * 32;
+    let mut bytes: Vec<u8> = Vec::new();
+    while (bytes.len() as u64) < want {
+        let request = BlobRequest {
+            id: id.clone(),
+            offset: bytes.len() as u64,
+            len: MAX_CHUNK,
+            tree: true,
+        };
+        let data = match blob_stream::ask(stream, peer, &request).await? {
+            BlobReply::Tree {
+                size, blake3, data, ..
+            } if (size, &blake3) == (head.size, &head.blake3) => data,
+            BlobReply::Tree { .. } => return Err(corrupt("its tree pages disagree".into())),
+            other => {
+                let e = tree_header(peer, id, other, None, u64::MAX).err();
+                return Err(e.unwrap_or_else(|| corrupt("it sent no tree".into())));
+            }
+        };
+        if data.is_empty() || bytes.len() as u64 + data.len() as u64 > want {
+            return Err(corrupt(format!("its tree is not {want} bytes long")));
+        }
+        bytes.extend_from_slice(&data);
+    }
+    let root = blake3::Hash::from_hex(&head.blake3)
+        .map_err(|_| corrupt(format!("{:?} is no BLAKE3", head.blake3)))?;
+    let values = tree::values(&bytes).unwrap_or_default();
+    if !values.is_empty() && tree::root(head.size, &values) != Some(root) {
+        return Err(corrupt(
+            "its tree does not merge to the blob's BLAKE3".into(),
+        ));
+    }
+    Ok(Tree {
+        size: head.size,
+        root,
+        values,
+    })
+}
+
+/// Chooses where blob `id` (`size` when known, at most `max`) comes from among `sources` (in
+/// order of preference), and fetches its tree.
+pub(super) async fn plan(
+    rep: &Replication,
+    sources: &[PeerId],
+    id: &BlobId,
+    size: Option<u64>,
+    max: u64,
+) -> Result<Plan, ReplicationError> {
+    let mut order: Vec<PeerId> = Vec::new();
+    for p in sources {
+        if !order.contains(p) && *p != rep.peer_id() {
+            order.push(*p);
+        }
+    }
+    let mut src = Sources {
+        live: Vec::new(),
+        reserve: Vec::new(),
+        all_missing: true,
+        last: None,
+    };
+    let mut asks: FuturesUnordered<_> = order
+        .iter()
+        .map(|&p| async move { (p, ask_holding(rep, p, id, size, max).await) })
+        .collect();
+    let mut heads: HashMap<PeerId, Holding> = HashMap::new();
+    let mut streams: HashMap<PeerId, Stream> = HashMap::new();
+    let mut until: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match until {
+            Some(t) => match tokio::time::timeout_at(t, asks.next()).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => asks.next().await,
+        };
+        let Some((peer, answer)) = next else {
+            break;
+        };
+        match answer {
+            Ok((head, stream)) => {
+                heads.insert(peer, head);
+                streams.insert(peer, stream);
+                until.get_or_insert_with(|| tokio::time::Instant::now() + ANSWER_GRACE);
+            }
+            Err(e) => src.drop_peer(rep, peer, id, e),
+        }
+    }
+    drop(asks);
+    // The relay: the member still fetching it least far ahead (first named on a tie).
+    let relay = order
+        .iter()
+        .filter_map(|p| Some((*p, heads.get(p)?.held?)))
+        .min_by_key(|(_, held)| *held)
+        .map(|(p, _)| p);
+    let whole: Vec<PeerId> = order
+        .iter()
+        .filter(|p| heads.get(p).is_some_and(|h| h.held.is_none()))
+        .copied()
+        .collect();
+    match relay {
+        Some(r) => {
+            src.live = vec![r];
+            src.reserve = whole;
+        }
+        None => src.live = whole,
+    }
+    // The tree, from the first member chosen that sends a good one.
+    let tree = loop {
+        let Some(&peer) = src.live.first() else {
+            return Err(src.failure(id));
+        };
+        let (Some(head), Some(stream)) = (heads.get(&peer), streams.get_mut(&peer)) else {
+            src.live.retain(|p| *p != peer);
+            continue;
+        };
+        match fetch_tree(peer, stream, id, head).await {
+            Ok(t) => break t,
+            Err(e) => {
+                streams.remove(&peer);
+                src.drop_peer(rep, peer, id, e);
+            }
+        }
+    };
+    // A member naming other bytes than the tree's (possible when asked by SHA-256) is left
+    // out: its chunks could not verify.
+    let root = tree.root.to_hex().to_string();
+    for (peer, head) in &heads {
+        if (head.size, &head.blake3) != (tree.size, &root)
+            && (src.live.contains(peer) || src.reserve.contains(peer))
+        {
+            let e = ReplicationError::Corrupt {
+                peer: peer.to_string(),
+                blob: blob_name(id),
+                why: format!(
+                    "it names BLAKE3 {} ({} bytes), the tree's member {root} ({} bytes)",
+                    head.blake3, head.size, tree.size
+                ),
+            };
+            streams.remove(peer);
+            src.drop_peer(rep, *peer, id, e);
+        }
+    }
+    let relay = relay.filter(|r| src.live.contains(r));
+    if let Some(r) = relay {
+        tracing::info!(peer_id = %r, blob = %blob_name(id), held = heads.get(&r).and_then(|h| h.held), reserve = src.reserve.len(), "a blob is fetched from a member still fetching it");
+    }
+    streams.retain(|p, _| src.live.contains(p) || src.reserve.contains(p));
+    Ok(Plan {
+        tree,
+        sources: src,
+        streams,
+        relay,
+    })
+}
