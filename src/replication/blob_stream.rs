@@ -19,11 +19,11 @@ use tokio::sync::Semaphore;
 
 use super::chunks::BlobReader;
 use super::partial::{self, PARTIAL_WAIT};
-use super::test_settings::{self, BLOB_ANSWER_DELAY_ENV};
 use super::protocol::{
     BLOBS_PROTOCOL, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply, read_blob_request,
     write_blob_reply, write_blob_request,
 };
+use super::test_settings::{self, BLOB_ANSWER_DELAY_ENV};
 use super::{Replication, ReplicationError};
 use crate::store::BlobStore;
 

@@ -306,6 +306,10 @@ mod tests {
                 held: None,
             }
         );
-        assert_eq!(fresh.inner.lock().unwrap().total, 0, "the tree was computed");
+        assert_eq!(
+            fresh.inner.lock().unwrap().total,
+            0,
+            "the tree was computed"
+        );
     }
 }

@@ -327,7 +327,10 @@ pub enum BlobReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
 enum BlobHeader {
-    Chunk { size: u64, len: u32 },
+    Chunk {
+        size: u64,
+        len: u32,
+    },
     Tree {
         size: u64,
         blake3: String,

@@ -170,7 +170,9 @@ fn tree_header(
         BlobReply::Tree {
             size, blake3, held, ..
         } => (size, blake3, held),
-        BlobReply::Chunk { .. } | BlobReply::Ready => return Err(corrupt("it sent no tree".into())),
+        BlobReply::Chunk { .. } | BlobReply::Ready => {
+            return Err(corrupt("it sent no tree".into()));
+        }
         BlobReply::Missing => {
             return Err(ReplicationError::NotHeld {
                 peer: peer.to_string(),

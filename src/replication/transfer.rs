@@ -5,8 +5,10 @@
 //! once the whole blob hashes to the name it was asked by. Bytes that do not verify never
 //! become visible: the temporary file is removed, the failure counted, the transfer refused.
 //!
-//! A blob comes from every member that holds it at once (striped: chunks go round-robin to
-//! the members with room in their pipeline) and each chunk is checked as it arrives against
+//! A blob comes from the members `sources` chooses: every member holding it whole at once
+//! (striped: chunks go round-robin to the members with room in their pipeline), or a member
+//! still fetching it (a relay, see `partial`) with those in reserve. While it is fetched,
+//! this node serves it to other members in turn. Each chunk is checked as it arrives against
 //! the blob's tree (see `tree`), fetched first and checked against the blob's BLAKE3. A
 //! member whose chunk does not verify, that fails or that disappears is dropped for this
 //! transfer and its chunks go to the others, so a transfer resumes from the offset reached;
