@@ -259,6 +259,34 @@ async fn fetch_tree(
     })
 }
 
+/// Sets the members `src` starts with and keeps in reserve, from what the members of `order`
+/// said they hold (`heads`): the member still fetching the blob least far ahead alone (first
+/// named on a tie), those holding it whole in reserve; without one, those holding it whole.
+/// Returns that relay.
+fn choose(order: &[PeerId], heads: &HashMap<PeerId, Holding>, src: &mut Sources) -> Option<PeerId> {
+    let relay = order
+        .iter()
+        .filter_map(|p| Some((*p, heads.get(p)?.held?)))
+        .min_by_key(|(_, held)| *held)
+        .map(|(p, _)| p);
+    let whole: Vec<PeerId> = order
+        .iter()
+        .filter(|p| heads.get(p).is_some_and(|h| h.held.is_none()))
+        .copied()
+        .collect();
+    match relay {
+        Some(r) => {
+            src.live = vec![r];
+            src.reserve = whole;
+        }
+        None => {
+            src.live = whole;
+            src.reserve.clear();
+        }
+    }
+    relay
+}
+
 /// Chooses where blob `id` (`size` when known, at most `max`) comes from among `sources` (in
 /// order of preference), and fetches its tree.
 pub(super) async fn plan(
@@ -308,24 +336,7 @@ pub(super) async fn plan(
         }
     }
     drop(asks);
-    // The relay: the member still fetching it least far ahead (first named on a tie).
-    let relay = order
-        .iter()
-        .filter_map(|p| Some((*p, heads.get(p)?.held?)))
-        .min_by_key(|(_, held)| *held)
-        .map(|(p, _)| p);
-    let whole: Vec<PeerId> = order
-        .iter()
-        .filter(|p| heads.get(p).is_some_and(|h| h.held.is_none()))
-        .copied()
-        .collect();
-    match relay {
-        Some(r) => {
-            src.live = vec![r];
-            src.reserve = whole;
-        }
-        None => src.live = whole,
-    }
+    let relay = choose(&order, &heads, &mut src);
     // The tree, from the first member chosen that sends a good one.
     let tree = loop {
         let Some(&peer) = src.live.first() else {
@@ -373,4 +384,52 @@ pub(super) async fn plan(
         streams,
         relay,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(held: Option<u64>) -> Holding {
+        Holding {
+            size: 10 << 20,
+            blake3: "a".repeat(64),
+            held,
+        }
+    }
+
+    fn sources() -> Sources {
+        Sources {
+            live: Vec::new(),
+            reserve: Vec::new(),
+            all_missing: true,
+            last: None,
+        }
+    }
+
+    #[test]
+    fn the_member_least_far_ahead_relays_and_whole_holders_wait_in_reserve() {
+        let [a, b, c, d, e] = [(); 5].map(|()| PeerId::random());
+        let order = [a, b, c, d, e];
+        // a and e whole, b and d still fetching (d less far), c lacks it (no answer kept).
+        let heads = HashMap::from([
+            (a, holding(None)),
+            (b, holding(Some(5 << 20))),
+            (d, holding(Some(2 << 20))),
+            (e, holding(None)),
+        ]);
+        let mut src = sources();
+        assert_eq!(choose(&order, &heads, &mut src), Some(d));
+        assert_eq!(src.live, vec![d]);
+        assert_eq!(src.reserve, vec![a, e]);
+        // A tie goes to the member named first.
+        let heads = HashMap::from([(b, holding(Some(0))), (d, holding(Some(0)))]);
+        assert_eq!(choose(&order, &heads, &mut src), Some(b));
+        assert!(src.reserve.is_empty());
+        // Nobody fetching it: striped over the whole holders, in the order given.
+        let heads = HashMap::from([(e, holding(None)), (a, holding(None))]);
+        assert_eq!(choose(&order, &heads, &mut src), None);
+        assert_eq!(src.live, vec![a, e]);
+        assert!(src.reserve.is_empty());
+    }
 }
