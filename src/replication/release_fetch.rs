@@ -5,12 +5,13 @@
 //! record last, so the release is visible only when complete (as an import publishes it).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use libp2p::PeerId;
 
 use super::protocol::BlobId;
-use super::transfer::{MAX_BLOB, fetch_blob};
+use super::transfer::{MAX_BLOB, blob_name, fetch_blob};
 use super::{Replication, ReplicationError};
 use crate::catalog::{Release, ReleaseStore};
 use crate::store::{BlobInfo, BlobStore};
@@ -21,6 +22,19 @@ const PARALLEL_BLOBS: usize = 4;
 const MAX_DOCUMENT: u64 = 4 << 20;
 /// Most blobs one release may name.
 const MAX_RELEASE_BLOBS: usize = 100_000;
+/// Blobs at least this large start at a moment staggered per member (see [`stagger`]).
+const STAGGER_MIN: u64 = 16 << 20;
+/// The longest stagger.
+const STAGGER_MAX: Duration = Duration::from_millis(800);
+
+/// How long this member waits before it starts on a large blob `id` of a release: a share of
+/// [`STAGGER_MAX`] given by its rendezvous weight for the blob. Members that reach the blob at
+/// the same moment (they start a release's replication together) then start on it one after
+/// another, and each takes it from the one before as a relay (see `partial`) instead of all
+/// from the same member.
+fn stagger(local: &PeerId, id: &BlobId) -> Duration {
+    STAGGER_MAX.mul_f64(super::rendezvous::fraction(&blob_name(id), local))
+}
 
 /// What a fetch moved.
 #[derive(Debug, Default, Clone, Copy)]
@@ -128,6 +142,9 @@ pub(crate) async fn fetch_release(
     let shas = &shas;
     let mut results = futures_util::stream::iter(leaves.into_iter().enumerate())
         .map(|(i, (id, size))| async move {
+            if size.is_some_and(|s| s >= STAGGER_MIN) {
+                tokio::time::sleep(stagger(&rep.peer_id(), &id)).await;
+            }
             // The members connected when the blob starts: striped over those that hold it.
             let sources = rep.sources(peer).await;
             let r = match shas.get(&i) {

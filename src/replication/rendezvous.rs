@@ -23,6 +23,14 @@ fn weight(key: &str, peer: &PeerId) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// `peer`'s weight for `key` as a fraction in [0, 1): spread evenly over members and keys.
+pub(crate) fn fraction(key: &str, peer: &PeerId) -> f64 {
+    let w = weight(key, peer);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&w[..8]);
+    u64::from_be_bytes(first) as f64 / 2f64.powi(64)
+}
+
 /// The `n` peers of `candidates` ranked highest for `key`, highest first (duplicates count
 /// once; equal weights, which BLAKE3 makes unheard of, fall back to the peer ID's bytes).
 pub(crate) fn top(key: &str, candidates: &[PeerId], n: usize) -> Vec<PeerId> {
@@ -119,6 +127,26 @@ mod tests {
                     .to_peer_id()
             })
             .collect()
+    }
+
+    #[test]
+    fn fractions_spread_members_over_the_unit_interval() {
+        let members = peers(40);
+        let f: Vec<f64> = members.iter().map(|p| fraction("blake3:abc", p)).collect();
+        assert!(f.iter().all(|x| (0.0..1.0).contains(x)), "{f:?}");
+        // Spread: every quarter of the interval gets some of forty members.
+        for q in 0..4 {
+            let lo = f64::from(q) / 4.0;
+            assert!(
+                f.iter().any(|x| (lo..lo + 0.25).contains(x)),
+                "quarter {q}: {f:?}"
+            );
+        }
+        // Per key: the same member gets another fraction for another blob.
+        assert_ne!(
+            fraction("blake3:abc", &members[0]),
+            fraction("blake3:abd", &members[0])
+        );
     }
 
     fn key(i: usize) -> String {
