@@ -185,7 +185,6 @@ async fn serve_stream(
             Some(p) if req.len <= MAX_CHUNK => partial::answer(p, &req, PARTIAL_WAIT).await,
             _ => None,
         };
-        let from_store = relayed.is_none();
         let reply = if let Some(reply) = relayed {
             reply
         } else if req.len > MAX_CHUNK {
@@ -193,20 +192,21 @@ async fn serve_stream(
         } else {
             let (b, trees) = (blobs.clone(), Arc::clone(&rep.trees));
             let mut r = reader.take().unwrap_or_default();
-            match tokio::task::spawn_blocking(move || (r.read(&b, &trees, &req), r)).await {
-                Ok((reply, r)) => {
-                    reader = Some(r);
-                    reply
-                }
-                Err(_) => break,
+            let reply =
+                match tokio::task::spawn_blocking(move || (r.read(&b, &trees, &req), r)).await {
+                    Ok((reply, r)) => {
+                        reader = Some(r);
+                        reply
+                    }
+                    Err(_) => break,
+                };
+            if let (Some(d), BlobReply::Chunk { size, .. }) = (delay, &reply)
+                && *size > u64::from(MAX_CHUNK)
+            {
+                tokio::time::sleep(d).await;
             }
+            reply
         };
-        if let (Some(d), BlobReply::Chunk { size, .. }) = (delay, &reply)
-            && *size > u64::from(MAX_CHUNK)
-            && from_store
-        {
-            tokio::time::sleep(d).await;
-        }
         if let BlobReply::Chunk { data, .. } | BlobReply::Tree { data, .. } = &reply {
             rep.metrics.bytes_sent.increment(data.len() as u64);
             rep.metrics.peer_bytes_sent(&peer, data.len() as u64);

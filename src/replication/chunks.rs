@@ -34,7 +34,7 @@ struct Trees {
 impl TreeCache {
     /// Keeps the tree of blob `blake3` (just fetched and verified), so this node serves it to
     /// members without reading the blob.
-    pub(crate) fn insert(&self, blake3: &str, tree: Vec<u8>) {
+    pub(crate) fn insert(&self, blake3: &str, tree: Arc<Vec<u8>>) {
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
@@ -43,7 +43,7 @@ impl TreeCache {
         }
         let slot: Slot = Arc::default();
         let len = tree.len();
-        let _ = slot.set(Some(Arc::new(tree)));
+        let _ = slot.set(Some(tree));
         g.slots.insert(blake3.to_string(), slot);
         g.order.push_back((blake3.to_string(), len));
         g.total += len;
@@ -96,6 +96,14 @@ impl Trees {
             self.total -= len;
         }
     }
+}
+
+/// The page of `tree` (concatenated chaining values) that `req` asks for; `None` past its end.
+pub(crate) fn tree_page(tree: &[u8], req: &BlobRequest) -> Option<Vec<u8>> {
+    let rest = (tree.len() as u64).checked_sub(req.offset)?;
+    let start = req.offset as usize;
+    let len = rest.min(u64::from(req.len.min(MAX_CHUNK))) as usize;
+    Some(tree[start..start + len].to_vec())
 }
 
 /// Answers `req` from the store for a member.
@@ -156,11 +164,9 @@ impl BlobReader {
             let Some(t) = trees.get(blobs, blake3, size) else {
                 return BlobReply::Missing;
             };
-            let Some(rest) = (t.len() as u64).checked_sub(req.offset) else {
+            let Some(data) = tree_page(&t, req) else {
                 return BlobReply::Refused;
             };
-            let start = req.offset as usize;
-            let data = t[start..start + rest.min(want) as usize].to_vec();
             return BlobReply::Tree {
                 size,
                 blake3: blake3.clone(),

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::chunks::tree_page;
 use super::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
 use super::transfer::blob_name;
 
@@ -105,24 +106,21 @@ pub(crate) async fn answer(
     req: &BlobRequest,
     wait: Duration,
 ) -> Option<BlobReply> {
-    let want = u64::from(req.len.min(MAX_CHUNK));
     if req.tree {
-        let tree = &partial.tree;
-        let Some(rest) = (tree.len() as u64).checked_sub(req.offset) else {
+        let Some(data) = tree_page(&partial.tree, req) else {
             return Some(BlobReply::Refused);
         };
-        let start = req.offset as usize;
         return Some(BlobReply::Tree {
             size: partial.size,
             blake3: partial.blake3.clone(),
-            data: tree[start..start + rest.min(want) as usize].to_vec(),
+            data,
             held: Some(*partial.held.borrow()),
         });
     }
     if req.offset > partial.size {
         return Some(BlobReply::Refused);
     }
-    let end = (req.offset + want).min(partial.size);
+    let end = (req.offset + u64::from(req.len.min(MAX_CHUNK))).min(partial.size);
     let mut held = partial.held.clone();
     match tokio::time::timeout(wait, held.wait_for(|h| *h >= end)).await {
         Ok(Ok(_)) => {}

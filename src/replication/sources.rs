@@ -64,6 +64,16 @@ pub(super) struct Sources {
 }
 
 impl Sources {
+    /// No member yet, none dropped.
+    fn new() -> Self {
+        Self {
+            live: Vec::new(),
+            reserve: Vec::new(),
+            all_missing: true,
+            last: None,
+        }
+    }
+
     /// Drops `peer` from this transfer for `e` (counted when its bytes did not verify); the
     /// reserve takes over when no member is left.
     pub fn drop_peer(&mut self, rep: &Replication, peer: PeerId, id: &BlobId, e: ReplicationError) {
@@ -170,21 +180,7 @@ fn tree_header(
         BlobReply::Tree {
             size, blake3, held, ..
         } => (size, blake3, held),
-        BlobReply::Chunk { .. } | BlobReply::Ready => {
-            return Err(corrupt("it sent no tree".into()));
-        }
-        BlobReply::Missing => {
-            return Err(ReplicationError::NotHeld {
-                peer: peer.to_string(),
-                blob: blob_name(id),
-            });
-        }
-        BlobReply::Refused => {
-            return Err(ReplicationError::PeerFailed {
-                peer: peer.to_string(),
-                why: "it refused the request".into(),
-            });
-        }
+        other => return Err(unexpected(peer, id, &other, "no tree")),
     };
     if s > max {
         return Err(corrupt(format!(
@@ -205,6 +201,31 @@ fn tree_header(
         return Err(corrupt(format!("it says it holds more than the {s} bytes")));
     }
     Ok((s, b3, held))
+}
+
+/// Why `peer`'s answer about blob `id` is not the one asked for (`wanted`, e.g. "no tree"):
+/// the member lacks the blob, refused, or sent something else (counted as corrupt).
+pub(super) fn unexpected(
+    peer: PeerId,
+    id: &BlobId,
+    reply: &BlobReply,
+    wanted: &str,
+) -> ReplicationError {
+    match reply {
+        BlobReply::Missing => ReplicationError::NotHeld {
+            peer: peer.to_string(),
+            blob: blob_name(id),
+        },
+        BlobReply::Refused => ReplicationError::PeerFailed {
+            peer: peer.to_string(),
+            why: "it refused the request".into(),
+        },
+        _ => ReplicationError::Corrupt {
+            peer: peer.to_string(),
+            blob: blob_name(id),
+            why: format!("it sent {wanted}"),
+        },
+    }
 }
 
 /// Fetches blob `id`'s tree from `peer` on `stream` (the size and BLAKE3 it gave: `head`);
@@ -234,10 +255,7 @@ async fn fetch_tree(
                 size, blake3, data, ..
             } if (size, &blake3) == (head.size, &head.blake3) => data,
             BlobReply::Tree { .. } => return Err(corrupt("its tree pages disagree".into())),
-            other => {
-                let e = tree_header(peer, id, other, None, u64::MAX).err();
-                return Err(e.unwrap_or_else(|| corrupt("it sent no tree".into())));
-            }
+            other => return Err(unexpected(peer, id, &other, "no tree")),
         };
         if data.is_empty() || bytes.len() as u64 + data.len() as u64 > want {
             return Err(corrupt(format!("its tree is not {want} bytes long")));
@@ -302,12 +320,7 @@ pub(super) async fn plan(
             order.push(*p);
         }
     }
-    let mut src = Sources {
-        live: Vec::new(),
-        reserve: Vec::new(),
-        all_missing: true,
-        last: None,
-    };
+    let mut src = Sources::new();
     let mut asks: FuturesUnordered<_> = order
         .iter()
         .map(|&p| async move { (p, ask_holding(rep, p, id, size, max).await) })
@@ -398,15 +411,6 @@ mod tests {
         }
     }
 
-    fn sources() -> Sources {
-        Sources {
-            live: Vec::new(),
-            reserve: Vec::new(),
-            all_missing: true,
-            last: None,
-        }
-    }
-
     #[test]
     fn the_member_least_far_ahead_relays_and_whole_holders_wait_in_reserve() {
         let [a, b, c, d, e] = [(); 5].map(|()| PeerId::random());
@@ -418,7 +422,7 @@ mod tests {
             (d, holding(Some(2 << 20))),
             (e, holding(None)),
         ]);
-        let mut src = sources();
+        let mut src = Sources::new();
         assert_eq!(choose(&order, &heads, &mut src), Some(d));
         assert_eq!(src.live, vec![d]);
         assert_eq!(src.reserve, vec![a, e]);

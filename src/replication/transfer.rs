@@ -170,15 +170,7 @@ async fn check_group(
                 )))
             }
         }
-        BlobReply::Tree { .. } | BlobReply::Ready => Err(corrupt("it sent no bytes".into())),
-        BlobReply::Missing => Err(ReplicationError::NotHeld {
-            peer: peer.to_string(),
-            blob: blob_name(id),
-        }),
-        BlobReply::Refused => Err(ReplicationError::PeerFailed {
-            peer: peer.to_string(),
-            why: "it refused the request".into(),
-        }),
+        other => Err(sources::unexpected(peer, id, &other, "no bytes")),
     }
 }
 
@@ -213,15 +205,16 @@ pub(crate) async fn fetch_blob(
     let (held_tx, held_rx) = watch::channel(0u64);
     let _relaying = match writer.open_read() {
         Ok(file) => {
-            let root = BlobId::Blake3(tree.root.to_hex().to_string());
+            let root = tree.root.to_hex().to_string();
+            let names = [id.clone(), BlobId::Blake3(root.clone())];
             let partial = Partial {
                 size: total,
-                blake3: tree.root.to_hex().to_string(),
+                blake3: root,
                 tree: Arc::clone(&flat),
                 file,
                 held: held_rx,
             };
-            Some(rep.partials.register(&[id.clone(), root], partial))
+            Some(rep.partials.register(&names, partial))
         }
         Err(e) => {
             tracing::debug!(blob = %blob_name(id), error = %e, "a blob being fetched is not served meanwhile");
@@ -415,7 +408,7 @@ pub(crate) async fn fetch_blob(
             });
         }
     };
-    rep.trees.insert(&info.blake3, flat.to_vec());
+    rep.trees.insert(&info.blake3, flat);
     let secs = started.elapsed().as_secs_f64();
     rep.metrics.fetch_seconds.record(secs);
     let by: Vec<String> = moved.iter().map(|(p, b)| format!("{p}={b}")).collect();
