@@ -24,6 +24,7 @@
 # Usage: tests/bench/replication.sh   env (defaults): BIG_MB=1024 FAN_MB=300 SCHEMATICS=10
 #                                     STEP_TIMEOUT=1800 KEEP=0 SECTIONS=123 CARGO_TARGET_DIR
 #                                     SETTLE=15 (seconds between deleting files and measuring)
+#                                     REFS_FIRST=0 (1: the HTTP references of 1 before B)
 #                                     BIN (a binary to measure instead of the release build)
 #                                     LINK_MBIT (nodes in network namespaces, links limited)
 # Needs jq, curl, openssl, b3sum (apt-get install -y jq curl openssl b3sum), and the test kit
@@ -208,6 +209,35 @@ log "synthesizing and importing the release with ${BIG_MB} MiB extensions on A..
 synth_import "$BIG_MB" "$W/a"
 invite_join a b
 start a
+# The list of big blobs (their SHA-256 computed here) is made once for the three references.
+big_list=$(big_blobs "$W/a" "$BIG_MB")
+# The downloads into files keep their bytes, as a replica keeps its blobs, and every measurement
+# (B's and each reference's) starts SETTLE seconds after the last files were deleted. On a VM
+# whose host takes back free memory (free-page reporting), a page-cache write is fast only while
+# the guest has unreported free fragments left; whoever writes first uses them up, so
+# REFS_FIRST=1 runs the references before B (see "Fresh pages" in docs/benchmarks.md).
+ref_lines=()
+references() {
+    local out hs ht b3 sha size secs bytes
+    for out in /dev/null "a file (kept)" "a file (kept), checked (b3sum, openssl sha256)"; do
+        if [ "$out" != /dev/null ]; then
+            rm -rf "$W/ref" && mkdir -p "$W/ref" && sleep "$SETTLE"
+        fi
+        hs=0 ht=0
+        while read -r b3 sha size; do
+            case $out in
+                /dev/null) read -r secs bytes < <(http_blob a "$sha") ;;
+                *checked*) read -r secs bytes < <(http_blob_checked a "$sha" "$b3" "$W/ref/checked-$sha") ;;
+                *) read -r secs bytes < <(http_blob a "$sha" "$W/ref/file-$sha") ;;
+            esac
+            hs=$((hs + bytes))
+            ht=$(echo "$ht + $secs" | bc -l)
+        done <<<"$big_list"
+        ref_lines+=("$out|$hs|$ht")
+    done
+    rm -rf "$W/ref"
+}
+[ "${REFS_FIRST:-0}" = 1 ] && references
 sleep "$SETTLE"
 idle=$(rss_kib a)
 start b "$(boot a)"
@@ -230,30 +260,12 @@ big_secs=$(jq -s --argjson min $((BIG_MB << 20)) '
     [.[] | select(.message == "blob fetched from members" and .size >= $min)]
     | ([.[] | at] | max) - ([.[] | at - .seconds] | min)' "$W/b.log")
 echo "replication, the big blobs (first start to last end): $big_total bytes in $big_secs s = $(echo "$big_total / $big_secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
-# The list of big blobs (their SHA-256 computed here) is made once for the three references.
-big_list=$(big_blobs "$W/a" "$BIG_MB")
-# The downloads into files keep their bytes, as a replica keeps its blobs, and every measurement
-# (B's, then each reference's) starts SETTLE seconds after the last files were deleted: on a VM
-# host with free-page reporting, pages the guest freed a while ago cost a fault on the host
-# when written again, so a download that deletes its file before the next one would write into
-# the same warm pages and a replica cannot (see "Fresh pages" in docs/benchmarks.md).
-for out in /dev/null "a file (kept)" "a file (kept), checked (b3sum, openssl sha256)"; do
-    if [ "$out" != /dev/null ]; then
-        rm -rf "$W/ref" && mkdir -p "$W/ref" && sleep "$SETTLE"
-    fi
-    hs=0 ht=0
-    while read -r b3 sha size; do
-        case $out in
-            /dev/null) read -r secs bytes < <(http_blob a "$sha") ;;
-            *checked*) read -r secs bytes < <(http_blob_checked a "$sha" "$b3" "$W/ref/checked-$sha") ;;
-            *) read -r secs bytes < <(http_blob a "$sha" "$W/ref/file-$sha") ;;
-        esac
-        hs=$((hs + bytes))
-        ht=$(echo "$ht + $secs" | bc -l)
-    done <<<"$big_list"
+[ "${REFS_FIRST:-0}" = 1 ] || references
+echo "HTTP references ran $([ "${REFS_FIRST:-0}" = 1 ] && echo before || echo after) B"
+for line in "${ref_lines[@]}"; do
+    IFS='|' read -r out hs ht <<<"$line"
     echo "HTTP (curl, A's registry endpoint) into $out, the big blobs one after another: $hs bytes in $(printf %.3f "$ht") s = $(echo "$hs / $ht / 1048576" | bc -l | xargs printf %.0f) MiB/s; replication / HTTP = $(echo "($big_total / $big_secs) / ($hs / $ht)" | bc -l | xargs printf %.2f)"
 done
-rm -rf "$W/ref"
 stop b
 stop a
 rm -rf "$W/a" "$W/b"
