@@ -4,8 +4,11 @@
 //! whose commit is deferred to a batch.
 //!
 //! Bytes reach the file in aligned [`WRITE_CHUNK`] pieces whatever the caller's write sizes:
-//! the kernel sizes a file's page-cache folios by the writes that create them, and serving a
-//! blob with `sendfile(2)` costs CPU per folio (see docs/benchmarks-history.md, "Page-cache folios").
+//! the kernel sizes a file's page-cache folios by the writes that create them. Serving a blob
+//! with `sendfile(2)` costs CPU per folio, which 64 KiB folios already keep low; folios of
+//! 1 MiB and more are taken from free blocks that a VM's free-page reporting may have handed
+//! back to its host, so writing them costs a host fault per page (see docs/benchmarks.md,
+//! "Fresh pages", and docs/benchmarks-history.md, "Page-cache folios").
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -17,8 +20,9 @@ use super::StoreError;
 use super::blobs::{BlobInfo, BlobStore};
 use crate::io_context::io_err;
 
-/// Size and alignment of the pieces a [`BlobWriter`] writes to its file.
-pub const WRITE_CHUNK: usize = 2 << 20;
+/// Size and alignment of the pieces a [`BlobWriter`] writes to its file (and the most it
+/// holds back per blob).
+pub const WRITE_CHUNK: usize = 256 << 10;
 
 /// A fully written but not yet durable blob (see [`BlobStore::commit_batch`]).
 pub struct PendingBlob {
