@@ -212,10 +212,11 @@ start a
 # The list of big blobs (their SHA-256 computed here) is made once for the three references.
 big_list=$(big_blobs "$W/a" "$BIG_MB")
 # The downloads into files keep their bytes, as a replica keeps its blobs, and every measurement
-# (B's and each reference's) starts SETTLE seconds after the last files were deleted. On a VM
-# whose host takes back free memory (free-page reporting), a page-cache write is fast only while
-# the guest has unreported free fragments left; whoever writes first uses them up, so
-# REFS_FIRST=1 runs the references before B (see "Fresh pages" in docs/benchmarks.md).
+# (B's and each reference's) starts SETTLE seconds after the one before, so that none runs while
+# the last one's files are still being written back. On a VM whose host takes back free memory
+# (free-page reporting), a page-cache write is fast only while the guest has unreported free
+# fragments left; whoever writes first uses them up, so REFS_FIRST=1 runs the references before
+# B (see "Fresh pages" in docs/benchmarks.md).
 ref_lines=()
 references() {
     local out hs ht b3 sha size secs bytes
