@@ -23,7 +23,7 @@
 #
 # Usage: tests/bench/replication.sh   env (defaults): BIG_MB=1024 FAN_MB=300 SCHEMATICS=10
 #                                     STEP_TIMEOUT=1800 KEEP=0 SECTIONS=123 CARGO_TARGET_DIR
-#                                     SETTLE=15 (seconds between deleting files and measuring)
+#                                     SETTLE=15 (seconds between one measurement and the next)
 #                                     REFS_FIRST=0 (1: the HTTP references of 1 before B)
 #                                     BIN (a binary to measure instead of the release build)
 #                                     LINK_MBIT (nodes in network namespaces, links limited)
@@ -38,6 +38,7 @@ FAN_MB=${FAN_MB:-300}
 SCHEMATICS=${SCHEMATICS:-10}
 STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
 SETTLE=${SETTLE:-15}
+REFS_FIRST=${REFS_FIRST:-0}
 VERSION=v1.11.0
 SECTIONS=${SECTIONS:-123}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/image-factory}
@@ -238,7 +239,7 @@ references() {
     done
     rm -rf "$W/ref"
 }
-[ "${REFS_FIRST:-0}" = 1 ] && references
+[ "$REFS_FIRST" = 1 ] && references
 sleep "$SETTLE"
 idle=$(rss_kib a)
 start b "$(boot a)"
@@ -261,8 +262,8 @@ big_secs=$(jq -s --argjson min $((BIG_MB << 20)) '
     [.[] | select(.message == "blob fetched from members" and .size >= $min)]
     | ([.[] | at] | max) - ([.[] | at - .seconds] | min)' "$W/b.log")
 echo "replication, the big blobs (first start to last end): $big_total bytes in $big_secs s = $(echo "$big_total / $big_secs / 1048576" | bc -l | xargs printf %.0f) MiB/s"
-[ "${REFS_FIRST:-0}" = 1 ] || references
-echo "HTTP references ran $([ "${REFS_FIRST:-0}" = 1 ] && echo before || echo after) B"
+[ "$REFS_FIRST" = 1 ] || references
+echo "HTTP references ran $([ "$REFS_FIRST" = 1 ] && echo before || echo after) B"
 for line in "${ref_lines[@]}"; do
     IFS='|' read -r out hs ht <<<"$line"
     echo "HTTP (curl, A's registry endpoint) into $out, the big blobs one after another: $hs bytes in $(printf %.3f "$ht") s = $(echo "$hs / $ht / 1048576" | bc -l | xargs printf %.0f) MiB/s; replication / HTTP = $(echo "($big_total / $big_secs) / ($hs / $ht)" | bc -l | xargs printf %.2f)"
