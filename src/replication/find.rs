@@ -109,6 +109,7 @@ impl ClusterPeers {
                 &BlobId::Blake3(record.blake3.clone()),
                 Some(record.size),
                 MAX_BLOB,
+                Some(&record.sha256),
             )
             .await?;
         }
