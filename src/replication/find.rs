@@ -109,7 +109,6 @@ impl ClusterPeers {
                 &BlobId::Blake3(record.blake3.clone()),
                 Some(record.size),
                 MAX_BLOB,
-                Some(&record.sha256),
             )
             .await?;
         }

@@ -4,7 +4,7 @@
 //! pairs with each SHA-256) — each through [`fetch_blob`] from every member holding it, and the
 //! record last, so the release is visible only when complete (as an import publishes it).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -14,7 +14,7 @@ use super::protocol::BlobId;
 use super::transfer::{MAX_BLOB, blob_name, fetch_blob};
 use super::{Replication, ReplicationError};
 use crate::catalog::{Release, ReleaseStore};
-use crate::store::BlobStore;
+use crate::store::{BlobInfo, BlobStore};
 
 /// Blobs of one release fetched at once.
 const PARALLEL_BLOBS: usize = 4;
@@ -34,18 +34,6 @@ const STAGGER_MAX: Duration = Duration::from_millis(800);
 /// from the same member.
 fn stagger(local: &PeerId, id: &BlobId) -> Duration {
     STAGGER_MAX.mul_f64(super::rendezvous::fraction(&blob_name(id), local))
-}
-
-/// A blob of a release to fetch.
-struct Leaf {
-    id: BlobId,
-    /// Its size, when the record or a manifest gives it.
-    size: Option<u64>,
-    /// The SHA-256 the signed record pairs with it.
-    sha256: Option<String>,
-    /// Whether it belongs to an image (kept in part by some members: one they lack is
-    /// skipped, not a failure).
-    image: bool,
 }
 
 /// What a fetch moved.
@@ -75,7 +63,7 @@ pub(crate) async fn fetch_release(
     };
     let mut done = Fetched::default();
     // Boot assets and GRUB modules: named by BLAKE3 with their size.
-    let mut leaves: Vec<Leaf> = Vec::new();
+    let mut leaves: Vec<(BlobId, Option<u64>)> = Vec::new();
     for arch in release.arches.values() {
         for b in arch.assets.values().chain(arch.grub.values()) {
             if !crate::store::is_blob_name(&b.blake3) {
@@ -85,12 +73,7 @@ pub(crate) async fn fetch_release(
                 });
             }
             if !blobs.contains(&b.blake3) {
-                leaves.push(Leaf {
-                    id: BlobId::Blake3(b.blake3.clone()),
-                    size: Some(b.size),
-                    sha256: Some(b.sha256.clone()),
-                    image: false,
-                });
+                leaves.push((BlobId::Blake3(b.blake3.clone()), Some(b.size)));
             }
         }
     }
@@ -101,6 +84,8 @@ pub(crate) async fn fetch_release(
         docs.push(image.manifest.hex().to_string());
     }
     let mut seen = HashSet::new();
+    // The SHA-256 each image leaf must also have, by its index in `leaves`.
+    let mut shas: HashMap<usize, String> = HashMap::new();
     while let Some(sha) = docs.pop() {
         if seen.len() >= MAX_RELEASE_BLOBS {
             return Err(ReplicationError::TooMany {
@@ -112,14 +97,14 @@ pub(crate) async fn fetch_release(
             continue;
         }
         if blobs.by_sha256(&sha)?.is_none() {
-            match fetch_blob(
+            match fetch_named(
                 rep,
                 &rep.sources(peer).await,
                 blobs,
                 &by_name(&sha),
+                &sha,
                 None,
                 MAX_DOCUMENT,
-                Some(&sha),
             )
             .await
             {
@@ -143,12 +128,8 @@ pub(crate) async fn fetch_release(
                 docs.push(hex);
             } else if is_hex64(&hex) && seen.insert(hex.clone()) && blobs.by_sha256(&hex)?.is_none()
             {
-                leaves.push(Leaf {
-                    id: by_name(&hex),
-                    size,
-                    sha256: Some(hex),
-                    image: true,
-                });
+                leaves.push((by_name(&hex), size));
+                shas.insert(leaves.len() - 1, hex);
             }
         }
     }
@@ -158,24 +139,19 @@ pub(crate) async fn fetch_release(
             max: MAX_RELEASE_BLOBS,
         });
     }
-    let mut results = futures_util::stream::iter(leaves)
-        .map(|leaf| async move {
-            if leaf.size.is_some_and(|s| s >= STAGGER_MIN) {
-                tokio::time::sleep(stagger(&rep.peer_id(), &leaf.id)).await;
+    let shas = &shas;
+    let mut results = futures_util::stream::iter(leaves.into_iter().enumerate())
+        .map(|(i, (id, size))| async move {
+            if size.is_some_and(|s| s >= STAGGER_MIN) {
+                tokio::time::sleep(stagger(&rep.peer_id(), &id)).await;
             }
             // The members connected when the blob starts: striped over those that hold it.
             let sources = rep.sources(peer).await;
-            let r = fetch_blob(
-                rep,
-                &sources,
-                blobs,
-                &leaf.id,
-                leaf.size,
-                MAX_BLOB,
-                leaf.sha256.as_deref(),
-            )
-            .await;
-            (leaf.image, r)
+            let r = match shas.get(&i) {
+                Some(sha) => fetch_named(rep, &sources, blobs, &id, sha, size, MAX_BLOB).await,
+                None => fetch_blob(rep, &sources, blobs, &id, size, MAX_BLOB).await,
+            };
+            (shas.contains_key(&i), r)
         })
         .buffer_unordered(PARALLEL_BLOBS);
     while let Some((image_blob, r)) = results.next().await {
@@ -191,6 +167,35 @@ pub(crate) async fn fetch_release(
     blobs.meta().flush().await?;
     releases.put(release).await?;
     Ok(done)
+}
+
+/// [`fetch_blob`] of an image blob that must also have SHA-256 `sha` (when asked by its
+/// BLAKE3: the signed record's pairing of both names is checked too).
+#[allow(clippy::too_many_arguments)]
+async fn fetch_named(
+    rep: &Replication,
+    sources: &[PeerId],
+    blobs: &BlobStore,
+    id: &BlobId,
+    sha: &str,
+    size: Option<u64>,
+    max: u64,
+) -> Result<BlobInfo, ReplicationError> {
+    let info = fetch_blob(rep, sources, blobs, id, size, max).await?;
+    if info.sha256 != sha {
+        // Committed under a BLAKE3 the cluster signed, but not the image's blob: the record
+        // paired the names wrongly. The blob stays (it is what its name says); the image does
+        // not get it.
+        return Err(ReplicationError::Corrupt {
+            peer: sources.first().map(ToString::to_string).unwrap_or_default(),
+            blob: format!("sha256:{sha}"),
+            why: format!(
+                "the signed record pairs it with a blob of SHA-256 {}",
+                info.sha256
+            ),
+        });
+    }
+    Ok(info)
 }
 
 /// The BLAKE3 of every blob of `release`'s images held in `blobs`, by SHA-256 (indexes,

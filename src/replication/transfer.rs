@@ -177,9 +177,7 @@ async fn check_group(
 /// Fetches blob `id` into `blobs` from the members `sources` (in order of preference; those
 /// lacking it drop out): `size` when known in advance (else at most `max`). Each chunk is
 /// verified as it arrives; the blob is committed under its name only once whole and hashing
-/// to it. `paired_sha256` is the SHA-256 a record signed by the cluster key pairs with a
-/// BLAKE3 `id`: taken as the blob's instead of hashing it again. Returns its identity once
-/// durable.
+/// to it. Returns its identity once durable.
 pub(crate) async fn fetch_blob(
     rep: &Replication,
     sources: &[PeerId],
@@ -187,7 +185,6 @@ pub(crate) async fn fetch_blob(
     id: &BlobId,
     size: Option<u64>,
     max: u64,
-    paired_sha256: Option<&str>,
 ) -> Result<BlobInfo, ReplicationError> {
     let started = std::time::Instant::now();
     let Plan {
@@ -200,14 +197,8 @@ pub(crate) async fn fetch_blob(
     let total = tree.size;
     let n = tree::groups(total);
 
-    // The writer: a blocking task fed verified chunks in order. Every chunk is checked against
-    // the tree, whose root is the blob's BLAKE3 (the name asked for, or checked against the
-    // SHA-256 asked for at the end): the writer need not hash it again.
-    let mut writer = blobs.writer()?;
-    writer.vouch_blake3(&tree.root.to_hex());
-    if let (BlobId::Blake3(_), Some(sha)) = (id, paired_sha256) {
-        writer.vouch_sha256(sha);
-    }
+    // The writer: a blocking task fed verified chunks in order.
+    let writer = blobs.writer()?;
     // Members starting on the same blob meanwhile may take it from here (see `partial`): the
     // writer publishes the bytes in the file as it goes.
     let flat = Arc::new(tree.flat());

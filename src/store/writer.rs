@@ -70,10 +70,7 @@ pub struct BlobWriter {
     file: Option<File>,
     /// Bytes hashed but not yet written; they end at `size`.
     pending: Vec<u8>,
-    /// BLAKE3 being computed (`None` when the caller vouches for it, see `known_blake3`).
-    blake3: Option<blake3::Hasher>,
-    /// BLAKE3 given by a caller whose reader already verifies it.
-    known_blake3: Option<String>,
+    blake3: blake3::Hasher,
     /// SHA-256 being computed (`None` when the caller vouches for it, see `known_sha256`).
     sha256: Option<ShaState>,
     /// SHA-256 given by a caller whose reader already verifies it.
@@ -98,9 +95,7 @@ impl Write for BlobWriter {
                 self.write_pending()?;
             }
         }
-        if let Some(h) = self.blake3.as_mut() {
-            h.update(piece);
-        }
+        self.blake3.update(piece);
         match self.sha256.as_mut() {
             Some(ShaState::Inline(h)) => h.update(piece),
             Some(ShaState::Thread(h)) => h.update(piece),
@@ -123,41 +118,17 @@ impl BlobWriter {
             tmp,
             file: Some(file),
             pending: Vec::new(),
-            blake3: Some(blake3::Hasher::new()),
-            known_blake3: None,
+            blake3: blake3::Hasher::new(),
             sha256: Some(ShaState::Inline(Sha256::new())),
             known_sha256: None,
             size: 0,
         }
     }
 
-    /// Takes `sha256` as the digest instead of computing it: the caller's reader verifies it,
-    /// or a signed record pairs it with a BLAKE3 the reader verifies. Only before the first
-    /// byte, and only a well-formed digest (64 lowercase hex digits); else it is computed.
-    pub fn vouch_sha256(&mut self, sha256: &str) {
-        if self.size == 0 && super::is_blob_name(sha256) {
-            self.sha256 = None;
-            self.known_sha256 = Some(sha256.to_string());
-        }
-    }
-
-    /// Takes `blake3` as the blob's name instead of computing it: the caller's reader checks
-    /// every byte against it (a replication transfer's tree). Only before the first byte,
-    /// and only a well-formed name; else it is computed.
-    pub fn vouch_blake3(&mut self, blake3: &str) {
-        if self.size == 0 && super::is_blob_name(blake3) {
-            self.blake3 = None;
-            self.known_blake3 = Some(blake3.to_string());
-        }
-    }
-
-    /// The BLAKE3 hex of what was written (or the one the caller vouched for).
-    fn blake3_hex(&self) -> String {
-        match (&self.known_blake3, &self.blake3) {
-            (Some(known), _) => known.clone(),
-            (None, Some(h)) => h.finalize().to_hex().to_string(),
-            (None, None) => String::new(),
-        }
+    /// Takes `sha256` as the digest instead of computing it (the caller's reader verifies it).
+    pub(super) fn vouch_sha256(&mut self, sha256: &str) {
+        self.sha256 = None;
+        self.known_sha256 = Some(sha256.to_string());
     }
 
     /// The SHA-256 hex of what was written (or the one the caller vouched for).
@@ -252,9 +223,7 @@ impl BlobWriter {
         }
         let (blake3, sha256) = (&mut self.blake3, &mut self.sha256);
         crate::zeros::feed_zeros(len, |z| {
-            if let Some(h) = blake3.as_mut() {
-                h.update(z);
-            }
+            blake3.update(z);
             if let Some(ShaState::Inline(h)) = sha256.as_mut() {
                 h.update(z);
             }
@@ -272,7 +241,7 @@ impl BlobWriter {
         drop(file);
         self.settle_sha256()?;
         let info = BlobInfo {
-            blake3: self.blake3_hex(),
+            blake3: self.blake3.finalize().to_hex().to_string(),
             sha256: self.sha256_hex(),
             size: self.size,
         };
@@ -291,7 +260,7 @@ impl BlobWriter {
         Ok(PendingBlob {
             tmp: std::mem::take(&mut self.tmp),
             info: BlobInfo {
-                blake3: self.blake3_hex(),
+                blake3: self.blake3.finalize().to_hex().to_string(),
                 sha256: self.sha256_hex(),
                 size: self.size,
             },
@@ -349,32 +318,5 @@ mod tests {
             expected
         );
         assert_eq!(info, s.put_bytes(&expected).unwrap());
-    }
-
-    #[test]
-    fn vouched_names_are_taken_only_before_the_first_byte_and_only_when_well_formed() {
-        let (_d, s) = store();
-        let data = pseudo_random("vouched", WRITE_CHUNK + 99);
-        let real = s.put_bytes(&data).unwrap();
-        let (b3, sha) = ("b".repeat(64), "c".repeat(64));
-
-        // Vouched before writing: taken as given, not computed.
-        let mut w = s.writer().unwrap();
-        w.vouch_blake3(&b3);
-        w.vouch_sha256(&sha);
-        w.write_all(&data).unwrap();
-        let info = w.finish_deferred().unwrap().info().clone();
-        assert_eq!((info.blake3.as_str(), info.sha256.as_str()), (&*b3, &*sha));
-
-        // Malformed names, or vouched once bytes were written: computed.
-        let mut w = s.writer().unwrap();
-        w.vouch_blake3("not-a-name");
-        w.vouch_sha256(&sha.to_uppercase());
-        w.write_all(&data[..10]).unwrap();
-        w.vouch_blake3(&b3);
-        w.vouch_sha256(&sha);
-        w.write_all(&data[10..]).unwrap();
-        let info = w.finish_deferred().unwrap().info().clone();
-        assert_eq!(info, real);
     }
 }

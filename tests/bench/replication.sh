@@ -10,10 +10,10 @@
 #      downloaded one after another over A's HTTP registry endpoint with curl, once into
 #      /dev/null (the transport alone), once into files beside B's data directory (a download
 #      that keeps its bytes, as a replica must: each file is kept until the section ends; curl
-#      checks no hash, B checks each chunk against the blob's BLAKE3 tree), and once into files
-#      checked as B checks them, as the bytes arrive: curl | tee into the file and into `b3sum`
-#      (the Debian-tool pipeline a script replicating over HTTP would run; the digest compared
-#      with the blob's BLAKE3 name, which the signed record pairs with its SHA-256).
+#      checks no hash, B checks two), and once into files checked as B checks it, as the bytes
+#      arrive: curl | tee into the file, `b3sum` (through a fifo) and `openssl dgst -sha256`
+#      (the Debian-tool pipeline a script replicating over HTTP would run; both digests
+#      compared with the blob's names).
 #   2. fan-out: the release padded to $FAN_MB MiB per extension on A; four fresh members started
 #      at once replicate it (wall time until all four hold it), vs four sequential curl
 #      downloads of the same blobs from A's HTTP, into /dev/null and into kept files checked as
@@ -27,7 +27,7 @@
 #                                     REFS_FIRST=0 (1: the HTTP references of 1 before B)
 #                                     BIN (a binary to measure instead of the release build)
 #                                     LINK_MBIT (nodes in network namespaces, links limited)
-# Needs jq, curl, b3sum (apt-get install -y jq curl b3sum), and the test kit
+# Needs jq, curl, openssl, b3sum (apt-get install -y jq curl openssl b3sum), and the test kit
 # inputs (tests/kit/fetch-debian.sh). Loopback only, or with LINK_MBIT (root) namespaces it
 # creates on a bridge of its own, 10.77.0.0/24, removed at exit; every wait is bounded by
 # STEP_TIMEOUT.
@@ -43,9 +43,9 @@ VERSION=v1.11.0
 SECTIONS=${SECTIONS:-123}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/image-factory}
 [ -x "$BIN" ] || { echo "replication.sh: no release build at $BIN (cargo build --release)" >&2; exit 1; }
-for tool in jq curl b3sum; do
+for tool in jq curl openssl b3sum; do
     command -v "$tool" >/dev/null || {
-        echo "replication.sh: $tool not found (apt-get install -y jq curl b3sum)" >&2
+        echo "replication.sh: $tool not found (apt-get install -y jq curl openssl b3sum)" >&2
         exit 1
     }
 done
@@ -174,21 +174,27 @@ http_blob() {
     return 1
 }
 # http_blob_checked NODE SHA B3 OUT: downloads a blob over NODE's registry endpoint into OUT,
-# hashing it with b3sum as it arrives; checks the digest against the blob's BLAKE3 name B3 (what
-# a replica checks); prints "seconds bytes".
+# hashing it with b3sum and openssl as it arrives; checks both digests; prints "seconds bytes".
 http_blob_checked() {
-    local repo t0 t1
+    local repo t0 t1 p
     for repo in kmod-test fw-test svc-test; do
+        rm -f "$4" "$W/dl.fifo"
+        mkfifo "$W/dl.fifo"
+        b3sum --no-names <"$W/dl.fifo" >"$W/dl.b3" &
+        p=$!
         t0=$(date +%s%N)
         curl -sf "http://$(http "$1")/v2/siderolabs/$repo/blobs/sha256:$2" |
-            tee "$4" | b3sum --no-names >"$W/dl.b3" || true
+            tee "$4" "$W/dl.fifo" | openssl dgst -sha256 -r >"$W/dl.sha" || true
+        wait "$p" || true
         t1=$(date +%s%N)
-        if [ "$(cat "$W/dl.b3")" = "$3" ]; then
+        rm -f "$W/dl.fifo"
+        if [ "$(cut -d' ' -f1 "$W/dl.sha")" = "$2" ]; then
+            [ "$(cat "$W/dl.b3")" = "$3" ] || { log "blob sha256:$2: b3sum disagrees with its name"; return 1; }
             echo "$(echo "($t1 - $t0) / 1000000000" | bc -l) $(stat -c %s "$4")"
             return 0
         fi
     done
-    log "blob sha256:$2 not served over HTTP (or b3sum disagrees with its name)"
+    log "blob sha256:$2 not served over HTTP"
     return 1
 }
 ts() { jq -r 'select(.message == "'"$2"'") | .timestamp' "$1" | head -1; }
@@ -217,7 +223,7 @@ big_list=$(big_blobs "$W/a" "$BIG_MB")
 ref_lines=()
 references() {
     local out hs ht b3 sha size secs bytes
-    for out in /dev/null "a file (kept)" "a file (kept), checked (b3sum)"; do
+    for out in /dev/null "a file (kept)" "a file (kept), checked (b3sum, openssl sha256)"; do
         if [ "$out" != /dev/null ]; then
             rm -rf "$W/ref" && mkdir -p "$W/ref" && sleep "$SETTLE"
         fi
@@ -313,7 +319,7 @@ for n in 1 2 3 4; do
 done
 t1=$(ms)
 rm -rf "$W/ref"
-echo "HTTP: four sequential downloads of the big blobs into files (kept, as four members keep them), checked (b3sum), in $((t1 - t0)) ms"
+echo "HTTP: four sequential downloads of the big blobs into files (kept, as four members keep them), checked (b3sum, openssl sha256), in $((t1 - t0)) ms"
 fi
 
 # 3. Schematic latency A -> m3.
