@@ -257,7 +257,8 @@ echo "-- 1. release with 3 x ${BIG_MB} MiB extensions, A -> B (B fetches 4 blobs
 jq -r --argjson min $((BIG_MB << 20)) 'select(.message == "blob fetched from members" and .size >= $min)
     | "big blob \(.blob[7:19])…  \(.size) bytes  \(.seconds | . * 1000 | round / 1000) s  \((.size / .seconds / 1048576) | round) MiB/s  sources \(.members)"' "$W/b.log"
 echo "whole release: $total bytes in $((t1 - t0)) ms = $((total * 1000 / (t1 - t0) / 1048576)) MiB/s aggregate"
-# CPU per GiB moved: robust where the rate depends on what the page cache costs (see "Fresh pages").
+# CPU per GiB moved, both ends: B's includes its page-cache writes, whose cost varies on a VM that
+# hands free memory back (see "Fresh pages" in docs/benchmarks.md); A's is the sending alone.
 echo "CPU seconds per GiB of the release: receiver B $(echo "$cpu_b * 1073741824 / $total" | bc -l | xargs printf %.2f) (its whole life), sender A $(echo "$cpu_a * 1073741824 / $total" | bc -l | xargs printf %.2f)"
 echo "receiver B peak RSS (VmHWM): $((hwm / 1024)) MiB; an idle node (A before B started): $((idle / 1024)) MiB; growth $(((hwm - idle) / 1024)) MiB"
 big_total=$(jq -s --argjson min $((BIG_MB << 20)) '[.[] | select(.message == "blob fetched from members" and .size >= $min) | .size] | add' "$W/b.log")
