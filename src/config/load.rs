@@ -27,6 +27,7 @@ pub const NOT_CONFIG_ENV: &[&str] = &[
     "IF_TEST_BUILD_DELAY_MS",
     "IF_TEST_IGNORE_HELLOS",
     "IF_TEST_BLOB_ANSWER_DELAY_MS",
+    "IF_TEST_WELCOME_STRANGERS",
 ];
 
 /// The password of `--registry-user` (not a configuration key: never written to a file).

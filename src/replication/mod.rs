@@ -53,7 +53,9 @@ pub use find::ClusterPeers;
 pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
-pub use test_settings::{BLOB_ANSWER_DELAY_ENV, BUILD_DELAY_ENV, IGNORE_HELLOS_ENV};
+pub use test_settings::{
+    BLOB_ANSWER_DELAY_ENV, BUILD_DELAY_ENV, IGNORE_HELLOS_ENV, WELCOME_STRANGERS_ENV,
+};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};

@@ -9,6 +9,10 @@ pub const BUILD_DELAY_ENV: &str = "IF_TEST_BUILD_DELAY_MS";
 /// How many of the first hellos a node receives it neither judges nor answers (each held until
 /// its sender gives up), as if lost on the way.
 pub const IGNORE_HELLOS_ENV: &str = "IF_TEST_IGNORE_HELLOS";
+/// When 1, a node sends no hello of its own and welcomes every hello, credential or not,
+/// naming in its welcome a member that does not exist (a stranger that lies while it is not
+/// yet judged, so that a test sees what its news does).
+pub const WELCOME_STRANGERS_ENV: &str = "IF_TEST_WELCOME_STRANGERS";
 /// Milliseconds a node waits before each chunk it sends a member of a stored blob larger than
 /// one chunk (a slow source of large blobs, so that a test finds a transfer in its middle).
 pub const BLOB_ANSWER_DELAY_ENV: &str = "IF_TEST_BLOB_ANSWER_DELAY_MS";

@@ -426,6 +426,42 @@ async fn non_members_another_cluster_and_expired_members_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_welcome_adds_nothing_to_a_members_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, x) = (tmp.path().join("a"), tmp.path().join("x"));
+    // A founds a cluster; X never joins one, sends no hello, and answers every hello with a
+    // welcome naming a member that does not exist. So its welcome reaches A before A can judge
+    // it: A refuses it only as silent.
+    invite_offline(&a, &tmp.path().join("unused.invitation"));
+    let node_a = Node::start(&a, &[]);
+    let node_x = Node::start_with(
+        &x,
+        &node_a.bootstrap().await,
+        &[(image_factory::replication::WELCOME_STRANGERS_ENV, "1")],
+    );
+    let x_id = node_x.peer_id().await;
+    wait_for_log(&node_x, "a hello welcomed blindly").await;
+    let log_x = node_x.log();
+    let made_up = log_x
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l["made_up"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no made-up member in X's log:\n{log_x}"));
+    // Taken in, the made-up member would be in A's table at once (and dialled for ever); held
+    // for the verdict, it goes with the refusal.
+    for _ in 0..20 {
+        let st = node_a.status().await;
+        assert!(peer(&st, &made_up).is_none(), "{st:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let st = wait_for(&node_a, "A refuses X as silent", |st| {
+        refused(st, &x_id, "no credential in time")
+    })
+    .await;
+    assert!(peer(&st, &made_up).is_none(), "{st:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_hello_is_sent_again_before_the_member_is_refused_as_silent() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));

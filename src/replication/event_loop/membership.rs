@@ -8,15 +8,16 @@ use libp2p::PeerId;
 use libp2p::gossipsub::{IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundFailure, ResponseChannel};
 
+use super::peer::Welcome;
 use super::{
     Cut, EventLoop, HELLO_RETRIES, REFUSAL_FLUSH, REFUSAL_LINGER, REFUSED_FOR, REFUSED_US_FOR,
     Refusing, State,
 };
 use crate::causes::Causes;
-use crate::replication::cluster::{MAX_KNOWN_PEERS, MAX_REVOCATIONS};
+use crate::replication::cluster::{KnownPeer, MAX_KNOWN_PEERS, MAX_REVOCATIONS};
 use crate::replication::membership::{Refusal, check_member};
 use crate::replication::protocol::{Gossip, Hello, HelloReply, membership_topic};
-use crate::replication::test_settings::{self, IGNORE_HELLOS_ENV};
+use crate::replication::test_settings::{self, IGNORE_HELLOS_ENV, WELCOME_STRANGERS_ENV};
 
 /// Most hellos [`IGNORE_HELLOS_ENV`] may ask to ignore.
 const MAX_IGNORED_HELLOS: u64 = 8;
@@ -129,6 +130,10 @@ impl EventLoop {
     }
 
     pub(super) fn send_hello(&mut self, peer: PeerId) {
+        if self.welcome_strangers {
+            // The lying stranger of the tests stays quiet: its welcome arrives unjudged.
+            return;
+        }
         let (cluster, credential) = match &self.membership {
             Some(m) => (Some(m.record.cluster.clone()), m.credential.clone()),
             None => (None, None),
@@ -284,6 +289,23 @@ impl EventLoop {
             tracing::warn!(peer_id = %peer, "a hello ignored ({IGNORE_HELLOS_ENV})");
             return;
         };
+        if self.welcome_strangers {
+            let made_up = KnownPeer {
+                peer_id: PeerId::random().to_string(),
+                addrs: vec!["/ip4/127.0.0.1/tcp/9".into()],
+            };
+            tracing::warn!(peer_id = %peer, made_up = %made_up.peer_id, "a hello welcomed blindly ({WELCOME_STRANGERS_ENV})");
+            let reply = HelloReply::Welcome {
+                revocations: Vec::new(),
+                peers: vec![made_up],
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .hello
+                .send_response(channel, reply);
+            return;
+        }
         let verdict = match &self.membership {
             None => Err(Refusal::NotInCluster),
             Some(m) => check_member(
@@ -312,12 +334,16 @@ impl EventLoop {
                 };
                 p.state = State::Member { expires };
                 let welcomed = p.welcomed;
+                let welcome = p.welcome.take();
                 self.dirty = true;
                 if !was_member {
                     self.member_connected(peer);
                 }
                 if welcomed {
                     self.sync_schematics_with(peer);
+                }
+                if let Some(w) = welcome {
+                    self.apply_welcome(peer, *w);
                 }
                 self.kad_add(peer);
                 self.update_gauge();
@@ -356,36 +382,51 @@ impl EventLoop {
         }
     }
 
+    /// Takes in the news of a member's welcome: its revocations and the members it knows.
+    fn apply_welcome(&mut self, peer: PeerId, welcome: Welcome) {
+        for env in &welcome.revocations {
+            if let Err(e) = self.cluster.add_revocation(env) {
+                tracing::warn!(peer_id = %peer, error = %Causes(&e), "a revocation from a member was not accepted");
+            }
+        }
+        for kp in welcome.peers {
+            let Ok(id) = kp.peer_id.parse::<PeerId>() else {
+                continue;
+            };
+            if id == self.local {
+                continue;
+            }
+            let Some(p) = self.peer(id) else { break };
+            for a in kp.addrs.iter().filter_map(|a| a.parse().ok()) {
+                p.add_addr(a);
+            }
+        }
+    }
+
     /// The answer to this node's hello.
     pub(super) fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) {
         match reply {
-            HelloReply::Welcome { revocations, peers } => {
+            HelloReply::Welcome {
+                mut revocations,
+                mut peers,
+            } => {
                 // Both sides accept each other once each has the other's welcome and
                 // verdict: then their schematics are compared.
+                revocations.truncate(MAX_REVOCATIONS);
+                peers.truncate(MAX_KNOWN_PEERS);
+                let welcome = Box::new(Welcome { revocations, peers });
                 let member = self.is_member(&peer);
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.welcomed = true;
-                }
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                p.welcomed = true;
                 if member {
                     self.sync_schematics_with(peer);
                     self.kad_add(peer);
-                }
-                for env in revocations.iter().take(MAX_REVOCATIONS) {
-                    if let Err(e) = self.cluster.add_revocation(env) {
-                        tracing::warn!(peer_id = %peer, error = %Causes(&e), "a revocation from a member was not accepted");
-                    }
-                }
-                for kp in peers.into_iter().take(MAX_KNOWN_PEERS) {
-                    let Ok(id) = kp.peer_id.parse::<PeerId>() else {
-                        continue;
-                    };
-                    if id == self.local {
-                        continue;
-                    }
-                    let Some(p) = self.peer(id) else { break };
-                    for a in kp.addrs.iter().filter_map(|a| a.parse().ok()) {
-                        p.add_addr(a);
-                    }
+                    self.apply_welcome(peer, *welcome);
+                } else if !matches!(p.state, State::Refused { .. }) {
+                    // Its hello is not judged yet: its news waits for the verdict.
+                    p.welcome = Some(welcome);
                 }
             }
             HelloReply::Refused { reason, revocation } => {
@@ -433,6 +474,7 @@ impl EventLoop {
         let until = Instant::now() + REFUSED_FOR;
         if let Some(p) = self.peer(peer) {
             p.state = State::Refused { reason, until };
+            p.welcome = None;
         }
         match cut {
             Cut::AfterAnswer => {

@@ -117,6 +117,9 @@ pub(crate) struct EventLoop {
     asked: HashSet<PeerId>,
     /// Hellos to lose on purpose (tests only).
     ignored_hellos: membership::IgnoredHellos,
+    /// Whether every hello is welcomed with a made-up member
+    /// ([`crate::replication::WELCOME_STRANGERS_ENV`]).
+    welcome_strangers: bool,
     /// Whether the members' addresses changed since the last save.
     dirty: bool,
     last_save: Instant,
@@ -174,6 +177,11 @@ impl EventLoop {
             refusing: HashMap::new(),
             asked: HashSet::new(),
             ignored_hellos: membership::IgnoredHellos::from_env(),
+            welcome_strangers: crate::replication::test_settings::read(
+                crate::replication::WELCOME_STRANGERS_ENV,
+                1,
+                "every hello is welcomed, with a member that does not exist",
+            ) == Some(1),
             dirty: false,
             last_save: now,
             removed_self: false,
@@ -396,6 +404,7 @@ impl EventLoop {
                     let member = matches!(p.state, State::Member { .. });
                     p.rtt = None;
                     p.welcomed = false;
+                    p.welcome = None;
                     p.hello_retries = 0;
                     self.send_hello(peer_id);
                     if member {
@@ -413,6 +422,7 @@ impl EventLoop {
                     p.connections = num_established as usize;
                     if num_established == 0 {
                         p.rtt = None;
+                        p.welcome = None;
                         if matches!(p.state, State::Pending { .. }) {
                             p.state = State::Known;
                         }

@@ -8,9 +8,9 @@ use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 
 use super::DIAL_BACKOFF;
-use crate::replication::cluster::MAX_ADDRS_PER_PEER;
+use crate::replication::cluster::{KnownPeer, MAX_ADDRS_PER_PEER};
 use crate::replication::dialable;
-use crate::replication::membership::Refusal;
+use crate::replication::membership::{Envelope, Refusal};
 use crate::replication::swarm::SILENT_AFTER;
 
 /// Where a peer stands with this node.
@@ -62,12 +62,24 @@ pub(super) struct Peer {
     pub(super) silent: bool,
     /// Whether it welcomed this node on the current connection.
     pub(super) welcomed: bool,
+    /// What its welcome brought before its own hello showed it to be a member: applied then,
+    /// dropped when it is refused or disconnects (a stranger's lists are never used).
+    pub(super) welcome: Option<Box<Welcome>>,
     /// When its first open connection was established.
     pub(super) connected_since: Instant,
     /// Times this node's hello was sent again since then.
     pub(super) hello_retries: u8,
     pub(super) next_dial: Instant,
     pub(super) backoff: Duration,
+}
+
+/// The membership news a peer's welcome carries (already cut to their bounds).
+#[derive(Debug, Default)]
+pub(super) struct Welcome {
+    /// Revocations it holds.
+    pub revocations: Vec<Envelope>,
+    /// Members it knows, with their addresses.
+    pub peers: Vec<KnownPeer>,
 }
 
 impl Peer {
@@ -81,6 +93,7 @@ impl Peer {
             answered: now,
             silent: false,
             welcomed: false,
+            welcome: None,
             connected_since: now,
             hello_retries: 0,
             next_dial: now,
