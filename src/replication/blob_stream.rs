@@ -2,15 +2,17 @@
 //! per member it fetches from and keeps a few requests ahead of the answers, so bytes flow
 //! without a round trip per chunk and never through the task that owns the swarm. This node
 //! answers members' streams from its store, and from the blobs it is still fetching (see
-//! `partial`): at most [`MAX_SERVING`] at once, members only (asked of the event loop once per
-//! stream), each answer read off the runtime, with a deadline for every request to come and
-//! every answer to leave.
+//! `partial`): at most [`MAX_SERVING`] at once and [`MAX_SERVING_PER_PEER`] of one member (so
+//! that no member takes every place from the others), members only (asked of the event loop
+//! once per stream), each answer read off the runtime, with a deadline for every request to
+//! come and every answer to leave.
 //!
 //! A stream is in use only once its holder said `Ready`: libp2p-stream drops an inbound
 //! stream when the accepting task has not taken the previous one yet, so a stream that ends
 //! before that word is opened again (a few times, backing off).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{AsyncWriteExt as _, StreamExt as _};
@@ -29,6 +31,9 @@ use crate::store::BlobStore;
 
 /// Members' streams answered at once (each holds one chunk at a time).
 pub(crate) const MAX_SERVING: usize = 64;
+/// Streams of one member answered at once: a quarter of [`MAX_SERVING`] (a transfer takes
+/// one stream per member it fetches from).
+pub(crate) const MAX_SERVING_PER_PEER: usize = 16;
 /// How long a stream may wait for its next request before this node closes it.
 const REQUEST_IDLE: Duration = Duration::from_secs(60);
 /// How long one answer may take to leave, or to arrive.
@@ -119,6 +124,7 @@ pub(crate) async fn serve(
     blobs: BlobStore,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_SERVING));
+    let shares = Shares::default();
     let delay = test_settings::read(
         BLOB_ANSWER_DELAY_ENV,
         MAX_ANSWER_DELAY_MS,
@@ -131,11 +137,56 @@ pub(crate) async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
+        let Some(share) = shares.take(peer) else {
+            tracing::warn!(peer_id = %peer, max = MAX_SERVING_PER_PEER, "blob stream refused: this node serves as many of this member's as it may");
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let (rep, blobs) = (rep.clone(), blobs.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, share);
             serve_stream(&rep, &blobs, peer, stream, delay).await;
         });
+    }
+}
+
+/// The streams being answered, by member.
+#[derive(Debug, Default, Clone)]
+struct Shares(Arc<Mutex<HashMap<PeerId, usize>>>);
+
+impl Shares {
+    /// A place for one more stream of `peer`, held until dropped; `None` when it has
+    /// [`MAX_SERVING_PER_PEER`] already.
+    fn take(&self, peer: PeerId) -> Option<Share> {
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = all.entry(peer).or_default();
+        if *n >= MAX_SERVING_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// One stream's place in its member's share.
+#[derive(Debug)]
+struct Share {
+    shares: Shares,
+    peer: PeerId,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut all = self.shares.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = all.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                all.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -222,4 +273,34 @@ async fn serve_stream(
         }
     }
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, stream.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_SERVING_PER_PEER, Shares};
+    use libp2p::PeerId;
+
+    #[test]
+    fn a_member_gets_its_share_of_streams_and_no_more_while_others_keep_theirs() {
+        let shares = Shares::default();
+        let (greedy, other) = (PeerId::random(), PeerId::random());
+        let mut held: Vec<_> = (0..MAX_SERVING_PER_PEER)
+            .map(|_| shares.take(greedy).expect("within the share"))
+            .collect();
+        assert!(shares.take(greedy).is_none(), "one over the share");
+        let theirs = shares
+            .take(other)
+            .expect("another member's share is untouched");
+        held.pop();
+        assert!(
+            shares.take(greedy).is_some(),
+            "a place comes back when a stream ends"
+        );
+        drop(held);
+        drop(theirs);
+        assert!(
+            shares.0.lock().unwrap().is_empty(),
+            "no member left counted"
+        );
+    }
 }
