@@ -65,6 +65,10 @@ pub struct ReplicationMetrics {
     /// Asks that failed: sent and refused, dropped or undelivered, or received and dropped
     /// (busy) or not fetched.
     pub pushes_failed: Counter,
+    /// Provider records (a peer holds a model) announced by members and stored.
+    pub providers_stored: Counter,
+    /// Provider records not stored: from a non-member, or not for a model's key.
+    pub providers_refused: Counter,
     /// Seconds a blob fetch from members took (verified and stored).
     pub fetch_seconds: Histogram,
     recorder: Arc<dyn Recorder + Send + Sync>,
@@ -187,6 +191,14 @@ impl ReplicationMetrics {
             lease_waits: counter(
                 "image_factory_replication_lease_waits_total",
                 "Local misses that waited for a member's build (its lease) instead of building.",
+            ),
+            providers_stored: counter(
+                "image_factory_replication_provider_records_stored_total",
+                "Provider records (a member holds a model) announced by members over Kademlia and stored.",
+            ),
+            providers_refused: counter(
+                "image_factory_replication_provider_records_refused_total",
+                "Provider records not stored: announced by a non-member, or for a key that is not a model's.",
             ),
         }
     }

@@ -189,7 +189,9 @@ fn behaviour(
         .set_publication_interval(None)
         .set_replication_interval(None)
         // Only members enter the routing table (added once their credential checked).
-        .set_kbucket_inserts(kad::BucketInserts::Manual);
+        .set_kbucket_inserts(kad::BucketInserts::Manual)
+        // Provider records are stored by the event loop, members' and for models' keys only.
+        .set_record_filtering(kad::StoreInserts::FilterBoth);
     let store = kad::store::MemoryStore::with_config(
         local,
         kad::store::MemoryStoreConfig {

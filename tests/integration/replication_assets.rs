@@ -426,6 +426,25 @@ async fn a_model_built_on_one_member_is_served_by_another_without_building() {
         counter(node_b, "image_factory_assets_fetched_total").await,
         1.0
     );
+    // A advertised the model over Kademlia, and B, a member's announcement, stored it.
+    let stored = "image_factory_replication_provider_records_stored_total";
+    let start = std::time::Instant::now();
+    while counter(node_b, stored).await < 1.0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "B stored no provider record:\n{}",
+            node_b.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        counter(
+            node_b,
+            "image_factory_replication_provider_records_refused_total"
+        )
+        .await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

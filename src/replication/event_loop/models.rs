@@ -183,6 +183,16 @@ impl EventLoop {
     }
 
     pub(super) fn on_kad_event(&mut self, event: kad::Event) {
+        if let kad::Event::InboundRequest {
+            request:
+                kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                },
+        } = event
+        {
+            self.on_provider_record(record);
+            return;
+        }
         if let kad::Event::OutboundQueryProgressed {
             id, result, step, ..
         } = event
@@ -215,6 +225,27 @@ impl EventLoop {
                 }
                 let _ = reply.send(found.into_iter().collect());
             }
+        }
+    }
+
+    /// Stores a provider record a peer announced (libp2p checked that it names the sender)
+    /// when the sender is a member and the key a model's: a stranger's records, or a member's
+    /// junk keys, would fill the store's key bound and keep this node from advertising its own.
+    fn on_provider_record(&mut self, record: kad::ProviderRecord) {
+        let key_ok = std::str::from_utf8(record.key.as_ref()).is_ok_and(is_key);
+        if !key_ok || !self.is_member(&record.provider) {
+            tracing::debug!(peer_id = %record.provider, member = self.is_member(&record.provider), key_ok, "a provider record not stored");
+            self.metrics.providers_refused.increment(1);
+            return;
+        }
+        if let Err(e) = kad::store::RecordStore::add_provider(
+            self.swarm.behaviour_mut().kad.store_mut(),
+            record,
+        ) {
+            tracing::debug!(error = %e, "a member's provider record not stored");
+            self.metrics.providers_refused.increment(1);
+        } else {
+            self.metrics.providers_stored.increment(1);
         }
     }
 
