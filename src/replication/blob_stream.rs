@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use futures_util::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::Semaphore;
 
 use super::chunks::BlobReader;
 use super::partial::{self, PARTIAL_WAIT};
@@ -123,8 +122,7 @@ pub(crate) async fn serve(
     rep: Replication,
     blobs: BlobStore,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_SERVING));
-    let shares = Shares::default();
+    let places = Places::default();
     let delay = test_settings::read(
         BLOB_ANSWER_DELAY_ENV,
         MAX_ANSWER_DELAY_MS,
@@ -132,59 +130,80 @@ pub(crate) async fn serve(
     )
     .map(Duration::from_millis);
     while let Some((peer, stream)) = incoming.next().await {
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(peer_id = %peer, max = MAX_SERVING, "blob stream refused: this node serves as many as it may");
-            tokio::spawn(refuse(stream));
-            continue;
-        };
-        let Some(share) = shares.take(peer) else {
-            tracing::warn!(peer_id = %peer, max = MAX_SERVING_PER_PEER, "blob stream refused: this node serves as many of this member's as it may");
-            tokio::spawn(refuse(stream));
-            continue;
+        let place = match places.take(peer) {
+            Ok(place) => place,
+            Err(full) => {
+                let max = match full {
+                    Full::Node => MAX_SERVING,
+                    Full::Member => MAX_SERVING_PER_PEER,
+                };
+                tracing::warn!(peer_id = %peer, max, of = ?full, "blob stream refused: this node serves as many as it may");
+                tokio::spawn(refuse(stream));
+                continue;
+            }
         };
         let (rep, blobs) = (rep.clone(), blobs.clone());
         tokio::spawn(async move {
-            let _permit = (permit, share);
+            let _place = place;
             serve_stream(&rep, &blobs, peer, stream, delay).await;
         });
     }
 }
 
-/// The streams being answered, by member.
+/// The streams being answered: in all, and of each member.
 #[derive(Debug, Default, Clone)]
-struct Shares(Arc<Mutex<HashMap<PeerId, usize>>>);
+struct Places(Arc<Mutex<Counts>>);
 
-impl Shares {
-    /// A place for one more stream of `peer`, held until dropped; `None` when it has
-    /// [`MAX_SERVING_PER_PEER`] already.
-    fn take(&self, peer: PeerId) -> Option<Share> {
-        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = all.entry(peer).or_default();
+#[derive(Debug, Default)]
+struct Counts {
+    all: usize,
+    by_peer: HashMap<PeerId, usize>,
+}
+
+/// Which bound a stream found reached.
+#[derive(Debug, PartialEq, Eq)]
+enum Full {
+    /// [`MAX_SERVING`] streams are being answered.
+    Node,
+    /// [`MAX_SERVING_PER_PEER`] of its member's are.
+    Member,
+}
+
+impl Places {
+    /// A place for one more stream of `peer`, held until dropped.
+    fn take(&self, peer: PeerId) -> Result<Place, Full> {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.all >= MAX_SERVING {
+            return Err(Full::Node);
+        }
+        let n = counts.by_peer.entry(peer).or_default();
         if *n >= MAX_SERVING_PER_PEER {
-            return None;
+            return Err(Full::Member);
         }
         *n += 1;
-        Some(Share {
-            shares: self.clone(),
+        counts.all += 1;
+        Ok(Place {
+            places: self.clone(),
             peer,
         })
     }
 }
 
-/// One stream's place in its member's share.
+/// One stream's place.
 #[derive(Debug)]
-struct Share {
-    shares: Shares,
+struct Place {
+    places: Places,
     peer: PeerId,
 }
 
-impl Drop for Share {
+impl Drop for Place {
     fn drop(&mut self) {
-        let mut all = self.shares.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = all.get_mut(&self.peer) {
+        let mut counts = self.places.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.all = counts.all.saturating_sub(1);
+        if let Some(n) = counts.by_peer.get_mut(&self.peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                all.remove(&self.peer);
+                counts.by_peer.remove(&self.peer);
             }
         }
     }
@@ -277,29 +296,29 @@ async fn serve_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_SERVING_PER_PEER, Shares};
+    use super::{MAX_SERVING_PER_PEER, Places};
     use libp2p::PeerId;
 
     #[test]
     fn a_member_gets_its_share_of_streams_and_no_more_while_others_keep_theirs() {
-        let shares = Shares::default();
+        let shares = Places::default();
         let (greedy, other) = (PeerId::random(), PeerId::random());
         let mut held: Vec<_> = (0..MAX_SERVING_PER_PEER)
             .map(|_| shares.take(greedy).expect("within the share"))
             .collect();
-        assert!(shares.take(greedy).is_none(), "one over the share");
+        assert!(shares.take(greedy).is_err(), "one over the share");
         let theirs = shares
             .take(other)
             .expect("another member's share is untouched");
         held.pop();
         assert!(
-            shares.take(greedy).is_some(),
+            shares.take(greedy).is_ok(),
             "a place comes back when a stream ends"
         );
         drop(held);
         drop(theirs);
         assert!(
-            shares.0.lock().unwrap().is_empty(),
+            shares.0.lock().unwrap().by_peer.is_empty(),
             "no member left counted"
         );
     }

@@ -414,7 +414,7 @@ impl EventLoop {
                 // verdict: then their schematics are compared.
                 revocations.truncate(MAX_REVOCATIONS);
                 peers.truncate(MAX_KNOWN_PEERS);
-                let welcome = Box::new(Welcome { revocations, peers });
+                let welcome = Welcome { revocations, peers };
                 let member = self.is_member(&peer);
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
@@ -423,10 +423,10 @@ impl EventLoop {
                 if member {
                     self.sync_schematics_with(peer);
                     self.kad_add(peer);
-                    self.apply_welcome(peer, *welcome);
+                    self.apply_welcome(peer, welcome);
                 } else if !matches!(p.state, State::Refused { .. }) {
                     // Its hello is not judged yet: its news waits for the verdict.
-                    p.welcome = Some(welcome);
+                    p.welcome = Some(Box::new(welcome));
                 }
             }
             HelloReply::Refused { reason, revocation } => {

@@ -404,7 +404,6 @@ impl EventLoop {
                     let member = matches!(p.state, State::Member { .. });
                     p.rtt = None;
                     p.welcomed = false;
-                    p.welcome = None;
                     p.hello_retries = 0;
                     self.send_hello(peer_id);
                     if member {

@@ -233,8 +233,9 @@ impl EventLoop {
     /// junk keys, would fill the store's key bound and keep this node from advertising its own.
     fn on_provider_record(&mut self, record: kad::ProviderRecord) {
         let key_ok = std::str::from_utf8(record.key.as_ref()).is_ok_and(is_key);
-        if !key_ok || !self.is_member(&record.provider) {
-            tracing::debug!(peer_id = %record.provider, member = self.is_member(&record.provider), key_ok, "a provider record not stored");
+        let member = self.is_member(&record.provider);
+        if !key_ok || !member {
+            tracing::debug!(peer_id = %record.provider, member, key_ok, "a provider record not stored");
             self.metrics.providers_refused.increment(1);
             return;
         }

@@ -74,7 +74,7 @@ pub(super) struct Peer {
 }
 
 /// The membership news a peer's welcome carries (already cut to their bounds).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Welcome {
     /// Revocations it holds.
     pub revocations: Vec<Envelope>,
