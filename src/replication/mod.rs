@@ -11,6 +11,7 @@
 //!   the rest of the program talks to it through (typed commands, oneshot replies);
 //! * `event_loop`: that task — membership, schematic and release anti-entropy, the model
 //!   protocol, provider records and build leases;
+//! * `kad_gate`: Kademlia answered for members only;
 //! * `blob_stream`: the blob protocol's streams, opened by transfers and answered (from
 //!   `chunks`: a stored blob's chunks and tree pages) outside the event loop;
 //! * `transfer`: blob fetches striped over members, verified chunk by chunk against the
@@ -32,6 +33,7 @@ mod files;
 mod find;
 pub mod identity;
 pub mod invitation;
+mod kad_gate;
 mod leases;
 pub mod membership;
 mod metrics;

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::cluster::Cluster;
 use super::event_loop::{EventLoop, ReleaseParts};
+use super::kad_gate::KadGate;
 use super::metrics::ReplicationMetrics;
 use super::protocol::{
     HELLO_PROTOCOL, Hello, HelloReply, IDENTIFY_VERSION, KAD_PROTOCOL, MAX_GOSSIP, MAX_HELLO_REPLY,
@@ -102,8 +103,8 @@ pub(crate) struct Behaviour {
     /// Asks to fetch a model this node built (`replication.factor`).
     pub push:
         request_response::Behaviour<request_response::json::codec::Codec<PushRequest, PushReply>>,
-    /// Provider records of cache keys (find before build).
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Provider records of cache keys (find before build), answered for members only.
+    pub kad: KadGate,
     /// Announcements (revocations, new schematics).
     pub gossipsub: gossipsub::Behaviour,
     /// Local-link discovery, when `replication.mdns` is set.
@@ -247,7 +248,7 @@ fn behaviour(
         blobs,
         models,
         push,
-        kad,
+        kad: KadGate::new(kad),
         gossipsub,
         mdns: Toggle::from(mdns),
     })

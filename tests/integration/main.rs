@@ -61,6 +61,7 @@ mod replication_assets;
 mod replication_factor;
 mod replication_partition;
 mod replication_silent;
+mod replication_stranger;
 mod replication_transfer;
 mod schematic_bounds;
 mod schematic_golden;

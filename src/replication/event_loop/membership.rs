@@ -15,6 +15,7 @@ use super::{
 };
 use crate::causes::Causes;
 use crate::replication::cluster::{KnownPeer, MAX_KNOWN_PEERS, MAX_REVOCATIONS};
+use crate::replication::kad_gate::Standing;
 use crate::replication::membership::{Refusal, check_member};
 use crate::replication::protocol::{Gossip, Hello, HelloReply, membership_topic};
 use crate::replication::test_settings::{self, IGNORE_HELLOS_ENV, WELCOME_STRANGERS_ENV};
@@ -476,6 +477,10 @@ impl EventLoop {
             p.state = State::Refused { reason, until };
             p.welcome = None;
         }
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .judge(peer, Standing::Outsider);
         match cut {
             Cut::AfterAnswer => {
                 self.refusing.insert(

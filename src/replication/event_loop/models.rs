@@ -14,6 +14,7 @@ use libp2p::request_response;
 use tokio::sync::oneshot;
 
 use super::EventLoop;
+use crate::replication::kad_gate::Standing;
 use crate::replication::leases::{LeaseState, LeaseTable};
 use crate::replication::protocol::{Gossip, ModelReply, ModelRequest};
 
@@ -177,8 +178,10 @@ impl EventLoop {
             .get(&peer)
             .map(|p| p.addrs.iter().cloned().collect())
             .unwrap_or_default();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        kad.judge(peer, Standing::Member);
         for a in addrs {
-            self.swarm.behaviour_mut().kad.add_address(&peer, a);
+            kad.add_address(&peer, a);
         }
     }
 

@@ -10,6 +10,7 @@ use libp2p::multiaddr::Protocol;
 use super::DIAL_BACKOFF;
 use crate::replication::cluster::{KnownPeer, MAX_ADDRS_PER_PEER};
 use crate::replication::dialable;
+use crate::replication::kad_gate::Standing;
 use crate::replication::membership::{Envelope, Refusal};
 use crate::replication::swarm::SILENT_AFTER;
 
@@ -39,6 +40,15 @@ impl State {
     /// ago (its connection got in before the deny) stays refused; its hello is judged again
     /// and answered with the reason. Any other peer has [`super::HELLO_TIMEOUT`] to present
     /// one.
+    /// Where a peer in this state stands for the members-only protocols (Kademlia).
+    pub(super) fn standing(&self) -> Standing {
+        match self {
+            State::Member { .. } => Standing::Member,
+            State::Pending { .. } => Standing::Judging,
+            State::Known | State::Refused { .. } | State::RefusedUs { .. } => Standing::Outsider,
+        }
+    }
+
     pub(super) fn reconnected(&self, now: Instant) -> State {
         match self {
             State::Member { .. } | State::Refused { .. } => self.clone(),

@@ -1,0 +1,277 @@
+//! Kademlia answered for members only. libp2p's Kademlia answers every peer's FIND_NODE and
+//! GET_PROVIDERS itself, from the routing table (members) and the provider store (who holds
+//! which model), so a stranger in its hello window could list the members and their
+//! addresses. [`KadGate`] wraps the behaviour: a request from a peer judged a member goes
+//! through, one from a peer still being judged waits (bounded) for the verdict, and any other
+//! is reset, so the asker learns nothing.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::{Deref, DerefMut};
+use std::task::{Context, Poll, Waker};
+
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::kad;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+/// The Kademlia behaviour the swarm runs.
+type Kad = kad::Behaviour<kad::store::MemoryStore>;
+/// What a Kademlia connection handler reports (a remote's requests among it).
+type KadOut = THandlerOutEvent<Kad>;
+/// What a Kademlia connection handler is told (answers, resets).
+type KadIn = THandlerInEvent<Kad>;
+
+/// Requests held for one peer still being judged (Kademlia's own bound of streams on one
+/// connection).
+const MAX_HELD_PER_PEER: usize = 32;
+/// Requests held for all peers being judged.
+const MAX_HELD: usize = 1024;
+
+/// Where a peer stands, as the membership check tells the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Judged a member: answered.
+    Member,
+    /// Its hello is not judged yet: its requests wait.
+    Judging,
+    /// Anything else (refused, refused us, unknown): its requests are reset.
+    Outsider,
+}
+
+/// A remote's Kademlia request waiting for its peer's verdict.
+struct Held {
+    connection: ConnectionId,
+    event: KadOut,
+}
+
+/// Kademlia, answering members only (see the module documentation).
+pub(crate) struct KadGate {
+    inner: Kad,
+    members: HashSet<PeerId>,
+    held: HashMap<PeerId, Vec<Held>>,
+    held_count: usize,
+    resets: VecDeque<ToSwarm<kad::Event, KadIn>>,
+    waker: Option<Waker>,
+}
+
+impl KadGate {
+    /// Wraps `inner`; no peer is a member yet.
+    pub(crate) fn new(inner: Kad) -> Self {
+        Self {
+            inner,
+            members: HashSet::new(),
+            held: HashMap::new(),
+            held_count: 0,
+            resets: VecDeque::new(),
+            waker: None,
+        }
+    }
+
+    /// Records `peer`'s standing: a member's held requests are answered, an outsider's reset.
+    pub(crate) fn judge(&mut self, peer: PeerId, standing: Standing) {
+        match standing {
+            Standing::Member => {
+                self.members.insert(peer);
+                for h in self.release(&peer) {
+                    self.inner
+                        .on_connection_handler_event(peer, h.connection, h.event);
+                }
+            }
+            Standing::Judging => {
+                self.members.remove(&peer);
+            }
+            Standing::Outsider => {
+                self.members.remove(&peer);
+                for h in self.release(&peer) {
+                    self.reset(peer, h.connection, h.event);
+                }
+            }
+        }
+        self.wake();
+    }
+
+    /// Judges again every member and every peer with held requests by `standing`.
+    pub(crate) fn review(&mut self, standing: impl Fn(&PeerId) -> Standing) {
+        let peers: HashSet<PeerId> = self
+            .members
+            .iter()
+            .chain(self.held.keys())
+            .copied()
+            .collect();
+        for p in peers {
+            let s = standing(&p);
+            let settled = match s {
+                Standing::Member => self.members.contains(&p) && !self.held.contains_key(&p),
+                Standing::Judging => !self.members.contains(&p),
+                Standing::Outsider => false,
+            };
+            if !settled {
+                self.judge(p, s);
+            }
+        }
+    }
+
+    fn release(&mut self, peer: &PeerId) -> Vec<Held> {
+        let held = self.held.remove(peer).unwrap_or_default();
+        self.held_count -= held.len();
+        held
+    }
+
+    /// Tells the handler to reset the stream of `event` if it is a request awaiting an answer
+    /// (a provider announcement has none: it is dropped).
+    fn reset(&mut self, peer: PeerId, connection: ConnectionId, event: KadOut) {
+        let request_id = match event {
+            KadOut::FindNodeReq { request_id, .. }
+            | KadOut::GetProvidersReq { request_id, .. }
+            | KadOut::GetRecord { request_id, .. }
+            | KadOut::PutRecord { request_id, .. } => request_id,
+            _ => return,
+        };
+        self.resets.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::One(connection),
+            event: KadIn::Reset(request_id),
+        });
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Whether `event` is a remote's request (answered from this node's tables) rather than news
+/// of the connection or an answer to this node's own query.
+fn is_request(event: &KadOut) -> bool {
+    matches!(
+        event,
+        KadOut::FindNodeReq { .. }
+            | KadOut::GetProvidersReq { .. }
+            | KadOut::AddProvider { .. }
+            | KadOut::GetRecord { .. }
+            | KadOut::PutRecord { .. }
+    )
+}
+
+impl Deref for KadGate {
+    type Target = Kad;
+
+    fn deref(&self) -> &Kad {
+        &self.inner
+    }
+}
+
+impl DerefMut for KadGate {
+    fn deref_mut(&mut self) -> &mut Kad {
+        &mut self.inner
+    }
+}
+
+impl NetworkBehaviour for KadGate {
+    type ConnectionHandler = THandler<Kad>;
+    type ToSwarm = kad::Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner
+            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(c) = &event
+            && let Some(held) = self.held.get_mut(&c.peer_id)
+        {
+            // Its streams went with it: nothing left to answer or reset.
+            let before = held.len();
+            held.retain(|h| h.connection != c.connection_id);
+            self.held_count -= before - held.len();
+            if held.is_empty() {
+                self.held.remove(&c.peer_id);
+            }
+        }
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: KadOut,
+    ) {
+        if !is_request(&event) || self.members.contains(&peer) {
+            self.inner.on_connection_handler_event(peer, connection, event);
+            return;
+        }
+        let for_peer = self.held.get(&peer).map_or(0, Vec::len);
+        if for_peer >= MAX_HELD_PER_PEER || self.held_count >= MAX_HELD {
+            self.reset(peer, connection, event);
+            self.wake();
+            return;
+        }
+        self.held
+            .entry(peer)
+            .or_default()
+            .push(Held { connection, event });
+        self.held_count += 1;
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<kad::Event, KadIn>> {
+        if let Some(r) = self.resets.pop_front() {
+            return Poll::Ready(r);
+        }
+        self.waker = Some(cx.waker().clone());
+        self.inner.poll(cx)
+    }
+}
