@@ -2,17 +2,16 @@
 //! per member it fetches from and keeps a few requests ahead of the answers, so bytes flow
 //! without a round trip per chunk and never through the task that owns the swarm. This node
 //! answers members' streams from its store, and from the blobs it is still fetching (see
-//! `partial`): at most [`MAX_SERVING`] at once and [`MAX_SERVING_PER_PEER`] of one member (so
-//! that no member takes every place from the others), members only (asked of the event loop
-//! once per stream), each answer read off the runtime, with a deadline for every request to
-//! come and every answer to leave.
+//! `partial`): members only (judged before a stream takes a place), at most [`MAX_SERVING`] at
+//! once and [`MAX_SERVING_PER_PEER`] of one member (so that no member takes every place from
+//! the others), each answer read off the runtime, with a deadline for every request to come and
+//! every answer to leave.
 //!
 //! A stream is in use only once its holder said `Ready`: libp2p-stream drops an inbound
 //! stream when the accepting task has not taken the previous one yet, so a stream that ends
 //! before that word is opened again (a few times, backing off).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{AsyncWriteExt as _, StreamExt as _};
@@ -20,6 +19,7 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 
 use super::chunks::BlobReader;
 use super::partial::{self, PARTIAL_WAIT};
+use super::places::Places;
 use super::protocol::{
     BLOBS_PROTOCOL, BlobReply, BlobRequest, MAX_CHUNK, read_blob_reply, read_blob_request,
     write_blob_reply, write_blob_request,
@@ -57,8 +57,8 @@ pub(crate) async fn open(rep: &Replication, peer: PeerId) -> Result<Stream, Repl
         peer: peer.to_string(),
         why,
     };
-    if !rep.is_member(peer).await? {
-        return Err(failed("not a connected member".into()));
+    if !rep.is_member(&peer) {
+        return Err(failed("not a member".into()));
     }
     let mut control = rep.streams.clone();
     let mut last = String::new();
@@ -122,7 +122,7 @@ pub(crate) async fn serve(
     rep: Replication,
     blobs: BlobStore,
 ) {
-    let places = Places::default();
+    let places = Places::new(MAX_SERVING, MAX_SERVING_PER_PEER);
     let delay = test_settings::read(
         BLOB_ANSWER_DELAY_ENV,
         MAX_ANSWER_DELAY_MS,
@@ -130,13 +130,15 @@ pub(crate) async fn serve(
     )
     .map(Duration::from_millis);
     while let Some((peer, stream)) = incoming.next().await {
+        if !rep.is_member(&peer) {
+            tracing::debug!(peer_id = %peer, "blob stream of a non-member refused");
+            tokio::spawn(refuse(stream));
+            continue;
+        }
         let place = match places.take(peer) {
             Ok(place) => place,
             Err(full) => {
-                let max = match full {
-                    Full::Node => MAX_SERVING,
-                    Full::Member => MAX_SERVING_PER_PEER,
-                };
+                let max = places.max(&full);
                 tracing::warn!(peer_id = %peer, max, of = ?full, "blob stream refused: this node serves as many as it may");
                 tokio::spawn(refuse(stream));
                 continue;
@@ -147,65 +149,6 @@ pub(crate) async fn serve(
             let _place = place;
             serve_stream(&rep, &blobs, peer, stream, delay).await;
         });
-    }
-}
-
-/// The streams being answered: in all, and of each member.
-#[derive(Debug, Default, Clone)]
-struct Places(Arc<Mutex<Counts>>);
-
-#[derive(Debug, Default)]
-struct Counts {
-    all: usize,
-    by_peer: HashMap<PeerId, usize>,
-}
-
-/// Which bound a stream found reached.
-#[derive(Debug, PartialEq, Eq)]
-enum Full {
-    /// [`MAX_SERVING`] streams are being answered.
-    Node,
-    /// [`MAX_SERVING_PER_PEER`] of its member's are.
-    Member,
-}
-
-impl Places {
-    /// A place for one more stream of `peer`, held until dropped.
-    fn take(&self, peer: PeerId) -> Result<Place, Full> {
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if counts.all >= MAX_SERVING {
-            return Err(Full::Node);
-        }
-        let n = counts.by_peer.entry(peer).or_default();
-        if *n >= MAX_SERVING_PER_PEER {
-            return Err(Full::Member);
-        }
-        *n += 1;
-        counts.all += 1;
-        Ok(Place {
-            places: self.clone(),
-            peer,
-        })
-    }
-}
-
-/// One stream's place.
-#[derive(Debug)]
-struct Place {
-    places: Places,
-    peer: PeerId,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut counts = self.places.0.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.all = counts.all.saturating_sub(1);
-        if let Some(n) = counts.by_peer.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.by_peer.remove(&self.peer);
-            }
-        }
     }
 }
 
@@ -227,11 +170,6 @@ async fn serve_stream(
     mut stream: Stream,
     delay: Option<Duration>,
 ) {
-    if !rep.is_member(peer).await.unwrap_or(false) {
-        tracing::debug!(peer_id = %peer, "blob stream of a non-member refused");
-        refuse(stream).await;
-        return;
-    }
     let ready = tokio::time::timeout(ANSWER_TIMEOUT, async {
         write_blob_reply(&mut stream, &BlobReply::Ready).await?;
         stream.flush().await
@@ -292,34 +230,4 @@ async fn serve_stream(
         }
     }
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, stream.close()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{MAX_SERVING_PER_PEER, Places};
-    use libp2p::PeerId;
-
-    #[test]
-    fn a_member_gets_its_share_of_streams_and_no_more_while_others_keep_theirs() {
-        let shares = Places::default();
-        let (greedy, other) = (PeerId::random(), PeerId::random());
-        let mut held: Vec<_> = (0..MAX_SERVING_PER_PEER)
-            .map(|_| shares.take(greedy).expect("within the share"))
-            .collect();
-        assert!(shares.take(greedy).is_err(), "one over the share");
-        let theirs = shares
-            .take(other)
-            .expect("another member's share is untouched");
-        held.pop();
-        assert!(
-            shares.take(greedy).is_ok(),
-            "a place comes back when a stream ends"
-        );
-        drop(held);
-        drop(theirs);
-        assert!(
-            shares.0.lock().unwrap().by_peer.is_empty(),
-            "no member left counted"
-        );
-    }
 }

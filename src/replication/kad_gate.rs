@@ -3,7 +3,8 @@
 //! which model), so a stranger in its hello window could list the members and their
 //! addresses. [`KadGate`] wraps the behaviour: a request from a peer judged a member goes
 //! through, one from a peer still being judged waits (bounded) for the verdict, and any other
-//! is reset, so the asker learns nothing.
+//! is reset, so the asker learns nothing. The gate keeps the judged members in [`Admitted`],
+//! which the blob streams read too.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::{Deref, DerefMut};
@@ -17,6 +18,8 @@ use libp2p::swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
+
+use super::admitted::Admitted;
 
 /// The Kademlia behaviour the swarm runs.
 type Kad = kad::Behaviour<kad::store::MemoryStore>;
@@ -51,7 +54,7 @@ struct Held {
 /// Kademlia, answering members only (see the module documentation).
 pub(crate) struct KadGate {
     inner: Kad,
-    members: HashSet<PeerId>,
+    members: Admitted,
     held: HashMap<PeerId, Vec<Held>>,
     held_count: usize,
     resets: VecDeque<ToSwarm<kad::Event, KadIn>>,
@@ -59,11 +62,11 @@ pub(crate) struct KadGate {
 }
 
 impl KadGate {
-    /// Wraps `inner`; no peer is a member yet.
-    pub(crate) fn new(inner: Kad) -> Self {
+    /// Wraps `inner`, recording its verdicts in `members`.
+    pub(crate) fn new(inner: Kad, members: Admitted) -> Self {
         Self {
             inner,
-            members: HashSet::new(),
+            members,
             held: HashMap::new(),
             held_count: 0,
             resets: VecDeque::new(),
@@ -98,9 +101,9 @@ impl KadGate {
     pub(crate) fn review(&mut self, standing: impl Fn(&PeerId) -> Standing) {
         let peers: HashSet<PeerId> = self
             .members
-            .iter()
-            .chain(self.held.keys())
-            .copied()
+            .all()
+            .into_iter()
+            .chain(self.held.keys().copied())
             .collect();
         for p in peers {
             let s = standing(&p);
@@ -193,8 +196,12 @@ impl NetworkBehaviour for KadGate {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner
-            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
     }
 
     fn handle_pending_outbound_connection(
@@ -251,7 +258,8 @@ impl NetworkBehaviour for KadGate {
         event: KadOut,
     ) {
         if !is_request(&event) || self.members.contains(&peer) {
-            self.inner.on_connection_handler_event(peer, connection, event);
+            self.inner
+                .on_connection_handler_event(peer, connection, event);
             return;
         }
         let for_peer = self.held.get(&peer).map_or(0, Vec::len);

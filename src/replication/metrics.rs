@@ -69,6 +69,8 @@ pub struct ReplicationMetrics {
     pub providers_stored: Counter,
     /// Provider records not stored: from a non-member, or not for a model's key.
     pub providers_refused: Counter,
+    /// Members' requests answered "busy": too many being answered at once.
+    pub requests_busy: Counter,
     /// Seconds a blob fetch from members took (verified and stored).
     pub fetch_seconds: Histogram,
     recorder: Arc<dyn Recorder + Send + Sync>,
@@ -195,6 +197,10 @@ impl ReplicationMetrics {
             providers_stored: counter(
                 "image_factory_replication_provider_records_stored_total",
                 "Provider records (a member holds a model) announced by members over Kademlia and stored.",
+            ),
+            requests_busy: counter(
+                "image_factory_replication_requests_busy_total",
+                "Members' schematic, release and model requests answered busy: as many were being answered as this node allows, in all or for that member.",
             ),
             providers_refused: counter(
                 "image_factory_replication_provider_records_refused_total",

@@ -11,7 +11,9 @@
 //!   the rest of the program talks to it through (typed commands, oneshot replies);
 //! * `event_loop`: that task — membership, schematic and release anti-entropy, the model
 //!   protocol, provider records and build leases;
-//! * `kad_gate`: Kademlia answered for members only;
+//! * `kad_gate`: Kademlia answered for members only; `admitted`: the members it judged,
+//!   read by the blob streams too;
+//! * `places`: bounds on work done for members at once (in all, and per member);
 //! * `blob_stream`: the blob protocol's streams, opened by transfers and answered (from
 //!   `chunks`: a stored blob's chunks and tree pages) outside the event loop;
 //! * `transfer`: blob fetches striped over members, verified chunk by chunk against the
@@ -23,6 +25,7 @@
 //! * [`factory_identity`]: the factory URL that goes into model bytes and cache keys.
 //! * `error`: [`ReplicationError`], the layer's error enum.
 
+mod admitted;
 mod blob_stream;
 mod chunk_pool;
 mod chunks;
@@ -38,6 +41,7 @@ mod leases;
 pub mod membership;
 mod metrics;
 mod partial;
+mod places;
 pub mod protocol;
 mod release_fetch;
 mod rendezvous;
@@ -56,7 +60,8 @@ pub use invitation::{Issued, Joined};
 pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
 pub use test_settings::{
-    BLOB_ANSWER_DELAY_ENV, BUILD_DELAY_ENV, IGNORE_HELLOS_ENV, WELCOME_STRANGERS_ENV,
+    ANSWER_DELAY_ENV, BLOB_ANSWER_DELAY_ENV, BUILD_DELAY_ENV, IGNORE_HELLOS_ENV,
+    WELCOME_STRANGERS_ENV,
 };
 
 use serde::Serialize;
@@ -241,13 +246,6 @@ pub(crate) enum Command {
     },
     /// The members connected now.
     Members(oneshot::Sender<Vec<libp2p::PeerId>>),
-    /// Whether a peer is a member (connected and checked).
-    IsMember {
-        /// The peer.
-        peer: libp2p::PeerId,
-        /// Whether it is.
-        reply: oneshot::Sender<bool>,
-    },
 }
 
 /// A handle on the running swarm (cheap to clone).
@@ -255,6 +253,8 @@ pub(crate) enum Command {
 pub struct Replication {
     tx: mpsc::Sender<Command>,
     peer_id: libp2p::PeerId,
+    /// The peers judged members (see `kad_gate`).
+    admitted: admitted::Admitted,
     metrics: metrics::ReplicationMetrics,
     /// Trees of blobs this node serves (see `tree`), shared with its transfers.
     trees: std::sync::Arc<chunks::TreeCache>,
@@ -376,14 +376,9 @@ impl Replication {
         out
     }
 
-    /// Whether `peer` is a member this node is connected to and has checked.
-    pub(crate) async fn is_member(&self, peer: libp2p::PeerId) -> Result<bool, ReplicationError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::IsMember { peer, reply: tx })
-            .await
-            .map_err(|_| ReplicationError::Stopped)?;
-        rx.await.map_err(|_| ReplicationError::Stopped)
+    /// Whether `peer` is judged a member (its credential checked, not refused since).
+    pub(crate) fn is_member(&self, peer: &libp2p::PeerId) -> bool {
+        self.admitted.contains(peer)
     }
 
     /// Multiaddrs (with `/p2p/`) at which members reach this node and the members it is

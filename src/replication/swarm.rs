@@ -18,6 +18,7 @@ use libp2p::{
 use metrics::Recorder;
 use tokio::sync::mpsc;
 
+use super::admitted::Admitted;
 use super::cluster::Cluster;
 use super::event_loop::{EventLoop, ReleaseParts};
 use super::kad_gate::KadGate;
@@ -71,6 +72,11 @@ pub(crate) const PROVIDER_REPUBLISH: Duration = Duration::from_secs(2 * 3600);
 const MAX_PROVIDERS_PER_KEY: usize = 64;
 /// Keys this node provides (one per model it holds).
 pub(crate) const MAX_PROVIDED_KEYS: usize = 100_000;
+/// Requests in flight on one connection, both ways together, per request-response protocol
+/// (libp2p's default is 100): a stream beyond is dropped, and its request fails. Well above
+/// what a member asks at once (8 schematic batches); the answering bound (`event_loop`)
+/// answers busy beyond its share of the work.
+const MAX_STREAMS_PER_CONNECTION: usize = 32;
 /// How long binding the listen addresses may take.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -124,6 +130,7 @@ where
 fn behaviour(
     key: &libp2p::identity::Keypair,
     mdns_on: bool,
+    admitted: Admitted,
 ) -> Result<Behaviour, ReplicationError> {
     let local = key.public().to_peer_id();
     let identify = identify::Behaviour::new(
@@ -148,7 +155,9 @@ fn behaviour(
             StreamProtocol::new(SCHEMATICS_PROTOCOL),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(60))
+            .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
     );
     let releases = request_response::Behaviour::with_codec(
         request_response::json::codec::Codec::default()
@@ -158,7 +167,9 @@ fn behaviour(
             StreamProtocol::new(RELEASES_PROTOCOL),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(60))
+            .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
     );
     let blobs = libp2p_stream::Behaviour::new();
     let models = request_response::Behaviour::with_codec(
@@ -169,7 +180,9 @@ fn behaviour(
             StreamProtocol::new(MODELS_PROTOCOL),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(10))
+            .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
     );
     let push = request_response::Behaviour::with_codec(
         request_response::json::codec::Codec::default()
@@ -179,7 +192,9 @@ fn behaviour(
             StreamProtocol::new(PUSH_PROTOCOL),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(10))
+            .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
     );
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config
@@ -248,7 +263,7 @@ fn behaviour(
         blobs,
         models,
         push,
-        kad: KadGate::new(kad),
+        kad: KadGate::new(kad, admitted),
         gossipsub,
         mdns: Toggle::from(mdns),
     })
@@ -257,8 +272,9 @@ fn behaviour(
 fn build(
     key: libp2p::identity::Keypair,
     mdns_on: bool,
+    admitted: Admitted,
 ) -> Result<Swarm<Behaviour>, ReplicationError> {
-    let behaviour = behaviour(&key, mdns_on)?;
+    let behaviour = behaviour(&key, mdns_on, admitted)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -298,7 +314,8 @@ pub async fn start(
     if created {
         tracing::info!(peer_id = %local, "generated the node identity");
     }
-    let mut swarm = build(key, config.mdns)?;
+    let admitted = Admitted::default();
+    let mut swarm = build(key, config.mdns, admitted.clone())?;
     let mut pending = HashSet::new();
     for text in &config.listen_addrs {
         let addr: Multiaddr = text.parse().map_err(|e| ReplicationError::Listen {
@@ -364,6 +381,7 @@ pub async fn start(
     let handle = Replication {
         tx,
         peer_id: local,
+        admitted,
         metrics: metrics.clone(),
         trees: Arc::default(),
         partials: Arc::default(),

@@ -16,6 +16,9 @@ pub const WELCOME_STRANGERS_ENV: &str = "IF_TEST_WELCOME_STRANGERS";
 /// Milliseconds a node waits before each chunk it sends a member of a stored blob larger than
 /// one chunk (a slow source of large blobs, so that a test finds a transfer in its middle).
 pub const BLOB_ANSWER_DELAY_ENV: &str = "IF_TEST_BLOB_ANSWER_DELAY_MS";
+/// Milliseconds a node holds each batch of schematics a member asks for before answering (a
+/// slow store, so that a test finds the bound on requests answered at once reached).
+pub const ANSWER_DELAY_ENV: &str = "IF_TEST_ANSWER_DELAY_MS";
 
 /// The number the variable `name` holds, at most `max`, with a warning naming its `effect`;
 /// `None` when unset, or (with a warning) when not a number.

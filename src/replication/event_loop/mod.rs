@@ -50,6 +50,7 @@ fn settle<T>(
 }
 use super::invitation::parse_bootstrap;
 use super::metrics::ReplicationMetrics;
+use super::places::{Place, Places};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{ClusterStatus, Command, PeerStatus, ReplicationStatus};
 use crate::causes::Causes;
@@ -77,6 +78,16 @@ const DIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::fr
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// Most peers tracked at once (members and peers being refused).
 const MAX_PEERS: usize = 4096;
+/// Members' requests answered off the loop at once (reading the store, signing): each
+/// holds a blocking thread and its answer (up to a few MiB) until it is handed back.
+const MAX_ANSWERING: usize = 32;
+/// Requests of one member answered off the loop at once: a quarter of [`MAX_ANSWERING`], and
+/// as many schematic batches as a member asks for at once (`MAX_FETCHING` / `MAX_GET`).
+pub(crate) const MAX_ANSWERING_PER_PEER: usize = 8;
+/// Longest delay [`crate::replication::ANSWER_DELAY_ENV`] may ask for, in milliseconds.
+const MAX_ANSWER_DELAY_MS: u64 = 10_000;
+/// Why a request over those bounds is refused (the asker asks again in its next round).
+const BUSY: &str = "busy: as many requests are being answered as this node allows";
 
 /// A refused peer whose connections stay open until the answers are through.
 #[derive(Debug)]
@@ -131,6 +142,10 @@ pub(crate) struct EventLoop {
     rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
     hold: holdings::HoldingsState,
     push: push::PushSync,
+    /// Members' requests being answered off the loop.
+    answering: Places,
+    /// How late each schematic batch is answered ([`crate::replication::ANSWER_DELAY_ENV`]).
+    answer_delay: Option<Duration>,
 }
 
 impl EventLoop {
@@ -193,6 +208,13 @@ impl EventLoop {
             push: push::PushSync::new(remembered, fetcher),
             rel_jobs,
             cluster,
+            answering: Places::new(MAX_ANSWERING, MAX_ANSWERING_PER_PEER),
+            answer_delay: crate::replication::test_settings::read(
+                crate::replication::ANSWER_DELAY_ENV,
+                MAX_ANSWER_DELAY_MS,
+                "each schematic batch a member asks for is answered late (milliseconds)",
+            )
+            .map(Duration::from_millis),
         };
         let mut seeds: Vec<(PeerId, Multiaddr)> = Vec::new();
         for text in &config.bootstrap_peers {
@@ -287,9 +309,6 @@ impl EventLoop {
             }
             Command::SchematicCreated(id) => self.schematic_created(id),
             Command::ReleaseImported(v) => self.announce_release(v),
-            Command::IsMember { peer, reply } => {
-                let _ = reply.send(self.is_member(&peer));
-            }
             Command::Members(reply) => {
                 let _ = reply.send(self.connected_members().into_iter().collect());
             }
@@ -523,6 +542,19 @@ impl EventLoop {
             .filter(|(_, p)| p.responding(now) && matches!(p.state, State::Member { .. }))
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// A place to answer `peer`'s request off the loop, or none (logged and counted: the
+    /// request is to be answered busy) while [`MAX_ANSWERING`] or its member's share are taken.
+    pub(super) fn answer_place(&mut self, peer: PeerId, what: &'static str) -> Option<Place> {
+        match self.answering.take(peer) {
+            Ok(place) => Some(place),
+            Err(full) => {
+                self.metrics.requests_busy.increment(1);
+                tracing::debug!(peer_id = %peer, what, of = ?full, max = self.answering.max(&full), "a member's request answered busy");
+                None
+            }
+        }
     }
 
     pub(super) fn is_member(&self, peer: &PeerId) -> bool {

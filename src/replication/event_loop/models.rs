@@ -274,6 +274,16 @@ impl EventLoop {
                         .send_response(channel, ModelReply::Refused);
                     return;
                 }
+                let Some(place) = self.answer_place(peer, "model record") else {
+                    // A model record is small and asked for once per fetch: the asker takes
+                    // it from another holder, or builds.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .models
+                        .send_response(channel, ModelReply::Refused);
+                    return;
+                };
                 let records = self.rel.records();
                 let jobs = self.rel.jobs();
                 tokio::task::spawn_blocking(move || {
@@ -284,6 +294,7 @@ impl EventLoop {
                         },
                         _ => ModelReply::Missing,
                     };
+                    drop(place);
                     let _ = jobs.send(super::releases::Job::ServeModel { channel, reply });
                 });
             }

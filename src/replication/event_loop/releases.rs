@@ -301,6 +301,15 @@ impl EventLoop {
             );
             return;
         }
+        let Some(place) = self.answer_place(peer, "release") else {
+            let _ = self.swarm.behaviour_mut().releases.send_response(
+                channel,
+                ReleaseReply::Refused {
+                    reason: super::BUSY.into(),
+                },
+            );
+            return;
+        };
         let releases = self.rel.parts.releases.clone();
         let blobs = self.rel.parts.blobs.clone();
         let key = Arc::clone(&self.rel.key);
@@ -336,6 +345,7 @@ impl EventLoop {
                     }
                 }
             };
+            drop(place);
             let _ = jobs.send(Job::ServeRelease { channel, reply });
         });
     }

@@ -91,10 +91,11 @@ impl EventLoop {
             self.cut_off(id);
         }
         let peers = &self.peers;
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .review(|id| peers.get(id).map_or(Standing::Outsider, |p| p.state.standing()));
+        self.swarm.behaviour_mut().kad.review(|id| {
+            peers
+                .get(id)
+                .map_or(Standing::Outsider, |p| p.state.standing())
+        });
         self.watch_silence(now);
         self.redial(now);
         self.schematic_round(now);

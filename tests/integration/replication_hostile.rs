@@ -1,0 +1,292 @@
+//! Peers made by hand with libp2p, to act as attackers do against a real `serve` process:
+//!
+//! * a stranger holds a member's hello unanswered (so it stays connected for the whole hello
+//!   window, 10 s) and meanwhile asks the member's Kademlia for the peers it knows. A member
+//!   answers Kademlia for members only, so the stranger learns no other member's ID or address
+//!   (without the gate it learns them at once);
+//! * a hostile member (a real identity and credential, from `cluster join`) floods a member
+//!   with schematic requests: it gets its share of the answering places and "busy" beyond.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, kad, noise, tcp, yamux};
+
+use image_factory::replication::protocol::{
+    HELLO_PROTOCOL, Hello, HelloReply, KAD_PROTOCOL, SCHEMATICS_PROTOCOL, SchematicReply,
+    SchematicRequest,
+};
+use image_factory::replication::{ANSWER_DELAY_ENV, Cluster, identity};
+use image_factory::trust::SigningKey;
+
+use crate::replication::{Node, connected_member, invite_offline, join, peer, wait_for};
+
+/// What the stranger speaks: enough of the hello to be asked (never to answer), and Kademlia.
+#[derive(NetworkBehaviour)]
+struct Stranger {
+    hello: request_response::Behaviour<request_response::json::codec::Codec<Hello, HelloReply>>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+/// What the stranger's FIND_NODE to `member` brought back: the peers it learned, or why the
+/// query ended without any.
+async fn ask_for_peers(member: PeerId, addr: Multiaddr) -> Result<Vec<PeerId>, String> {
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::new(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp transport")
+        .with_behaviour(|_| {
+            let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            cfg.set_query_timeout(Duration::from_secs(5));
+            Stranger {
+                hello: request_response::Behaviour::new(
+                    [(StreamProtocol::new(HELLO_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+                kad: kad::Behaviour::with_config(me, kad::store::MemoryStore::new(me), cfg),
+            }
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    swarm.behaviour_mut().kad.add_address(&member, addr);
+    swarm
+        .behaviour_mut()
+        .kad
+        .get_closest_peers(PeerId::random());
+    // Hellos held unanswered: the member waits for them until it refuses us as silent.
+    let mut held = Vec::new();
+    let mut connected = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| format!("no answer within 8 s (connected: {connected})"))?;
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == member => {
+                connected = true;
+            }
+            SwarmEvent::Behaviour(StrangerEvent::Hello(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            })) => held.push(channel),
+            SwarmEvent::Behaviour(StrangerEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            })) if step.last => {
+                assert!(connected, "the query ended before the stranger connected");
+                return match result {
+                    Ok(ok) => Ok(ok.peers.into_iter().map(|p| p.peer_id).collect()),
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) if !peers.is_empty() => {
+                        Ok(peers.into_iter().map(|p| p.peer_id).collect())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_asking_a_members_kademlia_learns_no_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let inv_b = tmp.path().join("b.invitation");
+    let b_id = invite_offline(&a, &inv_b);
+    join(&b, &inv_b);
+    let node_a = Node::start(&a, &[]);
+    let node_b = Node::start(&b, &node_a.bootstrap().await);
+    // B in A's routing table: a member, with an address (learnt by identify).
+    wait_for(&node_a, "A knows B with an address", |st| {
+        connected_member(st, &b_id)
+            && peer(st, &b_id)
+                .and_then(|p| p["addrs"].as_array())
+                .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let a_id: PeerId = node_a.peer_id().await.parse().unwrap();
+    let outcome = ask_for_peers(a_id, tcp_addr(&node_a).await).await;
+    let b_peer: PeerId = b_id.parse().unwrap();
+    if let Ok(peers) = &outcome {
+        assert!(
+            !peers.contains(&b_peer),
+            "the stranger learnt member B from A: {peers:?}"
+        );
+    }
+    // The query ran to its end (its own 5 s timeout: the member holds the request until the
+    // stranger is judged, then drops it with the connection), so the check above is not void.
+    let reason = outcome.err().unwrap_or_default();
+    assert!(
+        !reason.contains("no answer within"),
+        "the stranger's query did not end: {reason}"
+    );
+    drop(node_b);
+}
+
+/// What the hostile member speaks: the hello (with its real credential) and schematics.
+#[derive(NetworkBehaviour)]
+struct Hostile {
+    hello: request_response::Behaviour<request_response::json::codec::Codec<Hello, HelloReply>>,
+    schematics: request_response::Behaviour<
+        request_response::json::codec::Codec<SchematicRequest, SchematicReply>,
+    >,
+}
+
+/// The member `TCP` address of `node`, without its `/p2p/` part.
+async fn tcp_addr(node: &Node) -> Multiaddr {
+    let mut a: Multiaddr = node
+        .bootstrap()
+        .await
+        .into_iter()
+        .find(|a| a.contains("/tcp/"))
+        .expect("a TCP address")
+        .parse()
+        .unwrap();
+    a.pop();
+    a
+}
+
+/// Joins as the member whose data directory is `dir` (its identity and credential), then
+/// sends `member` `requests` schematic batches at once; their answers, in arrival order.
+async fn flood_schematics(
+    dir: &Path,
+    member: PeerId,
+    addr: Multiaddr,
+    requests: usize,
+) -> Vec<SchematicReply> {
+    let key = identity::load(&identity::path(dir))
+        .expect("identity")
+        .expect("joined: an identity");
+    let (signing, _) = SigningKey::load_or_generate(&dir.join("keys/signing-key.pem")).unwrap();
+    let m = Cluster::open(dir, Arc::new(signing))
+        .unwrap()
+        .membership()
+        .expect("joined: a membership");
+    let hello = Hello {
+        cluster: Some(m.record.cluster.clone()),
+        credential: m.credential.clone(),
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::new(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp transport")
+        .with_behaviour(|_| Hostile {
+            hello: request_response::Behaviour::new(
+                [(StreamProtocol::new(HELLO_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+            schematics: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(SCHEMATICS_PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            ),
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.dial(addr).expect("dial");
+    let mut replies = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while replies.len() < requests {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {requests} answers in 40 s", replies.len()));
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == member => {
+                swarm
+                    .behaviour_mut()
+                    .hello
+                    .send_request(&member, hello.clone());
+            }
+            SwarmEvent::Behaviour(HostileEvent::Hello(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            })) => {
+                let welcome = HelloReply::Welcome {
+                    revocations: Vec::new(),
+                    peers: Vec::new(),
+                };
+                let _ = swarm.behaviour_mut().hello.send_response(channel, welcome);
+            }
+            SwarmEvent::Behaviour(HostileEvent::Hello(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            })) => {
+                assert!(
+                    matches!(response, HelloReply::Welcome { .. }),
+                    "the member refused a real credential: {response:?}"
+                );
+                // Judged a member: now everything at once, each batch the most allowed.
+                for i in 0..requests {
+                    let ids = (0..32).map(|j| format!("{:064x}", i * 32 + j)).collect();
+                    swarm
+                        .behaviour_mut()
+                        .schematics
+                        .send_request(&member, SchematicRequest::Get { ids });
+                }
+            }
+            SwarmEvent::Behaviour(HostileEvent::Schematics(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            })) => replies.push(response),
+            SwarmEvent::Behaviour(HostileEvent::Schematics(
+                request_response::Event::OutboundFailure { error, .. },
+            )) => panic!("a schematic request failed: {error}"),
+            _ => {}
+        }
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_requests_gets_its_share_and_busy_beyond() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, h) = (tmp.path().join("a"), tmp.path().join("h"));
+    let inv = tmp.path().join("h.invitation");
+    invite_offline(&a, &inv);
+    join(&h, &inv);
+    // Each batch A answers is held 3 s: the flood's requests all arrive while the first are
+    // still being answered.
+    let node_a = Node::start_with(&a, &[], &[(ANSWER_DELAY_ENV, "3000")]);
+    let a_id: PeerId = node_a.peer_id().await.parse().unwrap();
+    const SHARE: usize = 8; // MAX_ANSWERING_PER_PEER
+    const FLOOD: usize = 20;
+    let replies = flood_schematics(&h, a_id, tcp_addr(&node_a).await, FLOOD).await;
+    let busy = replies
+        .iter()
+        .filter(|r| matches!(r, SchematicReply::Refused { reason } if reason.contains("busy")))
+        .count();
+    let answered = replies
+        .iter()
+        .filter(|r| matches!(r, SchematicReply::Schematics { .. }))
+        .count();
+    assert_eq!(
+        (answered, busy),
+        (SHARE, FLOOD - SHARE),
+        "answers: {replies:?}"
+    );
+    let text = node_a.metrics_text().await;
+    let counted = text
+        .lines()
+        .find_map(|l| l.strip_prefix("image_factory_replication_requests_busy_total "))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    assert_eq!(counted, Some(FLOOD - SHARE), "{text}");
+}
