@@ -52,6 +52,13 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2 * PING_INTERVAL_SECS);
 pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(3 * PING_INTERVAL_SECS);
 /// Incoming connections in their handshake at once.
 const MAX_PENDING_INCOMING: u32 = 64;
+/// Dials in progress at once (each a socket, and a handshake): beyond, a dial is denied and
+/// the member dialled again after its backoff.
+const MAX_PENDING_OUTGOING: u32 = 64;
+/// How long a connection may take to connect and finish its handshake (TCP: noise, yamux;
+/// QUIC has its own 5 s inside): a connection that never finishes holds one of the
+/// [`MAX_PENDING_INCOMING`] places until then, so silent sockets cannot shut peers out for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Incoming connections open at once (members and peers being checked).
 const MAX_INCOMING: u32 = 512;
 /// How long a hello waits for its answer: short, so that the retries after a lost one still
@@ -248,6 +255,7 @@ fn behaviour(
         limits: connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING))
                 .with_max_established_incoming(Some(MAX_INCOMING))
                 .with_max_established_per_peer(Some(MAX_PER_PEER)),
         ),
@@ -290,6 +298,7 @@ fn build(
             source: Box::new(e),
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_connection_timeout(HANDSHAKE_TIMEOUT)
         .build();
     Ok(swarm)
 }

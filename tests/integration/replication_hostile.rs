@@ -5,7 +5,9 @@
 //!   answers Kademlia for members only, so the stranger learns no other member's ID or address
 //!   (without the gate it learns them at once);
 //! * a hostile member (a real identity and credential, from `cluster join`) floods a member
-//!   with schematic requests: it gets its share of the answering places and "busy" beyond.
+//!   with schematic requests: it gets its share of the answering places and "busy" beyond;
+//! * sockets that connect and say nothing hold a node's places for connections in their
+//!   handshake only until the handshake deadline, so a member still gets in.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -289,4 +291,59 @@ async fn a_member_flooding_requests_gets_its_share_and_busy_beyond() {
         .find_map(|l| l.strip_prefix("image_factory_replication_requests_busy_total "))
         .and_then(|v| v.trim().parse::<usize>().ok());
     assert_eq!(counted, Some(FLOOD - SHARE), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_do_not_shut_a_member_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let inv = tmp.path().join("b.invitation");
+    let b_id = invite_offline(&a, &inv);
+    join(&b, &inv);
+    let node_a = Node::start(&a, &[]);
+    let port = tcp_addr(&node_a)
+        .await
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a TCP port");
+    // More silent sockets than A takes connections in their handshake (64, QUIC's and TCP's
+    // together): without the handshake deadline (10 s) they hold every place for ever, and B,
+    // which knows only A's addresses, never gets in.
+    let mut silent = Vec::new();
+    for _ in 0..72 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    let node_b = Node::start(&b, &node_a.bootstrap().await);
+    wait_for(&node_a, "A accepts B despite the silent sockets", |st| {
+        connected_member(st, &b_id)
+    })
+    .await;
+    // The deadline is what freed the places: A closed the silent sockets.
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(1), async {
+            use tokio::io::AsyncReadExt as _;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {} // multistream-select's greeting
+                }
+            }
+        })
+        .await;
+        closed += usize::from(read == Ok(true));
+    }
+    assert!(
+        closed >= 64,
+        "only {closed} of 72 silent sockets were closed"
+    );
+    drop(node_b);
 }
