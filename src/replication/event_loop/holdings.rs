@@ -120,9 +120,9 @@ impl EventLoop {
         }
     }
 
-    /// A member announced its counts.
+    /// A member announced its counts (kept while it stays a member: dropped on refusal).
     pub(super) fn holdings_heard(&mut self, from: PeerId, holdings: Holdings) {
-        if self.is_member(&from) || self.peers.contains_key(&from) {
+        if self.is_member(&from) {
             self.hold.heard.insert(from, holdings);
         }
     }

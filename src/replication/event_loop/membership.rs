@@ -8,11 +8,13 @@ use libp2p::PeerId;
 use libp2p::gossipsub::{IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundFailure, ResponseChannel};
 
+use super::models::is_key;
 use super::peer::Welcome;
 use super::{
     Cut, EventLoop, HELLO_RETRIES, REFUSAL_FLUSH, REFUSAL_LINGER, REFUSED_FOR, REFUSED_US_FOR,
     Refusing, State,
 };
+use crate::catalog::Version;
 use crate::causes::Causes;
 use crate::replication::cluster::{KnownPeer, MAX_KNOWN_PEERS, MAX_REVOCATIONS};
 use crate::replication::kad_gate::Standing;
@@ -189,7 +191,8 @@ impl EventLoop {
         }
     }
 
-    /// A gossip message: accepted only from members, and only when it verifies.
+    /// A gossip message: taken (and forwarded) only from members, only when well formed, and
+    /// news of a member's own state (holdings, leases, builds) only when its author is one.
     pub(super) fn on_gossip(
         &mut self,
         from: &PeerId,
@@ -199,35 +202,48 @@ impl EventLoop {
         if !self.is_member(from) {
             return MessageAcceptance::Reject;
         }
-        match serde_json::from_slice::<Gossip>(data) {
-            Ok(Gossip::Revocation { revocation }) => {
-                match self.cluster.add_revocation(&revocation) {
-                    Ok(_) => MessageAcceptance::Accept,
-                    Err(e) => {
-                        tracing::warn!(peer_id = %from, error = %Causes(&e), "gossiped revocation rejected");
-                        MessageAcceptance::Reject
-                    }
-                }
-            }
-            Ok(Gossip::Schematic { id }) => {
-                self.schematic_announced(*from, source, id);
-                MessageAcceptance::Accept
-            }
-            Ok(Gossip::Release { version }) => {
-                self.release_announced(*from, source, version);
-                MessageAcceptance::Accept
-            }
-            Ok(Gossip::Holdings { holdings }) => {
-                self.holdings_heard(source.unwrap_or(*from), holdings);
-                MessageAcceptance::Accept
-            }
-            Ok(g @ (Gossip::Lease { .. } | Gossip::Built { .. })) => {
-                self.model_gossip(source.unwrap_or(*from), g);
-                MessageAcceptance::Accept
+        let gossip = match serde_json::from_slice::<Gossip>(data) {
+            Ok(g) if well_formed(&g) => g,
+            Ok(g) => {
+                tracing::warn!(peer_id = %from, message = ?g, "ill-formed gossip message");
+                return MessageAcceptance::Reject;
             }
             Err(e) => {
                 tracing::warn!(peer_id = %from, error = %e, "malformed gossip message");
-                MessageAcceptance::Reject
+                return MessageAcceptance::Reject;
+            }
+        };
+        let author = source.unwrap_or(*from);
+        match gossip {
+            Gossip::Revocation { revocation } => match self.cluster.add_revocation(&revocation) {
+                Ok(_) => MessageAcceptance::Accept,
+                Err(e) => {
+                    tracing::warn!(peer_id = %from, error = %Causes(&e), "gossiped revocation rejected");
+                    MessageAcceptance::Reject
+                }
+            },
+            Gossip::Schematic { id } => {
+                self.schematic_announced(*from, source, id);
+                MessageAcceptance::Accept
+            }
+            Gossip::Release { version } => {
+                self.release_announced(*from, source, version);
+                MessageAcceptance::Accept
+            }
+            // A member's news of itself, from an author not judged here (yet): neither taken
+            // nor passed on.
+            Gossip::Holdings { .. } | Gossip::Lease { .. } | Gossip::Built { .. }
+                if !self.is_member(&author) =>
+            {
+                MessageAcceptance::Ignore
+            }
+            Gossip::Holdings { holdings } => {
+                self.holdings_heard(author, holdings);
+                MessageAcceptance::Accept
+            }
+            g @ (Gossip::Lease { .. } | Gossip::Built { .. }) => {
+                self.model_gossip(author, g);
+                MessageAcceptance::Accept
             }
         }
     }
@@ -477,6 +493,7 @@ impl EventLoop {
             p.state = State::Refused { reason, until };
             p.welcome = None;
         }
+        self.hold.heard.remove(&peer);
         self.swarm
             .behaviour_mut()
             .kad
@@ -503,5 +520,58 @@ impl EventLoop {
     /// Closes `peer`'s connections and denies new ones until its refusal ends.
     pub(super) fn cut_off(&mut self, peer: PeerId) {
         self.swarm.behaviour_mut().gate.block_peer(peer);
+    }
+}
+
+/// Whether a gossip message's content is well formed: IDs, versions and keys as they are
+/// written (a member forwards nothing else).
+fn well_formed(gossip: &Gossip) -> bool {
+    match gossip {
+        Gossip::Revocation { .. } | Gossip::Holdings { .. } => true,
+        Gossip::Schematic { id } => crate::schematic::is_valid_id(id),
+        Gossip::Release { version } => Version::parse_strict(version).is_some(),
+        Gossip::Lease { key } | Gossip::Built { key, .. } => is_key(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_gossip_is_taken() {
+        let key = "ab".repeat(32);
+        for good in [
+            Gossip::Schematic { id: key.clone() },
+            Gossip::Release {
+                version: "v1.9.0".into(),
+            },
+            Gossip::Lease { key: key.clone() },
+            Gossip::Built {
+                key: key.clone(),
+                ok: true,
+            },
+        ] {
+            assert!(well_formed(&good), "{good:?}");
+        }
+        for bad in [
+            Gossip::Schematic { id: "../x".into() },
+            Gossip::Schematic {
+                id: key.to_uppercase(),
+            },
+            Gossip::Release {
+                version: "latest".into(),
+            },
+            Gossip::Release {
+                version: "v1.9.0/../../x".into(),
+            },
+            Gossip::Lease { key: "".into() },
+            Gossip::Built {
+                key: format!("{key}0"),
+                ok: false,
+            },
+        ] {
+            assert!(!well_formed(&bad), "{bad:?}");
+        }
     }
 }

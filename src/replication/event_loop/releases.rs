@@ -210,6 +210,10 @@ impl EventLoop {
         source: Option<PeerId>,
         version: String,
     ) {
+        // Well formed (checked before) and not being fetched: only then a look at the store.
+        if self.rel.fetching.contains(&version) {
+            return;
+        }
         let ask = source
             .filter(|s| self.connected_members().contains(s))
             .unwrap_or(from);
