@@ -262,6 +262,8 @@ pub struct Replication {
     partials: std::sync::Arc<partial::PartialBlobs>,
     /// Opens blob streams to members (see `blob_stream`).
     streams: libp2p_stream::Control,
+    /// Members this node's transfers found too slow lately (see `sources`).
+    slow: std::sync::Arc<sources::SlowMembers>,
     /// The chunk buffers this node's transfers share (see `chunk_pool`).
     chunk_pool: std::sync::Arc<chunk_pool::ChunkPool>,
     /// The replication factor and the members its copies are placed over.

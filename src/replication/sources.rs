@@ -6,10 +6,13 @@
 //! once instead of once per member); those holding it whole wait in reserve and take over
 //! when the relay fails. Otherwise the blob comes striped from every member holding it whole.
 //! The blob's tree comes from the first member chosen and is checked against the blob's
-//! BLAKE3.
+//! BLAKE3. A member a transfer dropped as too slow (see `transfer`) waits in reserve in this
+//! node's transfers for [`SLOW_FOR`], behind the members that are not, so that it costs one
+//! stall and not one per blob.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use blake3::hazmat::ChainingValue;
 use futures_util::StreamExt as _;
@@ -25,6 +28,38 @@ use crate::causes::Causes;
 
 /// How long the other members' answers are awaited once one member said it holds the blob.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
+/// How long a member dropped as too slow is kept in reserve.
+pub(super) const SLOW_FOR: Duration = Duration::from_secs(600);
+/// Most members remembered as slow at once (beyond, the oldest is forgotten).
+const MAX_SLOW: usize = 256;
+
+/// The members this node's transfers found too slow lately, and when.
+#[derive(Debug, Default)]
+pub(crate) struct SlowMembers(Mutex<HashMap<PeerId, Instant>>);
+
+impl SlowMembers {
+    /// Remembers `peer` as too slow, from now.
+    pub(super) fn mark(&self, peer: PeerId) {
+        let mut slow = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        slow.retain(|_, at| now.duration_since(*at) < SLOW_FOR);
+        if slow.len() >= MAX_SLOW
+            && let Some(oldest) = slow.iter().min_by_key(|(_, at)| **at).map(|(p, _)| *p)
+        {
+            slow.remove(&oldest);
+        }
+        slow.insert(peer, now);
+    }
+
+    /// The members found too slow within [`SLOW_FOR`].
+    fn now(&self) -> HashSet<PeerId> {
+        let slow = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slow.iter()
+            .filter(|(_, at)| at.elapsed() < SLOW_FOR)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
 
 /// A blob's tree as a member sent it, checked against the blob's BLAKE3.
 pub(super) struct Tree {
@@ -98,6 +133,11 @@ impl Sources {
             tracing::warn!(peer_id = %peer, blob = %blob_name(id), error = %Causes(&e), sources_left = self.live.len(), "a member was dropped from a transfer");
         }
         self.last = Some(e);
+    }
+
+    /// Whether the transfer has a member to turn to besides `peer` (live, or in reserve).
+    pub fn has_alternative(&self, peer: &PeerId) -> bool {
+        self.live.iter().any(|p| p != peer) || !self.reserve.is_empty()
     }
 
     /// Why the transfer failed once no member is left.
@@ -280,8 +320,32 @@ async fn fetch_tree(
 /// Sets the members `src` starts with and keeps in reserve, from what the members of `order`
 /// said they hold (`heads`): the member still fetching the blob least far ahead alone (first
 /// named on a tie), those holding it whole in reserve; without one, those holding it whole.
-/// Returns that relay.
-fn choose(order: &[PeerId], heads: &HashMap<PeerId, Holding>, src: &mut Sources) -> Option<PeerId> {
+/// Members found `slow` lately are chosen from only when no other holds anything, and are
+/// otherwise last in reserve (those holding it whole). Returns the relay.
+fn choose(
+    order: &[PeerId],
+    heads: &HashMap<PeerId, Holding>,
+    slow: &HashSet<PeerId>,
+    src: &mut Sources,
+) -> Option<PeerId> {
+    let (fast, slow): (Vec<PeerId>, Vec<PeerId>) = order.iter().partition(|p| !slow.contains(p));
+    if !fast.iter().any(|p| heads.contains_key(p)) {
+        return choose_among(&slow, heads, src);
+    }
+    let relay = choose_among(&fast, heads, src);
+    src.reserve.extend(
+        slow.iter()
+            .filter(|p| heads.get(p).is_some_and(|h| h.held.is_none())),
+    );
+    relay
+}
+
+/// [`choose`] among `order`, every member alike.
+fn choose_among(
+    order: &[PeerId],
+    heads: &HashMap<PeerId, Holding>,
+    src: &mut Sources,
+) -> Option<PeerId> {
     let relay = order
         .iter()
         .filter_map(|p| Some((*p, heads.get(p)?.held?)))
@@ -349,7 +413,7 @@ pub(super) async fn plan(
         }
     }
     drop(asks);
-    let relay = choose(&order, &heads, &mut src);
+    let relay = choose(&order, &heads, &rep.slow.now(), &mut src);
     // The tree, from the first member chosen that sends a good one.
     let tree = loop {
         let Some(&peer) = src.live.first() else {
@@ -423,17 +487,49 @@ mod tests {
             (e, holding(None)),
         ]);
         let mut src = Sources::new();
-        assert_eq!(choose(&order, &heads, &mut src), Some(d));
+        let none = HashSet::new();
+        assert_eq!(choose(&order, &heads, &none, &mut src), Some(d));
         assert_eq!(src.live, vec![d]);
         assert_eq!(src.reserve, vec![a, e]);
         // A tie goes to the member named first.
         let heads = HashMap::from([(b, holding(Some(0))), (d, holding(Some(0)))]);
-        assert_eq!(choose(&order, &heads, &mut src), Some(b));
+        assert_eq!(choose(&order, &heads, &none, &mut src), Some(b));
         assert!(src.reserve.is_empty());
         // Nobody fetching it: striped over the whole holders, in the order given.
         let heads = HashMap::from([(e, holding(None)), (a, holding(None))]);
-        assert_eq!(choose(&order, &heads, &mut src), None);
+        assert_eq!(choose(&order, &heads, &none, &mut src), None);
         assert_eq!(src.live, vec![a, e]);
         assert!(src.reserve.is_empty());
+    }
+
+    #[test]
+    fn a_member_found_slow_waits_in_reserve_unless_it_is_all_there_is() {
+        let [a, b, c] = [(); 3].map(|()| PeerId::random());
+        let order = [a, b, c];
+        let slow = HashSet::from([a]);
+        let mut src = Sources::new();
+        // a and b whole, c fetching: c relays, b then a (slow, last) in reserve.
+        let heads = HashMap::from([
+            (a, holding(None)),
+            (b, holding(None)),
+            (c, holding(Some(0))),
+        ]);
+        assert_eq!(choose(&order, &heads, &slow, &mut src), Some(c));
+        assert_eq!(
+            (src.live.clone(), src.reserve.clone()),
+            (vec![c], vec![b, a])
+        );
+        // a and b whole: striped over b alone, a in reserve.
+        let heads = HashMap::from([(a, holding(None)), (b, holding(None))]);
+        assert_eq!(choose(&order, &heads, &slow, &mut src), None);
+        assert_eq!((src.live.clone(), src.reserve.clone()), (vec![b], vec![a]));
+        // Only a holds it: a it is.
+        let heads = HashMap::from([(a, holding(None))]);
+        assert_eq!(choose(&order, &heads, &slow, &mut src), None);
+        assert_eq!((src.live.clone(), src.reserve.clone()), (vec![a], vec![]));
+        // Marked, remembered (until SLOW_FOR has passed).
+        let marks = SlowMembers::default();
+        marks.mark(a);
+        assert_eq!(marks.now(), HashSet::from([a]));
     }
 }

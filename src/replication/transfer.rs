@@ -13,7 +13,8 @@
 //! member whose chunk does not verify, that fails or that disappears is dropped for this
 //! transfer and its chunks go to the others, so a transfer resumes from the offset reached;
 //! at most [`WINDOW`] chunks are held (in flight, or verified and waiting for their turn to
-//! be written), so memory stays bounded whatever the blob's size. All transfers of the node
+//! be written), so memory stays bounded whatever the blob's size. A member that holds up the
+//! chunk written next for [`STALL`] while another could send it is dropped the same way. All transfers of the node
 //! together hold at most `replication.transferMemoryMiB` chunks (the buffers of the node's
 //! chunk pool, see `chunk_pool`), and each at most one more: a buffer of its own, for the
 //! group it writes next when the node's are all lent, so every transfer progresses however
@@ -46,6 +47,11 @@ const WINDOW: u64 = 12;
 const WRITE_QUEUE: usize = 2;
 /// Largest blob fetched at all.
 pub const MAX_BLOB: u64 = 64 << 30;
+/// How long the chunk written next may be awaited from one member while the transfer has
+/// another to turn to: a member that trickles (answering each chunk just within
+/// `blob_stream::ANSWER_TIMEOUT`, or a relay falling far behind) is dropped and its chunks go
+/// to the others. A chunk is 1 MiB: this is a floor of about 100 KiB/s.
+const STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a member's stream hands back: a group's verified bytes, or why the member failed.
 type Done = (PeerId, u64, Result<ChunkBuf, ReplicationError>);
@@ -244,6 +250,9 @@ pub(crate) async fn fetch_blob(
     let mut moved: BTreeMap<PeerId, u64> = BTreeMap::new();
     let mut streams: HashMap<PeerId, mpsc::Sender<(u64, ChunkBuf)>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut aborts: HashMap<PeerId, tokio::task::AbortHandle> = HashMap::new();
+    // When each group in flight was asked for.
+    let mut asked_at: HashMap<u64, tokio::time::Instant> = HashMap::new();
     let (done_tx, mut done) = mpsc::channel::<Done>(WINDOW as usize + 1);
     let mut turn = 0usize;
     // The one buffer this transfer may hold beyond the node's pool.
@@ -274,7 +283,7 @@ pub(crate) async fn fetch_blob(
             turn = turn.wrapping_add(1);
             let jobs = streams.entry(peer).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(PIPELINE);
-                tasks.spawn(member_stream(
+                let task = tasks.spawn(member_stream(
                     rep.clone(),
                     peer,
                     id.clone(),
@@ -283,6 +292,7 @@ pub(crate) async fn fetch_blob(
                     rx,
                     done_tx.clone(),
                 ));
+                aborts.insert(peer, task);
                 tx
             });
             // Room was checked (load < PIPELINE): only a stream that ended refuses.
@@ -301,6 +311,7 @@ pub(crate) async fn fetch_blob(
             }
             pending.remove(&i);
             assigned.insert(i, peer);
+            asked_at.insert(i, tokio::time::Instant::now());
             *load.entry(peer).or_default() += 1;
         }
         // The group written next may be unasked because every buffer it may take is lent: its
@@ -312,11 +323,36 @@ pub(crate) async fn fetch_blob(
             // Nothing in flight and nobody to ask.
             return Err(src.failure(id));
         }
+        // The member holding up the chunk written next, and until when it may, when the
+        // transfer has another to turn to.
+        let stalling = assigned
+            .get(&next_write)
+            .filter(|p| src.has_alternative(p))
+            .and_then(|p| Some((*p, *asked_at.get(&next_write)? + STALL)));
         let event = tokio::select! {
             d = done.recv() => d,
             Some(back) = own.take(), if next_waits => {
                 drop(back);
                 continue;
+            }
+            () = sleep_until(stalling.map(|(_, at)| at)), if stalling.is_some() => {
+                stalling.map(|(peer, _)| {
+                    // Its stream goes now, with the buffers of its chunks in flight; this
+                    // node's next transfers keep it in reserve for a while.
+                    if let Some(task) = aborts.remove(&peer) {
+                        task.abort();
+                    }
+                    rep.slow.mark(peer);
+                    let why = format!(
+                        "too slow: the chunk written next took over {} s",
+                        STALL.as_secs()
+                    );
+                    let failed = ReplicationError::PeerFailed {
+                        peer: peer.to_string(),
+                        why,
+                    };
+                    (peer, u64::MAX, Err(failed))
+                })
             }
         };
         let Some((peer, i, result)) = event else {
@@ -325,6 +361,7 @@ pub(crate) async fn fetch_blob(
         match result {
             Ok(data) if assigned.get(&i) == Some(&peer) => {
                 assigned.remove(&i);
+                asked_at.remove(&i);
                 if let Some(l) = load.get_mut(&peer) {
                     *l = l.saturating_sub(1);
                 }
@@ -345,6 +382,7 @@ pub(crate) async fn fetch_blob(
                     .collect();
                 for i in back {
                     assigned.remove(&i);
+                    asked_at.remove(&i);
                     pending.insert(i);
                 }
                 if src.live.contains(&peer) {
@@ -414,6 +452,14 @@ pub(crate) async fn fetch_blob(
     let by: Vec<String> = moved.iter().map(|(p, b)| format!("{p}={b}")).collect();
     tracing::info!(blob = %blob_name(id), size = total, members = moved.len(), sources = %by.join(","), relay = relay.map(|r| r.to_string()), seconds = secs, "blob fetched from members");
     Ok(info)
+}
+
+/// Sleeps until `at` (for ever when `None`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A blob's name for messages: `blake3:…` or `sha256:…`.

@@ -3,7 +3,7 @@
 //! it from both at once (striped), verifying every 1 MiB chunk against the blob's tree as it
 //! arrives. A source killed (SIGKILL) mid-transfer costs nothing: its chunks come from the
 //! other; a member whose chunks do not verify is dropped at that chunk, counted, and the blob
-//! completes from the good one.
+//! completes from the good one; a member that trickles is dropped as too slow.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -240,6 +240,40 @@ async fn a_member_sending_a_corrupted_chunk_is_dropped_at_that_chunk_and_the_blo
             >= 1.0
     );
     assert!(per_peer(&node_c, RECEIVED, &a_id).await >= (BIG_MB << 20) as f64 / 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_trickles_is_dropped_and_the_blob_comes_from_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((node_a, node_b, c, name)) = two_holders(tmp.path()).await else {
+        return;
+    };
+    // B comes back as a source that trickles: each chunk of the large blob leaves 20 s late,
+    // within the 30 s a chunk may take (so B never fails), over the 10 s the chunk written
+    // next may be held up while another member could send it. Kept, B alone would hold the
+    // transfer to a few chunks a minute (far past the wait below).
+    let b = node_b.dir.clone();
+    node_b.stop();
+    let slow = (image_factory::replication::BLOB_ANSWER_DELAY_ENV, "20000");
+    let node_b = Node::start_with(&b, &node_a.bootstrap().await, &[NO_SCRUB, slow]);
+    let (a_id, b_id) = (node_a.peer_id().await, node_b.peer_id().await);
+    let mut boot = node_a.bootstrap().await;
+    boot.extend(node_b.bootstrap().await);
+    let node_c = Node::start_with(&c, &boot, &[NO_SCRUB]);
+
+    wait_for_log(&node_c, "release replicated").await;
+    assert!(holds_verified(&c, &name), "C's copy is not whole");
+    let lines = dropped(&node_c, &b_id);
+    assert!(
+        lines.iter().any(|l| l.contains("too slow")),
+        "B was not dropped as too slow:\n{}",
+        node_c.log()
+    );
+    assert!(dropped(&node_c, &a_id).is_empty(), "A was dropped");
+    assert_eq!(
+        counter(&node_c, "image_factory_replication_chunks_rejected_total").await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
