@@ -423,6 +423,13 @@ async fn non_members_another_cluster_and_expired_members_are_refused() {
         let st = n.status().await;
         assert!(!connected_member(&st, &node_a.peer_id().await), "{st:#}");
     }
+    // A keeps no address of theirs (identify told it some): once their refusals end, A does
+    // not dial them again and again; they may still dial A.
+    let st = node_a.status().await;
+    for id in [&x_id, &y_id, &e_id] {
+        let addrs = peer(&st, id).map(|p| p["addrs"].clone());
+        assert_eq!(addrs, Some(serde_json::json!([])), "{st:#}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -489,9 +489,15 @@ impl EventLoop {
         }
         self.metrics.refused(&reason);
         let until = Instant::now() + REFUSED_FOR;
+        let seed = self.seeds.contains(&peer);
         if let Some(p) = self.peer(peer) {
             p.state = State::Refused { reason, until };
             p.welcome = None;
+            if !seed {
+                // Where a refused peer listens is of no use: it would be dialled again once
+                // its refusal ends, and again, for ever (a stranger that connected once).
+                p.addrs.clear();
+            }
         }
         self.hold.heard.remove(&peer);
         self.swarm

@@ -142,6 +142,9 @@ pub(crate) struct EventLoop {
     rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
     hold: holdings::HoldingsState,
     push: push::PushSync,
+    /// Peers named by the configuration (`replication.bootstrapPeers`) or saved as members:
+    /// their addresses are kept when they are refused, everyone else's are forgotten.
+    seeds: HashSet<PeerId>,
     /// Members' requests being answered off the loop.
     answering: Places,
     /// How late each schematic batch is answered ([`crate::replication::ANSWER_DELAY_ENV`]).
@@ -208,6 +211,7 @@ impl EventLoop {
             push: push::PushSync::new(remembered, fetcher),
             rel_jobs,
             cluster,
+            seeds: HashSet::new(),
             answering: Places::new(MAX_ANSWERING, MAX_ANSWERING_PER_PEER),
             answer_delay: crate::replication::test_settings::read(
                 crate::replication::ANSWER_DELAY_ENV,
@@ -235,6 +239,7 @@ impl EventLoop {
         }
         for (peer, addr) in seeds {
             if peer != local {
+                me.seeds.insert(peer);
                 me.peers
                     .entry(peer)
                     .or_insert_with(|| Peer::new(now))
@@ -486,6 +491,10 @@ impl EventLoop {
                 let Some(p) = self.peers.get_mut(&peer_id) else {
                     return;
                 };
+                if matches!(p.state, State::Refused { .. }) {
+                    // Not to be dialled: a refused peer's addresses are forgotten.
+                    return;
+                }
                 let mut added = Vec::new();
                 for a in info.listen_addrs {
                     let a = without_peer(a);
