@@ -75,6 +75,9 @@ pub(crate) const PROVIDER_TTL: Duration = Duration::from_secs(6 * 3600);
 /// How often a node republishes the records of what it holds: well inside the TTL, so one
 /// lost republication (a member restarting) never lets a record lapse.
 pub(crate) const PROVIDER_REPUBLISH: Duration = Duration::from_secs(2 * 3600);
+/// The gossip score of a peer not judged a member: below gossipsub's default graylist
+/// (-80), publish (-50) and gossip (-10) thresholds.
+pub(crate) const OUTSIDER_SCORE: f64 = -100.0;
 /// Providers remembered per key (a cluster has tens of members, not thousands).
 const MAX_PROVIDERS_PER_KEY: usize = 64;
 /// Keys this node provides (one per model it holds).
@@ -234,7 +237,7 @@ fn behaviour(
         .heartbeat_interval(Duration::from_secs(1))
         .build()
         .map_err(swarm_error("gossipsub configuration"))?;
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_config,
     )
@@ -242,6 +245,24 @@ fn behaviour(
         what: "gossipsub",
         source: e.into(),
     })?;
+    // Scores decide who hears the gossip: a peer not (yet) judged a member is scored below
+    // every threshold (no message, no IHAVE, no mesh place, its own RPCs ignored), a member at
+    // zero. Only the application's score counts: the penalties meant for open networks (IP
+    // colocation, on loopback every member; behaviour; slowness) could otherwise silence a
+    // member.
+    let params = gossipsub::PeerScoreParams {
+        app_specific_weight: 1.0,
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
+        ..Default::default()
+    };
+    gossipsub
+        .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+        .map_err(|e| ReplicationError::Swarm {
+            what: "gossipsub scores",
+            source: e.into(),
+        })?;
     let mdns = if mdns_on {
         Some(
             mdns::tokio::Behaviour::new(mdns::Config::default(), local)

@@ -7,7 +7,9 @@
 //! * a hostile member (a real identity and credential, from `cluster join`) floods a member
 //!   with schematic requests: it gets its share of the answering places and "busy" beyond;
 //! * sockets that connect and say nothing hold a node's places for connections in their
-//!   handshake only until the handshake deadline, so a member still gets in.
+//!   handshake only until the handshake deadline, so a member still gets in;
+//! * a stranger that subscribes to the cluster's topics during its hello window hears none
+//!   of the announcements the members hear meanwhile.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,16 +18,19 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, kad, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, kad, noise, tcp, yamux};
 
 use image_factory::replication::protocol::{
     HELLO_PROTOCOL, Hello, HelloReply, KAD_PROTOCOL, SCHEMATICS_PROTOCOL, SchematicReply,
-    SchematicRequest,
+    SchematicRequest, membership_topic, schematics_topic,
 };
 use image_factory::replication::{ANSWER_DELAY_ENV, Cluster, identity};
 use image_factory::trust::SigningKey;
 
-use crate::replication::{Node, connected_member, invite_offline, join, peer, wait_for};
+use crate::replication::{
+    Node, connected_member, create_schematic, invite_offline, join, peer, wait_for,
+    wait_for_schematic,
+};
 
 /// What the stranger speaks: enough of the hello to be asked (never to answer), and Kademlia.
 #[derive(NetworkBehaviour)]
@@ -346,4 +351,110 @@ async fn silent_sockets_do_not_shut_a_member_out() {
         "only {closed} of 72 silent sockets were closed"
     );
     drop(node_b);
+}
+
+/// What the eavesdropper speaks: enough of the hello to be asked (never to answer), and
+/// gossipsub.
+#[derive(NetworkBehaviour)]
+struct Eavesdropper {
+    hello: request_response::Behaviour<request_response::json::codec::Codec<Hello, HelloReply>>,
+    gossipsub: gossipsub::Behaviour,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_subscribed_in_its_hello_window_hears_no_announcement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let inv_b = tmp.path().join("b.invitation");
+    let b_id = invite_offline(&a, &inv_b);
+    join(&b, &inv_b);
+    let node_a = Node::start(&a, &[]);
+    let node_b = Node::start(&b, &node_a.bootstrap().await);
+    wait_for(&node_a, "A accepts B", |st| connected_member(st, &b_id)).await;
+    let cluster = node_a.status().await["replication"]["cluster"]["id"]
+        .as_str()
+        .expect("a cluster ID")
+        .to_string();
+
+    // The stranger knows the topics' names (A tells every peer its subscriptions) and
+    // subscribes to both; it holds A's hello, so A judges it only after 10 s.
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::new(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp transport")
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(200))
+                .build()
+                .expect("gossipsub config");
+            Eavesdropper {
+                hello: request_response::Behaviour::new(
+                    [(StreamProtocol::new(HELLO_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+                gossipsub: gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    config,
+                )
+                .expect("gossipsub"),
+            }
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    for t in [membership_topic(&cluster), schematics_topic(&cluster)] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&gossipsub::IdentTopic::new(t))
+            .expect("subscribe");
+    }
+    swarm.dial(tcp_addr(&node_a).await).expect("dial");
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    let listening = tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        let mut held = Vec::new();
+        let mut heard = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(8);
+        while let Ok(event) = tokio::time::timeout_at(until, swarm.select_next_some()).await {
+            match event {
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                SwarmEvent::Behaviour(EavesdropperEvent::Hello(
+                    request_response::Event::Message {
+                        message: request_response::Message::Request { channel, .. },
+                        ..
+                    },
+                )) => held.push(channel),
+                SwarmEvent::Behaviour(EavesdropperEvent::Gossipsub(
+                    gossipsub::Event::Message { message, .. },
+                )) => heard.push(String::from_utf8_lossy(&message.data).into_owned()),
+                _ => {}
+            }
+        }
+        heard
+    });
+    connected_rx.await.expect("the stranger connected to A");
+    // Subscriptions exchanged (and, were it scored like a member, a mesh place taken).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (id, canonical) = create_schematic(
+        &node_a,
+        "customization: {extraKernelArgs: [eavesdropped=1]}",
+    )
+    .await;
+    // B, a member, hears of it (gossip, within the stranger's window) and fetches it.
+    wait_for_schematic(&node_b, "B", &id, &canonical).await;
+    let heard = listening.await.expect("the stranger's task");
+    assert!(
+        heard.is_empty(),
+        "the stranger heard the members' gossip: {heard:?}"
+    );
 }

@@ -362,7 +362,7 @@ impl EventLoop {
                 if let Some(w) = welcome {
                     self.apply_welcome(peer, *w);
                 }
-                self.kad_add(peer);
+                self.admit(peer);
                 self.update_gauge();
                 HelloReply::Welcome {
                     revocations: self
@@ -439,7 +439,7 @@ impl EventLoop {
                 p.welcomed = true;
                 if member {
                     self.sync_schematics_with(peer);
-                    self.kad_add(peer);
+                    self.admit(peer);
                     self.apply_welcome(peer, welcome);
                 } else if !matches!(p.state, State::Refused { .. }) {
                     // Its hello is not judged yet: its news waits for the verdict.
@@ -500,10 +500,7 @@ impl EventLoop {
             }
         }
         self.hold.heard.remove(&peer);
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .judge(peer, Standing::Outsider);
+        self.keep_out(peer, Standing::Outsider);
         match cut {
             Cut::AfterAnswer => {
                 self.refusing.insert(

@@ -19,6 +19,8 @@ pub use releases::ReleaseParts;
 
 use peer::{Peer, State, without_peer};
 
+use super::kad_gate::Standing;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -433,6 +435,8 @@ impl EventLoop {
                     if member {
                         self.member_connected(peer_id);
                         self.update_gauge();
+                    } else {
+                        self.keep_out(peer_id, Standing::Judging);
                     }
                 }
             }
@@ -504,7 +508,7 @@ impl EventLoop {
                 }
                 if is_member && !added.is_empty() {
                     self.dirty = true;
-                    self.kad_add(peer_id);
+                    self.admit(peer_id);
                 }
             }
             BehaviourEvent::Ping(ping::Event {

@@ -171,18 +171,30 @@ impl EventLoop {
         }
     }
 
-    /// Adds a member's addresses to the routing table (members only are in it).
-    pub(super) fn kad_add(&mut self, peer: PeerId) {
+    /// A member judged: Kademlia answers it and routes to its addresses (members only are in
+    /// the routing table), and gossip reaches it.
+    pub(super) fn admit(&mut self, peer: PeerId) {
         let addrs: Vec<_> = self
             .peers
             .get(&peer)
             .map(|p| p.addrs.iter().cloned().collect())
             .unwrap_or_default();
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        kad.judge(peer, Standing::Member);
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.gossipsub.set_application_score(&peer, 0.0);
+        behaviour.kad.judge(peer, Standing::Member);
         for a in addrs {
-            kad.add_address(&peer, a);
+            behaviour.kad.add_address(&peer, a);
         }
+    }
+
+    /// A peer not (or no longer) judged a member: gossip does not reach it, and Kademlia
+    /// does not answer it (`standing` says whether it waits for its verdict).
+    pub(super) fn keep_out(&mut self, peer: PeerId, standing: Standing) {
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour
+            .gossipsub
+            .set_application_score(&peer, crate::replication::swarm::OUTSIDER_SCORE);
+        behaviour.kad.judge(peer, standing);
     }
 
     pub(super) fn on_kad_event(&mut self, event: kad::Event) {
