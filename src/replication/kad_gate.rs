@@ -28,9 +28,8 @@ type KadOut = THandlerOutEvent<Kad>;
 /// What a Kademlia connection handler is told (answers, resets).
 type KadIn = THandlerInEvent<Kad>;
 
-/// Requests held for one peer still being judged (Kademlia's own bound of streams on one
-/// connection).
-const MAX_HELD_PER_PEER: usize = 32;
+/// Requests held for one peer still being judged: a member's first queries are a few.
+const MAX_HELD_PER_PEER: usize = 8;
 /// Requests held for all peers being judged.
 const MAX_HELD: usize = 1024;
 

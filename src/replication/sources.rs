@@ -93,6 +93,8 @@ pub(super) struct Sources {
     pub live: Vec<PeerId>,
     /// Members holding the whole blob, asked once the relay in `live` failed.
     reserve: Vec<PeerId>,
+    /// Members set aside as too slow, asked again only once no other is left.
+    last_resort: Vec<PeerId>,
     /// Whether every member dropped so far only lacked the blob.
     all_missing: bool,
     last: Option<ReplicationError>,
@@ -104,6 +106,7 @@ impl Sources {
         Self {
             live: Vec::new(),
             reserve: Vec::new(),
+            last_resort: Vec::new(),
             all_missing: true,
             last: None,
         }
@@ -112,11 +115,7 @@ impl Sources {
     /// Drops `peer` from this transfer for `e` (counted when its bytes did not verify); the
     /// reserve takes over when no member is left.
     pub fn drop_peer(&mut self, rep: &Replication, peer: PeerId, id: &BlobId, e: ReplicationError) {
-        self.live.retain(|p| *p != peer);
-        self.reserve.retain(|p| *p != peer);
-        if self.live.is_empty() && !self.reserve.is_empty() {
-            self.live = std::mem::take(&mut self.reserve);
-        }
+        self.remove(&peer);
         match &e {
             // Lacking it is no fault (asked members may not hold it; a relay may fall behind).
             ReplicationError::NotHeld { .. } => {
@@ -133,6 +132,37 @@ impl Sources {
             tracing::warn!(peer_id = %peer, blob = %blob_name(id), error = %Causes(&e), sources_left = self.live.len(), "a member was dropped from a transfer");
         }
         self.last = Some(e);
+    }
+
+    /// Sets `peer` aside as too slow (it held up the chunk written next for `stall`): asked
+    /// again only once every other member failed.
+    pub fn demote(&mut self, peer: PeerId, id: &BlobId, stall: Duration) {
+        self.live.retain(|p| *p != peer);
+        self.reserve.retain(|p| *p != peer);
+        if !self.last_resort.contains(&peer) {
+            self.last_resort.push(peer);
+        }
+        self.refill();
+        tracing::warn!(peer_id = %peer, blob = %blob_name(id), error = format!("too slow: the chunk written next took over {} s", stall.as_secs()), sources_left = self.live.len(), "a member was dropped from a transfer");
+    }
+
+    /// Takes `peer` out of every list, turning to the others as [`Sources::refill`] does.
+    fn remove(&mut self, peer: &PeerId) {
+        self.live.retain(|p| p != peer);
+        self.reserve.retain(|p| p != peer);
+        self.last_resort.retain(|p| p != peer);
+        self.refill();
+    }
+
+    /// Turns to the reserve, then to the members set aside, when no member is live.
+    fn refill(&mut self) {
+        if self.live.is_empty() {
+            self.live = if self.reserve.is_empty() {
+                std::mem::take(&mut self.last_resort)
+            } else {
+                std::mem::take(&mut self.reserve)
+            };
+        }
     }
 
     /// Whether the transfer has a member to turn to besides `peer` (live, or in reserve).
@@ -500,6 +530,30 @@ mod tests {
         assert_eq!(choose(&order, &heads, &none, &mut src), None);
         assert_eq!(src.live, vec![a, e]);
         assert!(src.reserve.is_empty());
+    }
+
+    #[test]
+    fn a_member_set_aside_as_slow_is_asked_again_only_when_no_other_is_left() {
+        let [a, b, r] = [(); 3].map(|()| PeerId::random());
+        let id = BlobId::Blake3("a".repeat(64));
+        let mut src = Sources::new();
+        // A relay a, with b in reserve: a is set aside, b takes over.
+        (src.live, src.reserve) = (vec![a], vec![b]);
+        assert!(src.has_alternative(&a));
+        src.demote(a, &id, Duration::from_secs(10));
+        assert_eq!((src.live.clone(), src.reserve.clone()), (vec![b], vec![]));
+        assert!(
+            !src.has_alternative(&b),
+            "a set-aside member is no alternative"
+        );
+        // b fails: a is asked again rather than the transfer failing.
+        src.remove(&b);
+        assert_eq!(src.live, vec![a]);
+        // Striped over a and r: a set aside, r goes on alone.
+        let mut src = Sources::new();
+        src.live = vec![a, r];
+        src.demote(a, &id, Duration::from_secs(10));
+        assert_eq!(src.live, vec![r]);
     }
 
     #[test]

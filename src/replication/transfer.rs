@@ -14,7 +14,8 @@
 //! transfer and its chunks go to the others, so a transfer resumes from the offset reached;
 //! at most [`WINDOW`] chunks are held (in flight, or verified and waiting for their turn to
 //! be written), so memory stays bounded whatever the blob's size. A member that holds up the
-//! chunk written next for [`STALL`] while another could send it is dropped the same way. All transfers of the node
+//! chunk written next for [`STALL`] while another could send it is set aside the same way,
+//! but kept as the last resort. All transfers of the node
 //! together hold at most `replication.transferMemoryMiB` chunks (the buffers of the node's
 //! chunk pool, see `chunk_pool`), and each at most one more: a buffer of its own, for the
 //! group it writes next when the node's are all lent, so every transfer progresses however
@@ -47,10 +48,11 @@ const WINDOW: u64 = 12;
 const WRITE_QUEUE: usize = 2;
 /// Largest blob fetched at all.
 pub const MAX_BLOB: u64 = 64 << 30;
-/// How long the chunk written next may be awaited from one member while the transfer has
-/// another to turn to: a member that trickles (answering each chunk just within
-/// `blob_stream::ANSWER_TIMEOUT`, or a relay falling far behind) is dropped and its chunks go
-/// to the others. A chunk is 1 MiB: this is a floor of about 100 KiB/s.
+/// How long the chunk written next may be awaited from one member, from when it was asked for
+/// or the member last delivered one, while the transfer has another to turn to: a member that
+/// trickles (answering each chunk just within `blob_stream::ANSWER_TIMEOUT`, or a relay
+/// falling far behind) is set aside, last in reserve, and its chunks go to the others. A chunk
+/// is 1 MiB: a floor of about 100 KiB/s per member.
 const STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a member's stream hands back: a group's verified bytes, or why the member failed.
@@ -251,8 +253,9 @@ pub(crate) async fn fetch_blob(
     let mut streams: HashMap<PeerId, mpsc::Sender<(u64, ChunkBuf)>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut aborts: HashMap<PeerId, tokio::task::AbortHandle> = HashMap::new();
-    // When each group in flight was asked for.
+    // When each group in flight was asked for, and when each member last delivered one.
     let mut asked_at: HashMap<u64, tokio::time::Instant> = HashMap::new();
+    let mut delivered: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
     let (done_tx, mut done) = mpsc::channel::<Done>(WINDOW as usize + 1);
     let mut turn = 0usize;
     // The one buffer this transfer may hold beyond the node's pool.
@@ -323,36 +326,40 @@ pub(crate) async fn fetch_blob(
             // Nothing in flight and nobody to ask.
             return Err(src.failure(id));
         }
-        // The member holding up the chunk written next, and until when it may, when the
-        // transfer has another to turn to.
+        // The member holding up the chunk written next, and until when it may (10 s after it
+        // was asked for it or last delivered a chunk, whichever is later), when the transfer
+        // has another member to turn to.
         let stalling = assigned
             .get(&next_write)
             .filter(|p| src.has_alternative(p))
-            .and_then(|p| Some((*p, *asked_at.get(&next_write)? + STALL)));
+            .and_then(|p| {
+                let asked = *asked_at.get(&next_write)?;
+                let since = delivered.get(p).map_or(asked, |d| asked.max(*d));
+                Some((*p, since + STALL))
+            });
         let event = tokio::select! {
+            // Answers first: one already in is never passed over for the stall deadline.
+            biased;
             d = done.recv() => d,
             Some(back) = own.take(), if next_waits => {
                 drop(back);
                 continue;
             }
             () = sleep_until(stalling.map(|(_, at)| at)), if stalling.is_some() => {
-                stalling.map(|(peer, _)| {
-                    // Its stream goes now, with the buffers of its chunks in flight; this
-                    // node's next transfers keep it in reserve for a while.
+                if let Some((peer, _)) = stalling {
+                    // Its stream goes now, with the buffers of its chunks in flight. It is
+                    // asked again only if every other member fails, and this node's next
+                    // transfers keep it in reserve for a while.
                     if let Some(task) = aborts.remove(&peer) {
                         task.abort();
                     }
+                    streams.remove(&peer);
+                    load.remove(&peer);
+                    take_back(peer, &mut assigned, &mut asked_at, &mut pending);
                     rep.slow.mark(peer);
-                    let why = format!(
-                        "too slow: the chunk written next took over {} s",
-                        STALL.as_secs()
-                    );
-                    let failed = ReplicationError::PeerFailed {
-                        peer: peer.to_string(),
-                        why,
-                    };
-                    (peer, u64::MAX, Err(failed))
-                })
+                    src.demote(peer, id, STALL);
+                }
+                continue;
             }
         };
         let Some((peer, i, result)) = event else {
@@ -362,6 +369,7 @@ pub(crate) async fn fetch_blob(
             Ok(data) if assigned.get(&i) == Some(&peer) => {
                 assigned.remove(&i);
                 asked_at.remove(&i);
+                delivered.insert(peer, tokio::time::Instant::now());
                 if let Some(l) = load.get_mut(&peer) {
                     *l = l.saturating_sub(1);
                 }
@@ -375,16 +383,7 @@ pub(crate) async fn fetch_blob(
                 // The member's stream ended: its groups go back to the others.
                 streams.remove(&peer);
                 load.remove(&peer);
-                let back: Vec<u64> = assigned
-                    .iter()
-                    .filter(|(_, p)| **p == peer)
-                    .map(|(i, _)| *i)
-                    .collect();
-                for i in back {
-                    assigned.remove(&i);
-                    asked_at.remove(&i);
-                    pending.insert(i);
-                }
+                take_back(peer, &mut assigned, &mut asked_at, &mut pending);
                 if src.live.contains(&peer) {
                     src.drop_peer(rep, peer, id, e);
                 }
@@ -452,6 +451,25 @@ pub(crate) async fn fetch_blob(
     let by: Vec<String> = moved.iter().map(|(p, b)| format!("{p}={b}")).collect();
     tracing::info!(blob = %blob_name(id), size = total, members = moved.len(), sources = %by.join(","), relay = relay.map(|r| r.to_string()), seconds = secs, "blob fetched from members");
     Ok(info)
+}
+
+/// Puts the groups asked of `peer` and not yet back among those still to ask for.
+fn take_back(
+    peer: PeerId,
+    assigned: &mut BTreeMap<u64, PeerId>,
+    asked_at: &mut HashMap<u64, tokio::time::Instant>,
+    pending: &mut BTreeSet<u64>,
+) {
+    let back: Vec<u64> = assigned
+        .iter()
+        .filter(|(_, p)| **p == peer)
+        .map(|(i, _)| *i)
+        .collect();
+    for i in back {
+        assigned.remove(&i);
+        asked_at.remove(&i);
+        pending.insert(i);
+    }
 }
 
 /// Sleeps until `at` (for ever when `None`).

@@ -191,8 +191,7 @@ impl EventLoop {
         }
     }
 
-    /// A gossip message: taken (and forwarded) only from members, only when well formed, and
-    /// news of a member's own state (holdings, leases, builds) only when its author is one.
+    /// A gossip message: taken (and forwarded) only from members, and only when well formed.
     pub(super) fn on_gossip(
         &mut self,
         from: &PeerId,
@@ -230,13 +229,8 @@ impl EventLoop {
                 self.release_announced(*from, source, version);
                 MessageAcceptance::Accept
             }
-            // A member's news of itself, from an author not judged here (yet): neither taken
-            // nor passed on.
-            Gossip::Holdings { .. } | Gossip::Lease { .. } | Gossip::Built { .. }
-                if !self.is_member(&author) =>
-            {
-                MessageAcceptance::Ignore
-            }
+            // Passed on even when its author is not judged here (yet): members may reach each
+            // other only through others. Holdings are kept for members only.
             Gossip::Holdings { holdings } => {
                 self.holdings_heard(author, holdings);
                 MessageAcceptance::Accept
@@ -489,11 +483,11 @@ impl EventLoop {
         }
         self.metrics.refused(&reason);
         let until = Instant::now() + REFUSED_FOR;
-        let seed = self.seeds.contains(&peer);
+        let vouched = self.vouched.contains(&peer);
         if let Some(p) = self.peer(peer) {
             p.state = State::Refused { reason, until };
             p.welcome = None;
-            if !seed {
+            if !vouched {
                 // Where a refused peer listens is of no use: it would be dialled again once
                 // its refusal ends, and again, for ever (a stranger that connected once).
                 p.addrs.clear();

@@ -19,8 +19,6 @@ pub use releases::ReleaseParts;
 
 use peer::{Peer, State, without_peer};
 
-use super::kad_gate::Standing;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,12 +78,23 @@ const DIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::fr
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// Most peers tracked at once (members and peers being refused).
 const MAX_PEERS: usize = 4096;
-/// Members' requests answered off the loop at once (reading the store, signing): each
-/// holds a blocking thread and its answer (up to a few MiB) until it is handed back.
+/// Members' requests of one kind answered off the loop at once (reading the store, signing):
+/// each holds a blocking thread and its answer (up to a few MiB) until it is handed back.
 const MAX_ANSWERING: usize = 32;
 /// Requests of one member answered off the loop at once: a quarter of [`MAX_ANSWERING`], and
 /// as many schematic batches as a member asks for at once (`MAX_FETCHING` / `MAX_GET`).
 pub(crate) const MAX_ANSWERING_PER_PEER: usize = 8;
+/// A kind of member request answered off the loop, each with its own places.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Answer {
+    /// A batch of schematics.
+    Schematics = 0,
+    /// A release record, signed on the spot.
+    Release = 1,
+    /// A model's record.
+    ModelRecord = 2,
+}
+
 /// Longest delay [`crate::replication::ANSWER_DELAY_ENV`] may ask for, in milliseconds.
 const MAX_ANSWER_DELAY_MS: u64 = 10_000;
 /// Why a request over those bounds is refused (the asker asks again in its next round).
@@ -144,11 +153,13 @@ pub(crate) struct EventLoop {
     rel_jobs: mpsc::UnboundedReceiver<releases::Job>,
     hold: holdings::HoldingsState,
     push: push::PushSync,
-    /// Peers named by the configuration (`replication.bootstrapPeers`) or saved as members:
-    /// their addresses are kept when they are refused, everyone else's are forgotten.
-    seeds: HashSet<PeerId>,
-    /// Members' requests being answered off the loop.
-    answering: Places,
+    /// Peers named by the configuration (`replication.bootstrapPeers`), saved as members or
+    /// judged members in this run: their addresses are kept when they are refused (a member
+    /// silent or expired for a while), everyone else's are forgotten.
+    vouched: HashSet<PeerId>,
+    /// Members' requests being answered off the loop, by protocol (a member fetching many
+    /// schematic batches still has its model records and releases answered).
+    answering: [Places; 3],
     /// How late each schematic batch is answered ([`crate::replication::ANSWER_DELAY_ENV`]).
     answer_delay: Option<Duration>,
 }
@@ -213,8 +224,8 @@ impl EventLoop {
             push: push::PushSync::new(remembered, fetcher),
             rel_jobs,
             cluster,
-            seeds: HashSet::new(),
-            answering: Places::new(MAX_ANSWERING, MAX_ANSWERING_PER_PEER),
+            vouched: HashSet::new(),
+            answering: [(); 3].map(|()| Places::new(MAX_ANSWERING, MAX_ANSWERING_PER_PEER)),
             answer_delay: crate::replication::test_settings::read(
                 crate::replication::ANSWER_DELAY_ENV,
                 MAX_ANSWER_DELAY_MS,
@@ -241,7 +252,7 @@ impl EventLoop {
         }
         for (peer, addr) in seeds {
             if peer != local {
-                me.seeds.insert(peer);
+                me.vouched.insert(peer);
                 me.peers
                     .entry(peer)
                     .or_insert_with(|| Peer::new(now))
@@ -428,6 +439,7 @@ impl EventLoop {
                     p.connected_since = now;
                     p.state = p.state.reconnected(now);
                     let member = matches!(p.state, State::Member { .. });
+                    let standing = p.state.standing();
                     p.rtt = None;
                     p.welcomed = false;
                     p.hello_retries = 0;
@@ -436,7 +448,7 @@ impl EventLoop {
                         self.member_connected(peer_id);
                         self.update_gauge();
                     } else {
-                        self.keep_out(peer_id, Standing::Judging);
+                        self.keep_out(peer_id, standing);
                     }
                 }
             }
@@ -557,14 +569,16 @@ impl EventLoop {
             .collect()
     }
 
-    /// A place to answer `peer`'s request off the loop, or none (logged and counted: the
-    /// request is to be answered busy) while [`MAX_ANSWERING`] or its member's share are taken.
-    pub(super) fn answer_place(&mut self, peer: PeerId, what: &'static str) -> Option<Place> {
-        match self.answering.take(peer) {
+    /// A place to answer `peer`'s request of kind `what` off the loop, or none (logged and
+    /// counted: the request is to be answered busy) while that kind's [`MAX_ANSWERING`] or its
+    /// member's share are taken.
+    pub(super) fn answer_place(&mut self, peer: PeerId, what: Answer) -> Option<Place> {
+        let places = &self.answering[what as usize];
+        match places.take(peer) {
             Ok(place) => Some(place),
             Err(full) => {
                 self.metrics.requests_busy.increment(1);
-                tracing::debug!(peer_id = %peer, what, of = ?full, max = self.answering.max(&full), "a member's request answered busy");
+                tracing::debug!(peer_id = %peer, what = ?what, of = ?full, max = places.max(&full), "a member's request answered busy");
                 None
             }
         }

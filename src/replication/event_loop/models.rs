@@ -179,6 +179,7 @@ impl EventLoop {
             .get(&peer)
             .map(|p| p.addrs.iter().cloned().collect())
             .unwrap_or_default();
+        self.vouched.insert(peer);
         let behaviour = self.swarm.behaviour_mut();
         behaviour.gossipsub.set_application_score(&peer, 0.0);
         behaviour.kad.judge(peer, Standing::Member);
@@ -286,7 +287,7 @@ impl EventLoop {
                         .send_response(channel, ModelReply::Refused);
                     return;
                 }
-                let Some(place) = self.answer_place(peer, "model record") else {
+                let Some(place) = self.answer_place(peer, super::Answer::ModelRecord) else {
                     // A model record is small and asked for once per fetch: the asker takes
                     // it from another holder, or builds.
                     let _ = self

@@ -34,13 +34,7 @@ pub(super) enum State {
 }
 
 impl State {
-    /// The state a peer takes when its first connection opens. A member stays one: its
-    /// credential was checked, and expiry and revocation still end it; the peer may not have
-    /// seen the old connections close, and then sends no new hello. A peer refused a moment
-    /// ago (its connection got in before the deny) stays refused; its hello is judged again
-    /// and answered with the reason. Any other peer has [`super::HELLO_TIMEOUT`] to present
-    /// one.
-    /// Where a peer in this state stands for the members-only protocols (Kademlia).
+    /// Where a peer in this state stands for the members-only protocols (Kademlia, gossip).
     pub(super) fn standing(&self) -> Standing {
         match self {
             State::Member { .. } => Standing::Member,
@@ -49,6 +43,12 @@ impl State {
         }
     }
 
+    /// The state a peer takes when its first connection opens. A member stays one: its
+    /// credential was checked, and expiry and revocation still end it; the peer may not have
+    /// seen the old connections close, and then sends no new hello. A peer refused a moment
+    /// ago (its connection got in before the deny) stays refused; its hello is judged again
+    /// and answered with the reason. Any other peer has [`super::HELLO_TIMEOUT`] to present
+    /// one.
     pub(super) fn reconnected(&self, now: Instant) -> State {
         match self {
             State::Member { .. } | State::Refused { .. } => self.clone(),

@@ -305,7 +305,7 @@ impl EventLoop {
             );
             return;
         }
-        let Some(place) = self.answer_place(peer, "release") else {
+        let Some(place) = self.answer_place(peer, super::Answer::Release) else {
             let _ = self.swarm.behaviour_mut().releases.send_response(
                 channel,
                 ReleaseReply::Refused {

@@ -305,28 +305,30 @@ impl EventLoop {
                     let (ids, more) = self.sync.page(after.as_deref(), limit);
                     SchematicReply::Ids { ids, more }
                 }
-                SchematicRequest::Get { ids } => match self.answer_place(peer, "schematics") {
-                    Some(place) => {
-                        let store = self.sync.store.clone();
-                        let jobs = self.sync.jobs.clone();
-                        let ids: Vec<String> = ids.into_iter().take(MAX_GET).collect();
-                        let delay = self.answer_delay;
-                        tokio::task::spawn_blocking(move || {
-                            if let Some(d) = delay {
-                                std::thread::sleep(d);
-                            }
-                            let reply = SchematicReply::Schematics {
-                                items: read_batch(&store, &ids),
-                            };
-                            drop(place);
-                            let _ = jobs.send(Job::Serve { channel, reply });
-                        });
-                        return;
+                SchematicRequest::Get { ids } => {
+                    match self.answer_place(peer, super::Answer::Schematics) {
+                        Some(place) => {
+                            let store = self.sync.store.clone();
+                            let jobs = self.sync.jobs.clone();
+                            let ids: Vec<String> = ids.into_iter().take(MAX_GET).collect();
+                            let delay = self.answer_delay;
+                            tokio::task::spawn_blocking(move || {
+                                if let Some(d) = delay {
+                                    std::thread::sleep(d);
+                                }
+                                let reply = SchematicReply::Schematics {
+                                    items: read_batch(&store, &ids),
+                                };
+                                drop(place);
+                                let _ = jobs.send(Job::Serve { channel, reply });
+                            });
+                            return;
+                        }
+                        None => SchematicReply::Refused {
+                            reason: super::BUSY.into(),
+                        },
                     }
-                    None => SchematicReply::Refused {
-                        reason: super::BUSY.into(),
-                    },
-                },
+                }
             }
         };
         let _ = self
