@@ -39,12 +39,12 @@ struct Stranger {
     kad: kad::Behaviour<kad::store::MemoryStore>,
 }
 
-/// What the stranger's FIND_NODE to `member` brought back: the peers it learned, or why the
-/// query ended without any.
-async fn ask_for_peers(member: PeerId, addr: Multiaddr) -> Result<Vec<PeerId>, String> {
-    let key = libp2p::identity::Keypair::generate_ed25519();
-    let me = key.public().to_peer_id();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+/// A swarm of a hand-made peer with identity `key`, over TCP, running `behaviour`.
+fn hand_made<B: NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::new(),
@@ -52,20 +52,34 @@ async fn ask_for_peers(member: PeerId, addr: Multiaddr) -> Result<Vec<PeerId>, S
             yamux::Config::default,
         )
         .expect("tcp transport")
-        .with_behaviour(|_| {
-            let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-            cfg.set_query_timeout(Duration::from_secs(5));
-            Stranger {
-                hello: request_response::Behaviour::new(
-                    [(StreamProtocol::new(HELLO_PROTOCOL), ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                ),
-                kad: kad::Behaviour::with_config(me, kad::store::MemoryStore::new(me), cfg),
-            }
-        })
+        .with_behaviour(|key| behaviour(key))
         .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// The hello of a hand-made peer: it is asked (and may ask), on the members' protocol.
+fn hello_protocol()
+-> request_response::Behaviour<request_response::json::codec::Codec<Hello, HelloReply>> {
+    request_response::Behaviour::new(
+        [(StreamProtocol::new(HELLO_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default(),
+    )
+}
+
+/// What the stranger's FIND_NODE to `member` brought back: the peers it learned, or why the
+/// query ended without any.
+async fn ask_for_peers(member: PeerId, addr: Multiaddr) -> Result<Vec<PeerId>, String> {
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut swarm = hand_made(key, |_| {
+        let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        cfg.set_query_timeout(Duration::from_secs(5));
+        Stranger {
+            hello: hello_protocol(),
+            kad: kad::Behaviour::with_config(me, kad::store::MemoryStore::new(me), cfg),
+        }
+    });
     swarm.behaviour_mut().kad.add_address(&member, addr);
     swarm
         .behaviour_mut()
@@ -185,30 +199,16 @@ async fn flood_schematics(
         cluster: Some(m.record.cluster.clone()),
         credential: m.credential.clone(),
     };
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::new(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp transport")
-        .with_behaviour(|_| Hostile {
-            hello: request_response::Behaviour::new(
-                [(StreamProtocol::new(HELLO_PROTOCOL), ProtocolSupport::Full)],
-                request_response::Config::default(),
-            ),
-            schematics: request_response::Behaviour::new(
-                [(
-                    StreamProtocol::new(SCHEMATICS_PROTOCOL),
-                    ProtocolSupport::Full,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-            ),
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = hand_made(key, |_| Hostile {
+        hello: hello_protocol(),
+        schematics: request_response::Behaviour::new(
+            [(
+                StreamProtocol::new(SCHEMATICS_PROTOCOL),
+                ProtocolSupport::Full,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        ),
+    });
     swarm.dial(addr).expect("dial");
     let mut replies = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
@@ -379,34 +379,20 @@ async fn a_stranger_subscribed_in_its_hello_window_hears_no_announcement() {
     // The stranger knows the topics' names (A tells every peer its subscriptions) and
     // subscribes to both; it holds A's hello, so A judges it only after 10 s.
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::new(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp transport")
-        .with_behaviour(|key| {
-            let config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(200))
-                .build()
-                .expect("gossipsub config");
-            Eavesdropper {
-                hello: request_response::Behaviour::new(
-                    [(StreamProtocol::new(HELLO_PROTOCOL), ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                ),
-                gossipsub: gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    config,
-                )
-                .expect("gossipsub"),
-            }
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
+    let mut swarm = hand_made(key, |key| {
+        let config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_millis(200))
+            .build()
+            .expect("gossipsub config");
+        Eavesdropper {
+            hello: hello_protocol(),
+            gossipsub: gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                config,
+            )
+            .expect("gossipsub"),
+        }
+    });
     for t in [membership_topic(&cluster), schematics_topic(&cluster)] {
         swarm
             .behaviour_mut()

@@ -279,17 +279,14 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if !self.is_member(&peer) || !is_key(&request.key) {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .models
-                        .send_response(channel, ModelReply::Refused);
-                    return;
-                }
-                let Some(place) = self.answer_place(peer, super::Answer::ModelRecord) else {
-                    // A model record is small and asked for once per fetch: the asker takes
-                    // it from another holder, or builds.
+                let place = if self.is_member(&peer) && is_key(&request.key) {
+                    self.answer_place(peer, super::Answer::ModelRecord)
+                } else {
+                    None
+                };
+                let Some(place) = place else {
+                    // Not a member, not a model's key, or busy: the asker takes the record
+                    // from another holder, or builds.
                     let _ = self
                         .swarm
                         .behaviour_mut()
