@@ -39,6 +39,17 @@ struct Stranger {
     kad: kad::Behaviour<kad::store::MemoryStore>,
 }
 
+/// A founds a cluster and B joins it (in `tmp`), both running, B bootstrapped to A; B's ID.
+async fn two_members(tmp: &Path) -> (Node, Node, String) {
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    let inv_b = tmp.join("b.invitation");
+    let b_id = invite_offline(&a, &inv_b);
+    join(&b, &inv_b);
+    let node_a = Node::start(&a, &[]);
+    let node_b = Node::start(&b, &node_a.bootstrap().await);
+    (node_a, node_b, b_id)
+}
+
 /// A swarm of a hand-made peer with identity `key`, over TCP, running `behaviour`.
 fn hand_made<B: NetworkBehaviour>(
     key: libp2p::identity::Keypair,
@@ -123,12 +134,7 @@ async fn ask_for_peers(member: PeerId, addr: Multiaddr) -> Result<Vec<PeerId>, S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_asking_a_members_kademlia_learns_no_member() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let inv_b = tmp.path().join("b.invitation");
-    let b_id = invite_offline(&a, &inv_b);
-    join(&b, &inv_b);
-    let node_a = Node::start(&a, &[]);
-    let node_b = Node::start(&b, &node_a.bootstrap().await);
+    let (node_a, node_b, b_id) = two_members(tmp.path()).await;
     // B in A's routing table: a member, with an address (learnt by identify).
     wait_for(&node_a, "A knows B with an address", |st| {
         connected_member(st, &b_id)
@@ -364,12 +370,7 @@ struct Eavesdropper {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_subscribed_in_its_hello_window_hears_no_announcement() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let inv_b = tmp.path().join("b.invitation");
-    let b_id = invite_offline(&a, &inv_b);
-    join(&b, &inv_b);
-    let node_a = Node::start(&a, &[]);
-    let node_b = Node::start(&b, &node_a.bootstrap().await);
+    let (node_a, node_b, b_id) = two_members(tmp.path()).await;
     wait_for(&node_a, "A accepts B", |st| connected_member(st, &b_id)).await;
     let cluster = node_a.status().await["replication"]["cluster"]["id"]
         .as_str()
