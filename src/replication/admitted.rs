@@ -35,14 +35,4 @@ impl Admitted {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(peer)
     }
-
-    /// The members now.
-    pub(crate) fn all(&self) -> Vec<PeerId> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect()
-    }
 }

@@ -6,7 +6,7 @@
 //! is reset, so the asker learns nothing. The gate keeps the judged members in [`Admitted`],
 //! which the blob streams read too.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::task::{Context, Poll, Waker};
 
@@ -94,27 +94,6 @@ impl KadGate {
             }
         }
         self.wake();
-    }
-
-    /// Judges again every member and every peer with held requests by `standing`.
-    pub(crate) fn review(&mut self, standing: impl Fn(&PeerId) -> Standing) {
-        let peers: HashSet<PeerId> = self
-            .members
-            .all()
-            .into_iter()
-            .chain(self.held.keys().copied())
-            .collect();
-        for p in peers {
-            let s = standing(&p);
-            let settled = match s {
-                Standing::Member => self.members.contains(&p) && !self.held.contains_key(&p),
-                Standing::Judging => !self.members.contains(&p),
-                Standing::Outsider => false,
-            };
-            if !settled {
-                self.judge(p, s);
-            }
-        }
     }
 
     fn release(&mut self, peer: &PeerId) -> Vec<Held> {

@@ -246,15 +246,15 @@ pub(crate) async fn fetch_blob(
     let mut pending: BTreeSet<u64> = (0..n).collect();
     let mut ready: BTreeMap<u64, ChunkBuf> = BTreeMap::new();
     let mut next_write = 0u64;
-    // Groups asked of each member and not yet back.
-    let mut assigned: BTreeMap<u64, PeerId> = BTreeMap::new();
+    // Groups asked of a member and not yet back: which member, and when they were asked for.
+    let mut assigned: BTreeMap<u64, (PeerId, tokio::time::Instant)> = BTreeMap::new();
     let mut load: HashMap<PeerId, usize> = HashMap::new();
     let mut moved: BTreeMap<PeerId, u64> = BTreeMap::new();
-    let mut streams: HashMap<PeerId, mpsc::Sender<(u64, ChunkBuf)>> = HashMap::new();
+    // Each member's stream: where its groups are handed, and its task.
+    let mut streams: HashMap<PeerId, (mpsc::Sender<(u64, ChunkBuf)>, tokio::task::AbortHandle)> =
+        HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut aborts: HashMap<PeerId, tokio::task::AbortHandle> = HashMap::new();
-    // When each group in flight was asked for, and when each member last delivered one.
-    let mut asked_at: HashMap<u64, tokio::time::Instant> = HashMap::new();
+    // When each member last delivered a group.
     let mut delivered: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
     let (done_tx, mut done) = mpsc::channel::<Done>(WINDOW as usize + 1);
     let mut turn = 0usize;
@@ -284,7 +284,7 @@ pub(crate) async fn fetch_blob(
                 break;
             };
             turn = turn.wrapping_add(1);
-            let jobs = streams.entry(peer).or_insert_with(|| {
+            let (jobs, _) = streams.entry(peer).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(PIPELINE);
                 let task = tasks.spawn(member_stream(
                     rep.clone(),
@@ -295,8 +295,7 @@ pub(crate) async fn fetch_blob(
                     rx,
                     done_tx.clone(),
                 ));
-                aborts.insert(peer, task);
-                tx
+                (tx, task)
             });
             // Room was checked (load < PIPELINE): only a stream that ended refuses.
             if jobs.try_send((i, buf)).is_err() {
@@ -313,8 +312,7 @@ pub(crate) async fn fetch_blob(
                 continue;
             }
             pending.remove(&i);
-            assigned.insert(i, peer);
-            asked_at.insert(i, tokio::time::Instant::now());
+            assigned.insert(i, (peer, tokio::time::Instant::now()));
             *load.entry(peer).or_default() += 1;
         }
         // The group written next may be unasked because every buffer it may take is lent: its
@@ -331,11 +329,10 @@ pub(crate) async fn fetch_blob(
         // has another member to turn to.
         let stalling = assigned
             .get(&next_write)
-            .filter(|p| src.has_alternative(p))
-            .and_then(|p| {
-                let asked = *asked_at.get(&next_write)?;
-                let since = delivered.get(p).map_or(asked, |d| asked.max(*d));
-                Some((*p, since + STALL))
+            .filter(|(p, _)| src.has_alternative(p))
+            .map(|&(p, asked)| {
+                let since = delivered.get(&p).map_or(asked, |d| asked.max(*d));
+                (p, since + STALL)
             });
         let event = tokio::select! {
             // Answers first: one already in is never passed over for the stall deadline.
@@ -350,12 +347,11 @@ pub(crate) async fn fetch_blob(
                     // Its stream goes now, with the buffers of its chunks in flight. It is
                     // asked again only if every other member fails, and this node's next
                     // transfers keep it in reserve for a while.
-                    if let Some(task) = aborts.remove(&peer) {
+                    if let Some((_, task)) = streams.remove(&peer) {
                         task.abort();
                     }
-                    streams.remove(&peer);
                     load.remove(&peer);
-                    take_back(peer, &mut assigned, &mut asked_at, &mut pending);
+                    take_back(peer, &mut assigned, &mut pending);
                     rep.slow.mark(peer);
                     src.demote(peer, id, STALL);
                 }
@@ -366,9 +362,8 @@ pub(crate) async fn fetch_blob(
             return Err(src.failure(id));
         };
         match result {
-            Ok(data) if assigned.get(&i) == Some(&peer) => {
+            Ok(data) if assigned.get(&i).is_some_and(|(p, _)| *p == peer) => {
                 assigned.remove(&i);
-                asked_at.remove(&i);
                 delivered.insert(peer, tokio::time::Instant::now());
                 if let Some(l) = load.get_mut(&peer) {
                     *l = l.saturating_sub(1);
@@ -383,7 +378,7 @@ pub(crate) async fn fetch_blob(
                 // The member's stream ended: its groups go back to the others.
                 streams.remove(&peer);
                 load.remove(&peer);
-                take_back(peer, &mut assigned, &mut asked_at, &mut pending);
+                take_back(peer, &mut assigned, &mut pending);
                 if src.live.contains(&peer) {
                     src.drop_peer(rep, peer, id, e);
                 }
@@ -456,20 +451,16 @@ pub(crate) async fn fetch_blob(
 /// Puts the groups asked of `peer` and not yet back among those still to ask for.
 fn take_back(
     peer: PeerId,
-    assigned: &mut BTreeMap<u64, PeerId>,
-    asked_at: &mut HashMap<u64, tokio::time::Instant>,
+    assigned: &mut BTreeMap<u64, (PeerId, tokio::time::Instant)>,
     pending: &mut BTreeSet<u64>,
 ) {
-    let back: Vec<u64> = assigned
-        .iter()
-        .filter(|(_, p)| **p == peer)
-        .map(|(i, _)| *i)
-        .collect();
-    for i in back {
-        assigned.remove(&i);
-        asked_at.remove(&i);
-        pending.insert(i);
-    }
+    assigned.retain(|i, (p, _)| {
+        let theirs = *p == peer;
+        if theirs {
+            pending.insert(*i);
+        }
+        !theirs
+    });
 }
 
 /// Sleeps until `at` (for ever when `None`).

@@ -467,6 +467,7 @@ impl EventLoop {
                 if !keep {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
+                self.keep_out(peer, Standing::Outsider);
                 self.update_gauge();
             }
         }

@@ -11,7 +11,6 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use super::{Cut, DIAL_BACKOFF, EventLoop, HELLO_TIMEOUT, REFUSED_FOR, SAVE_EVERY, State};
 use crate::causes::Causes;
 use crate::replication::cluster::{KnownPeer, MAX_KNOWN_PEERS};
-use crate::replication::kad_gate::Standing;
 use crate::replication::membership::Refusal;
 
 impl EventLoop {
@@ -90,12 +89,6 @@ impl EventLoop {
         for id in cut {
             self.cut_off(id);
         }
-        let peers = &self.peers;
-        self.swarm.behaviour_mut().kad.review(|id| {
-            peers
-                .get(id)
-                .map_or(Standing::Outsider, |p| p.state.standing())
-        });
         self.watch_silence(now);
         self.redial(now);
         self.schematic_round(now);
