@@ -6,7 +6,7 @@
 //! is reset, so the asker learns nothing. The gate keeps the judged members in [`Admitted`],
 //! which the blob streams read too.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::task::{Context, Poll, Waker};
 
@@ -32,6 +32,9 @@ type KadIn = THandlerInEvent<Kad>;
 const MAX_HELD_PER_PEER: usize = 8;
 /// Requests held for all peers being judged.
 const MAX_HELD: usize = 1024;
+/// Connected peers remembered as judged outsiders (their requests reset at once); beyond, an
+/// outsider's requests wait as a peer being judged does, within the bounds above.
+const MAX_OUTSIDERS: usize = 1024;
 
 /// Where a peer stands, as the membership check tells the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,17 @@ pub(crate) enum Standing {
     Judging,
     /// Anything else (refused, refused us, unknown): its requests are reset.
     Outsider,
+}
+
+/// What becomes of a remote's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Answered (a member's).
+    Pass,
+    /// Kept until its peer's verdict.
+    Hold,
+    /// Reset unanswered.
+    Reset,
 }
 
 /// A remote's Kademlia request waiting for its peer's verdict.
@@ -56,6 +70,8 @@ pub(crate) struct KadGate {
     members: Admitted,
     held: HashMap<PeerId, Vec<Held>>,
     held_count: usize,
+    /// Connected peers judged outsiders (forgotten when their last connection closes).
+    outsiders: HashSet<PeerId>,
     resets: VecDeque<ToSwarm<kad::Event, KadIn>>,
     waker: Option<Waker>,
 }
@@ -68,13 +84,19 @@ impl KadGate {
             members,
             held: HashMap::new(),
             held_count: 0,
+            outsiders: HashSet::new(),
             resets: VecDeque::new(),
             waker: None,
         }
     }
 
-    /// Records `peer`'s standing: a member's held requests are answered, an outsider's reset.
+    /// Records `peer`'s standing: a member's held requests are answered, an outsider's reset
+    /// (as are its later ones, and it leaves the routing table: members' lookups do not name
+    /// it).
     pub(crate) fn judge(&mut self, peer: PeerId, standing: Standing) {
+        if standing != Standing::Outsider {
+            self.outsiders.remove(&peer);
+        }
         match standing {
             Standing::Member => {
                 self.members.insert(peer);
@@ -88,6 +110,10 @@ impl KadGate {
             }
             Standing::Outsider => {
                 self.members.remove(&peer);
+                if self.outsiders.len() < MAX_OUTSIDERS {
+                    self.outsiders.insert(peer);
+                }
+                self.inner.remove_peer(&peer);
                 for h in self.release(&peer) {
                     self.reset(peer, h.connection, h.event);
                 }
@@ -117,6 +143,27 @@ impl KadGate {
             handler: NotifyHandler::One(connection),
             event: KadIn::Reset(request_id),
         });
+    }
+
+    /// What becomes of a request from `peer` now.
+    fn route(&self, peer: &PeerId) -> Route {
+        if self.members.contains(peer) {
+            return Route::Pass;
+        }
+        let for_peer = self.held.get(peer).map_or(0, Vec::len);
+        if self.outsiders.contains(peer)
+            || for_peer >= MAX_HELD_PER_PEER
+            || self.held_count >= MAX_HELD
+        {
+            Route::Reset
+        } else {
+            Route::Hold
+        }
+    }
+
+    /// `peer`'s last connection closed: it is judged again when it comes back.
+    fn gone(&mut self, peer: &PeerId) {
+        self.outsiders.remove(peer);
     }
 
     fn wake(&mut self) {
@@ -216,6 +263,11 @@ impl NetworkBehaviour for KadGate {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(c) = &event
+            && c.remaining_established == 0
+        {
+            self.gone(&c.peer_id);
+        }
+        if let FromSwarm::ConnectionClosed(c) = &event
             && let Some(held) = self.held.get_mut(&c.peer_id)
         {
             // Its streams went with it: nothing left to answer or reset.
@@ -235,22 +287,27 @@ impl NetworkBehaviour for KadGate {
         connection: ConnectionId,
         event: KadOut,
     ) {
-        if !is_request(&event) || self.members.contains(&peer) {
-            self.inner
-                .on_connection_handler_event(peer, connection, event);
-            return;
+        let route = if is_request(&event) {
+            self.route(&peer)
+        } else {
+            Route::Pass
+        };
+        match route {
+            Route::Pass => self
+                .inner
+                .on_connection_handler_event(peer, connection, event),
+            Route::Reset => {
+                self.reset(peer, connection, event);
+                self.wake();
+            }
+            Route::Hold => {
+                self.held
+                    .entry(peer)
+                    .or_default()
+                    .push(Held { connection, event });
+                self.held_count += 1;
+            }
         }
-        let for_peer = self.held.get(&peer).map_or(0, Vec::len);
-        if for_peer >= MAX_HELD_PER_PEER || self.held_count >= MAX_HELD {
-            self.reset(peer, connection, event);
-            self.wake();
-            return;
-        }
-        self.held
-            .entry(peer)
-            .or_default()
-            .push(Held { connection, event });
-        self.held_count += 1;
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<kad::Event, KadIn>> {
@@ -259,5 +316,47 @@ impl NetworkBehaviour for KadGate {
         }
         self.waker = Some(cx.waker().clone());
         self.inner.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> KadGate {
+        let me = PeerId::random();
+        KadGate::new(
+            Kad::new(me, kad::store::MemoryStore::new(me)),
+            Admitted::default(),
+        )
+    }
+
+    /// Peers in the routing table.
+    fn routed(g: &mut KadGate) -> usize {
+        g.inner.kbuckets().map(|b| b.num_entries()).sum()
+    }
+
+    #[test]
+    fn a_peer_judged_an_outsider_is_reset_until_it_goes_and_leaves_the_routing_table() {
+        let mut g = gate();
+        let p = PeerId::random();
+        // Unjudged: held.
+        assert_eq!(g.route(&p), Route::Hold);
+        g.judge(p, Standing::Member);
+        assert_eq!(g.route(&p), Route::Pass);
+        g.inner
+            .add_address(&p, "/ip4/127.0.0.1/tcp/1".parse().unwrap());
+        assert_eq!(routed(&mut g), 1);
+        // Refused: reset at once (not held until its connection closes), and gone from the
+        // table that members' lookups are answered from.
+        g.judge(p, Standing::Outsider);
+        assert_eq!(g.route(&p), Route::Reset);
+        assert_eq!(routed(&mut g), 0);
+        // Back after its last connection closed: judged again.
+        g.gone(&p);
+        assert_eq!(g.route(&p), Route::Hold);
+        g.judge(p, Standing::Outsider);
+        g.judge(p, Standing::Judging);
+        assert_eq!(g.route(&p), Route::Hold);
     }
 }

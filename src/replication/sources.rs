@@ -484,7 +484,10 @@ pub(super) async fn plan(
     if let Some(r) = relay {
         tracing::info!(peer_id = %r, blob = %blob_name(id), held = heads.get(&r).and_then(|h| h.held), reserve = src.reserve.len(), "a blob is fetched from a member still fetching it");
     }
-    streams.retain(|p, _| src.live.contains(p) || src.reserve.contains(p));
+    // Only the members asked first keep their streams: a member in reserve may wait past the
+    // holder's idle bound (`blob_stream`), and an idle stream holds one of its serving places.
+    // A member promoted later opens a new one.
+    streams.retain(|p, _| src.live.contains(p));
     Ok(Plan {
         tree,
         sources: src,

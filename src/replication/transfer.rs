@@ -28,6 +28,7 @@ use std::sync::Arc;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
+use tokio::task;
 
 use super::blob_stream;
 use super::chunk_pool::{ChunkBuf, ChunkPool};
@@ -55,8 +56,10 @@ pub const MAX_BLOB: u64 = 64 << 30;
 /// is 1 MiB: a floor of about 100 KiB/s per member.
 const STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What a member's stream hands back: a group's verified bytes, or why the member failed.
-type Done = (PeerId, u64, Result<ChunkBuf, ReplicationError>);
+/// What a member's stream hands back: the member, the stream's task (so that what a stream
+/// set aside or ended sent meanwhile is told from what its successor sends), the group, and
+/// the group's verified bytes or why the member failed.
+type Done = (PeerId, task::Id, u64, Result<ChunkBuf, ReplicationError>);
 
 /// Fetches the groups named on `jobs` from `peer` over one blob stream (`opened`, or a new
 /// one), keeping up to
@@ -79,7 +82,7 @@ async fn member_stream(
     let stream = match opened {
         Ok(s) => s,
         Err(e) => {
-            let _ = done.send((peer, u64::MAX, Err(e))).await;
+            let _ = done.send((peer, task::id(), u64::MAX, Err(e))).await;
             return;
         }
     };
@@ -121,14 +124,14 @@ async fn member_stream(
             })?
             .map_err(io_failed)?;
             let data = check_group(peer, &id, &tree, i, reply, buf).await?;
-            if done.send((peer, i, Ok(data))).await.is_err() {
+            if done.send((peer, task::id(), i, Ok(data))).await.is_err() {
                 break;
             }
         }
         Ok::<(), ReplicationError>(())
     };
     if let Err(e) = futures_util::future::try_join(ask, receive).await {
-        let _ = done.send((peer, u64::MAX, Err(e))).await;
+        let _ = done.send((peer, task::id(), u64::MAX, Err(e))).await;
     }
 }
 
@@ -300,6 +303,8 @@ pub(crate) async fn fetch_blob(
             // Room was checked (load < PIPELINE): only a stream that ended refuses.
             if jobs.try_send((i, buf)).is_err() {
                 streams.remove(&peer);
+                load.remove(&peer);
+                take_back(peer, &mut assigned, &mut pending);
                 src.drop_peer(
                     rep,
                     peer,
@@ -358,11 +363,14 @@ pub(crate) async fn fetch_blob(
                 continue;
             }
         };
-        let Some((peer, i, result)) = event else {
+        let Some((peer, sender, i, result)) = event else {
             return Err(src.failure(id));
         };
+        // A stream aborted (set aside) or ended may have sent before it went: what it sent is
+        // old news (its groups went back, or to the member's next stream).
+        let current = streams.get(&peer).is_some_and(|(_, t)| t.id() == sender);
         match result {
-            Ok(data) if assigned.get(&i).is_some_and(|(p, _)| *p == peer) => {
+            Ok(data) if current && assigned.get(&i).is_some_and(|(p, _)| *p == peer) => {
                 assigned.remove(&i);
                 delivered.insert(peer, tokio::time::Instant::now());
                 if let Some(l) = load.get_mut(&peer) {
@@ -374,6 +382,7 @@ pub(crate) async fn fetch_blob(
                 ready.insert(i, data);
             }
             Ok(_) => {}
+            Err(_) if !current => {}
             Err(e) => {
                 // The member's stream ended: its groups go back to the others.
                 streams.remove(&peer);

@@ -546,7 +546,13 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    if peer == self.local {
+                    // A refused peer is not dialled back while its refusal lasts, however
+                    // often the local network announces it.
+                    let refused = self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| matches!(p.state, State::Refused { .. }));
+                    if peer == self.local || refused {
                         continue;
                     }
                     if let Some(p) = self.peer(peer) {

@@ -152,6 +152,12 @@ impl EventLoop {
 
     /// A member announced a lease or the end of a build.
     pub(super) fn model_gossip(&mut self, from: PeerId, gossip: Gossip) {
+        // Only a member's word on its own builds counts: an outsider's (a revoked member's,
+        // passed on by a member that has not heard of the revocation yet) would otherwise
+        // replace a member's lease or build in the table.
+        if !self.is_member(&from) {
+            return;
+        }
         let now = Instant::now();
         match gossip {
             Gossip::Lease { key } if is_key(&key) => {
