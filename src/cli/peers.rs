@@ -2,7 +2,7 @@
 //! cluster, and every peer with its state, connection (`SILENT` when it is connected but
 //! answers no ping), round trip, what it holds (schematics,
 //! releases, models, bytes, as it last announced), the blob bytes moved to and from it in this
-//! run, and its addresses.
+//! run, and its addresses; then the blobs being fetched from members, with their progress.
 
 use std::process::ExitCode;
 
@@ -41,7 +41,7 @@ fn run_inner(args: &PeersArgs) -> Result<(), CliError> {
 }
 
 fn table(r: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let s = text;
     if r["enabled"] != true {
         return "replication is off on this appliance (replication.enabled)\n".into();
     }
@@ -67,9 +67,50 @@ fn table(r: &serde_json::Value) -> String {
     let peers = r["peers"].as_array().cloned().unwrap_or_default();
     if peers.is_empty() {
         out += "no peers\n";
-        return out;
+    } else {
+        out += &peer_table(&peers);
     }
-    out += &format!(
+    out += &transfers(
+        r["transfers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default(),
+    );
+    out
+}
+
+/// The blobs being fetched: what for, bytes received of the size, since when.
+fn transfers(list: &[serde_json::Value]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let s = text;
+    let mut out = format!(
+        "\n{:<20} {:<26} {:>28}  {}\n",
+        "FETCHING (BLAKE3)", "FOR", "RECEIVED", "SINCE"
+    );
+    for t in list {
+        let (got, size) = (
+            t["received"].as_u64().unwrap_or(0),
+            t["size"].as_u64().unwrap_or(0),
+        );
+        let pct = (got as f64 * 100.0 / size.max(1) as f64).min(100.0);
+        let blob = s(&t["blob"]);
+        out += &format!(
+            "{:<20} {:<26} {:>28}  {}\n",
+            format!("{}…", blob.get(..16).unwrap_or(&blob)),
+            s(&t["purpose"]),
+            format!("{} of {} ({pct:.0}%)", bytes(got), bytes(size)),
+            s(&t["startedAt"])
+        );
+    }
+    out
+}
+
+/// One line per peer, under a header.
+fn peer_table(peers: &[serde_json::Value]) -> String {
+    let s = text;
+    let mut out = format!(
         "{:<54} {:<10} {:<9} {:>8}  {:<40} {:>19}  {}\n",
         "PEER",
         "STATE",
@@ -117,6 +158,11 @@ fn table(r: &serde_json::Value) -> String {
         );
     }
     out
+}
+
+/// A string field's text, `-` when absent.
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or("-").to_string()
 }
 
 /// `schematics/releases/models/bytes` of a `holds` object, `-` when unknown.
@@ -194,7 +240,41 @@ mod tests {
                 && c.ends_with("no answer since 2026-12-06T12:00:00Z  /ip4/10.0.0.3/tcp/4001"),
             "{c}"
         );
+        assert!(!t.contains("FETCHING"), "no transfer, no section: {t}");
         let off = table(&serde_json::json!({"enabled": false, "peers": []}));
         assert!(off.contains("replication is off"));
+    }
+
+    #[test]
+    fn table_shows_each_blob_being_fetched_with_its_progress() {
+        let r = serde_json::json!({
+            "enabled": true, "peerId": "12D3Self", "peers": [],
+            "transfers": [
+                {"blob": "ab".repeat(32), "purpose": "release v1.11.0", "size": 1073741824u64,
+                 "received": 268435456u64, "startedAt": "2026-12-07T18:00:00Z"},
+                {"blob": "cd".repeat(32), "purpose": "model 9f2e", "size": 0,
+                 "received": 0, "startedAt": "2026-12-07T18:01:00Z"}
+            ]
+        });
+        let t = table(&r);
+        let a = t
+            .lines()
+            .find(|l| l.starts_with("abababab"))
+            .expect("first");
+        assert!(
+            a.contains("release v1.11.0")
+                && a.contains("256.0MiB of 1.0GiB (25%)")
+                && a.ends_with("2026-12-07T18:00:00Z"),
+            "{a}"
+        );
+        let b = t
+            .lines()
+            .find(|l| l.starts_with("cdcdcdcd"))
+            .expect("second");
+        assert!(
+            b.contains("model 9f2e") && b.contains("0B of 0B (0%)"),
+            "{b}"
+        );
+        assert!(t.contains("no peers"), "{t}");
     }
 }

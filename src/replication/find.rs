@@ -107,8 +107,8 @@ impl ClusterPeers {
                 &self.rep.sources(peer).await,
                 &self.blobs,
                 &BlobId::Blake3(record.blake3.clone()),
-                Some(record.size),
-                MAX_BLOB,
+                (Some(record.size), MAX_BLOB),
+                &format!("model {key}"),
             )
             .await?;
         }

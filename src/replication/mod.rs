@@ -127,6 +127,8 @@ pub struct ReplicationStatus {
     pub holds: Option<protocol::Holdings>,
     /// Peers known in this run (members, refused peers, peers being checked).
     pub peers: Vec<PeerStatus>,
+    /// Blobs this node is fetching from members now, oldest first.
+    pub transfers: Vec<TransferStatus>,
 }
 
 impl ReplicationStatus {
@@ -139,8 +141,25 @@ impl ReplicationStatus {
             cluster: None,
             holds: None,
             peers: Vec::new(),
+            transfers: Vec::new(),
         }
     }
+}
+
+/// A blob this node is fetching from members, as `/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferStatus {
+    /// The blob's BLAKE3 (its name in the store).
+    pub blob: String,
+    /// What it is fetched for: `release VERSION` or `model KEY`.
+    pub purpose: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes received, verified and written so far.
+    pub received: u64,
+    /// When its transfer started (RFC 3339).
+    pub started_at: String,
 }
 
 /// The cluster as `/status` shows it.
@@ -278,12 +297,9 @@ impl Replication {
 
     /// The swarm's status.
     pub async fn status(&self) -> Result<ReplicationStatus, ReplicationError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Status(tx))
-            .await
-            .map_err(|_| ReplicationError::Stopped)?;
-        rx.await.map_err(|_| ReplicationError::Stopped)
+        let mut status = self.ask(Command::Status).await?;
+        status.transfers = self.partials.transfers();
+        Ok(status)
     }
 
     /// Announces a schematic created on this node (never waits: when the swarm is busy the

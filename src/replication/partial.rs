@@ -4,7 +4,8 @@
 //! several members fetch at once crosses the source's link about once.
 //!
 //! A transfer registers its blob once it has the blob's verified tree and a temporary file
-//! (see `transfer`), and publishes how many bytes from the start are in that file. A member's
+//! (see `transfer`), and publishes how many bytes from the start are in that file; the same
+//! registrations are the transfers `/status` lists with their progress. A member's
 //! question (a tree request for no bytes) is answered with that count; a chunk below it at
 //! once, one above it once it is held, waiting at most [`PARTIAL_WAIT`]; when the transfer
 //! ends short, the store answers (the blob is missing). Every chunk sent verified against the
@@ -14,13 +15,14 @@
 //! so a member registered when another chose it registered before that other one; and a
 //! transfer whose relay fails goes on from members holding the whole blob only.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::TransferStatus;
 use super::chunks::tree_page;
 use super::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
 use super::transfer::blob_name;
@@ -37,64 +39,103 @@ pub(crate) struct Partial {
     pub blake3: String,
     /// Its tree, verified (concatenated chaining values; empty for a one-group blob).
     pub tree: Arc<Vec<u8>>,
-    /// The temporary file its bytes are written to, open for reading.
-    pub file: std::fs::File,
+    /// The temporary file its bytes are written to, open for reading (`None`: not served to
+    /// members meanwhile, only shown).
+    pub file: Option<std::fs::File>,
     /// Bytes from the start in that file; the sender goes away when the transfer ends.
     pub held: watch::Receiver<u64>,
+    /// What it is fetched for (`release v1.11.0`, `model KEY`).
+    pub purpose: String,
+    /// When its transfer started, seconds since the epoch.
+    pub started: u64,
 }
 
-/// The blobs this node is fetching, by the names members ask for them.
+/// The blobs this node is fetching: by the names members ask for them, and all of them in the
+/// order they started.
 #[derive(Default)]
 pub(crate) struct PartialBlobs {
-    by_name: Mutex<HashMap<String, Arc<Partial>>>,
+    inner: Mutex<Registered>,
+}
+
+#[derive(Default)]
+struct Registered {
+    by_name: HashMap<String, Arc<Partial>>,
+    all: BTreeMap<u64, Arc<Partial>>,
+    next: u64,
 }
 
 /// A blob registered while it is fetched; dropping it ends the registration.
 pub(crate) struct Registration {
     blobs: Arc<PartialBlobs>,
+    serial: u64,
     names: Vec<String>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut map = self
+        let mut r = self
             .blobs
-            .by_name
+            .inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        r.all.remove(&self.serial);
         for name in &self.names {
-            map.remove(name);
+            r.by_name.remove(name);
         }
     }
 }
 
 impl PartialBlobs {
-    /// Registers `partial` under the names `ids` (those another transfer of the same blob
-    /// holds already stay with it).
+    /// Registers `partial`, served under the names `ids` when it has a file (those another
+    /// transfer of the same blob holds already stay with it).
     pub(crate) fn register(self: &Arc<Self>, ids: &[BlobId], partial: Partial) -> Registration {
         let partial = Arc::new(partial);
         let mut names = Vec::new();
-        let mut map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
-        for id in ids {
-            let name = blob_name(id);
-            if !map.contains_key(&name) && !names.contains(&name) {
-                map.insert(name.clone(), Arc::clone(&partial));
-                names.push(name);
+        let mut r = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if partial.file.is_some() {
+            for id in ids {
+                let name = blob_name(id);
+                if !r.by_name.contains_key(&name) && !names.contains(&name) {
+                    r.by_name.insert(name.clone(), Arc::clone(&partial));
+                    names.push(name);
+                }
             }
         }
+        let serial = r.next;
+        r.next += 1;
+        r.all.insert(serial, partial);
         Registration {
             blobs: Arc::clone(self),
+            serial,
             names,
         }
     }
 
-    /// The blob `id` if this node is fetching it.
+    /// The blob `id` if this node is fetching it and serves it meanwhile.
     pub(crate) fn get(&self, id: &BlobId) -> Option<Arc<Partial>> {
-        self.by_name
+        self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_name
             .get(&blob_name(id))
             .cloned()
+    }
+
+    /// Every blob being fetched, oldest first, with its progress.
+    pub(crate) fn transfers(&self) -> Vec<TransferStatus> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .all
+            .values()
+            .map(|p| TransferStatus {
+                blob: p.blake3.clone(),
+                purpose: p.purpose.clone(),
+                size: p.size,
+                received: *p.held.borrow(),
+                started_at: crate::clock::rfc3339_utc(p.started),
+            })
+            .collect()
     }
 }
 
@@ -134,7 +175,8 @@ pub(crate) async fn answer(
     let (offset, size) = (req.offset, partial.size);
     let read = tokio::task::spawn_blocking(move || {
         let mut data = vec![0; (end - offset) as usize];
-        partial.file.read_exact_at(&mut data, offset).map(|()| data)
+        let file = partial.file.as_ref().ok_or(std::io::ErrorKind::NotFound)?;
+        file.read_exact_at(&mut data, offset).map(|()| data)
     })
     .await;
     match read {
@@ -156,8 +198,10 @@ mod tests {
             size: bytes.len() as u64,
             blake3: blake3::hash(bytes).to_hex().to_string(),
             tree: Arc::new(vec![7; 96]),
-            file: std::fs::File::open(&path).unwrap(),
+            file: Some(std::fs::File::open(&path).unwrap()),
             held: rx,
+            purpose: "release v1.2.3".into(),
+            started: 1_700_000_000,
         };
         (Arc::new(p), tx)
     }
@@ -232,8 +276,10 @@ mod tests {
             size: p.size,
             blake3: p.blake3.clone(),
             tree: Arc::clone(&p.tree),
-            file: p.file.try_clone().unwrap(),
+            file: p.file.as_ref().map(|f| f.try_clone().unwrap()),
             held: p.held.clone(),
+            purpose: p.purpose.clone(),
+            started: p.started,
         };
         let first = blobs.register(&[id.clone(), sha.clone()], take(&p1));
         let second = blobs.register(std::slice::from_ref(&id), take(&p1));
@@ -242,5 +288,63 @@ mod tests {
         drop(first);
         assert!(blobs.get(&id).is_none());
         assert!(blobs.get(&sha).is_none());
+    }
+
+    #[test]
+    fn every_transfer_is_listed_with_its_progress_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(PartialBlobs::default());
+        let (p1, t1) = partial(dir.path(), &[1; 300]);
+        let first = blobs.register(
+            &[BlobId::Blake3(p1.blake3.clone())],
+            Partial {
+                size: p1.size,
+                blake3: p1.blake3.clone(),
+                tree: Arc::clone(&p1.tree),
+                file: p1.file.as_ref().map(|f| f.try_clone().unwrap()),
+                held: p1.held.clone(),
+                purpose: "release v1.2.3".into(),
+                started: 1_700_000_000,
+            },
+        );
+        // Not served (no file to read from), still shown.
+        let (t2, _) = watch::channel(0u64);
+        let unserved = Partial {
+            size: 5 << 20,
+            blake3: "c".repeat(64),
+            tree: Arc::new(Vec::new()),
+            file: None,
+            held: t2.subscribe(),
+            purpose: "model k".into(),
+            started: 1_700_000_060,
+        };
+        let second = blobs.register(&[BlobId::Blake3("c".repeat(64))], unserved);
+        assert!(blobs.get(&BlobId::Blake3("c".repeat(64))).is_none());
+        t1.send_replace(100);
+        t2.send_replace(1 << 20);
+        let list = blobs.transfers();
+        assert_eq!(
+            list,
+            vec![
+                TransferStatus {
+                    blob: p1.blake3.clone(),
+                    purpose: "release v1.2.3".into(),
+                    size: 300,
+                    received: 100,
+                    started_at: "2023-11-14T22:13:20Z".into(),
+                },
+                TransferStatus {
+                    blob: "c".repeat(64),
+                    purpose: "model k".into(),
+                    size: 5 << 20,
+                    received: 1 << 20,
+                    started_at: "2023-11-14T22:14:20Z".into(),
+                },
+            ]
+        );
+        drop(first);
+        assert_eq!(blobs.transfers().len(), 1);
+        drop(second);
+        assert!(blobs.transfers().is_empty());
     }
 }

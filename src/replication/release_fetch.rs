@@ -62,6 +62,7 @@ pub(crate) async fn fetch_release(
         None => BlobId::Sha256(sha.to_string()),
     };
     let mut done = Fetched::default();
+    let purpose = &format!("release {}", release.version);
     // Boot assets and GRUB modules: named by BLAKE3 with their size.
     let mut leaves: Vec<(BlobId, Option<u64>)> = Vec::new();
     for arch in release.arches.values() {
@@ -103,8 +104,8 @@ pub(crate) async fn fetch_release(
                 blobs,
                 &by_name(&sha),
                 &sha,
-                None,
-                MAX_DOCUMENT,
+                (None, MAX_DOCUMENT),
+                purpose,
             )
             .await
             {
@@ -148,8 +149,10 @@ pub(crate) async fn fetch_release(
             // The members connected when the blob starts: striped over those that hold it.
             let sources = rep.sources(peer).await;
             let r = match shas.get(&i) {
-                Some(sha) => fetch_named(rep, &sources, blobs, &id, sha, size, MAX_BLOB).await,
-                None => fetch_blob(rep, &sources, blobs, &id, size, MAX_BLOB).await,
+                Some(sha) => {
+                    fetch_named(rep, &sources, blobs, &id, sha, (size, MAX_BLOB), purpose).await
+                }
+                None => fetch_blob(rep, &sources, blobs, &id, (size, MAX_BLOB), purpose).await,
             };
             (shas.contains_key(&i), r)
         })
@@ -171,17 +174,16 @@ pub(crate) async fn fetch_release(
 
 /// [`fetch_blob`] of an image blob that must also have SHA-256 `sha` (when asked by its
 /// BLAKE3: the signed record's pairing of both names is checked too).
-#[allow(clippy::too_many_arguments)]
 async fn fetch_named(
     rep: &Replication,
     sources: &[PeerId],
     blobs: &BlobStore,
     id: &BlobId,
     sha: &str,
-    size: Option<u64>,
-    max: u64,
+    size_max: (Option<u64>, u64),
+    purpose: &str,
 ) -> Result<BlobInfo, ReplicationError> {
-    let info = fetch_blob(rep, sources, blobs, id, size, max).await?;
+    let info = fetch_blob(rep, sources, blobs, id, size_max, purpose).await?;
     if info.sha256 != sha {
         // Committed under a BLAKE3 the cluster signed, but not the image's blob: the record
         // paired the names wrongly. The blob stays (it is what its name says); the image does

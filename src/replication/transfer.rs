@@ -186,16 +186,17 @@ async fn check_group(
 }
 
 /// Fetches blob `id` into `blobs` from the members `sources` (in order of preference; those
-/// lacking it drop out): `size` when known in advance (else at most `max`). Each chunk is
-/// verified as it arrives; the blob is committed under its name only once whole and hashing
-/// to it. Returns its identity once durable.
+/// lacking it drop out): `size` when known in advance (else at most `max`), for `purpose`
+/// (what `/status` says it is fetched for). Each chunk is verified as it arrives; the blob is
+/// committed under its name only once whole and hashing to it. Returns its identity once
+/// durable.
 pub(crate) async fn fetch_blob(
     rep: &Replication,
     sources: &[PeerId],
     blobs: &BlobStore,
     id: &BlobId,
-    size: Option<u64>,
-    max: u64,
+    (size, max): (Option<u64>, u64),
+    purpose: &str,
 ) -> Result<BlobInfo, ReplicationError> {
     let started = std::time::Instant::now();
     let Plan {
@@ -210,28 +211,26 @@ pub(crate) async fn fetch_blob(
 
     // The writer: a blocking task fed verified chunks in order.
     let writer = blobs.writer()?;
-    // Members starting on the same blob meanwhile may take it from here (see `partial`): the
-    // writer publishes the bytes in the file as it goes.
+    // Members starting on the same blob meanwhile may take it from here (see `partial`), and
+    // `/status` shows its progress: the writer publishes the bytes in the file as it goes.
     let flat = Arc::new(tree.flat());
     let (held_tx, held_rx) = watch::channel(0u64);
-    let _relaying = match writer.open_read() {
-        Ok(file) => {
-            let root = tree.root.to_hex().to_string();
-            let names = [id.clone(), BlobId::Blake3(root.clone())];
-            let partial = Partial {
-                size: total,
-                blake3: root,
-                tree: Arc::clone(&flat),
-                file,
-                held: held_rx,
-            };
-            Some(rep.partials.register(&names, partial))
-        }
-        Err(e) => {
-            tracing::debug!(blob = %blob_name(id), error = %e, "a blob being fetched is not served meanwhile");
-            None
-        }
+    let file = writer
+        .open_read()
+        .inspect_err(|e| tracing::debug!(blob = %blob_name(id), error = %e, "a blob being fetched is not served meanwhile"))
+        .ok();
+    let root = tree.root.to_hex().to_string();
+    let names = [id.clone(), BlobId::Blake3(root.clone())];
+    let partial = Partial {
+        size: total,
+        blake3: root,
+        tree: Arc::clone(&flat),
+        file,
+        held: held_rx,
+        purpose: purpose.to_string(),
+        started: crate::clock::now_secs(),
     };
+    let _registered = rep.partials.register(&names, partial);
     // A chunk's buffer goes back to the node's pool once it is written.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ChunkBuf>(WRITE_QUEUE);
     let writing = tokio::task::spawn_blocking(move || {

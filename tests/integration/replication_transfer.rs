@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use image_factory::synth::{self, SynthOptions};
+use serde_json::Value;
 
 use crate::common::assets::V;
 use crate::common::kit;
@@ -289,7 +290,8 @@ async fn a_member_still_fetching_a_blob_relays_it_and_the_source_takes_over_when
     );
     import(&a, &bundle);
     cluster_of(tmp.path(), &a, &[&b, &c]);
-    let (_, name) = largest_blob(&a);
+    let (path, name) = largest_blob(&a);
+    let size = std::fs::metadata(&path).unwrap().len();
     // A is a slow source (each chunk of a large blob leaves 300 ms late): B is still fetching
     // it when C starts on it, with room for a loaded machine (B needs about 19 s from 2 MiB).
     let slow = (image_factory::replication::BLOB_ANSWER_DELAY_ENV, "300");
@@ -304,6 +306,28 @@ async fn a_member_still_fetching_a_blob_relays_it_and_the_source_takes_over_when
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // B's status shows the transfer: the blob, what for, and how far it got.
+    let shown = |st: &Value| {
+        st["replication"]["transfers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|t| t["blob"] == name.as_str()))
+            .cloned()
+    };
+    let start = Instant::now();
+    let t = loop {
+        let st = node_b.status().await;
+        if let Some(t) = shown(&st).filter(|t| t["received"].as_u64() >= Some(1 << 20)) {
+            break t;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "B's status shows no progress of the large blob: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(t["size"].as_u64(), Some(size), "{t}");
+    assert!(t["received"].as_u64() < Some(size), "{t}");
+    assert_eq!(t["purpose"], format!("release {V}"), "{t}");
     let (a_id, b_id) = (node_a.peer_id().await, node_b.peer_id().await);
     let mut boot = node_a.bootstrap().await;
     boot.extend(node_b.bootstrap().await);
@@ -344,6 +368,12 @@ async fn a_member_still_fetching_a_blob_relays_it_and_the_source_takes_over_when
     wait_for_log(&node_c, "release replicated").await;
     assert!(lists_release(&node_c).await, "C does not list {V}");
     assert!(holds_verified(&c, &name), "C's copy is not whole");
+    let st = node_c.status().await;
+    assert_eq!(
+        shown(&st),
+        None,
+        "C still shows the large blob's transfer: {st}"
+    );
     assert!(
         !dropped(&node_c, &b_id).is_empty(),
         "B was not dropped from the transfer:\n{}",

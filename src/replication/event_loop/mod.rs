@@ -391,6 +391,8 @@ impl EventLoop {
             cluster,
             holds: self.hold.own,
             peers,
+            // Filled by the handle, which sees the transfers (see `partial`).
+            transfers: Vec::new(),
         }
     }
 
