@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::event_loop::is_key;
-use super::leases::LeaseState;
+use super::leases::{CLAIM_SETTLE, LeaseState};
 use super::protocol::{BlobId, ModelReply};
 use super::test_settings::{self, BUILD_DELAY_ENV};
 use super::transfer::{MAX_BLOB, fetch_blob};
@@ -21,9 +21,10 @@ use crate::store::{BlobStore, BoxFuture};
 
 /// How often a waiting node looks at a lease.
 const POLL: Duration = Duration::from_millis(200);
-/// How long a claim waits for competing claims before the build starts (gossip reaches every
-/// member in milliseconds on a LAN; see [`super::leases::CLAIM_SETTLE`]).
-const CLAIM_WINDOW: Duration = Duration::from_millis(500);
+/// How long a claim waits for competing claims before the build starts: as long as a lower
+/// peer ID's claim may still take the lease ([`CLAIM_SETTLE`]), so a node never yields a lease
+/// after its build began.
+const CLAIM_WINDOW: Duration = CLAIM_SETTLE;
 /// Longest wait for a member's build (a renewed lease); the build timeout bounds builds too.
 const MAX_WAIT: Duration = Duration::from_secs(1800);
 /// Members asked for a model before building.
@@ -134,26 +135,33 @@ impl ClusterPeers {
         }
     }
 
+    /// Whether the model of `key` was fetched from a member; `false`: build it here. In order:
+    /// a member's finished build, provider records, a member's build in progress (awaited),
+    /// else a claim.
     async fn decide(&self, key: &str) -> Result<bool, ReplicationError> {
         let started = Instant::now();
         let mut asked_providers = false;
         let mut claimed = false;
         let mut waited = false;
+        // A member whose finished build could not be fetched (evicted since, or busy).
+        let mut lost = None;
         loop {
             let view = self.rep.lease(key).await?;
             if view.members == 0 {
                 return Ok(false);
             }
             match view.state {
-                LeaseState::Built { by }
-                    if by != self.rep.peer_id() && self.try_fetch(by, key).await =>
-                {
-                    return Ok(true);
+                LeaseState::Built { by } if by != self.rep.peer_id() && lost != Some(by) => {
+                    if self.try_fetch(by, key).await {
+                        return Ok(true);
+                    }
+                    lost = Some(by);
                 }
+                // Provider records first: a member may hold the model already.
                 LeaseState::Held {
                     mine: false,
                     holder,
-                } => {
+                } if asked_providers => {
                     if started.elapsed() > MAX_WAIT {
                         tracing::warn!(key = %key, peer_id = %holder, "waited too long for a member's build; building");
                         return Ok(false);
@@ -187,7 +195,7 @@ impl ClusterPeers {
             }
             if !claimed {
                 claimed = true;
-                self.rep.claim(key).await?;
+                self.rep.claim(key, lost).await?;
                 tokio::time::sleep(CLAIM_WINDOW).await;
                 continue;
             }

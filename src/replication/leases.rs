@@ -17,11 +17,13 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(5);
 /// A lease not renewed for this long is over.
 pub const LEASE_SILENT: Duration = Duration::from_secs(20);
 /// How long after a claim a lower peer ID's claim still wins: the time gossip takes to reach
-/// every member (milliseconds on a LAN) with a wide margin.
-pub const CLAIM_SETTLE: Duration = Duration::from_millis(1500);
+/// every member (milliseconds on a LAN) with a wide margin. A claimer waits as long before it
+/// builds (`find`), so a claim it yields to never comes after it started.
+pub const CLAIM_SETTLE: Duration = Duration::from_secs(1);
 /// Leases and build outcomes remembered.
 pub const MAX_LEASES: usize = 4096;
-/// How long a finished build is remembered (who holds the model; provider records take over).
+/// How long a finished build counts (who holds the model); after, provider records answer
+/// (the builder may have evicted it since).
 const BUILT_FOR: Duration = Duration::from_secs(600);
 
 /// What this node knows of a key's build in the cluster.
@@ -90,6 +92,7 @@ impl LeaseTable {
             return LeaseState::None;
         };
         match l.outcome {
+            Some((at, Some(_))) if now.duration_since(at) >= BUILT_FOR => LeaseState::None,
             Some((_, Some(by))) if by == self.local || member(&by) => LeaseState::Built { by },
             Some((_, Some(_))) => LeaseState::None,
             Some((_, None)) => LeaseState::Failed,
@@ -107,12 +110,21 @@ impl LeaseTable {
         }
     }
 
-    /// Claims `key` for this node unless a member holds it or built it; whether it did (then
-    /// the caller announces the lease).
-    pub fn claim(&mut self, key: &str, now: Instant, member: impl Fn(&PeerId) -> bool) -> bool {
+    /// Claims `key` for this node unless a member holds it, or built it and still has it (a
+    /// build counts for nothing when it was this node's, whose miss is why it claims, or the
+    /// builder's, `lost`, that this node could not fetch it from); whether it did (then the
+    /// caller announces the lease).
+    pub fn claim(
+        &mut self,
+        key: &str,
+        now: Instant,
+        member: impl Fn(&PeerId) -> bool,
+        lost: Option<PeerId>,
+    ) -> bool {
         match self.state(key, now, member) {
-            LeaseState::Held { .. } | LeaseState::Built { .. } => return false,
-            LeaseState::None | LeaseState::Failed => {}
+            LeaseState::Held { .. } => return false,
+            LeaseState::Built { by } if by != self.local && Some(by) != lost => return false,
+            LeaseState::None | LeaseState::Failed | LeaseState::Built { .. } => {}
         }
         self.make_room(now);
         self.leases
@@ -166,6 +178,11 @@ impl LeaseTable {
             .or_insert_with(|| Lease::new(from, now));
         // A success is news from anyone; a failure only ends the failing holder's lease.
         if l.holder == from || ok {
+            if l.holder == self.local && from != self.local {
+                // This node's claim is over: it fetches the model instead of renewing a
+                // lease that would keep every member waiting on it.
+                self.own.remove(key);
+            }
             l.holder = from;
             l.outcome = Some((now, ok.then_some(from)));
         }
@@ -247,8 +264,8 @@ mod tests {
         let t = Instant::now();
         let mut on_low = LeaseTable::new(low);
         let mut on_high = LeaseTable::new(high);
-        assert!(on_low.claim(K, t, all));
-        assert!(on_high.claim(K, t, all));
+        assert!(on_low.claim(K, t, all, None));
+        assert!(on_high.claim(K, t, all, None));
         // Each hears the other's claim.
         on_low.heard_lease(high, K, t + Duration::from_millis(5));
         on_high.heard_lease(low, K, t + Duration::from_millis(5));
@@ -274,7 +291,7 @@ mod tests {
         // A member that already holds a lease is not displaced by a late claim.
         let mut third = LeaseTable::new(high);
         third.heard_lease(low, K, t);
-        assert!(!third.claim(K, t, all));
+        assert!(!third.claim(K, t, all, None));
     }
 
     #[test]
@@ -315,18 +332,48 @@ mod tests {
         );
         // This node's own failed build ends its lease, so waiters build.
         let mut mine = LeaseTable::new(low);
-        assert!(mine.claim(K, t, all));
+        assert!(mine.claim(K, t, all, None));
         mine.finish(K, false, t);
         assert_eq!(mine.state(K, t, all), LeaseState::Failed);
         assert!(mine.due(t + LEASE_RENEW).is_empty());
         // A model built by a member that is silent now is claimed here instead of awaited.
         let mut other = LeaseTable::new(low);
         other.heard_built(high, K, true, t);
-        assert!(!other.claim(K, t, all));
-        assert!(other.claim(K, t, |p| *p != high));
+        assert!(!other.claim(K, t, all, None));
+        assert!(other.claim(K, t, |p| *p != high, None));
         // This node's own finished build stays known whoever answers.
         mine.heard_built(low, K, true, t);
         assert_eq!(mine.state(K, t, |_| false), LeaseState::Built { by: low });
+    }
+
+    #[test]
+    fn a_claim_ends_when_a_member_built_the_model_and_old_or_lost_builds_do_not_block() {
+        let (low, high) = peers();
+        let all = |_: &PeerId| true;
+        let t = Instant::now();
+        // This node claimed; a member's build then finished: the claim is not renewed (it
+        // would keep every member waiting on a build that never comes).
+        let mut table = LeaseTable::new(high);
+        assert!(table.claim(K, t, all, None));
+        table.heard_built(low, K, true, t + Duration::from_millis(100));
+        assert_eq!(table.state(K, t, all), LeaseState::Built { by: low });
+        assert!(table.due(t + LEASE_RENEW).is_empty());
+        // A build the member could not be fetched from (evicted since) is claimed over.
+        assert!(!table.claim(K, t, all, None));
+        assert!(table.claim(K, t, all, Some(low)));
+        assert!(matches!(
+            table.state(K, t, all),
+            LeaseState::Held { mine: true, .. }
+        ));
+        // This node's own finished build does not stop its claim after a miss here.
+        let mut mine = LeaseTable::new(low);
+        mine.finish(K, true, t);
+        assert!(mine.claim(K, t, all, None));
+        // A build older than BUILT_FOR counts no more: provider records answer then.
+        let mut old = LeaseTable::new(low);
+        old.heard_built(high, K, true, t);
+        assert_eq!(old.state(K, t + BUILT_FOR, all), LeaseState::None);
+        assert!(old.claim(K, t + BUILT_FOR, all, None));
     }
 
     #[test]

@@ -238,10 +238,12 @@ pub(crate) enum Command {
         /// The view.
         reply: oneshot::Sender<event_loop::LeaseView>,
     },
-    /// Claim a key's build unless a member holds it.
+    /// Claim a key's build unless a member holds it (or built it and still has it).
     Claim {
         /// Cache key.
         key: String,
+        /// A member whose finished build this node could not fetch.
+        lost: Option<libp2p::PeerId>,
         /// The view after.
         reply: oneshot::Sender<event_loop::LeaseView>,
     },
@@ -348,10 +350,15 @@ impl Replication {
         self.ask(|reply| Command::Lease { key, reply }).await
     }
 
-    /// Claims `key`'s build unless a member holds it.
-    pub(crate) async fn claim(&self, key: &str) -> Result<event_loop::LeaseView, ReplicationError> {
+    /// Claims `key`'s build unless a member holds it, or built it and is not `lost` (a member
+    /// this node could not fetch the model from).
+    pub(crate) async fn claim(
+        &self,
+        key: &str,
+        lost: Option<libp2p::PeerId>,
+    ) -> Result<event_loop::LeaseView, ReplicationError> {
         let key = key.to_string();
-        self.ask(|reply| Command::Claim { key, reply }).await
+        self.ask(|reply| Command::Claim { key, lost, reply }).await
     }
 
     /// A member's signed record of `key`.

@@ -4,8 +4,9 @@
 //! copies. Every member ranks the same members the same way without talking to the others,
 //! and a member joining or leaving moves only the keys it wins or held.
 //!
-//! * a node that built a model asks the `factor - 1` other members ranked highest for it
-//!   ([`push_targets`]);
+//! * a node that built a model asks the members ranked among the top `factor` (itself
+//!   included) other than itself ([`push_targets`]): `factor - 1` of them when it ranks among
+//!   the top itself, `factor` when it does not, so the copies are the designated ones;
 //! * garbage collection evicts last the copies of the keys for which this node ranks among the
 //!   top `factor` of the members and itself ([`Placement::designated`]).
 
@@ -44,16 +45,22 @@ pub(crate) fn top(key: &str, candidates: &[PeerId], n: usize) -> Vec<PeerId> {
     ranked.into_iter().take(n).map(|(_, p)| p).collect()
 }
 
-/// The members `local` asks to hold a model it built under `key`: the `factor - 1` members
-/// other than itself ranked highest.
+/// The members `local` asks to hold a model it built under `key`: those of the `factor` ranked
+/// highest among the members and itself, other than itself (with a factor of 1, none).
 pub(crate) fn push_targets(
     key: &str,
     local: &PeerId,
     members: &[PeerId],
     factor: u32,
 ) -> Vec<PeerId> {
-    let others: Vec<PeerId> = members.iter().filter(|p| *p != local).copied().collect();
-    top(key, &others, (factor as usize).saturating_sub(1))
+    if factor <= 1 {
+        return Vec::new();
+    }
+    let mut all = members.to_vec();
+    all.push(*local);
+    let mut holders = top(key, &all, factor as usize);
+    holders.retain(|p| p != local);
+    holders
 }
 
 /// The replication factor and the members known now (connected or not), shared by the event
@@ -161,7 +168,8 @@ mod tests {
         for i in 0..50 {
             let k = key(i);
             let t = push_targets(&k, &p[0], &p, 3);
-            assert_eq!(t.len(), 2);
+            let builder_holds = top(&k, &p, 3).contains(&p[0]);
+            assert_eq!(t.len(), if builder_holds { 2 } else { 3 });
             assert_eq!(t, push_targets(&k, &p[0], &reversed, 3), "order matters");
             assert_eq!(t, push_targets(&k, &p[0], &p, 3), "not stable");
             // Duplicates in the list change nothing.
@@ -172,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn the_builder_is_never_a_target_and_the_count_is_factor_minus_one() {
+    fn the_builder_is_never_a_target_and_asks_one_more_when_it_holds_no_copy() {
         let p = peers(5);
         for i in 0..50 {
             let k = key(i);
@@ -180,7 +188,14 @@ mod tests {
                 for factor in 1..=6u32 {
                     let t = push_targets(&k, local, &p, factor);
                     assert!(!t.contains(local), "{k}: pushed to itself");
-                    assert_eq!(t.len(), (factor as usize - 1).min(p.len() - 1));
+                    let f = factor as usize;
+                    let holds_one = top(&k, &p, f).contains(local);
+                    let want = match (factor, holds_one) {
+                        (1, _) => 0,
+                        (_, true) => f - 1,
+                        (_, false) => f,
+                    };
+                    assert_eq!(t.len(), want.min(p.len() - 1), "{k} factor {factor}");
                 }
             }
         }
@@ -198,11 +213,11 @@ mod tests {
                 *chosen.entry(t).or_default() += 1;
             }
         }
-        // Three candidates, each about a third of the keys.
+        // Three candidates, each among the top two of four for about half the keys.
         assert_eq!(chosen.len(), 3, "{chosen:?}");
         for (peer, count) in &chosen {
             assert!(
-                (n / 3 - n / 10..=n / 3 + n / 10).contains(count),
+                (n / 2 - n / 10..=n / 2 + n / 10).contains(count),
                 "{peer} chosen for {count} of {n} keys"
             );
         }
@@ -234,15 +249,14 @@ mod tests {
                 let placement = Placement::new(*me, 3);
                 placement.set_members(p.clone());
                 assert_eq!(placement.designated()(&k), holders.contains(me), "{k}");
-                // A builder among the holders asks exactly the other holders.
-                if holders.contains(me) {
-                    let mut t = push_targets(&k, me, &p, 3);
-                    let mut others: Vec<PeerId> =
-                        holders.iter().filter(|h| *h != me).copied().collect();
-                    t.sort();
-                    others.sort();
-                    assert_eq!(t, others);
-                }
+                // Any builder asks exactly the holders other than itself: the cluster keeps
+                // `factor` designated copies whether or not the builder is one of them.
+                let mut t = push_targets(&k, me, &p, 3);
+                let mut others: Vec<PeerId> =
+                    holders.iter().filter(|h| *h != me).copied().collect();
+                t.sort();
+                others.sort();
+                assert_eq!(t, others);
             }
             let single = Placement::new(p[0], 1);
             single.set_members(p.clone());

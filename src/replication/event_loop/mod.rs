@@ -334,8 +334,8 @@ impl EventLoop {
             Command::Lease { key, reply } => {
                 let _ = reply.send(self.lease_view(&key));
             }
-            Command::Claim { key, reply } => {
-                let _ = reply.send(self.claim(key));
+            Command::Claim { key, lost, reply } => {
+                let _ = reply.send(self.claim(key, lost));
             }
             Command::Built { key, ok } => self.built(key, ok),
             Command::Provide(key) => self.provide(key),

@@ -66,13 +66,14 @@ impl EventLoop {
         }
     }
 
-    /// Claims `key` for a build unless a member holds it; answers the view after.
-    pub(super) fn claim(&mut self, key: String) -> LeaseView {
+    /// Claims `key` for a build unless a member holds it (or built it, unless this node could
+    /// not fetch it from that member, `lost`); answers the view after.
+    pub(super) fn claim(&mut self, key: String, lost: Option<PeerId>) -> LeaseView {
         let members = self.connected_members();
         if self
             .models
             .leases
-            .claim(&key, Instant::now(), |p| members.contains(p))
+            .claim(&key, Instant::now(), |p| members.contains(p), lost)
         {
             self.publish_model_gossip(&Gossip::Lease { key: key.clone() });
         }

@@ -1,6 +1,6 @@
 //! Eager replication of models (`replication.factor`): when this node finishes a build, it asks
-//! the `factor - 1` members ranked highest for the cache key (`rendezvous`) to fetch the model
-//! from it; a member asked fetches it through find-before-build's fetch (the signed record
+//! the members of the `factor` ranked highest for the cache key (itself included, see
+//! `rendezvous`) to fetch the model from it; a member asked fetches it through find-before-build's fetch (the signed record
 //! verified against the cluster key, the bytes chunk by chunk), at most
 //! [`MAX_PUSH_FETCHES`] at once: further asks are answered busy and dropped, never queued.
 //!
