@@ -218,8 +218,9 @@ impl Cluster {
         Ok((m, true))
     }
 
-    /// Writes an invitation for a new member valid for `days` days (founding the cluster
-    /// with `factory_url` first if this node is in none); `bootstrap` are multiaddrs with
+    /// Writes an invitation for a new member valid for `days` days, and never beyond this
+    /// node's own credential (founding the cluster with `factory_url` first if this node is in
+    /// none; refused once this node was removed or expired); `bootstrap` are multiaddrs with
     /// `/p2p/` the new member dials first; `secure_boot` are the cluster's Secure Boot keys.
     pub fn invite(
         &self,
@@ -230,6 +231,24 @@ impl Cluster {
         now: u64,
     ) -> Result<Issued, ReplicationError> {
         let (m, founded) = self.found(factory_url, now)?;
+        // A node removed or expired holds the key still, but speaks for the cluster no more.
+        let (node, _) = self.identity()?;
+        if let Some((at, _)) = m.revocations.get(&node.public().to_peer_id()) {
+            return Err(ReplicationError::CannotInvite {
+                why: format!(
+                    "it was removed from the cluster at {}",
+                    crate::clock::rfc3339_utc(*at)
+                ),
+            });
+        }
+        if let Some(at) = m.expires.filter(|at| *at <= now) {
+            return Err(ReplicationError::CannotInvite {
+                why: format!(
+                    "its credential expired at {}",
+                    crate::clock::rfc3339_utc(at)
+                ),
+            });
+        }
         let mut issued = invitation::create(&self.key, &m, days, bootstrap, secure_boot, now)?;
         issued.founded = founded;
         tracing::info!(

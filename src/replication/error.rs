@@ -84,6 +84,12 @@ pub enum ReplicationError {
         "this node is not in a cluster: `image-factory cluster invite` founds one, `image-factory cluster join` joins one"
     )]
     NotInCluster,
+    /// `cluster invite` on a node that was removed or whose credential expired.
+    #[error("this node cannot invite: {why}; invite from a member in good standing")]
+    CannotInvite {
+        /// Why.
+        why: String,
+    },
     /// `cluster remove` named this node itself.
     #[error(
         "{peer} is this node; remove it from another member (or stop it and delete its data directory)"

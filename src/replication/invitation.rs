@@ -188,7 +188,8 @@ pub(crate) fn create(
     }
     let node = Keypair::generate_ed25519();
     let peer = node.public().to_peer_id();
-    let expires = now + days * 86_400;
+    // Never beyond the inviter's own credential: a member cannot outlast itself by proxy.
+    let expires = (now + days * 86_400).min(m.expires.unwrap_or(u64::MAX));
     let json = |source| ReplicationError::Encode {
         what: "invitation",
         source,
@@ -266,7 +267,12 @@ pub fn open(bytes: &[u8], now: u64) -> Result<Opened, ReplicationError> {
     }
     let cluster_key = SigningKey::from_pem(&inv.cluster_key, Path::new("<invitation>"))?;
     let cluster = ClusterKey::new(cluster_key.verifying_key());
-    env.verified_bytes("invitation", cluster.verifying_key())?;
+    // An invitation carries the cluster's revocations: its own budget, not a document's.
+    env.verified_bytes_within(
+        "invitation",
+        cluster.verifying_key(),
+        MAX_INVITATION_BYTES as usize,
+    )?;
     if inv.cluster != cluster.id() {
         return Err(invalid(format!(
             "it names cluster {} but carries the key of cluster {}",
@@ -399,7 +405,7 @@ pub fn join(
     })
 }
 
-/// Writes the cluster key at `path`; a different key already there is renamed
+/// Writes the cluster key at `path`; a different key already there is kept as
 /// `<name>.pre-join-<now>` (returned).
 fn install_key(
     path: &Path,
@@ -425,7 +431,10 @@ fn install_key(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "signing-key.pem".into());
             let aside = path.with_file_name(format!("{name}.pre-join-{now}"));
-            std::fs::rename(path, &aside).map_err(io)?;
+            // A second name first: the key is replaced in one rename below, so a failure or a
+            // crash in between never leaves the node without one (the next start would
+            // generate a new key).
+            std::fs::hard_link(path, &aside).map_err(io)?;
             moved = Some(aside);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -674,6 +683,58 @@ mod tests {
             .unwrap();
         let opened = open(&issued.bytes, NOW).unwrap();
         assert_eq!(opened.invitation.bootstrap, vec![addr]);
+    }
+
+    #[test]
+    fn a_member_invites_no_further_than_its_own_credential_and_not_once_out() {
+        let (_a, cluster) = founder();
+        let issued = cluster.invite("http://f/", 2, vec![], None, NOW).unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let key_path = b.path().join("keys/signing-key.pem");
+        let sb = b.path().join("keys/secureboot");
+        join(b.path(), &key_path, &sb, &issued.bytes, None, NOW + 5).unwrap();
+        let bkey = Arc::new(SigningKey::load_or_generate(&key_path).unwrap().0);
+        let bc = Cluster::open(b.path(), bkey).unwrap();
+        // B's credential ends 2 days after NOW: so does any invitation it writes.
+        let capped = bc.invite("http://f/", 30, vec![], None, NOW + 10).unwrap();
+        assert_eq!(capped.expires, issued.expires);
+        let opened = open(&capped.bytes, NOW + 10).unwrap();
+        assert_eq!(opened.invitation.expires, issued.expires);
+        // Expired: it writes none.
+        let e = bc
+            .invite("http://f/", 1, vec![], None, issued.expires)
+            .unwrap_err();
+        assert!(matches!(e, ReplicationError::CannotInvite { .. }), "{e}");
+        // Removed (and told so): none either, though it still holds the key.
+        let crate::replication::cluster::Removed::Now(env) =
+            cluster.remove(&issued.peer_id, NOW + 20).unwrap()
+        else {
+            panic!("B was removed already");
+        };
+        bc.add_revocation(&env).unwrap();
+        let e = bc
+            .invite("http://f/", 1, vec![], None, NOW + 30)
+            .unwrap_err();
+        assert!(e.to_string().contains("removed from the cluster"), "{e}");
+    }
+
+    #[test]
+    fn an_invitation_carrying_hundreds_of_removals_opens() {
+        let (_a, cluster) = founder();
+        cluster.invite("http://f/", 1, vec![], None, NOW).unwrap();
+        for i in 0..200 {
+            let peer = Keypair::generate_ed25519().public().to_peer_id();
+            cluster.remove(&peer, NOW + i).unwrap();
+        }
+        let issued = cluster
+            .invite("http://f/", 1, vec![], None, NOW + 300)
+            .unwrap();
+        assert!(
+            issued.bytes.len() > crate::replication::membership::MAX_ENVELOPE_BYTES,
+            "the test needs an invitation over a document's limit"
+        );
+        let opened = open(&issued.bytes, NOW + 300).unwrap();
+        assert_eq!(opened.invitation.revocations.len(), 200);
     }
 
     #[test]

@@ -39,13 +39,15 @@ pub enum DocumentError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The envelope is larger than [`MAX_ENVELOPE_BYTES`].
-    #[error("{what} of {size} bytes exceeds the limit of {MAX_ENVELOPE_BYTES} bytes")]
+    /// The envelope is larger than its limit ([`MAX_ENVELOPE_BYTES`] unless the caller set one).
+    #[error("{what} of {size} bytes exceeds the limit of {max} bytes")]
     TooLarge {
         /// What was being read.
         what: &'static str,
         /// Its size.
         size: usize,
+        /// The limit.
+        max: usize,
     },
     /// The signature does not verify under the cluster key.
     #[error("{what} is not signed by the cluster key")]
@@ -124,6 +126,7 @@ impl Envelope {
             return Err(DocumentError::TooLarge {
                 what,
                 size: self.payload.len() + self.signature.len(),
+                max,
             });
         }
         let bytes = self.unverified_bytes(what)?;
