@@ -247,6 +247,11 @@ async fn bind_admin(config: &Config) -> Result<(AdminListener, AdminAddr), Serve
                 &config.admin.cert_file,
                 &config.admin.key_file,
             )?;
+            if tls.is_none() && !bound.ip().is_loopback() {
+                // The bearer token, and the cluster key in every invitation, would cross the
+                // network in clear.
+                tracing::warn!(addr = %bound, "the admin listener is reachable from the network without TLS: set admin.certFile and admin.keyFile (its token and any invitation travel in clear)");
+            }
             Ok((AdminListener::Tcp(listener, tls), AdminAddr::Tcp(bound)))
         }
     }

@@ -105,6 +105,8 @@ impl From<crate::replication::ReplicationError> for ApiError {
         match e {
             e if e.is_invalid_request() => ApiError::rejected(StatusCode::BAD_REQUEST, "", e),
             R::Stopped => ApiError::rejected(StatusCode::SERVICE_UNAVAILABLE, "", e),
+            // This node's standing forbids it, not the request.
+            R::CannotInvite { .. } => ApiError::rejected(StatusCode::CONFLICT, "", e),
             other => ApiError::caused("changing the cluster membership", other),
         }
     }
