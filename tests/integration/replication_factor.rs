@@ -1,8 +1,8 @@
 //! Eager replication of models (`replication.factor`) with real `image-factory serve`
 //! processes on loopback: a model built on one member is fetched, unasked for by any client,
-//! by exactly the member rendezvous hashing chooses, and by nobody with the default factor.
-//! Which member is chosen is computed here from the rule (the BLAKE3 of the cache key, a zero
-//! byte and the peer ID's bytes, highest wins), not asked of the program.
+//! by exactly the members rendezvous hashing designates, and by nobody with the default
+//! factor. Which members are designated is computed here from the rule (the BLAKE3 of the
+//! cache key, a zero byte and the peer ID's bytes, highest wins), not asked of the program.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ async fn total(nodes: &[&Node], name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_factor_two_a_built_model_reaches_the_member_rendezvous_hashing_chooses_only() {
+async fn with_factor_two_a_built_model_reaches_the_members_rendezvous_hashing_designates_only() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(bundle) = kit_bundle(tmp.path()) else {
         return;
@@ -72,71 +72,82 @@ async fn with_factor_two_a_built_model_reaches_the_member_rendezvous_hashing_cho
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&on_a));
     assert_eq!(built(&nodes[0]).await, 1.0);
     let key = built_key(&nodes[0]);
-    let (b_id, c_id) = (nodes[1].peer_id().await, nodes[2].peer_id().await);
-    let (chosen, other) = if weight(&key, &b_id) > weight(&key, &c_id) {
-        (&nodes[1], &nodes[2])
-    } else {
-        (&nodes[2], &nodes[1])
-    };
+    // The two copies belong to the two ranked highest of all three; the builder A asks those
+    // that are not itself: one when A ranks among them, both when it does not.
+    let mut ranked = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        ranked.push((weight(&key, &n.peer_id().await), i));
+    }
+    ranked.sort_by(|x, y| y.0.cmp(&x.0));
+    let designated: Vec<usize> = ranked[..2].iter().map(|(_, i)| *i).collect();
+    let chosen: Vec<&Node> = [1, 2]
+        .iter()
+        .filter(|i| designated.contains(i))
+        .map(|i| &nodes[*i])
+        .collect();
+    let others: Vec<&Node> = [1, 2]
+        .iter()
+        .filter(|i| !designated.contains(i))
+        .map(|i| &nodes[*i])
+        .collect();
+    assert_eq!(chosen.len(), if designated.contains(&0) { 1 } else { 2 });
 
-    wait_for_log(chosen, PUSHED).await;
-    let file = blob_file(&chosen.dir, &on_a);
-    let stored = std::fs::read(&file)
-        .unwrap_or_else(|e| panic!("{} not stored on the chosen member: {e}", file.display()));
-    assert_eq!(sha256_hex(&stored), sha256_hex(&on_a), "other bytes stored");
-    assert_eq!(
-        counter(chosen, "image_factory_replication_pushes_received_total").await,
-        1.0
-    );
+    for n in &chosen {
+        wait_for_log(n, PUSHED).await;
+        let file = blob_file(&n.dir, &on_a);
+        let stored = std::fs::read(&file)
+            .unwrap_or_else(|e| panic!("{} not stored on a chosen member: {e}", file.display()));
+        assert_eq!(sha256_hex(&stored), sha256_hex(&on_a), "other bytes stored");
+        assert_eq!(
+            counter(n, "image_factory_replication_pushes_received_total").await,
+            1.0
+        );
+        // Nobody asked the chosen member for it, and it built nothing.
+        assert_eq!(built(n).await, 0.0, "{}", n.log());
+        assert_eq!(counter(n, "image_factory_assets_fetched_total").await, 0.0);
+    }
     assert_eq!(
         counter(&nodes[0], "image_factory_replication_pushes_sent_total").await,
-        1.0
+        chosen.len() as f64
     );
-    // Nobody asked the chosen member for it, and it built nothing.
-    assert_eq!(built(chosen).await, 0.0, "{}", chosen.log());
-    assert_eq!(
-        counter(chosen, "image_factory_assets_fetched_total").await,
-        0.0
-    );
-    // The third member was not asked and holds nothing of it.
-    assert!(!other.log().contains(PUSHED), "{}", other.log());
-    assert!(
-        !blob_file(&other.dir, &on_a).exists(),
-        "the third member holds a copy"
-    );
-    assert_eq!(
-        counter(other, "image_factory_replication_pushes_received_total").await,
-        0.0
-    );
+    // A member not designated was not asked and holds nothing of it.
+    for other in &others {
+        assert!(!other.log().contains(PUSHED), "{}", other.log());
+        assert!(
+            !blob_file(&other.dir, &on_a).exists(),
+            "a member not designated holds a copy"
+        );
+        assert_eq!(
+            counter(other, "image_factory_replication_pushes_received_total").await,
+            0.0
+        );
+    }
     let all: Vec<&Node> = nodes.iter().collect();
     assert_eq!(
         total(&all, "image_factory_replication_pushes_failed_total").await,
         0.0
     );
 
-    // Asked for it now, the chosen member serves its own copy: no build, no fetch.
-    let (st, served) = fetch(chosen, &path).await;
-    assert_eq!(st, 200);
-    assert_eq!(sha256_hex(&served), sha256_hex(&on_a));
-    assert_eq!(built(chosen).await, 0.0);
-    assert_eq!(
-        counter(chosen, "image_factory_assets_fetched_total").await,
-        0.0
-    );
+    // Asked for it now, a chosen member serves its own copy: no build, no fetch.
+    for n in &chosen {
+        let (st, served) = fetch(n, &path).await;
+        assert_eq!(st, 200);
+        assert_eq!(sha256_hex(&served), sha256_hex(&on_a));
+        assert_eq!(built(n).await, 0.0);
+        assert_eq!(counter(n, "image_factory_assets_fetched_total").await, 0.0);
+    }
 
-    // Its collector counts the copy as one the cluster keeps: the chosen member is always
-    // among the two ranked highest. The third gets it on demand, and holds one of the two
-    // copies only if it outranks the builder.
-    let (st, _) = fetch(other, &path).await;
-    assert_eq!(st, 200);
-    let a_id = nodes[0].peer_id().await;
-    for (n, held) in [
-        (chosen, true),
-        (
-            other,
-            weight(&key, &other.peer_id().await) > weight(&key, &a_id),
-        ),
-    ] {
+    // Each collector counts its copy as one the cluster keeps exactly when it was chosen: a
+    // member not designated gets the model on demand and holds neither of the two copies.
+    for n in &others {
+        let (st, _) = fetch(n, &path).await;
+        assert_eq!(st, 200);
+    }
+    for (n, held) in chosen
+        .iter()
+        .map(|n| (*n, true))
+        .chain(others.iter().map(|n| (*n, false)))
+    {
         let out = gc_dry_run(n);
         assert!(out.contains(&key), "{out}");
         assert_eq!(
