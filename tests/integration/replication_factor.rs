@@ -78,7 +78,7 @@ async fn with_factor_two_a_built_model_reaches_the_members_rendezvous_hashing_de
     for (i, n) in nodes.iter().enumerate() {
         ranked.push((weight(&key, &n.peer_id().await), i));
     }
-    ranked.sort_by(|x, y| y.0.cmp(&x.0));
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
     let designated: Vec<usize> = ranked[..2].iter().map(|(_, i)| *i).collect();
     let chosen: Vec<&Node> = [1, 2]
         .iter()
