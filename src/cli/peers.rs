@@ -96,10 +96,16 @@ fn transfers(list: &[serde_json::Value]) -> String {
         );
         let pct = (got as f64 * 100.0 / size.max(1) as f64).min(100.0);
         let blob = s(&t["blob"]);
+        // A model's purpose names its 64-hex key: cut to the column (`--json` has it whole).
+        let purpose = s(&t["purpose"]);
+        let purpose = match purpose.char_indices().nth(25) {
+            Some((i, _)) => format!("{}…", &purpose[..i]),
+            None => purpose,
+        };
         out += &format!(
             "{:<20} {:<26} {:>28}  {}\n",
             format!("{}…", blob.get(..16).unwrap_or(&blob)),
-            s(&t["purpose"]),
+            purpose,
             format!("{} of {} ({pct:.0}%)", bytes(got), bytes(size)),
             s(&t["startedAt"])
         );
@@ -276,5 +282,24 @@ mod tests {
             "{b}"
         );
         assert!(t.contains("no peers"), "{t}");
+        // A model's 64-hex key is cut to the column, and the columns stay aligned.
+        let long = serde_json::json!({
+            "enabled": true, "peerId": "12D3Self", "peers": [],
+            "transfers": [{"blob": "ef".repeat(32), "purpose": format!("model {}", "7f".repeat(32)),
+                           "size": 10, "received": 5, "startedAt": "2026-12-07T18:02:00Z"}]
+        });
+        let t2 = table(&long);
+        let c = t2
+            .lines()
+            .find(|l| l.starts_with("efefefef"))
+            .expect("third");
+        assert!(c.contains(" model 7f7f7f7f7f7f7f7f7f7… "), "{c}");
+        // Columns in characters (the cut marks are multi-byte).
+        let col = |l: &str, pat: &str| l.find(pat).map(|i| l[..i].chars().count());
+        assert_eq!(
+            col(c, "  2026-12-07T18:02"),
+            col(a, "  2026-12-07T18:00"),
+            "{t}{t2}"
+        );
     }
 }

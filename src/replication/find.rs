@@ -143,6 +143,9 @@ impl ClusterPeers {
         let mut asked_providers = false;
         let mut claimed = false;
         let mut waited = false;
+        // Providers asked again once a wait ended without the model (the builder went
+        // silent or away, or is busy): the members it pushed copies to may have it.
+        let mut asked_after_wait = false;
         // A member whose finished build could not be fetched (evicted since, or busy).
         let mut lost = None;
         loop {
@@ -183,7 +186,8 @@ impl ClusterPeers {
                 }
                 _ => {}
             }
-            if !asked_providers {
+            if !asked_providers || (waited && !asked_after_wait) {
+                asked_after_wait = asked_providers;
                 asked_providers = true;
                 let providers = self.rep.providers(key).await?;
                 for p in providers.into_iter().take(MAX_SOURCES) {

@@ -72,6 +72,8 @@ pub(crate) struct KadGate {
     held_count: usize,
     /// Connected peers judged outsiders (forgotten when their last connection closes).
     outsiders: HashSet<PeerId>,
+    /// Peers with a connection open (bounded by the swarm's connection limits).
+    connected: HashSet<PeerId>,
     resets: VecDeque<ToSwarm<kad::Event, KadIn>>,
     waker: Option<Waker>,
 }
@@ -85,6 +87,7 @@ impl KadGate {
             held: HashMap::new(),
             held_count: 0,
             outsiders: HashSet::new(),
+            connected: HashSet::new(),
             resets: VecDeque::new(),
             waker: None,
         }
@@ -110,7 +113,8 @@ impl KadGate {
             }
             Standing::Outsider => {
                 self.members.remove(&peer);
-                if self.outsiders.len() < MAX_OUTSIDERS {
+                // Remembered while connected only: a peer judged away would stay for ever.
+                if self.connected.contains(&peer) && self.outsiders.len() < MAX_OUTSIDERS {
                     self.outsiders.insert(peer);
                 }
                 self.inner.remove_peer(&peer);
@@ -161,8 +165,14 @@ impl KadGate {
         }
     }
 
+    /// `peer` opened a connection.
+    fn came(&mut self, peer: PeerId) {
+        self.connected.insert(peer);
+    }
+
     /// `peer`'s last connection closed: it is judged again when it comes back.
     fn gone(&mut self, peer: &PeerId) {
+        self.connected.remove(peer);
         self.outsiders.remove(peer);
     }
 
@@ -262,6 +272,9 @@ impl NetworkBehaviour for KadGate {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionEstablished(c) = &event {
+            self.came(c.peer_id);
+        }
         if let FromSwarm::ConnectionClosed(c) = &event
             && c.remaining_established == 0
         {
@@ -340,6 +353,7 @@ mod tests {
     fn a_peer_judged_an_outsider_is_reset_until_it_goes_and_leaves_the_routing_table() {
         let mut g = gate();
         let p = PeerId::random();
+        g.came(p);
         // Unjudged: held.
         assert_eq!(g.route(&p), Route::Hold);
         g.judge(p, Standing::Member);
@@ -355,8 +369,14 @@ mod tests {
         // Back after its last connection closed: judged again.
         g.gone(&p);
         assert_eq!(g.route(&p), Route::Hold);
+        g.came(p);
         g.judge(p, Standing::Outsider);
         g.judge(p, Standing::Judging);
         assert_eq!(g.route(&p), Route::Hold);
+        // Judged an outsider while not connected (an expiry, a revocation): not remembered,
+        // so the set holds connected peers only.
+        let away = PeerId::random();
+        g.judge(away, Standing::Outsider);
+        assert!(!g.outsiders.contains(&away));
     }
 }
