@@ -95,17 +95,12 @@ fn transfers(list: &[serde_json::Value]) -> String {
             t["size"].as_u64().unwrap_or(0),
         );
         let pct = (got as f64 * 100.0 / size.max(1) as f64).min(100.0);
-        let blob = s(&t["blob"]);
-        // A model's purpose names its 64-hex key: cut to the column (`--json` has it whole).
-        let purpose = s(&t["purpose"]);
-        let purpose = match purpose.char_indices().nth(25) {
-            Some((i, _)) => format!("{}…", &purpose[..i]),
-            None => purpose,
-        };
+        // The BLAKE3, and a model's purpose (it names the 64-hex key), cut to their columns
+        // (`--json` has them whole).
         out += &format!(
             "{:<20} {:<26} {:>28}  {}\n",
-            format!("{}…", blob.get(..16).unwrap_or(&blob)),
-            purpose,
+            cut(&s(&t["blob"]), 16),
+            cut(&s(&t["purpose"]), 25),
             format!("{} of {} ({pct:.0}%)", bytes(got), bytes(size)),
             s(&t["startedAt"])
         );
@@ -164,6 +159,14 @@ fn peer_table(peers: &[serde_json::Value]) -> String {
         );
     }
     out
+}
+
+/// `text` cut to its first `chars` characters, marked with `…` when cut.
+fn cut(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
 }
 
 /// A string field's text, `-` when absent.

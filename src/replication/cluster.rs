@@ -16,7 +16,7 @@ use super::ReplicationError;
 use super::files::{read_json, write_json};
 use super::identity;
 use super::invitation::{self, Invitation, Issued};
-use super::membership::{ClusterKey, Envelope, issue_credential, issue_revocation};
+use super::membership::{ClusterKey, Envelope, check_member, issue_credential, issue_revocation};
 use crate::trust::SigningKey;
 
 /// Most revocations a cluster keeps (each is a few hundred bytes and travels in every hello).
@@ -231,24 +231,12 @@ impl Cluster {
         now: u64,
     ) -> Result<Issued, ReplicationError> {
         let (m, founded) = self.found(factory_url, now)?;
-        // A node removed or expired holds the key still, but speaks for the cluster no more.
+        // A node removed or expired holds the key still, but speaks for the cluster no more:
+        // it must pass the check its members would apply to it.
         let (node, _) = self.identity()?;
-        if let Some((at, _)) = m.revocations.get(&node.public().to_peer_id()) {
-            return Err(ReplicationError::CannotInvite {
-                why: format!(
-                    "it was removed from the cluster at {}",
-                    crate::clock::rfc3339_utc(*at)
-                ),
-            });
-        }
-        if let Some(at) = m.expires.filter(|at| *at <= now) {
-            return Err(ReplicationError::CannotInvite {
-                why: format!(
-                    "its credential expired at {}",
-                    crate::clock::rfc3339_utc(at)
-                ),
-            });
-        }
+        let me = node.public().to_peer_id();
+        check_member(&m.key, &m.revoked(), &me, m.credential.as_ref(), now)
+            .map_err(|r| ReplicationError::CannotInvite { why: r.to_string() })?;
         let mut issued = invitation::create(&self.key, &m, days, bootstrap, secure_boot, now)?;
         issued.founded = founded;
         tracing::info!(

@@ -140,12 +140,12 @@ impl ClusterPeers {
     /// else a claim.
     async fn decide(&self, key: &str) -> Result<bool, ReplicationError> {
         let started = Instant::now();
-        let mut asked_providers = false;
+        // Rounds of provider records asked: one before any wait, a second once a wait ended
+        // without the model (the builder went silent or away, or is busy: the members it
+        // pushed copies to may have it).
+        let mut provider_rounds = 0u8;
         let mut claimed = false;
         let mut waited = false;
-        // Providers asked again once a wait ended without the model (the builder went
-        // silent or away, or is busy): the members it pushed copies to may have it.
-        let mut asked_after_wait = false;
         // A member whose finished build could not be fetched (evicted since, or busy).
         let mut lost = None;
         loop {
@@ -164,7 +164,7 @@ impl ClusterPeers {
                 LeaseState::Held {
                     mine: false,
                     holder,
-                } if asked_providers => {
+                } if provider_rounds > 0 => {
                     if started.elapsed() > MAX_WAIT {
                         tracing::warn!(key = %key, peer_id = %holder, "waited too long for a member's build; building");
                         return Ok(false);
@@ -186,9 +186,8 @@ impl ClusterPeers {
                 }
                 _ => {}
             }
-            if !asked_providers || (waited && !asked_after_wait) {
-                asked_after_wait = asked_providers;
-                asked_providers = true;
+            if provider_rounds < 1 + u8::from(waited) {
+                provider_rounds += 1;
                 let providers = self.rep.providers(key).await?;
                 for p in providers.into_iter().take(MAX_SOURCES) {
                     if self.try_fetch(p, key).await {

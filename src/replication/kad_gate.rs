@@ -32,9 +32,6 @@ type KadIn = THandlerInEvent<Kad>;
 const MAX_HELD_PER_PEER: usize = 8;
 /// Requests held for all peers being judged.
 const MAX_HELD: usize = 1024;
-/// Connected peers remembered as judged outsiders (their requests reset at once); beyond, an
-/// outsider's requests wait as a peer being judged does, within the bounds above.
-const MAX_OUTSIDERS: usize = 1024;
 
 /// Where a peer stands, as the membership check tells the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +67,8 @@ pub(crate) struct KadGate {
     members: Admitted,
     held: HashMap<PeerId, Vec<Held>>,
     held_count: usize,
-    /// Connected peers judged outsiders (forgotten when their last connection closes).
+    /// Connected peers judged outsiders (forgotten when their last connection closes: a
+    /// subset of `connected`, so the swarm's connection limits bound it too).
     outsiders: HashSet<PeerId>,
     /// Peers with a connection open (bounded by the swarm's connection limits).
     connected: HashSet<PeerId>,
@@ -114,7 +112,7 @@ impl KadGate {
             Standing::Outsider => {
                 self.members.remove(&peer);
                 // Remembered while connected only: a peer judged away would stay for ever.
-                if self.connected.contains(&peer) && self.outsiders.len() < MAX_OUTSIDERS {
+                if self.connected.contains(&peer) {
                     self.outsiders.insert(peer);
                 }
                 self.inner.remove_peer(&peer);
@@ -272,24 +270,23 @@ impl NetworkBehaviour for KadGate {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionEstablished(c) = &event {
-            self.came(c.peer_id);
-        }
-        if let FromSwarm::ConnectionClosed(c) = &event
-            && c.remaining_established == 0
-        {
-            self.gone(&c.peer_id);
-        }
-        if let FromSwarm::ConnectionClosed(c) = &event
-            && let Some(held) = self.held.get_mut(&c.peer_id)
-        {
-            // Its streams went with it: nothing left to answer or reset.
-            let before = held.len();
-            held.retain(|h| h.connection != c.connection_id);
-            self.held_count -= before - held.len();
-            if held.is_empty() {
-                self.held.remove(&c.peer_id);
+        match &event {
+            FromSwarm::ConnectionEstablished(c) => self.came(c.peer_id),
+            FromSwarm::ConnectionClosed(c) => {
+                if c.remaining_established == 0 {
+                    self.gone(&c.peer_id);
+                }
+                if let Some(held) = self.held.get_mut(&c.peer_id) {
+                    // Its streams went with it: nothing left to answer or reset.
+                    let before = held.len();
+                    held.retain(|h| h.connection != c.connection_id);
+                    self.held_count -= before - held.len();
+                    if held.is_empty() {
+                        self.held.remove(&c.peer_id);
+                    }
+                }
             }
+            _ => {}
         }
         self.inner.on_swarm_event(event);
     }

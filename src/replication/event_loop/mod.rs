@@ -509,14 +509,10 @@ impl EventLoop {
                 let Some(p) = self.peers.get_mut(&peer_id) else {
                     return;
                 };
-                if matches!(p.state, State::Refused { .. }) {
-                    // Not to be dialled: a refused peer's addresses are forgotten.
-                    return;
-                }
                 let mut added = Vec::new();
                 for a in info.listen_addrs {
                     let a = without_peer(a);
-                    if p.add_addr(a.clone()) {
+                    if p.discovered(a.clone()) {
                         added.push(a);
                     }
                 }
@@ -548,17 +544,11 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    // A refused peer is not dialled back while its refusal lasts, however
-                    // often the local network announces it.
-                    let refused = self
-                        .peers
-                        .get(&peer)
-                        .is_some_and(|p| matches!(p.state, State::Refused { .. }));
-                    if peer == self.local || refused {
+                    if peer == self.local {
                         continue;
                     }
                     if let Some(p) = self.peer(peer) {
-                        p.add_addr(addr);
+                        p.discovered(addr);
                     }
                 }
             }

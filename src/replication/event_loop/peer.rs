@@ -119,6 +119,12 @@ impl Peer {
         self.addrs.insert(a)
     }
 
+    /// Adds an address a discovery source (identify, mDNS) reported, unless the peer is
+    /// refused: a refused peer is not dialled back while its refusal lasts. Whether it was new.
+    pub(super) fn discovered(&mut self, a: Multiaddr) -> bool {
+        !matches!(self.state, State::Refused { .. }) && self.add_addr(a)
+    }
+
     /// Whether it is connected and showed a sign of life within [`SILENT_AFTER`]: a stopped
     /// or hung process keeps its connections open but answers no ping.
     pub(super) fn responding(&self, now: Instant) -> bool {
