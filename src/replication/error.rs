@@ -198,6 +198,12 @@ pub enum ReplicationError {
         /// The blob asked for.
         blob: String,
     },
+    /// No member was connected to ask for a blob.
+    #[error("no member is connected to send {blob}")]
+    NoMember {
+        /// The blob.
+        blob: String,
+    },
     /// Every member a blob was asked of lacked it, failed or sent bytes that did not verify.
     #[error("no member could send {blob}")]
     NoSource {

@@ -112,10 +112,10 @@ impl ClusterPeers {
                 &format!("model {key}"),
             )
             .await?;
+            self.rep.metrics.bytes_received.increment(record.size);
         }
         self.records.put_raw(key, &raw)?;
         self.records.flush().await?;
-        self.rep.metrics.bytes_received.increment(record.size);
         self.rep.tell(Command::Provide(key.to_string()));
         tracing::info!(key = %key, peer_id = %peer, size = record.size, "model fetched from a member");
         Ok(())

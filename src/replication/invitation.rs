@@ -574,6 +574,37 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_key_install_leaves_the_old_key_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing-key.pem");
+        let (old, _) = SigningKey::load_or_generate(&path).unwrap();
+        let old_pem = std::fs::read(&path).unwrap();
+        // The new key cannot be written: its temporary name is taken by a directory.
+        let blocked = dir
+            .path()
+            .join(format!(".signing-key.pem.tmp-{}", std::process::id()));
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"").unwrap();
+        let new = SigningKey::from_seed(&[9; 32]);
+        assert!(install_key(&path, &new, NOW).is_err());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            old_pem,
+            "the node still has its key"
+        );
+        // Once it can be written, the new key replaces the old one, which is kept aside.
+        std::fs::remove_dir_all(&blocked).unwrap();
+        let aside = install_key(&path, &new, NOW + 1).unwrap().unwrap();
+        assert_eq!(std::fs::read(&aside).unwrap(), old_pem);
+        let installed = SigningKey::load_or_generate(&path).unwrap().0;
+        assert_eq!(
+            installed.public_key_pem().unwrap(),
+            new.public_key_pem().unwrap()
+        );
+        assert_ne!(old.public_key_pem().unwrap(), new.public_key_pem().unwrap());
+    }
+
+    #[test]
     fn an_expired_invitation_is_refused() {
         let (_a, cluster) = founder();
         let issued = cluster.invite("http://f/", 1, vec![], None, NOW).unwrap();

@@ -289,6 +289,9 @@ pub struct Replication {
     chunk_pool: std::sync::Arc<chunk_pool::ChunkPool>,
     /// The replication factor and the members its copies are placed over.
     placement: std::sync::Arc<rendezvous::Placement>,
+    /// Set when a schematic's notice could not reach the swarm: its next round re-reads the
+    /// store's IDs, so the schematic is offered to members all the same.
+    unannounced: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Replication {
@@ -304,10 +307,12 @@ impl Replication {
         Ok(status)
     }
 
-    /// Announces a schematic created on this node (never waits: when the swarm is busy the
-    /// next anti-entropy round carries it).
+    /// Announces a schematic created on this node (never waits: when the swarm is busy it
+    /// re-reads the store's IDs in its next round, and anti-entropy carries the schematic).
     pub fn schematic_created(&self, id: &str) {
         if let Err(e) = self.tx.try_send(Command::SchematicCreated(id.to_string())) {
+            self.unannounced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(schematic = %id, error = %e, "schematic not announced now; the next round carries it");
         }
     }
@@ -376,11 +381,21 @@ impl Replication {
             })
     }
 
-    /// Tells the swarm without waiting (a full channel drops the message: leases end by
-    /// silence, provider records at the next start).
+    /// Tells the swarm without waiting. A full channel does not drop the message (an ended
+    /// build left unsaid would be renewed as a lease for ever): a task delivers it once
+    /// there is room. Callers are bounded (one per build or fetch that ends).
     fn tell(&self, cmd: Command) {
-        if let Err(e) = self.tx.try_send(cmd) {
-            tracing::debug!(error = %e, "replication command dropped");
+        match self.tx.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("replication command dropped: the swarm has stopped");
+            }
         }
     }
 

@@ -95,6 +95,9 @@ pub(super) struct Sources {
     reserve: Vec<PeerId>,
     /// Members set aside as too slow, asked again only once no other is left.
     last_resort: Vec<PeerId>,
+    /// The members that said they hold the blob (whole or in part) when it was planned: one
+    /// that lacks it later failed (a relay that fell behind, a holder that lost it).
+    promised: Vec<PeerId>,
     /// Whether every member dropped so far only lacked the blob.
     all_missing: bool,
     last: Option<ReplicationError>,
@@ -107,6 +110,7 @@ impl Sources {
             live: Vec::new(),
             reserve: Vec::new(),
             last_resort: Vec::new(),
+            promised: Vec::new(),
             all_missing: true,
             last: None,
         }
@@ -116,20 +120,22 @@ impl Sources {
     /// reserve takes over when no member is left.
     pub fn drop_peer(&mut self, rep: &Replication, peer: PeerId, id: &BlobId, e: ReplicationError) {
         self.remove(&peer);
-        match &e {
-            // Lacking it is no fault (asked members may not hold it; a relay may fall behind).
-            ReplicationError::NotHeld { .. } => {
-                tracing::debug!(peer_id = %peer, blob = %blob_name(id), sources_left = self.live.len(), "a member does not hold a blob");
-            }
+        let fault = match &e {
+            // Lacking it is no fault in a member asked whether it holds it; one that said it
+            // does and then lacks it failed (the blob is not "held by nobody").
+            ReplicationError::NotHeld { .. } if !self.promised.contains(&peer) => false,
             ReplicationError::Corrupt { .. } => {
                 rep.metrics.verification_failures.increment(1);
                 rep.metrics.chunks_rejected.increment(1);
-                self.all_missing = false;
+                true
             }
-            _ => self.all_missing = false,
-        }
-        if !matches!(e, ReplicationError::NotHeld { .. }) {
+            _ => true,
+        };
+        if fault {
+            self.all_missing = false;
             tracing::warn!(peer_id = %peer, blob = %blob_name(id), error = %Causes(&e), sources_left = self.live.len(), "a member was dropped from a transfer");
+        } else {
+            tracing::debug!(peer_id = %peer, blob = %blob_name(id), sources_left = self.live.len(), "a member does not hold a blob");
         }
         self.last = Some(e);
     }
@@ -178,8 +184,8 @@ impl Sources {
                 blob: blob_name(id),
                 last: Box::new(e),
             },
-            None => ReplicationError::NotHeld {
-                peer: "no member".into(),
+            // No member to ask at all: not a sign that the cluster lacks the blob.
+            None => ReplicationError::NoMember {
                 blob: blob_name(id),
             },
         }
@@ -444,6 +450,7 @@ pub(super) async fn plan(
     }
     drop(asks);
     let relay = choose(&order, &heads, &rep.slow.now(), &mut src);
+    src.promised = heads.keys().copied().collect();
     // The tree, from the first member chosen that sends a good one.
     let tree = loop {
         let Some(&peer) = src.live.first() else {

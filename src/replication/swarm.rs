@@ -421,6 +421,7 @@ pub async fn start(
             config.transfer_memory_mib as usize,
         )),
         placement: Arc::new(super::rendezvous::Placement::new(local, config.factor)),
+        unannounced: Arc::default(),
     };
     let event_loop = EventLoop::new(
         swarm,

@@ -321,9 +321,12 @@ pub(crate) async fn fetch_blob(
         }
         // The group written next may be unasked because every buffer it may take is lent: its
         // own comes back from the writer, which always progresses. (It may also wait for a
-        // member with room, after a member failed; then only an answer frees one.)
-        let next_waits =
-            pending.first() == Some(&next_write) && !src.live.is_empty() && !own.has_free();
+        // member with room, after a member failed; then only an answer frees one.) With
+        // nothing in flight it waits for its own buffer even when that looks free: it may have
+        // come back (from a member's stream that ended) just after it was asked for.
+        let next_waits = pending.first() == Some(&next_write)
+            && !src.live.is_empty()
+            && (assigned.is_empty() || !own.has_free());
         if assigned.is_empty() && !next_waits {
             // Nothing in flight and nobody to ask.
             return Err(src.failure(id));

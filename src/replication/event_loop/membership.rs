@@ -495,6 +495,8 @@ impl EventLoop {
             }
         }
         self.hold.heard.remove(&peer);
+        // Copies are no longer placed on it until it is a member again.
+        self.push.remembered.remove(&peer);
         self.keep_out(peer, Standing::Outsider);
         match cut {
             Cut::AfterAnswer => {

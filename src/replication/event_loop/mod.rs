@@ -179,6 +179,7 @@ impl EventLoop {
     ) -> Self {
         let (jobs_tx, jobs) = mpsc::unbounded_channel();
         let (rel_tx, rel_jobs) = mpsc::unbounded_channel();
+        let unannounced = Arc::clone(&handle.unannounced);
         let fetcher = super::find::ClusterPeers::new(
             handle.clone(),
             parts.blobs.clone(),
@@ -216,7 +217,7 @@ impl EventLoop {
             dirty: false,
             last_save: now,
             removed_self: false,
-            sync: schematics::SchematicSync::new(store, ids, jobs_tx),
+            sync: schematics::SchematicSync::new(store, ids, jobs_tx, unannounced),
             jobs,
             rel,
             models: models::ModelSync::new(local),

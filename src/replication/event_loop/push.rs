@@ -30,7 +30,7 @@ const MAX_DEFERRED: usize = 1024;
 pub(crate) struct PushSync {
     /// Members remembered from the last run (`peers.json`) and met in this one: members while
     /// they reconnect or stay away, until they are refused.
-    remembered: HashSet<PeerId>,
+    pub(super) remembered: HashSet<PeerId>,
     /// Asks sent and not answered yet: to whom, for which key.
     asks: HashMap<OutboundRequestId, (PeerId, String)>,
     /// Asks for members not connected now, oldest first.
