@@ -78,6 +78,11 @@ pub(crate) struct SchematicSync {
     /// Schematics being fetched, and what made this node ask.
     fetching: HashMap<String, Via>,
     gets: HashMap<OutboundRequestId, Vec<String>>,
+    /// Pages of IDs asked for: where each starts (after which ID).
+    walks: HashMap<OutboundRequestId, Option<String>>,
+    /// Page walks paused because [`MAX_FETCHING`] were being fetched: with which member, and
+    /// after which ID they go on once half the fetches are done.
+    paused: HashMap<PeerId, Option<String>>,
     jobs: mpsc::UnboundedSender<Job>,
     /// Set when a schematic created here did not reach the event loop (see
     /// `Replication::schematic_created`).
@@ -101,6 +106,8 @@ impl SchematicSync {
             digest: None,
             fetching: HashMap::new(),
             gets: HashMap::new(),
+            walks: HashMap::new(),
+            paused: HashMap::new(),
             jobs,
             unannounced,
             topic: None,
@@ -237,13 +244,23 @@ impl EventLoop {
         self.fetch(ask, vec![id], Via::Announcement);
     }
 
-    /// Asks `peer` for the `ids` not held and not being fetched already.
-    fn fetch(&mut self, peer: PeerId, ids: Vec<String>, via: Via) {
-        let wanted: Vec<String> = ids
-            .into_iter()
-            .filter(|id| !self.sync.ids.contains(id) && !self.sync.fetching.contains_key(id))
-            .take(MAX_FETCHING.saturating_sub(self.sync.fetching.len()))
-            .collect();
+    /// Asks `peer` for the `ids` not held and not being fetched already, as many as
+    /// [`MAX_FETCHING`] leaves room for; returns the position in `ids` of the first one left
+    /// out for want of room.
+    fn fetch(&mut self, peer: PeerId, ids: Vec<String>, via: Via) -> Option<usize> {
+        let room = MAX_FETCHING.saturating_sub(self.sync.fetching.len());
+        let mut wanted: Vec<String> = Vec::new();
+        let mut left_out = None;
+        for (i, id) in ids.into_iter().enumerate() {
+            if self.sync.ids.contains(&id) || self.sync.fetching.contains_key(&id) {
+                continue;
+            }
+            if wanted.len() == room {
+                left_out = Some(i);
+                break;
+            }
+            wanted.push(id);
+        }
         for chunk in wanted.chunks(MAX_GET) {
             let request = self.swarm.behaviour_mut().schematics.send_request(
                 &peer,
@@ -255,6 +272,32 @@ impl EventLoop {
                 .fetching
                 .extend(chunk.iter().map(|id| (id.clone(), via)));
             self.sync.gets.insert(request, chunk.to_vec());
+        }
+        left_out
+    }
+
+    /// Asks `peer` for the page of IDs after `after`.
+    fn ask_ids(&mut self, peer: PeerId, after: Option<String>) {
+        let request = self.swarm.behaviour_mut().schematics.send_request(
+            &peer,
+            SchematicRequest::Ids {
+                after: after.clone(),
+                limit: MAX_IDS_PAGE,
+            },
+        );
+        self.sync.walks.insert(request, after);
+    }
+
+    /// Goes on with a paused page walk once half the fetches are done.
+    fn resume_walk(&mut self) {
+        if self.sync.fetching.len() > MAX_FETCHING / 2 {
+            return;
+        }
+        let Some(peer) = self.sync.paused.keys().next().copied() else {
+            return;
+        };
+        if let Some(after) = self.sync.paused.remove(&peer) {
+            self.ask_ids(peer, after);
         }
     }
 
@@ -281,7 +324,8 @@ impl EventLoop {
                 ..
             } => {
                 let asked = self.sync.gets.remove(&request_id).unwrap_or_default();
-                let verifying = self.on_schematic_reply(peer, response, &asked);
+                let page = self.sync.walks.remove(&request_id).unwrap_or_default();
+                let verifying = self.on_schematic_reply(peer, response, &asked, page);
                 // What was asked for and did not come (not held there, or another answer):
                 // free to be fetched again, from this member or another.
                 for id in asked {
@@ -289,6 +333,7 @@ impl EventLoop {
                         self.sync.fetching.remove(&id);
                     }
                 }
+                self.resume_walk();
             }
             request_response::Event::OutboundFailure {
                 peer,
@@ -301,6 +346,8 @@ impl EventLoop {
                         self.sync.fetching.remove(&id);
                     }
                 }
+                self.sync.walks.remove(&request_id);
+                self.resume_walk();
                 tracing::debug!(peer_id = %peer, error = %error, "schematic request failed");
             }
             _ => {}
@@ -360,25 +407,20 @@ impl EventLoop {
             .send_response(channel, reply);
     }
 
-    /// Handles an answer to this node's request `asked` (the IDs of a `Get`); returns the IDs
-    /// handed to a check.
+    /// Handles an answer to this node's request `asked` (the IDs of a `Get`) or `page` (where
+    /// a page of IDs starts); returns the IDs handed to a check.
     fn on_schematic_reply(
         &mut self,
         peer: PeerId,
         reply: SchematicReply,
         asked: &[String],
+        page: Option<String>,
     ) -> Vec<String> {
         let mut verifying = Vec::new();
         match reply {
             SchematicReply::Digest { count, digest } => {
                 if (count, digest) != self.sync.digest() {
-                    self.swarm.behaviour_mut().schematics.send_request(
-                        &peer,
-                        SchematicRequest::Ids {
-                            after: None,
-                            limit: MAX_IDS_PAGE,
-                        },
-                    );
+                    self.ask_ids(peer, None);
                 }
             }
             SchematicReply::Ids { ids, more } => {
@@ -388,15 +430,20 @@ impl EventLoop {
                     .take(MAX_IDS_PAGE)
                     .filter(|id| schematic::is_valid_id(id))
                     .collect();
-                self.fetch(peer, valid, Via::AntiEntropy);
-                if more && let Some(after) = last {
-                    self.swarm.behaviour_mut().schematics.send_request(
-                        &peer,
-                        SchematicRequest::Ids {
-                            after: Some(after),
-                            limit: MAX_IDS_PAGE,
-                        },
-                    );
+                let resume = |valid: &[String], i: usize| match i.checked_sub(1) {
+                    Some(before) => valid.get(before).cloned(),
+                    None => page.clone(),
+                };
+                match self.fetch(peer, valid.clone(), Via::AntiEntropy) {
+                    // No room for the rest: the walk goes on from there once there is.
+                    Some(i) => {
+                        self.sync.paused.insert(peer, resume(&valid, i));
+                    }
+                    None => {
+                        if more && let Some(after) = last {
+                            self.ask_ids(peer, Some(after));
+                        }
+                    }
                 }
             }
             SchematicReply::Schematics { items } => {
@@ -452,6 +499,7 @@ impl EventLoop {
                 result,
             } => {
                 self.sync.fetching.remove(&id);
+                self.resume_walk();
                 match result {
                     Ok(created) => {
                         if created {
