@@ -78,7 +78,11 @@ pub(crate) async fn open(rep: &Replication, peer: PeerId) -> Result<Stream, Repl
         .await;
         match opened {
             Ok(Ok((s, BlobReply::Ready))) => return Ok(s),
-            Ok(Ok((_, BlobReply::Refused))) => return Err(failed("it refused the stream".into())),
+            Ok(Ok((_, BlobReply::Refused))) => {
+                return Err(ReplicationError::Busy {
+                    peer: peer.to_string(),
+                });
+            }
             Ok(Ok((_, other))) => {
                 return Err(failed(format!(
                     "it began a stream with {other:?} instead of Ready"

@@ -198,6 +198,12 @@ pub enum ReplicationError {
         /// The blob asked for.
         blob: String,
     },
+    /// A member refused a blob stream: it serves as many as it may.
+    #[error("member {peer} refused a blob stream: it serves as many as it may")]
+    Busy {
+        /// The member.
+        peer: String,
+    },
     /// No member was connected to ask for a blob.
     #[error("no member is connected to send {blob}")]
     NoMember {

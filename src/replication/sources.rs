@@ -98,6 +98,9 @@ pub(super) struct Sources {
     /// The members that said they hold the blob (whole or in part) when it was planned: one
     /// that lacks it later failed (a relay that fell behind, a holder that lost it).
     promised: Vec<PeerId>,
+    /// Members that refused a stream while planning (serving as many as they may): asked
+    /// last, after those holding the blob whole.
+    busy: Vec<PeerId>,
     /// Whether every member dropped so far only lacked the blob.
     all_missing: bool,
     last: Option<ReplicationError>,
@@ -111,6 +114,7 @@ impl Sources {
             reserve: Vec::new(),
             last_resort: Vec::new(),
             promised: Vec::new(),
+            busy: Vec::new(),
             all_missing: true,
             last: None,
         }
@@ -445,12 +449,21 @@ pub(super) async fn plan(
                 streams.insert(peer, stream);
                 until.get_or_insert_with(|| tokio::time::Instant::now() + ANSWER_GRACE);
             }
+            // Busy now: asked again once the others fail, rather than given up.
+            Err(e @ ReplicationError::Busy { .. }) => {
+                tracing::debug!(peer_id = %peer, blob = %blob_name(id), "a member is busy; kept in reserve");
+                src.busy.push(peer);
+                src.all_missing = false;
+                src.last = Some(e);
+            }
             Err(e) => src.drop_peer(rep, peer, id, e),
         }
     }
     drop(asks);
     let relay = choose(&order, &heads, &rep.slow.now(), &mut src);
     src.promised = heads.keys().copied().collect();
+    let busy = std::mem::take(&mut src.busy);
+    src.reserve.extend(busy);
     // The tree, from the first member chosen that sends a good one.
     let tree = loop {
         let Some(&peer) = src.live.first() else {

@@ -256,6 +256,36 @@ async fn a_release_imported_on_one_member_is_buildable_on_another_without_import
     let (sk, kernel) = fetch(&node_c, &format!("/image/{id}/{V}/kernel-amd64")).await;
     assert_eq!(sk, 200);
     assert_eq!(&kernel[0x202..0x206], b"HdrS", "not a bzImage");
+
+    // A blob of the release damaged on C: a build finds it, sets it aside and marks the
+    // release; when C next compares releases with A it takes the release again, which brings
+    // the blob back and clears the mark.
+    let name = blake3::hash(&kernel).to_hex().to_string();
+    let kernel_file = c.join("blobs").join(&name[..2]).join(&name);
+    assert!(
+        kernel_file.is_file(),
+        "the kernel is not the release's blob"
+    );
+    crate::common::assets::flip_byte(&kernel_file, 4096);
+    let (sd, text) = fetch(&node_c, &format!("/image/{id}/{V}/metal-amd64.iso")).await;
+    assert_eq!(sd, 503, "{}", String::from_utf8_lossy(&text));
+    let damaged = |st: &serde_json::Value| {
+        st["releases"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["version"] == V))
+            .is_some_and(|r| !r["damaged"].is_null())
+    };
+    assert!(damaged(&node_c.status().await));
+    assert!(!kernel_file.exists(), "the damaged blob is still in place");
+    drop(node_c);
+    let node_c = Node::start_with(&c, &boot, &[NO_SCRUB]);
+    crate::replication::wait_for(&node_c, "C takes the damaged release again", |st| {
+        !damaged(st)
+    })
+    .await;
+    let healed = std::fs::read(&kernel_file).expect("the blob is back");
+    assert_eq!(blake3::hash(&healed).to_hex().as_str(), name);
+    assert!(lists_release(&node_c).await);
 }
 
 /// The largest blob file in `data`'s blob store (not a document) and its name.

@@ -118,12 +118,24 @@ impl ReleaseSync {
     }
 }
 
-/// The versions of complete, undamaged releases held.
+/// Whether this node lacks release `version`: no record, or one marked damaged (a blob of it
+/// failed its check and was set aside; a member's copy brings it back and clears the mark).
+fn lacks(
+    releases: &ReleaseStore,
+    version: &str,
+    damaged: &std::collections::BTreeMap<String, crate::catalog::Damage>,
+) -> bool {
+    damaged.contains_key(version) || matches!(releases.get(version), Ok(None))
+}
+
+/// The versions of complete, undamaged releases held (the newest [`MAX_RELEASES`]).
 fn held_versions(releases: &ReleaseStore) -> Vec<String> {
     let damaged = releases.damaged().unwrap_or_default();
     match releases.list() {
+        // Oldest first: the newest are kept when there are too many.
         Ok(list) => list
             .iter()
+            .rev()
             .map(|r| r.version.clone())
             .filter(|v| !damaged.contains_key(v))
             .take(MAX_RELEASES)
@@ -220,7 +232,7 @@ impl EventLoop {
         let releases = self.rel.parts.releases.clone();
         let jobs = self.rel.jobs.clone();
         tokio::task::spawn_blocking(move || {
-            if matches!(releases.get(&version), Ok(None)) {
+            if lacks(&releases, &version, &releases.damaged().unwrap_or_default()) {
                 let _ = jobs.send(Job::Missing {
                     peer: ask,
                     versions: vec![version],
@@ -365,11 +377,12 @@ impl EventLoop {
                 let releases = self.rel.parts.releases.clone();
                 let jobs = self.rel.jobs.clone();
                 tokio::task::spawn_blocking(move || {
+                    let damaged = releases.damaged().unwrap_or_default();
                     let missing: Vec<String> = versions
                         .into_iter()
                         .take(MAX_RELEASES)
                         .filter(|v| Version::parse_strict(v).is_some())
-                        .filter(|v| matches!(releases.get(v), Ok(None)))
+                        .filter(|v| lacks(&releases, v, &damaged))
                         .collect();
                     if !missing.is_empty() {
                         let _ = jobs.send(Job::Missing {
