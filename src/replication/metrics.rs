@@ -58,7 +58,7 @@ pub struct ReplicationMetrics {
     pub lease_waits: Counter,
     /// Chunks from members that did not verify (the member dropped from that transfer).
     pub chunks_rejected: Counter,
-    /// Asks sent to members chosen to hold a copy of a model built here.
+    /// Asks sent to members chosen to hold a copy of a model (each try).
     pub pushes_sent: Counter,
     /// Models fetched and stored because a member that built them asked.
     pub pushes_received: Counter,
@@ -180,7 +180,7 @@ impl ReplicationMetrics {
             ),
             pushes_sent: counter(
                 "image_factory_replication_pushes_sent_total",
-                "Asks to hold a copy of a model built here, sent to the members chosen by rendezvous hashing (replication.factor).",
+                "Asks to hold a copy of a model (built here, or held here when the members changed), sent to the members chosen by rendezvous hashing (replication.factor); each try counted.",
             ),
             pushes_received: counter(
                 "image_factory_replication_pushes_received_total",

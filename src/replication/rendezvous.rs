@@ -63,6 +63,34 @@ pub(crate) fn push_targets(
     holders
 }
 
+/// The members `local` asks to hold a copy of a model it holds under `key` when the members
+/// change from `old` to `new`: those designated now and not before, when `local` is
+/// designated now (a holder that is not leaves the asking to those that are).
+pub(crate) fn moved_to(
+    key: &str,
+    local: &PeerId,
+    old: &[PeerId],
+    new: &[PeerId],
+    factor: u32,
+) -> Vec<PeerId> {
+    if factor <= 1 {
+        return Vec::new();
+    }
+    let designated = |members: &[PeerId]| {
+        let mut all = members.to_vec();
+        all.push(*local);
+        top(key, &all, factor as usize)
+    };
+    let now = designated(new);
+    if !now.contains(local) {
+        return Vec::new();
+    }
+    let before = designated(old);
+    now.into_iter()
+        .filter(|p| p != local && !before.contains(p))
+        .collect()
+}
+
 /// The replication factor and the members known now (connected or not), shared by the event
 /// loop (which updates the members) and garbage collection (which reads them).
 pub(crate) struct Placement {
@@ -91,17 +119,17 @@ impl Placement {
         Arc::clone(&self.members.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the members (sorted, without this node); `false` if they did not change.
-    pub(crate) fn set_members(&self, mut members: Vec<PeerId>) -> bool {
+    /// Replaces the members (sorted, without this node); the members before, when they
+    /// changed.
+    pub(crate) fn set_members(&self, mut members: Vec<PeerId>) -> Option<Arc<Vec<PeerId>>> {
         members.retain(|p| *p != self.local);
         members.sort();
         members.dedup();
         let mut g = self.members.write().unwrap_or_else(PoisonError::into_inner);
         if **g == members {
-            return false;
+            return None;
         }
-        *g = Arc::new(members);
-        true
+        Some(std::mem::replace(&mut *g, Arc::new(members)))
     }
 
     /// A check of whether this node holds one of the `factor` copies of a key (ranks among
@@ -268,12 +296,77 @@ mod tests {
     fn setting_the_same_members_is_no_change() {
         let p = peers(3);
         let placement = Placement::new(p[0], 2);
-        assert!(placement.set_members(vec![p[2], p[1], p[0]]));
+        assert_eq!(
+            placement.set_members(vec![p[2], p[1], p[0]]).as_deref(),
+            Some(&Vec::new()),
+            "the members before"
+        );
         assert_eq!(*placement.members(), {
             let mut v = vec![p[1], p[2]];
             v.sort();
             v
         });
-        assert!(!placement.set_members(vec![p[1], p[2]]));
+        assert!(placement.set_members(vec![p[1], p[2]]).is_none());
+    }
+
+    #[test]
+    fn when_members_change_the_designated_holders_ask_the_newly_designated_ones() {
+        let p = peers(6);
+        let (old, joined) = (&p[..4], p[4]);
+        let new: Vec<PeerId> = p[..5].to_vec();
+        let factor = 2;
+        let mut asked_joined = 0;
+        for i in 0..300 {
+            let k = key(i);
+            let before = top(&k, old, factor);
+            let after = top(&k, &new, factor);
+            // What every holder asks: together, exactly the members designated now and not
+            // before, each by every holder designated now.
+            let mut asked: Vec<PeerId> = Vec::new();
+            for me in &new {
+                let others: Vec<PeerId> = new.iter().filter(|x| *x != me).copied().collect();
+                let was: Vec<PeerId> = old.iter().filter(|x| *x != me).copied().collect();
+                let t = moved_to(&k, me, &was, &others, factor as u32);
+                if !after.contains(me) {
+                    assert!(t.is_empty(), "{k}: a holder not designated asks nobody");
+                }
+                for x in &t {
+                    assert!(after.contains(x) && !before.contains(x), "{k}: {x} asked");
+                }
+                asked.extend(t);
+            }
+            let designated_now: Vec<PeerId> = after
+                .iter()
+                .filter(|x| !before.contains(x))
+                .copied()
+                .collect();
+            for x in &designated_now {
+                assert!(
+                    asked.contains(x),
+                    "{k}: {x} became designated and nobody asks it"
+                );
+            }
+            if designated_now.contains(&joined) {
+                asked_joined += 1;
+            }
+            // A member leaving: the one that takes its place is asked.
+            let left: Vec<PeerId> = old.iter().filter(|x| **x != before[0]).copied().collect();
+            let now = top(&k, &left, factor);
+            let holder = now.iter().find(|x| before.contains(x)).copied();
+            if let Some(h) = holder {
+                let others: Vec<PeerId> = left.iter().filter(|x| **x != h).copied().collect();
+                let was: Vec<PeerId> = old.iter().filter(|x| **x != h).copied().collect();
+                let t = moved_to(&k, &h, &was, &others, factor as u32);
+                let took: Vec<PeerId> = now
+                    .iter()
+                    .filter(|x| !before.contains(x))
+                    .copied()
+                    .collect();
+                assert_eq!(t, took, "{k}");
+            }
+            assert!(moved_to(&k, &p[0], old, &new, 1).is_empty(), "factor 1");
+        }
+        // A fifth member wins about 2 keys in 5.
+        assert!((60..=180).contains(&asked_joined), "{asked_joined}");
     }
 }

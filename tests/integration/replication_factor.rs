@@ -157,6 +157,48 @@ async fn with_factor_two_a_built_model_reaches_the_members_rendezvous_hashing_de
             n.dir.display()
         );
     }
+
+    // A designated member leaves: the member not designated before becomes designated, and
+    // the remaining designated member, which holds a copy, asks it to hold one. (It fetched
+    // the model on demand above, so its copy is collected first.)
+    let y = (0..3)
+        .find(|i| !designated.contains(i))
+        .expect("three nodes");
+    let (x, z) = (designated[0], designated[1]);
+    let token = nodes[y].dir.join("keys/admin-token").display().to_string();
+    crate::replication::cli(&[
+        "gc",
+        "--max-bytes",
+        "1",
+        "--server",
+        &nodes[y].admin(),
+        "--admin-token-file",
+        &token,
+    ]);
+    assert!(
+        !blob_file(&nodes[y].dir, &on_a).exists(),
+        "the collector left the copy"
+    );
+    let x_id = nodes[x].peer_id().await;
+    crate::replication::cli(&[
+        "cluster",
+        "remove",
+        "--server",
+        &nodes[z].admin(),
+        "--data-dir",
+        &nodes[z].dir.display().to_string(),
+        &x_id,
+    ]);
+    wait_for_log(&nodes[y], PUSHED).await;
+    let stored = std::fs::read(blob_file(&nodes[y].dir, &on_a)).expect("the new copy");
+    assert_eq!(sha256_hex(&stored), sha256_hex(&on_a));
+    assert!(
+        nodes[z]
+            .log()
+            .contains("the members changed: asking the members now designated"),
+        "{}",
+        nodes[z].log()
+    );
 }
 
 /// `image-factory gc --dry-run --max-bytes 1` through `node`'s admin socket: its stdout.

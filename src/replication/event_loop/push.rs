@@ -2,7 +2,11 @@
 //! the members of the `factor` ranked highest for the cache key (itself included, see
 //! `rendezvous`) to fetch the model from it; a member asked fetches it through find-before-build's fetch (the signed record
 //! verified against the cluster key, the bytes chunk by chunk), at most
-//! [`MAX_PUSH_FETCHES`] at once: further asks are answered busy and dropped, never queued.
+//! [`MAX_PUSH_FETCHES`] at once: further asks are answered busy, and the builder asks again
+//! later (backing off from [`RETRY_FIRST`] to [`RETRY_MAX`], at most [`MAX_TRIES`] times).
+//! When the members change, a node that holds a copy where it belongs asks the members that
+//! became designated for the key to hold theirs (see [`rendezvous::moved_to`]), so a member
+//! joining or leaving does not leave the cluster a copy short.
 //!
 //! Best effort: a chosen member not connected at build time is asked when it connects again
 //! in this run (at most [`MAX_DEFERRED`] asks wait; the oldest go first); asks still waiting
@@ -10,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -18,23 +23,50 @@ use super::{EventLoop, State};
 use crate::causes::Causes;
 use crate::replication::find::ClusterPeers;
 use crate::replication::protocol::{PushReply, PushRequest};
-use crate::replication::rendezvous::push_targets;
+use crate::replication::rendezvous::{self, push_targets};
 use crate::replication::{Replication, ReplicationError};
 
 /// Models fetched at once because a member asked.
 pub(super) const MAX_PUSH_FETCHES: usize = 2;
-/// Asks waiting for their member to connect.
+/// Asks waiting for their member to connect, or to ask again.
 const MAX_DEFERRED: usize = 1024;
+/// First wait before a busy or unreachable member is asked again (it doubles each time).
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Longest wait between two tries of an ask.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Tries of an ask before it is given up (about 25 minutes of backing off).
+const MAX_TRIES: u32 = 30;
+
+/// An ask to hold a copy of a model: to whom, for which key, how often it was sent, and not
+/// before when it goes again.
+#[derive(Debug)]
+struct Ask {
+    peer: PeerId,
+    key: String,
+    tries: u32,
+    not_before: Instant,
+}
+
+impl Ask {
+    fn new(peer: PeerId, key: String) -> Self {
+        Self {
+            peer,
+            key,
+            tries: 0,
+            not_before: Instant::now(),
+        }
+    }
+}
 
 /// The push side of the event loop's state.
 pub(crate) struct PushSync {
     /// Members remembered from the last run (`peers.json`) and met in this one: members while
     /// they reconnect or stay away, until they are refused.
     pub(super) remembered: HashSet<PeerId>,
-    /// Asks sent and not answered yet: to whom, for which key.
-    asks: HashMap<OutboundRequestId, (PeerId, String)>,
-    /// Asks for members not connected now, oldest first.
-    deferred: VecDeque<(PeerId, String)>,
+    /// Asks sent and not answered yet.
+    asks: HashMap<OutboundRequestId, Ask>,
+    /// Asks for members not connected now, or to send again later, oldest first.
+    deferred: VecDeque<Ask>,
     /// Keys being fetched because a member asked.
     fetching: Admission,
     /// Fetches models for asks received.
@@ -126,8 +158,9 @@ impl EventLoop {
         out
     }
 
-    /// Shares the members with garbage collection; sends the asks whose member connected and
-    /// drops those whose peer is no member any more. Once a second.
+    /// Shares the members with garbage collection (re-placing copies when they changed);
+    /// sends the asks whose member is connected and whose time came, and drops those whose
+    /// peer is no member any more. Once a second.
     pub(super) fn push_round(&mut self) {
         for (id, p) in &self.peers {
             if matches!(p.state, State::Member { .. })
@@ -137,15 +170,17 @@ impl EventLoop {
             }
         }
         let members = self.rendezvous_members();
+        if let Some(old) = self.rel.handle.placement.set_members(members.clone()) {
+            self.replace_copies(&old, &members);
+        }
         if self.push.deferred.is_empty() {
-            self.rel.handle.placement.set_members(members);
             return;
         }
         // Asks for a peer that is no member any more (removed, refused) are dropped.
         let before = self.push.deferred.len();
         self.push
             .deferred
-            .retain(|(p, _)| members.binary_search(p).is_ok());
+            .retain(|a| members.binary_search(&a.peer).is_ok());
         let dropped = before - self.push.deferred.len();
         if dropped > 0 {
             self.metrics.pushes_failed.increment(dropped as u64);
@@ -154,15 +189,55 @@ impl EventLoop {
                 "asks to hold a copy dropped: their peer is no member any more"
             );
         }
-        self.rel.handle.placement.set_members(members);
         let connected = self.connected_members();
-        let (now, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.push.deferred)
+        let now = Instant::now();
+        let (ready, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.push.deferred)
             .into_iter()
-            .partition(|(p, _)| connected.contains(p));
+            .partition(|a| connected.contains(&a.peer) && a.not_before <= now);
         self.push.deferred = later;
-        for (peer, key) in now {
-            self.send_push(peer, key);
+        for ask in ready {
+            self.send_push(ask);
         }
+    }
+
+    /// The members changed from `old` to `new`: off the loop, finds the models held here for
+    /// which this node is designated and some member became designated, and asks those
+    /// members to hold a copy (as [`releases::Job::Replace`]). Not on the first members known
+    /// in a run (`old` empty): what was pushed before is held already.
+    fn replace_copies(&self, old: &[PeerId], new: &[PeerId]) {
+        let factor = self.rel.handle.placement.factor();
+        if factor <= 1 || old.is_empty() {
+            return;
+        }
+        let (old, new, local) = (old.to_vec(), new.to_vec(), self.local);
+        let records = self.rel.records();
+        let jobs = self.rel.jobs();
+        tokio::task::spawn_blocking(move || match records.scan_raw() {
+            Ok(all) => {
+                let asks: Vec<(PeerId, String)> = all
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| super::is_key(k))
+                    .flat_map(|k| {
+                        rendezvous::moved_to(&k, &local, &old, &new, factor)
+                            .into_iter()
+                            .map(move |p| (p, k.clone()))
+                    })
+                    .take(MAX_DEFERRED)
+                    .collect();
+                if !asks.is_empty() {
+                    let _ = jobs.send(super::releases::Job::Replace(asks));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %Causes(&e), "copies not re-placed after the members changed")
+            }
+        });
+    }
+
+    /// Asks `peer`, which became designated for `key` when the members changed, to hold a copy.
+    pub(super) fn replace_copy(&mut self, peer: PeerId, key: String) {
+        self.defer(Ask::new(peer, key));
     }
 
     /// This node built `key`: asks the members chosen to hold its other copies.
@@ -175,29 +250,52 @@ impl EventLoop {
         let connected = self.connected_members();
         for peer in push_targets(key, &self.local, &members, factor) {
             if connected.contains(&peer) {
-                self.send_push(peer, key.to_string());
+                self.send_push(Ask::new(peer, key.to_string()));
                 continue;
             }
             tracing::info!(key = %key, peer_id = %peer, "the member chosen for a copy is not connected; it is asked when it connects");
-            if self.push.deferred.len() >= MAX_DEFERRED
-                && let Some((p, k)) = self.push.deferred.pop_front()
-            {
-                self.metrics.pushes_failed.increment(1);
-                tracing::warn!(key = %k, peer_id = %p, "an ask to hold a copy was dropped (too many wait for their member)");
-            }
-            self.push.deferred.push_back((peer, key.to_string()));
+            self.defer(Ask::new(peer, key.to_string()));
         }
     }
 
-    fn send_push(&mut self, peer: PeerId, key: String) {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .push
-            .send_request(&peer, PushRequest { key: key.clone() });
+    /// Keeps `ask` for a later round (the oldest dropped and counted when too many wait).
+    fn defer(&mut self, ask: Ask) {
+        if self.push.deferred.len() >= MAX_DEFERRED
+            && let Some(a) = self.push.deferred.pop_front()
+        {
+            self.metrics.pushes_failed.increment(1);
+            tracing::warn!(key = %a.key, peer_id = %a.peer, "an ask to hold a copy was dropped (too many wait)");
+        }
+        self.push.deferred.push_back(ask);
+    }
+
+    /// `ask` was answered busy or did not reach its member: it goes again later, backing off,
+    /// unless it was tried [`MAX_TRIES`] times.
+    fn retry(&mut self, mut ask: Ask, why: &str) {
+        ask.tries += 1;
+        if ask.tries >= MAX_TRIES {
+            self.metrics.pushes_failed.increment(1);
+            tracing::warn!(key = %ask.key, peer_id = %ask.peer, tries = ask.tries, reason = %why, "an ask to hold a copy was given up");
+            return;
+        }
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << (ask.tries - 1).min(8))
+            .min(RETRY_MAX);
+        tracing::debug!(key = %ask.key, peer_id = %ask.peer, reason = %why, retry_in_s = wait.as_secs(), "an ask to hold a copy goes again later");
+        ask.not_before = Instant::now() + wait;
+        self.defer(ask);
+    }
+
+    fn send_push(&mut self, ask: Ask) {
+        let id = self.swarm.behaviour_mut().push.send_request(
+            &ask.peer,
+            PushRequest {
+                key: ask.key.clone(),
+            },
+        );
         self.metrics.pushes_sent.increment(1);
-        tracing::info!(key = %key, peer_id = %peer, "asked a member to hold a copy of a model built here");
-        self.push.asks.insert(id, (peer, key));
+        tracing::info!(key = %ask.key, peer_id = %ask.peer, "asked a member to hold a copy of a model");
+        self.push.asks.insert(id, ask);
     }
 
     pub(super) fn on_push_event(&mut self, event: request_response::Event<PushRequest, PushReply>) {
@@ -226,10 +324,14 @@ impl EventLoop {
                     },
                 ..
             } => {
-                let key = self.push.asks.remove(&request_id).map(|(_, k)| k);
-                if response != PushReply::Accepted {
-                    self.metrics.pushes_failed.increment(1);
-                    tracing::warn!(key = ?key, peer_id = %peer, reply = ?response, "a member did not take the ask to hold a copy");
+                let ask = self.push.asks.remove(&request_id);
+                match (response, ask) {
+                    (PushReply::Accepted, _) | (_, None) => {}
+                    (PushReply::Busy, Some(ask)) => self.retry(ask, "busy"),
+                    (reply, Some(ask)) => {
+                        self.metrics.pushes_failed.increment(1);
+                        tracing::warn!(key = %ask.key, peer_id = %peer, reply = ?reply, "a member did not take the ask to hold a copy");
+                    }
                 }
             }
             request_response::Event::OutboundFailure {
@@ -238,9 +340,10 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                let key = self.push.asks.remove(&request_id).map(|(_, k)| k);
-                self.metrics.pushes_failed.increment(1);
-                tracing::warn!(key = ?key, peer_id = %peer, error = %error, "an ask to hold a copy did not reach the member");
+                if let Some(ask) = self.push.asks.remove(&request_id) {
+                    tracing::info!(key = %ask.key, peer_id = %peer, error = %error, "an ask to hold a copy did not reach the member; it goes again later");
+                    self.retry(ask, &error.to_string());
+                }
             }
             _ => {}
         }

@@ -55,6 +55,8 @@ pub(crate) enum Job {
     },
     /// Models held from before this start, to advertise.
     Provide(Vec<String>),
+    /// Members that became designated for models held here, to ask to hold a copy.
+    Replace(Vec<(PeerId, String)>),
     /// What this node holds, counted.
     Holdings(crate::replication::protocol::Holdings),
     /// Versions a member holds that this node does not.
@@ -465,6 +467,15 @@ impl EventLoop {
             Job::Provide(keys) => {
                 for key in keys {
                     self.provide(key);
+                }
+            }
+            Job::Replace(asks) => {
+                tracing::info!(
+                    asks = asks.len(),
+                    "the members changed: asking the members now designated for models held here to hold a copy"
+                );
+                for (peer, key) in asks {
+                    self.replace_copy(peer, key);
                 }
             }
             Job::Fetched {
