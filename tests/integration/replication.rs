@@ -822,6 +822,67 @@ async fn a_node_that_missed_a_thousand_schematics_catches_up_at_once() {
     wait_for_schematic(&node_b, "B", last, last_yaml).await;
 }
 
+/// A burst of new schematics on a member that answers slowly: the fetches it is too busy for
+/// (each announcement asks for one schematic, 8 at once per member) are asked again in
+/// batches a second later, so they all still come by announcement, not a minute later by
+/// comparing ID sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schematics_a_busy_member_could_not_send_at_once_still_come_by_announcement() {
+    const BURST: usize = 40;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    invite_offline(&a, &tmp.path().join("unused.invitation"));
+    let node_a = Node::start_with(&a, &[], &[("IF_TEST_ANSWER_DELAY_MS", "300")]);
+    let a_id = node_a.peer_id().await;
+    let inv = b.with_extension("invitation");
+    invite_through(&node_a, &inv);
+    join(&b, &inv);
+    let node_b = Node::start(&b, &[]);
+    wait_for(&node_b, "B joins A", |st| connected_member(st, &a_id)).await;
+    let posts = futures_util::stream::iter(0..BURST)
+        .map(|i| {
+            let node = &node_a;
+            async move {
+                create_schematic(
+                    node,
+                    &format!("customization: {{extraKernelArgs: [burst={i}]}}"),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(8);
+    let created: Vec<(String, String)> = posts.collect().await;
+    wait_for(&node_b, "B holds the burst", |st| st["schematics"] == BURST).await;
+    let vias: Vec<String> = node_b
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "schematic replicated")
+        .map(|v| v["via"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(vias.len(), BURST, "{vias:?}");
+    assert!(vias.iter().all(|v| v == "announcement"), "{vias:?}");
+    let metrics = client()
+        .get(format!("http://{}/metrics", node_a.srv.metrics.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let busy: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("image_factory_replication_requests_busy_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        busy > 0.0,
+        "A was never busy, so nothing was asked again: {metrics}"
+    );
+    let (id, yaml) = &created[BURST - 1];
+    wait_for_schematic(&node_b, "B", id, yaml).await;
+}
+
 /// Secure Boot keys are cluster-wide: an invitation written by a member that signs with them
 /// carries them, and `cluster join` installs them where `secureBoot.file.*` default to, so the
 /// new member serves the same signing certificate without naming any file.

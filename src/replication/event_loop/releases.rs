@@ -65,6 +65,8 @@ pub(crate) enum Job {
         versions: Vec<String>,
         via: Via,
     },
+    /// A release record from a member did not pass its check.
+    Rejected { version: String },
     /// A release fetch ended.
     Fetched {
         version: String,
@@ -401,20 +403,27 @@ impl EventLoop {
                     self.rel.fetching.remove(&version);
                     return;
                 };
-                let (release, names) = match open_record(&m.key, &record, &version) {
-                    Ok(r) => r,
-                    Err(why) => {
-                        tracing::warn!(peer_id = %peer, version = %version, reason = %why, "a release record from a member was rejected");
-                        self.metrics.verification_failures.increment(1);
-                        self.rel.fetching.remove(&version);
-                        return;
-                    }
-                };
-                tracing::info!(peer_id = %peer, version = %version, "fetching a release from a member");
                 let parts = self.rel.parts.clone();
                 let handle = self.rel.handle.clone();
                 let jobs = self.rel.jobs.clone();
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
+                    // Up to 16 MiB of JSON and a signature: checked off the event loop.
+                    let v = version.clone();
+                    let opened =
+                        tokio::task::spawn_blocking(move || open_record(&m.key, &record, &v))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("the check did not finish: {e}")));
+                    let (release, names) = match opened {
+                        Ok(r) => r,
+                        Err(why) => {
+                            tracing::warn!(peer_id = %peer, version = %version, reason = %why, "a release record from a member was rejected");
+                            metrics.verification_failures.increment(1);
+                            let _ = jobs.send(Job::Rejected { version });
+                            return;
+                        }
+                    };
+                    tracing::info!(peer_id = %peer, version = %version, "fetching a release from a member");
                     let _running = parts.imports.start();
                     let result = crate::replication::release_fetch::fetch_release(
                         &handle,
@@ -477,6 +486,9 @@ impl EventLoop {
                 for (peer, key) in asks {
                     self.replace_copy(peer, key);
                 }
+            }
+            Job::Rejected { version } => {
+                self.rel.fetching.remove(&version);
             }
             Job::Fetched {
                 version,

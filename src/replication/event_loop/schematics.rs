@@ -53,7 +53,7 @@ pub(crate) enum Job {
 }
 
 /// What made this node fetch a schematic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Via {
     /// A member announced it.
     Announcement,
@@ -80,6 +80,8 @@ pub(crate) struct SchematicSync {
     gets: HashMap<OutboundRequestId, Vec<String>>,
     /// Pages of IDs asked for: where each starts (after which ID).
     walks: HashMap<OutboundRequestId, Option<String>>,
+    /// Schematics a member was too busy to send, asked again in the next round.
+    busy: Vec<(PeerId, String, Via)>,
     /// Page walks paused because [`MAX_FETCHING`] were being fetched: with which member, and
     /// after which ID they go on once half the fetches are done.
     paused: HashMap<PeerId, Option<String>>,
@@ -107,6 +109,7 @@ impl SchematicSync {
             fetching: HashMap::new(),
             gets: HashMap::new(),
             walks: HashMap::new(),
+            busy: Vec::new(),
             paused: HashMap::new(),
             jobs,
             unannounced,
@@ -222,6 +225,7 @@ impl EventLoop {
     /// Once a minute, compares ID sets with every connected member (heals lost gossip).
     pub(super) fn schematic_round(&mut self, now: Instant) {
         self.sync.relist();
+        self.ask_busy_again();
         if now.duration_since(self.sync.last_round) < SYNC_EVERY {
             return;
         }
@@ -286,6 +290,17 @@ impl EventLoop {
             },
         );
         self.sync.walks.insert(request, after);
+    }
+
+    /// Asks again for the schematics members were too busy to send, in batches per member.
+    fn ask_busy_again(&mut self) {
+        let mut by_member: HashMap<(PeerId, Via), Vec<String>> = HashMap::new();
+        for (peer, id, via) in std::mem::take(&mut self.sync.busy) {
+            by_member.entry((peer, via)).or_default().push(id);
+        }
+        for ((peer, via), ids) in by_member {
+            self.fetch(peer, ids, via);
+        }
     }
 
     /// Goes on with a paused page walk once half the fetches are done.
@@ -472,6 +487,18 @@ impl EventLoop {
             }
             SchematicReply::Refused { reason } => {
                 tracing::debug!(peer_id = %peer, reason = %reason, "schematic request refused");
+                // Busy (a burst of announcements asks one schematic each): asked again, in
+                // batches, in the next second's round.
+                if reason == super::BUSY {
+                    for id in asked {
+                        if self.sync.busy.len() >= MAX_FETCHING {
+                            break;
+                        }
+                        if let Some(via) = self.sync.fetching.get(id) {
+                            self.sync.busy.push((peer, id.clone(), *via));
+                        }
+                    }
+                }
             }
         }
         verifying
