@@ -200,6 +200,9 @@ impl Sources {
 pub(super) struct Plan {
     /// The blob's tree.
     pub tree: Tree,
+    /// The member that sent the tree (the one to blame when a blob asked for by SHA-256
+    /// hashes to the tree but not to its name).
+    pub tree_from: PeerId,
     /// The members to fetch from.
     pub sources: Sources,
     /// Streams already open to them (a member's chunks go on the stream it answered on).
@@ -465,7 +468,7 @@ pub(super) async fn plan(
     let busy = std::mem::take(&mut src.busy);
     src.reserve.extend(busy);
     // The tree, from the first member chosen that sends a good one.
-    let tree = loop {
+    let (tree, tree_from) = loop {
         let Some(&peer) = src.live.first() else {
             return Err(src.failure(id));
         };
@@ -474,7 +477,7 @@ pub(super) async fn plan(
             continue;
         };
         match fetch_tree(peer, stream, id, head).await {
-            Ok(t) => break t,
+            Ok(t) => break (t, peer),
             Err(e) => {
                 streams.remove(&peer);
                 src.drop_peer(rep, peer, id, e);
@@ -510,6 +513,7 @@ pub(super) async fn plan(
     streams.retain(|p, _| src.live.contains(p));
     Ok(Plan {
         tree,
+        tree_from,
         sources: src,
         streams,
         relay,

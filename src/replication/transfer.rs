@@ -201,6 +201,7 @@ pub(crate) async fn fetch_blob(
     let started = std::time::Instant::now();
     let Plan {
         tree,
+        tree_from,
         sources: mut src,
         streams: mut opened,
         relay,
@@ -435,14 +436,10 @@ pub(crate) async fn fetch_blob(
     let info = match verified {
         Ok(info) => info,
         Err(got) => {
-            // Only a SHA-256 name can get here: its member gave a tree of other bytes.
-            let peer = moved
-                .keys()
-                .next()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            // Only a SHA-256 name can get here: the member that sent the tree gave one of
+            // other bytes (every chunk matched it).
             return Err(ReplicationError::Corrupt {
-                peer,
+                peer: tree_from.to_string(),
                 blob: blob_name(id),
                 why: format!(
                     "its bytes hash to BLAKE3 {} / SHA-256 {} ({} bytes)",
