@@ -29,6 +29,7 @@ pub const NOT_CONFIG_ENV: &[&str] = &[
     "IF_TEST_BLOB_ANSWER_DELAY_MS",
     "IF_TEST_WELCOME_STRANGERS",
     "IF_TEST_ANSWER_DELAY_MS",
+    "IF_TEST_PLACEMENT_SETTLE_MS",
 ];
 
 /// The password of `--registry-user` (not a configuration key: never written to a file).

@@ -61,7 +61,7 @@ pub use membership::{DocumentError, Envelope, Refusal};
 pub use swarm::{SwarmWorker, start};
 pub use test_settings::{
     ANSWER_DELAY_ENV, BLOB_ANSWER_DELAY_ENV, BUILD_DELAY_ENV, IGNORE_HELLOS_ENV,
-    WELCOME_STRANGERS_ENV,
+    PLACEMENT_SETTLE_ENV, WELCOME_STRANGERS_ENV,
 };
 
 use serde::Serialize;

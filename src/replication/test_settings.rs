@@ -20,6 +20,10 @@ pub const BLOB_ANSWER_DELAY_ENV: &str = "IF_TEST_BLOB_ANSWER_DELAY_MS";
 /// slow store, so that a test finds the bound on requests answered at once reached).
 pub const ANSWER_DELAY_ENV: &str = "IF_TEST_ANSWER_DELAY_MS";
 
+/// Milliseconds the ranked members must stay unchanged before copies are re-placed over them
+/// (shorter than the minute of a real node, so that a test sees a re-placement soon).
+pub const PLACEMENT_SETTLE_ENV: &str = "IF_TEST_PLACEMENT_SETTLE_MS";
+
 /// The number the variable `name` holds, at most `max`, with a warning naming its `effect`;
 /// `None` when unset, or (with a warning) when not a number.
 pub(crate) fn read(name: &str, max: u64, effect: &str) -> Option<u64> {

@@ -15,7 +15,7 @@ use crate::replication_assets::{
 };
 
 /// What a member logs when it stored a model a member asked it to hold.
-const PUSHED: &str = "model replicated at the request of the member that built it";
+const PUSHED: &str = "model replicated at the request of a member";
 
 /// The cache key of the first model `node` logged as built.
 fn built_key(node: &Node) -> String {
@@ -61,7 +61,14 @@ async fn with_factor_two_a_built_model_reaches_the_members_rendezvous_hashing_de
     let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|d| tmp.path().join(d)).collect();
     import(&dirs[0], &bundle);
     cluster_of(tmp.path(), &dirs[0], &[&dirs[1], &dirs[2]]);
-    let nodes = cluster_with_release_all(&dirs, &[("IF_REPLICATION_FACTOR", "2")]).await;
+    let nodes = cluster_with_release_all(
+        &dirs,
+        &[
+            ("IF_REPLICATION_FACTOR", "2"),
+            ("IF_TEST_PLACEMENT_SETTLE_MS", "500"),
+        ],
+    )
+    .await;
     let id = kit_schematic(&nodes[0]).await;
     for n in &nodes[1..] {
         assert_eq!(kit_schematic(n).await, id);

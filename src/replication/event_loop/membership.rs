@@ -464,6 +464,8 @@ impl EventLoop {
                     since: now,
                     until: now + REFUSED_US_FOR,
                 };
+                // It takes no copies from this node until it is a member to it again.
+                self.push.remembered.remove(&peer);
                 if !keep {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }

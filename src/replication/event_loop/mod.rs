@@ -4,6 +4,7 @@
 //! and by anti-entropy on every hello, measures RTT, tells members that went silent (connected,
 //! no ping answered) and keeps members connected.
 
+mod asks;
 mod holdings;
 mod membership;
 mod models;

@@ -2,23 +2,23 @@
 //! the members of the `factor` ranked highest for the cache key (itself included, see
 //! `rendezvous`) to fetch the model from it; a member asked fetches it through find-before-build's fetch (the signed record
 //! verified against the cluster key, the bytes chunk by chunk), at most
-//! [`MAX_PUSH_FETCHES`] at once: further asks are answered busy, and the builder asks again
-//! later (backing off from [`RETRY_FIRST`] to [`RETRY_MAX`], at most [`MAX_TRIES`] times).
-//! When the members change, a node that holds a copy where it belongs asks the members that
-//! became designated for the key to hold theirs (see [`rendezvous::moved_to`]), so a member
-//! joining or leaving does not leave the cluster a copy short.
+//! [`MAX_PUSH_FETCHES`] at once: further asks are answered busy, and the asking node asks
+//! again later (see `asks`). When the ranked members change and stay changed for
+//! [`SETTLE`], a node that holds a copy where it belongs asks the members that became
+//! designated for the key to hold theirs (see [`rendezvous::moved_to`]).
 //!
 //! Best effort: a chosen member not connected at build time is asked when it connects again
-//! in this run (at most [`MAX_DEFERRED`] asks wait; the oldest go first); asks still waiting
-//! when the node stops are lost, and find-before-build covers the rest.
+//! in this run (at most [`asks::MAX_WAITING`] asks wait; the oldest go first); asks still
+//! waiting when the node stops are lost, and find-before-build covers the rest.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response;
 
+use super::asks::{self, AskQueue, Queued, Settle};
 use super::{EventLoop, State};
 use crate::causes::Causes;
 use crate::replication::find::ClusterPeers;
@@ -28,45 +28,20 @@ use crate::replication::{Replication, ReplicationError};
 
 /// Models fetched at once because a member asked.
 pub(super) const MAX_PUSH_FETCHES: usize = 2;
-/// Asks waiting for their member to connect, or to ask again.
-const MAX_DEFERRED: usize = 1024;
-/// First wait before a busy or unreachable member is asked again (it doubles each time).
-const RETRY_FIRST: Duration = Duration::from_secs(2);
-/// Longest wait between two tries of an ask.
-const RETRY_MAX: Duration = Duration::from_secs(60);
-/// Tries of an ask before it is given up (about 25 minutes of backing off).
-const MAX_TRIES: u32 = 30;
-
-/// An ask to hold a copy of a model: to whom, for which key, how often it was sent, and not
-/// before when it goes again.
-#[derive(Debug)]
-struct Ask {
-    peer: PeerId,
-    key: String,
-    tries: u32,
-    not_before: Instant,
-}
-
-impl Ask {
-    fn new(peer: PeerId, key: String) -> Self {
-        Self {
-            peer,
-            key,
-            tries: 0,
-            not_before: Instant::now(),
-        }
-    }
-}
+/// How long the ranked members must stay unchanged before copies are re-placed over them.
+pub(super) const SETTLE: Duration = Duration::from_secs(60);
+/// Longest [`SETTLE`] a test may ask for, in milliseconds.
+const MAX_SETTLE_MS: u64 = 60_000;
 
 /// The push side of the event loop's state.
 pub(crate) struct PushSync {
     /// Members remembered from the last run (`peers.json`) and met in this one: members while
     /// they reconnect or stay away, until they are refused.
     pub(super) remembered: HashSet<PeerId>,
-    /// Asks sent and not answered yet.
-    asks: HashMap<OutboundRequestId, Ask>,
-    /// Asks for members not connected now, or to send again later, oldest first.
-    deferred: VecDeque<Ask>,
+    /// Asks to hold a copy, waiting or sent.
+    asks: AskQueue,
+    /// When the members settle after a change (copies re-placed then).
+    settle: Settle,
     /// Keys being fetched because a member asked.
     fetching: Admission,
     /// Fetches models for asks received.
@@ -76,10 +51,16 @@ pub(crate) struct PushSync {
 impl PushSync {
     /// The state of a node that fetches with `fetcher`, remembering `remembered` as members.
     pub(crate) fn new(remembered: HashSet<PeerId>, fetcher: ClusterPeers) -> Self {
+        let settle = crate::replication::test_settings::read(
+            crate::replication::test_settings::PLACEMENT_SETTLE_ENV,
+            MAX_SETTLE_MS,
+            "copies are re-placed once the members stay unchanged this long (milliseconds)",
+        )
+        .map_or(SETTLE, Duration::from_millis);
         Self {
+            settle: Settle::new(remembered.iter().copied().collect(), settle),
             remembered,
-            asks: HashMap::new(),
-            deferred: VecDeque::new(),
+            asks: AskQueue::default(),
             fetching: Admission::default(),
             fetcher: Arc::new(fetcher),
         }
@@ -158,9 +139,9 @@ impl EventLoop {
         out
     }
 
-    /// Shares the members with garbage collection (re-placing copies when they changed);
-    /// sends the asks whose member is connected and whose time came, and drops those whose
-    /// peer is no member any more. Once a second.
+    /// Shares the members with garbage collection (re-placing copies once they settle after a
+    /// change); sends the asks whose member is connected and whose time came, and drops those
+    /// whose peer is no member any more. Once a second.
     pub(super) fn push_round(&mut self) {
         for (id, p) in &self.peers {
             if matches!(p.state, State::Member { .. })
@@ -170,18 +151,15 @@ impl EventLoop {
             }
         }
         let members = self.rendezvous_members();
-        if let Some(old) = self.rel.handle.placement.set_members(members.clone()) {
-            self.replace_copies(&old, &members);
+        self.rel.handle.placement.set_members(members.clone());
+        if let Some(old) = self.push.settle.observe(&members, Instant::now()) {
+            self.replace_copies(old, members.clone());
         }
-        if self.push.deferred.is_empty() {
+        if self.push.asks.is_idle() {
             return;
         }
         // Asks for a peer that is no member any more (removed, refused) are dropped.
-        let before = self.push.deferred.len();
-        self.push
-            .deferred
-            .retain(|a| members.binary_search(&a.peer).is_ok());
-        let dropped = before - self.push.deferred.len();
+        let dropped = self.push.asks.keep_members(&members);
         if dropped > 0 {
             self.metrics.pushes_failed.increment(dropped as u64);
             tracing::info!(
@@ -189,32 +167,54 @@ impl EventLoop {
                 "asks to hold a copy dropped: their peer is no member any more"
             );
         }
+        self.send_due();
+    }
+
+    /// Sends the asks due whose member is connected (a few per member).
+    fn send_due(&mut self) {
         let connected = self.connected_members();
-        let now = Instant::now();
-        let (ready, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.push.deferred)
-            .into_iter()
-            .partition(|a| connected.contains(&a.peer) && a.not_before <= now);
-        self.push.deferred = later;
-        for ask in ready {
-            self.send_push(ask);
+        for ask in self.push.asks.due(&connected, Instant::now()) {
+            let id = self.swarm.behaviour_mut().push.send_request(
+                &ask.peer,
+                PushRequest {
+                    key: ask.key.clone(),
+                },
+            );
+            self.metrics.pushes_sent.increment(1);
+            tracing::info!(key = %ask.key, peer_id = %ask.peer, "asked a member to hold a copy of a model");
+            self.push.asks.sent(id, ask);
         }
     }
 
-    /// The members changed from `old` to `new`: off the loop, finds the models held here for
+    /// Counts and logs what became of an ask added or put back.
+    fn queued(&self, q: Queued) {
+        match q {
+            Queued::Already | Queued::Waiting => {}
+            Queued::Displaced(a) => {
+                self.metrics.pushes_failed.increment(1);
+                tracing::warn!(key = %a.key, peer_id = %a.peer, "an ask to hold a copy was dropped (too many wait)");
+            }
+            Queued::GivenUp(a) => {
+                self.metrics.pushes_failed.increment(1);
+                tracing::warn!(key = %a.key, peer_id = %a.peer, tries = asks::MAX_TRIES, "an ask to hold a copy was given up: it never reached the member");
+            }
+        }
+    }
+
+    /// The members settled from `old` to `new`: off the loop, finds the models held here for
     /// which this node is designated and some member became designated, and asks those
-    /// members to hold a copy (as [`releases::Job::Replace`]). Not on the first members known
-    /// in a run (`old` empty): what was pushed before is held already.
-    fn replace_copies(&self, old: &[PeerId], new: &[PeerId]) {
+    /// members to hold a copy (as [`releases::Job::Replace`]).
+    fn replace_copies(&self, old: Vec<PeerId>, new: Vec<PeerId>) {
         let factor = self.rel.handle.placement.factor();
-        if factor <= 1 || old.is_empty() {
+        if factor <= 1 {
             return;
         }
-        let (old, new, local) = (old.to_vec(), new.to_vec(), self.local);
+        let local = self.local;
         let records = self.rel.records();
         let jobs = self.rel.jobs();
         tokio::task::spawn_blocking(move || match records.scan_raw() {
             Ok(all) => {
-                let asks: Vec<(PeerId, String)> = all
+                let mut asks: Vec<(PeerId, String)> = all
                     .into_iter()
                     .map(|(k, _)| k)
                     .filter(|k| super::is_key(k))
@@ -223,8 +223,15 @@ impl EventLoop {
                             .into_iter()
                             .map(move |p| (p, k.clone()))
                     })
-                    .take(MAX_DEFERRED)
                     .collect();
+                if asks.len() > asks::MAX_WAITING {
+                    tracing::warn!(
+                        asks = asks.len(),
+                        max = asks::MAX_WAITING,
+                        "more copies to re-place than asks may wait; the rest are fetched on demand"
+                    );
+                    asks.truncate(asks::MAX_WAITING);
+                }
                 if !asks.is_empty() {
                     let _ = jobs.send(super::releases::Job::Replace(asks));
                 }
@@ -237,7 +244,13 @@ impl EventLoop {
 
     /// Asks `peer`, which became designated for `key` when the members changed, to hold a copy.
     pub(super) fn replace_copy(&mut self, peer: PeerId, key: String) {
-        self.defer(Ask::new(peer, key));
+        let q = self.push.asks.add(peer, key, Instant::now());
+        self.queued(q);
+    }
+
+    /// Sends the asks re-placing copies that are due.
+    pub(super) fn replaced(&mut self) {
+        self.send_due();
     }
 
     /// This node built `key`: asks the members chosen to hold its other copies.
@@ -248,54 +261,15 @@ impl EventLoop {
         }
         let members = self.rendezvous_members();
         let connected = self.connected_members();
+        let now = Instant::now();
         for peer in push_targets(key, &self.local, &members, factor) {
-            if connected.contains(&peer) {
-                self.send_push(Ask::new(peer, key.to_string()));
-                continue;
+            if !connected.contains(&peer) {
+                tracing::info!(key = %key, peer_id = %peer, "the member chosen for a copy is not connected; it is asked when it connects");
             }
-            tracing::info!(key = %key, peer_id = %peer, "the member chosen for a copy is not connected; it is asked when it connects");
-            self.defer(Ask::new(peer, key.to_string()));
+            let q = self.push.asks.add(peer, key.to_string(), now);
+            self.queued(q);
         }
-    }
-
-    /// Keeps `ask` for a later round (the oldest dropped and counted when too many wait).
-    fn defer(&mut self, ask: Ask) {
-        if self.push.deferred.len() >= MAX_DEFERRED
-            && let Some(a) = self.push.deferred.pop_front()
-        {
-            self.metrics.pushes_failed.increment(1);
-            tracing::warn!(key = %a.key, peer_id = %a.peer, "an ask to hold a copy was dropped (too many wait)");
-        }
-        self.push.deferred.push_back(ask);
-    }
-
-    /// `ask` was answered busy or did not reach its member: it goes again later, backing off,
-    /// unless it was tried [`MAX_TRIES`] times.
-    fn retry(&mut self, mut ask: Ask, why: &str) {
-        ask.tries += 1;
-        if ask.tries >= MAX_TRIES {
-            self.metrics.pushes_failed.increment(1);
-            tracing::warn!(key = %ask.key, peer_id = %ask.peer, tries = ask.tries, reason = %why, "an ask to hold a copy was given up");
-            return;
-        }
-        let wait = RETRY_FIRST
-            .saturating_mul(1 << (ask.tries - 1).min(8))
-            .min(RETRY_MAX);
-        tracing::debug!(key = %ask.key, peer_id = %ask.peer, reason = %why, retry_in_s = wait.as_secs(), "an ask to hold a copy goes again later");
-        ask.not_before = Instant::now() + wait;
-        self.defer(ask);
-    }
-
-    fn send_push(&mut self, ask: Ask) {
-        let id = self.swarm.behaviour_mut().push.send_request(
-            &ask.peer,
-            PushRequest {
-                key: ask.key.clone(),
-            },
-        );
-        self.metrics.pushes_sent.increment(1);
-        tracing::info!(key = %ask.key, peer_id = %ask.peer, "asked a member to hold a copy of a model");
-        self.push.asks.insert(id, ask);
+        self.send_due();
     }
 
     pub(super) fn on_push_event(&mut self, event: request_response::Event<PushRequest, PushReply>) {
@@ -324,11 +298,18 @@ impl EventLoop {
                     },
                 ..
             } => {
-                let ask = self.push.asks.remove(&request_id);
-                match (response, ask) {
-                    (PushReply::Accepted, _) | (_, None) => {}
-                    (PushReply::Busy, Some(ask)) => self.retry(ask, "busy"),
-                    (reply, Some(ask)) => {
+                let Some(ask) = self.push.asks.answered(&request_id) else {
+                    return;
+                };
+                match response {
+                    PushReply::Accepted => self.push.asks.done(&ask),
+                    PushReply::Busy => {
+                        tracing::debug!(key = %ask.key, peer_id = %peer, "a member is busy; the ask to hold a copy goes again later");
+                        let q = self.push.asks.busy(ask, Instant::now());
+                        self.queued(q);
+                    }
+                    reply => {
+                        self.push.asks.done(&ask);
                         self.metrics.pushes_failed.increment(1);
                         tracing::warn!(key = %ask.key, peer_id = %peer, reply = ?reply, "a member did not take the ask to hold a copy");
                     }
@@ -340,9 +321,10 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if let Some(ask) = self.push.asks.remove(&request_id) {
+                if let Some(ask) = self.push.asks.answered(&request_id) {
                     tracing::info!(key = %ask.key, peer_id = %peer, error = %error, "an ask to hold a copy did not reach the member; it goes again later");
-                    self.retry(ask, &error.to_string());
+                    let q = self.push.asks.undelivered(ask, Instant::now());
+                    self.queued(q);
                 }
             }
             _ => {}
@@ -354,12 +336,16 @@ impl EventLoop {
         if !self.is_member(&peer) || !super::is_key(&key) {
             return PushReply::Refused;
         }
+        // Held already (a copy re-placed back to a member that kept it): nothing to fetch.
+        if matches!(self.rel.records().contains(&key), Ok(true)) {
+            return PushReply::Accepted;
+        }
         let guard = match self.push.fetching.admit(&key) {
             Admit::Fetch(guard) => guard,
             Admit::Already => return PushReply::Accepted,
             Admit::Busy => {
-                self.metrics.pushes_failed.increment(1);
-                tracing::warn!(key = %key, peer_id = %peer, max = MAX_PUSH_FETCHES, "an ask to hold a copy was dropped: as many are being fetched as allowed");
+                self.metrics.requests_busy.increment(1);
+                tracing::debug!(key = %key, peer_id = %peer, max = MAX_PUSH_FETCHES, "an ask to hold a copy answered busy: as many are being fetched as allowed");
                 return PushReply::Busy;
             }
         };
@@ -395,7 +381,7 @@ async fn pushed_fetch(
     match fetcher.fetch(peer, key).await {
         Ok(()) => {
             m.pushes_received.increment(1);
-            tracing::info!(key = %key, peer_id = %peer, "model replicated at the request of the member that built it");
+            tracing::info!(key = %key, peer_id = %peer, "model replicated at the request of a member");
         }
         Err(e) => {
             if matches!(e, ReplicationError::Corrupt { .. }) {

@@ -486,6 +486,7 @@ impl EventLoop {
                 for (peer, key) in asks {
                     self.replace_copy(peer, key);
                 }
+                self.replaced();
             }
             Job::Rejected { version } => {
                 self.rel.fetching.remove(&version);

@@ -1,0 +1,331 @@
+//! The asks to hold a copy of a model that this node sends (see `push`): each (member, key)
+//! once at a time, sent at most [`PER_MEMBER`] to one member per round so that a member
+//! catching up on many copies is not flooded, asked again when busy (the member's flow
+//! control: as long as it stays a member) or undelivered (backing off, [`MAX_TRIES`] at most);
+//! and when the member list settles after a change, which members to re-place copies for.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use libp2p::request_response::OutboundRequestId;
+
+use crate::replication::rendezvous;
+
+/// Asks waiting for their member to connect, or to go again.
+pub(super) const MAX_WAITING: usize = 1024;
+/// Asks sent to one member in one round (its fetches run 2 at once).
+pub(super) const PER_MEMBER: usize = 2;
+/// First wait before an undelivered ask goes again (it doubles each time, up to
+/// [`RETRY_MAX`]); a busy member is asked again after this wait and up to as long again.
+pub(super) const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Longest wait between two tries of an undelivered ask.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Undelivered tries of an ask before it is given up (about 25 minutes of backing off).
+pub(super) const MAX_TRIES: u32 = 30;
+
+/// An ask to hold a copy of a model: to whom, for which key, how often it went undelivered,
+/// and not before when it goes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Ask {
+    pub peer: PeerId,
+    pub key: String,
+    tries: u32,
+    not_before: Instant,
+}
+
+/// What became of an ask added or put back.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Queued {
+    /// Waiting (or sent) already: nothing added.
+    Already,
+    /// Waiting.
+    Waiting,
+    /// Waiting; the oldest waiting ask was dropped to make room.
+    Displaced(Ask),
+    /// Given up after [`MAX_TRIES`] undelivered tries.
+    GivenUp(Ask),
+}
+
+/// Asks waiting or sent, each (member, key) once.
+#[derive(Default)]
+pub(super) struct AskQueue {
+    waiting: VecDeque<Ask>,
+    sent: HashMap<OutboundRequestId, Ask>,
+    known: HashSet<(PeerId, String)>,
+}
+
+impl AskQueue {
+    /// Adds an ask for `peer` to hold `key`, due now, unless one is waiting or sent.
+    pub(super) fn add(&mut self, peer: PeerId, key: String, now: Instant) -> Queued {
+        if !self.known.insert((peer, key.clone())) {
+            return Queued::Already;
+        }
+        self.wait(Ask {
+            peer,
+            key,
+            tries: 0,
+            not_before: now,
+        })
+    }
+
+    fn wait(&mut self, ask: Ask) -> Queued {
+        let displaced = if self.waiting.len() >= MAX_WAITING {
+            self.waiting.pop_front().inspect(|a| self.forget(a))
+        } else {
+            None
+        };
+        self.waiting.push_back(ask);
+        match displaced {
+            Some(a) => Queued::Displaced(a),
+            None => Queued::Waiting,
+        }
+    }
+
+    fn forget(&mut self, ask: &Ask) {
+        self.known.remove(&(ask.peer, ask.key.clone()));
+    }
+
+    /// Whether no ask waits.
+    pub(super) fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Drops the waiting asks of peers that are not among `members` (sorted); how many.
+    pub(super) fn keep_members(&mut self, members: &[PeerId]) -> usize {
+        let (keep, gone): (VecDeque<Ask>, VecDeque<Ask>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|a| members.binary_search(&a.peer).is_ok());
+        self.waiting = keep;
+        for a in &gone {
+            self.forget(a);
+        }
+        gone.len()
+    }
+
+    /// The asks due by `now` whose member is `connected`, at most [`PER_MEMBER`] per member,
+    /// oldest first; taken out of the waiting ones (hand each to [`AskQueue::sent`]).
+    pub(super) fn due(&mut self, connected: &HashSet<PeerId>, now: Instant) -> Vec<Ask> {
+        let mut per: HashMap<PeerId, usize> = HashMap::new();
+        let mut out = Vec::new();
+        let mut rest = VecDeque::with_capacity(self.waiting.len());
+        for a in std::mem::take(&mut self.waiting) {
+            let n = per.entry(a.peer).or_default();
+            if a.not_before <= now && connected.contains(&a.peer) && *n < PER_MEMBER {
+                *n += 1;
+                out.push(a);
+            } else {
+                rest.push_back(a);
+            }
+        }
+        self.waiting = rest;
+        out
+    }
+
+    /// `ask` went out as request `id`.
+    pub(super) fn sent(&mut self, id: OutboundRequestId, ask: Ask) {
+        self.sent.insert(id, ask);
+    }
+
+    /// The ask request `id` carried, now answered (or failed).
+    pub(super) fn answered(&mut self, id: &OutboundRequestId) -> Option<Ask> {
+        self.sent.remove(id)
+    }
+
+    /// `ask` is done with (accepted, refused): it may be asked again later.
+    pub(super) fn done(&mut self, ask: &Ask) {
+        self.forget(ask);
+    }
+
+    /// `ask` was answered busy: it goes again after [`RETRY_FIRST`] and up to as long again
+    /// (spread by key, so a member's asks do not come back in one wave).
+    pub(super) fn busy(&mut self, mut ask: Ask, now: Instant) -> Queued {
+        let spread = RETRY_FIRST.mul_f64(rendezvous::fraction(&ask.key, &ask.peer));
+        ask.not_before = now + RETRY_FIRST + spread;
+        self.wait(ask)
+    }
+
+    /// `ask` did not reach its member: it goes again later, backing off, unless it was tried
+    /// [`MAX_TRIES`] times.
+    pub(super) fn undelivered(&mut self, mut ask: Ask, now: Instant) -> Queued {
+        ask.tries += 1;
+        if ask.tries >= MAX_TRIES {
+            self.forget(&ask);
+            return Queued::GivenUp(ask);
+        }
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << (ask.tries - 1).min(8))
+            .min(RETRY_MAX);
+        ask.not_before = now + wait;
+        self.wait(ask)
+    }
+}
+
+/// When the ranked members settle after a change: copies are re-placed from the members last
+/// placed over to the new ones once the list stayed unchanged for `settle` (a member that
+/// drops out for a few seconds moves nothing).
+pub(super) struct Settle {
+    settle: Duration,
+    placed: Vec<PeerId>,
+    last: Vec<PeerId>,
+    changed: Option<Instant>,
+}
+
+impl Settle {
+    /// Copies were last placed over `placed` (the members remembered from the last run).
+    pub(super) fn new(mut placed: Vec<PeerId>, settle: Duration) -> Self {
+        placed.sort();
+        placed.dedup();
+        Self {
+            settle,
+            last: placed.clone(),
+            placed,
+            changed: None,
+        }
+    }
+
+    /// The members are `members` (sorted) at `now`: the members placed over before, when
+    /// copies should be re-placed over these now.
+    pub(super) fn observe(&mut self, members: &[PeerId], now: Instant) -> Option<Vec<PeerId>> {
+        if self.last != members {
+            self.last = members.to_vec();
+            self.changed = Some(now);
+        }
+        let since = self.changed?;
+        if now.duration_since(since) < self.settle {
+            return None;
+        }
+        self.changed = None;
+        if self.placed == members {
+            return None;
+        }
+        Some(std::mem::replace(&mut self.placed, members.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> String {
+        format!("{i:064x}")
+    }
+
+    #[test]
+    fn each_ask_once_at_most_two_per_member_per_round() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let mut q = AskQueue::default();
+        for i in 0..5 {
+            assert_eq!(q.add(a, key(i), now), Queued::Waiting);
+        }
+        assert_eq!(q.add(a, key(0), now), Queued::Already, "a duplicate");
+        assert_eq!(q.add(b, key(0), now), Queued::Waiting, "another member");
+        let connected: HashSet<PeerId> = [a, b].into();
+        let round = q.due(&connected, now);
+        assert_eq!(round.iter().filter(|x| x.peer == a).count(), PER_MEMBER);
+        assert_eq!(round.iter().filter(|x| x.peer == b).count(), 1);
+        // Sent and still unanswered: not asked twice.
+        assert_eq!(q.add(a, key(0), now), Queued::Already);
+        // Not connected: waits.
+        assert!(q.due(&[b].into(), now).is_empty());
+        assert_eq!(q.due(&connected, now).len(), PER_MEMBER);
+        assert_eq!(q.due(&connected, now).len(), 1);
+        assert!(q.is_idle());
+        // Done: may be asked again.
+        q.done(&round[0]);
+        assert_eq!(
+            q.add(round[0].peer, round[0].key.clone(), now),
+            Queued::Waiting
+        );
+    }
+
+    #[test]
+    fn busy_goes_again_for_as_long_as_it_takes_undelivered_gives_up() {
+        let a = PeerId::random();
+        let now = Instant::now();
+        let mut q = AskQueue::default();
+        q.add(a, key(1), now);
+        let connected: HashSet<PeerId> = [a].into();
+        let mut t = now;
+        for _ in 0..(MAX_TRIES * 2) {
+            let mut round = q.due(&connected, t);
+            assert_eq!(round.len(), 1, "a busy ask is never given up");
+            assert_eq!(q.busy(round.remove(0), t), Queued::Waiting);
+            assert!(q.due(&connected, t).is_empty(), "not again at once");
+            t += RETRY_FIRST * 2;
+        }
+        let mut ask = q.due(&connected, t).remove(0);
+        for i in 1..MAX_TRIES {
+            assert_eq!(q.undelivered(ask, t), Queued::Waiting, "try {i}");
+            t += Duration::from_secs(3600);
+            ask = q.due(&connected, t).remove(0);
+        }
+        assert!(matches!(q.undelivered(ask, t), Queued::GivenUp(_)));
+        assert_eq!(
+            q.add(a, key(1), t),
+            Queued::Waiting,
+            "forgotten once given up"
+        );
+    }
+
+    #[test]
+    fn the_oldest_makes_room_and_gone_members_are_dropped() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let mut q = AskQueue::default();
+        for i in 0..MAX_WAITING as u32 {
+            q.add(a, key(i), now);
+        }
+        assert!(
+            matches!(q.add(b, key(0), now), Queued::Displaced(x) if x.key == key(0) && x.peer == a)
+        );
+        assert_eq!(
+            q.add(a, key(0), now),
+            Queued::Displaced(Ask {
+                peer: a,
+                key: key(1),
+                tries: 0,
+                not_before: now,
+            })
+        );
+        let mut members = vec![b];
+        members.sort();
+        assert_eq!(q.keep_members(&members), MAX_WAITING - 1);
+        assert_eq!(
+            q.add(a, key(5), now),
+            Queued::Waiting,
+            "forgotten when dropped"
+        );
+    }
+
+    #[test]
+    fn copies_are_re_placed_once_the_members_settle() {
+        let p: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let sorted = |mut v: Vec<PeerId>| {
+            v.sort();
+            v
+        };
+        let settle = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut s = Settle::new(vec![p[0], p[1]], settle);
+        // The remembered members, met again: nothing moves.
+        assert_eq!(s.observe(&sorted(vec![p[0], p[1]]), t0), None);
+        assert_eq!(s.observe(&sorted(vec![p[0], p[1]]), t0 + settle * 2), None);
+        // A member drops out for a few seconds: nothing moves.
+        assert_eq!(s.observe(&[p[0]], t0 + settle * 3), None);
+        let back = sorted(vec![p[0], p[1]]);
+        assert_eq!(
+            s.observe(&back, t0 + settle * 3 + Duration::from_secs(5)),
+            None
+        );
+        assert_eq!(s.observe(&back, t0 + settle * 5), None);
+        // A member joins and stays: once settled, re-placed from the members before.
+        let three = sorted(p.clone());
+        let t1 = t0 + settle * 6;
+        assert_eq!(s.observe(&three, t1), None);
+        assert_eq!(s.observe(&three, t1 + settle / 2), None);
+        assert_eq!(s.observe(&three, t1 + settle), Some(back));
+        assert_eq!(s.observe(&three, t1 + settle * 2), None, "once");
+    }
+}
