@@ -299,7 +299,12 @@ impl EventLoop {
             by_member.entry((peer, via)).or_default().push(id);
         }
         for ((peer, via), ids) in by_member {
-            self.fetch(peer, ids, via);
+            // Those left out for want of room wait for the next round.
+            if let Some(i) = self.fetch(peer, ids.clone(), via) {
+                let room = MAX_FETCHING.saturating_sub(self.sync.busy.len());
+                let left = ids.into_iter().skip(i).take(room);
+                self.sync.busy.extend(left.map(|id| (peer, id, via)));
+            }
         }
     }
 
