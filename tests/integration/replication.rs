@@ -655,6 +655,22 @@ async fn a_listen_address_that_cannot_be_bound_stops_serve_with_a_clear_error() 
 }
 
 /// POSTs `yaml` to `node`; returns (ID, canonical YAML).
+/// Creates `n` schematics on `node`, 8 at a time (`extraKernelArgs: [TAG=i]`); their IDs and
+/// canonical YAML, in order.
+async fn create_many(node: &Node, n: usize, tag: &str) -> Vec<(String, String)> {
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            create_schematic(
+                node,
+                &format!("customization: {{extraKernelArgs: [{tag}={i}]}}"),
+            )
+            .await
+        })
+        .buffered(8)
+        .collect()
+        .await
+}
+
 pub(crate) async fn create_schematic(node: &Node, yaml: &str) -> (String, String) {
     let resp = client()
         .post(format!("http://{}/schematics", node.srv.http))
@@ -794,19 +810,7 @@ async fn a_node_that_missed_a_thousand_schematics_catches_up_at_once() {
     join(&b, &inv);
     // Created while B is down: only comparing ID sets brings them (fetched in batches of 32,
     // at most 256 at once).
-    let posts = futures_util::stream::iter(0..MANY)
-        .map(|i| {
-            let node = &node_a;
-            async move {
-                create_schematic(
-                    node,
-                    &format!("customization: {{extraKernelArgs: [many={i}]}}"),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(8);
-    let created: Vec<(String, String)> = posts.collect().await;
+    let created = create_many(&node_a, MANY, "many").await;
     // A literal block starting with a line break then a space: go-yaml writes no indentation
     // indicator, so the canonical text reads back as another schematic.
     let (quirky, quirky_yaml) =
@@ -839,19 +843,7 @@ async fn schematics_a_busy_member_could_not_send_at_once_still_come_by_announcem
     join(&b, &inv);
     let node_b = Node::start(&b, &[]);
     wait_for(&node_b, "B joins A", |st| connected_member(st, &a_id)).await;
-    let posts = futures_util::stream::iter(0..BURST)
-        .map(|i| {
-            let node = &node_a;
-            async move {
-                create_schematic(
-                    node,
-                    &format!("customization: {{extraKernelArgs: [burst={i}]}}"),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(8);
-    let created: Vec<(String, String)> = posts.collect().await;
+    let created = create_many(&node_a, BURST, "burst").await;
     wait_for(&node_b, "B holds the burst", |st| st["schematics"] == BURST).await;
     let vias: Vec<String> = node_b
         .log()
@@ -862,23 +854,12 @@ async fn schematics_a_busy_member_could_not_send_at_once_still_come_by_announcem
         .collect();
     assert_eq!(vias.len(), BURST, "{vias:?}");
     assert!(vias.iter().all(|v| v == "announcement"), "{vias:?}");
-    let metrics = client()
-        .get(format!("http://{}/metrics", node_a.srv.metrics.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let busy: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("image_factory_replication_requests_busy_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
-    assert!(
-        busy > 0.0,
-        "A was never busy, so nothing was asked again: {metrics}"
-    );
+    let busy = crate::replication_assets::counter(
+        &node_a,
+        "image_factory_replication_requests_busy_total",
+    )
+    .await;
+    assert!(busy > 0.0, "A was never busy, so nothing was asked again");
     let (id, yaml) = &created[BURST - 1];
     wait_for_schematic(&node_b, "B", id, yaml).await;
 }
