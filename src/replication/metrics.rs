@@ -60,10 +60,10 @@ pub struct ReplicationMetrics {
     pub chunks_rejected: Counter,
     /// Asks sent to members chosen to hold a copy of a model (each try).
     pub pushes_sent: Counter,
-    /// Models fetched and stored because a member that built them asked.
+    /// Models fetched and stored because a member asked.
     pub pushes_received: Counter,
-    /// Asks that failed: sent and refused, dropped or undelivered, or received and dropped
-    /// (busy) or not fetched.
+    /// Asks that failed: given up (undelivered or refused 30 times), dropped while waiting,
+    /// or received and not fetched.
     pub pushes_failed: Counter,
     /// Provider records (a peer holds a model) announced by members and stored.
     pub providers_stored: Counter,
@@ -188,7 +188,7 @@ impl ReplicationMetrics {
             ),
             pushes_failed: counter(
                 "image_factory_replication_pushes_failed_total",
-                "Asks to hold a copy that failed: sent and refused or undelivered, or received and dropped (too many at once) or not fetched.",
+                "Asks to hold a copy that failed: given up after 30 tries (undelivered or refused), dropped while waiting, or received and not fetched.",
             ),
             lease_waits: counter(
                 "image_factory_replication_lease_waits_total",

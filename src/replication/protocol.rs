@@ -587,7 +587,7 @@ pub struct PushRequest {
 pub enum PushReply {
     /// The member fetches it now (or holds it, or fetches it already).
     Accepted,
-    /// The member runs as many pushed fetches as it allows; the ask is dropped.
+    /// The member runs as many pushed fetches as it allows; the asker asks again later.
     Busy,
     /// The asker is not a member, or the key is not a cache key.
     Refused,

@@ -97,6 +97,9 @@ pub(crate) struct Placement {
     factor: u32,
     local: PeerId,
     members: RwLock<Arc<Vec<PeerId>>>,
+    /// The members copies were last placed over (see `event_loop::asks::Settle`): until a
+    /// change settles and copies move, a copy designated under these stays designated.
+    settled: RwLock<Arc<Vec<PeerId>>>,
 }
 
 impl Placement {
@@ -106,6 +109,7 @@ impl Placement {
             factor,
             local,
             members: RwLock::default(),
+            settled: RwLock::default(),
         }
     }
 
@@ -132,15 +136,36 @@ impl Placement {
         Some(std::mem::replace(&mut *g, Arc::new(members)))
     }
 
+    /// Replaces the members copies were last placed over (sorted, without this node).
+    pub(crate) fn set_settled(&self, mut members: Vec<PeerId>) {
+        members.retain(|p| *p != self.local);
+        let mut g = self.settled.write().unwrap_or_else(PoisonError::into_inner);
+        if **g != members {
+            *g = Arc::new(members);
+        }
+    }
+
     /// A check of whether this node holds one of the `factor` copies of a key (ranks among
-    /// the top `factor` of the members and itself), over the members known now. Always
-    /// `false` with a factor of 1: nothing is pushed, every copy is alike.
+    /// the top `factor` of the members and itself), over the members known now or those
+    /// copies were last placed over (while a change has not moved copies yet, both count).
+    /// Always `false` with a factor of 1: nothing is pushed, every copy is alike.
     pub(crate) fn designated(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
         let factor = self.factor as usize;
         let local = self.local;
-        let mut all: Vec<PeerId> = self.members().as_ref().clone();
-        all.push(local);
-        move |key: &str| factor > 1 && top(key, &all, factor).contains(&local)
+        let with_local = |m: &Arc<Vec<PeerId>>| {
+            let mut all: Vec<PeerId> = m.as_ref().clone();
+            all.push(local);
+            all
+        };
+        let now = with_local(&self.members());
+        let settled = with_local(&Arc::clone(
+            &self.settled.read().unwrap_or_else(PoisonError::into_inner),
+        ));
+        move |key: &str| {
+            factor > 1
+                && (top(key, &now, factor).contains(&local)
+                    || top(key, &settled, factor).contains(&local))
+        }
     }
 }
 
@@ -276,6 +301,7 @@ mod tests {
             for me in &p {
                 let placement = Placement::new(*me, 3);
                 placement.set_members(p.clone());
+                placement.set_settled(p.clone());
                 assert_eq!(placement.designated()(&k), holders.contains(me), "{k}");
                 // Any builder asks exactly the holders other than itself: the cluster keeps
                 // `factor` designated copies whether or not the builder is one of them.
@@ -290,6 +316,31 @@ mod tests {
             single.set_members(p.clone());
             assert!(!single.designated()(&k), "factor 1 designates nobody");
         }
+    }
+
+    #[test]
+    fn until_copies_move_a_copy_designated_before_or_now_stays_designated() {
+        let p = peers(5);
+        let (old, new) = (&p[..3], &p[..5]);
+        let (mut kept, mut both) = (0, 0);
+        for i in 0..200 {
+            let k = key(i);
+            let me = p[0];
+            let placement = Placement::new(me, 2);
+            placement.set_members(new.to_vec());
+            placement.set_settled(old.to_vec());
+            let before = top(&k, old, 2).contains(&me);
+            let now = top(&k, new, 2).contains(&me);
+            assert_eq!(placement.designated()(&k), before || now, "{k}");
+            if before && !now {
+                kept += 1;
+            }
+            // Once settled over the new members, only the new ranking counts.
+            placement.set_settled(new.to_vec());
+            assert_eq!(placement.designated()(&k), now, "{k}");
+            both += 1;
+        }
+        assert!(kept > 0 && both == 200, "no key lost its place: {kept}");
     }
 
     #[test]

@@ -832,11 +832,13 @@ async fn a_node_that_missed_a_thousand_schematics_catches_up_at_once() {
 /// comparing ID sets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schematics_a_busy_member_could_not_send_at_once_still_come_by_announcement() {
-    const BURST: usize = 40;
+    // Each answer held 2 s: 60 announcements over the few seconds the POSTs take keep more
+    // than 8 requests waiting at once, however fast this machine is.
+    const BURST: usize = 60;
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     invite_offline(&a, &tmp.path().join("unused.invitation"));
-    let node_a = Node::start_with(&a, &[], &[("IF_TEST_ANSWER_DELAY_MS", "300")]);
+    let node_a = Node::start_with(&a, &[], &[("IF_TEST_ANSWER_DELAY_MS", "2000")]);
     let a_id = node_a.peer_id().await;
     let inv = b.with_extension("invitation");
     invite_through(&node_a, &inv);

@@ -1,6 +1,6 @@
 //! The asks to hold a copy of a model that this node sends (see `push`): each (member, key)
-//! once at a time, sent at most [`PER_MEMBER`] to one member per round so that a member
-//! catching up on many copies is not flooded, asked again when busy (the member's flow
+//! once at a time, at most [`PER_MEMBER`] unanswered per member so that a member catching up
+//! on many copies is not flooded, asked again when busy (the member's flow
 //! control: as long as it stays a member) or undelivered (backing off, [`MAX_TRIES`] at most);
 //! and when the member list settles after a change, which members to re-place copies for.
 
@@ -14,7 +14,7 @@ use crate::replication::rendezvous;
 
 /// Asks waiting for their member to connect, or to go again.
 pub(super) const MAX_WAITING: usize = 1024;
-/// Asks sent to one member in one round (its fetches run 2 at once).
+/// Asks unanswered by one member at once (its fetches run 2 at once).
 pub(super) const PER_MEMBER: usize = 2;
 /// First wait before an undelivered ask goes again (it doubles each time, up to
 /// [`RETRY_MAX`]); a busy member is asked again after this wait and up to as long again.
@@ -47,15 +47,24 @@ pub(super) enum Queued {
     GivenUp(Ask),
 }
 
-/// Asks waiting or sent, each (member, key) once.
-#[derive(Default)]
-pub(super) struct AskQueue {
+/// Asks waiting or sent (under request IDs `Id`), each (member, key) once.
+pub(super) struct AskQueue<Id = OutboundRequestId> {
     waiting: VecDeque<Ask>,
-    sent: HashMap<OutboundRequestId, Ask>,
+    sent: HashMap<Id, Ask>,
     known: HashSet<(PeerId, String)>,
 }
 
-impl AskQueue {
+impl<Id> Default for AskQueue<Id> {
+    fn default() -> Self {
+        Self {
+            waiting: VecDeque::new(),
+            sent: HashMap::new(),
+            known: HashSet::new(),
+        }
+    }
+}
+
+impl<Id: std::hash::Hash + Eq> AskQueue<Id> {
     /// Adds an ask for `peer` to hold `key`, due now, unless one is waiting or sent.
     pub(super) fn add(&mut self, peer: PeerId, key: String, now: Instant) -> Queued {
         if !self.known.insert((peer, key.clone())) {
@@ -103,10 +112,14 @@ impl AskQueue {
         gone.len()
     }
 
-    /// The asks due by `now` whose member is `connected`, at most [`PER_MEMBER`] per member,
-    /// oldest first; taken out of the waiting ones (hand each to [`AskQueue::sent`]).
+    /// The asks due by `now` whose member is `connected`, oldest first, so that at most
+    /// [`PER_MEMBER`] are unanswered per member; taken out of the waiting ones (hand each to
+    /// [`AskQueue::sent`]).
     pub(super) fn due(&mut self, connected: &HashSet<PeerId>, now: Instant) -> Vec<Ask> {
         let mut per: HashMap<PeerId, usize> = HashMap::new();
+        for a in self.sent.values() {
+            *per.entry(a.peer).or_default() += 1;
+        }
         let mut out = Vec::new();
         let mut rest = VecDeque::with_capacity(self.waiting.len());
         for a in std::mem::take(&mut self.waiting) {
@@ -123,12 +136,12 @@ impl AskQueue {
     }
 
     /// `ask` went out as request `id`.
-    pub(super) fn sent(&mut self, id: OutboundRequestId, ask: Ask) {
+    pub(super) fn sent(&mut self, id: Id, ask: Ask) {
         self.sent.insert(id, ask);
     }
 
     /// The ask request `id` carried, now answered (or failed).
-    pub(super) fn answered(&mut self, id: &OutboundRequestId) -> Option<Ask> {
+    pub(super) fn answered(&mut self, id: &Id) -> Option<Ask> {
         self.sent.remove(id)
     }
 
@@ -184,6 +197,11 @@ impl Settle {
         }
     }
 
+    /// The members copies were last placed over.
+    pub(super) fn placed(&self) -> &[PeerId] {
+        &self.placed
+    }
+
     /// The members are `members` (sorted) at `now`: the members placed over before, when
     /// copies should be re-placed over these now.
     pub(super) fn observe(&mut self, members: &[PeerId], now: Instant) -> Option<Vec<PeerId>> {
@@ -215,7 +233,7 @@ mod tests {
     fn each_ask_once_at_most_two_per_member_per_round() {
         let (a, b) = (PeerId::random(), PeerId::random());
         let now = Instant::now();
-        let mut q = AskQueue::default();
+        let mut q: AskQueue<usize> = AskQueue::default();
         for i in 0..5 {
             assert_eq!(q.add(a, key(i), now), Queued::Waiting);
         }
@@ -225,15 +243,25 @@ mod tests {
         let round = q.due(&connected, now);
         assert_eq!(round.iter().filter(|x| x.peer == a).count(), PER_MEMBER);
         assert_eq!(round.iter().filter(|x| x.peer == b).count(), 1);
-        // Sent and still unanswered: not asked twice.
+        // Sent and still unanswered: not asked twice, and no more to that member.
+        for (id, ask) in round.iter().cloned().enumerate() {
+            q.sent(id, ask);
+        }
         assert_eq!(q.add(a, key(0), now), Queued::Already);
-        // Not connected: waits.
+        assert!(
+            q.due(&connected, now).is_empty(),
+            "their answers are awaited"
+        );
+        for id in 0..round.len() {
+            let ask = q.answered(&id).unwrap();
+            q.done(&ask);
+        }
+        // Answered: the next ones go; a member not connected waits.
         assert!(q.due(&[b].into(), now).is_empty());
         assert_eq!(q.due(&connected, now).len(), PER_MEMBER);
         assert_eq!(q.due(&connected, now).len(), 1);
         assert!(q.is_idle());
         // Done: may be asked again.
-        q.done(&round[0]);
         assert_eq!(
             q.add(round[0].peer, round[0].key.clone(), now),
             Queued::Waiting
@@ -244,7 +272,7 @@ mod tests {
     fn busy_goes_again_for_as_long_as_it_takes_undelivered_gives_up() {
         let a = PeerId::random();
         let now = Instant::now();
-        let mut q = AskQueue::default();
+        let mut q: AskQueue<usize> = AskQueue::default();
         q.add(a, key(1), now);
         let connected: HashSet<PeerId> = [a].into();
         let mut t = now;
@@ -273,7 +301,7 @@ mod tests {
     fn the_oldest_makes_room_and_gone_members_are_dropped() {
         let (a, b) = (PeerId::random(), PeerId::random());
         let now = Instant::now();
-        let mut q = AskQueue::default();
+        let mut q: AskQueue<usize> = AskQueue::default();
         for i in 0..MAX_WAITING as u32 {
             q.add(a, key(i), now);
         }

@@ -155,6 +155,10 @@ impl EventLoop {
         if let Some(old) = self.push.settle.observe(&members, Instant::now()) {
             self.replace_copies(old, members.clone());
         }
+        self.rel
+            .handle
+            .placement
+            .set_settled(self.push.settle.placed().to_vec());
         if self.push.asks.is_idle() {
             return;
         }
@@ -308,10 +312,14 @@ impl EventLoop {
                         let q = self.push.asks.busy(ask, Instant::now());
                         self.queued(q);
                     }
-                    reply => {
-                        self.push.asks.done(&ask);
-                        self.metrics.pushes_failed.increment(1);
-                        tracing::warn!(key = %ask.key, peer_id = %peer, reply = ?reply, "a member did not take the ask to hold a copy");
+                    // Refused: this node is not (yet) a member to it — a hello still on its
+                    // way — or the key is not one. Asked again like an ask that did not
+                    // arrive, so a race at reconnection loses nothing; a lasting refusal
+                    // gives up after the tries.
+                    PushReply::Refused => {
+                        tracing::info!(key = %ask.key, peer_id = %peer, "a member refused the ask to hold a copy; it goes again later");
+                        let q = self.push.asks.undelivered(ask, Instant::now());
+                        self.queued(q);
                     }
                 }
             }
