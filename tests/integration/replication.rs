@@ -866,6 +866,45 @@ async fn schematics_a_busy_member_could_not_send_at_once_still_come_by_announcem
     wait_for_schematic(&node_b, "B", id, yaml).await;
 }
 
+/// A member that stays down while another member restarts, twice, is still remembered: it is
+/// saved with the members (`cluster/peers.json`) although it never connected in the second
+/// run, so the restarted node still ranks it where copies go, as the members that did not
+/// restart do, and dials it when it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_across_restarts_is_still_remembered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    invite_offline(&a, &tmp.path().join("unused.invitation"));
+    let node_a = Node::start(&a, &[]);
+    for d in [&b, &c] {
+        let inv = d.with_extension("invitation");
+        invite_through(&node_a, &inv);
+        join(d, &inv);
+    }
+    let node_b = Node::start(&b, &[]);
+    let node_c = Node::start(&c, &[]);
+    let (b_id, c_id) = (node_b.peer_id().await, node_c.peer_id().await);
+    for id in [&b_id, &c_id] {
+        wait_for(&node_a, "A sees B and C", |st| connected_member(st, id)).await;
+    }
+    node_c.stop();
+    node_a.stop();
+    let saved = || std::fs::read_to_string(a.join("cluster/peers.json")).expect("peers.json");
+    assert!(saved().contains(&c_id), "C was not saved: {}", saved());
+    // A runs again while C stays down: C is only remembered there, never met.
+    let node_a = Node::start(&a, &[]);
+    wait_for(&node_a, "A sees B again", |st| connected_member(st, &b_id)).await;
+    node_a.stop();
+    assert!(saved().contains(&c_id), "C was forgotten: {}", saved());
+    let node_a = Node::start(&a, &[]);
+    let st = node_a.status().await;
+    assert!(peer(&st, &c_id).is_some(), "A forgot C: {st:#}");
+}
+
 /// Secure Boot keys are cluster-wide: an invitation written by a member that signs with them
 /// carries them, and `cluster join` installs them where `secureBoot.file.*` default to, so the
 /// new member serves the same signing certificate without naming any file.

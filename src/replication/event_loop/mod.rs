@@ -248,6 +248,12 @@ impl EventLoop {
             let Ok(peer) = kp.peer_id.parse::<PeerId>() else {
                 continue;
             };
+            // A member remembered without an address (its addresses come from the others'
+            // welcomes) is known all the same: it is ranked where copies go.
+            if kp.addrs.is_empty() && peer != local {
+                me.vouched.insert(peer);
+                me.peers.entry(peer).or_insert_with(|| Peer::new(now));
+            }
             for a in kp.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                 seeds.push((peer, a));
             }

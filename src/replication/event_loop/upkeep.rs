@@ -146,6 +146,23 @@ impl EventLoop {
 
     pub(super) fn save_peers(&mut self) {
         let mut members = self.known_members(None);
+        // The members remembered and not met in this run (down all along) are kept too: the
+        // members that did not restart still rank them where copies go.
+        for id in self.rendezvous_members() {
+            let name = id.to_string();
+            if members.len() >= MAX_KNOWN_PEERS || members.iter().any(|m| m.peer_id == name) {
+                continue;
+            }
+            let addrs = self
+                .peers
+                .get(&id)
+                .map(|p| p.addrs.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            members.push(KnownPeer {
+                peer_id: name,
+                addrs,
+            });
+        }
         members.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         if members.is_empty() && !self.dirty {
             return;
