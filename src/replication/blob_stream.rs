@@ -11,13 +11,11 @@
 //! stream when the accepting task has not taken the previous one yet, so a stream that ends
 //! before that word is opened again (a few times, backing off).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::chunks::BlobReader;
 use super::partial::{self, PARTIAL_WAIT};
@@ -54,40 +52,8 @@ pub(crate) fn protocol() -> StreamProtocol {
     StreamProtocol::new(BLOBS_PROTOCOL)
 }
 
-/// A blob stream to a member, and this node's place for it: at most [`MAX_SERVING_PER_PEER`]
-/// are open to one member at once, the bound the member serves one member by, so that this
-/// node's own transfers never have a stream refused for asking too many.
-pub(crate) struct BlobStream {
-    /// The stream.
-    pub stream: Stream,
-    place: OwnedSemaphorePermit,
-}
-
-impl BlobStream {
-    /// The stream, and the place it holds (to keep while the stream is used).
-    pub(crate) fn into_parts(self) -> (Stream, OwnedSemaphorePermit) {
-        (self.stream, self.place)
-    }
-}
-
-/// This node's places for blob streams, per member.
-#[derive(Default)]
-pub(crate) struct Outbound(Mutex<HashMap<PeerId, Arc<Semaphore>>>);
-
-impl Outbound {
-    /// The places for streams to `peer` (a member: one entry per member ever opened to).
-    fn of(&self, peer: PeerId) -> Arc<Semaphore> {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            map.entry(peer)
-                .or_insert_with(|| Arc::new(Semaphore::new(MAX_SERVING_PER_PEER))),
-        )
-    }
-}
-
-/// Opens a blob stream to `peer` (a connected member), once one of this node's places for it
-/// is free (waiting up to the time an opening may take).
-pub(crate) async fn open(rep: &Replication, peer: PeerId) -> Result<BlobStream, ReplicationError> {
+/// Opens a blob stream to `peer` (a connected member).
+pub(crate) async fn open(rep: &Replication, peer: PeerId) -> Result<Stream, ReplicationError> {
     let failed = |why: String| ReplicationError::PeerFailed {
         peer: peer.to_string(),
         why,
@@ -95,16 +61,6 @@ pub(crate) async fn open(rep: &Replication, peer: PeerId) -> Result<BlobStream, 
     if !rep.is_member(&peer) {
         return Err(failed("not a member".into()));
     }
-    let place =
-        match tokio::time::timeout(OPEN_TIMEOUT, rep.outbound.of(peer).acquire_owned()).await {
-            Ok(Ok(place)) => place,
-            _ => {
-                return Err(ReplicationError::Busy {
-                    peer: peer.to_string(),
-                    why: "this node has as many open to it as a member serves one member",
-                });
-            }
-        };
     let mut control = rep.streams.clone();
     let mut last = String::new();
     for attempt in 0..OPEN_ATTEMPTS {
@@ -121,11 +77,10 @@ pub(crate) async fn open(rep: &Replication, peer: PeerId) -> Result<BlobStream, 
         })
         .await;
         match opened {
-            Ok(Ok((stream, BlobReply::Ready))) => return Ok(BlobStream { stream, place }),
+            Ok(Ok((s, BlobReply::Ready))) => return Ok(s),
             Ok(Ok((_, BlobReply::Refused))) => {
                 return Err(ReplicationError::Busy {
                     peer: peer.to_string(),
-                    why: "it serves as many as it may",
                 });
             }
             Ok(Ok((_, other))) => {
@@ -280,36 +235,4 @@ async fn serve_stream(
         }
     }
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, stream.close()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn this_node_opens_no_more_streams_to_a_member_than_it_serves_one_member() {
-        let outbound = Outbound::default();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let mut held = Vec::new();
-        for _ in 0..MAX_SERVING_PER_PEER {
-            held.push(
-                outbound
-                    .of(a)
-                    .try_acquire_owned()
-                    .expect("within the bound"),
-            );
-        }
-        assert!(outbound.of(a).try_acquire_owned().is_err(), "one over");
-        assert!(
-            outbound.of(b).try_acquire_owned().is_ok(),
-            "another member's are its own"
-        );
-        // A place comes back when its stream goes, and a waiting opener takes it.
-        let waiting = tokio::spawn({
-            let sem = outbound.of(a);
-            async move { sem.acquire_owned().await.is_ok() }
-        });
-        held.pop();
-        assert!(waiting.await.unwrap());
-    }
 }

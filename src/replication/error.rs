@@ -198,14 +198,11 @@ pub enum ReplicationError {
         /// The blob asked for.
         blob: String,
     },
-    /// No blob stream to a member now: it serves as many as it may, or this node has as many
-    /// open to it as the member serves one member.
-    #[error("no blob stream to member {peer} now: {why}")]
+    /// A member refused a blob stream: it serves as many as it may.
+    #[error("member {peer} refused a blob stream: it serves as many as it may")]
     Busy {
         /// The member.
         peer: String,
-        /// Which side's bound.
-        why: &'static str,
     },
     /// No member was connected to ask for a blob.
     #[error("no member is connected to send {blob}")]

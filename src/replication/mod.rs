@@ -283,8 +283,6 @@ pub struct Replication {
     partials: std::sync::Arc<partial::PartialBlobs>,
     /// Opens blob streams to members (see `blob_stream`).
     streams: libp2p_stream::Control,
-    /// This node's places for blob streams, per member (see `blob_stream::BlobStream`).
-    outbound: std::sync::Arc<blob_stream::Outbound>,
     /// Members this node's transfers found too slow lately (see `sources`).
     slow: std::sync::Arc<sources::SlowMembers>,
     /// The chunk buffers this node's transfers share (see `chunk_pool`).

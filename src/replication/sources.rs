@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use libp2p::{PeerId, Stream};
 
-use super::blob_stream::{self, BlobStream};
+use super::blob_stream;
 use super::protocol::{BlobId, BlobReply, BlobRequest, MAX_CHUNK};
 use super::transfer::blob_name;
 use super::tree;
@@ -206,7 +206,7 @@ pub(super) struct Plan {
     /// The members to fetch from.
     pub sources: Sources,
     /// Streams already open to them (a member's chunks go on the stream it answered on).
-    pub streams: HashMap<PeerId, BlobStream>,
+    pub streams: HashMap<PeerId, Stream>,
     /// The member still fetching the blob that the transfer takes it from, if any.
     pub relay: Option<PeerId>,
 }
@@ -227,7 +227,7 @@ async fn ask_holding(
     id: &BlobId,
     size: Option<u64>,
     max: u64,
-) -> Result<(Holding, BlobStream), ReplicationError> {
+) -> Result<(Holding, Stream), ReplicationError> {
     let mut stream = blob_stream::open(rep, peer).await?;
     let request = BlobRequest {
         id: id.clone(),
@@ -235,7 +235,7 @@ async fn ask_holding(
         len: 0,
         tree: true,
     };
-    let reply = blob_stream::ask(&mut stream.stream, peer, &request).await?;
+    let reply = blob_stream::ask(&mut stream, peer, &request).await?;
     let (s, b3, held) = tree_header(peer, id, reply, size, max)?;
     let holding = Holding {
         size: s,
@@ -433,7 +433,7 @@ pub(super) async fn plan(
         .map(|&p| async move { (p, ask_holding(rep, p, id, size, max).await) })
         .collect();
     let mut heads: HashMap<PeerId, Holding> = HashMap::new();
-    let mut streams: HashMap<PeerId, BlobStream> = HashMap::new();
+    let mut streams: HashMap<PeerId, Stream> = HashMap::new();
     let mut until: Option<tokio::time::Instant> = None;
     loop {
         let next = match until {
@@ -476,7 +476,7 @@ pub(super) async fn plan(
             src.live.retain(|p| *p != peer);
             continue;
         };
-        match fetch_tree(peer, &mut stream.stream, id, head).await {
+        match fetch_tree(peer, stream, id, head).await {
             Ok(t) => break (t, peer),
             Err(e) => {
                 streams.remove(&peer);

@@ -416,7 +416,6 @@ pub async fn start(
         trees: Arc::default(),
         partials: Arc::default(),
         streams: swarm.behaviour().blobs.new_control(),
-        outbound: Arc::default(),
         slow: Arc::default(),
         chunk_pool: Arc::new(super::chunk_pool::ChunkPool::new(
             config.transfer_memory_mib as usize,

@@ -30,7 +30,7 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio::task;
 
-use super::blob_stream::{self, BlobStream};
+use super::blob_stream;
 use super::chunk_pool::{ChunkBuf, ChunkPool};
 use super::partial::Partial;
 use super::protocol::{
@@ -71,7 +71,7 @@ async fn member_stream(
     peer: PeerId,
     id: BlobId,
     tree: Arc<Tree>,
-    opened: Option<BlobStream>,
+    opened: Option<libp2p::Stream>,
     mut jobs: mpsc::Receiver<(u64, ChunkBuf)>,
     done: mpsc::Sender<Done>,
 ) {
@@ -79,8 +79,8 @@ async fn member_stream(
         Some(s) => Ok(s),
         None => blob_stream::open(&rep, peer).await,
     };
-    let (stream, _place) = match opened {
-        Ok(s) => s.into_parts(),
+    let stream = match opened {
+        Ok(s) => s,
         Err(e) => {
             let _ = done.send((peer, task::id(), u64::MAX, Err(e))).await;
             return;

@@ -362,8 +362,17 @@ impl EventLoop {
                 ..
             } => {
                 if let Some(ids) = self.sync.gets.remove(&request_id) {
+                    // A member still connected (the request timed out under load) is asked
+                    // again in the next round, as a busy one is; one gone is left to the
+                    // comparison of ID sets when it is back.
+                    let again = self.connected_members().contains(&peer);
                     for id in ids {
-                        self.sync.fetching.remove(&id);
+                        if let Some(via) = self.sync.fetching.remove(&id)
+                            && again
+                            && self.sync.busy.len() < MAX_FETCHING
+                        {
+                            self.sync.busy.push((peer, id, via));
+                        }
                     }
                 }
                 self.sync.walks.remove(&request_id);
