@@ -712,22 +712,25 @@ pub(crate) async fn wait_for_schematic(node: &Node, who: &str, id: &str, canonic
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schematics_replicate_to_every_member_and_a_node_started_later_catches_up() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("c"),
-    );
-    invite_offline(&a, &tmp.path().join("unused.invitation"));
-    let node_a = Node::start(&a, &[]);
-    let a_id = node_a.peer_id().await;
-    for d in [&b, &c] {
+/// Directories `a`, `b` and `c` under `tmp`: A founds a cluster and runs, and B and C join it
+/// with invitations A writes while running (neither started yet).
+fn founder_and_two_joined(tmp: &Path) -> (Node, [PathBuf; 3]) {
+    let dirs = ["a", "b", "c"].map(|n| tmp.join(n));
+    invite_offline(&dirs[0], &tmp.join("unused.invitation"));
+    let node_a = Node::start(&dirs[0], &[]);
+    for d in &dirs[1..] {
         let inv = d.with_extension("invitation");
         invite_through(&node_a, &inv);
         join(d, &inv);
     }
+    (node_a, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schematics_replicate_to_every_member_and_a_node_started_later_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_a, [_, b, c]) = founder_and_two_joined(tmp.path());
+    let a_id = node_a.peer_id().await;
     let node_b = Node::start(&b, &[]);
     wait_for(&node_b, "B joins A", |st| connected_member(st, &a_id)).await;
 
@@ -873,18 +876,7 @@ async fn schematics_a_busy_member_could_not_send_at_once_still_come_by_announcem
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_down_across_restarts_is_still_remembered() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("c"),
-    );
-    invite_offline(&a, &tmp.path().join("unused.invitation"));
-    let node_a = Node::start(&a, &[]);
-    for d in [&b, &c] {
-        let inv = d.with_extension("invitation");
-        invite_through(&node_a, &inv);
-        join(d, &inv);
-    }
+    let (node_a, [a, b, c]) = founder_and_two_joined(tmp.path());
     let node_b = Node::start(&b, &[]);
     let node_c = Node::start(&c, &[]);
     let (b_id, c_id) = (node_b.peer_id().await, node_c.peer_id().await);

@@ -175,7 +175,7 @@ impl EventLoop {
     }
 
     /// Sends the asks due whose member is connected (a few per member).
-    fn send_due(&mut self) {
+    pub(super) fn send_due(&mut self) {
         let connected = self.connected_members();
         for ask in self.push.asks.due(&connected, Instant::now()) {
             let id = self.swarm.behaviour_mut().push.send_request(
@@ -250,11 +250,6 @@ impl EventLoop {
     pub(super) fn replace_copy(&mut self, peer: PeerId, key: String) {
         let q = self.push.asks.add(peer, key, Instant::now());
         self.queued(q);
-    }
-
-    /// Sends the asks re-placing copies that are due.
-    pub(super) fn replaced(&mut self) {
-        self.send_due();
     }
 
     /// This node built `key`: asks the members chosen to hold its other copies.

@@ -486,7 +486,7 @@ impl EventLoop {
                 for (peer, key) in asks {
                     self.replace_copy(peer, key);
                 }
-                self.replaced();
+                self.send_due();
             }
             Job::Rejected { version } => {
                 self.rel.fetching.remove(&version);
