@@ -154,6 +154,7 @@ mod tests {
             overlays: vec![],
             catalogs: Vec::new(),
             talosctl: None,
+            revision: None,
         }
     }
 

@@ -278,11 +278,12 @@ impl<'a, S: ImageSource> Importer<'a, S> {
                 keys: self.keys.iter().cloned().collect(),
             }
         };
-        let imported_at = match self.releases.get(&tag)? {
+        let previous = self.releases.get(&tag)?;
+        let imported_at = match &previous {
             Some(previous) => previous.imported_at.clone(),
             None => crate::clock::now_rfc3339(),
         };
-        let release = Release {
+        let mut release = Release {
             version: tag.clone(),
             imported_at,
             source: self.source.describe(),
@@ -293,7 +294,9 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             overlays,
             catalogs: std::mem::take(&mut self.catalogs),
             talosctl,
+            revision: None,
         };
+        release.revise(previous.as_ref().and_then(|p| p.revision.as_ref()))?;
         // Blobs and their index entries must be durable before the record that names them
         // (the release store's flush covers the index entries written by the commit).
         self.progress.step(&format!("publishing release {tag}"));

@@ -19,7 +19,7 @@ pub use import::{
 pub use names::{Arch, RelPath};
 pub use release::{
     ArchRelease, BlobRef, ExtensionEntry, ImageRecord, OverlayEntry, Release, ReleaseStore,
-    Signatures, TalosctlRelease,
+    Revision, Signatures, TalosctlRelease,
 };
 pub use version::Version;
 

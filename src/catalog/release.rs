@@ -155,9 +155,53 @@ pub struct Release {
     /// The `talosctl` binaries, when the source held the release's `talosctl-all` image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talosctl: Option<TalosctlRelease>,
+    /// Which record of this version replaces which across a cluster. Records written before
+    /// this field existed have none, and every revision replaces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Revision>,
+}
+
+/// The order of the records one version has had: an import numbers its record one above the
+/// record it replaces, and members keep the highest. Two imports of one number (on members
+/// that had not yet seen each other's record) are ordered by their tags, which hash their
+/// content, so every member settles on the same record and two equal imports on one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Revision {
+    /// 1 for a first import, else one above the revision of the record replaced.
+    pub number: u64,
+    /// The first 128 bits of the BLAKE3 of the record without its revision, in hex.
+    pub tag: String,
+}
+
+impl Revision {
+    /// Whether a revision a member sent is one this node could have written: a tag of 32
+    /// lowercase hex digits.
+    pub fn is_well_formed(&self) -> bool {
+        self.tag.len() == 32
+            && self
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
 }
 
 impl Release {
+    /// Gives the record the revision that replaces `previous` (the record of this version
+    /// held before; `None` for a first import or a record from before revisions).
+    pub fn revise(&mut self, previous: Option<&Revision>) -> Result<(), CatalogError> {
+        self.revision = None;
+        let bytes = serde_json::to_vec(&*self).map_err(|source| StoreError::Encode {
+            what: "release record",
+            source,
+        })?;
+        let hash = blake3::hash(&bytes);
+        self.revision = Some(Revision {
+            number: previous.map_or(0, |p| p.number).saturating_add(1),
+            tag: hex::encode(&hash.as_bytes()[..16]),
+        });
+        Ok(())
+    }
+
     /// The parsed version.
     pub fn parsed_version(&self) -> Option<Version> {
         Version::parse_strict(&self.version)
@@ -371,5 +415,43 @@ mod tests {
             store.get("v1.12.0"),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_revision_counts_replacements_and_its_tag_hashes_the_content() {
+        let mut first = release("i386-pc/boot.img");
+        first.revise(None).unwrap();
+        let r1 = first.revision.clone().unwrap();
+        assert_eq!(r1.number, 1);
+        assert!(r1.is_well_formed(), "{r1:?}");
+        // The same content imported elsewhere: the same revision, so nothing to settle.
+        let mut same = release("i386-pc/boot.img");
+        same.revise(None).unwrap();
+        assert_eq!(same.revision, first.revision);
+        // Other content: another tag; imported over the first: one number higher.
+        let mut other = release("i386-pc/other.img");
+        other.revise(None).unwrap();
+        assert_ne!(other.revision.as_ref().unwrap().tag, r1.tag);
+        let mut again = release("i386-pc/other.img");
+        again.revise(Some(&r1)).unwrap();
+        let r2 = again.revision.clone().unwrap();
+        assert_eq!(r2.number, 2);
+        // The tag ignores the revision it replaces.
+        assert_eq!(r2.tag, other.revision.as_ref().unwrap().tag);
+        // The number orders first, then the tag; a record from before revisions is oldest.
+        assert!(r2 > r1);
+        let low_tag = Revision {
+            number: 2,
+            tag: "0".repeat(32),
+        };
+        assert!(low_tag < r2 && low_tag > r1);
+        assert!(None < Some(&r1));
+        // The revision survives the store.
+        let json = serde_json::to_vec(&again).unwrap();
+        let back: Release = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.revision, Some(r2));
+        // A record without one writes no field (its bytes stay as before revisions).
+        let plain = serde_json::to_value(release("i386-pc/boot.img")).unwrap();
+        assert!(plain.get("revision").is_none());
     }
 }

@@ -181,7 +181,7 @@ impl ImportJob {
                 }
             })?;
             if let Some(r) = node.replication() {
-                r.release_imported(&v.tag());
+                r.release_imported(&v.tag(), summary.release.revision.as_ref());
             }
             done(&summary);
         }

@@ -223,7 +223,7 @@ pub(crate) enum Command {
     /// A schematic was created on this node.
     SchematicCreated(String),
     /// A release was imported on this node.
-    ReleaseImported(String),
+    ReleaseImported(String, Option<crate::catalog::Revision>),
     /// Members that provide a cache key.
     Providers {
         /// Cache key.
@@ -317,13 +317,13 @@ impl Replication {
         }
     }
 
-    /// Announces a release imported on this node (never waits, like
-    /// [`Replication::schematic_created`]).
-    pub fn release_imported(&self, version: &str) {
-        if let Err(e) = self
-            .tx
-            .try_send(Command::ReleaseImported(version.to_string()))
-        {
+    /// Announces a release imported on this node, of record revision `revision` (never waits,
+    /// like [`Replication::schematic_created`]).
+    pub fn release_imported(&self, version: &str, revision: Option<&crate::catalog::Revision>) {
+        if let Err(e) = self.tx.try_send(Command::ReleaseImported(
+            version.to_string(),
+            revision.cloned(),
+        )) {
             tracing::debug!(version = %version, error = %e, "release not announced now; the next round carries it");
         }
     }

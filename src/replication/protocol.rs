@@ -1,6 +1,8 @@
 //! What members say to each other: the hello exchanged right after the transport handshake
 //! (the credential check) and the gossip messages.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::cluster::KnownPeer;
@@ -139,6 +141,9 @@ pub enum Gossip {
     Release {
         /// Its version tag.
         version: String,
+        /// Its record's revision (a member holding an older one fetches it too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revision: Option<crate::catalog::Revision>,
     },
     /// The sender is building the model of a cache key (a lease; renewed while it builds).
     Lease {
@@ -225,6 +230,9 @@ pub enum ReleaseReply {
     List {
         /// Version tags.
         versions: Vec<String>,
+        /// The revision of each listed record that has one.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        revisions: BTreeMap<String, crate::catalog::Revision>,
     },
     /// The record, signed with the cluster key.
     Record {

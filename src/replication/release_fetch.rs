@@ -168,6 +168,13 @@ pub(crate) async fn fetch_release(
         }
     }
     blobs.meta().flush().await?;
+    // An import here since the fetch began wrote a newer record: it stays.
+    if let Ok(Some(held)) = releases.get(&release.version)
+        && held.revision > release.revision
+    {
+        tracing::info!(version = %release.version, "a newer record of this release was imported here during its fetch; it stays");
+        return Ok(done);
+    }
     releases.put(release).await?;
     Ok(done)
 }

@@ -45,6 +45,7 @@ fn release(version: &str) -> Release {
         }],
         catalogs: Vec::new(),
         talosctl: None,
+        revision: None,
     }
 }
 

@@ -61,6 +61,7 @@ mod replication_assets;
 mod replication_factor;
 mod replication_hostile;
 mod replication_partition;
+mod replication_releases;
 mod replication_silent;
 mod replication_transfer;
 mod schematic_bounds;

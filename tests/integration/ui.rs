@@ -51,6 +51,7 @@ fn release(version: &str) -> Release {
         }],
         catalogs: Vec::new(),
         talosctl: None,
+        revision: None,
     }
 }
 

@@ -201,6 +201,9 @@ pub struct ReleaseStatus {
     pub verified: bool,
     /// When it was first imported.
     pub imported_at: String,
+    /// Its record's revision: members of a cluster settle on the highest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<crate::catalog::Revision>,
     /// Set when one of its blobs failed verification: builds from it are refused until it is
     /// imported again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,6 +228,7 @@ pub fn release_status(st: &AppState) -> Result<Vec<ReleaseStatus>, ApiError> {
             partial: r.partial,
             verified: matches!(r.signatures, crate::catalog::Signatures::Verified { .. }),
             imported_at: r.imported_at.clone(),
+            revision: r.revision.clone(),
             damaged: damaged.remove(&r.version),
         })
         .collect())

@@ -61,6 +61,7 @@ fn env() -> Env {
         }],
         catalogs: Vec::new(),
         talosctl: None,
+        revision: None,
     };
     let releases = ReleaseStore::new(&blobs);
     tokio::runtime::Builder::new_current_thread()

@@ -56,6 +56,7 @@ fn release(v: &str) -> Release {
         }],
         catalogs: Vec::new(),
         talosctl: None,
+        revision: None,
     }
 }
 

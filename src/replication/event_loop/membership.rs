@@ -225,8 +225,8 @@ impl EventLoop {
                 self.schematic_announced(*from, source, id);
                 MessageAcceptance::Accept
             }
-            Gossip::Release { version } => {
-                self.release_announced(*from, source, version);
+            Gossip::Release { version, revision } => {
+                self.release_announced(*from, source, version, revision);
                 MessageAcceptance::Accept
             }
             // Passed on even when its author is not judged here (yet): members may reach each
@@ -531,7 +531,10 @@ fn well_formed(gossip: &Gossip) -> bool {
     match gossip {
         Gossip::Revocation { .. } | Gossip::Holdings { .. } => true,
         Gossip::Schematic { id } => crate::schematic::is_valid_id(id),
-        Gossip::Release { version } => Version::parse_strict(version).is_some(),
+        Gossip::Release { version, revision } => {
+            Version::parse_strict(version).is_some()
+                && revision.as_ref().is_none_or(|r| r.is_well_formed())
+        }
         Gossip::Lease { key } | Gossip::Built { key, .. } => is_key(key),
     }
 }
@@ -540,6 +543,13 @@ fn well_formed(gossip: &Gossip) -> bool {
 mod tests {
     use super::*;
 
+    fn revision(tag: &str) -> crate::catalog::Revision {
+        crate::catalog::Revision {
+            number: 2,
+            tag: tag.into(),
+        }
+    }
+
     #[test]
     fn only_well_formed_gossip_is_taken() {
         let key = "ab".repeat(32);
@@ -547,6 +557,11 @@ mod tests {
             Gossip::Schematic { id: key.clone() },
             Gossip::Release {
                 version: "v1.9.0".into(),
+                revision: None,
+            },
+            Gossip::Release {
+                version: "v1.9.0".into(),
+                revision: Some(revision("0123456789abcdef0123456789abcdef")),
             },
             Gossip::Lease { key: key.clone() },
             Gossip::Built {
@@ -563,9 +578,19 @@ mod tests {
             },
             Gossip::Release {
                 version: "latest".into(),
+                revision: None,
             },
             Gossip::Release {
                 version: "v1.9.0/../../x".into(),
+                revision: None,
+            },
+            Gossip::Release {
+                version: "v1.9.0".into(),
+                revision: Some(revision("../x")),
+            },
+            Gossip::Release {
+                version: "v1.9.0".into(),
+                revision: Some(revision(&"a".repeat(4096))),
             },
             Gossip::Lease { key: "".into() },
             Gossip::Built {

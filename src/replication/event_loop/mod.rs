@@ -334,7 +334,7 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::SchematicCreated(id) => self.schematic_created(id),
-            Command::ReleaseImported(v) => self.announce_release(v),
+            Command::ReleaseImported(v, revision) => self.announce_release(v, revision),
             Command::Members(reply) => {
                 let _ = reply.send(self.connected_members().into_iter().collect());
             }

@@ -7,7 +7,7 @@
 //! protocol, each verified by its hash before it is committed (see `transfer`), and the record
 //! is stored last. This node answers blob chunk requests of members from its store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use libp2p::PeerId;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::EventLoop;
 use super::schematics::Via;
-use crate::catalog::{ReleaseStore, Version};
+use crate::catalog::{ReleaseStore, Revision, Version};
 use crate::causes::Causes;
 use crate::replication::Replication;
 use crate::replication::membership::Envelope;
@@ -65,11 +65,13 @@ pub(crate) enum Job {
         versions: Vec<String>,
         via: Via,
     },
-    /// A release record from a member did not pass its check.
-    Rejected { version: String },
+    /// A release record from a member was not taken: it failed its check, or is not newer
+    /// than the record held.
+    Dropped { version: String },
     /// A release fetch ended.
     Fetched {
         version: String,
+        revision: Option<Revision>,
         peer: PeerId,
         via: Via,
         result: Result<
@@ -122,31 +124,47 @@ impl ReleaseSync {
     }
 }
 
-/// Whether this node lacks release `version`: no record, or one marked damaged (a blob of it
+/// Whether this node wants a member's record of release `version` of revision `theirs`: it
+/// holds no record of that version, or an older revision, or one marked damaged (a blob of it
 /// failed its check and was set aside; a member's copy brings it back and clears the mark).
-fn lacks(
+fn wants(
     releases: &ReleaseStore,
     version: &str,
-    damaged: &std::collections::BTreeMap<String, crate::catalog::Damage>,
+    theirs: Option<&Revision>,
+    damaged: &BTreeMap<String, crate::catalog::Damage>,
 ) -> bool {
-    damaged.contains_key(version) || matches!(releases.get(version), Ok(None))
+    if damaged.contains_key(version) {
+        return true;
+    }
+    match releases.get(version) {
+        Ok(None) => true,
+        Ok(Some(held)) => held.revision.as_ref() < theirs,
+        Err(_) => false,
+    }
 }
 
-/// The versions of complete, undamaged releases held (the newest [`MAX_RELEASES`]).
-fn held_versions(releases: &ReleaseStore) -> Vec<String> {
+/// The versions of complete, undamaged releases held (the newest [`MAX_RELEASES`]), and the
+/// revision of each record that has one.
+fn held_versions(releases: &ReleaseStore) -> (Vec<String>, BTreeMap<String, Revision>) {
     let damaged = releases.damaged().unwrap_or_default();
     match releases.list() {
         // Oldest first: the newest are kept when there are too many.
-        Ok(list) => list
-            .iter()
-            .rev()
-            .map(|r| r.version.clone())
-            .filter(|v| !damaged.contains_key(v))
-            .take(MAX_RELEASES)
-            .collect(),
+        Ok(list) => {
+            let held: Vec<_> = list
+                .iter()
+                .rev()
+                .filter(|r| !damaged.contains_key(&r.version))
+                .take(MAX_RELEASES)
+                .collect();
+            let revisions = held
+                .iter()
+                .filter_map(|r| Some((r.version.clone(), r.revision.clone()?)))
+                .collect();
+            (held.iter().map(|r| r.version.clone()).collect(), revisions)
+        }
         Err(e) => {
             tracing::warn!(error = %Causes(&e), "releases not listed for a member");
-            Vec::new()
+            Default::default()
         }
     }
 }
@@ -204,14 +222,14 @@ impl EventLoop {
             .send_request(&peer, ReleaseRequest::List);
     }
 
-    /// Announces release `version`, now held here: imported, or replicated from a member (so
-    /// a member that asked one lacking it, or missed the import's announcement, fetches it from
-    /// here instead of waiting for the periodic round).
-    pub(super) fn announce_release(&mut self, version: String) {
+    /// Announces release `version` of record revision `revision`, now held here: imported, or
+    /// replicated from a member (so a member that asked one lacking it, or missed the import's
+    /// announcement, fetches it from here instead of waiting for the periodic round).
+    pub(super) fn announce_release(&mut self, version: String, revision: Option<Revision>) {
         let Some(topic) = self.sync.topic.clone() else {
             return;
         };
-        let Ok(bytes) = serde_json::to_vec(&Gossip::Release { version }) else {
+        let Ok(bytes) = serde_json::to_vec(&Gossip::Release { version, revision }) else {
             return;
         };
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -219,12 +237,14 @@ impl EventLoop {
         }
     }
 
-    /// `from` announced release `version` (imported by `source`): fetch it if missing.
+    /// `from` announced release `version` of record revision `revision` (imported by
+    /// `source`): fetch it if missing or older here.
     pub(super) fn release_announced(
         &mut self,
         from: PeerId,
         source: Option<PeerId>,
         version: String,
+        revision: Option<Revision>,
     ) {
         // Well formed (checked before) and not being fetched: only then a look at the store.
         if self.rel.fetching.contains(&version) {
@@ -236,7 +256,8 @@ impl EventLoop {
         let releases = self.rel.parts.releases.clone();
         let jobs = self.rel.jobs.clone();
         tokio::task::spawn_blocking(move || {
-            if lacks(&releases, &version, &releases.damaged().unwrap_or_default()) {
+            let damaged = releases.damaged().unwrap_or_default();
+            if wants(&releases, &version, revision.as_ref(), &damaged) {
                 let _ = jobs.send(Job::Missing {
                     peer: ask,
                     versions: vec![version],
@@ -336,9 +357,13 @@ impl EventLoop {
         let jobs = self.rel.jobs.clone();
         tokio::task::spawn_blocking(move || {
             let reply = match request {
-                ReleaseRequest::List => ReleaseReply::List {
-                    versions: held_versions(&releases),
-                },
+                ReleaseRequest::List => {
+                    let (versions, revisions) = held_versions(&releases);
+                    ReleaseReply::List {
+                        versions,
+                        revisions,
+                    }
+                }
                 ReleaseRequest::Get { version } => {
                     let damaged = matches!(releases.damage(&version), Ok(Some(_)));
                     match releases.get(&version) {
@@ -377,7 +402,10 @@ impl EventLoop {
         asked: Option<(String, Via)>,
     ) {
         match reply {
-            ReleaseReply::List { versions } => {
+            ReleaseReply::List {
+                versions,
+                revisions,
+            } => {
                 let releases = self.rel.parts.releases.clone();
                 let jobs = self.rel.jobs.clone();
                 tokio::task::spawn_blocking(move || {
@@ -386,7 +414,10 @@ impl EventLoop {
                         .into_iter()
                         .take(MAX_RELEASES)
                         .filter(|v| Version::parse_strict(v).is_some())
-                        .filter(|v| lacks(&releases, v, &damaged))
+                        .filter(|v| {
+                            let theirs = revisions.get(v).filter(|r| r.is_well_formed());
+                            wants(&releases, v, theirs, &damaged)
+                        })
                         .collect();
                     if !missing.is_empty() {
                         let _ = jobs.send(Job::Missing {
@@ -419,10 +450,30 @@ impl EventLoop {
                         Err(why) => {
                             tracing::warn!(peer_id = %peer, version = %version, reason = %why, "a release record from a member was rejected");
                             metrics.verification_failures.increment(1);
-                            let _ = jobs.send(Job::Rejected { version });
+                            let _ = jobs.send(Job::Dropped { version });
                             return;
                         }
                     };
+                    // A record asked for as newer may no longer be (an import here since).
+                    let current = {
+                        let (releases, v, theirs) = (
+                            parts.releases.clone(),
+                            version.clone(),
+                            release.revision.clone(),
+                        );
+                        tokio::task::spawn_blocking(move || {
+                            let damaged = releases.damaged().unwrap_or_default();
+                            wants(&releases, &v, theirs.as_ref(), &damaged)
+                        })
+                        .await
+                        .unwrap_or(false)
+                    };
+                    if !current {
+                        tracing::debug!(peer_id = %peer, version = %version, "a member's release record is not newer than the one held");
+                        let _ = jobs.send(Job::Dropped { version });
+                        return;
+                    }
+                    let revision = release.revision.clone();
                     tracing::info!(peer_id = %peer, version = %version, "fetching a release from a member");
                     let _running = parts.imports.start();
                     let result = crate::replication::release_fetch::fetch_release(
@@ -436,6 +487,7 @@ impl EventLoop {
                     .await;
                     let _ = jobs.send(Job::Fetched {
                         version,
+                        revision,
                         peer,
                         via,
                         result,
@@ -488,11 +540,12 @@ impl EventLoop {
                 }
                 self.send_due();
             }
-            Job::Rejected { version } => {
+            Job::Dropped { version } => {
                 self.rel.fetching.remove(&version);
             }
             Job::Fetched {
                 version,
+                revision,
                 peer,
                 via,
                 result,
@@ -503,7 +556,7 @@ impl EventLoop {
                         tracing::info!(peer_id = %peer, version = %version, via = via.as_str(), blobs = f.blobs, bytes = f.bytes, "release replicated");
                         self.metrics.releases_received.increment(1);
                         self.metrics.bytes_received.increment(f.bytes);
-                        self.announce_release(version);
+                        self.announce_release(version, revision);
                     }
                     Err(e) => {
                         if matches!(e, crate::replication::ReplicationError::Corrupt { .. }) {
@@ -586,5 +639,50 @@ mod tests {
         let mut tampered = good.clone();
         tampered.payload.insert(0, 'e');
         assert!(open_record(&cluster, &tampered, "v1.11.0").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_member_record_is_wanted_when_missing_older_or_damaged_here() {
+        use crate::store::{MetaStore, SledStore};
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let store = ReleaseStore::new(&blobs);
+        let none = BTreeMap::new();
+        let rev = |number, c: char| Revision {
+            number,
+            tag: c.to_string().repeat(32),
+        };
+        assert!(wants(&store, "v1.11.0", None, &none), "not held");
+        // Held without a revision (written before revisions): any revision replaces it.
+        store
+            .put(&release("v1.11.0", "i386-pc/a.mod"))
+            .await
+            .unwrap();
+        assert!(!wants(&store, "v1.11.0", None, &none));
+        assert!(wants(&store, "v1.11.0", Some(&rev(1, '0')), &none));
+        // Held at revision 2-b: only a higher one is wanted.
+        let mut held = release("v1.11.0", "i386-pc/a.mod");
+        held.revision = Some(rev(2, 'b'));
+        store.put(&held).await.unwrap();
+        assert!(!wants(&store, "v1.11.0", None, &none));
+        assert!(!wants(&store, "v1.11.0", Some(&rev(1, 'f')), &none));
+        assert!(!wants(&store, "v1.11.0", Some(&rev(2, 'b')), &none));
+        assert!(wants(&store, "v1.11.0", Some(&rev(2, 'c')), &none));
+        assert!(wants(&store, "v1.11.0", Some(&rev(3, '0')), &none));
+        // Damaged here: the member's copy is wanted whatever its revision.
+        let damaged = BTreeMap::from([(
+            "v1.11.0".to_string(),
+            crate::catalog::Damage {
+                blob: "b".repeat(64),
+                reason: "test".into(),
+                at: 0,
+            },
+        )]);
+        assert!(wants(&store, "v1.11.0", None, &damaged));
+        // The list sent to members carries the revision.
+        let (versions, revisions) = held_versions(&store);
+        assert_eq!(versions, ["v1.11.0"]);
+        assert_eq!(revisions.get("v1.11.0"), Some(&rev(2, 'b')));
     }
 }

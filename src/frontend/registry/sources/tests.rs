@@ -76,6 +76,7 @@ fn release(version: &str, images: Vec<ImageRecord>) -> Arc<Release> {
         overlays: Vec::new(),
         catalogs: images,
         talosctl: None,
+        revision: None,
     })
 }
 
