@@ -64,8 +64,10 @@ pub(crate) fn push_targets(
 }
 
 /// The members `local` asks to hold a copy of a model it holds under `key` when the members
-/// change from `old` to `new`: those designated now and not before, when `local` is
-/// designated now (a holder that is not leaves the asking to those that are).
+/// change from `old` to `new`: those designated now and not before. A holder asks when it is
+/// designated now or was before (the copies where they belong), or when no member designated
+/// before is a member any more (its copy may be the last); any other holder leaves the asking
+/// to those. A member asked twice answers the second at no cost.
 pub(crate) fn moved_to(
     key: &str,
     local: &PeerId,
@@ -82,10 +84,12 @@ pub(crate) fn moved_to(
         top(key, &all, factor as usize)
     };
     let now = designated(new);
-    if !now.contains(local) {
+    let before = designated(old);
+    let asks =
+        now.contains(local) || before.contains(local) || !before.iter().any(|p| new.contains(p));
+    if !asks {
         return Vec::new();
     }
-    let before = designated(old);
     now.into_iter()
         .filter(|p| p != local && !before.contains(p))
         .collect()
@@ -378,8 +382,8 @@ mod tests {
                 let others: Vec<PeerId> = new.iter().filter(|x| *x != me).copied().collect();
                 let was: Vec<PeerId> = old.iter().filter(|x| *x != me).copied().collect();
                 let t = moved_to(&k, me, &was, &others, factor as u32);
-                if !after.contains(me) {
-                    assert!(t.is_empty(), "{k}: a holder not designated asks nobody");
+                if !after.contains(me) && !before.contains(me) {
+                    assert!(t.is_empty(), "{k}: a holder never designated asks nobody");
                 }
                 for x in &t {
                     assert!(after.contains(x) && !before.contains(x), "{k}: {x} asked");
@@ -415,6 +419,25 @@ mod tests {
                     .collect();
                 assert_eq!(t, took, "{k}");
             }
+            // Every member designated before leaves: a holder that is not designated, and never
+            // was, asks the members designated now (the builder's copy may be the last one).
+            let before6 = top(&k, &p, factor);
+            let stayed: Vec<PeerId> = p.iter().filter(|x| !before6.contains(x)).copied().collect();
+            let now4 = top(&k, &stayed, factor);
+            let builder = *stayed.iter().find(|x| !now4.contains(x)).unwrap();
+            let others: Vec<PeerId> = stayed.iter().filter(|x| **x != builder).copied().collect();
+            let was: Vec<PeerId> = p.iter().filter(|x| **x != builder).copied().collect();
+            let t = moved_to(&k, &builder, &was, &others, factor as u32);
+            assert_eq!(
+                t, now4,
+                "{k}: the last holder asks the members designated now"
+            );
+            // While one of them stays, it asks and the builder does not.
+            let one_left: Vec<PeerId> = others.iter().chain([&before6[0]]).copied().collect();
+            assert!(
+                moved_to(&k, &builder, &was, &one_left, factor as u32).is_empty(),
+                "{k}"
+            );
             assert!(moved_to(&k, &p[0], old, &new, 1).is_empty(), "factor 1");
         }
         // A fifth member wins about 2 keys in 5.

@@ -14,6 +14,13 @@ use crate::replication::rendezvous;
 
 /// Asks waiting for their member to connect, or to go again.
 pub(super) const MAX_WAITING: usize = 1024;
+/// Re-placement asks not yet waiting (a member change can move a copy of most models held):
+/// they wait in turn, while their member is connected, [`BACKLOG_PER_MEMBER`] per member and
+/// while fewer than three quarters of [`MAX_WAITING`] wait, so asks of new builds keep their
+/// room and a member away holds up no other.
+pub(super) const MAX_BACKLOG: usize = 65_536;
+/// Re-placement asks waiting per member at most.
+pub(super) const BACKLOG_PER_MEMBER: usize = 16;
 /// Asks unanswered by one member at once (its fetches run 2 at once).
 pub(super) const PER_MEMBER: usize = 2;
 /// First wait before an undelivered ask goes again (it doubles each time, up to
@@ -47,9 +54,23 @@ pub(super) enum Queued {
     GivenUp(Ask),
 }
 
+/// Re-placement asks not yet waiting, by member, oldest first.
+#[derive(Default)]
+struct Backlog {
+    by_member: HashMap<PeerId, VecDeque<String>>,
+    len: usize,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Asks waiting or sent (under request IDs `Id`), each (member, key) once.
 pub(super) struct AskQueue<Id = OutboundRequestId> {
     waiting: VecDeque<Ask>,
+    backlog: Backlog,
     sent: HashMap<Id, Ask>,
     known: HashSet<(PeerId, String)>,
 }
@@ -58,6 +79,7 @@ impl<Id> Default for AskQueue<Id> {
     fn default() -> Self {
         Self {
             waiting: VecDeque::new(),
+            backlog: Backlog::default(),
             sent: HashMap::new(),
             known: HashSet::new(),
         }
@@ -97,19 +119,79 @@ impl<Id: std::hash::Hash + Eq> AskQueue<Id> {
 
     /// Whether no ask waits.
     pub(super) fn is_idle(&self) -> bool {
-        self.waiting.is_empty()
+        self.waiting.is_empty() && self.backlog.is_empty()
     }
 
-    /// Drops the waiting asks of peers that are not among `members` (sorted); how many.
+    /// Adds re-placement asks behind those waiting (see [`MAX_BACKLOG`]); how many did not
+    /// fit.
+    pub(super) fn add_backlog(&mut self, asks: Vec<(PeerId, String)>) -> usize {
+        let mut over = 0;
+        for (peer, key) in asks {
+            if self.backlog.len >= MAX_BACKLOG {
+                over += 1;
+                continue;
+            }
+            self.backlog
+                .by_member
+                .entry(peer)
+                .or_default()
+                .push_back(key);
+            self.backlog.len += 1;
+        }
+        over
+    }
+
+    /// Moves backlog asks into the waiting ones, due at `now`, for each `connected` member
+    /// with fewer than [`BACKLOG_PER_MEMBER`] waiting (see [`MAX_BACKLOG`]).
+    pub(super) fn refill(&mut self, connected: &HashSet<PeerId>, now: Instant) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let mut per: HashMap<PeerId, usize> = HashMap::new();
+        for a in &self.waiting {
+            *per.entry(a.peer).or_default() += 1;
+        }
+        for peer in connected {
+            let Some(keys) = self.backlog.by_member.get_mut(peer) else {
+                continue;
+            };
+            let mut n = per.get(peer).copied().unwrap_or(0);
+            while n < BACKLOG_PER_MEMBER && self.waiting.len() < MAX_WAITING * 3 / 4 {
+                let Some(key) = keys.pop_front() else { break };
+                self.backlog.len -= 1;
+                // Asked already (waiting or sent): not twice.
+                if !self.known.insert((*peer, key.clone())) {
+                    continue;
+                }
+                self.waiting.push_back(Ask {
+                    peer: *peer,
+                    key,
+                    tries: 0,
+                    not_before: now,
+                });
+                n += 1;
+            }
+            if keys.is_empty() {
+                self.backlog.by_member.remove(peer);
+            }
+        }
+    }
+
+    /// Drops the asks waiting or in the backlog of peers that are not among `members`
+    /// (sorted); how many.
     pub(super) fn keep_members(&mut self, members: &[PeerId]) -> usize {
+        let member = |p: &PeerId| members.binary_search(p).is_ok();
         let (keep, gone): (VecDeque<Ask>, VecDeque<Ask>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|a| members.binary_search(&a.peer).is_ok());
+            .partition(|a| member(&a.peer));
         self.waiting = keep;
         for a in &gone {
             self.forget(a);
         }
-        gone.len()
+        let before = self.backlog.len;
+        self.backlog.by_member.retain(|p, _| member(p));
+        self.backlog.len = self.backlog.by_member.values().map(VecDeque::len).sum();
+        gone.len() + before - self.backlog.len
     }
 
     /// The asks due by `now` whose member is `connected`, oldest first, so that at most
@@ -200,6 +282,14 @@ impl Settle {
     /// The members copies were last placed over.
     pub(super) fn placed(&self) -> &[PeerId] {
         &self.placed
+    }
+
+    /// Copies were not re-placed from `old` (the store could not be read): they are placed
+    /// over `old` still, and re-placed once the members stay unchanged for another settle
+    /// time from `now`.
+    pub(super) fn retry(&mut self, old: Vec<PeerId>, now: Instant) {
+        self.placed = old;
+        self.changed = Some(now);
     }
 
     /// The members are `members` (sorted) at `now`: the members placed over before, when
@@ -353,7 +443,67 @@ mod tests {
         let t1 = t0 + settle * 6;
         assert_eq!(s.observe(&three, t1), None);
         assert_eq!(s.observe(&three, t1 + settle / 2), None);
-        assert_eq!(s.observe(&three, t1 + settle), Some(back));
+        assert_eq!(s.observe(&three, t1 + settle), Some(back.clone()));
         assert_eq!(s.observe(&three, t1 + settle * 2), None, "once");
+        // The store could not be read: the same move comes again a settle time later.
+        let t2 = t1 + settle * 2;
+        s.retry(back.clone(), t2);
+        assert_eq!(
+            s.placed(),
+            &back[..],
+            "copies still placed over the old members"
+        );
+        assert_eq!(s.observe(&three, t2 + settle / 2), None);
+        assert_eq!(s.observe(&three, t2 + settle), Some(back));
+        assert_eq!(s.observe(&three, t2 + settle * 2), None, "once");
+    }
+
+    #[test]
+    fn a_large_re_placement_waits_in_turn_and_leaves_room_for_builds() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let mut q: AskQueue<usize> = AskQueue::default();
+        let n = 3 * MAX_WAITING as u32;
+        // Moves to a (connected) and to c (away), interleaved.
+        let moves: Vec<(PeerId, String)> =
+            (0..n).flat_map(|i| [(a, key(i)), (c, key(i))]).collect();
+        assert_eq!(q.add_backlog(moves), 0);
+        // Re-asked keys waiting or sent already are not asked twice.
+        let connected = HashSet::from([a]);
+        q.add(a, key(1), now);
+        q.refill(&connected, now);
+        assert_eq!(q.waiting.len(), BACKLOG_PER_MEMBER);
+        // A new build's asks find room: nothing is displaced.
+        for i in 0..MAX_WAITING as u32 / 2 {
+            assert_eq!(q.add(b, key(i), now), Queued::Waiting);
+        }
+        // Answered in turn, every move is asked once, none lost.
+        let mut asked = HashSet::new();
+        let mut id = 0;
+        for _ in 0..4 * n {
+            q.refill(&connected, now);
+            let due = q.due(&connected, now);
+            if due.is_empty() {
+                break;
+            }
+            for ask in due {
+                assert!(asked.insert(ask.key.clone()), "{} asked twice", ask.key);
+                id += 1;
+                q.sent(id, ask);
+                let done = q.answered(&id).unwrap();
+                q.done(&done);
+            }
+        }
+        // Every move to a was asked once, none lost, though c stayed away with its asks.
+        assert_eq!(asked.len(), n as usize);
+        assert_eq!(q.backlog.len, n as usize);
+        // The backlog is bounded, and a member gone takes its asks with it.
+        let more: Vec<(PeerId, String)> =
+            (n..MAX_BACKLOG as u32 + 10).map(|i| (c, key(i))).collect();
+        assert_eq!(q.add_backlog(more), 10);
+        let mut members = vec![a, b];
+        members.sort();
+        assert_eq!(q.keep_members(&members), MAX_BACKLOG);
+        assert!(q.backlog.is_empty());
     }
 }

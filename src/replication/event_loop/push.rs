@@ -159,6 +159,8 @@ impl EventLoop {
             .handle
             .placement
             .set_settled(self.push.settle.placed().to_vec());
+        let connected = self.connected_members();
+        self.push.asks.refill(&connected, Instant::now());
         if self.push.asks.is_idle() {
             return;
         }
@@ -218,7 +220,7 @@ impl EventLoop {
         let jobs = self.rel.jobs();
         tokio::task::spawn_blocking(move || match records.scan_raw() {
             Ok(all) => {
-                let mut asks: Vec<(PeerId, String)> = all
+                let asks: Vec<(PeerId, String)> = all
                     .into_iter()
                     .map(|(k, _)| k)
                     .filter(|k| super::is_key(k))
@@ -228,28 +230,38 @@ impl EventLoop {
                             .map(move |p| (p, k.clone()))
                     })
                     .collect();
-                if asks.len() > asks::MAX_WAITING {
-                    tracing::warn!(
-                        asks = asks.len(),
-                        max = asks::MAX_WAITING,
-                        "more copies to re-place than asks may wait; the rest are fetched on demand"
-                    );
-                    asks.truncate(asks::MAX_WAITING);
-                }
                 if !asks.is_empty() {
                     let _ = jobs.send(super::releases::Job::Replace(asks));
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %Causes(&e), "copies not re-placed after the members changed")
+                tracing::warn!(error = %Causes(&e), "copies not re-placed after the members changed; trying again once they stay unchanged");
+                let _ = jobs.send(super::releases::Job::ReplaceAgain(old));
             }
         });
     }
 
-    /// Asks `peer`, which became designated for `key` when the members changed, to hold a copy.
-    pub(super) fn replace_copy(&mut self, peer: PeerId, key: String) {
-        let q = self.push.asks.add(peer, key, Instant::now());
-        self.queued(q);
+    /// Asks the members in `asks`, which became designated for their keys when the members
+    /// changed, to hold a copy (in turn, behind the asks waiting).
+    pub(super) fn replace_copies_asked(&mut self, asks: Vec<(PeerId, String)>) {
+        let over = self.push.asks.add_backlog(asks);
+        if over > 0 {
+            self.metrics.pushes_failed.increment(over as u64);
+            tracing::warn!(
+                asks = over,
+                max = asks::MAX_BACKLOG,
+                "more copies to re-place than asks may wait; the rest are fetched on demand"
+            );
+        }
+        let connected = self.connected_members();
+        self.push.asks.refill(&connected, Instant::now());
+        self.send_due();
+    }
+
+    /// The store could not be read to re-place copies from `old`: again once the members
+    /// stay unchanged for the settle time.
+    pub(super) fn replace_copies_again(&mut self, old: Vec<PeerId>) {
+        self.push.settle.retry(old, Instant::now());
     }
 
     /// This node built `key`: asks the members chosen to hold its other copies.

@@ -57,6 +57,8 @@ pub(crate) enum Job {
     Provide(Vec<String>),
     /// Members that became designated for models held here, to ask to hold a copy.
     Replace(Vec<(PeerId, String)>),
+    /// The store could not be read to re-place copies from these members.
+    ReplaceAgain(Vec<PeerId>),
     /// What this node holds, counted.
     Holdings(crate::replication::protocol::Holdings),
     /// Versions a member holds that this node does not.
@@ -535,11 +537,9 @@ impl EventLoop {
                     asks = asks.len(),
                     "the members changed: asking the members now designated for models held here to hold a copy"
                 );
-                for (peer, key) in asks {
-                    self.replace_copy(peer, key);
-                }
-                self.send_due();
+                self.replace_copies_asked(asks);
             }
+            Job::ReplaceAgain(old) => self.replace_copies_again(old),
             Job::Dropped { version } => {
                 self.rel.fetching.remove(&version);
             }
