@@ -296,12 +296,11 @@ impl<'a, S: ImageSource> Importer<'a, S> {
             talosctl,
             revision: None,
         };
-        release.revise(previous.as_ref().and_then(|p| p.revision.as_ref()))?;
         // Blobs and their index entries must be durable before the record that names them
         // (the release store's flush covers the index entries written by the commit).
         self.progress.step(&format!("publishing release {tag}"));
         self.commit_pending().await?;
-        self.releases.put(&release).await?;
+        self.releases.put_imported(&mut release).await?;
         if cleanup.await.is_err() {
             tracing::warn!("removing the import's scratch directory failed");
         }

@@ -174,10 +174,15 @@ pub struct Revision {
 }
 
 impl Revision {
-    /// Whether a revision a member sent is one this node could have written: a tag of 32
-    /// lowercase hex digits.
+    /// Highest revision number taken from a member (a record imported again four billion
+    /// times is not a record anyone wrote; a higher number would pin the version for ever).
+    pub const MAX_NUMBER: u64 = u32::MAX as u64;
+
+    /// Whether a revision a member sent is one this node could have written: a number up to
+    /// [`Revision::MAX_NUMBER`] and a tag of 32 lowercase hex digits.
     pub fn is_well_formed(&self) -> bool {
-        self.tag.len() == 32
+        self.number <= Self::MAX_NUMBER
+            && self.tag.len() == 32
             && self
                 .tag
                 .bytes()
@@ -261,6 +266,10 @@ pub struct ReleaseStore {
     decoded: Arc<Mutex<Decoded>>,
 }
 
+/// Serialises the record writes that compare revisions (an import and a member's record
+/// finishing at once), so the comparison and the write are one step.
+static RECORD_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Decoded records by version tag, with the BLAKE3 name of the document each came from.
 type Decoded = HashMap<String, (String, Arc<Release>)>;
 
@@ -329,6 +338,30 @@ impl ReleaseStore {
         }
         out.sort_by_key(|r| r.parsed_version());
         Ok(out)
+    }
+
+    /// Publishes an imported record, numbered one above the record of its version held now
+    /// (see [`Revision`]; checked and written as one step, so a member's record stored during
+    /// the import is replaced, never outranks it).
+    pub async fn put_imported(&self, release: &mut Release) -> Result<(), CatalogError> {
+        let _one_at_a_time = RECORD_WRITES.lock().await;
+        let held = self.get(&release.version)?;
+        release.revise(held.as_ref().and_then(|h| h.revision.as_ref()))?;
+        self.put(release).await
+    }
+
+    /// Publishes a record a member sent unless the record of its version held here is newer
+    /// and undamaged (an import here since the record was asked for); whether it was stored.
+    pub async fn put_replicated(&self, release: &Release) -> Result<bool, CatalogError> {
+        let _one_at_a_time = RECORD_WRITES.lock().await;
+        if self.damage(&release.version)?.is_none()
+            && let Some(held) = self.get(&release.version)?
+            && held.revision > release.revision
+        {
+            return Ok(false);
+        }
+        self.put(release).await?;
+        Ok(true)
     }
 
     /// Publishes a release record and waits until it is durable. A record naming an unsafe
@@ -436,8 +469,12 @@ mod tests {
         again.revise(Some(&r1)).unwrap();
         let r2 = again.revision.clone().unwrap();
         assert_eq!(r2.number, 2);
-        // The tag ignores the revision it replaces.
+        // The tag ignores the revision it replaces, and the record's own.
         assert_eq!(r2.tag, other.revision.as_ref().unwrap().tag);
+        let mut twice = again.clone();
+        twice.revise(twice.revision.clone().as_ref()).unwrap();
+        assert_eq!(twice.revision.as_ref().unwrap().number, 3);
+        assert_eq!(twice.revision.as_ref().unwrap().tag, r2.tag);
         // The number orders first, then the tag; a record from before revisions is oldest.
         assert!(r2 > r1);
         let low_tag = Revision {
@@ -446,6 +483,23 @@ mod tests {
         };
         assert!(low_tag < r2 && low_tag > r1);
         assert!(None < Some(&r1));
+        // A member's revision past the highest number, or with another tag, is not taken.
+        for bad in [
+            Revision {
+                number: Revision::MAX_NUMBER + 1,
+                tag: r1.tag.clone(),
+            },
+            Revision {
+                number: 1,
+                tag: r1.tag.to_uppercase(),
+            },
+            Revision {
+                number: 1,
+                tag: format!("{}0", r1.tag),
+            },
+        ] {
+            assert!(!bad.is_well_formed(), "{bad:?}");
+        }
         // The revision survives the store.
         let json = serde_json::to_vec(&again).unwrap();
         let back: Release = serde_json::from_slice(&json).unwrap();
@@ -453,5 +507,47 @@ mod tests {
         // A record without one writes no field (its bytes stay as before revisions).
         let plain = serde_json::to_value(release("i386-pc/boot.img")).unwrap();
         assert!(plain.get("revision").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_import_outranks_the_record_held_and_a_member_record_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
+        let store = ReleaseStore::new(&blobs);
+        let number = |store: &ReleaseStore| {
+            store
+                .get("v1.11.0")
+                .unwrap()
+                .unwrap()
+                .revision
+                .clone()
+                .unwrap()
+                .number
+        };
+        // A member's record at revision 5 arrives (stored: nothing held).
+        let mut theirs = release("i386-pc/theirs.img");
+        theirs.revision = Some(Revision {
+            number: 5,
+            tag: "f".repeat(32),
+        });
+        assert!(store.put_replicated(&theirs).await.unwrap());
+        // An import numbers above what is held when it is written: 6.
+        let mut ours = release("i386-pc/ours.img");
+        store.put_imported(&mut ours).await.unwrap();
+        assert_eq!(number(&store), 6);
+        // The member's older record does not replace it...
+        assert!(!store.put_replicated(&theirs).await.unwrap());
+        assert_eq!(number(&store), 6);
+        // ...unless the record held is damaged: then any member's copy heals it.
+        let mark = crate::catalog::Damage {
+            blob: "b".repeat(64),
+            reason: "test".into(),
+            at: 0,
+        };
+        store.mark_damaged("v1.11.0", &mark).await.unwrap();
+        assert!(store.put_replicated(&theirs).await.unwrap());
+        assert_eq!(number(&store), 5);
+        assert!(store.damage("v1.11.0").unwrap().is_none());
     }
 }

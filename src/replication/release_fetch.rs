@@ -43,6 +43,8 @@ pub(crate) struct Fetched {
     pub blobs: u64,
     /// Bytes fetched.
     pub bytes: u64,
+    /// Whether the record was stored (not when a newer one was imported here meanwhile).
+    pub stored: bool,
 }
 
 /// Fetches every blob of `release` that `blobs` does not hold from `peer` and the other
@@ -168,14 +170,8 @@ pub(crate) async fn fetch_release(
         }
     }
     blobs.meta().flush().await?;
-    // An import here since the fetch began wrote a newer record: it stays.
-    if let Ok(Some(held)) = releases.get(&release.version)
-        && held.revision > release.revision
-    {
-        tracing::info!(version = %release.version, "a newer record of this release was imported here during its fetch; it stays");
-        return Ok(done);
-    }
-    releases.put(release).await?;
+    // An import here since the record was asked for wrote a newer one: it stays.
+    done.stored = releases.put_replicated(release).await?;
     Ok(done)
 }
 

@@ -11,6 +11,7 @@
 //!   top `factor` of the members and itself ([`Placement::designated`]).
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use libp2p::PeerId;
@@ -104,6 +105,9 @@ pub(crate) struct Placement {
     /// The members copies were last placed over (see `event_loop::asks::Settle`): until a
     /// change settles and copies move, a copy designated under these stays designated.
     settled: RwLock<Arc<Vec<PeerId>>>,
+    /// The keys members are asked to fetch from this node (see `event_loop::asks`): its copy
+    /// may be the one they depend on, so it counts as designated until they are answered.
+    pending: RwLock<Arc<HashSet<String>>>,
 }
 
 impl Placement {
@@ -114,6 +118,7 @@ impl Placement {
             local,
             members: RwLock::default(),
             settled: RwLock::default(),
+            pending: RwLock::default(),
         }
     }
 
@@ -149,9 +154,15 @@ impl Placement {
         }
     }
 
+    /// Replaces the keys members are asked to fetch from this node.
+    pub(crate) fn set_pending(&self, keys: HashSet<String>) {
+        *self.pending.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
     /// A check of whether this node holds one of the `factor` copies of a key (ranks among
     /// the top `factor` of the members and itself), over the members known now or those
-    /// copies were last placed over (while a change has not moved copies yet, both count).
+    /// copies were last placed over (while a change has not moved copies yet, both count),
+    /// or whether members are asked to fetch the key from it (its copy may be the last).
     /// Always `false` with a factor of 1: nothing is pushed, every copy is alike.
     pub(crate) fn designated(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
         let factor = self.factor as usize;
@@ -165,10 +176,12 @@ impl Placement {
         let settled = with_local(&Arc::clone(
             &self.settled.read().unwrap_or_else(PoisonError::into_inner),
         ));
+        let pending = Arc::clone(&self.pending.read().unwrap_or_else(PoisonError::into_inner));
         move |key: &str| {
             factor > 1
                 && (top(key, &now, factor).contains(&local)
-                    || top(key, &settled, factor).contains(&local))
+                    || top(key, &settled, factor).contains(&local)
+                    || pending.contains(key))
         }
     }
 }
@@ -339,8 +352,13 @@ mod tests {
             if before && !now {
                 kept += 1;
             }
-            // Once settled over the new members, only the new ranking counts.
+            // Once settled over the new members, only the new ranking counts...
             placement.set_settled(new.to_vec());
+            assert_eq!(placement.designated()(&k), now, "{k}");
+            // ...and the keys members are still asked to fetch from this node.
+            placement.set_pending(HashSet::from([k.clone()]));
+            assert!(placement.designated()(&k), "{k}: asked for, so kept");
+            placement.set_pending(HashSet::new());
             assert_eq!(placement.designated()(&k), now, "{k}");
             both += 1;
         }
@@ -371,6 +389,7 @@ mod tests {
         let new: Vec<PeerId> = p[..5].to_vec();
         let factor = 2;
         let mut asked_joined = 0;
+        let mut bumped = 0;
         for i in 0..300 {
             let k = key(i);
             let before = top(&k, old, factor);
@@ -387,6 +406,17 @@ mod tests {
                 }
                 for x in &t {
                     assert!(after.contains(x) && !before.contains(x), "{k}: {x} asked");
+                }
+                // A holder the new member took the place of asks too (its copy is the one the
+                // new member needs most).
+                if before.contains(me) && !after.contains(me) {
+                    let want: Vec<PeerId> = after
+                        .iter()
+                        .filter(|x| !before.contains(x))
+                        .copied()
+                        .collect();
+                    assert_eq!(t, want, "{k}: a holder that lost its place asks");
+                    bumped += 1;
                 }
                 asked.extend(t);
             }
@@ -440,7 +470,8 @@ mod tests {
             );
             assert!(moved_to(&k, &p[0], old, &new, 1).is_empty(), "factor 1");
         }
-        // A fifth member wins about 2 keys in 5.
+        // A fifth member wins about 2 keys in 5, and takes a holder's place in each.
         assert!((60..=180).contains(&asked_joined), "{asked_joined}");
+        assert_eq!(bumped, asked_joined);
     }
 }

@@ -19,6 +19,9 @@ pub(super) const MAX_WAITING: usize = 1024;
 /// while fewer than three quarters of [`MAX_WAITING`] wait, so asks of new builds keep their
 /// room and a member away holds up no other.
 pub(super) const MAX_BACKLOG: usize = 65_536;
+/// Re-placement asks in the backlog for one member at most (one remembered member that never
+/// connects leaves room for the others).
+pub(super) const MAX_BACKLOG_PER_MEMBER: usize = MAX_BACKLOG / 4;
 /// Re-placement asks waiting per member at most.
 pub(super) const BACKLOG_PER_MEMBER: usize = 16;
 /// Asks unanswered by one member at once (its fetches run 2 at once).
@@ -73,6 +76,8 @@ pub(super) struct AskQueue<Id = OutboundRequestId> {
     backlog: Backlog,
     sent: HashMap<Id, Ask>,
     known: HashSet<(PeerId, String)>,
+    /// Whether the keys asked for changed since [`AskQueue::changed_keys`] last looked.
+    changed: bool,
 }
 
 impl<Id> Default for AskQueue<Id> {
@@ -82,6 +87,7 @@ impl<Id> Default for AskQueue<Id> {
             backlog: Backlog::default(),
             sent: HashMap::new(),
             known: HashSet::new(),
+            changed: false,
         }
     }
 }
@@ -92,6 +98,7 @@ impl<Id: std::hash::Hash + Eq> AskQueue<Id> {
         if !self.known.insert((peer, key.clone())) {
             return Queued::Already;
         }
+        self.changed = true;
         self.wait(Ask {
             peer,
             key,
@@ -115,6 +122,21 @@ impl<Id: std::hash::Hash + Eq> AskQueue<Id> {
 
     fn forget(&mut self, ask: &Ask) {
         self.known.remove(&(ask.peer, ask.key.clone()));
+        self.changed = true;
+    }
+
+    /// The keys some member is asked (or is to be asked) to fetch from this node, when they
+    /// changed since the last call: the copies others depend on (see
+    /// `rendezvous::Placement::set_pending`).
+    pub(super) fn changed_keys(&mut self) -> Option<HashSet<String>> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        let mut keys: HashSet<String> = self.known.iter().map(|(_, k)| k.clone()).collect();
+        for backlog in self.backlog.by_member.values() {
+            keys.extend(backlog.iter().cloned());
+        }
+        Some(keys)
     }
 
     /// Whether no ask waits.
@@ -127,17 +149,16 @@ impl<Id: std::hash::Hash + Eq> AskQueue<Id> {
     pub(super) fn add_backlog(&mut self, asks: Vec<(PeerId, String)>) -> usize {
         let mut over = 0;
         for (peer, key) in asks {
-            if self.backlog.len >= MAX_BACKLOG {
+            let mine = self.backlog.by_member.entry(peer).or_default();
+            if self.backlog.len >= MAX_BACKLOG || mine.len() >= MAX_BACKLOG_PER_MEMBER {
                 over += 1;
                 continue;
             }
-            self.backlog
-                .by_member
-                .entry(peer)
-                .or_default()
-                .push_back(key);
+            mine.push_back(key);
             self.backlog.len += 1;
+            self.changed = true;
         }
+        self.backlog.by_member.retain(|_, keys| !keys.is_empty());
         over
     }
 
@@ -161,6 +182,7 @@ impl<Id: std::hash::Hash + Eq> AskQueue<Id> {
                 self.backlog.len -= 1;
                 // Asked already (waiting or sent): not twice.
                 if !self.known.insert((*peer, key.clone())) {
+                    self.changed = true;
                     continue;
                 }
                 self.waiting.push_back(Ask {
@@ -191,6 +213,7 @@ impl<Id: std::hash::Hash + Eq> AskQueue<Id> {
         let before = self.backlog.len;
         self.backlog.by_member.retain(|p, _| member(p));
         self.backlog.len = self.backlog.by_member.values().map(VecDeque::len).sum();
+        self.changed |= self.backlog.len != before;
         gone.len() + before - self.backlog.len
     }
 
@@ -496,14 +519,43 @@ mod tests {
         }
         // Every move to a was asked once, none lost, though c stayed away with its asks.
         assert_eq!(asked.len(), n as usize);
+        // Three quarters waiting: moves wait, even for a connected member with none waiting.
+        let d = PeerId::random();
+        for i in 0..(MAX_WAITING * 3 / 4) as u32 - 512 {
+            q.add(b, key(100_000 + i), now);
+        }
+        assert_eq!(q.add_backlog(vec![(d, key(7))]), 0);
+        q.refill(&HashSet::from([a, d]), now);
+        assert_eq!(
+            q.waiting.len(),
+            MAX_WAITING * 3 / 4,
+            "nothing moved past the cap"
+        );
+        let mut abc = vec![a, b, c];
+        abc.sort();
+        assert_eq!(q.keep_members(&abc), 1, "d's move goes with d");
         assert_eq!(q.backlog.len, n as usize);
         // The backlog is bounded, and a member gone takes its asks with it.
-        let more: Vec<(PeerId, String)> =
-            (n..MAX_BACKLOG as u32 + 10).map(|i| (c, key(i))).collect();
+        // One member's backlog is bounded, and so is the whole.
+        let more: Vec<(PeerId, String)> = (n..MAX_BACKLOG_PER_MEMBER as u32 + 10)
+            .map(|i| (c, key(i)))
+            .collect();
         assert_eq!(q.add_backlog(more), 10);
+        let others: Vec<(PeerId, String)> = (0..MAX_BACKLOG as u32)
+            .map(|i| (PeerId::random(), key(i)))
+            .collect();
+        assert_eq!(
+            q.add_backlog(others),
+            MAX_BACKLOG_PER_MEMBER,
+            "the whole is bounded"
+        );
         let mut members = vec![a, b];
         members.sort();
         assert_eq!(q.keep_members(&members), MAX_BACKLOG);
         assert!(q.backlog.is_empty());
+        // The keys others depend on this node for: reported when they changed.
+        let keys = q.changed_keys().expect("changed");
+        assert!(keys.contains(&key(100_000)) && !keys.contains(&key(n + 5)));
+        assert_eq!(q.changed_keys(), None, "unchanged since");
     }
 }

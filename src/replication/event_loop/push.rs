@@ -161,6 +161,9 @@ impl EventLoop {
             .set_settled(self.push.settle.placed().to_vec());
         let connected = self.connected_members();
         self.push.asks.refill(&connected, Instant::now());
+        if let Some(keys) = self.push.asks.changed_keys() {
+            self.rel.handle.placement.set_pending(keys);
+        }
         if self.push.asks.is_idle() {
             return;
         }

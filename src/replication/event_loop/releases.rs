@@ -201,6 +201,11 @@ pub(crate) fn open_record(
         .release
         .check_names()
         .map_err(|e| Causes(&e).to_string())?;
+    if let Some(r) = &signed.release.revision
+        && !r.is_well_formed()
+    {
+        return Err(format!("its revision {r:?} is not one a member writes"));
+    }
     if signed.blobs.len() > 100_000
         || signed
             .blobs
@@ -553,10 +558,14 @@ impl EventLoop {
                 self.rel.fetching.remove(&version);
                 match result {
                     Ok(f) => {
-                        tracing::info!(peer_id = %peer, version = %version, via = via.as_str(), blobs = f.blobs, bytes = f.bytes, "release replicated");
-                        self.metrics.releases_received.increment(1);
                         self.metrics.bytes_received.increment(f.bytes);
-                        self.announce_release(version, revision);
+                        if f.stored {
+                            tracing::info!(peer_id = %peer, version = %version, via = via.as_str(), blobs = f.blobs, bytes = f.bytes, "release replicated");
+                            self.metrics.releases_received.increment(1);
+                            self.announce_release(version, revision);
+                        } else {
+                            tracing::info!(peer_id = %peer, version = %version, "a member's record of this release was not stored: a newer one was imported here meanwhile");
+                        }
                     }
                     Err(e) => {
                         if matches!(e, crate::replication::ReplicationError::Corrupt { .. }) {
@@ -635,6 +644,19 @@ mod tests {
         assert!(open_record(&cluster, &other, "v1.11.0").is_err());
         let unsafe_path = sealed(&ours, RELEASE_KIND, &id, release("v1.11.0", "../../keys/x"));
         assert!(open_record(&cluster, &unsafe_path, "v1.11.0").is_err());
+        // A revision no member writes (it would pin the version for ever).
+        let mut pinned = release("v1.11.0", "a.mod");
+        pinned.revision = Some(Revision {
+            number: u64::MAX,
+            tag: "a".repeat(32),
+        });
+        let e = open_record(
+            &cluster,
+            &sealed(&ours, RELEASE_KIND, &id, pinned),
+            "v1.11.0",
+        )
+        .unwrap_err();
+        assert!(e.contains("revision"), "{e}");
         // Bytes changed after signing.
         let mut tampered = good.clone();
         tampered.payload.insert(0, 'e');
