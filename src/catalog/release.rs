@@ -297,6 +297,17 @@ impl ReleaseStore {
         Ok(store)
     }
 
+    /// An empty store in a new temporary directory (kept alive by the first element).
+    #[cfg(test)]
+    pub(crate) fn temporary() -> (tempfile::TempDir, Self) {
+        use crate::store::SledStore;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(SledStore::open(dir.path()).expect("metadata store"));
+        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).expect("blob store");
+        (dir, Self::new(&blobs))
+    }
+
     /// The metadata store (for the catalog's small records).
     pub(super) fn meta(&self) -> &Arc<dyn MetaStore> {
         &self.meta
@@ -400,7 +411,6 @@ impl ReleaseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
 
     /// A record of v1.11.0 with a kernel and one GRUB module at `grub_path`, as JSON.
     fn record(grub_path: &str) -> serde_json::Value {
@@ -421,10 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_naming_unsafe_paths_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
-        let store = ReleaseStore::new(&blobs);
+        let (_dir, store) = ReleaseStore::temporary();
         let e = store.put(&release("../../keys/x")).await.unwrap_err();
         assert!(
             matches!(&e, CatalogError::UnsafePath { path, .. } if path == "../../keys/x"),
@@ -511,10 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_import_outranks_the_record_held_and_a_member_record_never_replaces_a_newer_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
-        let store = ReleaseStore::new(&blobs);
+        let (_dir, store) = ReleaseStore::temporary();
         let number = |store: &ReleaseStore| {
             store
                 .get("v1.11.0")

@@ -44,7 +44,12 @@ pub(crate) fn import(data: &Path, (bundle, key): &(PathBuf, PathBuf)) {
 }
 
 /// `image-factory import` of `bundle` into the running `node` through its admin API.
-pub(crate) fn import_live(node: &Node, (bundle, key): &(PathBuf, PathBuf)) {
+pub(crate) fn import_live(node: &Node, kit: &(PathBuf, PathBuf)) {
+    import_live_with(node, kit, "all");
+}
+
+/// [`import_live`] with only the extensions `extensions` (`all` or names).
+pub(crate) fn import_live_with(node: &Node, (bundle, key): &(PathBuf, PathBuf), extensions: &str) {
     kit::bin(&[
         "import",
         &bundle.display().to_string(),
@@ -54,6 +59,8 @@ pub(crate) fn import_live(node: &Node, (bundle, key): &(PathBuf, PathBuf)) {
         &node.dir.join("keys/admin-token").display().to_string(),
         "--trust-key",
         &key.display().to_string(),
+        "--extensions",
+        extensions,
     ]);
 }
 
@@ -64,6 +71,42 @@ pub(crate) fn kit_cluster_of_three(tmp: &Path) -> Option<((PathBuf, PathBuf), [P
     let dirs = ["a", "b", "c"].map(|d| tmp.join(d));
     cluster_of(tmp, &dirs[0], &[&dirs[1], &dirs[2]]);
     Some((kit, dirs))
+}
+
+/// Two running members of the kit cluster of three (see [`kit_cluster_of_three`]), B connected
+/// to A; C's data directory is not started.
+pub(crate) struct KitPair {
+    /// The kit release's bundle and trust key.
+    pub kit: (PathBuf, PathBuf),
+    /// C's data directory.
+    pub c: PathBuf,
+    /// The founder.
+    pub a: Node,
+    /// A member joined to A.
+    pub b: Node,
+    /// A's bootstrap addresses.
+    pub boot: Vec<String>,
+}
+
+/// Starts A and B of the kit cluster of three in `tmp` and waits until B is connected to A;
+/// `None` (with a notice) without the kit inputs.
+pub(crate) async fn kit_pair_running(tmp: &Path) -> Option<KitPair> {
+    let (kit, [a, b, c]) = kit_cluster_of_three(tmp)?;
+    let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
+    let boot = node_a.bootstrap().await;
+    let node_b = Node::start_with(&b, &boot, &[NO_SCRUB]);
+    let a_id = node_a.peer_id().await;
+    crate::replication::wait_for(&node_b, "B joins A", |st| {
+        crate::replication::connected_member(st, &a_id)
+    })
+    .await;
+    Some(KitPair {
+        kit,
+        c,
+        a: node_a,
+        b: node_b,
+        boot,
+    })
 }
 
 /// GET `path` from `node`: status and body.
@@ -209,17 +252,16 @@ fn replicated_via(node: &Node) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_imported_on_one_member_is_buildable_on_another_without_importing() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((kit, [a, b, c])) = kit_cluster_of_three(tmp.path()) else {
+    let Some(KitPair {
+        kit,
+        c,
+        a: node_a,
+        b: node_b,
+        boot,
+    }) = kit_pair_running(tmp.path()).await
+    else {
         return;
     };
-    let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
-    let boot = node_a.bootstrap().await;
-    let node_b = Node::start_with(&b, &boot, &[NO_SCRUB]);
-    let a_id = node_a.peer_id().await;
-    crate::replication::wait_for(&node_b, "B joins A", |st| {
-        crate::replication::connected_member(st, &a_id)
-    })
-    .await;
 
     // Imported on the running A (admin API): announced, and B fetches it at once.
     import_live(&node_a, &kit);

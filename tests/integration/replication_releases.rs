@@ -5,30 +5,10 @@
 use serde_json::Value;
 
 use crate::common::assets::V;
-use crate::common::kit;
-use crate::replication::{Node, connected_member, wait_for};
-use crate::replication_assets::{NO_SCRUB, counter, fetch, kit_cluster_of_three, kit_schematic};
-
-/// `image-factory import` of the kit bundle into the running `node` through its admin API,
-/// with only the extensions `extensions` (`all` or names).
-fn import_live(
-    node: &Node,
-    (bundle, key): &(std::path::PathBuf, std::path::PathBuf),
-    extensions: &str,
-) {
-    kit::bin(&[
-        "import",
-        &bundle.display().to_string(),
-        "--server",
-        &node.admin(),
-        "--admin-token-file",
-        &node.dir.join("keys/admin-token").display().to_string(),
-        "--trust-key",
-        &key.display().to_string(),
-        "--extensions",
-        extensions,
-    ]);
-}
+use crate::replication::{Node, wait_for};
+use crate::replication_assets::{
+    NO_SCRUB, counter, fetch, import_live_with, kit_pair_running, kit_schematic,
+};
 
 /// The kit release as `node`'s `/status` lists it.
 fn listed(st: &Value) -> Option<&Value> {
@@ -46,18 +26,14 @@ fn whole_at(st: &Value, revision: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_imported_again_on_any_member_replaces_its_record_on_every_member() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((kit, [a, b, c])) = kit_cluster_of_three(tmp.path()) else {
+    let Some(site) = kit_pair_running(tmp.path()).await else {
         return;
     };
-    let node_a = Node::start_with(&a, &[], &[NO_SCRUB]);
-    let boot = node_a.bootstrap().await;
-    let node_b = Node::start_with(&b, &boot, &[NO_SCRUB]);
-    let a_id = node_a.peer_id().await;
-    wait_for(&node_b, "B joins A", |st| connected_member(st, &a_id)).await;
+    let (node_a, node_b, kit) = (&site.a, &site.b, &site.kit);
 
     // A imports one extension of the kit; B takes that record.
-    import_live(&node_a, &kit, "fw-test");
-    let first = wait_for(&node_b, "B holds the partial release", |st| {
+    import_live_with(node_a, kit, "fw-test");
+    let first = wait_for(node_b, "B holds the partial release", |st| {
         listed(st).is_some_and(|r| r["partial"] == true)
     })
     .await;
@@ -67,23 +43,23 @@ async fn a_release_imported_again_on_any_member_replaces_its_record_on_every_mem
 
     // B, which did not import it first, imports it again whole: A takes B's record and the
     // blobs it adds.
-    import_live(&node_b, &kit, "all");
+    import_live_with(node_b, kit, "all");
     let st_b = node_b.status().await;
     let r2 = listed(&st_b).unwrap()["revision"].clone();
     assert_eq!(r2["number"], 2, "{st_b:#}");
     assert_eq!(listed(&st_b).unwrap()["partial"], false);
-    wait_for(&node_a, "A takes B's newer record", |st| whole_at(st, &r2)).await;
+    wait_for(node_a, "A takes B's newer record", |st| whole_at(st, &r2)).await;
 
     // A builds with the extensions only the second import brought.
-    let id = kit_schematic(&node_a).await;
-    let (sc, body) = fetch(&node_a, &format!("/image/{id}/{V}/initramfs-amd64.xz")).await;
+    let id = kit_schematic(node_a).await;
+    let (sc, body) = fetch(node_a, &format!("/image/{id}/{V}/initramfs-amd64.xz")).await;
     assert_eq!(sc, 200, "{}", String::from_utf8_lossy(&body));
 
     // C, started later, takes the newest record, not the first.
-    let node_c = Node::start_with(&c, &boot, &[NO_SCRUB]);
+    let node_c = Node::start_with(&site.c, &site.boot, &[NO_SCRUB]);
     wait_for(&node_c, "C holds the newest record", |st| whole_at(st, &r2)).await;
 
-    for n in [&node_a, &node_b, &node_c] {
+    for n in [node_a, node_b, &node_c] {
         assert!(whole_at(&n.status().await, &r2));
         assert_eq!(
             counter(n, "image_factory_replication_verification_failures_total").await,

@@ -665,11 +665,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_record_is_wanted_when_missing_older_or_damaged_here() {
-        use crate::store::{MetaStore, SledStore};
-        let dir = tempfile::tempdir().unwrap();
-        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let blobs = BlobStore::open(&dir.path().join("blobs"), meta).unwrap();
-        let store = ReleaseStore::new(&blobs);
+        let (_dir, store) = ReleaseStore::temporary();
         let none = BTreeMap::new();
         let rev = |number, c: char| Revision {
             number,
