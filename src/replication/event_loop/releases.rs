@@ -145,6 +145,15 @@ fn wants(
     }
 }
 
+/// The damage mark of `version` alone, as [`wants`] takes marks (one lookup, not a scan of
+/// every mark).
+fn damage_of(releases: &ReleaseStore, version: &str) -> BTreeMap<String, crate::catalog::Damage> {
+    match releases.damage(version) {
+        Ok(Some(d)) => BTreeMap::from([(version.to_string(), d)]),
+        _ => BTreeMap::new(),
+    }
+}
+
 /// The versions of complete, undamaged releases held (the newest [`MAX_RELEASES`]), and the
 /// revision of each record that has one.
 fn held_versions(releases: &ReleaseStore) -> (Vec<String>, BTreeMap<String, Revision>) {
@@ -263,8 +272,12 @@ impl EventLoop {
         let releases = self.rel.parts.releases.clone();
         let jobs = self.rel.jobs.clone();
         tokio::task::spawn_blocking(move || {
-            let damaged = releases.damaged().unwrap_or_default();
-            if wants(&releases, &version, revision.as_ref(), &damaged) {
+            if wants(
+                &releases,
+                &version,
+                revision.as_ref(),
+                &damage_of(&releases, &version),
+            ) {
                 let _ = jobs.send(Job::Missing {
                     peer: ask,
                     versions: vec![version],
@@ -469,8 +482,7 @@ impl EventLoop {
                             release.revision.clone(),
                         );
                         tokio::task::spawn_blocking(move || {
-                            let damaged = releases.damaged().unwrap_or_default();
-                            wants(&releases, &v, theirs.as_ref(), &damaged)
+                            wants(&releases, &v, theirs.as_ref(), &damage_of(&releases, &v))
                         })
                         .await
                         .unwrap_or(false)
